@@ -1,1 +1,89 @@
-//! End-to-end tests live in tests/*.rs.
+//! The harness shared by graft's end-to-end tests.
+//!
+//! - [`kit_file`]: a model from the offline kit, found (and fetched if missing) the way
+//!   `graft up` does it: through config/graft.toml, honouring `GRAFT_KIT_DIR`.
+//! - [`smollm2_server`]: one real graft server with SmolLM2-135M on an ephemeral loopback
+//!   port, started once per test binary and shared by its tests (a model loads once).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use graft_core::config::GenerationConfig;
+use graft_core::{Config, Device};
+use graft_engine::{BaseModel, Engine};
+use graft_kit::{Kit, NoProgress, Source};
+use graft_server::AppState;
+
+/// The model name the shared server answers to.
+pub const MODEL: &str = "smollm2-135m-instruct";
+/// The body limit of the shared server, small so the 413 path is cheap to test.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The path of a kit artifact, installing it first if it is missing.
+pub fn kit_file(id: &str) -> PathBuf {
+    let config = Config::load(&repo_root().join("config/graft.toml")).expect("config/graft.toml loads");
+    let kit = Kit::new(&config.kit.dir);
+    let artifact = graft_kit::manifest::find(id).unwrap_or_else(|| panic!("no kit artifact `{id}`"));
+    kit.ensure(&[*artifact], &Source::from_env(), &NoProgress)
+        .unwrap_or_else(|e| panic!("cannot fetch kit artifact `{id}`: {e}"));
+    kit.resolve(id).expect("installed artifact resolves")
+}
+
+/// A running server's base URL, like `http://127.0.0.1:41234`.
+pub struct TestServer {
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// The shared SmolLM2 server, started on first use. It runs on its own thread and runtime,
+/// so it outlives each test's runtime.
+pub fn smollm2_server() -> &'static TestServer {
+    static SERVER: OnceLock<TestServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let gguf = kit_file("smollm2-135m-instruct");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let base = BaseModel {
+                    name: MODEL.to_owned(),
+                    gguf,
+                    device: Device::Cpu,
+                    max_num_seqs: 4,
+                };
+                let engine = match Engine::load(&base).await {
+                    Ok(engine) => engine,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+                let addr = listener.local_addr().expect("local addr");
+                let app = graft_server::router(AppState::new(engine, GenerationConfig::default()), MAX_BODY_BYTES);
+                let _ = tx.send(Ok(addr));
+                graft_server::serve(listener, app, std::future::pending()).await.expect("serve");
+            });
+        });
+        match rx.recv() {
+            Ok(Ok(addr)) => TestServer { addr },
+            Ok(Err(e)) => panic!("the test server could not load SmolLM2: {e}"),
+            Err(_) => panic!("the test server thread died while starting"),
+        }
+    })
+}

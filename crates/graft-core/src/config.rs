@@ -142,6 +142,10 @@ pub struct GenerationConfig {
     pub default_max_tokens: u32,
     /// The largest `max_tokens` a request may ask for.
     pub max_tokens_limit: u32,
+    /// `temperature` used when a request gives none (0 = greedy).
+    pub default_temperature: f64,
+    /// `top_p` used when a request gives none.
+    pub default_top_p: f64,
 }
 
 impl Default for GenerationConfig {
@@ -149,6 +153,8 @@ impl Default for GenerationConfig {
         Self {
             default_max_tokens: 256,
             max_tokens_limit: 4096,
+            default_temperature: 0.2,
+            default_top_p: 0.95,
         }
     }
 }
@@ -223,9 +229,9 @@ impl Config {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        self.kit.dir = base.join(&self.kit.dir);
+        self.kit.dir = resolve(base, &self.kit.dir);
         if let ModelSource::Path(p) = &self.model.gguf {
-            self.model.gguf = ModelSource::Path(base.join(p));
+            self.model.gguf = ModelSource::Path(resolve(base, p));
         }
     }
 
@@ -264,6 +270,18 @@ impl Config {
                 ),
             ));
         }
+        if !(0.0..=2.0).contains(&g.default_temperature) {
+            return Err(invalid(
+                "generation.default_temperature",
+                format!("must be between 0 and 2, found {}", g.default_temperature),
+            ));
+        }
+        if !(g.default_top_p > 0.0 && g.default_top_p <= 1.0) {
+            return Err(invalid(
+                "generation.default_top_p",
+                format!("must be greater than 0 and at most 1, found {}", g.default_top_p),
+            ));
+        }
         Ok(())
     }
 }
@@ -299,6 +317,26 @@ fn dotted_key(path: &serde_path_to_error::Path) -> String {
     }
 }
 
+/// `path` relative to `base`, with `.` and `..` folded away lexically (`config/../.kit` becomes
+/// `.kit`), so messages show the path a person would write. Symbolic links are not followed.
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in base.join(path).components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -327,6 +365,14 @@ mod tests {
         let c = load("[model]\ngguf = \"models/m.gguf\"\n[kit]\ndir = \"/abs/kit\"\n").unwrap();
         assert_eq!(c.model.gguf, ModelSource::Path("/etc/graft/models/m.gguf".into()));
         assert_eq!(c.kit.dir, PathBuf::from("/abs/kit"));
+    }
+
+    #[test]
+    fn relative_paths_are_folded_lexically() {
+        let c = Config::from_toml("[kit]\ndir = \"../.kit\"\n", Path::new("config/graft.toml")).unwrap();
+        assert_eq!(c.kit.dir, PathBuf::from(".kit"));
+        let c = Config::from_toml("[kit]\ndir = \"../../k\"\n", Path::new("config/graft.toml")).unwrap();
+        assert_eq!(c.kit.dir, PathBuf::from("../k"));
     }
 
     #[test]
@@ -378,6 +424,8 @@ mod tests {
     fn limits_are_validated() {
         let err = load("[generation]\ndefault_max_tokens = 10\nmax_tokens_limit = 5\n").unwrap_err();
         assert_eq!(err.key(), Some("generation.default_max_tokens"));
+        let err = load("[generation]\ndefault_top_p = 0.0\n").unwrap_err();
+        assert_eq!(err.key(), Some("generation.default_top_p"));
         let err = load("[model]\nname = \"has space\"\n").unwrap_err();
         assert_eq!(err.key(), Some("model.name"));
     }

@@ -1,1 +1,15 @@
-//! placeholder
+//! graft-engine: the part of graft that turns prompts into tokens.
+//!
+//! - [`engine`]: loads the base GGUF model offline through mistralrs and generates.
+//! - [`types`]: graft's own request and response types.
+//! - [`error`]: what can go wrong, split by who can fix it.
+//!
+//! It knows nothing about HTTP or retrieval: the server composes those around it.
+
+pub mod engine;
+pub mod error;
+pub mod types;
+
+pub use engine::{BaseModel, Engine};
+pub use error::EngineError;
+pub use types::{ChatMessage, ChatRequest, Completion, FinishReason, Role, Sampling, Usage};

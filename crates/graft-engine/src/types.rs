@@ -1,0 +1,94 @@
+//! The engine's request and response types: what a caller asks for and gets back.
+//!
+//! These are graft's own types, independent of the HTTP API and of mistralrs, so the server
+//! maps OpenAI JSON to them and the engine maps them to mistralrs.
+
+/// Who wrote a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> ChatMessage {
+        ChatMessage {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// How tokens are chosen and when generation ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// 0 means greedy (always the most likely token).
+    pub temperature: f64,
+    /// Nucleus sampling; 1.0 disables it.
+    pub top_p: f64,
+    /// Generation stops before any of these strings.
+    pub stop: Vec<String>,
+}
+
+impl Sampling {
+    /// Greedy decoding of at most `max_tokens`: the same prompt always gives the same text.
+    pub fn greedy(max_tokens: usize) -> Sampling {
+        Sampling {
+            max_tokens,
+            temperature: 0.0,
+            top_p: 1.0,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// A chat request to the engine.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub sampling: Sampling,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model ended its answer, or a stop string was met.
+    Stop,
+    /// `max_tokens` was reached.
+    Length,
+}
+
+impl FinishReason {
+    /// The OpenAI spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+}

@@ -1,0 +1,221 @@
+//! `POST /v1/chat/completions`: validates an OpenAI chat request, maps it to the engine's
+//! types under the configured limits, and shapes the answer as OpenAI does.
+
+use axum::extract::State;
+
+use graft_core::config::GenerationConfig;
+use graft_engine::{ChatMessage, ChatRequest, Role, Sampling};
+
+use crate::error::ApiError;
+use crate::json::Json;
+use crate::openai::{self, AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, Content};
+use crate::state::{unix_now, AppState};
+
+/// OpenAI accepts at most four stop sequences.
+const MAX_STOP_SEQUENCES: usize = 4;
+
+pub async fn completions(
+    State(state): State<AppState>,
+    Json(request): Json<ChatCompletionRequest>,
+) -> Result<axum::Json<ChatCompletion>, ApiError> {
+    let engine = state.engine();
+    if request.model != engine.name() {
+        return Err(ApiError::model_not_found(&request.model, &[engine.name()]));
+    }
+    if request.stream == Some(true) {
+        return Err(ApiError::invalid_param(
+            "stream",
+            "Streaming is not supported by this server yet; send `stream: false`",
+        ));
+    }
+    if request.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid_param("n", "Only n = 1 is supported"));
+    }
+    let model = request.model.clone();
+    let chat = to_engine_request(request, state.generation())?;
+    tracing::debug!(messages = chat.messages.len(), max_tokens = chat.sampling.max_tokens, "chat request");
+    let completion = engine.chat(chat).await?;
+    Ok(axum::Json(ChatCompletion {
+        id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        object: "chat.completion",
+        created: unix_now(),
+        model,
+        choices: vec![ChatChoice {
+            index: 0,
+            message: AssistantMessage {
+                role: "assistant",
+                content: completion.text,
+            },
+            finish_reason: completion.finish_reason.as_str(),
+            logprobs: None,
+        }],
+        usage: completion.usage.into(),
+    }))
+}
+
+fn to_engine_request(request: ChatCompletionRequest, limits: &GenerationConfig) -> Result<ChatRequest, ApiError> {
+    if request.messages.is_empty() {
+        return Err(ApiError::invalid_param("messages", "`messages` must contain at least one message"));
+    }
+    let messages = request
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| to_engine_message(i, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sampling = sampling(
+        request.max_completion_tokens.or(request.max_tokens),
+        request.temperature,
+        request.top_p,
+        request.stop.map(openai::Stop::into_vec).unwrap_or_default(),
+        limits,
+    )?;
+    Ok(ChatRequest { messages, sampling })
+}
+
+fn to_engine_message(index: usize, message: openai::Message) -> Result<ChatMessage, ApiError> {
+    let role = match message.role.as_str() {
+        "system" | "developer" => Role::System,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        other => {
+            return Err(ApiError::invalid_param(
+                "messages",
+                format!("messages[{index}].role: `{other}` is not supported; use system, developer, user or assistant"),
+            ))
+        }
+    };
+    let content = match message.content {
+        None => String::new(),
+        Some(Content::Text(text)) => text,
+        Some(Content::Parts(parts)) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for part in parts {
+                match (part.kind.as_str(), part.text) {
+                    ("text", Some(text)) => texts.push(text),
+                    (kind, _) => {
+                        return Err(ApiError::invalid_param(
+                            "messages",
+                            format!("messages[{index}].content: parts of type `{kind}` are not supported; only `text` parts with a `text` field are"),
+                        ))
+                    }
+                }
+            }
+            texts.join("\n")
+        }
+    };
+    if role == Role::User && content.is_empty() {
+        return Err(ApiError::invalid_param("messages", format!("messages[{index}].content must not be empty")));
+    }
+    Ok(ChatMessage { role, content })
+}
+
+/// Sampling settings from the request, with the configured defaults and limits applied.
+fn sampling(
+    max_tokens: Option<u32>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    stop: Vec<String>,
+    limits: &GenerationConfig,
+) -> Result<Sampling, ApiError> {
+    let max_tokens = max_tokens.unwrap_or(limits.default_max_tokens);
+    if max_tokens == 0 || max_tokens > limits.max_tokens_limit {
+        return Err(ApiError::invalid_param(
+            "max_tokens",
+            format!("max_tokens must be between 1 and {}, got {max_tokens}", limits.max_tokens_limit),
+        ));
+    }
+    let temperature = temperature.unwrap_or(limits.default_temperature);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::invalid_param(
+            "temperature",
+            format!("temperature must be between 0 and 2, got {temperature}"),
+        ));
+    }
+    let top_p = top_p.unwrap_or(limits.default_top_p);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::invalid_param("top_p", format!("top_p must be in (0, 1], got {top_p}")));
+    }
+    if stop.len() > MAX_STOP_SEQUENCES || stop.iter().any(String::is_empty) {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!("stop takes up to {MAX_STOP_SEQUENCES} non-empty strings"),
+        ));
+    }
+    Ok(Sampling {
+        max_tokens: max_tokens as usize,
+        temperature,
+        top_p,
+        stop,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: &str) -> Result<ChatRequest, ApiError> {
+        let request: ChatCompletionRequest = crate::json::parse(body.as_bytes())?;
+        to_engine_request(request, &GenerationConfig::default())
+    }
+
+    #[test]
+    fn defaults_fill_missing_sampling_fields() {
+        let r = request(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#).unwrap();
+        let d = GenerationConfig::default();
+        assert_eq!(r.sampling.max_tokens, d.default_max_tokens as usize);
+        assert_eq!(r.sampling.temperature, d.default_temperature);
+        assert_eq!(r.messages, vec![ChatMessage::new(Role::User, "hi")]);
+    }
+
+    #[test]
+    fn content_parts_and_roles_are_mapped() {
+        let r = request(
+            r#"{"model":"m","max_completion_tokens":7,"max_tokens":99,"stop":"END","messages":[
+                {"role":"developer","content":"be brief"},
+                {"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},
+                {"role":"assistant","content":null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.sampling.max_tokens, 7, "max_completion_tokens wins over max_tokens");
+        assert_eq!(r.sampling.stop, vec!["END".to_owned()]);
+        assert_eq!(r.messages[0], ChatMessage::new(Role::System, "be brief"));
+        assert_eq!(r.messages[1], ChatMessage::new(Role::User, "a\nb"));
+        assert_eq!(r.messages[2], ChatMessage::new(Role::Assistant, ""));
+    }
+
+    #[test]
+    fn out_of_range_fields_name_the_param() {
+        let cases = [
+            (r#""max_tokens":0"#, "max_tokens"),
+            (r#""max_tokens":100000"#, "max_tokens"),
+            (r#""temperature":3"#, "temperature"),
+            (r#""top_p":0"#, "top_p"),
+            (r#""stop":["a","b","c","d","e"]"#, "stop"),
+        ];
+        for (field, param) in cases {
+            let body = format!(r#"{{"model":"m",{field},"messages":[{{"role":"user","content":"x"}}]}}"#);
+            let err = request(&body).unwrap_err();
+            assert_eq!(err.status, 400, "{field}");
+            assert_eq!(err.param, Some(param), "{field}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn unsupported_roles_parts_and_empty_lists_are_rejected() {
+        let err = request(r#"{"model":"m","messages":[]}"#).unwrap_err();
+        assert_eq!(err.param, Some("messages"));
+        let err = request(r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#).unwrap_err();
+        assert!(err.message.contains("`tool`"), "{}", err.message);
+        let err = request(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#).unwrap_err();
+        assert!(err.message.contains("image_url"), "{}", err.message);
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let err = request(r#"{"model":"m","messages":[{"role":5,"content":"x"}]}"#).unwrap_err();
+        assert!(err.message.contains("messages[0].role"), "{}", err.message);
+        let err = request(r#"{"model":"m","messages":"#).unwrap_err();
+        assert!(err.message.starts_with("Invalid JSON body"), "{}", err.message);
+    }
+}

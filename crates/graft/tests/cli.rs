@@ -1,0 +1,120 @@
+//! The `graft` program itself, run as a user runs it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn graft() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
+    cmd.current_dir(repo_root()).env("RUST_LOG", "warn");
+    cmd
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn a_bad_config_stops_graft_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("graft.toml");
+    std::fs::write(&config, "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_byte = 10\n").unwrap();
+    let out = graft().args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`server.max_body_byte`"), "{stderr}");
+    assert!(stderr.contains("unknown field"), "{stderr}");
+
+    std::fs::write(&config, "[model]\nmax_num_seqs = \"eight\"\n").unwrap();
+    let out = graft().args(["serve", "--config"]).arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("`model.max_num_seqs`") && stderr.contains("line 2"), "{stderr}");
+}
+
+#[test]
+fn serve_reports_a_missing_model_file_instead_of_reaching_the_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("graft.toml");
+    std::fs::write(&config, "[model]\ngguf = \"nowhere/model.gguf\"\n").unwrap();
+    let out = graft().args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nowhere/model.gguf") && stderr.contains("does not exist"), "{stderr}");
+}
+
+#[test]
+fn models_list_json_describes_the_kit() {
+    let out = graft().args(["models", "list", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<_> = rows.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"smollm2-135m-instruct") && ids.contains(&"onnxruntime"), "{ids:?}");
+    assert!(rows[0]["sha256"].as_str().unwrap().len() == 64);
+}
+
+/// Kills the child on drop, so a failing test leaves no server behind.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_answers_a_chat_request_and_stops_cleanly_on_sigterm() {
+    // The kit is fetched through the same code path as `graft up`.
+    let fetch = graft().args(["models", "fetch", "smollm2-135m-instruct"]).output().unwrap();
+    assert!(fetch.status.success(), "{}", String::from_utf8_lossy(&fetch.stderr));
+
+    let child = graft()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Running(child);
+    let stderr = server.0.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let addr = loop {
+        assert!(Instant::now() < deadline, "graft did not start serving in time");
+        let line = lines.next().expect("graft exited before serving").unwrap();
+        if let Some(rest) = line.split("on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    assert!(!addr.ends_with(":0"), "the real port is printed, not the requested 0: {addr}");
+
+    // What README's curl example sends: no content type, so curl's form default.
+    let body = r#"{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"Write a Rust function that adds two numbers"}],"max_tokens":16,"temperature":0}"#;
+    let response = http_post(&addr, "/v1/chat/completions", body);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let json: serde_json::Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert!(!json["choices"][0]["message"]["content"].as_str().unwrap().trim().is_empty(), "{json}");
+
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = server.0.wait().unwrap();
+    assert!(status.success(), "graft exits 0 on SIGTERM, got {status}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("graft stopped")), "{rest:?}");
+}
+
+/// A minimal HTTP/1.1 POST, as `curl -d` sends it.
+fn http_post(addr: &str, path: &str, body: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}

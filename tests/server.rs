@@ -1,0 +1,150 @@
+//! The real server, with SmolLM2-135M from the kit, on an ephemeral loopback port: chat
+//! completions and the error answers, as an OpenAI client sees them over HTTP.
+
+use graft_tests::{smollm2_server, MAX_BODY_BYTES, MODEL};
+use serde_json::{json, Value};
+
+async fn post(path: &str, body: &Value) -> (u16, Value) {
+    post_raw(path, "application/json", body.to_string()).await
+}
+
+async fn post_raw(path: &str, content_type: &str, body: String) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(smollm2_server().url(path))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("request reaches the server");
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().await.expect("every answer is JSON");
+    (status, body)
+}
+
+async fn get(path: &str) -> (u16, Value) {
+    let response = reqwest::get(smollm2_server().url(path)).await.expect("request reaches the server");
+    let status = response.status().as_u16();
+    (status, response.json::<Value>().await.expect("every answer is JSON"))
+}
+
+fn greedy_chat(content: &str, max_tokens: u32) -> Value {
+    json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+    })
+}
+
+/// Asserts OpenAI's error shape and returns the `error` object.
+fn error_of(status: u16, body: &Value, expected_status: u16) -> &Value {
+    assert_eq!(status, expected_status, "{body}");
+    let error = &body["error"];
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(error["type"].is_string(), "{body}");
+    assert!(error.get("param").is_some() && error.get("code").is_some(), "{body}");
+    error
+}
+
+#[tokio::test]
+async fn chat_completion_comes_from_smollm2() {
+    let request = greedy_chat("Write a Rust function that adds two numbers", 24);
+    let (status, body) = post("/v1/chat/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], MODEL);
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert!(body["created"].as_u64().unwrap() > 1_700_000_000);
+    let choice = &body["choices"][0];
+    assert_eq!(choice["index"], 0);
+    assert_eq!(choice["message"]["role"], "assistant");
+    let text = choice["message"]["content"].as_str().unwrap();
+    assert!(!text.trim().is_empty(), "{body}");
+    assert!(["stop", "length"].contains(&choice["finish_reason"].as_str().unwrap()));
+
+    let usage = &body["usage"];
+    let prompt = usage["prompt_tokens"].as_u64().unwrap();
+    let completion = usage["completion_tokens"].as_u64().unwrap();
+    assert!(prompt > 5, "the chat template and the question are counted: {usage}");
+    assert!((1..=24).contains(&completion), "max_tokens is honoured: {usage}");
+    assert_eq!(usage["total_tokens"].as_u64().unwrap(), prompt + completion);
+
+    // Greedy decoding is deterministic, and the body is read as JSON whatever the
+    // content type says (this is what `curl -d` sends).
+    let (status, again) = post_raw(
+        "/v1/chat/completions",
+        "application/x-www-form-urlencoded",
+        request.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["choices"][0]["message"]["content"], choice["message"]["content"]);
+}
+
+#[tokio::test]
+async fn max_tokens_cuts_the_answer_with_finish_reason_length() {
+    let (status, body) = post("/v1/chat/completions", &greedy_chat("Count from one to fifty in words.", 3)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 3, "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "length", "{body}");
+}
+
+#[tokio::test]
+async fn health_and_models_name_the_base_model() {
+    let (status, body) = get("/health").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"status": "ok", "model": MODEL}));
+
+    let (status, body) = get("/v1/models").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["data"][0]["id"], MODEL);
+    assert_eq!(body["data"][0]["object"], "model");
+}
+
+#[tokio::test]
+async fn unknown_model_is_404_model_not_found() {
+    let mut request = greedy_chat("hi", 4);
+    request["model"] = json!("gpt-4o");
+    let (status, body) = post("/v1/chat/completions", &request).await;
+    let error = error_of(status, &body, 404);
+    assert_eq!(error["code"], "model_not_found");
+    assert_eq!(error["param"], "model");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("gpt-4o") && message.contains(MODEL), "{message}");
+}
+
+#[tokio::test]
+async fn malformed_and_invalid_requests_are_400_naming_the_problem() {
+    let (status, body) = post_raw("/v1/chat/completions", "application/json", "{\"model\":".into()).await;
+    let error = error_of(status, &body, 400);
+    assert!(error["message"].as_str().unwrap().contains("Invalid JSON"), "{body}");
+
+    let (status, body) = post("/v1/chat/completions", &json!({"model": MODEL, "messages": [{"role": "user"}], "max_tokens": "many"})).await;
+    let error = error_of(status, &body, 400);
+    assert!(error["message"].as_str().unwrap().contains("max_tokens"), "{body}");
+
+    let (status, body) = post("/v1/chat/completions", &json!({"model": MODEL})).await;
+    let error = error_of(status, &body, 400);
+    assert!(error["message"].as_str().unwrap().contains("messages"), "{body}");
+
+    let (status, body) = post("/v1/chat/completions", &greedy_chat("hi", 1_000_000)).await;
+    let error = error_of(status, &body, 400);
+    assert_eq!(error["param"], "max_tokens");
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_413() {
+    let big = "x".repeat(MAX_BODY_BYTES + 1);
+    let (status, body) = post("/v1/chat/completions", &greedy_chat(&big, 4)).await;
+    let error = error_of(status, &body, 413);
+    assert!(error["message"].as_str().unwrap().contains("max_body_bytes"), "{body}");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_openai_shape() {
+    let (status, body) = get("/v1/nothing-here").await;
+    error_of(status, &body, 404);
+    let (status, body) = get("/v1/chat/completions").await;
+    error_of(status, &body, 405);
+}
