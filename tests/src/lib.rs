@@ -4,6 +4,8 @@
 //!   `graft up` does it: through config/graft.toml, honouring `GRAFT_KIT_DIR`.
 //! - [`smollm2_server`]: one real graft server with SmolLM2-135M on an ephemeral loopback
 //!   port, started once per test binary and shared by its tests (a model loads once).
+//! - [`kit_embedder`]: the kit's embedding model, loaded once per test binary.
+//! - [`copy_fixture`]: a fixture repository copied somewhere a test may change it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use std::sync::OnceLock;
 use graft_core::config::GenerationConfig;
 use graft_core::{Config, Device};
 use graft_engine::{BaseModel, Engine};
+use graft_index::{Embedder, EmbedderOptions, EmbeddingSource};
 use graft_kit::{Kit, NoProgress, Source};
 use graft_server::AppState;
 
@@ -86,4 +89,44 @@ pub fn smollm2_server() -> &'static TestServer {
             Err(_) => panic!("the test server thread died while starting"),
         }
     })
+}
+
+/// The kit's all-MiniLM-L6-v2, loaded once per test binary.
+pub fn kit_embedder() -> &'static Embedder {
+    static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
+    EMBEDDER.get_or_init(|| {
+        let options = EmbedderOptions {
+            source: EmbeddingSource::Files {
+                onnx: kit_file("minilm-l6-v2-onnx"),
+                tokenizer_dir: kit_file("minilm-l6-v2-tokenizer"),
+            },
+            onnxruntime: kit_file("onnxruntime"),
+            threads: 2,
+            batch_size: 64,
+            max_tokens: 256,
+            cache_dir: None,
+        };
+        Embedder::load(&options).unwrap_or_else(|e| panic!("cannot load the kit's embedding model: {e}"))
+    })
+}
+
+/// Copies `tests/fixtures/<name>` into a new temporary folder and returns it.
+pub fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let from = repo_root().join("tests/fixtures").join(name);
+    let dir = tempfile::tempdir().expect("temporary folder");
+    copy_tree(&from, dir.path());
+    dir
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create folder");
+    for entry in std::fs::read_dir(from).expect("read fixture folder") {
+        let entry = entry.expect("fixture entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy fixture file");
+        }
+    }
 }

@@ -22,6 +22,9 @@ pub struct Config {
     pub kit: KitConfig,
     pub model: ModelConfig,
     pub generation: GenerationConfig,
+    pub index: IndexConfig,
+    /// Repositories graft serves retrieval for, each with its own index.
+    pub projects: Vec<ProjectConfig>,
 }
 
 /// `[server]`: the HTTP listener.
@@ -159,6 +162,106 @@ impl Default for GenerationConfig {
     }
 }
 
+/// `[index]`: how repositories are indexed and searched.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    /// Folder holding one index per project (`<dir>/<project>/`).
+    pub dir: PathBuf,
+    /// Extra excludes in .gitignore syntax, on top of each repository's own ignore files.
+    pub exclude: Vec<String>,
+    /// Files larger than this are skipped.
+    pub max_file_bytes: u64,
+    /// Files with a longer line are skipped as minified.
+    pub max_line_chars: usize,
+    /// Largest chunk, in characters.
+    pub chunk_chars: usize,
+    /// The embedding model.
+    pub embedding_model: EmbeddingModel,
+    /// Threads for embedding and for the keyword index.
+    pub threads: usize,
+    /// Chunks per embedding batch.
+    pub batch_size: usize,
+    /// Results a search returns when not told otherwise.
+    pub top_k: usize,
+    /// At most this many results of one file.
+    pub per_file: usize,
+    /// A Qdrant server's gRPC URL; unset keeps vectors in the embedded engine.
+    pub qdrant_url: Option<String>,
+    /// The environment variable that holds the Qdrant API key (read only with `qdrant_url`).
+    pub qdrant_api_key_env: String,
+    /// Collections on the server are named `<prefix><project>`.
+    pub qdrant_collection_prefix: String,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            dir: PathBuf::from("index"),
+            exclude: Vec::new(),
+            max_file_bytes: 1024 * 1024,
+            max_line_chars: 1000,
+            chunk_chars: 1500,
+            embedding_model: EmbeddingModel::Kit("minilm-l6-v2".to_owned()),
+            threads: 2,
+            batch_size: 64,
+            top_k: 10,
+            per_file: 2,
+            qdrant_url: None,
+            qdrant_api_key_env: "QDRANT_API_KEY".to_owned(),
+            qdrant_collection_prefix: "graft_".to_owned(),
+        }
+    }
+}
+
+/// Where the embedding model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmbeddingModel {
+    /// `kit:minilm-l6-v2`: the offline kit's all-MiniLM-L6-v2 (ONNX, int8).
+    Kit(String),
+    /// `files:<folder>`: a folder with `model.onnx` and its tokenizer files.
+    Folder(PathBuf),
+    /// Anything else: a fastembed catalog model (`BAAI/bge-small-en-v1.5`), downloaded from
+    /// Hugging Face on first use.
+    Catalog(String),
+}
+
+impl<'de> Deserialize<'de> for EmbeddingModel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(de::Error::custom("expected `kit:minilm-l6-v2`, `files:<folder>` or a fastembed model name"));
+        }
+        Ok(if let Some(id) = s.strip_prefix("kit:") {
+            EmbeddingModel::Kit(id.to_owned())
+        } else if let Some(dir) = s.strip_prefix("files:") {
+            EmbeddingModel::Folder(PathBuf::from(dir))
+        } else {
+            EmbeddingModel::Catalog(s.to_owned())
+        })
+    }
+}
+
+/// `[[projects]]`: a repository served with retrieval.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// The project's id: clients use it as `model`; its index is `<index.dir>/<name>/`.
+    pub name: String,
+    /// The repository's folder (relative paths: against the config file's folder).
+    pub path: PathBuf,
+}
+
+/// Whether `name` can be a project name: it becomes a folder name, so letters, digits, `.`,
+/// `_` and `-` only, not starting with `.`.
+pub fn is_valid_project_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 /// What can go wrong while loading the configuration. Each message names the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -233,6 +336,18 @@ impl Config {
         if let ModelSource::Path(p) = &self.model.gguf {
             self.model.gguf = ModelSource::Path(resolve(base, p));
         }
+        self.index.dir = resolve(base, &self.index.dir);
+        if let EmbeddingModel::Folder(p) = &self.index.embedding_model {
+            self.index.embedding_model = EmbeddingModel::Folder(resolve(base, p));
+        }
+        for project in &mut self.projects {
+            project.path = resolve(base, &project.path);
+        }
+    }
+
+    /// The configured project with this name.
+    pub fn project(&self, name: &str) -> Option<&ProjectConfig> {
+        self.projects.iter().find(|p| p.name == name)
     }
 
     fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
@@ -269,6 +384,47 @@ impl Config {
                     g.max_tokens_limit, g.default_max_tokens
                 ),
             ));
+        }
+        let ix = &self.index;
+        for (key, value) in [
+            ("index.chunk_chars", ix.chunk_chars),
+            ("index.threads", ix.threads),
+            ("index.batch_size", ix.batch_size),
+            ("index.top_k", ix.top_k),
+            ("index.per_file", ix.per_file),
+            ("index.max_line_chars", ix.max_line_chars),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        if let Some(url) = &ix.qdrant_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "index.qdrant_url",
+                    format!("expected an http:// or https:// URL (Qdrant's gRPC port, usually 6334), found {url:?}"),
+                ));
+            }
+        }
+        if ix.chunk_chars < 200 {
+            return Err(invalid("index.chunk_chars", format!("must be at least 200, found {}", ix.chunk_chars)));
+        }
+        for (i, project) in self.projects.iter().enumerate() {
+            if !is_valid_project_name(&project.name) {
+                return Err(invalid(
+                    &format!("projects[{i}].name"),
+                    format!(
+                        "expected letters, digits, `.`, `_` or `-` (not starting with `.`), found {:?}",
+                        project.name
+                    ),
+                ));
+            }
+            if project.name == self.model.name || self.projects[..i].iter().any(|p| p.name == project.name) {
+                return Err(invalid(
+                    &format!("projects[{i}].name"),
+                    format!("`{}` is already used by another project or the base model", project.name),
+                ));
+            }
         }
         if !(0.0..=2.0).contains(&g.default_temperature) {
             return Err(invalid(
@@ -428,6 +584,23 @@ mod tests {
         assert_eq!(err.key(), Some("generation.default_top_p"));
         let err = load("[model]\nname = \"has space\"\n").unwrap_err();
         assert_eq!(err.key(), Some("model.name"));
+    }
+
+    #[test]
+    fn projects_and_index_settings_are_read_and_checked() {
+        let c = load("[index]\nembedding_model = \"BAAI/bge-small-en-v1.5\"\n[[projects]]\nname = \"app\"\npath = \"../app\"\n").unwrap();
+        assert_eq!(c.index.embedding_model, EmbeddingModel::Catalog("BAAI/bge-small-en-v1.5".into()));
+        assert_eq!(c.project("app").unwrap().path, PathBuf::from("/etc/app"));
+        assert_eq!(c.index.dir, PathBuf::from("/etc/graft/index"));
+
+        let err = load("[[projects]]\nname = \"../evil\"\npath = \"x\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("projects[0].name"));
+        let err = load("[[projects]]\nname = \"a\"\npath = \"x\"\n[[projects]]\nname = \"a\"\npath = \"y\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("projects[1].name"));
+        let err = load("[[projects]]\nname = \"a\"\n").unwrap_err();
+        assert!(err.to_string().contains("path"), "{err}");
+        let err = load("[index]\nthreads = 0\n").unwrap_err();
+        assert_eq!(err.key(), Some("index.threads"));
     }
 
     #[test]

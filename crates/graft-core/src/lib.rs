@@ -7,4 +7,4 @@
 
 pub mod config;
 
-pub use config::{Config, ConfigError, Device, ModelSource};
+pub use config::{Config, ConfigError, Device, EmbeddingModel, ModelSource, ProjectConfig};

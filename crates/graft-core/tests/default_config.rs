@@ -19,4 +19,16 @@ fn the_shipped_config_loads_and_matches_the_built_in_defaults() {
     assert_eq!(format!("{:?}", shipped.server), format!("{:?}", defaults.server));
     assert_eq!(format!("{:?}", shipped.model), format!("{:?}", defaults.model));
     assert_eq!(format!("{:?}", shipped.generation), format!("{:?}", defaults.generation));
+
+    // Index settings match too, except the folder, which is the repository's `index/`.
+    assert_eq!(std::fs::canonicalize(shipped.index.dir.parent().unwrap()).unwrap(), std::fs::canonicalize(&root).unwrap());
+    assert!(shipped.index.dir.ends_with("index"));
+    let mut shipped_index = shipped.index.clone();
+    shipped_index.dir = defaults.index.dir.clone();
+    assert_eq!(format!("{shipped_index:?}"), format!("{:?}", defaults.index));
+
+    // The shipped config serves graft's own repository as a project.
+    assert!(defaults.projects.is_empty());
+    let graft = shipped.project("graft").expect("the graft project");
+    assert_eq!(std::fs::canonicalize(&graft.path).unwrap(), std::fs::canonicalize(&root).unwrap());
 }

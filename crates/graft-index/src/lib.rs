@@ -1,4 +1,26 @@
 //! graft-index: turns a repository into something a prompt can be augmented from.
 //!
-//! Walk (honouring .gitignore) → filter → chunk (syntax-aware) → embed (fastembed) → vectors
-//! (Qdrant) + keywords (tantivy) → hybrid search. Being built under issue 3; nothing here yet.
+//! The flow of a run ([`indexer`]): [`walk`] (honours .gitignore, skips binary, generated,
+//! vendored, minified and huge files) → [`chunker`] (tree-sitter where there is a grammar, line
+//! windows elsewhere) → [`embed`] (fastembed) → [`vectors`] (Qdrant) + [`catalog`] (tantivy with
+//! the code-aware [`tokenizer`]). [`search`] answers queries by keyword, vector or both, fused
+//! in [`fusion`].
+//!
+//! It knows nothing about generation or HTTP.
+
+pub mod catalog;
+pub mod chunker;
+pub mod embed;
+pub mod error;
+pub mod fusion;
+pub mod indexer;
+pub mod search;
+pub mod tokenizer;
+pub mod vectors;
+pub mod walk;
+
+pub use embed::{Embedder, EmbedderOptions, EmbeddingSource};
+pub use error::IndexError;
+pub use indexer::{index_repository, IndexLayout, IndexOptions, IndexProgress, IndexReport, Meta, Quiet};
+pub use search::{ProjectIndex, SearchHit, SearchMode, SearchOptions};
+pub use walk::{SkipReason, WalkOptions};

@@ -24,6 +24,13 @@ pub enum Command {
     /// Serve the OpenAI-compatible API. Never touches the network: run `graft models fetch`
     /// (or use `graft up`) first.
     Serve(ServeArgs),
+    /// Index a repository for retrieval (incremental: only what changed is redone).
+    Index(IndexArgs),
+    /// Search a project's index.
+    Search(SearchArgs),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// The offline model kit: list it, fetch it.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -43,6 +50,61 @@ pub struct ServeArgs {
     /// Address to listen on, replacing `server.listen` from the config (e.g. 127.0.0.1:9000).
     #[arg(long, short = 'l', value_name = "HOST:PORT")]
     pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The repository to index; by default the path of the configured project.
+    pub path: Option<PathBuf>,
+    /// The project name (the index folder's name); by default the configured project with this
+    /// path, else the repository folder's name.
+    #[arg(long, short = 'p')]
+    pub project: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// What to look for: words, identifiers or a piece of code.
+    pub query: String,
+    /// The project whose index is searched.
+    #[arg(long, short = 'p')]
+    pub project: String,
+    /// Number of results (default: `index.top_k` from the config).
+    #[arg(short = 'k', long)]
+    pub k: Option<usize>,
+    /// hybrid (keyword and vector, fused), keyword (BM25) or vector (embeddings).
+    #[arg(long, default_value = "hybrid", value_parser = ["hybrid", "keyword", "vector"])]
+    pub mode: String,
+    /// Print the results as a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Index a source tree into a scratch index and time indexing and search.
+    Index(BenchIndexArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchIndexArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The source tree to index (for example ~/.cargo/registry/src).
+    pub path: PathBuf,
+    /// Number of search queries per mode.
+    #[arg(long, default_value_t = 200)]
+    pub queries: usize,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

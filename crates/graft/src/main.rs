@@ -2,10 +2,14 @@
 //!
 //! - [`cli`]: flags and help text.
 //! - [`serve`]: `graft serve` and `graft up`.
+//! - [`index`]: `graft index` and `graft search`.
 //! - [`models`]: `graft models fetch | list`.
+//! - [`bench`]: `graft bench index`.
 //! - [`progress`]: progress bars.
 
+mod bench;
 mod cli;
+mod index;
 mod models;
 mod progress;
 mod serve;
@@ -16,7 +20,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command, ModelsCommand};
+use cli::{BenchCommand, Cli, Command, ModelsCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,6 +28,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => serve::up(args),
         Command::Serve(args) => serve::serve(args),
+        Command::Index(args) => index::index(args),
+        Command::Search(args) => index::search(args),
+        Command::Bench(BenchCommand::Index(args)) => bench::index(args),
         Command::Models(ModelsCommand::Fetch { config, ids, json }) => models::fetch(&config.config, &ids, json),
         Command::Models(ModelsCommand::List { config, json }) => models::list(&config.config, json),
     };

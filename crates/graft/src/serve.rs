@@ -8,17 +8,35 @@ use graft_kit::Kit;
 use graft_server::AppState;
 
 use crate::cli::ServeArgs;
-use crate::models;
+use crate::{index, models};
 
-/// `graft up`: the one command a new user runs.
+/// `graft up`: the one command a new user runs. Fetches the model files the config needs,
+/// brings every configured project's index up to date, then serves.
 pub fn up(args: ServeArgs) -> Result<()> {
     let config = load(&args)?;
     let kit = Kit::new(&config.kit.dir);
-    let needed = models::needed_by(&config)?;
+    let mut needed = models::needed_by(&config)?;
+    if !config.projects.is_empty() {
+        needed.extend(index::needed_artifacts(&config)?);
+    }
     if needed.iter().any(|a| !kit.is_installed(a)) {
         eprintln!("fetching the offline model kit into {}", kit.dir().display());
     }
     models::ensure(&kit, &needed, false)?;
+    if !config.projects.is_empty() {
+        let embedder = index::load_embedder(&config)?;
+        for project in &config.projects {
+            eprintln!("indexing project `{}` ({})", project.name, project.path.display());
+            let report = index::run_index(&config, &project.name, &project.path, &embedder, false)?;
+            eprintln!(
+                "  {} files, {} chunks ({} embedded now) in {:.1}s",
+                report.files_indexed,
+                report.chunks,
+                report.embeddings,
+                report.elapsed.as_secs_f64()
+            );
+        }
+    }
     run(config)
 }
 

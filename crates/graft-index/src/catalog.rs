@@ -1,0 +1,291 @@
+//! The catalog: a tantivy index of every chunk (text, path, symbol, lines) and of every
+//! indexed file (path, content hash). It is the index's source of truth.
+//!
+//! - Keyword search (BM25) runs on it, with the code tokenizer and the path and symbol fields
+//!   boosted.
+//! - It says which files are indexed at which content, so a run knows what changed.
+//! - It holds the text of every chunk, so vector hits are turned into results here, and a
+//!   vector whose chunk is not in the committed catalog is never shown.
+//!
+//! A run's changes become visible in one tantivy commit: before it, searches see the previous
+//! index whole; after it, the new one whole.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use tantivy::collector::TopDocs;
+use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
+};
+use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+use crate::chunker::Chunk;
+use crate::error::IndexError;
+use crate::fusion::Ranked;
+use crate::tokenizer::{CodeTokenizer, CODE_TOKENIZER};
+
+/// How much a match in each field counts, relative to the chunk's text.
+const PATH_BOOST: f32 = 2.0;
+const SYMBOL_BOOST: f32 = 3.0;
+/// tantivy's writer memory budget (shared by its threads).
+const WRITER_MEMORY: usize = 64 * 1024 * 1024;
+
+const KIND_CHUNK: &str = "chunk";
+const KIND_FILE: &str = "file";
+
+#[derive(Clone, Copy)]
+struct Fields {
+    kind: Field,
+    id: Field,
+    path: Field,
+    path_exact: Field,
+    symbol: Field,
+    language: Field,
+    start_line: Field,
+    end_line: Field,
+    file_hash: Field,
+    text: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let code = TextOptions::default()
+        .set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(CODE_TOKENIZER)
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        )
+        .set_stored();
+    let fields = Fields {
+        kind: b.add_text_field("kind", STRING),
+        id: b.add_u64_field("id", NumericOptions::default().set_indexed().set_stored().set_fast()),
+        path: b.add_text_field("path", code.clone()),
+        path_exact: b.add_text_field("path_exact", STRING | STORED),
+        symbol: b.add_text_field("symbol", code.clone()),
+        language: b.add_text_field("language", STRING | STORED),
+        start_line: b.add_u64_field("start_line", STORED),
+        end_line: b.add_u64_field("end_line", STORED),
+        file_hash: b.add_text_field("file_hash", STRING | STORED),
+        text: b.add_text_field("text", code),
+    };
+    (b.build(), fields)
+}
+
+/// A chunk as stored in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChunk {
+    pub id: u64,
+    pub path: String,
+    pub language: String,
+    pub start_line: usize,
+    pub end_line: usize,
+    pub symbol: String,
+    pub text: String,
+}
+
+/// The catalog of one project's index.
+pub struct Catalog {
+    index: Index,
+    reader: IndexReader,
+    fields: Fields,
+}
+
+impl Catalog {
+    /// Opens the catalog in `dir`, creating an empty one if there is none.
+    pub fn open(dir: &Path) -> Result<Catalog, IndexError> {
+        std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
+        let (schema, fields) = schema();
+        let directory = tantivy::directory::MmapDirectory::open(dir).map_err(|e| IndexError::Catalog(e.to_string()))?;
+        let index = Index::open_or_create(directory, schema).map_err(IndexError::catalog)?;
+        index.tokenizers().register(CODE_TOKENIZER, CodeTokenizer);
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(IndexError::catalog)?;
+        Ok(Catalog { index, reader, fields })
+    }
+
+    /// Sees the latest commit (of this or another process).
+    pub fn reload(&self) -> Result<(), IndexError> {
+        self.reader.reload().map_err(IndexError::catalog)
+    }
+
+    /// Indexed files and the content hash each was indexed at.
+    pub fn files(&self) -> Result<HashMap<String, String>, IndexError> {
+        let searcher = self.reader.searcher();
+        let query = TermQuery::new(Term::from_field_text(self.fields.kind, KIND_FILE), IndexRecordOption::Basic);
+        let addresses = searcher
+            .search(&query, &tantivy::collector::DocSetCollector)
+            .map_err(IndexError::catalog)?;
+        let mut files = HashMap::with_capacity(addresses.len());
+        for address in addresses {
+            let doc: TantivyDocument = searcher.doc(address).map_err(IndexError::catalog)?;
+            let path = text_of(&doc, self.fields.path_exact);
+            let hash = text_of(&doc, self.fields.file_hash);
+            files.insert(path, hash);
+        }
+        Ok(files)
+    }
+
+    /// The ids of every committed chunk.
+    pub fn chunk_ids(&self) -> Result<HashSet<u64>, IndexError> {
+        let searcher = self.reader.searcher();
+        let mut ids = HashSet::new();
+        for segment in searcher.segment_readers() {
+            let column = segment.fast_fields().u64("id").map_err(IndexError::catalog)?;
+            for doc in segment.doc_ids_alive() {
+                // File documents have no id.
+                if let Some(id) = column.first(doc) {
+                    ids.insert(id);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The number of committed chunks.
+    pub fn chunk_count(&self) -> Result<usize, IndexError> {
+        Ok(self.chunk_ids()?.len())
+    }
+
+    /// BM25 search over chunk text, path and symbol, best first.
+    pub fn keyword_search(&self, query: &str, limit: usize) -> Result<Vec<Ranked>, IndexError> {
+        let terms = crate::tokenizer::query_terms(query);
+        if terms.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let f = self.fields;
+        let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for term in &terms {
+            for (field, boost) in [(f.text, 1.0), (f.path, PATH_BOOST), (f.symbol, SYMBOL_BOOST)] {
+                let q = TermQuery::new(Term::from_field_text(field, term), IndexRecordOption::WithFreqs);
+                should.push((Occur::Should, Box::new(BoostQuery::new(Box::new(q), boost))));
+            }
+        }
+        let only_chunks = TermQuery::new(Term::from_field_text(f.kind, KIND_CHUNK), IndexRecordOption::Basic);
+        let query = BooleanQuery::new(vec![
+            (Occur::Must, Box::new(BooleanQuery::new(should)) as Box<dyn Query>),
+            (Occur::Must, Box::new(only_chunks)),
+        ]);
+        let searcher = self.reader.searcher();
+        let top = searcher
+            .search(&query, &TopDocs::with_limit(limit).order_by_score())
+            .map_err(IndexError::catalog)?;
+        let mut out = Vec::with_capacity(top.len());
+        for (score, address) in top {
+            let doc: TantivyDocument = searcher.doc(address).map_err(IndexError::catalog)?;
+            if let Some(id) = doc.get_first(f.id).and_then(|v| v.as_u64()) {
+                out.push(Ranked { id, score });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored chunks with these ids (those that exist in the committed catalog).
+    pub fn chunks(&self, ids: &[u64]) -> Result<HashMap<u64, StoredChunk>, IndexError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let f = self.fields;
+        let query = BooleanQuery::new(
+            ids.iter()
+                .map(|&id| {
+                    let q: Box<dyn Query> =
+                        Box::new(TermQuery::new(Term::from_field_u64(f.id, id), IndexRecordOption::Basic));
+                    (Occur::Should, q)
+                })
+                .collect(),
+        );
+        let searcher = self.reader.searcher();
+        let top = searcher
+            .search(&query, &TopDocs::with_limit(ids.len()).order_by_score())
+            .map_err(IndexError::catalog)?;
+        let mut out = HashMap::with_capacity(top.len());
+        for (_, address) in top {
+            let doc: TantivyDocument = searcher.doc(address).map_err(IndexError::catalog)?;
+            let Some(id) = doc.get_first(f.id).and_then(|v| v.as_u64()) else {
+                continue;
+            };
+            out.insert(
+                id,
+                StoredChunk {
+                    id,
+                    path: text_of(&doc, f.path_exact),
+                    language: text_of(&doc, f.language),
+                    start_line: doc.get_first(f.start_line).and_then(|v| v.as_u64()).unwrap_or(0) as usize,
+                    end_line: doc.get_first(f.end_line).and_then(|v| v.as_u64()).unwrap_or(0) as usize,
+                    symbol: text_of(&doc, f.symbol),
+                    text: text_of(&doc, f.text),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Starts a batch of changes; nothing is visible until [`CatalogWriter::commit`].
+    pub fn writer(&self, threads: usize) -> Result<CatalogWriter, IndexError> {
+        let writer = self
+            .index
+            .writer_with_num_threads(threads.clamp(1, 8), WRITER_MEMORY)
+            .map_err(|e| match e {
+                tantivy::TantivyError::LockFailure(..) => IndexError::Busy,
+                other => IndexError::catalog(other),
+            })?;
+        Ok(CatalogWriter {
+            writer,
+            fields: self.fields,
+        })
+    }
+}
+
+fn text_of(doc: &TantivyDocument, field: Field) -> String {
+    doc.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_owned()
+}
+
+/// Pending changes to the catalog.
+pub struct CatalogWriter {
+    writer: IndexWriter,
+    fields: Fields,
+}
+
+impl CatalogWriter {
+    /// Removes a file and all its chunks.
+    pub fn remove_file(&self, path: &str) {
+        self.writer.delete_term(Term::from_field_text(self.fields.path_exact, path));
+    }
+
+    /// Adds a file (its chunks are added with [`CatalogWriter::add_chunk`]).
+    pub fn add_file(&self, path: &str, file_hash: &str) -> Result<(), IndexError> {
+        let f = self.fields;
+        self.writer
+            .add_document(doc!(f.kind => KIND_FILE, f.path_exact => path, f.file_hash => file_hash))
+            .map_err(IndexError::catalog)?;
+        Ok(())
+    }
+
+    pub fn add_chunk(&self, id: u64, chunk: &Chunk) -> Result<(), IndexError> {
+        let f = self.fields;
+        self.writer
+            .add_document(doc!(
+                f.kind => KIND_CHUNK,
+                f.id => id,
+                f.path => chunk.path.as_str(),
+                f.path_exact => chunk.path.as_str(),
+                f.symbol => chunk.symbol.as_str(),
+                f.language => chunk.language,
+                f.start_line => chunk.start_line as u64,
+                f.end_line => chunk.end_line as u64,
+                f.text => chunk.text.as_str(),
+            ))
+            .map_err(IndexError::catalog)?;
+        Ok(())
+    }
+
+    /// Makes every change visible at once.
+    pub fn commit(mut self) -> Result<(), IndexError> {
+        self.writer.commit().map_err(IndexError::catalog)?;
+        self.writer.wait_merging_threads().map_err(IndexError::catalog)
+    }
+}

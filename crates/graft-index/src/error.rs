@@ -1,0 +1,46 @@
+//! Errors of indexing and search. Each names what failed and, where it helps, what to do.
+
+use std::path::{Path, PathBuf};
+
+use crate::walk::WalkError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Walk(#[from] WalkError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("keyword index: {0}")]
+    Catalog(String),
+    #[error("vector store: {0}")]
+    Vectors(String),
+    #[error("embedding model: {0}")]
+    Embedding(String),
+    #[error("another `graft index` run is updating this index; wait for it to finish")]
+    Busy,
+    #[error("no index for project `{project}` in {}; run `graft index PATH --project {project}` first", dir.display())]
+    NoIndex { project: String, dir: PathBuf },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl IndexError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> IndexError {
+        IndexError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    pub(crate) fn catalog(e: impl std::fmt::Display) -> IndexError {
+        IndexError::Catalog(e.to_string())
+    }
+
+    pub(crate) fn vectors(e: impl std::fmt::Display) -> IndexError {
+        IndexError::Vectors(e.to_string())
+    }
+}

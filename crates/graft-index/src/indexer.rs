@@ -1,0 +1,310 @@
+//! One indexing run: walk → diff against the catalog → chunk the changed files → embed the
+//! chunks that have no vector yet → store vectors → commit the catalog → drop stale vectors.
+//!
+//! The order is what makes a run safe to kill at any moment (`kill -9` included):
+//! 1. new vectors are written first, under ids derived from the chunk's content, so they can
+//!    sit in the store unseen: searches only show vectors whose chunk is in the committed
+//!    catalog;
+//! 2. the catalog commit switches the whole index from the previous state to the new one;
+//! 3. vectors no committed chunk refers to are deleted last, and again by the next run if this
+//!    one did not get there.
+//!
+//! A second run therefore re-chunks only files whose content changed, re-embeds only chunks
+//! whose text (or path) changed, and finishes whatever an interrupted run left.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::catalog::Catalog;
+use crate::chunker::{chunk_file, Chunk, ChunkOptions};
+use crate::embed::Embedder;
+use crate::error::IndexError;
+use crate::vectors::{self, Backend};
+use crate::walk::{walk, SkipReason, WalkOptions};
+
+/// Chunks embedded and stored per step (bounds memory and makes progress visible).
+const EMBED_STEP: usize = 256;
+
+/// The folders and files of one project's index.
+#[derive(Debug, Clone)]
+pub struct IndexLayout {
+    pub root: PathBuf,
+}
+
+impl IndexLayout {
+    pub fn new(root: impl Into<PathBuf>) -> IndexLayout {
+        IndexLayout { root: root.into() }
+    }
+    pub fn catalog(&self) -> PathBuf {
+        self.root.join("catalog")
+    }
+    pub fn vectors(&self) -> PathBuf {
+        self.root.join("vectors")
+    }
+    pub fn meta(&self) -> PathBuf {
+        self.root.join("meta.json")
+    }
+    /// The project's name: the index folder's name (it names the collection on a server).
+    pub fn project(&self) -> String {
+        self.root.file_name().map_or_else(|| "default".to_owned(), |n| n.to_string_lossy().into_owned())
+    }
+    fn lock(&self) -> PathBuf {
+        self.root.join(".lock")
+    }
+}
+
+/// What an index was built with; written after each successful run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Meta {
+    /// The indexed repository (absolute).
+    pub repository: PathBuf,
+    /// [`Embedder::id`] of the model the vectors come from.
+    pub embedding_model: String,
+    pub dims: usize,
+}
+
+impl Meta {
+    pub fn read(layout: &IndexLayout) -> Option<Meta> {
+        let text = std::fs::read_to_string(layout.meta()).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    fn write(&self, layout: &IndexLayout) -> Result<(), IndexError> {
+        let path = layout.meta();
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(self).map_err(|e| IndexError::Invalid(e.to_string()))?;
+        std::fs::write(&tmp, text).map_err(|e| IndexError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| IndexError::io(&path, e))
+    }
+}
+
+/// Settings of a run.
+#[derive(Debug, Clone, Default)]
+pub struct IndexOptions {
+    pub walk: WalkOptions,
+    pub chunk: ChunkOptions,
+    /// Threads for the keyword index writer.
+    pub threads: usize,
+    /// Where vectors are stored.
+    pub backend: Backend,
+}
+
+/// Told about a run's progress (the CLI draws a bar).
+pub trait IndexProgress: Sync {
+    /// The walk found `files` files to look at.
+    fn walked(&self, _files: usize) {}
+    /// `chunks` chunks need embedding.
+    fn embedding(&self, _chunks: usize) {}
+    /// `n` more chunks were embedded.
+    fn embedded(&self, _n: usize) {}
+}
+
+/// Reports nothing.
+pub struct Quiet;
+impl IndexProgress for Quiet {}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IndexReport {
+    /// Files the walk looked at (kept and skipped).
+    pub files_seen: usize,
+    /// Files in the index after the run.
+    pub files_indexed: usize,
+    pub files_added: usize,
+    pub files_changed: usize,
+    pub files_removed: usize,
+    pub files_unchanged: usize,
+    /// Skipped files by reason.
+    pub skipped: BTreeMap<String, usize>,
+    /// Chunks in the index after the run.
+    pub chunks: usize,
+    /// Chunks of added or changed files.
+    pub chunks_written: usize,
+    /// Chunks embedded in this run (the rest reused a stored vector).
+    pub embeddings: usize,
+    /// Vectors deleted because no chunk refers to them any more.
+    pub stale_vectors_removed: usize,
+    /// Files that could not be read, one line each.
+    pub problems: Vec<String>,
+    pub elapsed: Duration,
+    /// True when the embedding model changed and everything was embedded again.
+    pub rebuilt: bool,
+}
+
+/// Indexes `repo` into `layout`, incrementally.
+pub fn index_repository(
+    repo: &Path,
+    layout: &IndexLayout,
+    embedder: &Embedder,
+    options: &IndexOptions,
+    progress: &dyn IndexProgress,
+) -> Result<IndexReport, IndexError> {
+    let started = Instant::now();
+    let repo = std::fs::canonicalize(repo).map_err(|_| IndexError::Walk(crate::walk::WalkError::Missing(repo.to_owned())))?;
+    std::fs::create_dir_all(&layout.root).map_err(|e| IndexError::io(&layout.root, e))?;
+    let lock_path = layout.lock();
+    let lock = File::create(&lock_path).map_err(|e| IndexError::io(&lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(IndexError::Busy),
+        Err(std::fs::TryLockError::Error(e)) => return Err(IndexError::io(&lock_path, e)),
+    }
+
+    let meta = Meta {
+        repository: repo.clone(),
+        embedding_model: embedder.id().to_owned(),
+        dims: embedder.dims(),
+    };
+    let mut report = IndexReport::default();
+    if Meta::read(layout).is_some_and(|old| old.embedding_model != meta.embedding_model || old.dims != meta.dims) {
+        // Vectors of another model cannot be compared with this one's: start over.
+        tracing::info!("embedding model changed; rebuilding the index");
+        for dir in [layout.catalog(), layout.vectors()] {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
+            }
+        }
+        report.rebuilt = true;
+    }
+
+    let walked = walk(&repo, &options.walk)?;
+    report.files_seen = walked.files.len() + walked.skipped_total();
+    report.skipped = walked.skipped.iter().map(|(r, n)| (SkipReason::as_str(*r).to_owned(), *n)).collect();
+    report.problems = walked.problems.clone();
+    progress.walked(report.files_seen);
+
+    let catalog = Catalog::open(&layout.catalog())?;
+    let store = vectors::open(&options.backend, layout, &layout.project(), embedder.dims())?;
+    let old_files = catalog.files()?;
+
+    // What changed.
+    let mut new_chunks: Vec<(u64, Chunk)> = Vec::new();
+    let mut changed_files: Vec<(String, String)> = Vec::new();
+    let mut seen = HashSet::with_capacity(walked.files.len());
+    for file in &walked.files {
+        seen.insert(file.path.as_str());
+        let hash = hex::encode(Sha256::digest(file.text.as_bytes()));
+        match old_files.get(&file.path) {
+            Some(old) if *old == hash => {
+                report.files_unchanged += 1;
+                continue;
+            }
+            Some(_) => report.files_changed += 1,
+            None => report.files_added += 1,
+        }
+        let chunks = chunk_file(&file.path, &file.text, &options.chunk);
+        new_chunks.extend(with_ids(chunks));
+        changed_files.push((file.path.clone(), hash));
+    }
+    let removed: Vec<&String> = old_files.keys().filter(|p| !seen.contains(p.as_str())).collect();
+    report.files_removed = removed.len();
+    report.files_indexed = walked.files.len();
+    report.chunks_written = new_chunks.len();
+
+    // 1. Vectors for chunks that have none yet.
+    let stored = store.ids()?;
+    let to_embed: Vec<(u64, String)> = new_chunks
+        .iter()
+        .filter(|(id, _)| !stored.contains(id))
+        .map(|(id, c)| (*id, embedding_text(&c.path, &c.symbol, &c.text)))
+        .collect();
+    progress.embedding(to_embed.len());
+    report.embeddings += embed_and_store(&to_embed, embedder, store.as_ref(), progress)?;
+
+    // 2. The catalog switches to the new state in one commit.
+    if !changed_files.is_empty() || !removed.is_empty() {
+        let writer = catalog.writer(options.threads.max(1))?;
+        for path in removed.iter().copied().chain(changed_files.iter().map(|(p, _)| p)) {
+            writer.remove_file(path);
+        }
+        for (path, hash) in &changed_files {
+            writer.add_file(path, hash)?;
+        }
+        for (id, chunk) in &new_chunks {
+            writer.add_chunk(*id, chunk)?;
+        }
+        writer.commit()?;
+    }
+
+    // 3. Vectors no committed chunk refers to go; committed chunks without a vector (a wiped
+    //    or switched vector store) get one from the catalog's copy of their text.
+    catalog.reload()?;
+    let live = catalog.chunk_ids()?;
+    let stored = store.ids()?;
+    let stale: Vec<u64> = stored.difference(&live).copied().collect();
+    store.delete(&stale)?;
+    report.stale_vectors_removed = stale.len();
+    let missing: Vec<u64> = live.difference(&stored).copied().collect();
+    if !missing.is_empty() {
+        tracing::info!(chunks = missing.len(), "embedding indexed chunks that have no vector");
+        let mut repair = Vec::with_capacity(missing.len());
+        for ids in missing.chunks(EMBED_STEP) {
+            for chunk in catalog.chunks(ids)?.into_values() {
+                repair.push((chunk.id, embedding_text(&chunk.path, &chunk.symbol, &chunk.text)));
+            }
+        }
+        progress.embedding(repair.len());
+        report.embeddings += embed_and_store(&repair, embedder, store.as_ref(), progress)?;
+    }
+    store.flush()?;
+    report.chunks = live.len();
+
+    meta.write(layout)?;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// Embeds `(id, text)` pairs in steps and stores the vectors; returns how many were stored.
+fn embed_and_store(
+    items: &[(u64, String)],
+    embedder: &Embedder,
+    store: &dyn vectors::VectorStore,
+    progress: &dyn IndexProgress,
+) -> Result<usize, IndexError> {
+    for step in items.chunks(EMBED_STEP) {
+        let texts: Vec<String> = step.iter().map(|(_, t)| t.clone()).collect();
+        let vectors = embedder.embed(&texts)?;
+        let points: Vec<(u64, Vec<f32>)> = step.iter().map(|(id, _)| *id).zip(vectors).collect();
+        store.upsert(&points)?;
+        progress.embedded(points.len());
+    }
+    store.flush()?;
+    Ok(items.len())
+}
+
+/// What the embedding model sees of a chunk: where it is, what it defines, what it says.
+pub fn embedding_text(path: &str, symbol: &str, text: &str) -> String {
+    if symbol.is_empty() {
+        format!("{path}\n{text}")
+    } else {
+        format!("{path}\n{symbol}\n{text}")
+    }
+}
+
+/// Gives each chunk an id derived from its path and content (and, for repeated identical
+/// chunks in one file, which repetition it is), so unchanged chunks keep their id across runs.
+fn with_ids(chunks: Vec<Chunk>) -> Vec<(u64, Chunk)> {
+    let mut repeats: HashMap<(String, String), u32> = HashMap::new();
+    chunks
+        .into_iter()
+        .map(|chunk| {
+            let n = repeats.entry((chunk.path.clone(), chunk.hash.clone())).or_default();
+            let mut h = Sha256::new();
+            h.update(chunk.path.as_bytes());
+            h.update([0]);
+            h.update(chunk.hash.as_bytes());
+            h.update(n.to_le_bytes());
+            *n += 1;
+            let digest = h.finalize();
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&digest[..8]);
+            // Qdrant ids are u64; keep them below 2^63 so every store (and JSON) is happy.
+            (u64::from_le_bytes(bytes) >> 1, chunk)
+        })
+        .collect()
+}

@@ -1,0 +1,183 @@
+//! A tantivy tokenizer for code: `parseHttpRequest_v2` is found by `parsehttprequest_v2`,
+//! `parse`, `http`, `request` and `v2`.
+//!
+//! Each identifier (a run of letters, digits and `_`) gives its whole lowercased form, and, when
+//! it has several parts, each part: split at `_`, at lower→upper case changes, before the last
+//! capital of an acronym (`HTTPServer` → `http`, `server`) and between letters and digits.
+//! Paths split at `/` and `.` like any other punctuation. Used for queries as well as documents.
+
+use tantivy::tokenizer::{Token, TokenStream, Tokenizer};
+
+/// The name the tokenizer is registered under in the index.
+pub const CODE_TOKENIZER: &str = "code";
+
+#[derive(Clone, Default)]
+pub struct CodeTokenizer;
+
+/// Precomputed tokens of one text.
+pub struct CodeTokenStream {
+    tokens: Vec<Token>,
+    index: usize,
+}
+
+impl Tokenizer for CodeTokenizer {
+    type TokenStream<'a> = CodeTokenStream;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> CodeTokenStream {
+        CodeTokenStream {
+            tokens: tokenize(text),
+            index: 0,
+        }
+    }
+}
+
+impl TokenStream for CodeTokenStream {
+    fn advance(&mut self) -> bool {
+        if self.index < self.tokens.len() {
+            self.index += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn token(&self) -> &Token {
+        &self.tokens[self.index - 1]
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        &mut self.tokens[self.index - 1]
+    }
+}
+
+/// The distinct terms of a query, in order of first appearance.
+pub fn query_terms(text: &str) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    tokenize(text)
+        .into_iter()
+        .map(|t| t.text)
+        .filter(|t| seen.insert(t.clone()))
+        .collect()
+}
+
+/// Longest token kept; longer runs are data (hashes, base64), not names.
+const MAX_TOKEN_BYTES: usize = 64;
+
+fn tokenize(text: &str) -> Vec<Token> {
+    let mut tokens = Vec::new();
+    let mut position = 0;
+    let mut push = |from: usize, to: usize, tokens: &mut Vec<Token>| {
+        let word = &text[from..to];
+        if word.len() > MAX_TOKEN_BYTES || word.chars().all(|c| c == '_') {
+            return;
+        }
+        tokens.push(Token {
+            offset_from: from,
+            offset_to: to,
+            position,
+            text: word.to_lowercase(),
+            position_length: 1,
+        });
+        position += 1;
+    };
+    for (start, end) in identifiers(text) {
+        push(start, end, &mut tokens);
+        let parts = subwords(&text[start..end]);
+        if parts.len() > 1 {
+            for (s, e) in parts {
+                push(start + s, start + e, &mut tokens);
+            }
+        }
+    }
+    tokens
+}
+
+/// Byte ranges of the runs of letters, digits and `_`.
+fn identifiers(text: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, c) in text.char_indices() {
+        let word = c.is_alphanumeric() || c == '_';
+        match (word, start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                out.push((s, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        out.push((s, text.len()));
+    }
+    out
+}
+
+/// Byte ranges of the parts of one identifier.
+fn subwords(ident: &str) -> Vec<(usize, usize)> {
+    let chars: Vec<(usize, char)> = ident.char_indices().collect();
+    let mut out = Vec::new();
+    let mut start: Option<usize> = None;
+    for (k, &(i, c)) in chars.iter().enumerate() {
+        if c == '_' {
+            if let Some(s) = start.take() {
+                out.push((s, i));
+            }
+            continue;
+        }
+        let Some(s) = start else {
+            start = Some(i);
+            continue;
+        };
+        let prev = chars[k - 1].1;
+        let next = chars.get(k + 1).map(|&(_, n)| n);
+        let boundary = (prev.is_lowercase() && c.is_uppercase())
+            || (prev.is_uppercase() && c.is_uppercase() && next.is_some_and(char::is_lowercase))
+            || (prev.is_alphabetic() && c.is_ascii_digit())
+            || (prev.is_ascii_digit() && c.is_alphabetic());
+        if boundary && prev != '_' {
+            out.push((s, i));
+            start = Some(i);
+        }
+    }
+    if let Some(s) = start {
+        out.push((s, ident.len()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(text: &str) -> Vec<String> {
+        tokenize(text).into_iter().map(|t| t.text).collect()
+    }
+
+    #[test]
+    fn camel_snake_digits_and_acronyms_split_and_keep_the_whole() {
+        assert_eq!(words("parseHttpRequest"), ["parsehttprequest", "parse", "http", "request"]);
+        assert_eq!(words("max_body_bytes"), ["max_body_bytes", "max", "body", "bytes"]);
+        assert_eq!(words("HTTPServer2"), ["httpserver2", "http", "server", "2"]);
+        assert_eq!(words("utf8"), ["utf8", "utf", "8"]);
+        assert_eq!(words("x"), ["x"]);
+    }
+
+    #[test]
+    fn paths_and_punctuation_separate_tokens() {
+        assert_eq!(words("src/graft_core/config.rs"), [
+            "src", "graft_core", "graft", "core", "config", "rs"
+        ]);
+        assert_eq!(words("a.b(c)::d"), ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn offsets_point_at_the_source_and_long_blobs_are_dropped() {
+        let text = "let fooBar = 1;";
+        for t in tokenize(text) {
+            assert_eq!(text[t.offset_from..t.offset_to].to_lowercase(), t.text);
+        }
+        assert!(words(&"a".repeat(100)).is_empty());
+        assert!(words("__").is_empty());
+    }
+}

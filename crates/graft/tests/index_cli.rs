@@ -1,0 +1,126 @@
+//! `graft index` and `graft search` as a user runs them, including `kill -9` in mid-run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A config that keeps the index in `index_dir` and uses the repository's model kit.
+fn write_config(dir: &Path, index_dir: &Path) -> PathBuf {
+    let shipped = graft_core::Config::load(&repo_root().join("config/graft.toml")).expect("shipped config");
+    let kit = std::fs::canonicalize(&shipped.kit.dir).unwrap_or(shipped.kit.dir);
+    let config = dir.join("graft.toml");
+    std::fs::write(
+        &config,
+        format!("[kit]\ndir = {:?}\n[index]\ndir = {:?}\n", kit.display().to_string(), index_dir.display().to_string()),
+    )
+    .unwrap();
+    config
+}
+
+fn graft(config: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
+    cmd.args(args).arg("--config").arg(config).env("RUST_LOG", "warn");
+    cmd
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A repository of `n` Python files whose function names carry `version`.
+fn write_repo(root: &Path, n: usize, version: &str) {
+    for i in 0..n {
+        let text = format!(
+            "\"\"\"Module {i}.\"\"\"\n\n\ndef alpha_func_{i}_{version}(value):\n    \"\"\"Scales value for module {i}.\"\"\"\n    return value * {i} + 1\n\n\ndef beta_helper_{i}_{version}(items):\n    return [alpha_func_{i}_{version}(x) for x in items]\n"
+        );
+        std::fs::write(root.join(format!("module_{i:04}.py")), text).unwrap();
+    }
+}
+
+#[test]
+fn index_and_search_print_json_for_scripts() {
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), &work.path().join("index"));
+    let fixture = repo_root().join("tests/fixtures/polyglot");
+    let out = run_ok(graft(&config, &["index", "--project", "poly", "--json"]).arg(&fixture));
+    let summary = json(&out);
+    assert_eq!(summary["project"], "poly");
+    assert_eq!(summary["report"]["files_indexed"], 18, "{summary}");
+    assert!(summary["report"]["chunks"].as_u64().unwrap() >= 18);
+
+    let out = run_ok(&mut graft(&config, &["search", "NewBlobStore(4096)", "--project", "poly", "-k", "3", "--json"]));
+    let hits = json(&out);
+    let hits = hits.as_array().unwrap();
+    assert!(!hits.is_empty() && hits.len() <= 3, "{hits:?}");
+    let top = &hits[0];
+    for field in ["path", "start_line", "end_line", "score", "symbol", "text"] {
+        assert!(top.get(field).is_some(), "missing {field}: {top}");
+    }
+    assert!(hits.iter().any(|h| h["path"] == "storage/blobstore.go"), "{hits:?}");
+
+    // The human-readable form: path:start-end, score, snippet.
+    let out = run_ok(&mut graft(&config, &["search", "NewBlobStore", "--project", "poly", "--mode", "keyword"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().next().unwrap().starts_with("storage/"), "{text}");
+    assert!(text.contains(".go:"), "{text}");
+
+    // A project that was never indexed: a clear error.
+    let out = graft(&config, &["search", "x", "--project", "nope"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("graft index"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn killing_an_index_run_at_any_moment_leaves_a_searchable_index() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let config = write_config(work.path(), &work.path().join("index"));
+    let repo_arg = repo.to_str().unwrap();
+
+    write_repo(&repo, 300, "v1");
+    run_ok(&mut graft(&config, &["index", repo_arg, "--project", "k", "--json"]));
+
+    // Every file changes; runs are killed at several points of re-indexing.
+    write_repo(&repo, 300, "v2");
+    for delay_ms in [200, 700, 1500, 2500, 4000] {
+        let mut child = graft(&config, &["index", repo_arg, "--project", "k"]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+
+        for mode in ["keyword", "hybrid", "vector"] {
+            let out = run_ok(&mut graft(&config, &["search", "alpha_func_7", "--project", "k", "--mode", mode, "--json"]));
+            let hits = json(&out);
+            let hits = hits.as_array().unwrap();
+            assert!(!hits.is_empty(), "killed after {delay_ms} ms, {mode}: no results");
+            // The index is the old one or the new one, never a mix.
+            let v1 = hits.iter().filter(|h| h["text"].as_str().unwrap().contains("_v1")).count();
+            let v2 = hits.iter().filter(|h| h["text"].as_str().unwrap().contains("_v2")).count();
+            assert!(v1 == 0 || v2 == 0, "killed after {delay_ms} ms, {mode}: mixed results {hits:?}");
+        }
+    }
+
+    // The next run completes the work, and the one after finds nothing left to do.
+    let done = json(&run_ok(&mut graft(&config, &["index", repo_arg, "--project", "k", "--json"])));
+    assert_eq!(done["report"]["files_indexed"], 300, "{done}");
+    let out = run_ok(&mut graft(&config, &["search", "alpha_func_7", "--project", "k", "--json"]));
+    let hits = json(&out);
+    assert!(hits.as_array().unwrap().iter().all(|h| h["text"].as_str().unwrap().contains("_v2")), "{hits}");
+    let again = json(&run_ok(&mut graft(&config, &["index", repo_arg, "--project", "k", "--json"])));
+    assert_eq!(again["report"]["embeddings"], 0, "{again}");
+    assert_eq!(again["report"]["stale_vectors_removed"], 0, "{again}");
+    assert_eq!(again["report"]["files_unchanged"], 300, "{again}");
+}

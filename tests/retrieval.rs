@@ -1,0 +1,185 @@
+//! Indexing and searching real repositories with the kit's embedding model: retrieval quality on
+//! a multi-language fixture, incremental re-indexing, and bad input.
+
+use std::path::Path;
+
+use graft_index::{
+    index_repository, IndexError, IndexLayout, IndexOptions, IndexReport, ProjectIndex, Quiet, SearchMode,
+    SearchOptions,
+};
+use graft_tests::{copy_fixture, kit_embedder};
+
+fn index(repo: &Path, index_dir: &Path) -> IndexReport {
+    index_repository(repo, &IndexLayout::new(index_dir), kit_embedder(), &IndexOptions::default(), &Quiet)
+        .unwrap_or_else(|e| panic!("indexing {} failed: {e}", repo.display()))
+}
+
+fn search(index_dir: &Path, query: &str, k: usize, mode: SearchMode) -> Vec<graft_index::SearchHit> {
+    let index = ProjectIndex::open("test", &IndexLayout::new(index_dir)).expect("index opens");
+    let options = SearchOptions { k, mode, per_file: 2 };
+    index.search(query, kit_embedder(), &options).expect("search works")
+}
+
+/// Code that uses a symbol, and the file that defines it.
+const QUERIES: &[(&str, &str)] = &[
+    ("let mut book = LedgerBook::open_empty();\nbook.reconcile_entries()?;", "src/ledger.rs"),
+    ("let earned = book.apply_interest_rate(\"checking\", 125, 31);", "src/ledger.rs"),
+    ("totals = compute_vat_breakdown(order.items)", "billing/invoice.py"),
+    ("pdf = InvoiceRenderer(company).render_pdf_summary(customer, lines)", "billing/invoice.py"),
+    ("bs := NewBlobStore(1 << 20)", "storage/blobstore.go"),
+    ("refs, err := store.PutChunked(payload)", "storage/blobstore.go"),
+    ("TokenVault vault = new TokenVault(5);\nvault.rotateSigningKeys();", "auth/TokenVault.java"),
+    ("byte[] key = vault.currentSigningKey();", "auth/TokenVault.java"),
+    ("const guard = createRouteGuard([\"editor\", \"admin\"]);", "web/routeGuard.ts"),
+    ("const ctx: GuardContext = { userRoles: roles, path: \"/admin\" };", "web/routeGuard.ts"),
+    ("emitTelemetryBeacon(\"checkout\", { cart: cart.id });", "web/telemetry.js"),
+    ("uint32_t sum = crc32_update_table(0, buf, n);", "native/crc.c"),
+    ("native::LruShardCache cache(1024);\ncache.put(k, v);", "native/cache.cpp"),
+    ("size_t dropped = cache.evictColdEntries();", "native/cache.cpp"),
+];
+
+/// The share of queries whose defining file is in the top 5.
+fn hit_rate(index_dir: &Path, mode: SearchMode) -> (f64, Vec<String>) {
+    let mut misses = Vec::new();
+    for (query, expected) in QUERIES {
+        let hits = search(index_dir, query, 5, mode);
+        if !hits.iter().any(|h| h.path == *expected) {
+            let got: Vec<_> = hits.iter().map(|h| h.path.as_str()).collect();
+            misses.push(format!("{query:?} -> expected {expected}, got {got:?}"));
+        }
+    }
+    (1.0 - misses.len() as f64 / QUERIES.len() as f64, misses)
+}
+
+#[test]
+fn hybrid_search_finds_the_defining_file_for_code_that_uses_a_symbol() {
+    let repo = copy_fixture("polyglot");
+    let index_dir = tempfile::tempdir().unwrap();
+    let report = index(repo.path(), index_dir.path());
+    assert_eq!(report.files_indexed, 18, "{report:?}");
+    assert!(report.chunks >= 18, "{report:?}");
+
+    let (hybrid, hybrid_misses) = hit_rate(index_dir.path(), SearchMode::Hybrid);
+    let (keyword, keyword_misses) = hit_rate(index_dir.path(), SearchMode::Keyword);
+    let (vector, vector_misses) = hit_rate(index_dir.path(), SearchMode::Vector);
+    println!("top-5 hit rate: hybrid {hybrid:.2}, keyword {keyword:.2}, vector {vector:.2}");
+    assert!(hybrid >= 0.9, "hybrid hit rate {hybrid:.2}; misses: {hybrid_misses:#?}");
+    assert!(hybrid >= keyword, "hybrid {hybrid:.2} < keyword {keyword:.2}; keyword misses {keyword_misses:#?}");
+    assert!(hybrid >= vector, "hybrid {hybrid:.2} < vector {vector:.2}; vector misses {vector_misses:#?}");
+}
+
+#[test]
+fn results_carry_location_symbol_and_text_and_respect_the_per_file_cap() {
+    let repo = copy_fixture("polyglot");
+    let index_dir = tempfile::tempdir().unwrap();
+    index(repo.path(), index_dir.path());
+    let hits = search(index_dir.path(), "reconcile_entries apply_interest_rate LedgerBook", 10, SearchMode::Hybrid);
+    let ledger = hits.iter().find(|h| h.path == "src/ledger.rs").expect("ledger.rs is found");
+    let source = std::fs::read_to_string(repo.path().join("src/ledger.rs")).unwrap();
+    let lines: Vec<&str> = source.lines().collect();
+    assert_eq!(ledger.text, lines[ledger.start_line - 1..ledger.end_line].join("\n"));
+    assert_eq!(ledger.language, "rust");
+    assert!(!ledger.symbol.is_empty(), "{ledger:?}");
+    for path in hits.iter().map(|h| &h.path) {
+        assert!(hits.iter().filter(|h| &h.path == path).count() <= 2, "per-file cap: {hits:#?}");
+    }
+    let scores: Vec<f64> = hits.iter().map(|h| h.score).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {scores:?}");
+}
+
+#[test]
+fn a_second_run_redoes_only_what_changed() {
+    let repo = copy_fixture("polyglot");
+    let index_dir = tempfile::tempdir().unwrap();
+    let first = index(repo.path(), index_dir.path());
+    assert_eq!(first.files_added, 18);
+    assert_eq!(first.embeddings, first.chunks, "a new index embeds every chunk once");
+
+    let unchanged = index(repo.path(), index_dir.path());
+    assert_eq!((unchanged.files_added, unchanged.files_changed, unchanged.files_removed), (0, 0, 0));
+    assert_eq!(unchanged.files_unchanged, 18);
+    assert_eq!(unchanged.embeddings, 0, "nothing is embedded again: {unchanged:?}");
+    assert_eq!(unchanged.chunks, first.chunks);
+
+    // Edit one file, add one, delete one.
+    let sync = repo.path().join("storage/sync.go");
+    let edited = std::fs::read_to_string(&sync).unwrap() + "\n// MirrorQuota caps how many chunks one mirror may use.\nconst MirrorQuota = 1 << 16\n";
+    std::fs::write(&sync, edited).unwrap();
+    std::fs::write(
+        repo.path().join("web/featureFlags.ts"),
+        "export function isFeatureEnabled(flag: string, flags: Set<string>): boolean {\n  return flags.has(flag);\n}\n",
+    )
+    .unwrap();
+    std::fs::remove_file(repo.path().join("auth/SessionManager.java")).unwrap();
+
+    let second = index(repo.path(), index_dir.path());
+    assert_eq!((second.files_added, second.files_changed, second.files_removed), (1, 1, 1), "{second:?}");
+    assert_eq!(second.files_unchanged, 16);
+    assert!(second.embeddings > 0 && second.embeddings <= second.chunks_written, "{second:?}");
+    assert!(second.embeddings < first.embeddings / 4, "only the changed files' chunks are embedded: {second:?}");
+    assert!(second.stale_vectors_removed >= 1, "the deleted file's vectors go: {second:?}");
+
+    let hits = search(index_dir.path(), "isFeatureEnabled(flag, flags)", 5, SearchMode::Hybrid);
+    assert_eq!(hits.first().map(|h| h.path.as_str()), Some("web/featureFlags.ts"), "{hits:#?}");
+    let hits = search(index_dir.path(), "MirrorQuota", 5, SearchMode::Keyword);
+    assert_eq!(hits.first().map(|h| h.path.as_str()), Some("storage/sync.go"), "{hits:#?}");
+    for mode in [SearchMode::Keyword, SearchMode::Vector, SearchMode::Hybrid] {
+        let hits = search(index_dir.path(), "SessionManager nightly keyForNewSession", 20, mode);
+        assert!(hits.iter().all(|h| h.path != "auth/SessionManager.java"), "{mode:?}: {hits:#?}");
+    }
+}
+
+#[test]
+fn bad_input_is_reported_and_the_rest_is_indexed() {
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    std::fs::write(root.join("good.py"), "def well_named_function():\n    return 42\n").unwrap();
+    std::fs::write(root.join("latin1.txt"), [0x63, 0x61, 0x66, 0xe9, 0x0a, 0xff, 0xfe]).unwrap();
+    std::fs::write(root.join("image.png"), [0x89, b'P', b'N', b'G', 0, 0, 0, 13]).unwrap();
+    let huge = std::fs::File::create(root.join("huge.log")).unwrap();
+    huge.set_len(50 * 1024 * 1024).unwrap();
+    std::fs::write(root.join("bundle.js"), format!("var a={};\n", "1+".repeat(5000) + "1")).unwrap();
+    std::fs::write(root.join("Cargo.lock"), "# This file is automatically @generated by Cargo.\n").unwrap();
+    std::fs::create_dir(root.join("vendor")).unwrap();
+    std::fs::write(root.join("vendor/lib.py"), "def vendored():\n    pass\n").unwrap();
+    std::fs::create_dir(root.join("loop")).unwrap();
+    std::os::unix::fs::symlink("..", root.join("loop/again")).unwrap();
+    std::os::unix::fs::symlink("does-not-exist.rs", root.join("dangling.rs")).unwrap();
+    std::fs::write(root.join(".gitignore"), "ignored.py\n").unwrap();
+    std::fs::write(root.join("ignored.py"), "def ignored():\n    pass\n").unwrap();
+
+    let index_dir = tempfile::tempdir().unwrap();
+    let report = index(root, index_dir.path());
+    let skipped = |reason: &str| report.skipped.get(reason).copied().unwrap_or(0);
+    assert_eq!(skipped("binary"), 2, "non-UTF-8 and binary files: {report:?}");
+    assert_eq!(skipped("huge"), 1, "{report:?}");
+    assert_eq!(skipped("minified"), 1, "{report:?}");
+    assert_eq!(skipped("generated"), 1, "{report:?}");
+    assert_eq!(skipped("vendored"), 1, "{report:?}");
+    assert!(skipped("unreadable") >= 2, "the symlink loop and the dangling link: {report:?}");
+    assert_eq!(report.problems.len(), skipped("unreadable"), "each unreadable file is described: {report:?}");
+    // Only good.py is indexed: ignored.py is never seen, and hidden files (.gitignore) are left out.
+    assert_eq!(report.files_indexed, 1, "{report:?}");
+    let hits = search(index_dir.path(), "well_named_function", 5, SearchMode::Hybrid);
+    assert_eq!(hits.first().map(|h| h.path.as_str()), Some("good.py"));
+    assert!(search(index_dir.path(), "ignored", 5, SearchMode::Keyword).iter().all(|h| h.path != "ignored.py"));
+}
+
+#[test]
+fn an_empty_repository_gives_an_empty_index_and_a_missing_one_a_clear_error() {
+    let repo = tempfile::tempdir().unwrap();
+    let index_dir = tempfile::tempdir().unwrap();
+    let report = index(repo.path(), index_dir.path());
+    assert_eq!((report.files_indexed, report.chunks), (0, 0));
+    assert!(search(index_dir.path(), "anything at all", 5, SearchMode::Hybrid).is_empty());
+
+    let missing = repo.path().join("no-such-folder");
+    let err = index_repository(&missing, &IndexLayout::new(index_dir.path()), kit_embedder(), &IndexOptions::default(), &Quiet)
+        .unwrap_err();
+    assert!(matches!(err, IndexError::Walk(_)), "{err:?}");
+    assert!(err.to_string().contains("no-such-folder") && err.to_string().contains("does not exist"), "{err}");
+
+    let never_built = tempfile::tempdir().unwrap();
+    let err = ProjectIndex::open("nothing", &IndexLayout::new(never_built.path())).err().expect("no index");
+    assert!(err.to_string().contains("graft index"), "says what to do: {err}");
+}
