@@ -103,7 +103,7 @@ pub fn kit_embedder() -> &'static Embedder {
             onnxruntime: kit_file("onnxruntime"),
             threads: 2,
             batch_size: 64,
-            max_tokens: 256,
+            max_tokens: graft_core::config::IndexConfig::default().embedding_max_tokens,
             cache_dir: None,
         };
         Embedder::load(&options).unwrap_or_else(|e| panic!("cannot load the kit's embedding model: {e}"))

@@ -178,6 +178,8 @@ pub struct IndexConfig {
     pub chunk_chars: usize,
     /// The embedding model.
     pub embedding_model: EmbeddingModel,
+    /// Tokens of a chunk the embedding model reads; the rest is cut. Embedding time grows with it.
+    pub embedding_max_tokens: usize,
     /// Threads for embedding and for the keyword index.
     pub threads: usize,
     /// Chunks per embedding batch.
@@ -203,6 +205,7 @@ impl Default for IndexConfig {
             max_line_chars: 1000,
             chunk_chars: 1500,
             embedding_model: EmbeddingModel::Kit("minilm-l6-v2".to_owned()),
+            embedding_max_tokens: 128,
             threads: 2,
             batch_size: 64,
             top_k: 10,
@@ -393,6 +396,7 @@ impl Config {
             ("index.top_k", ix.top_k),
             ("index.per_file", ix.per_file),
             ("index.max_line_chars", ix.max_line_chars),
+            ("index.embedding_max_tokens", ix.embedding_max_tokens),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1".into()));

@@ -121,19 +121,35 @@ impl Embedder {
     }
 
     /// One unit-length vector per text, in order.
+    ///
+    /// Texts are embedded shortest first: a batch is padded to its longest text, so batches of
+    /// similar lengths waste far less work than batches in file order.
     pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, IndexError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
+        let sorted: Vec<&str> = order.iter().map(|&i| texts[i].as_str()).collect();
         let mut model = self
             .model
             .lock()
             .map_err(|_| IndexError::Embedding("the embedding model is unusable after a panic".into()))?;
-        let mut vectors = model
-            .embed(texts, Some(self.batch_size))
+        let embedded = model
+            .embed(&sorted, Some(self.batch_size))
             .map_err(|e| IndexError::Embedding(e.to_string()))?;
-        for v in &mut vectors {
-            normalize(v);
+        drop(model);
+        if embedded.len() != texts.len() {
+            return Err(IndexError::Embedding(format!(
+                "the model returned {} vectors for {} texts",
+                embedded.len(),
+                texts.len()
+            )));
+        }
+        let mut vectors = vec![Vec::new(); texts.len()];
+        for (mut v, &i) in embedded.into_iter().zip(&order) {
+            normalize(&mut v);
+            vectors[i] = v;
         }
         Ok(vectors)
     }

@@ -131,9 +131,28 @@ pub struct IndexReport {
     pub stale_vectors_removed: usize,
     /// Files that could not be read, one line each.
     pub problems: Vec<String>,
+    #[serde(skip)]
     pub elapsed: Duration,
+    /// Seconds spent in each phase.
+    pub seconds: PhaseSeconds,
     /// True when the embedding model changed and everything was embedded again.
     pub rebuilt: bool,
+}
+
+/// Where a run's time went, in seconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PhaseSeconds {
+    /// Walking the tree and reading files.
+    pub walk: f64,
+    /// Hashing and chunking changed files.
+    pub chunk: f64,
+    /// Running the embedding model.
+    pub embed: f64,
+    /// Writing, listing and deleting vectors.
+    pub vectors: f64,
+    /// Writing and committing the keyword index.
+    pub catalog: f64,
+    pub total: f64,
 }
 
 /// Indexes `repo` into `layout`, incrementally.
@@ -172,7 +191,10 @@ pub fn index_repository(
         report.rebuilt = true;
     }
 
+    let mut watch = Stopwatch(Instant::now());
+    let mut seconds = PhaseSeconds::default();
     let walked = walk(&repo, &options.walk)?;
+    seconds.walk += watch.lap();
     report.files_seen = walked.files.len() + walked.skipped_total();
     report.skipped = walked.skipped.iter().map(|(r, n)| (SkipReason::as_str(*r).to_owned(), *n)).collect();
     report.problems = walked.problems.clone();
@@ -205,6 +227,7 @@ pub fn index_repository(
     report.files_removed = removed.len();
     report.files_indexed = walked.files.len();
     report.chunks_written = new_chunks.len();
+    seconds.chunk += watch.lap();
 
     // 1. Vectors for chunks that have none yet.
     let stored = store.ids()?;
@@ -214,7 +237,9 @@ pub fn index_repository(
         .map(|(id, c)| (*id, embedding_text(&c.path, &c.symbol, &c.text)))
         .collect();
     progress.embedding(to_embed.len());
-    report.embeddings += embed_and_store(&to_embed, embedder, store.as_ref(), progress)?;
+    seconds.vectors += watch.lap();
+    report.embeddings += embed_and_store(&to_embed, embedder, store.as_ref(), progress, &mut seconds)?;
+    watch.lap(); // embed_and_store timed its own work
 
     // 2. The catalog switches to the new state in one commit.
     if !changed_files.is_empty() || !removed.is_empty() {
@@ -230,6 +255,7 @@ pub fn index_repository(
         }
         writer.commit()?;
     }
+    seconds.catalog += watch.lap();
 
     // 3. Vectors no committed chunk refers to go; committed chunks without a vector (a wiped
     //    or switched vector store) get one from the catalog's copy of their text.
@@ -249,14 +275,31 @@ pub fn index_repository(
             }
         }
         progress.embedding(repair.len());
-        report.embeddings += embed_and_store(&repair, embedder, store.as_ref(), progress)?;
+        seconds.catalog += watch.lap();
+        report.embeddings += embed_and_store(&repair, embedder, store.as_ref(), progress, &mut seconds)?;
+        watch.lap(); // embed_and_store timed its own work
     }
     store.flush()?;
+    seconds.vectors += watch.lap();
     report.chunks = live.len();
 
     meta.write(layout)?;
     report.elapsed = started.elapsed();
+    seconds.total = report.elapsed.as_secs_f64();
+    report.seconds = seconds;
     Ok(report)
+}
+
+/// Seconds since the previous lap.
+struct Stopwatch(Instant);
+
+impl Stopwatch {
+    fn lap(&mut self) -> f64 {
+        let now = Instant::now();
+        let seconds = (now - self.0).as_secs_f64();
+        self.0 = now;
+        seconds
+    }
 }
 
 /// Embeds `(id, text)` pairs in steps and stores the vectors; returns how many were stored.
@@ -265,15 +308,22 @@ fn embed_and_store(
     embedder: &Embedder,
     store: &dyn vectors::VectorStore,
     progress: &dyn IndexProgress,
+    seconds: &mut PhaseSeconds,
 ) -> Result<usize, IndexError> {
     for step in items.chunks(EMBED_STEP) {
         let texts: Vec<String> = step.iter().map(|(_, t)| t.clone()).collect();
+        let started = Instant::now();
         let vectors = embedder.embed(&texts)?;
+        seconds.embed += started.elapsed().as_secs_f64();
+        let started = Instant::now();
         let points: Vec<(u64, Vec<f32>)> = step.iter().map(|(id, _)| *id).zip(vectors).collect();
         store.upsert(&points)?;
+        seconds.vectors += started.elapsed().as_secs_f64();
         progress.embedded(points.len());
     }
+    let started = Instant::now();
     store.flush()?;
+    seconds.vectors += started.elapsed().as_secs_f64();
     Ok(items.len())
 }
 

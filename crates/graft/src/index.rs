@@ -58,7 +58,7 @@ pub fn load_embedder(config: &Config) -> Result<Embedder> {
         onnxruntime: kit.resolve("onnxruntime")?,
         threads: config.index.threads,
         batch_size: config.index.batch_size,
-        max_tokens: 256,
+        max_tokens: config.index.embedding_max_tokens,
         cache_dir: Some(config.index.dir.join(".models")),
     };
     Embedder::load(&options).context("loading the embedding model (`index.embedding_model`)")

@@ -44,10 +44,15 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr; `RUST_LOG` chooses what is shown (default: graft's own info lines and
-/// warnings from everything else).
+/// warnings from everything else, except two from qdrant-edge 0.7, which warns about
+/// process-wide flags it gives no public way to set; its defaults apply).
 fn init_logging() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("warn,graft=info,graft_server=info,graft_engine=info,graft_kit=info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(
+            "warn,graft=info,graft_server=info,graft_engine=info,graft_kit=info,graft_index=info,\
+             qdrant_edge::common::flags=error,qdrant_edge::common::mmap=error",
+        )
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
