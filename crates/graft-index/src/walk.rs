@@ -107,6 +107,8 @@ pub enum WalkError {
     Missing(PathBuf),
     #[error("{} is not a folder", .0.display())]
     NotADirectory(PathBuf),
+    #[error("cannot open {}: {message}", path.display())]
+    Unreadable { path: PathBuf, message: String },
     #[error("bad exclude pattern `{pattern}`: {message}")]
     BadExclude { pattern: String, message: String },
 }
@@ -154,7 +156,13 @@ const GENERATED_MARKERS: &[&str] = &[
 
 /// Walks `root` and reads every file worth indexing.
 pub fn walk(root: &Path, options: &WalkOptions) -> Result<Walk, WalkError> {
-    let meta = std::fs::metadata(root).map_err(|_| WalkError::Missing(root.to_owned()))?;
+    let meta = std::fs::metadata(root).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => WalkError::Missing(root.to_owned()),
+        _ => WalkError::Unreadable {
+            path: root.to_owned(),
+            message: e.to_string(),
+        },
+    })?;
     if !meta.is_dir() {
         return Err(WalkError::NotADirectory(root.to_owned()));
     }
@@ -254,4 +262,55 @@ fn read_source(path: &Path, relative: &str, options: &WalkOptions) -> Result<Str
         return Err((SkipReason::Generated, None));
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(files: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for f in files {
+            let path = dir.path().join(f);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, format!("content of {f}\n")).unwrap();
+        }
+        dir
+    }
+
+    fn paths(walk: &Walk) -> Vec<&str> {
+        walk.files.iter().map(|f| f.path.as_str()).collect()
+    }
+
+    #[test]
+    fn configured_excludes_leave_out_files_and_folders() {
+        let dir = tree(&["src/main.rs", "docs/guide.md", "README.md", "gen/out.rs", "gen/keep.txt"]);
+        let options = WalkOptions {
+            exclude: vec!["docs/".into(), "*.md".into(), "gen/*.rs".into()],
+            ..WalkOptions::default()
+        };
+        let walk = walk(dir.path(), &options).unwrap();
+        assert_eq!(paths(&walk), ["gen/keep.txt", "src/main.rs"]);
+    }
+
+    #[test]
+    fn a_bad_exclude_pattern_is_named() {
+        let dir = tree(&["a.rs"]);
+        let options = WalkOptions {
+            exclude: vec!["src/[".into()],
+            ..WalkOptions::default()
+        };
+        let err = walk(dir.path(), &options).unwrap_err();
+        assert!(err.to_string().contains("src/["), "{err}");
+    }
+
+    #[test]
+    fn the_root_must_be_an_existing_folder() {
+        let dir = tree(&["a.rs"]);
+        assert!(matches!(walk(&dir.path().join("nope"), &WalkOptions::default()), Err(WalkError::Missing(_))));
+        assert!(matches!(
+            walk(&dir.path().join("a.rs"), &WalkOptions::default()),
+            Err(WalkError::NotADirectory(_))
+        ));
+    }
 }

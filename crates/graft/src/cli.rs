@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 ///
 /// It serves a quantized model with a project's LoRA adapter and code retrieved from the
 /// project's repository. Start with `graft up`: it fetches the offline model kit if missing,
-/// then serves the default configuration on http://127.0.0.1:8080.
+/// indexes the configured repositories, then serves on http://127.0.0.1:8080.
 #[derive(Debug, Parser)]
 #[command(name = "graft", version, propagate_version = true)]
 pub struct Cli {
@@ -19,7 +19,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Fetch the model files the config needs (if missing), then serve.
+    /// Fetch the model files the config needs (if missing), index the configured projects, then
+    /// serve.
     Up(ServeArgs),
     /// Serve the OpenAI-compatible API. Never touches the network: run `graft models fetch`
     /// (or use `graft up`) first.

@@ -63,7 +63,8 @@ impl Progress for KitProgress {
                 bar.finish_and_clear();
             }
         });
-        if !self.quiet {
+        // Only news is worth a line: `graft models list` shows what was already there.
+        if !self.quiet && outcome == Outcome::Installed {
             eprintln!("  {id}: {}", outcome.as_str());
         }
     }
