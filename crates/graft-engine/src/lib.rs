@@ -1,12 +1,18 @@
 //! graft-engine: the part of graft that turns prompts into tokens.
 //!
 //! - [`engine`]: loads the base GGUF model offline through mistralrs and generates.
+//! - [`adapter`]: a PEFT LoRA adapter, read and checked.
+//! - [`merge`]: an adapter merged into a GGUF base, written as a new GGUF file.
+//! - [`cache`]: merged models kept by the hash of what went into them, merged once.
 //! - [`types`]: graft's own request and response types.
 //! - [`error`]: what can go wrong, split by who can fix it.
 //!
 //! It knows nothing about HTTP or retrieval: the server composes those around it.
 
+pub mod adapter;
+pub mod cache;
 pub mod engine;
+pub mod merge;
 pub mod error;
 pub mod types;
 

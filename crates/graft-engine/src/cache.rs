@@ -1,0 +1,122 @@
+//! The content-addressed cache of merged models: `<cache>/<key>.gguf`, where the key hashes the
+//! base model's bytes, the adapter's files and the merge settings. The same inputs always map
+//! to the same file, so a merge is done once and reused on every later start.
+//!
+//! Hashing a multi-gigabyte base on every start would be slow, so its hash is remembered in
+//! `<cache>/bases.json`, keyed by path, size and modification time.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::adapter::Adapter;
+use crate::merge::{merge, BaseGguf, MergeError, MergeSettings};
+
+/// Bumped when the merge's output for the same inputs changes.
+const MERGE_FORMAT: u32 = 1;
+
+/// A folder of merged models.
+#[derive(Debug, Clone)]
+pub struct MergeCache {
+    dir: PathBuf,
+}
+
+/// A merged model, from the cache or made now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merged {
+    pub path: PathBuf,
+    /// False when the cache already held it.
+    pub fresh: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct BaseHashes {
+    /// `path|size|mtime_ns` → sha256 of the file.
+    known: BTreeMap<String, String>,
+}
+
+impl MergeCache {
+    pub fn new(dir: impl Into<PathBuf>) -> MergeCache {
+        MergeCache { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The merged model for `adapter` on `base`, merging only if the cache lacks it.
+    pub fn get_or_merge(&self, base: &BaseGguf, adapter: &Adapter, settings: &MergeSettings) -> Result<Merged, MergeError> {
+        let key = self.key(&base.path, adapter, settings)?;
+        let path = self.dir.join(format!("{key}.gguf"));
+        if path.is_file() {
+            return Ok(Merged { path, fresh: false });
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| io_err(&self.dir, e))?;
+        merge(base, adapter, settings, &path)?;
+        Ok(Merged { path, fresh: true })
+    }
+
+    /// The cache key of a merge.
+    pub fn key(&self, base: &Path, adapter: &Adapter, settings: &MergeSettings) -> Result<String, MergeError> {
+        let mut h = Sha256::new();
+        h.update(format!("graft-merge-v{MERGE_FORMAT}\n").as_bytes());
+        h.update(self.base_hash(base)?.as_bytes());
+        for file in ["adapter_config.json", "adapter_model.safetensors"] {
+            let path = adapter.dir.join(file);
+            h.update(file.as_bytes());
+            h.update(hash_file(&path).map_err(|e| io_err(&path, e))?.as_bytes());
+        }
+        h.update(format!("{:?}", settings.quantized_dtype).as_bytes());
+        Ok(hex::encode(h.finalize())[..32].to_owned())
+    }
+
+    /// The sha256 of a base model file, remembered by path, size and modification time.
+    fn base_hash(&self, base: &Path) -> Result<String, MergeError> {
+        let meta = std::fs::metadata(base).map_err(|e| io_err(base, e))?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let id = format!("{}|{}|{mtime}", base.display(), meta.len());
+        let record = self.dir.join("bases.json");
+        let mut hashes: BaseHashes = std::fs::read_to_string(&record)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        if let Some(hash) = hashes.known.get(&id) {
+            return Ok(hash.clone());
+        }
+        let hash = hash_file(base).map_err(|e| io_err(base, e))?;
+        hashes.known.insert(id, hash.clone());
+        // Remembering is an optimisation: a failure to write it only costs a re-hash later.
+        if std::fs::create_dir_all(&self.dir).is_ok() {
+            let tmp = record.with_extension("json.tmp");
+            if let Ok(text) = serde_json::to_string_pretty(&hashes) {
+                if std::fs::write(&tmp, text).is_ok() {
+                    let _ = std::fs::rename(&tmp, &record);
+                }
+            }
+        }
+        Ok(hash)
+    }
+}
+
+fn hash_file(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut h = Sha256::new();
+    io::copy(&mut file, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+fn io_err(path: &Path, source: io::Error) -> MergeError {
+    MergeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}

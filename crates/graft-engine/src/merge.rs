@@ -1,0 +1,287 @@
+//! Merging a LoRA adapter into a GGUF base model, producing a new GGUF file.
+//!
+//! mistralrs 0.8.1 cannot apply LoRA adapters to a GGUF model (see shared notes), so graft
+//! does it: for each targeted weight, dequantize it, add `scale * B @ A`, and store it again at
+//! a type that keeps small deltas (the base's own type when it is a float type, else Q8_0 by
+//! default). Untouched tensors are copied as they are. llama.cpp's converter permutes the rows
+//! of llama's q and k projections, so their deltas get the same permutation first.
+//!
+//! This module reads and writes GGUF files; it does not load models or cache results.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+use crate::adapter::{gguf_tensor_name, Adapter, AdapterError};
+
+/// Architectures whose GGUF tensor names graft maps PEFT projections to.
+const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "mistral3"];
+
+/// Errors while reading, merging or writing GGUF files.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
+    #[error("{}: {message}", path.display())]
+    Gguf { path: PathBuf, message: String },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How merged tensors are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeSettings {
+    /// The type of a merged tensor whose base tensor is quantized. Float base tensors keep
+    /// their type. Rows too short for the type's blocks fall back to F16.
+    pub quantized_dtype: GgmlDType,
+}
+
+impl Default for MergeSettings {
+    fn default() -> Self {
+        MergeSettings {
+            quantized_dtype: GgmlDType::Q8_0,
+        }
+    }
+}
+
+/// A base model's GGUF header: architecture, head counts and tensor shapes.
+pub struct BaseGguf {
+    pub path: PathBuf,
+    content: gguf_file::Content,
+    pub architecture: String,
+    pub head_count: usize,
+    pub head_count_kv: usize,
+    /// Number of transformer layers.
+    pub block_count: usize,
+}
+
+impl BaseGguf {
+    pub fn open(path: &Path) -> Result<BaseGguf, MergeError> {
+        let gguf_err = |message: String| MergeError::Gguf {
+            path: path.to_owned(),
+            message,
+        };
+        let mut file = BufReader::new(File::open(path).map_err(|e| gguf_err(e.to_string()))?);
+        let content = gguf_file::Content::read(&mut file).map_err(|e| gguf_err(format!("not a readable GGUF file: {e}")))?;
+        let architecture = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .ok_or_else(|| gguf_err("no general.architecture in the metadata".into()))?;
+        let count = |key: &str| -> Option<usize> {
+            let v = content.metadata.get(&format!("{architecture}.{key}"))?;
+            v.to_u32().map(|n| n as usize).or_else(|_| v.to_u64().map(|n| n as usize)).ok()
+        };
+        let head_count = count("attention.head_count").ok_or_else(|| gguf_err("no attention.head_count".into()))?;
+        let head_count_kv = count("attention.head_count_kv").unwrap_or(head_count);
+        let block_count = count("block_count").ok_or_else(|| gguf_err("no block_count".into()))?;
+        Ok(BaseGguf {
+            path: path.to_owned(),
+            content,
+            architecture,
+            head_count,
+            head_count_kv,
+            block_count,
+        })
+    }
+
+    /// `[out, in]` of a 2-d tensor.
+    pub fn shape(&self, name: &str) -> Option<(usize, usize)> {
+        match self.content.tensor_infos.get(name)?.shape.dims() {
+            [out, inp] => Some((*out, *inp)),
+            _ => None,
+        }
+    }
+
+    /// Reads one tensor as stored.
+    pub fn tensor(&self, name: &str) -> Result<QTensor, MergeError> {
+        let gguf_err = |message: String| MergeError::Gguf {
+            path: self.path.clone(),
+            message,
+        };
+        let mut reader = BufReader::new(File::open(&self.path).map_err(|e| gguf_err(e.to_string()))?);
+        self.content
+            .tensor(&mut reader, name, &Device::Cpu)
+            .map_err(|e| gguf_err(format!("tensor {name}: {e}")))
+    }
+
+    /// Checks that every weight the adapter changes exists in this base with matching shapes.
+    pub fn check(&self, adapter: &Adapter) -> Result<(), AdapterError> {
+        let invalid = |message: String| AdapterError::Invalid {
+            name: adapter.name.clone(),
+            message,
+        };
+        if !SUPPORTED_ARCHITECTURES.contains(&self.architecture.as_str()) {
+            return Err(invalid(format!(
+                "the base model's architecture `{}` is not supported for merging ({})",
+                self.architecture,
+                SUPPORTED_ARCHITECTURES.join(", ")
+            )));
+        }
+        for ((layer, projection), pair) in &adapter.pairs {
+            let name = gguf_tensor_name(*layer, projection).unwrap_or_default();
+            let Some((out, inp)) = self.shape(&name) else {
+                return Err(invalid(format!(
+                    "layer {layer} {projection}: the base model has no tensor {name} (wrong base model?)"
+                )));
+            };
+            let (a_in, b_out) = (pair.a.dims()[1], pair.b.dims()[0]);
+            if a_in != inp || b_out != out {
+                return Err(invalid(format!(
+                    "layer {layer} {projection}: the adapter is [{b_out} x {a_in}] but the base weight {name} is [{out} x {inp}] (wrong base model?)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The row permutation llama.cpp's converter applies to this projection, as a head count.
+    fn permutation(&self, projection: &str) -> Option<usize> {
+        if self.architecture != "llama" {
+            return None;
+        }
+        match projection {
+            "q_proj" => Some(self.head_count),
+            "k_proj" => Some(self.head_count_kv),
+            _ => None,
+        }
+    }
+}
+
+/// What a merge did.
+#[derive(Debug, Clone, Default)]
+pub struct MergeReport {
+    /// Tensors changed by the adapter.
+    pub merged: usize,
+    /// Tensors copied unchanged.
+    pub copied: usize,
+}
+
+/// Writes `base` with `adapter` merged in to `out` (through `out.tmp`, renamed when complete).
+pub fn merge(base: &BaseGguf, adapter: &Adapter, settings: &MergeSettings, out: &Path) -> Result<MergeReport, MergeError> {
+    base.check(adapter)?;
+    let gguf_err = |path: &Path, e: &dyn std::fmt::Display| MergeError::Gguf {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    let src = &base.path;
+    let mut reader = BufReader::new(File::open(src).map_err(|e| gguf_err(src, &e))?);
+    let targets: HashMap<String, (&str, &crate::adapter::LoraPair)> = adapter
+        .pairs
+        .iter()
+        .filter_map(|((layer, projection), pair)| Some((gguf_tensor_name(*layer, projection)?, (projection.as_str(), pair))))
+        .collect();
+
+    // Tensors in their original order.
+    let mut names: Vec<(&String, u64)> = base.content.tensor_infos.iter().map(|(n, i)| (n, i.offset)).collect();
+    names.sort_by_key(|(_, offset)| *offset);
+    let scale = adapter.scale();
+    let mut report = MergeReport::default();
+    let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
+    for (name, _) in names {
+        let tensor = base
+            .content
+            .tensor(&mut reader, name, &Device::Cpu)
+            .map_err(|e| gguf_err(src, &format!("tensor {name}: {e}")))?;
+        // A delta of exact zeros changes nothing: those bytes stay as they were too
+        // (re-quantizing would not be exact).
+        let target = match targets.get(name.as_str()) {
+            Some(t) if !is_all_zero(&t.1.b).map_err(|e| gguf_err(src, &e))? => Some(t),
+            _ => None,
+        };
+        let tensor = match target {
+            None => {
+                report.copied += 1;
+                tensor
+            }
+            Some((projection, pair)) => {
+                report.merged += 1;
+                let merged = merged_weight(&tensor, pair, scale, base.permutation(projection))
+                    .map_err(|e| gguf_err(src, &format!("merging {name}: {e}")))?;
+                let dtype = storage_dtype(tensor.dtype(), settings, merged.dims());
+                QTensor::quantize(&merged, dtype).map_err(|e| gguf_err(src, &format!("storing {name}: {e}")))?
+            }
+        };
+        tensors.push((name.clone(), tensor));
+    }
+
+    let mut metadata: Vec<(String, Value)> = base
+        .content
+        .metadata
+        .iter()
+        // The writer aligns to 32 bytes; a different alignment key would mislead readers.
+        .filter(|(k, _)| k.as_str() != "general.alignment")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    metadata.sort_by(|a, b| a.0.cmp(&b.0));
+    metadata.push(("graft.lora.adapter".into(), Value::String(adapter.name.clone())));
+    metadata.push(("graft.lora.scale".into(), Value::F64(scale)));
+
+    let tmp = out.with_extension("gguf.tmp");
+    let result = (|| -> candle_core::Result<()> {
+        let mut writer = BufWriter::new(File::create(&tmp)?);
+        let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        gguf_file::write(&mut writer, &meta, &refs)?;
+        writer.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(gguf_err(out, &e));
+    }
+    std::fs::rename(&tmp, out).map_err(|e| gguf_err(out, &e))?;
+    Ok(report)
+}
+
+fn is_all_zero(t: &Tensor) -> candle_core::Result<bool> {
+    Ok(t.abs()?.max_all()?.to_scalar::<f32>()? == 0.0)
+}
+
+/// `dequant(base) + scale * permute(B @ A)`, as f32 `[out, in]`.
+fn merged_weight(base: &QTensor, pair: &crate::adapter::LoraPair, scale: f64, permute_heads: Option<usize>) -> candle_core::Result<Tensor> {
+    let weight = base.dequantize(&Device::Cpu)?;
+    let mut delta = pair.b.matmul(&pair.a)?.affine(scale, 0.0)?;
+    if let Some(heads) = permute_heads {
+        delta = permute_rows(&delta, heads)?;
+    }
+    weight.add(&delta)
+}
+
+/// llama.cpp's q/k permutation: rows viewed as `(heads, 2, head_dim / 2)`, the last two axes
+/// swapped (interleaved rotary halves become contiguous).
+pub fn permute_rows(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    if heads == 0 || out % (heads * 2) != 0 {
+        candle_core::bail!("cannot permute {out} rows for {heads} heads");
+    }
+    w.reshape((heads, 2, out / heads / 2, inp))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((out, inp))
+}
+
+/// The type a merged tensor is stored at.
+fn storage_dtype(base: GgmlDType, settings: &MergeSettings, dims: &[usize]) -> GgmlDType {
+    match base {
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => base,
+        _ => {
+            let row = dims.last().copied().unwrap_or(0);
+            if row % settings.quantized_dtype.block_size() == 0 {
+                settings.quantized_dtype
+            } else {
+                GgmlDType::F16
+            }
+        }
+    }
+}

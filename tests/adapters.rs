@@ -1,0 +1,263 @@
+//! LoRA adapters merged into GGUF base models from the kit: the merged weights are checked
+//! against an independent computation, and the merged models are run.
+//!
+//! Test adapters are generated here from fixed seeds, never downloaded.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Tensor};
+use graft_core::Device as ModelDevice;
+use graft_engine::adapter::{gguf_tensor_name, Adapter, PROJECTIONS};
+use graft_engine::cache::MergeCache;
+use graft_engine::merge::{merge, BaseGguf, MergeSettings};
+use graft_engine::{BaseModel, ChatMessage, ChatRequest, Engine, Role, Sampling};
+use graft_tests::kit_file;
+
+const MAX_RANK: usize = 64;
+
+/// A small deterministic generator (64-bit LCG), so adapters are the same on every run.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+/// Writes a PEFT adapter for `base` targeting `projections` in every layer. A and B are
+/// uniform in [-amplitude, amplitude]; `zero_b` makes B all zeros (PEFT's initial state).
+fn write_adapter(dir: &Path, base: &BaseGguf, projections: &[&str], r: usize, alpha: f64, amplitude: f32, zero_b: bool, seed: u64) {
+    let mut rng = Lcg(seed);
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for layer in 0..base.block_count {
+        for p in projections {
+            let (out, inp) = base.shape(&gguf_tensor_name(layer, p).unwrap()).unwrap();
+            let a: Vec<f32> = (0..r * inp).map(|_| rng.next() * amplitude).collect();
+            let b: Vec<f32> = (0..out * r).map(|_| if zero_b { 0.0 } else { rng.next() * amplitude }).collect();
+            let module = if ["gate_proj", "up_proj", "down_proj"].contains(p) { "mlp" } else { "self_attn" };
+            let prefix = format!("base_model.model.model.layers.{layer}.{module}.{p}");
+            tensors.insert(format!("{prefix}.lora_A.weight"), Tensor::from_vec(a, (r, inp), &Device::Cpu).unwrap());
+            tensors.insert(format!("{prefix}.lora_B.weight"), Tensor::from_vec(b, (out, r), &Device::Cpu).unwrap());
+        }
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": projections,
+        "bias": "none", "fan_in_fan_out": false, "base_model_name_or_path": "test",
+    });
+    std::fs::write(dir.join("adapter_config.json"), config.to_string()).unwrap();
+}
+
+fn floats(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// The merged weights of `projection`, computed without graft's merge code: plain loops for
+/// B @ A and llama.cpp's row permutation by index arithmetic.
+fn expected(base: &BaseGguf, adapter: &Adapter, layer: usize, projection: &str) -> Vec<f32> {
+    let name = gguf_tensor_name(layer, projection).unwrap();
+    let (out, inp) = base.shape(&name).unwrap();
+    let mut w = floats(&base.tensor(&name).unwrap().dequantize(&Device::Cpu).unwrap());
+    let pair = &adapter.pairs[&(layer, projection.to_owned())];
+    let (a, b, r) = (floats(&pair.a), floats(&pair.b), adapter.config.r);
+    let mut delta = vec![0f32; out * inp];
+    for i in 0..out {
+        for j in 0..inp {
+            delta[i * inp + j] = (0..r).map(|k| b[i * r + k] * a[k * inp + j]).sum::<f32>() * adapter.scale() as f32;
+        }
+    }
+    let heads = match (base.architecture.as_str(), projection) {
+        ("llama", "q_proj") => Some(base.head_count),
+        ("llama", "k_proj") => Some(base.head_count_kv),
+        _ => None,
+    };
+    if let Some(heads) = heads {
+        let (head_dim, half) = (out / heads, out / heads / 2);
+        let original = delta.clone();
+        for h in 0..heads {
+            for j in 0..half {
+                for t in 0..2 {
+                    let to = h * head_dim + 2 * j + t;
+                    let from = h * head_dim + t * half + j;
+                    delta[to * inp..(to + 1) * inp].copy_from_slice(&original[from * inp..(from + 1) * inp]);
+                }
+            }
+        }
+    }
+    w.iter_mut().zip(&delta).for_each(|(w, d)| *w += d);
+    w
+}
+
+/// Largest error storage at `dtype` may add to each value of `values`.
+fn tolerance(values: &[f32], dtype: GgmlDType) -> Vec<f32> {
+    match dtype {
+        GgmlDType::F32 => vec![1e-6; values.len()],
+        GgmlDType::F16 => values.iter().map(|v| v.abs() / 1024.0 + 1e-6).collect(),
+        // Q8_0: per block of 32, d = amax / 127 stored as f16; rounding to the grid costs up to
+        // d / 2, and the f16 scale up to 127 * d * 2^-11 more: 0.56 d in all.
+        GgmlDType::Q8_0 => values
+            .chunks(32)
+            .flat_map(|block| {
+                let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                vec![amax / 127.0 * 0.6 + 1e-6; block.len()]
+            })
+            .collect(),
+        other => panic!("unexpected storage type {other:?}"),
+    }
+}
+
+fn check_merge(kit_id: &str, projections: &[&str]) {
+    let base_path = kit_file(kit_id);
+    let base = BaseGguf::open(&base_path).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    write_adapter(&work.path().join("a"), &base, projections, 8, 16.0, 0.05, false, 7);
+    let adapter = Adapter::load("a", &work.path().join("a"), MAX_RANK).unwrap();
+    let out = work.path().join("merged.gguf");
+    let report = merge(&base, &adapter, &MergeSettings::default(), &out).unwrap();
+    assert_eq!(report.merged, base.block_count * projections.len());
+
+    let merged = BaseGguf::open(&out).unwrap();
+    for layer in 0..base.block_count {
+        for p in projections {
+            let name = gguf_tensor_name(layer, p).unwrap();
+            let stored = merged.tensor(&name).unwrap();
+            let got = floats(&stored.dequantize(&Device::Cpu).unwrap());
+            let want = expected(&base, &adapter, layer, p);
+            let tol = tolerance(&want, stored.dtype());
+            let worst = got.iter().zip(&want).zip(&tol).map(|((g, w), t)| (g - w).abs() / t).fold(0f32, f32::max);
+            assert!(worst <= 1.0, "{kit_id} {name} ({:?}): error {worst:.2}x the storage tolerance", stored.dtype());
+        }
+    }
+    // Untouched tensors are copied byte for byte.
+    let embd = "token_embd.weight";
+    assert_eq!(base.tensor(embd).unwrap().data().unwrap(), merged.tensor(embd).unwrap().data().unwrap());
+}
+
+#[test]
+fn merged_weights_equal_base_plus_scaled_lora_delta_on_the_toy_model() {
+    check_merge("tiny-llama", PROJECTIONS);
+}
+
+#[test]
+fn merged_weights_equal_base_plus_scaled_lora_delta_on_smollm2() {
+    check_merge("smollm2-135m-instruct", &["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]);
+}
+
+fn greedy(engine: &Engine, prompt: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let request = ChatRequest {
+        messages: vec![ChatMessage::new(Role::User, prompt)],
+        sampling: Sampling::greedy(24),
+    };
+    runtime.block_on(engine.chat(request)).unwrap().text
+}
+
+fn load(path: &Path) -> Engine {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let base = BaseModel {
+        name: "m".into(),
+        gguf: path.to_owned(),
+        device: ModelDevice::Cpu,
+        max_num_seqs: 1,
+    };
+    runtime.block_on(Engine::load(&base)).unwrap()
+}
+
+#[test]
+fn a_zero_adapter_keeps_the_output_and_a_real_one_changes_it() {
+    let base_path = kit_file("smollm2-135m-instruct");
+    let base = BaseGguf::open(&base_path).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let prompt = "Write a Python function that reverses a string.";
+    let original = greedy(&load(&base_path), prompt);
+
+    write_adapter(&work.path().join("zero"), &base, PROJECTIONS, 8, 16.0, 0.05, true, 1);
+    let zero = Adapter::load("zero", &work.path().join("zero"), MAX_RANK).unwrap();
+    merge(&base, &zero, &MergeSettings::default(), &work.path().join("zero.gguf")).unwrap();
+    assert_eq!(greedy(&load(&work.path().join("zero.gguf")), prompt), original);
+
+    // Deltas of about 0.5 against weights of about 0.1: strong enough that greedy decoding must
+    // notice (at amplitude 0.05 the deltas are ~0.01 and the same tokens win).
+    write_adapter(&work.path().join("real"), &base, &["q_proj", "v_proj", "down_proj"], 8, 16.0, 0.3, false, 2);
+    let real = Adapter::load("real", &work.path().join("real"), MAX_RANK).unwrap();
+    merge(&base, &real, &MergeSettings::default(), &work.path().join("real.gguf")).unwrap();
+    let changed = greedy(&load(&work.path().join("real.gguf")), prompt);
+    assert_ne!(changed, original, "a non-trivial adapter changes greedy output");
+}
+
+#[test]
+fn each_invalid_adapter_is_refused_with_its_name_and_the_problem() {
+    let tiny = BaseGguf::open(&kit_file("tiny-llama")).unwrap();
+    let smol = BaseGguf::open(&kit_file("smollm2-135m-instruct")).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = |n: &str| work.path().join(n);
+    let message = |e: &dyn std::fmt::Display| e.to_string();
+
+    // Made for another base: shapes do not match.
+    write_adapter(&dir("other-base"), &smol, &["q_proj"], 4, 8.0, 0.1, false, 3);
+    let a = Adapter::load("other-base", &dir("other-base"), MAX_RANK).unwrap();
+    let err = message(&tiny.check(&a).unwrap_err());
+    assert!(err.contains("other-base") && err.contains("wrong base model"), "{err}");
+
+    // Rank over the limit.
+    write_adapter(&dir("big"), &tiny, &["q_proj"], 16, 8.0, 0.1, false, 4);
+    let err = message(&Adapter::load("big", &dir("big"), 8).unwrap_err());
+    assert!(err.contains("big") && err.contains("rank"), "{err}");
+
+    // Not LoRA; bias; missing weights file; a lone lora_A; a weight that is not LoRA.
+    write_adapter(&dir("x"), &tiny, &["q_proj"], 4, 8.0, 0.1, false, 5);
+    let config_path = dir("x").join("adapter_config.json");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(&config_path, config.replace("\"LORA\"", "\"IA3\"")).unwrap();
+    assert!(message(&Adapter::load("x", &dir("x"), MAX_RANK).unwrap_err()).contains("IA3"));
+    std::fs::write(&config_path, config.replace("\"none\"", "\"all\"")).unwrap();
+    assert!(message(&Adapter::load("x", &dir("x"), MAX_RANK).unwrap_err()).contains("bias"));
+    std::fs::write(&config_path, &config).unwrap();
+    let weights = dir("x").join("adapter_model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+    let b_name = tensors.keys().find(|k| k.contains("lora_B")).unwrap().clone();
+    let b = tensors.remove(&b_name).unwrap();
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let err = message(&Adapter::load("x", &dir("x"), MAX_RANK).unwrap_err());
+    assert!(err.contains("lora_B"), "{err}");
+    tensors.insert(b_name.clone(), b);
+    tensors.insert("base_model.model.lm_head.weight".into(), Tensor::zeros((2, 2), candle_core::DType::F32, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let err = message(&Adapter::load("x", &dir("x"), MAX_RANK).unwrap_err());
+    assert!(err.contains("lm_head"), "{err}");
+    std::fs::remove_file(&weights).unwrap();
+    let err = message(&Adapter::load("x", &dir("x"), MAX_RANK).unwrap_err());
+    assert!(err.contains("adapter_model.safetensors is missing"), "{err}");
+    let err = message(&Adapter::load("nowhere", &dir("nowhere"), MAX_RANK).unwrap_err());
+    assert!(err.contains("nowhere") && err.contains("adapter_config.json"), "{err}");
+}
+
+#[test]
+fn the_merge_cache_merges_once_per_base_adapter_and_settings() {
+    let base = BaseGguf::open(&kit_file("tiny-llama")).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let cache = MergeCache::new(work.path().join("cache"));
+    write_adapter(&work.path().join("a"), &base, &["q_proj", "v_proj"], 4, 8.0, 0.1, false, 11);
+    let adapter = Adapter::load("a", &work.path().join("a"), MAX_RANK).unwrap();
+    let settings = MergeSettings::default();
+
+    let first = cache.get_or_merge(&base, &adapter, &settings).unwrap();
+    assert!(first.fresh && first.path.is_file());
+    let again = cache.get_or_merge(&base, &adapter, &settings).unwrap();
+    assert_eq!(again.path, first.path);
+    assert!(!again.fresh, "the second activation reuses the merged file");
+
+    let f16 = MergeSettings { quantized_dtype: GgmlDType::F16 };
+    assert_ne!(cache.key(&base.path, &adapter, &f16).unwrap(), cache.key(&base.path, &adapter, &settings).unwrap());
+
+    // New adapter weights under the same name: a new merge.
+    write_adapter(&work.path().join("a"), &base, &["q_proj", "v_proj"], 4, 8.0, 0.1, false, 12);
+    let replaced = Adapter::load("a", &work.path().join("a"), MAX_RANK).unwrap();
+    let third = cache.get_or_merge(&base, &replaced, &settings).unwrap();
+    assert!(third.fresh);
+    assert_ne!(third.path, first.path);
+}
