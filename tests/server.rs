@@ -148,3 +148,45 @@ async fn unknown_routes_and_methods_answer_in_openai_shape() {
     let (status, body) = get("/v1/chat/completions").await;
     error_of(status, &body, 405);
 }
+
+/// The `data:` payloads of a server-sent event stream.
+fn sse_data(body: &str) -> Vec<String> {
+    body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn streaming_sends_openai_chunks_that_add_up_to_the_same_answer() {
+    let mut request = greedy_chat("Write a Rust function that adds two numbers", 24);
+    let (status, whole) = post("/v1/chat/completions", &request).await;
+    assert_eq!(status, 200, "{whole}");
+
+    request["stream"] = json!(true);
+    request["stream_options"] = json!({"include_usage": true});
+    let response = reqwest::Client::new()
+        .post(smollm2_server().url("/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let data = sse_data(&response.text().await.unwrap());
+
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["model"] == MODEL));
+    assert!(chunks.windows(2).all(|w| w[0]["id"] == w[1]["id"]), "one id for the whole stream");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, whole["choices"][0]["message"]["content"].as_str().unwrap(), "streamed and whole answers agree");
+    let finishes: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["finish_reason"]).filter(|f| !f.is_null()).collect();
+    assert_eq!(finishes, vec![&whole["choices"][0]["finish_reason"]], "exactly one chunk ends the answer");
+
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]), "{usage}");
+    assert_eq!(usage["usage"], whole["usage"], "the usage chunk counts what the whole answer counted");
+}

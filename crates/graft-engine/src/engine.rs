@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use graft_core::Device;
-use mistralrs::{GgufModelBuilder, RequestBuilder, StopTokens, TextMessageRole, TokenSource};
+use mistralrs::{
+    Constraint, GgufModelBuilder, NormalRequest, Request, RequestBuilder, RequestLike, Response, StopTokens,
+    TextMessageRole, TokenSource,
+};
+use tokio::sync::mpsc;
 
 use crate::error::EngineError;
 use crate::types::{ChatMessage, ChatRequest, Completion, FinishReason, Role, Usage};
@@ -80,26 +84,135 @@ impl Engine {
         &self.name
     }
 
-    /// Generates the assistant's reply to a conversation.
+    /// Generates the assistant's reply to a conversation, all at once. Built on
+    /// [`Engine::chat_stream`], so dropping the future (a client that went away) stops the
+    /// generation too.
     pub async fn chat(&self, request: ChatRequest) -> Result<Completion, EngineError> {
+        let mut stream = self.chat_stream(request).await?;
+        let mut text = String::new();
+        while let Some(event) = stream.next().await {
+            match event? {
+                StreamEvent::Text(delta) => text.push_str(&delta),
+                StreamEvent::End { finish_reason, usage } => {
+                    return Ok(Completion {
+                        text,
+                        finish_reason,
+                        usage,
+                    })
+                }
+            }
+        }
+        Err(EngineError::Generation("the generation ended without a finish reason".into()))
+    }
+
+    /// Starts generating the assistant's reply; text arrives as it is decoded.
+    pub async fn chat_stream(&self, request: ChatRequest) -> Result<TokenStream, EngineError> {
         if request.messages.is_empty() {
             return Err(EngineError::InvalidRequest("`messages` must not be empty".into()));
         }
-        let builder = to_mistralrs(&request);
-        let response = self.model.send_chat_request(builder).await.map_err(map_error)?;
-        let choice = response
-            .choices
-            .into_iter()
-            .next()
-            .ok_or_else(|| EngineError::Generation("the engine returned no choice".into()))?;
-        Ok(Completion {
-            text: choice.message.content.unwrap_or_default(),
-            finish_reason: finish_reason(&choice.finish_reason),
-            usage: Usage {
-                prompt_tokens: response.usage.prompt_tokens,
-                completion_tokens: response.usage.completion_tokens,
-            },
-        })
+        let mut builder = to_mistralrs(&request);
+        // One chunk in flight at a time: the decoder waits for a slow reader, and a reader
+        // that is gone fails the next send, which cancels the sequence.
+        let (tx, rx) = mpsc::channel(1);
+        let normal = NormalRequest {
+            messages: builder.take_messages(),
+            sampling_params: builder.take_sampling_params(),
+            response: tx,
+            return_logprobs: false,
+            is_streaming: true,
+            id: 0,
+            constraint: Constraint::None,
+            suffix: None,
+            tools: None,
+            tool_choice: None,
+            logits_processors: None,
+            return_raw_logits: false,
+            web_search_options: None,
+            model_id: None,
+            truncate_sequence: false,
+        };
+        let sender = self
+            .model
+            .inner()
+            .get_sender(None)
+            .map_err(|e| EngineError::Generation(e.to_string()))?;
+        sender
+            .send(Request::Normal(Box::new(normal)))
+            .await
+            .map_err(|_| EngineError::Generation("the engine is not running".into()))?;
+        Ok(TokenStream { rx, end: None })
+    }
+}
+
+/// What a [`TokenStream`] yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// More text.
+    Text(String),
+    /// The generation is over.
+    End { finish_reason: FinishReason, usage: Usage },
+}
+
+/// A generation in progress. Dropping it cancels the generation.
+pub struct TokenStream {
+    rx: mpsc::Receiver<Response>,
+    /// The end, held back while the last chunk's text is handed out.
+    end: Option<StreamEvent>,
+}
+
+impl TokenStream {
+    /// The next piece of text, then [`StreamEvent::End`], then `None`.
+    pub async fn next(&mut self) -> Option<Result<StreamEvent, EngineError>> {
+        if let Some(end) = self.end.take() {
+            return Some(Ok(end));
+        }
+        loop {
+            let response = self.rx.recv().await?;
+            let chunk = match response {
+                Response::Chunk(chunk) => chunk,
+                Response::ValidationError(e) => return Some(Err(EngineError::InvalidRequest(e.to_string()))),
+                Response::InternalError(e) => return Some(Err(EngineError::Generation(e.to_string()))),
+                Response::ModelError(message, _) => return Some(Err(EngineError::Generation(message))),
+                other => {
+                    return Some(Err(EngineError::Generation(format!(
+                        "unexpected response from the engine: {}",
+                        response_kind(&other)
+                    ))))
+                }
+            };
+            let usage = chunk.usage.as_ref().map(|u| Usage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+            });
+            let Some(choice) = chunk.choices.into_iter().next() else {
+                continue;
+            };
+            let text = choice.delta.content.unwrap_or_default();
+            if let Some(reason) = choice.finish_reason {
+                let end = StreamEvent::End {
+                    finish_reason: finish_reason(&reason),
+                    usage: usage.unwrap_or_default(),
+                };
+                if text.is_empty() {
+                    // The receiver is not read again: the sequence is over.
+                    self.rx.close();
+                    return Some(Ok(end));
+                }
+                self.end = Some(end);
+                self.rx.close();
+            }
+            if !text.is_empty() {
+                return Some(Ok(StreamEvent::Text(text)));
+            }
+        }
+    }
+}
+
+fn response_kind(response: &Response) -> &'static str {
+    match response {
+        Response::Done(_) => "a finished chat",
+        Response::CompletionDone(_) | Response::CompletionChunk(_) | Response::CompletionModelError(..) => "a completion",
+        _ => "a non-text response",
     }
 }
 
@@ -148,9 +261,3 @@ fn finish_reason(reason: &str) -> FinishReason {
     }
 }
 
-fn map_error(e: mistralrs::error::Error) -> EngineError {
-    match e {
-        mistralrs::error::Error::RequestValidation(message) => EngineError::InvalidRequest(message),
-        other => EngineError::Generation(other.to_string()),
-    }
-}

@@ -16,6 +16,6 @@ pub mod merge;
 pub mod error;
 pub mod types;
 
-pub use engine::{BaseModel, Engine};
+pub use engine::{BaseModel, Engine, StreamEvent, TokenStream};
 pub use error::EngineError;
 pub use types::{ChatMessage, ChatRequest, Completion, FinishReason, Role, Sampling, Usage};

@@ -18,7 +18,15 @@ pub struct ChatCompletionRequest {
     pub top_p: Option<f64>,
     pub stop: Option<Stop>,
     pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
     pub n: Option<u32>,
+}
+
+/// `stream_options`: with `include_usage`, a last chunk carries the token counts.
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
 }
 
 /// `stop`: one string or a list.
@@ -101,6 +109,34 @@ impl From<graft_engine::Usage> for Usage {
             total_tokens: u.prompt_tokens + u.completion_tokens,
         }
     }
+}
+
+/// One server-sent event of a streamed chat completion.
+#[derive(Debug, Serialize)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChunkChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChunkChoice {
+    pub index: u32,
+    pub delta: Delta,
+    pub finish_reason: Option<&'static str>,
+    pub logprobs: Option<()>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Delta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
 }
 
 /// `GET /v1/models` response.

@@ -1,14 +1,26 @@
 //! `POST /v1/chat/completions`: validates an OpenAI chat request, maps it to the engine's
-//! types under the configured limits, and shapes the answer as OpenAI does.
+//! types under the configured limits, and answers as OpenAI does: one JSON body, or a stream
+//! of server-sent `chat.completion.chunk` events ending in `data: [DONE]`.
+//!
+//! A client that disconnects drops the response, and with it the engine's token stream, which
+//! stops the generation.
+
+use std::convert::Infallible;
 
 use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{self, Stream};
 
 use graft_core::config::GenerationConfig;
-use graft_engine::{ChatMessage, ChatRequest, Role, Sampling};
+use graft_engine::{ChatMessage, ChatRequest, Role, Sampling, StreamEvent, TokenStream};
 
 use crate::error::ApiError;
 use crate::json::Json;
-use crate::openai::{self, AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, Content};
+use crate::openai::{
+    self, AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, Content,
+    Delta,
+};
 use crate::state::{unix_now, AppState};
 
 /// OpenAI accepts at most four stop sequences.
@@ -17,26 +29,26 @@ const MAX_STOP_SEQUENCES: usize = 4;
 pub async fn completions(
     State(state): State<AppState>,
     Json(request): Json<ChatCompletionRequest>,
-) -> Result<axum::Json<ChatCompletion>, ApiError> {
+) -> Result<Response, ApiError> {
     let engine = state.engine();
     if request.model != engine.name() {
         return Err(ApiError::model_not_found(&request.model, &[engine.name()]));
-    }
-    if request.stream == Some(true) {
-        return Err(ApiError::invalid_param(
-            "stream",
-            "Streaming is not supported by this server yet; send `stream: false`",
-        ));
     }
     if request.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid_param("n", "Only n = 1 is supported"));
     }
     let model = request.model.clone();
+    let streaming = request.stream == Some(true);
+    let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let chat = to_engine_request(request, state.generation())?;
-    tracing::debug!(messages = chat.messages.len(), max_tokens = chat.sampling.max_tokens, "chat request");
+    tracing::debug!(messages = chat.messages.len(), max_tokens = chat.sampling.max_tokens, streaming, "chat request");
+    if streaming {
+        let tokens = engine.chat_stream(chat).await?;
+        return Ok(sse(tokens, model, include_usage).into_response());
+    }
     let completion = engine.chat(chat).await?;
     Ok(axum::Json(ChatCompletion {
-        id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        id: completion_id(),
         object: "chat.completion",
         created: unix_now(),
         model,
@@ -50,7 +62,90 @@ pub async fn completions(
             logprobs: None,
         }],
         usage: completion.usage.into(),
-    }))
+    })
+    .into_response())
+}
+
+fn completion_id() -> String {
+    format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Where a stream of chunks is.
+enum Phase {
+    /// The first chunk (the role) is next.
+    Start,
+    /// Text chunks are next, until the end.
+    Tokens,
+    /// The usage chunk is next.
+    Usage(graft_engine::Usage),
+    /// `[DONE]` is next.
+    Done,
+    Finished,
+}
+
+/// The engine's token stream as OpenAI server-sent events.
+fn sse(tokens: TokenStream, model: String, include_usage: bool) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let id = completion_id();
+    let created = unix_now();
+    let chunk = move |delta: Delta, finish_reason: Option<&'static str>, usage: Option<openai::Usage>| {
+        let choices = if usage.is_some() {
+            Vec::new()
+        } else {
+            vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason,
+                logprobs: None,
+            }]
+        };
+        let body = ChatCompletionChunk {
+            id: id.clone(),
+            object: "chat.completion.chunk",
+            created,
+            model: model.clone(),
+            choices,
+            usage,
+        };
+        Event::default().json_data(body).unwrap_or_else(|_| Event::default().data("{}"))
+    };
+    let events = stream::unfold((tokens, Phase::Start), move |(mut tokens, phase)| {
+        let chunk = chunk.clone();
+        async move {
+            let (event, next) = match phase {
+                Phase::Start => {
+                    let role = Delta {
+                        role: Some("assistant"),
+                        content: Some(String::new()),
+                    };
+                    (chunk(role, None, None), Phase::Tokens)
+                }
+                Phase::Tokens => match tokens.next().await {
+                    Some(Ok(StreamEvent::Text(text))) => {
+                        let delta = Delta {
+                            role: None,
+                            content: Some(text),
+                        };
+                        (chunk(delta, None, None), Phase::Tokens)
+                    }
+                    Some(Ok(StreamEvent::End { finish_reason, usage })) => {
+                        let next = if include_usage { Phase::Usage(usage) } else { Phase::Done };
+                        (chunk(Delta::default(), Some(finish_reason.as_str()), None), next)
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "generation failed while streaming");
+                        let error = serde_json::json!({"error": {"message": e.to_string(), "type": "server_error", "param": null, "code": null}});
+                        (Event::default().data(error.to_string()), Phase::Done)
+                    }
+                    None => (Event::default().data("[DONE]"), Phase::Finished),
+                },
+                Phase::Usage(usage) => (chunk(Delta::default(), None, Some(usage.into())), Phase::Done),
+                Phase::Done => (Event::default().data("[DONE]"), Phase::Finished),
+                Phase::Finished => return None,
+            };
+            Some((Ok(event), (tokens, next)))
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
 }
 
 fn to_engine_request(request: ChatCompletionRequest, limits: &GenerationConfig) -> Result<ChatRequest, ApiError> {
