@@ -111,9 +111,10 @@ impl Engine {
             return Err(EngineError::InvalidRequest("`messages` must not be empty".into()));
         }
         let mut builder = to_mistralrs(&request);
-        // One chunk in flight at a time: the decoder waits for a slow reader, and a reader
-        // that is gone fails the next send, which cancels the sequence.
-        let (tx, rx) = mpsc::channel(1);
+        // A reader that is gone fails mistralrs's next send, which cancels the sequence. The
+        // buffer is deep so that one slow reader does not hold up the whole batch (mistralrs
+        // awaits each send inside its decoding step).
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let normal = NormalRequest {
             messages: builder.take_messages(),
             sampling_params: builder.take_sampling_params(),
@@ -143,6 +144,9 @@ impl Engine {
         Ok(TokenStream { rx, end: None })
     }
 }
+
+/// Chunks a generation may run ahead of its reader.
+const STREAM_BUFFER: usize = 256;
 
 /// What a [`TokenStream`] yields.
 #[derive(Debug, Clone, PartialEq)]
