@@ -188,6 +188,8 @@ pub struct IndexConfig {
     pub top_k: usize,
     /// At most this many results of one file.
     pub per_file: usize,
+    /// Weight of the vector ranking against the keyword ranking (1.0) in hybrid search.
+    pub vector_weight: f64,
     /// A Qdrant server's gRPC URL; unset keeps vectors in the embedded engine.
     pub qdrant_url: Option<String>,
     /// The environment variable that holds the Qdrant API key (read only with `qdrant_url`).
@@ -210,6 +212,7 @@ impl Default for IndexConfig {
             batch_size: 64,
             top_k: 10,
             per_file: 2,
+            vector_weight: 0.5,
             qdrant_url: None,
             qdrant_api_key_env: "QDRANT_API_KEY".to_owned(),
             qdrant_collection_prefix: "graft_".to_owned(),
@@ -401,6 +404,12 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1".into()));
             }
+        }
+        if !(0.0..=10.0).contains(&ix.vector_weight) {
+            return Err(invalid(
+                "index.vector_weight",
+                format!("must be between 0 and 10, found {}", ix.vector_weight),
+            ));
         }
         if let Some(url) = &ix.qdrant_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {

@@ -17,14 +17,15 @@ pub struct Ranked {
     pub score: f32,
 }
 
-/// Fuses ranked lists (best first) into one list of `(id, rrf score)`, best first.
-/// Ties are broken by the id's best rank in any list, then by id, so the order is stable.
-pub fn reciprocal_rank_fusion(lists: &[&[Ranked]]) -> Vec<(u64, f64)> {
+/// Fuses ranked lists (best first), each with a weight, into one list of `(id, score)`, best
+/// first: an id scores `weight / (k + rank)` in each list it is in. Ties are broken by the
+/// id's best rank in any list, then by id, so the order is stable.
+pub fn reciprocal_rank_fusion(lists: &[(&[Ranked], f64)]) -> Vec<(u64, f64)> {
     let mut fused: HashMap<u64, (f64, usize)> = HashMap::new();
-    for list in lists {
+    for (list, weight) in lists {
         for (rank, hit) in list.iter().enumerate() {
             let entry = fused.entry(hit.id).or_insert((0.0, usize::MAX));
-            entry.0 += 1.0 / (RRF_K + rank as f64 + 1.0);
+            entry.0 += weight / (RRF_K + rank as f64 + 1.0);
             entry.1 = entry.1.min(rank);
         }
     }
@@ -63,7 +64,7 @@ mod tests {
     fn an_id_found_by_both_retrievers_wins() {
         let keyword = list(&[1, 2, 3]);
         let dense = list(&[4, 3, 5]);
-        let fused = reciprocal_rank_fusion(&[&keyword, &dense]);
+        let fused = reciprocal_rank_fusion(&[(&keyword, 1.0), (&dense, 1.0)]);
         assert_eq!(fused[0].0, 3, "{fused:?}");
         assert_eq!(fused.len(), 5);
         let expected = 1.0 / (RRF_K + 3.0) + 1.0 / (RRF_K + 2.0);
@@ -72,9 +73,17 @@ mod tests {
 
     #[test]
     fn one_empty_list_leaves_the_other_in_order() {
-        let fused = reciprocal_rank_fusion(&[&list(&[7, 8, 9]), &[]]);
+        let fused = reciprocal_rank_fusion(&[(&list(&[7, 8, 9]), 1.0), (&[], 1.0)]);
         assert_eq!(fused.iter().map(|f| f.0).collect::<Vec<_>>(), [7, 8, 9]);
-        assert!(reciprocal_rank_fusion(&[&[], &[]]).is_empty());
+        assert!(reciprocal_rank_fusion(&[(&[], 1.0), (&[], 1.0)]).is_empty());
+    }
+
+    #[test]
+    fn weights_decide_between_lists_that_disagree() {
+        let keyword = list(&[1, 2]);
+        let dense = list(&[2, 1]);
+        assert_eq!(reciprocal_rank_fusion(&[(&keyword, 1.0), (&dense, 0.5)])[0].0, 1);
+        assert_eq!(reciprocal_rank_fusion(&[(&keyword, 0.5), (&dense, 1.0)])[0].0, 2);
     }
 
     #[test]

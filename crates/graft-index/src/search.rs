@@ -43,6 +43,8 @@ pub struct SearchOptions {
     pub mode: SearchMode,
     /// At most this many results from one file.
     pub per_file: usize,
+    /// How much the vector ranking counts against the keyword ranking (1.0) in hybrid fusion.
+    pub vector_weight: f64,
 }
 
 impl Default for SearchOptions {
@@ -51,6 +53,7 @@ impl Default for SearchOptions {
             k: 10,
             mode: SearchMode::Hybrid,
             per_file: 2,
+            vector_weight: 0.5,
         }
     }
 }
@@ -141,7 +144,7 @@ impl ProjectIndex {
         let (keyword, vector) = (live(keyword), live(vector));
 
         let ranked: Vec<(u64, f64)> = match options.mode {
-            SearchMode::Hybrid => reciprocal_rank_fusion(&[&keyword, &vector]),
+            SearchMode::Hybrid => reciprocal_rank_fusion(&[(&keyword, 1.0), (&vector, options.vector_weight)]),
             SearchMode::Keyword => keyword.iter().map(|r| (r.id, f64::from(r.score))).collect(),
             SearchMode::Vector => vector.iter().map(|r| (r.id, f64::from(r.score))).collect(),
         };

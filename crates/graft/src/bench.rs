@@ -40,6 +40,7 @@ pub fn index(args: BenchIndexArgs) -> Result<()> {
             k: config.index.top_k,
             mode,
             per_file: config.index.per_file,
+            vector_weight: config.index.vector_weight,
         };
         let mut times = Vec::with_capacity(queries.len());
         for q in &queries {

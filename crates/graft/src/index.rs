@@ -166,6 +166,7 @@ pub fn search(args: SearchArgs) -> Result<()> {
         k: args.k.unwrap_or(config.index.top_k),
         mode,
         per_file: config.index.per_file,
+        vector_weight: config.index.vector_weight,
     };
     let hits = index.search(&args.query, &embedder, &options)?;
     if args.json {

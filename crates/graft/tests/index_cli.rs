@@ -57,8 +57,8 @@ fn index_and_search_print_json_for_scripts() {
     let out = run_ok(graft(&config, &["index", "--project", "poly", "--json"]).arg(&fixture));
     let summary = json(&out);
     assert_eq!(summary["project"], "poly");
-    assert_eq!(summary["report"]["files_indexed"], 18, "{summary}");
-    assert!(summary["report"]["chunks"].as_u64().unwrap() >= 18);
+    assert_eq!(summary["report"]["files_indexed"], 22, "{summary}");
+    assert!(summary["report"]["chunks"].as_u64().unwrap() >= 22);
 
     let out = run_ok(&mut graft(&config, &["search", "NewBlobStore(4096)", "--project", "poly", "-k", "3", "--json"]));
     let hits = json(&out);
