@@ -67,7 +67,7 @@ impl Embedder {
             EmbeddingSource::Files { onnx, tokenizer_dir } => {
                 let read = |p: PathBuf| std::fs::read(&p).map_err(|e| IndexError::io(&p, e));
                 let onnx_bytes = read(onnx.clone())?;
-                let id = format!("onnx:{}", &hex::encode(Sha256::digest(&onnx_bytes))[..16]);
+                let id = format!("onnx:{}:{}", &hex::encode(Sha256::digest(&onnx_bytes))[..16], options.max_tokens);
                 let tokenizer = TokenizerFiles {
                     tokenizer_file: read(tokenizer_dir.join("tokenizer.json"))?,
                     config_file: read(tokenizer_dir.join("config.json"))?,
@@ -85,7 +85,7 @@ impl Embedder {
             EmbeddingSource::Catalog(name) => {
                 let model_name = catalog_model(name)?;
                 let info = TextEmbedding::get_model_info(&model_name).map_err(|e| err(name, &e))?;
-                let id = format!("fastembed:{}", info.model_code);
+                let id = format!("fastembed:{}:{}", info.model_code, options.max_tokens);
                 let mut init = TextInitOptions::new(model_name)
                     .with_max_length(options.max_tokens)
                     .with_show_download_progress(false);
@@ -115,7 +115,8 @@ impl Embedder {
         self.dims
     }
 
-    /// Identifies the model: an index built with another one must be re-embedded.
+    /// Identifies the model and its input limit (a different limit gives different vectors):
+    /// an index built with another id must be re-embedded.
     pub fn id(&self) -> &str {
         &self.id
     }
