@@ -148,12 +148,16 @@ fn merged_weights_equal_base_plus_scaled_lora_delta_on_smollm2() {
 }
 
 fn greedy(engine: &Engine, prompt: &str) -> String {
+    greedy_on(engine, None, prompt).unwrap()
+}
+
+fn greedy_on(engine: &Engine, model: Option<&str>, prompt: &str) -> Result<String, graft_engine::EngineError> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let request = ChatRequest {
         messages: vec![ChatMessage::new(Role::User, prompt)],
         sampling: Sampling::greedy(24),
     };
-    runtime.block_on(engine.chat(request)).unwrap().text
+    runtime.block_on(engine.chat_on(model, request)).map(|c| c.text)
 }
 
 fn load(path: &Path) -> Engine {
@@ -260,4 +264,31 @@ fn the_merge_cache_merges_once_per_base_adapter_and_settings() {
     let third = cache.get_or_merge(&base, &replaced, &settings).unwrap();
     assert!(third.fresh);
     assert_ne!(third.path, first.path);
+}
+
+#[test]
+fn an_adapter_model_added_next_to_the_base_answers_as_the_merged_model_does() {
+    let base_path = kit_file("smollm2-135m-instruct");
+    let base = BaseGguf::open(&base_path).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let prompt = "Write a Python function that reverses a string.";
+    write_adapter(&work.path().join("real"), &base, &["q_proj", "v_proj", "down_proj"], 8, 16.0, 0.3, false, 2);
+    let adapter = Adapter::load("real", &work.path().join("real"), MAX_RANK).unwrap();
+    let merged = MergeCache::new(work.path().join("cache"))
+        .get_or_merge(&base, &adapter, &MergeSettings::default())
+        .unwrap();
+
+    let engine = load(&base_path);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(engine.add_model("real", &merged.path)).unwrap();
+    let from_base = greedy(&engine, prompt);
+    let from_adapter = greedy_on(&engine, Some("real"), prompt).unwrap();
+    assert_eq!(from_adapter, greedy(&load(&merged.path), prompt), "same as the merged model on its own");
+    assert_eq!(from_base, greedy(&load(&base_path), prompt), "the base is unaffected");
+    assert_ne!(from_adapter, from_base);
+
+    engine.remove_model("real").unwrap();
+    let err = greedy_on(&engine, Some("real"), prompt).unwrap_err();
+    assert!(matches!(err, graft_engine::EngineError::UnknownModel(_)), "{err:?}");
+    assert_eq!(greedy(&engine, prompt), from_base, "the base keeps serving");
 }

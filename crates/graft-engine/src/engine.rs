@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use graft_core::Device;
 use mistralrs::{
-    Constraint, GgufModelBuilder, NormalRequest, Request, RequestBuilder, RequestLike, Response, StopTokens,
+    AnyModelBuilder, Constraint, GgufModelBuilder, NormalRequest, Request, RequestBuilder, RequestLike, Response, StopTokens,
     TextMessageRole, TokenSource,
 };
 use tokio::sync::mpsc;
@@ -31,7 +31,7 @@ pub struct BaseModel {
 /// A loaded base model, ready to generate. Cheap to share behind an `Arc`; requests run
 /// concurrently and are batched by mistralrs's scheduler.
 pub struct Engine {
-    name: String,
+    base: BaseModel,
     model: mistralrs::Model,
 }
 
@@ -39,29 +39,7 @@ impl Engine {
     /// Loads the base model from its GGUF file, without touching the network.
     pub async fn load(base: &BaseModel) -> Result<Engine, EngineError> {
         let path = &base.gguf;
-        if !path.is_file() {
-            // mistralrs would take a missing local path for a Hugging Face id and try the
-            // network; graft never lets it.
-            return Err(EngineError::ModelMissing { path: path.clone() });
-        }
-        let (dir, file) = split_path(path)?;
-        let mut builder = GgufModelBuilder::new(dir, vec![file])
-            .with_token_source(TokenSource::None)
-            .with_max_num_seqs(base.max_num_seqs);
-        builder = match base.device {
-            Device::Cpu => builder.with_force_cpu(),
-            Device::Auto => builder,
-            Device::Cuda => {
-                if !cfg!(feature = "cuda") {
-                    return Err(EngineError::Device(
-                        "model.device = \"cuda\" needs graft built with `--features cuda`".into(),
-                    ));
-                }
-                let device = mistralrs::Device::new_cuda(0)
-                    .map_err(|e| EngineError::Device(format!("no usable CUDA device: {e}")))?;
-                builder.with_device(device)
-            }
-        };
+        let builder = gguf_builder(path, base)?;
         let started = Instant::now();
         let model = builder.build().await.map_err(|e| EngineError::Load {
             path: path.clone(),
@@ -74,21 +52,60 @@ impl Engine {
             "base model loaded"
         );
         Ok(Engine {
-            name: base.name.clone(),
+            base: base.clone(),
             model,
         })
     }
 
     /// The id clients use for the base model.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.base.name
+    }
+
+    /// Loads another GGUF model (a merged adapter) into the same engine, next to the base, on
+    /// the base's device; requests reach it with [`Engine::chat_stream_on`] and `id`.
+    pub async fn add_model(&self, id: &str, gguf: &Path) -> Result<(), EngineError> {
+        let builder = gguf_builder(gguf, &self.base)?;
+        let load_error = |e: &dyn std::fmt::Display| EngineError::Load {
+            path: gguf.to_owned(),
+            message: e.to_string(),
+        };
+        let started = Instant::now();
+        let (pipeline, scheduler, config) = AnyModelBuilder::Gguf(builder)
+            .build_pipeline()
+            .await
+            .map_err(|e| load_error(&format!("{e:#}")))?;
+        self.model
+            .add_model(id.to_owned(), pipeline, scheduler, config)
+            .await
+            .map_err(|e| load_error(&e))?;
+        tracing::info!(model = id, path = %gguf.display(), seconds = started.elapsed().as_secs_f32(), "model added");
+        Ok(())
+    }
+
+    /// Removes a model added with [`Engine::add_model`]. Requests already running on it finish.
+    pub fn remove_model(&self, id: &str) -> Result<(), EngineError> {
+        // mistralrs's removal uses a blocking send, which must not run on an async worker
+        // thread: it runs on a plain thread of its own.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| self.model.remove_model(id))
+                .join()
+                .map_err(|_| EngineError::Generation(format!("removing model {id} panicked")))?
+                .map_err(|e| EngineError::Generation(format!("cannot remove model {id}: {e}")))
+        })
     }
 
     /// Generates the assistant's reply to a conversation, all at once. Built on
     /// [`Engine::chat_stream`], so dropping the future (a client that went away) stops the
     /// generation too.
     pub async fn chat(&self, request: ChatRequest) -> Result<Completion, EngineError> {
-        let mut stream = self.chat_stream(request).await?;
+        self.chat_on(None, request).await
+    }
+
+    /// Like [`Engine::chat`], on the model added as `model` (`None`: the base).
+    pub async fn chat_on(&self, model: Option<&str>, request: ChatRequest) -> Result<Completion, EngineError> {
+        let mut stream = self.chat_stream_on(model, request).await?;
         let mut text = String::new();
         while let Some(event) = stream.next().await {
             match event? {
@@ -105,8 +122,13 @@ impl Engine {
         Err(EngineError::Generation("the generation ended without a finish reason".into()))
     }
 
-    /// Starts generating the assistant's reply; text arrives as it is decoded.
+    /// Starts generating the assistant's reply on the base model; text arrives as it is decoded.
     pub async fn chat_stream(&self, request: ChatRequest) -> Result<TokenStream, EngineError> {
+        self.chat_stream_on(None, request).await
+    }
+
+    /// Like [`Engine::chat_stream`], on the model added as `model` (`None`: the base).
+    pub async fn chat_stream_on(&self, model: Option<&str>, request: ChatRequest) -> Result<TokenStream, EngineError> {
         if request.messages.is_empty() {
             return Err(EngineError::InvalidRequest("`messages` must not be empty".into()));
         }
@@ -129,14 +151,13 @@ impl Engine {
             logits_processors: None,
             return_raw_logits: false,
             web_search_options: None,
-            model_id: None,
+            model_id: model.map(str::to_owned),
             truncate_sequence: false,
         };
-        let sender = self
-            .model
-            .inner()
-            .get_sender(None)
-            .map_err(|e| EngineError::Generation(e.to_string()))?;
+        let sender = self.model.inner().get_sender(model).map_err(|e| match model {
+            Some(id) => EngineError::UnknownModel(format!("{id}: {e}")),
+            None => EngineError::Generation(e.to_string()),
+        })?;
         sender
             .send(Request::Normal(Box::new(normal)))
             .await
@@ -218,6 +239,33 @@ fn response_kind(response: &Response) -> &'static str {
         Response::CompletionDone(_) | Response::CompletionChunk(_) | Response::CompletionModelError(..) => "a completion",
         _ => "a non-text response",
     }
+}
+
+/// A mistralrs builder for a local GGUF file, on the base model's device.
+fn gguf_builder(path: &Path, base: &BaseModel) -> Result<GgufModelBuilder, EngineError> {
+    if !path.is_file() {
+        // mistralrs would take a missing local path for a Hugging Face id and try the
+        // network; graft never lets it.
+        return Err(EngineError::ModelMissing { path: path.to_owned() });
+    }
+    let (dir, file) = split_path(path)?;
+    let builder = GgufModelBuilder::new(dir, vec![file])
+        .with_token_source(TokenSource::None)
+        .with_max_num_seqs(base.max_num_seqs);
+    Ok(match base.device {
+        Device::Cpu => builder.with_force_cpu(),
+        Device::Auto => builder,
+        Device::Cuda => {
+            if !cfg!(feature = "cuda") {
+                return Err(EngineError::Device(
+                    "model.device = \"cuda\" needs graft built with `--features cuda`".into(),
+                ));
+            }
+            let device = mistralrs::Device::new_cuda(0)
+                .map_err(|e| EngineError::Device(format!("no usable CUDA device: {e}")))?;
+            builder.with_device(device)
+        }
+    })
 }
 
 fn split_path(path: &Path) -> Result<(String, String), EngineError> {

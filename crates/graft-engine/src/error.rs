@@ -14,6 +14,9 @@ pub enum EngineError {
     /// The configured device is not available in this build or on this machine.
     #[error("{0}")]
     Device(String),
+    /// No model of that id is loaded in the engine.
+    #[error("no such model loaded: {0}")]
+    UnknownModel(String),
     /// The request cannot be served as asked (for example, a prompt longer than the context).
     #[error("{0}")]
     InvalidRequest(String),

@@ -101,6 +101,11 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
         match e {
             EngineError::InvalidRequest(message) => ApiError::invalid(message),
+            EngineError::UnknownModel(message) => ApiError {
+                param: Some("model"),
+                code: Some("model_not_found"),
+                ..ApiError::new(StatusCode::NOT_FOUND, format!("The model does not exist: {message}"))
+            },
             other => {
                 tracing::error!(error = %other, "engine error");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
