@@ -23,6 +23,7 @@ pub struct Config {
     pub model: ModelConfig,
     pub generation: GenerationConfig,
     pub index: IndexConfig,
+    pub adapters: AdaptersConfig,
     /// Repositories graft serves retrieval for, each with its own index.
     pub projects: Vec<ProjectConfig>,
 }
@@ -160,6 +161,41 @@ impl Default for GenerationConfig {
             default_top_p: 0.95,
         }
     }
+}
+
+/// `[adapters]`: the LoRA adapter store and how adapters are merged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdaptersConfig {
+    /// The store: one PEFT folder per adapter, named after the adapter.
+    pub dir: PathBuf,
+    /// Largest LoRA rank accepted.
+    pub max_rank: usize,
+    /// Type merged weights are stored at when the base weight is quantized.
+    pub merged_type: MergedType,
+    /// Where merged models are kept, by the hash of what went into them.
+    pub cache_dir: PathBuf,
+}
+
+impl Default for AdaptersConfig {
+    fn default() -> Self {
+        AdaptersConfig {
+            dir: PathBuf::from("adapters"),
+            max_rank: 64,
+            merged_type: MergedType::Q8_0,
+            cache_dir: PathBuf::from(".cache/merged"),
+        }
+    }
+}
+
+/// Storage types for merged weights (GGUF's names, lower case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MergedType {
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    F16,
+    F32,
 }
 
 /// `[index]`: how repositories are indexed and searched.
@@ -343,6 +379,8 @@ impl Config {
             self.model.gguf = ModelSource::Path(resolve(base, p));
         }
         self.index.dir = resolve(base, &self.index.dir);
+        self.adapters.dir = resolve(base, &self.adapters.dir);
+        self.adapters.cache_dir = resolve(base, &self.adapters.cache_dir);
         if let EmbeddingModel::Folder(p) = &self.index.embedding_model {
             self.index.embedding_model = EmbeddingModel::Folder(resolve(base, p));
         }
@@ -390,6 +428,9 @@ impl Config {
                     g.max_tokens_limit, g.default_max_tokens
                 ),
             ));
+        }
+        if self.adapters.max_rank == 0 {
+            return Err(invalid("adapters.max_rank", "must be at least 1".into()));
         }
         let ix = &self.index;
         for (key, value) in [

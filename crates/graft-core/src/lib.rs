@@ -7,4 +7,4 @@
 
 pub mod config;
 
-pub use config::{Config, ConfigError, Device, EmbeddingModel, ModelSource, ProjectConfig};
+pub use config::{Config, ConfigError, Device, EmbeddingModel, MergedType, ModelSource, ProjectConfig};

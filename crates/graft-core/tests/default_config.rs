@@ -27,6 +27,11 @@ fn the_shipped_config_loads_and_matches_the_built_in_defaults() {
     shipped_index.dir = defaults.index.dir.clone();
     assert_eq!(format!("{shipped_index:?}"), format!("{:?}", defaults.index));
 
+    // Adapter settings match too, except the folders, which are the repository's.
+    assert!(shipped.adapters.dir.ends_with("adapters") && shipped.adapters.cache_dir.ends_with(".cache/merged"));
+    assert_eq!(shipped.adapters.max_rank, defaults.adapters.max_rank);
+    assert_eq!(shipped.adapters.merged_type, defaults.adapters.merged_type);
+
     // The shipped config serves graft's own repository as a project.
     assert!(defaults.projects.is_empty());
     let graft = shipped.project("graft").expect("the graft project");

@@ -53,6 +53,18 @@ impl Default for MergeSettings {
     }
 }
 
+impl From<graft_core::MergedType> for MergeSettings {
+    fn from(t: graft_core::MergedType) -> MergeSettings {
+        MergeSettings {
+            quantized_dtype: match t {
+                graft_core::MergedType::Q8_0 => GgmlDType::Q8_0,
+                graft_core::MergedType::F16 => GgmlDType::F16,
+                graft_core::MergedType::F32 => GgmlDType::F32,
+            },
+        }
+    }
+}
+
 /// A base model's GGUF header: architecture, head counts and tensor shapes.
 pub struct BaseGguf {
     pub path: PathBuf,

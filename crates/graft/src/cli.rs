@@ -29,6 +29,9 @@ pub enum Command {
     Index(IndexArgs),
     /// Search a project's index.
     Search(SearchArgs),
+    /// The LoRA adapter store: list adapters, merge one ahead of serving.
+    #[command(subcommand)]
+    Adapters(AdaptersCommand),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -86,6 +89,28 @@ pub struct SearchArgs {
     /// Print the results as a JSON array.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdaptersCommand {
+    /// List the adapters in `adapters.dir`, each checked against the base model.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check an adapter and merge it into the base model (kept in `adapters.cache_dir`).
+    Merge {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The adapter's folder name in `adapters.dir`.
+        name: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,9 +4,11 @@
 //! - [`serve`]: `graft serve` and `graft up`.
 //! - [`index`]: `graft index` and `graft search`.
 //! - [`models`]: `graft models fetch | list`.
+//! - [`adapters`]: `graft adapters list | merge`.
 //! - [`bench`]: `graft bench index`.
 //! - [`progress`]: progress bars.
 
+mod adapters;
 mod bench;
 mod cli;
 mod index;
@@ -20,7 +22,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cli::{BenchCommand, Cli, Command, ModelsCommand};
+use cli::{AdaptersCommand, BenchCommand, Cli, Command, ModelsCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -31,6 +33,8 @@ fn main() -> ExitCode {
         Command::Index(args) => index::index(args),
         Command::Search(args) => index::search(args),
         Command::Bench(BenchCommand::Index(args)) => bench::index(args),
+        Command::Adapters(AdaptersCommand::List { config, json }) => adapters::list(&config.config, json),
+        Command::Adapters(AdaptersCommand::Merge { config, name, json }) => adapters::merge(&config.config, &name, json),
         Command::Models(ModelsCommand::Fetch { config, ids, json }) => models::fetch(&config.config, &ids, json),
         Command::Models(ModelsCommand::List { config, json }) => models::list(&config.config, json),
     };

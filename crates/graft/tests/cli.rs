@@ -118,3 +118,68 @@ fn http_post(addr: &str, path: &str, body: &str) -> String {
     stream.read_to_string(&mut response).unwrap();
     response
 }
+
+/// Writes a small PEFT adapter for the toy model's q_proj weights.
+fn write_toy_adapter(dir: &Path, base: &graft_engine::merge::BaseGguf) {
+    use candle_core::{Device, Tensor};
+    let mut tensors = std::collections::HashMap::new();
+    for layer in 0..base.block_count {
+        let (out, inp) = base.shape(&format!("blk.{layer}.attn_q.weight")).unwrap();
+        let prefix = format!("base_model.model.model.layers.{layer}.self_attn.q_proj");
+        let a: Vec<f32> = (0..2 * inp).map(|i| (i as f32 * 0.37).sin() * 0.1).collect();
+        let b: Vec<f32> = (0..out * 2).map(|i| (i as f32 * 0.73).cos() * 0.1).collect();
+        tensors.insert(format!("{prefix}.lora_A.weight"), Tensor::from_vec(a, (2, inp), &Device::Cpu).unwrap());
+        tensors.insert(format!("{prefix}.lora_B.weight"), Tensor::from_vec(b, (out, 2), &Device::Cpu).unwrap());
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors")).unwrap();
+    std::fs::write(dir.join("adapter_config.json"), r#"{"peft_type":"LORA","r":2,"lora_alpha":4,"target_modules":["q_proj"]}"#).unwrap();
+}
+
+#[test]
+fn adapters_are_listed_with_their_problems_and_merged_once() {
+    let fetch = graft().args(["models", "fetch", "tiny-llama"]).output().unwrap();
+    assert!(fetch.status.success(), "{}", String::from_utf8_lossy(&fetch.stderr));
+    let shipped = graft_core::Config::load(&repo_root().join("config/graft.toml")).unwrap();
+    let kit = std::fs::canonicalize(&shipped.kit.dir).unwrap();
+    let base = graft_engine::merge::BaseGguf::open(&kit.join("tiny-llama/tiny.gguf")).unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    write_toy_adapter(&work.path().join("adapters/good"), &base);
+    std::fs::create_dir_all(work.path().join("adapters/broken")).unwrap();
+    std::fs::write(work.path().join("adapters/broken/adapter_config.json"), r#"{"r":4,"lora_alpha":8}"#).unwrap();
+    let config = work.path().join("graft.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kit]\ndir = {:?}\n[model]\ngguf = \"kit:tiny-llama\"\n[adapters]\ndir = \"adapters\"\ncache_dir = \"cache\"\n",
+            kit.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = graft().args(args).arg("--config").arg(&config).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+
+    let list = run(&["adapters", "list", "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(list[0]["name"], "broken");
+    assert_eq!(list[0]["valid"], false);
+    assert!(list[0]["error"].as_str().unwrap().contains("adapter_model.safetensors is missing"), "{list}");
+    assert_eq!(list[1]["name"], "good");
+    assert_eq!(list[1]["valid"], true, "{list}");
+    assert_eq!(list[1]["weights"], base.block_count);
+
+    let first = run(&["adapters", "merge", "good", "--json"]);
+    assert_eq!(first["merged_now"], true, "{first}");
+    assert!(Path::new(first["path"].as_str().unwrap()).is_file());
+    let second = run(&["adapters", "merge", "good", "--json"]);
+    assert_eq!(second["merged_now"], false, "{second}");
+    assert_eq!(second["path"], first["path"]);
+
+    let out = graft().args(["adapters", "merge", "broken", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("adapter `broken`"));
+}

@@ -1,0 +1,94 @@
+//! `graft adapters list | merge`: the adapter store, checked against the configured base model.
+//!
+//! `merge` prepares an adapter ahead of time: it validates it and writes the merged model into
+//! the content-addressed cache, where serving will find it.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use graft_core::Config;
+use graft_engine::adapter::Adapter;
+use graft_engine::cache::MergeCache;
+use graft_engine::merge::{BaseGguf, MergeSettings};
+use graft_kit::Kit;
+use serde_json::json;
+
+use crate::models;
+
+/// The base model's GGUF header, from the config.
+fn base(config: &Config) -> Result<BaseGguf> {
+    let gguf = models::resolve(&Kit::new(&config.kit.dir), &config.model.gguf).context("`model.gguf`")?;
+    Ok(BaseGguf::open(&gguf)?)
+}
+
+/// Adapter names: the store's folders that hold an adapter_config.json.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("adapter_config.json").is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Loads an adapter from the store and checks it against `base`.
+fn checked(config: &Config, base: &BaseGguf, name: &str) -> Result<Adapter, graft_engine::adapter::AdapterError> {
+    let adapter = Adapter::load(name, &config.adapters.dir.join(name), config.adapters.max_rank)?;
+    base.check(&adapter)?;
+    Ok(adapter)
+}
+
+/// `graft adapters list`.
+pub fn list(config_path: &Path, json: bool) -> Result<()> {
+    let config = models::load_config(config_path)?;
+    let base = base(&config)?;
+    let rows: Vec<_> = names(&config.adapters.dir)
+        .into_iter()
+        .map(|name| match checked(&config, &base, &name) {
+            Ok(a) => json!({
+                "name": name, "valid": true, "rank": a.config.r, "alpha": a.config.lora_alpha,
+                "scale": a.scale(), "weights": a.pairs.len(), "error": null,
+            }),
+            Err(e) => json!({ "name": name, "valid": false, "error": e.to_string() }),
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("adapters in {} (base: {})", config.adapters.dir.display(), base.path.display());
+    if rows.is_empty() {
+        println!("  none: put PEFT adapter folders (adapter_config.json + adapter_model.safetensors) there");
+    }
+    for row in rows {
+        if row["valid"] == true {
+            println!("  ok       {:<24} r={} alpha={} ({} weights)", row["name"].as_str().unwrap_or(""), row["rank"], row["alpha"], row["weights"]);
+        } else {
+            println!("  invalid  {}", row["error"].as_str().unwrap_or(""));
+        }
+    }
+    Ok(())
+}
+
+/// `graft adapters merge NAME`.
+pub fn merge(config_path: &Path, name: &str, json: bool) -> Result<()> {
+    let config = models::load_config(config_path)?;
+    let base = base(&config)?;
+    let adapter = checked(&config, &base, name)?;
+    let started = Instant::now();
+    let merged = MergeCache::new(&config.adapters.cache_dir).get_or_merge(&base, &adapter, &MergeSettings::from(config.adapters.merged_type))?;
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        let value = json!({ "name": name, "path": merged.path, "merged_now": merged.fresh, "seconds": seconds });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else if merged.fresh {
+        println!("merged `{name}` into {} in {seconds:.1}s", merged.path.display());
+    } else {
+        println!("`{name}` was already merged: {} ({seconds:.1}s to check)", merged.path.display());
+    }
+    Ok(())
+}
