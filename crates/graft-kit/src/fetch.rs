@@ -167,11 +167,3 @@ fn copy_hashed(mut from: impl Read, to: &Path, progress: &dyn Progress) -> io::R
     out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     Ok(hex::encode(hasher.finalize()))
 }
-
-/// The hex sha256 of a file.
-pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    io::copy(&mut file, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
-}

@@ -143,11 +143,7 @@ impl Kit {
 
     /// The path of an installed artifact, by id (`kit:<id>` in config).
     pub fn resolve(&self, id: &str) -> Result<PathBuf, KitError> {
-        let artifact = manifest::find(id).ok_or_else(|| KitError::UnknownArtifact {
-            id: id.to_owned(),
-            known: ARTIFACTS.iter().map(|a| a.id).collect::<Vec<_>>().join(", "),
-        })?;
-        self.resolve_artifact(artifact)
+        self.resolve_artifact(manifest::lookup(id)?)
     }
 
     /// The path of an installed artifact, or why it cannot be used.

@@ -151,6 +151,14 @@ pub fn find(id: &str) -> Option<&'static Artifact> {
     ARTIFACTS.iter().find(|a| a.id == id)
 }
 
+/// The artifact with this id, or an error that lists the known ids.
+pub fn lookup(id: &str) -> Result<&'static Artifact, crate::KitError> {
+    find(id).ok_or_else(|| crate::KitError::UnknownArtifact {
+        id: id.to_owned(),
+        known: ARTIFACTS.iter().map(|a| a.id).collect::<Vec<_>>().join(", "),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

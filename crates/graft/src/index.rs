@@ -32,7 +32,7 @@ pub fn needed_artifacts(config: &Config) -> Result<Vec<Artifact>> {
         EmbeddingModel::Folder(_) | EmbeddingModel::Catalog(_) => {}
     }
     ids.iter()
-        .map(|id| manifest::find(id).copied().with_context(|| format!("kit artifact `{id}` is missing from the manifest")))
+        .map(|id| Ok(*manifest::lookup(id)?))
         .collect()
 }
 

@@ -96,11 +96,5 @@ pub fn load_config(path: &Path) -> Result<Config> {
 }
 
 fn find_artifact(id: &str, origin: &str) -> Result<Artifact> {
-    match manifest::find(id) {
-        Some(a) => Ok(*a),
-        None => bail!(
-            "unknown kit artifact `{id}` in {origin}; known: {}",
-            graft_kit::ARTIFACTS.iter().map(|a| a.id).collect::<Vec<_>>().join(", ")
-        ),
-    }
+    Ok(*manifest::lookup(id).with_context(|| format!("in {origin}"))?)
 }
