@@ -3,54 +3,17 @@
 //!
 //! Test adapters are generated here from fixed seeds, never downloaded.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
-use graft_core::Device as ModelDevice;
 use graft_engine::adapter::{gguf_tensor_name, Adapter, PROJECTIONS};
 use graft_engine::cache::MergeCache;
 use graft_engine::merge::{merge, BaseGguf, MergeSettings};
 use graft_engine::{BaseModel, ChatMessage, ChatRequest, Engine, Role, Sampling};
-use graft_tests::kit_file;
+use graft_tests::{kit_file, write_adapter};
 
 const MAX_RANK: usize = 64;
-
-/// A small deterministic generator (64-bit LCG), so adapters are the same on every run.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
-/// Writes a PEFT adapter for `base` targeting `projections` in every layer. A and B are
-/// uniform in [-amplitude, amplitude]; `zero_b` makes B all zeros (PEFT's initial state).
-fn write_adapter(dir: &Path, base: &BaseGguf, projections: &[&str], r: usize, alpha: f64, amplitude: f32, zero_b: bool, seed: u64) {
-    let mut rng = Lcg(seed);
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for layer in 0..base.block_count {
-        for p in projections {
-            let (out, inp) = base.shape(&gguf_tensor_name(layer, p).unwrap()).unwrap();
-            let a: Vec<f32> = (0..r * inp).map(|_| rng.next() * amplitude).collect();
-            let b: Vec<f32> = (0..out * r).map(|_| if zero_b { 0.0 } else { rng.next() * amplitude }).collect();
-            let module = if ["gate_proj", "up_proj", "down_proj"].contains(p) { "mlp" } else { "self_attn" };
-            let prefix = format!("base_model.model.model.layers.{layer}.{module}.{p}");
-            tensors.insert(format!("{prefix}.lora_A.weight"), Tensor::from_vec(a, (r, inp), &Device::Cpu).unwrap());
-            tensors.insert(format!("{prefix}.lora_B.weight"), Tensor::from_vec(b, (out, r), &Device::Cpu).unwrap());
-        }
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors")).unwrap();
-    let config = serde_json::json!({
-        "peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": projections,
-        "bias": "none", "fan_in_fan_out": false, "base_model_name_or_path": "test",
-    });
-    std::fs::write(dir.join("adapter_config.json"), config.to_string()).unwrap();
-}
 
 fn floats(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
@@ -162,12 +125,7 @@ fn greedy_on(engine: &Engine, model: Option<&str>, prompt: &str) -> Result<Strin
 
 fn load(path: &Path) -> Engine {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let base = BaseModel {
-        name: "m".into(),
-        gguf: path.to_owned(),
-        device: ModelDevice::Cpu,
-        max_num_seqs: 1,
-    };
+    let base = BaseModel::cpu("m", path, 1);
     runtime.block_on(Engine::load(&base)).unwrap()
 }
 

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use graft_core::Device;
 use graft_engine::{BaseModel, ChatMessage, ChatRequest, Engine, Role, Sampling, StreamEvent};
 use graft_tests::kit_file;
 
@@ -38,12 +37,7 @@ async fn cpu_over(window: Duration) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_token_stream_stops_the_generation() {
-    let base = BaseModel {
-        name: "smollm2".into(),
-        gguf: kit_file("smollm2-135m-instruct"),
-        device: Device::Cpu,
-        max_num_seqs: 1,
-    };
+    let base = BaseModel::cpu("smollm2", kit_file("smollm2-135m-instruct"), 1);
     let engine = Engine::load(&base).await.unwrap();
     // Greedy SmolLM2 writes well past 400 tokens for this prompt (checked by hand), so without
     // cancellation the generation would still be running throughout the idle window below.

@@ -17,7 +17,7 @@ fn index(repo: &Path, index_dir: &Path) -> IndexReport {
 fn search(index_dir: &Path, query: &str, k: usize, mode: SearchMode) -> Vec<graft_index::SearchHit> {
     let index = ProjectIndex::open("test", &IndexLayout::new(index_dir)).expect("index opens");
     let options = SearchOptions { k, mode, ..SearchOptions::default() };
-    index.search(query, kit_embedder(), &options).expect("search works")
+    index.search(query, Some(kit_embedder()), &options).expect("search works")
 }
 
 /// Code that uses a symbol, and the file that defines it.

@@ -190,3 +190,132 @@ async fn streaming_sends_openai_chunks_that_add_up_to_the_same_answer() {
     assert_eq!(usage["choices"], json!([]), "{usage}");
     assert_eq!(usage["usage"], whole["usage"], "the usage chunk counts what the whole answer counted");
 }
+
+/// Status and body text of a POST.
+async fn post_text(path: &str, body: &Value) -> (u16, String) {
+    let response = reqwest::Client::new().post(smollm2_server().url(path)).json(body).send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+fn completion(prompt: &str, max_tokens: u32) -> Value {
+    json!({"model": MODEL, "prompt": prompt, "temperature": 0, "max_tokens": max_tokens})
+}
+
+#[tokio::test]
+async fn completions_continue_the_raw_prompt_without_a_chat_template() {
+    let (status, body) = post("/v1/completions", &completion("def fibonacci(n):", 24)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "text_completion");
+    assert!(body["id"].as_str().unwrap().starts_with("cmpl-"));
+    let text = body["choices"][0]["text"].as_str().unwrap();
+    assert!(!text.trim().is_empty(), "{body}");
+    // SmolLM2's chat template alone is dozens of tokens (a system prompt and role markers);
+    // the raw prompt is a handful.
+    let prompt_tokens = body["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!((3..12).contains(&prompt_tokens), "the prompt went in raw: {prompt_tokens} tokens");
+    assert!(body["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+
+    // Streamed: text_completion events that add up to the same text, then [DONE].
+    let mut request = completion("def fibonacci(n):", 24);
+    request["stream"] = json!(true);
+    request["stream_options"] = json!({"include_usage": true});
+    let (status, raw) = post_text("/v1/completions", &request).await;
+    assert_eq!(status, 200, "{raw}");
+    let data = sse_data(&raw);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let events: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert!(events.iter().all(|e| e["object"] == "text_completion"));
+    let streamed: String = events.iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect();
+    assert_eq!(streamed, text);
+    assert_eq!(events.last().unwrap()["usage"], body["usage"]);
+}
+
+#[tokio::test]
+async fn a_suffix_on_a_model_without_fim_tokens_falls_back_to_continuing_the_prefix() {
+    // SmolLM2 has no fill-in-the-middle tokens: the documented fallback continues the prefix
+    // and does not show the suffix to the model.
+    let plain = post("/v1/completions", &completion("def add(a, b):\n", 16)).await;
+    let mut with_suffix = completion("def add(a, b):\n", 16);
+    with_suffix["suffix"] = json!("\nprint(add(1, 2))\n");
+    let fim = post("/v1/completions", &with_suffix).await;
+    assert_eq!((plain.0, fim.0), (200, 200), "{} {}", plain.1, fim.1);
+    assert_eq!(fim.1["choices"][0]["text"], plain.1["choices"][0]["text"]);
+
+    let (status, body) = post("/v1/completions", &json!({"model": MODEL, "prompt": ["a", "b"]})).await;
+    assert_eq!(error_of(status, &body, 400)["param"], "prompt");
+    let (status, body) = post("/v1/completions", &json!({"model": MODEL, "prompt": "", "max_tokens": 4})).await;
+    assert_eq!(error_of(status, &body, 400)["param"], "prompt");
+    let (status, body) = post("/v1/completions", &json!({"model": MODEL, "prompt": "x", "echo": true})).await;
+    assert_eq!(error_of(status, &body, 400)["param"], "echo");
+}
+
+#[tokio::test]
+async fn the_same_seed_gives_the_same_sample_and_another_seed_another() {
+    let sample = |seed: i64| {
+        let mut request = greedy_chat("Invent a name for a new programming language and describe it.", 32);
+        request["temperature"] = json!(1.0);
+        request["top_p"] = json!(1.0);
+        request["seed"] = json!(seed);
+        async move {
+            let (status, body) = post("/v1/chat/completions", &request).await;
+            assert_eq!(status, 200, "{body}");
+            body["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
+        }
+    };
+    let first = sample(42).await;
+    assert_eq!(sample(42).await, first, "same seed, same text");
+    assert_ne!(sample(7).await, first, "another seed, another sample");
+}
+
+#[tokio::test]
+async fn adapters_load_serve_and_unload_through_the_vllm_endpoints() {
+    let server = smollm2_server();
+    let base = graft_engine::merge::BaseGguf::open(&graft_tests::kit_file("smollm2-135m-instruct")).unwrap();
+    let dir = server.external.join("proj-lora");
+    graft_tests::write_adapter(&dir, &base, &["q_proj", "v_proj", "down_proj"], 8, 16.0, 0.3, false, 2);
+    let question = greedy_chat("Write a Python function that reverses a string.", 24);
+    let (_, from_base) = post("/v1/chat/completions", &question).await;
+
+    let (status, text) = post_text("/v1/load_lora_adapter", &json!({"lora_name": "proj-lora", "lora_path": dir})).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("proj-lora"), "{text}");
+
+    let (_, models) = get("/v1/models").await;
+    let card = models["data"].as_array().unwrap().iter().find(|m| m["id"] == "proj-lora").cloned();
+    assert_eq!(card.map(|c| c["parent"].clone()), Some(json!(MODEL)), "{models}");
+
+    let mut on_adapter = question.clone();
+    on_adapter["model"] = json!("proj-lora");
+    let (status, answer) = post("/v1/chat/completions", &on_adapter).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["model"], "proj-lora");
+    assert_ne!(answer["choices"][0]["message"]["content"], from_base["choices"][0]["message"]["content"], "the adapter changes the output");
+
+    let (status, text) = post_text("/v1/unload_lora_adapter", &json!({"lora_name": "proj-lora"})).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, body) = post("/v1/chat/completions", &on_adapter).await;
+    assert_eq!(error_of(status, &body, 404)["code"], "model_not_found");
+    let (status, body) = post("/v1/unload_lora_adapter", &json!({"lora_name": "proj-lora"})).await;
+    error_of(status, &body, 404);
+
+    // Paths outside the adapter folders are refused.
+    let elsewhere = tempfile::tempdir().unwrap();
+    graft_tests::write_adapter(&elsewhere.path().join("x"), &base, &["q_proj"], 4, 8.0, 0.1, false, 3);
+    let (status, body) = post("/v1/load_lora_adapter", &json!({"lora_name": "x", "lora_path": elsewhere.path().join("x")})).await;
+    let error = error_of(status, &body, 400);
+    assert!(error["message"].as_str().unwrap().contains("outside"), "{body}");
+}
+
+#[tokio::test]
+async fn adapters_in_the_store_are_listed_and_load_on_first_use() {
+    let server = smollm2_server();
+    let base = graft_engine::merge::BaseGguf::open(&graft_tests::kit_file("smollm2-135m-instruct")).unwrap();
+    graft_tests::write_adapter(&server.store.join("store-lora"), &base, &["q_proj", "v_proj"], 4, 8.0, 0.3, false, 5);
+    let (_, models) = get("/v1/models").await;
+    assert!(models["data"].as_array().unwrap().iter().any(|m| m["id"] == "store-lora" && m["parent"] == MODEL), "{models}");
+    let mut request = greedy_chat("Say hello.", 8);
+    request["model"] = json!("store-lora");
+    let (status, body) = post("/v1/chat/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"], "store-lora");
+}

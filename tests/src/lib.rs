@@ -6,17 +6,26 @@
 //!   port, started once per test binary and shared by its tests (a model loads once).
 //! - [`kit_embedder`]: the kit's embedding model, loaded once per test binary.
 //! - [`copy_fixture`]: a fixture repository copied somewhere a test may change it.
+//! - [`write_adapter`]: a PEFT LoRA adapter for a kit model, generated from a fixed seed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use graft_core::config::GenerationConfig;
-use graft_core::{Config, Device};
+use graft_engine::merge::BaseGguf;
+use graft_engine::pool::AdapterStore;
+use graft_engine::synthetic::SyntheticAdapter;
+use graft_engine::{Pool, PoolLimits};
+
+use graft_core::config::{GenerationConfig, ServerConfig};
+use graft_core::keys::ApiKeys;
+use graft_core::Config;
 use graft_engine::{BaseModel, Engine};
 use graft_index::{Embedder, EmbedderOptions, EmbeddingSource};
 use graft_kit::{Kit, NoProgress, Source};
-use graft_server::AppState;
+use graft_server::projects::Projects;
+use graft_server::{AppState, ServerParts};
 
 /// The model name the shared server answers to.
 pub const MODEL: &str = "smollm2-135m-instruct";
@@ -38,9 +47,13 @@ pub fn kit_file(id: &str) -> PathBuf {
     kit.resolve(id).expect("installed artifact resolves")
 }
 
-/// A running server's base URL, like `http://127.0.0.1:41234`.
+/// A running test server.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Its adapter store (`adapters.dir`): adapters written here are served by name.
+    pub store: PathBuf,
+    /// A folder outside the store that `POST /v1/load_lora_adapter` may load from.
+    pub external: PathBuf,
 }
 
 impl TestServer {
@@ -66,28 +79,47 @@ pub fn smollm2_server() -> &'static TestServer {
                 // One sequence at a time: requests decoded in one batch get slightly different
                 // floating-point sums, which can flip a greedy token, and the tests compare
                 // greedy answers exactly. Concurrent requests queue instead.
-                let base = BaseModel {
-                    name: MODEL.to_owned(),
-                    gguf,
-                    device: Device::Cpu,
-                    max_num_seqs: 1,
-                };
+                let base = BaseModel::cpu(MODEL, gguf, 1);
                 let engine = match Engine::load(&base).await {
-                    Ok(engine) => engine,
+                    Ok(engine) => Arc::new(engine),
                     Err(e) => {
                         let _ = tx.send(Err(e.to_string()));
                         return;
                     }
                 };
+                // The server's folders live as long as the test process.
+                let root = tempfile::tempdir().expect("temporary folder").keep();
+                let (store, external) = (root.join("adapters"), root.join("external"));
+                std::fs::create_dir_all(&store).expect("adapter store");
+                std::fs::create_dir_all(&external).expect("external adapters");
+                let adapters = AdapterStore {
+                    dir: store.clone(),
+                    max_rank: 64,
+                    merge: Default::default(),
+                    cache_dir: root.join("merged"),
+                    allowed_dirs: vec![external.clone()],
+                };
+                let limits = PoolLimits {
+                    max_adapters: 2,
+                    max_bytes: None,
+                };
+                let pool = Pool::new(engine, adapters, limits).expect("pool");
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
                 let addr = listener.local_addr().expect("local addr");
-                let app = graft_server::router(AppState::new(engine, GenerationConfig::default()), MAX_BODY_BYTES);
-                let _ = tx.send(Ok(addr));
-                graft_server::serve(listener, app, std::future::pending()).await.expect("serve");
+                let state = AppState::new(ServerParts {
+                    pool: Arc::new(pool),
+                    generation: GenerationConfig::default(),
+                    server: ServerConfig::default(),
+                    keys: ApiKeys::default(),
+                    projects: Projects::none(),
+                });
+                let app = graft_server::router(state, MAX_BODY_BYTES);
+                let _ = tx.send(Ok((addr, store, external)));
+                graft_server::serve(listener, app, std::future::pending(), Duration::ZERO).await.expect("serve");
             });
         });
         match rx.recv() {
-            Ok(Ok(addr)) => TestServer { addr },
+            Ok(Ok((addr, store, external))) => TestServer { addr, store, external },
             Ok(Err(e)) => panic!("the test server could not load SmolLM2: {e}"),
             Err(_) => panic!("the test server thread died while starting"),
         }
@@ -132,4 +164,20 @@ fn copy_tree(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).expect("copy fixture file");
         }
     }
+}
+
+/// Writes a PEFT adapter for `base` targeting `projections` in every layer (graft-engine's
+/// synthetic adapters). A and B are uniform in [-amplitude, amplitude]; `zero_b` makes B all
+/// zeros (PEFT's initial state).
+#[allow(clippy::too_many_arguments)]
+pub fn write_adapter(dir: &Path, base: &BaseGguf, projections: &[&str], r: usize, alpha: f64, amplitude: f32, zero_b: bool, seed: u64) {
+    let spec = SyntheticAdapter {
+        projections,
+        rank: r,
+        alpha,
+        amplitude,
+        zero_b,
+        seed,
+    };
+    spec.write(dir, base).unwrap_or_else(|e| panic!("cannot write adapter {}: {e}", dir.display()));
 }

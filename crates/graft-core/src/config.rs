@@ -36,6 +36,20 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// A TOML file of API keys (`[[keys]]` with `key`, `name`, `projects`, `admin`).
+    pub api_keys_file: Option<PathBuf>,
+    /// The environment variable that may hold more API keys (`KEY:proj1,proj2[:admin];...`).
+    pub api_keys_env: String,
+    /// Serve on a non-loopback address with no API keys. Off: graft refuses to start so.
+    pub allow_unauthenticated: bool,
+    /// Generations running at once; more wait in the queue.
+    pub max_concurrent: usize,
+    /// Requests waiting for a generation slot; beyond it, HTTP 429 with Retry-After.
+    pub max_queue: usize,
+    /// Longest a request may take, waiting included, in seconds.
+    pub request_timeout_secs: u64,
+    /// On SIGTERM, how long requests in flight get to finish, in seconds.
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -43,6 +57,13 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 4 * 1024 * 1024,
+            api_keys_file: None,
+            api_keys_env: "GRAFT_API_KEYS".to_owned(),
+            allow_unauthenticated: false,
+            max_concurrent: 4,
+            max_queue: 32,
+            request_timeout_secs: 600,
+            shutdown_timeout_secs: 30,
         }
     }
 }
@@ -75,6 +96,10 @@ pub struct ModelConfig {
     pub device: Device,
     /// Most sequences the engine decodes at once.
     pub max_num_seqs: usize,
+    /// The format of code-completion prompts; `auto` detects it from the model's vocabulary.
+    pub prompt_format: PromptFormatChoice,
+    /// A Jinja chat template file used instead of the one in the GGUF.
+    pub chat_template: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -84,8 +109,26 @@ impl Default for ModelConfig {
             gguf: ModelSource::Kit("smollm2-135m-instruct".to_owned()),
             device: Device::Cpu,
             max_num_seqs: 8,
+            prompt_format: PromptFormatChoice::Auto,
+            chat_template: None,
         }
     }
+}
+
+/// `model.prompt_format`: how code-completion prompts are laid out (see graft-engine's `fim`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PromptFormatChoice {
+    /// Detected from the special tokens of the model's vocabulary.
+    Auto,
+    QwenCoder,
+    #[serde(rename = "starcoder")]
+    StarCoder,
+    DeepseekCoder,
+    #[serde(rename = "codellama")]
+    CodeLlama,
+    /// No fill-in-the-middle: repo context, then the prefix is continued.
+    Continuation,
 }
 
 /// Where a model file comes from.
@@ -150,6 +193,8 @@ pub struct GenerationConfig {
     pub default_temperature: f64,
     /// `top_p` used when a request gives none.
     pub default_top_p: f64,
+    /// The longest prompt accepted, in tokens, retrieved context included.
+    pub max_prompt_tokens: usize,
 }
 
 impl Default for GenerationConfig {
@@ -159,6 +204,7 @@ impl Default for GenerationConfig {
             max_tokens_limit: 4096,
             default_temperature: 0.2,
             default_top_p: 0.95,
+            max_prompt_tokens: 4096,
         }
     }
 }
@@ -175,6 +221,13 @@ pub struct AdaptersConfig {
     pub merged_type: MergedType,
     /// Where merged models are kept, by the hash of what went into them.
     pub cache_dir: PathBuf,
+    /// Most adapters loaded next to the base model at once; the least recently used idle one
+    /// is unloaded to make room.
+    pub max_loaded: usize,
+    /// Most megabytes of merged models loaded at once (0: no limit beyond `max_loaded`).
+    pub max_loaded_mb: u64,
+    /// Folders besides `dir` that `POST /v1/load_lora_adapter` may load adapters from.
+    pub allowed_dirs: Vec<PathBuf>,
 }
 
 impl Default for AdaptersConfig {
@@ -184,6 +237,9 @@ impl Default for AdaptersConfig {
             max_rank: 64,
             merged_type: MergedType::Q8_0,
             cache_dir: PathBuf::from(".cache/merged"),
+            max_loaded: 4,
+            max_loaded_mb: 0,
+            allowed_dirs: Vec::new(),
         }
     }
 }
@@ -293,6 +349,30 @@ pub struct ProjectConfig {
     pub name: String,
     /// The repository's folder (relative paths: against the config file's folder).
     pub path: PathBuf,
+    /// An adapter of the store that requests for this project run on; the base when absent.
+    #[serde(default)]
+    pub adapter: Option<String>,
+    /// Whether requests for this project get retrieved code in their prompts.
+    #[serde(default = "yes")]
+    pub retrieval: bool,
+    /// Chunks retrieved per request.
+    #[serde(default = "default_project_top_k")]
+    pub top_k: usize,
+    /// Most tokens of retrieved code added to a prompt (counted by the model's tokenizer).
+    #[serde(default = "default_context_tokens")]
+    pub context_tokens: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_project_top_k() -> usize {
+    5
+}
+
+fn default_context_tokens() -> usize {
+    1024
 }
 
 /// Whether `name` can be a project name: it becomes a folder name, so letters, digits, `.`,
@@ -381,11 +461,20 @@ impl Config {
         self.index.dir = resolve(base, &self.index.dir);
         self.adapters.dir = resolve(base, &self.adapters.dir);
         self.adapters.cache_dir = resolve(base, &self.adapters.cache_dir);
+        for dir in &mut self.adapters.allowed_dirs {
+            *dir = resolve(base, dir);
+        }
+        if let Some(template) = &self.model.chat_template {
+            self.model.chat_template = Some(resolve(base, template));
+        }
         if let EmbeddingModel::Folder(p) = &self.index.embedding_model {
             self.index.embedding_model = EmbeddingModel::Folder(resolve(base, p));
         }
         for project in &mut self.projects {
             project.path = resolve(base, &project.path);
+        }
+        if let Some(file) = &self.server.api_keys_file {
+            self.server.api_keys_file = Some(resolve(base, file));
         }
     }
 
@@ -420,6 +509,15 @@ impl Config {
         if g.max_tokens_limit == 0 {
             return Err(invalid("generation.max_tokens_limit", "must be at least 1".into()));
         }
+        if g.max_prompt_tokens < 16 {
+            return Err(invalid("generation.max_prompt_tokens", format!("must be at least 16, found {}", g.max_prompt_tokens)));
+        }
+        let sv = &self.server;
+        for (key, value) in [("server.max_concurrent", sv.max_concurrent as u64), ("server.request_timeout_secs", sv.request_timeout_secs)] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
         if g.default_max_tokens == 0 || g.default_max_tokens > g.max_tokens_limit {
             return Err(invalid(
                 "generation.default_max_tokens",
@@ -431,6 +529,9 @@ impl Config {
         }
         if self.adapters.max_rank == 0 {
             return Err(invalid("adapters.max_rank", "must be at least 1".into()));
+        }
+        if self.adapters.max_loaded == 0 {
+            return Err(invalid("adapters.max_loaded", "must be at least 1".into()));
         }
         let ix = &self.index;
         for (key, value) in [
@@ -477,6 +578,20 @@ impl Config {
                 return Err(invalid(
                     &format!("projects[{i}].name"),
                     format!("`{}` is already used by another project or the base model", project.name),
+                ));
+            }
+            if let Some(adapter) = &project.adapter {
+                if !is_valid_project_name(adapter) {
+                    return Err(invalid(&format!("projects[{i}].adapter"), format!("{adapter:?} is not an adapter folder name")));
+                }
+            }
+            if project.top_k == 0 || project.top_k > 100 {
+                return Err(invalid(&format!("projects[{i}].top_k"), format!("must be between 1 and 100, found {}", project.top_k)));
+            }
+            if project.context_tokens >= g.max_prompt_tokens {
+                return Err(invalid(
+                    &format!("projects[{i}].context_tokens"),
+                    format!("must be less than generation.max_prompt_tokens ({}), found {}", g.max_prompt_tokens, project.context_tokens),
                 ));
             }
         }

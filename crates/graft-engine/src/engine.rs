@@ -3,18 +3,23 @@
 //! This module owns loading (offline, from local files only) and the mapping between graft's
 //! request types and mistralrs's. It must not know about HTTP or retrieval.
 
+use std::any::Any;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
+use candle_core::quantized::gguf_file;
 use graft_core::Device;
 use mistralrs::{
-    AnyModelBuilder, Constraint, GgufModelBuilder, NormalRequest, Request, RequestBuilder, RequestLike, Response, StopTokens,
-    TextMessageRole, TokenSource,
+    AnyModelBuilder, Constraint, CustomLogitsProcessor, GgufModelBuilder, NormalRequest, Request, RequestBuilder,
+    RequestLike, RequestMessage, Response, SamplingParams, StopTokens, TextMessageRole, TokenSource,
 };
 use tokio::sync::mpsc;
 
 use crate::error::EngineError;
-use crate::types::{ChatMessage, ChatRequest, Completion, FinishReason, Role, Usage};
+use crate::fim::PromptFormat;
+use crate::sampling::SeededSampler;
+use crate::types::{ChatMessage, ChatRequest, Completion, CompletionRequest, FinishReason, Prompt, Role, Sampling, Usage};
 
 /// What to load as the base model.
 #[derive(Debug, Clone)]
@@ -26,6 +31,24 @@ pub struct BaseModel {
     pub device: Device,
     /// Most sequences decoded at once.
     pub max_num_seqs: usize,
+    /// The completion prompt format; `None` detects it from the model's vocabulary.
+    pub prompt_format: Option<PromptFormat>,
+    /// A Jinja chat template file used instead of the one in the GGUF.
+    pub chat_template: Option<PathBuf>,
+}
+
+impl BaseModel {
+    /// A base model on the CPU with the GGUF's own chat template and detected prompt format.
+    pub fn cpu(name: impl Into<String>, gguf: impl Into<PathBuf>, max_num_seqs: usize) -> BaseModel {
+        BaseModel {
+            name: name.into(),
+            gguf: gguf.into(),
+            device: Device::Cpu,
+            max_num_seqs,
+            prompt_format: None,
+            chat_template: None,
+        }
+    }
 }
 
 /// A loaded base model, ready to generate. Cheap to share behind an `Arc`; requests run
@@ -33,6 +56,7 @@ pub struct BaseModel {
 pub struct Engine {
     base: BaseModel,
     model: mistralrs::Model,
+    format: PromptFormat,
 }
 
 impl Engine {
@@ -40,6 +64,10 @@ impl Engine {
     pub async fn load(base: &BaseModel) -> Result<Engine, EngineError> {
         let path = &base.gguf;
         let builder = gguf_builder(path, base)?;
+        let format = match base.prompt_format {
+            Some(format) => format,
+            None => detect_format(path),
+        };
         let started = Instant::now();
         let model = builder.build().await.map_err(|e| EngineError::Load {
             path: path.clone(),
@@ -49,17 +77,96 @@ impl Engine {
             model = %base.name,
             path = %path.display(),
             seconds = started.elapsed().as_secs_f32(),
+            prompt_format = format.name(),
             "base model loaded"
         );
         Ok(Engine {
             base: base.clone(),
             model,
+            format,
         })
     }
 
     /// The id clients use for the base model.
     pub fn name(&self) -> &str {
         &self.base.name
+    }
+
+    /// Sends a greedy chat straight through mistralrs's own high-level API on the base model,
+    /// bypassing graft's request mapping and streaming: the yardstick `graft bench engine`
+    /// measures graft's overhead against. Returns the generated text.
+    pub async fn chat_with_mistralrs_directly(&self, prompt: &str, max_tokens: usize) -> Result<String, EngineError> {
+        let request = RequestBuilder::new()
+            .add_message(TextMessageRole::User, prompt)
+            .set_deterministic_sampler()
+            .set_sampler_max_len(max_tokens);
+        let response = self
+            .model
+            .send_chat_request(request)
+            .await
+            .map_err(|e| EngineError::Generation(e.to_string()))?;
+        Ok(response.choices.into_iter().next().and_then(|c| c.message.content).unwrap_or_default())
+    }
+
+    /// The base model's description.
+    pub fn base(&self) -> &BaseModel {
+        &self.base
+    }
+
+    /// The format completion prompts are built in (configured, or detected at load).
+    pub fn prompt_format(&self) -> PromptFormat {
+        self.format
+    }
+
+    /// The ids of the models added next to the base ([`Engine::add_model`]).
+    pub fn added_models(&self) -> Vec<String> {
+        let base = self.model.inner().get_default_model_id().ok().flatten();
+        let mut ids: Vec<String> = self
+            .model
+            .list_models()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| Some(id) != base.as_ref())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The token ids of `text` in `model`'s tokenizer (`None`: the base), with the tokenizer's
+    /// special tokens (BOS) when `special` is set. Special tokens written in the text are
+    /// recognised as such.
+    pub async fn tokenize(&self, model: Option<&str>, text: &str, special: bool) -> Result<Vec<u32>, EngineError> {
+        self.model
+            .tokenize_with_model(either::Either::Right(text.to_owned()), None, special, false, None, model)
+            .await
+            .map_err(|e| EngineError::Generation(format!("cannot tokenize: {e}")))
+    }
+
+    /// The length in tokens of a conversation as the base model's chat template lays it out,
+    /// with the assistant's turn opened (what a chat request feeds the model).
+    pub async fn count_chat_tokens(&self, messages: &[ChatMessage]) -> Result<usize, EngineError> {
+        let mut text = mistralrs::TextMessages::new();
+        for message in messages {
+            text = text.add_message(text_role(message.role), &message.content);
+        }
+        self.model
+            .tokenize(either::Either::Left(text), None, true, true, None)
+            .await
+            .map(|tokens| tokens.len())
+            .map_err(|e| EngineError::InvalidRequest(format!("cannot apply the chat template: {e}")))
+    }
+
+    /// The text of token ids.
+    pub async fn detokenize(&self, model: Option<&str>, tokens: Vec<u32>) -> Result<String, EngineError> {
+        self.model
+            .detokenize_with_model(tokens, false, model)
+            .await
+            .map_err(|e| EngineError::Generation(format!("cannot detokenize: {e}")))
+    }
+
+    /// The longest sequence (prompt and completion, in tokens) the base model takes.
+    pub fn context_length(&self) -> Option<usize> {
+        self.model.max_sequence_length().ok().flatten()
     }
 
     /// Loads another GGUF model (a merged adapter) into the same engine, next to the base, on
@@ -105,21 +212,7 @@ impl Engine {
 
     /// Like [`Engine::chat`], on the model added as `model` (`None`: the base).
     pub async fn chat_on(&self, model: Option<&str>, request: ChatRequest) -> Result<Completion, EngineError> {
-        let mut stream = self.chat_stream_on(model, request).await?;
-        let mut text = String::new();
-        while let Some(event) = stream.next().await {
-            match event? {
-                StreamEvent::Text(delta) => text.push_str(&delta),
-                StreamEvent::End { finish_reason, usage } => {
-                    return Ok(Completion {
-                        text,
-                        finish_reason,
-                        usage,
-                    })
-                }
-            }
-        }
-        Err(EngineError::Generation("the generation ended without a finish reason".into()))
+        self.chat_stream_on(model, request).await?.collect().await
     }
 
     /// Starts generating the assistant's reply on the base model; text arrives as it is decoded.
@@ -132,14 +225,42 @@ impl Engine {
         if request.messages.is_empty() {
             return Err(EngineError::InvalidRequest("`messages` must not be empty".into()));
         }
-        let mut builder = to_mistralrs(&request);
+        let mut builder = RequestBuilder::new();
+        for ChatMessage { role, content } in &request.messages {
+            builder = builder.add_message(text_role(*role), content);
+        }
+        self.send(model, builder.take_messages(), &request.sampling, Kind::Chat).await
+    }
+
+    /// Generates a continuation of a raw prompt (no chat template), all at once.
+    pub async fn complete_on(&self, model: Option<&str>, request: CompletionRequest) -> Result<Completion, EngineError> {
+        self.complete_stream_on(model, request).await?.collect().await
+    }
+
+    /// Starts generating a continuation of a raw prompt on `model` (`None`: the base).
+    pub async fn complete_stream_on(&self, model: Option<&str>, request: CompletionRequest) -> Result<TokenStream, EngineError> {
+        let tokens = match request.prompt {
+            Prompt::Text(text) => self.tokenize(model, &text, true).await?,
+            Prompt::Tokens(tokens) => tokens,
+        };
+        if tokens.is_empty() {
+            return Err(EngineError::InvalidRequest("`prompt` must not be empty".into()));
+        }
+        let prompt_tokens = tokens.len();
+        let messages = RequestMessage::CompletionTokens(tokens);
+        self.send(model, messages, &request.sampling, Kind::Completion { prompt_tokens, generated: 0 }).await
+    }
+
+    /// Sends one request to mistralrs and returns the stream of its answer.
+    async fn send(&self, model: Option<&str>, messages: RequestMessage, sampling: &Sampling, kind: Kind) -> Result<TokenStream, EngineError> {
+        let (sampling_params, processors) = sampling_params(sampling);
         // A reader that is gone fails mistralrs's next send, which cancels the sequence. The
         // buffer is deep so that one slow reader does not hold up the whole batch (mistralrs
         // awaits each send inside its decoding step).
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let normal = NormalRequest {
-            messages: builder.take_messages(),
-            sampling_params: builder.take_sampling_params(),
+            messages,
+            sampling_params,
             response: tx,
             return_logprobs: false,
             is_streaming: true,
@@ -148,7 +269,7 @@ impl Engine {
             suffix: None,
             tools: None,
             tool_choice: None,
-            logits_processors: None,
+            logits_processors: processors,
             return_raw_logits: false,
             web_search_options: None,
             model_id: model.map(str::to_owned),
@@ -162,7 +283,49 @@ impl Engine {
             .send(Request::Normal(Box::new(normal)))
             .await
             .map_err(|_| EngineError::Generation("the engine is not running".into()))?;
-        Ok(TokenStream { rx, end: None })
+        Ok(TokenStream {
+            rx,
+            end: None,
+            kind,
+            guard: None,
+        })
+    }
+}
+
+impl TokenStream {
+    /// Reads the stream to its end: the whole text, why it ended, and the token counts.
+    pub async fn collect(mut self) -> Result<Completion, EngineError> {
+    let mut text = String::new();
+    while let Some(event) = self.next().await {
+        match event? {
+            StreamEvent::Text(delta) => text.push_str(&delta),
+            StreamEvent::End { finish_reason, usage } => {
+                return Ok(Completion {
+                    text,
+                    finish_reason,
+                    usage,
+                })
+            }
+        }
+    }
+    Err(EngineError::Generation("the generation ended without a finish reason".into()))
+    }
+}
+
+/// Which kind of answer a stream carries.
+enum Kind {
+    /// Chat chunks carry their own usage.
+    Chat,
+    /// Completion chunks do not: the prompt's length is known, generated tokens are counted
+    /// (one chunk per decoded token that completes a character).
+    Completion { prompt_tokens: usize, generated: usize },
+}
+
+fn text_role(role: Role) -> TextMessageRole {
+    match role {
+        Role::System => TextMessageRole::System,
+        Role::User => TextMessageRole::User,
+        Role::Assistant => TextMessageRole::Assistant,
     }
 }
 
@@ -183,9 +346,18 @@ pub struct TokenStream {
     rx: mpsc::Receiver<Response>,
     /// The end, held back while the last chunk's text is handed out.
     end: Option<StreamEvent>,
+    kind: Kind,
+    /// Kept alive as long as the stream (the model pool's lease on the model it runs on).
+    guard: Option<Box<dyn Any + Send + Sync>>,
 }
 
 impl TokenStream {
+    /// Keeps `guard` alive until the stream is dropped.
+    pub fn hold(mut self, guard: impl Any + Send + Sync) -> TokenStream {
+        self.guard = Some(Box::new(guard));
+        self
+    }
+
     /// The next piece of text, then [`StreamEvent::End`], then `None`.
     pub async fn next(&mut self) -> Option<Result<StreamEvent, EngineError>> {
         if let Some(end) = self.end.take() {
@@ -193,11 +365,38 @@ impl TokenStream {
         }
         loop {
             let response = self.rx.recv().await?;
-            let chunk = match response {
-                Response::Chunk(chunk) => chunk,
+            let (text, reason, usage) = match response {
+                Response::Chunk(chunk) => {
+                    let usage = chunk.usage.as_ref().map(|u| Usage {
+                        prompt_tokens: u.prompt_tokens,
+                        completion_tokens: u.completion_tokens,
+                    });
+                    let Some(choice) = chunk.choices.into_iter().next() else {
+                        continue;
+                    };
+                    (choice.delta.content.unwrap_or_default(), choice.finish_reason, usage)
+                }
+                Response::CompletionChunk(chunk) => {
+                    let Some(choice) = chunk.choices.into_iter().next() else {
+                        continue;
+                    };
+                    let usage = match &mut self.kind {
+                        Kind::Completion { prompt_tokens, generated } => {
+                            *generated += 1;
+                            Some(Usage {
+                                prompt_tokens: *prompt_tokens,
+                                completion_tokens: *generated,
+                            })
+                        }
+                        Kind::Chat => None,
+                    };
+                    (choice.text, choice.finish_reason, usage)
+                }
                 Response::ValidationError(e) => return Some(Err(EngineError::InvalidRequest(e.to_string()))),
                 Response::InternalError(e) => return Some(Err(EngineError::Generation(e.to_string()))),
-                Response::ModelError(message, _) => return Some(Err(EngineError::Generation(message))),
+                Response::ModelError(message, _) | Response::CompletionModelError(message, _) => {
+                    return Some(Err(EngineError::Generation(message)))
+                }
                 other => {
                     return Some(Err(EngineError::Generation(format!(
                         "unexpected response from the engine: {}",
@@ -205,15 +404,7 @@ impl TokenStream {
                     ))))
                 }
             };
-            let usage = chunk.usage.as_ref().map(|u| Usage {
-                prompt_tokens: u.prompt_tokens,
-                completion_tokens: u.completion_tokens,
-            });
-            let Some(choice) = chunk.choices.into_iter().next() else {
-                continue;
-            };
-            let text = choice.delta.content.unwrap_or_default();
-            if let Some(reason) = choice.finish_reason {
+            if let Some(reason) = reason {
                 let end = StreamEvent::End {
                     finish_reason: finish_reason(&reason),
                     usage: usage.unwrap_or_default(),
@@ -236,7 +427,7 @@ impl TokenStream {
 fn response_kind(response: &Response) -> &'static str {
     match response {
         Response::Done(_) => "a finished chat",
-        Response::CompletionDone(_) | Response::CompletionChunk(_) | Response::CompletionModelError(..) => "a completion",
+        Response::CompletionDone(_) => "a finished completion",
         _ => "a non-text response",
     }
 }
@@ -249,9 +440,23 @@ fn gguf_builder(path: &Path, base: &BaseModel) -> Result<GgufModelBuilder, Engin
         return Err(EngineError::ModelMissing { path: path.to_owned() });
     }
     let (dir, file) = split_path(path)?;
-    let builder = GgufModelBuilder::new(dir, vec![file])
+    let mut builder = GgufModelBuilder::new(dir, vec![file])
         .with_token_source(TokenSource::None)
-        .with_max_num_seqs(base.max_num_seqs);
+        .with_max_num_seqs(base.max_num_seqs)
+        // mistralrs 0.8.1's prefix cache changes answers when it reuses part of an earlier
+        // prompt (seen here: a seeded request gave other text once other chats had run, and
+        // the same text every time with the cache off), and it gave no measured speed-up on
+        // CPU. Correct answers first: it stays off.
+        .with_prefix_cache_n(None);
+    if let Some(template) = &base.chat_template {
+        if !template.is_file() {
+            return Err(EngineError::Load {
+                path: path.to_owned(),
+                message: format!("the chat template {} does not exist", template.display()),
+            });
+        }
+        builder = builder.with_jinja_explicit(template.display().to_string());
+    }
     Ok(match base.device {
         Device::Cpu => builder.with_force_cpu(),
         Device::Auto => builder,
@@ -279,31 +484,50 @@ fn split_path(path: &Path) -> Result<(String, String), EngineError> {
     Ok((dir.to_owned(), file.to_owned()))
 }
 
-fn to_mistralrs(request: &ChatRequest) -> RequestBuilder {
-    let mut builder = RequestBuilder::new();
-    for ChatMessage { role, content } in &request.messages {
-        let role = match role {
-            Role::System => TextMessageRole::System,
-            Role::User => TextMessageRole::User,
-            Role::Assistant => TextMessageRole::Assistant,
-        };
-        builder = builder.add_message(role, content);
-    }
-    let s = &request.sampling;
-    // `set_deterministic_sampler` resets every sampling field, max_len included, so it comes
-    // first and the rest is set after it.
-    builder = builder.set_deterministic_sampler();
+/// mistralrs's sampling parameters for `s`, and the logits processor of a seeded request.
+fn sampling_params(s: &Sampling) -> (SamplingParams, Option<Vec<Arc<dyn CustomLogitsProcessor>>>) {
+    // Greedy unless a temperature is given; a seeded request stays greedy in mistralrs and
+    // samples in its own processor (see `sampling`).
+    let mut params = SamplingParams::deterministic();
+    let mut processors: Option<Vec<Arc<dyn CustomLogitsProcessor>>> = None;
     if s.temperature > 0.0 {
-        builder = builder
-            .set_sampling(mistralrs::SamplingParams::neutral())
-            .set_sampler_temperature(s.temperature)
-            .set_sampler_topp(s.top_p);
+        match s.seed {
+            Some(seed) => {
+                processors = Some(vec![Arc::new(SeededSampler {
+                    seed,
+                    temperature: s.temperature,
+                    top_p: s.top_p,
+                })]);
+            }
+            None => {
+                params = SamplingParams::neutral();
+                params.temperature = Some(s.temperature);
+                params.top_p = Some(s.top_p);
+            }
+        }
     }
-    builder = builder.set_sampler_max_len(s.max_tokens);
+    params.max_len = Some(s.max_tokens);
     if !s.stop.is_empty() {
-        builder = builder.set_sampler_stop_toks(StopTokens::Seqs(s.stop.clone()));
+        params.stop_toks = Some(StopTokens::Seqs(s.stop.clone()));
     }
-    builder
+    (params, processors)
+}
+
+/// The prompt format a GGUF model speaks, from the special tokens of its vocabulary.
+fn detect_format(path: &Path) -> PromptFormat {
+    let read = || -> Result<PromptFormat, String> {
+        let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| e.to_string())?);
+        let content = gguf_file::Content::read(&mut file).map_err(|e| e.to_string())?;
+        let tokens = match content.metadata.get("tokenizer.ggml.tokens") {
+            Some(gguf_file::Value::Array(tokens)) => tokens,
+            _ => return Err("no tokenizer.ggml.tokens".into()),
+        };
+        Ok(PromptFormat::detect(tokens.iter().filter_map(|t| t.to_string().ok().map(String::as_str))))
+    };
+    read().unwrap_or_else(|e| {
+        tracing::warn!(path = %path.display(), "cannot read the vocabulary ({e}); completion prompts use the continuation format");
+        PromptFormat::Continuation
+    })
 }
 
 fn finish_reason(reason: &str) -> FinishReason {

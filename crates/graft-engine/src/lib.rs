@@ -4,6 +4,10 @@
 //! - [`adapter`]: a PEFT LoRA adapter, read and checked.
 //! - [`merge`]: an adapter merged into a GGUF base, written as a new GGUF file.
 //! - [`cache`]: merged models kept by the hash of what went into them, merged once.
+//! - [`pool`]: the base model and the adapters loaded next to it, loaded on use, evicted LRU.
+//! - [`fim`]: completion prompt formats (fill-in-the-middle, repo-level) by model family.
+//! - [`sampling`]: seeded sampling, repeatable per request.
+//! - [`synthetic`]: generated adapters for tests and benchmarks.
 //! - [`types`]: graft's own request and response types.
 //! - [`error`]: what can go wrong, split by who can fix it.
 //!
@@ -12,10 +16,16 @@
 pub mod adapter;
 pub mod cache;
 pub mod engine;
-pub mod merge;
 pub mod error;
+pub mod fim;
+pub mod merge;
+pub mod pool;
+mod sampling;
+pub mod synthetic;
 pub mod types;
 
 pub use engine::{BaseModel, Engine, StreamEvent, TokenStream};
 pub use error::EngineError;
-pub use types::{ChatMessage, ChatRequest, Completion, FinishReason, Role, Sampling, Usage};
+pub use fim::PromptFormat;
+pub use pool::{Pool, PoolLimits};
+pub use types::{ChatMessage, ChatRequest, Completion, CompletionRequest, FinishReason, Prompt, Role, Sampling, Usage};

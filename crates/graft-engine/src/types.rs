@@ -38,6 +38,9 @@ pub struct Sampling {
     pub top_p: f64,
     /// Generation stops before any of these strings.
     pub stop: Vec<String>,
+    /// With a seed, sampling (temperature > 0) is repeatable: the same request and seed give
+    /// the same text, whatever else the engine is running.
+    pub seed: Option<u64>,
 }
 
 impl Sampling {
@@ -48,6 +51,7 @@ impl Sampling {
             temperature: 0.0,
             top_p: 1.0,
             stop: Vec::new(),
+            seed: None,
         }
     }
 }
@@ -57,6 +61,24 @@ impl Sampling {
 pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
     pub sampling: Sampling,
+}
+
+/// A raw completion request: the prompt is given to the model as it is, with no chat
+/// template (see `fim` for building code-completion prompts).
+#[derive(Debug, Clone)]
+pub struct CompletionRequest {
+    pub prompt: Prompt,
+    pub sampling: Sampling,
+}
+
+/// A raw prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    /// Text, tokenized by the model's tokenizer (special tokens written as text, such as
+    /// `<|fim_prefix|>`, become those tokens).
+    Text(String),
+    /// Token ids, already tokenized.
+    Tokens(Vec<u32>),
 }
 
 /// Why generation ended.

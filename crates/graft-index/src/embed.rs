@@ -121,6 +121,23 @@ impl Embedder {
         &self.id
     }
 
+    /// Tokens the model reads of `texts` (each cut at the input limit), for usage reports.
+    pub fn token_count(&self, texts: &[String]) -> Result<usize, IndexError> {
+        let model = self
+            .model
+            .lock()
+            .map_err(|_| IndexError::Embedding("the embedding model is unusable after a panic".into()))?;
+        let mut total = 0;
+        for text in texts {
+            let encoding = model
+                .tokenizer
+                .encode(text.as_str(), true)
+                .map_err(|e| IndexError::Embedding(format!("cannot tokenize: {e}")))?;
+            total += encoding.len();
+        }
+        Ok(total)
+    }
+
     /// One unit-length vector per text, in order.
     ///
     /// Texts are embedded shortest first: a batch is padded to its longest text, so batches of

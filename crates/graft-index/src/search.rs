@@ -106,8 +106,9 @@ impl ProjectIndex {
         self.catalog.chunk_count()
     }
 
-    /// Searches for `query`. `embedder` must be the model the index was built with (checked).
-    pub fn search(&self, query: &str, embedder: &Embedder, options: &SearchOptions) -> Result<Vec<SearchHit>, IndexError> {
+    /// Searches for `query`. Vector and hybrid searches need `embedder`, the model the index
+    /// was built with (checked); keyword search needs none.
+    pub fn search(&self, query: &str, embedder: Option<&Embedder>, options: &SearchOptions) -> Result<Vec<SearchHit>, IndexError> {
         if options.k == 0 || query.trim().is_empty() {
             return Ok(Vec::new());
         }
@@ -120,6 +121,9 @@ impl ProjectIndex {
         let vector = match options.mode {
             SearchMode::Keyword => Vec::new(),
             _ => {
+                let embedder = embedder.ok_or_else(|| {
+                    IndexError::Invalid("vector and hybrid search need the embedding model; keyword search does not".into())
+                })?;
                 if embedder.id() != self.meta.embedding_model {
                     return Err(IndexError::Invalid(format!(
                         "this index was built with embedding model {}, not {}; re-run `graft index`",

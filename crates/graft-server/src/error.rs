@@ -6,6 +6,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use graft_engine::pool::PoolError;
 use graft_engine::EngineError;
 use serde::Serialize;
 
@@ -18,6 +19,8 @@ pub struct ApiError {
     pub param: Option<&'static str>,
     /// A machine-readable code, such as `model_not_found`.
     pub code: Option<&'static str>,
+    /// Seconds a client should wait before retrying (503, 429): sent as `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -41,6 +44,51 @@ impl ApiError {
             message: message.into(),
             param: None,
             code: None,
+            retry_after: None,
+        }
+    }
+
+    /// 429 with `Retry-After`: too many requests at once.
+    pub fn too_many_requests(message: impl Into<String>, retry_after: u64) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after),
+            code: Some("rate_limit_exceeded"),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
+        }
+    }
+
+    /// 504: the request ran past `server.request_timeout_secs`.
+    pub fn timeout(after: std::time::Duration) -> ApiError {
+        ApiError {
+            code: Some("timeout"),
+            ..ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("The request did not finish within {} s (server.request_timeout_secs)", after.as_secs()),
+            )
+        }
+    }
+
+    /// 401: no key, or a key graft does not know.
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: Some("invalid_api_key"),
+            ..ApiError::new(StatusCode::UNAUTHORIZED, message)
+        }
+    }
+
+    /// 403: a valid key that may not do this.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: Some("permission_denied"),
+            ..ApiError::new(StatusCode::FORBIDDEN, message)
+        }
+    }
+
+    /// 503 with `Retry-After`: the server is busy, not broken.
+    pub fn busy(message: impl Into<String>, retry_after: u64) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
         }
     }
 
@@ -64,7 +112,11 @@ impl ApiError {
             code: Some("model_not_found"),
             ..ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("The model `{model}` does not exist. Available models: {}", available.join(", ")),
+                if available.is_empty() {
+                    format!("The model `{model}` does not exist")
+                } else {
+                    format!("The model `{model}` does not exist. Available models: {}", available.join(", "))
+                },
             )
         }
     }
@@ -93,7 +145,11 @@ impl IntoResponse for ApiError {
                 code: self.code,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -112,4 +168,33 @@ impl From<EngineError> for ApiError {
             }
         }
     }
+}
+
+impl From<PoolError> for ApiError {
+    fn from(e: PoolError) -> ApiError {
+        match e {
+            PoolError::Unknown(model) => ApiError::model_not_found(&model, &[]),
+            PoolError::Engine { source, .. } => source.into(),
+            PoolError::Busy { .. } => ApiError::busy(e.to_string(), 2),
+            PoolError::InvalidName(_)
+            | PoolError::OutsideStore { .. }
+            | PoolError::Adapter(_)
+            | PoolError::Merge {
+                source: graft_engine::merge::MergeError::Adapter(_),
+                ..
+            } => ApiError::invalid(e.to_string()),
+            PoolError::Merge { .. } => {
+                tracing::error!(error = %e, "adapter merge failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        }
+    }
+}
+
+/// The event that reports a failure in the middle of a stream (the status line is already
+/// sent): OpenAI's error object as the event's data.
+pub fn stream_error_event(e: &ApiError) -> axum::response::sse::Event {
+    tracing::error!(status = e.status.as_u16(), error = %e.message, "generation failed while streaming");
+    let error = serde_json::json!({"error": {"message": e.message, "type": e.kind(), "param": e.param, "code": e.code}});
+    axum::response::sse::Event::default().data(error.to_string())
 }

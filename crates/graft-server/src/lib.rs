@@ -1,23 +1,35 @@
 //! graft-server: the OpenAI-compatible HTTP API.
 //!
-//! - [`router`] builds the axum app: routes, body limit, per-request tracing spans, panic
-//!   catching. [`serve`] runs it until a shutdown signal, finishing requests in flight.
+//! - [`router`] builds the axum app: routes, authentication ([`auth`]), body limit, metrics,
+//!   per-request tracing spans, panic catching. [`serve`] runs it until a shutdown signal,
+//!   then gives requests in flight a bounded time to finish.
 //! - [`routes`]: the handlers. [`openai`]: the wire types. [`error`]: every error body, in
-//!   OpenAI's shape. [`json`]: the body extractor. [`state`]: what handlers share.
+//!   OpenAI's shape. [`json`]: the body extractor. [`state`]: what handlers share and how a
+//!   request's `model` resolves.
+//! - [`generation`] runs a generation under [`limits`] (slots, queue, deadline);
+//!   [`projects`] holds the indexes and [`augment`] puts retrieved code into prompts;
+//!   [`metrics`] counts for `GET /metrics`.
 //!
-//! The server composes the engine (and later retrieval); it holds no model logic itself.
+//! The server composes the engine and the index; it holds no model or search logic itself.
 
+pub mod augment;
+pub mod auth;
 pub mod error;
+pub mod generation;
 pub mod json;
+pub mod limits;
+pub mod metrics;
 pub mod openai;
+pub mod projects;
 pub mod routes;
 pub mod state;
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -26,18 +38,32 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
-pub use state::AppState;
+pub use state::{AppState, ServerParts};
 
 /// The whole HTTP app.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/health", get(routes::system::health))
+    // Everything but /health needs a key (when keys are configured).
+    let api = Router::new()
         .route("/v1/models", get(routes::models::list))
         .route("/v1/chat/completions", post(routes::chat::completions))
+        .route("/v1/completions", post(routes::completions::completions))
+        .route("/v1/embeddings", post(routes::embeddings::embeddings))
+        .route("/v1/load_lora_adapter", post(routes::adapters::load))
+        .route("/v1/unload_lora_adapter", post(routes::adapters::unload))
+        .route("/v1/projects", get(routes::projects::list))
+        .route("/v1/projects/{name}", get(routes::projects::status))
+        .route("/v1/projects/{name}/reindex", post(routes::projects::reindex))
+        .route("/v1/projects/{name}/search", post(routes::projects::search))
+        .route("/metrics", get(routes::system::metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    Router::new()
+        .route("/health", get(routes::system::health))
+        .merge(api)
         .fallback(routes::system::not_found)
         .method_not_allowed_fallback(routes::system::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| panic_response()))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
@@ -46,6 +72,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                         method = %req.method(),
                         path = %req.uri().path(),
                         id = %uuid::Uuid::new_v4().simple(),
+                        caller = tracing::field::Empty,
                     )
                 })
                 .on_response(|res: &Response, latency: Duration, _: &tracing::Span| {
@@ -55,17 +82,47 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
+/// Middleware: counts every request by route and status, with its latency (to the response
+/// head; a stream's body may go on after it).
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.metrics().request(&route, response.status().as_u16(), started.elapsed());
+    response
+}
+
 fn panic_response() -> Response {
     tracing::error!("a request handler panicked");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error while handling the request").into_response()
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then stops accepting connections and
-/// waits for the requests in flight.
+/// Serves `app` on `listener` until `shutdown` completes; then stops accepting connections
+/// and waits for the requests in flight, at most `grace`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let (signalled_tx, mut signalled_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = signalled_tx.send(true);
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let deadline = async move {
+        let _ = signalled_rx.wait_for(|s| *s).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result,
+        () = deadline => {
+            tracing::warn!(seconds = grace.as_secs(), "requests still running after the shutdown grace period; stopping anyway");
+            Ok(())
+        }
+    }
 }

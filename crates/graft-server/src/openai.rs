@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::augment::Source;
+
 /// `POST /v1/chat/completions` request.
 #[derive(Debug, Deserialize)]
 pub struct ChatCompletionRequest {
@@ -20,6 +22,149 @@ pub struct ChatCompletionRequest {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub n: Option<u32>,
+    /// Makes sampling repeatable: the same request with the same seed gives the same text.
+    pub seed: Option<i64>,
+    /// graft's extension: retrieval on or off, or its `top_k`, for a project request.
+    pub retrieval: Option<RetrievalField>,
+}
+
+/// The `retrieval` extension field: `false` / `true`, or `{"enabled": ..., "top_k": ...}`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum RetrievalField {
+    Switch(bool),
+    Options {
+        enabled: Option<bool>,
+        top_k: Option<usize>,
+    },
+}
+
+impl RetrievalField {
+    pub fn enabled(self) -> Option<bool> {
+        match self {
+            RetrievalField::Switch(on) => Some(on),
+            RetrievalField::Options { enabled, .. } => enabled,
+        }
+    }
+
+    pub fn top_k(self) -> Option<usize> {
+        match self {
+            RetrievalField::Switch(_) => None,
+            RetrievalField::Options { top_k, .. } => top_k,
+        }
+    }
+}
+
+/// `POST /v1/completions` request.
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: PromptInput,
+    /// The text after the insertion point: with it, the model fills in the middle.
+    pub suffix: Option<String>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub stop: Option<Stop>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub n: Option<u32>,
+    pub echo: Option<bool>,
+    pub best_of: Option<u32>,
+    pub logprobs: Option<serde_json::Value>,
+    pub seed: Option<i64>,
+    /// graft's extension, as for chat.
+    pub retrieval: Option<RetrievalField>,
+}
+
+/// `prompt`: a string, a list of one string, or token ids.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PromptInput {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// `POST /v1/completions` response (non-streaming), and each streamed event (with
+/// `usage` only on the last one, when asked for).
+#[derive(Debug, Serialize)]
+pub struct TextCompletion {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<TextChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// graft's extension: the code the completion was given (project requests; on the first
+    /// event of a stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<Source>>,
+}
+
+/// `POST /v1/embeddings` request.
+#[derive(Debug, Deserialize)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: EmbeddingInput,
+    /// `float` (default) or `base64` (little-endian f32).
+    pub encoding_format: Option<String>,
+    /// Accepted only when it equals the model's size.
+    pub dimensions: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    One(String),
+    Many(Vec<String>),
+    Tokens(Vec<serde_json::Value>),
+}
+
+/// `POST /v1/embeddings` response.
+#[derive(Debug, Serialize)]
+pub struct EmbeddingList {
+    pub object: &'static str,
+    pub data: Vec<EmbeddingData>,
+    pub model: String,
+    pub usage: EmbeddingUsage,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EmbeddingData {
+    pub object: &'static str,
+    pub index: usize,
+    pub embedding: serde_json::Value,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TextChoice {
+    pub index: u32,
+    pub text: String,
+    pub finish_reason: Option<&'static str>,
+    pub logprobs: Option<()>,
+}
+
+/// vLLM's `POST /v1/load_lora_adapter` body.
+#[derive(Debug, Deserialize)]
+pub struct LoadLoraRequest {
+    pub lora_name: String,
+    /// A folder in PEFT format; when absent, the adapter store's folder of that name.
+    pub lora_path: Option<String>,
+}
+
+/// vLLM's `POST /v1/unload_lora_adapter` body.
+#[derive(Debug, Deserialize)]
+pub struct UnloadLoraRequest {
+    pub lora_name: String,
 }
 
 /// `stream_options`: with `include_usage`, a last chunk carries the token counts.
@@ -78,6 +223,9 @@ pub struct ChatCompletion {
     pub model: String,
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
+    /// graft's extension: the code the answer was given (project requests only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<Source>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -121,6 +269,9 @@ pub struct ChatCompletionChunk {
     pub choices: Vec<ChunkChoice>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// On the first chunk of a project request: the code the answer was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<Source>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -152,4 +303,8 @@ pub struct ModelCard {
     pub object: &'static str,
     pub created: u64,
     pub owned_by: &'static str,
+    /// The model this one is built on (an adapter's base), as vLLM lists LoRA adapters.
+    pub parent: Option<String>,
+    /// The model this id serves; `root` in vLLM's listing.
+    pub root: String,
 }

@@ -1,10 +1,29 @@
-//! What every handler shares: the engine and the request limits, behind one `Arc`.
+//! What every handler shares, behind one `Arc`: the model pool, the projects and their
+//! indexes, the API keys, the limits and the metrics; and how a request's `model` resolves.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use graft_core::config::GenerationConfig;
-use graft_engine::Engine;
+use graft_core::config::{GenerationConfig, ServerConfig};
+use graft_core::keys::ApiKeys;
+use graft_engine::pool::PoolError;
+use graft_engine::{Engine, Pool};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::limits::Gate;
+use crate::metrics::Metrics;
+use crate::projects::{Project, Projects};
+
+/// What the server is built from.
+pub struct ServerParts {
+    pub pool: Arc<Pool>,
+    pub generation: GenerationConfig,
+    /// Limits and timeouts (`[server]`).
+    pub server: ServerConfig,
+    pub keys: ApiKeys,
+    pub projects: Projects,
+}
 
 /// Shared state of the server. Cloning is cheap.
 #[derive(Clone)]
@@ -13,33 +32,123 @@ pub struct AppState {
 }
 
 struct Inner {
-    engine: Engine,
+    pool: Arc<Pool>,
     generation: GenerationConfig,
+    server: ServerConfig,
+    keys: ApiKeys,
+    projects: Projects,
+    gate: Gate,
+    metrics: Arc<Metrics>,
     /// Unix seconds when the server started; the `created` time of the models it lists.
     started: u64,
 }
 
+/// What a request's `model` names.
+pub struct Target {
+    /// The name as requested (reported back in responses).
+    pub name: String,
+    /// The pool's model that generates: the base or an adapter.
+    pub model: String,
+    /// The project, when `model` names one.
+    pub project: Option<Arc<Project>>,
+}
+
 impl AppState {
-    pub fn new(engine: Engine, generation: GenerationConfig) -> AppState {
+    pub fn new(parts: ServerParts) -> AppState {
+        let gate = Gate::new(parts.server.max_concurrent, parts.server.max_queue);
         AppState {
             inner: Arc::new(Inner {
-                engine,
-                generation,
+                pool: parts.pool,
+                generation: parts.generation,
+                server: parts.server,
+                keys: parts.keys,
+                projects: parts.projects,
+                gate,
+                metrics: Arc::new(Metrics::default()),
                 started: unix_now(),
             }),
         }
     }
 
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
     pub fn engine(&self) -> &Engine {
-        &self.inner.engine
+        self.inner.pool.engine()
     }
 
     pub fn generation(&self) -> &GenerationConfig {
         &self.inner.generation
     }
 
+    pub fn keys(&self) -> &ApiKeys {
+        &self.inner.keys
+    }
+
+    pub fn projects(&self) -> &Projects {
+        &self.inner.projects
+    }
+
+    pub fn gate(&self) -> &Gate {
+        &self.inner.gate
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// `server.request_timeout_secs`.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.inner.server.request_timeout_secs)
+    }
+
     pub fn started(&self) -> u64 {
         self.inner.started
+    }
+
+    /// Every id `caller` may put in `model`: the base, adapters, projects.
+    pub fn model_ids(&self, caller: &Caller) -> Vec<String> {
+        let base = self.pool().base_name();
+        let mut ids = vec![base.to_owned()];
+        ids.extend(self.pool().adapters().into_iter().map(|a| a.name));
+        ids.extend(self.projects().all().map(|p| p.name().to_owned()));
+        ids.retain(|id| caller.may_use(id, base));
+        ids
+    }
+
+    /// What `model` names, or 404 listing what the caller may use.
+    pub fn resolve(&self, model: &str, caller: &Caller) -> Result<Target, ApiError> {
+        let base = self.pool().base_name();
+        if let Some(project) = self.projects().get(model) {
+            return Ok(Target {
+                name: model.to_owned(),
+                model: project.config.adapter.clone().unwrap_or_else(|| base.to_owned()),
+                project: Some(Arc::clone(project)),
+            });
+        }
+        let known = model == base || self.pool().adapters().iter().any(|a| a.name == model);
+        if !known {
+            return Err(self.not_found(model, caller));
+        }
+        Ok(Target {
+            name: model.to_owned(),
+            model: model.to_owned(),
+            project: None,
+        })
+    }
+
+    fn not_found(&self, model: &str, caller: &Caller) -> ApiError {
+        let ids = self.model_ids(caller);
+        ApiError::model_not_found(model, &ids.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// The API error for a pool error; an unknown model lists the ones there are.
+    pub fn pool_error(&self, e: PoolError, caller: &Caller) -> ApiError {
+        match e {
+            PoolError::Unknown(model) => self.not_found(&model, caller),
+            other => other.into(),
+        }
     }
 }
 

@@ -22,19 +22,6 @@ fn base(config: &Config) -> Result<BaseGguf> {
     Ok(BaseGguf::open(&gguf)?)
 }
 
-/// Adapter names: the store's folders that hold an adapter_config.json.
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("adapter_config.json").is_file())
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .collect();
-    names.sort();
-    names
-}
-
 /// Loads an adapter from the store and checks it against `base`.
 fn checked(config: &Config, base: &BaseGguf, name: &str) -> Result<Adapter, graft_engine::adapter::AdapterError> {
     let adapter = Adapter::load(name, &config.adapters.dir.join(name), config.adapters.max_rank)?;
@@ -46,7 +33,7 @@ fn checked(config: &Config, base: &BaseGguf, name: &str) -> Result<Adapter, graf
 pub fn list(config_path: &Path, json: bool) -> Result<()> {
     let config = models::load_config(config_path)?;
     let base = base(&config)?;
-    let rows: Vec<_> = names(&config.adapters.dir)
+    let rows: Vec<_> = graft_engine::pool::store_names(&config.adapters.dir)
         .into_iter()
         .map(|name| match checked(&config, &base, &name) {
             Ok(a) => json!({

@@ -117,6 +117,30 @@ pub enum AdaptersCommand {
 pub enum BenchCommand {
     /// Index a source tree into a scratch index and time indexing and search.
     Index(BenchIndexArgs),
+    /// Time the base model load, adapter activation (cold and warm), decode speed on the base
+    /// and on an adapter, memory per adapter, and graft's overhead over mistralrs.
+    Engine(BenchEngineArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchEngineArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Synthetic adapters to load (memory per adapter is averaged over them).
+    #[arg(long, default_value_t = 3)]
+    pub adapters: usize,
+    /// Their LoRA rank; they target all seven projections.
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    /// Tokens generated per decode measurement.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Repetitions of each measurement (the median is printed).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -161,14 +161,18 @@ pub fn search(args: SearchArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     let mode: SearchMode = args.mode.parse().map_err(anyhow::Error::msg)?;
     let index = ProjectIndex::open_with(&args.project, &layout(&config, &args.project), &backend(&config))?;
-    let embedder = load_embedder(&config)?;
+    // Keyword search reads only the keyword index: no embedding model to load.
+    let embedder = match mode {
+        SearchMode::Keyword => None,
+        _ => Some(load_embedder(&config)?),
+    };
     let options = SearchOptions {
         k: args.k.unwrap_or(config.index.top_k),
         mode,
         per_file: config.index.per_file,
         vector_weight: config.index.vector_weight,
     };
-    let hits = index.search(&args.query, &embedder, &options)?;
+    let hits = index.search(&args.query, embedder.as_ref(), &options)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&hits)?);
         return Ok(());

@@ -5,7 +5,7 @@
 //! - [`index`]: `graft index` and `graft search`.
 //! - [`models`]: `graft models fetch | list`.
 //! - [`adapters`]: `graft adapters list | merge`.
-//! - [`bench`]: `graft bench index`.
+//! - [`bench`]: `graft bench index` and `graft bench engine`.
 //! - [`progress`]: progress bars.
 
 mod adapters;
@@ -32,7 +32,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(args),
         Command::Index(args) => index::index(args),
         Command::Search(args) => index::search(args),
-        Command::Bench(BenchCommand::Index(args)) => bench::index(args),
+        Command::Bench(BenchCommand::Index(args)) => bench::index::run(args),
+        Command::Bench(BenchCommand::Engine(args)) => bench::engine::run(args),
         Command::Adapters(AdaptersCommand::List { config, json }) => adapters::list(&config.config, json),
         Command::Adapters(AdaptersCommand::Merge { config, name, json }) => adapters::merge(&config.config, &name, json),
         Command::Models(ModelsCommand::Fetch { config, ids, json }) => models::fetch(&config.config, &ids, json),

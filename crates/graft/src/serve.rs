@@ -1,11 +1,18 @@
 //! `graft serve` (offline: everything must be on disk) and `graft up` (fetch what is missing,
 //! then serve).
 
-use anyhow::{Context, Result};
-use graft_core::Config;
-use graft_engine::{BaseModel, Engine};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use graft_core::keys::ApiKeys;
+use graft_core::{Config, EmbeddingModel};
+use graft_engine::pool::AdapterStore;
+use graft_engine::{BaseModel, Engine, Pool, PoolLimits};
+use graft_index::{Embedder, SearchMode, SearchOptions};
 use graft_kit::Kit;
-use graft_server::AppState;
+use graft_server::projects::{Project, Projects};
+use graft_server::{AppState, ServerParts};
 
 use crate::cli::ServeArgs;
 use crate::{index, models};
@@ -23,6 +30,7 @@ pub fn up(args: ServeArgs) -> Result<()> {
         eprintln!("fetching the offline model kit into {}", kit.dir().display());
     }
     models::ensure(&kit, &needed, false)?;
+    let mut loaded_embedder = None;
     if !config.projects.is_empty() {
         let embedder = index::load_embedder(&config)?;
         for project in &config.projects {
@@ -36,13 +44,20 @@ pub fn up(args: ServeArgs) -> Result<()> {
                 report.elapsed.as_secs_f64()
             );
         }
+        loaded_embedder = Some(embedder);
     }
-    run(config)
+    run(config, loaded_embedder)
 }
 
 /// `graft serve`.
 pub fn serve(args: ServeArgs) -> Result<()> {
-    run(load(&args)?)
+    let config = load(&args)?;
+    let embedder = if config.projects.is_empty() {
+        None
+    } else {
+        Some(index::load_embedder(&config).context("projects are configured, so their embedding model is needed (`graft models fetch`)")?)
+    };
+    run(config, embedder)
 }
 
 fn load(args: &ServeArgs) -> Result<Config> {
@@ -53,7 +68,17 @@ fn load(args: &ServeArgs) -> Result<Config> {
     Ok(config)
 }
 
-fn run(config: Config) -> Result<()> {
+fn run(config: Config, embedder: Option<Embedder>) -> Result<()> {
+    let keys = ApiKeys::load(&config)?;
+    let listen = config.server.listen;
+    if !listen.ip().is_loopback() && keys.is_empty() && !config.server.allow_unauthenticated {
+        bail!(
+            "refusing to listen on {listen} with no API keys: anyone who can reach it could use it. \
+             Configure keys (server.api_keys_file or {}), listen on 127.0.0.1, or set \
+             server.allow_unauthenticated = true",
+            config.server.api_keys_env
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -61,30 +86,101 @@ fn run(config: Config) -> Result<()> {
     runtime.block_on(async move {
         let kit = Kit::new(&config.kit.dir);
         let gguf = models::resolve(&kit, &config.model.gguf).context("`model.gguf`")?;
-        let base = BaseModel {
-            name: config.model.name.clone(),
-            gguf,
-            device: config.model.device,
-            max_num_seqs: config.model.max_num_seqs,
-        };
+        let base = base_model(&config, gguf);
         tracing::info!(model = %base.name, path = %base.gguf.display(), "loading the base model");
-        let engine = Engine::load(&base).await?;
+        let engine = Arc::new(Engine::load(&base).await?);
+        let pool = Arc::new(Pool::new(engine, adapter_store(&config), pool_limits(&config))?);
+        let store = graft_engine::pool::store_names(&config.adapters.dir);
+        for project in &config.projects {
+            if let Some(adapter) = project.adapter.as_ref().filter(|a| !store.contains(a)) {
+                tracing::warn!(project = %project.name, adapter = %adapter, "the project's adapter is not in the adapter store; its requests will fail until it is");
+            }
+        }
 
-        let listen = config.server.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let listen = listener.local_addr().unwrap_or(listen);
-        let state = AppState::new(engine, config.generation.clone());
+        let state = AppState::new(ServerParts {
+            pool,
+            generation: config.generation.clone(),
+            server: config.server.clone(),
+            keys,
+            projects: projects(&config, embedder),
+        });
         let app = graft_server::router(state, config.server.max_body_bytes);
+        let names: Vec<&str> = std::iter::once(config.model.name.as_str())
+            .chain(config.projects.iter().map(|p| p.name.as_str()))
+            .collect();
         eprintln!(
-            "graft is serving `{}` on http://{listen}  (OpenAI base URL: http://{listen}/v1)",
-            config.model.name
+            "graft is serving {} on http://{listen}  (OpenAI base URL: http://{listen}/v1)",
+            names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
         );
-        graft_server::serve(listener, app, shutdown_signal()).await?;
+        let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
+        graft_server::serve(listener, app, shutdown_signal(), grace).await?;
         eprintln!("graft stopped");
         Ok(())
     })
+}
+
+/// The configured projects, their indexes to be opened on first use.
+fn projects(config: &Config, embedder: Option<Embedder>) -> Projects {
+    let list = config
+        .projects
+        .iter()
+        .map(|p| Project::new(p.clone(), index::layout(config, &p.name), index::index_options(config)))
+        .collect();
+    let name = match &config.index.embedding_model {
+        EmbeddingModel::Kit(id) | EmbeddingModel::Catalog(id) => id.clone(),
+        EmbeddingModel::Folder(dir) => dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned()),
+    };
+    let search = SearchOptions {
+        k: config.index.top_k,
+        mode: SearchMode::Hybrid,
+        per_file: config.index.per_file,
+        vector_weight: config.index.vector_weight,
+    };
+    Projects::new(list, embedder.map(|e| (name, Arc::new(e))), search)
+}
+
+/// The base model as the config describes it, from `gguf`.
+pub fn base_model(config: &Config, gguf: std::path::PathBuf) -> BaseModel {
+    use graft_core::PromptFormatChoice as C;
+    use graft_engine::PromptFormat as F;
+    BaseModel {
+        name: config.model.name.clone(),
+        gguf,
+        device: config.model.device,
+        max_num_seqs: config.model.max_num_seqs,
+        prompt_format: match config.model.prompt_format {
+            C::Auto => None,
+            C::QwenCoder => Some(F::QwenCoder),
+            C::StarCoder => Some(F::StarCoder),
+            C::DeepseekCoder => Some(F::DeepSeekCoder),
+            C::CodeLlama => Some(F::CodeLlama),
+            C::Continuation => Some(F::Continuation),
+        },
+        chat_template: config.model.chat_template.clone(),
+    }
+}
+
+/// The adapter store and merge settings from `[adapters]`.
+pub fn adapter_store(config: &Config) -> AdapterStore {
+    AdapterStore {
+        dir: config.adapters.dir.clone(),
+        max_rank: config.adapters.max_rank,
+        merge: config.adapters.merged_type.into(),
+        cache_dir: config.adapters.cache_dir.clone(),
+        allowed_dirs: config.adapters.allowed_dirs.clone(),
+    }
+}
+
+/// The pool's limits from `[adapters]`.
+pub fn pool_limits(config: &Config) -> PoolLimits {
+    PoolLimits {
+        max_adapters: config.adapters.max_loaded,
+        max_bytes: (config.adapters.max_loaded_mb > 0).then(|| config.adapters.max_loaded_mb << 20),
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

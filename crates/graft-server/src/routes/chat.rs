@@ -10,48 +10,80 @@ use std::convert::Infallible;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures::stream::{self, Stream};
 
 use graft_core::config::GenerationConfig;
-use graft_engine::{ChatMessage, ChatRequest, Role, Sampling, StreamEvent, TokenStream};
+use graft_engine::{ChatMessage, ChatRequest, Role, StreamEvent};
 
+use crate::augment::{self, Source};
+use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::generation::{admit, retrieve, Generation};
 use crate::json::Json;
 use crate::openai::{
     self, AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, Content,
     Delta,
 };
+use crate::routes::params::SamplingFields;
 use crate::state::{unix_now, AppState};
-
-/// OpenAI accepts at most four stop sequences.
-const MAX_STOP_SEQUENCES: usize = 4;
 
 pub async fn completions(
     State(state): State<AppState>,
-    Json(request): Json<ChatCompletionRequest>,
+    Extension(caller): Extension<Caller>,
+    Json(mut request): Json<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let engine = state.engine();
-    if request.model != engine.name() {
-        return Err(ApiError::model_not_found(&request.model, &[engine.name()]));
-    }
     if request.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid_param("n", "Only n = 1 is supported"));
     }
-    let model = request.model.clone();
+    let target = state.resolve(&request.model, &caller)?;
+    caller.check(&target.name, state.pool().base_name())?;
     let streaming = request.stream == Some(true);
     let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let chat = to_engine_request(request, state.generation())?;
-    tracing::debug!(messages = chat.messages.len(), max_tokens = chat.sampling.max_tokens, streaming, "chat request");
-    if streaming {
-        let tokens = engine.chat_stream(chat).await?;
-        return Ok(sse(tokens, model, include_usage).into_response());
+    let retrieval = request.retrieval.take();
+    let mut chat = to_engine_request(request, state.generation())?;
+    tracing::debug!(model = %target.name, messages = chat.messages.len(), max_tokens = chat.sampling.max_tokens, streaming, "chat request");
+
+    let admitted = admit(&state).await?;
+    let mut sources = None;
+    if let Some(project) = &target.project {
+        let query = augment::chat_query(&chat.messages).unwrap_or_default().to_owned();
+        let used = match retrieve(&state, project, &query, retrieval).await? {
+            Some(hits) => {
+                // The context may take what the conversation leaves of the prompt limit.
+                let own = state.engine().count_chat_tokens(&chat.messages).await?;
+                let room = state.generation().max_prompt_tokens.saturating_sub(own);
+                let budget = project.config.context_tokens.min(room);
+                augment::chat(state.engine(), project.name(), &mut chat.messages, hits, budget).await?
+            }
+            None => Vec::new(),
+        };
+        sources = Some(used);
     }
-    let completion = engine.chat(chat).await?;
+    let prompt_tokens = state.engine().count_chat_tokens(&chat.messages).await?;
+    let limit = state.generation().max_prompt_tokens;
+    if prompt_tokens > limit {
+        return Err(ApiError::invalid_param(
+            "messages",
+            format!("The conversation is {prompt_tokens} tokens long; the limit is {limit} (generation.max_prompt_tokens)"),
+        ));
+    }
+
+    let tokens = state
+        .pool()
+        .chat_stream(&target.model, chat)
+        .await
+        .map_err(|e| state.pool_error(e, &caller))?;
+    let generation = admitted.start(tokens, &state, &target.name);
+    if streaming {
+        return Ok(sse(generation, target.name, include_usage, sources).into_response());
+    }
+    let completion = generation.collect().await?;
     Ok(axum::Json(ChatCompletion {
         id: completion_id(),
         object: "chat.completion",
         created: unix_now(),
-        model,
+        model: target.name,
         choices: vec![ChatChoice {
             index: 0,
             message: AssistantMessage {
@@ -62,6 +94,7 @@ pub async fn completions(
             logprobs: None,
         }],
         usage: completion.usage.into(),
+        sources,
     })
     .into_response())
 }
@@ -83,11 +116,11 @@ enum Phase {
     Finished,
 }
 
-/// The engine's token stream as OpenAI server-sent events.
-fn sse(tokens: TokenStream, model: String, include_usage: bool) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+/// The generation as OpenAI server-sent events; the first chunk carries the sources.
+fn sse(tokens: Generation, model: String, include_usage: bool, sources: Option<Vec<Source>>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let id = completion_id();
     let created = unix_now();
-    let chunk = move |delta: Delta, finish_reason: Option<&'static str>, usage: Option<openai::Usage>| {
+    let chunk = move |delta: Delta, finish_reason: Option<&'static str>, usage: Option<openai::Usage>, sources: Option<Vec<Source>>| {
         let choices = if usage.is_some() {
             Vec::new()
         } else {
@@ -105,10 +138,11 @@ fn sse(tokens: TokenStream, model: String, include_usage: bool) -> Sse<impl Stre
             model: model.clone(),
             choices,
             usage,
+            sources,
         };
         Event::default().json_data(body).unwrap_or_else(|_| Event::default().data("{}"))
     };
-    let events = stream::unfold((tokens, Phase::Start), move |(mut tokens, phase)| {
+    let events = stream::unfold((tokens, Phase::Start, sources), move |(mut tokens, phase, mut sources)| {
         let chunk = chunk.clone();
         async move {
             let (event, next) = match phase {
@@ -117,7 +151,7 @@ fn sse(tokens: TokenStream, model: String, include_usage: bool) -> Sse<impl Stre
                         role: Some("assistant"),
                         content: Some(String::new()),
                     };
-                    (chunk(role, None, None), Phase::Tokens)
+                    (chunk(role, None, None, sources.take()), Phase::Tokens)
                 }
                 Phase::Tokens => match tokens.next().await {
                     Some(Ok(StreamEvent::Text(text))) => {
@@ -125,24 +159,20 @@ fn sse(tokens: TokenStream, model: String, include_usage: bool) -> Sse<impl Stre
                             role: None,
                             content: Some(text),
                         };
-                        (chunk(delta, None, None), Phase::Tokens)
+                        (chunk(delta, None, None, None), Phase::Tokens)
                     }
                     Some(Ok(StreamEvent::End { finish_reason, usage })) => {
                         let next = if include_usage { Phase::Usage(usage) } else { Phase::Done };
-                        (chunk(Delta::default(), Some(finish_reason.as_str()), None), next)
+                        (chunk(Delta::default(), Some(finish_reason.as_str()), None, None), next)
                     }
-                    Some(Err(e)) => {
-                        tracing::error!(error = %e, "generation failed while streaming");
-                        let error = serde_json::json!({"error": {"message": e.to_string(), "type": "server_error", "param": null, "code": null}});
-                        (Event::default().data(error.to_string()), Phase::Done)
-                    }
+                    Some(Err(e)) => (crate::error::stream_error_event(&e), Phase::Done),
                     None => (Event::default().data("[DONE]"), Phase::Finished),
                 },
-                Phase::Usage(usage) => (chunk(Delta::default(), None, Some(usage.into())), Phase::Done),
+                Phase::Usage(usage) => (chunk(Delta::default(), None, Some(usage.into()), None), Phase::Done),
                 Phase::Done => (Event::default().data("[DONE]"), Phase::Finished),
                 Phase::Finished => return None,
             };
-            Some((Ok(event), (tokens, next)))
+            Some((Ok(event), (tokens, next, sources)))
         }
     });
     Sse::new(events).keep_alive(KeepAlive::default())
@@ -158,13 +188,14 @@ fn to_engine_request(request: ChatCompletionRequest, limits: &GenerationConfig) 
         .enumerate()
         .map(|(i, m)| to_engine_message(i, m))
         .collect::<Result<Vec<_>, _>>()?;
-    let sampling = sampling(
-        request.max_completion_tokens.or(request.max_tokens),
-        request.temperature,
-        request.top_p,
-        request.stop.map(openai::Stop::into_vec).unwrap_or_default(),
-        limits,
-    )?;
+    let sampling = SamplingFields {
+        max_tokens: request.max_completion_tokens.or(request.max_tokens),
+        temperature: request.temperature,
+        top_p: request.top_p,
+        stop: request.stop.map(openai::Stop::into_vec).unwrap_or_default(),
+        seed: request.seed,
+    }
+    .resolve(limits)?;
     Ok(ChatRequest { messages, sampling })
 }
 
@@ -203,46 +234,6 @@ fn to_engine_message(index: usize, message: openai::Message) -> Result<ChatMessa
         return Err(ApiError::invalid_param("messages", format!("messages[{index}].content must not be empty")));
     }
     Ok(ChatMessage { role, content })
-}
-
-/// Sampling settings from the request, with the configured defaults and limits applied.
-fn sampling(
-    max_tokens: Option<u32>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    stop: Vec<String>,
-    limits: &GenerationConfig,
-) -> Result<Sampling, ApiError> {
-    let max_tokens = max_tokens.unwrap_or(limits.default_max_tokens);
-    if max_tokens == 0 || max_tokens > limits.max_tokens_limit {
-        return Err(ApiError::invalid_param(
-            "max_tokens",
-            format!("max_tokens must be between 1 and {}, got {max_tokens}", limits.max_tokens_limit),
-        ));
-    }
-    let temperature = temperature.unwrap_or(limits.default_temperature);
-    if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::invalid_param(
-            "temperature",
-            format!("temperature must be between 0 and 2, got {temperature}"),
-        ));
-    }
-    let top_p = top_p.unwrap_or(limits.default_top_p);
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::invalid_param("top_p", format!("top_p must be in (0, 1], got {top_p}")));
-    }
-    if stop.len() > MAX_STOP_SEQUENCES || stop.iter().any(String::is_empty) {
-        return Err(ApiError::invalid_param(
-            "stop",
-            format!("stop takes up to {MAX_STOP_SEQUENCES} non-empty strings"),
-        ));
-    }
-    Ok(Sampling {
-        max_tokens: max_tokens as usize,
-        temperature,
-        top_p,
-        stop,
-    })
 }
 
 #[cfg(test)]

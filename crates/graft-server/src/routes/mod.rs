@@ -1,5 +1,10 @@
-//! HTTP handlers, one module per group of endpoints.
+//! The HTTP handlers, one module per endpoint family.
 
+pub mod adapters;
 pub mod chat;
+pub mod completions;
+pub mod embeddings;
 pub mod models;
+pub mod params;
+pub mod projects;
 pub mod system;

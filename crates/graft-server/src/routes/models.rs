@@ -1,19 +1,36 @@
-//! `GET /v1/models`: what clients may put in the `model` field.
+//! `GET /v1/models`: what the caller may put in the `model` field: the base model; each
+//! adapter (loaded or in the store) with the base as its `parent`; each project with its
+//! adapter or the base as `parent`; and the embedding model, if one is loaded.
 
 use axum::extract::State;
-use axum::Json;
+use axum::{Extension, Json};
 
+use crate::auth::Caller;
 use crate::openai::{ModelCard, ModelList};
 use crate::state::AppState;
 
-pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
-    Json(ModelList {
-        object: "list",
-        data: vec![ModelCard {
-            id: state.engine().name().to_owned(),
-            object: "model",
-            created: state.started(),
-            owned_by: "graft",
-        }],
-    })
+pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Json<ModelList> {
+    let base = state.pool().base_name().to_owned();
+    let card = |id: String, parent: Option<String>, root: String, created: u64| ModelCard {
+        id,
+        object: "model",
+        created,
+        owned_by: "graft",
+        parent,
+        root,
+    };
+    let mut data = vec![card(base.clone(), None, base.clone(), state.started())];
+    for adapter in state.pool().adapters() {
+        let created = adapter.loaded_at.unwrap_or(state.started());
+        data.push(card(adapter.name, Some(base.clone()), adapter.dir.display().to_string(), created));
+    }
+    for project in state.projects().all() {
+        let parent = project.config.adapter.clone().unwrap_or_else(|| base.clone());
+        data.push(card(project.name().to_owned(), Some(parent), project.config.path.display().to_string(), state.started()));
+    }
+    data.retain(|c| caller.may_use(&c.id, &base));
+    if let Some(name) = state.projects().embedding_name() {
+        data.push(card(name.to_owned(), None, name.to_owned(), state.started()));
+    }
+    Json(ModelList { object: "list", data })
 }

@@ -1,10 +1,12 @@
-//! `GET /health` and the answers for unknown routes and methods.
+//! `GET /health`, `GET /metrics`, and the answers for unknown routes and methods.
 
 use axum::extract::State;
-use axum::http::{Method, StatusCode, Uri};
-use axum::Json;
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
 use serde_json::{json, Value};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -22,4 +24,11 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         format!("Method {method} is not allowed on {}", uri.path()),
     )
+}
+
+/// `GET /metrics`: Prometheus text format. Needs an admin key when keys are configured.
+pub async fn metrics(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<impl IntoResponse, ApiError> {
+    caller.require_admin()?;
+    let text = state.metrics().render(state.pool().stats(), state.gate().in_flight(), state.gate().queued());
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }

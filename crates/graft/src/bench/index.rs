@@ -7,16 +7,17 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use graft_index::{index_repository, IndexLayout, ProjectIndex, Quiet, SearchMode, SearchOptions};
 use serde_json::json;
 
+use super::{ms, percentile};
 use crate::cli::BenchIndexArgs;
 use crate::{index, models};
 
-pub fn index(args: BenchIndexArgs) -> Result<()> {
+pub fn run(args: BenchIndexArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     let kit = graft_kit::Kit::new(&config.kit.dir);
     models::ensure(&kit, &index::needed_artifacts(&config)?, true)?;
@@ -45,7 +46,7 @@ pub fn index(args: BenchIndexArgs) -> Result<()> {
         let mut times = Vec::with_capacity(queries.len());
         for q in &queries {
             let t = Instant::now();
-            project.search(q, &embedder, &search)?;
+            project.search(q, Some(&embedder), &search)?;
             times.push(t.elapsed());
         }
         times.sort();
@@ -95,18 +96,6 @@ pub fn index(args: BenchIndexArgs) -> Result<()> {
         println!("  {:<8} p50 {:>8.2} ms   p99 {:>8.2} ms", format!("{mode:?}").to_lowercase(), ms(p50), ms(p99));
     }
     Ok(())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 /// Up to `n` distinct identifiers of 8 or more characters from the tree, spread evenly.

@@ -1,0 +1,294 @@
+//! Prompt formats for code completion: fill-in-the-middle (FIM) and repo-level context, by
+//! model family.
+//!
+//! A completion prompt is other files of the repository (retrieved context), then the current
+//! file up to the cursor, and optionally the code after the cursor. Code models were trained
+//! on special tokens for exactly this; this module knows them for Qwen2.5-Coder, StarCoder2,
+//! DeepSeek-Coder and CodeLlama, detects which one a GGUF model speaks from its vocabulary, and
+//! has a documented fallback for models without FIM tokens (SmolLM2, general chat models):
+//!
+//! **Continuation**: context files each under a comment line naming their path, then the
+//! current file's path and its text up to the cursor. The model continues the prefix; the
+//! code after the cursor is not shown to it (such models were never trained to use it).
+//!
+//! Context files always come first and the current file last, so the start of the prompt stays
+//! the same while the user types (prefix-cache reuse). This module renders text only; it does
+//! not tokenize or enforce budgets (the server does, with the model's tokenizer).
+
+use std::fmt::Write as _;
+use std::str::FromStr;
+
+/// A model family's completion format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PromptFormat {
+    /// Qwen2.5-Coder: `<|fim_prefix|>` … and `<|repo_name|>` / `<|file_sep|>` for repo-level.
+    QwenCoder,
+    /// StarCoder2: `<fim_prefix>` … and `<repo_name>` / `<file_sep>`.
+    StarCoder,
+    /// DeepSeek-Coder: `<｜fim▁begin｜>` `<｜fim▁hole｜>` `<｜fim▁end｜>`; files as path comments.
+    DeepSeekCoder,
+    /// CodeLlama: `<PRE>` `<SUF>` `<MID>`; files as path comments.
+    CodeLlama,
+    /// No FIM tokens: path-comment context and prefix continuation (see the module docs).
+    Continuation,
+}
+
+/// Every format, for listings and error messages.
+pub const FORMATS: &[PromptFormat] = &[
+    PromptFormat::QwenCoder,
+    PromptFormat::StarCoder,
+    PromptFormat::DeepSeekCoder,
+    PromptFormat::CodeLlama,
+    PromptFormat::Continuation,
+];
+
+/// Another file of the repository, shown to the model before the current one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextFile {
+    /// Path relative to the repository root.
+    pub path: String,
+    pub text: String,
+}
+
+/// What a completion prompt is made of.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FimInput {
+    /// The repository's name, for formats that have a slot for it.
+    pub repo: Option<String>,
+    /// Retrieved context, most relevant first.
+    pub context: Vec<ContextFile>,
+    /// The current file's path, when known.
+    pub path: Option<String>,
+    /// The current file up to the cursor.
+    pub prefix: String,
+    /// The current file after the cursor; `None` for plain continuation.
+    pub suffix: Option<String>,
+}
+
+impl PromptFormat {
+    /// The name used in configuration (`model.prompt_format`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PromptFormat::QwenCoder => "qwen-coder",
+            PromptFormat::StarCoder => "starcoder",
+            PromptFormat::DeepSeekCoder => "deepseek-coder",
+            PromptFormat::CodeLlama => "codellama",
+            PromptFormat::Continuation => "continuation",
+        }
+    }
+
+    /// The format a model speaks, judged by the special tokens in its vocabulary.
+    pub fn detect<'a>(vocabulary: impl IntoIterator<Item = &'a str>) -> PromptFormat {
+        let mut found = None;
+        for token in vocabulary {
+            let format = match token {
+                "<|fim_prefix|>" => PromptFormat::QwenCoder,
+                "<fim_prefix>" => PromptFormat::StarCoder,
+                "<｜fim▁begin｜>" => PromptFormat::DeepSeekCoder,
+                "▁<PRE>" | "<PRE>" => PromptFormat::CodeLlama,
+                _ => continue,
+            };
+            found = Some(format);
+            break;
+        }
+        found.unwrap_or(PromptFormat::Continuation)
+    }
+
+    /// Whether the model can see the code after the cursor.
+    pub fn has_fim(self) -> bool {
+        self != PromptFormat::Continuation
+    }
+
+    /// Strings that end a completion in this format: the model moving on to another file or
+    /// another FIM example.
+    pub fn stop_sequences(self) -> &'static [&'static str] {
+        match self {
+            PromptFormat::QwenCoder => &["<|file_sep|>", "<|fim_prefix|>", "<|repo_name|>", "<|endoftext|>"],
+            PromptFormat::StarCoder => &["<file_sep>", "<fim_prefix>", "<|endoftext|>"],
+            PromptFormat::DeepSeekCoder => &["<｜fim▁begin｜>", "<｜end▁of▁sentence｜>"],
+            PromptFormat::CodeLlama => &["<EOT>", "<PRE>"],
+            PromptFormat::Continuation => &[],
+        }
+    }
+
+    /// The whole prompt text; special tokens appear as their text and are tokenized as
+    /// special tokens by the model's tokenizer.
+    pub fn render(self, input: &FimInput) -> String {
+        let mut out = String::new();
+        let current = input.path.as_deref();
+        match self {
+            PromptFormat::QwenCoder | PromptFormat::StarCoder => {
+                let (repo_name, file_sep, pre, suf, mid, nl) = match self {
+                    PromptFormat::QwenCoder => ("<|repo_name|>", "<|file_sep|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "\n"),
+                    _ => ("<repo_name>", "<file_sep>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", ""),
+                };
+                let repo_level = !input.context.is_empty() || current.is_some();
+                if repo_level {
+                    let _ = write!(out, "{repo_name}{}{nl}", input.repo.as_deref().unwrap_or("repository"));
+                    for file in &input.context {
+                        let _ = write!(out, "{file_sep}{}\n{}{nl}", file.path, file.text);
+                    }
+                    let _ = write!(out, "{file_sep}{}\n", current.unwrap_or("untitled"));
+                }
+                match &input.suffix {
+                    Some(suffix) => {
+                        let _ = write!(out, "{pre}{}{suf}{suffix}{mid}", input.prefix);
+                    }
+                    None => out.push_str(&input.prefix),
+                }
+            }
+            PromptFormat::DeepSeekCoder => {
+                let body = commented_context(input);
+                match &input.suffix {
+                    Some(suffix) => {
+                        let _ = write!(out, "<｜fim▁begin｜>{body}{}<｜fim▁hole｜>{suffix}<｜fim▁end｜>", input.prefix);
+                    }
+                    None => {
+                        let _ = write!(out, "{body}{}", input.prefix);
+                    }
+                }
+            }
+            PromptFormat::CodeLlama => {
+                let body = commented_context(input);
+                match &input.suffix {
+                    Some(suffix) => {
+                        let _ = write!(out, "<PRE> {body}{} <SUF>{suffix} <MID>", input.prefix);
+                    }
+                    None => {
+                        let _ = write!(out, "{body}{}", input.prefix);
+                    }
+                }
+            }
+            PromptFormat::Continuation => {
+                out.push_str(&commented_context(input));
+                out.push_str(&input.prefix);
+            }
+        }
+        out
+    }
+}
+
+impl FromStr for PromptFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PromptFormat, String> {
+        FORMATS.iter().copied().find(|f| f.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = FORMATS.iter().map(|f| f.name()).collect();
+            format!("unknown prompt format `{s}`; expected one of: auto, {}", names.join(", "))
+        })
+    }
+}
+
+/// Context files and the current file's path as comment lines, in the current file's comment
+/// syntax: `// Path: src/lib.rs` then the file's text.
+fn commented_context(input: &FimInput) -> String {
+    let mut out = String::new();
+    for file in &input.context {
+        let _ = write!(out, "{} Path: {}\n{}", comment_marker(&file.path), file.path, file.text);
+        if !file.text.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    if let Some(path) = &input.path {
+        let _ = writeln!(out, "{} Path: {path}", comment_marker(path));
+    }
+    out
+}
+
+/// The line-comment marker of a file's language, by extension; `//` when unknown.
+fn comment_marker(path: &str) -> &'static str {
+    let ext = path.rsplit_once('.').map_or("", |(_, e)| e);
+    match ext {
+        "py" | "pyi" | "sh" | "bash" | "rb" | "pl" | "r" | "toml" | "yaml" | "yml" | "cmake" | "jl" | "ex" | "exs"
+        | "nix" | "dockerfile" | "mk" | "conf" | "ini" => "#",
+        "sql" | "lua" | "hs" | "elm" | "ada" => "--",
+        "lisp" | "clj" | "el" | "scm" => ";;",
+        "erl" | "hrl" | "tex" => "%",
+        "vim" => "\"",
+        _ => "//",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(suffix: Option<&str>) -> FimInput {
+        FimInput {
+            repo: Some("acme".into()),
+            context: vec![ContextFile {
+                path: "src/util.py".into(),
+                text: "def helper():\n    return 1\n".into(),
+            }],
+            path: Some("src/main.py".into()),
+            prefix: "def main():\n    x = ".into(),
+            suffix: suffix.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn formats_are_detected_from_the_vocabulary() {
+        assert_eq!(PromptFormat::detect(["a", "<|fim_prefix|>", "<|file_sep|>"]), PromptFormat::QwenCoder);
+        assert_eq!(PromptFormat::detect(["<fim_prefix>", "<fim_middle>"]), PromptFormat::StarCoder);
+        assert_eq!(PromptFormat::detect(["<｜fim▁begin｜>"]), PromptFormat::DeepSeekCoder);
+        assert_eq!(PromptFormat::detect(["▁<PRE>", "▁<SUF>"]), PromptFormat::CodeLlama);
+        assert_eq!(PromptFormat::detect(["<|im_start|>", "hello"]), PromptFormat::Continuation);
+        assert_eq!("starcoder".parse::<PromptFormat>(), Ok(PromptFormat::StarCoder));
+        assert!("gpt".parse::<PromptFormat>().unwrap_err().contains("qwen-coder"));
+    }
+
+    #[test]
+    fn qwen_coder_uses_its_repo_level_fim_layout() {
+        assert_eq!(
+            PromptFormat::QwenCoder.render(&input(Some("\n"))),
+            "<|repo_name|>acme\n<|file_sep|>src/util.py\ndef helper():\n    return 1\n\n\
+             <|file_sep|>src/main.py\n<|fim_prefix|>def main():\n    x = <|fim_suffix|>\n<|fim_middle|>"
+        );
+    }
+
+    #[test]
+    fn starcoder_uses_its_repo_level_fim_layout() {
+        assert_eq!(
+            PromptFormat::StarCoder.render(&input(Some("\n"))),
+            "<repo_name>acme<file_sep>src/util.py\ndef helper():\n    return 1\n\
+             <file_sep>src/main.py\n<fim_prefix>def main():\n    x = <fim_suffix>\n<fim_middle>"
+        );
+    }
+
+    #[test]
+    fn deepseek_and_codellama_put_path_comments_inside_the_prefix() {
+        let context = "# Path: src/util.py\ndef helper():\n    return 1\n\n# Path: src/main.py\n";
+        assert_eq!(
+            PromptFormat::DeepSeekCoder.render(&input(Some("\n"))),
+            format!("<｜fim▁begin｜>{context}def main():\n    x = <｜fim▁hole｜>\n<｜fim▁end｜>")
+        );
+        assert_eq!(
+            PromptFormat::CodeLlama.render(&input(Some("\n"))),
+            format!("<PRE> {context}def main():\n    x =  <SUF>\n <MID>")
+        );
+    }
+
+    #[test]
+    fn the_fallback_continues_the_prefix_and_leaves_the_suffix_out() {
+        let text = PromptFormat::Continuation.render(&input(Some("print(x)\n")));
+        assert_eq!(text, "# Path: src/util.py\ndef helper():\n    return 1\n\n# Path: src/main.py\ndef main():\n    x = ");
+        assert!(!PromptFormat::Continuation.has_fim());
+    }
+
+    #[test]
+    fn without_context_or_path_a_fim_prompt_is_the_bare_fim_triple() {
+        let bare = FimInput {
+            prefix: "a".into(),
+            suffix: Some("b".into()),
+            ..FimInput::default()
+        };
+        assert_eq!(PromptFormat::QwenCoder.render(&bare), "<|fim_prefix|>a<|fim_suffix|>b<|fim_middle|>");
+        assert_eq!(PromptFormat::StarCoder.render(&bare), "<fim_prefix>a<fim_suffix>b<fim_middle>");
+        let continuation = FimInput {
+            suffix: None,
+            ..bare
+        };
+        assert_eq!(PromptFormat::QwenCoder.render(&continuation), "a");
+    }
+}

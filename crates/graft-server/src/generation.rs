@@ -1,0 +1,143 @@
+//! A generation as the server runs it: the engine's token stream, bound to the request's
+//! deadline and its admission slot, recording time to first token and token counts.
+//!
+//! Dropping a [`Generation`] (the client went away, or the response was sent) drops the token
+//! stream, which stops the engine's work, and frees the slot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use graft_engine::{Completion, StreamEvent, TokenStream};
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::limits::{Deadline, Slot};
+use crate::metrics::Metrics;
+use crate::openai::RetrievalField;
+use crate::projects::Project;
+use crate::state::AppState;
+
+/// A request let in by the gate: its slot and its deadline.
+pub struct Admitted {
+    slot: Slot,
+    deadline: Deadline,
+    started: Instant,
+}
+
+/// Waits for a generation slot (bounded queue, request deadline); 429 or 504 otherwise.
+pub async fn admit(state: &AppState) -> Result<Admitted, ApiError> {
+    let started = Instant::now();
+    let timeout = state.request_timeout();
+    let deadline = Deadline::after(timeout);
+    let slot = state.gate().enter(deadline).await.map_err(|refusal| {
+        state.metrics().rejected();
+        refusal.into_error(timeout)
+    })?;
+    Ok(Admitted { slot, deadline, started })
+}
+
+impl Admitted {
+    /// The generation of `tokens` under this admission, reported as `model`.
+    pub fn start(self, tokens: TokenStream, state: &AppState, model: &str) -> Generation {
+        Generation::new(tokens, self.slot, self.deadline, state.request_timeout(), self.started, model, Arc::clone(state.metrics()))
+    }
+}
+
+/// Searches `project` for `query` as its settings and the request's `retrieval` field say;
+/// `None` when retrieval is off (or the project is being re-indexed).
+pub async fn retrieve(
+    state: &AppState,
+    project: &Arc<Project>,
+    query: &str,
+    field: Option<RetrievalField>,
+) -> Result<Option<Vec<graft_index::SearchHit>>, ApiError> {
+    let enabled = field.and_then(RetrievalField::enabled).unwrap_or(project.config.retrieval);
+    if !enabled || query.trim().is_empty() {
+        return Ok(None);
+    }
+    let k = field.and_then(RetrievalField::top_k).unwrap_or(project.config.top_k);
+    if !(1..=100).contains(&k) {
+        return Err(ApiError::invalid_param("retrieval", format!("retrieval.top_k must be between 1 and 100, got {k}")));
+    }
+    let started = std::time::Instant::now();
+    let hits = state
+        .projects()
+        .search(project, query, k, graft_index::SearchMode::Hybrid)
+        .await
+        .map_err(|e| {
+            tracing::error!(project = project.name(), error = %e, "retrieval failed");
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("Retrieval for project `{}` failed: {e}", project.name()),
+            )
+        })?;
+    state.metrics().retrieval(started.elapsed());
+    Ok(hits)
+}
+
+pub struct Generation {
+    tokens: TokenStream,
+    deadline: Deadline,
+    timeout: Duration,
+    started: Instant,
+    model: String,
+    seen_text: bool,
+    metrics: Arc<Metrics>,
+    _slot: Slot,
+}
+
+impl Generation {
+    /// `started` is when the request arrived; `model` is the name it asked for.
+    pub fn new(tokens: TokenStream, slot: Slot, deadline: Deadline, timeout: Duration, started: Instant, model: &str, metrics: Arc<Metrics>) -> Generation {
+        Generation {
+            tokens,
+            deadline,
+            timeout,
+            started,
+            model: model.to_owned(),
+            seen_text: false,
+            metrics,
+            _slot: slot,
+        }
+    }
+
+    /// The next event, or an error; a deadline that passes ends the generation with 504's
+    /// error.
+    pub async fn next(&mut self) -> Option<Result<StreamEvent, ApiError>> {
+        let event = match tokio::time::timeout_at(self.deadline.0, self.tokens.next()).await {
+            Err(_) => return Some(Err(ApiError::timeout(self.timeout))),
+            Ok(event) => event?,
+        };
+        match &event {
+            Ok(StreamEvent::Text(_)) if !self.seen_text => {
+                self.seen_text = true;
+                self.metrics.first_token(&self.model, self.started.elapsed());
+            }
+            Ok(StreamEvent::End { usage, .. }) => {
+                self.metrics.tokens(&self.model, usage.prompt_tokens, usage.completion_tokens);
+            }
+            _ => {}
+        }
+        Some(event.map_err(ApiError::from))
+    }
+
+    /// The whole generation.
+    pub async fn collect(mut self) -> Result<Completion, ApiError> {
+        let mut text = String::new();
+        while let Some(event) = self.next().await {
+            match event? {
+                StreamEvent::Text(delta) => text.push_str(&delta),
+                StreamEvent::End { finish_reason, usage } => {
+                    return Ok(Completion {
+                        text,
+                        finish_reason,
+                        usage,
+                    })
+                }
+            }
+        }
+        Err(ApiError::from(graft_engine::EngineError::Generation(
+            "the generation ended without a finish reason".into(),
+        )))
+    }
+}

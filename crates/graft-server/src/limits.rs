@@ -1,0 +1,139 @@
+//! Admission control for generations: at most `max_concurrent` run at once, at most
+//! `max_queue` wait for a slot, and anything beyond that is turned away at once with 429 and
+//! `Retry-After`, so a burst cannot pile up unbounded work or memory.
+//!
+//! A [`Slot`] is held for the whole generation (streamed responses included) and frees its
+//! place when dropped. Deadlines for whole requests are [`Deadline`]s.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+
+/// The gate generations pass through.
+#[derive(Debug)]
+pub struct Gate {
+    slots: Arc<Semaphore>,
+    max_concurrent: usize,
+    waiting: AtomicUsize,
+    max_queue: usize,
+}
+
+/// A generation's place; dropping it lets the next waiting request in.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The queue is full.
+    QueueFull,
+    /// The request's deadline passed while it waited.
+    TimedOut,
+}
+
+impl Gate {
+    pub fn new(max_concurrent: usize, max_queue: usize) -> Gate {
+        let max_concurrent = max_concurrent.max(1);
+        Gate {
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
+            waiting: AtomicUsize::new(0),
+            max_queue,
+        }
+    }
+
+    /// A slot now, or after waiting in the queue until `deadline`.
+    pub async fn enter(&self, deadline: Deadline) -> Result<Slot, Refusal> {
+        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Ok(Slot { _permit: permit });
+        }
+        // Join the queue only if there is room in it.
+        let joined = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_queue).then_some(n + 1));
+        if joined.is_err() {
+            return Err(Refusal::QueueFull);
+        }
+        let waited = tokio::time::timeout_at(deadline.0, Arc::clone(&self.slots).acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match waited {
+            Ok(Ok(permit)) => Ok(Slot { _permit: permit }),
+            // The semaphore is never closed; a timeout is the only way here.
+            Ok(Err(_)) | Err(_) => Err(Refusal::TimedOut),
+        }
+    }
+
+    /// Generations running now.
+    pub fn in_flight(&self) -> usize {
+        self.max_concurrent - self.slots.available_permits()
+    }
+
+    /// Requests waiting now.
+    pub fn queued(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+}
+
+impl Refusal {
+    pub fn into_error(self, timeout: Duration) -> ApiError {
+        match self {
+            Refusal::QueueFull => ApiError::too_many_requests(
+                "The server is at capacity (server.max_concurrent generations running, server.max_queue waiting); retry shortly",
+                1,
+            ),
+            Refusal::TimedOut => ApiError::timeout(timeout),
+        }
+    }
+}
+
+/// When a request must be finished by.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub Instant);
+
+impl Deadline {
+    pub fn after(timeout: Duration) -> Deadline {
+        Deadline(Instant::now() + timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn slots_then_a_bounded_queue_then_refusal() {
+        let gate = Arc::new(Gate::new(1, 1));
+        let far = Deadline::after(Duration::from_secs(60));
+        let first = gate.enter(far).await.unwrap();
+        assert_eq!(gate.in_flight(), 1);
+
+        let waiter = {
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move { gate.enter(far).await.map(|_| ()) })
+        };
+        while gate.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(gate.enter(far).await.unwrap_err(), Refusal::QueueFull, "the queue holds one");
+
+        drop(first);
+        assert_eq!(waiter.await.unwrap(), Ok(()), "the waiter gets the freed slot");
+        assert_eq!(gate.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_waits_past_its_deadline_times_out() {
+        let gate = Gate::new(1, 4);
+        let _busy = gate.enter(Deadline::after(Duration::from_secs(60))).await.unwrap();
+        let soon = Deadline::after(Duration::from_millis(20));
+        assert_eq!(gate.enter(soon).await.unwrap_err(), Refusal::TimedOut);
+        assert_eq!(gate.queued(), 0, "a request that gave up leaves the queue");
+    }
+}

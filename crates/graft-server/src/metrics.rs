@@ -1,0 +1,203 @@
+//! Prometheus metrics: counters and histograms kept in memory and rendered in Prometheus's
+//! text exposition format (version 0.0.4) on `GET /metrics`.
+//!
+//! What is measured: requests by route and status, request latency, time to first token,
+//! tokens in and out, retrieval latency, and adapter loads (read from the pool). This module
+//! only records and renders; handlers and middleware decide when to record.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use graft_engine::pool::PoolStats;
+
+/// Bucket upper bounds, in seconds, for latencies from milliseconds to minutes.
+const SECONDS_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+/// A histogram with fixed buckets.
+#[derive(Debug, Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new() -> Histogram {
+        Histogram {
+            counts: vec![0; SECONDS_BUCKETS.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, value: f64) {
+        for (bound, count) in SECONDS_BUCKETS.iter().zip(&mut self.counts) {
+            if value <= *bound {
+                *count += 1;
+            }
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (bound, count) in SECONDS_BUCKETS.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// (route, status) → count.
+    requests: BTreeMap<(String, u16), u64>,
+    /// route → latency.
+    latency: BTreeMap<String, Histogram>,
+    /// model → time to first token.
+    ttft: BTreeMap<String, Histogram>,
+    /// model → (prompt tokens, completion tokens).
+    tokens: BTreeMap<String, (u64, u64)>,
+    retrieval: Histogram,
+    /// Requests turned away because the queue was full.
+    rejected: u64,
+}
+
+/// The server's metrics. Recording takes a short lock; nothing blocks on I/O.
+#[derive(Debug)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            inner: Mutex::new(Inner {
+                requests: BTreeMap::new(),
+                latency: BTreeMap::new(),
+                ttft: BTreeMap::new(),
+                tokens: BTreeMap::new(),
+                retrieval: Histogram::new(),
+                rejected: 0,
+            }),
+        }
+    }
+}
+
+impl Metrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One finished HTTP request.
+    pub fn request(&self, route: &str, status: u16, latency: Duration) {
+        let mut m = self.lock();
+        *m.requests.entry((route.to_owned(), status)).or_default() += 1;
+        m.latency.entry(route.to_owned()).or_insert_with(Histogram::new).observe(latency.as_secs_f64());
+    }
+
+    /// The first token of a generation on `model` arrived `after` the request started.
+    pub fn first_token(&self, model: &str, after: Duration) {
+        self.lock().ttft.entry(model.to_owned()).or_insert_with(Histogram::new).observe(after.as_secs_f64());
+    }
+
+    /// A generation on `model` ended.
+    pub fn tokens(&self, model: &str, prompt: usize, completion: usize) {
+        let mut m = self.lock();
+        let entry = m.tokens.entry(model.to_owned()).or_default();
+        entry.0 += prompt as u64;
+        entry.1 += completion as u64;
+    }
+
+    /// A retrieval took `took`.
+    pub fn retrieval(&self, took: Duration) {
+        self.lock().retrieval.observe(took.as_secs_f64());
+    }
+
+    /// A request was turned away with 429.
+    pub fn rejected(&self) {
+        self.lock().rejected += 1;
+    }
+
+    /// Everything, in Prometheus's text format; `pool` and `in_flight` are read at render time.
+    pub fn render(&self, pool: PoolStats, in_flight: usize, queued: usize) -> String {
+        let m = self.lock();
+        let mut out = String::new();
+        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        header(&mut out, "graft_requests_total", "counter", "HTTP requests by route and status.");
+        for ((route, status), n) in &m.requests {
+            let _ = writeln!(out, "graft_requests_total{{route=\"{}\",status=\"{status}\"}} {n}", escape(route));
+        }
+        header(&mut out, "graft_request_duration_seconds", "histogram", "HTTP request latency by route.");
+        for (route, h) in &m.latency {
+            h.render(&mut out, "graft_request_duration_seconds", &format!("route=\"{}\"", escape(route)));
+        }
+        header(&mut out, "graft_time_to_first_token_seconds", "histogram", "Time from request to first generated token, by model.");
+        for (model, h) in &m.ttft {
+            h.render(&mut out, "graft_time_to_first_token_seconds", &format!("model=\"{}\"", escape(model)));
+        }
+        header(&mut out, "graft_prompt_tokens_total", "counter", "Prompt tokens processed, by model.");
+        for (model, (prompt, _)) in &m.tokens {
+            let _ = writeln!(out, "graft_prompt_tokens_total{{model=\"{}\"}} {prompt}", escape(model));
+        }
+        header(&mut out, "graft_completion_tokens_total", "counter", "Tokens generated, by model.");
+        for (model, (_, completion)) in &m.tokens {
+            let _ = writeln!(out, "graft_completion_tokens_total{{model=\"{}\"}} {completion}", escape(model));
+        }
+        header(&mut out, "graft_retrieval_duration_seconds", "histogram", "Time to retrieve code for a prompt.");
+        m.retrieval.render(&mut out, "graft_retrieval_duration_seconds", "");
+        header(&mut out, "graft_adapter_loads_total", "counter", "Adapter versions loaded into the engine.");
+        let _ = writeln!(out, "graft_adapter_loads_total {}", pool.loads);
+        header(&mut out, "graft_adapter_merges_total", "counter", "Adapter merges computed (not found in the cache).");
+        let _ = writeln!(out, "graft_adapter_merges_total {}", pool.merges);
+        header(&mut out, "graft_adapter_evictions_total", "counter", "Adapters unloaded to make room.");
+        let _ = writeln!(out, "graft_adapter_evictions_total {}", pool.evictions);
+        header(&mut out, "graft_adapter_load_failures_total", "counter", "Adapter loads that failed.");
+        let _ = writeln!(out, "graft_adapter_load_failures_total {}", pool.failures);
+        header(&mut out, "graft_generations_in_flight", "gauge", "Generations running now.");
+        let _ = writeln!(out, "graft_generations_in_flight {in_flight}");
+        header(&mut out, "graft_generations_queued", "gauge", "Requests waiting for a generation slot.");
+        let _ = writeln!(out, "graft_generations_queued {queued}");
+        header(&mut out, "graft_requests_rejected_total", "counter", "Requests turned away because the queue was full.");
+        let _ = writeln!(out, "graft_requests_rejected_total {}", m.rejected);
+        out
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_histograms_render_in_the_text_format() {
+        let m = Metrics::default();
+        m.request("/v1/chat/completions", 200, Duration::from_millis(30));
+        m.request("/v1/chat/completions", 200, Duration::from_millis(700));
+        m.request("/v1/chat/completions", 404, Duration::from_millis(1));
+        m.tokens("graft", 10, 5);
+        m.tokens("graft", 1, 2);
+        let text = m.render(PoolStats::default(), 1, 0);
+        assert!(text.contains("graft_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2"), "{text}");
+        assert!(text.contains("graft_requests_total{route=\"/v1/chat/completions\",status=\"404\"} 1"));
+        assert!(text.contains("graft_request_duration_seconds_bucket{route=\"/v1/chat/completions\",le=\"0.05\"} 2"));
+        assert!(text.contains("graft_request_duration_seconds_bucket{route=\"/v1/chat/completions\",le=\"+Inf\"} 3"));
+        assert!(text.contains("graft_request_duration_seconds_count{route=\"/v1/chat/completions\"} 3"));
+        assert!(text.contains("graft_prompt_tokens_total{model=\"graft\"} 11"));
+        assert!(text.contains("graft_completion_tokens_total{model=\"graft\"} 7"));
+        assert!(text.contains("graft_generations_in_flight 1"));
+        assert!(text.contains("# TYPE graft_retrieval_duration_seconds histogram"));
+    }
+}

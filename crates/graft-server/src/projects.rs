@@ -1,0 +1,163 @@
+//! Projects the server knows: each one's configuration and its index, opened on first use,
+//! searched on a blocking thread, and re-indexed on request.
+//!
+//! While a project is being re-indexed its index is closed (the indexer owns it); requests for
+//! the project are then served without retrieved code rather than made to wait.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use graft_core::ProjectConfig;
+use graft_index::{index_repository, Embedder, IndexError, IndexLayout, IndexOptions, IndexReport, ProjectIndex, Quiet, SearchHit, SearchMode, SearchOptions};
+
+/// One project.
+pub struct Project {
+    pub config: ProjectConfig,
+    layout: IndexLayout,
+    options: IndexOptions,
+    /// The open index; `None` until first used, and while re-indexing.
+    index: Mutex<Option<Arc<ProjectIndex>>>,
+    /// Held for a whole re-index.
+    reindexing: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Project {
+    pub fn new(config: ProjectConfig, layout: IndexLayout, options: IndexOptions) -> Project {
+        Project {
+            config,
+            layout,
+            options,
+            index: Mutex::new(None),
+            reindexing: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The open index, opening it if needed; `None` while re-indexing.
+    fn index(&self) -> Result<Option<Arc<ProjectIndex>>, IndexError> {
+        if self.reindexing.try_lock().is_err() {
+            return Ok(None);
+        }
+        let mut slot = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(Arc::new(ProjectIndex::open_with(&self.config.name, &self.layout, &self.options.backend)?));
+        }
+        Ok(slot.clone())
+    }
+}
+
+/// Every project, and the embedding model their indexes were built with.
+pub struct Projects {
+    projects: BTreeMap<String, Arc<Project>>,
+    embedder: Option<Arc<Embedder>>,
+    /// The embedding model's public name (`/v1/embeddings`, `/v1/models`).
+    embedding_name: Option<String>,
+    /// Per-file cap and fusion weight from `[index]`.
+    search: SearchOptions,
+}
+
+impl Projects {
+    /// No projects and no embedding model.
+    pub fn none() -> Projects {
+        Projects {
+            projects: BTreeMap::new(),
+            embedder: None,
+            embedding_name: None,
+            search: SearchOptions::default(),
+        }
+    }
+
+    pub fn new(projects: Vec<Project>, embedder: Option<(String, Arc<Embedder>)>, search: SearchOptions) -> Projects {
+        let (embedding_name, embedder) = match embedder {
+            Some((name, e)) => (Some(name), Some(e)),
+            None => (None, None),
+        };
+        Projects {
+            projects: projects.into_iter().map(|p| (p.config.name.clone(), Arc::new(p))).collect(),
+            embedder,
+            embedding_name,
+            search,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Project>> {
+        self.projects.get(name)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Project>> {
+        self.projects.values()
+    }
+
+    pub fn embedder(&self) -> Option<&Arc<Embedder>> {
+        self.embedder.as_ref()
+    }
+
+    pub fn embedding_name(&self) -> Option<&str> {
+        self.embedding_name.as_deref()
+    }
+
+    /// Searches `project` for `query` on a blocking thread. `None` while it is re-indexing.
+    pub async fn search(&self, project: &Arc<Project>, query: &str, k: usize, mode: SearchMode) -> Result<Option<Vec<SearchHit>>, IndexError> {
+        let Some(index) = project.index()? else {
+            tracing::info!(project = project.name(), "re-indexing: served without retrieval");
+            return Ok(None);
+        };
+        let embedder = match mode {
+            SearchMode::Keyword => None,
+            _ => Some(self.embedder.clone().ok_or_else(|| IndexError::Invalid("no embedding model is loaded".into()))?),
+        };
+        let options = SearchOptions { k, mode, ..self.search };
+        let query = query.to_owned();
+        tokio::task::spawn_blocking(move || index.search(&query, embedder.as_deref(), &options))
+            .await
+            .map_err(|e| IndexError::Invalid(format!("the search task failed: {e}")))?
+            .map(Some)
+    }
+
+    /// Re-indexes `project` from its repository (incremental). One run at a time per project;
+    /// a second request while one runs fails at once.
+    pub async fn reindex(&self, project: &Arc<Project>) -> Result<IndexReport, IndexError> {
+        let embedder = self.embedder.clone().ok_or_else(|| IndexError::Invalid("no embedding model is loaded".into()))?;
+        let Ok(guard) = Arc::clone(&project.reindexing).try_lock_owned() else {
+            return Err(IndexError::Invalid(format!("project `{}` is already being re-indexed", project.name())));
+        };
+        // The indexer owns the index files while it runs: close ours.
+        project.index.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let project = Arc::clone(project);
+        let report = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            index_repository(&project.config.path, &project.layout, &embedder, &project.options, &Quiet)
+        })
+        .await
+        .map_err(|e| IndexError::Invalid(format!("the index task failed: {e}")))?;
+        report
+    }
+
+    /// The index's state, for the status endpoint.
+    pub fn status(&self, project: &Arc<Project>) -> serde_json::Value {
+        let reindexing = project.reindexing.try_lock().is_err();
+        let opened = if reindexing { Ok(None) } else { project.index() };
+        let (indexed, chunks, meta, error) = match opened {
+            Ok(Some(index)) => (true, index.chunk_count().ok(), serde_json::to_value(index.meta()).ok(), None),
+            Ok(None) => (false, None, None, None),
+            Err(e) => (false, None, None, Some(e.to_string())),
+        };
+        serde_json::json!({
+            "project": project.name(),
+            "repository": project.config.path,
+            "index": project.layout.root,
+            "indexed": indexed,
+            "reindexing": reindexing,
+            "chunks": chunks,
+            "meta": meta,
+            "error": error,
+            "adapter": project.config.adapter,
+            "retrieval": project.config.retrieval,
+            "top_k": project.config.top_k,
+            "context_tokens": project.config.context_tokens,
+        })
+    }
+}

@@ -1,0 +1,53 @@
+//! vLLM's adapter endpoints, so tools written for vLLM's LoRA serving work unchanged:
+//! `POST /v1/load_lora_adapter` (`lora_name`, optional `lora_path`) and
+//! `POST /v1/unload_lora_adapter` (`lora_name`). Both answer in plain text as vLLM does;
+//! errors are OpenAI error JSON.
+//!
+//! Both need an admin key. A `lora_path` must lie inside the adapter store or a folder the
+//! configuration allows; the pool checks it.
+
+use std::path::Path;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Extension;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::json::Json;
+use crate::openai::{LoadLoraRequest, UnloadLoraRequest};
+use crate::state::AppState;
+
+pub async fn load(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Json(request): Json<LoadLoraRequest>,
+) -> Result<(StatusCode, String), ApiError> {
+    caller.require_admin()?;
+    let name = request.lora_name;
+    let path = request.lora_path.as_deref().map(Path::new);
+    let report = state.pool().load(&name, path).await.map_err(|e| state.pool_error(e, &caller))?;
+    let message = if report.loaded_now {
+        format!("Success: LoRA adapter '{name}' added successfully.")
+    } else {
+        format!("Success: LoRA adapter '{name}' was already loaded.")
+    };
+    Ok((StatusCode::OK, message))
+}
+
+pub async fn unload(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Json(request): Json<UnloadLoraRequest>,
+) -> Result<(StatusCode, String), ApiError> {
+    caller.require_admin()?;
+    let name = request.lora_name;
+    state.pool().unload(&name).map_err(|e| match e {
+        graft_engine::pool::PoolError::Unknown(_) => ApiError {
+            param: Some("lora_name"),
+            ..ApiError::new(StatusCode::NOT_FOUND, format!("The LoRA adapter '{name}' is not loaded"))
+        },
+        other => state.pool_error(other, &caller),
+    })?;
+    Ok((StatusCode::OK, format!("Success: LoRA adapter '{name}' removed successfully.")))
+}

@@ -1,0 +1,209 @@
+//! `POST /v1/completions`: raw text completion, and fill-in-the-middle when the request gives
+//! a `suffix` (the code after the cursor), as IDE completion plugins send it.
+//!
+//! The prompt is not wrapped in a chat template. With a `suffix`, the prompt and suffix are
+//! laid out in the model's FIM format (graft-engine's `fim`, detected from the model or set
+//! in `model.prompt_format`), and the format's own stop sequences are added. A model without
+//! FIM tokens continues the prompt and does not see the suffix.
+//!
+//! For a project, code retrieved around the cursor goes first, as other files of the
+//! repository in the model's repo-level format, within the project's token budget.
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use futures::stream::{self, Stream};
+use graft_engine::fim::FimInput;
+use graft_engine::{CompletionRequest, Prompt, StreamEvent};
+
+use crate::augment::{self, Source};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::generation::{admit, retrieve, Generation};
+use crate::json::Json;
+use crate::openai::{self, PromptInput, TextChoice, TextCompletion};
+use crate::routes::params::SamplingFields;
+use crate::state::{unix_now, AppState};
+
+/// Longest search query taken from the code around the cursor, in bytes.
+const QUERY_CHARS: usize = 1500;
+
+pub async fn completions(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Json(request): Json<openai::CompletionRequest>,
+) -> Result<Response, ApiError> {
+    if request.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid_param("n", "Only n = 1 is supported"));
+    }
+    if request.best_of.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid_param("best_of", "Only best_of = 1 is supported"));
+    }
+    if request.echo == Some(true) {
+        return Err(ApiError::invalid_param("echo", "echo is not supported"));
+    }
+    if request.logprobs.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::invalid_param("logprobs", "logprobs are not supported"));
+    }
+    let target = state.resolve(&request.model, &caller)?;
+    caller.check(&target.name, state.pool().base_name())?;
+    let streaming = request.stream == Some(true);
+    let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let format = state.engine().prompt_format();
+    let mut sampling = SamplingFields {
+        max_tokens: request.max_tokens,
+        temperature: request.temperature,
+        top_p: request.top_p,
+        stop: request.stop.map(openai::Stop::into_vec).unwrap_or_default(),
+        seed: request.seed,
+    }
+    .resolve(state.generation())?;
+
+    // The prompt as text (to be laid out with context) or as token ids (taken as they are).
+    let (prefix, suffix) = match (request.prompt, request.suffix) {
+        (PromptInput::Tokens(tokens), None) => (Err(tokens), None),
+        (PromptInput::TokenLists(mut lists), None) if lists.len() == 1 => (Err(lists.remove(0)), None),
+        (PromptInput::Tokens(_) | PromptInput::TokenLists(_), Some(_)) => {
+            return Err(ApiError::invalid_param("suffix", "suffix needs `prompt` as text, not token ids"))
+        }
+        (PromptInput::TokenLists(_), None) | (PromptInput::Texts(_), _) => {
+            return Err(ApiError::invalid_param("prompt", "Only one prompt per request is supported"))
+        }
+        (PromptInput::Text(prefix), suffix) => (Ok(prefix), suffix),
+    };
+    if matches!(&prefix, Ok(p) if p.is_empty() && suffix.as_deref().is_none_or(str::is_empty)) || matches!(&prefix, Err(t) if t.is_empty()) {
+        return Err(ApiError::invalid_param("prompt", "`prompt` must not be empty"));
+    }
+    tracing::debug!(model = %target.name, max_tokens = sampling.max_tokens, streaming, format = format.name(), "completion request");
+
+    let admitted = admit(&state).await?;
+    let limit = state.generation().max_prompt_tokens;
+    let (tokens, sources) = match prefix {
+        Err(tokens) => (tokens, None),
+        Ok(prefix) => {
+            let mut input = FimInput {
+                suffix: suffix.filter(|_| format.has_fim()),
+                prefix,
+                ..FimInput::default()
+            };
+            if input.suffix.is_some() {
+                sampling.stop.extend(format.stop_sequences().iter().map(|s| (*s).to_owned()));
+            }
+            let mut sources = None;
+            if let Some(project) = &target.project {
+                input.repo = Some(project.name().to_owned());
+                let query = augment::completion_query(&input.prefix, input.suffix.as_deref(), QUERY_CHARS);
+                let mut used = Vec::new();
+                if let Some(hits) = retrieve(&state, project, &query, request.retrieval).await? {
+                    let own = state.engine().tokenize(None, &format.render(&input), true).await?.len();
+                    let budget = project.config.context_tokens.min(limit.saturating_sub(own));
+                    let (files, kept) = augment::completion(state.engine(), hits, budget).await?;
+                    input.context = files;
+                    used = kept;
+                }
+                sources = Some(used);
+            }
+            (state.engine().tokenize(None, &format.render(&input), true).await?, sources)
+        }
+    };
+    if tokens.len() > limit {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            format!("The prompt is {} tokens long; the limit is {limit} (generation.max_prompt_tokens)", tokens.len()),
+        ));
+    }
+    let request = CompletionRequest {
+        prompt: Prompt::Tokens(tokens),
+        sampling,
+    };
+    let stream = state
+        .pool()
+        .complete_stream(&target.model, request)
+        .await
+        .map_err(|e| state.pool_error(e, &caller))?;
+    let generation = admitted.start(stream, &state, &target.name);
+    if streaming {
+        return Ok(sse(generation, target.name, include_usage, sources).into_response());
+    }
+    let completion = generation.collect().await?;
+    Ok(axum::Json(TextCompletion {
+        id: completion_id(),
+        object: "text_completion",
+        created: unix_now(),
+        model: target.name,
+        choices: vec![TextChoice {
+            index: 0,
+            text: completion.text,
+            finish_reason: Some(completion.finish_reason.as_str()),
+            logprobs: None,
+        }],
+        usage: Some(completion.usage.into()),
+        sources,
+    })
+    .into_response())
+}
+
+fn completion_id() -> String {
+    format!("cmpl-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Where a stream of completion events is.
+enum Phase {
+    Tokens,
+    Usage(graft_engine::Usage),
+    Done,
+    Finished,
+}
+
+/// The generation as server-sent `text_completion` events ending in `[DONE]`; the first
+/// carries the sources.
+fn sse(tokens: Generation, model: String, include_usage: bool, sources: Option<Vec<Source>>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let id = completion_id();
+    let created = unix_now();
+    let event = move |text: String, finish_reason: Option<&'static str>, usage: Option<openai::Usage>, sources: Option<Vec<Source>>| {
+        let choices = if usage.is_some() {
+            Vec::new()
+        } else {
+            vec![TextChoice {
+                index: 0,
+                text,
+                finish_reason,
+                logprobs: None,
+            }]
+        };
+        let body = TextCompletion {
+            id: id.clone(),
+            object: "text_completion",
+            created,
+            model: model.clone(),
+            choices,
+            usage,
+            sources,
+        };
+        Event::default().json_data(body).unwrap_or_else(|_| Event::default().data("{}"))
+    };
+    let events = stream::unfold((tokens, Phase::Tokens, sources), move |(mut tokens, phase, mut sources)| {
+        let event = event.clone();
+        async move {
+            let (sent, next) = match phase {
+                Phase::Tokens => match tokens.next().await {
+                    Some(Ok(StreamEvent::Text(text))) => (event(text, None, None, sources.take()), Phase::Tokens),
+                    Some(Ok(StreamEvent::End { finish_reason, usage })) => {
+                        let next = if include_usage { Phase::Usage(usage) } else { Phase::Done };
+                        (event(String::new(), Some(finish_reason.as_str()), None, sources.take()), next)
+                    }
+                    Some(Err(e)) => (crate::error::stream_error_event(&e), Phase::Done),
+                    None => (Event::default().data("[DONE]"), Phase::Finished),
+                },
+                Phase::Usage(usage) => (event(String::new(), None, Some(usage.into()), None), Phase::Done),
+                Phase::Done => (Event::default().data("[DONE]"), Phase::Finished),
+                Phase::Finished => return None,
+            };
+            Some((Ok(sent), (tokens, next, sources)))
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,83 @@
+//! Project administration (admin key): `GET /v1/projects` (every project and its index),
+//! `GET /v1/projects/{name}` (one), `POST /v1/projects/{name}/reindex` (incremental
+//! re-index from the repository, answered with the run's report) and
+//! `POST /v1/projects/{name}/search` (`query`, optional `k` and `mode`: the hits as
+//! `graft search --json` prints them).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json as AxumJson};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::json::Json;
+use crate::projects::Project;
+use crate::state::AppState;
+
+fn project(state: &AppState, name: &str) -> Result<std::sync::Arc<Project>, ApiError> {
+    state
+        .projects()
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("No project named `{name}`")))
+}
+
+pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<AxumJson<Value>, ApiError> {
+    caller.require_admin()?;
+    let data: Vec<Value> = state.projects().all().map(|p| state.projects().status(p)).collect();
+    Ok(AxumJson(json!({ "object": "list", "data": data })))
+}
+
+pub async fn status(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Result<AxumJson<Value>, ApiError> {
+    caller.require_admin()?;
+    let project = project(&state, &name)?;
+    Ok(AxumJson(state.projects().status(&project)))
+}
+
+pub async fn reindex(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Result<AxumJson<Value>, ApiError> {
+    caller.require_admin()?;
+    let project = project(&state, &name)?;
+    let report = state.projects().reindex(&project).await.map_err(|e| {
+        let status = if e.to_string().contains("already being re-indexed") { StatusCode::CONFLICT } else { StatusCode::INTERNAL_SERVER_ERROR };
+        ApiError::new(status, format!("Re-indexing `{name}` failed: {e}"))
+    })?;
+    Ok(AxumJson(json!({
+        "project": name,
+        "elapsed_seconds": report.elapsed.as_secs_f64(),
+        "report": report,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SearchRequest {
+    pub query: String,
+    pub k: Option<usize>,
+    pub mode: Option<String>,
+}
+
+pub async fn search(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(request): Json<SearchRequest>,
+) -> Result<AxumJson<Value>, ApiError> {
+    caller.require_admin()?;
+    let project = project(&state, &name)?;
+    let mode = match request.mode.as_deref() {
+        None => graft_index::SearchMode::Hybrid,
+        Some(m) => m.parse().map_err(|e: String| ApiError::invalid_param("mode", e))?,
+    };
+    let k = request.k.unwrap_or(project.config.top_k);
+    if !(1..=100).contains(&k) {
+        return Err(ApiError::invalid_param("k", format!("k must be between 1 and 100, got {k}")));
+    }
+    let hits = state
+        .projects()
+        .search(&project, &request.query, k, mode)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("Searching `{name}` failed: {e}")))?
+        .ok_or_else(|| ApiError::busy(format!("Project `{name}` is being re-indexed"), 5))?;
+    Ok(AxumJson(json!({ "object": "list", "data": hits })))
+}

@@ -1,0 +1,32 @@
+//! `graft bench ...`: benchmarks that print figures (and `--json`). They assert nothing:
+//! targets live in the figures, not in tests.
+//!
+//! - [`index`]: indexing and search speed on a real source tree.
+//! - [`engine`]: model load, adapter activation, decode speed, memory per adapter, overhead.
+
+pub mod engine;
+pub mod index;
+
+use std::time::Duration;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The `p` quantile (0..=1) of sorted durations.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// The median of some figures.
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
