@@ -49,6 +49,15 @@ impl Project {
     }
 }
 
+/// Why a re-index did not run or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReindexError {
+    #[error("a re-index of this project is already running")]
+    Running,
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
 /// Every project, and the embedding model their indexes were built with.
 pub struct Projects {
     projects: BTreeMap<String, Arc<Project>>,
@@ -119,10 +128,10 @@ impl Projects {
 
     /// Re-indexes `project` from its repository (incremental). One run at a time per project;
     /// a second request while one runs fails at once.
-    pub async fn reindex(&self, project: &Arc<Project>) -> Result<IndexReport, IndexError> {
+    pub async fn reindex(&self, project: &Arc<Project>) -> Result<IndexReport, ReindexError> {
         let embedder = self.embedder.clone().ok_or_else(|| IndexError::Invalid("no embedding model is loaded".into()))?;
         let Ok(guard) = Arc::clone(&project.reindexing).try_lock_owned() else {
-            return Err(IndexError::Invalid(format!("project `{}` is already being re-indexed", project.name())));
+            return Err(ReindexError::Running);
         };
         // The indexer owns the index files while it runs: close ours.
         project.index.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -133,7 +142,7 @@ impl Projects {
         })
         .await
         .map_err(|e| IndexError::Invalid(format!("the index task failed: {e}")))?;
-        report
+        Ok(report?)
     }
 
     /// The index's state, for the status endpoint.

@@ -5,27 +5,25 @@
 //! A client that disconnects drops the response, and with it the engine's token stream, which
 //! stops the generation.
 
-use std::convert::Infallible;
-
 use axum::extract::State;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use futures::stream::{self, Stream};
 
 use graft_core::config::GenerationConfig;
-use graft_engine::{ChatMessage, ChatRequest, Role, StreamEvent};
+use graft_engine::{ChatMessage, ChatRequest, Role};
 
 use crate::augment::{self, Source};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::generation::{admit, retrieve, Generation};
+use crate::generation::{admit, retrieve};
 use crate::json::Json;
 use crate::openai::{
     self, AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, Content,
     Delta,
 };
 use crate::routes::params::SamplingFields;
+use crate::routes::sse::{self, Part};
 use crate::state::{unix_now, AppState};
 
 pub async fn completions(
@@ -76,7 +74,12 @@ pub async fn completions(
         .map_err(|e| state.pool_error(e, &caller))?;
     let generation = admitted.start(tokens, &state, &target.name);
     if streaming {
-        return Ok(sse(generation, target.name, include_usage, sources).into_response());
+        let chunks = ChatChunks {
+            id: completion_id(),
+            created: unix_now(),
+            model: target.name,
+        };
+        return Ok(sse::stream(generation, chunks, include_usage, sources).into_response());
     }
     let completion = generation.collect().await?;
     Ok(axum::Json(ChatCompletion {
@@ -103,24 +106,38 @@ fn completion_id() -> String {
     format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Where a stream of chunks is.
-enum Phase {
-    /// The first chunk (the role) is next.
-    Start,
-    /// Text chunks are next, until the end.
-    Tokens,
-    /// The usage chunk is next.
-    Usage(graft_engine::Usage),
-    /// `[DONE]` is next.
-    Done,
-    Finished,
+/// Chat's stream chunks: the role first (with the sources), then text deltas.
+struct ChatChunks {
+    id: String,
+    created: u64,
+    model: String,
 }
 
-/// The generation as OpenAI server-sent events; the first chunk carries the sources.
-fn sse(tokens: Generation, model: String, include_usage: bool, sources: Option<Vec<Source>>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let id = completion_id();
-    let created = unix_now();
-    let chunk = move |delta: Delta, finish_reason: Option<&'static str>, usage: Option<openai::Usage>, sources: Option<Vec<Source>>| {
+impl sse::Chunks for ChatChunks {
+    const OPENS: bool = true;
+
+    fn event(&self, part: Part, sources: Option<Vec<Source>>) -> Event {
+        let (delta, finish_reason, usage) = match part {
+            Part::Open => (
+                Delta {
+                    role: Some("assistant"),
+                    content: Some(String::new()),
+                },
+                None,
+                None,
+            ),
+            Part::Text(text) => (
+                Delta {
+                    role: None,
+                    content: Some(text),
+                },
+                None,
+                None,
+            ),
+            Part::Finish(reason) => (Delta::default(), Some(reason), None),
+            Part::Usage(usage) => (Delta::default(), None, Some(usage)),
+        };
+        // The usage chunk has no choices, as in OpenAI's API.
         let choices = if usage.is_some() {
             Vec::new()
         } else {
@@ -131,51 +148,16 @@ fn sse(tokens: Generation, model: String, include_usage: bool, sources: Option<V
                 logprobs: None,
             }]
         };
-        let body = ChatCompletionChunk {
-            id: id.clone(),
+        sse::json_event(&ChatCompletionChunk {
+            id: self.id.clone(),
             object: "chat.completion.chunk",
-            created,
-            model: model.clone(),
+            created: self.created,
+            model: self.model.clone(),
             choices,
             usage,
             sources,
-        };
-        Event::default().json_data(body).unwrap_or_else(|_| Event::default().data("{}"))
-    };
-    let events = stream::unfold((tokens, Phase::Start, sources), move |(mut tokens, phase, mut sources)| {
-        let chunk = chunk.clone();
-        async move {
-            let (event, next) = match phase {
-                Phase::Start => {
-                    let role = Delta {
-                        role: Some("assistant"),
-                        content: Some(String::new()),
-                    };
-                    (chunk(role, None, None, sources.take()), Phase::Tokens)
-                }
-                Phase::Tokens => match tokens.next().await {
-                    Some(Ok(StreamEvent::Text(text))) => {
-                        let delta = Delta {
-                            role: None,
-                            content: Some(text),
-                        };
-                        (chunk(delta, None, None, None), Phase::Tokens)
-                    }
-                    Some(Ok(StreamEvent::End { finish_reason, usage })) => {
-                        let next = if include_usage { Phase::Usage(usage) } else { Phase::Done };
-                        (chunk(Delta::default(), Some(finish_reason.as_str()), None, None), next)
-                    }
-                    Some(Err(e)) => (crate::error::stream_error_event(&e), Phase::Done),
-                    None => (Event::default().data("[DONE]"), Phase::Finished),
-                },
-                Phase::Usage(usage) => (chunk(Delta::default(), None, Some(usage.into()), None), Phase::Done),
-                Phase::Done => (Event::default().data("[DONE]"), Phase::Finished),
-                Phase::Finished => return None,
-            };
-            Some((Ok(event), (tokens, next, sources)))
-        }
-    });
-    Sse::new(events).keep_alive(KeepAlive::default())
+        })
+    }
 }
 
 fn to_engine_request(request: ChatCompletionRequest, limits: &GenerationConfig) -> Result<ChatRequest, ApiError> {

@@ -9,23 +9,21 @@
 //! For a project, code retrieved around the cursor goes first, as other files of the
 //! repository in the model's repo-level format, within the project's token budget.
 
-use std::convert::Infallible;
-
 use axum::extract::State;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use futures::stream::{self, Stream};
 use graft_engine::fim::FimInput;
-use graft_engine::{CompletionRequest, Prompt, StreamEvent};
+use graft_engine::{CompletionRequest, Prompt};
 
 use crate::augment::{self, Source};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::generation::{admit, retrieve, Generation};
+use crate::generation::{admit, retrieve};
 use crate::json::Json;
 use crate::openai::{self, PromptInput, TextChoice, TextCompletion};
 use crate::routes::params::SamplingFields;
+use crate::routes::sse::{self, Part};
 use crate::state::{unix_now, AppState};
 
 /// Longest search query taken from the code around the cursor, in bytes.
@@ -126,7 +124,12 @@ pub async fn completions(
         .map_err(|e| state.pool_error(e, &caller))?;
     let generation = admitted.start(stream, &state, &target.name);
     if streaming {
-        return Ok(sse(generation, target.name, include_usage, sources).into_response());
+        let chunks = TextChunks {
+            id: completion_id(),
+            created: unix_now(),
+            model: target.name,
+        };
+        return Ok(sse::stream(generation, chunks, include_usage, sources).into_response());
     }
     let completion = generation.collect().await?;
     Ok(axum::Json(TextCompletion {
@@ -150,20 +153,23 @@ fn completion_id() -> String {
     format!("cmpl-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Where a stream of completion events is.
-enum Phase {
-    Tokens,
-    Usage(graft_engine::Usage),
-    Done,
-    Finished,
+/// Completion's stream chunks: text pieces, the first one with the sources.
+struct TextChunks {
+    id: String,
+    created: u64,
+    model: String,
 }
 
-/// The generation as server-sent `text_completion` events ending in `[DONE]`; the first
-/// carries the sources.
-fn sse(tokens: Generation, model: String, include_usage: bool, sources: Option<Vec<Source>>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let id = completion_id();
-    let created = unix_now();
-    let event = move |text: String, finish_reason: Option<&'static str>, usage: Option<openai::Usage>, sources: Option<Vec<Source>>| {
+impl sse::Chunks for TextChunks {
+    const OPENS: bool = false;
+
+    fn event(&self, part: Part, sources: Option<Vec<Source>>) -> Event {
+        let (text, finish_reason, usage) = match part {
+            Part::Open => (String::new(), None, None),
+            Part::Text(text) => (text, None, None),
+            Part::Finish(reason) => (String::new(), Some(reason), None),
+            Part::Usage(usage) => (String::new(), None, Some(usage)),
+        };
         let choices = if usage.is_some() {
             Vec::new()
         } else {
@@ -174,36 +180,14 @@ fn sse(tokens: Generation, model: String, include_usage: bool, sources: Option<V
                 logprobs: None,
             }]
         };
-        let body = TextCompletion {
-            id: id.clone(),
+        sse::json_event(&TextCompletion {
+            id: self.id.clone(),
             object: "text_completion",
-            created,
-            model: model.clone(),
+            created: self.created,
+            model: self.model.clone(),
             choices,
             usage,
             sources,
-        };
-        Event::default().json_data(body).unwrap_or_else(|_| Event::default().data("{}"))
-    };
-    let events = stream::unfold((tokens, Phase::Tokens, sources), move |(mut tokens, phase, mut sources)| {
-        let event = event.clone();
-        async move {
-            let (sent, next) = match phase {
-                Phase::Tokens => match tokens.next().await {
-                    Some(Ok(StreamEvent::Text(text))) => (event(text, None, None, sources.take()), Phase::Tokens),
-                    Some(Ok(StreamEvent::End { finish_reason, usage })) => {
-                        let next = if include_usage { Phase::Usage(usage) } else { Phase::Done };
-                        (event(String::new(), Some(finish_reason.as_str()), None, sources.take()), next)
-                    }
-                    Some(Err(e)) => (crate::error::stream_error_event(&e), Phase::Done),
-                    None => (Event::default().data("[DONE]"), Phase::Finished),
-                },
-                Phase::Usage(usage) => (event(String::new(), None, Some(usage.into()), None), Phase::Done),
-                Phase::Done => (Event::default().data("[DONE]"), Phase::Finished),
-                Phase::Finished => return None,
-            };
-            Some((Ok(sent), (tokens, next, sources)))
-        }
-    });
-    Sse::new(events).keep_alive(KeepAlive::default())
+        })
+    }
 }

@@ -7,4 +7,5 @@ pub mod embeddings;
 pub mod models;
 pub mod params;
 pub mod projects;
+pub mod sse;
 pub mod system;

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::json::Json;
-use crate::projects::Project;
+use crate::projects::{Project, ReindexError};
 use crate::state::AppState;
 
 fn project(state: &AppState, name: &str) -> Result<std::sync::Arc<Project>, ApiError> {
@@ -40,7 +40,10 @@ pub async fn reindex(State(state): State<AppState>, Extension(caller): Extension
     caller.require_admin()?;
     let project = project(&state, &name)?;
     let report = state.projects().reindex(&project).await.map_err(|e| {
-        let status = if e.to_string().contains("already being re-indexed") { StatusCode::CONFLICT } else { StatusCode::INTERNAL_SERVER_ERROR };
+        let status = match e {
+            ReindexError::Running => StatusCode::CONFLICT,
+            ReindexError::Index(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
         ApiError::new(status, format!("Re-indexing `{name}` failed: {e}"))
     })?;
     Ok(AxumJson(json!({
