@@ -3,7 +3,8 @@
 //! - [`kit_file`]: a model from the offline kit, found (and fetched if missing) the way
 //!   `graft up` does it: through config/graft.toml, honouring `GRAFT_KIT_DIR`.
 //! - [`smollm2_server`]: one real graft server with SmolLM2-135M on an ephemeral loopback
-//!   port, started once per test binary and shared by its tests (a model loads once).
+//!   port, started once per test binary and shared by its tests (a model loads once);
+//!   [`start_server`] starts others on the same model, with keys, projects and limits.
 //! - [`kit_embedder`]: the kit's embedding model, loaded once per test binary.
 //! - [`copy_fixture`]: a fixture repository copied somewhere a test may change it.
 //! - [`write_adapter`]: a PEFT LoRA adapter for a kit model, generated from a fixed seed.
@@ -20,11 +21,11 @@ use graft_engine::{Pool, PoolLimits};
 
 use graft_core::config::{GenerationConfig, ServerConfig};
 use graft_core::keys::ApiKeys;
-use graft_core::Config;
+use graft_core::{Config, ProjectConfig};
 use graft_engine::{BaseModel, Engine};
-use graft_index::{Embedder, EmbedderOptions, EmbeddingSource};
+use graft_index::{index_repository, Embedder, EmbedderOptions, EmbeddingSource, IndexLayout, IndexOptions, Quiet, SearchOptions};
 use graft_kit::{Kit, NoProgress, Source};
-use graft_server::projects::Projects;
+use graft_server::projects::{Project, Projects};
 use graft_server::{AppState, ServerParts};
 
 /// The model name the shared server answers to.
@@ -54,6 +55,8 @@ pub struct TestServer {
     pub store: PathBuf,
     /// A folder outside the store that `POST /v1/load_lora_adapter` may load from.
     pub external: PathBuf,
+    /// Each project's repository, as the server indexed it (a copy a test may change).
+    pub repos: Vec<PathBuf>,
 }
 
 impl TestServer {
@@ -62,73 +65,139 @@ impl TestServer {
     }
 }
 
-/// The shared SmolLM2 server, started on first use. It runs on its own thread and runtime,
-/// so it outlives each test's runtime.
-pub fn smollm2_server() -> &'static TestServer {
-    static SERVER: OnceLock<TestServer> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let gguf = kit_file("smollm2-135m-instruct");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                // One sequence at a time: requests decoded in one batch get slightly different
-                // floating-point sums, which can flip a greedy token, and the tests compare
-                // greedy answers exactly. Concurrent requests queue instead.
-                let base = BaseModel::cpu(MODEL, gguf, 1);
-                let engine = match Engine::load(&base).await {
-                    Ok(engine) => Arc::new(engine),
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                // The server's folders live as long as the test process.
-                let root = tempfile::tempdir().expect("temporary folder").keep();
-                let (store, external) = (root.join("adapters"), root.join("external"));
-                std::fs::create_dir_all(&store).expect("adapter store");
-                std::fs::create_dir_all(&external).expect("external adapters");
-                let adapters = AdapterStore {
-                    dir: store.clone(),
-                    max_rank: 64,
-                    merge: Default::default(),
-                    cache_dir: root.join("merged"),
-                    allowed_dirs: vec![external.clone()],
-                };
-                let limits = PoolLimits {
-                    max_adapters: 2,
-                    max_bytes: None,
-                };
-                let pool = Pool::new(engine, adapters, limits).expect("pool");
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-                let addr = listener.local_addr().expect("local addr");
-                let state = AppState::new(ServerParts {
-                    pool: Arc::new(pool),
-                    generation: GenerationConfig::default(),
-                    server: ServerConfig::default(),
-                    keys: ApiKeys::default(),
-                    projects: Projects::none(),
-                });
-                let app = graft_server::router(state, MAX_BODY_BYTES);
-                let _ = tx.send(Ok((addr, store, external)));
-                graft_server::serve(listener, app, std::future::pending(), Duration::ZERO).await.expect("serve");
-            });
-        });
-        match rx.recv() {
-            Ok(Ok((addr, store, external))) => TestServer { addr, store, external },
-            Ok(Err(e)) => panic!("the test server could not load SmolLM2: {e}"),
-            Err(_) => panic!("the test server thread died while starting"),
+/// What a test server is made of, beyond the shared SmolLM2 engine.
+pub struct ServerSetup {
+    pub keys: ApiKeys,
+    /// Projects: each one's `path` names a fixture (`tests/fixtures/<path>`), which is copied
+    /// and indexed with the kit's embedding model before the server starts.
+    pub projects: Vec<ProjectConfig>,
+    pub server: ServerConfig,
+    pub generation: GenerationConfig,
+    /// `adapters.max_loaded`.
+    pub max_adapters: usize,
+}
+
+impl Default for ServerSetup {
+    fn default() -> ServerSetup {
+        ServerSetup {
+            keys: ApiKeys::default(),
+            projects: Vec::new(),
+            server: ServerConfig::default(),
+            generation: GenerationConfig::default(),
+            max_adapters: 2,
         }
+    }
+}
+
+/// The runtime test servers run on: one per test binary, alive for the whole process, so a
+/// server outlives each test's own runtime.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
     })
 }
 
+/// Runs `future` on the harness runtime and waits for its result (from sync or async tests).
+fn run_on_harness<T: Send + 'static>(future: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    runtime().spawn(async move {
+        let _ = tx.send(future.await);
+    });
+    rx.recv().expect("the harness task finished")
+}
+
+/// SmolLM2-135M, loaded once per test binary and shared by its servers.
+///
+/// One sequence at a time: requests decoded in one batch get slightly different
+/// floating-point sums, which can flip a greedy token, and the tests compare greedy answers
+/// exactly. Concurrent requests queue instead.
+pub fn smollm2_engine() -> Arc<Engine> {
+    static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+    Arc::clone(ENGINE.get_or_init(|| {
+        let base = BaseModel::cpu(MODEL, kit_file("smollm2-135m-instruct"), 1);
+        match run_on_harness(async move { Engine::load(&base).await }) {
+            Ok(engine) => Arc::new(engine),
+            Err(e) => panic!("cannot load SmolLM2: {e}"),
+        }
+    }))
+}
+
+/// Starts a server on the shared SmolLM2 engine, on an ephemeral loopback port. It serves
+/// until the test process ends. Its folders live as long as the process too.
+pub fn start_server(setup: ServerSetup) -> TestServer {
+    let engine = smollm2_engine();
+    let root = tempfile::tempdir().expect("temporary folder").keep();
+    let (store, external) = (root.join("adapters"), root.join("external"));
+    std::fs::create_dir_all(&store).expect("adapter store");
+    std::fs::create_dir_all(&external).expect("external adapters");
+    let adapters = AdapterStore {
+        dir: store.clone(),
+        max_rank: 64,
+        merge: Default::default(),
+        cache_dir: root.join("merged"),
+        allowed_dirs: vec![external.clone()],
+    };
+    let limits = PoolLimits {
+        max_adapters: setup.max_adapters,
+        max_bytes: None,
+    };
+    let pool = Pool::new(engine, adapters, limits).expect("pool");
+
+    let mut repos = Vec::new();
+    let mut projects = Vec::new();
+    for mut config in setup.projects {
+        let repo = root.join("repos").join(&config.name);
+        copy_tree(&repo_root().join("tests/fixtures").join(&config.path), &repo);
+        config.path = repo.clone();
+        let layout = IndexLayout::new(root.join("index").join(&config.name));
+        index_repository(&repo, &layout, kit_embedder(), &IndexOptions::default(), &Quiet)
+            .unwrap_or_else(|e| panic!("cannot index project `{}`: {e}", config.name));
+        projects.push(Project::new(config, layout, IndexOptions::default()));
+        repos.push(repo);
+    }
+    let projects = if projects.is_empty() {
+        Projects::none()
+    } else {
+        let embedder = Some((EMBEDDING_MODEL.to_owned(), Arc::clone(kit_embedder())));
+        Projects::new(projects, embedder, SearchOptions::default())
+    };
+
+    let state = AppState::new(ServerParts {
+        pool: Arc::new(pool),
+        generation: setup.generation,
+        server: setup.server,
+        keys: setup.keys,
+        projects,
+    });
+    let app = graft_server::router(state, MAX_BODY_BYTES);
+    let addr = run_on_harness(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move {
+            graft_server::serve(listener, app, std::future::pending(), Duration::ZERO).await.expect("serve");
+        });
+        addr
+    });
+    TestServer { addr, store, external, repos }
+}
+
+/// The shared SmolLM2 server with no keys and no projects, started on first use.
+pub fn smollm2_server() -> &'static TestServer {
+    static SERVER: OnceLock<TestServer> = OnceLock::new();
+    SERVER.get_or_init(|| start_server(ServerSetup::default()))
+}
+
+/// The name the kit's embedding model is served under (`POST /v1/embeddings`).
+pub const EMBEDDING_MODEL: &str = "minilm-l6-v2";
+
 /// The kit's all-MiniLM-L6-v2, loaded once per test binary.
-pub fn kit_embedder() -> &'static Embedder {
-    static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
+pub fn kit_embedder() -> &'static Arc<Embedder> {
+    static EMBEDDER: OnceLock<Arc<Embedder>> = OnceLock::new();
     EMBEDDER.get_or_init(|| {
         let options = EmbedderOptions {
             source: EmbeddingSource::Files {
@@ -141,7 +210,7 @@ pub fn kit_embedder() -> &'static Embedder {
             max_tokens: graft_core::config::IndexConfig::default().embedding_max_tokens,
             cache_dir: None,
         };
-        Embedder::load(&options).unwrap_or_else(|e| panic!("cannot load the kit's embedding model: {e}"))
+        Arc::new(Embedder::load(&options).unwrap_or_else(|e| panic!("cannot load the kit's embedding model: {e}")))
     })
 }
 

@@ -46,6 +46,19 @@ fn serve_reports_a_missing_model_file_instead_of_reaching_the_network() {
 }
 
 #[test]
+fn serve_refuses_a_public_address_without_api_keys() {
+    let out = graft()
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .env_remove("GRAFT_API_KEYS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refusing to listen on 0.0.0.0:0 with no API keys"), "{stderr}");
+    assert!(stderr.contains("allow_unauthenticated"), "the message says how to proceed: {stderr}");
+}
+
+#[test]
 fn models_list_json_describes_the_kit() {
     let out = graft().args(["models", "list", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

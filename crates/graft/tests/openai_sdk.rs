@@ -1,0 +1,185 @@
+//! `graft up` as a team runs it (API keys, two projects over a fixture repository), used by
+//! the official OpenAI Python SDK (tests/python/test_openai_sdk.py), then stopped with SIGTERM
+//! while a streamed answer is in flight: the answer finishes, new connections are refused, and
+//! graft exits 0.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const USER_KEY: &str = "sk-graft-user-0123456789abcdef";
+const OTHER_KEY: &str = "sk-graft-other-0123456789abcdef";
+const ADMIN_KEY: &str = "sk-graft-admin-0123456789abcdef";
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The Python with the OpenAI SDK: `GRAFT_TEST_PYTHON`, or the virtualenv scripts/test makes.
+fn python() -> PathBuf {
+    let python = std::env::var_os("GRAFT_TEST_PYTHON").map_or_else(|| repo_root().join(".venv/bin/python"), PathBuf::from);
+    let works = Command::new(&python)
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        works,
+        "{} cannot import the OpenAI SDK. Run the test suite with scripts/test, which creates .venv \
+         from tests/python/requirements.txt (or set GRAFT_TEST_PYTHON to a Python that has it)",
+        python.display()
+    );
+    python
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// A config with keys in a file and two projects over a copy of the `polyglot` fixture.
+fn write_setup(dir: &Path) -> PathBuf {
+    copy_tree(&repo_root().join("tests/fixtures/polyglot"), &dir.join("repo"));
+    std::fs::create_dir_all(dir.join("adapters")).unwrap();
+    std::fs::write(
+        dir.join("keys.toml"),
+        format!(
+            "[[keys]]\nname = \"user\"\nkey = \"{USER_KEY}\"\nprojects = [\"polyglot\"]\n\n\
+             [[keys]]\nname = \"other\"\nkey = \"{OTHER_KEY}\"\nprojects = [\"archive\"]\n\n\
+             [[keys]]\nname = \"admin\"\nkey = \"{ADMIN_KEY}\"\nprojects = [\"*\"]\nadmin = true\n"
+        ),
+    )
+    .unwrap();
+    let shipped = graft_core::Config::load(&repo_root().join("config/graft.toml")).expect("shipped config");
+    let kit = std::fs::canonicalize(&shipped.kit.dir).unwrap_or(shipped.kit.dir);
+    let config = dir.join("graft.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kit]\ndir = {:?}\n\n[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = {MAX_BODY_BYTES}\napi_keys_file = \"keys.toml\"\n\n\
+             [index]\ndir = \"index\"\n\n[adapters]\ndir = \"adapters\"\n\n\
+             [[projects]]\nname = \"polyglot\"\npath = \"repo\"\n\n\
+             [[projects]]\nname = \"archive\"\npath = \"repo\"\nretrieval = false\n",
+            kit.display().to_string()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Kills the child on drop, so a failing test leaves no server behind.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_openai_sdk_works_against_graft_up_and_sigterm_lets_answers_finish() {
+    let python = python();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_setup(dir.path());
+
+    let child = Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(["up", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Running(child);
+    let mut lines = BufReader::new(server.0.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut startup = Vec::new();
+    let addr = loop {
+        assert!(Instant::now() < deadline, "graft up did not start serving in time: {startup:#?}");
+        let line = lines.next().unwrap_or_else(|| panic!("graft up exited before serving: {startup:#?}")).unwrap();
+        if let Some(rest) = line.split("on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+        startup.push(line);
+    };
+    assert!(startup.iter().any(|l| l.contains("indexing project `polyglot`")), "up indexes projects first: {startup:#?}");
+    // The rest of graft's output, read as it comes so the pipe never fills.
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let output = Arc::clone(&output);
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| output.lock().unwrap().push(l)))
+    };
+
+    let sdk = Command::new(&python)
+        .arg(repo_root().join("tests/python/test_openai_sdk.py"))
+        .env("GRAFT_BASE_URL", format!("http://{addr}/v1"))
+        .env("GRAFT_USER_KEY", USER_KEY)
+        .env("GRAFT_OTHER_KEY", OTHER_KEY)
+        .env("GRAFT_MODEL", "smollm2-135m-instruct")
+        .env("GRAFT_PROJECT", "polyglot")
+        .env("GRAFT_OTHER_PROJECT", "archive")
+        .env("GRAFT_EMBEDDING_MODEL", "minilm-l6-v2")
+        .env("GRAFT_MAX_BODY_BYTES", MAX_BODY_BYTES.to_string())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&sdk.stderr);
+    assert!(sdk.status.success(), "the OpenAI SDK tests failed:\n{report}\ngraft said: {:#?}", output.lock().unwrap());
+    assert!(report.contains("OK") && !report.contains("skipped"), "{report}");
+    eprintln!("{report}");
+
+    // A streamed answer is in flight when SIGTERM arrives.
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let body = r#"{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"Count from 1 to 20."}],"max_tokens":40,"temperature":0,"stream":true}"#;
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {USER_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&received).contains("\"content\":\"") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended early: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buf[..n]);
+    }
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+
+    // New connections are refused once the signal is handled.
+    let refused_by = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&addr).is_ok() {
+        assert!(Instant::now() < refused_by, "graft still accepts connections after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The answer in flight runs to its end.
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&buf[..n]);
+        if String::from_utf8_lossy(&received).contains("data: [DONE]") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.contains("\"finish_reason\":\"") && text.contains("data: [DONE]"), "{text}");
+
+    let status = server.0.wait().unwrap();
+    reader.join().unwrap();
+    assert!(status.success(), "graft exits 0 on SIGTERM, got {status}");
+    let output = output.lock().unwrap();
+    assert!(output.iter().any(|l| l.contains("graft stopped")), "{output:#?}");
+}

@@ -1,0 +1,367 @@
+//! The API as a team deploys it: API keys with per-project rights, projects whose answers are
+//! grounded in their repository (retrieval), project administration, embeddings and metrics.
+//! One server with SmolLM2 and two projects over the `polyglot` fixture, shared by the tests.
+
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+
+use graft_core::keys::{ApiKey, ApiKeys};
+use graft_core::ProjectConfig;
+use graft_tests::{start_server, ServerSetup, TestServer, EMBEDDING_MODEL, MODEL};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "sk-test-admin-0123456789";
+/// May use the `polyglot` project only.
+const ALICE: &str = "sk-test-alice-0123456789";
+/// May use the `archive` project only.
+const BOB: &str = "sk-test-bob-0123456789ab";
+
+/// The repository's internal API the questions are about, and the file that defines it.
+const QUESTION: &str = "How do I rotate the signing keys of a TokenVault with rotateSigningKeys?";
+const DEFINING_FILE: &str = "auth/TokenVault.java";
+
+fn key(name: &str, key: &str, projects: &[&str], admin: bool) -> ApiKey {
+    ApiKey {
+        name: name.to_owned(),
+        key: key.to_owned(),
+        projects: projects.iter().map(|p| (*p).to_owned()).collect(),
+        admin,
+    }
+}
+
+fn project(name: &str, retrieval: bool) -> ProjectConfig {
+    ProjectConfig {
+        name: name.to_owned(),
+        path: "polyglot".into(),
+        adapter: None,
+        retrieval,
+        top_k: 5,
+        context_tokens: 600,
+    }
+}
+
+fn server() -> &'static TestServer {
+    static SERVER: OnceLock<TestServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        start_server(ServerSetup {
+            keys: ApiKeys::new(vec![
+                key("admin", ADMIN, &["*"], true),
+                key("alice", ALICE, &["polyglot"], false),
+                key("bob", BOB, &["archive"], false),
+            ]),
+            // `archive` has retrieval off by default; a request can switch it on.
+            projects: vec![project("polyglot", true), project("archive", false)],
+            ..ServerSetup::default()
+        })
+    })
+}
+
+async fn call(method: reqwest::Method, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().request(method, server().url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.expect("request reaches the server");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+async fn post(path: &str, token: &str, body: &Value) -> (u16, Value) {
+    call(reqwest::Method::POST, path, Some(token), Some(body)).await
+}
+
+async fn get(path: &str, token: Option<&str>) -> (u16, Value) {
+    call(reqwest::Method::GET, path, token, None).await
+}
+
+/// Asserts OpenAI's error shape with `status` and returns the message.
+fn error_message(status: u16, body: &Value, expected: u16) -> String {
+    assert_eq!(status, expected, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_else(|| panic!("no error message: {body}"));
+    assert!(body["error"]["type"].is_string(), "{body}");
+    message.to_owned()
+}
+
+fn chat(model: &str, content: &str) -> Value {
+    json!({
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+        "max_tokens": 8,
+    })
+}
+
+fn source_paths(body: &Value) -> Vec<String> {
+    body["sources"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no `sources` list: {body}"))
+        .iter()
+        .map(|s| s["path"].as_str().expect("a source has a path").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_key_get_401_and_health_needs_none() {
+    let (status, body) = call(reqwest::Method::POST, "/v1/chat/completions", None, Some(&chat(MODEL, "hi"))).await;
+    let message = error_message(status, &body, 401);
+    assert!(message.contains("Authorization: Bearer"), "the message says how to send a key: {message}");
+
+    let (status, body) = post("/v1/chat/completions", "sk-test-not-a-key-000000", &chat(MODEL, "hi")).await;
+    assert!(error_message(status, &body, 401).contains("Incorrect API key"), "{body}");
+
+    let (status, body) = get("/v1/models", Some("sk-test-not-a-key-000000")).await;
+    error_message(status, &body, 401);
+
+    let (status, body) = get("/health", None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");
+}
+
+#[tokio::test]
+async fn a_key_may_use_only_its_projects_and_sees_only_those() {
+    // Alice: her project and the base model, nothing else.
+    let (status, body) = post("/v1/chat/completions", ALICE, &chat("polyglot", "hi")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post("/v1/chat/completions", ALICE, &chat(MODEL, "hi")).await;
+    assert_eq!(status, 200, "the base model is open to every key: {body}");
+    let (status, body) = post("/v1/chat/completions", ALICE, &chat("archive", "hi")).await;
+    let message = error_message(status, &body, 403);
+    assert!(message.contains("`archive`"), "{message}");
+    assert_eq!(body["error"]["param"], "model", "{body}");
+    let (status, body) = post("/v1/completions", BOB, &json!({"model": "polyglot", "prompt": "fn", "max_tokens": 2})).await;
+    error_message(status, &body, 403);
+
+    let (status, body) = get("/v1/models", Some(ALICE)).await;
+    assert_eq!(status, 200, "{body}");
+    let ids: Vec<&str> = body["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&MODEL) && ids.contains(&"polyglot"), "{ids:?}");
+    assert!(!ids.contains(&"archive"), "a key does not see projects it may not use: {ids:?}");
+    let polyglot = body["data"].as_array().unwrap().iter().find(|m| m["id"] == "polyglot").unwrap();
+    assert_eq!(polyglot["parent"], MODEL, "a project names the model it runs on: {polyglot}");
+
+    // An unknown model is 404, listing only what the key may use.
+    let (status, body) = post("/v1/chat/completions", ALICE, &chat("no-such-project", "hi")).await;
+    let message = error_message(status, &body, 404);
+    assert!(message.contains("polyglot") && !message.contains("archive"), "{message}");
+}
+
+#[tokio::test]
+async fn admin_endpoints_need_an_admin_key() {
+    for (method, path, body) in [
+        (reqwest::Method::GET, "/v1/projects", None),
+        (reqwest::Method::GET, "/v1/projects/polyglot", None),
+        (reqwest::Method::POST, "/v1/projects/polyglot/search", Some(json!({"query": "TokenVault"}))),
+        (reqwest::Method::POST, "/v1/projects/polyglot/reindex", Some(json!({}))),
+        (reqwest::Method::POST, "/v1/load_lora_adapter", Some(json!({"lora_name": "x", "lora_path": "/tmp"}))),
+        (reqwest::Method::POST, "/v1/unload_lora_adapter", Some(json!({"lora_name": "x"}))),
+        (reqwest::Method::GET, "/metrics", None),
+    ] {
+        let (status, answer) = call(method.clone(), path, Some(ALICE), body.as_ref()).await;
+        let message = error_message(status, &answer, 403);
+        assert!(message.contains("admin"), "{path}: {message}");
+    }
+
+    let (status, body) = get("/v1/projects", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<&str> = body["data"].as_array().unwrap().iter().map(|p| p["project"].as_str().unwrap()).collect();
+    assert_eq!(names, ["archive", "polyglot"]);
+
+    let (status, body) = get("/v1/projects/polyglot", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["indexed"], true, "{body}");
+    assert!(body["chunks"].as_u64().unwrap() >= 22, "every fixture file is indexed: {body}");
+    assert_eq!(body["retrieval"], true);
+
+    let (status, body) = get("/v1/projects/nope", Some(ADMIN)).await;
+    error_message(status, &body, 404);
+}
+
+#[tokio::test]
+async fn chat_with_retrieval_cites_the_file_that_defines_the_api_and_without_it_does_not() {
+    let (status, with) = post("/v1/chat/completions", ALICE, &chat("polyglot", QUESTION)).await;
+    assert_eq!(status, 200, "{with}");
+    let paths = source_paths(&with);
+    assert!(paths.iter().any(|p| p == DEFINING_FILE), "retrieval finds the defining file: {paths:?}");
+    let source = with["sources"].as_array().unwrap().iter().find(|s| s["path"] == DEFINING_FILE).unwrap();
+    let (start, end) = (source["start_line"].as_u64().unwrap(), source["end_line"].as_u64().unwrap());
+    assert!(start >= 1 && end >= start, "{source}");
+    assert!(source["score"].as_f64().unwrap() > 0.0, "{source}");
+
+    let mut off = chat("polyglot", QUESTION);
+    off["retrieval"] = json!(false);
+    let (status, without) = post("/v1/chat/completions", ALICE, &off).await;
+    assert_eq!(status, 200, "{without}");
+    assert!(source_paths(&without).is_empty(), "retrieval off: no sources: {without}");
+
+    // The retrieved code is in the prompt: it is much longer with retrieval than without.
+    let tokens = |b: &Value| b["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(tokens(&with) > tokens(&without) + 100, "{} vs {}", tokens(&with), tokens(&without));
+
+    // A project with retrieval off by default, switched on (with a smaller top_k) per request.
+    let mut on = chat("archive", QUESTION);
+    on["retrieval"] = json!({"enabled": true, "top_k": 2});
+    let (status, body) = post("/v1/chat/completions", ADMIN, &on).await;
+    assert_eq!(status, 200, "{body}");
+    let paths = source_paths(&body);
+    assert!(paths.len() <= 2 && paths.iter().any(|p| p == DEFINING_FILE), "{paths:?}");
+    let (status, body) = post("/v1/chat/completions", ADMIN, &chat("archive", QUESTION)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(source_paths(&body).is_empty(), "{body}");
+
+    // The base model has no project and no sources field.
+    let (status, body) = post("/v1/chat/completions", ALICE, &chat(MODEL, QUESTION)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("sources").is_none(), "{body}");
+
+    let mut bad = chat("polyglot", QUESTION);
+    bad["retrieval"] = json!({"top_k": 0});
+    let (status, body) = post("/v1/chat/completions", ALICE, &bad).await;
+    assert!(error_message(status, &body, 400).contains("top_k"), "{body}");
+}
+
+#[tokio::test]
+async fn a_streamed_chat_names_its_sources_in_the_first_chunk() {
+    let mut request = chat("polyglot", QUESTION);
+    request["stream"] = json!(true);
+    let response = reqwest::Client::new()
+        .post(server().url("/v1/chat/completions"))
+        .bearer_auth(ALICE)
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let events: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    let first: Value = serde_json::from_str(events[0]).unwrap();
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant", "{first}");
+    assert!(source_paths(&first).iter().any(|p| p == DEFINING_FILE), "{first}");
+    for event in &events[1..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(event).unwrap();
+        assert!(chunk.get("sources").is_none(), "only the first chunk carries sources: {chunk}");
+    }
+}
+
+#[tokio::test]
+async fn a_project_completion_gets_the_repository_s_code_first() {
+    let request = json!({
+        "model": "polyglot",
+        "prompt": "public class KeyJob {\n    void run(TokenVault vault) {\n        vault.",
+        "suffix": "\n    }\n}\n",
+        "max_tokens": 6,
+        "temperature": 0,
+    });
+    let (status, with) = post("/v1/completions", ALICE, &request).await;
+    assert_eq!(status, 200, "{with}");
+    assert_eq!(with["object"], "text_completion");
+    assert!(source_paths(&with).iter().any(|p| p == DEFINING_FILE), "{with}");
+
+    let mut off = request.clone();
+    off["retrieval"] = json!(false);
+    let (status, without) = post("/v1/completions", ALICE, &off).await;
+    assert_eq!(status, 200, "{without}");
+    assert!(source_paths(&without).is_empty(), "{without}");
+    let tokens = |b: &Value| b["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(tokens(&with) > tokens(&without) + 50, "the other files come first: {with} vs {without}");
+}
+
+#[tokio::test]
+async fn project_search_and_reindex_follow_the_repository() {
+    let (status, body) = post("/v1/projects/polyglot/search", ADMIN, &json!({"query": "vault.rotateSigningKeys()", "k": 3})).await;
+    assert_eq!(status, 200, "{body}");
+    let hits = body["data"].as_array().unwrap();
+    assert!(!hits.is_empty() && hits.len() <= 3, "{body}");
+    assert!(hits.iter().any(|h| h["path"] == DEFINING_FILE), "{body}");
+    for field in ["start_line", "end_line", "score", "symbol", "text"] {
+        assert!(hits[0].get(field).is_some(), "hits carry `{field}`: {}", hits[0]);
+    }
+    let (status, body) = post("/v1/projects/polyglot/search", ADMIN, &json!({"query": "x", "mode": "fuzzy"})).await;
+    assert!(error_message(status, &body, 400).contains("fuzzy"), "{body}");
+
+    // A file added to the `archive` repository is found after a re-index.
+    let repo = &server().repos[1];
+    std::fs::write(
+        repo.join("src/quota.rs"),
+        "/// Charges a tenant's monthly quota.\npub fn debit_tenant_quota_units(tenant: &str, units: u64) -> bool {\n    units < 1000 && !tenant.is_empty()\n}\n",
+    )
+    .unwrap();
+    let (status, body) = post("/v1/projects/archive/reindex", ADMIN, &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["report"]["files_added"], 1, "{body}");
+    let (status, body) = post("/v1/projects/archive/search", ADMIN, &json!({"query": "debit_tenant_quota_units", "mode": "keyword"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["path"], "src/quota.rs", "{body}");
+}
+
+#[tokio::test]
+async fn embeddings_come_from_the_index_model() {
+    let texts = ["fn add(a: i32, b: i32) -> i32 { a + b }", "fn sum(x: i32, y: i32) -> i32 { x + y }", "The weather in Lisbon is mild in winter."];
+    let (status, body) = post("/v1/embeddings", ALICE, &json!({"model": EMBEDDING_MODEL, "input": texts})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["model"], EMBEDDING_MODEL);
+    let vectors: Vec<Vec<f64>> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            assert_eq!(d["index"], i, "{d}");
+            assert_eq!(d["object"], "embedding");
+            d["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+        })
+        .collect();
+    assert_eq!(vectors.len(), 3);
+    assert!(vectors.iter().all(|v| v.len() == 384));
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    for v in &vectors {
+        assert!((dot(v, v) - 1.0).abs() < 1e-3, "unit length");
+    }
+    assert!(dot(&vectors[0], &vectors[1]) > dot(&vectors[0], &vectors[2]) + 0.2, "similar code is closer than prose");
+    assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 10, "{body}");
+
+    // base64: the same floats, little-endian f32.
+    let (status, encoded) = post("/v1/embeddings", ALICE, &json!({"model": EMBEDDING_MODEL, "input": texts[0], "encoding_format": "base64"})).await;
+    assert_eq!(status, 200, "{encoded}");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded["data"][0]["embedding"].as_str().unwrap()).unwrap();
+    let floats: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    assert_eq!(floats.len(), 384);
+    assert!(floats.iter().zip(&vectors[0]).all(|(a, b)| (f64::from(*a) - b).abs() < 1e-6));
+
+    let (status, body) = post("/v1/embeddings", ALICE, &json!({"model": MODEL, "input": "x"})).await;
+    assert!(error_message(status, &body, 404).contains(EMBEDDING_MODEL), "{body}");
+    let (status, body) = post("/v1/embeddings", ALICE, &json!({"model": EMBEDDING_MODEL, "input": []})).await;
+    assert_eq!(body["error"]["param"], "input", "{body}");
+    error_message(status, &body, 400);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_tokens_and_retrieval() {
+    let (status, body) = post("/v1/chat/completions", ALICE, &chat("polyglot", QUESTION)).await;
+    assert_eq!(status, 200, "{body}");
+    let _ = post("/v1/chat/completions", ALICE, &chat("archive", "hi")).await;
+
+    let response = reqwest::Client::new().get(server().url("/metrics")).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no `{prefix}` in\n{text}"))
+    };
+    assert!(value("graft_requests_total{route=\"/v1/chat/completions\",status=\"200\"}") >= 1.0);
+    assert!(value("graft_requests_total{route=\"/v1/chat/completions\",status=\"403\"}") >= 1.0);
+    assert!(value("graft_request_duration_seconds_count{route=\"/v1/chat/completions\"}") >= 2.0);
+    assert!(value("graft_time_to_first_token_seconds_count{model=\"polyglot\"}") >= 1.0);
+    assert!(value("graft_prompt_tokens_total{model=\"polyglot\"}") > 100.0);
+    assert!(value("graft_completion_tokens_total{model=\"polyglot\"}") >= 1.0);
+    assert!(value("graft_retrieval_duration_seconds_count") >= 1.0);
+    assert!(text.contains("# TYPE graft_adapter_loads_total counter"), "{text}");
+}

@@ -1,0 +1,189 @@
+"""The official OpenAI Python SDK against a running graft.
+
+Run by crates/graft/tests/openai_sdk.rs, which starts `graft up` with a project over the
+`polyglot` fixture and API keys, then runs this file with the virtualenv that scripts/test
+creates (tests/python/requirements.txt). The environment says where graft is:
+
+    GRAFT_BASE_URL        http://127.0.0.1:PORT/v1
+    GRAFT_USER_KEY        a key that may use GRAFT_PROJECT (and the base model)
+    GRAFT_OTHER_KEY       a key that may use GRAFT_OTHER_PROJECT only
+    GRAFT_MODEL           the base model's id
+    GRAFT_PROJECT         a project with retrieval on
+    GRAFT_OTHER_PROJECT   a project GRAFT_USER_KEY may not use
+    GRAFT_EMBEDDING_MODEL the embedding model's id
+    GRAFT_MAX_BODY_BYTES  server.max_body_bytes
+"""
+
+import math
+import os
+import unittest
+
+import openai
+from openai import OpenAI
+
+ENV = os.environ
+BASE_URL = ENV["GRAFT_BASE_URL"]
+MODEL = ENV["GRAFT_MODEL"]
+PROJECT = ENV["GRAFT_PROJECT"]
+OTHER_PROJECT = ENV["GRAFT_OTHER_PROJECT"]
+EMBEDDING_MODEL = ENV["GRAFT_EMBEDDING_MODEL"]
+MAX_BODY_BYTES = int(ENV["GRAFT_MAX_BODY_BYTES"])
+
+QUESTION = "How do I rotate the signing keys of a TokenVault with rotateSigningKeys?"
+DEFINING_FILE = "auth/TokenVault.java"
+
+
+def client(key=None):
+    # No retries: a test must see the first answer, errors included.
+    return OpenAI(base_url=BASE_URL, api_key=key or ENV["GRAFT_USER_KEY"], max_retries=0, timeout=300)
+
+
+def greedy_chat(c, model, content, **kwargs):
+    return c.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": content}],
+        temperature=0,
+        max_tokens=kwargs.pop("max_tokens", 24),
+        **kwargs,
+    )
+
+
+class Models(unittest.TestCase):
+    def test_lists_the_base_the_project_and_the_embedding_model(self):
+        models = {m.id: m for m in client().models.list()}
+        self.assertIn(MODEL, models)
+        self.assertIn(PROJECT, models)
+        self.assertIn(EMBEDDING_MODEL, models)
+        self.assertNotIn(OTHER_PROJECT, models, "a key sees only the projects it may use")
+        self.assertEqual(models[PROJECT].model_extra.get("parent"), MODEL)
+        self.assertEqual(models[MODEL].object, "model")
+
+
+class Chat(unittest.TestCase):
+    def test_an_answer_with_usage(self):
+        answer = greedy_chat(client(), MODEL, "Write a Python function that adds two numbers.")
+        self.assertEqual(answer.object, "chat.completion")
+        self.assertEqual(answer.model, MODEL)
+        choice = answer.choices[0]
+        self.assertEqual(choice.message.role, "assistant")
+        self.assertTrue(choice.message.content.strip())
+        self.assertIn(choice.finish_reason, ("stop", "length"))
+        self.assertGreater(answer.usage.prompt_tokens, 5)
+        self.assertTrue(1 <= answer.usage.completion_tokens <= 24)
+        self.assertEqual(answer.usage.total_tokens, answer.usage.prompt_tokens + answer.usage.completion_tokens)
+
+    def test_a_stream_spells_the_same_answer(self):
+        c = client()
+        whole = greedy_chat(c, MODEL, "Name three prime numbers.").choices[0].message.content
+        stream = greedy_chat(c, MODEL, "Name three prime numbers.", stream=True, stream_options={"include_usage": True})
+        parts, finish, usage = [], None, None
+        for chunk in stream:
+            self.assertEqual(chunk.object, "chat.completion.chunk")
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                parts.append(choice.delta.content or "")
+                finish = choice.finish_reason or finish
+        self.assertEqual("".join(parts), whole, "greedy decoding streams the same text")
+        self.assertIn(finish, ("stop", "length"))
+        self.assertIsNotNone(usage, "stream_options.include_usage adds a usage chunk")
+        self.assertGreaterEqual(usage.completion_tokens, 1)
+
+    def test_a_project_answer_names_the_file_that_defines_the_api(self):
+        c = client()
+        answer = greedy_chat(c, PROJECT, QUESTION, max_tokens=8)
+        sources = answer.model_extra["sources"]
+        self.assertIn(DEFINING_FILE, [s["path"] for s in sources])
+        for s in sources:
+            self.assertLessEqual(s["start_line"], s["end_line"])
+
+        off = greedy_chat(c, PROJECT, QUESTION, max_tokens=8, extra_body={"retrieval": False})
+        self.assertEqual(off.model_extra["sources"], [])
+        self.assertLess(off.usage.prompt_tokens, answer.usage.prompt_tokens)
+
+
+class Completions(unittest.TestCase):
+    PROMPT = "def add(a, b):\n    return"
+    SUFFIX = "\n\n\nprint(add(1, 2))\n"
+
+    def test_fill_in_the_middle_whole_and_streamed(self):
+        c = client()
+        whole = c.completions.create(model=MODEL, prompt=self.PROMPT, suffix=self.SUFFIX, max_tokens=12, temperature=0)
+        self.assertEqual(whole.object, "text_completion")
+        text = whole.choices[0].text
+        self.assertTrue(text.strip(), "the model writes something between prefix and suffix")
+        self.assertIn(whole.choices[0].finish_reason, ("stop", "length"))
+        self.assertGreater(whole.usage.prompt_tokens, 5)
+
+        stream = c.completions.create(model=MODEL, prompt=self.PROMPT, suffix=self.SUFFIX, max_tokens=12, temperature=0, stream=True)
+        self.assertEqual("".join(chunk.choices[0].text for chunk in stream if chunk.choices), text)
+
+    def test_a_seed_repeats_a_sampled_completion(self):
+        c = client()
+        runs = [
+            c.completions.create(model=MODEL, prompt="fn main() {", max_tokens=16, temperature=1.0, seed=7).choices[0].text
+            for _ in range(2)
+        ]
+        self.assertEqual(runs[0], runs[1])
+
+
+class Embeddings(unittest.TestCase):
+    def test_vectors_for_each_input(self):
+        texts = ["fn add(a: i32, b: i32) -> i32 { a + b }", "fn sum(x: i32, y: i32) -> i32 { x + y }", "Lisbon is mild in winter."]
+        # The SDK asks for base64 and decodes it; floats are checked too.
+        for encoding in (None, "float"):
+            kwargs = {"encoding_format": encoding} if encoding else {}
+            result = client().embeddings.create(model=EMBEDDING_MODEL, input=texts, **kwargs)
+            vectors = [d.embedding for d in result.data]
+            self.assertEqual([d.index for d in result.data], [0, 1, 2])
+            self.assertTrue(all(len(v) == 384 for v in vectors))
+            dot = lambda a, b: sum(x * y for x, y in zip(a, b))
+            self.assertAlmostEqual(math.sqrt(dot(vectors[0], vectors[0])), 1.0, places=3)
+            self.assertGreater(dot(vectors[0], vectors[1]), dot(vectors[0], vectors[2]) + 0.2)
+            self.assertGreater(result.usage.prompt_tokens, 10)
+
+
+class Errors(unittest.TestCase):
+    def test_an_unknown_model_is_404_and_lists_the_models(self):
+        with self.assertRaises(openai.NotFoundError) as caught:
+            greedy_chat(client(), "no-such-model", "hi")
+        self.assertEqual(caught.exception.status_code, 404)
+        self.assertIn("no-such-model", caught.exception.message)
+        self.assertIn(MODEL, caught.exception.message)
+
+    def test_a_wrong_key_is_401(self):
+        with self.assertRaises(openai.AuthenticationError) as caught:
+            client("sk-graft-this-key-is-not-configured").models.list()
+        self.assertEqual(caught.exception.status_code, 401)
+        self.assertIn("Incorrect API key", caught.exception.message)
+
+    def test_a_missing_key_is_401(self):
+        with self.assertRaises(openai.AuthenticationError) as caught:
+            client().models.list(extra_headers={"Authorization": openai.Omit()})
+        self.assertEqual(caught.exception.status_code, 401)
+        self.assertIn("Authorization: Bearer", caught.exception.message)
+
+    def test_a_key_used_on_a_project_it_may_not_use_is_403(self):
+        with self.assertRaises(openai.PermissionDeniedError) as caught:
+            greedy_chat(client(), OTHER_PROJECT, "hi")
+        self.assertEqual(caught.exception.status_code, 403)
+        self.assertIn(OTHER_PROJECT, caught.exception.message)
+        # The other key may use it.
+        answer = greedy_chat(client(ENV["GRAFT_OTHER_KEY"]), OTHER_PROJECT, "hi", max_tokens=4)
+        self.assertEqual(answer.model, OTHER_PROJECT)
+
+    def test_an_oversized_request_is_413(self):
+        with self.assertRaises(openai.APIStatusError) as caught:
+            greedy_chat(client(), MODEL, "x " * MAX_BODY_BYTES)
+        self.assertEqual(caught.exception.status_code, 413)
+        self.assertIn("server.max_body_bytes", caught.exception.message)
+
+    def test_an_out_of_range_field_is_400_naming_it(self):
+        with self.assertRaises(openai.BadRequestError) as caught:
+            greedy_chat(client(), MODEL, "hi", max_tokens=10**7)
+        self.assertEqual(caught.exception.status_code, 400)
+        self.assertEqual(caught.exception.param, "max_tokens")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
