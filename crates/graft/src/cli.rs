@@ -120,6 +120,30 @@ pub enum BenchCommand {
     /// Time the base model load, adapter activation (cold and warm), decode speed on the base
     /// and on an adapter, memory per adapter, and graft's overhead over mistralrs.
     Engine(BenchEngineArgs),
+    /// Run concurrent streaming chat clients against graft on loopback for a fixed time, with
+    /// and without retrieval: throughput, time to first token and latency (p50 / p99), errors.
+    Load(BenchLoadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchLoadArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    /// How long each phase (retrieval off, then on) sends requests.
+    #[arg(long, default_value_t = 30)]
+    pub seconds: u64,
+    /// `max_tokens` of each request.
+    #[arg(long, default_value_t = 32)]
+    pub max_tokens: usize,
+    /// The project whose index is used; by default the first in the config.
+    #[arg(long, short = 'p')]
+    pub project: Option<String>,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

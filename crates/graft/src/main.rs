@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Command::Search(args) => index::search(args),
         Command::Bench(BenchCommand::Index(args)) => bench::index::run(args),
         Command::Bench(BenchCommand::Engine(args)) => bench::engine::run(args),
+        Command::Bench(BenchCommand::Load(args)) => bench::load::run(args),
         Command::Adapters(AdaptersCommand::List { config, json }) => adapters::list(&config.config, json),
         Command::Adapters(AdaptersCommand::Merge { config, name, json }) => adapters::merge(&config.config, &name, json),
         Command::Models(ModelsCommand::Fetch { config, ids, json }) => models::fetch(&config.config, &ids, json),

@@ -124,7 +124,7 @@ fn run(config: Config, embedder: Option<Embedder>) -> Result<()> {
 }
 
 /// The configured projects, their indexes to be opened on first use.
-fn projects(config: &Config, embedder: Option<Embedder>) -> Projects {
+pub fn projects(config: &Config, embedder: Option<Embedder>) -> Projects {
     let list = config
         .projects
         .iter()
@@ -179,7 +179,7 @@ pub fn adapter_store(config: &Config) -> AdapterStore {
 pub fn pool_limits(config: &Config) -> PoolLimits {
     PoolLimits {
         max_adapters: config.adapters.max_loaded,
-        max_bytes: (config.adapters.max_loaded_mb > 0).then(|| config.adapters.max_loaded_mb << 20),
+        max_bytes: (config.adapters.max_loaded_mb > 0).then_some(config.adapters.max_loaded_mb << 20),
     }
 }
 

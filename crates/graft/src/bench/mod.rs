@@ -3,9 +3,11 @@
 //!
 //! - [`index`]: indexing and search speed on a real source tree.
 //! - [`engine`]: model load, adapter activation, decode speed, memory per adapter, overhead.
+//! - [`load`]: the whole server under concurrent streaming clients, with and without retrieval.
 
 pub mod engine;
 pub mod index;
+pub mod load;
 
 use std::time::Duration;
 

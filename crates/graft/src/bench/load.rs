@@ -1,0 +1,280 @@
+//! `graft bench load`: the whole server under concurrent clients, on loopback only.
+//!
+//! Starts graft as `serve` would (the configured model, adapters and projects; no API keys,
+//! bound to 127.0.0.1 on an ephemeral port), then runs `--clients` concurrent streaming chat
+//! clients for `--seconds`, twice: against a project with retrieval switched off, and with it
+//! on (the same questions), so the difference is what retrieval costs. Prints completed
+//! requests, errors, throughput (requests and generated tokens per second), time to first
+//! token and whole-request latency (p50 / p99). It asserts nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use graft_engine::{Engine, Pool};
+use graft_kit::Kit;
+use graft_server::{AppState, ServerParts};
+use serde_json::{json, Value};
+
+use super::{ms, percentile};
+use crate::cli::BenchLoadArgs;
+use crate::{index, models, serve};
+
+/// Questions a developer asks about a codebase (graft's own, in the default config).
+const QUESTIONS: &[&str] = &[
+    "How does the index decide which files to skip?",
+    "Where are adapters merged into the base model?",
+    "How is the request timeout enforced?",
+    "What happens when an API key is missing?",
+    "How are search results from keywords and vectors combined?",
+    "How does the server count tokens for the prompt limit?",
+];
+
+/// What one client request ended as.
+enum Outcome {
+    Done { ttft: Duration, latency: Duration, tokens: u64 },
+    Failed(String),
+}
+
+pub fn run(args: BenchLoadArgs) -> Result<()> {
+    if args.clients == 0 || args.seconds == 0 || args.max_tokens == 0 {
+        bail!("--clients, --seconds and --max-tokens must be at least 1");
+    }
+    let config = models::load_config(&args.config.config)?;
+    let project = match &args.project {
+        Some(name) => Some(config.projects.iter().find(|p| &p.name == name).with_context(|| format!("no project `{name}` in the config"))?),
+        None => config.projects.first(),
+    };
+    let Some(project) = project else {
+        bail!("the load benchmark compares requests with and without retrieval, so it needs a project in the config");
+    };
+    let layout = index::layout(&config, &project.name);
+    if graft_index::Meta::read(&layout).is_none() {
+        bail!("project `{}` has no index yet: run `graft index --project {}` (or `graft up`) first", project.name, project.name);
+    }
+    let kit = Kit::new(&config.kit.dir);
+    models::ensure(&kit, &models::needed_by(&config)?, true)?;
+    let gguf = models::resolve(&kit, &config.model.gguf).context("`model.gguf`")?;
+    let embedder = index::load_embedder(&config)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let figures = runtime.block_on(async {
+        let base = serve::base_model(&config, gguf);
+        eprintln!("loading {} ...", base.name);
+        let engine = Arc::new(Engine::load(&base).await?);
+        let pool = Arc::new(Pool::new(engine, serve::adapter_store(&config), serve::pool_limits(&config))?);
+        let state = AppState::new(ServerParts {
+            pool,
+            generation: config.generation.clone(),
+            server: config.server.clone(),
+            keys: Default::default(),
+            projects: serve::projects(&config, Some(embedder)),
+        });
+        let app = graft_server::router(state, config.server.max_body_bytes);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = graft_server::serve(listener, app, std::future::pending(), Duration::ZERO).await;
+        });
+        let url = format!("http://{addr}/v1/chat/completions");
+
+        // One request each way first, so the first timed request pays no one-time cost.
+        let client = reqwest::Client::new();
+        for retrieval in [false, true] {
+            if let Outcome::Failed(e) = one_request(&client, &url, &project.name, QUESTIONS[0], retrieval, args.max_tokens).await {
+                bail!("the warm-up request failed: {e}");
+            }
+        }
+        let mut phases = Vec::new();
+        for retrieval in [false, true] {
+            eprintln!(
+                "{} clients for {} s, retrieval {} ...",
+                args.clients,
+                args.seconds,
+                if retrieval { "on" } else { "off" }
+            );
+            let started = Instant::now();
+            let outcomes = load(&client, &url, &project.name, retrieval, &args).await;
+            phases.push(summary(retrieval, &outcomes, started.elapsed()));
+        }
+        Ok::<_, anyhow::Error>(json!({
+            "model": config.model.name,
+            "project": project.name,
+            "device": format!("{:?}", config.model.device),
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "clients": args.clients,
+            "seconds": args.seconds,
+            "max_tokens": args.max_tokens,
+            "max_concurrent": config.server.max_concurrent,
+            "phases": phases,
+        }))
+    })?;
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    println!(
+        "load benchmark: {} via project `{}`, {} clients x {} s, max_tokens {}, server.max_concurrent {}",
+        figures["model"].as_str().unwrap_or(""),
+        figures["project"].as_str().unwrap_or(""),
+        args.clients,
+        args.seconds,
+        args.max_tokens,
+        figures["max_concurrent"]
+    );
+    println!("  retrieval  requests  errors    req/s   tok/s   TTFT p50   TTFT p99   latency p50  latency p99");
+    for p in figures["phases"].as_array().into_iter().flatten() {
+        let f = |k: &str| p[k].as_f64().unwrap_or(0.0);
+        println!(
+            "  {:<9}  {:>8}  {:>6}  {:>7.2}  {:>6.1}  {:>7.0} ms {:>7.0} ms  {:>8.0} ms  {:>8.0} ms",
+            if p["retrieval"].as_bool() == Some(true) { "on" } else { "off" },
+            p["requests"],
+            p["errors"],
+            f("requests_per_s"),
+            f("tokens_per_s"),
+            f("ttft_p50_ms"),
+            f("ttft_p99_ms"),
+            f("latency_p50_ms"),
+            f("latency_p99_ms"),
+        );
+        if let Some(e) = p["first_error"].as_str() {
+            println!("    first error: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// `clients` loops of requests until `seconds` have passed; requests started before then run
+/// to their end.
+async fn load(client: &reqwest::Client, url: &str, project: &str, retrieval: bool, args: &BenchLoadArgs) -> Vec<Outcome> {
+    let stop = Instant::now() + Duration::from_secs(args.seconds);
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|c| {
+            let (client, url, project, max_tokens) = (client.clone(), url.to_owned(), project.to_owned(), args.max_tokens);
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                let mut n = c;
+                while Instant::now() < stop {
+                    let question = QUESTIONS[n % QUESTIONS.len()];
+                    outcomes.push(one_request(&client, &url, &project, question, retrieval, max_tokens).await);
+                    n += stride(c);
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(outcomes) => all.extend(outcomes),
+            Err(e) => all.push(Outcome::Failed(format!("client task failed: {e}"))),
+        }
+    }
+    all
+}
+
+/// Clients walk the questions with different strides, so they do not ask in lockstep.
+fn stride(client: usize) -> usize {
+    1 + client % (QUESTIONS.len() - 1)
+}
+
+/// One streamed chat request, timed.
+async fn one_request(client: &reqwest::Client, url: &str, project: &str, question: &str, retrieval: bool, max_tokens: usize) -> Outcome {
+    let body = json!({
+        "model": project,
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "retrieval": retrieval,
+    });
+    let started = Instant::now();
+    let response = match client.post(url).json(&body).send().await {
+        Ok(r) => r,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    if !response.status().is_success() {
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        return Outcome::Failed(format!("{status}: {text}"));
+    }
+    let mut body = response.bytes_stream();
+    let mut pending = String::new();
+    let (mut ttft, mut tokens) = (None, 0);
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(bytes) => pending.push_str(&String::from_utf8_lossy(&bytes)),
+            Err(e) => return Outcome::Failed(e.to_string()),
+        }
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                continue;
+            };
+            if data == "[DONE]" {
+                return match ttft {
+                    Some(ttft) => Outcome::Done {
+                        ttft,
+                        latency: started.elapsed(),
+                        tokens,
+                    },
+                    None => Outcome::Failed("the answer had no text".into()),
+                };
+            }
+            let Ok(value) = serde_json::from_str::<Value>(data) else {
+                return Outcome::Failed(format!("not JSON: {data}"));
+            };
+            if let Some(error) = value.get("error") {
+                return Outcome::Failed(error["message"].as_str().unwrap_or("stream error").to_owned());
+            }
+            if let Some(n) = value["usage"]["completion_tokens"].as_u64() {
+                tokens = n;
+            }
+            let text = value["choices"][0]["delta"]["content"].as_str().unwrap_or("");
+            if ttft.is_none() && !text.is_empty() {
+                ttft = Some(started.elapsed());
+            }
+        }
+    }
+    Outcome::Failed("the stream ended without [DONE]".into())
+}
+
+fn summary(retrieval: bool, outcomes: &[Outcome], elapsed: Duration) -> Value {
+    let mut ttfts = Vec::new();
+    let mut latencies = Vec::new();
+    let mut tokens = 0;
+    let mut errors = 0;
+    let mut first_error = None;
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Done { ttft, latency, tokens: n } => {
+                ttfts.push(*ttft);
+                latencies.push(*latency);
+                tokens += n;
+            }
+            Outcome::Failed(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| e.clone());
+            }
+        }
+    }
+    ttfts.sort();
+    latencies.sort();
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    json!({
+        "retrieval": retrieval,
+        "requests": latencies.len(),
+        "errors": errors,
+        "first_error": first_error,
+        "elapsed_s": seconds,
+        "requests_per_s": latencies.len() as f64 / seconds,
+        "tokens_per_s": tokens as f64 / seconds,
+        "ttft_p50_ms": ms(percentile(&ttfts, 0.5)),
+        "ttft_p99_ms": ms(percentile(&ttfts, 0.99)),
+        "latency_p50_ms": ms(percentile(&latencies, 0.5)),
+        "latency_p99_ms": ms(percentile(&latencies, 0.99)),
+    })
+}
