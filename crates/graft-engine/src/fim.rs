@@ -128,7 +128,7 @@ impl PromptFormat {
                     for file in &input.context {
                         let _ = write!(out, "{file_sep}{}\n{}{nl}", file.path, file.text);
                     }
-                    let _ = write!(out, "{file_sep}{}\n", current.unwrap_or("untitled"));
+                    let _ = writeln!(out, "{file_sep}{}", current.unwrap_or("untitled"));
                 }
                 match &input.suffix {
                     Some(suffix) => {

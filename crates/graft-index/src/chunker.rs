@@ -393,8 +393,8 @@ fn windows(
     }
     let mut window_start = start;
     let mut chars = 0;
-    for row in start..=end {
-        let len = lines[row].chars().count() + 1;
+    for (row, line) in lines.iter().enumerate().take(end + 1).skip(start) {
+        let len = line.chars().count() + 1;
         let rows = row - window_start;
         let full = rows > 0 && (chars + len > options.max_chars || rows >= options.max_lines);
         let soft_break = rows >= 3 && breaks_before(row);

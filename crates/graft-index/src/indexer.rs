@@ -183,11 +183,11 @@ pub fn index_repository(
     if Meta::read(layout).is_some_and(|old| old.embedding_model != meta.embedding_model || old.dims != meta.dims) {
         // Vectors of another model cannot be compared with this one's: start over.
         tracing::info!("embedding model changed; rebuilding the index");
-        for dir in [layout.catalog(), layout.vectors()] {
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
-            }
+        let catalog = layout.catalog();
+        if catalog.exists() {
+            std::fs::remove_dir_all(&catalog).map_err(|e| IndexError::io(&catalog, e))?;
         }
+        vectors::reset(&options.backend, layout, &layout.project())?;
         report.rebuilt = true;
     }
 

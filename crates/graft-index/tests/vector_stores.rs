@@ -64,4 +64,12 @@ fn the_server_store_behaves_like_the_embedded_one() {
     };
     let store = ServerStore::open(&config, "stores", 4).unwrap();
     exercise(&store);
+
+    // A new embedding model: the collection goes, and comes back empty with the new size.
+    ServerStore::delete_collection(&config, "stores").unwrap();
+    let store = ServerStore::open(&config, "stores", 8).unwrap();
+    assert!(store.ids().unwrap().is_empty());
+    store.upsert(&[(1, vec![1.0; 8])]).unwrap();
+    assert_eq!(store.search(&[1.0; 8], 1).unwrap()[0].id, 1);
+    ServerStore::delete_collection(&config, "stores").unwrap();
 }

@@ -57,3 +57,18 @@ pub fn open(
         Backend::Server(config) => Box::new(ServerStore::open(config, project, dims)?),
     })
 }
+
+/// Removes every vector of a project's index: the embedded store's folder, or the collection
+/// on the server (used when the embedding model changes, so the dimensions may too).
+pub fn reset(backend: &Backend, layout: &crate::indexer::IndexLayout, project: &str) -> Result<(), IndexError> {
+    match backend {
+        Backend::Embedded => {
+            let dir = layout.vectors();
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
+            }
+            Ok(())
+        }
+        Backend::Server(config) => ServerStore::delete_collection(config, project),
+    }
+}

@@ -39,20 +39,7 @@ pub struct ServerStore {
 impl ServerStore {
     /// Connects, and creates the collection (cosine, `dims`) if it does not exist.
     pub fn open(config: &ServerConfig, project: &str, dims: usize) -> Result<ServerStore, IndexError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .map_err(|e| IndexError::Vectors(format!("cannot start the Qdrant client's runtime: {e}")))?;
-        let client = Qdrant::from_url(&config.url)
-            .api_key(config.api_key.clone())
-            .build()
-            .map_err(|e| IndexError::Vectors(format!("Qdrant at {}: {e}", config.url)))?;
-        let store = ServerStore {
-            client,
-            collection: format!("{}{project}", config.collection_prefix),
-            runtime,
-        };
+        let store = ServerStore::connect(config, project)?;
         let (client, name) = (store.client.clone(), store.collection.clone());
         store.run(async move {
             if !client.collection_exists(&name).await? {
@@ -65,6 +52,36 @@ impl ServerStore {
             Ok(())
         })?;
         Ok(store)
+    }
+
+    /// Deletes the project's collection, if there is one (its vectors came from another
+    /// embedding model).
+    pub fn delete_collection(config: &ServerConfig, project: &str) -> Result<(), IndexError> {
+        let store = ServerStore::connect(config, project)?;
+        let (client, name) = (store.client.clone(), store.collection.clone());
+        store.run(async move {
+            if client.collection_exists(&name).await? {
+                client.delete_collection(&name).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn connect(config: &ServerConfig, project: &str) -> Result<ServerStore, IndexError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| IndexError::Vectors(format!("cannot start the Qdrant client's runtime: {e}")))?;
+        let client = Qdrant::from_url(&config.url)
+            .api_key(config.api_key.clone())
+            .build()
+            .map_err(|e| IndexError::Vectors(format!("Qdrant at {}: {e}", config.url)))?;
+        Ok(ServerStore {
+            client,
+            collection: format!("{}{project}", config.collection_prefix),
+            runtime,
+        })
     }
 
     /// Runs a client call on the store's runtime and waits for it.
