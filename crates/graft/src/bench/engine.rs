@@ -2,7 +2,8 @@
 //!
 //! Prints: base model load time; cold adapter activation (validate + merge + load) and warm
 //! activation (merge found in the cache); decode speed on the base and on an adapter; resident
-//! memory added per loaded adapter; and graft's overhead over calling mistralrs directly with
+//! memory added per loaded adapter (measured across warm loads, so merging's working memory is
+//! not counted); and graft's overhead over calling mistralrs directly with
 //! the same prompt, through the pool and through HTTP. The adapters are synthetic (generated
 //! from fixed seeds, rank and targets as given), merged into a scratch cache.
 
@@ -45,6 +46,7 @@ pub fn run(args: BenchEngineArgs) -> Result<()> {
     let f = &figures;
     println!("engine benchmark: {} ({})", f["model"].as_str().unwrap_or(""), f["device"].as_str().unwrap_or(""));
     println!("  base model load             {:>9.2} s", f["base_load_s"].as_f64().unwrap_or(0.0));
+    println!("  base model resident memory  {:>9.1} MB", f["base_rss_mb"].as_f64().unwrap_or(0.0));
     println!(
         "  adapter activation, cold    {:>9.2} s   (validate + merge + load; rank {}, {} projections)",
         f["cold_activation_s"].as_f64().unwrap_or(0.0),
@@ -101,22 +103,31 @@ async fn measure(config: &graft_core::Config, gguf: std::path::PathBuf, args: &B
 
     // Warm the base up once so the first measured request does not pay one-off costs.
     pool.chat(&base_name, ask(8)).await?;
+    let rss_base = rss_mb();
 
     eprintln!("activating adapters ...");
-    let rss_before = rss_mb();
+    // Cold: each adapter validated, merged into the cache and loaded.
     let cold = pool.load("bench-0", None).await?;
     for i in 1..args.adapters {
         pool.load(&format!("bench-{i}"), None).await?;
     }
-    let rss_after = rss_mb();
     let merged_mb = pool.adapters().first().map_or(0.0, |a| a.bytes as f64 / 1_048_576.0);
-    // Warm: unload, wait until the engine has let go of it, and load it again from the cache.
-    pool.unload("bench-0")?;
+    // Unload them all and wait until the engine has let go, so the memory figure below counts
+    // loaded models only, not the merge's working memory.
+    for i in 0..args.adapters {
+        pool.unload(&format!("bench-{i}"))?;
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while engine.added_models().iter().any(|id| id.starts_with("bench-0@")) && Instant::now() < deadline {
+    while engine.added_models().iter().any(|id| id.starts_with("bench-")) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Warm: loaded again from the cache; resident memory measured across these loads.
+    let rss_before = rss_mb();
     let warm = pool.load("bench-0", None).await?;
+    for i in 1..args.adapters {
+        pool.load(&format!("bench-{i}"), None).await?;
+    }
+    let rss_after = rss_mb();
 
     eprintln!("decoding ...");
     let (base_tok_s, base_ttft) = decode(&pool, &base_name, args).await?;
@@ -148,7 +159,7 @@ async fn measure(config: &graft_core::Config, gguf: std::path::PathBuf, args: &B
         "model": base.name,
         "device": format!("{:?}", base.device).to_lowercase(),
         "base_load_s": base_load.as_secs_f64(),
-        "base_rss_mb": rss_before - rss_start,
+        "base_rss_mb": rss_base - rss_start,
         "cold_activation_s": cold.seconds,
         "warm_activation_s": warm.seconds,
         "warm_merged_now": warm.merged_now,
