@@ -250,3 +250,37 @@ fn an_adapter_model_added_next_to_the_base_answers_as_the_merged_model_does() {
     assert!(matches!(err, graft_engine::EngineError::UnknownModel(_)), "{err:?}");
     assert_eq!(greedy(&engine, prompt), from_base, "the base keeps serving");
 }
+
+#[test]
+fn a_base_restored_for_the_cpu_keeps_its_weights_within_q8_0_rounding_and_runs() {
+    let base_path = kit_file("smollm2-135m-instruct");
+    let base = BaseGguf::open(&base_path).unwrap();
+    let slow = graft_engine::requantize::slow_tensors(&base);
+    assert!(slow.len() > 100, "the kit's SmolLM2 is Q4_1: {slow:?}");
+
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = MergeCache::new(cache_dir.path());
+    let first = cache.get_or_requantize(&base).unwrap();
+    assert!(first.fresh);
+    let again = cache.get_or_requantize(&base).unwrap();
+    assert_eq!((again.path.clone(), again.fresh), (first.path.clone(), false), "converted once, then reused");
+
+    let restored = BaseGguf::open(&first.path).unwrap();
+    assert!(graft_engine::requantize::slow_tensors(&restored).is_empty());
+    for name in &slow {
+        let original = floats(&base.tensor(name).unwrap().dequantize(&Device::Cpu).unwrap());
+        let stored = restored.tensor(name).unwrap();
+        assert_eq!(stored.dtype(), GgmlDType::Q8_0, "{name}");
+        let got = floats(&stored.dequantize(&Device::Cpu).unwrap());
+        let tol = tolerance(&original, GgmlDType::Q8_0);
+        let worst = got.iter().zip(&original).zip(&tol).map(|((g, w), t)| (g - w).abs() / t).fold(0f32, f32::max);
+        assert!(worst <= 1.0, "{name}: error {worst:.2}x Q8_0's rounding");
+    }
+    // Tensors of other types are copied byte for byte.
+    let kept = base.dtypes().find(|(_, t)| !graft_engine::requantize::SLOW_ON_CPU.contains(t)).map(|(n, _)| n.to_owned()).unwrap();
+    assert_eq!(base.tensor(&kept).unwrap().data().unwrap(), restored.tensor(&kept).unwrap().data().unwrap());
+
+    // The file is a working model, chat template included.
+    let engine = load(&first.path);
+    assert!(!greedy(&engine, "Write a Rust function that adds two numbers").trim().is_empty());
+}

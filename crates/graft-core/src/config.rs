@@ -100,6 +100,9 @@ pub struct ModelConfig {
     pub prompt_format: PromptFormatChoice,
     /// A Jinja chat template file used instead of the one in the GGUF.
     pub chat_template: Option<PathBuf>,
+    /// On CPU, store Q4_1/Q5_0/Q5_1 tensors as Q8_0 (once, in `adapters.cache_dir`), which
+    /// candle runs with its SIMD kernel.
+    pub requantize_for_cpu: bool,
 }
 
 impl Default for ModelConfig {
@@ -111,6 +114,7 @@ impl Default for ModelConfig {
             max_num_seqs: 8,
             prompt_format: PromptFormatChoice::Auto,
             chat_template: None,
+            requantize_for_cpu: true,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The content-addressed cache of merged models: `<cache>/<key>.gguf`, where the key hashes the
-//! base model's bytes, the adapter's files and the merge settings. The same inputs always map
+//! base model's bytes, the adapter's files and the merge settings (and of bases re-stored for
+//! the CPU: `<cache>/base-<key>.gguf`). The same inputs always map
 //! to the same file, so a merge is done once and reused on every later start.
 //!
 //! Hashing a multi-gigabyte base on every start would be slow, so its hash is remembered in
@@ -58,6 +59,23 @@ impl MergeCache {
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| io_err(&self.dir, e))?;
         merge(base, adapter, settings, &path)?;
+        Ok(Merged { path, fresh: true })
+    }
+
+    /// `base` with its slow-on-CPU tensors stored as Q8_0 (see [`crate::requantize`]),
+    /// converting only if the cache lacks it. Named `base-<key>.gguf`.
+    pub fn get_or_requantize(&self, base: &BaseGguf) -> Result<Merged, MergeError> {
+        let mut h = Sha256::new();
+        h.update(format!("graft-requantize-v{MERGE_FORMAT}\n").as_bytes());
+        h.update(self.base_hash(&base.path)?.as_bytes());
+        h.update(format!("{:?}", crate::requantize::TARGET).as_bytes());
+        let key = &hex::encode(h.finalize())[..32];
+        let path = self.dir.join(format!("base-{key}.gguf"));
+        if path.is_file() {
+            return Ok(Merged { path, fresh: false });
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| io_err(&self.dir, e))?;
+        crate::requantize::requantize(base, &path)?;
         Ok(Merged { path, fresh: true })
     }
 

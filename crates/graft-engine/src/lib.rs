@@ -4,6 +4,7 @@
 //! - [`adapter`]: a PEFT LoRA adapter, read and checked.
 //! - [`merge`]: an adapter merged into a GGUF base, written as a new GGUF file.
 //! - [`cache`]: merged models kept by the hash of what went into them, merged once.
+//! - [`requantize`]: a base re-stored so candle's fast CPU kernels apply (Q4_1/Q5_x → Q8_0).
 //! - [`pool`]: the base model and the adapters loaded next to it, loaded on use, evicted LRU.
 //! - [`fim`]: completion prompt formats (fill-in-the-middle, repo-level) by model family.
 //! - [`sampling`]: seeded sampling, repeatable per request.
@@ -20,6 +21,7 @@ pub mod error;
 pub mod fim;
 pub mod merge;
 pub mod pool;
+pub mod requantize;
 mod sampling;
 pub mod synthetic;
 pub mod types;

@@ -108,6 +108,11 @@ impl BaseGguf {
     }
 
     /// `[out, in]` of a 2-d tensor.
+    /// Each tensor's name and storage type.
+    pub fn dtypes(&self) -> impl Iterator<Item = (&str, GgmlDType)> {
+        self.content.tensor_infos.iter().map(|(name, info)| (name.as_str(), info.ggml_dtype))
+    }
+
     pub fn shape(&self, name: &str) -> Option<(usize, usize)> {
         match self.content.tensor_infos.get(name)?.shape.dims() {
             [out, inp] => Some((*out, *inp)),
@@ -182,49 +187,57 @@ pub struct MergeReport {
 /// Writes `base` with `adapter` merged in to `out` (through `out.tmp`, renamed when complete).
 pub fn merge(base: &BaseGguf, adapter: &Adapter, settings: &MergeSettings, out: &Path) -> Result<MergeReport, MergeError> {
     base.check(adapter)?;
-    let gguf_err = |path: &Path, e: &dyn std::fmt::Display| MergeError::Gguf {
-        path: path.to_owned(),
-        message: e.to_string(),
-    };
     let src = &base.path;
-    let mut reader = BufReader::new(File::open(src).map_err(|e| gguf_err(src, &e))?);
     let targets: HashMap<String, (&str, &crate::adapter::LoraPair)> = adapter
         .pairs
         .iter()
         .filter_map(|((layer, projection), pair)| Some((gguf_tensor_name(*layer, projection)?, (projection.as_str(), pair))))
         .collect();
-
-    // Tensors in their original order.
-    let mut names: Vec<(&String, u64)> = base.content.tensor_infos.iter().map(|(n, i)| (n, i.offset)).collect();
-    names.sort_by_key(|(_, offset)| *offset);
     let scale = adapter.scale();
     let mut report = MergeReport::default();
+    let extra = vec![
+        ("graft.lora.adapter".to_owned(), Value::String(adapter.name.clone())),
+        ("graft.lora.scale".to_owned(), Value::F64(scale)),
+    ];
+    rewrite(base, out, extra, |name, tensor| {
+        // A delta of exact zeros changes nothing: those bytes stay as they were too
+        // (re-quantizing would not be exact).
+        let target = match targets.get(name) {
+            Some(t) if !is_all_zero(&t.1.b).map_err(|e| gguf_err(src, &e))? => Some(t),
+            _ => None,
+        };
+        let Some((projection, pair)) = target else {
+            report.copied += 1;
+            return Ok(tensor);
+        };
+        report.merged += 1;
+        let merged = merged_weight(&tensor, pair, scale, base.permutation(projection))
+            .map_err(|e| gguf_err(src, &format!("merging {name}: {e}")))?;
+        let dtype = storage_dtype(tensor.dtype(), settings, merged.dims());
+        QTensor::quantize(&merged, dtype).map_err(|e| gguf_err(src, &format!("storing {name}: {e}")))
+    })?;
+    Ok(report)
+}
+
+/// Writes every tensor of `base`, in its original order and passed through `transform`, with
+/// `base`'s metadata plus `extra`, to `out` (through `out.gguf.tmp`, renamed when complete).
+pub(crate) fn rewrite(
+    base: &BaseGguf,
+    out: &Path,
+    extra: Vec<(String, Value)>,
+    mut transform: impl FnMut(&str, QTensor) -> Result<QTensor, MergeError>,
+) -> Result<(), MergeError> {
+    let src = &base.path;
+    let mut reader = BufReader::new(File::open(src).map_err(|e| gguf_err(src, &e))?);
+    let mut names: Vec<(&String, u64)> = base.content.tensor_infos.iter().map(|(n, i)| (n, i.offset)).collect();
+    names.sort_by_key(|(_, offset)| *offset);
     let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
     for (name, _) in names {
         let tensor = base
             .content
             .tensor(&mut reader, name, &Device::Cpu)
             .map_err(|e| gguf_err(src, &format!("tensor {name}: {e}")))?;
-        // A delta of exact zeros changes nothing: those bytes stay as they were too
-        // (re-quantizing would not be exact).
-        let target = match targets.get(name.as_str()) {
-            Some(t) if !is_all_zero(&t.1.b).map_err(|e| gguf_err(src, &e))? => Some(t),
-            _ => None,
-        };
-        let tensor = match target {
-            None => {
-                report.copied += 1;
-                tensor
-            }
-            Some((projection, pair)) => {
-                report.merged += 1;
-                let merged = merged_weight(&tensor, pair, scale, base.permutation(projection))
-                    .map_err(|e| gguf_err(src, &format!("merging {name}: {e}")))?;
-                let dtype = storage_dtype(tensor.dtype(), settings, merged.dims());
-                QTensor::quantize(&merged, dtype).map_err(|e| gguf_err(src, &format!("storing {name}: {e}")))?
-            }
-        };
-        tensors.push((name.clone(), tensor));
+        tensors.push((name.clone(), transform(name, tensor)?));
     }
 
     let mut metadata: Vec<(String, Value)> = base
@@ -236,8 +249,7 @@ pub fn merge(base: &BaseGguf, adapter: &Adapter, settings: &MergeSettings, out: 
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     metadata.sort_by(|a, b| a.0.cmp(&b.0));
-    metadata.push(("graft.lora.adapter".into(), Value::String(adapter.name.clone())));
-    metadata.push(("graft.lora.scale".into(), Value::F64(scale)));
+    metadata.extend(extra);
 
     let tmp = out.with_extension("gguf.tmp");
     let result = (|| -> candle_core::Result<()> {
@@ -252,8 +264,14 @@ pub fn merge(base: &BaseGguf, adapter: &Adapter, settings: &MergeSettings, out: 
         let _ = std::fs::remove_file(&tmp);
         return Err(gguf_err(out, &e));
     }
-    std::fs::rename(&tmp, out).map_err(|e| gguf_err(out, &e))?;
-    Ok(report)
+    std::fs::rename(&tmp, out).map_err(|e| gguf_err(out, &e))
+}
+
+fn gguf_err(path: &Path, e: &dyn std::fmt::Display) -> MergeError {
+    MergeError::Gguf {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
 }
 
 fn is_all_zero(t: &Tensor) -> candle_core::Result<bool> {

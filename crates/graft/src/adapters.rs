@@ -6,19 +6,18 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use graft_core::Config;
 use graft_engine::adapter::Adapter;
 use graft_engine::cache::MergeCache;
 use graft_engine::merge::{BaseGguf, MergeSettings};
-use graft_kit::Kit;
 use serde_json::json;
 
 use crate::models;
 
 /// The base model's GGUF header, from the config.
 fn base(config: &Config) -> Result<BaseGguf> {
-    let gguf = models::resolve(&Kit::new(&config.kit.dir), &config.model.gguf).context("`model.gguf`")?;
+    let gguf = models::base_gguf(&config)?;
     Ok(BaseGguf::open(&gguf)?)
 }
 

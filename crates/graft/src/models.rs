@@ -85,6 +85,38 @@ pub fn resolve(kit: &Kit, source: &ModelSource) -> Result<PathBuf> {
     }
 }
 
+/// The base model's GGUF as the engine should load it: `model.gguf` resolved, and, for the
+/// CPU, with the tensor types that lack a fast CPU kernel stored as Q8_0 (converted once,
+/// kept in `adapters.cache_dir`; see graft-engine's `requantize`).
+pub fn base_gguf(config: &Config) -> Result<PathBuf> {
+    let gguf = resolve(&Kit::new(&config.kit.dir), &config.model.gguf).context("`model.gguf`")?;
+    let on_cpu = match config.model.device {
+        graft_core::Device::Cpu => true,
+        graft_core::Device::Cuda => false,
+        graft_core::Device::Auto => !cfg!(feature = "cuda"),
+    };
+    if !(on_cpu && config.model.requantize_for_cpu) {
+        return Ok(gguf);
+    }
+    let base = graft_engine::merge::BaseGguf::open(&gguf)?;
+    let slow = graft_engine::requantize::slow_tensors(&base);
+    if slow.is_empty() {
+        return Ok(gguf);
+    }
+    let cache = graft_engine::cache::MergeCache::new(&config.adapters.cache_dir);
+    let started = std::time::Instant::now();
+    let stored = cache.get_or_requantize(&base).context("re-storing the base model for the CPU")?;
+    if stored.fresh {
+        tracing::info!(
+            tensors = slow.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            path = %stored.path.display(),
+            "stored the base model's Q4_1/Q5_x tensors as Q8_0 for the CPU's fast kernel (once)"
+        );
+    }
+    Ok(stored.path)
+}
+
 pub fn load_config(path: &Path) -> Result<Config> {
     if !path.exists() && path == Path::new("config/graft.toml") {
         bail!(

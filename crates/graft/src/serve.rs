@@ -84,8 +84,7 @@ fn run(config: Config, embedder: Option<Embedder>) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let kit = Kit::new(&config.kit.dir);
-        let gguf = models::resolve(&kit, &config.model.gguf).context("`model.gguf`")?;
+        let gguf = models::base_gguf(&config)?;
         let base = base_model(&config, gguf);
         tracing::info!(model = %base.name, path = %base.gguf.display(), "loading the base model");
         let engine = Arc::new(Engine::load(&base).await?);

@@ -33,7 +33,7 @@ pub fn run(args: BenchEngineArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     let kit = Kit::new(&config.kit.dir);
     models::ensure(&kit, &models::needed_by(&config)?, true)?;
-    let gguf = models::resolve(&kit, &config.model.gguf).context("`model.gguf`")?;
+    let gguf = models::base_gguf(&config)?;
     if args.adapters == 0 || args.reps == 0 || args.max_tokens == 0 {
         bail!("--adapters, --reps and --max-tokens must be at least 1");
     }

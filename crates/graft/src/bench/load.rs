@@ -55,7 +55,7 @@ pub fn run(args: BenchLoadArgs) -> Result<()> {
     }
     let kit = Kit::new(&config.kit.dir);
     models::ensure(&kit, &models::needed_by(&config)?, true)?;
-    let gguf = models::resolve(&kit, &config.model.gguf).context("`model.gguf`")?;
+    let gguf = models::base_gguf(&config)?;
     let embedder = index::load_embedder(&config)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
