@@ -33,7 +33,7 @@ async fn metric(server: &TestServer, name: &str) -> f64 {
 async fn a_full_queue_gets_429_and_a_request_past_its_deadline_gets_504() {
     let server = start_server(ServerSetup {
         server: ServerConfig {
-            max_concurrent: 1,
+            max_concurrent: Some(1),
             max_queue: 1,
             request_timeout_secs: TIMEOUT_SECS,
             ..ServerConfig::default()

@@ -55,7 +55,8 @@ pub struct Target {
 
 impl AppState {
     pub fn new(parts: ServerParts) -> AppState {
-        let gate = Gate::new(parts.server.max_concurrent, parts.server.max_queue);
+        // The binary resolves an absent `max_concurrent` by device (`Config::generation_slots`).
+        let gate = Gate::new(parts.server.max_concurrent.unwrap_or(1), parts.server.max_queue);
         AppState {
             inner: Arc::new(Inner {
                 pool: parts.pool,

@@ -103,7 +103,7 @@ fn run(config: Config, embedder: Option<Embedder>) -> Result<()> {
         let state = AppState::new(ServerParts {
             pool,
             generation: config.generation.clone(),
-            server: config.server.clone(),
+            server: server_config(&config),
             keys,
             projects: projects(&config, embedder),
         });
@@ -160,6 +160,14 @@ pub fn base_model(config: &Config, gguf: std::path::PathBuf) -> BaseModel {
             C::Continuation => Some(F::Continuation),
         },
         chat_template: config.model.chat_template.clone(),
+    }
+}
+
+/// `[server]` with `max_concurrent` resolved by device when the config leaves it out.
+pub fn server_config(config: &Config) -> graft_core::config::ServerConfig {
+    graft_core::config::ServerConfig {
+        max_concurrent: Some(config.generation_slots(cfg!(feature = "cuda"))),
+        ..config.server.clone()
     }
 }
 

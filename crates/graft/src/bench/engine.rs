@@ -219,7 +219,7 @@ async fn start_server(pool: Arc<Pool>, config: &graft_core::Config) -> Result<So
     let state = AppState::new(ServerParts {
         pool,
         generation: config.generation.clone(),
-        server: config.server.clone(),
+        server: serve::server_config(config),
         keys: Default::default(),
         projects: Projects::none(),
     });

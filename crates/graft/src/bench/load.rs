@@ -67,7 +67,7 @@ pub fn run(args: BenchLoadArgs) -> Result<()> {
         let state = AppState::new(ServerParts {
             pool,
             generation: config.generation.clone(),
-            server: config.server.clone(),
+            server: serve::server_config(&config),
             keys: Default::default(),
             projects: serve::projects(&config, Some(embedder)),
         });
@@ -106,7 +106,7 @@ pub fn run(args: BenchLoadArgs) -> Result<()> {
             "clients": args.clients,
             "seconds": args.seconds,
             "max_tokens": args.max_tokens,
-            "max_concurrent": config.server.max_concurrent,
+            "max_concurrent": config.generation_slots(cfg!(feature = "cuda")),
             "phases": phases,
         }))
     })?;
