@@ -295,20 +295,41 @@ impl Engine {
 impl TokenStream {
     /// Reads the stream to its end: the whole text, why it ended, and the token counts.
     pub async fn collect(mut self) -> Result<Completion, EngineError> {
-    let mut text = String::new();
-    while let Some(event) = self.next().await {
-        match event? {
-            StreamEvent::Text(delta) => text.push_str(&delta),
-            StreamEvent::End { finish_reason, usage } => {
-                return Ok(Completion {
-                    text,
-                    finish_reason,
-                    usage,
-                })
+        let mut collector = Collector::default();
+        while let Some(event) = self.next().await {
+            if let Some(done) = collector.push(event?) {
+                return Ok(done);
             }
         }
+        Err(Collector::unfinished())
     }
-    Err(EngineError::Generation("the generation ended without a finish reason".into()))
+}
+
+/// Puts a stream's events together into one [`Completion`].
+#[derive(Debug, Default)]
+pub struct Collector {
+    text: String,
+}
+
+impl Collector {
+    /// Takes the next event; the whole completion once the stream has ended.
+    pub fn push(&mut self, event: StreamEvent) -> Option<Completion> {
+        match event {
+            StreamEvent::Text(delta) => {
+                self.text.push_str(&delta);
+                None
+            }
+            StreamEvent::End { finish_reason, usage } => Some(Completion {
+                text: std::mem::take(&mut self.text),
+                finish_reason,
+                usage,
+            }),
+        }
+    }
+
+    /// The error for a stream that stopped without its end.
+    pub fn unfinished() -> EngineError {
+        EngineError::Generation("the generation ended without a finish reason".into())
     }
 }
 

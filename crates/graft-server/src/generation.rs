@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use graft_engine::engine::Collector;
 use graft_engine::{Completion, StreamEvent, TokenStream};
 use tokio::time::Instant;
 
@@ -123,21 +124,12 @@ impl Generation {
 
     /// The whole generation.
     pub async fn collect(mut self) -> Result<Completion, ApiError> {
-        let mut text = String::new();
+        let mut collector = Collector::default();
         while let Some(event) = self.next().await {
-            match event? {
-                StreamEvent::Text(delta) => text.push_str(&delta),
-                StreamEvent::End { finish_reason, usage } => {
-                    return Ok(Completion {
-                        text,
-                        finish_reason,
-                        usage,
-                    })
-                }
+            if let Some(done) = collector.push(event?) {
+                return Ok(done);
             }
         }
-        Err(ApiError::from(graft_engine::EngineError::Generation(
-            "the generation ended without a finish reason".into(),
-        )))
+        Err(ApiError::from(Collector::unfinished()))
     }
 }

@@ -17,7 +17,7 @@ use crate::models;
 
 /// The base model's GGUF header, from the config.
 fn base(config: &Config) -> Result<BaseGguf> {
-    let gguf = models::base_gguf(&config)?;
+    let gguf = models::base_gguf(config)?;
     Ok(BaseGguf::open(&gguf)?)
 }
 

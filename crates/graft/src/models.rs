@@ -95,7 +95,8 @@ pub fn base_gguf(config: &Config) -> Result<PathBuf> {
         graft_core::Device::Cuda => false,
         graft_core::Device::Auto => !cfg!(feature = "cuda"),
     };
-    if !(on_cpu && config.model.requantize_for_cpu) {
+    // A missing file is reported by the engine's loader, in the same words as without this step.
+    if !(on_cpu && config.model.requantize_for_cpu && gguf.is_file()) {
         return Ok(gguf);
     }
     let base = graft_engine::merge::BaseGguf::open(&gguf)?;

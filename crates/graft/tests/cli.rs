@@ -1,19 +1,19 @@
 //! The `graft` program itself, run as a user runs it.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{repo_root, start_serving};
 
 fn graft() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
     cmd.current_dir(repo_root()).env("RUST_LOG", "warn");
     cmd
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 #[test]
@@ -68,39 +68,14 @@ fn models_list_json_describes_the_kit() {
     assert!(rows[0]["sha256"].as_str().unwrap().len() == 64);
 }
 
-/// Kills the child on drop, so a failing test leaves no server behind.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn serve_answers_a_chat_request_and_stops_cleanly_on_sigterm() {
     // The kit is fetched through the same code path as `graft up`.
     let fetch = graft().args(["models", "fetch", "smollm2-135m-instruct"]).output().unwrap();
     assert!(fetch.status.success(), "{}", String::from_utf8_lossy(&fetch.stderr));
 
-    let child = graft()
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut server = Running(child);
-    let stderr = server.0.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let addr = loop {
-        assert!(Instant::now() < deadline, "graft did not start serving in time");
-        let line = lines.next().expect("graft exited before serving").unwrap();
-        if let Some(rest) = line.split("on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    assert!(!addr.ends_with(":0"), "the real port is printed, not the requested 0: {addr}");
+    let serving = start_serving(graft().args(["serve", "--listen", "127.0.0.1:0"]), Duration::from_secs(120));
+    let (mut server, addr, lines) = (serving.process, serving.addr, serving.lines);
 
     // What README's curl example sends: no content type, so curl's form default.
     let body = r#"{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"Write a Rust function that adds two numbers"}],"max_tokens":16,"temperature":0}"#;

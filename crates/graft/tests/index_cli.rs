@@ -1,14 +1,13 @@
 //! `graft index` and `graft search` as a user runs them, including `kill -9` in mid-run.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::repo_root;
 use serde_json::Value;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// A config that keeps the index in `index_dir` and uses the repository's model kit.
 fn write_config(dir: &Path, index_dir: &Path) -> PathBuf {

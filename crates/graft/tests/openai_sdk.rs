@@ -3,21 +3,21 @@
 //! while a streamed answer is in flight: the answer finishes, new connections are refused, and
 //! graft exits 0.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use common::{repo_root, start_serving};
 
 const USER_KEY: &str = "sk-graft-user-0123456789abcdef";
 const OTHER_KEY: &str = "sk-graft-other-0123456789abcdef";
 const ADMIN_KEY: &str = "sk-graft-admin-0123456789abcdef";
 const MAX_BODY_BYTES: usize = 256 * 1024;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// The Python with the OpenAI SDK: `GRAFT_TEST_PYTHON`, or the virtualenv scripts/test makes.
 fn python() -> PathBuf {
@@ -77,41 +77,17 @@ fn write_setup(dir: &Path) -> PathBuf {
     config
 }
 
-/// Kills the child on drop, so a failing test leaves no server behind.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn the_openai_sdk_works_against_graft_up_and_sigterm_lets_answers_finish() {
     let python = python();
     let dir = tempfile::tempdir().unwrap();
     let config = write_setup(dir.path());
 
-    let child = Command::new(env!("CARGO_BIN_EXE_graft"))
-        .args(["up", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut server = Running(child);
-    let mut lines = BufReader::new(server.0.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut startup = Vec::new();
-    let addr = loop {
-        assert!(Instant::now() < deadline, "graft up did not start serving in time: {startup:#?}");
-        let line = lines.next().unwrap_or_else(|| panic!("graft up exited before serving: {startup:#?}")).unwrap();
-        if let Some(rest) = line.split("on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-        startup.push(line);
-    };
+    let serving = start_serving(
+        Command::new(env!("CARGO_BIN_EXE_graft")).args(["up", "--config"]).arg(&config).env("RUST_LOG", "warn"),
+        Duration::from_secs(300),
+    );
+    let (mut server, addr, startup, lines) = (serving.process, serving.addr, serving.startup, serving.lines);
     assert!(startup.iter().any(|l| l.contains("indexing project `polyglot`")), "up indexes projects first: {startup:#?}");
     // The rest of graft's output, read as it comes so the pipe never fills.
     let output = Arc::new(Mutex::new(Vec::new()));

@@ -1,0 +1,60 @@
+//! What the tests that run the `graft` program share: the repository's root, and starting a
+//! server and waiting for the address it prints.
+
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Lines};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A running graft, killed on drop so a failing test leaves no server behind.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A started server: the process, the address it serves on, what it printed before that, and
+/// the rest of its standard error, to be read on.
+pub struct Serving {
+    pub process: Running,
+    pub addr: String,
+    pub startup: Vec<String>,
+    pub lines: Lines<BufReader<ChildStderr>>,
+}
+
+/// Runs `cmd` (`graft serve` or `graft up`) and waits up to `within` for the line that names
+/// the address it serves on.
+pub fn start_serving(cmd: &mut Command, within: Duration) -> Serving {
+    let mut process = Running(cmd.stderr(Stdio::piped()).spawn().expect("graft starts"));
+    let mut lines = BufReader::new(process.0.stderr.take().expect("piped stderr")).lines();
+    let deadline = Instant::now() + within;
+    let mut startup = Vec::new();
+    let addr = loop {
+        assert!(Instant::now() < deadline, "graft did not start serving in time: {startup:#?}");
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("graft exited before serving: {startup:#?}"))
+            .expect("graft's output is text");
+        if let Some(rest) = line.split("on http://").nth(1) {
+            break rest.split_whitespace().next().expect("an address").to_owned();
+        }
+        startup.push(line);
+    };
+    assert!(!addr.ends_with(":0"), "the real port is printed, not the requested 0: {addr}");
+    Serving {
+        process,
+        addr,
+        startup,
+        lines,
+    }
+}
