@@ -6,9 +6,11 @@
 //! - Completion: the chunks become the "other files" of the model's repo-level format
 //!   (`fim`), placed before the current file so the prompt's start is stable.
 //!
-//! Budgets are counted with the model's own tokenizer. Chunks are kept whole or left out,
-//! most relevant first, so a special token or a line of code is never cut in half. What was
-//! kept is reported back as the response's `sources`.
+//! Budgets are counted with the model's own tokenizer, most relevant chunk first. A chunk
+//! that does not fit whole is cut to its leading whole lines when a fair share of the budget
+//! is left (its source then reports the shorter line range), and left out otherwise; a line,
+//! and so a special token, is never cut in half. What was kept is reported back as the
+//! response's `sources`.
 
 use graft_engine::fim::ContextFile;
 use graft_engine::{ChatMessage, Engine, EngineError, Role};
@@ -50,19 +52,73 @@ fn chat_block(hit: &SearchHit) -> String {
     )
 }
 
-/// The hits (in order) whose rendered blocks fit `budget` tokens together.
-async fn fit(engine: &Engine, hits: Vec<SearchHit>, budget: usize, render: impl Fn(&SearchHit) -> String) -> Result<Vec<(SearchHit, String)>, EngineError> {
+/// How many tokens a text takes with the model that will read it.
+pub(crate) trait CountTokens {
+    async fn count(&self, text: &str) -> Result<usize, EngineError>;
+}
+
+impl CountTokens for Engine {
+    async fn count(&self, text: &str) -> Result<usize, EngineError> {
+        Ok(self.tokenize(None, text, false).await?.len())
+    }
+}
+
+/// The smallest share of the budget (1/TRIM_SHARE) worth filling with the head of a chunk
+/// that does not fit whole; with less left, only whole chunks that fit are taken.
+const TRIM_SHARE: usize = 4;
+
+/// The hits (in order) whose rendered blocks fit `budget` tokens together, an oversized one
+/// cut to its leading whole lines (see the module comment).
+async fn fit(counter: &impl CountTokens, hits: Vec<SearchHit>, budget: usize, render: impl Fn(&SearchHit) -> String) -> Result<Vec<(SearchHit, String)>, EngineError> {
     let mut kept = Vec::new();
     let mut used = 0;
     for hit in hits {
+        let left = budget - used;
         let block = render(&hit);
-        let tokens = engine.tokenize(None, &block, false).await?.len();
-        if used + tokens <= budget {
+        let tokens = counter.count(&block).await?;
+        if tokens <= left {
             used += tokens;
             kept.push((hit, block));
+        } else if left * TRIM_SHARE >= budget {
+            if let Some((head, block, tokens)) = leading_lines(counter, &hit, left, &render).await? {
+                used += tokens;
+                kept.push((head, block));
+            }
         }
     }
     Ok(kept)
+}
+
+/// The longest head of `hit` (whole lines, at least one) whose rendered block fits `left`
+/// tokens, with its block and size; found by bisection on the number of lines.
+async fn leading_lines(
+    counter: &impl CountTokens,
+    hit: &SearchHit,
+    left: usize,
+    render: &impl Fn(&SearchHit) -> String,
+) -> Result<Option<(SearchHit, String, usize)>, EngineError> {
+    let lines: Vec<&str> = hit.text.split_inclusive('\n').collect();
+    let head = |n: usize| SearchHit {
+        text: lines[..n].concat(),
+        end_line: hit.start_line + n - 1,
+        ..hit.clone()
+    };
+    // Invariant: a head of `lo` lines fits (or lo = 0), a head of `hi` lines does not.
+    let (mut lo, mut hi) = (0, lines.len());
+    let mut best = None;
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        let candidate = head(mid);
+        let block = render(&candidate);
+        let tokens = counter.count(&block).await?;
+        if tokens <= left {
+            lo = mid;
+            best = Some((candidate, block, tokens));
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(best)
 }
 
 /// Adds the hits that fit `budget` to a conversation as repository context; returns the
@@ -163,6 +219,69 @@ mod tests {
             ..hit
         };
         assert!(chat_block(&tricky).contains("````rust\n"));
+    }
+
+    /// Counts a token per whitespace-separated word.
+    struct Words;
+
+    impl CountTokens for Words {
+        async fn count(&self, text: &str) -> Result<usize, EngineError> {
+            Ok(text.split_whitespace().count())
+        }
+    }
+
+    fn hit(path: &str, start_line: usize, lines: usize) -> SearchHit {
+        SearchHit {
+            path: path.into(),
+            start_line,
+            end_line: start_line + lines - 1,
+            score: 1.0,
+            symbol: String::new(),
+            language: "Rust".into(),
+            text: (0..lines).map(|i| format!("w{i} w{i}\n")).collect(),
+        }
+    }
+
+    /// Renders a hit as its text alone, so a block of n lines costs 2n words.
+    fn text_only(h: &SearchHit) -> String {
+        h.text.clone()
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(f)
+    }
+
+    #[test]
+    fn whole_chunks_are_kept_in_order_while_they_fit() {
+        let hits = vec![hit("a", 1, 10), hit("b", 1, 30), hit("c", 5, 5)];
+        // a (20 words) fits in 40. b (60 words) does not; with half the budget left it is cut
+        // to its first 10 lines (20 words). Nothing is left for c.
+        let kept = block_on(fit(&Words, hits, 40, text_only)).expect("fit");
+        let got: Vec<(&str, usize, usize)> = kept.iter().map(|(h, _)| (h.path.as_str(), h.start_line, h.end_line)).collect();
+        assert_eq!(got, [("a", 1, 10), ("b", 1, 10)]);
+        assert_eq!(kept[1].1, kept[1].0.text);
+        assert!(kept[1].0.text.starts_with("w0 w0\n") && kept[1].0.text.ends_with("w9 w9\n"));
+    }
+
+    #[test]
+    fn an_oversized_first_chunk_is_cut_to_its_leading_lines() {
+        // The top hit alone is larger than the whole budget: its first 12 lines (24 words) go in.
+        let kept = block_on(fit(&Words, vec![hit("big.rs", 100, 50)], 25, text_only)).expect("fit");
+        assert_eq!(kept.len(), 1);
+        assert_eq!((kept[0].0.start_line, kept[0].0.end_line), (100, 111));
+        assert_eq!(kept[0].0.text.lines().count(), 12);
+    }
+
+    #[test]
+    fn with_little_budget_left_only_whole_chunks_are_taken() {
+        // After a (16 words of 20), 4 words are left: less than a quarter, so b is skipped
+        // rather than cut, and the small c that fits whole still goes in.
+        let hits = vec![hit("a", 1, 8), hit("b", 1, 40), hit("c", 1, 2)];
+        let kept = block_on(fit(&Words, hits, 20, text_only)).expect("fit");
+        let got: Vec<(&str, usize)> = kept.iter().map(|(h, _)| (h.path.as_str(), h.end_line)).collect();
+        assert_eq!(got, [("a", 8), ("c", 2)]);
+        // A budget too small for even one line keeps nothing.
+        assert!(block_on(fit(&Words, vec![hit("d", 1, 3)], 1, text_only)).expect("fit").is_empty());
     }
 
     #[test]
