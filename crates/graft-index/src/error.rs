@@ -22,6 +22,12 @@ pub enum IndexError {
     Embedding(String),
     #[error("another `graft index` run is updating this index; wait for it to finish")]
     Busy,
+    #[error(
+        "the index {} is open in another process, most likely a running graft server: search or \
+         re-index it through that server (POST /v1/projects/<name>/search or /reindex), or stop it first",
+        dir.display()
+    )]
+    InUse { dir: PathBuf },
     #[error("no index for project `{project}` in {}; run `graft index PATH --project {project}` first", dir.display())]
     NoIndex { project: String, dir: PathBuf },
     #[error("{0}")]

@@ -1,6 +1,7 @@
 //! Both vector stores behave the same: upsert, nearest-neighbour search, listing and deleting.
 
 use graft_index::vectors::{EdgeStore, ServerConfig, ServerStore, VectorStore};
+use graft_index::IndexError;
 
 /// Cosines with the x axis: id 1 → 1, id 4 → 0.71, id 2 → 0.1, the others → 0.
 fn points() -> Vec<(u64, Vec<f32>)> {
@@ -42,15 +43,25 @@ fn exercise(store: &dyn VectorStore) {
 
 #[test]
 fn the_embedded_store_works_and_persists() {
-    let dir = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("vectors");
     {
-        let store = EdgeStore::open(dir.path(), 4).unwrap();
+        let store = EdgeStore::open(&dir, 4).unwrap();
         exercise(&store);
     }
     // Reopened from disk: the same three vectors.
-    let store = EdgeStore::open(dir.path(), 4).unwrap();
+    let store = EdgeStore::open(&dir, 4).unwrap();
     assert_eq!(store.ids().unwrap().len(), 3);
     assert_eq!(store.search(&[0.0, 1.0, 0.0, 0.0], 1).unwrap()[0].id, 2);
+
+    // While it is open, a second opener (another process, or this one) is told so plainly.
+    match EdgeStore::open(&dir, 4) {
+        Err(e @ IndexError::InUse { .. }) => assert!(e.to_string().contains("open in another process"), "{e}"),
+        Err(e) => panic!("expected InUse, got {e}"),
+        Ok(_) => panic!("the shard was opened twice"),
+    }
+    drop(store);
+    assert!(EdgeStore::open(&dir, 4).is_ok(), "closing the store releases it");
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! searched on a blocking thread, and re-indexed on request.
 //!
 //! While a project is being re-indexed its index is closed (the indexer owns it); requests for
-//! the project are then served without retrieved code rather than made to wait.
+//! the project are then served without retrieved code rather than made to wait. The same
+//! holds while another process (a `graft index` run) has the index open.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -108,11 +109,20 @@ impl Projects {
         self.embedding_name.as_deref()
     }
 
-    /// Searches `project` for `query` on a blocking thread. `None` while it is re-indexing.
+    /// Searches `project` for `query` on a blocking thread. `None` while it is re-indexing
+    /// here or its index is open in another process.
     pub async fn search(&self, project: &Arc<Project>, query: &str, k: usize, mode: SearchMode) -> Result<Option<Vec<SearchHit>>, IndexError> {
-        let Some(index) = project.index()? else {
-            tracing::info!(project = project.name(), "re-indexing: served without retrieval");
-            return Ok(None);
+        let index = match project.index() {
+            Ok(Some(index)) => index,
+            Ok(None) => {
+                tracing::info!(project = project.name(), "re-indexing: served without retrieval");
+                return Ok(None);
+            }
+            Err(e @ (IndexError::InUse { .. } | IndexError::Busy)) => {
+                tracing::warn!(project = project.name(), error = %e, "index held by another process: served without retrieval");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
         };
         let embedder = match mode {
             SearchMode::Keyword => None,

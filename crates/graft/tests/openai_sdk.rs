@@ -1,5 +1,6 @@
 //! `graft up` as a team runs it (API keys, two projects over a fixture repository), used by
-//! the official OpenAI Python SDK (tests/python/test_openai_sdk.py), then stopped with SIGTERM
+//! the official OpenAI Python SDK (tests/python/test_openai_sdk.py), and by the CLI beside it
+//! (told that the server holds the index), then stopped with SIGTERM
 //! while a streamed answer is in flight: the answer finishes, new connections are refused, and
 //! graft exits 0.
 
@@ -112,6 +113,17 @@ fn the_openai_sdk_works_against_graft_up_and_sigterm_lets_answers_finish() {
     assert!(sdk.status.success(), "the OpenAI SDK tests failed:\n{report}\ngraft said: {:#?}", output.lock().unwrap());
     assert!(report.contains("OK") && !report.contains("skipped"), "{report}");
     eprintln!("{report}");
+
+    // The server has the project's index open: a CLI run beside it says so and what to do.
+    for args in [&["search", "TokenVault", "--project", "polyglot"][..], &["index", "--project", "polyglot"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_graft")).args(args).arg("--config").arg(&config).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "graft {args:?} beside a running server: {stderr}");
+        assert!(
+            stderr.contains("open in another process") && stderr.contains("/v1/projects/<name>/search"),
+            "graft {args:?}: {stderr}"
+        );
+    }
 
     // A streamed answer is in flight when SIGTERM arrives.
     let mut stream = TcpStream::connect(&addr).unwrap();

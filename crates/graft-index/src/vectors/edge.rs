@@ -1,7 +1,12 @@
 //! The default vector store: Qdrant Edge, an embedded, in-process Qdrant shard kept in the
 //! project's index folder (`index/<project>/vectors/`).
+//!
+//! A shard is open in one place at a time: the store holds an exclusive lock on
+//! `vectors.lock` beside the folder while open, so a second opener (a CLI run beside a
+//! server) gets [`IndexError::InUse`] instead of Qdrant's own WAL-lock error.
 
 use std::collections::HashSet;
+use std::fs::File;
 use std::path::Path;
 
 use qdrant_edge::{
@@ -16,12 +21,26 @@ use crate::fusion::Ranked;
 /// Qdrant Edge: an embedded, in-process Qdrant shard in a folder.
 pub struct EdgeStore {
     shard: EdgeShard,
+    /// Held while the shard is open; released on drop.
+    _lock: File,
+}
+
+/// Takes the exclusive lock that guards the shard in `dir`.
+pub(crate) fn lock(dir: &Path) -> Result<File, IndexError> {
+    let path = dir.with_extension("lock");
+    let file = File::create(&path).map_err(|e| IndexError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(IndexError::InUse { dir: dir.to_owned() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(IndexError::io(&path, e)),
+    }
 }
 
 impl EdgeStore {
     /// Opens the shard in `dir`, or creates one for vectors of `dims` dimensions.
     pub fn open(dir: &Path, dims: usize) -> Result<EdgeStore, IndexError> {
         std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
+        let lock = lock(dir)?;
         let config = EdgeConfigBuilder::new()
             .on_disk_payload(true)
             .vector(
@@ -36,7 +55,7 @@ impl EdgeStore {
             EdgeShard::new(dir, config)
         }
         .map_err(IndexError::vectors)?;
-        Ok(EdgeStore { shard })
+        Ok(EdgeStore { shard, _lock: lock })
     }
 }
 

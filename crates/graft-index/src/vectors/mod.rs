@@ -65,6 +65,7 @@ pub fn reset(backend: &Backend, layout: &crate::indexer::IndexLayout, project: &
         Backend::Embedded => {
             let dir = layout.vectors();
             if dir.exists() {
+                let _lock = edge::lock(&dir)?;
                 std::fs::remove_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
             }
             Ok(())

@@ -7,6 +7,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json as AxumJson};
+use graft_index::IndexError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -41,7 +42,7 @@ pub async fn reindex(State(state): State<AppState>, Extension(caller): Extension
     let project = project(&state, &name)?;
     let report = state.projects().reindex(&project).await.map_err(|e| {
         let status = match e {
-            ReindexError::Running => StatusCode::CONFLICT,
+            ReindexError::Running | ReindexError::Index(IndexError::Busy | IndexError::InUse { .. }) => StatusCode::CONFLICT,
             ReindexError::Index(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, format!("Re-indexing `{name}` failed: {e}"))
@@ -81,6 +82,6 @@ pub async fn search(
         .search(&project, &request.query, k, mode)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("Searching `{name}` failed: {e}")))?
-        .ok_or_else(|| ApiError::busy(format!("Project `{name}` is being re-indexed"), 5))?;
+        .ok_or_else(|| ApiError::busy(format!("Project `{name}`'s index is being re-indexed, here or by another graft process"), 5))?;
     Ok(AxumJson(json!({ "object": "list", "data": hits })))
 }
