@@ -1,6 +1,7 @@
 //! The API as a team deploys it: API keys with per-project rights, projects whose answers are
 //! grounded in their repository (retrieval), project administration, embeddings and metrics.
-//! One server with SmolLM2 and two projects over the `polyglot` fixture, shared by the tests.
+//! One server with SmolLM2 and two projects over the `polyglot` fixture, shared by the tests
+//! (one test, which holds a project's index from outside, starts its own).
 
 use std::sync::OnceLock;
 
@@ -8,7 +9,7 @@ use base64::Engine as _;
 
 use graft_core::keys::{ApiKey, ApiKeys};
 use graft_core::ProjectConfig;
-use graft_tests::{start_server, ServerSetup, TestServer, EMBEDDING_MODEL, MODEL};
+use graft_tests::{kit_embedder, start_server, ServerSetup, TestServer, EMBEDDING_MODEL, MODEL};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "sk-test-admin-0123456789";
@@ -297,6 +298,39 @@ async fn project_search_and_reindex_follow_the_repository() {
     let (status, body) = post("/v1/projects/archive/search", ADMIN, &json!({"query": "debit_tenant_quota_units", "mode": "keyword"})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"][0]["path"], "src/quota.rs", "{body}");
+}
+
+#[tokio::test]
+async fn while_another_process_holds_the_index_chat_goes_on_without_retrieval() {
+    // A server of its own, so that the index is not opened by other tests first.
+    let server = start_server(ServerSetup {
+        projects: vec![project("polyglot", true)],
+        ..ServerSetup::default()
+    });
+    let client = reqwest::Client::new();
+    let send = |path: &str, body: Value| {
+        let request = client.post(server.url(path)).json(&body);
+        async move {
+            let response = request.send().await.expect("request reaches the server");
+            (response.status().as_u16(), response.json::<Value>().await.expect("a JSON body"))
+        }
+    };
+    // As a `graft index` run in another process would, this test holds the vector index.
+    let held = graft_index::vectors::EdgeStore::open(&server.indexes[0].join("vectors"), kit_embedder().dims()).expect("open the index");
+
+    let (status, body) = send("/v1/chat/completions", chat("polyglot", QUESTION)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(source_paths(&body).is_empty(), "no retrieval while the index is held: {body}");
+    let (status, body) = send("/v1/projects/polyglot/search", json!({"query": "rotateSigningKeys"})).await;
+    assert!(error_message(status, &body, 503).contains("another graft process"), "{body}");
+    let (status, body) = send("/v1/projects/polyglot/reindex", json!({})).await;
+    assert!(error_message(status, &body, 409).contains("open in another process"), "{body}");
+
+    // Released, the index is opened on the next request and used again.
+    drop(held);
+    let (status, body) = send("/v1/chat/completions", chat("polyglot", QUESTION)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(source_paths(&body).contains(&DEFINING_FILE.to_owned()), "{body}");
 }
 
 #[tokio::test]

@@ -57,6 +57,8 @@ pub struct TestServer {
     pub external: PathBuf,
     /// Each project's repository, as the server indexed it (a copy a test may change).
     pub repos: Vec<PathBuf>,
+    /// Each project's index folder (`index.dir/<project>`).
+    pub indexes: Vec<PathBuf>,
 }
 
 impl TestServer {
@@ -149,6 +151,7 @@ pub fn start_server(setup: ServerSetup) -> TestServer {
     let pool = Pool::new(engine, adapters, limits).expect("pool");
 
     let mut repos = Vec::new();
+    let mut indexes = Vec::new();
     let mut projects = Vec::new();
     for mut config in setup.projects {
         let repo = root.join("repos").join(&config.name);
@@ -157,6 +160,7 @@ pub fn start_server(setup: ServerSetup) -> TestServer {
         let layout = IndexLayout::new(root.join("index").join(&config.name));
         index_repository(&repo, &layout, kit_embedder(), &IndexOptions::default(), &Quiet)
             .unwrap_or_else(|e| panic!("cannot index project `{}`: {e}", config.name));
+        indexes.push(layout.root.clone());
         projects.push(Project::new(config, layout, IndexOptions::default()));
         repos.push(repo);
     }
@@ -183,7 +187,13 @@ pub fn start_server(setup: ServerSetup) -> TestServer {
         });
         addr
     });
-    TestServer { addr, store, external, repos }
+    TestServer {
+        addr,
+        store,
+        external,
+        repos,
+        indexes,
+    }
 }
 
 /// The shared SmolLM2 server with no keys and no projects, started on first use.
