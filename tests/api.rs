@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use base64::Engine as _;
 
+use graft_core::config::ServerConfig;
 use graft_core::keys::{ApiKey, ApiKeys};
 use graft_core::ProjectConfig;
 use graft_tests::{kit_embedder, start_server, ServerSetup, TestServer, EMBEDDING_MODEL, MODEL};
@@ -53,6 +54,10 @@ fn server() -> &'static TestServer {
             ]),
             // `archive` has retrieval off by default; a request can switch it on.
             projects: vec![project("polyglot", true), project("archive", false)],
+            server: ServerConfig {
+                infill_model: Some("polyglot".into()),
+                ..ServerConfig::default()
+            },
             ..ServerSetup::default()
         })
     })
@@ -270,6 +275,56 @@ async fn a_project_completion_gets_the_repository_s_code_first() {
     assert!(source_paths(&without).is_empty(), "{without}");
     let tokens = |b: &Value| b["usage"]["prompt_tokens"].as_u64().unwrap();
     assert!(tokens(&with) > tokens(&without) + 50, "the other files come first: {with} vs {without}");
+}
+
+#[tokio::test]
+async fn llama_cpp_infill_works_as_llama_vim_sends_it() {
+    // As llama.vim sends it: no `model` (server.infill_model is `polyglot`), extra files
+    // from the editor, and the fields it reads.
+    let request = json!({
+        "input_prefix": "public class KeyJob {\n    void run(TokenVault vault) {\n",
+        "prompt": "        vault.",
+        "input_suffix": "\n    }\n}\n",
+        "input_extra": [{"filename": "jobs/Schedule.java", "text": "// runs KeyJob nightly\nclass Schedule {}\n", "time": 1}],
+        "n_predict": 4,
+        "top_k": 40,
+        "samplers": ["top_k", "top_p", "infill"],
+        "cache_prompt": true,
+        "t_max_predict_ms": 1000,
+        "response_fields": ["content", "timings/prompt_n", "timings/predicted_n", "truncated", "tokens_cached"],
+    });
+    let (status, body) = post("/infill", ALICE, &request).await;
+    assert_eq!(status, 200, "{body}");
+    let fields: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(fields.len(), 5, "exactly the fields asked for: {body}");
+    assert!(body["content"].is_string() && body["truncated"] == false, "{body}");
+    assert!(body["timings/prompt_n"].as_u64().unwrap() > 50, "{body}");
+    assert!((1..=4).contains(&body["timings/predicted_n"].as_u64().unwrap()), "{body}");
+
+    // The whole answer shows the exact prompt: retrieved code, then the editor's file, then
+    // the current file with the line being typed.
+    let mut whole = request.clone();
+    whole.as_object_mut().unwrap().remove("response_fields");
+    let (status, body) = post("/infill", ALICE, &whole).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"], "polyglot");
+    assert!(source_paths(&body).iter().any(|p| p == DEFINING_FILE), "{body}");
+    let prompt = body["prompt"].as_str().unwrap();
+    let (defining, extra, current) = (prompt.find(DEFINING_FILE), prompt.find("jobs/Schedule.java"), prompt.find("void run(TokenVault vault) {\n        vault."));
+    assert!(defining < extra && extra < current && defining.is_some(), "retrieved, extra, current: {prompt}");
+    assert_eq!(body["tokens_evaluated"], body["timings"]["prompt_n"], "{body}");
+    assert!(["eos", "limit"].contains(&body["stop_type"].as_str().unwrap()), "{body}");
+
+    // Errors in OpenAI's shape: a key without the default project, streaming, n_predict.
+    let (status, body) = post("/infill", BOB, &request).await;
+    error_message(status, &body, 403);
+    let (status, body) = post("/infill", ALICE, &json!({"input_prefix": "x", "stream": true})).await;
+    assert!(error_message(status, &body, 400).contains("/v1/completions"), "{body}");
+    let (status, body) = post("/infill", ALICE, &json!({"input_prefix": "x", "n_predict": 1_000_000})).await;
+    assert!(error_message(status, &body, 400).contains("n_predict"), "{body}");
+    assert_eq!(body["error"]["param"], "n_predict");
+    let (status, body) = post("/infill", ALICE, &json!({"model": "archive", "input_prefix": "x"})).await;
+    error_message(status, &body, 403);
 }
 
 #[tokio::test]

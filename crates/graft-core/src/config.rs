@@ -51,6 +51,10 @@ pub struct ServerConfig {
     pub request_timeout_secs: u64,
     /// On SIGTERM, how long requests in flight get to finish, in seconds.
     pub shutdown_timeout_secs: u64,
+    /// The model `POST /infill` uses when a request names none (llama.cpp's plugins send no
+    /// `model`): a project, an adapter or the base model. Absent: the first project, or the
+    /// base model when there is none.
+    pub infill_model: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +69,7 @@ impl Default for ServerConfig {
             max_queue: 32,
             request_timeout_secs: 600,
             shutdown_timeout_secs: 30,
+            infill_model: None,
         }
     }
 }

@@ -188,7 +188,7 @@ pub fn chat_query(messages: &[ChatMessage]) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -222,7 +222,7 @@ mod tests {
     }
 
     /// Counts a token per whitespace-separated word.
-    struct Words;
+    pub(crate) struct Words;
 
     impl CountTokens for Words {
         async fn count(&self, text: &str) -> Result<usize, EngineError> {
@@ -247,7 +247,7 @@ mod tests {
         h.text.clone()
     }
 
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(f)
     }
 

@@ -7,13 +7,15 @@
 //!   OpenAI's shape. [`json`]: the body extractor. [`state`]: what handlers share and how a
 //!   request's `model` resolves.
 //! - [`generation`] runs a generation under [`limits`] (slots, queue, deadline);
-//!   [`projects`] holds the indexes and [`augment`] puts retrieved code into prompts;
+//!   [`projects`] holds the indexes, [`augment`] puts retrieved code into prompts and
+//!   [`completion`] lays out completion prompts (`/v1/completions`, `/infill`);
 //!   [`metrics`] counts for `GET /metrics`.
 //!
 //! The server composes the engine and the index; it holds no model or search logic itself.
 
 pub mod augment;
 pub mod auth;
+pub mod completion;
 pub mod error;
 pub mod generation;
 pub mod json;
@@ -48,6 +50,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/chat/completions", post(routes::chat::completions))
         .route("/v1/completions", post(routes::completions::completions))
         .route("/v1/embeddings", post(routes::embeddings::embeddings))
+        .route("/infill", post(routes::infill::infill))
         .route("/v1/load_lora_adapter", post(routes::adapters::load))
         .route("/v1/unload_lora_adapter", post(routes::adapters::unload))
         .route("/v1/projects", get(routes::projects::list))

@@ -163,10 +163,12 @@ pub fn base_model(config: &Config, gguf: std::path::PathBuf) -> BaseModel {
     }
 }
 
-/// `[server]` with `max_concurrent` resolved by device when the config leaves it out.
+/// `[server]` with `max_concurrent` resolved by device and `infill_model` by the projects
+/// when the config leaves them out.
 pub fn server_config(config: &Config) -> graft_core::config::ServerConfig {
     graft_core::config::ServerConfig {
         max_concurrent: Some(config.generation_slots(cfg!(feature = "cuda"))),
+        infill_model: config.server.infill_model.clone().or_else(|| config.projects.first().map(|p| p.name.clone())),
         ..config.server.clone()
     }
 }

@@ -7,7 +7,8 @@
 //! FIM tokens continues the prompt and does not see the suffix.
 //!
 //! For a project, code retrieved around the cursor goes first, as other files of the
-//! repository in the model's repo-level format, within the project's token budget.
+//! repository in the model's repo-level format, within the project's token budget (the
+//! layout is `completion`'s).
 
 use axum::extract::State;
 use axum::response::sse::Event;
@@ -16,18 +17,16 @@ use axum::Extension;
 use graft_engine::fim::FimInput;
 use graft_engine::{CompletionRequest, Prompt};
 
-use crate::augment::{self, Source};
+use crate::augment::Source;
 use crate::auth::Caller;
+use crate::completion;
 use crate::error::ApiError;
-use crate::generation::{admit, retrieve};
+use crate::generation::admit;
 use crate::json::Json;
 use crate::openai::{self, PromptInput, TextChoice, TextCompletion};
 use crate::routes::params::SamplingFields;
 use crate::routes::sse::{self, Part};
 use crate::state::{unix_now, AppState};
-
-/// Longest search query taken from the code around the cursor, in bytes.
-const QUERY_CHARS: usize = 1500;
 
 pub async fn completions(
     State(state): State<AppState>,
@@ -78,41 +77,27 @@ pub async fn completions(
     tracing::debug!(model = %target.name, max_tokens = sampling.max_tokens, streaming, format = format.name(), "completion request");
 
     let admitted = admit(&state).await?;
-    let limit = state.generation().max_prompt_tokens;
     let (tokens, sources) = match prefix {
-        Err(tokens) => (tokens, None),
+        Err(tokens) => {
+            let limit = state.generation().max_prompt_tokens;
+            if tokens.len() > limit {
+                return Err(ApiError::invalid_param(
+                    "prompt",
+                    format!("The prompt is {} tokens long; the limit is {limit} (generation.max_prompt_tokens)", tokens.len()),
+                ));
+            }
+            (tokens, None)
+        }
         Ok(prefix) => {
-            let mut input = FimInput {
-                suffix: suffix.filter(|_| format.has_fim()),
+            let input = FimInput {
                 prefix,
+                suffix,
                 ..FimInput::default()
             };
-            if input.suffix.is_some() {
-                sampling.stop.extend(format.stop_sequences().iter().map(|s| (*s).to_owned()));
-            }
-            let mut sources = None;
-            if let Some(project) = &target.project {
-                input.repo = Some(project.name().to_owned());
-                let query = augment::completion_query(&input.prefix, input.suffix.as_deref(), QUERY_CHARS);
-                let mut used = Vec::new();
-                if let Some(hits) = retrieve(&state, project, &query, request.retrieval).await? {
-                    let own = state.engine().tokenize(None, &format.render(&input), true).await?.len();
-                    let budget = project.config.context_tokens.min(limit.saturating_sub(own));
-                    let (files, kept) = augment::completion(state.engine(), hits, budget).await?;
-                    input.context = files;
-                    used = kept;
-                }
-                sources = Some(used);
-            }
-            (state.engine().tokenize(None, &format.render(&input), true).await?, sources)
+            let prompt = completion::lay_out(&state, &target, input, Vec::new(), request.retrieval, &mut sampling, "prompt").await?;
+            (prompt.tokens, prompt.sources)
         }
     };
-    if tokens.len() > limit {
-        return Err(ApiError::invalid_param(
-            "prompt",
-            format!("The prompt is {} tokens long; the limit is {limit} (generation.max_prompt_tokens)", tokens.len()),
-        ));
-    }
     let request = CompletionRequest {
         prompt: Prompt::Tokens(tokens),
         sampling,

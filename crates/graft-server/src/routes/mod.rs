@@ -4,6 +4,7 @@ pub mod adapters;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
+pub mod infill;
 pub mod models;
 pub mod params;
 pub mod projects;

@@ -1,0 +1,274 @@
+//! `POST /infill`: llama.cpp's fill-in-the-middle endpoint, as llama.vim and llama.vscode
+//! speak it, so those plugins work against graft unchanged (point their endpoint at
+//! `http://HOST:PORT/infill`).
+//!
+//! Request: `input_prefix`, `input_suffix`, `input_extra` (`[{filename, text}]`, files the
+//! plugin gathered), `prompt` (the start of the current line, after the prefix), `n_predict`,
+//! `temperature`, `top_p`, `stop`, `seed`, `n_indent` (stop at the first generated line that
+//! is indented less), `t_max_predict_ms` (stop once this long has passed since the first
+//! token and a line is complete), `response_fields` (answer only these, as `a/b` paths), and
+//! graft's own `model` (a project, an adapter or the base; absent: `server.infill_model`) and
+//! `retrieval`. Sampler knobs graft has no use for (`top_k`, `samplers`, `cache_prompt`, ...)
+//! are ignored. Streaming is not offered here: `/v1/completions` streams.
+//!
+//! Answer: `content`, `stop`, `stop_type`, `model`, `tokens_predicted`, `tokens_evaluated`,
+//! `prompt` (the exact prompt graft built), `truncated` (extra files left out), `timings`,
+//! and graft's `sources`.
+
+use axum::extract::State;
+use axum::Extension;
+use graft_engine::fim::{ContextFile, FimInput};
+use graft_engine::{CompletionRequest, FinishReason, Prompt, StreamEvent};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::time::{Duration, Instant};
+
+use crate::auth::Caller;
+use crate::completion;
+use crate::error::ApiError;
+use crate::generation::admit;
+use crate::json::Json;
+use crate::openai::{RetrievalField, Stop};
+use crate::routes::params::SamplingFields;
+use crate::state::AppState;
+
+/// The request as llama.cpp's plugins send it.
+#[derive(Debug, Deserialize)]
+pub struct InfillRequest {
+    pub model: Option<String>,
+    #[serde(default)]
+    pub input_prefix: String,
+    #[serde(default)]
+    pub input_suffix: String,
+    #[serde(default)]
+    pub input_extra: Vec<ExtraFile>,
+    #[serde(default)]
+    pub prompt: String,
+    /// llama.cpp's `max_tokens`; negative means "the default".
+    pub n_predict: Option<i64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub stop: Option<Stop>,
+    pub seed: Option<i64>,
+    pub stream: Option<bool>,
+    pub n_indent: Option<usize>,
+    pub t_max_predict_ms: Option<u64>,
+    pub response_fields: Option<Vec<String>>,
+    pub retrieval: Option<RetrievalField>,
+}
+
+/// One `input_extra` entry.
+#[derive(Debug, Deserialize)]
+pub struct ExtraFile {
+    #[serde(default)]
+    pub filename: String,
+    pub text: String,
+}
+
+/// Why generation stopped, in llama.cpp's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopType {
+    /// The model ended, or a stop string was met.
+    Eos,
+    /// `n_predict`, `n_indent` or `t_max_predict_ms`.
+    Limit,
+}
+
+pub async fn infill(State(state): State<AppState>, Extension(caller): Extension<Caller>, Json(request): Json<InfillRequest>) -> Result<axum::Json<Value>, ApiError> {
+    if request.stream == Some(true) {
+        return Err(ApiError::invalid_param("stream", "/infill answers whole; stream with POST /v1/completions and `suffix`"));
+    }
+    let name = match request.model.as_deref() {
+        Some(model) => model.to_owned(),
+        None => state.infill_model().to_owned(),
+    };
+    let target = state.resolve(&name, &caller)?;
+    caller.check(&target.name, state.pool().base_name())?;
+    let max_tokens = match request.n_predict {
+        Some(n) if n < 0 => None,
+        Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+        None => None,
+    };
+    let mut sampling = SamplingFields {
+        max_tokens,
+        temperature: request.temperature,
+        top_p: request.top_p,
+        stop: request.stop.map(Stop::into_vec).unwrap_or_default(),
+        seed: request.seed,
+    }
+    .resolve(state.generation())
+    .map_err(|mut e| {
+        // llama.cpp calls it n_predict.
+        if e.param == Some("max_tokens") {
+            e.param = Some("n_predict");
+            e.message = e.message.replace("max_tokens", "n_predict");
+        }
+        e
+    })?;
+    let prefix = format!("{}{}", request.input_prefix, request.prompt);
+    if prefix.is_empty() && request.input_suffix.is_empty() {
+        return Err(ApiError::invalid_param("input_prefix", "`input_prefix`, `prompt` and `input_suffix` are all empty"));
+    }
+    let extra = request
+        .input_extra
+        .into_iter()
+        .filter(|f| !f.text.is_empty())
+        .map(|f| ContextFile { path: f.filename, text: f.text })
+        .collect();
+    let input = FimInput {
+        prefix,
+        suffix: Some(request.input_suffix),
+        ..FimInput::default()
+    };
+    let generation_settings = json!({
+        "n_predict": sampling.max_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "seed": request.seed,
+        "n_indent": request.n_indent,
+        "t_max_predict_ms": request.t_max_predict_ms,
+    });
+
+    let admitted = admit(&state).await?;
+    let prompt = completion::lay_out(&state, &target, input, extra, request.retrieval, &mut sampling, "input_prefix").await?;
+    let prompt_n = prompt.tokens.len();
+    let stream = state
+        .pool()
+        .complete_stream(
+            &target.model,
+            CompletionRequest {
+                prompt: Prompt::Tokens(prompt.tokens),
+                sampling,
+            },
+        )
+        .await
+        .map_err(|e| state.pool_error(e, &caller))?;
+    let mut generation = admitted.start(stream, &state, &target.name);
+
+    // Generate, applying llama.cpp's FIM limits as the text comes.
+    let started = Instant::now();
+    let time_limit = request.t_max_predict_ms.filter(|ms| *ms > 0).map(Duration::from_millis);
+    let mut content = String::new();
+    let mut first_at = None;
+    let mut pieces = 0;
+    let (stop_type, predicted_n) = loop {
+        match generation.next().await {
+            Some(Ok(StreamEvent::Text(delta))) => {
+                let first = *first_at.get_or_insert_with(Instant::now);
+                pieces += 1;
+                content.push_str(&delta);
+                if let Some(cut) = request.n_indent.and_then(|n| dedent_cut(&content, n)) {
+                    content.truncate(cut);
+                    break (StopType::Limit, pieces);
+                }
+                if time_limit.is_some_and(|limit| first.elapsed() >= limit) && content.contains('\n') {
+                    break (StopType::Limit, pieces);
+                }
+            }
+            Some(Ok(StreamEvent::End { finish_reason, usage })) => {
+                let stop_type = match finish_reason {
+                    FinishReason::Stop => StopType::Eos,
+                    FinishReason::Length => StopType::Limit,
+                };
+                break (stop_type, usage.completion_tokens);
+            }
+            Some(Err(e)) => return Err(e),
+            None => return Err(ApiError::from(graft_engine::engine::Collector::unfinished())),
+        }
+    };
+    // Ending here drops the token stream: the engine stops generating.
+    drop(generation);
+    let finished = Instant::now();
+
+    let first_at = first_at.unwrap_or(finished);
+    let prompt_ms = (first_at - started).as_secs_f64() * 1000.0;
+    let predicted_ms = (finished - first_at).as_secs_f64() * 1000.0;
+    let per = |n: usize, ms: f64| if n == 0 { 0.0 } else { ms / n as f64 };
+    let rate = |n: usize, ms: f64| if ms <= 0.0 { 0.0 } else { n as f64 * 1000.0 / ms };
+    let answer = json!({
+        "index": 0,
+        "content": content,
+        "stop": true,
+        "stop_type": match stop_type { StopType::Eos => "eos", StopType::Limit => "limit" },
+        "stopping_word": "",
+        "model": target.name,
+        "tokens_predicted": predicted_n,
+        "tokens_evaluated": prompt_n,
+        "tokens_cached": 0,
+        "has_new_line": content.contains('\n'),
+        "truncated": prompt.extra_dropped > 0,
+        "prompt": prompt.text,
+        "generation_settings": generation_settings,
+        "timings": {
+            "prompt_n": prompt_n,
+            "prompt_ms": prompt_ms,
+            "prompt_per_token_ms": per(prompt_n, prompt_ms),
+            "prompt_per_second": rate(prompt_n, prompt_ms),
+            "predicted_n": predicted_n,
+            "predicted_ms": predicted_ms,
+            "predicted_per_token_ms": per(predicted_n, predicted_ms),
+            "predicted_per_second": rate(predicted_n, predicted_ms),
+        },
+        "sources": prompt.sources,
+    });
+    Ok(axum::Json(match request.response_fields {
+        Some(fields) if !fields.is_empty() => only_fields(&answer, &fields),
+        _ => answer,
+    }))
+}
+
+/// Where a completion should be cut because a line after its first one is indented less than
+/// `n_indent` columns (spaces and tabs): the start of that line. Blank lines do not count, and
+/// a line counts once it shows its first other character.
+fn dedent_cut(text: &str, n_indent: usize) -> Option<usize> {
+    let mut start = text.find('\n')? + 1;
+    loop {
+        let line = &text[start..];
+        let end = line.find('\n');
+        let line = end.map_or(line, |e| &line[..e]);
+        let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
+        if indent < line.len() && indent < n_indent {
+            return Some(start);
+        }
+        start += end? + 1;
+    }
+}
+
+/// `answer` reduced to `fields`, each a `/`-separated path, keyed by the path as given
+/// (llama.cpp's `response_fields`); paths that name nothing are left out.
+fn only_fields(answer: &Value, fields: &[String]) -> Value {
+    let mut out = Map::new();
+    for field in fields {
+        let pointer = format!("/{}", field.trim_start_matches('/'));
+        if let Some(value) = answer.pointer(&pointer) {
+            out.insert(field.clone(), value.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_indented_less_than_n_indent_ends_the_completion() {
+        let text = "x + 1\n    y\n\n  z\nw";
+        // The first line is the cursor's own: never cut there.
+        assert_eq!(dedent_cut("a", 4), None);
+        // `    y` keeps 4; the blank line does not count; `  z` (2) is cut at its start.
+        assert_eq!(dedent_cut(text, 4), Some(text.find("  z").unwrap()));
+        assert_eq!(dedent_cut(text, 2), Some(text.find('w').unwrap()));
+        assert_eq!(dedent_cut(text, 0), None);
+        // A line of whitespace so far is not judged yet.
+        assert_eq!(dedent_cut("x\n  ", 4), None);
+        assert_eq!(dedent_cut("x\n\tq", 2), Some(2));
+    }
+
+    #[test]
+    fn response_fields_pick_paths_and_name_them_as_asked() {
+        let answer = json!({"content": "c", "timings": {"prompt_n": 3}, "stop": true});
+        let picked = only_fields(&answer, &["content".into(), "timings/prompt_n".into(), "missing".into()]);
+        assert_eq!(picked, json!({"content": "c", "timings/prompt_n": 3}));
+    }
+}
