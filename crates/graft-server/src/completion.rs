@@ -85,18 +85,25 @@ pub async fn lay_out(
 
     let text = format.render(&input);
     let tokens = state.engine().tokenize(None, &text, true).await?;
-    if tokens.len() > limit {
-        return Err(ApiError::invalid_param(
-            param,
-            format!("The prompt is {} tokens long; the limit is {limit} (generation.max_prompt_tokens)", tokens.len()),
-        ));
-    }
+    check_length(state, tokens.len(), param)?;
     Ok(CompletionPrompt {
         text,
         tokens,
         sources,
         extra_dropped,
     })
+}
+
+/// A 400 naming `param` when a prompt of `tokens` is over `generation.max_prompt_tokens`.
+pub fn check_length(state: &AppState, tokens: usize, param: &'static str) -> Result<(), ApiError> {
+    let limit = state.generation().max_prompt_tokens;
+    if tokens > limit {
+        return Err(ApiError::invalid_param(
+            param,
+            format!("The prompt is {tokens} tokens long; the limit is {limit} (generation.max_prompt_tokens)"),
+        ));
+    }
+    Ok(())
 }
 
 /// The newest (last) of `files` that fit `room` tokens together, in their order, and how many

@@ -79,13 +79,7 @@ pub async fn completions(
     let admitted = admit(&state).await?;
     let (tokens, sources) = match prefix {
         Err(tokens) => {
-            let limit = state.generation().max_prompt_tokens;
-            if tokens.len() > limit {
-                return Err(ApiError::invalid_param(
-                    "prompt",
-                    format!("The prompt is {} tokens long; the limit is {limit} (generation.max_prompt_tokens)", tokens.len()),
-                ));
-            }
+            completion::check_length(&state, tokens.len(), "prompt")?;
             (tokens, None)
         }
         Ok(prefix) => {
