@@ -234,6 +234,7 @@ async fn chat_with_retrieval_cites_the_file_that_defines_the_api_and_without_it_
 async fn a_streamed_chat_names_its_sources_in_the_first_chunk() {
     let mut request = chat("polyglot", QUESTION);
     request["stream"] = json!(true);
+    request["debug"] = json!(true);
     let response = reqwest::Client::new()
         .post(server().url("/v1/chat/completions"))
         .bearer_auth(ALICE)
@@ -248,9 +249,13 @@ async fn a_streamed_chat_names_its_sources_in_the_first_chunk() {
     let first: Value = serde_json::from_str(events[0]).unwrap();
     assert_eq!(first["choices"][0]["delta"]["role"], "assistant", "{first}");
     assert!(source_paths(&first).iter().any(|p| p == DEFINING_FILE), "{first}");
+    // `debug`: the prompt as the model read it, chat template and retrieved code included.
+    let prompt = first["debug"]["prompt"].as_str().unwrap_or_else(|| panic!("no debug prompt: {first}"));
+    assert!(prompt.contains("<|im_start|>system") && prompt.contains(DEFINING_FILE), "{prompt}");
+    assert!(prompt.contains(QUESTION) && prompt.trim_end().ends_with("<|im_start|>assistant"), "{prompt}");
     for event in &events[1..events.len() - 1] {
         let chunk: Value = serde_json::from_str(event).unwrap();
-        assert!(chunk.get("sources").is_none(), "only the first chunk carries sources: {chunk}");
+        assert!(chunk.get("sources").is_none() && chunk.get("debug").is_none(), "only the first chunk carries extras: {chunk}");
     }
 }
 
@@ -263,16 +268,24 @@ async fn a_project_completion_gets_the_repository_s_code_first() {
         "max_tokens": 6,
         "temperature": 0,
     });
-    let (status, with) = post("/v1/completions", ALICE, &request).await;
+    let mut debug = request.clone();
+    debug["debug"] = json!(true);
+    let (status, with) = post("/v1/completions", ALICE, &debug).await;
     assert_eq!(status, 200, "{with}");
     assert_eq!(with["object"], "text_completion");
     assert!(source_paths(&with).iter().any(|p| p == DEFINING_FILE), "{with}");
+    // `debug` shows the exact prompt: the retrieved file first, the current file last.
+    let prompt = with["debug"]["prompt"].as_str().unwrap_or_else(|| panic!("no debug prompt: {with}"));
+    assert!(prompt.find(DEFINING_FILE) < prompt.find("void run(TokenVault vault)") && prompt.contains(DEFINING_FILE), "{prompt}");
+    assert!(prompt.ends_with("vault."), "{prompt}");
+    assert_eq!(with["debug"]["prompt_tokens"], with["usage"]["prompt_tokens"], "{with}");
 
     let mut off = request.clone();
     off["retrieval"] = json!(false);
     let (status, without) = post("/v1/completions", ALICE, &off).await;
     assert_eq!(status, 200, "{without}");
     assert!(source_paths(&without).is_empty(), "{without}");
+    assert!(without.get("debug").is_none(), "debug only when asked: {without}");
     let tokens = |b: &Value| b["usage"]["prompt_tokens"].as_u64().unwrap();
     assert!(tokens(&with) > tokens(&without) + 50, "the other files come first: {with} vs {without}");
 }

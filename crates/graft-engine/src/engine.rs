@@ -142,9 +142,9 @@ impl Engine {
             .map_err(|e| EngineError::Generation(format!("cannot tokenize: {e}")))
     }
 
-    /// The length in tokens of a conversation as the base model's chat template lays it out,
-    /// with the assistant's turn opened (what a chat request feeds the model).
-    pub async fn count_chat_tokens(&self, messages: &[ChatMessage]) -> Result<usize, EngineError> {
+    /// A conversation as the base model's chat template lays it out, with the assistant's
+    /// turn opened: the token ids a chat request feeds the model.
+    pub async fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
         let mut text = mistralrs::TextMessages::new();
         for message in messages {
             text = text.add_message(text_role(message.role), &message.content);
@@ -152,8 +152,12 @@ impl Engine {
         self.model
             .tokenize(either::Either::Left(text), None, true, true, None)
             .await
-            .map(|tokens| tokens.len())
             .map_err(|e| EngineError::InvalidRequest(format!("cannot apply the chat template: {e}")))
+    }
+
+    /// The length in tokens of [`Engine::chat_prompt`].
+    pub async fn count_chat_tokens(&self, messages: &[ChatMessage]) -> Result<usize, EngineError> {
+        Ok(self.chat_prompt(messages).await?.len())
     }
 
     /// The text of token ids.

@@ -26,6 +26,8 @@ pub struct ChatCompletionRequest {
     pub seed: Option<i64>,
     /// graft's extension: retrieval on or off, or its `top_k`, for a project request.
     pub retrieval: Option<RetrievalField>,
+    /// graft's extension: answer with the exact prompt the model read ([`DebugInfo`]).
+    pub debug: Option<bool>,
 }
 
 /// The `retrieval` extension field: `false` / `true`, or `{"enabled": ..., "top_k": ...}`.
@@ -73,8 +75,17 @@ pub struct CompletionRequest {
     pub best_of: Option<u32>,
     pub logprobs: Option<serde_json::Value>,
     pub seed: Option<i64>,
-    /// graft's extension, as for chat.
+    /// graft's extensions, as for chat.
     pub retrieval: Option<RetrievalField>,
+    pub debug: Option<bool>,
+}
+
+/// graft's `debug` extension in an answer (on the first event of a stream): the prompt
+/// exactly as the model read it, chat template, retrieved code and special tokens included.
+#[derive(Debug, Clone, Serialize)]
+pub struct DebugInfo {
+    pub prompt: String,
+    pub prompt_tokens: usize,
 }
 
 /// `prompt`: a string, a list of one string, or token ids.
@@ -101,7 +112,9 @@ pub struct TextCompletion {
     /// graft's extension: the code the completion was given (project requests; on the first
     /// event of a stream).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sources: Option<Vec<Source>>,
+    pub sources: Option<Vec<Source>>,    /// When the request asked for `debug`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug: Option<DebugInfo>,
 }
 
 /// `POST /v1/embeddings` request.
@@ -225,7 +238,9 @@ pub struct ChatCompletion {
     pub usage: Usage,
     /// graft's extension: the code the answer was given (project requests only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sources: Option<Vec<Source>>,
+    pub sources: Option<Vec<Source>>,    /// When the request asked for `debug`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug: Option<DebugInfo>,
 }
 
 #[derive(Debug, Serialize)]
@@ -271,7 +286,9 @@ pub struct ChatCompletionChunk {
     pub usage: Option<Usage>,
     /// On the first chunk of a project request: the code the answer was given.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sources: Option<Vec<Source>>,
+    pub sources: Option<Vec<Source>>,    /// When the request asked for `debug`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug: Option<DebugInfo>,
 }
 
 #[derive(Debug, Serialize)]

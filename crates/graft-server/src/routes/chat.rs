@@ -13,7 +13,7 @@ use axum::Extension;
 use graft_core::config::GenerationConfig;
 use graft_engine::{ChatMessage, ChatRequest, Role};
 
-use crate::augment::{self, Source};
+use crate::augment;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::generation::{admit, retrieve};
@@ -22,8 +22,8 @@ use crate::openai::{
     self, AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, Content,
     Delta,
 };
-use crate::routes::params::SamplingFields;
-use crate::routes::sse::{self, Part};
+use crate::routes::params::{debug_info, SamplingFields};
+use crate::routes::sse::{self, Extras, Part};
 use crate::state::{unix_now, AppState};
 
 pub async fn completions(
@@ -39,6 +39,7 @@ pub async fn completions(
     let streaming = request.stream == Some(true);
     let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let retrieval = request.retrieval.take();
+    let debug = request.debug == Some(true);
     let mut chat = to_engine_request(request, state.generation())?;
     tracing::debug!(model = %target.name, messages = chat.messages.len(), max_tokens = chat.sampling.max_tokens, streaming, "chat request");
 
@@ -58,7 +59,8 @@ pub async fn completions(
         };
         sources = Some(used);
     }
-    let prompt_tokens = state.engine().count_chat_tokens(&chat.messages).await?;
+    let prompt = state.engine().chat_prompt(&chat.messages).await?;
+    let prompt_tokens = prompt.len();
     let limit = state.generation().max_prompt_tokens;
     if prompt_tokens > limit {
         return Err(ApiError::invalid_param(
@@ -66,6 +68,8 @@ pub async fn completions(
             format!("The conversation is {prompt_tokens} tokens long; the limit is {limit} (generation.max_prompt_tokens)"),
         ));
     }
+
+    let debug = if debug { Some(debug_info(&state, &prompt).await?) } else { None };
 
     let tokens = state
         .pool()
@@ -79,7 +83,7 @@ pub async fn completions(
             created: unix_now(),
             model: target.name,
         };
-        return Ok(sse::stream(generation, chunks, include_usage, sources).into_response());
+        return Ok(sse::stream(generation, chunks, include_usage, Extras { sources, debug }).into_response());
     }
     let completion = generation.collect().await?;
     Ok(axum::Json(ChatCompletion {
@@ -98,6 +102,7 @@ pub async fn completions(
         }],
         usage: completion.usage.into(),
         sources,
+        debug,
     })
     .into_response())
 }
@@ -116,7 +121,7 @@ struct ChatChunks {
 impl sse::Chunks for ChatChunks {
     const OPENS: bool = true;
 
-    fn event(&self, part: Part, sources: Option<Vec<Source>>) -> Event {
+    fn event(&self, part: Part, extras: Extras) -> Event {
         let (delta, finish_reason, usage) = match part {
             Part::Open => (
                 Delta {
@@ -155,7 +160,8 @@ impl sse::Chunks for ChatChunks {
             model: self.model.clone(),
             choices,
             usage,
-            sources,
+            sources: extras.sources,
+            debug: extras.debug,
         })
     }
 }

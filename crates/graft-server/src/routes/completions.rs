@@ -17,15 +17,14 @@ use axum::Extension;
 use graft_engine::fim::FimInput;
 use graft_engine::{CompletionRequest, Prompt};
 
-use crate::augment::Source;
 use crate::auth::Caller;
 use crate::completion;
 use crate::error::ApiError;
 use crate::generation::admit;
 use crate::json::Json;
 use crate::openai::{self, PromptInput, TextChoice, TextCompletion};
-use crate::routes::params::SamplingFields;
-use crate::routes::sse::{self, Part};
+use crate::routes::params::{debug_info, SamplingFields};
+use crate::routes::sse::{self, Extras, Part};
 use crate::state::{unix_now, AppState};
 
 pub async fn completions(
@@ -48,6 +47,7 @@ pub async fn completions(
     let target = state.resolve(&request.model, &caller)?;
     caller.check(&target.name, state.pool().base_name())?;
     let streaming = request.stream == Some(true);
+    let debug = request.debug == Some(true);
     let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let format = state.engine().prompt_format();
     let mut sampling = SamplingFields {
@@ -92,6 +92,7 @@ pub async fn completions(
             (prompt.tokens, prompt.sources)
         }
     };
+    let debug = if debug { Some(debug_info(&state, &tokens).await?) } else { None };
     let request = CompletionRequest {
         prompt: Prompt::Tokens(tokens),
         sampling,
@@ -108,7 +109,7 @@ pub async fn completions(
             created: unix_now(),
             model: target.name,
         };
-        return Ok(sse::stream(generation, chunks, include_usage, sources).into_response());
+        return Ok(sse::stream(generation, chunks, include_usage, Extras { sources, debug }).into_response());
     }
     let completion = generation.collect().await?;
     Ok(axum::Json(TextCompletion {
@@ -124,6 +125,7 @@ pub async fn completions(
         }],
         usage: Some(completion.usage.into()),
         sources,
+        debug,
     })
     .into_response())
 }
@@ -142,7 +144,7 @@ struct TextChunks {
 impl sse::Chunks for TextChunks {
     const OPENS: bool = false;
 
-    fn event(&self, part: Part, sources: Option<Vec<Source>>) -> Event {
+    fn event(&self, part: Part, extras: Extras) -> Event {
         let (text, finish_reason, usage) = match part {
             Part::Open => (String::new(), None, None),
             Part::Text(text) => (text, None, None),
@@ -166,7 +168,8 @@ impl sse::Chunks for TextChunks {
             model: self.model.clone(),
             choices,
             usage,
-            sources,
+            sources: extras.sources,
+            debug: extras.debug,
         })
     }
 }

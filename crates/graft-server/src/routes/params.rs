@@ -1,10 +1,13 @@
 //! Request fields shared by the generation endpoints (chat and completions): sampling settings
-//! checked against the configured limits and filled with the configured defaults.
+//! checked against the configured limits and filled with the configured defaults, and the
+//! `debug` extension's answer.
 
 use graft_core::config::GenerationConfig;
 use graft_engine::Sampling;
 
 use crate::error::ApiError;
+use crate::openai::DebugInfo;
+use crate::state::AppState;
 
 /// OpenAI accepts at most four stop sequences.
 const MAX_STOP_SEQUENCES: usize = 4;
@@ -56,4 +59,12 @@ impl SamplingFields {
             seed: self.seed.map(|s| s as u64),
         })
     }
+}
+
+/// The `debug` answer for a prompt of `tokens`: its text with special tokens spelled out.
+pub async fn debug_info(state: &AppState, tokens: &[u32]) -> Result<DebugInfo, ApiError> {
+    Ok(DebugInfo {
+        prompt: state.engine().detokenize(None, tokens.to_vec()).await?,
+        prompt_tokens: tokens.len(),
+    })
 }
