@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex};
 use graft_core::ProjectConfig;
 use graft_index::{index_repository, Embedder, IndexError, IndexLayout, IndexOptions, IndexReport, ProjectIndex, Quiet, SearchHit, SearchMode, SearchOptions};
 
+/// How long a re-index waits for searches in flight to let go of the index.
+const SEARCHES_FINISH: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One project.
 pub struct Project {
     pub config: ProjectConfig,
@@ -143,8 +146,15 @@ impl Projects {
         let Ok(guard) = Arc::clone(&project.reindexing).try_lock_owned() else {
             return Err(ReindexError::Running);
         };
-        // The indexer owns the index files while it runs: close ours.
-        project.index.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // The indexer owns the index files while it runs: close ours, once the searches
+        // running on it (milliseconds each) have let go.
+        let open = project.index.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(open) = open {
+            let waited = std::time::Instant::now();
+            while Arc::strong_count(&open) > 1 && waited.elapsed() < SEARCHES_FINISH {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
         let project = Arc::clone(project);
         let report = tokio::task::spawn_blocking(move || {
             let _guard = guard;
