@@ -21,6 +21,8 @@ use crate::{index, models};
 /// brings every configured project's index up to date, then serves.
 pub fn up(args: ServeArgs) -> Result<()> {
     let config = load(&args)?;
+    // Keys and the address are checked, and the port taken, before minutes of indexing.
+    let (keys, listener) = open(&config)?;
     let kit = Kit::new(&config.kit.dir);
     let mut needed = models::needed_by(&config)?;
     if !config.projects.is_empty() {
@@ -46,18 +48,19 @@ pub fn up(args: ServeArgs) -> Result<()> {
         }
         loaded_embedder = Some(embedder);
     }
-    run(config, loaded_embedder)
+    run(config, loaded_embedder, keys, listener)
 }
 
 /// `graft serve`.
 pub fn serve(args: ServeArgs) -> Result<()> {
     let config = load(&args)?;
+    let (keys, listener) = open(&config)?;
     let embedder = if config.projects.is_empty() {
         None
     } else {
         Some(index::load_embedder(&config).context("projects are configured, so their embedding model is needed (`graft models fetch`)")?)
     };
-    run(config, embedder)
+    run(config, embedder, keys, listener)
 }
 
 fn load(args: &ServeArgs) -> Result<Config> {
@@ -68,8 +71,10 @@ fn load(args: &ServeArgs) -> Result<Config> {
     Ok(config)
 }
 
-fn run(config: Config, embedder: Option<Embedder>) -> Result<()> {
-    let keys = ApiKeys::load(&config)?;
+/// The API keys, and the listening socket: refused on a public address without keys, and
+/// taken before anything slow so that a busy port is reported at once.
+fn open(config: &Config) -> Result<(ApiKeys, std::net::TcpListener)> {
+    let keys = ApiKeys::load(config)?;
     let listen = config.server.listen;
     if !listen.ip().is_loopback() && keys.is_empty() && !config.server.allow_unauthenticated {
         bail!(
@@ -79,6 +84,13 @@ fn run(config: Config, embedder: Option<Embedder>) -> Result<()> {
             config.server.api_keys_env
         );
     }
+    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    listener.set_nonblocking(true).context("setting up the listening socket")?;
+    Ok((keys, listener))
+}
+
+fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std::net::TcpListener) -> Result<()> {
+    let listen = config.server.listen;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -96,9 +108,7 @@ fn run(config: Config, embedder: Option<Embedder>) -> Result<()> {
             }
         }
 
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
+        let listener = tokio::net::TcpListener::from_std(listener).with_context(|| format!("cannot listen on {listen}"))?;
         let listen = listener.local_addr().unwrap_or(listen);
         let state = AppState::new(ServerParts {
             pool,

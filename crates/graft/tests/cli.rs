@@ -38,7 +38,7 @@ fn a_bad_config_stops_graft_with_the_key_named() {
 fn serve_reports_a_missing_model_file_instead_of_reaching_the_network() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("graft.toml");
-    std::fs::write(&config, "[model]\ngguf = \"nowhere/model.gguf\"\n").unwrap();
+    std::fs::write(&config, "[server]\nlisten = \"127.0.0.1:0\"\n\n[model]\ngguf = \"nowhere/model.gguf\"\n").unwrap();
     let out = graft().args(["serve", "--config"]).arg(&config).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -56,6 +56,17 @@ fn serve_refuses_a_public_address_without_api_keys() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("refusing to listen on 0.0.0.0:0 with no API keys"), "{stderr}");
     assert!(stderr.contains("allow_unauthenticated"), "the message says how to proceed: {stderr}");
+}
+
+#[test]
+fn up_reports_a_busy_port_before_indexing_anything() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = graft().args(["up", "--listen", &addr]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("cannot listen on {addr}")) && stderr.contains("in use"), "{stderr}");
+    assert!(!stderr.contains("indexing project"), "the port is checked first: {stderr}");
 }
 
 #[test]
