@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use base64::Engine as _;
 
-use graft_core::config::ServerConfig;
+use graft_core::config::{GenerationConfig, ServerConfig};
 use graft_core::keys::{ApiKey, ApiKeys};
 use graft_core::ProjectConfig;
 use graft_tests::{kit_embedder, start_server, ServerSetup, TestServer, EMBEDDING_MODEL, MODEL};
@@ -22,6 +22,9 @@ const BOB: &str = "sk-test-bob-0123456789ab";
 /// The repository's internal API the questions are about, and the file that defines it.
 const QUESTION: &str = "How do I rotate the signing keys of a TokenVault with rotateSigningKeys?";
 const DEFINING_FILE: &str = "auth/TokenVault.java";
+
+/// `generation.max_extra_context_tokens` of the shared server: room for one small file.
+const EXTRA_TOKENS: usize = 200;
 
 fn key(name: &str, key: &str, projects: &[&str], admin: bool) -> ApiKey {
     ApiKey {
@@ -57,6 +60,10 @@ fn server() -> &'static TestServer {
             server: ServerConfig {
                 infill_model: Some("polyglot".into()),
                 ..ServerConfig::default()
+            },
+            generation: GenerationConfig {
+                max_extra_context_tokens: EXTRA_TOKENS,
+                ..GenerationConfig::default()
             },
             ..ServerSetup::default()
         })
@@ -327,6 +334,16 @@ async fn llama_cpp_infill_works_as_llama_vim_sends_it() {
     assert!(defining < extra && extra < current && defining.is_some(), "retrieved, extra, current: {prompt}");
     assert_eq!(body["tokens_evaluated"], body["timings"]["prompt_n"], "{body}");
     assert!(["eos", "limit"].contains(&body["stop_type"].as_str().unwrap()), "{body}");
+
+    // Extra files beyond their budget: the oldest go first, and the answer says so.
+    let filler = |name: &str| -> String { (0..10).map(|i| format!("let {name}_{i} = compute_{name}({i});\n")).collect() };
+    let mut crowded = whole.clone();
+    crowded["input_extra"] = json!([{"filename": "old.rs", "text": filler("old")}, {"filename": "new.rs", "text": filler("new")}]);
+    crowded["retrieval"] = json!(false);
+    let (status, body) = post("/infill", ALICE, &crowded).await;
+    assert_eq!(status, 200, "{body}");
+    let prompt = body["prompt"].as_str().unwrap();
+    assert!(body["truncated"] == true && prompt.contains("new.rs") && !prompt.contains("old.rs"), "{body}");
 
     // Errors in OpenAI's shape: a key without the default project, streaming, n_predict.
     let (status, body) = post("/infill", BOB, &request).await;

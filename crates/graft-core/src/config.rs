@@ -205,6 +205,9 @@ pub struct GenerationConfig {
     pub default_top_p: f64,
     /// The longest prompt accepted, in tokens, retrieved context included.
     pub max_prompt_tokens: usize,
+    /// Most tokens of the files a client sends as extra context (`/infill`'s `input_extra`)
+    /// kept in a prompt, newest first.
+    pub max_extra_context_tokens: usize,
 }
 
 impl Default for GenerationConfig {
@@ -215,6 +218,7 @@ impl Default for GenerationConfig {
             default_temperature: 0.2,
             default_top_p: 0.95,
             max_prompt_tokens: 4096,
+            max_extra_context_tokens: 1024,
         }
     }
 }

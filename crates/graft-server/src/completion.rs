@@ -4,9 +4,10 @@
 //! as extra context, within `generation.max_prompt_tokens`.
 //!
 //! Order in the prompt: retrieved code (most relevant first), then the client's extra files,
-//! then the current file. Retrieved code gets the project's token budget, and what is left of
-//! the prompt limit after the current file and the extra files. Extra files that do not fit
-//! are left out, oldest (first) first, as llama.cpp does. This module does not generate.
+//! then the current file. Extra files get `generation.max_extra_context_tokens`; those that do
+//! not fit are left out, oldest (first) first, as llama.cpp does. Retrieved code gets the
+//! project's token budget, within what the current file and the extra files leave of the
+//! prompt limit. This module does not generate.
 
 use graft_engine::fim::{ContextFile, FimInput};
 use graft_engine::{EngineError, Sampling};
@@ -58,10 +59,11 @@ pub async fn lay_out(
         async move { state.engine().tokenize(None, &text, true).await.map(|t| t.len()) }
     };
 
-    // The client's extra files: the newest (last) ones that fit beside the current file.
+    // The client's extra files: the newest (last) ones that fit their budget and beside the
+    // current file.
     let mut extra_dropped = 0;
     if !extra.is_empty() {
-        let room = limit.saturating_sub(count(&input).await?);
+        let room = limit.saturating_sub(count(&input).await?).min(state.generation().max_extra_context_tokens);
         let (kept, dropped) = newest_that_fit(state.engine(), extra, room).await?;
         input.context = kept;
         extra_dropped = dropped;
