@@ -26,7 +26,8 @@ use cli::{AdaptersCommand, BenchCommand, Cli, Command, ModelsCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // A benchmark's in-process server would log a line per request among its figures.
+    init_logging(!matches!(cli.command, Command::Bench(BenchCommand::Load(_))));
     let result = match cli.command {
         Command::Up(args) => serve::up(args),
         Command::Serve(args) => serve::serve(args),
@@ -49,15 +50,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` chooses what is shown (default: graft's own info lines and
-/// warnings from everything else, except two from qdrant-edge 0.7, which warns about
-/// process-wide flags it gives no public way to set; its defaults apply).
-fn init_logging() {
+/// Logs go to stderr; `RUST_LOG` chooses what is shown (default: graft's own info lines, or
+/// only warnings without `requests`, and warnings from everything else, except two from
+/// qdrant-edge 0.7, which warns about process-wide flags it gives no public way to set; its
+/// defaults apply).
+fn init_logging(requests: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(
-            "warn,graft=info,graft_server=info,graft_engine=info,graft_kit=info,graft_index=info,\
-             qdrant_edge::common::flags=error,qdrant_edge::common::mmap=error",
-        )
+        let server = if requests { "info" } else { "warn" };
+        EnvFilter::new(format!(
+            "warn,graft=info,graft_server={server},graft_engine=info,graft_kit=info,graft_index=info,\
+             qdrant_edge::common::flags=error,qdrant_edge::common::mmap=error"
+        ))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -130,8 +130,8 @@ pub fn run(args: BenchLoadArgs) -> Result<()> {
         println!(
             "  {:<9}  {:>8}  {:>6}  {:>7.2}  {:>6.1}  {:>7.0} ms {:>7.0} ms  {:>8.0} ms  {:>8.0} ms",
             if p["retrieval"].as_bool() == Some(true) { "on" } else { "off" },
-            p["requests"],
-            p["errors"],
+            p["requests"].as_u64().unwrap_or(0),
+            p["errors"].as_u64().unwrap_or(0),
             f("requests_per_s"),
             f("tokens_per_s"),
             f("ttft_p50_ms"),
