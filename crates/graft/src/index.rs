@@ -156,6 +156,16 @@ fn print_summary(project: &str, path: &Path, r: &IndexReport) {
     }
 }
 
+/// Search settings from `[index]`, for `mode` and `k` results.
+pub fn search_options(config: &Config, mode: SearchMode, k: usize) -> SearchOptions {
+    SearchOptions {
+        k,
+        mode,
+        per_file: config.index.per_file,
+        vector_weight: config.index.vector_weight,
+    }
+}
+
 /// `graft search QUERY --project NAME`.
 pub fn search(args: SearchArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
@@ -166,12 +176,7 @@ pub fn search(args: SearchArgs) -> Result<()> {
         SearchMode::Keyword => None,
         _ => Some(load_embedder(&config)?),
     };
-    let options = SearchOptions {
-        k: args.k.unwrap_or(config.index.top_k),
-        mode,
-        per_file: config.index.per_file,
-        vector_weight: config.index.vector_weight,
-    };
+    let options = search_options(&config, mode, args.k.unwrap_or(config.index.top_k));
     let hits = index.search(&args.query, embedder.as_ref(), &options)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&hits)?);

@@ -9,7 +9,7 @@ use graft_core::keys::ApiKeys;
 use graft_core::{Config, EmbeddingModel};
 use graft_engine::pool::AdapterStore;
 use graft_engine::{BaseModel, Engine, Pool, PoolLimits};
-use graft_index::{Embedder, SearchMode, SearchOptions};
+use graft_index::{Embedder, SearchMode};
 use graft_kit::Kit;
 use graft_server::projects::{Project, Projects};
 use graft_server::{AppState, ServerParts};
@@ -143,12 +143,7 @@ pub fn projects(config: &Config, embedder: Option<Embedder>) -> Projects {
         EmbeddingModel::Kit(id) | EmbeddingModel::Catalog(id) => id.clone(),
         EmbeddingModel::Folder(dir) => dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned()),
     };
-    let search = SearchOptions {
-        k: config.index.top_k,
-        mode: SearchMode::Hybrid,
-        per_file: config.index.per_file,
-        vector_weight: config.index.vector_weight,
-    };
+    let search = index::search_options(config, SearchMode::Hybrid, config.index.top_k);
     Projects::new(list, embedder.map(|e| (name, Arc::new(e))), search)
 }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use graft_index::{index_repository, IndexLayout, ProjectIndex, Quiet, SearchMode, SearchOptions};
+use graft_index::{index_repository, IndexLayout, ProjectIndex, Quiet, SearchMode};
 use serde_json::json;
 
 use super::{ms, percentile};
@@ -37,12 +37,7 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
     eprintln!("searching with {} queries ...", queries.len());
     let mut latencies = Vec::new();
     for mode in [SearchMode::Keyword, SearchMode::Vector, SearchMode::Hybrid] {
-        let search = SearchOptions {
-            k: config.index.top_k,
-            mode,
-            per_file: config.index.per_file,
-            vector_weight: config.index.vector_weight,
-        };
+        let search = index::search_options(&config, mode, config.index.top_k);
         let mut times = Vec::with_capacity(queries.len());
         for q in &queries {
             let t = Instant::now();
