@@ -38,24 +38,42 @@ const QUERIES: &[(&str, &str)] = &[
     ("size_t dropped = cache.evictColdEntries();", "native/cache.cpp"),
 ];
 
-/// The share of queries whose defining file is in the top 5, and the misses.
-fn hit_rate(index_dir: &Path, mode: SearchMode) -> (f64, Vec<String>) {
+/// Questions in words, as a chat user asks them, and the file that answers them. The fixture's
+/// tests, docs and legacy copies use the same words, so the first place is hard; the top 5 is
+/// what a prompt's context holds.
+const QUESTIONS: &[(&str, &str)] = &[
+    ("how are ledger entries reconciled", "src/ledger.rs"),
+    ("where is interest applied to an account balance", "src/ledger.rs"),
+    ("compute the tax breakdown of an order", "billing/invoice.py"),
+    ("render an invoice summary as a PDF document", "billing/invoice.py"),
+    ("split a large payload into chunks for storage", "storage/blobstore.go"),
+    ("how do I rotate the signing keys", "auth/TokenVault.java"),
+    ("which roles may open an admin page", "web/routeGuard.ts"),
+    ("send usage analytics from the browser", "web/telemetry.js"),
+    ("checksum table for crc32", "native/crc.c"),
+    ("drop the least recently used cache entries", "native/cache.cpp"),
+    ("where are sessions expired", "auth/SessionManager.java"),
+    ("sync blobs between two stores", "storage/sync.go"),
+];
+
+/// The share of `queries` whose expected file is in the top 5, and the misses.
+fn hit_rate(index_dir: &Path, queries: &[(&str, &str)], mode: SearchMode) -> (f64, Vec<String>) {
     let mut misses = Vec::new();
-    for (query, expected) in QUERIES {
+    for (query, expected) in queries {
         let hits = search(index_dir, query, 5, mode);
         if !hits.iter().any(|h| h.path == *expected) {
             let got: Vec<_> = hits.iter().map(|h| h.path.as_str()).collect();
             misses.push(format!("{query:?} -> expected {expected}, got {got:?}"));
         }
     }
-    (1.0 - misses.len() as f64 / QUERIES.len() as f64, misses)
+    (1.0 - misses.len() as f64 / queries.len() as f64, misses)
 }
 
 /// Top-1 accuracy and mean reciprocal rank of the defining file in the top 10 (reported).
-fn ranking(index_dir: &Path, mode: SearchMode) -> (f64, f64) {
+fn ranking(index_dir: &Path, queries: &[(&str, &str)], mode: SearchMode) -> (f64, f64) {
     let mut top1 = 0.0;
     let mut mrr = 0.0;
-    for (query, expected) in QUERIES {
+    for (query, expected) in queries {
         let hits = search(index_dir, query, 10, mode);
         if let Some(rank) = hits.iter().position(|h| h.path == *expected) {
             mrr += 1.0 / (rank as f64 + 1.0);
@@ -64,29 +82,31 @@ fn ranking(index_dir: &Path, mode: SearchMode) -> (f64, f64) {
             }
         }
     }
-    let n = QUERIES.len() as f64;
+    let n = queries.len() as f64;
     (top1 / n, mrr / n)
 }
 
 #[test]
-fn hybrid_search_finds_the_defining_file_for_code_that_uses_a_symbol() {
+fn hybrid_search_finds_the_defining_file_for_code_and_the_answering_file_for_questions() {
     let repo = copy_fixture("polyglot");
     let index_dir = tempfile::tempdir().unwrap();
     let report = index(repo.path(), index_dir.path());
     assert_eq!(report.files_indexed, 22, "{report:?}");
     assert!(report.chunks >= 22, "{report:?}");
 
-    let (hybrid, hybrid_misses) = hit_rate(index_dir.path(), SearchMode::Hybrid);
-    let (keyword, keyword_misses) = hit_rate(index_dir.path(), SearchMode::Keyword);
-    let (vector, vector_misses) = hit_rate(index_dir.path(), SearchMode::Vector);
-    println!("top-5 hit rate: hybrid {hybrid:.2}, keyword {keyword:.2}, vector {vector:.2}");
-    for mode in [SearchMode::Hybrid, SearchMode::Keyword, SearchMode::Vector] {
-        let (top1, mrr) = ranking(index_dir.path(), mode);
-        println!("{mode:?}: top-1 {top1:.2}, MRR@10 {mrr:.2}");
+    for (set, queries) in [("code that uses a symbol", QUERIES), ("questions in words", QUESTIONS)] {
+        let (hybrid, hybrid_misses) = hit_rate(index_dir.path(), queries, SearchMode::Hybrid);
+        let (keyword, keyword_misses) = hit_rate(index_dir.path(), queries, SearchMode::Keyword);
+        let (vector, vector_misses) = hit_rate(index_dir.path(), queries, SearchMode::Vector);
+        println!("{set}: top-5 hit rate: hybrid {hybrid:.2}, keyword {keyword:.2}, vector {vector:.2}");
+        for mode in [SearchMode::Hybrid, SearchMode::Keyword, SearchMode::Vector] {
+            let (top1, mrr) = ranking(index_dir.path(), queries, mode);
+            println!("{set}: {mode:?}: top-1 {top1:.2}, MRR@10 {mrr:.2}");
+        }
+        assert!(hybrid >= 0.9, "{set}: hybrid hit rate {hybrid:.2}; misses: {hybrid_misses:#?}");
+        assert!(hybrid >= keyword, "{set}: hybrid {hybrid:.2} < keyword {keyword:.2}; keyword misses {keyword_misses:#?}");
+        assert!(hybrid >= vector, "{set}: hybrid {hybrid:.2} < vector {vector:.2}; vector misses {vector_misses:#?}");
     }
-    assert!(hybrid >= 0.9, "hybrid hit rate {hybrid:.2}; misses: {hybrid_misses:#?}");
-    assert!(hybrid >= keyword, "hybrid {hybrid:.2} < keyword {keyword:.2}; keyword misses {keyword_misses:#?}");
-    assert!(hybrid >= vector, "hybrid {hybrid:.2} < vector {vector:.2}; vector misses {vector_misses:#?}");
 }
 
 #[test]
