@@ -26,7 +26,7 @@ use tokio::time::{Duration, Instant};
 use crate::auth::Caller;
 use crate::completion;
 use crate::error::ApiError;
-use crate::generation::admit;
+use crate::generation::{admit, Generation};
 use crate::json::Json;
 use crate::openai::{RetrievalField, Stop};
 use crate::routes::params::SamplingFields;
@@ -143,41 +143,15 @@ pub async fn infill(State(state): State<AppState>, Extension(caller): Extension<
         )
         .await
         .map_err(|e| state.pool_error(e, &caller))?;
-    let mut generation = admitted.start(stream, &state, &target.name);
-
-    // Generate, applying llama.cpp's FIM limits as the text comes.
+    let generation = admitted.start(stream, &state, &target.name);
     let started = Instant::now();
     let time_limit = request.t_max_predict_ms.filter(|ms| *ms > 0).map(Duration::from_millis);
-    let mut content = String::new();
-    let mut first_at = None;
-    let mut pieces = 0;
-    let (stop_type, predicted_n) = loop {
-        match generation.next().await {
-            Some(Ok(StreamEvent::Text(delta))) => {
-                let first = *first_at.get_or_insert_with(Instant::now);
-                pieces += 1;
-                content.push_str(&delta);
-                if let Some(cut) = request.n_indent.and_then(|n| dedent_cut(&content, n)) {
-                    content.truncate(cut);
-                    break (StopType::Limit, pieces);
-                }
-                if time_limit.is_some_and(|limit| first.elapsed() >= limit) && content.contains('\n') {
-                    break (StopType::Limit, pieces);
-                }
-            }
-            Some(Ok(StreamEvent::End { finish_reason, usage })) => {
-                let stop_type = match finish_reason {
-                    FinishReason::Stop => StopType::Eos,
-                    FinishReason::Length => StopType::Limit,
-                };
-                break (stop_type, usage.completion_tokens);
-            }
-            Some(Err(e)) => return Err(e),
-            None => return Err(ApiError::from(graft_engine::engine::Collector::unfinished())),
-        }
-    };
-    // Ending here drops the token stream: the engine stops generating.
-    drop(generation);
+    let Outcome {
+        content,
+        stop_type,
+        predicted_n,
+        first_at,
+    } = generate(generation, request.n_indent, time_limit).await?;
     let finished = Instant::now();
 
     let first_at = first_at.unwrap_or(finished);
@@ -215,6 +189,56 @@ pub async fn infill(State(state): State<AppState>, Extension(caller): Extension<
         Some(fields) if !fields.is_empty() => only_fields(&answer, &fields),
         _ => answer,
     }))
+}
+
+/// What a generation under llama.cpp's FIM limits gave.
+struct Outcome {
+    content: String,
+    stop_type: StopType,
+    /// Tokens generated (text pieces, when stopped early).
+    predicted_n: usize,
+    /// When the first text arrived.
+    first_at: Option<Instant>,
+}
+
+/// Runs `generation` to its end, or until a line is indented less than `n_indent` or
+/// `time_limit` has passed since the first token with a line complete. Returning drops the
+/// token stream, which stops the engine.
+async fn generate(mut generation: Generation, n_indent: Option<usize>, time_limit: Option<Duration>) -> Result<Outcome, ApiError> {
+    let mut content = String::new();
+    let mut first_at = None;
+    let mut pieces = 0;
+    let (stop_type, predicted_n) = loop {
+        match generation.next().await {
+            Some(Ok(StreamEvent::Text(delta))) => {
+                let first = *first_at.get_or_insert_with(Instant::now);
+                pieces += 1;
+                content.push_str(&delta);
+                if let Some(cut) = n_indent.and_then(|n| dedent_cut(&content, n)) {
+                    content.truncate(cut);
+                    break (StopType::Limit, pieces);
+                }
+                if time_limit.is_some_and(|limit| first.elapsed() >= limit) && content.contains('\n') {
+                    break (StopType::Limit, pieces);
+                }
+            }
+            Some(Ok(StreamEvent::End { finish_reason, usage })) => {
+                let stop_type = match finish_reason {
+                    FinishReason::Stop => StopType::Eos,
+                    FinishReason::Length => StopType::Limit,
+                };
+                break (stop_type, usage.completion_tokens);
+            }
+            Some(Err(e)) => return Err(e),
+            None => return Err(ApiError::from(graft_engine::engine::Collector::unfinished())),
+        }
+    };
+    Ok(Outcome {
+        content,
+        stop_type,
+        predicted_n,
+        first_at,
+    })
 }
 
 /// Where a completion should be cut because a line after its first one is indented less than
