@@ -10,6 +10,7 @@ use candle_core::{Device, Tensor};
 use graft_engine::adapter::{gguf_tensor_name, Adapter, PROJECTIONS};
 use graft_engine::cache::MergeCache;
 use graft_engine::merge::{merge, BaseGguf, MergeSettings};
+use graft_engine::requantize::{tensors_to_convert, Restore, SLOW_ON_CPU};
 use graft_engine::{BaseModel, ChatMessage, ChatRequest, Engine, Role, Sampling};
 use graft_tests::{kit_file, write_adapter};
 
@@ -255,18 +256,18 @@ fn an_adapter_model_added_next_to_the_base_answers_as_the_merged_model_does() {
 fn a_base_restored_for_the_cpu_keeps_its_weights_within_q8_0_rounding_and_runs() {
     let base_path = kit_file("smollm2-135m-instruct");
     let base = BaseGguf::open(&base_path).unwrap();
-    let slow = graft_engine::requantize::slow_tensors(&base);
+    let slow = tensors_to_convert(&base, Restore::Q8_0);
     assert!(slow.len() > 100, "the kit's SmolLM2 is Q4_1: {slow:?}");
 
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = MergeCache::new(cache_dir.path());
-    let first = cache.get_or_requantize(&base).unwrap();
+    let first = cache.get_or_requantize(&base, Restore::Q8_0).unwrap();
     assert!(first.fresh);
-    let again = cache.get_or_requantize(&base).unwrap();
+    let again = cache.get_or_requantize(&base, Restore::Q8_0).unwrap();
     assert_eq!((again.path.clone(), again.fresh), (first.path.clone(), false), "converted once, then reused");
 
     let restored = BaseGguf::open(&first.path).unwrap();
-    assert!(graft_engine::requantize::slow_tensors(&restored).is_empty());
+    assert!(tensors_to_convert(&restored, Restore::Q8_0).is_empty());
     for name in &slow {
         let original = floats(&base.tensor(name).unwrap().dequantize(&Device::Cpu).unwrap());
         let stored = restored.tensor(name).unwrap();
@@ -277,10 +278,37 @@ fn a_base_restored_for_the_cpu_keeps_its_weights_within_q8_0_rounding_and_runs()
         assert!(worst <= 1.0, "{name}: error {worst:.2}x Q8_0's rounding");
     }
     // Tensors of other types are copied byte for byte.
-    let kept = base.dtypes().find(|(_, t)| !graft_engine::requantize::SLOW_ON_CPU.contains(t)).map(|(n, _)| n.to_owned()).unwrap();
+    let kept = base.dtypes().find(|(_, t)| !SLOW_ON_CPU.contains(t)).map(|(n, _)| n.to_owned()).unwrap();
     assert_eq!(base.tensor(&kept).unwrap().data().unwrap(), restored.tensor(&kept).unwrap().data().unwrap());
 
     // The file is a working model, chat template included.
     let engine = load(&first.path);
+    assert!(!greedy(&engine, "Write a Rust function that adds two numbers").trim().is_empty());
+}
+
+#[test]
+fn a_base_restored_as_f16_keeps_every_weight_to_f16_precision_and_runs() {
+    let base_path = kit_file("smollm2-135m-instruct");
+    let base = BaseGguf::open(&base_path).unwrap();
+    let quantized = tensors_to_convert(&base, Restore::F16);
+    assert!(quantized.len() > 100, "every quantized tensor of the kit's SmolLM2: {quantized:?}");
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = MergeCache::new(cache_dir.path());
+    let stored = cache.get_or_requantize(&base, Restore::F16).unwrap();
+    let q8 = cache.get_or_requantize(&base, Restore::Q8_0).unwrap();
+    assert_ne!(stored.path, q8.path, "each way of storing has its own cache entry");
+
+    let restored = BaseGguf::open(&stored.path).unwrap();
+    assert!(tensors_to_convert(&restored, Restore::F16).is_empty());
+    for name in &quantized {
+        let original = floats(&base.tensor(name).unwrap().dequantize(&Device::Cpu).unwrap());
+        let tensor = restored.tensor(name).unwrap();
+        assert_eq!(tensor.dtype(), GgmlDType::F16, "{name}");
+        let got = floats(&tensor.dequantize(&Device::Cpu).unwrap());
+        // F16 keeps 11 significant bits: relative error at most 2^-11 (plus subnormals).
+        let worst = got.iter().zip(&original).map(|(g, w)| (g - w).abs() - w.abs() / 2048.0).fold(f32::MIN, f32::max);
+        assert!(worst <= 1e-7, "{name}: off by {worst:e} beyond F16's rounding");
+    }
+    let engine = load(&stored.path);
     assert!(!greedy(&engine, "Write a Rust function that adds two numbers").trim().is_empty());
 }

@@ -106,9 +106,9 @@ pub struct ModelConfig {
     pub prompt_format: PromptFormatChoice,
     /// A Jinja chat template file used instead of the one in the GGUF.
     pub chat_template: Option<PathBuf>,
-    /// On CPU, store Q4_1/Q5_0/Q5_1 tensors as Q8_0 (once, in `adapters.cache_dir`), which
-    /// candle runs with its SIMD kernel.
-    pub requantize_for_cpu: bool,
+    /// On the CPU, how the base model's weights are re-stored (once, in
+    /// `adapters.cache_dir`) for the engine's faster kernels.
+    pub cpu_weights: CpuWeights,
 }
 
 impl Default for ModelConfig {
@@ -120,7 +120,7 @@ impl Default for ModelConfig {
             max_num_seqs: 8,
             prompt_format: PromptFormatChoice::Auto,
             chat_template: None,
-            requantize_for_cpu: true,
+            cpu_weights: CpuWeights::Q8_0,
         }
     }
 }
@@ -177,6 +177,21 @@ impl<'de> Deserialize<'de> for ModelSource {
         }
         Ok(ModelSource::Path(PathBuf::from(s)))
     }
+}
+
+/// `model.cpu_weights`: how the base model is stored for the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum CpuWeights {
+    /// The file as it is.
+    #[serde(rename = "as-is")]
+    AsIs,
+    /// Q4_1/Q5_0/Q5_1 tensors as Q8_0, which has a SIMD kernel: faster decoding.
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// Every quantized matrix as F16, multiplied by a GEMM kernel: faster prompts, slower
+    /// decoding, more memory.
+    #[serde(rename = "f16")]
+    F16,
 }
 
 /// The device a model runs on.

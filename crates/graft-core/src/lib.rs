@@ -9,4 +9,4 @@
 pub mod config;
 pub mod keys;
 
-pub use config::{Config, ConfigError, Device, EmbeddingModel, MergedType, ModelSource, ProjectConfig, PromptFormatChoice};
+pub use config::{Config, ConfigError, CpuWeights, Device, EmbeddingModel, MergedType, ModelSource, ProjectConfig, PromptFormatChoice};

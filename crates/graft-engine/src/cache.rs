@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::adapter::Adapter;
 use crate::merge::{merge, BaseGguf, MergeError, MergeSettings};
+use crate::requantize::Restore;
 
 /// Bumped when the merge's output for the same inputs changes.
 const MERGE_FORMAT: u32 = 1;
@@ -62,20 +63,21 @@ impl MergeCache {
         Ok(Merged { path, fresh: true })
     }
 
-    /// `base` with its slow-on-CPU tensors stored as Q8_0 (see [`crate::requantize`]),
-    /// converting only if the cache lacks it. Named `base-<key>.gguf`.
-    pub fn get_or_requantize(&self, base: &BaseGguf) -> Result<Merged, MergeError> {
+    /// `base` re-stored for the CPU as `restore` says (see [`crate::requantize`]), converting
+    /// only if the cache lacks it. Named `base-<key>.gguf`.
+    pub fn get_or_requantize(&self, base: &BaseGguf, restore: Restore) -> Result<Merged, MergeError> {
         let mut h = Sha256::new();
         h.update(format!("graft-requantize-v{MERGE_FORMAT}\n").as_bytes());
         h.update(self.base_hash(&base.path)?.as_bytes());
-        h.update(format!("{:?}", crate::requantize::TARGET).as_bytes());
+        // Q8_0 keys as they did when it was the only choice, so existing files are reused.
+        h.update(format!("{:?}", restore.target()).as_bytes());
         let key = &hex::encode(h.finalize())[..32];
         let path = self.dir.join(format!("base-{key}.gguf"));
         if path.is_file() {
             return Ok(Merged { path, fresh: false });
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| io_err(&self.dir, e))?;
-        crate::requantize::requantize(base, &path)?;
+        crate::requantize::requantize(base, &path, restore)?;
         Ok(Merged { path, fresh: true })
     }
 

@@ -4,7 +4,8 @@
 //! - [`adapter`]: a PEFT LoRA adapter, read and checked.
 //! - [`merge`]: an adapter merged into a GGUF base, written as a new GGUF file.
 //! - [`cache`]: merged models kept by the hash of what went into them, merged once.
-//! - [`requantize`]: a base re-stored so candle's fast CPU kernels apply (Q4_1/Q5_x → Q8_0).
+//! - [`requantize`]: a base re-stored so candle's fast CPU kernels apply (Q4_1/Q5_x → Q8_0,
+//!   or every quantized matrix → F16).
 //! - [`pool`]: the base model and the adapters loaded next to it, loaded on use, evicted LRU.
 //! - [`fim`]: completion prompt formats (fill-in-the-middle, repo-level) by model family.
 //! - [`sampling`]: seeded sampling, repeatable per request.

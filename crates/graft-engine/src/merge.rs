@@ -107,12 +107,20 @@ impl BaseGguf {
         })
     }
 
-    /// `[out, in]` of a 2-d tensor.
     /// Each tensor's name and storage type.
     pub fn dtypes(&self) -> impl Iterator<Item = (&str, GgmlDType)> {
         self.content.tensor_infos.iter().map(|(name, info)| (name.as_str(), info.ggml_dtype))
     }
 
+    /// Each tensor's name, storage type and row length (its last dimension).
+    pub fn tensor_infos(&self) -> impl Iterator<Item = (&str, GgmlDType, usize)> {
+        self.content
+            .tensor_infos
+            .iter()
+            .map(|(name, info)| (name.as_str(), info.ggml_dtype, info.shape.dims().last().copied().unwrap_or(0)))
+    }
+
+    /// `[out, in]` of a 2-d tensor.
     pub fn shape(&self, name: &str) -> Option<(usize, usize)> {
         match self.content.tensor_infos.get(name)?.shape.dims() {
             [out, inp] => Some((*out, *inp)),

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use graft_core::{Config, ModelSource};
+use graft_core::{Config, CpuWeights, ModelSource};
+use graft_engine::requantize::Restore;
 use graft_kit::{manifest, Artifact, Kit, Source};
 use serde_json::json;
 
@@ -86,8 +87,8 @@ pub fn resolve(kit: &Kit, source: &ModelSource) -> Result<PathBuf> {
 }
 
 /// The base model's GGUF as the engine should load it: `model.gguf` resolved, and, for the
-/// CPU, with the tensor types that lack a fast CPU kernel stored as Q8_0 (converted once,
-/// kept in `adapters.cache_dir`; see graft-engine's `requantize`).
+/// CPU, re-stored as `model.cpu_weights` says (converted once, kept in `adapters.cache_dir`;
+/// see graft-engine's `requantize`).
 pub fn base_gguf(config: &Config) -> Result<PathBuf> {
     let gguf = resolve(&Kit::new(&config.kit.dir), &config.model.gguf).context("`model.gguf`")?;
     let on_cpu = match config.model.device {
@@ -96,23 +97,29 @@ pub fn base_gguf(config: &Config) -> Result<PathBuf> {
         graft_core::Device::Auto => !cfg!(feature = "cuda"),
     };
     // A missing file is reported by the engine's loader, in the same words as without this step.
-    if !(on_cpu && config.model.requantize_for_cpu && gguf.is_file()) {
+    let restore = match config.model.cpu_weights {
+        CpuWeights::AsIs => None,
+        CpuWeights::Q8_0 => Some(Restore::Q8_0),
+        CpuWeights::F16 => Some(Restore::F16),
+    };
+    let Some(restore) = restore.filter(|_| on_cpu && gguf.is_file()) else {
         return Ok(gguf);
-    }
+    };
     let base = graft_engine::merge::BaseGguf::open(&gguf)?;
-    let slow = graft_engine::requantize::slow_tensors(&base);
-    if slow.is_empty() {
+    let converted = graft_engine::requantize::tensors_to_convert(&base, restore);
+    if converted.is_empty() {
         return Ok(gguf);
     }
     let cache = graft_engine::cache::MergeCache::new(&config.adapters.cache_dir);
     let started = std::time::Instant::now();
-    let stored = cache.get_or_requantize(&base).context("re-storing the base model for the CPU")?;
+    let stored = cache.get_or_requantize(&base, restore).context("re-storing the base model for the CPU")?;
     if stored.fresh {
         tracing::info!(
-            tensors = slow.len(),
+            tensors = converted.len(),
+            stored_as = ?restore.target(),
             seconds = started.elapsed().as_secs_f64(),
             path = %stored.path.display(),
-            "stored the base model's Q4_1/Q5_x tensors as Q8_0 for the CPU's fast kernel (once)"
+            "re-stored the base model's tensors for the CPU's faster kernels (model.cpu_weights; once)"
         );
     }
     Ok(stored.path)
