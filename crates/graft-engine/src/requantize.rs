@@ -46,7 +46,7 @@ impl Restore {
     /// Whether a tensor of `dtype` whose rows hold `row` values is converted.
     fn converts(self, dtype: GgmlDType, row: usize) -> bool {
         match self {
-            Restore::Q8_0 => SLOW_ON_CPU.contains(&dtype) && row % GgmlDType::Q8_0.block_size() == 0,
+            Restore::Q8_0 => SLOW_ON_CPU.contains(&dtype) && row.is_multiple_of(GgmlDType::Q8_0.block_size()),
             Restore::F16 => !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16),
         }
     }
