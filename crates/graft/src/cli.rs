@@ -80,9 +80,9 @@ pub struct SearchArgs {
     /// The project whose index is searched.
     #[arg(long, short = 'p')]
     pub project: String,
-    /// Number of results (default: `index.top_k` from the config).
-    #[arg(short = 'k', long)]
-    pub k: Option<usize>,
+    /// Number of results, 1 to 100 (default: `index.top_k` from the config).
+    #[arg(short = 'k', long, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub k: Option<u16>,
     /// hybrid (keyword and vector, fused), keyword (BM25) or vector (embeddings).
     #[arg(long, default_value = "hybrid", value_parser = ["hybrid", "keyword", "vector"])]
     pub mode: String,

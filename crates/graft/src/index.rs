@@ -176,7 +176,7 @@ pub fn search(args: SearchArgs) -> Result<()> {
         SearchMode::Keyword => None,
         _ => Some(load_embedder(&config)?),
     };
-    let options = search_options(&config, mode, args.k.unwrap_or(config.index.top_k));
+    let options = search_options(&config, mode, args.k.map_or(config.index.top_k, usize::from));
     let hits = index.search(&args.query, embedder.as_ref(), &options)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&hits)?);
