@@ -182,9 +182,20 @@ pub fn completion_query(prefix: &str, suffix: Option<&str>, max_chars: usize) ->
     query
 }
 
-/// The search query for a chat: the last user message.
-pub fn chat_query(messages: &[ChatMessage]) -> Option<&str> {
-    messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.as_str())
+/// A last question shorter than this many words is taken as a follow-up.
+const FOLLOW_UP_WORDS: usize = 8;
+
+/// The search query for a chat: the last user message; a short one ("and where is it
+/// tested?") is a follow-up, so the user message before it comes first in the query.
+pub fn chat_query(messages: &[ChatMessage]) -> String {
+    let mut asked = messages.iter().rev().filter(|m| m.role == Role::User).map(|m| m.content.trim());
+    let Some(last) = asked.next() else {
+        return String::new();
+    };
+    match asked.next() {
+        Some(before) if last.split_whitespace().count() < FOLLOW_UP_WORDS => format!("{before}\n{last}"),
+        _ => last.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -285,12 +296,19 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_chat_query_is_the_last_user_message() {
-        let messages = vec![
-            ChatMessage::new(Role::User, "first"),
-            ChatMessage::new(Role::Assistant, "answer"),
-            ChatMessage::new(Role::User, "second"),
+    fn the_chat_query_is_the_last_question_with_the_one_before_for_a_follow_up() {
+        let first = "How does the pool evict adapters when it is full?";
+        let mut messages = vec![
+            ChatMessage::new(Role::System, "You are helpful."),
+            ChatMessage::new(Role::User, first),
+            ChatMessage::new(Role::Assistant, "It unloads the least recently used one."),
         ];
-        assert_eq!(chat_query(&messages), Some("second"));
+        assert_eq!(chat_query(&messages), first);
+        messages.push(ChatMessage::new(Role::User, "And where is that tested?"));
+        assert_eq!(chat_query(&messages), format!("{first}\nAnd where is that tested?"));
+        let full = "Which function parses the listen address from the configuration file?";
+        messages.push(ChatMessage::new(Role::User, full));
+        assert_eq!(chat_query(&messages), full, "a full question stands alone");
+        assert_eq!(chat_query(&[ChatMessage::new(Role::System, "x")]), "");
     }
 }

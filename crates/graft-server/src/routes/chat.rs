@@ -46,7 +46,7 @@ pub async fn completions(
     let admitted = admit(&state).await?;
     let mut sources = None;
     if let Some(project) = &target.project {
-        let query = augment::chat_query(&chat.messages).unwrap_or_default().to_owned();
+        let query = augment::chat_query(&chat.messages);
         let used = match retrieve(&state, project, &query, retrieval).await? {
             Some(hits) => {
                 // The context may take what the conversation leaves of the prompt limit.
