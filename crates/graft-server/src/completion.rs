@@ -7,9 +7,11 @@
 //! then the current file. Extra files get `generation.max_extra_context_tokens`; those that do
 //! not fit are left out, oldest (first) first, as llama.cpp does. Retrieved code gets the
 //! project's token budget, within what the current file and the extra files leave of the
-//! prompt limit. This module does not generate.
+//! prompt limit. A current file over the limit is refused (`/v1/completions`) or cut to the
+//! lines nearest the cursor (`/infill`). This module does not generate.
 
 use graft_engine::fim::{ContextFile, FimInput};
+use graft_engine::PromptFormat;
 use graft_engine::{EngineError, Sampling};
 
 use crate::augment::{self, CountTokens, Source};
@@ -21,6 +23,16 @@ use crate::state::{AppState, Target};
 /// Longest search query taken from the code around the cursor, in bytes.
 const QUERY_CHARS: usize = 1500;
 
+/// What to do with a current file longer than the prompt limit.
+#[derive(Debug, Clone, Copy)]
+pub enum TooLong {
+    /// A 400 naming this request field (OpenAI's way).
+    Refuse(&'static str),
+    /// Keep the suffix's first lines (at most a quarter of the limit) and the prefix's last
+    /// lines, the code nearest the cursor (llama.cpp's way on `/infill`).
+    Trim,
+}
+
 /// A laid-out completion prompt.
 #[derive(Debug)]
 pub struct CompletionPrompt {
@@ -31,12 +43,14 @@ pub struct CompletionPrompt {
     pub sources: Option<Vec<Source>>,
     /// How many of the client's extra files were left out for want of room.
     pub extra_dropped: usize,
+    /// Whether the current file was cut to fit ([`TooLong::Trim`]).
+    pub trimmed: bool,
 }
 
 /// Lays out `input` (prefix, optional suffix, optional path) for `target` with the client's
 /// `extra` files and, for a project, retrieved code. A suffix is dropped for a model without
 /// fill-in-the-middle tokens; when one is used, the format's stop sequences are added to
-/// `sampling`. A prompt over the limit is a 400 naming `param`.
+/// `sampling`. A current file over the limit is refused or cut, as `too_long` says.
 pub async fn lay_out(
     state: &AppState,
     target: &Target,
@@ -44,7 +58,7 @@ pub async fn lay_out(
     extra: Vec<ContextFile>,
     retrieval: Option<RetrievalField>,
     sampling: &mut Sampling,
-    param: &'static str,
+    too_long: TooLong,
 ) -> Result<CompletionPrompt, ApiError> {
     let format = state.engine().prompt_format();
     let limit = state.generation().max_prompt_tokens;
@@ -57,6 +71,15 @@ pub async fn lay_out(
     let count = |input: &FimInput| {
         let text = format.render(input);
         async move { state.engine().tokenize(None, &text, true).await.map(|t| t.len()) }
+    };
+
+    let trimmed = match too_long {
+        TooLong::Trim => trim_to_fit(state.engine(), format, &mut input, limit.saturating_sub(SPECIAL_MARGIN)).await?,
+        TooLong::Refuse(_) => false,
+    };
+    let param = match too_long {
+        TooLong::Refuse(param) => param,
+        TooLong::Trim => "input_prefix",
     };
 
     // The client's extra files: the newest (last) ones that fit their budget and beside the
@@ -93,7 +116,54 @@ pub async fn lay_out(
         tokens,
         sources,
         extra_dropped,
+        trimmed,
     })
+}
+
+/// Tokens kept free when trimming, for what counting without special tokens misses (BOS).
+const SPECIAL_MARGIN: usize = 4;
+
+/// Cuts `input`'s current file so that its prompt fits `limit` tokens: the suffix to its
+/// first lines (at most a quarter of the limit), then the prefix to its last lines. Whole
+/// lines only; returns whether anything was cut.
+async fn trim_to_fit(counter: &impl CountTokens, format: PromptFormat, input: &mut FimInput, limit: usize) -> Result<bool, EngineError> {
+    let mut cut = false;
+    if let Some(suffix) = &input.suffix {
+        let quarter = limit / 4;
+        if counter.count(suffix).await? > quarter {
+            let lines: Vec<&str> = suffix.split_inclusive('\n').collect();
+            // Invariant: the first `lo` lines fit, the first `hi` do not.
+            let (mut lo, mut hi) = (0, lines.len());
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if counter.count(&lines[..mid].concat()).await? <= quarter {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            input.suffix = Some(lines[..lo].concat());
+            cut = true;
+        }
+    }
+    if counter.count(&format.render(input)).await? > limit {
+        let lines: Vec<String> = input.prefix.split_inclusive('\n').map(str::to_owned).collect();
+        let last = |n: usize| lines[lines.len() - n..].concat();
+        // Invariant: the last `lo` lines fit, the last `hi` do not.
+        let (mut lo, mut hi) = (0, lines.len());
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let candidate = FimInput { prefix: last(mid), ..input.clone() };
+            if counter.count(&format.render(&candidate)).await? <= limit {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        input.prefix = last(lo);
+        cut = true;
+    }
+    Ok(cut)
 }
 
 /// A 400 naming `param` when a prompt of `tokens` is over `generation.max_prompt_tokens`.
@@ -140,6 +210,39 @@ mod tests {
             path: path.into(),
             text: vec!["w"; words].join(" "),
         }
+    }
+
+    fn lines(name: &str, n: usize) -> String {
+        (0..n).map(|i| format!("{name}{i} x\n")).collect()
+    }
+
+    #[test]
+    fn a_long_current_file_keeps_the_lines_nearest_the_cursor() {
+        // Each line is two words; Qwen's FIM markers add one (the others stick to a line).
+        let mut input = FimInput {
+            prefix: lines("p", 100),
+            suffix: Some(lines("s", 100)),
+            ..FimInput::default()
+        };
+        let cut = block_on(trim_to_fit(&Words, PromptFormat::QwenCoder, &mut input, 80)).expect("trim");
+        assert!(cut);
+        // The suffix keeps its first 10 lines (20 words: a quarter of 80).
+        assert_eq!(input.suffix.as_deref(), Some(lines("s", 10).as_str()));
+        // The prefix keeps its last lines: 80 words - 20 - 1 leave room for 29 lines.
+        let kept: Vec<&str> = input.prefix.lines().collect();
+        assert_eq!((kept.first().copied(), kept.last().copied()), (Some("p71 x"), Some("p99 x")), "{kept:?}");
+        let rendered = PromptFormat::QwenCoder.render(&input);
+        assert!(block_on(Words.count(&rendered)).expect("count") <= 80, "{rendered}");
+
+        // A file that fits is left alone.
+        let mut small = FimInput {
+            prefix: lines("p", 3),
+            suffix: Some(lines("s", 3)),
+            ..FimInput::default()
+        };
+        let before = small.clone();
+        assert!(!block_on(trim_to_fit(&Words, PromptFormat::QwenCoder, &mut small, 80)).expect("trim"));
+        assert_eq!(small, before);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use graft_engine::fim::FimInput;
 use graft_engine::{CompletionRequest, Prompt};
 
 use crate::auth::Caller;
-use crate::completion;
+use crate::completion::{self, TooLong};
 use crate::error::ApiError;
 use crate::generation::admit;
 use crate::json::Json;
@@ -88,7 +88,7 @@ pub async fn completions(
                 suffix,
                 ..FimInput::default()
             };
-            let prompt = completion::lay_out(&state, &target, input, Vec::new(), request.retrieval, &mut sampling, "prompt").await?;
+            let prompt = completion::lay_out(&state, &target, input, Vec::new(), request.retrieval, &mut sampling, TooLong::Refuse("prompt")).await?;
             (prompt.tokens, prompt.sources)
         }
     };

@@ -24,7 +24,7 @@ use serde_json::{json, Map, Value};
 use tokio::time::{Duration, Instant};
 
 use crate::auth::Caller;
-use crate::completion;
+use crate::completion::{self, TooLong};
 use crate::error::ApiError;
 use crate::generation::{admit, Generation};
 use crate::json::Json;
@@ -130,7 +130,7 @@ pub async fn infill(State(state): State<AppState>, Extension(caller): Extension<
     });
 
     let admitted = admit(&state).await?;
-    let prompt = completion::lay_out(&state, &target, input, extra, request.retrieval, &mut sampling, "input_prefix").await?;
+    let prompt = completion::lay_out(&state, &target, input, extra, request.retrieval, &mut sampling, TooLong::Trim).await?;
     let prompt_n = prompt.tokens.len();
     let stream = state
         .pool()
@@ -170,7 +170,7 @@ pub async fn infill(State(state): State<AppState>, Extension(caller): Extension<
         "tokens_evaluated": prompt_n,
         "tokens_cached": 0,
         "has_new_line": content.contains('\n'),
-        "truncated": prompt.extra_dropped > 0,
+        "truncated": prompt.extra_dropped > 0 || prompt.trimmed,
         "prompt": prompt.text,
         "generation_settings": generation_settings,
         "timings": {
