@@ -151,8 +151,12 @@ pub async fn infill(State(state): State<AppState>, Extension(caller): Extension<
         stop_type,
         predicted_n,
         first_at,
+        early,
     } = generate(generation, request.n_indent, time_limit).await?;
     let finished = Instant::now();
+    if early {
+        state.metrics().tokens(&target.name, prompt_n, predicted_n);
+    }
 
     let first_at = first_at.unwrap_or(finished);
     let prompt_ms = (first_at - started).as_secs_f64() * 1000.0;
@@ -199,6 +203,9 @@ struct Outcome {
     predicted_n: usize,
     /// When the first text arrived.
     first_at: Option<Instant>,
+    /// Stopped by `n_indent` or `t_max_predict_ms` before the engine's end (which is what
+    /// counts tokens for the metrics).
+    early: bool,
 }
 
 /// Runs `generation` to its end, or until a line is indented less than `n_indent` or
@@ -208,7 +215,7 @@ async fn generate(mut generation: Generation, n_indent: Option<usize>, time_limi
     let mut content = String::new();
     let mut first_at = None;
     let mut pieces = 0;
-    let (stop_type, predicted_n) = loop {
+    let (stop_type, predicted_n, early) = loop {
         match generation.next().await {
             Some(Ok(StreamEvent::Text(delta))) => {
                 let first = *first_at.get_or_insert_with(Instant::now);
@@ -216,10 +223,10 @@ async fn generate(mut generation: Generation, n_indent: Option<usize>, time_limi
                 content.push_str(&delta);
                 if let Some(cut) = n_indent.and_then(|n| dedent_cut(&content, n)) {
                     content.truncate(cut);
-                    break (StopType::Limit, pieces);
+                    break (StopType::Limit, pieces, true);
                 }
                 if time_limit.is_some_and(|limit| first.elapsed() >= limit) && content.contains('\n') {
-                    break (StopType::Limit, pieces);
+                    break (StopType::Limit, pieces, true);
                 }
             }
             Some(Ok(StreamEvent::End { finish_reason, usage })) => {
@@ -227,7 +234,7 @@ async fn generate(mut generation: Generation, n_indent: Option<usize>, time_limi
                     FinishReason::Stop => StopType::Eos,
                     FinishReason::Length => StopType::Limit,
                 };
-                break (stop_type, usage.completion_tokens);
+                break (stop_type, usage.completion_tokens, false);
             }
             Some(Err(e)) => return Err(e),
             None => return Err(ApiError::from(graft_engine::engine::Collector::unfinished())),
@@ -238,6 +245,7 @@ async fn generate(mut generation: Generation, n_indent: Option<usize>, time_limi
         stop_type,
         predicted_n,
         first_at,
+        early,
     })
 }
 
