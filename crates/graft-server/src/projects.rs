@@ -6,10 +6,11 @@
 //! holds while another process (a `graft index` run) has the index open.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use graft_core::ProjectConfig;
-use graft_index::{index_repository, Embedder, IndexError, IndexLayout, IndexOptions, IndexReport, ProjectIndex, Quiet, SearchHit, SearchMode, SearchOptions};
+use graft_index::{index_repository, Embedder, IndexError, IndexLayout, IndexOptions, IndexProgress, IndexReport, ProjectIndex, SearchHit, SearchMode, SearchOptions};
 
 /// How long a re-index waits for searches in flight to let go of the index.
 const SEARCHES_FINISH: std::time::Duration = std::time::Duration::from_secs(10);
@@ -51,6 +52,50 @@ impl Project {
         }
         Ok(slot.clone())
     }
+}
+
+/// A re-index's progress as log lines: the files found, then every tenth of the embedding.
+struct LogProgress {
+    project: String,
+    total: AtomicUsize,
+    done: AtomicUsize,
+}
+
+impl LogProgress {
+    fn new(project: &str) -> LogProgress {
+        LogProgress {
+            project: project.to_owned(),
+            total: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl IndexProgress for LogProgress {
+    fn walked(&self, files: usize) {
+        tracing::info!(project = %self.project, files, "indexing: repository walked");
+    }
+
+    fn embedding(&self, chunks: usize) {
+        self.total.store(chunks, Ordering::Relaxed);
+        if chunks > 0 {
+            tracing::info!(project = %self.project, chunks, "indexing: embedding new and changed chunks");
+        }
+    }
+
+    fn embedded(&self, n: usize) {
+        let total = self.total.load(Ordering::Relaxed);
+        let before = self.done.fetch_add(n, Ordering::Relaxed);
+        let tenth = |done: usize| if total == 0 { 0 } else { done * 10 / total };
+        if tenth(before + n) > tenth(before) {
+            tracing::info!(project = %self.project, embedded = before + n, of = total, "indexing: embedding");
+        }
+    }
+}
+
+/// A project marked as re-indexing ([`Projects::start_reindex`]).
+pub struct ReindexGuard {
+    _held: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// Why a re-index did not run or failed.
@@ -142,10 +187,19 @@ impl Projects {
     /// Re-indexes `project` from its repository (incremental). One run at a time per project;
     /// a second request while one runs fails at once.
     pub async fn reindex(&self, project: &Arc<Project>) -> Result<IndexReport, ReindexError> {
+        let guard = self.start_reindex(project).ok_or(ReindexError::Running)?;
+        self.reindex_with(project, guard).await
+    }
+
+    /// Marks `project` as re-indexing (its requests get no retrieved code from now on) and
+    /// returns the mark for [`Projects::reindex_with`]; `None` if a re-index is running.
+    pub fn start_reindex(&self, project: &Arc<Project>) -> Option<ReindexGuard> {
+        Arc::clone(&project.reindexing).try_lock_owned().ok().map(|held| ReindexGuard { _held: held })
+    }
+
+    /// Re-indexes `project`, marked by [`Projects::start_reindex`]; the mark goes when done.
+    pub async fn reindex_with(&self, project: &Arc<Project>, guard: ReindexGuard) -> Result<IndexReport, ReindexError> {
         let embedder = self.embedder.clone().ok_or_else(|| IndexError::Invalid("no embedding model is loaded".into()))?;
-        let Ok(guard) = Arc::clone(&project.reindexing).try_lock_owned() else {
-            return Err(ReindexError::Running);
-        };
         // The indexer owns the index files while it runs: close ours, once the searches
         // running on it (milliseconds each) have let go.
         let open = project.index.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -158,7 +212,8 @@ impl Projects {
         let project = Arc::clone(project);
         let report = tokio::task::spawn_blocking(move || {
             let _guard = guard;
-            index_repository(&project.config.path, &project.layout, &embedder, &project.options, &Quiet)
+            let progress = LogProgress::new(project.name());
+            index_repository(&project.config.path, &project.layout, &embedder, &project.options, &progress)
         })
         .await
         .map_err(|e| IndexError::Invalid(format!("the index task failed: {e}")))?;

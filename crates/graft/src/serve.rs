@@ -17,8 +17,9 @@ use graft_server::{AppState, ServerParts};
 use crate::cli::ServeArgs;
 use crate::{index, models};
 
-/// `graft up`: the one command a new user runs. Fetches the model files the config needs,
-/// brings every configured project's index up to date, then serves.
+/// `graft up`: the one command a new user runs. Fetches the model files the config needs and
+/// serves, bringing every configured project's index up to date in the background (a
+/// project's requests are answered without retrieved code until its index is ready).
 pub fn up(args: ServeArgs) -> Result<()> {
     let config = load(&args)?;
     // Keys and the address are checked, and the port taken, before minutes of indexing.
@@ -32,23 +33,8 @@ pub fn up(args: ServeArgs) -> Result<()> {
         eprintln!("fetching the offline model kit into {}", kit.dir().display());
     }
     models::ensure(&kit, &needed, false)?;
-    let mut loaded_embedder = None;
-    if !config.projects.is_empty() {
-        let embedder = index::load_embedder(&config)?;
-        for project in &config.projects {
-            eprintln!("indexing project `{}` ({})", project.name, project.path.display());
-            let report = index::run_index(&config, &project.name, &project.path, &embedder, false)?;
-            eprintln!(
-                "  {} files, {} chunks ({} embedded now) in {:.1}s",
-                report.files_indexed,
-                report.chunks,
-                report.embeddings,
-                report.elapsed.as_secs_f64()
-            );
-        }
-        loaded_embedder = Some(embedder);
-    }
-    run(config, loaded_embedder, keys, listener)
+    let embedder = if config.projects.is_empty() { None } else { Some(index::load_embedder(&config)?) };
+    run(config, embedder, keys, listener, Indexing::InBackground)
 }
 
 /// `graft serve`.
@@ -60,7 +46,16 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     } else {
         Some(index::load_embedder(&config).context("projects are configured, so their embedding model is needed (`graft models fetch`)")?)
     };
-    run(config, embedder, keys, listener)
+    run(config, embedder, keys, listener, Indexing::Off)
+}
+
+/// Whether serving starts with the projects' indexes brought up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Indexing {
+    /// `graft serve`: the indexes as they are.
+    Off,
+    /// `graft up`: each project re-indexed (incrementally) in turn while serving.
+    InBackground,
 }
 
 fn load(args: &ServeArgs) -> Result<Config> {
@@ -89,7 +84,7 @@ fn open(config: &Config) -> Result<(ApiKeys, std::net::TcpListener)> {
     Ok((keys, listener))
 }
 
-fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std::net::TcpListener) -> Result<()> {
+fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std::net::TcpListener, indexing: Indexing) -> Result<()> {
     let listen = config.server.listen;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -117,6 +112,11 @@ fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std:
             keys,
             projects: projects(&config, embedder),
         });
+        if indexing == Indexing::InBackground {
+            // Started before the first request can arrive, so each project reports itself as
+            // re-indexing from the start.
+            index_in_background(&state);
+        }
         let app = graft_server::router(state, config.server.max_body_bytes);
         let names: Vec<&str> = std::iter::once(config.model.name.as_str())
             .chain(config.projects.iter().map(|p| p.name.as_str()))
@@ -130,6 +130,41 @@ fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std:
         eprintln!("graft stopped");
         Ok(())
     })
+}
+
+/// Re-indexes every project in turn, on the server's runtime, saying when each is done.
+fn index_in_background(state: &AppState) {
+    let projects: Vec<_> = state.projects().all().cloned().collect();
+    let mut started = Vec::new();
+    for project in &projects {
+        match state.projects().start_reindex(project) {
+            Some(guard) => started.push((Arc::clone(project), guard)),
+            None => tracing::warn!(project = project.name(), "a re-index is already running"),
+        }
+    }
+    for (project, _) in &started {
+        eprintln!(
+            "indexing project `{}` ({}) in the background; until it is done its requests get no retrieved code",
+            project.name(),
+            project.config.path.display()
+        );
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        for (project, guard) in started {
+            match state.projects().reindex_with(&project, guard).await {
+                Ok(report) => eprintln!(
+                    "project `{}` indexed: {} files, {} chunks ({} embedded now) in {:.1}s",
+                    project.name(),
+                    report.files_indexed,
+                    report.chunks,
+                    report.embeddings,
+                    report.elapsed.as_secs_f64()
+                ),
+                Err(e) => eprintln!("indexing project `{}` failed: {e}", project.name()),
+            }
+        }
+    });
 }
 
 /// The configured projects, their indexes to be opened on first use.

@@ -1,4 +1,5 @@
-//! `graft up` as a team runs it (API keys, two projects over a fixture repository), used by
+//! `graft up` as a team runs it (API keys, two projects over a fixture repository, indexed in
+//! the background once it serves), used by
 //! the official OpenAI Python SDK (tests/python/test_openai_sdk.py), and by the CLI beside it
 //! (told that the server holds the index), then stopped with SIGTERM
 //! while a streamed answer is in flight: the answer finishes, new connections are refused, and
@@ -88,8 +89,17 @@ fn the_openai_sdk_works_against_graft_up_and_sigterm_lets_answers_finish() {
         Command::new(env!("CARGO_BIN_EXE_graft")).args(["up", "--config"]).arg(&config).env("RUST_LOG", "warn"),
         Duration::from_secs(300),
     );
-    let (mut server, addr, startup, lines) = (serving.process, serving.addr, serving.startup, serving.lines);
-    assert!(startup.iter().any(|l| l.contains("indexing project `polyglot`")), "up indexes projects first: {startup:#?}");
+    let (mut server, addr, startup, mut lines) = (serving.process, serving.addr, serving.startup, serving.lines);
+    assert!(startup.iter().any(|l| l.contains("indexing project `polyglot`")), "up indexes the projects: {startup:#?}");
+    // It serves at once and indexes in the background: wait for both projects.
+    let mut pending = vec!["project `polyglot` indexed", "project `archive` indexed"];
+    let mut seen = Vec::new();
+    while !pending.is_empty() {
+        let line = lines.next().unwrap_or_else(|| panic!("graft exited while indexing: {seen:#?}")).unwrap();
+        pending.retain(|p| !line.contains(p));
+        assert!(!line.contains("failed"), "{line}");
+        seen.push(line);
+    }
     // The rest of graft's output, read as it comes so the pipe never fills.
     let output = Arc::new(Mutex::new(Vec::new()));
     let reader = {
