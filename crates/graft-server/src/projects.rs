@@ -86,7 +86,7 @@ impl IndexProgress for LogProgress {
     fn embedded(&self, n: usize) {
         let total = self.total.load(Ordering::Relaxed);
         let before = self.done.fetch_add(n, Ordering::Relaxed);
-        let tenth = |done: usize| if total == 0 { 0 } else { done * 10 / total };
+        let tenth = |done: usize| (done * 10).checked_div(total).unwrap_or(0);
         if tenth(before + n) > tenth(before) {
             tracing::info!(project = %self.project, embedded = before + n, of = total, "indexing: embedding");
         }
