@@ -41,6 +41,11 @@ impl Project {
         &self.config.name
     }
 
+    /// Whether an index has been committed for this project (it may be out of date).
+    pub fn has_index(&self) -> bool {
+        self.layout.meta().is_file()
+    }
+
     /// The open index, opening it if needed; `None` while re-indexing.
     fn index(&self) -> Result<Option<Arc<ProjectIndex>>, IndexError> {
         if self.reindexing.try_lock().is_err() {

@@ -22,7 +22,7 @@ use crate::{index, models};
 /// project's requests are answered without retrieved code until its index is ready).
 pub fn up(args: ServeArgs) -> Result<()> {
     let config = load(&args)?;
-    // Keys and the address are checked, and the port taken, before minutes of indexing.
+    // Keys and the address are checked, and the port taken, before fetching and loading.
     let (keys, listener) = open(&config)?;
     let kit = Kit::new(&config.kit.dir);
     let mut needed = models::needed_by(&config)?;
@@ -132,27 +132,29 @@ fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std:
     })
 }
 
-/// Re-indexes every project in turn, on the server's runtime, saying when each is done.
+/// Re-indexes every project in turn, on the server's runtime, saying when each is done. A
+/// project with an index keeps serving from it until its turn; one without is marked as
+/// re-indexing at once, so that its requests get no retrieved code rather than an error.
 fn index_in_background(state: &AppState) {
-    let projects: Vec<_> = state.projects().all().cloned().collect();
-    let mut started = Vec::new();
-    for project in &projects {
-        match state.projects().start_reindex(project) {
-            Some(guard) => started.push((Arc::clone(project), guard)),
-            None => tracing::warn!(project = project.name(), "a re-index is already running"),
-        }
-    }
-    for (project, _) in &started {
+    let mut queue = Vec::new();
+    for project in state.projects().all() {
+        let guard = if project.has_index() { None } else { state.projects().start_reindex(project) };
         eprintln!(
-            "indexing project `{}` ({}) in the background; until it is done its requests get no retrieved code",
+            "indexing project `{}` ({}) in the background; {}",
             project.name(),
-            project.config.path.display()
+            project.config.path.display(),
+            if guard.is_some() { "until it is done its requests get no retrieved code" } else { "its current index serves meanwhile" }
         );
+        queue.push((Arc::clone(project), guard));
     }
     let state = state.clone();
     tokio::spawn(async move {
-        for (project, guard) in started {
-            match state.projects().reindex_with(&project, guard).await {
+        for (project, guard) in queue {
+            let result = match guard {
+                Some(guard) => state.projects().reindex_with(&project, guard).await,
+                None => state.projects().reindex(&project).await,
+            };
+            match result {
                 Ok(report) => eprintln!(
                     "project `{}` indexed: {} files, {} chunks ({} embedded now) in {:.1}s",
                     project.name(),
