@@ -1,5 +1,6 @@
 //! Indexing and searching real repositories with the kit's embedding model: retrieval quality on
-//! a multi-language fixture, incremental re-indexing, and bad input.
+//! a multi-language fixture, incremental re-indexing, bad input, and a project searched while
+//! the server indexes it.
 
 use std::path::Path;
 
@@ -223,4 +224,35 @@ fn an_empty_repository_gives_an_empty_index_and_a_missing_one_a_clear_error() {
     let never_built = tempfile::tempdir().unwrap();
     let err = ProjectIndex::open("nothing", &IndexLayout::new(never_built.path())).err().expect("no index");
     assert!(err.to_string().contains("graft index"), "says what to do: {err}");
+}
+
+#[tokio::test]
+async fn a_project_being_indexed_answers_searches_with_nothing_until_it_is_done() {
+    use graft_server::projects::{Project, Projects};
+    let repo = copy_fixture("polyglot");
+    let index_dir = tempfile::tempdir().unwrap();
+    let config = graft_core::ProjectConfig {
+        name: "polyglot".into(),
+        path: repo.path().to_owned(),
+        adapter: None,
+        retrieval: true,
+        top_k: 5,
+        context_tokens: 512,
+    };
+    let project = Project::new(config, IndexLayout::new(index_dir.path().join("polyglot")), IndexOptions::default());
+    let embedder = Some(("minilm-l6-v2".to_owned(), std::sync::Arc::clone(kit_embedder())));
+    let projects = Projects::new(vec![project], embedder, SearchOptions::default());
+    let project = std::sync::Arc::clone(projects.get("polyglot").unwrap());
+    assert!(!project.has_index());
+
+    // As `graft up` does for a project with no index yet: marked first, indexed later.
+    let guard = projects.start_reindex(&project).expect("no re-index is running");
+    assert!(projects.start_reindex(&project).is_none(), "one re-index at a time");
+    let during = projects.search(&project, "vault.rotateSigningKeys()", 5, SearchMode::Hybrid).await;
+    assert!(matches!(during, Ok(None)), "nothing (not an error) while indexing: {during:?}");
+
+    let report = projects.reindex_with(&project, guard).await.expect("indexing works");
+    assert!(report.chunks > 0 && project.has_index(), "{report:?}");
+    let hits = projects.search(&project, "vault.rotateSigningKeys()", 5, SearchMode::Hybrid).await.unwrap().expect("searchable once indexed");
+    assert!(hits.iter().any(|h| h.path == "auth/TokenVault.java"), "{hits:#?}");
 }
