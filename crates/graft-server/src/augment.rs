@@ -90,7 +90,7 @@ async fn fit(counter: &impl CountTokens, hits: Vec<SearchHit>, budget: usize, re
 }
 
 /// The longest head of `hit` (whole lines, at least one) whose rendered block fits `left`
-/// tokens, with its block and size; found by bisection on the number of lines.
+/// tokens, with its block and size.
 async fn leading_lines(
     counter: &impl CountTokens,
     hit: &SearchHit,
@@ -98,27 +98,43 @@ async fn leading_lines(
     render: &impl Fn(&SearchHit) -> String,
 ) -> Result<Option<(SearchHit, String, usize)>, EngineError> {
     let lines: Vec<&str> = hit.text.split_inclusive('\n').collect();
-    let head = |n: usize| SearchHit {
-        text: lines[..n].concat(),
-        end_line: hit.start_line + n - 1,
-        ..hit.clone()
-    };
-    // Invariant: a head of `lo` lines fits (or lo = 0), a head of `hi` lines does not.
-    let (mut lo, mut hi) = (0, lines.len());
+    let (_, best) = most_that_fit(lines.len(), |n| {
+        let head = SearchHit {
+            text: lines[..n].concat(),
+            end_line: hit.start_line + n - 1,
+            ..hit.clone()
+        };
+        let block = render(&head);
+        async move {
+            let tokens = counter.count(&block).await?;
+            Ok((tokens <= left).then_some((head, block, tokens)))
+        }
+    })
+    .await?;
+    Ok(best)
+}
+
+/// The largest `n` below `total` for which `fits(n)` gives a value, and that value (`None`
+/// when no `n` from 1 on does), by bisection. `fits` must hold for every `n` below one it
+/// holds for; `total` itself is taken not to fit (callers have just seen it not fit).
+pub(crate) async fn most_that_fit<T, F>(total: usize, mut fits: impl FnMut(usize) -> F) -> Result<(usize, Option<T>), EngineError>
+where
+    F: std::future::Future<Output = Result<Option<T>, EngineError>>,
+{
+    // Invariant: `lo` fits (or is 0), `hi` does not.
+    let (mut lo, mut hi) = (0, total);
     let mut best = None;
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        let candidate = head(mid);
-        let block = render(&candidate);
-        let tokens = counter.count(&block).await?;
-        if tokens <= left {
-            lo = mid;
-            best = Some((candidate, block, tokens));
-        } else {
-            hi = mid;
+        match fits(mid).await? {
+            Some(value) => {
+                lo = mid;
+                best = Some(value);
+            }
+            None => hi = mid,
         }
     }
-    Ok(best)
+    Ok((lo, best))
 }
 
 /// Adds the hits that fit `budget` to a conversation as repository context; returns the

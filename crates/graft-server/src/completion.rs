@@ -14,7 +14,7 @@ use graft_engine::fim::{ContextFile, FimInput};
 use graft_engine::PromptFormat;
 use graft_engine::{EngineError, Sampling};
 
-use crate::augment::{self, CountTokens, Source};
+use crate::augment::{self, most_that_fit, CountTokens, Source};
 use crate::error::ApiError;
 use crate::generation::retrieve;
 use crate::openai::RetrievalField;
@@ -73,13 +73,9 @@ pub async fn lay_out(
         async move { state.engine().tokenize(None, &text, true).await.map(|t| t.len()) }
     };
 
-    let trimmed = match too_long {
-        TooLong::Trim => trim_to_fit(state.engine(), format, &mut input, limit.saturating_sub(SPECIAL_MARGIN)).await?,
-        TooLong::Refuse(_) => false,
-    };
-    let param = match too_long {
-        TooLong::Refuse(param) => param,
-        TooLong::Trim => "input_prefix",
+    let (trimmed, param) = match too_long {
+        TooLong::Trim => (trim_to_fit(state.engine(), format, &mut input, limit.saturating_sub(SPECIAL_MARGIN)).await?, "input_prefix"),
+        TooLong::Refuse(param) => (false, param),
     };
 
     // The client's extra files: the newest (last) ones that fit their budget and beside the
@@ -132,35 +128,24 @@ async fn trim_to_fit(counter: &impl CountTokens, format: PromptFormat, input: &m
         let quarter = limit / 4;
         if counter.count(suffix).await? > quarter {
             let lines: Vec<&str> = suffix.split_inclusive('\n').collect();
-            // Invariant: the first `lo` lines fit, the first `hi` do not.
-            let (mut lo, mut hi) = (0, lines.len());
-            while hi - lo > 1 {
-                let mid = lo + (hi - lo) / 2;
-                if counter.count(&lines[..mid].concat()).await? <= quarter {
-                    lo = mid;
-                } else {
-                    hi = mid;
-                }
-            }
-            input.suffix = Some(lines[..lo].concat());
+            let (first, _) = most_that_fit(lines.len(), |n| {
+                let head = lines[..n].concat();
+                async move { Ok((counter.count(&head).await? <= quarter).then_some(())) }
+            })
+            .await?;
+            input.suffix = Some(lines[..first].concat());
             cut = true;
         }
     }
     if counter.count(&format.render(input)).await? > limit {
         let lines: Vec<String> = input.prefix.split_inclusive('\n').map(str::to_owned).collect();
         let last = |n: usize| lines[lines.len() - n..].concat();
-        // Invariant: the last `lo` lines fit, the last `hi` do not.
-        let (mut lo, mut hi) = (0, lines.len());
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            let candidate = FimInput { prefix: last(mid), ..input.clone() };
-            if counter.count(&format.render(&candidate)).await? <= limit {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        input.prefix = last(lo);
+        let (kept, _) = most_that_fit(lines.len(), |n| {
+            let rendered = format.render(&FimInput { prefix: last(n), ..input.clone() });
+            async move { Ok((counter.count(&rendered).await? <= limit).then_some(())) }
+        })
+        .await?;
+        input.prefix = last(kept);
         cut = true;
     }
     Ok(cut)
