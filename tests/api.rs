@@ -484,3 +484,20 @@ async fn metrics_count_requests_tokens_and_retrieval() {
     assert!(value("graft_retrieval_duration_seconds_count") >= 1.0);
     assert!(text.contains("# TYPE graft_adapter_loads_total counter"), "{text}");
 }
+
+#[tokio::test]
+async fn an_adapter_may_not_take_a_project_s_name() {
+    let (status, body) = post("/v1/load_lora_adapter", ADMIN, &json!({"lora_name": "polyglot"})).await;
+    let message = error_message(status, &body, 400);
+    assert!(message.contains("project"), "{message}");
+    assert_eq!(body["error"]["param"], "lora_name", "{body}");
+    // An adapter folder with a project's name in the store is not listed as an adapter: the
+    // name means the project.
+    let base = graft_engine::merge::BaseGguf::open(&graft_tests::kit_file("smollm2-135m-instruct")).unwrap();
+    graft_tests::write_adapter(&server().store.join("archive"), &base, &["q_proj"], 4, 8.0, 0.1, false, 9);
+    let (status, models) = get("/v1/models", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{models}");
+    let archive: Vec<&Value> = models["data"].as_array().unwrap().iter().filter(|m| m["id"] == "archive").collect();
+    assert_eq!(archive.len(), 1, "listed once: {models}");
+    assert_eq!(archive[0]["parent"], MODEL, "as the project: {models}");
+}

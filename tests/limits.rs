@@ -96,3 +96,56 @@ async fn a_full_queue_gets_429_and_a_request_past_its_deadline_gets_504() {
     assert_eq!(metric(&server, "graft_generations_in_flight").await, 0.0);
     assert_eq!(metric(&server, "graft_generations_queued").await, 0.0);
 }
+
+#[tokio::test]
+async fn clients_that_hang_up_while_queued_or_running_give_their_places_back() {
+    let server = start_server(ServerSetup {
+        server: ServerConfig {
+            max_concurrent: Some(1),
+            max_queue: 2,
+            request_timeout_secs: 120,
+            ..ServerConfig::default()
+        },
+        ..ServerSetup::default()
+    });
+    let client = reqwest::Client::new();
+
+    // A runs (streaming) and holds the only slot.
+    let mut a = client.post(server.url("/v1/chat/completions")).json(&long_chat(true)).send().await.unwrap();
+    assert_eq!(a.status(), 200);
+    a.chunk().await.unwrap().expect("A's stream has begun");
+
+    // Twice, two clients fill the queue and hang up (their client-side timeout) while waiting.
+    for _ in 0..2 {
+        let impatient = reqwest::Client::builder().timeout(Duration::from_millis(600)).build().unwrap();
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let (client, url) = (impatient.clone(), server.url("/v1/chat/completions"));
+                tokio::spawn(async move { client.post(url).json(&long_chat(false)).send().await.map(|r| r.status().as_u16()) })
+            })
+            .collect();
+        for waiter in waiters {
+            assert!(waiter.await.unwrap().is_err_and(|e| e.is_timeout()), "the client gave up waiting");
+        }
+        let until = Instant::now() + Duration::from_secs(10);
+        while metric(&server, "graft_generations_queued").await > 0.0 {
+            assert!(Instant::now() < until, "hung-up clients leave the queue");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // The queue takes a new request (no 429): it waits for A...
+    let short = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0});
+    let d = {
+        let (client, url, short) = (client.clone(), server.url("/v1/chat/completions"), short.clone());
+        tokio::spawn(async move { client.post(url).json(&short).send().await.unwrap().status().as_u16() })
+    };
+    while metric(&server, "graft_generations_queued").await < 1.0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and A's client hanging up mid-stream frees the slot for it.
+    drop(a);
+    assert_eq!(d.await.unwrap(), 200);
+    assert_eq!(metric(&server, "graft_generations_in_flight").await, 0.0);
+    assert_eq!(metric(&server, "graft_generations_queued").await, 0.0);
+}

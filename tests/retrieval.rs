@@ -187,6 +187,11 @@ fn bad_input_is_reported_and_the_rest_is_indexed() {
     std::fs::create_dir(root.join("loop")).unwrap();
     std::os::unix::fs::symlink("..", root.join("loop/again")).unwrap();
     std::os::unix::fs::symlink("does-not-exist.rs", root.join("dangling.rs")).unwrap();
+    // A link out of the repository (the server's files) is never followed.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir(outside.path().join("etc")).unwrap();
+    std::fs::write(outside.path().join("etc/shadow"), "root:x:0:0:hashed_password_here:19000:0:99999:7:::\n").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("etc"), root.join("etc_link")).unwrap();
     std::fs::write(root.join(".gitignore"), "ignored.py\n").unwrap();
     std::fs::write(root.join("ignored.py"), "def ignored():\n    pass\n").unwrap();
 
@@ -199,12 +204,21 @@ fn bad_input_is_reported_and_the_rest_is_indexed() {
     assert_eq!(skipped("generated"), 1, "{report:?}");
     assert_eq!(skipped("vendored"), 1, "{report:?}");
     assert!(skipped("unreadable") >= 2, "the symlink loop and the dangling link: {report:?}");
-    assert_eq!(report.problems.len(), skipped("unreadable"), "each unreadable file is described: {report:?}");
+    assert_eq!(skipped("outside-repository"), 1, "the link to a folder outside: {report:?}");
+    assert_eq!(
+        report.problems.len(),
+        skipped("unreadable") + skipped("outside-repository"),
+        "each unreadable file and each link out is described: {report:?}"
+    );
     // Only good.py is indexed: ignored.py is never seen, and hidden files (.gitignore) are left out.
     assert_eq!(report.files_indexed, 1, "{report:?}");
     let hits = search(index_dir.path(), "well_named_function", 5, SearchMode::Hybrid);
     assert_eq!(hits.first().map(|h| h.path.as_str()), Some("good.py"));
     assert!(search(index_dir.path(), "ignored", 5, SearchMode::Keyword).iter().all(|h| h.path != "ignored.py"));
+    for mode in [SearchMode::Keyword, SearchMode::Hybrid] {
+        let hits = search(index_dir.path(), "root:x:0:0 hashed_password_here", 5, mode);
+        assert!(hits.iter().all(|h| !h.path.contains("shadow") && !h.text.contains("hashed_password")), "{mode:?}: {hits:#?}");
+    }
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //!   `graft up` does it: through config/graft.toml, honouring `GRAFT_KIT_DIR`.
 //! - [`smollm2_server`]: one real graft server with SmolLM2-135M on an ephemeral loopback
 //!   port, started once per test binary and shared by its tests (a model loads once);
-//!   [`start_server`] starts others on the same model, with keys, projects and limits.
+//!   [`start_server`] starts others on the same model, with keys, projects and limits, and
+//!   [`start_stoppable_server`] one that a test shuts down.
 //! - [`kit_embedder`]: the kit's embedding model, loaded once per test binary.
 //! - [`copy_fixture`]: a fixture repository copied somewhere a test may change it.
 //! - [`write_adapter`]: a PEFT LoRA adapter for a kit model, generated from a fixed seed.
@@ -132,6 +133,25 @@ pub fn smollm2_engine() -> Arc<Engine> {
 /// Starts a server on the shared SmolLM2 engine, on an ephemeral loopback port. It serves
 /// until the test process ends. Its folders live as long as the process too.
 pub fn start_server(setup: ServerSetup) -> TestServer {
+    launch(setup, std::future::pending(), Duration::ZERO).0
+}
+
+/// Like [`start_server`], shut down as SIGTERM shuts graft down when the returned sender
+/// fires: no new connections, requests in flight get `grace` to finish. The receiver says
+/// when the server has stopped.
+pub fn start_stoppable_server(setup: ServerSetup, grace: Duration) -> (TestServer, tokio::sync::oneshot::Sender<()>, tokio::sync::oneshot::Receiver<()>) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (server, stopped) = launch(
+        setup,
+        async move {
+            let _ = stop_rx.await;
+        },
+        grace,
+    );
+    (server, stop_tx, stopped)
+}
+
+fn launch(setup: ServerSetup, shutdown: impl std::future::Future<Output = ()> + Send + 'static, grace: Duration) -> (TestServer, tokio::sync::oneshot::Receiver<()>) {
     let engine = smollm2_engine();
     let root = tempfile::tempdir().expect("temporary folder").keep();
     let (store, external) = (root.join("adapters"), root.join("external"));
@@ -178,22 +198,24 @@ pub fn start_server(setup: ServerSetup) -> TestServer {
         keys: setup.keys,
         projects,
     });
-    let app = graft_server::router(state, MAX_BODY_BYTES);
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
     let addr = run_on_harness(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         tokio::spawn(async move {
-            graft_server::serve(listener, app, std::future::pending(), Duration::ZERO).await.expect("serve");
+            graft_server::serve(listener, state, MAX_BODY_BYTES, shutdown, grace).await.expect("serve");
+            let _ = stopped_tx.send(());
         });
         addr
     });
-    TestServer {
+    let server = TestServer {
         addr,
         store,
         external,
         repos,
         indexes,
-    }
+    };
+    (server, stopped_rx)
 }
 
 /// The shared SmolLM2 server with no keys and no projects, started on first use.

@@ -51,6 +51,12 @@ pub struct ServerConfig {
     pub request_timeout_secs: u64,
     /// On SIGTERM, how long requests in flight get to finish, in seconds.
     pub shutdown_timeout_secs: u64,
+    /// How long a client has to send a request's headers, and then its whole body, in seconds;
+    /// an idle keep-alive connection is closed after it too. Slow or silent clients cannot
+    /// hold connections open.
+    pub read_timeout_secs: u64,
+    /// Connections served at once; further ones wait to be accepted.
+    pub max_connections: usize,
     /// The model `POST /infill` uses when a request names none (llama.cpp's plugins send no
     /// `model`): a project, an adapter or the base model. Absent: the first project, or the
     /// base model when there is none.
@@ -69,6 +75,8 @@ impl Default for ServerConfig {
             max_queue: 32,
             request_timeout_secs: 600,
             shutdown_timeout_secs: 30,
+            read_timeout_secs: 30,
+            max_connections: 1024,
             infill_model: None,
         }
     }
@@ -559,7 +567,12 @@ impl Config {
             return Err(invalid("generation.max_prompt_tokens", format!("must be at least 16, found {}", g.max_prompt_tokens)));
         }
         let sv = &self.server;
-        for (key, value) in [("server.max_concurrent", sv.max_concurrent.map_or(1, |n| n as u64)), ("server.request_timeout_secs", sv.request_timeout_secs)] {
+        for (key, value) in [
+            ("server.max_concurrent", sv.max_concurrent.map_or(1, |n| n as u64)),
+            ("server.request_timeout_secs", sv.request_timeout_secs),
+            ("server.read_timeout_secs", sv.read_timeout_secs),
+            ("server.max_connections", sv.max_connections as u64),
+        ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1".into()));
             }

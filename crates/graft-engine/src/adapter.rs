@@ -4,12 +4,25 @@
 //!
 //! Every problem is an [`AdapterError`] that names the adapter and says what is wrong. This
 //! module reads files; it does not merge (see `merge`).
+//!
+//! The files are read once, through [`graft_core::confine`]: each must be a regular file whose
+//! real location (after every link, checked on the opened file) lies inside the folders the
+//! adapter may come from; the bytes read are the bytes checked, hashed for the merge cache and
+//! merged, so a folder swapped for a link later cannot change what is served.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use graft_core::confine::{read_confined, ConfineError};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// The largest `adapter_config.json` read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// The largest `adapter_model.safetensors` read: a rank-64 adapter of every projection of a
+/// 70B model is about 1.7 GB.
+const MAX_WEIGHTS_BYTES: u64 = 8 << 30;
 
 /// The projections a LoRA adapter may target, by their PEFT (Hugging Face) names.
 pub const PROJECTIONS: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
@@ -86,6 +99,8 @@ pub struct Adapter {
     pub config: AdapterConfig,
     /// By (layer, projection).
     pub pairs: BTreeMap<(usize, String), LoraPair>,
+    /// sha256 (hex) of the `adapter_config.json` and `adapter_model.safetensors` bytes read.
+    pub sha256: [String; 2],
 }
 
 impl Adapter {
@@ -100,20 +115,32 @@ impl Adapter {
     }
 
     /// Reads `dir`, checking the format, the rank against `max_rank`, and that every A/B pair
-    /// is complete and of matching shapes.
+    /// is complete, of matching shapes and finite. The files must really lie inside `dir`.
     pub fn load(name: &str, dir: &Path, max_rank: usize) -> Result<Adapter, AdapterError> {
+        Adapter::load_confined(name, dir, max_rank, &[dir])
+    }
+
+    /// Like [`Adapter::load`], with the files allowed anywhere inside `roots` (the adapter
+    /// store and the folders adapters may be loaded from).
+    pub fn load_confined(name: &str, dir: &Path, max_rank: usize, roots: &[&Path]) -> Result<Adapter, AdapterError> {
         let invalid = |message: String| AdapterError::Invalid {
             name: name.to_owned(),
             message,
         };
-        let io = |path: &Path, source| AdapterError::Io {
-            name: name.to_owned(),
-            path: path.to_owned(),
-            source,
+        let read = |file: &str, max: u64| -> Result<Vec<u8>, AdapterError> {
+            let path = dir.join(file);
+            read_confined(&path, roots, max).map(|f| f.bytes).map_err(|e| match e {
+                ConfineError::Io { path, source } => AdapterError::Io {
+                    name: name.to_owned(),
+                    path,
+                    source,
+                },
+                ConfineError::Outside { .. } => invalid(format!("{file} lies outside the adapter folders graft may read")),
+                other => invalid(other.to_string()),
+            })
         };
-        let config_path = dir.join("adapter_config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| io(&config_path, e))?;
-        let config: AdapterConfig = serde_json::from_str(&text)
+        let config_bytes = read("adapter_config.json", MAX_CONFIG_BYTES)?;
+        let config: AdapterConfig = serde_json::from_slice(&config_bytes)
             .map_err(|e| invalid(format!("adapter_config.json is not a PEFT LoRA config: {e}")))?;
         if !config.peft_type.eq_ignore_ascii_case("LORA") {
             return Err(invalid(format!("peft_type is {}, only LORA adapters can be merged", config.peft_type)));
@@ -132,7 +159,7 @@ impl Adapter {
         }
 
         let weights_path = dir.join("adapter_model.safetensors");
-        if !weights_path.is_file() {
+        if std::fs::symlink_metadata(&weights_path).is_err() {
             let hint = if dir.join("adapter_model.bin").is_file() {
                 " (adapter_model.bin is a pickle file: save with safe_serialization=True)"
             } else {
@@ -140,8 +167,11 @@ impl Adapter {
             };
             return Err(invalid(format!("adapter_model.safetensors is missing{hint}")));
         }
-        let tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu)
+        let weights_bytes = read("adapter_model.safetensors", MAX_WEIGHTS_BYTES)?;
+        let sha256 = [hex::encode(Sha256::digest(&config_bytes)), hex::encode(Sha256::digest(&weights_bytes))];
+        let tensors = candle_core::safetensors::load_buffer(&weights_bytes, &Device::Cpu)
             .map_err(|e| invalid(format!("cannot read adapter_model.safetensors: {e}")))?;
+        drop(weights_bytes);
 
         let mut halves: BTreeMap<(usize, String), (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
         for (tensor_name, tensor) in tensors {
@@ -157,6 +187,13 @@ impl Adapter {
             let tensor = tensor
                 .to_dtype(DType::F32)
                 .map_err(|e| invalid(format!("tensor `{tensor_name}`: {e}")))?;
+            let values = tensor
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| invalid(format!("tensor `{tensor_name}`: {e}")))?;
+            if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+                return Err(invalid(format!("tensor `{tensor_name}` holds {bad}: every weight must be a finite number")));
+            }
             let slot = halves.entry((layer, projection)).or_default();
             if half == 'A' {
                 slot.0 = Some(tensor);
@@ -197,6 +234,7 @@ impl Adapter {
             dir: dir.to_owned(),
             config,
             pairs,
+            sha256,
         })
     }
 }

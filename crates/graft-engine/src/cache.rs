@@ -86,10 +86,11 @@ impl MergeCache {
         let mut h = Sha256::new();
         h.update(format!("graft-merge-v{MERGE_FORMAT}\n").as_bytes());
         h.update(self.base_hash(base)?.as_bytes());
-        for file in ["adapter_config.json", "adapter_model.safetensors"] {
-            let path = adapter.dir.join(file);
+        // The hashes of the bytes the adapter was read from (what is merged), not of whatever
+        // the files hold now.
+        for (file, sha256) in ["adapter_config.json", "adapter_model.safetensors"].iter().zip(&adapter.sha256) {
             h.update(file.as_bytes());
-            h.update(hash_file(&path).map_err(|e| io_err(&path, e))?.as_bytes());
+            h.update(sha256.as_bytes());
         }
         h.update(format!("{:?}", settings.quantized_dtype).as_bytes());
         Ok(hex::encode(h.finalize())[..32].to_owned())

@@ -5,14 +5,16 @@
 
 use std::any::Any;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::quantized::gguf_file;
+use candle_core::Tensor;
 use graft_core::Device;
 use mistralrs::{
     AnyModelBuilder, Constraint, CustomLogitsProcessor, GgufModelBuilder, NormalRequest, Request, RequestBuilder,
-    RequestLike, RequestMessage, Response, SamplingParams, StopTokens, TextMessageRole, TokenSource,
+    RequestMessage, Response, SamplingParams, StopTokens, TextMessageRole, TokenSource,
 };
 use tokio::sync::mpsc;
 
@@ -57,6 +59,8 @@ pub struct Engine {
     base: BaseModel,
     model: mistralrs::Model,
     format: PromptFormat,
+    /// Tokens in the base model's vocabulary, when its GGUF says.
+    vocab_size: Option<usize>,
 }
 
 impl Engine {
@@ -64,9 +68,10 @@ impl Engine {
     pub async fn load(base: &BaseModel) -> Result<Engine, EngineError> {
         let path = &base.gguf;
         let builder = gguf_builder(path, base)?;
+        let vocabulary = read_vocabulary(path);
         let format = match base.prompt_format {
             Some(format) => format,
-            None => detect_format(path),
+            None => vocabulary.as_ref().map_or(PromptFormat::Continuation, |v| v.format),
         };
         let started = Instant::now();
         let model = builder.build().await.map_err(|e| EngineError::Load {
@@ -84,6 +89,7 @@ impl Engine {
             base: base.clone(),
             model,
             format,
+            vocab_size: vocabulary.map(|v| v.size),
         })
     }
 
@@ -224,16 +230,15 @@ impl Engine {
         self.chat_stream_on(None, request).await
     }
 
-    /// Like [`Engine::chat_stream`], on the model added as `model` (`None`: the base).
+    /// Like [`Engine::chat_stream`], on the model added as `model` (`None`: the base). The
+    /// conversation is laid out by the base model's chat template ([`Engine::chat_prompt`]) and
+    /// the model reads exactly those tokens.
     pub async fn chat_stream_on(&self, model: Option<&str>, request: ChatRequest) -> Result<TokenStream, EngineError> {
         if request.messages.is_empty() {
             return Err(EngineError::InvalidRequest("`messages` must not be empty".into()));
         }
-        let mut builder = RequestBuilder::new();
-        for ChatMessage { role, content } in &request.messages {
-            builder = builder.add_message(text_role(*role), content);
-        }
-        self.send(model, builder.take_messages(), &request.sampling, Kind::Chat).await
+        let tokens = self.chat_prompt(&request.messages).await?;
+        self.send(model, tokens, &request.sampling).await
     }
 
     /// Generates a continuation of a raw prompt (no chat template), all at once.
@@ -245,25 +250,47 @@ impl Engine {
     pub async fn complete_stream_on(&self, model: Option<&str>, request: CompletionRequest) -> Result<TokenStream, EngineError> {
         let tokens = match request.prompt {
             Prompt::Text(text) => self.tokenize(model, &text, true).await?,
-            Prompt::Tokens(tokens) => tokens,
+            Prompt::Tokens(tokens) => {
+                self.check_token_ids(&tokens)?;
+                tokens
+            }
         };
         if tokens.is_empty() {
             return Err(EngineError::InvalidRequest("`prompt` must not be empty".into()));
         }
-        let prompt_tokens = tokens.len();
-        let messages = RequestMessage::CompletionTokens(tokens);
-        self.send(model, messages, &request.sampling, Kind::Completion { prompt_tokens, generated: 0 }).await
+        self.send(model, tokens, &request.sampling).await
     }
 
-    /// Sends one request to mistralrs and returns the stream of its answer.
-    async fn send(&self, model: Option<&str>, messages: RequestMessage, sampling: &Sampling, kind: Kind) -> Result<TokenStream, EngineError> {
-        let (sampling_params, processors) = sampling_params(sampling);
+    /// A prompt of token ids may only hold ids of the vocabulary (an error names the first
+    /// that is not).
+    pub fn check_token_ids(&self, tokens: &[u32]) -> Result<(), EngineError> {
+        let Some(size) = self.vocab_size else {
+            return Ok(());
+        };
+        match tokens.iter().position(|&t| t as usize >= size) {
+            None => Ok(()),
+            Some(i) => Err(EngineError::InvalidRequest(format!(
+                "`prompt[{i}]` is token id {}, outside the model's vocabulary of {size} tokens (ids 0 to {})",
+                tokens[i],
+                size - 1
+            ))),
+        }
+    }
+
+    /// Sends one request (its prompt as token ids) to mistralrs and returns the stream of its
+    /// answer.
+    async fn send(&self, model: Option<&str>, tokens: Vec<u32>, sampling: &Sampling) -> Result<TokenStream, EngineError> {
+        let prompt_tokens = tokens.len();
+        let generated = Arc::new(AtomicUsize::new(0));
+        let (sampling_params, mut processors) = sampling_params(sampling);
+        // The counter goes first, so it sees every sampled token whatever the others do.
+        processors.insert(0, Arc::new(TokenCounter(Arc::clone(&generated))));
         // A reader that is gone fails mistralrs's next send, which cancels the sequence. The
         // buffer is deep so that one slow reader does not hold up the whole batch (mistralrs
         // awaits each send inside its decoding step).
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let normal = NormalRequest {
-            messages,
+            messages: RequestMessage::CompletionTokens(tokens),
             sampling_params,
             response: tx,
             return_logprobs: false,
@@ -273,7 +300,7 @@ impl Engine {
             suffix: None,
             tools: None,
             tool_choice: None,
-            logits_processors: processors,
+            logits_processors: Some(processors),
             return_raw_logits: false,
             web_search_options: None,
             model_id: model.map(str::to_owned),
@@ -290,9 +317,24 @@ impl Engine {
         Ok(TokenStream {
             rx,
             end: None,
-            kind,
+            finished: false,
+            prompt_tokens,
+            generated,
+            max_tokens: sampling.max_tokens,
             guard: None,
         })
+    }
+}
+
+/// Counts the tokens a generation samples: mistralrs calls each of a request's logits
+/// processors once per sampled token. The count is the answer's `completion_tokens`, and tells
+/// a generation cut by `max_tokens` from one that ended by itself.
+struct TokenCounter(Arc<AtomicUsize>);
+
+impl CustomLogitsProcessor for TokenCounter {
+    fn apply(&self, logits: &Tensor, _context: &[u32]) -> candle_core::Result<Tensor> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(logits.clone())
     }
 }
 
@@ -337,15 +379,6 @@ impl Collector {
     }
 }
 
-/// Which kind of answer a stream carries.
-enum Kind {
-    /// Chat chunks carry their own usage.
-    Chat,
-    /// Completion chunks do not: the prompt's length is known, generated tokens are counted
-    /// (one chunk per decoded token that completes a character).
-    Completion { prompt_tokens: usize, generated: usize },
-}
-
 fn text_role(role: Role) -> TextMessageRole {
     match role {
         Role::System => TextMessageRole::System,
@@ -371,7 +404,12 @@ pub struct TokenStream {
     rx: mpsc::Receiver<Response>,
     /// The end, held back while the last chunk's text is handed out.
     end: Option<StreamEvent>,
-    kind: Kind,
+    /// The end has been handed out.
+    finished: bool,
+    prompt_tokens: usize,
+    /// Tokens sampled so far ([`TokenCounter`]).
+    generated: Arc<AtomicUsize>,
+    max_tokens: usize,
     /// Kept alive as long as the stream (the model pool's lease on the model it runs on).
     guard: Option<Box<dyn Any + Send + Sync>>,
 }
@@ -388,34 +426,32 @@ impl TokenStream {
         if let Some(end) = self.end.take() {
             return Some(Ok(end));
         }
+        if self.finished {
+            return None;
+        }
         loop {
-            let response = self.rx.recv().await?;
-            let (text, reason, usage) = match response {
-                Response::Chunk(chunk) => {
-                    let usage = chunk.usage.as_ref().map(|u| Usage {
-                        prompt_tokens: u.prompt_tokens,
-                        completion_tokens: u.completion_tokens,
-                    });
-                    let Some(choice) = chunk.choices.into_iter().next() else {
-                        continue;
-                    };
-                    (choice.delta.content.unwrap_or_default(), choice.finish_reason, usage)
-                }
+            let Some(response) = self.rx.recv().await else {
+                // mistralrs sends no last chunk when a generation ends inside a character that
+                // takes several tokens (an emoji cut by `max_tokens`): every character before
+                // it has been handed out, and the end is told here.
+                self.finished = true;
+                let generated = self.generated.load(Ordering::Relaxed);
+                let reason = if generated >= self.max_tokens { FinishReason::Length } else { FinishReason::Stop };
+                tracing::debug!(generated, "the generation ended inside a character; its last bytes are left out");
+                return Some(Ok(self.end_event(reason)));
+            };
+            let (text, reason) = match response {
                 Response::CompletionChunk(chunk) => {
                     let Some(choice) = chunk.choices.into_iter().next() else {
                         continue;
                     };
-                    let usage = match &mut self.kind {
-                        Kind::Completion { prompt_tokens, generated } => {
-                            *generated += 1;
-                            Some(Usage {
-                                prompt_tokens: *prompt_tokens,
-                                completion_tokens: *generated,
-                            })
-                        }
-                        Kind::Chat => None,
+                    (choice.text, choice.finish_reason)
+                }
+                Response::Chunk(chunk) => {
+                    let Some(choice) = chunk.choices.into_iter().next() else {
+                        continue;
                     };
-                    (choice.text, choice.finish_reason, usage)
+                    (choice.delta.content.unwrap_or_default(), choice.finish_reason)
                 }
                 Response::ValidationError(e) => return Some(Err(EngineError::InvalidRequest(e.to_string()))),
                 Response::InternalError(e) => return Some(Err(EngineError::Generation(e.to_string()))),
@@ -430,21 +466,30 @@ impl TokenStream {
                 }
             };
             if let Some(reason) = reason {
-                let end = StreamEvent::End {
-                    finish_reason: finish_reason(&reason),
-                    usage: usage.unwrap_or_default(),
-                };
+                // The receiver is not read again: the sequence is over.
+                self.rx.close();
+                self.finished = true;
+                let end = self.end_event(finish_reason(&reason));
                 if text.is_empty() {
-                    // The receiver is not read again: the sequence is over.
-                    self.rx.close();
                     return Some(Ok(end));
                 }
                 self.end = Some(end);
-                self.rx.close();
             }
             if !text.is_empty() {
                 return Some(Ok(StreamEvent::Text(text)));
             }
+        }
+    }
+
+    fn end_event(&self, finish_reason: FinishReason) -> StreamEvent {
+        StreamEvent::End {
+            finish_reason,
+            usage: Usage {
+                prompt_tokens: self.prompt_tokens,
+                // mistralrs 0.8.1 samples one token past `max_len` when the first one ends
+                // inside a character; that token's text is never handed out.
+                completion_tokens: self.generated.load(Ordering::Relaxed).min(self.max_tokens),
+            },
         }
     }
 }
@@ -510,19 +555,19 @@ fn split_path(path: &Path) -> Result<(String, String), EngineError> {
 }
 
 /// mistralrs's sampling parameters for `s`, and the logits processor of a seeded request.
-fn sampling_params(s: &Sampling) -> (SamplingParams, Option<Vec<Arc<dyn CustomLogitsProcessor>>>) {
+fn sampling_params(s: &Sampling) -> (SamplingParams, Vec<Arc<dyn CustomLogitsProcessor>>) {
     // Greedy unless a temperature is given; a seeded request stays greedy in mistralrs and
     // samples in its own processor (see `sampling`).
     let mut params = SamplingParams::deterministic();
-    let mut processors: Option<Vec<Arc<dyn CustomLogitsProcessor>>> = None;
+    let mut processors: Vec<Arc<dyn CustomLogitsProcessor>> = Vec::new();
     if s.temperature > 0.0 {
         match s.seed {
             Some(seed) => {
-                processors = Some(vec![Arc::new(SeededSampler {
+                processors.push(Arc::new(SeededSampler {
                     seed,
                     temperature: s.temperature,
                     top_p: s.top_p,
-                })]);
+                }));
             }
             None => {
                 params = SamplingParams::neutral();
@@ -538,21 +583,31 @@ fn sampling_params(s: &Sampling) -> (SamplingParams, Option<Vec<Arc<dyn CustomLo
     (params, processors)
 }
 
-/// The prompt format a GGUF model speaks, from the special tokens of its vocabulary.
-fn detect_format(path: &Path) -> PromptFormat {
-    let read = || -> Result<PromptFormat, String> {
+/// What a GGUF model's vocabulary says: its size, and the prompt format its special tokens
+/// speak.
+struct Vocabulary {
+    size: usize,
+    format: PromptFormat,
+}
+
+fn read_vocabulary(path: &Path) -> Option<Vocabulary> {
+    let read = || -> Result<Vocabulary, String> {
         let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| e.to_string())?);
         let content = gguf_file::Content::read(&mut file).map_err(|e| e.to_string())?;
         let tokens = match content.metadata.get("tokenizer.ggml.tokens") {
             Some(gguf_file::Value::Array(tokens)) => tokens,
             _ => return Err("no tokenizer.ggml.tokens".into()),
         };
-        Ok(PromptFormat::detect(tokens.iter().filter_map(|t| t.to_string().ok().map(String::as_str))))
+        Ok(Vocabulary {
+            size: tokens.len(),
+            format: PromptFormat::detect(tokens.iter().filter_map(|t| t.to_string().ok().map(String::as_str))),
+        })
     };
-    read().unwrap_or_else(|e| {
-        tracing::warn!(path = %path.display(), "cannot read the vocabulary ({e}); completion prompts use the continuation format");
-        PromptFormat::Continuation
-    })
+    read()
+        .map_err(|e| {
+            tracing::warn!(path = %path.display(), "cannot read the vocabulary ({e}); completion prompts use the continuation format");
+        })
+        .ok()
 }
 
 fn finish_reason(reason: &str) -> FinishReason {

@@ -296,18 +296,36 @@ impl Pool {
     pub async fn load(&self, name: &str, dir: Option<&Path>) -> Result<LoadReport, PoolError> {
         check_name(name, self.base_name())?;
         self.lock().unloaded.remove(name);
+        // A registration by path that fails to load is taken back (the previous one, if any,
+        // stays), so a failed load leaves no name behind.
+        let mut previous_registration = None;
         let dir = match dir {
             Some(dir) => {
                 let dir = self.confine(name, dir)?;
-                self.lock().registered.insert(name.to_owned(), dir.clone());
+                previous_registration = Some(self.lock().registered.insert(name.to_owned(), dir.clone()));
                 dir
             }
             None => self.dir_of(name)?,
         };
+        let result = self.load_registered(name, &dir).await;
+        if let (Err(_), Some(previous)) = (&result, previous_registration) {
+            let mut table = self.lock();
+            if !table.slots.contains_key(name) {
+                match previous {
+                    Some(previous) => table.registered.insert(name.to_owned(), previous),
+                    None => table.registered.remove(name),
+                };
+            }
+        }
+        result
+    }
+
+    /// [`Pool::load`] once the adapter's folder is known.
+    async fn load_registered(&self, name: &str, dir: &Path) -> Result<LoadReport, PoolError> {
         let _gate = self.load_gate.lock().await;
         // Already loaded from these very files: nothing to do. (Files that failed before are
         // tried again: an explicit load reports the error.)
-        let files = Fingerprint::of(&dir);
+        let files = Fingerprint::of(dir);
         let loaded = {
             let table = self.lock();
             table.slots.get(name).filter(|s| s.files == files && files.is_some()).map(|s| s.current.id.clone())
@@ -321,7 +339,7 @@ impl Pool {
                 seconds: 0.0,
             });
         }
-        self.load_locked(name, &dir).await
+        self.load_locked(name, dir).await
     }
 
     /// Unloads an adapter: new requests no longer find it until it is loaded again with
@@ -333,7 +351,7 @@ impl Pool {
         }
         let slot = table.slots.remove(name);
         let registered = table.registered.remove(name);
-        let in_store = self.store.dir.join(name).join("adapter_config.json").is_file();
+        let in_store = has_config(&self.store.dir.join(name));
         if slot.is_none() && registered.is_none() && !in_store {
             return Err(PoolError::Unknown(name.to_owned()));
         }
@@ -444,7 +462,7 @@ impl Pool {
         }
         check_name(name, self.base_name()).map_err(|_| PoolError::Unknown(name.to_owned()))?;
         let dir = self.store.dir.join(name);
-        if dir.join("adapter_config.json").is_file() || self.lock().slots.contains_key(name) {
+        if has_config(&dir) || self.lock().slots.contains_key(name) {
             Ok(dir)
         } else {
             Err(PoolError::Unknown(name.to_owned()))
@@ -532,7 +550,10 @@ impl Pool {
         let store = self.store.clone();
         let (owned_name, owned_dir) = (name.to_owned(), dir.to_owned());
         let prepared = tokio::task::spawn_blocking(move || -> Result<_, PoolError> {
-            let adapter = Adapter::load(&owned_name, &owned_dir, store.max_rank)?;
+            // The files must really lie in the store or an allowed folder now, whatever
+            // links lead there (checked on the opened files).
+            let roots: Vec<&Path> = std::iter::once(store.dir.as_path()).chain(store.allowed_dirs.iter().map(PathBuf::as_path)).collect();
+            let adapter = Adapter::load_confined(&owned_name, &owned_dir, store.max_rank, &roots)?;
             base.check(&adapter)?;
             let cache = MergeCache::new(&store.cache_dir);
             let merge_error = |source| PoolError::Merge {
@@ -657,13 +678,19 @@ fn check_name(name: &str, base: &str) -> Result<(), PoolError> {
     Ok(())
 }
 
+/// Whether `dir` holds an `adapter_config.json`, of whatever kind: what is not a regular file
+/// is refused with a clear error when read, rather than passed over as "no such adapter".
+fn has_config(dir: &Path) -> bool {
+    dir.join("adapter_config.json").exists()
+}
+
 /// The store's adapter names: folders holding an adapter_config.json.
 pub fn store_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.path().join("adapter_config.json").is_file())
+        .filter(|e| has_config(&e.path()))
         .filter_map(|e| e.file_name().to_str().map(str::to_owned))
         .collect();
     names.sort();

@@ -4,11 +4,21 @@
 //! ripgrep does) plus excludes from config, and filters out what would only add noise:
 //! binary, generated, vendored, minified and huge files. Every skip is counted by reason, so a
 //! user can see why a file is not in the index. This module reads files; it does not chunk them.
+//!
+//! Symbolic links: a link whose target lies outside the walked root is never followed, and
+//! every file is read through [`graft_core::confine`], which checks where the opened file
+//! really is, so no link (or a folder swapped for one) can bring a file from elsewhere on the
+//! machine into an index. Links inside the root are followed (loops are detected), and a file
+//! reached by several paths is kept once, under its own path when the walk saw it there. The
+//! dataset built from a repository uses this same walk and so the same rule.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use std::sync::{Arc, Mutex};
+
+use graft_core::confine::{self, ConfineError};
 use ignore::overrides::OverrideBuilder;
 use ignore::WalkBuilder;
 
@@ -50,6 +60,10 @@ pub enum SkipReason {
     Empty,
     /// Could not be read (permissions, broken symbolic link, symlink loop, ...).
     Unreadable,
+    /// A symbolic link (or a file under one) that leads out of the repository.
+    OutsideRepository,
+    /// The same file reached again through a symbolic link inside the repository.
+    LinkedCopy,
 }
 
 impl SkipReason {
@@ -62,6 +76,8 @@ impl SkipReason {
             SkipReason::Huge => "huge",
             SkipReason::Empty => "empty",
             SkipReason::Unreadable => "unreadable",
+            SkipReason::OutsideRepository => "outside-repository",
+            SkipReason::LinkedCopy => "linked-copy",
         }
     }
 }
@@ -181,17 +197,42 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<Walk, WalkError> {
         message: e.to_string(),
     })?;
 
+    let real_root = root.canonicalize().map_err(|e| WalkError::Unreadable {
+        path: root.to_owned(),
+        message: e.to_string(),
+    })?;
+    // Links that lead out of the repository are not descended into; they are counted here,
+    // since the filter cannot reach the result.
+    let links_out = Arc::new(Mutex::new(Vec::new()));
+    let walker = {
+        let links_out = Arc::clone(&links_out);
+        let real_root = real_root.clone();
+        WalkBuilder::new(root)
+            .hidden(true)
+            .git_ignore(true)
+            .git_exclude(true)
+            .git_global(false)
+            .ignore(true)
+            .require_git(false)
+            .follow_links(true)
+            .overrides(overrides)
+            .filter_entry(move |entry| {
+                if !entry.path_is_symlink() || confine::resolves_inside(entry.path(), &real_root) {
+                    return true;
+                }
+                // A dangling link resolves nowhere: the walk reports it as unreadable.
+                if entry.path().canonicalize().is_ok() {
+                    links_out.lock().unwrap_or_else(|p| p.into_inner()).push(entry.path().to_owned());
+                    return false;
+                }
+                true
+            })
+            .build()
+    };
+
     let mut result = Walk::default();
-    let walker = WalkBuilder::new(root)
-        .hidden(true)
-        .git_ignore(true)
-        .git_exclude(true)
-        .git_global(false)
-        .ignore(true)
-        .require_git(false)
-        .follow_links(true)
-        .overrides(overrides)
-        .build();
+    // Each kept file's real path, to keep a file reached through several paths once.
+    let mut kept: Vec<(PathBuf, bool)> = Vec::new();
     for entry in walker {
         let entry = match entry {
             Ok(entry) => entry,
@@ -207,8 +248,13 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<Walk, WalkError> {
         }
         let path = entry.path();
         let relative = relative_path(root, path);
-        match read_source(path, &relative, options) {
-            Ok(text) => result.files.push(SourceFile { path: relative, text }),
+        match read_source(path, &relative, &real_root, options) {
+            Ok((text, real)) => {
+                // Seen at its own path (no link on the way) or through a link.
+                let direct = real == real_root.join(&relative);
+                result.files.push(SourceFile { path: relative, text });
+                kept.push((real, direct));
+            }
             Err((reason, problem)) => {
                 result.skip(reason);
                 if let Some(problem) = problem {
@@ -217,8 +263,36 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<Walk, WalkError> {
             }
         }
     }
+    for link in links_out.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        result.skip(SkipReason::OutsideRepository);
+        result
+            .problems
+            .push(format!("{}: a symbolic link out of the repository, not followed", relative_path(root, &link)));
+    }
+    result.drop_linked_copies(kept);
     result.files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(result)
+}
+
+impl Walk {
+    /// Keeps one path per real file: the direct one if the walk saw it, else the first in
+    /// path order. `kept[i]` is `files[i]`'s real path and whether it was reached directly.
+    fn drop_linked_copies(&mut self, kept: Vec<(PathBuf, bool)>) {
+        let mut order: Vec<usize> = (0..self.files.len()).collect();
+        // Direct paths first, then by path: the first of each real file is the one kept.
+        order.sort_by(|&a, &b| kept[b].1.cmp(&kept[a].1).then_with(|| self.files[a].path.cmp(&self.files[b].path)));
+        let mut seen = std::collections::HashSet::new();
+        let mut keep = vec![false; self.files.len()];
+        for i in order {
+            keep[i] = seen.insert(&kept[i].0);
+        }
+        let copies = keep.iter().filter(|k| !**k).count();
+        let mut keep = keep.into_iter();
+        self.files.retain(|_| keep.next().unwrap_or(true));
+        for _ in 0..copies {
+            self.skip(SkipReason::LinkedCopy);
+        }
+    }
 }
 
 fn relative_path(root: &Path, path: &Path) -> String {
@@ -230,8 +304,9 @@ fn relative_path(root: &Path, path: &Path) -> String {
         .join("/")
 }
 
-/// Reads one file, or says why it is skipped (and, for a read failure, what happened).
-fn read_source(path: &Path, relative: &str, options: &WalkOptions) -> Result<String, (SkipReason, Option<String>)> {
+/// Reads one file (and says where it really is), or says why it is skipped (and, for a read
+/// failure, what happened).
+fn read_source(path: &Path, relative: &str, root: &Path, options: &WalkOptions) -> Result<(String, PathBuf), (SkipReason, Option<String>)> {
     let mut parts = relative.rsplit('/');
     let name = parts.next().unwrap_or(relative);
     if parts.any(|dir| VENDORED_DIRS.contains(&dir)) {
@@ -240,13 +315,13 @@ fn read_source(path: &Path, relative: &str, options: &WalkOptions) -> Result<Str
     if GENERATED_NAMES.contains(&name) || GENERATED_SUFFIXES.iter().any(|s| name.ends_with(s)) {
         return Err((SkipReason::Generated, None));
     }
-    let size = std::fs::metadata(path)
-        .map_err(|e| (SkipReason::Unreadable, Some(format!("{relative}: {e}"))))?
-        .len();
-    if size > options.max_file_bytes {
-        return Err((SkipReason::Huge, None));
-    }
-    let bytes = std::fs::read(path).map_err(|e| (SkipReason::Unreadable, Some(format!("{relative}: {e}"))))?;
+    let file = confine::read_confined(path, &[root], options.max_file_bytes).map_err(|e| match e {
+        ConfineError::TooLarge { .. } => (SkipReason::Huge, None),
+        ConfineError::Outside { .. } => (SkipReason::OutsideRepository, Some(format!("{relative}: leads out of the repository, not read"))),
+        ConfineError::NotAFile { kind, .. } => (SkipReason::Unreadable, Some(format!("{relative}: {kind}, not read"))),
+        ConfineError::Io { source, .. } => (SkipReason::Unreadable, Some(format!("{relative}: {source}"))),
+    })?;
+    let (bytes, real) = (file.bytes, file.real);
     if bytes.contains(&0) {
         return Err((SkipReason::Binary, None));
     }
@@ -261,7 +336,7 @@ fn read_source(path: &Path, relative: &str, options: &WalkOptions) -> Result<Str
     if GENERATED_MARKERS.iter().any(|m| head.contains(m)) {
         return Err((SkipReason::Generated, None));
     }
-    Ok(text)
+    Ok((text, real))
 }
 
 #[cfg(test)]
@@ -312,5 +387,39 @@ mod tests {
             walk(&dir.path().join("a.rs"), &WalkOptions::default()),
             Err(WalkError::NotADirectory(_))
         ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_out_of_the_repository_are_skipped_and_links_inside_kept_once() {
+        use std::os::unix::fs::symlink;
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(outside.path().join("etc")).unwrap();
+        std::fs::write(outside.path().join("etc/shadow"), "root:x:0:0:secret\n").unwrap();
+        std::fs::write(outside.path().join("passwd"), "root:x:0:0:secret\n").unwrap();
+        let dir = tree(&["src/a.rs", "src/lib/b.rs"]);
+        let root = dir.path();
+        symlink(outside.path().join("etc"), root.join("etc_link")).unwrap();
+        symlink(outside.path().join("passwd"), root.join("src/passwd.rs")).unwrap();
+        symlink(root.join("src/lib"), root.join("lib_alias")).unwrap();
+        symlink("a.rs", root.join("src/z_alias.rs")).unwrap();
+
+        let walk = walk(root, &WalkOptions::default()).unwrap();
+        assert_eq!(paths(&walk), ["src/a.rs", "src/lib/b.rs"], "{walk:?}");
+        assert!(walk.files.iter().all(|f| !f.text.contains("secret")));
+        assert_eq!(walk.skipped.get(&SkipReason::OutsideRepository), Some(&2), "{walk:?}");
+        assert_eq!(walk.skipped.get(&SkipReason::LinkedCopy), Some(&2), "{walk:?}");
+        assert!(walk.problems.iter().any(|p| p.contains("etc_link")), "{:?}", walk.problems);
+        assert!(walk.problems.iter().all(|p| !p.contains("secret")));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_file_reached_only_through_an_inside_link_is_kept_under_the_link() {
+        let dir = tree(&["docs/guide.md"]);
+        std::fs::write(dir.path().join(".ignore"), "docs/\n").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("docs"), dir.path().join("manual")).unwrap();
+        let walk = walk(dir.path(), &WalkOptions::default()).unwrap();
+        assert_eq!(paths(&walk), ["manual/guide.md"], "{walk:?}");
     }
 }

@@ -74,7 +74,20 @@ pub async fn lay_out(
     };
 
     let (trimmed, param) = match too_long {
-        TooLong::Trim => (trim_to_fit(state.engine(), format, &mut input, limit.saturating_sub(SPECIAL_MARGIN)).await?, "input_prefix"),
+        TooLong::Trim => {
+            let had_prefix = !input.prefix.is_empty();
+            let trimmed = trim_to_fit(state.engine(), format, &mut input, limit.saturating_sub(SPECIAL_MARGIN)).await?;
+            if had_prefix && input.prefix.is_empty() {
+                // Not even the line at the cursor fits: there is nothing sensible to complete.
+                return Err(ApiError::invalid_param(
+                    "input_prefix",
+                    format!(
+                        "The line before the cursor alone is longer than the prompt limit of {limit} tokens (generation.max_prompt_tokens); send the code around the cursor in lines"
+                    ),
+                ));
+            }
+            (trimmed, "input_prefix")
+        }
         TooLong::Refuse(param) => (false, param),
     };
 

@@ -68,6 +68,17 @@ impl ApiError {
         }
     }
 
+    /// 503: the server is shutting down and its grace period for requests in flight is over.
+    pub fn shutting_down() -> ApiError {
+        ApiError {
+            code: Some("server_shutting_down"),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The server is shutting down and this generation ran past server.shutdown_timeout_secs; it was stopped",
+            )
+        }
+    }
+
     /// 401: no key, or a key graft does not know.
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError {
@@ -92,6 +103,15 @@ impl ApiError {
         }
     }
 
+    /// 500: something failed inside the server. The client gets the error's first line (at
+    /// most 300 characters): never a backtrace or anything else a dependency appended; the log
+    /// gets all of it.
+    pub fn internal(context: &str, error: &dyn std::fmt::Display) -> ApiError {
+        let full = error.to_string();
+        tracing::error!(error = %full, "{context}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, first_line(&full, 300))
+    }
+
     /// 400: the request is malformed or asks for something invalid.
     pub fn invalid(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
@@ -102,6 +122,14 @@ impl ApiError {
         ApiError {
             param: Some(param),
             ..ApiError::invalid(message)
+        }
+    }
+
+    /// 400 for a field graft does not implement (rather than ignoring it).
+    pub fn unsupported(param: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: Some("unsupported_parameter"),
+            ..ApiError::invalid_param(param, message)
         }
     }
 
@@ -162,10 +190,7 @@ impl From<EngineError> for ApiError {
                 code: Some("model_not_found"),
                 ..ApiError::new(StatusCode::NOT_FOUND, format!("The model does not exist: {message}"))
             },
-            other => {
-                tracing::error!(error = %other, "engine error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
-            }
+            other => ApiError::internal("engine error", &other),
         }
     }
 }
@@ -183,11 +208,17 @@ impl From<PoolError> for ApiError {
                 source: graft_engine::merge::MergeError::Adapter(_),
                 ..
             } => ApiError::invalid(e.to_string()),
-            PoolError::Merge { .. } => {
-                tracing::error!(error = %e, "adapter merge failed");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-            }
+            PoolError::Merge { .. } => ApiError::internal("adapter merge failed", &e),
         }
+    }
+}
+
+/// The first line of `text`, cut to at most `max` characters (at a character boundary).
+fn first_line(text: &str, max: usize) -> String {
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("internal error");
+    match line.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line.to_owned(),
     }
 }
 
@@ -197,4 +228,22 @@ pub fn stream_error_event(e: &ApiError) -> axum::response::sse::Event {
     tracing::error!(status = e.status.as_u16(), error = %e.message, "generation failed while streaming");
     let error = serde_json::json!({"error": {"message": e.message, "type": e.kind(), "param": e.param, "code": e.code}});
     axum::response::sse::Event::default().data(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_error_shows_its_first_line_only() {
+        let with_backtrace = "index out of range for embedding\n\nStack backtrace:\n   0: candle_core::error::Error::bt\n             at /root/.cargo/registry/src/candle-core/src/error.rs:264:25";
+        let e = ApiError::internal("test", &with_backtrace);
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.message, "index out of range for embedding");
+        let long = "é".repeat(400);
+        let e = ApiError::internal("test", &long);
+        assert_eq!(e.message.chars().count(), 303);
+        let e: ApiError = EngineError::Generation(with_backtrace.into()).into();
+        assert!(!e.message.contains("backtrace") && !e.message.contains(".rs:"), "{}", e.message);
+    }
 }

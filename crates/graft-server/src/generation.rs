@@ -40,7 +40,17 @@ pub async fn admit(state: &AppState) -> Result<Admitted, ApiError> {
 impl Admitted {
     /// The generation of `tokens` under this admission, reported as `model`.
     pub fn start(self, tokens: TokenStream, state: &AppState, model: &str) -> Generation {
-        Generation::new(tokens, self.slot, self.deadline, state.request_timeout(), self.started, model, Arc::clone(state.metrics()))
+        Generation {
+            tokens,
+            deadline: self.deadline,
+            timeout: state.request_timeout(),
+            started: self.started,
+            model: model.to_owned(),
+            seen_text: false,
+            metrics: Arc::clone(state.metrics()),
+            cut: state.cut_signal(),
+            _slot: self.slot,
+        }
     }
 }
 
@@ -80,34 +90,34 @@ pub struct Generation {
     tokens: TokenStream,
     deadline: Deadline,
     timeout: Duration,
+    /// When the request arrived.
     started: Instant,
+    /// The name the request asked for.
     model: String,
     seen_text: bool,
     metrics: Arc<Metrics>,
+    /// Shutdown's grace period is over ([`AppState::cut_generations`]).
+    cut: tokio::sync::watch::Receiver<bool>,
     _slot: Slot,
 }
 
 impl Generation {
-    /// `started` is when the request arrived; `model` is the name it asked for.
-    pub fn new(tokens: TokenStream, slot: Slot, deadline: Deadline, timeout: Duration, started: Instant, model: &str, metrics: Arc<Metrics>) -> Generation {
-        Generation {
-            tokens,
-            deadline,
-            timeout,
-            started,
-            model: model.to_owned(),
-            seen_text: false,
-            metrics,
-            _slot: slot,
-        }
-    }
-
     /// The next event, or an error; a deadline that passes ends the generation with 504's
-    /// error.
+    /// error, and a shutdown past its grace period with 503's.
     pub async fn next(&mut self) -> Option<Result<StreamEvent, ApiError>> {
-        let event = match tokio::time::timeout_at(self.deadline.0, self.tokens.next()).await {
-            Err(_) => return Some(Err(ApiError::timeout(self.timeout))),
-            Ok(event) => event?,
+        let cut = &mut self.cut;
+        let event = tokio::select! {
+            biased;
+            () = async {
+                // A server state that is gone cuts nothing.
+                if cut.wait_for(|c| *c).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => return Some(Err(ApiError::shutting_down())),
+            event = tokio::time::timeout_at(self.deadline.0, self.tokens.next()) => match event {
+                Err(_) => return Some(Err(ApiError::timeout(self.timeout))),
+                Ok(event) => event?,
+            },
         };
         match &event {
             Ok(StreamEvent::Text(_)) if !self.seen_text => {

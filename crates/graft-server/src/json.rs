@@ -1,7 +1,8 @@
 //! A JSON body extractor whose rejections are [`ApiError`]s, so a malformed, mistyped or
 //! oversized body gets OpenAI's error shape instead of axum's plain text.
 //!
-//! The body is read as JSON whatever its `Content-Type` says: `curl -d '{...}'` sends
+//! The whole body must arrive within [`BodyDeadline`] (a client sending a byte a second gets
+//! 408). The body is read as JSON whatever its `Content-Type` says: `curl -d '{...}'` sends
 //! `application/x-www-form-urlencoded`, and llama.cpp's server accepts that too.
 
 use axum::body::Bytes;
@@ -22,15 +23,31 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(reject_body)?;
+        let deadline = req.extensions().get::<BodyDeadline>().map(|d| d.0);
+        let read = Bytes::from_request(req, state);
+        let bytes = match deadline {
+            Some(deadline) => tokio::time::timeout(deadline, read).await.map_err(|_| {
+                ApiError::new(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    format!("The request body did not arrive within {} s (server.read_timeout_secs)", deadline.as_secs()),
+                )
+            })?,
+            None => read.await,
+        }
+        .map_err(reject_body)?;
         parse(&bytes).map(Json)
     }
 }
 
+/// How long a client has to send a whole request body (`server.read_timeout_secs`), as a
+/// request extension the router adds.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline(pub std::time::Duration);
+
 /// Parses a JSON body; the error names the field at fault (`messages[0].role`).
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path == "." || inner.is_syntax() || inner.is_eof() {
@@ -38,7 +55,28 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         } else {
             ApiError::invalid(format!("Invalid request: `{path}`: {inner}"))
         }
-    })
+    })?;
+    // One JSON value and nothing after it but white space: anything else is a client's bug
+    // (or a smuggling attempt), not something to guess about.
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("Invalid JSON body: more data after the JSON value ({e})")))?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_value_and_nothing_after_it() {
+        let ok: serde_json::Value = parse(b" {\"a\": 1}\n ").unwrap();
+        assert_eq!(ok["a"], 1);
+        for garbage in [&b"{\"a\": 1} trailing"[..], b"{\"a\": 1}{\"b\": 2}", b"{\"a\": 1}\x00"] {
+            let err = parse::<serde_json::Value>(garbage).unwrap_err();
+            assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
+            assert!(err.message.contains("after the JSON value"), "{}", err.message);
+        }
+    }
 }
 
 fn reject_body(rejection: BytesRejection) -> ApiError {

@@ -1,8 +1,9 @@
 //! graft-server: the OpenAI-compatible HTTP API.
 //!
 //! - [`router`] builds the axum app: routes, authentication ([`auth`]), body limit, metrics,
-//!   per-request tracing spans, panic catching. [`serve`] runs it until a shutdown signal,
-//!   then gives requests in flight a bounded time to finish.
+//!   per-request tracing spans, panic catching. [`serve`] runs it on [`conn`]'s connections
+//!   (limits on connections, slow and silent clients) until a shutdown signal,
+//!   then gives requests in flight a bounded time to finish, and ends the rest with an error.
 //! - [`routes`]: the handlers. [`openai`]: the wire types. [`error`]: every error body, in
 //!   OpenAI's shape. [`json`]: the body extractor. [`state`]: what handlers share and how a
 //!   request's `model` resolves.
@@ -16,6 +17,7 @@
 pub mod augment;
 pub mod auth;
 pub mod completion;
+pub mod conn;
 pub mod error;
 pub mod generation;
 pub mod json;
@@ -65,6 +67,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(routes::system::not_found)
         .method_not_allowed_fallback(routes::system::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::Extension(json::BodyDeadline(state.conn_limits().read_timeout)))
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| panic_response()))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(
@@ -103,11 +106,14 @@ fn panic_response() -> Response {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error while handling the request").into_response()
 }
 
-/// Serves `app` on `listener` until `shutdown` completes; then stops accepting connections
-/// and waits for the requests in flight, at most `grace`.
+/// Serves `state`'s app on `listener` until `shutdown` completes; then stops accepting
+/// connections and waits for the requests in flight, at most `grace`. Generations still
+/// running after that end with an error event (a stream) or a 503, and the server returns once
+/// they are told (or after a few more seconds).
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    state: AppState,
+    max_body_bytes: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
@@ -116,16 +122,24 @@ pub async fn serve(
         shutdown.await;
         let _ = signalled_tx.send(true);
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let app = router(state.clone(), max_body_bytes);
+    let server = conn::serve_connections(listener, app, state.conn_limits(), shutdown);
+    tokio::pin!(server);
     let deadline = async move {
         let _ = signalled_rx.wait_for(|s| *s).await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        result = server => result,
-        () = deadline => {
-            tracing::warn!(seconds = grace.as_secs(), "requests still running after the shutdown grace period; stopping anyway");
-            Ok(())
-        }
+        () = &mut server => return Ok(()),
+        () = deadline => {}
     }
+    tracing::warn!(seconds = grace.as_secs(), "requests still running after the shutdown grace period; ending them");
+    state.cut_generations();
+    if tokio::time::timeout(CUT_WAIT, &mut server).await.is_err() {
+        tracing::warn!("connections still open after the generations were ended; stopping anyway");
+    }
+    Ok(())
 }
+
+/// How long connections get to send their last error event once generations are cut.
+const CUT_WAIT: Duration = Duration::from_secs(3);

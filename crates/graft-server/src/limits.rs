@@ -61,8 +61,10 @@ impl Gate {
         if joined.is_err() {
             return Err(Refusal::QueueFull);
         }
+        // The place is given back however the wait ends, including when the request's future
+        // is dropped mid-wait (the client hung up).
+        let _place = QueuePlace(&self.waiting);
         let waited = tokio::time::timeout_at(deadline.0, Arc::clone(&self.slots).acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
         match waited {
             Ok(Ok(permit)) => Ok(Slot { _permit: permit }),
             // The semaphore is never closed; a timeout is the only way here.
@@ -78,6 +80,15 @@ impl Gate {
     /// Requests waiting now.
     pub fn queued(&self) -> usize {
         self.waiting.load(Ordering::Acquire)
+    }
+}
+
+/// A place in the queue, given back when dropped.
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -135,5 +146,40 @@ mod tests {
         let soon = Deadline::after(Duration::from_millis(20));
         assert_eq!(gate.enter(soon).await.unwrap_err(), Refusal::TimedOut);
         assert_eq!(gate.queued(), 0, "a request that gave up leaves the queue");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_goes_away_gives_its_place_back() {
+        let gate = Arc::new(Gate::new(1, 2));
+        let far = Deadline::after(Duration::from_secs(60));
+        let running = gate.enter(far).await.unwrap();
+        // Two clients wait, then hang up (their request futures are dropped mid-wait).
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let gate = Arc::clone(&gate);
+                tokio::spawn(async move { gate.enter(far).await.map(|_| ()) })
+            })
+            .collect();
+        while gate.queued() < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(gate.enter(far).await.unwrap_err(), Refusal::QueueFull);
+        for waiter in waiters {
+            waiter.abort();
+            assert!(waiter.await.unwrap_err().is_cancelled());
+        }
+        assert_eq!(gate.queued(), 0, "hung-up waiters leave the queue");
+
+        // The queue takes new waiters again, and they get the slot when it frees.
+        let next = {
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move { gate.enter(far).await.map(|_| ()) })
+        };
+        while gate.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(running);
+        assert_eq!(next.await.unwrap(), Ok(()));
+        assert_eq!((gate.queued(), gate.in_flight()), (0, 0));
     }
 }

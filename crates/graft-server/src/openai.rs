@@ -28,6 +28,53 @@ pub struct ChatCompletionRequest {
     pub retrieval: Option<RetrievalField>,
     /// graft's extension: answer with the exact prompt the model read ([`DebugInfo`]).
     pub debug: Option<bool>,
+    /// OpenAI fields graft does not implement: read only to refuse them (400) rather than
+    /// answer as if they had been honoured.
+    #[serde(flatten)]
+    pub unsupported: UnsupportedChatFields,
+}
+
+/// Chat fields graft does not implement. A request that uses one gets 400 naming it; their
+/// "off" values (`"type": "text"`, `false`, `null`, `"none"`, an empty list) are accepted.
+#[derive(Debug, Default, Deserialize)]
+pub struct UnsupportedChatFields {
+    pub response_format: Option<serde_json::Value>,
+    pub tools: Option<serde_json::Value>,
+    pub tool_choice: Option<serde_json::Value>,
+    pub functions: Option<serde_json::Value>,
+    pub function_call: Option<serde_json::Value>,
+    pub logprobs: Option<serde_json::Value>,
+    pub top_logprobs: Option<serde_json::Value>,
+    pub logit_bias: Option<serde_json::Value>,
+}
+
+impl UnsupportedChatFields {
+    /// The first field that asks for something graft does not do, with what it asked.
+    pub fn first_used(&self) -> Option<(&'static str, &'static str)> {
+        use serde_json::Value;
+        let off = |v: &Option<Value>| match v {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => true,
+            Some(Value::Bool(true)) => false,
+            Some(Value::String(s)) => s == "none",
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(Value::Object(o)) => o.is_empty(),
+            Some(Value::Number(n)) => n.as_f64() == Some(0.0),
+        };
+        let text_format = matches!(&self.response_format, Some(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("text"));
+        [
+            ("response_format", off(&self.response_format) || text_format, "structured output (response_format other than text) is not supported"),
+            ("tools", off(&self.tools), "tool calling (tools) is not supported"),
+            ("tool_choice", off(&self.tool_choice), "tool calling (tool_choice) is not supported"),
+            ("functions", off(&self.functions), "function calling (functions) is not supported"),
+            ("function_call", off(&self.function_call), "function calling (function_call) is not supported"),
+            ("logprobs", off(&self.logprobs), "logprobs are not supported"),
+            ("top_logprobs", off(&self.top_logprobs), "logprobs (top_logprobs) are not supported"),
+            ("logit_bias", off(&self.logit_bias), "logit_bias is not supported"),
+        ]
+        .into_iter()
+        .find(|(_, off, _)| !off)
+        .map(|(field, _, message)| (field, message))
+    }
 }
 
 /// The `retrieval` extension field: `false` / `true`, or `{"enabled": ..., "top_k": ...}`.

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use graft_core::config::{GenerationConfig, ServerConfig};
 use graft_core::keys::ApiKeys;
-use graft_engine::pool::PoolError;
+use graft_engine::pool::{AdapterInfo, PoolError};
 use graft_engine::{Engine, Pool};
 
 use crate::auth::Caller;
@@ -41,6 +41,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Unix seconds when the server started; the `created` time of the models it lists.
     started: u64,
+    /// Set once the shutdown grace period is over: generations still running end with an
+    /// error (a stream gets an error event) instead of being cut without a word.
+    cut: tokio::sync::watch::Sender<bool>,
 }
 
 /// What a request's `model` names.
@@ -67,6 +70,7 @@ impl AppState {
                 gate,
                 metrics: Arc::new(Metrics::default()),
                 started: unix_now(),
+                cut: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -99,6 +103,14 @@ impl AppState {
         &self.inner.metrics
     }
 
+    /// Limits on connections and slow clients (`[server]`).
+    pub fn conn_limits(&self) -> crate::conn::ConnLimits {
+        crate::conn::ConnLimits {
+            max_connections: self.inner.server.max_connections,
+            read_timeout: Duration::from_secs(self.inner.server.read_timeout_secs),
+        }
+    }
+
     /// `server.request_timeout_secs`.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.inner.server.request_timeout_secs)
@@ -114,11 +126,29 @@ impl AppState {
         self.inner.started
     }
 
+    /// Ends every generation still running (shutdown, after its grace period).
+    pub fn cut_generations(&self) {
+        self.inner.cut.send_replace(true);
+    }
+
+    /// Told when [`AppState::cut_generations`] is called.
+    pub fn cut_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.cut.subscribe()
+    }
+
+    /// The pool's adapters that a request can name: a project's name means the project, so an
+    /// adapter folder of that name is not reachable and not listed.
+    pub fn adapters(&self) -> Vec<AdapterInfo> {
+        let mut adapters = self.pool().adapters();
+        adapters.retain(|a| self.projects().get(&a.name).is_none());
+        adapters
+    }
+
     /// Every id `caller` may put in `model`: the base, adapters, projects.
     pub fn model_ids(&self, caller: &Caller) -> Vec<String> {
         let base = self.pool().base_name();
         let mut ids = vec![base.to_owned()];
-        ids.extend(self.pool().adapters().into_iter().map(|a| a.name));
+        ids.extend(self.adapters().into_iter().map(|a| a.name));
         ids.extend(self.projects().all().map(|p| p.name().to_owned()));
         ids.retain(|id| caller.may_use(id, base));
         ids
@@ -134,7 +164,7 @@ impl AppState {
                 project: Some(Arc::clone(project)),
             });
         }
-        let known = model == base || self.pool().adapters().iter().any(|a| a.name == model);
+        let known = model == base || self.adapters().iter().any(|a| a.name == model);
         if !known {
             return Err(self.not_found(model, caller));
         }

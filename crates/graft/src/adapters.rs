@@ -23,7 +23,8 @@ fn base(config: &Config) -> Result<BaseGguf> {
 
 /// Loads an adapter from the store and checks it against `base`.
 fn checked(config: &Config, base: &BaseGguf, name: &str) -> Result<Adapter, graft_engine::adapter::AdapterError> {
-    let adapter = Adapter::load(name, &config.adapters.dir.join(name), config.adapters.max_rank)?;
+    let store = config.adapters.dir.as_path();
+    let adapter = Adapter::load_confined(name, &store.join(name), config.adapters.max_rank, &[store])?;
     base.check(&adapter)?;
     Ok(adapter)
 }

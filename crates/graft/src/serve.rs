@@ -101,6 +101,9 @@ fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std:
             if let Some(adapter) = project.adapter.as_ref().filter(|a| !store.contains(a)) {
                 tracing::warn!(project = %project.name, adapter = %adapter, "the project's adapter is not in the adapter store; its requests will fail until it is");
             }
+            if store.contains(&project.name) {
+                tracing::warn!(project = %project.name, "an adapter folder has this project's name; `model` with that name means the project, so the adapter cannot be requested by name (rename its folder)");
+            }
         }
 
         let listener = tokio::net::TcpListener::from_std(listener).with_context(|| format!("cannot listen on {listen}"))?;
@@ -117,7 +120,6 @@ fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std:
             // re-indexing from the start.
             index_in_background(&state);
         }
-        let app = graft_server::router(state, config.server.max_body_bytes);
         let names: Vec<&str> = std::iter::once(config.model.name.as_str())
             .chain(config.projects.iter().map(|p| p.name.as_str()))
             .collect();
@@ -126,7 +128,7 @@ fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std:
             names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
         );
         let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
-        graft_server::serve(listener, app, shutdown_signal(), grace).await?;
+        graft_server::serve(listener, state, config.server.max_body_bytes, shutdown_signal(), grace).await?;
         eprintln!("graft stopped");
         Ok(())
     })

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{repo_root, start_serving};
+use common::{copy_tree, repo_root, start_serving};
 
 const USER_KEY: &str = "sk-graft-user-0123456789abcdef";
 const OTHER_KEY: &str = "sk-graft-other-0123456789abcdef";
@@ -35,18 +35,6 @@ fn python() -> PathBuf {
         python.display()
     );
     python
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
 }
 
 /// A config with keys in a file and two projects over a copy of the `polyglot` fixture.

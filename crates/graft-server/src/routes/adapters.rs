@@ -25,6 +25,12 @@ pub async fn load(
 ) -> Result<(StatusCode, String), ApiError> {
     caller.require_admin()?;
     let name = request.lora_name;
+    if state.projects().get(&name).is_some() || name == state.pool().base_name() {
+        return Err(ApiError::invalid_param(
+            "lora_name",
+            format!("`{name}` already names a project or the base model; choose another name for the adapter"),
+        ));
+    }
     let path = request.lora_path.as_deref().map(Path::new);
     let report = state.pool().load(&name, path).await.map_err(|e| state.pool_error(e, &caller))?;
     let message = if report.loaded_now {

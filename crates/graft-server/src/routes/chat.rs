@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
 use graft_core::config::GenerationConfig;
-use graft_engine::{ChatMessage, ChatRequest, Role};
+use graft_engine::{ChatMessage, ChatRequest, CompletionRequest, Prompt, Role};
 
 use crate::augment;
 use crate::auth::Caller;
@@ -33,6 +33,9 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     if request.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid_param("n", "Only n = 1 is supported"));
+    }
+    if let Some((field, message)) = request.unsupported.first_used() {
+        return Err(ApiError::unsupported(field, message));
     }
     let target = state.resolve(&request.model, &caller)?;
     caller.check(&target.name, state.pool().base_name())?;
@@ -71,9 +74,14 @@ pub async fn completions(
 
     let debug = if debug { Some(debug_info(&state, &prompt).await?) } else { None };
 
+    // The model reads exactly the prompt that was checked.
+    let checked = CompletionRequest {
+        prompt: Prompt::Tokens(prompt),
+        sampling: chat.sampling,
+    };
     let tokens = state
         .pool()
-        .chat_stream(&target.model, chat)
+        .complete_stream(&target.model, checked)
         .await
         .map_err(|e| state.pool_error(e, &caller))?;
     let generation = admitted.start(tokens, &state, &target.name);

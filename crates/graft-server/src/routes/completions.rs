@@ -39,10 +39,10 @@ pub async fn completions(
         return Err(ApiError::invalid_param("best_of", "Only best_of = 1 is supported"));
     }
     if request.echo == Some(true) {
-        return Err(ApiError::invalid_param("echo", "echo is not supported"));
+        return Err(ApiError::unsupported("echo", "echo is not supported"));
     }
     if request.logprobs.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(ApiError::invalid_param("logprobs", "logprobs are not supported"));
+        return Err(ApiError::unsupported("logprobs", "logprobs are not supported"));
     }
     let target = state.resolve(&request.model, &caller)?;
     caller.check(&target.name, state.pool().base_name())?;
@@ -80,6 +80,7 @@ pub async fn completions(
     let (tokens, sources) = match prefix {
         Err(tokens) => {
             completion::check_length(&state, tokens.len(), "prompt")?;
+            state.engine().check_token_ids(&tokens).map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?;
             (tokens, None)
         }
         Ok(prefix) => {

@@ -56,8 +56,8 @@ pub async fn embeddings(
         Ok((embedder.embed(&inputs)?, embedder.token_count(&inputs)?))
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the embedding task failed: {e}")))?
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    .map_err(|e| ApiError::internal("the embedding task failed", &e))?
+    .map_err(|e| ApiError::internal("embedding failed", &e))?;
     let data = vectors
         .into_iter()
         .enumerate()

@@ -20,7 +20,7 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
         root,
     };
     let mut data = vec![card(base.clone(), None, base.clone(), state.started())];
-    for adapter in state.pool().adapters() {
+    for adapter in state.adapters() {
         let created = adapter.loaded_at.unwrap_or(state.started());
         data.push(card(adapter.name, Some(base.clone()), adapter.dir.display().to_string(), created));
     }

@@ -41,11 +41,11 @@ pub async fn reindex(State(state): State<AppState>, Extension(caller): Extension
     caller.require_admin()?;
     let project = project(&state, &name)?;
     let report = state.projects().reindex(&project).await.map_err(|e| {
-        let status = match e {
-            ReindexError::Running | ReindexError::Index(IndexError::Busy | IndexError::InUse { .. }) => StatusCode::CONFLICT,
-            ReindexError::Index(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, format!("Re-indexing `{name}` failed: {e}"))
+        let message = format!("Re-indexing `{name}` failed: {e}");
+        match e {
+            ReindexError::Running | ReindexError::Index(IndexError::Busy | IndexError::InUse { .. }) => ApiError::new(StatusCode::CONFLICT, message),
+            ReindexError::Index(_) => ApiError::internal("re-index failed", &message),
+        }
     })?;
     Ok(AxumJson(json!({
         "project": name,

@@ -223,9 +223,9 @@ async fn start_server(pool: Arc<Pool>, config: &graft_core::Config) -> Result<So
         keys: Default::default(),
         projects: Projects::none(),
     });
-    let app = graft_server::router(state, config.server.max_body_bytes);
+    let max_body_bytes = config.server.max_body_bytes;
     tokio::spawn(async move {
-        let _ = graft_server::serve(listener, app, std::future::pending(), Duration::ZERO).await;
+        let _ = graft_server::serve(listener, state, max_body_bytes, std::future::pending(), Duration::ZERO).await;
     });
     Ok(addr)
 }

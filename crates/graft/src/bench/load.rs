@@ -71,11 +71,11 @@ pub fn run(args: BenchLoadArgs) -> Result<()> {
             keys: Default::default(),
             projects: serve::projects(&config, Some(embedder)),
         });
-        let app = graft_server::router(state, config.server.max_body_bytes);
+        let max_body_bytes = config.server.max_body_bytes;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         tokio::spawn(async move {
-            let _ = graft_server::serve(listener, app, std::future::pending(), Duration::ZERO).await;
+            let _ = graft_server::serve(listener, state, max_body_bytes, std::future::pending(), Duration::ZERO).await;
         });
         let url = format!("http://{addr}/v1/chat/completions");
 
