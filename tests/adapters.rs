@@ -10,8 +10,9 @@ use candle_core::{Device, Tensor};
 use graft_engine::adapter::{gguf_tensor_name, Adapter, PROJECTIONS};
 use graft_engine::cache::MergeCache;
 use graft_engine::merge::{merge, BaseGguf, MergeSettings};
+use graft_engine::pool::AdapterStore;
 use graft_engine::requantize::{tensors_to_convert, Restore, SLOW_ON_CPU};
-use graft_engine::{BaseModel, ChatMessage, ChatRequest, Engine, Role, Sampling};
+use graft_engine::{BaseModel, ChatMessage, ChatRequest, Engine, Pool, PoolLimits, Role, Sampling};
 use graft_tests::{kit_file, write_adapter};
 
 const MAX_RANK: usize = 64;
@@ -92,13 +93,25 @@ fn check_merge(kit_id: &str, projections: &[&str]) {
             let got = floats(&stored.dequantize(&Device::Cpu).unwrap());
             let want = expected(&base, &adapter, layer, p);
             let tol = tolerance(&want, stored.dtype());
-            let worst = got.iter().zip(&want).zip(&tol).map(|((g, w), t)| (g - w).abs() / t).fold(0f32, f32::max);
-            assert!(worst <= 1.0, "{kit_id} {name} ({:?}): error {worst:.2}x the storage tolerance", stored.dtype());
+            let worst = got
+                .iter()
+                .zip(&want)
+                .zip(&tol)
+                .map(|((g, w), t)| (g - w).abs() / t)
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1.0,
+                "{kit_id} {name} ({:?}): error {worst:.2}x the storage tolerance",
+                stored.dtype()
+            );
         }
     }
     // Untouched tensors are copied byte for byte.
     let embd = "token_embd.weight";
-    assert_eq!(base.tensor(embd).unwrap().data().unwrap(), merged.tensor(embd).unwrap().data().unwrap());
+    assert_eq!(
+        base.tensor(embd).unwrap().data().unwrap(),
+        merged.tensor(embd).unwrap().data().unwrap()
+    );
 }
 
 #[test]
@@ -112,16 +125,12 @@ fn merged_weights_equal_base_plus_scaled_lora_delta_on_smollm2() {
 }
 
 fn greedy(engine: &Engine, prompt: &str) -> String {
-    greedy_on(engine, None, prompt).unwrap()
-}
-
-fn greedy_on(engine: &Engine, model: Option<&str>, prompt: &str) -> Result<String, graft_engine::EngineError> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let request = ChatRequest {
         messages: vec![ChatMessage::new(Role::User, prompt)],
         sampling: Sampling::greedy(24),
     };
-    runtime.block_on(engine.chat_on(model, request)).map(|c| c.text)
+    runtime.block_on(engine.chat(request)).unwrap().text
 }
 
 fn load(path: &Path) -> Engine {
@@ -145,7 +154,16 @@ fn a_zero_adapter_keeps_the_output_and_a_real_one_changes_it() {
 
     // Deltas of about 0.5 against weights of about 0.1: strong enough that greedy decoding must
     // notice (at amplitude 0.05 the deltas are ~0.01 and the same tokens win).
-    write_adapter(&work.path().join("real"), &base, &["q_proj", "v_proj", "down_proj"], 8, 16.0, 0.3, false, 2);
+    write_adapter(
+        &work.path().join("real"),
+        &base,
+        &["q_proj", "v_proj", "down_proj"],
+        8,
+        16.0,
+        0.3,
+        false,
+        2,
+    );
     let real = Adapter::load("real", &work.path().join("real"), MAX_RANK).unwrap();
     merge(&base, &real, &MergeSettings::default(), &work.path().join("real.gguf")).unwrap();
     let changed = greedy(&load(&work.path().join("real.gguf")), prompt);
@@ -188,7 +206,10 @@ fn each_invalid_adapter_is_refused_with_its_name_and_the_problem() {
     let err = message(&Adapter::load("x", &dir("x"), MAX_RANK).unwrap_err());
     assert!(err.contains("lora_B"), "{err}");
     tensors.insert(b_name.clone(), b);
-    tensors.insert("base_model.model.lm_head.weight".into(), Tensor::zeros((2, 2), candle_core::DType::F32, &Device::Cpu).unwrap());
+    tensors.insert(
+        "base_model.model.lm_head.weight".into(),
+        Tensor::zeros((2, 2), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
     candle_core::safetensors::save(&tensors, &weights).unwrap();
     let err = message(&Adapter::load("x", &dir("x"), MAX_RANK).unwrap_err());
     assert!(err.contains("lm_head"), "{err}");
@@ -214,8 +235,13 @@ fn the_merge_cache_merges_once_per_base_adapter_and_settings() {
     assert_eq!(again.path, first.path);
     assert!(!again.fresh, "the second activation reuses the merged file");
 
-    let f16 = MergeSettings { quantized_dtype: GgmlDType::F16 };
-    assert_ne!(cache.key(&base.path, &adapter, &f16).unwrap(), cache.key(&base.path, &adapter, &settings).unwrap());
+    let f16 = MergeSettings {
+        quantized_dtype: GgmlDType::F16,
+    };
+    assert_ne!(
+        cache.key(&base.path, &adapter, &f16).unwrap(),
+        cache.key(&base.path, &adapter, &settings).unwrap()
+    );
 
     // New adapter weights under the same name: a new merge.
     write_adapter(&work.path().join("a"), &base, &["q_proj", "v_proj"], 4, 8.0, 0.1, false, 12);
@@ -226,30 +252,61 @@ fn the_merge_cache_merges_once_per_base_adapter_and_settings() {
 }
 
 #[test]
-fn an_adapter_model_added_next_to_the_base_answers_as_the_merged_model_does() {
+fn an_adapter_served_by_the_pool_answers_as_the_merged_model_does() {
     let base_path = kit_file("smollm2-135m-instruct");
     let base = BaseGguf::open(&base_path).unwrap();
     let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("adapters");
     let prompt = "Write a Python function that reverses a string.";
-    write_adapter(&work.path().join("real"), &base, &["q_proj", "v_proj", "down_proj"], 8, 16.0, 0.3, false, 2);
-    let adapter = Adapter::load("real", &work.path().join("real"), MAX_RANK).unwrap();
-    let merged = MergeCache::new(work.path().join("cache"))
+    write_adapter(
+        &store.join("real"),
+        &base,
+        &["q_proj", "v_proj", "down_proj"],
+        8,
+        16.0,
+        0.3,
+        false,
+        2,
+    );
+    let adapter = Adapter::load("real", &store.join("real"), MAX_RANK).unwrap();
+    let merged = MergeCache::new(work.path().join("other-cache"))
         .get_or_merge(&base, &adapter, &MergeSettings::default())
         .unwrap();
 
-    let engine = load(&base_path);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(engine.add_model("real", &merged.path)).unwrap();
-    let from_base = greedy(&engine, prompt);
-    let from_adapter = greedy_on(&engine, Some("real"), prompt).unwrap();
-    assert_eq!(from_adapter, greedy(&load(&merged.path), prompt), "same as the merged model on its own");
+    let store_settings = AdapterStore {
+        dir: store.clone(),
+        max_rank: MAX_RANK,
+        merge: MergeSettings::default(),
+        cache_dir: work.path().join("cache"),
+        allowed_dirs: Vec::new(),
+    };
+    let limits = PoolLimits {
+        max_adapters: 2,
+        max_bytes: None,
+    };
+    let pool = Pool::new(std::sync::Arc::new(load(&base_path)), store_settings, limits).unwrap();
+    let ask = |model: &str| {
+        let request = ChatRequest {
+            messages: vec![ChatMessage::new(Role::User, prompt)],
+            sampling: Sampling::greedy(24),
+        };
+        runtime.block_on(pool.chat(model, request)).map(|c| c.text)
+    };
+    let from_base = ask("m").unwrap();
+    let from_adapter = ask("real").unwrap();
+    assert_eq!(
+        from_adapter,
+        greedy(&load(&merged.path), prompt),
+        "same as the merged model on its own"
+    );
     assert_eq!(from_base, greedy(&load(&base_path), prompt), "the base is unaffected");
     assert_ne!(from_adapter, from_base);
 
-    engine.remove_model("real").unwrap();
-    let err = greedy_on(&engine, Some("real"), prompt).unwrap_err();
-    assert!(matches!(err, graft_engine::EngineError::UnknownModel(_)), "{err:?}");
-    assert_eq!(greedy(&engine, prompt), from_base, "the base keeps serving");
+    pool.unload("real").unwrap();
+    let err = ask("real").unwrap_err();
+    assert!(matches!(err, graft_engine::pool::PoolError::Unknown(_)), "{err:?}");
+    assert_eq!(ask("m").unwrap(), from_base, "the base keeps serving");
 }
 
 #[test]
@@ -264,7 +321,11 @@ fn a_base_restored_for_the_cpu_keeps_its_weights_within_q8_0_rounding_and_runs()
     let first = cache.get_or_requantize(&base, Restore::Q8_0).unwrap();
     assert!(first.fresh);
     let again = cache.get_or_requantize(&base, Restore::Q8_0).unwrap();
-    assert_eq!((again.path.clone(), again.fresh), (first.path.clone(), false), "converted once, then reused");
+    assert_eq!(
+        (again.path.clone(), again.fresh),
+        (first.path.clone(), false),
+        "converted once, then reused"
+    );
 
     let restored = BaseGguf::open(&first.path).unwrap();
     assert!(tensors_to_convert(&restored, Restore::Q8_0).is_empty());
@@ -274,12 +335,24 @@ fn a_base_restored_for_the_cpu_keeps_its_weights_within_q8_0_rounding_and_runs()
         assert_eq!(stored.dtype(), GgmlDType::Q8_0, "{name}");
         let got = floats(&stored.dequantize(&Device::Cpu).unwrap());
         let tol = tolerance(&original, GgmlDType::Q8_0);
-        let worst = got.iter().zip(&original).zip(&tol).map(|((g, w), t)| (g - w).abs() / t).fold(0f32, f32::max);
+        let worst = got
+            .iter()
+            .zip(&original)
+            .zip(&tol)
+            .map(|((g, w), t)| (g - w).abs() / t)
+            .fold(0f32, f32::max);
         assert!(worst <= 1.0, "{name}: error {worst:.2}x Q8_0's rounding");
     }
     // Tensors of other types are copied byte for byte.
-    let kept = base.dtypes().find(|(_, t)| !SLOW_ON_CPU.contains(t)).map(|(n, _)| n.to_owned()).unwrap();
-    assert_eq!(base.tensor(&kept).unwrap().data().unwrap(), restored.tensor(&kept).unwrap().data().unwrap());
+    let kept = base
+        .dtypes()
+        .find(|(_, t)| !SLOW_ON_CPU.contains(t))
+        .map(|(n, _)| n.to_owned())
+        .unwrap();
+    assert_eq!(
+        base.tensor(&kept).unwrap().data().unwrap(),
+        restored.tensor(&kept).unwrap().data().unwrap()
+    );
 
     // The file is a working model, chat template included.
     let engine = load(&first.path);
@@ -306,7 +379,11 @@ fn a_base_restored_as_f16_keeps_every_weight_to_f16_precision_and_runs() {
         assert_eq!(tensor.dtype(), GgmlDType::F16, "{name}");
         let got = floats(&tensor.dequantize(&Device::Cpu).unwrap());
         // F16 keeps 11 significant bits: relative error at most 2^-11 (plus subnormals).
-        let worst = got.iter().zip(&original).map(|(g, w)| (g - w).abs() - w.abs() / 2048.0).fold(f32::MIN, f32::max);
+        let worst = got
+            .iter()
+            .zip(&original)
+            .map(|(g, w)| (g - w).abs() - w.abs() / 2048.0)
+            .fold(f32::MIN, f32::max);
         assert!(worst <= 1e-7, "{name}: off by {worst:e} beyond F16's rounding");
     }
     let engine = load(&stored.path);

@@ -96,7 +96,9 @@ async fn get(path: &str, token: Option<&str>) -> (u16, Value) {
 /// Asserts OpenAI's error shape with `status` and returns the message.
 fn error_message(status: u16, body: &Value, expected: u16) -> String {
     assert_eq!(status, expected, "{body}");
-    let message = body["error"]["message"].as_str().unwrap_or_else(|| panic!("no error message: {body}"));
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message: {body}"));
     assert!(body["error"]["type"].is_string(), "{body}");
     message.to_owned()
 }
@@ -123,7 +125,10 @@ fn source_paths(body: &Value) -> Vec<String> {
 async fn requests_without_a_valid_key_get_401_and_health_needs_none() {
     let (status, body) = call(reqwest::Method::POST, "/v1/chat/completions", None, Some(&chat(MODEL, "hi"))).await;
     let message = error_message(status, &body, 401);
-    assert!(message.contains("Authorization: Bearer"), "the message says how to send a key: {message}");
+    assert!(
+        message.contains("Authorization: Bearer"),
+        "the message says how to send a key: {message}"
+    );
 
     let (status, body) = post("/v1/chat/completions", "sk-test-not-a-key-000000", &chat(MODEL, "hi")).await;
     assert!(error_message(status, &body, 401).contains("Incorrect API key"), "{body}");
@@ -146,7 +151,12 @@ async fn a_key_may_use_only_its_projects_and_sees_only_those() {
     let message = error_message(status, &body, 403);
     assert!(message.contains("`archive`"), "{message}");
     assert_eq!(body["error"]["param"], "model", "{body}");
-    let (status, body) = post("/v1/completions", BOB, &json!({"model": "polyglot", "prompt": "fn", "max_tokens": 2})).await;
+    let (status, body) = post(
+        "/v1/completions",
+        BOB,
+        &json!({"model": "polyglot", "prompt": "fn", "max_tokens": 2}),
+    )
+    .await;
     error_message(status, &body, 403);
 
     let (status, body) = get("/v1/models", Some(ALICE)).await;
@@ -168,9 +178,17 @@ async fn admin_endpoints_need_an_admin_key() {
     for (method, path, body) in [
         (reqwest::Method::GET, "/v1/projects", None),
         (reqwest::Method::GET, "/v1/projects/polyglot", None),
-        (reqwest::Method::POST, "/v1/projects/polyglot/search", Some(json!({"query": "TokenVault"}))),
+        (
+            reqwest::Method::POST,
+            "/v1/projects/polyglot/search",
+            Some(json!({"query": "TokenVault"})),
+        ),
         (reqwest::Method::POST, "/v1/projects/polyglot/reindex", Some(json!({}))),
-        (reqwest::Method::POST, "/v1/load_lora_adapter", Some(json!({"lora_name": "x", "lora_path": "/tmp"}))),
+        (
+            reqwest::Method::POST,
+            "/v1/load_lora_adapter",
+            Some(json!({"lora_name": "x", "lora_path": "/tmp"})),
+        ),
         (reqwest::Method::POST, "/v1/unload_lora_adapter", Some(json!({"lora_name": "x"}))),
         (reqwest::Method::GET, "/metrics", None),
     ] {
@@ -181,7 +199,12 @@ async fn admin_endpoints_need_an_admin_key() {
 
     let (status, body) = get("/v1/projects", Some(ADMIN)).await;
     assert_eq!(status, 200, "{body}");
-    let names: Vec<&str> = body["data"].as_array().unwrap().iter().map(|p| p["project"].as_str().unwrap()).collect();
+    let names: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["project"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["archive", "polyglot"]);
 
     let (status, body) = get("/v1/projects/polyglot", Some(ADMIN)).await;
@@ -199,8 +222,16 @@ async fn chat_with_retrieval_cites_the_file_that_defines_the_api_and_without_it_
     let (status, with) = post("/v1/chat/completions", ALICE, &chat("polyglot", QUESTION)).await;
     assert_eq!(status, 200, "{with}");
     let paths = source_paths(&with);
-    assert!(paths.iter().any(|p| p == DEFINING_FILE), "retrieval finds the defining file: {paths:?}");
-    let source = with["sources"].as_array().unwrap().iter().find(|s| s["path"] == DEFINING_FILE).unwrap();
+    assert!(
+        paths.iter().any(|p| p == DEFINING_FILE),
+        "retrieval finds the defining file: {paths:?}"
+    );
+    let source = with["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["path"] == DEFINING_FILE)
+        .unwrap();
     let (start, end) = (source["start_line"].as_u64().unwrap(), source["end_line"].as_u64().unwrap());
     assert!(start >= 1 && end >= start, "{source}");
     assert!(source["score"].as_f64().unwrap() > 0.0, "{source}");
@@ -257,12 +288,20 @@ async fn a_streamed_chat_names_its_sources_in_the_first_chunk() {
     assert_eq!(first["choices"][0]["delta"]["role"], "assistant", "{first}");
     assert!(source_paths(&first).iter().any(|p| p == DEFINING_FILE), "{first}");
     // `debug`: the prompt as the model read it, chat template and retrieved code included.
-    let prompt = first["debug"]["prompt"].as_str().unwrap_or_else(|| panic!("no debug prompt: {first}"));
+    let prompt = first["debug"]["prompt"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no debug prompt: {first}"));
     assert!(prompt.contains("<|im_start|>system") && prompt.contains(DEFINING_FILE), "{prompt}");
-    assert!(prompt.contains(QUESTION) && prompt.trim_end().ends_with("<|im_start|>assistant"), "{prompt}");
+    assert!(
+        prompt.contains(QUESTION) && prompt.trim_end().ends_with("<|im_start|>assistant"),
+        "{prompt}"
+    );
     for event in &events[1..events.len() - 1] {
         let chunk: Value = serde_json::from_str(event).unwrap();
-        assert!(chunk.get("sources").is_none() && chunk.get("debug").is_none(), "only the first chunk carries extras: {chunk}");
+        assert!(
+            chunk.get("sources").is_none() && chunk.get("debug").is_none(),
+            "only the first chunk carries extras: {chunk}"
+        );
     }
 }
 
@@ -282,8 +321,13 @@ async fn a_project_completion_gets_the_repository_s_code_first() {
     assert_eq!(with["object"], "text_completion");
     assert!(source_paths(&with).iter().any(|p| p == DEFINING_FILE), "{with}");
     // `debug` shows the exact prompt: the retrieved file first, the current file last.
-    let prompt = with["debug"]["prompt"].as_str().unwrap_or_else(|| panic!("no debug prompt: {with}"));
-    assert!(prompt.find(DEFINING_FILE) < prompt.find("void run(TokenVault vault)") && prompt.contains(DEFINING_FILE), "{prompt}");
+    let prompt = with["debug"]["prompt"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no debug prompt: {with}"));
+    assert!(
+        prompt.find(DEFINING_FILE) < prompt.find("void run(TokenVault vault)") && prompt.contains(DEFINING_FILE),
+        "{prompt}"
+    );
     assert!(prompt.ends_with("vault."), "{prompt}");
     assert_eq!(with["debug"]["prompt_tokens"], with["usage"]["prompt_tokens"], "{with}");
 
@@ -294,7 +338,10 @@ async fn a_project_completion_gets_the_repository_s_code_first() {
     assert!(source_paths(&without).is_empty(), "{without}");
     assert!(without.get("debug").is_none(), "debug only when asked: {without}");
     let tokens = |b: &Value| b["usage"]["prompt_tokens"].as_u64().unwrap();
-    assert!(tokens(&with) > tokens(&without) + 50, "the other files come first: {with} vs {without}");
+    assert!(
+        tokens(&with) > tokens(&without) + 50,
+        "the other files come first: {with} vs {without}"
+    );
 }
 
 #[tokio::test]
@@ -330,8 +377,15 @@ async fn llama_cpp_infill_works_as_llama_vim_sends_it() {
     assert_eq!(body["model"], "polyglot");
     assert!(source_paths(&body).iter().any(|p| p == DEFINING_FILE), "{body}");
     let prompt = body["prompt"].as_str().unwrap();
-    let (defining, extra, current) = (prompt.find(DEFINING_FILE), prompt.find("jobs/Schedule.java"), prompt.find("void run(TokenVault vault) {\n        vault."));
-    assert!(defining < extra && extra < current && defining.is_some(), "retrieved, extra, current: {prompt}");
+    let (defining, extra, current) = (
+        prompt.find(DEFINING_FILE),
+        prompt.find("jobs/Schedule.java"),
+        prompt.find("void run(TokenVault vault) {\n        vault."),
+    );
+    assert!(
+        defining < extra && extra < current && defining.is_some(),
+        "retrieved, extra, current: {prompt}"
+    );
     assert_eq!(body["tokens_evaluated"], body["timings"]["prompt_n"], "{body}");
     assert!(["eos", "limit"].contains(&body["stop_type"].as_str().unwrap()), "{body}");
 
@@ -343,7 +397,10 @@ async fn llama_cpp_infill_works_as_llama_vim_sends_it() {
     let (status, body) = post("/infill", ALICE, &crowded).await;
     assert_eq!(status, 200, "{body}");
     let prompt = body["prompt"].as_str().unwrap();
-    assert!(body["truncated"] == true && prompt.contains("new.rs") && !prompt.contains("old.rs"), "{body}");
+    assert!(
+        body["truncated"] == true && prompt.contains("new.rs") && !prompt.contains("old.rs"),
+        "{body}"
+    );
 
     // Errors in OpenAI's shape: a key without the default project, streaming, n_predict.
     let (status, body) = post("/infill", BOB, &request).await;
@@ -359,7 +416,12 @@ async fn llama_cpp_infill_works_as_llama_vim_sends_it() {
 
 #[tokio::test]
 async fn project_search_and_reindex_follow_the_repository() {
-    let (status, body) = post("/v1/projects/polyglot/search", ADMIN, &json!({"query": "vault.rotateSigningKeys()", "k": 3})).await;
+    let (status, body) = post(
+        "/v1/projects/polyglot/search",
+        ADMIN,
+        &json!({"query": "vault.rotateSigningKeys()", "k": 3}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let hits = body["data"].as_array().unwrap();
     assert!(!hits.is_empty() && hits.len() <= 3, "{body}");
@@ -380,7 +442,12 @@ async fn project_search_and_reindex_follow_the_repository() {
     let (status, body) = post("/v1/projects/archive/reindex", ADMIN, &json!({})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["report"]["files_added"], 1, "{body}");
-    let (status, body) = post("/v1/projects/archive/search", ADMIN, &json!({"query": "debit_tenant_quota_units", "mode": "keyword"})).await;
+    let (status, body) = post(
+        "/v1/projects/archive/search",
+        ADMIN,
+        &json!({"query": "debit_tenant_quota_units", "mode": "keyword"}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"][0]["path"], "src/quota.rs", "{body}");
 }
@@ -420,7 +487,11 @@ async fn while_another_process_holds_the_index_chat_goes_on_without_retrieval() 
 
 #[tokio::test]
 async fn embeddings_come_from_the_index_model() {
-    let texts = ["fn add(a: i32, b: i32) -> i32 { a + b }", "fn sum(x: i32, y: i32) -> i32 { x + y }", "The weather in Lisbon is mild in winter."];
+    let texts = [
+        "fn add(a: i32, b: i32) -> i32 { a + b }",
+        "fn sum(x: i32, y: i32) -> i32 { x + y }",
+        "The weather in Lisbon is mild in winter.",
+    ];
     let (status, body) = post("/v1/embeddings", ALICE, &json!({"model": EMBEDDING_MODEL, "input": texts})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "list");
@@ -442,14 +513,27 @@ async fn embeddings_come_from_the_index_model() {
     for v in &vectors {
         assert!((dot(v, v) - 1.0).abs() < 1e-3, "unit length");
     }
-    assert!(dot(&vectors[0], &vectors[1]) > dot(&vectors[0], &vectors[2]) + 0.2, "similar code is closer than prose");
+    assert!(
+        dot(&vectors[0], &vectors[1]) > dot(&vectors[0], &vectors[2]) + 0.2,
+        "similar code is closer than prose"
+    );
     assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 10, "{body}");
 
     // base64: the same floats, little-endian f32.
-    let (status, encoded) = post("/v1/embeddings", ALICE, &json!({"model": EMBEDDING_MODEL, "input": texts[0], "encoding_format": "base64"})).await;
+    let (status, encoded) = post(
+        "/v1/embeddings",
+        ALICE,
+        &json!({"model": EMBEDDING_MODEL, "input": texts[0], "encoding_format": "base64"}),
+    )
+    .await;
     assert_eq!(status, 200, "{encoded}");
-    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded["data"][0]["embedding"].as_str().unwrap()).unwrap();
-    let floats: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let floats: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     assert_eq!(floats.len(), 384);
     assert!(floats.iter().zip(&vectors[0]).all(|(a, b)| (f64::from(*a) - b).abs() < 1e-6));
 
@@ -466,7 +550,12 @@ async fn metrics_count_requests_tokens_and_retrieval() {
     assert_eq!(status, 200, "{body}");
     let _ = post("/v1/chat/completions", ALICE, &chat("archive", "hi")).await;
 
-    let response = reqwest::Client::new().get(server().url("/metrics")).bearer_auth(ADMIN).send().await.unwrap();
+    let response = reqwest::Client::new()
+        .get(server().url("/metrics"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     let text = response.text().await.unwrap();

@@ -42,7 +42,10 @@ async fn dropping_the_token_stream_stops_the_generation() {
     // Greedy SmolLM2 writes well past 400 tokens for this prompt (checked by hand), so without
     // cancellation the generation would still be running throughout the idle window below.
     let request = ChatRequest {
-        messages: vec![ChatMessage::new(Role::User, "Write a very long story about a dragon who learns to program.")],
+        messages: vec![ChatMessage::new(
+            Role::User,
+            "Write a very long story about a dragon who learns to program.",
+        )],
         sampling: Sampling::greedy(1500),
     };
     let mut stream = engine.chat_stream(request).await.unwrap();

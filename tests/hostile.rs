@@ -43,7 +43,11 @@ async fn post_raw(path: &str, body: &str) -> (u16, Value) {
 fn error(status: u16, body: &Value, expected: u16) -> (String, Value, Value) {
     assert_eq!(status, expected, "{body}");
     let e = &body["error"];
-    (e["message"].as_str().unwrap_or_default().to_owned(), e["param"].clone(), e["code"].clone())
+    (
+        e["message"].as_str().unwrap_or_default().to_owned(),
+        e["param"].clone(),
+        e["code"].clone(),
+    )
 }
 
 fn base() -> BaseGguf {
@@ -57,7 +61,12 @@ fn chat_on(model: &str, content: &str, max_tokens: u32) -> Value {
 async fn models() -> Vec<String> {
     let response = reqwest::get(smollm2_server().url("/v1/models")).await.unwrap();
     let body: Value = response.json().await.unwrap();
-    body["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test]
@@ -69,7 +78,10 @@ async fn max_tokens_inside_a_multi_token_character_ends_with_length_and_whole_ch
     assert_eq!(body["choices"][0]["finish_reason"], "length", "{body}");
     assert_eq!(body["usage"]["completion_tokens"], 4, "{body}");
     assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0, "{body}");
-    assert!(!body["choices"][0]["message"]["content"].as_str().unwrap().contains('\u{fffd}'), "{body}");
+    assert!(
+        !body["choices"][0]["message"]["content"].as_str().unwrap().contains('\u{fffd}'),
+        "{body}"
+    );
 
     // The same as a stream: a finish reason and a usage chunk, then [DONE].
     let mut streamed = request.clone();
@@ -86,14 +98,21 @@ async fn max_tokens_inside_a_multi_token_character_ends_with_length_and_whole_ch
         .unwrap();
     let events: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
     assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
     assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "length"), "{text}");
     let usage = chunks.iter().find(|c| c["usage"].is_object()).expect("a usage chunk");
     assert_eq!(usage["usage"]["completion_tokens"], 4, "{text}");
 
     // Completions count tokens, not pieces of text.
     for max_tokens in [1, 3] {
-        let (status, body) = post("/v1/completions", &json!({"model": MODEL, "prompt": "😀😀😀😀😀", "max_tokens": max_tokens, "temperature": 0})).await;
+        let (status, body) = post(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "😀😀😀😀😀", "max_tokens": max_tokens, "temperature": 0}),
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["choices"][0]["finish_reason"], "length", "{body}");
         assert_eq!(body["usage"]["completion_tokens"], max_tokens, "{body}");
@@ -102,7 +121,11 @@ async fn max_tokens_inside_a_multi_token_character_ends_with_length_and_whole_ch
 
 #[tokio::test]
 async fn a_token_id_outside_the_vocabulary_is_400_and_no_answer_carries_a_backtrace() {
-    let (status, body) = post("/v1/completions", &json!({"model": MODEL, "prompt": [1, 2, 49152], "max_tokens": 2})).await;
+    let (status, body) = post(
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": [1, 2, 49152], "max_tokens": 2}),
+    )
+    .await;
     let (message, param, _) = error(status, &body, 400);
     assert!(message.contains("49152") && message.contains("vocabulary of 49152"), "{message}");
     assert_eq!(param, "prompt");
@@ -145,7 +168,12 @@ async fn chat_fields_graft_does_not_implement_are_refused_not_ignored() {
     }
     // Their "off" values are accepted, as clients often send them.
     let mut request = chat_on(MODEL, "hi", 2);
-    for (field, value) in [("response_format", json!({"type": "text"})), ("tools", json!([])), ("tool_choice", json!("none")), ("logprobs", json!(false))] {
+    for (field, value) in [
+        ("response_format", json!({"type": "text"})),
+        ("tools", json!([])),
+        ("tool_choice", json!("none")),
+        ("logprobs", json!(false)),
+    ] {
         request[field] = value;
     }
     let (status, body) = post("/v1/chat/completions", &request).await;
@@ -159,7 +187,10 @@ async fn an_infill_line_too_long_for_any_prompt_says_so() {
     let (status, body) = post("/infill", &json!({"input_prefix": line, "input_suffix": "", "n_predict": 4})).await;
     let (message, param, _) = error(status, &body, 400);
     assert_eq!(param, "input_prefix", "{body}");
-    assert!(message.contains("line before the cursor") && message.contains("max_prompt_tokens"), "{message}");
+    assert!(
+        message.contains("line before the cursor") && message.contains("max_prompt_tokens"),
+        "{message}"
+    );
     assert!(!message.contains("must not be empty"), "{message}");
 }
 
@@ -178,8 +209,16 @@ async fn adapter_files_must_really_lie_in_the_adapter_folders() {
     let linked_file = server.external.join("linked-file");
     adapter(&linked_file, 12);
     std::fs::remove_file(linked_file.join("adapter_model.safetensors")).unwrap();
-    std::os::unix::fs::symlink(outside.path().join("y/adapter_model.safetensors"), linked_file.join("adapter_model.safetensors")).unwrap();
-    let (status, body) = post("/v1/load_lora_adapter", &json!({"lora_name": "linked-file", "lora_path": linked_file})).await;
+    std::os::unix::fs::symlink(
+        outside.path().join("y/adapter_model.safetensors"),
+        linked_file.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let (status, body) = post(
+        "/v1/load_lora_adapter",
+        &json!({"lora_name": "linked-file", "lora_path": linked_file}),
+    )
+    .await;
     let (message, _, _) = error(status, &body, 400);
     assert!(message.contains("outside the adapter folders"), "{message}");
 
@@ -199,10 +238,16 @@ async fn adapter_files_must_really_lie_in_the_adapter_folders() {
     std::os::unix::fs::symlink(outside.path().join("y"), server.store.join("swapped")).unwrap();
     let (status, after) = post("/v1/chat/completions", &question).await;
     assert_eq!(status, 200, "{after}");
-    assert_eq!(after["choices"][0]["message"], before["choices"][0]["message"], "still the version loaded from the store");
+    assert_eq!(
+        after["choices"][0]["message"], before["choices"][0]["message"],
+        "still the version loaded from the store"
+    );
     let (status, body) = post("/v1/load_lora_adapter", &json!({"lora_name": "swapped"})).await;
     let (message, _, _) = error(status, &body, 400);
-    assert!(message.contains("outside the adapter folders"), "an explicit load says why: {message}");
+    assert!(
+        message.contains("outside the adapter folders"),
+        "an explicit load says why: {message}"
+    );
 }
 
 #[tokio::test]
@@ -240,7 +285,13 @@ async fn an_adapter_with_non_finite_weights_is_refused_naming_the_tensor() {
     let mut tensors: HashMap<String, candle_core::Tensor> = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
     let name = tensors.keys().filter(|n| n.contains("lora_B")).min().unwrap().clone();
     let tensor = &tensors[&name];
-    let mut values = tensor.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1::<f32>().unwrap();
+    let mut values = tensor
+        .flatten_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     values[3] = f32::NAN;
     let poisoned = candle_core::Tensor::from_vec(values, tensor.dims(), &candle_core::Device::Cpu).unwrap();
     tensors.insert(name.clone(), poisoned);
@@ -248,7 +299,10 @@ async fn an_adapter_with_non_finite_weights_is_refused_naming_the_tensor() {
 
     let (status, body) = post("/v1/chat/completions", &chat_on("nan-weights", "hi", 2)).await;
     let (message, _, _) = error(status, &body, 400);
-    assert!(message.contains(&name) && message.contains("NaN") && message.contains("finite"), "{message}");
+    assert!(
+        message.contains(&name) && message.contains("NaN") && message.contains("finite"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -278,7 +332,12 @@ async fn a_stream_still_running_after_the_shutdown_grace_period_ends_with_an_err
         "max_tokens": 3000,
         "stream": true,
     });
-    let mut response = reqwest::Client::new().post(server.url("/v1/chat/completions")).json(&request).send().await.unwrap();
+    let mut response = reqwest::Client::new()
+        .post(server.url("/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let mut text = String::new();
     while text.matches("data: ").count() < 3 {
@@ -293,5 +352,8 @@ async fn a_stream_still_running_after_the_shutdown_grace_period_ends_with_an_err
     assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
     let error: Value = serde_json::from_str(events[events.len() - 2]).unwrap();
     assert_eq!(error["error"]["code"], "server_shutting_down", "{text}");
-    tokio::time::timeout(Duration::from_secs(10), stopped).await.expect("the server stops").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("the server stops")
+        .unwrap();
 }

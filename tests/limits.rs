@@ -22,6 +22,18 @@ fn long_chat(stream: bool) -> Value {
     })
 }
 
+/// A long streamed chat, answered 200: it holds a slot while it runs.
+async fn start_long_stream(client: &reqwest::Client, server: &TestServer) -> reqwest::Response {
+    let response = client
+        .post(server.url("/v1/chat/completions"))
+        .json(&long_chat(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response
+}
+
 async fn metric(server: &TestServer, name: &str) -> f64 {
     let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
     text.lines()
@@ -44,8 +56,7 @@ async fn a_full_queue_gets_429_and_a_request_past_its_deadline_gets_504() {
     let started = Instant::now();
 
     // A takes the only slot: its stream has begun.
-    let mut a = client.post(server.url("/v1/chat/completions")).json(&long_chat(true)).send().await.unwrap();
-    assert_eq!(a.status(), 200);
+    let mut a = start_long_stream(&client, &server).await;
     let mut a_text = String::new();
     while !a_text.contains("\"content\":\"") || a_text.matches("data: ").count() < 3 {
         let chunk = a.chunk().await.unwrap().expect("A's stream goes on");
@@ -65,7 +76,12 @@ async fn a_full_queue_gets_429_and_a_request_past_its_deadline_gets_504() {
     }
 
     // C finds the slot and the queue full: turned away at once.
-    let c = client.post(server.url("/v1/chat/completions")).json(&long_chat(false)).send().await.unwrap();
+    let c = client
+        .post(server.url("/v1/chat/completions"))
+        .json(&long_chat(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(c.status(), 429);
     let retry_after: u64 = c.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry_after >= 1);
@@ -78,7 +94,10 @@ async fn a_full_queue_gets_429_and_a_request_past_its_deadline_gets_504() {
     while let Some(chunk) = a.chunk().await.unwrap() {
         a_text.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(started.elapsed() < Duration::from_secs(TIMEOUT_SECS + 20), "the deadline is enforced");
+    assert!(
+        started.elapsed() < Duration::from_secs(TIMEOUT_SECS + 20),
+        "the deadline is enforced"
+    );
     let events: Vec<&str> = a_text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
     assert_eq!(events.last(), Some(&"[DONE]"), "{a_text}");
     let error: Value = serde_json::from_str(events[events.len() - 2]).unwrap();
@@ -87,7 +106,10 @@ async fn a_full_queue_gets_429_and_a_request_past_its_deadline_gets_504() {
     // B waited, then ran out of time: 504 in OpenAI's shape.
     let (status, body) = b.await.unwrap();
     assert_eq!(status, 504, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("request_timeout_secs"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("request_timeout_secs"),
+        "{body}"
+    );
 
     // The server keeps serving.
     let short = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0});
@@ -111,8 +133,7 @@ async fn clients_that_hang_up_while_queued_or_running_give_their_places_back() {
     let client = reqwest::Client::new();
 
     // A runs (streaming) and holds the only slot.
-    let mut a = client.post(server.url("/v1/chat/completions")).json(&long_chat(true)).send().await.unwrap();
-    assert_eq!(a.status(), 200);
+    let mut a = start_long_stream(&client, &server).await;
     a.chunk().await.unwrap().expect("A's stream has begun");
 
     // Twice, two clients fill the queue and hang up (their client-side timeout) while waiting.

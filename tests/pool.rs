@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use graft_engine::adapter::PROJECTIONS;
 use graft_engine::merge::BaseGguf;
 use graft_engine::pool::{AdapterStore, PoolError};
-use graft_engine::{
-    BaseModel, ChatMessage, ChatRequest, CompletionRequest, Engine, Pool, PoolLimits, Prompt, Role, Sampling, StreamEvent,
-};
+use graft_engine::{BaseModel, ChatMessage, ChatRequest, CompletionRequest, Engine, Pool, PoolLimits, Prompt, Role, Sampling, StreamEvent};
 use graft_tests::{kit_file, write_adapter};
 
 struct Fixture {
@@ -28,7 +26,16 @@ struct Fixture {
 impl Fixture {
     /// Writes adapter `name` into the store, from `seed`.
     fn adapter(&self, name: &str, seed: u64) {
-        write_adapter(&self.store.join(name), &self.base, &["q_proj", "v_proj", "down_proj"], 8, 16.0, 0.3, false, seed);
+        write_adapter(
+            &self.store.join(name),
+            &self.base,
+            &["q_proj", "v_proj", "down_proj"],
+            8,
+            16.0,
+            0.3,
+            false,
+            seed,
+        );
     }
 }
 
@@ -190,7 +197,10 @@ async fn replacing_an_adapter_switches_new_requests_while_a_streaming_one_finish
     assert_ne!(v2_answer, v1_answer, "new requests run on the new weights");
     assert_eq!(f.pool.stats().loads, 2);
 
-    assert!(f.pool.engine().added_models().contains(&v1), "v1 stays loaded while its request runs");
+    assert!(
+        f.pool.engine().added_models().contains(&v1),
+        "v1 stays loaded while its request runs"
+    );
 
     // The streaming request finishes on v1, unchanged.
     while let Some(event) = streaming.next().await {
@@ -200,7 +210,11 @@ async fn replacing_an_adapter_switches_new_requests_while_a_streaming_one_finish
     }
     assert_eq!(streamed, v1_answer, "the request in flight finished on the old version");
     drop(streaming);
-    assert_eq!(engine_models_settle(&f.pool, std::slice::from_ref(&v2)).await, vec![v2], "v1 left the engine after its last request");
+    assert_eq!(
+        engine_models_settle(&f.pool, std::slice::from_ref(&v2)).await,
+        vec![v2],
+        "v1 left the engine after its last request"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +232,10 @@ async fn a_failed_load_keeps_the_previous_version_serving() {
     assert_eq!(f.pool.chat("a", ask(PROMPT, 16)).await.unwrap().text, answer, "v1 keeps serving");
     assert_eq!(id_of(&f.pool, "a").await, v1);
     let err = f.pool.load("a", None).await.unwrap_err();
-    assert!(err.to_string().contains("adapter `a`") && err.to_string().contains("rank r = 1000"), "{err}");
+    assert!(
+        err.to_string().contains("adapter `a`") && err.to_string().contains("rank r = 1000"),
+        "{err}"
+    );
     let info = f.pool.adapters().into_iter().find(|a| a.name == "a").unwrap();
     assert_eq!(info.loaded.as_deref(), Some(v1.as_str()));
     assert!(info.last_error.unwrap().contains("rank"));

@@ -4,10 +4,7 @@
 
 use std::path::Path;
 
-use graft_index::{
-    index_repository, IndexError, IndexLayout, IndexOptions, IndexReport, ProjectIndex, Quiet, SearchMode,
-    SearchOptions,
-};
+use graft_index::{index_repository, IndexError, IndexLayout, IndexOptions, IndexReport, ProjectIndex, Quiet, SearchMode, SearchOptions};
 use graft_tests::{copy_fixture, kit_embedder};
 
 fn index(repo: &Path, index_dir: &Path) -> IndexReport {
@@ -17,22 +14,38 @@ fn index(repo: &Path, index_dir: &Path) -> IndexReport {
 
 fn search(index_dir: &Path, query: &str, k: usize, mode: SearchMode) -> Vec<graft_index::SearchHit> {
     let index = ProjectIndex::open("test", &IndexLayout::new(index_dir)).expect("index opens");
-    let options = SearchOptions { k, mode, ..SearchOptions::default() };
+    let options = SearchOptions {
+        k,
+        mode,
+        ..SearchOptions::default()
+    };
     index.search(query, Some(kit_embedder()), &options).expect("search works")
 }
 
 /// Code that uses a symbol, and the file that defines it.
 const QUERIES: &[(&str, &str)] = &[
-    ("let mut book = LedgerBook::open_empty();\nbook.reconcile_entries()?;", "src/ledger.rs"),
+    (
+        "let mut book = LedgerBook::open_empty();\nbook.reconcile_entries()?;",
+        "src/ledger.rs",
+    ),
     ("let earned = book.apply_interest_rate(\"checking\", 125, 31);", "src/ledger.rs"),
     ("totals = compute_vat_breakdown(order.items)", "billing/invoice.py"),
-    ("pdf = InvoiceRenderer(company).render_pdf_summary(customer, lines)", "billing/invoice.py"),
+    (
+        "pdf = InvoiceRenderer(company).render_pdf_summary(customer, lines)",
+        "billing/invoice.py",
+    ),
     ("bs := NewBlobStore(1 << 20)", "storage/blobstore.go"),
     ("refs, err := store.PutChunked(payload)", "storage/blobstore.go"),
-    ("TokenVault vault = new TokenVault(5);\nvault.rotateSigningKeys();", "auth/TokenVault.java"),
+    (
+        "TokenVault vault = new TokenVault(5);\nvault.rotateSigningKeys();",
+        "auth/TokenVault.java",
+    ),
     ("byte[] key = vault.currentSigningKey();", "auth/TokenVault.java"),
     ("const guard = createRouteGuard([\"editor\", \"admin\"]);", "web/routeGuard.ts"),
-    ("const ctx: GuardContext = { userRoles: roles, path: \"/admin\" };", "web/routeGuard.ts"),
+    (
+        "const ctx: GuardContext = { userRoles: roles, path: \"/admin\" };",
+        "web/routeGuard.ts",
+    ),
     ("emitTelemetryBeacon(\"checkout\", { cart: cart.id });", "web/telemetry.js"),
     ("uint32_t sum = crc32_update_table(0, buf, n);", "native/crc.c"),
     ("native::LruShardCache cache(1024);\ncache.put(k, v);", "native/cache.cpp"),
@@ -105,8 +118,14 @@ fn hybrid_search_finds_the_defining_file_for_code_and_the_answering_file_for_que
             println!("{set}: {mode:?}: top-1 {top1:.2}, MRR@10 {mrr:.2}");
         }
         assert!(hybrid >= 0.9, "{set}: hybrid hit rate {hybrid:.2}; misses: {hybrid_misses:#?}");
-        assert!(hybrid >= keyword, "{set}: hybrid {hybrid:.2} < keyword {keyword:.2}; keyword misses {keyword_misses:#?}");
-        assert!(hybrid >= vector, "{set}: hybrid {hybrid:.2} < vector {vector:.2}; vector misses {vector_misses:#?}");
+        assert!(
+            hybrid >= keyword,
+            "{set}: hybrid {hybrid:.2} < keyword {keyword:.2}; keyword misses {keyword_misses:#?}"
+        );
+        assert!(
+            hybrid >= vector,
+            "{set}: hybrid {hybrid:.2} < vector {vector:.2}; vector misses {vector_misses:#?}"
+        );
     }
 }
 
@@ -115,7 +134,12 @@ fn results_carry_location_symbol_and_text_and_respect_the_per_file_cap() {
     let repo = copy_fixture("polyglot");
     let index_dir = tempfile::tempdir().unwrap();
     index(repo.path(), index_dir.path());
-    let hits = search(index_dir.path(), "reconcile_entries apply_interest_rate LedgerBook", 10, SearchMode::Hybrid);
+    let hits = search(
+        index_dir.path(),
+        "reconcile_entries apply_interest_rate LedgerBook",
+        10,
+        SearchMode::Hybrid,
+    );
     let ledger = hits.iter().find(|h| h.path == "src/ledger.rs").expect("ledger.rs is found");
     let source = std::fs::read_to_string(repo.path().join("src/ledger.rs")).unwrap();
     let lines: Vec<&str> = source.lines().collect();
@@ -145,7 +169,8 @@ fn a_second_run_redoes_only_what_changed() {
 
     // Edit one file, add one, delete one.
     let sync = repo.path().join("storage/sync.go");
-    let edited = std::fs::read_to_string(&sync).unwrap() + "\n// MirrorQuota caps how many chunks one mirror may use.\nconst MirrorQuota = 1 << 16\n";
+    let edited = std::fs::read_to_string(&sync).unwrap()
+        + "\n// MirrorQuota caps how many chunks one mirror may use.\nconst MirrorQuota = 1 << 16\n";
     std::fs::write(&sync, edited).unwrap();
     std::fs::write(
         repo.path().join("web/featureFlags.ts"),
@@ -155,10 +180,17 @@ fn a_second_run_redoes_only_what_changed() {
     std::fs::remove_file(repo.path().join("auth/SessionManager.java")).unwrap();
 
     let second = index(repo.path(), index_dir.path());
-    assert_eq!((second.files_added, second.files_changed, second.files_removed), (1, 1, 1), "{second:?}");
+    assert_eq!(
+        (second.files_added, second.files_changed, second.files_removed),
+        (1, 1, 1),
+        "{second:?}"
+    );
     assert_eq!(second.files_unchanged, 20);
     assert!(second.embeddings > 0 && second.embeddings <= second.chunks_written, "{second:?}");
-    assert!(second.embeddings < first.embeddings / 4, "only the changed files' chunks are embedded: {second:?}");
+    assert!(
+        second.embeddings < first.embeddings / 4,
+        "only the changed files' chunks are embedded: {second:?}"
+    );
     assert!(second.stale_vectors_removed >= 1, "the deleted file's vectors go: {second:?}");
 
     let hits = search(index_dir.path(), "isFeatureEnabled(flag, flags)", 5, SearchMode::Hybrid);
@@ -190,7 +222,11 @@ fn bad_input_is_reported_and_the_rest_is_indexed() {
     // A link out of the repository (the server's files) is never followed.
     let outside = tempfile::tempdir().unwrap();
     std::fs::create_dir(outside.path().join("etc")).unwrap();
-    std::fs::write(outside.path().join("etc/shadow"), "root:x:0:0:hashed_password_here:19000:0:99999:7:::\n").unwrap();
+    std::fs::write(
+        outside.path().join("etc/shadow"),
+        "root:x:0:0:hashed_password_here:19000:0:99999:7:::\n",
+    )
+    .unwrap();
     std::os::unix::fs::symlink(outside.path().join("etc"), root.join("etc_link")).unwrap();
     std::fs::write(root.join(".gitignore"), "ignored.py\n").unwrap();
     std::fs::write(root.join("ignored.py"), "def ignored():\n    pass\n").unwrap();
@@ -214,10 +250,16 @@ fn bad_input_is_reported_and_the_rest_is_indexed() {
     assert_eq!(report.files_indexed, 1, "{report:?}");
     let hits = search(index_dir.path(), "well_named_function", 5, SearchMode::Hybrid);
     assert_eq!(hits.first().map(|h| h.path.as_str()), Some("good.py"));
-    assert!(search(index_dir.path(), "ignored", 5, SearchMode::Keyword).iter().all(|h| h.path != "ignored.py"));
+    assert!(search(index_dir.path(), "ignored", 5, SearchMode::Keyword)
+        .iter()
+        .all(|h| h.path != "ignored.py"));
     for mode in [SearchMode::Keyword, SearchMode::Hybrid] {
         let hits = search(index_dir.path(), "root:x:0:0 hashed_password_here", 5, mode);
-        assert!(hits.iter().all(|h| !h.path.contains("shadow") && !h.text.contains("hashed_password")), "{mode:?}: {hits:#?}");
+        assert!(
+            hits.iter()
+                .all(|h| !h.path.contains("shadow") && !h.text.contains("hashed_password")),
+            "{mode:?}: {hits:#?}"
+        );
     }
 }
 
@@ -230,13 +272,24 @@ fn an_empty_repository_gives_an_empty_index_and_a_missing_one_a_clear_error() {
     assert!(search(index_dir.path(), "anything at all", 5, SearchMode::Hybrid).is_empty());
 
     let missing = repo.path().join("no-such-folder");
-    let err = index_repository(&missing, &IndexLayout::new(index_dir.path()), kit_embedder(), &IndexOptions::default(), &Quiet)
-        .unwrap_err();
+    let err = index_repository(
+        &missing,
+        &IndexLayout::new(index_dir.path()),
+        kit_embedder(),
+        &IndexOptions::default(),
+        &Quiet,
+    )
+    .unwrap_err();
     assert!(matches!(err, IndexError::Walk(_)), "{err:?}");
-    assert!(err.to_string().contains("no-such-folder") && err.to_string().contains("does not exist"), "{err}");
+    assert!(
+        err.to_string().contains("no-such-folder") && err.to_string().contains("does not exist"),
+        "{err}"
+    );
 
     let never_built = tempfile::tempdir().unwrap();
-    let err = ProjectIndex::open("nothing", &IndexLayout::new(never_built.path())).err().expect("no index");
+    let err = ProjectIndex::open("nothing", &IndexLayout::new(never_built.path()))
+        .err()
+        .expect("no index");
     assert!(err.to_string().contains("graft index"), "says what to do: {err}");
 }
 
@@ -267,6 +320,10 @@ async fn a_project_being_indexed_answers_searches_with_nothing_until_it_is_done(
 
     let report = projects.reindex_with(&project, guard).await.expect("indexing works");
     assert!(report.chunks > 0 && project.has_index(), "{report:?}");
-    let hits = projects.search(&project, "vault.rotateSigningKeys()", 5, SearchMode::Hybrid).await.unwrap().expect("searchable once indexed");
+    let hits = projects
+        .search(&project, "vault.rotateSigningKeys()", 5, SearchMode::Hybrid)
+        .await
+        .unwrap()
+        .expect("searchable once indexed");
     assert!(hits.iter().any(|h| h.path == "auth/TokenVault.java"), "{hits:#?}");
 }

@@ -71,12 +71,7 @@ async fn chat_completion_comes_from_smollm2() {
 
     // Greedy decoding is deterministic, and the body is read as JSON whatever the
     // content type says (this is what `curl -d` sends).
-    let (status, again) = post_raw(
-        "/v1/chat/completions",
-        "application/x-www-form-urlencoded",
-        request.to_string(),
-    )
-    .await;
+    let (status, again) = post_raw("/v1/chat/completions", "application/x-www-form-urlencoded", request.to_string()).await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["choices"][0]["message"]["content"], choice["message"]["content"]);
 }
@@ -120,7 +115,11 @@ async fn malformed_and_invalid_requests_are_400_naming_the_problem() {
     let error = error_of(status, &body, 400);
     assert!(error["message"].as_str().unwrap().contains("Invalid JSON"), "{body}");
 
-    let (status, body) = post("/v1/chat/completions", &json!({"model": MODEL, "messages": [{"role": "user"}], "max_tokens": "many"})).await;
+    let (status, body) = post(
+        "/v1/chat/completions",
+        &json!({"model": MODEL, "messages": [{"role": "user"}], "max_tokens": "many"}),
+    )
+    .await;
     let error = error_of(status, &body, 400);
     assert!(error["message"].as_str().unwrap().contains("max_tokens"), "{body}");
 
@@ -169,7 +168,10 @@ async fn streaming_sends_openai_chunks_that_add_up_to_the_same_answer() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let data = sse_data(&response.text().await.unwrap());
 
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
@@ -178,22 +180,39 @@ async fn streaming_sends_openai_chunks_that_add_up_to_the_same_answer() {
     assert!(chunks.windows(2).all(|w| w[0]["id"] == w[1]["id"]), "one id for the whole stream");
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
 
-    let text: String = chunks
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(
+        text,
+        whole["choices"][0]["message"]["content"].as_str().unwrap(),
+        "streamed and whole answers agree"
+    );
+    let finishes: Vec<&Value> = chunks
         .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
         .collect();
-    assert_eq!(text, whole["choices"][0]["message"]["content"].as_str().unwrap(), "streamed and whole answers agree");
-    let finishes: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["finish_reason"]).filter(|f| !f.is_null()).collect();
-    assert_eq!(finishes, vec![&whole["choices"][0]["finish_reason"]], "exactly one chunk ends the answer");
+    assert_eq!(
+        finishes,
+        vec![&whole["choices"][0]["finish_reason"]],
+        "exactly one chunk ends the answer"
+    );
 
     let usage = chunks.last().unwrap();
     assert_eq!(usage["choices"], json!([]), "{usage}");
-    assert_eq!(usage["usage"], whole["usage"], "the usage chunk counts what the whole answer counted");
+    assert_eq!(
+        usage["usage"], whole["usage"],
+        "the usage chunk counts what the whole answer counted"
+    );
 }
 
 /// Status and body text of a POST.
 async fn post_text(path: &str, body: &Value) -> (u16, String) {
-    let response = reqwest::Client::new().post(smollm2_server().url(path)).json(body).send().await.unwrap();
+    let response = reqwest::Client::new()
+        .post(smollm2_server().url(path))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
@@ -289,7 +308,10 @@ async fn adapters_load_serve_and_unload_through_the_vllm_endpoints() {
     let (status, answer) = post("/v1/chat/completions", &on_adapter).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["model"], "proj-lora");
-    assert_ne!(answer["choices"][0]["message"]["content"], from_base["choices"][0]["message"]["content"], "the adapter changes the output");
+    assert_ne!(
+        answer["choices"][0]["message"]["content"], from_base["choices"][0]["message"]["content"],
+        "the adapter changes the output"
+    );
 
     let (status, text) = post_text("/v1/unload_lora_adapter", &json!({"lora_name": "proj-lora"})).await;
     assert_eq!(status, 200, "{text}");
@@ -301,7 +323,11 @@ async fn adapters_load_serve_and_unload_through_the_vllm_endpoints() {
     // Paths outside the adapter folders are refused.
     let elsewhere = tempfile::tempdir().unwrap();
     graft_tests::write_adapter(&elsewhere.path().join("x"), &base, &["q_proj"], 4, 8.0, 0.1, false, 3);
-    let (status, body) = post("/v1/load_lora_adapter", &json!({"lora_name": "x", "lora_path": elsewhere.path().join("x")})).await;
+    let (status, body) = post(
+        "/v1/load_lora_adapter",
+        &json!({"lora_name": "x", "lora_path": elsewhere.path().join("x")}),
+    )
+    .await;
     let error = error_of(status, &body, 400);
     assert!(error["message"].as_str().unwrap().contains("outside"), "{body}");
 }
@@ -310,9 +336,25 @@ async fn adapters_load_serve_and_unload_through_the_vllm_endpoints() {
 async fn adapters_in_the_store_are_listed_and_load_on_first_use() {
     let server = smollm2_server();
     let base = graft_engine::merge::BaseGguf::open(&graft_tests::kit_file("smollm2-135m-instruct")).unwrap();
-    graft_tests::write_adapter(&server.store.join("store-lora"), &base, &["q_proj", "v_proj"], 4, 8.0, 0.3, false, 5);
+    graft_tests::write_adapter(
+        &server.store.join("store-lora"),
+        &base,
+        &["q_proj", "v_proj"],
+        4,
+        8.0,
+        0.3,
+        false,
+        5,
+    );
     let (_, models) = get("/v1/models").await;
-    assert!(models["data"].as_array().unwrap().iter().any(|m| m["id"] == "store-lora" && m["parent"] == MODEL), "{models}");
+    assert!(
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "store-lora" && m["parent"] == MODEL),
+        "{models}"
+    );
     let mut request = greedy_chat("Say hello.", 8);
     request["model"] = json!("store-lora");
     let (status, body) = post("/v1/chat/completions", &request).await;

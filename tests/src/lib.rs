@@ -15,18 +15,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use graft_engine::merge::BaseGguf;
-use graft_engine::pool::AdapterStore;
-use graft_engine::synthetic::SyntheticAdapter;
-use graft_engine::{Pool, PoolLimits};
-
 use graft_core::config::{GenerationConfig, ServerConfig};
 use graft_core::keys::ApiKeys;
 use graft_core::{Config, ProjectConfig};
-use graft_engine::{BaseModel, Engine};
-use graft_index::{index_repository, Embedder, EmbedderOptions, EmbeddingSource, IndexLayout, IndexOptions, Quiet, SearchOptions};
+use graft_engine::merge::BaseGguf;
+use graft_engine::synthetic::SyntheticAdapter;
+use graft_engine::{BaseModel, Engine, Pool};
+use graft_index::{index_repository, Embedder, EmbedderOptions, Quiet};
 use graft_kit::{Kit, NoProgress, Source};
-use graft_server::projects::{Project, Projects};
+use graft_server::projects::Projects;
 use graft_server::{AppState, ServerParts};
 
 /// The model name the shared server answers to.
@@ -139,7 +136,10 @@ pub fn start_server(setup: ServerSetup) -> TestServer {
 /// Like [`start_server`], shut down as SIGTERM shuts graft down when the returned sender
 /// fires: no new connections, requests in flight get `grace` to finish. The receiver says
 /// when the server has stopped.
-pub fn start_stoppable_server(setup: ServerSetup, grace: Duration) -> (TestServer, tokio::sync::oneshot::Sender<()>, tokio::sync::oneshot::Receiver<()>) {
+pub fn start_stoppable_server(
+    setup: ServerSetup,
+    grace: Duration,
+) -> (TestServer, tokio::sync::oneshot::Sender<()>, tokio::sync::oneshot::Receiver<()>) {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (server, stopped) = launch(
         setup,
@@ -151,50 +151,60 @@ pub fn start_stoppable_server(setup: ServerSetup, grace: Duration) -> (TestServe
     (server, stop_tx, stopped)
 }
 
-fn launch(setup: ServerSetup, shutdown: impl std::future::Future<Output = ()> + Send + 'static, grace: Duration) -> (TestServer, tokio::sync::oneshot::Receiver<()>) {
+fn launch(
+    setup: ServerSetup,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> (TestServer, tokio::sync::oneshot::Receiver<()>) {
     let engine = smollm2_engine();
     let root = tempfile::tempdir().expect("temporary folder").keep();
     let (store, external) = (root.join("adapters"), root.join("external"));
     std::fs::create_dir_all(&store).expect("adapter store");
     std::fs::create_dir_all(&external).expect("external adapters");
-    let adapters = AdapterStore {
-        dir: store.clone(),
-        max_rank: 64,
-        merge: Default::default(),
-        cache_dir: root.join("merged"),
-        allowed_dirs: vec![external.clone()],
-    };
-    let limits = PoolLimits {
-        max_adapters: setup.max_adapters,
-        max_bytes: None,
-    };
-    let pool = Pool::new(engine, adapters, limits).expect("pool");
 
+    // The server is built from a config, through graft-wiring, as `graft serve` builds it.
+    let mut config = Config::default();
+    config.model.name = MODEL.to_owned();
+    config.adapters.dir = store.clone();
+    config.adapters.cache_dir = root.join("merged");
+    config.adapters.allowed_dirs = vec![external.clone()];
+    config.adapters.max_loaded = setup.max_adapters;
+    config.adapters.max_loaded_mb = 0;
+    config.index.dir = root.join("index");
+    config.server = setup.server;
+    config.generation = setup.generation;
     let mut repos = Vec::new();
-    let mut indexes = Vec::new();
-    let mut projects = Vec::new();
-    for mut config in setup.projects {
-        let repo = root.join("repos").join(&config.name);
-        copy_tree(&repo_root().join("tests/fixtures").join(&config.path), &repo);
-        config.path = repo.clone();
-        let layout = IndexLayout::new(root.join("index").join(&config.name));
-        index_repository(&repo, &layout, kit_embedder(), &IndexOptions::default(), &Quiet)
-            .unwrap_or_else(|e| panic!("cannot index project `{}`: {e}", config.name));
-        indexes.push(layout.root.clone());
-        projects.push(Project::new(config, layout, IndexOptions::default()));
+    for mut project in setup.projects {
+        let repo = root.join("repos").join(&project.name);
+        copy_tree(&repo_root().join("tests/fixtures").join(&project.path), &repo);
+        project.path = repo.clone();
+        config.projects.push(project);
         repos.push(repo);
     }
-    let projects = if projects.is_empty() {
+    let pool = Pool::new(engine, graft_wiring::adapter_store(&config), graft_wiring::pool_limits(&config)).expect("pool");
+    let mut indexes = Vec::new();
+    for project in &config.projects {
+        let layout = graft_wiring::layout(&config, &project.name);
+        index_repository(
+            &project.path,
+            &layout,
+            kit_embedder(),
+            &graft_wiring::index_options(&config),
+            &Quiet,
+        )
+        .unwrap_or_else(|e| panic!("cannot index project `{}`: {e}", project.name));
+        indexes.push(layout.root);
+    }
+    let projects = if config.projects.is_empty() {
         Projects::none()
     } else {
-        let embedder = Some((EMBEDDING_MODEL.to_owned(), Arc::clone(kit_embedder())));
-        Projects::new(projects, embedder, SearchOptions::default())
+        graft_wiring::projects(&config, Some(Arc::clone(kit_embedder())))
     };
 
     let state = AppState::new(ServerParts {
         pool: Arc::new(pool),
-        generation: setup.generation,
-        server: setup.server,
+        generation: config.generation.clone(),
+        server: graft_wiring::server_config(&config),
         keys: setup.keys,
         projects,
     });
@@ -203,7 +213,9 @@ fn launch(setup: ServerSetup, shutdown: impl std::future::Future<Output = ()> + 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         tokio::spawn(async move {
-            graft_server::serve(listener, state, MAX_BODY_BYTES, shutdown, grace).await.expect("serve");
+            graft_server::serve(listener, state, MAX_BODY_BYTES, shutdown, grace)
+                .await
+                .expect("serve");
             let _ = stopped_tx.send(());
         });
         addr
@@ -231,16 +243,14 @@ pub const EMBEDDING_MODEL: &str = "minilm-l6-v2";
 pub fn kit_embedder() -> &'static Arc<Embedder> {
     static EMBEDDER: OnceLock<Arc<Embedder>> = OnceLock::new();
     EMBEDDER.get_or_init(|| {
+        kit_file("minilm-l6-v2-onnx");
+        kit_file("minilm-l6-v2-tokenizer");
+        kit_file("onnxruntime");
+        let config = Config::load(&repo_root().join("config/graft.toml")).expect("config/graft.toml loads");
         let options = EmbedderOptions {
-            source: EmbeddingSource::Files {
-                onnx: kit_file("minilm-l6-v2-onnx"),
-                tokenizer_dir: kit_file("minilm-l6-v2-tokenizer"),
-            },
-            onnxruntime: kit_file("onnxruntime"),
-            threads: 2,
-            batch_size: 64,
-            max_tokens: graft_core::config::IndexConfig::default().embedding_max_tokens,
+            // Tests never download a catalog model: no cache folder.
             cache_dir: None,
+            ..graft_wiring::embedder_options(&config).unwrap_or_else(|e| panic!("the kit's embedding model: {e}"))
         };
         Arc::new(Embedder::load(&options).unwrap_or_else(|e| panic!("cannot load the kit's embedding model: {e}")))
     })
@@ -280,5 +290,6 @@ pub fn write_adapter(dir: &Path, base: &BaseGguf, projections: &[&str], r: usize
         zero_b,
         seed,
     };
-    spec.write(dir, base).unwrap_or_else(|e| panic!("cannot write adapter {}: {e}", dir.display()));
+    spec.write(dir, base)
+        .unwrap_or_else(|e| panic!("cannot write adapter {}: {e}", dir.display()));
 }

@@ -366,7 +366,9 @@ impl<'de> Deserialize<'de> for EmbeddingModel {
         let s = String::deserialize(d)?;
         let s = s.trim();
         if s.is_empty() {
-            return Err(de::Error::custom("expected `kit:minilm-l6-v2`, `files:<folder>` or a fastembed model name"));
+            return Err(de::Error::custom(
+                "expected `kit:minilm-l6-v2`, `files:<folder>` or a fastembed model name",
+            ));
         }
         Ok(if let Some(id) = s.strip_prefix("kit:") {
             EmbeddingModel::Kit(id.to_owned())
@@ -415,11 +417,15 @@ fn default_context_tokens() -> usize {
     512
 }
 
-/// Whether `name` can be a project name: it becomes a folder name, so letters, digits, `.`,
-/// `_` and `-` only, not starting with `.`.
-pub fn is_valid_project_name(name: &str) -> bool {
+/// Longest project or adapter name.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// Whether `name` can name a project or an adapter (in the config and in the API alike): it
+/// becomes a folder name, so letters, digits, `.`, `_` and `-` only, at most
+/// [`MAX_NAME_CHARS`], not starting with `.`.
+pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= MAX_NAME_CHARS
         && !name.starts_with('.')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
@@ -443,11 +449,7 @@ pub enum ConfigError {
         message: String,
     },
     #[error("{path}: `{key}`: {message}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
+    Invalid { path: PathBuf, key: String, message: String },
 }
 
 fn key_prefix(key: &str) -> String {
@@ -564,7 +566,10 @@ impl Config {
             return Err(invalid("generation.max_tokens_limit", "must be at least 1".into()));
         }
         if g.max_prompt_tokens < 16 {
-            return Err(invalid("generation.max_prompt_tokens", format!("must be at least 16, found {}", g.max_prompt_tokens)));
+            return Err(invalid(
+                "generation.max_prompt_tokens",
+                format!("must be at least 16, found {}", g.max_prompt_tokens),
+            ));
         }
         let sv = &self.server;
         for (key, value) in [
@@ -621,10 +626,13 @@ impl Config {
             }
         }
         if ix.chunk_chars < 200 {
-            return Err(invalid("index.chunk_chars", format!("must be at least 200, found {}", ix.chunk_chars)));
+            return Err(invalid(
+                "index.chunk_chars",
+                format!("must be at least 200, found {}", ix.chunk_chars),
+            ));
         }
         for (i, project) in self.projects.iter().enumerate() {
-            if !is_valid_project_name(&project.name) {
+            if !is_valid_name(&project.name) {
                 return Err(invalid(
                     &format!("projects[{i}].name"),
                     format!(
@@ -640,17 +648,26 @@ impl Config {
                 ));
             }
             if let Some(adapter) = &project.adapter {
-                if !is_valid_project_name(adapter) {
-                    return Err(invalid(&format!("projects[{i}].adapter"), format!("{adapter:?} is not an adapter folder name")));
+                if !is_valid_name(adapter) {
+                    return Err(invalid(
+                        &format!("projects[{i}].adapter"),
+                        format!("{adapter:?} is not an adapter folder name"),
+                    ));
                 }
             }
             if project.top_k == 0 || project.top_k > 100 {
-                return Err(invalid(&format!("projects[{i}].top_k"), format!("must be between 1 and 100, found {}", project.top_k)));
+                return Err(invalid(
+                    &format!("projects[{i}].top_k"),
+                    format!("must be between 1 and 100, found {}", project.top_k),
+                ));
             }
             if project.context_tokens >= g.max_prompt_tokens {
                 return Err(invalid(
                     &format!("projects[{i}].context_tokens"),
-                    format!("must be less than generation.max_prompt_tokens ({}), found {}", g.max_prompt_tokens, project.context_tokens),
+                    format!(
+                        "must be less than generation.max_prompt_tokens ({}), found {}",
+                        g.max_prompt_tokens, project.context_tokens
+                    ),
                 ));
             }
         }

@@ -176,7 +176,12 @@ fn parse_env(var: &str, value: &str) -> Result<Vec<ApiKey>, KeysError> {
         keys.push(ApiKey {
             name: format!("{var}[{}]", i + 1),
             key,
-            projects: projects.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect(),
+            projects: projects
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect(),
             admin,
         });
     }
@@ -212,7 +217,11 @@ mod tests {
     fn the_file_form_is_checked_and_keys_are_found_by_token() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.toml");
-        std::fs::write(&path, "[[keys]]\nname = \"ci\"\nkey = \"sk-cccccccccccccccc\"\nprojects = [\"graft\"]\n").unwrap();
+        std::fs::write(
+            &path,
+            "[[keys]]\nname = \"ci\"\nkey = \"sk-cccccccccccccccc\"\nprojects = [\"graft\"]\n",
+        )
+        .unwrap();
         let keys = ApiKeys::new(read_file(&path).unwrap());
         let found = keys.find("sk-cccccccccccccccc").unwrap();
         assert_eq!(found.name, "ci");

@@ -11,4 +11,6 @@ pub mod config;
 pub mod confine;
 pub mod keys;
 
-pub use config::{Config, ConfigError, CpuWeights, Device, EmbeddingModel, MergedType, ModelSource, ProjectConfig, PromptFormatChoice};
+pub use config::{
+    is_valid_name, Config, ConfigError, CpuWeights, Device, EmbeddingModel, MergedType, ModelSource, ProjectConfig, PromptFormatChoice,
+};

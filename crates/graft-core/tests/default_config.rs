@@ -14,14 +14,20 @@ fn the_shipped_config_loads_and_matches_the_built_in_defaults() {
     // The kit folder is the one deliberate difference: the repository's root, not config/.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     assert!(shipped.kit.dir.ends_with(".kit") && !shipped.kit.dir.ends_with("config/.kit"));
-    assert_eq!(std::fs::canonicalize(shipped.kit.dir.parent().unwrap()).unwrap(), std::fs::canonicalize(&root).unwrap());
+    assert_eq!(
+        std::fs::canonicalize(shipped.kit.dir.parent().unwrap()).unwrap(),
+        std::fs::canonicalize(&root).unwrap()
+    );
     assert!(defaults.kit.dir.ends_with("config/.kit"));
     assert_eq!(format!("{:?}", shipped.server), format!("{:?}", defaults.server));
     assert_eq!(format!("{:?}", shipped.model), format!("{:?}", defaults.model));
     assert_eq!(format!("{:?}", shipped.generation), format!("{:?}", defaults.generation));
 
     // Index settings match too, except the folder, which is the repository's `index/`.
-    assert_eq!(std::fs::canonicalize(shipped.index.dir.parent().unwrap()).unwrap(), std::fs::canonicalize(&root).unwrap());
+    assert_eq!(
+        std::fs::canonicalize(shipped.index.dir.parent().unwrap()).unwrap(),
+        std::fs::canonicalize(&root).unwrap()
+    );
     assert!(shipped.index.dir.ends_with("index"));
     let mut shipped_index = shipped.index.clone();
     shipped_index.dir = defaults.index.dir.clone();

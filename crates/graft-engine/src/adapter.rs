@@ -140,13 +140,19 @@ impl Adapter {
             })
         };
         let config_bytes = read("adapter_config.json", MAX_CONFIG_BYTES)?;
-        let config: AdapterConfig = serde_json::from_slice(&config_bytes)
-            .map_err(|e| invalid(format!("adapter_config.json is not a PEFT LoRA config: {e}")))?;
+        let config: AdapterConfig =
+            serde_json::from_slice(&config_bytes).map_err(|e| invalid(format!("adapter_config.json is not a PEFT LoRA config: {e}")))?;
         if !config.peft_type.eq_ignore_ascii_case("LORA") {
-            return Err(invalid(format!("peft_type is {}, only LORA adapters can be merged", config.peft_type)));
+            return Err(invalid(format!(
+                "peft_type is {}, only LORA adapters can be merged",
+                config.peft_type
+            )));
         }
         if config.r == 0 || config.r > max_rank {
-            return Err(invalid(format!("rank r = {} is outside 1..={max_rank} (adapters.max_rank)", config.r)));
+            return Err(invalid(format!(
+                "rank r = {} is outside 1..={max_rank} (adapters.max_rank)",
+                config.r
+            )));
         }
         if !(config.lora_alpha.is_finite() && config.lora_alpha > 0.0) {
             return Err(invalid(format!("lora_alpha must be a positive number, got {}", config.lora_alpha)));
@@ -155,7 +161,10 @@ impl Adapter {
             return Err(invalid("fan_in_fan_out adapters (GPT-2 style) are not supported".into()));
         }
         if config.bias != "none" {
-            return Err(invalid(format!("bias = \"{}\" is not supported; train with bias = \"none\"", config.bias)));
+            return Err(invalid(format!(
+                "bias = \"{}\" is not supported; train with bias = \"none\"",
+                config.bias
+            )));
         }
 
         let weights_path = dir.join("adapter_model.safetensors");
@@ -168,7 +177,10 @@ impl Adapter {
             return Err(invalid(format!("adapter_model.safetensors is missing{hint}")));
         }
         let weights_bytes = read("adapter_model.safetensors", MAX_WEIGHTS_BYTES)?;
-        let sha256 = [hex::encode(Sha256::digest(&config_bytes)), hex::encode(Sha256::digest(&weights_bytes))];
+        let sha256 = [
+            hex::encode(Sha256::digest(&config_bytes)),
+            hex::encode(Sha256::digest(&weights_bytes)),
+        ];
         let tensors = candle_core::safetensors::load_buffer(&weights_bytes, &Device::Cpu)
             .map_err(|e| invalid(format!("cannot read adapter_model.safetensors: {e}")))?;
         drop(weights_bytes);
@@ -182,7 +194,10 @@ impl Adapter {
                 )));
             };
             if !matches!(tensor.dtype(), DType::F32 | DType::F16 | DType::BF16) {
-                return Err(invalid(format!("tensor `{tensor_name}` has dtype {:?}; expected f32, f16 or bf16", tensor.dtype())));
+                return Err(invalid(format!(
+                    "tensor `{tensor_name}` has dtype {:?}; expected f32, f16 or bf16",
+                    tensor.dtype()
+                )));
             }
             let tensor = tensor
                 .to_dtype(DType::F32)
@@ -192,7 +207,9 @@ impl Adapter {
                 .and_then(|t| t.to_vec1::<f32>())
                 .map_err(|e| invalid(format!("tensor `{tensor_name}`: {e}")))?;
             if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-                return Err(invalid(format!("tensor `{tensor_name}` holds {bad}: every weight must be a finite number")));
+                return Err(invalid(format!(
+                    "tensor `{tensor_name}` holds {bad}: every weight must be a finite number"
+                )));
             }
             let slot = halves.entry((layer, projection)).or_default();
             if half == 'A' {

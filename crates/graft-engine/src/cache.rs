@@ -32,6 +32,8 @@ pub struct MergeCache {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Merged {
     pub path: PathBuf,
+    /// The cache key (the file's name without `.gguf`).
+    pub key: String,
     /// False when the cache already held it.
     pub fresh: bool,
 }
@@ -56,11 +58,11 @@ impl MergeCache {
         let key = self.key(&base.path, adapter, settings)?;
         let path = self.dir.join(format!("{key}.gguf"));
         if path.is_file() {
-            return Ok(Merged { path, fresh: false });
+            return Ok(Merged { path, key, fresh: false });
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| io_err(&self.dir, e))?;
         merge(base, adapter, settings, &path)?;
-        Ok(Merged { path, fresh: true })
+        Ok(Merged { path, key, fresh: true })
     }
 
     /// `base` re-stored for the CPU as `restore` says (see [`crate::requantize`]), converting
@@ -71,14 +73,14 @@ impl MergeCache {
         h.update(self.base_hash(&base.path)?.as_bytes());
         // Q8_0 keys as they did when it was the only choice, so existing files are reused.
         h.update(format!("{:?}", restore.target()).as_bytes());
-        let key = &hex::encode(h.finalize())[..32];
-        let path = self.dir.join(format!("base-{key}.gguf"));
+        let key = format!("base-{}", &hex::encode(h.finalize())[..32]);
+        let path = self.dir.join(format!("{key}.gguf"));
         if path.is_file() {
-            return Ok(Merged { path, fresh: false });
+            return Ok(Merged { path, key, fresh: false });
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| io_err(&self.dir, e))?;
         crate::requantize::requantize(base, &path, restore)?;
-        Ok(Merged { path, fresh: true })
+        Ok(Merged { path, key, fresh: true })
     }
 
     /// The cache key of a merge.

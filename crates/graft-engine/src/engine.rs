@@ -13,8 +13,8 @@ use candle_core::quantized::gguf_file;
 use candle_core::Tensor;
 use graft_core::Device;
 use mistralrs::{
-    AnyModelBuilder, Constraint, CustomLogitsProcessor, GgufModelBuilder, NormalRequest, Request, RequestBuilder,
-    RequestMessage, Response, SamplingParams, StopTokens, TextMessageRole, TokenSource,
+    AnyModelBuilder, Constraint, CustomLogitsProcessor, GgufModelBuilder, NormalRequest, Request, RequestBuilder, RequestMessage, Response,
+    SamplingParams, StopTokens, TextMessageRole, TokenSource,
 };
 use tokio::sync::mpsc;
 
@@ -81,9 +81,11 @@ impl Engine {
         tracing::info!(
             model = %base.name,
             path = %path.display(),
+            device = ?base.device,
             seconds = started.elapsed().as_secs_f32(),
             prompt_format = format.name(),
-            "base model loaded"
+            "base model loaded{}",
+            if base.device == Device::Cpu { " on the CPU (PagedAttention, a GPU feature, is not used)" } else { "" }
         );
         Ok(Engine {
             base: base.clone(),
@@ -111,7 +113,12 @@ impl Engine {
             .send_chat_request(request)
             .await
             .map_err(|e| EngineError::Generation(e.to_string()))?;
-        Ok(response.choices.into_iter().next().and_then(|c| c.message.content).unwrap_or_default())
+        Ok(response
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message.content)
+            .unwrap_or_default())
     }
 
     /// The base model's description.
@@ -161,11 +168,6 @@ impl Engine {
             .map_err(|e| EngineError::InvalidRequest(format!("cannot apply the chat template: {e}")))
     }
 
-    /// The length in tokens of [`Engine::chat_prompt`].
-    pub async fn count_chat_tokens(&self, messages: &[ChatMessage]) -> Result<usize, EngineError> {
-        Ok(self.chat_prompt(messages).await?.len())
-    }
-
     /// The text of token ids.
     pub async fn detokenize(&self, model: Option<&str>, tokens: Vec<u32>) -> Result<String, EngineError> {
         self.model
@@ -181,7 +183,7 @@ impl Engine {
 
     /// Loads another GGUF model (a merged adapter) into the same engine, next to the base, on
     /// the base's device; requests reach it with [`Engine::chat_stream_on`] and `id`.
-    pub async fn add_model(&self, id: &str, gguf: &Path) -> Result<(), EngineError> {
+    pub(crate) async fn add_model(&self, id: &str, gguf: &Path) -> Result<(), EngineError> {
         let builder = gguf_builder(gguf, &self.base)?;
         let load_error = |e: &dyn std::fmt::Display| EngineError::Load {
             path: gguf.to_owned(),
@@ -201,7 +203,7 @@ impl Engine {
     }
 
     /// Removes a model added with [`Engine::add_model`]. Requests already running on it finish.
-    pub fn remove_model(&self, id: &str) -> Result<(), EngineError> {
+    pub(crate) fn remove_model(&self, id: &str) -> Result<(), EngineError> {
         // mistralrs's removal uses a blocking send, which must not run on an async worker
         // thread: it runs on a plain thread of its own.
         std::thread::scope(|scope| {
@@ -221,7 +223,7 @@ impl Engine {
     }
 
     /// Like [`Engine::chat`], on the model added as `model` (`None`: the base).
-    pub async fn chat_on(&self, model: Option<&str>, request: ChatRequest) -> Result<Completion, EngineError> {
+    pub(crate) async fn chat_on(&self, model: Option<&str>, request: ChatRequest) -> Result<Completion, EngineError> {
         self.chat_stream_on(model, request).await?.collect().await
     }
 
@@ -233,7 +235,7 @@ impl Engine {
     /// Like [`Engine::chat_stream`], on the model added as `model` (`None`: the base). The
     /// conversation is laid out by the base model's chat template ([`Engine::chat_prompt`]) and
     /// the model reads exactly those tokens.
-    pub async fn chat_stream_on(&self, model: Option<&str>, request: ChatRequest) -> Result<TokenStream, EngineError> {
+    pub(crate) async fn chat_stream_on(&self, model: Option<&str>, request: ChatRequest) -> Result<TokenStream, EngineError> {
         if request.messages.is_empty() {
             return Err(EngineError::InvalidRequest("`messages` must not be empty".into()));
         }
@@ -241,13 +243,8 @@ impl Engine {
         self.send(model, tokens, &request.sampling).await
     }
 
-    /// Generates a continuation of a raw prompt (no chat template), all at once.
-    pub async fn complete_on(&self, model: Option<&str>, request: CompletionRequest) -> Result<Completion, EngineError> {
-        self.complete_stream_on(model, request).await?.collect().await
-    }
-
     /// Starts generating a continuation of a raw prompt on `model` (`None`: the base).
-    pub async fn complete_stream_on(&self, model: Option<&str>, request: CompletionRequest) -> Result<TokenStream, EngineError> {
+    pub(crate) async fn complete_stream_on(&self, model: Option<&str>, request: CompletionRequest) -> Result<TokenStream, EngineError> {
         let tokens = match request.prompt {
             Prompt::Text(text) => self.tokenize(model, &text, true).await?,
             Prompt::Tokens(tokens) => {
@@ -436,7 +433,11 @@ impl TokenStream {
                 // it has been handed out, and the end is told here.
                 self.finished = true;
                 let generated = self.generated.load(Ordering::Relaxed);
-                let reason = if generated >= self.max_tokens { FinishReason::Length } else { FinishReason::Stop };
+                let reason = if generated >= self.max_tokens {
+                    FinishReason::Length
+                } else {
+                    FinishReason::Stop
+                };
                 tracing::debug!(generated, "the generation ended inside a character; its last bytes are left out");
                 return Some(Ok(self.end_event(reason)));
             };
@@ -536,8 +537,7 @@ fn gguf_builder(path: &Path, base: &BaseModel) -> Result<GgufModelBuilder, Engin
                     "model.device = \"cuda\" needs graft built with `--features cuda`".into(),
                 ));
             }
-            let device = mistralrs::Device::new_cuda(0)
-                .map_err(|e| EngineError::Device(format!("no usable CUDA device: {e}")))?;
+            let device = mistralrs::Device::new_cuda(0).map_err(|e| EngineError::Device(format!("no usable CUDA device: {e}")))?;
             builder.with_device(device)
         }
     })
@@ -616,4 +616,3 @@ fn finish_reason(reason: &str) -> FinishReason {
         _ => FinishReason::Stop,
     }
 }
-

@@ -119,7 +119,14 @@ impl PromptFormat {
         match self {
             PromptFormat::QwenCoder | PromptFormat::StarCoder => {
                 let (repo_name, file_sep, pre, suf, mid, nl) = match self {
-                    PromptFormat::QwenCoder => ("<|repo_name|>", "<|file_sep|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "\n"),
+                    PromptFormat::QwenCoder => (
+                        "<|repo_name|>",
+                        "<|file_sep|>",
+                        "<|fim_prefix|>",
+                        "<|fim_suffix|>",
+                        "<|fim_middle|>",
+                        "\n",
+                    ),
                     _ => ("<repo_name>", "<file_sep>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", ""),
                 };
                 let repo_level = !input.context.is_empty() || current.is_some();
@@ -200,8 +207,8 @@ fn commented_context(input: &FimInput) -> String {
 fn comment_marker(path: &str) -> &'static str {
     let ext = path.rsplit_once('.').map_or("", |(_, e)| e);
     match ext {
-        "py" | "pyi" | "sh" | "bash" | "rb" | "pl" | "r" | "toml" | "yaml" | "yml" | "cmake" | "jl" | "ex" | "exs"
-        | "nix" | "dockerfile" | "mk" | "conf" | "ini" => "#",
+        "py" | "pyi" | "sh" | "bash" | "rb" | "pl" | "r" | "toml" | "yaml" | "yml" | "cmake" | "jl" | "ex" | "exs" | "nix"
+        | "dockerfile" | "mk" | "conf" | "ini" => "#",
         "sql" | "lua" | "hs" | "elm" | "ada" => "--",
         "lisp" | "clj" | "el" | "scm" => ";;",
         "erl" | "hrl" | "tex" => "%",
@@ -229,7 +236,10 @@ mod tests {
 
     #[test]
     fn formats_are_detected_from_the_vocabulary() {
-        assert_eq!(PromptFormat::detect(["a", "<|fim_prefix|>", "<|file_sep|>"]), PromptFormat::QwenCoder);
+        assert_eq!(
+            PromptFormat::detect(["a", "<|fim_prefix|>", "<|file_sep|>"]),
+            PromptFormat::QwenCoder
+        );
         assert_eq!(PromptFormat::detect(["<fim_prefix>", "<fim_middle>"]), PromptFormat::StarCoder);
         assert_eq!(PromptFormat::detect(["<｜fim▁begin｜>"]), PromptFormat::DeepSeekCoder);
         assert_eq!(PromptFormat::detect(["▁<PRE>", "▁<SUF>"]), PromptFormat::CodeLlama);
@@ -272,7 +282,10 @@ mod tests {
     #[test]
     fn the_fallback_continues_the_prefix_and_leaves_the_suffix_out() {
         let text = PromptFormat::Continuation.render(&input(Some("print(x)\n")));
-        assert_eq!(text, "# Path: src/util.py\ndef helper():\n    return 1\n\n# Path: src/main.py\ndef main():\n    x = ");
+        assert_eq!(
+            text,
+            "# Path: src/util.py\ndef helper():\n    return 1\n\n# Path: src/main.py\ndef main():\n    x = "
+        );
         assert!(!PromptFormat::Continuation.has_fim());
     }
 
@@ -283,12 +296,12 @@ mod tests {
             suffix: Some("b".into()),
             ..FimInput::default()
         };
-        assert_eq!(PromptFormat::QwenCoder.render(&bare), "<|fim_prefix|>a<|fim_suffix|>b<|fim_middle|>");
+        assert_eq!(
+            PromptFormat::QwenCoder.render(&bare),
+            "<|fim_prefix|>a<|fim_suffix|>b<|fim_middle|>"
+        );
         assert_eq!(PromptFormat::StarCoder.render(&bare), "<fim_prefix>a<fim_suffix>b<fim_middle>");
-        let continuation = FimInput {
-            suffix: None,
-            ..bare
-        };
+        let continuation = FimInput { suffix: None, ..bare };
         assert_eq!(PromptFormat::QwenCoder.render(&continuation), "a");
     }
 }

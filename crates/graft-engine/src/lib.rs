@@ -28,6 +28,9 @@ pub mod synthetic;
 pub mod types;
 
 pub use engine::{BaseModel, Engine, StreamEvent, TokenStream};
+
+/// Whether this build can run models on a CUDA GPU (the `cuda` feature).
+pub const CUDA: bool = cfg!(feature = "cuda");
 pub use error::EngineError;
 pub use fim::PromptFormat;
 pub use pool::{Pool, PoolLimits};

@@ -109,7 +109,10 @@ impl BaseGguf {
 
     /// Each tensor's name and storage type.
     pub fn dtypes(&self) -> impl Iterator<Item = (&str, GgmlDType)> {
-        self.content.tensor_infos.iter().map(|(name, info)| (name.as_str(), info.ggml_dtype))
+        self.content
+            .tensor_infos
+            .iter()
+            .map(|(name, info)| (name.as_str(), info.ggml_dtype))
     }
 
     /// Each tensor's name, storage type and row length (its last dimension).

@@ -95,7 +95,10 @@ mod tests {
     fn the_same_seed_and_position_choose_the_same_token() {
         let logits = [1.0, 2.0, 0.5, 1.5, -1.0];
         for position in 0..50 {
-            assert_eq!(sampler(7, 1.0, 1.0).choose(&logits, position), sampler(7, 1.0, 1.0).choose(&logits, position));
+            assert_eq!(
+                sampler(7, 1.0, 1.0).choose(&logits, position),
+                sampler(7, 1.0, 1.0).choose(&logits, position)
+            );
         }
         let run = |seed| (0..64).map(|p| sampler(seed, 1.0, 1.0).choose(&logits, p)).collect::<Vec<_>>();
         assert_ne!(run(1), run(2), "different seeds must give different draws");
@@ -115,8 +118,7 @@ mod tests {
         assert!(counts[3] > 0);
 
         // top_p = 0.8 keeps the first two tokens only (0.64 + 0.24 >= 0.8).
-        let kept: std::collections::BTreeSet<usize> =
-            (0..5_000).map(|p| sampler(3, 1.0, 0.8).choose(&logits, p)).collect();
+        let kept: std::collections::BTreeSet<usize> = (0..5_000).map(|p| sampler(3, 1.0, 0.8).choose(&logits, p)).collect();
         assert_eq!(kept.into_iter().collect::<Vec<_>>(), vec![0, 1]);
     }
 

@@ -43,8 +43,14 @@ impl SyntheticAdapter<'_> {
                 let name = gguf_tensor_name(layer, p).ok_or_else(|| gguf(format!("`{p}` is not a known projection")))?;
                 let (out, inp) = base.shape(&name).ok_or_else(|| gguf(format!("no 2-d tensor {name}")))?;
                 let a: Vec<f32> = (0..r * inp).map(|_| rng.next() * amplitude).collect();
-                let b: Vec<f32> = (0..out * r).map(|_| if self.zero_b { 0.0 } else { rng.next() * amplitude }).collect();
-                let module = if ["gate_proj", "up_proj", "down_proj"].contains(p) { "mlp" } else { "self_attn" };
+                let b: Vec<f32> = (0..out * r)
+                    .map(|_| if self.zero_b { 0.0 } else { rng.next() * amplitude })
+                    .collect();
+                let module = if ["gate_proj", "up_proj", "down_proj"].contains(p) {
+                    "mlp"
+                } else {
+                    "self_attn"
+                };
                 let prefix = format!("base_model.model.model.layers.{layer}.{module}.{p}");
                 let a = Tensor::from_vec(a, (r, inp), &Device::Cpu).map_err(|e| gguf(e.to_string()))?;
                 let b = Tensor::from_vec(b, (out, r), &Device::Cpu).map_err(|e| gguf(e.to_string()))?;

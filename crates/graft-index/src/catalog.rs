@@ -15,9 +15,7 @@ use std::path::Path;
 
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
-use tantivy::schema::{
-    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
-};
+use tantivy::schema::{Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING};
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use crate::chunker::Chunk;
@@ -192,8 +190,7 @@ impl Catalog {
         let query = BooleanQuery::new(
             ids.iter()
                 .map(|&id| {
-                    let q: Box<dyn Query> =
-                        Box::new(TermQuery::new(Term::from_field_u64(f.id, id), IndexRecordOption::Basic));
+                    let q: Box<dyn Query> = Box::new(TermQuery::new(Term::from_field_u64(f.id, id), IndexRecordOption::Basic));
                     (Occur::Should, q)
                 })
                 .collect(),

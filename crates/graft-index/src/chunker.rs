@@ -134,10 +134,10 @@ fn definition_name(node: Node, source: &[u8]) -> Option<String> {
                 .child_by_field_name("definition")
                 .or_else(|| node.child_by_field_name("declaration"))
                 .or_else(|| {
-                let mut cursor = node.walk();
-                let found = node.named_children(&mut cursor).find(|c| is_definition(c.kind()));
-                found
-            })?;
+                    let mut cursor = node.walk();
+                    let found = node.named_children(&mut cursor).find(|c| is_definition(c.kind()));
+                    found
+                })?;
             definition_name(inner, source)
         }
         "lexical_declaration" | "type_declaration" => {
@@ -380,13 +380,7 @@ impl Packer<'_> {
 
 /// Cuts rows `start..=end` into windows within the size limits; `breaks_before(row)` marks rows
 /// a new window should start at when the current one is not tiny.
-fn windows(
-    lines: &[&str],
-    start: usize,
-    end: usize,
-    options: &ChunkOptions,
-    breaks_before: impl Fn(usize) -> bool,
-) -> Vec<(usize, usize)> {
+fn windows(lines: &[&str], start: usize, end: usize, options: &ChunkOptions, breaks_before: impl Fn(usize) -> bool) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     if start > end {
         return out;
@@ -446,7 +440,9 @@ mod tests {
     fn rust_items_are_named_and_large_impls_split_by_method() {
         let mut src = String::from("use std::fmt;\n\n/// Adds.\nfn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n\nimpl Engine {\n");
         for i in 0..6 {
-            src.push_str(&format!("    /// Method {i}.\n    pub fn method_{i}(&self) -> usize {{\n        {i} * 1000 + 7\n    }}\n\n"));
+            src.push_str(&format!(
+                "    /// Method {i}.\n    pub fn method_{i}(&self) -> usize {{\n        {i} * 1000 + 7\n    }}\n\n"
+            ));
         }
         src.push_str("}\n");
         let chunks = chunk_file("src/engine.rs", &src, &small());
@@ -467,13 +463,33 @@ mod tests {
     #[test]
     fn every_supported_language_yields_a_named_definition() {
         let cases = [
-            ("a.py", "import os\n\nclass Store:\n    def get(self, key):\n        return key\n", "Store"),
+            (
+                "a.py",
+                "import os\n\nclass Store:\n    def get(self, key):\n        return key\n",
+                "Store",
+            ),
             ("a.js", "const x = 1;\nfunction renderPage(req) {\n  return req;\n}\n", "renderPage"),
-            ("a.ts", "export interface Shape { area(): number }\nexport function makeShape(): Shape { return null as any; }\n", "makeShape"),
-            ("a.go", "package main\n\nfunc ParseConfig(path string) error {\n\treturn nil\n}\n", "ParseConfig"),
+            (
+                "a.ts",
+                "export interface Shape { area(): number }\nexport function makeShape(): Shape { return null as any; }\n",
+                "makeShape",
+            ),
+            (
+                "a.go",
+                "package main\n\nfunc ParseConfig(path string) error {\n\treturn nil\n}\n",
+                "ParseConfig",
+            ),
             ("A.java", "public class Ledger {\n  public int total() { return 0; }\n}\n", "Ledger"),
-            ("a.c", "#include <stdio.h>\nint checksum(const char *s) {\n  return 0;\n}\n", "checksum"),
-            ("a.cpp", "namespace store {\nclass Cache {\n public:\n  int size() const { return 0; }\n};\n}\n", "store"),
+            (
+                "a.c",
+                "#include <stdio.h>\nint checksum(const char *s) {\n  return 0;\n}\n",
+                "checksum",
+            ),
+            (
+                "a.cpp",
+                "namespace store {\nclass Cache {\n public:\n  int size() const { return 0; }\n};\n}\n",
+                "store",
+            ),
         ];
         for (path, src, name) in cases {
             let chunks = chunk_file(path, src, &ChunkOptions::default());
@@ -490,7 +506,10 @@ mod tests {
             src.push_str(&format!("## Part {i}\nline a\nline b\nline c\n"));
         }
         let chunks = chunk_file("README.md", &src, &small());
-        assert!(chunks.iter().any(|c| c.symbol == "Part 2" && c.text.starts_with("## Part 2")), "{chunks:?}");
+        assert!(
+            chunks.iter().any(|c| c.symbol == "Part 2" && c.text.starts_with("## Part 2")),
+            "{chunks:?}"
+        );
     }
 
     #[test]
@@ -517,7 +536,12 @@ mod tests {
     #[test]
     fn nodes_ending_at_the_next_line_start_stay_inside_the_file() {
         // `#include` lines and comments end at column 0 of the following row.
-        for src in ["#include <stdio.h>\n", "#include <a.h>\n#include <b.h>\n", "// only a comment\n", "int x;\n#define Y 1\n"] {
+        for src in [
+            "#include <stdio.h>\n",
+            "#include <a.h>\n#include <b.h>\n",
+            "// only a comment\n",
+            "int x;\n#define Y 1\n",
+        ] {
             for path in ["a.c", "a.cpp", "a.rs", "a.py", "a.go"] {
                 let chunks = chunk_file(path, src, &ChunkOptions::default());
                 let lines = src.lines().count();

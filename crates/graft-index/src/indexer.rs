@@ -14,74 +14,22 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::catalog::Catalog;
 use crate::chunker::{chunk_file, Chunk, ChunkOptions};
 use crate::embed::Embedder;
 use crate::error::IndexError;
+use crate::layout::{IndexLayout, Meta};
 use crate::vectors::{self, Backend};
 use crate::walk::{walk, SkipReason, WalkOptions};
 
 /// Chunks embedded and stored per step (bounds memory and makes progress visible).
 const EMBED_STEP: usize = 256;
-
-/// The folders and files of one project's index.
-#[derive(Debug, Clone)]
-pub struct IndexLayout {
-    pub root: PathBuf,
-}
-
-impl IndexLayout {
-    pub fn new(root: impl Into<PathBuf>) -> IndexLayout {
-        IndexLayout { root: root.into() }
-    }
-    pub fn catalog(&self) -> PathBuf {
-        self.root.join("catalog")
-    }
-    pub fn vectors(&self) -> PathBuf {
-        self.root.join("vectors")
-    }
-    pub fn meta(&self) -> PathBuf {
-        self.root.join("meta.json")
-    }
-    /// The project's name: the index folder's name (it names the collection on a server).
-    pub fn project(&self) -> String {
-        self.root.file_name().map_or_else(|| "default".to_owned(), |n| n.to_string_lossy().into_owned())
-    }
-    fn lock(&self) -> PathBuf {
-        self.root.join(".lock")
-    }
-}
-
-/// What an index was built with; written after each successful run.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Meta {
-    /// The indexed repository (absolute).
-    pub repository: PathBuf,
-    /// [`Embedder::id`] of the model the vectors come from.
-    pub embedding_model: String,
-    pub dims: usize,
-}
-
-impl Meta {
-    pub fn read(layout: &IndexLayout) -> Option<Meta> {
-        let text = std::fs::read_to_string(layout.meta()).ok()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    fn write(&self, layout: &IndexLayout) -> Result<(), IndexError> {
-        let path = layout.meta();
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(self).map_err(|e| IndexError::Invalid(e.to_string()))?;
-        std::fs::write(&tmp, text).map_err(|e| IndexError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| IndexError::io(&path, e))
-    }
-}
 
 /// Settings of a run.
 #[derive(Debug, Clone, Default)]
@@ -196,7 +144,11 @@ pub fn index_repository(
     let walked = walk(&repo, &options.walk)?;
     seconds.walk += watch.lap();
     report.files_seen = walked.files.len() + walked.skipped_total();
-    report.skipped = walked.skipped.iter().map(|(r, n)| (SkipReason::as_str(*r).to_owned(), *n)).collect();
+    report.skipped = walked
+        .skipped
+        .iter()
+        .map(|(r, n)| (SkipReason::as_str(*r).to_owned(), *n))
+        .collect();
     report.problems = walked.problems.clone();
     progress.walked(report.files_seen);
 

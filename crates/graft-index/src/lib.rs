@@ -4,7 +4,7 @@
 //! vendored, minified and huge files) → [`chunker`] (tree-sitter where there is a grammar, line
 //! windows elsewhere) → [`embed`] (fastembed) → [`vectors`] (Qdrant) + [`catalog`] (tantivy with
 //! the code-aware [`tokenizer`]). [`search`] answers queries by keyword, vector or both, fused
-//! in [`fusion`].
+//! in [`fusion`]. [`layout`] says where an index's files are and what it was built with.
 //!
 //! It knows nothing about generation or HTTP.
 
@@ -14,6 +14,7 @@ pub mod embed;
 pub mod error;
 pub mod fusion;
 pub mod indexer;
+pub mod layout;
 pub mod search;
 pub mod tokenizer;
 pub mod vectors;
@@ -21,6 +22,7 @@ pub mod walk;
 
 pub use embed::{Embedder, EmbedderOptions, EmbeddingSource};
 pub use error::IndexError;
-pub use indexer::{index_repository, IndexLayout, IndexOptions, IndexProgress, IndexReport, Meta, Quiet};
+pub use indexer::{index_repository, IndexOptions, IndexProgress, IndexReport, Quiet};
+pub use layout::{IndexLayout, Meta};
 pub use search::{ProjectIndex, SearchHit, SearchMode, SearchOptions};
 pub use walk::{SkipReason, WalkOptions};

@@ -12,7 +12,7 @@ use crate::catalog::{Catalog, StoredChunk};
 use crate::embed::Embedder;
 use crate::error::IndexError;
 use crate::fusion::{cap_per_file, reciprocal_rank_fusion, Ranked};
-use crate::indexer::{IndexLayout, Meta};
+use crate::layout::{IndexLayout, Meta};
 use crate::vectors::{self, Backend, VectorStore};
 
 /// Which retrievers a search uses.

@@ -165,9 +165,10 @@ mod tests {
 
     #[test]
     fn paths_and_punctuation_separate_tokens() {
-        assert_eq!(words("src/graft_core/config.rs"), [
-            "src", "graft_core", "graft", "core", "config", "rs"
-        ]);
+        assert_eq!(
+            words("src/graft_core/config.rs"),
+            ["src", "graft_core", "graft", "core", "config", "rs"]
+        );
         assert_eq!(words("a.b(c)::d"), ["a", "b", "c", "d"]);
     }
 

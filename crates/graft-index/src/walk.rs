@@ -185,12 +185,10 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<Walk, WalkError> {
     let mut overrides = OverrideBuilder::new(root);
     for pattern in &options.exclude {
         // An override glob selects files; a leading `!` turns it into an exclude.
-        overrides
-            .add(&format!("!{pattern}"))
-            .map_err(|e| WalkError::BadExclude {
-                pattern: pattern.clone(),
-                message: e.to_string(),
-            })?;
+        overrides.add(&format!("!{pattern}")).map_err(|e| WalkError::BadExclude {
+            pattern: pattern.clone(),
+            message: e.to_string(),
+        })?;
     }
     let overrides = overrides.build().map_err(|e| WalkError::BadExclude {
         pattern: options.exclude.join(", "),
@@ -265,9 +263,10 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<Walk, WalkError> {
     }
     for link in links_out.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
         result.skip(SkipReason::OutsideRepository);
-        result
-            .problems
-            .push(format!("{}: a symbolic link out of the repository, not followed", relative_path(root, &link)));
+        result.problems.push(format!(
+            "{}: a symbolic link out of the repository, not followed",
+            relative_path(root, &link)
+        ));
     }
     result.drop_linked_copies(kept);
     result.files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -317,7 +316,10 @@ fn read_source(path: &Path, relative: &str, root: &Path, options: &WalkOptions) 
     }
     let file = confine::read_confined(path, &[root], options.max_file_bytes).map_err(|e| match e {
         ConfineError::TooLarge { .. } => (SkipReason::Huge, None),
-        ConfineError::Outside { .. } => (SkipReason::OutsideRepository, Some(format!("{relative}: leads out of the repository, not read"))),
+        ConfineError::Outside { .. } => (
+            SkipReason::OutsideRepository,
+            Some(format!("{relative}: leads out of the repository, not read")),
+        ),
         ConfineError::NotAFile { kind, .. } => (SkipReason::Unreadable, Some(format!("{relative}: {kind}, not read"))),
         ConfineError::Io { source, .. } => (SkipReason::Unreadable, Some(format!("{relative}: {source}"))),
     })?;
@@ -382,7 +384,10 @@ mod tests {
     #[test]
     fn the_root_must_be_an_existing_folder() {
         let dir = tree(&["a.rs"]);
-        assert!(matches!(walk(&dir.path().join("nope"), &WalkOptions::default()), Err(WalkError::Missing(_))));
+        assert!(matches!(
+            walk(&dir.path().join("nope"), &WalkOptions::default()),
+            Err(WalkError::Missing(_))
+        ));
         assert!(matches!(
             walk(&dir.path().join("a.rs"), &WalkOptions::default()),
             Err(WalkError::NotADirectory(_))

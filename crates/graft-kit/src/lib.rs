@@ -137,8 +137,7 @@ impl Kit {
     /// True when the artifact is unpacked from exactly the pinned wheel.
     pub fn is_installed(&self, artifact: &Artifact) -> bool {
         let marker = self.artifact_dir(artifact).join(INSTALLED_MARKER);
-        fs::read_to_string(marker).is_ok_and(|sha| sha.trim() == artifact.wheel.sha256)
-            && self.main_path(artifact).exists()
+        fs::read_to_string(marker).is_ok_and(|sha| sha.trim() == artifact.wheel.sha256) && self.main_path(artifact).exists()
     }
 
     /// The path of an installed artifact, by id (`kit:<id>` in config).

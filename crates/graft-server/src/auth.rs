@@ -1,5 +1,6 @@
 //! Authentication: the bearer token of each request checked against the configured API keys,
-//! and the [`Caller`] it identifies handed to the handlers, which check what it may use.
+//! and the [`Caller`] it identifies handed to the handlers (as a request extension), which
+//! check what it may use (`caller`).
 //!
 //! With no keys configured every request is an open [`Caller`]. `GET /health` never needs a
 //! key. 401 means no key or an unknown one; 403 means a known key that may not do this.
@@ -8,64 +9,19 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use graft_core::keys::ApiKey;
+use graft_core::keys::ApiKeys;
 
+use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
-
-/// Who made a request.
-#[derive(Debug, Clone)]
-pub enum Caller {
-    /// No keys are configured: everything is allowed.
-    Open,
-    Key(Arc<ApiKey>),
-}
-
-impl Caller {
-    /// May this caller use `model`, which names a project or adapter (`base` is the base
-    /// model's name, open to every caller)?
-    pub fn may_use(&self, model: &str, base: &str) -> bool {
-        match self {
-            Caller::Open => true,
-            Caller::Key(key) => model == base || key.allows(model),
-        }
-    }
-
-    /// A 403 unless the caller may use `model`.
-    pub fn check(&self, model: &str, base: &str) -> Result<(), ApiError> {
-        if self.may_use(model, base) {
-            return Ok(());
-        }
-        Err(ApiError {
-            param: Some("model"),
-            ..ApiError::forbidden(format!("This API key may not use `{model}`"))
-        })
-    }
-
-    /// A 403 unless the caller holds an admin key (or no keys are configured).
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        match self {
-            Caller::Open => Ok(()),
-            Caller::Key(key) if key.admin => Ok(()),
-            Caller::Key(_) => Err(ApiError::forbidden("This endpoint needs an admin API key")),
-        }
-    }
-
-    /// A name for logs: the key's name, never the key.
-    pub fn name(&self) -> &str {
-        match self {
-            Caller::Open => "open",
-            Caller::Key(key) => &key.name,
-        }
-    }
-}
 
 /// Middleware: identifies the caller from `Authorization: Bearer KEY` and stores it in the
 /// request's extensions, or answers 401.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let caller = match identify(&state, &request) {
+    let caller = match identify(state.keys(), request.headers()) {
         Ok(caller) => caller,
         Err(e) => return e.into_response(),
     };
@@ -74,12 +30,12 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     next.run(request).await
 }
 
-fn identify(state: &AppState, request: &Request) -> Result<Caller, ApiError> {
-    let keys = state.keys();
+/// The caller `headers` identify among `keys`.
+pub fn identify(keys: &ApiKeys, headers: &HeaderMap) -> Result<Caller, ApiError> {
     if keys.is_empty() {
         return Ok(Caller::Open);
     }
-    let Some(header) = request.headers().get(AUTHORIZATION) else {
+    let Some(header) = headers.get(AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
             "You didn't provide an API key. Send it in the header `Authorization: Bearer YOUR_KEY`",
         ));

@@ -63,7 +63,10 @@ impl ApiError {
             code: Some("timeout"),
             ..ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("The request did not finish within {} s (server.request_timeout_secs)", after.as_secs()),
+                format!(
+                    "The request did not finish within {} s (server.request_timeout_secs)",
+                    after.as_secs()
+                ),
             )
         }
     }

@@ -68,7 +68,10 @@ pub async fn retrieve(
     }
     let k = field.and_then(RetrievalField::top_k).unwrap_or(project.config.top_k);
     if !(1..=100).contains(&k) {
-        return Err(ApiError::invalid_param("retrieval", format!("retrieval.top_k must be between 1 and 100, got {k}")));
+        return Err(ApiError::invalid_param(
+            "retrieval",
+            format!("retrieval.top_k must be between 1 and 100, got {k}"),
+        ));
     }
     let started = std::time::Instant::now();
     let hits = state

@@ -29,7 +29,10 @@ where
             Some(deadline) => tokio::time::timeout(deadline, read).await.map_err(|_| {
                 ApiError::new(
                     axum::http::StatusCode::REQUEST_TIMEOUT,
-                    format!("The request body did not arrive within {} s (server.read_timeout_secs)", deadline.as_secs()),
+                    format!(
+                        "The request body did not arrive within {} s (server.read_timeout_secs)",
+                        deadline.as_secs()
+                    ),
                 )
             })?,
             None => read.await,
@@ -63,6 +66,18 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+fn reject_body(rejection: BytesRejection) -> ApiError {
+    let status = rejection.status();
+    if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            status,
+            "The request body is larger than this server accepts (server.max_body_bytes)",
+        )
+    } else {
+        ApiError::new(status, format!("Cannot read the request body: {}", rejection.body_text()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,14 +91,5 @@ mod tests {
             assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
             assert!(err.message.contains("after the JSON value"), "{}", err.message);
         }
-    }
-}
-
-fn reject_body(rejection: BytesRejection) -> ApiError {
-    let status = rejection.status();
-    if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(status, "The request body is larger than this server accepts (server.max_body_bytes)")
-    } else {
-        ApiError::new(status, format!("Cannot read the request body: {}", rejection.body_text()))
     }
 }

@@ -8,15 +8,15 @@
 //!   OpenAI's shape. [`json`]: the body extractor. [`state`]: what handlers share and how a
 //!   request's `model` resolves.
 //! - [`generation`] runs a generation under [`limits`] (slots, queue, deadline);
-//!   [`projects`] holds the indexes, [`augment`] puts retrieved code into prompts and
-//!   [`completion`] lays out completion prompts (`/v1/completions`, `/infill`);
-//!   [`metrics`] counts for `GET /metrics`.
+//!   [`projects`] holds the indexes; [`prompt`] lays out chat and completion prompts (with
+//!   retrieved code) and checks their length; [`metrics`] counts for `GET /metrics`.
+//! - [`auth`] identifies the [`caller`] of each request from its key; [`conn`] accepts
+//!   connections within limits.
 //!
 //! The server composes the engine and the index; it holds no model or search logic itself.
 
-pub mod augment;
 pub mod auth;
-pub mod completion;
+pub mod caller;
 pub mod conn;
 pub mod error;
 pub mod generation;
@@ -25,6 +25,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod projects;
+pub mod prompt;
 pub mod routes;
 pub mod state;
 
@@ -133,7 +134,10 @@ pub async fn serve(
         () = &mut server => return Ok(()),
         () = deadline => {}
     }
-    tracing::warn!(seconds = grace.as_secs(), "requests still running after the shutdown grace period; ending them");
+    tracing::warn!(
+        seconds = grace.as_secs(),
+        "requests still running after the shutdown grace period; ending them"
+    );
     state.cut_generations();
     if tokio::time::timeout(CUT_WAIT, &mut server).await.is_err() {
         tracing::warn!("connections still open after the generations were ended; stopping anyway");

@@ -13,7 +13,9 @@ use std::time::Duration;
 use graft_engine::pool::PoolStats;
 
 /// Bucket upper bounds, in seconds, for latencies from milliseconds to minutes.
-const SECONDS_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+const SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
 
 /// A histogram with fixed buckets.
 #[derive(Debug, Clone)]
@@ -48,7 +50,11 @@ impl Histogram {
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
         }
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
         let _ = writeln!(out, "{name}_count{braces} {}", self.count);
     }
@@ -99,12 +105,19 @@ impl Metrics {
     pub fn request(&self, route: &str, status: u16, latency: Duration) {
         let mut m = self.lock();
         *m.requests.entry((route.to_owned(), status)).or_default() += 1;
-        m.latency.entry(route.to_owned()).or_insert_with(Histogram::new).observe(latency.as_secs_f64());
+        m.latency
+            .entry(route.to_owned())
+            .or_insert_with(Histogram::new)
+            .observe(latency.as_secs_f64());
     }
 
     /// The first token of a generation on `model` arrived `after` the request started.
     pub fn first_token(&self, model: &str, after: Duration) {
-        self.lock().ttft.entry(model.to_owned()).or_insert_with(Histogram::new).observe(after.as_secs_f64());
+        self.lock()
+            .ttft
+            .entry(model.to_owned())
+            .or_insert_with(Histogram::new)
+            .observe(after.as_secs_f64());
     }
 
     /// A generation on `model` ended.
@@ -136,15 +149,34 @@ impl Metrics {
         for ((route, status), n) in &m.requests {
             let _ = writeln!(out, "graft_requests_total{{route=\"{}\",status=\"{status}\"}} {n}", escape(route));
         }
-        header(&mut out, "graft_request_duration_seconds", "histogram", "HTTP request latency by route.");
+        header(
+            &mut out,
+            "graft_request_duration_seconds",
+            "histogram",
+            "HTTP request latency by route.",
+        );
         for (route, h) in &m.latency {
             h.render(&mut out, "graft_request_duration_seconds", &format!("route=\"{}\"", escape(route)));
         }
-        header(&mut out, "graft_time_to_first_token_seconds", "histogram", "Time from request to first generated token, by model.");
+        header(
+            &mut out,
+            "graft_time_to_first_token_seconds",
+            "histogram",
+            "Time from request to first generated token, by model.",
+        );
         for (model, h) in &m.ttft {
-            h.render(&mut out, "graft_time_to_first_token_seconds", &format!("model=\"{}\"", escape(model)));
+            h.render(
+                &mut out,
+                "graft_time_to_first_token_seconds",
+                &format!("model=\"{}\"", escape(model)),
+            );
         }
-        header(&mut out, "graft_prompt_tokens_total", "counter", "Prompt tokens processed, by model.");
+        header(
+            &mut out,
+            "graft_prompt_tokens_total",
+            "counter",
+            "Prompt tokens processed, by model.",
+        );
         for (model, (prompt, _)) in &m.tokens {
             let _ = writeln!(out, "graft_prompt_tokens_total{{model=\"{}\"}} {prompt}", escape(model));
         }
@@ -152,21 +184,56 @@ impl Metrics {
         for (model, (_, completion)) in &m.tokens {
             let _ = writeln!(out, "graft_completion_tokens_total{{model=\"{}\"}} {completion}", escape(model));
         }
-        header(&mut out, "graft_retrieval_duration_seconds", "histogram", "Time to retrieve code for a prompt.");
+        header(
+            &mut out,
+            "graft_retrieval_duration_seconds",
+            "histogram",
+            "Time to retrieve code for a prompt.",
+        );
         m.retrieval.render(&mut out, "graft_retrieval_duration_seconds", "");
-        header(&mut out, "graft_adapter_loads_total", "counter", "Adapter versions loaded into the engine.");
+        header(
+            &mut out,
+            "graft_adapter_loads_total",
+            "counter",
+            "Adapter versions loaded into the engine.",
+        );
         let _ = writeln!(out, "graft_adapter_loads_total {}", pool.loads);
-        header(&mut out, "graft_adapter_merges_total", "counter", "Adapter merges computed (not found in the cache).");
+        header(
+            &mut out,
+            "graft_adapter_merges_total",
+            "counter",
+            "Adapter merges computed (not found in the cache).",
+        );
         let _ = writeln!(out, "graft_adapter_merges_total {}", pool.merges);
-        header(&mut out, "graft_adapter_evictions_total", "counter", "Adapters unloaded to make room.");
+        header(
+            &mut out,
+            "graft_adapter_evictions_total",
+            "counter",
+            "Adapters unloaded to make room.",
+        );
         let _ = writeln!(out, "graft_adapter_evictions_total {}", pool.evictions);
-        header(&mut out, "graft_adapter_load_failures_total", "counter", "Adapter loads that failed.");
+        header(
+            &mut out,
+            "graft_adapter_load_failures_total",
+            "counter",
+            "Adapter loads that failed.",
+        );
         let _ = writeln!(out, "graft_adapter_load_failures_total {}", pool.failures);
         header(&mut out, "graft_generations_in_flight", "gauge", "Generations running now.");
         let _ = writeln!(out, "graft_generations_in_flight {in_flight}");
-        header(&mut out, "graft_generations_queued", "gauge", "Requests waiting for a generation slot.");
+        header(
+            &mut out,
+            "graft_generations_queued",
+            "gauge",
+            "Requests waiting for a generation slot.",
+        );
         let _ = writeln!(out, "graft_generations_queued {queued}");
-        header(&mut out, "graft_requests_rejected_total", "counter", "Requests turned away because the queue was full.");
+        header(
+            &mut out,
+            "graft_requests_rejected_total",
+            "counter",
+            "Requests turned away because the queue was full.",
+        );
         let _ = writeln!(out, "graft_requests_rejected_total {}", m.rejected);
         out
     }
@@ -190,7 +257,10 @@ mod tests {
         m.tokens("graft", 10, 5);
         m.tokens("graft", 1, 2);
         let text = m.render(PoolStats::default(), 1, 0);
-        assert!(text.contains("graft_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2"), "{text}");
+        assert!(
+            text.contains("graft_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("graft_requests_total{route=\"/v1/chat/completions\",status=\"404\"} 1"));
         assert!(text.contains("graft_request_duration_seconds_bucket{route=\"/v1/chat/completions\",le=\"0.05\"} 2"));
         assert!(text.contains("graft_request_duration_seconds_bucket{route=\"/v1/chat/completions\",le=\"+Inf\"} 3"));

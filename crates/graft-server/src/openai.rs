@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::augment::Source;
+pub use crate::prompt::augment::Source;
 
 /// `POST /v1/chat/completions` request.
 #[derive(Debug, Deserialize)]
@@ -62,11 +62,19 @@ impl UnsupportedChatFields {
         };
         let text_format = matches!(&self.response_format, Some(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("text"));
         [
-            ("response_format", off(&self.response_format) || text_format, "structured output (response_format other than text) is not supported"),
+            (
+                "response_format",
+                off(&self.response_format) || text_format,
+                "structured output (response_format other than text) is not supported",
+            ),
             ("tools", off(&self.tools), "tool calling (tools) is not supported"),
             ("tool_choice", off(&self.tool_choice), "tool calling (tool_choice) is not supported"),
             ("functions", off(&self.functions), "function calling (functions) is not supported"),
-            ("function_call", off(&self.function_call), "function calling (function_call) is not supported"),
+            (
+                "function_call",
+                off(&self.function_call),
+                "function calling (function_call) is not supported",
+            ),
             ("logprobs", off(&self.logprobs), "logprobs are not supported"),
             ("top_logprobs", off(&self.top_logprobs), "logprobs (top_logprobs) are not supported"),
             ("logit_bias", off(&self.logit_bias), "logit_bias is not supported"),
@@ -82,10 +90,7 @@ impl UnsupportedChatFields {
 #[serde(untagged)]
 pub enum RetrievalField {
     Switch(bool),
-    Options {
-        enabled: Option<bool>,
-        top_k: Option<usize>,
-    },
+    Options { enabled: Option<bool>, top_k: Option<usize> },
 }
 
 impl RetrievalField {
@@ -143,25 +148,6 @@ pub enum PromptInput {
     Texts(Vec<String>),
     Tokens(Vec<u32>),
     TokenLists(Vec<Vec<u32>>),
-}
-
-/// `POST /v1/completions` response (non-streaming), and each streamed event (with
-/// `usage` only on the last one, when asked for).
-#[derive(Debug, Serialize)]
-pub struct TextCompletion {
-    pub id: String,
-    pub object: &'static str,
-    pub created: u64,
-    pub model: String,
-    pub choices: Vec<TextChoice>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Usage>,
-    /// graft's extension: the code the completion was given (project requests; on the first
-    /// event of a stream).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sources: Option<Vec<Source>>,    /// When the request asked for `debug`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub debug: Option<DebugInfo>,
 }
 
 /// `POST /v1/embeddings` request.
@@ -274,19 +260,71 @@ pub struct ContentPart {
     pub text: Option<String>,
 }
 
-/// `POST /v1/chat/completions` response (non-streaming).
+/// Every answer of a generation route, whole or one event of a stream: `chat.completion`
+/// ([`ChatCompletion`]), `chat.completion.chunk` ([`ChatCompletionChunk`]) and
+/// `text_completion` ([`TextCompletion`]) differ only in their choices.
 #[derive(Debug, Serialize)]
-pub struct ChatCompletion {
+pub struct Envelope<C> {
     pub id: String,
     pub object: &'static str,
     pub created: u64,
     pub model: String,
-    pub choices: Vec<ChatChoice>,
-    pub usage: Usage,
-    /// graft's extension: the code the answer was given (project requests only).
+    pub choices: Vec<C>,
+    /// On a whole answer, and on a stream's last event when `stream_options.include_usage`
+    /// asks for it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sources: Option<Vec<Source>>,    /// When the request asked for `debug`.
+    pub usage: Option<Usage>,
+    /// graft's extension: the code the answer was given (project requests; on the first event
+    /// of a stream).
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<Source>>,
+    /// When the request asked for `debug`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug: Option<DebugInfo>,
+}
+
+pub type ChatCompletion = Envelope<ChatChoice>;
+pub type ChatCompletionChunk = Envelope<ChunkChoice>;
+pub type TextCompletion = Envelope<TextChoice>;
+
+/// What every answer to one request shares: its id, when it was made, and the model name the
+/// request used.
+#[derive(Debug, Clone)]
+pub struct AnswerHead {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl AnswerHead {
+    /// A new answer's head; `prefix` is OpenAI's id prefix (`chatcmpl`, `cmpl`).
+    pub fn new(prefix: &str, model: String) -> AnswerHead {
+        AnswerHead {
+            id: format!("{prefix}-{}", uuid::Uuid::new_v4().simple()),
+            created: crate::state::unix_now(),
+            model,
+        }
+    }
+
+    /// An answer of kind `object` with these choices and extension fields.
+    pub fn envelope<C>(&self, object: &'static str, choices: Vec<C>, usage: Option<Usage>, extras: Extras) -> Envelope<C> {
+        Envelope {
+            id: self.id.clone(),
+            object,
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+            sources: extras.sources,
+            debug: extras.debug,
+        }
+    }
+}
+
+/// graft's extension fields of an answer (on a stream's first event).
+#[derive(Debug, Default)]
+pub struct Extras {
+    pub sources: Option<Vec<Source>>,
     pub debug: Option<DebugInfo>,
 }
 
@@ -319,23 +357,6 @@ impl From<graft_engine::Usage> for Usage {
             total_tokens: u.prompt_tokens + u.completion_tokens,
         }
     }
-}
-
-/// One server-sent event of a streamed chat completion.
-#[derive(Debug, Serialize)]
-pub struct ChatCompletionChunk {
-    pub id: String,
-    pub object: &'static str,
-    pub created: u64,
-    pub model: String,
-    pub choices: Vec<ChunkChoice>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Usage>,
-    /// On the first chunk of a project request: the code the answer was given.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sources: Option<Vec<Source>>,    /// When the request asked for `debug`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub debug: Option<DebugInfo>,
 }
 
 #[derive(Debug, Serialize)]

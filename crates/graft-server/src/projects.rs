@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use graft_core::ProjectConfig;
-use graft_index::{index_repository, Embedder, IndexError, IndexLayout, IndexOptions, IndexProgress, IndexReport, ProjectIndex, SearchHit, SearchMode, SearchOptions};
+use graft_index::{
+    index_repository, Embedder, IndexError, IndexLayout, IndexOptions, IndexProgress, IndexReport, ProjectIndex, SearchHit, SearchMode,
+    SearchOptions,
+};
 
 /// How long a re-index waits for searches in flight to let go of the index.
 const SEARCHES_FINISH: std::time::Duration = std::time::Duration::from_secs(10);
@@ -53,7 +56,11 @@ impl Project {
         }
         let mut slot = self.index.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            *slot = Some(Arc::new(ProjectIndex::open_with(&self.config.name, &self.layout, &self.options.backend)?));
+            *slot = Some(Arc::new(ProjectIndex::open_with(
+                &self.config.name,
+                &self.layout,
+                &self.options.backend,
+            )?));
         }
         Ok(slot.clone())
     }
@@ -164,7 +171,13 @@ impl Projects {
 
     /// Searches `project` for `query` on a blocking thread. `None` while it is re-indexing
     /// here or its index is open in another process.
-    pub async fn search(&self, project: &Arc<Project>, query: &str, k: usize, mode: SearchMode) -> Result<Option<Vec<SearchHit>>, IndexError> {
+    pub async fn search(
+        &self,
+        project: &Arc<Project>,
+        query: &str,
+        k: usize,
+        mode: SearchMode,
+    ) -> Result<Option<Vec<SearchHit>>, IndexError> {
         let index = match project.index() {
             Ok(Some(index)) => index,
             Ok(None) => {
@@ -179,7 +192,11 @@ impl Projects {
         };
         let embedder = match mode {
             SearchMode::Keyword => None,
-            _ => Some(self.embedder.clone().ok_or_else(|| IndexError::Invalid("no embedding model is loaded".into()))?),
+            _ => Some(
+                self.embedder
+                    .clone()
+                    .ok_or_else(|| IndexError::Invalid("no embedding model is loaded".into()))?,
+            ),
         };
         let options = SearchOptions { k, mode, ..self.search };
         let query = query.to_owned();
@@ -199,12 +216,18 @@ impl Projects {
     /// Marks `project` as re-indexing (its requests get no retrieved code from now on) and
     /// returns the mark for [`Projects::reindex_with`]; `None` if a re-index is running.
     pub fn start_reindex(&self, project: &Arc<Project>) -> Option<ReindexGuard> {
-        Arc::clone(&project.reindexing).try_lock_owned().ok().map(|held| ReindexGuard { _held: held })
+        Arc::clone(&project.reindexing)
+            .try_lock_owned()
+            .ok()
+            .map(|held| ReindexGuard { _held: held })
     }
 
     /// Re-indexes `project`, marked by [`Projects::start_reindex`]; the mark goes when done.
     pub async fn reindex_with(&self, project: &Arc<Project>, guard: ReindexGuard) -> Result<IndexReport, ReindexError> {
-        let embedder = self.embedder.clone().ok_or_else(|| IndexError::Invalid("no embedding model is loaded".into()))?;
+        let embedder = self
+            .embedder
+            .clone()
+            .ok_or_else(|| IndexError::Invalid("no embedding model is loaded".into()))?;
         // The indexer owns the index files while it runs: close ours, once the searches
         // running on it (milliseconds each) have let go.
         let open = project.index.lock().unwrap_or_else(|p| p.into_inner()).take();

@@ -9,7 +9,7 @@ use graft_core::keys::ApiKeys;
 use graft_engine::pool::{AdapterInfo, PoolError};
 use graft_engine::{Engine, Pool};
 
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::limits::Gate;
 use crate::metrics::Metrics;
@@ -154,8 +154,16 @@ impl AppState {
         ids
     }
 
+    /// What `model` names, if `caller` may use it: 404 (listing what it may use) or 403
+    /// otherwise. Every generation route starts here.
+    pub fn target(&self, model: &str, caller: &Caller) -> Result<Target, ApiError> {
+        let target = self.resolve(model, caller)?;
+        caller.check(&target.name, self.pool().base_name())?;
+        Ok(target)
+    }
+
     /// What `model` names, or 404 listing what the caller may use.
-    pub fn resolve(&self, model: &str, caller: &Caller) -> Result<Target, ApiError> {
+    fn resolve(&self, model: &str, caller: &Caller) -> Result<Target, ApiError> {
         let base = self.pool().base_name();
         if let Some(project) = self.projects().get(model) {
             return Ok(Target {

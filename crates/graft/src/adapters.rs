@@ -17,7 +17,7 @@ use crate::models;
 
 /// The base model's GGUF header, from the config.
 fn base(config: &Config) -> Result<BaseGguf> {
-    let gguf = models::base_gguf(config)?;
+    let gguf = graft_wiring::base_gguf(config)?;
     Ok(BaseGguf::open(&gguf)?)
 }
 
@@ -53,7 +53,13 @@ pub fn list(config_path: &Path, json: bool) -> Result<()> {
     }
     for row in rows {
         if row["valid"] == true {
-            println!("  ok       {:<24} r={} alpha={} ({} weights)", row["name"].as_str().unwrap_or(""), row["rank"], row["alpha"], row["weights"]);
+            println!(
+                "  ok       {:<24} r={} alpha={} ({} weights)",
+                row["name"].as_str().unwrap_or(""),
+                row["rank"],
+                row["alpha"],
+                row["weights"]
+            );
         } else {
             println!("  invalid  {}", row["error"].as_str().unwrap_or(""));
         }
@@ -67,7 +73,8 @@ pub fn merge(config_path: &Path, name: &str, json: bool) -> Result<()> {
     let base = base(&config)?;
     let adapter = checked(&config, &base, name)?;
     let started = Instant::now();
-    let merged = MergeCache::new(&config.adapters.cache_dir).get_or_merge(&base, &adapter, &MergeSettings::from(config.adapters.merged_type))?;
+    let merged =
+        MergeCache::new(&config.adapters.cache_dir).get_or_merge(&base, &adapter, &MergeSettings::from(config.adapters.merged_type))?;
     let seconds = started.elapsed().as_secs_f64();
     if json {
         let value = json!({ "name": name, "path": merged.path, "merged_now": merged.fresh, "seconds": seconds });

@@ -1,102 +1,22 @@
-//! `graft index` and `graft search`, and the translation of `[index]` settings into
-//! graft-index's options (the embedding model and ONNX Runtime come from the kit).
+//! `graft index` and `graft search` (their settings come from `graft_wiring`).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
-use graft_core::{Config, EmbeddingModel};
-use graft_index::{
-    index_repository, Embedder, EmbedderOptions, EmbeddingSource, IndexLayout, IndexOptions, IndexProgress,
-    IndexReport, ProjectIndex, SearchMode, SearchOptions, WalkOptions,
-};
-use graft_index::vectors::{Backend, ServerConfig};
-use graft_kit::{manifest, Artifact, Kit};
+use graft_core::Config;
+use graft_index::{index_repository, Embedder, IndexProgress, IndexReport, ProjectIndex, SearchMode};
+use graft_kit::Kit;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::{IndexArgs, SearchArgs};
 use crate::models;
 
-/// The kit artifacts indexing and search need with this config.
-pub fn needed_artifacts(config: &Config) -> Result<Vec<Artifact>> {
-    let mut ids = vec!["onnxruntime".to_owned()];
-    match &config.index.embedding_model {
-        EmbeddingModel::Kit(id) if id == "minilm-l6-v2" => {
-            ids.push("minilm-l6-v2-onnx".into());
-            ids.push("minilm-l6-v2-tokenizer".into());
-        }
-        EmbeddingModel::Kit(other) => bail!(
-            "`index.embedding_model`: the kit has no embedding model `{other}`; use `kit:minilm-l6-v2`"
-        ),
-        EmbeddingModel::Folder(_) | EmbeddingModel::Catalog(_) => {}
-    }
-    ids.iter()
-        .map(|id| Ok(*manifest::lookup(id)?))
-        .collect()
-}
-
 /// Loads the embedding model the config names.
 pub fn load_embedder(config: &Config) -> Result<Embedder> {
-    let kit = Kit::new(&config.kit.dir);
-    let source = match &config.index.embedding_model {
-        EmbeddingModel::Kit(_) => {
-            needed_artifacts(config)?;
-            EmbeddingSource::Files {
-                onnx: kit.resolve("minilm-l6-v2-onnx")?,
-                tokenizer_dir: kit.resolve("minilm-l6-v2-tokenizer")?,
-            }
-        }
-        EmbeddingModel::Folder(dir) => EmbeddingSource::Files {
-            onnx: dir.join("model.onnx"),
-            tokenizer_dir: dir.clone(),
-        },
-        EmbeddingModel::Catalog(name) => EmbeddingSource::Catalog(name.clone()),
-    };
-    let options = EmbedderOptions {
-        source,
-        onnxruntime: kit.resolve("onnxruntime")?,
-        threads: config.index.threads,
-        batch_size: config.index.batch_size,
-        max_tokens: config.index.embedding_max_tokens,
-        cache_dir: Some(config.index.dir.join(".models")),
-    };
+    let options = graft_wiring::embedder_options(config)?;
     Embedder::load(&options).context("loading the embedding model (`index.embedding_model`)")
-}
-
-pub fn index_options(config: &Config) -> IndexOptions {
-    let ix = &config.index;
-    IndexOptions {
-        walk: WalkOptions {
-            exclude: ix.exclude.clone(),
-            max_file_bytes: ix.max_file_bytes,
-            max_line_chars: ix.max_line_chars,
-        },
-        chunk: graft_index::chunker::ChunkOptions {
-            max_chars: ix.chunk_chars,
-            ..Default::default()
-        },
-        threads: ix.threads,
-        backend: backend(config),
-    }
-}
-
-/// The vector store the config chooses: a Qdrant server when `index.qdrant_url` is set.
-pub fn backend(config: &Config) -> Backend {
-    let ix = &config.index;
-    match &ix.qdrant_url {
-        None => Backend::Embedded,
-        Some(url) => Backend::Server(ServerConfig {
-            url: url.clone(),
-            api_key: std::env::var(&ix.qdrant_api_key_env).ok().filter(|k| !k.is_empty()),
-            collection_prefix: ix.qdrant_collection_prefix.clone(),
-        }),
-    }
-}
-
-/// The index folder of a project.
-pub fn layout(config: &Config, project: &str) -> IndexLayout {
-    IndexLayout::new(config.index.dir.join(project))
 }
 
 /// `graft index [PATH] [--project NAME]`.
@@ -104,14 +24,14 @@ pub fn index(args: IndexArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     let (project, path) = project_and_path(&config, args.path.as_deref(), args.project.as_deref())?;
     let kit = Kit::new(&config.kit.dir);
-    models::ensure(&kit, &needed_artifacts(&config)?, args.json)?;
+    models::ensure(&kit, &graft_wiring::index_artifacts(&config)?, args.json)?;
     let embedder = load_embedder(&config)?;
     let report = run_index(&config, &project, &path, &embedder, args.json)?;
     if args.json {
         let value = serde_json::json!({
             "project": project,
             "repository": path,
-            "index": layout(&config, &project).root,
+            "index": graft_wiring::layout(&config, &project).root,
             "report": report,
             "elapsed_seconds": report.elapsed.as_secs_f64(),
         });
@@ -125,7 +45,13 @@ pub fn index(args: IndexArgs) -> Result<()> {
 /// Indexes one project with a progress bar (unless `quiet`).
 pub fn run_index(config: &Config, project: &str, path: &Path, embedder: &Embedder, quiet: bool) -> Result<IndexReport> {
     let progress = BarProgress::new(quiet || !std::io::stderr().is_terminal());
-    let result = index_repository(path, &layout(config, project), embedder, &index_options(config), &progress);
+    let result = index_repository(
+        path,
+        &graft_wiring::layout(config, project),
+        embedder,
+        &graft_wiring::index_options(config),
+        &progress,
+    );
     progress.finish();
     result.with_context(|| format!("indexing project `{project}` ({})", path.display()))
 }
@@ -142,7 +68,11 @@ fn print_summary(project: &str, path: &Path, r: &IndexReport) {
         r.files_changed,
         r.files_removed,
         r.files_unchanged,
-        if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) }
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", reasons.join(", "))
+        }
     );
     println!(
         "  chunks: {} in the index, {} written, {} embedded, {} stale vectors removed",
@@ -156,27 +86,21 @@ fn print_summary(project: &str, path: &Path, r: &IndexReport) {
     }
 }
 
-/// Search settings from `[index]`, for `mode` and `k` results.
-pub fn search_options(config: &Config, mode: SearchMode, k: usize) -> SearchOptions {
-    SearchOptions {
-        k,
-        mode,
-        per_file: config.index.per_file,
-        vector_weight: config.index.vector_weight,
-    }
-}
-
 /// `graft search QUERY --project NAME`.
 pub fn search(args: SearchArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     let mode: SearchMode = args.mode.parse().map_err(anyhow::Error::msg)?;
-    let index = ProjectIndex::open_with(&args.project, &layout(&config, &args.project), &backend(&config))?;
+    let index = ProjectIndex::open_with(
+        &args.project,
+        &graft_wiring::layout(&config, &args.project),
+        &graft_wiring::backend(&config),
+    )?;
     // Keyword search reads only the keyword index: no embedding model to load.
     let embedder = match mode {
         SearchMode::Keyword => None,
         _ => Some(load_embedder(&config)?),
     };
-    let options = search_options(&config, mode, args.k.map_or(config.index.top_k, usize::from));
+    let options = graft_wiring::search_options(&config, mode, args.k.map_or(config.index.top_k, usize::from));
     let hits = index.search(&args.query, embedder.as_ref(), &options)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&hits)?);
@@ -186,7 +110,11 @@ pub fn search(args: SearchArgs) -> Result<()> {
         println!("no results");
     }
     for hit in hits {
-        let symbol = if hit.symbol.is_empty() { String::new() } else { format!("  {}", hit.symbol) };
+        let symbol = if hit.symbol.is_empty() {
+            String::new()
+        } else {
+            format!("  {}", hit.symbol)
+        };
         println!("{}:{}-{}  {:.4}{symbol}", hit.path, hit.start_line, hit.end_line, hit.score);
         for line in hit.text.lines().filter(|l| !l.trim().is_empty()).take(3) {
             let line: String = line.chars().take(120).collect();
@@ -221,7 +149,7 @@ fn project_and_path(config: &Config, path: Option<&Path>, project: Option<&str>)
             .or_else(|| canonical.file_name().map(|n| n.to_string_lossy().into_owned()))
             .context("cannot name the project from its path; pass --project NAME")?,
     };
-    if !graft_core::config::is_valid_project_name(&name) {
+    if !graft_core::is_valid_name(&name) {
         bail!("`{name}` cannot be a project name: use letters, digits, `.`, `_` or `-` (pass --project NAME)");
     }
     Ok((name, path))

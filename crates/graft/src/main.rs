@@ -53,13 +53,15 @@ fn main() -> ExitCode {
 /// Logs go to stderr; `RUST_LOG` chooses what is shown (default: graft's own info lines, or
 /// only warnings without `requests`, and warnings from everything else, except two from
 /// qdrant-edge 0.7, which warns about process-wide flags it gives no public way to set; its
-/// defaults apply).
+/// defaults apply, and mistralrs 0.8.1's GGUF loader, which warns of "a mix of GPU and CPU"
+/// on every CPU-only start; graft's engine says which device it runs on instead).
 fn init_logging(requests: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         let server = if requests { "info" } else { "warn" };
         EnvFilter::new(format!(
             "warn,graft=info,graft_server={server},graft_engine=info,graft_kit=info,graft_index=info,\
-             qdrant_edge::common::flags=error,qdrant_edge::common::mmap=error"
+             qdrant_edge::common::flags=error,qdrant_edge::common::mmap=error,\
+             mistralrs_core::pipeline::gguf=error"
         ))
     });
     tracing_subscriber::fmt()

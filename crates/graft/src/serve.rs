@@ -6,12 +6,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use graft_core::keys::ApiKeys;
-use graft_core::{Config, EmbeddingModel};
-use graft_engine::pool::AdapterStore;
-use graft_engine::{BaseModel, Engine, Pool, PoolLimits};
-use graft_index::{Embedder, SearchMode};
+use graft_core::Config;
+use graft_engine::{Engine, Pool};
+use graft_index::Embedder;
 use graft_kit::Kit;
-use graft_server::projects::{Project, Projects};
 use graft_server::{AppState, ServerParts};
 
 use crate::cli::ServeArgs;
@@ -25,15 +23,19 @@ pub fn up(args: ServeArgs) -> Result<()> {
     // Keys and the address are checked, and the port taken, before fetching and loading.
     let (keys, listener) = open(&config)?;
     let kit = Kit::new(&config.kit.dir);
-    let mut needed = models::needed_by(&config)?;
+    let mut needed = graft_wiring::model_artifacts(&config)?;
     if !config.projects.is_empty() {
-        needed.extend(index::needed_artifacts(&config)?);
+        needed.extend(graft_wiring::index_artifacts(&config)?);
     }
     if needed.iter().any(|a| !kit.is_installed(a)) {
         eprintln!("fetching the offline model kit into {}", kit.dir().display());
     }
     models::ensure(&kit, &needed, false)?;
-    let embedder = if config.projects.is_empty() { None } else { Some(index::load_embedder(&config)?) };
+    let embedder = if config.projects.is_empty() {
+        None
+    } else {
+        Some(index::load_embedder(&config)?)
+    };
     run(config, embedder, keys, listener, Indexing::InBackground)
 }
 
@@ -91,11 +93,11 @@ fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std:
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let gguf = models::base_gguf(&config)?;
-        let base = base_model(&config, gguf);
+        let gguf = graft_wiring::base_gguf(&config)?;
+        let base = graft_wiring::base_model(&config, gguf);
         tracing::info!(model = %base.name, path = %base.gguf.display(), "loading the base model");
         let engine = Arc::new(Engine::load(&base).await?);
-        let pool = Arc::new(Pool::new(engine, adapter_store(&config), pool_limits(&config))?);
+        let pool = Arc::new(Pool::new(engine, graft_wiring::adapter_store(&config), graft_wiring::pool_limits(&config))?);
         let store = graft_engine::pool::store_names(&config.adapters.dir);
         for project in &config.projects {
             if let Some(adapter) = project.adapter.as_ref().filter(|a| !store.contains(a)) {
@@ -111,9 +113,9 @@ fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std:
         let state = AppState::new(ServerParts {
             pool,
             generation: config.generation.clone(),
-            server: server_config(&config),
+            server: graft_wiring::server_config(&config),
             keys,
-            projects: projects(&config, embedder),
+            projects: graft_wiring::projects(&config, embedder.map(Arc::new)),
         });
         if indexing == Indexing::InBackground {
             // Started before the first request can arrive, so each project reports itself as
@@ -140,12 +142,20 @@ fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std:
 fn index_in_background(state: &AppState) {
     let mut queue = Vec::new();
     for project in state.projects().all() {
-        let guard = if project.has_index() { None } else { state.projects().start_reindex(project) };
+        let guard = if project.has_index() {
+            None
+        } else {
+            state.projects().start_reindex(project)
+        };
         eprintln!(
             "indexing project `{}` ({}) in the background; {}",
             project.name(),
             project.config.path.display(),
-            if guard.is_some() { "until it is done its requests get no retrieved code" } else { "its current index serves meanwhile" }
+            if guard.is_some() {
+                "until it is done its requests get no retrieved code"
+            } else {
+                "its current index serves meanwhile"
+            }
         );
         queue.push((Arc::clone(project), guard));
     }
@@ -169,71 +179,6 @@ fn index_in_background(state: &AppState) {
             }
         }
     });
-}
-
-/// The configured projects, their indexes to be opened on first use.
-pub fn projects(config: &Config, embedder: Option<Embedder>) -> Projects {
-    let list = config
-        .projects
-        .iter()
-        .map(|p| Project::new(p.clone(), index::layout(config, &p.name), index::index_options(config)))
-        .collect();
-    let name = match &config.index.embedding_model {
-        EmbeddingModel::Kit(id) | EmbeddingModel::Catalog(id) => id.clone(),
-        EmbeddingModel::Folder(dir) => dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned()),
-    };
-    let search = index::search_options(config, SearchMode::Hybrid, config.index.top_k);
-    Projects::new(list, embedder.map(|e| (name, Arc::new(e))), search)
-}
-
-/// The base model as the config describes it, from `gguf`.
-pub fn base_model(config: &Config, gguf: std::path::PathBuf) -> BaseModel {
-    use graft_core::PromptFormatChoice as C;
-    use graft_engine::PromptFormat as F;
-    BaseModel {
-        name: config.model.name.clone(),
-        gguf,
-        device: config.model.device,
-        max_num_seqs: config.model.max_num_seqs,
-        prompt_format: match config.model.prompt_format {
-            C::Auto => None,
-            C::QwenCoder => Some(F::QwenCoder),
-            C::StarCoder => Some(F::StarCoder),
-            C::DeepseekCoder => Some(F::DeepSeekCoder),
-            C::CodeLlama => Some(F::CodeLlama),
-            C::Continuation => Some(F::Continuation),
-        },
-        chat_template: config.model.chat_template.clone(),
-    }
-}
-
-/// `[server]` with `max_concurrent` resolved by device and `infill_model` by the projects
-/// when the config leaves them out.
-pub fn server_config(config: &Config) -> graft_core::config::ServerConfig {
-    graft_core::config::ServerConfig {
-        max_concurrent: Some(config.generation_slots(cfg!(feature = "cuda"))),
-        infill_model: config.server.infill_model.clone().or_else(|| config.projects.first().map(|p| p.name.clone())),
-        ..config.server.clone()
-    }
-}
-
-/// The adapter store and merge settings from `[adapters]`.
-pub fn adapter_store(config: &Config) -> AdapterStore {
-    AdapterStore {
-        dir: config.adapters.dir.clone(),
-        max_rank: config.adapters.max_rank,
-        merge: config.adapters.merged_type.into(),
-        cache_dir: config.adapters.cache_dir.clone(),
-        allowed_dirs: config.adapters.allowed_dirs.clone(),
-    }
-}
-
-/// The pool's limits from `[adapters]`.
-pub fn pool_limits(config: &Config) -> PoolLimits {
-    PoolLimits {
-        max_adapters: config.adapters.max_loaded,
-        max_bytes: (config.adapters.max_loaded_mb > 0).then_some(config.adapters.max_loaded_mb << 20),
-    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -38,11 +38,18 @@ fn a_bad_config_stops_graft_with_the_key_named() {
 fn serve_reports_a_missing_model_file_instead_of_reaching_the_network() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("graft.toml");
-    std::fs::write(&config, "[server]\nlisten = \"127.0.0.1:0\"\n\n[model]\ngguf = \"nowhere/model.gguf\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[model]\ngguf = \"nowhere/model.gguf\"\n",
+    )
+    .unwrap();
     let out = graft().args(["serve", "--config"]).arg(&config).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("nowhere/model.gguf") && stderr.contains("does not exist"), "{stderr}");
+    assert!(
+        stderr.contains("nowhere/model.gguf") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -55,7 +62,10 @@ fn serve_refuses_a_public_address_without_api_keys() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("refusing to listen on 0.0.0.0:0 with no API keys"), "{stderr}");
-    assert!(stderr.contains("allow_unauthenticated"), "the message says how to proceed: {stderr}");
+    assert!(
+        stderr.contains("allow_unauthenticated"),
+        "the message says how to proceed: {stderr}"
+    );
 }
 
 #[test]
@@ -65,7 +75,10 @@ fn up_reports_a_busy_port_before_indexing_anything() {
     let out = graft().args(["up", "--listen", &addr]).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("cannot listen on {addr}")) && stderr.contains("in use"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("indexing project"), "the port is checked first: {stderr}");
 }
 
@@ -93,7 +106,10 @@ fn serve_answers_a_chat_request_and_stops_cleanly_on_sigterm() {
     let response = http_post(&addr, "/v1/chat/completions", body);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let json: serde_json::Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    assert!(!json["choices"][0]["message"]["content"].as_str().unwrap().trim().is_empty(), "{json}");
+    assert!(
+        !json["choices"][0]["message"]["content"].as_str().unwrap().trim().is_empty(),
+        "{json}"
+    );
 
     let pid = server.0.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -127,12 +143,22 @@ fn write_toy_adapter(dir: &Path, base: &graft_engine::merge::BaseGguf) {
         let prefix = format!("base_model.model.model.layers.{layer}.self_attn.q_proj");
         let a: Vec<f32> = (0..2 * inp).map(|i| (i as f32 * 0.37).sin() * 0.1).collect();
         let b: Vec<f32> = (0..out * 2).map(|i| (i as f32 * 0.73).cos() * 0.1).collect();
-        tensors.insert(format!("{prefix}.lora_A.weight"), Tensor::from_vec(a, (2, inp), &Device::Cpu).unwrap());
-        tensors.insert(format!("{prefix}.lora_B.weight"), Tensor::from_vec(b, (out, 2), &Device::Cpu).unwrap());
+        tensors.insert(
+            format!("{prefix}.lora_A.weight"),
+            Tensor::from_vec(a, (2, inp), &Device::Cpu).unwrap(),
+        );
+        tensors.insert(
+            format!("{prefix}.lora_B.weight"),
+            Tensor::from_vec(b, (out, 2), &Device::Cpu).unwrap(),
+        );
     }
     std::fs::create_dir_all(dir).unwrap();
     candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors")).unwrap();
-    std::fs::write(dir.join("adapter_config.json"), r#"{"peft_type":"LORA","r":2,"lora_alpha":4,"target_modules":["q_proj"]}"#).unwrap();
+    std::fs::write(
+        dir.join("adapter_config.json"),
+        r#"{"peft_type":"LORA","r":2,"lora_alpha":4,"target_modules":["q_proj"]}"#,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -166,7 +192,10 @@ fn adapters_are_listed_with_their_problems_and_merged_once() {
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
     assert_eq!(list[0]["name"], "broken");
     assert_eq!(list[0]["valid"], false);
-    assert!(list[0]["error"].as_str().unwrap().contains("adapter_model.safetensors is missing"), "{list}");
+    assert!(
+        list[0]["error"].as_str().unwrap().contains("adapter_model.safetensors is missing"),
+        "{list}"
+    );
     assert_eq!(list[1]["name"], "good");
     assert_eq!(list[1]["valid"], true, "{list}");
     assert_eq!(list[1]["weights"], base.block_count);
@@ -178,7 +207,11 @@ fn adapters_are_listed_with_their_problems_and_merged_once() {
     assert_eq!(second["merged_now"], false, "{second}");
     assert_eq!(second["path"], first["path"]);
 
-    let out = graft().args(["adapters", "merge", "broken", "--config"]).arg(&config).output().unwrap();
+    let out = graft()
+        .args(["adapters", "merge", "broken", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("adapter `broken`"));
 }

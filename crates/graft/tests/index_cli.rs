@@ -16,7 +16,11 @@ fn write_config(dir: &Path, index_dir: &Path) -> PathBuf {
     let config = dir.join("graft.toml");
     std::fs::write(
         &config,
-        format!("[kit]\ndir = {:?}\n[index]\ndir = {:?}\n", kit.display().to_string(), index_dir.display().to_string()),
+        format!(
+            "[kit]\ndir = {:?}\n[index]\ndir = {:?}\n",
+            kit.display().to_string(),
+            index_dir.display().to_string()
+        ),
     )
     .unwrap();
     config
@@ -59,7 +63,10 @@ fn index_and_search_print_json_for_scripts() {
     assert_eq!(summary["report"]["files_indexed"], 22, "{summary}");
     assert!(summary["report"]["chunks"].as_u64().unwrap() >= 22);
 
-    let out = run_ok(&mut graft(&config, &["search", "NewBlobStore(4096)", "--project", "poly", "-k", "3", "--json"]));
+    let out = run_ok(&mut graft(
+        &config,
+        &["search", "NewBlobStore(4096)", "--project", "poly", "-k", "3", "--json"],
+    ));
     let hits = json(&out);
     let hits = hits.as_array().unwrap();
     assert!(!hits.is_empty() && hits.len() <= 3, "{hits:?}");
@@ -70,7 +77,10 @@ fn index_and_search_print_json_for_scripts() {
     assert!(hits.iter().any(|h| h["path"] == "storage/blobstore.go"), "{hits:?}");
 
     // The human-readable form: path:start-end, score, snippet.
-    let out = run_ok(&mut graft(&config, &["search", "NewBlobStore", "--project", "poly", "--mode", "keyword"]));
+    let out = run_ok(&mut graft(
+        &config,
+        &["search", "NewBlobStore", "--project", "poly", "--mode", "keyword"],
+    ));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.lines().next().unwrap().starts_with("storage/"), "{text}");
     assert!(text.contains(".go:"), "{text}");
@@ -78,7 +88,11 @@ fn index_and_search_print_json_for_scripts() {
     // A project that was never indexed: a clear error.
     let out = graft(&config, &["search", "x", "--project", "nope"]).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("graft index"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("graft index"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -101,7 +115,10 @@ fn killing_an_index_run_at_any_moment_leaves_a_searchable_index() {
         let _ = child.wait();
 
         for mode in ["keyword", "hybrid", "vector"] {
-            let out = run_ok(&mut graft(&config, &["search", "alpha_func_7", "--project", "k", "--mode", mode, "--json"]));
+            let out = run_ok(&mut graft(
+                &config,
+                &["search", "alpha_func_7", "--project", "k", "--mode", mode, "--json"],
+            ));
             let hits = json(&out);
             let hits = hits.as_array().unwrap();
             assert!(!hits.is_empty(), "killed after {delay_ms} ms, {mode}: no results");
@@ -117,7 +134,10 @@ fn killing_an_index_run_at_any_moment_leaves_a_searchable_index() {
     assert_eq!(done["report"]["files_indexed"], 300, "{done}");
     let out = run_ok(&mut graft(&config, &["search", "alpha_func_7", "--project", "k", "--json"]));
     let hits = json(&out);
-    assert!(hits.as_array().unwrap().iter().all(|h| h["text"].as_str().unwrap().contains("_v2")), "{hits}");
+    assert!(
+        hits.as_array().unwrap().iter().all(|h| h["text"].as_str().unwrap().contains("_v2")),
+        "{hits}"
+    );
     let again = json(&run_ok(&mut graft(&config, &["index", repo_arg, "--project", "k", "--json"])));
     assert_eq!(again["report"]["embeddings"], 0, "{again}");
     assert_eq!(again["report"]["stale_vectors_removed"], 0, "{again}");

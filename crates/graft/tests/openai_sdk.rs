@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{copy_tree, repo_root, start_serving};
+use common::{copy_tree, graft_up, repo_root};
 
 const USER_KEY: &str = "sk-graft-user-0123456789abcdef";
 const OTHER_KEY: &str = "sk-graft-other-0123456789abcdef";
@@ -73,17 +73,20 @@ fn the_openai_sdk_works_against_graft_up_and_sigterm_lets_answers_finish() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_setup(dir.path());
 
-    let serving = start_serving(
-        Command::new(env!("CARGO_BIN_EXE_graft")).args(["up", "--config"]).arg(&config).env("RUST_LOG", "warn"),
-        Duration::from_secs(300),
-    );
+    let serving = graft_up(&config);
     let (mut server, addr, startup, mut lines) = (serving.process, serving.addr, serving.startup, serving.lines);
-    assert!(startup.iter().any(|l| l.contains("indexing project `polyglot`")), "up indexes the projects: {startup:#?}");
+    assert!(
+        startup.iter().any(|l| l.contains("indexing project `polyglot`")),
+        "up indexes the projects: {startup:#?}"
+    );
     // It serves at once and indexes in the background: wait for both projects.
     let mut pending = vec!["project `polyglot` indexed", "project `archive` indexed"];
     let mut seen = Vec::new();
     while !pending.is_empty() {
-        let line = lines.next().unwrap_or_else(|| panic!("graft exited while indexing: {seen:#?}")).unwrap();
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("graft exited while indexing: {seen:#?}"))
+            .unwrap();
         pending.retain(|p| !line.contains(p));
         assert!(!line.contains("failed"), "{line}");
         seen.push(line);
@@ -108,13 +111,25 @@ fn the_openai_sdk_works_against_graft_up_and_sigterm_lets_answers_finish() {
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&sdk.stderr);
-    assert!(sdk.status.success(), "the OpenAI SDK tests failed:\n{report}\ngraft said: {:#?}", output.lock().unwrap());
+    assert!(
+        sdk.status.success(),
+        "the OpenAI SDK tests failed:\n{report}\ngraft said: {:#?}",
+        output.lock().unwrap()
+    );
     assert!(report.contains("OK") && !report.contains("skipped"), "{report}");
     eprintln!("{report}");
 
     // The server has the project's index open: a CLI run beside it says so and what to do.
-    for args in [&["search", "TokenVault", "--project", "polyglot"][..], &["index", "--project", "polyglot"]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_graft")).args(args).arg("--config").arg(&config).output().unwrap();
+    for args in [
+        &["search", "TokenVault", "--project", "polyglot"][..],
+        &["index", "--project", "polyglot"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_graft"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "graft {args:?} beside a running server: {stderr}");
         assert!(

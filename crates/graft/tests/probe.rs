@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{copy_tree, repo_root, start_serving};
+use common::{copy_tree, graft_up, repo_root};
 use graft_engine::merge::BaseGguf;
 use graft_engine::synthetic::SyntheticAdapter;
 
@@ -41,7 +41,9 @@ fn a_bounded_hostile_probe_finds_nothing_and_the_server_stays_up() {
     copy_tree(&repo_root().join("tests/fixtures/polyglot"), &root.join("repo"));
     let shipped = graft_core::Config::load(&repo_root().join("config/graft.toml")).expect("shipped config");
     let kit = std::fs::canonicalize(&shipped.kit.dir).unwrap_or(shipped.kit.dir);
-    let gguf = graft_kit::Kit::new(&kit).resolve("smollm2-135m-instruct").expect("the kit's SmolLM2 (scripts/test fetches it)");
+    let gguf = graft_kit::Kit::new(&kit)
+        .resolve("smollm2-135m-instruct")
+        .expect("the kit's SmolLM2 (scripts/test fetches it)");
     let base = BaseGguf::open(&gguf).unwrap();
     adapter(&root.join("adapters/probe-lora"), &base, 1);
     adapter(&root.join("spare/v1"), &base, 1);
@@ -64,10 +66,7 @@ fn a_bounded_hostile_probe_finds_nothing_and_the_server_stays_up() {
     )
     .unwrap();
 
-    let serving = start_serving(
-        Command::new(env!("CARGO_BIN_EXE_graft")).args(["up", "--config"]).arg(&config).env("RUST_LOG", "warn"),
-        Duration::from_secs(300),
-    );
+    let serving = graft_up(&config);
     let (mut server, addr, mut lines) = (serving.process, serving.addr, serving.lines);
     let until = Instant::now() + Duration::from_secs(300);
     loop {
@@ -96,9 +95,21 @@ fn a_bounded_hostile_probe_finds_nothing_and_the_server_stays_up() {
     let _ = server.0.kill();
     let _ = server.0.wait();
     let log = reader.join().unwrap_or_default();
-    assert!(still_running, "graft is still serving after the probe; its log:\n{}", log.join("\n"));
-    assert!(probe.status.success(), "probe failures:\n{}", report.lines().filter(|l| l.starts_with("FAIL")).collect::<Vec<_>>().join("\n"));
+    assert!(
+        still_running,
+        "graft is still serving after the probe; its log:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        probe.status.success(),
+        "probe failures:\n{}",
+        report.lines().filter(|l| l.starts_with("FAIL")).collect::<Vec<_>>().join("\n")
+    );
     assert!(report.contains(" 0 failed"), "{report}");
-    assert!(started.elapsed() < Duration::from_secs(120), "the probe stays within two minutes: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "the probe stays within two minutes: {:?}",
+        started.elapsed()
+    );
     assert!(log.iter().all(|l| !l.contains("panicked")), "nothing panicked:\n{}", log.join("\n"));
 }

@@ -10,8 +10,8 @@ use std::fs::File;
 use std::path::Path;
 
 use qdrant_edge::{
-    Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, PointId, PointInsertOperations, PointOperations,
-    PointStruct, QueryEnum, ScrollRequest, SearchRequest, UpdateOperation, WithPayloadInterface, WithVector,
+    Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, PointId, PointInsertOperations, PointOperations, PointStruct,
+    QueryEnum, ScrollRequest, SearchRequest, UpdateOperation, WithPayloadInterface, WithVector,
 };
 
 use super::{VectorStore, SCROLL_PAGE};

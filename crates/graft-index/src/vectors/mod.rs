@@ -48,7 +48,7 @@ pub enum Backend {
 /// Opens the store of a project's index with the chosen backend.
 pub fn open(
     backend: &Backend,
-    layout: &crate::indexer::IndexLayout,
+    layout: &crate::layout::IndexLayout,
     project: &str,
     dims: usize,
 ) -> Result<Box<dyn VectorStore>, IndexError> {
@@ -60,7 +60,7 @@ pub fn open(
 
 /// Removes every vector of a project's index: the embedded store's folder, or the collection
 /// on the server (used when the embedding model changes, so the dimensions may too).
-pub fn reset(backend: &Backend, layout: &crate::indexer::IndexLayout, project: &str) -> Result<(), IndexError> {
+pub fn reset(backend: &Backend, layout: &crate::layout::IndexLayout, project: &str) -> Result<(), IndexError> {
     match backend {
         Backend::Embedded => {
             let dir = layout.vectors();

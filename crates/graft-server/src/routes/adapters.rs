@@ -10,9 +10,8 @@ use std::path::Path;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Extension;
 
-use crate::auth::Caller;
+use crate::caller::Admin;
 use crate::error::ApiError;
 use crate::json::Json;
 use crate::openai::{LoadLoraRequest, UnloadLoraRequest};
@@ -20,10 +19,9 @@ use crate::state::AppState;
 
 pub async fn load(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Admin(caller): Admin,
     Json(request): Json<LoadLoraRequest>,
 ) -> Result<(StatusCode, String), ApiError> {
-    caller.require_admin()?;
     let name = request.lora_name;
     if state.projects().get(&name).is_some() || name == state.pool().base_name() {
         return Err(ApiError::invalid_param(
@@ -43,10 +41,9 @@ pub async fn load(
 
 pub async fn unload(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Admin(caller): Admin,
     Json(request): Json<UnloadLoraRequest>,
 ) -> Result<(StatusCode, String), ApiError> {
-    caller.require_admin()?;
     let name = request.lora_name;
     state.pool().unload(&name).map_err(|e| match e {
         graft_engine::pool::PoolError::Unknown(_) => ApiError {

@@ -6,25 +6,21 @@
 //! stops the generation.
 
 use axum::extract::State;
-use axum::response::sse::Event;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Extension;
 
 use graft_core::config::GenerationConfig;
-use graft_engine::{ChatMessage, ChatRequest, CompletionRequest, Prompt, Role};
+use graft_engine::{ChatMessage, ChatRequest, Completion, CompletionRequest, Prompt, Role};
 
-use crate::augment;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::error::ApiError;
-use crate::generation::{admit, retrieve};
+use crate::generation::admit;
 use crate::json::Json;
-use crate::openai::{
-    self, AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, Content,
-    Delta,
-};
+use crate::openai::{self, AnswerHead, AssistantMessage, ChatChoice, ChatCompletionRequest, ChunkChoice, Content, Delta};
+use crate::prompt;
 use crate::routes::params::{debug_info, SamplingFields};
 use crate::routes::sse::{self, Extras, Part};
-use crate::state::{unix_now, AppState};
+use crate::state::AppState;
 
 pub async fn completions(
     State(state): State<AppState>,
@@ -37,41 +33,17 @@ pub async fn completions(
     if let Some((field, message)) = request.unsupported.first_used() {
         return Err(ApiError::unsupported(field, message));
     }
-    let target = state.resolve(&request.model, &caller)?;
-    caller.check(&target.name, state.pool().base_name())?;
+    let target = state.target(&request.model, &caller)?;
     let streaming = request.stream == Some(true);
     let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let retrieval = request.retrieval.take();
     let debug = request.debug == Some(true);
-    let mut chat = to_engine_request(request, state.generation())?;
+    let chat = to_engine_request(request, state.generation())?;
     tracing::debug!(model = %target.name, messages = chat.messages.len(), max_tokens = chat.sampling.max_tokens, streaming, "chat request");
 
     let admitted = admit(&state).await?;
-    let mut sources = None;
-    if let Some(project) = &target.project {
-        let query = augment::chat_query(&chat.messages);
-        let used = match retrieve(&state, project, &query, retrieval).await? {
-            Some(hits) => {
-                // The context may take what the conversation leaves of the prompt limit.
-                let own = state.engine().count_chat_tokens(&chat.messages).await?;
-                let room = state.generation().max_prompt_tokens.saturating_sub(own);
-                let budget = project.config.context_tokens.min(room);
-                augment::chat(state.engine(), project.name(), &mut chat.messages, hits, budget).await?
-            }
-            None => Vec::new(),
-        };
-        sources = Some(used);
-    }
-    let prompt = state.engine().chat_prompt(&chat.messages).await?;
-    let prompt_tokens = prompt.len();
-    let limit = state.generation().max_prompt_tokens;
-    if prompt_tokens > limit {
-        return Err(ApiError::invalid_param(
-            "messages",
-            format!("The conversation is {prompt_tokens} tokens long; the limit is {limit} (generation.max_prompt_tokens)"),
-        ));
-    }
-
+    let prompt = prompt::chat::lay_out(&state, &target, chat.messages, retrieval).await?;
+    let (sources, prompt) = (prompt.sources, prompt.tokens);
     let debug = if debug { Some(debug_info(&state, &prompt).await?) } else { None };
 
     // The model reads exactly the prompt that was checked.
@@ -85,58 +57,32 @@ pub async fn completions(
         .await
         .map_err(|e| state.pool_error(e, &caller))?;
     let generation = admitted.start(tokens, &state, &target.name);
-    if streaming {
-        let chunks = ChatChunks {
-            id: completion_id(),
-            created: unix_now(),
-            model: target.name,
-        };
-        return Ok(sse::stream(generation, chunks, include_usage, Extras { sources, debug }).into_response());
-    }
-    let completion = generation.collect().await?;
-    Ok(axum::Json(ChatCompletion {
-        id: completion_id(),
-        object: "chat.completion",
-        created: unix_now(),
-        model: target.name,
-        choices: vec![ChatChoice {
-            index: 0,
-            message: AssistantMessage {
-                role: "assistant",
-                content: completion.text,
-            },
-            finish_reason: completion.finish_reason.as_str(),
-            logprobs: None,
-        }],
-        usage: completion.usage.into(),
-        sources,
-        debug,
-    })
-    .into_response())
+    let chunks = ChatChunks(AnswerHead::new("chatcmpl", target.name));
+    sse::respond(generation, chunks, streaming, include_usage, Extras { sources, debug }).await
 }
 
-fn completion_id() -> String {
-    format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
-}
-
-/// Chat's stream chunks: the role first (with the sources), then text deltas.
-struct ChatChunks {
-    id: String,
-    created: u64,
-    model: String,
-}
+/// Chat's answers: a whole `chat.completion`, or a stream of chunks: the role first (with the
+/// sources), then text deltas.
+struct ChatChunks(AnswerHead);
 
 impl sse::Chunks for ChatChunks {
     const OPENS: bool = true;
+    const CHUNK_OBJECT: &'static str = "chat.completion.chunk";
+    const WHOLE_OBJECT: &'static str = "chat.completion";
+    type Chunk = ChunkChoice;
+    type Whole = ChatChoice;
 
-    fn event(&self, part: Part, extras: Extras) -> Event {
-        let (delta, finish_reason, usage) = match part {
+    fn head(&self) -> &AnswerHead {
+        &self.0
+    }
+
+    fn chunk(&self, part: Part) -> ChunkChoice {
+        let (delta, finish_reason) = match part {
             Part::Open => (
                 Delta {
                     role: Some("assistant"),
                     content: Some(String::new()),
                 },
-                None,
                 None,
             ),
             Part::Text(text) => (
@@ -145,32 +91,27 @@ impl sse::Chunks for ChatChunks {
                     content: Some(text),
                 },
                 None,
-                None,
             ),
-            Part::Finish(reason) => (Delta::default(), Some(reason), None),
-            Part::Usage(usage) => (Delta::default(), None, Some(usage)),
+            Part::Finish(reason) => (Delta::default(), Some(reason)),
         };
-        // The usage chunk has no choices, as in OpenAI's API.
-        let choices = if usage.is_some() {
-            Vec::new()
-        } else {
-            vec![ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason,
-                logprobs: None,
-            }]
-        };
-        sse::json_event(&ChatCompletionChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: self.model.clone(),
-            choices,
-            usage,
-            sources: extras.sources,
-            debug: extras.debug,
-        })
+        ChunkChoice {
+            index: 0,
+            delta,
+            finish_reason,
+            logprobs: None,
+        }
+    }
+
+    fn whole(&self, completion: Completion) -> ChatChoice {
+        ChatChoice {
+            index: 0,
+            message: AssistantMessage {
+                role: "assistant",
+                content: completion.text,
+            },
+            finish_reason: completion.finish_reason.as_str(),
+            logprobs: None,
+        }
     }
 }
 
@@ -227,7 +168,10 @@ fn to_engine_message(index: usize, message: openai::Message) -> Result<ChatMessa
         }
     };
     if role == Role::User && content.is_empty() {
-        return Err(ApiError::invalid_param("messages", format!("messages[{index}].content must not be empty")));
+        return Err(ApiError::invalid_param(
+            "messages",
+            format!("messages[{index}].content must not be empty"),
+        ));
     }
     Ok(ChatMessage { role, content })
 }

@@ -11,21 +11,21 @@
 //! layout is `completion`'s).
 
 use axum::extract::State;
-use axum::response::sse::Event;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Extension;
 use graft_engine::fim::FimInput;
-use graft_engine::{CompletionRequest, Prompt};
+use graft_engine::{Completion, CompletionRequest, Prompt};
 
-use crate::auth::Caller;
-use crate::completion::{self, TooLong};
+use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::generation::admit;
 use crate::json::Json;
-use crate::openai::{self, PromptInput, TextChoice, TextCompletion};
+use crate::openai::{self, AnswerHead, PromptInput, TextChoice};
+use crate::prompt;
+use crate::prompt::completion::{self, TooLong};
 use crate::routes::params::{debug_info, SamplingFields};
 use crate::routes::sse::{self, Extras, Part};
-use crate::state::{unix_now, AppState};
+use crate::state::AppState;
 
 pub async fn completions(
     State(state): State<AppState>,
@@ -44,8 +44,7 @@ pub async fn completions(
     if request.logprobs.as_ref().is_some_and(|v| !v.is_null()) {
         return Err(ApiError::unsupported("logprobs", "logprobs are not supported"));
     }
-    let target = state.resolve(&request.model, &caller)?;
-    caller.check(&target.name, state.pool().base_name())?;
+    let target = state.target(&request.model, &caller)?;
     let streaming = request.stream == Some(true);
     let debug = request.debug == Some(true);
     let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
@@ -71,7 +70,8 @@ pub async fn completions(
         }
         (PromptInput::Text(prefix), suffix) => (Ok(prefix), suffix),
     };
-    if matches!(&prefix, Ok(p) if p.is_empty() && suffix.as_deref().is_none_or(str::is_empty)) || matches!(&prefix, Err(t) if t.is_empty()) {
+    if matches!(&prefix, Ok(p) if p.is_empty() && suffix.as_deref().is_none_or(str::is_empty)) || matches!(&prefix, Err(t) if t.is_empty())
+    {
         return Err(ApiError::invalid_param("prompt", "`prompt` must not be empty"));
     }
     tracing::debug!(model = %target.name, max_tokens = sampling.max_tokens, streaming, format = format.name(), "completion request");
@@ -79,8 +79,11 @@ pub async fn completions(
     let admitted = admit(&state).await?;
     let (tokens, sources) = match prefix {
         Err(tokens) => {
-            completion::check_length(&state, tokens.len(), "prompt")?;
-            state.engine().check_token_ids(&tokens).map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?;
+            prompt::check_length(&state, tokens.len(), "prompt", "The prompt")?;
+            state
+                .engine()
+                .check_token_ids(&tokens)
+                .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?;
             (tokens, None)
         }
         Ok(prefix) => {
@@ -89,7 +92,16 @@ pub async fn completions(
                 suffix,
                 ..FimInput::default()
             };
-            let prompt = completion::lay_out(&state, &target, input, Vec::new(), request.retrieval, &mut sampling, TooLong::Refuse("prompt")).await?;
+            let prompt = completion::lay_out(
+                &state,
+                &target,
+                input,
+                Vec::new(),
+                request.retrieval,
+                &mut sampling,
+                TooLong::Refuse("prompt"),
+            )
+            .await?;
             (prompt.tokens, prompt.sources)
         }
     };
@@ -104,73 +116,45 @@ pub async fn completions(
         .await
         .map_err(|e| state.pool_error(e, &caller))?;
     let generation = admitted.start(stream, &state, &target.name);
-    if streaming {
-        let chunks = TextChunks {
-            id: completion_id(),
-            created: unix_now(),
-            model: target.name,
-        };
-        return Ok(sse::stream(generation, chunks, include_usage, Extras { sources, debug }).into_response());
+    let chunks = TextChunks(AnswerHead::new("cmpl", target.name));
+    sse::respond(generation, chunks, streaming, include_usage, Extras { sources, debug }).await
+}
+
+/// Completion's answers: a whole `text_completion`, or a stream of text pieces, the first one
+/// with the sources.
+struct TextChunks(AnswerHead);
+
+impl sse::Chunks for TextChunks {
+    const OPENS: bool = false;
+    const CHUNK_OBJECT: &'static str = "text_completion";
+    const WHOLE_OBJECT: &'static str = "text_completion";
+    type Chunk = TextChoice;
+    type Whole = TextChoice;
+
+    fn head(&self) -> &AnswerHead {
+        &self.0
     }
-    let completion = generation.collect().await?;
-    Ok(axum::Json(TextCompletion {
-        id: completion_id(),
-        object: "text_completion",
-        created: unix_now(),
-        model: target.name,
-        choices: vec![TextChoice {
+
+    fn chunk(&self, part: Part) -> TextChoice {
+        let (text, finish_reason) = match part {
+            Part::Open => (String::new(), None),
+            Part::Text(text) => (text, None),
+            Part::Finish(reason) => (String::new(), Some(reason)),
+        };
+        TextChoice {
+            index: 0,
+            text,
+            finish_reason,
+            logprobs: None,
+        }
+    }
+
+    fn whole(&self, completion: Completion) -> TextChoice {
+        TextChoice {
             index: 0,
             text: completion.text,
             finish_reason: Some(completion.finish_reason.as_str()),
             logprobs: None,
-        }],
-        usage: Some(completion.usage.into()),
-        sources,
-        debug,
-    })
-    .into_response())
-}
-
-fn completion_id() -> String {
-    format!("cmpl-{}", uuid::Uuid::new_v4().simple())
-}
-
-/// Completion's stream chunks: text pieces, the first one with the sources.
-struct TextChunks {
-    id: String,
-    created: u64,
-    model: String,
-}
-
-impl sse::Chunks for TextChunks {
-    const OPENS: bool = false;
-
-    fn event(&self, part: Part, extras: Extras) -> Event {
-        let (text, finish_reason, usage) = match part {
-            Part::Open => (String::new(), None, None),
-            Part::Text(text) => (text, None, None),
-            Part::Finish(reason) => (String::new(), Some(reason), None),
-            Part::Usage(usage) => (String::new(), None, Some(usage)),
-        };
-        let choices = if usage.is_some() {
-            Vec::new()
-        } else {
-            vec![TextChoice {
-                index: 0,
-                text,
-                finish_reason,
-                logprobs: None,
-            }]
-        };
-        sse::json_event(&TextCompletion {
-            id: self.id.clone(),
-            object: "text_completion",
-            created: self.created,
-            model: self.model.clone(),
-            choices,
-            usage,
-            sources: extras.sources,
-            debug: extras.debug,
-        })
+        }
     }
 }

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json as AxumJson};
 
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::json::Json;
 use crate::openai::{EmbeddingData, EmbeddingInput, EmbeddingList, EmbeddingRequest, EmbeddingUsage};
@@ -34,22 +34,36 @@ pub async fn embeddings(
         EmbeddingInput::One(text) => vec![text],
         EmbeddingInput::Many(texts) => texts,
         EmbeddingInput::Tokens(_) => {
-            return Err(ApiError::invalid_param("input", "`input` must be a string or a list of strings (token ids are not supported)"))
+            return Err(ApiError::invalid_param(
+                "input",
+                "`input` must be a string or a list of strings (token ids are not supported)",
+            ))
         }
     };
     if inputs.is_empty() || inputs.len() > MAX_INPUTS {
-        return Err(ApiError::invalid_param("input", format!("`input` must hold 1 to {MAX_INPUTS} strings")));
+        return Err(ApiError::invalid_param(
+            "input",
+            format!("`input` must hold 1 to {MAX_INPUTS} strings"),
+        ));
     }
     if inputs.iter().any(String::is_empty) {
         return Err(ApiError::invalid_param("input", "`input` must not contain empty strings"));
     }
     if request.dimensions.is_some_and(|d| d != embedder.dims()) {
-        return Err(ApiError::invalid_param("dimensions", format!("this model's vectors have {} dimensions", embedder.dims())));
+        return Err(ApiError::invalid_param(
+            "dimensions",
+            format!("this model's vectors have {} dimensions", embedder.dims()),
+        ));
     }
     let base64 = match request.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
-        Some(other) => return Err(ApiError::invalid_param("encoding_format", format!("`{other}` is not `float` or `base64`"))),
+        Some(other) => {
+            return Err(ApiError::invalid_param(
+                "encoding_format",
+                format!("`{other}` is not `float` or `base64`"),
+            ))
+        }
     };
     let embedder = std::sync::Arc::clone(embedder);
     let (vectors, tokens) = tokio::task::spawn_blocking(move || -> Result<_, graft_index::IndexError> {
@@ -64,7 +78,11 @@ pub async fn embeddings(
         .map(|(index, v)| EmbeddingData {
             object: "embedding",
             index,
-            embedding: if base64 { serde_json::Value::String(encode_base64(&v)) } else { serde_json::json!(v) },
+            embedding: if base64 {
+                serde_json::Value::String(encode_base64(&v))
+            } else {
+                serde_json::json!(v)
+            },
         })
         .collect();
     Ok(AxumJson(EmbeddingList {

@@ -23,12 +23,12 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::time::{Duration, Instant};
 
-use crate::auth::Caller;
-use crate::completion::{self, TooLong};
+use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::generation::{admit, Generation};
 use crate::json::Json;
 use crate::openai::{RetrievalField, Stop};
+use crate::prompt::completion::{self, TooLong};
 use crate::routes::params::SamplingFields;
 use crate::state::AppState;
 
@@ -74,16 +74,22 @@ enum StopType {
     Limit,
 }
 
-pub async fn infill(State(state): State<AppState>, Extension(caller): Extension<Caller>, Json(request): Json<InfillRequest>) -> Result<axum::Json<Value>, ApiError> {
+pub async fn infill(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Json(request): Json<InfillRequest>,
+) -> Result<axum::Json<Value>, ApiError> {
     if request.stream == Some(true) {
-        return Err(ApiError::invalid_param("stream", "/infill answers whole; stream with POST /v1/completions and `suffix`"));
+        return Err(ApiError::invalid_param(
+            "stream",
+            "/infill answers whole; stream with POST /v1/completions and `suffix`",
+        ));
     }
     let name = match request.model.as_deref() {
         Some(model) => model.to_owned(),
         None => state.infill_model().to_owned(),
     };
-    let target = state.resolve(&name, &caller)?;
-    caller.check(&target.name, state.pool().base_name())?;
+    let target = state.target(&name, &caller)?;
     let max_tokens = match request.n_predict {
         Some(n) if n < 0 => None,
         Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
@@ -107,13 +113,19 @@ pub async fn infill(State(state): State<AppState>, Extension(caller): Extension<
     })?;
     let prefix = format!("{}{}", request.input_prefix, request.prompt);
     if prefix.is_empty() && request.input_suffix.is_empty() {
-        return Err(ApiError::invalid_param("input_prefix", "`input_prefix`, `prompt` and `input_suffix` are all empty"));
+        return Err(ApiError::invalid_param(
+            "input_prefix",
+            "`input_prefix`, `prompt` and `input_suffix` are all empty",
+        ));
     }
     let extra = request
         .input_extra
         .into_iter()
         .filter(|f| !f.text.is_empty())
-        .map(|f| ContextFile { path: f.filename, text: f.text })
+        .map(|f| ContextFile {
+            path: f.filename,
+            text: f.text,
+        })
         .collect();
     let input = FimInput {
         prefix,

@@ -5,7 +5,7 @@
 use axum::extract::State;
 use axum::{Extension, Json};
 
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::openai::{ModelCard, ModelList};
 use crate::state::AppState;
 
@@ -26,7 +26,12 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
     }
     for project in state.projects().all() {
         let parent = project.config.adapter.clone().unwrap_or_else(|| base.clone());
-        data.push(card(project.name().to_owned(), Some(parent), project.config.path.display().to_string(), state.started()));
+        data.push(card(
+            project.name().to_owned(),
+            Some(parent),
+            project.config.path.display().to_string(),
+            state.started(),
+        ));
     }
     data.retain(|c| caller.may_use(&c.id, &base));
     if let Some(name) = state.projects().embedding_name() {

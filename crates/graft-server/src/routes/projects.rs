@@ -6,12 +6,12 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::{Extension, Json as AxumJson};
+use axum::Json as AxumJson;
 use graft_index::IndexError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::Caller;
+use crate::caller::Admin;
 use crate::error::ApiError;
 use crate::json::Json;
 use crate::projects::{Project, ReindexError};
@@ -25,25 +25,24 @@ fn project(state: &AppState, name: &str) -> Result<std::sync::Arc<Project>, ApiE
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("No project named `{name}`")))
 }
 
-pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<AxumJson<Value>, ApiError> {
-    caller.require_admin()?;
+pub async fn list(State(state): State<AppState>, _admin: Admin) -> Result<AxumJson<Value>, ApiError> {
     let data: Vec<Value> = state.projects().all().map(|p| state.projects().status(p)).collect();
     Ok(AxumJson(json!({ "object": "list", "data": data })))
 }
 
-pub async fn status(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Result<AxumJson<Value>, ApiError> {
-    caller.require_admin()?;
+pub async fn status(State(state): State<AppState>, _admin: Admin, Path(name): Path<String>) -> Result<AxumJson<Value>, ApiError> {
     let project = project(&state, &name)?;
     Ok(AxumJson(state.projects().status(&project)))
 }
 
-pub async fn reindex(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Result<AxumJson<Value>, ApiError> {
-    caller.require_admin()?;
+pub async fn reindex(State(state): State<AppState>, _admin: Admin, Path(name): Path<String>) -> Result<AxumJson<Value>, ApiError> {
     let project = project(&state, &name)?;
     let report = state.projects().reindex(&project).await.map_err(|e| {
         let message = format!("Re-indexing `{name}` failed: {e}");
         match e {
-            ReindexError::Running | ReindexError::Index(IndexError::Busy | IndexError::InUse { .. }) => ApiError::new(StatusCode::CONFLICT, message),
+            ReindexError::Running | ReindexError::Index(IndexError::Busy | IndexError::InUse { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, message)
+            }
             ReindexError::Index(_) => ApiError::internal("re-index failed", &message),
         }
     })?;
@@ -63,11 +62,10 @@ pub struct SearchRequest {
 
 pub async fn search(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    _admin: Admin,
     Path(name): Path<String>,
     Json(request): Json<SearchRequest>,
 ) -> Result<AxumJson<Value>, ApiError> {
-    caller.require_admin()?;
     let project = project(&state, &name)?;
     let mode = match request.mode.as_deref() {
         None => graft_index::SearchMode::Hybrid,
@@ -82,6 +80,11 @@ pub async fn search(
         .search(&project, &request.query, k, mode)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("Searching `{name}` failed: {e}")))?
-        .ok_or_else(|| ApiError::busy(format!("Project `{name}`'s index is being re-indexed, here or by another graft process"), 5))?;
+        .ok_or_else(|| {
+            ApiError::busy(
+                format!("Project `{name}`'s index is being re-indexed, here or by another graft process"),
+                5,
+            )
+        })?;
     Ok(AxumJson(json!({ "object": "list", "data": hits })))
 }

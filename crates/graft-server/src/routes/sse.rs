@@ -6,41 +6,81 @@
 //! An error during generation (a deadline, an engine failure) becomes one error event, then
 //! `[DONE]`.
 //!
-//! This module owns the order of events; each route owns the shape of its chunks ([`Chunks`]).
+//! This module owns the order of events and the choice between a stream and a whole answer
+//! ([`respond`]); each route owns the shape of its chunks and answers ([`Chunks`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream};
-use graft_engine::StreamEvent;
+use graft_engine::{Completion, StreamEvent};
 
-use crate::augment::Source;
+use crate::error::ApiError;
 use crate::generation::Generation;
 use crate::openai;
+pub use crate::openai::Extras;
 
-/// One event's content.
+/// What one event's choice says.
 pub enum Part {
     /// The stream's opening event (only for formats whose [`Chunks::OPENS`] is true).
     Open,
     Text(String),
     Finish(&'static str),
-    Usage(openai::Usage),
 }
 
-/// graft's extension fields of an answer, sent on a stream's first event.
-#[derive(Debug, Default)]
-pub struct Extras {
-    pub sources: Option<Vec<Source>>,
-    pub debug: Option<openai::DebugInfo>,
-}
-
-/// How a route writes its chunks.
+/// How a route's answers look: the choice of each stream event, and the choice of a whole
+/// answer. Everything around the choices (the envelope, the usage event, the extension
+/// fields) is this module's.
 pub trait Chunks: Send + Sync + 'static {
     /// Whether the stream opens with an event of its own before any text.
     const OPENS: bool;
-    /// The event for `part`, with the extension fields on the stream's first event.
-    fn event(&self, part: Part, extras: Extras) -> Event;
+    /// The `object` of stream events (`chat.completion.chunk`) and of a whole answer.
+    const CHUNK_OBJECT: &'static str;
+    const WHOLE_OBJECT: &'static str;
+    type Chunk: serde::Serialize;
+    type Whole: serde::Serialize;
+    /// The id, time and model of every event of this answer.
+    fn head(&self) -> &openai::AnswerHead;
+    /// A stream event's choice.
+    fn chunk(&self, part: Part) -> Self::Chunk;
+    /// The choice of the whole answer.
+    fn whole(&self, completion: Completion) -> Self::Whole;
+}
+
+/// The event for `part`, with the extension fields on the stream's first event.
+fn event<C: Chunks>(chunks: &C, part: Part, extras: Extras) -> Event {
+    json_event(&chunks.head().envelope(C::CHUNK_OBJECT, vec![chunks.chunk(part)], None, extras))
+}
+
+/// The usage event: no choices, as in OpenAI's API.
+fn usage_event<C: Chunks>(chunks: &C, usage: graft_engine::Usage) -> Event {
+    json_event(
+        &chunks
+            .head()
+            .envelope::<C::Chunk>(C::CHUNK_OBJECT, Vec::new(), Some(usage.into()), Extras::default()),
+    )
+}
+
+/// The answer to a generation request: server-sent events as `generation` goes when
+/// `streaming`, else the whole answer once it has ended.
+pub async fn respond<C: Chunks>(
+    generation: Generation,
+    chunks: C,
+    streaming: bool,
+    include_usage: bool,
+    extras: Extras,
+) -> Result<Response, ApiError> {
+    if streaming {
+        return Ok(stream(generation, chunks, include_usage, extras).into_response());
+    }
+    let completion = generation.collect().await?;
+    let usage = Some(completion.usage.into());
+    let whole = chunks
+        .head()
+        .envelope(C::WHOLE_OBJECT, vec![chunks.whole(completion)], usage, extras);
+    Ok(axum::Json(whole).into_response())
 }
 
 /// Where a stream is.
@@ -53,24 +93,34 @@ enum Phase {
 }
 
 /// `generation` as server-sent events written by `chunks`.
-pub fn stream<C: Chunks>(generation: Generation, chunks: C, include_usage: bool, extras: Extras) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub fn stream<C: Chunks>(
+    generation: Generation,
+    chunks: C,
+    include_usage: bool,
+    extras: Extras,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let chunks = Arc::new(chunks);
     let start = if C::OPENS { Phase::Open } else { Phase::Tokens };
     let events = stream::unfold((generation, start, Some(extras)), move |(mut generation, phase, mut extras)| {
         let chunks = Arc::clone(&chunks);
         async move {
             let (event, next) = match phase {
-                Phase::Open => (chunks.event(Part::Open, extras.take().unwrap_or_default()), Phase::Tokens),
+                Phase::Open => (event(&*chunks, Part::Open, extras.take().unwrap_or_default()), Phase::Tokens),
                 Phase::Tokens => match generation.next().await {
-                    Some(Ok(StreamEvent::Text(text))) => (chunks.event(Part::Text(text), extras.take().unwrap_or_default()), Phase::Tokens),
+                    Some(Ok(StreamEvent::Text(text))) => {
+                        (event(&*chunks, Part::Text(text), extras.take().unwrap_or_default()), Phase::Tokens)
+                    }
                     Some(Ok(StreamEvent::End { finish_reason, usage })) => {
                         let next = if include_usage { Phase::Usage(usage) } else { Phase::Done };
-                        (chunks.event(Part::Finish(finish_reason.as_str()), extras.take().unwrap_or_default()), next)
+                        (
+                            event(&*chunks, Part::Finish(finish_reason.as_str()), extras.take().unwrap_or_default()),
+                            next,
+                        )
                     }
                     Some(Err(e)) => (crate::error::stream_error_event(&e), Phase::Done),
                     None => (done(), Phase::Finished),
                 },
-                Phase::Usage(usage) => (chunks.event(Part::Usage(usage.into()), Extras::default()), Phase::Done),
+                Phase::Usage(usage) => (usage_event(&*chunks, usage), Phase::Done),
                 Phase::Done => (done(), Phase::Finished),
                 Phase::Finished => return None,
             };

@@ -3,10 +3,10 @@
 use axum::extract::State;
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
-use axum::{Extension, Json};
+use axum::Json;
 use serde_json::{json, Value};
 
-use crate::auth::Caller;
+use crate::caller::Admin;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -27,8 +27,9 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 /// `GET /metrics`: Prometheus text format. Needs an admin key when keys are configured.
-pub async fn metrics(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<impl IntoResponse, ApiError> {
-    caller.require_admin()?;
-    let text = state.metrics().render(state.pool().stats(), state.gate().in_flight(), state.gate().queued());
+pub async fn metrics(State(state): State<AppState>, _admin: Admin) -> Result<impl IntoResponse, ApiError> {
+    let text = state
+        .metrics()
+        .render(state.pool().stats(), state.gate().in_flight(), state.gate().queued());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }

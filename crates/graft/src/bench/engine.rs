@@ -25,15 +25,15 @@ use serde_json::json;
 
 use super::median;
 use crate::cli::BenchEngineArgs;
-use crate::{models, serve};
+use crate::models;
 
 const PROMPT: &str = "Write a long, detailed story about a robot who learns to paint, with many characters.";
 
 pub fn run(args: BenchEngineArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     let kit = Kit::new(&config.kit.dir);
-    models::ensure(&kit, &models::needed_by(&config)?, true)?;
-    let gguf = models::base_gguf(&config)?;
+    models::ensure(&kit, &graft_wiring::model_artifacts(&config)?, true)?;
+    let gguf = graft_wiring::base_gguf(&config)?;
     if args.adapters == 0 || args.reps == 0 || args.max_tokens == 0 {
         bail!("--adapters, --reps and --max-tokens must be at least 1");
     }
@@ -44,7 +44,11 @@ pub fn run(args: BenchEngineArgs) -> Result<()> {
         return Ok(());
     }
     let f = &figures;
-    println!("engine benchmark: {} ({})", f["model"].as_str().unwrap_or(""), f["device"].as_str().unwrap_or(""));
+    println!(
+        "engine benchmark: {} ({})",
+        f["model"].as_str().unwrap_or(""),
+        f["device"].as_str().unwrap_or("")
+    );
     println!("  base model load             {:>9.2} s", f["base_load_s"].as_f64().unwrap_or(0.0));
     println!("  base model resident memory  {:>9.1} MB", f["base_rss_mb"].as_f64().unwrap_or(0.0));
     println!(
@@ -53,14 +57,37 @@ pub fn run(args: BenchEngineArgs) -> Result<()> {
         args.rank,
         PROJECTIONS.len()
     );
-    println!("  adapter activation, warm    {:>9.2} s   (merge from the cache + load)", f["warm_activation_s"].as_f64().unwrap_or(0.0));
-    println!("  resident memory per adapter {:>9.1} MB  (merged file {:.1} MB)", f["rss_per_adapter_mb"].as_f64().unwrap_or(0.0), f["merged_file_mb"].as_f64().unwrap_or(0.0));
-    println!("  decode, base                {:>9.1} tok/s  (time to first token {:.0} ms)", f["decode_base_tok_s"].as_f64().unwrap_or(0.0), f["ttft_base_ms"].as_f64().unwrap_or(0.0));
-    println!("  decode, adapter             {:>9.1} tok/s  (time to first token {:.0} ms)", f["decode_adapter_tok_s"].as_f64().unwrap_or(0.0), f["ttft_adapter_ms"].as_f64().unwrap_or(0.0));
+    println!(
+        "  adapter activation, warm    {:>9.2} s   (merge from the cache + load)",
+        f["warm_activation_s"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  resident memory per adapter {:>9.1} MB  (merged file {:.1} MB)",
+        f["rss_per_adapter_mb"].as_f64().unwrap_or(0.0),
+        f["merged_file_mb"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  decode, base                {:>9.1} tok/s  (time to first token {:.0} ms)",
+        f["decode_base_tok_s"].as_f64().unwrap_or(0.0),
+        f["ttft_base_ms"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  decode, adapter             {:>9.1} tok/s  (time to first token {:.0} ms)",
+        f["decode_adapter_tok_s"].as_f64().unwrap_or(0.0),
+        f["ttft_adapter_ms"].as_f64().unwrap_or(0.0)
+    );
     println!("  same request ({} tokens, greedy), median of {}:", f["overhead_tokens"], args.reps);
     println!("    mistralrs directly        {:>9.1} ms", f["direct_ms"].as_f64().unwrap_or(0.0));
-    println!("    graft pool                {:>9.1} ms  ({:+.1} ms)", f["pool_ms"].as_f64().unwrap_or(0.0), f["pool_overhead_ms"].as_f64().unwrap_or(0.0));
-    println!("    graft over HTTP           {:>9.1} ms  ({:+.1} ms)", f["http_ms"].as_f64().unwrap_or(0.0), f["http_overhead_ms"].as_f64().unwrap_or(0.0));
+    println!(
+        "    graft pool                {:>9.1} ms  ({:+.1} ms)",
+        f["pool_ms"].as_f64().unwrap_or(0.0),
+        f["pool_overhead_ms"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "    graft over HTTP           {:>9.1} ms  ({:+.1} ms)",
+        f["http_ms"].as_f64().unwrap_or(0.0),
+        f["http_overhead_ms"].as_f64().unwrap_or(0.0)
+    );
     Ok(())
 }
 
@@ -84,7 +111,7 @@ async fn measure(config: &graft_core::Config, gguf: std::path::PathBuf, args: &B
     eprintln!("loading the base model ...");
     let rss_start = rss_mb();
     let started = Instant::now();
-    let base = serve::base_model(config, gguf);
+    let base = graft_wiring::base_model(config, gguf);
     let engine = Arc::new(Engine::load(&base).await?);
     let base_load = started.elapsed();
     let adapters = AdapterStore {
@@ -219,7 +246,7 @@ async fn start_server(pool: Arc<Pool>, config: &graft_core::Config) -> Result<So
     let state = AppState::new(ServerParts {
         pool,
         generation: config.generation.clone(),
-        server: serve::server_config(config),
+        server: graft_wiring::server_config(config),
         keys: Default::default(),
         projects: Projects::none(),
     });

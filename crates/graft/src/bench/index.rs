@@ -20,10 +20,10 @@ use crate::{index, models};
 pub fn run(args: BenchIndexArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     let kit = graft_kit::Kit::new(&config.kit.dir);
-    models::ensure(&kit, &index::needed_artifacts(&config)?, true)?;
+    models::ensure(&kit, &graft_wiring::index_artifacts(&config)?, true)?;
     let scratch = tempfile::tempdir().context("creating a scratch folder for the index")?;
     let layout = IndexLayout::new(scratch.path().join("bench"));
-    let options = index::index_options(&config);
+    let options = graft_wiring::index_options(&config);
 
     let started = Instant::now();
     let embedder = index::load_embedder(&config)?;
@@ -37,7 +37,7 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
     eprintln!("searching with {} queries ...", queries.len());
     let mut latencies = Vec::new();
     for mode in [SearchMode::Keyword, SearchMode::Vector, SearchMode::Hybrid] {
-        let search = index::search_options(&config, mode, config.index.top_k);
+        let search = graft_wiring::search_options(&config, mode, config.index.top_k);
         let mut times = Vec::with_capacity(queries.len());
         for q in &queries {
             let t = Instant::now();
@@ -88,14 +88,19 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
     println!("  re-index, no change    {:>10.2} s", again.elapsed.as_secs_f64());
     println!("search latency over {} queries (k = {})", queries.len(), config.index.top_k);
     for (mode, p50, p99) in latencies {
-        println!("  {:<8} p50 {:>8.2} ms   p99 {:>8.2} ms", format!("{mode:?}").to_lowercase(), ms(p50), ms(p99));
+        println!(
+            "  {:<8} p50 {:>8.2} ms   p99 {:>8.2} ms",
+            format!("{mode:?}").to_lowercase(),
+            ms(p50),
+            ms(p99)
+        );
     }
     Ok(())
 }
 
 /// Up to `n` distinct identifiers of 8 or more characters from the tree, spread evenly.
 fn sample_queries(root: &Path, config: &graft_core::Config, n: usize) -> Vec<String> {
-    let walk_options = index::index_options(config).walk;
+    let walk_options = graft_wiring::index_options(config).walk;
     let Ok(walked) = graft_index::walk::walk(root, &walk_options) else {
         return Vec::new();
     };

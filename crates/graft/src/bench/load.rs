@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::{ms, percentile};
 use crate::cli::BenchLoadArgs;
-use crate::{index, models, serve};
+use crate::{index, models};
 
 /// Questions a developer asks about a codebase (graft's own, in the default config).
 const QUESTIONS: &[&str] = &[
@@ -43,33 +43,47 @@ pub fn run(args: BenchLoadArgs) -> Result<()> {
     }
     let config = models::load_config(&args.config.config)?;
     let project = match &args.project {
-        Some(name) => Some(config.projects.iter().find(|p| &p.name == name).with_context(|| format!("no project `{name}` in the config"))?),
+        Some(name) => Some(
+            config
+                .projects
+                .iter()
+                .find(|p| &p.name == name)
+                .with_context(|| format!("no project `{name}` in the config"))?,
+        ),
         None => config.projects.first(),
     };
     let Some(project) = project else {
         bail!("the load benchmark compares requests with and without retrieval, so it needs a project in the config");
     };
-    let layout = index::layout(&config, &project.name);
+    let layout = graft_wiring::layout(&config, &project.name);
     if graft_index::Meta::read(&layout).is_none() {
-        bail!("project `{}` has no index yet: run `graft index --project {}` (or `graft up`) first", project.name, project.name);
+        bail!(
+            "project `{}` has no index yet: run `graft index --project {}` (or `graft up`) first",
+            project.name,
+            project.name
+        );
     }
     let kit = Kit::new(&config.kit.dir);
-    models::ensure(&kit, &models::needed_by(&config)?, true)?;
-    let gguf = models::base_gguf(&config)?;
+    models::ensure(&kit, &graft_wiring::model_artifacts(&config)?, true)?;
+    let gguf = graft_wiring::base_gguf(&config)?;
     let embedder = index::load_embedder(&config)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let figures = runtime.block_on(async {
-        let base = serve::base_model(&config, gguf);
+        let base = graft_wiring::base_model(&config, gguf);
         eprintln!("loading {} ...", base.name);
         let engine = Arc::new(Engine::load(&base).await?);
-        let pool = Arc::new(Pool::new(engine, serve::adapter_store(&config), serve::pool_limits(&config))?);
+        let pool = Arc::new(Pool::new(
+            engine,
+            graft_wiring::adapter_store(&config),
+            graft_wiring::pool_limits(&config),
+        )?);
         let state = AppState::new(ServerParts {
             pool,
             generation: config.generation.clone(),
-            server: serve::server_config(&config),
+            server: graft_wiring::server_config(&config),
             keys: Default::default(),
-            projects: serve::projects(&config, Some(embedder)),
+            projects: graft_wiring::projects(&config, Some(Arc::new(embedder))),
         });
         let max_body_bytes = config.server.max_body_bytes;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -45,6 +45,17 @@ pub struct Serving {
     pub lines: Lines<BufReader<ChildStderr>>,
 }
 
+/// `graft up --config CONFIG` (warnings only), started and serving.
+pub fn graft_up(config: &Path) -> Serving {
+    start_serving(
+        Command::new(env!("CARGO_BIN_EXE_graft"))
+            .args(["up", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn"),
+        Duration::from_secs(300),
+    )
+}
+
 /// Runs `cmd` (`graft serve` or `graft up`) and waits up to `within` for the line that names
 /// the address it serves on.
 pub fn start_serving(cmd: &mut Command, within: Duration) -> Serving {

@@ -18,11 +18,12 @@
 //!
 //! This module owns that policy; merging is `merge`/`cache`, generation is `engine`.
 
-use std::collections::{HashMap, HashSet};
+mod table;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, UNIX_EPOCH};
 
 use crate::adapter::{Adapter, AdapterError};
 use crate::cache::MergeCache;
@@ -30,6 +31,8 @@ use crate::engine::{Engine, TokenStream};
 use crate::error::EngineError;
 use crate::merge::{BaseGguf, MergeError, MergeSettings};
 use crate::types::{ChatRequest, Completion, CompletionRequest};
+pub use table::Lease;
+use table::{Fingerprint, Table, Unload, Version};
 
 /// Where adapters come from and how they are merged.
 #[derive(Debug, Clone)]
@@ -84,85 +87,19 @@ pub enum PoolError {
     Busy { name: String, limit: String },
 }
 
-/// One loaded version of an adapter. When the last holder (the pool's table or a lease) lets
-/// go, the version is removed from the engine.
-struct Version {
-    name: String,
-    /// The engine's id for it: `name@<first 12 hex digits of the merge key>`.
-    id: String,
-    bytes: u64,
-    engine: Arc<Engine>,
-}
+/// Takes adapter versions out of the engine when nothing holds them any more.
+struct EngineUnloader(Arc<Engine>);
 
-impl Drop for Version {
-    fn drop(&mut self) {
-        let engine = Arc::clone(&self.engine);
-        let id = std::mem::take(&mut self.id);
-        let name = std::mem::take(&mut self.name);
+impl Unload for EngineUnloader {
+    fn unload(&self, name: &str, id: &str) {
+        let engine = Arc::clone(&self.0);
+        let (id, name) = (id.to_owned(), name.to_owned());
         // mistralrs's removal blocks; it gets a thread of its own so no caller waits on it.
         std::thread::spawn(move || match engine.remove_model(&id) {
             Ok(()) => tracing::info!(adapter = %name, version = %id, "adapter version unloaded"),
             Err(e) => tracing::warn!(adapter = %name, version = %id, "cannot unload adapter version: {e}"),
         });
     }
-}
-
-/// A model chosen for a request, held while the request runs: while any lease on an adapter
-/// version exists, that version stays loaded.
-#[derive(Clone)]
-pub struct Lease {
-    name: String,
-    version: Option<Arc<Version>>,
-}
-
-impl Lease {
-    /// The name the request used.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The engine's model id; `None` for the base model.
-    pub fn engine_id(&self) -> Option<&str> {
-        self.version.as_ref().map(|v| v.id.as_str())
-    }
-}
-
-/// The state of the adapter files when a version was loaded: sizes and modification times.
-/// A change means new files; the merge key then says whether their content really differs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fingerprint([(u64, u128); 2]);
-
-impl Fingerprint {
-    fn of(dir: &Path) -> Option<Fingerprint> {
-        let stat = |file: &str| -> Option<(u64, u128)> {
-            let meta = std::fs::metadata(dir.join(file)).ok()?;
-            let mtime = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?.as_nanos();
-            Some((meta.len(), mtime))
-        };
-        Some(Fingerprint([stat("adapter_config.json")?, stat("adapter_model.safetensors")?]))
-    }
-}
-
-/// A loaded adapter in the pool's table.
-struct Slot {
-    current: Arc<Version>,
-    /// The files `current` was loaded from.
-    files: Option<Fingerprint>,
-    /// Files that failed to load, so they are not retried on every request.
-    failed: Option<(Option<Fingerprint>, String)>,
-    last_used: u64,
-    loaded_at: SystemTime,
-}
-
-#[derive(Default)]
-struct Table {
-    slots: HashMap<String, Slot>,
-    /// Adapters loaded from folders outside the store ([`Pool::load`] with a path).
-    registered: HashMap<String, PathBuf>,
-    /// Store adapters unloaded on request: unknown until loaded again with [`Pool::load`].
-    unloaded: HashSet<String>,
-    /// A logical clock for LRU order.
-    clock: u64,
 }
 
 /// An adapter's state, for listings.
@@ -209,6 +146,7 @@ pub struct LoadReport {
 /// The base model and its adapters. Share it behind an `Arc`.
 pub struct Pool {
     engine: Arc<Engine>,
+    unloader: Arc<dyn Unload>,
     base: Arc<BaseGguf>,
     store: AdapterStore,
     limits: PoolLimits,
@@ -229,6 +167,7 @@ impl Pool {
             source,
         })?;
         Ok(Pool {
+            unloader: Arc::new(EngineUnloader(Arc::clone(&engine))),
             engine,
             base: Arc::new(base),
             store,
@@ -328,7 +267,11 @@ impl Pool {
         let files = Fingerprint::of(dir);
         let loaded = {
             let table = self.lock();
-            table.slots.get(name).filter(|s| s.files == files && files.is_some()).map(|s| s.current.id.clone())
+            table
+                .slots
+                .get(name)
+                .filter(|s| s.files == files && files.is_some())
+                .map(|s| s.current.id.clone())
         };
         if let Some(engine_id) = loaded {
             return Ok(LoadReport {
@@ -386,7 +329,7 @@ impl Pool {
                 AdapterInfo {
                     loaded: slot.map(|s| s.current.id.clone()),
                     bytes: slot.map_or(0, |s| s.current.bytes),
-                    in_flight: slot.map_or(0, |s| Arc::strong_count(&s.current) - 1),
+                    in_flight: slot.map_or(0, table::Slot::in_flight),
                     loaded_at: slot.and_then(|s| s.loaded_at.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
                     last_error: slot.and_then(|s| s.failed.as_ref().map(|f| f.1.clone())),
                     name,
@@ -398,10 +341,7 @@ impl Pool {
 
     /// Loaded adapters, least recently used first.
     pub fn loaded(&self) -> Vec<String> {
-        let table = self.lock();
-        let mut slots: Vec<(&String, u64)> = table.slots.iter().map(|(n, s)| (n, s.last_used)).collect();
-        slots.sort_by_key(|s| s.1);
-        slots.into_iter().map(|s| s.0.clone()).collect()
+        self.lock().lru()
     }
 
     /// Starts a chat on the model named `model`; the stream holds the model's lease.
@@ -469,36 +409,16 @@ impl Pool {
         }
     }
 
-    /// A lease on the loaded version when it is still the one to serve: its files have not
-    /// changed since, or their change already failed to load, or they are gone.
+    /// A lease on the loaded version when it is still the one to serve (see
+    /// `Table::lease_if_current`).
     fn lease_if_current(&self, name: &str, dir: &Path) -> Option<Lease> {
         let files = Fingerprint::of(dir);
-        let mut table = self.lock();
-        table.clock += 1;
-        let clock = table.clock;
-        let slot = table.slots.get_mut(name)?;
-        let failed_files = slot.failed.as_ref().map(|f| f.0);
-        if files.is_some() && files != slot.files && failed_files != Some(files) {
-            return None;
-        }
-        slot.last_used = clock;
-        Some(Lease {
-            name: name.to_owned(),
-            version: Some(Arc::clone(&slot.current)),
-        })
+        self.lock().lease_if_current(name, files)
     }
 
     /// A lease on whatever version is loaded.
     fn lease_if_loaded(&self, name: &str) -> Option<Lease> {
-        let mut table = self.lock();
-        table.clock += 1;
-        let clock = table.clock;
-        let slot = table.slots.get_mut(name)?;
-        slot.last_used = clock;
-        Some(Lease {
-            name: name.to_owned(),
-            version: Some(Arc::clone(&slot.current)),
-        })
+        self.lock().lease_if_loaded(name)
     }
 
     /// Validates, merges and adds the adapter in `dir`, then makes it the version new requests
@@ -517,25 +437,19 @@ impl Pool {
                     merged_now,
                     seconds: started.elapsed().as_secs_f64(),
                 };
-                table.clock += 1;
-                let slot = Slot {
-                    current: version,
-                    files,
-                    failed: None,
-                    last_used: table.clock,
-                    loaded_at: SystemTime::now(),
-                };
                 // The old version (if any) leaves the table here and the engine when its last
                 // request ends.
-                table.slots.insert(name.to_owned(), slot);
+                table.install(name, version, files);
                 tracing::info!(adapter = name, version = %report.engine_id, seconds = report.seconds, merged_now, "adapter loaded");
                 Ok(report)
             }
             Err(e) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
-                if let Some(slot) = table.slots.get_mut(name) {
-                    tracing::error!(adapter = name, "new adapter files failed to load; the previous version keeps serving: {e}");
-                    slot.failed = Some((files, e.to_string()));
+                if table.record_failure(name, files, e.to_string()) {
+                    tracing::error!(
+                        adapter = name,
+                        "new adapter files failed to load; the previous version keeps serving: {e}"
+                    );
                 } else {
                     tracing::error!(adapter = name, "adapter failed to load: {e}");
                 }
@@ -552,7 +466,9 @@ impl Pool {
         let prepared = tokio::task::spawn_blocking(move || -> Result<_, PoolError> {
             // The files must really lie in the store or an allowed folder now, whatever
             // links lead there (checked on the opened files).
-            let roots: Vec<&Path> = std::iter::once(store.dir.as_path()).chain(store.allowed_dirs.iter().map(PathBuf::as_path)).collect();
+            let roots: Vec<&Path> = std::iter::once(store.dir.as_path())
+                .chain(store.allowed_dirs.iter().map(PathBuf::as_path))
+                .collect();
             let adapter = Adapter::load_confined(&owned_name, &owned_dir, store.max_rank, &roots)?;
             base.check(&adapter)?;
             let cache = MergeCache::new(&store.cache_dir);
@@ -560,16 +476,15 @@ impl Pool {
                 name: owned_name.clone(),
                 source,
             };
-            let key = cache.key(&base.path, &adapter, &store.merge).map_err(merge_error)?;
-            let merged = cache.get_or_merge(&base, &adapter, &store.merge).map_err(merge_error)?;
-            Ok((key, merged))
+            cache.get_or_merge(&base, &adapter, &store.merge).map_err(merge_error)
         })
         .await
         .map_err(|e| PoolError::Engine {
             name: name.to_owned(),
             source: EngineError::Generation(format!("the merge task failed: {e}")),
         })??;
-        let (key, merged) = prepared;
+        let merged = prepared;
+        let key = &merged.key;
         if merged.fresh {
             self.merges.fetch_add(1, Ordering::Relaxed);
         }
@@ -582,58 +497,34 @@ impl Pool {
         }
         let bytes = std::fs::metadata(&merged.path).map_or(0, |m| m.len());
         self.make_room(name, bytes)?;
-        self.engine
-            .add_model(&id, &merged.path)
-            .await
-            .map_err(|source| PoolError::Engine {
-                name: name.to_owned(),
-                source,
-            })?;
+        self.engine.add_model(&id, &merged.path).await.map_err(|source| PoolError::Engine {
+            name: name.to_owned(),
+            source,
+        })?;
         self.loads.fetch_add(1, Ordering::Relaxed);
         Ok((
             Arc::new(Version {
                 name: name.to_owned(),
                 id,
                 bytes,
-                engine: Arc::clone(&self.engine),
+                unloader: Arc::clone(&self.unloader),
             }),
             merged.fresh,
         ))
     }
 
-    /// Unloads least recently used idle adapters until one more of `bytes` fits. The adapter
-    /// being replaced (`name`) does not count: its table entry is about to be replaced.
+    /// Unloads least recently used idle adapters until one more of `bytes` fits, or says which
+    /// limit every busy adapter keeps it from meeting.
     fn make_room(&self, name: &str, bytes: u64) -> Result<(), PoolError> {
-        let mut table = self.lock();
-        loop {
-            let others = table.slots.iter().filter(|(n, _)| n.as_str() != name);
-            let (count, used) = others.fold((0usize, 0u64), |(c, b), (_, s)| (c + 1, b + s.current.bytes));
-            let over_count = count + 1 > self.limits.max_adapters;
-            let over_bytes = self.limits.max_bytes.is_some_and(|max| used + bytes > max);
-            if !over_count && !over_bytes {
-                return Ok(());
-            }
-            let idle_lru = table
-                .slots
-                .iter()
-                .filter(|(n, s)| n.as_str() != name && Arc::strong_count(&s.current) == 1)
-                .min_by_key(|(_, s)| s.last_used)
-                .map(|(n, _)| n.clone());
-            let Some(victim) = idle_lru else {
-                let limit = if over_count {
-                    format!("the limit of {} loaded adapters (adapters.max_loaded)", self.limits.max_adapters)
-                } else {
-                    format!("the limit of {} MB of loaded adapters (adapters.max_loaded_mb)", self.limits.max_bytes.unwrap_or(0) >> 20)
-                };
-                return Err(PoolError::Busy {
-                    name: name.to_owned(),
-                    limit,
-                });
-            };
-            table.slots.remove(&victim);
+        let evicted = self.lock().make_room(name, bytes, self.limits).map_err(|limit| PoolError::Busy {
+            name: name.to_owned(),
+            limit,
+        })?;
+        for victim in evicted {
             self.evictions.fetch_add(1, Ordering::Relaxed);
             tracing::info!(adapter = %victim, "evicted the least recently used idle adapter to make room");
         }
+        Ok(())
     }
 
     /// `dir` made absolute and checked to lie inside the store or an allowed folder.
@@ -661,15 +552,12 @@ impl Pool {
     }
 }
 
-/// Adapter names are folder names: letters, digits, `.`, `_` and `-`, not the base's name.
+/// Adapter names are folder names ([`graft_core::is_valid_name`]), not the base's name.
 fn check_name(name: &str, base: &str) -> Result<(), PoolError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if !ok {
+    if !graft_core::is_valid_name(name) {
         return Err(PoolError::InvalidName(format!(
-            "`{name}` is not a valid adapter name: use letters, digits, '.', '_' and '-' (at most 128, not starting with '.')"
+            "`{name}` is not a valid adapter name: use letters, digits, '.', '_' and '-' (at most {} characters, not starting with '.')",
+            graft_core::config::MAX_NAME_CHARS
         )));
     }
     if name == base {

@@ -69,7 +69,12 @@ const TRIM_SHARE: usize = 4;
 
 /// The hits (in order) whose rendered blocks fit `budget` tokens together, an oversized one
 /// cut to its leading whole lines (see the module comment).
-async fn fit(counter: &impl CountTokens, hits: Vec<SearchHit>, budget: usize, render: impl Fn(&SearchHit) -> String) -> Result<Vec<(SearchHit, String)>, EngineError> {
+async fn fit(
+    counter: &impl CountTokens,
+    hits: Vec<SearchHit>,
+    budget: usize,
+    render: impl Fn(&SearchHit) -> String,
+) -> Result<Vec<(SearchHit, String)>, EngineError> {
     let mut kept = Vec::new();
     let mut used = 0;
     for hit in hits {
@@ -139,7 +144,13 @@ where
 
 /// Adds the hits that fit `budget` to a conversation as repository context; returns the
 /// sources used.
-pub async fn chat(engine: &Engine, project: &str, messages: &mut Vec<ChatMessage>, hits: Vec<SearchHit>, budget: usize) -> Result<Vec<Source>, EngineError> {
+pub async fn chat(
+    engine: &Engine,
+    project: &str,
+    messages: &mut Vec<ChatMessage>,
+    hits: Vec<SearchHit>,
+    budget: usize,
+) -> Result<Vec<Source>, EngineError> {
     let kept = fit(engine, hits, budget, chat_block).await?;
     if kept.is_empty() {
         return Ok(Vec::new());
@@ -165,13 +176,20 @@ pub async fn chat(engine: &Engine, project: &str, messages: &mut Vec<ChatMessage
 pub async fn completion(engine: &Engine, hits: Vec<SearchHit>, budget: usize) -> Result<(Vec<ContextFile>, Vec<Source>), EngineError> {
     // Each chunk is shown under its path with its line range and followed by a newline, as the
     // repo-level formats render it.
-    let kept = fit(engine, hits, budget, |h| format!("{}:{}-{}\n{}\n", h.path, h.start_line, h.end_line, h.text)).await?;
+    let kept = fit(engine, hits, budget, |h| {
+        format!("{}:{}-{}\n{}\n", h.path, h.start_line, h.end_line, h.text)
+    })
+    .await?;
     let sources = kept.iter().map(|(hit, _)| Source::from(hit)).collect();
     let files = kept
         .into_iter()
         .map(|(hit, _)| ContextFile {
             path: hit.path,
-            text: if hit.text.ends_with('\n') { hit.text } else { format!("{}\n", hit.text) },
+            text: if hit.text.ends_with('\n') {
+                hit.text
+            } else {
+                format!("{}\n", hit.text)
+            },
         })
         .collect();
     Ok((files, sources))

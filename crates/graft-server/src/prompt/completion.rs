@@ -14,7 +14,8 @@ use graft_engine::fim::{ContextFile, FimInput};
 use graft_engine::PromptFormat;
 use graft_engine::{EngineError, Sampling};
 
-use crate::augment::{self, most_that_fit, CountTokens, Source};
+use super::augment::{self, most_that_fit, CountTokens, Source};
+use super::check_length;
 use crate::error::ApiError;
 use crate::generation::retrieve;
 use crate::openai::RetrievalField;
@@ -95,7 +96,9 @@ pub async fn lay_out(
     // current file.
     let mut extra_dropped = 0;
     if !extra.is_empty() {
-        let room = limit.saturating_sub(count(&input).await?).min(state.generation().max_extra_context_tokens);
+        let room = limit
+            .saturating_sub(count(&input).await?)
+            .min(state.generation().max_extra_context_tokens);
         let (kept, dropped) = newest_that_fit(state.engine(), extra, room).await?;
         input.context = kept;
         extra_dropped = dropped;
@@ -119,7 +122,7 @@ pub async fn lay_out(
 
     let text = format.render(&input);
     let tokens = state.engine().tokenize(None, &text, true).await?;
-    check_length(state, tokens.len(), param)?;
+    check_length(state, tokens.len(), param, "The prompt")?;
     Ok(CompletionPrompt {
         text,
         tokens,
@@ -154,7 +157,10 @@ async fn trim_to_fit(counter: &impl CountTokens, format: PromptFormat, input: &m
         let lines: Vec<String> = input.prefix.split_inclusive('\n').map(str::to_owned).collect();
         let last = |n: usize| lines[lines.len() - n..].concat();
         let (kept, _) = most_that_fit(lines.len(), |n| {
-            let rendered = format.render(&FimInput { prefix: last(n), ..input.clone() });
+            let rendered = format.render(&FimInput {
+                prefix: last(n),
+                ..input.clone()
+            });
             async move { Ok((counter.count(&rendered).await? <= limit).then_some(())) }
         })
         .await?;
@@ -164,22 +170,14 @@ async fn trim_to_fit(counter: &impl CountTokens, format: PromptFormat, input: &m
     Ok(cut)
 }
 
-/// A 400 naming `param` when a prompt of `tokens` is over `generation.max_prompt_tokens`.
-pub fn check_length(state: &AppState, tokens: usize, param: &'static str) -> Result<(), ApiError> {
-    let limit = state.generation().max_prompt_tokens;
-    if tokens > limit {
-        return Err(ApiError::invalid_param(
-            param,
-            format!("The prompt is {tokens} tokens long; the limit is {limit} (generation.max_prompt_tokens)"),
-        ));
-    }
-    Ok(())
-}
-
 /// The newest (last) of `files` that fit `room` tokens together, in their order, and how many
 /// older ones were left out. Once one does not fit, no older one is taken: what the model sees
 /// is the most recent run of files.
-async fn newest_that_fit(counter: &impl CountTokens, files: Vec<ContextFile>, room: usize) -> Result<(Vec<ContextFile>, usize), EngineError> {
+async fn newest_that_fit(
+    counter: &impl CountTokens,
+    files: Vec<ContextFile>,
+    room: usize,
+) -> Result<(Vec<ContextFile>, usize), EngineError> {
     let mut left = room;
     let mut kept = Vec::new();
     let mut dropped = 0;
@@ -201,7 +199,7 @@ async fn newest_that_fit(counter: &impl CountTokens, files: Vec<ContextFile>, ro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::augment::tests::{block_on, Words};
+    use crate::prompt::augment::tests::{block_on, Words};
 
     fn file(path: &str, words: usize) -> ContextFile {
         ContextFile {
@@ -228,7 +226,11 @@ mod tests {
         assert_eq!(input.suffix.as_deref(), Some(lines("s", 10).as_str()));
         // The prefix keeps its last lines: 80 words - 20 - 1 leave room for 29 lines.
         let kept: Vec<&str> = input.prefix.lines().collect();
-        assert_eq!((kept.first().copied(), kept.last().copied()), (Some("p71 x"), Some("p99 x")), "{kept:?}");
+        assert_eq!(
+            (kept.first().copied(), kept.last().copied()),
+            (Some("p71 x"), Some("p99 x")),
+            "{kept:?}"
+        );
         let rendered = PromptFormat::QwenCoder.render(&input);
         assert!(block_on(Words.count(&rendered)).expect("count") <= 80, "{rendered}");
 
