@@ -79,7 +79,8 @@ pub fn language_of(path: &str) -> &'static str {
     }
 }
 
-fn grammar(language: &str) -> Option<tree_sitter::Language> {
+/// The tree-sitter grammar of a language from [`language_of`], if graft has one.
+pub(crate) fn grammar(language: &str) -> Option<tree_sitter::Language> {
     Some(match language {
         "rust" => tree_sitter_rust::LANGUAGE.into(),
         "python" => tree_sitter_python::LANGUAGE.into(),
@@ -95,7 +96,7 @@ fn grammar(language: &str) -> Option<tree_sitter::Language> {
 }
 
 /// Node kinds that define a named thing, across the supported grammars.
-fn is_definition(kind: &str) -> bool {
+pub(crate) fn is_definition(kind: &str) -> bool {
     matches!(
         kind,
         // Rust
@@ -119,7 +120,7 @@ fn is_definition(kind: &str) -> bool {
 }
 
 /// The name a definition node introduces, if it has one.
-fn definition_name(node: Node, source: &[u8]) -> Option<String> {
+pub(crate) fn definition_name(node: Node, source: &[u8]) -> Option<String> {
     let text = |n: Node| n.utf8_text(source).ok().map(str::to_owned);
     match node.kind() {
         "impl_item" => {

@@ -4,7 +4,8 @@
 //! vendored, minified and huge files) → [`chunker`] (tree-sitter where there is a grammar, line
 //! windows elsewhere) → [`embed`] (fastembed) → [`vectors`] (Qdrant) + [`catalog`] (tantivy with
 //! the code-aware [`tokenizer`]). [`search`] answers queries by keyword, vector or both, fused
-//! in [`fusion`]. [`layout`] says where an index's files are and what it was built with.
+//! in [`fusion`]. [`layout`] says where an index's files are and what it was built with; [`symbols`] lists a
+//! file's definitions and their documentation.
 //!
 //! It knows nothing about generation or HTTP.
 
@@ -16,6 +17,7 @@ pub mod fusion;
 pub mod indexer;
 pub mod layout;
 pub mod search;
+pub mod symbols;
 pub mod tokenizer;
 pub mod vectors;
 pub mod walk;

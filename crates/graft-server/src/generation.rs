@@ -49,6 +49,7 @@ impl Admitted {
             seen_text: false,
             metrics: Arc::clone(state.metrics()),
             cut: state.cut_signal(),
+            trim_leading_whitespace: false,
             _slot: self.slot,
         }
     }
@@ -101,6 +102,7 @@ pub struct Generation {
     metrics: Arc<Metrics>,
     /// Shutdown's grace period is over ([`AppState::cut_generations`]).
     cut: tokio::sync::watch::Receiver<bool>,
+    trim_leading_whitespace: bool,
     _slot: Slot,
 }
 
@@ -108,31 +110,47 @@ impl Generation {
     /// The next event, or an error; a deadline that passes ends the generation with 504's
     /// error, and a shutdown past its grace period with 503's.
     pub async fn next(&mut self) -> Option<Result<StreamEvent, ApiError>> {
-        let cut = &mut self.cut;
-        let event = tokio::select! {
-            biased;
-            () = async {
-                // A server state that is gone cuts nothing.
-                if cut.wait_for(|c| *c).await.is_err() {
-                    std::future::pending::<()>().await;
+        loop {
+            let cut = &mut self.cut;
+            let mut event = tokio::select! {
+                biased;
+                () = async {
+                    // A server state that is gone cuts nothing.
+                    if cut.wait_for(|c| *c).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => return Some(Err(ApiError::shutting_down())),
+                event = tokio::time::timeout_at(self.deadline.0, self.tokens.next()) => match event {
+                    Err(_) => return Some(Err(ApiError::timeout(self.timeout))),
+                    Ok(event) => event?,
+                },
+            };
+            match &mut event {
+                Ok(StreamEvent::Text(text)) if !self.seen_text => {
+                    if self.trim_leading_whitespace {
+                        let trimmed = text.trim_start();
+                        if trimmed.is_empty() {
+                            continue;
+                        }
+                        *text = trimmed.to_owned();
+                    }
+                    self.seen_text = true;
+                    self.metrics.first_token(&self.model, self.started.elapsed());
                 }
-            } => return Some(Err(ApiError::shutting_down())),
-            event = tokio::time::timeout_at(self.deadline.0, self.tokens.next()) => match event {
-                Err(_) => return Some(Err(ApiError::timeout(self.timeout))),
-                Ok(event) => event?,
-            },
-        };
-        match &event {
-            Ok(StreamEvent::Text(_)) if !self.seen_text => {
-                self.seen_text = true;
-                self.metrics.first_token(&self.model, self.started.elapsed());
+                Ok(StreamEvent::End { usage, .. }) => {
+                    self.metrics.tokens(&self.model, usage.prompt_tokens, usage.completion_tokens);
+                }
+                _ => {}
             }
-            Ok(StreamEvent::End { usage, .. }) => {
-                self.metrics.tokens(&self.model, usage.prompt_tokens, usage.completion_tokens);
-            }
-            _ => {}
+            return Some(event.map_err(ApiError::from));
         }
-        Some(event.map_err(ApiError::from))
+    }
+
+    /// Leaves out the white space an answer starts with (a chat answer: the model's first
+    /// tokens are often a space or a newline after the template's assistant header).
+    pub fn trim_leading_whitespace(mut self) -> Generation {
+        self.trim_leading_whitespace = true;
+        self
     }
 
     /// The whole generation.

@@ -38,6 +38,88 @@ pub enum Command {
     /// The offline model kit: list it, fetch it.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Golden-set evaluation: build a golden set from a repository's held-out files.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Build a golden set from a repository: hold out some files (reproducibly), make
+    /// completion tasks (line, api, span) and questions from them, add your own examples, and
+    /// write the tasks (JSONL) and the split (`<FILE>.split.json`) beside each other.
+    Build(EvalBuildArgs),
+    /// Run a golden set's completion tasks in each arm (base: the model alone; rag: with code
+    /// retrieved from the repository, held-out files excluded) through graft's own /infill,
+    /// and compare the arms with paired bootstrap intervals.
+    Run(EvalRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalRunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The golden set (`graft eval build` writes it; its split file lies beside it).
+    pub golden: PathBuf,
+    /// The arms, compared with the first.
+    #[arg(long, default_value = "base,rag")]
+    pub arms: String,
+    /// Run at most this many completion tasks (chosen evenly by a seeded hash).
+    #[arg(long, value_name = "N")]
+    pub max_tasks: Option<usize>,
+    /// Lines of the current file before the cursor sent with each task.
+    #[arg(long, default_value_t = 40)]
+    pub context_lines: usize,
+    /// Tokens of retrieved code the rag arm may add.
+    #[arg(long, default_value_t = 512)]
+    pub context_tokens: usize,
+    /// The seed of task sampling and of the bootstrap.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Also write the report (every task's answers and scores) as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Print the report as JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalBuildArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The repository.
+    pub path: PathBuf,
+    /// The project it belongs to (names the default output file).
+    #[arg(long, short = 'p')]
+    pub project: String,
+    /// Completion tasks to make (line, api and span together).
+    #[arg(long, default_value_t = 300)]
+    pub tasks: usize,
+    /// Question tasks to make from documented definitions, at most.
+    #[arg(long, default_value_t = 30)]
+    pub questions: usize,
+    /// Hold out this fraction of the files (chosen by a seeded hash of each path).
+    #[arg(long, default_value_t = 0.2, conflicts_with_all = ["holdout_since", "holdout"])]
+    pub holdout_fraction: f64,
+    /// Hold out the files changed since this git commit instead.
+    #[arg(long, value_name = "COMMIT")]
+    pub holdout_since: Option<String>,
+    /// Hold out these files instead (paths relative to the repository).
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub holdout: Vec<String>,
+    /// The seed of every choice (split and tasks).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Your own examples to add: JSONL of {"question", "reference", "files"} (see README).
+    #[arg(long, value_name = "FILE")]
+    pub gold: Option<PathBuf>,
+    /// Where to write the golden set (default: eval/<project>.golden.jsonl).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

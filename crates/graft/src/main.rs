@@ -5,12 +5,14 @@
 //! - [`index`]: `graft index` and `graft search`.
 //! - [`models`]: `graft models fetch | list`.
 //! - [`adapters`]: `graft adapters list | merge`.
-//! - [`bench`]: `graft bench index` and `graft bench engine`.
+//! - [`bench`]: `graft bench index`, `graft bench engine` and `graft bench load`.
+//! - [`eval`]: `graft eval build` and `graft eval run`.
 //! - [`progress`]: progress bars.
 
 mod adapters;
 mod bench;
 mod cli;
+mod eval;
 mod index;
 mod models;
 mod progress;
@@ -22,12 +24,15 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cli::{AdaptersCommand, BenchCommand, Cli, Command, ModelsCommand};
+use cli::{AdaptersCommand, BenchCommand, Cli, Command, EvalCommand, ModelsCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A benchmark's in-process server would log a line per request among its figures.
-    init_logging(!matches!(cli.command, Command::Bench(BenchCommand::Load(_))));
+    init_logging(!matches!(
+        cli.command,
+        Command::Bench(BenchCommand::Load(_)) | Command::Eval(EvalCommand::Run(_))
+    ));
     let result = match cli.command {
         Command::Up(args) => serve::up(args),
         Command::Serve(args) => serve::serve(args),
@@ -40,6 +45,8 @@ fn main() -> ExitCode {
         Command::Adapters(AdaptersCommand::Merge { config, name, json }) => adapters::merge(&config.config, &name, json),
         Command::Models(ModelsCommand::Fetch { config, ids, json }) => models::fetch(&config.config, &ids, json),
         Command::Models(ModelsCommand::List { config, json }) => models::list(&config.config, json),
+        Command::Eval(EvalCommand::Build(args)) => eval::build_golden_set(args),
+        Command::Eval(EvalCommand::Run(args)) => eval::run_golden_set(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -69,3 +69,18 @@ impl Progress for KitProgress {
         }
     }
 }
+
+/// A bar over `total` steps of `what` on stderr, hidden when `quiet` (`--json`) or when
+/// stderr is not a terminal.
+pub fn bar(total: u64, what: &str, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    let template = format!("[{{bar:40}}] {{pos}}/{{len}} {what} {{per_sec}} {{eta}}");
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}

@@ -181,6 +181,33 @@ fn index_in_background(state: &AppState) {
     });
 }
 
+/// A server for `config` in this process, on a free loopback port, with no keys (benches and
+/// evaluation talk to it over HTTP, as clients do). It serves until the runtime ends.
+pub async fn start_on_loopback(config: &Config, embedder: Option<Embedder>) -> Result<std::net::SocketAddr> {
+    let gguf = graft_wiring::base_gguf(config)?;
+    let base = graft_wiring::base_model(config, gguf);
+    let engine = Arc::new(Engine::load(&base).await?);
+    let pool = Arc::new(Pool::new(
+        engine,
+        graft_wiring::adapter_store(config),
+        graft_wiring::pool_limits(config),
+    )?);
+    let state = AppState::new(ServerParts {
+        pool,
+        generation: config.generation.clone(),
+        server: graft_wiring::server_config(config),
+        keys: ApiKeys::default(),
+        projects: graft_wiring::projects(config, embedder.map(Arc::new)),
+    });
+    let max_body_bytes = config.server.max_body_bytes;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = graft_server::serve(listener, state, max_body_bytes, std::future::pending(), Duration::ZERO).await;
+    });
+    Ok(addr)
+}
+
 /// Completes on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = async {

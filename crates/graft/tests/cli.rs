@@ -215,3 +215,135 @@ fn adapters_are_listed_with_their_problems_and_merged_once() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("adapter `broken`"));
 }
+
+#[test]
+fn eval_build_writes_a_reproducible_golden_set_and_names_a_bad_gold_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |out: &Path, extra: &[&str]| {
+        graft()
+            .args(["eval", "build", "tests/fixtures/polyglot", "--project", "polyglot", "--json", "-o"])
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let half = ["--holdout-fraction", "0.5"];
+    let first = run(&a, &half);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(run(&b, &half).status.success());
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert!(report["tasks"].as_u64().unwrap() > 10, "{report}");
+    assert!(report["held_out"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "same repository and seed: same tasks"
+    );
+    let split = std::fs::read_to_string(dir.path().join("a.split.json")).unwrap();
+    assert_eq!(split, std::fs::read_to_string(dir.path().join("b.split.json")).unwrap());
+    // Every completion task comes from a held-out file.
+    let held_out: serde_json::Value = serde_json::from_str(&split).unwrap();
+    let held_out: Vec<&str> = held_out["held_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    for line in std::fs::read_to_string(&a).unwrap().lines() {
+        let task: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let Some(path) = task["path"].as_str() {
+            assert!(held_out.contains(&path), "{path} is not held out");
+        }
+    }
+
+    // The team's own examples are added; a bad one is named by line and field.
+    let gold = dir.path().join("gold.jsonl");
+    std::fs::write(
+        &gold,
+        "{\"question\": \"How are keys rotated?\", \"reference\": \"rotateSigningKeys\"}\n",
+    )
+    .unwrap();
+    let with_gold = run(
+        &dir.path().join("c.jsonl"),
+        &["--holdout-fraction", "0.5", "--gold", gold.to_str().unwrap()],
+    );
+    assert!(with_gold.status.success(), "{}", String::from_utf8_lossy(&with_gold.stderr));
+    let text = std::fs::read_to_string(dir.path().join("c.jsonl")).unwrap();
+    assert!(text.lines().last().unwrap().contains("\"id\":\"gold-1\""), "{text}");
+    std::fs::write(&gold, "{\"question\": \"q\", \"reference\": \"r\"}\n{\"question\": \"How?\"}\n").unwrap();
+    let bad = run(&dir.path().join("d.jsonl"), &["--gold", gold.to_str().unwrap()]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("line 2") && stderr.contains("`reference`"), "{stderr}");
+
+    let missing = run(&dir.path().join("e.jsonl"), &["--holdout", "no/such/file.rs"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no/such/file.rs"));
+}
+
+#[test]
+fn eval_run_scores_base_and_rag_and_never_retrieves_a_held_out_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden = dir.path().join("poly.jsonl");
+    let built = graft()
+        .args([
+            "eval",
+            "build",
+            "tests/fixtures/polyglot",
+            "--project",
+            "polyglot",
+            "--holdout-fraction",
+            "0.4",
+            "-o",
+        ])
+        .arg(&golden)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let report_file = dir.path().join("report.json");
+    let out = graft()
+        .args(["eval", "run", "--max-tasks", "3", "--json", "--report"])
+        .arg(&report_file)
+        .arg(&golden)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report,
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&report_file).unwrap()).unwrap()
+    );
+    let arms: Vec<&str> = report["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["arm"].as_str().unwrap())
+        .collect();
+    assert_eq!(arms, ["base", "rag"]);
+    assert_eq!(report["arms"][0]["all"]["tasks"], 3);
+    assert_eq!(report["arms"][0]["errors"], 0, "{report}");
+    assert_eq!(report["held_out_retrieved"], 0);
+    let outcomes = report["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 6, "3 tasks in 2 arms");
+    assert!(
+        outcomes
+            .iter()
+            .filter(|o| o["arm"] == "base")
+            .all(|o| o["sources"].as_array().unwrap().is_empty()),
+        "base retrieves nothing"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .filter(|o| o["arm"] == "rag")
+            .any(|o| !o["sources"].as_array().unwrap().is_empty()),
+        "rag retrieves"
+    );
+    for o in outcomes {
+        let es = o["edit_similarity"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&es), "{o}");
+    }
+    let em = &report["comparisons"][0]["metrics"]["exact_match"];
+    assert!(em["low"].as_f64().unwrap() <= em["high"].as_f64().unwrap(), "{em}");
+}

@@ -56,7 +56,7 @@ pub async fn completions(
         .complete_stream(&target.model, checked)
         .await
         .map_err(|e| state.pool_error(e, &caller))?;
-    let generation = admitted.start(tokens, &state, &target.name);
+    let generation = admitted.start(tokens, &state, &target.name).trim_leading_whitespace();
     let chunks = ChatChunks(AnswerHead::new("chatcmpl", target.name));
     sse::respond(generation, chunks, streaming, include_usage, Extras { sources, debug }).await
 }

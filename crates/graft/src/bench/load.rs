@@ -7,19 +7,16 @@
 //! requests, errors, throughput (requests and generated tokens per second), time to first
 //! token and whole-request latency (p50 / p99). It asserts nothing.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
-use graft_engine::{Engine, Pool};
 use graft_kit::Kit;
-use graft_server::{AppState, ServerParts};
 use serde_json::{json, Value};
 
 use super::{ms, percentile};
 use crate::cli::BenchLoadArgs;
-use crate::{index, models};
+use crate::{index, models, serve};
 
 /// Questions a developer asks about a codebase (graft's own, in the default config).
 const QUESTIONS: &[&str] = &[
@@ -65,32 +62,12 @@ pub fn run(args: BenchLoadArgs) -> Result<()> {
     }
     let kit = Kit::new(&config.kit.dir);
     models::ensure(&kit, &graft_wiring::model_artifacts(&config)?, true)?;
-    let gguf = graft_wiring::base_gguf(&config)?;
     let embedder = index::load_embedder(&config)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let figures = runtime.block_on(async {
-        let base = graft_wiring::base_model(&config, gguf);
-        eprintln!("loading {} ...", base.name);
-        let engine = Arc::new(Engine::load(&base).await?);
-        let pool = Arc::new(Pool::new(
-            engine,
-            graft_wiring::adapter_store(&config),
-            graft_wiring::pool_limits(&config),
-        )?);
-        let state = AppState::new(ServerParts {
-            pool,
-            generation: config.generation.clone(),
-            server: graft_wiring::server_config(&config),
-            keys: Default::default(),
-            projects: graft_wiring::projects(&config, Some(Arc::new(embedder))),
-        });
-        let max_body_bytes = config.server.max_body_bytes;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(async move {
-            let _ = graft_server::serve(listener, state, max_body_bytes, std::future::pending(), Duration::ZERO).await;
-        });
+        eprintln!("loading {} ...", config.model.name);
+        let addr = serve::start_on_loopback(&config, Some(embedder)).await?;
         let url = format!("http://{addr}/v1/chat/completions");
 
         // One request each way first, so the first timed request pays no one-time cost.

@@ -1,0 +1,161 @@
+//! The arms an evaluation compares, and the request each arm makes for a task.
+//!
+//! Every task goes through the path an editor plugin takes: llama.cpp's `/infill` on graft
+//! (the current file cut to the lines nearest the cursor when it is too long, retrieved code
+//! before it), greedy, one line for line-shaped tasks. The arms differ only in what graft
+//! adds: `base` asks without retrieval, `rag` with the project's retrieval.
+
+use serde_json::{json, Value};
+
+use crate::golden::{Task, TaskKind};
+
+/// What an arm adds to the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Arm {
+    /// The model alone.
+    Base,
+    /// The model with code retrieved from the repository (held-out files excluded).
+    Rag,
+}
+
+impl Arm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arm::Base => "base",
+            Arm::Rag => "rag",
+        }
+    }
+
+    /// `base,rag` → the arms, in that order.
+    pub fn parse_list(text: &str) -> Result<Vec<Arm>, String> {
+        let mut arms = Vec::new();
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let arm = match name {
+                "base" => Arm::Base,
+                "rag" => Arm::Rag,
+                other => return Err(format!("unknown arm `{other}`: the arms are base and rag")),
+            };
+            if !arms.contains(&arm) {
+                arms.push(arm);
+            }
+        }
+        if arms.is_empty() {
+            return Err("no arm named: use base, rag or base,rag".into());
+        }
+        Ok(arms)
+    }
+}
+
+/// How much of a task is sent.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestOptions {
+    /// Lines of the current file before the cursor.
+    pub context_lines: usize,
+    /// Lines after it, for fill-in-the-middle spans.
+    pub suffix_lines: usize,
+}
+
+impl Default for RequestOptions {
+    fn default() -> Self {
+        RequestOptions {
+            context_lines: 40,
+            suffix_lines: 10,
+        }
+    }
+}
+
+/// Whether a task's answer is one line (scored on its first line, generation stopped at the
+/// end of the line).
+pub fn one_line(task: &Task) -> bool {
+    task.kind != TaskKind::Question && task.span.as_deref() != Some("block")
+}
+
+/// The `/infill` body for `task` (a completion task) in `arm`, on `model`.
+pub fn infill_request(task: &Task, arm: Arm, model: &str, options: RequestOptions) -> Value {
+    let prefix = tail_lines(task.prefix.as_deref().unwrap_or_default(), options.context_lines);
+    // Line tasks see the code before the cursor only (RepoEval, CrossCodeEval); spans inside
+    // a line or a block see what follows too.
+    let fim = matches!(task.span.as_deref(), Some("middle_of_line" | "block"));
+    let suffix = if fim {
+        head_lines(task.suffix.as_deref().unwrap_or_default(), options.suffix_lines)
+    } else {
+        ""
+    };
+    let mut body = json!({
+        "model": model,
+        "input_prefix": prefix,
+        "input_suffix": suffix,
+        "n_predict": if one_line(task) { 48 } else { 160 },
+        "temperature": 0,
+        "retrieval": arm == Arm::Rag,
+    });
+    if one_line(task) {
+        body["stop"] = json!(["\n"]);
+    }
+    body
+}
+
+/// The last `n` lines of `text` (the line the cursor is on counting as one).
+fn tail_lines(text: &str, n: usize) -> &str {
+    let mut cut = text.len();
+    for _ in 0..n {
+        match text[..cut].rfind('\n') {
+            Some(i) => cut = i,
+            None => return text,
+        }
+    }
+    &text[cut + 1..]
+}
+
+fn head_lines(text: &str, n: usize) -> &str {
+    let mut end = 0;
+    for _ in 0..n {
+        match text[end..].find('\n') {
+            Some(i) => end += i + 1,
+            None => return text,
+        }
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(span: Option<&str>) -> Task {
+        Task {
+            id: "t".into(),
+            kind: if span.is_some() { TaskKind::Span } else { TaskKind::Line },
+            path: Some("a.rs".into()),
+            prefix: Some("l1\nl2\nl3\n    ".into()),
+            suffix: Some("\nafter1\nafter2\n".into()),
+            target: Some("x".into()),
+            span: span.map(str::to_owned),
+            symbol: None,
+            defined_in: None,
+            question: None,
+            reference: None,
+            files: Vec::new(),
+            origin: "repository".into(),
+        }
+    }
+
+    #[test]
+    fn a_line_task_sends_the_lines_before_the_cursor_and_stops_at_the_line_end() {
+        let options = RequestOptions {
+            context_lines: 2,
+            suffix_lines: 1,
+        };
+        let body = infill_request(&task(None), Arm::Rag, "proj", options);
+        assert_eq!(body["input_prefix"], "l3\n    ", "the cursor's line and one more");
+        assert_eq!(body["input_suffix"], "");
+        assert_eq!(body["stop"], json!(["\n"]));
+        assert_eq!((body["retrieval"].as_bool(), body["model"].as_str()), (Some(true), Some("proj")));
+        let block = infill_request(&task(Some("block")), Arm::Base, "proj", options);
+        assert_eq!(block["input_suffix"], "\n");
+        assert!(block.get("stop").is_none());
+        assert_eq!(block["retrieval"], false);
+        assert_eq!(Arm::parse_list("base, rag,base").unwrap(), [Arm::Base, Arm::Rag]);
+        assert!(Arm::parse_list("oracle").is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! graft-eval: the golden-set evaluation that judges retrieval, prompts and adapters by a
+//! number.
+//!
+//! - [`split`]: which files are held out (reproducibly), written down so that dataset
+//!   curation and training read the same split and never see those files.
+//! - [`golden`]: the golden set's tasks and its JSONL file (errors name the line and field).
+//! - [`build`]: tasks made from a repository's held-out files: *line*, *api* (a line that uses
+//!   a symbol defined in another file), *span* (rest of a line, middle of a line, a block) and
+//!   *question* (a documented definition; judged, not matched), plus a team's own examples.
+//! - [`metrics`]: exact match, edit similarity, identifier match and F1 (CrossCodeEval's
+//!   measures), and paired bootstrap intervals for the difference between two arms.
+//! - [`arms`]: what each arm asks the server for a task (`/infill`, greedy, with or without
+//!   retrieval); [`report`]: the outcomes scored, summarised per arm and compared.
+//!
+//! This crate reads repositories, says what to ask and scores the answers; sending the
+//! requests is the `graft eval run` command's, to a graft server, so every prompt is laid out
+//! by the server's own code.
+
+pub mod arms;
+pub mod build;
+pub mod golden;
+pub mod metrics;
+pub mod random;
+pub mod report;
+pub mod split;
+
+pub use golden::{GoldenError, GoldenSet, Task, TaskKind};
+pub use split::{Split, SplitError};

@@ -1,0 +1,296 @@
+//! What an evaluation run found: each task's answer per arm with its scores, the means per
+//! arm (all tasks, by kind, cross-file alone), and each arm against `base` with a paired
+//! bootstrap interval, an arm "better" or "worse" only when its interval excludes zero.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::arms::{one_line, Arm};
+use crate::golden::Task;
+use crate::metrics::{first_line, paired_bootstrap, score, Difference, Scores};
+
+/// One task answered in one arm.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub task: String,
+    pub kind: &'static str,
+    pub cross_file: bool,
+    pub arm: &'static str,
+    /// The answer as scored (its first line for one-line tasks).
+    pub answer: String,
+    pub exact_match: f64,
+    pub edit_similarity: f64,
+    pub identifier_match: f64,
+    pub identifier_f1: f64,
+    pub latency_ms: f64,
+    /// The retrieved files the answer's prompt held.
+    pub sources: Vec<String>,
+    /// Why the task has no answer (it then scores 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    /// Scores `answer` (or an error) for `task` in `arm`.
+    pub fn new(task: &Task, arm: Arm, answer: Result<String, String>, latency_ms: f64, sources: Vec<String>) -> Outcome {
+        let target = task.target.as_deref().unwrap_or_default();
+        let (answer, scores, error) = match answer {
+            Ok(text) => {
+                let text = if one_line(task) { first_line(&text).to_owned() } else { text };
+                let scores = score(&text, target);
+                (text, scores, None)
+            }
+            Err(e) => (String::new(), Scores::default(), Some(e)),
+        };
+        Outcome {
+            task: task.id.clone(),
+            kind: task.kind.as_str(),
+            cross_file: task.cross_file(),
+            arm: arm.name(),
+            answer,
+            exact_match: scores.exact_match,
+            edit_similarity: scores.edit_similarity,
+            identifier_match: scores.identifier_match,
+            identifier_f1: scores.identifier_f1,
+            latency_ms,
+            sources,
+            error,
+        }
+    }
+}
+
+/// The four measures, in report order.
+pub const METRICS: [&str; 4] = ["exact_match", "edit_similarity", "identifier_match", "identifier_f1"];
+
+fn metric(o: &Outcome, name: &str) -> f64 {
+    match name {
+        "exact_match" => o.exact_match,
+        "edit_similarity" => o.edit_similarity,
+        "identifier_match" => o.identifier_match,
+        _ => o.identifier_f1,
+    }
+}
+
+/// Means of the four measures over some tasks.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Means {
+    pub tasks: usize,
+    pub exact_match: f64,
+    pub edit_similarity: f64,
+    pub identifier_match: f64,
+    pub identifier_f1: f64,
+}
+
+fn means<'a>(outcomes: impl Iterator<Item = &'a Outcome>) -> Means {
+    let list: Vec<&Outcome> = outcomes.collect();
+    let n = list.len().max(1) as f64;
+    // (An empty sum of floats is -0.0.)
+    let mean = |name: &str| list.iter().map(|o| metric(o, name)).fold(0.0, |a, b| a + b) / n;
+    Means {
+        tasks: list.len(),
+        exact_match: mean("exact_match"),
+        edit_similarity: mean("edit_similarity"),
+        identifier_match: mean("identifier_match"),
+        identifier_f1: mean("identifier_f1"),
+    }
+}
+
+/// One arm's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArmSummary {
+    pub arm: &'static str,
+    pub all: Means,
+    pub cross_file: Means,
+    pub by_kind: BTreeMap<&'static str, Means>,
+    pub latency_ms_p50: f64,
+    pub errors: usize,
+}
+
+/// An arm against `base`, per measure.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub arm: &'static str,
+    pub against: &'static str,
+    pub metrics: BTreeMap<&'static str, Interval>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Interval {
+    pub difference: f64,
+    pub low: f64,
+    pub high: f64,
+    pub verdict: &'static str,
+}
+
+impl From<Difference> for Interval {
+    fn from(d: Difference) -> Interval {
+        Interval {
+            difference: d.mean,
+            low: d.low,
+            high: d.high,
+            verdict: d.verdict(),
+        }
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub arms: Vec<ArmSummary>,
+    pub comparisons: Vec<Comparison>,
+    /// Retrieved sources that were held-out files (must be 0).
+    pub held_out_retrieved: usize,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// The report of `outcomes` over `arms` (the first arm is the one others are compared with).
+pub fn report(arms: &[Arm], outcomes: Vec<Outcome>, held_out_retrieved: usize, seed: u64) -> Report {
+    let summaries = arms
+        .iter()
+        .map(|arm| {
+            let mine: Vec<&Outcome> = outcomes.iter().filter(|o| o.arm == arm.name()).collect();
+            let mut by_kind = BTreeMap::new();
+            for kind in ["line", "api", "span"] {
+                let of_kind: Vec<&Outcome> = mine.iter().copied().filter(|o| o.kind == kind).collect();
+                if !of_kind.is_empty() {
+                    by_kind.insert(kind, means(of_kind.into_iter()));
+                }
+            }
+            let mut latencies: Vec<f64> = mine.iter().map(|o| o.latency_ms).collect();
+            latencies.sort_by(f64::total_cmp);
+            ArmSummary {
+                arm: arm.name(),
+                all: means(mine.iter().copied()),
+                cross_file: means(mine.iter().copied().filter(|o| o.cross_file)),
+                by_kind,
+                latency_ms_p50: latencies.get(latencies.len() / 2).copied().unwrap_or(0.0),
+                errors: mine.iter().filter(|o| o.error.is_some()).count(),
+            }
+        })
+        .collect();
+    let mut comparisons = Vec::new();
+    if let Some((first, rest)) = arms.split_first() {
+        for arm in rest {
+            let paired = |name: &str| -> (Vec<f64>, Vec<f64>) {
+                let theirs: BTreeMap<&str, f64> = outcomes
+                    .iter()
+                    .filter(|o| o.arm == first.name())
+                    .map(|o| (o.task.as_str(), metric(o, name)))
+                    .collect();
+                outcomes
+                    .iter()
+                    .filter(|o| o.arm == arm.name())
+                    .filter_map(|o| theirs.get(o.task.as_str()).map(|a| (*a, metric(o, name))))
+                    .unzip()
+            };
+            let metrics = METRICS
+                .iter()
+                .map(|name| {
+                    let (a, b) = paired(name);
+                    (*name, paired_bootstrap(&a, &b, 2000, seed).into())
+                })
+                .collect();
+            comparisons.push(Comparison {
+                arm: arm.name(),
+                against: first.name(),
+                metrics,
+            });
+        }
+    }
+    Report {
+        arms: summaries,
+        comparisons,
+        held_out_retrieved,
+        outcomes,
+    }
+}
+
+impl Report {
+    /// The table a person reads in the terminal.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "{:<8} {:>6} {:>8} {:>8} {:>8} {:>8}   {:>9} {:>8}\n",
+            "arm", "tasks", "EM", "ES", "ID-EM", "ID-F1", "x-file EM", "p50 ms"
+        ));
+        for a in &self.arms {
+            let cross_file = if a.cross_file.tasks == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.3}", a.cross_file.exact_match)
+            };
+            let all = &a.all;
+            out.push_str(&format!(
+                "{:<8} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3}   {:>9} {:>8.0}\n",
+                a.arm,
+                all.tasks,
+                all.exact_match,
+                all.edit_similarity,
+                all.identifier_match,
+                all.identifier_f1,
+                cross_file,
+                a.latency_ms_p50
+            ));
+        }
+        for c in &self.comparisons {
+            out.push_str(&format!("\n{} − {} (paired bootstrap, 95%):\n", c.arm, c.against));
+            for name in METRICS {
+                if let Some(i) = c.metrics.get(name) {
+                    out.push_str(&format!(
+                        "  {:<17} {:+.3}  [{:+.3}, {:+.3}]  {}\n",
+                        name, i.difference, i.low, i.high, i.verdict
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::golden::TaskKind;
+
+    fn task(id: &str, target: &str) -> Task {
+        Task {
+            id: id.into(),
+            kind: TaskKind::Line,
+            path: Some("a.rs".into()),
+            prefix: Some(String::new()),
+            suffix: Some(String::new()),
+            target: Some(target.into()),
+            span: None,
+            symbol: None,
+            defined_in: None,
+            question: None,
+            reference: None,
+            files: Vec::new(),
+            origin: "repository".into(),
+        }
+    }
+
+    #[test]
+    fn arms_are_summarised_and_compared_task_by_task() {
+        let tasks: Vec<Task> = (0..40).map(|i| task(&format!("t{i}"), &format!("let v{i} = f();"))).collect();
+        let mut outcomes = Vec::new();
+        for (i, t) in tasks.iter().enumerate() {
+            let target = t.target.clone().unwrap();
+            // base is right on a quarter of the tasks, rag on all of them.
+            let base = if i % 4 == 0 { target.clone() } else { "nothing".into() };
+            outcomes.push(Outcome::new(t, Arm::Base, Ok(format!("{base}\nmore lines")), 10.0, vec![]));
+            outcomes.push(Outcome::new(t, Arm::Rag, Ok(target), 20.0, vec!["b.rs".into()]));
+        }
+        let r = report(&[Arm::Base, Arm::Rag], outcomes, 0, 1);
+        assert_eq!(r.arms[0].all.tasks, 40);
+        assert!((r.arms[0].all.exact_match - 0.25).abs() < 1e-12, "only the first line is scored");
+        assert_eq!(r.arms[1].all.exact_match, 1.0);
+        let em = &r.comparisons[0].metrics["exact_match"];
+        assert!((em.difference - 0.75).abs() < 1e-12 && em.low > 0.0, "{em:?}");
+        assert_eq!(em.verdict, "better");
+        assert!(r.table().contains("rag − base"));
+        let failed = Outcome::new(&tasks[0], Arm::Base, Err("timeout".into()), 0.0, vec![]);
+        assert_eq!((failed.exact_match, failed.error.as_deref()), (0.0, Some("timeout")));
+    }
+}

@@ -1,0 +1,186 @@
+//! The definitions in a source file, from the same tree-sitter grammars as chunking: each
+//! one's name, kind, lines and documentation comment. Evaluation reads them to make tasks
+//! whose answer uses a symbol defined elsewhere, and questions whose reference is a
+//! definition's documentation. This module is pure: text in, definitions out.
+
+use tree_sitter::{Node, Parser};
+
+use crate::chunker::{definition_name, grammar, is_definition, language_of};
+
+/// One definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Definition {
+    /// The name it introduces (`parse_config`, `TokenVault`); a method's own name, not its
+    /// type's.
+    pub name: String,
+    /// `function`, `type`, `class`, `trait`, `module`, `macro`, `constant`.
+    pub kind: &'static str,
+    /// First and last line, 1-based, inclusive.
+    pub start_line: usize,
+    pub end_line: usize,
+    /// Its documentation comment (`///`, `/** */`, a Python docstring), markers stripped.
+    pub doc: Option<String>,
+}
+
+/// The definitions in `text` (a file at `path`), outermost first; empty for a language
+/// without a grammar or a file the grammar cannot parse.
+pub fn definitions(path: &str, text: &str) -> Vec<Definition> {
+    let Some(language) = grammar(language_of(path)) else {
+        return Vec::new();
+    };
+    let mut parser = Parser::new();
+    if parser.set_language(&language).is_err() {
+        return Vec::new();
+    }
+    let Some(tree) = parser.parse(text, None) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    collect(tree.root_node(), text.as_bytes(), &mut found);
+    found
+}
+
+fn collect(node: Node, source: &[u8], found: &mut Vec<Definition>) {
+    let mut cursor = node.walk();
+    for child in node.named_children(&mut cursor) {
+        if is_definition(child.kind()) {
+            if let Some(kind) = kind_of(child) {
+                if let Some(name) = definition_name(child, source).filter(|n| is_identifier(n)) {
+                    found.push(Definition {
+                        name,
+                        kind,
+                        start_line: child.start_position().row + 1,
+                        end_line: child.end_position().row + 1,
+                        doc: doc_comment(child, source),
+                    });
+                }
+            }
+        }
+        // Methods inside impls and classes, nested modules, ...
+        collect(child, source, found);
+    }
+}
+
+/// The kind of a definition node; `None` for nodes that name no symbol of their own (an
+/// `impl` block, an `export` wrapper whose inner definition is visited on its own).
+fn kind_of(node: Node) -> Option<&'static str> {
+    Some(match node.kind() {
+        "function_item"
+        | "function_signature_item"
+        | "function_definition"
+        | "function_declaration"
+        | "generator_function_declaration"
+        | "method_definition"
+        | "method_declaration"
+        | "constructor_declaration" => "function",
+        "struct_item"
+        | "enum_item"
+        | "union_item"
+        | "type_alias_declaration"
+        | "enum_declaration"
+        | "type_declaration"
+        | "record_declaration"
+        | "struct_specifier"
+        | "enum_specifier"
+        | "interface_declaration" => "type",
+        "class_definition" | "class_declaration" | "abstract_class_declaration" | "class_specifier" => "class",
+        "trait_item" => "trait",
+        "mod_item" | "namespace_definition" => "module",
+        "macro_definition" => "macro",
+        "lexical_declaration" => "constant",
+        _ => return None,
+    })
+}
+
+/// Whether `name` is one plain identifier (not `a, b` from a multi-name declaration).
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_alphabetic() || c == '_') && chars.all(|c| c.is_alphanumeric() || c == '_')
+}
+
+/// The documentation of a definition: the doc comments right above it, or a Python
+/// docstring (the first statement of its body).
+fn doc_comment(node: Node, source: &[u8]) -> Option<String> {
+    let text = |n: Node| n.utf8_text(source).ok().unwrap_or_default().to_owned();
+    // Python: a string as the body's first statement.
+    if let Some(body) = node.child_by_field_name("body") {
+        let first = body.named_child(0);
+        if let Some(first) = first {
+            if first.kind() == "expression_statement" && first.named_child(0).is_some_and(|s| s.kind() == "string") {
+                let raw = text(first);
+                let doc = raw.trim().trim_matches(|c| c == '"' || c == '\'').trim();
+                return (!doc.is_empty()).then(|| dedent(doc));
+            }
+        }
+    }
+    // Comments directly above (no blank line between), innermost last.
+    let mut lines = Vec::new();
+    let mut expected_end = node.start_position().row;
+    let mut sibling = node.prev_sibling();
+    while let Some(comment) = sibling.filter(|s| s.kind().contains("comment")) {
+        if comment.end_position().row + 1 < expected_end {
+            break;
+        }
+        let raw = text(comment);
+        let is_doc = raw.starts_with("///") || raw.starts_with("/**") || raw.starts_with("//!") || raw.starts_with('#');
+        if !is_doc {
+            break;
+        }
+        lines.push(strip_comment(&raw));
+        expected_end = comment.start_position().row;
+        sibling = comment.prev_sibling();
+    }
+    lines.reverse();
+    let doc = lines.join("\n").trim().to_owned();
+    (!doc.is_empty()).then_some(doc)
+}
+
+fn strip_comment(raw: &str) -> String {
+    raw.lines()
+        .map(|l| {
+            let l = l.trim();
+            let l = l.strip_prefix("///").or_else(|| l.strip_prefix("//!")).unwrap_or(l);
+            let l = l.strip_prefix("/**").unwrap_or(l);
+            let l = l.strip_suffix("*/").unwrap_or(l);
+            let l = l.strip_prefix('*').unwrap_or(l);
+            let l = l.strip_prefix('#').unwrap_or(l);
+            l.trim().to_owned()
+        })
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn dedent(doc: &str) -> String {
+    doc.lines().map(str::trim).collect::<Vec<_>>().join("\n").trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_definitions_with_their_doc_comments() {
+        let text = "/// Reads the config.\n/// Missing file: defaults.\npub fn parse_config(p: &str) -> Config { todo!() }\n\n\
+                    // not a doc\nstruct Config { port: u16 }\n\nimpl Config {\n    /// The port.\n    fn port(&self) -> u16 { self.port }\n}\n";
+        let defs = definitions("src/config.rs", text);
+        let names: Vec<(&str, &str)> = defs.iter().map(|d| (d.name.as_str(), d.kind)).collect();
+        assert_eq!(names, [("parse_config", "function"), ("Config", "type"), ("port", "function")]);
+        assert_eq!(defs[0].doc.as_deref(), Some("Reads the config.\nMissing file: defaults."));
+        assert_eq!(defs[0].start_line, 3);
+        assert_eq!(defs[1].doc, None, "a plain comment is not documentation");
+        assert_eq!(defs[2].doc.as_deref(), Some("The port."));
+        assert_eq!(defs[2].start_line, 10);
+    }
+
+    #[test]
+    fn python_docstrings_and_methods() {
+        let text = "class Vault:\n    \"\"\"Holds keys.\"\"\"\n\n    def rotate(self):\n        '''Replaces the signing key.\n\n        Returns the old one.'''\n        return 1\n";
+        let defs = definitions("vault.py", text);
+        let names: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["Vault", "rotate"]);
+        assert_eq!(defs[0].doc.as_deref(), Some("Holds keys."));
+        assert_eq!(defs[1].doc.as_deref(), Some("Replaces the signing key.\n\nReturns the old one."));
+        assert!(definitions("notes.md", "# hi").is_empty());
+    }
+}
