@@ -7,6 +7,7 @@
 
 use serde_json::{json, Value};
 
+use crate::controls::Context;
 use crate::golden::{Task, TaskKind};
 
 /// What an arm adds to the model.
@@ -16,6 +17,11 @@ pub enum Arm {
     Base,
     /// The model with code retrieved from the repository (held-out files excluded).
     Rag,
+    /// Control: the definition of the symbol an api task uses, given by hand (the ceiling
+    /// of retrieval).
+    Oracle,
+    /// Control: random code of about the same size (the floor).
+    Random,
 }
 
 impl Arm {
@@ -23,6 +29,8 @@ impl Arm {
         match self {
             Arm::Base => "base",
             Arm::Rag => "rag",
+            Arm::Oracle => "oracle",
+            Arm::Random => "random",
         }
     }
 
@@ -33,7 +41,9 @@ impl Arm {
             let arm = match name {
                 "base" => Arm::Base,
                 "rag" => Arm::Rag,
-                other => return Err(format!("unknown arm `{other}`: the arms are base and rag")),
+                "oracle" => Arm::Oracle,
+                "random" => Arm::Random,
+                other => return Err(format!("unknown arm `{other}`: the arms are base, rag, oracle and random")),
             };
             if !arms.contains(&arm) {
                 arms.push(arm);
@@ -70,8 +80,9 @@ pub fn one_line(task: &Task) -> bool {
     task.kind != TaskKind::Question && task.span.as_deref() != Some("block")
 }
 
-/// The `/infill` body for `task` (a completion task) in `arm`, on `model`.
-pub fn infill_request(task: &Task, arm: Arm, model: &str, options: RequestOptions) -> Value {
+/// The `/infill` body for `task` (a completion task) in `arm`, on `model`; `extra` is the
+/// control's context (oracle, random), sent as the plugin's extra files.
+pub fn infill_request(task: &Task, arm: Arm, model: &str, options: RequestOptions, extra: Option<&Context>) -> Value {
     let prefix = tail_lines(task.prefix.as_deref().unwrap_or_default(), options.context_lines);
     // Line tasks see the code before the cursor only (RepoEval, CrossCodeEval); spans inside
     // a line or a block see what follows too.
@@ -89,6 +100,9 @@ pub fn infill_request(task: &Task, arm: Arm, model: &str, options: RequestOption
         "temperature": 0,
         "retrieval": arm == Arm::Rag,
     });
+    if let Some(extra) = extra {
+        body["input_extra"] = json!([{"filename": extra.path, "text": extra.text}]);
+    }
     if one_line(task) {
         body["stop"] = json!(["\n"]);
     }
@@ -146,16 +160,21 @@ mod tests {
             context_lines: 2,
             suffix_lines: 1,
         };
-        let body = infill_request(&task(None), Arm::Rag, "proj", options);
+        let body = infill_request(&task(None), Arm::Rag, "proj", options, None);
         assert_eq!(body["input_prefix"], "l3\n    ", "the cursor's line and one more");
         assert_eq!(body["input_suffix"], "");
         assert_eq!(body["stop"], json!(["\n"]));
         assert_eq!((body["retrieval"].as_bool(), body["model"].as_str()), (Some(true), Some("proj")));
-        let block = infill_request(&task(Some("block")), Arm::Base, "proj", options);
+        let extra = Context {
+            path: "b.rs".into(),
+            text: "fn b() {}".into(),
+        };
+        let block = infill_request(&task(Some("block")), Arm::Oracle, "proj", options, Some(&extra));
+        assert_eq!(block["input_extra"], json!([{"filename": "b.rs", "text": "fn b() {}"}]));
         assert_eq!(block["input_suffix"], "\n");
         assert!(block.get("stop").is_none());
         assert_eq!(block["retrieval"], false);
         assert_eq!(Arm::parse_list("base, rag,base").unwrap(), [Arm::Base, Arm::Rag]);
-        assert!(Arm::parse_list("oracle").is_err());
+        assert!(Arm::parse_list("ceiling").is_err());
     }
 }

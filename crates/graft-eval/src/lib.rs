@@ -10,7 +10,8 @@
 //! - [`metrics`]: exact match, edit similarity, identifier match and F1 (CrossCodeEval's
 //!   measures), and paired bootstrap intervals for the difference between two arms.
 //! - [`arms`]: what each arm asks the server for a task (`/infill`, greedy, with or without
-//!   retrieval); [`report`]: the outcomes scored, summarised per arm and compared.
+//!   retrieval); [`controls`]: the oracle and random contexts; [`report`]: the outcomes
+//!   scored, summarised per arm and compared.
 //!
 //! This crate reads repositories, says what to ask and scores the answers; sending the
 //! requests is the `graft eval run` command's, to a graft server, so every prompt is laid out
@@ -18,6 +19,7 @@
 
 pub mod arms;
 pub mod build;
+pub mod controls;
 pub mod golden;
 pub mod metrics;
 pub mod random;

@@ -61,7 +61,8 @@ pub struct EvalRunArgs {
     pub config: ConfigArg,
     /// The golden set (`graft eval build` writes it; its split file lies beside it).
     pub golden: PathBuf,
-    /// The arms, compared with the first.
+    /// The arms, compared with the first: base, rag, and the controls oracle (the definition
+    /// an api task needs, given by hand) and random (random code of the same size).
     #[arg(long, default_value = "base,rag")]
     pub arms: String,
     /// Run at most this many completion tasks (chosen evenly by a seeded hash).

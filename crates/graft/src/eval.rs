@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use graft_eval::arms::{infill_request, Arm, RequestOptions};
 use graft_eval::build::{build, BuildOptions};
+use graft_eval::controls;
 use graft_eval::random::stable_hash;
 use graft_eval::report::{report, Outcome};
 use graft_eval::{GoldenSet, Split, Task, TaskKind};
@@ -179,6 +180,8 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
     }
 
     check_held_out_unreachable(&eval_config, &repo, &split, &embedder)?;
+    // The controls draw from the repository as the index walks it.
+    let files = graft_index::walk::walk(&repo, &graft_wiring::index_options(&eval_config).walk)?.files;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let outcomes = runtime.block_on(async {
@@ -193,7 +196,12 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
         let mut outcomes = Vec::new();
         for task in &tasks {
             for &arm in &arms {
-                let body = infill_request(task, arm, EVAL_PROJECT, options);
+                let extra = match arm {
+                    Arm::Oracle => controls::oracle(task, &files),
+                    Arm::Random => controls::random(task, &files, &split, args.seed),
+                    Arm::Base | Arm::Rag => None,
+                };
+                let body = infill_request(task, arm, EVAL_PROJECT, options, extra.as_ref());
                 let started = Instant::now();
                 let answer = ask(&client, &url, &body).await;
                 let latency_ms = started.elapsed().as_secs_f64() * 1000.0;

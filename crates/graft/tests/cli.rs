@@ -303,7 +303,16 @@ fn eval_run_scores_base_and_rag_and_never_retrieves_a_held_out_file() {
     assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
     let report_file = dir.path().join("report.json");
     let out = graft()
-        .args(["eval", "run", "--max-tasks", "3", "--json", "--report"])
+        .args([
+            "eval",
+            "run",
+            "--max-tasks",
+            "3",
+            "--arms",
+            "base,rag,oracle,random",
+            "--json",
+            "--report",
+        ])
         .arg(&report_file)
         .arg(&golden)
         .output()
@@ -320,19 +329,20 @@ fn eval_run_scores_base_and_rag_and_never_retrieves_a_held_out_file() {
         .iter()
         .map(|a| a["arm"].as_str().unwrap())
         .collect();
-    assert_eq!(arms, ["base", "rag"]);
+    assert_eq!(arms, ["base", "rag", "oracle", "random"]);
     assert_eq!(report["arms"][0]["all"]["tasks"], 3);
     assert_eq!(report["arms"][0]["errors"], 0, "{report}");
     assert_eq!(report["held_out_retrieved"], 0);
     let outcomes = report["outcomes"].as_array().unwrap();
-    assert_eq!(outcomes.len(), 6, "3 tasks in 2 arms");
-    assert!(
-        outcomes
+    assert_eq!(outcomes.len(), 12, "3 tasks in 4 arms");
+    for arm in ["base", "oracle", "random"] {
+        let retrieved = outcomes
             .iter()
-            .filter(|o| o["arm"] == "base")
-            .all(|o| o["sources"].as_array().unwrap().is_empty()),
-        "base retrieves nothing"
-    );
+            .filter(|o| o["arm"] == arm)
+            .any(|o| !o["sources"].as_array().unwrap().is_empty());
+        assert!(!retrieved, "{arm} retrieves nothing");
+    }
+    assert_eq!(report["comparisons"].as_array().unwrap().len(), 3, "each arm against base");
     assert!(
         outcomes
             .iter()
