@@ -194,6 +194,7 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
             ..RequestOptions::default()
         };
         let mut outcomes = Vec::new();
+        let started_all = Instant::now();
         for task in &tasks {
             for &arm in &arms {
                 let extra = match arm {
@@ -211,6 +212,15 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
                 };
                 outcomes.push(Outcome::new(task, arm, text, latency_ms, sources));
                 bar.inc(1);
+                // Without a terminal (a log, CI) a line every tenth of the way instead of the bar.
+                let total = tasks.len() * arms.len();
+                if bar.is_hidden() && !args.json && (outcomes.len() * 10 / total) != ((outcomes.len() - 1) * 10 / total) {
+                    eprintln!(
+                        "eval: {}/{total} requests, {:.0} s",
+                        outcomes.len(),
+                        started_all.elapsed().as_secs_f64()
+                    );
+                }
             }
         }
         bar.finish_and_clear();
