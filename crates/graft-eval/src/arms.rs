@@ -7,6 +7,7 @@
 
 use serde_json::{json, Value};
 
+use crate::build::{first_lines, last_lines};
 use crate::controls::Context;
 use crate::golden::{Task, TaskKind};
 
@@ -83,12 +84,12 @@ pub fn one_line(task: &Task) -> bool {
 /// The `/infill` body for `task` (a completion task) in `arm`, on `model`; `extra` is the
 /// control's context (oracle, random), sent as the plugin's extra files.
 pub fn infill_request(task: &Task, arm: Arm, model: &str, options: RequestOptions, extra: Option<&Context>) -> Value {
-    let prefix = tail_lines(task.prefix.as_deref().unwrap_or_default(), options.context_lines);
+    let prefix = last_lines(task.prefix.as_deref().unwrap_or_default(), options.context_lines);
     // Line tasks see the code before the cursor only (RepoEval, CrossCodeEval); spans inside
     // a line or a block see what follows too.
     let fim = matches!(task.span.as_deref(), Some("middle_of_line" | "block"));
     let suffix = if fim {
-        head_lines(task.suffix.as_deref().unwrap_or_default(), options.suffix_lines)
+        first_lines(task.suffix.as_deref().unwrap_or_default(), options.suffix_lines)
     } else {
         ""
     };
@@ -109,49 +110,27 @@ pub fn infill_request(task: &Task, arm: Arm, model: &str, options: RequestOption
     body
 }
 
-/// The last `n` lines of `text` (the line the cursor is on counting as one).
-fn tail_lines(text: &str, n: usize) -> &str {
-    let mut cut = text.len();
-    for _ in 0..n {
-        match text[..cut].rfind('\n') {
-            Some(i) => cut = i,
-            None => return text,
-        }
-    }
-    &text[cut + 1..]
-}
-
-fn head_lines(text: &str, n: usize) -> &str {
-    let mut end = 0;
-    for _ in 0..n {
-        match text[end..].find('\n') {
-            Some(i) => end += i + 1,
-            None => return text,
-        }
-    }
-    &text[..end]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn task(span: Option<&str>) -> Task {
-        Task {
-            id: "t".into(),
-            kind: if span.is_some() { TaskKind::Span } else { TaskKind::Line },
-            path: Some("a.rs".into()),
-            prefix: Some("l1\nl2\nl3\n    ".into()),
-            suffix: Some("\nafter1\nafter2\n".into()),
-            target: Some("x".into()),
-            span: span.map(str::to_owned),
-            symbol: None,
-            defined_in: None,
-            question: None,
-            reference: None,
-            files: Vec::new(),
-            origin: "repository".into(),
-        }
+        let kind = if span.is_some() { TaskKind::Span } else { TaskKind::Line };
+        let mut task = Task::completion(
+            kind,
+            "a.rs",
+            "l1
+l2
+l3
+    ",
+            "x",
+            "
+after1
+after2
+",
+        );
+        task.span = span.map(str::to_owned);
+        task
     }
 
     #[test]

@@ -248,26 +248,18 @@ fn completion(file: &SourceFile, lines: &[&str], row: usize, from: usize, to: us
 
 /// A task from the text before, at and after the cursor, the context cut to its limits.
 fn bounded_task(file: &SourceFile, before: &str, target: &str, after: &str, kind: TaskKind) -> Task {
-    Task {
-        id: String::new(),
+    Task::completion(
         kind,
-        path: Some(file.path.clone()),
-        prefix: Some(last_lines(before, PREFIX_LINES).to_owned()),
-        suffix: Some(first_lines(after, SUFFIX_LINES).to_owned()),
-        target: Some(target.to_owned()),
-        span: None,
-        symbol: None,
-        defined_in: None,
-        question: None,
-        reference: None,
-        files: Vec::new(),
-        origin: "repository".into(),
-    }
+        &file.path,
+        last_lines(before, PREFIX_LINES),
+        target,
+        first_lines(after, SUFFIX_LINES),
+    )
 }
 
 /// The end of `text` from the start of its `n`-th line from the end (the current line's
 /// start, before the cursor, counts as one).
-fn last_lines(text: &str, n: usize) -> &str {
+pub(crate) fn last_lines(text: &str, n: usize) -> &str {
     let mut cut = text.len();
     for _ in 0..n {
         match text[..cut].rfind('\n') {
@@ -278,7 +270,8 @@ fn last_lines(text: &str, n: usize) -> &str {
     &text[cut + 1..]
 }
 
-fn first_lines(text: &str, n: usize) -> &str {
+/// The start of `text` up to the end of its `n`-th line.
+pub(crate) fn first_lines(text: &str, n: usize) -> &str {
     let mut end = 0;
     for _ in 0..n {
         match text[end..].find('\n') {

@@ -68,21 +68,11 @@ mod tests {
     }
 
     fn api_task() -> Task {
-        Task {
-            id: "api-0001".into(),
-            kind: TaskKind::Api,
-            path: Some("src/app.rs".into()),
-            prefix: Some(String::new()),
-            suffix: Some(String::new()),
-            target: Some("vault.rotate_keys(t)".into()),
-            span: None,
-            symbol: Some("rotate_keys".into()),
-            defined_in: Some("src/vault.rs".into()),
-            question: None,
-            reference: None,
-            files: Vec::new(),
-            origin: "repository".into(),
-        }
+        let mut task = Task::completion(TaskKind::Api, "src/app.rs", "", "vault.rotate_keys(t)", "");
+        task.id = "api-0001".to_owned();
+        task.symbol = Some("rotate_keys".into());
+        task.defined_in = Some("src/vault.rs".into());
+        task
     }
 
     #[test]

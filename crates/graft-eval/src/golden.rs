@@ -92,6 +92,26 @@ fn gold() -> String {
 }
 
 impl Task {
+    /// A completion task of `kind` in `path`: `target` between `prefix` and `suffix`, made
+    /// from the repository (no id yet).
+    pub fn completion(kind: TaskKind, path: &str, prefix: &str, target: &str, suffix: &str) -> Task {
+        Task {
+            id: String::new(),
+            kind,
+            path: Some(path.to_owned()),
+            prefix: Some(prefix.to_owned()),
+            suffix: Some(suffix.to_owned()),
+            target: Some(target.to_owned()),
+            span: None,
+            symbol: None,
+            defined_in: None,
+            question: None,
+            reference: None,
+            files: Vec::new(),
+            origin: "repository".to_owned(),
+        }
+    }
+
     /// Whether the target uses a symbol defined in another file.
     pub fn cross_file(&self) -> bool {
         self.defined_in.is_some()

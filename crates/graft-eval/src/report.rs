@@ -254,21 +254,9 @@ mod tests {
     use crate::golden::TaskKind;
 
     fn task(id: &str, target: &str) -> Task {
-        Task {
-            id: id.into(),
-            kind: TaskKind::Line,
-            path: Some("a.rs".into()),
-            prefix: Some(String::new()),
-            suffix: Some(String::new()),
-            target: Some(target.into()),
-            span: None,
-            symbol: None,
-            defined_in: None,
-            question: None,
-            reference: None,
-            files: Vec::new(),
-            origin: "repository".into(),
-        }
+        let mut task = Task::completion(TaskKind::Line, "a.rs", "", target, "");
+        task.id = id.to_owned();
+        task
     }
 
     #[test]
