@@ -28,6 +28,9 @@ pub fn oracle(task: &Task, files: &[SourceFile]) -> Option<Context> {
     let definition = definitions(&file.path, &file.text).into_iter().find(|d| d.name == symbol)?;
     let lines: Vec<&str> = file.text.lines().collect();
     let end = definition.end_line.min(definition.start_line + CONTROL_LINES - 1).min(lines.len());
+    if definition.start_line == 0 || definition.start_line > end {
+        return None;
+    }
     Some(Context {
         path: file.path.clone(),
         text: lines[definition.start_line - 1..end].join("\n"),
