@@ -282,7 +282,7 @@ async fn a_streamed_chat_names_its_sources_in_the_first_chunk() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
-    let events: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    let events = graft_tests::sse_data(&text);
     assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
     let first: Value = serde_json::from_str(events[0]).unwrap();
     assert_eq!(first["choices"][0]["delta"]["role"], "assistant", "{first}");

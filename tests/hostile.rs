@@ -96,7 +96,7 @@ async fn max_tokens_inside_a_multi_token_character_ends_with_length_and_whole_ch
         .text()
         .await
         .unwrap();
-    let events: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    let events = graft_tests::sse_data(&text);
     assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
     let chunks: Vec<Value> = events[..events.len() - 1]
         .iter()
@@ -348,7 +348,7 @@ async fn a_stream_still_running_after_the_shutdown_grace_period_ends_with_an_err
     while let Ok(Some(chunk)) = response.chunk().await {
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
-    let events: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    let events = graft_tests::sse_data(&text);
     assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
     let error: Value = serde_json::from_str(events[events.len() - 2]).unwrap();
     assert_eq!(error["error"]["code"], "server_shutting_down", "{text}");

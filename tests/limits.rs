@@ -98,7 +98,7 @@ async fn a_full_queue_gets_429_and_a_request_past_its_deadline_gets_504() {
         started.elapsed() < Duration::from_secs(TIMEOUT_SECS + 20),
         "the deadline is enforced"
     );
-    let events: Vec<&str> = a_text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    let events = graft_tests::sse_data(&a_text);
     assert_eq!(events.last(), Some(&"[DONE]"), "{a_text}");
     let error: Value = serde_json::from_str(events[events.len() - 2]).unwrap();
     assert_eq!(error["error"]["code"], "timeout", "{a_text}");

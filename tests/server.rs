@@ -1,7 +1,7 @@
 //! The real server, with SmolLM2-135M from the kit, on an ephemeral loopback port: chat
 //! completions and the error answers, as an OpenAI client sees them over HTTP.
 
-use graft_tests::{smollm2_server, MAX_BODY_BYTES, MODEL};
+use graft_tests::{smollm2_server, sse_data, MAX_BODY_BYTES, MODEL};
 use serde_json::{json, Value};
 
 async fn post(path: &str, body: &Value) -> (u16, Value) {
@@ -149,9 +149,6 @@ async fn unknown_routes_and_methods_answer_in_openai_shape() {
 }
 
 /// The `data:` payloads of a server-sent event stream.
-fn sse_data(body: &str) -> Vec<String> {
-    body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_owned).collect()
-}
 
 #[tokio::test]
 async fn streaming_sends_openai_chunks_that_add_up_to_the_same_answer() {
@@ -172,9 +169,10 @@ async fn streaming_sends_openai_chunks_that_add_up_to_the_same_answer() {
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
-    let data = sse_data(&response.text().await.unwrap());
+    let body = response.text().await.unwrap();
+    let data = sse_data(&body);
 
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    assert_eq!(data.last().copied(), Some("[DONE]"), "{data:?}");
     let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
     assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["model"] == MODEL));
     assert!(chunks.windows(2).all(|w| w[0]["id"] == w[1]["id"]), "one id for the whole stream");
@@ -241,7 +239,7 @@ async fn completions_continue_the_raw_prompt_without_a_chat_template() {
     let (status, raw) = post_text("/v1/completions", &request).await;
     assert_eq!(status, 200, "{raw}");
     let data = sse_data(&raw);
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(data.last().copied(), Some("[DONE]"));
     let events: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
     assert!(events.iter().all(|e| e["object"] == "text_completion"));
     let streamed: String = events.iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect();

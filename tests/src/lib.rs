@@ -8,6 +8,7 @@
 //!   [`start_stoppable_server`] one that a test shuts down.
 //! - [`kit_embedder`]: the kit's embedding model, loaded once per test binary.
 //! - [`copy_fixture`]: a fixture repository copied somewhere a test may change it.
+//! - [`sse_data`]: the events of a streamed answer.
 //! - [`write_adapter`]: a PEFT LoRA adapter for a kit model, generated from a fixed seed.
 
 use std::net::SocketAddr;
@@ -254,6 +255,11 @@ pub fn kit_embedder() -> &'static Arc<Embedder> {
         };
         Arc::new(Embedder::load(&options).unwrap_or_else(|e| panic!("cannot load the kit's embedding model: {e}")))
     })
+}
+
+/// The `data:` payloads of a server-sent event stream, in order (`[DONE]` last).
+pub fn sse_data(body: &str) -> Vec<&str> {
+    body.lines().filter_map(|l| l.strip_prefix("data: ")).collect()
 }
 
 /// Copies `tests/fixtures/<name>` into a new temporary folder and returns it.

@@ -88,15 +88,6 @@ pub fn read_confined(path: &Path, roots: &[&Path], max_bytes: u64) -> Result<Con
     Ok(ConfinedFile { real, bytes })
 }
 
-/// Whether `path`, after every link, lies inside `root` (both resolved); `false` when either
-/// cannot be resolved.
-pub fn resolves_inside(path: &Path, root: &Path) -> bool {
-    match (path.canonicalize(), root.canonicalize()) {
-        (Ok(real), Ok(root)) => real.starts_with(root),
-        _ => false,
-    }
-}
-
 /// Opens for reading without blocking on a FIFO that has no writer.
 fn open_nonblocking(path: &Path) -> std::io::Result<File> {
     let mut options = std::fs::OpenOptions::new();

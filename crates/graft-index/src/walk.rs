@@ -215,15 +215,17 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<Walk, WalkError> {
             .follow_links(true)
             .overrides(overrides)
             .filter_entry(move |entry| {
-                if !entry.path_is_symlink() || confine::resolves_inside(entry.path(), &real_root) {
+                if !entry.path_is_symlink() {
                     return true;
                 }
-                // A dangling link resolves nowhere: the walk reports it as unreadable.
-                if entry.path().canonicalize().is_ok() {
-                    links_out.lock().unwrap_or_else(|p| p.into_inner()).push(entry.path().to_owned());
-                    return false;
+                match entry.path().canonicalize() {
+                    Ok(real) if !real.starts_with(&real_root) => {
+                        links_out.lock().unwrap_or_else(|p| p.into_inner()).push(entry.path().to_owned());
+                        false
+                    }
+                    // Inside the root, or dangling (the walk reports that as unreadable).
+                    _ => true,
                 }
-                true
             })
             .build()
     };

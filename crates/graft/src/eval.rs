@@ -180,8 +180,12 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
     }
 
     check_held_out_unreachable(&eval_config, &repo, &split, &embedder)?;
-    // The controls draw from the repository as the index walks it.
-    let files = graft_index::walk::walk(&repo, &graft_wiring::index_options(&eval_config).walk)?.files;
+    // The controls draw from the repository as the index walks it; the other arms need nothing.
+    let files = if arms.iter().any(|a| matches!(a, Arm::Oracle | Arm::Random)) {
+        graft_index::walk::walk(&repo, &graft_wiring::index_options(&eval_config).walk)?.files
+    } else {
+        Vec::new()
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let outcomes = runtime.block_on(async {
