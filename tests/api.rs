@@ -37,12 +37,9 @@ fn key(name: &str, key: &str, projects: &[&str], admin: bool) -> ApiKey {
 
 fn project(name: &str, retrieval: bool) -> ProjectConfig {
     ProjectConfig {
-        name: name.to_owned(),
-        path: "polyglot".into(),
-        adapter: None,
         retrieval,
-        top_k: 5,
         context_tokens: 600,
+        ..ProjectConfig::new(name, "polyglot")
     }
 }
 

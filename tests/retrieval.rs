@@ -298,14 +298,7 @@ async fn a_project_being_indexed_answers_searches_with_nothing_until_it_is_done(
     use graft_server::projects::{Project, Projects};
     let repo = copy_fixture("polyglot");
     let index_dir = tempfile::tempdir().unwrap();
-    let config = graft_core::ProjectConfig {
-        name: "polyglot".into(),
-        path: repo.path().to_owned(),
-        adapter: None,
-        retrieval: true,
-        top_k: 5,
-        context_tokens: 512,
-    };
+    let config = graft_core::ProjectConfig::new("polyglot", repo.path());
     let project = Project::new(config, IndexLayout::new(index_dir.path().join("polyglot")), IndexOptions::default());
     let embedder = Some(("minilm-l6-v2".to_owned(), std::sync::Arc::clone(kit_embedder())));
     let projects = Projects::new(vec![project], embedder, SearchOptions::default());
@@ -326,4 +319,54 @@ async fn a_project_being_indexed_answers_searches_with_nothing_until_it_is_done(
         .unwrap()
         .expect("searchable once indexed");
     assert!(hits.iter().any(|h| h.path == "auth/TokenVault.java"), "{hits:#?}");
+}
+
+#[tokio::test]
+async fn two_projects_on_one_repository_search_one_index_opened_once() {
+    use graft_server::projects::{Project, Projects};
+    let repo = copy_fixture("polyglot");
+    let index_dir = tempfile::tempdir().unwrap();
+    let owner = Project::new(
+        graft_core::ProjectConfig::new("polyglot", repo.path()),
+        IndexLayout::new(index_dir.path().join("polyglot")),
+        IndexOptions::default(),
+    );
+    let tuned_config = graft_core::ProjectConfig {
+        adapter: Some("tuned".into()),
+        index: Some("polyglot".into()),
+        ..graft_core::ProjectConfig::new("polyglot-tuned", repo.path())
+    };
+    let tuned = Project::sharing(tuned_config, &owner);
+    let embedder = Some(("minilm-l6-v2".to_owned(), std::sync::Arc::clone(kit_embedder())));
+    let projects = Projects::new(vec![owner, tuned], embedder, SearchOptions::default());
+    let owner = std::sync::Arc::clone(projects.get("polyglot").unwrap());
+    let tuned = std::sync::Arc::clone(projects.get("polyglot-tuned").unwrap());
+    assert_eq!(tuned.index_owner(), "polyglot");
+
+    // A re-index through either marks both: the index is one.
+    let guard = projects.start_reindex(&tuned).expect("no re-index is running");
+    assert!(projects.start_reindex(&owner).is_none(), "the owner's index is being re-indexed");
+    assert!(matches!(
+        projects.search(&owner, "rotateSigningKeys", 5, SearchMode::Hybrid).await,
+        Ok(None)
+    ));
+    projects.reindex_with(&tuned, guard).await.expect("indexing works");
+    assert!(owner.has_index() && tuned.has_index());
+    assert!(!index_dir.path().join("polyglot-tuned").exists(), "no second index is written");
+
+    // Both search the same open index (a second open in this process would find it locked).
+    let mine = projects
+        .search(&owner, "vault.rotateSigningKeys()", 5, SearchMode::Hybrid)
+        .await
+        .unwrap()
+        .unwrap();
+    let theirs = projects
+        .search(&tuned, "vault.rotateSigningKeys()", 5, SearchMode::Hybrid)
+        .await
+        .unwrap()
+        .unwrap();
+    let paths = |hits: &[graft_index::SearchHit]| hits.iter().map(|h| h.path.clone()).collect::<Vec<_>>();
+    assert_eq!(paths(&mine), paths(&theirs));
+    assert!(paths(&mine).contains(&"auth/TokenVault.java".to_owned()), "{mine:#?}");
+    assert_eq!(projects.status(&tuned)["index_of"], "polyglot");
 }

@@ -391,6 +391,10 @@ pub struct ProjectConfig {
     /// An adapter of the store that requests for this project run on; the base when absent.
     #[serde(default)]
     pub adapter: Option<String>,
+    /// Another project (on the same repository) whose index this one searches instead of
+    /// keeping its own: the same code served with and without an adapter, indexed once.
+    #[serde(default)]
+    pub index: Option<String>,
     /// Whether requests for this project get retrieved code in their prompts.
     #[serde(default = "yes")]
     pub retrieval: bool,
@@ -400,6 +404,26 @@ pub struct ProjectConfig {
     /// Most tokens of retrieved code added to a prompt (counted by the model's tokenizer).
     #[serde(default = "default_context_tokens")]
     pub context_tokens: usize,
+}
+
+impl ProjectConfig {
+    /// A project on `path` with the settings a config file leaves out.
+    pub fn new(name: &str, path: impl Into<PathBuf>) -> ProjectConfig {
+        ProjectConfig {
+            name: name.to_owned(),
+            path: path.into(),
+            adapter: None,
+            index: None,
+            retrieval: true,
+            top_k: default_project_top_k(),
+            context_tokens: default_context_tokens(),
+        }
+    }
+
+    /// The name of the index this project searches: its own, or the one it shares.
+    pub fn index_name(&self) -> &str {
+        self.index.as_deref().unwrap_or(&self.name)
+    }
 }
 
 fn yes() -> bool {
@@ -655,6 +679,25 @@ impl Config {
                     ));
                 }
             }
+            if let Some(owner) = &project.index {
+                let field = format!("projects[{i}].index");
+                let Some(found) = self.projects.iter().find(|p| &p.name == owner) else {
+                    return Err(invalid(&field, format!("no project is named `{owner}`")));
+                };
+                if found.name == project.name || found.index.is_some() {
+                    return Err(invalid(&field, format!("`{owner}` must be a project with an index of its own")));
+                }
+                if found.path != project.path {
+                    return Err(invalid(
+                        &field,
+                        format!(
+                            "`{owner}` indexes {}, not this project's repository {}",
+                            found.path.display(),
+                            project.path.display()
+                        ),
+                    ));
+                }
+            }
             if project.top_k == 0 || project.top_k > 100 {
                 return Err(invalid(
                     &format!("projects[{i}].top_k"),
@@ -846,6 +889,23 @@ mod tests {
         assert!(err.to_string().contains("path"), "{err}");
         let err = load("[index]\nthreads = 0\n").unwrap_err();
         assert_eq!(err.key(), Some("index.threads"));
+    }
+
+    #[test]
+    fn a_project_may_share_the_index_of_one_on_the_same_repository() {
+        let two = |second: &str| format!("[[projects]]\nname = \"app\"\npath = \"app\"\n[[projects]]\nname = \"tuned\"\n{second}\n");
+        let c = load(&two("path = \"app\"\nadapter = \"lora\"\nindex = \"app\"")).unwrap();
+        assert_eq!(c.project("tuned").unwrap().index_name(), "app");
+        assert_eq!(c.project("app").unwrap().index_name(), "app");
+        for (second, says) in [
+            ("path = \"app\"\nindex = \"nobody\"", "no project is named `nobody`"),
+            ("path = \"other\"\nindex = \"app\"", "not this project's repository"),
+            ("path = \"app\"\nindex = \"tuned\"", "an index of its own"),
+        ] {
+            let err = load(&two(second)).unwrap_err();
+            assert_eq!(err.key(), Some("projects[1].index"), "{second}");
+            assert!(err.to_string().contains(says), "{err}");
+        }
     }
 
     #[test]

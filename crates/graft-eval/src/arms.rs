@@ -1,9 +1,12 @@
 //! The arms an evaluation compares, and the request each arm makes for a task.
 //!
-//! Every task goes through the path an editor plugin takes: llama.cpp's `/infill` on graft
-//! (the current file cut to the lines nearest the cursor when it is too long, retrieved code
-//! before it), greedy, one line for line-shaped tasks. The arms differ only in what graft
-//! adds: `base` asks without retrieval, `rag` with the project's retrieval.
+//! Every completion task goes through the path an editor plugin takes: llama.cpp's `/infill`
+//! on graft (the current file cut to the lines nearest the cursor when it is too long,
+//! retrieved code before it), greedy, one line for line-shaped tasks; a question goes through
+//! `/v1/chat/completions` as a chat client asks it. The arms differ only in what graft adds:
+//! `base` asks the model alone, `rag` with the project's retrieval, `adapter` and
+//! `adapter+rag` the same on the project's adapter. Other servers are asked through
+//! `/infill` (llama.cpp's server) or OpenAI's `/v1/completions` ([`completions_request`]).
 
 use serde_json::{json, Value};
 
@@ -18,6 +21,10 @@ pub enum Arm {
     Base,
     /// The model with code retrieved from the repository (held-out files excluded).
     Rag,
+    /// The model on the adapter being evaluated.
+    Adapter,
+    /// The adapter with retrieval.
+    AdapterRag,
     /// Control: the definition of the symbol an api task uses, given by hand (the ceiling
     /// of retrieval).
     Oracle,
@@ -25,26 +32,42 @@ pub enum Arm {
     Random,
 }
 
+const ALL: [Arm; 6] = [Arm::Base, Arm::Rag, Arm::Adapter, Arm::AdapterRag, Arm::Oracle, Arm::Random];
+
 impl Arm {
     pub fn name(self) -> &'static str {
         match self {
             Arm::Base => "base",
             Arm::Rag => "rag",
+            Arm::Adapter => "adapter",
+            Arm::AdapterRag => "adapter+rag",
             Arm::Oracle => "oracle",
             Arm::Random => "random",
         }
+    }
+
+    /// Whether the server retrieves code for this arm's requests.
+    pub fn retrieves(self) -> bool {
+        matches!(self, Arm::Rag | Arm::AdapterRag)
+    }
+
+    /// Whether this arm runs on the adapter.
+    pub fn on_adapter(self) -> bool {
+        matches!(self, Arm::Adapter | Arm::AdapterRag)
+    }
+
+    /// Whether this arm is a control (context placed by the evaluation, not by the server).
+    pub fn is_control(self) -> bool {
+        matches!(self, Arm::Oracle | Arm::Random)
     }
 
     /// `base,rag` → the arms, in that order.
     pub fn parse_list(text: &str) -> Result<Vec<Arm>, String> {
         let mut arms = Vec::new();
         for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let arm = match name {
-                "base" => Arm::Base,
-                "rag" => Arm::Rag,
-                "oracle" => Arm::Oracle,
-                "random" => Arm::Random,
-                other => return Err(format!("unknown arm `{other}`: the arms are base, rag, oracle and random")),
+            let Some(arm) = ALL.into_iter().find(|a| a.name() == name) else {
+                let names: Vec<&str> = ALL.iter().map(|a| a.name()).collect();
+                return Err(format!("unknown arm `{name}`: the arms are {}", names.join(", ")));
             };
             if !arms.contains(&arm) {
                 arms.push(arm);
@@ -64,6 +87,8 @@ pub struct RequestOptions {
     pub context_lines: usize,
     /// Lines after it, for fill-in-the-middle spans.
     pub suffix_lines: usize,
+    /// Most tokens of a question's answer.
+    pub answer_tokens: usize,
 }
 
 impl Default for RequestOptions {
@@ -71,6 +96,7 @@ impl Default for RequestOptions {
         RequestOptions {
             context_lines: 40,
             suffix_lines: 10,
+            answer_tokens: 256,
         }
     }
 }
@@ -81,31 +107,80 @@ pub fn one_line(task: &Task) -> bool {
     task.kind != TaskKind::Question && task.span.as_deref() != Some("block")
 }
 
-/// The `/infill` body for `task` (a completion task) in `arm`, on `model`; `extra` is the
-/// control's context (oracle, random), sent as the plugin's extra files.
-pub fn infill_request(task: &Task, arm: Arm, model: &str, options: RequestOptions, extra: Option<&Context>) -> Value {
+/// The code before and after the cursor that a completion task sends (line tasks see the
+/// code before the cursor only, as in RepoEval and CrossCodeEval; spans inside a line or a
+/// block see what follows too).
+fn cut(task: &Task, options: RequestOptions) -> (&str, &str) {
     let prefix = last_lines(task.prefix.as_deref().unwrap_or_default(), options.context_lines);
-    // Line tasks see the code before the cursor only (RepoEval, CrossCodeEval); spans inside
-    // a line or a block see what follows too.
     let fim = matches!(task.span.as_deref(), Some("middle_of_line" | "block"));
     let suffix = if fim {
         first_lines(task.suffix.as_deref().unwrap_or_default(), options.suffix_lines)
     } else {
         ""
     };
+    (prefix, suffix)
+}
+
+fn max_tokens(task: &Task) -> usize {
+    if one_line(task) {
+        48
+    } else {
+        160
+    }
+}
+
+/// The `/infill` body for `task` (a completion task) in `arm`, on `model`; `extra` is the
+/// control's context (oracle, random), sent as the plugin's extra files.
+pub fn infill_request(task: &Task, arm: Arm, model: &str, options: RequestOptions, extra: Option<&Context>) -> Value {
+    let (prefix, suffix) = cut(task, options);
     let mut body = json!({
         "model": model,
         "input_prefix": prefix,
         "input_suffix": suffix,
-        "n_predict": if one_line(task) { 48 } else { 160 },
+        "n_predict": max_tokens(task),
         "temperature": 0,
-        "retrieval": arm == Arm::Rag,
+        "retrieval": arm.retrieves(),
     });
     if let Some(extra) = extra {
         body["input_extra"] = json!([{"filename": extra.path, "text": extra.text}]);
     }
     if one_line(task) {
         body["stop"] = json!(["\n"]);
+    }
+    body
+}
+
+/// The OpenAI `/v1/completions` body for `task` on another server: the code before the
+/// cursor as the prompt, the code after it as `suffix` for fill-in-the-middle spans (servers
+/// that support it, such as Ollama, put it in the model's FIM layout).
+pub fn completions_request(task: &Task, model: &str, options: RequestOptions) -> Value {
+    let (prefix, suffix) = cut(task, options);
+    let mut body = json!({
+        "model": model,
+        "prompt": prefix,
+        "max_tokens": max_tokens(task),
+        "temperature": 0,
+    });
+    if !suffix.is_empty() {
+        body["suffix"] = json!(suffix);
+    }
+    if one_line(task) {
+        body["stop"] = json!(["\n"]);
+    }
+    body
+}
+
+/// The `/v1/chat/completions` body for a question task on `model`; `retrieval` is graft's
+/// extension field (left out for other servers).
+pub fn chat_request(task: &Task, model: &str, retrieval: Option<bool>, options: RequestOptions) -> Value {
+    let mut body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": task.question.as_deref().unwrap_or_default()}],
+        "max_tokens": options.answer_tokens,
+        "temperature": 0,
+    });
+    if let Some(retrieval) = retrieval {
+        body["retrieval"] = json!(retrieval);
     }
     body
 }
@@ -138,6 +213,7 @@ after2
         let options = RequestOptions {
             context_lines: 2,
             suffix_lines: 1,
+            answer_tokens: 64,
         };
         let body = infill_request(&task(None), Arm::Rag, "proj", options, None);
         assert_eq!(body["input_prefix"], "l3\n    ", "the cursor's line and one more");
@@ -153,7 +229,12 @@ after2
         assert_eq!(block["input_suffix"], "\n");
         assert!(block.get("stop").is_none());
         assert_eq!(block["retrieval"], false);
+        let other = completions_request(&task(Some("block")), "m", options);
+        assert_eq!((other["prompt"].as_str(), other["suffix"].as_str()), (Some("l3\n    "), Some("\n")));
+        assert!(other.get("retrieval").is_none() && other.get("stop").is_none());
+        assert_eq!(completions_request(&task(None), "m", options)["stop"], json!(["\n"]));
         assert_eq!(Arm::parse_list("base, rag,base").unwrap(), [Arm::Base, Arm::Rag]);
-        assert!(Arm::parse_list("ceiling").is_err());
+        assert_eq!(Arm::parse_list("adapter+rag,adapter").unwrap(), [Arm::AdapterRag, Arm::Adapter]);
+        assert!(Arm::parse_list("ceiling").unwrap_err().contains("adapter+rag"));
     }
 }

@@ -305,13 +305,22 @@ fn is_worth_completing(line: &str) -> bool {
     identifiers(body).iter().any(|i| i.len() >= 2) && body.chars().filter(|c| c.is_alphanumeric()).count() >= 4
 }
 
+/// Names the standard libraries of graft's languages use so widely (`iter().collect()`,
+/// `dict.items()`, `list.append`) that a line using one rarely means a repository's own
+/// definition of the same name: never an api task's symbol.
+const EVERYWHERE: &[&str] = &[
+    "append", "apply", "build", "call", "clear", "clone", "close", "collect", "contains", "default", "extend", "filter", "flush", "format",
+    "from", "into", "items", "iter", "join", "keys", "load", "lock", "main", "next", "open", "parse", "print", "push", "read", "remove",
+    "send", "spawn", "split", "start", "stop", "take", "then", "update", "values", "wait", "with", "write",
+];
+
 /// A name in `line` that other files define (one to three of them) and `path` does not:
 /// the longest such name, with the first file that defines it.
 fn cross_file_symbol<'a>(line: &str, path: &str, defined: &'a BTreeMap<String, Vec<String>>) -> Option<(&'a str, &'a str)> {
     let code = without_strings(line);
     identifiers(&code)
         .into_iter()
-        .filter(|name| name.len() >= 4)
+        .filter(|name| name.len() >= 4 && !EVERYWHERE.contains(name))
         .filter_map(|name| {
             let (name, sites) = defined.get_key_value(name)?;
             let elsewhere = !sites.iter().any(|s| s == path) && (1..=3).contains(&sites.len());
@@ -491,6 +500,25 @@ mod tests {
         assert_eq!(
             without_strings(r#"log("TokenVault \"x\" failed", vault)"#),
             r#"log("                       ", vault)"#
+        );
+    }
+
+    #[test]
+    fn a_standard_library_name_is_not_taken_for_another_file_s_definition() {
+        let defined: BTreeMap<String, Vec<String>> = [("collect", "src/engine.rs"), ("rotate_keys", "src/vault.rs")]
+            .into_iter()
+            .map(|(name, file)| (name.to_owned(), vec![file.to_owned()]))
+            .collect();
+        let line = "let ids: Vec<_> = items.iter().collect();";
+        assert_eq!(
+            cross_file_symbol(line, "src/app.rs", &defined),
+            None,
+            "`.collect()` is the iterator's"
+        );
+        let line = "let keys = rotate_keys(items.iter().collect());";
+        assert_eq!(
+            cross_file_symbol(line, "src/app.rs", &defined),
+            Some(("rotate_keys", "src/vault.rs"))
         );
     }
 

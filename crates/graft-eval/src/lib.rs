@@ -9,9 +9,10 @@
 //!   *question* (a documented definition; judged, not matched), plus a team's own examples.
 //! - [`metrics`]: exact match, edit similarity, identifier match and F1 (CrossCodeEval's
 //!   measures), and paired bootstrap intervals for the difference between two arms.
-//! - [`arms`]: what each arm asks the server for a task (`/infill`, greedy, with or without
-//!   retrieval); [`controls`]: the oracle and random contexts; [`report`]: the outcomes
-//!   scored, summarised per arm and compared.
+//! - [`arms`]: what each arm asks the server for a task (`/infill` or chat, greedy, with or
+//!   without retrieval, on the base or the adapter); [`controls`]: the oracle and random
+//!   contexts; [`judge`]: questions judged pairwise by a model in both orders; [`report`]:
+//!   the outcomes scored, summarised per arm and compared; [`html`]: the report as a page.
 //!
 //! This crate reads repositories, says what to ask and scores the answers; sending the
 //! requests is the `graft eval run` command's, to a graft server, so every prompt is laid out
@@ -21,6 +22,8 @@ pub mod arms;
 pub mod build;
 pub mod controls;
 pub mod golden;
+pub mod html;
+pub mod judge;
 pub mod metrics;
 pub mod random;
 pub mod report;

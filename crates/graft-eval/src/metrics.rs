@@ -222,6 +222,14 @@ impl Difference {
 /// 2.5th and 97.5th percentiles of the mean difference `b − a`.
 pub fn paired_bootstrap(a: &[f64], b: &[f64], resamples: usize, seed: u64) -> Difference {
     let n = a.len().min(b.len());
+    let diffs: Vec<f64> = (0..n).map(|i| b[i] - a[i]).collect();
+    bootstrap_mean(&diffs, resamples, seed)
+}
+
+/// The mean of `values` with its 95% bootstrap interval (`resamples` seeded draws with
+/// replacement; 2.5th and 97.5th percentiles of their means).
+pub fn bootstrap_mean(values: &[f64], resamples: usize, seed: u64) -> Difference {
+    let n = values.len();
     if n == 0 {
         return Difference {
             mean: 0.0,
@@ -229,11 +237,10 @@ pub fn paired_bootstrap(a: &[f64], b: &[f64], resamples: usize, seed: u64) -> Di
             high: 0.0,
         };
     }
-    let diffs: Vec<f64> = (0..n).map(|i| b[i] - a[i]).collect();
-    let mean = diffs.iter().sum::<f64>() / n as f64;
+    let mean = values.iter().sum::<f64>() / n as f64;
     let mut rng = Rng::new(seed);
     let mut means: Vec<f64> = (0..resamples.max(1))
-        .map(|_| (0..n).map(|_| diffs[rng.below(n)]).sum::<f64>() / n as f64)
+        .map(|_| (0..n).map(|_| values[rng.below(n)]).sum::<f64>() / n as f64)
         .collect();
     means.sort_by(f64::total_cmp);
     let at = |q: f64| means[((q * (means.len() - 1) as f64).round() as usize).min(means.len() - 1)];

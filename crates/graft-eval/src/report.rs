@@ -1,6 +1,8 @@
 //! What an evaluation run found: each task's answer per arm with its scores, the means per
-//! arm (all tasks, by kind, cross-file alone), and each arm against `base` with a paired
-//! bootstrap interval, an arm "better" or "worse" only when its interval excludes zero.
+//! arm (all tasks, by kind, cross-file alone) with their intervals, each arm against the
+//! first with a paired bootstrap interval (an arm "better" or "worse" only when its interval
+//! excludes zero), the judged questions, and notes where the intervals are too wide to tell
+//! the arms apart.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +10,8 @@ use serde::Serialize;
 
 use crate::arms::{one_line, Arm};
 use crate::golden::Task;
-use crate::metrics::{first_line, paired_bootstrap, score, Difference, Scores};
+use crate::judge::{summarise, Judged, JudgedSummary};
+use crate::metrics::{bootstrap_mean, first_line, paired_bootstrap, score, Difference, Scores};
 
 /// One task answered in one arm.
 #[derive(Debug, Clone, Serialize)]
@@ -60,10 +63,39 @@ impl Outcome {
     }
 }
 
+/// A question answered in one arm (judged, not scored).
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    pub task: String,
+    pub arm: &'static str,
+    pub answer: String,
+    pub latency_ms: f64,
+    pub sources: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Answer {
+    pub fn new(task: &Task, arm: Arm, answer: Result<String, String>, latency_ms: f64, sources: Vec<String>) -> Answer {
+        let (answer, error) = match answer {
+            Ok(text) => (text, None),
+            Err(e) => (String::new(), Some(e)),
+        };
+        Answer {
+            task: task.id.clone(),
+            arm: arm.name(),
+            answer,
+            latency_ms,
+            sources,
+            error,
+        }
+    }
+}
+
 /// The four measures, in report order.
 pub const METRICS: [&str; 4] = ["exact_match", "edit_similarity", "identifier_match", "identifier_f1"];
 
-fn metric(o: &Outcome, name: &str) -> f64 {
+pub fn metric(o: &Outcome, name: &str) -> f64 {
     match name {
         "exact_match" => o.exact_match,
         "edit_similarity" => o.edit_similarity,
@@ -101,6 +133,8 @@ fn means<'a>(outcomes: impl Iterator<Item = &'a Outcome>) -> Means {
 pub struct ArmSummary {
     pub arm: &'static str,
     pub all: Means,
+    /// Each measure's mean over all tasks with its 95% bootstrap interval.
+    pub intervals: BTreeMap<&'static str, Interval>,
     pub cross_file: Means,
     pub by_kind: BTreeMap<&'static str, Means>,
     pub latency_ms_p50: f64,
@@ -137,15 +171,41 @@ impl From<Difference> for Interval {
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// What was run: the golden set, the model, the endpoint, the judge (set by the caller).
+    pub about: BTreeMap<&'static str, String>,
     pub arms: Vec<ArmSummary>,
     pub comparisons: Vec<Comparison>,
+    /// Judged questions, each arm against the first.
+    pub judged: Vec<JudgedSummary>,
+    /// Where the intervals cannot tell the arms apart, and how many tasks might.
+    pub notes: Vec<String>,
     /// Retrieved sources that were held-out files (must be 0).
     pub held_out_retrieved: usize,
     pub outcomes: Vec<Outcome>,
+    /// Each question's answer per arm.
+    pub answers: Vec<Answer>,
+    /// Each question's judgement per pair of arms.
+    pub judgements: Vec<Judged>,
 }
 
-/// The report of `outcomes` over `arms` (the first arm is the one others are compared with).
-pub fn report(arms: &[Arm], outcomes: Vec<Outcome>, held_out_retrieved: usize, seed: u64) -> Report {
+/// What a run produced, to be reported.
+#[derive(Debug, Default)]
+pub struct Results {
+    pub outcomes: Vec<Outcome>,
+    pub answers: Vec<Answer>,
+    pub judgements: Vec<Judged>,
+    /// Retrieved sources that were held-out files.
+    pub held_out_retrieved: usize,
+}
+
+/// The report of `results` over `arms` (the first arm is the one others are compared with).
+pub fn report(arms: &[Arm], results: Results, seed: u64) -> Report {
+    let Results {
+        outcomes,
+        answers,
+        judgements,
+        held_out_retrieved,
+    } = results;
     let summaries = arms
         .iter()
         .map(|arm| {
@@ -159,9 +219,17 @@ pub fn report(arms: &[Arm], outcomes: Vec<Outcome>, held_out_retrieved: usize, s
             }
             let mut latencies: Vec<f64> = mine.iter().map(|o| o.latency_ms).collect();
             latencies.sort_by(f64::total_cmp);
+            let intervals = METRICS
+                .iter()
+                .map(|name| {
+                    let values: Vec<f64> = mine.iter().map(|o| metric(o, name)).collect();
+                    (*name, bootstrap_mean(&values, 2000, seed).into())
+                })
+                .collect();
             ArmSummary {
                 arm: arm.name(),
                 all: means(mine.iter().copied()),
+                intervals,
                 cross_file: means(mine.iter().copied().filter(|o| o.cross_file)),
                 by_kind,
                 latency_ms_p50: latencies.get(latencies.len() / 2).copied().unwrap_or(0.0),
@@ -184,13 +252,16 @@ pub fn report(arms: &[Arm], outcomes: Vec<Outcome>, held_out_retrieved: usize, s
                     .filter_map(|o| theirs.get(o.task.as_str()).map(|a| (*a, metric(o, name))))
                     .unzip()
             };
-            let metrics = METRICS
+            let metrics: BTreeMap<&'static str, Interval> = METRICS
                 .iter()
-                .map(|name| {
+                .filter_map(|name| {
                     let (a, b) = paired(name);
-                    (*name, paired_bootstrap(&a, &b, 2000, seed).into())
+                    (!a.is_empty()).then(|| (*name, paired_bootstrap(&a, &b, 2000, seed).into()))
                 })
                 .collect();
+            if metrics.is_empty() {
+                continue;
+            }
             comparisons.push(Comparison {
                 arm: arm.name(),
                 against: first.name(),
@@ -198,12 +269,67 @@ pub fn report(arms: &[Arm], outcomes: Vec<Outcome>, held_out_retrieved: usize, s
             });
         }
     }
+    let judged: Vec<JudgedSummary> = match arms.split_first() {
+        Some((first, rest)) => rest
+            .iter()
+            .map(|arm| summarise(&judgements, arm.name(), first.name(), seed))
+            .filter(|s| s.pairs > 0)
+            .collect(),
+        None => Vec::new(),
+    };
+    let notes = notes(
+        &comparisons,
+        &judged,
+        outcomes.iter().filter(|o| Some(o.arm) == arms.first().map(|a| a.name())).count(),
+    );
     Report {
+        about: BTreeMap::new(),
         arms: summaries,
         comparisons,
+        judged,
+        notes,
         held_out_retrieved,
         outcomes,
+        answers,
+        judgements,
     }
+}
+
+/// A note for each comparison that no measure separates: how wide its interval is, and
+/// about how many tasks would tell apart a difference as large as the one seen (the
+/// interval narrows as one over the square root of the number of tasks).
+fn notes(comparisons: &[Comparison], judged: &[JudgedSummary], tasks: usize) -> Vec<String> {
+    let mut notes = Vec::new();
+    for c in comparisons {
+        if c.metrics.values().any(|i| i.verdict != "no clear difference") {
+            continue;
+        }
+        let Some(em) = c.metrics.get("exact_match") else { continue };
+        let half = (em.high - em.low) / 2.0;
+        let seen = em.difference.abs();
+        let more = if seen > 1e-9 {
+            let needed = (tasks as f64 * (half / seen).powi(2)).ceil();
+            format!(
+                "a difference as large as the one seen ({:+.3}) would need about {needed:.0} tasks",
+                em.difference
+            )
+        } else {
+            "the arms scored alike".to_owned()
+        };
+        notes.push(format!(
+            "{} − {}: no measure separates the arms with {tasks} tasks; exact match's interval is ±{half:.3} wide, so smaller differences cannot be seen ({more})",
+            c.arm, c.against
+        ));
+    }
+    for j in judged {
+        if j.verdict == "no clear difference" {
+            notes.push(format!(
+                "judged {} vs {}: {} questions do not separate the arms (score {:+.3} in [{:+.3}, {:+.3}]; flip rate {:.2})",
+                j.arm, j.against, j.pairs, j.score, j.low, j.high, j.flip_rate
+            ));
+        }
+    }
+    notes
 }
 
 impl Report {
@@ -244,6 +370,18 @@ impl Report {
                 }
             }
         }
+        for j in &self.judged {
+            out.push_str(&format!(
+                "\njudged {} vs {} ({} questions, both orders): {} wins, {} losses, {} ties ({} without a verdict); flip rate {:.2}\n  score {:+.3}  [{:+.3}, {:+.3}]  {}\n",
+                j.arm, j.against, j.pairs, j.wins, j.losses, j.ties, j.unreadable, j.flip_rate, j.score, j.low, j.high, j.verdict
+            ));
+        }
+        if !self.notes.is_empty() {
+            out.push('\n');
+            for note in &self.notes {
+                out.push_str(&format!("note: {note}\n"));
+            }
+        }
         out
     }
 }
@@ -270,7 +408,14 @@ mod tests {
             outcomes.push(Outcome::new(t, Arm::Base, Ok(format!("{base}\nmore lines")), 10.0, vec![]));
             outcomes.push(Outcome::new(t, Arm::Rag, Ok(target), 20.0, vec!["b.rs".into()]));
         }
-        let r = report(&[Arm::Base, Arm::Rag], outcomes, 0, 1);
+        let r = report(
+            &[Arm::Base, Arm::Rag],
+            Results {
+                outcomes,
+                ..Results::default()
+            },
+            1,
+        );
         assert_eq!(r.arms[0].all.tasks, 40);
         assert!((r.arms[0].all.exact_match - 0.25).abs() < 1e-12, "only the first line is scored");
         assert_eq!(r.arms[1].all.exact_match, 1.0);

@@ -21,22 +21,42 @@ const SEARCHES_FINISH: std::time::Duration = std::time::Duration::from_secs(10);
 /// One project.
 pub struct Project {
     pub config: ProjectConfig,
+    /// Its index, shared with the projects that name it as their `index`.
+    index: Arc<IndexSlot>,
+}
+
+/// One index on disk and its state in this process: opened once however many projects
+/// search it.
+struct IndexSlot {
+    /// The project that owns the index (its name names the index's collection).
+    owner: String,
     layout: IndexLayout,
     options: IndexOptions,
     /// The open index; `None` until first used, and while re-indexing.
-    index: Mutex<Option<Arc<ProjectIndex>>>,
+    open: Mutex<Option<Arc<ProjectIndex>>>,
     /// Held for a whole re-index.
     reindexing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Project {
+    /// A project with an index of its own.
     pub fn new(config: ProjectConfig, layout: IndexLayout, options: IndexOptions) -> Project {
-        Project {
-            config,
+        let index = Arc::new(IndexSlot {
+            owner: config.name.clone(),
             layout,
             options,
-            index: Mutex::new(None),
+            open: Mutex::new(None),
             reindexing: Arc::new(tokio::sync::Mutex::new(())),
+        });
+        Project { config, index }
+    }
+
+    /// A project that searches `owner`'s index (the same repository served another way, for
+    /// example on an adapter).
+    pub fn sharing(config: ProjectConfig, owner: &Project) -> Project {
+        Project {
+            config,
+            index: Arc::clone(&owner.index),
         }
     }
 
@@ -44,25 +64,27 @@ impl Project {
         &self.config.name
     }
 
+    /// The project whose index this one searches (itself unless it shares another's).
+    pub fn index_owner(&self) -> &str {
+        &self.index.owner
+    }
+
     /// Whether an index has been committed for this project (it may be out of date).
     pub fn has_index(&self) -> bool {
-        self.layout.meta().is_file()
+        self.index.layout.meta().is_file()
     }
 
     /// The open index, opening it if needed; `None` while re-indexing.
     fn index(&self) -> Result<Option<Arc<ProjectIndex>>, IndexError> {
-        if self.reindexing.try_lock().is_err() {
+        let slot = &self.index;
+        if slot.reindexing.try_lock().is_err() {
             return Ok(None);
         }
-        let mut slot = self.index.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(Arc::new(ProjectIndex::open_with(
-                &self.config.name,
-                &self.layout,
-                &self.options.backend,
-            )?));
+        let mut open = slot.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.is_none() {
+            *open = Some(Arc::new(ProjectIndex::open_with(&slot.owner, &slot.layout, &slot.options.backend)?));
         }
-        Ok(slot.clone())
+        Ok(open.clone())
     }
 }
 
@@ -216,7 +238,7 @@ impl Projects {
     /// Marks `project` as re-indexing (its requests get no retrieved code from now on) and
     /// returns the mark for [`Projects::reindex_with`]; `None` if a re-index is running.
     pub fn start_reindex(&self, project: &Arc<Project>) -> Option<ReindexGuard> {
-        Arc::clone(&project.reindexing)
+        Arc::clone(&project.index.reindexing)
             .try_lock_owned()
             .ok()
             .map(|held| ReindexGuard { _held: held })
@@ -230,7 +252,7 @@ impl Projects {
             .ok_or_else(|| IndexError::Invalid("no embedding model is loaded".into()))?;
         // The indexer owns the index files while it runs: close ours, once the searches
         // running on it (milliseconds each) have let go.
-        let open = project.index.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let open = project.index.open.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(open) = open {
             let waited = std::time::Instant::now();
             while Arc::strong_count(&open) > 1 && waited.elapsed() < SEARCHES_FINISH {
@@ -240,8 +262,9 @@ impl Projects {
         let project = Arc::clone(project);
         let report = tokio::task::spawn_blocking(move || {
             let _guard = guard;
-            let progress = LogProgress::new(project.name());
-            index_repository(&project.config.path, &project.layout, &embedder, &project.options, &progress)
+            let slot = &project.index;
+            let progress = LogProgress::new(&slot.owner);
+            index_repository(&project.config.path, &slot.layout, &embedder, &slot.options, &progress)
         })
         .await
         .map_err(|e| IndexError::Invalid(format!("the index task failed: {e}")))?;
@@ -250,7 +273,7 @@ impl Projects {
 
     /// The index's state, for the status endpoint.
     pub fn status(&self, project: &Arc<Project>) -> serde_json::Value {
-        let reindexing = project.reindexing.try_lock().is_err();
+        let reindexing = project.index.reindexing.try_lock().is_err();
         let opened = if reindexing { Ok(None) } else { project.index() };
         let (indexed, chunks, meta, error) = match opened {
             Ok(Some(index)) => (true, index.chunk_count().ok(), serde_json::to_value(index.meta()).ok(), None),
@@ -260,7 +283,8 @@ impl Projects {
         serde_json::json!({
             "project": project.name(),
             "repository": project.config.path,
-            "index": project.layout.root,
+            "index": project.index.layout.root,
+            "index_of": project.index_owner(),
             "indexed": indexed,
             "reindexing": reindexing,
             "chunks": chunks,

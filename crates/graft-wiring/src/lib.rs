@@ -199,9 +199,14 @@ pub fn backend(config: &Config) -> Backend {
     }
 }
 
-/// The index folder of a project.
+/// The index folder of a project (of the project whose index it shares, if it does).
 pub fn layout(config: &Config, project: &str) -> IndexLayout {
-    IndexLayout::new(config.index.dir.join(project))
+    let index = config
+        .projects
+        .iter()
+        .find(|p| p.name == project)
+        .map_or(project, |p| p.index_name());
+    IndexLayout::new(config.index.dir.join(index))
 }
 
 /// Search settings from `[index]`, for `mode` and `k` results.
@@ -255,11 +260,20 @@ pub fn embedding_name(config: &Config) -> String {
 /// The configured projects, their indexes to be opened on first use; `embedder` serves
 /// retrieval and `/v1/embeddings`.
 pub fn projects(config: &Config, embedder: Option<Arc<Embedder>>) -> Projects {
-    let list = config
+    // Projects with an index of their own first; then those that share one (validation made
+    // sure the owner exists and shares nothing itself).
+    let mut list: Vec<Project> = config
         .projects
         .iter()
+        .filter(|p| p.index.is_none())
         .map(|p| Project::new(p.clone(), layout(config, &p.name), index_options(config)))
         .collect();
+    for sharer in config.projects.iter().filter(|p| p.index.is_some()) {
+        if let Some(owner) = list.iter().position(|o| Some(o.name()) == sharer.index.as_deref()) {
+            let project = Project::sharing(sharer.clone(), &list[owner]);
+            list.push(project);
+        }
+    }
     let search = search_options(config, SearchMode::Hybrid, config.index.top_k);
     Projects::new(list, embedder.map(|e| (embedding_name(config), e)), search)
 }
@@ -271,14 +285,7 @@ mod tests {
     #[test]
     fn settings_left_out_are_resolved_as_graft_serve_resolves_them() {
         let mut config = Config::default();
-        config.projects.push(graft_core::ProjectConfig {
-            name: "first".into(),
-            path: "repo".into(),
-            adapter: None,
-            retrieval: true,
-            top_k: 5,
-            context_tokens: 512,
-        });
+        config.projects.push(graft_core::ProjectConfig::new("first", "repo"));
         let server = server_config(&config);
         assert_eq!(server.infill_model.as_deref(), Some("first"), "/infill's model: the first project");
         assert_eq!(server.max_concurrent, Some(config.generation_slots(graft_engine::CUDA)));

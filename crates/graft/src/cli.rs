@@ -49,10 +49,13 @@ pub enum EvalCommand {
     /// completion tasks (line, api, span) and questions from them, add your own examples, and
     /// write the tasks (JSONL) and the split (`<FILE>.split.json`) beside each other.
     Build(EvalBuildArgs),
-    /// Run a golden set's completion tasks in each arm (base: the model alone; rag: with code
-    /// retrieved from the repository, held-out files excluded) through graft's own /infill,
-    /// and compare the arms with paired bootstrap intervals.
-    Run(EvalRunArgs),
+    /// Run a golden set in each arm (base: the model alone; rag: with code retrieved from the
+    /// repository, held-out files excluded; adapter, adapter+rag: the same on an adapter)
+    /// through graft's own API, judge its questions pairwise, and compare the arms with
+    /// paired bootstrap intervals.
+    Run(Box<EvalRunArgs>),
+    /// Print the judge's default rubric (copy it, edit it, pass it with --rubric).
+    Rubric,
 }
 
 #[derive(Debug, Args)]
@@ -61,24 +64,65 @@ pub struct EvalRunArgs {
     pub config: ConfigArg,
     /// The golden set (`graft eval build` writes it; its split file lies beside it).
     pub golden: PathBuf,
-    /// The arms, compared with the first: base, rag, and the controls oracle (the definition
-    /// an api task needs, given by hand) and random (random code of the same size).
-    #[arg(long, default_value = "base,rag")]
-    pub arms: String,
+    /// The arms, compared with the first: base, rag, adapter, adapter+rag, and the controls
+    /// oracle (the definition an api task needs, given by hand) and random (random code of the
+    /// same size). Default: base,rag, and adapter,adapter+rag with --adapter.
+    #[arg(long)]
+    pub arms: Option<String>,
+    /// The adapter the adapter arms run on: a name in the adapter store (with --endpoint:
+    /// the model name that server gives it).
+    #[arg(long, value_name = "NAME")]
+    pub adapter: Option<String>,
     /// Run at most this many completion tasks (chosen evenly by a seeded hash).
     #[arg(long, value_name = "N")]
     pub max_tasks: Option<usize>,
+    /// Run at most this many question tasks (0: none). Default: all.
+    #[arg(long, value_name = "N")]
+    pub max_questions: Option<usize>,
+    /// Evaluate another server instead of starting graft here: its base URL (graft, a
+    /// llama.cpp server, vLLM, Ollama: anything OpenAI-compatible).
+    #[arg(long, value_name = "URL", requires = "model")]
+    pub endpoint: Option<String>,
+    /// The model to ask at --endpoint.
+    #[arg(long, value_name = "M", requires = "endpoint")]
+    pub model: Option<String>,
+    /// How completion tasks are sent: `infill` (graft's and llama.cpp's /infill, with the
+    /// controls' context as extra files) or `completions` (OpenAI's /v1/completions, with
+    /// `suffix` for fill-in-the-middle; base and adapter arms only).
+    #[arg(long, default_value = "infill", value_parser = ["infill", "completions"])]
+    pub api: String,
+    /// The bearer key for --endpoint.
+    #[arg(long, value_name = "KEY", env = "GRAFT_EVAL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The judge of question tasks: an OpenAI-compatible base URL (default: the server the
+    /// tasks run on, its base model).
+    #[arg(long, value_name = "URL", requires = "judge_model")]
+    pub judge: Option<String>,
+    /// The model to ask at --judge.
+    #[arg(long, value_name = "M")]
+    pub judge_model: Option<String>,
+    /// The bearer key for --judge.
+    #[arg(long, value_name = "KEY", env = "GRAFT_JUDGE_API_KEY", hide_env_values = true)]
+    pub judge_api_key: Option<String>,
+    /// The judge's prompt, with {question}, {reference}, {answer_a} and {answer_b}
+    /// (`graft eval rubric` prints the default).
+    #[arg(long, value_name = "FILE")]
+    pub rubric: Option<PathBuf>,
     /// Lines of the current file before the cursor sent with each task.
     #[arg(long, default_value_t = 40)]
     pub context_lines: usize,
+    /// Most tokens of an answer to a question.
+    #[arg(long, default_value_t = 256)]
+    pub answer_tokens: usize,
     /// Tokens of retrieved code the rag arm may add.
     #[arg(long, default_value_t = 512)]
     pub context_tokens: usize,
     /// The seed of task sampling and of the bootstrap.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Also write the report (every task's answers and scores) as JSON here.
-    #[arg(long, value_name = "FILE")]
+    /// Also write the report into this folder: report.json (every task's answers and scores)
+    /// and report.html (charts, and each target beside each arm's answer).
+    #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
     /// Print the report as JSON instead of the table.
     #[arg(long)]

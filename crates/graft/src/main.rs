@@ -46,7 +46,11 @@ fn main() -> ExitCode {
         Command::Models(ModelsCommand::Fetch { config, ids, json }) => models::fetch(&config.config, &ids, json),
         Command::Models(ModelsCommand::List { config, json }) => models::list(&config.config, json),
         Command::Eval(EvalCommand::Build(args)) => eval::build_golden_set(args),
-        Command::Eval(EvalCommand::Run(args)) => eval::run_golden_set(args),
+        Command::Eval(EvalCommand::Run(args)) => eval::run::run_golden_set(*args),
+        Command::Eval(EvalCommand::Rubric) => {
+            print!("{}", graft_eval::judge::DEFAULT_RUBRIC);
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -141,7 +141,8 @@ fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std:
 /// re-indexing at once, so that its requests get no retrieved code rather than an error.
 fn index_in_background(state: &AppState) {
     let mut queue = Vec::new();
-    for project in state.projects().all() {
+    // A project sharing another's index is brought up to date with it.
+    for project in state.projects().all().filter(|p| p.index_owner() == p.name()) {
         let guard = if project.has_index() {
             None
         } else {

@@ -301,19 +301,21 @@ fn eval_run_scores_base_and_rag_and_never_retrieves_a_held_out_file() {
         .output()
         .unwrap();
     assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
-    let report_file = dir.path().join("report.json");
+    let report_dir = dir.path().join("report");
     let out = graft()
         .args([
             "eval",
             "run",
             "--max-tasks",
             "3",
+            "--max-questions",
+            "0",
             "--arms",
             "base,rag,oracle,random",
             "--json",
             "--report",
         ])
-        .arg(&report_file)
+        .arg(&report_dir)
         .arg(&golden)
         .output()
         .unwrap();
@@ -321,8 +323,13 @@ fn eval_run_scores_base_and_rag_and_never_retrieves_a_held_out_file() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         report,
-        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&report_file).unwrap()).unwrap()
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(report_dir.join("report.json")).unwrap()).unwrap()
     );
+    let html = std::fs::read_to_string(report_dir.join("report.html")).unwrap();
+    for id in report["outcomes"].as_array().unwrap().iter().map(|o| o["task"].as_str().unwrap()) {
+        assert!(html.contains(id), "the page shows task {id}");
+    }
+    assert_eq!(report["answers"].as_array().unwrap().len(), 0, "--max-questions 0");
     let arms: Vec<&str> = report["arms"]
         .as_array()
         .unwrap()
@@ -356,4 +363,225 @@ fn eval_run_scores_base_and_rag_and_never_retrieves_a_held_out_file() {
     }
     let em = &report["comparisons"][0]["metrics"]["exact_match"];
     assert!(em["low"].as_f64().unwrap() <= em["high"].as_f64().unwrap(), "{em}");
+}
+
+/// A golden set of the polyglot fixture with `gold` (one JSON object a line) added; its path.
+fn polyglot_golden(dir: &Path, gold: &str) -> std::path::PathBuf {
+    let gold_file = dir.join("gold.jsonl");
+    std::fs::write(&gold_file, gold).unwrap();
+    let golden = dir.join("poly.jsonl");
+    let built = graft()
+        .args([
+            "eval",
+            "build",
+            "tests/fixtures/polyglot",
+            "--project",
+            "polyglot",
+            "--holdout-fraction",
+            "0.4",
+        ])
+        .args(["--tasks", "4", "--questions", "1", "--gold"])
+        .arg(&gold_file)
+        .arg("-o")
+        .arg(&golden)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    golden
+}
+
+/// What `graft_eval::judge::combine` must give for two verdicts, worked out here by hand:
+/// arm first, `A` is the arm; arm second, `B` is.
+fn expected_outcome(arm_first: &serde_json::Value, arm_second: &serde_json::Value) -> (&'static str, bool) {
+    let first = match arm_first.as_str() {
+        Some("a") => Some("win"),
+        Some("b") => Some("loss"),
+        Some("tie") => Some("tie"),
+        _ => None,
+    };
+    let second = match arm_second.as_str() {
+        Some("a") => Some("loss"),
+        Some("b") => Some("win"),
+        Some("tie") => Some("tie"),
+        _ => None,
+    };
+    match (first, second) {
+        (Some(x), Some(y)) if x == y => (x, false),
+        (Some(_), Some(_)) => ("tie", true),
+        _ => ("tie", false),
+    }
+}
+
+#[test]
+fn eval_run_judges_questions_in_both_orders_on_an_adapter_with_a_judge_served_by_graft() {
+    let fetch = graft().args(["models", "fetch", "smollm2-135m-instruct"]).output().unwrap();
+    assert!(fetch.status.success(), "{}", String::from_utf8_lossy(&fetch.stderr));
+    let shipped = graft_core::Config::load(&repo_root().join("config/graft.toml")).unwrap();
+    let kit = std::fs::canonicalize(&shipped.kit.dir).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let golden = polyglot_golden(
+        work.path(),
+        "{\"question\": \"Which function adds two numbers?\", \"reference\": \"`add` in math.py returns a + b.\"}\n",
+    );
+    // A synthetic adapter on SmolLM2 (valid weights, no learned behaviour) in a store of its own.
+    let base = graft_engine::merge::BaseGguf::open(&kit.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    graft_engine::synthetic::SyntheticAdapter {
+        projections: &["q_proj", "v_proj"],
+        rank: 4,
+        alpha: 8.0,
+        amplitude: 0.02,
+        zero_b: false,
+        seed: 7,
+    }
+    .write(&work.path().join("adapters/tuned"), &base)
+    .unwrap();
+    let config = work.path().join("graft.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kit]\ndir = {:?}\n[adapters]\ndir = \"adapters\"\ncache_dir = \"cache\"\n",
+            kit.display().to_string()
+        ),
+    )
+    .unwrap();
+    // The judge: another graft, serving the kit's model.
+    let serving = start_serving(
+        graft().args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&config),
+        Duration::from_secs(120),
+    );
+    let rubric = work.path().join("rubric.md");
+    std::fs::write(
+        &rubric,
+        "Question: {question}\nCorrect answer: {reference}\nAnswer A: {answer_a}\nAnswer B: {answer_b}\nWhich answer is closer to the correct answer? Reply \"Verdict: A\" or \"Verdict: B\".\n",
+    )
+    .unwrap();
+    let report_dir = work.path().join("report");
+    let out = graft()
+        .args([
+            "eval",
+            "run",
+            "--adapter",
+            "tuned",
+            "--arms",
+            "base,adapter+rag",
+            "--max-tasks",
+            "1",
+        ])
+        .args([
+            "--answer-tokens",
+            "24",
+            "--json",
+            "--judge-model",
+            "smollm2-135m-instruct",
+            "--judge",
+        ])
+        .arg(format!("http://{}/v1", serving.addr))
+        .arg("--rubric")
+        .arg(&rubric)
+        .arg("--report")
+        .arg(&report_dir)
+        .arg("--config")
+        .arg(&config)
+        .arg(&golden)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let outcomes = report["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 2, "one task in two arms");
+    assert!(outcomes.iter().all(|o| o["error"].is_null()), "{outcomes:?}");
+    let answers = report["answers"].as_array().unwrap();
+    let questions = answers.len() / 2;
+    assert!(
+        answers.iter().any(|a| a["task"] == "gold-1"),
+        "the team's own question is asked: {answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| a["error"].is_null() && !a["answer"].as_str().unwrap().is_empty()),
+        "{answers:?}"
+    );
+    // Every question judged once per pair, in both orders, each reply kept.
+    let judgements = report["judgements"].as_array().unwrap();
+    assert_eq!(judgements.len(), questions, "{judgements:?}");
+    let (mut flips, mut read) = (0, 0);
+    for j in judgements {
+        assert_eq!((j["arm"].as_str(), j["against"].as_str()), (Some("adapter+rag"), Some("base")));
+        let replies = j["replies"].as_array().unwrap();
+        assert_eq!(replies.len(), 2, "both orders asked");
+        assert!(replies.iter().all(|r| !r.as_str().unwrap().trim().is_empty()), "{j}");
+        let (outcome, flipped) = expected_outcome(&j["arm_first"], &j["arm_second"]);
+        assert_eq!(j["outcome"], outcome, "a win or loss only when both orders agree: {j}");
+        assert_eq!(j["flipped"], flipped, "{j}");
+        if !j["arm_first"].is_null() && !j["arm_second"].is_null() {
+            read += 1;
+            flips += usize::from(flipped);
+        }
+    }
+    let summary = &report["judged"][0];
+    assert_eq!(summary["pairs"], questions);
+    let count = |k: &str| summary[k].as_u64().unwrap() as usize;
+    assert_eq!(count("wins") + count("losses") + count("ties"), questions);
+    let flip_rate = if read == 0 { 0.0 } else { flips as f64 / read as f64 };
+    assert!((summary["flip_rate"].as_f64().unwrap() - flip_rate).abs() < 1e-9, "{summary}");
+    assert!(report["about"]["rubric"].as_str().unwrap().ends_with("rubric.md"));
+    assert_eq!(report["about"]["adapter"], "tuned");
+    let html = std::fs::read_to_string(report_dir.join("report.html")).unwrap();
+    assert!(html.contains("Judged questions") && html.contains("adapter+rag vs base"));
+
+    // The same golden set against that graft as an outside server, through OpenAI's
+    // completions and llama.cpp's /infill with a control.
+    for (api, arms) in [("completions", "base"), ("infill", "base,oracle")] {
+        let out = graft()
+            .args([
+                "eval",
+                "run",
+                "--max-tasks",
+                "2",
+                "--max-questions",
+                "0",
+                "--json",
+                "--api",
+                api,
+                "--arms",
+                arms,
+            ])
+            .args(["--model", "smollm2-135m-instruct", "--endpoint"])
+            .arg(format!("http://{}", serving.addr))
+            .arg("--config")
+            .arg(&config)
+            .arg(&golden)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{api}: {}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let outcomes = report["outcomes"].as_array().unwrap();
+        assert_eq!(outcomes.len(), 2 * arms.split(',').count(), "{api}");
+        assert!(outcomes.iter().all(|o| o["error"].is_null()), "{api}: {outcomes:?}");
+        assert!(report["about"]["served by"].as_str().unwrap().contains(api));
+    }
+    let refused = graft()
+        .args([
+            "eval",
+            "run",
+            "--api",
+            "completions",
+            "--arms",
+            "base,rag",
+            "--model",
+            "m",
+            "--endpoint",
+            "http://127.0.0.1:9",
+        ])
+        .arg(&golden)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("`rag` arm"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }

@@ -1,0 +1,547 @@
+//! `graft eval run GOLDEN`: every task in every arm, the questions judged, one report.
+//!
+//! By default graft is started here, in-process, over the repository indexed without its
+//! held-out files (project `eval`, and `eval-adapter` on the adapter sharing its index), so
+//! every request takes the path users get. With `--endpoint` the same tasks go to another
+//! server instead (a running graft, a llama.cpp server, vLLM, Ollama).
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use graft_eval::arms::{chat_request, completions_request, infill_request, Arm, RequestOptions};
+use graft_eval::controls;
+use graft_eval::judge::{judge_pair, Rubric};
+use graft_eval::random::stable_hash;
+use graft_eval::report::{report, Answer, Outcome, Results};
+use graft_eval::{GoldenSet, Split, Task, TaskKind};
+use graft_index::walk::SourceFile;
+use graft_kit::Kit;
+use serde_json::json;
+
+use super::target::{Endpoint, Reply};
+use crate::cli::EvalRunArgs;
+use crate::{index, models, progress, serve};
+
+/// The project name the evaluation's own server gives the repository.
+const EVAL_PROJECT: &str = "eval";
+/// The same repository on the adapter.
+const EVAL_ADAPTER_PROJECT: &str = "eval-adapter";
+
+/// How completion tasks are sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Infill,
+    Completions,
+}
+
+/// The model names each arm asks for, and where.
+struct Served {
+    endpoint: Endpoint,
+    plain: String,
+    adapter: Option<String>,
+}
+
+impl Served {
+    fn model(&self, arm: Arm) -> &str {
+        match (&self.adapter, arm.on_adapter()) {
+            (Some(adapter), true) => adapter,
+            _ => &self.plain,
+        }
+    }
+}
+
+/// `graft eval run GOLDEN`.
+pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
+    let config = models::load_config(&args.config.config)?;
+    let api = if args.api == "completions" { Api::Completions } else { Api::Infill };
+    let arms = arms(&args, api)?;
+    let golden = GoldenSet::read(&args.golden)?;
+    let split_file = Split::path_beside(&args.golden);
+    let split = Split::read(&split_file).with_context(|| format!("the split beside the golden set ({})", split_file.display()))?;
+    let tasks = pick(&golden, |t| t.kind != TaskKind::Question, args.max_tasks, args.seed);
+    let questions = pick(&golden, |t| t.kind == TaskKind::Question, args.max_questions, args.seed);
+    if tasks.is_empty() && questions.is_empty() {
+        bail!("{} has no tasks to run", args.golden.display());
+    }
+    let rubric = match &args.rubric {
+        Some(path) => Rubric::read(path)?,
+        None => Rubric::default(),
+    };
+    let repo = split.repository.clone();
+    // The controls draw from the repository as the index walks it; the other arms need nothing.
+    let files: Vec<SourceFile> = match (&repo, arms.iter().any(|a| a.is_control())) {
+        (Some(repo), true) => graft_index::walk::walk(repo, &graft_wiring::index_options(&config).walk)?.files,
+        (None, true) => bail!("the controls need the repository, and {} names none", split_file.display()),
+        _ => Vec::new(),
+    };
+
+    // In-process: the repository indexed without its held-out files, served here.
+    let local = match &args.endpoint {
+        Some(_) => None,
+        None => {
+            let Some(repo) = &repo else {
+                bail!(
+                    "{} names no repository: rebuild the golden set with `graft eval build`",
+                    split_file.display()
+                );
+            };
+            Some(prepare_local(&config, &args, repo, &split)?)
+        }
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let results = runtime.block_on(async {
+        let (served, judge) = match (&args.endpoint, local) {
+            (Some(url), _) => {
+                let endpoint = Endpoint::new(url, args.api_key.clone())?;
+                let model = args.model.clone().unwrap_or_default();
+                let served = Served {
+                    endpoint: endpoint.clone(),
+                    plain: model.clone(),
+                    adapter: args.adapter.clone(),
+                };
+                (served, (endpoint, model))
+            }
+            (None, Some((eval_config, embedder))) => {
+                let addr = serve::start_on_loopback(&eval_config, Some(embedder)).await?;
+                let endpoint = Endpoint::new(&format!("http://{addr}"), None)?;
+                let served = Served {
+                    endpoint: endpoint.clone(),
+                    plain: EVAL_PROJECT.to_owned(),
+                    adapter: args.adapter.as_ref().map(|_| EVAL_ADAPTER_PROJECT.to_owned()),
+                };
+                (served, (endpoint, config.model.name.clone()))
+            }
+            (None, None) => unreachable!("a local server is prepared whenever there is no endpoint"),
+        };
+        let judge = match (&args.judge, &args.judge_model) {
+            (Some(url), Some(model)) => (Endpoint::new(url, args.judge_api_key.clone())?, model.clone()),
+            _ => judge,
+        };
+        let run = Run {
+            args: &args,
+            api,
+            arms: &arms,
+            served,
+            judge,
+            rubric,
+            files,
+            split: &split,
+        };
+        let started = Instant::now();
+        let results = run.all(&tasks, &questions).await;
+        anyhow::Ok((results, started.elapsed()))
+    })?;
+    let (results, elapsed) = results;
+
+    let held_out_retrieved = results.held_out_retrieved;
+    let requests = results.outcomes.len() + results.answers.len() + 2 * results.judgements.len();
+    let mut report = report(&arms, results, args.seed);
+    about(&mut report.about, &args, &config, &tasks, &questions, &rubric_name(&args));
+    let minutes = elapsed.as_secs_f64() / 60.0;
+    report.about.insert(
+        "throughput",
+        format!(
+            "{requests} requests in {minutes:.1} min ({:.1} a minute)",
+            requests as f64 / minutes.max(1e-9)
+        ),
+    );
+    if let Some(dir) = &args.report {
+        write_report(dir, &report, &tasks, &questions)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} completion tasks ({} cross-file) and {} questions of {}\n",
+            tasks.len(),
+            tasks.iter().filter(|t| t.cross_file()).count(),
+            questions.len(),
+            args.golden.display()
+        );
+        print!("{}", report.table());
+        println!("\n{}", report.about["throughput"]);
+        if let Some(dir) = &args.report {
+            println!("\nreport: {}", dir.join("report.html").display());
+        }
+        if held_out_retrieved > 0 {
+            println!("\nwarning: {held_out_retrieved} retrieved sources were held-out files");
+        }
+    }
+    if held_out_retrieved > 0 {
+        bail!("retrieval returned held-out files {held_out_retrieved} times: the evaluation is not valid");
+    }
+    Ok(())
+}
+
+/// The arms asked for (or the default), checked against what the target can do.
+fn arms(args: &EvalRunArgs, api: Api) -> Result<Vec<Arm>> {
+    let default = if args.adapter.is_some() {
+        "base,rag,adapter,adapter+rag"
+    } else {
+        "base,rag"
+    };
+    let arms = Arm::parse_list(args.arms.as_deref().unwrap_or(default)).map_err(anyhow::Error::msg)?;
+    if arms.iter().any(|a| a.on_adapter()) && args.adapter.is_none() {
+        bail!("the adapter arms need the adapter: --adapter NAME");
+    }
+    if api == Api::Completions {
+        if let Some(arm) = arms.iter().find(|a| a.retrieves() || a.is_control()) {
+            bail!(
+                "--api completions sends the prompt as it is, so the `{}` arm cannot be run that way: use base and adapter, or --api infill",
+                arm.name()
+            );
+        }
+    }
+    Ok(arms)
+}
+
+/// The golden set's tasks that `keep` selects, at most `max` of them: those with the lowest
+/// seeded hash of their id (an even draw over kinds and files), in the set's order.
+fn pick(golden: &GoldenSet, keep: impl Fn(&Task) -> bool, max: Option<usize>, seed: u64) -> Vec<&Task> {
+    let tasks: Vec<&Task> = golden.tasks.iter().filter(|t| keep(t)).collect();
+    let Some(max) = max.filter(|m| *m < tasks.len()) else {
+        return tasks;
+    };
+    let mut order: Vec<(u64, usize)> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (stable_hash(seed, &["run", &t.id]), i))
+        .collect();
+    order.sort();
+    let mut keep: Vec<usize> = order.into_iter().take(max).map(|(_, i)| i).collect();
+    keep.sort();
+    keep.into_iter().map(|i| tasks[i]).collect()
+}
+
+/// The evaluation's config (project `eval` on the repository without its held-out files, and
+/// `eval-adapter` on the adapter sharing its index), its index built and checked.
+fn prepare_local(
+    config: &graft_core::Config,
+    args: &EvalRunArgs,
+    repo: &Path,
+    split: &Split,
+) -> Result<(graft_core::Config, graft_index::Embedder)> {
+    let mut eval_config = config.clone();
+    eval_config.index.dir = args.golden.with_extension("index");
+    eval_config.index.exclude.extend(split.held_out.iter().map(|p| format!("/{p}")));
+    let project = graft_core::ProjectConfig {
+        top_k: config.index.top_k,
+        context_tokens: args.context_tokens,
+        ..graft_core::ProjectConfig::new(EVAL_PROJECT, repo)
+    };
+    let mut projects = vec![project.clone()];
+    if let Some(adapter) = &args.adapter {
+        let store = graft_engine::pool::store_names(&config.adapters.dir);
+        if !store.contains(adapter) {
+            bail!(
+                "no adapter `{adapter}` in the adapter store {} (it holds: {})",
+                config.adapters.dir.display(),
+                if store.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    store.to_vec().join(", ")
+                }
+            );
+        }
+        projects.push(graft_core::ProjectConfig {
+            name: EVAL_ADAPTER_PROJECT.to_owned(),
+            adapter: Some(adapter.clone()),
+            index: Some(EVAL_PROJECT.to_owned()),
+            ..project
+        });
+    }
+    eval_config.projects = projects;
+    eval_config.server.infill_model = Some(EVAL_PROJECT.to_owned());
+    let kit = Kit::new(&eval_config.kit.dir);
+    let mut needed = graft_wiring::model_artifacts(&eval_config)?;
+    needed.extend(graft_wiring::index_artifacts(&eval_config)?);
+    models::ensure(&kit, &needed, args.json)?;
+    let embedder = index::load_embedder(&eval_config)?;
+    let indexed = index::run_index(&eval_config, EVAL_PROJECT, repo, &embedder, true)?;
+    if !args.json {
+        eprintln!(
+            "indexed {} without its {} held-out files: {} files, {} chunks",
+            repo.display(),
+            split.held_out.len(),
+            indexed.files_indexed,
+            indexed.chunks
+        );
+    }
+    check_held_out_unreachable(&eval_config, repo, split, &embedder)?;
+    Ok((eval_config, embedder))
+}
+
+/// Searches the evaluation's index with each held-out file's own text (its first lines, up to
+/// 20 files): none may come back, or retrieval could hand the model an answer.
+fn check_held_out_unreachable(config: &graft_core::Config, repo: &Path, split: &Split, embedder: &graft_index::Embedder) -> Result<()> {
+    let index = graft_index::ProjectIndex::open_with(
+        EVAL_PROJECT,
+        &graft_wiring::layout(config, EVAL_PROJECT),
+        &graft_wiring::backend(config),
+    )?;
+    let options = graft_wiring::search_options(config, graft_index::SearchMode::Hybrid, 10);
+    for path in split.held_out.iter().take(20) {
+        let Ok(text) = std::fs::read_to_string(repo.join(path)) else {
+            continue;
+        };
+        let query: String = text.lines().take(30).collect::<Vec<_>>().join("\n");
+        if query.trim().is_empty() {
+            continue;
+        }
+        let hits = index.search(&query, Some(embedder), &options)?;
+        if let Some(hit) = hits.iter().find(|h| split.contains(&h.path)) {
+            bail!(
+                "the evaluation's index returned the held-out file {} for a query made of {path}: it must not hold held-out files",
+                hit.path
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One run's settings and targets.
+struct Run<'a> {
+    args: &'a EvalRunArgs,
+    api: Api,
+    arms: &'a [Arm],
+    served: Served,
+    /// The judge's endpoint and model.
+    judge: (Endpoint, String),
+    rubric: Rubric,
+    files: Vec<SourceFile>,
+    split: &'a Split,
+}
+
+impl Run<'_> {
+    /// Every completion task in every arm, every question in every arm that is not a
+    /// control, then each question's answers judged against the first arm's.
+    async fn all(&self, tasks: &[&Task], questions: &[&Task]) -> Results {
+        let question_arms: Vec<Arm> = self.arms.iter().copied().filter(|a| !a.is_control()).collect();
+        // Questions are judged against the first arm, so only when it is not a control.
+        let judged_arms = match self.arms.first() {
+            Some(first) if !first.is_control() => question_arms.len().saturating_sub(1),
+            _ => 0,
+        };
+        let total = tasks.len() * self.arms.len() + questions.len() * (question_arms.len() + 2 * judged_arms);
+        let mut progress = Progress::new(total, self.args.json);
+        let options = RequestOptions {
+            context_lines: self.args.context_lines,
+            answer_tokens: self.args.answer_tokens,
+            ..RequestOptions::default()
+        };
+        let mut results = Results::default();
+        for task in tasks {
+            for &arm in self.arms {
+                let started = Instant::now();
+                let reply = self.complete(task, arm, options).await;
+                let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let (text, sources) = split_reply(reply);
+                results.outcomes.push(Outcome::new(task, arm, text, latency_ms, sources));
+                progress.step();
+            }
+        }
+        // Graft's extension field goes only to a server asked for retrieval (so graft).
+        let retrieval_field = self.arms.iter().any(|a| a.retrieves());
+        for question in questions {
+            for &arm in &question_arms {
+                let body = chat_request(
+                    question,
+                    self.served.model(arm),
+                    retrieval_field.then_some(arm.retrieves()),
+                    options,
+                );
+                let started = Instant::now();
+                let reply = self.served.endpoint.chat(&body).await;
+                let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let (text, sources) = split_reply(reply);
+                results.answers.push(Answer::new(question, arm, text, latency_ms, sources));
+                progress.step();
+            }
+            if judged_arms == 0 {
+                continue;
+            }
+            let answer_of = |arm: Arm| {
+                results
+                    .answers
+                    .iter()
+                    .find(|a| a.task == question.id && a.arm == arm.name() && a.error.is_none())
+                    .map(|a| a.answer.clone())
+            };
+            let first = question_arms[0];
+            for &arm in &question_arms[1..] {
+                if let (Some(theirs), Some(mine)) = (answer_of(first), answer_of(arm)) {
+                    let judged = judge_pair(
+                        |prompt| self.ask_judge(prompt),
+                        &self.rubric,
+                        &question.id,
+                        question.question.as_deref().unwrap_or_default(),
+                        question.reference.as_deref().unwrap_or_default(),
+                        (arm.name(), &mine),
+                        (first.name(), &theirs),
+                    )
+                    .await;
+                    match judged {
+                        Ok(judged) => results.judgements.push(judged),
+                        Err(e) => tracing::warn!(task = %question.id, error = %e, "the judge gave no answer"),
+                    }
+                }
+                progress.step();
+                progress.step();
+            }
+        }
+        progress.finish();
+        results.held_out_retrieved = results
+            .outcomes
+            .iter()
+            .flat_map(|o| &o.sources)
+            .chain(results.answers.iter().flat_map(|a| &a.sources))
+            .filter(|p| self.split.contains(p))
+            .count();
+        results
+    }
+
+    /// One completion task in one arm.
+    async fn complete(&self, task: &Task, arm: Arm, options: RequestOptions) -> Result<Reply, String> {
+        let model = self.served.model(arm);
+        match self.api {
+            Api::Completions => self.served.endpoint.completion(&completions_request(task, model, options)).await,
+            Api::Infill => {
+                let extra = match arm {
+                    Arm::Oracle => controls::oracle(task, &self.files),
+                    Arm::Random => controls::random(task, &self.files, self.split, self.args.seed),
+                    _ => None,
+                };
+                let body = infill_request(task, arm, model, options, extra.as_ref());
+                self.served.endpoint.infill(&body).await
+            }
+        }
+    }
+
+    /// The judge's reply to one prompt: greedy, short.
+    async fn ask_judge(&self, prompt: String) -> Result<String, String> {
+        let (endpoint, model) = &self.judge;
+        let body = json!({
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": 64,
+            "temperature": 0,
+        });
+        endpoint.chat(&body).await.map(|r| r.text)
+    }
+}
+
+fn split_reply(reply: Result<Reply, String>) -> (Result<String, String>, Vec<String>) {
+    match reply {
+        Ok(r) => (Ok(r.text), r.sources),
+        Err(e) => (Err(e), Vec::new()),
+    }
+}
+
+/// A bar on a terminal; elsewhere (a log, CI) a line every tenth of the way.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    total: usize,
+    done: usize,
+    quiet: bool,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(total: usize, quiet: bool) -> Progress {
+        Progress {
+            bar: progress::bar(total as u64, "requests", quiet),
+            total,
+            done: 0,
+            quiet,
+            started: Instant::now(),
+        }
+    }
+
+    fn step(&mut self) {
+        self.done += 1;
+        self.bar.inc(1);
+        let tenth = |n: usize| (n * 10).checked_div(self.total).unwrap_or(0);
+        if self.bar.is_hidden() && !self.quiet && tenth(self.done) != tenth(self.done - 1) {
+            eprintln!(
+                "eval: {}/{} requests, {:.0} s",
+                self.done,
+                self.total,
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+fn rubric_name(args: &EvalRunArgs) -> String {
+    args.rubric
+        .as_ref()
+        .map_or("graft's default (`graft eval rubric`)".to_owned(), |p| p.display().to_string())
+}
+
+/// What was run, for the report's head.
+fn about(
+    about: &mut std::collections::BTreeMap<&'static str, String>,
+    args: &EvalRunArgs,
+    config: &graft_core::Config,
+    tasks: &[&Task],
+    questions: &[&Task],
+    rubric: &str,
+) {
+    about.insert("golden set", args.golden.display().to_string());
+    about.insert(
+        "tasks",
+        format!(
+            "{} completion ({} cross-file), {} questions",
+            tasks.len(),
+            tasks.iter().filter(|t| t.cross_file()).count(),
+            questions.len()
+        ),
+    );
+    match &args.endpoint {
+        Some(url) => {
+            about.insert(
+                "served by",
+                format!("{url} ({}, model {})", args.api, args.model.as_deref().unwrap_or("")),
+            );
+        }
+        None => {
+            about.insert("served by", format!("graft, in-process ({})", config.model.name));
+        }
+    }
+    if let Some(adapter) = &args.adapter {
+        about.insert("adapter", adapter.clone());
+    }
+    if !questions.is_empty() {
+        let judge = match (&args.judge, &args.judge_model) {
+            (Some(url), Some(model)) => format!("{url}, model {model}"),
+            _ => "the server the tasks ran on, its base model".to_owned(),
+        };
+        about.insert("judge", judge);
+        about.insert("rubric", rubric.to_owned());
+    }
+    about.insert(
+        "prompt",
+        format!(
+            "{} lines before the cursor; retrieval up to {} tokens",
+            args.context_lines, args.context_tokens
+        ),
+    );
+    about.insert("seed", args.seed.to_string());
+}
+
+/// `DIR/report.json` and `DIR/report.html`.
+fn write_report(dir: &Path, report: &graft_eval::report::Report, tasks: &[&Task], questions: &[&Task]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json = dir.join("report.json");
+    std::fs::write(&json, serde_json::to_string_pretty(report)?).with_context(|| format!("writing {}", json.display()))?;
+    let all: Vec<&Task> = tasks.iter().chain(questions).copied().collect();
+    let html = dir.join("report.html");
+    std::fs::write(&html, graft_eval::html::page(report, &all)).with_context(|| format!("writing {}", html.display()))?;
+    Ok(())
+}

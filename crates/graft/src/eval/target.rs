@@ -1,0 +1,115 @@
+//! Where `graft eval run` sends a request and how it reads the answer: graft's `/infill`,
+//! OpenAI's `/v1/completions` and `/v1/chat/completions`, on graft started here or on any
+//! server given by its base URL (`http://host:8080` or `http://host:8080/v1`).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// An answer: its text, and the paths of the code the server retrieved for it (graft's
+/// `sources`; none from other servers).
+pub struct Reply {
+    pub text: String,
+    pub sources: Vec<String>,
+}
+
+/// One server.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// The base URL without a trailing `/` or `/v1`.
+    base: String,
+    key: Option<String>,
+    client: reqwest::Client,
+}
+
+/// A request on a CPU can take minutes; one that takes longer than this has hung.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(900);
+
+impl Endpoint {
+    pub fn new(url: &str, key: Option<String>) -> anyhow::Result<Endpoint> {
+        let trimmed = url.trim().trim_end_matches('/');
+        let base = trimmed.strip_suffix("/v1").unwrap_or(trimmed).to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            anyhow::bail!("`{url}` is not an http:// or https:// URL");
+        }
+        let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?;
+        Ok(Endpoint { base, key, client })
+    }
+
+    /// llama.cpp's `/infill` (graft's and llama.cpp server's): `content`.
+    pub async fn infill(&self, body: &Value) -> Result<Reply, String> {
+        let answer = self.post("/infill", body).await?;
+        Ok(Reply {
+            text: text(&answer["content"], "content")?,
+            sources: sources(&answer),
+        })
+    }
+
+    /// `/v1/completions`: the first choice's `text`.
+    pub async fn completion(&self, body: &Value) -> Result<Reply, String> {
+        let answer = self.post("/v1/completions", body).await?;
+        Ok(Reply {
+            text: text(&answer["choices"][0]["text"], "choices[0].text")?,
+            sources: sources(&answer),
+        })
+    }
+
+    /// `/v1/chat/completions`: the first choice's message.
+    pub async fn chat(&self, body: &Value) -> Result<Reply, String> {
+        let answer = self.post("/v1/chat/completions", body).await?;
+        Ok(Reply {
+            text: text(&answer["choices"][0]["message"]["content"], "choices[0].message.content")?,
+            sources: sources(&answer),
+        })
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
+        let mut request = self.client.post(format!("{}{path}", self.base)).json(body);
+        if let Some(key) = &self.key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(|e| format!("{path}: {e}"))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| format!("{path}: {e}"))?;
+        let answer: Value = serde_json::from_slice(&bytes).map_err(|_| {
+            let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+            format!("{path}: HTTP {status}, not JSON: {shown}")
+        })?;
+        if !status.is_success() {
+            let message = answer["error"]["message"]
+                .as_str()
+                .or_else(|| answer["error"].as_str())
+                .unwrap_or("no message");
+            return Err(format!("{path}: HTTP {status}: {message}"));
+        }
+        Ok(answer)
+    }
+}
+
+fn text(value: &Value, field: &str) -> Result<String, String> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Null => Ok(String::new()),
+        _ => Err(format!("the answer's `{field}` is not text")),
+    }
+}
+
+fn sources(answer: &Value) -> Vec<String> {
+    answer["sources"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|h| h["path"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_url_is_taken_with_or_without_v1() {
+        for url in ["http://h:8080", "http://h:8080/", "http://h:8080/v1", "http://h:8080/v1/"] {
+            assert_eq!(Endpoint::new(url, None).unwrap().base, "http://h:8080", "{url}");
+        }
+        assert!(Endpoint::new("h:8080", None).is_err());
+    }
+}
