@@ -110,6 +110,9 @@ pub struct ModelConfig {
     pub device: Device,
     /// Most sequences the engine decodes at once.
     pub max_num_seqs: usize,
+    /// Recent prompts whose keys and values the engine keeps, so that a prompt starting with
+    /// one of them reads only what follows (0: none).
+    pub prompt_cache: usize,
     /// The format of code-completion prompts; `auto` detects it from the model's vocabulary.
     pub prompt_format: PromptFormatChoice,
     /// A Jinja chat template file used instead of the one in the GGUF.
@@ -126,6 +129,7 @@ impl Default for ModelConfig {
             gguf: ModelSource::Kit("smollm2-135m-instruct".to_owned()),
             device: Device::Cpu,
             max_num_seqs: 8,
+            prompt_cache: 4,
             prompt_format: PromptFormatChoice::Auto,
             chat_template: None,
             cpu_weights: CpuWeights::Q8_0,

@@ -33,6 +33,9 @@ pub struct BaseModel {
     pub device: Device,
     /// Most sequences decoded at once.
     pub max_num_seqs: usize,
+    /// Recent prompts whose KV state is kept for reuse by a prompt that starts with one of
+    /// them (0: none).
+    pub prompt_cache: usize,
     /// The completion prompt format; `None` detects it from the model's vocabulary.
     pub prompt_format: Option<PromptFormat>,
     /// A Jinja chat template file used instead of the one in the GGUF.
@@ -47,6 +50,7 @@ impl BaseModel {
             gguf: gguf.into(),
             device: Device::Cpu,
             max_num_seqs,
+            prompt_cache: 4,
             prompt_format: None,
             chat_template: None,
         }
@@ -514,11 +518,9 @@ fn gguf_builder(path: &Path, base: &BaseModel) -> Result<GgufModelBuilder, Engin
     let mut builder = GgufModelBuilder::new(dir, vec![file])
         .with_token_source(TokenSource::None)
         .with_max_num_seqs(base.max_num_seqs)
-        // mistralrs 0.8.1's prefix cache changes answers when it reuses part of an earlier
-        // prompt (seen here: a seeded request gave other text once other chats had run, and
-        // the same text every time with the cache off), and it gave no measured speed-up on
-        // CPU. Correct answers first: it stays off.
-        .with_prefix_cache_n(None);
+        // mistralrs's prefix cache, with graft's fixes (vendor/README.md): one per model, so
+        // a replaced adapter never reads another version's prompts.
+        .with_prefix_cache_n((base.prompt_cache > 0).then_some(base.prompt_cache));
     if let Some(template) = &base.chat_template {
         if !template.is_file() {
             return Err(EngineError::Load {

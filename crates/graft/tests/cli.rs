@@ -285,22 +285,7 @@ fn eval_build_writes_a_reproducible_golden_set_and_names_a_bad_gold_line() {
 #[test]
 fn eval_run_scores_base_and_rag_and_never_retrieves_a_held_out_file() {
     let dir = tempfile::tempdir().unwrap();
-    let golden = dir.path().join("poly.jsonl");
-    let built = graft()
-        .args([
-            "eval",
-            "build",
-            "tests/fixtures/polyglot",
-            "--project",
-            "polyglot",
-            "--holdout-fraction",
-            "0.4",
-            "-o",
-        ])
-        .arg(&golden)
-        .output()
-        .unwrap();
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let golden = polyglot_golden(dir.path(), &[]);
     let report_dir = dir.path().join("report");
     let out = graft()
         .args([
@@ -365,10 +350,9 @@ fn eval_run_scores_base_and_rag_and_never_retrieves_a_held_out_file() {
     assert!(em["low"].as_f64().unwrap() <= em["high"].as_f64().unwrap(), "{em}");
 }
 
-/// A golden set of the polyglot fixture with `gold` (one JSON object a line) added; its path.
-fn polyglot_golden(dir: &Path, gold: &str) -> std::path::PathBuf {
-    let gold_file = dir.join("gold.jsonl");
-    std::fs::write(&gold_file, gold).unwrap();
+/// A golden set of the polyglot fixture (40% of its files held out) built with `extra`
+/// arguments; its path.
+fn polyglot_golden(dir: &Path, extra: &[&str]) -> std::path::PathBuf {
     let golden = dir.join("poly.jsonl");
     let built = graft()
         .args([
@@ -380,8 +364,7 @@ fn polyglot_golden(dir: &Path, gold: &str) -> std::path::PathBuf {
             "--holdout-fraction",
             "0.4",
         ])
-        .args(["--tasks", "4", "--questions", "1", "--gold"])
-        .arg(&gold_file)
+        .args(extra)
         .arg("-o")
         .arg(&golden)
         .output()
@@ -419,10 +402,14 @@ fn eval_run_judges_questions_in_both_orders_on_an_adapter_with_a_judge_served_by
     let shipped = graft_core::Config::load(&repo_root().join("config/graft.toml")).unwrap();
     let kit = std::fs::canonicalize(&shipped.kit.dir).unwrap();
     let work = tempfile::tempdir().unwrap();
-    let golden = polyglot_golden(
-        work.path(),
+    let gold = work.path().join("gold.jsonl");
+    std::fs::write(
+        &gold,
         "{\"question\": \"Which function adds two numbers?\", \"reference\": \"`add` in math.py returns a + b.\"}\n",
-    );
+    )
+    .unwrap();
+    let gold = gold.to_string_lossy().into_owned();
+    let golden = polyglot_golden(work.path(), &["--tasks", "4", "--questions", "1", "--gold", &gold]);
     // A synthetic adapter on SmolLM2 (valid weights, no learned behaviour) in a store of its own.
     let base = graft_engine::merge::BaseGguf::open(&kit.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
     graft_engine::synthetic::SyntheticAdapter {

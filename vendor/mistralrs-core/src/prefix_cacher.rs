@@ -1,6 +1,5 @@
-use candle_core::{Device, Result};
+use candle_core::Result;
 use indexmap::IndexMap;
-use itertools::Itertools;
 use tracing::info;
 
 use crate::{
@@ -101,9 +100,25 @@ impl PrefixCacheManagerV2 {
         // PrefixCacheManagerV2 only handles non-paged attention caching.
         if !self.has_paged_attention {
             let cache = seq.normal_cache().to_vec();
+            // graft: key the entry by the prompt's tokens only. The generated tokens' keys and
+            // values were computed one token at a time (mistralrs's single-query attention),
+            // which rounds differently from reading them in a prompt, so reusing them would
+            // change later answers; and the last generated token was never read back at all.
+            let held = cache
+                .iter()
+                .flatten()
+                .filter(|layer| !layer.is_shared())
+                .map(|layer| layer.current_seq_len())
+                .min()
+                .unwrap_or(0);
+            let toks = seq.get_toks();
+            let toks = &toks[..held.min(seq.prompt_tokens()).min(toks.len())];
+            if toks.is_empty() {
+                return;
+            }
 
             self.caches.insert(
-                seq.get_toks().to_vec().into(),
+                toks.to_vec().into(),
                 CacheElement {
                     cache,
                     recurrent_snapshots,
@@ -117,66 +132,18 @@ impl PrefixCacheManagerV2 {
 
     /// Evict the caches. This will evict the first k seqs such that the number of sequences on device after the copy is
     /// the maximum allowed. Returns the number of evicted sequences.
+    ///
+    /// graft: every entry counts, on the CPU too, oldest first. Upstream counted entries on a
+    /// GPU only, so on a CPU the cache grew by a whole KV cache per request, without bound.
     pub fn evict_caches(&mut self) -> Result<usize> {
         if self.no_prefix_cache {
             return Ok(0);
         }
-        let mut n_on_device = 0;
-        for cache in self.caches.values() {
-            let first_non_none = cache
-                .cache
-                .iter()
-                .find_or_first(|x| x.as_ref().is_some_and(|kv| kv.k().ok().flatten().is_some()));
-            let Some(Some(first_non_none)) = first_non_none else {
-                continue;
-            };
-
-            let cache_device = match first_non_none {
-                KvCache::Normal { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Rotating { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Shared { .. } => continue,
-            };
-
-            if !matches!(cache_device, Device::Cpu) {
-                n_on_device += 1;
-            }
-        }
         let mut n_evicted = 0;
-        // Intentionally evict the first ones first, as they are the oldest
-        for cache in self.caches.values_mut() {
-            if n_on_device - n_evicted <= self.n_on_device {
-                break;
-            }
-            let first_non_none = cache
-                .cache
-                .iter()
-                .find_or_first(|x| x.as_ref().is_some_and(|kv| kv.k().ok().flatten().is_some()));
-            let Some(Some(first_non_none)) = first_non_none else {
-                continue;
-            };
-
-            let cache_device = match first_non_none {
-                KvCache::Normal { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Rotating { k, .. } => {
-                    k.all_data().as_ref().expect("No KV cache data").device()
-                }
-                KvCache::Shared { .. } => continue,
-            };
-
-            if !matches!(cache_device, Device::Cpu) {
-                cache.cache.clear();
-                n_evicted += 1;
-            }
+        while self.caches.len() > self.n_on_device {
+            self.caches.shift_remove_index(0);
+            n_evicted += 1;
         }
-
-        self.caches.retain(|_tokens, cache| !cache.cache.is_empty());
-
         Ok(n_evicted)
     }
 
@@ -252,7 +219,11 @@ impl PrefixCacheManagerV2 {
 
         let mut best_match: Option<(usize, &CacheElement, usize, usize, usize)> = None;
         for (k, v) in &self.caches {
-            let match_len = toks.shared_prefix_len(k);
+            // graft: at least the prompt's last two tokens are read again. One token is needed
+            // for the logits (upstream found no match at all for a prompt equal to a cached
+            // one); two keep the read on the attention path a whole prompt takes (a single
+            // token takes mistralrs's single-query path, which rounds differently).
+            let match_len = toks.shared_prefix_len(k).min(toks.0.len().saturating_sub(2));
             if match_len == 0 {
                 continue;
             }

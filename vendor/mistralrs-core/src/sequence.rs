@@ -756,6 +756,13 @@ impl Sequence {
         )
     }
 
+    /// Every token of the sequence, the prompt's and the generated ones, even while only the
+    /// part of the prompt a prefix-cache hit left to read is being prefilled (graft: the
+    /// context samplers and logits processors see).
+    pub fn all_toks(&self) -> &[u32] {
+        &self.tokens
+    }
+
     pub fn get_toks(&self) -> &[u32] {
         if let Some(toks) = &self.prefill_prompt_toks {
             return toks;

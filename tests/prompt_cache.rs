@@ -1,0 +1,88 @@
+//! Prompt reuse: mistralrs's prefix cache with graft's fixes (vendor/README.md). An answer must
+//! be the same whether its prompt's start was read now or reused from an earlier request.
+//!
+//! The model is the kit's SmolLM2 as stored (Q4_1), whose matmuls all take candle's per-row
+//! kernel: a prompt read in pieces (of two tokens or more) then gives bit-for-bit what reading
+//! it whole gives, so any difference is the cache's. (On the Q8_0 copy graft serves on a CPU,
+//! a long prompt read whole takes the gemm path and a few new tokens the per-row one; those
+//! agree within float rounding, which can flip a near-tie of a greedy answer: see
+//! vendor/README.md.)
+
+use std::sync::Arc;
+
+use graft_engine::{BaseModel, ChatMessage, ChatRequest, Engine, Role, Sampling};
+use graft_tests::{kit_file, repo_root};
+
+/// SmolLM2 keeping `prompt_cache` prompts.
+async fn engine(prompt_cache: usize) -> Arc<Engine> {
+    let mut base = BaseModel::cpu("smollm2", kit_file("smollm2-135m-instruct"), 1);
+    base.prompt_cache = prompt_cache;
+    Arc::new(Engine::load(&base).await.expect("SmolLM2 loads"))
+}
+
+async fn answer(engine: &Engine, turns: &[(Role, &str)]) -> String {
+    sample(engine, turns, Sampling::greedy(16)).await
+}
+
+async fn sample(engine: &Engine, turns: &[(Role, &str)], sampling: Sampling) -> String {
+    let messages = turns.iter().map(|(role, text)| ChatMessage::new(*role, *text)).collect();
+    engine.chat(ChatRequest { messages, sampling }).await.expect("an answer").text
+}
+
+/// A system message long enough that reading it is most of each prompt (over 300 tokens).
+fn preamble() -> String {
+    let code = std::fs::read_to_string(repo_root().join("tests/fixtures/polyglot/auth/TokenVault.java")).expect("fixture");
+    format!("You answer questions about this Java class.\n\n{code}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_the_same_with_the_prompt_cache_as_without() {
+    let cached = engine(2).await;
+    let plain = engine(0).await;
+    let system = preamble();
+    let first = [(Role::System, system.as_str()), (Role::User, "What does rotateSigningKeys return?")];
+    let second = [(Role::System, system.as_str()), (Role::User, "Which field holds the keys?")];
+
+    let fresh = answer(&plain, &first).await;
+    let other = answer(&plain, &second).await;
+    assert!(!fresh.trim().is_empty());
+
+    // The first request fills the cache; the second reuses the system message only; the third
+    // is the first again, after the second wrote its own tokens past the shared start.
+    assert_eq!(answer(&cached, &first).await, fresh, "nothing cached yet");
+    assert_eq!(answer(&cached, &second).await, other, "the shared start reused");
+    assert_eq!(
+        answer(&cached, &first).await,
+        fresh,
+        "the first prompt again, all but its last two tokens reused"
+    );
+
+    // A next turn extends the first prompt and its answer: only the first prompt is reused
+    // (the answer's tokens were computed one at a time, and its last one never read back).
+    let next = [
+        (Role::System, system.as_str()),
+        (Role::User, "What does rotateSigningKeys return?"),
+        (Role::Assistant, fresh.as_str()),
+        (Role::User, "And what does it throw?"),
+    ];
+    assert_eq!(answer(&cached, &next).await, answer(&plain, &next).await, "a next turn of the chat");
+
+    // More prompts than the cache keeps: the oldest go, and answers stay right.
+    for i in 0..3 {
+        let question = format!("Question {i}: what is the first field?");
+        let turn = [(Role::System, system.as_str()), (Role::User, question.as_str())];
+        assert_eq!(answer(&cached, &turn).await, answer(&plain, &turn).await, "{question}");
+    }
+    assert_eq!(answer(&cached, &first).await, fresh, "after evictions");
+
+    // A seeded sample draws by its position in the whole sequence, also when most of the
+    // prompt came from the cache (mistralrs handed samplers only the part left to read).
+    let seeded = Sampling {
+        temperature: 1.0,
+        seed: Some(42),
+        ..Sampling::greedy(16)
+    };
+    let drawn = sample(&plain, &first, seeded.clone()).await;
+    assert_eq!(sample(&cached, &first, seeded.clone()).await, drawn, "seeded, from the cache");
+    assert_eq!(sample(&cached, &first, seeded).await, drawn, "seeded, again");
+}
