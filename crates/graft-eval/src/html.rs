@@ -44,7 +44,7 @@ pub fn page(report: &Report, tasks: &[&Task]) -> String {
 const STYLE: &str = "
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:1100px;color:#1b1f24;padding:0 16px}
 h1{font-size:22px;margin:0 0 12px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
-.dim{color:#656d76;font-weight:normal}table{border-collapse:collapse;margin:6px 0}
+.dim{color:#656d76;font-weight:normal}td span.dim{white-space:nowrap}table{border-collapse:collapse;margin:6px 0}
 td,th{padding:3px 10px;border-bottom:1px solid #eaeef2;text-align:right;vertical-align:top}
 th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}
 .about td{text-align:left}.about td:first-child{color:#656d76}

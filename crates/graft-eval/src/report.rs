@@ -306,6 +306,13 @@ fn notes(comparisons: &[Comparison], judged: &[JudgedSummary], tasks: usize) -> 
         }
         let Some(em) = c.metrics.get("exact_match") else { continue };
         let half = (em.high - em.low) / 2.0;
+        if half < 1e-9 && em.difference.abs() < 1e-9 {
+            notes.push(format!(
+                "{} − {}: no measure separates the arms; they matched exactly on the same tasks, all {tasks} of them",
+                c.arm, c.against
+            ));
+            continue;
+        }
         let seen = em.difference.abs();
         let more = if seen > 1e-9 {
             let needed = (tasks as f64 * (half / seen).powi(2)).ceil();
@@ -425,5 +432,37 @@ mod tests {
         assert!(r.table().contains("rag − base"));
         let failed = Outcome::new(&tasks[0], Arm::Base, Err("timeout".into()), 0.0, vec![]);
         assert_eq!((failed.exact_match, failed.error.as_deref()), (0.0, Some("timeout")));
+        assert!(r.notes.is_empty(), "rag is separated: {:?}", r.notes);
+    }
+
+    #[test]
+    fn the_report_says_when_its_intervals_cannot_separate_the_arms() {
+        let tasks: Vec<Task> = (0..20).map(|i| task(&format!("t{i}"), &format!("let v{i} = f();"))).collect();
+        let mut outcomes = Vec::new();
+        for (i, t) in tasks.iter().enumerate() {
+            let target = t.target.clone().unwrap();
+            let hit = |yes: bool| if yes { target.clone() } else { "x".to_owned() };
+            // oracle answers as base does; rag is right on one task more than base.
+            outcomes.push(Outcome::new(t, Arm::Base, Ok(hit(i < 2)), 1.0, vec![]));
+            outcomes.push(Outcome::new(t, Arm::Rag, Ok(hit(i < 3)), 1.0, vec![]));
+            outcomes.push(Outcome::new(t, Arm::Oracle, Ok(hit(i < 2)), 1.0, vec![]));
+        }
+        let results = Results {
+            outcomes,
+            ..Results::default()
+        };
+        let r = report(&[Arm::Base, Arm::Rag, Arm::Oracle], results, 1);
+        assert_eq!(r.notes.len(), 2, "{:?}", r.notes);
+        assert!(
+            r.notes[0].starts_with("rag − base") && r.notes[0].contains("would need about"),
+            "{}",
+            r.notes[0]
+        );
+        assert!(
+            r.notes[1].contains("matched exactly") && r.notes[1].contains("20"),
+            "{}",
+            r.notes[1]
+        );
+        assert!(r.table().contains("note: rag − base"));
     }
 }
