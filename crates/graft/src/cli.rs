@@ -98,7 +98,8 @@ pub struct EvalRunArgs {
     /// tasks run on, its base model).
     #[arg(long, value_name = "URL", requires = "judge_model")]
     pub judge: Option<String>,
-    /// The model to ask at --judge.
+    /// The judge's model: at --judge, or alone another model of the server the tasks run on
+    /// (an adapter, a project).
     #[arg(long, value_name = "M")]
     pub judge_model: Option<String>,
     /// The bearer key for --judge.

@@ -28,6 +28,13 @@ const EVAL_PROJECT: &str = "eval";
 /// The same repository on the adapter.
 const EVAL_ADAPTER_PROJECT: &str = "eval-adapter";
 
+/// Where the tasks go: another server (`--endpoint`), or graft started here on this config
+/// and embedder.
+enum Target {
+    Remote(String),
+    Local(Box<(graft_core::Config, graft_index::Embedder)>),
+}
+
 /// How completion tasks are sent.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Api {
@@ -76,25 +83,21 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
         _ => Vec::new(),
     };
 
-    // In-process: the repository indexed without its held-out files, served here.
-    let local = match &args.endpoint {
-        Some(_) => None,
-        None => {
-            let Some(repo) = &repo else {
-                bail!(
-                    "{} names no repository: rebuild the golden set with `graft eval build`",
-                    split_file.display()
-                );
-            };
-            Some(prepare_local(&config, &args, repo, &split)?)
-        }
+    // Another server, or graft here: the repository indexed without its held-out files.
+    let target = match (&args.endpoint, &repo) {
+        (Some(url), _) => Target::Remote(url.clone()),
+        (None, Some(repo)) => Target::Local(Box::new(prepare_local(&config, &args, repo, &split)?)),
+        (None, None) => bail!(
+            "{} names no repository: rebuild the golden set with `graft eval build`",
+            split_file.display()
+        ),
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let results = runtime.block_on(async {
-        let (served, judge) = match (&args.endpoint, local) {
-            (Some(url), _) => {
-                let endpoint = Endpoint::new(url, args.api_key.clone())?;
+        let (served, judge) = match target {
+            Target::Remote(url) => {
+                let endpoint = Endpoint::new(&url, args.api_key.clone())?;
                 let model = args.model.clone().unwrap_or_default();
                 let served = Served {
                     endpoint: endpoint.clone(),
@@ -103,7 +106,8 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
                 };
                 (served, (endpoint, model))
             }
-            (None, Some((eval_config, embedder))) => {
+            Target::Local(local) => {
+                let (eval_config, embedder) = *local;
                 let addr = serve::start_on_loopback(&eval_config, Some(embedder)).await?;
                 let endpoint = Endpoint::new(&format!("http://{addr}"), None)?;
                 let served = Served {
@@ -113,10 +117,11 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
                 };
                 (served, (endpoint, config.model.name.clone()))
             }
-            (None, None) => unreachable!("a local server is prepared whenever there is no endpoint"),
         };
+        // --judge-model alone: another model on the same server.
         let judge = match (&args.judge, &args.judge_model) {
             (Some(url), Some(model)) => (Endpoint::new(url, args.judge_api_key.clone())?, model.clone()),
+            (None, Some(model)) => (judge.0, model.clone()),
             _ => judge,
         };
         let run = Run {
@@ -520,6 +525,7 @@ fn about(
     if !questions.is_empty() {
         let judge = match (&args.judge, &args.judge_model) {
             (Some(url), Some(model)) => format!("{url}, model {model}"),
+            (None, Some(model)) => format!("the server the tasks ran on, model {model}"),
             _ => "the server the tasks ran on, its base model".to_owned(),
         };
         about.insert("judge", judge);
