@@ -95,7 +95,8 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let results = runtime.block_on(async {
-        let (served, judge) = match target {
+        // The served models, and the model that judges by default (the server's base).
+        let (served, base_model) = match target {
             Target::Remote(url) => {
                 let endpoint = Endpoint::new(&url, args.api_key.clone())?;
                 let model = args.model.clone().unwrap_or_default();
@@ -104,7 +105,7 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
                     plain: model.clone(),
                     adapter: args.adapter.clone(),
                 };
-                (served, (endpoint, model))
+                (served, model)
             }
             Target::Local(local) => {
                 let (eval_config, embedder) = *local;
@@ -115,14 +116,24 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
                     plain: EVAL_PROJECT.to_owned(),
                     adapter: args.adapter.as_ref().map(|_| EVAL_ADAPTER_PROJECT.to_owned()),
                 };
-                (served, (endpoint, config.model.name.clone()))
+                (served, config.model.name.clone())
             }
         };
-        // --judge-model alone: another model on the same server.
-        let judge = match (&args.judge, &args.judge_model) {
-            (Some(url), Some(model)) => (Endpoint::new(url, args.judge_api_key.clone())?, model.clone()),
-            (None, Some(model)) => (judge.0, model.clone()),
-            _ => judge,
+        // The judge: another server (`--judge URL --judge-model M`), or the one the tasks run
+        // on with `--judge-model M` or its base model.
+        let (judge, judge_about) = match (&args.judge, &args.judge_model) {
+            (Some(url), Some(model)) => (
+                (Endpoint::new(url, args.judge_api_key.clone())?, model.clone()),
+                format!("{url}, model {model}"),
+            ),
+            (_, Some(model)) => (
+                (served.endpoint.clone(), model.clone()),
+                format!("the server the tasks ran on, model {model}"),
+            ),
+            (_, None) => (
+                (served.endpoint.clone(), base_model),
+                "the server the tasks ran on, its base model".to_owned(),
+            ),
         };
         let run = Run {
             args: &args,
@@ -136,14 +147,18 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
         };
         let started = Instant::now();
         let results = run.all(&tasks, &questions).await;
-        anyhow::Ok((results, started.elapsed()))
+        anyhow::Ok((results, started.elapsed(), judge_about))
     })?;
-    let (results, elapsed) = results;
+    let (results, elapsed, judge_about) = results;
 
     let held_out_retrieved = results.held_out_retrieved;
     let requests = results.outcomes.len() + results.answers.len() + 2 * results.judgements.len();
     let mut report = report(&arms, results, args.seed);
-    about(&mut report.about, &args, &config, &tasks, &questions, &rubric_name(&args));
+    about(&mut report.about, &args, &config, &tasks, &questions);
+    if !questions.is_empty() {
+        report.about.insert("judge", judge_about);
+        report.about.insert("rubric", rubric_name(&args));
+    }
     let minutes = elapsed.as_secs_f64() / 60.0;
     report.about.insert(
         "throughput",
@@ -496,7 +511,6 @@ fn about(
     config: &graft_core::Config,
     tasks: &[&Task],
     questions: &[&Task],
-    rubric: &str,
 ) {
     about.insert("golden set", args.golden.display().to_string());
     about.insert(
@@ -521,15 +535,6 @@ fn about(
     }
     if let Some(adapter) = &args.adapter {
         about.insert("adapter", adapter.clone());
-    }
-    if !questions.is_empty() {
-        let judge = match (&args.judge, &args.judge_model) {
-            (Some(url), Some(model)) => format!("{url}, model {model}"),
-            (None, Some(model)) => format!("the server the tasks ran on, model {model}"),
-            _ => "the server the tasks ran on, its base model".to_owned(),
-        };
-        about.insert("judge", judge);
-        about.insert("rubric", rubric.to_owned());
     }
     about.insert(
         "prompt",
