@@ -1,8 +1,11 @@
-//! candle's quantized CPU matmul as graft patches it (vendor/candle-core): from
-//! `gemm_min_rows` input rows on, the weights are dequantized and multiplied with the gemm
-//! crate. Against the registry's kernel (kept as `matmul_per_row`) the results must agree
-//! within float reordering, for every weight type graft can serve on a CPU; a type whose
-//! input format cannot be rounded back (Q4_1, Q5_1) keeps the registry's kernel exactly.
+//! The CPU kernels graft patches in its dependencies, against the ones they replace.
+//!
+//! candle's quantized CPU matmul (vendor/candle-core): from `gemm_min_rows` input rows on, the
+//! weights are dequantized and multiplied with the gemm crate. Against the registry's kernel
+//! (kept as `matmul_per_row`) the results must agree within float reordering, for every weight
+//! type graft can serve on a CPU; fewer rows, and a type whose input format cannot be rounded
+//! back (Q4_1, Q5_1), give exactly the registry kernel's values. mistralrs's CPU attention (vendor/mistralrs-core):
+//! see the last test.
 
 use candle_core::quantized::k_quants::{
     gemm_min_rows, matmul, matmul_per_row, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
@@ -88,11 +91,14 @@ fn the_gemm_path_agrees_with_the_registry_kernel_for_every_weight_type() {
     }
 }
 
+/// Fewer rows than the gemm path takes run one parallel loop over blocks of 64 outputs (one
+/// row: the registry's kernel): every output is the registry's dot product, bit for bit,
+/// including a last block of 6 outputs.
 #[test]
-fn few_rows_keep_the_registry_kernel_and_odd_sizes_work() {
+fn few_rows_give_the_registry_kernels_values_and_odd_sizes_work() {
     let q8 = gemm_min_rows::<BlockQ8_0>();
-    for m in [1, 2, q8 - 1] {
-        assert_eq!(compare::<BlockQ8_0>(m, 256, 70).0, 0.0, "{m} rows: the per-row kernel");
+    for m in [1, 2, 7, q8 - 1] {
+        assert_eq!(compare::<BlockQ8_0>(m, 256, 70).0, 0.0, "{m} rows: the registry's values");
     }
     assert_eq!(compare::<BlockQ4K>(GEMM_MIN_ROWS_K - 1, 256, 40).0, 0.0, "k-quants switch later");
     // A tile boundary that does not divide the outputs, and one output row.
@@ -100,4 +106,112 @@ fn few_rows_keep_the_registry_kernel_and_odd_sizes_work() {
         let (reorder, _) = compare::<BlockQ8_0>(m, 256, n);
         assert!(reorder < 1e-5, "({m}, {n}): {reorder:e}");
     }
+}
+
+/// mistralrs's CPU attention as graft patches it (vendor/mistralrs-core): a prompt (more than
+/// one query) is read as matrix products per block of queries, reading only the keys a causal
+/// mask leaves visible, instead of the flash kernel's scalar loop. Against that kernel (which
+/// decoding still uses) the answers must agree within float reordering: with and without
+/// earlier tokens in the cache, grouped key heads, softcapping, no mask, a block boundary
+/// inside the prompt, and a model running in f16.
+#[test]
+fn prompt_attention_agrees_with_the_flash_kernel_it_replaces() {
+    use candle_core::{DType, Device, Tensor};
+    use mistralrs_core::cpu_kernels::{run_flash_attn_cpu, run_prompt_attn_cpu, SdpaParams};
+
+    // (heads, key heads, new tokens, earlier tokens, head size, softcap, causal mask, dtype)
+    let cases = [
+        (9, 3, 300, 0, 64, None, true, DType::F32),
+        (9, 3, 20, 1270, 64, None, true, DType::F32),
+        (4, 4, 37, 5, 32, Some(30.0), true, DType::F32),
+        (2, 1, 17, 0, 16, None, false, DType::F32),
+        (9, 3, 40, 60, 64, None, true, DType::F16),
+    ];
+    for (h, kv_h, q_len, past, d, softcap, causal, dtype) in cases {
+        let kv_len = past + q_len;
+        let tensor = |n_heads: usize, rows: usize, seed: u64| {
+            Tensor::from_vec(values(n_heads * rows * d, seed), (1, n_heads, rows, d), &Device::Cpu)
+                .and_then(|t| t.to_dtype(dtype))
+                .unwrap()
+        };
+        let (q, k, v) = (tensor(h, q_len, 3), tensor(kv_h, kv_len, 4), tensor(kv_h, kv_len, 5));
+        // mistralrs's causal mask: row i sees keys 0..=past + i.
+        let mask = causal.then(|| {
+            let m: Vec<f32> = (0..q_len)
+                .flat_map(|i| (0..kv_len).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            Tensor::from_vec(m, (q_len, kv_len), &Device::Cpu)
+                .and_then(|m| m.to_dtype(dtype))
+                .unwrap()
+        });
+        let params = SdpaParams {
+            n_kv_groups: h / kv_h,
+            softcap,
+            softmax_scale: 1.0 / (d as f32).sqrt(),
+            sliding_window: None,
+            sinks: None,
+        };
+        let new = run_prompt_attn_cpu(&q, &k, &v, mask.as_ref(), &params).unwrap();
+        // The flash kernel takes (batch, tokens, heads, size), as mistralrs hands it over.
+        let t = |x: &Tensor| x.transpose(1, 2).unwrap();
+        let old = match dtype {
+            DType::F16 => run_flash_attn_cpu::<half::f16>(&t(&q), &t(&k), &t(&v), mask.as_ref(), &params),
+            _ => run_flash_attn_cpu::<f32>(&t(&q), &t(&k), &t(&v), mask.as_ref(), &params),
+        }
+        .unwrap();
+        assert_eq!(new.dims(), old.dims(), "{h} heads, {q_len} queries");
+        assert_eq!(new.dtype(), dtype);
+        let floats = |x: Tensor| x.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (new, old) = (floats(new), floats(old));
+        let worst = new.iter().zip(&old).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        // f16 keeps about three decimal digits of each answer.
+        let allowed = if dtype == DType::F16 { 2e-3 } else { 1e-5 };
+        assert!(
+            worst < allowed,
+            "{h} heads over {kv_h}, {q_len} queries after {past}: off by {worst}"
+        );
+        // Not trivially equal: the outputs vary (an all-zero answer would agree too).
+        assert!(old.iter().any(|&x| x.abs() > 0.05), "{old:?}");
+    }
+}
+
+/// The prompt kernel computes each query alone: the last rows of a prompt read whole equal,
+/// bit for bit, the same rows read after a cached start (what makes an answer served from the
+/// prompt cache the answer served cold).
+#[test]
+fn prompt_attention_reads_a_prompt_in_parts_as_it_reads_it_whole() {
+    use candle_core::{Device, Tensor};
+    use mistralrs_core::cpu_kernels::{run_prompt_attn_cpu, SdpaParams};
+
+    let (h, kv_h, d, n, cached) = (9, 3, 64, 300, 283);
+    let tensor =
+        |heads: usize, rows: usize, seed: u64| Tensor::from_vec(values(heads * rows * d, seed), (1, heads, rows, d), &Device::Cpu).unwrap();
+    let (q, k, v) = (tensor(h, n, 6), tensor(kv_h, n, 7), tensor(kv_h, n, 8));
+    let causal = |rows: usize, past: usize| {
+        let m: Vec<f32> = (0..rows)
+            .flat_map(|i| (0..past + rows).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        Tensor::from_vec(m, (rows, past + rows), &Device::Cpu).unwrap()
+    };
+    let params = SdpaParams {
+        n_kv_groups: h / kv_h,
+        softcap: None,
+        softmax_scale: 0.125,
+        sliding_window: None,
+        sinks: None,
+    };
+    let whole = run_prompt_attn_cpu(&q, &k, &v, Some(&causal(n, 0)), &params).unwrap();
+    let rest = q.narrow(2, cached, n - cached).unwrap();
+    let parts = run_prompt_attn_cpu(&rest, &k, &v, Some(&causal(n - cached, cached)), &params).unwrap();
+    let tail = whole.narrow(2, cached, n - cached).unwrap();
+    let bits = |t: &Tensor| -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    };
+    assert_eq!(bits(&tail), bits(&parts));
 }

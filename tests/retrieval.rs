@@ -370,3 +370,67 @@ async fn two_projects_on_one_repository_search_one_index_opened_once() {
     assert!(paths(&mine).contains(&"auth/TokenVault.java".to_owned()), "{mine:#?}");
     assert_eq!(projects.status(&tuned)["index_of"], "polyglot");
 }
+
+#[tokio::test]
+async fn a_completion_near_the_last_one_reuses_its_hits_until_the_cursor_moves_away_or_a_reindex() {
+    use graft_server::projects::{Project, Projects};
+    use graft_server::sticky::{Spot, REGION_LINES};
+    let repo = copy_fixture("polyglot");
+    let index_dir = tempfile::tempdir().unwrap();
+    let project = Project::new(
+        graft_core::ProjectConfig::new("polyglot", repo.path()),
+        IndexLayout::new(index_dir.path().join("polyglot")),
+        IndexOptions::default(),
+    );
+    let embedder = Some(("minilm-l6-v2".to_owned(), std::sync::Arc::clone(kit_embedder())));
+    let projects = Projects::new(vec![project], embedder, SearchOptions::default());
+    let project = std::sync::Arc::clone(projects.get("polyglot").unwrap());
+    projects.reindex(&project).await.expect("indexing works");
+    let paths = |hits: Option<Vec<graft_index::SearchHit>>| hits.unwrap().into_iter().map(|h| h.path).collect::<Vec<_>>();
+
+    // The user types in one file; the code around the cursor (the query) changes.
+    let file = "// the file being edited\n".repeat(30);
+    let here = Spot::of(Some("web/app.ts"), &file);
+    let (vault, invoice) = ("vault.rotateSigningKeys()", "invoice total with tax per line item");
+    let first = paths(projects.search_at(&project, here, vault, 3).await.unwrap());
+    assert!(first.contains(&"auth/TokenVault.java".to_owned()), "{first:?}");
+    let fresh = paths(projects.search(&project, invoice, 3, SearchMode::Hybrid).await.unwrap());
+    assert_ne!(fresh, first, "the two queries find different code");
+
+    // Two lines further: the same hits, so the prompt keeps its start.
+    let typed = format!("{file}let a = 1;\nlet b = 2;\n");
+    let near = paths(
+        projects
+            .search_at(&project, Spot::of(Some("web/app.ts"), &typed), invoice, 3)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(near, first);
+    // Another file, or the cursor moved away: searched afresh.
+    let other = paths(
+        projects
+            .search_at(&project, Spot::of(Some("web/other.ts"), &typed), invoice, 3)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(other, fresh);
+    let away = format!("{typed}{}", "\n".repeat(REGION_LINES + 1));
+    let moved = paths(
+        projects
+            .search_at(&project, Spot::of(Some("web/app.ts"), &away), invoice, 3)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(moved, fresh);
+
+    // After a re-index nothing remembered from the old index is reused.
+    assert_eq!(paths(projects.search_at(&project, here, vault, 3).await.unwrap()), first);
+    projects.reindex(&project).await.expect("re-indexing works");
+    let after = paths(
+        projects
+            .search_at(&project, Spot::of(Some("web/app.ts"), &typed), invoice, 3)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(after, fresh);
+}

@@ -139,7 +139,9 @@ pub fn infill_request(task: &Task, arm: Arm, model: &str, options: RequestOption
         "input_suffix": suffix,
         "n_predict": max_tokens(task),
         "temperature": 0,
-        "retrieval": arm.retrieves(),
+        // Each task searches afresh: graft reuses the last hits near the same place in a
+        // file while a user types, but tasks are not a typing session.
+        "retrieval": {"enabled": arm.retrieves(), "sticky": false},
     });
     if let Some(extra) = extra {
         body["input_extra"] = json!([{"filename": extra.path, "text": extra.text}]);
@@ -219,7 +221,8 @@ after2
         assert_eq!(body["input_prefix"], "l3\n    ", "the cursor's line and one more");
         assert_eq!(body["input_suffix"], "");
         assert_eq!(body["stop"], json!(["\n"]));
-        assert_eq!((body["retrieval"].as_bool(), body["model"].as_str()), (Some(true), Some("proj")));
+        assert_eq!(body["retrieval"], json!({"enabled": true, "sticky": false}));
+        assert_eq!(body["model"], "proj");
         let extra = Context {
             path: "b.rs".into(),
             text: "fn b() {}".into(),
@@ -228,7 +231,7 @@ after2
         assert_eq!(block["input_extra"], json!([{"filename": "b.rs", "text": "fn b() {}"}]));
         assert_eq!(block["input_suffix"], "\n");
         assert!(block.get("stop").is_none());
-        assert_eq!(block["retrieval"], false);
+        assert_eq!(block["retrieval"]["enabled"], false);
         let other = completions_request(&task(Some("block")), "m", options);
         assert_eq!((other["prompt"].as_str(), other["suffix"].as_str()), (Some("l3\n    "), Some("\n")));
         assert!(other.get("retrieval").is_none() && other.get("stop").is_none());

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::openai::RetrievalField;
 use crate::projects::Project;
 use crate::state::AppState;
+use crate::sticky::Spot;
 
 /// A request let in by the gate: its slot and its deadline.
 pub struct Admitted {
@@ -56,12 +57,15 @@ impl Admitted {
 }
 
 /// Searches `project` for `query` as its settings and the request's `retrieval` field say;
-/// `None` when retrieval is off (or the project is being re-indexed).
+/// `None` when retrieval is off (or the project is being re-indexed). A completion passes
+/// its `spot`: near the last completion's in the same file it gets that one's hits
+/// ([`crate::sticky`]) unless the field says `sticky: false`.
 pub async fn retrieve(
     state: &AppState,
     project: &Arc<Project>,
     query: &str,
     field: Option<RetrievalField>,
+    spot: Option<Spot>,
 ) -> Result<Option<Vec<graft_index::SearchHit>>, ApiError> {
     let enabled = field.and_then(RetrievalField::enabled).unwrap_or(project.config.retrieval);
     if !enabled || query.trim().is_empty() {
@@ -75,17 +79,19 @@ pub async fn retrieve(
         ));
     }
     let started = std::time::Instant::now();
-    let hits = state
-        .projects()
-        .search(project, query, k, graft_index::SearchMode::Hybrid)
-        .await
-        .map_err(|e| {
-            tracing::error!(project = project.name(), error = %e, "retrieval failed");
-            ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                format!("Retrieval for project `{}` failed: {e}", project.name()),
-            )
-        })?;
+    let spot = spot.filter(|_| field.and_then(RetrievalField::sticky).unwrap_or(true));
+    let projects = state.projects();
+    let hits = match spot {
+        Some(spot) => projects.search_at(project, spot, query, k).await,
+        None => projects.search(project, query, k, graft_index::SearchMode::Hybrid).await,
+    }
+    .map_err(|e| {
+        tracing::error!(project = project.name(), error = %e, "retrieval failed");
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("Retrieval for project `{}` failed: {e}", project.name()),
+        )
+    })?;
     state.metrics().retrieval(started.elapsed());
     Ok(hits)
 }

@@ -28,6 +28,7 @@ pub mod projects;
 pub mod prompt;
 pub mod routes;
 pub mod state;
+pub mod sticky;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -85,12 +85,17 @@ impl UnsupportedChatFields {
     }
 }
 
-/// The `retrieval` extension field: `false` / `true`, or `{"enabled": ..., "top_k": ...}`.
+/// The `retrieval` extension field: `false` / `true`, or `{"enabled": ..., "top_k": ...,
+/// "sticky": ...}` (`sticky: false`: a completion searches afresh even near its last search).
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(untagged)]
 pub enum RetrievalField {
     Switch(bool),
-    Options { enabled: Option<bool>, top_k: Option<usize> },
+    Options {
+        enabled: Option<bool>,
+        top_k: Option<usize>,
+        sticky: Option<bool>,
+    },
 }
 
 impl RetrievalField {
@@ -105,6 +110,13 @@ impl RetrievalField {
         match self {
             RetrievalField::Switch(_) => None,
             RetrievalField::Options { top_k, .. } => top_k,
+        }
+    }
+
+    pub fn sticky(self) -> Option<bool> {
+        match self {
+            RetrievalField::Switch(_) => None,
+            RetrievalField::Options { sticky, .. } => sticky,
         }
     }
 }

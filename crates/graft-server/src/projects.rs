@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use graft_core::ProjectConfig;
+
+use crate::sticky::{Spot, Sticky};
 use graft_index::{
     index_repository, Embedder, IndexError, IndexLayout, IndexOptions, IndexProgress, IndexReport, ProjectIndex, SearchHit, SearchMode,
     SearchOptions,
@@ -36,6 +38,8 @@ struct IndexSlot {
     open: Mutex<Option<Arc<ProjectIndex>>>,
     /// Held for a whole re-index.
     reindexing: Arc<tokio::sync::Mutex<()>>,
+    /// The last completion searches' hits by file and line, reused while the user types.
+    sticky: Sticky,
 }
 
 impl Project {
@@ -47,6 +51,7 @@ impl Project {
             options,
             open: Mutex::new(None),
             reindexing: Arc::new(tokio::sync::Mutex::new(())),
+            sticky: Sticky::default(),
         });
         Project { config, index }
     }
@@ -228,6 +233,23 @@ impl Projects {
             .map(Some)
     }
 
+    /// [`Projects::search`] (hybrid) for a completion at `spot`: the hits of the last search
+    /// near it in the same file are reused while they are fresh ([`crate::sticky`]), so the
+    /// prompt keeps its start while the user types. Never while re-indexing.
+    pub async fn search_at(&self, project: &Arc<Project>, spot: Spot, query: &str, k: usize) -> Result<Option<Vec<SearchHit>>, IndexError> {
+        let slot = &project.index;
+        if slot.reindexing.try_lock().is_ok() {
+            if let Some(hits) = slot.sticky.near(spot, k) {
+                return Ok(Some(hits));
+            }
+        }
+        let hits = self.search(project, query, k, SearchMode::Hybrid).await?;
+        if let Some(hits) = &hits {
+            slot.sticky.keep(spot, k, hits.clone());
+        }
+        Ok(hits)
+    }
+
     /// Re-indexes `project` from its repository (incremental). One run at a time per project;
     /// a second request while one runs fails at once.
     pub async fn reindex(&self, project: &Arc<Project>) -> Result<IndexReport, ReindexError> {
@@ -264,7 +286,10 @@ impl Projects {
             let _guard = guard;
             let slot = &project.index;
             let progress = LogProgress::new(&slot.owner);
-            index_repository(&project.config.path, &slot.layout, &embedder, &slot.options, &progress)
+            let report = index_repository(&project.config.path, &slot.layout, &embedder, &slot.options, &progress);
+            // Hits remembered from the old index may name code that changed or went.
+            slot.sticky.clear();
+            report
         })
         .await
         .map_err(|e| IndexError::Invalid(format!("the index task failed: {e}")))?;

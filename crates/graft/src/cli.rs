@@ -251,6 +251,51 @@ pub enum BenchCommand {
     /// Run concurrent streaming chat clients against graft on loopback for a fixed time, with
     /// and without retrieval: throughput, time to first token and latency (p50 / p99), errors.
     Load(BenchLoadArgs),
+    /// Time graft and other OpenAI-compatible servers (llama.cpp's server, vLLM, Ollama) side
+    /// by side on the same prompts: first token of a cold prompt at a few lengths, the next
+    /// request while typing, decode speed.
+    Api(BenchApiArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchApiArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Another server to time beside graft: NAME=URL, its base URL with or without `/v1`
+    /// (for example `llama.cpp=http://127.0.0.1:8092`). Repeat for more.
+    #[arg(long = "endpoint", value_name = "NAME=URL")]
+    pub endpoints: Vec<String>,
+    /// Time only the --endpoint servers (graft is not started here).
+    #[arg(long)]
+    pub no_local: bool,
+    /// The `model` sent to the --endpoint servers (llama.cpp's server ignores it).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// A bearer token for the --endpoint servers.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Source code the prompts are cut from (about 1,600 tokens or more); by default a file
+    /// of candle's, vendored in this repository: real code nobody here wrote.
+    #[arg(long, default_value = "vendor/candle-core/src/tensor.rs")]
+    pub prompt_file: PathBuf,
+    /// Prompt lengths, in tokens, at which the first token of a cold prompt is timed.
+    #[arg(long, value_delimiter = ',', default_value = "512,1500")]
+    pub lengths: Vec<usize>,
+    /// Requests in the typing session: the first is cold, each next one has one more line.
+    #[arg(long, default_value_t = 8)]
+    pub typing: usize,
+    /// Tokens of the file in the typing session's first request.
+    #[arg(long, default_value_t = 1200)]
+    pub typing_tokens: usize,
+    /// Tokens generated to time decoding.
+    #[arg(long, default_value_t = 128)]
+    pub decode_tokens: usize,
+    /// Repetitions of each cold prompt and decode (the median is printed).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     // A benchmark's in-process server would log a line per request among its figures.
     init_logging(!matches!(
         cli.command,
-        Command::Bench(BenchCommand::Load(_)) | Command::Eval(EvalCommand::Run(_))
+        Command::Bench(BenchCommand::Load(_) | BenchCommand::Api(_)) | Command::Eval(EvalCommand::Run(_))
     ));
     let result = match cli.command {
         Command::Up(args) => serve::up(args),
@@ -41,6 +41,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Index(args)) => bench::index::run(args),
         Command::Bench(BenchCommand::Engine(args)) => bench::engine::run(args),
         Command::Bench(BenchCommand::Load(args)) => bench::load::run(args),
+        Command::Bench(BenchCommand::Api(args)) => bench::api::run(args),
         Command::Adapters(AdaptersCommand::List { config, json }) => adapters::list(&config.config, json),
         Command::Adapters(AdaptersCommand::Merge { config, name, json }) => adapters::merge(&config.config, &name, json),
         Command::Models(ModelsCommand::Fetch { config, ids, json }) => models::fetch(&config.config, &ids, json),

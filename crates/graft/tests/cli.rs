@@ -572,3 +572,63 @@ fn eval_run_judges_questions_in_both_orders_on_an_adapter_with_a_judge_served_by
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+#[test]
+fn bench_api_times_graft_beside_another_server_on_the_same_texts() {
+    let fetch = graft().args(["models", "fetch", "smollm2-135m-instruct"]).output().unwrap();
+    assert!(fetch.status.success(), "{}", String::from_utf8_lossy(&fetch.stderr));
+    // The other server: another graft, as a llama.cpp server would be.
+    let serving = start_serving(graft().args(["serve", "--listen", "127.0.0.1:0"]), Duration::from_secs(120));
+    let out = graft()
+        .args(["bench", "api", "--json", "--model", "smollm2-135m-instruct", "--endpoint"])
+        .arg(format!("other=http://{}/v1", serving.addr))
+        .args(["--lengths", "96,160", "--typing", "3", "--typing-tokens", "120"])
+        .args(["--decode-tokens", "6", "--repeat", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let figures: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let servers = figures["servers"].as_array().unwrap();
+    let names: Vec<&str> = servers.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["graft", "other"]);
+    assert!(figures["graft_model_file"].as_str().unwrap().ends_with(".gguf"), "{figures}");
+    for server in servers {
+        // Cut at line ends to about the asked length (a line of code is a few tokens).
+        for (row, target) in server["first_token"].as_array().unwrap().iter().zip([96, 160]) {
+            let tokens = row["prompt_tokens"].as_i64().unwrap();
+            assert!((tokens - target).abs() <= 40, "asked {target}, read {tokens}: {server}");
+            assert_eq!(row["seconds"].as_array().unwrap().len(), 2);
+            assert!(row["median_s"].as_f64().unwrap() > 0.0);
+        }
+        // Each request of the typing session has more of the file than the one before.
+        let typed: Vec<i64> = server["typing"]["prompt_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_i64().unwrap())
+            .collect();
+        assert_eq!(typed.len(), 3);
+        assert!(typed.windows(2).all(|w| w[1] > w[0]), "{typed:?}");
+        assert_eq!(server["typing"]["next_s"].as_array().unwrap().len(), 2);
+        // Decoding was streamed and timed.
+        assert!(server["decode"]["tokens"].as_u64().unwrap() >= 2, "{server}");
+        assert!(server["decode"]["median_tokens_per_s"].as_f64().unwrap() > 0.0, "{server}");
+    }
+    // Both read the same texts, so the same model counts the same tokens (each cold prompt's
+    // first line names its server: a digit apart).
+    for row in 0..2 {
+        let count = |s: &serde_json::Value| s["first_token"][row]["prompt_tokens"].as_i64().unwrap();
+        assert!((count(&servers[0]) - count(&servers[1])).abs() <= 1, "{servers:?}");
+    }
+
+    // Nothing to time, and a server that is not there: refused with the reason.
+    let nothing = graft().args(["bench", "api", "--no-local"]).output().unwrap();
+    assert!(!nothing.status.success());
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("--endpoint"));
+    let absent = graft()
+        .args(["bench", "api", "--no-local", "--endpoint", "gone=http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!absent.status.success());
+    assert!(String::from_utf8_lossy(&absent.stderr).contains("gone at http://127.0.0.1:9"));
+}

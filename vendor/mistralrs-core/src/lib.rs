@@ -56,6 +56,9 @@ pub use toml_selector::{get_toml_selected_model_device_map_params, get_toml_sele
 
 mod amoe;
 mod attention;
+/// graft: the CPU attention kernels, for graft's tests (see `attention::cpu_kernels`).
+#[doc(hidden)]
+pub use attention::cpu_kernels;
 mod diagnostics;
 mod diffusion_models;
 pub mod distributed;

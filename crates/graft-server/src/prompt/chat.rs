@@ -31,7 +31,7 @@ pub async fn lay_out(
     let mut sources = None;
     if let Some(project) = &target.project {
         let query = augment::chat_query(&messages);
-        let used = match retrieve(state, project, &query, retrieval).await? {
+        let used = match retrieve(state, project, &query, retrieval, None).await? {
             Some(hits) => {
                 // The context may take what the conversation leaves of the prompt limit.
                 let own = state.engine().chat_prompt(&messages).await?.len();

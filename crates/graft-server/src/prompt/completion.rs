@@ -8,7 +8,9 @@
 //! not fit are left out, oldest (first) first, as llama.cpp does. Retrieved code gets the
 //! project's token budget, within what the current file and the extra files leave of the
 //! prompt limit. A current file over the limit is refused (`/v1/completions`) or cut to the
-//! lines nearest the cursor (`/infill`). This module does not generate.
+//! lines nearest the cursor (`/infill`). Near the last completion's place in the same file
+//! the retrieved code is that completion's ([`crate::sticky`]), so the prompt's start stays
+//! the same while the user types. This module does not generate.
 
 use graft_engine::fim::{ContextFile, FimInput};
 use graft_engine::PromptFormat;
@@ -20,6 +22,7 @@ use crate::error::ApiError;
 use crate::generation::retrieve;
 use crate::openai::RetrievalField;
 use crate::state::{AppState, Target};
+use crate::sticky::Spot;
 
 /// Longest search query taken from the code around the cursor, in bytes.
 const QUERY_CHARS: usize = 1500;
@@ -109,7 +112,8 @@ pub async fn lay_out(
         input.repo = Some(project.name().to_owned());
         let query = augment::completion_query(&input.prefix, input.suffix.as_deref(), QUERY_CHARS);
         let mut used = Vec::new();
-        if let Some(hits) = retrieve(state, project, &query, retrieval).await? {
+        let spot = Spot::of(input.path.as_deref(), &input.prefix);
+        if let Some(hits) = retrieve(state, project, &query, retrieval, Some(spot)).await? {
             let own = count(&input).await?;
             let budget = project.config.context_tokens.min(limit.saturating_sub(own));
             let (mut files, kept) = augment::completion(state.engine(), hits, budget).await?;

@@ -4,7 +4,10 @@
 //! - [`index`]: indexing and search speed on a real source tree.
 //! - [`engine`]: model load, adapter activation, decode speed, memory per adapter, overhead.
 //! - [`load`]: the whole server under concurrent streaming clients, with and without retrieval.
+//! - [`api`]: graft beside other OpenAI-compatible servers on the same prompts (first token,
+//!   typing, decode).
 
+pub mod api;
 pub mod engine;
 pub mod index;
 pub mod load;

@@ -2304,7 +2304,87 @@ pub fn matmul<T: GgmlType>(
     {
         return matmul_dequantized((m, k, n), lhs, rhs_t, dst);
     }
+    if m > 1 {
+        return matmul_few_rows((m, k, n), lhs, rhs_t, dst);
+    }
     matmul_per_row((m, k, n), lhs, rhs_t, dst)
+}
+
+/// Output columns per parallel task of [`matmul_few_rows`].
+const FEW_ROWS_COLUMNS: usize = 64;
+
+/// `dst = lhs × rhs_tᵀ` for a few input rows (the new tokens of a prompt whose start was
+/// cached, or any rows of a type the gemm path does not take): one parallel loop over blocks
+/// of output columns, each block computing every row, where [`matmul_per_row`] starts one
+/// parallel loop per row. A call pays one fork-join instead of `m`, and each weight row is
+/// read once for all the rows while it is in cache. Every output is the same `vec_dot` of the
+/// same rounded input row and weight row as in [`matmul_per_row`], so the same value.
+pub fn matmul_few_rows<T: GgmlType>(
+    (m, k, n): (usize, usize, usize),
+    lhs: &[f32],
+    rhs_t: &[T],
+    dst: &mut [f32],
+) -> Result<()> {
+    let k_in_blocks = k.div_ceil(T::BLCK_SIZE);
+    if T::BLCK_SIZE != T::VecDotType::BLCK_SIZE
+        || lhs.len() < m * k
+        || dst.len() < m * n
+        || rhs_t.len() < n * k_in_blocks
+    {
+        crate::bail!(
+            "unexpected matmul sizes: lhs {}, rhs {}, dst {}, ({m},{k},{n})",
+            lhs.len(),
+            rhs_t.len(),
+            dst.len()
+        );
+    }
+    let mut lhs_b = vec![T::VecDotType::zeros(); m * k_in_blocks];
+    if T::DIRECT_COPY {
+        T::VecDotType::direct_copy(&lhs[..m * k], &mut lhs_b);
+    } else {
+        for (row, blocks) in lhs[..m * k].chunks(k).zip(lhs_b.chunks_mut(k_in_blocks)) {
+            T::VecDotType::from_float(row, blocks)
+        }
+    }
+    let column_blocks: Vec<Vec<f32>> = (0..n.div_ceil(FEW_ROWS_COLUMNS))
+        .into_par_iter()
+        .map(|block| {
+            let first = block * FEW_ROWS_COLUMNS;
+            let columns = FEW_ROWS_COLUMNS.min(n - first);
+            // Row-major: `m` rows of `columns` outputs.
+            let mut out = vec![0f32; m * columns];
+            for c in 0..columns {
+                let col = first + c;
+                let rhs_col = &rhs_t[col * k_in_blocks..(col + 1) * k_in_blocks];
+                for (row, lhs_row) in lhs_b.chunks(k_in_blocks).enumerate() {
+                    out[row * columns + c] = T::vec_dot(k, rhs_col, lhs_row);
+                }
+            }
+            out
+        })
+        .collect();
+    for (block, out) in column_blocks.iter().enumerate() {
+        let first = block * FEW_ROWS_COLUMNS;
+        let columns = FEW_ROWS_COLUMNS.min(n - first);
+        for (row, values) in out.chunks(columns).enumerate() {
+            dst[row * n + first..row * n + first + columns].copy_from_slice(values);
+        }
+    }
+    Ok(())
+}
+
+/// `xs` quantized to Q8_0 and back (`BlockQ8_0::from_float`, then `to_float`) in one pass,
+/// with the same arithmetic, so the same values.
+fn round_like_q8_0(xs: &[f32], out: &mut [f32]) {
+    for (xs, out) in xs.chunks_exact(QK8_0).zip(out.chunks_exact_mut(QK8_0)) {
+        let amax = xs.iter().fold(0f32, |a, x| a.max(x.abs()));
+        let d = amax / ((1 << 7) - 1) as f32;
+        let id = if d != 0f32 { 1. / d } else { 0. };
+        let d = f16::from_f32(d).to_f32();
+        for (y, &x) in out.iter_mut().zip(xs) {
+            *y = (f32::round(x * id) as i8) as f32 * d;
+        }
+    }
 }
 
 /// `dst = lhs × rhs_tᵀ` with the weights dequantized `GEMM_TILE_ROWS` rows at a time and
@@ -2339,11 +2419,17 @@ pub fn matmul_dequantized<T: GgmlType>(
     rounded
         .par_chunks_mut(k)
         .zip(lhs[..m * k].par_chunks(k))
-        .for_each(|(out, row)| {
-            let mut blocks = vec![T::VecDotType::zeros(); k / T::VecDotType::BLCK_SIZE];
-            T::VecDotType::from_float(row, &mut blocks);
-            T::VecDotType::to_float(&blocks, out);
-        });
+        .for_each_init(
+            || vec![T::VecDotType::zeros(); k / T::VecDotType::BLCK_SIZE],
+            |blocks, (out, row)| {
+                if T::VecDotType::DTYPE == GgmlDType::Q8_0 {
+                    round_like_q8_0(row, out);
+                } else {
+                    T::VecDotType::from_float(row, blocks);
+                    T::VecDotType::to_float(blocks, out);
+                }
+            },
+        );
     let lhs = rounded.as_slice();
     let threads = crate::utils::get_num_threads();
     let parallelism = if threads > 1 {

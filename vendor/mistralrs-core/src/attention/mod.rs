@@ -6,6 +6,14 @@ use candle_core::{DType, Device, Result, Tensor};
 
 mod backends;
 
+/// graft: the CPU attention kernels, public so that graft's tests can compare the prompt
+/// kernel it added with the flash kernel it replaces for prompts. Not an API.
+#[doc(hidden)]
+pub mod cpu_kernels {
+    pub use super::backends::cpu::{run_flash_attn_cpu, run_prompt_attn_cpu};
+    pub use super::SdpaParams;
+}
+
 #[allow(unused)]
 pub(crate) use backends::{flash_attn, maybe_synchronize, naive_sdpa, sinks_attn};
 
@@ -121,6 +129,15 @@ impl Sdpa {
         let (b_sz, n_attn_heads, seq_len, head_dim) = q.dims4()?;
         let (_, _, _, k_head_dim) = k.dims4()?;
         let (_, _, _, v_head_dim) = v.dims4()?;
+
+        // graft: a prompt on the CPU is read as matrix products (cpu::run_prompt_attn_cpu);
+        // one query (decoding) keeps the flash kernel's single-query path.
+        if q.device().is_cpu()
+            && seq_len > 1
+            && cpu::prompt_attn_supports(mask, seq_len, k.dim(2)?)
+        {
+            return cpu::run_prompt_attn_cpu(q, k, v, mask, sdpa_params);
+        }
 
         let can_use_flash = q.device().is_cpu()
             || q.device().is_cuda() && crate::using_flash_attn() && q.dtype() != DType::F32;

@@ -229,7 +229,7 @@ impl<'a> MaskInfo<'a> {
     }
 }
 
-pub(crate) trait DowncastF32 {
+pub trait DowncastF32 {
     fn cast(x: f32) -> Self;
 }
 
@@ -377,6 +377,195 @@ where
         0.0,
         sdpa_params.softcap.unwrap_or(0.0),
     )
+}
+
+/// graft: whether [`run_prompt_attn_cpu`] takes this mask: none, or one `(q_len, kv_len)`
+/// matrix for every batch and head (leading dimensions of 1), as causal masks are.
+pub(crate) fn prompt_attn_supports(mask: Option<&Tensor>, q_len: usize, kv_len: usize) -> bool {
+    let Some(mask) = mask else { return true };
+    let dims = mask.dims();
+    dims.len() >= 2
+        && dims[..dims.len() - 2].iter().all(|&d| d == 1)
+        && dims[dims.len() - 2] == q_len
+        && dims[dims.len() - 1] == kv_len
+}
+
+/// graft: keys (or values) scored at once, one per vector lane.
+const LANES: usize = 16;
+
+/// graft: attention over a prompt (more than one query) on the CPU, vectorised across keys
+/// (scores) and across the head's dimensions (values), where [`run_flash_attn_cpu`] takes a
+/// scalar dot product, an `expf` and a generic mask lookup per (query, key), and visits every
+/// masked key. A query reads only the keys up to the last one its mask row leaves visible.
+///
+/// Every query row is computed alone, in an order that depends on nothing but its own keys:
+/// each score is one dot product over the head's dimensions; the softmax sums by key index
+/// modulo [`LANES`]; the values are summed key by key from the first. Keys past the row's
+/// last visible one would only add zeros. So a prompt read whole gives bit for bit what the
+/// same prompt read in two parts gives (a cached start, then the rest), as the flash kernel
+/// did: a request served from the prompt cache answers as one served cold.
+///
+/// Shapes as [`super::super::Sdpa::run_attention`] takes them: `q` is `(b, heads, q_len, d)`,
+/// `k` and `v` are `(b, kv_heads, kv_len, d)`; the answer is `(b, heads, q_len, dv)`, in `q`'s
+/// dtype; everything is computed in f32. The mask must satisfy [`prompt_attn_supports`].
+pub fn run_prompt_attn_cpu(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    sdpa_params: &SdpaParams,
+) -> Result<Tensor> {
+    let (b, h, q_len, d) = q.dims4()?;
+    let (_, kv_h, kv_len, _) = k.dims4()?;
+    let dv = v.dim(3)?;
+    if kv_h == 0 || h % kv_h != 0 || kv_len < q_len {
+        candle_core::bail!("prompt attention: {h} heads over {kv_h} key heads, {q_len} queries over {kv_len} keys");
+    }
+    if !prompt_attn_supports(mask, q_len, kv_len) {
+        candle_core::bail!("prompt attention: a mask of shape {:?} is not one (queries, keys) matrix", mask.map(|m| m.dims().to_vec()));
+    }
+    let n_rep = h / kv_h;
+    let dtype = q.dtype();
+    let f32 = candle_core::DType::F32;
+    let softcap = sdpa_params.softcap.filter(|&c| c != 0.0);
+    let scale = sdpa_params.softmax_scale;
+
+    let q = contiguous_f32(q)?;
+    // Keys transposed per key head, (d, kv_len): a query's scores are then `d` vector
+    // multiply-adds over consecutive keys.
+    let kt = contiguous_f32(&k.transpose(2, 3)?)?;
+    let v = contiguous_f32(v)?;
+    let mask = mask
+        .map(|m| m.reshape((q_len, kv_len))?.to_dtype(f32)?.contiguous())
+        .transpose()?;
+
+    let (q_guard, q_layout) = q.storage_and_layout();
+    let (k_guard, k_layout) = kt.storage_and_layout();
+    let (v_guard, v_layout) = v.storage_and_layout();
+    let mask_guard = mask.as_ref().map(|m| m.storage_and_layout());
+    let q_data = cpu_f32(&q_guard, q_layout, q.elem_count())?;
+    let k_data = cpu_f32(&k_guard, k_layout, kt.elem_count())?;
+    let v_data = cpu_f32(&v_guard, v_layout, v.elem_count())?;
+    let mask_data = match &mask_guard {
+        Some((guard, layout)) => Some(cpu_f32(guard, layout, q_len * kv_len)?),
+        None => None,
+    };
+
+    let mut out = vec![0f32; b * h * q_len * dv];
+    out.par_chunks_mut(dv)
+        .enumerate()
+        .with_min_len(8)
+        .for_each_init(
+            || vec![0f32; kv_len],
+            |scores, (row, out)| {
+                let (b_i, h_i, i) = (row / (h * q_len), row / q_len % h, row % q_len);
+                let kv = b_i * kv_h + h_i / n_rep;
+                let q_row = &q_data[row * d..][..d];
+                let kt = &k_data[kv * d * kv_len..][..d * kv_len];
+                let values = &v_data[kv * kv_len * dv..][..kv_len * dv];
+                let mask_row = mask_data.map(|m| &m[i * kv_len..][..kv_len]);
+                // The keys this row reads: up to its mask's last visible one.
+                let keys = match mask_row {
+                    Some(m) => m.iter().rposition(|&x| x != f32::NEG_INFINITY).map_or(0, |p| p + 1),
+                    None => kv_len,
+                };
+                let scores = &mut scores[..keys];
+                key_scores(q_row, kt, kv_len, scores);
+                for (j, s) in scores.iter_mut().enumerate() {
+                    let mut x = *s * scale;
+                    if let Some(cap) = softcap {
+                        x = (x / cap).tanh() * cap;
+                    }
+                    *s = x + mask_row.map_or(0.0, |m| m[j]);
+                }
+                let max = lanes_fold(scores, f32::NEG_INFINITY, f32::max);
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                }
+                let inv = 1.0 / lanes_fold(scores, 0.0, |a, b| a + b);
+                for (j, &p) in scores.iter().enumerate() {
+                    let p = p * inv;
+                    for (o, &x) in out.iter_mut().zip(&values[j * dv..][..dv]) {
+                        *o += p * x;
+                    }
+                }
+            },
+        );
+    drop((q_guard, k_guard, v_guard, mask_guard));
+    Tensor::from_vec(out, (b, h, q_len, dv), &Device::Cpu)?.to_dtype(dtype)
+}
+
+/// graft: `scores[j] = q · k_j` for the first `scores.len()` keys; `kt` is the keys
+/// transposed, `(d, kv_len)`. Each score is its own multiply-add chain over `d`, in order.
+#[inline]
+fn key_scores(q: &[f32], kt: &[f32], kv_len: usize, scores: &mut [f32]) {
+    for (chunk, start) in scores.chunks_mut(LANES).zip((0..).step_by(LANES)) {
+        let n = chunk.len();
+        let mut acc = [0f32; LANES];
+        if n == LANES {
+            // A whole chunk: fixed-size arrays, so that this is vector code.
+            for (dd, &qd) in q.iter().enumerate() {
+                let keys: &[f32; LANES] = kt[dd * kv_len + start..][..LANES].try_into().unwrap_or(&[0.0; LANES]);
+                for (a, &k) in acc.iter_mut().zip(keys) {
+                    *a += qd * k;
+                }
+            }
+        } else {
+            // The same operations, per key, for the last few.
+            for (dd, &qd) in q.iter().enumerate() {
+                let keys = &kt[dd * kv_len + start..][..n];
+                for (a, &k) in acc[..n].iter_mut().zip(keys) {
+                    *a += qd * k;
+                }
+            }
+        }
+        chunk.copy_from_slice(&acc[..n]);
+    }
+}
+
+/// graft: a CPU tensor's f32 values.
+fn cpu_f32<'a>(storage: &'a Storage, layout: &candle_core::Layout, len: usize) -> Result<&'a [f32]> {
+    match storage {
+        Storage::Cpu(cpu) => Ok(&cpu.as_slice::<f32>()?[layout.start_offset()..][..len]),
+        _ => candle_core::bail!("prompt attention: a tensor not on the CPU"),
+    }
+}
+
+/// graft: `t` as a contiguous f32 tensor. f16 (the whole key and value cache, on every prompt
+/// read) is converted with `half`'s vectorised slice conversion, not candle's one value at a
+/// time.
+fn contiguous_f32(t: &Tensor) -> Result<Tensor> {
+    match t.dtype() {
+        candle_core::DType::F32 => t.contiguous(),
+        candle_core::DType::F16 => {
+            use half::slice::HalfFloatSliceExt;
+            let t = t.contiguous()?;
+            let (guard, layout) = t.storage_and_layout();
+            let Storage::Cpu(cpu) = &*guard else {
+                candle_core::bail!("prompt attention: a tensor not on the CPU")
+            };
+            let halves = &cpu.as_slice::<f16>()?[layout.start_offset()..][..t.elem_count()];
+            let mut out = vec![0f32; halves.len()];
+            halves.convert_to_f32_slice(&mut out);
+            drop(guard);
+            Tensor::from_vec(out, t.shape(), &Device::Cpu)
+        }
+        _ => t.to_dtype(candle_core::DType::F32)?.contiguous(),
+    }
+}
+
+/// graft: a reduction over [`LANES`] lanes by index (lane `j % LANES` takes element `j`,
+/// whatever the length), so that the compiler can vectorise it and appending elements that
+/// leave a lane unchanged (zeros to a sum) leaves the result unchanged.
+#[inline]
+fn lanes_fold(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; LANES];
+    for chunk in xs.chunks(LANES) {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane = f(*lane, x);
+        }
+    }
+    lanes.into_iter().fold(init, f)
 }
 
 /// Optimised path for the common decode case: q_len == 1 but kv_len ≫ 1.
