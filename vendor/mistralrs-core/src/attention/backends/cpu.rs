@@ -451,75 +451,110 @@ pub fn run_prompt_attn_cpu(
         None => None,
     };
 
-    let mut out = vec![0f32; b * h * q_len * dv];
-    out.par_chunks_mut(dv)
-        .enumerate()
-        .with_min_len(8)
-        .for_each_init(
-            || vec![0f32; kv_len],
-            |scores, (row, out)| {
-                let (b_i, h_i, i) = (row / (h * q_len), row / q_len % h, row % q_len);
+    // Work in blocks of up to ROWS queries of one head: they share each load of the keys and
+    // values (a query's own arithmetic is the same whichever block it falls in).
+    let blocks_per_head = q_len.div_ceil(ROWS);
+    let blocks: Vec<Vec<f32>> = (0..b * h * blocks_per_head)
+        .into_par_iter()
+        .map_init(
+            || vec![0f32; ROWS * kv_len],
+            |scores, block| {
+                let head = block / blocks_per_head;
+                let (b_i, h_i) = (head / h, head % h);
+                let first = block % blocks_per_head * ROWS;
+                let rows = ROWS.min(q_len - first);
                 let kv = b_i * kv_h + h_i / n_rep;
-                let q_row = &q_data[row * d..][..d];
                 let kt = &k_data[kv * d * kv_len..][..d * kv_len];
                 let values = &v_data[kv * kv_len * dv..][..kv_len * dv];
-                let mask_row = mask_data.map(|m| &m[i * kv_len..][..kv_len]);
-                // The keys this row reads: up to its mask's last visible one.
-                let keys = match mask_row {
-                    Some(m) => m.iter().rposition(|&x| x != f32::NEG_INFINITY).map_or(0, |p| p + 1),
-                    None => kv_len,
-                };
-                let scores = &mut scores[..keys];
-                key_scores(q_row, kt, kv_len, scores);
-                for (j, s) in scores.iter_mut().enumerate() {
-                    let mut x = *s * scale;
-                    if let Some(cap) = softcap {
-                        x = (x / cap).tanh() * cap;
-                    }
-                    *s = x + mask_row.map_or(0.0, |m| m[j]);
-                }
-                let max = lanes_fold(scores, f32::NEG_INFINITY, f32::max);
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                }
-                let inv = 1.0 / lanes_fold(scores, 0.0, |a, b| a + b);
-                for (j, &p) in scores.iter().enumerate() {
-                    let p = p * inv;
-                    for (o, &x) in out.iter_mut().zip(&values[j * dv..][..dv]) {
-                        *o += p * x;
+                let q_rows = &q_data[(head * q_len + first) * d..][..rows * d];
+                // The keys each query reads: up to its mask row's last visible one.
+                let mut keys = [kv_len; ROWS];
+                if let Some(mask) = mask_data {
+                    for (r, keys) in keys[..rows].iter_mut().enumerate() {
+                        let row = &mask[(first + r) * kv_len..][..kv_len];
+                        *keys = row.iter().rposition(|&x| x != f32::NEG_INFINITY).map_or(0, |p| p + 1);
                     }
                 }
+                let width = keys[..rows].iter().copied().max().unwrap_or(0);
+                let scores = &mut scores[..rows * width];
+                key_scores(q_rows, d, kt, kv_len, width, scores);
+                let mut inv = [0f32; ROWS];
+                for r in 0..rows {
+                    let mask_row = mask_data.map(|m| &m[(first + r) * kv_len..][..kv_len]);
+                    let row = &mut scores[r * width..][..keys[r]];
+                    for (j, s) in row.iter_mut().enumerate() {
+                        let mut x = *s * scale;
+                        if let Some(cap) = softcap {
+                            x = (x / cap).tanh() * cap;
+                        }
+                        *s = x + mask_row.map_or(0.0, |m| m[j]);
+                    }
+                    let max = lanes_fold(row, f32::NEG_INFINITY, f32::max);
+                    for s in row.iter_mut() {
+                        *s = (*s - max).exp();
+                    }
+                    inv[r] = 1.0 / lanes_fold(row, 0.0, |a, b| a + b);
+                }
+                // Each query's values, summed key by key from the first.
+                let mut out = vec![0f32; rows * dv];
+                for j in 0..width {
+                    let value = &values[j * dv..][..dv];
+                    for r in 0..rows {
+                        if j < keys[r] {
+                            let p = scores[r * width + j] * inv[r];
+                            for (o, &x) in out[r * dv..][..dv].iter_mut().zip(value) {
+                                *o += p * x;
+                            }
+                        }
+                    }
+                }
+                out
             },
-        );
+        )
+        .collect();
     drop((q_guard, k_guard, v_guard, mask_guard));
+    let mut out = Vec::with_capacity(b * h * q_len * dv);
+    for block in blocks {
+        out.extend_from_slice(&block);
+    }
     Tensor::from_vec(out, (b, h, q_len, dv), &Device::Cpu)?.to_dtype(dtype)
 }
 
-/// graft: `scores[j] = q · k_j` for the first `scores.len()` keys; `kt` is the keys
-/// transposed, `(d, kv_len)`. Each score is its own multiply-add chain over `d`, in order.
+/// graft: queries read together by the prompt kernel.
+const ROWS: usize = 4;
+
+/// graft: `scores[r * width + j] = q_r · k_j` for the queries `q_rows` (each `d` long) and
+/// the first `width` keys; `kt` is the keys transposed, `(d, kv_len)`. Each score is its own
+/// multiply-add chain over `d`, in order, whichever other queries share the call.
 #[inline]
-fn key_scores(q: &[f32], kt: &[f32], kv_len: usize, scores: &mut [f32]) {
-    for (chunk, start) in scores.chunks_mut(LANES).zip((0..).step_by(LANES)) {
-        let n = chunk.len();
-        let mut acc = [0f32; LANES];
-        if n == LANES {
-            // A whole chunk: fixed-size arrays, so that this is vector code.
-            for (dd, &qd) in q.iter().enumerate() {
-                let keys: &[f32; LANES] = kt[dd * kv_len + start..][..LANES].try_into().unwrap_or(&[0.0; LANES]);
-                for (a, &k) in acc.iter_mut().zip(keys) {
-                    *a += qd * k;
+fn key_scores(q_rows: &[f32], d: usize, kt: &[f32], kv_len: usize, width: usize, scores: &mut [f32]) {
+    let rows = q_rows.len() / d;
+    for start in (0..width).step_by(LANES) {
+        let n = LANES.min(width - start);
+        let mut acc = [[0f32; LANES]; ROWS];
+        for dd in 0..d {
+            let keys = &kt[dd * kv_len + start..][..n];
+            if let Ok(keys) = <&[f32; LANES]>::try_from(keys) {
+                // A whole chunk: fixed-size arrays, so that this is vector code.
+                for (acc, q) in acc.iter_mut().zip(q_rows.chunks(d)) {
+                    let qd = q[dd];
+                    for (a, &k) in acc.iter_mut().zip(keys) {
+                        *a += qd * k;
+                    }
                 }
-            }
-        } else {
-            // The same operations, per key, for the last few.
-            for (dd, &qd) in q.iter().enumerate() {
-                let keys = &kt[dd * kv_len + start..][..n];
-                for (a, &k) in acc[..n].iter_mut().zip(keys) {
-                    *a += qd * k;
+            } else {
+                // The same operations, per key, for the last few.
+                for (acc, q) in acc.iter_mut().zip(q_rows.chunks(d)) {
+                    let qd = q[dd];
+                    for (a, &k) in acc[..n].iter_mut().zip(keys) {
+                        *a += qd * k;
+                    }
                 }
             }
         }
-        chunk.copy_from_slice(&acc[..n]);
+        for (r, acc) in acc.iter().enumerate().take(rows) {
+            scores[r * width + start..][..n].copy_from_slice(&acc[..n]);
+        }
     }
 }
 
