@@ -293,8 +293,14 @@ fn an_empty_repository_gives_an_empty_index_and_a_missing_one_a_clear_error() {
     assert!(err.to_string().contains("graft index"), "says what to do: {err}");
 }
 
-#[tokio::test]
-async fn a_project_being_indexed_answers_searches_with_nothing_until_it_is_done() {
+/// The polyglot fixture as the server's one project `polyglot`, not indexed yet; the
+/// temporary folders (repository, index) live as long as the first two values.
+fn polyglot_project() -> (
+    tempfile::TempDir,
+    tempfile::TempDir,
+    graft_server::projects::Projects,
+    std::sync::Arc<graft_server::projects::Project>,
+) {
     use graft_server::projects::{Project, Projects};
     let repo = copy_fixture("polyglot");
     let index_dir = tempfile::tempdir().unwrap();
@@ -303,6 +309,12 @@ async fn a_project_being_indexed_answers_searches_with_nothing_until_it_is_done(
     let embedder = Some(("minilm-l6-v2".to_owned(), std::sync::Arc::clone(kit_embedder())));
     let projects = Projects::new(vec![project], embedder, SearchOptions::default());
     let project = std::sync::Arc::clone(projects.get("polyglot").unwrap());
+    (repo, index_dir, projects, project)
+}
+
+#[tokio::test]
+async fn a_project_being_indexed_answers_searches_with_nothing_until_it_is_done() {
+    let (_repo, _index_dir, projects, project) = polyglot_project();
     assert!(!project.has_index());
 
     // As `graft up` does for a project with no index yet: marked first, indexed later.
@@ -373,18 +385,8 @@ async fn two_projects_on_one_repository_search_one_index_opened_once() {
 
 #[tokio::test]
 async fn a_completion_near_the_last_one_reuses_its_hits_until_the_cursor_moves_away_or_a_reindex() {
-    use graft_server::projects::{Project, Projects};
     use graft_server::sticky::{Spot, REGION_LINES};
-    let repo = copy_fixture("polyglot");
-    let index_dir = tempfile::tempdir().unwrap();
-    let project = Project::new(
-        graft_core::ProjectConfig::new("polyglot", repo.path()),
-        IndexLayout::new(index_dir.path().join("polyglot")),
-        IndexOptions::default(),
-    );
-    let embedder = Some(("minilm-l6-v2".to_owned(), std::sync::Arc::clone(kit_embedder())));
-    let projects = Projects::new(vec![project], embedder, SearchOptions::default());
-    let project = std::sync::Arc::clone(projects.get("polyglot").unwrap());
+    let (_repo, _index_dir, projects, project) = polyglot_project();
     projects.reindex(&project).await.expect("indexing works");
     let paths = |hits: Option<Vec<graft_index::SearchHit>>| hits.unwrap().into_iter().map(|h| h.path).collect::<Vec<_>>();
 

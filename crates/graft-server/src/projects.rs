@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use graft_core::ProjectConfig;
-
-use crate::sticky::{Spot, Sticky};
 use graft_index::{
     index_repository, Embedder, IndexError, IndexLayout, IndexOptions, IndexProgress, IndexReport, ProjectIndex, SearchHit, SearchMode,
     SearchOptions,
 };
+
+use crate::sticky::{Spot, Sticky};
 
 /// How long a re-index waits for searches in flight to let go of the index.
 const SEARCHES_FINISH: std::time::Duration = std::time::Duration::from_secs(10);
@@ -40,6 +40,13 @@ struct IndexSlot {
     reindexing: Arc<tokio::sync::Mutex<()>>,
     /// The last completion searches' hits by file and line, reused while the user types.
     sticky: Sticky,
+}
+
+impl IndexSlot {
+    /// Whether a re-index holds the index now (searches then get nothing).
+    fn is_reindexing(&self) -> bool {
+        self.reindexing.try_lock().is_err()
+    }
 }
 
 impl Project {
@@ -82,7 +89,7 @@ impl Project {
     /// The open index, opening it if needed; `None` while re-indexing.
     fn index(&self) -> Result<Option<Arc<ProjectIndex>>, IndexError> {
         let slot = &self.index;
-        if slot.reindexing.try_lock().is_err() {
+        if slot.is_reindexing() {
             return Ok(None);
         }
         let mut open = slot.open.lock().unwrap_or_else(|p| p.into_inner());
@@ -238,7 +245,7 @@ impl Projects {
     /// prompt keeps its start while the user types. Never while re-indexing.
     pub async fn search_at(&self, project: &Arc<Project>, spot: Spot, query: &str, k: usize) -> Result<Option<Vec<SearchHit>>, IndexError> {
         let slot = &project.index;
-        if slot.reindexing.try_lock().is_ok() {
+        if !slot.is_reindexing() {
             if let Some(hits) = slot.sticky.near(spot, k) {
                 return Ok(Some(hits));
             }

@@ -20,10 +20,8 @@ use serde_json::{json, Value};
 
 use super::median;
 use crate::cli::BenchApiArgs;
+use crate::eval::target::{base_url, REQUEST_TIMEOUT};
 use crate::{models, serve};
-
-/// A request on a CPU can take minutes; one that takes longer has hung.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// One server to time.
 struct Server {
@@ -137,11 +135,7 @@ fn endpoint(spec: &str, args: &BenchApiArgs) -> Result<Server> {
         Some((name, url)) if !name.is_empty() && !name.contains("://") => (name.to_owned(), url),
         _ => (spec.to_owned(), spec),
     };
-    let trimmed = url.trim().trim_end_matches('/');
-    let base = trimmed.strip_suffix("/v1").unwrap_or(trimmed).to_owned();
-    if !(base.starts_with("http://") || base.starts_with("https://")) {
-        bail!("--endpoint `{spec}`: give NAME=URL with an http:// or https:// URL");
-    }
+    let base = base_url(url).with_context(|| format!("--endpoint `{spec}`: give NAME=URL"))?;
     Ok(Server {
         name,
         base,

@@ -4,7 +4,7 @@
 //! work; these modules read the flags, send the requests, and report.
 
 pub mod run;
-mod target;
+pub mod target;
 
 use std::path::PathBuf;
 

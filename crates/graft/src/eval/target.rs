@@ -23,15 +23,22 @@ pub struct Endpoint {
 }
 
 /// A request on a CPU can take minutes; one that takes longer than this has hung.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(900);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// A server's base URL as given (`http://host:8080`, with or without `/v1` or a trailing
+/// `/`), without `/v1` and the trailing `/`.
+pub fn base_url(url: &str) -> anyhow::Result<String> {
+    let trimmed = url.trim().trim_end_matches('/');
+    let base = trimmed.strip_suffix("/v1").unwrap_or(trimmed).to_owned();
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        anyhow::bail!("`{url}` is not an http:// or https:// URL");
+    }
+    Ok(base)
+}
 
 impl Endpoint {
     pub fn new(url: &str, key: Option<String>) -> anyhow::Result<Endpoint> {
-        let trimmed = url.trim().trim_end_matches('/');
-        let base = trimmed.strip_suffix("/v1").unwrap_or(trimmed).to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            anyhow::bail!("`{url}` is not an http:// or https:// URL");
-        }
+        let base = base_url(url)?;
         let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?;
         Ok(Endpoint { base, key, client })
     }
