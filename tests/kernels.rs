@@ -215,3 +215,61 @@ fn prompt_attention_reads_a_prompt_in_parts_as_it_reads_it_whole() {
     };
     assert_eq!(bits(&tail), bits(&parts));
 }
+
+/// The registry's AVX2 Q8_0 dot product (candle 0.10.2, `avx::vec_dot_q8_0_q8_0`, with
+/// `maddubs` and `madd`), kept here as the oracle for the patched one (VNNI, four rows at once).
+#[cfg(target_feature = "avx2")]
+fn registry_q8_0_dot(xs: &[BlockQ8_0], ys: &[BlockQ8_0]) -> f32 {
+    use std::arch::x86_64::*;
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        for (x, y) in xs.iter().zip(ys) {
+            // A block is `#[repr(C)]`: its f16 scale, then its 32 values.
+            let (x, y) = (x as *const BlockQ8_0 as *const u8, y as *const BlockQ8_0 as *const u8);
+            let scale = |b: *const u8| half::f16::from_le_bytes([*b, *b.add(1)]).to_f32();
+            let d = _mm256_set1_ps(scale(x) * scale(y));
+            let bx = _mm256_loadu_si256(x.add(2) as *const __m256i);
+            let by = _mm256_loadu_si256(y.add(2) as *const __m256i);
+            let ax = _mm256_sign_epi8(bx, bx);
+            let sy = _mm256_sign_epi8(by, bx);
+            let pairs = _mm256_maddubs_epi16(ax, sy);
+            let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), pairs));
+            acc = _mm256_fmadd_ps(d, q, acc);
+        }
+        let hi = _mm256_extractf128_ps(acc, 1);
+        let r = _mm_add_ps(hi, _mm256_castps256_ps128(acc));
+        let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+        let r = _mm_add_ss(r, _mm_movehdup_ps(r));
+        _mm_cvtss_f32(r)
+    }
+}
+
+#[test]
+#[cfg(target_feature = "avx2")]
+fn decoding_gives_the_registry_kernels_values_bit_for_bit() {
+    // Decode shapes of SmolLM2 and odd ones: column counts that four does not divide.
+    for (k, n) in [(32, 1), (576, 3), (576, 70), (1536, 257), (576, 192)] {
+        let blocks = k / 32;
+        let mut weights = values(n * k, 3);
+        // The extremes a Q8_0 block holds.
+        weights[0] = 1.0;
+        weights[1] = -1.0;
+        let mut rhs = vec![BlockQ8_0::zeros(); n * blocks];
+        for (row, out) in weights.chunks(k).zip(rhs.chunks_mut(blocks)) {
+            BlockQ8_0::from_float(row, out);
+        }
+        for m in [1, 3] {
+            let lhs = values(m * k, 4);
+            let mut got = vec![0f32; m * n];
+            matmul((m, k, n), &lhs, &rhs, &mut got).unwrap();
+            for (row, got) in lhs.chunks(k).zip(got.chunks(n)) {
+                let mut input = vec![BlockQ8_0::zeros(); blocks];
+                BlockQ8_0::from_float(row, &mut input);
+                for (col, got) in got.iter().enumerate() {
+                    let want = registry_q8_0_dot(&rhs[col * blocks..(col + 1) * blocks], &input);
+                    assert_eq!(got.to_bits(), want.to_bits(), "({m}, {k}, {n}) column {col}");
+                }
+            }
+        }
+    }
+}

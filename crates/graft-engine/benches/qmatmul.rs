@@ -1,11 +1,16 @@
 //! Milliseconds per quantized matmul on this machine's CPU, graft's patched candle kernel
 //! (`matmul`: dequantize and gemm from `gemm_min_rows` rows on) against the registry's
 //! (`matmul_per_row`), for the shapes that matter: SmolLM2-135M's MLP projection (Q8_0,
-//! 1536×576, as graft re-stores it for the CPU) and a 7B-class tile in Q4_K.
+//! 1536×576, as graft re-stores it for the CPU) and a 7B-class tile in Q4_K. Then one token's
+//! decode: every matrix-vector product of SmolLM2-135M (30 layers and the output head, 145 MB
+//! of Q8_0), four weight rows per dot with the next rows prefetched (`vec_dot_x4`) against one
+//! row at a time as the registry's kernel loops.
 //!
 //! `cargo bench --workspace --bench qmatmul` (RAYON_NUM_THREADS sets the threads).
 
 use std::time::Instant;
+
+use rayon::prelude::*;
 
 use candle_core::quantized::k_quants::{gemm_min_rows, matmul, matmul_per_row, BlockQ4K, BlockQ8_0, GgmlType};
 
@@ -53,6 +58,77 @@ fn shape<T: GgmlType>(name: &str, k: usize, n: usize) {
     }
 }
 
+/// One token's matrix-vector products of SmolLM2-135M, medians of alternating runs.
+fn decode_token() {
+    let layer = [
+        (576, 576),
+        (192, 576),
+        (192, 576),
+        (576, 576),
+        (1536, 576),
+        (1536, 576),
+        (576, 1536),
+    ];
+    let shapes: Vec<(usize, usize)> = (0..30).flat_map(|_| layer).chain(std::iter::once((49152, 576))).collect();
+    let weights: Vec<Vec<BlockQ8_0>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, &(n, k))| {
+            let mut blocks = vec![BlockQ8_0::zeros(); n * k / BlockQ8_0::BLCK_SIZE];
+            BlockQ8_0::from_float(&values(n * k, i as u64), &mut blocks);
+            blocks
+        })
+        .collect();
+    let inputs: Vec<Vec<f32>> = shapes.iter().map(|&(_, k)| values(k, 9)).collect();
+    // The registry's loop: the input quantized, then one `vec_dot` per output column.
+    let one_by_one = |k: usize, lhs: &[f32], rhs: &[BlockQ8_0], dst: &mut [f32]| {
+        let per_row = k / BlockQ8_0::BLCK_SIZE;
+        let mut input = vec![BlockQ8_0::zeros(); per_row];
+        BlockQ8_0::from_float(lhs, &mut input);
+        dst.par_iter_mut()
+            .enumerate()
+            .with_min_len(128)
+            .with_max_len(512)
+            .for_each(|(col, d)| {
+                *d = BlockQ8_0::vec_dot(k, &rhs[col * per_row..(col + 1) * per_row], &input);
+            });
+    };
+    // As graft runs a forward (vendor/mistralrs-core, `on_cpu_workers`): on a thread of the
+    // pool, so each product's parallel loop is split there rather than handed over and waited
+    // for from outside.
+    let pool = rayon::ThreadPoolBuilder::new().build().expect("a thread pool");
+    let (mut old, mut new) = (Vec::new(), Vec::new());
+    pool.install(|| {
+        for _ in 0..15 {
+            for patched in [false, true] {
+                let started = Instant::now();
+                for ((&(n, k), rhs), lhs) in shapes.iter().zip(&weights).zip(&inputs) {
+                    let mut dst = vec![0f32; n];
+                    if patched {
+                        matmul((1, k, n), lhs, rhs, &mut dst).unwrap();
+                    } else {
+                        one_by_one(k, lhs, rhs, &mut dst);
+                    }
+                }
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                if patched {
+                    new.push(ms)
+                } else {
+                    old.push(ms)
+                }
+            }
+        }
+    });
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (old, new) = (median(&mut old), median(&mut new));
+    println!("\none token's decode, SmolLM2-135M Q8_0 (211 matrix-vector products), medians of 15");
+    println!("{:>22} {:>12} {:>8}", "one row at a time ms", "graft ms", "speedup");
+    println!("{old:>22.2} {new:>12.2} {:>7.2}×", old / new);
+}
+
 fn main() {
     println!(
         "quantized matmul, {} threads",
@@ -61,4 +137,5 @@ fn main() {
     shape::<BlockQ8_0>("Q8_0, SmolLM2-135M MLP up", 576, 1536);
     shape::<BlockQ8_0>("Q8_0, SmolLM2-135M attention q", 576, 576);
     shape::<BlockQ4K>("Q4_K, 7B-class tile", 4096, 1024);
+    decode_token();
 }

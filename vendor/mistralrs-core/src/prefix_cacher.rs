@@ -346,6 +346,9 @@ impl PrefixCacheManagerV2 {
             }
             for layer in cache.cache.iter_mut().flatten() {
                 layer.set_len(match_len)?;
+                // graft: the sequence appends to its cache in place (kv_cache's
+                // `clone_in_cache`), so it must not write into this entry's tensors.
+                layer.own_tensors()?;
             }
             return Ok(Some(MatchingCache::Normal {
                 normal: cache.cache,

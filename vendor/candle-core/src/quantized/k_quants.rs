@@ -50,6 +50,12 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
     /// n is the number of elements to be considered.
     fn vec_dot(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32;
 
+    /// graft: [`GgmlType::vec_dot`] of four weight rows against one input row, each result the
+    /// value `vec_dot` gives. A type may compute the four together (sharing the input's loads).
+    fn vec_dot_x4(n: usize, xs: [&[Self]; 4], ys: &[Self::VecDotType]) -> [f32; 4] {
+        xs.map(|xs| Self::vec_dot(n, xs, ys))
+    }
+
     /// Generic implementation of the dot product without simd optimizations.
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32;
 }
@@ -657,6 +663,11 @@ impl GgmlType for BlockQ8_0 {
         return super::simd128::vec_dot_q8_0_q8_0(n, xs, ys);
 
         Self::vec_dot_unopt(n, xs, ys)
+    }
+
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_x4(n: usize, xs: [&[Self]; 4], ys: &[Self::VecDotType]) -> [f32; 4] {
+        super::avx::vec_dot_q8_0_q8_0_x4(n, xs, ys)
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -2353,11 +2364,12 @@ pub fn matmul_few_rows<T: GgmlType>(
             let columns = FEW_ROWS_COLUMNS.min(n - first);
             // Row-major: `m` rows of `columns` outputs.
             let mut out = vec![0f32; m * columns];
-            for c in 0..columns {
-                let col = first + c;
-                let rhs_col = &rhs_t[col * k_in_blocks..(col + 1) * k_in_blocks];
+            let mut dots = [0f32; 4];
+            for c in (0..columns).step_by(4) {
+                let quad = 4.min(columns - c);
                 for (row, lhs_row) in lhs_b.chunks(k_in_blocks).enumerate() {
-                    out[row * columns + c] = T::vec_dot(k, rhs_col, lhs_row);
+                    dot_columns(k, rhs_t, first + c, lhs_row, &mut dots[..quad]);
+                    out[row * columns + c..][..quad].copy_from_slice(&dots[..quad]);
                 }
             }
             out
@@ -2518,17 +2530,35 @@ pub fn matmul_per_row<T: GgmlType>(
         let lhs_row = &lhs_b[row_idx * k_in_blocks..(row_idx + 1) * k_in_blocks];
         let dst_row = &mut dst[row_idx * n..(row_idx + 1) * n];
 
+        // graft: four columns per dot (`GgmlType::vec_dot_x4`, the same values as one by one).
         dst_row
-            .into_par_iter()
+            .par_chunks_mut(4)
             .enumerate()
-            .with_min_len(128)
-            .with_max_len(512)
-            .for_each(|(col_idx, dst)| {
-                let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
-                *dst = T::vec_dot(k, rhs_col, lhs_row);
-            });
+            .with_min_len(32)
+            .with_max_len(128)
+            .for_each(|(quad, dst)| dot_columns(k, rhs_t, quad * 4, lhs_row, dst));
     }
     Ok(())
+}
+
+/// graft: `dst[c]` = the `vec_dot` of weight row `first + c` and `lhs_row`, for the (at most
+/// four) values of `dst`; four at once through [`GgmlType::vec_dot_x4`].
+fn dot_columns<T: GgmlType>(
+    k: usize,
+    rhs_t: &[T],
+    first: usize,
+    lhs_row: &[T::VecDotType],
+    dst: &mut [f32],
+) {
+    let k_in_blocks = k.div_ceil(T::BLCK_SIZE);
+    let column = |c: usize| &rhs_t[(first + c) * k_in_blocks..(first + c + 1) * k_in_blocks];
+    if let Ok(quad) = <&mut [f32; 4]>::try_from(&mut *dst) {
+        *quad = T::vec_dot_x4(k, [column(0), column(1), column(2), column(3)], lhs_row);
+    } else {
+        for (c, out) in dst.iter_mut().enumerate() {
+            *out = T::vec_dot(k, column(c), lhs_row);
+        }
+    }
 }
 
 pub fn matmul_f16<T: GgmlType>(

@@ -187,6 +187,22 @@ impl KvCache {
     pub fn is_shared(&self) -> bool {
         matches!(self, Self::Shared { .. })
     }
+
+    /// graft: gives this cache tensors of its own (copies of the ones it shares), so that
+    /// appending to it in place changes nothing that another cache reads.
+    pub fn own_tensors(&mut self) -> candle_core::Result<()> {
+        let (k, v) = match self {
+            Self::Normal { k, v } => (&mut k.all_data, &mut v.all_data),
+            Self::Rotating { k, v } => (&mut k.all_data, &mut v.all_data),
+            Self::Shared { .. } => return Ok(()),
+        };
+        for data in [k, v] {
+            if let Some(tensor) = data {
+                *tensor = tensor.copy()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -267,6 +283,32 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
         seqs: &mut [&mut crate::sequence::Sequence],
         modify_draft_cache: bool,
     ) {
+        // graft: one sequence hands the model its cache tensors as they are. Upstream copied
+        // every layer's whole cache (allocated, zeroed, filled) before each step, one token's
+        // decode included: on a CPU, tens of megabytes a token for a long prompt, a fifth of a
+        // typing request's time. The model appends to these tensors in place, which is safe
+        // because a sequence's tensors are its own: a prefix-cache hit gets copies
+        // (`PrefixCacheManagerV2::search_for_matching_cache`), and a finished sequence, whose
+        // tensors the prefix cache keeps, never runs again.
+        if let [seq] = seqs {
+            if !modify_draft_cache {
+                let template = pipeline.cache().normal().0.clone();
+                let caches = seq
+                    .normal_cache()
+                    .iter()
+                    .zip(template)
+                    .map(|(own, mut template)| match own {
+                        Some(cache) => cache.clone(),
+                        None => {
+                            template.reset();
+                            template
+                        }
+                    })
+                    .collect();
+                *pipeline.cache().normal() = NormalCache(caches);
+                return;
+            }
+        }
         let mut new_k_cache = Vec::new();
         let mut new_v_cache = Vec::new();
 

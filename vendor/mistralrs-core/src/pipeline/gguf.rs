@@ -1,4 +1,5 @@
 use super::llg::build_llg_factory;
+use super::on_cpu_workers;
 use super::{
     get_model_paths, get_xlora_paths, text_models_inputs_processor::ModelInputs, AdapterKind,
     CacheManager, GeneralMetadata, Loader, ModelKind, ModelPaths, PrettyName, QuantizationKind,
@@ -770,7 +771,16 @@ impl Pipeline for GGUFPipeline {
             }
             (None, None) => None,
         };
-        let logits = match self.model {
+        // graft: on a CPU the forward runs on one of rayon's worker threads, so each of its
+        // hundreds of parallel kernels (every matmul, every attention) is split between that
+        // thread and the others, instead of being handed from this thread to the pool and
+        // waited for, a sleep and a wake-up per kernel. Same kernels, same bits.
+        let device = self.device();
+        let model = &self.model;
+        let no_kv_cache = self.no_kv_cache;
+        let non_granular_state = &self.non_granular_state;
+        let logits = on_cpu_workers(&device, move || -> candle_core::Result<Tensor> {
+            Ok(match model {
             Model::Llama(ref model) => {
                 model.forward(&input_ids, &seqlen_offsets, context_lens, paged_attn_meta)?
             }
@@ -782,8 +792,8 @@ impl Pipeline for GGUFPipeline {
                 input_ids_full.as_ref().unwrap_or(&input_ids),
                 &seqlen_offsets,
                 seqlen_offsets_full.as_ref().unwrap_or(&seqlen_offsets),
-                self.no_kv_cache,
-                &self.non_granular_state,
+                no_kv_cache,
+                non_granular_state,
                 context_lens,
                 &flash_meta,
                 flash_meta_full.as_ref().unwrap_or(&flash_meta),
@@ -796,8 +806,8 @@ impl Pipeline for GGUFPipeline {
                 input_ids_full.as_ref().unwrap_or(&input_ids),
                 &seqlen_offsets,
                 seqlen_offsets_full.as_ref().unwrap_or(&seqlen_offsets),
-                self.no_kv_cache,
-                &self.non_granular_state,
+                no_kv_cache,
+                non_granular_state,
                 context_lens,
                 &flash_meta,
                 flash_meta_full.as_ref().unwrap_or(&flash_meta),
@@ -814,7 +824,8 @@ impl Pipeline for GGUFPipeline {
             Model::Qwen3MoE(ref model) => {
                 model.forward(&input_ids, &seqlen_offsets, context_lens, paged_attn_meta)?
             }
-        };
+            })
+        })?;
         if return_raw_logits {
             Ok(ForwardInputsResult::RawLogits { logits })
         } else {

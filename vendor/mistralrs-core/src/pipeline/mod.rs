@@ -1,4 +1,5 @@
 mod amoe;
+mod cpu_workers;
 mod auto;
 pub mod chat_template;
 mod diffusion;
@@ -33,6 +34,7 @@ pub use diffusion::{DiffusionLoader, DiffusionLoaderBuilder};
 pub use embedding::{EmbeddingLoader, EmbeddingLoaderBuilder, EmbeddingSpecificConfig};
 pub use ggml::{GGMLLoader, GGMLLoaderBuilder, GGMLSpecificConfig};
 pub use gguf::{GGUFLoader, GGUFLoaderBuilder, GGUFSpecificConfig};
+pub(crate) use cpu_workers::on_cpu_workers;
 use image::DynamicImage;
 pub use inputs_processor::InputProcessorOutput;
 pub(crate) use isq::IsqModelLoader;
