@@ -216,6 +216,87 @@ fn prompt_attention_reads_a_prompt_in_parts_as_it_reads_it_whole() {
     assert_eq!(bits(&tail), bits(&parts));
 }
 
+#[test]
+fn a_decode_step_attends_as_the_prompt_kernel_does_for_its_last_query() {
+    use candle_core::{DType, Device, Tensor};
+    use mistralrs_core::cpu_kernels::{run_decode_attn_cpu, run_flash_attn_cpu, run_prompt_attn_cpu, SdpaParams};
+
+    // (heads, key heads, keys, head size, softcap, dtype); key counts that 16 does not divide.
+    let cases = [
+        (9, 3, 700, 64, None, DType::F32),
+        (9, 3, 333, 64, None, DType::F16),
+        (4, 4, 1, 32, Some(30.0), DType::F32),
+        (2, 1, 17, 16, None, DType::F16),
+    ];
+    for (h, kv_h, kv_len, d, softcap, dtype) in cases {
+        let tensor = |n_heads: usize, rows: usize, seed: u64| {
+            Tensor::from_vec(values(n_heads * rows * d, seed), (1, n_heads, rows, d), &Device::Cpu)
+                .and_then(|t| t.to_dtype(dtype))
+                .unwrap()
+        };
+        // The model's cache: room for more keys than it holds, read through a narrowed view.
+        let cache = |seed: u64| tensor(kv_h, kv_len + 40, seed).narrow(2, 0, kv_len).unwrap();
+        let (q, k, v) = (tensor(h, 1, 3), cache(4), cache(5));
+        let params = SdpaParams {
+            n_kv_groups: h / kv_h,
+            softcap,
+            softmax_scale: 1.0 / (d as f32).sqrt(),
+            sliding_window: None,
+            sinks: None,
+        };
+        let decoded = run_decode_attn_cpu(&q, &k, &v, &params).unwrap();
+        // The prompt kernel, reading one query over every key (no mask: the last query sees
+        // them all), from contiguous copies.
+        let (kc, vc) = (k.contiguous().unwrap(), v.contiguous().unwrap());
+        let prompt = run_prompt_attn_cpu(&q, &kc, &vc, None, &params).unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        };
+        assert_eq!(
+            bits(&decoded),
+            bits(&prompt),
+            "({h}, {kv_h}, {kv_len}, {d}, {dtype:?}): the prompt kernel's bits"
+        );
+        // And upstream's single-query flash kernel, within float rounding.
+        let t = |x: &Tensor| x.transpose(1, 2).unwrap();
+        let flash = match dtype {
+            DType::F16 => run_flash_attn_cpu::<half::f16>(&t(&q), &t(&kc), &t(&vc), None, &params),
+            _ => run_flash_attn_cpu::<f32>(&t(&q), &t(&kc), &t(&vc), None, &params),
+        }
+        .unwrap();
+        let (a, b) = (
+            decoded
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            t(&flash)
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
+        let tolerance = if dtype == DType::F16 { 2e-3 } else { 1e-5 };
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(
+            worst < tolerance,
+            "({h}, {kv_h}, {kv_len}, {d}, {dtype:?}): {worst:e} from the flash kernel"
+        );
+    }
+}
+
 /// The registry's AVX2 Q8_0 dot product (candle 0.10.2, `avx::vec_dot_q8_0_q8_0`, with
 /// `maddubs` and `madd`), kept here as the oracle for the patched one (VNNI, four rows at once).
 #[cfg(target_feature = "avx2")]

@@ -10,7 +10,7 @@ mod backends;
 /// kernel it added with the flash kernel it replaces for prompts. Not an API.
 #[doc(hidden)]
 pub mod cpu_kernels {
-    pub use super::backends::cpu::{run_flash_attn_cpu, run_prompt_attn_cpu};
+    pub use super::backends::cpu::{run_decode_attn_cpu, run_flash_attn_cpu, run_prompt_attn_cpu};
     pub use super::SdpaParams;
 }
 
@@ -130,13 +130,21 @@ impl Sdpa {
         let (_, _, _, k_head_dim) = k.dims4()?;
         let (_, _, _, v_head_dim) = v.dims4()?;
 
-        // graft: a prompt on the CPU is read as matrix products (cpu::run_prompt_attn_cpu);
-        // one query (decoding) keeps the flash kernel's single-query path.
+        // graft: a prompt on the CPU is read as vector code over the keys each query sees
+        // (cpu::run_prompt_attn_cpu);
         if q.device().is_cpu()
             && seq_len > 1
             && cpu::prompt_attn_supports(mask, seq_len, k.dim(2)?)
         {
             return cpu::run_prompt_attn_cpu(q, k, v, mask, sdpa_params);
+        }
+        // graft: and one query (a decode step) with the same arithmetic, reading the cache in
+        // place (cpu::run_decode_attn_cpu).
+        if seq_len == 1
+            && sdpa_params.sliding_window.is_none()
+            && cpu::decode_attn_supports(q, k, v, mask)
+        {
+            return cpu::run_decode_attn_cpu(q, k, v, sdpa_params);
         }
 
         let can_use_flash = q.device().is_cpu()

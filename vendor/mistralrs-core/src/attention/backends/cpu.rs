@@ -497,6 +497,134 @@ pub fn run_prompt_attn_cpu(
     Tensor::from_vec(out, (b, h, q_len, dv), &Device::Cpu)?.to_dtype(dtype)
 }
 
+/// graft: attention of one query per head (a decode step) on the CPU, with the arithmetic of
+/// [`run_prompt_attn_cpu`] for that query (the same scores, softmax and sums, so the same
+/// bits), reading the cache where it lies: the keys of a head are converted to f32 and
+/// transposed 16 at a time into a small buffer instead of the whole cache being copied, as
+/// the prompt kernel does. Upstream's single-query kernel converted and multiplied element by
+/// element. Takes f32 or f16 tensors, no mask, rows of `k` and `v` contiguous (the cache's
+/// layout); see [`decode_attn_supports`].
+pub fn run_decode_attn_cpu(q: &Tensor, k: &Tensor, v: &Tensor, sdpa_params: &SdpaParams) -> Result<Tensor> {
+    let (b, h, q_len, d) = q.dims4()?;
+    let (_, kv_h, kv_len, _) = k.dims4()?;
+    let dv = v.dim(3)?;
+    if q_len != 1 || kv_h == 0 || h % kv_h != 0 || !decode_attn_supports(q, k, v, None) {
+        candle_core::bail!("decode attention: {q_len} queries, {h} heads over {kv_h} key heads, {:?}", k.dtype());
+    }
+    let n_rep = h / kv_h;
+    let softcap = sdpa_params.softcap.filter(|&c| c != 0.0);
+    let scale = sdpa_params.softmax_scale;
+    let q32 = contiguous_f32(q)?;
+    let (q_guard, q_layout) = q32.storage_and_layout();
+    let q_data = cpu_f32(&q_guard, q_layout, q32.elem_count())?;
+    let (k_guard, k_layout) = k.storage_and_layout();
+    let (v_guard, v_layout) = v.storage_and_layout();
+    let keys = CacheRows::new(&k_guard, k_layout)?;
+    let values = CacheRows::new(&v_guard, v_layout)?;
+
+    let heads: Vec<Vec<f32>> = (0..b * h)
+        .into_par_iter()
+        .map(|head| {
+            let (b_i, h_i) = (head / h, head % h);
+            let kv = h_i / n_rep;
+            let q_row = &q_data[head * d..][..d];
+            let mut row = vec![0f32; d.max(dv)];
+            let mut chunk = vec![0f32; d * LANES];
+            let mut scores = vec![0f32; kv_len];
+            for start in (0..kv_len).step_by(LANES) {
+                let n = LANES.min(kv_len - start);
+                for jj in 0..n {
+                    keys.read(b_i, kv, start + jj, &mut row[..d]);
+                    for (dd, &x) in row[..d].iter().enumerate() {
+                        chunk[dd * LANES + jj] = x;
+                    }
+                }
+                key_scores(q_row, d, &chunk, LANES, n, &mut scores[start..start + n]);
+            }
+            for s in scores.iter_mut() {
+                let mut x = *s * scale;
+                if let Some(cap) = softcap {
+                    x = (x / cap).tanh() * cap;
+                }
+                *s = x;
+            }
+            let max = lanes_fold(&scores, f32::NEG_INFINITY, f32::max);
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+            }
+            let inv = 1.0 / lanes_fold(&scores, 0.0, |a, b| a + b);
+            let mut out = vec![0f32; dv];
+            for (j, &score) in scores.iter().enumerate() {
+                values.read(b_i, kv, j, &mut row[..dv]);
+                let p = score * inv;
+                for (o, &x) in out.iter_mut().zip(&row[..dv]) {
+                    *o += p * x;
+                }
+            }
+            out
+        })
+        .collect();
+    drop((q_guard, k_guard, v_guard));
+    let out: Vec<f32> = heads.into_iter().flatten().collect();
+    Tensor::from_vec(out, (b, h, 1, dv), &Device::Cpu)?.to_dtype(q.dtype())
+}
+
+/// graft: whether [`run_decode_attn_cpu`] takes these tensors: one query, no mask, f32 or
+/// f16 on the CPU, keys and values with contiguous rows.
+pub(crate) fn decode_attn_supports(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> bool {
+    let rows = |t: &Tensor| {
+        let stride = t.stride();
+        t.rank() == 4 && stride[3] == 1 && (t.dim(2).unwrap_or(0) <= 1 || stride[2] == t.dims()[3])
+    };
+    mask.is_none()
+        && q.dims().get(2) == Some(&1)
+        && q.device().is_cpu()
+        && matches!(k.dtype(), candle_core::DType::F32 | candle_core::DType::F16)
+        && k.dtype() == v.dtype()
+        && rows(k)
+        && rows(v)
+}
+
+/// graft: the rows of a `(b, heads, len, d)` cache tensor, read as f32 where they lie.
+struct CacheRows<'a> {
+    data: CacheData<'a>,
+    strides: [usize; 3],
+    d: usize,
+}
+
+enum CacheData<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl<'a> CacheRows<'a> {
+    fn new(storage: &'a Storage, layout: &candle_core::Layout) -> Result<Self> {
+        let Storage::Cpu(cpu) = storage else {
+            candle_core::bail!("decode attention: a tensor not on the CPU")
+        };
+        let start = layout.start_offset();
+        let data = match cpu {
+            candle_core::CpuStorage::F32(xs) => CacheData::F32(&xs[start..]),
+            candle_core::CpuStorage::F16(xs) => CacheData::F16(&xs[start..]),
+            _ => candle_core::bail!("decode attention: tensors neither f32 nor f16"),
+        };
+        let stride = layout.stride();
+        Ok(Self { data, strides: [stride[0], stride[1], stride[2]], d: layout.dims()[3] })
+    }
+
+    /// Row `j` of head `head` of batch `b`, as f32, into `out` (`d` long).
+    fn read(&self, b: usize, head: usize, j: usize, out: &mut [f32]) {
+        let at = b * self.strides[0] + head * self.strides[1] + j * self.strides[2];
+        match self.data {
+            CacheData::F32(xs) => out.copy_from_slice(&xs[at..][..self.d]),
+            CacheData::F16(xs) => {
+                use half::slice::HalfFloatSliceExt;
+                xs[at..][..self.d].convert_to_f32_slice(out)
+            }
+        }
+    }
+}
+
 /// graft: queries read together by the prompt kernel.
 const ROWS: usize = 4;
 
