@@ -497,13 +497,13 @@ pub fn run_prompt_attn_cpu(
     Tensor::from_vec(out, (b, h, q_len, dv), &Device::Cpu)?.to_dtype(dtype)
 }
 
-/// graft: attention of one query per head (a decode step) on the CPU, with the arithmetic of
-/// [`run_prompt_attn_cpu`] for that query (the same scores, softmax and sums, so the same
-/// bits), reading the cache where it lies: the keys of a head are converted to f32 and
-/// transposed 16 at a time into a small buffer instead of the whole cache being copied, as
-/// the prompt kernel does. Upstream's single-query kernel converted and multiplied element by
-/// element. Takes f32 or f16 tensors, no mask, rows of `k` and `v` contiguous (the cache's
-/// layout); see [`decode_attn_supports`].
+/// graft: attention of one query per head (a decode step) on the CPU, reading the cache where
+/// it lies: each key's score is a 16-lane dot product over the head's dimensions (the prompt
+/// kernel's transposed keys would cost a copy of the cache per step), then the prompt
+/// kernel's softmax and value sums. Upstream's single-query kernel multiplied element by
+/// element. The order of every sum is fixed, so a step's result is always the same. Takes f32
+/// or f16 tensors, no mask, rows of `k` and `v` contiguous (the cache's layout); see
+/// [`decode_attn_supports`].
 pub fn run_decode_attn_cpu(q: &Tensor, k: &Tensor, v: &Tensor, sdpa_params: &SdpaParams) -> Result<Tensor> {
     let (b, h, q_len, d) = q.dims4()?;
     let (_, kv_h, kv_len, _) = k.dims4()?;
@@ -529,17 +529,17 @@ pub fn run_decode_attn_cpu(q: &Tensor, k: &Tensor, v: &Tensor, sdpa_params: &Sdp
             let kv = h_i / n_rep;
             let q_row = &q_data[head * d..][..d];
             let mut row = vec![0f32; d.max(dv)];
-            let mut chunk = vec![0f32; d * LANES];
             let mut scores = vec![0f32; kv_len];
-            for start in (0..kv_len).step_by(LANES) {
-                let n = LANES.min(kv_len - start);
-                for jj in 0..n {
-                    keys.read(b_i, kv, start + jj, &mut row[..d]);
-                    for (dd, &x) in row[..d].iter().enumerate() {
-                        chunk[dd * LANES + jj] = x;
+            for (j, score) in scores.iter_mut().enumerate() {
+                keys.read(b_i, kv, j, &mut row[..d]);
+                // 16 lanes over the head's dimensions, then the lanes in order.
+                let mut lanes = [0f32; LANES];
+                for (qs, ks) in q_row.chunks(LANES).zip(row[..d].chunks(LANES)) {
+                    for ((lane, &q), &k) in lanes.iter_mut().zip(qs).zip(ks) {
+                        *lane += q * k;
                     }
                 }
-                key_scores(q_row, d, &chunk, LANES, n, &mut scores[start..start + n]);
+                *score = lanes.iter().sum();
             }
             for s in scores.iter_mut() {
                 let mut x = *s * scale;
@@ -617,11 +617,32 @@ impl<'a> CacheRows<'a> {
         let at = b * self.strides[0] + head * self.strides[1] + j * self.strides[2];
         match self.data {
             CacheData::F32(xs) => out.copy_from_slice(&xs[at..][..self.d]),
-            CacheData::F16(xs) => {
-                use half::slice::HalfFloatSliceExt;
-                xs[at..][..self.d].convert_to_f32_slice(out)
-            }
+            CacheData::F16(xs) => halves_to_f32(&xs[at..][..self.d], out),
         }
+    }
+}
+
+/// graft: `halves` as f32 into `out` (the same length), eight at a time where the CPU
+/// converts in hardware (F16C): `half`'s slice conversion, as built here, converted one by one,
+/// which was most of a decode step's attention. A conversion is exact either way.
+#[inline]
+fn halves_to_f32(halves: &[f16], out: &mut [f32]) {
+    let mut done = 0;
+    #[cfg(all(target_arch = "x86_64", target_feature = "f16c"))]
+    {
+        use core::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+        let n = halves.len().min(out.len());
+        while done + 8 <= n {
+            // SAFETY: `done + 8 <= n` elements lie in both slices; the CPU has F16C.
+            unsafe {
+                let eight = _mm_loadu_si128(halves.as_ptr().add(done) as *const __m128i);
+                _mm256_storeu_ps(out.as_mut_ptr().add(done), _mm256_cvtph_ps(eight));
+            }
+            done += 8;
+        }
+    }
+    for (o, x) in out[done..].iter_mut().zip(&halves[done..]) {
+        *o = x.to_f32();
     }
 }
 
