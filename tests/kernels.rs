@@ -108,12 +108,6 @@ fn few_rows_give_the_registry_kernels_values_and_odd_sizes_work() {
     }
 }
 
-/// mistralrs's CPU attention as graft patches it (vendor/mistralrs-core): a prompt (more than
-/// one query) is read as matrix products per block of queries, reading only the keys a causal
-/// mask leaves visible, instead of the flash kernel's scalar loop. Against that kernel (which
-/// decoding still uses) the answers must agree within float reordering: with and without
-/// earlier tokens in the cache, grouped key heads, softcapping, no mask, a block boundary
-/// inside the prompt, and a model running in f16.
 /// `(1, heads, rows, d)` values of `dtype`.
 fn heads(n_heads: usize, rows: usize, d: usize, dtype: candle_core::DType, seed: u64) -> candle_core::Tensor {
     candle_core::Tensor::from_vec(values(n_heads * rows * d, seed), (1, n_heads, rows, d), &candle_core::Device::Cpu)
@@ -160,6 +154,12 @@ fn floats(t: &candle_core::Tensor) -> Vec<f32> {
         .unwrap()
 }
 
+/// mistralrs's CPU attention as graft patches it (vendor/mistralrs-core): a prompt (more than
+/// one query) is read as vector code over tiles of keys, reading only the keys a causal mask
+/// leaves visible, instead of the flash kernel's scalar loop. Against that kernel the answers
+/// must agree within float reordering: with and without earlier tokens in the cache, grouped
+/// key heads, softcapping, no mask, a head size the vector chunks do not divide, and a model
+/// running in f16.
 #[test]
 fn prompt_attention_agrees_with_the_flash_kernel_it_replaces() {
     use candle_core::{DType, Device, Tensor};
@@ -172,6 +172,8 @@ fn prompt_attention_agrees_with_the_flash_kernel_it_replaces() {
         (4, 4, 37, 5, 32, Some(30.0), true, DType::F32),
         (2, 1, 17, 0, 16, None, false, DType::F32),
         (9, 3, 40, 60, 64, None, true, DType::F16),
+        // A head size the vector chunks do not divide (64 + 8), over more than one key tile.
+        (2, 2, 33, 90, 72, None, true, DType::F32),
     ];
     for (h, kv_h, q_len, past, d, softcap, causal, dtype) in cases {
         let kv_len = past + q_len;
@@ -209,43 +211,65 @@ fn prompt_attention_agrees_with_the_flash_kernel_it_replaces() {
 
 /// The prompt kernel computes each query alone: the last rows of a prompt read whole equal,
 /// bit for bit, the same rows read after a cached start (what makes an answer served from the
-/// prompt cache the answer served cold).
+/// prompt cache the answer served cold), with the cache in f32 or f16, read in place through a
+/// narrowed view as the model's cache is, on one thread or two.
 #[test]
 fn prompt_attention_reads_a_prompt_in_parts_as_it_reads_it_whole() {
-    use candle_core::{Device, Tensor};
-    use mistralrs_core::cpu_kernels::{run_prompt_attn_cpu, SdpaParams};
+    use candle_core::{DType, Device, Tensor};
+    use mistralrs_core::cpu_kernels::run_prompt_attn_cpu;
 
-    let (h, kv_h, d, n, cached) = (9, 3, 64, 300, 283);
-    let tensor =
-        |heads: usize, rows: usize, seed: u64| Tensor::from_vec(values(heads * rows * d, seed), (1, heads, rows, d), &Device::Cpu).unwrap();
-    let (q, k, v) = (tensor(h, n, 6), tensor(kv_h, n, 7), tensor(kv_h, n, 8));
+    let (h, kv_h, d, n) = (9, 3, 64, 300);
     let causal = |rows: usize, past: usize| {
         let m: Vec<f32> = (0..rows)
             .flat_map(|i| (0..past + rows).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
             .collect();
         Tensor::from_vec(m, (rows, past + rows), &Device::Cpu).unwrap()
     };
-    let params = SdpaParams {
-        n_kv_groups: h / kv_h,
-        softcap: None,
-        softmax_scale: 0.125,
-        sliding_window: None,
-        sinks: None,
+    let bits = |t: &Tensor| floats(t).iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let params = attention_params(h, kv_h, d, None);
+    let on_threads = |threads: usize, f: &(dyn Fn() -> Tensor + Sync)| {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
     };
-    let whole = run_prompt_attn_cpu(&q, &k, &v, Some(&causal(n, 0)), &params).unwrap();
-    let rest = q.narrow(2, cached, n - cached).unwrap();
-    let parts = run_prompt_attn_cpu(&rest, &k, &v, Some(&causal(n - cached, cached)), &params).unwrap();
-    let tail = whole.narrow(2, cached, n - cached).unwrap();
-    let bits = |t: &Tensor| -> Vec<u32> {
-        t.flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|x| x.to_bits())
-            .collect()
-    };
-    assert_eq!(bits(&tail), bits(&parts));
+    for (dtype, cached) in [(DType::F32, 283), (DType::F16, 283), (DType::F16, 150)] {
+        // The cache has room for more tokens than it holds.
+        let cache = |seed: u64| heads(kv_h, n + 50, d, dtype, seed).narrow(2, 0, n).unwrap();
+        let (q, k, v) = (heads(h, n, d, dtype, 6), cache(7), cache(8));
+        let whole = on_threads(2, &|| run_prompt_attn_cpu(&q, &k, &v, Some(&causal(n, 0)), &params).unwrap());
+        let rest = q.narrow(2, cached, n - cached).unwrap();
+        let parts = |threads| {
+            on_threads(threads, &|| {
+                run_prompt_attn_cpu(&rest, &k, &v, Some(&causal(n - cached, cached)), &params).unwrap()
+            })
+        };
+        let tail = whole.narrow(2, cached, n - cached).unwrap();
+        assert_eq!(bits(&tail), bits(&parts(2)), "{dtype:?}, {cached} cached");
+        assert_eq!(bits(&tail), bits(&parts(1)), "{dtype:?}, {cached} cached, one thread");
+    }
+}
+
+/// The softmax's exponential (vector code in place of libm's `expf` per score) against
+/// `f32::exp`: within a few units in the last place over the range that matters, exactly 1 at
+/// 0, exactly 0 for a masked key (-inf) and far below, NaN kept.
+#[test]
+fn the_softmax_exponential_agrees_with_libm() {
+    use mistralrs_core::cpu_kernels::exp_shifted;
+
+    let xs: Vec<f32> = (0..=200_000).map(|i| -87.0 * i as f32 / 200_000.0).collect();
+    let mut ys = xs.clone();
+    exp_shifted(&mut ys, 0.0);
+    let worst = xs
+        .iter()
+        .zip(&ys)
+        .map(|(&x, &y)| ((y as f64 - (x as f64).exp()) / (x as f64).exp()).abs())
+        .fold(0f64, f64::max);
+    assert!(worst < 5e-7, "relative error {worst:e}");
+    // Shifted by the maximum, as the softmax calls it; and the edges.
+    let mut edges = [3.5, 2.0, f32::NEG_INFINITY, -1000.0, f32::NAN];
+    exp_shifted(&mut edges, 3.5);
+    assert_eq!(edges[0], 1.0);
+    assert!((edges[1] - (-1.5f32).exp()).abs() < 1e-7, "{}", edges[1]);
+    assert_eq!((edges[2], edges[3]), (0.0, 0.0));
+    assert!(edges[4].is_nan());
 }
 
 #[test]

@@ -10,7 +10,7 @@ mod backends;
 /// kernel it added with the flash kernel it replaces for prompts. Not an API.
 #[doc(hidden)]
 pub mod cpu_kernels {
-    pub use super::backends::cpu::{run_decode_attn_cpu, run_flash_attn_cpu, run_prompt_attn_cpu};
+    pub use super::backends::cpu::{exp_shifted, run_decode_attn_cpu, run_flash_attn_cpu, run_prompt_attn_cpu};
     pub use super::SdpaParams;
 }
 

@@ -370,17 +370,35 @@ pub(crate) fn prompt_attn_supports(mask: Option<&Tensor>, q_len: usize, kv_len: 
 /// graft: keys (or values) scored at once, one per vector lane.
 const LANES: usize = 16;
 
+/// graft: keys (or values) the prompt kernel converts to f32 at a time, into a tile that every
+/// query of a work unit then reads.
+const TILE: usize = 64;
+
+/// graft: queries scored together by the prompt kernel's innermost loop.
+const ROWS: usize = 4;
+
+/// graft: the most query rows in one work unit of the prompt kernel.
+const UNIT_ROWS: usize = 32;
+
 /// graft: attention over a prompt (more than one query) on the CPU, vectorised across keys
 /// (scores) and across the head's dimensions (values), where [`run_flash_attn_cpu`] takes a
 /// scalar dot product, an `expf` and a generic mask lookup per (query, key), and visits every
 /// masked key. A query reads only the keys up to the last one its mask row leaves visible.
 ///
+/// The keys and values are read where they lie (the KV cache, f16 or f32): a work unit holds
+/// up to [`UNIT_ROWS`] query rows of one key head (the queries of every head that shares it,
+/// query by query) and converts the keys it needs [`TILE`] at a time into a small transposed
+/// f32 tile, then the values likewise, for all its rows. No copy of the whole cache is made,
+/// so a few new tokens after a long cached prompt (the next request while the user types)
+/// cost what their own arithmetic costs.
+///
 /// Every query row is computed alone, in an order that depends on nothing but its own keys:
-/// each score is one dot product over the head's dimensions; the softmax sums by key index
-/// modulo [`LANES`]; the values are summed key by key from the first. Keys past the row's
-/// last visible one would only add zeros. So a prompt read whole gives bit for bit what the
-/// same prompt read in two parts gives (a cached start, then the rest), as the flash kernel
-/// did: a request served from the prompt cache answers as one served cold.
+/// each score is one multiply-add chain over the head's dimensions, in order; the softmax sums
+/// by key index modulo [`LANES`]; the values are summed key by key from the first. Keys past
+/// the row's last visible one would only add zeros, and which unit or thread a row falls in
+/// changes nothing. So a prompt read whole gives bit for bit what the same prompt read in two
+/// parts gives (a cached start, then the rest), as the flash kernel did: a request served from
+/// the prompt cache answers as one served cold.
 ///
 /// Shapes as [`super::super::Sdpa::run_attention`] takes them: `q` is `(b, heads, q_len, d)`,
 /// `k` and `v` are `(b, kv_heads, kv_len, d)`; the answer is `(b, heads, q_len, dv)`, in `q`'s
@@ -408,93 +426,189 @@ pub fn run_prompt_attn_cpu(
     let scale = sdpa_params.softmax_scale;
 
     let q = contiguous_f32(q)?;
-    // Keys transposed per key head, (d, kv_len): a query's scores are then `d` vector
-    // multiply-adds over consecutive keys.
-    let kt = contiguous_f32(&k.transpose(2, 3)?)?;
-    let v = contiguous_f32(v)?;
+    let (k, v) = (cache_layout(k)?, cache_layout(v)?);
     let mask = mask
         .map(|m| m.reshape((q_len, kv_len))?.to_dtype(f32)?.contiguous())
         .transpose()?;
 
     let (q_guard, q_layout) = q.storage_and_layout();
-    let (k_guard, k_layout) = kt.storage_and_layout();
+    let (k_guard, k_layout) = k.storage_and_layout();
     let (v_guard, v_layout) = v.storage_and_layout();
     let mask_guard = mask.as_ref().map(|m| m.storage_and_layout());
     let q_data = cpu_f32(&q_guard, q_layout, q.elem_count())?;
-    let k_data = cpu_f32(&k_guard, k_layout, kt.elem_count())?;
-    let v_data = cpu_f32(&v_guard, v_layout, v.elem_count())?;
+    let keys = CacheRows::new(&k_guard, k_layout)?;
+    let values = CacheRows::new(&v_guard, v_layout)?;
     let mask_data = match &mask_guard {
         Some((guard, layout)) => Some(cpu_f32(guard, layout, q_len * kv_len)?),
         None => None,
     };
 
-    // Work in blocks of up to ROWS queries of one head: they share each load of the keys and
-    // values (a query's own arithmetic is the same whichever block it falls in).
-    let blocks_per_head = q_len.div_ceil(ROWS);
-    let blocks: Vec<Vec<f32>> = (0..b * h * blocks_per_head)
+    // Row `i` of a key head's group is query `i / n_rep` of its head `i % n_rep`: the rows of
+    // one query (one mask row) lie together.
+    let group_rows = n_rep * q_len;
+    let unit = unit_rows(b * kv_h * group_rows);
+    let units_per_group = group_rows.div_ceil(unit);
+    let locate = |u: usize, r: usize| {
+        let (group, row) = (u / units_per_group, u % units_per_group * unit + r);
+        let (b_i, kv) = (group / kv_h, group % kv_h);
+        (b_i, kv, b_i * h + kv * n_rep + row % n_rep, row / n_rep)
+    };
+    let units: Vec<Vec<f32>> = (0..b * kv_h * units_per_group)
         .into_par_iter()
-        .map_init(
-            || vec![0f32; ROWS * kv_len],
-            |scores, block| {
-                let head = block / blocks_per_head;
-                let (b_i, h_i) = (head / h, head % h);
-                let first = block % blocks_per_head * ROWS;
-                let rows = ROWS.min(q_len - first);
-                let kv = b_i * kv_h + h_i / n_rep;
-                let kt = &k_data[kv * d * kv_len..][..d * kv_len];
-                let values = &v_data[kv * kv_len * dv..][..kv_len * dv];
-                let q_rows = &q_data[(head * q_len + first) * d..][..rows * d];
-                // The keys each query reads: up to its mask row's last visible one.
-                let mut keys = [kv_len; ROWS];
+        .map_init(PromptScratch::default, |scratch, u| {
+            let rows = unit.min(group_rows - u % units_per_group * unit);
+            let (b_i, kv, _, _) = locate(u, 0);
+            scratch.queries.clear();
+            let mut visible = [kv_len; UNIT_ROWS];
+            for (r, visible) in visible[..rows].iter_mut().enumerate() {
+                let (_, _, head, query) = locate(u, r);
+                scratch.queries.extend_from_slice(&q_data[(head * q_len + query) * d..][..d]);
                 if let Some(mask) = mask_data {
-                    for (r, keys) in keys[..rows].iter_mut().enumerate() {
-                        let row = &mask[(first + r) * kv_len..][..kv_len];
-                        *keys = row.iter().rposition(|&x| x != f32::NEG_INFINITY).map_or(0, |p| p + 1);
-                    }
+                    let row = &mask[query * kv_len..][..kv_len];
+                    *visible = row.iter().rposition(|&x| x != f32::NEG_INFINITY).map_or(0, |p| p + 1);
                 }
-                let width = keys[..rows].iter().copied().max().unwrap_or(0);
-                let scores = &mut scores[..rows * width];
-                key_scores(q_rows, d, kt, kv_len, width, scores);
-                let mut inv = [0f32; ROWS];
-                for r in 0..rows {
-                    let mask_row = mask_data.map(|m| &m[(first + r) * kv_len..][..kv_len]);
-                    let row = &mut scores[r * width..][..keys[r]];
-                    for (j, s) in row.iter_mut().enumerate() {
-                        let mut x = *s * scale;
-                        if let Some(cap) = softcap {
-                            x = (x / cap).tanh() * cap;
-                        }
-                        *s = x + mask_row.map_or(0.0, |m| m[j]);
-                    }
-                    let max = lanes_fold(row, f32::NEG_INFINITY, f32::max);
-                    for s in row.iter_mut() {
-                        *s = (*s - max).exp();
-                    }
-                    inv[r] = 1.0 / lanes_fold(row, 0.0, |a, b| a + b);
+            }
+            let width = visible[..rows].iter().copied().max().unwrap_or(0);
+            let PromptScratch { queries, scores, tile, row } = scratch;
+            scores.resize(rows * width, 0.0);
+            tile.resize(TILE * d.max(dv), 0.0);
+            row.resize(d.max(dv), 0.0);
+
+            for start in (0..width).step_by(TILE) {
+                let n = TILE.min(width - start);
+                keys.transposed_tile(b_i, kv, start, n, row, tile);
+                for (block, queries) in queries.chunks(ROWS * d).enumerate() {
+                    let scores = &mut scores[block * ROWS * width..];
+                    key_scores(queries, d, tile, n, width, &mut scores[start..]);
                 }
-                // Each query's values, summed key by key from the first.
-                let mut out = vec![0f32; rows * dv];
-                for j in 0..width {
-                    let value = &values[j * dv..][..dv];
-                    for r in 0..rows {
-                        if j < keys[r] {
-                            let p = scores[r * width + j] * inv[r];
-                            for (o, &x) in out[r * dv..][..dv].iter_mut().zip(value) {
-                                *o += p * x;
-                            }
-                        }
+            }
+            for r in 0..rows {
+                let (_, _, _, query) = locate(u, r);
+                let mask_row = mask_data.map(|m| &m[query * kv_len..][..kv_len]);
+                let row = &mut scores[r * width..][..visible[r]];
+                for (j, s) in row.iter_mut().enumerate() {
+                    let mut x = *s * scale;
+                    if let Some(cap) = softcap {
+                        x = (x / cap).tanh() * cap;
                     }
+                    *s = x + mask_row.map_or(0.0, |m| m[j]);
                 }
-                out
-            },
-        )
+                let max = lanes_fold(row, f32::NEG_INFINITY, f32::max);
+                exp_shifted(row, max);
+                let inv = 1.0 / lanes_fold(row, 0.0, |a, b| a + b);
+                for s in row.iter_mut() {
+                    *s *= inv;
+                }
+            }
+            // Each row's values, summed key by key from the first.
+            let mut out = vec![0f32; rows * dv];
+            for start in (0..width).step_by(TILE) {
+                let n = TILE.min(width - start);
+                values.tile(b_i, kv, start, n, &mut tile[..n * dv]);
+                for (r, out) in out.chunks_mut(dv).enumerate() {
+                    let seen = visible[r].saturating_sub(start).min(n);
+                    let probs = &scores[r * width + start..][..seen];
+                    add_weighted_rows(probs, &tile[..seen * dv], out);
+                }
+            }
+            out
+        })
         .collect();
     drop((q_guard, k_guard, v_guard, mask_guard));
-    let mut out = Vec::with_capacity(b * h * q_len * dv);
-    for block in blocks {
-        out.extend_from_slice(&block);
+    let mut out = vec![0f32; b * h * q_len * dv];
+    for (u, rows) in units.iter().enumerate() {
+        for (r, row) in rows.chunks(dv).enumerate() {
+            let (_, _, head, query) = locate(u, r);
+            out[(head * q_len + query) * dv..][..dv].copy_from_slice(row);
+        }
     }
     Tensor::from_vec(out, (b, h, q_len, dv), &Device::Cpu)?.to_dtype(dtype)
+}
+
+/// graft: a prompt kernel thread's buffers, kept from one work unit to the next.
+#[derive(Default)]
+struct PromptScratch {
+    /// The unit's query rows, `d` each.
+    queries: Vec<f32>,
+    /// `rows × width` scores, then probabilities.
+    scores: Vec<f32>,
+    /// [`TILE`] keys transposed (`d × TILE`), or [`TILE`] values (`TILE × dv`).
+    tile: Vec<f32>,
+    /// One key converted to f32.
+    row: Vec<f32>,
+}
+
+/// graft: query rows per work unit of the prompt kernel for `total` rows in all: about two
+/// units per thread, so that the threads finish together, and at most [`UNIT_ROWS`], so that
+/// a unit's scores stay in cache; a multiple of [`ROWS`].
+fn unit_rows(total: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    total.div_ceil(2 * threads).next_multiple_of(ROWS).clamp(ROWS, UNIT_ROWS)
+}
+
+/// graft: `scores[r * width + j] = q_r · k_j` for the (at most [`ROWS`]) queries `queries`,
+/// each `d` long, and the first `n` keys of `tile` (keys transposed: `tile[dd * TILE + j]`).
+/// Each score is its own multiply-add chain over `d`, in order, whichever other queries and
+/// keys share the call.
+#[inline]
+fn key_scores(queries: &[f32], d: usize, tile: &[f32], n: usize, width: usize, scores: &mut [f32]) {
+    for first in (0..n).step_by(LANES) {
+        let mut acc = [[0f32; LANES]; ROWS];
+        for dd in 0..d {
+            let Ok(keys) = <&[f32; LANES]>::try_from(&tile[dd * TILE + first..][..LANES]) else {
+                unreachable!("a tile holds TILE keys, a multiple of LANES")
+            };
+            for (acc, q) in acc.iter_mut().zip(queries.chunks(d)) {
+                let qd = q[dd];
+                for (a, &k) in acc.iter_mut().zip(keys) {
+                    *a = mul_add(*a, qd, k);
+                }
+            }
+        }
+        let m = LANES.min(n - first);
+        for (r, acc) in acc.iter().enumerate().take(queries.len() / d) {
+            scores[r * width + first..][..m].copy_from_slice(&acc[..m]);
+        }
+    }
+}
+
+/// graft: `out += Σ_j probs[j] · rows[j]` (rows of `out.len()` values), summed key by key
+/// in order for every element; vector code over [`LANES`] and wider chunks of the row, with
+/// each chunk's sums kept in registers across the keys.
+#[inline]
+fn add_weighted_rows(probs: &[f32], rows: &[f32], out: &mut [f32]) {
+    let dv = out.len();
+    let mut done = 0;
+    done += add_weighted_chunks::<{ 4 * LANES }>(probs, rows, dv, &mut out[done..]);
+    done += add_weighted_chunks::<LANES>(probs, rows, dv, &mut out[done..]);
+    for (j, &p) in probs.iter().enumerate() {
+        for (o, &x) in out[done..].iter_mut().zip(&rows[j * dv + done..(j + 1) * dv]) {
+            *o = mul_add(*o, p, x);
+        }
+    }
+}
+
+/// graft: [`add_weighted_rows`] for the whole `N`-wide chunks of `out` (which starts at
+/// column `dv - out.len()` of each row); returns the columns done.
+#[inline]
+fn add_weighted_chunks<const N: usize>(probs: &[f32], rows: &[f32], dv: usize, out: &mut [f32]) -> usize {
+    let offset = dv - out.len();
+    let mut done = 0;
+    for chunk in out.chunks_exact_mut(N) {
+        let mut acc = [0f32; N];
+        acc.copy_from_slice(chunk);
+        for (j, &p) in probs.iter().enumerate() {
+            let Ok(x) = <&[f32; N]>::try_from(&rows[j * dv + offset + done..][..N]) else {
+                unreachable!("a row holds dv values")
+            };
+            for (a, &x) in acc.iter_mut().zip(x) {
+                *a = mul_add(*a, p, x);
+            }
+        }
+        chunk.copy_from_slice(&acc);
+        done += N;
+    }
+    done
 }
 
 /// graft: attention of one query per head (a decode step) on the CPU, reading the cache where
@@ -536,7 +650,7 @@ pub fn run_decode_attn_cpu(q: &Tensor, k: &Tensor, v: &Tensor, sdpa_params: &Sdp
                 let mut lanes = [0f32; LANES];
                 for (qs, ks) in q_row.chunks(LANES).zip(row[..d].chunks(LANES)) {
                     for ((lane, &q), &k) in lanes.iter_mut().zip(qs).zip(ks) {
-                        *lane += q * k;
+                        *lane = mul_add(*lane, q, k);
                     }
                 }
                 *score = lanes.iter().sum();
@@ -549,16 +663,14 @@ pub fn run_decode_attn_cpu(q: &Tensor, k: &Tensor, v: &Tensor, sdpa_params: &Sdp
                 *s = x;
             }
             let max = lanes_fold(&scores, f32::NEG_INFINITY, f32::max);
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-            }
+            exp_shifted(&mut scores, max);
             let inv = 1.0 / lanes_fold(&scores, 0.0, |a, b| a + b);
             let mut out = vec![0f32; dv];
             for (j, &score) in scores.iter().enumerate() {
                 values.read(b_i, kv, j, &mut row[..dv]);
                 let p = score * inv;
                 for (o, &x) in out.iter_mut().zip(&row[..dv]) {
-                    *o += p * x;
+                    *o = mul_add(*o, p, x);
                 }
             }
             out
@@ -572,17 +684,27 @@ pub fn run_decode_attn_cpu(q: &Tensor, k: &Tensor, v: &Tensor, sdpa_params: &Sdp
 /// graft: whether [`run_decode_attn_cpu`] takes these tensors: one query, no mask, f32 or
 /// f16 on the CPU, keys and values with contiguous rows.
 pub(crate) fn decode_attn_supports(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> bool {
-    let rows = |t: &Tensor| {
-        let stride = t.stride();
-        t.rank() == 4 && stride[3] == 1 && (t.dim(2).unwrap_or(0) <= 1 || stride[2] == t.dims()[3])
-    };
-    mask.is_none()
-        && q.dims().get(2) == Some(&1)
-        && q.device().is_cpu()
-        && matches!(k.dtype(), candle_core::DType::F32 | candle_core::DType::F16)
-        && k.dtype() == v.dtype()
-        && rows(k)
-        && rows(v)
+    mask.is_none() && q.dims().get(2) == Some(&1) && q.device().is_cpu() && k.dtype() == v.dtype() && readable_in_place(k) && readable_in_place(v)
+}
+
+/// graft: whether [`CacheRows`] reads `t` where it lies: an f32 or f16 `(b, heads, len, d)`
+/// CPU tensor whose rows are contiguous (the KV cache's layout, narrowed or not).
+fn readable_in_place(t: &Tensor) -> bool {
+    let stride = t.stride();
+    t.device().is_cpu()
+        && matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::F16)
+        && t.rank() == 4
+        && stride[3] == 1
+        && (t.dim(2).unwrap_or(0) <= 1 || stride[2] == t.dims()[3])
+}
+
+/// graft: `t` itself where [`CacheRows`] can read it in place, else a contiguous f32 copy.
+fn cache_layout(t: &Tensor) -> Result<Tensor> {
+    if readable_in_place(t) {
+        Ok(t.clone())
+    } else {
+        t.to_dtype(candle_core::DType::F32)?.contiguous()
+    }
 }
 
 /// graft: the rows of a `(b, heads, len, d)` cache tensor, read as f32 where they lie.
@@ -620,6 +742,25 @@ impl<'a> CacheRows<'a> {
             CacheData::F16(xs) => halves_to_f32(&xs[at..][..self.d], out),
         }
     }
+
+    /// Rows `first..first + n` as f32, one after another, into `out` (`n × d` long).
+    fn tile(&self, b: usize, head: usize, first: usize, n: usize, out: &mut [f32]) {
+        for (j, out) in out.chunks_exact_mut(self.d).take(n).enumerate() {
+            self.read(b, head, first + j, out);
+        }
+    }
+
+    /// Rows `first..first + n` (at most [`TILE`]) transposed, as f32: `tile[dd * TILE + j]` is
+    /// element `dd` of row `first + j`. `row` is scratch space of at least `d`.
+    fn transposed_tile(&self, b: usize, head: usize, first: usize, n: usize, row: &mut [f32], tile: &mut [f32]) {
+        let row = &mut row[..self.d];
+        for j in 0..n {
+            self.read(b, head, first + j, row);
+            for (dd, &x) in row.iter().enumerate() {
+                tile[dd * TILE + j] = x;
+            }
+        }
+    }
 }
 
 /// graft: `halves` as f32 into `out` (the same length), eight at a time where the CPU
@@ -644,44 +785,6 @@ fn halves_to_f32(halves: &[f16], out: &mut [f32]) {
     }
     for (o, x) in out[done..].iter_mut().zip(&halves[done..]) {
         *o = x.to_f32();
-    }
-}
-
-/// graft: queries read together by the prompt kernel.
-const ROWS: usize = 4;
-
-/// graft: `scores[r * width + j] = q_r · k_j` for the queries `q_rows` (each `d` long) and
-/// the first `width` keys; `kt` is the keys transposed, `(d, kv_len)`. Each score is its own
-/// multiply-add chain over `d`, in order, whichever other queries share the call.
-#[inline]
-fn key_scores(q_rows: &[f32], d: usize, kt: &[f32], kv_len: usize, width: usize, scores: &mut [f32]) {
-    let rows = q_rows.len() / d;
-    for start in (0..width).step_by(LANES) {
-        let n = LANES.min(width - start);
-        let mut acc = [[0f32; LANES]; ROWS];
-        for dd in 0..d {
-            let keys = &kt[dd * kv_len + start..][..n];
-            if let Ok(keys) = <&[f32; LANES]>::try_from(keys) {
-                // A whole chunk: fixed-size arrays, so that this is vector code.
-                for (acc, q) in acc.iter_mut().zip(q_rows.chunks(d)) {
-                    let qd = q[dd];
-                    for (a, &k) in acc.iter_mut().zip(keys) {
-                        *a += qd * k;
-                    }
-                }
-            } else {
-                // The same operations, per key, for the last few.
-                for (acc, q) in acc.iter_mut().zip(q_rows.chunks(d)) {
-                    let qd = q[dd];
-                    for (a, &k) in acc[..n].iter_mut().zip(keys) {
-                        *a += qd * k;
-                    }
-                }
-            }
-        }
-        for (r, acc) in acc.iter().enumerate().take(rows) {
-            scores[r * width + start..][..n].copy_from_slice(&acc[..n]);
-        }
     }
 }
 
@@ -713,6 +816,65 @@ fn contiguous_f32(t: &Tensor) -> Result<Tensor> {
             Tensor::from_vec(out, t.shape(), &Device::Cpu)
         }
         _ => t.to_dtype(candle_core::DType::F32)?.contiguous(),
+    }
+}
+
+/// graft: `a + b × c`, with one rounding (a fused multiply-add) where the build targets a
+/// CPU that has the instruction, else two. The kernels' sums are chains of these.
+#[inline(always)]
+fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+    #[cfg(any(target_feature = "fma", target_arch = "aarch64"))]
+    {
+        b.mul_add(c, a)
+    }
+    #[cfg(not(any(target_feature = "fma", target_arch = "aarch64")))]
+    {
+        a + b * c
+    }
+}
+
+/// graft: `x = e^(x - max)` for every `x` of `xs` (none above `max`: the softmax's shift), as
+/// vector code: [`exp_nonpositive`] on [`LANES`] values at a time, where a libm `expf` call
+/// per score took a third of the attention kernels' time.
+pub fn exp_shifted(xs: &mut [f32], max: f32) {
+    for chunk in xs.chunks_mut(LANES) {
+        let mut lanes = [0f32; LANES];
+        lanes[..chunk.len()].copy_from_slice(chunk);
+        for x in lanes.iter_mut() {
+            *x = exp_nonpositive(*x - max);
+        }
+        let n = chunk.len();
+        chunk.copy_from_slice(&lanes[..n]);
+    }
+}
+
+/// graft: `e^x` for `x ≤ 0`, in plain f32 arithmetic that the compiler vectorises: Cephes's
+/// `expf` (the argument reduced by the nearest multiple of ln 2, a degree-5 polynomial, the
+/// power of two put into the exponent bits), within a few units in the last place of the
+/// true value. Below -87 (where `e^x` leaves f32's normal range), and for a masked key's
+/// -inf, the answer is 0; NaN stays NaN.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    // 1.5 × 2^23: adding it rounds to an integer, held in the low bits of the sum.
+    const ROUND: f32 = 12_582_912.0;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let clamped = if x < -87.0 { -87.0 } else { x };
+    let sum = clamped * std::f32::consts::LOG2_E + ROUND;
+    let n = sum - ROUND;
+    let power = (sum.to_bits() as i32 - ROUND.to_bits() as i32 + 127) as u32;
+    let r = clamped - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let y = (p * (r * r) + r + 1.0) * f32::from_bits(power << 23);
+    if x < -87.0 {
+        0.0
+    } else {
+        y
     }
 }
 
