@@ -58,8 +58,9 @@ fn shape<T: GgmlType>(name: &str, k: usize, n: usize) {
     }
 }
 
-/// One token's matrix-vector products of SmolLM2-135M, medians of alternating runs.
-fn decode_token() {
+/// SmolLM2-135M's matrices, `(outputs, inputs)`, in the order a forward multiplies by them:
+/// 30 layers' attention and MLP projections, then the output head; and their Q8_0 weights.
+fn smollm2_weights() -> (Vec<(usize, usize)>, Vec<Vec<BlockQ8_0>>) {
     let layer = [
         (576, 576),
         (192, 576),
@@ -70,7 +71,7 @@ fn decode_token() {
         (576, 1536),
     ];
     let shapes: Vec<(usize, usize)> = (0..30).flat_map(|_| layer).chain(std::iter::once((49152, 576))).collect();
-    let weights: Vec<Vec<BlockQ8_0>> = shapes
+    let weights = shapes
         .iter()
         .enumerate()
         .map(|(i, &(n, k))| {
@@ -79,6 +80,42 @@ fn decode_token() {
             blocks
         })
         .collect();
+    (shapes, weights)
+}
+
+/// The matrix products of a forward over a few new tokens (the next request while the user
+/// types, after a cached prompt): every layer's with all the rows, the output head's with the
+/// last one.
+fn few_tokens() {
+    let (shapes, weights) = smollm2_weights();
+    let pool = rayon::ThreadPoolBuilder::new().build().expect("a thread pool");
+    println!("
+a forward's matrix products over a few new tokens, SmolLM2-135M Q8_0, medians of 9");
+    println!("{:>6} {:>12} {:>14}", "tokens", "graft ms", "ms per token");
+    for m in [2, 4, 8, 16, 32] {
+        let inputs: Vec<Vec<f32>> = shapes.iter().map(|&(_, k)| values(m * k, 9)).collect();
+        let mut runs: Vec<f64> = pool.install(|| {
+            (0..9)
+                .map(|_| {
+                    let started = Instant::now();
+                    for (i, ((&(n, k), rhs), lhs)) in shapes.iter().zip(&weights).zip(&inputs).enumerate() {
+                        let rows = if i + 1 == shapes.len() { 1 } else { m };
+                        let mut dst = vec![0f32; rows * n];
+                        matmul((rows, k, n), &lhs[..rows * k], rhs, &mut dst).unwrap();
+                    }
+                    started.elapsed().as_secs_f64() * 1000.0
+                })
+                .collect()
+        });
+        runs.sort_by(f64::total_cmp);
+        let ms = runs[runs.len() / 2];
+        println!("{m:>6} {ms:>12.2} {:>14.2}", ms / m as f64);
+    }
+}
+
+/// One token's matrix-vector products of SmolLM2-135M, medians of alternating runs.
+fn decode_token() {
+    let (shapes, weights) = smollm2_weights();
     let inputs: Vec<Vec<f32>> = shapes.iter().map(|&(_, k)| values(k, 9)).collect();
     // The registry's loop: the input quantized, then one `vec_dot` per output column.
     let one_by_one = |k: usize, lhs: &[f32], rhs: &[BlockQ8_0], dst: &mut [f32]| {
@@ -138,4 +175,5 @@ fn main() {
     shape::<BlockQ8_0>("Q8_0, SmolLM2-135M attention q", 576, 576);
     shape::<BlockQ4K>("Q4_K, 7B-class tile", 4096, 1024);
     decode_token();
+    few_tokens();
 }

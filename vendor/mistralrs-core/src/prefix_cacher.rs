@@ -217,8 +217,9 @@ impl PrefixCacheManagerV2 {
 
         let toks = Tokens(toks.to_vec());
 
-        let mut best_match: Option<(usize, &CacheElement, usize, usize, usize)> = None;
-        for (k, v) in &self.caches {
+        // (matched tokens, the entry's index, images, audios, videos matched)
+        let mut best_match: Option<(usize, usize, usize, usize, usize)> = None;
+        for (index, (k, v)) in self.caches.iter().enumerate() {
             // graft: at least the prompt's last two tokens are read again. One token is needed
             // for the logits (upstream found no match at all for a prompt equal to a cached
             // one); two keep the read on the attention path a whole prompt takes (a single
@@ -301,7 +302,7 @@ impl PrefixCacheManagerV2 {
             {
                 best_match = Some((
                     match_len,
-                    v,
+                    index,
                     images_match_until,
                     audios_match_until,
                     videos_match_until,
@@ -311,7 +312,7 @@ impl PrefixCacheManagerV2 {
 
         if let Some((
             match_len,
-            cache_element,
+            index,
             images_match_until,
             audios_match_until,
             videos_match_until,
@@ -322,7 +323,29 @@ impl PrefixCacheManagerV2 {
                 return Ok(None);
             }
 
-            let mut cache = cache_element.clone();
+            // graft: an entry whose tokens all start the new prompt is handed over, not copied:
+            // the new request's own entry will hold everything it held (the next request while
+            // the user types, the next turn of a chat). Copying a long prompt's keys and values
+            // (fresh pages, tens of megabytes) took a third of such a request's time on a CPU.
+            // Any other entry stays for the prompts it serves, and the request gets a copy.
+            let Some((key, element)) = self.caches.get_index(index) else {
+                return Ok(None);
+            };
+            if !element.can_rewind_to(match_len) {
+                return Ok(None);
+            }
+            let whole = toks.shared_prefix_len(key) == key.0.len();
+            let (mut cache, copy) = if whole {
+                match self.caches.shift_remove_index(index) {
+                    Some((_, element)) => (element, false),
+                    None => return Ok(None),
+                }
+            } else {
+                match self.caches.get_index(index) {
+                    Some((_, element)) => (element.clone(), true),
+                    None => return Ok(None),
+                }
+            };
             // Count how many input images are not already cached
             let images_to_keep = if let Some(input_hashes) = image_hashes {
                 input_hashes.len().saturating_sub(images_match_until)
@@ -340,15 +363,12 @@ impl PrefixCacheManagerV2 {
                 0
             };
             for layer in cache.cache.iter_mut().flatten() {
-                if layer.try_set_len(match_len).is_err() {
-                    return Ok(None);
-                }
-            }
-            for layer in cache.cache.iter_mut().flatten() {
                 layer.set_len(match_len)?;
                 // graft: the sequence appends to its cache in place (kv_cache's
-                // `clone_in_cache`), so it must not write into this entry's tensors.
-                layer.own_tensors()?;
+                // `clone_in_cache`), so it must not write into a kept entry's tensors.
+                if copy {
+                    layer.own_tensors()?;
+                }
             }
             return Ok(Some(MatchingCache::Normal {
                 normal: cache.cache,

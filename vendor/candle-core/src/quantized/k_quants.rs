@@ -56,6 +56,15 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
         xs.map(|xs| Self::vec_dot(n, xs, ys))
     }
 
+    /// graft: [`GgmlType::vec_dot_x4`] of four weight rows against each of several input rows:
+    /// `out[r]` for `ys[r]`, the same values. A type may share each weight block's loads
+    /// among the input rows.
+    fn vec_dot_x4_rows(n: usize, xs: [&[Self]; 4], ys: &[&[Self::VecDotType]], out: &mut [[f32; 4]]) {
+        for (ys, out) in ys.iter().zip(out) {
+            *out = Self::vec_dot_x4(n, xs, ys);
+        }
+    }
+
     /// Generic implementation of the dot product without simd optimizations.
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32;
 }
@@ -668,6 +677,17 @@ impl GgmlType for BlockQ8_0 {
     #[cfg(target_feature = "avx2")]
     fn vec_dot_x4(n: usize, xs: [&[Self]; 4], ys: &[Self::VecDotType]) -> [f32; 4] {
         super::avx::vec_dot_q8_0_q8_0_x4(n, xs, ys)
+    }
+
+    #[cfg(all(
+        target_feature = "avx2",
+        any(
+            all(target_feature = "avx512vnni", target_feature = "avx512vl"),
+            target_feature = "avxvnni"
+        )
+    ))]
+    fn vec_dot_x4_rows(n: usize, xs: [&[Self]; 4], ys: &[&[Self::VecDotType]], out: &mut [[f32; 4]]) {
+        super::avx::vec_dot_q8_0_q8_0_x4_rows(n, xs, ys, out)
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -2357,6 +2377,8 @@ pub fn matmul_few_rows<T: GgmlType>(
             T::VecDotType::from_float(row, blocks)
         }
     }
+    let lhs_rows: Vec<&[T::VecDotType]> = lhs_b.chunks(k_in_blocks).collect();
+    let column = |c: usize| &rhs_t[c * k_in_blocks..(c + 1) * k_in_blocks];
     let column_blocks: Vec<Vec<f32>> = (0..n.div_ceil(FEW_ROWS_COLUMNS))
         .into_par_iter()
         .map(|block| {
@@ -2364,11 +2386,21 @@ pub fn matmul_few_rows<T: GgmlType>(
             let columns = FEW_ROWS_COLUMNS.min(n - first);
             // Row-major: `m` rows of `columns` outputs.
             let mut out = vec![0f32; m * columns];
+            let mut quads = vec![[0f32; 4]; m];
             let mut dots = [0f32; 4];
             for c in (0..columns).step_by(4) {
                 let quad = 4.min(columns - c);
-                for (row, lhs_row) in lhs_b.chunks(k_in_blocks).enumerate() {
-                    dot_columns(k, rhs_t, first + c, lhs_row, &mut dots[..quad]);
+                if quad == 4 {
+                    let c = first + c;
+                    let xs = [column(c), column(c + 1), column(c + 2), column(c + 3)];
+                    T::vec_dot_x4_rows(k, xs, &lhs_rows, &mut quads);
+                }
+                for (row, lhs_row) in lhs_rows.iter().enumerate() {
+                    if quad == 4 {
+                        dots = quads[row];
+                    } else {
+                        dot_columns(k, rhs_t, first + c, lhs_row, &mut dots[..quad]);
+                    }
                     out[row * columns + c..][..quad].copy_from_slice(&dots[..quad]);
                 }
             }

@@ -491,8 +491,16 @@ impl Engine {
                                 SeqStepType::OneShot => {
                                     seq.set_state(SequenceState::Done(StopReason::GeneratedImage))
                                 }
+                                // graft: only a sequence the prompt step left running goes on
+                                // to decode. Upstream moved every one to RunningCompletion, so a
+                                // sequence its first token had finished (`max_tokens` 1, an EOS
+                                // or stop token) ran one more decode step, unseen: on a CPU, a
+                                // token's time added to every such request and to the wait of
+                                // the request queued behind it.
                                 SeqStepType::PromptAndDecode => {
-                                    seq.set_state(SequenceState::RunningCompletion)
+                                    if seq.is_prompt() {
+                                        seq.set_state(SequenceState::RunningCompletion)
+                                    }
                                 }
                             }
                             let now = SystemTime::now()

@@ -198,6 +198,13 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                 .is_err()
             {
                 // If we can't send the response, cancel the sequence
+                // graft: its prompt, read in full by now, is kept for the next request (an
+                // editor cancels a completion as the user types on, and asks again with one
+                // more character).
+                if use_prefix_cacher && is_done.is_none() && !this.cache().is_hybrid() {
+                    prefix_cacher.add_sequence(seq, None);
+                    prefix_cacher.evict_caches()?;
+                }
                 seq.set_state(crate::sequence::SequenceState::Done(
                     crate::sequence::StopReason::Canceled,
                 ));
