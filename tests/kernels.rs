@@ -227,9 +227,8 @@ fn prompt_attention_reads_a_prompt_in_parts_as_it_reads_it_whole() {
     };
     let bits = |t: &Tensor| floats(t).iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     let params = attention_params(h, kv_h, d, None);
-    let on_threads = |threads: usize, f: &(dyn Fn() -> Tensor + Sync)| {
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
-    };
+    let on_threads =
+        |threads: usize, f: &(dyn Fn() -> Tensor + Sync)| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f);
     for (dtype, cached) in [(DType::F32, 283), (DType::F16, 283), (DType::F16, 150)] {
         // The cache has room for more tokens than it holds.
         let cache = |seed: u64| heads(kv_h, n + 50, d, dtype, seed).narrow(2, 0, n).unwrap();
@@ -347,8 +346,12 @@ fn decoding_gives_the_registry_kernels_values_bit_for_bit() {
         for (row, out) in weights.chunks(k).zip(rhs.chunks_mut(blocks)) {
             BlockQ8_0::from_float(row, out);
         }
-        for m in [1, 3] {
-            let lhs = values(m * k, 4);
+        // One row (decode), and a few (new tokens after a cached prompt): tiles of four input
+        // rows and the rest.
+        for m in [1, 2, 3, 4, 7, 16] {
+            let mut lhs = values(m * k, 4);
+            lhs[0] = 1.0;
+            lhs[1] = -1.0;
             let mut got = vec![0f32; m * n];
             matmul((m, k, n), &lhs, &rhs, &mut got).unwrap();
             for (row, got) in lhs.chunks(k).zip(got.chunks(n)) {

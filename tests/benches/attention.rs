@@ -111,6 +111,9 @@ fn main() {
             run_prompt_attn_cpu(&q, &k, &v, None, &params).expect("prompt attention");
         });
         let label = format!("decode step, {keys} keys");
-        println!("{label:<44} {old:>10.0} {new:>10.0} {:>7.2}×   (prompt kernel {prompt:.0})", old / new);
+        println!(
+            "{label:<44} {old:>10.0} {new:>10.0} {:>7.2}×   (prompt kernel {prompt:.0})",
+            old / new
+        );
     }
 }

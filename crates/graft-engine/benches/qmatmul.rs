@@ -89,8 +89,10 @@ fn smollm2_weights() -> (Vec<(usize, usize)>, Vec<Vec<BlockQ8_0>>) {
 fn few_tokens() {
     let (shapes, weights) = smollm2_weights();
     let pool = rayon::ThreadPoolBuilder::new().build().expect("a thread pool");
-    println!("
-a forward's matrix products over a few new tokens, SmolLM2-135M Q8_0, medians of 9");
+    println!(
+        "
+a forward's matrix products over a few new tokens, SmolLM2-135M Q8_0, medians of 9"
+    );
     println!("{:>6} {:>12} {:>14}", "tokens", "graft ms", "ms per token");
     for m in [2, 4, 8, 16, 32] {
         let inputs: Vec<Vec<f32>> = shapes.iter().map(|&(_, k)| values(m * k, 9)).collect();

@@ -491,8 +491,9 @@ impl TokenStream {
             finish_reason,
             usage: Usage {
                 prompt_tokens: self.prompt_tokens,
-                // mistralrs 0.8.1 samples one token past `max_len` when the first one ends
-                // inside a character; that token's text is never handed out.
+                // Never more than asked for: mistralrs 0.8.1 sampled one token past a
+                // sequence its prompt step had finished (fixed in vendor/mistralrs-core,
+                // `engine/mod.rs`), and such a token's text is never handed out.
                 completion_tokens: self.generated.load(Ordering::Relaxed).min(self.max_tokens),
             },
         }
