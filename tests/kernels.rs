@@ -12,16 +12,7 @@ use candle_core::quantized::k_quants::{
     BlockQ8_0, GgmlType, GEMM_MIN_ROWS_K,
 };
 
-/// Deterministic values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use graft_tests::deterministic_values as values;
 
 /// A comparison of the two kernels on one weight type: (difference between them, distance from
 /// the exact product), each relative to the largest output.

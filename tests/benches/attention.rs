@@ -9,21 +9,12 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use graft_tests::deterministic_values as values;
 use mistralrs_core::cpu_kernels::{run_decode_attn_cpu, run_flash_attn_cpu, run_prompt_attn_cpu, SdpaParams};
 
 const HEADS: usize = 9;
 const KV_HEADS: usize = 3;
 const D: usize = 64;
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// `(1, heads, rows, D)` f16 values; a cache has room for more rows than it holds, and is
 /// read through a narrowed view, as the model's cache is.

@@ -32,6 +32,18 @@ pub const MODEL: &str = "smollm2-135m-instruct";
 /// The body limit of the shared server, small so the 413 path is cheap to test.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Deterministic values in [-1, 1) (a linear congruential sequence from `seed`): inputs for the
+/// kernel tests and benches.
+pub fn deterministic_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 /// The repository's root folder.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
