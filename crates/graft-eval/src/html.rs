@@ -114,10 +114,15 @@ fn summary(out: &mut String, report: &Report) {
         let _ = write!(out, "<th>{}</th>", label(name));
     }
     out.push_str("</tr>");
-    for c in &report.comparisons {
-        let _ = write!(out, "<tr><td>{} − {}</td>", escape(c.arm), escape(c.against));
+    let rows = report
+        .comparisons
+        .iter()
+        .flat_map(|c| [(c, &c.metrics, ""), (c, &c.cross_file, ", cross-file tasks")])
+        .filter(|(_, intervals, _)| !intervals.is_empty());
+    for (c, intervals, title) in rows {
+        let _ = write!(out, "<tr><td>{} − {}{title}</td>", escape(c.arm), escape(c.against));
         for name in METRICS {
-            match c.metrics.get(name) {
+            match intervals.get(name) {
                 Some(i) => {
                     let _ = write!(
                         out,

@@ -147,6 +147,8 @@ pub struct Comparison {
     pub arm: &'static str,
     pub against: &'static str,
     pub metrics: BTreeMap<&'static str, Interval>,
+    /// The same over the cross-file tasks alone (where retrieval has something to find).
+    pub cross_file: BTreeMap<&'static str, Interval>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -240,7 +242,7 @@ pub fn report(arms: &[Arm], results: Results, seed: u64) -> Report {
     let mut comparisons = Vec::new();
     if let Some((first, rest)) = arms.split_first() {
         for arm in rest {
-            let paired = |name: &str| -> (Vec<f64>, Vec<f64>) {
+            let paired = |name: &str, cross_file_only: bool| -> (Vec<f64>, Vec<f64>) {
                 let theirs: BTreeMap<&str, f64> = outcomes
                     .iter()
                     .filter(|o| o.arm == first.name())
@@ -248,17 +250,20 @@ pub fn report(arms: &[Arm], results: Results, seed: u64) -> Report {
                     .collect();
                 outcomes
                     .iter()
-                    .filter(|o| o.arm == arm.name())
+                    .filter(|o| o.arm == arm.name() && (o.cross_file || !cross_file_only))
                     .filter_map(|o| theirs.get(o.task.as_str()).map(|a| (*a, metric(o, name))))
                     .unzip()
             };
-            let metrics: BTreeMap<&'static str, Interval> = METRICS
-                .iter()
-                .filter_map(|name| {
-                    let (a, b) = paired(name);
-                    (!a.is_empty()).then(|| (*name, paired_bootstrap(&a, &b, 2000, seed).into()))
-                })
-                .collect();
+            let intervals = |cross_file_only: bool| -> BTreeMap<&'static str, Interval> {
+                METRICS
+                    .iter()
+                    .filter_map(|name| {
+                        let (a, b) = paired(name, cross_file_only);
+                        (!a.is_empty()).then(|| (*name, paired_bootstrap(&a, &b, 2000, seed).into()))
+                    })
+                    .collect()
+            };
+            let metrics = intervals(false);
             if metrics.is_empty() {
                 continue;
             }
@@ -266,6 +271,7 @@ pub fn report(arms: &[Arm], results: Results, seed: u64) -> Report {
                 arm: arm.name(),
                 against: first.name(),
                 metrics,
+                cross_file: intervals(true),
             });
         }
     }
@@ -367,13 +373,18 @@ impl Report {
             ));
         }
         for c in &self.comparisons {
-            out.push_str(&format!("\n{} − {} (paired bootstrap, 95%):\n", c.arm, c.against));
-            for name in METRICS {
-                if let Some(i) = c.metrics.get(name) {
-                    out.push_str(&format!(
-                        "  {:<17} {:+.3}  [{:+.3}, {:+.3}]  {}\n",
-                        name, i.difference, i.low, i.high, i.verdict
-                    ));
+            for (title, intervals) in [("", &c.metrics), (", cross-file tasks", &c.cross_file)] {
+                if intervals.is_empty() {
+                    continue;
+                }
+                out.push_str(&format!("\n{} − {}{title} (paired bootstrap, 95%):\n", c.arm, c.against));
+                for name in METRICS {
+                    if let Some(i) = intervals.get(name) {
+                        out.push_str(&format!(
+                            "  {:<17} {:+.3}  [{:+.3}, {:+.3}]  {}\n",
+                            name, i.difference, i.low, i.high, i.verdict
+                        ));
+                    }
                 }
             }
         }
@@ -433,6 +444,33 @@ mod tests {
         let failed = Outcome::new(&tasks[0], Arm::Base, Err("timeout".into()), 0.0, vec![]);
         assert_eq!((failed.exact_match, failed.error.as_deref()), (0.0, Some("timeout")));
         assert!(r.notes.is_empty(), "rag is separated: {:?}", r.notes);
+    }
+
+    #[test]
+    fn cross_file_tasks_are_compared_alone_too() {
+        // 40 tasks, the even ones cross-file; rag is right on every cross-file task and wrong
+        // on the rest, base the other way round.
+        let mut outcomes = Vec::new();
+        for i in 0..40 {
+            let mut t = task(&format!("t{i}"), &format!("let v{i} = f();"));
+            if i % 2 == 0 {
+                t.defined_in = Some("b.rs".into());
+            }
+            let target = t.target.clone().unwrap();
+            let (base, rag) = if i % 2 == 0 { ("x".into(), target) } else { (target, "x".into()) };
+            outcomes.push(Outcome::new(&t, Arm::Base, Ok(base), 1.0, vec![]));
+            outcomes.push(Outcome::new(&t, Arm::Rag, Ok(rag), 1.0, vec![]));
+        }
+        let results = Results {
+            outcomes,
+            ..Results::default()
+        };
+        let r = report(&[Arm::Base, Arm::Rag], results, 1);
+        let all = &r.comparisons[0].metrics["exact_match"];
+        let cross = &r.comparisons[0].cross_file["exact_match"];
+        assert!(all.difference.abs() < 1e-12, "even overall: {all:?}");
+        assert!((cross.difference - 1.0).abs() < 1e-12 && cross.verdict == "better", "{cross:?}");
+        assert!(r.table().contains("rag − base, cross-file tasks"));
     }
 
     #[test]
