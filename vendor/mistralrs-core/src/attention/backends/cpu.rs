@@ -796,22 +796,20 @@ fn cpu_f32<'a>(storage: &'a Storage, layout: &candle_core::Layout, len: usize) -
     }
 }
 
-/// graft: `t` as a contiguous f32 tensor. f16 (the whole key and value cache, on every prompt
-/// read) is converted with `half`'s vectorised slice conversion, not candle's one value at a
-/// time.
+/// graft: `t` as a contiguous f32 tensor (the kernels' queries); f16 is converted eight values
+/// at a time by [`halves_to_f32`], not candle's one value at a time.
 fn contiguous_f32(t: &Tensor) -> Result<Tensor> {
     match t.dtype() {
         candle_core::DType::F32 => t.contiguous(),
         candle_core::DType::F16 => {
-            use half::slice::HalfFloatSliceExt;
             let t = t.contiguous()?;
             let (guard, layout) = t.storage_and_layout();
             let Storage::Cpu(cpu) = &*guard else {
-                candle_core::bail!("prompt attention: a tensor not on the CPU")
+                candle_core::bail!("attention: a tensor not on the CPU")
             };
             let halves = &cpu.as_slice::<f16>()?[layout.start_offset()..][..t.elem_count()];
             let mut out = vec![0f32; halves.len()];
-            halves.convert_to_f32_slice(&mut out);
+            halves_to_f32(halves, &mut out);
             drop(guard);
             Tensor::from_vec(out, t.shape(), &Device::Cpu)
         }
