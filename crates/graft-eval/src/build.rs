@@ -104,7 +104,7 @@ pub fn build(files: &[SourceFile], split: &Split, options: &BuildOptions) -> Gol
 }
 
 /// Where each name is defined: name → the files that define it.
-fn definition_sites(files: &[SourceFile]) -> BTreeMap<String, Vec<String>> {
+pub(crate) fn definition_sites(files: &[SourceFile]) -> BTreeMap<String, Vec<String>> {
     let mut sites: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for file in files {
         // A module's name says little about the code that uses it.
@@ -118,7 +118,7 @@ fn definition_sites(files: &[SourceFile]) -> BTreeMap<String, Vec<String>> {
     sites
 }
 
-fn is_code(path: &str) -> bool {
+pub(crate) fn is_code(path: &str) -> bool {
     matches!(
         language_of(path),
         "rust"
@@ -283,7 +283,7 @@ pub(crate) fn first_lines(text: &str, n: usize) -> &str {
 }
 
 /// A line a completion task can ask for: code with some substance.
-fn is_worth_completing(line: &str) -> bool {
+pub(crate) fn is_worth_completing(line: &str) -> bool {
     let body = line.trim();
     if body.len() < 6 || body.len() > 200 {
         return false;
@@ -308,7 +308,7 @@ fn is_worth_completing(line: &str) -> bool {
 /// Names the standard libraries of graft's languages use so widely (`iter().collect()`,
 /// `dict.items()`, `list.append`) that a line using one rarely means a repository's own
 /// definition of the same name: never an api task's symbol.
-const EVERYWHERE: &[&str] = &[
+pub(crate) const EVERYWHERE: &[&str] = &[
     "append", "apply", "build", "call", "clear", "clone", "close", "collect", "contains", "default", "extend", "filter", "flush", "format",
     "from", "into", "items", "iter", "join", "keys", "load", "lock", "main", "next", "open", "parse", "print", "push", "read", "remove",
     "send", "spawn", "split", "start", "stop", "take", "then", "update", "values", "wait", "with", "write",
@@ -331,7 +331,7 @@ fn cross_file_symbol<'a>(line: &str, path: &str, defined: &'a BTreeMap<String, V
 
 /// `line` with the insides of its string literals blanked: a word in a message is not a use
 /// of a symbol.
-fn without_strings(line: &str) -> String {
+pub(crate) fn without_strings(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut quote: Option<char> = None;
     let mut escaped = false;

@@ -13,6 +13,8 @@
 //!   without retrieval, on the base or the adapter); [`controls`]: the oracle and random
 //!   contexts; [`judge`]: questions judged pairwise by a model in both orders; [`report`]:
 //!   the outcomes scored, summarised per arm and compared; [`html`]: the report as a page.
+//! - [`retrieval`]: retrieval alone, without a model: cross-file queries from a repository's
+//!   definitions and uses, recall@1/@5 and MRR of the file that defines the symbol.
 //!
 //! This crate reads repositories, says what to ask and scores the answers; sending the
 //! requests is the `graft eval run` command's, to a graft server, so every prompt is laid out
@@ -27,6 +29,7 @@ pub mod judge;
 pub mod metrics;
 pub mod random;
 pub mod report;
+pub mod retrieval;
 pub mod split;
 
 pub use golden::{GoldenError, GoldenSet, Task, TaskKind};

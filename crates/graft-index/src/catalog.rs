@@ -1,11 +1,14 @@
-//! The catalog: a tantivy index of every chunk (text, path, symbol, lines) and of every
-//! indexed file (path, content hash). It is the index's source of truth.
+//! The catalog: a tantivy index of every chunk (text, path, symbol, lines), of every indexed
+//! file (path, content hash) and of every definition (the symbol table: name, kind, enclosing
+//! type, path, lines, the chunk that holds it). It is the index's source of truth.
 //!
 //! - Keyword search (BM25) runs on it, with the code tokenizer and the path and symbol fields
 //!   boosted.
 //! - It says which files are indexed at which content, so a run knows what changed.
 //! - It holds the text of every chunk, so vector hits are turned into results here, and a
 //!   vector whose chunk is not in the committed catalog is never shown.
+//! - Its symbol records answer "where is `name` defined" exactly ([`Catalog::definitions`]);
+//!   a file's records come and go with its chunks, in the same commit.
 //!
 //! A run's changes become visible in one tantivy commit: before it, searches see the previous
 //! index whole; after it, the new one whole.
@@ -21,6 +24,7 @@ use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocumen
 use crate::chunker::Chunk;
 use crate::error::IndexError;
 use crate::fusion::Ranked;
+use crate::symbols::Definition;
 use crate::tokenizer::{CodeTokenizer, CODE_TOKENIZER};
 
 /// How much a match in each field counts, relative to the chunk's text.
@@ -31,6 +35,7 @@ const WRITER_MEMORY: usize = 64 * 1024 * 1024;
 
 const KIND_CHUNK: &str = "chunk";
 const KIND_FILE: &str = "file";
+const KIND_SYMBOL: &str = "symbol";
 
 #[derive(Clone, Copy)]
 struct Fields {
@@ -44,6 +49,10 @@ struct Fields {
     end_line: Field,
     file_hash: Field,
     text: Field,
+    def_name: Field,
+    def_kind: Field,
+    def_scope: Field,
+    def_chunk: Field,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -66,6 +75,10 @@ fn schema() -> (Schema, Fields) {
         end_line: b.add_u64_field("end_line", STORED),
         file_hash: b.add_text_field("file_hash", STRING | STORED),
         text: b.add_text_field("text", code),
+        def_name: b.add_text_field("def_name", STRING | STORED),
+        def_kind: b.add_text_field("def_kind", STRING | STORED),
+        def_scope: b.add_text_field("def_scope", STRING | STORED),
+        def_chunk: b.add_u64_field("def_chunk", STORED),
     };
     (b.build(), fields)
 }
@@ -80,6 +93,21 @@ pub struct StoredChunk {
     pub end_line: usize,
     pub symbol: String,
     pub text: String,
+}
+
+/// A definition as stored in the catalog's symbol table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSymbol {
+    pub name: String,
+    /// `function`, `type`, `class`, `trait`, `module`, `macro`, `constant`.
+    pub kind: String,
+    /// The type, class or trait it is defined in; empty at the top level.
+    pub scope: String,
+    pub path: String,
+    pub start_line: usize,
+    pub end_line: usize,
+    /// The chunk that holds its first line.
+    pub chunk: u64,
 }
 
 /// The catalog of one project's index.
@@ -221,6 +249,45 @@ impl Catalog {
         Ok(out)
     }
 
+    /// The definitions of these names (exact, case-sensitive), at most `limit`, in no
+    /// particular order.
+    pub fn definitions(&self, names: &[&str], limit: usize) -> Result<Vec<StoredSymbol>, IndexError> {
+        if names.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let f = self.fields;
+        let query = BooleanQuery::new(
+            names
+                .iter()
+                .map(|name| {
+                    let q: Box<dyn Query> = Box::new(TermQuery::new(Term::from_field_text(f.def_name, name), IndexRecordOption::Basic));
+                    (Occur::Should, q)
+                })
+                .collect(),
+        );
+        let searcher = self.reader.searcher();
+        let top = searcher
+            .search(&query, &TopDocs::with_limit(limit).order_by_score())
+            .map_err(IndexError::catalog)?;
+        let mut out = Vec::with_capacity(top.len());
+        for (_, address) in top {
+            let doc: TantivyDocument = searcher.doc(address).map_err(IndexError::catalog)?;
+            let Some(chunk) = doc.get_first(f.def_chunk).and_then(|v| v.as_u64()) else {
+                continue;
+            };
+            out.push(StoredSymbol {
+                name: text_of(&doc, f.def_name),
+                kind: text_of(&doc, f.def_kind),
+                scope: text_of(&doc, f.def_scope),
+                path: text_of(&doc, f.path_exact),
+                start_line: doc.get_first(f.start_line).and_then(|v| v.as_u64()).unwrap_or(0) as usize,
+                end_line: doc.get_first(f.end_line).and_then(|v| v.as_u64()).unwrap_or(0) as usize,
+                chunk,
+            });
+        }
+        Ok(out)
+    }
+
     /// Starts a batch of changes; nothing is visible until [`CatalogWriter::commit`].
     pub fn writer(&self, threads: usize) -> Result<CatalogWriter, IndexError> {
         let writer = self
@@ -248,7 +315,7 @@ pub struct CatalogWriter {
 }
 
 impl CatalogWriter {
-    /// Removes a file and all its chunks.
+    /// Removes a file, its chunks and its definitions.
     pub fn remove_file(&self, path: &str) {
         self.writer.delete_term(Term::from_field_text(self.fields.path_exact, path));
     }
@@ -275,6 +342,25 @@ impl CatalogWriter {
                 f.start_line => chunk.start_line as u64,
                 f.end_line => chunk.end_line as u64,
                 f.text => chunk.text.as_str(),
+            ))
+            .map_err(IndexError::catalog)?;
+        Ok(())
+    }
+
+    /// Adds a definition of a file added in this batch; `chunk` is the id of the chunk that
+    /// holds its first line.
+    pub fn add_symbol(&self, path: &str, definition: &Definition, chunk: u64) -> Result<(), IndexError> {
+        let f = self.fields;
+        self.writer
+            .add_document(doc!(
+                f.kind => KIND_SYMBOL,
+                f.path_exact => path,
+                f.def_name => definition.name.as_str(),
+                f.def_kind => definition.kind,
+                f.def_scope => definition.scope.as_deref().unwrap_or_default(),
+                f.def_chunk => chunk,
+                f.start_line => definition.start_line as u64,
+                f.end_line => definition.end_line as u64,
             ))
             .map_err(IndexError::catalog)?;
         Ok(())

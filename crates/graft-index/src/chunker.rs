@@ -8,7 +8,9 @@
 //! whole lines. This module is pure: text in, chunks out.
 
 use sha2::{Digest, Sha256};
-use tree_sitter::{Node, Parser};
+use tree_sitter::{Node, Parser, Tree};
+
+use crate::symbols::{definitions_in, Definition};
 
 /// Size limits for chunks.
 #[derive(Debug, Clone)]
@@ -165,13 +167,31 @@ pub(crate) fn definition_name(node: Node, source: &[u8]) -> Option<String> {
 
 /// Splits one file into chunks.
 pub fn chunk_file(path: &str, text: &str, options: &ChunkOptions) -> Vec<Chunk> {
+    chunk_parsed(path, text, parse(path, text).as_ref(), options)
+}
+
+/// Splits one file into chunks and lists its definitions ([`crate::symbols`]), from one parse.
+pub fn chunk_and_define(path: &str, text: &str, options: &ChunkOptions) -> (Vec<Chunk>, Vec<Definition>) {
+    let tree = parse(path, text);
+    let definitions = tree.as_ref().map(|t| definitions_in(t, text)).unwrap_or_default();
+    (chunk_parsed(path, text, tree.as_ref(), options), definitions)
+}
+
+/// The syntax tree of a file in a language graft has a grammar for.
+fn parse(path: &str, text: &str) -> Option<Tree> {
+    let mut parser = Parser::new();
+    parser.set_language(&grammar(language_of(path))?).ok()?;
+    parser.parse(text, None)
+}
+
+fn chunk_parsed(path: &str, text: &str, tree: Option<&Tree>, options: &ChunkOptions) -> Vec<Chunk> {
     let language = language_of(path);
     let lines: Vec<&str> = text.lines().collect();
     if lines.is_empty() {
         return Vec::new();
     }
-    let spans = grammar(language)
-        .and_then(|g| syntax_spans(g, text, &lines, options))
+    let spans = tree
+        .and_then(|t| syntax_spans(t, text, &lines, options))
         .unwrap_or_else(|| window_spans(language, &lines, options));
     spans
         .into_iter()
@@ -198,10 +218,7 @@ struct Span {
     symbol: String,
 }
 
-fn syntax_spans(grammar: tree_sitter::Language, text: &str, lines: &[&str], options: &ChunkOptions) -> Option<Vec<Span>> {
-    let mut parser = Parser::new();
-    parser.set_language(&grammar).ok()?;
-    let tree = parser.parse(text, None)?;
+fn syntax_spans(tree: &Tree, text: &str, lines: &[&str], options: &ChunkOptions) -> Option<Vec<Span>> {
     let root = tree.root_node();
     // A file the grammar mostly cannot parse is better cut by lines.
     if root.has_error() && error_share(root) > 0.3 {

@@ -30,6 +30,12 @@ pub enum IndexError {
     InUse { dir: PathBuf },
     #[error("no index for project `{project}` in {}; run `graft index PATH --project {project}` first", dir.display())]
     NoIndex { project: String, dir: PathBuf },
+    #[error(
+        "the index of project `{project}` in {} was built by an older graft; run `graft index PATH --project {project}` \
+         (or `graft up`) to update it",
+        dir.display()
+    )]
+    Outdated { project: String, dir: PathBuf },
     #[error("{0}")]
     Invalid(String),
 }

@@ -21,10 +21,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::catalog::Catalog;
-use crate::chunker::{chunk_file, Chunk, ChunkOptions};
+use crate::chunker::{chunk_and_define, Chunk, ChunkOptions};
 use crate::embed::Embedder;
 use crate::error::IndexError;
-use crate::layout::{IndexLayout, Meta};
+use crate::layout::{IndexLayout, Meta, CATALOG_FORMAT};
+use crate::symbols::Definition;
 use crate::vectors::{self, Backend};
 use crate::walk::{walk, SkipReason, WalkOptions};
 
@@ -73,6 +74,8 @@ pub struct IndexReport {
     pub chunks: usize,
     /// Chunks of added or changed files.
     pub chunks_written: usize,
+    /// Definitions written to the symbol table (of the files chunked).
+    pub symbols_written: usize,
     /// Chunks embedded in this run (the rest reused a stored vector).
     pub embeddings: usize,
     /// Vectors deleted because no chunk refers to them any more.
@@ -126,16 +129,24 @@ pub fn index_repository(
         repository: repo.clone(),
         embedding_model: embedder.id().to_owned(),
         dims: embedder.dims(),
+        format: CATALOG_FORMAT,
     };
     let mut report = IndexReport::default();
-    if Meta::read(layout).is_some_and(|old| old.embedding_model != meta.embedding_model || old.dims != meta.dims) {
-        // Vectors of another model cannot be compared with this one's: start over.
-        tracing::info!("embedding model changed; rebuilding the index");
+    let old_meta = Meta::read(layout);
+    let new_model = old_meta
+        .as_ref()
+        .is_some_and(|old| old.embedding_model != meta.embedding_model || old.dims != meta.dims);
+    if new_model || old_meta.as_ref().is_some_and(|old| old.format != CATALOG_FORMAT) {
+        // Vectors of another model cannot be compared with this one's: start over. A catalog
+        // of an older layout is rebuilt; its vectors (same chunk ids) are kept.
+        tracing::info!(new_model, "rebuilding the index");
         let catalog = layout.catalog();
         if catalog.exists() {
             std::fs::remove_dir_all(&catalog).map_err(|e| IndexError::io(&catalog, e))?;
         }
-        vectors::reset(&options.backend, layout, &layout.project())?;
+        if new_model {
+            vectors::reset(&options.backend, layout, &layout.project())?;
+        }
         report.rebuilt = true;
     }
 
@@ -158,6 +169,7 @@ pub fn index_repository(
 
     // What changed.
     let mut new_chunks: Vec<(u64, Chunk)> = Vec::new();
+    let mut new_symbols: Vec<(String, Definition, u64)> = Vec::new();
     let mut changed_files: Vec<(String, String)> = Vec::new();
     let mut seen = HashSet::with_capacity(walked.files.len());
     for file in &walked.files {
@@ -171,14 +183,17 @@ pub fn index_repository(
             Some(_) => report.files_changed += 1,
             None => report.files_added += 1,
         }
-        let chunks = chunk_file(&file.path, &file.text, &options.chunk);
-        new_chunks.extend(with_ids(chunks));
+        let (chunks, definitions) = chunk_and_define(&file.path, &file.text, &options.chunk);
+        let chunks = with_ids(chunks);
+        new_symbols.extend(holding_chunks(&chunks, definitions));
+        new_chunks.extend(chunks);
         changed_files.push((file.path.clone(), hash));
     }
     let removed: Vec<&String> = old_files.keys().filter(|p| !seen.contains(p.as_str())).collect();
     report.files_removed = removed.len();
     report.files_indexed = walked.files.len();
     report.chunks_written = new_chunks.len();
+    report.symbols_written = new_symbols.len();
     seconds.chunk += watch.lap();
 
     // 1. Vectors for chunks that have none yet.
@@ -204,6 +219,9 @@ pub fn index_repository(
         }
         for (id, chunk) in &new_chunks {
             writer.add_chunk(*id, chunk)?;
+        }
+        for (path, definition, chunk) in &new_symbols {
+            writer.add_symbol(path, definition, *chunk)?;
         }
         writer.commit()?;
     }
@@ -290,6 +308,21 @@ pub fn embedding_text(path: &str, symbol: &str, text: &str) -> String {
 
 /// Gives each chunk an id derived from its path and content (and, for repeated identical
 /// chunks in one file, which repetition it is), so unchanged chunks keep their id across runs.
+/// Each definition of one file with its path and the id of the chunk that holds its first
+/// line (or, where no chunk does, the first one that overlaps it); a definition no chunk
+/// covers is left out.
+fn holding_chunks(chunks: &[(u64, Chunk)], definitions: Vec<Definition>) -> Vec<(String, Definition, u64)> {
+    definitions
+        .into_iter()
+        .filter_map(|d| {
+            let holds = |c: &&(u64, Chunk)| (c.1.start_line..=c.1.end_line).contains(&d.start_line);
+            let overlaps = |c: &&(u64, Chunk)| c.1.start_line <= d.end_line && d.start_line <= c.1.end_line;
+            let (id, chunk) = chunks.iter().find(holds).or_else(|| chunks.iter().find(overlaps))?;
+            Some((chunk.path.clone(), d, *id))
+        })
+        .collect()
+}
+
 fn with_ids(chunks: Vec<Chunk>) -> Vec<(u64, Chunk)> {
     let mut repeats: HashMap<(String, String), u32> = HashMap::new();
     chunks

@@ -39,6 +39,10 @@ impl IndexLayout {
     }
 }
 
+/// The catalog's layout version: an index of another one is rebuilt by the next run (2: the
+/// symbol table).
+pub const CATALOG_FORMAT: u32 = 2;
+
 /// What an index was built with; written after each successful run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Meta {
@@ -47,6 +51,13 @@ pub struct Meta {
     /// [`Embedder::id`] of the model the vectors come from.
     pub embedding_model: String,
     pub dims: usize,
+    /// [`CATALOG_FORMAT`] of the run that wrote it (absent, 1, before the symbol table).
+    #[serde(default = "first_format")]
+    pub format: u32,
+}
+
+fn first_format() -> u32 {
+    1
 }
 
 impl Meta {

@@ -1,5 +1,7 @@
 //! Searching one project's index: keyword (BM25 on the catalog), vector (nearest chunks by
-//! embedding), or hybrid (both, fused by reciprocal rank), always with a per-file cap.
+//! embedding), or hybrid (both, fused by reciprocal rank), always with a per-file cap. A hybrid
+//! search for code also looks the names around the cursor up in the symbol table
+//! ([`crate::lookup`]): their definitions come first. The file being edited is never returned.
 //!
 //! Vector hits are resolved through the committed catalog, so a vector left behind by an
 //! interrupted run is never returned.
@@ -12,7 +14,8 @@ use crate::catalog::{Catalog, StoredChunk};
 use crate::embed::Embedder;
 use crate::error::IndexError;
 use crate::fusion::{cap_per_file, reciprocal_rank_fusion, Ranked};
-use crate::layout::{IndexLayout, Meta};
+use crate::layout::{IndexLayout, Meta, CATALOG_FORMAT};
+use crate::lookup::{self, Names};
 use crate::vectors::{self, Backend, VectorStore};
 
 /// Which retrievers a search uses.
@@ -72,6 +75,40 @@ pub struct SearchHit {
     pub text: String,
 }
 
+/// What to search for.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    /// Matched by keyword and by meaning.
+    pub text: &'a str,
+    /// Names whose definitions a hybrid search puts first (code around a cursor) or favours
+    /// (a question).
+    pub names: Option<Names<'a>>,
+    /// The file being edited (relative to the repository's root): none of its chunks is
+    /// returned, it is in the prompt already.
+    pub current_path: Option<&'a str>,
+}
+
+impl<'a> Query<'a> {
+    /// Text alone, as `graft search` and the search endpoint take it.
+    pub fn text(text: &'a str) -> Query<'a> {
+        Query {
+            text,
+            names: None,
+            current_path: None,
+        }
+    }
+}
+
+/// How much definition lookup counts in hybrid fusion. For code, enough that the definitions
+/// found (up to [`MAX_DEFINITIONS`]) come first in lookup's order, nearest name first: a
+/// step between two of its ranks (1000/61 - 1000/62 at least 0.05 for ranks below 60)
+/// outweighs all the keyword and vector searches can add (1/61 + 0.5/61); for a question,
+/// one vote like keyword search's.
+const CODE_DEFINITION_WEIGHT: f64 = 1000.0;
+const QUESTION_DEFINITION_WEIGHT: f64 = 1.0;
+/// Definition chunks taken per search.
+const MAX_DEFINITIONS: usize = 8;
+
 /// An opened project index, ready to search.
 pub struct ProjectIndex {
     catalog: Catalog,
@@ -92,6 +129,12 @@ impl ProjectIndex {
             project: project.to_owned(),
             dir: layout.root.clone(),
         })?;
+        if meta.format != CATALOG_FORMAT {
+            return Err(IndexError::Outdated {
+                project: project.to_owned(),
+                dir: layout.root.clone(),
+            });
+        }
         let catalog = Catalog::open(&layout.catalog())?;
         let store = vectors::open(backend, layout, &layout.project(), meta.dims)?;
         Ok(ProjectIndex { catalog, store, meta })
@@ -109,9 +152,34 @@ impl ProjectIndex {
     /// Searches for `query`. Vector and hybrid searches need `embedder`, the model the index
     /// was built with (checked); keyword search needs none.
     pub fn search(&self, query: &str, embedder: Option<&Embedder>, options: &SearchOptions) -> Result<Vec<SearchHit>, IndexError> {
+        self.search_for(&Query::text(query), embedder, options)
+    }
+
+    /// Searches for `query`: [`ProjectIndex::search`] with definition lookup and the current
+    /// file left out.
+    pub fn search_for(&self, query: &Query, embedder: Option<&Embedder>, options: &SearchOptions) -> Result<Vec<SearchHit>, IndexError> {
+        let Query {
+            text: query,
+            names,
+            current_path,
+        } = *query;
         if options.k == 0 || query.trim().is_empty() {
             return Ok(Vec::new());
         }
+        let definitions: Vec<Ranked> = match names {
+            Some(names) if options.mode == SearchMode::Hybrid => {
+                let limit = MAX_DEFINITIONS.min(options.k);
+                lookup::definition_chunks(&self.catalog, names, current_path, limit)?
+                    .into_iter()
+                    .map(|id| Ranked { id, score: 1.0 })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let definition_weight = match names {
+            Some(Names::Question(_)) => QUESTION_DEFINITION_WEIGHT,
+            _ => CODE_DEFINITION_WEIGHT,
+        };
         // Enough candidates that the per-file cap and the fusion have room to work.
         let depth = (options.k * 4).max(40);
         let keyword = match options.mode {
@@ -140,15 +208,20 @@ impl ProjectIndex {
         };
 
         // Every candidate's chunk, from the committed catalog (stale vectors drop out here).
-        let mut ids: Vec<u64> = keyword.iter().chain(&vector).map(|r| r.id).collect();
+        let mut ids: Vec<u64> = keyword.iter().chain(&vector).chain(&definitions).map(|r| r.id).collect();
         ids.sort_unstable();
         ids.dedup();
-        let chunks = self.catalog.chunks(&ids)?;
+        let mut chunks = self.catalog.chunks(&ids)?;
+        if let Some(current) = current_path {
+            chunks.retain(|_, c| c.path != current);
+        }
         let live = |list: Vec<Ranked>| -> Vec<Ranked> { list.into_iter().filter(|r| chunks.contains_key(&r.id)).collect() };
-        let (keyword, vector) = (live(keyword), live(vector));
+        let (keyword, vector, definitions) = (live(keyword), live(vector), live(definitions));
 
         let ranked: Vec<(u64, f64)> = match options.mode {
-            SearchMode::Hybrid => reciprocal_rank_fusion(&[(&keyword, 1.0), (&vector, options.vector_weight)]),
+            SearchMode::Hybrid => {
+                reciprocal_rank_fusion(&[(&keyword, 1.0), (&vector, options.vector_weight), (&definitions, definition_weight)])
+            }
             SearchMode::Keyword => keyword.iter().map(|r| (r.id, f64::from(r.score))).collect(),
             SearchMode::Vector => vector.iter().map(|r| (r.id, f64::from(r.score))).collect(),
         };

@@ -1,9 +1,10 @@
-//! The definitions in a source file, from the same tree-sitter grammars as chunking: each
-//! one's name, kind, lines and documentation comment. Evaluation reads them to make tasks
-//! whose answer uses a symbol defined elsewhere, and questions whose reference is a
-//! definition's documentation. This module is pure: text in, definitions out.
+//! The definitions in a source file, from the same tree-sitter parse as chunking: each one's
+//! name, kind, enclosing type, lines and documentation comment. The index keeps them as its
+//! symbol table (the catalog's symbol records, looked up by [`crate::lookup`]); evaluation
+//! reads them to make tasks whose answer uses a symbol defined elsewhere, and questions whose
+//! reference is a definition's documentation. This module is pure: text in, definitions out.
 
-use tree_sitter::{Node, Parser};
+use tree_sitter::{Node, Parser, Tree};
 
 use crate::chunker::{definition_name, grammar, is_definition, language_of};
 
@@ -15,6 +16,9 @@ pub struct Definition {
     pub name: String,
     /// `function`, `type`, `class`, `trait`, `module`, `macro`, `constant`.
     pub kind: &'static str,
+    /// The type, class or trait it is defined in (`Config` for `impl Config { fn port }`,
+    /// generics left out), for lookups of qualified names such as `Config::port`.
+    pub scope: Option<String>,
     /// First and last line, 1-based, inclusive.
     pub start_line: usize,
     pub end_line: usize,
@@ -35,34 +39,78 @@ pub fn definitions(path: &str, text: &str) -> Vec<Definition> {
     let Some(tree) = parser.parse(text, None) else {
         return Vec::new();
     };
+    definitions_in(&tree, text)
+}
+
+/// The definitions in `tree`, the parse of `text` (shared with chunking).
+pub(crate) fn definitions_in(tree: &Tree, text: &str) -> Vec<Definition> {
     let mut found = Vec::new();
-    collect(tree.root_node(), text.as_bytes(), &mut found);
+    collect(tree.root_node(), text.as_bytes(), None, true, &mut found);
     found
 }
 
-fn collect(node: Node, source: &[u8], found: &mut Vec<Definition>) {
+fn collect(node: Node, source: &[u8], scope: Option<&str>, top_level: bool, found: &mut Vec<Definition>) {
     let mut cursor = node.walk();
     for child in node.named_children(&mut cursor) {
-        if is_definition(child.kind()) {
-            if let Some(kind) = kind_of(child) {
-                if let Some(name) = definition_name(child, source).filter(|n| is_identifier(n)) {
-                    found.push(Definition {
-                        name,
-                        kind,
-                        start_line: child.start_position().row + 1,
-                        end_line: child.end_position().row + 1,
-                        doc: doc_comment(child, source),
-                    });
-                }
+        let kind = match child.kind() {
+            k if is_definition(k) => kind_of(child),
+            // Python's module-level `NAME = ...`.
+            "expression_statement" if top_level => python_constant(child, source).map(|_| "constant"),
+            k => symbol_only_kind(k),
+        };
+        let name = kind.and_then(|_| match child.kind() {
+            "expression_statement" => python_constant(child, source),
+            _ => definition_name(child, source),
+        });
+        let mut inner_scope = scope.map(str::to_owned);
+        if let (Some(kind), Some(name)) = (kind, name.filter(|n| is_identifier(n))) {
+            if matches!(kind, "type" | "class" | "trait") {
+                inner_scope = Some(name.clone());
             }
+            found.push(Definition {
+                name,
+                kind,
+                scope: scope.map(str::to_owned),
+                start_line: child.start_position().row + 1,
+                end_line: child.end_position().row + 1,
+                doc: doc_comment(child, source),
+            });
+        } else if child.kind() == "impl_item" {
+            // `impl Trait for Type`: its methods belong to the type.
+            inner_scope = child
+                .child_by_field_name("type")
+                .and_then(|t| t.utf8_text(source).ok())
+                .map(|t| t.split('<').next().unwrap_or(t).trim().to_owned());
         }
         // Methods inside impls and classes, nested modules, ...
-        collect(child, source, found);
+        let nested_top = top_level && matches!(child.kind(), "decorated_definition" | "export_statement" | "module");
+        collect(child, source, inner_scope.as_deref(), nested_top, found);
     }
 }
 
+/// Kinds of nodes the chunker packs as ordinary items that still define a name worth
+/// looking up: constants, statics, type aliases, C's typedefs and macros, Go's constants.
+fn symbol_only_kind(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "const_item" | "static_item" | "const_spec" | "var_spec" => "constant",
+        // Go's `type_declaration` holds one `type_spec` or `type_alias` per name.
+        "type_item" | "type_definition" | "type_spec" | "type_alias" => "type",
+        "preproc_def" | "preproc_function_def" => "macro",
+        _ => return None,
+    })
+}
+
+/// The name a module-level Python assignment (`TIMEOUT = 30`, `Handler = Callable[...]`)
+/// defines: its left side when that is one identifier.
+fn python_constant(node: Node, source: &[u8]) -> Option<String> {
+    let assignment = node.named_child(0).filter(|a| a.kind() == "assignment")?;
+    let left = assignment.child_by_field_name("left").filter(|l| l.kind() == "identifier")?;
+    left.utf8_text(source).ok().map(str::to_owned)
+}
+
 /// The kind of a definition node; `None` for nodes that name no symbol of their own (an
-/// `impl` block, an `export` wrapper whose inner definition is visited on its own).
+/// `impl` block, an `export` wrapper whose inner definition is visited on its own, Go's
+/// `type_declaration` whose specs are).
 fn kind_of(node: Node) -> Option<&'static str> {
     Some(match node.kind() {
         "function_item"
@@ -78,7 +126,6 @@ fn kind_of(node: Node) -> Option<&'static str> {
         | "union_item"
         | "type_alias_declaration"
         | "enum_declaration"
-        | "type_declaration"
         | "record_declaration"
         | "struct_specifier"
         | "enum_specifier"

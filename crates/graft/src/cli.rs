@@ -349,6 +349,13 @@ pub struct BenchIndexArgs {
     /// Number of search queries per mode.
     #[arg(long, default_value_t = 200)]
     pub queries: usize,
+    /// Number of cross-file queries for retrieval quality (five lines using a name one other
+    /// file defines; that file is the answer).
+    #[arg(long, default_value_t = 300)]
+    pub quality_queries: usize,
+    /// Print each cross-file query that definition lookup did not answer first (to stderr).
+    #[arg(long)]
+    pub misses: bool,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,

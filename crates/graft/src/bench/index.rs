@@ -2,15 +2,18 @@
 //!
 //! Indexes PATH into a fresh temporary index with the configured embedding model, runs it
 //! again unchanged (the incremental no-op cost), then times searches in each mode with queries
-//! drawn from the tree's own identifiers. Prints throughput and latency percentiles; it
-//! asserts nothing (targets live in the figures, not in tests).
+//! drawn from the tree's own identifiers, and measures retrieval quality: cross-file queries
+//! (`graft_eval::retrieval`) in each mode and with definition lookup, recall@1/@5 and MRR of
+//! the defining file. Prints throughput, latency percentiles and quality; it asserts nothing
+//! (targets live in the figures, not in tests).
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use graft_index::{index_repository, IndexLayout, ProjectIndex, Quiet, SearchMode};
+use graft_eval::retrieval::{cross_file_queries, Ranks, Recall};
+use graft_index::{index_repository, Embedder, IndexLayout, Names, ProjectIndex, Query, Quiet, SearchMode};
 use serde_json::json;
 
 use super::{ms, percentile};
@@ -48,6 +51,8 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
         latencies.push((mode, percentile(&times, 0.50), percentile(&times, 0.99)));
     }
 
+    let quality = quality(&args, &config, &project, &embedder)?;
+
     let secs = first.elapsed.as_secs_f64().max(1e-9);
     let per_sec = |n: usize| n as f64 / secs;
     if args.json {
@@ -69,6 +74,15 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
             "unchanged_reindex_seconds": again.elapsed.as_secs_f64(),
             "queries": queries.len(),
             "search": searches,
+            "quality": quality.iter().map(|q| json!({
+                "mode": q.mode,
+                "queries": q.recall.queries,
+                "recall_at_1": q.recall.at_1,
+                "recall_at_5": q.recall.at_5,
+                "mrr": q.recall.mrr,
+                "p50_ms": ms(q.p50),
+                "p99_ms": ms(q.p99),
+            })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
@@ -95,7 +109,89 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
             ms(p99)
         );
     }
+    if let Some(q) = quality.first() {
+        println!(
+            "retrieval quality over {} cross-file queries (the defining file; the query's own file left out)",
+            q.recall.queries
+        );
+        for q in &quality {
+            println!(
+                "  {:<18} recall@1 {:>5.3}   recall@5 {:>5.3}   MRR {:>5.3}   p50 {:>6.2} ms   p99 {:>6.2} ms",
+                q.mode,
+                q.recall.at_1,
+                q.recall.at_5,
+                q.recall.mrr,
+                ms(q.p50),
+                ms(q.p99)
+            );
+        }
+    }
     Ok(())
+}
+
+/// Retrieval quality of one way of searching.
+struct Quality {
+    mode: &'static str,
+    recall: Recall,
+    p50: std::time::Duration,
+    p99: std::time::Duration,
+}
+
+/// Cross-file queries from the tree, searched by keyword, by vector, hybrid, and hybrid with
+/// definition lookup (what completions use): where the defining file lands in the top 10.
+fn quality(args: &BenchIndexArgs, config: &graft_core::Config, project: &ProjectIndex, embedder: &Embedder) -> Result<Vec<Quality>> {
+    let walk_options = graft_wiring::index_options(config).walk;
+    let walked = graft_index::walk::walk(&args.path, &walk_options)?;
+    let queries = cross_file_queries(&walked.files, args.quality_queries, 0);
+    if queries.is_empty() {
+        return Ok(Vec::new());
+    }
+    eprintln!("measuring retrieval with {} cross-file queries ...", queries.len());
+    let ways: [(&str, SearchMode, bool); 4] = [
+        ("keyword", SearchMode::Keyword, false),
+        ("vector", SearchMode::Vector, false),
+        ("hybrid", SearchMode::Hybrid, false),
+        ("hybrid + lookup", SearchMode::Hybrid, true),
+    ];
+    let mut out = Vec::new();
+    for (name, mode, lookup) in ways {
+        let search = graft_wiring::search_options(config, mode, 10);
+        let mut ranks = Ranks::default();
+        let mut times = Vec::with_capacity(queries.len());
+        for q in &queries {
+            let query = Query {
+                text: &q.code,
+                names: lookup.then_some(Names::Code {
+                    before: &q.code,
+                    after: "",
+                }),
+                current_path: Some(&q.path),
+            };
+            let t = Instant::now();
+            let hits = project.search_for(&query, Some(embedder), &search)?;
+            times.push(t.elapsed());
+            ranks.push(hits.iter().map(|h| h.path.as_str()), &q.defined_in);
+            if lookup && args.misses && hits.first().is_none_or(|h| h.path != q.defined_in) {
+                let first: Vec<String> = hits.iter().take(3).map(|h| format!("{}:{}", h.path, h.start_line)).collect();
+                eprintln!(
+                    "miss: `{}` is defined in {}; asked from {}:\n{}\n  first: {}\n",
+                    q.symbol,
+                    q.defined_in,
+                    q.path,
+                    q.code,
+                    first.join(", ")
+                );
+            }
+        }
+        times.sort();
+        out.push(Quality {
+            mode: name,
+            recall: ranks.recall(),
+            p50: percentile(&times, 0.50),
+            p99: percentile(&times, 0.99),
+        });
+    }
+    Ok(out)
 }
 
 /// Up to `n` distinct identifiers of 8 or more characters from the tree, spread evenly.

@@ -1,0 +1,778 @@
+//! Definition lookup: the names the code around the cursor (or a question) uses, looked up
+//! exactly in the index's symbol table, so the chunk that *defines* what the code calls comes
+//! first even where the files that merely *use* it outnumber it in keyword and vector scores.
+//!
+//! - Names are taken nearest the cursor first; keywords, the languages' standard names and
+//!   names the snippet defines itself (`let x`, `def f`, `x = ...`) are skipped.
+//! - `Type::method` and `module.func` narrow a name to definitions inside that type or in a
+//!   file of that module.
+//! - Where several files define a name, the one the current file imports (its `use` /
+//!   `import` / `#include` lines) wins, then the one nearest the current file's path; a name
+//!   defined in many files and not narrowed by either is too common to mean one place and is
+//!   skipped.
+//!
+//! This module only chooses chunk ids; [`crate::search`] fuses them with the ranked search.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::catalog::{Catalog, StoredSymbol};
+use crate::error::IndexError;
+
+/// Names looked up per query, nearest the cursor first.
+const MAX_NAMES: usize = 32;
+/// A name defined in more files than this, and not narrowed by an import, a qualifier or
+/// the current file's folder, is skipped.
+const MAX_FILES_PER_NAME: usize = 3;
+/// Symbol records read per query.
+const MAX_RECORDS: usize = 4096;
+/// Lines before and after the cursor whose names are looked up.
+const LINES_BEFORE: usize = 12;
+const LINES_AFTER: usize = 4;
+
+/// Where the names to look up come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Names<'a> {
+    /// Code around a cursor: the current file before and after it.
+    Code { before: &'a str, after: &'a str },
+    /// A question in prose: only words written like code (`parse_config`, `TokenVault`,
+    /// `Config::port`, `` `render` ``) are looked up.
+    Question(&'a str),
+}
+
+/// One name to look up, with the qualifier written before it (`Type` of `Type::method`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub name: String,
+    pub qualifier: Option<String>,
+    /// Lines between it and the cursor's line (0: on it).
+    pub line: usize,
+    /// Bytes between it and the cursor (code after the cursor counts double).
+    pub distance: usize,
+}
+
+/// The chunk ids that define the names `names` uses, best first, at most `limit`, none from
+/// `current_path` (the file being edited, already in the prompt).
+pub fn definition_chunks(catalog: &Catalog, names: Names, current_path: Option<&str>, limit: usize) -> Result<Vec<u64>, IndexError> {
+    let wanted = match names {
+        Names::Code { before, after } => code_names(before, after),
+        Names::Question(text) => question_names(text),
+    };
+    if wanted.is_empty() || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let imports = match names {
+        Names::Code { before, after } => imported_words(before).union(&imported_words(after)).cloned().collect(),
+        Names::Question(_) => HashSet::new(),
+    };
+    let lookup: Vec<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
+    let mut by_name: HashMap<String, Vec<StoredSymbol>> = HashMap::new();
+    for record in catalog.definitions(&lookup, MAX_RECORDS)? {
+        if Some(record.path.as_str()) == current_path {
+            continue;
+        }
+        by_name.entry(record.name.clone()).or_default().push(record);
+    }
+    // Each name's definition, then nearest line first, and on one line the surest first.
+    let mut chosen: Vec<(&Wanted, Certainty, u64)> = wanted
+        .iter()
+        .filter_map(|want| {
+            let records = by_name.get(&want.name)?;
+            let (best, certainty) = choose(records, want, &imports, current_path)?;
+            Some((want, certainty, best.chunk))
+        })
+        .collect();
+    chosen.sort_by_key(|(want, certainty, _)| (want.line, *certainty, want.distance));
+    let mut seen = HashSet::new();
+    Ok(chosen
+        .into_iter()
+        .map(|(_, _, chunk)| chunk)
+        .filter(|chunk| seen.insert(*chunk))
+        .take(limit)
+        .collect())
+}
+
+/// How surely a name means the definition chosen for it, surest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Certainty {
+    /// Its qualifier (a type, a module) or an import pointed at it.
+    Narrowed,
+    /// One file defines the name.
+    Unique,
+    /// A few files define it; the nearest one was taken.
+    Guessed,
+}
+
+/// The one definition `want` most likely means among `records` (all of its name), or `None`
+/// when it is too common to tell.
+fn choose<'r>(
+    records: &'r [StoredSymbol],
+    want: &Wanted,
+    imports: &HashSet<String>,
+    current_path: Option<&str>,
+) -> Option<(&'r StoredSymbol, Certainty)> {
+    let mut candidates: Vec<&StoredSymbol> = records.iter().collect();
+    let mut narrowed = false;
+    if let Some(qualifier) = &want.qualifier {
+        let in_type: Vec<&StoredSymbol> = candidates.iter().copied().filter(|r| &r.scope == qualifier).collect();
+        let in_module: Vec<&StoredSymbol> = candidates
+            .iter()
+            .copied()
+            .filter(|r| path_words(&r.path).any(|w| w == qualifier))
+            .collect();
+        if !in_type.is_empty() {
+            candidates = in_type;
+            narrowed = true;
+        } else if !in_module.is_empty() && in_module.len() < candidates.len() {
+            candidates = in_module;
+            narrowed = true;
+        }
+    }
+    let import_score = |r: &StoredSymbol| path_words(&r.path).filter(|w| imports.contains(*w)).count();
+    let best_import = candidates.iter().map(|r| import_score(r)).max().unwrap_or(0);
+    let before = candidates.len();
+    candidates.retain(|r| import_score(r) == best_import);
+    narrowed |= candidates.len() < before;
+
+    let near = |r: &StoredSymbol| current_path.map_or(0, |c| shared_folders(c, &r.path));
+    let mut files: HashSet<&str> = candidates.iter().map(|r| r.path.as_str()).collect();
+    if files.len() > MAX_FILES_PER_NAME {
+        // Too common to mean one place, unless the current folder narrows it enough.
+        let best_near = candidates.iter().map(|r| near(r)).max().unwrap_or(0);
+        candidates.retain(|r| best_near > 0 && near(r) == best_near);
+        files = candidates.iter().map(|r| r.path.as_str()).collect();
+        if files.is_empty() || files.len() > MAX_FILES_PER_NAME {
+            return None;
+        }
+    }
+    let certainty = match (files.len(), narrowed) {
+        (1, true) => Certainty::Narrowed,
+        (1, false) => Certainty::Unique,
+        _ => Certainty::Guessed,
+    };
+    let best = candidates.into_iter().min_by(|a, b| {
+        near(b)
+            .cmp(&near(a))
+            .then(kind_rank(&a.kind).cmp(&kind_rank(&b.kind)))
+            .then(a.path.len().cmp(&b.path.len()))
+            .then(a.path.cmp(&b.path))
+            .then(a.start_line.cmp(&b.start_line))
+    })?;
+    Some((best, certainty))
+}
+
+/// Types and functions before constants and modules: what code most often needs to see.
+fn kind_rank(kind: &str) -> u8 {
+    match kind {
+        "type" | "class" | "trait" => 0,
+        "function" | "macro" => 1,
+        "constant" => 2,
+        _ => 3,
+    }
+}
+
+/// The folders and the file stem of a path (`src/runtime/task/mod.rs` → src, runtime, task).
+fn path_words(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').enumerate().filter_map(move |(i, part)| {
+        let last = i == path.matches('/').count();
+        let word = if last { part.split('.').next().unwrap_or(part) } else { part };
+        (!matches!(word, "mod" | "lib" | "index" | "__init__" | "main" | "")).then_some(word)
+    })
+}
+
+/// How many leading folders two paths share.
+fn shared_folders(a: &str, b: &str) -> usize {
+    let folders = |p: &str| -> Vec<String> {
+        p.split('/')
+            .rev()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .map(str::to_owned)
+            .collect()
+    };
+    folders(a).iter().zip(folders(b).iter()).take_while(|(x, y)| x == y).count()
+}
+
+/// Words on the import lines of a file (`use a::b::{C, D}`, `from a.b import c`,
+/// `import "x/y"`, `#include "a/b.h"`).
+fn imported_words(code: &str) -> HashSet<String> {
+    let mut words = HashSet::new();
+    for line in code.lines() {
+        let line = line.trim_start();
+        let line = line.strip_prefix("pub ").unwrap_or(line);
+        let is_import = ["use ", "from ", "import ", "#include", "require(", "extern crate "]
+            .iter()
+            .any(|p| line.starts_with(p))
+            || (line.starts_with("const ") && line.contains("require("));
+        if is_import {
+            for word in identifiers(line).map(|(_, w)| w) {
+                if !is_keyword(word) && !matches!(word, "crate" | "super" | "self" | "std" | "h" | "js" | "ts") {
+                    words.insert(word.to_owned());
+                }
+            }
+        }
+    }
+    words
+}
+
+/// The identifiers of `text` with their byte offsets.
+fn identifiers(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            let c = bytes[i];
+            if c.is_ascii_alphabetic() || c == b'_' {
+                let start = i;
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    i += 1;
+                }
+                return Some((start, &text[start..i]));
+            }
+            if c.is_ascii_digit() {
+                // A number's digits and suffix (`0x1f`, `10u32`) are not a name.
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    i += 1;
+                }
+                continue;
+            }
+            i += 1;
+        }
+        None
+    })
+}
+
+/// The qualifier written right before the identifier at `start` (`A` in `A::b` or `A.b`),
+/// unless it is `self`-like.
+fn qualifier_of(text: &str, start: usize) -> Option<String> {
+    let head = &text[..start];
+    let head = head.strip_suffix("::").or_else(|| head.strip_suffix('.'))?;
+    let begin = head.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
+    let word = &head[begin..];
+    (!word.is_empty() && !matches!(word, "self" | "Self" | "this" | "super" | "crate" | "cls")).then(|| word.to_owned())
+}
+
+/// Names in the code around a cursor, nearest first: the last lines before it, then the
+/// first lines after it, each name once.
+fn code_names(before: &str, after: &str) -> Vec<Wanted> {
+    let start = nth_line_start_from_end(before, LINES_BEFORE);
+    let window_before = &before[start..];
+    let end = nth_line_end(after, LINES_AFTER);
+    let window_after = &after[..end];
+    let locals: HashSet<&str> = local_names(window_before).chain(local_names(window_after)).collect();
+    let mut found: Vec<Wanted> = Vec::new();
+    for (offset, name) in identifiers(window_before) {
+        if !is_named_argument(window_before, offset + name.len()) {
+            let line = window_before[offset..].matches('\n').count();
+            found.push(wanted(window_before, offset, name, line, window_before.len() - offset));
+        }
+    }
+    for (offset, name) in identifiers(window_after) {
+        if !is_named_argument(window_after, offset + name.len()) {
+            // Code after the cursor counts half as near.
+            let line = window_after[..offset].matches('\n').count();
+            found.push(wanted(window_after, offset, name, line, 2 * offset + 1));
+        }
+    }
+    found.sort_by_key(|w| w.distance);
+    let mut seen = HashSet::new();
+    found
+        .into_iter()
+        .filter(|w| {
+            w.name.len() > 1
+                && !is_keyword(&w.name)
+                && (w.qualifier.is_some() || !is_standard(&w.name))
+                && !locals.contains(w.name.as_str())
+        })
+        .filter(|w| seen.insert((w.name.clone(), w.qualifier.clone())))
+        .take(MAX_NAMES)
+        .collect()
+}
+
+/// Whether the name ending at `end` is followed by `=` or `:` (a named argument, a field, a
+/// parameter, a dictionary key: `f(weight="w")`, `Self { permits: n }`, `x: int`), not a use
+/// of a definition. `==`, `=>` and `::` are uses.
+fn is_named_argument(text: &str, end: usize) -> bool {
+    let rest = text[end..].trim_start_matches([' ', '\t']);
+    (rest.starts_with('=') && !rest.starts_with("==") && !rest.starts_with("=>")) || (rest.starts_with(':') && !rest.starts_with("::"))
+}
+
+fn wanted(text: &str, offset: usize, name: &str, line: usize, distance: usize) -> Wanted {
+    Wanted {
+        name: name.to_owned(),
+        qualifier: qualifier_of(text, offset),
+        line,
+        distance,
+    }
+}
+
+/// Names in a question written like code: with `_`, a capital after the first letter, a
+/// qualifier, call parentheses or backquotes.
+fn question_names(text: &str) -> Vec<Wanted> {
+    let mut seen = HashSet::new();
+    identifiers(text)
+        .filter(|(offset, name)| {
+            let after = &text[offset + name.len()..];
+            let quoted = text[..*offset].ends_with('`');
+            let called = after.starts_with('(');
+            let qualified = qualifier_of(text, *offset).is_some() && !text[..*offset].ends_with(". ");
+            let shaped = name.contains('_') || name.chars().skip(1).any(|c| c.is_ascii_uppercase());
+            (quoted || called || qualified || shaped) && name.len() > 2 && !is_keyword(name) && !is_standard(name)
+        })
+        .map(|(offset, name)| Wanted {
+            name: name.to_owned(),
+            qualifier: qualifier_of(text, offset),
+            line: 0,
+            distance: offset,
+        })
+        .filter(|w| seen.insert(w.name.clone()))
+        .take(MAX_NAMES)
+        .collect()
+}
+
+/// Names a snippet defines itself (`let x`, `fn f`, `def f`, `for x in`, `x = ...`): they
+/// are local, not the repository's.
+pub fn local_names(code: &str) -> impl Iterator<Item = &str> {
+    const INTRODUCERS: &[&str] = &[
+        "let",
+        "mut",
+        "fn",
+        "def",
+        "class",
+        "struct",
+        "enum",
+        "trait",
+        "type",
+        "const",
+        "static",
+        "var",
+        "for",
+        "function",
+        "interface",
+        "as",
+        "in",
+        "lambda",
+        "ref",
+    ];
+    let words: Vec<(usize, &str)> = identifiers(code).collect();
+    let mut locals = Vec::new();
+    for (i, &(offset, word)) in words.iter().enumerate() {
+        let introduced = i > 0 && INTRODUCERS.contains(&words[i - 1].1) && words[i - 1].1 != "in";
+        let rest = code[offset + word.len()..].trim_start();
+        let line_start = code[..offset].rfind('\n').map_or(0, |n| n + 1);
+        let first_on_line = code[line_start..offset].trim().is_empty();
+        let assigned = first_on_line && rest.starts_with('=') && !rest.starts_with("==") && !rest.starts_with("=>");
+        let annotated_param = rest.starts_with(':') && !rest.starts_with("::") && code[line_start..offset].contains('(');
+        if introduced || assigned || annotated_param {
+            locals.push(word);
+        }
+    }
+    locals.into_iter()
+}
+
+fn nth_line_start_from_end(text: &str, lines: usize) -> usize {
+    let mut seen = 0;
+    for (i, c) in text.char_indices().rev() {
+        if c == '\n' && i + 1 < text.len() {
+            seen += 1;
+            if seen == lines {
+                return i + 1;
+            }
+        }
+    }
+    0
+}
+
+fn nth_line_end(text: &str, lines: usize) -> usize {
+    text.match_indices('\n').nth(lines.saturating_sub(1)).map_or(text.len(), |(i, _)| i)
+}
+
+/// A keyword of one of the chunker's languages, or a standard name ([`is_standard`]): never
+/// a repository's own definition when code uses it unqualified.
+pub fn is_common_name(word: &str) -> bool {
+    is_keyword(word) || is_standard(word)
+}
+
+/// Keywords of the chunker's languages.
+fn is_keyword(word: &str) -> bool {
+    matches!(
+        word,
+        "as" | "async"
+            | "await"
+            | "break"
+            | "case"
+            | "catch"
+            | "class"
+            | "const"
+            | "continue"
+            | "crate"
+            | "def"
+            | "default"
+            | "del"
+            | "do"
+            | "dyn"
+            | "elif"
+            | "else"
+            | "enum"
+            | "except"
+            | "export"
+            | "extends"
+            | "extern"
+            | "false"
+            | "False"
+            | "final"
+            | "finally"
+            | "fn"
+            | "for"
+            | "from"
+            | "func"
+            | "function"
+            | "global"
+            | "go"
+            | "if"
+            | "impl"
+            | "implements"
+            | "import"
+            | "in"
+            | "instanceof"
+            | "interface"
+            | "is"
+            | "lambda"
+            | "let"
+            | "loop"
+            | "match"
+            | "mod"
+            | "move"
+            | "mut"
+            | "nil"
+            | "None"
+            | "nonlocal"
+            | "not"
+            | "null"
+            | "or"
+            | "and"
+            | "package"
+            | "pass"
+            | "private"
+            | "protected"
+            | "pub"
+            | "public"
+            | "raise"
+            | "ref"
+            | "return"
+            | "self"
+            | "Self"
+            | "static"
+            | "struct"
+            | "super"
+            | "switch"
+            | "this"
+            | "throw"
+            | "throws"
+            | "trait"
+            | "true"
+            | "True"
+            | "try"
+            | "type"
+            | "typeof"
+            | "unsafe"
+            | "use"
+            | "var"
+            | "void"
+            | "where"
+            | "while"
+            | "with"
+            | "yield"
+            | "typedef"
+            | "sizeof"
+            | "namespace"
+            | "template"
+            | "typename"
+            | "unsigned"
+            | "signed"
+            | "int"
+            | "char"
+            | "long"
+            | "short"
+            | "double"
+            | "float"
+            | "bool"
+            | "auto"
+            | "undefined"
+            | "of"
+            | "chan"
+            | "defer"
+            | "range"
+            | "select"
+            | "assert"
+            | "u8"
+            | "u16"
+            | "u32"
+            | "u64"
+            | "u128"
+            | "usize"
+            | "i8"
+            | "i16"
+            | "i32"
+            | "i64"
+            | "i128"
+            | "isize"
+            | "f32"
+            | "f64"
+    )
+}
+
+/// Standard names that a repository rarely defines and does not mean when it uses them
+/// unqualified: Rust's prelude, common std types and methods, Python's builtins,
+/// JavaScript's globals. `Type::new` is still looked up.
+fn is_standard(word: &str) -> bool {
+    matches!(
+        word,
+        "Some"
+            | "Ok"
+            | "Err"
+            | "Option"
+            | "Result"
+            | "Vec"
+            | "String"
+            | "Box"
+            | "Rc"
+            | "Arc"
+            | "HashMap"
+            | "HashSet"
+            | "BTreeMap"
+            | "BTreeSet"
+            | "VecDeque"
+            | "Mutex"
+            | "RwLock"
+            | "Cell"
+            | "RefCell"
+            | "Default"
+            | "Clone"
+            | "Copy"
+            | "Debug"
+            | "Display"
+            | "From"
+            | "Into"
+            | "Iterator"
+            | "IntoIterator"
+            | "Send"
+            | "Sync"
+            | "Sized"
+            | "PhantomData"
+            | "Pin"
+            | "Future"
+            | "Drop"
+            | "Fn"
+            | "FnMut"
+            | "FnOnce"
+            | "PartialEq"
+            | "Eq"
+            | "PartialOrd"
+            | "Ord"
+            | "Hash"
+            | "AsRef"
+            | "ToString"
+            | "println"
+            | "format"
+            | "vec"
+            | "panic"
+            | "unreachable"
+            | "todo"
+            | "assert_eq"
+            | "assert_ne"
+            | "debug_assert"
+            | "write"
+            | "writeln"
+            | "matches"
+            | "unwrap"
+            | "expect"
+            | "clone"
+            | "to_owned"
+            | "to_string"
+            | "into"
+            | "iter"
+            | "push"
+            | "insert"
+            | "get"
+            | "is_empty"
+            | "new"
+            | "len"
+            | "print"
+            | "str"
+            | "dict"
+            | "list"
+            | "tuple"
+            | "set"
+            | "map"
+            | "object"
+            | "bytes"
+            | "isinstance"
+            | "enumerate"
+            | "zip"
+            | "sorted"
+            | "reversed"
+            | "open"
+            | "getattr"
+            | "setattr"
+            | "hasattr"
+            | "Exception"
+            | "ValueError"
+            | "TypeError"
+            | "KeyError"
+            | "RuntimeError"
+            | "console"
+            | "Promise"
+            | "Array"
+            | "Object"
+            | "JSON"
+            | "Math"
+            | "Error"
+            | "Map"
+            | "Set"
+            | "Number"
+            | "Symbol"
+            | "window"
+            | "document"
+            | "require"
+            | "module"
+            | "exports"
+            | "std"
+            | "core"
+            | "alloc"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(before: &str, after: &str) -> Vec<String> {
+        code_names(before, after).into_iter().map(|w| w.name).collect()
+    }
+
+    #[test]
+    fn names_come_nearest_the_cursor_first_without_keywords_locals_or_standard_names() {
+        let before = "use crate::config::Loader;\nfn run(path: &str) -> Result<Settings, Error> {\n    let loaded = Loader::read(path)?;\n    let x = ";
+        let found = names(before, "apply_defaults(loaded);\n}\n");
+        // Right after the cursor, then back from it.
+        assert_eq!(found[..2], ["apply_defaults", "read"], "{found:?}");
+        assert!(found.contains(&"Loader".to_owned()) && found.contains(&"Settings".to_owned()));
+        assert!(found.contains(&"apply_defaults".to_owned()));
+        for skipped in ["let", "fn", "Result", "loaded", "x", "path", "run"] {
+            assert!(!found.contains(&skipped.to_owned()), "{skipped} in {found:?}");
+        }
+        let read = code_names(before, "").into_iter().find(|w| w.name == "read").unwrap();
+        assert_eq!(read.qualifier.as_deref(), Some("Loader"));
+    }
+
+    #[test]
+    fn python_assignments_and_parameters_are_local() {
+        let found = names(
+            "def handle(request: Request):\n    session = make_session(request)\n    return ",
+            "session.flush()\n",
+        );
+        assert!(
+            found.contains(&"make_session".to_owned()) && found.contains(&"Request".to_owned()),
+            "{found:?}"
+        );
+        assert!(
+            !found.contains(&"session".to_owned()) && !found.contains(&"request".to_owned()),
+            "{found:?}"
+        );
+        assert!(found.contains(&"flush".to_owned()));
+    }
+
+    #[test]
+    fn questions_look_up_only_words_written_like_code() {
+        let found: Vec<String> = question_names("What does `parse` return, and how does TokenVault::rotate use load_keys()?")
+            .into_iter()
+            .map(|w| w.name)
+            .collect();
+        assert_eq!(found, ["parse", "TokenVault", "rotate", "load_keys"]);
+        assert!(question_names("How are requests retried when the server is down?").is_empty());
+    }
+
+    #[test]
+    fn import_lines_name_modules_and_items() {
+        let words = imported_words(
+            "use crate::runtime::task::{self, JoinHandle};\nfrom pkg.util import slugify\n#include \"net/socket.h\"\nlet x = 1;\n",
+        );
+        for w in ["runtime", "task", "JoinHandle", "pkg", "util", "slugify", "net", "socket"] {
+            assert!(words.contains(w), "{w} missing from {words:?}");
+        }
+        assert!(!words.contains("x") && !words.contains("crate"));
+    }
+
+    #[test]
+    fn paths_share_folders_and_name_their_modules() {
+        assert_eq!(shared_folders("src/a/b/x.rs", "src/a/c/y.rs"), 2);
+        assert_eq!(shared_folders("x.rs", "src/y.rs"), 0);
+        assert_eq!(
+            path_words("src/runtime/task/mod.rs").collect::<Vec<_>>(),
+            ["src", "runtime", "task"]
+        );
+        assert_eq!(path_words("pkg/util.py").collect::<Vec<_>>(), ["pkg", "util"]);
+    }
+
+    fn record(name: &str, path: &str, scope: &str) -> StoredSymbol {
+        StoredSymbol {
+            name: name.into(),
+            kind: "function".into(),
+            scope: scope.into(),
+            path: path.into(),
+            start_line: 1,
+            end_line: 2,
+            chunk: path.len() as u64,
+        }
+    }
+
+    #[test]
+    fn imports_then_qualifiers_then_nearness_decide_between_files() {
+        let records = vec![
+            record("spawn", "src/runtime/spawn.rs", ""),
+            record("spawn", "src/task/spawn.rs", ""),
+            record("spawn", "src/blocking/pool.rs", "Pool"),
+        ];
+        let plain = Wanted {
+            name: "spawn".into(),
+            qualifier: None,
+            line: 0,
+            distance: 0,
+        };
+        let imports: HashSet<String> = ["task".to_owned()].into();
+        assert_eq!(
+            choose(&records, &plain, &imports, Some("src/x.rs")).unwrap().0.path,
+            "src/task/spawn.rs"
+        );
+        let qualified = Wanted {
+            name: "spawn".into(),
+            qualifier: Some("Pool".into()),
+            line: 0,
+            distance: 0,
+        };
+        assert_eq!(
+            choose(&records, &qualified, &HashSet::new(), None).unwrap().0.path,
+            "src/blocking/pool.rs"
+        );
+        assert_eq!(
+            choose(&records, &plain, &HashSet::new(), Some("src/runtime/builder.rs"))
+                .unwrap()
+                .0
+                .path,
+            "src/runtime/spawn.rs"
+        );
+        let many: Vec<StoredSymbol> = (0..6).map(|i| record("new", &format!("src/m{i}/x.rs"), "")).collect();
+        let new = Wanted {
+            name: "new".into(),
+            qualifier: None,
+            line: 0,
+            distance: 0,
+        };
+        assert!(
+            choose(&many, &new, &HashSet::new(), Some("other/y.rs")).is_none(),
+            "too common to mean one place"
+        );
+    }
+}
