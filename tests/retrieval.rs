@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use graft_index::{index_repository, IndexError, IndexLayout, IndexOptions, IndexReport, ProjectIndex, Quiet, SearchMode, SearchOptions};
+use graft_server::projects::Search;
 use graft_tests::{copy_fixture, kit_embedder};
 
 fn index(repo: &Path, index_dir: &Path) -> IndexReport {
@@ -320,13 +321,15 @@ async fn a_project_being_indexed_answers_searches_with_nothing_until_it_is_done(
     // As `graft up` does for a project with no index yet: marked first, indexed later.
     let guard = projects.start_reindex(&project).expect("no re-index is running");
     assert!(projects.start_reindex(&project).is_none(), "one re-index at a time");
-    let during = projects.search(&project, "vault.rotateSigningKeys()", 5, SearchMode::Hybrid).await;
+    let during = projects
+        .search(&project, Search::text("vault.rotateSigningKeys()"), 5, SearchMode::Hybrid)
+        .await;
     assert!(matches!(during, Ok(None)), "nothing (not an error) while indexing: {during:?}");
 
     let report = projects.reindex_with(&project, guard).await.expect("indexing works");
     assert!(report.chunks > 0 && project.has_index(), "{report:?}");
     let hits = projects
-        .search(&project, "vault.rotateSigningKeys()", 5, SearchMode::Hybrid)
+        .search(&project, Search::text("vault.rotateSigningKeys()"), 5, SearchMode::Hybrid)
         .await
         .unwrap()
         .expect("searchable once indexed");
@@ -359,7 +362,9 @@ async fn two_projects_on_one_repository_search_one_index_opened_once() {
     let guard = projects.start_reindex(&tuned).expect("no re-index is running");
     assert!(projects.start_reindex(&owner).is_none(), "the owner's index is being re-indexed");
     assert!(matches!(
-        projects.search(&owner, "rotateSigningKeys", 5, SearchMode::Hybrid).await,
+        projects
+            .search(&owner, Search::text("rotateSigningKeys"), 5, SearchMode::Hybrid)
+            .await,
         Ok(None)
     ));
     projects.reindex_with(&tuned, guard).await.expect("indexing works");
@@ -368,12 +373,12 @@ async fn two_projects_on_one_repository_search_one_index_opened_once() {
 
     // Both search the same open index (a second open in this process would find it locked).
     let mine = projects
-        .search(&owner, "vault.rotateSigningKeys()", 5, SearchMode::Hybrid)
+        .search(&owner, Search::text("vault.rotateSigningKeys()"), 5, SearchMode::Hybrid)
         .await
         .unwrap()
         .unwrap();
     let theirs = projects
-        .search(&tuned, "vault.rotateSigningKeys()", 5, SearchMode::Hybrid)
+        .search(&tuned, Search::text("vault.rotateSigningKeys()"), 5, SearchMode::Hybrid)
         .await
         .unwrap()
         .unwrap();
@@ -394,16 +399,21 @@ async fn a_completion_near_the_last_one_reuses_its_hits_until_the_cursor_moves_a
     let file = "// the file being edited\n".repeat(30);
     let here = Spot::of(Some("web/app.ts"), &file);
     let (vault, invoice) = ("vault.rotateSigningKeys()", "invoice total with tax per line item");
-    let first = paths(projects.search_at(&project, here, vault, 3).await.unwrap());
+    let first = paths(projects.search_at(&project, here, Search::text(vault), 3).await.unwrap());
     assert!(first.contains(&"auth/TokenVault.java".to_owned()), "{first:?}");
-    let fresh = paths(projects.search(&project, invoice, 3, SearchMode::Hybrid).await.unwrap());
+    let fresh = paths(
+        projects
+            .search(&project, Search::text(invoice), 3, SearchMode::Hybrid)
+            .await
+            .unwrap(),
+    );
     assert_ne!(fresh, first, "the two queries find different code");
 
     // Two lines further: the same hits, so the prompt keeps its start.
     let typed = format!("{file}let a = 1;\nlet b = 2;\n");
     let near = paths(
         projects
-            .search_at(&project, Spot::of(Some("web/app.ts"), &typed), invoice, 3)
+            .search_at(&project, Spot::of(Some("web/app.ts"), &typed), Search::text(invoice), 3)
             .await
             .unwrap(),
     );
@@ -411,7 +421,7 @@ async fn a_completion_near_the_last_one_reuses_its_hits_until_the_cursor_moves_a
     // Another file, or the cursor moved away: searched afresh.
     let other = paths(
         projects
-            .search_at(&project, Spot::of(Some("web/other.ts"), &typed), invoice, 3)
+            .search_at(&project, Spot::of(Some("web/other.ts"), &typed), Search::text(invoice), 3)
             .await
             .unwrap(),
     );
@@ -419,18 +429,21 @@ async fn a_completion_near_the_last_one_reuses_its_hits_until_the_cursor_moves_a
     let away = format!("{typed}{}", "\n".repeat(REGION_LINES + 1));
     let moved = paths(
         projects
-            .search_at(&project, Spot::of(Some("web/app.ts"), &away), invoice, 3)
+            .search_at(&project, Spot::of(Some("web/app.ts"), &away), Search::text(invoice), 3)
             .await
             .unwrap(),
     );
     assert_eq!(moved, fresh);
 
     // After a re-index nothing remembered from the old index is reused.
-    assert_eq!(paths(projects.search_at(&project, here, vault, 3).await.unwrap()), first);
+    assert_eq!(
+        paths(projects.search_at(&project, here, Search::text(vault), 3).await.unwrap()),
+        first
+    );
     projects.reindex(&project).await.expect("re-indexing works");
     let after = paths(
         projects
-            .search_at(&project, Spot::of(Some("web/app.ts"), &typed), invoice, 3)
+            .search_at(&project, Spot::of(Some("web/app.ts"), &typed), Search::text(invoice), 3)
             .await
             .unwrap(),
     );

@@ -164,13 +164,39 @@ pub fn start_stoppable_server(
     (server, stop_tx, stopped)
 }
 
+/// A fresh folder for one test server's files (adapters, merged models, indexes, repository
+/// copies). Servers shared through statics are never dropped, so their folders outlive the
+/// test process; each folder is named after its process, and those of processes that have
+/// ended are removed here first (about 200 MB each, with merged models).
+fn scratch_dir() -> PathBuf {
+    let base = std::env::temp_dir().join("graft-tests");
+    static CLEANED: std::sync::Once = std::sync::Once::new();
+    CLEANED.call_once(|| {
+        let Ok(entries) = std::fs::read_dir(&base) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.split('-').next().unwrap_or_default();
+            let ended = !pid.is_empty() && cfg!(target_os = "linux") && !Path::new("/proc").join(pid).exists();
+            if ended {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
+    std::fs::create_dir_all(&base).expect("the tests' scratch folder");
+    tempfile::Builder::new()
+        .prefix(&format!("{}-", std::process::id()))
+        .tempdir_in(&base)
+        .expect("temporary folder")
+        .keep()
+}
+
 fn launch(
     setup: ServerSetup,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> (TestServer, tokio::sync::oneshot::Receiver<()>) {
     let engine = smollm2_engine();
-    let root = tempfile::tempdir().expect("temporary folder").keep();
+    let root = scratch_dir();
     let (store, external) = (root.join("adapters"), root.join("external"));
     std::fs::create_dir_all(&store).expect("adapter store");
     std::fs::create_dir_all(&external).expect("external adapters");

@@ -142,6 +142,9 @@ pub fn infill_request(task: &Task, arm: Arm, model: &str, options: RequestOption
         // Each task searches afresh: graft reuses the last hits near the same place in a
         // file while a user types, but tasks are not a typing session.
         "retrieval": {"enabled": arm.retrieves(), "sticky": false},
+        // graft's extension: the file being completed (retrieval leaves it out and looks
+        // definitions up nearest it); other servers ignore it.
+        "path": task.path,
     });
     if let Some(extra) = extra {
         body["input_extra"] = json!([{"filename": extra.path, "text": extra.text}]);

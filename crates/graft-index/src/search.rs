@@ -140,6 +140,17 @@ impl ProjectIndex {
         Ok(ProjectIndex { catalog, store, meta })
     }
 
+    /// `path` as the index names files: relative to the repository's root with `/`
+    /// separators (an editor may send it absolute, or with `./` or `\\`).
+    pub fn relative_path(&self, path: &str) -> String {
+        let path = path.replace('\\', "/");
+        let root = self.meta.repository.to_string_lossy().replace('\\', "/");
+        let relative = path
+            .strip_prefix(root.trim_end_matches('/'))
+            .map_or(path.as_str(), |rest| rest.trim_start_matches('/'));
+        relative.trim_start_matches("./").to_owned()
+    }
+
     pub fn meta(&self) -> &Meta {
         &self.meta
     }
@@ -163,6 +174,8 @@ impl ProjectIndex {
             names,
             current_path,
         } = *query;
+        let current_path = current_path.map(|p| self.relative_path(p));
+        let current_path = current_path.as_deref();
         if options.k == 0 || query.trim().is_empty() {
             return Ok(Vec::new());
         }

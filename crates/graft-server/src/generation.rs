@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::limits::{Deadline, Slot};
 use crate::metrics::Metrics;
 use crate::openai::RetrievalField;
-use crate::projects::Project;
+use crate::projects::{Project, Search};
 use crate::state::AppState;
 use crate::sticky::Spot;
 
@@ -63,12 +63,12 @@ impl Admitted {
 pub async fn retrieve(
     state: &AppState,
     project: &Arc<Project>,
-    query: &str,
+    query: Search,
     field: Option<RetrievalField>,
     spot: Option<Spot>,
 ) -> Result<Option<Vec<graft_index::SearchHit>>, ApiError> {
     let enabled = field.and_then(RetrievalField::enabled).unwrap_or(project.config.retrieval);
-    if !enabled || query.trim().is_empty() {
+    if !enabled || query.text.trim().is_empty() {
         return Ok(None);
     }
     let k = field.and_then(RetrievalField::top_k).unwrap_or(project.config.top_k);

@@ -142,6 +142,10 @@ pub struct CompletionRequest {
     /// graft's extensions, as for chat.
     pub retrieval: Option<RetrievalField>,
     pub debug: Option<bool>,
+    /// graft's extension: the current file's path (relative to the repository, or absolute
+    /// inside it). Repository-level prompt formats name it, and retrieval leaves it out (it
+    /// is in the prompt already).
+    pub path: Option<String>,
 }
 
 /// graft's `debug` extension in an answer (on the first event of a stream): the prompt

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use graft_core::ProjectConfig;
 use graft_index::{
-    index_repository, Embedder, IndexError, IndexLayout, IndexOptions, IndexProgress, IndexReport, ProjectIndex, SearchHit, SearchMode,
-    SearchOptions,
+    index_repository, Embedder, IndexError, IndexLayout, IndexOptions, IndexProgress, IndexReport, Names, ProjectIndex, Query, SearchHit,
+    SearchMode, SearchOptions,
 };
 
 use crate::sticky::{Spot, Sticky};
@@ -153,6 +153,42 @@ pub enum ReindexError {
     Index(#[from] IndexError),
 }
 
+/// What a retrieval searches for, owned: it is searched on a blocking thread.
+#[derive(Debug, Clone, Default)]
+pub struct Search {
+    /// Matched by keyword and by meaning.
+    pub text: String,
+    /// The current file before and after the cursor (a completion): the names it uses are
+    /// looked up, their definitions first.
+    pub cursor: Option<(String, String)>,
+    /// A question (chat): its words written like code are looked up.
+    pub question: bool,
+    /// The file being edited, as the client named it: none of its chunks is returned.
+    pub current_path: Option<String>,
+}
+
+impl Search {
+    /// Text alone (the search endpoint).
+    pub fn text(text: impl Into<String>) -> Search {
+        Search {
+            text: text.into(),
+            ..Search::default()
+        }
+    }
+
+    fn as_query(&self) -> Query<'_> {
+        let names = match &self.cursor {
+            Some((before, after)) => Some(Names::Code { before, after }),
+            None => self.question.then_some(Names::Question(&self.text)),
+        };
+        Query {
+            text: &self.text,
+            names,
+            current_path: self.current_path.as_deref(),
+        }
+    }
+}
+
 /// Every project, and the embedding model their indexes were built with.
 pub struct Projects {
     projects: BTreeMap<String, Arc<Project>>,
@@ -208,7 +244,7 @@ impl Projects {
     pub async fn search(
         &self,
         project: &Arc<Project>,
-        query: &str,
+        query: Search,
         k: usize,
         mode: SearchMode,
     ) -> Result<Option<Vec<SearchHit>>, IndexError> {
@@ -233,8 +269,7 @@ impl Projects {
             ),
         };
         let options = SearchOptions { k, mode, ..self.search };
-        let query = query.to_owned();
-        tokio::task::spawn_blocking(move || index.search(&query, embedder.as_deref(), &options))
+        tokio::task::spawn_blocking(move || index.search_for(&query.as_query(), embedder.as_deref(), &options))
             .await
             .map_err(|e| IndexError::Invalid(format!("the search task failed: {e}")))?
             .map(Some)
@@ -243,7 +278,13 @@ impl Projects {
     /// [`Projects::search`] (hybrid) for a completion at `spot`: the hits of the last search
     /// near it in the same file are reused while they are fresh ([`crate::sticky`]), so the
     /// prompt keeps its start while the user types. Never while re-indexing.
-    pub async fn search_at(&self, project: &Arc<Project>, spot: Spot, query: &str, k: usize) -> Result<Option<Vec<SearchHit>>, IndexError> {
+    pub async fn search_at(
+        &self,
+        project: &Arc<Project>,
+        spot: Spot,
+        query: Search,
+        k: usize,
+    ) -> Result<Option<Vec<SearchHit>>, IndexError> {
         let slot = &project.index;
         if !slot.is_reindexing() {
             if let Some(hits) = slot.sticky.near(spot, k) {

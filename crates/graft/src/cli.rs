@@ -214,6 +214,14 @@ pub struct SearchArgs {
     /// hybrid (keyword and vector, fused), keyword (BM25) or vector (embeddings).
     #[arg(long, default_value = "hybrid", value_parser = ["hybrid", "keyword", "vector"])]
     pub mode: String,
+    /// The query is code before a cursor, as a completion searches: the definitions of the
+    /// names it uses come first (hybrid mode).
+    #[arg(long)]
+    pub code: bool,
+    /// The file the code is in: none of its chunks is returned, and definitions near it are
+    /// preferred.
+    #[arg(long, requires = "code")]
+    pub path: Option<String>,
     /// Print the results as a JSON array.
     #[arg(long)]
     pub json: bool,

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use graft_core::Config;
-use graft_index::{index_repository, Embedder, IndexProgress, IndexReport, ProjectIndex, SearchMode};
+use graft_index::{index_repository, Embedder, IndexProgress, IndexReport, Names, ProjectIndex, Query, SearchMode};
 use graft_kit::Kit;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -101,7 +101,15 @@ pub fn search(args: SearchArgs) -> Result<()> {
         _ => Some(load_embedder(&config)?),
     };
     let options = graft_wiring::search_options(&config, mode, args.k.map_or(config.index.top_k, usize::from));
-    let hits = index.search(&args.query, embedder.as_ref(), &options)?;
+    let query = Query {
+        text: &args.query,
+        names: args.code.then_some(Names::Code {
+            before: &args.query,
+            after: "",
+        }),
+        current_path: args.path.as_deref(),
+    };
+    let hits = index.search_for(&query, embedder.as_ref(), &options)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&hits)?);
         return Ok(());

@@ -8,6 +8,7 @@ use super::{augment, check_length};
 use crate::error::ApiError;
 use crate::generation::retrieve;
 use crate::openai::RetrievalField;
+use crate::projects::Search;
 use crate::prompt::augment::Source;
 use crate::state::{AppState, Target};
 
@@ -30,8 +31,12 @@ pub async fn lay_out(
 ) -> Result<ChatPrompt, ApiError> {
     let mut sources = None;
     if let Some(project) = &target.project {
-        let query = augment::chat_query(&messages);
-        let used = match retrieve(state, project, &query, retrieval, None).await? {
+        let query = Search {
+            text: augment::chat_query(&messages),
+            question: true,
+            ..Search::default()
+        };
+        let used = match retrieve(state, project, query, retrieval, None).await? {
             Some(hits) => {
                 // The context may take what the conversation leaves of the prompt limit.
                 let own = state.engine().chat_prompt(&messages).await?.len();

@@ -21,6 +21,7 @@ use super::check_length;
 use crate::error::ApiError;
 use crate::generation::retrieve;
 use crate::openai::RetrievalField;
+use crate::projects::Search;
 use crate::state::{AppState, Target};
 use crate::sticky::Spot;
 
@@ -110,10 +111,15 @@ pub async fn lay_out(
     let mut sources = None;
     if let Some(project) = &target.project {
         input.repo = Some(project.name().to_owned());
-        let query = augment::completion_query(&input.prefix, input.suffix.as_deref(), QUERY_CHARS);
+        let query = Search {
+            text: augment::completion_query(&input.prefix, input.suffix.as_deref(), QUERY_CHARS),
+            cursor: Some((input.prefix.clone(), input.suffix.clone().unwrap_or_default())),
+            question: false,
+            current_path: input.path.clone(),
+        };
         let mut used = Vec::new();
         let spot = Spot::of(input.path.as_deref(), &input.prefix);
-        if let Some(hits) = retrieve(state, project, &query, retrieval, Some(spot)).await? {
+        if let Some(hits) = retrieve(state, project, query, retrieval, Some(spot)).await? {
             let own = count(&input).await?;
             let budget = project.config.context_tokens.min(limit.saturating_sub(own));
             let (mut files, kept) = augment::completion(state.engine(), hits, budget).await?;

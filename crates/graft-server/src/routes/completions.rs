@@ -90,6 +90,7 @@ pub async fn completions(
             let input = FimInput {
                 prefix,
                 suffix,
+                path: request.path.filter(|p| !p.is_empty()),
                 ..FimInput::default()
             };
             let prompt = completion::lay_out(

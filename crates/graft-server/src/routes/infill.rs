@@ -7,8 +7,8 @@
 //! `temperature`, `top_p`, `stop`, `seed`, `n_indent` (stop at the first generated line that
 //! is indented less), `t_max_predict_ms` (stop once this long has passed since the first
 //! token and a line is complete), `response_fields` (answer only these, as `a/b` paths), and
-//! graft's own `model` (a project, an adapter or the base; absent: `server.infill_model`) and
-//! `retrieval`. Sampler knobs graft has no use for (`top_k`, `samplers`, `cache_prompt`, ...)
+//! graft's own `model` (a project, an adapter or the base; absent: `server.infill_model`),
+//! `retrieval` and `path` (the current file, left out of retrieval). Sampler knobs graft has no use for (`top_k`, `samplers`, `cache_prompt`, ...)
 //! are ignored. Streaming is not offered here: `/v1/completions` streams.
 //!
 //! Answer: `content`, `stop`, `stop_type`, `model`, `tokens_predicted`, `tokens_evaluated`,
@@ -55,6 +55,8 @@ pub struct InfillRequest {
     pub t_max_predict_ms: Option<u64>,
     pub response_fields: Option<Vec<String>>,
     pub retrieval: Option<RetrievalField>,
+    /// graft's extension: the current file's path (see `/v1/completions`).
+    pub path: Option<String>,
 }
 
 /// One `input_extra` entry.
@@ -130,6 +132,7 @@ pub async fn infill(
     let input = FimInput {
         prefix,
         suffix: Some(request.input_suffix),
+        path: request.path.filter(|p| !p.is_empty()),
         ..FimInput::default()
     };
     let generation_settings = json!({

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::caller::Admin;
 use crate::error::ApiError;
 use crate::json::Json;
-use crate::projects::{Project, ReindexError};
+use crate::projects::{Project, ReindexError, Search};
 use crate::state::AppState;
 
 fn project(state: &AppState, name: &str) -> Result<std::sync::Arc<Project>, ApiError> {
@@ -77,7 +77,7 @@ pub async fn search(
     }
     let hits = state
         .projects()
-        .search(&project, &request.query, k, mode)
+        .search(&project, Search::text(request.query), k, mode)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("Searching `{name}` failed: {e}")))?
         .ok_or_else(|| {
