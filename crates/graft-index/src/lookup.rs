@@ -41,13 +41,13 @@ pub enum Names<'a> {
 
 /// One name to look up, with the qualifier written before it (`Type` of `Type::method`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Wanted {
-    pub name: String,
-    pub qualifier: Option<String>,
+struct Wanted {
+    name: String,
+    qualifier: Option<String>,
     /// Lines between it and the cursor's line (0: on it).
-    pub line: usize,
+    line: usize,
     /// Bytes between it and the cursor (code after the cursor counts double).
-    pub distance: usize,
+    distance: usize,
 }
 
 /// The chunk ids that define the names `names` uses, best first, at most `limit`, none from
@@ -93,7 +93,7 @@ pub fn definition_chunks(catalog: &Catalog, names: Names, current_path: Option<&
 
 /// How surely a name means the definition chosen for it, surest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Certainty {
+enum Certainty {
     /// Its qualifier (a type, a module) or an import pointed at it.
     Narrowed,
     /// One file defines the name.

@@ -64,7 +64,9 @@ fn collect(node: Node, source: &[u8], scope: Option<&str>, top_level: bool, foun
         });
         let mut inner_scope = scope.map(str::to_owned);
         if let (Some(kind), Some(name)) = (kind, name.filter(|n| is_identifier(n))) {
-            if matches!(kind, "type" | "class" | "trait") {
+            // A type's members belong to it; an alias (`typedef`, `type X = ...`) has none.
+            let alias = symbol_only_kind(child.kind()).is_some() || child.kind() == "type_alias_declaration";
+            if matches!(kind, "type" | "class" | "trait") && !alias {
                 inner_scope = Some(name.clone());
             }
             found.push(Definition {
@@ -218,6 +220,113 @@ mod tests {
         assert_eq!(defs[1].doc, None, "a plain comment is not documentation");
         assert_eq!(defs[2].doc.as_deref(), Some("The port."));
         assert_eq!(defs[2].start_line, 10);
+    }
+
+    /// (name, kind, scope) of each definition in `text`.
+    fn defined(path: &str, text: &str) -> Vec<(String, &'static str, String)> {
+        definitions(path, text)
+            .into_iter()
+            .map(|d| (d.name, d.kind, d.scope.unwrap_or_default()))
+            .collect()
+    }
+
+    fn has(found: &[(String, &'static str, String)], name: &str, kind: &str, scope: &str) -> bool {
+        found.iter().any(|(n, k, s)| n == name && *k == kind && s == scope)
+    }
+
+    #[test]
+    fn every_chunker_language_names_its_definitions_kinds_and_scopes() {
+        let cases: &[(&str, &str, &[(&str, &str, &str)])] = &[
+            (
+                "src/lib.rs",
+                "pub const LIMIT: usize = 3;\nstatic NAME: &str = \"x\";\ntype Id = u64;\nmacro_rules! m { () => {} }\n\
+                 pub trait Store { fn get(&self) -> Id; }\nmod inner { pub fn helper() {} }\n\
+                 impl<T> Store for Vault<T> { fn get(&self) -> Id { 1 } }\n",
+                &[
+                    ("LIMIT", "constant", ""),
+                    ("NAME", "constant", ""),
+                    ("Id", "type", ""),
+                    ("m", "macro", ""),
+                    ("Store", "trait", ""),
+                    ("get", "function", "Store"),
+                    ("inner", "module", ""),
+                    ("helper", "function", ""),
+                    ("get", "function", "Vault"),
+                ],
+            ),
+            (
+                "pkg/app.py",
+                "TIMEOUT = 30\n\n@cached\ndef load(path):\n    x = 1\n    return x\n\nclass Vault(Base):\n    KEY = 1\n    def rotate(self):\n        pass\n",
+                &[("TIMEOUT", "constant", ""), ("load", "function", ""), ("Vault", "class", ""), ("rotate", "function", "Vault")],
+            ),
+            (
+                "web/app.js",
+                "export function render(el) {}\nconst LIMIT = 3;\nclass Widget { draw() {} }\n",
+                &[("render", "function", ""), ("LIMIT", "constant", ""), ("Widget", "class", ""), ("draw", "function", "Widget")],
+            ),
+            (
+                "web/types.ts",
+                "export interface Invoice { total: number }\ntype Id = string;\nenum Color { Red }\nexport class Billing { charge(): void {} }\n",
+                &[
+                    ("Invoice", "type", ""),
+                    ("Id", "type", ""),
+                    ("Color", "type", ""),
+                    ("Billing", "class", ""),
+                    ("charge", "function", "Billing"),
+                ],
+            ),
+            (
+                "web/view.tsx",
+                "export function Panel(props: Props) { return <div/>; }\n",
+                &[("Panel", "function", "")],
+            ),
+            (
+                "storage/blob.go",
+                "package storage\n\nconst MaxSize = 10\n\ntype (\n\tBlobStore struct{}\n\tKey = string\n)\n\nfunc NewBlobStore() *BlobStore { return nil }\n\nfunc (b *BlobStore) Put(k Key) {}\n",
+                &[
+                    ("MaxSize", "constant", ""),
+                    ("BlobStore", "type", ""),
+                    ("Key", "type", ""),
+                    ("NewBlobStore", "function", ""),
+                    ("Put", "function", ""),
+                ],
+            ),
+            (
+                "src/Ledger.java",
+                "public class Ledger {\n  public Ledger() {}\n  void post(int amount) {}\n}\ninterface Book {}\nrecord Entry(int a) {}\n",
+                &[
+                    ("Ledger", "class", ""),
+                    ("Ledger", "function", "Ledger"),
+                    ("post", "function", "Ledger"),
+                    ("Book", "type", ""),
+                    ("Entry", "type", ""),
+                ],
+            ),
+            (
+                "src/ring.c",
+                "#define RING_SIZE 64\ntypedef struct ring { int head; } ring_t;\nint ring_push(ring_t *r, int v) { return 0; }\n",
+                &[("RING_SIZE", "macro", ""), ("ring", "type", ""), ("ring_t", "type", ""), ("ring_push", "function", "")],
+            ),
+            (
+                "src/pool.cpp",
+                "namespace net {\nclass Pool {\n public:\n  int size() { return 0; }\n};\n}\nint drain(Pool& p) { return 0; }\n",
+                &[("net", "module", ""), ("Pool", "class", ""), ("size", "function", "Pool"), ("drain", "function", "")],
+            ),
+        ];
+        for (path, text, expected) in cases {
+            let found = defined(path, text);
+            for (name, kind, scope) in *expected {
+                assert!(
+                    has(&found, name, kind, scope),
+                    "{path}: no {kind} {name} in `{scope}`; found {found:?}"
+                );
+            }
+        }
+        let locals = defined("pkg/app.py", cases[1].1);
+        assert!(
+            !locals.iter().any(|(n, ..)| n == "x"),
+            "a function's local is no definition: {locals:?}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::repo_root;
+use graft_index::catalog::Catalog;
 use serde_json::Value;
 
 /// A config that keeps the index in `index_dir` and uses the repository's model kit.
@@ -76,6 +77,26 @@ fn index_and_search_print_json_for_scripts() {
     }
     assert!(hits.iter().any(|h| h["path"] == "storage/blobstore.go"), "{hits:?}");
 
+    // Code before a cursor in a named file: the definition of what it calls comes first, and
+    // the file itself never comes back.
+    let out = run_ok(&mut graft(
+        &config,
+        &[
+            "search",
+            "func syncAll() {\n\tstore := NewBlobStore(",
+            "--project",
+            "poly",
+            "--code",
+            "--path",
+            "storage/sync.go",
+            "--json",
+        ],
+    ));
+    let hits = json(&out);
+    let hits = hits.as_array().unwrap();
+    assert_eq!(hits[0]["path"], "storage/blobstore.go", "{hits:?}");
+    assert!(hits.iter().all(|h| h["path"] != "storage/sync.go"), "{hits:?}");
+
     // The human-readable form: path:start-end, score, snippet.
     let out = run_ok(&mut graft(
         &config,
@@ -127,6 +148,31 @@ fn killing_an_index_run_at_any_moment_leaves_a_searchable_index() {
             let v2 = hits.iter().filter(|h| h["text"].as_str().unwrap().contains("_v2")).count();
             assert!(v1 == 0 || v2 == 0, "killed after {delay_ms} ms, {mode}: mixed results {hits:?}");
         }
+        // The symbol table switched with the chunks: one version's definitions, each at a
+        // committed chunk of its own text.
+        let catalog = Catalog::open(&work.path().join("index/k/catalog")).expect("catalog opens");
+        let defined = |version: &str| {
+            let names: Vec<String> = (0..300).map(|i| format!("alpha_func_{i}_{version}")).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let records = catalog.definitions(&names, 1000).unwrap();
+            let ids: Vec<u64> = records.iter().map(|r| r.chunk).collect();
+            let chunks = catalog.chunks(&ids).unwrap();
+            for r in &records {
+                let chunk = &chunks
+                    .get(&r.chunk)
+                    .unwrap_or_else(|| panic!("killed after {delay_ms} ms: {r:?} has no chunk"));
+                assert!(
+                    chunk.text.contains(&format!("def {}", r.name)),
+                    "killed after {delay_ms} ms: {r:?} in {chunk:?}"
+                );
+            }
+            records.len()
+        };
+        let (old, new) = (defined("v1"), defined("v2"));
+        assert!(
+            (old, new) == (300, 0) || (old, new) == (0, 300),
+            "killed after {delay_ms} ms: {old} v1 and {new} v2 definitions"
+        );
     }
 
     // The next run completes the work, and the one after finds nothing left to do.
