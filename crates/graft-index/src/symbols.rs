@@ -234,9 +234,12 @@ mod tests {
         found.iter().any(|(n, k, s)| n == name && *k == kind && s == scope)
     }
 
+    /// A definition a case must list: name, kind, enclosing type.
+    type Expected = (&'static str, &'static str, &'static str);
+
     #[test]
     fn every_chunker_language_names_its_definitions_kinds_and_scopes() {
-        let cases: &[(&str, &str, &[(&str, &str, &str)])] = &[
+        let cases: &[(&str, &str, &[Expected])] = &[
             (
                 "src/lib.rs",
                 "pub const LIMIT: usize = 3;\nstatic NAME: &str = \"x\";\ntype Id = u64;\nmacro_rules! m { () => {} }\n\
