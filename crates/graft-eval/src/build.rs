@@ -420,10 +420,7 @@ mod tests {
     use super::*;
 
     fn file(path: &str, text: &str) -> SourceFile {
-        SourceFile {
-            path: path.into(),
-            text: text.into(),
-        }
+        SourceFile::new(path, text)
     }
 
     fn repo() -> Vec<SourceFile> {

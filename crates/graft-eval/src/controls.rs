@@ -64,10 +64,7 @@ mod tests {
     use crate::golden::TaskKind;
 
     fn file(path: &str, text: &str) -> SourceFile {
-        SourceFile {
-            path: path.into(),
-            text: text.into(),
-        }
+        SourceFile::new(path, text)
     }
 
     fn api_task() -> Task {

@@ -142,30 +142,10 @@ const KEYWORDS: &[&str] = &[
 
 /// The identifiers of `code`, in order, keywords left out.
 pub fn identifiers(code: &str) -> Vec<&str> {
-    let mut found = Vec::new();
-    let bytes = code.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if c.is_ascii_alphabetic() || c == b'_' {
-            let start = i;
-            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                i += 1;
-            }
-            let word = &code[start..i];
-            if !KEYWORDS.contains(&word) {
-                found.push(word);
-            }
-        } else if c.is_ascii_digit() {
-            // A number, with any letters stuck to it (`0x1f`, `10u64`), is not an identifier.
-            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                i += 1;
-            }
-        } else {
-            i += 1;
-        }
-    }
-    found
+    graft_index::lookup::identifiers(code)
+        .map(|(_, word)| word)
+        .filter(|word| !KEYWORDS.contains(word))
+        .collect()
 }
 
 /// F1 of two multisets of identifiers (1 when both are empty).

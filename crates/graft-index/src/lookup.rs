@@ -216,8 +216,9 @@ fn imported_words(code: &str) -> HashSet<String> {
     words
 }
 
-/// The identifiers of `text` with their byte offsets.
-fn identifiers(text: &str) -> impl Iterator<Item = (usize, &str)> {
+/// The identifiers of `text` (ASCII names: a letter or `_`, then letters, digits or `_`;
+/// a number with letters stuck to it, `0x1f`, is none) with their byte offsets.
+pub fn identifiers(text: &str) -> impl Iterator<Item = (usize, &str)> {
     let bytes = text.as_bytes();
     let mut i = 0;
     std::iter::from_fn(move || {

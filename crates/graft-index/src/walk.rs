@@ -96,6 +96,15 @@ pub struct SourceFile {
     pub text: String,
 }
 
+impl SourceFile {
+    pub fn new(path: impl Into<String>, text: impl Into<String>) -> SourceFile {
+        SourceFile {
+            path: path.into(),
+            text: text.into(),
+        }
+    }
+}
+
 /// The result of a walk.
 #[derive(Debug, Default)]
 pub struct Walk {
