@@ -258,6 +258,11 @@ impl Projects {
                 tracing::warn!(project = project.name(), error = %e, "index held by another process: served without retrieval");
                 return Ok(None);
             }
+            Err(e @ IndexError::Outdated { .. }) => {
+                // `graft up` rebuilds it in the background; until then, no retrieved code.
+                tracing::warn!(project = project.name(), error = %e, "index of an older layout: served without retrieval");
+                return Ok(None);
+            }
             Err(e) => return Err(e),
         };
         let embedder = match mode {

@@ -120,6 +120,8 @@ pub async fn lay_out(
         let mut used = Vec::new();
         let spot = Spot::of(input.path.as_deref(), &input.prefix);
         if let Some(hits) = retrieve(state, project, query, retrieval, Some(spot)).await? {
+            // Code the client already sent (`/infill`'s extra files) is not retrieved again.
+            let hits = hits.into_iter().filter(|h| !already_sent(&input.context, h)).collect();
             let own = count(&input).await?;
             let budget = project.config.context_tokens.min(limit.saturating_sub(own));
             let (mut files, kept) = augment::completion(state.engine(), hits, budget).await?;
@@ -206,10 +208,50 @@ async fn newest_that_fit(
     Ok((kept, dropped))
 }
 
+/// Whether `hit`'s code is in one of the client's extra files already: the same file (its
+/// path as the index names it, or ending in it) holding the chunk's text.
+fn already_sent(extra: &[ContextFile], hit: &graft_index::SearchHit) -> bool {
+    let code = hit.text.trim();
+    extra.iter().any(|file| {
+        let path = file.path.replace('\\', "/");
+        let same_file = path == hit.path || path.ends_with(&format!("/{}", hit.path));
+        same_file && !code.is_empty() && file.text.contains(code)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::prompt::augment::tests::{block_on, Words};
+
+    #[test]
+    fn code_the_client_sent_is_not_retrieved_again() {
+        let hit = graft_index::SearchHit {
+            path: "src/vault.rs".into(),
+            start_line: 1,
+            end_line: 2,
+            score: 1.0,
+            symbol: "rotate".into(),
+            language: "rust".into(),
+            text: "fn rotate() {}\n".into(),
+        };
+        let sent = |path: &str, text: &str| {
+            vec![ContextFile {
+                path: path.into(),
+                text: text.into(),
+            }]
+        };
+        assert!(already_sent(&sent("src/vault.rs", "// keys\nfn rotate() {}\n"), &hit));
+        assert!(already_sent(&sent("/home/me/repo/src/vault.rs", "fn rotate() {}"), &hit));
+        assert!(
+            !already_sent(&sent("src/vault.rs", "fn other() {}"), &hit),
+            "another part of the file"
+        );
+        assert!(
+            !already_sent(&sent("src/app.rs", "fn rotate() {}"), &hit),
+            "the same text in another file"
+        );
+    }
 
     fn file(path: &str, words: usize) -> ContextFile {
         ContextFile {
