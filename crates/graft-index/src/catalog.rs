@@ -215,21 +215,10 @@ impl Catalog {
             return Ok(HashMap::new());
         }
         let f = self.fields;
-        let query = BooleanQuery::new(
-            ids.iter()
-                .map(|&id| {
-                    let q: Box<dyn Query> = Box::new(TermQuery::new(Term::from_field_u64(f.id, id), IndexRecordOption::Basic));
-                    (Occur::Should, q)
-                })
-                .collect(),
-        );
-        let searcher = self.reader.searcher();
-        let top = searcher
-            .search(&query, &TopDocs::with_limit(ids.len()).order_by_score())
-            .map_err(IndexError::catalog)?;
-        let mut out = HashMap::with_capacity(top.len());
-        for (_, address) in top {
-            let doc: TantivyDocument = searcher.doc(address).map_err(IndexError::catalog)?;
+        let terms = ids.iter().map(|&id| Term::from_field_u64(f.id, id));
+        let docs = self.documents_with_any(terms, ids.len())?;
+        let mut out = HashMap::with_capacity(docs.len());
+        for doc in docs {
             let Some(id) = doc.get_first(f.id).and_then(|v| v.as_u64()) else {
                 continue;
             };
@@ -239,8 +228,8 @@ impl Catalog {
                     id,
                     path: text_of(&doc, f.path_exact),
                     language: text_of(&doc, f.language),
-                    start_line: doc.get_first(f.start_line).and_then(|v| v.as_u64()).unwrap_or(0) as usize,
-                    end_line: doc.get_first(f.end_line).and_then(|v| v.as_u64()).unwrap_or(0) as usize,
+                    start_line: number_of(&doc, f.start_line),
+                    end_line: number_of(&doc, f.end_line),
                     symbol: text_of(&doc, f.symbol),
                     text: text_of(&doc, f.text),
                 },
@@ -256,22 +245,10 @@ impl Catalog {
             return Ok(Vec::new());
         }
         let f = self.fields;
-        let query = BooleanQuery::new(
-            names
-                .iter()
-                .map(|name| {
-                    let q: Box<dyn Query> = Box::new(TermQuery::new(Term::from_field_text(f.def_name, name), IndexRecordOption::Basic));
-                    (Occur::Should, q)
-                })
-                .collect(),
-        );
-        let searcher = self.reader.searcher();
-        let top = searcher
-            .search(&query, &TopDocs::with_limit(limit).order_by_score())
-            .map_err(IndexError::catalog)?;
-        let mut out = Vec::with_capacity(top.len());
-        for (_, address) in top {
-            let doc: TantivyDocument = searcher.doc(address).map_err(IndexError::catalog)?;
+        let terms = names.iter().map(|name| Term::from_field_text(f.def_name, name));
+        let docs = self.documents_with_any(terms, limit)?;
+        let mut out = Vec::with_capacity(docs.len());
+        for doc in docs {
             let Some(chunk) = doc.get_first(f.def_chunk).and_then(|v| v.as_u64()) else {
                 continue;
             };
@@ -280,12 +257,31 @@ impl Catalog {
                 kind: text_of(&doc, f.def_kind),
                 scope: text_of(&doc, f.def_scope),
                 path: text_of(&doc, f.path_exact),
-                start_line: doc.get_first(f.start_line).and_then(|v| v.as_u64()).unwrap_or(0) as usize,
-                end_line: doc.get_first(f.end_line).and_then(|v| v.as_u64()).unwrap_or(0) as usize,
+                start_line: number_of(&doc, f.start_line),
+                end_line: number_of(&doc, f.end_line),
                 chunk,
             });
         }
         Ok(out)
+    }
+
+    /// The documents holding any of `terms`, at most `limit`.
+    fn documents_with_any(&self, terms: impl Iterator<Item = Term>, limit: usize) -> Result<Vec<TantivyDocument>, IndexError> {
+        let query = BooleanQuery::new(
+            terms
+                .map(|term| {
+                    let q: Box<dyn Query> = Box::new(TermQuery::new(term, IndexRecordOption::Basic));
+                    (Occur::Should, q)
+                })
+                .collect(),
+        );
+        let searcher = self.reader.searcher();
+        let top = searcher
+            .search(&query, &TopDocs::with_limit(limit).order_by_score())
+            .map_err(IndexError::catalog)?;
+        top.into_iter()
+            .map(|(_, address)| searcher.doc(address).map_err(IndexError::catalog))
+            .collect()
     }
 
     /// Starts a batch of changes; nothing is visible until [`CatalogWriter::commit`].
@@ -306,6 +302,10 @@ impl Catalog {
 
 fn text_of(doc: &TantivyDocument, field: Field) -> String {
     doc.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_owned()
+}
+
+fn number_of(doc: &TantivyDocument, field: Field) -> usize {
+    doc.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0) as usize
 }
 
 /// Pending changes to the catalog.

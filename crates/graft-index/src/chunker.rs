@@ -178,7 +178,7 @@ pub fn chunk_and_define(path: &str, text: &str, options: &ChunkOptions) -> (Vec<
 }
 
 /// The syntax tree of a file in a language graft has a grammar for.
-fn parse(path: &str, text: &str) -> Option<Tree> {
+pub(crate) fn parse(path: &str, text: &str) -> Option<Tree> {
     let mut parser = Parser::new();
     parser.set_language(&grammar(language_of(path))?).ok()?;
     parser.parse(text, None)

@@ -306,8 +306,6 @@ pub fn embedding_text(path: &str, symbol: &str, text: &str) -> String {
     }
 }
 
-/// Gives each chunk an id derived from its path and content (and, for repeated identical
-/// chunks in one file, which repetition it is), so unchanged chunks keep their id across runs.
 /// Each definition of one file with its path and the id of the chunk that holds its first
 /// line (or, where no chunk does, the first one that overlaps it); a definition no chunk
 /// covers is left out.
@@ -323,6 +321,8 @@ fn holding_chunks(chunks: &[(u64, Chunk)], definitions: Vec<Definition>) -> Vec<
         .collect()
 }
 
+/// Gives each chunk an id derived from its path and content (and, for repeated identical
+/// chunks in one file, which repetition it is), so unchanged chunks keep their id across runs.
 fn with_ids(chunks: Vec<Chunk>) -> Vec<(u64, Chunk)> {
     let mut repeats: HashMap<(String, String), u32> = HashMap::new();
     chunks

@@ -172,26 +172,24 @@ fn kind_rank(kind: &str) -> u8 {
 
 /// The folders and the file stem of a path (`src/runtime/task/mod.rs` → src, runtime, task).
 fn path_words(path: &str) -> impl Iterator<Item = &str> {
-    path.split('/').enumerate().filter_map(move |(i, part)| {
-        let last = i == path.matches('/').count();
-        let word = if last { part.split('.').next().unwrap_or(part) } else { part };
-        (!matches!(word, "mod" | "lib" | "index" | "__init__" | "main" | "")).then_some(word)
-    })
+    let file = path.rsplit_once('/').map_or(path, |(_, file)| file);
+    let stem = file.split('.').next().unwrap_or(file);
+    folders(path)
+        .chain(std::iter::once(stem))
+        .filter(|word| !matches!(*word, "mod" | "lib" | "index" | "__init__" | "main" | ""))
 }
 
 /// How many leading folders two paths share.
 fn shared_folders(a: &str, b: &str) -> usize {
-    let folders = |p: &str| -> Vec<String> {
-        p.split('/')
-            .rev()
-            .skip(1)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .map(str::to_owned)
-            .collect()
-    };
-    folders(a).iter().zip(folders(b).iter()).take_while(|(x, y)| x == y).count()
+    folders(a).zip(folders(b)).take_while(|(x, y)| x == y).count()
+}
+
+/// The folders of a path, outermost first.
+fn folders(path: &str) -> impl Iterator<Item = &str> {
+    path.rsplit_once('/')
+        .map_or("", |(dir, _)| dir)
+        .split('/')
+        .filter(|f| !f.is_empty())
 }
 
 /// Words on the import lines of a file (`use a::b::{C, D}`, `from a.b import c`,
@@ -317,16 +315,11 @@ fn question_names(text: &str) -> Vec<Wanted> {
             let after = &text[offset + name.len()..];
             let quoted = text[..*offset].ends_with('`');
             let called = after.starts_with('(');
-            let qualified = qualifier_of(text, *offset).is_some() && !text[..*offset].ends_with(". ");
+            let qualified = qualifier_of(text, *offset).is_some();
             let shaped = name.contains('_') || name.chars().skip(1).any(|c| c.is_ascii_uppercase());
             (quoted || called || qualified || shaped) && name.len() > 2 && !is_keyword(name) && !is_standard(name)
         })
-        .map(|(offset, name)| Wanted {
-            name: name.to_owned(),
-            qualifier: qualifier_of(text, offset),
-            line: 0,
-            distance: offset,
-        })
+        .map(|(offset, name)| wanted(text, offset, name, 0, offset))
         .filter(|w| seen.insert(w.name.clone()))
         .take(MAX_NAMES)
         .collect()

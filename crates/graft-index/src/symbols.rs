@@ -4,9 +4,9 @@
 //! reads them to make tasks whose answer uses a symbol defined elsewhere, and questions whose
 //! reference is a definition's documentation. This module is pure: text in, definitions out.
 
-use tree_sitter::{Node, Parser, Tree};
+use tree_sitter::{Node, Tree};
 
-use crate::chunker::{definition_name, grammar, is_definition, language_of};
+use crate::chunker::{definition_name, is_definition, parse};
 
 /// One definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,17 +29,7 @@ pub struct Definition {
 /// The definitions in `text` (a file at `path`), outermost first; empty for a language
 /// without a grammar or a file the grammar cannot parse.
 pub fn definitions(path: &str, text: &str) -> Vec<Definition> {
-    let Some(language) = grammar(language_of(path)) else {
-        return Vec::new();
-    };
-    let mut parser = Parser::new();
-    if parser.set_language(&language).is_err() {
-        return Vec::new();
-    }
-    let Some(tree) = parser.parse(text, None) else {
-        return Vec::new();
-    };
-    definitions_in(&tree, text)
+    parse(path, text).map(|tree| definitions_in(&tree, text)).unwrap_or_default()
 }
 
 /// The definitions in `tree`, the parse of `text` (shared with chunking).

@@ -158,13 +158,23 @@ pub enum ReindexError {
 pub struct Search {
     /// Matched by keyword and by meaning.
     pub text: String,
-    /// The current file before and after the cursor (a completion): the names it uses are
-    /// looked up, their definitions first.
-    pub cursor: Option<(String, String)>,
-    /// A question (chat): its words written like code are looked up.
-    pub question: bool,
+    /// Which names are looked up as definitions.
+    pub look_up: LookUp,
     /// The file being edited, as the client named it: none of its chunks is returned.
     pub current_path: Option<String>,
+}
+
+/// The names a [`Search`] looks up in the symbol table.
+#[derive(Debug, Clone, Default)]
+pub enum LookUp {
+    /// None (the search endpoint).
+    #[default]
+    Nothing,
+    /// Those the current file uses around the cursor (a completion): the file before and
+    /// after it. Their definitions come first.
+    Cursor { before: String, after: String },
+    /// The words of `text` written like code (a chat question).
+    Question,
 }
 
 impl Search {
@@ -177,9 +187,10 @@ impl Search {
     }
 
     fn as_query(&self) -> Query<'_> {
-        let names = match &self.cursor {
-            Some((before, after)) => Some(Names::Code { before, after }),
-            None => self.question.then_some(Names::Question(&self.text)),
+        let names = match &self.look_up {
+            LookUp::Nothing => None,
+            LookUp::Cursor { before, after } => Some(Names::Code { before, after }),
+            LookUp::Question => Some(Names::Question(&self.text)),
         };
         Query {
             text: &self.text,
@@ -254,13 +265,10 @@ impl Projects {
                 tracing::info!(project = project.name(), "re-indexing: served without retrieval");
                 return Ok(None);
             }
-            Err(e @ (IndexError::InUse { .. } | IndexError::Busy)) => {
-                tracing::warn!(project = project.name(), error = %e, "index held by another process: served without retrieval");
-                return Ok(None);
-            }
-            Err(e @ IndexError::Outdated { .. }) => {
-                // `graft up` rebuilds it in the background; until then, no retrieved code.
-                tracing::warn!(project = project.name(), error = %e, "index of an older layout: served without retrieval");
+            // Held by another process, or of an older layout (`graft up` rebuilds it in the
+            // background): no retrieved code until then; the error says which.
+            Err(e @ (IndexError::InUse { .. } | IndexError::Busy | IndexError::Outdated { .. })) => {
+                tracing::warn!(project = project.name(), error = %e, "index not usable now: served without retrieval");
                 return Ok(None);
             }
             Err(e) => return Err(e),

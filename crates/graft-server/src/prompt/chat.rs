@@ -8,7 +8,7 @@ use super::{augment, check_length};
 use crate::error::ApiError;
 use crate::generation::retrieve;
 use crate::openai::RetrievalField;
-use crate::projects::Search;
+use crate::projects::{LookUp, Search};
 use crate::prompt::augment::Source;
 use crate::state::{AppState, Target};
 
@@ -33,8 +33,8 @@ pub async fn lay_out(
     if let Some(project) = &target.project {
         let query = Search {
             text: augment::chat_query(&messages),
-            question: true,
-            ..Search::default()
+            look_up: LookUp::Question,
+            current_path: None,
         };
         let used = match retrieve(state, project, query, retrieval, None).await? {
             Some(hits) => {

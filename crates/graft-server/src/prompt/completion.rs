@@ -21,7 +21,7 @@ use super::check_length;
 use crate::error::ApiError;
 use crate::generation::retrieve;
 use crate::openai::RetrievalField;
-use crate::projects::Search;
+use crate::projects::{LookUp, Search};
 use crate::state::{AppState, Target};
 use crate::sticky::Spot;
 
@@ -113,8 +113,10 @@ pub async fn lay_out(
         input.repo = Some(project.name().to_owned());
         let query = Search {
             text: augment::completion_query(&input.prefix, input.suffix.as_deref(), QUERY_CHARS),
-            cursor: Some((input.prefix.clone(), input.suffix.clone().unwrap_or_default())),
-            question: false,
+            look_up: LookUp::Cursor {
+                before: input.prefix.clone(),
+                after: input.suffix.clone().unwrap_or_default(),
+            },
             current_path: input.path.clone(),
         };
         let mut used = Vec::new();

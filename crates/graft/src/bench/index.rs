@@ -8,11 +8,11 @@
 //! (targets live in the figures, not in tests).
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use graft_eval::retrieval::{cross_file_queries, Ranks, Recall};
+use graft_index::walk::SourceFile;
 use graft_index::{index_repository, Embedder, IndexLayout, Names, ProjectIndex, Query, Quiet, SearchMode};
 use serde_json::json;
 
@@ -36,7 +36,9 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
     let again = index_repository(&args.path, &layout, &embedder, &options, &Quiet)?;
 
     let project = ProjectIndex::open_with("bench", &layout, &options.backend)?;
-    let queries = sample_queries(&args.path, &config, args.queries);
+    // The tree as indexing saw it, for both kinds of queries.
+    let files = graft_index::walk::walk(&args.path, &options.walk)?.files;
+    let queries = sample_queries(&files, args.queries);
     eprintln!("searching with {} queries ...", queries.len());
     let mut latencies = Vec::new();
     for mode in [SearchMode::Keyword, SearchMode::Vector, SearchMode::Hybrid] {
@@ -51,7 +53,7 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
         latencies.push((mode, percentile(&times, 0.50), percentile(&times, 0.99)));
     }
 
-    let quality = quality(&args, &config, &project, &embedder)?;
+    let quality = quality(&args, &config, &files, &project, &embedder)?;
 
     let secs = first.elapsed.as_secs_f64().max(1e-9);
     let per_sec = |n: usize| n as f64 / secs;
@@ -139,10 +141,14 @@ struct Quality {
 
 /// Cross-file queries from the tree, searched by keyword, by vector, hybrid, and hybrid with
 /// definition lookup (what completions use): where the defining file lands in the top 10.
-fn quality(args: &BenchIndexArgs, config: &graft_core::Config, project: &ProjectIndex, embedder: &Embedder) -> Result<Vec<Quality>> {
-    let walk_options = graft_wiring::index_options(config).walk;
-    let walked = graft_index::walk::walk(&args.path, &walk_options)?;
-    let queries = cross_file_queries(&walked.files, args.quality_queries, 0);
+fn quality(
+    args: &BenchIndexArgs,
+    config: &graft_core::Config,
+    files: &[SourceFile],
+    project: &ProjectIndex,
+    embedder: &Embedder,
+) -> Result<Vec<Quality>> {
+    let queries = cross_file_queries(files, args.quality_queries, 0);
     if queries.is_empty() {
         return Ok(Vec::new());
     }
@@ -195,13 +201,9 @@ fn quality(args: &BenchIndexArgs, config: &graft_core::Config, project: &Project
 }
 
 /// Up to `n` distinct identifiers of 8 or more characters from the tree, spread evenly.
-fn sample_queries(root: &Path, config: &graft_core::Config, n: usize) -> Vec<String> {
-    let walk_options = graft_wiring::index_options(config).walk;
-    let Ok(walked) = graft_index::walk::walk(root, &walk_options) else {
-        return Vec::new();
-    };
+fn sample_queries(files: &[SourceFile], n: usize) -> Vec<String> {
     let mut identifiers = BTreeSet::new();
-    for file in &walked.files {
+    for file in files {
         for word in file.text.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
             if word.len() >= 8 && word.chars().next().is_some_and(char::is_alphabetic) {
                 identifiers.insert(word.to_owned());
