@@ -24,6 +24,7 @@ pub struct Config {
     pub generation: GenerationConfig,
     pub index: IndexConfig,
     pub adapters: AdaptersConfig,
+    pub dataset: DatasetConfig,
     /// Repositories graft serves retrieval for, each with its own index.
     pub projects: Vec<ProjectConfig>,
 }
@@ -353,6 +354,79 @@ impl Default for IndexConfig {
     }
 }
 
+/// `[dataset]`: how `graft dataset` turns a repository into training data.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatasetConfig {
+    /// Languages kept (by `graft_index::chunker::language_of`: "rust", "python", "markdown",
+    /// ...); empty keeps every language.
+    pub include_languages: Vec<String>,
+    /// Languages dropped, after `include_languages`.
+    pub exclude_languages: Vec<String>,
+    /// A file with a longer line is dropped.
+    pub max_line_length: usize,
+    /// A file whose lines are longer than this on average is dropped.
+    pub max_mean_line_length: f64,
+    /// A file with a smaller share of letters and digits among its characters is dropped.
+    pub min_alphanumeric_fraction: f64,
+    /// JSON / YAML / XML files larger than this many bytes are data, not configuration.
+    pub max_data_file_bytes: u64,
+    /// What happens to a file with a secret: "drop" it, or "redact" the secret.
+    pub secrets: SecretAction,
+    /// Files this similar (Jaccard over token shingles) are near duplicates; one is kept.
+    pub near_duplicate_threshold: f64,
+    /// Tokens per shingle for near-duplicate detection.
+    pub shingle_tokens: usize,
+    /// Share of the non-held-out files used for validation (early stopping).
+    pub validation_fraction: f64,
+    /// Longest sample, in the served model's tokens.
+    pub max_sample_tokens: usize,
+    /// Share of packed samples turned into fill-in-the-middle samples (FIM models only).
+    pub fim_rate: f64,
+    /// Share of those in suffix-prefix-middle order.
+    pub fim_spm_rate: f64,
+    /// Mine before → after pairs from git history.
+    pub history: bool,
+    /// A commit changing more source files than this is not a pair.
+    pub history_max_files: usize,
+    /// Most commits read, newest first.
+    pub history_max_commits: usize,
+    /// Lines of unchanged code kept around a change.
+    pub history_context_lines: usize,
+}
+
+/// What to do with a file where a secret was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretAction {
+    Drop,
+    Redact,
+}
+
+impl Default for DatasetConfig {
+    fn default() -> Self {
+        DatasetConfig {
+            include_languages: Vec::new(),
+            exclude_languages: Vec::new(),
+            max_line_length: 1000,
+            max_mean_line_length: 100.0,
+            min_alphanumeric_fraction: 0.25,
+            max_data_file_bytes: 20_000,
+            secrets: SecretAction::Drop,
+            near_duplicate_threshold: 0.85,
+            shingle_tokens: 5,
+            validation_fraction: 0.05,
+            max_sample_tokens: 2048,
+            fim_rate: 0.5,
+            fim_spm_rate: 0.5,
+            history: true,
+            history_max_files: 3,
+            history_max_commits: 5000,
+            history_context_lines: 20,
+        }
+    }
+}
+
 /// Where the embedding model comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EmbeddingModel {
@@ -657,6 +731,39 @@ impl Config {
             return Err(invalid(
                 "index.chunk_chars",
                 format!("must be at least 200, found {}", ix.chunk_chars),
+            ));
+        }
+        let ds = &self.dataset;
+        for (key, value) in [
+            ("dataset.max_line_length", ds.max_line_length),
+            ("dataset.shingle_tokens", ds.shingle_tokens),
+            ("dataset.history_max_files", ds.history_max_files),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        if ds.max_sample_tokens < 64 {
+            return Err(invalid(
+                "dataset.max_sample_tokens",
+                format!("must be at least 64, found {}", ds.max_sample_tokens),
+            ));
+        }
+        for (key, value, low, high) in [
+            ("dataset.min_alphanumeric_fraction", ds.min_alphanumeric_fraction, 0.0, 1.0),
+            ("dataset.near_duplicate_threshold", ds.near_duplicate_threshold, 0.01, 1.0),
+            ("dataset.validation_fraction", ds.validation_fraction, 0.0, 0.5),
+            ("dataset.fim_rate", ds.fim_rate, 0.0, 1.0),
+            ("dataset.fim_spm_rate", ds.fim_spm_rate, 0.0, 1.0),
+        ] {
+            if !(low..=high).contains(&value) {
+                return Err(invalid(key, format!("must be between {low} and {high}, found {value}")));
+            }
+        }
+        if ds.max_mean_line_length.is_nan() || ds.max_mean_line_length < 1.0 {
+            return Err(invalid(
+                "dataset.max_mean_line_length",
+                format!("must be at least 1, found {}", ds.max_mean_line_length),
             ));
         }
         for (i, project) in self.projects.iter().enumerate() {

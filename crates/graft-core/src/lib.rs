@@ -3,14 +3,20 @@
 //! - [`config`]: the one typed configuration, loaded once and validated.
 //! - [`keys`]: API keys and the projects each may use.
 //! - [`confine`]: reading a file that must lie inside given folders (no link out, no FIFO).
+//! - [`split`]: a repository's held-out files, the one split the evaluation's golden set and
+//!   the dataset for training both obey; [`random`]: the seeded choices behind it.
 //!
-//! This crate holds descriptions and shared types only: no models, no I/O beyond reading the
-//! config file and [`confine`]'s guarded reads, no network.
+//! This crate holds descriptions and shared types only: no models, no network, no I/O beyond
+//! reading the config file, [`confine`]'s guarded reads, and the split file (and `git` for a
+//! split by commit).
 
 pub mod config;
 pub mod confine;
 pub mod keys;
+pub mod random;
+pub mod split;
 
 pub use config::{
-    is_valid_name, Config, ConfigError, CpuWeights, Device, EmbeddingModel, MergedType, ModelSource, ProjectConfig, PromptFormatChoice,
+    is_valid_name, Config, ConfigError, CpuWeights, DatasetConfig, Device, EmbeddingModel, MergedType, ModelSource, ProjectConfig,
+    PromptFormatChoice, SecretAction,
 };

@@ -115,31 +115,13 @@ impl PromptFormat {
     /// special tokens by the model's tokenizer.
     pub fn render(self, input: &FimInput) -> String {
         let mut out = String::new();
-        let current = input.path.as_deref();
         match self {
             PromptFormat::QwenCoder | PromptFormat::StarCoder => {
-                let (repo_name, file_sep, pre, suf, mid, nl) = match self {
-                    PromptFormat::QwenCoder => (
-                        "<|repo_name|>",
-                        "<|file_sep|>",
-                        "<|fim_prefix|>",
-                        "<|fim_suffix|>",
-                        "<|fim_middle|>",
-                        "\n",
-                    ),
-                    _ => ("<repo_name>", "<file_sep>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", ""),
-                };
-                let repo_level = !input.context.is_empty() || current.is_some();
-                if repo_level {
-                    let _ = write!(out, "{repo_name}{}{nl}", input.repo.as_deref().unwrap_or("repository"));
-                    for file in &input.context {
-                        let _ = write!(out, "{file_sep}{}\n{}{nl}", file.path, file.text);
-                    }
-                    let _ = writeln!(out, "{file_sep}{}", current.unwrap_or("untitled"));
-                }
+                let tokens = self.repo_tokens();
+                out.push_str(&self.repo_header(input, &tokens));
                 match &input.suffix {
                     Some(suffix) => {
-                        let _ = write!(out, "{pre}{}{suf}{suffix}{mid}", input.prefix);
+                        let _ = write!(out, "{}{}{}{suffix}{}", tokens.pre, input.prefix, tokens.suf, tokens.mid);
                     }
                     None => out.push_str(&input.prefix),
                 }
@@ -172,6 +154,88 @@ impl PromptFormat {
             }
         }
         out
+    }
+}
+
+/// A repo-level family's special tokens.
+struct RepoTokens {
+    repo_name: &'static str,
+    file_sep: &'static str,
+    pre: &'static str,
+    suf: &'static str,
+    mid: &'static str,
+    /// What follows a file's path and a repository's name: Qwen puts a newline after each.
+    nl: &'static str,
+}
+
+impl PromptFormat {
+    fn repo_tokens(self) -> RepoTokens {
+        match self {
+            PromptFormat::QwenCoder => RepoTokens {
+                repo_name: "<|repo_name|>",
+                file_sep: "<|file_sep|>",
+                pre: "<|fim_prefix|>",
+                suf: "<|fim_suffix|>",
+                mid: "<|fim_middle|>",
+                nl: "\n",
+            },
+            _ => RepoTokens {
+                repo_name: "<repo_name>",
+                file_sep: "<file_sep>",
+                pre: "<fim_prefix>",
+                suf: "<fim_suffix>",
+                mid: "<fim_middle>",
+                nl: "",
+            },
+        }
+    }
+
+    /// The repository's name, the context files and the current file's path, in the
+    /// repo-level layout (empty when there is neither context nor a path).
+    fn repo_header(self, input: &FimInput, tokens: &RepoTokens) -> String {
+        let mut out = String::new();
+        if input.context.is_empty() && input.path.is_none() {
+            return out;
+        }
+        let RepoTokens {
+            repo_name, file_sep, nl, ..
+        } = tokens;
+        let _ = write!(out, "{repo_name}{}{nl}", input.repo.as_deref().unwrap_or("repository"));
+        for file in &input.context {
+            let _ = write!(out, "{file_sep}{}\n{}{nl}", file.path, file.text);
+        }
+        let _ = writeln!(out, "{file_sep}{}", input.path.as_deref().unwrap_or("untitled"));
+        out
+    }
+
+    /// The prompt in suffix-prefix-middle order (the code after the cursor first), the
+    /// variant code models are also trained on (`[prefix, suffix] suffix [middle] prefix`, as
+    /// StarCoder's training data lays it out). Only training data uses it: a served
+    /// completion is always [`PromptFormat::render`]'s prefix-suffix-middle. `None` for
+    /// families without a published SPM layout (DeepSeek-Coder, CodeLlama) and for prompts
+    /// without a suffix.
+    pub fn render_spm(self, input: &FimInput) -> Option<String> {
+        let suffix = input.suffix.as_ref()?;
+        match self {
+            PromptFormat::QwenCoder | PromptFormat::StarCoder => {
+                let tokens = self.repo_tokens();
+                let mut out = self.repo_header(input, &tokens);
+                let _ = write!(out, "{}{}{suffix}{}{}", tokens.pre, tokens.suf, tokens.mid, input.prefix);
+                Some(out)
+            }
+            _ => None,
+        }
+    }
+
+    /// The token that ends the middle of a fill-in-the-middle example (what a model trained
+    /// on the format emits when the gap is filled); `None` without FIM.
+    pub fn end_of_middle(self) -> Option<&'static str> {
+        match self {
+            PromptFormat::QwenCoder | PromptFormat::StarCoder => Some("<|endoftext|>"),
+            PromptFormat::DeepSeekCoder => Some("<｜end▁of▁sentence｜>"),
+            PromptFormat::CodeLlama => Some("<EOT>"),
+            PromptFormat::Continuation => None,
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`fim`]: completion prompt formats (fill-in-the-middle, repo-level) by model family.
 //! - [`sampling`]: seeded sampling, repeatable per request.
 //! - [`synthetic`]: generated adapters for tests and benchmarks.
+//! - [`tokenizer`]: the model's tokenizer read from its GGUF file, no weights loaded.
 //! - [`types`]: graft's own request and response types.
 //! - [`error`]: what can go wrong, split by who can fix it.
 //!
@@ -25,6 +26,7 @@ pub mod pool;
 pub mod requantize;
 mod sampling;
 pub mod synthetic;
+pub mod tokenizer;
 pub mod types;
 
 pub use engine::{BaseModel, Engine, StreamEvent, TokenStream};
@@ -34,4 +36,5 @@ pub const CUDA: bool = cfg!(feature = "cuda");
 pub use error::EngineError;
 pub use fim::PromptFormat;
 pub use pool::{Pool, PoolLimits};
+pub use tokenizer::Tokenizer;
 pub use types::{ChatMessage, ChatRequest, Completion, CompletionRequest, FinishReason, Prompt, Role, Sampling, Usage};

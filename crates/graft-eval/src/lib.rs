@@ -1,8 +1,9 @@
 //! graft-eval: the golden-set evaluation that judges retrieval, prompts and adapters by a
 //! number.
 //!
-//! - [`split`]: which files are held out (reproducibly), written down so that dataset
-//!   curation and training read the same split and never see those files.
+//! - `split`: which files are held out (reproducibly), written down so that dataset
+//!   curation and training read the same split and never see those files; it is
+//!   [`graft_core::split`], the one type `graft dataset` uses too (re-exported here).
 //! - [`golden`]: the golden set's tasks and its JSONL file (errors name the line and field).
 //! - [`build`]: tasks made from a repository's held-out files: *line*, *api* (a line that uses
 //!   a symbol defined in another file), *span* (rest of a line, middle of a line, a block) and
@@ -27,10 +28,9 @@ pub mod golden;
 pub mod html;
 pub mod judge;
 pub mod metrics;
-pub mod random;
 pub mod report;
 pub mod retrieval;
-pub mod split;
 
 pub use golden::{GoldenError, GoldenSet, Task, TaskKind};
-pub use split::{Split, SplitError};
+pub use graft_core::random;
+pub use graft_core::split::{self, Split, SplitError};

@@ -111,6 +111,9 @@ pub struct Walk {
     pub files: Vec<SourceFile>,
     /// Skipped files by reason.
     pub skipped: BTreeMap<SkipReason, usize>,
+    /// Each skipped file whose path is known (relative, `/`), with its reason, in walk
+    /// order: what a dataset's manifest lists.
+    pub skipped_files: Vec<(String, SkipReason)>,
     /// One line per file that could not be read, for the log.
     pub problems: Vec<String>,
 }
@@ -120,8 +123,11 @@ impl Walk {
         self.skipped.values().sum()
     }
 
-    fn skip(&mut self, reason: SkipReason) {
+    fn skip(&mut self, reason: SkipReason, path: Option<String>) {
         *self.skipped.entry(reason).or_default() += 1;
+        if let Some(path) = path {
+            self.skipped_files.push((path, reason));
+        }
     }
 }
 
@@ -247,7 +253,7 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<Walk, WalkError> {
             Ok(entry) => entry,
             Err(e) => {
                 // Symlink loops, permission errors, broken links.
-                result.skip(SkipReason::Unreadable);
+                result.skip(SkipReason::Unreadable, None);
                 result.problems.push(e.to_string());
                 continue;
             }
@@ -265,7 +271,7 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<Walk, WalkError> {
                 kept.push((real, direct));
             }
             Err((reason, problem)) => {
-                result.skip(reason);
+                result.skip(reason, Some(relative));
                 if let Some(problem) = problem {
                     result.problems.push(problem);
                 }
@@ -273,11 +279,11 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<Walk, WalkError> {
         }
     }
     for link in links_out.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
-        result.skip(SkipReason::OutsideRepository);
-        result.problems.push(format!(
-            "{}: a symbolic link out of the repository, not followed",
-            relative_path(root, &link)
-        ));
+        let relative = relative_path(root, &link);
+        result
+            .problems
+            .push(format!("{relative}: a symbolic link out of the repository, not followed"));
+        result.skip(SkipReason::OutsideRepository, Some(relative));
     }
     result.drop_linked_copies(kept);
     result.files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -296,11 +302,17 @@ impl Walk {
         for i in order {
             keep[i] = seen.insert(&kept[i].0);
         }
-        let copies = keep.iter().filter(|k| !**k).count();
+        let copies: Vec<String> = self
+            .files
+            .iter()
+            .zip(&keep)
+            .filter(|(_, keep)| !**keep)
+            .map(|(file, _)| file.path.clone())
+            .collect();
         let mut keep = keep.into_iter();
         self.files.retain(|_| keep.next().unwrap_or(true));
-        for _ in 0..copies {
-            self.skip(SkipReason::LinkedCopy);
+        for path in copies {
+            self.skip(SkipReason::LinkedCopy, Some(path));
         }
     }
 }

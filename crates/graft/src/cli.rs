@@ -41,6 +41,52 @@ pub enum Command {
     /// Golden-set evaluation: build a golden set from a repository's held-out files.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Turn a repository (and its git history) into clean training data: filtered, secrets
+    /// dropped or redacted, deduplicated, held-out files left out, laid out in the served
+    /// model's prompt format and packed to its token limit; JSONL for graft's trainer, Axolotl,
+    /// PEFT or Unsloth, with a manifest of every decision.
+    Dataset(DatasetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DatasetArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The repository.
+    pub path: PathBuf,
+    /// The project it belongs to (the repo-level layout's name; the default output folder).
+    #[arg(long, short = 'p')]
+    pub project: String,
+    /// Where to write the dataset (default: datasets/<project>).
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Print the summary and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep files with secrets, each secret replaced by a placeholder (default: drop them;
+    /// `dataset.secrets` in the config).
+    #[arg(long)]
+    pub redact: bool,
+    /// The held-out split to obey (default: eval/<project>.golden.split.json when `graft eval
+    /// build` wrote one, else a new split made as `graft eval build` makes it).
+    #[arg(long, value_name = "FILE")]
+    pub split: Option<PathBuf>,
+    /// For a new split: hold out this fraction of the files.
+    #[arg(long, default_value_t = 0.2)]
+    pub holdout_fraction: f64,
+    /// The seed of every choice (a new split, validation files, FIM spans).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Your own examples to add (JSONL of {"text"}, {"prompt", "completion"} or {"messages"};
+    /// see README).
+    #[arg(long, value_name = "FILE")]
+    pub gold: Option<PathBuf>,
+    /// Leave git history out (no before -> after pairs).
+    #[arg(long)]
+    pub no_history: bool,
+    /// Print the summary as JSON (the manifest's counts).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,11 +7,13 @@
 //! - [`adapters`]: `graft adapters list | merge`.
 //! - [`bench`]: `graft bench index`, `graft bench engine` and `graft bench load`.
 //! - [`eval`]: `graft eval build` and `graft eval run`.
+//! - [`dataset`]: `graft dataset`.
 //! - [`progress`]: progress bars.
 
 mod adapters;
 mod bench;
 mod cli;
+mod dataset;
 mod eval;
 mod index;
 mod models;
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Models(ModelsCommand::Fetch { config, ids, json }) => models::fetch(&config.config, &ids, json),
         Command::Models(ModelsCommand::List { config, json }) => models::list(&config.config, json),
         Command::Eval(EvalCommand::Build(args)) => eval::build_golden_set(args),
+        Command::Dataset(args) => dataset::run(args),
         Command::Eval(EvalCommand::Run(args)) => eval::run::run_golden_set(*args),
         Command::Eval(EvalCommand::Rubric) => {
             print!("{}", graft_eval::judge::DEFAULT_RUBRIC);

@@ -99,7 +99,7 @@ pub use amoe::{AnyMoeConfig, AnyMoeExpertType};
 pub use device_map::{
     DeviceLayerMapMetadata, DeviceMapMetadata, DeviceMapSetting, LayerDeviceMapper,
 };
-pub use gguf::{GGUFArchitecture, GGUF_MULTI_FILE_DELIMITER};
+pub use gguf::{gguf_tokenizer, GGUFArchitecture, GGUF_MULTI_FILE_DELIMITER};
 pub use mistralrs_audio::AudioInput;
 pub use mistralrs_mcp::{
     CalledFunction, Function, Tool, ToolCallback, ToolCallbackWithTool, ToolType,

@@ -11,6 +11,15 @@ use std::str::FromStr;
 
 pub const GGUF_MULTI_FILE_DELIMITER: &str = ";";
 
+/// graft: the tokenizer of a GGUF file, built exactly as the GGUF pipeline builds it when it
+/// loads the model, without loading any weights (dataset packing and training count and
+/// encode text in the served model's tokens).
+pub fn gguf_tokenizer<R: std::io::Seek + std::io::Read>(reader: &mut R) -> Result<tokenizers::Tokenizer> {
+    let mut readers = [reader];
+    let content = Content::from_readers(&mut readers)?;
+    Ok(convert_gguf_to_hf_tokenizer(&content)?.tokenizer)
+}
+
 #[derive(Debug, EnumString, Clone, Copy, strum::Display)]
 #[strum(serialize_all = "lowercase")]
 pub enum GGUFArchitecture {

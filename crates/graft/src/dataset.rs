@@ -1,0 +1,191 @@
+//! `graft dataset PATH --project NAME`: the repository walked as indexing walks it, the
+//! evaluation's held-out split obeyed, the served model's tokenizer and prompt format read
+//! from its GGUF file (no weights loaded), then graft-data's curation, written or (with
+//! `--dry-run`) only summarised.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use graft_core::split::Split;
+use graft_core::SecretAction;
+use graft_data::{curate, output, Input, Progress};
+use graft_engine::{PromptFormat, Tokenizer};
+use graft_kit::Kit;
+use indicatif::ProgressBar;
+
+use crate::cli::DatasetArgs;
+use crate::{models, progress};
+
+/// One bar per stage of the curation.
+struct Bars {
+    quiet: bool,
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+impl Progress for Bars {
+    fn stage(&self, name: &str, total: usize) {
+        if let Ok(mut slot) = self.bar.lock() {
+            if let Some(old) = slot.take() {
+                old.finish_and_clear();
+            }
+            *slot = Some(progress::bar(total as u64, name, self.quiet));
+        }
+    }
+
+    fn advance(&self, n: usize) {
+        if let Ok(slot) = self.bar.lock() {
+            if let Some(bar) = slot.as_ref() {
+                bar.inc(n as u64);
+            }
+        }
+    }
+}
+
+impl Bars {
+    fn finish(&self) {
+        if let Ok(mut slot) = self.bar.lock() {
+            if let Some(bar) = slot.take() {
+                bar.finish_and_clear();
+            }
+        }
+    }
+}
+
+/// The split the evaluation wrote for `project`, if `graft eval build` wrote one where it
+/// writes by default.
+fn default_split(project: &str) -> PathBuf {
+    Split::path_beside(&PathBuf::from("eval").join(format!("{project}.golden.jsonl")))
+}
+
+fn split_for(args: &DatasetArgs, paths: &[&str]) -> Result<(Split, String)> {
+    let file = args
+        .split
+        .clone()
+        .or_else(|| Some(default_split(&args.project)).filter(|p| p.is_file()));
+    let mut split = match &file {
+        Some(file) => Split::read(file)?,
+        None => Split::by_fraction(paths.iter().copied(), args.holdout_fraction, args.seed)?,
+    };
+    let here = std::fs::canonicalize(&args.path).ok();
+    if let (Some(theirs), Some(here)) = (&split.repository, &here) {
+        if theirs != here {
+            bail!(
+                "the split {} is for the repository {}, not {}",
+                file.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default(),
+                theirs.display(),
+                here.display()
+            );
+        }
+    }
+    split.repository = here;
+    let origin = match file {
+        Some(file) => format!("read from {}", file.display()),
+        None => format!("new: {} of the files by a seeded hash (seed {})", args.holdout_fraction, args.seed),
+    };
+    Ok((split, origin))
+}
+
+pub fn run(args: DatasetArgs) -> Result<()> {
+    let mut config = models::load_config(&args.config.config)?;
+    if !graft_core::is_valid_name(&args.project) {
+        bail!("`{}` cannot be a project name: use letters, digits, `.`, `_` or `-`", args.project);
+    }
+    if args.redact {
+        config.dataset.secrets = SecretAction::Redact;
+    }
+    if args.no_history {
+        config.dataset.history = false;
+    }
+    let started = Instant::now();
+    let walked = graft_index::walk::walk(&args.path, &graft_wiring::index_options(&config).walk)
+        .with_context(|| format!("reading the repository {}", args.path.display()))?;
+    if walked.files.is_empty() {
+        bail!(
+            "{} has no files to make a dataset from (see `graft index` for what is skipped and why)",
+            args.path.display()
+        );
+    }
+    let paths: Vec<&str> = walked.files.iter().map(|f| f.path.as_str()).collect();
+    let (split, split_origin) = split_for(&args, &paths)?;
+
+    // The served model's tokenizer and layout, from its file.
+    models::ensure(&Kit::new(&config.kit.dir), &graft_wiring::model_artifacts(&config)?, args.json)?;
+    let gguf = graft_wiring::model_file(&config)?;
+    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    let format = graft_wiring::base_model(&config, gguf.clone())
+        .prompt_format
+        .unwrap_or_else(|| PromptFormat::detect(tokenizer.vocabulary().iter().map(String::as_str)));
+    let gold = match &args.gold {
+        Some(file) => graft_data::gold::read(file)?,
+        None => Vec::new(),
+    };
+
+    let bars = Bars {
+        quiet: args.json,
+        bar: Mutex::new(None),
+    };
+    let dataset = curate(
+        Input {
+            repository: &args.path,
+            project: &args.project,
+            walk: &walked,
+            split: &split,
+            tokenizer: &tokenizer,
+            format,
+            config: &config.dataset,
+            gold,
+            seed: args.seed,
+        },
+        &bars,
+    )?;
+    bars.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    let out_dir = args.output.clone().unwrap_or_else(|| PathBuf::from("datasets").join(&args.project));
+    let written = if args.dry_run {
+        Vec::new()
+    } else {
+        output::write(&out_dir, &dataset)?
+    };
+    let files_read = walked.files.len() + walked.skipped_total();
+    if args.json {
+        let m = &dataset.manifest;
+        let decision = |d: &str| m.files.iter().filter(|f| f.decision == d).count();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "project": m.project,
+                "output": (!args.dry_run).then_some(&out_dir),
+                "format": m.format,
+                "model": gguf,
+                "files": {"train": decision("train"), "validation": decision("validation"),
+                          "held_out": decision("held-out"), "dropped": decision("dropped")},
+                "dropped": m.dropped,
+                "secrets": m.secrets,
+                "history": m.history,
+                "samples": m.samples,
+                "gold": m.gold,
+                "seconds": seconds,
+            }))?
+        );
+    } else {
+        print!("{}", output::summary(&dataset.manifest));
+        println!("  split:      {split_origin}");
+        println!(
+            "  took:       {seconds:.1} s ({:.0} files/s, {:.0} samples/s)",
+            files_read as f64 / seconds.max(1e-9),
+            dataset.samples.len() as f64 / seconds.max(1e-9)
+        );
+        if args.dry_run {
+            println!("  dry run:    nothing written");
+        } else {
+            println!(
+                "  written:    {} ({} files; manifest.json lists every decision)",
+                out_dir.display(),
+                written.len()
+            );
+        }
+    }
+    Ok(())
+}
