@@ -380,3 +380,30 @@ async fn a_completion_keeps_the_white_space_it_starts_with() {
     let answer = chat["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(answer.starts_with(|c: char| !c.is_whitespace()), "{chat}");
 }
+
+/// `graft dataset` counts and encodes samples with the tokenizer read from the GGUF file
+/// (vendor/mistralrs-core's `gguf_tokenizer`, no weights loaded): the same ids as the engine
+/// that serves the model, special tokens included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gguf_tokenizer_gives_the_engines_ids() {
+    let engine = graft_tests::smollm2_engine();
+    let tokenizer = graft_engine::Tokenizer::from_gguf(&graft_tests::kit_file("smollm2-135m-instruct")).unwrap();
+    let texts = [
+        "fn main() {\n    println!(\"héllo, wörld\");\n}\n",
+        "<repo_name>acme<file_sep>src/lib.rs\npub fn add(a: u32) -> u32 { a }\n",
+        "def f(x):\n\treturn x  # tabs, two spaces  and a trailing space \n",
+        "<|im_start|>user\nWhat does `Pool::complete` do?<|im_end|>\n",
+        "",
+    ];
+    for text in texts {
+        let engine_ids = engine.tokenize(None, text, false).await.unwrap();
+        assert_eq!(tokenizer.encode(text).unwrap(), engine_ids, "{text:?}");
+        assert_eq!(tokenizer.count(text).unwrap(), engine_ids.len());
+        assert_eq!(tokenizer.decode(&engine_ids).unwrap(), text);
+    }
+    let file_sep = tokenizer.token_id("<file_sep>").expect("SmolLM2 has <file_sep>");
+    assert!(tokenizer.encode("a<file_sep>b").unwrap().contains(&file_sep));
+    assert!(tokenizer.vocabulary().iter().any(|t| t == "<repo_name>"));
+    let missing = graft_engine::Tokenizer::from_gguf(std::path::Path::new("/nonexistent/model.gguf")).unwrap_err();
+    assert!(missing.to_string().contains("does not exist"), "{missing}");
+}

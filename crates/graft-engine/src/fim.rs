@@ -299,6 +299,28 @@ mod tests {
     }
 
     #[test]
+    fn spm_puts_the_suffix_first_where_the_family_has_it() {
+        let i = input(Some("\n    return x\n"));
+        let spm = PromptFormat::StarCoder.render_spm(&i).unwrap();
+        assert!(
+            spm.ends_with("<fim_prefix><fim_suffix>\n    return x\n<fim_middle>def main():\n    x = "),
+            "{spm}"
+        );
+        let psm = PromptFormat::StarCoder.render(&i);
+        assert_eq!(
+            spm.split("<fim_prefix>").next(),
+            psm.split("<fim_prefix>").next(),
+            "the same repo-level header"
+        );
+        let qwen = PromptFormat::QwenCoder.render_spm(&i).unwrap();
+        assert!(qwen.ends_with("<|fim_prefix|><|fim_suffix|>\n    return x\n<|fim_middle|>def main():\n    x = "));
+        assert_eq!(PromptFormat::DeepSeekCoder.render_spm(&i), None);
+        assert_eq!(PromptFormat::StarCoder.render_spm(&input(None)), None);
+        assert_eq!(PromptFormat::StarCoder.end_of_middle(), Some("<|endoftext|>"));
+        assert_eq!(PromptFormat::Continuation.end_of_middle(), None);
+    }
+
+    #[test]
     fn formats_are_detected_from_the_vocabulary() {
         assert_eq!(
             PromptFormat::detect(["a", "<|fim_prefix|>", "<|file_sep|>"]),

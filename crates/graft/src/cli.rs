@@ -309,6 +309,9 @@ pub enum BenchCommand {
     /// by side on the same prompts: first token of a cold prompt at a few lengths, the next
     /// request while typing, decode speed.
     Api(BenchApiArgs),
+    /// Curate a repository as `graft dataset` does, writing nothing, and print files/s,
+    /// samples/s and the time of each stage.
+    Dataset(DatasetArgs),
 }
 
 #[derive(Debug, Args)]

@@ -18,14 +18,18 @@ use indicatif::ProgressBar;
 use crate::cli::DatasetArgs;
 use crate::{models, progress};
 
-/// One bar per stage of the curation.
+/// One bar per stage of the curation, and when each stage began.
 struct Bars {
     quiet: bool,
     bar: Mutex<Option<ProgressBar>>,
+    stages: Mutex<Vec<(String, Instant)>>,
 }
 
 impl Progress for Bars {
     fn stage(&self, name: &str, total: usize) {
+        if let Ok(mut stages) = self.stages.lock() {
+            stages.push((name.to_owned(), Instant::now()));
+        }
         if let Ok(mut slot) = self.bar.lock() {
             if let Some(old) = slot.take() {
                 old.finish_and_clear();
@@ -44,12 +48,24 @@ impl Progress for Bars {
 }
 
 impl Bars {
-    fn finish(&self) {
+    /// Clears the bar; each stage's seconds, in order.
+    fn finish(&self, start: Instant) -> Vec<(String, f64)> {
         if let Ok(mut slot) = self.bar.lock() {
             if let Some(bar) = slot.take() {
                 bar.finish_and_clear();
             }
         }
+        let end = Instant::now();
+        let stages = self.stages.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut out = vec![(
+            "walk".to_owned(),
+            stages.first().map_or(end, |s| s.1).duration_since(start).as_secs_f64(),
+        )];
+        for (i, (name, began)) in stages.iter().enumerate() {
+            let ended = stages.get(i + 1).map_or(end, |next| next.1);
+            out.push((name.clone(), ended.duration_since(*began).as_secs_f64()));
+        }
+        out
     }
 }
 
@@ -125,6 +141,7 @@ pub fn run(args: DatasetArgs) -> Result<()> {
     let bars = Bars {
         quiet: args.json,
         bar: Mutex::new(None),
+        stages: Mutex::new(Vec::new()),
     };
     let dataset = curate(
         Input {
@@ -140,7 +157,7 @@ pub fn run(args: DatasetArgs) -> Result<()> {
         },
         &bars,
     )?;
-    bars.finish();
+    let stages = bars.finish(started);
     let seconds = started.elapsed().as_secs_f64();
     let out_dir = args.output.clone().unwrap_or_else(|| PathBuf::from("datasets").join(&args.project));
     let written = if args.dry_run {
@@ -167,6 +184,7 @@ pub fn run(args: DatasetArgs) -> Result<()> {
                 "samples": m.samples,
                 "gold": m.gold,
                 "seconds": seconds,
+                "stages": stages.iter().map(|(name, s)| serde_json::json!({"stage": name, "seconds": s})).collect::<Vec<_>>(),
             }))?
         );
     } else {
@@ -177,6 +195,8 @@ pub fn run(args: DatasetArgs) -> Result<()> {
             files_read as f64 / seconds.max(1e-9),
             dataset.samples.len() as f64 / seconds.max(1e-9)
         );
+        let stages: Vec<String> = stages.iter().map(|(name, s)| format!("{name} {s:.1} s")).collect();
+        println!("  stages:     {} (walk includes reading the tokenizer)", stages.join(", "));
         if args.dry_run {
             println!("  dry run:    nothing written");
         } else {

@@ -7,7 +7,7 @@
 //! - [`adapters`]: `graft adapters list | merge`.
 //! - [`bench`]: `graft bench index`, `graft bench engine` and `graft bench load`.
 //! - [`eval`]: `graft eval build` and `graft eval run`.
-//! - [`dataset`]: `graft dataset`.
+//! - [`dataset`]: `graft dataset` (and `graft bench dataset`, the same without writing).
 //! - [`progress`]: progress bars.
 
 mod adapters;
@@ -26,7 +26,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cli::{AdaptersCommand, BenchCommand, Cli, Command, EvalCommand, ModelsCommand};
+use cli::{AdaptersCommand, BenchCommand, Cli, Command, DatasetArgs, EvalCommand, ModelsCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Engine(args)) => bench::engine::run(args),
         Command::Bench(BenchCommand::Load(args)) => bench::load::run(args),
         Command::Bench(BenchCommand::Api(args)) => bench::api::run(args),
+        Command::Bench(BenchCommand::Dataset(args)) => dataset::run(DatasetArgs { dry_run: true, ..args }),
         Command::Adapters(AdaptersCommand::List { config, json }) => adapters::list(&config.config, json),
         Command::Adapters(AdaptersCommand::Merge { config, name, json }) => adapters::merge(&config.config, &name, json),
         Command::Models(ModelsCommand::Fetch { config, ids, json }) => models::fetch(&config.config, &ids, json),

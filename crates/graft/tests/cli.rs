@@ -632,3 +632,147 @@ fn bench_api_times_graft_beside_another_server_on_the_same_texts() {
     assert!(!absent.status.success());
     assert!(String::from_utf8_lossy(&absent.stderr).contains("gone at http://127.0.0.1:9"));
 }
+
+/// `graft dataset` as a user runs it: on a repository with a git history, obeying the split
+/// `graft eval build` wrote, in the served model's tokens (the kit's SmolLM2); its JSONL read
+/// back with Python's `json.loads` line by line, each record with the documented fields, and no
+/// held-out file in any sample.
+#[test]
+fn dataset_writes_jsonl_that_python_reads_and_leaves_held_out_files_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("polyglot");
+    common::copy_tree(&repo_root().join("tests/fixtures/polyglot"), &repo);
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "Import the polyglot example project"]);
+    let golden = dir.path().join("eval/polyglot.golden.jsonl");
+    let out = graft()
+        .args(["eval", "build", "--project", "polyglot", "--holdout-fraction", "0.3", "-o"])
+        .arg(&golden)
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let split_file = dir.path().join("eval/polyglot.golden.split.json");
+    let split: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&split_file).unwrap()).unwrap();
+    let held_out: Vec<String> = split["held_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    assert!(!held_out.is_empty());
+    // A change to a kept file, with a real message: a history pair.
+    let kept = walk_files(&repo)
+        .into_iter()
+        .find(|p| p.ends_with(".py") && !held_out.contains(p))
+        .unwrap();
+    let text = std::fs::read_to_string(repo.join(&kept)).unwrap();
+    std::fs::write(
+        repo.join(&kept),
+        format!("{text}\n\ndef describe_the_change(value):\n    return value * 2\n"),
+    )
+    .unwrap();
+    git(&["commit", "-q", "-am", "Add a helper that doubles a value for the report"]);
+
+    let data = dir.path().join("data");
+    let run = |extra: &[&str]| {
+        graft()
+            .args(["dataset", "--project", "polyglot", "--json", "--split"])
+            .arg(&split_file)
+            .arg("-o")
+            .arg(&data)
+            .args(extra)
+            .arg(&repo)
+            .output()
+            .unwrap()
+    };
+    let dry = run(&["--dry-run"]);
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    assert!(!data.exists(), "--dry-run writes nothing");
+    let out = run(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["format"], "continuation", "{summary}");
+    assert_eq!(summary["files"]["held_out"].as_u64().unwrap() as usize, held_out.len(), "{summary}");
+    assert_eq!(summary["history"]["pairs"], 1, "{summary}");
+    assert!(summary["samples"]["train"]["file"]["samples"].as_u64().unwrap() > 0, "{summary}");
+
+    let check = r#"
+import json, sys
+fields = {"text.jsonl": ["text"], "prompt-completion.jsonl": ["prompt", "completion"], "chat.jsonl": ["messages"]}
+held_out = set(json.load(open(sys.argv[2]))["held_out"])
+records = 0
+for part in ["train", "validation"]:
+    for name, need in fields.items():
+        for line in open(f"{sys.argv[1]}/{part}/{name}", encoding="utf-8"):
+            record = json.loads(line)
+            for field in need + ["kind", "sources", "tokens"]:
+                assert field in record, (name, field)
+            assert not held_out & set(record["sources"]), record["sources"]
+            if name == "chat.jsonl":
+                assert [m["role"] for m in record["messages"]] == ["user", "assistant"]
+            records += 1
+print(records)
+"#;
+    let python = Command::new("python3")
+        .arg("-c")
+        .arg(check)
+        .arg(&data)
+        .arg(&split_file)
+        .output()
+        .unwrap();
+    assert!(python.status.success(), "{}", String::from_utf8_lossy(&python.stderr));
+    let records: usize = String::from_utf8_lossy(&python.stdout).trim().parse().unwrap();
+    assert!(records > 2, "{records}");
+    // No held-out file's text in any sample either.
+    let mut all = String::new();
+    for part in ["train", "validation"] {
+        for name in ["text.jsonl", "prompt-completion.jsonl", "chat.jsonl"] {
+            all.push_str(&std::fs::read_to_string(data.join(part).join(name)).unwrap());
+        }
+    }
+    for path in &held_out {
+        let text = std::fs::read_to_string(repo.join(path)).unwrap();
+        let longest = text.lines().max_by_key(|l| l.trim().len()).unwrap().trim();
+        let encoded = serde_json::to_string(longest).unwrap();
+        assert!(!all.contains(encoded.trim_matches('"')), "{path}: {longest}");
+    }
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["path"] == kept.as_str() && f["decision"] != "dropped"));
+}
+
+/// The files of a repository, relative, with `/`.
+fn walk_files(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|n| n == ".git") {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
