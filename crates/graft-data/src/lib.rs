@@ -27,7 +27,7 @@ pub use curate::{curate, CurateError, Dataset, Input, Manifest};
 
 /// Reports progress of the long stages (a bar in the CLI); every method has a default that
 /// does nothing, and `()` reports nothing.
-pub trait Progress {
+pub trait Progress: Sync {
     fn stage(&self, _name: &str, _total: usize) {}
     fn advance(&self, _n: usize) {}
 }
