@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use graft_index::tokenizer::word_ranges;
 use sha2::{Digest, Sha256};
 
 const PERMUTATIONS: usize = 128;
@@ -27,28 +28,27 @@ pub enum Verdict {
     NearOf(usize),
 }
 
-/// Word tokens of code: identifiers, numbers, and each other visible character.
+/// Word tokens of code: words (the keyword index's: letters, digits, `_`) and each other
+/// visible character.
 fn tokens(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
-    let mut start = None;
-    for (i, c) in text.char_indices() {
-        let word = c.is_alphanumeric() || c == '_';
-        match (word, start) {
-            (true, None) => start = Some(i),
-            (false, Some(s)) => {
-                out.push(&text[s..i]);
-                start = None;
-            }
-            _ => {}
-        }
-        if !word && !c.is_whitespace() {
-            out.push(&text[i..i + c.len_utf8()]);
-        }
+    let mut at = 0;
+    for (start, end) in word_ranges(text) {
+        visible_chars(&text[at..start], &mut out);
+        out.push(&text[start..end]);
+        at = end;
     }
-    if let Some(s) = start {
-        out.push(&text[s..]);
-    }
+    visible_chars(&text[at..], &mut out);
     out
+}
+
+/// Each character of `gap` that is not white space, as a token.
+fn visible_chars<'a>(gap: &'a str, out: &mut Vec<&'a str>) {
+    out.extend(
+        gap.char_indices()
+            .filter(|(_, c)| !c.is_whitespace())
+            .map(|(i, c)| &gap[i..i + c.len_utf8()]),
+    );
 }
 
 fn hash64(bytes: &[u8]) -> u64 {

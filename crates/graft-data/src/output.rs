@@ -125,6 +125,15 @@ pub fn write(dir: &Path, dataset: &Dataset) -> Result<Vec<PathBuf>, OutputError>
     Ok(written)
 }
 
+/// `label` and `name count` pairs, or nothing for no counts.
+fn listed(label: &str, counts: &std::collections::BTreeMap<&'static str, usize>) -> String {
+    if counts.is_empty() {
+        return String::new();
+    }
+    let items: Vec<String> = counts.iter().map(|(name, n)| format!("{name} {n}")).collect();
+    format!("{label}{}", items.join(", "))
+}
+
 /// The manifest's counts for a person.
 pub fn summary(m: &Manifest) -> String {
     let mut out = String::new();
@@ -147,19 +156,7 @@ pub fn summary(m: &Manifest) -> String {
         m.secrets.files,
         m.secrets.action,
         m.secrets.samples_dropped,
-        if m.secrets.by_rule.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; by rule: {}",
-                m.secrets
-                    .by_rule
-                    .iter()
-                    .map(|(r, n)| format!("{r} {n}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        }
+        listed("; by rule: ", &m.secrets.by_rule)
     );
     if m.history.available {
         let _ = writeln!(
@@ -167,19 +164,7 @@ pub fn summary(m: &Manifest) -> String {
             "  history:    {} commits read, {} pairs{}",
             m.history.commits,
             m.history.pairs,
-            if m.history.skipped.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; commits skipped: {}",
-                    m.history
-                        .skipped
-                        .iter()
-                        .map(|(r, n)| format!("{r} {n}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
+            listed("; commits skipped: ", &m.history.skipped)
         );
     } else {
         let _ = writeln!(out, "  history:    none (not a git repository, or history = false)");

@@ -80,7 +80,7 @@ fn tokenize(text: &str) -> Vec<Token> {
         });
         position += 1;
     };
-    for (start, end) in identifiers(text) {
+    for (start, end) in word_ranges(text) {
         push(start, end, &mut tokens);
         let parts = subwords(&text[start..end]);
         if parts.len() > 1 {
@@ -92,8 +92,9 @@ fn tokenize(text: &str) -> Vec<Token> {
     tokens
 }
 
-/// Byte ranges of the runs of letters, digits and `_`.
-fn identifiers(text: &str) -> Vec<(usize, usize)> {
+/// Byte ranges of the runs of letters, digits and `_` (the words of code; also what dataset
+/// curation shingles).
+pub fn word_ranges(text: &str) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut start = None;
     for (i, c) in text.char_indices() {
