@@ -748,6 +748,17 @@ print(records)
         let encoded = serde_json::to_string(longest).unwrap();
         assert!(!all.contains(encoded.trim_matches('"')), "{path}: {longest}");
     }
+    // Every packed sample within the limit, counted again with the model's own tokenizer.
+    let config = graft_core::Config::load(&repo_root().join("config/graft.toml")).unwrap();
+    let tokenizer = graft_engine::Tokenizer::from_gguf(&graft_wiring::model_file(&config).unwrap()).unwrap();
+    for part in ["train", "validation"] {
+        for line in std::fs::read_to_string(data.join(part).join("text.jsonl")).unwrap().lines() {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            let tokens = tokenizer.count(record["text"].as_str().unwrap()).unwrap();
+            assert_eq!(record["tokens"].as_u64(), Some(tokens as u64));
+            assert!(tokens <= config.dataset.max_sample_tokens, "{tokens}");
+        }
+    }
     let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap()).unwrap();
     assert!(manifest["files"]
         .as_array()
