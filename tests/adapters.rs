@@ -181,7 +181,7 @@ fn each_invalid_adapter_is_refused_with_its_name_and_the_problem() {
     // Made for another base: shapes do not match.
     write_adapter(&dir("other-base"), &smol, &["q_proj"], 4, 8.0, 0.1, false, 3);
     let a = Adapter::load("other-base", &dir("other-base"), MAX_RANK).unwrap();
-    let err = message(&tiny.check(&a).unwrap_err());
+    let err = message(&graft_engine::merge::check(&tiny, &a).unwrap_err());
     assert!(err.contains("other-base") && err.contains("wrong base model"), "{err}");
 
     // Rank over the limit.

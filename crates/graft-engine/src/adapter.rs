@@ -25,7 +25,7 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 const MAX_WEIGHTS_BYTES: u64 = 8 << 30;
 
 /// The projections a LoRA adapter may target, by their PEFT (Hugging Face) names.
-pub const PROJECTIONS: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub use graft_gguf::PROJECTIONS;
 
 /// What can be wrong with an adapter.
 #[derive(Debug, thiserror::Error)]
@@ -275,20 +275,8 @@ pub fn parse_name(name: &str) -> Option<(usize, String, char)> {
     Some((layer, projection.to_owned(), half))
 }
 
-/// The GGUF tensor a projection of a layer is stored in (llama.cpp's names).
-pub fn gguf_tensor_name(layer: usize, projection: &str) -> Option<String> {
-    let short = match projection {
-        "q_proj" => "attn_q",
-        "k_proj" => "attn_k",
-        "v_proj" => "attn_v",
-        "o_proj" => "attn_output",
-        "gate_proj" => "ffn_gate",
-        "up_proj" => "ffn_up",
-        "down_proj" => "ffn_down",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{short}.weight"))
-}
+/// The GGUF tensor a PEFT projection of a layer changes (graft-gguf's naming).
+pub use graft_gguf::tensor_name as gguf_tensor_name;
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 use crate::adapter::{gguf_tensor_name, Adapter, AdapterError};
+use graft_gguf::GgufError;
+pub use graft_gguf::{permute_rows, BaseGguf};
 
 /// Architectures whose GGUF tensor names graft maps PEFT projections to.
 const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "mistral3"];
@@ -35,6 +37,15 @@ pub enum MergeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<GgufError> for MergeError {
+    fn from(e: GgufError) -> MergeError {
+        MergeError::Gguf {
+            path: e.path,
+            message: e.message,
+        }
+    }
 }
 
 /// How merged tensors are stored.
@@ -65,125 +76,34 @@ impl From<graft_core::MergedType> for MergeSettings {
     }
 }
 
-/// A base model's GGUF header: architecture, head counts and tensor shapes.
-pub struct BaseGguf {
-    pub path: PathBuf,
-    content: gguf_file::Content,
-    pub architecture: String,
-    pub head_count: usize,
-    pub head_count_kv: usize,
-    /// Number of transformer layers.
-    pub block_count: usize,
-}
-
-impl BaseGguf {
-    pub fn open(path: &Path) -> Result<BaseGguf, MergeError> {
-        let gguf_err = |message: String| MergeError::Gguf {
-            path: path.to_owned(),
-            message,
-        };
-        let mut file = BufReader::new(File::open(path).map_err(|e| gguf_err(e.to_string()))?);
-        let content = gguf_file::Content::read(&mut file).map_err(|e| gguf_err(format!("not a readable GGUF file: {e}")))?;
-        let architecture = content
-            .metadata
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .ok_or_else(|| gguf_err("no general.architecture in the metadata".into()))?;
-        let count = |key: &str| -> Option<usize> {
-            let v = content.metadata.get(&format!("{architecture}.{key}"))?;
-            v.to_u32().map(|n| n as usize).or_else(|_| v.to_u64().map(|n| n as usize)).ok()
-        };
-        let head_count = count("attention.head_count").ok_or_else(|| gguf_err("no attention.head_count".into()))?;
-        let head_count_kv = count("attention.head_count_kv").unwrap_or(head_count);
-        let block_count = count("block_count").ok_or_else(|| gguf_err("no block_count".into()))?;
-        Ok(BaseGguf {
-            path: path.to_owned(),
-            content,
-            architecture,
-            head_count,
-            head_count_kv,
-            block_count,
-        })
+/// Checks that every weight the adapter changes exists in `base` with matching shapes.
+pub fn check(base: &BaseGguf, adapter: &Adapter) -> Result<(), AdapterError> {
+    let invalid = |message: String| AdapterError::Invalid {
+        name: adapter.name.clone(),
+        message,
+    };
+    if !SUPPORTED_ARCHITECTURES.contains(&base.architecture.as_str()) {
+        return Err(invalid(format!(
+            "the base model's architecture `{}` is not supported for merging ({})",
+            base.architecture,
+            SUPPORTED_ARCHITECTURES.join(", ")
+        )));
     }
-
-    /// Each tensor's name and storage type.
-    pub fn dtypes(&self) -> impl Iterator<Item = (&str, GgmlDType)> {
-        self.content
-            .tensor_infos
-            .iter()
-            .map(|(name, info)| (name.as_str(), info.ggml_dtype))
-    }
-
-    /// Each tensor's name, storage type and row length (its last dimension).
-    pub fn tensor_infos(&self) -> impl Iterator<Item = (&str, GgmlDType, usize)> {
-        self.content
-            .tensor_infos
-            .iter()
-            .map(|(name, info)| (name.as_str(), info.ggml_dtype, info.shape.dims().last().copied().unwrap_or(0)))
-    }
-
-    /// `[out, in]` of a 2-d tensor.
-    pub fn shape(&self, name: &str) -> Option<(usize, usize)> {
-        match self.content.tensor_infos.get(name)?.shape.dims() {
-            [out, inp] => Some((*out, *inp)),
-            _ => None,
-        }
-    }
-
-    /// Reads one tensor as stored.
-    pub fn tensor(&self, name: &str) -> Result<QTensor, MergeError> {
-        let gguf_err = |message: String| MergeError::Gguf {
-            path: self.path.clone(),
-            message,
-        };
-        let mut reader = BufReader::new(File::open(&self.path).map_err(|e| gguf_err(e.to_string()))?);
-        self.content
-            .tensor(&mut reader, name, &Device::Cpu)
-            .map_err(|e| gguf_err(format!("tensor {name}: {e}")))
-    }
-
-    /// Checks that every weight the adapter changes exists in this base with matching shapes.
-    pub fn check(&self, adapter: &Adapter) -> Result<(), AdapterError> {
-        let invalid = |message: String| AdapterError::Invalid {
-            name: adapter.name.clone(),
-            message,
-        };
-        if !SUPPORTED_ARCHITECTURES.contains(&self.architecture.as_str()) {
+    for ((layer, projection), pair) in &adapter.pairs {
+        let name = gguf_tensor_name(*layer, projection).unwrap_or_default();
+        let Some((out, inp)) = base.shape(&name) else {
             return Err(invalid(format!(
-                "the base model's architecture `{}` is not supported for merging ({})",
-                self.architecture,
-                SUPPORTED_ARCHITECTURES.join(", ")
+                "layer {layer} {projection}: the base model has no tensor {name} (wrong base model?)"
+            )));
+        };
+        let (a_in, b_out) = (pair.a.dims()[1], pair.b.dims()[0]);
+        if a_in != inp || b_out != out {
+            return Err(invalid(format!(
+                "layer {layer} {projection}: the adapter is [{b_out} x {a_in}] but the base weight {name} is [{out} x {inp}] (wrong base model?)"
             )));
         }
-        for ((layer, projection), pair) in &adapter.pairs {
-            let name = gguf_tensor_name(*layer, projection).unwrap_or_default();
-            let Some((out, inp)) = self.shape(&name) else {
-                return Err(invalid(format!(
-                    "layer {layer} {projection}: the base model has no tensor {name} (wrong base model?)"
-                )));
-            };
-            let (a_in, b_out) = (pair.a.dims()[1], pair.b.dims()[0]);
-            if a_in != inp || b_out != out {
-                return Err(invalid(format!(
-                    "layer {layer} {projection}: the adapter is [{b_out} x {a_in}] but the base weight {name} is [{out} x {inp}] (wrong base model?)"
-                )));
-            }
-        }
-        Ok(())
     }
-
-    /// The row permutation llama.cpp's converter applies to this projection, as a head count.
-    fn permutation(&self, projection: &str) -> Option<usize> {
-        if self.architecture != "llama" {
-            return None;
-        }
-        match projection {
-            "q_proj" => Some(self.head_count),
-            "k_proj" => Some(self.head_count_kv),
-            _ => None,
-        }
-    }
+    Ok(())
 }
 
 /// What a merge did.
@@ -197,7 +117,7 @@ pub struct MergeReport {
 
 /// Writes `base` with `adapter` merged in to `out` (through `out.tmp`, renamed when complete).
 pub fn merge(base: &BaseGguf, adapter: &Adapter, settings: &MergeSettings, out: &Path) -> Result<MergeReport, MergeError> {
-    base.check(adapter)?;
+    check(base, adapter)?;
     let src = &base.path;
     let targets: HashMap<String, (&str, &crate::adapter::LoraPair)> = adapter
         .pairs
@@ -240,19 +160,19 @@ pub(crate) fn rewrite(
 ) -> Result<(), MergeError> {
     let src = &base.path;
     let mut reader = BufReader::new(File::open(src).map_err(|e| gguf_err(src, &e))?);
-    let mut names: Vec<(&String, u64)> = base.content.tensor_infos.iter().map(|(n, i)| (n, i.offset)).collect();
+    let mut names: Vec<(&String, u64)> = base.content().tensor_infos.iter().map(|(n, i)| (n, i.offset)).collect();
     names.sort_by_key(|(_, offset)| *offset);
     let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
     for (name, _) in names {
         let tensor = base
-            .content
+            .content()
             .tensor(&mut reader, name, &Device::Cpu)
             .map_err(|e| gguf_err(src, &format!("tensor {name}: {e}")))?;
         tensors.push((name.clone(), transform(name, tensor)?));
     }
 
     let mut metadata: Vec<(String, Value)> = base
-        .content
+        .content()
         .metadata
         .iter()
         // The writer aligns to 32 bytes; a different alignment key would mislead readers.
@@ -297,19 +217,6 @@ fn merged_weight(base: &QTensor, pair: &crate::adapter::LoraPair, scale: f64, pe
         delta = permute_rows(&delta, heads)?;
     }
     weight.add(&delta)
-}
-
-/// llama.cpp's q/k permutation: rows viewed as `(heads, 2, head_dim / 2)`, the last two axes
-/// swapped (interleaved rotary halves become contiguous).
-pub fn permute_rows(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
-    let (out, inp) = w.dims2()?;
-    if heads == 0 || out % (heads * 2) != 0 {
-        candle_core::bail!("cannot permute {out} rows for {heads} heads");
-    }
-    w.reshape((heads, 2, out / heads / 2, inp))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((out, inp))
 }
 
 /// The type a merged tensor is stored at.

@@ -96,7 +96,7 @@ pub fn base_gguf(config: &Config) -> Result<PathBuf, WiringError> {
     let Some(restore) = restore.filter(|_| on_cpu(config) && gguf.is_file()) else {
         return Ok(gguf);
     };
-    let base = graft_engine::merge::BaseGguf::open(&gguf)?;
+    let base = graft_engine::merge::BaseGguf::open(&gguf).map_err(graft_engine::merge::MergeError::from)?;
     let converted = graft_engine::requantize::tensors_to_convert(&base, restore);
     if converted.is_empty() {
         return Ok(gguf);

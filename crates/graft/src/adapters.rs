@@ -25,7 +25,7 @@ fn base(config: &Config) -> Result<BaseGguf> {
 fn checked(config: &Config, base: &BaseGguf, name: &str) -> Result<Adapter, graft_engine::adapter::AdapterError> {
     let store = config.adapters.dir.as_path();
     let adapter = Adapter::load_confined(name, &store.join(name), config.adapters.max_rank, &[store])?;
-    base.check(&adapter)?;
+    graft_engine::merge::check(base, &adapter)?;
     Ok(adapter)
 }
 

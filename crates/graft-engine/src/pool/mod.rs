@@ -164,7 +164,7 @@ impl Pool {
     pub fn new(engine: Arc<Engine>, store: AdapterStore, limits: PoolLimits) -> Result<Pool, PoolError> {
         let base = BaseGguf::open(&engine.base().gguf).map_err(|source| PoolError::Merge {
             name: engine.name().to_owned(),
-            source,
+            source: source.into(),
         })?;
         Ok(Pool {
             unloader: Arc::new(EngineUnloader(Arc::clone(&engine))),
@@ -470,7 +470,7 @@ impl Pool {
                 .chain(store.allowed_dirs.iter().map(PathBuf::as_path))
                 .collect();
             let adapter = Adapter::load_confined(&owned_name, &owned_dir, store.max_rank, &roots)?;
-            base.check(&adapter)?;
+            crate::merge::check(&base, &adapter)?;
             let cache = MergeCache::new(&store.cache_dir);
             let merge_error = |source| PoolError::Merge {
                 name: owned_name.clone(),

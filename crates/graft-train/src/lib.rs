@@ -1,0 +1,16 @@
+//! graft-train: LoRA adapters trained against exactly the weights graft serves.
+//!
+//! - [`lora`]: a low-rank adapter on one frozen projection (rank, alpha, rsLoRA, B from zero).
+//! - [`model`]: the base model's forward pass (llama and qwen2) from its GGUF file, dequantized,
+//!   with adapters on the chosen projections, built only from candle ops that have a backward
+//!   pass; the loss only where a token is a target.
+//!
+//! Still to come (issue 15): the training loop (AdamW, schedule, clipping, accumulation,
+//! validation, checkpoints), the PEFT writer and `graft train`. This crate uses candle, never
+//! mistralrs: editing it does not rebuild the engine.
+
+pub mod lora;
+pub mod model;
+
+pub use lora::{Lora, LoraSettings};
+pub use model::{Model, ModelError};

@@ -1,0 +1,91 @@
+//! The trainer's model (graft-train) against the truth: its gradients against finite
+//! differences on the kit's toy llama model, in f64.
+
+use candle_core::{DType, Tensor};
+use graft_tests::kit_file;
+use graft_train::{LoraSettings, Model};
+
+fn loss_of(model: &Model, ids: &[u32], target: &[bool]) -> f64 {
+    model.loss(ids, target).unwrap().unwrap().to_scalar::<f64>().unwrap()
+}
+
+/// Every adapter's gradient, by backpropagation, matches the loss's change when one of its
+/// weights moves: the forward pass keeps the whole graph (no fused kernel cuts it).
+#[test]
+fn lora_gradients_match_finite_differences_on_the_toy_model() {
+    let settings = LoraSettings {
+        rank: 2,
+        alpha: 4.0,
+        ..LoraSettings::default()
+    };
+    let model = Model::load(&kit_file("tiny-llama"), DType::F64, Some(&settings)).unwrap();
+    let vars = model.trainable();
+    assert_eq!(vars.len(), 2 * 7 * model.adapters().len(), "A and B of seven projections per layer");
+    // B starts at zero, which would leave A's gradient zero: give every B a value first.
+    for (i, var) in vars.iter().enumerate().filter(|(i, _)| i % 2 == 1) {
+        let shape = var.as_tensor().shape().clone();
+        let values = Tensor::rand(-0.5f64, 0.5, shape, &candle_core::Device::Cpu).unwrap();
+        var.set(&(values * (1.0 + i as f64 / 100.0)).unwrap()).unwrap();
+    }
+    let ids: Vec<u32> = vec![
+        1, 450, 4996, 17354, 1701, 29916, 432, 17204, 975, 278, 17366, 11203, 29889, 13, 1576, 338,
+    ];
+    let vocab = model.logits(&ids[..2]).unwrap().dim(1).unwrap() as u32;
+    let ids: Vec<u32> = ids.iter().map(|i| i % vocab).collect();
+    // Only the second half is a target, as for a prompt and its completion.
+    let target: Vec<bool> = (0..ids.len()).map(|i| i >= ids.len() / 2).collect();
+    let loss = model.loss(&ids, &target).unwrap().unwrap();
+    let grads = loss.backward().unwrap();
+    let eps = 1e-6;
+    let mut checked = 0;
+    for (v, var) in vars.iter().enumerate() {
+        if v % 5 != 0 {
+            continue;
+        }
+        let grad = grads.get(var.as_tensor()).expect("every adapter weight has a gradient");
+        let grad = grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let values = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let shape = var.as_tensor().shape().clone();
+        for k in [0, values.len() / 2, values.len() - 1] {
+            let moved = |delta: f64| {
+                let mut w = values.clone();
+                w[k] += delta;
+                var.set(&Tensor::from_vec(w, shape.clone(), &candle_core::Device::Cpu).unwrap())
+                    .unwrap();
+                loss_of(&model, &ids, &target)
+            };
+            let numeric = (moved(eps) - moved(-eps)) / (2.0 * eps);
+            var.set(&Tensor::from_vec(values.clone(), shape.clone(), &candle_core::Device::Cpu).unwrap())
+                .unwrap();
+            let analytic = grad[k];
+            let tolerance = 1e-6 + 1e-4 * analytic.abs().max(numeric.abs());
+            assert!(
+                (analytic - numeric).abs() <= tolerance,
+                "var {v} element {k}: backprop {analytic}, finite differences {numeric}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 12, "{checked}");
+    // Not all zero: the check compared something.
+    assert!(vars.iter().any(|var| grads.get(var.as_tensor()).is_some_and(|g| g
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+        > 1e-8)));
+}
+
+/// With every B at zero the adapters change nothing: the model is the base, exactly.
+#[test]
+fn fresh_adapters_leave_the_base_model_unchanged() {
+    let path = kit_file("tiny-llama");
+    let base = Model::load(&path, DType::F64, None).unwrap();
+    let adapted = Model::load(&path, DType::F64, Some(&LoraSettings::default())).unwrap();
+    let ids = [1u32, 5, 9, 200, 7, 3];
+    let a = base.logits(&ids).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let b = adapted.logits(&ids).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    assert_eq!(a, b);
+}
