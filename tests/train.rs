@@ -89,3 +89,51 @@ fn fresh_adapters_leave_the_base_model_unchanged() {
     let b = adapted.logits(&ids).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     assert_eq!(a, b);
 }
+
+/// Trained adapters written as a PEFT folder, loaded and merged into the GGUF by the engine's
+/// own code (as `graft serve` does), give the model the trainer computed: the merged base's
+/// logits equal the adapted training model's within storage precision (the toy model's
+/// weights are f16, and a merge keeps a float base's type). A q/k `B` left in GGUF row order
+/// would change them by as much as the adapter does.
+#[test]
+fn a_written_adapter_merged_by_the_engine_is_the_trained_model() {
+    let path = kit_file("tiny-llama");
+    let settings = LoraSettings {
+        rank: 4,
+        alpha: 8.0,
+        ..LoraSettings::default()
+    };
+    let model = Model::load(&path, DType::F64, Some(&settings)).unwrap();
+    for var in model.trainable().iter().skip(1).step_by(2) {
+        let shape = var.as_tensor().shape().clone();
+        var.set(&Tensor::rand(-0.3f64, 0.3, shape, &candle_core::Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let adapter_dir = dir.path().join("trained");
+    graft_train::peft::write(&model, &settings, "tiny-llama", &adapter_dir, false).unwrap();
+    let again = graft_train::peft::write(&model, &settings, "tiny-llama", &adapter_dir, false).unwrap_err();
+    assert!(again.to_string().contains("already exists"), "{again}");
+
+    let adapter = graft_engine::adapter::Adapter::load("trained", &adapter_dir, 64).unwrap();
+    assert_eq!(adapter.pairs.len(), 7 * model.adapters().len());
+    let base = graft_engine::merge::BaseGguf::open(&path).unwrap();
+    let merged = dir.path().join("merged.gguf");
+    let settings_f32 = graft_engine::merge::MergeSettings {
+        quantized_dtype: candle_core::quantized::GgmlDType::F32,
+    };
+    graft_engine::merge::merge(&base, &adapter, &settings_f32, &merged).unwrap();
+    let served = Model::load(&merged, DType::F64, None).unwrap();
+    let ids = [1u32, 17, 300, 42, 9, 1000, 5, 77];
+    let want = model.logits(&ids).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let got = served.logits(&ids).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let base_logits = Model::load(&path, DType::F64, None).unwrap().logits(&ids).unwrap();
+    let base_logits = base_logits.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let moved = want.iter().zip(&base_logits).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(moved > 1e-3, "the adapter changes the model ({moved})");
+    assert!(
+        worst < 1e-2 * moved,
+        "merged differs from trained by {worst} (adapter moved {moved})"
+    );
+}

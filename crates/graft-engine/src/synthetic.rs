@@ -46,12 +46,7 @@ impl SyntheticAdapter<'_> {
                 let b: Vec<f32> = (0..out * r)
                     .map(|_| if self.zero_b { 0.0 } else { rng.next() * amplitude })
                     .collect();
-                let module = if ["gate_proj", "up_proj", "down_proj"].contains(p) {
-                    "mlp"
-                } else {
-                    "self_attn"
-                };
-                let prefix = format!("base_model.model.model.layers.{layer}.{module}.{p}");
+                let prefix = graft_gguf::peft_prefix(layer, p).unwrap_or_default();
                 let a = Tensor::from_vec(a, (r, inp), &Device::Cpu).map_err(|e| gguf(e.to_string()))?;
                 let b = Tensor::from_vec(b, (out, r), &Device::Cpu).map_err(|e| gguf(e.to_string()))?;
                 tensors.insert(format!("{prefix}.lora_A.weight"), a);

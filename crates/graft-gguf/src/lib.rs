@@ -154,6 +154,17 @@ pub fn tensor_name(layer: usize, projection: &str) -> Option<String> {
     Some(format!("blk.{layer}.{short}.weight"))
 }
 
+/// The prefix of a layer's projection's tensors in a PEFT adapter file (Hugging Face's module
+/// path): `base_model.model.model.layers.3.self_attn.q_proj`, then `.lora_A.weight`.
+pub fn peft_prefix(layer: usize, projection: &str) -> Option<String> {
+    let module = match projection {
+        "q_proj" | "k_proj" | "v_proj" | "o_proj" => "self_attn",
+        "gate_proj" | "up_proj" | "down_proj" => "mlp",
+        _ => return None,
+    };
+    Some(format!("base_model.model.model.layers.{layer}.{module}.{projection}"))
+}
+
 /// llama.cpp's q/k permutation: rows viewed as `(heads, 2, head_dim / 2)`, the last two axes
 /// swapped (interleaved rotary halves become contiguous).
 pub fn permute_rows(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
@@ -210,6 +221,12 @@ mod tests {
         assert_eq!(tensor_name(3, "q_proj").as_deref(), Some("blk.3.attn_q.weight"));
         assert_eq!(tensor_name(0, "down_proj").as_deref(), Some("blk.0.ffn_down.weight"));
         assert_eq!(tensor_name(0, "lm_head"), None);
-        assert!(PROJECTIONS.iter().all(|p| tensor_name(1, p).is_some()));
+        assert!(PROJECTIONS
+            .iter()
+            .all(|p| tensor_name(1, p).is_some() && peft_prefix(1, p).is_some()));
+        assert_eq!(
+            peft_prefix(2, "up_proj").as_deref(),
+            Some("base_model.model.model.layers.2.mlp.up_proj")
+        );
     }
 }

@@ -4,13 +4,15 @@
 //! - [`model`]: the base model's forward pass (llama and qwen2) from its GGUF file, dequantized,
 //!   with adapters on the chosen projections, built only from candle ops that have a backward
 //!   pass; the loss only where a token is a target.
+//! - [`peft`]: the adapters written as a PEFT folder (Hugging Face names and row order).
 //!
 //! Still to come (issue 15): the training loop (AdamW, schedule, clipping, accumulation,
-//! validation, checkpoints), the PEFT writer and `graft train`. This crate uses candle, never
+//! validation, checkpoints) and `graft train`. This crate uses candle, never
 //! mistralrs: editing it does not rebuild the engine.
 
 pub mod lora;
 pub mod model;
+pub mod peft;
 
 pub use lora::{Lora, LoraSettings};
 pub use model::{Model, ModelError};

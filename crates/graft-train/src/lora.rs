@@ -11,6 +11,8 @@ pub struct LoraSettings {
     pub alpha: f64,
     /// Scale by `alpha / √rank` (rank-stabilised LoRA) instead of `alpha / rank`.
     pub rslora: bool,
+    /// Share of an adapter's inputs zeroed while training (0: none).
+    pub dropout: f64,
     /// PEFT names of the projections adapted (`q_proj`, ..., `down_proj`).
     pub targets: Vec<String>,
 }
@@ -21,6 +23,7 @@ impl Default for LoraSettings {
             rank: 16,
             alpha: 32.0,
             rslora: false,
+            dropout: 0.0,
             targets: graft_gguf::PROJECTIONS.iter().map(|p| p.to_string()).collect(),
         }
     }
@@ -44,6 +47,8 @@ pub struct Lora {
     /// `[out, rank]`, zero at the start.
     pub b: Var,
     pub scale: f64,
+    /// Share of inputs zeroed while training.
+    pub dropout: f64,
 }
 
 impl Lora {
@@ -57,11 +62,20 @@ impl Lora {
             a: Var::from_tensor(&a)?,
             b: Var::from_tensor(&b)?,
             scale: settings.scale(),
+            dropout: settings.dropout,
         })
     }
 
-    /// The adapter's part of the output for `x` (`[..., in]` → `[..., out]`).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The adapter's part of the output for `x` (`[..., in]` → `[..., out]`); `training`
+    /// applies dropout to its input.
+    pub fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
+        let dropped;
+        let x = if training && self.dropout > 0.0 {
+            dropped = candle_nn::ops::dropout(&x.to_dtype(DType::F32)?, self.dropout as f32)?.to_dtype(x.dtype())?;
+            &dropped
+        } else {
+            x
+        };
         let down = x.broadcast_matmul(&self.a.as_tensor().t()?)?;
         down.broadcast_matmul(&self.b.as_tensor().t()?)?.affine(self.scale, 0.0)
     }

@@ -56,6 +56,10 @@ pub struct Model {
     rope_base: f64,
     dtype: DType,
     device: Device,
+    /// The heads of llama.cpp's row permutation, for q and k of a llama GGUF.
+    permutations: BTreeMap<&'static str, usize>,
+    /// Whether adapters apply dropout (while training, not while evaluating).
+    training: std::cell::Cell<bool>,
 }
 
 impl Model {
@@ -120,7 +124,22 @@ impl Model {
             rope_base: base.number("rope.freq_base").unwrap_or(10_000.0),
             dtype,
             device,
+            permutations: graft_gguf::PROJECTIONS
+                .iter()
+                .filter_map(|&p| Some((p, base.permutation(p)?)))
+                .collect(),
+            training: std::cell::Cell::new(false),
         })
+    }
+
+    /// Training mode (adapter dropout on) or evaluation (off, the default).
+    pub fn set_training(&self, training: bool) {
+        self.training.set(training);
+    }
+
+    /// The head count of the GGUF's row permutation of `projection`'s weight, if permuted.
+    pub fn permutation(&self, projection: &str) -> Option<usize> {
+        self.permutations.get(projection).copied()
     }
 
     /// The adapters' weights, layer by layer: what an optimiser updates.
@@ -145,7 +164,7 @@ impl Model {
             y = y.broadcast_add(b)?;
         }
         if let Some(lora) = layer.loras.get(projection) {
-            y = (y + lora.forward(x)?)?;
+            y = (y + lora.forward(x, self.training.get())?)?;
         }
         Ok(y)
     }
