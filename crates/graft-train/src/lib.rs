@@ -17,5 +17,6 @@ pub mod model;
 pub mod peft;
 pub mod train;
 
+pub use candle_core::DType;
 pub use lora::{Lora, LoraSettings};
 pub use model::{Model, ModelError};

@@ -46,6 +46,83 @@ pub enum Command {
     /// model's prompt format and packed to its token limit; JSONL for graft's trainer, Axolotl,
     /// PEFT or Unsloth, with a manifest of every decision.
     Dataset(DatasetArgs),
+    /// Train a LoRA adapter on a dataset from `graft dataset`, against the weights graft
+    /// serves (the base GGUF, dequantized), and write it into the adapter store as a PEFT
+    /// folder with a training report.
+    Train(TrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The project: names the adapter and the default dataset folder.
+    #[arg(long, short = 'p')]
+    pub project: String,
+    /// The dataset folder (default: datasets/<project>).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// The adapter folder to write (default: <adapters.dir>/<project>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Replace an adapter folder that exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Optimiser steps, at most.
+    #[arg(long, default_value_t = 250)]
+    pub steps: usize,
+    /// Stop after this many minutes (the step in flight ends first; the best adapter is kept).
+    #[arg(long)]
+    pub minutes: Option<f64>,
+    /// Peak learning rate (after warmup; cosine decay to a tenth).
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr: f64,
+    /// Warmup steps.
+    #[arg(long, default_value_t = 20)]
+    pub warmup: usize,
+    /// Examples whose gradients make one step.
+    #[arg(long, default_value_t = 1)]
+    pub accumulation: usize,
+    /// Clip the gradients' global norm to this (0: no clipping).
+    #[arg(long, default_value_t = 0.5)]
+    pub max_grad_norm: f64,
+    /// Validation loss every this many steps.
+    #[arg(long, default_value_t = 25)]
+    pub eval_every: usize,
+    /// Stop after this many evaluations without improvement (0: never).
+    #[arg(long, default_value_t = 4)]
+    pub patience: usize,
+    /// Validation examples used, at most (each evaluation reads them all).
+    #[arg(long, default_value_t = 32)]
+    pub max_validation: usize,
+    /// Longest example in tokens; longer samples are cut into pieces this long.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// LoRA rank (at most `adapters.max_rank`).
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    /// LoRA alpha (the update is scaled by alpha / rank).
+    #[arg(long, default_value_t = 32.0)]
+    pub alpha: f64,
+    /// Scale by alpha / sqrt(rank) (rank-stabilised LoRA).
+    #[arg(long)]
+    pub rslora: bool,
+    /// Dropout on the adapters' inputs while training.
+    #[arg(long, default_value_t = 0.05)]
+    pub dropout: f64,
+    /// Projections adapted (PEFT names).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    pub targets: Vec<String>,
+    /// The seed of the adapters' start and the examples' order.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

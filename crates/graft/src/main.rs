@@ -8,6 +8,7 @@
 //! - [`bench`]: `graft bench index`, `graft bench engine` and `graft bench load`.
 //! - [`eval`]: `graft eval build` and `graft eval run`.
 //! - [`dataset`]: `graft dataset` (and `graft bench dataset`, the same without writing).
+//! - [`train`]: `graft train`.
 //! - [`progress`]: progress bars.
 
 mod adapters;
@@ -19,6 +20,7 @@ mod index;
 mod models;
 mod progress;
 mod serve;
+mod train;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Models(ModelsCommand::List { config, json }) => models::list(&config.config, json),
         Command::Eval(EvalCommand::Build(args)) => eval::build_golden_set(args),
         Command::Dataset(args) => dataset::run(args),
+        Command::Train(args) => train::run(args),
         Command::Eval(EvalCommand::Run(args)) => eval::run::run_golden_set(*args),
         Command::Eval(EvalCommand::Rubric) => {
             print!("{}", graft_eval::judge::DEFAULT_RUBRIC);
