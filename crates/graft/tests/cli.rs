@@ -787,3 +787,104 @@ fn walk_files(root: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// `graft train` as a user runs it, on the toy model (its tokenizer and weights): a dataset
+/// from `graft dataset`, a few steps, and an adapter in the store that `graft adapters list`
+/// accepts, with its report; an existing adapter is not overwritten without `--force`; bad
+/// input (no dataset, a malformed record, a rank above `adapters.max_rank`) is a clear error
+/// that writes nothing.
+#[test]
+fn train_writes_an_adapter_the_store_accepts_and_refuses_bad_input() {
+    let fetch = graft().args(["models", "fetch", "tiny-llama"]).output().unwrap();
+    assert!(fetch.status.success(), "{}", String::from_utf8_lossy(&fetch.stderr));
+    let shipped = graft_core::Config::load(&repo_root().join("config/graft.toml")).unwrap();
+    let kit = std::fs::canonicalize(&shipped.kit.dir).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("graft.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kit]\ndir = {:?}\n[model]\ngguf = \"kit:tiny-llama\"\n[adapters]\ndir = \"adapters\"\ncache_dir = \"cache\"\nmax_rank = 32\n",
+            kit.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| graft().args(args).arg("--config").arg(&config).output().unwrap();
+    let data = work.path().join("data");
+    let out = run(&[
+        "dataset",
+        "tests/fixtures/polyglot",
+        "--project",
+        "poly",
+        "--holdout-fraction",
+        "0.3",
+        "-o",
+        data.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let adapter = work.path().join("adapters/poly");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--project",
+            "poly",
+            "--data",
+            data.to_str().unwrap(),
+            "--steps",
+            "3",
+            "--eval-every",
+            "2",
+        ];
+        args.extend(["--max-tokens", "64", "--json"]);
+        if !extra.contains(&"--rank") {
+            args.extend(["--rank", "4"]);
+        }
+        args.extend(extra);
+        run(&args)
+    };
+    let out = train(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["training"]["steps"].as_array().unwrap().len(), 3, "{report}");
+    assert!(report["training"]["base_val_loss"].as_f64().unwrap() > 0.0, "{report}");
+    for file in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "train_report.json",
+        "train_report.html",
+    ] {
+        assert!(adapter.join(file).is_file(), "{file}");
+    }
+    let list = run(&["adapters", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list[0]["name"], "poly");
+    assert_eq!(list[0]["valid"], true, "{list}");
+
+    let again = train(&[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert!(train(&["--force"]).status.success());
+
+    let too_big = train(&["--rank", "64", "--force"]);
+    assert!(
+        String::from_utf8_lossy(&too_big.stderr).contains("adapters.max_rank (32)"),
+        "{}",
+        String::from_utf8_lossy(&too_big.stderr)
+    );
+    let nowhere = run(&["train", "--project", "poly", "--data", "/nonexistent/data"]);
+    assert!(String::from_utf8_lossy(&nowhere.stderr).contains("not a dataset folder"));
+    std::fs::write(data.join("train/text.jsonl"), "{\"text\": \"fn main() {}\"}\n{\"txt\": 3}\n").unwrap();
+    let malformed = train(&["--force"]);
+    let stderr = String::from_utf8_lossy(&malformed.stderr);
+    assert!(
+        !malformed.status.success() && stderr.contains("text.jsonl:2") && stderr.contains("no `text`"),
+        "{stderr}"
+    );
+    std::fs::write(data.join("train/text.jsonl"), "").unwrap();
+    std::fs::write(data.join("train/prompt-completion.jsonl"), "").unwrap();
+    let empty = train(&["--force"]);
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("no training examples"));
+    // The adapter of the last good run is still whole.
+    assert!(adapter.join("adapter_model.safetensors").is_file());
+}
