@@ -189,6 +189,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let loading = Instant::now();
     let model = Model::load(&gguf, DType::F32, Some(&lora)).with_context(|| format!("loading {} for training", gguf.display()))?;
+    let load_seconds = loading.elapsed().as_secs_f64();
     let settings = TrainSettings {
         steps: args.steps,
         learning_rate: args.lr,
@@ -230,7 +231,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "adapter": out,
         "lora": {"r": lora.rank, "lora_alpha": lora.alpha, "use_rslora": lora.rslora, "lora_dropout": lora.dropout, "target_modules": lora.targets},
         "examples": {"train": train_set.len(), "validation": validation.len(), "max_tokens": args.max_tokens},
-        "load_seconds": loading.elapsed().as_secs_f64(),
+        "load_seconds": load_seconds,
+        "seconds": loading.elapsed().as_secs_f64(),
         "training": outcome,
     });
     std::fs::write(out.join("train_report.json"), serde_json::to_string_pretty(&report)? + "\n")?;
