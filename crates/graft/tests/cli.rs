@@ -856,6 +856,38 @@ fn train_writes_an_adapter_the_store_accepts_and_refuses_bad_input() {
     ] {
         assert!(adapter.join(file).is_file(), "{file}");
     }
+    // The file as Python's side reads it (the safetensors header is JSON after its length):
+    // PEFT's names, f32, A [r, in] and B [out, r] for every layer and projection.
+    let check = r#"
+import json, struct, sys
+f = open(sys.argv[1], "rb")
+header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+config = json.load(open(sys.argv[2]))
+names = [k for k in header if k != "__metadata__"]
+assert config["peft_type"] == "LORA" and config["task_type"] == "CAUSAL_LM" and config["r"] == 4
+for name in names:
+    assert name.startswith("base_model.model.model.layers."), name
+    module = name.split(".")[5]
+    assert module in ("self_attn", "mlp"), name
+    assert name.split(".")[6] in config["target_modules"], name
+    info = header[name]
+    assert info["dtype"] == "F32", info
+    if name.endswith("lora_A.weight"):
+        assert info["shape"][0] == 4, info
+    else:
+        assert name.endswith("lora_B.weight") and info["shape"][1] == 4, (name, info)
+print(len(names))
+"#;
+    let python = Command::new("python3")
+        .arg("-c")
+        .arg(check)
+        .arg(adapter.join("adapter_model.safetensors"))
+        .arg(adapter.join("adapter_config.json"))
+        .output()
+        .unwrap();
+    assert!(python.status.success(), "{}", String::from_utf8_lossy(&python.stderr));
+    let tensors: usize = String::from_utf8_lossy(&python.stdout).trim().parse().unwrap();
+    assert_eq!(tensors, 2 * 7 * 2, "A and B of 7 projections in the toy's 2 layers");
     let list = run(&["adapters", "list", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(list[0]["name"], "poly");
