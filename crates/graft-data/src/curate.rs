@@ -153,15 +153,9 @@ pub fn curate(input: Input<'_>, progress: &dyn Progress) -> Result<Dataset, Cura
         },
         ..SecretsSummary::default()
     };
-    for (path, reason) in &input.walk.skipped_files {
-        files.push(FileEntry {
-            path: path.clone(),
-            decision: "dropped",
-            reason: Some(DropReason::Walk(reason.as_str().to_owned()).describe()),
-            redacted: Vec::new(),
-        });
-    }
-    let drop = |files: &mut Vec<FileEntry>, path: &str, reason: DropReason| {
+    let mut dropped: BTreeMap<String, usize> = BTreeMap::new();
+    let mut drop = |files: &mut Vec<FileEntry>, path: &str, reason: DropReason| {
+        *dropped.entry(reason.group()).or_default() += 1;
         files.push(FileEntry {
             path: path.to_owned(),
             decision: "dropped",
@@ -169,6 +163,9 @@ pub fn curate(input: Input<'_>, progress: &dyn Progress) -> Result<Dataset, Cura
             redacted: Vec::new(),
         })
     };
+    for (path, reason) in &input.walk.skipped_files {
+        drop(&mut files, path, DropReason::Walk(reason.as_str().to_owned()));
+    }
 
     // Held out first, then the filters and secrets.
     progress.stage("filter", input.walk.files.len());
@@ -269,11 +266,8 @@ pub fn curate(input: Input<'_>, progress: &dyn Progress) -> Result<Dataset, Cura
     }
 
     // History.
-    let mut history_summary = HistorySummary {
-        available: config.history && history::has_history(input.repository),
-        ..HistorySummary::default()
-    };
-    if history_summary.available {
+    let mut history_summary = HistorySummary::default();
+    if config.history {
         progress.stage("history", 1);
         let parts: BTreeMap<&str, Part> = kept.iter().map(|(p, _, part)| (p.as_str(), *part)).collect();
         let options = HistoryOptions {
@@ -283,6 +277,7 @@ pub fn curate(input: Input<'_>, progress: &dyn Progress) -> Result<Dataset, Cura
         };
         let mined = history::mine(input.repository, &options, &|path| parts.contains_key(path))?;
         progress.advance(1);
+        history_summary.available = mined.available;
         history_summary.commits = mined.commits;
         history_summary.skipped = mined.skipped.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         for pair in mined.pairs {
@@ -334,11 +329,6 @@ pub fn curate(input: Input<'_>, progress: &dyn Progress) -> Result<Dataset, Cura
         let c = counts.entry(s.part.as_str()).or_default().entry(s.kind.as_str()).or_default();
         c.samples += 1;
         c.tokens += s.tokens;
-    }
-    let mut dropped: BTreeMap<String, usize> = BTreeMap::new();
-    for f in files.iter().filter(|f| f.decision == "dropped") {
-        let group = f.reason.as_deref().unwrap_or("").split(" (").next().unwrap_or("").to_owned();
-        *dropped.entry(group).or_default() += 1;
     }
     Ok(Dataset {
         samples,

@@ -56,6 +56,8 @@ impl Skip {
 /// What mining found.
 #[derive(Debug, Default)]
 pub struct Mined {
+    /// Whether the repository has a history here (sources from a registry have none).
+    pub available: bool,
     pub pairs: Vec<Pair>,
     /// Commits read (merges are not read at all).
     pub commits: usize,
@@ -191,6 +193,7 @@ pub fn mine(repo: &Path, options: &HistoryOptions, kept: &dyn Fn(&str) -> bool) 
     if !has_history(repo) {
         return Ok(mined);
     }
+    mined.available = true;
     let max = format!("-n{}", options.max_commits);
     let log = git(
         repo,

@@ -11,8 +11,7 @@ use anyhow::{bail, Context, Result};
 use graft_core::split::Split;
 use graft_core::SecretAction;
 use graft_data::{curate, output, Input, Progress};
-use graft_engine::{PromptFormat, Tokenizer};
-use graft_kit::Kit;
+use graft_engine::PromptFormat;
 use indicatif::ProgressBar;
 
 use crate::cli::DatasetArgs;
@@ -72,7 +71,7 @@ impl Bars {
 /// The split the evaluation wrote for `project`, if `graft eval build` wrote one where it
 /// writes by default.
 fn default_split(project: &str) -> PathBuf {
-    Split::path_beside(&PathBuf::from("eval").join(format!("{project}.golden.jsonl")))
+    Split::path_beside(&crate::eval::default_golden_set(project))
 }
 
 fn split_for(args: &DatasetArgs, paths: &[&str]) -> Result<(Split, String)> {
@@ -127,9 +126,7 @@ pub fn run(args: DatasetArgs) -> Result<()> {
     let (split, split_origin) = split_for(&args, &paths)?;
 
     // The served model's tokenizer and layout, from its file.
-    models::ensure(&Kit::new(&config.kit.dir), &graft_wiring::model_artifacts(&config)?, args.json)?;
-    let gguf = graft_wiring::model_file(&config)?;
-    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    let (gguf, tokenizer) = models::served_tokenizer(&config, args.json)?;
     let format = graft_wiring::base_model(&config, gguf.clone())
         .prompt_format
         .unwrap_or_else(|| PromptFormat::detect(tokenizer.vocabulary().iter().map(String::as_str)));

@@ -1,6 +1,6 @@
 //! `graft models fetch | list`, and the resolution of `kit:<id>` references in the config.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use graft_core::Config;
@@ -68,6 +68,15 @@ pub fn ensure(kit: &Kit, artifacts: &[Artifact], quiet: bool) -> Result<Vec<(&'s
     let source = Source::from_env();
     kit.ensure(artifacts, &source, &KitProgress::new(quiet))
         .with_context(|| format!("fetching the model kit into {}", kit.dir().display()))
+}
+
+/// The base model's file (fetched from the kit first when the config names a missing kit
+/// model) and its tokenizer, read without loading the model.
+pub fn served_tokenizer(config: &Config, quiet: bool) -> Result<(PathBuf, graft_engine::Tokenizer)> {
+    ensure(&Kit::new(&config.kit.dir), &graft_wiring::model_artifacts(config)?, quiet)?;
+    let gguf = graft_wiring::model_file(config)?;
+    let tokenizer = graft_engine::Tokenizer::from_gguf(&gguf)?;
+    Ok((gguf, tokenizer))
 }
 
 pub fn load_config(path: &Path) -> Result<Config> {

@@ -145,7 +145,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.max_tokens < 16 {
         bail!("--max-tokens must be at least 16, got {}", args.max_tokens);
     }
-    if let Some(bad) = args.targets.iter().find(|t| !graft_gguf_projection(t)) {
+    if let Some(bad) = args
+        .targets
+        .iter()
+        .find(|t| !graft_engine::adapter::PROJECTIONS.contains(&t.as_str()))
+    {
         bail!(
             "--targets: `{bad}` is not a projection ({})",
             graft_engine::adapter::PROJECTIONS.join(", ")
@@ -164,13 +168,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         bail!("{} already exists: pass --force to replace it", out.display());
     }
 
-    models::ensure(
-        &graft_kit::Kit::new(&config.kit.dir),
-        &graft_wiring::model_artifacts(&config)?,
-        args.json,
-    )?;
-    let gguf = graft_wiring::model_file(&config)?;
-    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    let (gguf, tokenizer) = models::served_tokenizer(&config, args.json)?;
     let train_set = examples(&data.join("train"), &tokenizer, args.max_tokens)?;
     let mut validation = examples(&data.join("validation"), &tokenizer, args.max_tokens)?;
     validation.truncate(args.max_validation);
@@ -266,8 +264,4 @@ pub fn run(args: TrainArgs) -> Result<()> {
         println!("  report:     {} and train_report.html", out.join("train_report.json").display());
     }
     Ok(())
-}
-
-fn graft_gguf_projection(name: &str) -> bool {
-    graft_engine::adapter::PROJECTIONS.contains(&name)
 }

@@ -16,6 +16,12 @@ use serde_json::json;
 use crate::cli::EvalBuildArgs;
 use crate::models;
 
+/// Where `graft eval build` writes a project's golden set unless told (`graft dataset` looks
+/// for its split beside it).
+pub fn default_golden_set(project: &str) -> PathBuf {
+    PathBuf::from("eval").join(format!("{project}.golden.jsonl"))
+}
+
 /// `graft eval build PATH --project NAME`.
 pub fn build_golden_set(args: EvalBuildArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
@@ -60,10 +66,7 @@ pub fn build_golden_set(args: EvalBuildArgs) -> Result<()> {
         let own = GoldenSet::read(gold)?;
         set.tasks.extend(own.tasks);
     }
-    let output = args
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("eval").join(format!("{}.golden.jsonl", args.project)));
+    let output = args.output.clone().unwrap_or_else(|| default_golden_set(&args.project));
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
