@@ -6,11 +6,12 @@ use graft_tests::kit_file;
 use graft_train::{LoraSettings, Model};
 
 fn loss_of(model: &Model, ids: &[u32], target: &[bool]) -> f64 {
-    model.loss(ids, target).unwrap().unwrap().to_scalar::<f64>().unwrap()
+    model.loss(ids, target, None).unwrap().unwrap().to_scalar::<f64>().unwrap()
 }
 
-/// Every adapter's gradient, by backpropagation, matches the loss's change when one of its
-/// weights moves: the forward pass keeps the whole graph (no fused kernel cuts it).
+/// Every adapter's gradient, as a training step computes it (layer by layer from saved
+/// inputs, the output layer in pieces), matches the loss's change when one of its weights
+/// moves: no fused kernel cuts the graph and the checkpointing passes the whole gradient on.
 #[test]
 fn lora_gradients_match_finite_differences_on_the_toy_model() {
     let settings = LoraSettings {
@@ -18,7 +19,7 @@ fn lora_gradients_match_finite_differences_on_the_toy_model() {
         alpha: 4.0,
         ..LoraSettings::default()
     };
-    let model = Model::load(&kit_file("tiny-llama"), DType::F64, Some(&settings)).unwrap();
+    let model = Model::load(&kit_file("tiny-llama"), DType::F64, Some(&settings), 1).unwrap();
     let vars = model.trainable();
     assert_eq!(vars.len(), 2 * 7 * model.adapters().len(), "A and B of seven projections per layer");
     // B starts at zero, which would leave A's gradient zero: give every B a value first.
@@ -34,16 +35,26 @@ fn lora_gradients_match_finite_differences_on_the_toy_model() {
     let ids: Vec<u32> = ids.iter().map(|i| i % vocab).collect();
     // Only the second half is a target, as for a prompt and its completion.
     let target: Vec<bool> = (0..ids.len()).map(|i| i >= ids.len() / 2).collect();
-    let loss = model.loss(&ids, &target).unwrap().unwrap();
-    let grads = loss.backward().unwrap();
+    let step = model.backward(&ids, &target, None).unwrap().unwrap();
+    let n = step.tokens as f64;
+    assert_eq!(step.tokens, target.iter().skip(1).filter(|t| **t).count());
+    assert!((step.loss_sum / n - loss_of(&model, &ids, &target)).abs() < 1e-9);
     let eps = 1e-6;
     let mut checked = 0;
     for (v, var) in vars.iter().enumerate() {
         if v % 5 != 0 {
             continue;
         }
-        let grad = grads.get(var.as_tensor()).expect("every adapter weight has a gradient");
-        let grad = grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let grad = step.grads[v].as_ref().expect("every adapter weight has a gradient");
+        // The step's gradient is of the summed loss; the finite difference of the mean.
+        let grad: Vec<f64> = grad
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+            .iter()
+            .map(|g| g / n)
+            .collect();
         let values = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
         let shape = var.as_tensor().shape().clone();
         for k in [0, values.len() / 2, values.len() - 1] {
@@ -68,22 +79,68 @@ fn lora_gradients_match_finite_differences_on_the_toy_model() {
     }
     assert!(checked >= 12, "{checked}");
     // Not all zero: the check compared something.
-    assert!(vars.iter().any(|var| grads.get(var.as_tensor()).is_some_and(|g| g
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-        > 1e-8)));
+    assert!(step
+        .grads
+        .iter()
+        .flatten()
+        .any(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap() > 1e-8));
+}
+
+/// A training step's gradients (checkpointed, with dropout replayed from its seed) are the
+/// gradients of one graph from the adapters to the loss with the same dropout.
+#[test]
+fn a_checkpointed_step_has_the_whole_graphs_gradients() {
+    let settings = LoraSettings {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.3,
+        ..LoraSettings::default()
+    };
+    let model = Model::load(&kit_file("tiny-llama"), DType::F64, Some(&settings), 3).unwrap();
+    for var in model.trainable().iter().skip(1).step_by(2) {
+        let shape = var.as_tensor().shape().clone();
+        var.set(&Tensor::rand(-0.2f64, 0.2, shape, &candle_core::Device::Cpu).unwrap())
+            .unwrap();
+    }
+    // Longer than the output layer's pieces (128 positions), so those are joined too.
+    let vocab = model.logits(&[1]).unwrap().dim(1).unwrap() as u32;
+    let ids: Vec<u32> = (0..300u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let target: Vec<bool> = (0..ids.len()).map(|i| i % 5 != 0).collect();
+    for dropout in [None, Some(42)] {
+        let step = model.backward(&ids, &target, dropout).unwrap().unwrap();
+        let whole = model.loss(&ids, &target, dropout).unwrap().unwrap();
+        let whole = (whole * step.tokens as f64).unwrap();
+        assert!((whole.to_scalar::<f64>().unwrap() - step.loss_sum).abs() < 1e-8 * step.loss_sum);
+        let grads = whole.backward().unwrap();
+        let mut worst: f64 = 0.0;
+        for (var, ours) in model.trainable().iter().zip(&step.grads) {
+            let (ours, theirs) = (ours.as_ref().unwrap(), grads.get(var.as_tensor()).unwrap());
+            let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap().max(1e-12);
+            let diff = (ours - theirs)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            worst = worst.max(diff / scale);
+        }
+        assert!(worst < 1e-9, "dropout {dropout:?}: relative difference {worst}");
+    }
+    let (a, b) = (
+        model.backward(&ids, &target, Some(1)).unwrap().unwrap(),
+        model.backward(&ids, &target, Some(2)).unwrap().unwrap(),
+    );
+    assert_ne!(a.loss_sum, b.loss_sum, "another seed drops other inputs");
 }
 
 /// With every B at zero the adapters change nothing: the model is the base, exactly.
 #[test]
 fn fresh_adapters_leave_the_base_model_unchanged() {
     let path = kit_file("tiny-llama");
-    let base = Model::load(&path, DType::F64, None).unwrap();
-    let adapted = Model::load(&path, DType::F64, Some(&LoraSettings::default())).unwrap();
+    let base = Model::load(&path, DType::F64, None, 1).unwrap();
+    let adapted = Model::load(&path, DType::F64, Some(&LoraSettings::default()), 1).unwrap();
     let ids = [1u32, 5, 9, 200, 7, 3];
     let a = base.logits(&ids).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let b = adapted.logits(&ids).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
@@ -103,7 +160,7 @@ fn a_written_adapter_merged_by_the_engine_is_the_trained_model() {
         alpha: 8.0,
         ..LoraSettings::default()
     };
-    let model = Model::load(&path, DType::F64, Some(&settings)).unwrap();
+    let model = Model::load(&path, DType::F64, Some(&settings), 1).unwrap();
     for var in model.trainable().iter().skip(1).step_by(2) {
         let shape = var.as_tensor().shape().clone();
         var.set(&Tensor::rand(-0.3f64, 0.3, shape, &candle_core::Device::Cpu).unwrap())
@@ -123,11 +180,11 @@ fn a_written_adapter_merged_by_the_engine_is_the_trained_model() {
         quantized_dtype: candle_core::quantized::GgmlDType::F32,
     };
     graft_engine::merge::merge(&base, &adapter, &settings_f32, &merged).unwrap();
-    let served = Model::load(&merged, DType::F64, None).unwrap();
+    let served = Model::load(&merged, DType::F64, None, 1).unwrap();
     let ids = [1u32, 17, 300, 42, 9, 1000, 5, 77];
     let want = model.logits(&ids).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let got = served.logits(&ids).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let base_logits = Model::load(&path, DType::F64, None).unwrap().logits(&ids).unwrap();
+    let base_logits = Model::load(&path, DType::F64, None, 1).unwrap().logits(&ids).unwrap();
     let base_logits = base_logits.flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     let moved = want.iter().zip(&base_logits).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
@@ -156,6 +213,7 @@ fn training_lowers_the_validation_loss_and_stops_when_told() {
             alpha: 16.0,
             ..LoraSettings::default()
         }),
+        1,
     )
     .unwrap();
     let pattern = [5u32, 17, 42, 99, 7, 230, 61];
@@ -177,9 +235,16 @@ fn training_lowers_the_validation_loss_and_stops_when_told() {
         ..TrainSettings::default()
     };
     let mut seen = 0;
-    let outcome = train(&model, &train_set, &validation, &settings, &AtomicBool::new(false), &mut |_, _| {
-        seen += 1
-    })
+    let outcome = train(
+        &model,
+        &train_set,
+        &validation,
+        &settings,
+        &AtomicBool::new(false),
+        None,
+        None,
+        &mut |_, _| seen += 1,
+    )
     .unwrap();
     let base = outcome.base_val_loss.unwrap();
     let best = outcome.best_val_loss.unwrap();
@@ -192,12 +257,145 @@ fn training_lowers_the_validation_loss_and_stops_when_told() {
     let now = graft_train::train::mean_loss(&model, &validation).unwrap().unwrap();
     assert!((now - best).abs() < 1e-4, "the best adapters are the ones kept: {now} vs {best}");
 
-    let stopped = train(&model, &train_set, &validation, &settings, &AtomicBool::new(true), &mut |_, _| {}).unwrap();
+    let stopped = train(
+        &model,
+        &train_set,
+        &validation,
+        &settings,
+        &AtomicBool::new(true),
+        None,
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert_eq!((stopped.stopped, stopped.steps.len()), ("interrupted", 0));
     let budget = TrainSettings {
         time_budget: Some(std::time::Duration::ZERO),
         ..settings
     };
-    let out = train(&model, &train_set, &validation, &budget, &AtomicBool::new(false), &mut |_, _| {}).unwrap();
+    let out = train(
+        &model,
+        &train_set,
+        &validation,
+        &budget,
+        &AtomicBool::new(false),
+        None,
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert_eq!((out.stopped, out.steps.len()), ("time-budget", 0));
+}
+
+/// A run interrupted half way and resumed from its checkpoint (in a fresh process's model)
+/// ends where the same run done in one go ends: the same losses step by step, the same
+/// evaluations and the same adapters (dropout, data order and optimiser state all restored).
+#[test]
+fn a_resumed_run_is_the_run_done_in_one_go() {
+    use graft_train::train::{train, Checkpoints, Example, TrainSettings};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let lora = LoraSettings {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        ..LoraSettings::default()
+    };
+    let load = || Model::load(&kit_file("tiny-llama"), DType::F32, Some(&lora), 5).unwrap();
+    let pattern = [5u32, 17, 42, 99, 7, 230, 61];
+    let example = |phase: usize| {
+        let ids: Vec<u32> = (0..24).map(|i| pattern[(i * (phase + 1)) % pattern.len()]).collect();
+        Example {
+            target: vec![true; ids.len()],
+            ids,
+        }
+    };
+    let train_set: Vec<Example> = (0..5).map(example).collect();
+    let validation = vec![example(5)];
+    let settings = TrainSettings {
+        steps: 12,
+        learning_rate: 1e-2,
+        warmup_steps: 2,
+        eval_every: 4,
+        accumulation: 2,
+        patience: 0,
+        ..TrainSettings::default()
+    };
+    let whole = load();
+    let one_go = train(
+        &whole,
+        &train_set,
+        &validation,
+        &settings,
+        &AtomicBool::new(false),
+        None,
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = Checkpoints {
+        dir: &dir.path().join("run.checkpoint"),
+        run: serde_json::json!({"what": "the test's run"}),
+    };
+    let first = load();
+    let stop = AtomicBool::new(false);
+    let part = train(
+        &first,
+        &train_set,
+        &validation,
+        &settings,
+        &stop,
+        Some(&checkpoints),
+        None,
+        &mut |s, _| {
+            if s.step == 6 {
+                stop.store(true, Ordering::Relaxed)
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!((part.stopped, part.steps.len()), ("interrupted", 6));
+    let (saved, run) = graft_train::checkpoint::load(checkpoints.dir, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(run, checkpoints.run);
+    assert_eq!(saved.state.step, 6);
+
+    let second = load();
+    let rest = train(
+        &second,
+        &train_set,
+        &validation,
+        &settings,
+        &AtomicBool::new(false),
+        Some(&checkpoints),
+        Some(saved),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(rest.resumed_from, Some(6));
+    assert_eq!(rest.steps.len(), 12);
+    for (a, b) in one_go.steps.iter().zip(&rest.steps) {
+        assert!((a.loss - b.loss).abs() < 1e-5, "step {}: {} vs {}", a.step, a.loss, b.loss);
+    }
+    let evals = |o: &graft_train::train::Outcome| o.evaluations.iter().map(|e| (e.step, e.val_loss)).collect::<Vec<_>>();
+    assert_eq!(evals(&one_go).len(), 3);
+    for (a, b) in evals(&one_go).iter().zip(evals(&rest)) {
+        assert!(a.0 == b.0 && (a.1 - b.1).abs() < 1e-5, "{a:?} vs {b:?}");
+    }
+    assert_eq!(one_go.best_step, rest.best_step);
+    for (a, b) in whole.trainable().iter().zip(second.trainable()) {
+        let diff = (a.as_tensor() - b.as_tensor()).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+    // The adapters moved: the comparison compared trained weights.
+    let moved = whole.trainable()[1]
+        .as_tensor()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(moved > 1e-4, "{moved}");
 }

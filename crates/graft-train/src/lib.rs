@@ -4,19 +4,26 @@
 //! - [`model`]: the base model's forward pass (llama and qwen2) from its GGUF file, dequantized,
 //!   with adapters on the chosen projections, built only from candle ops that have a backward
 //!   pass; the loss only where a token is a target.
+//!   A training step keeps one layer's graph at a time (activation checkpointing).
+//! - [`frozen`]: the product with a frozen weight, whose backward gives the input's gradient
+//!   only (no weight-sized gradient per projection).
+//! - [`optim`]: AdamW with its moments in the open.
 //! - [`peft`]: the adapters written as a PEFT folder (Hugging Face names and row order).
-//! - [`train`]: the loop (AdamW, warmup and cosine decay, accumulation, clipping, validation
-//!   with the best adapters kept, early stopping, a time budget, a stop flag).
+//! - [`train`]: the loop (warmup and cosine decay, accumulation, clipping, validation with the
+//!   best adapters kept, early stopping, a time budget, a stop flag).
+//! - [`checkpoint`]: a run's whole state on disk, which a later run resumes exactly.
 //!
-//! Still to come (issue 15): `graft train` (data from `graft dataset`, the report, resume) and
-//! the frozen-weight matmul without a weight gradient. This crate uses candle, never
-//! mistralrs: editing it does not rebuild the engine.
+//! This crate uses candle, never mistralrs: editing it does not rebuild the engine.
 
+pub mod checkpoint;
+pub mod frozen;
 pub mod lora;
 pub mod model;
+pub mod optim;
 pub mod peft;
+pub mod softmax;
 pub mod train;
 
-pub use candle_core::DType;
+pub use candle_core::{DType, Device};
 pub use lora::{Lora, LoraSettings};
 pub use model::{Model, ModelError};

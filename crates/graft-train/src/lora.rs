@@ -1,8 +1,10 @@
 //! A low-rank adapter on one frozen projection: `y = x Wᵀ + s · (x Aᵀ) Bᵀ`, with `A` (rank ×
 //! in) drawn small and `B` (out × rank) zero, so training starts from the base model exactly;
-//! `s = alpha / rank` (or `alpha / √rank` with rsLoRA). Only `A` and `B` are trained.
+//! `s = alpha / rank` (or `alpha / √rank` with rsLoRA). Only `A` and `B` are trained; dropout
+//! on the adapter's input is drawn from a seed, so it can be replayed.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
+use graft_core::random::Rng;
 
 /// How adapters are shaped.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,12 +53,18 @@ pub struct Lora {
     pub dropout: f64,
 }
 
+/// A number in [0, 1) from `rng`.
+fn unit(rng: &mut Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 impl Lora {
     /// A fresh adapter for a `[out, in]` weight: `A` uniform in ±1/√in (PEFT's Kaiming-uniform
-    /// bound with a = √5), `B` zero.
-    pub fn new(out: usize, inp: usize, settings: &LoraSettings, dtype: DType, device: &Device) -> Result<Lora> {
+    /// bound with a = √5) drawn from `rng` (a seed gives the same adapter everywhere), `B` zero.
+    pub fn new(out: usize, inp: usize, settings: &LoraSettings, dtype: DType, device: &Device, rng: &mut Rng) -> Result<Lora> {
         let bound = 1.0 / (inp as f64).sqrt();
-        let a = Tensor::rand(-bound, bound, (settings.rank, inp), device)?.to_dtype(dtype)?;
+        let values: Vec<f64> = (0..settings.rank * inp).map(|_| (2.0 * unit(rng) - 1.0) * bound).collect();
+        let a = Tensor::from_vec(values, (settings.rank, inp), device)?.to_dtype(dtype)?;
         let b = Tensor::zeros((out, settings.rank), dtype, device)?;
         Ok(Lora {
             a: Var::from_tensor(&a)?,
@@ -66,17 +74,66 @@ impl Lora {
         })
     }
 
-    /// The adapter's part of the output for `x` (`[..., in]` → `[..., out]`); `training`
-    /// applies dropout to its input.
-    pub fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
-        let dropped;
-        let x = if training && self.dropout > 0.0 {
-            dropped = candle_nn::ops::dropout(&x.to_dtype(DType::F32)?, self.dropout as f32)?.to_dtype(x.dtype())?;
-            &dropped
+    /// The adapter's part of the output for `x` (`[..., in]` → `[..., out]`). `dropout` (a
+    /// seed) zeroes a share of its input, the same inputs for the same seed, so a pass run
+    /// again for its gradient (the trainer's checkpointing) drops what the first one dropped.
+    /// `track` records the graph for a backward pass; without it the weights are read as
+    /// constants and nothing is kept.
+    pub fn forward(&self, x: &Tensor, dropout: Option<u64>, track: bool) -> Result<Tensor> {
+        let (a, b) = if track {
+            (self.a.as_tensor().clone(), self.b.as_tensor().clone())
         } else {
-            x
+            (self.a.as_tensor().detach(), self.b.as_tensor().detach())
         };
-        let down = x.broadcast_matmul(&self.a.as_tensor().t()?)?;
-        down.broadcast_matmul(&self.b.as_tensor().t()?)?.affine(self.scale, 0.0)
+        let dropped;
+        let x = match dropout {
+            Some(seed) if self.dropout > 0.0 => {
+                // Four 16-bit draws from each random number.
+                let mut rng = Rng::new(seed);
+                let keep = (1.0 / (1.0 - self.dropout)) as f32;
+                let threshold = (self.dropout * 65536.0).round() as u64;
+                let n = x.elem_count();
+                let mut mask = Vec::with_capacity(n + 3);
+                while mask.len() < n {
+                    let r = rng.next_u64();
+                    for k in 0..4 {
+                        mask.push(if (r >> (16 * k)) & 0xFFFF < threshold { 0.0 } else { keep });
+                    }
+                }
+                mask.truncate(n);
+                let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+                dropped = (x * mask)?;
+                &dropped
+            }
+            _ => x,
+        };
+        let down = x.broadcast_matmul(&a.t()?)?;
+        down.broadcast_matmul(&b.t()?)?.affine(self.scale, 0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_gives_the_same_adapter_and_the_same_dropout() {
+        let settings = LoraSettings {
+            rank: 4,
+            dropout: 0.5,
+            ..LoraSettings::default()
+        };
+        let make = |seed| Lora::new(6, 8, &settings, DType::F32, &Device::Cpu, &mut Rng::new(seed)).unwrap();
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (one, two, other) = (make(1), make(1), make(2));
+        assert_eq!(values(one.a.as_tensor()), values(two.a.as_tensor()));
+        assert_ne!(values(one.a.as_tensor()), values(other.a.as_tensor()));
+        assert!(values(one.a.as_tensor()).iter().all(|v| v.abs() <= 1.0 / 8f32.sqrt()));
+        one.b.set(&Tensor::ones((6, 4), DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let x = Tensor::ones((3, 8), DType::F32, &Device::Cpu).unwrap();
+        let run = |seed| values(&one.forward(&x, seed, false).unwrap());
+        assert_eq!(run(Some(7)), run(Some(7)));
+        assert_ne!(run(Some(7)), run(Some(8)));
+        assert_ne!(run(Some(7)), run(None));
     }
 }

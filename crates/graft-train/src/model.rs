@@ -1,8 +1,15 @@
 //! The base model's forward pass for training, from its GGUF file: every weight dequantized
 //! (the served weights, as QLoRA trains against its quantized base) and frozen, adapters on
-//! the chosen projections, and only ops candle can differentiate (`softmax` and `log_softmax`
-//! composed of primitive ops, `rms_norm_slow`, `rope_i_slow` / `rope_slow`; never the fused
-//! kernels, which silently cut the gradient).
+//! the chosen projections, and only ops with a backward pass (`log_softmax` composed of
+//! primitive ops, `rms_norm_slow`, `rope_i_slow` / `rope_slow`, graft's fused causal softmax;
+//! never candle's fused kernels, which silently cut the gradient).
+//!
+//! Frozen weights multiply through [`crate::frozen`] (no weight gradient). A training step
+//! ([`Model::backward`]) keeps only each layer's input: it runs the layers without a graph,
+//! then, last layer first, runs each again with one and back-propagates the gradient that
+//! reached its output (activation checkpointing: one layer's graph alive at a time, for a
+//! third more compute). The output layer runs on a few positions at a time, so the
+//! vocabulary-wide logits of a long example are never all in memory.
 //!
 //! Weights stay in GGUF order: llama's q and k rows are permuted by llama.cpp's converter, so
 //! llama runs interleaved rotary embeddings (`rope_i`); qwen2's are not, so it runs the halves
@@ -13,9 +20,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var, D};
+use graft_core::random::Rng;
 use graft_gguf::{BaseGguf, GgufError};
 
 use crate::lora::{Lora, LoraSettings};
+use crate::{frozen, softmax};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -42,6 +51,38 @@ struct Layer {
     loras: BTreeMap<&'static str, Lora>,
 }
 
+/// How a forward pass runs: recording the adapters' graph for a backward pass or not, and with
+/// the adapters' dropout drawn from a seed or without dropout.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    track: bool,
+    dropout: Option<u64>,
+}
+
+const EVALUATE: Pass = Pass {
+    track: false,
+    dropout: None,
+};
+
+/// Positions of the output layer computed at once (each `vocab` logits wide).
+const HEAD_ROWS: usize = 128;
+
+/// The per-call tables a layer reads: rotary angles.
+struct Tables {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// Gradients of one example, in [`Model::trainable`]'s order (`None` for a weight the loss
+/// does not reach), and the summed loss they are the gradient of.
+pub struct Gradients {
+    /// Sum over the target tokens of `-log p(token)`.
+    pub loss_sum: f64,
+    /// Target tokens.
+    pub tokens: usize,
+    pub grads: Vec<Option<Tensor>>,
+}
+
 /// A model ready to train adapters on.
 pub struct Model {
     pub arch: Arch,
@@ -58,14 +99,20 @@ pub struct Model {
     device: Device,
     /// The heads of llama.cpp's row permutation, for q and k of a llama GGUF.
     permutations: BTreeMap<&'static str, usize>,
-    /// Whether adapters apply dropout (while training, not while evaluating).
-    training: std::cell::Cell<bool>,
+}
+
+/// Which positions predict a target: position `i` predicts token `i + 1`.
+fn predicting(ids: &[u32], target: &[bool]) -> Vec<u32> {
+    (1..ids.len())
+        .filter(|&i| target.get(i) == Some(&true))
+        .map(|i| i as u32 - 1)
+        .collect()
 }
 
 impl Model {
     /// The model in `gguf`, its weights as `dtype`, with fresh adapters as `lora` says (none
-    /// when `None`).
-    pub fn load(gguf: &Path, dtype: DType, lora: Option<&LoraSettings>) -> Result<Model, ModelError> {
+    /// when `None`), their `A` drawn from `seed`.
+    pub fn load(gguf: &Path, dtype: DType, lora: Option<&LoraSettings>, seed: u64) -> Result<Model, ModelError> {
         let base = BaseGguf::open(gguf)?;
         let arch = match base.architecture.as_str() {
             "llama" => Arch::Llama,
@@ -86,9 +133,13 @@ impl Model {
         };
         let dim = embed.dim(1)?;
         let heads = base.head_count;
-        if heads == 0 || dim % heads != 0 {
-            return Err(ModelError::Unsupported(format!("{dim} wide with {heads} heads")));
+        if heads == 0 || dim % heads != 0 || base.head_count_kv == 0 || heads % base.head_count_kv != 0 {
+            return Err(ModelError::Unsupported(format!(
+                "{dim} wide with {heads} heads and {} key-value heads",
+                base.head_count_kv
+            )));
         }
+        let mut rng = Rng::new(seed);
         let mut layers = Vec::with_capacity(base.block_count);
         for l in 0..base.block_count {
             let mut weights = BTreeMap::new();
@@ -100,7 +151,7 @@ impl Model {
                 let bias = if base.has(&bias_name) { Some(load(&bias_name)?) } else { None };
                 if let Some(settings) = lora.filter(|s| s.targets.iter().any(|t| t == projection)) {
                     let (out, inp) = weight.dims2()?;
-                    loras.insert(projection, Lora::new(out, inp, settings, dtype, &device)?);
+                    loras.insert(projection, Lora::new(out, inp, settings, dtype, &device, &mut rng)?);
                 }
                 weights.insert(projection, (weight, bias));
             }
@@ -128,13 +179,7 @@ impl Model {
                 .iter()
                 .filter_map(|&p| Some((p, base.permutation(p)?)))
                 .collect(),
-            training: std::cell::Cell::new(false),
         })
-    }
-
-    /// Training mode (adapter dropout on) or evaluation (off, the default).
-    pub fn set_training(&self, training: bool) {
-        self.training.set(training);
     }
 
     /// The head count of the GGUF's row permutation of `projection`'s weight, if permuted.
@@ -155,22 +200,28 @@ impl Model {
         self.layers.iter().map(|l| &l.loras).collect()
     }
 
-    fn linear(&self, layer: &Layer, projection: &str, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn linear(&self, l: usize, projection: &str, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
+        let layer = &self.layers[l];
         let Some((w, bias)) = layer.weights.get(projection) else {
             candle_core::bail!("no {projection}");
         };
-        let mut y = x.broadcast_matmul(&w.t()?)?;
+        let mut y = frozen::matmul_t(x, w)?;
         if let Some(b) = bias {
             y = y.broadcast_add(b)?;
         }
-        if let Some(lora) = layer.loras.get(projection) {
-            y = (y + lora.forward(x, self.training.get())?)?;
+        if let Some((p, lora)) = layer.loras.iter().find(|(p, _)| **p == projection) {
+            // Each adapter's own dropout, replayed by the same seed.
+            let index = graft_gguf::PROJECTIONS.iter().position(|q| q == p).unwrap_or(0);
+            let seed = pass.dropout.map(|s| {
+                Rng::new(s ^ ((l * graft_gguf::PROJECTIONS.len() + index) as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407)).next_u64()
+            });
+            y = (y + lora.forward(x, seed, pass.track)?)?;
         }
         Ok(y)
     }
 
-    /// Rotary tables for `len` positions: `[len, head_dim / 2]` each.
-    fn rotary(&self, len: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    /// Rotary tables for `len` positions.
+    fn tables(&self, len: usize) -> candle_core::Result<Tables> {
         let half = self.head_dim / 2;
         let inv: Vec<f64> = (0..half)
             .map(|i| 1.0 / self.rope_base.powf(2.0 * i as f64 / self.head_dim as f64))
@@ -180,80 +231,194 @@ impl Model {
             angles.extend(inv.iter().map(|f| p as f64 * f));
         }
         let angles = Tensor::from_vec(angles, (len, half), &self.device)?;
-        Ok((angles.cos()?.to_dtype(self.dtype)?, angles.sin()?.to_dtype(self.dtype)?))
+        Ok(Tables {
+            cos: angles.cos()?.to_dtype(self.dtype)?,
+            sin: angles.sin()?.to_dtype(self.dtype)?,
+        })
     }
 
-    /// The final hidden states of `ids`, `[len, dim]`.
-    pub fn hidden(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
-        let len = ids.len();
-        let ids = Tensor::from_vec(ids.to_vec(), len, &self.device)?;
-        let mut x = self.embed.index_select(&ids, 0)?.unsqueeze(0)?;
-        let (cos, sin) = self.rotary(len)?;
-        let mask: Vec<f64> = (0..len * len).map(|i| if i % len > i / len { -1e9 } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(mask, (len, len), &self.device)?.to_dtype(self.dtype)?;
+    fn embed(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
+        let ids = Tensor::from_vec(ids.to_vec(), ids.len(), &self.device)?;
+        self.embed.index_select(&ids, 0)?.unsqueeze(0)
+    }
+
+    /// Layer `l` on `x` (`[1, len, dim]`).
+    fn layer(&self, l: usize, x: &Tensor, tables: &Tables, pass: Pass) -> candle_core::Result<Tensor> {
+        let layer = &self.layers[l];
+        let len = x.dim(1)?;
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
-        for layer in &self.layers {
-            let n = candle_nn::ops::rms_norm_slow(&x, &layer.attn_norm, self.eps as f32)?;
-            let q = self.linear(layer, "q_proj", &n)?.reshape((1, len, h, hd))?.transpose(1, 2)?;
-            let k = self.linear(layer, "k_proj", &n)?.reshape((1, len, kvh, hd))?.transpose(1, 2)?;
-            let v = self.linear(layer, "v_proj", &n)?.reshape((1, len, kvh, hd))?.transpose(1, 2)?;
-            let (q, k) = match self.arch {
-                Arch::Llama => (
-                    candle_nn::rotary_emb::rope_i_slow(&q.contiguous()?, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope_i_slow(&k.contiguous()?, &cos, &sin)?,
-                ),
-                Arch::Qwen2 => (
-                    candle_nn::rotary_emb::rope_slow(&q.contiguous()?, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope_slow(&k.contiguous()?, &cos, &sin)?,
-                ),
+        let n = candle_nn::ops::rms_norm_slow(x, &layer.attn_norm, self.eps as f32)?;
+        let q = self.linear(l, "q_proj", &n, pass)?.reshape((1, len, h, hd))?.transpose(1, 2)?;
+        let k = self.linear(l, "k_proj", &n, pass)?.reshape((1, len, kvh, hd))?.transpose(1, 2)?;
+        let v = self.linear(l, "v_proj", &n, pass)?.reshape((1, len, kvh, hd))?.transpose(1, 2)?;
+        let (cos, sin) = (&tables.cos, &tables.sin);
+        let (q, k) = match self.arch {
+            Arch::Llama => (
+                candle_nn::rotary_emb::rope_i_slow(&q.contiguous()?, cos, sin)?,
+                candle_nn::rotary_emb::rope_i_slow(&k.contiguous()?, cos, sin)?,
+            ),
+            Arch::Qwen2 => (
+                candle_nn::rotary_emb::rope_slow(&q.contiguous()?, cos, sin)?,
+                candle_nn::rotary_emb::rope_slow(&k.contiguous()?, cos, sin)?,
+            ),
+        };
+        let (k, v) = if kvh == h {
+            (k, v)
+        } else {
+            let repeat = |t: Tensor| -> candle_core::Result<Tensor> {
+                t.unsqueeze(2)?
+                    .broadcast_as((1, kvh, h / kvh, len, hd))?
+                    .contiguous()?
+                    .reshape((1, h, len, hd))
             };
-            let (k, v) = if kvh == h {
-                (k, v)
-            } else {
-                let repeat = |t: Tensor| -> candle_core::Result<Tensor> {
-                    t.unsqueeze(2)?
-                        .broadcast_as((1, kvh, h / kvh, len, hd))?
-                        .contiguous()?
-                        .reshape((1, h, len, hd))
-                };
-                (repeat(k)?, repeat(v)?)
-            };
-            let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(&mask)?;
-            let attention = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&v.contiguous()?)?;
-            let attention = attention.transpose(1, 2)?.reshape((1, len, h * hd))?;
-            x = (x + self.linear(layer, "o_proj", &attention)?)?;
-            let n = candle_nn::ops::rms_norm_slow(&x, &layer.ffn_norm, self.eps as f32)?;
-            let gate = self.linear(layer, "gate_proj", &n)?.silu()?;
-            let up = self.linear(layer, "up_proj", &n)?;
-            x = (x + self.linear(layer, "down_proj", &(gate * up)?)?)?;
+            (repeat(k)?, repeat(v)?)
+        };
+        let scores = q.matmul(&k.t()?)?;
+        let attention = softmax::causal(&scores, 1.0 / (hd as f64).sqrt())?.matmul(&v.contiguous()?)?;
+        let attention = attention.transpose(1, 2)?.reshape((1, len, h * hd))?;
+        let x = (x + self.linear(l, "o_proj", &attention, pass)?)?;
+        let n = candle_nn::ops::rms_norm_slow(&x, &layer.ffn_norm, self.eps as f32)?;
+        let gate = self.linear(l, "gate_proj", &n, pass)?.silu()?;
+        let up = self.linear(l, "up_proj", &n, pass)?;
+        x + self.linear(l, "down_proj", &(gate * up)?, pass)?
+    }
+
+    /// The last layer's output for `ids`, `[len, dim]` (before the final norm).
+    fn trunk(&self, ids: &[u32], pass: Pass) -> candle_core::Result<Tensor> {
+        let tables = self.tables(ids.len())?;
+        let mut x = self.embed(ids)?;
+        for l in 0..self.layers.len() {
+            x = self.layer(l, &x, &tables, pass)?;
         }
-        candle_nn::ops::rms_norm_slow(&x, &self.norm, self.eps as f32)?.squeeze(0)
+        x.squeeze(0)
+    }
+
+    /// The logits of rows of the last layer's output (`[n, dim]` → `[n, vocab]`).
+    fn head(&self, rows: &Tensor) -> candle_core::Result<Tensor> {
+        let normed = candle_nn::ops::rms_norm_slow(rows, &self.norm, self.eps as f32)?;
+        frozen::matmul_t(&normed, &self.output)
+    }
+
+    /// Sum of `-log p(wanted[i])` under the logits of `rows`, as a tensor with its graph.
+    fn nll(&self, rows: &Tensor, wanted: &[u32]) -> candle_core::Result<Tensor> {
+        let log_probs = candle_nn::ops::log_softmax(&self.head(rows)?, D::Minus1)?;
+        let wanted = Tensor::from_vec(wanted.to_vec(), (wanted.len(), 1), &self.device)?;
+        log_probs.gather(&wanted, 1)?.sum_all()?.neg()
     }
 
     /// The logits of every position, `[len, vocab]`.
     pub fn logits(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
-        self.hidden(ids)?.matmul(&self.output.t()?)
+        self.head(&self.trunk(ids, EVALUATE)?)
     }
 
     /// Mean cross-entropy of the tokens `ids[i]` with `target[i]` set, each predicted from the
-    /// positions before it; logits are computed only where they are needed. `None` when no
-    /// token is a target.
-    pub fn loss(&self, ids: &[u32], target: &[bool]) -> candle_core::Result<Option<Tensor>> {
-        let positions: Vec<u32> = (1..ids.len())
-            .filter(|&i| target.get(i) == Some(&true))
-            .map(|i| i as u32 - 1)
-            .collect();
+    /// positions before it, as one graph from the adapters to the loss (the reference that
+    /// [`Model::backward`] is checked against; it holds every activation). `None` when no token
+    /// is a target. `dropout` seeds the adapters' dropout as in [`Model::backward`].
+    pub fn loss(&self, ids: &[u32], target: &[bool], dropout: Option<u64>) -> candle_core::Result<Option<Tensor>> {
+        let positions = predicting(ids, target);
         if positions.is_empty() {
             return Ok(None);
         }
         let wanted: Vec<u32> = positions.iter().map(|&p| ids[p as usize + 1]).collect();
         let n = positions.len();
         let at = Tensor::from_vec(positions, n, &self.device)?;
-        let hidden = self.hidden(ids)?.index_select(&at, 0)?;
-        let logits = hidden.matmul(&self.output.t()?)?;
-        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let wanted = Tensor::from_vec(wanted, (n, 1), &self.device)?;
-        let picked = log_probs.gather(&wanted, 1)?;
-        Ok(Some((picked.sum_all()? / -(n as f64))?))
+        let pass = Pass { track: true, dropout };
+        let rows = self.trunk(ids, pass)?.index_select(&at, 0)?;
+        Ok(Some((self.nll(&rows, &wanted)? / n as f64)?))
     }
+
+    /// Summed cross-entropy of the target tokens and their count, without dropout and without
+    /// keeping a graph (validation). `None` when no token is a target.
+    pub fn loss_sum(&self, ids: &[u32], target: &[bool]) -> candle_core::Result<Option<(f64, usize)>> {
+        let positions = predicting(ids, target);
+        if positions.is_empty() {
+            return Ok(None);
+        }
+        let rows = self.target_rows(&self.trunk(ids, EVALUATE)?, &positions)?;
+        let mut sum = 0.0;
+        for (start, chunk) in (0..positions.len()).step_by(HEAD_ROWS).zip(positions.chunks(HEAD_ROWS)) {
+            let wanted: Vec<u32> = chunk.iter().map(|&p| ids[p as usize + 1]).collect();
+            sum += scalar(&self.nll(&rows.narrow(0, start, chunk.len())?, &wanted)?)?;
+        }
+        Ok(Some((sum, positions.len())))
+    }
+
+    fn target_rows(&self, trunk: &Tensor, positions: &[u32]) -> candle_core::Result<Tensor> {
+        let at = Tensor::from_vec(positions.to_vec(), positions.len(), &self.device)?;
+        trunk.index_select(&at, 0)
+    }
+
+    /// One example's loss and the gradients of every adapter weight, by activation
+    /// checkpointing: the layers run once without a graph keeping each one's input, the
+    /// output layer's gradient is taken a few positions at a time, then each layer, last
+    /// first, runs again from its input with a graph and passes the gradient at its output
+    /// back to its input. `dropout` seeds the adapters' dropout (the same in both runs);
+    /// `None` trains without it. `None` when no token is a target.
+    pub fn backward(&self, ids: &[u32], target: &[bool], dropout: Option<u64>) -> candle_core::Result<Option<Gradients>> {
+        let positions = predicting(ids, target);
+        if positions.is_empty() {
+            return Ok(None);
+        }
+        let len = ids.len();
+        let tables = self.tables(len)?;
+        let first = Pass { track: false, dropout };
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut x = self.embed(ids)?;
+        for l in 0..self.layers.len() {
+            let next = self.layer(l, &x, &tables, first)?;
+            inputs.push(x);
+            x = next;
+        }
+        let rows = self.target_rows(&x.squeeze(0)?, &positions)?;
+        drop(x);
+        let mut loss_sum = 0.0;
+        let mut row_grads = Vec::new();
+        for (start, chunk) in (0..positions.len()).step_by(HEAD_ROWS).zip(positions.chunks(HEAD_ROWS)) {
+            let wanted: Vec<u32> = chunk.iter().map(|&p| ids[p as usize + 1]).collect();
+            let part = Var::from_tensor(&rows.narrow(0, start, chunk.len())?)?;
+            let nll = self.nll(part.as_tensor(), &wanted)?;
+            loss_sum += scalar(&nll)?;
+            let grads = nll.backward()?;
+            row_grads.push(match grads.get(part.as_tensor()) {
+                Some(g) => g.clone(),
+                None => part.as_tensor().zeros_like()?,
+            });
+        }
+        let at = Tensor::from_vec(positions.clone(), positions.len(), &self.device)?;
+        let dim = rows.dim(1)?;
+        let mut grad = Tensor::zeros((len, dim), self.dtype, &self.device)?
+            .index_add(&at, &Tensor::cat(&row_grads, 0)?, 0)?
+            .unsqueeze(0)?;
+        let second = Pass { track: true, dropout };
+        let mut by_layer: Vec<Vec<Option<Tensor>>> = vec![Vec::new(); self.layers.len()];
+        for l in (0..self.layers.len()).rev() {
+            let input = match inputs.pop() {
+                Some(x) => Var::from_tensor(&x)?,
+                None => candle_core::bail!("layer {l} has no saved input"),
+            };
+            let out = self.layer(l, input.as_tensor(), &tables, second)?;
+            let grads = (out * &grad)?.sum_all()?.backward()?;
+            by_layer[l] = self.layers[l]
+                .loras
+                .values()
+                .flat_map(|lora| [grads.get(lora.a.as_tensor()).cloned(), grads.get(lora.b.as_tensor()).cloned()])
+                .collect();
+            if l > 0 {
+                grad = match grads.get(input.as_tensor()) {
+                    Some(g) => g.clone(),
+                    None => input.as_tensor().zeros_like()?,
+                };
+            }
+        }
+        Ok(Some(Gradients {
+            loss_sum,
+            tokens: positions.len(),
+            grads: by_layer.into_iter().flatten().collect(),
+        }))
+    }
+}
+
+fn scalar(t: &Tensor) -> candle_core::Result<f64> {
+    t.to_dtype(DType::F64)?.to_scalar::<f64>()
 }

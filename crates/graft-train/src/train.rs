@@ -1,7 +1,8 @@
 //! The training loop: AdamW on the adapters, linear warmup then cosine decay, gradient
 //! accumulation and clipping by global norm, validation loss every few steps with the best
 //! adapters kept, early stopping, a time budget, and a stop flag (Ctrl-C) honoured between
-//! steps. The model's own loss counts only target tokens.
+//! steps, and checkpoints of the whole state that a later run resumes exactly. The model's own
+//! loss counts only target tokens; each step's gradients come from [`Model::backward`].
 //!
 //! It trains and reports; reading data and writing the adapter are the caller's (the `graft
 //! train` command, with [`crate::peft`]).
@@ -9,11 +10,15 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use candle_core::{Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use serde::Serialize;
+use std::path::Path;
 
+use candle_core::{Tensor, Var};
+use graft_core::random::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, Checkpoint, CheckpointError, RunState};
 use crate::model::Model;
+use crate::optim::{AdamSettings, AdamW};
 
 /// One training example: token ids and which of them are targets (predicted and learned).
 #[derive(Debug, Clone, PartialEq)]
@@ -68,7 +73,7 @@ impl Default for TrainSettings {
 }
 
 /// One step's figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepLog {
     pub step: usize,
     pub loss: f64,
@@ -79,7 +84,7 @@ pub struct StepLog {
 }
 
 /// One evaluation's figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalLog {
     pub step: usize,
     pub val_loss: f64,
@@ -99,6 +104,8 @@ pub struct Outcome {
     /// Why it stopped: `steps`, `early-stopping`, `time-budget` or `interrupted`.
     pub stopped: &'static str,
     pub tokens_per_second: f64,
+    /// The step a resumed run started after.
+    pub resumed_from: Option<usize>,
 }
 
 /// The learning rate at `step` (1-based): linear warmup, then cosine down to a tenth.
@@ -113,13 +120,12 @@ pub fn learning_rate(settings: &TrainSettings, step: usize) -> f64 {
     floor + (peak - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
-/// Mean loss per target token over `examples` (no gradient kept).
+/// Mean loss per target token over `examples` (no graph kept, no dropout).
 pub fn mean_loss(model: &Model, examples: &[Example]) -> candle_core::Result<Option<f64>> {
     let (mut sum, mut count) = (0.0, 0usize);
     for example in examples {
-        let n = example.targets();
-        if let Some(loss) = model.loss(&example.ids, &example.target)? {
-            sum += loss.detach().to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()? * n as f64;
+        if let Some((s, n)) = model.loss_sum(&example.ids, &example.target)? {
+            sum += s;
             count += n;
         }
     }
@@ -130,171 +136,218 @@ fn snapshot(vars: &[Var]) -> candle_core::Result<Vec<Tensor>> {
     vars.iter().map(|v| v.as_tensor().copy()).collect()
 }
 
-/// A deterministic order of the examples for each pass.
+/// A deterministic order of the examples for each pass, drawn from `seed` and the pass.
 fn order(n: usize, seed: u64, pass: u64) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();
-    let mut state = seed ^ pass.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::new(seed ^ pass.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     for i in (1..n).rev() {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        idx.swap(i, (state >> 33) as usize % (i + 1));
+        idx.swap(i, rng.below(i + 1));
     }
     idx
 }
 
+/// The dropout seed of one example of one step: the same on a resumed run.
+fn dropout_seed(seed: u64, step: usize, micro: usize) -> u64 {
+    Rng::new(seed ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
+}
+
+/// Where a run saves its checkpoints, and what it is (settings, data), to be compared on resume.
+pub struct Checkpoints<'a> {
+    pub dir: &'a Path,
+    pub run: serde_json::Value,
+}
+
+/// What can stop a run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
 /// Trains `model`'s adapters on `train`, validating on `validation`; `on_step` sees each
 /// step's figures (a progress bar); `stop` ends the run after the current step. The best
-/// adapters (by validation loss) are in the model when it returns.
+/// adapters (by validation loss) are in the model when it returns. With `checkpoints`, the
+/// run's whole state (adapters, best adapters, optimiser moments, data order, logs) is saved
+/// after every evaluation and when the run ends; `resume` continues such a state.
 pub fn train(
     model: &Model,
     train: &[Example],
     validation: &[Example],
     settings: &TrainSettings,
     stop: &AtomicBool,
+    checkpoints: Option<&Checkpoints>,
+    resume: Option<Checkpoint>,
     on_step: &mut dyn FnMut(&StepLog, Option<&EvalLog>),
-) -> candle_core::Result<Outcome> {
+) -> Result<Outcome, TrainError> {
     let vars = model.trainable();
     let mut optimizer = AdamW::new(
         vars.clone(),
-        ParamsAdamW {
-            lr: settings.learning_rate,
+        AdamSettings {
             weight_decay: settings.weight_decay,
-            ..ParamsAdamW::default()
+            ..AdamSettings::default()
         },
     )?;
     let started = Instant::now();
-    let base_val_loss = mean_loss(model, validation)?;
-    let mut best = (base_val_loss, 0usize, snapshot(&vars)?);
-    let mut outcome = Outcome {
-        settings: settings.clone(),
-        steps: Vec::new(),
-        evaluations: Vec::new(),
-        base_val_loss,
-        best_val_loss: base_val_loss,
-        best_step: 0,
-        stopped: "steps",
-        tokens_per_second: 0.0,
-    };
-    if train.is_empty() {
-        return Ok(outcome);
-    }
-    let mut queue: Vec<usize> = Vec::new();
-    let mut pass = 0u64;
-    let mut stale = 0usize;
-    let mut trained_tokens = 0usize;
-    let mut training_time = Duration::ZERO;
-    model.set_training(true);
-    for step in 1..=settings.steps {
-        if stop.load(Ordering::Relaxed) {
-            outcome.stopped = "interrupted";
-            break;
-        }
-        if settings.time_budget.is_some_and(|b| started.elapsed() >= b) {
-            outcome.stopped = "time-budget";
-            break;
-        }
-        let step_started = Instant::now();
-        let mut summed: Vec<Option<Tensor>> = vec![None; vars.len()];
-        let (mut loss_sum, mut tokens, mut last_store) = (0.0, 0usize, None);
-        for _ in 0..settings.accumulation.max(1) {
-            if queue.is_empty() {
-                queue = order(train.len(), settings.seed, pass);
-                pass += 1;
+    let (mut state, mut best) = match resume {
+        Some(saved) => {
+            for (var, value) in vars.iter().zip(&saved.current) {
+                var.set(value)?;
             }
-            let example = &train[queue.pop().unwrap_or(0)];
-            let Some(loss) = model.loss(&example.ids, &example.target)? else {
-                continue;
+            optimizer.restore(saved.first, saved.second, saved.state.adam_t)?;
+            (saved.state, saved.best)
+        }
+        None => {
+            let base_val_loss = mean_loss(model, validation)?;
+            let state = RunState {
+                step: 0,
+                pass: 0,
+                queue: Vec::new(),
+                stale: 0,
+                best_step: 0,
+                best_val_loss: base_val_loss,
+                base_val_loss,
+                steps: Vec::new(),
+                evaluations: Vec::new(),
+                trained_tokens: 0,
+                training_seconds: 0.0,
+                adam_t: 0,
             };
-            let n = example.targets();
-            loss_sum += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()? * n as f64;
-            tokens += n;
-            let grads = (loss * n as f64)?.backward()?;
-            for (slot, var) in summed.iter_mut().zip(&vars) {
-                if let Some(g) = grads.get(var.as_tensor()) {
-                    *slot = Some(match slot.take() {
-                        Some(sum) => (sum + g)?,
-                        None => g.clone(),
-                    });
+            (state, snapshot(&vars)?)
+        }
+    };
+    let resumed_from = (state.step > 0).then_some(state.step);
+    let save = |state: &RunState, best: &[Tensor], optimizer: &AdamW| -> Result<(), TrainError> {
+        if let Some(c) = checkpoints {
+            let checkpoint = Checkpoint {
+                state: state.clone(),
+                current: snapshot(&vars)?,
+                best: best.to_vec(),
+                first: optimizer.first.clone(),
+                second: optimizer.second.clone(),
+            };
+            checkpoint::save(c.dir, &checkpoint, &c.run)?;
+        }
+        Ok(())
+    };
+    let mut stopped = "steps";
+    if !train.is_empty() {
+        while state.step < settings.steps {
+            if stop.load(Ordering::Relaxed) {
+                stopped = "interrupted";
+                break;
+            }
+            if settings.time_budget.is_some_and(|b| started.elapsed() >= b) {
+                stopped = "time-budget";
+                break;
+            }
+            let step = state.step + 1;
+            let step_started = Instant::now();
+            let mut summed: Vec<Option<Tensor>> = vec![None; vars.len()];
+            let (mut loss_sum, mut tokens) = (0.0, 0usize);
+            for micro in 0..settings.accumulation.max(1) {
+                if state.queue.is_empty() {
+                    state.queue = order(train.len(), settings.seed, state.pass);
+                    state.pass += 1;
+                }
+                let example = &train[state.queue.pop().unwrap_or(0)];
+                let seed = dropout_seed(settings.seed, step, micro);
+                let Some(g) = model.backward(&example.ids, &example.target, Some(seed))? else {
+                    continue;
+                };
+                loss_sum += g.loss_sum;
+                tokens += g.tokens;
+                for (slot, grad) in summed.iter_mut().zip(g.grads) {
+                    if let Some(grad) = grad {
+                        *slot = Some(match slot.take() {
+                            Some(sum) => (sum + grad)?,
+                            None => grad,
+                        });
+                    }
                 }
             }
-            last_store = Some(grads);
-        }
-        let Some(mut store) = last_store.filter(|_| tokens > 0) else {
-            continue;
-        };
-        // Mean per target token over the accumulated examples, then clipped.
-        let mut norm_sq = 0.0;
-        let mut means = Vec::with_capacity(vars.len());
-        for g in summed.into_iter() {
-            let g = g.map(|g| g / tokens as f64).transpose()?;
-            if let Some(g) = &g {
-                norm_sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            state.step = step;
+            if tokens == 0 {
+                continue;
             }
-            means.push(g);
-        }
-        let grad_norm = norm_sq.sqrt();
-        let clip = if settings.max_grad_norm > 0.0 && grad_norm > settings.max_grad_norm {
-            settings.max_grad_norm / grad_norm
-        } else {
-            1.0
-        };
-        for (var, g) in vars.iter().zip(means) {
-            match g {
-                Some(g) => {
-                    store.insert(var.as_tensor(), (g * clip)?);
+            // Mean per target token over the accumulated examples, then clipped.
+            let mut norm_sq = 0.0;
+            let mut means = Vec::with_capacity(vars.len());
+            for g in summed {
+                let g = g.map(|g| g / tokens as f64).transpose()?;
+                if let Some(g) = &g {
+                    norm_sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
                 }
-                None => {
-                    store.remove(var.as_tensor());
+                means.push(g);
+            }
+            let grad_norm = norm_sq.sqrt();
+            let clip = if settings.max_grad_norm > 0.0 && grad_norm > settings.max_grad_norm {
+                settings.max_grad_norm / grad_norm
+            } else {
+                1.0
+            };
+            let means = means
+                .into_iter()
+                .map(|g| g.map(|g| g * clip).transpose())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let lr = learning_rate(settings, step);
+            optimizer.step(&means, lr)?;
+            state.adam_t = optimizer.t;
+            state.trained_tokens += tokens;
+            state.training_seconds += step_started.elapsed().as_secs_f64();
+            let log = StepLog {
+                step,
+                loss: loss_sum / tokens as f64,
+                learning_rate: lr,
+                grad_norm,
+                tokens,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            let mut evaluation = None;
+            if step % settings.eval_every.max(1) == 0 || step == settings.steps {
+                if let Some(val_loss) = mean_loss(model, validation)? {
+                    let eval = EvalLog { step, val_loss };
+                    if state.best_val_loss.is_none_or(|b| val_loss < b) {
+                        (state.best_val_loss, state.best_step, best) = (Some(val_loss), step, snapshot(&vars)?);
+                        state.stale = 0;
+                    } else {
+                        state.stale += 1;
+                    }
+                    state.evaluations.push(eval.clone());
+                    evaluation = Some(eval);
                 }
             }
-        }
-        let lr = learning_rate(settings, step);
-        optimizer.set_learning_rate(lr);
-        optimizer.step(&store)?;
-        trained_tokens += tokens;
-        training_time += step_started.elapsed();
-        let log = StepLog {
-            step,
-            loss: loss_sum / tokens as f64,
-            learning_rate: lr,
-            grad_norm,
-            tokens,
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        let mut evaluation = None;
-        if step % settings.eval_every.max(1) == 0 || step == settings.steps {
-            model.set_training(false);
-            if let Some(val_loss) = mean_loss(model, validation)? {
-                let eval = EvalLog { step, val_loss };
-                if best.0.is_none_or(|b| val_loss < b) {
-                    best = (Some(val_loss), step, snapshot(&vars)?);
-                    stale = 0;
-                } else {
-                    stale += 1;
-                }
-                outcome.evaluations.push(eval.clone());
-                evaluation = Some(eval);
+            on_step(&log, evaluation.as_ref());
+            state.steps.push(log);
+            if evaluation.is_some() {
+                save(&state, &best, &optimizer)?;
             }
-            model.set_training(true);
-        }
-        on_step(&log, evaluation.as_ref());
-        outcome.steps.push(log);
-        if settings.patience > 0 && stale >= settings.patience {
-            outcome.stopped = "early-stopping";
-            break;
+            if settings.patience > 0 && state.stale >= settings.patience {
+                stopped = "early-stopping";
+                break;
+            }
         }
     }
-    model.set_training(false);
-    if validation.is_empty() || best.0.is_none() {
-        best.1 = outcome.steps.last().map_or(0, |s| s.step);
+    save(&state, &best, &optimizer)?;
+    if validation.is_empty() || state.best_val_loss.is_none() {
+        state.best_step = state.steps.last().map_or(0, |s| s.step);
     } else {
-        for (var, kept) in vars.iter().zip(&best.2) {
+        for (var, kept) in vars.iter().zip(&best) {
             var.set(kept)?;
         }
     }
-    outcome.best_val_loss = best.0;
-    outcome.best_step = best.1;
-    outcome.tokens_per_second = trained_tokens as f64 / training_time.as_secs_f64().max(1e-9);
-    Ok(outcome)
+    Ok(Outcome {
+        settings: settings.clone(),
+        tokens_per_second: state.trained_tokens as f64 / state.training_seconds.max(1e-9),
+        steps: state.steps,
+        evaluations: state.evaluations,
+        base_val_loss: state.base_val_loss,
+        best_val_loss: state.best_val_loss,
+        best_step: state.best_step,
+        stopped,
+        resumed_from,
+    })
 }
 
 #[cfg(test)]

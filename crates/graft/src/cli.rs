@@ -62,12 +62,22 @@ pub struct TrainArgs {
     /// The dataset folder (default: datasets/<project>).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// The adapter folder to write (default: <adapters.dir>/<project>).
+    /// The adapter folder to write (default: <adapters.dir>/<project>-lora).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Replace an adapter folder that exists.
     #[arg(long)]
     pub force: bool,
+    /// Continue the run that wrote this adapter's checkpoint (`.<name>.checkpoint` beside it,
+    /// kept when a run is interrupted or runs out of --minutes), with that run's settings and
+    /// data; the adapter folder is replaced.
+    #[arg(long)]
+    pub resume: bool,
+    /// When the adapter is written, load it into a running graft (vLLM's
+    /// `/v1/load_lora_adapter`; a version already loaded is replaced): its base URL, by
+    /// default the configured `server.listen`. The admin key comes from GRAFT_API_KEY.
+    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+    pub serve: Option<String>,
     /// Optimiser steps, at most.
     #[arg(long, default_value_t = 250)]
     pub steps: usize,

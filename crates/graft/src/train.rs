@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use graft_engine::Tokenizer;
-use graft_train::train::{self, Example, Outcome, TrainSettings};
+use graft_train::train::{self, Checkpoints, Example, Outcome, TrainSettings};
 use graft_train::{DType, LoraSettings, Model};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::cli::TrainArgs;
@@ -124,26 +125,80 @@ fn chart(outcome: &Outcome, title: &str) -> String {
     )
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
-    let config = models::load_config(&args.config.config)?;
+/// What a run is: everything a resumed run must share with the one it continues. Saved in its
+/// checkpoint and in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunSpec {
+    project: String,
+    base_model: PathBuf,
+    dataset: PathBuf,
+    max_tokens: usize,
+    max_validation: usize,
+    /// Examples and their target tokens, to notice a dataset that changed before a resume.
+    train_examples: usize,
+    train_targets: usize,
+    validation_examples: usize,
+    rank: usize,
+    alpha: f64,
+    rslora: bool,
+    dropout: f64,
+    targets: Vec<String>,
+    steps: usize,
+    lr: f64,
+    warmup: usize,
+    accumulation: usize,
+    max_grad_norm: f64,
+    eval_every: usize,
+    patience: usize,
+    seed: u64,
+}
+
+impl RunSpec {
+    fn lora(&self) -> LoraSettings {
+        LoraSettings {
+            rank: self.rank,
+            alpha: self.alpha,
+            rslora: self.rslora,
+            dropout: self.dropout,
+            targets: self.targets.clone(),
+        }
+    }
+
+    fn settings(&self, minutes: Option<f64>) -> TrainSettings {
+        TrainSettings {
+            steps: self.steps,
+            learning_rate: self.lr,
+            warmup_steps: self.warmup,
+            accumulation: self.accumulation,
+            max_grad_norm: self.max_grad_norm,
+            eval_every: self.eval_every,
+            patience: self.patience,
+            time_budget: minutes.map(|m| Duration::from_secs_f64(m * 60.0)),
+            seed: self.seed,
+            ..TrainSettings::default()
+        }
+    }
+}
+
+/// Checks what the user asked for before anything is read.
+fn check_args(args: &TrainArgs, max_rank: usize) -> Result<()> {
     if !graft_core::is_valid_name(&args.project) {
         bail!(
             "`{}` cannot be a project or adapter name: use letters, digits, `.`, `_` or `-`",
             args.project
         );
     }
-    if args.rank == 0 || args.rank > config.adapters.max_rank {
-        bail!(
-            "--rank {} must be between 1 and adapters.max_rank ({})",
-            args.rank,
-            config.adapters.max_rank
-        );
+    if args.rank == 0 || args.rank > max_rank {
+        bail!("--rank {} must be between 1 and adapters.max_rank ({max_rank})", args.rank);
     }
     if !(0.0..1.0).contains(&args.dropout) {
         bail!("--dropout must be at least 0 and below 1, got {}", args.dropout);
     }
     if args.max_tokens < 16 {
         bail!("--max-tokens must be at least 16, got {}", args.max_tokens);
+    }
+    if args.minutes.is_some_and(|m| !(m > 0.0 && m.is_finite())) {
+        bail!("--minutes must be a positive number");
     }
     if let Some(bad) = args
         .targets
@@ -155,7 +210,74 @@ pub fn run(args: TrainArgs) -> Result<()> {
             graft_engine::adapter::PROJECTIONS.join(", ")
         );
     }
-    let data = args.data.clone().unwrap_or_else(|| PathBuf::from("datasets").join(&args.project));
+    Ok(())
+}
+
+/// The hidden folder beside an adapter folder where its run keeps checkpoints.
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map_or_else(|| "adapter".into(), |n| n.to_string_lossy().into_owned());
+    out.with_file_name(format!(".{name}.checkpoint"))
+}
+
+/// Loads the written adapter into the graft running at `url` (vLLM's endpoint; a changed
+/// version replaces the loaded one).
+fn serve(url: &str, name: &str, dir: &Path) -> Result<String> {
+    let base = url.trim_end_matches('/').trim_end_matches("/v1");
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
+        let mut request = client
+            .post(format!("{base}/v1/load_lora_adapter"))
+            .json(&json!({"lora_name": name, "lora_path": dir}));
+        if let Ok(key) = std::env::var("GRAFT_API_KEY") {
+            request = request.bearer_auth(key);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("--serve: no graft answering at {base}"))?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("--serve: {base} refused the adapter ({status}): {body}");
+        }
+        Ok(body)
+    })
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let config = models::load_config(&args.config.config)?;
+    check_args(&args, config.adapters.max_rank)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| config.adapters.dir.join(format!("{}-lora", args.project)));
+    let checkpoints_at = checkpoint_dir(&out);
+    if out.exists() && !args.force && !args.resume {
+        bail!("{} already exists: pass --force to replace it", out.display());
+    }
+    let resume = if args.resume {
+        if !checkpoints_at.join("run.json").is_file() {
+            bail!(
+                "--resume: no checkpoint at {} (a run keeps one when it is interrupted or runs out of --minutes)",
+                checkpoints_at.display()
+            );
+        }
+        let (checkpoint, run) = graft_train::checkpoint::load(&checkpoints_at, &graft_train::Device::Cpu)
+            .with_context(|| format!("reading the checkpoint {}", checkpoints_at.display()))?;
+        let spec: RunSpec = serde_json::from_value(run)
+            .with_context(|| format!("{}: not a checkpoint of `graft train`", checkpoints_at.join("run.json").display()))?;
+        Some((checkpoint, spec))
+    } else {
+        None
+    };
+    let data = match &resume {
+        Some((_, spec)) => spec.dataset.clone(),
+        None => args.data.clone().unwrap_or_else(|| PathBuf::from("datasets").join(&args.project)),
+    };
     if !data.join("manifest.json").is_file() && !data.join("train").is_dir() {
         bail!(
             "{} is not a dataset folder (no train/ in it): make one with `graft dataset PATH --project {}`",
@@ -163,43 +285,83 @@ pub fn run(args: TrainArgs) -> Result<()> {
             args.project
         );
     }
-    let out = args.out.clone().unwrap_or_else(|| config.adapters.dir.join(&args.project));
-    if out.exists() && !args.force {
-        bail!("{} already exists: pass --force to replace it", out.display());
-    }
 
     let (gguf, tokenizer) = models::served_tokenizer(&config, args.json)?;
-    let train_set = examples(&data.join("train"), &tokenizer, args.max_tokens)?;
-    let mut validation = examples(&data.join("validation"), &tokenizer, args.max_tokens)?;
-    validation.truncate(args.max_validation);
+    let (max_tokens, max_validation) = match &resume {
+        Some((_, spec)) => (spec.max_tokens, spec.max_validation),
+        None => (args.max_tokens, args.max_validation),
+    };
+    let train_set = examples(&data.join("train"), &tokenizer, max_tokens)?;
+    let mut validation = examples(&data.join("validation"), &tokenizer, max_tokens)?;
+    validation.truncate(max_validation);
     if train_set.is_empty() {
         bail!(
             "{} has no training examples (train/text.jsonl and train/prompt-completion.jsonl are empty)",
             data.display()
         );
     }
-    let lora = LoraSettings {
+    let spec = RunSpec {
+        project: args.project.clone(),
+        base_model: gguf.clone(),
+        dataset: data.clone(),
+        max_tokens,
+        max_validation,
+        train_examples: train_set.len(),
+        train_targets: train_set.iter().map(Example::targets).sum(),
+        validation_examples: validation.len(),
         rank: args.rank,
         alpha: args.alpha,
         rslora: args.rslora,
         dropout: args.dropout,
         targets: args.targets.clone(),
-    };
-    let loading = Instant::now();
-    let model = Model::load(&gguf, DType::F32, Some(&lora)).with_context(|| format!("loading {} for training", gguf.display()))?;
-    let load_seconds = loading.elapsed().as_secs_f64();
-    let settings = TrainSettings {
         steps: args.steps,
-        learning_rate: args.lr,
-        warmup_steps: args.warmup,
+        lr: args.lr,
+        warmup: args.warmup,
         accumulation: args.accumulation,
         max_grad_norm: args.max_grad_norm,
         eval_every: args.eval_every,
         patience: args.patience,
-        time_budget: args.minutes.map(|m| Duration::from_secs_f64(m * 60.0)),
         seed: args.seed,
-        ..TrainSettings::default()
     };
+    let (spec, checkpoint) = match resume {
+        Some((checkpoint, saved)) => {
+            let now = RunSpec {
+                rank: saved.rank,
+                alpha: saved.alpha,
+                rslora: saved.rslora,
+                dropout: saved.dropout,
+                targets: saved.targets.clone(),
+                steps: saved.steps,
+                lr: saved.lr,
+                warmup: saved.warmup,
+                accumulation: saved.accumulation,
+                max_grad_norm: saved.max_grad_norm,
+                eval_every: saved.eval_every,
+                patience: saved.patience,
+                seed: saved.seed,
+                ..spec
+            };
+            if now != saved {
+                bail!(
+                    "--resume: the run's base model or data changed since its checkpoint (then: {} with {} training examples, {} target tokens; now: {} with {}, {})",
+                    saved.base_model.display(),
+                    saved.train_examples,
+                    saved.train_targets,
+                    now.base_model.display(),
+                    now.train_examples,
+                    now.train_targets
+                );
+            }
+            (saved, Some(checkpoint))
+        }
+        None => (spec, None),
+    };
+    let lora = spec.lora();
+    let settings = spec.settings(args.minutes);
+    let loading = Instant::now();
+    let model =
+        Model::load(&gguf, DType::F32, Some(&lora), spec.seed).with_context(|| format!("loading {} for training", gguf.display()))?;
+    let load_seconds = loading.elapsed().as_secs_f64();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     std::thread::spawn(move || {
@@ -207,30 +369,48 @@ pub fn run(args: TrainArgs) -> Result<()> {
             runtime.block_on(async {
                 if tokio::signal::ctrl_c().await.is_ok() {
                     flag.store(true, Ordering::Relaxed);
-                    eprintln!("\nstopping after this step; the best adapter so far will be written");
+                    eprintln!("\nstopping after this step; the best adapter so far and a checkpoint will be written");
                 }
             });
         }
     });
+    let done = checkpoint.as_ref().map_or(0, |c| c.state.step);
     let bar = progress::bar(settings.steps as u64, "steps", args.json);
-    let outcome = train::train(&model, &train_set, &validation, &settings, &stop, &mut |step, eval| {
-        let val = eval.map_or(String::new(), |e| format!(", val {:.4}", e.val_loss));
-        bar.set_message(format!("loss {:.4}{val}", step.loss));
-        bar.inc(1);
-    })?;
+    bar.set_position(done as u64);
+    let checkpoints = Checkpoints {
+        dir: &checkpoints_at,
+        run: serde_json::to_value(&spec)?,
+    };
+    let outcome = train::train(
+        &model,
+        &train_set,
+        &validation,
+        &settings,
+        &stop,
+        Some(&checkpoints),
+        checkpoint,
+        &mut |step, eval| {
+            let val = eval.map_or(String::new(), |e| format!(", val {:.4}", e.val_loss));
+            bar.set_message(format!("loss {:.4}{val}", step.loss));
+            bar.inc(1);
+        },
+    )?;
     bar.finish_and_clear();
 
-    graft_train::peft::write(&model, &lora, &config.model.name, &out, args.force)?;
+    graft_train::peft::write(&model, &lora, &config.model.name, &out, true)?;
+    let finished = matches!(outcome.stopped, "steps" | "early-stopping");
+    if finished {
+        std::fs::remove_dir_all(&checkpoints_at).with_context(|| format!("removing {}", checkpoints_at.display()))?;
+    }
+    let name = out.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let report = json!({
         "project": args.project,
-        "base_model": gguf,
-        "dataset": data,
-        "dataset_manifest": data.join("manifest.json"),
         "adapter": out,
-        "lora": {"r": lora.rank, "lora_alpha": lora.alpha, "use_rslora": lora.rslora, "lora_dropout": lora.dropout, "target_modules": lora.targets},
-        "examples": {"train": train_set.len(), "validation": validation.len(), "max_tokens": args.max_tokens},
+        "run": spec,
+        "dataset_manifest": data.join("manifest.json"),
         "load_seconds": load_seconds,
         "seconds": loading.elapsed().as_secs_f64(),
+        "checkpoint": (!finished).then_some(&checkpoints_at),
         "training": outcome,
     });
     std::fs::write(out.join("train_report.json"), serde_json::to_string_pretty(&report)? + "\n")?;
@@ -238,30 +418,58 @@ pub fn run(args: TrainArgs) -> Result<()> {
         out.join("train_report.html"),
         chart(&outcome, &format!("graft train: {}", args.project)),
     )?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("adapter `{}` written to {}", args.project, out.display());
-        println!(
-            "  examples:   {} train, {} validation (at most {} tokens each)",
-            train_set.len(),
-            validation.len(),
-            args.max_tokens
-        );
-        println!(
-            "  steps:      {} ({}), {:.0} training tokens/s",
-            outcome.steps.len(),
-            outcome.stopped,
-            outcome.tokens_per_second
-        );
-        if let (Some(base), Some(best)) = (outcome.base_val_loss, outcome.best_val_loss) {
-            println!(
-                "  validation: {base:.4} (base) -> {best:.4} (best, step {}): {:+.1}%",
-                outcome.best_step,
-                100.0 * (best - base) / base
-            );
+    let served = match &args.serve {
+        Some(url) => {
+            let url = if url.is_empty() {
+                format!("http://{}", config.server.listen)
+            } else {
+                url.clone()
+            };
+            Some(serve(&url, &name, &out)?)
         }
-        println!("  report:     {} and train_report.html", out.join("train_report.json").display());
+        None => None,
+    };
+    if args.json {
+        let mut report = report;
+        report["served"] = json!(served);
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("adapter `{name}` written to {}", out.display());
+    println!(
+        "  examples:   {} train, {} validation (at most {} tokens each)",
+        train_set.len(),
+        validation.len(),
+        spec.max_tokens
+    );
+    let resumed = outcome.resumed_from.map_or(String::new(), |s| format!(", resumed after step {s}"));
+    println!(
+        "  steps:      {} ({}{resumed}), {:.0} training tokens/s",
+        outcome.steps.len(),
+        outcome.stopped,
+        outcome.tokens_per_second
+    );
+    if let (Some(base), Some(best)) = (outcome.base_val_loss, outcome.best_val_loss) {
+        println!(
+            "  validation: {base:.4} (base) -> {best:.4} (best, step {}): {:+.1}%",
+            outcome.best_step,
+            100.0 * (best - base) / base
+        );
+    }
+    println!("  report:     {} and train_report.html", out.join("train_report.json").display());
+    if !finished {
+        println!(
+            "  checkpoint: {} (continue with `graft train --project {} --resume`{})",
+            checkpoints_at.display(),
+            args.project,
+            args.out.as_ref().map_or(String::new(), |o| format!(" --out {}", o.display()))
+        );
+    }
+    match served {
+        Some(answer) => println!("  served:     {}", answer.trim()),
+        None => println!(
+            "  serve it:   a running graft loads it with `graft train ... --serve`, or name it in a project (`adapter = \"{name}\"`)"
+        ),
     }
     Ok(())
 }

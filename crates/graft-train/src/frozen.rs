@@ -1,0 +1,94 @@
+//! A product with a frozen weight, `x Wᵀ`, whose backward pass gives the gradient of `x`
+//! only. candle's own matmul also computes the weight's gradient on every backward pass (a
+//! weight-sized tensor and a third of the step's multiply-adds per projection), which training
+//! adapters never uses; this op runs the same matmul kernel forward and one product backward.
+//!
+//! It owns nothing else: the weights are the model's, and an adapter's own (trainable)
+//! products stay ordinary candle ops.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+struct FrozenMatmul;
+
+/// `x [m, k]` times `w [n, k]` transposed, by the storage's own matmul kernel.
+fn forward<S: BackendStorage>(x: &S, x_layout: &Layout, w: &S, w_layout: &Layout) -> Result<(S, Shape)> {
+    let (m, k) = x_layout.shape().dims2()?;
+    let (n, w_k) = w_layout.shape().dims2()?;
+    if k != w_k {
+        candle_core::bail!("frozen matmul: input is {k} wide, the weight {w_k}");
+    }
+    let out = x.matmul(w, (1, m, n, k), x_layout, &w_layout.transpose(0, 1)?)?;
+    Ok((out, Shape::from((m, n))))
+}
+
+impl CustomOp2 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        forward(x, xl, w, wl)
+    }
+
+    fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
+        forward(x, xl, w, wl)
+    }
+
+    fn bwd(&self, _x: &Tensor, w: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(w)?), None))
+    }
+}
+
+/// `x Wᵀ` for `x` of any rank (`[..., k]` → `[..., n]`) and a frozen `w` (`[n, k]`).
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let Some(k) = dims.pop() else {
+        candle_core::bail!("frozen matmul: a scalar input");
+    };
+    let rows = x.contiguous()?.reshape(((), k))?;
+    let out = rows.apply_op2(&w.detach(), FrozenMatmul)?;
+    dims.push(out.dim(1)?);
+    out.reshape(dims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    /// Same product and same input gradient as candle's matmul; no gradient for the weight.
+    #[test]
+    fn it_is_candles_matmul_without_the_weights_gradient() {
+        let device = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (1, 5, 3), &device).unwrap()).unwrap();
+        let w = Tensor::randn(0f64, 1.0, (4, 3), &device).unwrap();
+        let w_var = Var::from_tensor(&w).unwrap();
+        let weights = Tensor::randn(0f64, 1.0, (1, 5, 4), &device).unwrap();
+
+        let ours = matmul_t(x.as_tensor(), w_var.as_tensor()).unwrap();
+        let theirs = x.as_tensor().broadcast_matmul(&w_var.as_tensor().t().unwrap()).unwrap();
+        assert_eq!(ours.dims(), &[1, 5, 4]);
+        let diff = (&ours - &theirs)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(diff < 1e-12, "{diff}");
+
+        let ours = (ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let theirs = (theirs * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let (a, b) = (ours.get(x.as_tensor()).unwrap(), theirs.get(x.as_tensor()).unwrap());
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(diff < 1e-12, "{diff}");
+        assert!(
+            theirs.get(w_var.as_tensor()).is_some(),
+            "candle's matmul computes the weight's gradient"
+        );
+        assert!(ours.get(w_var.as_tensor()).is_none(), "the frozen product does not");
+        assert_eq!(a.dtype(), DType::F64);
+    }
+}
