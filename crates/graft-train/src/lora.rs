@@ -58,6 +58,26 @@ fn unit(rng: &mut Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// `n` dropout factors (0 with probability `p`, else `1 / (1 - p)`) from `seed`: blocks of
+/// 4,096 drawn in parallel, each from its own seed, so the mask does not depend on the threads;
+/// four 16-bit draws from each random number.
+fn dropout_mask(n: usize, p: f64, seed: u64) -> Vec<f32> {
+    use rayon::prelude::*;
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let threshold = (p * 65536.0).round() as u64;
+    let mut mask = vec![0f32; n];
+    mask.par_chunks_mut(4096).enumerate().for_each(|(block, values)| {
+        let mut rng = Rng::new(seed ^ (block as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        for quad in values.chunks_mut(4) {
+            let r = rng.next_u64();
+            for (k, v) in quad.iter_mut().enumerate() {
+                *v = if (r >> (16 * k)) & 0xFFFF < threshold { 0.0 } else { keep };
+            }
+        }
+    });
+    mask
+}
+
 impl Lora {
     /// A fresh adapter for a `[out, in]` weight: `A` uniform in ±1/√in (PEFT's Kaiming-uniform
     /// bound with a = √5) drawn from `rng` (a seed gives the same adapter everywhere), `B` zero.
@@ -88,19 +108,7 @@ impl Lora {
         let dropped;
         let x = match dropout {
             Some(seed) if self.dropout > 0.0 => {
-                // Four 16-bit draws from each random number.
-                let mut rng = Rng::new(seed);
-                let keep = (1.0 / (1.0 - self.dropout)) as f32;
-                let threshold = (self.dropout * 65536.0).round() as u64;
-                let n = x.elem_count();
-                let mut mask = Vec::with_capacity(n + 3);
-                while mask.len() < n {
-                    let r = rng.next_u64();
-                    for k in 0..4 {
-                        mask.push(if (r >> (16 * k)) & 0xFFFF < threshold { 0.0 } else { keep });
-                    }
-                }
-                mask.truncate(n);
+                let mask = dropout_mask(x.elem_count(), self.dropout, seed);
                 let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
                 dropped = (x * mask)?;
                 &dropped
@@ -135,5 +143,17 @@ mod tests {
         assert_eq!(run(Some(7)), run(Some(7)));
         assert_ne!(run(Some(7)), run(Some(8)));
         assert_ne!(run(Some(7)), run(None));
+    }
+
+    #[test]
+    fn the_dropout_mask_drops_its_share_and_keeps_the_mean() {
+        let mask = dropout_mask(100_003, 0.05, 3);
+        assert_eq!(mask.len(), 100_003);
+        let zeros = mask.iter().filter(|v| **v == 0.0).count() as f64 / mask.len() as f64;
+        assert!((zeros - 0.05).abs() < 0.005, "{zeros}");
+        let mean = mask.iter().map(|v| *v as f64).sum::<f64>() / mask.len() as f64;
+        assert!((mean - 1.0).abs() < 0.01, "{mean}");
+        assert_eq!(mask, dropout_mask(100_003, 0.05, 3));
+        assert_ne!(mask, dropout_mask(100_003, 0.05, 4));
     }
 }

@@ -399,6 +399,32 @@ pub enum BenchCommand {
     /// Curate a repository as `graft dataset` does, writing nothing, and print files/s,
     /// samples/s and the time of each stage.
     Dataset(DatasetArgs),
+    /// Train LoRA steps on the served base model, writing nothing: training tokens/s,
+    /// forward-only tokens/s, load time and peak memory.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Text the examples are cut from (files in path order); by default candle's source,
+    /// vendored in this repository: real code nobody here wrote.
+    #[arg(long, default_value = "vendor/candle-core/src")]
+    pub source: PathBuf,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Tokens per example (each step trains one).
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// LoRA rank (alpha is twice it, dropout 0.05, as `graft train`'s defaults); all seven
+    /// projections are adapted.
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Load(args)) => bench::load::run(args),
         Command::Bench(BenchCommand::Api(args)) => bench::api::run(args),
         Command::Bench(BenchCommand::Dataset(args)) => dataset::run(DatasetArgs { dry_run: true, ..args }),
+        Command::Bench(BenchCommand::Train(args)) => bench::train::run(args),
         Command::Adapters(AdaptersCommand::List { config, json }) => adapters::list(&config.config, json),
         Command::Adapters(AdaptersCommand::Merge { config, name, json }) => adapters::merge(&config.config, &name, json),
         Command::Models(ModelsCommand::Fetch { config, ids, json }) => models::fetch(&config.config, &ids, json),

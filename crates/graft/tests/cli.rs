@@ -790,9 +790,11 @@ fn walk_files(root: &Path) -> Vec<String> {
 
 /// `graft train` as a user runs it, on the toy model (its tokenizer and weights): a dataset
 /// from `graft dataset`, a few steps, and an adapter in the store that `graft adapters list`
-/// accepts, with its report; an existing adapter is not overwritten without `--force`; bad
-/// input (no dataset, a malformed record, a rank above `adapters.max_rank`) is a clear error
-/// that writes nothing.
+/// accepts, with its report; an existing adapter is not overwritten without `--force`;
+/// `--serve` loads it into a running graft, which answers on it; a run out of `--minutes`
+/// keeps a checkpoint that `--resume` finishes (and refuses once the data changed); bad input
+/// (no dataset, a malformed record, a rank above `adapters.max_rank`) is a clear error that
+/// writes nothing.
 #[test]
 fn train_writes_an_adapter_the_store_accepts_and_refuses_bad_input() {
     let fetch = graft().args(["models", "fetch", "tiny-llama"]).output().unwrap();
@@ -823,7 +825,8 @@ fn train_writes_an_adapter_the_store_accepts_and_refuses_bad_input() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let adapter = work.path().join("adapters/poly");
+    let adapter = work.path().join("adapters/poly-lora");
+    let checkpoint = work.path().join("adapters/.poly-lora.checkpoint");
     let train = |extra: &[&str]| {
         let mut args = vec![
             "train",
@@ -890,13 +893,56 @@ print(len(names))
     assert_eq!(tensors, 2 * 7 * 2, "A and B of 7 projections in the toy's 2 layers");
     let list = run(&["adapters", "list", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    assert_eq!(list[0]["name"], "poly");
+    assert_eq!(list[0]["name"], "poly-lora");
     assert_eq!(list[0]["valid"], true, "{list}");
+    assert!(!checkpoint.exists(), "a finished run leaves no checkpoint");
 
     let again = train(&[]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
-    assert!(train(&["--force"]).status.success());
+
+    // --serve: a running graft loads the new adapter and answers on it.
+    let serving = start_serving(
+        graft().args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&config),
+        Duration::from_secs(120),
+    );
+    let url = format!("http://{}", serving.addr);
+    let served = train(&["--force", "--seed", "2", "--serve", &url]);
+    assert!(served.status.success(), "{}", String::from_utf8_lossy(&served.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&served.stdout).unwrap();
+    assert!(report["served"].as_str().unwrap().contains("poly-lora"), "{report}");
+    let answer = http_post(
+        &serving.addr,
+        "/v1/completions",
+        r#"{"model":"poly-lora","prompt":"fn main","max_tokens":2}"#,
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(serving);
+    let unserved = train(&["--force", "--serve", &url]);
+    assert!(String::from_utf8_lossy(&unserved.stderr).contains("no graft answering"));
+
+    // A run out of time keeps a checkpoint; --resume finishes it and removes it.
+    let short = train(&["--force", "--minutes", "0.000001"]);
+    assert!(short.status.success(), "{}", String::from_utf8_lossy(&short.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&short.stdout).unwrap();
+    assert_eq!(report["training"]["stopped"], "time-budget", "{report}");
+    assert!(checkpoint.join("run.json").is_file() && adapter.join("adapter_model.safetensors").is_file());
+    let resumed = train(&["--resume"]);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    assert_eq!(report["training"]["steps"].as_array().unwrap().len(), 3, "{report}");
+    assert!(!checkpoint.exists());
+    let nothing = train(&["--resume"]);
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("no checkpoint"));
+    assert!(train(&["--force", "--minutes", "0.000001"]).status.success());
+    let text = std::fs::read_to_string(data.join("train/text.jsonl")).unwrap();
+    std::fs::write(data.join("train/text.jsonl"), text + "{\"text\": \"fn added() -> u32 { 7 }\"}\n").unwrap();
+    let changed = train(&["--resume"]);
+    assert!(
+        String::from_utf8_lossy(&changed.stderr).contains("changed since its checkpoint"),
+        "{}",
+        String::from_utf8_lossy(&changed.stderr)
+    );
 
     let too_big = train(&["--rank", "64", "--force"]);
     assert!(
@@ -904,7 +950,7 @@ print(len(names))
         "{}",
         String::from_utf8_lossy(&too_big.stderr)
     );
-    let nowhere = run(&["train", "--project", "poly", "--data", "/nonexistent/data"]);
+    let nowhere = run(&["train", "--project", "poly", "--data", "/nonexistent/data", "--force"]);
     assert!(String::from_utf8_lossy(&nowhere.stderr).contains("not a dataset folder"));
     std::fs::write(data.join("train/text.jsonl"), "{\"text\": \"fn main() {}\"}\n{\"txt\": 3}\n").unwrap();
     let malformed = train(&["--force"]);

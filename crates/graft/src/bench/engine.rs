@@ -109,7 +109,7 @@ async fn measure(config: &graft_core::Config, gguf: std::path::PathBuf, args: &B
     }
 
     eprintln!("loading the base model ...");
-    let rss_start = rss_mb();
+    let rss_start = super::rss_mb();
     let started = Instant::now();
     let base = graft_wiring::base_model(config, gguf);
     let engine = Arc::new(Engine::load(&base).await?);
@@ -130,7 +130,7 @@ async fn measure(config: &graft_core::Config, gguf: std::path::PathBuf, args: &B
 
     // Warm the base up once so the first measured request does not pay one-off costs.
     pool.chat(&base_name, ask(8)).await?;
-    let rss_base = rss_mb();
+    let rss_base = super::rss_mb();
 
     eprintln!("activating adapters ...");
     // Cold: each adapter validated, merged into the cache and loaded.
@@ -149,12 +149,12 @@ async fn measure(config: &graft_core::Config, gguf: std::path::PathBuf, args: &B
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Warm: loaded again from the cache; resident memory measured across these loads.
-    let rss_before = rss_mb();
+    let rss_before = super::rss_mb();
     let warm = pool.load("bench-0", None).await?;
     for i in 1..args.adapters {
         pool.load(&format!("bench-{i}"), None).await?;
     }
-    let rss_after = rss_mb();
+    let rss_after = super::rss_mb();
 
     eprintln!("decoding ...");
     let (base_tok_s, base_ttft) = decode(&pool, &base_name, args).await?;
@@ -272,17 +272,4 @@ fn post(addr: SocketAddr, path: &str, body: &str) -> Result<String> {
         bail!("{path} answered: {}", response.lines().next().unwrap_or(""));
     }
     Ok(response)
-}
-
-/// This process's resident memory in MB (Linux; 0 elsewhere).
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }

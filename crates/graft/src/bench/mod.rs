@@ -6,11 +6,13 @@
 //! - [`load`]: the whole server under concurrent streaming clients, with and without retrieval.
 //! - [`api`]: graft beside other OpenAI-compatible servers on the same prompts (first token,
 //!   typing, decode).
+//! - [`train`]: LoRA training steps on the served base: tokens/s and peak memory.
 
 pub mod api;
 pub mod engine;
 pub mod index;
 pub mod load;
+pub mod train;
 
 use std::time::Duration;
 
@@ -34,4 +36,28 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// A line of this process's `/proc/self/status` in MB (`VmRSS`: resident now, `VmHWM`: the
+/// peak); 0 where there is none (not Linux).
+fn status_mb(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// This process's resident memory in MB.
+fn rss_mb() -> f64 {
+    status_mb("VmRSS")
+}
+
+/// This process's peak resident memory in MB.
+fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM")
 }
