@@ -134,7 +134,9 @@ fn clean(text: &str, action: SecretAction, summary: &mut SecretsSummary) -> (Opt
     for f in &found {
         *summary.by_rule.entry(f.rule).or_default() += 1;
     }
+    // Each rule once, whatever the order the secrets were found in.
     let mut rules: Vec<&'static str> = found.iter().map(|f| f.rule).collect();
+    rules.sort_unstable();
     rules.dedup();
     match action {
         SecretAction::Drop => (None, rules),

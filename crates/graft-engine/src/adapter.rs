@@ -106,12 +106,7 @@ pub struct Adapter {
 impl Adapter {
     /// The factor B @ A is multiplied by.
     pub fn scale(&self) -> f64 {
-        let r = self.config.r as f64;
-        if self.config.use_rslora {
-            self.config.lora_alpha / r.sqrt()
-        } else {
-            self.config.lora_alpha / r
-        }
+        graft_gguf::lora_scale(self.config.lora_alpha, self.config.r, self.config.use_rslora)
     }
 
     /// Reads `dir`, checking the format, the rank against `max_rank`, and that every A/B pair

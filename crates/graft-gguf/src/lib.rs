@@ -4,7 +4,7 @@
 //!
 //! It owns the file's header (architecture, head and layer counts, hyperparameters, tensor
 //! shapes and types), reading one tensor, the names GGUF gives the projections a LoRA adapter
-//! targets, and llama.cpp's row permutation of llama's q and k projections (and its inverse).
+//! targets, the LoRA scale, and llama.cpp's row permutation of llama's q and k projections (and its inverse).
 //! It does not load models, merge or train.
 
 use std::fs::File;
@@ -163,6 +163,16 @@ pub fn peft_prefix(layer: usize, projection: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("base_model.model.model.layers.{layer}.{module}.{projection}"))
+}
+
+/// The factor a LoRA update `B @ A` is multiplied by: `alpha / rank`, or `alpha / √rank` with
+/// rank-stabilised LoRA (PEFT's `use_rslora`).
+pub fn lora_scale(alpha: f64, rank: usize, rslora: bool) -> f64 {
+    if rslora {
+        alpha / (rank as f64).sqrt()
+    } else {
+        alpha / rank as f64
+    }
 }
 
 /// llama.cpp's q/k permutation: rows viewed as `(heads, 2, head_dim / 2)`, the last two axes

@@ -33,11 +33,7 @@ impl Default for LoraSettings {
 
 impl LoraSettings {
     pub fn scale(&self) -> f64 {
-        if self.rslora {
-            self.alpha / (self.rank as f64).sqrt()
-        } else {
-            self.alpha / self.rank as f64
-        }
+        graft_gguf::lora_scale(self.alpha, self.rank, self.rslora)
     }
 }
 

@@ -83,6 +83,24 @@ pub struct Gradients {
     pub grads: Vec<Option<Tensor>>,
 }
 
+/// The device named `name`: `cpu`, or `cuda` / `cuda:N` (a build with the `cuda` feature).
+pub fn device(name: &str) -> Result<Device, ModelError> {
+    let unsupported = || ModelError::Unsupported(format!("`{name}` is not a device: use cpu, cuda or cuda:N"));
+    let cuda = |n: usize| {
+        Device::new_cuda(n).map_err(|e| {
+            ModelError::Unsupported(format!(
+                "cannot train on {name}: {e} (a GPU needs a graft built with `--features cuda`)"
+            ))
+        })
+    };
+    match name.split_once(':') {
+        None if name == "cpu" => Ok(Device::Cpu),
+        None if name == "cuda" => cuda(0),
+        Some(("cuda", n)) => cuda(n.parse().map_err(|_| unsupported())?),
+        _ => Err(unsupported()),
+    }
+}
+
 /// A model ready to train adapters on.
 pub struct Model {
     pub arch: Arch,
@@ -110,9 +128,14 @@ fn predicting(ids: &[u32], target: &[bool]) -> Vec<u32> {
 }
 
 impl Model {
-    /// The model in `gguf`, its weights as `dtype`, with fresh adapters as `lora` says (none
-    /// when `None`), their `A` drawn from `seed`.
+    /// The model in `gguf` on the CPU, its weights as `dtype`, with fresh adapters as `lora`
+    /// says (none when `None`), their `A` drawn from `seed`.
     pub fn load(gguf: &Path, dtype: DType, lora: Option<&LoraSettings>, seed: u64) -> Result<Model, ModelError> {
+        Model::load_on(gguf, dtype, lora, seed, &Device::Cpu)
+    }
+
+    /// [`Model::load`] on `device` (a GPU with the `cuda` feature).
+    pub fn load_on(gguf: &Path, dtype: DType, lora: Option<&LoraSettings>, seed: u64, device: &Device) -> Result<Model, ModelError> {
         let base = BaseGguf::open(gguf)?;
         let arch = match base.architecture.as_str() {
             "llama" => Arch::Llama,
@@ -123,7 +146,7 @@ impl Model {
                 )))
             }
         };
-        let device = Device::Cpu;
+        let device = device.clone();
         let load = |name: &str| -> Result<Tensor, ModelError> { Ok(base.tensor(name)?.dequantize(&device)?.to_dtype(dtype)?) };
         let embed = load("token_embd.weight")?;
         let output = if base.has("output.weight") {

@@ -111,8 +111,15 @@ impl CustomOp2 for CausalSoftmaxBackward {
 }
 
 /// `softmax(scale · scores + causal mask)` over the last dimension of `scores` (`[..., len,
-/// len]`), with a backward pass.
+/// len]`), with a backward pass. On a GPU, candle's composed ops (the fused kernel is CPU code).
 pub fn causal(scores: &Tensor, scale: f64) -> Result<Tensor> {
+    if !scores.device().is_cpu() {
+        let len = scores.dim(candle_core::D::Minus1)?;
+        let mask: Vec<f32> = (0..len * len).map(|i| if i % len > i / len { -1e9 } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, (len, len), scores.device())?.to_dtype(scores.dtype())?;
+        let masked = (scores * scale)?.broadcast_add(&mask)?;
+        return candle_nn::ops::softmax(&masked, candle_core::D::Minus1);
+    }
     scores.contiguous()?.apply_op1(CausalSoftmax { scale })
 }
 

@@ -192,11 +192,13 @@ pub fn train(
     let started = Instant::now();
     let (mut state, mut best) = match resume {
         Some(saved) => {
-            for (var, value) in vars.iter().zip(&saved.current) {
-                var.set(value)?;
+            let device = vars.first().map(|v| v.device().clone()).unwrap_or(candle_core::Device::Cpu);
+            let on = |list: Vec<Tensor>| list.iter().map(|t| t.to_device(&device)).collect::<candle_core::Result<Vec<_>>>();
+            for (var, value) in vars.iter().zip(on(saved.current)?) {
+                var.set(&value)?;
             }
-            optimizer.restore(saved.first, saved.second, saved.state.adam_t)?;
-            (saved.state, saved.best)
+            optimizer.restore(on(saved.first)?, on(saved.second)?, saved.state.adam_t)?;
+            (saved.state, on(saved.best)?)
         }
         None => {
             let base_val_loss = mean_loss(model, validation)?;

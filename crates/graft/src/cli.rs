@@ -130,6 +130,9 @@ pub struct TrainArgs {
     /// The seed of the adapters' start and the examples' order.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Where to train: cpu, or cuda / cuda:N (a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -422,6 +425,9 @@ pub struct BenchTrainArgs {
     /// projections are adapted.
     #[arg(long, default_value_t = 16)]
     pub rank: usize,
+    /// Where to train: cpu, or cuda / cuda:N (a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,

@@ -78,7 +78,7 @@ pub fn bar(total: u64, what: &str, quiet: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new(total);
     bar.set_draw_target(ProgressDrawTarget::stderr());
-    let template = format!("[{{bar:40}}] {{pos}}/{{len}} {what} {{per_sec}} {{eta}}");
+    let template = format!("[{{bar:40}}] {{pos}}/{{len}} {what} {{per_sec}} {{eta}} {{msg}}");
     if let Ok(style) = ProgressStyle::with_template(&template) {
         bar.set_style(style.progress_chars("=> "));
     }

@@ -359,8 +359,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let lora = spec.lora();
     let settings = spec.settings(args.minutes);
     let loading = Instant::now();
-    let model =
-        Model::load(&gguf, DType::F32, Some(&lora), spec.seed).with_context(|| format!("loading {} for training", gguf.display()))?;
+    let device = graft_train::model::device(&args.device)?;
+    let model = Model::load_on(&gguf, DType::F32, Some(&lora), spec.seed, &device)
+        .with_context(|| format!("loading {} for training", gguf.display()))?;
     let load_seconds = loading.elapsed().as_secs_f64();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
@@ -381,6 +382,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         dir: &checkpoints_at,
         run: serde_json::to_value(&spec)?,
     };
+    let mut trained_tokens = 0usize;
     let outcome = train::train(
         &model,
         &train_set,
@@ -390,8 +392,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(&checkpoints),
         checkpoint,
         &mut |step, eval| {
+            trained_tokens += step.tokens;
             let val = eval.map_or(String::new(), |e| format!(", val {:.4}", e.val_loss));
-            bar.set_message(format!("loss {:.4}{val}", step.loss));
+            let rate = trained_tokens as f64 / step.seconds.max(1e-9);
+            bar.set_message(format!("loss {:.4}{val}, {rate:.0} tokens/s", step.loss));
             bar.inc(1);
         },
     )?;
@@ -408,6 +412,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "adapter": out,
         "run": spec,
         "dataset_manifest": data.join("manifest.json"),
+        "device": args.device,
         "load_seconds": load_seconds,
         "seconds": loading.elapsed().as_secs_f64(),
         "checkpoint": (!finished).then_some(&checkpoints_at),

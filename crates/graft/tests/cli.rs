@@ -944,6 +944,19 @@ print(len(names))
         String::from_utf8_lossy(&changed.stderr)
     );
 
+    // The benchmark runs on the same model and writes nothing.
+    let bench = run(&["bench", "train", "--steps", "1", "--max-tokens", "32", "--rank", "4", "--json"]);
+    assert!(bench.status.success(), "{}", String::from_utf8_lossy(&bench.stderr));
+    let figures: serde_json::Value = serde_json::from_slice(&bench.stdout).unwrap();
+    assert!(figures["training_tokens_per_second"].as_f64().unwrap() > 0.0, "{figures}");
+    assert!(
+        figures["peak_rss_mb"].as_f64().unwrap() >= figures["rss_loaded_mb"].as_f64().unwrap(),
+        "{figures}"
+    );
+    assert_eq!(figures["timed_steps"], 1, "{figures}");
+    let no_device = train(&["--force", "--device", "tpu"]);
+    assert!(String::from_utf8_lossy(&no_device.stderr).contains("not a device"));
+
     let too_big = train(&["--rank", "64", "--force"]);
     assert!(
         String::from_utf8_lossy(&too_big.stderr).contains("adapters.max_rank (32)"),

@@ -3,7 +3,7 @@
 //! repository, by default). It prints the training tokens/s of full-length examples (forward,
 //! backward and the optimiser's update; the first step is a warm-up and is not counted), the
 //! forward-only tokens/s of a validation pass, the model's load time, and resident memory after
-//! loading and at its peak. It writes nothing.
+//! loading and at its peak (on a GPU, memory is the host's). It writes nothing.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -107,7 +107,8 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         dropout: 0.05,
         ..LoraSettings::default()
     };
-    let model = Model::load(&gguf, DType::F32, Some(&lora), 1).with_context(|| format!("loading {}", gguf.display()))?;
+    let device = graft_train::model::device(&args.device)?;
+    let model = Model::load_on(&gguf, DType::F32, Some(&lora), 1, &device).with_context(|| format!("loading {}", gguf.display()))?;
     let load_seconds = loading.elapsed().as_secs_f64();
     let rss_loaded = rss_mb();
 
@@ -141,7 +142,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     let figures = json!({
         "model": gguf,
         "source": args.source,
-        "machine": {"cpu": cpu_name(), "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()), "device": "cpu"},
+        "machine": {"cpu": cpu_name(), "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()), "device": args.device},
         "rank": args.rank,
         "dropout": lora.dropout,
         "targets": lora.targets,
@@ -161,8 +162,9 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "graft bench train: {} on {} ({} CPUs), rank {}, dropout 0.05, all 7 projections, {}-token examples",
+        "graft bench train: {} on {} ({}; {} CPUs), rank {}, dropout 0.05, all 7 projections, {}-token examples",
         gguf.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        args.device,
         figures["machine"]["cpu"].as_str().unwrap_or(""),
         figures["machine"]["cpus"],
         args.rank,
