@@ -253,7 +253,6 @@ fn training_lowers_the_validation_loss_and_stops_when_told() {
         &settings,
         &AtomicBool::new(false),
         None,
-        None,
         &mut |_, _| seen += 1,
     )
     .unwrap();
@@ -275,7 +274,6 @@ fn training_lowers_the_validation_loss_and_stops_when_told() {
         &settings,
         &AtomicBool::new(true),
         None,
-        None,
         &mut |_, _| {},
     )
     .unwrap();
@@ -290,7 +288,6 @@ fn training_lowers_the_validation_loss_and_stops_when_told() {
         &validation,
         &budget,
         &AtomicBool::new(false),
-        None,
         None,
         &mut |_, _| {},
     )
@@ -340,15 +337,17 @@ fn a_resumed_run_is_the_run_done_in_one_go() {
         &settings,
         &AtomicBool::new(false),
         None,
-        None,
         &mut |_, _| {},
     )
     .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let checkpoints = Checkpoints {
-        dir: &dir.path().join("run.checkpoint"),
-        run: serde_json::json!({"what": "the test's run"}),
+    let at = dir.path().join("run.checkpoint");
+    let run = serde_json::json!({"what": "the test's run"});
+    let checkpoints = |resume| Checkpoints {
+        dir: &at,
+        run: run.clone(),
+        resume,
     };
     let first = load();
     let stop = AtomicBool::new(false);
@@ -358,8 +357,7 @@ fn a_resumed_run_is_the_run_done_in_one_go() {
         &validation,
         &settings,
         &stop,
-        Some(&checkpoints),
-        None,
+        Some(checkpoints(None)),
         &mut |s, _| {
             if s.step == 6 {
                 stop.store(true, Ordering::Relaxed)
@@ -368,8 +366,8 @@ fn a_resumed_run_is_the_run_done_in_one_go() {
     )
     .unwrap();
     assert_eq!((part.stopped, part.steps.len()), ("interrupted", 6));
-    let (saved, run) = graft_train::checkpoint::load(checkpoints.dir, &candle_core::Device::Cpu).unwrap();
-    assert_eq!(run, checkpoints.run);
+    let (saved, saved_run) = graft_train::checkpoint::load(&at, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(saved_run, run);
     assert_eq!(saved.state.step, 6);
 
     let second = load();
@@ -379,8 +377,7 @@ fn a_resumed_run_is_the_run_done_in_one_go() {
         &validation,
         &settings,
         &AtomicBool::new(false),
-        Some(&checkpoints),
-        Some(saved),
+        Some(checkpoints(Some(saved))),
         &mut |_, _| {},
     )
     .unwrap();

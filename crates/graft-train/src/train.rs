@@ -151,10 +151,12 @@ fn dropout_seed(seed: u64, step: usize, micro: usize) -> u64 {
     Rng::new(seed ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
 }
 
-/// Where a run saves its checkpoints, and what it is (settings, data), to be compared on resume.
+/// Where a run saves its checkpoints, what it is (settings, data: saved with each, for a later
+/// run to compare), and the saved state it resumes, if it does.
 pub struct Checkpoints<'a> {
     pub dir: &'a Path,
     pub run: serde_json::Value,
+    pub resume: Option<Checkpoint>,
 }
 
 /// What can stop a run.
@@ -170,15 +172,14 @@ pub enum TrainError {
 /// step's figures (a progress bar); `stop` ends the run after the current step. The best
 /// adapters (by validation loss) are in the model when it returns. With `checkpoints`, the
 /// run's whole state (adapters, best adapters, optimiser moments, data order, logs) is saved
-/// after every evaluation and when the run ends; `resume` continues such a state.
+/// after every evaluation and when the run ends, and a saved state in them is continued.
 pub fn train(
     model: &Model,
     train: &[Example],
     validation: &[Example],
     settings: &TrainSettings,
     stop: &AtomicBool,
-    checkpoints: Option<&Checkpoints>,
-    resume: Option<Checkpoint>,
+    mut checkpoints: Option<Checkpoints>,
     on_step: &mut dyn FnMut(&StepLog, Option<&EvalLog>),
 ) -> Result<Outcome, TrainError> {
     let vars = model.trainable();
@@ -190,6 +191,7 @@ pub fn train(
         },
     )?;
     let started = Instant::now();
+    let resume = checkpoints.as_mut().and_then(|c| c.resume.take());
     let (mut state, mut best) = match resume {
         Some(saved) => {
             let device = vars.first().map(|v| v.device().clone()).unwrap_or(candle_core::Device::Cpu);
@@ -221,7 +223,7 @@ pub fn train(
     };
     let resumed_from = (state.step > 0).then_some(state.step);
     let save = |state: &RunState, best: &[Tensor], optimizer: &AdamW| -> Result<(), TrainError> {
-        if let Some(c) = checkpoints {
+        if let Some(c) = &checkpoints {
             let checkpoint = Checkpoint {
                 state: state.clone(),
                 current: snapshot(&vars)?,

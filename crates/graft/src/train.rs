@@ -381,6 +381,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let checkpoints = Checkpoints {
         dir: &checkpoints_at,
         run: serde_json::to_value(&spec)?,
+        resume: checkpoint,
     };
     let mut trained_tokens = 0usize;
     let outcome = train::train(
@@ -389,8 +390,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         &validation,
         &settings,
         &stop,
-        Some(&checkpoints),
-        checkpoint,
+        Some(checkpoints),
         &mut |step, eval| {
             trained_tokens += step.tokens;
             let val = eval.map_or(String::new(), |e| format!(", val {:.4}", e.val_loss));

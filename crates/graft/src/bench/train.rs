@@ -124,16 +124,9 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         ..TrainSettings::default()
     };
     let bar = progress::bar(settings.steps as u64, "steps", args.json);
-    let outcome = train::train(
-        &model,
-        training,
-        &[],
-        &settings,
-        &AtomicBool::new(false),
-        None,
-        None,
-        &mut |_, _| bar.inc(1),
-    )?;
+    let outcome = train::train(&model, training, &[], &settings, &AtomicBool::new(false), None, &mut |_, _| {
+        bar.inc(1)
+    })?;
     bar.finish_and_clear();
     let ends: Vec<f64> = outcome.steps.iter().map(|s| s.seconds).collect();
     let durations: Vec<f64> = ends.windows(2).map(|w| w[1] - w[0]).collect();
