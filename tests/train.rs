@@ -5,6 +5,12 @@ use candle_core::{DType, Tensor};
 use graft_tests::kit_file;
 use graft_train::{LoraSettings, Model};
 
+/// The largest absolute difference between two tensors' elements.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+    diff.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+}
+
 fn loss_of(model: &Model, ids: &[u32], target: &[bool]) -> f64 {
     model.loss(ids, target, None).unwrap().unwrap().to_scalar::<f64>().unwrap()
 }
@@ -122,15 +128,7 @@ fn a_checkpointed_step_has_the_whole_graphs_gradients() {
         for (var, ours) in model.trainable().iter().zip(&step.grads) {
             let (ours, theirs) = (ours.as_ref().unwrap(), grads.get(var.as_tensor()).unwrap());
             let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap().max(1e-12);
-            let diff = (ours - theirs)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
-            worst = worst.max(diff / scale);
+            worst = worst.max(max_abs_diff(ours, theirs) / scale);
         }
         assert!(worst < 1e-9, "dropout {dropout:?}: relative difference {worst}");
     }
@@ -393,8 +391,7 @@ fn a_resumed_run_is_the_run_done_in_one_go() {
     }
     assert_eq!(one_go.best_step, rest.best_step);
     for (a, b) in whole.trainable().iter().zip(second.trainable()) {
-        let diff = (a.as_tensor() - b.as_tensor()).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        assert!(max_abs_diff(a.as_tensor(), b.as_tensor()) < 1e-5);
     }
     // The adapters moved: the comparison compared trained weights.
     let moved = whole.trainable()[1]

@@ -3,9 +3,8 @@
 //! moments, the data order, the logs, and what the run is (`run.json`: settings and data, for
 //! the caller to compare before resuming).
 //!
-//! A folder of three files: `state.json`, `tensors.safetensors`, `run.json`. It is written
-//! under a temporary name and renamed over the old one, so a crash mid-write leaves the last
-//! complete checkpoint.
+//! A folder of three files: `state.json`, `tensors.safetensors`, `run.json`, written whole
+//! ([`crate::staged`]): a crash mid-write leaves the last complete checkpoint.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,16 +12,13 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::staged::{io, IoError, Staged};
 use crate::train::{EvalLog, StepLog};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
     #[error("checkpoint tensors: {0}")]
@@ -65,21 +61,10 @@ pub struct Checkpoint {
 
 const PARTS: [&str; 4] = ["current", "best", "first", "second"];
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError {
-    let path = path.to_owned();
-    move |source| CheckpointError::Io { path, source }
-}
-
 /// Saves `checkpoint` (and `run`, what the run is) as the folder `dir`, replacing it whole.
 pub fn save(dir: &Path, checkpoint: &Checkpoint, run: &serde_json::Value) -> Result<(), CheckpointError> {
-    let name = dir
-        .file_name()
-        .map_or_else(|| "checkpoint".into(), |n| n.to_string_lossy().into_owned());
-    let staging = dir.with_file_name(format!("{name}.partial"));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
-    }
-    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    let staged = Staged::begin(dir)?;
+    let staging = &staged.path;
     let mut tensors = HashMap::new();
     for (part, list) in PARTS
         .iter()
@@ -95,18 +80,7 @@ pub fn save(dir: &Path, checkpoint: &Checkpoint, run: &serde_json::Value) -> Res
     std::fs::write(&state_path, json(serde_json::to_string(&checkpoint.state))).map_err(io(&state_path))?;
     let run_path = staging.join("run.json");
     std::fs::write(&run_path, json(serde_json::to_string_pretty(run))).map_err(io(&run_path))?;
-    let old = dir.with_file_name(format!("{name}.old"));
-    if dir.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
-        }
-        std::fs::rename(dir, &old).map_err(io(dir))?;
-    }
-    std::fs::rename(&staging, dir).map_err(io(dir))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
-    }
-    Ok(())
+    Ok(staged.finish()?)
 }
 
 /// Reads the checkpoint folder `dir`: the checkpoint and what its run was.
@@ -117,7 +91,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<(Checkpoint, serde_json::Valu
     };
     let read = |name: &str| -> Result<String, CheckpointError> {
         let path = dir.join(name);
-        std::fs::read_to_string(&path).map_err(io(&path))
+        Ok(std::fs::read_to_string(&path).map_err(io(&path))?)
     };
     let state: RunState =
         serde_json::from_str(&read("state.json")?).map_err(|e| invalid(format!("state.json is not a checkpoint's state: {e}")))?;

@@ -12,6 +12,7 @@
 //! - [`train`]: the loop (warmup and cosine decay, accumulation, clipping, validation with the
 //!   best adapters kept, early stopping, a time budget, a stop flag).
 //! - [`checkpoint`]: a run's whole state on disk, which a later run resumes exactly.
+//! - [`staged`]: folders (adapters, checkpoints) written whole, beside and renamed.
 //!
 //! This crate uses candle, never mistralrs: editing it does not rebuild the engine.
 
@@ -22,6 +23,7 @@ pub mod model;
 pub mod optim;
 pub mod peft;
 pub mod softmax;
+pub mod staged;
 pub mod train;
 
 pub use candle_core::{DType, Device};

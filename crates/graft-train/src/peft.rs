@@ -3,9 +3,8 @@
 //! PEFT's tensor names, in Hugging Face's row order (q and k `B` rows of a llama GGUF
 //! inverse-permuted, since the trainer works in GGUF order).
 //!
-//! The folder is written under a temporary name beside the target and renamed when complete,
-//! so an interrupted write leaves no half adapter; an existing target is replaced only when
-//! the caller says so.
+//! The folder is written whole ([`crate::staged`]): an interrupted write leaves no half
+//! adapter; an existing target is replaced only when the caller says so.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,17 +13,14 @@ use candle_core::{DType, Tensor};
 
 use crate::lora::LoraSettings;
 use crate::model::Model;
+use crate::staged::{io, IoError, Staged};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeftError {
     #[error("{} already exists (pass --force to replace it)", .0.display())]
     Exists(PathBuf),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("writing the adapter: {0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -53,18 +49,8 @@ pub fn write(model: &Model, settings: &LoraSettings, base: &str, dir: &Path, rep
     if dir.exists() && !replace {
         return Err(PeftError::Exists(dir.to_owned()));
     }
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| PeftError::Io { path, source }
-    };
-    let name = dir
-        .file_name()
-        .map_or_else(|| "adapter".into(), |n| n.to_string_lossy().into_owned());
-    let staging = dir.with_file_name(format!(".{name}.partial"));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
-    }
-    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    let staged = Staged::begin(dir)?;
+    let staging = &staged.path;
     candle_core::safetensors::save(&tensors(model)?, staging.join("adapter_model.safetensors"))?;
     let config = serde_json::json!({
         "peft_type": "LORA",
@@ -81,8 +67,5 @@ pub fn write(model: &Model, settings: &LoraSettings, base: &str, dir: &Path, rep
     });
     let config_path = staging.join("adapter_config.json");
     std::fs::write(&config_path, serde_json::to_string_pretty(&config).unwrap_or_default() + "\n").map_err(io(&config_path))?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(io(dir))?;
-    }
-    std::fs::rename(&staging, dir).map_err(io(dir))
+    Ok(staged.finish()?)
 }
