@@ -979,3 +979,38 @@ print(len(names))
     // The adapter of the last good run is still whole.
     assert!(adapter.join("adapter_model.safetensors").is_file());
 }
+
+/// The GPU check (scripts/gpu-check) in its dry mode, on the CPU: every step runs the real
+/// benchmark and the figures come back as one JSON file. The load step needs the default
+/// project's index, which a fresh clone has not built: then it must say so.
+#[test]
+fn the_gpu_check_runs_dry_on_the_cpu() {
+    let fetch = graft().args(["models", "fetch", "smollm2-135m-instruct"]).output().unwrap();
+    assert!(fetch.status.success(), "{}", String::from_utf8_lossy(&fetch.stderr));
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new("bash")
+        .arg(repo_root().join("scripts/gpu-check"))
+        .arg("--dry-run")
+        .env("OUT", out.path())
+        .env("GRAFT_BIN", env!("CARGO_BIN_EXE_graft"))
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let figures: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("gpu-check.json")).unwrap()).unwrap();
+    assert_eq!(figures["device"], "cpu");
+    for step in ["engine", "api", "train"] {
+        assert_eq!(figures["steps"][step]["exit"], 0, "{step}: {figures}");
+    }
+    assert!(figures["engine"]["decode_base_tok_s"].as_f64().unwrap() > 0.0, "{figures}");
+    assert!(figures["train"]["training_tokens_per_second"].as_f64().unwrap() > 0.0, "{figures}");
+    if figures["steps"]["load"]["exit"] != 0 {
+        let log = std::fs::read_to_string(out.path().join("load.log")).unwrap();
+        assert!(log.contains("has no index yet"), "{log}");
+    }
+    let left: Vec<_> = std::fs::read_dir(repo_root().join("config"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".gpu-check"))
+        .collect();
+    assert!(left.is_empty(), "the check's config is removed");
+}
