@@ -521,6 +521,11 @@ async fn the_training_forward_predicts_what_the_served_engine_generates() {
 /// biases on q, k and v (which qwen2 has and llama has not), and output weights scaled up so
 /// the most likely token is clear (the toy's are tiny).
 fn tiny_qwen2(out: &std::path::Path) {
+    toy_as("qwen2", true, out);
+}
+
+/// The toy llama's weights (f32) under another architecture's name, with q/k/v biases or not.
+fn toy_as(arch: &str, biases: bool, out: &std::path::Path) {
     use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
     let source = kit_file("tiny-llama");
     let mut reader = std::io::BufReader::new(std::fs::File::open(&source).unwrap());
@@ -555,8 +560,8 @@ fn tiny_qwen2(out: &std::path::Path) {
         .iter()
         .filter(|(k, _)| k.as_str() != "general.alignment")
         .map(|(k, v)| match k.strip_prefix("llama.") {
-            Some(rest) => (format!("qwen2.{rest}"), v.clone()),
-            None if k == "general.architecture" => (k.clone(), gguf_file::Value::String("qwen2".into())),
+            Some(rest) => (format!("{arch}.{rest}"), v.clone()),
+            None if k == "general.architecture" => (k.clone(), gguf_file::Value::String(arch.into())),
             None => (k.clone(), v.clone()),
         })
         .collect();
@@ -593,4 +598,19 @@ async fn qwen2_trains_with_exact_gradients_and_the_engines_forward() {
     assert!(distinct.len() > 5, "{top:?}");
     gradients_match_finite_differences(&qwen);
     written_adapter_merges_to_the_trained_model(&qwen);
+}
+
+/// A model of another family is refused by name before anything is trained.
+#[test]
+fn an_unsupported_architecture_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("toy-phi2.gguf");
+    toy_as("phi2", false, &path);
+    let err = Model::load(&path, DType::F32, Some(&LoraSettings::default()), 1)
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("llama and qwen2") && err.to_string().contains("phi2"),
+        "{err}"
+    );
 }
