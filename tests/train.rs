@@ -544,9 +544,10 @@ fn toy_as(arch: &str, biases: bool, out: &std::path::Path) {
         if name == output {
             t = (t * 40.0).unwrap();
         }
-        if ["attn_q", "attn_k", "attn_v"]
-            .iter()
-            .any(|p| name.ends_with(&format!("{p}.weight")))
+        if biases
+            && ["attn_q", "attn_k", "attn_v"]
+                .iter()
+                .any(|p| name.ends_with(&format!("{p}.weight")))
         {
             let rows = t.dim(0).unwrap();
             let bias = graft_tests::deterministic_values(rows, i as u64 + 11);
