@@ -7,10 +7,9 @@
 //! It trains and reports; reading data and writing the adapter are the caller's (the `graft
 //! train` command, with [`crate::peft`]).
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-use std::path::Path;
 
 use candle_core::{Tensor, Var};
 use graft_core::random::Rng;
