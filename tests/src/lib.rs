@@ -10,6 +10,9 @@
 //! - [`copy_fixture`]: a fixture repository copied somewhere a test may change it.
 //! - [`sse_data`]: the events of a streamed answer.
 //! - [`write_adapter`]: a PEFT LoRA adapter for a kit model, generated from a fixed seed.
+//! - [`qdrant`]: real Qdrant servers (one node or a cluster) for the server backend's tests.
+
+pub mod qdrant;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

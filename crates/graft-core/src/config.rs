@@ -330,6 +330,11 @@ pub struct IndexConfig {
     pub qdrant_api_key_env: String,
     /// Collections on the server are named `<prefix><project>`.
     pub qdrant_collection_prefix: String,
+    /// Shards of a new collection on a cluster (Qdrant's default when unset).
+    pub qdrant_shards: Option<u32>,
+    /// Copies of each shard on a cluster, so a node can go down (Qdrant's default, 1, when
+    /// unset).
+    pub qdrant_replication_factor: Option<u32>,
 }
 
 impl Default for IndexConfig {
@@ -350,6 +355,8 @@ impl Default for IndexConfig {
             qdrant_url: None,
             qdrant_api_key_env: "QDRANT_API_KEY".to_owned(),
             qdrant_collection_prefix: "graft_".to_owned(),
+            qdrant_shards: None,
+            qdrant_replication_factor: None,
         }
     }
 }
@@ -576,13 +583,13 @@ impl Config {
     /// Generations the server runs at once: `server.max_concurrent`, or by device when it is
     /// absent: 1 on the CPU, where concurrent sequences slow each other down (with mistralrs
     /// 0.8.1 on 2 cores, 4 at once gave half the tokens per second of 1 at a time, and each
-    /// answer took twice as long), and 8 on a GPU, where batching pays. `gpu_build` says
-    /// whether `device = "auto"` can mean a GPU (graft built with CUDA).
-    pub fn generation_slots(&self, gpu_build: bool) -> usize {
+    /// answer took twice as long), and 8 on a GPU, where batching pays. `auto_gpu` says
+    /// whether `device = "auto"` means a GPU here (a CUDA build on a machine with CUDA).
+    pub fn generation_slots(&self, auto_gpu: bool) -> usize {
         self.server.max_concurrent.unwrap_or(match self.model.device {
             Device::Cpu => 1,
             Device::Cuda => 8,
-            Device::Auto if gpu_build => 8,
+            Device::Auto if auto_gpu => 8,
             Device::Auto => 1,
         })
     }
@@ -725,6 +732,14 @@ impl Config {
                     "index.qdrant_url",
                     format!("expected an http:// or https:// URL (Qdrant's gRPC port, usually 6334), found {url:?}"),
                 ));
+            }
+        }
+        for (key, value) in [
+            ("index.qdrant_shards", ix.qdrant_shards),
+            ("index.qdrant_replication_factor", ix.qdrant_replication_factor),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(key, "must be at least 1".to_owned()));
             }
         }
         if ix.chunk_chars < 200 {

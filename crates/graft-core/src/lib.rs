@@ -3,15 +3,17 @@
 //! - [`config`]: the one typed configuration, loaded once and validated.
 //! - [`keys`]: API keys and the projects each may use.
 //! - [`confine`]: reading a file that must lie inside given folders (no link out, no FIFO).
+//! - [`cuda`]: whether the CUDA libraries a GPU build opens at run time are on this machine.
 //! - [`split`]: a repository's held-out files, the one split the evaluation's golden set and
 //!   the dataset for training both obey; [`random`]: the seeded choices behind it.
 //!
 //! This crate holds descriptions and shared types only: no models, no network, no I/O beyond
 //! reading the config file, [`confine`]'s guarded reads, and the split file (and `git` for a
-//! split by commit).
+//! split by commit); [`cuda`] opens libraries by name without using them.
 
 pub mod config;
 pub mod confine;
+pub mod cuda;
 pub mod keys;
 pub mod random;
 pub mod split;

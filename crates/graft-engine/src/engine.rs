@@ -533,13 +533,17 @@ fn gguf_builder(path: &Path, base: &BaseModel) -> Result<GgufModelBuilder, Engin
     }
     Ok(match base.device {
         Device::Cpu => builder.with_force_cpu(),
-        Device::Auto => builder,
+        // A CUDA build asks for a GPU through libraries that panic when absent: "auto" is the
+        // CPU on a machine without them.
+        Device::Auto if crate::gpu_available() => builder,
+        Device::Auto => builder.with_force_cpu(),
         Device::Cuda => {
             if !cfg!(feature = "cuda") {
                 return Err(EngineError::Device(
                     "model.device = \"cuda\" needs graft built with `--features cuda`".into(),
                 ));
             }
+            graft_core::cuda::check_libraries().map_err(|why| EngineError::Device(format!("model.device = \"cuda\": {why}")))?;
             let device = mistralrs::Device::new_cuda(0).map_err(|e| EngineError::Device(format!("no usable CUDA device: {e}")))?;
             builder.with_device(device)
         }

@@ -33,6 +33,12 @@ pub use engine::{BaseModel, Engine, StreamEvent, TokenStream};
 
 /// Whether this build can run models on a CUDA GPU (the `cuda` feature).
 pub const CUDA: bool = cfg!(feature = "cuda");
+
+/// Whether `model.device = "auto"` means a GPU here: a CUDA build on a machine whose driver
+/// and CUDA libraries load (`graft_core::cuda`).
+pub fn gpu_available() -> bool {
+    CUDA && graft_core::cuda::check_libraries().is_ok()
+}
 pub use error::EngineError;
 pub use fim::PromptFormat;
 pub use pool::{Pool, PoolLimits};

@@ -87,6 +87,10 @@ pub struct Gradients {
 pub fn device(name: &str) -> Result<Device, ModelError> {
     let unsupported = || ModelError::Unsupported(format!("`{name}` is not a device: use cpu, cuda or cuda:N"));
     let cuda = |n: usize| {
+        // Without the libraries, candle would panic on first use: say which one is missing.
+        if cfg!(feature = "cuda") {
+            graft_core::cuda::check_libraries().map_err(|why| ModelError::Unsupported(format!("cannot train on {name}: {why}")))?;
+        }
         Device::new_cuda(n).map_err(|e| {
             ModelError::Unsupported(format!(
                 "cannot train on {name}: {e} (a GPU needs a graft built with `--features cuda`)"

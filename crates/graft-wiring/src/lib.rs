@@ -74,12 +74,13 @@ pub fn model_file(config: &Config) -> Result<PathBuf, WiringError> {
     }
 }
 
-/// Whether the base model runs on the CPU (`model.device`, and for `auto` the build).
+/// Whether the base model runs on the CPU (`model.device`, and for `auto` the build and the
+/// machine's CUDA libraries).
 pub fn on_cpu(config: &Config) -> bool {
     match config.model.device {
         graft_core::Device::Cpu => true,
         graft_core::Device::Cuda => false,
-        graft_core::Device::Auto => !graft_engine::CUDA,
+        graft_core::Device::Auto => !graft_engine::gpu_available(),
     }
 }
 
@@ -159,7 +160,7 @@ pub fn pool_limits(config: &Config) -> PoolLimits {
 /// when the config leaves them out.
 pub fn server_config(config: &Config) -> ServerConfig {
     ServerConfig {
-        max_concurrent: Some(config.generation_slots(graft_engine::CUDA)),
+        max_concurrent: Some(config.generation_slots(graft_engine::gpu_available())),
         infill_model: config
             .server
             .infill_model
@@ -196,6 +197,8 @@ pub fn backend(config: &Config) -> Backend {
             url: url.clone(),
             api_key: std::env::var(&ix.qdrant_api_key_env).ok().filter(|k| !k.is_empty()),
             collection_prefix: ix.qdrant_collection_prefix.clone(),
+            shards: ix.qdrant_shards,
+            replication_factor: ix.qdrant_replication_factor,
         }),
     }
 }
@@ -289,7 +292,7 @@ mod tests {
         config.projects.push(graft_core::ProjectConfig::new("first", "repo"));
         let server = server_config(&config);
         assert_eq!(server.infill_model.as_deref(), Some("first"), "/infill's model: the first project");
-        assert_eq!(server.max_concurrent, Some(config.generation_slots(graft_engine::CUDA)));
+        assert_eq!(server.max_concurrent, Some(config.generation_slots(graft_engine::gpu_available())));
         config.server.infill_model = Some("base".into());
         assert_eq!(server_config(&config).infill_model.as_deref(), Some("base"));
 

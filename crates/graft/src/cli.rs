@@ -490,6 +490,10 @@ pub struct BenchLoadArgs {
     /// The project whose index is used; by default the first in the config.
     #[arg(long, short = 'p')]
     pub project: Option<String>,
+    /// Only the phase without retrieval: needs no index and no embedding model (what the GPU
+    /// check runs, as retrieval's cost is on the CPU either way).
+    #[arg(long)]
+    pub no_retrieval: bool,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,

@@ -980,37 +980,61 @@ print(len(names))
     assert!(adapter.join("adapter_model.safetensors").is_file());
 }
 
-/// The GPU check (scripts/gpu-check) in its dry mode, on the CPU: every step runs the real
-/// benchmark and the figures come back as one JSON file. The load step needs the default
-/// project's index, which a fresh clone has not built: then it must say so.
+/// The GPU check's two scripts in their dry mode, on the CPU: scripts/gpu-carry packs this
+/// build's binary and the served model into parts that each fit one device call beside the
+/// working tree, and scripts/gpu-check joins them, verifies them, unpacks them and runs every
+/// step's real benchmark from them; the figures come back as one JSON file.
 #[test]
 fn the_gpu_check_runs_dry_on_the_cpu() {
     let fetch = graft().args(["models", "fetch", "smollm2-135m-instruct"]).output().unwrap();
     assert!(fetch.status.success(), "{}", String::from_utf8_lossy(&fetch.stderr));
     let out = tempfile::tempdir().unwrap();
-    let run = Command::new("bash")
-        .arg(repo_root().join("scripts/gpu-check"))
-        .arg("--dry-run")
-        .env("OUT", out.path())
-        .env("GRAFT_BIN", env!("CARGO_BIN_EXE_graft"))
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let carry = tempfile::tempdir().unwrap();
+    let script = |name: &str, arg: &str| {
+        let run = Command::new("bash")
+            .arg(repo_root().join("scripts").join(name))
+            .arg(arg)
+            .env("OUT", out.path())
+            .env("GRAFT_GPU_CARRY", carry.path())
+            .env("GRAFT_BIN", env!("CARGO_BIN_EXE_graft"))
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{name} {arg}: {}", String::from_utf8_lossy(&run.stderr));
+        String::from_utf8_lossy(&run.stdout).into_owned()
+    };
+    script("gpu-carry", "--dry-run");
+    let parts: Vec<_> = std::fs::read_dir(carry.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name() != "SHA256SUMS")
+        .map(|e| e.metadata().unwrap().len())
+        .collect();
+    // The binary (tens of MB) and the model (94 MB) cannot go in one call.
+    assert!(parts.len() >= 2, "{parts:?}");
+    assert!(parts.iter().all(|&len| len < 63 * 1024 * 1024), "{parts:?}");
+    assert!(script("gpu-check", "--receive").contains("every part is here"));
+
+    script("gpu-check", "--dry-run");
     let figures: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("gpu-check.json")).unwrap()).unwrap();
     assert_eq!(figures["device"], "cpu");
-    for step in ["engine", "api", "train"] {
+    assert_eq!(figures["carried"], true);
+    for step in ["engine", "api", "load", "train"] {
         assert_eq!(figures["steps"][step]["exit"], 0, "{step}: {figures}");
     }
     assert!(figures["engine"]["decode_base_tok_s"].as_f64().unwrap() > 0.0, "{figures}");
     assert!(figures["train"]["training_tokens_per_second"].as_f64().unwrap() > 0.0, "{figures}");
-    if figures["steps"]["load"]["exit"] != 0 {
-        let log = std::fs::read_to_string(out.path().join("load.log")).unwrap();
-        assert!(log.contains("has no index yet"), "{log}");
-    }
+    let phases = figures["load"]["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 1, "--no-retrieval runs one phase: {figures}");
+    assert!(phases[0]["requests"].as_u64().unwrap() > 0, "{figures}");
+    assert_eq!(phases[0]["errors"], 0, "{figures}");
     let left: Vec<_> = std::fs::read_dir(repo_root().join("config"))
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(".gpu-check"))
         .collect();
     assert!(left.is_empty(), "the check's config is removed");
+
+    // A part damaged on the way is refused before anything runs.
+    std::fs::write(carry.path().join("1"), b"not what was packed").unwrap();
+    assert!(script("gpu-check", "--receive").contains("damaged"));
 }

@@ -27,30 +27,46 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Collections are named `<prefix><project>`.
     pub collection_prefix: String,
+    /// Shards of a new collection (Qdrant's default when `None`).
+    pub shards: Option<u32>,
+    /// Copies of each shard of a new collection on a cluster (Qdrant's default when `None`).
+    pub replication_factor: Option<u32>,
 }
 
 /// A project's collection on a Qdrant server.
 pub struct ServerStore {
     client: Qdrant,
+    url: String,
     collection: String,
     runtime: tokio::runtime::Runtime,
 }
 
 impl ServerStore {
-    /// Connects, and creates the collection (cosine, `dims`) if it does not exist.
+    /// Connects, and creates the collection (cosine, `dims`, the configured shards and
+    /// replicas) if it does not exist.
     pub fn open(config: &ServerConfig, project: &str, dims: usize) -> Result<ServerStore, IndexError> {
         let store = ServerStore::connect(config, project)?;
         let (client, name) = (store.client.clone(), store.collection.clone());
-        store.run(async move {
+        let mut create = CreateCollectionBuilder::new(&name).vectors_config(VectorParamsBuilder::new(dims as u64, Distance::Cosine));
+        if let Some(shards) = config.shards {
+            create = create.shard_number(shards);
+        }
+        if let Some(replicas) = config.replication_factor {
+            create = create.replication_factor(replicas);
+        }
+        let version = store.run(async move {
+            let version = client.health_check().await?.version;
             if !client.collection_exists(&name).await? {
-                client
-                    .create_collection(
-                        CreateCollectionBuilder::new(&name).vectors_config(VectorParamsBuilder::new(dims as u64, Distance::Cosine)),
-                    )
-                    .await?;
+                client.create_collection(create).await?;
             }
-            Ok(())
+            Ok(version)
         })?;
+        if !is_tested_version(&version) {
+            tracing::warn!(
+                "Qdrant at {} is version {version}; graft is tested with {TESTED_VERSION} and later 1.x",
+                config.url
+            );
+        }
         Ok(store)
     }
 
@@ -73,12 +89,16 @@ impl ServerStore {
             .enable_all()
             .build()
             .map_err(|e| IndexError::Vectors(format!("cannot start the Qdrant client's runtime: {e}")))?;
+        // qdrant-client's own version check prints to stdout (where `--json` output goes) and
+        // refuses nothing; graft checks the server's version itself in `open`.
         let client = Qdrant::from_url(&config.url)
             .api_key(config.api_key.clone())
+            .skip_compatibility_check()
             .build()
             .map_err(|e| IndexError::Vectors(format!("Qdrant at {}: {e}", config.url)))?;
         Ok(ServerStore {
             client,
+            url: config.url.clone(),
             collection: format!("{}{project}", config.collection_prefix),
             runtime,
         })
@@ -95,8 +115,38 @@ impl ServerStore {
         });
         rx.recv()
             .map_err(|_| IndexError::Vectors("the Qdrant client stopped".into()))?
-            .map_err(|e| IndexError::Vectors(format!("collection {}: {e}", self.collection)))
+            .map_err(|e| IndexError::Vectors(format!("Qdrant at {}, collection {}: {}", self.url, self.collection, reason(&e))))
     }
+}
+
+/// What went wrong, for a person: the server's own message for an error it answered (not the
+/// gRPC metadata qdrant-client's text appends), and a plain line when it could not be reached.
+fn reason(error: &qdrant_client::QdrantError) -> String {
+    match error {
+        qdrant_client::QdrantError::ResponseError { status } => {
+            let message = status.message();
+            if message.starts_with("Failed to connect") {
+                let refused = if message.contains("Connection refused") {
+                    " (connection refused)"
+                } else {
+                    ""
+                };
+                format!("cannot connect{refused}: is the server running, and is the URL its gRPC port (usually 6334)?")
+            } else {
+                format!("{message} ({:?})", status.code())
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The oldest Qdrant server version graft's tests run against (`../shared/tools/qdrant`).
+const TESTED_VERSION: &str = "1.18";
+
+/// Whether a server's version (`1.18.3`) is 1.x from [`TESTED_VERSION`] on.
+fn is_tested_version(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    matches!((parts.next(), parts.next()), (Some(Some(1)), Some(Some(minor))) if minor >= 18)
 }
 
 fn num_id(id: &PointId) -> Option<u64> {
@@ -178,5 +228,19 @@ impl VectorStore for ServerStore {
     fn flush(&self) -> Result<(), IndexError> {
         // Every write above waits for the server to apply it.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions_from_the_tested_one_on_pass() {
+        assert!(is_tested_version("1.18.3"));
+        assert!(is_tested_version("1.20.0"));
+        assert!(!is_tested_version("1.17.9"));
+        assert!(!is_tested_version("2.0.0"));
+        assert!(!is_tested_version("dev"));
     }
 }

@@ -3,7 +3,8 @@
 //! Starts graft as `serve` would (the configured model, adapters and projects; no API keys,
 //! bound to 127.0.0.1 on an ephemeral port), then runs `--clients` concurrent streaming chat
 //! clients for `--seconds`, twice: against a project with retrieval switched off, and with it
-//! on (the same questions), so the difference is what retrieval costs. Prints completed
+//! on (the same questions), so the difference is what retrieval costs (`--no-retrieval`: the
+//! first phase only, with no index or embedding model needed). Prints completed
 //! requests, errors, throughput (requests and generated tokens per second), time to first
 //! token and whole-request latency (p50 / p99). It asserts nothing.
 
@@ -52,33 +53,38 @@ pub fn run(args: BenchLoadArgs) -> Result<()> {
     let Some(project) = project else {
         bail!("the load benchmark compares requests with and without retrieval, so it needs a project in the config");
     };
-    let layout = graft_wiring::layout(&config, &project.name);
-    if graft_index::Meta::read(&layout).is_none() {
+    let retrievals: &[bool] = if args.no_retrieval { &[false] } else { &[false, true] };
+    if !args.no_retrieval && graft_index::Meta::read(&graft_wiring::layout(&config, &project.name)).is_none() {
         bail!(
-            "project `{}` has no index yet: run `graft index --project {}` (or `graft up`) first",
+            "project `{}` has no index yet: run `graft index --project {}` (or `graft up`) first, \
+             or pass --no-retrieval",
             project.name,
             project.name
         );
     }
     let kit = Kit::new(&config.kit.dir);
     models::ensure(&kit, &graft_wiring::model_artifacts(&config)?, true)?;
-    let embedder = index::load_embedder(&config)?;
+    let embedder = if args.no_retrieval {
+        None
+    } else {
+        Some(index::load_embedder(&config)?)
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let figures = runtime.block_on(async {
         eprintln!("loading {} ...", config.model.name);
-        let addr = serve::start_on_loopback(&config, Some(embedder)).await?;
+        let addr = serve::start_on_loopback(&config, embedder).await?;
         let url = format!("http://{addr}/v1/chat/completions");
 
         // One request each way first, so the first timed request pays no one-time cost.
         let client = reqwest::Client::new();
-        for retrieval in [false, true] {
+        for &retrieval in retrievals {
             if let Outcome::Failed(e) = one_request(&client, &url, &project.name, QUESTIONS[0], retrieval, args.max_tokens).await {
                 bail!("the warm-up request failed: {e}");
             }
         }
         let mut phases = Vec::new();
-        for retrieval in [false, true] {
+        for &retrieval in retrievals {
             eprintln!(
                 "{} clients for {} s, retrieval {} ...",
                 args.clients,
@@ -97,7 +103,7 @@ pub fn run(args: BenchLoadArgs) -> Result<()> {
             "clients": args.clients,
             "seconds": args.seconds,
             "max_tokens": args.max_tokens,
-            "max_concurrent": config.generation_slots(cfg!(feature = "cuda")),
+            "max_concurrent": config.generation_slots(graft_engine::gpu_available()),
             "phases": phases,
         }))
     })?;

@@ -2,6 +2,7 @@
 
 use graft_index::vectors::{EdgeStore, ServerConfig, ServerStore, VectorStore};
 use graft_index::IndexError;
+use graft_tests::qdrant;
 
 /// Cosines with the x axis: id 1 → 1, id 4 → 0.71, id 2 → 0.1, the others → 0.
 fn points() -> Vec<(u64, Vec<f32>)> {
@@ -64,14 +65,28 @@ fn the_embedded_store_works_and_persists() {
     assert!(EdgeStore::open(&dir, 4).is_ok(), "closing the store releases it");
 }
 
+/// The Qdrant server the server-backend tests use: `GRAFT_TEST_QDRANT_URL` when it names one
+/// already running, otherwise a node started from `GRAFT_TEST_QDRANT_BIN` (held until the
+/// test ends).
+fn qdrant_server() -> (String, Option<qdrant::Node>) {
+    if let Ok(url) = std::env::var("GRAFT_TEST_QDRANT_URL") {
+        return (url, None);
+    }
+    let bin = qdrant::binary().unwrap_or_else(|why| panic!("no Qdrant server to test against: {why}"));
+    let node = qdrant::Node::single(&bin);
+    (node.grpc_url(), Some(node))
+}
+
 #[test]
-#[ignore = "needs a Qdrant server: set GRAFT_TEST_QDRANT_URL (scripts/test then runs it)"]
+#[ignore = "needs a Qdrant server: GRAFT_TEST_QDRANT_BIN (scripts/test sets it from ../shared/tools/qdrant) or GRAFT_TEST_QDRANT_URL"]
 fn the_server_store_behaves_like_the_embedded_one() {
-    let url = std::env::var("GRAFT_TEST_QDRANT_URL").expect("GRAFT_TEST_QDRANT_URL names the Qdrant server to test against");
+    let (url, _node) = qdrant_server();
     let config = ServerConfig {
         url,
         api_key: std::env::var("GRAFT_TEST_QDRANT_API_KEY").ok(),
         collection_prefix: format!("graft_test_{}_", std::process::id()),
+        shards: None,
+        replication_factor: None,
     };
     let store = ServerStore::open(&config, "stores", 4).unwrap();
     exercise(&store);

@@ -1,0 +1,194 @@
+//! graft on a real three-node Qdrant cluster on loopback: a project's collection with 2 shards
+//! and 2 copies of each, indexed by one graft process through one node and searched by
+//! another through a different node, while nodes are killed (`kill -9`) and restarted.
+//!
+//! Needs the Qdrant server binary (`GRAFT_TEST_QDRANT_BIN`, which scripts/test sets from
+//! `../shared/tools/qdrant`); without it the test is ignored with that reason.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{copy_tree, repo_root};
+use graft_tests::qdrant::{self, Cluster, Node};
+use serde_json::Value;
+
+const PROJECT: &str = "poly";
+/// A query whose answer, in the fixture, is storage/blobstore.go.
+const QUERY: &str = "NewBlobStore(4096)";
+
+/// A config whose index lives in `index_dir` and whose vectors live on `node`, in collections
+/// named `<prefix><project>` with 2 shards of 2 copies.
+fn write_config(dir: &Path, name: &str, index_dir: &Path, node: &Node, prefix: &str) -> PathBuf {
+    let shipped = graft_core::Config::load(&repo_root().join("config/graft.toml")).expect("shipped config");
+    let kit = std::fs::canonicalize(&shipped.kit.dir).unwrap_or(shipped.kit.dir);
+    let config = dir.join(name);
+    std::fs::write(
+        &config,
+        format!(
+            "[kit]\ndir = {:?}\n[index]\ndir = {:?}\nqdrant_url = {:?}\nqdrant_collection_prefix = {prefix:?}\n\
+             qdrant_shards = 2\nqdrant_replication_factor = 2\n",
+            kit.display().to_string(),
+            index_dir.display().to_string(),
+            node.grpc_url(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn graft(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn ok_json(out: &Output) -> Value {
+    assert!(out.status.success(), "graft failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `graft index` of `repo`: the report's chunk count.
+fn index(config: &Path, repo: &Path) -> u64 {
+    let out = graft(config, &["index", "--project", PROJECT, "--json", &repo.display().to_string()]);
+    ok_json(&out)["report"]["chunks"].as_u64().expect("a chunk count")
+}
+
+/// A vector search's hits as (path, start line), best first.
+fn search(config: &Path) -> Result<Vec<(String, u64)>, String> {
+    let out = graft(
+        config,
+        &["search", QUERY, "--project", PROJECT, "--mode", "vector", "-k", "5", "--json"],
+    );
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let hits: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    Ok(hits
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| (h["path"].as_str().unwrap_or("").to_owned(), h["start_line"].as_u64().unwrap_or(0)))
+        .collect())
+}
+
+/// Waits until `node` counts `expected` points in `collection` (its replicas catching up).
+fn await_count(node: &Node, collection: &str, expected: u64) {
+    let started = Instant::now();
+    loop {
+        let count = node.count(collection);
+        if count == Some(expected) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the node counts {count:?} points in {collection}, not {expected}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn add_file(repo: &Path, name: &str, function: &str) {
+    std::fs::write(
+        repo.join(name),
+        format!("def {function}(rows):\n    \"\"\"Totals the rows of a ledger.\"\"\"\n    return sum(r.amount for r in rows)\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+#[ignore = "needs the Qdrant server binary: GRAFT_TEST_QDRANT_BIN (scripts/test sets it from ../shared/tools/qdrant)"]
+fn a_project_on_a_qdrant_cluster_keeps_serving_while_nodes_die() {
+    let bin = qdrant::binary().unwrap_or_else(|why| panic!("{why}"));
+    let mut cluster = Cluster::start(&bin, 3);
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    copy_tree(&repo_root().join("tests/fixtures/polyglot"), &repo);
+    let index_dir = work.path().join("index");
+    // One graft indexes through node 0, another searches through node 2.
+    let indexer = write_config(work.path(), "indexer.toml", &index_dir, &cluster.nodes[0], "graft_cluster_");
+    let searcher = write_config(work.path(), "searcher.toml", &index_dir, &cluster.nodes[2], "graft_cluster_");
+    let collection = format!("graft_cluster_{PROJECT}");
+
+    let chunks = index(&indexer, &repo);
+    let (_, info) = cluster.nodes[1].get(&format!("/collections/{collection}")).unwrap();
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["result"]["config"]["params"]["shard_number"], 2, "{info}");
+    assert_eq!(info["result"]["config"]["params"]["replication_factor"], 2, "{info}");
+    await_count(&cluster.nodes[1], &collection, chunks);
+    let expected = search(&searcher).unwrap();
+    assert!(expected.iter().any(|h| h.0 == "storage/blobstore.go"), "{expected:?}");
+
+    // Searches go on through node 2 while node 1 dies under them: every shard has a copy
+    // elsewhere. Each search is a whole `graft search` process.
+    let answers = Mutex::new(Vec::new());
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                let answer = search(&searcher);
+                answers.lock().unwrap().push(answer);
+            }
+        });
+        let wait_for = |n: usize| {
+            let started = Instant::now();
+            while answers.lock().unwrap().len() < n && started.elapsed() < Duration::from_secs(120) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        wait_for(2);
+        cluster.nodes[1].kill();
+        wait_for(6);
+        stop.store(true, Ordering::SeqCst);
+    });
+    let answers = answers.into_inner().unwrap();
+    assert!(answers.len() >= 6, "{} searches", answers.len());
+    for answer in &answers {
+        assert_eq!(answer.as_ref(), Ok(&expected), "a search while node 1 was killed");
+    }
+
+    // Writes go on too: a new file indexed through node 0 while node 1 is down ...
+    add_file(&repo, "ledger.py", "ledger_total");
+    let chunks = index(&indexer, &repo);
+    let expected = search(&searcher).unwrap();
+    // ... and node 1, back on its storage, catches up on what it missed.
+    cluster.nodes[1].start();
+    await_count(&cluster.nodes[1], &collection, chunks);
+
+    // The indexer's own node dies: indexing says where it failed and changes nothing ...
+    cluster.nodes[0].kill();
+    add_file(&repo, "payroll.py", "payroll_total");
+    let failed = graft(&indexer, &["index", "--project", PROJECT, &repo.display().to_string()]);
+    assert!(!failed.status.success());
+    let message = String::from_utf8_lossy(&failed.stderr);
+    assert!(message.contains(&format!("Qdrant at {}", cluster.nodes[0].grpc_url())), "{message}");
+    assert!(!message.contains("panicked"), "{message}");
+    assert_eq!(search(&searcher).unwrap(), expected, "the failed run left the index as it was");
+    // ... and the next run, with the node back, finishes the job.
+    cluster.nodes[0].start();
+    let chunks = index(&indexer, &repo);
+    await_count(&cluster.nodes[2], &collection, chunks);
+
+    // Nothing lost: a clean run over the same files, into a new collection and index folder,
+    // has as many chunks, and both collections hold one vector per chunk.
+    let clean = write_config(
+        work.path(),
+        "clean.toml",
+        &work.path().join("clean-index"),
+        &cluster.nodes[2],
+        "graft_clean_",
+    );
+    assert_eq!(index(&clean, &repo), chunks);
+    for node in &cluster.nodes {
+        await_count(node, &format!("graft_clean_{PROJECT}"), chunks);
+        await_count(node, &collection, chunks);
+    }
+}
