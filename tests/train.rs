@@ -408,25 +408,38 @@ fn a_resumed_run_is_the_run_done_in_one_go() {
 /// SmolLM2's GGUF with every tensor stored as f32: the served model's weights, dequantized,
 /// which the engine multiplies in floating point (no 8-bit activations).
 fn f32_copy(gguf: &std::path::Path, out: &std::path::Path) {
+    rewrite_gguf(gguf, out, |_, name, t| vec![(name, t)], |k, v| (k.to_owned(), v.clone()));
+}
+
+/// Writes `source`'s model to `out` with every tensor f32: `tensor` is given each tensor's
+/// index (in file order), name and dequantized weights and returns what to write in its place;
+/// `key` renames or changes each metadata entry (the alignment is left to the writer).
+fn rewrite_gguf(
+    source: &std::path::Path,
+    out: &std::path::Path,
+    mut tensor: impl FnMut(usize, String, Tensor) -> Vec<(String, Tensor)>,
+    key: impl Fn(&str, &candle_core::quantized::gguf_file::Value) -> (String, candle_core::quantized::gguf_file::Value),
+) {
     use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-    let mut reader = std::io::BufReader::new(std::fs::File::open(gguf).unwrap());
+    let cpu = candle_core::Device::Cpu;
+    let mut reader = std::io::BufReader::new(std::fs::File::open(source).unwrap());
     let content = gguf_file::Content::read(&mut reader).unwrap();
     let mut names: Vec<_> = content.tensor_infos.iter().map(|(n, i)| (n.clone(), i.offset)).collect();
     names.sort_by_key(|(_, offset)| *offset);
-    let tensors: Vec<(String, QTensor)> = names
-        .into_iter()
-        .map(|(name, _)| {
-            let t = content.tensor(&mut reader, &name, &candle_core::Device::Cpu).unwrap();
-            let t = t.dequantize(&candle_core::Device::Cpu).unwrap();
-            (name, QTensor::quantize(&t, GgmlDType::F32).unwrap())
-        })
-        .collect();
-    let metadata: Vec<(&str, &gguf_file::Value)> = content
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    for (i, (name, _)) in names.into_iter().enumerate() {
+        let t = content.tensor(&mut reader, &name, &cpu).unwrap().dequantize(&cpu).unwrap();
+        for (name, t) in tensor(i, name, t) {
+            tensors.push((name, QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+        }
+    }
+    let metadata: Vec<(String, gguf_file::Value)> = content
         .metadata
         .iter()
         .filter(|(k, _)| k.as_str() != "general.alignment")
-        .map(|(k, v)| (k.as_str(), v))
+        .map(|(k, v)| key(k, v))
         .collect();
+    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut file = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
     gguf_file::write(&mut file, &metadata, &refs).unwrap();
@@ -526,50 +539,43 @@ fn tiny_qwen2(out: &std::path::Path) {
 
 /// The toy llama's weights (f32) under another architecture's name, with q/k/v biases or not.
 fn toy_as(arch: &str, biases: bool, out: &std::path::Path) {
-    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use candle_core::quantized::gguf_file::Value;
     let source = kit_file("tiny-llama");
-    let mut reader = std::io::BufReader::new(std::fs::File::open(&source).unwrap());
-    let content = gguf_file::Content::read(&mut reader).unwrap();
-    let cpu = candle_core::Device::Cpu;
-    let output = if content.tensor_infos.contains_key("output.weight") {
-        "output.weight"
-    } else {
-        "token_embd.weight"
+    let has_output = {
+        let mut reader = std::io::BufReader::new(std::fs::File::open(&source).unwrap());
+        candle_core::quantized::gguf_file::Content::read(&mut reader)
+            .unwrap()
+            .tensor_infos
+            .contains_key("output.weight")
     };
-    let mut names: Vec<_> = content.tensor_infos.iter().map(|(n, i)| (n.clone(), i.offset)).collect();
-    names.sort_by_key(|(_, offset)| *offset);
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    for (i, (name, _)) in names.into_iter().enumerate() {
-        let mut t = content.tensor(&mut reader, &name, &cpu).unwrap().dequantize(&cpu).unwrap();
-        if name == output {
-            t = (t * 40.0).unwrap();
-        }
-        if biases
-            && ["attn_q", "attn_k", "attn_v"]
-                .iter()
-                .any(|p| name.ends_with(&format!("{p}.weight")))
-        {
-            let rows = t.dim(0).unwrap();
-            let bias = graft_tests::deterministic_values(rows, i as u64 + 11);
-            let bias = Tensor::from_vec(bias, rows, &cpu).unwrap();
-            tensors.push((name.replace(".weight", ".bias"), QTensor::quantize(&bias, GgmlDType::F32).unwrap()));
-        }
-        tensors.push((name, QTensor::quantize(&t, GgmlDType::F32).unwrap()));
-    }
-    let metadata: Vec<(String, gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .filter(|(k, _)| k.as_str() != "general.alignment")
-        .map(|(k, v)| match k.strip_prefix("llama.") {
+    let output = if has_output { "output.weight" } else { "token_embd.weight" };
+    let cpu = candle_core::Device::Cpu;
+    rewrite_gguf(
+        &source,
+        out,
+        |i, name, mut t| {
+            let mut written = Vec::new();
+            if name == output {
+                t = (t * 40.0).unwrap();
+            }
+            if biases
+                && ["attn_q", "attn_k", "attn_v"]
+                    .iter()
+                    .any(|p| name.ends_with(&format!("{p}.weight")))
+            {
+                let rows = t.dim(0).unwrap();
+                let bias = graft_tests::deterministic_values(rows, i as u64 + 11);
+                written.push((name.replace(".weight", ".bias"), Tensor::from_vec(bias, rows, &cpu).unwrap()));
+            }
+            written.push((name, t));
+            written
+        },
+        |k, v| match k.strip_prefix("llama.") {
             Some(rest) => (format!("{arch}.{rest}"), v.clone()),
-            None if k == "general.architecture" => (k.clone(), gguf_file::Value::String(arch.into())),
-            None => (k.clone(), v.clone()),
-        })
-        .collect();
-    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut file = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
-    gguf_file::write(&mut file, &metadata, &refs).unwrap();
+            None if k == "general.architecture" => (k.to_owned(), Value::String(arch.into())),
+            None => (k.to_owned(), v.clone()),
+        },
+    );
 }
 
 /// qwen2 (biases on q, k and v; rotary embedding by halves; weights in Hugging Face's row

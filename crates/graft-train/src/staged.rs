@@ -19,6 +19,15 @@ pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IoError {
     move |source| IoError { path, source }
 }
 
+/// The hidden sibling of `folder` with `suffix`: `dir/.NAME.suffix` (the staging folder
+/// `partial`, the replaced one `old`; a training run's `checkpoint`).
+pub fn hidden_sibling(folder: &Path, suffix: &str) -> PathBuf {
+    let name = folder
+        .file_name()
+        .map_or_else(|| "folder".into(), |n| n.to_string_lossy().into_owned());
+    folder.with_file_name(format!(".{name}.{suffix}"))
+}
+
 /// A folder being written in place of `target`.
 pub struct Staged {
     /// Where to write the files.
@@ -29,10 +38,7 @@ pub struct Staged {
 impl Staged {
     /// An empty folder beside `target` (`.NAME.partial`; a leftover one is removed).
     pub fn begin(target: &Path) -> Result<Staged, IoError> {
-        let name = target
-            .file_name()
-            .map_or_else(|| "folder".into(), |n| n.to_string_lossy().into_owned());
-        let path = target.with_file_name(format!(".{name}.partial"));
+        let path = hidden_sibling(target, "partial");
         if path.exists() {
             std::fs::remove_dir_all(&path).map_err(io(&path))?;
         }
@@ -46,11 +52,7 @@ impl Staged {
     /// Puts the written folder in the target's place (an old one is moved aside first, then
     /// removed).
     pub fn finish(self) -> Result<(), IoError> {
-        let name = self
-            .target
-            .file_name()
-            .map_or_else(|| "folder".into(), |n| n.to_string_lossy().into_owned());
-        let old = self.target.with_file_name(format!(".{name}.old"));
+        let old = hidden_sibling(&self.target, "old");
         if self.target.exists() {
             if old.exists() {
                 std::fs::remove_dir_all(&old).map_err(io(&old))?;

@@ -215,10 +215,7 @@ fn check_args(args: &TrainArgs, max_rank: usize) -> Result<()> {
 
 /// The hidden folder beside an adapter folder where its run keeps checkpoints.
 pub fn checkpoint_dir(out: &Path) -> PathBuf {
-    let name = out
-        .file_name()
-        .map_or_else(|| "adapter".into(), |n| n.to_string_lossy().into_owned());
-    out.with_file_name(format!(".{name}.checkpoint"))
+    graft_train::staged::hidden_sibling(out, "checkpoint")
 }
 
 /// Loads the written adapter into the graft running at `url` (vLLM's endpoint; a changed
