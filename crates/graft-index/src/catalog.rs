@@ -27,9 +27,10 @@ use crate::fusion::Ranked;
 use crate::symbols::Definition;
 use crate::tokenizer::{CodeTokenizer, CODE_TOKENIZER};
 
-/// How much a match in each field counts, relative to the chunk's text.
-const PATH_BOOST: f32 = 2.0;
-const SYMBOL_BOOST: f32 = 3.0;
+/// How much a match in each field counts, relative to the chunk's text (also the weights of
+/// [`crate::keywords`]' sparse vectors).
+pub(crate) const PATH_BOOST: f32 = 2.0;
+pub(crate) const SYMBOL_BOOST: f32 = 3.0;
 /// tantivy's writer memory budget (shared by its threads).
 const WRITER_MEMORY: usize = 64 * 1024 * 1024;
 

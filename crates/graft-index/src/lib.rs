@@ -3,7 +3,8 @@
 //! The flow of a run ([`indexer`]): [`walk`] (honours .gitignore, skips binary, generated,
 //! vendored, minified and huge files) → [`chunker`] (tree-sitter where there is a grammar, line
 //! windows elsewhere) → [`embed`] (fastembed) → [`vectors`] (Qdrant) + [`catalog`] (tantivy with
-//! the code-aware [`tokenizer`]). [`search`] answers queries by keyword, vector or both, fused
+//! the code-aware [`tokenizer`]; [`keywords`]: the same BM25 as sparse vectors, for a Qdrant
+//! server). [`search`] answers queries by keyword, vector or both, fused
 //! in [`fusion`]. [`layout`] says where an index's files are and what it was built with; [`symbols`] lists a
 //! file's definitions and their documentation.
 //!
@@ -15,6 +16,7 @@ pub mod embed;
 pub mod error;
 pub mod fusion;
 pub mod indexer;
+pub mod keywords;
 pub mod layout;
 pub mod lookup;
 pub mod search;

@@ -60,6 +60,11 @@ pub fn query_terms(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every term of a text, repeats included, in order (what the index counts).
+pub fn terms(text: &str) -> Vec<String> {
+    tokenize(text).into_iter().map(|t| t.text).collect()
+}
+
 /// Longest token kept; longer runs are data (hashes, base64), not names.
 const MAX_TOKEN_BYTES: usize = 64;
 
