@@ -173,20 +173,38 @@ impl Cluster {
             nodes.push(node);
         }
         let cluster = Cluster { nodes };
+        cluster.await_consensus();
+        cluster
+    }
+
+    /// Waits until every running node sees all the cluster's peers and the same leader (after
+    /// a start, or a node's restart).
+    pub fn await_consensus(&self) {
         let started = Instant::now();
-        while !cluster.nodes.iter().all(|node| cluster_peers(node) == Some(n)) {
-            assert!(started.elapsed() < START_TIMEOUT, "the cluster did not form in {START_TIMEOUT:?}");
+        loop {
+            let views: Vec<Option<(usize, u64)>> = self.nodes.iter().filter(|n| n.child.is_some()).map(consensus).collect();
+            let agreed = views.iter().all(|v| v.is_some_and(|(peers, _)| peers == self.nodes.len()))
+                && views.windows(2).all(|w| w[0].map(|v| v.1) == w[1].map(|v| v.1));
+            if agreed {
+                return;
+            }
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "the cluster did not agree in {START_TIMEOUT:?}: {views:?}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
-        cluster
     }
 }
 
-/// How many peers `node` knows, from `GET /cluster`.
-fn cluster_peers(node: &Node) -> Option<usize> {
+/// The peers `node` knows and the leader it follows, from `GET /cluster` (`None` while it has
+/// no leader or does not answer).
+fn consensus(node: &Node) -> Option<(usize, u64)> {
     let (status, body) = node.get("/cluster")?;
     let json: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
-    json["result"]["peers"].as_object().map(|peers| peers.len())
+    let peers = json["result"]["peers"].as_object()?.len();
+    let leader = json["result"]["raft_info"]["leader"].as_u64()?;
+    Some((peers, leader))
 }
 
 /// Three ports free now on loopback (held together while chosen, so they differ).

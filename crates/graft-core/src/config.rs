@@ -946,6 +946,17 @@ mod tests {
     }
 
     #[test]
+    fn a_qdrant_collection_needs_a_shard_and_a_copy() {
+        for key in ["qdrant_shards", "qdrant_replication_factor"] {
+            let err = load(&format!("[index]\n{key} = 0\n")).unwrap_err();
+            assert_eq!(err.key(), Some(format!("index.{key}").as_str()), "{err}");
+            assert!(err.to_string().contains("at least 1"), "{err}");
+        }
+        let c = load("[index]\nqdrant_shards = 2\nqdrant_replication_factor = 2\n").unwrap();
+        assert_eq!((c.index.qdrant_shards, c.index.qdrant_replication_factor), (Some(2), Some(2)));
+    }
+
+    #[test]
     fn wrong_type_names_the_key_and_the_line() {
         let err = load("[server]\nlisten = 8080\n").unwrap_err();
         assert_eq!(err.key(), Some("server.listen"));

@@ -161,6 +161,7 @@ fn a_project_on_a_qdrant_cluster_keeps_serving_while_nodes_die() {
     let expected = search(&searcher).unwrap();
     // ... and node 1, back on its storage, catches up on what it missed.
     cluster.nodes[1].start();
+    cluster.await_consensus();
     await_count(&cluster.nodes[1], &collection, chunks);
 
     // The indexer's own node dies: indexing says where it failed and changes nothing ...
@@ -174,6 +175,7 @@ fn a_project_on_a_qdrant_cluster_keeps_serving_while_nodes_die() {
     assert_eq!(search(&searcher).unwrap(), expected, "the failed run left the index as it was");
     // ... and the next run, with the node back, finishes the job.
     cluster.nodes[0].start();
+    cluster.await_consensus();
     let chunks = index(&indexer, &repo);
     await_count(&cluster.nodes[2], &collection, chunks);
 

@@ -19,6 +19,11 @@ use super::{VectorStore, SCROLL_PAGE};
 use crate::error::IndexError;
 use crate::fusion::Ranked;
 
+/// How long one request may take: creating a collection on a cluster waits for its consensus
+/// and its replicas, and a batch of vectors for every copy to apply it (qdrant-client's
+/// default, 5 s, timed out on a loaded 3-node cluster).
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How to reach the server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -93,6 +98,7 @@ impl ServerStore {
         // refuses nothing; graft checks the server's version itself in `open`.
         let client = Qdrant::from_url(&config.url)
             .api_key(config.api_key.clone())
+            .timeout(REQUEST_TIMEOUT)
             .skip_compatibility_check()
             .build()
             .map_err(|e| IndexError::Vectors(format!("Qdrant at {}: {e}", config.url)))?;
