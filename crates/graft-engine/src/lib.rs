@@ -35,9 +35,11 @@ pub use engine::{BaseModel, Engine, StreamEvent, TokenStream};
 pub const CUDA: bool = cfg!(feature = "cuda");
 
 /// Whether `model.device = "auto"` means a GPU here: a CUDA build on a machine whose driver
-/// and CUDA libraries load (`graft_core::cuda`).
+/// and CUDA libraries load (`graft_core::cuda`; asked once per process, as start-up asks
+/// several times and the answer does not change).
 pub fn gpu_available() -> bool {
-    CUDA && graft_core::cuda::check_libraries().is_ok()
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    CUDA && *AVAILABLE.get_or_init(|| graft_core::cuda::check_libraries().is_ok())
 }
 pub use error::EngineError;
 pub use fim::PromptFormat;

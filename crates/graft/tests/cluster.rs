@@ -24,8 +24,7 @@ const QUERY: &str = "NewBlobStore(4096)";
 /// A config whose index lives in `index_dir` and whose vectors live on `node`, in collections
 /// named `<prefix><project>` with 2 shards of 2 copies.
 fn write_config(dir: &Path, name: &str, index_dir: &Path, node: &Node, prefix: &str) -> PathBuf {
-    let shipped = graft_core::Config::load(&repo_root().join("config/graft.toml")).expect("shipped config");
-    let kit = std::fs::canonicalize(&shipped.kit.dir).unwrap_or(shipped.kit.dir);
+    let kit = common::kit_dir();
     let config = dir.join(name);
     std::fs::write(
         &config,

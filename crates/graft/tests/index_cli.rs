@@ -12,8 +12,7 @@ use serde_json::Value;
 
 /// A config that keeps the index in `index_dir` and uses the repository's model kit.
 fn write_config(dir: &Path, index_dir: &Path) -> PathBuf {
-    let shipped = graft_core::Config::load(&repo_root().join("config/graft.toml")).expect("shipped config");
-    let kit = std::fs::canonicalize(&shipped.kit.dir).unwrap_or(shipped.kit.dir);
+    let kit = common::kit_dir();
     let config = dir.join("graft.toml");
     std::fs::write(
         &config,

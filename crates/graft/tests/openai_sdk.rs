@@ -50,8 +50,7 @@ fn write_setup(dir: &Path) -> PathBuf {
         ),
     )
     .unwrap();
-    let shipped = graft_core::Config::load(&repo_root().join("config/graft.toml")).expect("shipped config");
-    let kit = std::fs::canonicalize(&shipped.kit.dir).unwrap_or(shipped.kit.dir);
+    let kit = common::kit_dir();
     let config = dir.join("graft.toml");
     std::fs::write(
         &config,

@@ -39,8 +39,7 @@ fn a_bounded_hostile_probe_finds_nothing_and_the_server_stays_up() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     copy_tree(&repo_root().join("tests/fixtures/polyglot"), &root.join("repo"));
-    let shipped = graft_core::Config::load(&repo_root().join("config/graft.toml")).expect("shipped config");
-    let kit = std::fs::canonicalize(&shipped.kit.dir).unwrap_or(shipped.kit.dir);
+    let kit = common::kit_dir();
     let gguf = graft_kit::Kit::new(&kit)
         .resolve("smollm2-135m-instruct")
         .expect("the kit's SmolLM2 (scripts/test fetches it)");

@@ -68,8 +68,10 @@ impl ServerStore {
         })?;
         if !is_tested_version(&version) {
             tracing::warn!(
-                "Qdrant at {} is version {version}; graft is tested with {TESTED_VERSION} and later 1.x",
-                config.url
+                "Qdrant at {url} is version {version}; graft is tested with {major}.{minor} and later {major}.x",
+                url = config.url,
+                major = TESTED_VERSION.0,
+                minor = TESTED_VERSION.1,
             );
         }
         Ok(store)
@@ -146,13 +148,15 @@ fn reason(error: &qdrant_client::QdrantError) -> String {
     }
 }
 
-/// The oldest Qdrant server version graft's tests run against (`../shared/tools/qdrant`).
-const TESTED_VERSION: &str = "1.18";
+/// The oldest Qdrant server version graft's tests run against (`../shared/tools/qdrant`):
+/// major, minor.
+const TESTED_VERSION: (u32, u32) = (1, 18);
 
-/// Whether a server's version (`1.18.3`) is 1.x from [`TESTED_VERSION`] on.
+/// Whether a server's version (`1.18.3`) is the tested major version, from its minor on.
 fn is_tested_version(version: &str) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
-    matches!((parts.next(), parts.next()), (Some(Some(1)), Some(Some(minor))) if minor >= 18)
+    matches!((parts.next(), parts.next()), (Some(Some(major)), Some(Some(minor)))
+        if major == TESTED_VERSION.0 && minor >= TESTED_VERSION.1)
 }
 
 fn num_id(id: &PointId) -> Option<u64> {

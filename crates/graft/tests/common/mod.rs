@@ -13,6 +13,13 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The model kit folder the shipped config uses (absolute where it exists), for the configs
+/// tests write elsewhere.
+pub fn kit_dir() -> PathBuf {
+    let shipped = graft_core::Config::load(&repo_root().join("config/graft.toml")).expect("shipped config");
+    std::fs::canonicalize(&shipped.kit.dir).unwrap_or(shipped.kit.dir)
+}
+
 /// Copies the folder `from` to `to`, recursively.
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
