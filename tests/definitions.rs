@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use graft_eval::retrieval::{cross_file_queries, Ranks, Recall};
-use graft_index::catalog::{Catalog, StoredSymbol};
+use graft_index::catalog::{Catalog, StoredSymbol, TantivyCatalog};
 use graft_index::walk::{walk, WalkOptions};
 use graft_index::{index_repository, IndexLayout, IndexOptions, Names, ProjectIndex, Query, Quiet, SearchHit, SearchMode, SearchOptions};
 use graft_tests::{kit_embedder, kit_file};
@@ -20,7 +20,7 @@ fn index(repo: &Path, index_dir: &Path) {
 /// The symbol table's records of `name`, after checking that each one's chunk is in the
 /// catalog and holds the name.
 fn defined(index_dir: &Path, name: &str) -> Vec<StoredSymbol> {
-    let catalog = Catalog::open(&IndexLayout::new(index_dir).catalog()).expect("catalog opens");
+    let catalog = TantivyCatalog::open(&IndexLayout::new(index_dir)).expect("catalog opens");
     let records = catalog.definitions(&[name], 100).expect("lookup works");
     let ids: Vec<u64> = records.iter().map(|r| r.chunk).collect();
     let chunks = catalog.chunks(&ids).expect("chunks read");

@@ -8,11 +8,12 @@
 //! Needs a Qdrant node (`GRAFT_TEST_QDRANT_BIN`, which scripts/test sets); ignored without one.
 
 use graft_eval::retrieval::cross_file_queries;
-use graft_index::catalog::Catalog;
+use graft_index::catalog::{Catalog, TantivyCatalog};
 use graft_index::chunker::{chunk_and_define, Chunk, ChunkOptions};
 use graft_index::fusion::Ranked;
 use graft_index::keywords::{self, AverageLengths, Fields};
 use graft_index::walk::{walk, WalkOptions};
+use graft_index::IndexLayout;
 use graft_tests::{kit_file, qdrant};
 use qdrant_client::qdrant::{
     Condition, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, FieldType, Filter, Modifier, NamedVectors, PointStruct,
@@ -73,8 +74,8 @@ fn sparse_bm25_in_qdrant_ranks_as_the_catalog_does() {
 
     // The catalog, as an index run writes it.
     let dir = tempfile::tempdir().unwrap();
-    let catalog = Catalog::open(dir.path()).unwrap();
-    let writer = catalog.writer(2).unwrap();
+    let catalog = TantivyCatalog::open(&IndexLayout::new(dir.path())).unwrap();
+    let mut writer = catalog.writer(2).unwrap();
     for (i, chunk) in chunks.iter().enumerate() {
         writer.add_chunk(id(i), chunk).unwrap();
     }

@@ -18,6 +18,9 @@ pub enum IndexError {
     Catalog(String),
     #[error("vector store: {0}")]
     Vectors(String),
+    /// A Qdrant server's answer or silence; the message names the server and collection.
+    #[error("{0}")]
+    Qdrant(String),
     #[error("embedding model: {0}")]
     Embedding(String),
     #[error("another `graft index` run is updating this index; wait for it to finish")]
@@ -28,14 +31,14 @@ pub enum IndexError {
         dir.display()
     )]
     InUse { dir: PathBuf },
-    #[error("no index for project `{project}` in {}; run `graft index PATH --project {project}` first", dir.display())]
-    NoIndex { project: String, dir: PathBuf },
+    /// `place`: the index folder, or the Qdrant collection.
+    #[error("no index for project `{project}` in {place}; run `graft index PATH --project {project}` first")]
+    NoIndex { project: String, place: String },
     #[error(
-        "the index of project `{project}` in {} was built by an older graft; run `graft index PATH --project {project}` \
-         (or `graft up`) to update it",
-        dir.display()
+        "the index of project `{project}` in {place} was built by an older graft; run `graft index PATH --project {project}` \
+         (or `graft up`) to update it"
     )]
-    Outdated { project: String, dir: PathBuf },
+    Outdated { project: String, place: String },
     #[error("{0}")]
     Invalid(String),
 }

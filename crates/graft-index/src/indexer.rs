@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::catalog::Catalog;
+use crate::catalog;
 use crate::chunker::{chunk_and_define, Chunk, ChunkOptions};
 use crate::embed::Embedder;
 use crate::error::IndexError;
@@ -132,21 +132,19 @@ pub fn index_repository(
         format: CATALOG_FORMAT,
     };
     let mut report = IndexReport::default();
-    let old_meta = Meta::read(layout);
+    let old_meta = catalog::read_meta(&options.backend, layout)?;
     let new_model = old_meta
         .as_ref()
         .is_some_and(|old| old.embedding_model != meta.embedding_model || old.dims != meta.dims);
     if new_model || old_meta.as_ref().is_some_and(|old| old.format != CATALOG_FORMAT) {
         // Vectors of another model cannot be compared with this one's: start over. A catalog
         // of an older layout is rebuilt; its vectors (same chunk ids) are kept.
+        // The vectors go first: until the catalog goes too, its meta says to rebuild.
         tracing::info!(new_model, "rebuilding the index");
-        let catalog = layout.catalog();
-        if catalog.exists() {
-            std::fs::remove_dir_all(&catalog).map_err(|e| IndexError::io(&catalog, e))?;
-        }
         if new_model {
             vectors::reset(&options.backend, layout, &layout.project())?;
         }
+        catalog::reset(&options.backend, layout)?;
         report.rebuilt = true;
     }
 
@@ -163,7 +161,7 @@ pub fn index_repository(
     report.problems = walked.problems.clone();
     progress.walked(report.files_seen);
 
-    let catalog = Catalog::open(&layout.catalog())?;
+    let catalog = catalog::open(&options.backend, layout)?;
     let store = vectors::open(&options.backend, layout, &layout.project(), embedder.dims())?;
     let old_files = catalog.files()?;
 
@@ -210,9 +208,9 @@ pub fn index_repository(
 
     // 2. The catalog switches to the new state in one commit.
     if !changed_files.is_empty() || !removed.is_empty() {
-        let writer = catalog.writer(options.threads.max(1))?;
+        let mut writer = catalog.writer(options.threads.max(1))?;
         for path in removed.iter().copied().chain(changed_files.iter().map(|(p, _)| p)) {
-            writer.remove_file(path);
+            writer.remove_file(path)?;
         }
         for (path, hash) in &changed_files {
             writer.add_file(path, hash)?;
@@ -253,7 +251,7 @@ pub fn index_repository(
     seconds.vectors += watch.lap();
     report.chunks = live.len();
 
-    meta.write(layout)?;
+    catalog.write_meta(&meta)?;
     report.elapsed = started.elapsed();
     seconds.total = report.elapsed.as_secs_f64();
     report.seconds = seconds;

@@ -19,6 +19,7 @@ pub mod indexer;
 pub mod keywords;
 pub mod layout;
 pub mod lookup;
+pub mod qdrant;
 pub mod search;
 pub mod symbols;
 pub mod tokenizer;

@@ -52,7 +52,7 @@ struct Wanted {
 
 /// The chunk ids that define the names `names` uses, best first, at most `limit`, none from
 /// `current_path` (the file being edited, already in the prompt).
-pub fn definition_chunks(catalog: &Catalog, names: Names, current_path: Option<&str>, limit: usize) -> Result<Vec<u64>, IndexError> {
+pub fn definition_chunks(catalog: &dyn Catalog, names: Names, current_path: Option<&str>, limit: usize) -> Result<Vec<u64>, IndexError> {
     let wanted = match names {
         Names::Code { before, after } => code_names(before, after),
         Names::Question(text) => question_names(text),

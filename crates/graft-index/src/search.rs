@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use crate::catalog::{Catalog, StoredChunk};
+use crate::catalog::{self, Catalog, StoredChunk};
 use crate::embed::Embedder;
 use crate::error::IndexError;
 use crate::fusion::{cap_per_file, reciprocal_rank_fusion, Ranked};
@@ -111,7 +111,7 @@ const MAX_DEFINITIONS: usize = 8;
 
 /// An opened project index, ready to search.
 pub struct ProjectIndex {
-    catalog: Catalog,
+    catalog: Box<dyn Catalog>,
     store: Box<dyn VectorStore>,
     meta: Meta,
 }
@@ -123,19 +123,20 @@ impl ProjectIndex {
         ProjectIndex::open_with(project, layout, &Backend::Embedded)
     }
 
-    /// Opens the index in `layout`, its vectors in `backend`.
+    /// Opens the index of `layout`'s project in `backend`: the index folder, or (with a
+    /// Qdrant server) the server alone.
     pub fn open_with(project: &str, layout: &IndexLayout, backend: &Backend) -> Result<ProjectIndex, IndexError> {
-        let meta = Meta::read(layout).ok_or_else(|| IndexError::NoIndex {
+        let meta = catalog::read_meta(backend, layout)?.ok_or_else(|| IndexError::NoIndex {
             project: project.to_owned(),
-            dir: layout.root.clone(),
+            place: catalog::place(backend, layout),
         })?;
         if meta.format != CATALOG_FORMAT {
             return Err(IndexError::Outdated {
                 project: project.to_owned(),
-                dir: layout.root.clone(),
+                place: catalog::place(backend, layout),
             });
         }
-        let catalog = Catalog::open(&layout.catalog())?;
+        let catalog = catalog::open(backend, layout)?;
         let store = vectors::open(backend, layout, &layout.project(), meta.dims)?;
         Ok(ProjectIndex { catalog, store, meta })
     }
@@ -179,10 +180,11 @@ impl ProjectIndex {
         if options.k == 0 || query.trim().is_empty() {
             return Ok(Vec::new());
         }
+        self.catalog.refresh()?;
         let definitions: Vec<Ranked> = match names {
             Some(names) if options.mode == SearchMode::Hybrid => {
                 let limit = MAX_DEFINITIONS.min(options.k);
-                lookup::definition_chunks(&self.catalog, names, current_path, limit)?
+                lookup::definition_chunks(self.catalog.as_ref(), names, current_path, limit)?
                     .into_iter()
                     .map(|id| Ranked { id, score: 1.0 })
                     .collect()

@@ -1,6 +1,8 @@
-//! graft on a real three-node Qdrant cluster on loopback: a project's collection with 2 shards
-//! and 2 copies of each, indexed by one graft process through one node and searched by
-//! another through a different node, while nodes are killed (`kill -9`) and restarted.
+//! graft on a real three-node Qdrant cluster on loopback: a project's collections (vectors and
+//! catalog) with 2 shards and 2 copies of each, indexed by one graft process through one node
+//! and searched through a different node by replicas that have no index folder of their own
+//! (other `graft` processes, and an index kept open across re-indexes), while nodes are killed
+//! (`kill -9`) and restarted.
 //!
 //! Needs the Qdrant server binary (`GRAFT_TEST_QDRANT_BIN`, which scripts/test sets from
 //! `../shared/tools/qdrant`); without it the test is ignored with that reason.
@@ -14,6 +16,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{copy_tree, repo_root};
+use graft_index::vectors::{Backend, ServerConfig};
+use graft_index::{IndexLayout, ProjectIndex, SearchMode, SearchOptions};
 use graft_tests::qdrant::{self, Cluster, Node};
 use serde_json::Value;
 
@@ -63,9 +67,14 @@ fn index(config: &Path, repo: &Path) -> u64 {
 
 /// A vector search's hits as (path, start line), best first.
 fn search(config: &Path) -> Result<Vec<(String, u64)>, String> {
+    search_for(config, QUERY, "vector")
+}
+
+/// A search's hits as (path, start line), best first.
+fn search_for(config: &Path, query: &str, mode: &str) -> Result<Vec<(String, u64)>, String> {
     let out = graft(
         config,
-        &["search", QUERY, "--project", PROJECT, "--mode", "vector", "-k", "5", "--json"],
+        &["search", query, "--project", PROJECT, "--mode", mode, "-k", "5", "--json"],
     );
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
@@ -111,20 +120,62 @@ fn a_project_on_a_qdrant_cluster_keeps_serving_while_nodes_die() {
     let work = tempfile::tempdir().unwrap();
     let repo = work.path().join("repo");
     copy_tree(&repo_root().join("tests/fixtures/polyglot"), &repo);
-    let index_dir = work.path().join("index");
-    // One graft indexes through node 0, another searches through node 2.
-    let indexer = write_config(work.path(), "indexer.toml", &index_dir, &cluster.nodes[0], "graft_cluster_");
-    let searcher = write_config(work.path(), "searcher.toml", &index_dir, &cluster.nodes[2], "graft_cluster_");
+    // One graft indexes through node 0; others search through node 2, each with an index
+    // folder of its own that nothing is ever written to: the cluster holds the whole index.
+    let indexer = write_config(
+        work.path(),
+        "indexer.toml",
+        &work.path().join("index"),
+        &cluster.nodes[0],
+        "graft_cluster_",
+    );
+    let replica_dir = work.path().join("replica");
+    let searcher = write_config(work.path(), "searcher.toml", &replica_dir, &cluster.nodes[2], "graft_cluster_");
     let collection = format!("graft_cluster_{PROJECT}");
+    let never_built = search_for(&searcher, QUERY, "keyword").unwrap_err();
+    assert!(never_built.contains("no index for project `poly`"), "{never_built}");
 
     let chunks = index(&indexer, &repo);
-    let (_, info) = cluster.nodes[1].get(&format!("/collections/{collection}")).unwrap();
-    let info: Value = serde_json::from_str(&info).unwrap();
-    assert_eq!(info["result"]["config"]["params"]["shard_number"], 2, "{info}");
-    assert_eq!(info["result"]["config"]["params"]["replication_factor"], 2, "{info}");
+    for name in [collection.clone(), format!("{collection}~catalog")] {
+        let (_, info) = cluster.nodes[1].get(&format!("/collections/{name}")).unwrap();
+        let info: Value = serde_json::from_str(&info).unwrap();
+        assert_eq!(info["result"]["config"]["params"]["shard_number"], 2, "{name}: {info}");
+        assert_eq!(info["result"]["config"]["params"]["replication_factor"], 2, "{name}: {info}");
+    }
     await_count(&cluster.nodes[1], &collection, chunks);
     let expected = search(&searcher).unwrap();
     assert!(expected.iter().any(|h| h.0 == "storage/blobstore.go"), "{expected:?}");
+    for mode in ["keyword", "hybrid"] {
+        let hits = search_for(&searcher, QUERY, mode).unwrap();
+        assert_eq!(hits.first().map(|h| h.0.as_str()), Some("storage/blobstore.go"), "{mode}: {hits:?}");
+    }
+    // A replica that keeps the project open (as `graft serve` does) through node 2.
+    let replica = ProjectIndex::open_with(
+        PROJECT,
+        &IndexLayout::new(work.path().join("open-replica").join(PROJECT)),
+        &Backend::Server(ServerConfig {
+            url: cluster.nodes[2].grpc_url(),
+            api_key: None,
+            collection_prefix: "graft_cluster_".into(),
+            shards: None,
+            replication_factor: None,
+        }),
+    )
+    .expect("the project opens from the cluster alone");
+    assert_eq!(replica.chunk_count().unwrap() as u64, chunks);
+    let keyword = SearchOptions {
+        mode: SearchMode::Keyword,
+        ..SearchOptions::default()
+    };
+    let paths = |query: &str| -> Vec<String> {
+        replica
+            .search(query, None, &keyword)
+            .expect("a keyword search on the open replica")
+            .into_iter()
+            .map(|h| h.path)
+            .collect()
+    };
+    assert!(!paths("ledger_total").contains(&"ledger.py".to_owned()));
 
     // Searches go on through node 2 while node 1 dies under them: every shard has a copy
     // elsewhere. Each search is a whole `graft search` process.
@@ -158,6 +209,11 @@ fn a_project_on_a_qdrant_cluster_keeps_serving_while_nodes_die() {
     add_file(&repo, "ledger.py", "ledger_total");
     let chunks = index(&indexer, &repo);
     let expected = search(&searcher).unwrap();
+    // The re-index is seen at once, by a new process and by the replica kept open.
+    let hits = search_for(&searcher, "ledger_total", "keyword").unwrap();
+    assert_eq!(hits.first().map(|h| h.0.as_str()), Some("ledger.py"), "{hits:?}");
+    assert_eq!(paths("ledger_total").first().map(String::as_str), Some("ledger.py"));
+    assert_eq!(replica.chunk_count().unwrap() as u64, chunks);
     // ... and node 1, back on its storage, catches up on what it missed.
     cluster.nodes[1].start();
     cluster.await_consensus();
@@ -172,11 +228,23 @@ fn a_project_on_a_qdrant_cluster_keeps_serving_while_nodes_die() {
     assert!(message.contains(&format!("Qdrant at {}", cluster.nodes[0].grpc_url())), "{message}");
     assert!(!message.contains("panicked"), "{message}");
     assert_eq!(search(&searcher).unwrap(), expected, "the failed run left the index as it was");
-    // ... and the next run, with the node back, finishes the job.
+    assert!(!paths("payroll_total").contains(&"payroll.py".to_owned()));
+    // ... and the next run, with the node back, finishes the job; a changed file's old
+    // definitions are gone from every replica the moment it commits.
     cluster.nodes[0].start();
     cluster.await_consensus();
+    add_file(&repo, "ledger.py", "ledger_sum");
     let chunks = index(&indexer, &repo);
     await_count(&cluster.nodes[2], &collection, chunks);
+    assert_eq!(paths("payroll_total").first().map(String::as_str), Some("payroll.py"));
+    assert_eq!(paths("ledger_sum").first().map(String::as_str), Some("ledger.py"));
+    let old = replica.search("ledger_total", None, &keyword).unwrap();
+    assert!(!old.iter().any(|h| h.text.contains("def ledger_total")), "{old:?}");
+    assert_eq!(replica.chunk_count().unwrap() as u64, chunks);
+    assert!(
+        !replica_dir.exists() && !work.path().join("open-replica").exists(),
+        "replicas keep nothing on their own disk"
+    );
 
     // Nothing lost: a clean run over the same files, into a new collection and index folder,
     // has as many chunks, and both collections hold one vector per chunk.

@@ -7,7 +7,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::repo_root;
-use graft_index::catalog::Catalog;
+use graft_index::catalog::{Catalog, TantivyCatalog};
+use graft_index::IndexLayout;
 use serde_json::Value;
 
 /// A config that keeps the index in `index_dir` and uses the repository's model kit.
@@ -149,7 +150,7 @@ fn killing_an_index_run_at_any_moment_leaves_a_searchable_index() {
         }
         // The symbol table switched with the chunks: one version's definitions, each at a
         // committed chunk of its own text.
-        let catalog = Catalog::open(&work.path().join("index/k/catalog")).expect("catalog opens");
+        let catalog = TantivyCatalog::open(&IndexLayout::new(work.path().join("index/k"))).expect("catalog opens");
         let defined = |version: &str| {
             let names: Vec<String> = (0..300).map(|i| format!("alpha_func_{i}_{version}")).collect();
             let names: Vec<&str> = names.iter().map(String::as_str).collect();

@@ -16,8 +16,9 @@ use std::collections::HashSet;
 use crate::error::IndexError;
 use crate::fusion::Ranked;
 
+pub use crate::qdrant::ServerConfig;
 pub use edge::EdgeStore;
-pub use server::{ServerConfig, ServerStore};
+pub use server::ServerStore;
 
 /// Points per page when listing ids.
 const SCROLL_PAGE: usize = 10_000;

@@ -36,9 +36,14 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
         None => "embedded".to_owned(),
     };
     // A server keeps collections between runs: this run starts from none.
-    graft_index::vectors::reset(&options.backend, &layout, &layout.project())?;
+    let reset = || -> Result<()> {
+        graft_index::vectors::reset(&options.backend, &layout, &layout.project())?;
+        graft_index::catalog::reset(&options.backend, &layout)?;
+        Ok(())
+    };
+    reset()?;
     let figures = measure(&args, &config, &layout, &options);
-    graft_index::vectors::reset(&options.backend, &layout, &layout.project())?;
+    reset()?;
     let Figures {
         load,
         first,

@@ -54,7 +54,8 @@ pub fn run(args: BenchLoadArgs) -> Result<()> {
         bail!("the load benchmark compares requests with and without retrieval, so it needs a project in the config");
     };
     let retrievals: &[bool] = if args.no_retrieval { &[false] } else { &[false, true] };
-    if !args.no_retrieval && graft_index::Meta::read(&graft_wiring::layout(&config, &project.name)).is_none() {
+    let layout = graft_wiring::layout(&config, &project.name);
+    if !args.no_retrieval && graft_index::catalog::read_meta(&graft_wiring::backend(&config), &layout)?.is_none() {
         bail!(
             "project `{}` has no index yet: run `graft index --project {}` (or `graft up`) first, \
              or pass --no-retrieval",

@@ -1,4 +1,4 @@
-//! The catalog: a tantivy index of every chunk (text, path, symbol, lines), of every indexed
+//! The embedded catalog (the default): a tantivy index of every chunk (text, path, symbol, lines), of every indexed
 //! file (path, content hash) and of every definition (the symbol table: name, kind, enclosing
 //! type, path, lines, the chunk that holds it). It is the index's source of truth.
 //!
@@ -11,26 +11,23 @@
 //!   a file's records come and go with its chunks, in the same commit.
 //!
 //! A run's changes become visible in one tantivy commit: before it, searches see the previous
-//! index whole; after it, the new one whole.
+//! index whole; after it, the new one whole. What the index was built with is `meta.json`
+//! beside it ([`IndexLayout::meta`]).
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING};
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
+use super::{Catalog, CatalogWriter, StoredChunk, StoredSymbol, PATH_BOOST, SYMBOL_BOOST};
 use crate::chunker::Chunk;
 use crate::error::IndexError;
 use crate::fusion::Ranked;
+use crate::layout::{IndexLayout, Meta};
 use crate::symbols::Definition;
 use crate::tokenizer::{CodeTokenizer, CODE_TOKENIZER};
-
-/// How much a match in each field counts, relative to the chunk's text (also the weights of
-/// [`crate::keywords`]' sparse vectors).
-pub(crate) const PATH_BOOST: f32 = 2.0;
-pub(crate) const SYMBOL_BOOST: f32 = 3.0;
 /// tantivy's writer memory budget (shared by its threads).
 const WRITER_MEMORY: usize = 64 * 1024 * 1024;
 
@@ -84,46 +81,21 @@ fn schema() -> (Schema, Fields) {
     (b.build(), fields)
 }
 
-/// A chunk as stored in the catalog.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredChunk {
-    pub id: u64,
-    pub path: String,
-    pub language: String,
-    pub start_line: usize,
-    pub end_line: usize,
-    pub symbol: String,
-    pub text: String,
-}
-
-/// A definition as stored in the catalog's symbol table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredSymbol {
-    pub name: String,
-    /// `function`, `type`, `class`, `trait`, `module`, `macro`, `constant`.
-    pub kind: String,
-    /// The type, class or trait it is defined in; empty at the top level.
-    pub scope: String,
-    pub path: String,
-    pub start_line: usize,
-    pub end_line: usize,
-    /// The chunk that holds its first line.
-    pub chunk: u64,
-}
-
-/// The catalog of one project's index.
-pub struct Catalog {
+/// The catalog of one project's index, in its folder.
+pub struct TantivyCatalog {
+    layout: IndexLayout,
     index: Index,
     reader: IndexReader,
     fields: Fields,
 }
 
-impl Catalog {
-    /// Opens the catalog in `dir`, creating an empty one if there is none.
-    pub fn open(dir: &Path) -> Result<Catalog, IndexError> {
-        std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
+impl TantivyCatalog {
+    /// Opens the catalog in the index folder `layout`, creating an empty one if there is none.
+    pub fn open(layout: &IndexLayout) -> Result<TantivyCatalog, IndexError> {
+        let dir = layout.catalog();
+        std::fs::create_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
         let (schema, fields) = schema();
-        let directory = tantivy::directory::MmapDirectory::open(dir).map_err(|e| IndexError::Catalog(e.to_string()))?;
+        let directory = tantivy::directory::MmapDirectory::open(&dir).map_err(|e| IndexError::Catalog(e.to_string()))?;
         let index = Index::open_or_create(directory, schema).map_err(IndexError::catalog)?;
         index.tokenizers().register(CODE_TOKENIZER, CodeTokenizer);
         let reader = index
@@ -131,16 +103,41 @@ impl Catalog {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()
             .map_err(IndexError::catalog)?;
-        Ok(Catalog { index, reader, fields })
+        Ok(TantivyCatalog {
+            layout: layout.clone(),
+            index,
+            reader,
+            fields,
+        })
     }
 
-    /// Sees the latest commit (of this or another process).
-    pub fn reload(&self) -> Result<(), IndexError> {
+    /// The documents holding any of `terms`, at most `limit`.
+    fn documents_with_any(&self, terms: impl Iterator<Item = Term>, limit: usize) -> Result<Vec<TantivyDocument>, IndexError> {
+        let query = BooleanQuery::new(
+            terms
+                .map(|term| {
+                    let q: Box<dyn Query> = Box::new(TermQuery::new(term, IndexRecordOption::Basic));
+                    (Occur::Should, q)
+                })
+                .collect(),
+        );
+        let searcher = self.reader.searcher();
+        let top = searcher
+            .search(&query, &TopDocs::with_limit(limit).order_by_score())
+            .map_err(IndexError::catalog)?;
+        top.into_iter()
+            .map(|(_, address)| searcher.doc(address).map_err(IndexError::catalog))
+            .collect()
+    }
+}
+
+impl Catalog for TantivyCatalog {
+    fn reload(&self) -> Result<(), IndexError> {
         self.reader.reload().map_err(IndexError::catalog)
     }
 
     /// Indexed files and the content hash each was indexed at.
-    pub fn files(&self) -> Result<HashMap<String, String>, IndexError> {
+    fn files(&self) -> Result<HashMap<String, String>, IndexError> {
         let searcher = self.reader.searcher();
         let query = TermQuery::new(Term::from_field_text(self.fields.kind, KIND_FILE), IndexRecordOption::Basic);
         let addresses = searcher
@@ -157,7 +154,7 @@ impl Catalog {
     }
 
     /// The ids of every committed chunk.
-    pub fn chunk_ids(&self) -> Result<HashSet<u64>, IndexError> {
+    fn chunk_ids(&self) -> Result<HashSet<u64>, IndexError> {
         let searcher = self.reader.searcher();
         let mut ids = HashSet::new();
         for segment in searcher.segment_readers() {
@@ -173,12 +170,12 @@ impl Catalog {
     }
 
     /// The number of committed chunks.
-    pub fn chunk_count(&self) -> Result<usize, IndexError> {
+    fn chunk_count(&self) -> Result<usize, IndexError> {
         Ok(self.chunk_ids()?.len())
     }
 
     /// BM25 search over chunk text, path and symbol, best first.
-    pub fn keyword_search(&self, query: &str, limit: usize) -> Result<Vec<Ranked>, IndexError> {
+    fn keyword_search(&self, query: &str, limit: usize) -> Result<Vec<Ranked>, IndexError> {
         let terms = crate::tokenizer::query_terms(query);
         if terms.is_empty() || limit == 0 {
             return Ok(Vec::new());
@@ -211,7 +208,7 @@ impl Catalog {
     }
 
     /// The stored chunks with these ids (those that exist in the committed catalog).
-    pub fn chunks(&self, ids: &[u64]) -> Result<HashMap<u64, StoredChunk>, IndexError> {
+    fn chunks(&self, ids: &[u64]) -> Result<HashMap<u64, StoredChunk>, IndexError> {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
@@ -241,7 +238,7 @@ impl Catalog {
 
     /// The definitions of these names (exact, case-sensitive), at most `limit`, in no
     /// particular order.
-    pub fn definitions(&self, names: &[&str], limit: usize) -> Result<Vec<StoredSymbol>, IndexError> {
+    fn definitions(&self, names: &[&str], limit: usize) -> Result<Vec<StoredSymbol>, IndexError> {
         if names.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
@@ -266,27 +263,15 @@ impl Catalog {
         Ok(out)
     }
 
-    /// The documents holding any of `terms`, at most `limit`.
-    fn documents_with_any(&self, terms: impl Iterator<Item = Term>, limit: usize) -> Result<Vec<TantivyDocument>, IndexError> {
-        let query = BooleanQuery::new(
-            terms
-                .map(|term| {
-                    let q: Box<dyn Query> = Box::new(TermQuery::new(term, IndexRecordOption::Basic));
-                    (Occur::Should, q)
-                })
-                .collect(),
-        );
-        let searcher = self.reader.searcher();
-        let top = searcher
-            .search(&query, &TopDocs::with_limit(limit).order_by_score())
-            .map_err(IndexError::catalog)?;
-        top.into_iter()
-            .map(|(_, address)| searcher.doc(address).map_err(IndexError::catalog))
-            .collect()
+    fn meta(&self) -> Result<Option<Meta>, IndexError> {
+        Ok(Meta::read(&self.layout))
     }
 
-    /// Starts a batch of changes; nothing is visible until [`CatalogWriter::commit`].
-    pub fn writer(&self, threads: usize) -> Result<CatalogWriter, IndexError> {
+    fn write_meta(&self, meta: &Meta) -> Result<(), IndexError> {
+        meta.write(&self.layout)
+    }
+
+    fn writer(&self, threads: usize) -> Result<Box<dyn CatalogWriter + '_>, IndexError> {
         let writer = self
             .index
             .writer_with_num_threads(threads.clamp(1, 8), WRITER_MEMORY)
@@ -294,10 +279,10 @@ impl Catalog {
                 tantivy::TantivyError::LockFailure(..) => IndexError::Busy,
                 other => IndexError::catalog(other),
             })?;
-        Ok(CatalogWriter {
+        Ok(Box::new(TantivyWriter {
             writer,
             fields: self.fields,
-        })
+        }))
     }
 }
 
@@ -309,20 +294,19 @@ fn number_of(doc: &TantivyDocument, field: Field) -> usize {
     doc.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0) as usize
 }
 
-/// Pending changes to the catalog.
-pub struct CatalogWriter {
+/// Pending changes to the catalog: one tantivy commit.
+struct TantivyWriter {
     writer: IndexWriter,
     fields: Fields,
 }
 
-impl CatalogWriter {
-    /// Removes a file, its chunks and its definitions.
-    pub fn remove_file(&self, path: &str) {
+impl CatalogWriter for TantivyWriter {
+    fn remove_file(&mut self, path: &str) -> Result<(), IndexError> {
         self.writer.delete_term(Term::from_field_text(self.fields.path_exact, path));
+        Ok(())
     }
 
-    /// Adds a file (its chunks are added with [`CatalogWriter::add_chunk`]).
-    pub fn add_file(&self, path: &str, file_hash: &str) -> Result<(), IndexError> {
+    fn add_file(&mut self, path: &str, file_hash: &str) -> Result<(), IndexError> {
         let f = self.fields;
         self.writer
             .add_document(doc!(f.kind => KIND_FILE, f.path_exact => path, f.file_hash => file_hash))
@@ -330,7 +314,7 @@ impl CatalogWriter {
         Ok(())
     }
 
-    pub fn add_chunk(&self, id: u64, chunk: &Chunk) -> Result<(), IndexError> {
+    fn add_chunk(&mut self, id: u64, chunk: &Chunk) -> Result<(), IndexError> {
         let f = self.fields;
         self.writer
             .add_document(doc!(
@@ -348,9 +332,7 @@ impl CatalogWriter {
         Ok(())
     }
 
-    /// Adds a definition of a file added in this batch; `chunk` is the id of the chunk that
-    /// holds its first line.
-    pub fn add_symbol(&self, path: &str, definition: &Definition, chunk: u64) -> Result<(), IndexError> {
+    fn add_symbol(&mut self, path: &str, definition: &Definition, chunk: u64) -> Result<(), IndexError> {
         let f = self.fields;
         self.writer
             .add_document(doc!(
@@ -367,8 +349,7 @@ impl CatalogWriter {
         Ok(())
     }
 
-    /// Makes every change visible at once.
-    pub fn commit(mut self) -> Result<(), IndexError> {
+    fn commit(mut self: Box<Self>) -> Result<(), IndexError> {
         self.writer.commit().map_err(IndexError::catalog)?;
         self.writer.wait_merging_threads().map_err(IndexError::catalog)
     }

@@ -1,0 +1,661 @@
+//! The catalog on a Qdrant server or cluster, beside the project's vectors, so that graft
+//! replicas with no index folder of their own serve the project, and a re-index by one is
+//! seen by the others at their next search.
+//!
+//! One collection, `<prefix><project>~catalog`, with no dense vectors. Its points are records:
+//! - `chunk`: a chunk's payload (chunk id, path, language, lines, symbol, text) and its BM25
+//!   weights as the sparse vector `keywords` ([`crate::keywords`]), whose IDF Qdrant supplies
+//!   at search time (its `idf` modifier);
+//! - `file`: an indexed file and its content hash;
+//! - `symbol`: a definition (name, kind, scope, path, lines, chunk);
+//! - the meta point (id 0): the committed **generation**, the average field lengths the
+//!   sparse vectors were computed with, and what the index was built with ([`Meta`]).
+//!
+//! Commits are generations. Every record carries `from` and `until`; at generation `G` a
+//! search sees the records with `from <= G < until`. A run writes its new records with
+//! `from = G+1` and marks the ones it removes `until = G+1` (both unseen at `G`), then writes
+//! `G+1` into the meta point: that one write is the switch. Records no search at `G+1` sees
+//! (`until <= G`) are deleted after it, and a run's records that were never committed (a run
+//! killed before its switch) are removed or unmarked by the next one before it writes.
+//!
+//! One indexing run per project at a time: the lock that guarantees it is the index folder's,
+//! so run `graft index` (or `graft up`'s re-index) for a project from one machine.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use qdrant_client::qdrant::r#match::MatchValue;
+use qdrant_client::qdrant::with_payload_selector::SelectorOptions;
+use qdrant_client::qdrant::{
+    Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder, FieldType, Filter,
+    GetPointsBuilder, Modifier, NamedVectors, PayloadIncludeSelector, PointId, PointStruct, QueryPointsBuilder, Range, RetrievedPoint,
+    ScrollPointsBuilder, SetPayloadPointsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector,
+    VectorInput,
+};
+use qdrant_client::Payload;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Catalog, CatalogWriter, StoredChunk, StoredSymbol};
+use crate::chunker::Chunk;
+use crate::error::IndexError;
+use crate::fusion::Ranked;
+use crate::keywords::{self, AverageLengths, Fields};
+use crate::layout::Meta;
+use crate::qdrant::{Connection, ServerConfig};
+use crate::symbols::Definition;
+
+/// The sparse vector of a chunk's BM25 weights.
+const SPARSE: &str = "keywords";
+/// The meta point's id (records' ids are hashes, never 0).
+const META_ID: u64 = 0;
+/// `until` of a record no commit has removed (2^53: exact as the float a range compares).
+const LIVE: i64 = 1 << 53;
+/// Records per write request.
+const WRITE_BATCH: usize = 256;
+/// Paths per "mark these files' records removed" request.
+const PATHS_PER_REQUEST: usize = 512;
+/// Points per page when reading many.
+const SCROLL_PAGE: u32 = 10_000;
+
+const KIND_CHUNK: &str = "chunk";
+const KIND_FILE: &str = "file";
+const KIND_SYMBOL: &str = "symbol";
+const KIND_META: &str = "meta";
+
+#[derive(Serialize, Deserialize)]
+struct ChunkRecord {
+    chunk: u64,
+    path: String,
+    language: String,
+    start_line: usize,
+    end_line: usize,
+    symbol: String,
+    text: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileRecord {
+    path: String,
+    hash: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SymbolRecord {
+    name: String,
+    def_kind: String,
+    scope: String,
+    path: String,
+    start_line: usize,
+    end_line: usize,
+    chunk: u64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct MetaRecord {
+    #[serde(default)]
+    generation: i64,
+    #[serde(default)]
+    lengths: Option<AverageLengths>,
+    #[serde(default)]
+    built: Option<Meta>,
+}
+
+/// A project's catalog on a Qdrant server.
+pub struct QdrantCatalog {
+    connection: Connection,
+    /// The committed generation this catalog reads at (as of the last reload).
+    generation: AtomicI64,
+}
+
+fn collection(config: &ServerConfig, project: &str) -> String {
+    format!("{}{project}~catalog", config.collection_prefix)
+}
+
+/// The catalog's collection and server, for messages.
+pub(crate) fn describe(config: &ServerConfig, project: &str) -> String {
+    format!("collection {} on Qdrant at {}", collection(config, project), config.url)
+}
+
+impl QdrantCatalog {
+    /// Connects, and creates the collection (the configured shards and replicas, payload
+    /// indexes, the meta point) if it does not exist.
+    pub fn open(config: &ServerConfig, project: &str) -> Result<QdrantCatalog, IndexError> {
+        let connection = Connection::new(config, collection(config, project))?;
+        connection.check_version()?;
+        if !connection.exists()? {
+            create(&connection, config)?;
+        }
+        let catalog = QdrantCatalog {
+            connection,
+            generation: AtomicI64::new(0),
+        };
+        catalog.reload()?;
+        Ok(catalog)
+    }
+
+    /// The project's catalog if its collection exists (nothing is created).
+    pub fn existing(config: &ServerConfig, project: &str) -> Result<Option<QdrantCatalog>, IndexError> {
+        let connection = Connection::new(config, collection(config, project))?;
+        if !connection.exists()? {
+            return Ok(None);
+        }
+        let catalog = QdrantCatalog {
+            connection,
+            generation: AtomicI64::new(0),
+        };
+        catalog.reload()?;
+        Ok(Some(catalog))
+    }
+
+    /// Deletes the project's catalog collection, if there is one.
+    pub fn delete(config: &ServerConfig, project: &str) -> Result<(), IndexError> {
+        Connection::new(config, collection(config, project))?.delete_collection()
+    }
+
+    /// The committed generation searches read at.
+    pub fn generation(&self) -> i64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn read_meta(&self) -> Result<Option<MetaRecord>, IndexError> {
+        let (client, name) = (self.connection.client.clone(), self.connection.collection.clone());
+        let points = self.connection.run(async move {
+            client
+                .get_points(GetPointsBuilder::new(name, vec![PointId::from(META_ID)]).with_payload(true))
+                .await
+        })?;
+        points.result.into_iter().next().map(|p| record(p.payload)).transpose()
+    }
+
+    /// `kind` records visible at the committed generation, and `more`.
+    fn visible(&self, kind: &str, more: impl IntoIterator<Item = Condition>) -> Filter {
+        let g = self.generation() as f64;
+        let mut must = vec![
+            Condition::matches("kind", MatchValue::Keyword(kind.to_owned())),
+            Condition::range(
+                "from",
+                Range {
+                    lte: Some(g),
+                    ..Default::default()
+                },
+            ),
+            Condition::range(
+                "until",
+                Range {
+                    gt: Some(g),
+                    ..Default::default()
+                },
+            ),
+        ];
+        must.extend(more);
+        Filter::must(must)
+    }
+
+    /// Every point `filter` matches (at most `limit`), with the payload fields `fields`.
+    fn scroll(&self, filter: Filter, fields: &[&str], limit: Option<usize>) -> Result<Vec<RetrievedPoint>, IndexError> {
+        let mut out = Vec::new();
+        let mut offset: Option<PointId> = None;
+        let fields: Vec<String> = fields.iter().map(|f| (*f).to_owned()).collect();
+        loop {
+            let page_size = limit.map_or(SCROLL_PAGE, |l| (l - out.len()).min(SCROLL_PAGE as usize) as u32);
+            let (client, name) = (self.connection.client.clone(), self.connection.collection.clone());
+            let (filter, fields, page_offset) = (filter.clone(), fields.clone(), offset.take());
+            let page = self.connection.run(async move {
+                let mut request = ScrollPointsBuilder::new(name)
+                    .filter(filter)
+                    .limit(page_size)
+                    .with_payload(SelectorOptions::from(PayloadIncludeSelector { fields }))
+                    .with_vectors(false);
+                if let Some(o) = page_offset {
+                    request = request.offset(o);
+                }
+                client.scroll(request).await
+            })?;
+            out.extend(page.result);
+            match page.next_page_offset {
+                Some(next) if limit.is_none_or(|l| out.len() < l) => offset = Some(next),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Writes points, a batch per request.
+    fn upsert(&self, points: Vec<PointStruct>) -> Result<(), IndexError> {
+        let mut points = points.into_iter().peekable();
+        while points.peek().is_some() {
+            let batch: Vec<PointStruct> = points.by_ref().take(WRITE_BATCH).collect();
+            let (client, name) = (self.connection.client.clone(), self.connection.collection.clone());
+            self.connection
+                .run(async move { client.upsert_points(UpsertPointsBuilder::new(name, batch).wait(true)).await })?;
+        }
+        Ok(())
+    }
+
+    /// Sets payload fields on the points `filter` matches.
+    fn set_payload(&self, payload: Payload, filter: Filter) -> Result<(), IndexError> {
+        let (client, name) = (self.connection.client.clone(), self.connection.collection.clone());
+        self.connection
+            .run(async move {
+                client
+                    .set_payload(SetPayloadPointsBuilder::new(name, payload).points_selector(filter).wait(true))
+                    .await
+            })
+            .map(|_| ())
+    }
+
+    /// Sets payload fields on the meta point.
+    fn set_meta(&self, payload: Payload) -> Result<(), IndexError> {
+        self.set_payload(payload, Filter::must([Condition::has_id([META_ID])]))
+    }
+
+    fn delete_where(&self, filter: Filter) -> Result<(), IndexError> {
+        let (client, name) = (self.connection.client.clone(), self.connection.collection.clone());
+        self.connection
+            .run(async move { client.delete_points(DeletePointsBuilder::new(name).points(filter).wait(true)).await })
+            .map(|_| ())
+    }
+}
+
+/// Creates the collection: the sparse vector with Qdrant's IDF, keyword and integer indexes on
+/// the fields filters use, and the meta point at generation 0.
+fn create(connection: &Connection, config: &ServerConfig) -> Result<(), IndexError> {
+    let (client, name) = (connection.client.clone(), connection.collection.clone());
+    let mut sparse = SparseVectorsConfigBuilder::default();
+    sparse.add_named_vector_params(SPARSE, SparseVectorParamsBuilder::default().modifier(Modifier::Idf));
+    let mut request = CreateCollectionBuilder::new(&name).sparse_vectors_config(sparse);
+    if let Some(shards) = config.shards {
+        request = request.shard_number(shards);
+    }
+    if let Some(replicas) = config.replication_factor {
+        request = request.replication_factor(replicas);
+    }
+    let indexes = [
+        ("kind", FieldType::Keyword),
+        ("path", FieldType::Keyword),
+        ("name", FieldType::Keyword),
+        ("chunk", FieldType::Integer),
+        ("from", FieldType::Integer),
+        ("until", FieldType::Integer),
+    ];
+    let meta = with_kind(&MetaRecord::default(), KIND_META, None)?;
+    connection.run(async move {
+        if let Err(e) = client.create_collection(request).await {
+            // Another process may have created it in the meantime.
+            if !client.collection_exists(&name).await? {
+                return Err(e);
+            }
+        }
+        for (field, kind) in indexes {
+            client
+                .create_field_index(CreateFieldIndexCollectionBuilder::new(&name, field, kind).wait(true))
+                .await?;
+        }
+        let point = PointStruct::new(META_ID, NamedVectors::default(), meta);
+        client
+            .upsert_points(UpsertPointsBuilder::new(&name, vec![point]).wait(true))
+            .await?;
+        Ok(())
+    })
+}
+
+/// A record's payload: its fields, its kind and, for all but the meta point, `from` and
+/// `until`.
+fn with_kind<T: Serialize>(fields: &T, kind: &str, from: Option<i64>) -> Result<Payload, IndexError> {
+    let value = serde_json::to_value(fields).map_err(|e| IndexError::Invalid(e.to_string()))?;
+    let serde_json::Value::Object(mut map) = value else {
+        return Err(IndexError::Invalid("a catalog record is not an object".into()));
+    };
+    map.insert("kind".into(), kind.into());
+    if let Some(from) = from {
+        map.insert("from".into(), from.into());
+        map.insert("until".into(), LIVE.into());
+    }
+    Ok(Payload::from(map))
+}
+
+fn record<T: DeserializeOwned>(payload: HashMap<String, qdrant_client::qdrant::Value>) -> Result<T, IndexError> {
+    Payload::from(payload)
+        .deserialize()
+        .map_err(|e| IndexError::Catalog(format!("an unreadable record in the Qdrant catalog: {e}")))
+}
+
+/// A record's point id: a hash of what it is and the generation it was written for.
+fn record_id(kind: &str, key: &[u8], generation: i64) -> u64 {
+    let mut h = Sha256::new();
+    h.update(kind.as_bytes());
+    h.update([0]);
+    h.update(key);
+    h.update(generation.to_le_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&h.finalize()[..8]);
+    (u64::from_le_bytes(bytes) >> 1).max(1)
+}
+
+impl Catalog for QdrantCatalog {
+    fn reload(&self) -> Result<(), IndexError> {
+        let generation = self.read_meta()?.map_or(0, |m| m.generation);
+        self.generation.store(generation, Ordering::Release);
+        Ok(())
+    }
+
+    fn refresh(&self) -> Result<(), IndexError> {
+        self.reload()
+    }
+
+    fn files(&self) -> Result<HashMap<String, String>, IndexError> {
+        self.scroll(self.visible(KIND_FILE, []), &["path", "hash"], None)?
+            .into_iter()
+            .map(|p| record::<FileRecord>(p.payload).map(|f| (f.path, f.hash)))
+            .collect()
+    }
+
+    fn chunk_ids(&self) -> Result<HashSet<u64>, IndexError> {
+        #[derive(Deserialize)]
+        struct Id {
+            chunk: u64,
+        }
+        self.scroll(self.visible(KIND_CHUNK, []), &["chunk"], None)?
+            .into_iter()
+            .map(|p| record::<Id>(p.payload).map(|r| r.chunk))
+            .collect()
+    }
+
+    fn chunk_count(&self) -> Result<usize, IndexError> {
+        let (client, name, filter) = (
+            self.connection.client.clone(),
+            self.connection.collection.clone(),
+            self.visible(KIND_CHUNK, []),
+        );
+        let count = self
+            .connection
+            .run(async move { client.count(CountPointsBuilder::new(name).filter(filter).exact(true)).await })?;
+        Ok(count.result.map_or(0, |r| r.count as usize))
+    }
+
+    fn keyword_search(&self, query: &str, limit: usize) -> Result<Vec<Ranked>, IndexError> {
+        let v = keywords::query(query);
+        if v.indices.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (client, name, filter) = (
+            self.connection.client.clone(),
+            self.connection.collection.clone(),
+            self.visible(KIND_CHUNK, []),
+        );
+        let response = self.connection.run(async move {
+            client
+                .query(
+                    QueryPointsBuilder::new(name)
+                        .query(VectorInput::new_sparse(v.indices, v.values))
+                        .using(SPARSE)
+                        .filter(filter)
+                        .limit(limit as u64)
+                        .with_payload(SelectorOptions::from(PayloadIncludeSelector {
+                            fields: vec!["chunk".into()],
+                        })),
+                )
+                .await
+        })?;
+        #[derive(Deserialize)]
+        struct Id {
+            chunk: u64,
+        }
+        response
+            .result
+            .into_iter()
+            .map(|p| {
+                let score = p.score;
+                record::<Id>(p.payload).map(|r| Ranked { id: r.chunk, score })
+            })
+            .collect()
+    }
+
+    fn chunks(&self, ids: &[u64]) -> Result<HashMap<u64, StoredChunk>, IndexError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let wanted: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
+        let filter = self.visible(KIND_CHUNK, [Condition::matches("chunk", wanted)]);
+        let fields = ["chunk", "path", "language", "start_line", "end_line", "symbol", "text"];
+        let mut out = HashMap::with_capacity(ids.len());
+        for point in self.scroll(filter, &fields, Some(ids.len()))? {
+            let c: ChunkRecord = record(point.payload)?;
+            out.insert(
+                c.chunk,
+                StoredChunk {
+                    id: c.chunk,
+                    path: c.path,
+                    language: c.language,
+                    start_line: c.start_line,
+                    end_line: c.end_line,
+                    symbol: c.symbol,
+                    text: c.text,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    fn definitions(&self, names: &[&str], limit: usize) -> Result<Vec<StoredSymbol>, IndexError> {
+        if names.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let filter = self.visible(KIND_SYMBOL, [Condition::matches("name", names)]);
+        let fields = ["name", "def_kind", "scope", "path", "start_line", "end_line", "chunk"];
+        self.scroll(filter, &fields, Some(limit))?
+            .into_iter()
+            .map(|p| {
+                record::<SymbolRecord>(p.payload).map(|s| StoredSymbol {
+                    name: s.name,
+                    kind: s.def_kind,
+                    scope: s.scope,
+                    path: s.path,
+                    start_line: s.start_line,
+                    end_line: s.end_line,
+                    chunk: s.chunk,
+                })
+            })
+            .collect()
+    }
+
+    fn meta(&self) -> Result<Option<Meta>, IndexError> {
+        Ok(self.read_meta()?.and_then(|m| m.built))
+    }
+
+    fn write_meta(&self, meta: &Meta) -> Result<(), IndexError> {
+        let mut payload = Payload::new();
+        let built = serde_json::to_value(meta).map_err(|e| IndexError::Invalid(e.to_string()))?;
+        payload.insert("built", built);
+        self.set_meta(payload)
+    }
+
+    fn writer(&self, _threads: usize) -> Result<Box<dyn CatalogWriter + '_>, IndexError> {
+        self.reload()?;
+        let meta = self.read_meta()?;
+        if meta.is_none() {
+            // A collection whose creation was cut short before its meta point.
+            self.upsert(vec![PointStruct::new(
+                META_ID,
+                NamedVectors::default(),
+                with_kind(&MetaRecord::default(), KIND_META, None)?,
+            )])?;
+        }
+        // What a run killed before its switch left: its records go, its marks are undone.
+        let g = self.generation() as f64;
+        self.delete_where(Filter::must([Condition::range(
+            "from",
+            Range {
+                gt: Some(g),
+                ..Default::default()
+            },
+        )]))?;
+        let mut live = Payload::new();
+        live.insert("until", LIVE);
+        self.set_payload(
+            live,
+            Filter::must([Condition::range(
+                "until",
+                Range {
+                    gt: Some(g),
+                    lt: Some(LIVE as f64),
+                    ..Default::default()
+                },
+            )]),
+        )?;
+        Ok(Box::new(QdrantWriter {
+            catalog: self,
+            lengths: meta.and_then(|m| m.lengths),
+            removed: Vec::new(),
+            files: Vec::new(),
+            chunks: Vec::new(),
+            symbols: Vec::new(),
+        }))
+    }
+}
+
+/// A run's changes, written on commit.
+struct QdrantWriter<'a> {
+    catalog: &'a QdrantCatalog,
+    /// The average field lengths the stored sparse vectors were computed with.
+    lengths: Option<AverageLengths>,
+    removed: Vec<String>,
+    files: Vec<(String, String)>,
+    chunks: Vec<(u64, Chunk)>,
+    symbols: Vec<SymbolRecord>,
+}
+
+impl CatalogWriter for QdrantWriter<'_> {
+    fn remove_file(&mut self, path: &str) -> Result<(), IndexError> {
+        self.removed.push(path.to_owned());
+        Ok(())
+    }
+
+    fn add_file(&mut self, path: &str, file_hash: &str) -> Result<(), IndexError> {
+        self.files.push((path.to_owned(), file_hash.to_owned()));
+        Ok(())
+    }
+
+    fn add_chunk(&mut self, id: u64, chunk: &Chunk) -> Result<(), IndexError> {
+        self.chunks.push((id, chunk.clone()));
+        Ok(())
+    }
+
+    fn add_symbol(&mut self, path: &str, definition: &Definition, chunk: u64) -> Result<(), IndexError> {
+        self.symbols.push(SymbolRecord {
+            name: definition.name.clone(),
+            def_kind: definition.kind.to_owned(),
+            scope: definition.scope.clone().unwrap_or_default(),
+            path: path.to_owned(),
+            start_line: definition.start_line,
+            end_line: definition.end_line,
+            chunk,
+        });
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), IndexError> {
+        let catalog = self.catalog;
+        let old = catalog.generation();
+        let new = old + 1;
+        // BM25's average lengths: the first run's, kept so every stored vector agrees.
+        let lengths = self.lengths.unwrap_or_else(|| {
+            AverageLengths::of(self.chunks.iter().map(|(_, c)| Fields {
+                text: &c.text,
+                path: &c.path,
+                symbol: &c.symbol,
+            }))
+        });
+
+        // 1. The new records, unseen until the switch.
+        let mut points = Vec::with_capacity(self.files.len() + self.chunks.len() + self.symbols.len());
+        for (path, hash) in &self.files {
+            let fields = FileRecord {
+                path: path.clone(),
+                hash: hash.clone(),
+            };
+            let id = record_id(KIND_FILE, path.as_bytes(), new);
+            points.push(PointStruct::new(
+                id,
+                NamedVectors::default(),
+                with_kind(&fields, KIND_FILE, Some(new))?,
+            ));
+        }
+        for (id, chunk) in &self.chunks {
+            let v = keywords::document(
+                Fields {
+                    text: &chunk.text,
+                    path: &chunk.path,
+                    symbol: &chunk.symbol,
+                },
+                &lengths,
+            );
+            let fields = ChunkRecord {
+                chunk: *id,
+                path: chunk.path.clone(),
+                language: chunk.language.to_owned(),
+                start_line: chunk.start_line,
+                end_line: chunk.end_line,
+                symbol: chunk.symbol.clone(),
+                text: chunk.text.clone(),
+            };
+            let vectors = NamedVectors::default().add_vector(SPARSE, Vector::new_sparse(v.indices, v.values));
+            let point_id = record_id(KIND_CHUNK, &id.to_le_bytes(), new);
+            points.push(PointStruct::new(point_id, vectors, with_kind(&fields, KIND_CHUNK, Some(new))?));
+        }
+        for (n, symbol) in self.symbols.iter().enumerate() {
+            let id = record_id(KIND_SYMBOL, &(n as u64).to_le_bytes(), new);
+            points.push(PointStruct::new(
+                id,
+                NamedVectors::default(),
+                with_kind(symbol, KIND_SYMBOL, Some(new))?,
+            ));
+        }
+        catalog.upsert(points)?;
+
+        // 2. The removed (and replaced) files' records end with this generation.
+        let g = old as f64;
+        for paths in self.removed.chunks(PATHS_PER_REQUEST) {
+            let mut until = Payload::new();
+            until.insert("until", new);
+            let filter = Filter::must([
+                Condition::matches("path", paths.to_vec()),
+                Condition::range(
+                    "from",
+                    Range {
+                        lte: Some(g),
+                        ..Default::default()
+                    },
+                ),
+                Condition::range(
+                    "until",
+                    Range {
+                        gt: Some(g),
+                        ..Default::default()
+                    },
+                ),
+            ]);
+            catalog.set_payload(until, filter)?;
+        }
+
+        // 3. The switch.
+        let mut meta = Payload::new();
+        meta.insert("generation", new);
+        let lengths = serde_json::to_value(lengths).map_err(|e| IndexError::Invalid(e.to_string()))?;
+        meta.insert("lengths", lengths);
+        catalog.set_meta(meta)?;
+        catalog.generation.store(new, Ordering::Release);
+
+        // 4. Records no search sees any more; those that ended with this generation are still
+        //    read by searches that began before the switch, and go with the next run.
+        catalog.delete_where(Filter::must([Condition::range(
+            "until",
+            Range {
+                lte: Some(g),
+                ..Default::default()
+            },
+        )]))
+    }
+}
