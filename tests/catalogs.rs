@@ -1,0 +1,269 @@
+//! Both catalogs answer alike: the tantivy one in an index folder and the Qdrant one on a
+//! server (issue 17's stateless replicas), fed the same runs of networkx 3.4.2's source (the
+//! kit's pinned PyPI release): files, chunks, the symbol table and keyword search agree after
+//! a first run and after a run that changes and removes files. Then the Qdrant catalog's
+//! generations: what a run killed before its switch wrote is never seen, and the next run
+//! clears it.
+//!
+//! Needs a Qdrant node (`GRAFT_TEST_QDRANT_BIN`, which scripts/test sets); ignored without one.
+
+use std::collections::{BTreeSet, HashMap};
+
+use graft_index::catalog::{Catalog, QdrantCatalog, TantivyCatalog};
+use graft_index::chunker::{chunk_and_define, Chunk, ChunkOptions};
+use graft_index::symbols::Definition;
+use graft_index::vectors::ServerConfig;
+use graft_index::walk::{walk, WalkOptions};
+use graft_index::IndexLayout;
+use graft_tests::{kit_file, qdrant};
+use qdrant_client::qdrant::{Condition, Filter, NamedVectors, PointStruct, SetPayloadPointsBuilder, UpsertPointsBuilder};
+use qdrant_client::{Payload, Qdrant};
+
+/// One file as a run writes it: its hash, chunks (with ids) and definitions (with the chunk
+/// that holds each).
+struct File {
+    path: String,
+    hash: String,
+    chunks: Vec<(u64, Chunk)>,
+    symbols: Vec<(Definition, u64)>,
+}
+
+fn files_of(repo: &std::path::Path, salt: &str) -> Vec<File> {
+    walk(repo, &WalkOptions::default())
+        .expect("walk")
+        .files
+        .into_iter()
+        .map(|f| {
+            let (chunks, definitions) = chunk_and_define(&f.path, &f.text, &ChunkOptions::default());
+            let base = fnv(&format!("{salt}{}", f.path));
+            let chunks: Vec<(u64, Chunk)> = chunks.into_iter().enumerate().map(|(i, c)| (base + i as u64, c)).collect();
+            let symbols = definitions
+                .into_iter()
+                .filter_map(|d| {
+                    let holder = chunks.iter().find(|(_, c)| (c.start_line..=c.end_line).contains(&d.start_line))?;
+                    Some((d, holder.0))
+                })
+                .collect();
+            File {
+                hash: format!("{salt}{}", f.text.len()),
+                path: f.path,
+                chunks,
+                symbols,
+            }
+        })
+        .collect()
+}
+
+/// Chunk ids: a hash of the path, below 2^62, spaced for a file's chunks.
+fn fnv(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    (h >> 2) & !0xffff
+}
+
+/// One run: `removed` paths go, `files` are (re)written.
+fn run(catalog: &dyn Catalog, removed: &[&str], files: &[&File]) {
+    let mut writer = catalog.writer(2).unwrap();
+    for path in removed.iter().copied().chain(files.iter().map(|f| f.path.as_str())) {
+        writer.remove_file(path).unwrap();
+    }
+    for file in files {
+        writer.add_file(&file.path, &file.hash).unwrap();
+        for (id, chunk) in &file.chunks {
+            writer.add_chunk(*id, chunk).unwrap();
+        }
+        for (definition, chunk) in &file.symbols {
+            writer.add_symbol(&file.path, definition, *chunk).unwrap();
+        }
+    }
+    writer.commit().unwrap();
+    catalog.reload().unwrap();
+}
+
+fn server_config(node: &qdrant::Node) -> ServerConfig {
+    ServerConfig {
+        url: node.grpc_url(),
+        api_key: None,
+        collection_prefix: "graft_catalogs_".into(),
+        shards: None,
+        replication_factor: None,
+    }
+}
+
+/// The two catalogs hold the same index, and rank keyword queries alike.
+fn agree(tantivy: &dyn Catalog, qdrant: &dyn Catalog, names: &[&str], queries: &[&str]) {
+    assert_eq!(tantivy.files().unwrap(), qdrant.files().unwrap());
+    let ids = tantivy.chunk_ids().unwrap();
+    assert_eq!(ids, qdrant.chunk_ids().unwrap());
+    assert_eq!(tantivy.chunk_count().unwrap(), qdrant.chunk_count().unwrap());
+    let sample: Vec<u64> = ids.iter().copied().step_by(7).collect();
+    assert_eq!(tantivy.chunks(&sample).unwrap(), qdrant.chunks(&sample).unwrap());
+    for name in names {
+        let key = |s: &graft_index::catalog::StoredSymbol| (s.path.clone(), s.start_line, s.kind.clone(), s.scope.clone(), s.chunk);
+        let a: BTreeSet<_> = tantivy.definitions(&[name], 1000).unwrap().iter().map(key).collect();
+        let b: BTreeSet<_> = qdrant.definitions(&[name], 1000).unwrap().iter().map(key).collect();
+        assert_eq!(a, b, "definitions of {name}");
+    }
+    let (first, overlap) = keyword_agreement(tantivy, qdrant, queries);
+    eprintln!("keyword search, the whole catalog: the same first result {first:.3}, top-10 overlap {overlap:.3}");
+    // Not 1.0: tantivy's BM25 statistics (document count, average field lengths) count the
+    // catalog's file and symbol records too, Qdrant's IDF the chunks alone; against a tantivy
+    // catalog of chunks alone the two agree (the test below the first run).
+    assert!(first >= 0.9 && overlap >= 0.85, "first {first:.3}, overlap {overlap:.3}");
+}
+
+/// How often `other`'s first keyword result is `tantivy`'s (or ties with it within 1%: tantivy
+/// quantises lengths), and the share of `tantivy`'s top 10 in `other`'s, over the queries
+/// tantivy finds anything for (at least half of them).
+fn keyword_agreement(tantivy: &dyn Catalog, other: &dyn Catalog, queries: &[&str]) -> (f64, f64) {
+    let (mut asked, mut first, mut overlap) = (0, 0, 0.0);
+    for query in queries {
+        let expected = tantivy.keyword_search(query, 10).unwrap();
+        let got = other.keyword_search(query, 10).unwrap();
+        let Some(best) = expected.first() else {
+            assert!(got.is_empty(), "{query}: {got:?}");
+            continue;
+        };
+        asked += 1;
+        overlap += expected.iter().filter(|e| got.iter().any(|g| g.id == e.id)).count() as f64 / expected.len() as f64;
+        if got
+            .first()
+            .is_some_and(|g| expected.iter().any(|e| e.id == g.id && e.score >= best.score * 0.99))
+        {
+            first += 1;
+        }
+    }
+    assert!(asked >= queries.len() / 2, "{asked} of {} queries found anything", queries.len());
+    (first as f64 / asked as f64, overlap / asked as f64)
+}
+
+#[test]
+#[ignore = "needs the Qdrant server binary: GRAFT_TEST_QDRANT_BIN (scripts/test sets it from ../shared/tools/qdrant)"]
+fn the_qdrant_catalog_answers_as_the_tantivy_one() {
+    let node = qdrant::Node::single(&qdrant::binary().unwrap_or_else(|why| panic!("{why}")));
+    let dir = tempfile::tempdir().unwrap();
+    let tantivy = TantivyCatalog::open(&IndexLayout::new(dir.path().join("nx"))).unwrap();
+    let qdrant = QdrantCatalog::open(&server_config(&node), "nx").unwrap();
+
+    let repo = kit_file("networkx-src");
+    let files = files_of(&repo, "");
+    assert!(files.len() > 200, "{} files", files.len());
+    let all: Vec<&File> = files.iter().collect();
+    run(&tantivy, &[], &all);
+    run(&qdrant, &[], &all);
+
+    let mut names: Vec<&str> = files.iter().flat_map(|f| f.symbols.iter().map(|(d, _)| d.name.as_str())).collect();
+    names.sort_unstable();
+    names.dedup();
+    let names: Vec<&str> = names.iter().copied().step_by((names.len() / 150).max(1)).collect();
+    let queries: Vec<&str> = names
+        .iter()
+        .copied()
+        .step_by(2)
+        .chain(["shortest path weight", "graph.add_edge(u, v)"])
+        .collect();
+    agree(&tantivy, &qdrant, &names, &queries);
+    // BM25 itself: Qdrant's ranking is tantivy's over the same chunks.
+    let chunks_only = TantivyCatalog::open(&IndexLayout::new(dir.path().join("chunks"))).unwrap();
+    let mut writer = chunks_only.writer(2).unwrap();
+    for (id, chunk) in files.iter().flat_map(|f| &f.chunks) {
+        writer.add_chunk(*id, chunk).unwrap();
+    }
+    writer.commit().unwrap();
+    chunks_only.reload().unwrap();
+    let (first, overlap) = keyword_agreement(&chunks_only, &qdrant, &queries);
+    eprintln!("keyword search, tantivy with chunks alone: the same first result {first:.3}, top-10 overlap {overlap:.3}");
+    assert!(first >= 0.97 && overlap >= 0.97, "first {first:.3}, overlap {overlap:.3}");
+
+    // A second run: 40 files change, 30 go; a catalog opened before it sees it after.
+    let other = QdrantCatalog::existing(&server_config(&node), "nx")
+        .unwrap()
+        .expect("the collection exists");
+    let before = other.chunk_count().unwrap();
+    let changed = files_of(&repo, "v2");
+    let changed: Vec<&File> = changed.iter().step_by(9).take(40).collect();
+    let removed: Vec<&str> = files
+        .iter()
+        .rev()
+        .step_by(11)
+        .map(|f| f.path.as_str())
+        .filter(|p| changed.iter().all(|c| c.path != *p))
+        .take(30)
+        .collect();
+    run(&tantivy, &removed, &changed);
+    run(&qdrant, &removed, &changed);
+    agree(&tantivy, &qdrant, &names, &queries);
+    assert_eq!(other.chunk_count().unwrap(), before, "a catalog sees the generation it last read");
+    other.refresh().unwrap();
+    assert_eq!(other.chunk_count().unwrap(), tantivy.chunk_count().unwrap());
+    assert!(other.chunk_count().unwrap() < before);
+}
+
+#[test]
+#[ignore = "needs the Qdrant server binary: GRAFT_TEST_QDRANT_BIN (scripts/test sets it from ../shared/tools/qdrant)"]
+fn what_a_killed_run_wrote_is_never_seen_and_the_next_run_clears_it() {
+    let node = qdrant::Node::single(&qdrant::binary().unwrap_or_else(|why| panic!("{why}")));
+    let config = server_config(&node);
+    let catalog = QdrantCatalog::open(&config, "killed").unwrap();
+    let file = |path: &str, word: &str, id: u64| File {
+        path: path.into(),
+        hash: word.into(),
+        chunks: chunk_and_define(path, &format!("def {word}():\n    return 1\n"), &ChunkOptions::default())
+            .0
+            .into_iter()
+            .map(|c| (id, c))
+            .collect(),
+        symbols: Vec::new(),
+    };
+    run(&catalog, &[], &[&file("a.py", "alpha", 1)]);
+    assert_eq!(catalog.generation(), 1);
+
+    // What a run killed between its writes and its switch leaves (the layout the module
+    // documents): a record of the next generation, and a live record marked as ending there.
+    let collection = "graft_catalogs_killed~catalog";
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = Qdrant::from_url(&node.grpc_url()).skip_compatibility_check().build().unwrap();
+    runtime.block_on(async {
+        let payload: Payload = serde_json::json!({
+            "kind": "chunk", "from": 2, "until": 1i64 << 53, "chunk": 99, "path": "z.py", "language": "python",
+            "start_line": 1, "end_line": 1, "symbol": "", "text": "zebra"
+        })
+        .try_into()
+        .unwrap();
+        client
+            .upsert_points(UpsertPointsBuilder::new(collection, vec![PointStruct::new(77u64, NamedVectors::default(), payload)]).wait(true))
+            .await
+            .unwrap();
+        let until: Payload = serde_json::json!({ "until": 2 }).try_into().unwrap();
+        client
+            .set_payload(
+                SetPayloadPointsBuilder::new(collection, until)
+                    .points_selector(Filter::must([Condition::matches("path", "a.py".to_string())]))
+                    .wait(true),
+            )
+            .await
+            .unwrap();
+    });
+    catalog.refresh().unwrap();
+    assert_eq!(catalog.chunks(&[1, 99]).unwrap().keys().copied().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(catalog.files().unwrap(), HashMap::from([("a.py".to_owned(), "alpha".to_owned())]));
+
+    // The next run undoes both before it writes, and commits its own change only.
+    run(&catalog, &[], &[&file("b.py", "beta", 2)]);
+    assert_eq!(catalog.generation(), 2);
+    let mut ids: Vec<u64> = catalog.chunk_ids().unwrap().into_iter().collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2], "a.py survives the killed run's mark; z.py never existed");
+    let points = node.count(collection).expect("a count");
+    assert_eq!(points, 5, "meta, two files, two chunks: nothing of the killed run is left");
+
+    // Removing a file: its records end with the next generation and go one run later.
+    run(&catalog, &["a.py"], &[]);
+    assert_eq!(catalog.files().unwrap().keys().collect::<Vec<_>>(), vec!["b.py"]);
+    assert_eq!(node.count(collection), Some(5), "ended records wait a generation");
+    run(&catalog, &[], &[]);
+    assert_eq!(node.count(collection), Some(3));
+}
