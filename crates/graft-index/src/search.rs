@@ -126,7 +126,7 @@ impl ProjectIndex {
     /// Opens the index of `layout`'s project in `backend`: the index folder, or (with a
     /// Qdrant server) the server alone.
     pub fn open_with(project: &str, layout: &IndexLayout, backend: &Backend) -> Result<ProjectIndex, IndexError> {
-        let meta = catalog::read_meta(backend, layout)?.ok_or_else(|| IndexError::NoIndex {
+        let (catalog, meta) = catalog::open_built(backend, layout)?.ok_or_else(|| IndexError::NoIndex {
             project: project.to_owned(),
             place: catalog::place(backend, layout),
         })?;
@@ -136,7 +136,6 @@ impl ProjectIndex {
                 place: catalog::place(backend, layout),
             });
         }
-        let catalog = catalog::open(backend, layout)?;
         let store = vectors::open(backend, layout, &layout.project(), meta.dims)?;
         Ok(ProjectIndex { catalog, store, meta })
     }

@@ -81,9 +81,11 @@ impl Project {
         &self.index.owner
     }
 
-    /// Whether an index has been committed for this project (it may be out of date).
+    /// Whether an index has been committed for this project (it may be out of date): in its
+    /// folder, or on the Qdrant server (false when the server cannot be asked).
     pub fn has_index(&self) -> bool {
-        self.index.layout.meta().is_file()
+        let slot = &self.index;
+        graft_index::catalog::read_meta(&slot.options.backend, &slot.layout).is_ok_and(|meta| meta.is_some())
     }
 
     /// The open index, opening it if needed; `None` while re-indexing.
@@ -369,7 +371,7 @@ impl Projects {
         serde_json::json!({
             "project": project.name(),
             "repository": project.config.path,
-            "index": project.index.layout.root,
+            "index": graft_index::catalog::place(&project.index.options.backend, &project.index.layout),
             "index_of": project.index_owner(),
             "indexed": indexed,
             "reindexing": reindexing,

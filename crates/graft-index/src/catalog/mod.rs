@@ -117,15 +117,29 @@ pub fn open(backend: &Backend, layout: &IndexLayout) -> Result<Box<dyn Catalog>,
     })
 }
 
+/// A built index's catalog and what it was built with.
+pub type Built = (Box<dyn Catalog>, Meta);
+
+/// The catalog of a project whose index was built, with what it was built with; `None`
+/// (nothing created) when it never was.
+pub fn open_built(backend: &Backend, layout: &IndexLayout) -> Result<Option<Built>, IndexError> {
+    let catalog: Box<dyn Catalog> = match backend {
+        Backend::Embedded if Meta::read(layout).is_none() => return Ok(None),
+        Backend::Embedded => Box::new(TantivyCatalog::open(layout)?),
+        Backend::Server(config) => match QdrantCatalog::existing(config, &layout.project())? {
+            Some(catalog) => Box::new(catalog),
+            None => return Ok(None),
+        },
+    };
+    Ok(catalog.meta()?.map(|meta| (catalog, meta)))
+}
+
 /// What the project's index was built with, without creating anything; `None` when it was
 /// never built.
 pub fn read_meta(backend: &Backend, layout: &IndexLayout) -> Result<Option<Meta>, IndexError> {
     match backend {
         Backend::Embedded => Ok(Meta::read(layout)),
-        Backend::Server(config) => match QdrantCatalog::existing(config, &layout.project())? {
-            Some(catalog) => catalog.meta(),
-            None => Ok(None),
-        },
+        Backend::Server(_) => Ok(open_built(backend, layout)?.map(|(_, meta)| meta)),
     }
 }
 

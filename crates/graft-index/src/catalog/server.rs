@@ -138,6 +138,7 @@ impl QdrantCatalog {
     /// The project's catalog if its collection exists (nothing is created).
     pub fn existing(config: &ServerConfig, project: &str) -> Result<Option<QdrantCatalog>, IndexError> {
         let connection = Connection::new(config, collection(config, project))?;
+        connection.check_version()?;
         if !connection.exists()? {
             return Ok(None);
         }
