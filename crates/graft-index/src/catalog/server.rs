@@ -172,24 +172,8 @@ impl QdrantCatalog {
 
     /// `kind` records visible at the committed generation, and `more`.
     fn visible(&self, kind: &str, more: impl IntoIterator<Item = Condition>) -> Filter {
-        let g = self.generation() as f64;
-        let mut must = vec![
-            Condition::matches("kind", MatchValue::Keyword(kind.to_owned())),
-            Condition::range(
-                "from",
-                Range {
-                    lte: Some(g),
-                    ..Default::default()
-                },
-            ),
-            Condition::range(
-                "until",
-                Range {
-                    gt: Some(g),
-                    ..Default::default()
-                },
-            ),
-        ];
+        let mut must = vec![Condition::matches("kind", MatchValue::Keyword(kind.to_owned()))];
+        must.extend(visible_at(self.generation()));
         must.extend(more);
         Filter::must(must)
     }
@@ -320,6 +304,27 @@ fn record<T: DeserializeOwned>(payload: HashMap<String, qdrant_client::qdrant::V
     Payload::from(payload)
         .deserialize()
         .map_err(|e| IndexError::Catalog(format!("an unreadable record in the Qdrant catalog: {e}")))
+}
+
+/// A record is visible at generation `g` when `from <= g < until`.
+fn visible_at(g: i64) -> [Condition; 2] {
+    let g = g as f64;
+    [
+        Condition::range(
+            "from",
+            Range {
+                lte: Some(g),
+                ..Default::default()
+            },
+        ),
+        Condition::range(
+            "until",
+            Range {
+                gt: Some(g),
+                ..Default::default()
+            },
+        ),
+    ]
 }
 
 /// A record's point id: a hash of what it is and the generation it was written for.
@@ -621,23 +626,9 @@ impl CatalogWriter for QdrantWriter<'_> {
         for paths in self.removed.chunks(PATHS_PER_REQUEST) {
             let mut until = Payload::new();
             until.insert("until", new);
-            let filter = Filter::must([
-                Condition::matches("path", paths.to_vec()),
-                Condition::range(
-                    "from",
-                    Range {
-                        lte: Some(g),
-                        ..Default::default()
-                    },
-                ),
-                Condition::range(
-                    "until",
-                    Range {
-                        gt: Some(g),
-                        ..Default::default()
-                    },
-                ),
-            ]);
+            let mut must = vec![Condition::matches("path", paths.to_vec())];
+            must.extend(visible_at(old));
+            let filter = Filter::must(must);
             catalog.set_payload(until, filter)?;
         }
 
