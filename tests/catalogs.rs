@@ -267,3 +267,29 @@ fn what_a_killed_run_wrote_is_never_seen_and_the_next_run_clears_it() {
     run(&catalog, &[], &[]);
     assert_eq!(node.count(collection), Some(3));
 }
+
+#[test]
+#[ignore = "needs the Qdrant server binary: GRAFT_TEST_QDRANT_BIN (scripts/test sets it from ../shared/tools/qdrant)"]
+fn a_server_with_an_api_key_serves_graft_with_it_and_refuses_it_without() {
+    let bin = qdrant::binary().unwrap_or_else(|why| panic!("{why}"));
+    let node = qdrant::Node::single_with_api_key(&bin, "s3cret-key");
+    let mut config = server_config(&node);
+    let refused = QdrantCatalog::open(&config, "keyed").err().expect("no key, no catalog");
+    let message = refused.to_string();
+    assert!(message.starts_with(&format!("Qdrant at {}", node.grpc_url())), "{message}");
+    assert!(message.to_lowercase().contains("api key"), "{message}");
+    config.api_key = Some("wrong".into());
+    assert!(QdrantCatalog::open(&config, "keyed").is_err(), "a wrong key is refused");
+
+    config.api_key = Some("s3cret-key".into());
+    let catalog = QdrantCatalog::open(&config, "keyed").expect("the key opens it");
+    let chunks = chunk_and_define("k.py", "def keyed():\n    return 1\n", &ChunkOptions::default()).0;
+    let file = File {
+        path: "k.py".into(),
+        hash: "h".into(),
+        chunks: chunks.into_iter().map(|c| (7, c)).collect(),
+        symbols: Vec::new(),
+    };
+    run(&catalog, &[], &[&file]);
+    assert_eq!(catalog.keyword_search("keyed", 5).unwrap()[0].id, 7);
+}

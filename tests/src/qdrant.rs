@@ -37,6 +37,8 @@ pub struct Node {
     p2p_port: u16,
     /// Cluster nodes: the `--uri` this node announces, and the peer it joins through.
     cluster: Option<(String, Option<String>)>,
+    /// The API key clients must send (`QDRANT__SERVICE__API_KEY`), if any.
+    api_key: Option<String>,
     child: Option<Child>,
 }
 
@@ -44,6 +46,14 @@ impl Node {
     /// A single node, started and ready.
     pub fn single(bin: &Path) -> Node {
         let mut node = Node::new(bin, false, None);
+        node.start();
+        node
+    }
+
+    /// A single node that refuses clients without `api_key`, started and ready.
+    pub fn single_with_api_key(bin: &Path, api_key: &str) -> Node {
+        let mut node = Node::new(bin, false, None);
+        node.api_key = Some(api_key.to_owned());
         node.start();
         node
     }
@@ -58,6 +68,7 @@ impl Node {
             grpc_port,
             p2p_port,
             cluster: cluster.then_some((uri, bootstrap)),
+            api_key: None,
             child: None,
         }
     }
@@ -88,6 +99,9 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("Qdrant's log file"))
             .stderr(log);
+        if let Some(key) = &self.api_key {
+            command.env("QDRANT__SERVICE__API_KEY", key);
+        }
         if let Some((uri, bootstrap)) = &self.cluster {
             command
                 .env("QDRANT__CLUSTER__ENABLED", "true")
