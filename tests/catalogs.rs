@@ -293,3 +293,20 @@ fn a_server_with_an_api_key_serves_graft_with_it_and_refuses_it_without() {
     run(&catalog, &[], &[&file]);
     assert_eq!(catalog.keyword_search("keyed", 5).unwrap()[0].id, 7);
 }
+
+#[test]
+#[ignore = "needs the Qdrant server binary: GRAFT_TEST_QDRANT_BIN (scripts/test sets it from ../shared/tools/qdrant)"]
+fn one_indexing_run_claims_the_catalog_at_a_time() {
+    let node = qdrant::Node::single(&qdrant::binary().unwrap_or_else(|why| panic!("{why}")));
+    let catalog = QdrantCatalog::open(&server_config(&node), "claimed").unwrap();
+    // Another replica, with its own connection.
+    let other = QdrantCatalog::open(&server_config(&node), "claimed").unwrap();
+    catalog.claim("run A").unwrap();
+    catalog.claim("run A").expect("a run renews its own claim");
+    let refused = other.claim("run B").unwrap_err().to_string();
+    assert!(refused.contains("another graft (run A) is indexing this project"), "{refused}");
+    other.release("run B").unwrap();
+    assert!(other.claim("run B").is_err(), "releasing someone else's claim does nothing");
+    catalog.release("run A").unwrap();
+    other.claim("run B").expect("a released claim is free");
+}

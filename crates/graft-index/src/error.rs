@@ -26,6 +26,11 @@ pub enum IndexError {
     #[error("another `graft index` run is updating this index; wait for it to finish")]
     Busy,
     #[error(
+        "another graft ({holder}) is indexing this project on the Qdrant server; wait for it to finish \
+         (a killed run's claim lapses {minutes} minutes after its last sign of life)"
+    )]
+    Claimed { holder: String, minutes: u64 },
+    #[error(
         "the index {} is open in another process, most likely a running graft server: search or \
          re-index it through that server (POST /v1/projects/<name>/search or /reindex), or stop it first",
         dir.display()

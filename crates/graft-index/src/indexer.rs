@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::catalog;
+use crate::catalog::{self, Catalog};
 use crate::chunker::{chunk_and_define, Chunk, ChunkOptions};
 use crate::embed::Embedder;
 use crate::error::IndexError;
@@ -162,6 +162,7 @@ pub fn index_repository(
     progress.walked(report.files_seen);
 
     let catalog = catalog::open(&options.backend, layout)?;
+    let claim = Claim::take(catalog.as_ref())?;
     let store = vectors::open(&options.backend, layout, &layout.project(), embedder.dims())?;
     let old_files = catalog.files()?;
 
@@ -203,11 +204,12 @@ pub fn index_repository(
         .collect();
     progress.embedding(to_embed.len());
     seconds.vectors += watch.lap();
-    report.embeddings += embed_and_store(&to_embed, embedder, store.as_ref(), progress, &mut seconds)?;
+    report.embeddings += embed_and_store(&to_embed, embedder, store.as_ref(), &claim, progress, &mut seconds)?;
     watch.lap(); // embed_and_store timed its own work
 
     // 2. The catalog switches to the new state in one commit.
     if !changed_files.is_empty() || !removed.is_empty() {
+        claim.renew()?;
         let mut writer = catalog.writer(options.threads.max(1))?;
         for path in removed.iter().copied().chain(changed_files.iter().map(|(p, _)| p)) {
             writer.remove_file(path)?;
@@ -244,7 +246,7 @@ pub fn index_repository(
         }
         progress.embedding(repair.len());
         seconds.catalog += watch.lap();
-        report.embeddings += embed_and_store(&repair, embedder, store.as_ref(), progress, &mut seconds)?;
+        report.embeddings += embed_and_store(&repair, embedder, store.as_ref(), &claim, progress, &mut seconds)?;
         watch.lap(); // embed_and_store timed its own work
     }
     store.flush()?;
@@ -256,6 +258,40 @@ pub fn index_repository(
     seconds.total = report.elapsed.as_secs_f64();
     report.seconds = seconds;
     Ok(report)
+}
+
+/// This run's claim on the catalog (see [`Catalog::claim`]), renewed while it works and given
+/// up when it ends, however it ends.
+struct Claim<'a> {
+    catalog: &'a dyn Catalog,
+    holder: String,
+}
+
+impl<'a> Claim<'a> {
+    fn take(catalog: &'a dyn Catalog) -> Result<Claim<'a>, IndexError> {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map_or_else(|| "unknown host".to_owned(), |h| h.trim().to_owned());
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let holder = format!("`graft index` on {host}, process {}, run {since:x}", std::process::id());
+        catalog.claim(&holder)?;
+        Ok(Claim { catalog, holder })
+    }
+
+    fn renew(&self) -> Result<(), IndexError> {
+        self.catalog.claim(&self.holder)
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.catalog.release(&self.holder) {
+            tracing::warn!("could not give up the index's claim (it lapses by itself): {e}");
+        }
+    }
 }
 
 /// Seconds since the previous lap.
@@ -275,10 +311,12 @@ fn embed_and_store(
     items: &[(u64, String)],
     embedder: &Embedder,
     store: &dyn vectors::VectorStore,
+    claim: &Claim,
     progress: &dyn IndexProgress,
     seconds: &mut PhaseSeconds,
 ) -> Result<usize, IndexError> {
     for step in items.chunks(EMBED_STEP) {
+        claim.renew()?;
         let texts: Vec<String> = step.iter().map(|(_, t)| t.clone()).collect();
         let started = Instant::now();
         let vectors = embedder.embed(&texts)?;

@@ -269,7 +269,7 @@ impl Projects {
             }
             // Held by another process, or of an older layout (`graft up` rebuilds it in the
             // background): no retrieved code until then; the error says which.
-            Err(e @ (IndexError::InUse { .. } | IndexError::Busy | IndexError::Outdated { .. })) => {
+            Err(e @ (IndexError::InUse { .. } | IndexError::Busy | IndexError::Claimed { .. } | IndexError::Outdated { .. })) => {
                 tracing::warn!(project = project.name(), error = %e, "index not usable now: served without retrieval");
                 return Ok(None);
             }

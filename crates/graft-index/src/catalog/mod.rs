@@ -90,6 +90,16 @@ pub trait Catalog: Send + Sync {
     fn meta(&self) -> Result<Option<Meta>, IndexError>;
     /// Records what the index was built with (after a run).
     fn write_meta(&self, meta: &Meta) -> Result<(), IndexError>;
+    /// Claims the catalog for `holder`'s indexing run, or renews its claim; fails with
+    /// [`IndexError::Claimed`] while another run's claim lasts. A catalog shared on a server
+    /// needs this; one in an index folder is claimed by the folder's lock instead.
+    fn claim(&self, _holder: &str) -> Result<(), IndexError> {
+        Ok(())
+    }
+    /// Gives `holder`'s claim up (another's is left alone).
+    fn release(&self, _holder: &str) -> Result<(), IndexError> {
+        Ok(())
+    }
     /// Starts a batch of changes; nothing is visible until [`CatalogWriter::commit`].
     fn writer(&self, threads: usize) -> Result<Box<dyn CatalogWriter + '_>, IndexError>;
 }

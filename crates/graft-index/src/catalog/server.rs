@@ -92,6 +92,23 @@ struct SymbolRecord {
     chunk: u64,
 }
 
+/// An indexing run's claim on the catalog: who, and until when (Unix seconds) unless renewed.
+#[derive(Serialize, Deserialize)]
+struct Claim {
+    holder: String,
+    expires: u64,
+}
+
+/// How long a claim lasts without renewal (an indexing run renews it after every batch it
+/// embeds, a few seconds apart).
+const CLAIM_MINUTES: u64 = 10;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[derive(Serialize, Deserialize, Default)]
 struct MetaRecord {
     #[serde(default)]
@@ -100,6 +117,8 @@ struct MetaRecord {
     lengths: Option<AverageLengths>,
     #[serde(default)]
     built: Option<Meta>,
+    #[serde(default)]
+    claim: Option<Claim>,
 }
 
 /// A project's catalog on a Qdrant server.
@@ -476,6 +495,39 @@ impl Catalog for QdrantCatalog {
         let built = serde_json::to_value(meta).map_err(|e| IndexError::Invalid(e.to_string()))?;
         payload.insert("built", built);
         self.set_meta(payload)
+    }
+
+    fn claim(&self, holder: &str) -> Result<(), IndexError> {
+        let now = unix_now();
+        // Best effort: Qdrant has no compare-and-set, so two runs that start within the same
+        // moment could both pass; runs that start apart cannot.
+        if let Some(claim) = self.read_meta()?.and_then(|m| m.claim) {
+            if claim.holder != holder && claim.expires > now {
+                return Err(IndexError::Claimed {
+                    holder: claim.holder,
+                    minutes: CLAIM_MINUTES,
+                });
+            }
+        }
+        let claim = Claim {
+            holder: holder.to_owned(),
+            expires: now + CLAIM_MINUTES * 60,
+        };
+        let mut payload = Payload::new();
+        payload.insert(
+            "claim",
+            serde_json::to_value(claim).map_err(|e| IndexError::Invalid(e.to_string()))?,
+        );
+        self.set_meta(payload)
+    }
+
+    fn release(&self, holder: &str) -> Result<(), IndexError> {
+        if self.read_meta()?.and_then(|m| m.claim).is_some_and(|c| c.holder == holder) {
+            let mut payload = Payload::new();
+            payload.insert("claim", serde_json::Value::Null);
+            self.set_meta(payload)?;
+        }
+        Ok(())
     }
 
     fn writer(&self, _threads: usize) -> Result<Box<dyn CatalogWriter + '_>, IndexError> {

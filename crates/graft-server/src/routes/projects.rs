@@ -40,7 +40,7 @@ pub async fn reindex(State(state): State<AppState>, _admin: Admin, Path(name): P
     let report = state.projects().reindex(&project).await.map_err(|e| {
         let message = format!("Re-indexing `{name}` failed: {e}");
         match e {
-            ReindexError::Running | ReindexError::Index(IndexError::Busy | IndexError::InUse { .. }) => {
+            ReindexError::Running | ReindexError::Index(IndexError::Busy | IndexError::Claimed { .. } | IndexError::InUse { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, message)
             }
             ReindexError::Index(_) => ApiError::internal("re-index failed", &message),
