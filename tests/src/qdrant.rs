@@ -128,6 +128,16 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        // REST can answer ready a moment before the gRPC port (graft's) listens.
+        while std::net::TcpStream::connect(("127.0.0.1", self.grpc_port)).is_err() {
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "Qdrant's gRPC port {} did not open in {START_TIMEOUT:?}:\n{}",
+                self.grpc_port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Kills the process as a crash would (SIGKILL) and waits for it to go.
