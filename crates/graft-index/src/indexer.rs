@@ -276,7 +276,7 @@ impl<'a> Claim<'a> {
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let holder = format!("`graft index` on {host}, process {}, run {since:x}", std::process::id());
+        let holder = format!("a run on {host}, process {}, started {since:x}", std::process::id());
         catalog.claim(&holder)?;
         Ok(Claim { catalog, holder })
     }
