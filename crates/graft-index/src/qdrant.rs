@@ -11,10 +11,12 @@
 use std::future::Future;
 
 use qdrant_client::qdrant::point_id::PointIdOptions;
-use qdrant_client::qdrant::PointId;
+use qdrant_client::qdrant::with_payload_selector::SelectorOptions;
+use qdrant_client::qdrant::{CreateCollectionBuilder, Filter, PayloadIncludeSelector, PointId, RetrievedPoint, ScrollPointsBuilder};
 use qdrant_client::Qdrant;
 
 use crate::error::IndexError;
+use crate::vectors::SCROLL_PAGE;
 
 /// How long one request may take: creating a collection on a cluster waits for its consensus
 /// and its replicas, and a batch of points for every copy to apply it (qdrant-client's
@@ -33,6 +35,19 @@ pub struct ServerConfig {
     pub shards: Option<u32>,
     /// Copies of each shard of a new collection on a cluster (Qdrant's default when `None`).
     pub replication_factor: Option<u32>,
+}
+
+impl ServerConfig {
+    /// `request` with the configured shards and copies (Qdrant's defaults where unset).
+    pub(crate) fn spread(&self, mut request: CreateCollectionBuilder) -> CreateCollectionBuilder {
+        if let Some(shards) = self.shards {
+            request = request.shard_number(shards);
+        }
+        if let Some(replicas) = self.replication_factor {
+            request = request.replication_factor(replicas);
+        }
+        request
+    }
 }
 
 /// A client of one server, for one collection.
@@ -79,6 +94,42 @@ impl Connection {
         rx.recv()
             .map_err(|_| IndexError::Qdrant("the Qdrant client stopped".into()))?
             .map_err(|e| IndexError::Qdrant(format!("Qdrant at {}, collection {}: {}", self.url, self.collection, reason(&e))))
+    }
+
+    /// Every point `filter` matches (all, without one), at most `limit`, a page per request,
+    /// with the payload fields `fields` (none when empty) and no vectors.
+    pub(crate) fn scroll(&self, filter: Option<Filter>, fields: &[&str], limit: Option<usize>) -> Result<Vec<RetrievedPoint>, IndexError> {
+        let mut out = Vec::new();
+        let mut offset: Option<PointId> = None;
+        let fields: Vec<String> = fields.iter().map(|f| (*f).to_owned()).collect();
+        loop {
+            let page_size = limit.map_or(SCROLL_PAGE, |l| (l - out.len()).min(SCROLL_PAGE)) as u32;
+            let (client, name) = (self.client.clone(), self.collection.clone());
+            let (filter, fields, page_offset) = (filter.clone(), fields.clone(), offset.take());
+            let page = self.run(async move {
+                let payload = if fields.is_empty() {
+                    SelectorOptions::Enable(false)
+                } else {
+                    SelectorOptions::from(PayloadIncludeSelector { fields })
+                };
+                let mut request = ScrollPointsBuilder::new(name)
+                    .limit(page_size)
+                    .with_payload(payload)
+                    .with_vectors(false);
+                if let Some(filter) = filter {
+                    request = request.filter(filter);
+                }
+                if let Some(o) = page_offset {
+                    request = request.offset(o);
+                }
+                client.scroll(request).await
+            })?;
+            out.extend(page.result);
+            match page.next_page_offset {
+                Some(next) if limit.is_none_or(|l| out.len() < l) => offset = Some(next),
+                _ => return Ok(out),
+            }
+        }
     }
 
     /// Whether the collection exists.

@@ -28,9 +28,8 @@ use qdrant_client::qdrant::r#match::MatchValue;
 use qdrant_client::qdrant::with_payload_selector::SelectorOptions;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder, FieldType, Filter,
-    GetPointsBuilder, Modifier, NamedVectors, PayloadIncludeSelector, PointId, PointStruct, QueryPointsBuilder, Range, RetrievedPoint,
-    ScrollPointsBuilder, SetPayloadPointsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector,
-    VectorInput,
+    GetPointsBuilder, Modifier, NamedVectors, PayloadIncludeSelector, PointId, PointStruct, QueryPointsBuilder, Range,
+    SetPayloadPointsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector, VectorInput,
 };
 use qdrant_client::Payload;
 use serde::de::DeserializeOwned;
@@ -56,8 +55,6 @@ const LIVE: i64 = 1 << 53;
 const WRITE_BATCH: usize = 256;
 /// Paths per "mark these files' records removed" request.
 const PATHS_PER_REQUEST: usize = 512;
-/// Points per page when reading many.
-const SCROLL_PAGE: u32 = 10_000;
 
 const KIND_CHUNK: &str = "chunk";
 const KIND_FILE: &str = "file";
@@ -73,6 +70,12 @@ struct ChunkRecord {
     end_line: usize,
     symbol: String,
     text: String,
+}
+
+/// A chunk record read for its chunk id alone.
+#[derive(Deserialize)]
+struct ChunkId {
+    chunk: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -141,25 +144,25 @@ impl QdrantCatalog {
     /// Connects, and creates the collection (the configured shards and replicas, payload
     /// indexes, the meta point) if it does not exist.
     pub fn open(config: &ServerConfig, project: &str) -> Result<QdrantCatalog, IndexError> {
-        let connection = Connection::new(config, collection(config, project))?;
-        connection.check_version()?;
-        if !connection.exists()? {
-            create(&connection, config)?;
-        }
-        let catalog = QdrantCatalog {
-            connection,
-            generation: AtomicI64::new(0),
-        };
-        catalog.reload()?;
-        Ok(catalog)
+        let catalog = QdrantCatalog::connect(config, project, true)?;
+        catalog.ok_or_else(|| IndexError::Invalid("the Qdrant catalog's collection was not created".into()))
     }
 
     /// The project's catalog if its collection exists (nothing is created).
     pub fn existing(config: &ServerConfig, project: &str) -> Result<Option<QdrantCatalog>, IndexError> {
+        QdrantCatalog::connect(config, project, false)
+    }
+
+    /// Connects and reads the committed generation; a missing collection is created when
+    /// `create`, else `None`.
+    fn connect(config: &ServerConfig, project: &str, create: bool) -> Result<Option<QdrantCatalog>, IndexError> {
         let connection = Connection::new(config, collection(config, project))?;
         connection.check_version()?;
         if !connection.exists()? {
-            return Ok(None);
+            if !create {
+                return Ok(None);
+            }
+            create_collection(&connection, config)?;
         }
         let catalog = QdrantCatalog {
             connection,
@@ -195,34 +198,6 @@ impl QdrantCatalog {
         must.extend(visible_at(self.generation()));
         must.extend(more);
         Filter::must(must)
-    }
-
-    /// Every point `filter` matches (at most `limit`), with the payload fields `fields`.
-    fn scroll(&self, filter: Filter, fields: &[&str], limit: Option<usize>) -> Result<Vec<RetrievedPoint>, IndexError> {
-        let mut out = Vec::new();
-        let mut offset: Option<PointId> = None;
-        let fields: Vec<String> = fields.iter().map(|f| (*f).to_owned()).collect();
-        loop {
-            let page_size = limit.map_or(SCROLL_PAGE, |l| (l - out.len()).min(SCROLL_PAGE as usize) as u32);
-            let (client, name) = (self.connection.client.clone(), self.connection.collection.clone());
-            let (filter, fields, page_offset) = (filter.clone(), fields.clone(), offset.take());
-            let page = self.connection.run(async move {
-                let mut request = ScrollPointsBuilder::new(name)
-                    .filter(filter)
-                    .limit(page_size)
-                    .with_payload(SelectorOptions::from(PayloadIncludeSelector { fields }))
-                    .with_vectors(false);
-                if let Some(o) = page_offset {
-                    request = request.offset(o);
-                }
-                client.scroll(request).await
-            })?;
-            out.extend(page.result);
-            match page.next_page_offset {
-                Some(next) if limit.is_none_or(|l| out.len() < l) => offset = Some(next),
-                _ => return Ok(out),
-            }
-        }
     }
 
     /// Writes points, a batch per request.
@@ -264,17 +239,11 @@ impl QdrantCatalog {
 
 /// Creates the collection: the sparse vector with Qdrant's IDF, keyword and integer indexes on
 /// the fields filters use, and the meta point at generation 0.
-fn create(connection: &Connection, config: &ServerConfig) -> Result<(), IndexError> {
+fn create_collection(connection: &Connection, config: &ServerConfig) -> Result<(), IndexError> {
     let (client, name) = (connection.client.clone(), connection.collection.clone());
     let mut sparse = SparseVectorsConfigBuilder::default();
     sparse.add_named_vector_params(SPARSE, SparseVectorParamsBuilder::default().modifier(Modifier::Idf));
-    let mut request = CreateCollectionBuilder::new(&name).sparse_vectors_config(sparse);
-    if let Some(shards) = config.shards {
-        request = request.shard_number(shards);
-    }
-    if let Some(replicas) = config.replication_factor {
-        request = request.replication_factor(replicas);
-    }
+    let request = config.spread(CreateCollectionBuilder::new(&name).sparse_vectors_config(sparse));
     let indexes = [
         ("kind", FieldType::Keyword),
         ("path", FieldType::Keyword),
@@ -370,20 +339,18 @@ impl Catalog for QdrantCatalog {
     }
 
     fn files(&self) -> Result<HashMap<String, String>, IndexError> {
-        self.scroll(self.visible(KIND_FILE, []), &["path", "hash"], None)?
+        self.connection
+            .scroll(Some(self.visible(KIND_FILE, [])), &["path", "hash"], None)?
             .into_iter()
             .map(|p| record::<FileRecord>(p.payload).map(|f| (f.path, f.hash)))
             .collect()
     }
 
     fn chunk_ids(&self) -> Result<HashSet<u64>, IndexError> {
-        #[derive(Deserialize)]
-        struct Id {
-            chunk: u64,
-        }
-        self.scroll(self.visible(KIND_CHUNK, []), &["chunk"], None)?
+        self.connection
+            .scroll(Some(self.visible(KIND_CHUNK, [])), &["chunk"], None)?
             .into_iter()
-            .map(|p| record::<Id>(p.payload).map(|r| r.chunk))
+            .map(|p| record::<ChunkId>(p.payload).map(|r| r.chunk))
             .collect()
     }
 
@@ -423,16 +390,12 @@ impl Catalog for QdrantCatalog {
                 )
                 .await
         })?;
-        #[derive(Deserialize)]
-        struct Id {
-            chunk: u64,
-        }
         response
             .result
             .into_iter()
             .map(|p| {
                 let score = p.score;
-                record::<Id>(p.payload).map(|r| Ranked { id: r.chunk, score })
+                record::<ChunkId>(p.payload).map(|r| Ranked { id: r.chunk, score })
             })
             .collect()
     }
@@ -445,7 +408,7 @@ impl Catalog for QdrantCatalog {
         let filter = self.visible(KIND_CHUNK, [Condition::matches("chunk", wanted)]);
         let fields = ["chunk", "path", "language", "start_line", "end_line", "symbol", "text"];
         let mut out = HashMap::with_capacity(ids.len());
-        for point in self.scroll(filter, &fields, Some(ids.len()))? {
+        for point in self.connection.scroll(Some(filter), &fields, Some(ids.len()))? {
             let c: ChunkRecord = record(point.payload)?;
             out.insert(
                 c.chunk,
@@ -470,7 +433,8 @@ impl Catalog for QdrantCatalog {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let filter = self.visible(KIND_SYMBOL, [Condition::matches("name", names)]);
         let fields = ["name", "def_kind", "scope", "path", "start_line", "end_line", "chunk"];
-        self.scroll(filter, &fields, Some(limit))?
+        self.connection
+            .scroll(Some(filter), &fields, Some(limit))?
             .into_iter()
             .map(|p| {
                 record::<SymbolRecord>(p.payload).map(|s| StoredSymbol {
@@ -531,8 +495,8 @@ impl Catalog for QdrantCatalog {
     }
 
     fn writer(&self, _threads: usize) -> Result<Box<dyn CatalogWriter + '_>, IndexError> {
-        self.reload()?;
         let meta = self.read_meta()?;
+        self.generation.store(meta.as_ref().map_or(0, |m| m.generation), Ordering::Release);
         if meta.is_none() {
             // A collection whose creation was cut short before its meta point.
             self.upsert(vec![PointStruct::new(

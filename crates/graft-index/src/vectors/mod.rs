@@ -20,8 +20,8 @@ pub use crate::qdrant::ServerConfig;
 pub use edge::EdgeStore;
 pub use server::ServerStore;
 
-/// Points per page when listing ids.
-const SCROLL_PAGE: usize = 10_000;
+/// Points per page when listing ids (and reading many points from a Qdrant server).
+pub(crate) const SCROLL_PAGE: usize = 10_000;
 
 /// Storage and nearest-neighbour search of chunk embeddings (cosine similarity).
 pub trait VectorStore: Send + Sync {

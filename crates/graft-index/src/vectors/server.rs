@@ -6,12 +6,12 @@
 use std::collections::HashSet;
 
 use qdrant_client::qdrant::{
-    CreateCollectionBuilder, DeletePointsBuilder, Distance, PointId, PointStruct, PointsIdsList, QueryPointsBuilder, ScrollPointsBuilder,
-    UpsertPointsBuilder, VectorParamsBuilder,
+    CreateCollectionBuilder, DeletePointsBuilder, Distance, PointId, PointStruct, PointsIdsList, QueryPointsBuilder, UpsertPointsBuilder,
+    VectorParamsBuilder,
 };
 use qdrant_client::Payload;
 
-use super::{VectorStore, SCROLL_PAGE};
+use super::VectorStore;
 use crate::error::IndexError;
 use crate::fusion::Ranked;
 use crate::qdrant::{num_id, Connection, ServerConfig};
@@ -28,13 +28,8 @@ impl ServerStore {
         let connection = Connection::new(config, collection(config, project))?;
         connection.check_version()?;
         let (client, name) = (connection.client.clone(), connection.collection.clone());
-        let mut create = CreateCollectionBuilder::new(&name).vectors_config(VectorParamsBuilder::new(dims as u64, Distance::Cosine));
-        if let Some(shards) = config.shards {
-            create = create.shard_number(shards);
-        }
-        if let Some(replicas) = config.replication_factor {
-            create = create.replication_factor(replicas);
-        }
+        let create =
+            config.spread(CreateCollectionBuilder::new(&name).vectors_config(VectorParamsBuilder::new(dims as u64, Distance::Cosine)));
         connection.run(async move {
             if !client.collection_exists(&name).await? {
                 client.create_collection(create).await?;
@@ -86,27 +81,12 @@ impl VectorStore for ServerStore {
     }
 
     fn ids(&self) -> Result<HashSet<u64>, IndexError> {
-        let mut ids = HashSet::new();
-        let mut offset: Option<PointId> = None;
-        loop {
-            let (client, name) = (self.connection.client.clone(), self.connection.collection.clone());
-            let page_offset = offset.take();
-            let page = self.connection.run(async move {
-                let mut request = ScrollPointsBuilder::new(name)
-                    .limit(SCROLL_PAGE as u32)
-                    .with_payload(false)
-                    .with_vectors(false);
-                if let Some(o) = page_offset {
-                    request = request.offset(o);
-                }
-                client.scroll(request).await
-            })?;
-            ids.extend(page.result.iter().filter_map(|p| num_id(p.id.as_ref())));
-            match page.next_page_offset {
-                Some(next) => offset = Some(next),
-                None => return Ok(ids),
-            }
-        }
+        Ok(self
+            .connection
+            .scroll(None, &[], None)?
+            .iter()
+            .filter_map(|p| num_id(p.id.as_ref()))
+            .collect())
     }
 
     fn search(&self, vector: &[f32], limit: usize) -> Result<Vec<Ranked>, IndexError> {
