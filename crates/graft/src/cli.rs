@@ -515,6 +515,14 @@ pub struct BenchEngineArgs {
     /// Repetitions of each measurement (the median is printed).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Prompt lengths, in tokens, at which the first token of a cold prompt is timed on the
+    /// base and on an adapter (none: not timed).
+    #[arg(long, value_delimiter = ',', default_value = "512,1500")]
+    pub lengths: Vec<usize>,
+    /// Source code those prompts are cut from; by default a file of candle's, vendored in
+    /// this repository: real code nobody here wrote.
+    #[arg(long, default_value = "vendor/candle-core/src/tensor.rs")]
+    pub prompt_file: PathBuf,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,

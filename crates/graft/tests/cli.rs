@@ -1022,11 +1022,39 @@ fn the_gpu_check_runs_dry_on_the_cpu() {
         assert_eq!(figures["steps"][step]["exit"], 0, "{step}: {figures}");
     }
     assert!(figures["engine"]["decode_base_tok_s"].as_f64().unwrap() > 0.0, "{figures}");
+    // The first token of a cold prompt at each of the dry run's two lengths, base and adapter.
+    let first = figures["engine"]["first_token"].as_array().unwrap();
+    assert_eq!(
+        first.iter().map(|row| row["prompt_tokens"].as_u64().unwrap()).collect::<Vec<_>>(),
+        [128, 256]
+    );
+    assert!(
+        first
+            .iter()
+            .all(|row| row["base_ms"].as_f64().unwrap() > 0.0 && row["adapter_ms"].as_f64().unwrap() > 0.0),
+        "{figures}"
+    );
     assert!(figures["train"]["training_tokens_per_second"].as_f64().unwrap() > 0.0, "{figures}");
     let phases = figures["load"]["phases"].as_array().unwrap();
     assert_eq!(phases.len(), 1, "--no-retrieval runs one phase: {figures}");
     assert!(phases[0]["requests"].as_u64().unwrap() > 0, "{figures}");
     assert_eq!(phases[0]["errors"], 0, "{figures}");
+    // Few files come back from a device call: the figures, the log, and the rest packed.
+    let log = std::fs::read_to_string(out.path().join("gpu-check.log")).unwrap();
+    assert!(log.contains("engine: exit 0") && log.contains("train: exit 0"), "{log}");
+    let packed = Command::new("tar")
+        .arg("-tzf")
+        .arg(out.path().join("gpu-check-files.tar.gz"))
+        .output()
+        .unwrap();
+    let packed = String::from_utf8_lossy(&packed.stdout);
+    assert!(
+        ["engine.json", "engine.log", "api.json", "load.json", "train.log"]
+            .iter()
+            .all(|f| packed.contains(f)),
+        "{packed}"
+    );
+    assert!(std::fs::read_dir(out.path()).unwrap().count() <= 8);
     let left: Vec<_> = std::fs::read_dir(repo_root().join("config"))
         .unwrap()
         .flatten()

@@ -3,21 +3,22 @@
 //! Prints: base model load time; cold adapter activation (validate + merge + load) and warm
 //! activation (merge found in the cache); decode speed on the base and on an adapter; resident
 //! memory added per loaded adapter (measured across warm loads, so merging's working memory is
-//! not counted); and graft's overhead over calling mistralrs directly with
+//! not counted); the first token of a cold prompt at a few lengths on the base and on an
+//! adapter; and graft's overhead over calling mistralrs directly with
 //! the same prompt, through the pool and through HTTP. The adapters are synthetic (generated
 //! from fixed seeds, rank and targets as given), merged into a scratch cache.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use graft_engine::adapter::PROJECTIONS;
 use graft_engine::merge::BaseGguf;
 use graft_engine::pool::AdapterStore;
 use graft_engine::synthetic::SyntheticAdapter;
-use graft_engine::{ChatMessage, ChatRequest, Engine, Pool, PoolLimits, Role, Sampling, StreamEvent};
+use graft_engine::{ChatMessage, ChatRequest, CompletionRequest, Engine, Pool, PoolLimits, Prompt, Role, Sampling, StreamEvent};
 use graft_kit::Kit;
 use graft_server::projects::Projects;
 use graft_server::{AppState, ServerParts};
@@ -36,6 +37,9 @@ pub fn run(args: BenchEngineArgs) -> Result<()> {
     let gguf = graft_wiring::base_gguf(&config)?;
     if args.adapters == 0 || args.reps == 0 || args.max_tokens == 0 {
         bail!("--adapters, --reps and --max-tokens must be at least 1");
+    }
+    if let Some(short) = args.lengths.iter().find(|&&n| n < 16) {
+        bail!("a prompt of {short} tokens is too short to time; give --lengths of at least 16");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let figures = runtime.block_on(measure(&config, gguf, &args))?;
@@ -76,6 +80,14 @@ pub fn run(args: BenchEngineArgs) -> Result<()> {
         f["decode_adapter_tok_s"].as_f64().unwrap_or(0.0),
         f["ttft_adapter_ms"].as_f64().unwrap_or(0.0)
     );
+    for row in f["first_token"].as_array().into_iter().flatten() {
+        println!(
+            "  first token, {:>5} tokens   {:>9.0} ms base, {:.0} ms adapter  (cold prompt)",
+            row["prompt_tokens"],
+            row["base_ms"].as_f64().unwrap_or(0.0),
+            row["adapter_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
     println!("  same request ({} tokens, greedy), median of {}:", f["overhead_tokens"], args.reps);
     println!("    mistralrs directly        {:>9.1} ms", f["direct_ms"].as_f64().unwrap_or(0.0));
     println!(
@@ -159,6 +171,12 @@ async fn measure(config: &graft_core::Config, gguf: std::path::PathBuf, args: &B
     eprintln!("decoding ...");
     let (base_tok_s, base_ttft) = decode(&pool, &base_name, args).await?;
     let (adapter_tok_s, adapter_ttft) = decode(&pool, "bench-0", args).await?;
+    let first_token = if args.lengths.is_empty() {
+        Vec::new()
+    } else {
+        eprintln!("first tokens of cold prompts ...");
+        first_tokens(&engine, &pool, &base_name, args).await?
+    };
 
     eprintln!("comparing with mistralrs directly ...");
     let overhead_tokens = args.max_tokens.min(32);
@@ -197,6 +215,7 @@ async fn measure(config: &graft_core::Config, gguf: std::path::PathBuf, args: &B
         "decode_adapter_tok_s": adapter_tok_s,
         "ttft_base_ms": base_ttft,
         "ttft_adapter_ms": adapter_ttft,
+        "first_token": first_token,
         "overhead_tokens": overhead_tokens,
         "direct_ms": direct,
         "pool_ms": through_pool,
@@ -237,6 +256,54 @@ async fn decode(pool: &Pool, model: &str, args: &BenchEngineArgs) -> Result<(f64
         ttfts.push((first - started).as_secs_f64() * 1000.0);
     }
     Ok((median(speeds), median(ttfts)))
+}
+
+/// The first token of a cold prompt of each of `--lengths` tokens (median of `--reps`), on the
+/// base and on the adapter `bench-0`: a raw completion of one token whose prompt is a line of
+/// the request's own (so the prompt cache finds nothing to reuse) and then the prompt file's
+/// first tokens.
+async fn first_tokens(engine: &Engine, pool: &Pool, base: &str, args: &BenchEngineArgs) -> Result<Vec<serde_json::Value>> {
+    let path = &args.prompt_file;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the prompt file {} (give --prompt-file FILE)", path.display()))?;
+    let tokens = engine.tokenize(None, &text, false).await?;
+    let longest = args.lengths.iter().copied().max().unwrap_or(0);
+    if tokens.len() < longest {
+        bail!(
+            "{} holds {} tokens, fewer than --lengths asks for ({longest})",
+            path.display(),
+            tokens.len()
+        );
+    }
+    let run = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut rows = Vec::new();
+    for &length in &args.lengths {
+        let mut row = json!({ "prompt_tokens": length });
+        for (key, model) in [("base_ms", base), ("adapter_ms", "bench-0")] {
+            let mut times = Vec::new();
+            for rep in 0..args.reps {
+                let mut prompt = engine
+                    .tokenize(
+                        None,
+                        &format!("// graft bench engine {run:x}: {model}, {length} tokens, {rep}\n"),
+                        false,
+                    )
+                    .await?;
+                let rest = length.saturating_sub(prompt.len());
+                prompt.extend_from_slice(&tokens[..rest]);
+                let request = CompletionRequest {
+                    prompt: Prompt::Tokens(prompt),
+                    sampling: Sampling::greedy(1),
+                };
+                let started = Instant::now();
+                pool.complete(model, request).await?;
+                times.push(super::ms(started.elapsed()));
+            }
+            row[key] = json!(median(times));
+        }
+        rows.push(row);
+    }
+    Ok(rows)
 }
 
 /// graft's HTTP API on an ephemeral loopback port, serving `pool`.
