@@ -5,7 +5,8 @@
 //! generations: what a run killed before its switch wrote is never seen, and the next run
 //! clears it.
 //!
-//! Needs a Qdrant node (`GRAFT_TEST_QDRANT_BIN`, which scripts/test sets); ignored without one.
+//! Needs a Qdrant node (`GRAFT_TEST_QDRANT_BIN`, which scripts/test sets); ignored without one,
+//! except the first test, which checks the tantivy catalog's keyword scores alone.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -109,10 +110,56 @@ fn agree(tantivy: &dyn Catalog, qdrant: &dyn Catalog, names: &[&str], queries: &
     }
     let (first, overlap) = keyword_agreement(tantivy, qdrant, queries);
     eprintln!("keyword search, the whole catalog: the same first result {first:.3}, top-10 overlap {overlap:.3}");
-    // Not 1.0: tantivy's BM25 statistics (document count, average field lengths) count the
-    // catalog's file and symbol records too, Qdrant's IDF the chunks alone; against a tantivy
-    // catalog of chunks alone the two agree (the test below the first run).
-    assert!(first >= 0.9 && overlap >= 0.85, "first {first:.3}, overlap {overlap:.3}");
+    // Not exactly 1.0: tantivy quantises field lengths, and counts removed records in its
+    // statistics until it merges them away.
+    assert!(first >= 0.97 && overlap >= 0.97, "first {first:.3}, overlap {overlap:.3}");
+}
+
+/// The tantivy catalog's BM25 is computed over its chunk records alone: the file and symbol
+/// records beside them (networkx: thousands) change no keyword result's score, which is the
+/// score the same chunks get in a catalog that holds nothing else.
+#[test]
+fn keyword_scores_count_the_chunks_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = TantivyCatalog::open(&IndexLayout::new(dir.path().join("whole"))).unwrap();
+    let chunks_only = TantivyCatalog::open(&IndexLayout::new(dir.path().join("chunks"))).unwrap();
+    let files = files_of(&kit_file("networkx-src"), "");
+    let all: Vec<&File> = files.iter().collect();
+    run(&whole, &[], &all);
+    let symbols: usize = files.iter().map(|f| f.symbols.len()).sum();
+    assert!(symbols > 1000, "{symbols} symbol records");
+    let mut writer = chunks_only.writer(2).unwrap();
+    for (id, chunk) in files.iter().flat_map(|f| &f.chunks) {
+        writer.add_chunk(*id, chunk).unwrap();
+    }
+    writer.commit().unwrap();
+    chunks_only.reload().unwrap();
+
+    let mut found = 0;
+    for query in [
+        "shortest path weight",
+        "graph.add_edge(u, v)",
+        "dijkstra",
+        "is_directed",
+        "nx.Graph()",
+    ] {
+        let a = whole.keyword_search(query, 20).unwrap();
+        let b = chunks_only.keyword_search(query, 20).unwrap();
+        assert_eq!(a.len(), b.len(), "{query}");
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                (x.score - y.score).abs() <= 1e-4 * y.score.abs().max(1.0),
+                "{query}: {x:?} vs {y:?}"
+            );
+        }
+        // The same chunks, but for ties at the cut (which a different record layout may order
+        // differently).
+        let cut = b.last().map_or(0.0, |r| r.score * (1.0 + 1e-4));
+        let above = |r: &[graft_index::fusion::Ranked]| r.iter().filter(|r| r.score > cut).map(|r| r.id).collect::<BTreeSet<_>>();
+        assert_eq!(above(&a), above(&b), "{query}");
+        found += a.len();
+    }
+    assert!(found > 50, "{found} results");
 }
 
 /// How often `other`'s first keyword result is `tantivy`'s (or ties with it within 1%: tantivy

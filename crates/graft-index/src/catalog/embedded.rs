@@ -3,7 +3,8 @@
 //! type, path, lines, the chunk that holds it). It is the index's source of truth.
 //!
 //! - Keyword search (BM25) runs on it, with the code tokenizer and the path and symbol fields
-//!   boosted.
+//!   boosted, over the chunk records alone: its statistics count no file or symbol record
+//!   ([`ChunkStatistics`]).
 //! - It says which files are indexed at which content, so a run knows what changed.
 //! - It holds the text of every chunk, so vector hits are turned into results here, and a
 //!   vector whose chunk is not in the committed catalog is never shown.
@@ -17,9 +18,9 @@
 use std::collections::{HashMap, HashSet};
 
 use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
+use tantivy::query::{Bm25StatisticsProvider, BooleanQuery, BoostQuery, Occur, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING};
-use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
 
 use super::{Catalog, CatalogWriter, StoredChunk, StoredSymbol, PATH_BOOST, SYMBOL_BOOST};
 use crate::chunker::Chunk;
@@ -188,14 +189,22 @@ impl Catalog for TantivyCatalog {
                 should.push((Occur::Should, Box::new(BoostQuery::new(Box::new(q), boost))));
             }
         }
-        let only_chunks = TermQuery::new(Term::from_field_text(f.kind, KIND_CHUNK), IndexRecordOption::Basic);
+        let chunk_kind = Term::from_field_text(f.kind, KIND_CHUNK);
+        let searcher = self.reader.searcher();
+        let statistics = ChunkStatistics {
+            chunks: searcher.doc_freq(&chunk_kind).map_err(IndexError::catalog)?,
+            searcher: &searcher,
+        };
+        if statistics.chunks == 0 {
+            return Ok(Vec::new());
+        }
+        let only_chunks = TermQuery::new(chunk_kind, IndexRecordOption::Basic);
         let query = BooleanQuery::new(vec![
             (Occur::Must, Box::new(BooleanQuery::new(should)) as Box<dyn Query>),
             (Occur::Must, Box::new(only_chunks)),
         ]);
-        let searcher = self.reader.searcher();
         let top = searcher
-            .search(&query, &TopDocs::with_limit(limit).order_by_score())
+            .search_with_statistics_provider(&query, &TopDocs::with_limit(limit).order_by_score(), &statistics)
             .map_err(IndexError::catalog)?;
         let mut out = Vec::with_capacity(top.len());
         for (score, address) in top {
@@ -352,5 +361,30 @@ impl CatalogWriter for TantivyWriter {
     fn commit(mut self: Box<Self>) -> Result<(), IndexError> {
         self.writer.commit().map_err(IndexError::catalog)?;
         self.writer.wait_merging_threads().map_err(IndexError::catalog)
+    }
+}
+
+/// BM25's statistics over the catalog's chunk records alone. The searched fields (text, path,
+/// symbol) are only in chunk records, so their token totals and term counts are already the
+/// chunks'; but tantivy counts every record as a document, file and symbol records too, which
+/// raised every term's IDF and shortened the average field length BM25 compares each chunk's
+/// with (ranking other than a catalog of chunks alone, and Qdrant's, would). Records deleted
+/// and not yet merged away are counted in all three, as tantivy does.
+struct ChunkStatistics<'a> {
+    searcher: &'a Searcher,
+    chunks: u64,
+}
+
+impl Bm25StatisticsProvider for ChunkStatistics<'_> {
+    fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
+        self.searcher.total_num_tokens(field)
+    }
+
+    fn total_num_docs(&self) -> tantivy::Result<u64> {
+        Ok(self.chunks)
+    }
+
+    fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
+        self.searcher.doc_freq(term)
     }
 }
