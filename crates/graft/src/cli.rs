@@ -516,7 +516,7 @@ pub struct BenchEngineArgs {
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
     /// Prompt lengths, in tokens, at which the first token of a cold prompt is timed on the
-    /// base and on an adapter (none: not timed).
+    /// base and on an adapter.
     #[arg(long, value_delimiter = ',', default_value = "512,1500")]
     pub lengths: Vec<usize>,
     /// Source code those prompts are cut from; by default a file of candle's, vendored in
