@@ -84,6 +84,18 @@ fn run(catalog: &dyn Catalog, removed: &[&str], files: &[&File]) {
     catalog.reload().unwrap();
 }
 
+/// A tantivy catalog in `folder` of `files`' chunks alone: no file or symbol records.
+fn chunks_alone(folder: &std::path::Path, files: &[File]) -> TantivyCatalog {
+    let catalog = TantivyCatalog::open(&IndexLayout::new(folder)).unwrap();
+    let mut writer = catalog.writer(2).unwrap();
+    for (id, chunk) in files.iter().flat_map(|f| &f.chunks) {
+        writer.add_chunk(*id, chunk).unwrap();
+    }
+    writer.commit().unwrap();
+    catalog.reload().unwrap();
+    catalog
+}
+
 fn server_config(node: &qdrant::Node) -> ServerConfig {
     ServerConfig {
         url: node.grpc_url(),
@@ -122,18 +134,12 @@ fn agree(tantivy: &dyn Catalog, qdrant: &dyn Catalog, names: &[&str], queries: &
 fn keyword_scores_count_the_chunks_alone() {
     let dir = tempfile::tempdir().unwrap();
     let whole = TantivyCatalog::open(&IndexLayout::new(dir.path().join("whole"))).unwrap();
-    let chunks_only = TantivyCatalog::open(&IndexLayout::new(dir.path().join("chunks"))).unwrap();
     let files = files_of(&kit_file("networkx-src"), "");
     let all: Vec<&File> = files.iter().collect();
     run(&whole, &[], &all);
     let symbols: usize = files.iter().map(|f| f.symbols.len()).sum();
     assert!(symbols > 1000, "{symbols} symbol records");
-    let mut writer = chunks_only.writer(2).unwrap();
-    for (id, chunk) in files.iter().flat_map(|f| &f.chunks) {
-        writer.add_chunk(*id, chunk).unwrap();
-    }
-    writer.commit().unwrap();
-    chunks_only.reload().unwrap();
+    let chunks_only = chunks_alone(&dir.path().join("chunks"), &files);
 
     let mut found = 0;
     for query in [
@@ -214,13 +220,7 @@ fn the_qdrant_catalog_answers_as_the_tantivy_one() {
         .collect();
     agree(&tantivy, &qdrant, &names, &queries);
     // BM25 itself: Qdrant's ranking is tantivy's over the same chunks.
-    let chunks_only = TantivyCatalog::open(&IndexLayout::new(dir.path().join("chunks"))).unwrap();
-    let mut writer = chunks_only.writer(2).unwrap();
-    for (id, chunk) in files.iter().flat_map(|f| &f.chunks) {
-        writer.add_chunk(*id, chunk).unwrap();
-    }
-    writer.commit().unwrap();
-    chunks_only.reload().unwrap();
+    let chunks_only = chunks_alone(&dir.path().join("chunks"), &files);
     let (first, overlap) = keyword_agreement(&chunks_only, &qdrant, &queries);
     eprintln!("keyword search, tantivy with chunks alone: the same first result {first:.3}, top-10 overlap {overlap:.3}");
     assert!(first >= 0.97 && overlap >= 0.97, "first {first:.3}, overlap {overlap:.3}");

@@ -171,12 +171,8 @@ async fn measure(config: &graft_core::Config, gguf: std::path::PathBuf, args: &B
     eprintln!("decoding ...");
     let (base_tok_s, base_ttft) = decode(&pool, &base_name, args).await?;
     let (adapter_tok_s, adapter_ttft) = decode(&pool, "bench-0", args).await?;
-    let first_token = if args.lengths.is_empty() {
-        Vec::new()
-    } else {
-        eprintln!("first tokens of cold prompts ...");
-        first_tokens(&engine, &pool, &base_name, args).await?
-    };
+    eprintln!("first tokens of cold prompts ...");
+    let first_token = first_tokens(&engine, &pool, &base_name, args).await?;
 
     eprintln!("comparing with mistralrs directly ...");
     let overhead_tokens = args.max_tokens.min(32);
