@@ -49,13 +49,13 @@ async fn dropping_the_token_stream_stops_the_generation() {
         sampling: Sampling::greedy(1500),
     };
     let mut stream = engine.chat_stream(request).await.unwrap();
-    assert!(matches!(stream.next().await, Some(Ok(StreamEvent::Text(_)))));
+    assert!(matches!(stream.next().await, Some(Ok(StreamEvent::Text { .. }))));
 
     // Control: while the generation runs, the process is busy. The reader keeps reading so
     // the generation is not held up by a full buffer.
     let reader = tokio::spawn(async move {
         let mut pieces = 0;
-        while let Some(Ok(StreamEvent::Text(_))) = stream.next().await {
+        while let Some(Ok(StreamEvent::Text { .. })) = stream.next().await {
             pieces += 1;
             if pieces == 60 {
                 break;

@@ -152,8 +152,6 @@ async fn chat_fields_graft_does_not_implement_are_refused_not_ignored() {
         ("response_format", json!({"type": "json_object"})),
         ("tools", json!([{"type": "function", "function": {"name": "f", "parameters": {}}}])),
         ("tool_choice", json!("required")),
-        ("logprobs", json!(true)),
-        ("top_logprobs", json!(3)),
         ("functions", json!([{"name": "f"}])),
         ("logit_bias", json!({"42": 10})),
     ];

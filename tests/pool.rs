@@ -154,7 +154,7 @@ async fn an_adapter_with_a_request_in_flight_is_never_evicted() {
     f.adapter("a", 1);
     f.adapter("b", 2);
     let mut stream = f.pool.complete_stream("a", raw("hello", 200)).await.unwrap();
-    assert!(matches!(stream.next().await, Some(Ok(StreamEvent::Text(_)))));
+    assert!(matches!(stream.next().await, Some(Ok(StreamEvent::Text { .. }))));
 
     let err = f.pool.acquire("b").await.err().expect("no room while a is busy");
     assert!(matches!(err, PoolError::Busy { .. }), "{err:?}");
@@ -185,7 +185,7 @@ async fn replacing_an_adapter_switches_new_requests_while_a_streaming_one_finish
     // A request starts streaming on v1 ...
     let mut streaming = f.pool.chat_stream("a", ask(PROMPT, 32)).await.unwrap();
     let mut streamed = match streaming.next().await {
-        Some(Ok(StreamEvent::Text(t))) => t,
+        Some(Ok(StreamEvent::Text { text: t, .. })) => t,
         other => panic!("expected text, got {other:?}"),
     };
 
@@ -204,7 +204,7 @@ async fn replacing_an_adapter_switches_new_requests_while_a_streaming_one_finish
 
     // The streaming request finishes on v1, unchanged.
     while let Some(event) = streaming.next().await {
-        if let StreamEvent::Text(t) = event.unwrap() {
+        if let StreamEvent::Text { text: t, .. } = event.unwrap() {
             streamed.push_str(&t);
         }
     }

@@ -148,8 +148,6 @@ async fn unknown_routes_and_methods_answer_in_openai_shape() {
     error_of(status, &body, 405);
 }
 
-/// The `data:` payloads of a server-sent event stream.
-
 #[tokio::test]
 async fn streaming_sends_openai_chunks_that_add_up_to_the_same_answer() {
     let mut request = greedy_chat("Write a Rust function that adds two numbers", 24);
@@ -401,9 +399,200 @@ async fn the_gguf_tokenizer_gives_the_engines_ids() {
         assert_eq!(tokenizer.count(text).unwrap(), engine_ids.len());
         assert_eq!(tokenizer.decode(&engine_ids).unwrap(), text);
     }
+    // Each token's own bytes, pieces of characters included, add up to the text.
+    for text in ["これは日本語です 🦀 ok", "  indented\n\ttab", "<|im_end|>"] {
+        let ids = tokenizer.encode(text).unwrap();
+        let bytes: Vec<u8> = ids.iter().flat_map(|&id| tokenizer.token_bytes(id).unwrap()).collect();
+        assert_eq!(String::from_utf8(bytes).unwrap(), text, "{ids:?}");
+    }
     let file_sep = tokenizer.token_id("<file_sep>").expect("SmolLM2 has <file_sep>");
     assert!(tokenizer.encode("a<file_sep>b").unwrap().contains(&file_sep));
     assert!(tokenizer.vocabulary().iter().any(|t| t == "<repo_name>"));
     let missing = graft_engine::Tokenizer::from_gguf(std::path::Path::new("/nonexistent/model.gguf")).unwrap_err();
     assert!(missing.to_string().contains("does not exist"), "{missing}");
+}
+
+/// The events of a stream's `data:` lines, `[DONE]` left out.
+async fn stream_events(path: &str, request: &Value) -> Vec<Value> {
+    let mut request = request.clone();
+    request["stream"] = json!(true);
+    let (status, raw) = post_text(path, &request).await;
+    assert_eq!(status, 200, "{raw}");
+    let data = sse_data(&raw);
+    assert_eq!(data.last().copied(), Some("[DONE]"), "{raw}");
+    data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn chat_logprobs_list_each_answer_token_and_do_not_change_the_answer() {
+    let plain = greedy_chat("Name three colours.", 12);
+    let mut asking = plain.clone();
+    asking["logprobs"] = json!(true);
+    asking["top_logprobs"] = json!(3);
+    let ((status, without), (status2, body)) = (
+        post("/v1/chat/completions", &plain).await,
+        post("/v1/chat/completions", &asking).await,
+    );
+    assert_eq!((status, status2), (200, 200), "{without} {body}");
+    let choice = &body["choices"][0];
+    assert_eq!(
+        choice["message"], without["choices"][0]["message"],
+        "asking for logprobs changes nothing else"
+    );
+    assert!(without["choices"][0]["logprobs"].is_null(), "none unless asked: {without}");
+
+    let content = choice["logprobs"]["content"].as_array().expect("logprobs.content");
+    let answer = choice["message"]["content"].as_str().unwrap();
+    let joined: String = content.iter().map(|t| t["token"].as_str().unwrap()).collect();
+    assert_eq!(joined.trim_start(), answer, "the tokens spell the answer: {body}");
+    if choice["finish_reason"] == "length" {
+        assert_eq!(
+            json!(content.len()),
+            body["usage"]["completion_tokens"],
+            "one entry per generated token"
+        );
+    }
+    let bytes: Vec<u8> = content
+        .iter()
+        .flat_map(|t| t["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8))
+        .collect();
+    assert_eq!(String::from_utf8(bytes).unwrap().trim_start(), answer, "the bytes spell the answer");
+    for token in content {
+        let logprob = token["logprob"].as_f64().unwrap();
+        assert!(logprob <= 0.0, "{token}");
+        let top = token["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{token}");
+        let values: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+        assert!(values.windows(2).all(|w| w[0] >= w[1]), "likeliest first: {token}");
+        assert!(values.iter().map(|v| v.exp()).sum::<f64>() <= 1.0 + 1e-4, "probabilities: {token}");
+        // Greedy: the chosen token is the likeliest one.
+        assert_eq!(
+            (&top[0]["token"], top[0]["logprob"].as_f64().unwrap()),
+            (&token["token"], logprob),
+            "{token}"
+        );
+    }
+
+    // Streamed, the chunks' lists add up to the whole answer's list.
+    let events = stream_events("/v1/chat/completions", &asking).await;
+    let streamed: Vec<Value> = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["logprobs"]["content"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
+    assert_eq!(&streamed, content, "streamed and whole logprobs agree");
+    for event in &events {
+        let choice = &event["choices"][0];
+        if let Some(tokens) = choice["logprobs"]["content"].as_array() {
+            let text: String = tokens.iter().map(|t| t["token"].as_str().unwrap()).collect();
+            assert!(
+                text.ends_with(choice["delta"]["content"].as_str().unwrap()),
+                "each chunk carries its own tokens: {event}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn completion_logprobs_follow_the_legacy_format_and_each_place_in_the_answer() {
+    let prompt = "def fibonacci(n):\n    ";
+    let mut request = completion(prompt, 6);
+    request["logprobs"] = json!(2);
+    let (status, body) = post("/v1/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    let logprobs = &body["choices"][0]["logprobs"];
+    let text = body["choices"][0]["text"].as_str().unwrap();
+    let tokens: Vec<&str> = logprobs["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(tokens.concat(), text, "{body}");
+    let offsets: Vec<u64> = logprobs["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    let mut at = 0;
+    for (token, offset) in tokens.iter().zip(&offsets) {
+        assert_eq!(*offset, at, "{body}");
+        at += token.chars().count() as u64;
+    }
+    for (i, top) in logprobs["top_logprobs"].as_array().unwrap().iter().enumerate() {
+        let top = top.as_object().unwrap();
+        assert!((2..=3).contains(&top.len()), "two alternatives, the chosen among them: {body}");
+        assert_eq!(top[tokens[i]], logprobs["token_logprobs"][i], "{body}");
+    }
+
+    // Each entry is the model's distribution at its place: the prompt with the first answer
+    // token appended gives the second entry as its first.
+    let tokenizer = graft_engine::Tokenizer::from_gguf(&graft_tests::kit_file(MODEL)).unwrap();
+    let mut ids = tokenizer.encode(prompt).unwrap();
+    let first = tokenizer.encode(tokens[0]).unwrap();
+    assert_eq!(first.len(), 1, "the first answer token is one token on its own: {:?}", tokens[0]);
+    ids.extend(first);
+    let mut next = json!({"model": MODEL, "prompt": ids, "temperature": 0, "max_tokens": 1, "logprobs": 2});
+    let (status, shifted) = post("/v1/completions", &next).await;
+    assert_eq!(status, 200, "{shifted}");
+    let shifted = &shifted["choices"][0]["logprobs"];
+    assert_eq!(shifted["tokens"][0], logprobs["tokens"][1], "{shifted} {logprobs}");
+    let (a, b) = (
+        shifted["token_logprobs"][0].as_f64().unwrap(),
+        logprobs["token_logprobs"][1].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 0.02, "the same place, the same log-probability: {a} vs {b}");
+
+    // Out of range: 400 naming the field.
+    next["logprobs"] = json!(21);
+    let (status, body) = post("/v1/completions", &next).await;
+    assert_eq!(error_of(status, &body, 400)["param"], "logprobs");
+}
+
+#[tokio::test]
+async fn seeded_samples_are_the_same_with_logprobs_and_penalties_change_the_answer() {
+    // The same seed draws the same tokens whether graft also lists their log-probabilities.
+    let mut sampled = completion("The best thing about Rust is", 16);
+    sampled["temperature"] = json!(0.9);
+    sampled["seed"] = json!(1234);
+    let (_, plain) = post("/v1/completions", &sampled).await;
+    sampled["logprobs"] = json!(1);
+    let (status, listed) = post("/v1/completions", &sampled).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["choices"][0]["text"], plain["choices"][0]["text"], "{plain} {listed}");
+    // Sampled, the chosen token is not always the likeliest, and still listed.
+    let logprobs = &listed["choices"][0]["logprobs"];
+    for (i, token) in logprobs["tokens"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(
+            logprobs["top_logprobs"][i][token.as_str().unwrap()],
+            logprobs["token_logprobs"][i],
+            "{listed}"
+        );
+    }
+
+    // A prompt SmolLM2 answers by repeating itself: penalties on the answer's tokens make it
+    // repeat less; penalties of 0 are no penalties.
+    let repeat = completion("ha ha ha ha ha ha ha ha", 16);
+    let (_, free) = post("/v1/completions", &repeat).await;
+    let mut zero = repeat.clone();
+    zero["frequency_penalty"] = json!(0);
+    zero["presence_penalty"] = json!(0.0);
+    let (_, same) = post("/v1/completions", &zero).await;
+    assert_eq!(same["choices"][0]["text"], free["choices"][0]["text"]);
+    let mut penalised = repeat.clone();
+    penalised["frequency_penalty"] = json!(2);
+    let (status, varied) = post("/v1/completions", &penalised).await;
+    assert_eq!(status, 200, "{varied}");
+    let laughs = |body: &Value| body["choices"][0]["text"].as_str().unwrap().matches("ha").count();
+    assert!(laughs(&free) >= 10, "the control repeats: {free}");
+    assert!(laughs(&varied) < laughs(&free) / 2, "penalised: {varied}, free: {free}");
+}
+
+#[tokio::test]
+async fn one_model_is_retrieved_by_its_id() {
+    let (status, card) = get(&format!("/v1/models/{MODEL}")).await;
+    assert_eq!(status, 200, "{card}");
+    let (_, list) = get("/v1/models").await;
+    assert_eq!(card, list["data"][0], "the same card as in the list");
+    let (status, body) = get("/v1/models/gpt-4o").await;
+    let error = error_of(status, &body, 404);
+    assert_eq!(error["code"], "model_not_found");
+    assert!(error["message"].as_str().unwrap().contains(MODEL), "{body}");
 }

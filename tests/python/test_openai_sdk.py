@@ -58,6 +58,12 @@ class Models(unittest.TestCase):
         self.assertEqual(models[PROJECT].model_extra.get("parent"), MODEL)
         self.assertEqual(models[MODEL].object, "model")
 
+    def test_retrieves_one_model(self):
+        c = client()
+        self.assertEqual(c.models.retrieve(MODEL).id, MODEL)
+        with self.assertRaises(openai.NotFoundError):
+            c.models.retrieve("no-such-model")
+
 
 class Chat(unittest.TestCase):
     def test_an_answer_with_usage(self):
@@ -88,6 +94,21 @@ class Chat(unittest.TestCase):
         self.assertIn(finish, ("stop", "length"))
         self.assertIsNotNone(usage, "stream_options.include_usage adds a usage chunk")
         self.assertGreaterEqual(usage.completion_tokens, 1)
+
+    def test_logprobs_of_each_answer_token_whole_and_streamed(self):
+        c = client()
+        kwargs = {"logprobs": True, "top_logprobs": 2, "max_tokens": 8}
+        answer = greedy_chat(c, MODEL, "Name three prime numbers.", **kwargs)
+        content = answer.choices[0].logprobs.content
+        self.assertIn(len(content), (answer.usage.completion_tokens, answer.usage.completion_tokens - 1), "each token but an end token")
+        self.assertEqual(b"".join(bytes(t.bytes) for t in content).decode().lstrip(), answer.choices[0].message.content)
+        for token in content:
+            self.assertLessEqual(token.logprob, 0.0)
+            self.assertEqual([t.token for t in token.top_logprobs][0], token.token, "greedy takes the likeliest")
+            self.assertEqual(len(token.top_logprobs), 2)
+        stream = greedy_chat(c, MODEL, "Name three prime numbers.", stream=True, **kwargs)
+        streamed = [t for chunk in stream for choice in chunk.choices if choice.logprobs for t in choice.logprobs.content]
+        self.assertEqual([(t.token, t.logprob) for t in streamed], [(t.token, t.logprob) for t in content])
 
     def test_a_project_answer_names_the_file_that_defines_the_api(self):
         c = client()
@@ -125,6 +146,16 @@ class Completions(unittest.TestCase):
             for _ in range(2)
         ]
         self.assertEqual(runs[0], runs[1])
+
+    def test_logprobs_in_the_legacy_format(self):
+        answer = client().completions.create(model=MODEL, prompt=self.PROMPT, max_tokens=6, temperature=0, logprobs=3)
+        logprobs = answer.choices[0].logprobs
+        self.assertEqual("".join(logprobs.tokens), answer.choices[0].text)
+        self.assertEqual(len(logprobs.token_logprobs), len(logprobs.tokens))
+        for token, logprob, top in zip(logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs):
+            self.assertEqual(top[token], logprob)
+            self.assertEqual(max(top.values()), logprob, "greedy takes the likeliest")
+        self.assertEqual(logprobs.text_offset[0], 0)
 
 
 class Embeddings(unittest.TestCase):

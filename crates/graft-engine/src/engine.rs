@@ -6,7 +6,7 @@
 use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use candle_core::quantized::gguf_file;
@@ -20,8 +20,10 @@ use tokio::sync::mpsc;
 
 use crate::error::EngineError;
 use crate::fim::PromptFormat;
-use crate::sampling::SeededSampler;
-use crate::types::{ChatMessage, ChatRequest, Completion, CompletionRequest, FinishReason, Prompt, Role, Sampling, Usage};
+use crate::logprobs::{Chooser, Record};
+use crate::sampling::{Penalties, SeededSampler};
+use crate::tokenizer::Tokenizer;
+use crate::types::{ChatMessage, ChatRequest, Completion, CompletionRequest, FinishReason, Prompt, Role, Sampling, TokenLogprob, Usage};
 
 /// What to load as the base model.
 #[derive(Debug, Clone)]
@@ -65,6 +67,9 @@ pub struct Engine {
     format: PromptFormat,
     /// Tokens in the base model's vocabulary, when its GGUF says.
     vocab_size: Option<usize>,
+    /// The base model's tokenizer outside mistralrs, read on the first request that asks for
+    /// log-probabilities (their tokens' text); adapters share the base's vocabulary.
+    tokenizer: OnceLock<Result<Arc<Tokenizer>, String>>,
 }
 
 impl Engine {
@@ -96,6 +101,7 @@ impl Engine {
             model,
             format,
             vocab_size: vocabulary.map(|v| v.size),
+            tokenizer: OnceLock::new(),
         })
     }
 
@@ -278,12 +284,24 @@ impl Engine {
         }
     }
 
+    /// The base model's tokenizer (read once, on first use).
+    fn tokenizer(&self) -> Result<Arc<Tokenizer>, EngineError> {
+        self.tokenizer
+            .get_or_init(|| Tokenizer::from_gguf(&self.base.gguf).map(Arc::new).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(|e| EngineError::Generation(format!("cannot list log-probabilities: {e}")))
+    }
+
     /// Sends one request (its prompt as token ids) to mistralrs and returns the stream of its
     /// answer.
     async fn send(&self, model: Option<&str>, tokens: Vec<u32>, sampling: &Sampling) -> Result<TokenStream, EngineError> {
         let prompt_tokens = tokens.len();
         let generated = Arc::new(AtomicUsize::new(0));
-        let (sampling_params, mut processors) = sampling_params(sampling);
+        let record = match sampling.logprobs {
+            Some(_) => Some((Arc::new(Record::default()), self.tokenizer()?)),
+            None => None,
+        };
+        let (sampling_params, mut processors) = sampling_params(sampling, prompt_tokens, record.clone());
         // The counter goes first, so it sees every sampled token whatever the others do.
         processors.insert(0, Arc::new(TokenCounter(Arc::clone(&generated))));
         // A reader that is gone fails mistralrs's next send, which cancels the sequence. The
@@ -294,7 +312,8 @@ impl Engine {
             messages: RequestMessage::CompletionTokens(tokens),
             sampling_params,
             response: tx,
-            return_logprobs: false,
+            // Each text chunk then names the token it was sent for (see `logprobs`).
+            return_logprobs: record.is_some(),
             is_streaming: true,
             id: 0,
             constraint: Constraint::None,
@@ -323,6 +342,11 @@ impl Engine {
             generated,
             max_tokens: sampling.max_tokens,
             guard: None,
+            logprobs: record.map(|(record, _)| Handout {
+                record,
+                handed: 0,
+                ready: Vec::new(),
+            }),
         })
     }
 }
@@ -356,20 +380,25 @@ impl TokenStream {
 #[derive(Debug, Default)]
 pub struct Collector {
     text: String,
+    logprobs: Option<Vec<TokenLogprob>>,
 }
 
 impl Collector {
     /// Takes the next event; the whole completion once the stream has ended.
     pub fn push(&mut self, event: StreamEvent) -> Option<Completion> {
         match event {
-            StreamEvent::Text(delta) => {
-                self.text.push_str(&delta);
+            StreamEvent::Text { text, logprobs } => {
+                self.text.push_str(&text);
+                if let Some(logprobs) = logprobs {
+                    self.logprobs.get_or_insert_with(Vec::new).extend(logprobs);
+                }
                 None
             }
             StreamEvent::End { finish_reason, usage } => Some(Completion {
                 text: std::mem::take(&mut self.text),
                 finish_reason,
                 usage,
+                logprobs: self.logprobs.take(),
             }),
         }
     }
@@ -394,8 +423,9 @@ const STREAM_BUFFER: usize = 256;
 /// What a [`TokenStream`] yields.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
-    /// More text.
-    Text(String),
+    /// More text; with its tokens' log-probabilities when the request asked for them (the
+    /// tokens whose text this is, or ends).
+    Text { text: String, logprobs: Option<Vec<TokenLogprob>> },
     /// The generation is over.
     End { finish_reason: FinishReason, usage: Usage },
 }
@@ -413,6 +443,28 @@ pub struct TokenStream {
     max_tokens: usize,
     /// Kept alive as long as the stream (the model pool's lease on the model it runs on).
     guard: Option<Box<dyn Any + Send + Sync>>,
+    /// The log-probabilities' record, when the request asked for them.
+    logprobs: Option<Handout>,
+}
+
+/// Where a stream is in handing out its [`Record`]'s entries.
+struct Handout {
+    record: Arc<Record>,
+    /// Entries before this position have been matched to text.
+    handed: usize,
+    /// Entries matched to text that has not been handed out yet (a chunk with no text of its
+    /// own, such as the first piece of a character; the next text carries them).
+    ready: Vec<TokenLogprob>,
+}
+
+impl Handout {
+    /// Takes in a chunk mistralrs sent for token `id`.
+    fn chunk_for(&mut self, id: Option<u32>) {
+        if let Some((entries, next)) = id.and_then(|id| self.record.through(self.handed, id)) {
+            self.ready.extend(entries);
+            self.handed = next;
+        }
+    }
 }
 
 impl TokenStream {
@@ -445,18 +497,18 @@ impl TokenStream {
                 tracing::debug!(generated, "the generation ended inside a character; its last bytes are left out");
                 return Some(Ok(self.end_event(reason)));
             };
-            let (text, reason) = match response {
+            let (text, reason, logprob) = match response {
                 Response::CompletionChunk(chunk) => {
                     let Some(choice) = chunk.choices.into_iter().next() else {
                         continue;
                     };
-                    (choice.text, choice.finish_reason)
+                    (choice.text, choice.finish_reason, choice.logprobs)
                 }
                 Response::Chunk(chunk) => {
                     let Some(choice) = chunk.choices.into_iter().next() else {
                         continue;
                     };
-                    (choice.delta.content.unwrap_or_default(), choice.finish_reason)
+                    (choice.delta.content.unwrap_or_default(), choice.finish_reason, choice.logprobs)
                 }
                 Response::ValidationError(e) => return Some(Err(EngineError::InvalidRequest(e.to_string()))),
                 Response::InternalError(e) => return Some(Err(EngineError::Generation(e.to_string()))),
@@ -470,6 +522,11 @@ impl TokenStream {
                     ))))
                 }
             };
+            if let Some(handout) = &mut self.logprobs {
+                // mistralrs's own log-probabilities are of the one token graft's chooser left
+                // possible: its single entry names the token this chunk was sent for.
+                handout.chunk_for(logprob.and_then(|l| l.top_logprobs.first().map(|t| t.token)));
+            }
             if let Some(reason) = reason {
                 // The receiver is not read again: the sequence is over.
                 self.rx.close();
@@ -481,7 +538,8 @@ impl TokenStream {
                 self.end = Some(end);
             }
             if !text.is_empty() {
-                return Some(Ok(StreamEvent::Text(text)));
+                let logprobs = self.logprobs.as_mut().map(|h| std::mem::take(&mut h.ready));
+                return Some(Ok(StreamEvent::Text { text, logprobs }));
             }
         }
     }
@@ -561,27 +619,52 @@ fn split_path(path: &Path) -> Result<(String, String), EngineError> {
     Ok((dir.to_owned(), file.to_owned()))
 }
 
-/// mistralrs's sampling parameters for `s`, and the logits processor of a seeded request.
-fn sampling_params(s: &Sampling) -> (SamplingParams, Vec<Arc<dyn CustomLogitsProcessor>>) {
-    // Greedy unless a temperature is given; a seeded request stays greedy in mistralrs and
-    // samples in its own processor (see `sampling`).
+/// mistralrs's sampling parameters for `s` (a prompt of `prompt_tokens`), and the logits
+/// processors that apply graft's penalties, seeded sampling and log-probabilities; `record`
+/// (with the tokenizer for the tokens' text) when the request asked for log-probabilities.
+fn sampling_params(
+    s: &Sampling,
+    prompt_tokens: usize,
+    record: Option<(Arc<Record>, Arc<Tokenizer>)>,
+) -> (SamplingParams, Vec<Arc<dyn CustomLogitsProcessor>>) {
+    // Greedy unless a temperature is given; a seeded request, or one that asks for
+    // log-probabilities, stays greedy in mistralrs and chooses in graft's processor (see
+    // `sampling` and `logprobs`).
     let mut params = SamplingParams::deterministic();
     let mut processors: Vec<Arc<dyn CustomLogitsProcessor>> = Vec::new();
-    if s.temperature > 0.0 {
-        match s.seed {
-            Some(seed) => {
-                processors.push(Arc::new(SeededSampler {
-                    seed,
-                    temperature: s.temperature,
-                    top_p: s.top_p,
-                }));
-            }
-            None => {
-                params = SamplingParams::neutral();
-                params.temperature = Some(s.temperature);
-                params.top_p = Some(s.top_p);
-            }
+    if s.frequency_penalty != 0.0 || s.presence_penalty != 0.0 {
+        processors.push(Arc::new(Penalties {
+            frequency: s.frequency_penalty as f32,
+            presence: s.presence_penalty as f32,
+            prompt_tokens,
+        }));
+    }
+    let sampler = |seed| SeededSampler {
+        seed,
+        temperature: s.temperature,
+        top_p: s.top_p,
+    };
+    let sampled = s.temperature > 0.0;
+    match (record, s.seed) {
+        (Some((record, tokenizer)), seed) => {
+            processors.push(Arc::new(Chooser {
+                // Without a seed, a seed of its own: still one draw per request.
+                sampler: sampled.then(|| sampler(seed.unwrap_or_else(fresh_seed))),
+                top: s.logprobs.unwrap_or(0),
+                prompt_tokens,
+                record,
+                tokenizer,
+            }));
+            // The chunk's entry then names the token it was sent for.
+            params.top_n_logprobs = 1;
         }
+        (None, Some(seed)) if sampled => processors.push(Arc::new(sampler(seed))),
+        (None, _) if sampled => {
+            params = SamplingParams::neutral();
+            params.temperature = Some(s.temperature);
+            params.top_p = Some(s.top_p);
+        }
+        (None, _) => {}
     }
     params.max_len = Some(s.max_tokens);
     if !s.stop.is_empty() {
@@ -615,6 +698,12 @@ fn read_vocabulary(path: &Path) -> Option<Vocabulary> {
             tracing::warn!(path = %path.display(), "cannot read the vocabulary ({e}); completion prompts use the continuation format");
         })
         .ok()
+}
+
+/// A seed no other request shares (std's hasher keys are drawn from the OS at random).
+fn fresh_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
 fn finish_reason(reason: &str) -> FinishReason {

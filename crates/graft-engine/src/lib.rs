@@ -8,7 +8,8 @@
 //!   or every quantized matrix → F16).
 //! - [`pool`]: the base model and the adapters loaded next to it, loaded on use, evicted LRU.
 //! - [`fim`]: completion prompt formats (fill-in-the-middle, repo-level) by model family.
-//! - [`sampling`]: seeded sampling, repeatable per request.
+//! - [`sampling`]: seeded sampling, repeatable per request; OpenAI's penalties.
+//! - [`logprobs`]: each generated token's log-probability and the likeliest alternatives.
 //! - [`synthetic`]: generated adapters for tests and benchmarks.
 //! - [`tokenizer`]: the model's tokenizer read from its GGUF file, no weights loaded.
 //! - [`types`]: graft's own request and response types.
@@ -21,6 +22,7 @@ pub mod cache;
 pub mod engine;
 pub mod error;
 pub mod fim;
+pub mod logprobs;
 pub mod merge;
 pub mod pool;
 pub mod requantize;
@@ -45,4 +47,6 @@ pub use error::EngineError;
 pub use fim::PromptFormat;
 pub use pool::{Pool, PoolLimits};
 pub use tokenizer::Tokenizer;
-pub use types::{ChatMessage, ChatRequest, Completion, CompletionRequest, FinishReason, Prompt, Role, Sampling, Usage};
+pub use types::{
+    ChatMessage, ChatRequest, Completion, CompletionRequest, FinishReason, Prompt, Role, Sampling, TokenLogprob, TopLogprob, Usage,
+};

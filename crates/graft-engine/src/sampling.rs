@@ -6,6 +6,10 @@
 //! picks the token itself (temperature, then top-p) with a random number derived from the
 //! seed and the position in the sequence, and leaves only that token possible.
 //!
+//! OpenAI's frequency and presence penalties live here too ([`Penalties`]): mistralrs's own
+//! count the prompt's tokens as well, which would push a code completion away from the very
+//! names its prompt uses; OpenAI counts the answer's tokens alone.
+//!
 //! This module decides tokens; it must not know about requests or responses.
 
 use candle_core::{DType, Tensor};
@@ -64,12 +68,54 @@ impl SeededSampler {
 impl CustomLogitsProcessor for SeededSampler {
     fn apply(&self, logits: &Tensor, context: &[u32]) -> candle_core::Result<Tensor> {
         let values: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let chosen = self.choose(&values, context.len());
-        let mut only = vec![f32::NEG_INFINITY; values.len()];
-        if let Some(slot) = only.get_mut(chosen) {
-            *slot = 0.0;
+        only(self.choose(&values, context.len()), logits)
+    }
+}
+
+/// Logits shaped as `logits` where only `token` is possible, so mistralrs's sampler can only
+/// take it.
+pub(crate) fn only(token: usize, logits: &Tensor) -> candle_core::Result<Tensor> {
+    let mut only = vec![f32::NEG_INFINITY; logits.elem_count()];
+    if let Some(slot) = only.get_mut(token) {
+        *slot = 0.0;
+    }
+    Tensor::from_vec(only, logits.shape(), logits.device())?.to_dtype(logits.dtype())
+}
+
+/// OpenAI's frequency and presence penalties over the answer's tokens: a token's logit is
+/// lowered by `frequency` for each time it appears in the answer so far, and by `presence`
+/// once it appears at all. The prompt's tokens do not count.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Penalties {
+    pub frequency: f32,
+    pub presence: f32,
+    /// Tokens of the prompt: the context's first ones.
+    pub prompt_tokens: usize,
+}
+
+impl Penalties {
+    fn apply_to(&self, logits: &mut [f32], answer: &[u32]) {
+        let mut counts = std::collections::HashMap::<u32, f32>::new();
+        for &token in answer {
+            *counts.entry(token).or_default() += 1.0;
         }
-        Tensor::from_vec(only, logits.shape(), logits.device())?.to_dtype(logits.dtype())
+        for (token, count) in counts {
+            if let Some(logit) = logits.get_mut(token as usize) {
+                *logit -= count * self.frequency + self.presence;
+            }
+        }
+    }
+}
+
+impl CustomLogitsProcessor for Penalties {
+    fn apply(&self, logits: &Tensor, context: &[u32]) -> candle_core::Result<Tensor> {
+        let answer = context.get(self.prompt_tokens..).unwrap_or_default();
+        if answer.is_empty() {
+            return Ok(logits.clone());
+        }
+        let mut values: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        self.apply_to(&mut values, answer);
+        Tensor::from_vec(values, logits.shape(), logits.device())?.to_dtype(logits.dtype())
     }
 }
 
@@ -120,6 +166,29 @@ mod tests {
         // top_p = 0.8 keeps the first two tokens only (0.64 + 0.24 >= 0.8).
         let kept: std::collections::BTreeSet<usize> = (0..5_000).map(|p| sampler(3, 1.0, 0.8).choose(&logits, p)).collect();
         assert_eq!(kept.into_iter().collect::<Vec<_>>(), vec![0, 1]);
+    }
+
+    #[test]
+    fn penalties_count_the_answer_alone() {
+        let penalties = Penalties {
+            frequency: 0.5,
+            presence: 0.25,
+            prompt_tokens: 0,
+        };
+        let mut logits = [1.0f32; 4];
+        // Token 1 twice, token 3 once, tokens 0 and 2 not at all.
+        penalties.apply_to(&mut logits, &[1, 3, 1, 9]);
+        assert_eq!(logits, [1.0, 1.0 - 2.0 * 0.5 - 0.25, 1.0, 1.0 - 0.5 - 0.25]);
+        // Through the processor, the prompt's tokens are not counted.
+        let with_prompt = Penalties {
+            prompt_tokens: 2,
+            ..penalties
+        };
+        let tensor = Tensor::new(&[1.0f32; 4], &candle_core::Device::Cpu).unwrap();
+        let out: Vec<f32> = with_prompt.apply(&tensor, &[2, 2, 0]).unwrap().to_vec1().unwrap();
+        assert_eq!(out, vec![1.0 - 0.75, 1.0, 1.0, 1.0]);
+        let untouched: Vec<f32> = with_prompt.apply(&tensor, &[2, 2]).unwrap().to_vec1().unwrap();
+        assert_eq!(untouched, vec![1.0; 4]);
     }
 
     #[test]

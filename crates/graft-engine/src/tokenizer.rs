@@ -11,6 +11,8 @@
 
 use std::path::Path;
 
+use tokenizers::decoders::DecoderWrapper;
+
 use crate::error::EngineError;
 
 /// A model's tokenizer.
@@ -67,6 +69,24 @@ impl Tokenizer {
             .map_err(|e| EngineError::InvalidRequest(format!("cannot detokenize: {e}")))
     }
 
+    /// The bytes one token stands for: a piece of a character that takes several tokens
+    /// gives its own bytes, where [`Tokenizer::decode`] would give U+FFFD. Byte-level
+    /// vocabularies (GPT-2's kind: Qwen, StarCoder, SmolLM) spell bytes as characters;
+    /// SentencePiece ones (Llama's kind) write a byte as `<0xNN>` and a space as `▁`.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        let piece = self.inner.id_to_token(id)?;
+        if let Some(DecoderWrapper::ByteLevel(_)) = self.inner.get_decoder() {
+            if let Some(bytes) = piece.chars().map(byte_level_byte).collect::<Option<Vec<u8>>>() {
+                return Some(bytes);
+            }
+        }
+        let hex = piece.strip_prefix("<0x").and_then(|h| h.strip_suffix('>'));
+        if let Some(byte) = hex.filter(|h| h.len() == 2).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            return Some(vec![byte]);
+        }
+        Some(piece.replace('\u{2581}', " ").into_bytes())
+    }
+
     /// The id of a token given by its text (a special token's, for example).
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
@@ -75,5 +95,36 @@ impl Tokenizer {
     /// Every token's text, special tokens included (for [`crate::PromptFormat::detect`]).
     pub fn vocabulary(&self) -> Vec<String> {
         self.inner.get_vocab(true).into_keys().collect()
+    }
+}
+
+/// The byte a character of a byte-level vocabulary stands for (GPT-2's table: printable
+/// Latin-1 characters stand for themselves, the other bytes for U+0100 onwards in order).
+fn byte_level_byte(c: char) -> Option<u8> {
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let c = u32::from(c);
+    if c < 0x100 {
+        return printable(c).then_some(c as u8);
+    }
+    (0u32..0x100).filter(|&b| !printable(b)).nth((c - 0x100) as usize).map(|b| b as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_level_byte;
+
+    #[test]
+    fn the_byte_level_table_is_gpt2s() {
+        assert_eq!(byte_level_byte('a'), Some(b'a'));
+        assert_eq!(byte_level_byte('\u{120}'), Some(b' '), "Ġ is a space");
+        assert_eq!(byte_level_byte('\u{10A}'), Some(b'\n'), "Ċ is a newline");
+        assert_eq!(byte_level_byte('\u{100}'), Some(0));
+        assert_eq!(byte_level_byte('\u{143}'), Some(0xAD), "the last one");
+        assert_eq!(byte_level_byte('\u{144}'), None);
+        assert_eq!(byte_level_byte(' '), None, "a plain space is not in the table");
+        // Every byte has exactly one character.
+        let mut seen: Vec<u8> = (0u32..0x200).filter_map(|c| char::from_u32(c).and_then(byte_level_byte)).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..=255).collect::<Vec<u8>>());
     }
 }

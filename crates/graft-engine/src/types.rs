@@ -41,6 +41,15 @@ pub struct Sampling {
     /// With a seed, sampling (temperature > 0) is repeatable: the same request and seed give
     /// the same text, whatever else the engine is running.
     pub seed: Option<u64>,
+    /// OpenAI's `frequency_penalty`: each logit lowered by this much for every time its token
+    /// already appears in the answer (not the prompt). 0 disables it.
+    pub frequency_penalty: f64,
+    /// OpenAI's `presence_penalty`: each logit lowered by this much once its token appears in
+    /// the answer. 0 disables it.
+    pub presence_penalty: f64,
+    /// With `Some(k)`, each generated token comes with its log-probability and the `k` most
+    /// likely tokens at its place ([`TokenLogprob`]).
+    pub logprobs: Option<usize>,
 }
 
 impl Sampling {
@@ -52,6 +61,9 @@ impl Sampling {
             top_p: 1.0,
             stop: Vec::new(),
             seed: None,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            logprobs: None,
         }
     }
 }
@@ -113,4 +125,30 @@ pub struct Completion {
     pub text: String,
     pub finish_reason: FinishReason,
     pub usage: Usage,
+    /// The tokens of `text` with their log-probabilities, when [`Sampling::logprobs`] asked.
+    pub logprobs: Option<Vec<TokenLogprob>>,
+}
+
+/// A generated token and how likely the model found it: natural-log probabilities of the
+/// model's distribution at that place, after the frequency and presence penalties and before
+/// temperature and top-p (what vLLM calls raw log-probabilities).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    /// The token's text (a piece of a character that takes several tokens reads as U+FFFD).
+    pub token: String,
+    /// The bytes the token stands for (a piece of a character: its own bytes).
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// The most likely tokens at this place, most likely first (as many as asked).
+    pub top: Vec<TopLogprob>,
+}
+
+/// One of the most likely tokens at a place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopLogprob {
+    pub id: u32,
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
 }

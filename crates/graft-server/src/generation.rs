@@ -132,8 +132,9 @@ impl Generation {
                 },
             };
             match &mut event {
-                Ok(StreamEvent::Text(text)) if !self.seen_text => {
+                Ok(StreamEvent::Text { text, .. }) if !self.seen_text => {
                     if self.trim_leading_whitespace {
+                        // A piece of white space alone goes, with its tokens' log-probabilities.
                         let trimmed = text.trim_start();
                         if trimmed.is_empty() {
                             continue;

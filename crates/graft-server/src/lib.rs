@@ -51,6 +51,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     // Everything but /health needs a key (when keys are configured).
     let api = Router::new()
         .route("/v1/models", get(routes::models::list))
+        .route("/v1/models/{*model}", get(routes::models::retrieve))
         .route("/v1/chat/completions", post(routes::chat::completions))
         .route("/v1/completions", post(routes::completions::completions))
         .route("/v1/embeddings", post(routes::embeddings::embeddings))

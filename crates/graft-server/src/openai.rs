@@ -24,6 +24,12 @@ pub struct ChatCompletionRequest {
     pub n: Option<u32>,
     /// Makes sampling repeatable: the same request with the same seed gives the same text.
     pub seed: Option<i64>,
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    /// Each answer token's log-probability ([`ChatLogprobs`]) ...
+    pub logprobs: Option<bool>,
+    /// ... with this many of the likeliest tokens at its place.
+    pub top_logprobs: Option<u32>,
     /// graft's extension: retrieval on or off, or its `top_k`, for a project request.
     pub retrieval: Option<RetrievalField>,
     /// graft's extension: answer with the exact prompt the model read ([`DebugInfo`]).
@@ -43,8 +49,6 @@ pub struct UnsupportedChatFields {
     pub tool_choice: Option<serde_json::Value>,
     pub functions: Option<serde_json::Value>,
     pub function_call: Option<serde_json::Value>,
-    pub logprobs: Option<serde_json::Value>,
-    pub top_logprobs: Option<serde_json::Value>,
     pub logit_bias: Option<serde_json::Value>,
 }
 
@@ -75,8 +79,6 @@ impl UnsupportedChatFields {
                 off(&self.function_call),
                 "function calling (function_call) is not supported",
             ),
-            ("logprobs", off(&self.logprobs), "logprobs are not supported"),
-            ("top_logprobs", off(&self.top_logprobs), "logprobs (top_logprobs) are not supported"),
             ("logit_bias", off(&self.logit_bias), "logit_bias is not supported"),
         ]
         .into_iter()
@@ -137,8 +139,12 @@ pub struct CompletionRequest {
     pub n: Option<u32>,
     pub echo: Option<bool>,
     pub best_of: Option<u32>,
-    pub logprobs: Option<serde_json::Value>,
+    /// Each token's log-probability with this many of the likeliest tokens at its place
+    /// ([`CompletionLogprobs`]).
+    pub logprobs: Option<u32>,
     pub seed: Option<i64>,
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
     /// graft's extensions, as for chat.
     pub retrieval: Option<RetrievalField>,
     pub debug: Option<bool>,
@@ -212,7 +218,95 @@ pub struct TextChoice {
     pub index: u32,
     pub text: String,
     pub finish_reason: Option<&'static str>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<CompletionLogprobs>,
+}
+
+/// `logprobs` of a completion's choice, in the legacy completions format: per token its text,
+/// its log-probability, the likeliest tokens at its place (the chosen one always among them)
+/// and where its text starts in the answer (characters).
+#[derive(Debug, Default, Serialize)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    pub top_logprobs: Vec<TopMap>,
+    pub text_offset: Vec<usize>,
+}
+
+impl CompletionLogprobs {
+    /// The entries of `tokens`, whose text starts at character `offset` of the answer; the
+    /// offset after them is returned too.
+    pub fn new(tokens: Vec<graft_engine::TokenLogprob>, mut offset: usize) -> (CompletionLogprobs, usize) {
+        let mut out = CompletionLogprobs::default();
+        for token in tokens {
+            let mut top: Vec<(String, f32)> = token.top.into_iter().map(|t| (t.token, t.logprob)).collect();
+            if !top.iter().any(|(text, _)| *text == token.token) {
+                top.push((token.token.clone(), token.logprob));
+            }
+            out.text_offset.push(offset);
+            offset += token.token.chars().count();
+            out.tokens.push(token.token);
+            out.token_logprobs.push(token.logprob);
+            out.top_logprobs.push(TopMap(top));
+        }
+        (out, offset)
+    }
+}
+
+/// A token → log-probability object, in the order given (likeliest first).
+#[derive(Debug)]
+pub struct TopMap(pub Vec<(String, f32)>);
+
+impl Serialize for TopMap {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(token, logprob)| (token, logprob)))
+    }
+}
+
+/// `logprobs` of a chat choice or chunk: each answer token's log-probability and the
+/// likeliest tokens at its place.
+#[derive(Debug, Serialize)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+    pub refusal: Option<Vec<ChatTokenLogprob>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    /// The bytes the token stands for (for a piece of a character, where `token` is U+FFFD).
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<ChatTopLogprob>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatTopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+impl ChatLogprobs {
+    pub fn new(tokens: Vec<graft_engine::TokenLogprob>) -> ChatLogprobs {
+        let content = tokens
+            .into_iter()
+            .map(|t| ChatTokenLogprob {
+                bytes: t.bytes,
+                token: t.token,
+                logprob: t.logprob,
+                top_logprobs: t
+                    .top
+                    .into_iter()
+                    .map(|top| ChatTopLogprob {
+                        bytes: top.bytes,
+                        token: top.token,
+                        logprob: top.logprob,
+                    })
+                    .collect(),
+            })
+            .collect();
+        ChatLogprobs { content, refusal: None }
+    }
 }
 
 /// vLLM's `POST /v1/load_lora_adapter` body.
@@ -349,7 +443,7 @@ pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
     pub finish_reason: &'static str,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
 }
 
 #[derive(Debug, Serialize)]
@@ -380,7 +474,7 @@ pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
     pub finish_reason: Option<&'static str>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -16,7 +16,7 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::generation::admit;
 use crate::json::Json;
-use crate::openai::{self, AnswerHead, AssistantMessage, ChatChoice, ChatCompletionRequest, ChunkChoice, Content, Delta};
+use crate::openai::{self, AnswerHead, AssistantMessage, ChatChoice, ChatCompletionRequest, ChatLogprobs, ChunkChoice, Content, Delta};
 use crate::prompt;
 use crate::routes::params::{debug_info, SamplingFields};
 use crate::routes::sse::{self, Extras, Part};
@@ -77,28 +77,30 @@ impl sse::Chunks for ChatChunks {
     }
 
     fn chunk(&self, part: Part) -> ChunkChoice {
-        let (delta, finish_reason) = match part {
+        let (delta, finish_reason, logprobs) = match part {
             Part::Open => (
                 Delta {
                     role: Some("assistant"),
                     content: Some(String::new()),
                 },
                 None,
+                None,
             ),
-            Part::Text(text) => (
+            Part::Text(text, logprobs) => (
                 Delta {
                     role: None,
                     content: Some(text),
                 },
                 None,
+                logprobs.map(ChatLogprobs::new),
             ),
-            Part::Finish(reason) => (Delta::default(), Some(reason)),
+            Part::Finish(reason) => (Delta::default(), Some(reason), None),
         };
         ChunkChoice {
             index: 0,
             delta,
             finish_reason,
-            logprobs: None,
+            logprobs,
         }
     }
 
@@ -110,7 +112,7 @@ impl sse::Chunks for ChatChunks {
                 content: completion.text,
             },
             finish_reason: completion.finish_reason.as_str(),
-            logprobs: None,
+            logprobs: completion.logprobs.map(ChatLogprobs::new),
         }
     }
 }
@@ -125,12 +127,21 @@ fn to_engine_request(request: ChatCompletionRequest, limits: &GenerationConfig) 
         .enumerate()
         .map(|(i, m)| to_engine_message(i, m))
         .collect::<Result<Vec<_>, _>>()?;
+    let top_logprobs = request.top_logprobs.unwrap_or(0);
+    let logprobs = match request.logprobs {
+        Some(true) => Some((top_logprobs, "top_logprobs")),
+        _ if top_logprobs > 0 => return Err(ApiError::invalid_param("top_logprobs", "top_logprobs needs `logprobs: true`")),
+        _ => None,
+    };
     let sampling = SamplingFields {
         max_tokens: request.max_completion_tokens.or(request.max_tokens),
         temperature: request.temperature,
         top_p: request.top_p,
         stop: request.stop.map(openai::Stop::into_vec).unwrap_or_default(),
         seed: request.seed,
+        frequency_penalty: request.frequency_penalty,
+        presence_penalty: request.presence_penalty,
+        logprobs,
     }
     .resolve(limits)?;
     Ok(ChatRequest { messages, sampling })
@@ -218,6 +229,11 @@ mod tests {
             (r#""temperature":3"#, "temperature"),
             (r#""top_p":0"#, "top_p"),
             (r#""stop":["a","b","c","d","e"]"#, "stop"),
+            (r#""frequency_penalty":2.5"#, "frequency_penalty"),
+            (r#""presence_penalty":-3"#, "presence_penalty"),
+            (r#""logprobs":true,"top_logprobs":21"#, "top_logprobs"),
+            (r#""top_logprobs":2"#, "top_logprobs"),
+            (r#""logprobs":false,"top_logprobs":2"#, "top_logprobs"),
         ];
         for (field, param) in cases {
             let body = format!(r#"{{"model":"m",{field},"messages":[{{"role":"user","content":"x"}}]}}"#);
@@ -225,6 +241,21 @@ mod tests {
             assert_eq!(err.status, 400, "{field}");
             assert_eq!(err.param, Some(param), "{field}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn logprobs_and_penalties_reach_the_engine() {
+        let r = request(
+            r#"{"model":"m","logprobs":true,"top_logprobs":3,"frequency_penalty":0.5,"presence_penalty":-1,"messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.sampling.logprobs, Some(3));
+        assert_eq!((r.sampling.frequency_penalty, r.sampling.presence_penalty), (0.5, -1.0));
+        let r = request(r#"{"model":"m","logprobs":true,"messages":[{"role":"user","content":"x"}]}"#).unwrap();
+        assert_eq!(r.sampling.logprobs, Some(0), "the chosen tokens alone");
+        let r = request(r#"{"model":"m","logprobs":false,"top_logprobs":0,"messages":[{"role":"user","content":"x"}]}"#).unwrap();
+        assert_eq!(r.sampling.logprobs, None);
+        assert_eq!((r.sampling.frequency_penalty, r.sampling.presence_penalty), (0.0, 0.0));
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! repository in the model's repo-level format, within the project's token budget (the
 //! layout is `completion`'s).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use axum::extract::State;
 use axum::response::Response;
 use axum::Extension;
@@ -20,7 +22,7 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::generation::admit;
 use crate::json::Json;
-use crate::openai::{self, AnswerHead, PromptInput, TextChoice};
+use crate::openai::{self, AnswerHead, CompletionLogprobs, PromptInput, TextChoice};
 use crate::prompt;
 use crate::prompt::completion::{self, TooLong};
 use crate::routes::params::{debug_info, SamplingFields};
@@ -41,9 +43,6 @@ pub async fn completions(
     if request.echo == Some(true) {
         return Err(ApiError::unsupported("echo", "echo is not supported"));
     }
-    if request.logprobs.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(ApiError::unsupported("logprobs", "logprobs are not supported"));
-    }
     let target = state.target(&request.model, &caller)?;
     let streaming = request.stream == Some(true);
     let debug = request.debug == Some(true);
@@ -55,6 +54,9 @@ pub async fn completions(
         top_p: request.top_p,
         stop: request.stop.map(openai::Stop::into_vec).unwrap_or_default(),
         seed: request.seed,
+        frequency_penalty: request.frequency_penalty,
+        presence_penalty: request.presence_penalty,
+        logprobs: request.logprobs.map(|top| (top, "logprobs")),
     }
     .resolve(state.generation())?;
 
@@ -117,13 +119,20 @@ pub async fn completions(
         .await
         .map_err(|e| state.pool_error(e, &caller))?;
     let generation = admitted.start(stream, &state, &target.name);
-    let chunks = TextChunks(AnswerHead::new("cmpl", target.name));
+    let chunks = TextChunks {
+        head: AnswerHead::new("cmpl", target.name),
+        offset: AtomicUsize::new(0),
+    };
     sse::respond(generation, chunks, streaming, include_usage, Extras { sources, debug }).await
 }
 
 /// Completion's answers: a whole `text_completion`, or a stream of text pieces, the first one
 /// with the sources.
-struct TextChunks(AnswerHead);
+struct TextChunks {
+    head: AnswerHead,
+    /// Where the next piece's text starts in the answer (characters), for `text_offset`.
+    offset: AtomicUsize,
+}
 
 impl sse::Chunks for TextChunks {
     const OPENS: bool = false;
@@ -133,20 +142,27 @@ impl sse::Chunks for TextChunks {
     type Whole = TextChoice;
 
     fn head(&self) -> &AnswerHead {
-        &self.0
+        &self.head
     }
 
     fn chunk(&self, part: Part) -> TextChoice {
-        let (text, finish_reason) = match part {
-            Part::Open => (String::new(), None),
-            Part::Text(text) => (text, None),
-            Part::Finish(reason) => (String::new(), Some(reason)),
+        let (text, finish_reason, logprobs) = match part {
+            Part::Open => (String::new(), None, None),
+            Part::Text(text, logprobs) => {
+                let logprobs = logprobs.map(|tokens| {
+                    let (logprobs, next) = CompletionLogprobs::new(tokens, self.offset.load(Ordering::Relaxed));
+                    self.offset.store(next, Ordering::Relaxed);
+                    logprobs
+                });
+                (text, None, logprobs)
+            }
+            Part::Finish(reason) => (String::new(), Some(reason), None),
         };
         TextChoice {
             index: 0,
             text,
             finish_reason,
-            logprobs: None,
+            logprobs,
         }
     }
 
@@ -155,7 +171,7 @@ impl sse::Chunks for TextChunks {
             index: 0,
             text: completion.text,
             finish_reason: Some(completion.finish_reason.as_str()),
-            logprobs: None,
+            logprobs: completion.logprobs.map(|tokens| CompletionLogprobs::new(tokens, 0).0),
         }
     }
 }

@@ -103,6 +103,7 @@ pub async fn infill(
         top_p: request.top_p,
         stop: request.stop.map(Stop::into_vec).unwrap_or_default(),
         seed: request.seed,
+        ..SamplingFields::default()
     }
     .resolve(state.generation())
     .map_err(|mut e| {
@@ -232,7 +233,7 @@ async fn generate(mut generation: Generation, n_indent: Option<usize>, time_limi
     let mut pieces = 0;
     let (stop_type, predicted_n, early) = loop {
         match generation.next().await {
-            Some(Ok(StreamEvent::Text(delta))) => {
+            Some(Ok(StreamEvent::Text { text: delta, .. })) => {
                 let first = *first_at.get_or_insert_with(Instant::now);
                 pieces += 1;
                 content.push_str(&delta);

@@ -1,15 +1,40 @@
 //! `GET /v1/models`: what the caller may put in the `model` field: the base model; each
 //! adapter (loaded or in the store) with the base as its `parent`; each project with its
 //! adapter or the base as `parent`; and the embedding model, if one is loaded.
+//! `GET /v1/models/{model}`: one of them, or 404.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::{Extension, Json};
 
 use crate::caller::Caller;
+use crate::error::ApiError;
 use crate::openai::{ModelCard, ModelList};
 use crate::state::AppState;
 
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list",
+        data: cards(&state, &caller),
+    })
+}
+
+pub async fn retrieve(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(model): Path<String>,
+) -> Result<Json<ModelCard>, ApiError> {
+    let mut cards = cards(&state, &caller);
+    match cards.iter().position(|c| c.id == model) {
+        Some(i) => Ok(Json(cards.swap_remove(i))),
+        None => {
+            let ids: Vec<&str> = cards.iter().map(|c| c.id.as_str()).collect();
+            Err(ApiError::model_not_found(&model, &ids))
+        }
+    }
+}
+
+/// The models `caller` may use, base first.
+fn cards(state: &AppState, caller: &Caller) -> Vec<ModelCard> {
     let base = state.pool().base_name().to_owned();
     let card = |id: String, parent: Option<String>, root: String, created: u64| ModelCard {
         id,
@@ -37,5 +62,5 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
     if let Some(name) = state.projects().embedding_name() {
         data.push(card(name.to_owned(), None, name.to_owned(), state.started()));
     }
-    Json(ModelList { object: "list", data })
+    data
 }

@@ -3,6 +3,7 @@
 //! `debug` extension's answer.
 
 use graft_core::config::GenerationConfig;
+use graft_engine::logprobs::MAX_TOP_LOGPROBS;
 use graft_engine::Sampling;
 
 use crate::error::ApiError;
@@ -20,6 +21,11 @@ pub struct SamplingFields {
     pub top_p: Option<f64>,
     pub stop: Vec<String>,
     pub seed: Option<i64>,
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    /// How many alternatives to list with each token's log-probability (`None`: no
+    /// log-probabilities), and the request field that asked, for its errors.
+    pub logprobs: Option<(u32, &'static str)>,
 }
 
 impl SamplingFields {
@@ -50,6 +56,21 @@ impl SamplingFields {
                 format!("stop takes up to {MAX_STOP_SEQUENCES} non-empty strings"),
             ));
         }
+        let penalty = |value: Option<f64>, param: &'static str| match value.unwrap_or(0.0) {
+            p if (-2.0..=2.0).contains(&p) => Ok(p),
+            p => Err(ApiError::invalid_param(param, format!("{param} must be between -2 and 2, got {p}"))),
+        };
+        let frequency_penalty = penalty(self.frequency_penalty, "frequency_penalty")?;
+        let presence_penalty = penalty(self.presence_penalty, "presence_penalty")?;
+        let logprobs = match self.logprobs {
+            Some((top, param)) if top as usize > MAX_TOP_LOGPROBS => {
+                return Err(ApiError::invalid_param(
+                    param,
+                    format!("{param} must be between 0 and {MAX_TOP_LOGPROBS}, got {top}"),
+                ))
+            }
+            other => other.map(|(top, _)| top as usize),
+        };
         Ok(Sampling {
             max_tokens: max_tokens as usize,
             temperature,
@@ -57,6 +78,9 @@ impl SamplingFields {
             stop: self.stop,
             // OpenAI's seed is a signed integer; its bits seed the draw.
             seed: self.seed.map(|s| s as u64),
+            frequency_penalty,
+            presence_penalty,
+            logprobs,
         })
     }
 }

@@ -26,7 +26,8 @@ pub use crate::openai::Extras;
 pub enum Part {
     /// The stream's opening event (only for formats whose [`Chunks::OPENS`] is true).
     Open,
-    Text(String),
+    /// A piece of text, with its tokens' log-probabilities when the request asked for them.
+    Text(String, Option<Vec<graft_engine::TokenLogprob>>),
     Finish(&'static str),
 }
 
@@ -107,9 +108,10 @@ pub fn stream<C: Chunks>(
             let (event, next) = match phase {
                 Phase::Open => (event(&*chunks, Part::Open, extras.take().unwrap_or_default()), Phase::Tokens),
                 Phase::Tokens => match generation.next().await {
-                    Some(Ok(StreamEvent::Text(text))) => {
-                        (event(&*chunks, Part::Text(text), extras.take().unwrap_or_default()), Phase::Tokens)
-                    }
+                    Some(Ok(StreamEvent::Text { text, logprobs })) => (
+                        event(&*chunks, Part::Text(text, logprobs), extras.take().unwrap_or_default()),
+                        Phase::Tokens,
+                    ),
                     Some(Ok(StreamEvent::End { finish_reason, usage })) => {
                         let next = if include_usage { Phase::Usage(usage) } else { Phase::Done };
                         (

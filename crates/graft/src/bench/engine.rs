@@ -238,7 +238,7 @@ async fn decode(pool: &Pool, model: &str, args: &BenchEngineArgs) -> Result<(f64
         let mut tokens = 0;
         while let Some(event) = stream.next().await {
             match event? {
-                StreamEvent::Text(_) => {
+                StreamEvent::Text { .. } => {
                     first.get_or_insert_with(Instant::now);
                 }
                 StreamEvent::End { usage, .. } => tokens = usage.completion_tokens,
