@@ -11,7 +11,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use graft_engine::adapter::PROJECTIONS;
@@ -255,9 +255,9 @@ async fn decode(pool: &Pool, model: &str, args: &BenchEngineArgs) -> Result<(f64
 }
 
 /// The first token of a cold prompt of each of `--lengths` tokens (median of `--reps`), on the
-/// base and on the adapter `bench-0`: a raw completion of one token whose prompt is a line of
-/// the request's own (so the prompt cache finds nothing to reuse) and then the prompt file's
-/// first tokens.
+/// base and on the adapter `bench-0`: a raw completion of one token whose prompt is exactly
+/// that long: a short line of the request's own (so the prompt cache finds nothing to reuse),
+/// then the prompt file's first tokens.
 async fn first_tokens(engine: &Engine, pool: &Pool, base: &str, args: &BenchEngineArgs) -> Result<Vec<serde_json::Value>> {
     let path = &args.prompt_file;
     let text = std::fs::read_to_string(path)
@@ -271,22 +271,22 @@ async fn first_tokens(engine: &Engine, pool: &Pool, base: &str, args: &BenchEngi
             tokens.len()
         );
     }
-    let run = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let mut rows = Vec::new();
+    let mut asked = 0usize;
     for &length in &args.lengths {
         let mut row = json!({ "prompt_tokens": length });
         for (key, model) in [("base_ms", base), ("adapter_ms", "bench-0")] {
             let mut times = Vec::new();
-            for rep in 0..args.reps {
-                let mut prompt = engine
-                    .tokenize(
-                        None,
-                        &format!("// graft bench engine {run:x}: {model}, {length} tokens, {rep}\n"),
-                        false,
-                    )
-                    .await?;
+            for _ in 0..args.reps {
+                // A few tokens of the request's own first, starting with a letter the last 25
+                // requests did not start with: the prompt cache (a few prompts, in this
+                // process) finds no start to reuse.
+                asked += 1;
+                let head = format!("{}{asked}\n", char::from(b'A' + (asked % 26) as u8));
+                let mut prompt = engine.tokenize(None, &head, false).await?;
                 let rest = length.saturating_sub(prompt.len());
                 prompt.extend_from_slice(&tokens[..rest]);
+                prompt.truncate(length);
                 let request = CompletionRequest {
                     prompt: Prompt::Tokens(prompt),
                     sampling: Sampling::greedy(1),
