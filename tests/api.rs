@@ -132,6 +132,8 @@ async fn requests_without_a_valid_key_get_401_and_health_needs_none() {
 
     let (status, body) = get("/v1/models", Some("sk-test-not-a-key-000000")).await;
     error_message(status, &body, 401);
+    let (status, body) = call(reqwest::Method::POST, "/tokenize", None, Some(&json!({"content": "x"}))).await;
+    error_message(status, &body, 401);
 
     let (status, body) = get("/health", None).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");
@@ -168,6 +170,15 @@ async fn a_key_may_use_only_its_projects_and_sees_only_those() {
     let (status, body) = post("/v1/chat/completions", ALICE, &chat("no-such-project", "hi")).await;
     let message = error_message(status, &body, 404);
     assert!(message.contains("polyglot") && !message.contains("archive"), "{message}");
+    // One model by id: only those the key may use; the tokenizer checks `model` too.
+    let (status, body) = get("/v1/models/polyglot", Some(ALICE)).await;
+    assert_eq!((status, &body["parent"]), (200, &json!(MODEL)), "{body}");
+    let (status, body) = get("/v1/models/archive", Some(ALICE)).await;
+    let message = error_message(status, &body, 404);
+    let available = message.split("Available models:").nth(1).unwrap_or_default();
+    assert!(available.contains("polyglot") && !available.contains("archive"), "{message}");
+    let (status, body) = post("/tokenize", ALICE, &json!({"model": "archive", "content": "x"})).await;
+    error_message(status, &body, 403);
 }
 
 #[tokio::test]

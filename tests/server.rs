@@ -596,3 +596,62 @@ async fn one_model_is_retrieved_by_its_id() {
     assert_eq!(error["code"], "model_not_found");
     assert!(error["message"].as_str().unwrap().contains(MODEL), "{body}");
 }
+
+#[tokio::test]
+async fn tokenize_and_detokenize_answer_as_llama_cpp_and_vllm_do() {
+    let tokenizer = graft_engine::Tokenizer::from_gguf(&graft_tests::kit_file(MODEL)).unwrap();
+    let text = "fn main() { println!(\"日本語 🦀\"); }";
+
+    // llama.cpp's request: the ids, as the model reads them.
+    let (status, body) = post("/tokenize", &json!({"content": text, "add_special": false})).await;
+    assert_eq!(status, 200, "{body}");
+    let ids: Vec<u32> = serde_json::from_value(body["tokens"].clone()).unwrap();
+    assert_eq!(ids, tokenizer.encode(text).unwrap());
+    assert_eq!(body["count"], json!(ids.len()));
+    assert!(body["max_model_len"].as_u64().is_some_and(|n| n >= 2048), "{body}");
+
+    // With pieces: each token's text, or its bytes where it holds a piece of a character;
+    // together they are the text.
+    let (_, body) = post("/tokenize", &json!({"content": text, "add_special": false, "with_pieces": true})).await;
+    let pieces = body["tokens"].as_array().unwrap();
+    let mut bytes = Vec::new();
+    for (piece, id) in pieces.iter().zip(&ids) {
+        assert_eq!(piece["id"], json!(id), "{piece}");
+        match &piece["piece"] {
+            Value::String(s) => bytes.extend_from_slice(s.as_bytes()),
+            Value::Array(b) => bytes.extend(b.iter().map(|b| b.as_u64().unwrap() as u8)),
+            other => panic!("a piece is text or bytes: {other}"),
+        }
+    }
+    assert!(
+        pieces.iter().any(|p| p["piece"].is_array()),
+        "SmolLM2 spells these characters in byte tokens: {body}"
+    );
+    assert_eq!(String::from_utf8(bytes).unwrap(), text);
+
+    // vLLM's request with messages: as many tokens as the chat request's prompt.
+    let messages = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]);
+    let (status, counted) = post("/tokenize", &json!({"model": MODEL, "messages": messages})).await;
+    assert_eq!(status, 200, "{counted}");
+    let (_, chat) = post(
+        "/v1/chat/completions",
+        &json!({"model": MODEL, "messages": messages, "max_tokens": 1, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(counted["count"], chat["usage"]["prompt_tokens"], "{counted} {chat}");
+
+    // Back to text, in both servers' fields.
+    let (status, body) = post("/detokenize", &json!({"tokens": ids})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["content"].as_str(), body["prompt"].as_str()), (Some(text), Some(text)));
+
+    // Errors name the field; an unknown model is 404.
+    let (status, body) = post("/detokenize", &json!({"tokens": [1, 49152]})).await;
+    let error = error_of(status, &body, 400);
+    assert_eq!(error["param"], "tokens");
+    assert!(error["message"].as_str().unwrap().contains("tokens[1]"), "{body}");
+    let (status, body) = post("/tokenize", &json!({})).await;
+    assert_eq!(error_of(status, &body, 400)["param"], "content");
+    let (status, body) = post("/tokenize", &json!({"model": "gpt-4o", "prompt": "x"})).await;
+    assert_eq!(error_of(status, &body, 404)["code"], "model_not_found");
+}

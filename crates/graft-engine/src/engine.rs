@@ -284,12 +284,13 @@ impl Engine {
         }
     }
 
-    /// The base model's tokenizer (read once, on first use).
-    fn tokenizer(&self) -> Result<Arc<Tokenizer>, EngineError> {
+    /// The base model's tokenizer outside mistralrs (read once, on first use): each token's
+    /// own text and bytes. Adapters share it.
+    pub fn tokenizer(&self) -> Result<Arc<Tokenizer>, EngineError> {
         self.tokenizer
             .get_or_init(|| Tokenizer::from_gguf(&self.base.gguf).map(Arc::new).map_err(|e| e.to_string()))
             .clone()
-            .map_err(|e| EngineError::Generation(format!("cannot list log-probabilities: {e}")))
+            .map_err(|e| EngineError::Generation(format!("cannot read the tokenizer: {e}")))
     }
 
     /// Sends one request (its prompt as token ids) to mistralrs and returns the stream of its

@@ -56,6 +56,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/completions", post(routes::completions::completions))
         .route("/v1/embeddings", post(routes::embeddings::embeddings))
         .route("/infill", post(routes::infill::infill))
+        .route("/tokenize", post(routes::tokenize::tokenize))
+        .route("/detokenize", post(routes::tokenize::detokenize))
         .route("/v1/load_lora_adapter", post(routes::adapters::load))
         .route("/v1/unload_lora_adapter", post(routes::adapters::unload))
         .route("/v1/projects", get(routes::projects::list))

@@ -147,7 +147,8 @@ fn to_engine_request(request: ChatCompletionRequest, limits: &GenerationConfig) 
     Ok(ChatRequest { messages, sampling })
 }
 
-fn to_engine_message(index: usize, message: openai::Message) -> Result<ChatMessage, ApiError> {
+/// One message of a request as the engine takes it (roles and content parts checked).
+pub(crate) fn to_engine_message(index: usize, message: openai::Message) -> Result<ChatMessage, ApiError> {
     let role = match message.role.as_str() {
         "system" | "developer" => Role::System,
         "user" => Role::User,

@@ -10,3 +10,4 @@ pub mod params;
 pub mod projects;
 pub mod sse;
 pub mod system;
+pub mod tokenize;
