@@ -655,3 +655,42 @@ async fn tokenize_and_detokenize_answer_as_llama_cpp_and_vllm_do() {
     let (status, body) = post("/tokenize", &json!({"model": "gpt-4o", "prompt": "x"})).await;
     assert_eq!(error_of(status, &body, 404)["code"], "model_not_found");
 }
+
+#[tokio::test]
+async fn logit_bias_bans_a_token_and_forces_another() {
+    let tokenizer = graft_engine::Tokenizer::from_gguf(&graft_tests::kit_file(MODEL)).unwrap();
+    let prompt = "The capital of France is";
+    let mut free = completion(prompt, 4);
+    free["logprobs"] = json!(0);
+    let (status, body) = post("/v1/completions", &free).await;
+    assert_eq!(status, 200, "{body}");
+    let first_text = body["choices"][0]["logprobs"]["tokens"][0].as_str().unwrap();
+    let first = tokenizer.encode(first_text).unwrap();
+    assert_eq!(first.len(), 1, "{first_text:?} is one token on its own");
+
+    // -100 on the greedy choice: another token comes first.
+    free["logit_bias"] = json!({ first[0].to_string(): -100 });
+    let (status, banned) = post("/v1/completions", &free).await;
+    assert_eq!(status, 200, "{banned}");
+    assert_ne!(banned["choices"][0]["logprobs"]["tokens"][0].as_str(), Some(first_text), "{banned}");
+
+    // +100 on a token the model would not pick: it comes every time.
+    let banana = tokenizer.encode(" banana").unwrap();
+    assert_eq!(banana.len(), 1);
+    let mut forced = completion(prompt, 3);
+    forced["logit_bias"] = json!({ banana[0].to_string(): 100 });
+    let (_, body) = post("/v1/completions", &forced).await;
+    assert_eq!(body["choices"][0]["text"], " banana banana banana", "{body}");
+    // On chat too.
+    let mut chat = greedy_chat("Name a fruit.", 2);
+    chat["logit_bias"] = json!({ banana[0].to_string(): 100 });
+    let (_, body) = post("/v1/chat/completions", &chat).await;
+    assert_eq!(body["choices"][0]["message"]["content"], "banana banana", "{body}");
+
+    // A token outside the vocabulary is 400 naming the field.
+    forced["logit_bias"] = json!({"49152": 1});
+    let (status, body) = post("/v1/completions", &forced).await;
+    let error = error_of(status, &body, 400);
+    assert_eq!(error["param"], "logit_bias");
+    assert!(error["message"].as_str().unwrap().contains("49152"), "{body}");
+}

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::error::EngineError;
 use crate::fim::PromptFormat;
 use crate::logprobs::{Chooser, Record};
-use crate::sampling::{Penalties, SeededSampler};
+use crate::sampling::{Bias, Penalties, SeededSampler};
 use crate::tokenizer::Tokenizer;
 use crate::types::{ChatMessage, ChatRequest, Completion, CompletionRequest, FinishReason, Prompt, Role, Sampling, TokenLogprob, Usage};
 
@@ -266,6 +266,11 @@ impl Engine {
             return Err(EngineError::InvalidRequest("`prompt` must not be empty".into()));
         }
         self.send(model, tokens, &request.sampling).await
+    }
+
+    /// Tokens in the base model's vocabulary, when its GGUF says (adapters share it).
+    pub fn vocab_size(&self) -> Option<usize> {
+        self.vocab_size
     }
 
     /// A prompt of token ids may only hold ids of the vocabulary (an error names the first
@@ -639,6 +644,9 @@ fn sampling_params(
             presence: s.presence_penalty as f32,
             prompt_tokens,
         }));
+    }
+    if !s.logit_bias.is_empty() {
+        processors.push(Arc::new(Bias(s.logit_bias.clone())));
     }
     let sampler = |seed| SeededSampler {
         seed,

@@ -2,7 +2,7 @@
 //!
 //! When a request asks for them, graft chooses every token itself in a logits processor
 //! ([`Chooser`]: greedy, or seeded sampling from `sampling`) and leaves mistralrs only that one
-//! token to take. The processor sees the model's logits after the penalties and before
+//! token to take. The processor sees the model's logits after the penalties and the logit bias, and before
 //! temperature and top-p, so it writes down each chosen token's log-probability under that
 //! distribution and the most likely tokens at its place, by position in the answer
 //! ([`Record`]). The token stream hands each entry out with the text it belongs to: mistralrs

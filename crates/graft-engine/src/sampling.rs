@@ -107,6 +107,22 @@ impl Penalties {
     }
 }
 
+/// OpenAI's `logit_bias`: a fixed amount added to some tokens' logits at every step.
+#[derive(Debug, Clone)]
+pub(crate) struct Bias(pub Vec<(u32, f32)>);
+
+impl CustomLogitsProcessor for Bias {
+    fn apply(&self, logits: &Tensor, _context: &[u32]) -> candle_core::Result<Tensor> {
+        let mut values: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        for &(token, bias) in &self.0 {
+            if let Some(logit) = values.get_mut(token as usize) {
+                *logit += bias;
+            }
+        }
+        Tensor::from_vec(values, logits.shape(), logits.device())?.to_dtype(logits.dtype())
+    }
+}
+
 impl CustomLogitsProcessor for Penalties {
     fn apply(&self, logits: &Tensor, context: &[u32]) -> candle_core::Result<Tensor> {
         let answer = context.get(self.prompt_tokens..).unwrap_or_default();

@@ -50,6 +50,9 @@ pub struct Sampling {
     /// With `Some(k)`, each generated token comes with its log-probability and the `k` most
     /// likely tokens at its place ([`TokenLogprob`]).
     pub logprobs: Option<usize>,
+    /// OpenAI's `logit_bias`: added to these tokens' logits at every step (-100 all but bans
+    /// a token, 100 all but forces it).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Sampling {
@@ -64,6 +67,7 @@ impl Sampling {
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
             logprobs: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -130,7 +134,8 @@ pub struct Completion {
 }
 
 /// A generated token and how likely the model found it: natural-log probabilities of the
-/// model's distribution at that place, after the frequency and presence penalties and before
+/// model's distribution at that place, after the frequency and presence penalties and
+/// `logit_bias`, and before
 /// temperature and top-p (what vLLM calls raw log-probabilities).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprob {

@@ -4,6 +4,8 @@
 //! Unknown request fields are ignored, as OpenAI clients send many that a local server has no
 //! use for (`user`, `logit_bias`, ...).
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 pub use crate::prompt::augment::Source;
@@ -30,6 +32,8 @@ pub struct ChatCompletionRequest {
     pub logprobs: Option<bool>,
     /// ... with this many of the likeliest tokens at its place.
     pub top_logprobs: Option<u32>,
+    /// Token id → bias added to its logit, -100 to 100.
+    pub logit_bias: Option<HashMap<String, f64>>,
     /// graft's extension: retrieval on or off, or its `top_k`, for a project request.
     pub retrieval: Option<RetrievalField>,
     /// graft's extension: answer with the exact prompt the model read ([`DebugInfo`]).
@@ -49,7 +53,6 @@ pub struct UnsupportedChatFields {
     pub tool_choice: Option<serde_json::Value>,
     pub functions: Option<serde_json::Value>,
     pub function_call: Option<serde_json::Value>,
-    pub logit_bias: Option<serde_json::Value>,
 }
 
 impl UnsupportedChatFields {
@@ -79,7 +82,6 @@ impl UnsupportedChatFields {
                 off(&self.function_call),
                 "function calling (function_call) is not supported",
             ),
-            ("logit_bias", off(&self.logit_bias), "logit_bias is not supported"),
         ]
         .into_iter()
         .find(|(_, off, _)| !off)
@@ -145,6 +147,7 @@ pub struct CompletionRequest {
     pub seed: Option<i64>,
     pub frequency_penalty: Option<f64>,
     pub presence_penalty: Option<f64>,
+    pub logit_bias: Option<HashMap<String, f64>>,
     /// graft's extensions, as for chat.
     pub retrieval: Option<RetrievalField>,
     pub debug: Option<bool>,

@@ -18,7 +18,7 @@ use crate::generation::admit;
 use crate::json::Json;
 use crate::openai::{self, AnswerHead, AssistantMessage, ChatChoice, ChatCompletionRequest, ChatLogprobs, ChunkChoice, Content, Delta};
 use crate::prompt;
-use crate::routes::params::{debug_info, SamplingFields};
+use crate::routes::params::{check_logit_bias, debug_info, SamplingFields};
 use crate::routes::sse::{self, Extras, Part};
 use crate::state::AppState;
 
@@ -39,6 +39,7 @@ pub async fn completions(
     let retrieval = request.retrieval.take();
     let debug = request.debug == Some(true);
     let chat = to_engine_request(request, state.generation())?;
+    check_logit_bias(&state, &chat.sampling)?;
     tracing::debug!(model = %target.name, messages = chat.messages.len(), max_tokens = chat.sampling.max_tokens, streaming, "chat request");
 
     let admitted = admit(&state).await?;
@@ -142,6 +143,7 @@ fn to_engine_request(request: ChatCompletionRequest, limits: &GenerationConfig) 
         frequency_penalty: request.frequency_penalty,
         presence_penalty: request.presence_penalty,
         logprobs,
+        logit_bias: request.logit_bias,
     }
     .resolve(limits)?;
     Ok(ChatRequest { messages, sampling })
@@ -235,6 +237,8 @@ mod tests {
             (r#""logprobs":true,"top_logprobs":21"#, "top_logprobs"),
             (r#""top_logprobs":2"#, "top_logprobs"),
             (r#""logprobs":false,"top_logprobs":2"#, "top_logprobs"),
+            (r#""logit_bias":{"12":-101}"#, "logit_bias"),
+            (r#""logit_bias":{"the":1}"#, "logit_bias"),
         ];
         for (field, param) in cases {
             let body = format!(r#"{{"model":"m",{field},"messages":[{{"role":"user","content":"x"}}]}}"#);
@@ -257,6 +261,8 @@ mod tests {
         let r = request(r#"{"model":"m","logprobs":false,"top_logprobs":0,"messages":[{"role":"user","content":"x"}]}"#).unwrap();
         assert_eq!(r.sampling.logprobs, None);
         assert_eq!((r.sampling.frequency_penalty, r.sampling.presence_penalty), (0.0, 0.0));
+        let biased = request(r#"{"model":"m","logit_bias":{"7":-100," 3":2.5},"messages":[{"role":"user","content":"x"}]}"#).unwrap();
+        assert_eq!(biased.sampling.logit_bias, vec![(3, 2.5), (7, -100.0)]);
     }
 
     #[test]

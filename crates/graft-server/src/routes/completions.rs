@@ -25,7 +25,7 @@ use crate::json::Json;
 use crate::openai::{self, AnswerHead, CompletionLogprobs, PromptInput, TextChoice};
 use crate::prompt;
 use crate::prompt::completion::{self, TooLong};
-use crate::routes::params::{debug_info, SamplingFields};
+use crate::routes::params::{check_logit_bias, debug_info, SamplingFields};
 use crate::routes::sse::{self, Extras, Part};
 use crate::state::AppState;
 
@@ -57,8 +57,10 @@ pub async fn completions(
         frequency_penalty: request.frequency_penalty,
         presence_penalty: request.presence_penalty,
         logprobs: request.logprobs.map(|top| (top, "logprobs")),
+        logit_bias: request.logit_bias,
     }
     .resolve(state.generation())?;
+    check_logit_bias(&state, &sampling)?;
 
     // The prompt as text (to be laid out with context) or as token ids (taken as they are).
     let (prefix, suffix) = match (request.prompt, request.suffix) {

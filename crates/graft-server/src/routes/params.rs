@@ -2,6 +2,8 @@
 //! checked against the configured limits and filled with the configured defaults, and the
 //! `debug` extension's answer.
 
+use std::collections::HashMap;
+
 use graft_core::config::GenerationConfig;
 use graft_engine::logprobs::MAX_TOP_LOGPROBS;
 use graft_engine::Sampling;
@@ -26,7 +28,12 @@ pub struct SamplingFields {
     /// How many alternatives to list with each token's log-probability (`None`: no
     /// log-probabilities), and the request field that asked, for its errors.
     pub logprobs: Option<(u32, &'static str)>,
+    /// Token id (as text) → bias, as OpenAI takes it.
+    pub logit_bias: Option<HashMap<String, f64>>,
 }
+
+/// Most tokens one `logit_bias` may name.
+const MAX_LOGIT_BIAS: usize = 1024;
 
 impl SamplingFields {
     /// The engine's sampling settings, with defaults filled in; out-of-range values are a 400
@@ -71,6 +78,7 @@ impl SamplingFields {
             }
             other => other.map(|(top, _)| top as usize),
         };
+        let logit_bias = logit_bias(self.logit_bias.unwrap_or_default())?;
         Ok(Sampling {
             max_tokens: max_tokens as usize,
             temperature,
@@ -81,7 +89,51 @@ impl SamplingFields {
             frequency_penalty,
             presence_penalty,
             logprobs,
+            logit_bias,
         })
+    }
+}
+
+/// `logit_bias` as the engine takes it: each key a token id, each bias within [-100, 100].
+fn logit_bias(map: HashMap<String, f64>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let invalid = |message: String| ApiError::invalid_param("logit_bias", message);
+    if map.len() > MAX_LOGIT_BIAS {
+        return Err(invalid(format!(
+            "logit_bias may name up to {MAX_LOGIT_BIAS} tokens, got {}",
+            map.len()
+        )));
+    }
+    let mut bias = Vec::with_capacity(map.len());
+    for (key, value) in map {
+        let id = key
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| invalid(format!("logit_bias keys are token ids, got `{key}`")))?;
+        if !(-100.0..=100.0).contains(&value) {
+            return Err(invalid(format!(
+                "logit_bias values must be between -100 and 100, got {value} for {id}"
+            )));
+        }
+        bias.push((id, value as f32));
+    }
+    bias.sort_by_key(|&(id, _)| id);
+    Ok(bias)
+}
+
+/// A `logit_bias` may only name tokens of the model's vocabulary.
+pub fn check_logit_bias(state: &AppState, sampling: &Sampling) -> Result<(), ApiError> {
+    let Some(size) = state.engine().vocab_size() else {
+        return Ok(());
+    };
+    match sampling.logit_bias.iter().find(|&&(id, _)| id as usize >= size) {
+        None => Ok(()),
+        Some((id, _)) => Err(ApiError::invalid_param(
+            "logit_bias",
+            format!(
+                "logit_bias names token id {id}, outside the model's vocabulary of {size} tokens (ids 0 to {})",
+                size - 1
+            ),
+        )),
     }
 }
 
