@@ -694,3 +694,66 @@ async fn logit_bias_bans_a_token_and_forces_another() {
     assert_eq!(error["param"], "logit_bias");
     assert!(error["message"].as_str().unwrap().contains("49152"), "{body}");
 }
+
+#[tokio::test]
+async fn n_choices_are_drawn_from_the_seed_and_streamed_with_their_index() {
+    let mut one = greedy_chat("Tell me about cats.", 12);
+    one["temperature"] = json!(1.0);
+    one["seed"] = json!(99);
+    let (status, single) = post("/v1/chat/completions", &one).await;
+    assert_eq!(status, 200, "{single}");
+    let mut three = one.clone();
+    three["n"] = json!(3);
+    let (status, body) = post("/v1/chat/completions", &three).await;
+    assert_eq!(status, 200, "{body}");
+    let choices = body["choices"].as_array().unwrap();
+    let texts: Vec<&str> = choices.iter().map(|c| c["message"]["content"].as_str().unwrap()).collect();
+    assert_eq!(
+        choices.iter().map(|c| c["index"].as_u64().unwrap()).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(
+        texts[0], single["choices"][0]["message"]["content"],
+        "the first choice is the n = 1 answer"
+    );
+    assert!(texts[1] != texts[0] || texts[2] != texts[0], "sampled choices differ: {texts:?}");
+    assert_eq!(
+        body["usage"]["prompt_tokens"], single["usage"]["prompt_tokens"],
+        "the prompt counts once"
+    );
+    let completion_tokens = body["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!((13..=36).contains(&completion_tokens), "all choices' tokens: {body}");
+    let (_, again) = post("/v1/chat/completions", &three).await;
+    assert_eq!(again["choices"], body["choices"], "a seed repeats every choice");
+
+    // Streamed: each choice's events in order, with its index, adding up to the whole answer.
+    three["stream_options"] = json!({"include_usage": true});
+    let events = stream_events("/v1/chat/completions", &three).await;
+    for (i, text) in texts.iter().enumerate() {
+        let mine: Vec<&Value> = events.iter().filter(|e| e["choices"][0]["index"] == json!(i)).collect();
+        assert_eq!(mine[0]["choices"][0]["delta"]["role"], "assistant", "choice {i} opens");
+        let streamed: String = mine.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+        assert_eq!(&streamed, text, "choice {i}");
+        let finishes = mine.iter().filter(|e| !e["choices"][0]["finish_reason"].is_null()).count();
+        assert_eq!(finishes, 1, "choice {i} ends once");
+    }
+    assert_eq!(events.last().unwrap()["usage"], body["usage"], "one usage event for all choices");
+
+    // Completions, with logprobs: each choice's text offsets start at 0.
+    let mut request = completion("fn main() {", 6);
+    request["n"] = json!(2);
+    request["logprobs"] = json!(1);
+    let events = stream_events("/v1/completions", &request).await;
+    for i in 0..2 {
+        let first = events
+            .iter()
+            .find(|e| e["choices"][0]["index"] == json!(i) && !e["choices"][0]["logprobs"].is_null());
+        assert_eq!(first.unwrap()["choices"][0]["logprobs"]["text_offset"][0], 0, "{events:?}");
+    }
+
+    for n in [0, 9] {
+        three["n"] = json!(n);
+        let (status, body) = post("/v1/chat/completions", &three).await;
+        assert_eq!(error_of(status, &body, 400)["param"], "n");
+    }
+}

@@ -110,6 +110,13 @@ class Chat(unittest.TestCase):
         streamed = [t for chunk in stream for choice in chunk.choices if choice.logprobs for t in choice.logprobs.content]
         self.assertEqual([(t.token, t.logprob) for t in streamed], [(t.token, t.logprob) for t in content])
 
+    def test_several_choices(self):
+        answer = client().chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Tell me about cats."}], n=2, seed=5, temperature=1.0, max_tokens=8
+        )
+        self.assertEqual([c.index for c in answer.choices], [0, 1])
+        self.assertTrue(all(c.message.content for c in answer.choices))
+
     def test_a_project_answer_names_the_file_that_defines_the_api(self):
         c = client()
         answer = greedy_chat(c, PROJECT, QUESTION, max_tokens=8)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use graft_engine::engine::Collector;
-use graft_engine::{Completion, StreamEvent, TokenStream};
+use graft_engine::{Completion, CompletionRequest, Prompt, Sampling, StreamEvent, TokenStream};
 use tokio::time::Instant;
 
 use crate::error::ApiError;
@@ -41,19 +41,76 @@ pub async fn admit(state: &AppState) -> Result<Admitted, ApiError> {
 impl Admitted {
     /// The generation of `tokens` under this admission, reported as `model`.
     pub fn start(self, tokens: TokenStream, state: &AppState, model: &str) -> Generation {
-        Generation {
-            tokens,
-            deadline: self.deadline,
-            timeout: state.request_timeout(),
-            started: self.started,
-            model: model.to_owned(),
-            seen_text: false,
-            metrics: Arc::clone(state.metrics()),
-            cut: state.cut_signal(),
-            trim_leading_whitespace: false,
-            _slot: self.slot,
-        }
+        let mut all = self.start_all(vec![tokens], state, model);
+        all.remove(0)
     }
+
+    /// The generations of a request's choices (`n`), all under this one admission: they
+    /// share its slot and deadline, and the slot frees when the last one is dropped.
+    pub fn start_all(self, streams: Vec<TokenStream>, state: &AppState, model: &str) -> Vec<Generation> {
+        let slot = Arc::new(self.slot);
+        streams
+            .into_iter()
+            .map(|tokens| Generation {
+                tokens,
+                deadline: self.deadline,
+                timeout: state.request_timeout(),
+                started: self.started,
+                model: model.to_owned(),
+                seen_text: false,
+                metrics: Arc::clone(state.metrics()),
+                cut: state.cut_signal(),
+                trim_leading_whitespace: false,
+                _slot: Arc::clone(&slot),
+            })
+            .collect()
+    }
+}
+
+/// Most choices (`n`) one request may ask for.
+pub const MAX_CHOICES: u32 = 8;
+
+/// The request's `n`, checked: how many choices to generate.
+pub fn choices(n: Option<u32>) -> Result<u32, ApiError> {
+    match n.unwrap_or(1) {
+        n @ 1..=MAX_CHOICES => Ok(n),
+        n => Err(ApiError::invalid_param(
+            "n",
+            format!("n must be between 1 and {MAX_CHOICES}, got {n}"),
+        )),
+    }
+}
+
+/// Starts `n` choices of the prompt `tokens` on the pool's `target` model under one
+/// admission. Choice `i` samples with the request's seed plus `i`, so a seeded request
+/// repeats all its choices and its first choice is the answer the same request with `n = 1`
+/// gets; greedy choices are all the same answer.
+pub async fn start_choices(
+    state: &AppState,
+    caller: &crate::caller::Caller,
+    admitted: Admitted,
+    target: &crate::state::Target,
+    tokens: Vec<u32>,
+    sampling: Sampling,
+    n: u32,
+) -> Result<Vec<Generation>, ApiError> {
+    let mut streams = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let request = CompletionRequest {
+            prompt: Prompt::Tokens(tokens.clone()),
+            sampling: Sampling {
+                seed: sampling.seed.map(|seed| seed.wrapping_add(u64::from(i))),
+                ..sampling.clone()
+            },
+        };
+        let stream = state
+            .pool()
+            .complete_stream(&target.model, request)
+            .await
+            .map_err(|e| state.pool_error(e, caller))?;
+        streams.push(stream);
+    }
+    Ok(admitted.start_all(streams, state, &target.name))
 }
 
 /// Searches `project` for `query` as its settings and the request's `retrieval` field say;
@@ -109,7 +166,7 @@ pub struct Generation {
     /// Shutdown's grace period is over ([`AppState::cut_generations`]).
     cut: tokio::sync::watch::Receiver<bool>,
     trim_leading_whitespace: bool,
-    _slot: Slot,
+    _slot: Arc<Slot>,
 }
 
 impl Generation {

@@ -10,11 +10,11 @@ use axum::response::Response;
 use axum::Extension;
 
 use graft_core::config::GenerationConfig;
-use graft_engine::{ChatMessage, ChatRequest, Completion, CompletionRequest, Prompt, Role};
+use graft_engine::{ChatMessage, ChatRequest, Completion, Role};
 
 use crate::caller::Caller;
 use crate::error::ApiError;
-use crate::generation::admit;
+use crate::generation::{admit, choices, start_choices, Generation};
 use crate::json::Json;
 use crate::openai::{self, AnswerHead, AssistantMessage, ChatChoice, ChatCompletionRequest, ChatLogprobs, ChunkChoice, Content, Delta};
 use crate::prompt;
@@ -27,9 +27,7 @@ pub async fn completions(
     Extension(caller): Extension<Caller>,
     Json(mut request): Json<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    if request.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::invalid_param("n", "Only n = 1 is supported"));
-    }
+    let n = choices(request.n)?;
     if let Some((field, message)) = request.unsupported.first_used() {
         return Err(ApiError::unsupported(field, message));
     }
@@ -48,18 +46,13 @@ pub async fn completions(
     let debug = if debug { Some(debug_info(&state, &prompt).await?) } else { None };
 
     // The model reads exactly the prompt that was checked.
-    let checked = CompletionRequest {
-        prompt: Prompt::Tokens(prompt),
-        sampling: chat.sampling,
-    };
-    let tokens = state
-        .pool()
-        .complete_stream(&target.model, checked)
-        .await
-        .map_err(|e| state.pool_error(e, &caller))?;
-    let generation = admitted.start(tokens, &state, &target.name).trim_leading_whitespace();
+    let generations = start_choices(&state, &caller, admitted, &target, prompt, chat.sampling, n)
+        .await?
+        .into_iter()
+        .map(Generation::trim_leading_whitespace)
+        .collect();
     let chunks = ChatChunks(AnswerHead::new("chatcmpl", target.name));
-    sse::respond(generation, chunks, streaming, include_usage, Extras { sources, debug }).await
+    sse::respond(generations, chunks, streaming, include_usage, Extras { sources, debug }).await
 }
 
 /// Chat's answers: a whole `chat.completion`, or a stream of chunks: the role first (with the
@@ -77,7 +70,7 @@ impl sse::Chunks for ChatChunks {
         &self.0
     }
 
-    fn chunk(&self, part: Part) -> ChunkChoice {
+    fn chunk(&self, index: u32, part: Part) -> ChunkChoice {
         let (delta, finish_reason, logprobs) = match part {
             Part::Open => (
                 Delta {
@@ -98,16 +91,16 @@ impl sse::Chunks for ChatChunks {
             Part::Finish(reason) => (Delta::default(), Some(reason), None),
         };
         ChunkChoice {
-            index: 0,
+            index,
             delta,
             finish_reason,
             logprobs,
         }
     }
 
-    fn whole(&self, completion: Completion) -> ChatChoice {
+    fn whole(&self, index: u32, completion: Completion) -> ChatChoice {
         ChatChoice {
-            index: 0,
+            index,
             message: AssistantMessage {
                 role: "assistant",
                 content: completion.text,

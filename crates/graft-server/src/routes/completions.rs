@@ -10,17 +10,17 @@
 //! repository in the model's repo-level format, within the project's token budget (the
 //! layout is `completion`'s).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use axum::extract::State;
 use axum::response::Response;
 use axum::Extension;
 use graft_engine::fim::FimInput;
-use graft_engine::{Completion, CompletionRequest, Prompt};
+use graft_engine::Completion;
 
 use crate::caller::Caller;
 use crate::error::ApiError;
-use crate::generation::admit;
+use crate::generation::{admit, choices, start_choices};
 use crate::json::Json;
 use crate::openai::{self, AnswerHead, CompletionLogprobs, PromptInput, TextChoice};
 use crate::prompt;
@@ -34,11 +34,9 @@ pub async fn completions(
     Extension(caller): Extension<Caller>,
     Json(request): Json<openai::CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    if request.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::invalid_param("n", "Only n = 1 is supported"));
-    }
-    if request.best_of.is_some_and(|n| n != 1) {
-        return Err(ApiError::invalid_param("best_of", "Only best_of = 1 is supported"));
+    let n = choices(request.n)?;
+    if request.best_of.is_some_and(|b| b != n) {
+        return Err(ApiError::invalid_param("best_of", "best_of other than n is not supported"));
     }
     if request.echo == Some(true) {
         return Err(ApiError::unsupported("echo", "echo is not supported"));
@@ -111,29 +109,21 @@ pub async fn completions(
         }
     };
     let debug = if debug { Some(debug_info(&state, &tokens).await?) } else { None };
-    let request = CompletionRequest {
-        prompt: Prompt::Tokens(tokens),
-        sampling,
-    };
-    let stream = state
-        .pool()
-        .complete_stream(&target.model, request)
-        .await
-        .map_err(|e| state.pool_error(e, &caller))?;
-    let generation = admitted.start(stream, &state, &target.name);
+    let generations = start_choices(&state, &caller, admitted, &target, tokens, sampling, n).await?;
     let chunks = TextChunks {
         head: AnswerHead::new("cmpl", target.name),
-        offset: AtomicUsize::new(0),
+        offsets: Mutex::new(vec![0; n as usize]),
     };
-    sse::respond(generation, chunks, streaming, include_usage, Extras { sources, debug }).await
+    sse::respond(generations, chunks, streaming, include_usage, Extras { sources, debug }).await
 }
 
 /// Completion's answers: a whole `text_completion`, or a stream of text pieces, the first one
 /// with the sources.
 struct TextChunks {
     head: AnswerHead,
-    /// Where the next piece's text starts in the answer (characters), for `text_offset`.
-    offset: AtomicUsize,
+    /// Where each choice's next piece of text starts in its answer (characters), for
+    /// `text_offset`.
+    offsets: Mutex<Vec<usize>>,
 }
 
 impl sse::Chunks for TextChunks {
@@ -147,13 +137,19 @@ impl sse::Chunks for TextChunks {
         &self.head
     }
 
-    fn chunk(&self, part: Part) -> TextChoice {
+    fn chunk(&self, index: u32, part: Part) -> TextChoice {
         let (text, finish_reason, logprobs) = match part {
             Part::Open => (String::new(), None, None),
             Part::Text(text, logprobs) => {
                 let logprobs = logprobs.map(|tokens| {
-                    let (logprobs, next) = CompletionLogprobs::new(tokens, self.offset.load(Ordering::Relaxed));
-                    self.offset.store(next, Ordering::Relaxed);
+                    let Ok(mut offsets) = self.offsets.lock() else {
+                        return CompletionLogprobs::new(tokens, 0).0;
+                    };
+                    let offset = offsets.get_mut(index as usize);
+                    let (logprobs, next) = CompletionLogprobs::new(tokens, offset.as_deref().copied().unwrap_or(0));
+                    if let Some(offset) = offset {
+                        *offset = next;
+                    }
                     logprobs
                 });
                 (text, None, logprobs)
@@ -161,16 +157,16 @@ impl sse::Chunks for TextChunks {
             Part::Finish(reason) => (String::new(), Some(reason), None),
         };
         TextChoice {
-            index: 0,
+            index,
             text,
             finish_reason,
             logprobs,
         }
     }
 
-    fn whole(&self, completion: Completion) -> TextChoice {
+    fn whole(&self, index: u32, completion: Completion) -> TextChoice {
         TextChoice {
-            index: 0,
+            index,
             text: completion.text,
             finish_reason: Some(completion.finish_reason.as_str()),
             logprobs: completion.logprobs.map(|tokens| CompletionLogprobs::new(tokens, 0).0),

@@ -1,7 +1,9 @@
 //! The server-sent event stream that both generation routes answer with when a request says
 //! `"stream": true`: an opening event where the format has one (chat's role delta), one event
 //! per piece of text, the finish reason, a usage event when `stream_options.include_usage`
-//! asks for it, then `data: [DONE]`. graft's extension fields ([`Extras`]: the sources a
+//! asks for it, then `data: [DONE]`. A request for several choices (`n`) gets each choice's
+//! events in order, marked with its index, the choices interleaved as they are generated, and
+//! one usage event for all. graft's extension fields ([`Extras`]: the sources a
 //! project request used, the debug prompt) go on the first event.
 //! An error during generation (a deadline, an engine failure) becomes one error event, then
 //! `[DONE]`.
@@ -44,15 +46,20 @@ pub trait Chunks: Send + Sync + 'static {
     type Whole: serde::Serialize;
     /// The id, time and model of every event of this answer.
     fn head(&self) -> &openai::AnswerHead;
-    /// A stream event's choice.
-    fn chunk(&self, part: Part) -> Self::Chunk;
-    /// The choice of the whole answer.
-    fn whole(&self, completion: Completion) -> Self::Whole;
+    /// A stream event's choice, for the request's choice `index` (`n` asks for several).
+    fn chunk(&self, index: u32, part: Part) -> Self::Chunk;
+    /// The choice `index` of the whole answer.
+    fn whole(&self, index: u32, completion: Completion) -> Self::Whole;
 }
 
-/// The event for `part`, with the extension fields on the stream's first event.
-fn event<C: Chunks>(chunks: &C, part: Part, extras: Extras) -> Event {
-    json_event(&chunks.head().envelope(C::CHUNK_OBJECT, vec![chunks.chunk(part)], None, extras))
+/// The event for choice `index`'s `part`, with the extension fields on the stream's first
+/// event.
+fn event<C: Chunks>(chunks: &C, index: u32, part: Part, extras: Extras) -> Event {
+    json_event(
+        &chunks
+            .head()
+            .envelope(C::CHUNK_OBJECT, vec![chunks.chunk(index, part)], None, extras),
+    )
 }
 
 /// The usage event: no choices, as in OpenAI's API.
@@ -64,69 +71,130 @@ fn usage_event<C: Chunks>(chunks: &C, usage: graft_engine::Usage) -> Event {
     )
 }
 
-/// The answer to a generation request: server-sent events as `generation` goes when
-/// `streaming`, else the whole answer once it has ended.
+/// A request's usage over its choices: the prompt once (every choice reads the same one), the
+/// answers' tokens added up.
+fn add_usage(total: &mut Option<graft_engine::Usage>, usage: graft_engine::Usage) {
+    let total = total.get_or_insert(graft_engine::Usage {
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: 0,
+    });
+    total.completion_tokens += usage.completion_tokens;
+}
+
+/// The answer to a generation request of one choice per generation (`n`, most often one):
+/// server-sent events as they go when `streaming`, else the whole answer once all have ended.
 pub async fn respond<C: Chunks>(
-    generation: Generation,
+    generations: Vec<Generation>,
     chunks: C,
     streaming: bool,
     include_usage: bool,
     extras: Extras,
 ) -> Result<Response, ApiError> {
     if streaming {
-        return Ok(stream(generation, chunks, include_usage, extras).into_response());
+        return Ok(stream(generations, chunks, include_usage, extras).into_response());
     }
-    let completion = generation.collect().await?;
-    let usage = Some(completion.usage.into());
-    let whole = chunks
-        .head()
-        .envelope(C::WHOLE_OBJECT, vec![chunks.whole(completion)], usage, extras);
+    let completions = futures::future::try_join_all(generations.into_iter().map(Generation::collect)).await?;
+    let mut usage = None;
+    for completion in &completions {
+        add_usage(&mut usage, completion.usage);
+    }
+    let choices = completions
+        .into_iter()
+        .enumerate()
+        .map(|(i, completion)| chunks.whole(i as u32, completion))
+        .collect();
+    let whole = chunks.head().envelope(C::WHOLE_OBJECT, choices, usage.map(Into::into), extras);
     Ok(axum::Json(whole).into_response())
 }
 
 /// Where a stream is.
 enum Phase {
-    Open,
+    /// The opening events still to send, one per choice.
+    Open(std::ops::Range<u32>),
     Tokens,
-    Usage(graft_engine::Usage),
     Done,
     Finished,
 }
 
-/// `generation` as server-sent events written by `chunks`.
+/// What a stream keeps between events.
+struct Flow {
+    /// Every choice's events as they come, each with its choice's index.
+    events: stream::SelectAll<stream::BoxStream<'static, (u32, Result<StreamEvent, ApiError>)>>,
+    phase: Phase,
+    /// The extension fields, until the first event takes them.
+    extras: Option<Extras>,
+    usage: Option<graft_engine::Usage>,
+    /// Choices whose end has been sent.
+    ended: usize,
+    choices: usize,
+}
+
+/// `generations` (one per choice) as server-sent events written by `chunks`: the events of
+/// each choice in order, the choices' events interleaved as they come.
 pub fn stream<C: Chunks>(
-    generation: Generation,
+    generations: Vec<Generation>,
     chunks: C,
     include_usage: bool,
     extras: Extras,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    use futures::StreamExt;
     let chunks = Arc::new(chunks);
-    let start = if C::OPENS { Phase::Open } else { Phase::Tokens };
-    let events = stream::unfold((generation, start, Some(extras)), move |(mut generation, phase, mut extras)| {
+    let choices = generations.len();
+    let events = stream::select_all(generations.into_iter().enumerate().map(|(i, generation)| {
+        stream::unfold(generation, |mut g| async move { g.next().await.map(|event| (event, g)) })
+            .map(move |event| (i as u32, event))
+            .boxed()
+    }));
+    let flow = Flow {
+        events,
+        phase: if C::OPENS { Phase::Open(0..choices as u32) } else { Phase::Tokens },
+        extras: Some(extras),
+        usage: None,
+        ended: 0,
+        choices,
+    };
+    let events = stream::unfold(flow, move |mut flow| {
         let chunks = Arc::clone(&chunks);
         async move {
-            let (event, next) = match phase {
-                Phase::Open => (event(&*chunks, Part::Open, extras.take().unwrap_or_default()), Phase::Tokens),
-                Phase::Tokens => match generation.next().await {
-                    Some(Ok(StreamEvent::Text { text, logprobs })) => (
-                        event(&*chunks, Part::Text(text, logprobs), extras.take().unwrap_or_default()),
-                        Phase::Tokens,
-                    ),
-                    Some(Ok(StreamEvent::End { finish_reason, usage })) => {
-                        let next = if include_usage { Phase::Usage(usage) } else { Phase::Done };
-                        (
-                            event(&*chunks, Part::Finish(finish_reason.as_str()), extras.take().unwrap_or_default()),
-                            next,
-                        )
+            let extras = flow.extras.take().unwrap_or_default();
+            let event = match &mut flow.phase {
+                Phase::Open(indexes) => {
+                    let index = indexes.next().unwrap_or_default();
+                    if indexes.start == indexes.end {
+                        flow.phase = Phase::Tokens;
                     }
-                    Some(Err(e)) => (crate::error::stream_error_event(&e), Phase::Done),
-                    None => (done(), Phase::Finished),
+                    event(&*chunks, index, Part::Open, extras)
+                }
+                Phase::Tokens => match flow.events.next().await {
+                    Some((index, Ok(StreamEvent::Text { text, logprobs }))) => event(&*chunks, index, Part::Text(text, logprobs), extras),
+                    Some((index, Ok(StreamEvent::End { finish_reason, usage }))) => {
+                        add_usage(&mut flow.usage, usage);
+                        flow.ended += 1;
+                        event(&*chunks, index, Part::Finish(finish_reason.as_str()), extras)
+                    }
+                    Some((_, Err(e))) => {
+                        flow.phase = Phase::Done;
+                        crate::error::stream_error_event(&e)
+                    }
+                    // Every choice has ended: the usage event when asked for, then [DONE].
+                    None => match flow.usage.filter(|_| include_usage && flow.ended == flow.choices) {
+                        Some(usage) => {
+                            flow.phase = Phase::Done;
+                            usage_event(&*chunks, usage)
+                        }
+                        None => {
+                            flow.phase = Phase::Finished;
+                            done()
+                        }
+                    },
                 },
-                Phase::Usage(usage) => (usage_event(&*chunks, usage), Phase::Done),
-                Phase::Done => (done(), Phase::Finished),
+                Phase::Done => {
+                    flow.phase = Phase::Finished;
+                    done()
+                }
                 Phase::Finished => return None,
             };
-            Some((Ok(event), (generation, next, extras)))
+            Some((Ok(event), flow))
         }
     });
     Sse::new(events).keep_alive(KeepAlive::default())
