@@ -21,7 +21,8 @@ use crate::sticky::Spot;
 
 /// A request let in by the gate: its slot and its deadline.
 pub struct Admitted {
-    slot: Slot,
+    /// Shared by the request's generations (`n` choices); free when the last one is dropped.
+    slot: Arc<Slot>,
     deadline: Deadline,
     started: Instant,
 }
@@ -35,35 +36,38 @@ pub async fn admit(state: &AppState) -> Result<Admitted, ApiError> {
         state.metrics().rejected();
         refusal.into_error(timeout)
     })?;
-    Ok(Admitted { slot, deadline, started })
+    Ok(Admitted {
+        slot: Arc::new(slot),
+        deadline,
+        started,
+    })
 }
 
 impl Admitted {
     /// The generation of `tokens` under this admission, reported as `model`.
     pub fn start(self, tokens: TokenStream, state: &AppState, model: &str) -> Generation {
-        let mut all = self.start_all(vec![tokens], state, model);
-        all.remove(0)
+        self.generation(tokens, state, model)
     }
 
     /// The generations of a request's choices (`n`), all under this one admission: they
-    /// share its slot and deadline, and the slot frees when the last one is dropped.
+    /// share its slot and deadline.
     pub fn start_all(self, streams: Vec<TokenStream>, state: &AppState, model: &str) -> Vec<Generation> {
-        let slot = Arc::new(self.slot);
-        streams
-            .into_iter()
-            .map(|tokens| Generation {
-                tokens,
-                deadline: self.deadline,
-                timeout: state.request_timeout(),
-                started: self.started,
-                model: model.to_owned(),
-                seen_text: false,
-                metrics: Arc::clone(state.metrics()),
-                cut: state.cut_signal(),
-                trim_leading_whitespace: false,
-                _slot: Arc::clone(&slot),
-            })
-            .collect()
+        streams.into_iter().map(|tokens| self.generation(tokens, state, model)).collect()
+    }
+
+    fn generation(&self, tokens: TokenStream, state: &AppState, model: &str) -> Generation {
+        Generation {
+            tokens,
+            deadline: self.deadline,
+            timeout: state.request_timeout(),
+            started: self.started,
+            model: model.to_owned(),
+            seen_text: false,
+            metrics: Arc::clone(state.metrics()),
+            cut: state.cut_signal(),
+            trim_leading_whitespace: false,
+            _slot: Arc::clone(&self.slot),
+        }
     }
 }
 
