@@ -258,7 +258,7 @@ impl Engine {
         let tokens = match request.prompt {
             Prompt::Text(text) => self.tokenize(model, &text, true).await?,
             Prompt::Tokens(tokens) => {
-                self.check_token_ids(&tokens)?;
+                self.check_token_ids("prompt", &tokens)?;
                 tokens
             }
         };
@@ -273,16 +273,16 @@ impl Engine {
         self.vocab_size
     }
 
-    /// A prompt of token ids may only hold ids of the vocabulary (an error names the first
-    /// that is not).
-    pub fn check_token_ids(&self, tokens: &[u32]) -> Result<(), EngineError> {
+    /// A list of token ids (a request's `field`) may only hold ids of the vocabulary (an error
+    /// names the first that is not, as `field[i]`).
+    pub fn check_token_ids(&self, field: &str, tokens: &[u32]) -> Result<(), EngineError> {
         let Some(size) = self.vocab_size else {
             return Ok(());
         };
         match tokens.iter().position(|&t| t as usize >= size) {
             None => Ok(()),
             Some(i) => Err(EngineError::InvalidRequest(format!(
-                "`prompt[{i}]` is token id {}, outside the model's vocabulary of {size} tokens (ids 0 to {})",
+                "`{field}[{i}]` is token id {}, outside the model's vocabulary of {size} tokens (ids 0 to {})",
                 tokens[i],
                 size - 1
             ))),

@@ -2,10 +2,10 @@
 //!
 //! When a request asks for them, graft chooses every token itself in a logits processor
 //! ([`Chooser`]: greedy, or seeded sampling from `sampling`) and leaves mistralrs only that one
-//! token to take. The processor sees the model's logits after the penalties and the logit bias, and before
-//! temperature and top-p, so it writes down each chosen token's log-probability under that
-//! distribution and the most likely tokens at its place, by position in the answer
-//! ([`Record`]). The token stream hands each entry out with the text it belongs to: mistralrs
+//! token to take. The processor sees the model's logits after the penalties and the logit
+//! bias, and before temperature and top-p, so it writes down each chosen token's
+//! log-probability under that distribution and the most likely tokens at its place, by
+//! position in the answer ([`Record`]). The token stream hands each entry out with the text it belongs to: mistralrs
 //! sends a token's text once it ends a whole character, naming the token it sent it for, and
 //! everything written down up to that token goes with that text ([`Record::through`]).
 //!
@@ -13,10 +13,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use mistralrs::CustomLogitsProcessor;
 
-use crate::sampling::{only, SeededSampler};
+use crate::sampling::{only, values, SeededSampler};
 use crate::tokenizer::Tokenizer;
 use crate::types::{TokenLogprob, TopLogprob};
 
@@ -90,7 +90,7 @@ impl Chooser {
 
 impl CustomLogitsProcessor for Chooser {
     fn apply(&self, logits: &Tensor, context: &[u32]) -> candle_core::Result<Tensor> {
-        let values: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let values = values(logits)?;
         let chosen = match &self.sampler {
             Some(sampler) => sampler.choose(&values, context.len()),
             None => most_likely(&values, 1).first().copied().unwrap_or(0),

@@ -67,9 +67,18 @@ impl SeededSampler {
 
 impl CustomLogitsProcessor for SeededSampler {
     fn apply(&self, logits: &Tensor, context: &[u32]) -> candle_core::Result<Tensor> {
-        let values: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        only(self.choose(&values, context.len()), logits)
+        only(self.choose(&values(logits)?, context.len()), logits)
     }
+}
+
+/// A step's logits as one f32 per token (what every processor here reads).
+pub(crate) fn values(logits: &Tensor) -> candle_core::Result<Vec<f32>> {
+    logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+}
+
+/// `values` as a tensor shaped and typed as `logits` (what every processor here returns).
+fn like(values: Vec<f32>, logits: &Tensor) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(values, logits.shape(), logits.device())?.to_dtype(logits.dtype())
 }
 
 /// Logits shaped as `logits` where only `token` is possible, so mistralrs's sampler can only
@@ -79,7 +88,7 @@ pub(crate) fn only(token: usize, logits: &Tensor) -> candle_core::Result<Tensor>
     if let Some(slot) = only.get_mut(token) {
         *slot = 0.0;
     }
-    Tensor::from_vec(only, logits.shape(), logits.device())?.to_dtype(logits.dtype())
+    like(only, logits)
 }
 
 /// OpenAI's frequency and presence penalties over the answer's tokens: a token's logit is
@@ -107,31 +116,31 @@ impl Penalties {
     }
 }
 
-/// OpenAI's `logit_bias`: a fixed amount added to some tokens' logits at every step.
-#[derive(Debug, Clone)]
-pub(crate) struct Bias(pub Vec<(u32, f32)>);
-
-impl CustomLogitsProcessor for Bias {
-    fn apply(&self, logits: &Tensor, _context: &[u32]) -> candle_core::Result<Tensor> {
-        let mut values: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        for &(token, bias) in &self.0 {
-            if let Some(logit) = values.get_mut(token as usize) {
-                *logit += bias;
-            }
-        }
-        Tensor::from_vec(values, logits.shape(), logits.device())?.to_dtype(logits.dtype())
-    }
-}
-
 impl CustomLogitsProcessor for Penalties {
     fn apply(&self, logits: &Tensor, context: &[u32]) -> candle_core::Result<Tensor> {
         let answer = context.get(self.prompt_tokens..).unwrap_or_default();
         if answer.is_empty() {
             return Ok(logits.clone());
         }
-        let mut values: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let mut values = values(logits)?;
         self.apply_to(&mut values, answer);
-        Tensor::from_vec(values, logits.shape(), logits.device())?.to_dtype(logits.dtype())
+        like(values, logits)
+    }
+}
+
+/// OpenAI's `logit_bias`: a fixed amount added to some tokens' logits at every step.
+#[derive(Debug, Clone)]
+pub(crate) struct Bias(pub Vec<(u32, f32)>);
+
+impl CustomLogitsProcessor for Bias {
+    fn apply(&self, logits: &Tensor, _context: &[u32]) -> candle_core::Result<Tensor> {
+        let mut values = values(logits)?;
+        for &(token, bias) in &self.0 {
+            if let Some(logit) = values.get_mut(token as usize) {
+                *logit += bias;
+            }
+        }
+        like(values, logits)
     }
 }
 

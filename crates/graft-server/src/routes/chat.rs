@@ -112,15 +112,7 @@ impl sse::Chunks for ChatChunks {
 }
 
 fn to_engine_request(request: ChatCompletionRequest, limits: &GenerationConfig) -> Result<ChatRequest, ApiError> {
-    if request.messages.is_empty() {
-        return Err(ApiError::invalid_param("messages", "`messages` must contain at least one message"));
-    }
-    let messages = request
-        .messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| to_engine_message(i, m))
-        .collect::<Result<Vec<_>, _>>()?;
+    let messages = to_engine_messages(request.messages)?;
     let top_logprobs = request.top_logprobs.unwrap_or(0);
     let logprobs = match request.logprobs {
         Some(true) => Some((top_logprobs, "top_logprobs")),
@@ -142,8 +134,17 @@ fn to_engine_request(request: ChatCompletionRequest, limits: &GenerationConfig) 
     Ok(ChatRequest { messages, sampling })
 }
 
+/// A request's conversation as the engine takes it: at least one message, roles and content
+/// parts checked (chat, and `/tokenize`'s `messages`).
+pub(crate) fn to_engine_messages(messages: Vec<openai::Message>) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid_param("messages", "`messages` must contain at least one message"));
+    }
+    messages.into_iter().enumerate().map(|(i, m)| to_engine_message(i, m)).collect()
+}
+
 /// One message of a request as the engine takes it (roles and content parts checked).
-pub(crate) fn to_engine_message(index: usize, message: openai::Message) -> Result<ChatMessage, ApiError> {
+fn to_engine_message(index: usize, message: openai::Message) -> Result<ChatMessage, ApiError> {
     let role = match message.role.as_str() {
         "system" | "developer" => Role::System,
         "user" => Role::User,

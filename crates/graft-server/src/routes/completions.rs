@@ -10,7 +10,7 @@
 //! repository in the model's repo-level format, within the project's token budget (the
 //! layout is `completion`'s).
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use axum::extract::State;
 use axum::response::Response;
@@ -84,7 +84,7 @@ pub async fn completions(
             prompt::check_length(&state, tokens.len(), "prompt", "The prompt")?;
             state
                 .engine()
-                .check_token_ids(&tokens)
+                .check_token_ids("prompt", &tokens)
                 .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?;
             (tokens, None)
         }
@@ -142,14 +142,13 @@ impl sse::Chunks for TextChunks {
             Part::Open => (String::new(), None, None),
             Part::Text(text, logprobs) => {
                 let logprobs = logprobs.map(|tokens| {
-                    let Ok(mut offsets) = self.offsets.lock() else {
+                    // The offsets are plain numbers: a panic elsewhere leaves them usable.
+                    let mut offsets = self.offsets.lock().unwrap_or_else(PoisonError::into_inner);
+                    let Some(offset) = offsets.get_mut(index as usize) else {
                         return CompletionLogprobs::new(tokens, 0).0;
                     };
-                    let offset = offsets.get_mut(index as usize);
-                    let (logprobs, next) = CompletionLogprobs::new(tokens, offset.as_deref().copied().unwrap_or(0));
-                    if let Some(offset) = offset {
-                        *offset = next;
-                    }
+                    let (logprobs, next) = CompletionLogprobs::new(tokens, *offset);
+                    *offset = next;
                     logprobs
                 });
                 (text, None, logprobs)

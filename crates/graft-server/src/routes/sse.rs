@@ -123,10 +123,8 @@ struct Flow {
     phase: Phase,
     /// The extension fields, until the first event takes them.
     extras: Option<Extras>,
+    /// Added up over the choices' ends so far.
     usage: Option<graft_engine::Usage>,
-    /// Choices whose end has been sent.
-    ended: usize,
-    choices: usize,
 }
 
 /// `generations` (one per choice) as server-sent events written by `chunks`: the events of
@@ -150,8 +148,6 @@ pub fn stream<C: Chunks>(
         phase: if C::OPENS { Phase::Open(0..choices as u32) } else { Phase::Tokens },
         extras: Some(extras),
         usage: None,
-        ended: 0,
-        choices,
     };
     let events = stream::unfold(flow, move |mut flow| {
         let chunks = Arc::clone(&chunks);
@@ -169,15 +165,15 @@ pub fn stream<C: Chunks>(
                     Some((index, Ok(StreamEvent::Text { text, logprobs }))) => event(&*chunks, index, Part::Text(text, logprobs), extras),
                     Some((index, Ok(StreamEvent::End { finish_reason, usage }))) => {
                         add_usage(&mut flow.usage, usage);
-                        flow.ended += 1;
                         event(&*chunks, index, Part::Finish(finish_reason.as_str()), extras)
                     }
                     Some((_, Err(e))) => {
                         flow.phase = Phase::Done;
                         crate::error::stream_error_event(&e)
                     }
-                    // Every choice has ended: the usage event when asked for, then [DONE].
-                    None => match flow.usage.filter(|_| include_usage && flow.ended == flow.choices) {
+                    // Every choice has ended (a generation's events stop after its end; an
+                    // error ends the stream above): the usage event when asked for, then [DONE].
+                    None => match flow.usage.filter(|_| include_usage) {
                         Some(usage) => {
                             flow.phase = Phase::Done;
                             usage_event(&*chunks, usage)

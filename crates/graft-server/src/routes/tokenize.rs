@@ -20,6 +20,7 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::json::Json;
 use crate::openai::Message;
+use crate::routes::chat::to_engine_messages;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
@@ -94,17 +95,7 @@ pub async fn tokenize(
     let special = request.add_special.or(request.add_special_tokens).unwrap_or(true);
     let ids = match (request.content.or(request.prompt), request.messages) {
         (Some(text), None) => engine.tokenize(None, &text, special).await?,
-        (None, Some(messages)) => {
-            let messages = messages
-                .into_iter()
-                .enumerate()
-                .map(|(i, m)| crate::routes::chat::to_engine_message(i, m))
-                .collect::<Result<Vec<_>, _>>()?;
-            if messages.is_empty() {
-                return Err(ApiError::invalid_param("messages", "`messages` must not be empty"));
-            }
-            engine.chat_prompt(&messages).await?
-        }
+        (None, Some(messages)) => engine.chat_prompt(&to_engine_messages(messages)?).await?,
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid_param(
                 "messages",
@@ -153,8 +144,8 @@ pub async fn detokenize(
     }
     let engine = state.engine();
     engine
-        .check_token_ids(&request.tokens)
-        .map_err(|e| ApiError::invalid_param("tokens", e.to_string().replace("`prompt[", "`tokens[")))?;
+        .check_token_ids("tokens", &request.tokens)
+        .map_err(|e| ApiError::invalid_param("tokens", e.to_string()))?;
     let text = engine.detokenize(None, request.tokens).await?;
     Ok(AxumJson(DetokenizeAnswer {
         content: text.clone(),
