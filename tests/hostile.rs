@@ -149,7 +149,6 @@ async fn trailing_garbage_after_the_json_body_is_400() {
 #[tokio::test]
 async fn chat_fields_graft_does_not_implement_are_refused_not_ignored() {
     let asks = [
-        ("response_format", json!({"type": "json_object"})),
         ("tools", json!([{"type": "function", "function": {"name": "f", "parameters": {}}}])),
         ("tool_choice", json!("required")),
         ("functions", json!([{"name": "f"}])),

@@ -757,3 +757,177 @@ async fn n_choices_are_drawn_from_the_seed_and_streamed_with_their_index() {
         assert_eq!(error_of(status, &body, 400)["param"], "n");
     }
 }
+
+/// A chat request for a small JSON object: a function's name and its number of arguments.
+fn function_schema_chat(max_tokens: u32) -> Value {
+    let mut request = greedy_chat("Describe a Rust function in JSON.", max_tokens);
+    request["response_format"] = json!({
+        "type": "json_schema",
+        "json_schema": {"name": "function", "strict": true, "schema": {
+            "type": "object",
+            "properties": {"name": {"type": "string", "maxLength": 30}, "arguments": {"type": "integer"}},
+            "required": ["name", "arguments"],
+            "additionalProperties": false,
+        }},
+    });
+    request
+}
+
+/// The answer parsed as the schema above: a name and an integer, and nothing else.
+fn parse_function(content: &str) -> (String, i64) {
+    let value: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{content:?} is not JSON: {e}"));
+    let object = value.as_object().unwrap_or_else(|| panic!("{content:?} is not an object"));
+    assert_eq!(object.len(), 2, "only the schema's keys: {content}");
+    (
+        object["name"].as_str().expect("name is a string").to_owned(),
+        object["arguments"].as_i64().expect("arguments is an integer"),
+    )
+}
+
+#[tokio::test]
+async fn structured_output_follows_the_schema_and_ends_when_it_is_complete() {
+    // Without a format, this model answers in prose.
+    let (status, free) = post("/v1/chat/completions", &greedy_chat("Describe a Rust function in JSON.", 60)).await;
+    assert_eq!(status, 200, "{free}");
+    let prose = free["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(serde_json::from_str::<Value>(prose).is_err(), "unconstrained, not JSON: {prose:?}");
+
+    let request = function_schema_chat(120);
+    let (status, body) = post("/v1/chat/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    let (name, _) = parse_function(content);
+    assert!(!name.is_empty() && name.chars().count() <= 30, "{content}");
+    // The answer ends with the object, well before max_tokens.
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
+    assert!(body["usage"]["completion_tokens"].as_u64().unwrap() < 120, "{body}");
+
+    // Streamed, the deltas spell the same object.
+    let events = stream_events("/v1/chat/completions", &request).await;
+    let streamed: String = events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(streamed, content);
+
+    // Sampled (mistralrs's sampler, and graft's seeded one): still the schema.
+    for extra in [json!({"temperature": 1.0}), json!({"temperature": 1.0, "seed": 7})] {
+        let mut sampled = request.clone();
+        for (key, value) in extra.as_object().unwrap() {
+            sampled[key] = value.clone();
+        }
+        let (status, body) = post("/v1/chat/completions", &sampled).await;
+        assert_eq!(status, 200, "{body}");
+        parse_function(body["choices"][0]["message"]["content"].as_str().unwrap());
+    }
+    // With log-probabilities: the same greedy answer, one entry per answer token, and the
+    // count of tokens is those and the end (a token the grammar refused and that was drawn
+    // again counts once).
+    let mut with_logprobs = request.clone();
+    with_logprobs["logprobs"] = json!(true);
+    with_logprobs["top_logprobs"] = json!(2);
+    let (status, listed) = post("/v1/chat/completions", &with_logprobs).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["choices"][0]["message"]["content"], content, "{listed}");
+    let tokens = listed["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    let spelled: String = tokens.iter().map(|t| t["token"].as_str().unwrap()).collect();
+    assert_eq!(spelled.trim_start(), content);
+    assert_eq!(
+        tokens.len() as u64 + 1,
+        listed["usage"]["completion_tokens"].as_u64().unwrap(),
+        "{listed}"
+    );
+    assert_eq!(listed["usage"], body["usage"]);
+
+    // `json_object`: any object.
+    let mut object = greedy_chat("Give me a JSON object describing a cat.", 60);
+    object["response_format"] = json!({"type": "json_object"});
+    let (status, body) = post("/v1/chat/completions", &object).await;
+    assert_eq!(status, 200, "{body}");
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    if body["choices"][0]["finish_reason"] == "stop" {
+        let value: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{content:?}: {e}"));
+        assert!(value.is_object(), "{content}");
+    } else {
+        assert!(
+            content.trim_start().starts_with('{'),
+            "cut by max_tokens, still an object's start: {content}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn completions_follow_a_regex_a_choice_or_a_lark_grammar() {
+    let mut request = completion("The phone number of the office is", 16);
+    request["structured_outputs"] = json!({"regex": " [0-9]{3}-[0-9]{4}"});
+    let (status, body) = post("/v1/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    let text = body["choices"][0]["text"].as_str().unwrap();
+    let digits: Vec<&str> = text.trim_start().split('-').collect();
+    assert!(
+        text.starts_with(' ') && digits.len() == 2 && digits[0].len() == 3 && digits[1].len() == 4,
+        "{text:?}"
+    );
+    assert!(digits.iter().all(|d| d.chars().all(|c| c.is_ascii_digit())), "{text:?}");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
+
+    // A choice is one of the given strings, exactly, special characters and all.
+    let choices = ["Vec<u8>", "&str", "Option<(i32, f64)>"];
+    let mut request = completion("fn parse(input: ", 16);
+    request["structured_outputs"] = json!({"choice": choices});
+    let (status, body) = post("/v1/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    let text = body["choices"][0]["text"].as_str().unwrap();
+    assert!(choices.contains(&text), "{text:?}");
+
+    // A Lark grammar (llguidance's syntax).
+    let mut request = completion("let answer =", 16);
+    request["structured_outputs"] = json!({"grammar": "start: \" \" (\"true\" | \"false\") \";\""});
+    let (status, body) = post("/v1/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    let text = body["choices"][0]["text"].as_str().unwrap();
+    assert!(text == " true;" || text == " false;", "{text:?}");
+}
+
+#[tokio::test]
+async fn a_grammar_that_cannot_be_used_is_400_naming_its_field() {
+    let cases = [
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "nope"}}}}}}),
+            "response_format",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": "object"}}}),
+            "response_format",
+        ),
+        (json!({"response_format": {"type": "json_schema"}}), "response_format"),
+        (json!({"response_format": {"type": "yaml"}}), "response_format"),
+        (json!({"response_format": "json"}), "response_format"),
+        (json!({"structured_outputs": {"regex": "[0-9"}}), "structured_outputs"),
+        (
+            json!({"structured_outputs": {"grammar": "start: undefined_rule"}}),
+            "structured_outputs",
+        ),
+        (json!({"structured_outputs": {"regex": "a", "choice": ["b"]}}), "structured_outputs"),
+        (json!({"structured_outputs": {"choice": []}}), "structured_outputs"),
+        (json!({"structured_outputs": {"structural_tag": {}}}), "structured_outputs"),
+        (
+            json!({"structured_outputs": {"regex": "a"}, "response_format": {"type": "json_object"}}),
+            "structured_outputs",
+        ),
+    ];
+    for (fields, param) in cases {
+        let mut request = greedy_chat("hi", 4);
+        for (key, value) in fields.as_object().unwrap() {
+            request[key] = value.clone();
+        }
+        let (status, body) = post("/v1/chat/completions", &request).await;
+        assert_eq!(error_of(status, &body, 400)["param"], param, "{fields}: {body}");
+        // Streamed too: refused before the stream starts.
+        request["stream"] = json!(true);
+        let (status, body) = post("/v1/chat/completions", &request).await;
+        assert_eq!(error_of(status, &body, 400)["param"], param, "{fields}: {body}");
+    }
+    // `text` is plain text.
+    let mut request = greedy_chat("hi", 4);
+    request["response_format"] = json!({"type": "text"});
+    let (status, body) = post("/v1/chat/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+}

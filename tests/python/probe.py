@@ -390,7 +390,9 @@ def findings():
     check("...without a backtrace", "backtrace" not in json.dumps(body).lower(), body)
     status, body = request("POST", "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "\U0001F600"}], "max_tokens": 4, "temperature": 0})
     check("max_tokens inside an emoji: 200, finish_reason length", status == 200 and body["choices"][0]["finish_reason"] == "length", body)
-    for field, value in [("response_format", {"type": "json_object"}), ("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required")]:
+    status, body = request("POST", "/v1/chat/completions", chat_body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "nope"}}}}}))
+    check("an unusable JSON schema: 400 naming response_format", status == 400 and body["error"]["param"] == "response_format", body)
+    for field, value in [("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required")]:
         status, body = request("POST", "/v1/chat/completions", chat_body(**{field: value}))
         check(f"chat with {field}: 400 unsupported", status == 400 and body["error"]["param"] == field, body)
     for name, payload in [

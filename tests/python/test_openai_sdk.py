@@ -19,6 +19,7 @@ import os
 import unittest
 
 import openai
+import pydantic
 from openai import OpenAI
 
 ENV = os.environ
@@ -109,6 +110,23 @@ class Chat(unittest.TestCase):
         stream = greedy_chat(c, MODEL, "Name three prime numbers.", stream=True, **kwargs)
         streamed = [t for chunk in stream for choice in chunk.choices if choice.logprobs for t in choice.logprobs.content]
         self.assertEqual([(t.token, t.logprob) for t in streamed], [(t.token, t.logprob) for t in content])
+
+    def test_structured_output_parses_into_a_pydantic_model(self):
+        class Function(pydantic.BaseModel):
+            name: str = pydantic.Field(max_length=30)
+            arguments: int
+
+        answer = client().chat.completions.parse(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Describe a Rust function in JSON."}],
+            response_format=Function,
+            temperature=0,
+            max_tokens=120,
+        )
+        choice = answer.choices[0]
+        self.assertEqual(choice.finish_reason, "stop")
+        self.assertIsInstance(choice.message.parsed, Function, choice.message.content)
+        self.assertTrue(choice.message.parsed.name)
 
     def test_several_choices(self):
         answer = client().chat.completions.create(

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::error::EngineError;
 use crate::fim::PromptFormat;
+use crate::grammar::{Grammar, Grammars};
 use crate::logprobs::{Chooser, Record};
 use crate::sampling::{Bias, Penalties, SeededSampler};
 use crate::tokenizer::Tokenizer;
@@ -70,6 +71,8 @@ pub struct Engine {
     /// The base model's tokenizer outside mistralrs, read on the first request that asks for
     /// log-probabilities (their tokens' text); adapters share the base's vocabulary.
     tokenizer: OnceLock<Result<Arc<Tokenizer>, String>>,
+    /// Checks requests' grammars against the vocabulary (built on first use).
+    grammars: Grammars,
 }
 
 impl Engine {
@@ -102,6 +105,7 @@ impl Engine {
             format,
             vocab_size: vocabulary.map(|v| v.size),
             tokenizer: OnceLock::new(),
+            grammars: Grammars::default(),
         })
     }
 
@@ -298,6 +302,13 @@ impl Engine {
             .map_err(|e| EngineError::Generation(format!("cannot read the tokenizer: {e}")))
     }
 
+    /// Whether `grammar` can constrain this model's answers: llguidance compiles it against the
+    /// vocabulary as mistralrs will. A request sent with a grammar that cannot is refused inside
+    /// the engine, where the error can only end its stream; check first to answer the caller.
+    pub fn check_grammar(&self, grammar: &Grammar) -> Result<(), EngineError> {
+        self.grammars.check(grammar, || self.tokenizer())
+    }
+
     /// Sends one request (its prompt as token ids) to mistralrs and returns the stream of its
     /// answer.
     async fn send(&self, model: Option<&str>, tokens: Vec<u32>, sampling: &Sampling) -> Result<TokenStream, EngineError> {
@@ -309,7 +320,13 @@ impl Engine {
         };
         let (sampling_params, mut processors) = sampling_params(sampling, prompt_tokens, record.clone());
         // The counter goes first, so it sees every sampled token whatever the others do.
-        processors.insert(0, Arc::new(TokenCounter(Arc::clone(&generated))));
+        processors.insert(
+            0,
+            Arc::new(TokenCounter {
+                generated: Arc::clone(&generated),
+                prompt_tokens,
+            }),
+        );
         // A reader that is gone fails mistralrs's next send, which cancels the sequence. The
         // buffer is deep so that one slow reader does not hold up the whole batch (mistralrs
         // awaits each send inside its decoding step).
@@ -322,7 +339,7 @@ impl Engine {
             return_logprobs: record.is_some(),
             is_streaming: true,
             id: 0,
-            constraint: Constraint::None,
+            constraint: sampling.grammar.as_ref().map_or(Constraint::None, Grammar::constraint),
             suffix: None,
             tools: None,
             tool_choice: None,
@@ -358,13 +375,20 @@ impl Engine {
 }
 
 /// Counts the tokens a generation samples: mistralrs calls each of a request's logits
-/// processors once per sampled token. The count is the answer's `completion_tokens`, and tells
-/// a generation cut by `max_tokens` from one that ended by itself.
-struct TokenCounter(Arc<AtomicUsize>);
+/// processors before it samples a token, with the sequence so far (the prompt, then the
+/// answer's tokens). The count is the answer's `completion_tokens`, and tells a generation cut
+/// by `max_tokens` from one that ended by itself. It is read from the context's length, not
+/// from the number of calls: a step that a grammar makes sample again calls the processors
+/// twice for one token.
+struct TokenCounter {
+    generated: Arc<AtomicUsize>,
+    prompt_tokens: usize,
+}
 
 impl CustomLogitsProcessor for TokenCounter {
-    fn apply(&self, logits: &Tensor, _context: &[u32]) -> candle_core::Result<Tensor> {
-        self.0.fetch_add(1, Ordering::Relaxed);
+    fn apply(&self, logits: &Tensor, context: &[u32]) -> candle_core::Result<Tensor> {
+        let position = context.len().saturating_sub(self.prompt_tokens);
+        self.generated.fetch_max(position + 1, Ordering::Relaxed);
         Ok(logits.clone())
     }
 }

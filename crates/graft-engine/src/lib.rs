@@ -10,6 +10,7 @@
 //! - [`fim`]: completion prompt formats (fill-in-the-middle, repo-level) by model family.
 //! - [`sampling`]: seeded sampling, repeatable per request; OpenAI's penalties.
 //! - [`logprobs`]: each generated token's log-probability and the likeliest alternatives.
+//! - [`grammar`]: structured output: a JSON Schema, regex or Lark grammar the answer follows.
 //! - [`synthetic`]: generated adapters for tests and benchmarks.
 //! - [`tokenizer`]: the model's tokenizer read from its GGUF file, no weights loaded.
 //! - [`types`]: graft's own request and response types.
@@ -22,6 +23,7 @@ pub mod cache;
 pub mod engine;
 pub mod error;
 pub mod fim;
+pub mod grammar;
 pub mod logprobs;
 pub mod merge;
 pub mod pool;
@@ -45,6 +47,7 @@ pub fn gpu_available() -> bool {
 }
 pub use error::EngineError;
 pub use fim::PromptFormat;
+pub use grammar::Grammar;
 pub use pool::{Pool, PoolLimits};
 pub use tokenizer::Tokenizer;
 pub use types::{

@@ -49,6 +49,11 @@ impl Tokenizer {
         Tokenizer { inner }
     }
 
+    /// The Hugging Face tokenizer underneath (what mistralrs builds its grammar factory from).
+    pub(crate) fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
     /// The ids of `text`; special-token text becomes the special token; no BOS.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
         self.inner

@@ -3,6 +3,8 @@
 //! These are graft's own types, independent of the HTTP API and of mistralrs, so the server
 //! maps OpenAI JSON to them and the engine maps them to mistralrs.
 
+pub use crate::grammar::Grammar;
+
 /// Who wrote a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -53,6 +55,9 @@ pub struct Sampling {
     /// OpenAI's `logit_bias`: added to these tokens' logits at every step (-100 all but bans
     /// a token, 100 all but forces it).
     pub logit_bias: Vec<(u32, f32)>,
+    /// Structured output: the answer follows this grammar (check it first with
+    /// [`crate::Engine::check_grammar`] for an error that names it).
+    pub grammar: Option<Grammar>,
 }
 
 impl Sampling {
@@ -68,6 +73,7 @@ impl Sampling {
             presence_penalty: 0.0,
             logprobs: None,
             logit_bias: Vec::new(),
+            grammar: None,
         }
     }
 }

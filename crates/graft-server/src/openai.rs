@@ -38,6 +38,9 @@ pub struct ChatCompletionRequest {
     pub retrieval: Option<RetrievalField>,
     /// graft's extension: answer with the exact prompt the model read ([`DebugInfo`]).
     pub debug: Option<bool>,
+    /// Structured output (`response_format`, vLLM's `structured_outputs`).
+    #[serde(flatten)]
+    pub structured: StructuredFields,
     /// OpenAI fields graft does not implement: read only to refuse them (400) rather than
     /// answer as if they had been honoured.
     #[serde(flatten)]
@@ -45,10 +48,9 @@ pub struct ChatCompletionRequest {
 }
 
 /// Chat fields graft does not implement. A request that uses one gets 400 naming it; their
-/// "off" values (`"type": "text"`, `false`, `null`, `"none"`, an empty list) are accepted.
+/// "off" values (`false`, `null`, `"none"`, an empty list) are accepted.
 #[derive(Debug, Default, Deserialize)]
 pub struct UnsupportedChatFields {
-    pub response_format: Option<serde_json::Value>,
     pub tools: Option<serde_json::Value>,
     pub tool_choice: Option<serde_json::Value>,
     pub functions: Option<serde_json::Value>,
@@ -67,13 +69,7 @@ impl UnsupportedChatFields {
             Some(Value::Object(o)) => o.is_empty(),
             Some(Value::Number(n)) => n.as_f64() == Some(0.0),
         };
-        let text_format = matches!(&self.response_format, Some(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("text"));
         [
-            (
-                "response_format",
-                off(&self.response_format) || text_format,
-                "structured output (response_format other than text) is not supported",
-            ),
             ("tools", off(&self.tools), "tool calling (tools) is not supported"),
             ("tool_choice", off(&self.tool_choice), "tool calling (tool_choice) is not supported"),
             ("functions", off(&self.functions), "function calling (functions) is not supported"),
@@ -87,6 +83,16 @@ impl UnsupportedChatFields {
         .find(|(_, off, _)| !off)
         .map(|(field, _, message)| (field, message))
     }
+}
+
+/// The fields that ask for structured output, as a request gave them (read and checked by
+/// `routes::params::structured`): OpenAI's `response_format` (`text`, `json_object`, with
+/// llama.cpp's optional `schema` beside it, or `json_schema`), and vLLM's
+/// `structured_outputs` (`json`, `regex`, `choice` or `grammar`).
+#[derive(Debug, Default, Deserialize)]
+pub struct StructuredFields {
+    pub response_format: Option<serde_json::Value>,
+    pub structured_outputs: Option<serde_json::Value>,
 }
 
 /// The `retrieval` extension field: `false` / `true`, or `{"enabled": ..., "top_k": ...,
@@ -155,6 +161,9 @@ pub struct CompletionRequest {
     /// inside it). Repository-level prompt formats name it, and retrieval leaves it out (it
     /// is in the prompt already).
     pub path: Option<String>,
+    /// Structured output, as for chat.
+    #[serde(flatten)]
+    pub structured: StructuredFields,
 }
 
 /// graft's `debug` extension in an answer (on the first event of a stream): the prompt

@@ -100,6 +100,9 @@ pub use device_map::{
     DeviceLayerMapMetadata, DeviceMapMetadata, DeviceMapSetting, LayerDeviceMapper,
 };
 pub use gguf::{gguf_tokenizer, GGUFArchitecture, GGUF_MULTI_FILE_DELIMITER};
+// graft: the grammar factory a pipeline builds from its tokenizer, for checking a grammar
+// before a request is sent (vendor/README.md, change 7).
+pub use pipeline::llg::build_llg_factory;
 pub use mistralrs_audio::AudioInput;
 pub use mistralrs_mcp::{
     CalledFunction, Function, Tool, ToolCallback, ToolCallbackWithTool, ToolType,

@@ -18,7 +18,7 @@ use crate::generation::{admit, choices, start_choices, Generation};
 use crate::json::Json;
 use crate::openai::{self, AnswerHead, AssistantMessage, ChatChoice, ChatCompletionRequest, ChatLogprobs, ChunkChoice, Content, Delta};
 use crate::prompt;
-use crate::routes::params::{check_logit_bias, debug_info, SamplingFields};
+use crate::routes::params::{check_grammar, check_logit_bias, debug_info, structured, SamplingFields};
 use crate::routes::sse::{self, Extras, Part};
 use crate::state::AppState;
 
@@ -36,8 +36,11 @@ pub async fn completions(
     let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let retrieval = request.retrieval.take();
     let debug = request.debug == Some(true);
-    let chat = to_engine_request(request, state.generation())?;
+    let grammar = structured(std::mem::take(&mut request.structured))?;
+    check_grammar(&state, grammar.as_ref())?;
+    let mut chat = to_engine_request(request, state.generation())?;
     check_logit_bias(&state, &chat.sampling)?;
+    chat.sampling.grammar = grammar.map(|(grammar, _)| grammar);
     tracing::debug!(model = %target.name, messages = chat.messages.len(), max_tokens = chat.sampling.max_tokens, streaming, "chat request");
 
     let admitted = admit(&state).await?;

@@ -25,7 +25,7 @@ use crate::json::Json;
 use crate::openai::{self, AnswerHead, CompletionLogprobs, PromptInput, TextChoice};
 use crate::prompt;
 use crate::prompt::completion::{self, TooLong};
-use crate::routes::params::{check_logit_bias, debug_info, SamplingFields};
+use crate::routes::params::{check_grammar, check_logit_bias, debug_info, structured, SamplingFields};
 use crate::routes::sse::{self, Extras, Part};
 use crate::state::AppState;
 
@@ -59,6 +59,9 @@ pub async fn completions(
     }
     .resolve(state.generation())?;
     check_logit_bias(&state, &sampling)?;
+    let grammar = structured(request.structured)?;
+    check_grammar(&state, grammar.as_ref())?;
+    sampling.grammar = grammar.map(|(grammar, _)| grammar);
 
     // The prompt as text (to be laid out with context) or as token ids (taken as they are).
     let (prefix, suffix) = match (request.prompt, request.suffix) {

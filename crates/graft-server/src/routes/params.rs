@@ -1,15 +1,16 @@
 //! Request fields shared by the generation endpoints (chat and completions): sampling settings
-//! checked against the configured limits and filled with the configured defaults, and the
-//! `debug` extension's answer.
+//! checked against the configured limits and filled with the configured defaults, structured
+//! output's grammar, and the `debug` extension's answer.
 
 use std::collections::HashMap;
 
 use graft_core::config::GenerationConfig;
 use graft_engine::logprobs::MAX_TOP_LOGPROBS;
-use graft_engine::Sampling;
+use graft_engine::{Grammar, Sampling};
+use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::openai::DebugInfo;
+use crate::openai::{DebugInfo, StructuredFields};
 use crate::state::AppState;
 
 /// OpenAI accepts at most four stop sequences.
@@ -90,6 +91,7 @@ impl SamplingFields {
             presence_penalty,
             logprobs,
             logit_bias,
+            grammar: None,
         })
     }
 }
@@ -142,5 +144,127 @@ pub async fn debug_info(state: &AppState, tokens: &[u32]) -> Result<DebugInfo, A
     Ok(DebugInfo {
         prompt: state.engine().detokenize(None, tokens.to_vec()).await?,
         prompt_tokens: tokens.len(),
+    })
+}
+
+/// The grammar a request's structured-output fields ask for, with the field that asked (for
+/// its errors); `None` for plain text. OpenAI's `response_format` (`text`; `json_object`, any
+/// object, or llama.cpp's `schema` beside it; `json_schema` with its `schema`) and vLLM's
+/// `structured_outputs` (one of `json`, `regex`, `choice`, `grammar` in Lark); at most one
+/// of the two.
+pub fn structured(fields: StructuredFields) -> Result<Option<(Grammar, &'static str)>, ApiError> {
+    let format = fields.response_format.map(response_format).transpose()?.flatten();
+    let outputs = fields.structured_outputs.map(structured_outputs).transpose()?.flatten();
+    match (format, outputs) {
+        (Some(_), Some(_)) => Err(ApiError::invalid_param(
+            "structured_outputs",
+            "give either response_format or structured_outputs, not both",
+        )),
+        (Some(grammar), None) => Ok(Some((grammar, "response_format"))),
+        (None, Some(grammar)) => Ok(Some((grammar, "structured_outputs"))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// OpenAI's `response_format`.
+fn response_format(value: Value) -> Result<Option<Grammar>, ApiError> {
+    let invalid = |message: String| ApiError::invalid_param("response_format", message);
+    let Value::Object(format) = value else {
+        return match value {
+            Value::Null => Ok(None),
+            _ => Err(invalid("response_format must be an object with a `type`".into())),
+        };
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => match format.get("schema") {
+            None | Some(Value::Null) => Ok(Some(Grammar::JsonSchema(json!({"type": "object"})))),
+            Some(schema) => json_schema(schema, "response_format", "response_format.schema").map(Some),
+        },
+        Some("json_schema") => {
+            let Some(Value::Object(spec)) = format.get("json_schema") else {
+                return Err(invalid("`json_schema` response format needs a `json_schema` object".into()));
+            };
+            match spec.get("schema") {
+                // OpenAI's schema is optional: any JSON value.
+                None | Some(Value::Null) => Ok(Some(Grammar::JsonSchema(json!({})))),
+                Some(schema) => json_schema(schema, "response_format", "response_format.json_schema.schema").map(Some),
+            }
+        }
+        Some(other) => Err(invalid(format!(
+            "response_format type `{other}` is not supported; use text, json_object or json_schema"
+        ))),
+        None => Err(invalid("response_format needs a `type`: text, json_object or json_schema".into())),
+    }
+}
+
+/// vLLM's `structured_outputs`: exactly one of its kinds.
+fn structured_outputs(value: Value) -> Result<Option<Grammar>, ApiError> {
+    let invalid = |message: String| ApiError::invalid_param("structured_outputs", message);
+    let Value::Object(outputs) = value else {
+        return match value {
+            Value::Null => Ok(None),
+            _ => Err(invalid("structured_outputs must be an object".into())),
+        };
+    };
+    let given: Vec<(&String, &Value)> = outputs.iter().filter(|(_, v)| !v.is_null()).collect();
+    let [(kind, value)] = given.as_slice() else {
+        return match given.len() {
+            0 => Ok(None),
+            _ => Err(invalid("structured_outputs takes one of json, regex, choice or grammar".into())),
+        };
+    };
+    let text = |what: &str| match value {
+        Value::String(s) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(invalid(format!("structured_outputs.{kind} must be a non-empty string ({what})"))),
+    };
+    match kind.as_str() {
+        // vLLM takes the schema as an object or as its JSON text.
+        "json" => match value {
+            Value::String(s) => {
+                let schema: Value = serde_json::from_str(s).map_err(|e| invalid(format!("structured_outputs.json is not JSON: {e}")))?;
+                json_schema(&schema, "structured_outputs", "structured_outputs.json").map(Some)
+            }
+            schema => json_schema(schema, "structured_outputs", "structured_outputs.json").map(Some),
+        },
+        "regex" => text("a regular expression").map(|r| Some(Grammar::Regex(r))),
+        "grammar" => text("a grammar in Lark syntax").map(|g| Some(Grammar::Lark(g))),
+        "choice" => match value {
+            Value::Array(items) if !items.is_empty() => {
+                let choices = items
+                    .iter()
+                    .map(|c| {
+                        c.as_str()
+                            .ok_or_else(|| invalid("structured_outputs.choice must list strings".into()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Some(Grammar::choice(&choices)))
+            }
+            _ => Err(invalid("structured_outputs.choice must be a non-empty list of strings".into())),
+        },
+        other => Err(ApiError::unsupported(
+            "structured_outputs",
+            format!("structured_outputs.{other} is not supported; use json, regex, choice or grammar"),
+        )),
+    }
+}
+
+/// A JSON Schema is an object (or `true`/`false`).
+fn json_schema(schema: &Value, param: &'static str, path: &str) -> Result<Grammar, ApiError> {
+    match schema {
+        Value::Object(_) | Value::Bool(_) => Ok(Grammar::JsonSchema(schema.clone())),
+        _ => Err(ApiError::invalid_param(param, format!("{path} must be a JSON Schema object"))),
+    }
+}
+
+/// The model can follow the grammar: llguidance compiles it against the vocabulary before
+/// anything starts; an error names the field that gave it.
+pub fn check_grammar(state: &AppState, requested: Option<&(Grammar, &'static str)>) -> Result<(), ApiError> {
+    let Some((grammar, field)) = requested else {
+        return Ok(());
+    };
+    state.engine().check_grammar(grammar).map_err(|e| match e {
+        graft_engine::EngineError::InvalidRequest(message) => ApiError::invalid_param(field, message),
+        other => ApiError::from(other),
     })
 }

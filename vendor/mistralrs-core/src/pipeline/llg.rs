@@ -6,7 +6,11 @@ use tokenizers::Tokenizer;
 
 use crate::Constraint;
 
-pub fn build_llg_factory(tokenizer: Tokenizer) -> Result<Arc<ParserFactory>> {
+/// graft: `eos` are the model's end-of-sequence tokens (the pipeline's `eos_tok`). A grammar
+/// that is complete allows only these, so the sequence ends there; llguidance's own guess from
+/// the vocabulary (`<|endoftext|>` first) can be a token the model's stop list lacks, and the
+/// sequence then ran to `max_tokens`, emitting it over and over. Empty: the guess stays.
+pub fn build_llg_factory(tokenizer: Tokenizer, eos: &[u32]) -> Result<Arc<ParserFactory>> {
     // Collect special token info before from_tokenizer() consumes the tokenizer.
     let added_special: Vec<(u32, String)> = tokenizer
         .get_added_tokens_decoder()
@@ -16,7 +20,11 @@ pub fn build_llg_factory(tokenizer: Tokenizer) -> Result<Arc<ParserFactory>> {
         .collect();
 
     let bt = toktrie_hf_tokenizers::ByteTokenizer::from_tokenizer(tokenizer)?;
-    let info = bt.tokrx_info();
+    let mut info = bt.tokrx_info();
+    let eos: Vec<u32> = eos.iter().copied().filter(|&t| t < info.vocab_size).collect();
+    if let Some(&first) = eos.first() {
+        info.tok_eos = first;
+    }
     let mut token_bytes = bt.token_bytes();
 
     // Fix up special tokens that from_tokenizer() may have missed.
@@ -34,7 +42,10 @@ pub fn build_llg_factory(tokenizer: Tokenizer) -> Result<Arc<ParserFactory>> {
         }
     }
 
-    let tok_trie = toktrie::TokTrie::from(&info, &token_bytes);
+    let mut tok_trie = toktrie::TokTrie::from(&info, &token_bytes);
+    if eos.len() > 1 {
+        tok_trie = tok_trie.with_eos_tokens(&eos);
+    }
     let env = toktrie_hf_tokenizers::ByteTokenizerEnv {
         tokenizer: bt,
         tok_trie,
