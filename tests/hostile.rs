@@ -148,11 +148,7 @@ async fn trailing_garbage_after_the_json_body_is_400() {
 
 #[tokio::test]
 async fn chat_fields_graft_does_not_implement_are_refused_not_ignored() {
-    let asks = [
-        ("tools", json!([{"type": "function", "function": {"name": "f", "parameters": {}}}])),
-        ("tool_choice", json!("required")),
-        ("functions", json!([{"name": "f"}])),
-    ];
+    let asks = [("functions", json!([{"name": "f"}])), ("function_call", json!("auto"))];
     for (field, value) in asks {
         let mut request = chat_on(MODEL, "hi", 2);
         request[field] = value;

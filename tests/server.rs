@@ -931,3 +931,152 @@ async fn a_grammar_that_cannot_be_used_is_400_naming_its_field() {
     let (status, body) = post("/v1/chat/completions", &request).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Two functions a model could call.
+fn weather_tools() -> Value {
+    json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "Current weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}}, "required": ["city"]}}},
+        {"type": "function", "function": {"name": "get_time", "description": "Local time in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}}, "required": ["city"]}}},
+    ])
+}
+
+/// A call's arguments: an object with only `city`, a string.
+fn city_of(call: &Value) -> String {
+    let arguments: Value = serde_json::from_str(call["function"]["arguments"].as_str().expect("arguments are JSON text"))
+        .unwrap_or_else(|e| panic!("{call}: {e}"));
+    let object = arguments.as_object().unwrap_or_else(|| panic!("{call}"));
+    assert_eq!(object.keys().collect::<Vec<_>>(), vec!["city"], "only the listed argument: {call}");
+    object["city"].as_str().expect("city is a string").to_owned()
+}
+
+#[tokio::test]
+async fn tool_calls_follow_the_tools_schemas_whole_and_streamed() {
+    let mut request = greedy_chat("What is the weather in Oslo?", 120);
+    request["tools"] = weather_tools();
+    request["tool_choice"] = json!("required");
+    let (status, body) = post("/v1/chat/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{body}");
+    assert!(choice["message"]["content"].is_null(), "{body}");
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    assert!(!calls.is_empty());
+    for call in calls {
+        assert_eq!(call["type"], "function");
+        assert!(call["id"].as_str().unwrap().starts_with("call_"));
+        assert!(
+            ["get_weather", "get_time"].contains(&call["function"]["name"].as_str().unwrap()),
+            "{call}"
+        );
+        city_of(call);
+    }
+
+    // Streamed: the role, one delta per call with its index, then the finish reason.
+    let events = stream_events("/v1/chat/completions", &request).await;
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    let streamed: Vec<&Value> = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(streamed.len(), calls.len(), "{events:?}");
+    for (i, (streamed, whole)) in streamed.iter().zip(calls).enumerate() {
+        assert_eq!(streamed["index"], i);
+        assert_eq!(streamed["function"], whole["function"], "the same calls as the whole answer");
+    }
+    assert_eq!(events.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
+
+    // A named function, and one call only.
+    request["tool_choice"] = json!({"type": "function", "function": {"name": "get_time"}});
+    request["parallel_tool_calls"] = json!(false);
+    let (status, body) = post("/v1/chat/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    let calls = body["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{body}");
+    assert_eq!(calls[0]["function"]["name"], "get_time");
+
+    // `auto`: calls, or an answer in words, each well formed.
+    request["tool_choice"] = json!("auto");
+    for question in ["What is the weather in Oslo?", "Tell me a joke."] {
+        request["messages"][0]["content"] = json!(question);
+        let (status, body) = post("/v1/chat/completions", &request).await;
+        assert_eq!(status, 200, "{body}");
+        let choice = &body["choices"][0];
+        match choice["message"]["tool_calls"].as_array() {
+            Some(calls) => {
+                assert_eq!(choice["finish_reason"], "tool_calls");
+                calls.iter().for_each(|call| drop(city_of(call)));
+            }
+            None => {
+                let content = choice["message"]["content"].as_str().unwrap();
+                assert!(
+                    !content.trim_start().starts_with('{'),
+                    "the words, not the JSON around them: {content}"
+                );
+            }
+        }
+    }
+
+    // `none`: a plain answer, and the tools are not described to the model.
+    request["tool_choice"] = json!("none");
+    request["debug"] = json!(true);
+    let (status, body) = post("/v1/chat/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["choices"][0]["message"]["content"].is_string());
+    assert!(!body["debug"]["prompt"].as_str().unwrap().contains("get_weather"), "{body}");
+}
+
+#[tokio::test]
+async fn a_conversation_carries_earlier_calls_and_their_results() {
+    let mut request = greedy_chat("What is the weather in Oslo?", 60);
+    request["tools"] = weather_tools();
+    request["debug"] = json!(true);
+    request["messages"] = json!([
+        {"role": "user", "content": "What is the weather in Oslo?"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 C"},
+    ]);
+    let (status, body) = post("/v1/chat/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    let prompt = body["debug"]["prompt"].as_str().unwrap();
+    assert!(
+        prompt.contains(r#"{"tool_calls":[{"name":"get_weather","arguments":{"city":"Oslo"}}]}"#),
+        "{prompt}"
+    );
+    assert!(
+        prompt.contains(r#"{"tool_results":[{"tool_call_id":"call_1","name":"get_weather","content":"Sunny, 21 C"}]}"#),
+        "{prompt}"
+    );
+    assert!(prompt.contains("You can call these functions"), "{prompt}");
+
+    let refused = [
+        (
+            json!({"tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice",
+        ),
+        (json!({"tool_choice": "sometimes"}), "tool_choice"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "nope"}}}}}]}),
+            "tools",
+        ),
+        (json!({"tools": [{"type": "function", "function": {"name": "two words"}}]}), "tools"),
+        (json!({"response_format": {"type": "json_object"}}), "response_format"),
+        (json!({"logprobs": true}), "logprobs"),
+        (json!({"messages": [{"role": "tool", "content": "x"}]}), "messages"),
+        (
+            json!({"messages": [{"role": "user", "content": "x", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}),
+            "messages",
+        ),
+    ];
+    for (fields, param) in refused {
+        let mut bad = request.clone();
+        for (key, value) in fields.as_object().unwrap() {
+            bad[key] = value.clone();
+        }
+        let (status, body) = post("/v1/chat/completions", &bad).await;
+        assert_eq!(error_of(status, &body, 400)["param"], param, "{fields}: {body}");
+    }
+}

@@ -392,9 +392,9 @@ def findings():
     check("max_tokens inside an emoji: 200, finish_reason length", status == 200 and body["choices"][0]["finish_reason"] == "length", body)
     status, body = request("POST", "/v1/chat/completions", chat_body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "nope"}}}}}))
     check("an unusable JSON schema: 400 naming response_format", status == 400 and body["error"]["param"] == "response_format", body)
-    for field, value in [("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required")]:
+    for field, value in [("functions", [{"name": "f"}]), ("tool_choice", "required")]:
         status, body = request("POST", "/v1/chat/completions", chat_body(**{field: value}))
-        check(f"chat with {field}: 400 unsupported", status == 400 and body["error"]["param"] == field, body)
+        check(f"chat with {field} (legacy, or no tools to choose from): 400", status == 400 and body["error"]["param"] == field, body)
     for name, payload in [
         ("a non-object body", b"[1, 2, 3]"),
         ("deeply nested JSON", b"[" * 100000 + b"]" * 100000),

@@ -14,6 +14,7 @@ creates (tests/python/requirements.txt). The environment says where graft is:
     GRAFT_MAX_BODY_BYTES  server.max_body_bytes
 """
 
+import json
 import math
 import os
 import unittest
@@ -127,6 +128,28 @@ class Chat(unittest.TestCase):
         self.assertEqual(choice.finish_reason, "stop")
         self.assertIsInstance(choice.message.parsed, Function, choice.message.content)
         self.assertTrue(choice.message.parsed.name)
+
+    def test_tool_calls_and_a_conversation_that_answers_them(self):
+        tools = [{"type": "function", "function": {
+            "name": "get_weather", "description": "Current weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}}, "required": ["city"]},
+        }}]
+        c = client()
+        messages = [{"role": "user", "content": "What is the weather in Oslo?"}]
+        answer = c.chat.completions.create(
+            model=MODEL, messages=messages, tools=tools, tool_choice="required", parallel_tool_calls=False, temperature=0, max_tokens=80
+        )
+        choice = answer.choices[0]
+        self.assertEqual(choice.finish_reason, "tool_calls")
+        self.assertEqual(len(choice.message.tool_calls), 1)
+        call = choice.message.tool_calls[0]
+        self.assertEqual(call.function.name, "get_weather")
+        self.assertIsInstance(json.loads(call.function.arguments)["city"], str)
+        # The SDK's own message goes back with the result; the next turn is a well-formed answer.
+        messages += [choice.message, {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"}]
+        again = c.chat.completions.create(model=MODEL, messages=messages, tools=tools, temperature=0, max_tokens=80)
+        self.assertIn(again.choices[0].finish_reason, ("stop", "length", "tool_calls"))
+        self.assertTrue(again.choices[0].message.content or again.choices[0].message.tool_calls)
 
     def test_several_choices(self):
         answer = client().chat.completions.create(

@@ -41,6 +41,10 @@ pub struct ChatCompletionRequest {
     /// Structured output (`response_format`, vLLM's `structured_outputs`).
     #[serde(flatten)]
     pub structured: StructuredFields,
+    /// Tool calling (`routes::tools`): the functions the model may call, read and checked there.
+    pub tools: Option<serde_json::Value>,
+    pub tool_choice: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<bool>,
     /// OpenAI fields graft does not implement: read only to refuse them (400) rather than
     /// answer as if they had been honoured.
     #[serde(flatten)]
@@ -51,8 +55,6 @@ pub struct ChatCompletionRequest {
 /// "off" values (`false`, `null`, `"none"`, an empty list) are accepted.
 #[derive(Debug, Default, Deserialize)]
 pub struct UnsupportedChatFields {
-    pub tools: Option<serde_json::Value>,
-    pub tool_choice: Option<serde_json::Value>,
     pub functions: Option<serde_json::Value>,
     pub function_call: Option<serde_json::Value>,
 }
@@ -70,13 +72,15 @@ impl UnsupportedChatFields {
             Some(Value::Number(n)) => n.as_f64() == Some(0.0),
         };
         [
-            ("tools", off(&self.tools), "tool calling (tools) is not supported"),
-            ("tool_choice", off(&self.tool_choice), "tool calling (tool_choice) is not supported"),
-            ("functions", off(&self.functions), "function calling (functions) is not supported"),
+            (
+                "functions",
+                off(&self.functions),
+                "the legacy `functions` field is not supported; use `tools`",
+            ),
             (
                 "function_call",
                 off(&self.function_call),
-                "function calling (function_call) is not supported",
+                "the legacy `function_call` field is not supported; use `tool_choice`",
             ),
         ]
         .into_iter()
@@ -365,6 +369,45 @@ pub struct Message {
     pub role: String,
     /// Absent or null for an assistant turn that only called tools.
     pub content: Option<Content>,
+    /// An assistant turn's calls of tools.
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// A `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
+    /// A `tool` message: the tool's name (else read from the call it answers).
+    pub name: Option<String>,
+}
+
+/// A tool call in an earlier assistant turn, as OpenAI's clients send it back.
+#[derive(Debug, Deserialize)]
+pub struct ToolCallIn {
+    pub id: Option<String>,
+    pub function: FunctionCallIn,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FunctionCallIn {
+    pub name: String,
+    /// The arguments as JSON text (OpenAI's form); an object is taken too.
+    pub arguments: Option<serde_json::Value>,
+}
+
+/// A tool call in an answer: whole, or the one delta of a stream that carries it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCall {
+    /// Its place among the answer's calls: set in stream deltas, absent in a whole message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// The arguments as JSON text, as OpenAI sends them.
+    pub arguments: String,
 }
 
 /// Message content: a string, or a list of typed parts.
@@ -461,7 +504,10 @@ pub struct ChatChoice {
 #[derive(Debug, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// Null when the answer is calls of tools.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -495,6 +541,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 /// `GET /v1/models` response.

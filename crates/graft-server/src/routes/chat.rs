@@ -20,6 +20,7 @@ use crate::openai::{self, AnswerHead, AssistantMessage, ChatChoice, ChatCompleti
 use crate::prompt;
 use crate::routes::params::{check_grammar, check_logit_bias, debug_info, structured, SamplingFields};
 use crate::routes::sse::{self, Extras, Part};
+use crate::routes::tools::{self, Results};
 use crate::state::AppState;
 
 pub async fn completions(
@@ -36,11 +37,27 @@ pub async fn completions(
     let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let retrieval = request.retrieval.take();
     let debug = request.debug == Some(true);
-    let grammar = structured(std::mem::take(&mut request.structured))?;
+    let tools = tools::read(request.tools.take(), request.tool_choice.take(), request.parallel_tool_calls)?;
+    let grammar = match (structured(std::mem::take(&mut request.structured))?, &tools) {
+        (Some((_, field)), Some(_)) => {
+            return Err(ApiError::unsupported(
+                field,
+                format!("{field} together with tools is not supported"),
+            ))
+        }
+        (None, Some(tools)) => Some((tools.grammar(), "tools")),
+        (grammar, None) => grammar,
+    };
+    if tools.is_some() && request.logprobs == Some(true) {
+        return Err(ApiError::unsupported("logprobs", "logprobs together with tools is not supported"));
+    }
     check_grammar(&state, grammar.as_ref())?;
     let mut chat = to_engine_request(request, state.generation())?;
     check_logit_bias(&state, &chat.sampling)?;
     chat.sampling.grammar = grammar.map(|(grammar, _)| grammar);
+    if let Some(tools) = &tools {
+        tools.describe(&mut chat.messages);
+    }
     tracing::debug!(model = %target.name, messages = chat.messages.len(), max_tokens = chat.sampling.max_tokens, streaming, "chat request");
 
     let admitted = admit(&state).await?;
@@ -54,8 +71,12 @@ pub async fn completions(
         .into_iter()
         .map(Generation::trim_leading_whitespace)
         .collect();
-    let chunks = ChatChunks(AnswerHead::new("chatcmpl", target.name));
-    sse::respond(generations, chunks, streaming, include_usage, Extras { sources, debug }).await
+    let head = AnswerHead::new("chatcmpl", target.name);
+    let extras = Extras { sources, debug };
+    match tools {
+        Some(_) => tools::respond(generations, head, streaming, include_usage, extras).await,
+        None => sse::respond(generations, ChatChunks(head), streaming, include_usage, extras).await,
+    }
 }
 
 /// Chat's answers: a whole `chat.completion`, or a stream of chunks: the role first (with the
@@ -79,6 +100,7 @@ impl sse::Chunks for ChatChunks {
                 Delta {
                     role: Some("assistant"),
                     content: Some(String::new()),
+                    tool_calls: None,
                 },
                 None,
                 None,
@@ -87,6 +109,7 @@ impl sse::Chunks for ChatChunks {
                 Delta {
                     role: None,
                     content: Some(text),
+                    tool_calls: None,
                 },
                 None,
                 logprobs.map(ChatLogprobs::new),
@@ -106,7 +129,8 @@ impl sse::Chunks for ChatChunks {
             index,
             message: AssistantMessage {
                 role: "assistant",
-                content: completion.text,
+                content: Some(completion.text),
+                tool_calls: None,
             },
             finish_reason: completion.finish_reason.as_str(),
             logprobs: completion.logprobs.map(ChatLogprobs::new),
@@ -143,7 +167,31 @@ pub(crate) fn to_engine_messages(messages: Vec<openai::Message>) -> Result<Vec<C
     if messages.is_empty() {
         return Err(ApiError::invalid_param("messages", "`messages` must contain at least one message"));
     }
-    messages.into_iter().enumerate().map(|(i, m)| to_engine_message(i, m)).collect()
+    let mut mapped = Vec::with_capacity(messages.len());
+    let mut results = Results::default();
+    for (index, mut message) in messages.into_iter().enumerate() {
+        if message.role == "tool" {
+            let content = content_text(index, message.content)?;
+            results.push(index, message.tool_call_id, message.name, content)?;
+            continue;
+        }
+        mapped.extend(results.take());
+        let calls = message.tool_calls.take().filter(|calls| !calls.is_empty());
+        let mut mapped_message = to_engine_message(index, message)?;
+        if let Some(calls) = calls {
+            if mapped_message.role != Role::Assistant {
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    format!("messages[{index}]: only assistant messages carry tool_calls"),
+                ));
+            }
+            results.called(&calls);
+            mapped_message.content = tools::calls_text(&calls);
+        }
+        mapped.push(mapped_message);
+    }
+    mapped.extend(results.take());
+    Ok(mapped)
 }
 
 /// One message of a request as the engine takes it (roles and content parts checked).
@@ -155,11 +203,23 @@ fn to_engine_message(index: usize, message: openai::Message) -> Result<ChatMessa
         other => {
             return Err(ApiError::invalid_param(
                 "messages",
-                format!("messages[{index}].role: `{other}` is not supported; use system, developer, user or assistant"),
+                format!("messages[{index}].role: `{other}` is not supported; use system, developer, user, assistant or tool"),
             ))
         }
     };
-    let content = match message.content {
+    let content = content_text(index, message.content)?;
+    if role == Role::User && content.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            format!("messages[{index}].content must not be empty"),
+        ));
+    }
+    Ok(ChatMessage { role, content })
+}
+
+/// A message's content as one text: text parts joined by newlines.
+fn content_text(index: usize, content: Option<Content>) -> Result<String, ApiError> {
+    Ok(match content {
         None => String::new(),
         Some(Content::Text(text)) => text,
         Some(Content::Parts(parts)) => {
@@ -177,14 +237,7 @@ fn to_engine_message(index: usize, message: openai::Message) -> Result<ChatMessa
             }
             texts.join("\n")
         }
-    };
-    if role == Role::User && content.is_empty() {
-        return Err(ApiError::invalid_param(
-            "messages",
-            format!("messages[{index}].content must not be empty"),
-        ));
-    }
-    Ok(ChatMessage { role, content })
+    })
 }
 
 #[cfg(test)]
@@ -266,8 +319,10 @@ mod tests {
     fn unsupported_roles_parts_and_empty_lists_are_rejected() {
         let err = request(r#"{"model":"m","messages":[]}"#).unwrap_err();
         assert_eq!(err.param, Some("messages"));
+        let err = request(r#"{"model":"m","messages":[{"role":"function","content":"x"}]}"#).unwrap_err();
+        assert!(err.message.contains("`function`"), "{}", err.message);
         let err = request(r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#).unwrap_err();
-        assert!(err.message.contains("`tool`"), "{}", err.message);
+        assert!(err.message.contains("tool_call_id"), "{}", err.message);
         let err = request(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#).unwrap_err();
         assert!(err.message.contains("image_url"), "{}", err.message);
     }

@@ -11,3 +11,4 @@ pub mod projects;
 pub mod sse;
 pub mod system;
 pub mod tokenize;
+pub mod tools;

@@ -1,0 +1,598 @@
+//! Tool calling on chat: OpenAI's `tools`, `tool_choice` and `parallel_tool_calls`, for any
+//! model.
+//!
+//! The tools are described to the model in the system message, with the one shape its reply
+//! may take, and a grammar holds the reply to that shape token by token (`graft_engine::grammar`):
+//! `{"tool_calls": [{"name": ..., "arguments": {...}}]}`, each call's arguments valid under its
+//! tool's JSON Schema, or, where the model may answer in words (`tool_choice: "auto"`),
+//! `{"response": "..."}`. The reply is then read back into OpenAI's answer: `tool_calls` with
+//! `finish_reason: "tool_calls"`, or the response as the content. Earlier turns go into the
+//! prompt in the same shapes: an assistant's calls as the JSON it would have written, the
+//! tools' results as a user message (`{"tool_results": [...]}`), so any chat template renders
+//! them. This is llama.cpp's "generic" tool format; a model's own format (Qwen's
+//! `<tool_call>`, Llama's `<|python_tag|>`) is not used.
+//!
+//! An answer with tools is read whole before it is sent, streamed or not: the stream carries
+//! it in a few events once it is complete.
+//!
+//! This module owns the request's tool fields, the prompt's description, the grammar and the
+//! reading of replies; it must not know how the engine enforces a grammar.
+
+use std::collections::HashMap;
+
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use graft_engine::{ChatMessage, Completion, Grammar, Role};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::generation::Generation;
+use crate::openai::{AnswerHead, AssistantMessage, ChatChoice, ChunkChoice, Delta, Extras, FunctionCall, ToolCall, ToolCallIn};
+use crate::routes::sse::json_event;
+
+/// Most tools one request may list.
+const MAX_TOOLS: usize = 128;
+
+/// The tools a request lets the model call, and how it must use them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tools {
+    specs: Vec<Spec>,
+    choice: Choice,
+    /// Several calls in one reply (`parallel_tool_calls`, true unless it says false).
+    parallel: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Spec {
+    name: String,
+    description: Option<String>,
+    /// The JSON Schema of its arguments.
+    parameters: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Choice {
+    /// A call or an answer in words, as the model chooses.
+    Auto,
+    /// At least one call.
+    Required,
+    /// A call of this tool.
+    Named(String),
+}
+
+/// What a reply said.
+#[derive(Debug, PartialEq)]
+pub enum Reply {
+    Calls(Vec<(String, Value)>),
+    Text(String),
+}
+
+/// The tools of a request; `None` when it has none, or `tool_choice: "none"` (the model then
+/// answers in words and the tools are not described).
+pub fn read(tools: Option<Value>, tool_choice: Option<Value>, parallel: Option<bool>) -> Result<Option<Tools>, ApiError> {
+    let invalid = |message: String| ApiError::invalid_param("tools", message);
+    let list = match tools {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) => list,
+        Some(_) => {
+            return Err(invalid(
+                "tools must be a list of {\"type\": \"function\", \"function\": {...}}".into(),
+            ))
+        }
+    };
+    if list.len() > MAX_TOOLS {
+        return Err(invalid(format!("tools may list up to {MAX_TOOLS} functions, got {}", list.len())));
+    }
+    let specs = list
+        .into_iter()
+        .enumerate()
+        .map(|(i, tool)| spec(i, tool))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(name) = duplicate(&specs) {
+        return Err(invalid(format!("tools lists the function `{name}` twice")));
+    }
+    let invalid_choice = |message: String| ApiError::invalid_param("tool_choice", message);
+    let choice = match tool_choice {
+        None | Some(Value::Null) => Some(Choice::Auto),
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => None,
+            "auto" => Some(Choice::Auto),
+            "required" => Some(Choice::Required),
+            other => {
+                return Err(invalid_choice(format!(
+                "tool_choice `{other}` is not one of none, auto, required or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"
+            )))
+            }
+        },
+        Some(Value::Object(o)) => match o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
+            Some(name) if specs.iter().any(|s| s.name == name) => Some(Choice::Named(name.to_owned())),
+            Some(name) => return Err(invalid_choice(format!("tool_choice names `{name}`, which tools does not list"))),
+            None => {
+                return Err(invalid_choice(
+                    "tool_choice must name a function: {\"type\": \"function\", \"function\": {\"name\": ...}}".into(),
+                ))
+            }
+        },
+        Some(_) => return Err(invalid_choice("tool_choice must be a string or an object".into())),
+    };
+    match (specs.is_empty(), choice) {
+        (_, None) | (true, Some(Choice::Auto)) => Ok(None),
+        (true, Some(_)) => Err(invalid_choice("tool_choice needs tools to choose from".into())),
+        (false, Some(choice)) => Ok(Some(Tools {
+            specs,
+            choice,
+            parallel: parallel.unwrap_or(true),
+        })),
+    }
+}
+
+/// One entry of `tools`, checked.
+fn spec(index: usize, tool: Value) -> Result<Spec, ApiError> {
+    let invalid = |message: String| ApiError::invalid_param("tools", format!("tools[{index}]: {message}"));
+    if tool.get("type").and_then(Value::as_str).is_some_and(|t| t != "function") {
+        return Err(invalid("only tools of type `function` are supported".into()));
+    }
+    let Some(function) = tool.get("function").and_then(Value::as_object) else {
+        return Err(invalid("needs a `function` object".into()));
+    };
+    let name = function.get("name").and_then(Value::as_str).unwrap_or_default();
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(invalid(format!(
+            "the function's name must be 1 to 64 letters, digits, `_` or `-`, got `{name}`"
+        )));
+    }
+    let parameters = match function.get("parameters") {
+        None | Some(Value::Null) => json!({"type": "object"}),
+        Some(Value::Object(schema)) => {
+            let mut schema = schema.clone();
+            // A call passes the arguments the function lists (OpenAI's `strict` does the same):
+            // an argument the schema does not name is left out unless it says otherwise.
+            if schema.contains_key("properties") && !schema.contains_key("additionalProperties") {
+                schema.insert("additionalProperties".into(), json!(false));
+            }
+            Value::Object(schema)
+        }
+        Some(_) => return Err(invalid("`parameters` must be a JSON Schema object".into())),
+    };
+    Ok(Spec {
+        name: name.to_owned(),
+        description: function.get("description").and_then(Value::as_str).map(str::to_owned),
+        parameters,
+    })
+}
+
+fn duplicate(specs: &[Spec]) -> Option<&str> {
+    let mut seen = std::collections::HashSet::new();
+    specs.iter().map(|s| s.name.as_str()).find(|name| !seen.insert(*name))
+}
+
+impl Tools {
+    /// The grammar every reply follows.
+    pub fn grammar(&self) -> Grammar {
+        let call = |spec: &Spec| {
+            json!({
+                "type": "object",
+                "properties": {"name": {"const": spec.name}, "arguments": spec.parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": false,
+            })
+        };
+        let callable: Vec<Value> = match &self.choice {
+            Choice::Named(name) => self.specs.iter().filter(|s| &s.name == name).map(call).collect(),
+            Choice::Auto | Choice::Required => self.specs.iter().map(call).collect(),
+        };
+        let mut list = json!({"type": "array", "items": {"anyOf": callable}, "minItems": 1});
+        if !self.parallel {
+            list["maxItems"] = json!(1);
+        }
+        let calls = json!({
+            "type": "object",
+            "properties": {"tool_calls": list},
+            "required": ["tool_calls"],
+            "additionalProperties": false,
+        });
+        match self.choice {
+            Choice::Auto => Grammar::JsonSchema(json!({"anyOf": [calls, {
+                "type": "object",
+                "properties": {"response": {"type": "string"}},
+                "required": ["response"],
+                "additionalProperties": false,
+            }]})),
+            Choice::Required | Choice::Named(_) => Grammar::JsonSchema(calls),
+        }
+    }
+
+    /// Tells the model about the tools and the reply's shape: at the end of the conversation's
+    /// system message, or in a new one before the first message.
+    pub fn describe(&self, messages: &mut Vec<ChatMessage>) {
+        let mut text = String::from("You can call these functions. Each one, with the JSON Schema of its arguments:\n");
+        for spec in &self.specs {
+            let mut entry = json!({"name": spec.name});
+            if let Some(description) = &spec.description {
+                entry["description"] = json!(description);
+            }
+            entry["parameters"] = spec.parameters.clone();
+            text.push_str(&entry.to_string());
+            text.push('\n');
+        }
+        let calls = if self.parallel { "one or more functions" } else { "a function" };
+        let call_shape = r#"{"tool_calls": [{"name": "<function name>", "arguments": {<its arguments>}}]}"#;
+        match &self.choice {
+            Choice::Auto => text.push_str(&format!(
+                "\nReply with one JSON object only: {{\"response\": \"<your answer>\"}} to answer, or {call_shape} to call {calls} when the answer needs them."
+            )),
+            Choice::Required => text.push_str(&format!("\nReply with one JSON object only, to call {calls}: {call_shape}")),
+            Choice::Named(name) => text.push_str(&format!(
+                "\nReply with one JSON object only, to call `{name}`: {{\"tool_calls\": [{{\"name\": \"{name}\", \"arguments\": {{<its arguments>}}}}]}}"
+            )),
+        }
+        text.push_str("\nThe functions' results come back as {\"tool_results\": [...]}.");
+        match messages.first_mut() {
+            Some(first) if first.role == Role::System => {
+                first.content = format!("{}\n\n{text}", first.content.trim_end());
+            }
+            _ => messages.insert(0, ChatMessage::new(Role::System, text)),
+        }
+    }
+}
+
+/// What a reply that followed the grammar says; `None` when it is not such a reply (cut by
+/// `max_tokens`).
+pub fn read_reply(text: &str) -> Option<Reply> {
+    let value: Value = serde_json::from_str(text.trim()).ok()?;
+    if let Some(response) = value.get("response").and_then(Value::as_str) {
+        return Some(Reply::Text(response.to_owned()));
+    }
+    let calls = value.get("tool_calls")?.as_array()?;
+    calls
+        .iter()
+        .map(|call| Some((call.get("name")?.as_str()?.to_owned(), call.get("arguments")?.clone())))
+        .collect::<Option<Vec<_>>>()
+        .map(Reply::Calls)
+}
+
+/// An earlier assistant turn's calls as the model would have written them.
+pub fn calls_text(calls: &[ToolCallIn]) -> String {
+    let calls: Vec<Value> = calls
+        .iter()
+        .map(|call| json!({"name": call.function.name, "arguments": arguments_value(call.function.arguments.as_ref())}))
+        .collect();
+    json!({ "tool_calls": calls }).to_string()
+}
+
+/// OpenAI's arguments are JSON text; the prompt shows them as the object they spell.
+fn arguments_value(arguments: Option<&Value>) -> Value {
+    match arguments {
+        None | Some(Value::Null) => json!({}),
+        Some(Value::String(text)) => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone())),
+        Some(other) => other.clone(),
+    }
+}
+
+/// The results of tool calls (consecutive `tool` messages) as one user message.
+#[derive(Debug, Default)]
+pub struct Results {
+    /// Each earlier call's id and the function it called, to name a result by.
+    called: HashMap<String, String>,
+    pending: Vec<Value>,
+}
+
+impl Results {
+    /// Remembers the functions an assistant turn called.
+    pub fn called(&mut self, calls: &[ToolCallIn]) {
+        for call in calls {
+            if let Some(id) = &call.id {
+                self.called.insert(id.clone(), call.function.name.clone());
+            }
+        }
+    }
+
+    /// A `tool` message at `index`: its result waits for the next message that is not one.
+    pub fn push(&mut self, index: usize, call_id: Option<String>, name: Option<String>, content: String) -> Result<(), ApiError> {
+        let Some(id) = call_id else {
+            return Err(ApiError::invalid_param(
+                "messages",
+                format!("messages[{index}]: a tool message needs the `tool_call_id` of the call it answers"),
+            ));
+        };
+        let name = name.or_else(|| self.called.get(&id).cloned());
+        let mut result = json!({"tool_call_id": id});
+        if let Some(name) = name {
+            result["name"] = json!(name);
+        }
+        result["content"] = json!(content);
+        self.pending.push(result);
+        Ok(())
+    }
+
+    /// The results that wait, as one user message.
+    pub fn take(&mut self) -> Option<ChatMessage> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let results = std::mem::take(&mut self.pending);
+        Some(ChatMessage::new(Role::User, json!({ "tool_results": results }).to_string()))
+    }
+}
+
+/// The answer to a chat request with tools: each choice read whole, then one JSON body, or a
+/// stream of its events.
+pub async fn respond(
+    generations: Vec<Generation>,
+    head: AnswerHead,
+    streaming: bool,
+    include_usage: bool,
+    extras: Extras,
+) -> Result<Response, ApiError> {
+    let completions = futures::future::try_join_all(generations.into_iter().map(Generation::collect)).await?;
+    let mut usage: Option<graft_engine::Usage> = None;
+    for completion in &completions {
+        let total = usage.get_or_insert(graft_engine::Usage {
+            prompt_tokens: completion.usage.prompt_tokens,
+            completion_tokens: 0,
+        });
+        total.completion_tokens += completion.usage.completion_tokens;
+    }
+    let answers: Vec<(AssistantMessage, &'static str)> = completions.into_iter().map(answer).collect();
+    if !streaming {
+        let choices = answers
+            .into_iter()
+            .enumerate()
+            .map(|(i, (message, finish_reason))| ChatChoice {
+                index: i as u32,
+                message,
+                finish_reason,
+                logprobs: None,
+            })
+            .collect();
+        let whole = head.envelope("chat.completion", choices, usage.map(Into::into), extras);
+        return Ok(axum::Json(whole).into_response());
+    }
+    let mut events = Vec::new();
+    let mut extras = Some(extras);
+    let mut event = |index: u32, delta: Delta, finish_reason: Option<&'static str>| {
+        let choice = ChunkChoice {
+            index,
+            delta,
+            finish_reason,
+            logprobs: None,
+        };
+        json_event(&head.envelope("chat.completion.chunk", vec![choice], None, extras.take().unwrap_or_default()))
+    };
+    for (i, (message, finish_reason)) in answers.into_iter().enumerate() {
+        let index = i as u32;
+        events.push(event(
+            index,
+            Delta {
+                role: Some("assistant"),
+                content: message.content,
+                tool_calls: None,
+            },
+            None,
+        ));
+        for (n, mut call) in message.tool_calls.unwrap_or_default().into_iter().enumerate() {
+            call.index = Some(n as u32);
+            events.push(event(
+                index,
+                Delta {
+                    tool_calls: Some(vec![call]),
+                    ..Delta::default()
+                },
+                None,
+            ));
+        }
+        events.push(event(index, Delta::default(), Some(finish_reason)));
+    }
+    if let (true, Some(usage)) = (include_usage, usage) {
+        events.push(json_event(&head.envelope::<ChunkChoice>(
+            "chat.completion.chunk",
+            Vec::new(),
+            Some(usage.into()),
+            Extras::default(),
+        )));
+    }
+    events.push(Event::default().data("[DONE]"));
+    let events = futures::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>));
+    Ok(Sse::new(events).into_response())
+}
+
+/// A choice's message and finish reason: its calls, its words, or (cut short) its text as it is.
+fn answer(completion: Completion) -> (AssistantMessage, &'static str) {
+    let finish_reason = completion.finish_reason.as_str();
+    match read_reply(&completion.text) {
+        Some(Reply::Calls(calls)) => {
+            let calls = calls
+                .into_iter()
+                .map(|(name, arguments)| ToolCall {
+                    index: None,
+                    id: format!("call_{}", &uuid::Uuid::new_v4().simple().to_string()[..24]),
+                    kind: "function",
+                    function: FunctionCall {
+                        name,
+                        arguments: arguments.to_string(),
+                    },
+                })
+                .collect();
+            let message = AssistantMessage {
+                role: "assistant",
+                content: None,
+                tool_calls: Some(calls),
+            };
+            (message, "tool_calls")
+        }
+        Some(Reply::Text(text)) => (
+            AssistantMessage {
+                role: "assistant",
+                content: Some(text),
+                tool_calls: None,
+            },
+            finish_reason,
+        ),
+        None => (
+            AssistantMessage {
+                role: "assistant",
+                content: Some(completion.text),
+                tool_calls: None,
+            },
+            finish_reason,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weather() -> Value {
+        json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}])
+    }
+
+    #[test]
+    fn tool_choice_none_and_no_tools_mean_plain_chat() {
+        assert_eq!(read(None, None, None).unwrap(), None);
+        assert_eq!(read(Some(json!([])), Some(json!("auto")), None).unwrap(), None);
+        assert_eq!(read(Some(weather()), Some(json!("none")), None).unwrap(), None);
+        let tools = read(Some(weather()), None, None).unwrap().unwrap();
+        assert_eq!(tools.choice, Choice::Auto);
+        assert!(tools.parallel);
+    }
+
+    #[test]
+    fn bad_tools_and_choices_are_400_naming_the_field() {
+        let param = |r: Result<Option<Tools>, ApiError>| r.unwrap_err().param;
+        assert_eq!(param(read(Some(json!({"a": 1})), None, None)), Some("tools"));
+        assert_eq!(param(read(Some(json!([{"type": "function"}])), None, None)), Some("tools"));
+        assert_eq!(param(read(Some(json!([{"function": {"name": "a b"}}])), None, None)), Some("tools"));
+        assert_eq!(
+            param(read(Some(json!([{"function": {"name": "f", "parameters": "x"}}])), None, None)),
+            Some("tools")
+        );
+        assert_eq!(
+            param(read(
+                Some(json!([{"function": {"name": "f"}}, {"function": {"name": "f"}}])),
+                None,
+                None
+            )),
+            Some("tools")
+        );
+        assert_eq!(
+            param(read(Some(json!([{"type": "retrieval", "function": {"name": "f"}}])), None, None)),
+            Some("tools")
+        );
+        assert_eq!(param(read(Some(weather()), Some(json!("sometimes")), None)), Some("tool_choice"));
+        assert_eq!(
+            param(read(
+                Some(weather()),
+                Some(json!({"type": "function", "function": {"name": "other"}})),
+                None
+            )),
+            Some("tool_choice")
+        );
+        assert_eq!(param(read(None, Some(json!("required")), None)), Some("tool_choice"));
+    }
+
+    #[test]
+    fn replies_are_read_as_calls_or_words() {
+        assert_eq!(
+            read_reply(r#" {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]} "#),
+            Some(Reply::Calls(vec![("get_weather".into(), json!({"city": "Oslo"}))]))
+        );
+        assert_eq!(
+            read_reply(r#"{"response": "It is sunny."}"#),
+            Some(Reply::Text("It is sunny.".into()))
+        );
+        assert_eq!(read_reply(r#"{"tool_calls": [{"name": "get_wea"#), None);
+    }
+
+    #[test]
+    fn the_grammar_allows_only_the_named_tool_and_one_call_when_not_parallel() {
+        let two = json!([{"function": {"name": "a"}}, {"function": {"name": "b"}}]);
+        let tools = read(Some(two), Some(json!({"type": "function", "function": {"name": "b"}})), Some(false))
+            .unwrap()
+            .unwrap();
+        let Grammar::JsonSchema(schema) = tools.grammar() else {
+            panic!("a JSON schema")
+        };
+        let list = &schema["properties"]["tool_calls"];
+        assert_eq!(list["maxItems"], 1);
+        assert_eq!(list["items"]["anyOf"].as_array().unwrap().len(), 1);
+        assert_eq!(list["items"]["anyOf"][0]["properties"]["name"]["const"], "b");
+    }
+
+    fn completion(text: &str, finish_reason: graft_engine::FinishReason) -> Completion {
+        Completion {
+            text: text.into(),
+            finish_reason,
+            usage: graft_engine::Usage {
+                prompt_tokens: 1,
+                completion_tokens: 1,
+            },
+            logprobs: None,
+        }
+    }
+
+    #[test]
+    fn an_answer_is_calls_words_or_the_text_as_it_was_cut() {
+        use graft_engine::FinishReason;
+        let (message, reason) = answer(completion(
+            r#"{"tool_calls": [{"name": "f", "arguments": {"x": 1}}]}"#,
+            FinishReason::Stop,
+        ));
+        assert_eq!(reason, "tool_calls");
+        assert_eq!(message.content, None);
+        let calls = message.tool_calls.unwrap();
+        assert_eq!(
+            (calls[0].function.name.as_str(), calls[0].function.arguments.as_str()),
+            ("f", r#"{"x":1}"#)
+        );
+        assert!(calls[0].id.starts_with("call_") && calls[0].id.len() == 29, "{}", calls[0].id);
+        let (message, reason) = answer(completion(r#"{"response": "Hi."}"#, FinishReason::Stop));
+        assert_eq!(
+            (message.content.as_deref(), reason, message.tool_calls.is_none()),
+            (Some("Hi."), "stop", true)
+        );
+        let (message, reason) = answer(completion(r#"{"tool_calls": [{"na"#, FinishReason::Length));
+        assert_eq!((message.content.as_deref(), reason), (Some(r#"{"tool_calls": [{"na"#), "length"));
+    }
+
+    #[test]
+    fn earlier_calls_and_results_become_the_shapes_the_model_writes_and_reads() {
+        let calls: Vec<ToolCallIn> = serde_json::from_value(json!([
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}
+        ]))
+        .unwrap();
+        assert_eq!(
+            calls_text(&calls),
+            r#"{"tool_calls":[{"name":"get_weather","arguments":{"city":"Oslo"}}]}"#
+        );
+        let mut results = Results::default();
+        results.called(&calls);
+        results.push(3, Some("call_1".into()), None, "Sunny".into()).unwrap();
+        results.push(4, Some("call_9".into()), Some("other".into()), "42".into()).unwrap();
+        assert_eq!(results.push(5, None, None, "x".into()).unwrap_err().param, Some("messages"));
+        let message = results.take().unwrap();
+        assert_eq!(message.role, Role::User);
+        assert_eq!(
+            message.content,
+            r#"{"tool_results":[{"tool_call_id":"call_1","name":"get_weather","content":"Sunny"},{"tool_call_id":"call_9","name":"other","content":"42"}]}"#
+        );
+        assert!(results.take().is_none());
+    }
+
+    #[test]
+    fn the_description_joins_the_system_message() {
+        let tools = read(Some(weather()), None, None).unwrap().unwrap();
+        let mut messages = vec![
+            ChatMessage::new(Role::System, "Be brief."),
+            ChatMessage::new(Role::User, "Weather in Oslo?"),
+        ];
+        tools.describe(&mut messages);
+        assert_eq!(messages.len(), 2);
+        assert!(messages[0].content.starts_with("Be brief.\n\nYou can call"));
+        assert!(messages[0].content.contains(r#""name":"get_weather""#), "{}", messages[0].content);
+        let mut messages = vec![ChatMessage::new(Role::User, "Weather in Oslo?")];
+        tools.describe(&mut messages);
+        assert_eq!(messages[0].role, Role::System);
+    }
+}
