@@ -997,27 +997,38 @@ async fn tool_calls_follow_the_tools_schemas_whole_and_streamed() {
     assert_eq!(calls.len(), 1, "{body}");
     assert_eq!(calls[0]["function"]["name"], "get_time");
 
-    // `auto`: calls, or an answer in words, each well formed.
+    // `auto`: calls, or an answer in words, each well formed; streamed, the words arrive as
+    // they are written (several content deltas) and add up to the whole answer.
     request["tool_choice"] = json!("auto");
-    for question in ["What is the weather in Oslo?", "Tell me a joke."] {
+    let mut worded = 0;
+    for question in ["What is the weather in Oslo?", "Tell me a joke.", "Write a haiku about autumn."] {
         request["messages"][0]["content"] = json!(question);
         let (status, body) = post("/v1/chat/completions", &request).await;
         assert_eq!(status, 200, "{body}");
         let choice = &body["choices"][0];
+        let events = stream_events("/v1/chat/completions", &request).await;
+        let finish = &events.last().unwrap()["choices"][0]["finish_reason"];
+        assert_eq!(*finish, choice["finish_reason"], "{question}: {events:?}");
         match choice["message"]["tool_calls"].as_array() {
             Some(calls) => {
                 assert_eq!(choice["finish_reason"], "tool_calls");
                 calls.iter().for_each(|call| drop(city_of(call)));
             }
             None => {
+                worded += 1;
                 let content = choice["message"]["content"].as_str().unwrap();
                 assert!(
                     !content.trim_start().starts_with('{'),
                     "the words, not the JSON around them: {content}"
                 );
+                let deltas: Vec<&str> = events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+                assert!(deltas.len() > 1, "words stream as written: {events:?}");
+                assert_eq!(deltas.concat(), content, "{question}");
+                assert!(events.iter().all(|e| e["choices"][0]["delta"]["tool_calls"].is_null()));
             }
         }
     }
+    assert!(worded > 0, "some question was answered in words");
 
     // `none`: a plain answer, and the tools are not described to the model.
     request["tool_choice"] = json!("none");

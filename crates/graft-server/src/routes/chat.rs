@@ -6,7 +6,7 @@
 //! stops the generation.
 
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
 use graft_core::config::GenerationConfig;
@@ -66,16 +66,20 @@ pub async fn completions(
     let debug = if debug { Some(debug_info(&state, &prompt).await?) } else { None };
 
     // The model reads exactly the prompt that was checked.
-    let generations = start_choices(&state, &caller, admitted, &target, prompt, chat.sampling, n)
+    let generations: Vec<Generation> = start_choices(&state, &caller, admitted, &target, prompt, chat.sampling, n)
         .await?
         .into_iter()
         .map(Generation::trim_leading_whitespace)
         .collect();
     let head = AnswerHead::new("chatcmpl", target.name);
     let extras = Extras { sources, debug };
-    match tools {
-        Some(_) => tools::respond(generations, head, streaming, include_usage, extras).await,
-        None => sse::respond(generations, ChatChunks(head), streaming, include_usage, extras).await,
+    match (tools, streaming) {
+        (Some(_), true) => {
+            let choices = generations.into_iter().map(tools::pieces).collect();
+            Ok(sse::stream(choices, ChatChunks(head), include_usage, extras).into_response())
+        }
+        (Some(_), false) => tools::whole(generations, head, extras).await,
+        (None, _) => sse::respond(generations, ChatChunks(head), streaming, include_usage, extras).await,
     }
 }
 
@@ -114,6 +118,21 @@ impl sse::Chunks for ChatChunks {
                 None,
                 logprobs.map(ChatLogprobs::new),
             ),
+            Part::Calls(calls) => {
+                let calls = calls
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, call)| openai::ToolCall {
+                        index: Some(i as u32),
+                        ..call
+                    })
+                    .collect();
+                let delta = Delta {
+                    tool_calls: Some(calls),
+                    ..Delta::default()
+                };
+                (delta, None, None)
+            }
             Part::Finish(reason) => (Delta::default(), Some(reason), None),
         };
         ChunkChoice {

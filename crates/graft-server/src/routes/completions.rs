@@ -157,6 +157,8 @@ impl sse::Chunks for TextChunks {
                 (text, None, logprobs)
             }
             Part::Finish(reason) => (String::new(), Some(reason), None),
+            // Completions take no tools.
+            Part::Calls(_) => (String::new(), None, None),
         };
         TextChoice {
             index,

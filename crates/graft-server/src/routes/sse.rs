@@ -30,7 +30,38 @@ pub enum Part {
     Open,
     /// A piece of text, with its tokens' log-probabilities when the request asked for them.
     Text(String, Option<Vec<graft_engine::TokenLogprob>>),
+    /// Calls of the request's tools (chat with `tools` only: `routes::tools`).
+    Calls(Vec<openai::ToolCall>),
     Finish(&'static str),
+}
+
+/// What a choice's stream brings, in order: pieces of its answer, then its end.
+pub enum Piece {
+    Text(String, Option<Vec<graft_engine::TokenLogprob>>),
+    Calls(Vec<openai::ToolCall>),
+    End {
+        finish_reason: &'static str,
+        usage: graft_engine::Usage,
+    },
+}
+
+/// One choice's pieces as they come.
+pub type Pieces = stream::BoxStream<'static, Result<Piece, ApiError>>;
+
+/// A generation's text as it comes, then its end.
+pub fn pieces(generation: Generation) -> Pieces {
+    use futures::StreamExt;
+    stream::unfold(generation, |mut g| async move {
+        let piece = g.next().await?.map(|event| match event {
+            StreamEvent::Text { text, logprobs } => Piece::Text(text, logprobs),
+            StreamEvent::End { finish_reason, usage } => Piece::End {
+                finish_reason: finish_reason.as_str(),
+                usage,
+            },
+        });
+        Some((piece, g))
+    })
+    .boxed()
 }
 
 /// How a route's answers look: the choice of each stream event, and the choice of a whole
@@ -91,7 +122,8 @@ pub async fn respond<C: Chunks>(
     extras: Extras,
 ) -> Result<Response, ApiError> {
     if streaming {
-        return Ok(stream(generations, chunks, include_usage, extras).into_response());
+        let choices = generations.into_iter().map(pieces).collect();
+        return Ok(stream(choices, chunks, include_usage, extras).into_response());
     }
     let completions = futures::future::try_join_all(generations.into_iter().map(Generation::collect)).await?;
     let mut usage = None;
@@ -118,8 +150,8 @@ enum Phase {
 
 /// What a stream keeps between events.
 struct Flow {
-    /// Every choice's events as they come, each with its choice's index.
-    events: stream::SelectAll<stream::BoxStream<'static, (u32, Result<StreamEvent, ApiError>)>>,
+    /// Every choice's pieces as they come, each with its choice's index.
+    events: stream::SelectAll<stream::BoxStream<'static, (u32, Result<Piece, ApiError>)>>,
     phase: Phase,
     /// The extension fields, until the first event takes them.
     extras: Option<Extras>,
@@ -127,25 +159,26 @@ struct Flow {
     usage: Option<graft_engine::Usage>,
 }
 
-/// `generations` (one per choice) as server-sent events written by `chunks`: the events of
-/// each choice in order, the choices' events interleaved as they come.
+/// The pieces of each choice (a generation's: [`pieces`]) as server-sent events written by
+/// `chunks`: the events of each choice in order, the choices' events interleaved as they come.
 pub fn stream<C: Chunks>(
-    generations: Vec<Generation>,
+    choices: Vec<Pieces>,
     chunks: C,
     include_usage: bool,
     extras: Extras,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     use futures::StreamExt;
     let chunks = Arc::new(chunks);
-    let choices = generations.len();
-    let events = stream::select_all(generations.into_iter().enumerate().map(|(i, generation)| {
-        stream::unfold(generation, |mut g| async move { g.next().await.map(|event| (event, g)) })
-            .map(move |event| (i as u32, event))
-            .boxed()
-    }));
+    let count = choices.len();
+    let events = stream::select_all(
+        choices
+            .into_iter()
+            .enumerate()
+            .map(|(i, pieces)| pieces.map(move |piece| (i as u32, piece)).boxed()),
+    );
     let flow = Flow {
         events,
-        phase: if C::OPENS { Phase::Open(0..choices as u32) } else { Phase::Tokens },
+        phase: if C::OPENS { Phase::Open(0..count as u32) } else { Phase::Tokens },
         extras: Some(extras),
         usage: None,
     };
@@ -162,10 +195,11 @@ pub fn stream<C: Chunks>(
                     event(&*chunks, index, Part::Open, extras)
                 }
                 Phase::Tokens => match flow.events.next().await {
-                    Some((index, Ok(StreamEvent::Text { text, logprobs }))) => event(&*chunks, index, Part::Text(text, logprobs), extras),
-                    Some((index, Ok(StreamEvent::End { finish_reason, usage }))) => {
+                    Some((index, Ok(Piece::Text(text, logprobs)))) => event(&*chunks, index, Part::Text(text, logprobs), extras),
+                    Some((index, Ok(Piece::Calls(calls)))) => event(&*chunks, index, Part::Calls(calls), extras),
+                    Some((index, Ok(Piece::End { finish_reason, usage }))) => {
                         add_usage(&mut flow.usage, usage);
-                        event(&*chunks, index, Part::Finish(finish_reason.as_str()), extras)
+                        event(&*chunks, index, Part::Finish(finish_reason), extras)
                     }
                     Some((_, Err(e))) => {
                         flow.phase = Phase::Done;

@@ -12,23 +12,24 @@
 //! them. This is llama.cpp's "generic" tool format; a model's own format (Qwen's
 //! `<tool_call>`, Llama's `<|python_tag|>`) is not used.
 //!
-//! An answer with tools is read whole before it is sent, streamed or not: the stream carries
-//! it in a few events once it is complete.
+//! Streamed, the words of a `response` reply go out as the model writes them (decoded from the
+//! JSON string); calls go out in one event once the reply is complete.
 //!
 //! This module owns the request's tool fields, the prompt's description, the grammar and the
 //! reading of replies; it must not know how the engine enforces a grammar.
 
 use std::collections::HashMap;
 
-use axum::response::sse::{Event, Sse};
+use std::collections::VecDeque;
+
 use axum::response::{IntoResponse, Response};
-use graft_engine::{ChatMessage, Completion, Grammar, Role};
+use graft_engine::{ChatMessage, Completion, Grammar, Role, StreamEvent};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::generation::Generation;
-use crate::openai::{AnswerHead, AssistantMessage, ChatChoice, ChunkChoice, Delta, Extras, FunctionCall, ToolCall, ToolCallIn};
-use crate::routes::sse::json_event;
+use crate::openai::{AnswerHead, AssistantMessage, ChatChoice, Extras, FunctionCall, ToolCall, ToolCallIn};
+use crate::routes::sse::{Piece, Pieces};
 
 /// Most tools one request may list.
 const MAX_TOOLS: usize = 128;
@@ -315,128 +316,248 @@ impl Results {
     }
 }
 
-/// The answer to a chat request with tools: each choice read whole, then one JSON body, or a
-/// stream of its events.
-pub async fn respond(
-    generations: Vec<Generation>,
-    head: AnswerHead,
-    streaming: bool,
-    include_usage: bool,
-    extras: Extras,
-) -> Result<Response, ApiError> {
+/// The whole answer to a chat request with tools: each choice read into its calls or its words.
+pub async fn whole(generations: Vec<Generation>, head: AnswerHead, extras: Extras) -> Result<Response, ApiError> {
     let completions = futures::future::try_join_all(generations.into_iter().map(Generation::collect)).await?;
     let mut usage: Option<graft_engine::Usage> = None;
-    for completion in &completions {
+    let mut choices = Vec::with_capacity(completions.len());
+    for (i, completion) in completions.into_iter().enumerate() {
         let total = usage.get_or_insert(graft_engine::Usage {
             prompt_tokens: completion.usage.prompt_tokens,
             completion_tokens: 0,
         });
         total.completion_tokens += completion.usage.completion_tokens;
-    }
-    let answers: Vec<(AssistantMessage, &'static str)> = completions.into_iter().map(answer).collect();
-    if !streaming {
-        let choices = answers
-            .into_iter()
-            .enumerate()
-            .map(|(i, (message, finish_reason))| ChatChoice {
-                index: i as u32,
-                message,
-                finish_reason,
-                logprobs: None,
-            })
-            .collect();
-        let whole = head.envelope("chat.completion", choices, usage.map(Into::into), extras);
-        return Ok(axum::Json(whole).into_response());
-    }
-    let mut events = Vec::new();
-    let mut extras = Some(extras);
-    let mut event = |index: u32, delta: Delta, finish_reason: Option<&'static str>| {
-        let choice = ChunkChoice {
-            index,
-            delta,
+        let (message, finish_reason) = answer(completion);
+        choices.push(ChatChoice {
+            index: i as u32,
+            message,
             finish_reason,
             logprobs: None,
-        };
-        json_event(&head.envelope("chat.completion.chunk", vec![choice], None, extras.take().unwrap_or_default()))
-    };
-    for (i, (message, finish_reason)) in answers.into_iter().enumerate() {
-        let index = i as u32;
-        events.push(event(
-            index,
-            Delta {
-                role: Some("assistant"),
-                content: message.content,
-                tool_calls: None,
-            },
-            None,
-        ));
-        for (n, mut call) in message.tool_calls.unwrap_or_default().into_iter().enumerate() {
-            call.index = Some(n as u32);
-            events.push(event(
-                index,
-                Delta {
-                    tool_calls: Some(vec![call]),
-                    ..Delta::default()
-                },
-                None,
-            ));
-        }
-        events.push(event(index, Delta::default(), Some(finish_reason)));
+        });
     }
-    if let (true, Some(usage)) = (include_usage, usage) {
-        events.push(json_event(&head.envelope::<ChunkChoice>(
-            "chat.completion.chunk",
-            Vec::new(),
-            Some(usage.into()),
-            Extras::default(),
-        )));
-    }
-    events.push(Event::default().data("[DONE]"));
-    let events = futures::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>));
-    Ok(Sse::new(events).into_response())
+    let whole = head.envelope("chat.completion", choices, usage.map(Into::into), extras);
+    Ok(axum::Json(whole).into_response())
 }
 
-/// A choice's message and finish reason: its calls, its words, or (cut short) its text as it is.
+/// A choice's message and finish reason: its calls, its words, or (cut short in a call) its
+/// text as it is.
 fn answer(completion: Completion) -> (AssistantMessage, &'static str) {
-    let finish_reason = completion.finish_reason.as_str();
-    match read_reply(&completion.text) {
-        Some(Reply::Calls(calls)) => {
-            let calls = calls
-                .into_iter()
-                .map(|(name, arguments)| ToolCall {
-                    index: None,
-                    id: format!("call_{}", &uuid::Uuid::new_v4().simple().to_string()[..24]),
-                    kind: "function",
-                    function: FunctionCall {
-                        name,
-                        arguments: arguments.to_string(),
-                    },
-                })
-                .collect();
-            let message = AssistantMessage {
-                role: "assistant",
-                content: None,
-                tool_calls: Some(calls),
-            };
-            (message, "tool_calls")
+    let mut reader = Reader::default();
+    let words = reader.push(&completion.text);
+    let (content, tool_calls, finish_reason) = match reader.end() {
+        Ending::Words => (Some(words), None, completion.finish_reason.as_str()),
+        Ending::Calls(calls) => (None, Some(calls), "tool_calls"),
+        Ending::Unread => (Some(completion.text), None, completion.finish_reason.as_str()),
+    };
+    let message = AssistantMessage {
+        role: "assistant",
+        content,
+        tool_calls,
+    };
+    (message, finish_reason)
+}
+
+/// A choice's stream with tools: the words of a `{"response": ...}` reply as the model writes
+/// them, or the calls once the reply is complete.
+pub fn pieces(generation: Generation) -> Pieces {
+    use futures::StreamExt;
+    let state = (generation, Reader::default(), VecDeque::new());
+    futures::stream::unfold(state, |(mut generation, mut reader, mut ready)| async move {
+        loop {
+            if let Some(piece) = ready.pop_front() {
+                return Some((Ok(piece), (generation, reader, ready)));
+            }
+            match generation.next().await? {
+                Err(e) => return Some((Err(e), (generation, reader, ready))),
+                Ok(StreamEvent::Text { text, .. }) => {
+                    let words = reader.push(&text);
+                    if !words.is_empty() {
+                        ready.push_back(Piece::Text(words, None));
+                    }
+                }
+                Ok(StreamEvent::End { finish_reason, usage }) => {
+                    let finish_reason = match reader.end() {
+                        Ending::Words => finish_reason.as_str(),
+                        Ending::Calls(calls) => {
+                            ready.push_back(Piece::Calls(calls));
+                            "tool_calls"
+                        }
+                        Ending::Unread => {
+                            ready.push_back(Piece::Text(std::mem::take(&mut reader.raw), None));
+                            finish_reason.as_str()
+                        }
+                    };
+                    ready.push_back(Piece::End { finish_reason, usage });
+                }
+            }
         }
-        Some(Reply::Text(text)) => (
-            AssistantMessage {
-                role: "assistant",
-                content: Some(text),
-                tool_calls: None,
-            },
-            finish_reason,
-        ),
-        None => (
-            AssistantMessage {
-                role: "assistant",
-                content: Some(completion.text),
-                tool_calls: None,
-            },
-            finish_reason,
-        ),
+    })
+    .boxed()
+}
+
+/// Reads a reply as it is generated.
+#[derive(Debug, Default)]
+struct Reader {
+    /// The reply's text so far.
+    raw: String,
+    state: State,
+}
+
+#[derive(Debug, Default, PartialEq)]
+enum State {
+    /// The reply's key is not written yet.
+    #[default]
+    Undecided,
+    /// `{"response": "`: the words from byte `at` of the text on are still to decode.
+    Words { at: usize, closed: bool },
+    /// `{"tool_calls"`: read when the reply is complete.
+    Calls,
+}
+
+/// What a reply turned out to be once it ended.
+enum Ending {
+    Words,
+    Calls(Vec<ToolCall>),
+    /// Neither, cut before its shape was clear or inside a call: its text is the answer.
+    Unread,
+}
+
+impl Reader {
+    /// Adds generated text; returns the words of a response it completes (decoded from the
+    /// JSON string), empty when none.
+    fn push(&mut self, text: &str) -> String {
+        self.raw.push_str(text);
+        if self.state == State::Undecided {
+            self.state = decide(&self.raw);
+        }
+        match &mut self.state {
+            State::Words { at, closed } if !*closed => {
+                let (words, used, ended) = decode_string(&self.raw[*at..]);
+                *at += used;
+                *closed = ended;
+                words
+            }
+            _ => String::new(),
+        }
     }
+
+    /// How the reply ended.
+    fn end(&self) -> Ending {
+        match self.state {
+            State::Words { .. } => Ending::Words,
+            State::Undecided | State::Calls => match read_reply(&self.raw) {
+                Some(Reply::Calls(calls)) => Ending::Calls(
+                    calls
+                        .into_iter()
+                        .map(|(name, arguments)| ToolCall {
+                            index: None,
+                            id: format!("call_{}", &uuid::Uuid::new_v4().simple().to_string()[..24]),
+                            kind: "function",
+                            function: FunctionCall {
+                                name,
+                                arguments: arguments.to_string(),
+                            },
+                        })
+                        .collect(),
+                ),
+                _ => Ending::Unread,
+            },
+        }
+    }
+}
+
+/// Which shape a reply's beginning shows: `{`, then the key of `response` or of `tool_calls`
+/// (with the white space JSON allows).
+fn decide(raw: &str) -> State {
+    let Some(rest) = raw.trim_start().strip_prefix('{').map(str::trim_start) else {
+        return State::Undecided;
+    };
+    if rest.starts_with("\"tool_calls\"") {
+        return State::Calls;
+    }
+    let value = rest
+        .strip_prefix("\"response\"")
+        .map(str::trim_start)
+        .and_then(|r| r.strip_prefix(':'))
+        .map(str::trim_start)
+        .and_then(|r| r.strip_prefix('"'));
+    match value {
+        Some(words) => State::Words {
+            at: raw.len() - words.len(),
+            closed: false,
+        },
+        None => State::Undecided,
+    }
+}
+
+/// The characters of a JSON string's body at the start of `text`, as far as they are
+/// complete: the decoded text, the bytes read, and whether the closing quote was among them.
+fn decode_string(text: &str) -> (String, usize, bool) {
+    let mut out = String::new();
+    let mut used = 0;
+    let mut rest = text;
+    loop {
+        let Some(c) = rest.chars().next() else {
+            return (out, used, false);
+        };
+        let (decoded, len) = match c {
+            '"' => return (out, used + 1, true),
+            '\\' => match escape(rest) {
+                Some(escaped) => escaped,
+                // Its escape is not all written yet.
+                None => return (out, used, false),
+            },
+            c => (c, c.len_utf8()),
+        };
+        out.push(decoded);
+        used += len;
+        rest = &rest[len..];
+    }
+}
+
+/// The character an escape at the start of `text` stands for, and its length; `None` until
+/// it is complete. A lone surrogate becomes U+FFFD.
+fn escape(text: &str) -> Option<(char, usize)> {
+    // Four hex digits at `at`: `None` while they are not all written, U+FFFD's code when
+    // they are not hex (the grammar does not allow that; the reading must not stall on it).
+    let hex = |at: usize| match text.as_bytes().get(at..at + 4) {
+        None => None,
+        Some(h) => Some(
+            std::str::from_utf8(h)
+                .ok()
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .unwrap_or(0xFFFD),
+        ),
+    };
+    let simple = match text.as_bytes().get(1)? {
+        b'"' => '"',
+        b'\\' => '\\',
+        b'/' => '/',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        b'u' => {
+            let unit = hex(2)?;
+            if (0xD800..0xDC00).contains(&unit) {
+                // A high surrogate: with the low one after it, one character.
+                if text.as_bytes().get(6..8)? != b"\\u" {
+                    return Some(('\u{FFFD}', 6));
+                }
+                return Some(match hex(8)? {
+                    low @ 0xDC00..=0xDFFF => {
+                        let code = 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00);
+                        (char::from_u32(code).unwrap_or('\u{FFFD}'), 12)
+                    }
+                    _ => ('\u{FFFD}', 6),
+                });
+            }
+            return Some((char::from_u32(unit).unwrap_or('\u{FFFD}'), 6));
+        }
+        _ => '\u{FFFD}',
+    };
+    Some((simple, 2))
 }
 
 #[cfg(test)]
@@ -554,6 +675,9 @@ mod tests {
         );
         let (message, reason) = answer(completion(r#"{"tool_calls": [{"na"#, FinishReason::Length));
         assert_eq!((message.content.as_deref(), reason), (Some(r#"{"tool_calls": [{"na"#), "length"));
+        // Words cut by max_tokens: the words so far, as the stream sent them.
+        let (message, reason) = answer(completion(r#"{"response": "Hello, wor"#, FinishReason::Length));
+        assert_eq!((message.content.as_deref(), reason), (Some("Hello, wor"), "length"));
     }
 
     #[test]
@@ -578,6 +702,42 @@ mod tests {
             r#"{"tool_results":[{"tool_call_id":"call_1","name":"get_weather","content":"Sunny"},{"tool_call_id":"call_9","name":"other","content":"42"}]}"#
         );
         assert!(results.take().is_none());
+    }
+
+    #[test]
+    fn words_are_decoded_as_they_come_whatever_the_pieces() {
+        let reply = r#"  {"response": "Tab\tquote \" slash \\ e\u0301 \ud83d\ude00 done"}"#;
+        let whole: Value = serde_json::from_str(reply).unwrap();
+        let expected = whole["response"].as_str().unwrap();
+        // Every way of cutting the reply in two, and one character at a time.
+        for cut in (0..=reply.len()).filter(|&i| reply.is_char_boundary(i)) {
+            let mut reader = Reader::default();
+            let words = reader.push(&reply[..cut]) + &reader.push(&reply[cut..]);
+            assert_eq!(words, expected, "cut at {cut}");
+            assert!(matches!(reader.end(), Ending::Words));
+        }
+        let mut reader = Reader::default();
+        let words: String = reply.chars().map(|c| reader.push(&c.to_string())).collect();
+        assert_eq!(words, expected);
+        // A lone surrogate is the replacement character; the words go on after it.
+        let mut reader = Reader::default();
+        assert_eq!(reader.push(r#"{"response": "a\ud83d b"}"#), "a\u{FFFD} b");
+        // So is an escape that is not hex, and the reading does not stall on it.
+        let mut reader = Reader::default();
+        assert_eq!(reader.push(r#"{"response": "a\uzzzz b"#), "a\u{FFFD} b");
+        assert_eq!(reader.push(r#"c"}"#), "c");
+    }
+
+    #[test]
+    fn calls_are_read_when_the_reply_ends() {
+        let mut reader = Reader::default();
+        assert_eq!(reader.push(r#"{"tool_calls": [{"name": "f", "#), "");
+        assert_eq!(reader.push(r#""arguments": {}}]}"#), "");
+        let Ending::Calls(calls) = reader.end() else { panic!("calls") };
+        assert_eq!((calls[0].function.name.as_str(), calls[0].function.arguments.as_str()), ("f", "{}"));
+        let mut cut = Reader::default();
+        cut.push(r#"{"tool_calls": [{"na"#);
+        assert!(matches!(cut.end(), Ending::Unread));
     }
 
     #[test]
