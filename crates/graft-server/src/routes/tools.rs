@@ -520,14 +520,10 @@ fn decode_string(text: &str) -> (String, usize, bool) {
 fn escape(text: &str) -> Option<(char, usize)> {
     // Four hex digits at `at`: `None` while they are not all written, U+FFFD's code when
     // they are not hex (the grammar does not allow that; the reading must not stall on it).
-    let hex = |at: usize| match text.as_bytes().get(at..at + 4) {
-        None => None,
-        Some(h) => Some(
-            std::str::from_utf8(h)
-                .ok()
-                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                .unwrap_or(0xFFFD),
-        ),
+    let hex = |at: usize| {
+        let digits = text.as_bytes().get(at..at + 4)?;
+        let code = std::str::from_utf8(digits).ok().and_then(|h| u32::from_str_radix(h, 16).ok());
+        Some(code.unwrap_or(0xFFFD))
     };
     let simple = match text.as_bytes().get(1)? {
         b'"' => '"',
