@@ -151,6 +151,33 @@ class Chat(unittest.TestCase):
         self.assertIn(again.choices[0].finish_reason, ("stop", "length", "tool_calls"))
         self.assertTrue(again.choices[0].message.content or again.choices[0].message.tool_calls)
 
+    def test_the_sdks_stream_helper_assembles_the_same_calls_and_words(self):
+        tools = [{"type": "function", "function": {
+            "name": "get_weather", "description": "Current weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}}, "required": ["city"]},
+        }}]
+        c = client()
+        for question, choice in [("What is the weather in Oslo?", "required"), ("Tell me a joke.", "auto")]:
+            kwargs = {"model": MODEL, "messages": [{"role": "user", "content": question}], "tools": tools,
+                      "tool_choice": choice, "temperature": 0, "max_tokens": 250}
+            whole = c.chat.completions.create(**kwargs).choices[0]
+            # The helper refuses an answer cut by max_tokens when tools are given.
+            self.assertNotEqual(whole.finish_reason, "length", whole)
+            with c.chat.completions.stream(**kwargs) as stream:
+                kinds = [event.type for event in stream]
+                streamed = stream.get_final_completion().choices[0]
+            self.assertEqual(streamed.finish_reason, whole.finish_reason, kinds)
+            if whole.message.tool_calls:
+                self.assertIn("tool_calls.function.arguments.done", kinds)
+                self.assertEqual(
+                    [(t.function.name, t.function.arguments) for t in streamed.message.tool_calls],
+                    [(t.function.name, t.function.arguments) for t in whole.message.tool_calls],
+                )
+            else:
+                self.assertGreater(kinds.count("content.delta"), 1, "words stream as they are written")
+                self.assertEqual(streamed.message.content, whole.message.content)
+                self.assertFalse(streamed.message.tool_calls)
+
     def test_several_choices(self):
         answer = client().chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "Tell me about cats."}], n=2, seed=5, temperature=1.0, max_tokens=8
