@@ -988,6 +988,17 @@ async fn tool_calls_follow_the_tools_schemas_whole_and_streamed() {
     }
     assert_eq!(events.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
 
+    // The reply is written on one line, spaced as the description shows it: a reply cut by
+    // max_tokens is its text as written.
+    let mut cut = request.clone();
+    cut["max_tokens"] = json!(12);
+    let (status, body) = post("/v1/chat/completions", &cut).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "length", "{body}");
+    let text = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.starts_with(r#"{"tool_calls": [{"name": ""#), "{text:?}");
+    assert!(!text.contains('\n'), "{text:?}");
+
     // A named function, and one call only.
     request["tool_choice"] = json!({"type": "function", "function": {"name": "get_time"}});
     request["parallel_tool_calls"] = json!(false);

@@ -157,7 +157,7 @@ class Chat(unittest.TestCase):
             "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}}, "required": ["city"]},
         }}]
         c = client()
-        for question, choice in [("What is the weather in Oslo?", "required"), ("Tell me a joke.", "auto")]:
+        for question, choice in [("What is the weather in Oslo?", "required"), ("Translate cat to French.", "auto")]:
             kwargs = {"model": MODEL, "messages": [{"role": "user", "content": question}], "tools": tools,
                       "tool_choice": choice, "temperature": 0, "max_tokens": 250}
             whole = c.chat.completions.create(**kwargs).choices[0]

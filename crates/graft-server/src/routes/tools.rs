@@ -192,15 +192,19 @@ impl Tools {
             "required": ["tool_calls"],
             "additionalProperties": false,
         });
-        match self.choice {
-            Choice::Auto => Grammar::JsonSchema(json!({"anyOf": [calls, {
+        let mut reply = match self.choice {
+            Choice::Auto => json!({"anyOf": [calls, {
                 "type": "object",
                 "properties": {"response": {"type": "string"}},
                 "required": ["response"],
                 "additionalProperties": false,
-            }]})),
-            Choice::Required | Choice::Named(_) => Grammar::JsonSchema(calls),
-        }
+            }]}),
+            Choice::Required | Choice::Named(_) => calls,
+        };
+        // One line, spaced as the description's examples are: the reply spends no tokens on
+        // indentation, and a small model cannot wander off into white space.
+        reply["x-guidance"] = json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "});
+        Grammar::JsonSchema(reply)
     }
 
     /// Tells the model about the tools and the reply's shape: at the end of the conversation's
