@@ -18,9 +18,7 @@
 //! This module owns the request's tool fields, the prompt's description, the grammar and the
 //! reading of replies; it must not know how the engine enforces a grammar.
 
-use std::collections::HashMap;
-
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use axum::response::{IntoResponse, Response};
 use graft_engine::{ChatMessage, Completion, Grammar, Role, StreamEvent};
