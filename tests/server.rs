@@ -815,7 +815,12 @@ async fn structured_output_follows_the_schema_and_ends_when_it_is_complete() {
         }
         let (status, body) = post("/v1/chat/completions", &sampled).await;
         assert_eq!(status, 200, "{body}");
-        parse_function(body["choices"][0]["message"]["content"].as_str().unwrap());
+        let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+        // A sampled integer may run on in digits until max_tokens cuts it.
+        match body["choices"][0]["finish_reason"].as_str() {
+            Some("length") => assert!(content.starts_with('{'), "cut, still the object's start: {content:?}"),
+            _ => drop(parse_function(content)),
+        }
     }
     // With log-probabilities: the same greedy answer, one entry per answer token, and the
     // count of tokens is those and the end (a token the grammar refused and that was drawn
@@ -851,6 +856,38 @@ async fn structured_output_follows_the_schema_and_ends_when_it_is_complete() {
             "cut by max_tokens, still an object's start: {content}"
         );
     }
+
+    // White space is bounded: with the newline and space tokens pushed far above the rest, the
+    // answer still goes on after at most 20 characters of white space between two of its parts;
+    // a schema that sets llguidance's own options (`x-guidance`) keeps them.
+    let mut bias = serde_json::Map::new();
+    for text in ["\n", " "] {
+        let (status, body) = post("/tokenize", &json!({"content": text, "add_special": false})).await;
+        assert_eq!(status, 200, "{body}");
+        for id in body["tokens"].as_array().unwrap() {
+            bias.insert(id.to_string(), json!(100));
+        }
+    }
+    object["logit_bias"] = Value::Object(bias);
+    let (status, body) = post("/v1/chat/completions", &object).await;
+    assert_eq!(status, 200, "{body}");
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    // The gap after the opening brace (white space inside a string is the answer's own).
+    let after = content.trim_start().strip_prefix('{').unwrap_or_else(|| panic!("{content:?}"));
+    let gap = after.chars().take_while(|c| c.is_whitespace()).count();
+    assert!((10..=20).contains(&gap), "pushed, then bounded: {gap} in {content:?}");
+    assert!(after.chars().nth(gap).is_some(), "the answer goes on: {content:?}");
+
+    object["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "any",
+        "schema": {"type": "object", "x-guidance": {"whitespace_flexible": true}}}});
+    let (status, body) = post("/v1/chat/completions", &object).await;
+    assert_eq!(status, 200, "{body}");
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    let after = content.trim_start().strip_prefix('{').unwrap_or_else(|| panic!("{content:?}"));
+    assert!(
+        after.chars().take_while(|c| c.is_whitespace()).count() > 20,
+        "unbounded: {content:?}"
+    );
 }
 
 #[tokio::test]

@@ -178,7 +178,7 @@ fn response_format(value: Value) -> Result<Option<Grammar>, ApiError> {
     match format.get("type").and_then(Value::as_str) {
         Some("text") => Ok(None),
         Some("json_object") => match format.get("schema") {
-            None | Some(Value::Null) => Ok(Some(Grammar::JsonSchema(json!({"type": "object"})))),
+            None | Some(Value::Null) => Ok(Some(json_grammar(json!({"type": "object"})))),
             Some(schema) => json_schema(schema, "response_format", "response_format.schema").map(Some),
         },
         Some("json_schema") => {
@@ -187,7 +187,7 @@ fn response_format(value: Value) -> Result<Option<Grammar>, ApiError> {
             };
             match spec.get("schema") {
                 // OpenAI's schema is optional: any JSON value.
-                None | Some(Value::Null) => Ok(Some(Grammar::JsonSchema(json!({})))),
+                None | Some(Value::Null) => Ok(Some(json_grammar(json!({})))),
                 Some(schema) => json_schema(schema, "response_format", "response_format.json_schema.schema").map(Some),
             }
         }
@@ -252,9 +252,29 @@ fn structured_outputs(value: Value) -> Result<Option<Grammar>, ApiError> {
 /// A JSON Schema is an object (or `true`/`false`).
 fn json_schema(schema: &Value, param: &'static str, path: &str) -> Result<Grammar, ApiError> {
     match schema {
-        Value::Object(_) | Value::Bool(_) => Ok(Grammar::JsonSchema(schema.clone())),
+        Value::Object(_) | Value::Bool(_) => Ok(json_grammar(schema.clone())),
         _ => Err(ApiError::invalid_param(param, format!("{path} must be a JSON Schema object"))),
     }
+}
+
+/// Most white space between two parts of a JSON answer: enough for a newline and nested
+/// indentation, too little for the endless white space a small model can fall into (OpenAI
+/// warns of it in JSON mode; llama.cpp bounds it likewise).
+const JSON_WHITESPACE: &str = r"[\x20\x0A\x0D\x09]{1,20}";
+
+/// A JSON answer under `schema`, its white space bounded ([`JSON_WHITESPACE`]) unless the
+/// schema sets llguidance's own options (`x-guidance`).
+fn json_grammar(schema: Value) -> Grammar {
+    let mut schema = match schema {
+        Value::Bool(true) => json!({}),
+        other => other,
+    };
+    if let Value::Object(object) = &mut schema {
+        if !object.contains_key("x-guidance") {
+            object.insert("x-guidance".into(), json!({"whitespace_pattern": JSON_WHITESPACE}));
+        }
+    }
+    Grammar::JsonSchema(schema)
 }
 
 /// The model can follow the grammar: llguidance compiles it against the vocabulary before
