@@ -6,7 +6,7 @@
 //! stops the generation.
 
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Extension;
 
 use graft_core::config::GenerationConfig;
@@ -73,19 +73,20 @@ pub async fn completions(
         .collect();
     let head = AnswerHead::new("chatcmpl", target.name);
     let extras = Extras { sources, debug };
-    match (tools, streaming) {
-        (Some(_), true) => {
-            let choices = generations.into_iter().map(tools::pieces).collect();
-            Ok(sse::stream(choices, ChatChunks(head), include_usage, extras).into_response())
-        }
-        (Some(_), false) => tools::whole(generations, head, extras).await,
-        (None, _) => sse::respond(generations, ChatChunks(head), streaming, include_usage, extras).await,
-    }
+    let chunks = ChatChunks {
+        head,
+        tools: tools.is_some(),
+    };
+    sse::respond(generations, chunks, streaming, include_usage, extras).await
 }
 
 /// Chat's answers: a whole `chat.completion`, or a stream of chunks: the role first (with the
-/// sources), then text deltas.
-struct ChatChunks(AnswerHead);
+/// sources), then text deltas (or, with tools, the reply's words or calls: `routes::tools`).
+struct ChatChunks {
+    head: AnswerHead,
+    /// The request has tools: each reply is read into calls or words.
+    tools: bool,
+}
 
 impl sse::Chunks for ChatChunks {
     const OPENS: bool = true;
@@ -95,7 +96,7 @@ impl sse::Chunks for ChatChunks {
     type Whole = ChatChoice;
 
     fn head(&self) -> &AnswerHead {
-        &self.0
+        &self.head
     }
 
     fn chunk(&self, index: u32, part: Part) -> ChunkChoice {
@@ -144,6 +145,15 @@ impl sse::Chunks for ChatChunks {
     }
 
     fn whole(&self, index: u32, completion: Completion) -> ChatChoice {
+        if self.tools {
+            let (message, finish_reason) = tools::answer(completion);
+            return ChatChoice {
+                index,
+                message,
+                finish_reason,
+                logprobs: None,
+            };
+        }
         ChatChoice {
             index,
             message: AssistantMessage {
@@ -153,6 +163,14 @@ impl sse::Chunks for ChatChunks {
             },
             finish_reason: completion.finish_reason.as_str(),
             logprobs: completion.logprobs.map(ChatLogprobs::new),
+        }
+    }
+
+    fn pieces(&self, generation: Generation) -> sse::Pieces {
+        if self.tools {
+            tools::pieces(generation)
+        } else {
+            sse::pieces(generation)
         }
     }
 }

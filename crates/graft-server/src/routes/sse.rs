@@ -81,6 +81,11 @@ pub trait Chunks: Send + Sync + 'static {
     fn chunk(&self, index: u32, part: Part) -> Self::Chunk;
     /// The choice `index` of the whole answer.
     fn whole(&self, index: u32, completion: Completion) -> Self::Whole;
+    /// A choice's stream: its generation's text as it comes ([`pieces`]) unless the route
+    /// reads the text into something else (chat's tool calls).
+    fn pieces(&self, generation: Generation) -> Pieces {
+        pieces(generation)
+    }
 }
 
 /// The event for choice `index`'s `part`, with the extension fields on the stream's first
@@ -122,7 +127,7 @@ pub async fn respond<C: Chunks>(
     extras: Extras,
 ) -> Result<Response, ApiError> {
     if streaming {
-        let choices = generations.into_iter().map(pieces).collect();
+        let choices = generations.into_iter().map(|g| chunks.pieces(g)).collect();
         return Ok(stream(choices, chunks, include_usage, extras).into_response());
     }
     let completions = futures::future::try_join_all(generations.into_iter().map(Generation::collect)).await?;

@@ -20,13 +20,12 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use axum::response::{IntoResponse, Response};
 use graft_engine::{ChatMessage, Completion, Grammar, Role, StreamEvent};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::generation::Generation;
-use crate::openai::{AnswerHead, AssistantMessage, ChatChoice, Extras, FunctionCall, ToolCall, ToolCallIn};
+use crate::openai::{AssistantMessage, FunctionCall, ToolCall, ToolCallIn};
 use crate::routes::sse::{Piece, Pieces};
 
 /// Most tools one request may list.
@@ -318,32 +317,9 @@ impl Results {
     }
 }
 
-/// The whole answer to a chat request with tools: each choice read into its calls or its words.
-pub async fn whole(generations: Vec<Generation>, head: AnswerHead, extras: Extras) -> Result<Response, ApiError> {
-    let completions = futures::future::try_join_all(generations.into_iter().map(Generation::collect)).await?;
-    let mut usage: Option<graft_engine::Usage> = None;
-    let mut choices = Vec::with_capacity(completions.len());
-    for (i, completion) in completions.into_iter().enumerate() {
-        let total = usage.get_or_insert(graft_engine::Usage {
-            prompt_tokens: completion.usage.prompt_tokens,
-            completion_tokens: 0,
-        });
-        total.completion_tokens += completion.usage.completion_tokens;
-        let (message, finish_reason) = answer(completion);
-        choices.push(ChatChoice {
-            index: i as u32,
-            message,
-            finish_reason,
-            logprobs: None,
-        });
-    }
-    let whole = head.envelope("chat.completion", choices, usage.map(Into::into), extras);
-    Ok(axum::Json(whole).into_response())
-}
-
 /// A choice's message and finish reason: its calls, its words, or (cut short in a call) its
 /// text as it is.
-fn answer(completion: Completion) -> (AssistantMessage, &'static str) {
+pub fn answer(completion: Completion) -> (AssistantMessage, &'static str) {
     let mut reader = Reader::default();
     let words = reader.push(&completion.text);
     let (content, tool_calls, finish_reason) = match reader.end() {
