@@ -58,13 +58,6 @@ enum Choice {
     Named(String),
 }
 
-/// What a reply said.
-#[derive(Debug, PartialEq)]
-pub enum Reply {
-    Calls(Vec<(String, Value)>),
-    Text(String),
-}
-
 /// The tools of a request; `None` when it has none, or `tool_choice: "none"` (the model then
 /// answers in words and the tools are not described).
 pub fn read(tools: Option<Value>, tool_choice: Option<Value>, parallel: Option<bool>) -> Result<Option<Tools>, ApiError> {
@@ -238,19 +231,15 @@ impl Tools {
     }
 }
 
-/// What a reply that followed the grammar says; `None` when it is not such a reply (cut by
-/// `max_tokens`).
-pub fn read_reply(text: &str) -> Option<Reply> {
+/// The calls (each function's name and arguments) of a complete `{"tool_calls": [...]}` reply;
+/// `None` for any other text (a `response` reply, or a reply cut by `max_tokens`).
+fn read_calls(text: &str) -> Option<Vec<(String, Value)>> {
     let value: Value = serde_json::from_str(text.trim()).ok()?;
-    if let Some(response) = value.get("response").and_then(Value::as_str) {
-        return Some(Reply::Text(response.to_owned()));
-    }
     let calls = value.get("tool_calls")?.as_array()?;
     calls
         .iter()
         .map(|call| Some((call.get("name")?.as_str()?.to_owned(), call.get("arguments")?.clone())))
-        .collect::<Option<Vec<_>>>()
-        .map(Reply::Calls)
+        .collect()
 }
 
 /// An earlier assistant turn's calls as the model would have written them.
@@ -423,8 +412,8 @@ impl Reader {
     fn end(&self) -> Ending {
         match self.state {
             State::Words { .. } => Ending::Words,
-            State::Undecided | State::Calls => match read_reply(&self.raw) {
-                Some(Reply::Calls(calls)) => Ending::Calls(
+            State::Undecided | State::Calls => match read_calls(&self.raw) {
+                Some(calls) => Ending::Calls(
                     calls
                         .into_iter()
                         .map(|(name, arguments)| ToolCall {
@@ -438,7 +427,7 @@ impl Reader {
                         })
                         .collect(),
                 ),
-                _ => Ending::Unread,
+                None => Ending::Unread,
             },
         }
     }
@@ -588,16 +577,14 @@ mod tests {
     }
 
     #[test]
-    fn replies_are_read_as_calls_or_words() {
+    fn only_a_complete_calls_reply_is_read_as_calls() {
         assert_eq!(
-            read_reply(r#" {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]} "#),
-            Some(Reply::Calls(vec![("get_weather".into(), json!({"city": "Oslo"}))]))
+            read_calls(r#" {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]} "#),
+            Some(vec![("get_weather".into(), json!({"city": "Oslo"}))])
         );
-        assert_eq!(
-            read_reply(r#"{"response": "It is sunny."}"#),
-            Some(Reply::Text("It is sunny.".into()))
-        );
-        assert_eq!(read_reply(r#"{"tool_calls": [{"name": "get_wea"#), None);
+        assert_eq!(read_calls(r#"{"response": "It is sunny."}"#), None);
+        assert_eq!(read_calls(r#"{"tool_calls": [{"name": "get_wea"#), None);
+        assert_eq!(read_calls(r#"{"tool_calls": [{"arguments": {}}]}"#), None);
     }
 
     #[test]
