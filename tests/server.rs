@@ -246,6 +246,47 @@ async fn completions_continue_the_raw_prompt_without_a_chat_template() {
 }
 
 #[tokio::test]
+async fn echo_puts_the_prompt_ahead_of_the_answer_whole_and_streamed() {
+    let prompt = "def fibonacci(n):";
+    let (_, plain) = post("/v1/completions", &completion(prompt, 12)).await;
+    let answer = plain["choices"][0]["text"].as_str().unwrap();
+    let mut echoing = completion(prompt, 12);
+    echoing["echo"] = json!(true);
+    let (status, body) = post("/v1/completions", &echoing).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["text"], format!("{prompt}{answer}"));
+    // The echoed prompt is not counted as generated.
+    assert_eq!(body["usage"], plain["usage"]);
+
+    // Streamed: the prompt is each choice's first event.
+    let events = stream_events("/v1/completions", &echoing).await;
+    assert_eq!(events[0]["choices"][0]["text"], prompt);
+    let streamed: String = events.iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect();
+    assert_eq!(streamed, format!("{prompt}{answer}"));
+
+    // A prompt of token ids echoes as their text.
+    let (_, ids) = post("/tokenize", &json!({"content": prompt, "add_special": false})).await;
+    let mut by_ids = completion(prompt, 12);
+    by_ids["prompt"] = ids["tokens"].clone();
+    let (_, plain) = post("/v1/completions", &by_ids).await;
+    let answer = plain["choices"][0]["text"].as_str().unwrap();
+    by_ids["echo"] = json!(true);
+    let (status, body) = post("/v1/completions", &by_ids).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["text"], format!("{prompt}{answer}"));
+
+    // The prompt's log-probabilities are not computed, and a suffix is not echoed: both 400.
+    let mut with_logprobs = echoing.clone();
+    with_logprobs["logprobs"] = json!(1);
+    let (status, body) = post("/v1/completions", &with_logprobs).await;
+    assert_eq!(error_of(status, &body, 400)["param"], "echo");
+    let mut with_suffix = echoing.clone();
+    with_suffix["suffix"] = json!("\n");
+    let (status, body) = post("/v1/completions", &with_suffix).await;
+    assert_eq!(error_of(status, &body, 400)["param"], "echo");
+}
+
+#[tokio::test]
 async fn a_suffix_on_a_model_without_fim_tokens_falls_back_to_continuing_the_prefix() {
     // SmolLM2 has no fill-in-the-middle tokens: the documented fallback continues the prefix
     // and does not show the suffix to the model.
@@ -260,8 +301,6 @@ async fn a_suffix_on_a_model_without_fim_tokens_falls_back_to_continuing_the_pre
     assert_eq!(error_of(status, &body, 400)["param"], "prompt");
     let (status, body) = post("/v1/completions", &json!({"model": MODEL, "prompt": "", "max_tokens": 4})).await;
     assert_eq!(error_of(status, &body, 400)["param"], "prompt");
-    let (status, body) = post("/v1/completions", &json!({"model": MODEL, "prompt": "x", "echo": true})).await;
-    assert_eq!(error_of(status, &body, 400)["param"], "echo");
 }
 
 #[tokio::test]

@@ -89,7 +89,6 @@ struct ChatChunks {
 }
 
 impl sse::Chunks for ChatChunks {
-    const OPENS: bool = true;
     const CHUNK_OBJECT: &'static str = "chat.completion.chunk";
     const WHOLE_OBJECT: &'static str = "chat.completion";
     type Chunk = ChunkChoice;
@@ -97,6 +96,10 @@ impl sse::Chunks for ChatChunks {
 
     fn head(&self) -> &AnswerHead {
         &self.head
+    }
+
+    fn opens(&self) -> bool {
+        true
     }
 
     fn chunk(&self, index: u32, part: Part) -> ChunkChoice {

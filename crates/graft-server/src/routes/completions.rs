@@ -9,6 +9,9 @@
 //! For a project, code retrieved around the cursor goes first, as other files of the
 //! repository in the model's repo-level format, within the project's token budget (the
 //! layout is `completion`'s).
+//!
+//! `echo` puts the prompt as the request gave it ahead of each choice's text; the prompt's
+//! log-probabilities (`echo` with `logprobs`) are not computed, and are refused.
 
 use std::sync::{Mutex, PoisonError};
 
@@ -38,8 +41,15 @@ pub async fn completions(
     if request.best_of.is_some_and(|b| b != n) {
         return Err(ApiError::invalid_param("best_of", "best_of other than n is not supported"));
     }
-    if request.echo == Some(true) {
-        return Err(ApiError::unsupported("echo", "echo is not supported"));
+    let echo = request.echo == Some(true);
+    if echo && request.logprobs.is_some() {
+        return Err(ApiError::unsupported(
+            "echo",
+            "echo together with logprobs (the prompt's log-probabilities) is not supported",
+        ));
+    }
+    if echo && request.suffix.is_some() {
+        return Err(ApiError::invalid_param("echo", "echo cannot be used together with suffix"));
     }
     let target = state.target(&request.model, &caller)?;
     let streaming = request.stream == Some(true);
@@ -82,6 +92,7 @@ pub async fn completions(
     tracing::debug!(model = %target.name, max_tokens = sampling.max_tokens, streaming, format = format.name(), "completion request");
 
     let admitted = admit(&state).await?;
+    let mut echoed = None;
     let (tokens, sources) = match prefix {
         Err(tokens) => {
             prompt::check_length(&state, tokens.len(), "prompt", "The prompt")?;
@@ -89,9 +100,15 @@ pub async fn completions(
                 .engine()
                 .check_token_ids("prompt", &tokens)
                 .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?;
+            if echo {
+                echoed = Some(state.engine().detokenize(None, tokens.clone()).await?);
+            }
             (tokens, None)
         }
         Ok(prefix) => {
+            if echo {
+                echoed = Some(prefix.clone());
+            }
             let input = FimInput {
                 prefix,
                 suffix,
@@ -116,6 +133,7 @@ pub async fn completions(
     let chunks = TextChunks {
         head: AnswerHead::new("cmpl", target.name),
         offsets: Mutex::new(vec![0; n as usize]),
+        echo: echoed,
     };
     sse::respond(generations, chunks, streaming, include_usage, Extras { sources, debug }).await
 }
@@ -127,10 +145,13 @@ struct TextChunks {
     /// Where each choice's next piece of text starts in its answer (characters), for
     /// `text_offset`.
     offsets: Mutex<Vec<usize>>,
+    /// `echo`: the prompt as the request gave it (token ids as their text), ahead of each
+    /// choice's text; a stream sends it as each choice's first event. Retrieved context and a
+    /// FIM layout are not part of it.
+    echo: Option<String>,
 }
 
 impl sse::Chunks for TextChunks {
-    const OPENS: bool = false;
     const CHUNK_OBJECT: &'static str = "text_completion";
     const WHOLE_OBJECT: &'static str = "text_completion";
     type Chunk = TextChoice;
@@ -140,9 +161,13 @@ impl sse::Chunks for TextChunks {
         &self.head
     }
 
+    fn opens(&self) -> bool {
+        self.echo.is_some()
+    }
+
     fn chunk(&self, index: u32, part: Part) -> TextChoice {
         let (text, finish_reason, logprobs) = match part {
-            Part::Open => (String::new(), None, None),
+            Part::Open => (self.echo.clone().unwrap_or_default(), None, None),
             Part::Text(text, logprobs) => {
                 let logprobs = logprobs.map(|tokens| {
                     // The offsets are plain numbers: a panic elsewhere leaves them usable.
@@ -169,9 +194,13 @@ impl sse::Chunks for TextChunks {
     }
 
     fn whole(&self, index: u32, completion: Completion) -> TextChoice {
+        let text = match &self.echo {
+            Some(prompt) => format!("{prompt}{}", completion.text),
+            None => completion.text,
+        };
         TextChoice {
             index,
-            text: completion.text,
+            text,
             finish_reason: Some(completion.finish_reason.as_str()),
             logprobs: completion.logprobs.map(|tokens| CompletionLogprobs::new(tokens, 0).0),
         }

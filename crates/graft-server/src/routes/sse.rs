@@ -26,7 +26,7 @@ pub use crate::openai::Extras;
 
 /// What one event's choice says.
 pub enum Part {
-    /// The stream's opening event (only for formats whose [`Chunks::OPENS`] is true).
+    /// The stream's opening event (only for answers whose [`Chunks::opens`] is true).
     Open,
     /// A piece of text, with its tokens' log-probabilities when the request asked for them.
     Text(String, Option<Vec<graft_engine::TokenLogprob>>),
@@ -68,8 +68,6 @@ pub fn pieces(generation: Generation) -> Pieces {
 /// answer. Everything around the choices (the envelope, the usage event, the extension
 /// fields) is this module's.
 pub trait Chunks: Send + Sync + 'static {
-    /// Whether the stream opens with an event of its own before any text.
-    const OPENS: bool;
     /// The `object` of stream events (`chat.completion.chunk`) and of a whole answer.
     const CHUNK_OBJECT: &'static str;
     const WHOLE_OBJECT: &'static str;
@@ -77,6 +75,8 @@ pub trait Chunks: Send + Sync + 'static {
     type Whole: serde::Serialize;
     /// The id, time and model of every event of this answer.
     fn head(&self) -> &openai::AnswerHead;
+    /// Whether each choice's stream opens with an event of its own before any text.
+    fn opens(&self) -> bool;
     /// A stream event's choice, for the request's choice `index` (`n` asks for several).
     fn chunk(&self, index: u32, part: Part) -> Self::Chunk;
     /// The choice `index` of the whole answer.
@@ -183,7 +183,11 @@ pub fn stream<C: Chunks>(
     );
     let flow = Flow {
         events,
-        phase: if C::OPENS { Phase::Open(0..count as u32) } else { Phase::Tokens },
+        phase: if chunks.opens() {
+            Phase::Open(0..count as u32)
+        } else {
+            Phase::Tokens
+        },
         extras: Some(extras),
         usage: None,
     };
