@@ -397,6 +397,41 @@ async fn llama_cpp_infill_works_as_llama_vim_sends_it() {
     assert_eq!(body["tokens_evaluated"], body["timings"]["prompt_n"], "{body}");
     assert!(["eos", "limit"].contains(&body["stop_type"].as_str().unwrap()), "{body}");
 
+    assert!(body.get("completion_probabilities").is_none(), "only when n_probs asks: {body}");
+
+    // n_probs: each token of the content, with the likeliest tokens at its place, in
+    // llama.cpp's shape; greedy, each token is the likeliest.
+    let mut probed = whole.clone();
+    probed["n_probs"] = json!(3);
+    probed["temperature"] = json!(0);
+    // Ended by the model or n_predict, so every token counts (a time limit counts pieces).
+    probed.as_object_mut().unwrap().remove("t_max_predict_ms");
+    let (status, body) = post("/infill", ALICE, &probed).await;
+    assert_eq!(status, 200, "{body}");
+    let tokens = body["completion_probabilities"].as_array().unwrap();
+    assert_eq!(tokens.len() as u64, body["tokens_predicted"].as_u64().unwrap(), "{body}");
+    let bytes: Vec<u8> = tokens
+        .iter()
+        .flat_map(|t| t["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8))
+        .collect();
+    assert!(bytes.starts_with(body["content"].as_str().unwrap().as_bytes()), "{body}");
+    for token in tokens {
+        let top = token["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{token}");
+        assert_eq!((&top[0]["id"], &top[0]["token"]), (&token["id"], &token["token"]), "{token}");
+        let logprobs: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+        assert!(logprobs.windows(2).all(|w| w[0] >= w[1]) && logprobs[0] <= 0.0, "{token}");
+    }
+    let mut post_sampling = probed.clone();
+    post_sampling["post_sampling_probs"] = json!(true);
+    let (status, body) = post("/infill", ALICE, &post_sampling).await;
+    error_message(status, &body, 400);
+    assert_eq!(body["error"]["param"], "post_sampling_probs");
+    probed["n_probs"] = json!(21);
+    let (status, body) = post("/infill", ALICE, &probed).await;
+    error_message(status, &body, 400);
+    assert_eq!(body["error"]["param"], "n_probs");
+
     // Extra files beyond their budget: the oldest go first, and the answer says so.
     let filler = |name: &str| -> String { (0..10).map(|i| format!("let {name}_{i} = compute_{name}({i});\n")).collect() };
     let mut crowded = whole.clone();

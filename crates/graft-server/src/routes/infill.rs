@@ -6,19 +6,20 @@
 //! plugin gathered), `prompt` (the start of the current line, after the prefix), `n_predict`,
 //! `temperature`, `top_p`, `stop`, `seed`, `n_indent` (stop at the first generated line that
 //! is indented less), `t_max_predict_ms` (stop once this long has passed since the first
-//! token and a line is complete), `response_fields` (answer only these, as `a/b` paths), and
+//! token and a line is complete), `n_probs` (each token's log-probability and the likeliest
+//! tokens at its place), `response_fields` (answer only these, as `a/b` paths), and
 //! graft's own `model` (a project, an adapter or the base; absent: `server.infill_model`),
 //! `retrieval` and `path` (the current file, left out of retrieval). Sampler knobs graft has no use for (`top_k`, `samplers`, `cache_prompt`, ...)
 //! are ignored. Streaming is not offered here: `/v1/completions` streams.
 //!
 //! Answer: `content`, `stop`, `stop_type`, `model`, `tokens_predicted`, `tokens_evaluated`,
 //! `prompt` (the exact prompt graft built), `truncated` (extra files left out), `timings`,
-//! and graft's `sources`.
+//! `completion_probabilities` (with `n_probs`), and graft's `sources`.
 
 use axum::extract::State;
 use axum::Extension;
 use graft_engine::fim::{ContextFile, FimInput};
-use graft_engine::{CompletionRequest, FinishReason, Prompt, StreamEvent};
+use graft_engine::{CompletionRequest, FinishReason, Prompt, StreamEvent, TokenLogprob};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::time::{Duration, Instant};
@@ -53,6 +54,12 @@ pub struct InfillRequest {
     pub stream: Option<bool>,
     pub n_indent: Option<usize>,
     pub t_max_predict_ms: Option<u64>,
+    /// Each generated token's log-probability, with this many of the likeliest tokens at its
+    /// place (0: none).
+    pub n_probs: Option<u32>,
+    /// llama.cpp's probabilities after its sampler chain; graft's are the model's own (as
+    /// llama.cpp gives them without this), so `true` is refused.
+    pub post_sampling_probs: Option<bool>,
     pub response_fields: Option<Vec<String>>,
     pub retrieval: Option<RetrievalField>,
     /// graft's extension: the current file's path (see `/v1/completions`).
@@ -91,6 +98,12 @@ pub async fn infill(
         Some(model) => model.to_owned(),
         None => state.infill_model().to_owned(),
     };
+    if request.post_sampling_probs == Some(true) {
+        return Err(ApiError::unsupported(
+            "post_sampling_probs",
+            "post_sampling_probs is not supported: n_probs gives the model's own log-probabilities",
+        ));
+    }
     let target = state.target(&name, &caller)?;
     let max_tokens = match request.n_predict {
         Some(n) if n < 0 => None,
@@ -103,6 +116,7 @@ pub async fn infill(
         top_p: request.top_p,
         stop: request.stop.map(Stop::into_vec).unwrap_or_default(),
         seed: request.seed,
+        logprobs: request.n_probs.filter(|n| *n > 0).map(|n| (n, "n_probs")),
         ..SamplingFields::default()
     }
     .resolve(state.generation())
@@ -164,6 +178,7 @@ pub async fn infill(
     let time_limit = request.t_max_predict_ms.filter(|ms| *ms > 0).map(Duration::from_millis);
     let Outcome {
         content,
+        probabilities,
         stop_type,
         predicted_n,
         first_at,
@@ -179,7 +194,7 @@ pub async fn infill(
     let predicted_ms = (finished - first_at).as_secs_f64() * 1000.0;
     let per = |n: usize, ms: f64| if n == 0 { 0.0 } else { ms / n as f64 };
     let rate = |n: usize, ms: f64| if ms <= 0.0 { 0.0 } else { n as f64 * 1000.0 / ms };
-    let answer = json!({
+    let mut answer = json!({
         "index": 0,
         "content": content,
         "stop": true,
@@ -205,6 +220,9 @@ pub async fn infill(
         },
         "sources": prompt.sources,
     });
+    if let Some(tokens) = probabilities {
+        answer["completion_probabilities"] = completion_probabilities(tokens);
+    }
     Ok(axum::Json(match request.response_fields {
         Some(fields) if !fields.is_empty() => only_fields(&answer, &fields),
         _ => answer,
@@ -214,6 +232,8 @@ pub async fn infill(
 /// What a generation under llama.cpp's FIM limits gave.
 struct Outcome {
     content: String,
+    /// The content's tokens with their log-probabilities, when `n_probs` asked for them.
+    probabilities: Option<Vec<TokenLogprob>>,
     stop_type: StopType,
     /// Tokens generated (text pieces, when stopped early).
     predicted_n: usize,
@@ -229,16 +249,23 @@ struct Outcome {
 /// token stream, which stops the engine.
 async fn generate(mut generation: Generation, n_indent: Option<usize>, time_limit: Option<Duration>) -> Result<Outcome, ApiError> {
     let mut content = String::new();
+    let mut probabilities: Option<Vec<TokenLogprob>> = None;
     let mut first_at = None;
     let mut pieces = 0;
     let (stop_type, predicted_n, early) = loop {
         match generation.next().await {
-            Some(Ok(StreamEvent::Text { text: delta, .. })) => {
+            Some(Ok(StreamEvent::Text { text: delta, logprobs })) => {
                 let first = *first_at.get_or_insert_with(Instant::now);
                 pieces += 1;
                 content.push_str(&delta);
+                if let Some(tokens) = logprobs {
+                    probabilities.get_or_insert_with(Vec::new).extend(tokens);
+                }
                 if let Some(cut) = n_indent.and_then(|n| dedent_cut(&content, n)) {
                     content.truncate(cut);
+                    if let Some(tokens) = &mut probabilities {
+                        keep_within(tokens, cut);
+                    }
                     break (StopType::Limit, pieces, true);
                 }
                 if time_limit.is_some_and(|limit| first.elapsed() >= limit) && content.contains('\n') {
@@ -258,6 +285,7 @@ async fn generate(mut generation: Generation, n_indent: Option<usize>, time_limi
     };
     Ok(Outcome {
         content,
+        probabilities,
         stop_type,
         predicted_n,
         first_at,
@@ -280,6 +308,35 @@ fn dedent_cut(text: &str, n_indent: usize) -> Option<usize> {
         }
         start += end? + 1;
     }
+}
+
+/// Keeps the tokens that lie wholly within the content's first `len` bytes (the content cut
+/// by `n_indent`).
+fn keep_within(tokens: &mut Vec<TokenLogprob>, len: usize) {
+    let mut end = 0;
+    tokens.retain(|token| {
+        end += token.bytes.len();
+        end <= len
+    });
+}
+
+/// llama.cpp's `completion_probabilities`: each token with its id, text, bytes and
+/// log-probability, and the likeliest tokens at its place in the same shape.
+fn completion_probabilities(tokens: Vec<TokenLogprob>) -> Value {
+    let entry =
+        |id: u32, token: String, bytes: Vec<u8>, logprob: f32| json!({"id": id, "token": token, "bytes": bytes, "logprob": logprob});
+    tokens
+        .into_iter()
+        .map(|t| {
+            let mut out = entry(t.id, t.token, t.bytes, t.logprob);
+            out["top_logprobs"] = t
+                .top
+                .into_iter()
+                .map(|top| entry(top.id, top.token, top.bytes, top.logprob))
+                .collect();
+            out
+        })
+        .collect()
 }
 
 /// `answer` reduced to `fields`, each a `/`-separated path, keyed by the path as given
@@ -311,6 +368,21 @@ mod tests {
         // A line of whitespace so far is not judged yet.
         assert_eq!(dedent_cut("x\n  ", 4), None);
         assert_eq!(dedent_cut("x\n\tq", 2), Some(2));
+    }
+
+    #[test]
+    fn a_cut_keeps_the_tokens_that_lie_within_it() {
+        let token = |text: &str| TokenLogprob {
+            id: 0,
+            token: text.into(),
+            bytes: text.as_bytes().to_vec(),
+            logprob: -1.0,
+            top: Vec::new(),
+        };
+        let mut tokens = vec![token("x"), token(" +"), token(" 1\n"), token("w")];
+        keep_within(&mut tokens, "x + 1\n".len());
+        let kept: Vec<&str> = tokens.iter().map(|t| t.token.as_str()).collect();
+        assert_eq!(kept, ["x", " +", " 1\n"]);
     }
 
     #[test]
