@@ -1,10 +1,10 @@
 //! The server-sent event stream that both generation routes answer with when a request says
-//! `"stream": true`: an opening event where the format has one (chat's role delta), one event
-//! per piece of text, the finish reason, a usage event when `stream_options.include_usage`
-//! asks for it, then `data: [DONE]`. A request for several choices (`n`) gets each choice's
-//! events in order, marked with its index, the choices interleaved as they are generated, and
-//! one usage event for all. graft's extension fields ([`Extras`]: the sources a
-//! project request used, the debug prompt) go on the first event.
+//! `"stream": true`: an opening event where the answer has one (chat's role delta, the prompt a
+//! completion echoes), one event per piece of text, the finish reason, a usage event when
+//! `stream_options.include_usage` asks for it, then `data: [DONE]`. A request for several
+//! choices (`n`) gets each choice's events in order, marked with its index, the choices
+//! interleaved as they are generated, and one usage event for all. graft's extension fields
+//! ([`Extras`]: the sources a project request used, the debug prompt) go on the first event.
 //! An error during generation (a deadline, an engine failure) becomes one error event, then
 //! `[DONE]`.
 //!
