@@ -287,6 +287,47 @@ async fn echo_puts_the_prompt_ahead_of_the_answer_whole_and_streamed() {
 }
 
 #[tokio::test]
+async fn best_of_answers_its_likeliest_candidates_and_counts_them_all() {
+    // Which candidates are kept is checked in routes::completions' unit test; here, the
+    // answer: n choices, likeliest first, usage over every candidate.
+    let mut request = json!({"model": MODEL, "prompt": "fn main() {", "max_tokens": 10, "temperature": 1.0, "seed": 7, "best_of": 3, "n": 2, "logprobs": 0});
+    let (status, body) = post("/v1/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    let choices = body["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2, "{body}");
+    let logprobs = |c: &Value| -> Vec<f64> {
+        c["logprobs"]["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_f64().unwrap())
+            .collect()
+    };
+    let (first, second) = (logprobs(&choices[0]), logprobs(&choices[1]));
+    assert!(first.iter().sum::<f64>() >= second.iter().sum::<f64>(), "{body}");
+    assert_eq!((&choices[0]["index"], &choices[1]["index"]), (&json!(0), &json!(1)));
+    // The third candidate's tokens (at least one) count too.
+    let kept = (first.len() + second.len()) as u64;
+    assert!(body["usage"]["completion_tokens"].as_u64().unwrap() > kept, "{body}");
+
+    // Without logprobs asked for, the answer has none.
+    request["n"] = json!(1);
+    request.as_object_mut().unwrap().remove("logprobs");
+    let (status, body) = post("/v1/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"].as_array().unwrap().len(), 1, "{body}");
+    assert!(body["choices"][0]["logprobs"].is_null(), "{body}");
+
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    let (status, body) = post("/v1/completions", &streamed).await;
+    assert_eq!(error_of(status, &body, 400)["param"], "best_of");
+    request["n"] = json!(4);
+    let (status, body) = post("/v1/completions", &request).await;
+    assert_eq!(error_of(status, &body, 400)["param"], "best_of");
+}
+
+#[tokio::test]
 async fn a_suffix_on_a_model_without_fim_tokens_falls_back_to_continuing_the_prefix() {
     // SmolLM2 has no fill-in-the-middle tokens: the documented fallback continues the prefix
     // and does not show the suffix to the model.

@@ -10,6 +10,7 @@
 //! repository in the model's repo-level format, within the project's token budget (the
 //! layout is `completion`'s).
 //!
+//! `best_of` generates that many candidates and answers the `n` likeliest (not streamed).
 //! `echo` puts the prompt as the request gave it ahead of each choice's text; the prompt's
 //! log-probabilities (`echo` with `logprobs`) are not computed, and are refused.
 
@@ -23,7 +24,7 @@ use graft_engine::Completion;
 
 use crate::caller::Caller;
 use crate::error::ApiError;
-use crate::generation::{admit, choices, start_choices};
+use crate::generation::{admit, choices, start_choices, MAX_CHOICES};
 use crate::json::Json;
 use crate::openai::{self, AnswerHead, CompletionLogprobs, PromptInput, TextChoice};
 use crate::prompt;
@@ -38,9 +39,16 @@ pub async fn completions(
     Json(request): Json<openai::CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let n = choices(request.n)?;
-    if request.best_of.is_some_and(|b| b != n) {
-        return Err(ApiError::invalid_param("best_of", "best_of other than n is not supported"));
-    }
+    let best_of = match request.best_of {
+        None => n,
+        Some(b) if (n..=MAX_CHOICES).contains(&b) => b,
+        Some(b) => {
+            return Err(ApiError::invalid_param(
+                "best_of",
+                format!("best_of must be between n ({n}) and {MAX_CHOICES}, got {b}"),
+            ))
+        }
+    };
     let echo = request.echo == Some(true);
     if echo && request.logprobs.is_some() {
         return Err(ApiError::unsupported(
@@ -53,6 +61,9 @@ pub async fn completions(
     }
     let target = state.target(&request.model, &caller)?;
     let streaming = request.stream == Some(true);
+    if streaming && best_of > n {
+        return Err(ApiError::invalid_param("best_of", "best_of greater than n cannot be streamed"));
+    }
     let debug = request.debug == Some(true);
     let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let format = state.engine().prompt_format();
@@ -72,6 +83,12 @@ pub async fn completions(
     let grammar = structured(request.structured)?;
     check_grammar(&state, grammar.as_ref())?;
     sampling.grammar = grammar.map(|(grammar, _)| grammar);
+    // best_of ranks its candidates by their tokens' log-probabilities: asked for here when the
+    // request did not ask, and left out of the answer then.
+    let hide_logprobs = best_of > n && sampling.logprobs.is_none();
+    if best_of > n {
+        sampling.logprobs.get_or_insert(0);
+    }
 
     // The prompt as text (to be laid out with context) or as token ids (taken as they are).
     let (prefix, suffix) = match (request.prompt, request.suffix) {
@@ -129,13 +146,35 @@ pub async fn completions(
         }
     };
     let debug = if debug { Some(debug_info(&state, &tokens).await?) } else { None };
-    let generations = start_choices(&state, &caller, admitted, &target, tokens, sampling, n).await?;
+    let generations = start_choices(&state, &caller, admitted, &target, tokens, sampling, best_of).await?;
     let chunks = TextChunks {
         head: AnswerHead::new("cmpl", target.name),
         offsets: Mutex::new(vec![0; n as usize]),
         echo: echoed,
     };
-    sse::respond(generations, chunks, streaming, include_usage, Extras { sources, debug }).await
+    let extras = Extras { sources, debug };
+    if best_of > n {
+        // Usage counts every candidate: each was generated.
+        let (candidates, usage) = sse::collect(generations).await?;
+        let best = keep_best(candidates, n as usize, hide_logprobs);
+        return Ok(sse::whole(best, usage, &chunks, extras));
+    }
+    sse::respond(generations, chunks, streaming, include_usage, extras).await
+}
+
+/// The `n` candidates whose tokens the model found likeliest (the highest sum of
+/// log-probabilities, as vLLM ranks `best_of`), likeliest first; their log-probabilities
+/// dropped when the request did not ask for them.
+fn keep_best(mut candidates: Vec<Completion>, n: usize, hide_logprobs: bool) -> Vec<Completion> {
+    let score = |c: &Completion| -> f64 { c.logprobs.iter().flatten().map(|t| f64::from(t.logprob)).sum() };
+    candidates.sort_by(|a, b| score(b).total_cmp(&score(a)));
+    candidates.truncate(n);
+    if hide_logprobs {
+        for candidate in &mut candidates {
+            candidate.logprobs = None;
+        }
+    }
+    candidates
 }
 
 /// Completion's answers: a whole `text_completion`, or a stream of text pieces, the first one
@@ -204,5 +243,51 @@ impl sse::Chunks for TextChunks {
             finish_reason: Some(completion.finish_reason.as_str()),
             logprobs: completion.logprobs.map(|tokens| CompletionLogprobs::new(tokens, 0).0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use graft_engine::{FinishReason, TokenLogprob, Usage};
+
+    use super::*;
+
+    fn candidate(text: &str, logprobs: &[f32]) -> Completion {
+        let tokens = logprobs
+            .iter()
+            .map(|&logprob| TokenLogprob {
+                id: 0,
+                token: String::new(),
+                bytes: Vec::new(),
+                logprob,
+                top: Vec::new(),
+            })
+            .collect();
+        Completion {
+            text: text.into(),
+            finish_reason: FinishReason::Length,
+            usage: Usage {
+                prompt_tokens: 1,
+                completion_tokens: logprobs.len(),
+            },
+            logprobs: Some(tokens),
+        }
+    }
+
+    #[test]
+    fn best_of_keeps_the_highest_sums_likeliest_first() {
+        // The sum counts, not the length or a single token: `c` has the likeliest token.
+        let candidates = vec![
+            candidate("a", &[-1.0, -1.0]),
+            candidate("b", &[-0.5, -0.5, -0.5]),
+            candidate("c", &[-0.1, -3.0]),
+            candidate("d", &[-0.2]),
+        ];
+        let kept = keep_best(candidates.clone(), 2, false);
+        let texts: Vec<&str> = kept.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(texts, ["d", "b"]);
+        assert!(kept.iter().all(|c| c.logprobs.is_some()));
+        let kept = keep_best(candidates, 1, true);
+        assert_eq!((kept.len(), kept[0].text.as_str(), kept[0].logprobs.is_none()), (1, "d", true));
     }
 }

@@ -130,18 +130,29 @@ pub async fn respond<C: Chunks>(
         let choices = generations.into_iter().map(|g| chunks.pieces(g)).collect();
         return Ok(stream(choices, chunks, include_usage, extras).into_response());
     }
+    let (completions, usage) = collect(generations).await?;
+    Ok(whole(completions, usage, &chunks, extras))
+}
+
+/// Every generation run to its end, and the request's usage over them all.
+pub async fn collect(generations: Vec<Generation>) -> Result<(Vec<Completion>, Option<graft_engine::Usage>), ApiError> {
     let completions = futures::future::try_join_all(generations.into_iter().map(Generation::collect)).await?;
     let mut usage = None;
     for completion in &completions {
         add_usage(&mut usage, completion.usage);
     }
+    Ok((completions, usage))
+}
+
+/// The whole answer: each completion a choice, in order, and `usage`.
+pub fn whole<C: Chunks>(completions: Vec<Completion>, usage: Option<graft_engine::Usage>, chunks: &C, extras: Extras) -> Response {
     let choices = completions
         .into_iter()
         .enumerate()
         .map(|(i, completion)| chunks.whole(i as u32, completion))
         .collect();
     let whole = chunks.head().envelope(C::WHOLE_OBJECT, choices, usage.map(Into::into), extras);
-    Ok(axum::Json(whole).into_response())
+    axum::Json(whole).into_response()
 }
 
 /// Where a stream is.
