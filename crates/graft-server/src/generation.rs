@@ -88,8 +88,7 @@ pub fn choices(n: Option<u32>) -> Result<u32, ApiError> {
 /// Starts `n` choices of the prompt `tokens` on the pool's `target` model under one
 /// admission. Choice `i` samples with the request's seed plus `i`, so a seeded request
 /// repeats all its choices and its first choice is the answer the same request with `n = 1`
-/// gets; greedy choices are all the same answer. (Not yet so for the first choice once the
-/// prompt is in the prefix cache: README, "Several choices".)
+/// gets; greedy choices are all the same answer.
 pub async fn start_choices(
     state: &AppState,
     caller: &crate::caller::Caller,

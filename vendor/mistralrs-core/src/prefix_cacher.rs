@@ -334,7 +334,9 @@ impl PrefixCacheManagerV2 {
             if !element.can_rewind_to(match_len) {
                 return Ok(None);
             }
-            let whole = toks.shared_prefix_len(key) == key.0.len();
+            // The same prompt again (a retry, or the other choices of a request for several,
+            // which must each read it the same way) gets a copy, so the entry serves them all.
+            let whole = toks.shared_prefix_len(key) == key.0.len() && toks.0.len() > key.0.len();
             let (mut cache, copy) = if whole {
                 match self.caches.shift_remove_index(index) {
                     Some((_, element)) => (element, false),
