@@ -86,3 +86,32 @@ async fn answers_are_the_same_with_the_prompt_cache_as_without() {
     assert_eq!(sample(&cached, &first, seeded.clone()).await, drawn, "seeded, from the cache");
     assert_eq!(sample(&cached, &first, seeded).await, drawn, "seeded, again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_choices_of_a_request_read_a_cached_prompt_alike() {
+    // As a request for three choices runs: the same prompt three times at once, seeded 7, 8, 9,
+    // decoded together. Once the prompt is cached, every choice must still read it as the
+    // first time (when the first choice alone took the cached entry, its answer changed:
+    // vendor/README.md, change 2).
+    let mut base = BaseModel::cpu("smollm2", kit_file("smollm2-135m-instruct"), 3);
+    base.prompt_cache = 4;
+    let engine = Arc::new(Engine::load(&base).await.expect("SmolLM2 loads"));
+    let turns = [(Role::User, "Write a Rust function that reverses a string.")];
+    let seeded = |seed| Sampling {
+        temperature: 1.0,
+        seed: Some(seed),
+        ..Sampling::greedy(24)
+    };
+    let choices = || async {
+        let (a, b, c) = tokio::join!(
+            sample(&engine, &turns, seeded(7)),
+            sample(&engine, &turns, seeded(8)),
+            sample(&engine, &turns, seeded(9))
+        );
+        [a, b, c]
+    };
+    let cold = choices().await;
+    for run in 0..3 {
+        assert_eq!(choices().await, cold, "run {run} with the prompt cached");
+    }
+}
