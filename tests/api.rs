@@ -618,6 +618,25 @@ async fn metrics_count_requests_tokens_and_retrieval() {
 }
 
 #[tokio::test]
+async fn loading_an_adapter_that_is_not_there_is_a_404_naming_the_field() {
+    let (status, body) = post("/v1/load_lora_adapter", ADMIN, &json!({"lora_name": "nowhere"})).await;
+    let message = error_message(status, &body, 404);
+    assert!(message.contains("nowhere") && message.contains("lora_path"), "{message}");
+    assert_eq!(body["error"]["param"], "lora_name", "{body}");
+
+    let missing = server().store.join("no-such-folder");
+    let (status, body) = post(
+        "/v1/load_lora_adapter",
+        ADMIN,
+        &json!({"lora_name": "nowhere", "lora_path": missing}),
+    )
+    .await;
+    let message = error_message(status, &body, 404);
+    assert!(message.contains("no-such-folder"), "{message}");
+    assert_eq!(body["error"]["param"], "lora_path", "{body}");
+}
+
+#[tokio::test]
 async fn an_adapter_may_not_take_a_project_s_name() {
     let (status, body) = post("/v1/load_lora_adapter", ADMIN, &json!({"lora_name": "polyglot"})).await;
     let message = error_message(status, &body, 400);

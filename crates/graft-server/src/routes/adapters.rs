@@ -4,12 +4,15 @@
 //! errors are OpenAI error JSON.
 //!
 //! Both need an admin key. A `lora_path` must lie inside the adapter store or a folder the
-//! configuration allows; the pool checks it.
+//! configuration allows; the pool checks it. An adapter that is not there (no such name in the
+//! store, no such folder) is a 404 naming the field, as vLLM answers.
 
 use std::path::Path;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use graft_engine::adapter::AdapterError;
+use graft_engine::pool::PoolError;
 
 use crate::caller::Admin;
 use crate::error::ApiError;
@@ -30,7 +33,21 @@ pub async fn load(
         ));
     }
     let path = request.lora_path.as_deref().map(Path::new);
-    let report = state.pool().load(&name, path).await.map_err(|e| state.pool_error(e, &caller))?;
+    let report = state.pool().load(&name, path).await.map_err(|e| match e {
+        // Named by this endpoint's own fields, 404 as vLLM answers a missing adapter.
+        PoolError::Unknown(_) => ApiError {
+            param: Some("lora_name"),
+            ..ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("No adapter named '{name}' in the adapter store; give its folder as `lora_path`"),
+            )
+        },
+        PoolError::Adapter(AdapterError::Io { ref source, .. }) if source.kind() == std::io::ErrorKind::NotFound => ApiError {
+            param: Some("lora_path"),
+            ..ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+        },
+        other => state.pool_error(other, &caller),
+    })?;
     let message = if report.loaded_now {
         format!("Success: LoRA adapter '{name}' added successfully.")
     } else {
@@ -46,7 +63,7 @@ pub async fn unload(
 ) -> Result<(StatusCode, String), ApiError> {
     let name = request.lora_name;
     state.pool().unload(&name).map_err(|e| match e {
-        graft_engine::pool::PoolError::Unknown(_) => ApiError {
+        PoolError::Unknown(_) => ApiError {
             param: Some("lora_name"),
             ..ApiError::new(StatusCode::NOT_FOUND, format!("The LoRA adapter '{name}' is not loaded"))
         },
