@@ -3,6 +3,7 @@
 //! - [`config`]: the one typed configuration, loaded once and validated.
 //! - [`keys`]: API keys and the projects each may use.
 //! - [`confine`]: reading a file that must lie inside given folders (no link out, no FIFO).
+//! - [`cpu`]: whether this processor runs the instructions graft was compiled with.
 //! - [`cuda`]: whether the CUDA libraries a GPU build opens at run time are on this machine.
 //! - [`split`]: a repository's held-out files, the one split the evaluation's golden set and
 //!   the dataset for training both obey; [`random`]: the seeded choices behind it.
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod confine;
+pub mod cpu;
 pub mod cuda;
 pub mod keys;
 pub mod random;

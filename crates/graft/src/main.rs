@@ -31,6 +31,11 @@ use tracing_subscriber::EnvFilter;
 use cli::{AdaptersCommand, BenchCommand, Cli, Command, DatasetArgs, EvalCommand, ModelsCommand};
 
 fn main() -> ExitCode {
+    // Before anything runs code compiled for the build machine's processor.
+    if let Err(message) = graft_core::cpu::check() {
+        eprintln!("error: {message}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     // A benchmark's in-process server would log a line per request among its figures.
     init_logging(!matches!(
