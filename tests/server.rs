@@ -363,6 +363,62 @@ async fn the_same_seed_gives_the_same_sample_and_another_seed_another() {
 }
 
 #[tokio::test]
+async fn top_k_and_min_p_narrow_a_sample_to_the_likeliest_tokens() {
+    let question = greedy_chat("Invent a name for a new programming language and describe it.", 24);
+    let answer = |fields: Value| {
+        let mut request = question.clone();
+        for (key, value) in fields.as_object().unwrap() {
+            request[key] = value.clone();
+        }
+        async move {
+            let (status, body) = post("/v1/chat/completions", &request).await;
+            assert_eq!(status, 200, "{body}");
+            body["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
+        }
+    };
+    let greedy = answer(json!({})).await;
+    // Hot samples wander from the greedy answer...
+    let mut wandered = false;
+    for seed in 1..=3 {
+        wandered |= answer(json!({"temperature": 1.5, "seed": seed})).await != greedy;
+    }
+    assert!(wandered, "three samples at temperature 1.5 all gave the greedy answer");
+    // ... unless only the likeliest token may be drawn, seeded or not.
+    assert_eq!(answer(json!({"temperature": 1.5, "top_k": 1})).await, greedy, "top_k 1");
+    assert_eq!(
+        answer(json!({"temperature": 1.5, "top_k": 1, "seed": 2})).await,
+        greedy,
+        "top_k 1, seeded"
+    );
+    assert_eq!(answer(json!({"temperature": 1.5, "min_p": 1.0})).await, greedy, "min_p 1");
+    // vLLM's "no limit" is accepted; out of range is a 400 naming the field.
+    answer(json!({"temperature": 1.5, "top_k": -1, "seed": 1})).await;
+    for (fields, param) in [(json!({"top_k": -2}), "top_k"), (json!({"min_p": 1.5}), "min_p")] {
+        let mut request = greedy_chat("hi", 2);
+        for (key, value) in fields.as_object().unwrap() {
+            request[key] = value.clone();
+        }
+        let (status, body) = post("/v1/chat/completions", &request).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["param"], param, "{body}");
+    }
+    // llama.cpp's /infill reads them too, and says what it used.
+    let infill = |extra: Value| async move {
+        let mut request = json!({"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n", "n_predict": 12});
+        for (key, value) in extra.as_object().unwrap() {
+            request[key] = value.clone();
+        }
+        let (status, body) = post("/infill", &request).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let greedy = infill(json!({"temperature": 0})).await;
+    let narrowed = infill(json!({"temperature": 1.5, "seed": 4, "top_k": 1})).await;
+    assert_eq!(narrowed["content"], greedy["content"], "{narrowed}");
+    assert_eq!(narrowed["generation_settings"]["top_k"], 1, "{narrowed}");
+}
+
+#[tokio::test]
 async fn adapters_load_serve_and_unload_through_the_vllm_endpoints() {
     let server = smollm2_server();
     let base = graft_engine::merge::BaseGguf::open(&graft_tests::kit_file("smollm2-135m-instruct")).unwrap();

@@ -231,6 +231,10 @@ pub struct GenerationConfig {
     pub default_temperature: f64,
     /// `top_p` used when a request gives none.
     pub default_top_p: f64,
+    /// `top_k` used when a request gives none (0 = every token).
+    pub default_top_k: usize,
+    /// `min_p` used when a request gives none (0 = no floor).
+    pub default_min_p: f64,
     /// The longest prompt accepted, in tokens, retrieved context included.
     pub max_prompt_tokens: usize,
     /// Most tokens of the files a client sends as extra context (`/infill`'s `input_extra`)
@@ -245,6 +249,8 @@ impl Default for GenerationConfig {
             max_tokens_limit: 4096,
             default_temperature: 0.2,
             default_top_p: 0.95,
+            default_top_k: 0,
+            default_min_p: 0.0,
             max_prompt_tokens: 4096,
             max_extra_context_tokens: 1024,
         }
@@ -852,6 +858,12 @@ impl Config {
                 format!("must be greater than 0 and at most 1, found {}", g.default_top_p),
             ));
         }
+        if !(0.0..=1.0).contains(&g.default_min_p) {
+            return Err(invalid(
+                "generation.default_min_p",
+                format!("must be between 0 and 1, found {}", g.default_min_p),
+            ));
+        }
         Ok(())
     }
 }
@@ -1007,6 +1019,8 @@ mod tests {
         assert_eq!(err.key(), Some("generation.default_max_tokens"));
         let err = load("[generation]\ndefault_top_p = 0.0\n").unwrap_err();
         assert_eq!(err.key(), Some("generation.default_top_p"));
+        let err = load("[generation]\ndefault_min_p = 1.5\n").unwrap_err();
+        assert_eq!(err.key(), Some("generation.default_min_p"));
         let err = load("[model]\nname = \"has space\"\n").unwrap_err();
         assert_eq!(err.key(), Some("model.name"));
     }

@@ -657,9 +657,11 @@ fn sampling_params(
     prompt_tokens: usize,
     record: Option<(Arc<Record>, Arc<Tokenizer>)>,
 ) -> (SamplingParams, Vec<Arc<dyn CustomLogitsProcessor>>) {
-    // Greedy unless a temperature is given; a seeded request, or one that asks for
-    // log-probabilities, stays greedy in mistralrs and chooses in graft's processor (see
-    // `sampling` and `logprobs`).
+    // Greedy unless a temperature is given. A sampled request stays greedy in mistralrs and
+    // graft's processor chooses each token (`sampling`: the request's seed, or one of its
+    // own), so top-k, top-p and min-p mean one thing whether seeded or not (mistralrs's own
+    // sampler skips min-p without top-p); with log-probabilities, the recording processor
+    // chooses (`logprobs`).
     let mut params = SamplingParams::deterministic();
     let mut processors: Vec<Arc<dyn CustomLogitsProcessor>> = Vec::new();
     if s.frequency_penalty != 0.0 || s.presence_penalty != 0.0 {
@@ -672,17 +674,18 @@ fn sampling_params(
     if !s.logit_bias.is_empty() {
         processors.push(Arc::new(Bias(s.logit_bias.clone())));
     }
-    let sampler = |seed| SeededSampler {
-        seed,
+    // Without a seed, a seed of its own: still one draw per request.
+    let sampler = (s.temperature > 0.0).then(|| SeededSampler {
+        seed: s.seed.unwrap_or_else(fresh_seed),
         temperature: s.temperature,
         top_p: s.top_p,
-    };
-    let sampled = s.temperature > 0.0;
-    match (record, s.seed) {
-        (Some((record, tokenizer)), seed) => {
+        top_k: s.top_k,
+        min_p: s.min_p,
+    });
+    match (record, sampler) {
+        (Some((record, tokenizer)), sampler) => {
             processors.push(Arc::new(Chooser {
-                // Without a seed, a seed of its own: still one draw per request.
-                sampler: sampled.then(|| sampler(seed.unwrap_or_else(fresh_seed))),
+                sampler,
                 top: s.logprobs.unwrap_or(0),
                 prompt_tokens,
                 record,
@@ -691,13 +694,8 @@ fn sampling_params(
             // The chunk's entry then names the token it was sent for.
             params.top_n_logprobs = 1;
         }
-        (None, Some(seed)) if sampled => processors.push(Arc::new(sampler(seed))),
-        (None, _) if sampled => {
-            params = SamplingParams::neutral();
-            params.temperature = Some(s.temperature);
-            params.top_p = Some(s.top_p);
-        }
-        (None, _) => {}
+        (None, Some(sampler)) => processors.push(Arc::new(sampler)),
+        (None, None) => {}
     }
     params.max_len = Some(s.max_tokens);
     if !s.stop.is_empty() {

@@ -38,6 +38,10 @@ pub struct Sampling {
     pub temperature: f64,
     /// Nucleus sampling; 1.0 disables it.
     pub top_p: f64,
+    /// Only the `top_k` likeliest tokens; 0 disables it.
+    pub top_k: usize,
+    /// Only tokens at least `min_p` times as likely as the likeliest; 0 disables it.
+    pub min_p: f64,
     /// Generation stops before any of these strings.
     pub stop: Vec<String>,
     /// With a seed, sampling (temperature > 0) is repeatable: the same request and seed give
@@ -67,6 +71,8 @@ impl Sampling {
             max_tokens,
             temperature: 0.0,
             top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
             stop: Vec::new(),
             seed: None,
             frequency_penalty: 0.0,

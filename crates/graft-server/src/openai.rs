@@ -20,6 +20,10 @@ pub struct ChatCompletionRequest {
     pub max_completion_tokens: Option<u32>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
+    /// vLLM's sampling extensions: only the `top_k` likeliest tokens (-1 or 0: all), only
+    /// tokens at least `min_p` times as likely as the likeliest.
+    pub top_k: Option<i64>,
+    pub min_p: Option<f64>,
     pub stop: Option<Stop>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
@@ -145,6 +149,10 @@ pub struct CompletionRequest {
     pub max_tokens: Option<u32>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
+    /// vLLM's sampling extensions: only the `top_k` likeliest tokens (-1 or 0: all), only
+    /// tokens at least `min_p` times as likely as the likeliest.
+    pub top_k: Option<i64>,
+    pub min_p: Option<f64>,
     pub stop: Option<Stop>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,

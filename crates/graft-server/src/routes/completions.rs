@@ -71,6 +71,8 @@ pub async fn completions(
         max_tokens: request.max_tokens,
         temperature: request.temperature,
         top_p: request.top_p,
+        top_k: request.top_k,
+        min_p: request.min_p,
         stop: request.stop.map(openai::Stop::into_vec).unwrap_or_default(),
         seed: request.seed,
         frequency_penalty: request.frequency_penalty,

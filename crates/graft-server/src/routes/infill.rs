@@ -4,13 +4,14 @@
 //!
 //! Request: `input_prefix`, `input_suffix`, `input_extra` (`[{filename, text}]`, files the
 //! plugin gathered), `prompt` (the start of the current line, after the prefix), `n_predict`,
-//! `temperature`, `top_p`, `stop`, `seed`, `n_indent` (stop at the first generated line that
+//! `temperature`, `top_p`, `top_k`, `min_p`, `stop`, `seed`, `n_indent` (stop at the first generated line that
 //! is indented less), `t_max_predict_ms` (stop once this long has passed since the first
 //! token and a line is complete), `n_probs` (each token's log-probability and the likeliest
 //! tokens at its place), `response_fields` (answer only these, as `a/b` paths), and
 //! graft's own `model` (a project, an adapter or the base; absent: `server.infill_model`),
-//! `retrieval` and `path` (the current file, left out of retrieval). Sampler knobs graft has no use for (`top_k`, `samplers`, `cache_prompt`, ...)
-//! are ignored. Streaming is not offered here: `/v1/completions` streams.
+//! `retrieval` and `path` (the current file, left out of retrieval). Other sampler knobs
+//! (`samplers`, `typical_p`, ...) and `cache_prompt` (graft's prompt cache is the server's
+//! `model.prompt_cache`) are ignored. Streaming is not offered here: `/v1/completions` streams.
 //!
 //! Answer: `content`, `stop`, `stop_type`, `model`, `tokens_predicted`, `tokens_evaluated`,
 //! `prompt` (the exact prompt graft built), `truncated` (extra files left out), `timings`,
@@ -49,6 +50,8 @@ pub struct InfillRequest {
     pub n_predict: Option<i64>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f64>,
     pub stop: Option<Stop>,
     pub seed: Option<i64>,
     pub stream: Option<bool>,
@@ -114,6 +117,8 @@ pub async fn infill(
         max_tokens,
         temperature: request.temperature,
         top_p: request.top_p,
+        top_k: request.top_k,
+        min_p: request.min_p,
         stop: request.stop.map(Stop::into_vec).unwrap_or_default(),
         seed: request.seed,
         logprobs: request.n_probs.filter(|n| *n > 0).map(|n| (n, "n_probs")),
@@ -154,6 +159,8 @@ pub async fn infill(
         "n_predict": sampling.max_tokens,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
+        "top_k": sampling.top_k,
+        "min_p": sampling.min_p,
         "seed": request.seed,
         "n_indent": request.n_indent,
         "t_max_predict_ms": request.t_max_predict_ms,

@@ -22,6 +22,9 @@ pub struct SamplingFields {
     pub max_tokens: Option<u32>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
+    /// vLLM's and llama.cpp's: -1 or 0 for every token.
+    pub top_k: Option<i64>,
+    pub min_p: Option<f64>,
     pub stop: Vec<String>,
     pub seed: Option<i64>,
     pub frequency_penalty: Option<f64>,
@@ -58,6 +61,19 @@ impl SamplingFields {
         if !(top_p > 0.0 && top_p <= 1.0) {
             return Err(ApiError::invalid_param("top_p", format!("top_p must be in (0, 1], got {top_p}")));
         }
+        let top_k = match self.top_k {
+            None => limits.default_top_k,
+            Some(-1 | 0) => 0,
+            Some(k) => usize::try_from(k)
+                .map_err(|_| ApiError::invalid_param("top_k", format!("top_k must be -1 or 0 (every token) or at least 1, got {k}")))?,
+        };
+        let min_p = self.min_p.unwrap_or(limits.default_min_p);
+        if !(0.0..=1.0).contains(&min_p) {
+            return Err(ApiError::invalid_param(
+                "min_p",
+                format!("min_p must be between 0 and 1, got {min_p}"),
+            ));
+        }
         if self.stop.len() > MAX_STOP_SEQUENCES || self.stop.iter().any(String::is_empty) {
             return Err(ApiError::invalid_param(
                 "stop",
@@ -84,6 +100,8 @@ impl SamplingFields {
             max_tokens: max_tokens as usize,
             temperature,
             top_p,
+            top_k,
+            min_p,
             stop: self.stop,
             // OpenAI's seed is a signed integer; its bits seed the draw.
             seed: self.seed.map(|s| s as u64),
