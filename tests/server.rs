@@ -328,6 +328,101 @@ async fn best_of_answers_its_likeliest_candidates_and_counts_them_all() {
 }
 
 #[tokio::test]
+async fn a_batch_of_prompts_answers_each_in_turn_as_alone() {
+    // As LangChain's OpenAI class and lm-evaluation-harness send them: `prompt` as a list.
+    let prompts = ["def fibonacci(n):", "fn main() {"];
+    let mut alone = Vec::new();
+    for prompt in prompts {
+        let (status, body) = post("/v1/completions", &completion(prompt, 8)).await;
+        assert_eq!(status, 200, "{body}");
+        alone.push(body);
+    }
+    let text = |body: &Value| body["choices"][0]["text"].as_str().unwrap().to_owned();
+    let usage = |body: &Value, field: &str| body["usage"][field].as_u64().unwrap();
+
+    // Each prompt's choices in turn: prompt i's choice j at index i * n + j.
+    let mut batch = completion("", 8);
+    batch["prompt"] = json!(prompts);
+    batch["n"] = json!(2);
+    let (status, body) = post("/v1/completions", &batch).await;
+    assert_eq!(status, 200, "{body}");
+    let choices = body["choices"].as_array().unwrap();
+    let texts: Vec<&str> = choices.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let expected = [text(&alone[0]), text(&alone[0]), text(&alone[1]), text(&alone[1])];
+    assert_eq!(texts, expected, "{body}");
+    let indexes: Vec<u64> = choices.iter().map(|c| c["index"].as_u64().unwrap()).collect();
+    assert_eq!(indexes, [0, 1, 2, 3]);
+    // Each prompt read once, every answer counted.
+    assert_eq!(
+        usage(&body, "prompt_tokens"),
+        usage(&alone[0], "prompt_tokens") + usage(&alone[1], "prompt_tokens")
+    );
+    assert_eq!(
+        usage(&body, "completion_tokens"),
+        2 * (usage(&alone[0], "completion_tokens") + usage(&alone[1], "completion_tokens"))
+    );
+
+    // Streamed, with each choice's echoed prompt first: the same texts under their indexes,
+    // and the same usage.
+    batch["echo"] = json!(true);
+    batch["stream_options"] = json!({"include_usage": true});
+    let events = stream_events("/v1/completions", &batch).await;
+    let mut streamed = vec![String::new(); 4];
+    for event in &events {
+        if let Some(choice) = event["choices"].as_array().and_then(|c| c.first()) {
+            streamed[choice["index"].as_u64().unwrap() as usize].push_str(choice["text"].as_str().unwrap());
+        }
+    }
+    let echoed: Vec<String> = (0..4).map(|i| format!("{}{}", prompts[i / 2], expected[i])).collect();
+    assert_eq!(streamed, echoed);
+    assert_eq!(events.last().unwrap()["usage"], body["usage"]);
+
+    // A list of one is the prompt alone; token id lists are a batch too.
+    let mut one = completion("", 8);
+    one["prompt"] = json!([prompts[1]]);
+    let (status, body) = post("/v1/completions", &one).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(text(&body), text(&alone[1]));
+    let (_, ids) = post("/tokenize", &json!({"content": prompts[0], "add_special": false})).await;
+    let ids = ids["tokens"].as_array().unwrap().clone();
+    let mut lists = completion("", 4);
+    lists["prompt"] = json!([ids, ids[..2]]);
+    let (status, body) = post("/v1/completions", &lists).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(usage(&body, "prompt_tokens"), ids.len() as u64 + 2, "{body}");
+
+    // best_of keeps each prompt's likeliest, each prompt counted once.
+    let mut best = completion("", 6);
+    best["prompt"] = json!(prompts);
+    best["temperature"] = json!(1.0);
+    best["seed"] = json!(3);
+    best["best_of"] = json!(2);
+    let (status, body) = post("/v1/completions", &best).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(
+        usage(&body, "prompt_tokens"),
+        usage(&alone[0], "prompt_tokens") + usage(&alone[1], "prompt_tokens")
+    );
+
+    // Empty, too many, or too many sequences: 400 naming `prompt`.
+    for (prompt, best_of) in [
+        (json!([]), 1),
+        (json!(["x", ""]), 1),
+        (json!(vec!["x"; 33]), 1),
+        (json!(vec!["x"; 9]), 8),
+    ] {
+        let mut request = completion("", 2);
+        request["prompt"] = prompt;
+        request["best_of"] = json!(best_of);
+        let (status, body) = post("/v1/completions", &request).await;
+        assert_eq!(error_of(status, &body, 400)["param"], "prompt");
+    }
+}
+
+#[tokio::test]
 async fn a_suffix_on_a_model_without_fim_tokens_falls_back_to_continuing_the_prefix() {
     // SmolLM2 has no fill-in-the-middle tokens: the documented fallback continues the prefix
     // and does not show the suffix to the model.
@@ -338,8 +433,6 @@ async fn a_suffix_on_a_model_without_fim_tokens_falls_back_to_continuing_the_pre
     assert_eq!((plain.0, fim.0), (200, 200), "{} {}", plain.1, fim.1);
     assert_eq!(fim.1["choices"][0]["text"], plain.1["choices"][0]["text"]);
 
-    let (status, body) = post("/v1/completions", &json!({"model": MODEL, "prompt": ["a", "b"]})).await;
-    assert_eq!(error_of(status, &body, 400)["param"], "prompt");
     let (status, body) = post("/v1/completions", &json!({"model": MODEL, "prompt": "", "max_tokens": 4})).await;
     assert_eq!(error_of(status, &body, 400)["param"], "prompt");
 }

@@ -85,34 +85,36 @@ pub fn choices(n: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
-/// Starts `n` choices of the prompt `tokens` on the pool's `target` model under one
-/// admission. Choice `i` samples with the request's seed plus `i`, so a seeded request
-/// repeats all its choices and its first choice is the answer the same request with `n = 1`
-/// gets; greedy choices are all the same answer.
+/// Starts `n` choices of each prompt (its token ids) on the pool's `target` model under one
+/// admission, each prompt's choices in turn. Choice `i` of a prompt samples with the
+/// request's seed plus `i`, so a seeded request repeats all its choices and its first choice
+/// is the answer the same request with `n = 1` gets; greedy choices are all the same answer.
 pub async fn start_choices(
     state: &AppState,
     caller: &crate::caller::Caller,
     admitted: Admitted,
     target: &crate::state::Target,
-    tokens: Vec<u32>,
+    prompts: Vec<Vec<u32>>,
     sampling: Sampling,
     n: u32,
 ) -> Result<Vec<Generation>, ApiError> {
-    let mut streams = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let request = CompletionRequest {
-            prompt: Prompt::Tokens(tokens.clone()),
-            sampling: Sampling {
-                seed: sampling.seed.map(|seed| seed.wrapping_add(u64::from(i))),
-                ..sampling.clone()
-            },
-        };
-        let stream = state
-            .pool()
-            .complete_stream(&target.model, request)
-            .await
-            .map_err(|e| state.pool_error(e, caller))?;
-        streams.push(stream);
+    let mut streams = Vec::with_capacity(prompts.len() * n as usize);
+    for tokens in prompts {
+        for i in 0..n {
+            let request = CompletionRequest {
+                prompt: Prompt::Tokens(tokens.clone()),
+                sampling: Sampling {
+                    seed: sampling.seed.map(|seed| seed.wrapping_add(u64::from(i))),
+                    ..sampling.clone()
+                },
+            };
+            let stream = state
+                .pool()
+                .complete_stream(&target.model, request)
+                .await
+                .map_err(|e| state.pool_error(e, caller))?;
+            streams.push(stream);
+        }
     }
     Ok(admitted.start_all(streams, state, &target.name))
 }

@@ -186,7 +186,7 @@ pub struct DebugInfo {
     pub prompt_tokens: usize,
 }
 
-/// `prompt`: a string, a list of one string, or token ids.
+/// `prompt`: a string or token ids, or a batch of either (a list of strings, of id lists).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum PromptInput {

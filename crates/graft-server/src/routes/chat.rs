@@ -66,7 +66,7 @@ pub async fn completions(
     let debug = if debug { Some(debug_info(&state, &prompt).await?) } else { None };
 
     // The model reads exactly the prompt that was checked.
-    let generations: Vec<Generation> = start_choices(&state, &caller, admitted, &target, prompt, chat.sampling, n)
+    let generations: Vec<Generation> = start_choices(&state, &caller, admitted, &target, vec![prompt], chat.sampling, n)
         .await?
         .into_iter()
         .map(Generation::trim_leading_whitespace)

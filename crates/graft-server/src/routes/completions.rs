@@ -10,6 +10,9 @@
 //! repository in the model's repo-level format, within the project's token budget (the
 //! layout is `completion`'s).
 //!
+//! `prompt` may be a batch (a list of strings or of token id lists): each prompt is laid out
+//! as if alone and gets its `n` choices in turn, prompt `i`'s choice `j` at index `i * n + j`.
+//!
 //! `best_of` generates that many candidates and answers the `n` likeliest (not streamed).
 //! `echo` puts the prompt as the request gave it ahead of each choice's text; the prompt's
 //! log-probabilities (`echo` with `logprobs`) are not computed, and are refused.
@@ -26,7 +29,7 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::generation::{admit, choices, start_choices, MAX_CHOICES};
 use crate::json::Json;
-use crate::openai::{self, AnswerHead, CompletionLogprobs, PromptInput, TextChoice};
+use crate::openai::{self, AnswerHead, CompletionLogprobs, PromptInput, Source, TextChoice};
 use crate::prompt;
 use crate::prompt::completion::{self, TooLong};
 use crate::routes::params::{check_grammar, check_logit_bias, debug_info, structured, SamplingFields};
@@ -92,76 +95,140 @@ pub async fn completions(
         sampling.logprobs.get_or_insert(0);
     }
 
-    // The prompt as text (to be laid out with context) or as token ids (taken as they are).
-    let (prefix, suffix) = match (request.prompt, request.suffix) {
-        (PromptInput::Tokens(tokens), None) => (Err(tokens), None),
-        (PromptInput::TokenLists(mut lists), None) if lists.len() == 1 => (Err(lists.remove(0)), None),
-        (PromptInput::Tokens(_) | PromptInput::TokenLists(_), Some(_)) => {
-            return Err(ApiError::invalid_param("suffix", "suffix needs `prompt` as text, not token ids"))
-        }
-        (PromptInput::TokenLists(_), None) | (PromptInput::Texts(_), _) => {
-            return Err(ApiError::invalid_param("prompt", "Only one prompt per request is supported"))
-        }
-        (PromptInput::Text(prefix), suffix) => (Ok(prefix), suffix),
+    // The prompts, each as text (to be laid out with context) or as token ids (taken as they
+    // are): one, or a batch, as OpenAI takes them (each prompt's choices in turn).
+    let prompts: Vec<Result<String, Vec<u32>>> = match request.prompt {
+        PromptInput::Text(text) => vec![Ok(text)],
+        PromptInput::Texts(texts) => texts.into_iter().map(Ok).collect(),
+        PromptInput::Tokens(tokens) => vec![Err(tokens)],
+        PromptInput::TokenLists(lists) => lists.into_iter().map(Err).collect(),
     };
-    if matches!(&prefix, Ok(p) if p.is_empty() && suffix.as_deref().is_none_or(str::is_empty)) || matches!(&prefix, Err(t) if t.is_empty())
-    {
-        return Err(ApiError::invalid_param("prompt", "`prompt` must not be empty"));
+    let suffix = request.suffix;
+    check_prompts(&prompts, suffix.as_deref(), best_of)?;
+    if debug && prompts.len() > 1 {
+        return Err(ApiError::unsupported("debug", "debug with several prompts is not supported"));
     }
-    tracing::debug!(model = %target.name, max_tokens = sampling.max_tokens, streaming, format = format.name(), "completion request");
+    tracing::debug!(model = %target.name, prompts = prompts.len(), max_tokens = sampling.max_tokens, streaming, format = format.name(), "completion request");
 
     let admitted = admit(&state).await?;
-    let mut echoed = None;
-    let (tokens, sources) = match prefix {
-        Err(tokens) => {
-            prompt::check_length(&state, tokens.len(), "prompt", "The prompt")?;
-            state
-                .engine()
-                .check_token_ids("prompt", &tokens)
-                .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?;
-            if echo {
-                echoed = Some(state.engine().detokenize(None, tokens.clone()).await?);
+    let prompt_count = prompts.len();
+    let mut laid_out = Vec::with_capacity(prompt_count);
+    let mut echoed = Vec::with_capacity(prompt_count);
+    let mut sources: Option<Vec<Source>> = None;
+    for (i, prompt) in prompts.into_iter().enumerate() {
+        let tokens = match prompt {
+            Err(tokens) => {
+                prompt::check_length(&state, tokens.len(), "prompt", "The prompt")?;
+                state
+                    .engine()
+                    .check_token_ids("prompt", &tokens)
+                    .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?;
+                if echo {
+                    echoed.push(state.engine().detokenize(None, tokens.clone()).await?);
+                }
+                tokens
             }
-            (tokens, None)
-        }
-        Ok(prefix) => {
-            if echo {
-                echoed = Some(prefix.clone());
+            Ok(prefix) => {
+                if echo {
+                    echoed.push(prefix.clone());
+                }
+                let input = FimInput {
+                    prefix,
+                    suffix: suffix.clone(),
+                    path: request.path.clone().filter(|p| !p.is_empty()),
+                    ..FimInput::default()
+                };
+                // The first prompt's layout adds the format's stop sequences; the others would
+                // add the same ones again.
+                let mut scratch;
+                let layout_sampling = if i == 0 {
+                    &mut sampling
+                } else {
+                    scratch = sampling.clone();
+                    &mut scratch
+                };
+                let prompt = completion::lay_out(
+                    &state,
+                    &target,
+                    input,
+                    Vec::new(),
+                    request.retrieval,
+                    layout_sampling,
+                    TooLong::Refuse("prompt"),
+                )
+                .await?;
+                if let Some(found) = prompt.sources {
+                    sources.get_or_insert_with(Vec::new).extend(found);
+                }
+                prompt.tokens
             }
-            let input = FimInput {
-                prefix,
-                suffix,
-                path: request.path.filter(|p| !p.is_empty()),
-                ..FimInput::default()
-            };
-            let prompt = completion::lay_out(
-                &state,
-                &target,
-                input,
-                Vec::new(),
-                request.retrieval,
-                &mut sampling,
-                TooLong::Refuse("prompt"),
-            )
-            .await?;
-            (prompt.tokens, prompt.sources)
-        }
+        };
+        laid_out.push(tokens);
+    }
+    let debug = match (debug, laid_out.first()) {
+        (true, Some(tokens)) => Some(debug_info(&state, tokens).await?),
+        _ => None,
     };
-    let debug = if debug { Some(debug_info(&state, &tokens).await?) } else { None };
-    let generations = start_choices(&state, &caller, admitted, &target, tokens, sampling, best_of).await?;
+    let generations = start_choices(&state, &caller, admitted, &target, laid_out, sampling, best_of).await?;
     let chunks = TextChunks {
         head: AnswerHead::new("cmpl", target.name),
-        offsets: Mutex::new(vec![0; n as usize]),
-        echo: echoed,
+        offsets: Mutex::new(vec![0; prompt_count * n as usize]),
+        echo: echo.then_some(echoed),
+        per_prompt: n,
     };
     let extras = Extras { sources, debug };
     if best_of > n {
         // Usage counts every candidate: each was generated.
-        let (candidates, usage) = sse::collect(generations).await?;
-        let best = keep_best(candidates, n as usize, hide_logprobs);
+        let (candidates, usage) = sse::collect(generations, best_of).await?;
+        let mut candidates = candidates.into_iter();
+        let mut best = Vec::with_capacity(prompt_count * n as usize);
+        for _ in 0..prompt_count {
+            let of_this_prompt = candidates.by_ref().take(best_of as usize).collect();
+            best.extend(keep_best(of_this_prompt, n as usize, hide_logprobs));
+        }
         return Ok(sse::whole(best, usage, &chunks, extras));
     }
     sse::respond(generations, chunks, streaming, include_usage, extras).await
+}
+
+/// Most prompts one request may send (LangChain sends up to 20 at a time).
+const MAX_PROMPTS: usize = 32;
+/// Most sequences one request may start: its prompts times `best_of` (or `n`).
+const MAX_SEQUENCES: usize = 64;
+
+/// A request's prompts: at least one and at most [`MAX_PROMPTS`], none empty, token ids only
+/// without `suffix`, and not more sequences than [`MAX_SEQUENCES`] with `best_of` each.
+fn check_prompts(prompts: &[Result<String, Vec<u32>>], suffix: Option<&str>, best_of: u32) -> Result<(), ApiError> {
+    let invalid = |message: String| Err(ApiError::invalid_param("prompt", message));
+    if prompts.is_empty() {
+        return invalid("`prompt` must not be empty".into());
+    }
+    if prompts.len() > MAX_PROMPTS {
+        return invalid(format!("at most {MAX_PROMPTS} prompts per request, got {}", prompts.len()));
+    }
+    if prompts.len() * best_of as usize > MAX_SEQUENCES {
+        return invalid(format!(
+            "{} prompts with {best_of} choices each make more than {MAX_SEQUENCES} sequences; send fewer prompts per request",
+            prompts.len()
+        ));
+    }
+    if suffix.is_some() && prompts.iter().any(Result::is_err) {
+        return Err(ApiError::invalid_param("suffix", "suffix needs `prompt` as text, not token ids"));
+    }
+    let no_suffix = suffix.is_none_or(str::is_empty);
+    for (i, prompt) in prompts.iter().enumerate() {
+        let empty = match prompt {
+            Ok(text) => text.is_empty() && no_suffix,
+            Err(tokens) => tokens.is_empty(),
+        };
+        if empty {
+            return invalid(match prompts.len() {
+                1 => "`prompt` must not be empty".into(),
+                _ => format!("prompt {i} of the batch is empty"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The `n` candidates whose tokens the model found likeliest (the highest sum of
@@ -186,10 +253,20 @@ struct TextChunks {
     /// Where each choice's next piece of text starts in its answer (characters), for
     /// `text_offset`.
     offsets: Mutex<Vec<usize>>,
-    /// `echo`: the prompt as the request gave it (token ids as their text), ahead of each
-    /// choice's text; a stream sends it as each choice's first event. Retrieved context and a
-    /// FIM layout are not part of it.
-    echo: Option<String>,
+    /// `echo`: each prompt as the request gave it (token ids as their text), ahead of each of
+    /// its choices' text; a stream sends it as each choice's first event. Retrieved context and
+    /// a FIM layout are not part of it.
+    echo: Option<Vec<String>>,
+    /// Choices answered per prompt (`n`): choice `index` answers prompt `index / per_prompt`.
+    per_prompt: u32,
+}
+
+impl TextChunks {
+    /// The echoed prompt of choice `index`, when the request asked for `echo`.
+    fn echoed(&self, index: u32) -> Option<&str> {
+        let prompt = (index / self.per_prompt.max(1)) as usize;
+        self.echo.as_ref().and_then(|prompts| prompts.get(prompt)).map(String::as_str)
+    }
 }
 
 impl sse::Chunks for TextChunks {
@@ -206,9 +283,13 @@ impl sse::Chunks for TextChunks {
         self.echo.is_some()
     }
 
+    fn choices_per_prompt(&self) -> u32 {
+        self.per_prompt
+    }
+
     fn chunk(&self, index: u32, part: Part) -> TextChoice {
         let (text, finish_reason, logprobs) = match part {
-            Part::Open => (self.echo.clone().unwrap_or_default(), None, None),
+            Part::Open => (self.echoed(index).unwrap_or_default().to_owned(), None, None),
             Part::Text(text, logprobs) => {
                 let logprobs = logprobs.map(|tokens| {
                     // The offsets are plain numbers: a panic elsewhere leaves them usable.
@@ -235,7 +316,7 @@ impl sse::Chunks for TextChunks {
     }
 
     fn whole(&self, index: u32, completion: Completion) -> TextChoice {
-        let text = match &self.echo {
+        let text = match self.echoed(index) {
             Some(prompt) => format!("{prompt}{}", completion.text),
             None => completion.text,
         };

@@ -86,6 +86,11 @@ pub trait Chunks: Send + Sync + 'static {
     fn pieces(&self, generation: Generation) -> Pieces {
         pieces(generation)
     }
+    /// How many choices each prompt of the request has (a completion may send several
+    /// prompts, each prompt's choices in turn); one prompt for all unless the route says.
+    fn choices_per_prompt(&self) -> u32 {
+        u32::MAX
+    }
 }
 
 /// The event for choice `index`'s `part`, with the extension fields on the stream's first
@@ -107,13 +112,16 @@ fn usage_event<C: Chunks>(chunks: &C, usage: graft_engine::Usage) -> Event {
     )
 }
 
-/// A request's usage over its choices: the prompt once (every choice reads the same one), the
-/// answers' tokens added up.
-fn add_usage(total: &mut Option<graft_engine::Usage>, usage: graft_engine::Usage) {
+/// A request's usage over its choices: each prompt once (all its choices read it; counted
+/// with its first choice), the answers' tokens added up.
+fn add_usage(total: &mut Option<graft_engine::Usage>, usage: graft_engine::Usage, first_of_its_prompt: bool) {
     let total = total.get_or_insert(graft_engine::Usage {
-        prompt_tokens: usage.prompt_tokens,
+        prompt_tokens: 0,
         completion_tokens: 0,
     });
+    if first_of_its_prompt {
+        total.prompt_tokens += usage.prompt_tokens;
+    }
     total.completion_tokens += usage.completion_tokens;
 }
 
@@ -130,18 +138,24 @@ pub async fn respond<C: Chunks>(
         let choices = generations.into_iter().map(|g| chunks.pieces(g)).collect();
         return Ok(stream(choices, chunks, include_usage, extras).into_response());
     }
-    let (completions, usage) = collect(generations).await?;
+    let (completions, usage) = collect(generations, chunks.choices_per_prompt()).await?;
     Ok(whole(completions, usage, &chunks, extras))
 }
 
-/// Every generation run to its end, and the request's usage over them all.
-pub async fn collect(generations: Vec<Generation>) -> Result<(Vec<Completion>, Option<graft_engine::Usage>), ApiError> {
+/// Every generation run to its end, and the request's usage over them all (the generations
+/// of each prompt in turn, `per_prompt` of them each).
+pub async fn collect(generations: Vec<Generation>, per_prompt: u32) -> Result<(Vec<Completion>, Option<graft_engine::Usage>), ApiError> {
     let completions = futures::future::try_join_all(generations.into_iter().map(Generation::collect)).await?;
     let mut usage = None;
-    for completion in &completions {
-        add_usage(&mut usage, completion.usage);
+    for (index, completion) in completions.iter().enumerate() {
+        add_usage(&mut usage, completion.usage, first_of_its_prompt(index as u32, per_prompt));
     }
     Ok((completions, usage))
+}
+
+/// Whether choice `index` is the first of its prompt's `per_prompt` choices.
+fn first_of_its_prompt(index: u32, per_prompt: u32) -> bool {
+    index.is_multiple_of(per_prompt)
 }
 
 /// The whole answer: each completion a choice, in order, and `usage`.
@@ -218,7 +232,7 @@ pub fn stream<C: Chunks>(
                     Some((index, Ok(Piece::Text(text, logprobs)))) => event(&*chunks, index, Part::Text(text, logprobs), extras),
                     Some((index, Ok(Piece::Calls(calls)))) => event(&*chunks, index, Part::Calls(calls), extras),
                     Some((index, Ok(Piece::End { finish_reason, usage }))) => {
-                        add_usage(&mut flow.usage, usage);
+                        add_usage(&mut flow.usage, usage, first_of_its_prompt(index, chunks.choices_per_prompt()));
                         event(&*chunks, index, Part::Finish(finish_reason), extras)
                     }
                     Some((_, Err(e))) => {
