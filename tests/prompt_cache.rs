@@ -115,3 +115,22 @@ async fn the_choices_of_a_request_read_a_cached_prompt_alike() {
         assert_eq!(choices().await, cold, "run {run} with the prompt cached");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cached_prompts_of_unequal_lengths_answered_together_answer_as_alone() {
+    // Two requests at once whose prompts are both cached (their starts reused to different
+    // lengths) are never decoded in one batch: the scheduler takes turns, setting one aside
+    // while the other steps. When the one stepping finished, the one set aside was read again
+    // as a new prompt on top of its cache (vendor/README.md, change 8) and its answer went
+    // wrong (here: `num1, num1,` for `num1, num2):`).
+    let mut base = BaseModel::cpu("smollm2", kit_file("smollm2-135m-instruct"), 2);
+    base.prompt_cache = 4;
+    let engine = Arc::new(Engine::load(&base).await.expect("SmolLM2 loads"));
+    let short = [(Role::User, "Write fn main.")];
+    let long = [(Role::User, "Write a Python function that adds two numbers and prints the result.")];
+    let alone = (answer(&engine, &short).await, answer(&engine, &long).await);
+    for run in 0..3 {
+        let together = tokio::join!(answer(&engine, &short), answer(&engine, &long));
+        assert_eq!(together, alone, "run {run}");
+    }
+}

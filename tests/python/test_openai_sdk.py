@@ -214,6 +214,15 @@ class Completions(unittest.TestCase):
         stream = c.completions.create(model=MODEL, prompt=self.PROMPT, suffix=self.SUFFIX, max_tokens=12, temperature=0, stream=True)
         self.assertEqual("".join(chunk.choices[0].text for chunk in stream if chunk.choices), text)
 
+    def test_a_batch_of_prompts_as_langchain_sends_it(self):
+        c = client()
+        prompts = [self.PROMPT, "fn main() {"]
+        alone = [c.completions.create(model=MODEL, prompt=p, max_tokens=6, temperature=0) for p in prompts]
+        batch = c.completions.create(model=MODEL, prompt=prompts, max_tokens=6, temperature=0)
+        self.assertEqual([choice.index for choice in batch.choices], [0, 1])
+        self.assertEqual([choice.text for choice in batch.choices], [a.choices[0].text for a in alone])
+        self.assertEqual(batch.usage.prompt_tokens, sum(a.usage.prompt_tokens for a in alone))
+
     def test_a_seed_repeats_a_sampled_completion(self):
         c = client()
         runs = [

@@ -224,7 +224,14 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
             }
             (_, 0) => {
                 for seq in waiting.into_iter() {
-                    seq.set_state(SequenceState::RunningPrompt);
+                    // graft: only a sequence still to read its prompt starts with it. The
+                    // waiting list also holds running sequences that the bucketing set aside
+                    // (another length's turn); upstream made every one a prompt again once
+                    // nothing else ran, so one mid-answer read its whole context a second
+                    // time on top of its cache and answered wrongly from then on.
+                    if seq.is_waiting() || seq.is_prompt() {
+                        seq.set_state(SequenceState::RunningPrompt);
+                    }
                     self.running.push(seq);
                 }
                 self.waiting = Backer::new();
@@ -232,9 +239,11 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
                 self.running = self.bucket_and_waitlist_seqs(running);
                 logger.set_num_running(self.running.len());
                 logger.set_num_waiting(self.waiting.len());
+                let (completion, prompt): (Vec<_>, Vec<_>) =
+                    self.running.iter_mut().partition(|seq| seq.is_completion());
                 return DefaultSchedulerOutput {
-                    prompt: self.running.iter_mut().collect::<Vec<_>>().into(),
-                    completion: vec![].into(),
+                    prompt: prompt.into(),
+                    completion: completion.into(),
                 };
             }
             (0, _) => {
