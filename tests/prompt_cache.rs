@@ -13,9 +13,14 @@ use std::sync::Arc;
 use graft_engine::{BaseModel, ChatMessage, ChatRequest, Engine, Role, Sampling};
 use graft_tests::{kit_file, repo_root};
 
-/// SmolLM2 keeping `prompt_cache` prompts.
+/// SmolLM2 keeping `prompt_cache` prompts, one sequence at a time.
 async fn engine(prompt_cache: usize) -> Arc<Engine> {
-    let mut base = BaseModel::cpu("smollm2", kit_file("smollm2-135m-instruct"), 1);
+    engine_of(1, prompt_cache).await
+}
+
+/// SmolLM2 decoding up to `sequences` at once, keeping `prompt_cache` prompts.
+async fn engine_of(sequences: usize, prompt_cache: usize) -> Arc<Engine> {
+    let mut base = BaseModel::cpu("smollm2", kit_file("smollm2-135m-instruct"), sequences);
     base.prompt_cache = prompt_cache;
     Arc::new(Engine::load(&base).await.expect("SmolLM2 loads"))
 }
@@ -93,9 +98,7 @@ async fn the_choices_of_a_request_read_a_cached_prompt_alike() {
     // decoded together. Once the prompt is cached, every choice must still read it as the
     // first time (when the first choice alone took the cached entry, its answer changed:
     // vendor/README.md, change 2).
-    let mut base = BaseModel::cpu("smollm2", kit_file("smollm2-135m-instruct"), 3);
-    base.prompt_cache = 4;
-    let engine = Arc::new(Engine::load(&base).await.expect("SmolLM2 loads"));
+    let engine = engine_of(3, 4).await;
     let turns = [(Role::User, "Write a Rust function that reverses a string.")];
     let seeded = |seed| Sampling {
         temperature: 1.0,
@@ -123,9 +126,7 @@ async fn two_cached_prompts_of_unequal_lengths_answered_together_answer_as_alone
     // while the other steps. When the one stepping finished, the one set aside was read again
     // as a new prompt on top of its cache (vendor/README.md, change 8) and its answer went
     // wrong (here: `num1, num1,` for `num1, num2):`).
-    let mut base = BaseModel::cpu("smollm2", kit_file("smollm2-135m-instruct"), 2);
-    base.prompt_cache = 4;
-    let engine = Arc::new(Engine::load(&base).await.expect("SmolLM2 loads"));
+    let engine = engine_of(2, 4).await;
     let short = [(Role::User, "Write fn main.")];
     let long = [(Role::User, "Write a Python function that adds two numbers and prints the result.")];
     let alone = (answer(&engine, &short).await, answer(&engine, &long).await);
