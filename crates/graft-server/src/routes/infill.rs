@@ -4,8 +4,8 @@
 //!
 //! Request: `input_prefix`, `input_suffix`, `input_extra` (`[{filename, text}]`, files the
 //! plugin gathered), `prompt` (the start of the current line, after the prefix), `n_predict`,
-//! `temperature`, `top_p`, `top_k`, `min_p`, `stop`, `seed`, `n_indent` (stop at the first generated line that
-//! is indented less), `t_max_predict_ms` (stop once this long has passed since the first
+//! `temperature`, `top_p`, `top_k`, `min_p`, `stop`, `seed`, `n_indent` (stop at the first
+//! generated line that is indented less), `t_max_predict_ms` (stop once this long has passed since the first
 //! token and a line is complete), `n_probs` (each token's log-probability and the likeliest
 //! tokens at its place), `response_fields` (answer only these, as `a/b` paths), and
 //! graft's own `model` (a project, an adapter or the base; absent: `server.infill_model`),
