@@ -46,6 +46,14 @@ fn error_of(status: u16, body: &Value, expected_status: u16) -> &Value {
     error
 }
 
+/// `request` with each of `fields`' entries set in it.
+fn with_fields(mut request: Value, fields: &Value) -> Value {
+    for (key, value) in fields.as_object().expect("fields are an object") {
+        request[key] = value.clone();
+    }
+    request
+}
+
 #[tokio::test]
 async fn chat_completion_comes_from_smollm2() {
     let request = greedy_chat("Write a Rust function that adds two numbers", 24);
@@ -459,10 +467,7 @@ async fn the_same_seed_gives_the_same_sample_and_another_seed_another() {
 async fn top_k_and_min_p_narrow_a_sample_to_the_likeliest_tokens() {
     let question = greedy_chat("Invent a name for a new programming language and describe it.", 24);
     let answer = |fields: Value| {
-        let mut request = question.clone();
-        for (key, value) in fields.as_object().unwrap() {
-            request[key] = value.clone();
-        }
+        let request = with_fields(question.clone(), &fields);
         async move {
             let (status, body) = post("/v1/chat/completions", &request).await;
             assert_eq!(status, 200, "{body}");
@@ -487,20 +492,15 @@ async fn top_k_and_min_p_narrow_a_sample_to_the_likeliest_tokens() {
     // vLLM's "no limit" is accepted; out of range is a 400 naming the field.
     answer(json!({"temperature": 1.5, "top_k": -1, "seed": 1})).await;
     for (fields, param) in [(json!({"top_k": -2}), "top_k"), (json!({"min_p": 1.5}), "min_p")] {
-        let mut request = greedy_chat("hi", 2);
-        for (key, value) in fields.as_object().unwrap() {
-            request[key] = value.clone();
-        }
+        let request = with_fields(greedy_chat("hi", 2), &fields);
         let (status, body) = post("/v1/chat/completions", &request).await;
         assert_eq!(status, 400, "{body}");
         assert_eq!(body["error"]["param"], param, "{body}");
     }
     // llama.cpp's /infill reads them too, and says what it used.
     let infill = |extra: Value| async move {
-        let mut request = json!({"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n", "n_predict": 12});
-        for (key, value) in extra.as_object().unwrap() {
-            request[key] = value.clone();
-        }
+        let base = json!({"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n", "n_predict": 12});
+        let request = with_fields(base, &extra);
         let (status, body) = post("/infill", &request).await;
         assert_eq!(status, 200, "{body}");
         body
@@ -1036,12 +1036,9 @@ async fn structured_output_follows_the_schema_and_ends_when_it_is_complete() {
     let streamed: String = events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(streamed, content);
 
-    // Sampled (mistralrs's sampler, and graft's seeded one): still the schema.
+    // Sampled, with a seed of its own and with the request's: still the schema.
     for extra in [json!({"temperature": 1.0}), json!({"temperature": 1.0, "seed": 7})] {
-        let mut sampled = request.clone();
-        for (key, value) in extra.as_object().unwrap() {
-            sampled[key] = value.clone();
-        }
+        let sampled = with_fields(request.clone(), &extra);
         let (status, body) = post("/v1/chat/completions", &sampled).await;
         assert_eq!(status, 200, "{body}");
         let content = body["choices"][0]["message"]["content"].as_str().unwrap();
@@ -1180,10 +1177,7 @@ async fn a_grammar_that_cannot_be_used_is_400_naming_its_field() {
         ),
     ];
     for (fields, param) in cases {
-        let mut request = greedy_chat("hi", 4);
-        for (key, value) in fields.as_object().unwrap() {
-            request[key] = value.clone();
-        }
+        let mut request = with_fields(greedy_chat("hi", 4), &fields);
         let (status, body) = post("/v1/chat/completions", &request).await;
         assert_eq!(error_of(status, &body, 400)["param"], param, "{fields}: {body}");
         // Streamed too: refused before the stream starts.
@@ -1360,10 +1354,7 @@ async fn a_conversation_carries_earlier_calls_and_their_results() {
         ),
     ];
     for (fields, param) in refused {
-        let mut bad = request.clone();
-        for (key, value) in fields.as_object().unwrap() {
-            bad[key] = value.clone();
-        }
+        let bad = with_fields(request.clone(), &fields);
         let (status, body) = post("/v1/chat/completions", &bad).await;
         assert_eq!(error_of(status, &body, 400)["param"], param, "{fields}: {body}");
     }
