@@ -3,13 +3,13 @@
 //! candle's quantized CPU matmul (vendor/candle-core): from `gemm_min_rows` input rows on, the
 //! weights are dequantized and multiplied with the gemm crate. Against the registry's kernel
 //! (kept as `matmul_per_row`) the results must agree within float reordering, for every weight
-//! type graft can serve on a CPU; fewer rows, and a type whose input format cannot be rounded
-//! back (Q4_1, Q5_1), give exactly the registry kernel's values. mistralrs's CPU attention (vendor/mistralrs-core):
-//! see the last test.
+//! type graft can serve on a CPU; fewer rows, a type whose input format cannot be rounded
+//! back (Q4_1, Q5_1), and Q8_0 on AVX2 at any number of rows give exactly the registry
+//! kernel's values. mistralrs's CPU attention (vendor/mistralrs-core): see the last tests.
 
 use candle_core::quantized::k_quants::{
     gemm_min_rows, matmul, matmul_per_row, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8_0, GgmlType, GEMM_MIN_ROWS_K,
+    BlockQ8_0, GgmlType, GEMM_MIN_ROWS, GEMM_MIN_ROWS_K,
 };
 
 use graft_tests::deterministic_values as values;
@@ -54,8 +54,7 @@ fn compare<T: GgmlType>(m: usize, k: usize, n: usize) -> (f32, f32) {
 fn the_gemm_path_agrees_with_the_registry_kernel_for_every_weight_type() {
     // Enough rows for the gemm path with every type.
     let (m, k, n) = (GEMM_MIN_ROWS_K + 9, 512, 300);
-    let cases: [(&str, Compare); 8] = [
-        ("q8_0", compare::<BlockQ8_0>),
+    let cases: [(&str, Compare); 7] = [
         ("q4_0", compare::<BlockQ4_0>),
         ("q5_0", compare::<BlockQ5_0>),
         ("q2_k", compare::<BlockQ2K>),
@@ -80,22 +79,37 @@ fn the_gemm_path_agrees_with_the_registry_kernel_for_every_weight_type() {
     ] {
         assert_eq!(case(m, k, n).0, 0.0, "{name} keeps the registry kernel");
     }
+    // Q8_0 takes the gemm path only without AVX2 (its tiled integer kernel needs it).
+    let (reorder, off) = compare::<BlockQ8_0>(m, k, n);
+    if cfg!(target_feature = "avx2") {
+        assert_eq!(gemm_min_rows::<BlockQ8_0>(), usize::MAX);
+        assert_eq!(reorder, 0.0, "q8_0 on AVX2: the registry's values at {m} rows");
+    } else {
+        assert!(reorder < 1e-5, "q8_0: differs from the registry kernel by {reorder:e}");
+    }
+    assert!(off < 0.03, "q8_0: {off:e} of the largest output from the exact product");
 }
 
-/// Fewer rows than the gemm path takes run one parallel loop over blocks of 64 outputs (one
-/// row: the registry's kernel): every output is the registry's dot product, bit for bit,
-/// including a last block of 6 outputs.
+/// Fewer rows than the gemm path takes (any number for Q8_0 on AVX2) run one parallel loop over
+/// blocks of 64 outputs (one row: the registry's kernel): every output is the registry's dot
+/// product, bit for bit, including a last block of 6 outputs.
 #[test]
 fn few_rows_give_the_registry_kernels_values_and_odd_sizes_work() {
-    let q8 = gemm_min_rows::<BlockQ8_0>();
-    for m in [1, 2, 7, q8 - 1] {
-        assert_eq!(compare::<BlockQ8_0>(m, 256, 70).0, 0.0, "{m} rows: the registry's values");
+    for m in [1, 2, 7, GEMM_MIN_ROWS - 1] {
+        assert_eq!(compare::<BlockQ4_0>(m, 256, 70).0, 0.0, "{m} rows: the registry's values");
     }
     assert_eq!(compare::<BlockQ4K>(GEMM_MIN_ROWS_K - 1, 256, 40).0, 0.0, "k-quants switch later");
-    // A tile boundary that does not divide the outputs, and one output row.
-    for (m, n) in [(q8, 257), (q8 + 1, 1), (2 * q8, 513)] {
-        let (reorder, _) = compare::<BlockQ8_0>(m, 256, n);
+    // Tile boundaries that do not divide the outputs, and one output row: on the gemm path
+    // (Q4_0), and on Q8_0's integer kernel at every row count (groups of 64 rows and the rest).
+    for (m, n) in [(GEMM_MIN_ROWS, 257), (GEMM_MIN_ROWS + 1, 1), (2 * GEMM_MIN_ROWS, 513)] {
+        let (reorder, _) = compare::<BlockQ4_0>(m, 256, n);
         assert!(reorder < 1e-5, "({m}, {n}): {reorder:e}");
+        let q8_0 = compare::<BlockQ8_0>(m, 256, n).0;
+        if cfg!(target_feature = "avx2") {
+            assert_eq!(q8_0, 0.0, "q8_0 ({m}, {n}): the registry's values");
+        } else {
+            assert!(q8_0 < 1e-5, "q8_0 ({m}, {n}): {q8_0:e}");
+        }
     }
 }
 
@@ -337,9 +351,10 @@ fn decoding_gives_the_registry_kernels_values_bit_for_bit() {
         for (row, out) in weights.chunks(k).zip(rhs.chunks_mut(blocks)) {
             BlockQ8_0::from_float(row, out);
         }
-        // One row (decode), and a few (new tokens after a cached prompt): tiles of four input
-        // rows and the rest.
-        for m in [1, 2, 3, 4, 7, 16] {
+        // One row (decode), and a few (new tokens after a cached prompt): tiles of input rows
+        // (four with VNNI, two without) and the rest.
+        // And a prompt's rows, in groups of 64 (on AVX2 Q8_0 never takes the gemm path).
+        for m in [1, 2, 3, 4, 7, 16, 130] {
             let mut lhs = values(m * k, 4);
             lhs[0] = 1.0;
             lhs[1] = -1.0;

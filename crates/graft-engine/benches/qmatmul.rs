@@ -1,6 +1,9 @@
 //! Milliseconds per quantized matmul on this machine's CPU, graft's patched candle kernel
-//! (`matmul`: dequantize and gemm from `gemm_min_rows` rows on) against the registry's
-//! (`matmul_per_row`), for the shapes that matter: SmolLM2-135M's MLP projection (Q8_0,
+//! (`matmul`: dequantize and gemm from `gemm_min_rows` rows on; for Q8_0 on AVX2, never) against
+//! the registry's (`matmul_per_row`), and against the path `matmul` does not take at that
+//! number of rows (the gemm path `matmul_dequantized` below the threshold and for Q8_0, the
+//! integer kernel that tiles input rows, `matmul_few_rows`, above it; medians of alternating
+//! runs with `matmul`), for the shapes that matter: SmolLM2-135M's MLP projection (Q8_0,
 //! 1536×576, as graft re-stores it for the CPU) and a 7B-class tile in Q4_K. Then one token's
 //! decode: every matrix-vector product of SmolLM2-135M (30 layers and the output head, 145 MB
 //! of Q8_0), four weight rows per dot with the next rows prefetched (`vec_dot_x4`) against one
@@ -12,7 +15,9 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use candle_core::quantized::k_quants::{gemm_min_rows, matmul, matmul_per_row, BlockQ4K, BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{
+    gemm_min_rows, matmul, matmul_dequantized, matmul_few_rows, matmul_per_row, BlockQ4K, BlockQ8_0, GgmlType,
+};
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut state = seed;
@@ -22,6 +27,17 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
             ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
+}
+
+fn time_once(f: impl FnOnce()) -> f64 {
+    let started = Instant::now();
+    f();
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+fn median(mut runs: Vec<f64>) -> f64 {
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
 }
 
 /// The fastest of a few runs, in milliseconds.
@@ -43,18 +59,32 @@ fn shape<T: GgmlType>(name: &str, k: usize, n: usize) {
     for (row, out) in weights.chunks(k).zip(rhs.chunks_mut(per_row)) {
         T::from_float(row, out);
     }
-    println!("\n{name}: weight {n}×{k}, gemm from {} rows", gemm_min_rows::<T>());
+    match gemm_min_rows::<T>() {
+        usize::MAX => println!("\n{name}: weight {n}×{k}, never on the gemm path"),
+        rows => println!("\n{name}: weight {n}×{k}, gemm from {rows} rows"),
+    }
     println!(
-        "{:>6} {:>12} {:>12} {:>8} {:>14}",
-        "rows", "registry ms", "graft ms", "speedup", "graft GFLOP/s"
+        "{:>6} {:>12} {:>12} {:>8} {:>14} {:>14}",
+        "rows", "registry ms", "graft ms", "speedup", "graft GFLOP/s", "other path ms"
     );
     for m in [1, 8, 16, 32, 64, 96, 128, 192, 256, 512, 1024] {
         let lhs = values(m * k, 1);
         let mut dst = vec![0f32; m * n];
         let old = time(|| matmul_per_row((m, k, n), &lhs, &rhs, &mut dst).unwrap());
-        let new = time(|| matmul((m, k, n), &lhs, &rhs, &mut dst).unwrap());
+        let (mut news, mut others) = (Vec::new(), Vec::new());
+        for _ in 0..9 {
+            news.push(time_once(|| matmul((m, k, n), &lhs, &rhs, &mut dst).unwrap()));
+            others.push(time_once(|| {
+                if m >= gemm_min_rows::<T>() {
+                    matmul_few_rows((m, k, n), &lhs, &rhs, &mut dst).unwrap()
+                } else {
+                    matmul_dequantized((m, k, n), &lhs, &rhs, &mut dst).unwrap()
+                }
+            }));
+        }
+        let (new, other) = (median(news), median(others));
         let gflops = 2.0 * (m * k * n) as f64 / (new / 1000.0) / 1e9;
-        println!("{m:>6} {old:>12.2} {new:>12.2} {:>7.2}× {gflops:>14.1}", old / new);
+        println!("{m:>6} {old:>12.2} {new:>12.2} {:>7.2}× {gflops:>14.1} {other:>14.2}", old / new);
     }
 }
 

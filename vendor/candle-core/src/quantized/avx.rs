@@ -159,15 +159,8 @@ unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
 
 /// graft: [`vec_dot_q8_0_q8_0_x4`] of four weight rows against each of several input rows
 /// (`out[r]` for `ys[r]`), each result bit for bit what [`vec_dot_q8_0_q8_0`] gives: the
-/// same integer lane sums, scaled and added in the same order. Up to four input rows share
-/// each weight block's loads. The sign trick `vec_dot_q8_0_q8_0` applies per (weight, input)
-/// pair is replaced by one per input block and one per weight block: the input's bytes plus
-/// 128 are unsigned, `dpbusd` takes them as such, and each lane starts from -128 times the
-/// sum of its four weights, which the +128 added; the integer sum is the same. Only with VNNI.
-#[cfg(any(
-    all(target_feature = "avx512vnni", target_feature = "avx512vl"),
-    target_feature = "avxvnni"
-))]
+/// same integer lane sums, scaled and added in the same order. Several input rows share each
+/// weight block's loads: up to four with VNNI ([`x4_tile`]), two without ([`x4_tile_signs`]).
 #[inline(always)]
 pub(crate) fn vec_dot_q8_0_q8_0_x4_rows(
     n: usize,
@@ -182,8 +175,13 @@ pub(crate) fn vec_dot_q8_0_q8_0_x4_rows(
     let mut ys = ys;
     let mut out = out;
     while !ys.is_empty() && !out.is_empty() {
-        // SAFETY: the blocks read are bounded by the slices; the CPU has AVX2 and VNNI.
+        // SAFETY: the blocks read are bounded by the slices; the CPU has AVX2 (and VNNI where
+        // `x4_tile` is compiled).
         let done = unsafe {
+            #[cfg(any(
+                all(target_feature = "avx512vnni", target_feature = "avx512vl"),
+                target_feature = "avxvnni"
+            ))]
             match ys.len() {
                 1 => {
                     out[0] = vec_dot_q8_0_q8_0_x4(n, xs, ys[0]);
@@ -193,19 +191,43 @@ pub(crate) fn vec_dot_q8_0_q8_0_x4_rows(
                 3 => x4_tile::<3>(n, xs, ys, out),
                 _ => x4_tile::<4>(n, xs, ys, out),
             }
+            #[cfg(not(any(
+                all(target_feature = "avx512vnni", target_feature = "avx512vl"),
+                target_feature = "avxvnni"
+            )))]
+            match ys.len() {
+                1 => {
+                    out[0] = vec_dot_q8_0_q8_0_x4(n, xs, ys[0]);
+                    1
+                }
+                _ => x4_tile_signs::<TILE_ROWS_SIGNS>(n, xs, ys, out),
+            }
         };
         ys = &ys[done..];
         out = &mut out[done..];
     }
 }
 
-/// graft: [`vec_dot_q8_0_q8_0_x4_rows`] for its first `R` input rows; returns `R`.
-#[cfg(any(
+/// graft: input rows per [`x4_tile_signs`]: with four weight rows, their accumulators and
+/// blocks fill AVX2's sixteen vector registers.
+#[cfg(not(any(
     all(target_feature = "avx512vnni", target_feature = "avx512vl"),
     target_feature = "avxvnni"
-))]
+)))]
+const TILE_ROWS_SIGNS: usize = 2;
+
+/// graft: [`vec_dot_q8_0_q8_0_x4_rows`] for its first `R` input rows without VNNI; returns
+/// `R`. The registry's `mul_sum_i8_pairs_float` multiplies |weight| by the input with the
+/// weight's signs; here each input block's absolute value is taken once, and `maddubs`
+/// multiplies it by each weight with the input's signs: the same byte products, so the same
+/// pair sums (no saturation: both lie in [-127, 127]), the same `madd` lanes and the same
+/// scaling and additions, bit for bit.
+#[cfg(not(any(
+    all(target_feature = "avx512vnni", target_feature = "avx512vl"),
+    target_feature = "avxvnni"
+)))]
 #[inline(always)]
-unsafe fn x4_tile<const R: usize>(
+unsafe fn x4_tile_signs<const R: usize>(
     n: usize,
     xs: [&[BlockQ8_0]; 4],
     ys: &[&[BlockQ8_0]],
@@ -214,33 +236,38 @@ unsafe fn x4_tile<const R: usize>(
     let blocks = n / QK8_0;
     let xs = xs.map(|x| &x[..blocks]);
     let ys: [&[BlockQ8_0]; R] = std::array::from_fn(|r| &ys[r][..blocks]);
-    let high = _mm256_set1_epi8(i8::MIN);
+    let ones = _mm256_set1_epi16(1);
     let ahead = PREFETCH_ROWS_AHEAD * blocks * std::mem::size_of::<BlockQ8_0>();
     let mut acc = [[_mm256_setzero_ps(); 4]; R];
+    // Each pair's scale, the registry's product of the two f32 scales, four at a time.
+    let mut scales = [[0f32; 4]; R];
     for i in 0..blocks {
-        let mut bx = [_mm256_setzero_si256(); 4];
-        let mut start = [_mm256_setzero_si256(); 4];
-        let mut xd = [0f32; 4];
-        for c in 0..4 {
-            let x = &xs[c][i];
-            // As in `vec_dot_q8_0_q8_0_x4`: the weight rows read next, from memory meanwhile.
+        let x: [&BlockQ8_0; 4] = std::array::from_fn(|c| xs[c].get_unchecked(i));
+        for x in x {
+            // As in `vec_dot_q8_0_q8_0_x4`: the weight rows read next, from memory meanwhile
+            // (a few new tokens read every weight from memory, as a decode step does).
             _mm_prefetch::<_MM_HINT_T0>((x as *const BlockQ8_0 as *const i8).wrapping_add(ahead));
-            bx[c] = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
-            // -128 × each lane's four weights.
-            start[c] = _mm256_sub_epi32(
-                _mm256_setzero_si256(),
-                dpbusd(_mm256_setzero_si256(), high, bx[c]),
-            );
-            xd[c] = f16::to_f32(x.d);
         }
+        let xd = _mm_setr_ps(
+            f16::to_f32(x[0].d),
+            f16::to_f32(x[1].d),
+            f16::to_f32(x[2].d),
+            f16::to_f32(x[3].d),
+        );
+        let mut by = [_mm256_setzero_si256(); R];
+        let mut ay = [_mm256_setzero_si256(); R];
         for r in 0..R {
-            let y = &ys[r][i];
-            // The input's bytes plus 128, as unsigned bytes.
-            let by = _mm256_xor_si256(_mm256_loadu_si256(y.qs.as_ptr() as *const __m256i), high);
-            let yd = f16::to_f32(y.d);
-            for c in 0..4 {
-                let q = _mm256_cvtepi32_ps(dpbusd(start[c], by, bx[c]));
-                let d = _mm256_set1_ps(xd[c] * yd);
+            let y = ys[r].get_unchecked(i);
+            by[r] = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+            ay[r] = _mm256_sign_epi8(by[r], by[r]);
+            _mm_storeu_ps(scales[r].as_mut_ptr(), _mm_mul_ps(xd, _mm_set1_ps(f16::to_f32(y.d))));
+        }
+        for c in 0..4 {
+            let bx = _mm256_loadu_si256(x[c].qs.as_ptr() as *const __m256i);
+            for r in 0..R {
+                let products = _mm256_maddubs_epi16(ay[r], _mm256_sign_epi8(bx, by[r]));
+                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, products));
+                let d = _mm256_broadcast_ss(scales[r].get_unchecked(c));
                 acc[r][c] = _mm256_fmadd_ps(d, q, acc[r][c]);
             }
         }

@@ -679,13 +679,7 @@ impl GgmlType for BlockQ8_0 {
         super::avx::vec_dot_q8_0_q8_0_x4(n, xs, ys)
     }
 
-    #[cfg(all(
-        target_feature = "avx2",
-        any(
-            all(target_feature = "avx512vnni", target_feature = "avx512vl"),
-            target_feature = "avxvnni"
-        )
-    ))]
+    #[cfg(target_feature = "avx2")]
     fn vec_dot_x4_rows(n: usize, xs: [&[Self]; 4], ys: &[&[Self::VecDotType]], out: &mut [[f32; 4]]) {
         super::avx::vec_dot_q8_0_q8_0_x4_rows(n, xs, ys, out)
     }
@@ -2307,9 +2301,17 @@ pub const GEMM_MIN_ROWS: usize = 96;
 /// [`GEMM_MIN_ROWS`] for the k-quants (256-value blocks).
 pub const GEMM_MIN_ROWS_K: usize = 256;
 
-/// The rows from which [`matmul`] takes the gemm path for weights of type `T`.
+/// The rows from which [`matmul`] takes the gemm path for weights of type `T`; `usize::MAX`
+/// for Q8_0 on AVX2, whose integer kernel tiles several input rows
+/// ([`GgmlType::vec_dot_x4_rows`]) and reads a long prompt about as fast: every row count then
+/// gives the registry's values, so a prompt read after a cached start (a few rows) answers as
+/// the same prompt read whole. On the gemm path the two differ in the order of float
+/// additions, and a model amplifies that: a greedy answer of SmolLM2 changed with what the
+/// prompt cache held (vendor/README.md).
 pub fn gemm_min_rows<T: GgmlType>() -> usize {
-    if T::BLCK_SIZE >= 256 {
+    if T::DTYPE == GgmlDType::Q8_0 && cfg!(target_feature = "avx2") {
+        usize::MAX
+    } else if T::BLCK_SIZE >= 256 {
         GEMM_MIN_ROWS_K
     } else {
         GEMM_MIN_ROWS
@@ -2344,12 +2346,16 @@ pub fn matmul<T: GgmlType>(
 /// Output columns per parallel task of [`matmul_few_rows`].
 const FEW_ROWS_COLUMNS: usize = 64;
 
-/// `dst = lhs × rhs_tᵀ` for a few input rows (the new tokens of a prompt whose start was
-/// cached, or any rows of a type the gemm path does not take): one parallel loop over blocks
-/// of output columns, each block computing every row, where [`matmul_per_row`] starts one
-/// parallel loop per row. A call pays one fork-join instead of `m`, and each weight row is
-/// read once for all the rows while it is in cache. Every output is the same `vec_dot` of the
-/// same rounded input row and weight row as in [`matmul_per_row`], so the same value.
+/// Input rows [`matmul_few_rows`] takes through a task's columns at a time.
+const FEW_ROWS_PER_PASS: usize = 64;
+
+/// `dst = lhs × rhs_tᵀ` for several input rows (the new tokens of a prompt whose start was
+/// cached, or any rows of a type the gemm path does not take, Q8_0 on AVX2 among them): one
+/// parallel loop over blocks of output columns, each block computing every row, a group of
+/// rows at a time, where [`matmul_per_row`] starts one parallel loop per row. A call pays one
+/// fork-join instead of `m`, and each weight row is read once per group of rows while it is in
+/// cache. Every output is the same `vec_dot` of the same rounded input row and weight row as
+/// in [`matmul_per_row`], so the same value.
 pub fn matmul_few_rows<T: GgmlType>(
     (m, k, n): (usize, usize, usize),
     lhs: &[f32],
@@ -2373,9 +2379,11 @@ pub fn matmul_few_rows<T: GgmlType>(
     if T::DIRECT_COPY {
         T::VecDotType::direct_copy(&lhs[..m * k], &mut lhs_b);
     } else {
-        for (row, blocks) in lhs[..m * k].chunks(k).zip(lhs_b.chunks_mut(k_in_blocks)) {
-            T::VecDotType::from_float(row, blocks)
-        }
+        lhs[..m * k]
+            .par_chunks(k)
+            .zip(lhs_b.par_chunks_mut(k_in_blocks))
+            .with_min_len(8)
+            .for_each(|(row, blocks)| T::VecDotType::from_float(row, blocks));
     }
     let lhs_rows: Vec<&[T::VecDotType]> = lhs_b.chunks(k_in_blocks).collect();
     let column = |c: usize| &rhs_t[c * k_in_blocks..(c + 1) * k_in_blocks];
@@ -2386,22 +2394,28 @@ pub fn matmul_few_rows<T: GgmlType>(
             let columns = FEW_ROWS_COLUMNS.min(n - first);
             // Row-major: `m` rows of `columns` outputs.
             let mut out = vec![0f32; m * columns];
-            let mut quads = vec![[0f32; 4]; m];
+            let mut quads = vec![[0f32; 4]; FEW_ROWS_PER_PASS.min(m)];
             let mut dots = [0f32; 4];
-            for c in (0..columns).step_by(4) {
-                let quad = 4.min(columns - c);
-                if quad == 4 {
-                    let c = first + c;
-                    let xs = [column(c), column(c + 1), column(c + 2), column(c + 3)];
-                    T::vec_dot_x4_rows(k, xs, &lhs_rows, &mut quads);
-                }
-                for (row, lhs_row) in lhs_rows.iter().enumerate() {
+            // A pass over the columns' weights per group of rows, so that the rows' rounded
+            // blocks stay in cache while the weights go by.
+            for (pass, lhs_rows) in lhs_rows.chunks(FEW_ROWS_PER_PASS).enumerate() {
+                let quads = &mut quads[..lhs_rows.len()];
+                for c in (0..columns).step_by(4) {
+                    let quad = 4.min(columns - c);
                     if quad == 4 {
-                        dots = quads[row];
-                    } else {
-                        dot_columns(k, rhs_t, first + c, lhs_row, &mut dots[..quad]);
+                        let c = first + c;
+                        let xs = [column(c), column(c + 1), column(c + 2), column(c + 3)];
+                        T::vec_dot_x4_rows(k, xs, lhs_rows, quads);
                     }
-                    out[row * columns + c..][..quad].copy_from_slice(&dots[..quad]);
+                    for (i, lhs_row) in lhs_rows.iter().enumerate() {
+                        if quad == 4 {
+                            dots = quads[i];
+                        } else {
+                            dot_columns(k, rhs_t, first + c, lhs_row, &mut dots[..quad]);
+                        }
+                        let row = pass * FEW_ROWS_PER_PASS + i;
+                        out[row * columns + c..][..quad].copy_from_slice(&dots[..quad]);
+                    }
                 }
             }
             out
