@@ -278,6 +278,62 @@ unsafe fn x4_tile_signs<const R: usize>(
     R
 }
 
+/// graft: [`vec_dot_q8_0_q8_0_x4_rows`] for its first `R` input rows with VNNI; returns `R`.
+/// The sign trick `vec_dot_q8_0_q8_0` applies per (weight, input) pair is replaced by one per
+/// input block and one per weight block: the input's bytes plus 128 are unsigned, `dpbusd`
+/// takes them as such, and each lane starts from -128 times the sum of its four weights, which
+/// the +128 added; the integer sum is the same.
+#[cfg(any(
+    all(target_feature = "avx512vnni", target_feature = "avx512vl"),
+    target_feature = "avxvnni"
+))]
+#[inline(always)]
+unsafe fn x4_tile<const R: usize>(
+    n: usize,
+    xs: [&[BlockQ8_0]; 4],
+    ys: &[&[BlockQ8_0]],
+    out: &mut [[f32; 4]],
+) -> usize {
+    let blocks = n / QK8_0;
+    let xs = xs.map(|x| &x[..blocks]);
+    let ys: [&[BlockQ8_0]; R] = std::array::from_fn(|r| &ys[r][..blocks]);
+    let high = _mm256_set1_epi8(i8::MIN);
+    let ahead = PREFETCH_ROWS_AHEAD * blocks * std::mem::size_of::<BlockQ8_0>();
+    let mut acc = [[_mm256_setzero_ps(); 4]; R];
+    for i in 0..blocks {
+        let mut bx = [_mm256_setzero_si256(); 4];
+        let mut start = [_mm256_setzero_si256(); 4];
+        let mut xd = [0f32; 4];
+        for c in 0..4 {
+            let x = &xs[c][i];
+            // As in `vec_dot_q8_0_q8_0_x4`: the weight rows read next, from memory meanwhile.
+            _mm_prefetch::<_MM_HINT_T0>((x as *const BlockQ8_0 as *const i8).wrapping_add(ahead));
+            bx[c] = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
+            // -128 × each lane's four weights.
+            start[c] = _mm256_sub_epi32(
+                _mm256_setzero_si256(),
+                dpbusd(_mm256_setzero_si256(), high, bx[c]),
+            );
+            xd[c] = f16::to_f32(x.d);
+        }
+        for r in 0..R {
+            let y = &ys[r][i];
+            // The input's bytes plus 128, as unsigned bytes.
+            let by = _mm256_xor_si256(_mm256_loadu_si256(y.qs.as_ptr() as *const __m256i), high);
+            let yd = f16::to_f32(y.d);
+            for c in 0..4 {
+                let q = _mm256_cvtepi32_ps(dpbusd(start[c], by, bx[c]));
+                let d = _mm256_set1_ps(xd[c] * yd);
+                acc[r][c] = _mm256_fmadd_ps(d, q, acc[r][c]);
+            }
+        }
+    }
+    for (out, acc) in out.iter_mut().zip(acc) {
+        *out = acc.map(|acc| hsum_float_8(acc));
+    }
+    R
+}
+
 #[inline(always)]
 unsafe fn get_scale_shuffle(i: usize) -> __m128i {
     const K_SHUFFLE: [u8; 128] = [
