@@ -7,6 +7,7 @@
 //! serves on a CPU, whose long reads took the gemm path (another order of additions) until
 //! Q8_0 got one integer kernel for every row count (vendor/README.md).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use graft_engine::merge::BaseGguf;
@@ -21,7 +22,12 @@ async fn engine(prompt_cache: usize) -> Arc<Engine> {
 
 /// SmolLM2 decoding up to `sequences` at once, keeping `prompt_cache` prompts.
 async fn engine_of(sequences: usize, prompt_cache: usize) -> Arc<Engine> {
-    let mut base = BaseModel::cpu("smollm2", kit_file("smollm2-135m-instruct"), sequences);
+    engine_from(kit_file("smollm2-135m-instruct"), sequences, prompt_cache).await
+}
+
+/// The model in `file` decoding up to `sequences` at once, keeping `prompt_cache` prompts.
+async fn engine_from(file: PathBuf, sequences: usize, prompt_cache: usize) -> Arc<Engine> {
+    let mut base = BaseModel::cpu("smollm2", file, sequences);
     base.prompt_cache = prompt_cache;
     Arc::new(Engine::load(&base).await.expect("SmolLM2 loads"))
 }
@@ -146,12 +152,7 @@ async fn on_the_q8_0_copy_a_prompt_read_after_a_cached_start_gives_the_same_bits
     let copy = folder.path().join("smollm2-q8_0.gguf");
     let base = BaseGguf::open(&kit_file("smollm2-135m-instruct")).expect("the kit's SmolLM2");
     assert!(requantize(&base, &copy, Restore::Q8_0).expect("a Q8_0 copy") > 100);
-    let load = |prompt_cache| {
-        let mut base = BaseModel::cpu("smollm2-q8_0", copy.clone(), 1);
-        base.prompt_cache = prompt_cache;
-        async move { Engine::load(&base).await.expect("the Q8_0 copy loads") }
-    };
-    let (cached, plain) = (load(2).await, load(0).await);
+    let (cached, plain) = (engine_from(copy.clone(), 1, 2).await, engine_from(copy, 1, 0).await);
 
     let system = preamble();
     async fn ask(engine: &Engine, system: &str, question: &str) -> Vec<graft_engine::TokenLogprob> {
@@ -173,6 +174,7 @@ async fn on_the_q8_0_copy_a_prompt_read_after_a_cached_start_gives_the_same_bits
     // own question.
     ask(&cached, &system, "Which field holds the keys?").await;
     let after_start = ask(&cached, &system, question).await;
+    assert_eq!(whole.len(), after_start.len());
     for (read_whole, read_after) in whole.iter().zip(&after_start) {
         assert_eq!(read_whole.token, read_after.token);
         assert_eq!(
@@ -186,5 +188,4 @@ async fn on_the_q8_0_copy_a_prompt_read_after_a_cached_start_gives_the_same_bits
         let tops = |t: &graft_engine::TokenLogprob| t.top.iter().map(|top| (top.id, top.logprob.to_bits())).collect::<Vec<_>>();
         assert_eq!(tops(read_whole), tops(read_after), "the likeliest tokens at {}", read_whole.token);
     }
-    assert_eq!(whole.len(), after_start.len());
 }

@@ -29,6 +29,7 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// One run, in milliseconds.
 fn time_once(f: impl FnOnce()) -> f64 {
     let started = Instant::now();
     f();
@@ -43,13 +44,7 @@ fn median(mut runs: Vec<f64>) -> f64 {
 /// The fastest of a few runs, in milliseconds.
 fn time(mut f: impl FnMut()) -> f64 {
     f();
-    (0..5)
-        .map(|_| {
-            let started = Instant::now();
-            f();
-            started.elapsed().as_secs_f64() * 1000.0
-        })
-        .fold(f64::INFINITY, f64::min)
+    (0..5).map(|_| time_once(&mut f)).fold(f64::INFINITY, f64::min)
 }
 
 fn shape<T: GgmlType>(name: &str, k: usize, n: usize) {

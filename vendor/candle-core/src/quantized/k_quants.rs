@@ -2303,7 +2303,8 @@ pub const GEMM_MIN_ROWS_K: usize = 256;
 
 /// The rows from which [`matmul`] takes the gemm path for weights of type `T`; `usize::MAX`
 /// for Q8_0 on AVX2, whose integer kernel tiles several input rows
-/// ([`GgmlType::vec_dot_x4_rows`]) and reads a long prompt about as fast: every row count then
+/// ([`GgmlType::vec_dot_x4_rows`]; on a long prompt up to about 15% slower than gemm, faster
+/// below about 128 rows, vendor/README.md): every row count then
 /// gives the registry's values, so a prompt read after a cached start (a few rows) answers as
 /// the same prompt read whole. On the gemm path the two differ in the order of float
 /// additions, and a model amplifies that: a greedy answer of SmolLM2 changed with what the
