@@ -886,6 +886,74 @@ async fn tokenize_and_detokenize_answer_as_llama_cpp_and_vllm_do() {
 }
 
 #[tokio::test]
+async fn the_repetition_penalty_counts_the_prompt_as_vllm_and_llama_cpp_do() {
+    // SmolLM2 continues a laugh by laughing on.
+    let repeat = completion("ha ha ha ha ha ha ha ha", 16);
+    let text = |body: &Value| body["choices"][0]["text"].as_str().unwrap_or_default().to_owned();
+    let laughs = |body: &Value| text(body).split_whitespace().filter(|w| *w == "ha").count();
+    let answer = |fields: Value| {
+        let request = with_fields(repeat.clone(), &fields);
+        async move {
+            let (status, body) = post("/v1/completions", &request).await;
+            assert_eq!(status, 200, "{body}");
+            body
+        }
+    };
+    let free = answer(json!({})).await;
+    assert!(laughs(&free) >= 10, "the control repeats: {free}");
+    // The prompt's own tokens are penalised from the first token on (frequency_penalty, on
+    // the answer alone, lets the first ones through): no laugh at all. vLLM's name and
+    // llama.cpp's (whose 64 last tokens hold this whole prompt) are one setting.
+    let vllm = answer(json!({"repetition_penalty": 1.3})).await;
+    assert_eq!(laughs(&vllm), 0, "penalised: {vllm}");
+    let llama = answer(json!({"repeat_penalty": 1.3})).await;
+    assert_eq!(text(&llama), text(&vllm), "{llama}");
+    // A window of 0 tokens, or a penalty of 1, is no penalty; a window of the last 2 tokens
+    // is a lighter one.
+    for off in [json!({"repeat_penalty": 1.3, "repeat_last_n": 0}), json!({"repetition_penalty": 1})] {
+        assert_eq!(text(&answer(off).await), text(&free));
+    }
+    let near = answer(json!({"repetition_penalty": 1.3, "repeat_last_n": 2})).await;
+    assert!(text(&near) != text(&vllm) && text(&near) != text(&free), "{near}");
+    // On chat too.
+    let chat = greedy_chat("Say ha ha ha ha ha ha", 12);
+    let (_, plain) = post("/v1/chat/completions", &chat).await;
+    let (status, penalised) = post("/v1/chat/completions", &with_fields(chat, &json!({"repetition_penalty": 1.5}))).await;
+    assert_eq!(status, 200, "{penalised}");
+    assert_ne!(
+        penalised["choices"][0]["message"]["content"],
+        plain["choices"][0]["message"]["content"]
+    );
+
+    // llama.cpp's /infill takes its names and says what it used.
+    let infill = |extra: Value| async move {
+        let base =
+            json!({"input_prefix": "let x = 1;\nlet y = 1;\nlet z = 1;\nlet w", "input_suffix": "\n", "n_predict": 12, "temperature": 0});
+        let (status, body) = post("/infill", &with_fields(base, &extra)).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let plain = infill(json!({})).await;
+    assert_eq!(plain["generation_settings"]["repeat_penalty"], 1.0, "{plain}");
+    let penalised = infill(json!({"repeat_penalty": 1.5})).await;
+    assert_ne!(penalised["content"], plain["content"], "{penalised}");
+    assert_eq!(penalised["generation_settings"]["repeat_penalty"], 1.5, "{penalised}");
+    assert_eq!(penalised["generation_settings"]["repeat_last_n"], 64, "{penalised}");
+    let windowless = infill(json!({"repeat_penalty": 1.5, "repeat_last_n": 0})).await;
+    assert_eq!(windowless["content"], plain["content"], "{windowless}");
+
+    // Out of range: 400 naming the field.
+    for (fields, param) in [
+        (json!({"repetition_penalty": 0}), "repetition_penalty"),
+        (json!({"repeat_penalty": 1.2, "repetition_penalty": 1.1}), "repeat_penalty"),
+        (json!({"repeat_penalty": 1.2, "repeat_last_n": -5}), "repeat_last_n"),
+    ] {
+        let (status, body) = post("/v1/completions", &with_fields(repeat.clone(), &fields)).await;
+        assert_eq!(error_of(status, &body, 400)["param"], param, "{body}");
+    }
+}
+
+#[tokio::test]
 async fn logit_bias_bans_a_token_and_forces_another() {
     let tokenizer = graft_engine::Tokenizer::from_gguf(&graft_tests::kit_file(MODEL)).unwrap();
     let prompt = "The capital of France is";

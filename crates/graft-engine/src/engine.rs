@@ -664,10 +664,11 @@ fn sampling_params(
     // chooses (`logprobs`).
     let mut params = SamplingParams::deterministic();
     let mut processors: Vec<Arc<dyn CustomLogitsProcessor>> = Vec::new();
-    if s.frequency_penalty != 0.0 || s.presence_penalty != 0.0 {
+    if s.frequency_penalty != 0.0 || s.presence_penalty != 0.0 || s.repetition.is_some() {
         processors.push(Arc::new(Penalties {
             frequency: s.frequency_penalty as f32,
             presence: s.presence_penalty as f32,
+            repetition: s.repetition,
             prompt_tokens,
         }));
     }

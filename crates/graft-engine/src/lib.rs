@@ -8,7 +8,8 @@
 //!   or every quantized matrix → F16).
 //! - [`pool`]: the base model and the adapters loaded next to it, loaded on use, evicted LRU.
 //! - [`fim`]: completion prompt formats (fill-in-the-middle, repo-level) by model family.
-//! - [`sampling`]: seeded sampling, repeatable per request; OpenAI's penalties.
+//! - [`sampling`]: seeded sampling, repeatable per request; OpenAI's penalties and the
+//!   repetition penalty of vLLM and llama.cpp.
 //! - [`logprobs`]: each generated token's log-probability and the likeliest alternatives.
 //! - [`grammar`]: structured output: a JSON Schema, regex or Lark grammar the answer follows.
 //! - [`synthetic`]: generated adapters for tests and benchmarks.
@@ -51,5 +52,6 @@ pub use grammar::Grammar;
 pub use pool::{Pool, PoolLimits};
 pub use tokenizer::Tokenizer;
 pub use types::{
-    ChatMessage, ChatRequest, Completion, CompletionRequest, FinishReason, Prompt, Role, Sampling, TokenLogprob, TopLogprob, Usage,
+    ChatMessage, ChatRequest, Completion, CompletionRequest, FinishReason, Prompt, Repetition, Role, Sampling, TokenLogprob, TopLogprob,
+    Usage,
 };

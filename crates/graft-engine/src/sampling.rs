@@ -9,14 +9,18 @@
 //! unseeded requests also means one meaning for the cuts (mistralrs's own skips min-p when
 //! top-p is off).
 //!
-//! OpenAI's frequency and presence penalties live here too ([`Penalties`]): mistralrs's own
-//! count the prompt's tokens as well, which would push a code completion away from the very
-//! names its prompt uses; OpenAI counts the answer's tokens alone.
+//! The penalties live here too ([`Penalties`]): OpenAI's frequency and presence penalties
+//! count the answer's tokens alone (mistralrs's own count the prompt's as well, which would
+//! push a code completion away from the very names its prompt uses); the repetition penalty
+//! of vLLM and llama.cpp counts the prompt too, as theirs does, since that is what their
+//! clients ask for.
 //!
 //! This module decides tokens; it must not know about requests or responses.
 
 use candle_core::{DType, Tensor};
 use mistralrs::CustomLogitsProcessor;
+
+use crate::types::Repetition;
 
 /// Samples from a per-request seed, in vLLM's order: the softmax at `temperature`; only the
 /// tokens at least `min_p` times as likely as the likeliest; of those the `top_k` likeliest;
@@ -131,21 +135,42 @@ pub(crate) fn only(token: usize, logits: &Tensor) -> candle_core::Result<Tensor>
     like(only, logits)
 }
 
-/// OpenAI's frequency and presence penalties over the answer's tokens: a token's logit is
-/// lowered by `frequency` for each time it appears in the answer so far, and by `presence`
-/// once it appears at all. The prompt's tokens do not count.
+/// The penalties on tokens already seen, in vLLM's order: the repetition penalty over the
+/// context (prompt included, or its last tokens), then OpenAI's frequency and presence
+/// penalties over the answer's tokens alone: a token's logit is lowered by `frequency` for
+/// each time it appears in the answer so far, and by `presence` once it appears at all.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Penalties {
     pub frequency: f32,
     pub presence: f32,
+    pub repetition: Option<Repetition>,
     /// Tokens of the prompt: the context's first ones.
     pub prompt_tokens: usize,
 }
 
 impl Penalties {
-    fn apply_to(&self, logits: &mut [f32], answer: &[u32]) {
+    /// Whether `apply_to` would change anything for this `context`.
+    fn applies(&self, context: &[u32]) -> bool {
+        let repeats = self.repetition.is_some_and(|r| r.window != Some(0)) && !context.is_empty();
+        let counts = (self.frequency != 0.0 || self.presence != 0.0) && context.len() > self.prompt_tokens;
+        repeats || counts
+    }
+
+    fn apply_to(&self, logits: &mut [f32], context: &[u32]) {
+        if let Some(Repetition { penalty, window }) = self.repetition {
+            let start = window.map_or(0, |n| context.len().saturating_sub(n));
+            let seen: std::collections::HashSet<u32> = context[start..].iter().copied().collect();
+            for token in seen {
+                if let Some(logit) = logits.get_mut(token as usize) {
+                    *logit = if *logit > 0.0 { *logit / penalty } else { *logit * penalty };
+                }
+            }
+        }
+        if self.frequency == 0.0 && self.presence == 0.0 {
+            return;
+        }
         let mut counts = std::collections::HashMap::<u32, f32>::new();
-        for &token in answer {
+        for &token in context.get(self.prompt_tokens..).unwrap_or_default() {
             *counts.entry(token).or_default() += 1.0;
         }
         for (token, count) in counts {
@@ -158,12 +183,11 @@ impl Penalties {
 
 impl CustomLogitsProcessor for Penalties {
     fn apply(&self, logits: &Tensor, context: &[u32]) -> candle_core::Result<Tensor> {
-        let answer = context.get(self.prompt_tokens..).unwrap_or_default();
-        if answer.is_empty() {
+        if !self.applies(context) {
             return Ok(logits.clone());
         }
         let mut values = values(logits)?;
-        self.apply_to(&mut values, answer);
+        self.apply_to(&mut values, context);
         like(values, logits)
     }
 }
@@ -362,6 +386,7 @@ mod tests {
         let penalties = Penalties {
             frequency: 0.5,
             presence: 0.25,
+            repetition: None,
             prompt_tokens: 0,
         };
         let mut logits = [1.0f32; 4];
@@ -378,6 +403,34 @@ mod tests {
         assert_eq!(out, vec![1.0 - 0.75, 1.0, 1.0, 1.0]);
         let untouched: Vec<f32> = with_prompt.apply(&tensor, &[2, 2]).unwrap().to_vec1().unwrap();
         assert_eq!(untouched, vec![1.0; 4]);
+    }
+
+    #[test]
+    fn the_repetition_penalty_counts_the_prompt_once_per_token_within_its_window() {
+        let repeat = |penalty, window| Penalties {
+            frequency: 0.0,
+            presence: 0.0,
+            repetition: Some(Repetition { penalty, window }),
+            prompt_tokens: 3,
+        };
+        let tensor = Tensor::new(&[2.0f32, -2.0, 2.0, 0.0, 4.0], &candle_core::Device::Cpu).unwrap();
+        let run = |p: Penalties, context: &[u32]| -> Vec<f32> { p.apply(&tensor, context).unwrap().to_vec1().unwrap() };
+        // Prompt tokens count: a positive logit divided, a negative one multiplied, however
+        // often the token appears; a logit of 0 stays 0; token 4 is not in the context.
+        assert_eq!(run(repeat(2.0, None), &[0, 0, 1, 3]), vec![1.0, -4.0, 2.0, 0.0, 4.0]);
+        // Below 1 the seen tokens become likelier.
+        assert_eq!(run(repeat(0.5, None), &[0, 1]), vec![4.0, -1.0, 2.0, 0.0, 4.0]);
+        // A window: only the last two tokens of the context count.
+        assert_eq!(run(repeat(2.0, Some(2)), &[0, 1, 2, 4]), vec![2.0, -2.0, 1.0, 0.0, 2.0]);
+        // A window of 0, and an empty context, change nothing.
+        assert_eq!(run(repeat(2.0, Some(0)), &[0, 1]), vec![2.0, -2.0, 2.0, 0.0, 4.0]);
+        assert_eq!(run(repeat(2.0, None), &[]), vec![2.0, -2.0, 2.0, 0.0, 4.0]);
+        // With the frequency penalty after it, on the answer's tokens alone (the fourth on).
+        let both = Penalties {
+            frequency: 1.0,
+            ..repeat(2.0, None)
+        };
+        assert_eq!(run(both, &[0, 1, 2, 0, 0]), vec![1.0 - 2.0, -4.0, 1.0, 0.0, 4.0]);
     }
 
     #[test]

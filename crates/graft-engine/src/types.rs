@@ -53,6 +53,9 @@ pub struct Sampling {
     /// OpenAI's `presence_penalty`: each logit lowered by this much once its token appears in
     /// the answer. 0 disables it.
     pub presence_penalty: f64,
+    /// vLLM's `repetition_penalty`, llama.cpp's `repeat_penalty`: tokens already in the
+    /// context, prompt included, made less likely ([`Repetition`]). `None` disables it.
+    pub repetition: Option<Repetition>,
     /// With `Some(k)`, each generated token comes with its log-probability and the `k` most
     /// likely tokens at its place ([`TokenLogprob`]).
     pub logprobs: Option<usize>,
@@ -77,11 +80,24 @@ impl Sampling {
             seed: None,
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
+            repetition: None,
             logprobs: None,
             logit_bias: Vec::new(),
             grammar: None,
         }
     }
+}
+
+/// A penalty on the tokens already in the context, prompt included, as vLLM and llama.cpp
+/// (after CTRL) apply it: each such token's logit is divided by `penalty` when positive and
+/// multiplied by it when negative, however often the token appears.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Repetition {
+    /// Above 1 the model repeats less, below 1 more.
+    pub penalty: f32,
+    /// Only the context's last `window` tokens count (llama.cpp's `repeat_last_n`); `None`:
+    /// the whole context (vLLM's).
+    pub window: Option<usize>,
 }
 
 /// A chat request to the engine.
@@ -146,8 +162,8 @@ pub struct Completion {
 }
 
 /// A generated token and how likely the model found it: natural-log probabilities of the
-/// model's distribution at that place, after the frequency and presence penalties and
-/// `logit_bias`, and before
+/// model's distribution at that place, after the penalties (repetition, frequency and
+/// presence) and `logit_bias`, and before
 /// temperature and top-p (what vLLM calls raw log-probabilities).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprob {

@@ -2,7 +2,7 @@
 //! response bodies as clients expect them. Plain data; validation lives with the handlers.
 //!
 //! Unknown request fields are ignored, as OpenAI clients send many that a local server has no
-//! use for (`user`, `logit_bias`, ...).
+//! use for (`user`, `store`, `metadata`, ...).
 
 use std::collections::HashMap;
 
@@ -32,6 +32,9 @@ pub struct ChatCompletionRequest {
     pub seed: Option<i64>,
     pub frequency_penalty: Option<f64>,
     pub presence_penalty: Option<f64>,
+    /// vLLM's `repetition_penalty`, llama.cpp's `repeat_penalty` and `repeat_last_n`.
+    #[serde(flatten)]
+    pub repetition: RepetitionFields,
     /// Each answer token's log-probability ([`ChatLogprobs`]) ...
     pub logprobs: Option<bool>,
     /// ... with this many of the likeliest tokens at its place.
@@ -91,6 +94,17 @@ impl UnsupportedChatFields {
         .find(|(_, off, _)| !off)
         .map(|(field, _, message)| (field, message))
     }
+}
+
+/// The repetition penalty as the servers users come from take it (read and checked by
+/// `routes::params`): vLLM's `repetition_penalty` over the whole context, prompt included;
+/// llama.cpp's and Ollama's `repeat_penalty` over the last `repeat_last_n` tokens (64 unless
+/// given; -1: the whole context; 0: none).
+#[derive(Debug, Default, Deserialize)]
+pub struct RepetitionFields {
+    pub repetition_penalty: Option<f64>,
+    pub repeat_penalty: Option<f64>,
+    pub repeat_last_n: Option<i64>,
 }
 
 /// The fields that ask for structured output, as a request gave them (read and checked by
@@ -165,6 +179,9 @@ pub struct CompletionRequest {
     pub seed: Option<i64>,
     pub frequency_penalty: Option<f64>,
     pub presence_penalty: Option<f64>,
+    /// The repetition penalty, as for chat.
+    #[serde(flatten)]
+    pub repetition: RepetitionFields,
     pub logit_bias: Option<HashMap<String, f64>>,
     /// graft's extensions, as for chat.
     pub retrieval: Option<RetrievalField>,

@@ -196,6 +196,7 @@ fn to_engine_request(request: ChatCompletionRequest, limits: &GenerationConfig) 
         seed: request.seed,
         frequency_penalty: request.frequency_penalty,
         presence_penalty: request.presence_penalty,
+        repetition: request.repetition,
         logprobs,
         logit_bias: request.logit_bias,
     }
@@ -285,6 +286,7 @@ fn content_text(index: usize, content: Option<Content>) -> Result<String, ApiErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use graft_engine::Repetition;
 
     fn request(body: &str) -> Result<ChatRequest, ApiError> {
         let request: ChatCompletionRequest = crate::json::parse(body.as_bytes())?;
@@ -331,6 +333,11 @@ mod tests {
             (r#""logprobs":false,"top_logprobs":2"#, "top_logprobs"),
             (r#""logit_bias":{"12":-101}"#, "logit_bias"),
             (r#""logit_bias":{"the":1}"#, "logit_bias"),
+            (r#""repetition_penalty":0"#, "repetition_penalty"),
+            (r#""repetition_penalty":101"#, "repetition_penalty"),
+            (r#""repeat_penalty":-1.1"#, "repeat_penalty"),
+            (r#""repetition_penalty":1.1,"repeat_penalty":1.2"#, "repeat_penalty"),
+            (r#""repeat_penalty":1.1,"repeat_last_n":-2"#, "repeat_last_n"),
         ];
         for (field, param) in cases {
             let body = format!(r#"{{"model":"m",{field},"messages":[{{"role":"user","content":"x"}}]}}"#);
@@ -355,6 +362,28 @@ mod tests {
         assert_eq!((r.sampling.frequency_penalty, r.sampling.presence_penalty), (0.0, 0.0));
         let biased = request(r#"{"model":"m","logit_bias":{"7":-100," 3":2.5},"messages":[{"role":"user","content":"x"}]}"#).unwrap();
         assert_eq!(biased.sampling.logit_bias, vec![(3, 2.5), (7, -100.0)]);
+    }
+
+    #[test]
+    fn the_repetition_penalty_takes_vllms_and_llama_cpps_names_and_windows() {
+        let repetition = |fields: &str| {
+            let body = format!(r#"{{"model":"m",{fields}"messages":[{{"role":"user","content":"x"}}]}}"#);
+            request(&body).unwrap().sampling.repetition
+        };
+        let of = |penalty, window| Some(Repetition { penalty, window });
+        // vLLM's name: the whole context; llama.cpp's: its last 64 tokens unless told.
+        assert_eq!(repetition(r#""repetition_penalty":1.25,"#), of(1.25, None));
+        assert_eq!(repetition(r#""repeat_penalty":1.25,"#), of(1.25, Some(64)));
+        assert_eq!(repetition(r#""repeat_penalty":1.25,"repeat_last_n":8,"#), of(1.25, Some(8)));
+        assert_eq!(repetition(r#""repeat_penalty":1.25,"repeat_last_n":-1,"#), of(1.25, None));
+        assert_eq!(repetition(r#""repetition_penalty":0.8,"repeat_last_n":16,"#), of(0.8, Some(16)));
+        // Both names with one value are one setting.
+        assert_eq!(repetition(r#""repetition_penalty":1.5,"repeat_penalty":1.5,"#), of(1.5, None));
+        // No penalty: none given, 1, or a window of 0 tokens.
+        assert_eq!(repetition(""), None);
+        assert_eq!(repetition(r#""repetition_penalty":1,"#), None);
+        assert_eq!(repetition(r#""repeat_penalty":1.3,"repeat_last_n":0,"#), None);
+        assert_eq!(repetition(r#""repeat_last_n":32,"#), None);
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub async fn completions(
         seed: request.seed,
         frequency_penalty: request.frequency_penalty,
         presence_penalty: request.presence_penalty,
+        repetition: request.repetition,
         logprobs: request.logprobs.map(|top| (top, "logprobs")),
         logit_bias: request.logit_bias,
     }

@@ -29,7 +29,7 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::generation::{admit, Generation};
 use crate::json::Json;
-use crate::openai::{RetrievalField, Stop};
+use crate::openai::{RepetitionFields, RetrievalField, Stop};
 use crate::prompt::completion::{self, TooLong};
 use crate::routes::params::SamplingFields;
 use crate::state::AppState;
@@ -54,6 +54,9 @@ pub struct InfillRequest {
     pub min_p: Option<f64>,
     pub stop: Option<Stop>,
     pub seed: Option<i64>,
+    /// `repeat_penalty` over the last `repeat_last_n` tokens, as llama.cpp takes them.
+    #[serde(flatten)]
+    pub repetition: RepetitionFields,
     pub stream: Option<bool>,
     pub n_indent: Option<usize>,
     pub t_max_predict_ms: Option<u64>,
@@ -121,6 +124,7 @@ pub async fn infill(
         min_p: request.min_p,
         stop: request.stop.map(Stop::into_vec).unwrap_or_default(),
         seed: request.seed,
+        repetition: request.repetition,
         logprobs: request.n_probs.filter(|n| *n > 0).map(|n| (n, "n_probs")),
         ..SamplingFields::default()
     }
@@ -161,6 +165,10 @@ pub async fn infill(
         "top_p": sampling.top_p,
         "top_k": sampling.top_k,
         "min_p": sampling.min_p,
+        // llama.cpp's spelling of the penalty used: -1 tokens for the whole context, 0 for
+        // none.
+        "repeat_penalty": sampling.repetition.map_or(1.0, |r| r.penalty),
+        "repeat_last_n": sampling.repetition.map_or(0, |r| r.window.map_or(-1, |n| n as i64)),
         "seed": request.seed,
         "n_indent": request.n_indent,
         "t_max_predict_ms": request.t_max_predict_ms,

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 
 use graft_core::config::GenerationConfig;
 use graft_engine::logprobs::MAX_TOP_LOGPROBS;
-use graft_engine::{Grammar, Sampling};
+use graft_engine::{Grammar, Repetition, Sampling};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::openai::{DebugInfo, StructuredFields};
+use crate::openai::{DebugInfo, RepetitionFields, StructuredFields};
 use crate::state::AppState;
 
 /// OpenAI accepts at most four stop sequences.
@@ -29,6 +29,7 @@ pub struct SamplingFields {
     pub seed: Option<i64>,
     pub frequency_penalty: Option<f64>,
     pub presence_penalty: Option<f64>,
+    pub repetition: RepetitionFields,
     /// How many alternatives to list with each token's log-probability (`None`: no
     /// log-probabilities), and the request field that asked, for its errors.
     pub logprobs: Option<(u32, &'static str)>,
@@ -86,6 +87,7 @@ impl SamplingFields {
         };
         let frequency_penalty = penalty(self.frequency_penalty, "frequency_penalty")?;
         let presence_penalty = penalty(self.presence_penalty, "presence_penalty")?;
+        let repetition = repetition(self.repetition)?;
         let logprobs = match self.logprobs {
             Some((top, param)) if top as usize > MAX_TOP_LOGPROBS => {
                 return Err(ApiError::invalid_param(
@@ -107,11 +109,55 @@ impl SamplingFields {
             seed: self.seed.map(|s| s as u64),
             frequency_penalty,
             presence_penalty,
+            repetition,
             logprobs,
             logit_bias,
             grammar: None,
         })
     }
+}
+
+/// llama.cpp's `repeat_last_n` when a request gives `repeat_penalty` without it.
+const LLAMA_CPP_REPEAT_LAST_N: usize = 64;
+
+/// The repetition penalty a request asks for; `None` when it asks for none (a penalty of 1,
+/// or a window of 0 tokens). The two names are one setting: given both, they must agree.
+fn repetition(fields: RepetitionFields) -> Result<Option<Repetition>, ApiError> {
+    let (penalty, param, default_window) = match (fields.repetition_penalty, fields.repeat_penalty) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::invalid_param(
+                "repeat_penalty",
+                format!("repetition_penalty ({a}, vLLM's name) and repeat_penalty ({b}, llama.cpp's) are one setting; give one of them"),
+            ))
+        }
+        (Some(p), _) => (p, "repetition_penalty", None),
+        (None, Some(p)) => (p, "repeat_penalty", Some(LLAMA_CPP_REPEAT_LAST_N)),
+        (None, None) => (1.0, "repetition_penalty", None),
+    };
+    // Bounded so that dividing and multiplying a logit by it stays finite in f32.
+    if !(0.01..=100.0).contains(&penalty) {
+        return Err(ApiError::invalid_param(
+            param,
+            format!("{param} must be between 0.01 and 100 (1: no penalty; above 1 repeats less), got {penalty}"),
+        ));
+    }
+    let window = match fields.repeat_last_n {
+        None => default_window,
+        Some(-1) => None,
+        Some(n) => Some(usize::try_from(n).map_err(|_| {
+            ApiError::invalid_param(
+                "repeat_last_n",
+                format!("repeat_last_n must be -1 (the whole context), 0 (no penalty) or a number of tokens, got {n}"),
+            )
+        })?),
+    };
+    if penalty == 1.0 || window == Some(0) {
+        return Ok(None);
+    }
+    Ok(Some(Repetition {
+        penalty: penalty as f32,
+        window,
+    }))
 }
 
 /// `logit_bias` as the engine takes it: each key a token id, each bias within [-100, 100].
