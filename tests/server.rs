@@ -954,6 +954,116 @@ async fn the_repetition_penalty_counts_the_prompt_as_vllm_and_llama_cpp_do() {
 }
 
 #[tokio::test]
+async fn a_stop_string_ends_the_answer_just_before_it_whole_and_streamed() {
+    let request = completion("The three primary colours are", 40);
+    let (status, body) = post("/v1/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    let free = body["choices"][0]["text"].as_str().unwrap().to_owned();
+    assert!(free.chars().count() > 40, "{free}");
+    // Stop strings cut from the free answer at a quarter, a half and three quarters: most
+    // start or end inside a token, where mistralrs alone let them through with one token
+    // more. A second stop string later in the answer does not matter.
+    let chars: Vec<(usize, char)> = free.char_indices().collect();
+    for quarter in 1..=3 {
+        let start = chars[chars.len() * quarter / 4].0;
+        let end = chars.get(chars.len() * quarter / 4 + 3).map_or(free.len(), |c| c.0);
+        let stop = &free[start..end];
+        let expected = &free[..free.find(stop).unwrap()];
+        let mut stopped = with_fields(request.clone(), &json!({"stop": [stop, &free[free.len() - 2..]], "logprobs": 0}));
+        let (status, body) = post("/v1/completions", &stopped).await;
+        assert_eq!(status, 200, "{body}");
+        let choice = &body["choices"][0];
+        assert_eq!(
+            (choice["text"].as_str(), &choice["finish_reason"]),
+            (Some(expected), &json!("stop")),
+            "stop {stop:?}: {body}"
+        );
+        // The tokens listed are the answer's, up to the one the stop string starts in.
+        let tokens: String = choice["logprobs"]["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        assert!(
+            tokens.starts_with(expected) && tokens.len() < expected.len() + stop.len() + 16,
+            "{tokens:?}"
+        );
+        // Streamed: the same text, the stop string never sent.
+        stopped["logprobs"] = Value::Null;
+        let events = stream_events("/v1/completions", &stopped).await;
+        let streamed: String = events.iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect();
+        assert_eq!(streamed, expected, "stop {stop:?}");
+        assert_eq!(events.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    }
+    // A stop string the answer never spells: the whole answer.
+    let (_, body) = post("/v1/completions", &with_fields(request.clone(), &json!({"stop": "zqzq"}))).await;
+    assert_eq!(body["choices"][0]["text"].as_str(), Some(free.as_str()));
+    // On chat too.
+    let chat = greedy_chat("Say hi", 40);
+    let (_, body) = post("/v1/chat/completions", &chat).await;
+    let answer = body["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    let middle = answer.char_indices().nth(answer.chars().count() / 2).unwrap().0;
+    let stop: String = answer[middle..].chars().take(3).collect();
+    let (_, body) = post("/v1/chat/completions", &with_fields(chat, &json!({"stop": stop}))).await;
+    assert_eq!(
+        body["choices"][0]["message"]["content"].as_str(),
+        Some(&answer[..answer.find(&stop).unwrap()]),
+        "{stop:?}"
+    );
+}
+
+#[tokio::test]
+async fn min_tokens_and_ignore_eos_hold_the_end_back() {
+    let chat = greedy_chat("Say hi", 40);
+    let answer = |fields: Value| {
+        let request = with_fields(chat.clone(), &fields);
+        async move {
+            let (status, body) = post("/v1/chat/completions", &request).await;
+            assert_eq!(status, 200, "{body}");
+            let content = body["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned();
+            let tokens = body["usage"]["completion_tokens"].as_u64().unwrap_or_default();
+            (content, tokens, body["choices"][0]["finish_reason"].clone())
+        }
+    };
+    let (free, free_tokens, reason) = answer(json!({})).await;
+    assert!(
+        free_tokens < 34 && reason == "stop",
+        "the control ends early: {free} ({free_tokens})"
+    );
+    // Held back, the greedy answer goes on from where it would have ended.
+    let (held, held_tokens, _) = answer(json!({"min_tokens": 34})).await;
+    assert!(
+        held_tokens >= 34 && held.starts_with(&free) && held.len() > free.len(),
+        "{held} ({held_tokens})"
+    );
+    let (ignored, ignored_tokens, reason) = answer(json!({"ignore_eos": true})).await;
+    assert_eq!((ignored_tokens, reason), (40, json!("length")), "{ignored}");
+    // ignore_eos keeps stop strings: the answer still ends at one.
+    let (stopped, _, reason) = answer(json!({"ignore_eos": true, "stop": ["brings"]})).await;
+    assert_eq!((stopped.as_str(), reason), (free.split("brings").next().unwrap(), json!("stop")));
+    // llama.cpp's /infill takes ignore_eos and says so.
+    let infill = json!({"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n", "n_predict": 16, "ignore_eos": true});
+    let (status, body) = post("/infill", &infill).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["tokens_predicted"].as_u64(), &body["generation_settings"]["ignore_eos"]),
+        (Some(16), &json!(true)),
+        "{body}"
+    );
+
+    // What cannot be honoured is refused, naming the field.
+    for (fields, param) in [
+        (json!({"min_tokens": 41}), json!("min_tokens")),
+        (json!({"min_tokens": 5, "stop": ["x"]}), json!("min_tokens")),
+        (json!({"ignore_eos": true, "response_format": {"type": "json_object"}}), Value::Null),
+    ] {
+        let (status, body) = post("/v1/chat/completions", &with_fields(chat.clone(), &fields)).await;
+        assert_eq!(error_of(status, &body, 400)["param"], param, "{body}");
+    }
+}
+
+#[tokio::test]
 async fn logit_bias_bans_a_token_and_forces_another() {
     let tokenizer = graft_engine::Tokenizer::from_gguf(&graft_tests::kit_file(MODEL)).unwrap();
     let prompt = "The capital of France is";

@@ -4,6 +4,7 @@
 //! request types and mistralrs's. It must not know about HTTP or retrieval.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -22,7 +23,8 @@ use crate::error::EngineError;
 use crate::fim::PromptFormat;
 use crate::grammar::{Grammar, Grammars};
 use crate::logprobs::{Chooser, Record};
-use crate::sampling::{Bias, Penalties, SeededSampler};
+use crate::sampling::{Bias, NoEndBefore, Penalties, SeededSampler};
+use crate::stop::StopText;
 use crate::tokenizer::Tokenizer;
 use crate::types::{ChatMessage, ChatRequest, Completion, CompletionRequest, FinishReason, Prompt, Role, Sampling, TokenLogprob, Usage};
 
@@ -68,6 +70,8 @@ pub struct Engine {
     format: PromptFormat,
     /// Tokens in the base model's vocabulary, when its GGUF says.
     vocab_size: Option<usize>,
+    /// The tokens that end a text ([`Engine::end_tokens`]).
+    end_tokens: Arc<[u32]>,
     /// The base model's tokenizer outside mistralrs, read on the first request that asks for
     /// log-probabilities (their tokens' text); adapters share the base's vocabulary.
     tokenizer: OnceLock<Result<Arc<Tokenizer>, String>>,
@@ -103,6 +107,7 @@ impl Engine {
             base: base.clone(),
             model,
             format,
+            end_tokens: vocabulary.as_ref().map_or_else(|| Arc::from([]), |v| end_tokens(v, format)),
             vocab_size: vocabulary.map(|v| v.size),
             tokenizer: OnceLock::new(),
             grammars: Grammars::default(),
@@ -293,6 +298,14 @@ impl Engine {
         }
     }
 
+    /// The tokens that end a text, which `min_tokens` holds back: the GGUF's end-of-text,
+    /// end-of-turn and end-of-message ids, the end-of-turn tokens of the chat formats
+    /// mistralrs stops at (`<|im_end|>`, `<|eot_id|>`, ...), and the prompt format's own
+    /// stop tokens, those of them the vocabulary has (adapters share it).
+    pub fn end_tokens(&self) -> &[u32] {
+        &self.end_tokens
+    }
+
     /// The base model's tokenizer outside mistralrs (read once, on first use): each token's
     /// own text and bytes. Adapters share it.
     pub fn tokenizer(&self) -> Result<Arc<Tokenizer>, EngineError> {
@@ -318,7 +331,13 @@ impl Engine {
             Some(_) => Some((Arc::new(Record::default()), self.tokenizer()?)),
             None => None,
         };
-        let (sampling_params, mut processors) = sampling_params(sampling, prompt_tokens, record.clone());
+        if sampling.min_tokens > 0 && sampling.grammar.is_some() {
+            return Err(EngineError::InvalidRequest(
+                "min_tokens and ignore_eos cannot be used with structured output or tools: the answer ends when its grammar is complete"
+                    .into(),
+            ));
+        }
+        let (sampling_params, mut processors) = sampling_params(sampling, prompt_tokens, &self.end_tokens, record.clone());
         // The counter goes first, so it sees every sampled token whatever the others do.
         processors.insert(
             0,
@@ -369,7 +388,11 @@ impl Engine {
                 record,
                 handed: 0,
                 ready: Vec::new(),
+                waiting: VecDeque::new(),
             }),
+            stops: StopText::new(&sampling.stop),
+            received: 0,
+            sent: 0,
         })
     }
 }
@@ -475,6 +498,11 @@ pub struct TokenStream {
     guard: Option<Box<dyn Any + Send + Sync>>,
     /// The log-probabilities' record, when the request asked for them.
     logprobs: Option<Handout>,
+    /// The request's stop strings, matched on the text (`stop`).
+    stops: Option<StopText>,
+    /// Bytes of answer text received from mistralrs, and handed out.
+    received: usize,
+    sent: usize,
 }
 
 /// Where a stream is in handing out its [`Record`]'s entries.
@@ -482,9 +510,13 @@ struct Handout {
     record: Arc<Record>,
     /// Entries before this position have been matched to text.
     handed: usize,
-    /// Entries matched to text that has not been handed out yet (a chunk with no text of its
-    /// own, such as the first piece of a character; the next text carries them).
+    /// Entries matched to the chunk being read.
     ready: Vec<TokenLogprob>,
+    /// Entries of chunks whose text has not been handed out yet, each with the offset in the
+    /// answer's text where its chunk's text starts (a chunk with no text of its own, such as
+    /// the first piece of a character, or text held back by a stop string's start): they go
+    /// out with the text that begins their chunk.
+    waiting: VecDeque<(usize, Vec<TokenLogprob>)>,
 }
 
 impl Handout {
@@ -494,6 +526,17 @@ impl Handout {
             self.ready.extend(entries);
             self.handed = next;
         }
+    }
+
+    /// The entries of the chunks whose text starts before `offset`.
+    fn before(&mut self, offset: usize) -> Vec<TokenLogprob> {
+        let mut entries = Vec::new();
+        while self.waiting.front().is_some_and(|(start, _)| *start < offset) {
+            if let Some((_, mut chunk)) = self.waiting.pop_front() {
+                entries.append(&mut chunk);
+            }
+        }
+        entries
     }
 }
 
@@ -525,7 +568,16 @@ impl TokenStream {
                     FinishReason::Stop
                 };
                 tracing::debug!(generated, "the generation ended inside a character; its last bytes are left out");
-                return Some(Ok(self.end_event(reason)));
+                let end = self.end_event(reason);
+                // Text a stop string's start held back is the answer's end.
+                let text = self.stops.as_mut().map(StopText::flush).unwrap_or_default();
+                if text.is_empty() {
+                    return Some(Ok(end));
+                }
+                self.end = Some(end);
+                self.sent += text.len();
+                let logprobs = self.logprobs.as_mut().map(|h| h.before(self.sent));
+                return Some(Ok(StreamEvent::Text { text, logprobs }));
             };
             let (text, reason, logprob) = match response {
                 Response::CompletionChunk(chunk) => {
@@ -556,19 +608,41 @@ impl TokenStream {
                 // mistralrs's own log-probabilities are of the one token graft's chooser left
                 // possible: its single entry names the token this chunk was sent for.
                 handout.chunk_for(logprob.and_then(|l| l.top_logprobs.first().map(|t| t.token)));
+                let entries = std::mem::take(&mut handout.ready);
+                if !entries.is_empty() {
+                    handout.waiting.push_back((self.received, entries));
+                }
             }
+            self.received += text.len();
+            let (mut text, stopped) = match &mut self.stops {
+                Some(stops) => stops.push(&text),
+                None => (text, false),
+            };
+            let reason = match (stopped, reason) {
+                // A stop string: the answer ends before it, whatever mistralrs goes on to.
+                (true, _) => Some(FinishReason::Stop),
+                (false, Some(reason)) => {
+                    if let Some(stops) = &mut self.stops {
+                        text.push_str(&stops.flush());
+                    }
+                    Some(finish_reason(&reason))
+                }
+                (false, None) => None,
+            };
+            self.sent += text.len();
             if let Some(reason) = reason {
-                // The receiver is not read again: the sequence is over.
+                // The receiver is not read again: the sequence is over (closing it cancels a
+                // sequence a stop string ended).
                 self.rx.close();
                 self.finished = true;
-                let end = self.end_event(finish_reason(&reason));
+                let end = self.end_event(reason);
                 if text.is_empty() {
                     return Some(Ok(end));
                 }
                 self.end = Some(end);
             }
             if !text.is_empty() {
-                let logprobs = self.logprobs.as_mut().map(|h| std::mem::take(&mut h.ready));
+                let logprobs = self.logprobs.as_mut().map(|h| h.before(self.sent));
                 return Some(Ok(StreamEvent::Text { text, logprobs }));
             }
         }
@@ -650,11 +724,13 @@ fn split_path(path: &Path) -> Result<(String, String), EngineError> {
 }
 
 /// mistralrs's sampling parameters for `s` (a prompt of `prompt_tokens`), and the logits
-/// processors that apply graft's penalties, seeded sampling and log-probabilities; `record`
-/// (with the tokenizer for the tokens' text) when the request asked for log-probabilities.
+/// processors that apply graft's penalties, `min_tokens` (holding back `ends`), seeded
+/// sampling and log-probabilities; `record` (with the tokenizer for the tokens' text) when
+/// the request asked for log-probabilities.
 fn sampling_params(
     s: &Sampling,
     prompt_tokens: usize,
+    ends: &Arc<[u32]>,
     record: Option<(Arc<Record>, Arc<Tokenizer>)>,
 ) -> (SamplingParams, Vec<Arc<dyn CustomLogitsProcessor>>) {
     // Greedy unless a temperature is given. A sampled request stays greedy in mistralrs and
@@ -674,6 +750,13 @@ fn sampling_params(
     }
     if !s.logit_bias.is_empty() {
         processors.push(Arc::new(Bias(s.logit_bias.clone())));
+    }
+    if s.min_tokens > 0 && !ends.is_empty() {
+        processors.push(Arc::new(NoEndBefore {
+            min_tokens: s.min_tokens,
+            ends: Arc::clone(ends),
+            prompt_tokens,
+        }));
     }
     // Without a seed, a seed of its own: still one draw per request.
     let sampler = (s.temperature > 0.0).then(|| SeededSampler {
@@ -705,11 +788,47 @@ fn sampling_params(
     (params, processors)
 }
 
-/// What a GGUF model's vocabulary says: its size, and the prompt format its special tokens
-/// speak.
+/// What a GGUF model's vocabulary says: its size, the prompt format its special tokens
+/// speak, the ids its metadata names as ends, and the tokens' text.
 struct Vocabulary {
     size: usize,
     format: PromptFormat,
+    /// `tokenizer.ggml.eos_token_id`, `eot_token_id` and `eom_token_id`, those given.
+    end_ids: Vec<u32>,
+    tokens: Vec<String>,
+}
+
+/// End-of-turn tokens of the chat formats, which mistralrs stops at when a template uses
+/// them (its `SUPPORTED_ALTERNATE_EOS`).
+const CHAT_ENDS: [&str; 8] = [
+    "<|im_end|>",
+    "<end_of_turn>",
+    "<|end_of_text|>",
+    "<|end|>",
+    "<|eot_id|>",
+    "<|message|>",
+    "<|start|>",
+    "<|channel|>",
+];
+
+/// [`Engine::end_tokens`] of a vocabulary read in `format`: SentencePiece vocabularies
+/// spell some special tokens with a leading `▁` (CodeLlama's `▁<EOT>`).
+fn end_tokens(vocabulary: &Vocabulary, format: PromptFormat) -> Arc<[u32]> {
+    let named = |token: &str| {
+        let token = token.strip_prefix('▁').unwrap_or(token);
+        CHAT_ENDS.contains(&token) || format.stop_sequences().contains(&token)
+    };
+    let mut ends: Vec<u32> = vocabulary
+        .tokens
+        .iter()
+        .enumerate()
+        .filter(|(_, token)| named(token))
+        .map(|(id, _)| id as u32)
+        .chain(vocabulary.end_ids.iter().copied().filter(|&id| (id as usize) < vocabulary.size))
+        .collect();
+    ends.sort_unstable();
+    ends.dedup();
+    ends.into()
 }
 
 fn read_vocabulary(path: &Path) -> Option<Vocabulary> {
@@ -720,9 +839,17 @@ fn read_vocabulary(path: &Path) -> Option<Vocabulary> {
             Some(gguf_file::Value::Array(tokens)) => tokens,
             _ => return Err("no tokenizer.ggml.tokens".into()),
         };
+        let tokens: Vec<String> = tokens.iter().map(|t| t.to_string().cloned().unwrap_or_default()).collect();
+        let end_ids = ["eos", "eot", "eom"]
+            .iter()
+            .filter_map(|name| content.metadata.get(&format!("tokenizer.ggml.{name}_token_id")))
+            .filter_map(|id| id.to_u32().ok())
+            .collect();
         Ok(Vocabulary {
             size: tokens.len(),
-            format: PromptFormat::detect(tokens.iter().filter_map(|t| t.to_string().ok().map(String::as_str))),
+            format: PromptFormat::detect(tokens.iter().map(String::as_str)),
+            end_ids,
+            tokens,
         })
     };
     read()

@@ -10,6 +10,7 @@
 //! - [`fim`]: completion prompt formats (fill-in-the-middle, repo-level) by model family.
 //! - [`sampling`]: seeded sampling, repeatable per request; OpenAI's penalties and the
 //!   repetition penalty of vLLM and llama.cpp.
+//! - `stop`: stop strings matched on the streamed text, the stop string left out.
 //! - [`logprobs`]: each generated token's log-probability and the likeliest alternatives.
 //! - [`grammar`]: structured output: a JSON Schema, regex or Lark grammar the answer follows.
 //! - [`synthetic`]: generated adapters for tests and benchmarks.
@@ -30,6 +31,7 @@ pub mod merge;
 pub mod pool;
 pub mod requantize;
 mod sampling;
+mod stop;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod types;

@@ -17,6 +17,8 @@
 //!
 //! This module decides tokens; it must not know about requests or responses.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Tensor};
 use mistralrs::CustomLogitsProcessor;
 
@@ -188,6 +190,31 @@ impl CustomLogitsProcessor for Penalties {
         }
         let mut values = values(logits)?;
         self.apply_to(&mut values, context);
+        like(values, logits)
+    }
+}
+
+/// vLLM's `min_tokens` (and, to the last token, `ignore_eos`): the model's end-of-text tokens
+/// cannot be chosen before the answer has `min_tokens` tokens.
+#[derive(Debug, Clone)]
+pub(crate) struct NoEndBefore {
+    pub min_tokens: usize,
+    pub ends: Arc<[u32]>,
+    /// Tokens of the prompt: the context's first ones.
+    pub prompt_tokens: usize,
+}
+
+impl CustomLogitsProcessor for NoEndBefore {
+    fn apply(&self, logits: &Tensor, context: &[u32]) -> candle_core::Result<Tensor> {
+        if context.len().saturating_sub(self.prompt_tokens) >= self.min_tokens {
+            return Ok(logits.clone());
+        }
+        let mut values = values(logits)?;
+        for &token in self.ends.iter() {
+            if let Some(logit) = values.get_mut(token as usize) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
         like(values, logits)
     }
 }
@@ -431,6 +458,22 @@ mod tests {
             ..repeat(2.0, None)
         };
         assert_eq!(run(both, &[0, 1, 2, 0, 0]), vec![1.0 - 2.0, -4.0, 1.0, 0.0, 4.0]);
+    }
+
+    #[test]
+    fn end_tokens_wait_for_min_tokens_answer_tokens() {
+        let ban = NoEndBefore {
+            min_tokens: 2,
+            ends: vec![1, 3, 99].into(),
+            prompt_tokens: 3,
+        };
+        let tensor = Tensor::new(&[1.0f32, 2.0, 3.0, 4.0], &candle_core::Device::Cpu).unwrap();
+        let run = |context: &[u32]| -> Vec<f32> { ban.apply(&tensor, context).unwrap().to_vec1().unwrap() };
+        let banned = vec![1.0, f32::NEG_INFINITY, 3.0, f32::NEG_INFINITY];
+        // The prompt's tokens do not count; an id outside the vocabulary is passed over.
+        assert_eq!(run(&[0, 0, 0]), banned);
+        assert_eq!(run(&[0, 0, 0, 2]), banned);
+        assert_eq!(run(&[0, 0, 0, 2, 2]), vec![1.0, 2.0, 3.0, 4.0]);
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub struct Sampling {
     /// vLLM's `repetition_penalty`, llama.cpp's `repeat_penalty`: tokens already in the
     /// context, prompt included, made less likely ([`Repetition`]). `None` disables it.
     pub repetition: Option<Repetition>,
+    /// vLLM's `min_tokens`: before this many answer tokens the model's end-of-text tokens
+    /// ([`crate::Engine::end_tokens`]) cannot be chosen; `max_tokens` with it is llama.cpp's
+    /// and vLLM's `ignore_eos`. 0 disables it. Not with a `grammar`, whose end it would block.
+    pub min_tokens: usize,
     /// With `Some(k)`, each generated token comes with its log-probability and the `k` most
     /// likely tokens at its place ([`TokenLogprob`]).
     pub logprobs: Option<usize>,
@@ -81,6 +85,7 @@ impl Sampling {
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
             repetition: None,
+            min_tokens: 0,
             logprobs: None,
             logit_bias: Vec::new(),
             grammar: None,

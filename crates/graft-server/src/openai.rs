@@ -35,6 +35,9 @@ pub struct ChatCompletionRequest {
     /// vLLM's `repetition_penalty`, llama.cpp's `repeat_penalty` and `repeat_last_n`.
     #[serde(flatten)]
     pub repetition: RepetitionFields,
+    /// vLLM's `min_tokens`, vLLM's and llama.cpp's `ignore_eos`.
+    #[serde(flatten)]
+    pub ending: EndingFields,
     /// Each answer token's log-probability ([`ChatLogprobs`]) ...
     pub logprobs: Option<bool>,
     /// ... with this many of the likeliest tokens at its place.
@@ -105,6 +108,15 @@ pub struct RepetitionFields {
     pub repetition_penalty: Option<f64>,
     pub repeat_penalty: Option<f64>,
     pub repeat_last_n: Option<i64>,
+}
+
+/// How soon an answer may end (read and checked by `routes::params`): vLLM's `min_tokens`
+/// (the model's end-of-text tokens held back until the answer has that many tokens) and
+/// `ignore_eos`, also llama.cpp's (held back to `max_tokens`; stop strings still end it).
+#[derive(Debug, Default, Deserialize)]
+pub struct EndingFields {
+    pub min_tokens: Option<u32>,
+    pub ignore_eos: Option<bool>,
 }
 
 /// The fields that ask for structured output, as a request gave them (read and checked by
@@ -179,9 +191,11 @@ pub struct CompletionRequest {
     pub seed: Option<i64>,
     pub frequency_penalty: Option<f64>,
     pub presence_penalty: Option<f64>,
-    /// The repetition penalty, as for chat.
+    /// The repetition penalty, `min_tokens` and `ignore_eos`, as for chat.
     #[serde(flatten)]
     pub repetition: RepetitionFields,
+    #[serde(flatten)]
+    pub ending: EndingFields,
     pub logit_bias: Option<HashMap<String, f64>>,
     /// graft's extensions, as for chat.
     pub retrieval: Option<RetrievalField>,

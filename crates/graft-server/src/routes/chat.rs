@@ -197,6 +197,7 @@ fn to_engine_request(request: ChatCompletionRequest, limits: &GenerationConfig) 
         frequency_penalty: request.frequency_penalty,
         presence_penalty: request.presence_penalty,
         repetition: request.repetition,
+        ending: request.ending,
         logprobs,
         logit_bias: request.logit_bias,
     }

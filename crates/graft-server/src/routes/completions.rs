@@ -81,6 +81,7 @@ pub async fn completions(
         frequency_penalty: request.frequency_penalty,
         presence_penalty: request.presence_penalty,
         repetition: request.repetition,
+        ending: request.ending,
         logprobs: request.logprobs.map(|top| (top, "logprobs")),
         logit_bias: request.logit_bias,
     }

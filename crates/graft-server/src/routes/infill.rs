@@ -29,7 +29,7 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::generation::{admit, Generation};
 use crate::json::Json;
-use crate::openai::{RepetitionFields, RetrievalField, Stop};
+use crate::openai::{EndingFields, RepetitionFields, RetrievalField, Stop};
 use crate::prompt::completion::{self, TooLong};
 use crate::routes::params::SamplingFields;
 use crate::state::AppState;
@@ -57,6 +57,9 @@ pub struct InfillRequest {
     /// `repeat_penalty` over the last `repeat_last_n` tokens, as llama.cpp takes them.
     #[serde(flatten)]
     pub repetition: RepetitionFields,
+    /// llama.cpp's `ignore_eos` (and vLLM's `min_tokens`).
+    #[serde(flatten)]
+    pub ending: EndingFields,
     pub stream: Option<bool>,
     pub n_indent: Option<usize>,
     pub t_max_predict_ms: Option<u64>,
@@ -116,6 +119,7 @@ pub async fn infill(
         Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
         None => None,
     };
+    let ignore_eos = request.ending.ignore_eos == Some(true);
     let mut sampling = SamplingFields {
         max_tokens,
         temperature: request.temperature,
@@ -125,6 +129,7 @@ pub async fn infill(
         stop: request.stop.map(Stop::into_vec).unwrap_or_default(),
         seed: request.seed,
         repetition: request.repetition,
+        ending: request.ending,
         logprobs: request.n_probs.filter(|n| *n > 0).map(|n| (n, "n_probs")),
         ..SamplingFields::default()
     }
@@ -169,6 +174,7 @@ pub async fn infill(
         // none.
         "repeat_penalty": sampling.repetition.map_or(1.0, |r| r.penalty),
         "repeat_last_n": sampling.repetition.map_or(0, |r| r.window.map_or(-1, |n| n as i64)),
+        "ignore_eos": ignore_eos,
         "seed": request.seed,
         "n_indent": request.n_indent,
         "t_max_predict_ms": request.t_max_predict_ms,

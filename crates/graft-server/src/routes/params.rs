@@ -10,7 +10,7 @@ use graft_engine::{Grammar, Repetition, Sampling};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::openai::{DebugInfo, RepetitionFields, StructuredFields};
+use crate::openai::{DebugInfo, EndingFields, RepetitionFields, StructuredFields};
 use crate::state::AppState;
 
 /// OpenAI accepts at most four stop sequences.
@@ -30,6 +30,7 @@ pub struct SamplingFields {
     pub frequency_penalty: Option<f64>,
     pub presence_penalty: Option<f64>,
     pub repetition: RepetitionFields,
+    pub ending: EndingFields,
     /// How many alternatives to list with each token's log-probability (`None`: no
     /// log-probabilities), and the request field that asked, for its errors.
     pub logprobs: Option<(u32, &'static str)>,
@@ -88,6 +89,7 @@ impl SamplingFields {
         let frequency_penalty = penalty(self.frequency_penalty, "frequency_penalty")?;
         let presence_penalty = penalty(self.presence_penalty, "presence_penalty")?;
         let repetition = repetition(self.repetition)?;
+        let min_tokens = min_tokens(self.ending, max_tokens, !self.stop.is_empty())?;
         let logprobs = match self.logprobs {
             Some((top, param)) if top as usize > MAX_TOP_LOGPROBS => {
                 return Err(ApiError::invalid_param(
@@ -110,6 +112,7 @@ impl SamplingFields {
             frequency_penalty,
             presence_penalty,
             repetition,
+            min_tokens,
             logprobs,
             logit_bias,
             grammar: None,
@@ -158,6 +161,27 @@ fn repetition(fields: RepetitionFields) -> Result<Option<Repetition>, ApiError> 
         penalty: penalty as f32,
         window,
     }))
+}
+
+/// How many answer tokens come before the model may end: `ignore_eos` holds its end back to
+/// `max_tokens`; `min_tokens` must not exceed it, and is not taken with `stop` (vLLM's
+/// min_tokens holds stop strings back too, which graft's engine cannot).
+fn min_tokens(fields: EndingFields, max_tokens: u32, has_stop: bool) -> Result<usize, ApiError> {
+    if fields.ignore_eos == Some(true) {
+        return Ok(max_tokens as usize);
+    }
+    match fields.min_tokens.unwrap_or(0) {
+        0 => Ok(0),
+        n if n > max_tokens => Err(ApiError::invalid_param(
+            "min_tokens",
+            format!("min_tokens ({n}) must not exceed max_tokens ({max_tokens})"),
+        )),
+        _ if has_stop => Err(ApiError::invalid_param(
+            "min_tokens",
+            "min_tokens cannot be used together with stop (stop strings would still end the answer sooner); use ignore_eos, which keeps them",
+        )),
+        n => Ok(n as usize),
+    }
 }
 
 /// `logit_bias` as the engine takes it: each key a token id, each bias within [-100, 100].
