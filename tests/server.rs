@@ -999,6 +999,32 @@ async fn a_stop_string_ends_the_answer_just_before_it_whole_and_streamed() {
     // A stop string the answer never spells: the whole answer.
     let (_, body) = post("/v1/completions", &with_fields(request.clone(), &json!({"stop": "zqzq"}))).await;
     assert_eq!(body["choices"][0]["text"].as_str(), Some(free.as_str()));
+    // As many stop strings as an editor plugin sends (Continue's for Python: its template's,
+    // blank lines, code fences, top-level keywords), past OpenAI's four.
+    let words = free.split_whitespace().collect::<Vec<_>>();
+    let last = format!(" {}", words[words.len() - 2]);
+    let plugin = [
+        "<fim_prefix>",
+        "<|endoftext|>",
+        "\n\n",
+        "\r\n\r\n",
+        "/src/",
+        "#- coding: utf-8",
+        "```",
+        "\ndef",
+        "\nclass",
+        "\n@",
+        "\nif __name__",
+        last.as_str(),
+    ];
+    let (status, body) = post("/v1/completions", &with_fields(request.clone(), &json!({"stop": plugin}))).await;
+    assert_eq!(status, 200, "{body}");
+    let expected = plugin
+        .iter()
+        .filter_map(|stop| free.find(stop))
+        .min()
+        .map_or(free.as_str(), |at| &free[..at]);
+    assert_eq!(body["choices"][0]["text"].as_str(), Some(expected), "{plugin:?}");
     // On chat too.
     let chat = greedy_chat("Say hi", 40);
     let (_, body) = post("/v1/chat/completions", &chat).await;

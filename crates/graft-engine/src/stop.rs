@@ -53,7 +53,7 @@ impl StopText {
 
 /// Bytes of the longest end of `text` that is the start of `stop` (and not all of it).
 fn overlap(text: &str, stop: &str) -> usize {
-    (1..stop.len())
+    (1..stop.len().min(text.len() + 1))
         .rev()
         .find(|&n| stop.is_char_boundary(n) && text.ends_with(&stop[..n]))
         .unwrap_or(0)

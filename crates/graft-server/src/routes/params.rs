@@ -13,8 +13,13 @@ use crate::error::ApiError;
 use crate::openai::{DebugInfo, EndingFields, RepetitionFields, StructuredFields};
 use crate::state::AppState;
 
-/// OpenAI accepts at most four stop sequences.
-const MAX_STOP_SEQUENCES: usize = 4;
+/// Most stop strings a request may give. OpenAI takes four; editor plugins send more (Continue:
+/// its template's, blank lines, code fences and a language's top-level keywords), and vLLM and
+/// llama.cpp take any number.
+const MAX_STOP_SEQUENCES: usize = 64;
+
+/// Longest stop string, in characters (each answer's text is matched against every one).
+const MAX_STOP_CHARS: usize = 500;
 
 /// The sampling fields as a request gave them.
 #[derive(Debug, Default)]
@@ -76,10 +81,10 @@ impl SamplingFields {
                 format!("min_p must be between 0 and 1, got {min_p}"),
             ));
         }
-        if self.stop.len() > MAX_STOP_SEQUENCES || self.stop.iter().any(String::is_empty) {
+        if self.stop.len() > MAX_STOP_SEQUENCES || self.stop.iter().any(|s| s.is_empty() || s.chars().count() > MAX_STOP_CHARS) {
             return Err(ApiError::invalid_param(
                 "stop",
-                format!("stop takes up to {MAX_STOP_SEQUENCES} non-empty strings"),
+                format!("stop takes up to {MAX_STOP_SEQUENCES} non-empty strings of up to {MAX_STOP_CHARS} characters"),
             ));
         }
         let penalty = |value: Option<f64>, param: &'static str| match value.unwrap_or(0.0) {
