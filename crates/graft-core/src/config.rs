@@ -223,8 +223,11 @@ pub enum Device {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GenerationConfig {
-    /// `max_tokens` used when a request gives none.
+    /// `max_tokens` used when a completion request (`/v1/completions`, `/infill`) gives none.
     pub default_max_tokens: u32,
+    /// `max_tokens` used when a chat request gives none; unset, `max_tokens_limit`: an answer
+    /// is not cut short unasked, as OpenAI's, vLLM's and llama.cpp's run to the context's end.
+    pub default_chat_max_tokens: Option<u32>,
     /// The largest `max_tokens` a request may ask for.
     pub max_tokens_limit: u32,
     /// `temperature` used when a request gives none (0 = greedy).
@@ -242,10 +245,18 @@ pub struct GenerationConfig {
     pub max_extra_context_tokens: usize,
 }
 
+impl GenerationConfig {
+    /// `max_tokens` for a chat request that gives none.
+    pub fn chat_max_tokens(&self) -> u32 {
+        self.default_chat_max_tokens.unwrap_or(self.max_tokens_limit)
+    }
+}
+
 impl Default for GenerationConfig {
     fn default() -> Self {
         Self {
             default_max_tokens: 256,
+            default_chat_max_tokens: None,
             max_tokens_limit: 4096,
             default_temperature: 0.2,
             default_top_p: 0.95,
@@ -697,14 +708,20 @@ impl Config {
                 return Err(invalid(key, "must be at least 1".into()));
             }
         }
-        if g.default_max_tokens == 0 || g.default_max_tokens > g.max_tokens_limit {
-            return Err(invalid(
-                "generation.default_max_tokens",
-                format!(
-                    "must be between 1 and generation.max_tokens_limit ({}), found {}",
-                    g.max_tokens_limit, g.default_max_tokens
-                ),
-            ));
+        for (key, value) in [
+            ("generation.default_max_tokens", Some(g.default_max_tokens)),
+            ("generation.default_chat_max_tokens", g.default_chat_max_tokens),
+        ] {
+            let Some(value) = value else { continue };
+            if value == 0 || value > g.max_tokens_limit {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "must be between 1 and generation.max_tokens_limit ({}), found {value}",
+                        g.max_tokens_limit
+                    ),
+                ));
+            }
         }
         if self.adapters.max_rank == 0 {
             return Err(invalid("adapters.max_rank", "must be at least 1".into()));
@@ -1017,6 +1034,11 @@ mod tests {
     fn limits_are_validated() {
         let err = load("[generation]\ndefault_max_tokens = 10\nmax_tokens_limit = 5\n").unwrap_err();
         assert_eq!(err.key(), Some("generation.default_max_tokens"));
+        let err = load("[generation]\ndefault_chat_max_tokens = 10\ndefault_max_tokens = 5\nmax_tokens_limit = 5\n").unwrap_err();
+        assert_eq!(err.key(), Some("generation.default_chat_max_tokens"));
+        // Unset, a chat answer may run to the limit, whatever the limit is.
+        let config = load("[generation]\nmax_tokens_limit = 1000\n").unwrap();
+        assert_eq!(config.generation.chat_max_tokens(), 1000);
         let err = load("[generation]\ndefault_top_p = 0.0\n").unwrap_err();
         assert_eq!(err.key(), Some("generation.default_top_p"));
         let err = load("[generation]\ndefault_min_p = 1.5\n").unwrap_err();

@@ -187,7 +187,10 @@ fn to_engine_request(request: ChatCompletionRequest, limits: &GenerationConfig) 
         _ => None,
     };
     let sampling = SamplingFields {
-        max_tokens: request.max_completion_tokens.or(request.max_tokens),
+        max_tokens: request
+            .max_completion_tokens
+            .or(request.max_tokens)
+            .or(Some(limits.chat_max_tokens())),
         temperature: request.temperature,
         top_p: request.top_p,
         top_k: request.top_k,
@@ -298,7 +301,10 @@ mod tests {
     fn defaults_fill_missing_sampling_fields() {
         let r = request(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#).unwrap();
         let d = GenerationConfig::default();
-        assert_eq!(r.sampling.max_tokens, d.default_max_tokens as usize);
+        assert_eq!(
+            r.sampling.max_tokens, d.max_tokens_limit as usize,
+            "chat answers are not cut short unasked"
+        );
         assert_eq!(r.sampling.temperature, d.default_temperature);
         assert_eq!(r.messages, vec![ChatMessage::new(Role::User, "hi")]);
     }
