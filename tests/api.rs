@@ -376,7 +376,7 @@ async fn llama_cpp_infill_works_as_llama_vim_sends_it() {
     assert!(body["timings/prompt_n"].as_u64().unwrap() > 50, "{body}");
     assert!((1..=4).contains(&body["timings/predicted_n"].as_u64().unwrap()), "{body}");
 
-    // The whole answer shows the exact prompt: retrieved code, then the editor's file, then
+    // The whole answer shows the exact prompt: the editor's file, then retrieved code, then
     // the current file with the line being typed.
     let mut whole = request.clone();
     whole.as_object_mut().unwrap().remove("response_fields");
@@ -391,8 +391,8 @@ async fn llama_cpp_infill_works_as_llama_vim_sends_it() {
         prompt.find("void run(TokenVault vault) {\n        vault."),
     );
     assert!(
-        defining < extra && extra < current && defining.is_some(),
-        "retrieved, extra, current: {prompt}"
+        extra < defining && defining < current && extra.is_some(),
+        "extra, retrieved, current: {prompt}"
     );
     assert_eq!(body["tokens_evaluated"], body["timings"]["prompt_n"], "{body}");
     assert!(["eos", "limit"].contains(&body["stop_type"].as_str().unwrap()), "{body}");
@@ -444,6 +444,31 @@ async fn llama_cpp_infill_works_as_llama_vim_sends_it() {
         body["truncated"] == true && prompt.contains("new.rs") && !prompt.contains("old.rs"),
         "{body}"
     );
+
+    // The plugins' cache-warming request: the extra files alone, nothing to generate. It is
+    // answered with no content, and its prompt is the start of the next completion's, which
+    // the prompt cache then reads no more.
+    let warm = json!({
+        "input_prefix": "", "input_suffix": "", "prompt": "", "n_predict": 0,
+        "input_extra": request["input_extra"], "samplers": [], "cache_prompt": true,
+        "t_max_prompt_ms": 1, "t_max_predict_ms": 1,
+    });
+    let (status, warmed) = post("/infill", ALICE, &warm).await;
+    assert_eq!(status, 200, "{warmed}");
+    assert_eq!(
+        (&warmed["content"], &warmed["tokens_predicted"]),
+        (&json!(""), &json!(0)),
+        "{warmed}"
+    );
+    assert_eq!(warmed["generation_settings"]["n_predict"], 0, "{warmed}");
+    let (status, body) = post("/infill", ALICE, &whole).await;
+    assert_eq!(status, 200, "{body}");
+    let warmed_prompt = warmed["prompt"].as_str().unwrap().trim_end();
+    assert!(warmed_prompt.contains("jobs/Schedule.java"), "{warmed}");
+    assert!(body["prompt"].as_str().unwrap().starts_with(warmed_prompt), "{warmed}\n{body}");
+    // With nothing at all, there is nothing to read.
+    let (status, body) = post("/infill", ALICE, &json!({"input_prefix": "", "n_predict": 0})).await;
+    assert!(error_message(status, &body, 400).contains("input_extra"), "{body}");
 
     // Errors in OpenAI's shape: a key without the default project, streaming, n_predict.
     let (status, body) = post("/infill", BOB, &request).await;

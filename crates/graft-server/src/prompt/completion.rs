@@ -1,10 +1,13 @@
 //! Completion prompts, shared by `POST /v1/completions` and llama.cpp's `POST /infill`: the
 //! current file (prefix, and suffix for fill-in-the-middle) laid out in the model's format
-//! (graft-engine's `fim`), after the project's retrieved code and the files the client sent
-//! as extra context, within `generation.max_prompt_tokens`.
+//! (graft-engine's `fim`), after the files the client sent as extra context and the project's
+//! retrieved code, within `generation.max_prompt_tokens`.
 //!
-//! Order in the prompt: retrieved code (most relevant first), then the client's extra files,
-//! then the current file. Extra files get `generation.max_extra_context_tokens`; those that do
+//! Order in the prompt: the client's extra files, then retrieved code (most relevant first),
+//! then the current file. The extra files go first, as llama.cpp lays them out: llama.vim and
+//! llama.vscode send them alone ahead of time (`/infill` with `n_predict: 0`) to have them read
+//! into the prompt cache, which only pays if the next prompt starts with them; and the code
+//! retrieved for the cursor is then nearest to it. Extra files get `generation.max_extra_context_tokens`; those that do
 //! not fit are left out, oldest (first) first, as llama.cpp does. Retrieved code gets the
 //! project's token budget, within what the current file and the extra files leave of the
 //! prompt limit. A current file over the limit is refused (`/v1/completions`) or cut to the
@@ -127,8 +130,7 @@ pub async fn lay_out(
             let own = count(&input).await?;
             let budget = project.config.context_tokens.min(limit.saturating_sub(own));
             let (mut files, kept) = augment::completion(state.engine(), hits, budget).await?;
-            files.append(&mut input.context);
-            input.context = files;
+            input.context.append(&mut files);
             used = kept;
         }
         sources = Some(used);

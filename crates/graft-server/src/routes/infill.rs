@@ -4,7 +4,9 @@
 //!
 //! Request: `input_prefix`, `input_suffix`, `input_extra` (`[{filename, text}]`, files the
 //! plugin gathered), `prompt` (the start of the current line, after the prefix), `n_predict`,
-//! `temperature`, `top_p`, `top_k`, `min_p`, `stop`, `seed`, `n_indent` (stop at the first
+//! (0: the prompt is read into the prompt cache and nothing is generated, as llama.vim's and
+//! llama.vscode's cache-warming requests ask), `temperature`, `top_p`, `top_k`, `min_p`,
+//! `stop`, `repeat_penalty`, `repeat_last_n`, `ignore_eos`, `seed`, `n_indent` (stop at the first
 //! generated line that is indented less), `t_max_predict_ms` (stop once this long has passed since the first
 //! token and a line is complete), `n_probs` (each token's log-probability and the likeliest
 //! tokens at its place), `response_fields` (answer only these, as `a/b` paths), and
@@ -114,7 +116,12 @@ pub async fn infill(
         ));
     }
     let target = state.target(&name, &caller)?;
+    // llama.vim and llama.vscode send `n_predict: 0` with their extra context alone, to have it
+    // read into the prompt cache before the next completion needs it: graft reads the prompt
+    // (generating one token, left out) and answers with no content.
+    let warm_only = request.n_predict == Some(0);
     let max_tokens = match request.n_predict {
+        Some(0) => Some(1),
         Some(n) if n < 0 => None,
         Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
         None => None,
@@ -143,10 +150,11 @@ pub async fn infill(
         e
     })?;
     let prefix = format!("{}{}", request.input_prefix, request.prompt);
-    if prefix.is_empty() && request.input_suffix.is_empty() {
+    // Extra files alone are a cache-warming request (see `warm_only`).
+    if prefix.is_empty() && request.input_suffix.is_empty() && request.input_extra.iter().all(|f| f.text.is_empty()) {
         return Err(ApiError::invalid_param(
             "input_prefix",
-            "`input_prefix`, `prompt` and `input_suffix` are all empty",
+            "`input_prefix`, `prompt`, `input_suffix` and `input_extra` are all empty",
         ));
     }
     let extra = request
@@ -165,7 +173,7 @@ pub async fn infill(
         ..FimInput::default()
     };
     let generation_settings = json!({
-        "n_predict": sampling.max_tokens,
+        "n_predict": if warm_only { 0 } else { sampling.max_tokens },
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "top_k": sampling.top_k,
@@ -197,6 +205,16 @@ pub async fn infill(
     let generation = admitted.start(stream, &state, &target.name);
     let started = Instant::now();
     let time_limit = request.t_max_predict_ms.filter(|ms| *ms > 0).map(Duration::from_millis);
+    let mut outcome = generate(generation, request.n_indent, time_limit).await?;
+    if warm_only {
+        outcome = Outcome {
+            content: String::new(),
+            probabilities: None,
+            stop_type: StopType::Limit,
+            predicted_n: 0,
+            ..outcome
+        };
+    }
     let Outcome {
         content,
         probabilities,
@@ -204,7 +222,7 @@ pub async fn infill(
         predicted_n,
         first_at,
         early,
-    } = generate(generation, request.n_indent, time_limit).await?;
+    } = outcome;
     let finished = Instant::now();
     if early {
         state.metrics().tokens(&target.name, prompt_n, predicted_n);
