@@ -54,6 +54,13 @@ fn with_fields(mut request: Value, fields: &Value) -> Value {
     request
 }
 
+/// The answer to `request` with `fields` set in it, posted to `path`, which must succeed.
+async fn answered(path: &str, request: &Value, fields: Value) -> Value {
+    let (status, body) = post(path, &with_fields(request.clone(), &fields)).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 #[tokio::test]
 async fn chat_completion_comes_from_smollm2() {
     let request = greedy_chat("Write a Rust function that adds two numbers", 24);
@@ -466,13 +473,10 @@ async fn the_same_seed_gives_the_same_sample_and_another_seed_another() {
 #[tokio::test]
 async fn top_k_and_min_p_narrow_a_sample_to_the_likeliest_tokens() {
     let question = greedy_chat("Invent a name for a new programming language and describe it.", 24);
-    let answer = |fields: Value| {
-        let request = with_fields(question.clone(), &fields);
-        async move {
-            let (status, body) = post("/v1/chat/completions", &request).await;
-            assert_eq!(status, 200, "{body}");
-            body["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
-        }
+    let question = &question;
+    let answer = move |fields: Value| async move {
+        let body = answered("/v1/chat/completions", question, fields).await;
+        body["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
     };
     let greedy = answer(json!({})).await;
     // Hot samples wander from the greedy answer...
@@ -498,13 +502,8 @@ async fn top_k_and_min_p_narrow_a_sample_to_the_likeliest_tokens() {
         assert_eq!(body["error"]["param"], param, "{body}");
     }
     // llama.cpp's /infill reads them too, and says what it used.
-    let infill = |extra: Value| async move {
-        let base = json!({"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n", "n_predict": 12});
-        let request = with_fields(base, &extra);
-        let (status, body) = post("/infill", &request).await;
-        assert_eq!(status, 200, "{body}");
-        body
-    };
+    let base = json!({"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n", "n_predict": 12});
+    let infill = |extra: Value| answered("/infill", &base, extra);
     let greedy = infill(json!({"temperature": 0})).await;
     let narrowed = infill(json!({"temperature": 1.5, "seed": 4, "top_k": 1})).await;
     assert_eq!(narrowed["content"], greedy["content"], "{narrowed}");
@@ -891,14 +890,7 @@ async fn the_repetition_penalty_counts_the_prompt_as_vllm_and_llama_cpp_do() {
     let repeat = completion("ha ha ha ha ha ha ha ha", 16);
     let text = |body: &Value| body["choices"][0]["text"].as_str().unwrap_or_default().to_owned();
     let laughs = |body: &Value| text(body).split_whitespace().filter(|w| *w == "ha").count();
-    let answer = |fields: Value| {
-        let request = with_fields(repeat.clone(), &fields);
-        async move {
-            let (status, body) = post("/v1/completions", &request).await;
-            assert_eq!(status, 200, "{body}");
-            body
-        }
-    };
+    let answer = |fields: Value| answered("/v1/completions", &repeat, fields);
     let free = answer(json!({})).await;
     assert!(laughs(&free) >= 10, "the control repeats: {free}");
     // The prompt's own tokens are penalised from the first token on (frequency_penalty, on
@@ -926,13 +918,8 @@ async fn the_repetition_penalty_counts_the_prompt_as_vllm_and_llama_cpp_do() {
     );
 
     // llama.cpp's /infill takes its names and says what it used.
-    let infill = |extra: Value| async move {
-        let base =
-            json!({"input_prefix": "let x = 1;\nlet y = 1;\nlet z = 1;\nlet w", "input_suffix": "\n", "n_predict": 12, "temperature": 0});
-        let (status, body) = post("/infill", &with_fields(base, &extra)).await;
-        assert_eq!(status, 200, "{body}");
-        body
-    };
+    let base = json!({"input_prefix": "let x = 1;\nlet y = 1;\nlet z = 1;\nlet w", "input_suffix": "\n", "n_predict": 12, "temperature": 0});
+    let infill = |extra: Value| answered("/infill", &base, extra);
     let plain = infill(json!({})).await;
     assert_eq!(plain["generation_settings"]["repeat_penalty"], 1.0, "{plain}");
     let penalised = infill(json!({"repeat_penalty": 1.5})).await;
@@ -1042,15 +1029,12 @@ async fn a_stop_string_ends_the_answer_just_before_it_whole_and_streamed() {
 #[tokio::test]
 async fn min_tokens_and_ignore_eos_hold_the_end_back() {
     let chat = greedy_chat("Say hi", 40);
-    let answer = |fields: Value| {
-        let request = with_fields(chat.clone(), &fields);
-        async move {
-            let (status, body) = post("/v1/chat/completions", &request).await;
-            assert_eq!(status, 200, "{body}");
-            let content = body["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned();
-            let tokens = body["usage"]["completion_tokens"].as_u64().unwrap_or_default();
-            (content, tokens, body["choices"][0]["finish_reason"].clone())
-        }
+    let chat = &chat;
+    let answer = move |fields: Value| async move {
+        let body = answered("/v1/chat/completions", chat, fields).await;
+        let content = body["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned();
+        let tokens = body["usage"]["completion_tokens"].as_u64().unwrap_or_default();
+        (content, tokens, body["choices"][0]["finish_reason"].clone())
     };
     let (free, free_tokens, reason) = answer(json!({})).await;
     assert!(
