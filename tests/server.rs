@@ -918,7 +918,8 @@ async fn the_repetition_penalty_counts_the_prompt_as_vllm_and_llama_cpp_do() {
     );
 
     // llama.cpp's /infill takes its names and says what it used.
-    let base = json!({"input_prefix": "let x = 1;\nlet y = 1;\nlet z = 1;\nlet w", "input_suffix": "\n", "n_predict": 12, "temperature": 0});
+    let base =
+        json!({"input_prefix": "let x = 1;\nlet y = 1;\nlet z = 1;\nlet w", "input_suffix": "\n", "n_predict": 12, "temperature": 0});
     let infill = |extra: Value| answered("/infill", &base, extra);
     let plain = infill(json!({})).await;
     assert_eq!(plain["generation_settings"]["repeat_penalty"], 1.0, "{plain}");
@@ -982,7 +983,22 @@ async fn a_stop_string_ends_the_answer_just_before_it_whole_and_streamed() {
         let streamed: String = events.iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect();
         assert_eq!(streamed, expected, "stop {stop:?}");
         assert_eq!(events.last().unwrap()["choices"][0]["finish_reason"], "stop");
+        // vLLM's include_stop_str_in_output: the stop string ends the answer.
+        let kept = with_fields(request.clone(), &json!({"stop": [stop], "include_stop_str_in_output": true}));
+        let (_, body) = post("/v1/completions", &kept).await;
+        assert_eq!(
+            body["choices"][0]["text"].as_str(),
+            Some(format!("{expected}{stop}").as_str()),
+            "{body}"
+        );
     }
+    // Kept, a stop string that is one whole token too (mistralrs ends at such a token before
+    // sending its text).
+    let word = format!(" {}", free.split_whitespace().nth(2).unwrap());
+    let kept = with_fields(request.clone(), &json!({"stop": [&word], "include_stop_str_in_output": true}));
+    let (_, body) = post("/v1/completions", &kept).await;
+    let through = &free[..free.find(&word).unwrap() + word.len()];
+    assert_eq!(body["choices"][0]["text"].as_str(), Some(through), "{word:?}: {body}");
     // A stop string the answer never spells: the whole answer.
     let (_, body) = post("/v1/completions", &with_fields(request.clone(), &json!({"stop": "zqzq"}))).await;
     assert_eq!(body["choices"][0]["text"].as_str(), Some(free.as_str()));

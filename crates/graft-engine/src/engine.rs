@@ -337,7 +337,19 @@ impl Engine {
                     .into(),
             ));
         }
-        let (sampling_params, mut processors) = sampling_params(sampling, prompt_tokens, &self.end_tokens, record.clone());
+        let (mut sampling_params, mut processors) = sampling_params(sampling, prompt_tokens, &self.end_tokens, record.clone());
+        if sampling.include_stop {
+            // mistralrs ends at a stop string that is one token before it sends the token's
+            // text: only the prompt format's own (special tokens, never in the text) go to it,
+            // and `stop` matches the rest on the text, keeping them.
+            let special: Vec<String> = sampling
+                .stop
+                .iter()
+                .filter(|s| self.format.stop_sequences().contains(&s.as_str()))
+                .cloned()
+                .collect();
+            sampling_params.stop_toks = (!special.is_empty()).then_some(StopTokens::Seqs(special));
+        }
         // The counter goes first, so it sees every sampled token whatever the others do.
         processors.insert(
             0,
@@ -390,7 +402,7 @@ impl Engine {
                 ready: Vec::new(),
                 waiting: VecDeque::new(),
             }),
-            stops: StopText::new(&sampling.stop),
+            stops: StopText::new(&sampling.stop, sampling.include_stop),
             received: 0,
             sent: 0,
         })

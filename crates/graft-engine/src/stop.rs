@@ -12,6 +12,8 @@
 #[derive(Debug)]
 pub(crate) struct StopText {
     stops: Vec<String>,
+    /// vLLM's `include_stop_str_in_output`: the stop string that ended the answer ends it.
+    keep_stop: bool,
     /// Text received and not handed out yet: the answer's end that may begin a stop string.
     held: String,
 }
@@ -19,23 +21,30 @@ pub(crate) struct StopText {
 impl StopText {
     /// A matcher for `stops`; `None` when there is nothing to match (empty strings are
     /// skipped: they would end every answer before it began).
-    pub(crate) fn new(stops: &[String]) -> Option<StopText> {
+    pub(crate) fn new(stops: &[String], keep_stop: bool) -> Option<StopText> {
         let stops: Vec<String> = stops.iter().filter(|s| !s.is_empty()).cloned().collect();
         (!stops.is_empty()).then_some(StopText {
             stops,
+            keep_stop,
             held: String::new(),
         })
     }
 
     /// Takes the answer's next piece of text. Returns the text that can be handed out now,
     /// and whether a stop string ended the answer (the text is then all that comes before
-    /// it).
+    /// it, and the stop string itself when it is kept; of two at one place, the first
+    /// given).
     pub(crate) fn push(&mut self, text: &str) -> (String, bool) {
         self.held.push_str(text);
         // Text handed out earlier held no stop string, nor the start of one (that was kept
         // back), so the first stop string lies wholly in `held`.
-        if let Some(at) = self.stops.iter().filter_map(|stop| self.held.find(stop.as_str())).min() {
-            self.held.truncate(at);
+        let first = self
+            .stops
+            .iter()
+            .filter_map(|stop| self.held.find(stop.as_str()).map(|at| (at, stop.len())))
+            .min_by_key(|&(at, _)| at);
+        if let Some((at, len)) = first {
+            self.held.truncate(if self.keep_stop { at + len } else { at });
             return (std::mem::take(&mut self.held), true);
         }
         let keep = self.stops.iter().map(|stop| overlap(&self.held, stop)).max().unwrap_or(0);
@@ -65,8 +74,12 @@ mod tests {
 
     /// The text handed out for `pieces`, and whether a stop string ended it.
     fn run(stops: &[&str], pieces: &[&str]) -> (Vec<String>, bool) {
+        run_keeping(stops, pieces, false)
+    }
+
+    fn run_keeping(stops: &[&str], pieces: &[&str], keep_stop: bool) -> (Vec<String>, bool) {
         let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
-        let mut matcher = StopText::new(&stops).unwrap();
+        let mut matcher = StopText::new(&stops, keep_stop).unwrap();
         let mut out = Vec::new();
         for piece in pieces {
             let (text, stopped) = matcher.push(piece);
@@ -114,6 +127,23 @@ mod tests {
             run(&["éa"], &["caf", "é", "s"]),
             (vec!["caf".into(), "".into(), "és".into(), "".into()], false)
         );
-        assert!(StopText::new(&[String::new()]).is_none(), "an empty stop string matches nothing");
+        assert!(
+            StopText::new(&[String::new()], false).is_none(),
+            "an empty stop string matches nothing"
+        );
+    }
+
+    #[test]
+    fn a_kept_stop_string_ends_the_answer_and_nothing_after_it_comes() {
+        assert_eq!(
+            run_keeping(&["help"], &["I am", " he", "lp", "ful"], true),
+            (vec!["I am".into(), " ".into(), "help".into()], true)
+        );
+        assert_eq!(
+            run_keeping(&["\n\n"], &["fn a() {}\n", "\nfn b"], true),
+            (vec!["fn a() {}".into(), "\n\n".into()], true)
+        );
+        // Of two at one place, the first given.
+        assert_eq!(run_keeping(&["ab", "abc"], &["xabcd"], true), (vec!["xab".into()], true));
     }
 }

@@ -42,8 +42,10 @@ pub struct Sampling {
     pub top_k: usize,
     /// Only tokens at least `min_p` times as likely as the likeliest; 0 disables it.
     pub min_p: f64,
-    /// Generation stops before any of these strings.
+    /// Generation stops before any of these strings ...
     pub stop: Vec<String>,
+    /// ... or after it, with it in the answer (vLLM's `include_stop_str_in_output`).
+    pub include_stop: bool,
     /// With a seed, sampling (temperature > 0) is repeatable: the same request and seed give
     /// the same text, whatever else the engine is running.
     pub seed: Option<u64>,
@@ -81,6 +83,7 @@ impl Sampling {
             top_k: 0,
             min_p: 0.0,
             stop: Vec::new(),
+            include_stop: false,
             seed: None,
             frequency_penalty: 0.0,
             presence_penalty: 0.0,

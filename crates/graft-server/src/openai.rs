@@ -110,13 +110,15 @@ pub struct RepetitionFields {
     pub repeat_last_n: Option<i64>,
 }
 
-/// How soon an answer may end (read and checked by `routes::params`): vLLM's `min_tokens`
-/// (the model's end-of-text tokens held back until the answer has that many tokens) and
-/// `ignore_eos`, also llama.cpp's (held back to `max_tokens`; stop strings still end it).
+/// How an answer ends (read and checked by `routes::params`): vLLM's `min_tokens` (the
+/// model's end-of-text tokens held back until the answer has that many tokens) and
+/// `ignore_eos`, also llama.cpp's (held back to `max_tokens`; stop strings still end it);
+/// vLLM's `include_stop_str_in_output` (the stop string that ended the answer is in it).
 #[derive(Debug, Default, Deserialize)]
 pub struct EndingFields {
     pub min_tokens: Option<u32>,
     pub ignore_eos: Option<bool>,
+    pub include_stop_str_in_output: Option<bool>,
 }
 
 /// The fields that ask for structured output, as a request gave them (read and checked by

@@ -94,6 +94,7 @@ impl SamplingFields {
         let frequency_penalty = penalty(self.frequency_penalty, "frequency_penalty")?;
         let presence_penalty = penalty(self.presence_penalty, "presence_penalty")?;
         let repetition = repetition(self.repetition)?;
+        let include_stop = self.ending.include_stop_str_in_output == Some(true);
         let min_tokens = min_tokens(self.ending, max_tokens, !self.stop.is_empty())?;
         let logprobs = match self.logprobs {
             Some((top, param)) if top as usize > MAX_TOP_LOGPROBS => {
@@ -112,6 +113,7 @@ impl SamplingFields {
             top_k,
             min_p,
             stop: self.stop,
+            include_stop,
             // OpenAI's seed is a signed integer; its bits seed the draw.
             seed: self.seed.map(|s| s as u64),
             frequency_penalty,
