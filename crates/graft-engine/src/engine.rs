@@ -337,19 +337,11 @@ impl Engine {
                     .into(),
             ));
         }
-        let (mut sampling_params, mut processors) = sampling_params(sampling, prompt_tokens, &self.end_tokens, record.clone());
-        if sampling.include_stop {
-            // mistralrs ends at a stop string that is one token before it sends the token's
-            // text: only the prompt format's own (special tokens, never in the text) go to it,
-            // and `stop` matches the rest on the text, keeping them.
-            let special: Vec<String> = sampling
-                .stop
-                .iter()
-                .filter(|s| self.format.stop_sequences().contains(&s.as_str()))
-                .cloned()
-                .collect();
-            sampling_params.stop_toks = (!special.is_empty()).then_some(StopTokens::Seqs(special));
-        }
+        let ends = Ends {
+            tokens: &self.end_tokens,
+            format_stops: self.format.stop_sequences(),
+        };
+        let (sampling_params, mut processors) = sampling_params(sampling, prompt_tokens, ends, record.clone());
         // The counter goes first, so it sees every sampled token whatever the others do.
         processors.insert(
             0,
@@ -399,7 +391,6 @@ impl Engine {
             logprobs: record.map(|(record, _)| Handout {
                 record,
                 handed: 0,
-                ready: Vec::new(),
                 waiting: VecDeque::new(),
             }),
             stops: StopText::new(&sampling.stop, sampling.include_stop),
@@ -522,8 +513,6 @@ struct Handout {
     record: Arc<Record>,
     /// Entries before this position have been matched to text.
     handed: usize,
-    /// Entries matched to the chunk being read.
-    ready: Vec<TokenLogprob>,
     /// Entries of chunks whose text has not been handed out yet, each with the offset in the
     /// answer's text where its chunk's text starts (a chunk with no text of its own, such as
     /// the first piece of a character, or text held back by a stop string's start): they go
@@ -532,11 +521,14 @@ struct Handout {
 }
 
 impl Handout {
-    /// Takes in a chunk mistralrs sent for token `id`.
-    fn chunk_for(&mut self, id: Option<u32>) {
+    /// Takes in a chunk mistralrs sent for token `id`, whose text starts at `start` in the
+    /// answer's text.
+    fn chunk_for(&mut self, id: Option<u32>, start: usize) {
         if let Some((entries, next)) = id.and_then(|id| self.record.through(self.handed, id)) {
-            self.ready.extend(entries);
             self.handed = next;
+            if !entries.is_empty() {
+                self.waiting.push_back((start, entries));
+            }
         }
     }
 
@@ -619,11 +611,7 @@ impl TokenStream {
             if let Some(handout) = &mut self.logprobs {
                 // mistralrs's own log-probabilities are of the one token graft's chooser left
                 // possible: its single entry names the token this chunk was sent for.
-                handout.chunk_for(logprob.and_then(|l| l.top_logprobs.first().map(|t| t.token)));
-                let entries = std::mem::take(&mut handout.ready);
-                if !entries.is_empty() {
-                    handout.waiting.push_back((self.received, entries));
-                }
+                handout.chunk_for(logprob.and_then(|l| l.top_logprobs.first().map(|t| t.token)), self.received);
             }
             self.received += text.len();
             let (mut text, stopped) = match &mut self.stops {
@@ -735,14 +723,21 @@ fn split_path(path: &Path) -> Result<(String, String), EngineError> {
     Ok((dir.to_owned(), file.to_owned()))
 }
 
+/// What ends a model's texts: its end tokens ([`Engine::end_tokens`]) and its prompt
+/// format's stop sequences (special tokens, never in the answer's text).
+struct Ends<'a> {
+    tokens: &'a Arc<[u32]>,
+    format_stops: &'static [&'static str],
+}
+
 /// mistralrs's sampling parameters for `s` (a prompt of `prompt_tokens`), and the logits
-/// processors that apply graft's penalties, `min_tokens` (holding back `ends`), seeded
+/// processors that apply graft's penalties, `min_tokens` (holding back the end tokens), seeded
 /// sampling and log-probabilities; `record` (with the tokenizer for the tokens' text) when
 /// the request asked for log-probabilities.
 fn sampling_params(
     s: &Sampling,
     prompt_tokens: usize,
-    ends: &Arc<[u32]>,
+    ends: Ends<'_>,
     record: Option<(Arc<Record>, Arc<Tokenizer>)>,
 ) -> (SamplingParams, Vec<Arc<dyn CustomLogitsProcessor>>) {
     // Greedy unless a temperature is given. A sampled request stays greedy in mistralrs and
@@ -763,10 +758,10 @@ fn sampling_params(
     if !s.logit_bias.is_empty() {
         processors.push(Arc::new(Bias(s.logit_bias.clone())));
     }
-    if s.min_tokens > 0 && !ends.is_empty() {
+    if s.min_tokens > 0 && !ends.tokens.is_empty() {
         processors.push(Arc::new(NoEndBefore {
             min_tokens: s.min_tokens,
-            ends: Arc::clone(ends),
+            ends: Arc::clone(ends.tokens),
             prompt_tokens,
         }));
     }
@@ -794,8 +789,18 @@ fn sampling_params(
         (None, None) => {}
     }
     params.max_len = Some(s.max_tokens);
-    if !s.stop.is_empty() {
-        params.stop_toks = Some(StopTokens::Seqs(s.stop.clone()));
+    // graft's `stop` matches the stop strings on the text. mistralrs gets them too, so that a
+    // stop string that is one token ends there, that token's text never sent; with
+    // `include_stop` that text must reach the answer, so it gets only the prompt format's own
+    // (special tokens, never in the text).
+    let stops: Vec<String> = s
+        .stop
+        .iter()
+        .filter(|stop| !s.include_stop || ends.format_stops.contains(&stop.as_str()))
+        .cloned()
+        .collect();
+    if !stops.is_empty() {
+        params.stop_toks = Some(StopTokens::Seqs(stops));
     }
     (params, processors)
 }

@@ -171,7 +171,7 @@ pub struct Completion {
 
 /// A generated token and how likely the model found it: natural-log probabilities of the
 /// model's distribution at that place, after the penalties (repetition, frequency and
-/// presence) and `logit_bias`, and before
+/// presence), `logit_bias` and `min_tokens`, and before
 /// temperature and top-p (what vLLM calls raw log-probabilities).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprob {
