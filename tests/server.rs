@@ -966,6 +966,8 @@ async fn a_stop_string_ends_the_answer_just_before_it_whole_and_streamed() {
             (Some(expected), &json!("stop")),
             "stop {stop:?}: {body}"
         );
+        // vLLM's stop_reason names the stop string that ended it.
+        assert_eq!(choice["stop_reason"], stop, "{body}");
         // The tokens listed are the answer's, up to the one the stop string starts in.
         let tokens: String = choice["logprobs"]["tokens"]
             .as_array()
@@ -983,6 +985,7 @@ async fn a_stop_string_ends_the_answer_just_before_it_whole_and_streamed() {
         let streamed: String = events.iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect();
         assert_eq!(streamed, expected, "stop {stop:?}");
         assert_eq!(events.last().unwrap()["choices"][0]["finish_reason"], "stop");
+        assert_eq!(events.last().unwrap()["choices"][0]["stop_reason"], stop);
         // vLLM's include_stop_str_in_output: the stop string ends the answer.
         let kept = with_fields(request.clone(), &json!({"stop": [stop], "include_stop_str_in_output": true}));
         let (_, body) = post("/v1/completions", &kept).await;
@@ -999,9 +1002,10 @@ async fn a_stop_string_ends_the_answer_just_before_it_whole_and_streamed() {
     let (_, body) = post("/v1/completions", &kept).await;
     let through = &free[..free.find(&word).unwrap() + word.len()];
     assert_eq!(body["choices"][0]["text"].as_str(), Some(through), "{word:?}: {body}");
-    // A stop string the answer never spells: the whole answer.
+    // A stop string the answer never spells: the whole answer, and no stop_reason.
     let (_, body) = post("/v1/completions", &with_fields(request.clone(), &json!({"stop": "zqzq"}))).await;
     assert_eq!(body["choices"][0]["text"].as_str(), Some(free.as_str()));
+    assert!(body["choices"][0].get("stop_reason").is_none(), "{body}");
     // As many stop strings as an editor plugin sends (Continue's for Python: its template's,
     // blank lines, code fences, top-level keywords), past OpenAI's four.
     let words = free.split_whitespace().collect::<Vec<_>>();
@@ -1034,12 +1038,98 @@ async fn a_stop_string_ends_the_answer_just_before_it_whole_and_streamed() {
     let answer = body["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
     let middle = answer.char_indices().nth(answer.chars().count() / 2).unwrap().0;
     let stop: String = answer[middle..].chars().take(3).collect();
-    let (_, body) = post("/v1/chat/completions", &with_fields(chat, &json!({"stop": stop}))).await;
+    let (_, body) = post("/v1/chat/completions", &with_fields(chat.clone(), &json!({"stop": stop}))).await;
     assert_eq!(
         body["choices"][0]["message"]["content"].as_str(),
         Some(&answer[..answer.find(&stop).unwrap()]),
         "{stop:?}"
     );
+    assert_eq!(body["choices"][0]["stop_reason"], stop.as_str(), "{body}");
+    let events = stream_events("/v1/chat/completions", &with_fields(chat, &json!({"stop": stop}))).await;
+    let last = &events.iter().rev().find(|e| !e["choices"][0]["finish_reason"].is_null()).unwrap()["choices"][0];
+    assert_eq!((&last["finish_reason"], &last["stop_reason"]), (&json!("stop"), &json!(stop)));
+    // llama.cpp's /infill: stop_type "word" and the stopping_word.
+    let fill = json!({"input_prefix": "The three primary colours are", "input_suffix": "", "n_predict": 40, "temperature": 0});
+    let filled = answered("/infill", &fill, json!({})).await;
+    let content = filled["content"].as_str().unwrap().to_owned();
+    let word = format!(" {}", content.split_whitespace().nth(2).expect("three words"));
+    let cut = answered("/infill", &fill, json!({"stop": [&word]})).await;
+    assert_eq!(
+        (&cut["content"], &cut["stop_type"], &cut["stopping_word"]),
+        (&json!(&content[..content.find(&word).unwrap()]), &json!("word"), &json!(word)),
+        "{cut}"
+    );
+    assert_eq!(filled["stopping_word"], "", "{filled}");
+}
+
+#[tokio::test]
+async fn a_stop_token_ends_the_answer_before_it_and_is_named() {
+    // The free answer's tokens, and the id of one of them in its middle (one that the
+    // tokenizer spells alone, and whose text the answer has not had before).
+    let request = completion("The three primary colours are", 40);
+    let (_, body) = post("/v1/completions", &with_fields(request.clone(), &json!({"logprobs": 0}))).await;
+    let free = body["choices"][0]["text"].as_str().unwrap().to_owned();
+    let tokens: Vec<String> = body["choices"][0]["logprobs"]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    let mut chosen = None;
+    for at in tokens.len() / 3..tokens.len() {
+        let (_, ids) = post("/tokenize", &json!({"content": tokens[at], "add_special": false})).await;
+        let ids = ids["tokens"].as_array().unwrap().clone();
+        if ids.len() == 1 && !tokens[..at].contains(&tokens[at]) && tokens[at].trim().len() > 1 {
+            chosen = Some((at, ids[0].as_u64().unwrap()));
+            break;
+        }
+    }
+    let (at, id) = chosen.expect("a token of the answer that spells alone: {tokens:?}");
+    let before: String = tokens[..at].concat();
+    assert!(free.starts_with(&before), "{free:?}");
+
+    let stopped = answered("/v1/completions", &request, json!({"stop_token_ids": [id]})).await;
+    let choice = &stopped["choices"][0];
+    assert_eq!(
+        (choice["text"].as_str(), &choice["finish_reason"], &choice["stop_reason"]),
+        (Some(before.as_str()), &json!("stop"), &json!(id)),
+        "token {id} ({:?}): {stopped}",
+        tokens[at]
+    );
+    // Kept with include_stop_str_in_output; streamed alike.
+    let kept = answered(
+        "/v1/completions",
+        &request,
+        json!({"stop_token_ids": [id], "include_stop_str_in_output": true}),
+    )
+    .await;
+    assert_eq!(
+        kept["choices"][0]["text"].as_str(),
+        Some(format!("{before}{}", tokens[at]).as_str()),
+        "{kept}"
+    );
+    let events = stream_events("/v1/completions", &with_fields(request.clone(), &json!({"stop_token_ids": [id]}))).await;
+    let streamed: String = events.iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect();
+    assert_eq!(streamed, before);
+    assert_eq!(events.last().unwrap()["choices"][0]["stop_reason"], id);
+    // With log-probabilities, the same answer, listed up to the stop token.
+    let listed = answered("/v1/completions", &request, json!({"stop_token_ids": [id], "logprobs": 1})).await;
+    assert_eq!(listed["choices"][0]["text"].as_str(), Some(before.as_str()));
+    assert_eq!(listed["choices"][0]["logprobs"]["tokens"], json!(tokens[..at]), "{listed}");
+    // min_tokens holds the stop token back, as it does the model's end.
+    let held = answered(
+        "/v1/completions",
+        &request,
+        json!({"stop_token_ids": [id], "min_tokens": at + 2, "max_tokens": at + 2}),
+    )
+    .await;
+    assert_eq!(held["choices"][0]["finish_reason"], "length", "{held}");
+    assert!(held["choices"][0].get("stop_reason").is_none(), "{held}");
+    // Outside the vocabulary, or too many: 400 naming the field.
+    for ids in [json!([u32::MAX]), json!((0..65).collect::<Vec<u32>>())] {
+        let (status, body) = post("/v1/completions", &with_fields(request.clone(), &json!({"stop_token_ids": ids}))).await;
+        assert_eq!(error_of(status, &body, 400)["param"], "stop_token_ids", "{body}");
+    }
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 //! request types and mistralrs's. It must not know about HTTP or retrieval.
 
 use std::any::Any;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -24,9 +24,11 @@ use crate::fim::PromptFormat;
 use crate::grammar::{Grammar, Grammars};
 use crate::logprobs::{Chooser, Record};
 use crate::sampling::{Bias, NoEndBefore, Penalties, SeededSampler};
-use crate::stop::StopText;
+use crate::stop::{StopIds, StopText};
 use crate::tokenizer::Tokenizer;
-use crate::types::{ChatMessage, ChatRequest, Completion, CompletionRequest, FinishReason, Prompt, Role, Sampling, TokenLogprob, Usage};
+use crate::types::{
+    ChatMessage, ChatRequest, Completion, CompletionRequest, FinishReason, Prompt, Role, Sampling, StopCause, TokenLogprob, Usage,
+};
 
 /// What to load as the base model.
 #[derive(Debug, Clone)]
@@ -72,6 +74,9 @@ pub struct Engine {
     vocab_size: Option<usize>,
     /// The tokens that end a text ([`Engine::end_tokens`]).
     end_tokens: Arc<[u32]>,
+    /// The text of the vocabulary's special tokens, which mistralrs leaves out of the
+    /// answer's text: a stop string that is one of them is mistralrs's to find.
+    special_tokens: HashSet<String>,
     /// The base model's tokenizer outside mistralrs, read on the first request that asks for
     /// log-probabilities (their tokens' text); adapters share the base's vocabulary.
     tokenizer: OnceLock<Result<Arc<Tokenizer>, String>>,
@@ -108,7 +113,8 @@ impl Engine {
             model,
             format,
             end_tokens: vocabulary.as_ref().map_or_else(|| Arc::from([]), |v| end_tokens(v, format)),
-            vocab_size: vocabulary.map(|v| v.size),
+            vocab_size: vocabulary.as_ref().map(|v| v.size),
+            special_tokens: vocabulary.map(|v| v.special).unwrap_or_default(),
             tokenizer: OnceLock::new(),
             grammars: Grammars::default(),
         })
@@ -327,9 +333,11 @@ impl Engine {
     async fn send(&self, model: Option<&str>, tokens: Vec<u32>, sampling: &Sampling) -> Result<TokenStream, EngineError> {
         let prompt_tokens = tokens.len();
         let generated = Arc::new(AtomicUsize::new(0));
-        let record = match sampling.logprobs {
-            Some(_) => Some((Arc::new(Record::default()), self.tokenizer()?)),
-            None => None,
+        // The record names every token chosen: for the log-probabilities, and for the stop
+        // tokens (a chunk of text names only its last token).
+        let record = match sampling.logprobs.is_some() || !sampling.stop_token_ids.is_empty() {
+            true => Some((Arc::new(Record::default()), self.tokenizer()?)),
+            false => None,
         };
         if sampling.min_tokens > 0 && sampling.grammar.is_some() {
             return Err(EngineError::InvalidRequest(
@@ -340,6 +348,7 @@ impl Engine {
         let ends = Ends {
             tokens: &self.end_tokens,
             format_stops: self.format.stop_sequences(),
+            special: &self.special_tokens,
         };
         let (sampling_params, mut processors) = sampling_params(sampling, prompt_tokens, ends, record.clone());
         // The counter goes first, so it sees every sampled token whatever the others do.
@@ -392,8 +401,10 @@ impl Engine {
                 record,
                 handed: 0,
                 waiting: VecDeque::new(),
+                wanted: sampling.logprobs.is_some(),
             }),
             stops: StopText::new(&sampling.stop, sampling.include_stop),
+            stop_ids: StopIds::new(&sampling.stop_token_ids, sampling.include_stop),
             received: 0,
             sent: 0,
         })
@@ -450,9 +461,14 @@ impl Collector {
                 }
                 None
             }
-            StreamEvent::End { finish_reason, usage } => Some(Completion {
+            StreamEvent::End {
+                finish_reason,
+                stopped_by,
+                usage,
+            } => Some(Completion {
                 text: std::mem::take(&mut self.text),
                 finish_reason,
+                stopped_by,
                 usage,
                 logprobs: self.logprobs.take(),
             }),
@@ -482,8 +498,13 @@ pub enum StreamEvent {
     /// More text; with its tokens' log-probabilities when the request asked for them (the
     /// tokens whose text this is, or ends).
     Text { text: String, logprobs: Option<Vec<TokenLogprob>> },
-    /// The generation is over.
-    End { finish_reason: FinishReason, usage: Usage },
+    /// The generation is over; `stopped_by` names the request's stop string or token that
+    /// ended it.
+    End {
+        finish_reason: FinishReason,
+        stopped_by: Option<StopCause>,
+        usage: Usage,
+    },
 }
 
 /// A generation in progress. Dropping it cancels the generation.
@@ -499,10 +520,13 @@ pub struct TokenStream {
     max_tokens: usize,
     /// Kept alive as long as the stream (the model pool's lease on the model it runs on).
     guard: Option<Box<dyn Any + Send + Sync>>,
-    /// The log-probabilities' record, when the request asked for them.
+    /// The record of the chosen tokens, when the request asked for their log-probabilities
+    /// or gave stop tokens.
     logprobs: Option<Handout>,
     /// The request's stop strings, matched on the text (`stop`).
     stops: Option<StopText>,
+    /// The request's stop tokens (`stop_token_ids`), matched on the record.
+    stop_ids: Option<StopIds>,
     /// Bytes of answer text received from mistralrs, and handed out.
     received: usize,
     sent: usize,
@@ -518,29 +542,38 @@ struct Handout {
     /// the first piece of a character, or text held back by a stop string's start): they go
     /// out with the text that begins their chunk.
     waiting: VecDeque<(usize, Vec<TokenLogprob>)>,
+    /// The request asked for the log-probabilities (not only for stop tokens).
+    wanted: bool,
 }
 
 impl Handout {
     /// Takes in a chunk mistralrs sent for token `id`, whose text starts at `start` in the
-    /// answer's text.
-    fn chunk_for(&mut self, id: Option<u32>, start: usize) {
-        if let Some((entries, next)) = id.and_then(|id| self.record.through(self.handed, id)) {
-            self.handed = next;
-            if !entries.is_empty() {
-                self.waiting.push_back((start, entries));
-            }
+    /// answer's text; returns the ids of the tokens the chunk's text is of.
+    fn chunk_for(&mut self, id: Option<u32>, start: usize) -> Vec<u32> {
+        let Some((entries, next)) = id.and_then(|id| self.record.through(self.handed, id)) else {
+            return Vec::new();
+        };
+        self.handed = next;
+        let ids = entries.iter().map(|e| e.id).collect();
+        if self.wanted && !entries.is_empty() {
+            self.waiting.push_back((start, entries));
         }
+        ids
     }
 
-    /// The entries of the chunks whose text starts before `offset`.
-    fn before(&mut self, offset: usize) -> Vec<TokenLogprob> {
+    /// The entries of the chunks whose text starts before `offset` (`None` when the request
+    /// did not ask for them).
+    fn before(&mut self, offset: usize) -> Option<Vec<TokenLogprob>> {
+        if !self.wanted {
+            return None;
+        }
         let mut entries = Vec::new();
         while self.waiting.front().is_some_and(|(start, _)| *start < offset) {
             if let Some((_, mut chunk)) = self.waiting.pop_front() {
                 entries.append(&mut chunk);
             }
         }
-        entries
+        Some(entries)
     }
 }
 
@@ -572,7 +605,7 @@ impl TokenStream {
                     FinishReason::Stop
                 };
                 tracing::debug!(generated, "the generation ended inside a character; its last bytes are left out");
-                let end = self.end_event(reason);
+                let end = self.end_event(reason, None);
                 // Text a stop string's start held back is the answer's end.
                 let text = self.stops.as_mut().map(StopText::flush).unwrap_or_default();
                 if text.is_empty() {
@@ -580,7 +613,7 @@ impl TokenStream {
                 }
                 self.end = Some(end);
                 self.sent += text.len();
-                let logprobs = self.logprobs.as_mut().map(|h| h.before(self.sent));
+                let logprobs = self.logprobs.as_mut().and_then(|h| h.before(self.sent));
                 return Some(Ok(StreamEvent::Text { text, logprobs }));
             };
             let (text, reason, logprob) = match response {
@@ -608,49 +641,57 @@ impl TokenStream {
                     ))))
                 }
             };
-            if let Some(handout) = &mut self.logprobs {
-                // mistralrs's own log-probabilities are of the one token graft's chooser left
-                // possible: its single entry names the token this chunk was sent for.
-                handout.chunk_for(logprob.and_then(|l| l.top_logprobs.first().map(|t| t.token)), self.received);
-            }
+            // mistralrs's own log-probabilities are of the one token graft's chooser left
+            // possible: its single entry names the token this chunk was sent for.
+            let chunk_ids = match &mut self.logprobs {
+                Some(handout) => handout.chunk_for(logprob.and_then(|l| l.top_logprobs.first().map(|t| t.token)), self.received),
+                None => Vec::new(),
+            };
             self.received += text.len();
-            let (mut text, stopped) = match &mut self.stops {
+            let (text, by_token) = match &self.stop_ids {
+                Some(stop_ids) => stop_ids.cut(&chunk_ids, text),
+                None => (text, None),
+            };
+            let (mut text, by_text) = match &mut self.stops {
                 Some(stops) => stops.push(&text),
-                None => (text, false),
+                None => (text, None),
             };
-            let reason = match (stopped, reason) {
-                // A stop string: the answer ends before it, whatever mistralrs goes on to.
-                (true, _) => Some(FinishReason::Stop),
-                (false, Some(reason)) => {
-                    if let Some(stops) = &mut self.stops {
-                        text.push_str(&stops.flush());
-                    }
-                    Some(finish_reason(&reason))
+            // A stop string or token: the answer ends there, whatever mistralrs goes on to.
+            let stopped_by = by_text.map(StopCause::Text).or(by_token.map(StopCause::Token));
+            let reason = match (&stopped_by, reason) {
+                (Some(_), _) => Some(FinishReason::Stop),
+                (None, reason) => reason.map(|r| finish_reason(&r)),
+            };
+            if reason.is_some() {
+                // Text a stop string's start held back is the answer's end (nothing is held
+                // once a stop string has matched).
+                if let Some(stops) = &mut self.stops {
+                    text.push_str(&stops.flush());
                 }
-                (false, None) => None,
-            };
+            }
             self.sent += text.len();
             if let Some(reason) = reason {
                 // The receiver is not read again: the sequence is over (closing it cancels a
-                // sequence a stop string ended).
+                // sequence a stop ended).
                 self.rx.close();
                 self.finished = true;
-                let end = self.end_event(reason);
+                let end = self.end_event(reason, stopped_by);
                 if text.is_empty() {
                     return Some(Ok(end));
                 }
                 self.end = Some(end);
             }
             if !text.is_empty() {
-                let logprobs = self.logprobs.as_mut().map(|h| h.before(self.sent));
+                let logprobs = self.logprobs.as_mut().and_then(|h| h.before(self.sent));
                 return Some(Ok(StreamEvent::Text { text, logprobs }));
             }
         }
     }
 
-    fn end_event(&self, finish_reason: FinishReason) -> StreamEvent {
+    fn end_event(&self, finish_reason: FinishReason, stopped_by: Option<StopCause>) -> StreamEvent {
         StreamEvent::End {
             finish_reason,
+            stopped_by,
             usage: Usage {
                 prompt_tokens: self.prompt_tokens,
                 // Never more than asked for: mistralrs 0.8.1 sampled one token past a
@@ -723,11 +764,12 @@ fn split_path(path: &Path) -> Result<(String, String), EngineError> {
     Ok((dir.to_owned(), file.to_owned()))
 }
 
-/// What ends a model's texts: its end tokens ([`Engine::end_tokens`]) and its prompt
-/// format's stop sequences (special tokens, never in the answer's text).
+/// What ends a model's texts: its end tokens ([`Engine::end_tokens`]), its prompt format's
+/// stop sequences, and its special tokens (neither ever in the answer's text).
 struct Ends<'a> {
     tokens: &'a Arc<[u32]>,
     format_stops: &'static [&'static str],
+    special: &'a HashSet<String>,
 }
 
 /// mistralrs's sampling parameters for `s` (a prompt of `prompt_tokens`), and the logits
@@ -758,12 +800,24 @@ fn sampling_params(
     if !s.logit_bias.is_empty() {
         processors.push(Arc::new(Bias(s.logit_bias.clone())));
     }
-    if s.min_tokens > 0 && !ends.tokens.is_empty() {
-        processors.push(Arc::new(NoEndBefore {
-            min_tokens: s.min_tokens,
-            ends: Arc::clone(ends.tokens),
-            prompt_tokens,
-        }));
+    if s.min_tokens > 0 {
+        // The request's stop tokens are held back too, as vLLM does.
+        let held: Arc<[u32]> = match s.stop_token_ids.is_empty() {
+            true => Arc::clone(ends.tokens),
+            false => {
+                let mut held: Vec<u32> = ends.tokens.iter().chain(&s.stop_token_ids).copied().collect();
+                held.sort_unstable();
+                held.dedup();
+                held.into()
+            }
+        };
+        if !held.is_empty() {
+            processors.push(Arc::new(NoEndBefore {
+                min_tokens: s.min_tokens,
+                ends: held,
+                prompt_tokens,
+            }));
+        }
     }
     // Without a seed, a seed of its own: still one draw per request.
     let sampler = (s.temperature > 0.0).then(|| SeededSampler {
@@ -789,14 +843,14 @@ fn sampling_params(
         (None, None) => {}
     }
     params.max_len = Some(s.max_tokens);
-    // graft's `stop` matches the stop strings on the text. mistralrs gets them too, so that a
-    // stop string that is one token ends there, that token's text never sent; with
-    // `include_stop` that text must reach the answer, so it gets only the prompt format's own
-    // (special tokens, never in the text).
+    // graft's `stop` matches the stop strings on the text (`stop`), and so knows which one
+    // ended the answer. Special tokens are never in the text: a stop string that is one (the
+    // prompt format's own, `<|endoftext|>` from an editor plugin) goes to mistralrs, which
+    // stops at the token.
     let stops: Vec<String> = s
         .stop
         .iter()
-        .filter(|stop| !s.include_stop || ends.format_stops.contains(&stop.as_str()))
+        .filter(|stop| ends.format_stops.contains(&stop.as_str()) || ends.special.contains(stop.as_str()))
         .cloned()
         .collect();
     if !stops.is_empty() {
@@ -813,6 +867,10 @@ struct Vocabulary {
     /// `tokenizer.ggml.eos_token_id`, `eot_token_id` and `eom_token_id`, those given.
     end_ids: Vec<u32>,
     tokens: Vec<String>,
+    /// The special tokens' text, as mistralrs reads the GGUF's tokenizer: every token whose
+    /// `tokenizer.ggml.token_type` is not normal (1), and the beginning, end and unknown
+    /// tokens.
+    special: HashSet<String>,
 }
 
 /// End-of-turn tokens of the chat formats, which mistralrs stops at when a template uses
@@ -857,16 +915,38 @@ fn read_vocabulary(path: &Path) -> Option<Vocabulary> {
             _ => return Err("no tokenizer.ggml.tokens".into()),
         };
         let tokens: Vec<String> = tokens.iter().map(|t| t.to_string().cloned().unwrap_or_default()).collect();
-        let end_ids = ["eos", "eot", "eom"]
-            .iter()
-            .filter_map(|name| content.metadata.get(&format!("tokenizer.ggml.{name}_token_id")))
-            .filter_map(|id| id.to_u32().ok())
-            .collect();
+        let id_of = |name: &str| {
+            content
+                .metadata
+                .get(&format!("tokenizer.ggml.{name}_token_id"))
+                .and_then(|id| id.to_u32().ok())
+        };
+        let end_ids: Vec<u32> = ["eos", "eot", "eom"].into_iter().filter_map(id_of).collect();
+        let types: Vec<i32> = match content.metadata.get("tokenizer.ggml.token_type") {
+            Some(gguf_file::Value::Array(types)) => types.iter().map(|t| t.to_i32().unwrap_or(1)).collect(),
+            _ => Vec::new(),
+        };
+        let typed_special = (types.len() == tokens.len())
+            .then(|| {
+                tokens
+                    .iter()
+                    .zip(&types)
+                    .filter(|(_, &kind)| kind != 1)
+                    .map(|(token, _)| token.clone())
+            })
+            .into_iter()
+            .flatten();
+        let named_special = ["bos", "eos", "unknown"]
+            .into_iter()
+            .filter_map(id_of)
+            .filter_map(|id| tokens.get(id as usize).cloned());
+        let special = typed_special.chain(named_special).collect();
         Ok(Vocabulary {
             size: tokens.len(),
             format: PromptFormat::detect(tokens.iter().map(String::as_str)),
             end_ids,
             tokens,
+            special,
         })
     };
     read()

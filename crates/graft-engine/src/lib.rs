@@ -54,6 +54,6 @@ pub use grammar::Grammar;
 pub use pool::{Pool, PoolLimits};
 pub use tokenizer::Tokenizer;
 pub use types::{
-    ChatMessage, ChatRequest, Completion, CompletionRequest, FinishReason, Prompt, Repetition, Role, Sampling, TokenLogprob, TopLogprob,
-    Usage,
+    ChatMessage, ChatRequest, Completion, CompletionRequest, FinishReason, Prompt, Repetition, Role, Sampling, StopCause, TokenLogprob,
+    TopLogprob, Usage,
 };

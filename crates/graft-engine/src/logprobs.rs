@@ -7,7 +7,9 @@
 //! log-probability under that distribution and the most likely tokens at its place, by
 //! position in the answer ([`Record`]). The token stream hands each entry out with the text it belongs to: mistralrs
 //! sends a token's text once it ends a whole character, naming the token it sent it for, and
-//! everything written down up to that token goes with that text ([`Record::through`]).
+//! everything written down up to that token goes with that text ([`Record::through`]). The
+//! same record names every chosen token for a request's stop tokens (vLLM's
+//! `stop_token_ids`, `stop`), which a chunk's text alone cannot tell.
 //!
 //! This module owns the arithmetic and the record; it must not know about requests or HTTP.
 

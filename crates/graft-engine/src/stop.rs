@@ -1,12 +1,13 @@
 //! Stop strings: an answer ends just before the first place one of them appears, and the
-//! answer's end that could still turn out to begin one is held back until it cannot.
+//! answer's end that could still turn out to begin one is held back until it cannot. Stop
+//! tokens (vLLM's `stop_token_ids`): an answer ends just before the first one.
 //!
 //! mistralrs 0.8.1 checks stop strings before it adds a token's text, and streams each
 //! token's text at once, so a stop string spelled by several tokens reached the client, with
 //! one token more ("help" asked, "...to help with" answered). graft matches them itself on
 //! the streamed text, as OpenAI and vLLM do: the stop string is never part of the answer.
 //!
-//! This module matches text; it must not know about tokens, requests or mistralrs.
+//! This module matches text and token ids; it must not know about requests or mistralrs.
 
 /// The matcher for one answer.
 #[derive(Debug)]
@@ -31,32 +32,64 @@ impl StopText {
     }
 
     /// Takes the answer's next piece of text. Returns the text that can be handed out now,
-    /// and whether a stop string ended the answer (the text is then all that comes before
-    /// it, and the stop string itself when it is kept; of two at one place, the first
-    /// given).
-    pub(crate) fn push(&mut self, text: &str) -> (String, bool) {
+    /// and the stop string that ended the answer, if one did (the text is then all that
+    /// comes before it, and the stop string itself when it is kept; of two at one place,
+    /// the first given).
+    pub(crate) fn push(&mut self, text: &str) -> (String, Option<String>) {
         self.held.push_str(text);
         // Text handed out earlier held no stop string, nor the start of one (that was kept
         // back), so the first stop string lies wholly in `held`.
         let first = self
             .stops
             .iter()
-            .filter_map(|stop| self.held.find(stop.as_str()).map(|at| (at, stop.len())))
+            .filter_map(|stop| self.held.find(stop.as_str()).map(|at| (at, stop)))
             .min_by_key(|&(at, _)| at);
-        if let Some((at, len)) = first {
-            self.held.truncate(if self.keep_stop { at + len } else { at });
-            return (std::mem::take(&mut self.held), true);
+        if let Some((at, stop)) = first {
+            let stop = stop.clone();
+            self.held.truncate(if self.keep_stop { at + stop.len() } else { at });
+            return (std::mem::take(&mut self.held), Some(stop));
         }
         let keep = self.stops.iter().map(|stop| overlap(&self.held, stop)).max().unwrap_or(0);
         let ready = self.held.len() - keep;
         let text = self.held[..ready].to_owned();
         self.held.drain(..ready);
-        (text, false)
+        (text, None)
     }
 
     /// The text still held back, at the answer's end (it ended without a stop string).
     pub(crate) fn flush(&mut self) -> String {
         std::mem::take(&mut self.held)
+    }
+}
+
+/// The stop tokens of one answer.
+#[derive(Debug)]
+pub(crate) struct StopIds {
+    ids: Vec<u32>,
+    /// vLLM's `include_stop_str_in_output`: the stop token's text ends the answer.
+    keep_stop: bool,
+}
+
+impl StopIds {
+    /// The matcher for `ids`; `None` when there are none.
+    pub(crate) fn new(ids: &[u32], keep_stop: bool) -> Option<StopIds> {
+        (!ids.is_empty()).then(|| StopIds {
+            ids: ids.to_vec(),
+            keep_stop,
+        })
+    }
+
+    /// Takes a piece of the answer's text and the tokens it is the text of. With a stop token
+    /// among them, the answer ends: the piece's text is dropped (a piece of several tokens is
+    /// one whose first tokens were pieces of a character the last completes, so nothing
+    /// before the stop token stands alone), or kept whole with `keep_stop`; the first stop
+    /// token is returned.
+    pub(crate) fn cut(&self, tokens: &[u32], text: String) -> (String, Option<u32>) {
+        match tokens.iter().find(|id| self.ids.contains(id)) {
+            None => (text, None),
+            Some(&id) if self.keep_stop => (text, Some(id)),
+            Some(&id) => (String::new(), Some(id)),
+        }
     }
 }
 
@@ -78,18 +111,24 @@ mod tests {
     }
 
     fn run_keeping(stops: &[&str], pieces: &[&str], keep_stop: bool) -> (Vec<String>, bool) {
+        let (out, stop) = run_naming(stops, pieces, keep_stop);
+        (out, stop.is_some())
+    }
+
+    /// The text handed out for `pieces`, and the stop string that ended it.
+    fn run_naming(stops: &[&str], pieces: &[&str], keep_stop: bool) -> (Vec<String>, Option<String>) {
         let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
         let mut matcher = StopText::new(&stops, keep_stop).unwrap();
         let mut out = Vec::new();
         for piece in pieces {
-            let (text, stopped) = matcher.push(piece);
+            let (text, stop) = matcher.push(piece);
             out.push(text);
-            if stopped {
-                return (out, true);
+            if stop.is_some() {
+                return (out, stop);
             }
         }
         out.push(matcher.flush());
-        (out, false)
+        (out, None)
     }
 
     #[test]
@@ -120,7 +159,11 @@ mod tests {
 
     #[test]
     fn the_first_stop_string_in_the_text_wins_and_characters_are_never_split() {
-        assert_eq!(run(&["c", "ab"], &["xabc"]), (vec!["x".into()], true));
+        assert_eq!(
+            run_naming(&["c", "ab"], &["xabc"], false),
+            (vec!["x".into()], Some("ab".into())),
+            "the stop string that ended the answer is named"
+        );
         assert_eq!(run(&["bc", "abcd"], &["xab", "cd"]), (vec!["x".into(), "".into()], true));
         // "é" is two bytes: a partial match never cuts it.
         assert_eq!(
@@ -131,6 +174,17 @@ mod tests {
             StopText::new(&[String::new()], false).is_none(),
             "an empty stop string matches nothing"
         );
+    }
+
+    #[test]
+    fn a_stop_token_ends_the_answer_without_its_text_unless_kept() {
+        let stops = StopIds::new(&[7, 42], false).unwrap();
+        assert_eq!(stops.cut(&[3], "fn".into()), ("fn".into(), None));
+        assert_eq!(stops.cut(&[42], "}".into()), ("".into(), Some(42)));
+        assert_eq!(stops.cut(&[5, 7], "é".into()), ("".into(), Some(7)));
+        let kept = StopIds::new(&[42], true).unwrap();
+        assert_eq!(kept.cut(&[42], "}".into()), ("}".into(), Some(42)));
+        assert!(StopIds::new(&[], false).is_none());
     }
 
     #[test]

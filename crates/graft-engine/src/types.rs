@@ -44,7 +44,11 @@ pub struct Sampling {
     pub min_p: f64,
     /// Generation stops before any of these strings ...
     pub stop: Vec<String>,
-    /// ... or after it, with it in the answer (vLLM's `include_stop_str_in_output`).
+    /// ... or before any of these tokens (vLLM's `stop_token_ids`; ids of the model's
+    /// vocabulary) ...
+    pub stop_token_ids: Vec<u32>,
+    /// ... or after the string or token, with it in the answer (vLLM's
+    /// `include_stop_str_in_output`).
     pub include_stop: bool,
     /// With a seed, sampling (temperature > 0) is repeatable: the same request and seed give
     /// the same text, whatever else the engine is running.
@@ -83,6 +87,7 @@ impl Sampling {
             top_k: 0,
             min_p: 0.0,
             stop: Vec::new(),
+            stop_token_ids: Vec::new(),
             include_stop: false,
             seed: None,
             frequency_penalty: 0.0,
@@ -152,6 +157,16 @@ impl FinishReason {
     }
 }
 
+/// What ended an answer early, when it was one of the request's own stops (vLLM's
+/// `stop_reason`): not the model's end, nor `max_tokens`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopCause {
+    /// A string of [`Sampling::stop`].
+    Text(String),
+    /// A token of [`Sampling::stop_token_ids`].
+    Token(u32),
+}
+
 /// Token counts of one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -164,6 +179,9 @@ pub struct Usage {
 pub struct Completion {
     pub text: String,
     pub finish_reason: FinishReason,
+    /// With [`FinishReason::Stop`], the request's stop that ended it (`None`: the model
+    /// ended its answer).
+    pub stopped_by: Option<StopCause>,
     pub usage: Usage,
     /// The tokens of `text` with their log-probabilities, when [`Sampling::logprobs`] asked.
     pub logprobs: Option<Vec<TokenLogprob>>,

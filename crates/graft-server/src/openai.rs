@@ -113,12 +113,15 @@ pub struct RepetitionFields {
 /// How an answer ends (read and checked by `routes::params`): vLLM's `min_tokens` (the
 /// model's end-of-text tokens held back until the answer has that many tokens) and
 /// `ignore_eos`, also llama.cpp's (held back to `max_tokens`; stop strings still end it);
-/// vLLM's `include_stop_str_in_output` (the stop string that ended the answer is in it).
+/// vLLM's `include_stop_str_in_output` (the stop string or token that ended the answer is in
+/// it) and `stop_token_ids`.
 #[derive(Debug, Default, Deserialize)]
 pub struct EndingFields {
     pub min_tokens: Option<u32>,
     pub ignore_eos: Option<bool>,
     pub include_stop_str_in_output: Option<bool>,
+    /// vLLM's `stop_token_ids`: the answer ends before the first of these tokens.
+    pub stop_token_ids: Option<Vec<u32>>,
 }
 
 /// The fields that ask for structured output, as a request gave them (read and checked by
@@ -275,7 +278,27 @@ pub struct TextChoice {
     pub index: u32,
     pub text: String,
     pub finish_reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<StopReason>,
     pub logprobs: Option<CompletionLogprobs>,
+}
+
+/// vLLM's `stop_reason` beside `finish_reason: "stop"`: the request's stop string or stop
+/// token id that ended the answer (left out when the model ended it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum StopReason {
+    Text(String),
+    Token(u32),
+}
+
+impl From<graft_engine::StopCause> for StopReason {
+    fn from(cause: graft_engine::StopCause) -> StopReason {
+        match cause {
+            graft_engine::StopCause::Text(text) => StopReason::Text(text),
+            graft_engine::StopCause::Token(id) => StopReason::Token(id),
+        }
+    }
 }
 
 /// `logprobs` of a completion's choice, in the legacy completions format: per token its text,
@@ -539,6 +562,8 @@ pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
     pub finish_reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<StopReason>,
     pub logprobs: Option<ChatLogprobs>,
 }
 
@@ -573,6 +598,8 @@ pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
     pub finish_reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<StopReason>,
     pub logprobs: Option<ChatLogprobs>,
 }
 

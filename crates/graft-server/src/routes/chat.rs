@@ -16,9 +16,11 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::generation::{admit, choices, start_choices, Generation};
 use crate::json::Json;
-use crate::openai::{self, AnswerHead, AssistantMessage, ChatChoice, ChatCompletionRequest, ChatLogprobs, ChunkChoice, Content, Delta};
+use crate::openai::{
+    self, AnswerHead, AssistantMessage, ChatChoice, ChatCompletionRequest, ChatLogprobs, ChunkChoice, Content, Delta, StopReason,
+};
 use crate::prompt;
-use crate::routes::params::{check_grammar, check_logit_bias, debug_info, structured, SamplingFields};
+use crate::routes::params::{check_grammar, check_token_ids, debug_info, structured, SamplingFields};
 use crate::routes::sse::{self, Extras, Part};
 use crate::routes::tools::{self, Results};
 use crate::state::AppState;
@@ -53,7 +55,7 @@ pub async fn completions(
     }
     check_grammar(&state, grammar.as_ref())?;
     let mut chat = to_engine_request(request, state.generation())?;
-    check_logit_bias(&state, &chat.sampling)?;
+    check_token_ids(&state, &chat.sampling)?;
     chat.sampling.grammar = grammar.map(|(grammar, _)| grammar);
     if let Some(tools) = &tools {
         tools.describe(&mut chat.messages);
@@ -103,6 +105,7 @@ impl sse::Chunks for ChatChunks {
     }
 
     fn chunk(&self, index: u32, part: Part) -> ChunkChoice {
+        let mut stop_reason = None;
         let (delta, finish_reason, logprobs) = match part {
             Part::Open => (
                 Delta {
@@ -137,23 +140,28 @@ impl sse::Chunks for ChatChunks {
                 };
                 (delta, None, None)
             }
-            Part::Finish(reason) => (Delta::default(), Some(reason), None),
+            Part::Finish(reason, stopped_by) => {
+                stop_reason = stopped_by.map(StopReason::from);
+                (Delta::default(), Some(reason), None)
+            }
         };
         ChunkChoice {
             index,
             delta,
             finish_reason,
+            stop_reason,
             logprobs,
         }
     }
 
     fn whole(&self, index: u32, completion: Completion) -> ChatChoice {
         if self.tools {
-            let (message, finish_reason) = tools::answer(completion);
+            let (message, finish_reason, stop_reason) = tools::answer(completion);
             return ChatChoice {
                 index,
                 message,
                 finish_reason,
+                stop_reason: stop_reason.map(StopReason::from),
                 logprobs: None,
             };
         }
@@ -165,6 +173,7 @@ impl sse::Chunks for ChatChunks {
                 tool_calls: None,
             },
             finish_reason: completion.finish_reason.as_str(),
+            stop_reason: completion.stopped_by.map(StopReason::from),
             logprobs: completion.logprobs.map(ChatLogprobs::new),
         }
     }

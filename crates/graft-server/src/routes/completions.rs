@@ -29,10 +29,10 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::generation::{admit, choices, start_choices, MAX_CHOICES};
 use crate::json::Json;
-use crate::openai::{self, AnswerHead, CompletionLogprobs, PromptInput, Source, TextChoice};
+use crate::openai::{self, AnswerHead, CompletionLogprobs, PromptInput, Source, StopReason, TextChoice};
 use crate::prompt;
 use crate::prompt::completion::{self, TooLong};
-use crate::routes::params::{check_grammar, check_logit_bias, debug_info, structured, SamplingFields};
+use crate::routes::params::{check_grammar, check_token_ids, debug_info, structured, SamplingFields};
 use crate::routes::sse::{self, Extras, Part};
 use crate::state::AppState;
 
@@ -86,7 +86,7 @@ pub async fn completions(
         logit_bias: request.logit_bias,
     }
     .resolve(state.generation())?;
-    check_logit_bias(&state, &sampling)?;
+    check_token_ids(&state, &sampling)?;
     let grammar = structured(request.structured)?;
     check_grammar(&state, grammar.as_ref())?;
     sampling.grammar = grammar.map(|(grammar, _)| grammar);
@@ -290,6 +290,7 @@ impl sse::Chunks for TextChunks {
     }
 
     fn chunk(&self, index: u32, part: Part) -> TextChoice {
+        let mut stop_reason = None;
         let (text, finish_reason, logprobs) = match part {
             Part::Open => (self.echoed(index).unwrap_or_default().to_owned(), None, None),
             Part::Text(text, logprobs) => {
@@ -305,7 +306,10 @@ impl sse::Chunks for TextChunks {
                 });
                 (text, None, logprobs)
             }
-            Part::Finish(reason) => (String::new(), Some(reason), None),
+            Part::Finish(reason, stopped_by) => {
+                stop_reason = stopped_by.map(StopReason::from);
+                (String::new(), Some(reason), None)
+            }
             // Completions take no tools.
             Part::Calls(_) => (String::new(), None, None),
         };
@@ -313,6 +317,7 @@ impl sse::Chunks for TextChunks {
             index,
             text,
             finish_reason,
+            stop_reason,
             logprobs,
         }
     }
@@ -326,6 +331,7 @@ impl sse::Chunks for TextChunks {
             index,
             text,
             finish_reason: Some(completion.finish_reason.as_str()),
+            stop_reason: completion.stopped_by.map(StopReason::from),
             logprobs: completion.logprobs.map(|tokens| CompletionLogprobs::new(tokens, 0).0),
         }
     }
@@ -351,6 +357,7 @@ mod tests {
         Completion {
             text: text.into(),
             finish_reason: FinishReason::Length,
+            stopped_by: None,
             usage: Usage {
                 prompt_tokens: 1,
                 completion_tokens: logprobs.len(),

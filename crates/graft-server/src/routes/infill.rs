@@ -15,14 +15,15 @@
 //! (`samplers`, `typical_p`, ...) and `cache_prompt` (graft's prompt cache is the server's
 //! `model.prompt_cache`) are ignored. Streaming is not offered here: `/v1/completions` streams.
 //!
-//! Answer: `content`, `stop`, `stop_type`, `model`, `tokens_predicted`, `tokens_evaluated`,
+//! Answer: `content`, `stop`, `stop_type` (`eos`, `limit`, or `word` with the
+//! `stopping_word` that ended it), `model`, `tokens_predicted`, `tokens_evaluated`,
 //! `prompt` (the exact prompt graft built), `truncated` (extra files left out), `timings`,
 //! `completion_probabilities` (with `n_probs`), and graft's `sources`.
 
 use axum::extract::State;
 use axum::Extension;
 use graft_engine::fim::{ContextFile, FimInput};
-use graft_engine::{CompletionRequest, FinishReason, Prompt, StreamEvent, TokenLogprob};
+use graft_engine::{CompletionRequest, FinishReason, Prompt, StopCause, StreamEvent, TokenLogprob};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::time::{Duration, Instant};
@@ -33,7 +34,7 @@ use crate::generation::{admit, Generation};
 use crate::json::Json;
 use crate::openai::{EndingFields, RepetitionFields, RetrievalField, Stop};
 use crate::prompt::completion::{self, TooLong};
-use crate::routes::params::SamplingFields;
+use crate::routes::params::{check_token_ids, SamplingFields};
 use crate::state::AppState;
 
 /// The request as llama.cpp's plugins send it.
@@ -86,12 +87,14 @@ pub struct ExtraFile {
 }
 
 /// Why generation stopped, in llama.cpp's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum StopType {
-    /// The model ended, or a stop string was met.
+    /// The model ended (or a stop token, graft's extension, was met).
     Eos,
     /// `n_predict`, `n_indent` or `t_max_predict_ms`.
     Limit,
+    /// This stop string was met (`stopping_word`).
+    Word(String),
 }
 
 pub async fn infill(
@@ -149,6 +152,7 @@ pub async fn infill(
         }
         e
     })?;
+    check_token_ids(&state, &sampling)?;
     let prefix = format!("{}{}", request.input_prefix, request.prompt);
     // Extra files alone are a cache-warming request (see `warm_only`).
     if prefix.is_empty() && request.input_suffix.is_empty() && request.input_extra.iter().all(|f| f.text.is_empty()) {
@@ -237,8 +241,8 @@ pub async fn infill(
         "index": 0,
         "content": content,
         "stop": true,
-        "stop_type": match stop_type { StopType::Eos => "eos", StopType::Limit => "limit" },
-        "stopping_word": "",
+        "stop_type": match stop_type { StopType::Eos => "eos", StopType::Limit => "limit", StopType::Word(_) => "word" },
+        "stopping_word": match &stop_type { StopType::Word(word) => word.as_str(), _ => "" },
         "model": target.name,
         "tokens_predicted": predicted_n,
         "tokens_evaluated": prompt_n,
@@ -311,10 +315,15 @@ async fn generate(mut generation: Generation, n_indent: Option<usize>, time_limi
                     break (StopType::Limit, pieces, true);
                 }
             }
-            Some(Ok(StreamEvent::End { finish_reason, usage })) => {
-                let stop_type = match finish_reason {
-                    FinishReason::Stop => StopType::Eos,
-                    FinishReason::Length => StopType::Limit,
+            Some(Ok(StreamEvent::End {
+                finish_reason,
+                stopped_by,
+                usage,
+            })) => {
+                let stop_type = match (finish_reason, stopped_by) {
+                    (FinishReason::Stop, Some(StopCause::Text(word))) => StopType::Word(word),
+                    (FinishReason::Stop, _) => StopType::Eos,
+                    (FinishReason::Length, _) => StopType::Limit,
                 };
                 break (stop_type, usage.completion_tokens, false);
             }

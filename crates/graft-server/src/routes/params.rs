@@ -95,6 +95,18 @@ impl SamplingFields {
         let presence_penalty = penalty(self.presence_penalty, "presence_penalty")?;
         let repetition = repetition(self.repetition)?;
         let include_stop = self.ending.include_stop_str_in_output == Some(true);
+        let mut stop_token_ids = self.ending.stop_token_ids.clone().unwrap_or_default();
+        if stop_token_ids.len() > MAX_STOP_SEQUENCES {
+            return Err(ApiError::invalid_param(
+                "stop_token_ids",
+                format!(
+                    "stop_token_ids takes up to {MAX_STOP_SEQUENCES} token ids, got {}",
+                    stop_token_ids.len()
+                ),
+            ));
+        }
+        stop_token_ids.sort_unstable();
+        stop_token_ids.dedup();
         let min_tokens = min_tokens(self.ending, max_tokens, !self.stop.is_empty())?;
         let logprobs = match self.logprobs {
             Some((top, param)) if top as usize > MAX_TOP_LOGPROBS => {
@@ -113,6 +125,7 @@ impl SamplingFields {
             top_k,
             min_p,
             stop: self.stop,
+            stop_token_ids,
             include_stop,
             // OpenAI's seed is a signed integer; its bits seed the draw.
             seed: self.seed.map(|s| s as u64),
@@ -217,17 +230,23 @@ fn logit_bias(map: HashMap<String, f64>) -> Result<Vec<(u32, f32)>, ApiError> {
     Ok(bias)
 }
 
-/// A `logit_bias` may only name tokens of the model's vocabulary.
-pub fn check_logit_bias(state: &AppState, sampling: &Sampling) -> Result<(), ApiError> {
+/// `logit_bias` and `stop_token_ids` may only name tokens of the model's vocabulary.
+pub fn check_token_ids(state: &AppState, sampling: &Sampling) -> Result<(), ApiError> {
     let Some(size) = state.engine().vocab_size() else {
         return Ok(());
     };
-    match sampling.logit_bias.iter().find(|&&(id, _)| id as usize >= size) {
+    let outside = sampling
+        .logit_bias
+        .iter()
+        .map(|&(id, _)| ("logit_bias", id))
+        .chain(sampling.stop_token_ids.iter().map(|&id| ("stop_token_ids", id)))
+        .find(|&(_, id)| id as usize >= size);
+    match outside {
         None => Ok(()),
-        Some((id, _)) => Err(ApiError::invalid_param(
-            "logit_bias",
+        Some((param, id)) => Err(ApiError::invalid_param(
+            param,
             format!(
-                "logit_bias names token id {id}, outside the model's vocabulary of {size} tokens (ids 0 to {})",
+                "{param} names token id {id}, outside the model's vocabulary of {size} tokens (ids 0 to {})",
                 size - 1
             ),
         )),

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream};
-use graft_engine::{Completion, StreamEvent};
+use graft_engine::{Completion, StopCause, StreamEvent};
 
 use crate::error::ApiError;
 use crate::generation::Generation;
@@ -32,7 +32,8 @@ pub enum Part {
     Text(String, Option<Vec<graft_engine::TokenLogprob>>),
     /// Calls of the request's tools (chat with `tools` only: `routes::tools`).
     Calls(Vec<openai::ToolCall>),
-    Finish(&'static str),
+    /// The finish reason, and the request's stop that ended the answer (vLLM's `stop_reason`).
+    Finish(&'static str, Option<StopCause>),
 }
 
 /// What a choice's stream brings, in order: pieces of its answer, then its end.
@@ -41,6 +42,7 @@ pub enum Piece {
     Calls(Vec<openai::ToolCall>),
     End {
         finish_reason: &'static str,
+        stopped_by: Option<StopCause>,
         usage: graft_engine::Usage,
     },
 }
@@ -54,8 +56,13 @@ pub fn pieces(generation: Generation) -> Pieces {
     stream::unfold(generation, |mut g| async move {
         let piece = g.next().await?.map(|event| match event {
             StreamEvent::Text { text, logprobs } => Piece::Text(text, logprobs),
-            StreamEvent::End { finish_reason, usage } => Piece::End {
+            StreamEvent::End {
+                finish_reason,
+                stopped_by,
+                usage,
+            } => Piece::End {
                 finish_reason: finish_reason.as_str(),
+                stopped_by,
                 usage,
             },
         });
@@ -231,9 +238,16 @@ pub fn stream<C: Chunks>(
                 Phase::Tokens => match flow.events.next().await {
                     Some((index, Ok(Piece::Text(text, logprobs)))) => event(&*chunks, index, Part::Text(text, logprobs), extras),
                     Some((index, Ok(Piece::Calls(calls)))) => event(&*chunks, index, Part::Calls(calls), extras),
-                    Some((index, Ok(Piece::End { finish_reason, usage }))) => {
+                    Some((
+                        index,
+                        Ok(Piece::End {
+                            finish_reason,
+                            stopped_by,
+                            usage,
+                        }),
+                    )) => {
                         add_usage(&mut flow.usage, usage, first_of_its_prompt(index, chunks.choices_per_prompt()));
-                        event(&*chunks, index, Part::Finish(finish_reason), extras)
+                        event(&*chunks, index, Part::Finish(finish_reason, stopped_by), extras)
                     }
                     Some((_, Err(e))) => {
                         flow.phase = Phase::Done;

@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use graft_engine::{ChatMessage, Completion, Grammar, Role, StreamEvent};
+use graft_engine::{ChatMessage, Completion, Grammar, Role, StopCause, StreamEvent};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -306,22 +306,23 @@ impl Results {
     }
 }
 
-/// A choice's message and finish reason: its calls, its words, or (cut short in a call) its
-/// text as it is.
-pub fn answer(completion: Completion) -> (AssistantMessage, &'static str) {
+/// A choice's message, finish reason and the request's stop that ended it: its calls, its
+/// words, or (cut short in a call) its text as it is.
+pub fn answer(completion: Completion) -> (AssistantMessage, &'static str, Option<StopCause>) {
     let mut reader = Reader::default();
     let words = reader.push(&completion.text);
-    let (content, tool_calls, finish_reason) = match reader.end() {
-        Ending::Words => (Some(words), None, completion.finish_reason.as_str()),
-        Ending::Calls(calls) => (None, Some(calls), "tool_calls"),
-        Ending::Unread => (Some(completion.text), None, completion.finish_reason.as_str()),
+    let stopped_by = completion.stopped_by;
+    let (content, tool_calls, finish_reason, stopped_by) = match reader.end() {
+        Ending::Words => (Some(words), None, completion.finish_reason.as_str(), stopped_by),
+        Ending::Calls(calls) => (None, Some(calls), "tool_calls", None),
+        Ending::Unread => (Some(completion.text), None, completion.finish_reason.as_str(), stopped_by),
     };
     let message = AssistantMessage {
         role: "assistant",
         content,
         tool_calls,
     };
-    (message, finish_reason)
+    (message, finish_reason, stopped_by)
 }
 
 /// A choice's stream with tools: the words of a `{"response": ...}` reply as the model writes
@@ -342,19 +343,27 @@ pub fn pieces(generation: Generation) -> Pieces {
                         ready.push_back(Piece::Text(words, None));
                     }
                 }
-                Ok(StreamEvent::End { finish_reason, usage }) => {
-                    let finish_reason = match reader.end() {
-                        Ending::Words => finish_reason.as_str(),
+                Ok(StreamEvent::End {
+                    finish_reason,
+                    stopped_by,
+                    usage,
+                }) => {
+                    let (finish_reason, stopped_by) = match reader.end() {
+                        Ending::Words => (finish_reason.as_str(), stopped_by),
                         Ending::Calls(calls) => {
                             ready.push_back(Piece::Calls(calls));
-                            "tool_calls"
+                            ("tool_calls", None)
                         }
                         Ending::Unread => {
                             ready.push_back(Piece::Text(std::mem::take(&mut reader.raw), None));
-                            finish_reason.as_str()
+                            (finish_reason.as_str(), stopped_by)
                         }
                     };
-                    ready.push_back(Piece::End { finish_reason, usage });
+                    ready.push_back(Piece::End {
+                        finish_reason,
+                        stopped_by,
+                        usage,
+                    });
                 }
             }
         }
@@ -604,6 +613,7 @@ mod tests {
 
     fn completion(text: &str, finish_reason: graft_engine::FinishReason) -> Completion {
         Completion {
+            stopped_by: None,
             text: text.into(),
             finish_reason,
             usage: graft_engine::Usage {
@@ -617,7 +627,7 @@ mod tests {
     #[test]
     fn an_answer_is_calls_words_or_the_text_as_it_was_cut() {
         use graft_engine::FinishReason;
-        let (message, reason) = answer(completion(
+        let (message, reason, _) = answer(completion(
             r#"{"tool_calls": [{"name": "f", "arguments": {"x": 1}}]}"#,
             FinishReason::Stop,
         ));
@@ -629,15 +639,15 @@ mod tests {
             ("f", r#"{"x":1}"#)
         );
         assert!(calls[0].id.starts_with("call_") && calls[0].id.len() == 29, "{}", calls[0].id);
-        let (message, reason) = answer(completion(r#"{"response": "Hi."}"#, FinishReason::Stop));
+        let (message, reason, _) = answer(completion(r#"{"response": "Hi."}"#, FinishReason::Stop));
         assert_eq!(
             (message.content.as_deref(), reason, message.tool_calls.is_none()),
             (Some("Hi."), "stop", true)
         );
-        let (message, reason) = answer(completion(r#"{"tool_calls": [{"na"#, FinishReason::Length));
+        let (message, reason, _) = answer(completion(r#"{"tool_calls": [{"na"#, FinishReason::Length));
         assert_eq!((message.content.as_deref(), reason), (Some(r#"{"tool_calls": [{"na"#), "length"));
         // Words cut by max_tokens: the words so far, as the stream sent them.
-        let (message, reason) = answer(completion(r#"{"response": "Hello, wor"#, FinishReason::Length));
+        let (message, reason, _) = answer(completion(r#"{"response": "Hello, wor"#, FinishReason::Length));
         assert_eq!((message.content.as_deref(), reason), (Some("Hello, wor"), "length"));
     }
 
