@@ -677,3 +677,265 @@ async fn an_adapter_may_not_take_a_project_s_name() {
     assert_eq!(archive.len(), 1, "listed once: {models}");
     assert_eq!(archive[0]["parent"], MODEL, "as the project: {models}");
 }
+
+/// A streamed Ollama answer: its status and each line's object.
+async fn ndjson(path: &str, token: &str, body: &Value) -> (u16, Vec<Value>) {
+    let (status, answer) = post(path, token, body).await;
+    let lines = match answer {
+        Value::String(text) => text.lines().map(|l| serde_json::from_str(l).expect("each line is JSON")).collect(),
+        one => vec![one],
+    };
+    (status, lines)
+}
+
+/// Asserts Ollama's error shape (`{"error": "..."}`) with `status` and returns the message.
+fn ollama_error(status: u16, body: &Value, expected: u16) -> String {
+    assert_eq!(status, expected, "{body}");
+    body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no Ollama error: {body}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn ollama_clients_list_and_show_the_models_a_key_may_use() {
+    // Clients check the version before anything else, with no key.
+    let (status, body) = get("/api/version", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["version"].as_str().is_some_and(|v| v.split('.').count() == 3), "{body}");
+
+    let (status, body) = get("/api/tags", Some(ALICE)).await;
+    assert_eq!(status, 200, "{body}");
+    let models = body["models"].as_array().unwrap();
+    let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert!(
+        names.contains(&MODEL) && names.contains(&"polyglot") && names.contains(&EMBEDDING_MODEL),
+        "{names:?}"
+    );
+    assert!(!names.contains(&"archive"), "a key sees only its projects: {names:?}");
+    let base = models.iter().find(|m| m["name"] == MODEL).unwrap();
+    let details = &base["details"];
+    assert_eq!(
+        (&details["format"], &details["family"]),
+        (&json!("gguf"), &json!("llama")),
+        "{base}"
+    );
+    assert!(details["parameter_size"].as_str().unwrap().ends_with('M'), "{base}");
+    assert!(!details["quantization_level"].as_str().unwrap().is_empty(), "{base}");
+    assert!(
+        base["size"].as_u64().unwrap() > 1_000_000 && base["digest"].as_str().unwrap().len() == 64,
+        "{base}"
+    );
+    assert!(base["modified_at"].as_str().unwrap().ends_with('Z'), "{base}");
+    let project = models.iter().find(|m| m["name"] == "polyglot").unwrap();
+    assert_eq!(project["details"]["parent_model"], MODEL, "{project}");
+
+    // `:latest` names the same model; the context is the longest prompt graft takes.
+    let (status, body) = post("/api/show", ALICE, &json!({"model": "polyglot:latest"})).await;
+    assert_eq!(status, 200, "{body}");
+    let capabilities: Vec<&str> = body["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(capabilities.contains(&"completion") && capabilities.contains(&"tools"), "{body}");
+    let context = body["model_info"]["llama.context_length"].as_u64().unwrap();
+    assert!(
+        context > 0 && context <= GenerationConfig::default().max_prompt_tokens as u64,
+        "{body}"
+    );
+    assert_eq!(body["model_info"]["general.architecture"], "llama");
+    let (status, body) = post("/api/show", ALICE, &json!({"name": EMBEDDING_MODEL})).await;
+    assert_eq!((status, &body["capabilities"]), (200, &json!(["embedding"])), "{body}");
+
+    // Errors in Ollama's shape, with graft's statuses.
+    let (status, body) = post("/api/show", ALICE, &json!({"model": "archive"})).await;
+    ollama_error(status, &body, 403);
+    let (status, body) = post("/api/show", ALICE, &json!({"model": "nope"})).await;
+    assert!(ollama_error(status, &body, 404).contains("nope"), "{body}");
+    let (status, body) = get("/api/tags", None).await;
+    assert_eq!(status, 401, "{body}");
+}
+
+#[tokio::test]
+async fn ollama_chat_and_generate_answer_as_the_openai_routes_do() {
+    let messages = json!([{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name two colours."}]);
+    let (_, openai) = post(
+        "/v1/chat/completions",
+        ADMIN,
+        &json!({"model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 16}),
+    )
+    .await;
+    let expected = openai["choices"][0]["message"]["content"].as_str().unwrap();
+    let request = json!({"model": format!("{MODEL}:latest"), "messages": messages, "options": {"temperature": 0, "num_predict": 16}});
+
+    // Streamed by default: a line per piece, then the counts and durations.
+    let (status, lines) = ndjson("/api/chat", ADMIN, &request).await;
+    assert_eq!(status, 200, "{lines:?}");
+    let (last, pieces) = lines.split_last().unwrap();
+    assert!(pieces.len() > 1 && pieces.iter().all(|l| l["done"] == false), "{lines:?}");
+    let streamed: String = lines.iter().map(|l| l["message"]["content"].as_str().unwrap()).collect();
+    assert_eq!(streamed, expected);
+    assert_eq!(last["done"], true, "{last}");
+    assert_eq!(last["model"], format!("{MODEL}:latest"), "the name as the request gave it");
+    assert_eq!(last["done_reason"], openai["choices"][0]["finish_reason"], "{last}");
+    assert_eq!(last["eval_count"], openai["usage"]["completion_tokens"], "{last}");
+    assert_eq!(last["prompt_eval_count"], openai["usage"]["prompt_tokens"], "{last}");
+    let nanos = |key: &str| last[key].as_u64().unwrap_or_else(|| panic!("{key}: {last}"));
+    assert!(nanos("eval_duration") > 0 && nanos("prompt_eval_duration") > 0, "{last}");
+    assert!(
+        nanos("total_duration") >= nanos("prompt_eval_duration") + nanos("eval_duration"),
+        "{last}"
+    );
+
+    // Whole with "stream": false.
+    let mut whole = request.clone();
+    whole["stream"] = json!(false);
+    let (status, body) = post("/api/chat", ADMIN, &whole).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["message"]["content"].as_str(), &body["done"]), (Some(expected), &json!(true)));
+
+    // /api/generate: the prompt as one user turn after `system` ...
+    let generate = json!({"model": MODEL, "system": "Answer briefly.", "prompt": "Name two colours.", "stream": false,
+        "options": {"temperature": 0, "num_predict": 16}});
+    let (status, body) = post("/api/generate", ADMIN, &generate).await;
+    assert_eq!((status, body["response"].as_str()), (200, Some(expected)), "{body}");
+    // ... or as it is with `raw`, and with `suffix` filled in the middle: /v1/completions.
+    for fields in [json!({}), json!({"suffix": "\n    return total\n"})] {
+        let mut completion = json!({"model": MODEL, "prompt": "def total(xs):\n", "temperature": 0, "max_tokens": 12});
+        let mut raw = json!({"model": MODEL, "prompt": "def total(xs):\n", "raw": true, "stream": false,
+            "options": {"temperature": 0, "num_predict": 12}});
+        for (key, value) in fields.as_object().unwrap() {
+            completion[key] = value.clone();
+            raw[key] = value.clone();
+        }
+        let (_, openai) = post("/v1/completions", ADMIN, &completion).await;
+        let (status, body) = post("/api/generate", ADMIN, &raw).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["response"], openai["choices"][0]["text"], "{fields}");
+    }
+    // Nothing to generate: Ollama's load request.
+    let (status, body) = post("/api/generate", ADMIN, &json!({"model": MODEL})).await;
+    assert_eq!(
+        (status, &body["done"], &body["done_reason"]),
+        (200, &json!(true), &json!("load")),
+        "{body}"
+    );
+
+    // A project's answer is grounded in its repository: its sources come with the last line.
+    let ask =
+        json!({"model": "polyglot", "messages": [{"role": "user", "content": QUESTION}], "options": {"temperature": 0, "num_predict": 8}});
+    let (status, lines) = ndjson("/api/chat", ALICE, &ask).await;
+    assert_eq!(status, 200, "{lines:?}");
+    assert!(source_paths(lines.last().unwrap()).iter().any(|p| p == DEFINING_FILE), "{lines:?}");
+
+    // Bad input: 400 in Ollama's shape, naming Ollama's fields.
+    for (fields, needle) in [
+        (json!({"options": {"num_predict": 0}}), "num_predict"),
+        (json!({"options": {"temperature": 9}}), "temperature"),
+        (json!({"options": {"mirostat": 2}}), "mirostat"),
+        (json!({"think": true}), "think"),
+        (json!({"format": "yaml"}), "format"),
+        (
+            json!({"messages": [{"role": "user", "content": "x", "images": ["aGk="]}]}),
+            "images",
+        ),
+    ] {
+        let mut bad = request.clone();
+        for (key, value) in fields.as_object().unwrap() {
+            bad[key] = value.clone();
+        }
+        let (status, body) = post("/api/chat", ADMIN, &bad).await;
+        assert!(ollama_error(status, &body, 400).contains(needle), "{fields}: {body}");
+    }
+    let (status, body) = post(
+        "/api/chat",
+        ADMIN,
+        &json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    ollama_error(status, &body, 404);
+}
+
+#[tokio::test]
+async fn ollama_tool_calls_and_embeddings_match_the_openai_routes() {
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let ask = json!([{"role": "user", "content": "Use the get_weather tool for Paris."}]);
+    let (_, openai) = post(
+        "/v1/chat/completions",
+        ADMIN,
+        &json!({"model": MODEL, "messages": ask, "tools": tools, "temperature": 0}),
+    )
+    .await;
+    let call = &openai["choices"][0]["message"]["tool_calls"][0]["function"];
+    assert_eq!(call["name"], "get_weather", "the control calls the tool: {openai}");
+    let (status, body) = post(
+        "/api/chat",
+        ADMIN,
+        &json!({"model": MODEL, "messages": ask, "tools": tools, "stream": false, "options": {"temperature": 0}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Ollama's calls carry their arguments as an object.
+    let arguments: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        body["message"]["tool_calls"],
+        json!([{"function": {"index": 0, "name": "get_weather", "arguments": arguments}}]),
+        "{body}"
+    );
+    assert_eq!(body["done_reason"], "stop");
+
+    // A conversation carrying the call and its result (Ollama's: no ids, the tool named)
+    // reads as the same conversation in OpenAI's shape.
+    let result = "18 degrees and sunny";
+    let ollama_turns = json!([
+        ask[0],
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": arguments}}]},
+        {"role": "tool", "content": result, "tool_name": "get_weather"},
+    ]);
+    let openai_turns = json!([
+        ask[0],
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1_0", "type": "function",
+            "function": {"name": "get_weather", "arguments": arguments.to_string()}}]},
+        {"role": "tool", "tool_call_id": "call_1_0", "content": result},
+    ]);
+    let (_, openai) = post(
+        "/v1/chat/completions",
+        ADMIN,
+        &json!({"model": MODEL, "messages": openai_turns, "tools": tools, "temperature": 0, "max_tokens": 24}),
+    )
+    .await;
+    let (status, body) = post(
+        "/api/chat",
+        ADMIN,
+        &json!({"model": MODEL, "messages": ollama_turns, "tools": tools, "stream": false,
+            "options": {"temperature": 0, "num_predict": 24}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["message"]["content"], openai["choices"][0]["message"]["content"], "{body}");
+    assert_eq!(body["prompt_eval_count"], openai["usage"]["prompt_tokens"], "the same prompt");
+
+    // Embeddings: Ollama's two endpoints give /v1/embeddings' vectors.
+    let texts = ["fn add(a: i32, b: i32) -> i32 { a + b }", "The weather in Lisbon is mild."];
+    let (_, openai) = post("/v1/embeddings", ALICE, &json!({"model": EMBEDDING_MODEL, "input": texts})).await;
+    let (status, body) = post(
+        "/api/embed",
+        ALICE,
+        &json!({"model": format!("{EMBEDDING_MODEL}:latest"), "input": texts}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let embeddings = body["embeddings"].as_array().unwrap();
+    assert_eq!(embeddings.len(), 2);
+    for (i, vector) in embeddings.iter().enumerate() {
+        assert_eq!(vector, &openai["data"][i]["embedding"]);
+    }
+    assert_eq!(body["prompt_eval_count"], openai["usage"]["prompt_tokens"]);
+    let (status, body) = post("/api/embeddings", ALICE, &json!({"model": EMBEDDING_MODEL, "prompt": texts[0]})).await;
+    assert_eq!((status, &body["embedding"]), (200, &openai["data"][0]["embedding"]), "{body}");
+    let (status, body) = post("/api/embed", ALICE, &json!({"model": EMBEDDING_MODEL, "input": []})).await;
+    ollama_error(status, &body, 400);
+}

@@ -20,6 +20,7 @@ use mistralrs::{
 use tokio::sync::mpsc;
 
 use crate::error::EngineError;
+use crate::facts::ModelFacts;
 use crate::fim::PromptFormat;
 use crate::grammar::{Grammar, Grammars};
 use crate::logprobs::{Chooser, Record};
@@ -77,6 +78,8 @@ pub struct Engine {
     /// The text of the vocabulary's special tokens, which mistralrs leaves out of the
     /// answer's text: a stop string that is one of them is mistralrs's to find.
     special_tokens: HashSet<String>,
+    /// What the base model's file says of it ([`Engine::facts`]).
+    facts: Option<ModelFacts>,
     /// The base model's tokenizer outside mistralrs, read on the first request that asks for
     /// log-probabilities (their tokens' text); adapters share the base's vocabulary.
     tokenizer: OnceLock<Result<Arc<Tokenizer>, String>>,
@@ -89,7 +92,7 @@ impl Engine {
     pub async fn load(base: &BaseModel) -> Result<Engine, EngineError> {
         let path = &base.gguf;
         let builder = gguf_builder(path, base)?;
-        let vocabulary = read_vocabulary(path);
+        let (vocabulary, facts) = read_header(path);
         let format = match base.prompt_format {
             Some(format) => format,
             None => vocabulary.as_ref().map_or(PromptFormat::Continuation, |v| v.format),
@@ -115,6 +118,7 @@ impl Engine {
             end_tokens: vocabulary.as_ref().map_or_else(|| Arc::from([]), |v| end_tokens(v, format)),
             vocab_size: vocabulary.as_ref().map(|v| v.size),
             special_tokens: vocabulary.map(|v| v.special).unwrap_or_default(),
+            facts,
             tokenizer: OnceLock::new(),
             grammars: Grammars::default(),
         })
@@ -199,6 +203,12 @@ impl Engine {
             .detokenize_with_model(tokens, false, model)
             .await
             .map_err(|e| EngineError::Generation(format!("cannot detokenize: {e}")))
+    }
+
+    /// What the base model's GGUF file says of it (architecture, parameters, storage type),
+    /// when its header could be read.
+    pub fn facts(&self) -> Option<&ModelFacts> {
+        self.facts.as_ref()
     }
 
     /// The longest sequence (prompt and completion, in tokens) the base model takes.
@@ -906,10 +916,26 @@ fn end_tokens(vocabulary: &Vocabulary, format: PromptFormat) -> Arc<[u32]> {
     ends.into()
 }
 
-fn read_vocabulary(path: &Path) -> Option<Vocabulary> {
-    let read = || -> Result<Vocabulary, String> {
+/// The base GGUF file's header, read once: its vocabulary and what it says of the model.
+fn read_header(path: &Path) -> (Option<Vocabulary>, Option<ModelFacts>) {
+    let read = || -> Result<gguf_file::Content, String> {
         let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| e.to_string())?);
-        let content = gguf_file::Content::read(&mut file).map_err(|e| e.to_string())?;
+        gguf_file::Content::read(&mut file).map_err(|e| e.to_string())
+    };
+    let warn = |e: String| {
+        tracing::warn!(path = %path.display(), "cannot read the vocabulary ({e}); completion prompts use the continuation format");
+    };
+    match read() {
+        Ok(content) => (vocabulary(&content).map_err(warn).ok(), Some(ModelFacts::read(&content, path))),
+        Err(e) => {
+            warn(e);
+            (None, None)
+        }
+    }
+}
+
+fn vocabulary(content: &gguf_file::Content) -> Result<Vocabulary, String> {
+    {
         let tokens = match content.metadata.get("tokenizer.ggml.tokens") {
             Some(gguf_file::Value::Array(tokens)) => tokens,
             _ => return Err("no tokenizer.ggml.tokens".into()),
@@ -948,12 +974,7 @@ fn read_vocabulary(path: &Path) -> Option<Vocabulary> {
             tokens,
             special,
         })
-    };
-    read()
-        .map_err(|e| {
-            tracing::warn!(path = %path.display(), "cannot read the vocabulary ({e}); completion prompts use the continuation format");
-        })
-        .ok()
+    }
 }
 
 /// A seed no other request shares (std's hasher keys are drawn from the OS at random).

@@ -10,7 +10,10 @@
 //! - [`fim`]: completion prompt formats (fill-in-the-middle, repo-level) by model family.
 //! - [`sampling`]: seeded sampling, repeatable per request; OpenAI's penalties and the
 //!   repetition penalty of vLLM and llama.cpp.
-//! - `stop`: stop strings matched on the streamed text, the stop string left out.
+//! - `stop`: stop strings matched on the streamed text, the stop string left out; stop
+//!   tokens matched on the chosen tokens.
+//! - [`facts`]: what the served GGUF file says of its model (architecture, parameters,
+//!   storage type), for listings.
 //! - [`logprobs`]: each generated token's log-probability and the likeliest alternatives.
 //! - [`grammar`]: structured output: a JSON Schema, regex or Lark grammar the answer follows.
 //! - [`synthetic`]: generated adapters for tests and benchmarks.
@@ -24,6 +27,7 @@ pub mod adapter;
 pub mod cache;
 pub mod engine;
 pub mod error;
+pub mod facts;
 pub mod fim;
 pub mod grammar;
 pub mod logprobs;

@@ -63,6 +63,7 @@ impl Admitted {
             started: self.started,
             model: model.to_owned(),
             seen_text: false,
+            first_token: None,
             metrics: Arc::clone(state.metrics()),
             cut: state.cut_signal(),
             trim_leading_whitespace: false,
@@ -168,6 +169,8 @@ pub struct Generation {
     /// The name the request asked for.
     model: String,
     seen_text: bool,
+    /// When the first text came.
+    first_token: Option<Instant>,
     metrics: Arc<Metrics>,
     /// Shutdown's grace period is over ([`AppState::cut_generations`]).
     cut: tokio::sync::watch::Receiver<bool>,
@@ -205,6 +208,7 @@ impl Generation {
                         *text = trimmed.to_owned();
                     }
                     self.seen_text = true;
+                    self.first_token = Some(Instant::now());
                     self.metrics.first_token(&self.model, self.started.elapsed());
                 }
                 Ok(StreamEvent::End { usage, .. }) => {
@@ -214,6 +218,11 @@ impl Generation {
             }
             return Some(event.map_err(ApiError::from));
         }
+    }
+
+    /// When the answer's first text came (the prompt had been read), if it has.
+    pub fn first_token(&self) -> Option<Instant> {
+        self.first_token
     }
 
     /// Leaves out the white space an answer starts with (a chat answer: the model's first

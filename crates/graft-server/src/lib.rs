@@ -48,7 +48,7 @@ pub use state::{AppState, ServerParts};
 
 /// The whole HTTP app.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    // Everything but /health needs a key (when keys are configured).
+    // Everything but /health and Ollama's /api/version needs a key (when keys are configured).
     let api = Router::new()
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{*model}", get(routes::models::retrieve))
@@ -65,9 +65,18 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/projects/{name}/reindex", post(routes::projects::reindex))
         .route("/v1/projects/{name}/search", post(routes::projects::search))
         .route("/metrics", get(routes::system::metrics))
+        // Ollama's native API (`routes::ollama`).
+        .route("/api/tags", get(routes::ollama::tags))
+        .route("/api/ps", get(routes::ollama::ps))
+        .route("/api/show", post(routes::ollama::show))
+        .route("/api/chat", post(routes::ollama::chat))
+        .route("/api/generate", post(routes::ollama::generate))
+        .route("/api/embed", post(routes::ollama::embed))
+        .route("/api/embeddings", post(routes::ollama::embeddings))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .route("/health", get(routes::system::health))
+        .route("/api/version", get(routes::ollama::version))
         .merge(api)
         .fallback(routes::system::not_found)
         .method_not_allowed_fallback(routes::system::method_not_allowed)

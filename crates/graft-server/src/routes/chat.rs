@@ -28,15 +28,38 @@ use crate::state::AppState;
 pub async fn completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Json(mut request): Json<ChatCompletionRequest>,
+    Json(request): Json<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let streaming = request.stream == Some(true);
+    let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let started = start(&state, &caller, request).await?;
+    let chunks = ChatChunks {
+        head: AnswerHead::new("chatcmpl", started.model),
+        tools: started.tools,
+    };
+    sse::respond(started.generations, chunks, streaming, include_usage, started.extras).await
+}
+
+/// A chat request's generations, started: what any API's answer is made of.
+pub(crate) struct Started {
+    /// One per choice (`n`).
+    pub generations: Vec<Generation>,
+    /// graft's extension fields (the sources retrieval used, the debug prompt).
+    pub extras: Extras,
+    /// The model as the request named it.
+    pub model: String,
+    /// The request has tools: each reply is read into calls or words ([`pieces`]).
+    pub tools: bool,
+}
+
+/// Checks a chat request, lays out its prompt (retrieval for a project) and starts its
+/// choices under one admission.
+pub(crate) async fn start(state: &AppState, caller: &Caller, mut request: ChatCompletionRequest) -> Result<Started, ApiError> {
     let n = choices(request.n)?;
     if let Some((field, message)) = request.unsupported.first_used() {
         return Err(ApiError::unsupported(field, message));
     }
-    let target = state.target(&request.model, &caller)?;
-    let streaming = request.stream == Some(true);
-    let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let target = state.target(&request.model, caller)?;
     let retrieval = request.retrieval.take();
     let debug = request.debug == Some(true);
     let tools = tools::read(request.tools.take(), request.tool_choice.take(), request.parallel_tool_calls)?;
@@ -53,33 +76,41 @@ pub async fn completions(
     if tools.is_some() && request.logprobs == Some(true) {
         return Err(ApiError::unsupported("logprobs", "logprobs together with tools is not supported"));
     }
-    check_grammar(&state, grammar.as_ref())?;
+    check_grammar(state, grammar.as_ref())?;
     let mut chat = to_engine_request(request, state.generation())?;
-    check_token_ids(&state, &chat.sampling)?;
+    check_token_ids(state, &chat.sampling)?;
     chat.sampling.grammar = grammar.map(|(grammar, _)| grammar);
     if let Some(tools) = &tools {
         tools.describe(&mut chat.messages);
     }
-    tracing::debug!(model = %target.name, messages = chat.messages.len(), max_tokens = chat.sampling.max_tokens, streaming, "chat request");
+    tracing::debug!(model = %target.name, messages = chat.messages.len(), max_tokens = chat.sampling.max_tokens, "chat request");
 
-    let admitted = admit(&state).await?;
-    let prompt = prompt::chat::lay_out(&state, &target, chat.messages, retrieval).await?;
+    let admitted = admit(state).await?;
+    let prompt = prompt::chat::lay_out(state, &target, chat.messages, retrieval).await?;
     let (sources, prompt) = (prompt.sources, prompt.tokens);
-    let debug = if debug { Some(debug_info(&state, &prompt).await?) } else { None };
+    let debug = if debug { Some(debug_info(state, &prompt).await?) } else { None };
 
     // The model reads exactly the prompt that was checked.
-    let generations: Vec<Generation> = start_choices(&state, &caller, admitted, &target, vec![prompt], chat.sampling, n)
+    let generations: Vec<Generation> = start_choices(state, caller, admitted, &target, vec![prompt], chat.sampling, n)
         .await?
         .into_iter()
         .map(Generation::trim_leading_whitespace)
         .collect();
-    let head = AnswerHead::new("chatcmpl", target.name);
-    let extras = Extras { sources, debug };
-    let chunks = ChatChunks {
-        head,
+    Ok(Started {
+        generations,
+        extras: Extras { sources, debug },
+        model: target.name,
         tools: tools.is_some(),
-    };
-    sse::respond(generations, chunks, streaming, include_usage, extras).await
+    })
+}
+
+/// A choice's stream: its text as it comes, or with tools its reply's words or calls.
+pub(crate) fn pieces(generation: Generation, tools: bool) -> sse::Pieces {
+    if tools {
+        tools::pieces(generation)
+    } else {
+        sse::pieces(generation)
+    }
 }
 
 /// Chat's answers: a whole `chat.completion`, or a stream of chunks: the role first (with the
@@ -179,11 +210,7 @@ impl sse::Chunks for ChatChunks {
     }
 
     fn pieces(&self, generation: Generation) -> sse::Pieces {
-        if self.tools {
-            tools::pieces(generation)
-        } else {
-            sse::pieces(generation)
-        }
+        pieces(generation, self.tools)
     }
 }
 

@@ -27,7 +27,7 @@ use graft_engine::Completion;
 
 use crate::caller::Caller;
 use crate::error::ApiError;
-use crate::generation::{admit, choices, start_choices, MAX_CHOICES};
+use crate::generation::{admit, choices, start_choices, Generation, MAX_CHOICES};
 use crate::json::Json;
 use crate::openai::{self, AnswerHead, CompletionLogprobs, PromptInput, Source, StopReason, TextChoice};
 use crate::prompt;
@@ -41,6 +41,59 @@ pub async fn completions(
     Extension(caller): Extension<Caller>,
     Json(request): Json<openai::CompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let streaming = request.stream == Some(true);
+    let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let started = start(&state, &caller, request).await?;
+    let Started {
+        generations,
+        extras,
+        model,
+        echoed,
+        n,
+        best_of,
+        hide_logprobs,
+    } = started;
+    let prompt_count = generations.len() / best_of as usize;
+    let chunks = TextChunks {
+        head: AnswerHead::new("cmpl", model),
+        offsets: Mutex::new(vec![0; prompt_count * n as usize]),
+        echo: echoed,
+        per_prompt: n,
+    };
+    if best_of > n {
+        // Usage counts every candidate: each was generated.
+        let (candidates, usage) = sse::collect(generations, best_of).await?;
+        let mut candidates = candidates.into_iter();
+        let mut best = Vec::with_capacity(prompt_count * n as usize);
+        for _ in 0..prompt_count {
+            let of_this_prompt = candidates.by_ref().take(best_of as usize).collect();
+            best.extend(keep_best(of_this_prompt, n as usize, hide_logprobs));
+        }
+        return Ok(sse::whole(best, usage, &chunks, extras));
+    }
+    sse::respond(generations, chunks, streaming, include_usage, extras).await
+}
+
+/// A completion request's generations, started: what any API's answer is made of.
+pub(crate) struct Started {
+    /// Each prompt's `best_of` candidates in turn.
+    pub generations: Vec<Generation>,
+    /// graft's extension fields (the sources retrieval used, the debug prompt).
+    pub extras: Extras,
+    /// The model as the request named it.
+    pub model: String,
+    /// `echo`: each prompt as the request gave it.
+    echoed: Option<Vec<String>>,
+    /// Choices answered per prompt, and candidates generated per prompt.
+    n: u32,
+    best_of: u32,
+    /// The log-probabilities were asked for `best_of`'s ranking alone.
+    hide_logprobs: bool,
+}
+
+/// Checks a completion request, lays out its prompts (FIM, retrieval for a project) and
+/// starts their candidates under one admission.
+pub(crate) async fn start(state: &AppState, caller: &Caller, request: openai::CompletionRequest) -> Result<Started, ApiError> {
     let n = choices(request.n)?;
     let best_of = match request.best_of {
         None => n,
@@ -62,13 +115,11 @@ pub async fn completions(
     if echo && request.suffix.is_some() {
         return Err(ApiError::invalid_param("echo", "echo cannot be used together with suffix"));
     }
-    let target = state.target(&request.model, &caller)?;
-    let streaming = request.stream == Some(true);
-    if streaming && best_of > n {
+    let target = state.target(&request.model, caller)?;
+    if request.stream == Some(true) && best_of > n {
         return Err(ApiError::invalid_param("best_of", "best_of greater than n cannot be streamed"));
     }
     let debug = request.debug == Some(true);
-    let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let format = state.engine().prompt_format();
     let mut sampling = SamplingFields {
         max_tokens: request.max_tokens,
@@ -86,9 +137,9 @@ pub async fn completions(
         logit_bias: request.logit_bias,
     }
     .resolve(state.generation())?;
-    check_token_ids(&state, &sampling)?;
+    check_token_ids(state, &sampling)?;
     let grammar = structured(request.structured)?;
-    check_grammar(&state, grammar.as_ref())?;
+    check_grammar(state, grammar.as_ref())?;
     sampling.grammar = grammar.map(|(grammar, _)| grammar);
     // best_of ranks its candidates by their tokens' log-probabilities: asked for here when the
     // request did not ask, and left out of the answer then.
@@ -110,9 +161,9 @@ pub async fn completions(
     if debug && prompts.len() > 1 {
         return Err(ApiError::unsupported("debug", "debug with several prompts is not supported"));
     }
-    tracing::debug!(model = %target.name, prompts = prompts.len(), max_tokens = sampling.max_tokens, streaming, format = format.name(), "completion request");
+    tracing::debug!(model = %target.name, prompts = prompts.len(), max_tokens = sampling.max_tokens, format = format.name(), "completion request");
 
-    let admitted = admit(&state).await?;
+    let admitted = admit(state).await?;
     let prompt_count = prompts.len();
     let mut laid_out = Vec::with_capacity(prompt_count);
     let mut echoed = Vec::with_capacity(prompt_count);
@@ -120,7 +171,7 @@ pub async fn completions(
     for (i, prompt) in prompts.into_iter().enumerate() {
         let tokens = match prompt {
             Err(tokens) => {
-                prompt::check_length(&state, tokens.len(), "prompt", "The prompt")?;
+                prompt::check_length(state, tokens.len(), "prompt", "The prompt")?;
                 state
                     .engine()
                     .check_token_ids("prompt", &tokens)
@@ -150,7 +201,7 @@ pub async fn completions(
                     &mut scratch
                 };
                 let prompt = completion::lay_out(
-                    &state,
+                    state,
                     &target,
                     input,
                     Vec::new(),
@@ -168,29 +219,19 @@ pub async fn completions(
         laid_out.push(tokens);
     }
     let debug = match (debug, laid_out.first()) {
-        (true, Some(tokens)) => Some(debug_info(&state, tokens).await?),
+        (true, Some(tokens)) => Some(debug_info(state, tokens).await?),
         _ => None,
     };
-    let generations = start_choices(&state, &caller, admitted, &target, laid_out, sampling, best_of).await?;
-    let chunks = TextChunks {
-        head: AnswerHead::new("cmpl", target.name),
-        offsets: Mutex::new(vec![0; prompt_count * n as usize]),
-        echo: echo.then_some(echoed),
-        per_prompt: n,
-    };
-    let extras = Extras { sources, debug };
-    if best_of > n {
-        // Usage counts every candidate: each was generated.
-        let (candidates, usage) = sse::collect(generations, best_of).await?;
-        let mut candidates = candidates.into_iter();
-        let mut best = Vec::with_capacity(prompt_count * n as usize);
-        for _ in 0..prompt_count {
-            let of_this_prompt = candidates.by_ref().take(best_of as usize).collect();
-            best.extend(keep_best(of_this_prompt, n as usize, hide_logprobs));
-        }
-        return Ok(sse::whole(best, usage, &chunks, extras));
-    }
-    sse::respond(generations, chunks, streaming, include_usage, extras).await
+    let generations = start_choices(state, caller, admitted, &target, laid_out, sampling, best_of).await?;
+    Ok(Started {
+        generations,
+        extras: Extras { sources, debug },
+        model: target.name,
+        echoed: echo.then_some(echoed),
+        n,
+        best_of,
+        hide_logprobs,
+    })
 }
 
 /// Most prompts one request may send (LangChain sends up to 20 at a time).

@@ -6,6 +6,7 @@ pub mod completions;
 pub mod embeddings;
 pub mod infill;
 pub mod models;
+pub mod ollama;
 pub mod params;
 pub mod projects;
 pub mod sse;

@@ -44,6 +44,8 @@ pub enum Piece {
         finish_reason: &'static str,
         stopped_by: Option<StopCause>,
         usage: graft_engine::Usage,
+        /// When the answer's first token came (the prompt had been read), if one did.
+        first_token: Option<tokio::time::Instant>,
     },
 }
 
@@ -64,6 +66,7 @@ pub fn pieces(generation: Generation) -> Pieces {
                 finish_reason: finish_reason.as_str(),
                 stopped_by,
                 usage,
+                first_token: g.first_token(),
             },
         });
         Some((piece, g))
@@ -244,6 +247,7 @@ pub fn stream<C: Chunks>(
                             finish_reason,
                             stopped_by,
                             usage,
+                            ..
                         }),
                     )) => {
                         add_usage(&mut flow.usage, usage, first_of_its_prompt(index, chunks.choices_per_prompt()));

@@ -363,6 +363,7 @@ pub fn pieces(generation: Generation) -> Pieces {
                         finish_reason,
                         stopped_by,
                         usage,
+                        first_token: generation.first_token(),
                     });
                 }
             }
