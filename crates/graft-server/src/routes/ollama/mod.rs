@@ -149,17 +149,16 @@ pub async fn chat(
         state.target(&id, &caller)?;
         return Ok(loaded(&request.model, Shape::Chat, request.keep_alive.as_ref()));
     }
-    let mut fields = wire::sampling(request.options, state.generation().chat_max_tokens())?;
-    fields.insert("model".into(), json!(id));
+    let common = wire::Common {
+        model: id,
+        options: request.options,
+        format: request.format,
+        retrieval: request.retrieval,
+    };
+    let mut fields = common.fields(state.generation().chat_max_tokens())?;
     fields.insert("messages".into(), json!(wire::messages(request.messages)?));
-    if let Some(format) = wire::response_format(request.format)? {
-        fields.insert("response_format".into(), format);
-    }
     if let Some(tools) = request.tools.filter(|t| !t.is_null()) {
         fields.insert("tools".into(), tools);
-    }
-    if let Some(retrieval) = request.retrieval {
-        fields.insert("retrieval".into(), retrieval);
     }
     let openai = wire::openai_request(fields).map_err(wire::ollama_names)?;
     let started_chat = chat::start(&state, &caller, openai).await.map_err(wire::ollama_names)?;
@@ -206,14 +205,13 @@ pub async fn generate(
         state.target(&id, &caller)?;
         return Ok(loaded(&request.model, Shape::Generate, request.keep_alive.as_ref()));
     }
-    let mut fields = wire::sampling(request.options, state.generation().chat_max_tokens())?;
-    fields.insert("model".into(), json!(id));
-    if let Some(format) = wire::response_format(request.format)? {
-        fields.insert("response_format".into(), format);
-    }
-    if let Some(retrieval) = request.retrieval {
-        fields.insert("retrieval".into(), retrieval);
-    }
+    let common = wire::Common {
+        model: id,
+        options: request.options,
+        format: request.format,
+        retrieval: request.retrieval,
+    };
+    let mut fields = common.fields(state.generation().chat_max_tokens())?;
     let (generation, sources) = if request.raw == Some(true) || suffix.is_some() {
         fields.insert("prompt".into(), json!(request.prompt));
         if let Some(suffix) = suffix {

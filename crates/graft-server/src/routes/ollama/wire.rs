@@ -98,6 +98,30 @@ pub struct Options {
     pub mirostat: Option<i64>,
 }
 
+/// What `/api/chat` and `/api/generate` share, as their requests gave it.
+pub struct Common {
+    /// graft's id of the model ([`model_id`]).
+    pub model: String,
+    pub options: Option<Options>,
+    pub format: Option<Value>,
+    pub retrieval: Option<Value>,
+}
+
+impl Common {
+    /// The OpenAI request fields for them; `unlimited`: the most tokens an answer may have.
+    pub fn fields(self, unlimited: u32) -> Result<Map<String, Value>, ApiError> {
+        let mut fields = sampling(self.options, unlimited)?;
+        fields.insert("model".into(), json!(self.model));
+        if let Some(format) = response_format(self.format)? {
+            fields.insert("response_format".into(), format);
+        }
+        if let Some(retrieval) = self.retrieval {
+            fields.insert("retrieval".into(), retrieval);
+        }
+        Ok(fields)
+    }
+}
+
 /// An Ollama model name as graft's id: `name:latest` is `name`.
 pub fn model_id(name: &str) -> &str {
     name.strip_suffix(":latest").unwrap_or(name)
@@ -106,7 +130,7 @@ pub fn model_id(name: &str) -> &str {
 /// The OpenAI request fields for `options`: `max_tokens` from `num_predict` (a negative one,
 /// or none, is `unlimited`: the most the server allows for an answer), the rest under the
 /// names graft's routes read.
-pub fn sampling(options: Option<Options>, unlimited: u32) -> Result<Map<String, Value>, ApiError> {
+fn sampling(options: Option<Options>, unlimited: u32) -> Result<Map<String, Value>, ApiError> {
     let options = options.unwrap_or_default();
     if options.mirostat.is_some_and(|m| m != 0) {
         return Err(ApiError::unsupported(
@@ -140,7 +164,7 @@ pub fn sampling(options: Option<Options>, unlimited: u32) -> Result<Map<String, 
 
 /// OpenAI's `response_format` for Ollama's `format`: `"json"` (any JSON object) or a JSON
 /// Schema; `None` for none.
-pub fn response_format(format: Option<Value>) -> Result<Option<Value>, ApiError> {
+fn response_format(format: Option<Value>) -> Result<Option<Value>, ApiError> {
     match format {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
