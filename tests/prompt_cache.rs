@@ -189,3 +189,44 @@ async fn on_the_q8_0_copy_a_prompt_read_after_a_cached_start_gives_the_same_bits
         assert_eq!(tops(read_whole), tops(read_after), "the likeliest tokens at {}", read_whole.token);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_says_how_much_of_the_prompt_the_cache_supplied() {
+    let cached = engine(2).await;
+    let system = preamble();
+    let first = [(Role::System, system.as_str()), (Role::User, "What does rotateSigningKeys return?")];
+    let second = [(Role::System, system.as_str()), (Role::User, "Which field holds the keys?")];
+    let messages =
+        |turns: &[(Role, &str)]| -> Vec<ChatMessage> { turns.iter().map(|(role, text)| ChatMessage::new(*role, *text)).collect() };
+    let usage = |engine: Arc<Engine>, turns: Vec<ChatMessage>| async move {
+        let request = ChatRequest {
+            messages: turns,
+            sampling: Sampling::greedy(4),
+        };
+        engine.chat(request).await.expect("an answer").usage
+    };
+
+    let read = usage(Arc::clone(&cached), messages(&first)).await;
+    assert_eq!(read.cached_tokens, 0, "nothing cached yet: {read:?}");
+    let again = usage(Arc::clone(&cached), messages(&first)).await;
+    assert_eq!(
+        again.cached_tokens,
+        again.prompt_tokens - 2,
+        "the same prompt: all but its last two tokens reused"
+    );
+    // Another question after the same system message: the shared start.
+    let (a, b) = (
+        cached.chat_prompt(&messages(&first)).await.unwrap(),
+        cached.chat_prompt(&messages(&second)).await.unwrap(),
+    );
+    let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    assert!(shared > 200 && shared < b.len(), "{shared} of {}", b.len());
+    let other = usage(Arc::clone(&cached), messages(&second)).await;
+    assert_eq!((other.prompt_tokens, other.cached_tokens), (b.len(), shared));
+
+    // Without a prompt cache nothing is reused.
+    let plain = engine(0).await;
+    for _ in 0..2 {
+        assert_eq!(usage(Arc::clone(&plain), messages(&first)).await.cached_tokens, 0);
+    }
+}

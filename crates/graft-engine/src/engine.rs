@@ -417,6 +417,7 @@ impl Engine {
             stop_ids: StopIds::new(&sampling.stop_token_ids, sampling.include_stop),
             received: 0,
             sent: 0,
+            cached: 0,
         })
     }
 }
@@ -540,6 +541,8 @@ pub struct TokenStream {
     /// Bytes of answer text received from mistralrs, and handed out.
     received: usize,
     sent: usize,
+    /// Prompt tokens the prefix cache supplied, as mistralrs's chunks say.
+    cached: usize,
 }
 
 /// Where a stream is in handing out its [`Record`]'s entries.
@@ -588,6 +591,11 @@ impl Handout {
 }
 
 impl TokenStream {
+    /// Prompt tokens the prompt cache supplied (known once the first text has come).
+    pub fn cached_tokens(&self) -> usize {
+        self.cached.min(self.prompt_tokens)
+    }
+
     /// Keeps `guard` alive until the stream is dropped.
     pub fn hold(mut self, guard: impl Any + Send + Sync) -> TokenStream {
         self.guard = Some(Box::new(guard));
@@ -628,6 +636,7 @@ impl TokenStream {
             };
             let (text, reason, logprob) = match response {
                 Response::CompletionChunk(chunk) => {
+                    self.cached = self.cached.max(chunk.prompt_cached_tokens);
                     let Some(choice) = chunk.choices.into_iter().next() else {
                         continue;
                     };
@@ -704,6 +713,7 @@ impl TokenStream {
             stopped_by,
             usage: Usage {
                 prompt_tokens: self.prompt_tokens,
+                cached_tokens: self.cached_tokens(),
                 // Never more than asked for: mistralrs 0.8.1 sampled one token past a
                 // sequence its prompt step had finished (fixed in vendor/mistralrs-core,
                 // `engine/mod.rs`), and such a token's text is never handed out.

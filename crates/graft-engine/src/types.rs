@@ -171,6 +171,9 @@ pub enum StopCause {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: usize,
+    /// Of the prompt's tokens, those an earlier request had read: the prompt cache supplied
+    /// their keys and values (`model.prompt_cache`).
+    pub cached_tokens: usize,
     pub completion_tokens: usize,
 }
 

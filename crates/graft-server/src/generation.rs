@@ -212,12 +212,17 @@ impl Generation {
                     self.metrics.first_token(&self.model, self.started.elapsed());
                 }
                 Ok(StreamEvent::End { usage, .. }) => {
-                    self.metrics.tokens(&self.model, usage.prompt_tokens, usage.completion_tokens);
+                    self.metrics.tokens(&self.model, *usage);
                 }
                 _ => {}
             }
             return Some(event.map_err(ApiError::from));
         }
+    }
+
+    /// Prompt tokens the prompt cache supplied (known once the first text has come).
+    pub fn cached_tokens(&self) -> usize {
+        self.tokens.cached_tokens()
     }
 
     /// When the answer's first text came (the prompt had been read), if it has.

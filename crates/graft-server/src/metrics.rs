@@ -69,7 +69,8 @@ struct Inner {
     /// model → time to first token.
     ttft: BTreeMap<String, Histogram>,
     /// model → (prompt tokens, completion tokens).
-    tokens: BTreeMap<String, (u64, u64)>,
+    /// By model: prompt tokens, of them those the prompt cache supplied, generated tokens.
+    tokens: BTreeMap<String, (u64, u64, u64)>,
     retrieval: Histogram,
     /// Requests turned away because the queue was full.
     rejected: u64,
@@ -120,12 +121,13 @@ impl Metrics {
             .observe(after.as_secs_f64());
     }
 
-    /// A generation on `model` ended.
-    pub fn tokens(&self, model: &str, prompt: usize, completion: usize) {
+    /// A generation on `model` ended, having read and generated `usage`'s tokens.
+    pub fn tokens(&self, model: &str, usage: graft_engine::Usage) {
         let mut m = self.lock();
         let entry = m.tokens.entry(model.to_owned()).or_default();
-        entry.0 += prompt as u64;
-        entry.1 += completion as u64;
+        entry.0 += usage.prompt_tokens as u64;
+        entry.1 += usage.cached_tokens as u64;
+        entry.2 += usage.completion_tokens as u64;
     }
 
     /// A retrieval took `took`.
@@ -177,11 +179,20 @@ impl Metrics {
             "counter",
             "Prompt tokens processed, by model.",
         );
-        for (model, (prompt, _)) in &m.tokens {
+        for (model, (prompt, _, _)) in &m.tokens {
             let _ = writeln!(out, "graft_prompt_tokens_total{{model=\"{}\"}} {prompt}", escape(model));
         }
+        header(
+            &mut out,
+            "graft_prompt_tokens_cached_total",
+            "counter",
+            "Prompt tokens the prompt cache supplied (read by an earlier request), by model.",
+        );
+        for (model, (_, cached, _)) in &m.tokens {
+            let _ = writeln!(out, "graft_prompt_tokens_cached_total{{model=\"{}\"}} {cached}", escape(model));
+        }
         header(&mut out, "graft_completion_tokens_total", "counter", "Tokens generated, by model.");
-        for (model, (_, completion)) in &m.tokens {
+        for (model, (_, _, completion)) in &m.tokens {
             let _ = writeln!(out, "graft_completion_tokens_total{{model=\"{}\"}} {completion}", escape(model));
         }
         header(
@@ -254,8 +265,13 @@ mod tests {
         m.request("/v1/chat/completions", 200, Duration::from_millis(30));
         m.request("/v1/chat/completions", 200, Duration::from_millis(700));
         m.request("/v1/chat/completions", 404, Duration::from_millis(1));
-        m.tokens("graft", 10, 5);
-        m.tokens("graft", 1, 2);
+        let usage = |prompt_tokens, cached_tokens, completion_tokens| graft_engine::Usage {
+            prompt_tokens,
+            cached_tokens,
+            completion_tokens,
+        };
+        m.tokens("graft", usage(10, 8, 5));
+        m.tokens("graft", usage(1, 0, 2));
         let text = m.render(PoolStats::default(), 1, 0);
         assert!(
             text.contains("graft_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2"),
@@ -266,6 +282,7 @@ mod tests {
         assert!(text.contains("graft_request_duration_seconds_bucket{route=\"/v1/chat/completions\",le=\"+Inf\"} 3"));
         assert!(text.contains("graft_request_duration_seconds_count{route=\"/v1/chat/completions\"} 3"));
         assert!(text.contains("graft_prompt_tokens_total{model=\"graft\"} 11"));
+        assert!(text.contains("graft_prompt_tokens_cached_total{model=\"graft\"} 8"));
         assert!(text.contains("graft_completion_tokens_total{model=\"graft\"} 7"));
         assert!(text.contains("graft_generations_in_flight 1"));
         assert!(text.contains("# TYPE graft_retrieval_duration_seconds histogram"));

@@ -209,6 +209,8 @@ pub struct CompletionChunkResponse {
     pub model: String,
     pub system_fingerprint: String,
     pub object: String,
+    /// graft: prompt tokens whose keys and values a prefix-cache hit supplied (not read again).
+    pub prompt_cached_tokens: usize,
 }
 
 generate_repr!(CompletionChunkResponse);

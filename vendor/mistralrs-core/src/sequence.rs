@@ -1558,6 +1558,7 @@ impl SequenceGroup {
                     model: model.clone(),
                     system_fingerprint: SYSTEM_FINGERPRINT.to_string(),
                     object: "text_completion".to_string(),
+                    prompt_cached_tokens: seq.prefix_cache_len(),
                 }))
                 .await?;
         }

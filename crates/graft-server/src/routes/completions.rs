@@ -401,6 +401,7 @@ mod tests {
             stopped_by: None,
             usage: Usage {
                 prompt_tokens: 1,
+                cached_tokens: 0,
                 completion_tokens: logprobs.len(),
             },
             logprobs: Some(tokens),

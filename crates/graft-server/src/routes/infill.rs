@@ -224,16 +224,24 @@ pub async fn infill(
         probabilities,
         stop_type,
         predicted_n,
+        cached_n,
         first_at,
         early,
     } = outcome;
     let finished = Instant::now();
     if early {
-        state.metrics().tokens(&target.name, prompt_n, predicted_n);
+        let usage = graft_engine::Usage {
+            prompt_tokens: prompt_n,
+            cached_tokens: cached_n,
+            completion_tokens: predicted_n,
+        };
+        state.metrics().tokens(&target.name, usage);
     }
 
     let first_at = first_at.unwrap_or(finished);
     let prompt_ms = (first_at - started).as_secs_f64() * 1000.0;
+    // As llama.cpp counts them: `prompt_n` the tokens read now, `cache_n` those reused.
+    let read_n = prompt_n - cached_n.min(prompt_n);
     let predicted_ms = (finished - first_at).as_secs_f64() * 1000.0;
     let per = |n: usize, ms: f64| if n == 0 { 0.0 } else { ms / n as f64 };
     let rate = |n: usize, ms: f64| if ms <= 0.0 { 0.0 } else { n as f64 * 1000.0 / ms };
@@ -246,16 +254,17 @@ pub async fn infill(
         "model": target.name,
         "tokens_predicted": predicted_n,
         "tokens_evaluated": prompt_n,
-        "tokens_cached": 0,
+        "tokens_cached": cached_n,
         "has_new_line": content.contains('\n'),
         "truncated": prompt.extra_dropped > 0 || prompt.trimmed,
         "prompt": prompt.text,
         "generation_settings": generation_settings,
         "timings": {
-            "prompt_n": prompt_n,
+            "cache_n": cached_n,
+            "prompt_n": read_n,
             "prompt_ms": prompt_ms,
-            "prompt_per_token_ms": per(prompt_n, prompt_ms),
-            "prompt_per_second": rate(prompt_n, prompt_ms),
+            "prompt_per_token_ms": per(read_n, prompt_ms),
+            "prompt_per_second": rate(read_n, prompt_ms),
             "predicted_n": predicted_n,
             "predicted_ms": predicted_ms,
             "predicted_per_token_ms": per(predicted_n, predicted_ms),
@@ -280,6 +289,8 @@ struct Outcome {
     stop_type: StopType,
     /// Tokens generated (text pieces, when stopped early).
     predicted_n: usize,
+    /// Prompt tokens the prompt cache supplied.
+    cached_n: usize,
     /// When the first text arrived.
     first_at: Option<Instant>,
     /// Stopped by `n_indent` or `t_max_predict_ms` before the engine's end (which is what
@@ -336,6 +347,7 @@ async fn generate(mut generation: Generation, n_indent: Option<usize>, time_limi
         probabilities,
         stop_type,
         predicted_n,
+        cached_n: generation.cached_tokens(),
         first_at,
         early,
     })

@@ -125,12 +125,10 @@ fn usage_event<C: Chunks>(chunks: &C, usage: graft_engine::Usage) -> Event {
 /// A request's usage over its choices: each prompt once (all its choices read it; counted
 /// with its first choice), the answers' tokens added up.
 fn add_usage(total: &mut Option<graft_engine::Usage>, usage: graft_engine::Usage, first_of_its_prompt: bool) {
-    let total = total.get_or_insert(graft_engine::Usage {
-        prompt_tokens: 0,
-        completion_tokens: 0,
-    });
+    let total = total.get_or_insert(graft_engine::Usage::default());
     if first_of_its_prompt {
         total.prompt_tokens += usage.prompt_tokens;
+        total.cached_tokens += usage.cached_tokens;
     }
     total.completion_tokens += usage.completion_tokens;
 }

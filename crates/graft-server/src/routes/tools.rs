@@ -619,6 +619,7 @@ mod tests {
             finish_reason,
             usage: graft_engine::Usage {
                 prompt_tokens: 1,
+                cached_tokens: 0,
                 completion_tokens: 1,
             },
             logprobs: None,
