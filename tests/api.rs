@@ -754,6 +754,7 @@ async fn ollama_clients_list_and_show_the_models_a_key_may_use() {
         .map(|c| c.as_str().unwrap())
         .collect();
     assert!(capabilities.contains(&"completion") && capabilities.contains(&"tools"), "{body}");
+    assert_eq!(body["details"], project["details"], "as /api/tags lists it");
     let context = body["model_info"]["llama.context_length"].as_u64().unwrap();
     assert!(
         context > 0 && context <= GenerationConfig::default().max_prompt_tokens as u64,

@@ -121,7 +121,13 @@ pub async fn show(State(state): State<AppState>, Extension(caller): Extension<Ca
     if engine.prompt_format().has_fim() {
         capabilities.push("insert");
     }
-    let parent = (target.model != state.pool().base_name()).then(|| state.pool().base_name().to_owned());
+    // What it is built on, as `/api/tags` lists it: a project's model, an adapter's base.
+    let base = state.pool().base_name();
+    let parent = if target.name != target.model {
+        Some(target.model.clone())
+    } else {
+        (target.model != base).then(|| base.to_owned())
+    };
     Ok(AxumJson(json!({
         "modelfile": "",
         "parameters": "",
