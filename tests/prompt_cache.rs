@@ -230,3 +230,111 @@ async fn usage_says_how_much_of_the_prompt_the_cache_supplied() {
         assert_eq!(usage(Arc::clone(&plain), messages(&first)).await.cached_tokens, 0);
     }
 }
+
+/// A prompt's log-probabilities (`Engine::prompt_logprobs`, a raw-logits request to
+/// mistralrs) read the whole prompt whatever the cache holds, agree with what the model chose
+/// when it generated those tokens, leave the prompt cached for the request that continues it,
+/// and run beside other requests (mistralrs's engine asserts that a step's prompts all return
+/// raw logits or none do; vendor/README.md change 10 keeps them apart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompts_log_probabilities_read_it_whole_and_agree_with_its_greedy_answer() {
+    let engine = engine_of(2, 2).await;
+    let system = preamble();
+    let messages = |question: &str| {
+        vec![
+            ChatMessage::new(Role::System, system.as_str()),
+            ChatMessage::new(Role::User, question),
+        ]
+    };
+    let mut sampling = Sampling::greedy(8);
+    sampling.logprobs = Some(3);
+    let answer = engine
+        .chat(ChatRequest {
+            messages: messages("What does rotateSigningKeys return?"),
+            sampling: sampling.clone(),
+        })
+        .await
+        .expect("an answer");
+    let generated = answer.logprobs.expect("logprobs asked for");
+    assert_eq!(generated.len(), 8, "{}", answer.text);
+    let prompt = engine.chat_prompt(&messages("What does rotateSigningKeys return?")).await.unwrap();
+    let mut tokens = prompt.clone();
+    tokens.extend(generated.iter().map(|e| e.id));
+
+    let scored = engine.prompt_logprobs(tokens.clone(), 3).await.expect("log-probabilities");
+    assert_eq!(scored.len(), tokens.len() - 1, "one entry per token after the first");
+    for (entry, &token) in scored.iter().zip(&tokens[1..]) {
+        assert_eq!(entry.id, token);
+        assert!(entry.logprob <= 0.0 && entry.logprob.is_finite(), "{entry:?}");
+        assert_eq!(entry.top.len(), 3);
+        assert!(
+            entry.top.windows(2).all(|w| w[0].logprob >= w[1].logprob),
+            "likeliest first: {entry:?}"
+        );
+        assert!(entry.top[0].logprob >= entry.logprob, "{entry:?}");
+    }
+    // The answer's tokens, scored after the prompt, are what greedy decoding chose: the
+    // likeliest at each place (or tied with it), at the log-probability the generation wrote
+    // down (a decode step and a prompt read round differently, so not to the bit).
+    for (i, chosen) in generated.iter().enumerate() {
+        let entry = &scored[prompt.len() - 1 + i];
+        assert_eq!(entry.token, chosen.token);
+        assert!(
+            entry.top[0].id == chosen.id || entry.top[0].logprob - entry.logprob < 1e-3,
+            "token {i} of the answer was greedy's choice: {entry:?}"
+        );
+        assert!(
+            (entry.logprob - chosen.logprob).abs() < 0.05,
+            "token {i}: scored {entry:?}, generated {chosen:?}"
+        );
+    }
+    // Most of the prompt is in the cache by now (the chat above); the log-probabilities are
+    // still those of the whole prompt, bit for bit.
+    let again = engine.prompt_logprobs(tokens.clone(), 3).await.unwrap();
+    assert_eq!(again, scored, "a cached start changes nothing");
+
+    // Scoring leaves the prompt cached: the answer that continues it reads only the rest.
+    let question = "Which field holds the keys?";
+    let fresh = engine.chat_prompt(&messages(question)).await.unwrap();
+    engine.prompt_logprobs(fresh.clone(), 0).await.unwrap();
+    let continued = engine
+        .chat(ChatRequest {
+            messages: messages(question),
+            sampling: Sampling::greedy(2),
+        })
+        .await
+        .unwrap();
+    assert!(
+        continued.usage.cached_tokens >= fresh.len() - 2,
+        "{:?} of {}",
+        continued.usage,
+        fresh.len()
+    );
+
+    // Beside each other and beside an answer to a prompt of the same length, each as alone.
+    let other = "What does the class keep?";
+    let other_prompt = engine.chat_prompt(&messages(other)).await.unwrap();
+    let (a, b, c) = tokio::time::timeout(std::time::Duration::from_secs(300), async {
+        tokio::join!(
+            engine.prompt_logprobs(other_prompt.clone(), 3),
+            engine.prompt_logprobs(other_prompt.clone(), 3),
+            engine.chat(ChatRequest {
+                messages: messages(other),
+                sampling: Sampling::greedy(4),
+            })
+        )
+    })
+    .await
+    .expect("the engine answers all three");
+    let (a, b) = (a.expect("first scoring"), b.expect("second scoring"));
+    c.expect("the answer beside them");
+    assert_eq!(a, b);
+    assert_eq!(a, engine.prompt_logprobs(other_prompt.clone(), 3).await.unwrap());
+
+    // Bad input is an error, and the engine goes on.
+    assert!(engine.prompt_logprobs(Vec::new(), 1).await.is_err());
+    let vocab = engine.vocab_size().expect("the GGUF says") as u32;
+    let error = engine.prompt_logprobs(vec![1, vocab], 1).await.unwrap_err().to_string();
+    assert!(error.contains("prompt[1]"), "{error}");
+    assert_eq!(engine.prompt_logprobs(tokens, 3).await.unwrap(), scored);
+}

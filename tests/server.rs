@@ -280,7 +280,7 @@ async fn echo_puts_the_prompt_ahead_of_the_answer_whole_and_streamed() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["choices"][0]["text"], format!("{prompt}{answer}"));
     // The echoed prompt is not counted as generated.
-    assert_eq!(body["usage"], plain["usage"]);
+    assert_eq!(counts(&body["usage"]).0, counts(&plain["usage"]).0);
 
     // Streamed: the prompt is each choice's first event.
     let events = stream_events("/v1/completions", &echoing).await;
@@ -299,15 +299,134 @@ async fn echo_puts_the_prompt_ahead_of_the_answer_whole_and_streamed() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["choices"][0]["text"], format!("{prompt}{answer}"));
 
-    // The prompt's log-probabilities are not computed, and a suffix is not echoed: both 400.
-    let mut with_logprobs = echoing.clone();
-    with_logprobs["logprobs"] = json!(1);
-    let (status, body) = post("/v1/completions", &with_logprobs).await;
-    assert_eq!(error_of(status, &body, 400)["param"], "echo");
+    // A suffix is not echoed: 400.
     let mut with_suffix = echoing.clone();
     with_suffix["suffix"] = json!("\n");
     let (status, body) = post("/v1/completions", &with_suffix).await;
     assert_eq!(error_of(status, &body, 400)["param"], "echo");
+}
+
+/// The sum of the log-probabilities of a choice's tokens from `from` to its last but one, as
+/// lm-evaluation-harness scores a continuation (`token_logprobs[ctxlen:-1]`).
+fn continuation_score(choice: &Value, from: usize) -> f64 {
+    let values = choice["logprobs"]["token_logprobs"].as_array().unwrap();
+    values[from..values.len() - 1].iter().map(|v| v.as_f64().unwrap()).sum()
+}
+
+#[tokio::test]
+async fn echo_with_logprobs_scores_the_prompt_as_lm_evaluation_harness_reads_it() {
+    let prompt = "def fibonacci(n):";
+    let plain = answered("/v1/completions", &completion(prompt, 6), json!({"logprobs": 2})).await;
+    let mut scoring = completion(prompt, 6);
+    scoring["echo"] = json!(true);
+    scoring["logprobs"] = json!(2);
+    let (status, body) = post("/v1/completions", &scoring).await;
+    assert_eq!(status, 200, "{body}");
+    let choice = &body["choices"][0];
+    let answer = plain["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(
+        choice["text"],
+        format!("{prompt}{answer}"),
+        "the same answer after the echoed prompt"
+    );
+    let (_, ids) = post("/tokenize", &json!({"content": prompt, "add_special": true})).await;
+    let prompt_tokens = ids["tokens"].as_array().unwrap().len();
+    let logprobs = &choice["logprobs"];
+    let tokens: Vec<&str> = logprobs["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(tokens.len(), prompt_tokens + 6, "{logprobs}");
+    assert_eq!(tokens.concat(), choice["text"].as_str().unwrap(), "the tokens spell the whole text");
+    // The first token has nothing before it; every other has a log-probability and its top
+    // two, itself among them when it is not one of them.
+    assert!(
+        logprobs["token_logprobs"][0].is_null() && logprobs["top_logprobs"][0].is_null(),
+        "{logprobs}"
+    );
+    for i in 1..tokens.len() {
+        let value = logprobs["token_logprobs"][i].as_f64().expect("a number");
+        assert!(value <= 0.0, "{logprobs}");
+        let top = logprobs["top_logprobs"][i].as_object().unwrap();
+        assert!((2..=3).contains(&top.len()) && top.contains_key(tokens[i]), "{top:?}");
+    }
+    let offsets: Vec<u64> = logprobs["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = tokens
+        .iter()
+        .scan(0, |at, t| {
+            let here = *at;
+            *at += t.chars().count() as u64;
+            Some(here)
+        })
+        .collect();
+    assert_eq!(offsets, expected, "offsets into the whole text, prompt first");
+    // The answer's own entries are those of the request without echo.
+    let plain_logprobs = &plain["choices"][0]["logprobs"];
+    assert_eq!(
+        logprobs["tokens"].as_array().unwrap()[prompt_tokens..],
+        plain_logprobs["tokens"].as_array().unwrap()[..]
+    );
+    for i in 0..6 {
+        let (echoed, alone) = (&logprobs["token_logprobs"][prompt_tokens + i], &plain_logprobs["token_logprobs"][i]);
+        assert!(
+            (echoed.as_f64().unwrap() - alone.as_f64().unwrap()).abs() < 1e-3,
+            "{echoed} vs {alone}"
+        );
+    }
+    assert_eq!(counts(&body["usage"]).0, counts(&plain["usage"]).0, "the prompt counts once");
+
+    // Streamed: the prompt's entries come with the echoed prompt, then the answer's.
+    let events = stream_events("/v1/completions", &scoring).await;
+    let first = &events[0]["choices"][0];
+    assert_eq!(
+        (first["text"].as_str(), first["logprobs"]["tokens"].as_array().map(Vec::len)),
+        (Some(prompt), Some(prompt_tokens))
+    );
+    let mut streamed = Vec::new();
+    let mut offsets = Vec::new();
+    for event in &events {
+        if let Some(entries) = event["choices"][0]["logprobs"]["tokens"].as_array() {
+            streamed.extend(entries.iter().map(|t| t.as_str().unwrap().to_owned()));
+            offsets.extend(
+                event["choices"][0]["logprobs"]["text_offset"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|o| o.as_u64().unwrap()),
+            );
+        }
+    }
+    assert_eq!(streamed, tokens);
+    assert_eq!(offsets, expected);
+
+    // lm-evaluation-harness's request: token ids, a batch of them, one token generated. A
+    // continuation the model expects scores higher than one it does not, and the entries of
+    // each prompt are the same alone and in a batch.
+    let context = "fn main() {\n    println!(\"Hello,";
+    let ids = |text: String| async move {
+        let (_, body) = post("/tokenize", &json!({"content": text, "add_special": false})).await;
+        body["tokens"].clone()
+    };
+    let context_tokens = ids(context.to_owned()).await.as_array().unwrap().len();
+    let (likely, unlikely) = (
+        ids(format!("{context} world!\");")).await,
+        ids(format!("{context} refrigerator!\");")).await,
+    );
+    let request = |prompt: Value| json!({"model": MODEL, "prompt": prompt, "echo": true, "max_tokens": 1, "logprobs": 1, "temperature": 0});
+    let (status, batch) = post("/v1/completions", &request(json!([likely, unlikely]))).await;
+    assert_eq!(status, 200, "{batch}");
+    let best = continuation_score(&batch["choices"][0], context_tokens);
+    let worse = continuation_score(&batch["choices"][1], context_tokens);
+    assert!(best > worse, "{best} > {worse}");
+    assert!(worse < -5.0, "a refrigerator is unlikely: {worse}");
+    assert_eq!(
+        batch["choices"][0]["logprobs"]["tokens"].as_array().unwrap().len(),
+        likely.as_array().unwrap().len() + 1
+    );
+    let (_, alone) = post("/v1/completions", &request(likely.clone())).await;
+    assert_eq!(alone["choices"][0]["logprobs"], batch["choices"][0]["logprobs"]);
 }
 
 #[tokio::test]

@@ -338,6 +338,14 @@ impl Engine {
         self.grammars.check(grammar, || self.tokenizer())
     }
 
+    /// The channel that takes requests for the model added as `model` (`None`: the base).
+    pub(crate) fn sender(&self, model: Option<&str>) -> Result<mpsc::Sender<Request>, EngineError> {
+        self.model.inner().get_sender(model).map_err(|e| match model {
+            Some(id) => EngineError::UnknownModel(format!("{id}: {e}")),
+            None => EngineError::Generation(e.to_string()),
+        })
+    }
+
     /// Sends one request (its prompt as token ids) to mistralrs and returns the stream of its
     /// answer.
     async fn send(&self, model: Option<&str>, tokens: Vec<u32>, sampling: &Sampling) -> Result<TokenStream, EngineError> {
@@ -391,11 +399,7 @@ impl Engine {
             model_id: model.map(str::to_owned),
             truncate_sequence: false,
         };
-        let sender = self.model.inner().get_sender(model).map_err(|e| match model {
-            Some(id) => EngineError::UnknownModel(format!("{id}: {e}")),
-            None => EngineError::Generation(e.to_string()),
-        })?;
-        sender
+        self.sender(model)?
             .send(Request::Normal(Box::new(normal)))
             .await
             .map_err(|_| EngineError::Generation("the engine is not running".into()))?;

@@ -15,6 +15,7 @@
 //! - [`facts`]: what the served GGUF file says of its model (architecture, parameters,
 //!   storage type), for listings.
 //! - [`logprobs`]: each generated token's log-probability and the likeliest alternatives.
+//! - [`score`]: a prompt's log-probabilities, each token's given the ones before it.
 //! - [`grammar`]: structured output: a JSON Schema, regex or Lark grammar the answer follows.
 //! - [`synthetic`]: generated adapters for tests and benchmarks.
 //! - [`tokenizer`]: the model's tokenizer read from its GGUF file, no weights loaded.
@@ -35,6 +36,7 @@ pub mod merge;
 pub mod pool;
 pub mod requantize;
 mod sampling;
+pub mod score;
 mod stop;
 pub mod synthetic;
 pub mod tokenizer;

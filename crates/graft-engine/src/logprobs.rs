@@ -66,27 +66,27 @@ pub(crate) struct Chooser {
     pub tokenizer: Arc<Tokenizer>,
 }
 
-impl Chooser {
-    fn entry(&self, logits: &[f32], chosen: usize) -> TokenLogprob {
-        let normaliser = log_sum_exp(logits);
-        let logprob = |i: usize| (f64::from(logits[i]) - normaliser) as f32;
-        let text = |id: u32| self.tokenizer.decode(&[id]).unwrap_or_default();
-        let bytes = |id: u32| self.tokenizer.token_bytes(id).unwrap_or_default();
-        TokenLogprob {
-            id: chosen as u32,
-            token: text(chosen as u32),
-            bytes: bytes(chosen as u32),
-            logprob: logprob(chosen),
-            top: most_likely(logits, self.top)
-                .into_iter()
-                .map(|i| TopLogprob {
-                    id: i as u32,
-                    token: text(i as u32),
-                    bytes: bytes(i as u32),
-                    logprob: logprob(i),
-                })
-                .collect(),
-        }
+/// The entry of token `chosen` at a place whose logits are `logits`: its log-probability
+/// (log-softmax) and the `top` likeliest tokens.
+pub(crate) fn entry(logits: &[f32], chosen: usize, top: usize, tokenizer: &Tokenizer) -> TokenLogprob {
+    let normaliser = log_sum_exp(logits);
+    let logprob = |i: usize| logits.get(i).map_or(f32::NEG_INFINITY, |&v| (f64::from(v) - normaliser) as f32);
+    let text = |id: u32| tokenizer.decode(&[id]).unwrap_or_default();
+    let bytes = |id: u32| tokenizer.token_bytes(id).unwrap_or_default();
+    TokenLogprob {
+        id: chosen as u32,
+        token: text(chosen as u32),
+        bytes: bytes(chosen as u32),
+        logprob: logprob(chosen),
+        top: most_likely(logits, top)
+            .into_iter()
+            .map(|i| TopLogprob {
+                id: i as u32,
+                token: text(i as u32),
+                bytes: bytes(i as u32),
+                logprob: logprob(i),
+            })
+            .collect(),
     }
 }
 
@@ -99,7 +99,7 @@ impl CustomLogitsProcessor for Chooser {
         };
         if chosen < values.len() {
             let position = context.len().saturating_sub(self.prompt_tokens);
-            self.record.put(position, self.entry(&values, chosen));
+            self.record.put(position, entry(&values, chosen, self.top, &self.tokenizer));
         }
         only(chosen, logits)
     }

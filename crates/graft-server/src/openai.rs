@@ -304,36 +304,60 @@ impl From<graft_engine::StopCause> for StopReason {
 /// `logprobs` of a completion's choice, in the legacy completions format: per token its text,
 /// its log-probability, the likeliest tokens at its place (the chosen one always among them)
 /// and where its text starts in the answer (characters).
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
-    pub token_logprobs: Vec<f32>,
-    pub top_logprobs: Vec<TopMap>,
+    /// `null` for a prompt's first token (`echo`), which nothing comes before.
+    pub token_logprobs: Vec<Option<f32>>,
+    pub top_logprobs: Vec<Option<TopMap>>,
     pub text_offset: Vec<usize>,
 }
 
 impl CompletionLogprobs {
     /// The entries of `tokens`, whose text starts at character `offset` of the answer; the
     /// offset after them is returned too.
-    pub fn new(tokens: Vec<graft_engine::TokenLogprob>, mut offset: usize) -> (CompletionLogprobs, usize) {
+    pub fn new(tokens: Vec<graft_engine::TokenLogprob>, offset: usize) -> (CompletionLogprobs, usize) {
         let mut out = CompletionLogprobs::default();
+        let end = out.extend(tokens, offset);
+        (out, end)
+    }
+
+    /// A prompt's entries (`echo` with `logprobs`): its first token, whose text is `first`
+    /// and which has no log-probability, then the others' (`graft_engine::score`); the
+    /// offset after them is returned too.
+    pub fn prompt(first: String, rest: Vec<graft_engine::TokenLogprob>) -> (CompletionLogprobs, usize) {
+        let mut out = CompletionLogprobs {
+            text_offset: vec![0],
+            token_logprobs: vec![None],
+            top_logprobs: vec![None],
+            ..CompletionLogprobs::default()
+        };
+        let offset = first.chars().count();
+        out.tokens.push(first);
+        let end = out.extend(rest, offset);
+        (out, end)
+    }
+
+    /// Adds the entries of `tokens`, the first one's text starting at character `offset`;
+    /// returns the offset after them.
+    pub fn extend(&mut self, tokens: Vec<graft_engine::TokenLogprob>, mut offset: usize) -> usize {
         for token in tokens {
             let mut top: Vec<(String, f32)> = token.top.into_iter().map(|t| (t.token, t.logprob)).collect();
             if !top.iter().any(|(text, _)| *text == token.token) {
                 top.push((token.token.clone(), token.logprob));
             }
-            out.text_offset.push(offset);
+            self.text_offset.push(offset);
             offset += token.token.chars().count();
-            out.tokens.push(token.token);
-            out.token_logprobs.push(token.logprob);
-            out.top_logprobs.push(TopMap(top));
+            self.tokens.push(token.token);
+            self.token_logprobs.push(Some(token.logprob));
+            self.top_logprobs.push(Some(TopMap(top)));
         }
-        (out, offset)
+        offset
     }
 }
 
 /// A token → log-probability object, in the order given (likeliest first).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TopMap(pub Vec<(String, f32)>);
 
 impl Serialize for TopMap {

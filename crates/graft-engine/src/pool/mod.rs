@@ -30,7 +30,7 @@ use crate::cache::MergeCache;
 use crate::engine::{Engine, TokenStream};
 use crate::error::EngineError;
 use crate::merge::{BaseGguf, MergeError, MergeSettings};
-use crate::types::{ChatRequest, Completion, CompletionRequest};
+use crate::types::{ChatRequest, Completion, CompletionRequest, TokenLogprob};
 pub use table::Lease;
 use table::{Fingerprint, Table, Unload, Version};
 
@@ -374,6 +374,14 @@ impl Pool {
             name: model.to_owned(),
             source,
         })
+    }
+
+    /// The log-probabilities of a prompt's tokens on the model named `model`
+    /// ([`Engine::prompt_logprobs`]).
+    pub async fn prompt_logprobs(&self, model: &str, tokens: Vec<u32>, top: usize) -> Result<Vec<TokenLogprob>, PoolError> {
+        let lease = self.acquire(model).await?;
+        let result = self.engine.prompt_logprobs_on(lease.engine_id(), tokens, top).await;
+        self.engine_result(model, result)
     }
 
     fn engine_result<T>(&self, model: &str, result: Result<T, EngineError>) -> Result<T, PoolError> {

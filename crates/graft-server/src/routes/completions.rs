@@ -14,8 +14,12 @@
 //! as if alone and gets its `n` choices in turn, prompt `i`'s choice `j` at index `i * n + j`.
 //!
 //! `best_of` generates that many candidates and answers the `n` likeliest (not streamed).
-//! `echo` puts the prompt as the request gave it ahead of each choice's text; the prompt's
-//! log-probabilities (`echo` with `logprobs`) are not computed, and are refused.
+//! `echo` puts the prompt as the request gave it ahead of each choice's text. With `logprobs`
+//! too, the answer's log-probabilities start with the prompt's own (its first token's
+//! `null`), as lm-evaluation-harness reads them to score answers: the prompt is then read as
+//! given (token ids, or the text's tokens), without retrieved code or a prompt format, and
+//! the model reads it once for its log-probabilities (`graft_engine::score`) before its
+//! choices continue it.
 
 use std::sync::{Mutex, PoisonError};
 
@@ -34,7 +38,7 @@ use crate::prompt;
 use crate::prompt::completion::{self, TooLong};
 use crate::routes::params::{check_grammar, check_token_ids, debug_info, structured, SamplingFields};
 use crate::routes::sse::{self, Extras, Part};
-use crate::state::AppState;
+use crate::state::{AppState, Target};
 
 pub async fn completions(
     State(state): State<AppState>,
@@ -49,15 +53,26 @@ pub async fn completions(
         extras,
         model,
         echoed,
+        prompt_logprobs,
         n,
         best_of,
         hide_logprobs,
     } = started;
     let prompt_count = generations.len() / best_of as usize;
+    // Each choice's text offsets start after its prompt's when the prompt's entries lead.
+    let offsets = (0..prompt_count * n as usize)
+        .map(|i| {
+            prompt_logprobs
+                .as_ref()
+                .and_then(|p| p.get(i / n as usize))
+                .map_or(0, |(_, end)| *end)
+        })
+        .collect();
     let chunks = TextChunks {
         head: AnswerHead::new("cmpl", model),
-        offsets: Mutex::new(vec![0; prompt_count * n as usize]),
+        offsets: Mutex::new(offsets),
         echo: echoed,
+        prompt_logprobs,
         per_prompt: n,
     };
     if best_of > n {
@@ -84,6 +99,8 @@ pub(crate) struct Started {
     pub model: String,
     /// `echo`: each prompt as the request gave it.
     echoed: Option<Vec<String>>,
+    /// `echo` with `logprobs`: each prompt's log-probabilities, and the text offset after them.
+    prompt_logprobs: Option<Vec<(CompletionLogprobs, usize)>>,
     /// Choices answered per prompt, and candidates generated per prompt.
     n: u32,
     best_of: u32,
@@ -106,12 +123,8 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, request: openai::Co
         }
     };
     let echo = request.echo == Some(true);
-    if echo && request.logprobs.is_some() {
-        return Err(ApiError::unsupported(
-            "echo",
-            "echo together with logprobs (the prompt's log-probabilities) is not supported",
-        ));
-    }
+    // `echo` with `logprobs`: the prompt's own log-probabilities lead the answer's.
+    let scoring = echo && request.logprobs.is_some();
     if echo && request.suffix.is_some() {
         return Err(ApiError::invalid_param("echo", "echo cannot be used together with suffix"));
     }
@@ -181,6 +194,13 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, request: openai::Co
                 }
                 tokens
             }
+            Ok(prefix) if scoring => {
+                // Read as given: the prompt's log-probabilities are of its own tokens.
+                let tokens = state.engine().tokenize(None, &prefix, true).await?;
+                prompt::check_length(state, tokens.len(), "prompt", "The prompt")?;
+                echoed.push(prefix);
+                tokens
+            }
             Ok(prefix) => {
                 if echo {
                     echoed.push(prefix.clone());
@@ -222,16 +242,44 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, request: openai::Co
         (true, Some(tokens)) => Some(debug_info(state, tokens).await?),
         _ => None,
     };
+    let prompt_logprobs = match scoring {
+        true => Some(score_prompts(state, caller, &target, &laid_out, sampling.logprobs.unwrap_or(0)).await?),
+        false => None,
+    };
     let generations = start_choices(state, caller, admitted, &target, laid_out, sampling, best_of).await?;
     Ok(Started {
         generations,
         extras: Extras { sources, debug },
         model: target.name,
         echoed: echo.then_some(echoed),
+        prompt_logprobs,
         n,
         best_of,
         hide_logprobs,
     })
+}
+
+/// Each prompt's log-probabilities, with `top` likeliest tokens at each place, and the text
+/// offset after them.
+async fn score_prompts(
+    state: &AppState,
+    caller: &Caller,
+    target: &Target,
+    prompts: &[Vec<u32>],
+    top: usize,
+) -> Result<Vec<(CompletionLogprobs, usize)>, ApiError> {
+    let tokenizer = state.engine().tokenizer()?;
+    let mut scored = Vec::with_capacity(prompts.len());
+    for tokens in prompts {
+        let entries = state
+            .pool()
+            .prompt_logprobs(&target.model, tokens.clone(), top)
+            .await
+            .map_err(|e| state.pool_error(e, caller))?;
+        let first = tokenizer.decode(&tokens[..1.min(tokens.len())])?;
+        scored.push(CompletionLogprobs::prompt(first, entries));
+    }
+    Ok(scored)
 }
 
 /// Most prompts one request may send (LangChain sends up to 20 at a time).
@@ -300,6 +348,9 @@ struct TextChunks {
     /// its choices' text; a stream sends it as each choice's first event. Retrieved context and
     /// a FIM layout are not part of it.
     echo: Option<Vec<String>>,
+    /// `echo` with `logprobs`: each prompt's log-probabilities, ahead of each of its choices'
+    /// (a stream sends them with the echoed prompt), and the text offset after them.
+    prompt_logprobs: Option<Vec<(CompletionLogprobs, usize)>>,
     /// Choices answered per prompt (`n`): choice `index` answers prompt `index / per_prompt`.
     per_prompt: u32,
 }
@@ -309,6 +360,13 @@ impl TextChunks {
     fn echoed(&self, index: u32) -> Option<&str> {
         let prompt = (index / self.per_prompt.max(1)) as usize;
         self.echo.as_ref().and_then(|prompts| prompts.get(prompt)).map(String::as_str)
+    }
+
+    /// The log-probabilities of choice `index`'s prompt and the text offset after them, when
+    /// the request asked for `echo` with `logprobs`.
+    fn prompt_logprobs(&self, index: u32) -> Option<&(CompletionLogprobs, usize)> {
+        let prompt = (index / self.per_prompt.max(1)) as usize;
+        self.prompt_logprobs.as_ref().and_then(|prompts| prompts.get(prompt))
     }
 }
 
@@ -333,7 +391,11 @@ impl sse::Chunks for TextChunks {
     fn chunk(&self, index: u32, part: Part) -> TextChoice {
         let mut stop_reason = None;
         let (text, finish_reason, logprobs) = match part {
-            Part::Open => (self.echoed(index).unwrap_or_default().to_owned(), None, None),
+            Part::Open => (
+                self.echoed(index).unwrap_or_default().to_owned(),
+                None,
+                self.prompt_logprobs(index).map(|(logprobs, _)| logprobs.clone()),
+            ),
             Part::Text(text, logprobs) => {
                 let logprobs = logprobs.map(|tokens| {
                     // The offsets are plain numbers: a panic elsewhere leaves them usable.
@@ -373,7 +435,14 @@ impl sse::Chunks for TextChunks {
             text,
             finish_reason: Some(completion.finish_reason.as_str()),
             stop_reason: completion.stopped_by.map(StopReason::from),
-            logprobs: completion.logprobs.map(|tokens| CompletionLogprobs::new(tokens, 0).0),
+            logprobs: match (self.prompt_logprobs(index), completion.logprobs) {
+                (Some((prompt, end)), answer) => {
+                    let mut logprobs = prompt.clone();
+                    logprobs.extend(answer.unwrap_or_default(), *end);
+                    Some(logprobs)
+                }
+                (None, answer) => answer.map(|tokens| CompletionLogprobs::new(tokens, 0).0),
+            },
         }
     }
 }

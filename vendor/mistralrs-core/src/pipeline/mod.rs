@@ -539,6 +539,14 @@ pub trait Pipeline:
 
                 if raw_out_logits[0][0].is_some() {
                     let start = Instant::now();
+                    // graft: the prompt just read is kept, as a finished answer's is, for the
+                    // request that continues it (log-probabilities of a prompt, then its answer).
+                    if !self.cache().is_hybrid() {
+                        for seq in input_seqs.iter_mut() {
+                            prefix_cacher.add_sequence(seq, None);
+                        }
+                        prefix_cacher.evict_caches()?;
+                    }
                     response::send_raw_responses(
                         input_seqs,
                         raw_out_logits

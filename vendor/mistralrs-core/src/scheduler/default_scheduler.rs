@@ -68,9 +68,20 @@ pub trait BucketingManager<Backer: FcfsBacker>: Send + Sync {
     ) -> BucketedSeqs<Backer>;
 }
 
-// (cache length, (has_imgs && is_prompt), sequence offset)
+// (cache length, (has_imgs && is_prompt), sequence offset, own id for a raw-logits sequence)
 // Bucket by that metric for images because if we are not a prompt, then this doesn't apply
-type BucketKey = (usize, bool, usize);
+// graft: a sequence that returns raw logits steps alone. The engine asserts that a step's
+// prompts all return raw logits or none do, and a raw response takes a batch of one.
+type BucketKey = (usize, bool, usize, Option<usize>);
+
+fn bucket_key(seq: &Sequence) -> BucketKey {
+    (
+        seq.len(),
+        seq.images().is_some() && seq.is_prompt(),
+        seq.token_offset(),
+        seq.return_raw_logits.then(|| *seq.id()),
+    )
+}
 
 struct FixedBucketingManager;
 
@@ -88,43 +99,19 @@ impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
         let mut seq_buckets: HashMap<BucketKey, Vec<Sequence>> = HashMap::new();
         let mut seq_priorities: HashMap<BucketKey, f64> = HashMap::new();
         for seq in running {
-            let len = seq.len();
-            match seq_buckets.get_mut(&(
-                len,
-                seq.images().is_some() && seq.is_prompt(),
-                seq.token_offset(),
-            )) {
+            let key = bucket_key(&seq);
+            match seq_buckets.get_mut(&key) {
                 Some(bucket) => {
                     if !discrete {
-                        *seq_priorities
-                            .get_mut(&(
-                                len,
-                                seq.images().is_some() && seq.is_prompt(),
-                                seq.token_offset(),
-                            ))
-                            .unwrap() += seq.compute_priority();
+                        *seq_priorities.get_mut(&key).unwrap() += seq.compute_priority();
                     }
                     bucket.push(seq);
                 }
                 None => {
                     if !discrete {
-                        seq_priorities.insert(
-                            (
-                                len,
-                                seq.images().is_some() && seq.is_prompt(),
-                                seq.token_offset(),
-                            ),
-                            seq.compute_priority(),
-                        );
+                        seq_priorities.insert(key, seq.compute_priority());
                     }
-                    seq_buckets.insert(
-                        (
-                            len,
-                            seq.images().is_some() && seq.is_prompt(),
-                            seq.token_offset(),
-                        ),
-                        vec![seq],
-                    );
+                    seq_buckets.insert(key, vec![seq]);
                 }
             }
         }
@@ -140,7 +127,7 @@ impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
             // Allow the min seqs to catch up.
             let min = *seq_buckets
                 .keys()
-                .min_by_key(|(x, _, _)| *x)
+                .min_by_key(|(x, _, _, _)| *x)
                 .expect("No sequence buckets.");
             let len = if !discrete {
                 seq_priorities
