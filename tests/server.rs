@@ -1012,6 +1012,47 @@ async fn tokenize_and_detokenize_answer_as_llama_cpp_and_vllm_do() {
     assert_eq!(error_of(status, &body, 404)["code"], "model_not_found");
 }
 
+/// lm-evaluation-harness's remote tokenizer: `/tokenizer_info` must name `eos_token`, then
+/// it encodes through `/tokenize` (`prompt`, `add_special_tokens: false`) and decodes through
+/// `/detokenize` (`prompt`), and takes the end token's id as the first token of its text.
+#[tokio::test]
+async fn tokenizer_info_describes_the_tokenizer_as_vllm_does() {
+    let (status, info) = get("/tokenizer_info").await;
+    assert_eq!(status, 200, "{info}");
+    // SmolLM2-Instruct's chat format ends a turn, and an answer, with <|im_end|>.
+    assert_eq!(info["eos_token"], "<|im_end|>", "{info}");
+    assert_eq!(info["bos_token"], "<|im_start|>", "{info}");
+    assert!(
+        info.as_object().unwrap().contains_key("pad_token"),
+        "the keys are there when null: {info}"
+    );
+    let template = info["chat_template"].as_str().expect("the GGUF file's template");
+    assert!(
+        template.contains("<|im_start|>") && template.contains("add_generation_prompt"),
+        "{template}"
+    );
+    assert_eq!(info["vocab_size"], 49152);
+    let (_, counted) = post("/tokenize", &json!({"prompt": "x"})).await;
+    assert_eq!(info["model_max_length"], counted["max_model_len"]);
+
+    let (status, eos) = post("/tokenize", &json!({"prompt": "<|im_end|>", "add_special_tokens": false})).await;
+    assert_eq!(status, 200, "{eos}");
+    let eos_id = eos["tokens"][0].as_u64().unwrap();
+    assert_eq!(eos["tokens"].as_array().unwrap().len(), 1, "one special token: {eos}");
+    let (_, chat) = post(
+        "/v1/chat/completions",
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 40, "temperature": 0, "stop_token_ids": [eos_id]}),
+    )
+    .await;
+    assert_eq!(
+        chat["choices"][0]["stop_reason"],
+        json!(eos_id),
+        "the model ends its answer with that token: {chat}"
+    );
+    let (_, text) = post("/detokenize", &json!({"tokens": [eos_id]})).await;
+    assert_eq!(text["prompt"], "<|im_end|>");
+}
+
 #[tokio::test]
 async fn the_repetition_penalty_counts_the_prompt_as_vllm_and_llama_cpp_do() {
     // SmolLM2 continues a laugh by laughing on.

@@ -211,6 +211,18 @@ impl Engine {
         self.facts.as_ref()
     }
 
+    /// The Jinja template chats are laid out with: `model.chat_template`'s file when set, else
+    /// the GGUF file's own (`None`: neither; mistralrs then refuses chats).
+    pub fn chat_template(&self) -> Result<Option<String>, EngineError> {
+        match &self.base.chat_template {
+            Some(path) => std::fs::read_to_string(path).map(Some).map_err(|e| EngineError::Load {
+                path: path.clone(),
+                message: format!("cannot read the chat template: {e}"),
+            }),
+            None => Ok(self.facts.as_ref().and_then(|f| f.chat_template.clone())),
+        }
+    }
+
     /// The longest sequence (prompt and completion, in tokens) the base model takes.
     pub fn context_length(&self) -> Option<usize> {
         self.model.max_sequence_length().ok().flatten()

@@ -1,6 +1,7 @@
 //! What a GGUF file says about the model it holds, for the listings clients read (Ollama's
-//! `/api/tags` and `/api/show`): its architecture, how many parameters it has, the storage
-//! type most of them are in, and the file's size and time.
+//! `/api/tags` and `/api/show`, vLLM's `/tokenizer_info`): its architecture, how many
+//! parameters it has, the storage type most of them are in, the file's size and time, and its
+//! tokenizer's special tokens and chat template.
 //!
 //! This module reads a parsed GGUF header; it must not load weights or know about requests.
 
@@ -26,6 +27,19 @@ pub struct ModelFacts {
     /// The file's size in bytes and when it was last written.
     pub file_size: u64,
     pub modified: Option<SystemTime>,
+    /// The tokenizer's special tokens, as text, those the file names.
+    pub special: SpecialTokens,
+    /// `tokenizer.chat_template`: the Jinja template the file's makers wrote for chats.
+    pub chat_template: Option<String>,
+}
+
+/// The text of the tokens a GGUF file names `tokenizer.ggml.<name>_token_id`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpecialTokens {
+    pub bos: Option<String>,
+    pub eos: Option<String>,
+    pub pad: Option<String>,
+    pub unk: Option<String>,
 }
 
 impl ModelFacts {
@@ -55,6 +69,14 @@ impl ModelFacts {
             .max_by_key(|(_, n)| *n)
             .map_or_else(String::new, |(dtype, _)| dtype_name(*dtype));
         let meta = std::fs::metadata(path).ok();
+        let tokens = match content.metadata.get("tokenizer.ggml.tokens") {
+            Some(gguf_file::Value::Array(tokens)) => tokens.as_slice(),
+            _ => &[],
+        };
+        let token = |name: &str| {
+            let id = content.metadata.get(&format!("tokenizer.ggml.{name}_token_id"))?.to_u32().ok()?;
+            tokens.get(id as usize)?.to_string().ok().cloned()
+        };
         ModelFacts {
             context_length: count("context_length"),
             embedding_length: count("embedding_length"),
@@ -63,6 +85,17 @@ impl ModelFacts {
             storage,
             file_size: meta.as_ref().map_or(0, std::fs::Metadata::len),
             modified: meta.and_then(|m| m.modified().ok()),
+            special: SpecialTokens {
+                bos: token("bos"),
+                eos: token("eos"),
+                pad: token("padding"),
+                unk: token("unknown"),
+            },
+            chat_template: content
+                .metadata
+                .get("tokenizer.chat_template")
+                .and_then(|v| v.to_string().ok())
+                .cloned(),
         }
     }
 
@@ -109,6 +142,8 @@ mod tests {
             embedding_length: None,
             file_size: 0,
             modified: None,
+            special: SpecialTokens::default(),
+            chat_template: None,
         };
         assert_eq!(facts(134_515_008).parameter_size(), "134.52M");
         assert_eq!(facts(7_615_616_512).parameter_size(), "7.62B");

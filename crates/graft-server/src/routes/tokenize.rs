@@ -11,6 +11,11 @@
 //!   `{"model": ..., "tokens": [...]}` → `{"prompt": ...}`.
 //!
 //! The answers carry both servers' fields.
+//!
+//! `GET /tokenizer_info` is vLLM's description of the tokenizer (its special tokens, chat
+//! template and longest sequence): lm-evaluation-harness's `local-completions` model looks for
+//! it and, with the two routes above, tokenizes through the server instead of downloading the
+//! model's tokenizer.
 
 use axum::extract::State;
 use axum::{Extension, Json as AxumJson};
@@ -150,5 +155,36 @@ pub async fn detokenize(
     Ok(AxumJson(DetokenizeAnswer {
         content: text.clone(),
         prompt: text,
+    }))
+}
+
+/// vLLM's `/tokenizer_info` answer. Absent tokens are `null`: clients look for the keys.
+#[derive(Debug, Serialize)]
+pub struct TokenizerInfo {
+    /// What Hugging Face calls a tokenizer built on the `tokenizers` library, as graft's is
+    /// (read from the GGUF file as mistralrs reads it).
+    pub tokenizer_class: &'static str,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub pad_token: Option<String>,
+    pub unk_token: Option<String>,
+    pub chat_template: Option<String>,
+    /// The longest sequence the model takes, when its file says.
+    pub model_max_length: Option<usize>,
+    pub vocab_size: Option<usize>,
+}
+
+pub async fn tokenizer_info(State(state): State<AppState>) -> Result<AxumJson<TokenizerInfo>, ApiError> {
+    let engine = state.engine();
+    let special = engine.facts().map(|f| f.special.clone()).unwrap_or_default();
+    Ok(AxumJson(TokenizerInfo {
+        tokenizer_class: "PreTrainedTokenizerFast",
+        bos_token: special.bos,
+        eos_token: special.eos,
+        pad_token: special.pad,
+        unk_token: special.unk,
+        chat_template: engine.chat_template()?,
+        model_max_length: engine.context_length(),
+        vocab_size: engine.vocab_size(),
     }))
 }
