@@ -110,8 +110,10 @@ impl Engine {
 }
 
 /// The entries of `tokens[1..]` from the logits of every prompt position, handed back in
-/// chunks of positions (`[positions, vocabulary]` each, in order).
+/// chunks of positions (`[positions, vocabulary]` each, in order). Rows are read on rayon's
+/// threads: a log-softmax over the vocabulary per position is a tenth of the request's time.
 fn entries(chunks: &[Tensor], tokens: &[u32], top: usize, tokenizer: &Tokenizer) -> Result<Vec<TokenLogprob>, EngineError> {
+    use rayon::prelude::*;
     let failed = |e: candle_core::Error| EngineError::Generation(format!("cannot read the prompt's logits: {e}"));
     let mut out = Vec::with_capacity(tokens.len().saturating_sub(1));
     let mut position = 0;
@@ -121,19 +123,18 @@ fn entries(chunks: &[Tensor], tokens: &[u32], top: usize, tokenizer: &Tokenizer)
             continue;
         }
         let rows = chunk.elem_count() / vocab;
-        let chunk = chunk.reshape((rows, vocab)).map_err(failed)?;
-        for row in 0..rows {
-            // The last position's logits are of the token after the prompt.
-            if let Some(&next) = tokens.get(position + 1) {
-                let logits: Vec<f32> = chunk
-                    .get(row)
-                    .and_then(|r| r.to_dtype(DType::F32))
-                    .and_then(|r| r.to_vec1())
-                    .map_err(failed)?;
-                out.push(entry(&logits, next as usize, top, tokenizer));
-            }
-            position += 1;
-        }
+        let chunk = chunk.reshape((rows, vocab)).and_then(|c| c.to_dtype(DType::F32)).map_err(failed)?;
+        // The last position's logits are of the token after the prompt.
+        let scored = rows.min(tokens.len().saturating_sub(position + 1));
+        let rows_out: Vec<TokenLogprob> = (0..scored)
+            .into_par_iter()
+            .map(|row| {
+                let logits: Vec<f32> = chunk.get(row).and_then(|r| r.to_vec1()).map_err(failed)?;
+                Ok(entry(&logits, tokens[position + row + 1] as usize, top, tokenizer))
+            })
+            .collect::<Result<_, EngineError>>()?;
+        out.extend(rows_out);
+        position += rows;
     }
     if position != tokens.len() {
         return Err(EngineError::Generation(format!(
