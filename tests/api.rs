@@ -137,6 +137,13 @@ async fn requests_without_a_valid_key_get_401_and_health_needs_none() {
 
     let (status, body) = get("/health", None).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");
+    // Ollama's heartbeat (its CLI sends HEAD /) and a browser's look: no key needed.
+    let (status, body) = get("/", None).await;
+    assert_eq!((status, body), (200, json!("graft is running\n")));
+    let (status, _) = call(reqwest::Method::HEAD, "/", None, None).await;
+    assert_eq!(status, 200);
+    let (status, body) = call(reqwest::Method::POST, "/", None, None).await;
+    error_message(status, &body, 405);
 }
 
 #[tokio::test]

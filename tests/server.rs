@@ -306,6 +306,16 @@ async fn echo_puts_the_prompt_ahead_of_the_answer_whole_and_streamed() {
     assert_eq!(error_of(status, &body, 400)["param"], "echo");
 }
 
+/// A legacy `logprobs` object's `text_offset`.
+fn text_offsets(logprobs: &Value) -> Vec<u64> {
+    logprobs["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect()
+}
+
 /// The sum of the log-probabilities of a choice's tokens from `from` to its last but one, as
 /// lm-evaluation-harness scores a continuation (`token_logprobs[ctxlen:-1]`).
 fn continuation_score(choice: &Value, from: usize) -> f64 {
@@ -347,12 +357,7 @@ async fn echo_with_logprobs_scores_the_prompt_as_lm_evaluation_harness_reads_it(
         let top = logprobs["top_logprobs"][i].as_object().unwrap();
         assert!((2..=3).contains(&top.len()) && top.contains_key(tokens[i]), "{top:?}");
     }
-    let offsets: Vec<u64> = logprobs["text_offset"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o.as_u64().unwrap())
-        .collect();
+    let offsets = text_offsets(logprobs);
     let expected: Vec<u64> = tokens
         .iter()
         .scan(0, |at, t| {
@@ -389,13 +394,7 @@ async fn echo_with_logprobs_scores_the_prompt_as_lm_evaluation_harness_reads_it(
     for event in &events {
         if let Some(entries) = event["choices"][0]["logprobs"]["tokens"].as_array() {
             streamed.extend(entries.iter().map(|t| t.as_str().unwrap().to_owned()));
-            offsets.extend(
-                event["choices"][0]["logprobs"]["text_offset"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|o| o.as_u64().unwrap()),
-            );
+            offsets.extend(text_offsets(&event["choices"][0]["logprobs"]));
         }
     }
     assert_eq!(streamed, tokens);
@@ -861,12 +860,7 @@ async fn completion_logprobs_follow_the_legacy_format_and_each_place_in_the_answ
     let text = body["choices"][0]["text"].as_str().unwrap();
     let tokens: Vec<&str> = logprobs["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
     assert_eq!(tokens.concat(), text, "{body}");
-    let offsets: Vec<u64> = logprobs["text_offset"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o.as_u64().unwrap())
-        .collect();
+    let offsets = text_offsets(logprobs);
     let mut at = 0;
     for (token, offset) in tokens.iter().zip(&offsets) {
         assert_eq!(*offset, at, "{body}");

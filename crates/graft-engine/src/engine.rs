@@ -350,12 +350,16 @@ impl Engine {
         self.grammars.check(grammar, || self.tokenizer())
     }
 
-    /// The channel that takes requests for the model added as `model` (`None`: the base).
-    pub(crate) fn sender(&self, model: Option<&str>) -> Result<mpsc::Sender<Request>, EngineError> {
-        self.model.inner().get_sender(model).map_err(|e| match model {
+    /// Hands `request` to mistralrs for the model added as `model` (`None`: the base).
+    pub(crate) async fn submit(&self, model: Option<&str>, request: NormalRequest) -> Result<(), EngineError> {
+        let sender = self.model.inner().get_sender(model).map_err(|e| match model {
             Some(id) => EngineError::UnknownModel(format!("{id}: {e}")),
             None => EngineError::Generation(e.to_string()),
-        })
+        })?;
+        sender
+            .send(Request::Normal(Box::new(request)))
+            .await
+            .map_err(|_| EngineError::Generation("the engine is not running".into()))
     }
 
     /// Sends one request (its prompt as token ids) to mistralrs and returns the stream of its
@@ -411,10 +415,7 @@ impl Engine {
             model_id: model.map(str::to_owned),
             truncate_sequence: false,
         };
-        self.sender(model)?
-            .send(Request::Normal(Box::new(normal)))
-            .await
-            .map_err(|_| EngineError::Generation("the engine is not running".into()))?;
+        self.submit(model, normal).await?;
         Ok(TokenStream {
             rx,
             end: None,

@@ -12,7 +12,7 @@
 //! This module owns that request and the reading of its logits; it must not know about HTTP.
 
 use candle_core::{DType, Tensor};
-use mistralrs::{Constraint, NormalRequest, Request, RequestMessage, Response, SamplingParams};
+use mistralrs::{Constraint, NormalRequest, RequestMessage, Response, SamplingParams};
 use tokio::sync::mpsc;
 
 use crate::error::EngineError;
@@ -79,10 +79,7 @@ impl Engine {
             model_id: model.map(str::to_owned),
             truncate_sequence: false,
         };
-        self.sender(model)?
-            .send(Request::Normal(Box::new(normal)))
-            .await
-            .map_err(|_| EngineError::Generation("the engine is not running".into()))?;
+        self.submit(model, normal).await?;
         // The answer is read in a task of its own: a caller that goes away (a client that
         // hung up) still leaves mistralrs someone to hand the logits to, where a closed
         // channel would fail its whole step.

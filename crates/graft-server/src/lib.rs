@@ -48,7 +48,8 @@ pub use state::{AppState, ServerParts};
 
 /// The whole HTTP app.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    // Everything but /health and Ollama's /api/version needs a key (when keys are configured).
+    // Everything but /, /health and Ollama's /api/version needs a key (when keys are
+    // configured).
     let api = Router::new()
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{*model}", get(routes::models::retrieve))
@@ -76,6 +77,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/api/embeddings", post(routes::ollama::embeddings))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
+        .route("/", get(routes::system::root))
         .route("/health", get(routes::system::health))
         .route("/api/version", get(routes::ollama::version))
         .merge(api)

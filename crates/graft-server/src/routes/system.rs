@@ -1,4 +1,4 @@
-//! `GET /health`, `GET /metrics`, and the answers for unknown routes and methods.
+//! `GET /`, `GET /health`, `GET /metrics`, and the answers for unknown routes and methods.
 
 use axum::extract::State;
 use axum::http::{header, Method, StatusCode, Uri};
@@ -9,6 +9,13 @@ use serde_json::{json, Value};
 use crate::caller::Admin;
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// `GET /` (and `HEAD /`): a line of text, as Ollama answers there. Ollama's clients (its own
+/// CLI's heartbeat, editor plugins, chat front ends) and people with a browser check that a
+/// server is up this way; it needs no key, like `/health`.
+pub async fn root() -> &'static str {
+    "graft is running\n"
+}
 
 /// `GET /health`: 200 once the base model is loaded (the server only listens after that).
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
