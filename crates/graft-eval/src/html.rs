@@ -76,13 +76,13 @@ fn summary(out: &mut String, report: &Report) {
         return;
     }
     out.push_str("<h2>Completion tasks</h2><table><tr><th>arm</th><th>tasks</th>");
-    for name in METRICS {
+    for name in report.measures() {
         let _ = write!(out, "<th>{}</th>", label(name));
     }
     out.push_str("<th>cross-file EM</th><th>p50 latency</th><th>errors</th></tr>");
     for arm in &report.arms {
         let _ = write!(out, "<tr><td>{}</td><td>{}</td>", escape(arm.arm), arm.all.tasks);
-        for name in METRICS {
+        for name in report.measures() {
             match arm.intervals.get(name) {
                 Some(i) => {
                     let _ = write!(
@@ -110,7 +110,7 @@ fn summary(out: &mut String, report: &Report) {
         return;
     }
     out.push_str("<table><tr><th>difference (paired bootstrap, 95%)</th>");
-    for name in METRICS {
+    for name in report.measures() {
         let _ = write!(out, "<th>{}</th>", label(name));
     }
     out.push_str("</tr>");
@@ -121,7 +121,7 @@ fn summary(out: &mut String, report: &Report) {
         .filter(|(_, intervals, _)| !intervals.is_empty());
     for (c, intervals, title) in rows {
         let _ = write!(out, "<tr><td>{} − {}{title}</td>", escape(c.arm), escape(c.against));
-        for name in METRICS {
+        for name in report.measures() {
             match intervals.get(name) {
                 Some(i) => {
                     let _ = write!(
@@ -428,7 +428,8 @@ fn label(metric: &str) -> &'static str {
         "exact_match" => "exact match",
         "edit_similarity" => "edit similarity",
         "identifier_match" => "identifier EM",
-        _ => "identifier F1",
+        "identifier_f1" => "identifier F1",
+        _ => "reference log-prob/token",
     }
 }
 

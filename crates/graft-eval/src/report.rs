@@ -2,7 +2,8 @@
 //! arm (all tasks, by kind, cross-file alone) with their intervals, each arm against the
 //! first with a paired bootstrap interval (an arm "better" or "worse" only when its interval
 //! excludes zero), the judged questions, and notes where the intervals are too wide to tell
-//! the arms apart.
+//! the arms apart. When the run scored the reference answers' likelihood ([`LIKELIHOOD`]),
+//! it is one more measure beside the four, over the tasks that have it.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +28,10 @@ pub struct Outcome {
     pub identifier_match: f64,
     pub identifier_f1: f64,
     pub latency_ms: f64,
+    /// The mean log-probability per token (natural log) the model gave the reference answer
+    /// after the arm's prompt, when the run scored it (`graft eval run --likelihood`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_logprob: Option<f64>,
     /// The retrieved files the answer's prompt held.
     pub sources: Vec<String>,
     /// Why the task has no answer (it then scores 0).
@@ -57,6 +62,7 @@ impl Outcome {
             identifier_match: scores.identifier_match,
             identifier_f1: scores.identifier_f1,
             latency_ms,
+            reference_logprob: None,
             sources,
             error,
         }
@@ -94,6 +100,12 @@ impl Answer {
 
 /// The four measures, in report order.
 pub const METRICS: [&str; 4] = ["exact_match", "edit_similarity", "identifier_match", "identifier_f1"];
+
+/// The reference answer's likelihood: a measure of the tasks whose outcomes have
+/// [`Outcome::reference_logprob`], in the arms' intervals and the comparisons when the run
+/// scored it. Unlike the four it does not depend on what the model wrote, so a small golden
+/// set separates arms by it where exact match cannot.
+pub const LIKELIHOOD: &str = "reference_logprob";
 
 pub fn metric(o: &Outcome, name: &str) -> f64 {
     match name {
@@ -221,13 +233,17 @@ pub fn report(arms: &[Arm], results: Results, seed: u64) -> Report {
             }
             let mut latencies: Vec<f64> = mine.iter().map(|o| o.latency_ms).collect();
             latencies.sort_by(f64::total_cmp);
-            let intervals = METRICS
+            let mut intervals: BTreeMap<&'static str, Interval> = METRICS
                 .iter()
                 .map(|name| {
                     let values: Vec<f64> = mine.iter().map(|o| metric(o, name)).collect();
                     (*name, bootstrap_mean(&values, 2000, seed).into())
                 })
                 .collect();
+            let likelihoods: Vec<f64> = mine.iter().filter_map(|o| o.reference_logprob).collect();
+            if !likelihoods.is_empty() {
+                intervals.insert(LIKELIHOOD, bootstrap_mean(&likelihoods, 2000, seed).into());
+            }
             ArmSummary {
                 arm: arm.name(),
                 all: means(mine.iter().copied()),
@@ -254,14 +270,32 @@ pub fn report(arms: &[Arm], results: Results, seed: u64) -> Report {
                     .filter_map(|o| theirs.get(o.task.as_str()).map(|a| (*a, metric(o, name))))
                     .unzip()
             };
+            // The likelihood, paired over the tasks both arms have it for.
+            let paired_likelihood = |cross_file_only: bool| -> (Vec<f64>, Vec<f64>) {
+                let theirs: BTreeMap<&str, f64> = outcomes
+                    .iter()
+                    .filter(|o| o.arm == first.name())
+                    .filter_map(|o| Some((o.task.as_str(), o.reference_logprob?)))
+                    .collect();
+                outcomes
+                    .iter()
+                    .filter(|o| o.arm == arm.name() && (o.cross_file || !cross_file_only))
+                    .filter_map(|o| Some((*theirs.get(o.task.as_str())?, o.reference_logprob?)))
+                    .unzip()
+            };
             let intervals = |cross_file_only: bool| -> BTreeMap<&'static str, Interval> {
-                METRICS
+                let mut intervals: BTreeMap<&'static str, Interval> = METRICS
                     .iter()
                     .filter_map(|name| {
                         let (a, b) = paired(name, cross_file_only);
                         (!a.is_empty()).then(|| (*name, paired_bootstrap(&a, &b, 2000, seed).into()))
                     })
-                    .collect()
+                    .collect();
+                let (a, b) = paired_likelihood(cross_file_only);
+                if !a.is_empty() {
+                    intervals.insert(LIKELIHOOD, paired_bootstrap(&a, &b, 2000, seed).into());
+                }
+                intervals
             };
             let metrics = intervals(false);
             if metrics.is_empty() {
@@ -346,12 +380,31 @@ fn notes(comparisons: &[Comparison], judged: &[JudgedSummary], tasks: usize) -> 
 }
 
 impl Report {
+    /// The measures this report has, in order: the four, then the likelihood when the run
+    /// scored it.
+    pub fn measures(&self) -> Vec<&'static str> {
+        let mut measures = METRICS.to_vec();
+        if self.arms.iter().any(|a| a.intervals.contains_key(LIKELIHOOD)) {
+            measures.push(LIKELIHOOD);
+        }
+        measures
+    }
+
     /// The table a person reads in the terminal.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        let likelihood = self.measures().contains(&LIKELIHOOD);
         out.push_str(&format!(
-            "{:<8} {:>6} {:>8} {:>8} {:>8} {:>8}   {:>9} {:>8}\n",
-            "arm", "tasks", "EM", "ES", "ID-EM", "ID-F1", "x-file EM", "p50 ms"
+            "{:<8} {:>6} {:>8} {:>8} {:>8} {:>8}   {:>9} {:>8}{}\n",
+            "arm",
+            "tasks",
+            "EM",
+            "ES",
+            "ID-EM",
+            "ID-F1",
+            "x-file EM",
+            "p50 ms",
+            if likelihood { "   logprob/token" } else { "" }
         ));
         for a in &self.arms {
             let cross_file = if a.cross_file.tasks == 0 {
@@ -360,8 +413,13 @@ impl Report {
                 format!("{:.3}", a.cross_file.exact_match)
             };
             let all = &a.all;
+            let reference = match a.intervals.get(LIKELIHOOD) {
+                Some(i) if likelihood => format!("   {:>13.3}", i.difference),
+                _ if likelihood => format!("   {:>13}", "-"),
+                _ => String::new(),
+            };
             out.push_str(&format!(
-                "{:<8} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3}   {:>9} {:>8.0}\n",
+                "{:<8} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3}   {:>9} {:>8.0}{reference}\n",
                 a.arm,
                 all.tasks,
                 all.exact_match,
@@ -378,7 +436,7 @@ impl Report {
                     continue;
                 }
                 out.push_str(&format!("\n{} − {}{title} (paired bootstrap, 95%):\n", c.arm, c.against));
-                for name in METRICS {
+                for name in self.measures() {
                     if let Some(i) = intervals.get(name) {
                         out.push_str(&format!(
                             "  {:<17} {:+.3}  [{:+.3}, {:+.3}]  {}\n",
@@ -502,5 +560,43 @@ mod tests {
             r.notes[1]
         );
         assert!(r.table().contains("note: rag − base"));
+    }
+
+    #[test]
+    fn the_reference_likelihood_separates_arms_that_answer_alike() {
+        // Both arms answer every task alike (wrong), but the adapter finds each reference
+        // likelier by 0.2 to 0.4 nats a token; a task the adapter has no likelihood for is
+        // left out of the pairs, and the base's summary counts only its own values.
+        let tasks: Vec<Task> = (0..20).map(|i| task(&format!("t{i}"), &format!("let v{i} = f();"))).collect();
+        let mut outcomes = Vec::new();
+        for (i, t) in tasks.iter().enumerate() {
+            let base = -2.0 - (i % 5) as f64 * 0.1;
+            let mut mine = Outcome::new(t, Arm::Base, Ok("x".into()), 1.0, vec![]);
+            mine.reference_logprob = Some(base);
+            outcomes.push(mine);
+            let mut theirs = Outcome::new(t, Arm::Adapter, Ok("x".into()), 1.0, vec![]);
+            theirs.reference_logprob = (i != 0).then_some(base + 0.2 + (i % 3) as f64 * 0.1);
+            outcomes.push(theirs);
+        }
+        let results = Results {
+            outcomes,
+            ..Results::default()
+        };
+        let r = report(&[Arm::Base, Arm::Adapter], results, 1);
+        assert_eq!(r.measures().last(), Some(&LIKELIHOOD));
+        let base = &r.arms[0].intervals[LIKELIHOOD];
+        assert!((base.difference - -2.2).abs() < 1e-9, "{base:?}");
+        let difference = &r.comparisons[0].metrics[LIKELIHOOD];
+        let expected = (1..20).map(|i| 0.2 + (i % 3) as f64 * 0.1).sum::<f64>() / 19.0;
+        assert!((difference.difference - expected).abs() < 1e-9, "{difference:?}");
+        assert_eq!(difference.verdict, "better");
+        assert_eq!(r.comparisons[0].metrics["exact_match"].verdict, "no clear difference");
+        assert!(r.notes.is_empty(), "a measure separates the arms: {:?}", r.notes);
+        let table = r.table();
+        assert!(table.contains("logprob/token") && table.contains("reference_logprob"), "{table}");
+
+        // Without likelihoods, nothing of it shows.
+        let plain = report(&[Arm::Base], Results::default(), 1);
+        assert!(!plain.measures().contains(&LIKELIHOOD) && !plain.table().contains("logprob"));
     }
 }

@@ -257,6 +257,13 @@ pub struct EvalRunArgs {
     /// The seed of task sampling and of the bootstrap.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Also score each completion task's reference answer: the mean log-probability per
+    /// token the arm's model gives it after the arm's prompt (a measure that does not depend
+    /// on what the model wrote, so it separates arms on fewer tasks). Costs one more read of
+    /// each prompt; needs a server that reports its prompt and answers `echo` with `logprobs`
+    /// (graft).
+    #[arg(long)]
+    pub likelihood: bool,
     /// Also write the report into this folder: report.json (every task's answers and scores)
     /// and report.html (charts, and each target beside each arm's answer).
     #[arg(long, value_name = "DIR")]

@@ -297,6 +297,7 @@ fn eval_run_scores_base_and_rag_and_never_retrieves_a_held_out_file() {
             "0",
             "--arms",
             "base,rag,oracle,random",
+            "--likelihood",
             "--json",
             "--report",
         ])
@@ -348,6 +349,24 @@ fn eval_run_scores_base_and_rag_and_never_retrieves_a_held_out_file() {
     }
     let em = &report["comparisons"][0]["metrics"]["exact_match"];
     assert!(em["low"].as_f64().unwrap() <= em["high"].as_f64().unwrap(), "{em}");
+
+    // --likelihood: every task's reference scored in every arm, a log-probability per token;
+    // the arms' prompts differ, and so do the scores; summarised and compared as a measure.
+    let likelihood = |o: &serde_json::Value| o["reference_logprob"].as_f64().unwrap_or_else(|| panic!("{o}"));
+    for o in outcomes {
+        assert!(likelihood(o) < 0.0 && likelihood(o).is_finite(), "{o}");
+    }
+    let of = |arm: &str| -> Vec<f64> { outcomes.iter().filter(|o| o["arm"] == arm).map(likelihood).collect() };
+    assert_ne!(
+        of("base"),
+        of("random"),
+        "random code before the cursor changes how likely the reference is"
+    );
+    let base = &report["arms"][0]["intervals"]["reference_logprob"];
+    let mean = of("base").iter().sum::<f64>() / 3.0;
+    assert!((base["difference"].as_f64().unwrap() - mean).abs() < 1e-9, "{base}");
+    assert!(report["comparisons"][2]["metrics"]["reference_logprob"]["difference"].is_f64());
+    assert!(html.contains("reference log-prob/token"));
 }
 
 /// A golden set of the polyglot fixture (40% of its files held out) built with `extra`

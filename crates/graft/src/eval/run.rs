@@ -9,9 +9,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use graft_eval::arms::{chat_request, completions_request, infill_request, Arm, RequestOptions};
+use graft_eval::arms::{chat_request, completions_request, infill_request, one_line, Arm, RequestOptions};
 use graft_eval::controls;
 use graft_eval::judge::{judge_pair, Rubric};
+use graft_eval::metrics::first_line;
 use graft_eval::random::stable_hash;
 use graft_eval::report::{report, Answer, Outcome, Results};
 use graft_eval::{GoldenSet, Split, Task, TaskKind};
@@ -206,6 +207,9 @@ fn arms(args: &EvalRunArgs, api: Api) -> Result<Vec<Arm>> {
     if arms.iter().any(|a| a.on_adapter()) && args.adapter.is_none() {
         bail!("the adapter arms need the adapter: --adapter NAME");
     }
+    if api == Api::Completions && args.likelihood {
+        bail!("--likelihood scores the reference after the prompt the server built, which only --api infill reports");
+    }
     if api == Api::Completions {
         if let Some(arm) = arms.iter().find(|a| a.retrieves() || a.is_control()) {
             bail!(
@@ -357,8 +361,13 @@ impl Run<'_> {
                 let started = Instant::now();
                 let reply = self.complete(task, arm, options).await;
                 let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let prompt = reply.as_ref().ok().and_then(|r| r.prompt.clone());
                 let (text, sources) = split_reply(reply);
-                results.outcomes.push(Outcome::new(task, arm, text, latency_ms, sources));
+                let mut outcome = Outcome::new(task, arm, text, latency_ms, sources);
+                if self.args.likelihood {
+                    outcome.reference_logprob = self.reference_logprob(task, arm, prompt.as_deref()).await;
+                }
+                results.outcomes.push(outcome);
                 progress.step();
             }
         }
@@ -437,6 +446,27 @@ impl Run<'_> {
                 self.served.endpoint.infill(&body).await
             }
         }
+    }
+
+    /// The mean log-probability per token of `task`'s reference after the prompt its `arm`
+    /// request was given (`--likelihood`); `None`, with a warning, when it cannot be had.
+    async fn reference_logprob(&self, task: &Task, arm: Arm, prompt: Option<&str>) -> Option<f64> {
+        let target = task.target.as_deref().unwrap_or_default();
+        // What a one-line task is scored on: the reference's first line.
+        let reference = if one_line(task) { first_line(target) } else { target };
+        let scored = match prompt {
+            Some(prompt) => {
+                self.served
+                    .endpoint
+                    .reference_logprob(self.served.model(arm), prompt, reference)
+                    .await
+            }
+            None => Err("the server did not say what prompt it built (/infill's `prompt`)".to_owned()),
+        };
+        scored
+            .inspect_err(|e| tracing::warn!(task = %task.id, arm = arm.name(), error = %e, "no likelihood of the reference"))
+            .ok()
+            .flatten()
     }
 
     /// The judge's reply to one prompt: greedy, short.

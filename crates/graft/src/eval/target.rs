@@ -11,6 +11,8 @@ use serde_json::Value;
 pub struct Reply {
     pub text: String,
     pub sources: Vec<String>,
+    /// The prompt the server built, when it says (`/infill`'s `prompt`).
+    pub prompt: Option<String>,
 }
 
 /// One server.
@@ -49,6 +51,7 @@ impl Endpoint {
         Ok(Reply {
             text: text(&answer["content"], "content")?,
             sources: sources(&answer),
+            prompt: answer["prompt"].as_str().map(str::to_owned),
         })
     }
 
@@ -58,6 +61,7 @@ impl Endpoint {
         Ok(Reply {
             text: text(&answer["choices"][0]["text"], "choices[0].text")?,
             sources: sources(&answer),
+            prompt: None,
         })
     }
 
@@ -67,7 +71,44 @@ impl Endpoint {
         Ok(Reply {
             text: text(&answer["choices"][0]["message"]["content"], "choices[0].message.content")?,
             sources: sources(&answer),
+            prompt: None,
         })
+    }
+
+    /// The mean log-probability per token (natural log) `model` gives `reference` right after
+    /// `prompt` (a prompt as the server built it, special tokens written out): both tokenized
+    /// by the server (`/tokenize`), then the whole read for its log-probabilities
+    /// (`/v1/completions` with `echo` and `logprobs`). `None` for an empty reference.
+    pub async fn reference_logprob(&self, model: &str, prompt: &str, reference: &str) -> Result<Option<f64>, String> {
+        let tokens = |text: &str, special: bool| {
+            let body = serde_json::json!({"content": text, "add_special": special});
+            async move {
+                let answer = self.post("/tokenize", &body).await?;
+                serde_json::from_value::<Vec<u32>>(answer["tokens"].clone())
+                    .map_err(|_| "/tokenize: the answer's `tokens` are not token ids".to_owned())
+            }
+        };
+        let mut ids = tokens(prompt, true).await?;
+        let read = ids.len();
+        let answer = tokens(reference, false).await?;
+        if answer.is_empty() {
+            return Ok(None);
+        }
+        let count = answer.len();
+        ids.extend(answer);
+        let body = serde_json::json!({
+            "model": model, "prompt": ids, "echo": true, "logprobs": 0, "max_tokens": 1, "temperature": 0,
+        });
+        let scored = self.post("/v1/completions", &body).await?;
+        let values = scored["choices"][0]["logprobs"]["token_logprobs"]
+            .as_array()
+            .and_then(|all| all.get(read..read + count))
+            .ok_or("/v1/completions: no log-probabilities of the prompt (`echo` with `logprobs`)")?;
+        let sum = values
+            .iter()
+            .map(|v| v.as_f64().ok_or("/v1/completions: a log-probability that is not a number"))
+            .sum::<Result<f64, _>>()?;
+        Ok(Some(sum / count as f64))
     }
 
     async fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
