@@ -68,9 +68,8 @@ struct Inner {
     latency: BTreeMap<String, Histogram>,
     /// model → time to first token.
     ttft: BTreeMap<String, Histogram>,
-    /// model → (prompt tokens, completion tokens).
-    /// By model: prompt tokens, of them those the prompt cache supplied, generated tokens.
-    tokens: BTreeMap<String, (u64, u64, u64)>,
+    /// model → tokens read and generated.
+    tokens: BTreeMap<String, TokenCounts>,
     retrieval: Histogram,
     /// Requests turned away because the queue was full.
     rejected: u64,
@@ -125,9 +124,9 @@ impl Metrics {
     pub fn tokens(&self, model: &str, usage: graft_engine::Usage) {
         let mut m = self.lock();
         let entry = m.tokens.entry(model.to_owned()).or_default();
-        entry.0 += usage.prompt_tokens as u64;
-        entry.1 += usage.cached_tokens as u64;
-        entry.2 += usage.completion_tokens as u64;
+        entry.prompt += usage.prompt_tokens as u64;
+        entry.cached += usage.cached_tokens as u64;
+        entry.completion += usage.completion_tokens as u64;
     }
 
     /// A retrieval took `took`.
@@ -173,27 +172,20 @@ impl Metrics {
                 &format!("model=\"{}\"", escape(model)),
             );
         }
-        header(
-            &mut out,
-            "graft_prompt_tokens_total",
-            "counter",
-            "Prompt tokens processed, by model.",
-        );
-        for (model, (prompt, _, _)) in &m.tokens {
-            let _ = writeln!(out, "graft_prompt_tokens_total{{model=\"{}\"}} {prompt}", escape(model));
-        }
-        header(
-            &mut out,
-            "graft_prompt_tokens_cached_total",
-            "counter",
-            "Prompt tokens the prompt cache supplied (read by an earlier request), by model.",
-        );
-        for (model, (_, cached, _)) in &m.tokens {
-            let _ = writeln!(out, "graft_prompt_tokens_cached_total{{model=\"{}\"}} {cached}", escape(model));
-        }
-        header(&mut out, "graft_completion_tokens_total", "counter", "Tokens generated, by model.");
-        for (model, (_, _, completion)) in &m.tokens {
-            let _ = writeln!(out, "graft_completion_tokens_total{{model=\"{}\"}} {completion}", escape(model));
+        let token_counters: [(&str, &str, TokenCount); 3] = [
+            ("graft_prompt_tokens_total", "Prompt tokens processed, by model.", |t| t.prompt),
+            (
+                "graft_prompt_tokens_cached_total",
+                "Prompt tokens the prompt cache supplied (read by an earlier request), by model.",
+                |t| t.cached,
+            ),
+            ("graft_completion_tokens_total", "Tokens generated, by model.", |t| t.completion),
+        ];
+        for (name, help, count) in token_counters {
+            header(&mut out, name, "counter", help);
+            for (model, tokens) in &m.tokens {
+                let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", escape(model), count(tokens));
+            }
         }
         header(
             &mut out,
@@ -248,6 +240,18 @@ impl Metrics {
         let _ = writeln!(out, "graft_requests_rejected_total {}", m.rejected);
         out
     }
+}
+
+/// One of [`TokenCounts`]'s numbers.
+type TokenCount = fn(&TokenCounts) -> u64;
+
+/// Tokens a model's generations read and wrote, added up.
+#[derive(Debug, Default)]
+struct TokenCounts {
+    /// Prompt tokens, those the prompt cache supplied included.
+    prompt: u64,
+    cached: u64,
+    completion: u64,
 }
 
 /// A label value with `\`, `"` and newlines escaped.
