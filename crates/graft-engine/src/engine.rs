@@ -20,7 +20,7 @@ use mistralrs::{
 use tokio::sync::mpsc;
 
 use crate::error::EngineError;
-use crate::facts::ModelFacts;
+use crate::facts::{token_id, ModelFacts};
 use crate::fim::PromptFormat;
 use crate::grammar::{Grammar, Grammars};
 use crate::logprobs::{Chooser, Record};
@@ -968,12 +968,7 @@ fn vocabulary(content: &gguf_file::Content) -> Result<Vocabulary, String> {
             _ => return Err("no tokenizer.ggml.tokens".into()),
         };
         let tokens: Vec<String> = tokens.iter().map(|t| t.to_string().cloned().unwrap_or_default()).collect();
-        let id_of = |name: &str| {
-            content
-                .metadata
-                .get(&format!("tokenizer.ggml.{name}_token_id"))
-                .and_then(|id| id.to_u32().ok())
-        };
+        let id_of = |name: &str| token_id(content, name);
         let end_ids: Vec<u32> = ["eos", "eot", "eom"].into_iter().filter_map(id_of).collect();
         let types: Vec<i32> = match content.metadata.get("tokenizer.ggml.token_type") {
             Some(gguf_file::Value::Array(types)) => types.iter().map(|t| t.to_i32().unwrap_or(1)).collect(),

@@ -73,10 +73,7 @@ impl ModelFacts {
             Some(gguf_file::Value::Array(tokens)) => tokens.as_slice(),
             _ => &[],
         };
-        let token = |name: &str| {
-            let id = content.metadata.get(&format!("tokenizer.ggml.{name}_token_id"))?.to_u32().ok()?;
-            tokens.get(id as usize)?.to_string().ok().cloned()
-        };
+        let token = |name: &str| tokens.get(token_id(content, name)? as usize)?.to_string().ok().cloned();
         ModelFacts {
             context_length: count("context_length"),
             embedding_length: count("embedding_length"),
@@ -108,6 +105,11 @@ impl ModelFacts {
             p => format!("{:.2}K", p / 1e3),
         }
     }
+}
+
+/// The id a GGUF header gives as `tokenizer.ggml.<name>_token_id` (`bos`, `eos`, `padding`, ...).
+pub(crate) fn token_id(content: &gguf_file::Content, name: &str) -> Option<u32> {
+    content.metadata.get(&format!("tokenizer.ggml.{name}_token_id"))?.to_u32().ok()
 }
 
 /// llama.cpp's name of a storage type (candle's debug names drop the underscore of the
