@@ -116,6 +116,14 @@ pub fn metric(o: &Outcome, name: &str) -> f64 {
     }
 }
 
+/// One of the four measures, or the likelihood ([`LIKELIHOOD`]) when the outcome has it.
+fn measure(o: &Outcome, name: &str) -> Option<f64> {
+    match name {
+        LIKELIHOOD => o.reference_logprob,
+        _ => Some(metric(o, name)),
+    }
+}
+
 /// Means of the four measures over some tasks.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Means {
@@ -258,44 +266,29 @@ pub fn report(arms: &[Arm], results: Results, seed: u64) -> Report {
     let mut comparisons = Vec::new();
     if let Some((first, rest)) = arms.split_first() {
         for arm in rest {
+            // A measure paired over the tasks both arms have it for (the likelihood may be
+            // missing; the four never are).
             let paired = |name: &str, cross_file_only: bool| -> (Vec<f64>, Vec<f64>) {
                 let theirs: BTreeMap<&str, f64> = outcomes
                     .iter()
                     .filter(|o| o.arm == first.name())
-                    .map(|o| (o.task.as_str(), metric(o, name)))
+                    .filter_map(|o| Some((o.task.as_str(), measure(o, name)?)))
                     .collect();
                 outcomes
                     .iter()
                     .filter(|o| o.arm == arm.name() && (o.cross_file || !cross_file_only))
-                    .filter_map(|o| theirs.get(o.task.as_str()).map(|a| (*a, metric(o, name))))
-                    .unzip()
-            };
-            // The likelihood, paired over the tasks both arms have it for.
-            let paired_likelihood = |cross_file_only: bool| -> (Vec<f64>, Vec<f64>) {
-                let theirs: BTreeMap<&str, f64> = outcomes
-                    .iter()
-                    .filter(|o| o.arm == first.name())
-                    .filter_map(|o| Some((o.task.as_str(), o.reference_logprob?)))
-                    .collect();
-                outcomes
-                    .iter()
-                    .filter(|o| o.arm == arm.name() && (o.cross_file || !cross_file_only))
-                    .filter_map(|o| Some((*theirs.get(o.task.as_str())?, o.reference_logprob?)))
+                    .filter_map(|o| Some((*theirs.get(o.task.as_str())?, measure(o, name)?)))
                     .unzip()
             };
             let intervals = |cross_file_only: bool| -> BTreeMap<&'static str, Interval> {
-                let mut intervals: BTreeMap<&'static str, Interval> = METRICS
+                METRICS
                     .iter()
+                    .chain([&LIKELIHOOD])
                     .filter_map(|name| {
                         let (a, b) = paired(name, cross_file_only);
                         (!a.is_empty()).then(|| (*name, paired_bootstrap(&a, &b, 2000, seed).into()))
                     })
-                    .collect();
-                let (a, b) = paired_likelihood(cross_file_only);
-                if !a.is_empty() {
-                    intervals.insert(LIKELIHOOD, paired_bootstrap(&a, &b, 2000, seed).into());
-                }
-                intervals
+                    .collect()
             };
             let metrics = intervals(false);
             if metrics.is_empty() {
