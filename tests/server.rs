@@ -1768,6 +1768,74 @@ async fn tool_calls_follow_the_tools_schemas_whole_and_streamed() {
 }
 
 #[tokio::test]
+async fn stop_strings_end_a_tool_replys_words_and_never_cut_its_calls() {
+    // Stop strings the reply's JSON is full of: the calls come whole.
+    let mut request = greedy_chat("What is the weather in Oslo?", 120);
+    request["tools"] = weather_tools();
+    request["tool_choice"] = json!("required");
+    request["stop"] = json!(["}", "\"", "city", "name"]);
+    let (status, body) = post("/v1/chat/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{body}");
+    assert!(choice["stop_reason"].is_null(), "{body}");
+    choice["message"]["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .for_each(|call| drop(city_of(call)));
+
+    // Words: a stop string ends them just before it, whole and streamed, and the generation
+    // ends there too.
+    request["tool_choice"] = json!("auto");
+    request["stop"] = Value::Null;
+    let mut worded = None;
+    for question in ["Write a haiku about autumn.", "Tell me a joke.", "Write a haiku about the sea."] {
+        request["messages"][0]["content"] = json!(question);
+        let (status, body) = post("/v1/chat/completions", &request).await;
+        assert_eq!(status, 200, "{body}");
+        if let Some(content) = body["choices"][0]["message"]["content"].as_str() {
+            worded = Some((content.to_owned(), body["usage"]["completion_tokens"].as_u64().unwrap()));
+            break;
+        }
+    }
+    let (content, tokens) = worded.expect("some question is answered in words");
+    let stop = content
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_else(|| panic!("four words: {content:?}"));
+    let expected = &content[..content.find(stop).unwrap()];
+    request["stop"] = json!([stop]);
+    let (status, body) = post("/v1/chat/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    let choice = &body["choices"][0];
+    assert_eq!(choice["message"]["content"], expected, "{body}");
+    assert_eq!(
+        (&choice["finish_reason"], &choice["stop_reason"]),
+        (&json!("stop"), &json!(stop)),
+        "{body}"
+    );
+    assert!(
+        body["usage"]["completion_tokens"].as_u64().unwrap() < tokens,
+        "ended at the stop: {body}"
+    );
+    let events = stream_events("/v1/chat/completions", &request).await;
+    let deltas: String = events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(deltas, expected, "{events:?}");
+    let last = &events.last().unwrap()["choices"][0];
+    assert_eq!(
+        (&last["finish_reason"], &last["stop_reason"]),
+        (&json!("stop"), &json!(stop)),
+        "{events:?}"
+    );
+    // Kept, vLLM's way.
+    request["include_stop_str_in_output"] = json!(true);
+    let (status, body) = post("/v1/chat/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], format!("{expected}{stop}"), "{body}");
+}
+
+#[tokio::test]
 async fn a_conversation_carries_earlier_calls_and_their_results() {
     let mut request = greedy_chat("What is the weather in Oslo?", 60);
     request["tools"] = weather_tools();

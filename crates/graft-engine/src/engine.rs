@@ -724,6 +724,17 @@ impl TokenStream {
         }
     }
 
+    /// Ends the answer here: the caller found one of the request's stops in what it reads the
+    /// text into (chat's tool replies match stop strings on a reply's words, never inside its
+    /// JSON). The sequence is cancelled, and the end is returned with the tokens sampled so
+    /// far; nothing more is handed out.
+    pub fn stop(&mut self, cause: StopCause) -> StreamEvent {
+        self.rx.close();
+        self.finished = true;
+        self.end = None;
+        self.end_event(FinishReason::Stop, Some(cause))
+    }
+
     fn end_event(&self, finish_reason: FinishReason, stopped_by: Option<StopCause>) -> StreamEvent {
         StreamEvent::End {
             finish_reason,

@@ -58,6 +58,7 @@ pub use error::EngineError;
 pub use fim::PromptFormat;
 pub use grammar::Grammar;
 pub use pool::{Pool, PoolLimits};
+pub use stop::StopText;
 pub use tokenizer::Tokenizer;
 pub use types::{
     ChatMessage, ChatRequest, Completion, CompletionRequest, FinishReason, Prompt, Repetition, Role, Sampling, StopCause, TokenLogprob,

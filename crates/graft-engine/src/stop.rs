@@ -9,9 +9,10 @@
 //!
 //! This module matches text and token ids; it must not know about requests or mistralrs.
 
-/// The matcher for one answer.
+/// The stop strings' matcher for one answer's text (the engine's, on the streamed text; chat's
+/// tool replies use one on a reply's words).
 #[derive(Debug)]
-pub(crate) struct StopText {
+pub struct StopText {
     stops: Vec<String>,
     /// vLLM's `include_stop_str_in_output`: the stop string that ended the answer ends it.
     keep_stop: bool,
@@ -22,7 +23,7 @@ pub(crate) struct StopText {
 impl StopText {
     /// A matcher for `stops`; `None` when there is nothing to match (empty strings are
     /// skipped: they would end every answer before it began).
-    pub(crate) fn new(stops: &[String], keep_stop: bool) -> Option<StopText> {
+    pub fn new(stops: &[String], keep_stop: bool) -> Option<StopText> {
         let stops: Vec<String> = stops.iter().filter(|s| !s.is_empty()).cloned().collect();
         (!stops.is_empty()).then_some(StopText {
             stops,
@@ -35,7 +36,7 @@ impl StopText {
     /// and the stop string that ended the answer, if one did (the text is then all that
     /// comes before it, and the stop string itself when it is kept; of two at one place,
     /// the first given).
-    pub(crate) fn push(&mut self, text: &str) -> (String, Option<String>) {
+    pub fn push(&mut self, text: &str) -> (String, Option<String>) {
         self.held.push_str(text);
         // Text handed out earlier held no stop string, nor the start of one (that was kept
         // back), so the first stop string lies wholly in `held`.
@@ -57,7 +58,7 @@ impl StopText {
     }
 
     /// The text still held back, at the answer's end (it ended without a stop string).
-    pub(crate) fn flush(&mut self) -> String {
+    pub fn flush(&mut self) -> String {
         std::mem::take(&mut self.held)
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use graft_engine::engine::Collector;
-use graft_engine::{Completion, CompletionRequest, Prompt, Sampling, StreamEvent, TokenStream};
+use graft_engine::{Completion, CompletionRequest, Prompt, Sampling, StopCause, StreamEvent, TokenStream};
 use tokio::time::Instant;
 
 use crate::error::ApiError;
@@ -218,6 +218,16 @@ impl Generation {
             }
             return Some(event.map_err(ApiError::from));
         }
+    }
+
+    /// Ends the generation here, as one of the request's stops the caller matched says
+    /// (chat's tool replies: `routes::tools`): its end, with the tokens sampled so far.
+    pub fn stop(&mut self, cause: StopCause) -> StreamEvent {
+        let end = self.tokens.stop(cause);
+        if let StreamEvent::End { usage, .. } = &end {
+            self.metrics.tokens(&self.model, *usage);
+        }
+        end
     }
 
     /// Prompt tokens the prompt cache supplied (known once the first text has come).

@@ -9,8 +9,9 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::Extension;
 
+use futures::future::BoxFuture;
 use graft_core::config::GenerationConfig;
-use graft_engine::{ChatMessage, ChatRequest, Completion, Role};
+use graft_engine::{ChatMessage, ChatRequest, Completion, Role, Usage};
 
 use crate::caller::Caller;
 use crate::error::ApiError;
@@ -48,8 +49,9 @@ pub(crate) struct Started {
     pub extras: Extras,
     /// The model as the request named it.
     pub model: String,
-    /// The request has tools: each reply is read into calls or words ([`pieces`]).
-    pub tools: bool,
+    /// The request has tools: each reply is read into calls or words ([`pieces`]), its stop
+    /// strings matched on the words.
+    pub tools: Option<tools::Reading>,
 }
 
 /// Checks a chat request, lays out its prompt (retrieval for a project) and starts its
@@ -80,9 +82,10 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, mut request: ChatCo
     let mut chat = to_engine_request(request, state.generation())?;
     check_token_ids(state, &chat.sampling)?;
     chat.sampling.grammar = grammar.map(|(grammar, _)| grammar);
-    if let Some(tools) = &tools {
+    let reading = tools.as_ref().map(|tools| {
         tools.describe(&mut chat.messages);
-    }
+        tools::Reading::take_stops(&mut chat.sampling)
+    });
     tracing::debug!(model = %target.name, messages = chat.messages.len(), max_tokens = chat.sampling.max_tokens, "chat request");
 
     let admitted = admit(state).await?;
@@ -100,16 +103,15 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, mut request: ChatCo
         generations,
         extras: Extras { sources, debug },
         model: target.name,
-        tools: tools.is_some(),
+        tools: reading,
     })
 }
 
 /// A choice's stream: its text as it comes, or with tools its reply's words or calls.
-pub(crate) fn pieces(generation: Generation, tools: bool) -> sse::Pieces {
-    if tools {
-        tools::pieces(generation)
-    } else {
-        sse::pieces(generation)
+pub(crate) fn pieces(generation: Generation, tools: Option<&tools::Reading>) -> sse::Pieces {
+    match tools {
+        Some(reading) => tools::pieces(generation, reading),
+        None => sse::pieces(generation),
     }
 }
 
@@ -118,7 +120,7 @@ pub(crate) fn pieces(generation: Generation, tools: bool) -> sse::Pieces {
 struct ChatChunks {
     head: AnswerHead,
     /// The request has tools: each reply is read into calls or words.
-    tools: bool,
+    tools: Option<tools::Reading>,
 }
 
 impl sse::Chunks for ChatChunks {
@@ -186,16 +188,6 @@ impl sse::Chunks for ChatChunks {
     }
 
     fn whole(&self, index: u32, completion: Completion) -> ChatChoice {
-        if self.tools {
-            let (message, finish_reason, stop_reason) = tools::answer(completion);
-            return ChatChoice {
-                index,
-                message,
-                finish_reason,
-                stop_reason: stop_reason.map(StopReason::from),
-                logprobs: None,
-            };
-        }
         ChatChoice {
             index,
             message: AssistantMessage {
@@ -210,7 +202,25 @@ impl sse::Chunks for ChatChunks {
     }
 
     fn pieces(&self, generation: Generation) -> sse::Pieces {
-        pieces(generation, self.tools)
+        pieces(generation, self.tools.as_ref())
+    }
+
+    fn answer(&self, index: u32, generation: Generation) -> BoxFuture<'_, Result<(ChatChoice, Usage), ApiError>> {
+        let Some(reading) = &self.tools else {
+            return sse::collect_whole(self, index, generation);
+        };
+        let pieces = tools::pieces(generation, reading);
+        Box::pin(async move {
+            let (message, finish_reason, stopped_by, usage) = tools::answer(pieces).await?;
+            let choice = ChatChoice {
+                index,
+                message,
+                finish_reason,
+                stop_reason: stopped_by.map(StopReason::from),
+                logprobs: None,
+            };
+            Ok((choice, usage))
+        })
     }
 }
 

@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
 use futures::stream::{self, Stream};
-use graft_engine::{Completion, StopCause, StreamEvent};
+use graft_engine::{Completion, StopCause, StreamEvent, Usage};
 
 use crate::error::ApiError;
 use crate::generation::Generation;
@@ -43,7 +44,7 @@ pub enum Piece {
     End {
         finish_reason: &'static str,
         stopped_by: Option<StopCause>,
-        usage: graft_engine::Usage,
+        usage: Usage,
         /// When the answer's first token came (the prompt had been read), if one did.
         first_token: Option<tokio::time::Instant>,
     },
@@ -96,6 +97,12 @@ pub trait Chunks: Send + Sync + 'static {
     fn pieces(&self, generation: Generation) -> Pieces {
         pieces(generation)
     }
+    /// Choice `index` of the whole answer, and its usage: its generation's text collected
+    /// ([`Generation::collect`]) and written by [`Chunks::whole`], unless the route reads the
+    /// text into something else (chat's tool calls).
+    fn answer(&self, index: u32, generation: Generation) -> BoxFuture<'_, Result<(Self::Whole, Usage), ApiError>> {
+        collect_whole(self, index, generation)
+    }
     /// How many choices each prompt of the request has (a completion may send several
     /// prompts, each prompt's choices in turn); one prompt for all unless the route says.
     fn choices_per_prompt(&self) -> u32 {
@@ -114,7 +121,7 @@ fn event<C: Chunks>(chunks: &C, index: u32, part: Part, extras: Extras) -> Event
 }
 
 /// The usage event: no choices, as in OpenAI's API.
-fn usage_event<C: Chunks>(chunks: &C, usage: graft_engine::Usage) -> Event {
+fn usage_event<C: Chunks>(chunks: &C, usage: Usage) -> Event {
     json_event(
         &chunks
             .head()
@@ -124,8 +131,8 @@ fn usage_event<C: Chunks>(chunks: &C, usage: graft_engine::Usage) -> Event {
 
 /// A request's usage over its choices: each prompt once (all its choices read it; counted
 /// with its first choice), the answers' tokens added up.
-fn add_usage(total: &mut Option<graft_engine::Usage>, usage: graft_engine::Usage, first_of_its_prompt: bool) {
-    let total = total.get_or_insert(graft_engine::Usage::default());
+fn add_usage(total: &mut Option<Usage>, usage: Usage, first_of_its_prompt: bool) {
+    let total = total.get_or_insert(Usage::default());
     if first_of_its_prompt {
         total.prompt_tokens += usage.prompt_tokens;
         total.cached_tokens += usage.cached_tokens;
@@ -146,13 +153,37 @@ pub async fn respond<C: Chunks>(
         let choices = generations.into_iter().map(|g| chunks.pieces(g)).collect();
         return Ok(stream(choices, chunks, include_usage, extras).into_response());
     }
-    let (completions, usage) = collect(generations, chunks.choices_per_prompt()).await?;
-    Ok(whole(completions, usage, &chunks, extras))
+    let answers = generations.into_iter().enumerate().map(|(i, g)| chunks.answer(i as u32, g));
+    let mut usage = None;
+    let mut choices = Vec::new();
+    for (index, (choice, choice_usage)) in futures::future::try_join_all(answers).await?.into_iter().enumerate() {
+        add_usage(
+            &mut usage,
+            choice_usage,
+            first_of_its_prompt(index as u32, chunks.choices_per_prompt()),
+        );
+        choices.push(choice);
+    }
+    Ok(envelope(choices, usage, &chunks, extras))
+}
+
+/// Choice `index` of the whole answer from its generation's text ([`Chunks::answer`]'s way
+/// for routes that do not read the text into something else).
+pub fn collect_whole<C: Chunks + ?Sized>(
+    chunks: &C,
+    index: u32,
+    generation: Generation,
+) -> BoxFuture<'_, Result<(C::Whole, Usage), ApiError>> {
+    Box::pin(async move {
+        let completion = generation.collect().await?;
+        let usage = completion.usage;
+        Ok((chunks.whole(index, completion), usage))
+    })
 }
 
 /// Every generation run to its end, and the request's usage over them all (the generations
 /// of each prompt in turn, `per_prompt` of them each).
-pub async fn collect(generations: Vec<Generation>, per_prompt: u32) -> Result<(Vec<Completion>, Option<graft_engine::Usage>), ApiError> {
+pub async fn collect(generations: Vec<Generation>, per_prompt: u32) -> Result<(Vec<Completion>, Option<Usage>), ApiError> {
     let completions = futures::future::try_join_all(generations.into_iter().map(Generation::collect)).await?;
     let mut usage = None;
     for (index, completion) in completions.iter().enumerate() {
@@ -167,12 +198,17 @@ fn first_of_its_prompt(index: u32, per_prompt: u32) -> bool {
 }
 
 /// The whole answer: each completion a choice, in order, and `usage`.
-pub fn whole<C: Chunks>(completions: Vec<Completion>, usage: Option<graft_engine::Usage>, chunks: &C, extras: Extras) -> Response {
+pub fn whole<C: Chunks>(completions: Vec<Completion>, usage: Option<Usage>, chunks: &C, extras: Extras) -> Response {
     let choices = completions
         .into_iter()
         .enumerate()
         .map(|(i, completion)| chunks.whole(i as u32, completion))
         .collect();
+    envelope(choices, usage, chunks, extras)
+}
+
+/// The whole answer of `choices`.
+fn envelope<C: Chunks>(choices: Vec<C::Whole>, usage: Option<Usage>, chunks: &C, extras: Extras) -> Response {
     let whole = chunks.head().envelope(C::WHOLE_OBJECT, choices, usage.map(Into::into), extras);
     axum::Json(whole).into_response()
 }
@@ -194,7 +230,7 @@ struct Flow {
     /// The extension fields, until the first event takes them.
     extras: Option<Extras>,
     /// Added up over the choices' ends so far.
-    usage: Option<graft_engine::Usage>,
+    usage: Option<Usage>,
 }
 
 /// The pieces of each choice (a generation's: [`pieces`]) as server-sent events written by

@@ -13,14 +13,16 @@
 //! `<tool_call>`, Llama's `<|python_tag|>`) is not used.
 //!
 //! Streamed, the words of a `response` reply go out as the model writes them (decoded from the
-//! JSON string); calls go out in one event once the reply is complete.
+//! JSON string); calls go out in one event once the reply is complete. A whole answer is those
+//! same pieces gathered. The request's stop strings are matched here, on the words, and end
+//! the generation; never inside the JSON, so they cannot cut a call.
 //!
 //! This module owns the request's tool fields, the prompt's description, the grammar and the
 //! reading of replies; it must not know how the engine enforces a grammar.
 
 use std::collections::{HashMap, VecDeque};
 
-use graft_engine::{ChatMessage, Completion, Grammar, Role, StopCause, StreamEvent};
+use graft_engine::{ChatMessage, Grammar, Role, Sampling, StopCause, StopText, StreamEvent, Usage};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -306,66 +308,95 @@ impl Results {
     }
 }
 
-/// A choice's message, finish reason and the request's stop that ended it: its calls, its
-/// words, or (cut short in a call) its text as it is.
-pub fn answer(completion: Completion) -> (AssistantMessage, &'static str, Option<StopCause>) {
-    let mut reader = Reader::default();
-    let words = reader.push(&completion.text);
-    let stopped_by = completion.stopped_by;
-    let (content, tool_calls, finish_reason, stopped_by) = match reader.end() {
-        Ending::Words => (Some(words), None, completion.finish_reason.as_str(), stopped_by),
-        Ending::Calls(calls) => (None, Some(calls), "tool_calls", None),
-        Ending::Unread => (Some(completion.text), None, completion.finish_reason.as_str(), stopped_by),
-    };
-    let message = AssistantMessage {
-        role: "assistant",
-        content,
-        tool_calls,
-    };
-    (message, finish_reason, stopped_by)
+/// How each choice's reply is read: the request's stop strings, matched on the words of a
+/// `response` reply, never inside the reply's JSON (a stop string cannot cut a call, nor the
+/// `{"response": "` that opens the words). They are taken out of the engine's sampling, which
+/// would match them on the raw reply.
+#[derive(Debug, Clone, Default)]
+pub struct Reading {
+    stops: Vec<String>,
+    include_stop: bool,
+}
+
+impl Reading {
+    /// Takes the stop strings out of `sampling` (its stop tokens stay: they are matched on
+    /// the chosen tokens, which a caller names on purpose).
+    pub fn take_stops(sampling: &mut Sampling) -> Reading {
+        Reading {
+            stops: std::mem::take(&mut sampling.stop),
+            include_stop: sampling.include_stop,
+        }
+    }
+}
+
+/// A choice's whole answer: its message (its calls, its words, or, cut short in a call, its
+/// text as it is), finish reason, the request's stop that ended it, and its usage, gathered
+/// from its [`pieces`] as the stream sends them.
+pub async fn answer(mut pieces: Pieces) -> Result<(AssistantMessage, &'static str, Option<StopCause>, Usage), ApiError> {
+    use futures::StreamExt;
+    let mut content = String::new();
+    let mut tool_calls = None;
+    while let Some(piece) = pieces.next().await {
+        match piece? {
+            Piece::Text(text, _) => content.push_str(&text),
+            Piece::Calls(calls) => tool_calls = Some(calls),
+            Piece::End {
+                finish_reason,
+                stopped_by,
+                usage,
+                ..
+            } => {
+                let message = AssistantMessage {
+                    role: "assistant",
+                    content: tool_calls.is_none().then_some(content),
+                    tool_calls,
+                };
+                return Ok((message, finish_reason, stopped_by, usage));
+            }
+        }
+    }
+    Err(ApiError::from(graft_engine::engine::Collector::unfinished()))
 }
 
 /// A choice's stream with tools: the words of a `{"response": ...}` reply as the model writes
-/// them, or the calls once the reply is complete.
-pub fn pieces(generation: Generation) -> Pieces {
+/// them (up to a stop string, which ends the generation there), or the calls once the reply is
+/// complete.
+pub fn pieces(generation: Generation, reading: &Reading) -> Pieces {
     use futures::StreamExt;
-    let state = (generation, Reader::default(), VecDeque::new());
+    let state = (generation, Reader::new(reading), VecDeque::new());
     futures::stream::unfold(state, |(mut generation, mut reader, mut ready)| async move {
         loop {
             if let Some(piece) = ready.pop_front() {
                 return Some((Ok(piece), (generation, reader, ready)));
             }
-            match generation.next().await? {
+            let event = match generation.next().await? {
                 Err(e) => return Some((Err(e), (generation, reader, ready))),
-                Ok(StreamEvent::Text { text, .. }) => {
-                    let words = reader.push(&text);
-                    if !words.is_empty() {
-                        ready.push_back(Piece::Text(words, None));
-                    }
+                Ok(event) => event,
+            };
+            let (text, end) = match event {
+                StreamEvent::Text { text, .. } => {
+                    let (words, stop) = reader.push(&text);
+                    // A stop string in the words: the answer ends before it, here.
+                    (words, stop.map(|stop| generation.stop(StopCause::Text(stop))))
                 }
-                Ok(StreamEvent::End {
-                    finish_reason,
+                end => (String::new(), Some(end)),
+            };
+            if !text.is_empty() {
+                ready.push_back(Piece::Text(text, None));
+            }
+            if let Some(StreamEvent::End {
+                finish_reason,
+                stopped_by,
+                usage,
+            }) = end
+            {
+                let end = Piece::End {
+                    finish_reason: finish_reason.as_str(),
                     stopped_by,
                     usage,
-                }) => {
-                    let (finish_reason, stopped_by) = match reader.end() {
-                        Ending::Words => (finish_reason.as_str(), stopped_by),
-                        Ending::Calls(calls) => {
-                            ready.push_back(Piece::Calls(calls));
-                            ("tool_calls", None)
-                        }
-                        Ending::Unread => {
-                            ready.push_back(Piece::Text(std::mem::take(&mut reader.raw), None));
-                            (finish_reason.as_str(), stopped_by)
-                        }
-                    };
-                    ready.push_back(Piece::End {
-                        finish_reason,
-                        stopped_by,
-                        usage,
-                        first_token: generation.first_token(),
-                    });
-                }
+                    first_token: generation.first_token(),
+                };
+                ready.extend(reader.finish(end));
             }
         }
     })
@@ -378,6 +409,8 @@ struct Reader {
     /// The reply's text so far.
     raw: String,
     state: State,
+    /// The request's stop strings, matched on the words.
+    stops: Option<StopText>,
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -385,43 +418,85 @@ enum State {
     /// The reply's key is not written yet.
     #[default]
     Undecided,
-    /// `{"response": "`: the words from byte `at` of the text on are still to decode.
-    Words { at: usize, closed: bool },
+    /// `{"response": "`: the words from byte `at` of the text on are still to decode; `over`
+    /// once the string has closed or a stop string has ended them.
+    Words { at: usize, over: bool },
     /// `{"tool_calls"`: read when the reply is complete.
     Calls,
 }
 
 /// What a reply turned out to be once it ended.
 enum Ending {
-    Words,
+    /// Words, and the last of them a stop string's start held back.
+    Words(String),
     Calls(Vec<ToolCall>),
     /// Neither, cut before its shape was clear or inside a call: its text is the answer.
     Unread,
 }
 
 impl Reader {
+    fn new(reading: &Reading) -> Reader {
+        Reader {
+            stops: StopText::new(&reading.stops, reading.include_stop),
+            ..Reader::default()
+        }
+    }
+
     /// Adds generated text; returns the words of a response it completes (decoded from the
-    /// JSON string), empty when none.
-    fn push(&mut self, text: &str) -> String {
+    /// JSON string), empty when none, and the stop string that ended them if one did.
+    fn push(&mut self, text: &str) -> (String, Option<String>) {
         self.raw.push_str(text);
         if self.state == State::Undecided {
             self.state = decide(&self.raw);
         }
-        match &mut self.state {
-            State::Words { at, closed } if !*closed => {
-                let (words, used, ended) = decode_string(&self.raw[*at..]);
-                *at += used;
-                *closed = ended;
-                words
-            }
-            _ => String::new(),
+        let State::Words { at, over } = &mut self.state else {
+            return (String::new(), None);
+        };
+        if *over {
+            return (String::new(), None);
         }
+        let (words, used, closed) = decode_string(&self.raw[*at..]);
+        *at += used;
+        *over = closed;
+        let Some(stops) = &mut self.stops else {
+            return (words, None);
+        };
+        let (mut words, stop) = stops.push(&words);
+        if stop.is_some() {
+            *over = true;
+        } else if closed {
+            words.push_str(&stops.flush());
+        }
+        (words, stop)
+    }
+
+    /// The pieces that end the reply, given the generation's `end`: the calls, the words a
+    /// stop string's start held back, or the unread text; then the end (a reply of calls ends
+    /// with `tool_calls`).
+    fn finish(&mut self, mut end: Piece) -> Vec<Piece> {
+        let mut pieces = Vec::new();
+        match self.end() {
+            Ending::Words(rest) if rest.is_empty() => {}
+            Ending::Words(rest) => pieces.push(Piece::Text(rest, None)),
+            Ending::Calls(calls) => {
+                pieces.push(Piece::Calls(calls));
+                if let Piece::End {
+                    finish_reason, stopped_by, ..
+                } = &mut end
+                {
+                    (*finish_reason, *stopped_by) = ("tool_calls", None);
+                }
+            }
+            Ending::Unread => pieces.push(Piece::Text(std::mem::take(&mut self.raw), None)),
+        }
+        pieces.push(end);
+        pieces
     }
 
     /// How the reply ended.
-    fn end(&self) -> Ending {
+    fn end(&mut self) -> Ending {
         match self.state {
-            State::Words { .. } => Ending::Words,
+            State::Words { .. } => Ending::Words(self.stops.as_mut().map(StopText::flush).unwrap_or_default()),
             State::Undecided | State::Calls => match read_calls(&self.raw) {
                 Some(calls) => Ending::Calls(
                     calls
@@ -461,7 +536,7 @@ fn decide(raw: &str) -> State {
     match value {
         Some(words) => State::Words {
             at: raw.len() - words.len(),
-            closed: false,
+            over: false,
         },
         None => State::Undecided,
     }
@@ -612,27 +687,47 @@ mod tests {
         assert_eq!(list["items"]["anyOf"][0]["properties"]["name"]["const"], "b");
     }
 
-    fn completion(text: &str, finish_reason: graft_engine::FinishReason) -> Completion {
-        Completion {
-            stopped_by: None,
-            text: text.into(),
-            finish_reason,
-            usage: graft_engine::Usage {
-                prompt_tokens: 1,
-                cached_tokens: 0,
-                completion_tokens: 1,
-            },
-            logprobs: None,
+    /// A reply written in `texts` read as the stream reads it, and gathered as the whole
+    /// answer is: its message, finish reason and stop. The generation ended with `reason`
+    /// unless a stop string ended it.
+    fn read_reply(reading: &Reading, texts: &[&str], reason: &'static str) -> (AssistantMessage, &'static str, Option<StopCause>) {
+        use futures::StreamExt;
+        let mut reader = Reader::new(reading);
+        let mut pieces = Vec::new();
+        let mut stopped_by = None;
+        for text in texts {
+            let (words, stop) = reader.push(text);
+            if !words.is_empty() {
+                pieces.push(Piece::Text(words, None));
+            }
+            if let Some(stop) = stop {
+                stopped_by = Some(StopCause::Text(stop));
+                break;
+            }
+        }
+        let end = Piece::End {
+            finish_reason: if stopped_by.is_some() { "stop" } else { reason },
+            stopped_by,
+            usage: Usage::default(),
+            first_token: None,
+        };
+        pieces.extend(reader.finish(end));
+        let pieces = futures::stream::iter(pieces.into_iter().map(Ok)).boxed();
+        let (message, reason, stopped_by, _) = futures::executor::block_on(answer(pieces)).unwrap();
+        (message, reason, stopped_by)
+    }
+
+    fn stops(stops: &[&str], include_stop: bool) -> Reading {
+        Reading {
+            stops: stops.iter().map(|s| s.to_string()).collect(),
+            include_stop,
         }
     }
 
     #[test]
     fn an_answer_is_calls_words_or_the_text_as_it_was_cut() {
-        use graft_engine::FinishReason;
-        let (message, reason, _) = answer(completion(
-            r#"{"tool_calls": [{"name": "f", "arguments": {"x": 1}}]}"#,
-            FinishReason::Stop,
-        ));
+        let none = Reading::default();
+        let (message, reason, _) = read_reply(&none, &[r#"{"tool_calls": [{"name": "f", "arguments": {"x": 1}}]}"#], "stop");
         assert_eq!(reason, "tool_calls");
         assert_eq!(message.content, None);
         let calls = message.tool_calls.unwrap();
@@ -641,16 +736,46 @@ mod tests {
             ("f", r#"{"x":1}"#)
         );
         assert!(calls[0].id.starts_with("call_") && calls[0].id.len() == 29, "{}", calls[0].id);
-        let (message, reason, _) = answer(completion(r#"{"response": "Hi."}"#, FinishReason::Stop));
+        let (message, reason, _) = read_reply(&none, &[r#"{"response": "Hi."}"#], "stop");
         assert_eq!(
             (message.content.as_deref(), reason, message.tool_calls.is_none()),
             (Some("Hi."), "stop", true)
         );
-        let (message, reason, _) = answer(completion(r#"{"tool_calls": [{"na"#, FinishReason::Length));
+        let (message, reason, _) = read_reply(&none, &[r#"{"tool_calls": [{"na"#], "length");
         assert_eq!((message.content.as_deref(), reason), (Some(r#"{"tool_calls": [{"na"#), "length"));
         // Words cut by max_tokens: the words so far, as the stream sent them.
-        let (message, reason, _) = answer(completion(r#"{"response": "Hello, wor"#, FinishReason::Length));
+        let (message, reason, _) = read_reply(&none, &[r#"{"response": "Hello, wor"#], "length");
         assert_eq!((message.content.as_deref(), reason), (Some("Hello, wor"), "length"));
+    }
+
+    #[test]
+    fn stop_strings_end_the_words_and_never_cut_a_call() {
+        // A stop string spelled across pieces, and escaped in the JSON: matched on the words.
+        let quote = stops(&["\"world"], false);
+        let (message, reason, stop) = read_reply(&quote, &[r#"{"response": "Hello, \"wo"#, r#"rld\" and more"}"#], "stop");
+        assert_eq!(
+            (message.content.as_deref(), reason, stop),
+            (Some("Hello, "), "stop", Some(StopCause::Text("\"world".into())))
+        );
+        let (message, _, stop) = read_reply(
+            &stops(&["\"world"], true),
+            &[r#"{"response": "Hello, \"world\" and more"}"#],
+            "stop",
+        );
+        assert_eq!((message.content.as_deref(), stop.is_some()), (Some("Hello, \"world"), true));
+        // A stop string in the JSON around the words, or in a call, ends nothing.
+        let brace = stops(&["}", "\"", "response", "city"], false);
+        let call = r#"{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}"#;
+        let (message, reason, stop) = read_reply(&brace, &[call], "stop");
+        assert_eq!((reason, stop, message.tool_calls.map(|c| c.len())), ("tool_calls", None, Some(1)));
+        let (message, reason, stop) = read_reply(&brace, &[r#"{"response": "Sunny."}"#], "stop");
+        assert_eq!((message.content.as_deref(), reason, stop), (Some("Sunny."), "stop", None));
+        // A stop string's start held back at the words' end comes out when they close or are cut.
+        let held = stops(&["ny and warm"], false);
+        let (message, _, stop) = read_reply(&held, &[r#"{"response": "Sun"#, r#"ny"}"#], "stop");
+        assert_eq!((message.content.as_deref(), stop), (Some("Sunny"), None));
+        let (message, reason, _) = read_reply(&held, &[r#"{"response": "Sunny"#], "length");
+        assert_eq!((message.content.as_deref(), reason), (Some("Sunny"), "length"));
     }
 
     #[test]
@@ -685,27 +810,27 @@ mod tests {
         // Every way of cutting the reply in two, and one character at a time.
         for cut in (0..=reply.len()).filter(|&i| reply.is_char_boundary(i)) {
             let mut reader = Reader::default();
-            let words = reader.push(&reply[..cut]) + &reader.push(&reply[cut..]);
+            let words = reader.push(&reply[..cut]).0 + &reader.push(&reply[cut..]).0;
             assert_eq!(words, expected, "cut at {cut}");
-            assert!(matches!(reader.end(), Ending::Words));
+            assert!(matches!(reader.end(), Ending::Words(_)));
         }
         let mut reader = Reader::default();
-        let words: String = reply.chars().map(|c| reader.push(&c.to_string())).collect();
+        let words: String = reply.chars().map(|c| reader.push(&c.to_string()).0).collect();
         assert_eq!(words, expected);
         // A lone surrogate is the replacement character; the words go on after it.
         let mut reader = Reader::default();
-        assert_eq!(reader.push(r#"{"response": "a\ud83d b"}"#), "a\u{FFFD} b");
+        assert_eq!(reader.push(r#"{"response": "a\ud83d b"}"#).0, "a\u{FFFD} b");
         // So is an escape that is not hex, and the reading does not stall on it.
         let mut reader = Reader::default();
-        assert_eq!(reader.push(r#"{"response": "a\uzzzz b"#), "a\u{FFFD} b");
-        assert_eq!(reader.push(r#"c"}"#), "c");
+        assert_eq!(reader.push(r#"{"response": "a\uzzzz b"#).0, "a\u{FFFD} b");
+        assert_eq!(reader.push(r#"c"}"#).0, "c");
     }
 
     #[test]
     fn calls_are_read_when_the_reply_ends() {
         let mut reader = Reader::default();
-        assert_eq!(reader.push(r#"{"tool_calls": [{"name": "f", "#), "");
-        assert_eq!(reader.push(r#""arguments": {}}]}"#), "");
+        assert_eq!(reader.push(r#"{"tool_calls": [{"name": "f", "#).0, "");
+        assert_eq!(reader.push(r#""arguments": {}}]}"#).0, "");
         let Ending::Calls(calls) = reader.end() else { panic!("calls") };
         assert_eq!((calls[0].function.name.as_str(), calls[0].function.arguments.as_str()), ("f", "{}"));
         let mut cut = Reader::default();

@@ -173,7 +173,7 @@ pub async fn chat(
         return Err(ApiError::internal("ollama chat", &"no generation was started").into());
     };
     let reply = Reply::new(request.model, Shape::Chat, started, started_chat.extras.sources);
-    Ok(reply.answer(chat::pieces(generation, tools), streaming).await?)
+    Ok(reply.answer(chat::pieces(generation, tools.as_ref()), streaming).await?)
 }
 
 /// `POST /api/generate`: the prompt in the model's chat template (as one user turn, after
@@ -239,7 +239,7 @@ pub async fn generate(
         let openai = wire::openai_request(fields).map_err(wire::ollama_names)?;
         let started = chat::start(&state, &caller, openai).await.map_err(wire::ollama_names)?;
         (
-            started.generations.into_iter().next().map(|g| chat::pieces(g, false)),
+            started.generations.into_iter().next().map(|g| chat::pieces(g, None)),
             started.extras.sources,
         )
     };
