@@ -429,6 +429,68 @@ async fn echo_with_logprobs_scores_the_prompt_as_lm_evaluation_harness_reads_it(
 }
 
 #[tokio::test]
+async fn echo_with_no_tokens_to_generate_answers_the_prompt_alone() {
+    // OpenAI's old way to score a prompt (`max_tokens: 0`, `echo`): the prompt, its
+    // log-probabilities, and nothing generated, whole and streamed, each prompt of a batch.
+    let prompts = ["def fibonacci(n):", "fn main() {\n    println!(\"Hello, world!\");"];
+    let scored = |max_tokens: u32| json!({"model": MODEL, "prompt": prompts, "echo": true, "max_tokens": max_tokens, "logprobs": 1, "temperature": 0});
+    let (status, body) = post("/v1/completions", &scored(0)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, with_answer) = post("/v1/completions", &scored(1)).await;
+    assert_eq!(status, 200, "{with_answer}");
+    let choices = body["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2, "{body}");
+    let mut prompt_tokens = 0;
+    for (i, (choice, prompt)) in choices.iter().zip(prompts).enumerate() {
+        assert_eq!(
+            (&choice["text"], &choice["finish_reason"]),
+            (&json!(prompt), &json!("length")),
+            "{body}"
+        );
+        // The prompt's entries are those that lead the answer of one token more.
+        let logprobs = &choice["logprobs"];
+        let tokens = logprobs["tokens"].as_array().unwrap();
+        let longer = &with_answer["choices"][i]["logprobs"];
+        assert_eq!(tokens[..], longer["tokens"].as_array().unwrap()[..tokens.len()], "{body}");
+        assert_eq!(
+            logprobs["token_logprobs"].as_array().unwrap()[..],
+            longer["token_logprobs"].as_array().unwrap()[..tokens.len()]
+        );
+        assert_eq!(tokens.len() + 1, longer["tokens"].as_array().unwrap().len());
+        prompt_tokens += tokens.len() as u64;
+    }
+    let tokens_of = |usage: &Value| (usage["prompt_tokens"].as_u64(), usage["completion_tokens"].as_u64());
+    assert_eq!(tokens_of(&body["usage"]), (Some(prompt_tokens), Some(0)), "{body}");
+
+    let mut streamed = scored(0);
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let events = stream_events("/v1/completions", &streamed).await;
+    for (i, choice) in choices.iter().enumerate() {
+        let of_choice: Vec<&Value> = events
+            .iter()
+            .filter_map(|e| e["choices"].as_array().and_then(|c| c.first()))
+            .filter(|c| c["index"] == i)
+            .collect();
+        let text: String = of_choice.iter().filter_map(|c| c["text"].as_str()).collect();
+        assert_eq!(text, choice["text"].as_str().unwrap(), "{events:?}");
+        assert_eq!(of_choice[0]["logprobs"], choice["logprobs"], "{events:?}");
+        assert_eq!(of_choice.last().unwrap()["finish_reason"], "length", "{events:?}");
+    }
+    assert_eq!(
+        tokens_of(&events.last().unwrap()["usage"]),
+        (Some(prompt_tokens), Some(0)),
+        "{events:?}"
+    );
+
+    // Without `echo` there is nothing to answer; best_of has nothing to rank.
+    for (fields, param) in [(json!({"echo": false}), "max_tokens"), (json!({"best_of": 2}), "best_of")] {
+        let (status, body) = post("/v1/completions", &with_fields(scored(0), &fields)).await;
+        assert_eq!(error_of(status, &body, 400)["param"], param, "{fields}: {body}");
+    }
+}
+
+#[tokio::test]
 async fn best_of_answers_its_likeliest_candidates_and_counts_them_all() {
     // Which candidates are kept is checked in routes::completions' unit test; here, the
     // answer: n choices, likeliest first, usage over every candidate.

@@ -19,15 +19,16 @@
 //! `null`), as lm-evaluation-harness reads them to score answers: the prompt is then read as
 //! given (token ids, or the text's tokens), without retrieved code or a prompt format, and
 //! the model reads it once for its log-probabilities (`graft_engine::score`) before its
-//! choices continue it.
+//! choices continue it. `echo` with `max_tokens: 0` generates nothing: each choice is its
+//! prompt (with its log-probabilities when asked).
 
 use std::sync::{Mutex, PoisonError};
 
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use graft_engine::fim::FimInput;
-use graft_engine::Completion;
+use graft_engine::{Completion, FinishReason, Usage};
 
 use crate::caller::Caller;
 use crate::error::ApiError;
@@ -57,8 +58,12 @@ pub async fn completions(
         n,
         best_of,
         hide_logprobs,
+        prompt_only,
     } = started;
-    let prompt_count = generations.len() / best_of as usize;
+    let prompt_count = match &prompt_only {
+        Some(lengths) => lengths.len(),
+        None => generations.len() / best_of as usize,
+    };
     // Each choice's text offsets start after its prompt's when the prompt's entries lead.
     let offsets = (0..prompt_count * n as usize)
         .map(|i| {
@@ -75,6 +80,30 @@ pub async fn completions(
         prompt_logprobs,
         per_prompt: n,
     };
+    if let Some(lengths) = prompt_only {
+        // `echo` with `max_tokens: 0`: each choice is its prompt (and its log-probabilities).
+        let completions: Vec<Completion> = lengths
+            .iter()
+            .flat_map(|&prompt_tokens| std::iter::repeat_n(prompt_tokens, n as usize))
+            .map(|prompt_tokens| Completion {
+                text: String::new(),
+                finish_reason: FinishReason::Length,
+                stopped_by: None,
+                usage: Usage {
+                    prompt_tokens,
+                    cached_tokens: 0,
+                    completion_tokens: 0,
+                },
+                logprobs: None,
+            })
+            .collect();
+        if streaming {
+            let choices = completions.iter().map(sse::ended).collect();
+            return Ok(sse::stream(choices, chunks, include_usage, extras).into_response());
+        }
+        let usage = sse::usage_of(&completions, n);
+        return Ok(sse::whole(completions, usage, &chunks, extras));
+    }
     if best_of > n {
         // Usage counts every candidate: each was generated.
         let (candidates, usage) = sse::collect(generations, best_of).await?;
@@ -106,6 +135,9 @@ pub(crate) struct Started {
     best_of: u32,
     /// The log-probabilities were asked for `best_of`'s ranking alone.
     hide_logprobs: bool,
+    /// `echo` with `max_tokens: 0`: nothing is generated (`generations` is empty); each
+    /// prompt's length in tokens.
+    prompt_only: Option<Vec<usize>>,
 }
 
 /// Checks a completion request, lays out its prompts (FIM, retrieval for a project) and
@@ -125,6 +157,14 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, request: openai::Co
     let echo = request.echo == Some(true);
     // `echo` with `logprobs`: the prompt's own log-probabilities lead the answer's.
     let scoring = echo && request.logprobs.is_some();
+    // `echo` with `max_tokens: 0`, OpenAI's old way to score a prompt: the prompt alone.
+    let prompt_only = echo && request.max_tokens == Some(0);
+    if prompt_only && best_of > n {
+        return Err(ApiError::invalid_param(
+            "best_of",
+            "best_of needs something to generate: max_tokens is 0",
+        ));
+    }
     if echo && request.suffix.is_some() {
         return Err(ApiError::invalid_param("echo", "echo cannot be used together with suffix"));
     }
@@ -135,7 +175,8 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, request: openai::Co
     let debug = request.debug == Some(true);
     let format = state.engine().prompt_format();
     let mut sampling = SamplingFields {
-        max_tokens: request.max_tokens,
+        // Checked as if one token were asked for, when none is.
+        max_tokens: request.max_tokens.map(|m| m.max(u32::from(prompt_only))),
         temperature: request.temperature,
         top_p: request.top_p,
         top_k: request.top_k,
@@ -194,7 +235,7 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, request: openai::Co
                 }
                 tokens
             }
-            Ok(prefix) if scoring => {
+            Ok(prefix) if scoring || prompt_only => {
                 // Read as given: the prompt's log-probabilities are of its own tokens.
                 let tokens = state.engine().tokenize(None, &prefix, true).await?;
                 prompt::check_length(state, tokens.len(), "prompt", "The prompt")?;
@@ -246,7 +287,11 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, request: openai::Co
         true => Some(score_prompts(state, caller, &target, &laid_out, sampling.logprobs.unwrap_or(0)).await?),
         false => None,
     };
-    let generations = start_choices(state, caller, admitted, &target, laid_out, sampling, best_of).await?;
+    let prompt_lengths = prompt_only.then(|| laid_out.iter().map(Vec::len).collect());
+    let generations = match prompt_only {
+        true => Vec::new(),
+        false => start_choices(state, caller, admitted, &target, laid_out, sampling, best_of).await?,
+    };
     Ok(Started {
         generations,
         extras: Extras { sources, debug },
@@ -256,6 +301,7 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, request: openai::Co
         n,
         best_of,
         hide_logprobs,
+        prompt_only: prompt_lengths,
     })
 }
 

@@ -185,11 +185,29 @@ pub fn collect_whole<C: Chunks + ?Sized>(
 /// of each prompt in turn, `per_prompt` of them each).
 pub async fn collect(generations: Vec<Generation>, per_prompt: u32) -> Result<(Vec<Completion>, Option<Usage>), ApiError> {
     let completions = futures::future::try_join_all(generations.into_iter().map(Generation::collect)).await?;
+    let usage = usage_of(&completions, per_prompt);
+    Ok((completions, usage))
+}
+
+/// The request's usage over its `completions` (each prompt's `per_prompt` in turn).
+pub fn usage_of(completions: &[Completion], per_prompt: u32) -> Option<Usage> {
     let mut usage = None;
     for (index, completion) in completions.iter().enumerate() {
         add_usage(&mut usage, completion.usage, first_of_its_prompt(index as u32, per_prompt));
     }
-    Ok((completions, usage))
+    usage
+}
+
+/// A choice that is over before it began (nothing to generate): its end alone.
+pub fn ended(completion: &Completion) -> Pieces {
+    use futures::StreamExt;
+    let end = Piece::End {
+        finish_reason: completion.finish_reason.as_str(),
+        stopped_by: completion.stopped_by.clone(),
+        usage: completion.usage,
+        first_token: None,
+    };
+    stream::iter([Ok(end)]).boxed()
 }
 
 /// Whether choice `index` is the first of its prompt's `per_prompt` choices.
