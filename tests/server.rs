@@ -429,6 +429,88 @@ async fn echo_with_logprobs_scores_the_prompt_as_lm_evaluation_harness_reads_it(
 }
 
 #[tokio::test]
+async fn prompt_logprobs_list_the_prompt_the_model_read_as_vllm_does() {
+    // Beside echo's entries, from the same scoring: each place's object starts with the
+    // prompt's own token (its id, log-probability, rank and text), then the likeliest others.
+    let prompt = "fn main() {\n    let x = 1;";
+    let request =
+        json!({"model": MODEL, "prompt": prompt, "echo": true, "max_tokens": 1, "logprobs": 1, "prompt_logprobs": 3, "temperature": 0});
+    let (status, body) = post("/v1/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    let choice = &body["choices"][0];
+    let places = choice["prompt_logprobs"].as_array().unwrap_or_else(|| panic!("{body}"));
+    let (_, ids) = post("/tokenize", &json!({"content": prompt, "add_special": true})).await;
+    let ids = ids["tokens"].as_array().unwrap();
+    assert_eq!(places.len(), ids.len(), "{body}");
+    assert!(places[0].is_null(), "{body}");
+    let echoed = &choice["logprobs"];
+    for (i, place) in places.iter().enumerate().skip(1) {
+        let entries: Vec<(&String, &Value)> = place.as_object().unwrap().iter().collect();
+        let (id, own) = entries[0];
+        assert_eq!(*id, ids[i].to_string(), "the prompt's token first: {place}");
+        assert_eq!(own["decoded_token"], echoed["tokens"][i], "{place}");
+        let logprob = own["logprob"].as_f64().unwrap();
+        assert!((logprob - echoed["token_logprobs"][i].as_f64().unwrap()).abs() < 1e-6, "{place}");
+        let rank = own["rank"].as_u64().unwrap();
+        assert!(rank >= 1, "{place}");
+        // The others are the likeliest, ranked in order; the token is among them when its
+        // rank says so, and then listed once.
+        let others: Vec<u64> = entries[1..].iter().map(|(_, e)| e["rank"].as_u64().unwrap()).collect();
+        let expected: Vec<u64> = (1..=3).filter(|&r| r != rank).collect();
+        assert_eq!(others, expected, "{place}");
+        for (_, other) in &entries[1..] {
+            let other_logprob = other["logprob"].as_f64().unwrap();
+            match other["rank"].as_u64().unwrap() < rank {
+                true => assert!(other_logprob >= logprob, "{place}"),
+                false => assert!(other_logprob <= logprob, "{place}"),
+            }
+        }
+    }
+    assert_eq!(
+        choice["logprobs"]["top_logprobs"][1].as_object().unwrap().len(),
+        if places[1].as_object().unwrap().values().next().unwrap()["rank"] == 1 {
+            1
+        } else {
+            2
+        },
+        "echo's own entries keep the one alternative it asked for"
+    );
+
+    // Chat: the whole prompt the template made, at the answer's top level.
+    let mut chat = greedy_chat("Say hi.", 2);
+    chat["prompt_logprobs"] = json!(0);
+    let (status, body) = post("/v1/chat/completions", &chat).await;
+    assert_eq!(status, 200, "{body}");
+    let places = body["prompt_logprobs"].as_array().unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(places.len() as u64, body["usage"]["prompt_tokens"].as_u64().unwrap(), "{body}");
+    assert!(places[0].is_null());
+    assert!(
+        places[1..].iter().all(|p| p.as_object().unwrap().len() == 1),
+        "only the prompt's tokens: {body}"
+    );
+    let text: String = places[1..]
+        .iter()
+        .map(|p| {
+            p.as_object().unwrap().values().next().unwrap()["decoded_token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(text.contains("Say hi."), "{text}");
+
+    // Not streamed (as in vLLM), and at most 20.
+    for (path, body) in [
+        ("/v1/chat/completions", with_fields(chat.clone(), &json!({"stream": true}))),
+        ("/v1/completions", with_fields(request.clone(), &json!({"stream": true}))),
+        ("/v1/chat/completions", with_fields(chat, &json!({"prompt_logprobs": 21}))),
+    ] {
+        let (status, answer) = post(path, &body).await;
+        assert_eq!(error_of(status, &answer, 400)["param"], "prompt_logprobs", "{answer}");
+    }
+}
+
+#[tokio::test]
 async fn echo_with_no_tokens_to_generate_answers_the_prompt_alone() {
     // OpenAI's old way to score a prompt (`max_tokens: 0`, `echo`): the prompt, its
     // log-probabilities, and nothing generated, whole and streamed, each prompt of a batch.

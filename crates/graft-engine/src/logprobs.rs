@@ -78,6 +78,7 @@ pub(crate) fn entry(logits: &[f32], chosen: usize, top: usize, tokenizer: &Token
         token: text(chosen as u32),
         bytes: bytes(chosen as u32),
         logprob: logprob(chosen),
+        rank: rank(logits, chosen),
         top: most_likely(logits, top)
             .into_iter()
             .map(|i| TopLogprob {
@@ -116,14 +117,33 @@ fn log_sum_exp(logits: &[f32]) -> f64 {
     max + sum.ln()
 }
 
+/// Whether token `a` ranks above token `b`: a higher logit, or the same and a lower id.
+fn ranks_above(logits: &[f32], a: usize, b: usize) -> bool {
+    logits[a] > logits[b] || (logits[a] == logits[b] && a < b)
+}
+
+/// Token `chosen`'s place in [`most_likely`]'s order, 1 for the first (past the end of the
+/// finite logits for one that is not finite).
+fn rank(logits: &[f32], chosen: usize) -> u32 {
+    let Some(&value) = logits.get(chosen) else { return 0 };
+    let above = match value.is_finite() {
+        true => logits
+            .iter()
+            .enumerate()
+            .filter(|&(i, v)| v.is_finite() && ranks_above(logits, i, chosen))
+            .count(),
+        false => logits.iter().filter(|v| v.is_finite()).count(),
+    };
+    above as u32 + 1
+}
+
 /// The `k` tokens with the highest finite logits, highest first; ties go to the lower id.
 fn most_likely(logits: &[f32], k: usize) -> Vec<usize> {
     let mut best: Vec<usize> = Vec::with_capacity(k + 1);
     if k == 0 {
         return best;
     }
-    // Whether token `a` ranks above token `b`.
-    let better = |a: usize, b: usize| logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    let better = |a: usize, b: usize| ranks_above(logits, a, b);
     for (i, v) in logits.iter().enumerate() {
         if !v.is_finite() {
             continue;
@@ -148,6 +168,7 @@ mod tests {
             token: format!("t{id}"),
             bytes: Vec::new(),
             logprob: -1.0,
+            rank: 1,
             top: Vec::new(),
         }
     }
@@ -162,6 +183,11 @@ mod tests {
             "infinite and NaN logits are never listed"
         );
         assert!(most_likely(&logits, 0).is_empty());
+        // Each token's rank is its place in that order.
+        for (place, &token) in most_likely(&logits, 10).iter().enumerate() {
+            assert_eq!(rank(&logits, token), place as u32 + 1, "token {token}");
+        }
+        assert_eq!(rank(&logits, 4), 6, "a token that cannot be chosen comes after every one that can");
     }
 
     #[test]

@@ -202,6 +202,9 @@ pub struct TokenLogprob {
     /// The bytes the token stands for (a piece of a character: its own bytes).
     pub bytes: Vec<u8>,
     pub logprob: f32,
+    /// Its place among the vocabulary by likelihood at this place, 1 for the likeliest (ties
+    /// go to the lower id, as in `top`; vLLM's `rank`).
+    pub rank: u32,
     /// The most likely tokens at this place, most likely first (as many as asked).
     pub top: Vec<TopLogprob>,
 }

@@ -42,6 +42,9 @@ pub struct ChatCompletionRequest {
     pub logprobs: Option<bool>,
     /// ... with this many of the likeliest tokens at its place.
     pub top_logprobs: Option<u32>,
+    /// vLLM's: the log-probabilities of the prompt the model read ([`PromptLogprobs`]), with
+    /// this many of the likeliest tokens at each place.
+    pub prompt_logprobs: Option<u32>,
     /// Token id → bias added to its logit, -100 to 100.
     pub logit_bias: Option<HashMap<String, f64>>,
     /// graft's extension: retrieval on or off, or its `top_k`, for a project request.
@@ -193,6 +196,9 @@ pub struct CompletionRequest {
     /// Each token's log-probability with this many of the likeliest tokens at its place
     /// ([`CompletionLogprobs`]).
     pub logprobs: Option<u32>,
+    /// vLLM's: the log-probabilities of the prompt the model read, on each choice
+    /// ([`PromptLogprobs`]).
+    pub prompt_logprobs: Option<u32>,
     pub seed: Option<i64>,
     pub frequency_penalty: Option<f64>,
     pub presence_penalty: Option<f64>,
@@ -281,6 +287,9 @@ pub struct TextChoice {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<StopReason>,
     pub logprobs: Option<CompletionLogprobs>,
+    /// vLLM's, when the request asked for them (never streamed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
 /// vLLM's `stop_reason` beside `finish_reason: "stop"`: the request's stop string or stop
@@ -353,6 +362,61 @@ impl CompletionLogprobs {
             self.top_logprobs.push(Some(TopMap(top)));
         }
         offset
+    }
+}
+
+/// vLLM's `prompt_logprobs`: for each token of the prompt the model read, `null` for the
+/// first (nothing comes before it), then an object from token id to that token's
+/// log-probability, rank and text: the prompt's own token first, then the likeliest others.
+#[derive(Debug, Clone, Default)]
+pub struct PromptLogprobs(Vec<Option<Vec<(u32, RankedLogprob)>>>);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RankedLogprob {
+    pub logprob: f32,
+    pub rank: u32,
+    pub decoded_token: String,
+}
+
+impl PromptLogprobs {
+    /// From the entries of every token after the first (`graft_engine::score`).
+    pub fn new(entries: Vec<graft_engine::TokenLogprob>) -> PromptLogprobs {
+        let mut places = Vec::with_capacity(entries.len() + 1);
+        places.push(None);
+        for entry in entries {
+            let mut tokens = vec![(
+                entry.id,
+                RankedLogprob {
+                    logprob: entry.logprob,
+                    rank: entry.rank,
+                    decoded_token: entry.token,
+                },
+            )];
+            for (place, top) in entry.top.into_iter().enumerate() {
+                if top.id != entry.id {
+                    let ranked = RankedLogprob {
+                        logprob: top.logprob,
+                        rank: place as u32 + 1,
+                        decoded_token: top.token,
+                    };
+                    tokens.push((top.id, ranked));
+                }
+            }
+            places.push(Some(tokens));
+        }
+        PromptLogprobs(places)
+    }
+}
+
+impl Serialize for PromptLogprobs {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Place<'a>(&'a [(u32, RankedLogprob)]);
+        impl Serialize for Place<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(id, ranked)| (id.to_string(), ranked)))
+            }
+        }
+        serializer.collect_seq(self.0.iter().map(|place| place.as_deref().map(Place)))
     }
 }
 
@@ -534,6 +598,9 @@ pub struct Envelope<C> {
     /// When the request asked for `debug`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub debug: Option<DebugInfo>,
+    /// vLLM's chat `prompt_logprobs`, when the request asked for them (never streamed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
 pub type ChatCompletion = Envelope<ChatChoice>;
@@ -570,6 +637,7 @@ impl AnswerHead {
             usage,
             sources: extras.sources,
             debug: extras.debug,
+            prompt_logprobs: extras.prompt_logprobs,
         }
     }
 }
@@ -579,6 +647,8 @@ impl AnswerHead {
 pub struct Extras {
     pub sources: Option<Vec<Source>>,
     pub debug: Option<DebugInfo>,
+    /// Chat's `prompt_logprobs` (a whole answer's).
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
 #[derive(Debug, Serialize)]

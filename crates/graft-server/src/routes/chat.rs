@@ -18,10 +18,12 @@ use crate::error::ApiError;
 use crate::generation::{admit, choices, start_choices, Generation};
 use crate::json::Json;
 use crate::openai::{
-    self, AnswerHead, AssistantMessage, ChatChoice, ChatCompletionRequest, ChatLogprobs, ChunkChoice, Content, Delta, StopReason,
+    self, AnswerHead, AssistantMessage, ChatChoice, ChatCompletionRequest, ChatLogprobs, ChunkChoice, Content, Delta, PromptLogprobs,
+    StopReason,
 };
 use crate::prompt;
 use crate::routes::params::{check_grammar, check_token_ids, debug_info, structured, SamplingFields};
+use crate::routes::scoring;
 use crate::routes::sse::{self, Extras, Part};
 use crate::routes::tools::{self, Results};
 use crate::state::AppState;
@@ -64,6 +66,7 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, mut request: ChatCo
     let target = state.target(&request.model, caller)?;
     let retrieval = request.retrieval.take();
     let debug = request.debug == Some(true);
+    let prompt_top = scoring::check(request.prompt_logprobs, request.stream == Some(true))?;
     let tools = tools::read(request.tools.take(), request.tool_choice.take(), request.parallel_tool_calls)?;
     let grammar = match (structured(std::mem::take(&mut request.structured))?, &tools) {
         (Some((_, field)), Some(_)) => {
@@ -92,6 +95,13 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, mut request: ChatCo
     let prompt = prompt::chat::lay_out(state, &target, chat.messages, retrieval).await?;
     let (sources, prompt) = (prompt.sources, prompt.tokens);
     let debug = if debug { Some(debug_info(state, &prompt).await?) } else { None };
+    let prompt_logprobs = match prompt_top {
+        Some(top) => {
+            let scored = scoring::score(state, caller, &target, std::slice::from_ref(&prompt), top).await?;
+            scored.into_iter().next().map(|s| PromptLogprobs::new(s.entries))
+        }
+        None => None,
+    };
 
     // The model reads exactly the prompt that was checked.
     let generations: Vec<Generation> = start_choices(state, caller, admitted, &target, vec![prompt], chat.sampling, n)
@@ -101,7 +111,11 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, mut request: ChatCo
         .collect();
     Ok(Started {
         generations,
-        extras: Extras { sources, debug },
+        extras: Extras {
+            sources,
+            debug,
+            prompt_logprobs,
+        },
         model: target.name,
         tools: reading,
     })

@@ -34,12 +34,13 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::generation::{admit, choices, start_choices, Generation, MAX_CHOICES};
 use crate::json::Json;
-use crate::openai::{self, AnswerHead, CompletionLogprobs, PromptInput, Source, StopReason, TextChoice};
+use crate::openai::{self, AnswerHead, CompletionLogprobs, PromptInput, PromptLogprobs, Source, StopReason, TextChoice};
 use crate::prompt;
 use crate::prompt::completion::{self, TooLong};
 use crate::routes::params::{check_grammar, check_token_ids, debug_info, structured, SamplingFields};
+use crate::routes::scoring;
 use crate::routes::sse::{self, Extras, Part};
-use crate::state::{AppState, Target};
+use crate::state::AppState;
 
 pub async fn completions(
     State(state): State<AppState>,
@@ -55,6 +56,7 @@ pub async fn completions(
         model,
         echoed,
         prompt_logprobs,
+        vllm_prompt_logprobs,
         n,
         best_of,
         hide_logprobs,
@@ -78,6 +80,7 @@ pub async fn completions(
         offsets: Mutex::new(offsets),
         echo: echoed,
         prompt_logprobs,
+        vllm_prompt_logprobs,
         per_prompt: n,
     };
     if let Some(lengths) = prompt_only {
@@ -130,6 +133,8 @@ pub(crate) struct Started {
     echoed: Option<Vec<String>>,
     /// `echo` with `logprobs`: each prompt's log-probabilities, and the text offset after them.
     prompt_logprobs: Option<Vec<(CompletionLogprobs, usize)>>,
+    /// vLLM's `prompt_logprobs`: each prompt's.
+    vllm_prompt_logprobs: Option<Vec<PromptLogprobs>>,
     /// Choices answered per prompt, and candidates generated per prompt.
     n: u32,
     best_of: u32,
@@ -157,6 +162,7 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, request: openai::Co
     let echo = request.echo == Some(true);
     // `echo` with `logprobs`: the prompt's own log-probabilities lead the answer's.
     let scoring = echo && request.logprobs.is_some();
+    let vllm_scoring = scoring::check(request.prompt_logprobs, request.stream == Some(true))?;
     // `echo` with `max_tokens: 0`, OpenAI's old way to score a prompt: the prompt alone.
     let prompt_only = echo && request.max_tokens == Some(0);
     if prompt_only && best_of > n {
@@ -283,9 +289,26 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, request: openai::Co
         (true, Some(tokens)) => Some(debug_info(state, tokens).await?),
         _ => None,
     };
-    let prompt_logprobs = match scoring {
-        true => Some(score_prompts(state, caller, &target, &laid_out, sampling.logprobs.unwrap_or(0)).await?),
-        false => None,
+    // One scoring of each prompt serves `echo`'s entries and vLLM's `prompt_logprobs`.
+    let echo_top = scoring.then(|| sampling.logprobs.unwrap_or(0));
+    let (prompt_logprobs, vllm_prompt_logprobs) = match echo_top.max(vllm_scoring) {
+        None => (None, None),
+        Some(top) => {
+            let scored = scoring::score(state, caller, &target, &laid_out, top).await?;
+            let echoed = echo_top.map(|top| {
+                scored
+                    .iter()
+                    .map(|s| CompletionLogprobs::prompt(s.first.clone(), scoring::keep_top(&s.entries, top)))
+                    .collect()
+            });
+            let vllm = vllm_scoring.map(|top| {
+                scored
+                    .into_iter()
+                    .map(|s| PromptLogprobs::new(scoring::keep_top(&s.entries, top)))
+                    .collect()
+            });
+            (echoed, vllm)
+        }
     };
     let prompt_lengths = prompt_only.then(|| laid_out.iter().map(Vec::len).collect());
     let generations = match prompt_only {
@@ -294,38 +317,20 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, request: openai::Co
     };
     Ok(Started {
         generations,
-        extras: Extras { sources, debug },
+        extras: Extras {
+            sources,
+            debug,
+            prompt_logprobs: None,
+        },
         model: target.name,
         echoed: echo.then_some(echoed),
         prompt_logprobs,
+        vllm_prompt_logprobs,
         n,
         best_of,
         hide_logprobs,
         prompt_only: prompt_lengths,
     })
-}
-
-/// Each prompt's log-probabilities, with `top` likeliest tokens at each place, and the text
-/// offset after them.
-async fn score_prompts(
-    state: &AppState,
-    caller: &Caller,
-    target: &Target,
-    prompts: &[Vec<u32>],
-    top: usize,
-) -> Result<Vec<(CompletionLogprobs, usize)>, ApiError> {
-    let tokenizer = state.engine().tokenizer()?;
-    let mut scored = Vec::with_capacity(prompts.len());
-    for tokens in prompts {
-        let entries = state
-            .pool()
-            .prompt_logprobs(&target.model, tokens.clone(), top)
-            .await
-            .map_err(|e| state.pool_error(e, caller))?;
-        let first = tokenizer.decode(&tokens[..1.min(tokens.len())])?;
-        scored.push(CompletionLogprobs::prompt(first, entries));
-    }
-    Ok(scored)
 }
 
 /// Most prompts one request may send (LangChain sends up to 20 at a time).
@@ -397,6 +402,8 @@ struct TextChunks {
     /// `echo` with `logprobs`: each prompt's log-probabilities, ahead of each of its choices'
     /// (a stream sends them with the echoed prompt), and the text offset after them.
     prompt_logprobs: Option<Vec<(CompletionLogprobs, usize)>>,
+    /// vLLM's `prompt_logprobs`: each prompt's, on each of its choices of a whole answer.
+    vllm_prompt_logprobs: Option<Vec<PromptLogprobs>>,
     /// Choices answered per prompt (`n`): choice `index` answers prompt `index / per_prompt`.
     per_prompt: u32,
 }
@@ -413,6 +420,12 @@ impl TextChunks {
     fn prompt_logprobs(&self, index: u32) -> Option<&(CompletionLogprobs, usize)> {
         let prompt = (index / self.per_prompt.max(1)) as usize;
         self.prompt_logprobs.as_ref().and_then(|prompts| prompts.get(prompt))
+    }
+
+    /// vLLM's `prompt_logprobs` of choice `index`'s prompt, when the request asked for them.
+    fn vllm_prompt_logprobs(&self, index: u32) -> Option<PromptLogprobs> {
+        let prompt = (index / self.per_prompt.max(1)) as usize;
+        self.vllm_prompt_logprobs.as_ref().and_then(|prompts| prompts.get(prompt)).cloned()
     }
 }
 
@@ -468,6 +481,7 @@ impl sse::Chunks for TextChunks {
             finish_reason,
             stop_reason,
             logprobs,
+            prompt_logprobs: None,
         }
     }
 
@@ -489,6 +503,7 @@ impl sse::Chunks for TextChunks {
                 }
                 (None, answer) => answer.map(|tokens| CompletionLogprobs::new(tokens, 0).0),
             },
+            prompt_logprobs: self.vllm_prompt_logprobs(index),
         }
     }
 }
@@ -507,6 +522,7 @@ mod tests {
                 token: String::new(),
                 bytes: Vec::new(),
                 logprob,
+                rank: 1,
                 top: Vec::new(),
             })
             .collect();

@@ -437,6 +437,7 @@ mod tests {
             token: text.into(),
             bytes: text.as_bytes().to_vec(),
             logprob: -1.0,
+            rank: 1,
             top: Vec::new(),
         };
         let mut tokens = vec![token("x"), token(" +"), token(" 1\n"), token("w")];
