@@ -854,7 +854,7 @@ async fn ollama_chat_and_generate_answer_as_the_openai_routes_do() {
 
     // Bad input: 400 in Ollama's shape, naming Ollama's fields.
     for (fields, needle) in [
-        (json!({"options": {"num_predict": 0}}), "num_predict"),
+        (json!({"options": {"num_predict": 1_000_000}}), "num_predict"),
         (json!({"options": {"temperature": 9}}), "temperature"),
         (json!({"options": {"mirostat": 2}}), "mirostat"),
         (json!({"think": true}), "think"),

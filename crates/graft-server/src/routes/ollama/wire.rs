@@ -82,7 +82,7 @@ pub struct ToolFunction {
 /// Ollama ignores options it does not know.
 #[derive(Debug, Default, Deserialize)]
 pub struct Options {
-    /// Most tokens to generate; -1 or -2: as many as the server allows.
+    /// Most tokens to generate; 0, -1 or -2: as many as the server allows.
     pub num_predict: Option<i64>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
@@ -127,8 +127,9 @@ pub fn model_id(name: &str) -> &str {
     name.strip_suffix(":latest").unwrap_or(name)
 }
 
-/// The OpenAI request fields for `options`: `max_tokens` from `num_predict` (a negative one,
-/// or none, is `unlimited`: the most the server allows for an answer), the rest under the
+/// The OpenAI request fields for `options`: `max_tokens` from `num_predict` (0 or a negative
+/// one, as Ollama's runner reads them, or none, is `unlimited`: the most the server allows for
+/// an answer), the rest under the
 /// names graft's routes read.
 fn sampling(options: Option<Options>, unlimited: u32) -> Result<Map<String, Value>, ApiError> {
     let options = options.unwrap_or_default();
@@ -140,7 +141,7 @@ fn sampling(options: Option<Options>, unlimited: u32) -> Result<Map<String, Valu
     }
     let mut fields = Map::new();
     let max_tokens = match options.num_predict {
-        Some(n) if n >= 0 => u32::try_from(n).unwrap_or(u32::MAX),
+        Some(n) if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
         _ => unlimited,
     };
     fields.insert("max_tokens".into(), json!(max_tokens));
@@ -313,6 +314,8 @@ mod tests {
         assert!(!fields.contains_key("num_ctx"), "runner settings are the server's");
         let fields = sampling(Some(serde_json::from_value(json!({"num_predict": 12})).unwrap()), 4096).unwrap();
         assert_eq!(fields["max_tokens"], 12);
+        let fields = sampling(Some(serde_json::from_value(json!({"num_predict": 0})).unwrap()), 4096).unwrap();
+        assert_eq!(fields["max_tokens"], 4096, "0 is no limit, as Ollama's runner reads it");
         let mirostat = serde_json::from_value(json!({"mirostat": 2})).unwrap();
         assert_eq!(sampling(Some(mirostat), 4096).unwrap_err().param, Some("mirostat"));
     }
