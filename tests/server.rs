@@ -1979,6 +1979,134 @@ async fn stop_strings_end_a_tool_replys_words_and_never_cut_its_calls() {
     assert_eq!(body["choices"][0]["message"]["content"], format!("{expected}{stop}"), "{body}");
 }
 
+/// A Responses API stream: each event's `event:` name and data, checked to agree, numbered
+/// from 0 in order, with no `[DONE]`.
+async fn response_events(request: &Value) -> Vec<Value> {
+    let mut request = request.clone();
+    request["stream"] = json!(true);
+    let (status, raw) = post_text("/v1/responses", &request).await;
+    assert_eq!(status, 200, "{raw}");
+    let names: Vec<&str> = raw.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    let events: Vec<Value> = sse_data(&raw).iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert_eq!(names.len(), events.len(), "{raw}");
+    for (i, (name, event)) in names.iter().zip(&events).enumerate() {
+        assert_eq!(
+            (event["type"].as_str(), event["sequence_number"].as_u64()),
+            (Some(*name), Some(i as u64)),
+            "{raw}"
+        );
+    }
+    events
+}
+
+/// The events of `kind`.
+fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
+
+#[tokio::test]
+async fn responses_answer_as_openais_responses_api_whole_and_streamed() {
+    // The same answer as chat's for the same conversation.
+    let chat = answered("/v1/chat/completions", &greedy_chat("Say hi to the team.", 16), json!({})).await;
+    let words = chat["choices"][0]["message"]["content"].as_str().unwrap();
+    let request = json!({"model": MODEL, "input": "Say hi to the team.", "max_output_tokens": 16, "temperature": 0});
+    let (status, body) = post("/v1/responses", &request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((&body["object"], &body["model"]), (&json!("response"), &json!(MODEL)), "{body}");
+    assert!(body["id"].as_str().unwrap().starts_with("resp_"), "{body}");
+    let output = body["output"].as_array().unwrap();
+    assert_eq!(output.len(), 1, "{body}");
+    assert_eq!((&output[0]["type"], &output[0]["role"]), (&json!("message"), &json!("assistant")));
+    assert_eq!(output[0]["content"][0]["type"], "output_text");
+    assert_eq!(output[0]["content"][0]["text"], words, "{body}");
+    let finished = chat["choices"][0]["finish_reason"] == "stop";
+    let (status, reason) = match finished {
+        true => ("completed", Value::Null),
+        false => ("incomplete", json!({"reason": "max_output_tokens"})),
+    };
+    assert_eq!((&body["status"], &body["incomplete_details"]), (&json!(status), &reason), "{body}");
+    let usage = &body["usage"];
+    assert_eq!(usage["input_tokens"], chat["usage"]["prompt_tokens"], "{body}");
+    assert_eq!(usage["output_tokens"], chat["usage"]["completion_tokens"], "{body}");
+
+    // Streamed: created, in progress, the message added, its text in deltas, done, the end.
+    let events = response_events(&request).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds[..4],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added"
+        ],
+        "{kinds:?}"
+    );
+    let deltas: String = of_kind(&events, "response.output_text.delta")
+        .iter()
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, words);
+    assert_eq!(of_kind(&events, "response.output_text.done")[0]["text"], words);
+    let last = events.last().unwrap();
+    let end = if finished { "response.completed" } else { "response.incomplete" };
+    assert_eq!(last["type"], end, "{kinds:?}");
+    assert_eq!(last["response"]["output"][0]["content"][0]["text"], words);
+    assert_eq!(last["response"]["usage"]["output_tokens"], usage["output_tokens"]);
+
+    // Function tools in the Responses shape: calls as items, whole and streamed; their outputs
+    // go back as items, and the model reads them as chat's tool results.
+    let tools: Vec<Value> = weather_tools()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let mut flat = t["function"].clone();
+            flat["type"] = json!("function");
+            flat
+        })
+        .collect();
+    let asking = json!({"model": MODEL, "input": "What is the weather in Oslo?", "tools": tools, "tool_choice": "required", "max_output_tokens": 120, "temperature": 0});
+    let (status, body) = post("/v1/responses", &asking).await;
+    assert_eq!(status, 200, "{body}");
+    let calls = body["output"].as_array().unwrap();
+    assert!(!calls.is_empty() && calls.iter().all(|c| c["type"] == "function_call"), "{body}");
+    for call in calls {
+        assert!(call["call_id"].as_str().unwrap().starts_with("call_") && call["id"].as_str().unwrap().starts_with("fc_"));
+        city_of(&json!({"function": call}));
+    }
+    let events = response_events(&asking).await;
+    let streamed: Vec<&Value> = of_kind(&events, "response.function_call_arguments.done");
+    assert_eq!(streamed.len(), calls.len(), "{events:?}");
+    for (streamed, whole) in streamed.iter().zip(calls) {
+        assert_eq!(streamed["arguments"], whole["arguments"]);
+    }
+    let mut input = vec![json!({"role": "user", "content": "What is the weather in Oslo?"})];
+    input.extend(calls.iter().cloned());
+    input.push(json!({"type": "function_call_output", "call_id": calls[0]["call_id"], "output": "Sunny, 21 C"}));
+    let answering = json!({"model": MODEL, "input": input, "tools": tools, "max_output_tokens": 40, "temperature": 0, "debug": true});
+    let (status, body) = post("/v1/responses", &answering).await;
+    assert_eq!(status, 200, "{body}");
+    let prompt = body["debug"]["prompt"].as_str().unwrap();
+    assert!(prompt.contains("\"tool_results\"") && prompt.contains("Sunny, 21 C"), "{prompt}");
+
+    // What graft cannot do is a 400 naming the Responses field; stored responses are not kept.
+    for (fields, param) in [
+        (json!({"previous_response_id": "resp_1"}), "previous_response_id"),
+        (json!({"max_output_tokens": 0}), "max_output_tokens"),
+        (json!({"tools": [{"type": "web_search"}]}), "tools"),
+        (
+            json!({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}),
+            "input",
+        ),
+    ] {
+        let (status, body) = post("/v1/responses", &with_fields(request.clone(), &fields)).await;
+        assert_eq!(error_of(status, &body, 400)["param"], param, "{fields}: {body}");
+    }
+    let (status, body) = get("/v1/responses/resp_1").await;
+    assert_eq!(status, 404, "{body}");
+}
+
 #[tokio::test]
 async fn a_conversation_carries_earlier_calls_and_their_results() {
     let mut request = greedy_chat("What is the weather in Oslo?", 60);

@@ -198,6 +198,70 @@ class Chat(unittest.TestCase):
         self.assertLess(off.usage.prompt_tokens, answer.usage.prompt_tokens)
 
 
+class Responses(unittest.TestCase):
+    """`client.responses`: OpenAI's Responses API, as the SDK sends and parses it."""
+
+    def test_an_answer_is_chats_answer_as_a_response(self):
+        c = client()
+        chat = greedy_chat(c, MODEL, "Say hi to the team.", max_tokens=16)
+        response = c.responses.create(model=MODEL, input="Say hi to the team.", max_output_tokens=16, temperature=0)
+        self.assertEqual(response.output_text, chat.choices[0].message.content)
+        self.assertEqual(response.usage.input_tokens, chat.usage.prompt_tokens)
+        self.assertEqual(response.usage.output_tokens, chat.usage.completion_tokens)
+        expected = "completed" if chat.choices[0].finish_reason == "stop" else "incomplete"
+        self.assertEqual(response.status, expected)
+        cut = c.responses.create(model=MODEL, input="Tell me about cats.", max_output_tokens=3, temperature=0)
+        self.assertEqual((cut.status, cut.incomplete_details.reason), ("incomplete", "max_output_tokens"))
+
+    def test_the_sdks_stream_helper_assembles_the_same_response(self):
+        c = client()
+        kwargs = {"model": MODEL, "input": "Name three colours.", "instructions": "Answer briefly.",
+                  "max_output_tokens": 24, "temperature": 0}
+        whole = c.responses.create(**kwargs)
+        with c.responses.stream(**kwargs) as stream:
+            kinds = [event.type for event in stream]
+            final = stream.get_final_response()
+        self.assertEqual(final.output_text, whole.output_text)
+        self.assertEqual(kinds[0], "response.created")
+        self.assertGreater(kinds.count("response.output_text.delta"), 1, kinds)
+        self.assertIn(kinds[-1], ("response.completed", "response.incomplete"))
+
+    def test_function_calls_and_their_outputs_go_back_as_items(self):
+        tools = [{"type": "function", "name": "get_weather", "description": "Current weather of a city",
+                  "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}},
+                                 "required": ["city"], "additionalProperties": False}, "strict": True}]
+        c = client()
+        conversation = [{"role": "user", "content": "What is the weather in Oslo?"}]
+        response = c.responses.create(model=MODEL, input=conversation, tools=tools, tool_choice="required",
+                                      parallel_tool_calls=False, temperature=0, max_output_tokens=80)
+        calls = [item for item in response.output if item.type == "function_call"]
+        self.assertEqual(len(calls), 1, response.output)
+        self.assertEqual(calls[0].name, "get_weather")
+        self.assertIsInstance(json.loads(calls[0].arguments)["city"], str)
+        # The SDK's own output items go back with the call's output.
+        conversation += response.output
+        conversation.append({"type": "function_call_output", "call_id": calls[0].call_id, "output": "Sunny, 21 C"})
+        again = c.responses.create(model=MODEL, input=conversation, tools=tools, temperature=0, max_output_tokens=60)
+        self.assertTrue(again.output, again)
+
+    def test_structured_output_parses_into_a_pydantic_model(self):
+        class Colour(pydantic.BaseModel):
+            name: str
+            hex: str
+
+        response = client().responses.parse(
+            model=MODEL, input="Give one colour with its hex code.", text_format=Colour, temperature=0, max_output_tokens=60
+        )
+        self.assertIsInstance(response.output_parsed, Colour, response.output_text)
+
+    def test_a_stored_response_is_not_kept(self):
+        with self.assertRaises(openai.BadRequestError) as e:
+            client().responses.create(model=MODEL, input="hi", previous_response_id="resp_123")
+        self.assertEqual(e.exception.param, "previous_response_id")
+        with self.assertRaises(openai.NotFoundError):
+            client().responses.retrieve("resp_123")
+
+
 class Completions(unittest.TestCase):
     PROMPT = "def add(a, b):\n    return"
     SUFFIX = "\n\n\nprint(add(1, 2))\n"

@@ -55,6 +55,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/models/{*model}", get(routes::models::retrieve))
         .route("/v1/chat/completions", post(routes::chat::completions))
         .route("/v1/completions", post(routes::completions::completions))
+        .route("/v1/responses", post(routes::responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(routes::responses::stored).delete(routes::responses::stored),
+        )
         .route("/v1/embeddings", post(routes::embeddings::embeddings))
         .route("/infill", post(routes::infill::infill))
         .route("/tokenize", post(routes::tokenize::tokenize))

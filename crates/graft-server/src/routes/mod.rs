@@ -9,6 +9,7 @@ pub mod models;
 pub mod ollama;
 pub mod params;
 pub mod projects;
+pub mod responses;
 pub mod scoring;
 pub mod sse;
 pub mod system;
