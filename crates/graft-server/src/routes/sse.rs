@@ -53,6 +53,46 @@ pub enum Piece {
 /// One choice's pieces as they come.
 pub type Pieces = stream::BoxStream<'static, Result<Piece, ApiError>>;
 
+/// A choice's pieces gathered once it has ended: its text, its calls (chat with tools) and
+/// how it ended.
+pub struct Gathered {
+    pub text: String,
+    pub calls: Vec<openai::ToolCall>,
+    pub finish_reason: &'static str,
+    pub stopped_by: Option<StopCause>,
+    pub usage: Usage,
+    pub first_token: Option<tokio::time::Instant>,
+}
+
+/// Reads `pieces` to their end.
+pub async fn gather(mut pieces: Pieces) -> Result<Gathered, ApiError> {
+    use futures::StreamExt;
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    while let Some(piece) = pieces.next().await {
+        match piece? {
+            Piece::Text(more, _) => text.push_str(&more),
+            Piece::Calls(more) => calls.extend(more),
+            Piece::End {
+                finish_reason,
+                stopped_by,
+                usage,
+                first_token,
+            } => {
+                return Ok(Gathered {
+                    text,
+                    calls,
+                    finish_reason,
+                    stopped_by,
+                    usage,
+                    first_token,
+                })
+            }
+        }
+    }
+    Err(ApiError::from(graft_engine::engine::Collector::unfinished()))
+}
+
 /// A generation's text as it comes, then its end.
 pub fn pieces(generation: Generation) -> Pieces {
     use futures::StreamExt;

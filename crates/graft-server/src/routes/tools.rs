@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::generation::Generation;
 use crate::openai::{AssistantMessage, FunctionCall, ToolCall, ToolCallIn};
-use crate::routes::sse::{Piece, Pieces};
+use crate::routes::sse::{self, Piece, Pieces};
 
 /// Most tools one request may list.
 const MAX_TOOLS: usize = 128;
@@ -332,30 +332,14 @@ impl Reading {
 /// A choice's whole answer: its message (its calls, its words, or, cut short in a call, its
 /// text as it is), finish reason, the request's stop that ended it, and its usage, gathered
 /// from its [`pieces`] as the stream sends them.
-pub async fn answer(mut pieces: Pieces) -> Result<(AssistantMessage, &'static str, Option<StopCause>, Usage), ApiError> {
-    use futures::StreamExt;
-    let mut content = String::new();
-    let mut tool_calls = None;
-    while let Some(piece) = pieces.next().await {
-        match piece? {
-            Piece::Text(text, _) => content.push_str(&text),
-            Piece::Calls(calls) => tool_calls = Some(calls),
-            Piece::End {
-                finish_reason,
-                stopped_by,
-                usage,
-                ..
-            } => {
-                let message = AssistantMessage {
-                    role: "assistant",
-                    content: tool_calls.is_none().then_some(content),
-                    tool_calls,
-                };
-                return Ok((message, finish_reason, stopped_by, usage));
-            }
-        }
-    }
-    Err(ApiError::from(graft_engine::engine::Collector::unfinished()))
+pub async fn answer(pieces: Pieces) -> Result<(AssistantMessage, &'static str, Option<StopCause>, Usage), ApiError> {
+    let gathered = sse::gather(pieces).await?;
+    let message = AssistantMessage {
+        role: "assistant",
+        content: gathered.calls.is_empty().then_some(gathered.text),
+        tool_calls: (!gathered.calls.is_empty()).then_some(gathered.calls),
+    };
+    Ok((message, gathered.finish_reason, gathered.stopped_by, gathered.usage))
 }
 
 /// A choice's stream with tools: the words of a `{"response": ...}` reply as the model writes

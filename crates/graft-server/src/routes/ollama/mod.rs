@@ -344,29 +344,13 @@ impl Reply {
         if streaming {
             return Ok(self.stream(pieces));
         }
-        let mut pieces = pieces;
-        let mut text = String::new();
-        let mut calls = Vec::new();
-        while let Some(piece) = pieces.next().await {
-            match piece? {
-                Piece::Text(more, _) => text.push_str(&more),
-                Piece::Calls(more) => calls.extend(more),
-                Piece::End {
-                    finish_reason,
-                    usage,
-                    first_token,
-                    ..
-                } => {
-                    let end = End {
-                        finish_reason,
-                        usage,
-                        first_token,
-                    };
-                    return Ok(AxumJson(Value::Object(self.last(text, calls, end))).into_response());
-                }
-            }
-        }
-        Err(ApiError::from(graft_engine::engine::Collector::unfinished()))
+        let gathered = sse::gather(pieces).await?;
+        let end = End {
+            finish_reason: gathered.finish_reason,
+            usage: gathered.usage,
+            first_token: gathered.first_token,
+        };
+        Ok(AxumJson(Value::Object(self.last(gathered.text, gathered.calls, end))).into_response())
     }
 
     fn stream(self, pieces: Pieces) -> Response {

@@ -33,7 +33,7 @@ use crate::error::ApiError;
 use crate::json::Json;
 use crate::openai::{Extras, ToolCall};
 use crate::routes::chat;
-use crate::routes::sse::{Piece, Pieces};
+use crate::routes::sse::{self, Piece, Pieces};
 use crate::state::AppState;
 pub use wire::ResponsesRequest;
 
@@ -92,26 +92,18 @@ impl Reply {
     }
 
     /// The whole response once the generation has ended.
-    async fn whole(self, mut pieces: Pieces) -> Result<Response, ApiError> {
-        let mut text = String::new();
-        let mut calls = Vec::new();
-        while let Some(piece) = pieces.next().await {
-            match piece? {
-                Piece::Text(more, _) => text.push_str(&more),
-                Piece::Calls(more) => calls.extend(more),
-                Piece::End { finish_reason, usage, .. } => {
-                    let end = End { finish_reason, usage };
-                    let status = item_status(&end);
-                    let mut output = Vec::new();
-                    if !text.is_empty() || calls.is_empty() {
-                        output.push(message(&new_id("msg"), status, Some(&text)));
-                    }
-                    output.extend(calls.iter().map(|call| function_call(&new_id("fc"), call, "completed")));
-                    return Ok(AxumJson(self.response(&output, Some(&end))).into_response());
-                }
-            }
+    async fn whole(self, pieces: Pieces) -> Result<Response, ApiError> {
+        let gathered = sse::gather(pieces).await?;
+        let end = End {
+            finish_reason: gathered.finish_reason,
+            usage: gathered.usage,
+        };
+        let mut output = Vec::new();
+        if !gathered.text.is_empty() || gathered.calls.is_empty() {
+            output.push(message(&new_id("msg"), item_status(&end), Some(&gathered.text)));
         }
-        Err(ApiError::from(graft_engine::engine::Collector::unfinished()))
+        output.extend(gathered.calls.iter().map(|call| function_call(&new_id("fc"), call, "completed")));
+        Ok(AxumJson(self.response(&output, Some(&end))).into_response())
     }
 
     /// The response object: `in_progress` until `end`, then `completed` or `incomplete`.
