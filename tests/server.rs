@@ -2107,6 +2107,134 @@ async fn responses_answer_as_openais_responses_api_whole_and_streamed() {
     assert_eq!(status, 404, "{body}");
 }
 
+/// An Anthropic stream's events (`event:` names agreeing with each data's `type`).
+async fn anthropic_events(request: &Value) -> Vec<Value> {
+    let mut request = request.clone();
+    request["stream"] = json!(true);
+    let (status, raw) = post_text("/v1/messages", &request).await;
+    assert_eq!(status, 200, "{raw}");
+    let names: Vec<&str> = raw.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    let events: Vec<Value> = sse_data(&raw).iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert_eq!(names.len(), events.len(), "{raw}");
+    assert!(names.iter().zip(&events).all(|(name, e)| e["type"] == *name), "{raw}");
+    events
+}
+
+#[tokio::test]
+async fn anthropic_messages_answer_as_anthropics_api_whole_and_streamed() {
+    // The same answer as chat's for the same conversation.
+    let chat = answered("/v1/chat/completions", &greedy_chat("Say hi to the team.", 16), json!({})).await;
+    let words = chat["choices"][0]["message"]["content"].as_str().unwrap();
+    let request =
+        json!({"model": MODEL, "max_tokens": 16, "temperature": 0, "messages": [{"role": "user", "content": "Say hi to the team."}]});
+    let (status, body) = post("/v1/messages", &request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["type"], &body["role"], &body["model"]),
+        (&json!("message"), &json!("assistant"), &json!(MODEL))
+    );
+    assert_eq!(body["content"], json!([{"type": "text", "text": words}]), "{body}");
+    let stop = if chat["choices"][0]["finish_reason"] == "stop" {
+        "end_turn"
+    } else {
+        "max_tokens"
+    };
+    assert_eq!(body["stop_reason"], stop, "{body}");
+    let usage = &body["usage"];
+    let read = usage["input_tokens"].as_u64().unwrap() + usage["cache_read_input_tokens"].as_u64().unwrap();
+    assert_eq!(read, chat["usage"]["prompt_tokens"].as_u64().unwrap(), "{body}");
+    assert_eq!(usage["output_tokens"], chat["usage"]["completion_tokens"]);
+    let (status, counted) = post("/v1/messages/count_tokens", &request).await;
+    assert_eq!((status, counted["input_tokens"].as_u64()), (200, Some(read)), "{counted}");
+
+    // Streamed: the message, its text block's deltas, the stop reason and usage, the end.
+    let events = anthropic_events(&request).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds[..2], ["message_start", "content_block_start"], "{kinds:?}");
+    assert_eq!(
+        kinds[kinds.len() - 3..],
+        ["content_block_stop", "message_delta", "message_stop"],
+        "{kinds:?}"
+    );
+    let deltas: String = events
+        .iter()
+        .filter_map(|e| e["delta"]["text"].as_str().filter(|_| e["delta"]["type"] == "text_delta"))
+        .collect();
+    assert_eq!(deltas, words);
+    let delta = &events[kinds.len() - 2];
+    assert_eq!(
+        (&delta["delta"]["stop_reason"], &delta["usage"]["output_tokens"]),
+        (&json!(stop), &usage["output_tokens"])
+    );
+
+    // A stop sequence is named.
+    let cut_at = words.split_whitespace().nth(2).unwrap();
+    let (status, body) = post("/v1/messages", &with_fields(request.clone(), &json!({"stop_sequences": [cut_at]}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["stop_reason"], &body["stop_sequence"]),
+        (&json!("stop_sequence"), &json!(cut_at)),
+        "{body}"
+    );
+    assert_eq!(body["content"][0]["text"], &words[..words.find(cut_at).unwrap()]);
+
+    // Tools with an input schema: tool_use blocks whole and streamed; their results go back
+    // as tool_result blocks, which the model reads as chat's tool results.
+    let tools: Vec<Value> = weather_tools()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| json!({"name": t["function"]["name"], "description": t["function"]["description"], "input_schema": t["function"]["parameters"]}))
+        .collect();
+    let asking = json!({"model": MODEL, "max_tokens": 120, "temperature": 0, "tools": tools, "tool_choice": {"type": "any"},
+        "messages": [{"role": "user", "content": "What is the weather in Oslo?"}]});
+    let (status, body) = post("/v1/messages", &asking).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stop_reason"], "tool_use", "{body}");
+    let uses = body["content"].as_array().unwrap();
+    assert!(!uses.is_empty() && uses.iter().all(|b| b["type"] == "tool_use"), "{body}");
+    for block in uses {
+        assert!(block["id"].as_str().unwrap().starts_with("toolu_"), "{block}");
+        assert!(block["input"]["city"].is_string(), "{block}");
+    }
+    let events = anthropic_events(&asking).await;
+    let streamed: Vec<Value> = events
+        .iter()
+        .filter_map(|e| e["delta"]["partial_json"].as_str())
+        .map(|j| serde_json::from_str(j).unwrap())
+        .collect();
+    assert_eq!(streamed, uses.iter().map(|b| b["input"].clone()).collect::<Vec<_>>(), "{events:?}");
+    let answering = json!({"model": MODEL, "max_tokens": 40, "temperature": 0, "tools": tools, "debug": true, "messages": [
+        {"role": "user", "content": "What is the weather in Oslo?"},
+        {"role": "assistant", "content": uses},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0]["id"], "content": "Sunny, 21 C"}]},
+    ]});
+    let (status, body) = post("/v1/messages", &answering).await;
+    assert_eq!(status, 200, "{body}");
+    let prompt = body["debug"]["prompt"].as_str().unwrap();
+    assert!(prompt.contains("\"tool_results\"") && prompt.contains("Sunny, 21 C"), "{prompt}");
+
+    // Errors in Anthropic's shape.
+    let mut unbounded = request.clone();
+    unbounded.as_object_mut().unwrap().remove("max_tokens");
+    let image = json!({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "aGk="}}]}]});
+    for bad in [
+        unbounded,
+        with_fields(request.clone(), &image),
+        with_fields(request.clone(), &json!({"temperature": 9})),
+    ] {
+        let (status, body) = post("/v1/messages", &bad).await;
+        assert_eq!(
+            (status, &body["type"], &body["error"]["type"]),
+            (400, &json!("error"), &json!("invalid_request_error")),
+            "{body}"
+        );
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+    let (status, body) = post("/v1/messages", &with_fields(request, &json!({"model": "nope"}))).await;
+    assert_eq!((status, &body["error"]["type"]), (404, &json!("not_found_error")), "{body}");
+}
+
 #[tokio::test]
 async fn a_conversation_carries_earlier_calls_and_their_results() {
     let mut request = greedy_chat("What is the weather in Oslo?", 60);

@@ -1,4 +1,5 @@
-//! Authentication: the bearer token of each request checked against the configured API keys,
+//! Authentication: the bearer token of each request (or its `x-api-key`, as Anthropic's SDKs
+//! send it) checked against the configured API keys,
 //! and the [`Caller`] it identifies handed to the handlers (as a request extension), which
 //! check what it may use (`caller`).
 //!
@@ -18,7 +19,7 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Middleware: identifies the caller from `Authorization: Bearer KEY` and stores it in the
+/// Middleware: identifies the caller from `Authorization: Bearer KEY` (or `x-api-key: KEY`) and stores it in the
 /// request's extensions, or answers 401.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let caller = match identify(state.keys(), request.headers()) {
@@ -35,18 +36,22 @@ pub fn identify(keys: &ApiKeys, headers: &HeaderMap) -> Result<Caller, ApiError>
     if keys.is_empty() {
         return Ok(Caller::Open);
     }
-    let Some(header) = headers.get(AUTHORIZATION) else {
-        return Err(ApiError::unauthorized(
-            "You didn't provide an API key. Send it in the header `Authorization: Bearer YOUR_KEY`",
-        ));
+    let token = match (headers.get(AUTHORIZATION), headers.get("x-api-key")) {
+        (Some(header), _) => header
+            .to_str()
+            .ok()
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or_else(|| ApiError::unauthorized("The Authorization header must be `Bearer YOUR_KEY`"))?,
+        // Anthropic's SDKs send the key as `x-api-key`.
+        (None, Some(key)) => key.to_str().map(str::trim).unwrap_or_default(),
+        (None, None) => {
+            return Err(ApiError::unauthorized(
+                "You didn't provide an API key. Send it in the header `Authorization: Bearer YOUR_KEY` (or `x-api-key: YOUR_KEY`)",
+            ))
+        }
     };
-    let token = header
-        .to_str()
-        .ok()
-        .and_then(|h| h.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .ok_or_else(|| ApiError::unauthorized("The Authorization header must be `Bearer YOUR_KEY`"))?;
     keys.find(token)
         .map(|key| Caller::Key(Arc::new(key.clone())))
         .ok_or_else(|| ApiError::unauthorized("Incorrect API key provided"))

@@ -56,6 +56,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/chat/completions", post(routes::chat::completions))
         .route("/v1/completions", post(routes::completions::completions))
         .route("/v1/responses", post(routes::responses::create))
+        .route("/v1/messages", post(routes::anthropic::messages))
+        .route("/v1/messages/count_tokens", post(routes::anthropic::count_tokens))
         .route(
             "/v1/responses/{id}",
             get(routes::responses::stored).delete(routes::responses::stored),

@@ -1,6 +1,7 @@
 //! `graft up` as a team runs it (API keys, two projects over a fixture repository, indexed in
 //! the background once it serves), used by
-//! the official OpenAI Python SDK (tests/python/test_openai_sdk.py), and by the CLI beside it
+//! the official OpenAI and Anthropic Python SDKs (tests/python/test_openai_sdk.py,
+//! test_anthropic_sdk.py), and by the CLI beside it
 //! (told that the server holds the index), then stopped with SIGTERM
 //! while a streamed answer is in flight: the answer finishes, new connections are refused, and
 //! graft exits 0.
@@ -21,16 +22,17 @@ const OTHER_KEY: &str = "sk-graft-other-0123456789abcdef";
 const ADMIN_KEY: &str = "sk-graft-admin-0123456789abcdef";
 const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// The Python with the OpenAI SDK: `GRAFT_TEST_PYTHON`, or the virtualenv scripts/test makes.
+/// The Python with the OpenAI and Anthropic SDKs: `GRAFT_TEST_PYTHON`, or the virtualenv
+/// scripts/test makes.
 fn python() -> PathBuf {
     let python = std::env::var_os("GRAFT_TEST_PYTHON").map_or_else(|| repo_root().join(".venv/bin/python"), PathBuf::from);
     let works = Command::new(&python)
-        .args(["-c", "import openai"])
+        .args(["-c", "import openai, anthropic"])
         .output()
         .is_ok_and(|o| o.status.success());
     assert!(
         works,
-        "{} cannot import the OpenAI SDK. Run the test suite with scripts/test, which creates .venv \
+        "{} cannot import the OpenAI and Anthropic SDKs. Run the test suite with scripts/test, which creates .venv \
          from tests/python/requirements.txt (or set GRAFT_TEST_PYTHON to a Python that has it)",
         python.display()
     );
@@ -97,26 +99,28 @@ fn the_openai_sdk_works_against_graft_up_and_sigterm_lets_answers_finish() {
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| output.lock().unwrap().push(l)))
     };
 
-    let sdk = Command::new(&python)
-        .arg(repo_root().join("tests/python/test_openai_sdk.py"))
-        .env("GRAFT_BASE_URL", format!("http://{addr}/v1"))
-        .env("GRAFT_USER_KEY", USER_KEY)
-        .env("GRAFT_OTHER_KEY", OTHER_KEY)
-        .env("GRAFT_MODEL", "smollm2-135m-instruct")
-        .env("GRAFT_PROJECT", "polyglot")
-        .env("GRAFT_OTHER_PROJECT", "archive")
-        .env("GRAFT_EMBEDDING_MODEL", "minilm-l6-v2")
-        .env("GRAFT_MAX_BODY_BYTES", MAX_BODY_BYTES.to_string())
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&sdk.stderr);
-    assert!(
-        sdk.status.success(),
-        "the OpenAI SDK tests failed:\n{report}\ngraft said: {:#?}",
-        output.lock().unwrap()
-    );
-    assert!(report.contains("OK") && !report.contains("skipped"), "{report}");
-    eprintln!("{report}");
+    for file in ["test_openai_sdk.py", "test_anthropic_sdk.py"] {
+        let sdk = Command::new(&python)
+            .arg(repo_root().join("tests/python").join(file))
+            .env("GRAFT_BASE_URL", format!("http://{addr}/v1"))
+            .env("GRAFT_USER_KEY", USER_KEY)
+            .env("GRAFT_OTHER_KEY", OTHER_KEY)
+            .env("GRAFT_MODEL", "smollm2-135m-instruct")
+            .env("GRAFT_PROJECT", "polyglot")
+            .env("GRAFT_OTHER_PROJECT", "archive")
+            .env("GRAFT_EMBEDDING_MODEL", "minilm-l6-v2")
+            .env("GRAFT_MAX_BODY_BYTES", MAX_BODY_BYTES.to_string())
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&sdk.stderr);
+        assert!(
+            sdk.status.success(),
+            "the SDK tests of {file} failed:\n{report}\ngraft said: {:#?}",
+            output.lock().unwrap()
+        );
+        assert!(report.contains("OK") && !report.contains("skipped"), "{report}");
+        eprintln!("{report}");
+    }
 
     // The server has the project's index open: a CLI run beside it says so and what to do.
     for args in [

@@ -121,6 +121,18 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, mut request: ChatCo
     })
 }
 
+/// The length in tokens of the prompt `request` makes: its conversation, with the tools'
+/// description, through the chat template; retrieval left out (Anthropic's `count_tokens`).
+pub(crate) async fn count_prompt(state: &AppState, caller: &Caller, mut request: ChatCompletionRequest) -> Result<usize, ApiError> {
+    state.target(&request.model, caller)?;
+    let tools = tools::read(request.tools.take(), request.tool_choice.take(), request.parallel_tool_calls)?;
+    let mut messages = to_engine_messages(std::mem::take(&mut request.messages))?;
+    if let Some(tools) = &tools {
+        tools.describe(&mut messages);
+    }
+    Ok(state.engine().chat_prompt(&messages).await?.len())
+}
+
 /// A choice's stream: its text as it comes, or with tools its reply's words or calls.
 pub(crate) fn pieces(generation: Generation, tools: Option<&tools::Reading>) -> sse::Pieces {
     match tools {

@@ -1,6 +1,7 @@
 //! The HTTP handlers, one module per endpoint family.
 
 pub mod adapters;
+pub mod anthropic;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
