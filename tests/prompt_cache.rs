@@ -7,12 +7,15 @@
 //! serves on a CPU, whose long reads took the gemm path (another order of additions) until
 //! Q8_0 got one integer kernel for every row count (vendor/README.md).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use graft_engine::merge::BaseGguf;
+use graft_engine::pool::AdapterStore;
 use graft_engine::requantize::{requantize, Restore};
-use graft_engine::{BaseModel, ChatMessage, ChatRequest, Engine, Role, Sampling};
+use graft_engine::{
+    BaseModel, ChatMessage, ChatRequest, CompletionRequest, Engine, Pool, PoolLimits, Prompt, Role, Sampling, StreamEvent, TokenStream,
+};
 use graft_tests::{kit_file, repo_root};
 
 /// SmolLM2 keeping `prompt_cache` prompts, one sequence at a time.
@@ -123,6 +126,87 @@ async fn the_choices_of_a_request_read_a_cached_prompt_alike() {
     let cold = choices().await;
     for run in 0..3 {
         assert_eq!(choices().await, cold, "run {run} with the prompt cached");
+    }
+}
+
+/// A pool around `engine`, with an empty adapter store in `folder`.
+fn pool(engine: Arc<Engine>, folder: &Path) -> Pool {
+    let adapters = AdapterStore {
+        dir: folder.join("adapters"),
+        max_rank: 64,
+        merge: Default::default(),
+        cache_dir: folder.join("merged"),
+        allowed_dirs: Vec::new(),
+    };
+    let limits = PoolLimits {
+        max_adapters: 1,
+        max_bytes: None,
+    };
+    Pool::new(engine, adapters, limits).expect("a pool")
+}
+
+/// Each stream's text, and how many prompt tokens it read itself and reported as cached.
+async fn drain(streams: Vec<TokenStream>) -> Vec<(String, usize, usize)> {
+    let mut answers = Vec::new();
+    for mut stream in streams {
+        let mut text = String::new();
+        let mut reported = None;
+        while let Some(event) = stream.next().await {
+            match event.expect("a token") {
+                StreamEvent::Text { text: piece, .. } => text.push_str(&piece),
+                StreamEvent::End { usage, .. } => reported = Some(usage.cached_tokens),
+            }
+        }
+        answers.push((text, stream.prompt_tokens_read(), reported.expect("an end")));
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_choices_read_their_prompt_once_between_them() {
+    // Three seeded choices of a prompt of about 300 tokens: the pool reads the prompt once
+    // ahead of them, each then reads its last two tokens from the cache, and the answers are
+    // those of the same requests asked one by one; the usage still says that nothing was
+    // cached before the request. Without a prompt cache, each reads the whole prompt.
+    let folder = tempfile::tempdir().expect("a scratch folder");
+    let system = preamble();
+    let messages = vec![
+        ChatMessage::new(Role::System, system.as_str()),
+        ChatMessage::new(Role::User, "What does rotateSigningKeys return?"),
+    ];
+    let alone = pool(engine(0).await, folder.path());
+    let tokens = alone.engine().chat_prompt(&messages).await.expect("the prompt");
+    assert!(tokens.len() > 250, "{} tokens", tokens.len());
+    let requests = || -> Vec<CompletionRequest> {
+        (7..10)
+            .map(|seed| CompletionRequest {
+                prompt: Prompt::Tokens(tokens.clone()),
+                sampling: Sampling {
+                    temperature: 1.0,
+                    seed: Some(seed),
+                    ..Sampling::greedy(16)
+                },
+            })
+            .collect()
+    };
+    let mut one_by_one = Vec::new();
+    for request in requests() {
+        one_by_one.push(alone.complete("smollm2", request).await.expect("an answer").text);
+    }
+    assert!(one_by_one.iter().any(|text| !text.trim().is_empty()));
+
+    let shared = pool(engine_of(3, 4).await, folder.path());
+    let choices = drain(shared.complete_choices("smollm2", requests()).await.expect("choices")).await;
+    for (i, (text, read, reported)) in choices.iter().enumerate() {
+        assert_eq!(text, &one_by_one[i], "choice {i}");
+        assert_eq!((*read, *reported), (2, 0), "choice {i}: tokens read, tokens reported cached");
+    }
+
+    let uncached = pool(engine_of(3, 0).await, folder.path());
+    let choices = drain(uncached.complete_choices("smollm2", requests()).await.expect("choices")).await;
+    for (i, (text, read, reported)) in choices.iter().enumerate() {
+        assert_eq!(text, &one_by_one[i], "choice {i} without a prompt cache");
+        assert_eq!((*read, *reported), (tokens.len(), 0), "choice {i} without a prompt cache");
     }
 }
 

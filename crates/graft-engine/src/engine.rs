@@ -435,6 +435,7 @@ impl Engine {
             received: 0,
             sent: 0,
             cached: 0,
+            cached_before: None,
         })
     }
 }
@@ -560,6 +561,9 @@ pub struct TokenStream {
     sent: usize,
     /// Prompt tokens the prefix cache supplied, as mistralrs's chunks say.
     cached: usize,
+    /// Prompt tokens earlier requests had cached, when the request read its prompt ahead of
+    /// this stream ([`TokenStream::read_ahead`]): reported instead of `cached`.
+    cached_before: Option<usize>,
 }
 
 /// Where a stream is in handing out its [`Record`]'s entries.
@@ -608,9 +612,24 @@ impl Handout {
 }
 
 impl TokenStream {
-    /// Prompt tokens the prompt cache supplied (known once the first text has come).
+    /// Prompt tokens the prompt cache supplied (known once the first text has come): those
+    /// earlier requests had cached, for a stream whose prompt was read ahead.
     pub fn cached_tokens(&self) -> usize {
-        self.cached.min(self.prompt_tokens)
+        self.cached_before.unwrap_or(self.cached).min(self.prompt_tokens)
+    }
+
+    /// Prompt tokens this stream's sequence read itself, the rest having come from the
+    /// prompt cache (known once the first text has come).
+    pub fn prompt_tokens_read(&self) -> usize {
+        self.prompt_tokens - self.cached.min(self.prompt_tokens)
+    }
+
+    /// Says that the request read this stream's prompt ahead of it, finding `cached_before`
+    /// of its tokens in the prompt cache then ([`crate::Pool::complete_choices`]): its usage
+    /// reports those as the cached tokens, not the ones the read ahead left for it.
+    pub fn read_ahead(mut self, cached_before: usize) -> TokenStream {
+        self.cached_before = Some(cached_before);
+        self
     }
 
     /// Keeps `guard` alive until the stream is dropped.

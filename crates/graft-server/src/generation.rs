@@ -90,6 +90,8 @@ pub fn choices(n: Option<u32>) -> Result<u32, ApiError> {
 /// admission, each prompt's choices in turn. Choice `i` of a prompt samples with the
 /// request's seed plus `i`, so a seeded request repeats all its choices and its first choice
 /// is the answer the same request with `n = 1` gets; greedy choices are all the same answer.
+/// Several choices of a long prompt read it once between them ([`graft_engine::Pool::complete_choices`]),
+/// within the request's deadline.
 pub async fn start_choices(
     state: &AppState,
     caller: &crate::caller::Caller,
@@ -101,21 +103,21 @@ pub async fn start_choices(
 ) -> Result<Vec<Generation>, ApiError> {
     let mut streams = Vec::with_capacity(prompts.len() * n as usize);
     for tokens in prompts {
-        for i in 0..n {
-            let request = CompletionRequest {
+        let requests = (0..n)
+            .map(|i| CompletionRequest {
                 prompt: Prompt::Tokens(tokens.clone()),
                 sampling: Sampling {
                     seed: sampling.seed.map(|seed| seed.wrapping_add(u64::from(i))),
                     ..sampling.clone()
                 },
-            };
-            let stream = state
-                .pool()
-                .complete_stream(&target.model, request)
-                .await
-                .map_err(|e| state.pool_error(e, caller))?;
-            streams.push(stream);
-        }
+            })
+            .collect();
+        let read_ahead = tokio::time::timeout_at(admitted.deadline.0, state.pool().complete_choices(&target.model, requests));
+        let choices = read_ahead
+            .await
+            .map_err(|_| ApiError::timeout(state.request_timeout()))?
+            .map_err(|e| state.pool_error(e, caller))?;
+        streams.extend(choices);
     }
     Ok(admitted.start_all(streams, state, &target.name))
 }

@@ -30,7 +30,7 @@ use crate::cache::MergeCache;
 use crate::engine::{Engine, TokenStream};
 use crate::error::EngineError;
 use crate::merge::{BaseGguf, MergeError, MergeSettings};
-use crate::types::{ChatRequest, Completion, CompletionRequest, TokenLogprob};
+use crate::types::{ChatRequest, Completion, CompletionRequest, Prompt, Sampling, TokenLogprob};
 pub use table::Lease;
 use table::{Fingerprint, Table, Unload, Version};
 
@@ -367,6 +367,36 @@ impl Pool {
         Ok(self.engine_result(model, stream)?.hold(lease))
     }
 
+    /// Starts a request's choices (`n`): several requests for one prompt on the model named
+    /// `model`. When there are several, the prompt cache is on and the prompt is long enough
+    /// to matter ([`READ_AHEAD_MIN_TOKENS`]), the prompt is read once first (one token
+    /// generated and dropped, which leaves it in the cache), so each choice reads only its
+    /// last tokens instead of the whole prompt: on a CPU, N choices cost one reading of the
+    /// prompt, not N. Every choice then reads the prompt the same way, as choices of a cached
+    /// prompt always did (`vendor/README.md`, the prefix cache), and each stream reports the
+    /// prompt tokens earlier requests had cached ([`TokenStream::read_ahead`]).
+    pub async fn complete_choices(&self, model: &str, requests: Vec<CompletionRequest>) -> Result<Vec<TokenStream>, PoolError> {
+        let cached_before = match read_ahead_prompt(&requests, self.engine.base().prompt_cache) {
+            Some(prompt) => {
+                let ahead = CompletionRequest {
+                    prompt: prompt.clone(),
+                    sampling: Sampling::greedy(1),
+                };
+                Some(self.complete(model, ahead).await?.usage.cached_tokens)
+            }
+            None => None,
+        };
+        let mut streams = Vec::with_capacity(requests.len());
+        for request in requests {
+            let stream = self.complete_stream(model, request).await?;
+            streams.push(match cached_before {
+                Some(cached) => stream.read_ahead(cached),
+                None => stream,
+            });
+        }
+        Ok(streams)
+    }
+
     /// A whole raw completion from the model named `model`.
     pub async fn complete(&self, model: &str, request: CompletionRequest) -> Result<Completion, PoolError> {
         let stream = self.complete_stream(model, request).await?;
@@ -581,6 +611,20 @@ fn has_config(dir: &Path) -> bool {
 }
 
 /// The store's adapter names: folders holding an adapter_config.json.
+/// The shortest prompt [`Pool::complete_choices`] reads ahead of its choices: below it, the
+/// extra step costs about what reading the prompt N times does.
+pub const READ_AHEAD_MIN_TOKENS: usize = 32;
+
+/// The prompt the choices in `requests` share, when reading it ahead pays: several of them,
+/// one prompt of token ids at least [`READ_AHEAD_MIN_TOKENS`] long, and a prompt cache
+/// (`prompt_cache` entries) to leave it in.
+fn read_ahead_prompt(requests: &[CompletionRequest], prompt_cache: usize) -> Option<&Prompt> {
+    let (first, rest) = requests.split_first()?;
+    let long_enough = matches!(&first.prompt, Prompt::Tokens(tokens) if tokens.len() >= READ_AHEAD_MIN_TOKENS);
+    let shared = rest.iter().all(|request| request.prompt == first.prompt);
+    (!rest.is_empty() && prompt_cache > 0 && long_enough && shared).then_some(&first.prompt)
+}
+
 pub fn store_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
