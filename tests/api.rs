@@ -804,6 +804,10 @@ async fn ollama_chat_and_generate_answer_as_the_openai_routes_do() {
     assert_eq!(last["done_reason"], openai["choices"][0]["finish_reason"], "{last}");
     assert_eq!(last["eval_count"], openai["usage"]["completion_tokens"], "{last}");
     assert_eq!(last["prompt_eval_count"], openai["usage"]["prompt_tokens"], "{last}");
+    // Of them, those the prompt cache supplied (the same prompt was just read, unless other
+    // tests' prompts have pushed it out since).
+    let cached = last["prompt_eval_cached_count"].as_u64().unwrap_or_else(|| panic!("{last}"));
+    assert!(cached <= last["prompt_eval_count"].as_u64().unwrap(), "{last}");
     let nanos = |key: &str| last[key].as_u64().unwrap_or_else(|| panic!("{key}: {last}"));
     assert!(nanos("eval_duration") > 0 && nanos("prompt_eval_duration") > 0, "{last}");
     assert!(

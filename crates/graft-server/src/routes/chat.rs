@@ -305,7 +305,7 @@ pub(crate) fn to_engine_messages(messages: Vec<openai::Message>) -> Result<Vec<C
                 ));
             }
             results.called(&calls);
-            mapped_message.content = tools::calls_text(&calls);
+            mapped_message.content = tools::calls_text(&calls, &mapped_message.content);
         }
         mapped.push(mapped_message);
     }
@@ -395,6 +395,26 @@ mod tests {
         assert_eq!(r.messages[0], ChatMessage::new(Role::System, "be brief"));
         assert_eq!(r.messages[1], ChatMessage::new(Role::User, "a\nb"));
         assert_eq!(r.messages[2], ChatMessage::new(Role::Assistant, ""));
+    }
+
+    #[test]
+    fn an_assistant_turn_keeps_its_words_beside_its_calls() {
+        let r = request(
+            r#"{"model":"m","messages":[
+                {"role":"user","content":"Weather in Oslo?"},
+                {"role":"assistant","content":"Let me look.","tool_calls":[
+                    {"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Oslo\"}"}}]},
+                {"role":"tool","tool_call_id":"call_1","content":"Sunny"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.messages[1].content,
+            r#"{"tool_calls":[{"name":"get_weather","arguments":{"city":"Oslo"}}],"response":"Let me look."}"#
+        );
+        assert_eq!(
+            r.messages[2].content,
+            r#"{"tool_results":[{"tool_call_id":"call_1","name":"get_weather","content":"Sunny"}]}"#
+        );
     }
 
     #[test]

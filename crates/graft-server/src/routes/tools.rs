@@ -244,13 +244,21 @@ fn read_calls(text: &str) -> Option<Vec<(String, Value)>> {
         .collect()
 }
 
-/// An earlier assistant turn's calls as the model would have written them.
-pub fn calls_text(calls: &[ToolCallIn]) -> String {
+/// An earlier assistant turn's calls as the model would have written them, and the text
+/// the turn said with them, if any, after them as its `response` (a shape the grammar does
+/// not let a reply take, so the model reads it but cannot start a reply of its own that way
+/// and lose its calls).
+pub fn calls_text(calls: &[ToolCallIn], text: &str) -> String {
     let calls: Vec<Value> = calls
         .iter()
         .map(|call| json!({"name": call.function.name, "arguments": arguments_value(call.function.arguments.as_ref())}))
         .collect();
-    json!({ "tool_calls": calls }).to_string()
+    let calls = Value::Array(calls);
+    // Written out, as the order of an object's keys depends on serde_json's features.
+    match text.trim().is_empty() {
+        true => format!("{{\"tool_calls\":{calls}}}"),
+        false => format!("{{\"tool_calls\":{calls},\"response\":{}}}", json!(text)),
+    }
 }
 
 /// OpenAI's arguments are JSON text; the prompt shows them as the object they spell.
@@ -769,8 +777,13 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(
-            calls_text(&calls),
+            calls_text(&calls, ""),
             r#"{"tool_calls":[{"name":"get_weather","arguments":{"city":"Oslo"}}]}"#
+        );
+        // What the turn said with its calls stays in the conversation, after them.
+        assert_eq!(
+            calls_text(&calls, "Let me look."),
+            r#"{"tool_calls":[{"name":"get_weather","arguments":{"city":"Oslo"}}],"response":"Let me look."}"#
         );
         let mut results = Results::default();
         results.called(&calls);

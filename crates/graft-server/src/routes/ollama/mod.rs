@@ -414,7 +414,9 @@ impl Reply {
         line.insert("done_reason".into(), json!(reason));
         line.insert("total_duration".into(), json!(nanos(now - self.started)));
         line.insert("load_duration".into(), json!(0));
+        // Ollama's counts: the whole prompt, and of it the tokens read from the cache.
         line.insert("prompt_eval_count".into(), json!(usage.prompt_tokens));
+        line.insert("prompt_eval_cached_count".into(), json!(usage.cached_tokens));
         line.insert("prompt_eval_duration".into(), json!(nanos(first - self.started)));
         line.insert("eval_count".into(), json!(usage.completion_tokens));
         line.insert("eval_duration".into(), json!(nanos(now - first)));

@@ -127,13 +127,12 @@ fn messages(instructions: Option<&str>, input: Option<&Value>) -> Result<Vec<Val
                     "type": "function",
                     "function": {"name": name, "arguments": field("arguments").unwrap_or("{}")},
                 });
-                // Calls in a row are one assistant turn.
+                // Calls in a row, and the assistant's words before them, are one assistant turn.
                 match out.last_mut() {
-                    Some(last) if last["role"] == "assistant" && last["content"].is_null() => {
-                        if let Some(calls) = last["tool_calls"].as_array_mut() {
-                            calls.push(call);
-                        }
-                    }
+                    Some(last) if last["role"] == "assistant" => match last["tool_calls"].as_array_mut() {
+                        Some(calls) => calls.push(call),
+                        None => last["tool_calls"] = json!([call]),
+                    },
                     _ => out.push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
                 }
             }
@@ -267,6 +266,8 @@ mod tests {
             {"type": "function_call_output", "call_id": "call_1", "output": "Sunny"},
             {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "It is sunny."}]},
             {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "a"}, {"type": "input_text", "text": "b"}]},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking the time."}]},
+            {"type": "function_call", "call_id": "call_3", "name": "get_time", "arguments": "{}"},
         ]}))
         .unwrap();
         assert_eq!(
@@ -280,6 +281,8 @@ mod tests {
                 {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
                 {"role": "assistant", "content": "It is sunny."},
                 {"role": "developer", "content": "a\nb"},
+                {"role": "assistant", "content": "Checking the time.", "tool_calls": [
+                    {"id": "call_3", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
             ])
         );
         let f = fields(json!({"model": "m", "input": "hi", "max_output_tokens": 9, "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}, "strict": true}},
