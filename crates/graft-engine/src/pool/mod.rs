@@ -610,7 +610,6 @@ fn has_config(dir: &Path) -> bool {
     dir.join("adapter_config.json").exists()
 }
 
-/// The store's adapter names: folders holding an adapter_config.json.
 /// The shortest prompt [`Pool::complete_choices`] reads ahead of its choices: below it, the
 /// extra step costs about what reading the prompt N times does.
 pub const READ_AHEAD_MIN_TOKENS: usize = 32;
@@ -625,6 +624,7 @@ fn read_ahead_prompt(requests: &[CompletionRequest], prompt_cache: usize) -> Opt
     (!rest.is_empty() && prompt_cache > 0 && long_enough && shared).then_some(&first.prompt)
 }
 
+/// The store's adapter names: folders holding an adapter_config.json.
 pub fn store_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
