@@ -14,7 +14,7 @@ use graft_engine::adapter::PROJECTIONS;
 use graft_engine::merge::BaseGguf;
 use graft_engine::pool::{AdapterStore, PoolError};
 use graft_engine::{BaseModel, ChatMessage, ChatRequest, CompletionRequest, Engine, Pool, PoolLimits, Prompt, Role, Sampling, StreamEvent};
-use graft_tests::{kit_file, write_adapter};
+use graft_tests::{adapter_store, kit_file, write_adapter};
 
 struct Fixture {
     pool: Arc<Pool>,
@@ -46,11 +46,8 @@ async fn fixture(kit_id: &str, max_adapters: usize) -> Fixture {
     std::fs::create_dir_all(&store).unwrap();
     let engine = Arc::new(Engine::load(&BaseModel::cpu("base", &gguf, 4)).await.unwrap());
     let adapters = AdapterStore {
-        dir: store.clone(),
-        max_rank: 64,
-        merge: Default::default(),
-        cache_dir: dir.path().join("merged"),
         allowed_dirs: vec![dir.path().join("external")],
+        ..adapter_store(dir.path())
     };
     let limits = PoolLimits {
         max_adapters,

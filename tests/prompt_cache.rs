@@ -7,16 +7,13 @@
 //! serves on a CPU, whose long reads took the gemm path (another order of additions) until
 //! Q8_0 got one integer kernel for every row count (vendor/README.md).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use graft_engine::merge::BaseGguf;
-use graft_engine::pool::AdapterStore;
 use graft_engine::requantize::{requantize, Restore};
-use graft_engine::{
-    BaseModel, ChatMessage, ChatRequest, CompletionRequest, Engine, Pool, PoolLimits, Prompt, Role, Sampling, StreamEvent, TokenStream,
-};
-use graft_tests::{kit_file, repo_root};
+use graft_engine::{BaseModel, ChatMessage, ChatRequest, CompletionRequest, Engine, Prompt, Role, Sampling, StreamEvent, TokenStream};
+use graft_tests::{kit_file, pool, repo_root};
 
 /// SmolLM2 keeping `prompt_cache` prompts, one sequence at a time.
 async fn engine(prompt_cache: usize) -> Arc<Engine> {
@@ -129,22 +126,6 @@ async fn the_choices_of_a_request_read_a_cached_prompt_alike() {
     }
 }
 
-/// A pool around `engine`, with an empty adapter store in `folder`.
-fn pool(engine: Arc<Engine>, folder: &Path) -> Pool {
-    let adapters = AdapterStore {
-        dir: folder.join("adapters"),
-        max_rank: 64,
-        merge: Default::default(),
-        cache_dir: folder.join("merged"),
-        allowed_dirs: Vec::new(),
-    };
-    let limits = PoolLimits {
-        max_adapters: 1,
-        max_bytes: None,
-    };
-    Pool::new(engine, adapters, limits).expect("a pool")
-}
-
 /// Each stream's text, and how many prompt tokens it read itself and reported as cached.
 async fn drain(streams: Vec<TokenStream>) -> Vec<(String, usize, usize)> {
     let mut answers = Vec::new();
@@ -174,7 +155,7 @@ async fn a_requests_choices_read_their_prompt_once_between_them() {
         ChatMessage::new(Role::System, system.as_str()),
         ChatMessage::new(Role::User, "What does rotateSigningKeys return?"),
     ];
-    let alone = pool(engine(0).await, folder.path());
+    let alone = pool(engine(0).await, folder.path(), 1);
     let tokens = alone.engine().chat_prompt(&messages).await.expect("the prompt");
     assert!(tokens.len() > 250, "{} tokens", tokens.len());
     let requests = || -> Vec<CompletionRequest> {
@@ -195,14 +176,14 @@ async fn a_requests_choices_read_their_prompt_once_between_them() {
     }
     assert!(one_by_one.iter().any(|text| !text.trim().is_empty()));
 
-    let shared = pool(engine_of(3, 4).await, folder.path());
+    let shared = pool(engine_of(3, 4).await, folder.path(), 1);
     let choices = drain(shared.complete_choices("smollm2", requests()).await.expect("choices")).await;
     for (i, (text, read, reported)) in choices.iter().enumerate() {
         assert_eq!(text, &one_by_one[i], "choice {i}");
         assert_eq!((*read, *reported), (2, 0), "choice {i}: tokens read, tokens reported cached");
     }
 
-    let uncached = pool(engine_of(3, 0).await, folder.path());
+    let uncached = pool(engine_of(3, 0).await, folder.path(), 1);
     let choices = drain(uncached.complete_choices("smollm2", requests()).await.expect("choices")).await;
     for (i, (text, read, reported)) in choices.iter().enumerate() {
         assert_eq!(text, &one_by_one[i], "choice {i} without a prompt cache");

@@ -448,24 +448,12 @@ fn rewrite_gguf(
 /// How often the token graft's engine generates greedily after each prefix of `ids` (on the
 /// model in `gguf`) is `top[p - 1]`, the training model's most likely one; and where not.
 async fn served_agreement(gguf: &std::path::Path, ids: &[u32], top: &[u32]) -> (f64, Vec<(usize, String, String)>) {
-    use graft_engine::pool::AdapterStore;
-    use graft_engine::{BaseModel, CompletionRequest, Engine, Pool, PoolLimits, Prompt, Sampling};
+    use graft_engine::{BaseModel, CompletionRequest, Engine, Prompt, Sampling};
     use std::sync::Arc;
 
     let engine = Arc::new(Engine::load(&BaseModel::cpu("base", gguf, 1)).await.unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let store = AdapterStore {
-        dir: dir.path().join("adapters"),
-        max_rank: 64,
-        merge: Default::default(),
-        cache_dir: dir.path().join("merged"),
-        allowed_dirs: Vec::new(),
-    };
-    let limits = PoolLimits {
-        max_adapters: 1,
-        max_bytes: None,
-    };
-    let pool = Pool::new(Arc::clone(&engine), store, limits).unwrap();
+    let pool = graft_tests::pool(Arc::clone(&engine), dir.path(), 1);
     let mut differ = Vec::new();
     for p in 1..ids.len() {
         let request = CompletionRequest {

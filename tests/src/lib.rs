@@ -10,6 +10,8 @@
 //! - [`copy_fixture`]: a fixture repository copied somewhere a test may change it.
 //! - [`sse_data`]: the events of a streamed answer.
 //! - [`write_adapter`]: a PEFT LoRA adapter for a kit model, generated from a fixed seed.
+//! - [`adapter_store`], [`pool`]: a model pool around an engine, its adapter store in a test's
+//!   folder.
 //! - [`qdrant`]: real Qdrant servers (one node or a cluster) for the server backend's tests.
 
 pub mod qdrant;
@@ -23,8 +25,9 @@ use graft_core::config::{GenerationConfig, ServerConfig};
 use graft_core::keys::ApiKeys;
 use graft_core::{Config, ProjectConfig};
 use graft_engine::merge::BaseGguf;
+use graft_engine::pool::AdapterStore;
 use graft_engine::synthetic::SyntheticAdapter;
-use graft_engine::{BaseModel, Engine, Pool};
+use graft_engine::{BaseModel, Engine, Pool, PoolLimits};
 use graft_index::{index_repository, Embedder, EmbedderOptions, Quiet};
 use graft_kit::{Kit, NoProgress, Source};
 use graft_server::projects::Projects;
@@ -141,6 +144,28 @@ pub fn smollm2_engine() -> Arc<Engine> {
             Err(e) => panic!("cannot load SmolLM2: {e}"),
         }
     }))
+}
+
+/// An adapter store in `folder`: adapters in `adapters/`, merged models cached in `merged/`,
+/// ranks up to 64, nothing loaded from elsewhere.
+pub fn adapter_store(folder: &Path) -> AdapterStore {
+    AdapterStore {
+        dir: folder.join("adapters"),
+        max_rank: 64,
+        merge: Default::default(),
+        cache_dir: folder.join("merged"),
+        allowed_dirs: Vec::new(),
+    }
+}
+
+/// A pool around `engine` with [`adapter_store`] in `folder`, holding up to `max_adapters`
+/// adapters at once.
+pub fn pool(engine: Arc<Engine>, folder: &Path, max_adapters: usize) -> Pool {
+    let limits = PoolLimits {
+        max_adapters,
+        max_bytes: None,
+    };
+    Pool::new(engine, adapter_store(folder), limits).expect("a pool")
 }
 
 /// Starts a server on the shared SmolLM2 engine, on an ephemeral loopback port. It serves
