@@ -718,6 +718,12 @@ fn ollama_error(status: u16, body: &Value, expected: u16) -> String {
         .to_owned()
 }
 
+/// The `token` of each entry of a list of log-probabilities.
+fn tokens_of(logprobs: &Value) -> Vec<String> {
+    let entries = logprobs.as_array().unwrap_or_else(|| panic!("no logprobs: {logprobs}"));
+    entries.iter().map(|e| e["token"].as_str().unwrap().to_owned()).collect()
+}
+
 #[tokio::test]
 async fn ollama_clients_list_and_show_the_models_a_key_may_use() {
     // Clients check the version before anything else, with no key.
@@ -841,6 +847,59 @@ async fn ollama_chat_and_generate_answer_as_the_openai_routes_do() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["response"], openai["choices"][0]["text"], "{fields}");
     }
+    // Log-probabilities as Ollama gives them (`logprobs`, `top_logprobs`): each token's, with
+    // its alternatives, on the streamed lines or all on the whole answer; the tokens are the
+    // OpenAI routes' for the same request.
+    let (_, openai) = post(
+        "/v1/chat/completions",
+        ADMIN,
+        &json!({"model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 16, "logprobs": true, "top_logprobs": 2}),
+    )
+    .await;
+    let expected = tokens_of(&openai["choices"][0]["logprobs"]["content"]);
+    let mut asked = request.clone();
+    asked["logprobs"] = json!(true);
+    asked["top_logprobs"] = json!(2);
+    let (status, lines) = ndjson("/api/chat", ADMIN, &asked).await;
+    assert_eq!(status, 200, "{lines:?}");
+    let streamed: Vec<String> = lines
+        .iter()
+        .filter(|l| l["done"] == false)
+        .flat_map(|l| tokens_of(&l["logprobs"]))
+        .collect();
+    assert_eq!(streamed, expected, "{lines:?}");
+    asked["stream"] = json!(false);
+    let (status, body) = post("/api/chat", ADMIN, &asked).await;
+    assert_eq!((status, tokens_of(&body["logprobs"])), (200, expected.clone()), "{body}");
+    for entry in body["logprobs"].as_array().unwrap() {
+        assert!(entry["logprob"].as_f64().unwrap() <= 0.0, "{entry}");
+        assert_eq!(entry["top_logprobs"].as_array().unwrap().len(), 2, "{entry}");
+    }
+    assert!(
+        post("/api/chat", ADMIN, &whole).await.1.get("logprobs").is_none(),
+        "none unless asked"
+    );
+    let (_, openai) = post(
+        "/v1/completions",
+        ADMIN,
+        &json!({"model": MODEL, "prompt": "def total(xs):\n", "temperature": 0, "max_tokens": 12, "logprobs": 1}),
+    )
+    .await;
+    let raw = json!({"model": MODEL, "prompt": "def total(xs):\n", "raw": true, "stream": false, "logprobs": true, "top_logprobs": 1,
+        "options": {"temperature": 0, "num_predict": 12}});
+    let (status, body) = post("/api/generate", ADMIN, &raw).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        tokens_of(&body["logprobs"]),
+        openai["choices"][0]["logprobs"]["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_owned())
+            .collect::<Vec<_>>(),
+        "{body}"
+    );
+
     // Nothing to generate: Ollama's load request.
     let (status, body) = post("/api/generate", ADMIN, &json!({"model": MODEL})).await;
     assert_eq!(
@@ -862,6 +921,7 @@ async fn ollama_chat_and_generate_answer_as_the_openai_routes_do() {
         (json!({"options": {"temperature": 9}}), "temperature"),
         (json!({"options": {"mirostat": 2}}), "mirostat"),
         (json!({"think": true}), "think"),
+        (json!({"logprobs": true, "top_logprobs": 21}), "top_logprobs"),
         (json!({"format": "yaml"}), "format"),
         (
             json!({"messages": [{"role": "user", "content": "x", "images": ["aGk="]}]}),

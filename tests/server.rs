@@ -1999,6 +1999,12 @@ async fn response_events(request: &Value) -> Vec<Value> {
     events
 }
 
+/// The `token` of each entry of a list of log-probabilities.
+fn logprob_tokens(logprobs: &Value) -> Vec<String> {
+    let entries = logprobs.as_array().unwrap_or_else(|| panic!("no logprobs: {logprobs}"));
+    entries.iter().map(|e| e["token"].as_str().unwrap().to_owned()).collect()
+}
+
 /// The events of `kind`.
 fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == kind).collect()
@@ -2053,6 +2059,46 @@ async fn responses_answer_as_openais_responses_api_whole_and_streamed() {
     assert_eq!(last["type"], end, "{kinds:?}");
     assert_eq!(last["response"]["output"][0]["content"][0]["text"], words);
     assert_eq!(last["response"]["usage"]["output_tokens"], usage["output_tokens"]);
+    assert_eq!(
+        last["response"]["output"][0]["content"][0]["logprobs"],
+        json!([]),
+        "none unless asked"
+    );
+
+    // With `include: ["message.output_text.logprobs"]`, the text's tokens and their
+    // log-probabilities, as chat lists them (`top_logprobs` alternatives at each place),
+    // whole and in the stream's deltas.
+    let chat = answered(
+        "/v1/chat/completions",
+        &greedy_chat("Say hi to the team.", 16),
+        json!({"logprobs": true, "top_logprobs": 2}),
+    )
+    .await;
+    let chat_tokens = logprob_tokens(&chat["choices"][0]["logprobs"]["content"]);
+    let with_logprobs = with_fields(
+        request.clone(),
+        &json!({"include": ["message.output_text.logprobs"], "top_logprobs": 2}),
+    );
+    let (status, body) = post("/v1/responses", &with_logprobs).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["top_logprobs"], 2, "{body}");
+    let logprobs = &body["output"][0]["content"][0]["logprobs"];
+    assert_eq!(logprob_tokens(logprobs), chat_tokens, "{body}");
+    for entry in logprobs.as_array().unwrap() {
+        assert!(entry["logprob"].as_f64().unwrap() <= 0.0, "{entry}");
+        assert_eq!(entry["top_logprobs"].as_array().unwrap().len(), 2, "{entry}");
+        assert!(entry["bytes"].is_array(), "{entry}");
+    }
+    let events = response_events(&with_logprobs).await;
+    let streamed: Vec<String> = of_kind(&events, "response.output_text.delta")
+        .iter()
+        .flat_map(|e| logprob_tokens(&e["logprobs"]))
+        .collect();
+    assert_eq!(streamed, chat_tokens, "{events:?}");
+    assert_eq!(
+        logprob_tokens(&of_kind(&events, "response.output_text.done")[0]["logprobs"]),
+        chat_tokens
+    );
 
     // Function tools in the Responses shape: calls as items, whole and streamed; their outputs
     // go back as items, and the model reads them as chat's tool results.

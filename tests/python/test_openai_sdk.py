@@ -244,6 +244,15 @@ class Responses(unittest.TestCase):
         again = c.responses.create(model=MODEL, input=conversation, tools=tools, temperature=0, max_output_tokens=60)
         self.assertTrue(again.output, again)
 
+    def test_the_texts_logprobs_come_when_include_asks(self):
+        c = client()
+        chat = greedy_chat(c, MODEL, "Say hi to the team.", max_tokens=8, logprobs=True, top_logprobs=2)
+        response = c.responses.create(model=MODEL, input="Say hi to the team.", max_output_tokens=8, temperature=0,
+                                      include=["message.output_text.logprobs"], top_logprobs=2)
+        logprobs = response.output[0].content[0].logprobs
+        self.assertEqual([t.token for t in logprobs], [t.token for t in chat.choices[0].logprobs.content])
+        self.assertTrue(all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in logprobs), logprobs)
+
     def test_structured_output_parses_into_a_pydantic_model(self):
         class Colour(pydantic.BaseModel):
             name: str

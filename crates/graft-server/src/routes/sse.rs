@@ -9,8 +9,11 @@
 //! `[DONE]`.
 //!
 //! This module owns the order of events and the choice between a stream and a whole answer
-//! ([`respond`]); each route owns the shape of its chunks and answers ([`Chunks`]).
+//! ([`respond`]); each route owns the shape of its chunks and answers ([`Chunks`]). The routes
+//! of other APIs (Anthropic's Messages, OpenAI's Responses, Ollama's lines) write their own
+//! streams: [`pump`] reads a choice's pieces into their [`Writer`].
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -41,51 +44,54 @@ pub enum Part {
 pub enum Piece {
     Text(String, Option<Vec<graft_engine::TokenLogprob>>),
     Calls(Vec<openai::ToolCall>),
-    End {
-        finish_reason: &'static str,
-        stopped_by: Option<StopCause>,
-        usage: Usage,
-        /// When the answer's first token came (the prompt had been read), if one did.
-        first_token: Option<tokio::time::Instant>,
-    },
+    End(End),
+}
+
+/// How a choice's answer ended.
+#[derive(Debug, Clone)]
+pub struct End {
+    /// OpenAI's finish reason: `stop`, `length`, `tool_calls`.
+    pub finish_reason: &'static str,
+    /// The request's stop that ended the answer, if one did.
+    pub stopped_by: Option<StopCause>,
+    pub usage: Usage,
+    /// When the answer's first token came (the prompt had been read), if one did.
+    pub first_token: Option<tokio::time::Instant>,
 }
 
 /// One choice's pieces as they come.
 pub type Pieces = stream::BoxStream<'static, Result<Piece, ApiError>>;
 
-/// A choice's pieces gathered once it has ended: its text, its calls (chat with tools) and
-/// how it ended.
+/// A choice's pieces gathered once it has ended: its text, its tokens' log-probabilities
+/// (when the request asked for them), its calls (chat with tools) and how it ended.
 pub struct Gathered {
     pub text: String,
+    pub logprobs: Option<Vec<graft_engine::TokenLogprob>>,
     pub calls: Vec<openai::ToolCall>,
-    pub finish_reason: &'static str,
-    pub stopped_by: Option<StopCause>,
-    pub usage: Usage,
-    pub first_token: Option<tokio::time::Instant>,
+    pub end: End,
 }
 
 /// Reads `pieces` to their end.
 pub async fn gather(mut pieces: Pieces) -> Result<Gathered, ApiError> {
     use futures::StreamExt;
     let mut text = String::new();
+    let mut logprobs: Option<Vec<graft_engine::TokenLogprob>> = None;
     let mut calls = Vec::new();
     while let Some(piece) = pieces.next().await {
         match piece? {
-            Piece::Text(more, _) => text.push_str(&more),
+            Piece::Text(more, more_logprobs) => {
+                text.push_str(&more);
+                if let Some(more_logprobs) = more_logprobs {
+                    logprobs.get_or_insert_with(Vec::new).extend(more_logprobs);
+                }
+            }
             Piece::Calls(more) => calls.extend(more),
-            Piece::End {
-                finish_reason,
-                stopped_by,
-                usage,
-                first_token,
-            } => {
+            Piece::End(end) => {
                 return Ok(Gathered {
                     text,
+                    logprobs,
                     calls,
-                    finish_reason,
-                    stopped_by,
-                    usage,
-                    first_token,
+                    end,
                 })
             }
         }
@@ -103,12 +109,12 @@ pub fn pieces(generation: Generation) -> Pieces {
                 finish_reason,
                 stopped_by,
                 usage,
-            } => Piece::End {
+            } => Piece::End(End {
                 finish_reason: finish_reason.as_str(),
                 stopped_by,
                 usage,
                 first_token: g.first_token(),
-            },
+            }),
         });
         Some((piece, g))
     })
@@ -241,12 +247,12 @@ pub fn usage_of(completions: &[Completion], per_prompt: u32) -> Option<Usage> {
 /// A choice that is over before it began (nothing to generate): its end alone.
 pub fn ended(completion: &Completion) -> Pieces {
     use futures::StreamExt;
-    let end = Piece::End {
+    let end = Piece::End(End {
         finish_reason: completion.finish_reason.as_str(),
         stopped_by: completion.stopped_by.clone(),
         usage: completion.usage,
         first_token: None,
-    };
+    });
     stream::iter([Ok(end)]).boxed()
 }
 
@@ -333,17 +339,9 @@ pub fn stream<C: Chunks>(
                 Phase::Tokens => match flow.events.next().await {
                     Some((index, Ok(Piece::Text(text, logprobs)))) => event(&*chunks, index, Part::Text(text, logprobs), extras),
                     Some((index, Ok(Piece::Calls(calls)))) => event(&*chunks, index, Part::Calls(calls), extras),
-                    Some((
-                        index,
-                        Ok(Piece::End {
-                            finish_reason,
-                            stopped_by,
-                            usage,
-                            ..
-                        }),
-                    )) => {
-                        add_usage(&mut flow.usage, usage, first_of_its_prompt(index, chunks.choices_per_prompt()));
-                        event(&*chunks, index, Part::Finish(finish_reason, stopped_by), extras)
+                    Some((index, Ok(Piece::End(end)))) => {
+                        add_usage(&mut flow.usage, end.usage, first_of_its_prompt(index, chunks.choices_per_prompt()));
+                        event(&*chunks, index, Part::Finish(end.finish_reason, end.stopped_by), extras)
                     }
                     Some((_, Err(e))) => {
                         flow.phase = Phase::Done;
@@ -381,4 +379,66 @@ fn done() -> Event {
 /// A chunk serialised as an event's JSON data.
 pub fn json_event(body: &impl serde::Serialize) -> Event {
     Event::default().json_data(body).unwrap_or_else(|_| Event::default().data("{}"))
+}
+
+/// A route that writes a stream in its own API's shapes (Anthropic's Messages events, the
+/// Responses API's events, Ollama's lines): it turns each piece of one answer into items,
+/// queued in order; [`pump`] sends them as they are ready.
+pub trait Writer: Send + 'static {
+    /// What the stream carries: server-sent events, or lines.
+    type Item: Send + 'static;
+    /// The items written and not sent yet.
+    fn ready(&mut self) -> &mut VecDeque<Self::Item>;
+    fn text(&mut self, text: String, logprobs: Option<Vec<graft_engine::TokenLogprob>>);
+    fn calls(&mut self, calls: Vec<openai::ToolCall>);
+    /// The answer's last items.
+    fn end(&mut self, end: End);
+    /// The items that say the answer failed; nothing follows them.
+    fn error(&mut self, e: &ApiError);
+}
+
+/// One answer's `pieces` written by `writer` as they come: the items the writer holds ready
+/// first (an opening event), then each piece's, up to the answer's end or an error (a
+/// generation whose pieces stop before its end has failed).
+pub fn pump<W: Writer>(writer: W, pieces: Pieces) -> impl Stream<Item = Result<W::Item, Infallible>> + Send {
+    use futures::StreamExt;
+    stream::unfold((writer, pieces, false), |(mut writer, mut pieces, mut over)| async move {
+        loop {
+            if let Some(item) = writer.ready().pop_front() {
+                return Some((Ok(item), (writer, pieces, over)));
+            }
+            if over {
+                return None;
+            }
+            over = true;
+            match pieces.next().await {
+                Some(Ok(Piece::Text(text, logprobs))) => {
+                    writer.text(text, logprobs);
+                    over = false;
+                }
+                Some(Ok(Piece::Calls(calls))) => {
+                    writer.calls(calls);
+                    over = false;
+                }
+                Some(Ok(Piece::End(end))) => writer.end(end),
+                Some(Err(e)) => writer.error(&e),
+                None => writer.error(&ApiError::from(graft_engine::engine::Collector::unfinished())),
+            }
+        }
+    })
+}
+
+/// [`pump`] as server-sent events.
+pub fn pump_events<W: Writer<Item = Event>>(writer: W, pieces: Pieces) -> Response {
+    Sse::new(pump(writer, pieces)).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// An event named `kind` (`event: kind`), `body` its JSON data with `type: kind` added, as
+/// Anthropic's and the Responses API's events are.
+pub fn named_event(kind: &'static str, mut body: serde_json::Value) -> Event {
+    body["type"] = serde_json::json!(kind);
+    Event::default()
+        .event(kind)
+        .json_data(&body)
+        .unwrap_or_else(|_| Event::default().event(kind).data("{}"))
 }

@@ -347,7 +347,7 @@ pub async fn answer(pieces: Pieces) -> Result<(AssistantMessage, &'static str, O
         content: gathered.calls.is_empty().then_some(gathered.text),
         tool_calls: (!gathered.calls.is_empty()).then_some(gathered.calls),
     };
-    Ok((message, gathered.finish_reason, gathered.stopped_by, gathered.usage))
+    Ok((message, gathered.end.finish_reason, gathered.end.stopped_by, gathered.end.usage))
 }
 
 /// A choice's stream with tools: the words of a `{"response": ...}` reply as the model writes
@@ -382,7 +382,7 @@ pub fn pieces(generation: Generation, reading: &Reading) -> Pieces {
                 usage,
             }) = end
             {
-                let end = Piece::End {
+                let end = sse::End {
                     finish_reason: finish_reason.as_str(),
                     stopped_by,
                     usage,
@@ -465,23 +465,18 @@ impl Reader {
     /// The pieces that end the reply, given the generation's `end`: the calls, the words a
     /// stop string's start held back, or the unread text; then the end (a reply of calls ends
     /// with `tool_calls`).
-    fn finish(&mut self, mut end: Piece) -> Vec<Piece> {
+    fn finish(&mut self, mut end: sse::End) -> Vec<Piece> {
         let mut pieces = Vec::new();
         match self.end() {
             Ending::Words(rest) if rest.is_empty() => {}
             Ending::Words(rest) => pieces.push(Piece::Text(rest, None)),
             Ending::Calls(calls) => {
                 pieces.push(Piece::Calls(calls));
-                if let Piece::End {
-                    finish_reason, stopped_by, ..
-                } = &mut end
-                {
-                    (*finish_reason, *stopped_by) = ("tool_calls", None);
-                }
+                (end.finish_reason, end.stopped_by) = ("tool_calls", None);
             }
             Ending::Unread => pieces.push(Piece::Text(std::mem::take(&mut self.raw), None)),
         }
-        pieces.push(end);
+        pieces.push(Piece::End(end));
         pieces
     }
 
@@ -697,7 +692,7 @@ mod tests {
                 break;
             }
         }
-        let end = Piece::End {
+        let end = sse::End {
             finish_reason: if stopped_by.is_some() { "stop" } else { reason },
             stopped_by,
             usage: Usage::default(),

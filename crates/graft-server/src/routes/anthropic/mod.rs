@@ -18,15 +18,13 @@
 mod wire;
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json as AxumJson};
-use futures::StreamExt;
-use graft_engine::{StopCause, Usage};
+use graft_engine::{StopCause, TokenLogprob, Usage};
 use serde_json::{json, Value};
 
 use crate::caller::Caller;
@@ -34,7 +32,7 @@ use crate::error::ApiError;
 use crate::json::Json;
 use crate::openai::{ChatCompletionRequest, Extras, ToolCall};
 use crate::routes::chat;
-use crate::routes::sse::{self, Piece, Pieces};
+use crate::routes::sse::{self, Pieces};
 use crate::state::AppState;
 pub use wire::MessagesRequest;
 
@@ -104,7 +102,7 @@ pub async fn messages(
         content.push(json!({"type": "text", "text": gathered.text}));
     }
     content.extend(gathered.calls.iter().map(tool_use));
-    let end = End::new(gathered.finish_reason, gathered.stopped_by, gathered.usage);
+    let end = End::new(gathered.end);
     let mut message = reply.message(content, Some(&end));
     reply.extend(&mut message);
     Ok(AxumJson(message).into_response())
@@ -144,7 +142,13 @@ struct End {
 }
 
 impl End {
-    fn new(finish_reason: &str, stopped_by: Option<StopCause>, usage: Usage) -> End {
+    fn new(end: sse::End) -> End {
+        let sse::End {
+            finish_reason,
+            stopped_by,
+            usage,
+            ..
+        } = end;
         let (stop_reason, stop_sequence) = match (finish_reason, stopped_by) {
             ("tool_calls", _) => ("tool_use", None),
             ("length", _) => ("max_tokens", None),
@@ -186,64 +190,47 @@ impl Reply {
 
     fn stream(self, pieces: Pieces) -> Response {
         let mut flow = Flow {
-            pieces,
             blocks: 0,
             text_open: false,
             ready: VecDeque::new(),
-            over: false,
         };
         let mut start = self.message(Vec::new(), None);
         self.extend(&mut start);
         flow.push("message_start", json!({"message": start}));
-        let events = futures::stream::unfold(flow, |mut flow| async move {
-            loop {
-                if let Some(event) = flow.ready.pop_front() {
-                    return Some((Ok::<_, Infallible>(event), flow));
-                }
-                if flow.over {
-                    return None;
-                }
-                match flow.pieces.next().await {
-                    Some(Ok(Piece::Text(text, _))) => flow.text(&text),
-                    Some(Ok(Piece::Calls(calls))) => flow.calls(&calls),
-                    Some(Ok(Piece::End {
-                        finish_reason,
-                        stopped_by,
-                        usage,
-                        ..
-                    })) => flow.end(End::new(finish_reason, stopped_by, usage)),
-                    Some(Err(e)) => flow.error(&e),
-                    None => flow.error(&ApiError::from(graft_engine::engine::Collector::unfinished())),
-                }
-            }
-        });
-        Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+        sse::pump_events(flow, pieces)
     }
 }
 
 /// A stream's state between events.
 struct Flow {
-    pieces: Pieces,
     /// Content blocks started so far (the next one's index).
     blocks: usize,
     /// The last block started is a text block still open.
     text_open: bool,
     ready: VecDeque<Event>,
-    over: bool,
 }
 
 impl Flow {
     /// Queues an event of `kind` with `body`.
-    fn push(&mut self, kind: &'static str, mut body: Value) {
-        body["type"] = json!(kind);
-        let event = Event::default()
-            .event(kind)
-            .json_data(&body)
-            .unwrap_or_else(|_| Event::default().event(kind).data("{}"));
-        self.ready.push_back(event);
+    fn push(&mut self, kind: &'static str, body: Value) {
+        self.ready.push_back(sse::named_event(kind, body));
     }
 
-    fn text(&mut self, text: &str) {
+    fn close_text(&mut self) {
+        if std::mem::take(&mut self.text_open) {
+            self.push("content_block_stop", json!({"index": self.blocks - 1}));
+        }
+    }
+}
+
+impl sse::Writer for Flow {
+    type Item = Event;
+
+    fn ready(&mut self) -> &mut VecDeque<Event> {
+        &mut self.ready
+    }
+
+    fn text(&mut self, text: String, _: Option<Vec<TokenLogprob>>) {
         if !self.text_open {
             self.push(
                 "content_block_start",
@@ -258,15 +245,9 @@ impl Flow {
         );
     }
 
-    fn close_text(&mut self) {
-        if std::mem::take(&mut self.text_open) {
-            self.push("content_block_stop", json!({"index": self.blocks - 1}));
-        }
-    }
-
-    fn calls(&mut self, calls: &[ToolCall]) {
+    fn calls(&mut self, calls: Vec<ToolCall>) {
         self.close_text();
-        for call in calls {
+        for call in &calls {
             let mut started = tool_use(call);
             started["input"] = json!({});
             let index = self.blocks;
@@ -280,20 +261,19 @@ impl Flow {
         }
     }
 
-    fn end(&mut self, end: End) {
+    fn end(&mut self, end: sse::End) {
+        let end = End::new(end);
         self.close_text();
         self.push(
             "message_delta",
             json!({"delta": {"stop_reason": end.stop_reason, "stop_sequence": end.stop_sequence}, "usage": usage(end.usage)}),
         );
         self.push("message_stop", json!({}));
-        self.over = true;
     }
 
     fn error(&mut self, e: &ApiError) {
         tracing::error!(status = e.status.as_u16(), error = %e.message, "message failed while streaming");
         self.push("error", json!({"error": {"type": error_type(e.status), "message": e.message}}));
-        self.over = true;
     }
 }
 

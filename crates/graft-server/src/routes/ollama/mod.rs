@@ -9,13 +9,15 @@
 //! apply alike. Answers are Ollama's: newline-delimited JSON objects while streaming (the
 //! default), the last one `done: true` with the counts and durations (nanoseconds), or one
 //! object with `"stream": false`; errors are `{"error": "..."}` with the HTTP status of
-//! graft's other routes. Model names may carry `:latest`.
+//! graft's other routes. Model names may carry `:latest`. With `logprobs` (and
+//! `top_logprobs`), each line carries its tokens' log-probabilities, a whole answer all of
+//! them, as Ollama 0.12.11 added.
 //!
 //! This module owns Ollama's shapes; checking and generating are the OpenAI routes'.
 
 mod wire;
 
-use std::convert::Infallible;
+use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};
@@ -24,8 +26,8 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json as AxumJson};
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures::StreamExt;
 use graft_engine::facts::ModelFacts;
+use graft_engine::TokenLogprob;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
@@ -34,13 +36,13 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::json::Json;
 use crate::openai::{self, Source};
-use crate::routes::sse::{self, Piece, Pieces};
+use crate::routes::sse::{self, Pieces};
 use crate::routes::{chat, completions, embeddings};
 use crate::state::AppState;
 
 /// The Ollama release whose API this module follows: `/api/version` answers it, since clients
 /// check a minimum before they talk to a server.
-const OLLAMA_API_VERSION: &str = "0.12.0";
+const OLLAMA_API_VERSION: &str = "0.12.11";
 
 /// An error in Ollama's shape: `{"error": "..."}`, with graft's status.
 pub struct OllamaError(ApiError);
@@ -160,8 +162,10 @@ pub async fn chat(
         options: request.options,
         format: request.format,
         retrieval: request.retrieval,
+        logprobs: request.logprobs,
+        top_logprobs: request.top_logprobs,
     };
-    let mut fields = common.fields(state.generation().chat_max_tokens())?;
+    let mut fields = common.fields(state.generation().chat_max_tokens(), true)?;
     fields.insert("messages".into(), json!(wire::messages(request.messages)?));
     if let Some(tools) = request.tools.filter(|t| !t.is_null()) {
         fields.insert("tools".into(), tools);
@@ -211,14 +215,18 @@ pub async fn generate(
         state.target(&id, &caller)?;
         return Ok(loaded(&request.model, Shape::Generate, request.keep_alive.as_ref()));
     }
+    // Raw, or filled in the middle: `/v1/completions`; else chat.
+    let completion = request.raw == Some(true) || suffix.is_some();
     let common = wire::Common {
         model: id,
         options: request.options,
         format: request.format,
         retrieval: request.retrieval,
+        logprobs: request.logprobs,
+        top_logprobs: request.top_logprobs,
     };
-    let mut fields = common.fields(state.generation().chat_max_tokens())?;
-    let (generation, sources) = if request.raw == Some(true) || suffix.is_some() {
+    let mut fields = common.fields(state.generation().chat_max_tokens(), !completion)?;
+    let (generation, sources) = if completion {
         fields.insert("prompt".into(), json!(request.prompt));
         if let Some(suffix) = suffix {
             fields.insert("suffix".into(), json!(suffix));
@@ -345,42 +353,17 @@ impl Reply {
             return Ok(self.stream(pieces));
         }
         let gathered = sse::gather(pieces).await?;
-        let end = End {
-            finish_reason: gathered.finish_reason,
-            usage: gathered.usage,
-            first_token: gathered.first_token,
-        };
-        Ok(AxumJson(Value::Object(self.last(gathered.text, gathered.calls, end))).into_response())
+        let mut whole = self.last(gathered.text, gathered.calls, gathered.end);
+        add_logprobs(&mut whole, gathered.logprobs);
+        Ok(AxumJson(Value::Object(whole)).into_response())
     }
 
     fn stream(self, pieces: Pieces) -> Response {
-        let lines = futures::stream::unfold((self, pieces, false), |(reply, mut pieces, over)| async move {
-            if over {
-                return None;
-            }
-            let (line, over) = match pieces.next().await? {
-                Ok(Piece::Text(text, _)) => (reply.piece(text, Vec::new()), false),
-                Ok(Piece::Calls(calls)) => (reply.piece(String::new(), calls), false),
-                Ok(Piece::End {
-                    finish_reason,
-                    usage,
-                    first_token,
-                    ..
-                }) => {
-                    let end = End {
-                        finish_reason,
-                        usage,
-                        first_token,
-                    };
-                    (reply.last(String::new(), Vec::new(), end), true)
-                }
-                // Ollama ends a stream that failed with the error's line.
-                Err(e) => (Map::from_iter([("error".to_owned(), json!(e.message))]), true),
-            };
-            let bytes = Bytes::from(format!("{}\n", Value::Object(line)));
-            Some((Ok::<_, Infallible>(bytes), (reply, pieces, over)))
-        });
-        let mut response = Body::from_stream(lines).into_response();
+        let lines = Lines {
+            reply: self,
+            ready: VecDeque::new(),
+        };
+        let mut response = Body::from_stream(sse::pump(lines, pieces)).into_response();
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
@@ -397,11 +380,12 @@ impl Reply {
 
     /// The last line (or the whole answer): the rest of the text, `done`, why, the counts and
     /// the durations (nanoseconds), and the sources retrieval used (graft's extension).
-    fn last(&self, text: String, calls: Vec<openai::ToolCall>, end: End) -> Map<String, Value> {
-        let End {
+    fn last(&self, text: String, calls: Vec<openai::ToolCall>, end: sse::End) -> Map<String, Value> {
+        let sse::End {
             finish_reason,
             usage,
             first_token,
+            ..
         } = end;
         let now = Instant::now();
         // Reading the prompt lasts until the first token (or the end, when none came).
@@ -446,11 +430,53 @@ impl Reply {
     }
 }
 
-/// How a generation ended, for the last line.
-struct End {
-    finish_reason: &'static str,
-    usage: graft_engine::Usage,
-    first_token: Option<Instant>,
+/// A streamed answer's lines as its pieces come.
+struct Lines {
+    reply: Reply,
+    ready: VecDeque<Bytes>,
+}
+
+impl Lines {
+    fn push(&mut self, line: Map<String, Value>) {
+        self.ready.push_back(Bytes::from(format!("{}\n", Value::Object(line))));
+    }
+}
+
+impl sse::Writer for Lines {
+    type Item = Bytes;
+
+    fn ready(&mut self) -> &mut VecDeque<Bytes> {
+        &mut self.ready
+    }
+
+    fn text(&mut self, text: String, logprobs: Option<Vec<TokenLogprob>>) {
+        let mut line = self.reply.piece(text, Vec::new());
+        add_logprobs(&mut line, logprobs);
+        self.push(line);
+    }
+
+    fn calls(&mut self, calls: Vec<openai::ToolCall>) {
+        let line = self.reply.piece(String::new(), calls);
+        self.push(line);
+    }
+
+    fn end(&mut self, end: sse::End) {
+        let line = self.reply.last(String::new(), Vec::new(), end);
+        self.push(line);
+    }
+
+    /// Ollama ends a stream that failed with the error's line.
+    fn error(&mut self, e: &ApiError) {
+        self.push(Map::from_iter([("error".to_owned(), json!(e.message))]));
+    }
+}
+
+/// The tokens' log-probabilities, when the request asked for them: Ollama's `logprobs`, each
+/// token's `token`, `logprob`, `bytes` and `top_logprobs`, as OpenAI's chat lists them.
+fn add_logprobs(line: &mut Map<String, Value>, logprobs: Option<Vec<TokenLogprob>>) {
+    if let Some(tokens) = logprobs {
+        line.insert("logprobs".into(), json!(openai::ChatLogprobs::new(tokens).content));
+    }
 }
 
 /// A call in Ollama's shape: its arguments as an object, not JSON text.

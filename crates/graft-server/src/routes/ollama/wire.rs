@@ -21,6 +21,9 @@ pub struct ChatRequest {
     pub tools: Option<Value>,
     pub think: Option<Value>,
     pub keep_alive: Option<Value>,
+    /// Each answer token's log-probability, with `top_logprobs` likeliest tokens at its place.
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u32>,
     /// graft's extension, as on `/v1/chat/completions` (checked there).
     pub retrieval: Option<Value>,
 }
@@ -45,6 +48,8 @@ pub struct GenerateRequest {
     pub images: Vec<Value>,
     pub think: Option<Value>,
     pub keep_alive: Option<Value>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u32>,
     /// graft's extensions, as on `/v1/completions` (checked there).
     pub retrieval: Option<Value>,
     pub path: Option<String>,
@@ -105,12 +110,16 @@ pub struct Common {
     pub options: Option<Options>,
     pub format: Option<Value>,
     pub retrieval: Option<Value>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u32>,
 }
 
 impl Common {
-    /// The OpenAI request fields for them; `unlimited`: the most tokens an answer may have.
-    pub fn fields(self, unlimited: u32) -> Result<Map<String, Value>, ApiError> {
+    /// The OpenAI request fields for them, for `/v1/chat/completions` (`chat`) or
+    /// `/v1/completions`; `unlimited`: the most tokens an answer may have.
+    pub fn fields(self, unlimited: u32, chat: bool) -> Result<Map<String, Value>, ApiError> {
         let mut fields = sampling(self.options, unlimited)?;
+        put_logprob_fields(&mut fields, self.logprobs, self.top_logprobs, chat)?;
         fields.insert("model".into(), json!(self.model));
         if let Some(format) = response_format(self.format)? {
             fields.insert("response_format".into(), format);
@@ -120,6 +129,26 @@ impl Common {
         }
         Ok(fields)
     }
+}
+
+/// Ollama's `logprobs` and `top_logprobs` as the fields of the OpenAI request (`chat`'s
+/// `logprobs: true` and `top_logprobs`, or a completion's `logprobs`, a number); with
+/// `logprobs` unset or false, `top_logprobs` asks for nothing, as in Ollama.
+fn put_logprob_fields(fields: &mut Map<String, Value>, logprobs: Option<bool>, top: Option<u32>, chat: bool) -> Result<(), ApiError> {
+    if top.is_some_and(|top| top > 20) {
+        return Err(ApiError::invalid_param("top_logprobs", "top_logprobs must be between 0 and 20"));
+    }
+    if logprobs != Some(true) {
+        return Ok(());
+    }
+    let top = top.unwrap_or(0);
+    if chat {
+        fields.insert("logprobs".into(), json!(true));
+        fields.insert("top_logprobs".into(), json!(top));
+    } else {
+        fields.insert("logprobs".into(), json!(top));
+    }
+    Ok(())
 }
 
 /// An Ollama model name as graft's id: `name:latest` is `name`.
@@ -272,6 +301,23 @@ mod tests {
     fn parse_messages(body: Value) -> Vec<Value> {
         let given: Vec<Message> = serde_json::from_value(body).unwrap();
         messages(given).unwrap()
+    }
+
+    #[test]
+    fn logprobs_become_chats_or_a_completions_fields() {
+        let put = |logprobs, top, chat| {
+            let mut fields = Map::new();
+            put_logprob_fields(&mut fields, logprobs, top, chat).map(|()| Value::Object(fields))
+        };
+        assert_eq!(
+            put(Some(true), Some(3), true).unwrap(),
+            json!({"logprobs": true, "top_logprobs": 3})
+        );
+        assert_eq!(put(Some(true), None, true).unwrap(), json!({"logprobs": true, "top_logprobs": 0}));
+        assert_eq!(put(Some(true), Some(2), false).unwrap(), json!({"logprobs": 2}));
+        assert_eq!(put(Some(false), Some(2), true).unwrap(), json!({}));
+        assert_eq!(put(None, Some(2), false).unwrap(), json!({}));
+        assert_eq!(put(Some(true), Some(21), true).unwrap_err().param, Some("top_logprobs"));
     }
 
     #[test]

@@ -11,29 +11,28 @@
 //! delta and done), its `done` events, then `response.completed` (or `response.incomplete`
 //! when `max_output_tokens` cut it) with the whole response; each event names its `type` and
 //! carries a `sequence_number`. An error while streaming is an `error` event, and the stream
-//! ends.
+//! ends. With `include: ["message.output_text.logprobs"]` (and `top_logprobs` for the
+//! likeliest tokens at each place) the text's `logprobs` list each token's, in its deltas too.
 //!
 //! This module owns the Responses shapes; checking and generating are chat's.
 
 mod wire;
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 
 use axum::extract::{Path, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json as AxumJson};
-use futures::StreamExt;
-use graft_engine::Usage;
+use graft_engine::{TokenLogprob, Usage};
 use serde_json::{json, Value};
 
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::json::Json;
-use crate::openai::{Extras, ToolCall};
+use crate::openai::{ChatLogprobs, Extras, ToolCall};
 use crate::routes::chat;
-use crate::routes::sse::{self, Piece, Pieces};
+use crate::routes::sse::{self, Pieces};
 use crate::state::AppState;
 pub use wire::ResponsesRequest;
 
@@ -74,12 +73,6 @@ struct Reply {
     extras: Extras,
 }
 
-/// How a generation ended.
-struct End {
-    finish_reason: &'static str,
-    usage: Usage,
-}
-
 impl Reply {
     fn new(request: ResponsesRequest, model: String, extras: Extras) -> Reply {
         Reply {
@@ -94,20 +87,18 @@ impl Reply {
     /// The whole response once the generation has ended.
     async fn whole(self, pieces: Pieces) -> Result<Response, ApiError> {
         let gathered = sse::gather(pieces).await?;
-        let end = End {
-            finish_reason: gathered.finish_reason,
-            usage: gathered.usage,
-        };
+        let end = gathered.end;
         let mut output = Vec::new();
         if !gathered.text.is_empty() || gathered.calls.is_empty() {
-            output.push(message(&new_id("msg"), item_status(&end), Some(&gathered.text)));
+            let logprobs = logprobs(gathered.logprobs);
+            output.push(message(&new_id("msg"), item_status(&end), Some((&gathered.text, &logprobs))));
         }
         output.extend(gathered.calls.iter().map(|call| function_call(&new_id("fc"), call, "completed")));
         Ok(AxumJson(self.response(&output, Some(&end))).into_response())
     }
 
     /// The response object: `in_progress` until `end`, then `completed` or `incomplete`.
-    fn response(&self, output: &[Value], end: Option<&End>) -> Value {
+    fn response(&self, output: &[Value], end: Option<&sse::End>) -> Value {
         let request = &self.request;
         let status = match end {
             None => "in_progress",
@@ -132,6 +123,7 @@ impl Reply {
             "text": request.text.clone().unwrap_or_else(|| json!({"format": {"type": "text"}})),
             "tool_choice": request.tool_choice.clone().unwrap_or_else(|| json!("auto")),
             "tools": request.tools.clone().unwrap_or_default(),
+            "top_logprobs": request.top_logprobs.unwrap_or(0),
             "top_p": request.top_p,
             "truncation": "disabled",
             "metadata": request.metadata.clone().unwrap_or_else(|| json!({})),
@@ -150,86 +142,46 @@ impl Reply {
     fn stream(self, pieces: Pieces) -> Response {
         let mut flow = Flow {
             reply: self,
-            pieces,
             sequence: 0,
             output: Vec::new(),
             open: None,
             ready: VecDeque::new(),
-            over: false,
         };
         let created = flow.reply.response(&[], None);
         flow.push("response.created", json!({"response": created.clone()}));
         flow.push("response.in_progress", json!({"response": created}));
-        let events = futures::stream::unfold(flow, |mut flow| async move {
-            loop {
-                if let Some(event) = flow.ready.pop_front() {
-                    return Some((Ok::<_, Infallible>(event), flow));
-                }
-                if flow.over {
-                    return None;
-                }
-                match flow.pieces.next().await {
-                    Some(Ok(Piece::Text(text, _))) => flow.text(&text),
-                    Some(Ok(Piece::Calls(calls))) => flow.calls(&calls),
-                    Some(Ok(Piece::End { finish_reason, usage, .. })) => flow.end(End { finish_reason, usage }),
-                    Some(Err(e)) => flow.error(&e),
-                    None => flow.error(&ApiError::from(graft_engine::engine::Collector::unfinished())),
-                }
-            }
-        });
-        Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+        sse::pump_events(flow, pieces)
     }
 }
 
 /// A stream's state between events.
 struct Flow {
     reply: Reply,
-    pieces: Pieces,
     sequence: u64,
     /// The items written whole so far.
     output: Vec<Value>,
-    /// The message item being written: its id and text so far.
-    open: Option<(String, String)>,
+    /// The message item being written.
+    open: Option<Open>,
     ready: VecDeque<Event>,
-    over: bool,
+}
+
+/// A message item being written: its id, its text and its tokens' log-probabilities so far.
+struct Open {
+    id: String,
+    text: String,
+    logprobs: Vec<Value>,
 }
 
 impl Flow {
     /// Queues an event of `kind` with `body`, numbered.
     fn push(&mut self, kind: &'static str, mut body: Value) {
-        body["type"] = json!(kind);
         body["sequence_number"] = json!(self.sequence);
         self.sequence += 1;
-        let event = Event::default()
-            .event(kind)
-            .json_data(&body)
-            .unwrap_or_else(|_| Event::default().event(kind).data("{}"));
-        self.ready.push_back(event);
+        self.ready.push_back(sse::named_event(kind, body));
     }
 
-    fn text(&mut self, text: &str) {
-        let index = self.output.len();
-        let item_id = match &mut self.open {
-            Some((id, written)) => {
-                written.push_str(text);
-                id.clone()
-            }
-            None => {
-                let id = self.open_message();
-                if let Some((_, written)) = &mut self.open {
-                    written.push_str(text);
-                }
-                id
-            }
-        };
-        self.push(
-            "response.output_text.delta",
-            json!({"item_id": item_id, "output_index": index, "content_index": 0, "delta": text, "logprobs": []}),
-        );
-    }
-
-    /// Opens a message item; returns its id.
-    fn open_message(&mut self) -> String {
+    /// Opens a message item.
+    fn open_message(&mut self) {
         let id = new_id("msg");
         let index = self.output.len();
         self.push(
@@ -238,32 +190,61 @@ impl Flow {
         );
         self.push(
             "response.content_part.added",
-            json!({"item_id": id, "output_index": index, "content_index": 0, "part": output_text("")}),
+            json!({"item_id": id, "output_index": index, "content_index": 0, "part": output_text("", &[])}),
         );
-        self.open = Some((id.clone(), String::new()));
-        id
+        self.open = Some(Open {
+            id,
+            text: String::new(),
+            logprobs: Vec::new(),
+        });
     }
 
     /// Ends the message item being written, if one is.
     fn close_message(&mut self, status: &str) {
-        let Some((id, text)) = self.open.take() else { return };
+        let Some(Open { id, text, logprobs }) = self.open.take() else {
+            return;
+        };
         let index = self.output.len();
         self.push(
             "response.output_text.done",
-            json!({"item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": []}),
+            json!({"item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": logprobs}),
         );
         self.push(
             "response.content_part.done",
-            json!({"item_id": id, "output_index": index, "content_index": 0, "part": output_text(&text)}),
+            json!({"item_id": id, "output_index": index, "content_index": 0, "part": output_text(&text, &logprobs)}),
         );
-        let item = message(&id, status, Some(&text));
+        let item = message(&id, status, Some((&text, &logprobs)));
         self.push("response.output_item.done", json!({"output_index": index, "item": item.clone()}));
         self.output.push(item);
     }
+}
 
-    fn calls(&mut self, calls: &[ToolCall]) {
+impl sse::Writer for Flow {
+    type Item = Event;
+
+    fn ready(&mut self) -> &mut VecDeque<Event> {
+        &mut self.ready
+    }
+
+    fn text(&mut self, text: String, token_logprobs: Option<Vec<TokenLogprob>>) {
+        if self.open.is_none() {
+            self.open_message();
+        }
+        let index = self.output.len();
+        let logprobs = logprobs(token_logprobs);
+        let Some(open) = &mut self.open else { return };
+        open.text.push_str(&text);
+        open.logprobs.extend(logprobs.iter().cloned());
+        let item_id = open.id.clone();
+        self.push(
+            "response.output_text.delta",
+            json!({"item_id": item_id, "output_index": index, "content_index": 0, "delta": text, "logprobs": logprobs}),
+        );
+    }
+
+    fn calls(&mut self, calls: Vec<ToolCall>) {
         self.close_message("completed");
-        for call in calls {
+        for call in &calls {
             let id = new_id("fc");
             let index = self.output.len();
             let mut started = function_call(&id, call, "in_progress");
@@ -284,7 +265,7 @@ impl Flow {
         }
     }
 
-    fn end(&mut self, end: End) {
+    fn end(&mut self, end: sse::End) {
         // An answer of no text and no calls is an empty message, as the whole response has.
         if self.open.is_none() && self.output.is_empty() {
             self.open_message();
@@ -296,13 +277,11 @@ impl Flow {
             _ => "response.completed",
         };
         self.push(kind, json!({"response": response}));
-        self.over = true;
     }
 
     fn error(&mut self, e: &ApiError) {
         tracing::error!(status = e.status.as_u16(), error = %e.message, "response failed while streaming");
         self.push("error", json!({"code": e.code, "message": e.message, "param": e.param}));
-        self.over = true;
     }
 }
 
@@ -312,7 +291,7 @@ fn new_id(prefix: &str) -> String {
 }
 
 /// An item's status once the generation has ended.
-fn item_status(end: &End) -> &'static str {
+fn item_status(end: &sse::End) -> &'static str {
     if end.finish_reason == "length" {
         "incomplete"
     } else {
@@ -320,14 +299,26 @@ fn item_status(end: &End) -> &'static str {
     }
 }
 
-/// A message item; `None`: no content yet (just added to a stream).
-fn message(id: &str, status: &str, text: Option<&str>) -> Value {
-    let content: Vec<Value> = text.map(output_text).into_iter().collect();
+/// A message item of a text and its tokens' log-probabilities; `None`: no content yet (just
+/// added to a stream).
+fn message(id: &str, status: &str, text: Option<(&str, &[Value])>) -> Value {
+    let content: Vec<Value> = text.map(|(text, logprobs)| output_text(text, logprobs)).into_iter().collect();
     json!({"type": "message", "id": id, "status": status, "role": "assistant", "content": content})
 }
 
-fn output_text(text: &str) -> Value {
-    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+fn output_text(text: &str, logprobs: &[Value]) -> Value {
+    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs})
+}
+
+/// Tokens' log-probabilities as the Responses API lists them (`token`, `logprob`, `bytes`,
+/// `top_logprobs`, as chat's); none when the request did not ask.
+fn logprobs(tokens: Option<Vec<TokenLogprob>>) -> Vec<Value> {
+    let Some(tokens) = tokens else { return Vec::new() };
+    ChatLogprobs::new(tokens)
+        .content
+        .iter()
+        .map(|token| serde_json::to_value(token).unwrap_or_default())
+        .collect()
 }
 
 /// A function call item: its own id, the call's id (`call_id`, which the result answers),

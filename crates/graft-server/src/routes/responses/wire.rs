@@ -4,8 +4,9 @@
 //!
 //! graft keeps no responses: a request must carry its whole conversation (`previous_response_id`,
 //! `conversation` and item references are refused with a clear error). Fields that only steer
-//! OpenAI's hosted service (`store`, `include`, `reasoning`, `prompt_cache_key`, `truncation`,
-//! `service_tier`, `user`, `safety_identifier`) are accepted and change nothing.
+//! OpenAI's hosted service (`store`, `reasoning`, `prompt_cache_key`, `truncation`,
+//! `service_tier`, `user`, `safety_identifier`, and `include`'s entries other than
+//! `message.output_text.logprobs`) are accepted and change nothing.
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -33,10 +34,17 @@ pub struct ResponsesRequest {
     pub previous_response_id: Option<String>,
     pub conversation: Option<Value>,
     pub background: Option<bool>,
+    /// What to add to the output: [`OUTPUT_LOGPROBS`] asks for the text's log-probabilities.
+    pub include: Option<Vec<String>>,
+    /// How many likeliest tokens to list at each place (0-20), with [`OUTPUT_LOGPROBS`].
+    pub top_logprobs: Option<u32>,
     /// graft's extensions, as on chat.
     pub retrieval: Option<Value>,
     pub debug: Option<bool>,
 }
+
+/// The `include` entry that asks for each output token's log-probability.
+pub const OUTPUT_LOGPROBS: &str = "message.output_text.logprobs";
 
 /// The chat request's fields for `request`.
 pub fn chat_fields(request: &ResponsesRequest) -> Result<Map<String, Value>, ApiError> {
@@ -75,6 +83,11 @@ pub fn chat_fields(request: &ResponsesRequest) -> Result<Map<String, Value>, Api
     put("parallel_tool_calls", request.parallel_tool_calls.map(Value::from));
     put("retrieval", request.retrieval.clone());
     put("debug", request.debug.map(Value::from));
+    // As OpenAI's: `top_logprobs` lists alternatives of the log-probabilities `include` asks for.
+    if request.include.iter().flatten().any(|entry| entry == OUTPUT_LOGPROBS) {
+        put("logprobs", Some(Value::Bool(true)));
+        put("top_logprobs", request.top_logprobs.map(Value::from));
+    }
     if let Some(tools) = &request.tools {
         put(
             "tools",
@@ -235,6 +248,10 @@ fn response_format(text: &Value) -> Result<Option<Value>, ApiError> {
 /// An error of the chat route in the words of the request: `max_tokens` is
 /// `max_output_tokens`, `messages` is `input`, `response_format` is `text.format`.
 pub fn responses_names(mut error: ApiError) -> ApiError {
+    if error.param == Some("logprobs") {
+        error.param = Some("include");
+        return error;
+    }
     let renamed = match error.param {
         Some("max_tokens") => Some(("max_tokens", "max_output_tokens")),
         Some("messages") => Some(("messages", "input")),
@@ -300,6 +317,21 @@ mod tests {
             json!([{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}])
         );
         assert_eq!(f["tool_choice"], json!({"type": "function", "function": {"name": "f"}}));
+        assert!(f.get("logprobs").is_none() && f.get("top_logprobs").is_none());
+    }
+
+    #[test]
+    fn include_asks_for_the_texts_logprobs_and_top_logprobs_for_alternatives() {
+        let f = fields(json!({"model": "m", "input": "hi", "include": [OUTPUT_LOGPROBS], "top_logprobs": 3})).unwrap();
+        assert_eq!((&f["logprobs"], &f["top_logprobs"]), (&json!(true), &json!(3)));
+        let f = fields(json!({"model": "m", "input": "hi", "include": ["reasoning.encrypted_content", OUTPUT_LOGPROBS]})).unwrap();
+        assert_eq!(f["logprobs"], json!(true));
+        assert!(f.get("top_logprobs").is_none());
+        // Alternatives of log-probabilities nobody asked for: nothing, as OpenAI's.
+        let f = fields(json!({"model": "m", "input": "hi", "top_logprobs": 3})).unwrap();
+        assert!(f.get("logprobs").is_none() && f.get("top_logprobs").is_none());
+        let e = responses_names(ApiError::unsupported("logprobs", "logprobs together with tools is not supported"));
+        assert_eq!(e.param, Some("include"));
     }
 
     #[test]
