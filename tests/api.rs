@@ -10,7 +10,7 @@ use base64::Engine as _;
 use graft_core::config::{GenerationConfig, ServerConfig};
 use graft_core::keys::{ApiKey, ApiKeys};
 use graft_core::ProjectConfig;
-use graft_tests::{kit_embedder, start_server, ServerSetup, TestServer, EMBEDDING_MODEL, MODEL};
+use graft_tests::{kit_embedder, logprob_tokens, start_server, ServerSetup, TestServer, EMBEDDING_MODEL, MODEL};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "sk-test-admin-0123456789";
@@ -718,12 +718,6 @@ fn ollama_error(status: u16, body: &Value, expected: u16) -> String {
         .to_owned()
 }
 
-/// The `token` of each entry of a list of log-probabilities.
-fn tokens_of(logprobs: &Value) -> Vec<String> {
-    let entries = logprobs.as_array().unwrap_or_else(|| panic!("no logprobs: {logprobs}"));
-    entries.iter().map(|e| e["token"].as_str().unwrap().to_owned()).collect()
-}
-
 #[tokio::test]
 async fn ollama_clients_list_and_show_the_models_a_key_may_use() {
     // Clients check the version before anything else, with no key.
@@ -856,7 +850,7 @@ async fn ollama_chat_and_generate_answer_as_the_openai_routes_do() {
         &json!({"model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 16, "logprobs": true, "top_logprobs": 2}),
     )
     .await;
-    let expected = tokens_of(&openai["choices"][0]["logprobs"]["content"]);
+    let expected = logprob_tokens(&openai["choices"][0]["logprobs"]["content"]);
     let mut asked = request.clone();
     asked["logprobs"] = json!(true);
     asked["top_logprobs"] = json!(2);
@@ -865,12 +859,12 @@ async fn ollama_chat_and_generate_answer_as_the_openai_routes_do() {
     let streamed: Vec<String> = lines
         .iter()
         .filter(|l| l["done"] == false)
-        .flat_map(|l| tokens_of(&l["logprobs"]))
+        .flat_map(|l| logprob_tokens(&l["logprobs"]))
         .collect();
     assert_eq!(streamed, expected, "{lines:?}");
     asked["stream"] = json!(false);
     let (status, body) = post("/api/chat", ADMIN, &asked).await;
-    assert_eq!((status, tokens_of(&body["logprobs"])), (200, expected.clone()), "{body}");
+    assert_eq!((status, logprob_tokens(&body["logprobs"])), (200, expected.clone()), "{body}");
     for entry in body["logprobs"].as_array().unwrap() {
         assert!(entry["logprob"].as_f64().unwrap() <= 0.0, "{entry}");
         assert_eq!(entry["top_logprobs"].as_array().unwrap().len(), 2, "{entry}");
@@ -890,7 +884,7 @@ async fn ollama_chat_and_generate_answer_as_the_openai_routes_do() {
     let (status, body) = post("/api/generate", ADMIN, &raw).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        tokens_of(&body["logprobs"]),
+        logprob_tokens(&body["logprobs"]),
         openai["choices"][0]["logprobs"]["tokens"]
             .as_array()
             .unwrap()

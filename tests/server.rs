@@ -1,7 +1,7 @@
 //! The real server, with SmolLM2-135M from the kit, on an ephemeral loopback port: chat
 //! completions and the error answers, as an OpenAI client sees them over HTTP.
 
-use graft_tests::{smollm2_server, sse_data, MAX_BODY_BYTES, MODEL};
+use graft_tests::{logprob_tokens, smollm2_server, sse_data, MAX_BODY_BYTES, MODEL};
 use serde_json::{json, Value};
 
 async fn post(path: &str, body: &Value) -> (u16, Value) {
@@ -1997,12 +1997,6 @@ async fn response_events(request: &Value) -> Vec<Value> {
         );
     }
     events
-}
-
-/// The `token` of each entry of a list of log-probabilities.
-fn logprob_tokens(logprobs: &Value) -> Vec<String> {
-    let entries = logprobs.as_array().unwrap_or_else(|| panic!("no logprobs: {logprobs}"));
-    entries.iter().map(|e| e["token"].as_str().unwrap().to_owned()).collect()
 }
 
 /// The events of `kind`.

@@ -8,7 +8,8 @@
 //!   [`start_stoppable_server`] one that a test shuts down.
 //! - [`kit_embedder`]: the kit's embedding model, loaded once per test binary.
 //! - [`copy_fixture`]: a fixture repository copied somewhere a test may change it.
-//! - [`sse_data`]: the events of a streamed answer.
+//! - [`sse_data`]: the events of a streamed answer; [`logprob_tokens`]: the tokens of a list
+//!   of log-probabilities.
 //! - [`write_adapter`]: a PEFT LoRA adapter for a kit model, generated from a fixed seed.
 //! - [`adapter_store`], [`pool`]: a model pool around an engine, its adapter store in a test's
 //!   folder.
@@ -144,6 +145,13 @@ pub fn smollm2_engine() -> Arc<Engine> {
             Err(e) => panic!("cannot load SmolLM2: {e}"),
         }
     }))
+}
+
+/// The `token` of each entry of a list of log-probabilities (chat's `logprobs.content`, the
+/// Responses API's and Ollama's `logprobs`).
+pub fn logprob_tokens(logprobs: &serde_json::Value) -> Vec<String> {
+    let entries = logprobs.as_array().unwrap_or_else(|| panic!("no logprobs: {logprobs}"));
+    entries.iter().map(|e| e["token"].as_str().expect("a token").to_owned()).collect()
 }
 
 /// An adapter store in `folder`: adapters in `adapters/`, merged models cached in `merged/`,

@@ -410,20 +410,29 @@ pub fn pump<W: Writer>(writer: W, pieces: Pieces) -> impl Stream<Item = Result<W
             if over {
                 return None;
             }
-            over = true;
-            match pieces.next().await {
+            // Whether this piece is the answer's last: its end, or a failure.
+            over = match pieces.next().await {
                 Some(Ok(Piece::Text(text, logprobs))) => {
                     writer.text(text, logprobs);
-                    over = false;
+                    false
                 }
                 Some(Ok(Piece::Calls(calls))) => {
                     writer.calls(calls);
-                    over = false;
+                    false
                 }
-                Some(Ok(Piece::End(end))) => writer.end(end),
-                Some(Err(e)) => writer.error(&e),
-                None => writer.error(&ApiError::from(graft_engine::engine::Collector::unfinished())),
-            }
+                Some(Ok(Piece::End(end))) => {
+                    writer.end(end);
+                    true
+                }
+                Some(Err(e)) => {
+                    writer.error(&e);
+                    true
+                }
+                None => {
+                    writer.error(&ApiError::from(graft_engine::engine::Collector::unfinished()));
+                    true
+                }
+            };
         }
     })
 }
