@@ -3,11 +3,11 @@
 //!
 //! The model is the kit's SmolLM2 as stored (Q4_1), whose matmuls all take candle's per-row
 //! kernel: a prompt read in pieces (of two tokens or more) then gives bit-for-bit what reading
-//! it whole gives, so any difference is the cache's. The last test runs the Q8_0 copy graft
-//! serves on a CPU, whose long reads took the gemm path (another order of additions) until
-//! Q8_0 got one integer kernel for every row count (vendor/README.md).
+//! it whole gives, so any difference is the cache's. Two tests run the Q8_0 copy graft serves
+//! on a CPU: one whose long reads took the gemm path (another order of additions) until Q8_0
+//! got one integer kernel for every row count (vendor/README.md), and the prompt scoring one.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use graft_engine::merge::BaseGguf;
@@ -30,6 +30,14 @@ async fn engine_from(file: PathBuf, sequences: usize, prompt_cache: usize) -> Ar
     let mut base = BaseModel::cpu("smollm2", file, sequences);
     base.prompt_cache = prompt_cache;
     Arc::new(Engine::load(&base).await.expect("SmolLM2 loads"))
+}
+
+/// The Q8_0 copy of SmolLM2 that graft serves on a CPU, written into `folder`.
+fn q8_0_copy(folder: &Path) -> PathBuf {
+    let copy = folder.join("smollm2-q8_0.gguf");
+    let base = BaseGguf::open(&kit_file("smollm2-135m-instruct")).expect("the kit's SmolLM2");
+    assert!(requantize(&base, &copy, Restore::Q8_0).expect("a Q8_0 copy") > 100);
+    copy
 }
 
 async fn answer(engine: &Engine, turns: &[(Role, &str)]) -> String {
@@ -214,9 +222,7 @@ async fn two_cached_prompts_of_unequal_lengths_answered_together_answer_as_alone
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_q8_0_copy_a_prompt_read_after_a_cached_start_gives_the_same_bits() {
     let folder = tempfile::tempdir().expect("a scratch folder");
-    let copy = folder.path().join("smollm2-q8_0.gguf");
-    let base = BaseGguf::open(&kit_file("smollm2-135m-instruct")).expect("the kit's SmolLM2");
-    assert!(requantize(&base, &copy, Restore::Q8_0).expect("a Q8_0 copy") > 100);
+    let copy = q8_0_copy(folder.path());
     let (cached, plain) = (engine_from(copy.clone(), 1, 2).await, engine_from(copy, 1, 0).await);
 
     let system = preamble();
@@ -303,7 +309,10 @@ async fn usage_says_how_much_of_the_prompt_the_cache_supplied() {
 /// raw logits or none do; vendor/README.md change 10 keeps them apart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prompts_log_probabilities_read_it_whole_and_agree_with_its_greedy_answer() {
-    let engine = engine_of(2, 2).await;
+    // The copy graft serves on a CPU: its long reads take the integer kernel, not the per-row
+    // one: 16 s instead of 127 here, and scoring never reads a cached start, so any weights do.
+    let folder = tempfile::tempdir().expect("a scratch folder");
+    let engine = engine_from(q8_0_copy(folder.path()), 2, 2).await;
     let system = preamble();
     let messages = |question: &str| {
         vec![
