@@ -2369,3 +2369,137 @@ async fn usage_says_how_much_of_the_prompt_the_prompt_cache_supplied() {
         .unwrap_or_else(|| panic!("no cached-token counter: {text}"));
     assert!(counted > 0, "{text}");
 }
+
+/// An assistant prefill: with vLLM's `continue_final_message` (and always on Anthropic's
+/// Messages API and Ollama's chat) the answer goes on from the last assistant message instead
+/// of starting a new turn. The layout is the template's own, cut after the message's text:
+/// everything before it token for token, without what closes the message.
+#[tokio::test]
+async fn a_last_assistant_message_is_continued_when_asked() {
+    let messages = json!([{"role": "user", "content": "Count to ten."}, {"role": "assistant", "content": "1, 2,"}]);
+    let layout = |fields: Value| {
+        let request = with_fields(json!({"model": MODEL, "messages": messages}), &fields);
+        async move {
+            let (status, body) = post("/tokenize", &request).await;
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_value::<Vec<u32>>(body["tokens"].clone()).unwrap()
+        }
+    };
+    let opened = layout(json!({})).await;
+    let closed = layout(json!({"add_generation_prompt": false})).await;
+    let continued = layout(json!({"continue_final_message": true})).await;
+    assert!(opened.starts_with(&closed) && opened.len() > closed.len(), "{opened:?} {closed:?}");
+    assert!(closed.starts_with(&continued), "{closed:?} {continued:?}");
+    let (_, rest) = post("/detokenize", &json!({"tokens": closed[continued.len()..]})).await;
+    assert_eq!(rest["content"], "<|im_end|>\n", "only what closes the message is left out");
+    let (_, text) = post("/detokenize", &json!({"tokens": continued})).await;
+    assert!(
+        text["content"].as_str().unwrap().ends_with("<|im_start|>assistant\n1, 2,"),
+        "{text}"
+    );
+
+    // The answer carries on from "1, 2," (greedy SmolLM2 counts on), white space first, and
+    // its prompt is the continued layout.
+    let request = json!({"model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 8});
+    let answer = answered("/v1/chat/completions", &request, json!({"continue_final_message": true})).await;
+    let text = answer["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    assert!(text.starts_with(" 3,"), "{answer}");
+    assert_eq!(answer["usage"]["prompt_tokens"], json!(continued.len()), "{answer}");
+    let new_turn = answered("/v1/chat/completions", &request, json!({})).await;
+    assert_eq!(new_turn["usage"]["prompt_tokens"], json!(opened.len()), "{new_turn}");
+
+    // Streamed, the same text.
+    let streamed = with_fields(request.clone(), &json!({"continue_final_message": true, "stream": true}));
+    let (status, raw) = post_text("/v1/chat/completions", &streamed).await;
+    assert_eq!(status, 200, "{raw}");
+    let deltas: String = sse_data(&raw)
+        .into_iter()
+        .filter(|data| *data != "[DONE]")
+        .filter_map(|data| {
+            serde_json::from_str::<Value>(data).unwrap()["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(deltas, text);
+
+    // Anthropic's Messages API and Ollama's chat continue a last assistant message unasked.
+    let anthropic = json!({"model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 8});
+    let (status, body) = post("/v1/messages", &anthropic).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["content"][0]["text"], json!(text), "{body}");
+    let (_, counted) = post("/v1/messages/count_tokens", &anthropic).await;
+    assert_eq!(counted["input_tokens"], json!(continued.len()), "{counted}");
+    let ollama = json!({"model": MODEL, "messages": messages, "stream": false, "options": {"temperature": 0, "num_predict": 8}});
+    let (status, body) = post("/api/chat", &ollama).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["message"]["content"], json!(text), "{body}");
+    // An empty last assistant message leaves nothing to continue: a new turn, as without it.
+    let empty = json!([{"role": "user", "content": "Count to ten."}, {"role": "assistant", "content": ""}]);
+    let (_, counted) = post(
+        "/v1/messages/count_tokens",
+        &with_fields(anthropic.clone(), &json!({"messages": empty})),
+    )
+    .await;
+    let (_, alone) = post(
+        "/tokenize",
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": "Count to ten."}]}),
+    )
+    .await;
+    assert_eq!(counted["input_tokens"], alone["count"], "{counted} {alone}");
+
+    // Both of vLLM's fields at once is a contradiction.
+    let both = with_fields(request, &json!({"continue_final_message": true, "add_generation_prompt": true}));
+    let (status, body) = post("/v1/chat/completions", &both).await;
+    assert_eq!(error_of(status, &body, 400)["param"], "continue_final_message");
+}
+
+/// A continued message is rendered outside mistralrs's tokenize call (graft cuts the
+/// template's text), with the template and special tokens the engine uses: a template that
+/// writes `bos_token` and `eos_token` lays a continued message out as mistralrs lays the
+/// closed conversation out, up to the EOS that closes the last message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continued_message_is_laid_out_with_the_engines_template_and_special_tokens() {
+    use graft_engine::{BaseModel, ChatMessage, Engine, Role, Turn};
+    let folder = tempfile::tempdir().unwrap();
+    let template = folder.path().join("chat.jinja");
+    std::fs::write(
+        &template,
+        "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content | trim }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}",
+    )
+    .unwrap();
+    let mut base = BaseModel::cpu(MODEL, graft_tests::kit_file("smollm2-135m-instruct"), 1);
+    base.chat_template = Some(template);
+    let engine = Engine::load(&base).await.unwrap();
+    let special = engine.facts().unwrap().special.clone();
+    let (bos, eos) = (special.bos.unwrap(), special.eos.unwrap());
+
+    // The message ends in white space the template trims: the cut follows the trimmed text.
+    let messages = [
+        ChatMessage::new(Role::User, "Count to ten."),
+        ChatMessage::new(Role::Assistant, "1, 2, "),
+    ];
+    let closed = engine.chat_prompt_ending(&messages, Turn::Closed).await.unwrap();
+    let continued = engine.chat_prompt_ending(&messages, Turn::Continue).await.unwrap();
+    let opened = engine.chat_prompt_ending(&messages, Turn::Open).await.unwrap();
+    let text = |ids: Vec<u32>| {
+        let engine = &engine;
+        async move { engine.detokenize(None, ids).await.unwrap() }
+    };
+    assert_eq!(
+        text(closed.clone()).await,
+        format!("{bos}[user] Count to ten.{eos}[assistant] 1, 2,{eos}")
+    );
+    assert_eq!(continued[..], closed[..closed.len() - 1], "the closed layout less its last EOS");
+    assert_eq!(
+        text(opened).await,
+        format!("{bos}[user] Count to ten.{eos}[assistant] 1, 2,{eos}[assistant] ")
+    );
+
+    // An empty assistant message leaves nothing to continue: a new turn after the rest.
+    let empty = [ChatMessage::new(Role::User, "Hi."), ChatMessage::new(Role::Assistant, " ")];
+    assert_eq!(
+        engine.chat_prompt_ending(&empty, Turn::Continue).await.unwrap(),
+        engine.chat_prompt_ending(&empty[..1], Turn::Open).await.unwrap()
+    );
+}

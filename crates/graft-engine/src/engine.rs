@@ -69,7 +69,7 @@ impl BaseModel {
 /// concurrently and are batched by mistralrs's scheduler.
 pub struct Engine {
     base: BaseModel,
-    model: mistralrs::Model,
+    pub(crate) model: mistralrs::Model,
     format: PromptFormat,
     /// Tokens in the base model's vocabulary, when its GGUF says.
     vocab_size: Option<usize>,
@@ -186,15 +186,9 @@ impl Engine {
 
     /// A conversation as the base model's chat template lays it out, with the assistant's
     /// turn opened: the token ids a chat request feeds the model.
+    /// ([`Engine::chat_prompt_ending`] ends it otherwise.)
     pub async fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
-        let mut text = mistralrs::TextMessages::new();
-        for message in messages {
-            text = text.add_message(text_role(message.role), &message.content);
-        }
-        self.model
-            .tokenize(either::Either::Left(text), None, true, true, None)
-            .await
-            .map_err(|e| EngineError::InvalidRequest(format!("cannot apply the chat template: {e}")))
+        self.chat_prompt_ending(messages, crate::Turn::Open).await
     }
 
     /// The text of token ids.
@@ -510,7 +504,7 @@ impl Collector {
     }
 }
 
-fn text_role(role: Role) -> TextMessageRole {
+pub(crate) fn text_role(role: Role) -> TextMessageRole {
     match role {
         Role::System => TextMessageRole::System,
         Role::User => TextMessageRole::User,

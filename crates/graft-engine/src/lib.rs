@@ -19,6 +19,8 @@
 //! - [`grammar`]: structured output: a JSON Schema, regex or Lark grammar the answer follows.
 //! - [`synthetic`]: generated adapters for tests and benchmarks.
 //! - [`tokenizer`]: the model's tokenizer read from its GGUF file, no weights loaded.
+//! - `turn`: where a chat prompt ends: a new assistant turn, the last message continued
+//!   (an assistant prefill), or nothing opened.
 //! - [`types`]: graft's own request and response types.
 //! - [`error`]: what can go wrong, split by who can fix it.
 //!
@@ -40,6 +42,7 @@ pub mod score;
 mod stop;
 pub mod synthetic;
 pub mod tokenizer;
+mod turn;
 pub mod types;
 
 pub use engine::{BaseModel, Engine, StreamEvent, TokenStream};
@@ -60,6 +63,7 @@ pub use grammar::Grammar;
 pub use pool::{Pool, PoolLimits};
 pub use stop::StopText;
 pub use tokenizer::Tokenizer;
+pub use turn::Turn;
 pub use types::{
     ChatMessage, ChatRequest, Completion, CompletionRequest, FinishReason, Prompt, Repetition, Role, Sampling, StopCause, TokenLogprob,
     TopLogprob, Usage,

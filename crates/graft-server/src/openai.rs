@@ -58,6 +58,11 @@ pub struct ChatCompletionRequest {
     pub tools: Option<serde_json::Value>,
     pub tool_choice: Option<serde_json::Value>,
     pub parallel_tool_calls: Option<bool>,
+    /// vLLM's: the answer continues the last message (an assistant prefill: its text is not
+    /// repeated) instead of starting a new turn.
+    pub continue_final_message: Option<bool>,
+    /// vLLM's: `false` lays the conversation out without opening the assistant's turn.
+    pub add_generation_prompt: Option<bool>,
     /// OpenAI fields graft does not implement: read only to refuse them (400) rather than
     /// answer as if they had been honoured.
     #[serde(flatten)]

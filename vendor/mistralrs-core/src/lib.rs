@@ -103,6 +103,9 @@ pub use gguf::{gguf_tokenizer, GGUFArchitecture, GGUF_MULTI_FILE_DELIMITER};
 // graft: the grammar factory a pipeline builds from its tokenizer, for checking a grammar
 // before a request is sent (vendor/README.md, change 7).
 pub use pipeline::llg::build_llg_factory;
+// graft: the chat template's text as a pipeline renders it, for a prompt that continues the
+// conversation's last message (vendor/README.md, change 12).
+pub use pipeline::chat_template::{apply_chat_template_to, ChatTemplateValue};
 pub use mistralrs_audio::AudioInput;
 pub use mistralrs_mcp::{
     CalledFunction, Function, Tool, ToolCallback, ToolCallbackWithTool, ToolType,

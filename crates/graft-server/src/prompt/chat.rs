@@ -2,7 +2,7 @@
 //! (`augment::chat`) within the project's token budget and what the conversation leaves of the
 //! prompt limit, put through the model's chat template into the token ids the model reads.
 
-use graft_engine::ChatMessage;
+use graft_engine::{ChatMessage, Turn};
 
 use super::{augment, check_length};
 use crate::error::ApiError;
@@ -22,12 +22,14 @@ pub struct ChatPrompt {
 }
 
 /// Lays out `messages` for `target`: for a project, retrieved code first goes into a context
-/// message; then the chat template, and the length check (400 naming `messages`).
+/// message; then the chat template, ending as `turn` says, and the length check (400 naming
+/// `messages`).
 pub async fn lay_out(
     state: &AppState,
     target: &Target,
     mut messages: Vec<ChatMessage>,
     retrieval: Option<RetrievalField>,
+    turn: Turn,
 ) -> Result<ChatPrompt, ApiError> {
     let mut sources = None;
     if let Some(project) = &target.project {
@@ -39,7 +41,7 @@ pub async fn lay_out(
         let used = match retrieve(state, project, query, retrieval, None).await? {
             Some(hits) => {
                 // The context may take what the conversation leaves of the prompt limit.
-                let own = state.engine().chat_prompt(&messages).await?.len();
+                let own = state.engine().chat_prompt_ending(&messages, turn).await?.len();
                 let room = state.generation().max_prompt_tokens.saturating_sub(own);
                 let budget = project.config.context_tokens.min(room);
                 augment::chat(state.engine(), project.name(), &mut messages, hits, budget).await?
@@ -48,7 +50,7 @@ pub async fn lay_out(
         };
         sources = Some(used);
     }
-    let tokens = state.engine().chat_prompt(&messages).await?;
+    let tokens = state.engine().chat_prompt_ending(&messages, turn).await?;
     check_length(state, tokens.len(), "messages", "The conversation")?;
     Ok(ChatPrompt { tokens, sources })
 }

@@ -11,7 +11,7 @@ use axum::Extension;
 
 use futures::future::BoxFuture;
 use graft_core::config::GenerationConfig;
-use graft_engine::{ChatMessage, ChatRequest, Completion, Role, Usage};
+use graft_engine::{ChatMessage, ChatRequest, Completion, Role, Turn, Usage};
 
 use crate::caller::Caller;
 use crate::error::ApiError;
@@ -64,6 +64,7 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, mut request: ChatCo
         return Err(ApiError::unsupported(field, message));
     }
     let target = state.target(&request.model, caller)?;
+    let turn = turn(request.continue_final_message, request.add_generation_prompt)?;
     let retrieval = request.retrieval.take();
     let debug = request.debug == Some(true);
     let prompt_top = scoring::check(request.prompt_logprobs, request.stream == Some(true))?;
@@ -92,7 +93,7 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, mut request: ChatCo
     tracing::debug!(model = %target.name, messages = chat.messages.len(), max_tokens = chat.sampling.max_tokens, "chat request");
 
     let admitted = admit(state).await?;
-    let prompt = prompt::chat::lay_out(state, &target, chat.messages, retrieval).await?;
+    let prompt = prompt::chat::lay_out(state, &target, chat.messages, retrieval, turn).await?;
     let (sources, prompt) = (prompt.sources, prompt.tokens);
     let debug = if debug { Some(debug_info(state, &prompt).await?) } else { None };
     let prompt_logprobs = match prompt_top {
@@ -103,11 +104,15 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, mut request: ChatCo
         None => None,
     };
 
-    // The model reads exactly the prompt that was checked.
+    // The model reads exactly the prompt that was checked. A new turn's answer starts with its
+    // first word; a continued message keeps the white space it goes on with.
     let generations: Vec<Generation> = start_choices(state, caller, admitted, &target, vec![prompt], chat.sampling, n)
         .await?
         .into_iter()
-        .map(Generation::trim_leading_whitespace)
+        .map(|generation| match turn {
+            Turn::Continue => generation,
+            Turn::Open | Turn::Closed => generation.trim_leading_whitespace(),
+        })
         .collect();
     Ok(Started {
         generations,
@@ -125,12 +130,42 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, mut request: ChatCo
 /// description, through the chat template; retrieval left out (Anthropic's `count_tokens`).
 pub(crate) async fn count_prompt(state: &AppState, caller: &Caller, mut request: ChatCompletionRequest) -> Result<usize, ApiError> {
     state.target(&request.model, caller)?;
+    let turn = turn(request.continue_final_message, request.add_generation_prompt)?;
     let tools = tools::read(request.tools.take(), request.tool_choice.take(), request.parallel_tool_calls)?;
     let mut messages = to_engine_messages(std::mem::take(&mut request.messages))?;
     if let Some(tools) = &tools {
         tools.describe(&mut messages);
     }
-    Ok(state.engine().chat_prompt(&messages).await?.len())
+    Ok(state.engine().chat_prompt_ending(&messages, turn).await?.len())
+}
+
+/// Where a chat prompt ends, from vLLM's two fields (`/tokenize` takes them too): 400 when
+/// both are true.
+pub(crate) fn turn(continue_final_message: Option<bool>, add_generation_prompt: Option<bool>) -> Result<Turn, ApiError> {
+    match (continue_final_message == Some(true), add_generation_prompt) {
+        (true, Some(true)) => Err(ApiError::invalid_param(
+            "continue_final_message",
+            "`continue_final_message` and `add_generation_prompt` cannot both be true",
+        )),
+        (true, _) => Ok(Turn::Continue),
+        (false, Some(false)) => Ok(Turn::Closed),
+        (false, _) => Ok(Turn::Open),
+    }
+}
+
+/// Whether a conversation (OpenAI-shaped messages) ends in an assistant's words: Anthropic's
+/// Messages API and Ollama take that as the start of the answer, to be continued.
+pub(crate) fn ends_in_prefill(messages: &[serde_json::Value]) -> bool {
+    messages.last().is_some_and(|last| {
+        last.get("role").and_then(serde_json::Value::as_str) == Some("assistant")
+            && last
+                .get("tool_calls")
+                .is_none_or(|calls| calls.as_array().is_none_or(Vec::is_empty))
+            && last
+                .get("content")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|text| !text.trim().is_empty())
+    })
 }
 
 /// A choice's stream: its text as it comes, or with tools its reply's words or calls.

@@ -25,7 +25,7 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::json::Json;
 use crate::openai::Message;
-use crate::routes::chat::to_engine_messages;
+use crate::routes::chat::{self, to_engine_messages};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +37,10 @@ pub struct TokenizeRequest {
     pub prompt: Option<String>,
     /// vLLM: a conversation, laid out by the model's chat template.
     pub messages: Option<Vec<Message>>,
+    /// vLLM: `messages` laid out to continue the last message (as a chat request's field).
+    pub continue_final_message: Option<bool>,
+    /// vLLM: `messages` laid out without opening the assistant's turn (default true).
+    pub add_generation_prompt: Option<bool>,
     /// Add the tokenizer's own special tokens (a BOS); llama.cpp's name, default true.
     pub add_special: Option<bool>,
     /// vLLM's name for `add_special`.
@@ -100,7 +104,10 @@ pub async fn tokenize(
     let special = request.add_special.or(request.add_special_tokens).unwrap_or(true);
     let ids = match (request.content.or(request.prompt), request.messages) {
         (Some(text), None) => engine.tokenize(None, &text, special).await?,
-        (None, Some(messages)) => engine.chat_prompt(&to_engine_messages(messages)?).await?,
+        (None, Some(messages)) => {
+            let turn = chat::turn(request.continue_final_message, request.add_generation_prompt)?;
+            engine.chat_prompt_ending(&to_engine_messages(messages)?, turn).await?
+        }
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid_param(
                 "messages",

@@ -40,7 +40,12 @@ pub struct MessagesRequest {
 pub fn chat_fields(request: &MessagesRequest) -> Result<Map<String, Value>, ApiError> {
     let mut fields = Map::new();
     fields.insert("model".into(), json!(request.model));
-    fields.insert("messages".into(), json!(messages(request.system.as_ref(), &request.messages)?));
+    let messages = messages(request.system.as_ref(), &request.messages)?;
+    // A last assistant message is the start of the answer (a prefill), which goes on from it.
+    if crate::routes::chat::ends_in_prefill(&messages) {
+        fields.insert("continue_final_message".into(), json!(true));
+    }
+    fields.insert("messages".into(), json!(messages));
     let mut put = |key: &str, value: Option<Value>| {
         if let Some(value) = value {
             fields.insert(key.into(), value);

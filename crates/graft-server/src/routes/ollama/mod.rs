@@ -166,7 +166,12 @@ pub async fn chat(
         top_logprobs: request.top_logprobs,
     };
     let mut fields = common.fields(state.generation().chat_max_tokens(), true)?;
-    fields.insert("messages".into(), json!(wire::messages(request.messages)?));
+    let messages = wire::messages(request.messages)?;
+    // As Ollama does, a last assistant message is the start of the answer, which goes on from it.
+    if chat::ends_in_prefill(&messages) {
+        fields.insert("continue_final_message".into(), json!(true));
+    }
+    fields.insert("messages".into(), json!(messages));
     if let Some(tools) = request.tools.filter(|t| !t.is_null()) {
         fields.insert("tools".into(), tools);
     }
