@@ -631,6 +631,14 @@ async fn embeddings_come_from_the_index_model() {
     let (status, body) = post("/v1/embeddings", ALICE, &json!({"model": EMBEDDING_MODEL, "input": []})).await;
     assert_eq!(body["error"]["param"], "input", "{body}");
     error_message(status, &body, 400);
+    // Token ids (what LangChain's OpenAIEmbeddings sends by default, in tiktoken's vocabulary):
+    // a 400 that says how to send text instead.
+    let (status, body) = post("/v1/embeddings", ALICE, &json!({"model": EMBEDDING_MODEL, "input": [[9906, 1917]]})).await;
+    assert_eq!(body["error"]["param"], "input", "{body}");
+    assert!(
+        error_message(status, &body, 400).contains("check_embedding_ctx_length=False"),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -2448,6 +2448,15 @@ async fn a_last_assistant_message_is_continued_when_asked() {
     .await;
     assert_eq!(counted["input_tokens"], alone["count"], "{counted} {alone}");
 
+    // A grammar (tools, structured output) would start an answer of its own: refused.
+    let json_object = with_fields(
+        request.clone(),
+        &json!({"continue_final_message": true, "response_format": {"type": "json_object"}}),
+    );
+    let (status, body) = post("/v1/chat/completions", &json_object).await;
+    assert_eq!(error_of(status, &body, 400)["param"], "continue_final_message");
+    assert!(body["error"]["message"].as_str().unwrap().contains("response_format"), "{body}");
+
     // Both of vLLM's fields at once is a contradiction.
     let both = with_fields(request, &json!({"continue_final_message": true, "add_generation_prompt": true}));
     let (status, body) = post("/v1/chat/completions", &both).await;

@@ -97,6 +97,20 @@ class Messages(unittest.TestCase):
         )
         self.assertIsInstance(message.parsed_output, Colour, message.content)
 
+    def test_a_prefilled_answer_goes_on_from_the_assistants_words(self):
+        # A last assistant message is the start of the answer, which holds only what follows
+        # (vLLM's continue_final_message on the OpenAI route gives the same words).
+        messages = [{"role": "user", "content": "Count to ten."}, {"role": "assistant", "content": "1, 2,"}]
+        message = client().messages.create(model=MODEL, max_tokens=8, extra_body=GREEDY, messages=messages)
+        self.assertTrue(message.content[0].text.startswith(" 3"), message.content)
+        openai = OpenAI(base_url=BASE_URL, api_key=ENV["GRAFT_USER_KEY"], max_retries=0)
+        chat = openai.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=8, extra_body={**GREEDY, "continue_final_message": True}
+        )
+        self.assertEqual(message.content[0].text, chat.choices[0].message.content)
+        with client().messages.stream(model=MODEL, max_tokens=8, extra_body=GREEDY, messages=messages) as stream:
+            self.assertEqual("".join(stream.text_stream), message.content[0].text)
+
     def test_count_tokens_counts_what_the_model_reads(self):
         c = client()
         messages = [{"role": "user", "content": "Say hi to the team."}]

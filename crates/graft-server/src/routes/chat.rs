@@ -79,6 +79,13 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, mut request: ChatCo
         (None, Some(tools)) => Some((tools.grammar(), "tools")),
         (grammar, None) => grammar,
     };
+    if let (Turn::Continue, Some((_, field))) = (turn, &grammar) {
+        // The grammar would start an answer of its own after the continued words.
+        return Err(ApiError::unsupported(
+            "continue_final_message",
+            format!("continuing the last message together with {field} is not supported"),
+        ));
+    }
     if tools.is_some() && request.logprobs == Some(true) {
         return Err(ApiError::unsupported("logprobs", "logprobs together with tools is not supported"));
     }

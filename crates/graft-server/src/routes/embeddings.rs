@@ -36,7 +36,8 @@ pub async fn embeddings(
         EmbeddingInput::Tokens(_) => {
             return Err(ApiError::invalid_param(
                 "input",
-                "`input` must be a string or a list of strings (token ids are not supported)",
+                "`input` must be a string or a list of strings: token ids are not supported (they would be another \
+                 tokenizer's; LangChain's OpenAIEmbeddings sends tiktoken's unless given check_embedding_ctx_length=False)",
             ))
         }
     };
