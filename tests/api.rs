@@ -20,6 +20,8 @@ const ALICE: &str = "sk-test-alice-0123456789";
 const BOB: &str = "sk-test-bob-0123456789ab";
 
 /// The repository's internal API the questions are about, and the file that defines it.
+/// `model.aliases`: another name of the base model, as a client with a fixed model name sends.
+const ALIAS: &str = "gpt-4o-mini";
 const QUESTION: &str = "How do I rotate the signing keys of a TokenVault with rotateSigningKeys?";
 const DEFINING_FILE: &str = "auth/TokenVault.java";
 
@@ -62,6 +64,7 @@ fn server() -> &'static TestServer {
                 max_extra_context_tokens: EXTRA_TOKENS,
                 ..GenerationConfig::default()
             },
+            aliases: vec![ALIAS.into()],
             ..ServerSetup::default()
         })
     })
@@ -705,6 +708,56 @@ async fn an_adapter_may_not_take_a_project_s_name() {
     let archive: Vec<&Value> = models["data"].as_array().unwrap().iter().filter(|m| m["id"] == "archive").collect();
     assert_eq!(archive.len(), 1, "listed once: {models}");
     assert_eq!(archive[0]["parent"], MODEL, "as the project: {models}");
+}
+
+/// An alias is the base model under another name: any key may use it, the answer is the
+/// base's and names the alias, and the listings show it beside the base.
+#[tokio::test]
+async fn an_alias_answers_as_the_base_model_for_every_key() {
+    let (status, base) = post("/v1/chat/completions", ALICE, &chat(MODEL, "Say hi.")).await;
+    assert_eq!(status, 200, "{base}");
+    let (status, aliased) = post("/v1/chat/completions", ALICE, &chat(ALIAS, "Say hi.")).await;
+    assert_eq!(status, 200, "a key limited to one project may use it, as the base: {aliased}");
+    assert_eq!(aliased["model"], ALIAS, "{aliased}");
+    assert_eq!(aliased["choices"][0]["message"], base["choices"][0]["message"]);
+    let (status, messages) = post(
+        "/v1/messages",
+        BOB,
+        &json!({"model": ALIAS, "max_tokens": 8, "temperature": 0, "messages": [{"role": "user", "content": "Say hi."}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{messages}");
+    assert_eq!(
+        messages["content"][0]["text"], base["choices"][0]["message"]["content"],
+        "{messages}"
+    );
+
+    for key in [ALICE, BOB] {
+        let (_, models) = get("/v1/models", Some(key)).await;
+        let ids: Vec<&str> = models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids[..2], [MODEL, ALIAS], "{ids:?}");
+        let (status, card) = get(&format!("/v1/models/{ALIAS}"), Some(key)).await;
+        assert_eq!((status, &card["parent"]), (200, &Value::Null), "{card}");
+        let (_, tags) = get("/api/tags", Some(key)).await;
+        let names: Vec<&str> = tags["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names[..2], [MODEL, ALIAS], "{names:?}");
+    }
+    let (status, show) = post("/api/show", ALICE, &json!({"model": ALIAS})).await;
+    assert_eq!(status, 200, "{show}");
+    assert_eq!(show["details"]["parent_model"], "", "the base itself: {show}");
+    // Nothing else may take the name.
+    let (status, body) = post("/v1/load_lora_adapter", ADMIN, &json!({"lora_name": ALIAS})).await;
+    assert!(error_message(status, &body, 400).contains("alias"), "{body}");
 }
 
 /// A streamed Ollama answer: its status and each line's object.

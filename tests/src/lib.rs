@@ -95,6 +95,8 @@ pub struct ServerSetup {
     pub generation: GenerationConfig,
     /// `adapters.max_loaded`.
     pub max_adapters: usize,
+    /// `model.aliases`.
+    pub aliases: Vec<String>,
 }
 
 impl Default for ServerSetup {
@@ -105,6 +107,7 @@ impl Default for ServerSetup {
             server: ServerConfig::default(),
             generation: GenerationConfig::default(),
             max_adapters: 2,
+            aliases: Vec::new(),
         }
     }
 }
@@ -240,6 +243,7 @@ fn launch(
     // The server is built from a config, through graft-wiring, as `graft serve` builds it.
     let mut config = Config::default();
     config.model.name = MODEL.to_owned();
+    config.model.aliases = setup.aliases;
     config.adapters.dir = store.clone();
     config.adapters.cache_dir = root.join("merged");
     config.adapters.allowed_dirs = vec![external.clone()];
@@ -278,6 +282,7 @@ fn launch(
 
     let state = AppState::new(ServerParts {
         pool: Arc::new(pool),
+        aliases: config.model.aliases.clone(),
         generation: config.generation.clone(),
         server: graft_wiring::server_config(&config),
         keys: setup.keys,

@@ -105,6 +105,9 @@ impl Default for KitConfig {
 pub struct ModelConfig {
     /// The id clients put in the `model` field to reach the base model.
     pub name: String,
+    /// More ids that reach the base model, for clients that send a fixed model name (vLLM's
+    /// `--served-model-name`, llama.cpp's `--alias`).
+    pub aliases: Vec<String>,
     /// The GGUF file of the base model.
     pub gguf: ModelSource,
     /// Where the model runs.
@@ -127,6 +130,7 @@ impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             name: "smollm2-135m-instruct".to_owned(),
+            aliases: Vec::new(),
             gguf: ModelSource::Kit("smollm2-135m-instruct".to_owned()),
             device: Device::Cpu,
             max_num_seqs: 8,
@@ -678,6 +682,18 @@ impl Config {
                 format!("expected a non-empty id without spaces, found {name:?}"),
             ));
         }
+        for (i, alias) in self.model.aliases.iter().enumerate() {
+            let key = format!("model.aliases[{i}]");
+            if alias.is_empty() || alias.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(&key, format!("expected a non-empty id without spaces, found {alias:?}")));
+            }
+            if alias == name || self.model.aliases[..i].contains(alias) || self.projects.iter().any(|p| &p.name == alias) {
+                return Err(invalid(
+                    &key,
+                    format!("`{alias}` is already the base model's name, another alias or a project's name"),
+                ));
+            }
+        }
         if self.model.max_num_seqs == 0 {
             return Err(invalid("model.max_num_seqs", "must be at least 1".into()));
         }
@@ -1045,6 +1061,23 @@ mod tests {
         assert_eq!(err.key(), Some("generation.default_min_p"));
         let err = load("[model]\nname = \"has space\"\n").unwrap_err();
         assert_eq!(err.key(), Some("model.name"));
+    }
+
+    #[test]
+    fn aliases_are_other_ids_of_the_base_model_and_collide_with_nothing() {
+        let c = load("[model]\naliases = [\"gpt-4o-mini\", \"claude-haiku-4-5\"]\n").unwrap();
+        assert_eq!(c.model.aliases, ["gpt-4o-mini", "claude-haiku-4-5"]);
+        assert!(load("").unwrap().model.aliases.is_empty());
+        for (aliases, bad) in [
+            ("\"a\", \"a\"", 1),
+            ("\"smollm2-135m-instruct\"", 0),
+            ("\"ok\", \"two words\"", 1),
+            ("\"app\"", 0),
+        ] {
+            let text = format!("[model]\naliases = [{aliases}]\n[[projects]]\nname = \"app\"\npath = \"../app\"\n");
+            let err = load(&text).unwrap_err();
+            assert_eq!(err.key(), Some(format!("model.aliases[{bad}]").as_str()), "{aliases}: {err}");
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@ use crate::projects::{Project, Projects};
 /// What the server is built from.
 pub struct ServerParts {
     pub pool: Arc<Pool>,
+    /// More names of the base model (`model.aliases`).
+    pub aliases: Vec<String>,
     pub generation: GenerationConfig,
     /// Limits and timeouts (`[server]`).
     pub server: ServerConfig,
@@ -33,6 +35,7 @@ pub struct AppState {
 
 struct Inner {
     pool: Arc<Pool>,
+    aliases: Vec<String>,
     generation: GenerationConfig,
     server: ServerConfig,
     keys: ApiKeys,
@@ -63,6 +66,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 pool: parts.pool,
+                aliases: parts.aliases,
                 generation: parts.generation,
                 server: parts.server,
                 keys: parts.keys,
@@ -77,6 +81,11 @@ impl AppState {
 
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+
+    /// The base model's other names (`model.aliases`), which answer as it does.
+    pub fn aliases(&self) -> &[String] {
+        &self.inner.aliases
     }
 
     pub fn engine(&self) -> &Engine {
@@ -151,6 +160,7 @@ impl AppState {
         ids.extend(self.adapters().into_iter().map(|a| a.name));
         ids.extend(self.projects().all().map(|p| p.name().to_owned()));
         ids.retain(|id| caller.may_use(id, base));
+        ids.splice(1..1, self.aliases().iter().cloned());
         ids
     }
 
@@ -158,7 +168,16 @@ impl AppState {
     /// otherwise. Every generation route starts here.
     pub fn target(&self, model: &str, caller: &Caller) -> Result<Target, ApiError> {
         let target = self.resolve(model, caller)?;
-        caller.check(&target.name, self.pool().base_name())?;
+        // An alias is the base model, which every caller may use.
+        let base = self.pool().base_name();
+        caller.check(
+            if target.model == base && target.project.is_none() {
+                base
+            } else {
+                &target.name
+            },
+            base,
+        )?;
         Ok(target)
     }
 
@@ -172,13 +191,16 @@ impl AppState {
                 project: Some(Arc::clone(project)),
             });
         }
-        let known = model == base || self.adapters().iter().any(|a| a.name == model);
-        if !known {
+        let generates = if model == base || self.aliases().iter().any(|a| a == model) {
+            base
+        } else if self.adapters().iter().any(|a| a.name == model) {
+            model
+        } else {
             return Err(self.not_found(model, caller));
-        }
+        };
         Ok(Target {
             name: model.to_owned(),
-            model: model.to_owned(),
+            model: generates.to_owned(),
             project: None,
         })
     }

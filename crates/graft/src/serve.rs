@@ -107,11 +107,15 @@ fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std:
                 tracing::warn!(project = %project.name, "an adapter folder has this project's name; `model` with that name means the project, so the adapter cannot be requested by name (rename its folder)");
             }
         }
+        for alias in config.model.aliases.iter().filter(|a| store.contains(a)) {
+            tracing::warn!(alias = %alias, "an adapter folder has the name of one of the base model's aliases; `model` with that name means the base, so the adapter cannot be requested by name (rename its folder)");
+        }
 
         let listener = tokio::net::TcpListener::from_std(listener).with_context(|| format!("cannot listen on {listen}"))?;
         let listen = listener.local_addr().unwrap_or(listen);
         let state = AppState::new(ServerParts {
             pool,
+            aliases: config.model.aliases.clone(),
             generation: config.generation.clone(),
             server: graft_wiring::server_config(&config),
             keys,
@@ -195,6 +199,7 @@ pub async fn start_on_loopback(config: &Config, embedder: Option<Embedder>) -> R
     )?);
     let state = AppState::new(ServerParts {
         pool,
+        aliases: config.model.aliases.clone(),
         generation: config.generation.clone(),
         server: graft_wiring::server_config(config),
         keys: ApiKeys::default(),

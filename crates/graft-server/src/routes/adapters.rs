@@ -26,10 +26,10 @@ pub async fn load(
     Json(request): Json<LoadLoraRequest>,
 ) -> Result<(StatusCode, String), ApiError> {
     let name = request.lora_name;
-    if state.projects().get(&name).is_some() || name == state.pool().base_name() {
+    if state.projects().get(&name).is_some() || name == state.pool().base_name() || state.aliases().contains(&name) {
         return Err(ApiError::invalid_param(
             "lora_name",
-            format!("`{name}` already names a project or the base model; choose another name for the adapter"),
+            format!("`{name}` already names a project or the base model (or one of its aliases); choose another name for the adapter"),
         ));
     }
     let path = request.lora_path.as_deref().map(Path::new);

@@ -1,4 +1,5 @@
-//! `GET /v1/models`: what the caller may put in the `model` field: the base model; each
+//! `GET /v1/models`: what the caller may put in the `model` field: the base model and its
+//! aliases; each
 //! adapter (loaded or in the store) with the base as its `parent`; each project with its
 //! adapter or the base as `parent`; and the embedding model, if one is loaded.
 //! `GET /v1/models/{model}`: one of them, or 404.
@@ -59,6 +60,13 @@ fn cards(state: &AppState, caller: &Caller) -> Vec<ModelCard> {
         ));
     }
     data.retain(|c| caller.may_use(&c.id, &base));
+    // The base model's other names, which every caller may use as the base: vLLM lists each
+    // served name so.
+    let aliases = state
+        .aliases()
+        .iter()
+        .map(|alias| card(alias.clone(), None, base.clone(), state.started()));
+    data.splice(1..1, aliases);
     if let Some(name) = state.projects().embedding_name() {
         data.push(card(name.to_owned(), None, name.to_owned(), state.started()));
     }

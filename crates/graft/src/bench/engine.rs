@@ -308,6 +308,7 @@ async fn start_server(pool: Arc<Pool>, config: &graft_core::Config) -> Result<So
     let addr = listener.local_addr()?;
     let state = AppState::new(ServerParts {
         pool,
+        aliases: config.model.aliases.clone(),
         generation: config.generation.clone(),
         server: graft_wiring::server_config(config),
         keys: Default::default(),

@@ -125,7 +125,7 @@ pub async fn show(State(state): State<AppState>, Extension(caller): Extension<Ca
     }
     // What it is built on, as `/api/tags` lists it: a project's model, an adapter's base.
     let base = state.pool().base_name();
-    let parent = if target.name != target.model {
+    let parent = if target.project.is_some() {
         Some(target.model.clone())
     } else {
         (target.model != base).then(|| base.to_owned())
@@ -546,6 +546,10 @@ fn listing(state: &AppState, caller: &Caller, loaded_only: bool) -> Vec<Value> {
         }
     }
     models.retain(|m| m["name"].as_str().is_some_and(|name| caller.may_use(name, &base)));
+    if !loaded_only {
+        // The base model's other names, which every caller may use as the base.
+        models.splice(1..1, state.aliases().iter().map(|alias| entry(alias, None)));
+    }
     if let (false, Some(name)) = (loaded_only, state.projects().embedding_name()) {
         models.push(json!({
             "name": name,
