@@ -1,7 +1,6 @@
 //! `GET /v1/models`: what the caller may put in the `model` field: the base model and its
-//! aliases; each
-//! adapter (loaded or in the store) with the base as its `parent`; each project with its
-//! adapter or the base as `parent`; and the embedding model, if one is loaded.
+//! aliases; each adapter (loaded or in the store) with the base as its `parent`; each project
+//! with its adapter or the base as `parent`; and the embedding model, if one is loaded.
 //! `GET /v1/models/{model}`: one of them, or 404.
 
 use axum::extract::{Path, State};
