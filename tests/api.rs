@@ -732,25 +732,18 @@ async fn an_alias_answers_as_the_base_model_for_every_key() {
         "{messages}"
     );
 
+    // The first two entries of a listing, by `field`: the base, then the alias.
+    let first_two = |list: &Value, field: &str| -> Vec<String> {
+        let entries = list.as_array().unwrap().iter().take(2);
+        entries.map(|m| m[field].as_str().unwrap().to_owned()).collect()
+    };
     for key in [ALICE, BOB] {
         let (_, models) = get("/v1/models", Some(key)).await;
-        let ids: Vec<&str> = models["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["id"].as_str().unwrap())
-            .collect();
-        assert_eq!(ids[..2], [MODEL, ALIAS], "{ids:?}");
+        assert_eq!(first_two(&models["data"], "id"), [MODEL, ALIAS], "{models}");
         let (status, card) = get(&format!("/v1/models/{ALIAS}"), Some(key)).await;
         assert_eq!((status, &card["parent"]), (200, &Value::Null), "{card}");
         let (_, tags) = get("/api/tags", Some(key)).await;
-        let names: Vec<&str> = tags["models"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(names[..2], [MODEL, ALIAS], "{names:?}");
+        assert_eq!(first_two(&tags["models"], "name"), [MODEL, ALIAS], "{tags}");
     }
     let (status, show) = post("/api/show", ALICE, &json!({"model": ALIAS})).await;
     assert_eq!(status, 200, "{show}");
