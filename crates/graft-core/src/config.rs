@@ -675,8 +675,10 @@ impl Config {
             key: key.to_owned(),
             message,
         };
+        // A model id: anything a client can put in `model`, but not empty or with spaces.
+        let bad_id = |id: &str| id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control());
         let name = &self.model.name;
-        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if bad_id(name) {
             return Err(invalid(
                 "model.name",
                 format!("expected a non-empty id without spaces, found {name:?}"),
@@ -684,7 +686,7 @@ impl Config {
         }
         for (i, alias) in self.model.aliases.iter().enumerate() {
             let key = format!("model.aliases[{i}]");
-            if alias.is_empty() || alias.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if bad_id(alias) {
                 return Err(invalid(&key, format!("expected a non-empty id without spaces, found {alias:?}")));
             }
             if alias == name || self.model.aliases[..i].contains(alias) || self.projects.iter().any(|p| &p.name == alias) {

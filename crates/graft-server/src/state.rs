@@ -88,6 +88,17 @@ impl AppState {
         &self.inner.aliases
     }
 
+    /// Whether `name` is the base model's: its name or one of its aliases.
+    pub fn names_base(&self, name: &str) -> bool {
+        name == self.pool().base_name() || self.aliases().iter().any(|a| a == name)
+    }
+
+    /// Whether `caller` may use the model `name`: the base, under any of its names, is open to
+    /// every key; the rest as the key says.
+    pub fn may_use(&self, caller: &Caller, name: &str) -> bool {
+        self.names_base(name) || caller.may_use(name, self.pool().base_name())
+    }
+
     pub fn engine(&self) -> &Engine {
         self.inner.pool.engine()
     }
@@ -157,10 +168,10 @@ impl AppState {
     pub fn model_ids(&self, caller: &Caller) -> Vec<String> {
         let base = self.pool().base_name();
         let mut ids = vec![base.to_owned()];
+        ids.extend(self.aliases().iter().cloned());
         ids.extend(self.adapters().into_iter().map(|a| a.name));
         ids.extend(self.projects().all().map(|p| p.name().to_owned()));
-        ids.retain(|id| caller.may_use(id, base));
-        ids.splice(1..1, self.aliases().iter().cloned());
+        ids.retain(|id| self.may_use(caller, id));
         ids
     }
 
@@ -168,16 +179,9 @@ impl AppState {
     /// otherwise. Every generation route starts here.
     pub fn target(&self, model: &str, caller: &Caller) -> Result<Target, ApiError> {
         let target = self.resolve(model, caller)?;
-        // An alias is the base model, which every caller may use.
-        let base = self.pool().base_name();
-        caller.check(
-            if target.model == base && target.project.is_none() {
-                base
-            } else {
-                &target.name
-            },
-            base,
-        )?;
+        if !self.names_base(&target.name) {
+            caller.check(&target.name, self.pool().base_name())?;
+        }
         Ok(target)
     }
 
@@ -191,7 +195,7 @@ impl AppState {
                 project: Some(Arc::clone(project)),
             });
         }
-        let generates = if model == base || self.aliases().iter().any(|a| a == model) {
+        let generates = if self.names_base(model) {
             base
         } else if self.adapters().iter().any(|a| a.name == model) {
             model

@@ -26,7 +26,7 @@ pub async fn load(
     Json(request): Json<LoadLoraRequest>,
 ) -> Result<(StatusCode, String), ApiError> {
     let name = request.lora_name;
-    if state.projects().get(&name).is_some() || name == state.pool().base_name() || state.aliases().contains(&name) {
+    if state.projects().get(&name).is_some() || state.names_base(&name) {
         return Err(ApiError::invalid_param(
             "lora_name",
             format!("`{name}` already names a project or the base model (or one of its aliases); choose another name for the adapter"),

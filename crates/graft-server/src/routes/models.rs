@@ -45,6 +45,13 @@ fn cards(state: &AppState, caller: &Caller) -> Vec<ModelCard> {
         root,
     };
     let mut data = vec![card(base.clone(), None, base.clone(), state.started())];
+    // The base model's other names: vLLM lists each served name so.
+    data.extend(
+        state
+            .aliases()
+            .iter()
+            .map(|alias| card(alias.clone(), None, base.clone(), state.started())),
+    );
     for adapter in state.adapters() {
         let created = adapter.loaded_at.unwrap_or(state.started());
         data.push(card(adapter.name, Some(base.clone()), adapter.dir.display().to_string(), created));
@@ -58,14 +65,7 @@ fn cards(state: &AppState, caller: &Caller) -> Vec<ModelCard> {
             state.started(),
         ));
     }
-    data.retain(|c| caller.may_use(&c.id, &base));
-    // The base model's other names, which every caller may use as the base: vLLM lists each
-    // served name so.
-    let aliases = state
-        .aliases()
-        .iter()
-        .map(|alias| card(alias.clone(), None, base.clone(), state.started()));
-    data.splice(1..1, aliases);
+    data.retain(|c| state.may_use(caller, &c.id));
     if let Some(name) = state.projects().embedding_name() {
         data.push(card(name.to_owned(), None, name.to_owned(), state.started()));
     }

@@ -534,6 +534,10 @@ fn listing(state: &AppState, caller: &Caller, loaded_only: bool) -> Vec<Value> {
     let adapters = state.adapters();
     let loaded = |model: &str| model == base || adapters.iter().any(|a| a.name == model && a.loaded.is_some());
     let mut models = vec![entry(&base, None)];
+    if !loaded_only {
+        // The base model's other names (loaded as the base, so not listed as loaded).
+        models.extend(state.aliases().iter().map(|alias| entry(alias, None)));
+    }
     for adapter in &adapters {
         if !loaded_only || adapter.loaded.is_some() {
             models.push(entry(&adapter.name, Some(&base)));
@@ -545,11 +549,7 @@ fn listing(state: &AppState, caller: &Caller, loaded_only: bool) -> Vec<Value> {
             models.push(entry(project.name(), Some(&model)));
         }
     }
-    models.retain(|m| m["name"].as_str().is_some_and(|name| caller.may_use(name, &base)));
-    if !loaded_only {
-        // The base model's other names, which every caller may use as the base.
-        models.splice(1..1, state.aliases().iter().map(|alias| entry(alias, None)));
-    }
+    models.retain(|m| m["name"].as_str().is_some_and(|name| state.may_use(caller, name)));
     if let (false, Some(name)) = (loaded_only, state.projects().embedding_name()) {
         models.push(json!({
             "name": name,
