@@ -2500,6 +2500,11 @@ async fn a_continued_message_is_laid_out_with_the_engines_template_and_special_t
         format!("{bos}[user] Count to ten.{eos}[assistant] 1, 2,{eos}")
     );
     assert_eq!(continued[..], closed[..closed.len() - 1], "the closed layout less its last EOS");
+    // The template is the one read at load, as mistralrs's own: a file edited (or removed)
+    // later changes neither layout.
+    std::fs::remove_file(base.chat_template.as_ref().unwrap()).unwrap();
+    assert_eq!(engine.chat_prompt_ending(&messages, Turn::Continue).await.unwrap(), continued);
+    assert_eq!(engine.chat_prompt_ending(&messages, Turn::Closed).await.unwrap(), closed);
     assert_eq!(
         text(opened).await,
         format!("{bos}[user] Count to ten.{eos}[assistant] 1, 2,{eos}[assistant] ")

@@ -80,6 +80,8 @@ pub struct Engine {
     special_tokens: HashSet<String>,
     /// What the base model's file says of it ([`Engine::facts`]).
     facts: Option<ModelFacts>,
+    /// The chat template's text as mistralrs read it at load ([`Engine::chat_template`]).
+    chat_template: Option<String>,
     /// The base model's tokenizer outside mistralrs, read on the first request that asks for
     /// log-probabilities (their tokens' text); adapters share the base's vocabulary.
     tokenizer: OnceLock<Result<Arc<Tokenizer>, String>>,
@@ -93,6 +95,14 @@ impl Engine {
         let path = &base.gguf;
         let builder = gguf_builder(path, base)?;
         let (vocabulary, facts) = read_header(path);
+        // Read once, as mistralrs reads it at load: a file edited later changes neither.
+        let chat_template = match &base.chat_template {
+            Some(file) => Some(std::fs::read_to_string(file).map_err(|e| EngineError::Load {
+                path: file.clone(),
+                message: format!("cannot read the chat template: {e}"),
+            })?),
+            None => facts.as_ref().and_then(|f| f.chat_template.clone()),
+        };
         let format = match base.prompt_format {
             Some(format) => format,
             None => vocabulary.as_ref().map_or(PromptFormat::Continuation, |v| v.format),
@@ -119,6 +129,7 @@ impl Engine {
             vocab_size: vocabulary.as_ref().map(|v| v.size),
             special_tokens: vocabulary.map(|v| v.special).unwrap_or_default(),
             facts,
+            chat_template,
             tokenizer: OnceLock::new(),
             grammars: Grammars::default(),
         })
@@ -206,15 +217,9 @@ impl Engine {
     }
 
     /// The Jinja template chats are laid out with: `model.chat_template`'s file when set, else
-    /// the GGUF file's own (`None`: neither; mistralrs then refuses chats).
-    pub fn chat_template(&self) -> Result<Option<String>, EngineError> {
-        match &self.base.chat_template {
-            Some(path) => std::fs::read_to_string(path).map(Some).map_err(|e| EngineError::Load {
-                path: path.clone(),
-                message: format!("cannot read the chat template: {e}"),
-            }),
-            None => Ok(self.facts.as_ref().and_then(|f| f.chat_template.clone())),
-        }
+    /// the GGUF file's own (`None`: neither; mistralrs then refuses chats). Read once, at load.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
     }
 
     /// The longest sequence (prompt and completion, in tokens) the base model takes.

@@ -72,7 +72,7 @@ impl Engine {
     /// GGUF's BOS, EOS and unknown tokens.
     fn render(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
         let template = self
-            .chat_template()?
+            .chat_template()
             .ok_or_else(|| EngineError::InvalidRequest("the model has no chat template".into()))?;
         let special = self.facts().map(|f| f.special.clone()).unwrap_or_default();
         mistralrs_core::apply_chat_template_to(
@@ -80,7 +80,7 @@ impl Engine {
             false,
             None,
             None,
-            &mistralrs_core::ChatTemplateValue(either::Either::Left(template)),
+            &mistralrs_core::ChatTemplateValue(either::Either::Left(template.to_owned())),
             special.bos,
             special.eos,
             special.unk,

@@ -181,17 +181,17 @@ pub struct TokenizerInfo {
     pub vocab_size: Option<usize>,
 }
 
-pub async fn tokenizer_info(State(state): State<AppState>) -> Result<AxumJson<TokenizerInfo>, ApiError> {
+pub async fn tokenizer_info(State(state): State<AppState>) -> AxumJson<TokenizerInfo> {
     let engine = state.engine();
     let special = engine.facts().map(|f| f.special.clone()).unwrap_or_default();
-    Ok(AxumJson(TokenizerInfo {
+    AxumJson(TokenizerInfo {
         tokenizer_class: "PreTrainedTokenizerFast",
         bos_token: special.bos,
         eos_token: special.eos,
         pad_token: special.pad,
         unk_token: special.unk,
-        chat_template: engine.chat_template()?,
+        chat_template: engine.chat_template().map(str::to_owned),
         model_max_length: engine.context_length(),
         vocab_size: engine.vocab_size(),
-    }))
+    })
 }
