@@ -69,10 +69,28 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, as anyhow's `{:#}` writes them, less any cause whose
+/// text the line already holds: many errors write their source into their own message (an
+/// io error after the path it concerns), which `{:#}` would then repeat.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Logs go to stderr; `RUST_LOG` chooses what is shown (default: graft's own info lines, or
@@ -94,4 +112,45 @@ fn init_logging(requests: bool) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context;
+
+    /// An error that writes its source into its message, and gives it as its source too.
+    #[derive(Debug)]
+    struct Unreadable {
+        path: String,
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Unreadable {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}: {}", self.path, self.source)
+        }
+    }
+
+    impl std::error::Error for Unreadable {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_the_message_already_holds_is_written_once() {
+        let missing = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = anyhow::Error::new(Unreadable {
+            path: "a.jsonl".into(),
+            source: missing(),
+        });
+        assert_eq!(format!("{error:#}"), "a.jsonl: no such file: no such file");
+        assert_eq!(super::error_text(&error), "a.jsonl: no such file");
+        // Causes a message does not hold are all written, outermost first.
+        let error = Err::<(), _>(missing())
+            .context("cannot read a.jsonl")
+            .context("eval run")
+            .unwrap_err();
+        assert_eq!(super::error_text(&error), "eval run: cannot read a.jsonl: no such file");
+    }
 }

@@ -35,6 +35,20 @@ fn a_bad_config_stops_graft_with_the_key_named() {
 }
 
 #[test]
+fn a_missing_file_is_reported_once_on_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let out = graft().args(["serve", "--config"]).arg(&missing).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().find(|l| l.starts_with("error: ")).expect("an error line");
+    assert!(line.contains(&*missing.to_string_lossy()), "{stderr}");
+    // The io error's text, once: the config error writes it and also gives it as its cause.
+    let reason = std::fs::read(&missing).unwrap_err().to_string();
+    assert!(line.ends_with(&reason) && line.matches(&reason).count() == 1, "{line}");
+}
+
+#[test]
 fn serve_reports_a_missing_model_file_instead_of_reaching_the_network() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("graft.toml");
