@@ -504,6 +504,19 @@ async fn llama_cpp_infill_works_as_llama_vim_sends_it() {
     assert_eq!(body["error"]["param"], "n_predict");
     let (status, body) = post("/infill", ALICE, &json!({"model": "archive", "input_prefix": "x"})).await;
     error_message(status, &body, 403);
+
+    // llama.cpp's /completion takes the same default model, with the same rights, and reads
+    // its prompt raw: no retrieved code.
+    let raw = json!({"prompt": "class KeyJob {", "n_predict": 2});
+    let (status, body) = post("/completion", ALICE, &raw).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["model"], &body["prompt"]),
+        (&json!("polyglot"), &json!("class KeyJob {")),
+        "{body}"
+    );
+    let (status, body) = post("/completion", BOB, &raw).await;
+    error_message(status, &body, 403);
 }
 
 #[tokio::test]

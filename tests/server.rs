@@ -2517,3 +2517,170 @@ async fn a_continued_message_is_laid_out_with_the_engines_template_and_special_t
         engine.chat_prompt_ending(&empty[..1], Turn::Open).await.unwrap()
     );
 }
+
+/// The data of a stream of llama.cpp's `/completion` events (no `[DONE]` ends it).
+async fn llama_events(request: &Value) -> Vec<Value> {
+    let mut request = request.clone();
+    request["stream"] = json!(true);
+    let (status, raw) = post_text("/completion", &request).await;
+    assert_eq!(status, 200, "{raw}");
+    sse_data(&raw)
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|_| panic!("every event is JSON, no [DONE]: {raw}")))
+        .collect()
+}
+
+/// llama.cpp's own `/completion`, as Continue's `llama.cpp` provider sends it: the prompt read
+/// raw (as `/v1/completions` reads it), whole or streamed, a text, token ids or a mix, one
+/// prompt or several, with llama.cpp's fields and answer.
+#[tokio::test]
+async fn llama_cpp_completion_answers_the_raw_prompt_whole_and_streamed() {
+    let prompt = "def fibonacci(n):";
+    let request = json!({"model": MODEL, "prompt": prompt, "n_predict": 12, "temperature": 0});
+    let (status, body) = post("/completion", &request).await;
+    assert_eq!(status, 200, "{body}");
+    let content = body["content"].as_str().unwrap().to_owned();
+    let (_, openai) = post("/v1/completions", &completion(prompt, 12)).await;
+    assert_eq!(content, openai["choices"][0]["text"].as_str().unwrap(), "{body}\n{openai}");
+    assert_eq!(body["tokens_evaluated"], openai["usage"]["prompt_tokens"], "{body}");
+    assert_eq!(body["tokens_predicted"], openai["usage"]["completion_tokens"], "{body}");
+    assert_eq!(
+        (&body["stop"], &body["stop_type"], &body["model"], &body["prompt"]),
+        (&json!(true), &json!("limit"), &json!(MODEL), &json!(prompt)),
+        "{body}"
+    );
+    assert_eq!(body["generation_settings"]["n_predict"], 12, "{body}");
+    let timings = &body["timings"];
+    assert_eq!(timings["predicted_n"], 12, "{body}");
+    assert_eq!(
+        timings["prompt_n"].as_u64().unwrap() + timings["cache_n"].as_u64().unwrap(),
+        body["tokens_evaluated"].as_u64().unwrap(),
+        "{body}"
+    );
+    // `/completions` is the same endpoint.
+    let (_, again) = post("/completions", &request).await;
+    assert_eq!(again["content"], body["content"], "{again}");
+
+    // Streamed: text events that add up to the answer, then one with `stop: true`, the
+    // counts and no text.
+    let events = llama_events(&request).await;
+    let (last, partial) = events.split_last().unwrap();
+    assert!(partial.iter().all(|e| e["stop"] == false && e["index"] == 0), "{events:?}");
+    let streamed: String = partial.iter().map(|e| e["content"].as_str().unwrap()).collect();
+    assert_eq!(streamed, content);
+    assert_eq!(
+        (&last["stop"], &last["content"], &last["tokens_predicted"]),
+        (&json!(true), &json!(""), &json!(12)),
+        "{last}"
+    );
+
+    // Token ids, and a mix of ids and text, read as the same prompt.
+    let (_, tokenized) = post("/tokenize", &json!({"content": prompt, "add_special": true})).await;
+    let ids: Vec<u64> = serde_json::from_value(tokenized["tokens"].clone()).unwrap();
+    let by_ids = answered("/completion", &request, json!({"prompt": ids})).await;
+    assert_eq!(by_ids["content"], content, "{by_ids}");
+    let (_, tail) = post("/tokenize", &json!({"content": "(n):", "add_special": false})).await;
+    let tail: Vec<u64> = serde_json::from_value(tail["tokens"].clone()).unwrap();
+    assert!(ids.ends_with(&tail), "SmolLM2 splits the prompt there: {ids:?} {tail:?}");
+    let mut mixed: Vec<Value> = vec![json!("def fibonacci")];
+    mixed.extend(tail.iter().map(|id| json!(id)));
+    let by_mix = answered("/completion", &request, json!({"prompt": mixed})).await;
+    assert_eq!(by_mix["tokens_evaluated"], body["tokens_evaluated"], "{by_mix}");
+    assert_eq!(by_mix["content"], content, "{by_mix}");
+
+    // Several prompts: a list of answers, each as if alone; streamed, each with its index.
+    let other = "fn main() {";
+    let alone = answered("/completion", &request, json!({"prompt": other})).await;
+    let both = answered("/completion", &request, json!({"prompt": [prompt, other]})).await;
+    let both = both.as_array().unwrap();
+    assert_eq!(
+        (&both[0]["content"], &both[1]["content"], &both[1]["index"]),
+        (&json!(content), &alone["content"], &json!(1))
+    );
+    let events = llama_events(&with_fields(request.clone(), &json!({"prompt": [prompt, other]}))).await;
+    for (index, answer) in both.iter().enumerate() {
+        let mine: Vec<&Value> = events.iter().filter(|e| e["index"] == index).collect();
+        let text: String = mine.iter().map(|e| e["content"].as_str().unwrap()).collect();
+        assert_eq!(text, answer["content"].as_str().unwrap(), "{events:?}");
+        assert_eq!(mine.iter().filter(|e| e["stop"] == true).count(), 1, "{events:?}");
+        assert_eq!(mine.last().unwrap()["stop"], true, "{events:?}");
+    }
+
+    // Token ids and probabilities: each token of the answer, the likeliest at its place.
+    let probed = answered("/completion", &request, json!({"n_probs": 2, "return_tokens": true})).await;
+    let tokens = probed["tokens"].as_array().unwrap();
+    let probabilities = probed["completion_probabilities"].as_array().unwrap();
+    assert_eq!((tokens.len(), probabilities.len()), (12, 12), "{probed}");
+    for (id, probability) in tokens.iter().zip(probabilities) {
+        assert_eq!((id, &probability["top_logprobs"][0]["id"]), (&probability["id"], id), "{probed}");
+    }
+    assert_eq!(probed["content"], content);
+    assert_eq!(body["tokens"], json!([]), "no ids unless asked: {body}");
+    // A banned first token (`false`, llama.cpp's "never") changes the start of the answer.
+    let first = tokens[0].clone();
+    let banned = answered(
+        "/completion",
+        &request,
+        json!({"logit_bias": [[first, false]], "return_tokens": true}),
+    )
+    .await;
+    assert_ne!(banned["tokens"][0], first, "{banned}");
+    let banned_too = answered(
+        "/completion",
+        &request,
+        json!({"logit_bias": {first.to_string(): -100}, "return_tokens": true}),
+    )
+    .await;
+    assert_eq!(banned_too["tokens"], banned["tokens"], "{banned_too}");
+
+    // A stop string ends the answer before it and is named.
+    let word = content.trim_start().chars().take(2).collect::<String>();
+    let stopped = answered("/completion", &request, json!({"stop": [word.clone()]})).await;
+    assert_eq!(
+        (&stopped["stop_type"], &stopped["stopping_word"]),
+        (&json!("word"), &json!(word)),
+        "{stopped}"
+    );
+    assert!(content.starts_with(stopped["content"].as_str().unwrap()), "{stopped}");
+
+    // A JSON schema: the answer follows it.
+    let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": false});
+    let shaped = answered(
+        "/completion",
+        &request,
+        json!({"prompt": "A JSON object:", "n_predict": 24, "json_schema": schema}),
+    )
+    .await;
+    let parsed: Value = serde_json::from_str(shaped["content"].as_str().unwrap()).expect("JSON");
+    assert!(parsed["n"].is_i64(), "{shaped}");
+
+    // n_predict 0: the prompt is read, nothing answered.
+    let warmed = answered("/completion", &request, json!({"n_predict": 0})).await;
+    assert_eq!(
+        (&warmed["content"], &warmed["tokens_predicted"]),
+        (&json!(""), &json!(0)),
+        "{warmed}"
+    );
+    let events = llama_events(&with_fields(request.clone(), &json!({"n_predict": 0}))).await;
+    assert_eq!(events.len(), 1, "the last event alone: {events:?}");
+
+    // What graft cannot do, or a request that makes no sense, is a 400 naming the field.
+    for (fields, param) in [
+        (json!({"prompt": ""}), "prompt"),
+        (json!({"prompt": null}), "prompt"),
+        (json!({"prompt": [1.5]}), "prompt"),
+        (json!({"prompt": [4_000_000_000u64]}), "prompt"),
+        (json!({"n_predict": 1_000_000}), "n_predict"),
+        (json!({"grammar": "root ::= \"a\""}), "grammar"),
+        (json!({"mirostat": 2}), "mirostat"),
+        (json!({"lora": [{"id": 0, "scale": 0.5}]}), "lora"),
+        (json!({"post_sampling_probs": true, "n_probs": 1}), "post_sampling_probs"),
+        (json!({"logit_bias": [[1]]}), "logit_bias"),
+        (json!({"json_schema": {"type": "nonsense"}}), "json_schema"),
+    ] {
+        let (status, body) = post("/completion", &with_fields(request.clone(), &fields)).await;
+        assert_eq!(error_of(status, &body, 400)["param"], param, "{fields}: {body}");
+    }
+    let (status, body) = post("/completion", &with_fields(request.clone(), &json!({"model": "nope"}))).await;
+    error_of(status, &body, 404);
+}

@@ -58,8 +58,8 @@ pub struct ServerConfig {
     pub read_timeout_secs: u64,
     /// Connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
-    /// The model `POST /infill` uses when a request names none (llama.cpp's plugins send no
-    /// `model`): a project, an adapter or the base model. Absent: the first project, or the
+    /// The model llama.cpp's `POST /infill` and `POST /completion` use when a request names
+    /// none (llama.cpp's clients send no `model`): a project, an adapter or the base model. Absent: the first project, or the
     /// base model when there is none.
     pub infill_model: Option<String>,
 }

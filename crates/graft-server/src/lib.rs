@@ -63,7 +63,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             get(routes::responses::stored).delete(routes::responses::stored),
         )
         .route("/v1/embeddings", post(routes::embeddings::embeddings))
-        .route("/infill", post(routes::infill::infill))
+        .route("/infill", post(routes::llama_cpp::infill::infill))
+        .route("/completion", post(routes::llama_cpp::completion::completion))
+        .route("/completions", post(routes::llama_cpp::completion::completion))
         .route("/tokenize", post(routes::tokenize::tokenize))
         .route("/detokenize", post(routes::tokenize::detokenize))
         .route("/tokenizer_info", get(routes::tokenize::tokenizer_info))

@@ -136,7 +136,7 @@ impl AppState {
         Duration::from_secs(self.inner.server.request_timeout_secs)
     }
 
-    /// The model `/infill` uses when a request names none: `server.infill_model` (the binary
+    /// The model llama.cpp's `/infill` and `/completion` use when a request names none: `server.infill_model` (the binary
     /// fills in the first project), else the base model.
     pub fn infill_model(&self) -> &str {
         self.inner.server.infill_model.as_deref().unwrap_or_else(|| self.pool().base_name())

@@ -5,7 +5,7 @@ pub mod anthropic;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
-pub mod infill;
+pub mod llama_cpp;
 pub mod models;
 pub mod ollama;
 pub mod params;
