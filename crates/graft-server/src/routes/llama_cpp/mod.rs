@@ -7,6 +7,11 @@
 //! llama.cpp's limits piece by piece ([`Run`]), and the answer's fields (`stop_type`,
 //! `timings`, `completion_probabilities`). Each endpoint builds its own prompt; this module
 //! does not lay prompts out.
+//!
+//! llama.cpp's per-request `lora` scales (llama.vscode sends `[{id: 0, scale: 0.5}]` when one
+//! is configured) are ignored, as are its other sampler knobs (`samplers`, `typical_p`,
+//! `dry_*`, ...) and `cache_prompt`: the adapter is the one `model` chooses, and graft's
+//! prompt cache is `model.prompt_cache`.
 
 pub mod completion;
 pub mod infill;
@@ -53,8 +58,6 @@ pub struct Fields {
     pub grammar: Option<String>,
     /// Mirostat sampling: not supported (0, off, is accepted).
     pub mirostat: Option<i64>,
-    /// Per-request LoRA scales: not supported (an adapter is chosen by `model`).
-    pub lora: Option<Value>,
     pub stream: Option<bool>,
     pub n_indent: Option<usize>,
     pub t_max_predict_ms: Option<u64>,
@@ -112,12 +115,6 @@ impl Fields {
         }
         if self.mirostat.is_some_and(|m| m != 0) {
             return Err(ApiError::unsupported("mirostat", "mirostat sampling is not supported"));
-        }
-        if self.lora.as_ref().is_some_and(|l| l.as_array().is_none_or(|a| !a.is_empty())) {
-            return Err(ApiError::unsupported(
-                "lora",
-                "per-request LoRA scales are not supported: choose an adapter (or a project) with `model`",
-            ));
         }
         let warm_only = self.n_predict == Some(0);
         let max_tokens = match self.n_predict {
