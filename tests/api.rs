@@ -57,7 +57,7 @@ fn server() -> &'static TestServer {
             // `archive` has retrieval off by default; a request can switch it on.
             projects: vec![project("polyglot", true), project("archive", false)],
             server: ServerConfig {
-                infill_model: Some("polyglot".into()),
+                default_model: Some("polyglot".into()),
                 ..ServerConfig::default()
             },
             generation: GenerationConfig {
@@ -364,7 +364,7 @@ async fn a_project_completion_gets_the_repository_s_code_first() {
 
 #[tokio::test]
 async fn llama_cpp_infill_works_as_llama_vim_sends_it() {
-    // As llama.vim sends it: no `model` (server.infill_model is `polyglot`), extra files
+    // As llama.vim sends it: no `model` (server.default_model is `polyglot`), extra files
     // from the editor, and the fields it reads.
     let request = json!({
         "input_prefix": "public class KeyJob {\n    void run(TokenVault vault) {\n",
@@ -721,6 +721,47 @@ async fn an_adapter_may_not_take_a_project_s_name() {
     let archive: Vec<&Value> = models["data"].as_array().unwrap().iter().filter(|m| m["id"] == "archive").collect();
     assert_eq!(archive.len(), 1, "listed once: {models}");
     assert_eq!(archive[0]["parent"], MODEL, "as the project: {models}");
+}
+
+/// A request that names no model (vLLM and llama.cpp let it out; llama.vscode's chat does)
+/// gets `server.default_model`, with that model's rights; `max_tokens: -1` (llama.cpp's "no
+/// limit") is the route's default.
+#[tokio::test]
+async fn a_request_without_a_model_gets_the_default_model() {
+    let mut request = chat("", "Say hello.");
+    request.as_object_mut().unwrap().remove("model");
+    request["retrieval"] = json!(false);
+    request["max_tokens"] = json!(4);
+    let (status, body) = post("/v1/chat/completions", ALICE, &request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"], "polyglot", "{body}");
+    let mut named = request.clone();
+    named["model"] = json!("polyglot");
+    let (_, named) = post("/v1/chat/completions", ALICE, &named).await;
+    assert_eq!(body["choices"][0]["message"]["content"], named["choices"][0]["message"]["content"]);
+    // A key that may not use the default model is refused, naming it.
+    let (status, body) = post("/v1/chat/completions", BOB, &request).await;
+    assert!(error_message(status, &body, 403).contains("polyglot"), "{body}");
+    let completion = json!({"prompt": "class KeyJob {", "max_tokens": 2, "retrieval": false});
+    let (status, body) = post("/v1/completions", ALICE, &completion).await;
+    assert_eq!((status, &body["model"]), (200, &json!("polyglot")), "{body}");
+    let (status, body) = post("/v1/embeddings", ALICE, &json!({"input": "a vault"})).await;
+    assert_eq!((status, &body["model"]), (200, &json!(EMBEDDING_MODEL)), "{body}");
+
+    // `max_tokens: -1`, and `max_completion_tokens: -1`: as if left out.
+    request["max_tokens"] = json!(-1);
+    request["temperature"] = json!(0);
+    let (status, unlimited) = post("/v1/chat/completions", ALICE, &request).await;
+    assert_eq!(status, 200, "{unlimited}");
+    request.as_object_mut().unwrap().remove("max_tokens");
+    let (_, left_out) = post("/v1/chat/completions", ALICE, &request).await;
+    assert_eq!(unlimited["choices"], left_out["choices"], "{unlimited}");
+    request["max_completion_tokens"] = json!(-1);
+    let (status, body) = post("/v1/chat/completions", ALICE, &request).await;
+    assert_eq!((status, &body["choices"]), (200, &left_out["choices"]), "{body}");
+    request["max_completion_tokens"] = json!(1u64 << 33);
+    let (status, body) = post("/v1/chat/completions", ALICE, &request).await;
+    assert!(error_message(status, &body, 400).contains("max_completion_tokens"), "{body}");
 }
 
 /// An alias is the base model under another name: any key may use it, the answer is the

@@ -58,10 +58,11 @@ pub struct ServerConfig {
     pub read_timeout_secs: u64,
     /// Connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
-    /// The model llama.cpp's `POST /infill` and `POST /completion` use when a request names
-    /// none (llama.cpp's clients send no `model`): a project, an adapter or the base model. Absent: the first project, or the
-    /// base model when there is none.
-    pub infill_model: Option<String>,
+    /// The model a request that names none uses (llama.cpp's clients send no `model`; neither
+    /// need vLLM's): a project, an adapter or the base model. Absent: the first project, or the
+    /// base model when there is none. Its old name, `infill_model`, is read too.
+    #[serde(alias = "infill_model")]
+    pub default_model: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -78,7 +79,7 @@ impl Default for ServerConfig {
             shutdown_timeout_secs: 30,
             read_timeout_secs: 30,
             max_connections: 1024,
-            infill_model: None,
+            default_model: None,
         }
     }
 }
@@ -975,6 +976,14 @@ mod tests {
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.model.gguf, ModelSource::Kit("smollm2-135m-instruct".into()));
         assert_eq!(c.kit.dir, PathBuf::from("/etc/graft/.kit"));
+    }
+
+    #[test]
+    fn the_default_model_is_read_under_its_old_name_too() {
+        let c = load("[server]\ndefault_model = \"graft\"\n").unwrap();
+        assert_eq!(c.server.default_model.as_deref(), Some("graft"));
+        let c = load("[server]\ninfill_model = \"graft\"\n").unwrap();
+        assert_eq!(c.server.default_model.as_deref(), Some("graft"));
     }
 
     #[test]

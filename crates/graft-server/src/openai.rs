@@ -13,10 +13,14 @@ pub use crate::prompt::augment::Source;
 /// `POST /v1/chat/completions` request.
 #[derive(Debug, Deserialize)]
 pub struct ChatCompletionRequest {
+    /// Left out (as vLLM and llama.cpp allow): `server.default_model`.
+    #[serde(default)]
     pub model: String,
     pub messages: Vec<Message>,
+    #[serde(default, deserialize_with = "token_limit")]
     pub max_tokens: Option<u32>,
     /// The newer name of `max_tokens`; wins when both are given.
+    #[serde(default, deserialize_with = "token_limit")]
     pub max_completion_tokens: Option<u32>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
@@ -181,10 +185,13 @@ impl RetrievalField {
 /// `POST /v1/completions` request.
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
+    /// Left out: `server.default_model`, as on chat.
+    #[serde(default)]
     pub model: String,
     pub prompt: PromptInput,
     /// The text after the insertion point: with it, the model fills in the middle.
     pub suffix: Option<String>,
+    #[serde(default, deserialize_with = "token_limit")]
     pub max_tokens: Option<u32>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
@@ -233,6 +240,18 @@ pub struct DebugInfo {
     pub prompt_tokens: usize,
 }
 
+/// A token limit (`max_tokens`) as llama.cpp's clients send it too: a negative one (`-1`,
+/// "no limit") is taken as none given, so the route's default applies.
+fn token_limit<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    match Option::<i64>::deserialize(deserializer)? {
+        Some(n) if n < 0 => Ok(None),
+        Some(n) => u32::try_from(n)
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("invalid value: {n}, expected at most {}", u32::MAX))),
+        None => Ok(None),
+    }
+}
+
 /// `prompt`: a string or token ids, or a batch of either (a list of strings, of id lists).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -246,6 +265,8 @@ pub enum PromptInput {
 /// `POST /v1/embeddings` request.
 #[derive(Debug, Deserialize)]
 pub struct EmbeddingRequest {
+    /// Left out: the embedding model (there is one).
+    #[serde(default)]
     pub model: String,
     pub input: EmbeddingInput,
     /// `float` (default) or `base64` (little-endian f32).

@@ -136,10 +136,14 @@ impl AppState {
         Duration::from_secs(self.inner.server.request_timeout_secs)
     }
 
-    /// The model llama.cpp's `/infill` and `/completion` use when a request names none: `server.infill_model` (the binary
+    /// The model a request that names none uses: `server.default_model` (the binary
     /// fills in the first project), else the base model.
-    pub fn infill_model(&self) -> &str {
-        self.inner.server.infill_model.as_deref().unwrap_or_else(|| self.pool().base_name())
+    pub fn default_model(&self) -> &str {
+        self.inner
+            .server
+            .default_model
+            .as_deref()
+            .unwrap_or_else(|| self.pool().base_name())
     }
 
     pub fn started(&self) -> u64 {
@@ -178,6 +182,10 @@ impl AppState {
     /// What `model` names, if `caller` may use it: 404 (listing what it may use) or 403
     /// otherwise. Every generation route starts here.
     pub fn target(&self, model: &str, caller: &Caller) -> Result<Target, ApiError> {
+        let model = match model {
+            "" => self.default_model(),
+            named => named,
+        };
         let target = self.resolve(model, caller)?;
         if !self.names_base(&target.name) {
             caller.check(&target.name, self.pool().base_name())?;

@@ -156,14 +156,14 @@ pub fn pool_limits(config: &Config) -> PoolLimits {
     }
 }
 
-/// `[server]` with `max_concurrent` resolved by device and `infill_model` by the projects
+/// `[server]` with `max_concurrent` resolved by device and `default_model` by the projects
 /// when the config leaves them out.
 pub fn server_config(config: &Config) -> ServerConfig {
     ServerConfig {
         max_concurrent: Some(config.generation_slots(graft_engine::gpu_available())),
-        infill_model: config
+        default_model: config
             .server
-            .infill_model
+            .default_model
             .clone()
             .or_else(|| config.projects.first().map(|p| p.name.clone())),
         ..config.server.clone()
@@ -291,10 +291,10 @@ mod tests {
         let mut config = Config::default();
         config.projects.push(graft_core::ProjectConfig::new("first", "repo"));
         let server = server_config(&config);
-        assert_eq!(server.infill_model.as_deref(), Some("first"), "/infill's model: the first project");
+        assert_eq!(server.default_model.as_deref(), Some("first"), "/infill's model: the first project");
         assert_eq!(server.max_concurrent, Some(config.generation_slots(graft_engine::gpu_available())));
-        config.server.infill_model = Some("base".into());
-        assert_eq!(server_config(&config).infill_model.as_deref(), Some("base"));
+        config.server.default_model = Some("base".into());
+        assert_eq!(server_config(&config).default_model.as_deref(), Some("base"));
 
         config.adapters.max_loaded_mb = 0;
         assert_eq!(pool_limits(&config).max_bytes, None, "0 MB: no byte limit");

@@ -1,6 +1,6 @@
 //! `POST /v1/embeddings`: vectors from the embedding model the indexes use (the kit's
 //! all-MiniLM-L6-v2 by default), so clients can embed with the same model graft retrieves
-//! with. `model` must be its name as `GET /v1/models` lists it.
+//! with. `model` is its name as `GET /v1/models` lists it, or left out.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -27,7 +27,7 @@ pub async fn embeddings(
             "No embedding model is loaded: configure a project, whose index needs one",
         ));
     };
-    if request.model != name {
+    if !request.model.is_empty() && request.model != name {
         return Err(ApiError::model_not_found(&request.model, &[name]));
     }
     let inputs = match request.input {

@@ -277,7 +277,7 @@ fn prepare_local(
         });
     }
     eval_config.projects = projects;
-    eval_config.server.infill_model = Some(EVAL_PROJECT.to_owned());
+    eval_config.server.default_model = Some(EVAL_PROJECT.to_owned());
     let kit = Kit::new(&eval_config.kit.dir);
     let mut needed = graft_wiring::model_artifacts(&eval_config)?;
     needed.extend(graft_wiring::index_artifacts(&eval_config)?);

@@ -5,7 +5,7 @@
 //! prompt format; a text gets the model's BOS and its special tokens are read as such. It is a
 //! text, token ids, a mix of both (`[12, " world", 13]`: the texts after the first without
 //! BOS), or a list of such prompts, each answered in turn (`index`). `model` is graft's
-//! extension: a project (its adapter), an adapter or the base (absent: `server.infill_model`,
+//! extension: a project (its adapter), an adapter or the base (absent: `server.default_model`,
 //! as on `/infill`). The generation fields are llama.cpp's ([`super::Fields`]).
 //!
 //! Answer: `content`, `stop`, `stop_type`, `stopping_word`, `model`, `tokens_predicted`,
@@ -58,11 +58,7 @@ pub async fn completion(
     Json(request): Json<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let prompts = prompts(request.prompt.unwrap_or_default())?;
-    let name = match request.model.as_deref() {
-        Some(model) => model.to_owned(),
-        None => state.infill_model().to_owned(),
-    };
-    let target = state.target(&name, &caller)?;
+    let target = state.target(request.model.as_deref().unwrap_or_default(), &caller)?;
     let (sampling, settings) = request.fields.resolve(&state).await?;
     let mut laid_out = Vec::with_capacity(prompts.len());
     for parts in prompts {

@@ -10,7 +10,7 @@
 //! generated line that is indented less), `t_max_predict_ms` (stop once this long has passed since the first
 //! token and a line is complete), `n_probs` (each token's log-probability and the likeliest
 //! tokens at its place), `response_fields` (answer only these, as `a/b` paths), and
-//! graft's own `model` (a project, an adapter or the base; absent: `server.infill_model`),
+//! graft's own `model` (a project, an adapter or the base; absent: `server.default_model`),
 //! `retrieval` and `path` (the current file, left out of retrieval); the rest of llama.cpp's
 //! generation fields as `/completion` takes them ([`super::Fields`]). Other sampler knobs
 //! (`samplers`, `typical_p`, ...) and `cache_prompt` (graft's prompt cache is the server's
@@ -76,11 +76,7 @@ pub async fn infill(
             "/infill answers whole; stream with POST /v1/completions and `suffix`",
         ));
     }
-    let name = match request.model.as_deref() {
-        Some(model) => model.to_owned(),
-        None => state.infill_model().to_owned(),
-    };
-    let target = state.target(&name, &caller)?;
+    let target = state.target(request.model.as_deref().unwrap_or_default(), &caller)?;
     // llama.vim and llama.vscode send `n_predict: 0` with their extra context alone, to have it
     // read into the prompt cache before the next completion needs it: graft reads the prompt
     // (generating one token, left out) and answers with no content.
