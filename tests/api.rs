@@ -137,9 +137,16 @@ async fn requests_without_a_valid_key_get_401_and_health_needs_none() {
     error_message(status, &body, 401);
     let (status, body) = call(reqwest::Method::POST, "/tokenize", None, Some(&json!({"content": "x"}))).await;
     error_message(status, &body, 401);
+    // llama.cpp's /props tells the model's file and template: a key's holder alone reads it.
+    let (status, body) = get("/props", None).await;
+    error_message(status, &body, 401);
+    let (status, body) = get("/props", Some(ALICE)).await;
+    assert_eq!((status, &body["model_alias"]), (200, &json!(MODEL)), "{body}");
 
-    let (status, body) = get("/health", None).await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");
+    for path in ["/health", "/v1/health"] {
+        let (status, body) = get(path, None).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{path}: {body}");
+    }
     // Ollama's heartbeat (its CLI sends HEAD /) and a browser's look: no key needed.
     let (status, body) = get("/", None).await;
     assert_eq!((status, body), (200, json!("graft is running\n")));

@@ -1,6 +1,7 @@
 //! The real server, with SmolLM2-135M from the kit, on an ephemeral loopback port: chat
 //! completions and the error answers, as an OpenAI client sees them over HTTP.
 
+use graft_core::config::GenerationConfig;
 use graft_tests::{logprob_tokens, smollm2_server, sse_data, MAX_BODY_BYTES, MODEL};
 use serde_json::{json, Value};
 
@@ -1148,6 +1149,65 @@ async fn tokenize_and_detokenize_answer_as_llama_cpp_and_vllm_do() {
     assert_eq!(error_of(status, &body, 400)["param"], "content");
     let (status, body) = post("/tokenize", &json!({"model": "gpt-4o", "prompt": "x"})).await;
     assert_eq!(error_of(status, &body, 404)["code"], "model_not_found");
+}
+
+/// llama.cpp's `/props`, as its clients read it: the context and slots to size requests by,
+/// the model's name, file, template and special tokens, and the settings a `/completion`
+/// without fields gets.
+#[tokio::test]
+async fn props_describe_the_server_as_llama_cpp_does() {
+    let (status, props) = get("/props").await;
+    assert_eq!(status, 200, "{props}");
+    let defaults = GenerationConfig::default();
+    // The longest prompt graft takes: SmolLM2's 8192 tokens within max_prompt_tokens.
+    let (_, counted) = post("/tokenize", &json!({"prompt": "x"})).await;
+    let model_len = counted["max_model_len"].as_u64().expect("SmolLM2's file gives its context");
+    let settings = &props["default_generation_settings"];
+    assert_eq!(settings["n_ctx"], model_len.min(defaults.max_prompt_tokens as u64), "{props}");
+    // The test server leaves server.max_concurrent unset: one generation at a time.
+    assert_eq!(props["total_slots"], 1, "{props}");
+    assert_eq!(props["model_alias"], MODEL, "{props}");
+    let file = graft_tests::kit_file(MODEL);
+    let name = file.file_name().unwrap().to_str().unwrap();
+    assert_eq!(props["model_path"], name, "the file's name alone: {props}");
+    let (_, info) = get("/tokenizer_info").await;
+    assert_eq!(
+        (&props["chat_template"], &props["bos_token"], &props["eos_token"]),
+        (&info["chat_template"], &info["bos_token"], &info["eos_token"]),
+        "{props}"
+    );
+    assert_eq!(props["modalities"], json!({"vision": false, "audio": false}), "{props}");
+    // The model list carries the same context (vLLM's max_model_len) and llama.cpp's facts of
+    // the file.
+    let (_, models) = get("/v1/models").await;
+    let card = &models["data"][0];
+    assert_eq!(card["max_model_len"], settings["n_ctx"], "{card}");
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert_eq!(
+        (&card["meta"]["n_ctx_train"], &card["meta"]["n_vocab"], &card["meta"]["size"]),
+        (&json!(model_len), &json!(49152), &json!(size)),
+        "{card}"
+    );
+
+    // The params are the settings a /completion without them gets, as its answer echoes them.
+    let params = &settings["params"];
+    assert_eq!(params["n_predict"], defaults.default_max_tokens, "{props}");
+    assert_eq!(params["temperature"], defaults.default_temperature, "{props}");
+    assert_eq!(params["top_p"], defaults.default_top_p, "{props}");
+    let (status, answer) = post("/completion", &json!({"prompt": "x", "n_predict": 1})).await;
+    assert_eq!(status, 200, "{answer}");
+    let mut echoed = answer["generation_settings"].clone();
+    echoed["n_predict"] = params["n_predict"].clone();
+    assert_eq!(&echoed, params, "{answer}");
+
+    // Read only, as llama.cpp's without --props.
+    let response = reqwest::Client::new()
+        .post(smollm2_server().url("/props"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
 }
 
 /// lm-evaluation-harness's remote tokenizer: `/tokenizer_info` must name `eos_token`, then

@@ -210,6 +210,11 @@ impl Engine {
             .map_err(|e| EngineError::Generation(format!("cannot detokenize: {e}")))
     }
 
+    /// The base model's GGUF file (a re-stored CPU copy's, where graft made one).
+    pub fn file(&self) -> &Path {
+        &self.base.gguf
+    }
+
     /// What the base model's GGUF file says of it (architecture, parameters, storage type),
     /// when its header could be read.
     pub fn facts(&self) -> Option<&ModelFacts> {

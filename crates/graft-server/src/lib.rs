@@ -48,7 +48,7 @@ pub use state::{AppState, ServerParts};
 
 /// The whole HTTP app.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    // Everything but /, /health and Ollama's /api/version needs a key (when keys are
+    // Everything but /, /health (and llama.cpp's /v1/health) and Ollama's /api/version needs a key (when keys are
     // configured).
     let api = Router::new()
         .route("/v1/models", get(routes::models::list))
@@ -69,6 +69,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/tokenize", post(routes::tokenize::tokenize))
         .route("/detokenize", post(routes::tokenize::detokenize))
         .route("/tokenizer_info", get(routes::tokenize::tokenizer_info))
+        .route("/props", get(routes::llama_cpp::props::props))
         .route("/v1/load_lora_adapter", post(routes::adapters::load))
         .route("/v1/unload_lora_adapter", post(routes::adapters::unload))
         .route("/v1/projects", get(routes::projects::list))
@@ -88,6 +89,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/", get(routes::system::root))
         .route("/health", get(routes::system::health))
+        .route("/v1/health", get(routes::system::health))
         .route("/api/version", get(routes::ollama::version))
         .merge(api)
         .fallback(routes::system::not_found)

@@ -72,6 +72,11 @@ impl Gate {
         }
     }
 
+    /// Generations that may run at once (`server.max_concurrent`, resolved).
+    pub fn capacity(&self) -> usize {
+        self.max_concurrent
+    }
+
     /// Generations running now.
     pub fn in_flight(&self) -> usize {
         self.max_concurrent - self.slots.available_permits()

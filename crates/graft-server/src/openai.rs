@@ -760,4 +760,13 @@ pub struct ModelCard {
     pub parent: Option<String>,
     /// The model this id serves; `root` in vLLM's listing.
     pub root: String,
+    /// The longest prompt the model takes, in tokens ([`crate::state::AppState::context_window`]),
+    /// under vLLM's name: clients size a conversation by it. None for the embedding model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<usize>,
+    /// llama.cpp's description of the model's file (`n_ctx_train`, `n_vocab`, `n_embd`,
+    /// `n_params`, `size`): the base's, for every model built on it. None for the embedding
+    /// model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<serde_json::Value>,
 }

@@ -146,6 +146,18 @@ impl AppState {
             .unwrap_or_else(|| self.pool().base_name())
     }
 
+    /// The longest prompt graft takes, in tokens: the base model's context (as mistralrs
+    /// reads it, else as its file says) within `generation.max_prompt_tokens`. Clients size a
+    /// conversation by it (Ollama's `/api/show`, llama.cpp's `/props`).
+    pub fn context_window(&self) -> usize {
+        let engine = self.engine();
+        let most = self.generation().max_prompt_tokens;
+        engine
+            .context_length()
+            .or(engine.facts().and_then(|f| f.context_length))
+            .map_or(most, |c| c.min(most))
+    }
+
     pub fn started(&self) -> u64 {
         self.inner.started
     }

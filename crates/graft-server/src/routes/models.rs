@@ -1,10 +1,13 @@
 //! `GET /v1/models`: what the caller may put in the `model` field: the base model and its
 //! aliases; each adapter (loaded or in the store) with the base as its `parent`; each project
 //! with its adapter or the base as `parent`; and the embedding model, if one is loaded.
-//! `GET /v1/models/{model}`: one of them, or 404.
+//! `GET /v1/models/{model}`: one of them, or 404. Each generating model's card carries the
+//! longest prompt graft takes (vLLM's `max_model_len`) and the base's file facts (llama.cpp's
+//! `meta`), which clients read to size requests.
 
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
+use serde_json::json;
 
 use crate::caller::Caller;
 use crate::error::ApiError;
@@ -36,6 +39,17 @@ pub async fn retrieve(
 /// The models `caller` may use, base first.
 fn cards(state: &AppState, caller: &Caller) -> Vec<ModelCard> {
     let base = state.pool().base_name().to_owned();
+    // Every generating model shares the base's context and vocabulary.
+    let engine = state.engine();
+    let facts = engine.facts();
+    let meta = json!({
+        "n_ctx_train": facts.and_then(|f| f.context_length),
+        "n_vocab": engine.vocab_size(),
+        "n_embd": facts.and_then(|f| f.embedding_length),
+        "n_params": facts.map(|f| f.parameters),
+        "size": facts.map(|f| f.file_size),
+    });
+    let window = state.context_window();
     let card = |id: String, parent: Option<String>, root: String, created: u64| ModelCard {
         id,
         object: "model",
@@ -43,6 +57,8 @@ fn cards(state: &AppState, caller: &Caller) -> Vec<ModelCard> {
         owned_by: "graft",
         parent,
         root,
+        max_model_len: Some(window),
+        meta: Some(meta.clone()),
     };
     let mut data = vec![card(base.clone(), None, base.clone(), state.started())];
     // The base model's other names: vLLM lists each served name so.
@@ -67,7 +83,11 @@ fn cards(state: &AppState, caller: &Caller) -> Vec<ModelCard> {
     }
     data.retain(|c| state.may_use(caller, &c.id));
     if let Some(name) = state.projects().embedding_name() {
-        data.push(card(name.to_owned(), None, name.to_owned(), state.started()));
+        data.push(ModelCard {
+            max_model_len: None,
+            meta: None,
+            ..card(name.to_owned(), None, name.to_owned(), state.started())
+        });
     }
     data
 }

@@ -1,4 +1,4 @@
-//! `GET /`, `GET /health`, `GET /metrics`, and the answers for unknown routes and methods.
+//! `GET /`, `GET /health` (`/v1/health`), `GET /metrics`, and the answers for unknown routes and methods.
 
 use axum::extract::State;
 use axum::http::{header, Method, StatusCode, Uri};
@@ -17,7 +17,8 @@ pub async fn root() -> &'static str {
     "graft is running\n"
 }
 
-/// `GET /health`: 200 once the base model is loaded (the server only listens after that).
+/// `GET /health` (and llama.cpp's `/v1/health`): 200 once the base model is loaded (the server
+/// only listens after that).
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "status": "ok", "model": state.engine().name() }))
 }

@@ -1,6 +1,7 @@
 //! llama.cpp's own endpoints, so that clients written for its server work against graft
-//! unchanged: `POST /infill` (llama.vim, llama.vscode) and `POST /completion` (Continue's
-//! `llama.cpp` provider, llama.cpp's scripts).
+//! unchanged: `POST /infill` (llama.vim, llama.vscode), `POST /completion` (Continue's
+//! `llama.cpp` provider, llama.cpp's scripts) and `GET /props` (the server's description,
+//! which clients read to size prompts and parallel requests).
 //!
 //! Shared here: llama.cpp's generation fields ([`Fields`]: `n_predict`, its samplers,
 //! `n_indent`, `t_max_predict_ms`, `n_probs`, `response_fields`, ...), a generation run under
@@ -15,6 +16,7 @@
 
 pub mod completion;
 pub mod infill;
+pub mod props;
 
 use std::collections::HashMap;
 

@@ -105,13 +105,7 @@ pub async fn show(State(state): State<AppState>, Extension(caller): Extension<Ca
     let engine = state.engine();
     let facts = engine.facts();
     let architecture = facts.map_or("", |f| f.architecture.as_str());
-    // The longest prompt graft takes: clients size a conversation by it.
-    let context = engine
-        .context_length()
-        .or(facts.and_then(|f| f.context_length))
-        .map_or(state.generation().max_prompt_tokens, |c| {
-            c.min(state.generation().max_prompt_tokens)
-        });
+    let context = state.context_window();
     let mut model_info = Map::new();
     model_info.insert("general.architecture".into(), json!(architecture));
     model_info.insert("general.parameter_count".into(), json!(facts.map_or(0, |f| f.parameters)));
