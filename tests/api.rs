@@ -137,6 +137,9 @@ async fn requests_without_a_valid_key_get_401_and_health_needs_none() {
     error_message(status, &body, 401);
     let (status, body) = call(reqwest::Method::POST, "/tokenize", None, Some(&json!({"content": "x"}))).await;
     error_message(status, &body, 401);
+    // Tabby's reports of completions are counted for keys' holders alone.
+    let (status, body) = call(reqwest::Method::POST, "/v1/events", None, Some(&json!({"type": "view"}))).await;
+    error_message(status, &body, 401);
     // llama.cpp's /props tells the model's file and template: a key's holder alone reads it.
     let (status, body) = get("/props", None).await;
     error_message(status, &body, 401);

@@ -104,7 +104,7 @@ async fn max_tokens_cuts_the_answer_with_finish_reason_length() {
 async fn health_and_models_name_the_base_model() {
     let (status, body) = get("/health").await;
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"status": "ok", "model": MODEL}));
+    assert_eq!((&body["status"], &body["model"]), (&json!("ok"), &json!(MODEL)), "{body}");
 
     let (status, body) = get("/v1/models").await;
     assert_eq!(status, 200);
@@ -2588,6 +2588,100 @@ async fn llama_events(request: &Value) -> Vec<Value> {
         .iter()
         .map(|d| serde_json::from_str(d).unwrap_or_else(|_| panic!("every event is JSON, no [DONE]: {raw}")))
         .collect()
+}
+
+/// Tabby's plugins: `/v1/health` says what they connect to, their completion request
+/// (`segments`) on `/v1/completions` is answered as `/infill` answers the same code, in
+/// Tabby's shape, and their reports of completions shown and accepted are counted.
+#[tokio::test]
+async fn tabby_plugins_connect_complete_and_report() {
+    let (status, health) = get("/v1/health").await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(
+        (&health["model"], &health["chat_model"]),
+        (&json!(MODEL), &json!(MODEL)),
+        "{health}"
+    );
+    assert_eq!(health["device"], "cpu", "the test server runs on the CPU: {health}");
+    assert!(health["cpu_count"].as_u64().unwrap() >= 1, "{health}");
+    assert_eq!(health["version"]["git_describe"], env!("CARGO_PKG_VERSION"), "{health}");
+
+    let prefix = "import math\n\ndef circle_area(r):\n    return";
+    let declaration = "def square(x):\n    return x * x\n";
+    let tabby = json!({
+        "language": "python",
+        "segments": {
+            "prefix": prefix,
+            "suffix": "\n\nprint(circle_area(2))\n",
+            "filepath": "geometry.py",
+            "declarations": [{"filepath": "shapes.py", "body": declaration}],
+            "relevant_snippets_from_changed_files": [{"filepath": "notes.py", "body": "RADIUS = 2\n", "score": 0.5}],
+        },
+        "temperature": 0,
+        "debug_options": {"return_prompt": true},
+    });
+    let (status, answer) = post("/v1/completions", &tabby).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["id"].as_str().unwrap().starts_with("cmpl-"), "{answer}");
+    let text = answer["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(answer["choices"][0]["index"], 0, "{answer}");
+    // The plugin's code goes first, the declaration (the most relevant) nearest the file.
+    let prompt = answer["debug_data"]["prompt"].as_str().unwrap();
+    let at = |needle: &str| prompt.find(needle).unwrap_or_else(|| panic!("{needle:?} in {prompt:?}"));
+    assert!(
+        at("RADIUS = 2") < at("def square") && at("def square") < at("def circle_area"),
+        "{prompt}"
+    );
+    // The same code on /infill gets the same answer.
+    let infill = json!({
+        "input_prefix": prefix,
+        "input_suffix": "\n\nprint(circle_area(2))\n",
+        "input_extra": [{"filename": "notes.py", "text": "RADIUS = 2\n"}, {"filename": "shapes.py", "text": declaration}],
+        "path": "geometry.py",
+        "temperature": 0,
+    });
+    let (status, expected) = post("/infill", &infill).await;
+    assert_eq!(status, 200, "{expected}");
+    assert_eq!(
+        (text, prompt),
+        (expected["content"].as_str().unwrap(), expected["prompt"].as_str().unwrap())
+    );
+
+    // A file written with CRLF is read with LF and answered with CRLF.
+    let mut crlf = tabby.clone();
+    crlf["segments"]["prefix"] = json!(prefix.replace('\n', "\r\n"));
+    crlf["segments"]["suffix"] = json!("\r\n\r\nprint(circle_area(2))\r\n");
+    let (status, answer) = post("/v1/completions", &crlf).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["text"], text.replace('\n', "\r\n"), "{answer}");
+
+    // What graft does not offer is refused by name.
+    let mut next_edit = tabby.clone();
+    next_edit["mode"] = json!("next_edit_suggestion");
+    let (status, body) = post("/v1/completions", &next_edit).await;
+    assert_eq!(error_of(status, &body, 400)["param"], "mode", "{body}");
+
+    // Reports of completions shown, accepted (a line of one) and dismissed are counted.
+    let selected = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("graft_completion_events_total{event=\"select\"} "))
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let metrics = || async { reqwest::get(smollm2_server().url("/metrics")).await.unwrap().text().await.unwrap() };
+    let before = selected(&metrics().await);
+    for (kind, query) in [("view", ""), ("select", "?select_kind=line"), ("dismiss", "")] {
+        let response = reqwest::Client::new()
+            .post(smollm2_server().url(&format!("/v1/events{query}")))
+            .json(&json!({"type": kind, "completion_id": answer["id"], "choice_index": 0}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{kind}");
+    }
+    assert_eq!(selected(&metrics().await), before + 1);
+    let (status, body) = post("/v1/events", &json!({"type": "copy", "completion_id": "x"})).await;
+    assert_eq!(error_of(status, &body, 400)["param"], "type", "{body}");
 }
 
 /// llama.cpp's own `/completion`, as Continue's `llama.cpp` provider sends it: the prompt read

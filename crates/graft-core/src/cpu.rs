@@ -8,8 +8,23 @@
 //! mid-request. [`check`] compares the features this code was compiled for with the ones the
 //! processor reports, so graft stops at start-up with a message that says what to do instead.
 //!
-//! This module only reads the processor's feature flags; it must not decide anything about
-//! which kernels run (that is the compiled code's, fixed at build time).
+//! [`model_name`] is the processor's name, for figures' records and `/health`.
+//!
+//! This module only reads the processor's feature flags and name; it must not decide anything
+//! about which kernels run (that is the compiled code's, fixed at build time).
+
+/// The processor's model name as Linux reports it (`unknown` elsewhere, or when unreadable).
+pub fn model_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|n| n.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
 
 /// Instruction-set features this code was compiled to use that the processor lacks; empty
 /// when it runs them all (always on processors other than x86-64).

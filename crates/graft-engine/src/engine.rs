@@ -38,6 +38,9 @@ pub struct BaseModel {
     pub name: String,
     /// A local GGUF file; its tokenizer and chat template come from its metadata.
     pub gguf: PathBuf,
+    /// The file `gguf` was re-stored from (for the CPU, `requantize`), if it was: the name
+    /// clients are told ([`Engine::model_file`]).
+    pub restored_from: Option<PathBuf>,
     pub device: Device,
     /// Most sequences decoded at once.
     pub max_num_seqs: usize,
@@ -56,6 +59,7 @@ impl BaseModel {
         BaseModel {
             name: name.into(),
             gguf: gguf.into(),
+            restored_from: None,
             device: Device::Cpu,
             max_num_seqs,
             prompt_cache: 4,
@@ -210,9 +214,10 @@ impl Engine {
             .map_err(|e| EngineError::Generation(format!("cannot detokenize: {e}")))
     }
 
-    /// The base model's GGUF file (a re-stored CPU copy's, where graft made one).
-    pub fn file(&self) -> &Path {
-        &self.base.gguf
+    /// The base model's GGUF file as configured: the one a re-stored copy was made from,
+    /// where graft serves one.
+    pub fn model_file(&self) -> &Path {
+        self.base.restored_from.as_deref().unwrap_or(&self.base.gguf)
     }
 
     /// What the base model's GGUF file says of it (architecture, parameters, storage type),

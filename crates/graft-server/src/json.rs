@@ -23,6 +23,20 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Body(bytes) = Body::from_request(req, state).await?;
+        parse(&bytes).map(Json)
+    }
+}
+
+/// A body read as [`Json`] reads it (within [`BodyDeadline`]), for a handler that parses it
+/// with [`parse`] once it has seen which request it is (`/v1/completions` takes OpenAI's and
+/// Tabby's).
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let deadline = req.extensions().get::<BodyDeadline>().map(|d| d.0);
         let read = Bytes::from_request(req, state);
         let bytes = match deadline {
@@ -38,7 +52,7 @@ where
             None => read.await,
         }
         .map_err(reject_body)?;
-        parse(&bytes).map(Json)
+        Ok(Body(bytes))
     }
 }
 

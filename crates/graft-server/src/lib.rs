@@ -70,6 +70,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/detokenize", post(routes::tokenize::detokenize))
         .route("/tokenizer_info", get(routes::tokenize::tokenizer_info))
         .route("/props", get(routes::llama_cpp::props::props))
+        .route("/v1/events", post(routes::tabby::event))
         .route("/v1/load_lora_adapter", post(routes::adapters::load))
         .route("/v1/unload_lora_adapter", post(routes::adapters::unload))
         .route("/v1/projects", get(routes::projects::list))

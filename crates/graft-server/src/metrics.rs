@@ -2,7 +2,8 @@
 //! text exposition format (version 0.0.4) on `GET /metrics`.
 //!
 //! What is measured: requests by route and status, request latency, time to first token,
-//! tokens in and out, retrieval latency, and adapter loads (read from the pool). This module
+//! tokens in and out, retrieval latency, adapter loads (read from the pool), and the
+//! completions editors report shown, accepted or dismissed. This module
 //! only records and renders; handlers and middleware decide when to record.
 
 use std::collections::BTreeMap;
@@ -73,6 +74,8 @@ struct Inner {
     retrieval: Histogram,
     /// Requests turned away because the queue was full.
     rejected: u64,
+    /// An editor's reports of completions (Tabby's `view`, `select`, `dismiss`) → count.
+    completion_events: BTreeMap<&'static str, u64>,
 }
 
 /// The server's metrics. Recording takes a short lock; nothing blocks on I/O.
@@ -91,6 +94,7 @@ impl Default for Metrics {
                 tokens: BTreeMap::new(),
                 retrieval: Histogram::new(),
                 rejected: 0,
+                completion_events: BTreeMap::new(),
             }),
         }
     }
@@ -137,6 +141,12 @@ impl Metrics {
     /// A request was turned away with 429.
     pub fn rejected(&self) {
         self.lock().rejected += 1;
+    }
+
+    /// An editor reported a completion shown (`view`), accepted (`select`) or dismissed
+    /// (`dismiss`).
+    pub fn completion_event(&self, event: &'static str) {
+        *self.lock().completion_events.entry(event).or_default() += 1;
     }
 
     /// Everything, in Prometheus's text format; `pool` and `in_flight` are read at render time.
@@ -238,6 +248,15 @@ impl Metrics {
             "Requests turned away because the queue was full.",
         );
         let _ = writeln!(out, "graft_requests_rejected_total {}", m.rejected);
+        header(
+            &mut out,
+            "graft_completion_events_total",
+            "counter",
+            "Completions an editor reported shown (view), accepted (select) or dismissed (dismiss); Tabby's plugins report them.",
+        );
+        for (event, n) in &m.completion_events {
+            let _ = writeln!(out, "graft_completion_events_total{{event=\"{event}\"}} {n}");
+        }
         out
     }
 }

@@ -119,9 +119,12 @@ pub fn base_gguf(config: &Config) -> Result<PathBuf, WiringError> {
 /// The base model as `[model]` describes it, loaded from `gguf`.
 pub fn base_model(config: &Config, gguf: PathBuf) -> BaseModel {
     use PromptFormatChoice as C;
+    // `base_gguf` may have re-stored the configured file in the cache.
+    let restored_from = model_file(config).ok().filter(|file| *file != gguf);
     BaseModel {
         name: config.model.name.clone(),
         gguf,
+        restored_from,
         device: config.model.device,
         max_num_seqs: config.model.max_num_seqs,
         prompt_cache: config.model.prompt_cache,
@@ -284,6 +287,8 @@ pub fn projects(config: &Config, embedder: Option<Arc<Embedder>>) -> Projects {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -315,5 +320,15 @@ mod tests {
         assert!(model_artifacts(&config).unwrap_err().to_string().starts_with("model.gguf"));
         config.model.gguf = ModelSource::Path("/models/x.gguf".into());
         assert!(model_artifacts(&config).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_re_stored_base_remembers_the_file_it_was_made_from() {
+        let mut config = Config::default();
+        config.model.gguf = ModelSource::Path("/models/x.gguf".into());
+        let served = base_model(&config, "/models/x.gguf".into());
+        assert_eq!(served.restored_from, None);
+        let copy = base_model(&config, "/cache/base-1f2e.gguf".into());
+        assert_eq!(copy.restored_from.as_deref(), Some(Path::new("/models/x.gguf")));
     }
 }

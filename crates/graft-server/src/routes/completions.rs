@@ -21,6 +21,9 @@
 //! the model reads it once for its log-probabilities (`graft_engine::score`) before its
 //! choices continue it. `echo` with `max_tokens: 0` generates nothing: each choice is its
 //! prompt (with its log-probabilities when asked).
+//!
+//! Tabby's plugins post Tabby's completion request here (`segments`, no `prompt`):
+//! `routes::tabby` answers it.
 
 use std::sync::{Mutex, PoisonError};
 
@@ -33,20 +36,27 @@ use graft_engine::{Completion, FinishReason, Usage};
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::generation::{admit, choices, start_choices, Generation, MAX_CHOICES};
-use crate::json::Json;
+use crate::json::{self, Body};
 use crate::openai::{self, AnswerHead, CompletionLogprobs, PromptInput, PromptLogprobs, Source, StopReason, TextChoice};
 use crate::prompt;
 use crate::prompt::completion::{self, TooLong};
 use crate::routes::params::{check_grammar, check_token_ids, debug_info, structured, SamplingFields};
 use crate::routes::scoring;
 use crate::routes::sse::{self, Extras, Part};
+use crate::routes::tabby;
 use crate::state::AppState;
 
 pub async fn completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Json(request): Json<openai::CompletionRequest>,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
+    // Tabby's plugins post their own request here.
+    if tabby::is_tabby(&body) {
+        let answer = tabby::complete(&state, &caller, json::parse(&body)?).await?;
+        return Ok(axum::Json(answer).into_response());
+    }
+    let request: openai::CompletionRequest = json::parse(&body)?;
     let streaming = request.stream == Some(true);
     let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let started = start(&state, &caller, request).await?;

@@ -14,5 +14,6 @@ pub mod responses;
 pub mod scoring;
 pub mod sse;
 pub mod system;
+pub mod tabby;
 pub mod tokenize;
 pub mod tools;

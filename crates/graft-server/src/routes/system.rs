@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::Json;
+use graft_core::Device;
 use serde_json::{json, Value};
 
 use crate::caller::Admin;
@@ -17,10 +18,27 @@ pub async fn root() -> &'static str {
     "graft is running\n"
 }
 
-/// `GET /health` (and llama.cpp's `/v1/health`): 200 once the base model is loaded (the server
-/// only listens after that).
+/// `GET /health` (and `/v1/health`, llama.cpp's and Tabby's): 200 once the base model is
+/// loaded (the server only listens after that). Besides `status` and the base `model`, the
+/// fields Tabby's plugins read when they connect: `chat_model` (chat is served), `device`,
+/// `arch`, `cpu_info`, `cpu_count` and `version.git_describe`.
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "status": "ok", "model": state.engine().name() }))
+    let engine = state.engine();
+    let gpu = match engine.base().device {
+        Device::Cpu => false,
+        Device::Cuda => true,
+        Device::Auto => graft_engine::gpu_available(),
+    };
+    Json(json!({
+        "status": "ok",
+        "model": engine.name(),
+        "chat_model": engine.name(),
+        "device": if gpu { "cuda" } else { "cpu" },
+        "arch": std::env::consts::ARCH,
+        "cpu_info": graft_core::cpu::model_name(),
+        "cpu_count": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "version": {"git_describe": env!("CARGO_PKG_VERSION")},
+    }))
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {

@@ -37,19 +37,6 @@ fn text_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The CPU's model name (Linux), for the figures' record.
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|n| n.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 pub fn run(args: BenchTrainArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     if args.steps == 0 {
@@ -135,7 +122,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     let figures = json!({
         "model": gguf,
         "source": args.source,
-        "machine": {"cpu": cpu_name(), "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()), "device": args.device},
+        "machine": {"cpu": graft_core::cpu::model_name(), "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()), "device": args.device},
         "rank": args.rank,
         "dropout": lora.dropout,
         "targets": lora.targets,

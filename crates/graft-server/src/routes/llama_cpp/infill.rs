@@ -70,17 +70,25 @@ pub async fn infill(
     Extension(caller): Extension<Caller>,
     Json(request): Json<InfillRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    let response_fields = request.fields.response_fields.clone().filter(|f| !f.is_empty());
+    let answer = run(&state, &caller, request).await?;
+    Ok(axum::Json(only_fields(answer, response_fields.as_deref())))
+}
+
+/// The whole answer to an infill request, every field (Tabby's completions come this way
+/// too, `routes::tabby`).
+pub async fn run(state: &AppState, caller: &Caller, request: InfillRequest) -> Result<Value, ApiError> {
     if request.fields.stream == Some(true) {
         return Err(ApiError::invalid_param(
             "stream",
             "/infill answers whole; stream with POST /v1/completions and `suffix`",
         ));
     }
-    let target = state.target(request.model.as_deref().unwrap_or_default(), &caller)?;
+    let target = state.target(request.model.as_deref().unwrap_or_default(), caller)?;
     // llama.vim and llama.vscode send `n_predict: 0` with their extra context alone, to have it
     // read into the prompt cache before the next completion needs it: graft reads the prompt
     // (generating one token, left out) and answers with no content.
-    let (mut sampling, settings) = request.fields.resolve(&state).await?;
+    let (mut sampling, settings) = request.fields.resolve(state).await?;
     let prefix = format!("{}{}", request.input_prefix, request.prompt);
     // Extra files alone are a cache-warming request (see `warm_only`).
     if prefix.is_empty() && request.input_suffix.is_empty() && request.input_extra.iter().all(|f| f.text.is_empty()) {
@@ -105,8 +113,8 @@ pub async fn infill(
         ..FimInput::default()
     };
 
-    let admitted = admit(&state).await?;
-    let prompt = completion::lay_out(&state, &target, input, extra, request.retrieval, &mut sampling, TooLong::Trim).await?;
+    let admitted = admit(state).await?;
+    let prompt = completion::lay_out(state, &target, input, extra, request.retrieval, &mut sampling, TooLong::Trim).await?;
     let prompt_n = prompt.tokens.len();
     let stream = state
         .pool()
@@ -118,10 +126,10 @@ pub async fn infill(
             },
         )
         .await
-        .map_err(|e| state.pool_error(e, &caller))?;
-    let generation = admitted.start(stream, &state, &target.name);
+        .map_err(|e| state.pool_error(e, caller))?;
+    let generation = admitted.start(stream, state, &target.name);
     let started = Instant::now();
-    let mut outcome = Run::new(generation, settings.limits).finish(&state, &target, prompt_n).await?;
+    let mut outcome = Run::new(generation, settings.limits).finish(state, &target, prompt_n).await?;
     if settings.warm_only {
         outcome = warmed(outcome);
     }
@@ -134,5 +142,5 @@ pub async fn infill(
     answer["sources"] = serde_json::to_value(&prompt.sources).unwrap_or_default();
     put_tokens(&mut answer, outcome.probabilities.as_deref(), &settings);
     answer["content"] = outcome.content.into();
-    Ok(axum::Json(only_fields(answer, settings.response_fields.as_deref())))
+    Ok(answer)
 }

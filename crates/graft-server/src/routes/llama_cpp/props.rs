@@ -21,9 +21,10 @@ pub async fn props(State(state): State<AppState>) -> Result<AxumJson<Value>, Api
     let (_, defaults) = Fields::default().resolve(&state).await?;
     let engine = state.engine();
     let special = engine.facts().map(|f| f.special.clone()).unwrap_or_default();
-    // The file's name, not its folder: a key's holder has no need of the server's layout.
+    // The configured file's name (not a re-stored copy's), not its folder: a key's holder has
+    // no need of the server's layout.
     let file = engine
-        .file()
+        .model_file()
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
