@@ -41,6 +41,8 @@ fn project(name: &str, retrieval: bool) -> ProjectConfig {
     ProjectConfig {
         retrieval,
         context_tokens: 600,
+        // The fixture is no git repository: its remote is configured.
+        remote_urls: vec![format!("https://github.com/acme/{name}.git")],
         ..ProjectConfig::new(name, "polyglot")
     }
 }
@@ -199,6 +201,34 @@ async fn a_key_may_use_only_its_projects_and_sees_only_those() {
     assert!(available.contains("polyglot") && !available.contains("archive"), "{message}");
     let (status, body) = post("/tokenize", ALICE, &json!({"model": "archive", "content": "x"})).await;
     error_message(status, &body, 403);
+}
+
+/// Tabby's plugins name the repository a file is in (`git_url`, written as the clone was made),
+/// not a model: the completion goes to the project on that repository the key may use, else
+/// to `server.default_model`.
+#[tokio::test]
+async fn a_tabby_completion_goes_to_the_project_its_git_url_names() {
+    let request = |git_url: Option<&str>| {
+        json!({
+            "language": "java",
+            "segments": {"prefix": "TokenVault vault = new ", "suffix": ";\n", "filepath": "App.java", "git_url": git_url},
+            "temperature": 0,
+        })
+    };
+    // Bob's key is for `archive` alone.
+    let (status, body) = post("/v1/completions", BOB, &request(Some("git@github.com:acme/archive"))).await;
+    assert_eq!((status, &body["model"]), (200, &json!("archive")), "{body}");
+    let (status, body) = post("/v1/completions", BOB, &request(None)).await;
+    error_message(status, &body, 403);
+    // Alice's key does not cover `archive`: the default model serves her.
+    let (status, body) = post("/v1/completions", ALICE, &request(Some("https://github.com/acme/archive.git"))).await;
+    assert_eq!((status, &body["model"]), (200, &json!("polyglot")), "{body}");
+    // A repository graft does not serve: the default model.
+    let (status, body) = post("/v1/completions", ADMIN, &request(Some("https://github.com/other/repo"))).await;
+    assert_eq!((status, &body["model"]), (200, &json!("polyglot")), "{body}");
+    // The project's status shows its remotes.
+    let (_, status) = get("/v1/projects/archive", Some(ADMIN)).await;
+    assert_eq!(status["remote_urls"], json!(["https://github.com/acme/archive.git"]), "{status}");
 }
 
 #[tokio::test]

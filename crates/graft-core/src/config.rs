@@ -511,6 +511,11 @@ pub struct ProjectConfig {
     /// Most tokens of retrieved code added to a prompt (counted by the model's tokenizer).
     #[serde(default = "default_context_tokens")]
     pub context_tokens: usize,
+    /// The repository's remote URLs, by which an editor's request that names no model finds
+    /// the project (Tabby's plugins send the file's `git_url`); any way of writing a URL
+    /// matches (`remote::normalize`). Empty: the repository's git remotes, read at start-up.
+    #[serde(default)]
+    pub remote_urls: Vec<String>,
 }
 
 impl ProjectConfig {
@@ -524,6 +529,7 @@ impl ProjectConfig {
             retrieval: true,
             top_k: default_project_top_k(),
             context_tokens: default_context_tokens(),
+            remote_urls: Vec::new(),
         }
     }
 

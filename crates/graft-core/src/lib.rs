@@ -7,10 +7,12 @@
 //! - [`cuda`]: whether the CUDA libraries a GPU build opens at run time are on this machine.
 //! - [`split`]: a repository's held-out files, the one split the evaluation's golden set and
 //!   the dataset for training both obey; [`random`]: the seeded choices behind it.
+//! - [`remote`]: a repository's git remotes, and remote URLs compared as one repository's.
 //!
 //! This crate holds descriptions and shared types only: no models, no network, no I/O beyond
 //! reading the config file, [`confine`]'s guarded reads, and the split file (and `git` for a
-//! split by commit); [`cuda`] opens libraries by name without using them.
+//! split by commit, and for a repository's remotes); [`cuda`] opens libraries by name without
+//! using them.
 
 pub mod config;
 pub mod confine;
@@ -18,6 +20,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod keys;
 pub mod random;
+pub mod remote;
 pub mod split;
 
 pub use config::{

@@ -244,6 +244,14 @@ impl Projects {
         self.projects.values()
     }
 
+    /// The projects on the repository `url` names (`remote_urls`, compared as
+    /// `graft_core::remote::normalize` writes them), by name.
+    pub fn on_remote(&self, url: &str) -> impl Iterator<Item = &Arc<Project>> {
+        let wanted = graft_core::remote::normalize(url);
+        self.all()
+            .filter(move |p| !wanted.is_empty() && p.config.remote_urls.iter().any(|r| graft_core::remote::normalize(r) == wanted))
+    }
+
     pub fn embedder(&self) -> Option<&Arc<Embedder>> {
         self.embedder.as_ref()
     }
@@ -371,6 +379,7 @@ impl Projects {
         serde_json::json!({
             "project": project.name(),
             "repository": project.config.path,
+            "remote_urls": project.config.remote_urls,
             "index": graft_index::catalog::place(&project.index.options.backend, &project.index.layout),
             "index_of": project.index_owner(),
             "indexed": indexed,

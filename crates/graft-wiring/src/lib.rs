@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use graft_core::config::ServerConfig;
-use graft_core::{Config, CpuWeights, EmbeddingModel, ModelSource, PromptFormatChoice};
+use graft_core::{Config, CpuWeights, EmbeddingModel, ModelSource, ProjectConfig, PromptFormatChoice};
 use graft_engine::pool::AdapterStore;
 use graft_engine::requantize::Restore;
 use graft_engine::{BaseModel, PoolLimits, PromptFormat};
@@ -265,17 +265,28 @@ pub fn embedding_name(config: &Config) -> String {
 }
 
 /// The configured projects, their indexes to be opened on first use; `embedder` serves
-/// retrieval and `/v1/embeddings`.
+/// retrieval and `/v1/embeddings`. A project whose config names no `remote_urls` gets its
+/// repository's git remotes.
 pub fn projects(config: &Config, embedder: Option<Arc<Embedder>>) -> Projects {
+    let configs: Vec<ProjectConfig> = config
+        .projects
+        .iter()
+        .map(|p| {
+            let mut p = p.clone();
+            if p.remote_urls.is_empty() {
+                p.remote_urls = graft_core::remote::urls(&p.path);
+            }
+            p
+        })
+        .collect();
     // Projects with an index of their own first; then those that share one (validation made
     // sure the owner exists and shares nothing itself).
-    let mut list: Vec<Project> = config
-        .projects
+    let mut list: Vec<Project> = configs
         .iter()
         .filter(|p| p.index.is_none())
         .map(|p| Project::new(p.clone(), layout(config, &p.name), index_options(config)))
         .collect();
-    for sharer in config.projects.iter().filter(|p| p.index.is_some()) {
+    for sharer in configs.iter().filter(|p| p.index.is_some()) {
         if let Some(owner) = list.iter().position(|o| Some(o.name()) == sharer.index.as_deref()) {
             let project = Project::sharing(sharer.clone(), &list[owner]);
             list.push(project);
@@ -320,6 +331,34 @@ mod tests {
         assert!(model_artifacts(&config).unwrap_err().to_string().starts_with("model.gguf"));
         config.model.gguf = ModelSource::Path("/models/x.gguf".into());
         assert!(model_artifacts(&config).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_project_without_remote_urls_gets_its_repositorys_git_remotes() {
+        let repo = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let status = std::process::Command::new("git").arg("-C").arg(repo.path()).args(args).status();
+            assert!(status.is_ok_and(|s| s.success()), "git {args:?}");
+        };
+        git(&["init", "--quiet"]);
+        git(&["remote", "add", "origin", "git@github.com:acme/api.git"]);
+        let config = Config {
+            projects: vec![
+                ProjectConfig::new("api", repo.path()),
+                ProjectConfig {
+                    remote_urls: vec!["https://example.com/pinned.git".into()],
+                    ..ProjectConfig::new("pinned", repo.path())
+                },
+            ],
+            ..Config::default()
+        };
+        let projects = projects(&config, None);
+        assert_eq!(projects.get("api").unwrap().config.remote_urls, ["github.com/acme/api"]);
+        assert_eq!(
+            projects.get("pinned").unwrap().config.remote_urls,
+            ["https://example.com/pinned.git"],
+            "configured URLs are kept"
+        );
     }
 
     #[test]

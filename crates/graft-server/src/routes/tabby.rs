@@ -5,7 +5,8 @@
 //! - `POST /v1/completions` with Tabby's body (`segments`, no `prompt`; the route hands it
 //!   here, [`is_tabby`]): `segments.prefix` and `suffix` around the cursor, `filepath`, and the
 //!   code the plugin gathered (`declarations` from the language server, snippets of recently
-//!   changed and opened files) become an `/infill` request: the gathered code goes first in
+//!   changed and opened files) become an `/infill` request, on the project whose repository
+//!   `git_url` names (its `remote_urls`), else on `server.default_model`: the gathered code goes first in
 //!   the prompt as `input_extra` (the most relevant last, where it is kept first), then
 //!   retrieved code, then the file. Answered as Tabby answers: `id`, `choices[{index, text}]`
 //!   (and `debug_data.prompt` when `debug_options.return_prompt`). A file written with CRLF
@@ -61,6 +62,9 @@ pub struct Segments {
     pub suffix: Option<String>,
     /// The file's path in its repository (or workspace): left out of retrieval.
     pub filepath: Option<String>,
+    /// The repository's remote URL: a request that names no `model` goes to the project on it
+    /// ([`model_for`]).
+    pub git_url: Option<String>,
     /// Declarations of the symbols in the prefix, from the editor's language server.
     pub declarations: Option<Vec<Snippet>>,
     /// Snippets of recently changed files, the most relevant first.
@@ -111,8 +115,9 @@ pub async fn complete(state: &AppState, caller: &Caller, request: CompletionRequ
     }
     let crlf = segments.prefix.contains("\r\n") || suffix.contains("\r\n");
     let lf = |text: String| if crlf { text.replace("\r\n", "\n") } else { text };
+    let model = request.model.or_else(|| model_for(state, caller, segments.git_url.as_deref()?));
     let infill = InfillRequest {
-        model: request.model,
+        model,
         input_prefix: lf(segments.prefix),
         input_suffix: lf(suffix),
         input_extra: gathered(
@@ -149,6 +154,21 @@ pub async fn complete(state: &AppState, caller: &Caller, request: CompletionRequ
         out["debug_data"] = json!({"prompt": answer["prompt"].clone()});
     }
     Ok(out)
+}
+
+/// The project a request from the repository at `git_url` goes to: of the projects on it that
+/// `caller` may use, `server.default_model` when it is one of them, else the first by name.
+/// None (the default model serves the request) when there is none.
+fn model_for(state: &AppState, caller: &Caller, git_url: &str) -> Option<String> {
+    let usable: Vec<&str> = state
+        .projects()
+        .on_remote(git_url)
+        .map(|p| p.name())
+        .filter(|name| state.may_use(caller, name))
+        .collect();
+    let default = state.default_model();
+    let chosen = usable.iter().find(|name| **name == default).or(usable.first())?;
+    Some((*chosen).to_owned())
 }
 
 /// The plugin's code as `/infill`'s extra files, the most relevant last (the last are kept
