@@ -16,7 +16,9 @@
 //!   (`graft_completion_events_total`): the acceptance rate of graft's completions.
 //!
 //! Tabby's `/v1/health` fields are in `GET /health`'s answer (`routes::system`).
-//! `mode: "next_edit_suggestion"` and `debug_options.raw_prompt` are refused by name.
+//! `mode: "next_edit_suggestion"` and `debug_options.raw_prompt` are refused by name;
+//! `debug_options.return_snippets` is not answered (a project's answer names the chunks it
+//! used in `sources`), nor are `clipboard` and the snippets' `score` read.
 
 use axum::extract::State;
 use axum::http::StatusCode;
