@@ -6,7 +6,9 @@
 //! `/v1/chat/completions` as a chat client asks it. The arms differ only in what graft adds:
 //! `base` asks the model alone, `rag` with the project's retrieval, `adapter` and
 //! `adapter+rag` the same on the project's adapter. Other servers are asked through
-//! `/infill` (llama.cpp's server) or OpenAI's `/v1/completions` ([`completions_request`]).
+//! `/infill` (llama.cpp's server), OpenAI's `/v1/completions` ([`completions_request`]) or
+//! Tabby's completion API ([`tabby_request`]: `base` with Tabby's retrieval off, `rag` with
+//! it on, the controls' context as the plugin's `declarations`).
 
 use serde_json::{json, Value};
 
@@ -155,6 +157,60 @@ pub fn infill_request(task: &Task, arm: Arm, model: &str, options: RequestOption
     body
 }
 
+/// Tabby's `/v1/completions` body for `task` in `arm`, as its editor plugins send it: the code
+/// around the cursor as `segments`, the control's context (`extra`) as a declaration, Tabby's
+/// retrieval on for the arms that retrieve, and the prompt and retrieved snippets asked back
+/// (`debug_options`). `model` is graft's extension (Tabby's servers ignore it); empty, it is
+/// left out. Tabby's server decides the answer's length; the scores of a one-line task read
+/// its first line.
+pub fn tabby_request(task: &Task, arm: Arm, model: &str, options: RequestOptions, extra: Option<&Context>) -> Value {
+    let (prefix, suffix) = cut(task, options);
+    let mut body = json!({
+        "language": language_id(task.path.as_deref().unwrap_or_default()),
+        "segments": {"prefix": prefix, "suffix": suffix, "filepath": task.path},
+        "temperature": 0,
+        "debug_options": {
+            "disable_retrieval_augmented_code_completion": !arm.retrieves(),
+            "return_snippets": true,
+            "return_prompt": true,
+        },
+    });
+    if !model.is_empty() {
+        body["model"] = json!(model);
+    }
+    if let Some(extra) = extra {
+        body["segments"]["declarations"] = json!([{"filepath": extra.path, "body": extra.text}]);
+    }
+    body
+}
+
+/// The editor's language id of a file (VS Code's, which Tabby reads), from its extension;
+/// `unknown` for others.
+fn language_id(path: &str) -> &'static str {
+    let extension = path.rsplit_once('.').map_or("", |(_, e)| e);
+    match extension {
+        "rs" => "rust",
+        "py" | "pyi" => "python",
+        "js" | "mjs" | "cjs" => "javascript",
+        "jsx" => "javascriptreact",
+        "ts" | "mts" | "cts" => "typescript",
+        "tsx" => "typescriptreact",
+        "go" => "go",
+        "java" => "java",
+        "kt" | "kts" => "kotlin",
+        "scala" => "scala",
+        "c" | "h" => "c",
+        "cc" | "cpp" | "cxx" | "hpp" | "hh" => "cpp",
+        "cs" => "csharp",
+        "rb" => "ruby",
+        "php" => "php",
+        "swift" => "swift",
+        "lua" => "lua",
+        "sh" | "bash" => "shellscript",
+        _ => "unknown",
+    }
+}
+
 /// The OpenAI `/v1/completions` body for `task` on another server: the code before the
 /// cursor as the prompt, the code after it as `suffix` for fill-in-the-middle spans (servers
 /// that support it, such as Ollama, put it in the model's FIM layout).
@@ -242,5 +298,34 @@ after2
         assert_eq!(Arm::parse_list("base, rag,base").unwrap(), [Arm::Base, Arm::Rag]);
         assert_eq!(Arm::parse_list("adapter+rag,adapter").unwrap(), [Arm::AdapterRag, Arm::Adapter]);
         assert!(Arm::parse_list("ceiling").unwrap_err().contains("adapter+rag"));
+    }
+
+    #[test]
+    fn a_tabby_request_carries_the_code_as_its_plugins_send_it() {
+        let options = RequestOptions {
+            context_lines: 2,
+            suffix_lines: 1,
+            answer_tokens: 64,
+        };
+        let body = tabby_request(&task(None), Arm::Base, "", options, None);
+        assert_eq!(body["segments"], json!({"prefix": "l3\n    ", "suffix": "", "filepath": "a.rs"}));
+        assert_eq!(body["language"], "rust");
+        assert_eq!(body["debug_options"]["disable_retrieval_augmented_code_completion"], true);
+        assert!(body.get("model").is_none(), "no model named: none sent");
+        let extra = Context {
+            path: "b.rs".into(),
+            text: "fn b() {}".into(),
+        };
+        let oracle = tabby_request(&task(Some("block")), Arm::Oracle, "proj", options, Some(&extra));
+        assert_eq!(
+            oracle["segments"]["declarations"],
+            json!([{"filepath": "b.rs", "body": "fn b() {}"}])
+        );
+        assert_eq!(oracle["segments"]["suffix"], "\n");
+        assert_eq!(oracle["model"], "proj");
+        let rag = tabby_request(&task(None), Arm::Rag, "", options, None);
+        assert_eq!(rag["debug_options"]["disable_retrieval_augmented_code_completion"], false);
+        assert_eq!(language_id("src/App.tsx"), "typescriptreact");
+        assert_eq!(language_id("Makefile"), "unknown");
     }
 }

@@ -223,9 +223,11 @@ pub struct EvalRunArgs {
     #[arg(long, value_name = "M", requires = "endpoint")]
     pub model: Option<String>,
     /// How completion tasks are sent: `infill` (graft's and llama.cpp's /infill, with the
-    /// controls' context as extra files) or `completions` (OpenAI's /v1/completions, with
-    /// `suffix` for fill-in-the-middle; base and adapter arms only).
-    #[arg(long, default_value = "infill", value_parser = ["infill", "completions"])]
+    /// controls' context as extra files), `completions` (OpenAI's /v1/completions, with
+    /// `suffix` for fill-in-the-middle; base and adapter arms only) or `tabby` (a Tabby
+    /// server's completions: `rag` with its retrieval, `base` without, the controls' context
+    /// as declarations).
+    #[arg(long, default_value = "infill", value_parser = ["infill", "completions", "tabby"])]
     pub api: String,
     /// The bearer key for --endpoint.
     #[arg(long, value_name = "KEY", env = "GRAFT_EVAL_API_KEY", hide_env_values = true)]

@@ -552,8 +552,8 @@ fn eval_run_judges_questions_in_both_orders_on_an_adapter_with_a_judge_served_by
     assert!(html.contains("Judged questions") && html.contains("adapter+rag vs base"));
 
     // The same golden set against that graft as an outside server, through OpenAI's
-    // completions and llama.cpp's /infill with a control.
-    for (api, arms) in [("completions", "base"), ("infill", "base,oracle")] {
+    // completions, llama.cpp's /infill and Tabby's completions, with a control.
+    for (api, arms) in [("completions", "base"), ("infill", "base,oracle"), ("tabby", "base,oracle")] {
         let out = graft()
             .args([
                 "eval",

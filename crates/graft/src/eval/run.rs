@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use graft_eval::arms::{chat_request, completions_request, infill_request, one_line, Arm, RequestOptions};
+use graft_eval::arms::{chat_request, completions_request, infill_request, one_line, tabby_request, Arm, RequestOptions};
 use graft_eval::controls;
 use graft_eval::judge::{judge_pair, Rubric};
 use graft_eval::metrics::first_line;
@@ -41,6 +41,7 @@ enum Target {
 enum Api {
     Infill,
     Completions,
+    Tabby,
 }
 
 /// The model names each arm asks for, and where.
@@ -62,7 +63,11 @@ impl Served {
 /// `graft eval run GOLDEN`.
 pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
-    let api = if args.api == "completions" { Api::Completions } else { Api::Infill };
+    let api = match args.api.as_str() {
+        "completions" => Api::Completions,
+        "tabby" => Api::Tabby,
+        _ => Api::Infill,
+    };
     let arms = arms(&args, api)?;
     let golden = GoldenSet::read(&args.golden)?;
     let split_file = Split::path_beside(&args.golden);
@@ -207,7 +212,7 @@ fn arms(args: &EvalRunArgs, api: Api) -> Result<Vec<Arm>> {
     if arms.iter().any(|a| a.on_adapter()) && args.adapter.is_none() {
         bail!("the adapter arms need the adapter: --adapter NAME");
     }
-    if api == Api::Completions && args.likelihood {
+    if api != Api::Infill && args.likelihood {
         bail!("--likelihood scores the reference after the prompt the server built, which only --api infill reports");
     }
     if api == Api::Completions {
@@ -436,12 +441,16 @@ impl Run<'_> {
         let model = self.served.model(arm);
         match self.api {
             Api::Completions => self.served.endpoint.completion(&completions_request(task, model, options)).await,
-            Api::Infill => {
+            Api::Infill | Api::Tabby => {
                 let extra = match arm {
                     Arm::Oracle => controls::oracle(task, &self.files),
                     Arm::Random => controls::random(task, &self.files, self.split, self.args.seed),
                     _ => None,
                 };
+                if self.api == Api::Tabby {
+                    let body = tabby_request(task, arm, model, options, extra.as_ref());
+                    return self.served.endpoint.tabby(&body).await;
+                }
                 let body = infill_request(task, arm, model, options, extra.as_ref());
                 self.served.endpoint.infill(&body).await
             }

@@ -1,13 +1,14 @@
 //! Where `graft eval run` sends a request and how it reads the answer: graft's `/infill`,
-//! OpenAI's `/v1/completions` and `/v1/chat/completions`, on graft started here or on any
-//! server given by its base URL (`http://host:8080` or `http://host:8080/v1`).
+//! OpenAI's `/v1/completions` and `/v1/chat/completions`, Tabby's completions, on graft
+//! started here or on any server given by its base URL (`http://host:8080` or
+//! `http://host:8080/v1`).
 
 use std::time::Duration;
 
 use serde_json::Value;
 
 /// An answer: its text, and the paths of the code the server retrieved for it (graft's
-/// `sources`; none from other servers).
+/// `sources`, Tabby's `debug_data.snippets`; none from other servers).
 pub struct Reply {
     pub text: String,
     pub sources: Vec<String>,
@@ -62,6 +63,21 @@ impl Endpoint {
             text: text(&answer["choices"][0]["text"], "choices[0].text")?,
             sources: sources(&answer),
             prompt: None,
+        })
+    }
+
+    /// Tabby's completion (`/v1/completions` with `segments`): the first choice's `text`; the
+    /// retrieved files and the prompt from `debug_data` (Tabby's) or `sources` (graft's).
+    pub async fn tabby(&self, body: &Value) -> Result<Reply, String> {
+        let answer = self.post("/v1/completions", body).await?;
+        let mut retrieved = sources(&answer);
+        if let Some(snippets) = answer["debug_data"]["snippets"].as_array() {
+            retrieved.extend(snippets.iter().filter_map(|s| s["filepath"].as_str().map(str::to_owned)));
+        }
+        Ok(Reply {
+            text: text(&answer["choices"][0]["text"], "choices[0].text")?,
+            sources: retrieved,
+            prompt: answer["debug_data"]["prompt"].as_str().map(str::to_owned),
         })
     }
 
