@@ -1,4 +1,5 @@
-//! `GET /`, `GET /health` (`/v1/health`), `GET /metrics`, and the answers for unknown routes and methods.
+//! `GET /`, `GET /health` (`/v1/health`), `GET /metrics`, and the answers for unknown routes
+//! and methods.
 
 use axum::extract::State;
 use axum::http::{header, Method, StatusCode, Uri};

@@ -6,9 +6,9 @@
 //!   here, [`is_tabby`]): `segments.prefix` and `suffix` around the cursor, `filepath`, and the
 //!   code the plugin gathered (`declarations` from the language server, snippets of recently
 //!   changed and opened files) become an `/infill` request, on the project whose repository
-//!   `git_url` names (its `remote_urls`), else on `server.default_model`: the gathered code goes first in
-//!   the prompt as `input_extra` (the most relevant last, where it is kept first), then
-//!   retrieved code, then the file. Answered as Tabby answers: `id`, `choices[{index, text}]`
+//!   `git_url` names (its `remote_urls`), else on `server.default_model`: the gathered code
+//!   goes first in the prompt as `input_extra` (the most relevant last, where it is kept
+//!   first), then retrieved code, then the file. Answered as Tabby answers: `id`, `choices[{index, text}]`
 //!   (and `debug_data.prompt` when `debug_options.return_prompt`). A file written with CRLF
 //!   line ends is read with LF and answered with CRLF, as Tabby does.
 //! - `POST /v1/events`: the plugin's reports of a completion shown (`view`), accepted
