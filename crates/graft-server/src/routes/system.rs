@@ -36,10 +36,16 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
         "chat_model": engine.name(),
         "device": if gpu { "cuda" } else { "cpu" },
         "arch": std::env::consts::ARCH,
-        "cpu_info": graft_core::cpu::model_name(),
+        "cpu_info": cpu_name(),
         "cpu_count": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "version": {"git_describe": env!("CARGO_PKG_VERSION")},
     }))
+}
+
+/// The processor's name, read once: health checks come every few seconds.
+fn cpu_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(graft_core::cpu::model_name)
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {

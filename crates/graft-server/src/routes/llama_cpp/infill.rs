@@ -70,7 +70,7 @@ pub async fn infill(
     Extension(caller): Extension<Caller>,
     Json(request): Json<InfillRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let response_fields = request.fields.response_fields.clone().filter(|f| !f.is_empty());
+    let response_fields = request.fields.response_fields.clone();
     let answer = run(&state, &caller, request).await?;
     Ok(axum::Json(only_fields(answer, response_fields.as_deref())))
 }

@@ -196,7 +196,7 @@ impl Fields {
             probabilities: n_probs.is_some(),
             return_tokens,
             stream: self.stream == Some(true),
-            response_fields: self.response_fields.filter(|f| !f.is_empty()),
+            response_fields: self.response_fields,
             generation_settings,
         };
         Ok((sampling, settings))
@@ -508,9 +508,10 @@ pub fn put_tokens(answer: &mut Value, tokens: Option<&[TokenLogprob]>, settings:
 }
 
 /// `answer` reduced to `fields`, each a `/`-separated path, keyed by the path as given
-/// (llama.cpp's `response_fields`); paths that name nothing are left out. No fields: all.
+/// (llama.cpp's `response_fields`); paths that name nothing are left out. No fields (none
+/// given, or an empty list): all.
 pub fn only_fields(answer: Value, fields: Option<&[String]>) -> Value {
-    let Some(fields) = fields else {
+    let Some(fields) = fields.filter(|f| !f.is_empty()) else {
         return answer;
     };
     let mut out = Map::new();
@@ -564,5 +565,6 @@ mod tests {
         let picked = only_fields(answer.clone(), Some(&fields));
         assert_eq!(picked, json!({"content": "c", "timings/prompt_n": 3}));
         assert_eq!(only_fields(answer.clone(), None), answer);
+        assert_eq!(only_fields(answer.clone(), Some(&[])), answer, "an empty list: all");
     }
 }
