@@ -226,6 +226,32 @@ async fn a_tabby_completion_goes_to_the_project_its_git_url_names() {
     // A repository graft does not serve: the default model.
     let (status, body) = post("/v1/completions", ADMIN, &request(Some("https://github.com/other/repo"))).await;
     assert_eq!((status, &body["model"]), (200, &json!("polyglot")), "{body}");
+    // Tabby's debug view: the retrieved code, each snippet a chunk `sources` names, its body
+    // in the prompt.
+    let mut debug = request(None);
+    debug["debug_options"] = json!({"return_snippets": true, "return_prompt": true});
+    let (status, body) = post("/v1/completions", ALICE, &debug).await;
+    assert_eq!(status, 200, "{body}");
+    let snippets = body["debug_data"]["snippets"].as_array().expect("snippets");
+    let sources = body["sources"].as_array().unwrap();
+    assert!(!snippets.is_empty() && snippets.len() == sources.len(), "{body}");
+    assert_eq!(snippets[0]["filepath"], "auth/TokenVault.java", "{body}");
+    let prompt = body["debug_data"]["prompt"].as_str().unwrap();
+    for (snippet, source) in snippets.iter().zip(sources) {
+        assert_eq!(
+            (&snippet["filepath"], &snippet["score"]),
+            (&source["path"], &source["score"]),
+            "{body}"
+        );
+        let code = snippet["body"].as_str().unwrap();
+        assert!(
+            !code.trim().is_empty() && prompt.contains(code.trim_end()),
+            "{code:?} not in {prompt}"
+        );
+    }
+    // Without the option, no debug data.
+    let (_, body) = post("/v1/completions", ALICE, &request(None)).await;
+    assert!(body.get("debug_data").is_none(), "{body}");
     // The project's status shows its remotes.
     let (_, status) = get("/v1/projects/archive", Some(ADMIN)).await;
     assert_eq!(status["remote_urls"], json!(["https://github.com/acme/archive.git"]), "{status}");

@@ -25,6 +25,10 @@ pub struct Source {
     pub end_line: usize,
     pub symbol: String,
     pub score: f64,
+    /// The chunk's code as the prompt holds it (cut when it was cut to fit). Not in `sources`;
+    /// Tabby's `debug_data.snippets` shows it.
+    #[serde(skip)]
+    pub text: String,
 }
 
 impl From<&SearchHit> for Source {
@@ -35,6 +39,7 @@ impl From<&SearchHit> for Source {
             end_line: h.end_line,
             symbol: h.symbol.clone(),
             score: h.score,
+            text: h.text.clone(),
         }
     }
 }

@@ -9,7 +9,8 @@
 //!   `git_url` names (its `remote_urls`), else on `server.default_model`: the gathered code
 //!   goes first in the prompt as `input_extra` (the most relevant last, where it is kept
 //!   first), then retrieved code, then the file. Answered as Tabby answers: `id`, `choices[{index, text}]`
-//!   (and `debug_data.prompt` when `debug_options.return_prompt`). A file written with CRLF
+//!   (and in `debug_data`, the `prompt` when `debug_options.return_prompt`, the retrieved
+//!   `snippets` when `return_snippets`; graft's `sources` always). A file written with CRLF
 //!   line ends is read with LF and answered with CRLF, as Tabby does.
 //! - `POST /v1/events`: the plugin's reports of a completion shown (`view`), accepted
 //!   (`select`) or dismissed (`dismiss`), counted in `/metrics`
@@ -17,8 +18,7 @@
 //!
 //! Tabby's `/v1/health` fields are in `GET /health`'s answer (`routes::system`).
 //! `mode: "next_edit_suggestion"` and `debug_options.raw_prompt` are refused by name;
-//! `debug_options.return_snippets` is not answered (a project's answer names the chunks it
-//! used in `sources`), nor are `clipboard` and the snippets' `score` read.
+//! `clipboard` and the plugin's snippets' `score` are not read.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -88,6 +88,9 @@ pub struct DebugOptions {
     pub raw_prompt: Option<String>,
     #[serde(default)]
     pub return_prompt: bool,
+    /// Answer the retrieved code in `debug_data.snippets` (`filepath`, `body`, `score`).
+    #[serde(default)]
+    pub return_snippets: bool,
     #[serde(default)]
     pub disable_retrieval_augmented_code_completion: bool,
 }
@@ -138,7 +141,7 @@ pub async fn complete(state: &AppState, caller: &Caller, request: CompletionRequ
             .then_some(RetrievalField::Switch(false)),
         path: segments.filepath,
     };
-    let answer = infill::run(state, caller, infill).await?;
+    let infill::Infilled { answer, sources } = infill::run(state, caller, infill).await?;
     let mut text = answer["content"].as_str().unwrap_or_default().to_owned();
     if crlf {
         text = text.replace('\n', "\r\n");
@@ -153,7 +156,14 @@ pub async fn complete(state: &AppState, caller: &Caller, request: CompletionRequ
         out["sources"] = answer["sources"].clone();
     }
     if debug.return_prompt {
-        out["debug_data"] = json!({"prompt": answer["prompt"].clone()});
+        out["debug_data"]["prompt"] = answer["prompt"].clone();
+    }
+    if debug.return_snippets {
+        let snippets: Vec<Value> = sources
+            .iter()
+            .map(|s| json!({"filepath": s.path, "body": s.text, "score": s.score}))
+            .collect();
+        out["debug_data"]["snippets"] = snippets.into();
     }
     Ok(out)
 }

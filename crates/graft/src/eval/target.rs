@@ -67,13 +67,14 @@ impl Endpoint {
     }
 
     /// Tabby's completion (`/v1/completions` with `segments`): the first choice's `text`; the
-    /// retrieved files and the prompt from `debug_data` (Tabby's) or `sources` (graft's).
+    /// retrieved files from `debug_data.snippets` (else graft's `sources`), the prompt from
+    /// `debug_data`.
     pub async fn tabby(&self, body: &Value) -> Result<Reply, String> {
         let answer = self.post("/v1/completions", body).await?;
-        let mut retrieved = sources(&answer);
-        if let Some(snippets) = answer["debug_data"]["snippets"].as_array() {
-            retrieved.extend(snippets.iter().filter_map(|s| s["filepath"].as_str().map(str::to_owned)));
-        }
+        let retrieved = match answer["debug_data"]["snippets"].as_array() {
+            Some(snippets) => snippets.iter().filter_map(|s| s["filepath"].as_str().map(str::to_owned)).collect(),
+            None => sources(&answer),
+        };
         Ok(Reply {
             text: text(&answer["choices"][0]["text"], "choices[0].text")?,
             sources: retrieved,

@@ -35,6 +35,7 @@ use crate::error::ApiError;
 use crate::generation::admit;
 use crate::json::Json;
 use crate::openai::RetrievalField;
+use crate::prompt::augment::Source;
 use crate::prompt::completion::{self, TooLong};
 use crate::state::AppState;
 
@@ -71,13 +72,19 @@ pub async fn infill(
     Json(request): Json<InfillRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let response_fields = request.fields.response_fields.clone();
-    let answer = run(&state, &caller, request).await?;
-    Ok(axum::Json(only_fields(answer, response_fields.as_deref())))
+    let infilled = run(&state, &caller, request).await?;
+    Ok(axum::Json(only_fields(infilled.answer, response_fields.as_deref())))
 }
 
-/// The whole answer to an infill request, every field (Tabby's completions come this way
-/// too, `routes::tabby`).
-pub async fn run(state: &AppState, caller: &Caller, request: InfillRequest) -> Result<Value, ApiError> {
+/// An infill request's whole answer, every field, and the retrieved code its prompt holds.
+pub struct Infilled {
+    pub answer: Value,
+    /// The chunks retrieval put in the prompt, as `sources` lists them, with their code.
+    pub sources: Vec<Source>,
+}
+
+/// Answers an infill request (Tabby's completions come this way too, `routes::tabby`).
+pub async fn run(state: &AppState, caller: &Caller, request: InfillRequest) -> Result<Infilled, ApiError> {
     if request.fields.stream == Some(true) {
         return Err(ApiError::invalid_param(
             "stream",
@@ -142,5 +149,8 @@ pub async fn run(state: &AppState, caller: &Caller, request: InfillRequest) -> R
     answer["sources"] = serde_json::to_value(&prompt.sources).unwrap_or_default();
     put_tokens(&mut answer, outcome.probabilities.as_deref(), &settings);
     answer["content"] = outcome.content.into();
-    Ok(answer)
+    Ok(Infilled {
+        answer,
+        sources: prompt.sources.unwrap_or_default(),
+    })
 }
