@@ -357,6 +357,10 @@ pub struct IndexConfig {
     /// Copies of each shard on a cluster, so a node can go down (Qdrant's default, 1, when
     /// unset).
     pub qdrant_replication_factor: Option<u32>,
+    /// While `graft up` serves, each project's repository is looked at this often (the names,
+    /// sizes and times of its files; none is read) and re-indexed when one changed. 0: the
+    /// indexes are brought up to date once, at start.
+    pub refresh_secs: u64,
 }
 
 impl Default for IndexConfig {
@@ -379,6 +383,7 @@ impl Default for IndexConfig {
             qdrant_collection_prefix: "graft_".to_owned(),
             qdrant_shards: None,
             qdrant_replication_factor: None,
+            refresh_secs: 60,
         }
     }
 }

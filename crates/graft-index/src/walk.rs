@@ -187,6 +187,102 @@ const GENERATED_MARKERS: &[&str] = &[
 
 /// Walks `root` and reads every file worth indexing.
 pub fn walk(root: &Path, options: &WalkOptions) -> Result<Walk, WalkError> {
+    let Walker {
+        entries: walker,
+        real_root,
+        links_out,
+    } = walker(root, options)?;
+    let mut result = Walk::default();
+    // Each kept file's real path, to keep a file reached through several paths once.
+    let mut kept: Vec<(PathBuf, bool)> = Vec::new();
+    for entry in walker {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                // Symlink loops, permission errors, broken links.
+                result.skip(SkipReason::Unreadable, None);
+                result.problems.push(e.to_string());
+                continue;
+            }
+        };
+        if !entry.file_type().is_some_and(|t| t.is_file()) {
+            continue;
+        }
+        let path = entry.path();
+        let relative = relative_path(root, path);
+        match read_source(path, &relative, &real_root, options) {
+            Ok((text, real)) => {
+                // Seen at its own path (no link on the way) or through a link.
+                let direct = real == real_root.join(&relative);
+                result.files.push(SourceFile { path: relative, text });
+                kept.push((real, direct));
+            }
+            Err((reason, problem)) => {
+                result.skip(reason, Some(relative));
+                if let Some(problem) = problem {
+                    result.problems.push(problem);
+                }
+            }
+        }
+    }
+    for link in links_out.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        let relative = relative_path(root, &link);
+        result
+            .problems
+            .push(format!("{relative}: a symbolic link out of the repository, not followed"));
+        result.skip(SkipReason::OutsideRepository, Some(relative));
+    }
+    result.drop_linked_copies(kept);
+    result.files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(result)
+}
+
+/// A stamp of what [`walk`] would read under `root`: the path, size and modification time of
+/// every file it lists, in one number, read without opening a file. It changes when a file is
+/// added, removed, renamed or written (a server compares stamps to know when to re-index). Files
+/// under any of `skip` (an index kept inside the repository) do not count. Only comparable
+/// within one process.
+pub fn stamp(root: &Path, options: &WalkOptions, skip: &[PathBuf]) -> Result<u64, WalkError> {
+    use std::hash::{Hash, Hasher};
+    let Walker { entries, real_root, .. } = walker(root, options)?;
+    // The skipped folders inside the root, relative to it.
+    let skip: Vec<PathBuf> = skip
+        .iter()
+        .filter_map(|p| p.canonicalize().ok()?.strip_prefix(&real_root).ok().map(Path::to_owned))
+        .collect();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut files = 0u64;
+    for entry in entries.flatten() {
+        if !entry.file_type().is_some_and(|t| t.is_file()) {
+            continue;
+        }
+        let path = entry.path();
+        let relative = path.strip_prefix(root).unwrap_or(path);
+        if skip.iter().any(|s| relative.starts_with(s)) {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        path.hash(&mut hasher);
+        meta.len().hash(&mut hasher);
+        meta.modified().ok().hash(&mut hasher);
+        files += 1;
+    }
+    files.hash(&mut hasher);
+    Ok(hasher.finish())
+}
+
+/// The files [`walk`] looks at, as the `ignore` crate lists them, and what it needs beside.
+struct Walker {
+    entries: ignore::Walk,
+    /// The root's real path.
+    real_root: PathBuf,
+    /// Links out of the root that the listing left out (the filter cannot report them).
+    links_out: Arc<Mutex<Vec<PathBuf>>>,
+}
+
+/// Lists `root` with `.gitignore` rules, hidden files left out, `options.exclude` applied, and
+/// links inside the root followed (see the module's comment).
+fn walker(root: &Path, options: &WalkOptions) -> Result<Walker, WalkError> {
     let meta = std::fs::metadata(root).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => WalkError::Missing(root.to_owned()),
         _ => WalkError::Unreadable {
@@ -244,50 +340,11 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<Walk, WalkError> {
             })
             .build()
     };
-
-    let mut result = Walk::default();
-    // Each kept file's real path, to keep a file reached through several paths once.
-    let mut kept: Vec<(PathBuf, bool)> = Vec::new();
-    for entry in walker {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => {
-                // Symlink loops, permission errors, broken links.
-                result.skip(SkipReason::Unreadable, None);
-                result.problems.push(e.to_string());
-                continue;
-            }
-        };
-        if !entry.file_type().is_some_and(|t| t.is_file()) {
-            continue;
-        }
-        let path = entry.path();
-        let relative = relative_path(root, path);
-        match read_source(path, &relative, &real_root, options) {
-            Ok((text, real)) => {
-                // Seen at its own path (no link on the way) or through a link.
-                let direct = real == real_root.join(&relative);
-                result.files.push(SourceFile { path: relative, text });
-                kept.push((real, direct));
-            }
-            Err((reason, problem)) => {
-                result.skip(reason, Some(relative));
-                if let Some(problem) = problem {
-                    result.problems.push(problem);
-                }
-            }
-        }
-    }
-    for link in links_out.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
-        let relative = relative_path(root, &link);
-        result
-            .problems
-            .push(format!("{relative}: a symbolic link out of the repository, not followed"));
-        result.skip(SkipReason::OutsideRepository, Some(relative));
-    }
-    result.drop_linked_copies(kept);
-    result.files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(result)
+    Ok(Walker {
+        entries: walker,
+        real_root,
+        links_out,
+    })
 }
 
 impl Walk {
@@ -380,6 +437,40 @@ mod tests {
 
     fn paths(walk: &Walk) -> Vec<&str> {
         walk.files.iter().map(|f| f.path.as_str()).collect()
+    }
+
+    #[test]
+    fn a_stamp_changes_when_a_walked_file_does_and_only_then() {
+        let dir = tree(&["src/main.rs", "src/lib.rs", ".gitignore", "index/graft/meta.json"]);
+        std::fs::write(dir.path().join(".gitignore"), "/target\n").unwrap();
+        let root = dir.path();
+        let options = WalkOptions::default();
+        let skip = [root.join("index")];
+        let stamp = || super::stamp(root, &options, &skip).unwrap();
+        let first = stamp();
+        assert_eq!(stamp(), first, "nothing changed");
+        // Ignored, hidden and skipped files do not count.
+        for ignored in ["target/debug/out.rs", ".cache/x.rs", "index/graft/new.json"] {
+            std::fs::create_dir_all(root.join(ignored).parent().unwrap()).unwrap();
+            std::fs::write(root.join(ignored), "x").unwrap();
+        }
+        std::fs::write(root.join("index/graft/meta.json"), "rewritten by the indexer").unwrap();
+        assert_eq!(stamp(), first, "only files the walk reads count");
+        // A file written (same size: its time changes), added, renamed or removed does.
+        let main = root.join("src/main.rs");
+        let file = std::fs::File::options().write(true).open(&main).unwrap();
+        let later = std::fs::metadata(&main).unwrap().modified().unwrap() + std::time::Duration::from_secs(5);
+        file.set_modified(later).unwrap();
+        let touched = stamp();
+        assert_ne!(touched, first);
+        std::fs::write(root.join("src/new.rs"), "fn new() {}\n").unwrap();
+        let added = stamp();
+        assert_ne!(added, touched);
+        std::fs::rename(root.join("src/new.rs"), root.join("src/renamed.rs")).unwrap();
+        let renamed = stamp();
+        assert_ne!(renamed, added);
+        std::fs::remove_file(root.join("src/renamed.rs")).unwrap();
+        assert_eq!(stamp(), touched, "back to the files it had");
     }
 
     #[test]

@@ -321,6 +321,19 @@ impl Projects {
         Ok(hits)
     }
 
+    /// A stamp of `project`'s repository as its index walks it ([`graft_index::walk::stamp`],
+    /// read on a blocking thread): it changes when a file the index reads is added, removed or
+    /// written. Every project's index folder is left out, should one lie in the repository.
+    pub async fn stamp(&self, project: &Arc<Project>) -> Result<u64, IndexError> {
+        let repo = project.config.path.clone();
+        let walk = project.index.options.walk.clone();
+        let indexes: Vec<std::path::PathBuf> = self.all().map(|p| p.index.layout.root.clone()).collect();
+        tokio::task::spawn_blocking(move || graft_index::walk::stamp(&repo, &walk, &indexes))
+            .await
+            .map_err(|e| IndexError::Invalid(format!("the stamp task failed: {e}")))?
+            .map_err(IndexError::from)
+    }
+
     /// Re-indexes `project` from its repository (incremental). One run at a time per project;
     /// a second request while one runs fails at once.
     pub async fn reindex(&self, project: &Arc<Project>) -> Result<IndexReport, ReindexError> {

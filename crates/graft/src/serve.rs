@@ -1,6 +1,7 @@
 //! `graft serve` (offline: everything must be on disk) and `graft up` (fetch what is missing,
 //! then serve).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use graft_core::Config;
 use graft_engine::{Engine, Pool};
 use graft_index::Embedder;
 use graft_kit::Kit;
+use graft_server::projects::ReindexError;
 use graft_server::{AppState, ServerParts};
 
 use crate::cli::ServeArgs;
@@ -124,7 +126,7 @@ fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std:
         if indexing == Indexing::InBackground {
             // Started before the first request can arrive, so each project reports itself as
             // re-indexing from the start.
-            index_in_background(&state);
+            index_in_background(&state, Duration::from_secs(config.index.refresh_secs));
         }
         let names: Vec<&str> = std::iter::once(config.model.name.as_str())
             .chain(config.projects.iter().map(|p| p.name.as_str()))
@@ -140,10 +142,12 @@ fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std:
     })
 }
 
-/// Re-indexes every project in turn, on the server's runtime, saying when each is done. A
-/// project with an index keeps serving from it until its turn; one without is marked as
-/// re-indexing at once, so that its requests get no retrieved code rather than an error.
-fn index_in_background(state: &AppState) {
+/// Re-indexes every project in turn, on the server's runtime, saying when each is done; then,
+/// every `refresh` (none when zero), re-indexes each project whose repository changed since
+/// (its [`stamp`](graft_server::Projects::stamp)). A project with an index keeps serving from
+/// it until its turn; one without is marked as re-indexing at once, so that its requests get
+/// no retrieved code rather than an error. A run that fails is tried again at the next look.
+fn index_in_background(state: &AppState, refresh: Duration) {
     let mut queue = Vec::new();
     // A project sharing another's index is brought up to date with it.
     for project in state.projects().all().filter(|p| p.index_owner() == p.name()) {
@@ -166,21 +170,81 @@ fn index_in_background(state: &AppState) {
     }
     let state = state.clone();
     tokio::spawn(async move {
-        for (project, guard) in queue {
-            let result = match guard {
-                Some(guard) => state.projects().reindex_with(&project, guard).await,
-                None => state.projects().reindex(&project).await,
+        let projects = state.projects();
+        // Each project's repository as it was when its index was last brought up to date.
+        let mut indexed: HashMap<String, u64> = HashMap::new();
+        // The last failure said of each project, said again only when it changes.
+        let mut failed: HashMap<String, String> = HashMap::new();
+        for (project, guard) in &mut queue {
+            let stamp = projects.stamp(project).await;
+            let result = match guard.take() {
+                Some(guard) => projects.reindex_with(project, guard).await,
+                None => projects.reindex(project).await,
             };
-            match result {
-                Ok(report) => eprintln!(
-                    "project `{}` indexed: {} files, {} chunks ({} embedded now) in {:.1}s",
-                    project.name(),
-                    report.files_indexed,
-                    report.chunks,
-                    report.embeddings,
-                    report.elapsed.as_secs_f64()
-                ),
-                Err(e) => eprintln!("indexing project `{}` failed: {e}", project.name()),
+            match (result, stamp) {
+                (Ok(report), stamp) => {
+                    eprintln!(
+                        "project `{}` indexed: {} files, {} chunks ({} embedded now) in {:.1}s",
+                        project.name(),
+                        report.files_indexed,
+                        report.chunks,
+                        report.embeddings,
+                        report.elapsed.as_secs_f64()
+                    );
+                    if let Ok(stamp) = stamp {
+                        indexed.insert(project.name().to_owned(), stamp);
+                    }
+                }
+                (Err(e), _) => {
+                    eprintln!("indexing project `{}` failed: {e}", project.name());
+                    failed.insert(project.name().to_owned(), e.to_string());
+                }
+            }
+        }
+        if refresh.is_zero() {
+            return;
+        }
+        let mut looks = tokio::time::interval(refresh);
+        looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        looks.tick().await;
+        loop {
+            looks.tick().await;
+            for (project, _) in &queue {
+                let name = project.name().to_owned();
+                let outcome = match projects.stamp(project).await {
+                    Ok(stamp) if indexed.get(&name) == Some(&stamp) => continue,
+                    Ok(stamp) => projects.reindex(project).await.map(|report| (report, stamp)),
+                    Err(e) => Err(e.into()),
+                };
+                match outcome {
+                    Ok((report, stamp)) => {
+                        indexed.insert(name.clone(), stamp);
+                        failed.remove(&name);
+                        let changed = report.files_added + report.files_changed + report.files_removed;
+                        if changed > 0 || report.rebuilt {
+                            eprintln!(
+                                "project `{name}` re-indexed: {} files added, {} changed, {} removed ({} chunks embedded) in {:.1}s",
+                                report.files_added,
+                                report.files_changed,
+                                report.files_removed,
+                                report.embeddings,
+                                report.elapsed.as_secs_f64()
+                            );
+                        }
+                    }
+                    // A re-index asked for through the API is running: look again next time.
+                    Err(ReindexError::Running) => {}
+                    Err(e) => {
+                        let message = e.to_string();
+                        if failed.get(&name) != Some(&message) {
+                            eprintln!(
+                                "re-indexing project `{name}` failed (tried again every {}s): {message}",
+                                refresh.as_secs()
+                            );
+                            failed.insert(name, message);
+                        }
+                    }
+                }
             }
         }
     });

@@ -96,6 +96,69 @@ fn up_reports_a_busy_port_before_indexing_anything() {
     assert!(!stderr.contains("indexing project"), "the port is checked first: {stderr}");
 }
 
+/// `graft up` follows its projects' repositories (`index.refresh_secs`): a file added or
+/// removed reaches retrieval at the next look, and an unchanged repository is left alone.
+#[test]
+fn up_re_indexes_a_project_when_its_repository_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    common::copy_tree(&repo_root().join("tests/fixtures/polyglot"), &repo);
+    std::fs::create_dir_all(dir.path().join("adapters")).unwrap();
+    let config = dir.path().join("graft.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kit]\ndir = {:?}\n\n[server]\nlisten = \"127.0.0.1:0\"\n\n[index]\ndir = \"index\"\nrefresh_secs = 1\n\n\
+             [adapters]\ndir = \"adapters\"\n\n[[projects]]\nname = \"fixture\"\npath = \"repo\"\n",
+            common::kit_dir().display().to_string()
+        ),
+    )
+    .unwrap();
+    let serving = common::graft_up(&config);
+    let (_server, addr) = (serving.process, serving.addr);
+    let (said, lines) = std::sync::mpsc::channel::<String>();
+    let mut rest = serving.lines;
+    std::thread::spawn(move || rest.by_ref().map_while(Result::ok).for_each(|l| drop(said.send(l))));
+    let wait_for = |wanted: &str, within: Duration| -> Option<String> {
+        let until = std::time::Instant::now() + within;
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(wanted) => return Some(line),
+                Ok(line) => assert!(!line.contains("failed"), "{line}"),
+                Err(_) => return None,
+            }
+        }
+        None
+    };
+    let search = |query: &str| -> Vec<String> {
+        let body = format!(r#"{{"query": "{query}", "mode": "keyword"}}"#);
+        let response = http_post(&addr, "/v1/projects/fixture/search", &body);
+        let answer: serde_json::Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        let hits = answer["data"].as_array().unwrap_or_else(|| panic!("{response}"));
+        hits.iter().map(|h| h["path"].as_str().unwrap().to_owned()).collect()
+    };
+
+    assert!(wait_for("project `fixture` indexed", Duration::from_secs(300)).is_some());
+    assert!(
+        wait_for("re-indexed", Duration::from_millis(3500)).is_none(),
+        "nothing changed: not re-indexed"
+    );
+    let added = "billing/ledger.py";
+    std::fs::create_dir_all(repo.join("billing")).unwrap();
+    std::fs::write(
+        repo.join(added),
+        "def reconcile_quarterly_ledger(entries):\n    return sum(e.amount for e in entries)\n",
+    )
+    .unwrap();
+    let line = wait_for("project `fixture` re-indexed", Duration::from_secs(60)).expect("re-indexed after a file was added");
+    assert!(line.contains("1 files added, 0 changed, 0 removed"), "{line}");
+    assert!(search("reconcile_quarterly_ledger").contains(&added.to_owned()));
+    std::fs::remove_file(repo.join(added)).unwrap();
+    let line = wait_for("project `fixture` re-indexed", Duration::from_secs(60)).expect("re-indexed after a file was removed");
+    assert!(line.contains("0 files added, 0 changed, 1 removed"), "{line}");
+    assert!(!search("reconcile_quarterly_ledger").contains(&added.to_owned()));
+}
+
 #[test]
 fn models_list_json_describes_the_kit() {
     let out = graft().args(["models", "list", "--json"]).output().unwrap();

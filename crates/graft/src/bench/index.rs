@@ -1,8 +1,9 @@
 //! `graft bench index PATH`: how fast indexing and search are on a real source tree.
 //!
 //! Indexes PATH into a fresh temporary index with the configured embedding model, runs it
-//! again unchanged (the incremental no-op cost), then times searches in each mode with queries
-//! drawn from the tree's own identifiers, and measures retrieval quality: cross-file queries
+//! again unchanged (the incremental no-op cost), times the look for changes `graft up` takes
+//! every `index.refresh_secs`, then times searches in each mode with queries drawn from the
+//! tree's own identifiers, and measures retrieval quality: cross-file queries
 //! (`graft_eval::retrieval`) in each mode and with definition lookup, recall@1/@5 and MRR of
 //! the defining file. Prints throughput, latency percentiles and quality; it asserts nothing
 //! (targets live in the figures, not in tests).
@@ -23,6 +24,9 @@ use serde_json::json;
 use super::{ms, percentile};
 use crate::cli::BenchIndexArgs;
 use crate::{index, models};
+
+/// Times [`graft_index::walk::stamp`] is run; the median is reported.
+const LOOKS: usize = 5;
 
 pub fn run(args: BenchIndexArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
@@ -53,6 +57,16 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
         quality,
     } = figures?;
 
+    // What `graft up` pays every `index.refresh_secs` to know whether to re-index.
+    let mut looks = Vec::with_capacity(LOOKS);
+    for _ in 0..LOOKS {
+        let started = Instant::now();
+        graft_index::walk::stamp(&args.path, &options.walk, &[])?;
+        looks.push(started.elapsed());
+    }
+    looks.sort();
+    let look = looks[LOOKS / 2];
+
     let secs = first.elapsed.as_secs_f64().max(1e-9);
     let per_sec = |n: usize| n as f64 / secs;
     if args.json {
@@ -75,6 +89,7 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
             "embeddings_per_second": per_sec(first.embeddings),
             "vectors_written_per_second": first.embeddings as f64 / first.seconds.vectors.max(1e-9),
             "unchanged_reindex_seconds": again.elapsed.as_secs_f64(),
+            "change_look_ms": ms(look),
             "queries": queries,
             "search": searches,
             "quality": quality.iter().map(|q| json!({
@@ -107,6 +122,7 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
     println!("  chunks/s               {:>10.1}", per_sec(first.chunks));
     println!("  embeddings/s           {:>10.1}", per_sec(first.embeddings));
     println!("  re-index, no change    {:>10.2} s", again.elapsed.as_secs_f64());
+    println!("  look for changes       {:>10.2} ms (graft up, every index.refresh_secs)", ms(look));
     println!("search latency over {queries} queries (k = {})", config.index.top_k);
     for (mode, p50, p99) in latencies {
         println!(
