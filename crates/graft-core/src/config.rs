@@ -682,6 +682,8 @@ impl Config {
     }
 
     fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
+        /// The longest time any `*_secs` setting may give: a year.
+        const MAX_SECS: u64 = 365 * 24 * 3600;
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             path: origin.to_owned(),
             key: key.to_owned(),
@@ -736,6 +738,17 @@ impl Config {
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        // Longer would overflow a clock's deadline; none is meant to be more than a day or so.
+        for (key, value) in [
+            ("server.request_timeout_secs", sv.request_timeout_secs),
+            ("server.read_timeout_secs", sv.read_timeout_secs),
+            ("server.shutdown_timeout_secs", sv.shutdown_timeout_secs),
+            ("index.refresh_secs", self.index.refresh_secs),
+        ] {
+            if value > MAX_SECS {
+                return Err(invalid(key, format!("must be at most {MAX_SECS} (a year), found {value}")));
             }
         }
         for (key, value) in [
@@ -1117,6 +1130,23 @@ mod tests {
         assert!(err.to_string().contains("path"), "{err}");
         let err = load("[index]\nthreads = 0\n").unwrap_err();
         assert_eq!(err.key(), Some("index.threads"));
+        assert_eq!(load("[index]\nrefresh_secs = 0\n").unwrap().index.refresh_secs, 0);
+    }
+
+    #[test]
+    fn a_time_too_long_for_a_clock_is_refused_by_name() {
+        for key in [
+            "server.request_timeout_secs",
+            "server.read_timeout_secs",
+            "server.shutdown_timeout_secs",
+            "index.refresh_secs",
+        ] {
+            let (table, field) = key.split_once('.').unwrap();
+            let err = load(&format!("[{table}]\n{field} = {}\n", u64::MAX)).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{err}");
+            assert!(err.to_string().contains("at most 31536000"), "{err}");
+            load(&format!("[{table}]\n{field} = 31536000\n")).unwrap();
+        }
     }
 
     #[test]

@@ -122,7 +122,10 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
     println!("  chunks/s               {:>10.1}", per_sec(first.chunks));
     println!("  embeddings/s           {:>10.1}", per_sec(first.embeddings));
     println!("  re-index, no change    {:>10.2} s", again.elapsed.as_secs_f64());
-    println!("  look for changes       {:>10.2} ms (graft up, every index.refresh_secs)", ms(look));
+    println!(
+        "  look for changes       {:>10.2} ms (graft up, every index.refresh_secs)",
+        ms(look)
+    );
     println!("search latency over {queries} queries (k = {})", config.index.top_k);
     for (mode, p50, p99) in latencies {
         println!(
