@@ -740,6 +740,20 @@ impl Config {
                 return Err(invalid(key, "must be at least 1".into()));
             }
         }
+        // More would overflow a semaphore's count or an allocation made up front; no machine
+        // runs, holds or reads nearly as many.
+        for (key, value, most) in [
+            ("server.max_concurrent", sv.max_concurrent.unwrap_or(1), 65_536),
+            ("server.max_connections", sv.max_connections, 1_000_000),
+            ("model.max_num_seqs", self.model.max_num_seqs, 65_536),
+            ("index.threads", self.index.threads, 1024),
+            ("index.batch_size", self.index.batch_size, 65_536),
+            ("index.top_k", self.index.top_k, 1000),
+        ] {
+            if value > most {
+                return Err(invalid(key, format!("must be at most {most}, found {value}")));
+            }
+        }
         // Longer would overflow a clock's deadline; none is meant to be more than a day or so.
         for (key, value) in [
             ("server.request_timeout_secs", sv.request_timeout_secs),
@@ -1134,7 +1148,7 @@ mod tests {
     }
 
     #[test]
-    fn a_time_too_long_for_a_clock_is_refused_by_name() {
+    fn a_time_or_count_too_large_for_a_clock_or_semaphore_is_refused_by_name() {
         for key in [
             "server.request_timeout_secs",
             "server.read_timeout_secs",
@@ -1146,6 +1160,19 @@ mod tests {
             assert_eq!(err.key(), Some(key), "{err}");
             assert!(err.to_string().contains("at most 31536000"), "{err}");
             load(&format!("[{table}]\n{field} = 31536000\n")).unwrap();
+        }
+        for (key, most) in [
+            ("server.max_connections", 1_000_000),
+            ("server.max_concurrent", 65_536),
+            ("model.max_num_seqs", 65_536),
+            ("index.threads", 1024),
+            ("index.batch_size", 65_536),
+            ("index.top_k", 1000),
+        ] {
+            let (table, field) = key.split_once('.').unwrap();
+            let err = load(&format!("[{table}]\n{field} = {}\n", i64::MAX)).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{err}");
+            assert!(err.to_string().contains(&format!("at most {most}")), "{err}");
         }
     }
 
