@@ -16,7 +16,7 @@ use graft_index::symbols::Definition;
 use graft_index::vectors::ServerConfig;
 use graft_index::walk::{walk, WalkOptions};
 use graft_index::IndexLayout;
-use graft_tests::{kit_file, qdrant};
+use graft_tests::{kit_file, qdrant, repo_root};
 use qdrant_client::qdrant::{Condition, Filter, NamedVectors, PointStruct, SetPayloadPointsBuilder, UpsertPointsBuilder};
 use qdrant_client::{Payload, Qdrant};
 
@@ -166,6 +166,24 @@ fn keyword_scores_count_the_chunks_alone() {
         found += a.len();
     }
     assert!(found > 50, "{found} results");
+}
+
+/// `index.threads` is the keyword index writer's thread count: any count works (tantivy wants
+/// 15 MB a thread; a fixed budget shared by 5 or more threads was refused).
+#[test]
+fn a_writer_takes_any_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = files_of(&repo_root().join("tests/fixtures/polyglot"), "");
+    for threads in [1, 2, 4, 5, 8, 16, 1024] {
+        let catalog = TantivyCatalog::open(&IndexLayout::new(dir.path().join(threads.to_string()))).unwrap();
+        let mut writer = catalog.writer(threads).unwrap_or_else(|e| panic!("{threads} threads: {e}"));
+        for (id, chunk) in files.iter().flat_map(|f| &f.chunks) {
+            writer.add_chunk(*id, chunk).unwrap();
+        }
+        writer.commit().unwrap();
+        catalog.reload().unwrap();
+        assert!(!catalog.keyword_search("TokenVault", 5).unwrap().is_empty(), "{threads} threads");
+    }
 }
 
 /// How often `other`'s first keyword result is `tantivy`'s (or ties with it within 1%: tantivy

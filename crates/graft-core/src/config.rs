@@ -336,7 +336,8 @@ pub struct IndexConfig {
     pub embedding_model: EmbeddingModel,
     /// Tokens of a chunk the embedding model reads; the rest is cut. Embedding time grows with it.
     pub embedding_max_tokens: usize,
-    /// Threads for embedding and for the keyword index.
+    /// Threads for embedding (at most the machine's cores) and for the keyword index (at
+    /// most 8).
     pub threads: usize,
     /// Chunks per embedding batch.
     pub batch_size: usize,
@@ -746,7 +747,7 @@ impl Config {
             ("server.max_concurrent", sv.max_concurrent.unwrap_or(1), 65_536),
             ("server.max_connections", sv.max_connections, 1_000_000),
             ("model.max_num_seqs", self.model.max_num_seqs, 65_536),
-            ("index.threads", self.index.threads, 1024),
+            ("index.threads", self.index.threads, 256),
             ("index.batch_size", self.index.batch_size, 65_536),
             ("index.top_k", self.index.top_k, 1000),
         ] {
@@ -1165,7 +1166,7 @@ mod tests {
             ("server.max_connections", 1_000_000),
             ("server.max_concurrent", 65_536),
             ("model.max_num_seqs", 65_536),
-            ("index.threads", 1024),
+            ("index.threads", 256),
             ("index.batch_size", 65_536),
             ("index.top_k", 1000),
         ] {

@@ -61,7 +61,10 @@ impl Embedder {
             )));
         }
         ort::init_from(&options.onnxruntime).map_err(|e| err("cannot load ONNX Runtime", &e))?;
-        let threads = options.threads.max(1);
+        // More threads than the machine has cores only make ONNX Runtime's threads spin
+        // against each other (a hundred on 2 cores took minutes for a dozen chunks).
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let threads = options.threads.clamp(1, cores);
         let (model, id) = match &options.source {
             EmbeddingSource::Files { onnx, tokenizer_dir } => {
                 let read = |p: PathBuf| std::fs::read(&p).map_err(|e| IndexError::io(&p, e));

@@ -29,8 +29,12 @@ use crate::fusion::Ranked;
 use crate::layout::{IndexLayout, Meta};
 use crate::symbols::Definition;
 use crate::tokenizer::{CodeTokenizer, CODE_TOKENIZER};
-/// tantivy's writer memory budget (shared by its threads).
+/// tantivy's writer memory budget (shared by its threads) ...
 const WRITER_MEMORY: usize = 64 * 1024 * 1024;
+/// ... and at least this much for each of them (tantivy refuses under 15 MB a thread).
+const WRITER_MEMORY_PER_THREAD: usize = 16 * 1024 * 1024;
+/// The most threads a writer gets, whatever `index.threads` says.
+const WRITER_THREADS: usize = 8;
 
 const KIND_CHUNK: &str = "chunk";
 const KIND_FILE: &str = "file";
@@ -281,9 +285,10 @@ impl Catalog for TantivyCatalog {
     }
 
     fn writer(&self, threads: usize) -> Result<Box<dyn CatalogWriter + '_>, IndexError> {
+        let threads = threads.clamp(1, WRITER_THREADS);
         let writer = self
             .index
-            .writer_with_num_threads(threads.clamp(1, 8), WRITER_MEMORY)
+            .writer_with_num_threads(threads, WRITER_MEMORY.max(threads * WRITER_MEMORY_PER_THREAD))
             .map_err(|e| match e {
                 tantivy::TantivyError::LockFailure(..) => IndexError::Busy,
                 other => IndexError::catalog(other),
