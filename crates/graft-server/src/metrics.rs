@@ -2,8 +2,9 @@
 //! text exposition format (version 0.0.4) on `GET /metrics`.
 //!
 //! What is measured: requests by route and status, request latency, time to first token,
-//! tokens in and out, retrieval latency, adapter loads (read from the pool), and the
-//! completions editors report shown, accepted or dismissed. This module
+//! tokens in and out, retrieval latency, adapter loads (read from the pool), the
+//! completions editors report shown, accepted or dismissed, and each project's index runs
+//! (read from the projects). This module
 //! only records and renders; handlers and middleware decide when to record.
 
 use std::collections::BTreeMap;
@@ -12,6 +13,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use graft_engine::pool::PoolStats;
+
+use crate::projects::IndexRuns;
 
 /// Bucket upper bounds, in seconds, for latencies from milliseconds to minutes.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -149,8 +152,9 @@ impl Metrics {
         *self.lock().completion_events.entry(event).or_default() += 1;
     }
 
-    /// Everything, in Prometheus's text format; `pool` and `in_flight` are read at render time.
-    pub fn render(&self, pool: PoolStats, in_flight: usize, queued: usize) -> String {
+    /// Everything, in Prometheus's text format; `pool`, `in_flight`, `queued` and each index's
+    /// runs (by project) are read at render time.
+    pub fn render(&self, pool: PoolStats, in_flight: usize, queued: usize, index: &[(String, IndexRuns)]) -> String {
         let m = self.lock();
         let mut out = String::new();
         let header = |out: &mut String, name: &str, kind: &str, help: &str| {
@@ -257,6 +261,36 @@ impl Metrics {
         for (event, n) in &m.completion_events {
             let _ = writeln!(out, "graft_completion_events_total{{event=\"{event}\"}} {n}");
         }
+        header(
+            &mut out,
+            "graft_index_runs_total",
+            "counter",
+            "Index runs of a project's repository (at start, on a change, or asked for), by outcome.",
+        );
+        for (project, runs) in index {
+            for (outcome, n) in [("ok", runs.succeeded), ("failed", runs.failed)] {
+                let _ = writeln!(
+                    out,
+                    "graft_index_runs_total{{project=\"{}\",outcome=\"{outcome}\"}} {n}",
+                    escape(project)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "graft_index_last_success_timestamp_seconds",
+            "gauge",
+            "When a project's last index run that succeeded ended (Unix time): its index holds the repository as it was then.",
+        );
+        for (project, runs) in index {
+            if let Some(at) = runs.last_success {
+                let _ = writeln!(
+                    out,
+                    "graft_index_last_success_timestamp_seconds{{project=\"{}\"}} {at:.3}",
+                    escape(project)
+                );
+            }
+        }
         out
     }
 }
@@ -295,7 +329,23 @@ mod tests {
         };
         m.tokens("graft", usage(10, 8, 5));
         m.tokens("graft", usage(1, 0, 2));
-        let text = m.render(PoolStats::default(), 1, 0);
+        let runs = IndexRuns {
+            succeeded: 2,
+            failed: 1,
+            last_success: Some(1_700_000_000.5),
+            last: None,
+        };
+        let text = m.render(
+            PoolStats::default(),
+            1,
+            0,
+            &[("app".into(), runs), ("new".into(), IndexRuns::default())],
+        );
+        assert!(text.contains("graft_index_runs_total{project=\"app\",outcome=\"ok\"} 2"), "{text}");
+        assert!(text.contains("graft_index_runs_total{project=\"app\",outcome=\"failed\"} 1"));
+        assert!(text.contains("graft_index_runs_total{project=\"new\",outcome=\"ok\"} 0"));
+        assert!(text.contains("graft_index_last_success_timestamp_seconds{project=\"app\"} 1700000000.500"));
+        assert!(!text.contains("graft_index_last_success_timestamp_seconds{project=\"new\"}"));
         assert!(
             text.contains("graft_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2"),
             "{text}"

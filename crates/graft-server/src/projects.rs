@@ -40,6 +40,58 @@ struct IndexSlot {
     reindexing: Arc<tokio::sync::Mutex<()>>,
     /// The last completion searches' hits by file and line, reused while the user types.
     sticky: Sticky,
+    /// The index runs this process made, and how the last one ended.
+    runs: Mutex<IndexRuns>,
+}
+
+/// The index runs of one index in this process (`GET /v1/projects/{name}`, `/metrics`).
+#[derive(Debug, Clone, Default)]
+pub struct IndexRuns {
+    pub succeeded: u64,
+    pub failed: u64,
+    /// When the last run that succeeded ended, in seconds since the Unix epoch.
+    pub last_success: Option<f64>,
+    pub last: Option<LastRun>,
+}
+
+/// How an index run ended.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastRun {
+    /// When, in seconds since the Unix epoch.
+    pub finished_at: f64,
+    pub seconds: f64,
+    /// What it changed; none when it failed.
+    pub files_added: Option<usize>,
+    pub files_changed: Option<usize>,
+    pub files_removed: Option<usize>,
+    pub embedded: Option<usize>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl IndexRuns {
+    fn record(&mut self, started: std::time::Instant, result: Result<&IndexReport, &ReindexError>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let report = result.ok();
+        match result {
+            Ok(_) => {
+                self.succeeded += 1;
+                self.last_success = Some(now);
+            }
+            Err(_) => self.failed += 1,
+        }
+        self.last = Some(LastRun {
+            finished_at: now,
+            seconds: started.elapsed().as_secs_f64(),
+            files_added: report.map(|r| r.files_added),
+            files_changed: report.map(|r| r.files_changed),
+            files_removed: report.map(|r| r.files_removed),
+            embedded: report.map(|r| r.embeddings),
+            error: result.err().map(ToString::to_string),
+        });
+    }
 }
 
 impl IndexSlot {
@@ -59,6 +111,7 @@ impl Project {
             open: Mutex::new(None),
             reindexing: Arc::new(tokio::sync::Mutex::new(())),
             sticky: Sticky::default(),
+            runs: Mutex::new(IndexRuns::default()),
         });
         Project { config, index }
     }
@@ -351,7 +404,24 @@ impl Projects {
     }
 
     /// Re-indexes `project`, marked by [`Projects::start_reindex`]; the mark goes when done.
+    /// The outcome is kept for [`Projects::status`] and [`Projects::index_runs`].
     pub async fn reindex_with(&self, project: &Arc<Project>, guard: ReindexGuard) -> Result<IndexReport, ReindexError> {
+        let started = std::time::Instant::now();
+        let result = self.run_index(project, guard).await;
+        let mut runs = project.index.runs.lock().unwrap_or_else(|p| p.into_inner());
+        runs.record(started, result.as_ref());
+        result
+    }
+
+    /// The index runs of each index in this process, by the name of the project that owns it.
+    pub fn index_runs(&self) -> Vec<(String, IndexRuns)> {
+        self.all()
+            .filter(|p| p.index_owner() == p.name())
+            .map(|p| (p.name().to_owned(), p.index.runs.lock().unwrap_or_else(|e| e.into_inner()).clone()))
+            .collect()
+    }
+
+    async fn run_index(&self, project: &Arc<Project>, guard: ReindexGuard) -> Result<IndexReport, ReindexError> {
         let embedder = self
             .embedder
             .clone()
@@ -383,6 +453,7 @@ impl Projects {
     /// The index's state, for the status endpoint.
     pub fn status(&self, project: &Arc<Project>) -> serde_json::Value {
         let reindexing = project.index.reindexing.try_lock().is_err();
+        let last_run = project.index.runs.lock().unwrap_or_else(|p| p.into_inner()).last.clone();
         let opened = if reindexing { Ok(None) } else { project.index() };
         let (indexed, chunks, meta, error) = match opened {
             Ok(Some(index)) => (true, index.chunk_count().ok(), serde_json::to_value(index.meta()).ok(), None),
@@ -397,6 +468,7 @@ impl Projects {
             "index_of": project.index_owner(),
             "indexed": indexed,
             "reindexing": reindexing,
+            "last_run": last_run,
             "chunks": chunks,
             "meta": meta,
             "error": error,

@@ -97,7 +97,8 @@ fn up_reports_a_busy_port_before_indexing_anything() {
 }
 
 /// `graft up` follows its projects' repositories (`index.refresh_secs`): a file added or
-/// removed reaches retrieval at the next look, and an unchanged repository is left alone.
+/// removed reaches retrieval at the next look, an unchanged repository is left alone, and
+/// the project's status and `/metrics` tell the runs.
 #[test]
 fn up_re_indexes_a_project_when_its_repository_changes() {
     let dir = tempfile::tempdir().unwrap();
@@ -157,6 +158,35 @@ fn up_re_indexes_a_project_when_its_repository_changes() {
     let line = wait_for("project `fixture` re-indexed", Duration::from_secs(60)).expect("re-indexed after a file was removed");
     assert!(line.contains("0 files added, 0 changed, 1 removed"), "{line}");
     assert!(!search("reconcile_quarterly_ledger").contains(&added.to_owned()));
+
+    // The project's status and the metrics say so: three runs, the last one removed the file.
+    let status = http_get(&addr, "/v1/projects/fixture");
+    let status: serde_json::Value = serde_json::from_str(status.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let last = &status["last_run"];
+    assert_eq!(
+        (&last["files_removed"], &last["files_added"], &last["error"]),
+        (&serde_json::json!(1), &serde_json::json!(0), &serde_json::Value::Null),
+        "{status}"
+    );
+    let metrics = http_get(&addr, "/metrics");
+    assert!(
+        metrics.contains("graft_index_runs_total{project=\"fixture\",outcome=\"ok\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("graft_index_last_success_timestamp_seconds{project=\"fixture\"}"),
+        "{metrics}"
+    );
+}
+
+/// A minimal HTTP/1.1 GET.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }
 
 #[test]

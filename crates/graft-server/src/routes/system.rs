@@ -61,8 +61,11 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 
 /// `GET /metrics`: Prometheus text format. Needs an admin key when keys are configured.
 pub async fn metrics(State(state): State<AppState>, _admin: Admin) -> Result<impl IntoResponse, ApiError> {
-    let text = state
-        .metrics()
-        .render(state.pool().stats(), state.gate().in_flight(), state.gate().queued());
+    let text = state.metrics().render(
+        state.pool().stats(),
+        state.gate().in_flight(),
+        state.gate().queued(),
+        &state.projects().index_runs(),
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }
