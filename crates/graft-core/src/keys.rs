@@ -17,7 +17,8 @@
 //! The variable: `KEY:project1,project2` entries separated by `;`, with `:admin` appended for
 //! an admin key, e.g. `sk-a:graft;sk-b:*:admin`. The base model is open to every valid key.
 //!
-//! This module reads and checks keys; the server enforces them.
+//! This module reads and checks keys, and says what a reload of them would change (refusing
+//! one that leaves none); the server enforces them.
 
 use std::path::{Path, PathBuf};
 
@@ -60,6 +61,19 @@ pub struct ApiKeys {
     keys: Vec<ApiKey>,
 }
 
+/// The keys a reload adds and removes, by name (a key whose rights changed is both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysChange {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl KeysChange {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
 /// A key file or variable that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
@@ -73,6 +87,8 @@ pub enum KeysError {
     File { path: PathBuf, message: String },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
+    #[error("no API key would be left, which would open the API to anyone (restart graft to serve without keys)")]
+    NoneLeft,
 }
 
 /// Keys shorter than this are refused: they could be guessed.
@@ -106,6 +122,27 @@ impl ApiKeys {
     /// The key a bearer token names.
     pub fn find(&self, token: &str) -> Option<&ApiKey> {
         self.keys.iter().find(|k| constant_time_eq(k.key.as_bytes(), token.as_bytes()))
+    }
+
+    /// What replacing these keys with `new` changes (a reload of the keys file: `graft serve`
+    /// on SIGHUP or when the file changes), or why it must not happen: keys never all go
+    /// while serving, since that would open the API to anyone who can reach it (an open API is
+    /// chosen at start, with no keys configured).
+    pub fn change_to(&self, new: &ApiKeys) -> Result<KeysChange, KeysError> {
+        if new.is_empty() && !self.is_empty() {
+            return Err(KeysError::NoneLeft);
+        }
+        let named = |keys: &ApiKeys, other: &ApiKeys| -> Vec<String> {
+            keys.keys
+                .iter()
+                .filter(|k| !other.keys.contains(k))
+                .map(|k| k.name.clone())
+                .collect()
+        };
+        Ok(KeysChange {
+            added: named(new, self),
+            removed: named(self, new),
+        })
     }
 
     fn check_unique(&self) -> Result<(), KeysError> {
@@ -229,5 +266,31 @@ mod tests {
         std::fs::write(&path, "[[keys]]\nkey = \"sk-cccccccccccccccc\"\nproject = [\"graft\"]\n").unwrap();
         let err = read_file(&path).unwrap_err().to_string();
         assert!(err.contains("project"), "{err}");
+    }
+
+    #[test]
+    fn a_reload_names_the_keys_it_changes_and_never_leaves_none() {
+        let key = |name: &str, key: &str, admin: bool| ApiKey {
+            name: name.into(),
+            key: key.into(),
+            projects: vec!["graft".into()],
+            admin,
+        };
+        let old = ApiKeys::new(vec![
+            key("ci", "sk-aaaaaaaaaaaaaaaa", false),
+            key("ops", "sk-bbbbbbbbbbbbbbbb", false),
+        ]);
+        let new = ApiKeys::new(vec![
+            key("ops", "sk-bbbbbbbbbbbbbbbb", true),
+            key("dev", "sk-cccccccccccccccc", false),
+        ]);
+        let change = old.change_to(&new).unwrap();
+        // `ops` became an admin: its old rights go, its new ones come.
+        assert_eq!(change.added, ["ops", "dev"]);
+        assert_eq!(change.removed, ["ci", "ops"]);
+        assert!(old.change_to(&old.clone()).unwrap().is_empty());
+        assert!(matches!(old.change_to(&ApiKeys::default()), Err(KeysError::NoneLeft)));
+        // An open server may start asking for keys.
+        assert_eq!(ApiKeys::default().change_to(&new).unwrap().added, ["ops", "dev"]);
     }
 }

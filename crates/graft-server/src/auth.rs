@@ -22,7 +22,7 @@ use crate::state::AppState;
 /// Middleware: identifies the caller from `Authorization: Bearer KEY` (or `x-api-key: KEY`) and stores it in the
 /// request's extensions, or answers 401.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let caller = match identify(state.keys(), request.headers()) {
+    let caller = match identify(&state.keys(), request.headers()) {
         Ok(caller) => caller,
         Err(e) => return e.into_response(),
     };

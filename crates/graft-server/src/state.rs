@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use graft_core::config::{GenerationConfig, ServerConfig};
-use graft_core::keys::ApiKeys;
+use graft_core::keys::{ApiKeys, KeysChange, KeysError};
 use graft_engine::pool::{AdapterInfo, PoolError};
 use graft_engine::{Engine, Pool};
 
@@ -38,7 +38,8 @@ struct Inner {
     aliases: Vec<String>,
     generation: GenerationConfig,
     server: ServerConfig,
-    keys: ApiKeys,
+    /// Replaced whole when the keys file is reloaded ([`AppState::replace_keys`]).
+    keys: std::sync::RwLock<Arc<ApiKeys>>,
     projects: Projects,
     gate: Gate,
     metrics: Arc<Metrics>,
@@ -69,7 +70,7 @@ impl AppState {
                 aliases: parts.aliases,
                 generation: parts.generation,
                 server: parts.server,
-                keys: parts.keys,
+                keys: std::sync::RwLock::new(Arc::new(parts.keys)),
                 projects: parts.projects,
                 gate,
                 metrics: Arc::new(Metrics::default()),
@@ -107,8 +108,20 @@ impl AppState {
         &self.inner.generation
     }
 
-    pub fn keys(&self) -> &ApiKeys {
-        &self.inner.keys
+    /// The API keys now.
+    pub fn keys(&self) -> Arc<ApiKeys> {
+        Arc::clone(&self.inner.keys.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Serves with `keys` from now on (requests already admitted keep the key they came
+    /// with), unless that would leave none ([`ApiKeys::change_to`]); says what changed.
+    pub fn replace_keys(&self, keys: ApiKeys) -> Result<KeysChange, KeysError> {
+        let mut current = self.inner.keys.write().unwrap_or_else(|p| p.into_inner());
+        let change = current.change_to(&keys)?;
+        if !change.is_empty() {
+            *current = Arc::new(keys);
+        }
+        Ok(change)
     }
 
     pub fn projects(&self) -> &Projects {

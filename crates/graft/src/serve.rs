@@ -123,6 +123,7 @@ fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std:
             keys,
             projects: graft_wiring::projects(&config, embedder.map(Arc::new)),
         });
+        reload_keys_on_change(&state, &config);
         if indexing == Indexing::InBackground {
             // Started before the first request can arrive, so each project reports itself as
             // re-indexing from the start.
@@ -248,6 +249,78 @@ fn index_in_background(state: &AppState, refresh: Duration) {
             }
         }
     });
+}
+
+/// How often the keys file is looked at (its size and time) for a change.
+const KEYS_LOOK: Duration = Duration::from_secs(2);
+
+/// Reloads the API keys (`server.api_keys_file` and `server.api_keys_env`) on SIGHUP and when
+/// the keys file changes, so keys are added, changed and revoked without a restart: the next
+/// request is checked against the new keys. A file that cannot be read or checked, or that
+/// leaves no key at all, changes nothing (the keys in use stay) and is reported.
+fn reload_keys_on_change(state: &AppState, config: &Config) {
+    let state = state.clone();
+    let config = config.clone();
+    tokio::spawn(async move {
+        let file = config.server.api_keys_file.clone();
+        let look = || {
+            let meta = std::fs::metadata(file.as_ref()?).ok()?;
+            Some((meta.len(), meta.modified().ok()))
+        };
+        let mut seen = look();
+        let mut hangups = Hangups::new();
+        let mut looks = tokio::time::interval(KEYS_LOOK);
+        looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let asked = tokio::select! {
+                _ = looks.tick() => false,
+                () = hangups.next() => true,
+            };
+            let now = look();
+            if !asked && now == seen {
+                continue;
+            }
+            seen = now;
+            match ApiKeys::load(&config).and_then(|keys| state.replace_keys(keys)) {
+                Ok(change) if change.is_empty() => {
+                    if asked {
+                        eprintln!("API keys reloaded: unchanged");
+                    }
+                }
+                Ok(change) => eprintln!(
+                    "API keys reloaded: added [{}], removed [{}]",
+                    change.added.join(", "),
+                    change.removed.join(", ")
+                ),
+                Err(e) => eprintln!("API keys not reloaded, the keys in use stay: {e}"),
+            }
+        }
+    });
+}
+
+/// SIGHUP, as a stream of wake-ups (never, where there is no such signal).
+struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    fn new() -> Hangups {
+        Hangups {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        }
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal {
+            if signal.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    }
 }
 
 /// A server for `config` in this process, on a free loopback port, with no keys (benches and

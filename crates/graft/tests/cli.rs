@@ -117,20 +117,8 @@ fn up_re_indexes_a_project_when_its_repository_changes() {
     .unwrap();
     let serving = common::graft_up(&config);
     let (_server, addr) = (serving.process, serving.addr);
-    let (said, lines) = std::sync::mpsc::channel::<String>();
-    let mut rest = serving.lines;
-    std::thread::spawn(move || rest.by_ref().map_while(Result::ok).for_each(|l| drop(said.send(l))));
-    let wait_for = |wanted: &str, within: Duration| -> Option<String> {
-        let until = std::time::Instant::now() + within;
-        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
-            match lines.recv_timeout(left) {
-                Ok(line) if line.contains(wanted) => return Some(line),
-                Ok(line) => assert!(!line.contains("failed"), "{line}"),
-                Err(_) => return None,
-            }
-        }
-        None
-    };
+    let said = Said::new(serving.lines);
+    let wait_for = |wanted: &str, within: Duration| said.wait_for(wanted, within, "failed");
     let search = |query: &str| -> Vec<String> {
         let body = format!(r#"{{"query": "{query}", "mode": "keyword"}}"#);
         let response = http_post(&addr, "/v1/projects/fixture/search", &body);
@@ -179,11 +167,104 @@ fn up_re_indexes_a_project_when_its_repository_changes() {
     );
 }
 
+/// API keys are reloaded without a restart, when the keys file changes and on SIGHUP (which
+/// no longer stops graft); a file that cannot be used, or that leaves no key, changes nothing.
+#[test]
+fn serve_reloads_its_api_keys_without_a_restart() {
+    const FIRST: &str = "sk-graft-first-0123456789abcdef";
+    const SECOND: &str = "sk-graft-second-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    let write_keys = |entries: &[(&str, &str)]| {
+        let text: String = entries
+            .iter()
+            .map(|(name, key)| format!("[[keys]]\nname = \"{name}\"\nkey = \"{key}\"\nprojects = [\"*\"]\n\n"))
+            .collect();
+        std::fs::write(&keys, text).unwrap();
+    };
+    write_keys(&[("first", FIRST)]);
+    let config = dir.path().join("graft.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kit]\ndir = {:?}\n\n[server]\nlisten = \"127.0.0.1:0\"\napi_keys_file = \"keys.toml\"\n",
+            common::kit_dir().display().to_string()
+        ),
+    )
+    .unwrap();
+    let serving = start_serving(graft().args(["serve", "--config"]).arg(&config), Duration::from_secs(120));
+    let (server, addr) = (serving.process, serving.addr);
+    let said = Said::new(serving.lines);
+    let status = |key: &str| {
+        let response = http_get_with(&addr, "/v1/models", &[("Authorization", &format!("Bearer {key}"))]);
+        response.split_whitespace().nth(1).unwrap_or_default().to_owned()
+    };
+    let within = Duration::from_secs(30);
+    assert_eq!((status(FIRST), status(SECOND)), ("200".into(), "401".into()));
+
+    // The file changes: the next request is checked against the new keys.
+    write_keys(&[("second", SECOND)]);
+    let line = said.wait_for("API keys", within, "").expect("reloaded");
+    assert!(line.contains("added [second], removed [first]"), "{line}");
+    assert_eq!((status(FIRST), status(SECOND)), ("401".into(), "200".into()));
+
+    // A file that does not parse, or that names no key, leaves the keys in use.
+    std::fs::write(&keys, "[[keys]]\nkey = ").unwrap();
+    let line = said.wait_for("API keys", within, "").expect("a broken file reported");
+    assert!(line.contains("not reloaded") && line.contains("keys.toml"), "{line}");
+    std::fs::write(&keys, "").unwrap();
+    let line = said.wait_for("API keys", within, "").expect("an empty file reported");
+    assert!(line.contains("not reloaded") && line.contains("open the API"), "{line}");
+    assert_eq!(status(SECOND), "200");
+
+    // SIGHUP reloads at once and does not stop graft.
+    write_keys(&[("first", FIRST), ("second", SECOND)]);
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let line = said.wait_for("API keys", within, "").expect("reloaded on SIGHUP");
+    assert!(line.contains("added [first]"), "{line}");
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let line = said.wait_for("API keys", within, "").expect("reloaded on SIGHUP");
+    assert!(line.contains("unchanged"), "{line}");
+    assert_eq!((status(FIRST), status(SECOND)), ("200".into(), "200".into()));
+}
+
+/// What a running graft says on standard error, read on a thread so that its pipe never fills.
+struct Said(std::sync::mpsc::Receiver<String>);
+
+impl Said {
+    fn new(lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>) -> Said {
+        let (send, receive) = std::sync::mpsc::channel();
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| drop(send.send(l))));
+        Said(receive)
+    }
+
+    /// The next line that holds `wanted`, if one comes within `within`; a line before it that
+    /// holds `never` (unless empty) fails the test.
+    fn wait_for(&self, wanted: &str, within: Duration, never: &str) -> Option<String> {
+        let until = std::time::Instant::now() + within;
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            match self.0.recv_timeout(left) {
+                Ok(line) if line.contains(wanted) => return Some(line),
+                Ok(line) => assert!(never.is_empty() || !line.contains(never), "{line}"),
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+}
+
 /// A minimal HTTP/1.1 GET.
 fn http_get(addr: &str, path: &str) -> String {
+    http_get_with(addr, path, &[])
+}
+
+/// A minimal HTTP/1.1 GET with `headers`.
+fn http_get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let headers: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
