@@ -6,7 +6,7 @@ use std::path::Path;
 
 use graft_index::{index_repository, IndexError, IndexLayout, IndexOptions, IndexReport, ProjectIndex, Quiet, SearchMode, SearchOptions};
 use graft_server::projects::Search;
-use graft_tests::{copy_fixture, kit_embedder};
+use graft_tests::{copy_fixture, kit_embedder, kit_file};
 
 fn index(repo: &Path, index_dir: &Path) -> IndexReport {
     index_repository(repo, &IndexLayout::new(index_dir), kit_embedder(), &IndexOptions::default(), &Quiet)
@@ -334,6 +334,72 @@ async fn a_project_being_indexed_answers_searches_with_nothing_until_it_is_done(
         .unwrap()
         .expect("searchable once indexed");
     assert!(hits.iter().any(|h| h.path == "auth/TokenVault.java"), "{hits:#?}");
+}
+
+/// A re-index embeds the code a change brings while the index still serves, and holds the
+/// index only to write: searches during the slow part are answered from the index as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reindex_embeds_what_changed_while_the_index_still_serves() {
+    let (repo, _index_dir, projects, project) = polyglot_project();
+    projects.reindex(&project).await.expect("indexing works");
+    // A pull brings a few hundred chunks: networkx's shortest-path modules.
+    let source = kit_file("networkx-src").join("algorithms/shortest_paths");
+    let mut brought = 0;
+    for entry in std::fs::read_dir(&source).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "py") {
+            std::fs::copy(&path, repo.path().join(entry.file_name())).unwrap();
+            brought += 1;
+        }
+    }
+    assert!(brought >= 5, "{brought} files");
+
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let run = async {
+        let report = projects.reindex(&project).await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        report
+    };
+    let watch = async {
+        let (mut during, mut served) = (0, 0);
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let reindexing = || projects.status(&project)["reindexing"] == true;
+            let before = reindexing();
+            let hits = projects
+                .search(&project, Search::text("rotateSigningKeys"), 5, SearchMode::Keyword)
+                .await
+                .unwrap();
+            if before && reindexing() {
+                during += 1;
+                served += usize::from(hits.is_some_and(|h| h.iter().any(|h| h.path == "auth/TokenVault.java")));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        (during, served)
+    };
+    let (report, (during, served)) = tokio::join!(run, watch);
+    let report = report.expect("re-indexing works");
+    assert_eq!(report.files_added, brought, "{report:?}");
+    assert!(report.embeddings > 100, "{report:?}");
+    assert_eq!(
+        report.embedded_ahead, report.embeddings,
+        "every new chunk was embedded ahead: {report:?}"
+    );
+    assert!(
+        served > 0 && served * 2 > during,
+        "{served} of {during} searches during the run were answered"
+    );
+    let hits = projects
+        .search(
+            &project,
+            Search::text("bellman_ford_predecessor_and_distance"),
+            5,
+            SearchMode::Keyword,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(hits.iter().any(|h| h.path == "weighted.py"), "{hits:#?}");
 }
 
 #[tokio::test]

@@ -11,6 +11,10 @@
 //!
 //! A second run therefore re-chunks only files whose content changed, re-embeds only chunks
 //! whose text (or path) changed, and finishes whatever an interrupted run left.
+//!
+//! A server re-indexing an index it has open embeds those chunks first, reading the open index
+//! while it still serves ([`embed_ahead`]), and hands the vectors to the run
+//! ([`index_repository_with`]), which then only writes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -25,9 +29,10 @@ use crate::chunker::{chunk_and_define, Chunk, ChunkOptions};
 use crate::embed::Embedder;
 use crate::error::IndexError;
 use crate::layout::{IndexLayout, Meta, CATALOG_FORMAT};
+use crate::search::ProjectIndex;
 use crate::symbols::Definition;
 use crate::vectors::{self, Backend};
-use crate::walk::{walk, SkipReason, WalkOptions};
+use crate::walk::{walk, SkipReason, SourceFile, WalkOptions};
 
 /// Chunks embedded and stored per step (bounds memory and makes progress visible).
 const EMBED_STEP: usize = 256;
@@ -78,6 +83,9 @@ pub struct IndexReport {
     pub symbols_written: usize,
     /// Chunks embedded in this run (the rest reused a stored vector).
     pub embeddings: usize,
+    /// Of those, the chunks embedded ahead of the run while the index still served
+    /// ([`embed_ahead`]).
+    pub embedded_ahead: usize,
     /// Vectors deleted because no chunk refers to them any more.
     pub stale_vectors_removed: usize,
     /// Files that could not be read, one line each.
@@ -113,6 +121,19 @@ pub fn index_repository(
     embedder: &Embedder,
     options: &IndexOptions,
     progress: &dyn IndexProgress,
+) -> Result<IndexReport, IndexError> {
+    index_repository_with(repo, layout, embedder, options, progress, &Ahead::default())
+}
+
+/// [`index_repository`], storing the vectors `ahead` holds instead of embedding those chunks
+/// ([`embed_ahead`]).
+pub fn index_repository_with(
+    repo: &Path,
+    layout: &IndexLayout,
+    embedder: &Embedder,
+    options: &IndexOptions,
+    progress: &dyn IndexProgress,
+    ahead: &Ahead,
 ) -> Result<IndexReport, IndexError> {
     let started = Instant::now();
     let repo = std::fs::canonicalize(repo).map_err(|_| IndexError::Walk(crate::walk::WalkError::Missing(repo.to_owned())))?;
@@ -167,29 +188,12 @@ pub fn index_repository(
     let old_files = catalog.files()?;
 
     // What changed.
-    let mut new_chunks: Vec<(u64, Chunk)> = Vec::new();
-    let mut new_symbols: Vec<(String, Definition, u64)> = Vec::new();
-    let mut changed_files: Vec<(String, String)> = Vec::new();
-    let mut seen = HashSet::with_capacity(walked.files.len());
-    for file in &walked.files {
-        seen.insert(file.path.as_str());
-        let hash = hex::encode(Sha256::digest(file.text.as_bytes()));
-        match old_files.get(&file.path) {
-            Some(old) if *old == hash => {
-                report.files_unchanged += 1;
-                continue;
-            }
-            Some(_) => report.files_changed += 1,
-            None => report.files_added += 1,
-        }
-        let (chunks, definitions) = chunk_and_define(&file.path, &file.text, &options.chunk);
-        let chunks = with_ids(chunks);
-        new_symbols.extend(holding_chunks(&chunks, definitions));
-        new_chunks.extend(chunks);
-        changed_files.push((file.path.clone(), hash));
-    }
-    let removed: Vec<&String> = old_files.keys().filter(|p| !seen.contains(p.as_str())).collect();
-    report.files_removed = removed.len();
+    let Changes {
+        new_chunks,
+        new_symbols,
+        changed_files,
+        removed,
+    } = Changes::of(&walked.files, &old_files, &options.chunk, &mut report);
     report.files_indexed = walked.files.len();
     report.chunks_written = new_chunks.len();
     report.symbols_written = new_symbols.len();
@@ -202,16 +206,17 @@ pub fn index_repository(
         .filter(|(id, _)| !stored.contains(id))
         .map(|(id, c)| (*id, embedding_text(&c.path, &c.symbol, &c.text)))
         .collect();
-    progress.embedding(to_embed.len());
+    report.embedded_ahead = to_embed.iter().filter(|(id, _)| ahead.vectors.contains_key(id)).count();
+    progress.embedding(to_embed.len() - report.embedded_ahead);
     seconds.vectors += watch.lap();
-    report.embeddings += embed_and_store(&to_embed, embedder, store.as_ref(), &claim, progress, &mut seconds)?;
+    report.embeddings += embed_and_store(&to_embed, embedder, store.as_ref(), &claim, progress, &mut seconds, ahead)?;
     watch.lap(); // embed_and_store timed its own work
 
     // 2. The catalog switches to the new state in one commit.
     if !changed_files.is_empty() || !removed.is_empty() {
         claim.renew()?;
         let mut writer = catalog.writer(options.threads.max(1))?;
-        for path in removed.iter().copied().chain(changed_files.iter().map(|(p, _)| p)) {
+        for path in removed.iter().chain(changed_files.iter().map(|(p, _)| p)) {
             writer.remove_file(path)?;
         }
         for (path, hash) in &changed_files {
@@ -246,7 +251,7 @@ pub fn index_repository(
         }
         progress.embedding(repair.len());
         seconds.catalog += watch.lap();
-        report.embeddings += embed_and_store(&repair, embedder, store.as_ref(), &claim, progress, &mut seconds)?;
+        report.embeddings += embed_and_store(&repair, embedder, store.as_ref(), &claim, progress, &mut seconds, ahead)?;
         watch.lap(); // embed_and_store timed its own work
     }
     store.flush()?;
@@ -306,6 +311,106 @@ impl Stopwatch {
     }
 }
 
+/// What a walk brings against the catalog's record of files (path to content hash): the
+/// chunks and definitions of the files added or changed, with the files' new hashes, and the
+/// files gone. Counts the files in `report`.
+struct Changes {
+    new_chunks: Vec<(u64, Chunk)>,
+    new_symbols: Vec<(String, Definition, u64)>,
+    changed_files: Vec<(String, String)>,
+    removed: Vec<String>,
+}
+
+impl Changes {
+    fn of(files: &[SourceFile], old_files: &HashMap<String, String>, chunk: &ChunkOptions, report: &mut IndexReport) -> Changes {
+        let mut changes = Changes {
+            new_chunks: Vec::new(),
+            new_symbols: Vec::new(),
+            changed_files: Vec::new(),
+            removed: Vec::new(),
+        };
+        let mut seen = HashSet::with_capacity(files.len());
+        for file in files {
+            seen.insert(file.path.as_str());
+            let hash = hex::encode(Sha256::digest(file.text.as_bytes()));
+            match old_files.get(&file.path) {
+                Some(old) if *old == hash => {
+                    report.files_unchanged += 1;
+                    continue;
+                }
+                Some(_) => report.files_changed += 1,
+                None => report.files_added += 1,
+            }
+            let (chunks, definitions) = chunk_and_define(&file.path, &file.text, chunk);
+            let chunks = with_ids(chunks);
+            changes.new_symbols.extend(holding_chunks(&chunks, definitions));
+            changes.new_chunks.extend(chunks);
+            changes.changed_files.push((file.path.clone(), hash));
+        }
+        changes.removed = old_files.keys().filter(|p| !seen.contains(p.as_str())).cloned().collect();
+        report.files_removed = changes.removed.len();
+        changes
+    }
+}
+
+/// Vectors a coming run needs, computed while the index still serves ([`embed_ahead`]), by
+/// chunk id: the run stores them instead of embedding those chunks again.
+#[derive(Debug, Default)]
+pub struct Ahead {
+    vectors: HashMap<u64, Vec<f32>>,
+}
+
+impl Ahead {
+    /// How many chunks were embedded ahead.
+    pub fn len(&self) -> usize {
+        self.vectors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vectors.is_empty()
+    }
+}
+
+/// Chunks embedded per step ahead of a run: few, so that a search's query, which needs the
+/// same embedding model, waits little.
+const AHEAD_STEP: usize = 8;
+
+/// Embeds the chunks a run of `repo` into `index` would embed (those of files added or changed
+/// since its last commit that have no vector yet), reading `index` alone, so that searches go
+/// on meanwhile; the run is then given them ([`index_repository_with`]) and holds the index
+/// only to write. Nothing is embedded ahead for an index of another embedding model (the run
+/// starts over).
+pub fn embed_ahead(
+    repo: &Path,
+    index: &ProjectIndex,
+    embedder: &Embedder,
+    options: &IndexOptions,
+    progress: &dyn IndexProgress,
+) -> Result<Ahead, IndexError> {
+    let meta = index.meta();
+    if meta.embedding_model != embedder.id() || meta.dims != embedder.dims() || meta.format != CATALOG_FORMAT {
+        return Ok(Ahead::default());
+    }
+    let walked = walk(repo, &options.walk)?;
+    let old_files = index.catalog().files()?;
+    let changes = Changes::of(&walked.files, &old_files, &options.chunk, &mut IndexReport::default());
+    let stored = index.store().ids()?;
+    let wanted: Vec<(u64, String)> = changes
+        .new_chunks
+        .iter()
+        .filter(|(id, _)| !stored.contains(id))
+        .map(|(id, c)| (*id, embedding_text(&c.path, &c.symbol, &c.text)))
+        .collect();
+    progress.embedding(wanted.len());
+    let mut vectors = HashMap::with_capacity(wanted.len());
+    for step in wanted.chunks(AHEAD_STEP) {
+        let texts: Vec<String> = step.iter().map(|(_, t)| t.clone()).collect();
+        vectors.extend(step.iter().map(|(id, _)| *id).zip(embedder.embed(&texts)?));
+        progress.embedded(step.len());
+    }
+    Ok(Ahead { vectors })
+}
+
 /// Embeds `(id, text)` pairs in steps and stores the vectors; returns how many were stored.
 fn embed_and_store(
     items: &[(u64, String)],
@@ -314,18 +419,22 @@ fn embed_and_store(
     claim: &Claim,
     progress: &dyn IndexProgress,
     seconds: &mut PhaseSeconds,
+    ahead: &Ahead,
 ) -> Result<usize, IndexError> {
     for step in items.chunks(EMBED_STEP) {
         claim.renew()?;
-        let texts: Vec<String> = step.iter().map(|(_, t)| t.clone()).collect();
+        let (known, unknown): (Vec<_>, Vec<_>) = step.iter().partition(|(id, _)| ahead.vectors.contains_key(id));
+        let texts: Vec<String> = unknown.iter().map(|(_, t)| t.clone()).collect();
         let started = Instant::now();
         let vectors = embedder.embed(&texts)?;
         seconds.embed += started.elapsed().as_secs_f64();
         let started = Instant::now();
-        let points: Vec<(u64, Vec<f32>)> = step.iter().map(|(id, _)| *id).zip(vectors).collect();
+        let embedded = unknown.len();
+        let mut points: Vec<(u64, Vec<f32>)> = unknown.iter().map(|(id, _)| *id).zip(vectors).collect();
+        points.extend(known.iter().filter_map(|(id, _)| Some((*id, ahead.vectors.get(id)?.clone()))));
         store.upsert(&points)?;
         seconds.vectors += started.elapsed().as_secs_f64();
-        progress.embedded(points.len());
+        progress.embedded(embedded);
     }
     let started = Instant::now();
     store.flush()?;

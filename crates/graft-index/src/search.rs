@@ -151,6 +151,14 @@ impl ProjectIndex {
         relative.trim_start_matches("./").to_owned()
     }
 
+    pub(crate) fn catalog(&self) -> &dyn Catalog {
+        self.catalog.as_ref()
+    }
+
+    pub(crate) fn store(&self) -> &dyn VectorStore {
+        self.store.as_ref()
+    }
+
     pub fn meta(&self) -> &Meta {
         &self.meta
     }

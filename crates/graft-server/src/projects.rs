@@ -1,18 +1,21 @@
 //! Projects the server knows: each one's configuration and its index, opened on first use,
 //! searched on a blocking thread, and re-indexed on request.
 //!
-//! While a project is being re-indexed its index is closed (the indexer owns it); requests for
-//! the project are then served without retrieved code rather than made to wait. The same
-//! holds while another process (a `graft index` run) has the index open.
+//! A re-index first embeds the code the change brings while the index still serves
+//! (`graft_index::embed_ahead`), then closes the index for the indexer to write (the indexer
+//! owns its files; a fraction of a second for a few hundred changed chunks); requests for the
+//! project are served without retrieved code while it writes, or builds a first index, rather
+//! than made to wait. The same holds while another process (a `graft index` run) has the
+//! index open.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use graft_core::ProjectConfig;
 use graft_index::{
-    index_repository, Embedder, IndexError, IndexLayout, IndexOptions, IndexProgress, IndexReport, Names, ProjectIndex, Query, SearchHit,
-    SearchMode, SearchOptions,
+    embed_ahead, index_repository_with, Ahead, Embedder, IndexError, IndexLayout, IndexOptions, IndexProgress, IndexReport, Names,
+    ProjectIndex, Query, SearchHit, SearchMode, SearchOptions,
 };
 
 use crate::sticky::{Spot, Sticky};
@@ -38,6 +41,9 @@ struct IndexSlot {
     open: Mutex<Option<Arc<ProjectIndex>>>,
     /// Held for a whole re-index.
     reindexing: Arc<tokio::sync::Mutex<()>>,
+    /// Set (under `open`'s lock) while the indexer writes: the index is closed, and searches
+    /// get nothing. A re-index first embeds what changed with the index still serving.
+    writing: AtomicBool,
     /// The last completion searches' hits by file and line, reused while the user types.
     sticky: Sticky,
     /// The index runs this process made, and how the last one ended.
@@ -110,6 +116,7 @@ impl Project {
             options,
             open: Mutex::new(None),
             reindexing: Arc::new(tokio::sync::Mutex::new(())),
+            writing: AtomicBool::new(false),
             sticky: Sticky::default(),
             runs: Mutex::new(IndexRuns::default()),
         });
@@ -141,15 +148,20 @@ impl Project {
         graft_index::catalog::read_meta(&slot.options.backend, &slot.layout).is_ok_and(|meta| meta.is_some())
     }
 
-    /// The open index, opening it if needed; `None` while re-indexing.
+    /// The open index, opening it if needed; `None` while a re-index writes it, or builds the
+    /// first one.
     fn index(&self) -> Result<Option<Arc<ProjectIndex>>, IndexError> {
         let slot = &self.index;
-        if slot.is_reindexing() {
+        let mut open = slot.open.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.writing.load(Ordering::Acquire) {
             return Ok(None);
         }
-        let mut open = slot.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.is_none() {
-            *open = Some(Arc::new(ProjectIndex::open_with(&slot.owner, &slot.layout, &slot.options.backend)?));
+            match ProjectIndex::open_with(&slot.owner, &slot.layout, &slot.options.backend) {
+                Ok(index) => *open = Some(Arc::new(index)),
+                Err(IndexError::NoIndex { .. }) if slot.is_reindexing() => return Ok(None),
+                Err(e) => return Err(e),
+            }
         }
         Ok(open.clone())
     }
@@ -191,6 +203,16 @@ impl IndexProgress for LogProgress {
         if tenth(before + n) > tenth(before) {
             tracing::info!(project = %self.project, embedded = before + n, of = total, "indexing: embedding");
         }
+    }
+}
+
+/// The mark of an index being written, lifted when dropped, however the run ended.
+struct Writing(Arc<IndexSlot>);
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        let _open = self.0.open.lock().unwrap_or_else(|p| p.into_inner());
+        self.0.writing.store(false, Ordering::Release);
     }
 }
 
@@ -362,7 +384,7 @@ impl Projects {
         k: usize,
     ) -> Result<Option<Vec<SearchHit>>, IndexError> {
         let slot = &project.index;
-        if !slot.is_reindexing() {
+        if !slot.writing.load(Ordering::Acquire) {
             if let Some(hits) = slot.sticky.near(spot, k) {
                 return Ok(Some(hits));
             }
@@ -426,27 +448,58 @@ impl Projects {
             .embedder
             .clone()
             .ok_or_else(|| IndexError::Invalid("no embedding model is loaded".into()))?;
-        // The indexer owns the index files while it runs: close ours, once the searches
+        // First, with the index still serving, the chunks the change brings are embedded (the
+        // slow part); a search's query waits a few chunks' embedding at most.
+        let ahead = match project.index() {
+            Ok(Some(index)) => {
+                let (serving, embedder) = (Arc::clone(project), Arc::clone(&embedder));
+                let ahead = tokio::task::spawn_blocking(move || {
+                    let slot = &serving.index;
+                    embed_ahead(
+                        &serving.config.path,
+                        &index,
+                        &embedder,
+                        &slot.options,
+                        &LogProgress::new(&slot.owner),
+                    )
+                })
+                .await
+                .map_err(|e| IndexError::Invalid(format!("the index task failed: {e}")))?;
+                // The run embeds whatever was not embedded ahead.
+                ahead.unwrap_or_else(|e| {
+                    tracing::warn!(project = project.name(), error = %e, "embedding ahead of the re-index failed");
+                    Ahead::default()
+                })
+            }
+            _ => Ahead::default(),
+        };
+        // Then the indexer owns the index files while it writes: close ours, once the searches
         // running on it (milliseconds each) have let go.
-        let open = project.index.open.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let open = {
+            let mut open = project.index.open.lock().unwrap_or_else(|p| p.into_inner());
+            project.index.writing.store(true, Ordering::Release);
+            open.take()
+        };
         if let Some(open) = open {
             let waited = std::time::Instant::now();
             while Arc::strong_count(&open) > 1 && waited.elapsed() < SEARCHES_FINISH {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }
+        let writing = Writing(Arc::clone(&project.index));
         let project = Arc::clone(project);
         let report = tokio::task::spawn_blocking(move || {
             let _guard = guard;
             let slot = &project.index;
             let progress = LogProgress::new(&slot.owner);
-            let report = index_repository(&project.config.path, &slot.layout, &embedder, &slot.options, &progress);
+            let report = index_repository_with(&project.config.path, &slot.layout, &embedder, &slot.options, &progress, &ahead);
             // Hits remembered from the old index may name code that changed or went.
             slot.sticky.clear();
             report
         })
         .await
         .map_err(|e| IndexError::Invalid(format!("the index task failed: {e}")))?;
+        drop(writing);
         Ok(report?)
     }
 
@@ -454,7 +507,7 @@ impl Projects {
     pub fn status(&self, project: &Arc<Project>) -> serde_json::Value {
         let reindexing = project.index.reindexing.try_lock().is_err();
         let last_run = project.index.runs.lock().unwrap_or_else(|p| p.into_inner()).last.clone();
-        let opened = if reindexing { Ok(None) } else { project.index() };
+        let opened = project.index();
         let (indexed, chunks, meta, error) = match opened {
             Ok(Some(index)) => (true, index.chunk_count().ok(), serde_json::to_value(index.meta()).ok(), None),
             Ok(None) => (false, None, None, None),
