@@ -360,20 +360,13 @@ pub struct Ahead {
     vectors: HashMap<u64, Vec<f32>>,
 }
 
-impl Ahead {
-    /// How many chunks were embedded ahead.
-    pub fn len(&self) -> usize {
-        self.vectors.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.vectors.is_empty()
-    }
-}
-
 /// Chunks embedded per step ahead of a run: few, so that a search's query, which needs the
 /// same embedding model, waits little.
 const AHEAD_STEP: usize = 8;
+
+/// The most chunks embedded ahead of one run (about 150 MB of vectors with a 384-dimension
+/// model); a larger change's other chunks are embedded by the run itself.
+const AHEAD_MAX: usize = 100_000;
 
 /// Embeds the chunks a run of `repo` into `index` would embed (those of files added or changed
 /// since its last commit that have no vector yet), reading `index` alone, so that searches go
@@ -399,6 +392,7 @@ pub fn embed_ahead(
         .new_chunks
         .iter()
         .filter(|(id, _)| !stored.contains(id))
+        .take(AHEAD_MAX)
         .map(|(id, c)| (*id, embedding_text(&c.path, &c.symbol, &c.text)))
         .collect();
     progress.embedding(wanted.len());

@@ -475,10 +475,11 @@ impl Projects {
         };
         // Then the indexer owns the index files while it writes: close ours, once the searches
         // running on it (milliseconds each) have let go.
-        let open = {
+        let (open, writing) = {
             let mut open = project.index.open.lock().unwrap_or_else(|p| p.into_inner());
             project.index.writing.store(true, Ordering::Release);
-            open.take()
+            // Lifted when the run ends, or at once should this future be dropped first.
+            (open.take(), Writing(Arc::clone(&project.index)))
         };
         if let Some(open) = open {
             let waited = std::time::Instant::now();
@@ -486,10 +487,9 @@ impl Projects {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }
-        let writing = Writing(Arc::clone(&project.index));
         let project = Arc::clone(project);
         let report = tokio::task::spawn_blocking(move || {
-            let _guard = guard;
+            let (_guard, _writing) = (guard, writing);
             let slot = &project.index;
             let progress = LogProgress::new(&slot.owner);
             let report = index_repository_with(&project.config.path, &slot.layout, &embedder, &slot.options, &progress, &ahead);
@@ -499,7 +499,6 @@ impl Projects {
         })
         .await
         .map_err(|e| IndexError::Invalid(format!("the index task failed: {e}")))?;
-        drop(writing);
         Ok(report?)
     }
 
