@@ -10,7 +10,7 @@ use base64::Engine as _;
 use graft_core::config::{GenerationConfig, ServerConfig};
 use graft_core::keys::{ApiKey, ApiKeys};
 use graft_core::ProjectConfig;
-use graft_tests::{kit_embedder, logprob_tokens, start_server, ServerSetup, TestServer, EMBEDDING_MODEL, MODEL};
+use graft_tests::{kit_embedder, kit_file, logprob_tokens, start_server, ServerSetup, TestServer, EMBEDDING_MODEL, MODEL};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "sk-test-admin-0123456789";
@@ -621,6 +621,66 @@ async fn project_search_and_reindex_follow_the_repository() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"][0]["path"], "src/quota.rs", "{body}");
+}
+
+/// A client that stops waiting for a re-index (a webhook's short timeout) does not cancel it:
+/// the change is indexed anyway, and the project's status tells the run.
+#[tokio::test]
+async fn an_abandoned_reindex_runs_to_its_end() {
+    // A server of its own: the change below is no other test's business.
+    let server = start_server(ServerSetup {
+        projects: vec![project("polyglot", true)],
+        ..ServerSetup::default()
+    });
+    let client = reqwest::Client::new();
+    let call = |path: &str, body: Option<Value>| {
+        let request = match body {
+            Some(body) => client.post(server.url(path)).json(&body),
+            None => client.get(server.url(path)),
+        };
+        async move {
+            request
+                .send()
+                .await
+                .expect("request reaches the server")
+                .json::<Value>()
+                .await
+                .expect("a JSON body")
+        }
+    };
+    let done = call("/v1/projects/polyglot/reindex", Some(json!({}))).await;
+    assert!(done["report"].is_object(), "{done}");
+    // The change takes seconds to embed, so the client gives up while the run is on.
+    let source = kit_file("networkx-src").join("algorithms/shortest_paths");
+    let mut brought = 0;
+    for entry in std::fs::read_dir(&source).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "py") {
+            std::fs::copy(entry.path(), server.repos[0].join(entry.file_name())).unwrap();
+            brought += 1;
+        }
+    }
+    let impatient = client
+        .post(server.url("/v1/projects/polyglot/reindex"))
+        .json(&json!({}))
+        .timeout(std::time::Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(impatient.is_err(), "the client gave up first: {impatient:?}");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let status = call("/v1/projects/polyglot", None).await;
+        if status["last_run"]["files_added"] == brought && status["reindexing"] == false {
+            let found = call(
+                "/v1/projects/polyglot/search",
+                Some(json!({"query": "bellman_ford_predecessor_and_distance", "mode": "keyword"})),
+            )
+            .await;
+            assert_eq!(found["data"][0]["path"], "weighted.py", "{found}");
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "the abandoned re-index never finished: {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

@@ -37,15 +37,21 @@ pub async fn status(State(state): State<AppState>, _admin: Admin, Path(name): Pa
 
 pub async fn reindex(State(state): State<AppState>, _admin: Admin, Path(name): Path<String>) -> Result<AxumJson<Value>, ApiError> {
     let project = project(&state, &name)?;
-    let report = state.projects().reindex(&project).await.map_err(|e| {
-        let message = format!("Re-indexing `{name}` failed: {e}");
-        match e {
-            ReindexError::Running | ReindexError::Index(IndexError::Busy | IndexError::Claimed { .. } | IndexError::InUse { .. }) => {
-                ApiError::new(StatusCode::CONFLICT, message)
+    // On a task of its own: a client that stops waiting (a webhook's short timeout) does not
+    // cancel the run; its outcome is then in the project's status (`last_run`).
+    let run = tokio::spawn(async move { state.projects().reindex(&project).await });
+    let report = run
+        .await
+        .map_err(|e| ApiError::internal("re-index failed", &format!("the re-index task failed: {e}")))?
+        .map_err(|e| {
+            let message = format!("Re-indexing `{name}` failed: {e}");
+            match e {
+                ReindexError::Running | ReindexError::Index(IndexError::Busy | IndexError::Claimed { .. } | IndexError::InUse { .. }) => {
+                    ApiError::new(StatusCode::CONFLICT, message)
+                }
+                ReindexError::Index(_) => ApiError::internal("re-index failed", &message),
             }
-            ReindexError::Index(_) => ApiError::internal("re-index failed", &message),
-        }
-    })?;
+        })?;
     Ok(AxumJson(json!({
         "project": name,
         "elapsed_seconds": report.elapsed.as_secs_f64(),
