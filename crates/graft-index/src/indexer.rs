@@ -12,9 +12,9 @@
 //! A second run therefore re-chunks only files whose content changed, re-embeds only chunks
 //! whose text (or path) changed, and finishes whatever an interrupted run left.
 //!
-//! A server re-indexing an index it has open embeds those chunks first, reading the open index
-//! while it still serves ([`embed_ahead`]), and hands the vectors to the run
-//! ([`index_repository_with`]), which then only writes.
+//! A server re-indexing an index it has open walks and embeds first, reading the open index
+//! while it still serves ([`embed_ahead`]), and hands the files it read and the vectors to the
+//! run ([`index_repository_with`]), which then only diffs and writes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -32,7 +32,7 @@ use crate::layout::{IndexLayout, Meta, CATALOG_FORMAT};
 use crate::search::ProjectIndex;
 use crate::symbols::Definition;
 use crate::vectors::{self, Backend};
-use crate::walk::{walk, SkipReason, SourceFile, WalkOptions};
+use crate::walk::{walk, SkipReason, SourceFile, Walk, WalkOptions};
 
 /// Chunks embedded and stored per step (bounds memory and makes progress visible).
 const EMBED_STEP: usize = 256;
@@ -122,19 +122,20 @@ pub fn index_repository(
     options: &IndexOptions,
     progress: &dyn IndexProgress,
 ) -> Result<IndexReport, IndexError> {
-    index_repository_with(repo, layout, embedder, options, progress, &Ahead::default())
+    index_repository_with(repo, layout, embedder, options, progress, Ahead::default())
 }
 
-/// [`index_repository`], storing the vectors `ahead` holds instead of embedding those chunks
-/// ([`embed_ahead`]).
+/// [`index_repository`] with what [`embed_ahead`] did: the repository as it read it (not
+/// walked again) and the vectors it computed (stored, not embedded again).
 pub fn index_repository_with(
     repo: &Path,
     layout: &IndexLayout,
     embedder: &Embedder,
     options: &IndexOptions,
     progress: &dyn IndexProgress,
-    ahead: &Ahead,
+    ahead: Ahead,
 ) -> Result<IndexReport, IndexError> {
+    let Ahead { vectors: ahead, walked } = ahead;
     let started = Instant::now();
     let repo = std::fs::canonicalize(repo).map_err(|_| IndexError::Walk(crate::walk::WalkError::Missing(repo.to_owned())))?;
     std::fs::create_dir_all(&layout.root).map_err(|e| IndexError::io(&layout.root, e))?;
@@ -171,7 +172,10 @@ pub fn index_repository_with(
 
     let mut watch = Stopwatch(Instant::now());
     let mut seconds = PhaseSeconds::default();
-    let walked = walk(&repo, &options.walk)?;
+    let walked = match walked {
+        Some(walked) => walked,
+        None => walk(&repo, &options.walk)?,
+    };
     seconds.walk += watch.lap();
     report.files_seen = walked.files.len() + walked.skipped_total();
     report.skipped = walked
@@ -206,10 +210,10 @@ pub fn index_repository_with(
         .filter(|(id, _)| !stored.contains(id))
         .map(|(id, c)| (*id, embedding_text(&c.path, &c.symbol, &c.text)))
         .collect();
-    report.embedded_ahead = to_embed.iter().filter(|(id, _)| ahead.vectors.contains_key(id)).count();
+    report.embedded_ahead = to_embed.iter().filter(|(id, _)| ahead.contains_key(id)).count();
     progress.embedding(to_embed.len() - report.embedded_ahead);
     seconds.vectors += watch.lap();
-    report.embeddings += embed_and_store(&to_embed, embedder, store.as_ref(), &claim, progress, &mut seconds, ahead)?;
+    report.embeddings += embed_and_store(&to_embed, embedder, store.as_ref(), &claim, progress, &mut seconds, &ahead)?;
     watch.lap(); // embed_and_store timed its own work
 
     // 2. The catalog switches to the new state in one commit.
@@ -251,7 +255,7 @@ pub fn index_repository_with(
         }
         progress.embedding(repair.len());
         seconds.catalog += watch.lap();
-        report.embeddings += embed_and_store(&repair, embedder, store.as_ref(), &claim, progress, &mut seconds, ahead)?;
+        report.embeddings += embed_and_store(&repair, embedder, store.as_ref(), &claim, progress, &mut seconds, &ahead)?;
         watch.lap(); // embed_and_store timed its own work
     }
     store.flush()?;
@@ -353,11 +357,14 @@ impl Changes {
     }
 }
 
-/// Vectors a coming run needs, computed while the index still serves ([`embed_ahead`]), by
-/// chunk id: the run stores them instead of embedding those chunks again.
+/// What [`embed_ahead`] did while the index still served, for the run to reuse: the vectors
+/// it computed, by chunk id (stored instead of embedding those chunks again), and the
+/// repository as it read it (not walked again while the index is closed; a change made since
+/// is the next run's).
 #[derive(Debug, Default)]
 pub struct Ahead {
     vectors: HashMap<u64, Vec<f32>>,
+    walked: Option<Walk>,
 }
 
 /// Chunks embedded per step ahead of a run: few, so that a search's query, which needs the
@@ -402,7 +409,10 @@ pub fn embed_ahead(
         vectors.extend(step.iter().map(|(id, _)| *id).zip(embedder.embed(&texts)?));
         progress.embedded(step.len());
     }
-    Ok(Ahead { vectors })
+    Ok(Ahead {
+        vectors,
+        walked: Some(walked),
+    })
 }
 
 /// Embeds `(id, text)` pairs in steps and stores the vectors; returns how many were stored.
@@ -413,11 +423,11 @@ fn embed_and_store(
     claim: &Claim,
     progress: &dyn IndexProgress,
     seconds: &mut PhaseSeconds,
-    ahead: &Ahead,
+    ahead: &HashMap<u64, Vec<f32>>,
 ) -> Result<usize, IndexError> {
     for step in items.chunks(EMBED_STEP) {
         claim.renew()?;
-        let (known, unknown): (Vec<_>, Vec<_>) = step.iter().partition(|(id, _)| ahead.vectors.contains_key(id));
+        let (known, unknown): (Vec<_>, Vec<_>) = step.iter().partition(|(id, _)| ahead.contains_key(id));
         let texts: Vec<String> = unknown.iter().map(|(_, t)| t.clone()).collect();
         let started = Instant::now();
         let vectors = embedder.embed(&texts)?;
@@ -425,7 +435,7 @@ fn embed_and_store(
         let started = Instant::now();
         let embedded = unknown.len();
         let mut points: Vec<(u64, Vec<f32>)> = unknown.iter().map(|(id, _)| *id).zip(vectors).collect();
-        points.extend(known.iter().filter_map(|(id, _)| Some((*id, ahead.vectors.get(id)?.clone()))));
+        points.extend(known.iter().filter_map(|(id, _)| Some((*id, ahead.get(id)?.clone()))));
         store.upsert(&points)?;
         seconds.vectors += started.elapsed().as_secs_f64();
         progress.embedded(embedded);

@@ -493,7 +493,7 @@ impl Projects {
             let (_guard, _writing) = (guard, writing);
             let slot = &project.index;
             let progress = LogProgress::new(&slot.owner);
-            let report = index_repository_with(&project.config.path, &slot.layout, &embedder, &slot.options, &progress, &ahead);
+            let report = index_repository_with(&project.config.path, &slot.layout, &embedder, &slot.options, &progress, ahead);
             // Hits remembered from the old index may name code that changed or went.
             slot.sticky.clear();
             report
