@@ -135,7 +135,11 @@ pub fn index_repository_with(
     progress: &dyn IndexProgress,
     ahead: Ahead,
 ) -> Result<IndexReport, IndexError> {
-    let Ahead { vectors: ahead, walked } = ahead;
+    let Ahead {
+        vectors: ahead,
+        walked,
+        seconds: ahead_seconds,
+    } = ahead;
     let started = Instant::now();
     let repo = std::fs::canonicalize(repo).map_err(|_| IndexError::Walk(crate::walk::WalkError::Missing(repo.to_owned())))?;
     std::fs::create_dir_all(&layout.root).map_err(|e| IndexError::io(&layout.root, e))?;
@@ -171,7 +175,9 @@ pub fn index_repository_with(
     }
 
     let mut watch = Stopwatch(Instant::now());
-    let mut seconds = PhaseSeconds::default();
+    // Time spent ahead counts as the run's.
+    let ahead_elapsed = Duration::from_secs_f64(ahead_seconds.total);
+    let mut seconds = ahead_seconds;
     let walked = match walked {
         Some(walked) => walked,
         None => walk(&repo, &options.walk)?,
@@ -263,7 +269,7 @@ pub fn index_repository_with(
     report.chunks = live.len();
 
     catalog.write_meta(&meta)?;
-    report.elapsed = started.elapsed();
+    report.elapsed = started.elapsed() + ahead_elapsed;
     seconds.total = report.elapsed.as_secs_f64();
     report.seconds = seconds;
     Ok(report)
@@ -365,6 +371,8 @@ impl Changes {
 pub struct Ahead {
     vectors: HashMap<u64, Vec<f32>>,
     walked: Option<Walk>,
+    /// Where its time went (`total`: all of it), added to the run's.
+    seconds: PhaseSeconds,
 }
 
 /// Chunks embedded per step ahead of a run: few, so that a search's query, which needs the
@@ -391,9 +399,14 @@ pub fn embed_ahead(
     if meta.embedding_model != embedder.id() || meta.dims != embedder.dims() || meta.format != CATALOG_FORMAT {
         return Ok(Ahead::default());
     }
+    let started = Instant::now();
+    let mut watch = Stopwatch(started);
+    let mut seconds = PhaseSeconds::default();
     let walked = walk(repo, &options.walk)?;
+    seconds.walk += watch.lap();
     let old_files = index.catalog().files()?;
     let changes = Changes::of(&walked.files, &old_files, &options.chunk, &mut IndexReport::default());
+    seconds.chunk += watch.lap();
     let stored = index.store().ids()?;
     let wanted: Vec<(u64, String)> = changes
         .new_chunks
@@ -409,9 +422,12 @@ pub fn embed_ahead(
         vectors.extend(step.iter().map(|(id, _)| *id).zip(embedder.embed(&texts)?));
         progress.embedded(step.len());
     }
+    seconds.embed += watch.lap();
+    seconds.total = started.elapsed().as_secs_f64();
     Ok(Ahead {
         vectors,
         walked: Some(walked),
+        seconds,
     })
 }
 

@@ -450,7 +450,6 @@ impl Projects {
             .ok_or_else(|| IndexError::Invalid("no embedding model is loaded".into()))?;
         // First, with the index still serving, the chunks the change brings are embedded (the
         // slow part); a search's query waits a few chunks' embedding at most.
-        let started = std::time::Instant::now();
         let ahead = match project.index() {
             Ok(Some(index)) => {
                 let (serving, embedder) = (Arc::clone(project), Arc::clone(&embedder));
@@ -500,13 +499,7 @@ impl Projects {
         })
         .await
         .map_err(|e| IndexError::Invalid(format!("the index task failed: {e}")))?;
-        // The report covers the whole run, the embedding done ahead included.
-        let mut report = report?;
-        let ahead_seconds = (started.elapsed().saturating_sub(report.elapsed)).as_secs_f64();
-        report.elapsed = started.elapsed();
-        report.seconds.embed += ahead_seconds;
-        report.seconds.total = report.elapsed.as_secs_f64();
-        Ok(report)
+        Ok(report?)
     }
 
     /// The index's state, for the status endpoint.
