@@ -261,10 +261,20 @@ fn http_get(addr: &str, path: &str) -> String {
 
 /// A minimal HTTP/1.1 GET with `headers`.
 fn http_get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let headers: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n").unwrap();
+    http_exchange(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"),
+        Duration::from_secs(60),
+    )
+}
+
+/// Sends `request` whole on a new connection and reads the answer to its end, waiting at
+/// most `wait` for each read.
+fn http_exchange(addr: &str, request: &str, wait: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
@@ -309,17 +319,14 @@ fn serve_answers_a_chat_request_and_stops_cleanly_on_sigterm() {
 
 /// A minimal HTTP/1.1 POST, as `curl -d` sends it.
 fn http_post(addr: &str, path: &str, body: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    http_exchange(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        Duration::from_secs(120),
     )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 /// Writes a small PEFT adapter for the toy model's q_proj weights.

@@ -8,10 +8,11 @@
 //!   changed and opened files) become an `/infill` request, on the project whose repository
 //!   `git_url` names (its `remote_urls`), else on `server.default_model`: the gathered code
 //!   goes first in the prompt as `input_extra` (the most relevant last, where it is kept
-//!   first), then retrieved code, then the file. Answered as Tabby answers: `id`, `choices[{index, text}]`
-//!   (and in `debug_data`, the `prompt` when `debug_options.return_prompt`, the retrieved
-//!   `snippets` when `return_snippets`; graft's `sources` always). A file written with CRLF
-//!   line ends is read with LF and answered with CRLF, as Tabby does.
+//!   first), then retrieved code, then the file. Answered as Tabby answers: `id`,
+//!   `choices[{index, text}]` (and in `debug_data`, the `prompt` when
+//!   `debug_options.return_prompt`, the retrieved `snippets` when `return_snippets`; graft's
+//!   `sources` always). A file written with CRLF line ends is read with LF and answered with
+//!   CRLF, as Tabby does.
 //! - `POST /v1/events`: the plugin's reports of a completion shown (`view`), accepted
 //!   (`select`) or dismissed (`dismiss`), counted in `/metrics`
 //!   (`graft_completion_events_total`): the acceptance rate of graft's completions.
