@@ -1090,6 +1090,18 @@ async fn one_model_is_retrieved_by_its_id() {
     let error = error_of(status, &body, 404);
     assert_eq!(error["code"], "model_not_found");
     assert!(error["message"].as_str().unwrap().contains(MODEL), "{body}");
+    let (status, body) = get("/v1/models/%ff%fe").await;
+    let error = error_of(status, &body, 400);
+    assert!(
+        error["message"].as_str().unwrap().contains("UTF-8"),
+        "a name that is not UTF-8, in OpenAI's error JSON: {body}"
+    );
+    let (status, body) = get(&format!("/v1/models/{}", "m".repeat(20_000))).await;
+    let message = error_of(status, &body, 404)["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.len() < 1_100 && message.contains("characters left out") && message.contains(MODEL),
+        "an echoed name is cut in its middle, the available models kept: {message}"
+    );
 }
 
 #[tokio::test]

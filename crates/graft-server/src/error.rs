@@ -41,7 +41,7 @@ impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            message: message.into(),
+            message: clip_middle(message.into()),
             param: None,
             code: None,
             retry_after: None,
@@ -216,6 +216,29 @@ impl From<PoolError> for ApiError {
     }
 }
 
+/// The most characters an error message keeps: a request's own value echoed back (a
+/// 200,000-character model name, serde quoting a wrong-typed string) is cut in its middle, so
+/// the message's start and the position serde names at its end survive.
+const MESSAGE_MAX_CHARS: usize = 1_000;
+
+/// `message` unchanged when it is short; else its first and last characters around a note of
+/// how many were left out (cuts at character boundaries).
+fn clip_middle(message: String) -> String {
+    let total = message.chars().count();
+    if total <= MESSAGE_MAX_CHARS {
+        return message;
+    }
+    let (head, tail) = (MESSAGE_MAX_CHARS * 3 / 4, MESSAGE_MAX_CHARS / 4);
+    let byte_at = |n: usize| message.char_indices().nth(n).map_or(message.len(), |(i, _)| i);
+    let (head_end, tail_start) = (byte_at(head), byte_at(total - tail));
+    format!(
+        "{} ... ({} characters left out) ... {}",
+        &message[..head_end],
+        total - head - tail,
+        &message[tail_start..]
+    )
+}
+
 /// The first line of `text`, cut to at most `max` characters (at a character boundary).
 fn first_line(text: &str, max: usize) -> String {
     let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("internal error");
@@ -248,5 +271,34 @@ mod tests {
         assert_eq!(e.message.chars().count(), 303);
         let e: ApiError = EngineError::Generation(with_backtrace.into()).into();
         assert!(!e.message.contains("backtrace") && !e.message.contains(".rs:"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_long_message_keeps_its_ends_and_says_what_it_left_out() {
+        let short = format!("The model `{}` does not exist", "m".repeat(900));
+        assert_eq!(
+            ApiError::invalid(short.clone()).message,
+            short,
+            "a message within the limit is kept whole"
+        );
+        let echoed = format!(
+            "`model`: invalid type: string \"{}\", expected a map at line 1 column 200010",
+            "é".repeat(200_000)
+        );
+        let left_out = echoed.chars().count() - MESSAGE_MAX_CHARS;
+        let e = ApiError::invalid(echoed);
+        assert!(e.message.starts_with("`model`: invalid type: string \"ééé"), "{}", &e.message[..40]);
+        assert!(
+            e.message.ends_with("expected a map at line 1 column 200010"),
+            "the position survives"
+        );
+        assert!(
+            e.message.contains(&format!(" ... ({left_out} characters left out) ... ")),
+            "{}",
+            e.message
+        );
+        assert!(e.message.chars().count() < 1_100, "{}", e.message.chars().count());
+        let e = ApiError::model_not_found(&"x".repeat(50_000), &["smollm2"]);
+        assert!(e.message.chars().count() < 1_100, "every constructor clips, model_not_found too");
     }
 }

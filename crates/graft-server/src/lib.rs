@@ -24,6 +24,7 @@ pub mod json;
 pub mod limits;
 pub mod metrics;
 pub mod openai;
+pub mod path;
 pub mod projects;
 pub mod prompt;
 pub mod routes;

@@ -5,7 +5,8 @@
 //! longest prompt graft takes (vLLM's `max_model_len`) and the base's file facts (llama.cpp's
 //! `meta`), which clients read to size requests.
 
-use axum::extract::{Path, State};
+use crate::path::Path;
+use axum::extract::State;
 use axum::{Extension, Json};
 use serde_json::json;
 

@@ -4,7 +4,8 @@
 //! `POST /v1/projects/{name}/search` (`query`, optional `k` and `mode`: the hits as
 //! `graft search --json` prints them).
 
-use axum::extract::{Path, State};
+use crate::path::Path;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json as AxumJson;
 use graft_index::IndexError;

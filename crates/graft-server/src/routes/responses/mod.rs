@@ -20,7 +20,8 @@ mod wire;
 
 use std::collections::VecDeque;
 
-use axum::extract::{Path, State};
+use crate::path::Path;
+use axum::extract::State;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json as AxumJson};
