@@ -128,6 +128,7 @@ fn input(options: &PackOptions, group: &[Piece], prefix: &str, suffix: Option<&s
         path: last.map(|p| p.path.clone()),
         prefix: prefix.to_owned(),
         suffix: suffix.map(str::to_owned),
+        raw_prefix: false,
     }
 }
 

@@ -18,6 +18,8 @@
 use std::fmt::Write as _;
 use std::str::FromStr;
 
+use crate::literal::Marked;
+
 /// A model family's completion format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PromptFormat {
@@ -63,6 +65,10 @@ pub struct FimInput {
     pub prefix: String,
     /// The current file after the cursor; `None` for plain continuation.
     pub suffix: Option<String>,
+    /// The prefix is a prompt the client wrote in the model's own format (a `/v1/completions`
+    /// prompt without a suffix, which may hold a hand-written chat turn): special tokens' text
+    /// in it stays special. Otherwise the prefix is code, read as text.
+    pub raw_prefix: bool,
 }
 
 impl PromptFormat {
@@ -114,46 +120,71 @@ impl PromptFormat {
     /// The whole prompt text; special tokens appear as their text and are tokenized as
     /// special tokens by the model's tokenizer.
     pub fn render(self, input: &FimInput) -> String {
-        let mut out = String::new();
+        self.render_marked(input).text
+    }
+
+    /// The whole prompt, the parts the input brought (the repository's name, paths, files'
+    /// text, the code around the cursor) marked literal, so that a special token's text in
+    /// them is tokenized as text ([`crate::literal`]).
+    pub fn render_marked(self, input: &FimInput) -> Marked {
+        let mut out = Marked::default();
         match self {
             PromptFormat::QwenCoder | PromptFormat::StarCoder => {
                 let tokens = self.repo_tokens();
-                out.push_str(&self.repo_header(input, &tokens));
+                self.repo_header(&mut out, input, &tokens);
                 match &input.suffix {
                     Some(suffix) => {
-                        let _ = write!(out, "{}{}{}{suffix}{}", tokens.pre, input.prefix, tokens.suf, tokens.mid);
+                        out.push_format(tokens.pre);
+                        push_prefix(&mut out, input);
+                        out.push_format(tokens.suf);
+                        out.push_literal(suffix);
+                        out.push_format(tokens.mid);
                     }
-                    None => out.push_str(&input.prefix),
+                    None => push_prefix(&mut out, input),
                 }
             }
-            PromptFormat::DeepSeekCoder => {
-                let body = commented_context(input);
-                match &input.suffix {
-                    Some(suffix) => {
-                        let _ = write!(out, "<｜fim▁begin｜>{body}{}<｜fim▁hole｜>{suffix}<｜fim▁end｜>", input.prefix);
-                    }
-                    None => {
-                        let _ = write!(out, "{body}{}", input.prefix);
-                    }
+            PromptFormat::DeepSeekCoder => match &input.suffix {
+                Some(suffix) => {
+                    out.push_format("<｜fim▁begin｜>");
+                    commented_context(&mut out, input);
+                    push_prefix(&mut out, input);
+                    out.push_format("<｜fim▁hole｜>");
+                    out.push_literal(suffix);
+                    out.push_format("<｜fim▁end｜>");
                 }
-            }
-            PromptFormat::CodeLlama => {
-                let body = commented_context(input);
-                match &input.suffix {
-                    Some(suffix) => {
-                        let _ = write!(out, "<PRE> {body}{} <SUF>{suffix} <MID>", input.prefix);
-                    }
-                    None => {
-                        let _ = write!(out, "{body}{}", input.prefix);
-                    }
+                None => {
+                    commented_context(&mut out, input);
+                    push_prefix(&mut out, input);
                 }
-            }
+            },
+            PromptFormat::CodeLlama => match &input.suffix {
+                Some(suffix) => {
+                    out.push_format("<PRE> ");
+                    commented_context(&mut out, input);
+                    push_prefix(&mut out, input);
+                    out.push_format(" <SUF>");
+                    out.push_literal(suffix);
+                    out.push_format(" <MID>");
+                }
+                None => {
+                    commented_context(&mut out, input);
+                    push_prefix(&mut out, input);
+                }
+            },
             PromptFormat::Continuation => {
-                out.push_str(&commented_context(input));
-                out.push_str(&input.prefix);
+                commented_context(&mut out, input);
+                push_prefix(&mut out, input);
             }
         }
         out
+    }
+}
+
+/// The current file up to the cursor: literal unless it is the client's own prompt.
+fn push_prefix(out: &mut Marked, input: &FimInput) {
+    match input.raw_prefix {
+        true => out.push_format(&input.prefix),
+        false => out.push_literal(&input.prefix),
     }
 }
 
@@ -191,21 +222,33 @@ impl PromptFormat {
     }
 
     /// The repository's name, the context files and the current file's path, in the
-    /// repo-level layout (empty when there is neither context nor a path).
-    fn repo_header(self, input: &FimInput, tokens: &RepoTokens) -> String {
-        let mut out = String::new();
+    /// repo-level layout (nothing when there is neither context nor a path).
+    fn repo_header(self, out: &mut Marked, input: &FimInput, tokens: &RepoTokens) {
         if input.context.is_empty() && input.path.is_none() {
-            return out;
+            return;
         }
         let RepoTokens {
             repo_name, file_sep, nl, ..
         } = tokens;
-        let _ = write!(out, "{repo_name}{}{nl}", input.repo.as_deref().unwrap_or("repository"));
-        for file in &input.context {
-            let _ = write!(out, "{file_sep}{}\n{}{nl}", file.path, file.text);
+        out.push_format(repo_name);
+        match &input.repo {
+            Some(repo) => out.push_literal(repo),
+            None => out.push_format("repository"),
         }
-        let _ = writeln!(out, "{file_sep}{}", input.path.as_deref().unwrap_or("untitled"));
-        out
+        out.push_format(nl);
+        for file in &input.context {
+            out.push_format(file_sep);
+            out.push_literal(&file.path);
+            out.push_format("\n");
+            out.push_literal(&file.text);
+            out.push_format(nl);
+        }
+        out.push_format(file_sep);
+        match &input.path {
+            Some(path) => out.push_literal(path),
+            None => out.push_format("untitled"),
+        }
+        out.push_format("\n");
     }
 
     /// The prompt in suffix-prefix-middle order (the code after the cursor first), the
@@ -219,9 +262,10 @@ impl PromptFormat {
         match self {
             PromptFormat::QwenCoder | PromptFormat::StarCoder => {
                 let tokens = self.repo_tokens();
-                let mut out = self.repo_header(input, &tokens);
-                let _ = write!(out, "{}{}{suffix}{}{}", tokens.pre, tokens.suf, tokens.mid, input.prefix);
-                Some(out)
+                let mut out = Marked::default();
+                self.repo_header(&mut out, input, &tokens);
+                let _ = write!(out.text, "{}{}{suffix}{}{}", tokens.pre, tokens.suf, tokens.mid, input.prefix);
+                Some(out.text)
             }
             _ => None,
         }
@@ -252,19 +296,22 @@ impl FromStr for PromptFormat {
 
 /// Context files and the current file's path as comment lines, in the current file's comment
 /// syntax: `// Path: src/lib.rs` then the file's text.
-fn commented_context(input: &FimInput) -> String {
-    let mut out = String::new();
+fn commented_context(out: &mut Marked, input: &FimInput) {
     for file in &input.context {
-        let _ = write!(out, "{} Path: {}\n{}", comment_marker(&file.path), file.path, file.text);
+        out.push_format(&format!("{} Path: ", comment_marker(&file.path)));
+        out.push_literal(&file.path);
+        out.push_format("\n");
+        out.push_literal(&file.text);
         if !file.text.ends_with('\n') {
-            out.push('\n');
+            out.push_format("\n");
         }
-        out.push('\n');
+        out.push_format("\n");
     }
     if let Some(path) = &input.path {
-        let _ = writeln!(out, "{} Path: {path}", comment_marker(path));
+        out.push_format(&format!("{} Path: ", comment_marker(path)));
+        out.push_literal(path);
+        out.push_format("\n");
     }
-    out
 }
 
 /// The line-comment marker of a file's language, by extension; `//` when unknown.
@@ -295,7 +342,46 @@ mod tests {
             path: Some("src/main.py".into()),
             prefix: "def main():\n    x = ".into(),
             suffix: suffix.map(str::to_owned),
+            raw_prefix: false,
         }
+    }
+
+    #[test]
+    fn the_input_is_literal_and_the_format_is_not() {
+        for format in FORMATS {
+            let marked = format.render_marked(&input(Some("\n    return x\n")));
+            assert_eq!(marked.text, format.render(&input(Some("\n    return x\n"))));
+            let literal: String = marked.literal_parts().collect();
+            for token in format.stop_sequences() {
+                assert!(!literal.contains(token), "{format:?}: {token} is the format's");
+            }
+            for written in ["def helper():\n    return 1\n", "def main():\n    x = "] {
+                assert!(
+                    marked.literal_parts().any(|part| part.contains(written)),
+                    "{format:?}: {written:?} in {marked:?}"
+                );
+            }
+        }
+        let qwen = PromptFormat::QwenCoder.render_marked(&input(Some("\n    return x\n")));
+        let parts: Vec<&str> = qwen.literal_parts().collect();
+        assert_eq!(
+            parts,
+            [
+                "acme",
+                "src/util.py",
+                "def helper():\n    return 1\n",
+                "src/main.py",
+                "def main():\n    x = ",
+                "\n    return x\n"
+            ]
+        );
+        // The client's own prompt (no suffix) keeps its special tokens: nothing literal.
+        let raw = FimInput {
+            prefix: "<|im_start|>user\nhi<|im_end|>\n".into(),
+            raw_prefix: true,
+            ..FimInput::default()
+        };
+        assert!(PromptFormat::Continuation.render_marked(&raw).literal.is_empty());
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!   tokens matched on the chosen tokens.
 //! - [`facts`]: what the served GGUF file says of its model (architecture, parameters,
 //!   storage type), for listings.
+//! - [`literal`]: special tokens' text in messages, files and code read as text, not as
+//!   control tokens; the format's own special tokens stay special.
 //! - [`logprobs`]: each generated token's log-probability and the likeliest alternatives.
 //! - [`score`]: a prompt's log-probabilities, each token's given the ones before it.
 //! - [`grammar`]: structured output: a JSON Schema, regex or Lark grammar the answer follows.
@@ -33,6 +35,7 @@ pub mod error;
 pub mod facts;
 pub mod fim;
 pub mod grammar;
+pub mod literal;
 pub mod logprobs;
 pub mod merge;
 pub mod pool;

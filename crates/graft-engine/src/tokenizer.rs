@@ -7,17 +7,22 @@
 //! the engine's ids (tested in `tests/tokenizer.rs` against [`crate::Engine::tokenize`]).
 //!
 //! Special tokens written in the text (`<|fim_prefix|>`, `<file_sep>`) become their single
-//! special token, as in the engine; no BOS is added.
+//! special token, as in the engine; no BOS is added. (`crate::literal` adds
+//! [`Tokenizer::encode_marked`], which keeps the text of a prompt's written parts as text.)
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use tokenizers::decoders::DecoderWrapper;
 
 use crate::error::EngineError;
+use crate::literal::Specials;
 
 /// A model's tokenizer.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// For keeping literal text literal (`crate::literal`), built on first use.
+    specials: OnceLock<Specials>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -40,13 +45,20 @@ impl Tokenizer {
             _ => load(e.to_string()),
         })?;
         let inner = mistralrs_core::gguf_tokenizer(&mut file).map_err(|e| load(format!("cannot read its tokenizer: {e:#}")))?;
-        Ok(Tokenizer { inner })
+        Ok(Tokenizer::from_tokenizer(inner))
     }
 
     /// A tokenizer built some other way (a Hugging Face `tokenizer.json`, or one made in a
     /// test with the special tokens of a model family).
     pub fn from_tokenizer(inner: tokenizers::Tokenizer) -> Tokenizer {
-        Tokenizer { inner }
+        Tokenizer {
+            inner,
+            specials: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn specials(&self) -> &Specials {
+        self.specials.get_or_init(|| Specials::of(&self.inner))
     }
 
     /// The Hugging Face tokenizer underneath (what mistralrs builds its grammar factory from).

@@ -11,12 +11,18 @@
 //! the template and special tokens the engine uses, then tokenized as the engine tokenizes a
 //! rendered chat.
 //!
+//! A message that writes a special token's text (`<|im_end|>`) is read as text: the
+//! conversation is rendered again with a marker in place of each message to find where each
+//! one's text sits, and `crate::literal` tokenizes it as text. A conversation without such
+//! text is tokenized by mistralrs, as before.
+//!
 //! This module owns that layout; it must not know about HTTP or any API's field names.
 
 use mistralrs::TextMessages;
 
 use crate::engine::text_role;
 use crate::error::EngineError;
+use crate::literal::Marked;
 use crate::types::{ChatMessage, Role};
 use crate::Engine;
 
@@ -35,20 +41,25 @@ pub enum Turn {
 
 impl Engine {
     /// A conversation as the base model's chat template lays it out, ending as `turn` says: the
-    /// token ids a chat request feeds the model.
+    /// token ids a chat request feeds the model. A special token's text inside a message is
+    /// read as text (`crate::literal`).
     pub async fn chat_prompt_ending(&self, messages: &[ChatMessage], turn: Turn) -> Result<Vec<u32>, EngineError> {
+        let written = self.writes_special(messages)?;
         let open = match turn {
             Turn::Open => true,
             Turn::Closed => false,
-            Turn::Continue => return self.continued_prompt(messages).await,
+            Turn::Continue => return self.continued_prompt(messages, written).await,
         };
+        if written {
+            return self.literal_prompt(messages, open, None);
+        }
         self.model
             .tokenize(either::Either::Left(text_messages(messages)), None, true, open, None)
             .await
             .map_err(|e| EngineError::InvalidRequest(format!("cannot apply the chat template: {e}")))
     }
 
-    async fn continued_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
+    async fn continued_prompt(&self, messages: &[ChatMessage], written: bool) -> Result<Vec<u32>, EngineError> {
         let Some((last, before)) = messages.split_last() else {
             return Err(EngineError::InvalidRequest("there is no message to continue".into()));
         };
@@ -60,24 +71,78 @@ impl Engine {
                 "the last message is empty: there is nothing to continue".into(),
             ));
         }
-        let text = self.render(messages)?;
+        let text = self.render(messages, false)?;
         let end = continue_point(&text, &last.content).ok_or_else(|| {
             EngineError::InvalidRequest("the chat template changes the last message's text, so an answer cannot continue it".into())
         })?;
+        if written {
+            return self.literal_prompt(messages, false, Some(end));
+        }
         self.tokenize(None, &text[..end], true).await
     }
 
-    /// The conversation's text through the chat template, no turn opened, as mistralrs renders
-    /// it before tokenizing: the same template (`model.chat_template` or the GGUF's) and the
-    /// GGUF's BOS, EOS and unknown tokens.
-    fn render(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+    /// Whether any message writes a special token's text.
+    fn writes_special(&self, messages: &[ChatMessage]) -> Result<bool, EngineError> {
+        let tokenizer = self.tokenizer()?;
+        Ok(messages.iter().any(|m| tokenizer.writes_special(&m.content)))
+    }
+
+    /// The conversation's tokens with each message's text read as text, cut to its first
+    /// `end` bytes when given. A template that changes a message's text in a way graft cannot
+    /// trace (so that where each message sits is unknown) gets the plain tokenization, and a
+    /// warning in the log.
+    fn literal_prompt(&self, messages: &[ChatMessage], open: bool, end: Option<usize>) -> Result<Vec<u32>, EngineError> {
+        let tokenizer = self.tokenizer()?;
+        let text = self.render(messages, open)?;
+        let mut marked = match self.marked(messages, open, &text)? {
+            Some(marked) => marked,
+            None => {
+                tracing::warn!("the chat template changes message text, so special tokens' text in a message is read as special tokens");
+                Marked::format(text)
+            }
+        };
+        if let Some(end) = end {
+            marked.truncate(end);
+        }
+        tokenizer.encode_marked(&marked, true)
+    }
+
+    /// `text` (the conversation rendered) with each message's content marked literal, found by
+    /// rendering the conversation again with a marker for each content and putting the
+    /// contents (as written, or trimmed for a template that trims) back in its place; `None`
+    /// when neither gives `text` back.
+    fn marked(&self, messages: &[ChatMessage], open: bool, text: &str) -> Result<Option<Marked>, EngineError> {
+        let stand_ins: Vec<ChatMessage> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ChatMessage::new(m.role, format!("{MARK_OPEN}{i}{MARK_CLOSE}")))
+            .collect();
+        let skeleton = self.render(&stand_ins, open)?;
+        for trim in [false, true] {
+            let marked = fill(&skeleton, |i| {
+                messages.get(i).map(|m| match trim {
+                    true => m.content.trim(),
+                    false => m.content.as_str(),
+                })
+            });
+            if marked.as_ref().is_some_and(|m| m.text == text) {
+                return Ok(marked);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The conversation's text through the chat template, the assistant's turn opened when
+    /// `open` is set, as mistralrs renders it before tokenizing: the same template
+    /// (`model.chat_template` or the GGUF's) and the GGUF's BOS, EOS and unknown tokens.
+    fn render(&self, messages: &[ChatMessage], open: bool) -> Result<String, EngineError> {
         let template = self
             .chat_template()
             .ok_or_else(|| EngineError::InvalidRequest("the model has no chat template".into()))?;
         let special = self.facts().map(|f| f.special.clone()).unwrap_or_default();
         mistralrs_core::apply_chat_template_to(
             text_messages(messages).into(),
-            false,
+            open,
             None,
             None,
             &mistralrs_core::ChatTemplateValue(either::Either::Left(template.to_owned())),
@@ -88,6 +153,28 @@ impl Engine {
         )
         .map_err(|e| EngineError::InvalidRequest(format!("cannot apply the chat template: {e}")))
     }
+}
+
+/// What a message's content is replaced with to find where the template puts it: characters
+/// of Unicode's supplementary private-use plane around the message's index.
+const MARK_OPEN: char = '\u{F0000}';
+const MARK_CLOSE: char = '\u{F0001}';
+
+/// `skeleton` with each marker replaced by `content(index)`, marked literal; `None` when a
+/// marker is malformed or names no message.
+fn fill<'a>(skeleton: &str, content: impl Fn(usize) -> Option<&'a str>) -> Option<Marked> {
+    let mut marked = Marked::default();
+    let mut rest = skeleton;
+    while let Some(at) = rest.find(MARK_OPEN) {
+        marked.push_format(&rest[..at]);
+        let after = &rest[at + MARK_OPEN.len_utf8()..];
+        let close = after.find(MARK_CLOSE)?;
+        let index = after[..close].parse().ok()?;
+        marked.push_literal(content(index)?);
+        rest = &after[close + MARK_CLOSE.len_utf8()..];
+    }
+    marked.push_format(rest);
+    Some(marked)
 }
 
 /// The conversation as mistralrs takes it.

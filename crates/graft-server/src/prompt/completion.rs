@@ -77,8 +77,8 @@ pub async fn lay_out(
         sampling.stop.extend(format.stop_sequences().iter().map(|s| (*s).to_owned()));
     }
     let count = |input: &FimInput| {
-        let text = format.render(input);
-        async move { state.engine().tokenize(None, &text, true).await.map(|t| t.len()) }
+        let prompt = format.render_marked(input);
+        async move { state.engine().tokenize_marked(&prompt).await.map(|t| t.len()) }
     };
 
     let (trimmed, param) = match too_long {
@@ -136,8 +136,10 @@ pub async fn lay_out(
         sources = Some(used);
     }
 
-    let text = format.render(&input);
-    let tokens = state.engine().tokenize(None, &text, true).await?;
+    // The code and files are read as text: a special token's text in them stays text.
+    let prompt = format.render_marked(&input);
+    let tokens = state.engine().tokenize_marked(&prompt).await?;
+    let text = prompt.text;
     check_length(state, tokens.len(), param, "The prompt")?;
     Ok(CompletionPrompt {
         text,

@@ -262,8 +262,11 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, request: openai::Co
                 if echo {
                     echoed.push(prefix.clone());
                 }
+                // Without a suffix the prompt is the client's own, in the model's format
+                // (special tokens written in it stay special); with one, it is code.
                 let input = FimInput {
                     prefix,
+                    raw_prefix: suffix.is_none(),
                     suffix: suffix.clone(),
                     path: request.path.clone().filter(|p| !p.is_empty()),
                     ..FimInput::default()
