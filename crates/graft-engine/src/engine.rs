@@ -111,6 +111,14 @@ impl Engine {
             Some(format) => format,
             None => vocabulary.as_ref().map_or(PromptFormat::Continuation, |v| v.format),
         };
+        // Read beside the model rather than on the first request, which would wait for it:
+        // every chat request looks for special tokens' text in its messages (`crate::literal`).
+        let gguf = path.clone();
+        let reading = tokio::task::spawn_blocking(move || {
+            let tokenizer = Tokenizer::from_gguf(&gguf).map(Arc::new).map_err(|e| e.to_string())?;
+            tokenizer.writes_special("");
+            Ok(tokenizer)
+        });
         let started = Instant::now();
         let model = builder.build().await.map_err(|e| EngineError::Load {
             path: path.clone(),
@@ -125,6 +133,9 @@ impl Engine {
             "base model loaded{}",
             if base.device == Device::Cpu { " on the CPU (PagedAttention, a GPU feature, is not used)" } else { "" }
         );
+        let tokenizer = reading
+            .await
+            .unwrap_or_else(|e| Err(format!("reading the tokenizer failed: {e}")));
         Ok(Engine {
             base: base.clone(),
             model,
@@ -134,7 +145,7 @@ impl Engine {
             special_tokens: vocabulary.map(|v| v.special).unwrap_or_default(),
             facts,
             chat_template,
-            tokenizer: OnceLock::new(),
+            tokenizer: OnceLock::from(tokenizer),
             grammars: Grammars::default(),
         })
     }
