@@ -133,9 +133,7 @@ impl Engine {
             "base model loaded{}",
             if base.device == Device::Cpu { " on the CPU (PagedAttention, a GPU feature, is not used)" } else { "" }
         );
-        let tokenizer = reading
-            .await
-            .unwrap_or_else(|e| Err(format!("reading the tokenizer failed: {e}")));
+        let tokenizer = reading.await.unwrap_or_else(|e| Err(format!("reading the tokenizer failed: {e}")));
         Ok(Engine {
             base: base.clone(),
             model,

@@ -223,6 +223,12 @@ fn tool_choice(choice: &Value) -> Result<Value, ApiError> {
 
 /// `text.format` as chat's `response_format` (`None` for plain text).
 fn response_format(text: &Value) -> Result<Option<Value>, ApiError> {
+    if !text.is_object() && !text.is_null() {
+        return Err(ApiError::invalid_param(
+            "text",
+            "text must be an object: {\"format\": {\"type\": ...}}",
+        ));
+    }
     let Some(format) = text.get("format").filter(|f| !f.is_null()) else {
         return Ok(None);
     };
@@ -360,6 +366,8 @@ mod tests {
             param(json!({"model": "m", "input": "hi", "text": {"format": {"type": "yaml"}}})),
             Some("text.format")
         );
+        assert_eq!(param(json!({"model": "m", "input": "hi", "text": "json"})), Some("text"));
+        assert_eq!(param(json!({"model": "m", "input": "hi", "text": [1]})), Some("text"));
         let e = responses_names(ApiError::invalid_param(
             "max_tokens",
             "max_tokens must be between 1 and 4096, got 0",
