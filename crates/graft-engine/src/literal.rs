@@ -86,6 +86,8 @@ pub(crate) struct Specials {
     added: HashSet<u32>,
     /// Finds any special token's text; `None` when the vocabulary has none.
     finder: Option<AhoCorasick>,
+    /// The special tokens' text, in the finder's pattern order.
+    texts: Vec<String>,
     /// The same tokenizer with special tokens' text read as text.
     plain: tokenizers::Tokenizer,
 }
@@ -108,6 +110,7 @@ impl Specials {
             ids: special.iter().map(|(id, _)| *id).collect(),
             added: added.keys().copied().collect(),
             finder,
+            texts: special.iter().map(|(_, text)| (*text).to_owned()).collect(),
             plain,
         }
     }
@@ -131,6 +134,13 @@ impl Tokenizer {
     /// the special token).
     pub fn writes_special(&self, text: &str) -> bool {
         self.specials().finder.as_ref().is_some_and(|f| f.is_match(text))
+    }
+
+    /// The first special token whose text `text` writes, if any.
+    pub fn special_written(&self, text: &str) -> Option<&str> {
+        let specials = self.specials();
+        let found = specials.finder.as_ref()?.find(text)?;
+        specials.texts.get(found.pattern().as_usize()).map(String::as_str)
     }
 
     /// The ids of `marked`'s text, special tokens' text inside its literal ranges read as
