@@ -894,8 +894,14 @@ async fn the_gguf_tokenizer_gives_the_engines_ids() {
         "",
     ];
     for text in texts {
-        let engine_ids = engine.tokenize(None, text, false).await.unwrap();
+        let engine_ids = engine.tokenize_in_mistralrs(text, false).await.unwrap();
         assert_eq!(tokenizer.encode(text).unwrap(), engine_ids, "{text:?}");
+        assert_eq!(engine.tokenize(None, text, false).await.unwrap(), engine_ids, "{text:?}");
+        assert_eq!(
+            engine.tokenize(None, text, true).await.unwrap(),
+            engine.tokenize_in_mistralrs(text, true).await.unwrap(),
+            "with the tokenizer's special tokens: {text:?}"
+        );
         assert_eq!(tokenizer.count(text).unwrap(), engine_ids.len());
         assert_eq!(tokenizer.decode(&engine_ids).unwrap(), text);
     }
@@ -994,6 +1000,36 @@ fn special_tokens_written_in_literal_text_are_read_as_text() {
     bytes.push_literal("x = '<0x41>'");
     let ids = llama.encode_marked(&bytes, false).unwrap();
     assert!(llama.decode(&ids).unwrap().ends_with("x = '<0x41>'"), "{:?}", llama.decode(&ids));
+}
+
+/// graft renders and tokenizes a conversation itself (not waiting for mistralrs's engine
+/// between decoding steps): the same ids as mistralrs's engine gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_is_tokenized_as_mistralrs_tokenizes_it() {
+    use graft_engine::types::{ChatMessage, Role};
+    let engine = graft_tests::smollm2_engine();
+    let long = "fn main() {\n    println!(\"héllo 🦀\");\n}\n".repeat(600);
+    let conversations = [
+        vec![ChatMessage::new(Role::User, "Write a Rust function that adds two numbers")],
+        vec![
+            ChatMessage::new(Role::System, "You answer in one line."),
+            ChatMessage::new(Role::User, "What is 2 + 2?"),
+            ChatMessage::new(Role::Assistant, "4"),
+            ChatMessage::new(Role::User, "  And 3 + 3?\n\n"),
+        ],
+        // Over 16 KB: tokenized off the async threads.
+        vec![
+            ChatMessage::new(Role::System, long.as_str()),
+            ChatMessage::new(Role::User, "Explain it."),
+        ],
+    ];
+    for messages in conversations {
+        assert_eq!(
+            engine.chat_prompt(&messages).await.unwrap(),
+            engine.chat_prompt_in_mistralrs(&messages).await.unwrap(),
+            "{messages:?}"
+        );
+    }
 }
 
 /// A chat message, a system prompt or retrieved code that writes `<|im_end|>` does not end its

@@ -93,6 +93,10 @@ pub struct Engine {
     grammars: Grammars,
 }
 
+/// Texts up to this long are tokenized on the calling thread (well under a millisecond);
+/// longer ones on tokio's blocking pool.
+const INLINE_TOKENIZE_BYTES: usize = 16 * 1024;
+
 impl Engine {
     /// Loads the base model from its GGUF file, without touching the network.
     pub async fn load(base: &BaseModel) -> Result<Engine, EngineError> {
@@ -198,12 +202,43 @@ impl Engine {
         ids
     }
 
-    /// The token ids of `text` in `model`'s tokenizer (`None`: the base), with the tokenizer's
-    /// special tokens (BOS) when `special` is set. Special tokens written in the text are
-    /// recognised as such.
+    /// The token ids of `text` in the base model's tokenizer (`model` is ignored: an adapter
+    /// shares its base's vocabulary), with the tokenizer's special tokens (BOS) when `special`
+    /// is set. Special tokens written in the text are recognised as such.
+    ///
+    /// Tokenized here, by graft's copy of the tokenizer mistralrs built from the same GGUF (the
+    /// same ids: `tokenize_in_mistralrs` is the yardstick in the tests), not by mistralrs's
+    /// engine, which takes a request only between two decoding steps: a prompt laid out while
+    /// others generate counts its parts many times, and each count waited a step. Long texts
+    /// are tokenized off the async threads.
     pub async fn tokenize(&self, model: Option<&str>, text: &str, special: bool) -> Result<Vec<u32>, EngineError> {
+        let _ = model;
+        let tokenizer = self.tokenizer()?;
+        if text.len() <= INLINE_TOKENIZE_BYTES {
+            return tokenizer.encode_with(text, special);
+        }
+        let text = text.to_owned();
+        tokio::task::spawn_blocking(move || tokenizer.encode_with(&text, special))
+            .await
+            .map_err(|e| EngineError::Generation(format!("cannot tokenize: {e}")))?
+    }
+
+    /// [`Engine::tokenize`] as mistralrs's engine does it: for tests that check graft's
+    /// tokenizer against it.
+    #[doc(hidden)]
+    pub async fn tokenize_in_mistralrs(&self, text: &str, special: bool) -> Result<Vec<u32>, EngineError> {
         self.model
-            .tokenize_with_model(either::Either::Right(text.to_owned()), None, special, false, None, model)
+            .tokenize(either::Either::Right(text.to_owned()), None, special, false, None)
+            .await
+            .map_err(|e| EngineError::Generation(format!("cannot tokenize: {e}")))
+    }
+
+    /// A conversation through the chat template, tokenized by mistralrs's engine: for tests
+    /// that check [`Engine::chat_prompt`] against it.
+    #[doc(hidden)]
+    pub async fn chat_prompt_in_mistralrs(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
+        self.model
+            .tokenize(either::Either::Left(crate::turn::text_messages(messages)), None, true, true, None)
             .await
             .map_err(|e| EngineError::Generation(format!("cannot tokenize: {e}")))
     }

@@ -68,8 +68,14 @@ impl Tokenizer {
 
     /// The ids of `text`; special-token text becomes the special token; no BOS.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        self.encode_with(text, false)
+    }
+
+    /// The ids of `text`, special-token text read as the special token; with the tokenizer's
+    /// own special tokens (BOS) when `add_special` is set.
+    pub fn encode_with(&self, text: &str, add_special: bool) -> Result<Vec<u32>, EngineError> {
         self.inner
-            .encode_fast(text, false)
+            .encode_fast(text, add_special)
             .map(|encoding| encoding.get_ids().to_vec())
             .map_err(|e| EngineError::InvalidRequest(format!("cannot tokenize: {e}")))
     }

@@ -14,7 +14,8 @@
 //! A message that writes a special token's text (`<|im_end|>`) is read as text: the
 //! conversation is rendered again with a marker in place of each message to find where each
 //! one's text sits, and `crate::literal` tokenizes it as text. A conversation without such
-//! text is tokenized by mistralrs, as before.
+//! text is rendered and tokenized here exactly as mistralrs's engine would (graft does not wait
+//! for the engine, which takes a tokenization only between two decoding steps).
 //!
 //! This module owns that layout; it must not know about HTTP or any API's field names.
 
@@ -53,10 +54,10 @@ impl Engine {
         if written {
             return self.literal_prompt(messages, open, None);
         }
-        self.model
-            .tokenize(either::Either::Left(text_messages(messages)), None, true, open, None)
-            .await
-            .map_err(|e| EngineError::InvalidRequest(format!("cannot apply the chat template: {e}")))
+        // Rendered and tokenized here as mistralrs's engine would (`chat_prompt_in_mistralrs`
+        // is the yardstick in the tests), without waiting for it between decoding steps.
+        let text = self.render(messages, open)?;
+        self.tokenize(None, &text, true).await
     }
 
     async fn continued_prompt(&self, messages: &[ChatMessage], written: bool) -> Result<Vec<u32>, EngineError> {
@@ -178,7 +179,7 @@ fn fill<'a>(skeleton: &str, content: impl Fn(usize) -> Option<&'a str>) -> Optio
 }
 
 /// The conversation as mistralrs takes it.
-fn text_messages(messages: &[ChatMessage]) -> TextMessages {
+pub(crate) fn text_messages(messages: &[ChatMessage]) -> TextMessages {
     messages.iter().fold(TextMessages::new(), |text, message| {
         text.add_message(text_role(message.role), &message.content)
     })
