@@ -143,34 +143,24 @@ impl PromptFormat {
                     None => push_prefix(&mut out, input),
                 }
             }
-            PromptFormat::DeepSeekCoder => match &input.suffix {
-                Some(suffix) => {
-                    out.push_format("<｜fim▁begin｜>");
-                    commented_context(&mut out, input);
-                    push_prefix(&mut out, input);
-                    out.push_format("<｜fim▁hole｜>");
+            PromptFormat::DeepSeekCoder | PromptFormat::CodeLlama => {
+                // Both put the path comments inside the prefix: begin, context and prefix,
+                // hole, suffix, end.
+                let (begin, hole, end) = match self {
+                    PromptFormat::DeepSeekCoder => ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),
+                    _ => ("<PRE> ", " <SUF>", " <MID>"),
+                };
+                if input.suffix.is_some() {
+                    out.push_format(begin);
+                }
+                commented_context(&mut out, input);
+                push_prefix(&mut out, input);
+                if let Some(suffix) = &input.suffix {
+                    out.push_format(hole);
                     out.push_literal(suffix);
-                    out.push_format("<｜fim▁end｜>");
+                    out.push_format(end);
                 }
-                None => {
-                    commented_context(&mut out, input);
-                    push_prefix(&mut out, input);
-                }
-            },
-            PromptFormat::CodeLlama => match &input.suffix {
-                Some(suffix) => {
-                    out.push_format("<PRE> ");
-                    commented_context(&mut out, input);
-                    push_prefix(&mut out, input);
-                    out.push_format(" <SUF>");
-                    out.push_literal(suffix);
-                    out.push_format(" <MID>");
-                }
-                None => {
-                    commented_context(&mut out, input);
-                    push_prefix(&mut out, input);
-                }
-            },
+            }
             PromptFormat::Continuation => {
                 commented_context(&mut out, input);
                 push_prefix(&mut out, input);

@@ -191,9 +191,7 @@ impl Tokenizer {
         }
         Ok(out)
     }
-}
 
-impl Tokenizer {
     /// A special token that a SentencePiece vocabulary's model picked for the text it stands
     /// for (mistralrs builds such vocabularies from a GGUF with the special tokens among the
     /// pieces, `</s>` scored like any other), spelled out in the vocabulary's byte tokens
