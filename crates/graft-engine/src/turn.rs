@@ -91,14 +91,18 @@ impl Engine {
     /// The conversation's tokens with each message's text read as text, cut to its first
     /// `end` bytes when given. A template that changes a message's text in a way graft cannot
     /// trace (so that where each message sits is unknown) gets the plain tokenization, and a
-    /// warning in the log.
+    /// warning in the log (once).
     fn literal_prompt(&self, messages: &[ChatMessage], open: bool, end: Option<usize>) -> Result<Vec<u32>, EngineError> {
         let tokenizer = self.tokenizer()?;
         let text = self.render(messages, open)?;
         let mut marked = match self.marked(messages, open, &text)? {
             Some(marked) => marked,
             None => {
-                tracing::warn!("the chat template changes message text, so special tokens' text in a message is read as special tokens");
+                // Said once: the template does it to every such conversation.
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::warn!("the chat template changes message text, so special tokens' text in a message is read as special tokens")
+                });
                 Marked::format(text)
             }
         };
