@@ -73,7 +73,12 @@ fn server() -> &'static TestServer {
 }
 
 async fn call(method: reqwest::Method, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
-    let mut request = reqwest::Client::new().request(method, server().url(path));
+    call_on(server(), method, path, token, body).await
+}
+
+/// [`call`] on a server of the test's own.
+async fn call_on(server: &TestServer, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().request(method, server.url(path));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -632,22 +637,18 @@ async fn an_abandoned_reindex_runs_to_its_end() {
         projects: vec![project("polyglot", true)],
         ..ServerSetup::default()
     });
-    let client = reqwest::Client::new();
-    let call = |path: &str, body: Option<Value>| {
-        let request = match body {
-            Some(body) => client.post(server.url(path)).json(&body),
-            None => client.get(server.url(path)),
-        };
+    let call = |path: &'static str, body: Option<Value>| {
+        let server = &server;
         async move {
-            request
-                .send()
-                .await
-                .expect("request reaches the server")
-                .json::<Value>()
-                .await
-                .expect("a JSON body")
+            let method = if body.is_some() {
+                reqwest::Method::POST
+            } else {
+                reqwest::Method::GET
+            };
+            call_on(server, method, path, None, body.as_ref()).await.1
         }
     };
+    let client = reqwest::Client::new();
     let done = call("/v1/projects/polyglot/reindex", Some(json!({}))).await;
     assert!(done["report"].is_object(), "{done}");
     // The change takes seconds to embed, so the client gives up while the run is on.
@@ -690,13 +691,9 @@ async fn while_another_process_holds_the_index_chat_goes_on_without_retrieval() 
         projects: vec![project("polyglot", true)],
         ..ServerSetup::default()
     });
-    let client = reqwest::Client::new();
-    let send = |path: &str, body: Value| {
-        let request = client.post(server.url(path)).json(&body);
-        async move {
-            let response = request.send().await.expect("request reaches the server");
-            (response.status().as_u16(), response.json::<Value>().await.expect("a JSON body"))
-        }
+    let send = |path: &'static str, body: Value| {
+        let server = &server;
+        async move { call_on(server, reqwest::Method::POST, path, None, Some(&body)).await }
     };
     // As a `graft index` run in another process would, this test holds the vector index.
     let held = graft_index::vectors::EdgeStore::open(&server.indexes[0].join("vectors"), kit_embedder().dims()).expect("open the index");
