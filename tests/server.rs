@@ -896,9 +896,9 @@ async fn the_gguf_tokenizer_gives_the_engines_ids() {
     for text in texts {
         let engine_ids = engine.tokenize_in_mistralrs(text, false).await.unwrap();
         assert_eq!(tokenizer.encode(text).unwrap(), engine_ids, "{text:?}");
-        assert_eq!(engine.tokenize(None, text, false).await.unwrap(), engine_ids, "{text:?}");
+        assert_eq!(engine.tokenize(text, false).await.unwrap(), engine_ids, "{text:?}");
         assert_eq!(
-            engine.tokenize(None, text, true).await.unwrap(),
+            engine.tokenize(text, true).await.unwrap(),
             engine.tokenize_in_mistralrs(text, true).await.unwrap(),
             "with the tokenizer's special tokens: {text:?}"
         );

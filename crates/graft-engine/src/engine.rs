@@ -202,17 +202,16 @@ impl Engine {
         ids
     }
 
-    /// The token ids of `text` in the base model's tokenizer (`model` is ignored: an adapter
-    /// shares its base's vocabulary), with the tokenizer's special tokens (BOS) when `special`
-    /// is set. Special tokens written in the text are recognised as such.
+    /// The token ids of `text` in the base model's tokenizer (an adapter shares its base's
+    /// vocabulary), with the tokenizer's special tokens (BOS) when `special` is set. Special
+    /// tokens written in the text are recognised as such.
     ///
     /// Tokenized here, by graft's copy of the tokenizer mistralrs built from the same GGUF (the
     /// same ids: `tokenize_in_mistralrs` is the yardstick in the tests), not by mistralrs's
     /// engine, which takes a request only between two decoding steps: a prompt laid out while
     /// others generate counts its parts many times, and each count waited a step. Long texts
     /// are tokenized off the async threads.
-    pub async fn tokenize(&self, model: Option<&str>, text: &str, special: bool) -> Result<Vec<u32>, EngineError> {
-        let _ = model;
+    pub async fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, EngineError> {
         let tokenizer = self.tokenizer()?;
         if text.len() <= INLINE_TOKENIZE_BYTES {
             return tokenizer.encode_with(text, special);
@@ -346,7 +345,7 @@ impl Engine {
     /// Starts generating a continuation of a raw prompt on `model` (`None`: the base).
     pub(crate) async fn complete_stream_on(&self, model: Option<&str>, request: CompletionRequest) -> Result<TokenStream, EngineError> {
         let tokens = match request.prompt {
-            Prompt::Text(text) => self.tokenize(model, &text, true).await?,
+            Prompt::Text(text) => self.tokenize(&text, true).await?,
             Prompt::Tokens(tokens) => {
                 self.check_token_ids("prompt", &tokens)?;
                 tokens

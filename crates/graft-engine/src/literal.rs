@@ -123,7 +123,7 @@ impl Engine {
     pub async fn tokenize_marked(&self, marked: &Marked) -> Result<Vec<u32>, EngineError> {
         let tokenizer = self.tokenizer()?;
         if !marked.literal_parts().any(|part| tokenizer.writes_special(part)) {
-            return self.tokenize(None, &marked.text, true).await;
+            return self.tokenize(&marked.text, true).await;
         }
         tokenizer.encode_marked(marked, true)
     }

@@ -51,13 +51,13 @@ impl Engine {
             Turn::Closed => false,
             Turn::Continue => return self.continued_prompt(messages, written).await,
         };
-        if written {
-            return self.literal_prompt(messages, open, None);
-        }
         // Rendered and tokenized here as mistralrs's engine would (`chat_prompt_in_mistralrs`
         // is the yardstick in the tests), without waiting for it between decoding steps.
         let text = self.render(messages, open)?;
-        self.tokenize(None, &text, true).await
+        if written {
+            return self.literal_prompt(messages, text, open, None);
+        }
+        self.tokenize(&text, true).await
     }
 
     async fn continued_prompt(&self, messages: &[ChatMessage], written: bool) -> Result<Vec<u32>, EngineError> {
@@ -77,9 +77,9 @@ impl Engine {
             EngineError::InvalidRequest("the chat template changes the last message's text, so an answer cannot continue it".into())
         })?;
         if written {
-            return self.literal_prompt(messages, false, Some(end));
+            return self.literal_prompt(messages, text, false, Some(end));
         }
-        self.tokenize(None, &text[..end], true).await
+        self.tokenize(&text[..end], true).await
     }
 
     /// Whether any message writes a special token's text.
@@ -88,13 +88,12 @@ impl Engine {
         Ok(messages.iter().any(|m| tokenizer.writes_special(&m.content)))
     }
 
-    /// The conversation's tokens with each message's text read as text, cut to its first
-    /// `end` bytes when given. A template that changes a message's text in a way graft cannot
+    /// The conversation's tokens with each message's text read as text: `text` is the
+    /// conversation rendered (`open` as rendered), cut to its first `end` bytes when given. A template that changes a message's text in a way graft cannot
     /// trace (so that where each message sits is unknown) gets the plain tokenization, and a
     /// warning in the log (once).
-    fn literal_prompt(&self, messages: &[ChatMessage], open: bool, end: Option<usize>) -> Result<Vec<u32>, EngineError> {
+    fn literal_prompt(&self, messages: &[ChatMessage], text: String, open: bool, end: Option<usize>) -> Result<Vec<u32>, EngineError> {
         let tokenizer = self.tokenizer()?;
-        let text = self.render(messages, open)?;
         let mut marked = match self.marked(messages, open, &text)? {
             Some(marked) => marked,
             None => {

@@ -64,7 +64,7 @@ pub(crate) trait CountTokens {
 
 impl CountTokens for Engine {
     async fn count(&self, text: &str) -> Result<usize, EngineError> {
-        Ok(self.tokenize(None, text, false).await?.len())
+        Ok(self.tokenize(text, false).await?.len())
     }
 }
 

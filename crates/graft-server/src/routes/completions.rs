@@ -253,7 +253,7 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, request: openai::Co
             }
             Ok(prefix) if scoring || prompt_only => {
                 // Read as given: the prompt's log-probabilities are of its own tokens.
-                let tokens = state.engine().tokenize(None, &prefix, true).await?;
+                let tokens = state.engine().tokenize(&prefix, true).await?;
                 prompt::check_length(state, tokens.len(), "prompt", "The prompt")?;
                 echoed.push(prefix);
                 tokens

@@ -103,7 +103,7 @@ pub async fn tokenize(
     let engine = state.engine();
     let special = request.add_special.or(request.add_special_tokens).unwrap_or(true);
     let ids = match (request.content.or(request.prompt), request.messages) {
-        (Some(text), None) => engine.tokenize(None, &text, special).await?,
+        (Some(text), None) => engine.tokenize(&text, special).await?,
         (None, Some(messages)) => {
             let turn = chat::turn(request.continue_final_message, request.add_generation_prompt)?;
             engine.chat_prompt_ending(&to_engine_messages(messages)?, turn).await?

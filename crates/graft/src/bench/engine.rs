@@ -262,7 +262,7 @@ async fn first_tokens(engine: &Engine, pool: &Pool, base: &str, args: &BenchEngi
     let path = &args.prompt_file;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the prompt file {} (give --prompt-file FILE)", path.display()))?;
-    let tokens = engine.tokenize(None, &text, false).await?;
+    let tokens = engine.tokenize(&text, false).await?;
     let longest = args.lengths.iter().copied().max().unwrap_or(0);
     if tokens.len() < longest {
         bail!(
@@ -283,7 +283,7 @@ async fn first_tokens(engine: &Engine, pool: &Pool, base: &str, args: &BenchEngi
                 // process) finds no start to reuse.
                 asked += 1;
                 let head = format!("{}{asked}\n", char::from(b'A' + (asked % 26) as u8));
-                let mut prompt = engine.tokenize(None, &head, false).await?;
+                let mut prompt = engine.tokenize(&head, false).await?;
                 let rest = length.saturating_sub(prompt.len());
                 prompt.extend_from_slice(&tokens[..rest]);
                 prompt.truncate(length);

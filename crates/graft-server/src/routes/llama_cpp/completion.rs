@@ -254,7 +254,7 @@ async fn tokens(state: &AppState, parts: Vec<Part>) -> Result<Vec<u32>, ApiError
     for (i, part) in parts.into_iter().enumerate() {
         match part {
             Part::Id(id) => tokens.push(id),
-            Part::Text(text) => tokens.extend(state.engine().tokenize(None, &text, i == 0).await?),
+            Part::Text(text) => tokens.extend(state.engine().tokenize(&text, i == 0).await?),
         }
     }
     Ok(tokens)

@@ -249,7 +249,7 @@ async fn logit_bias(state: &AppState, bias: Value) -> Result<HashMap<String, f64
                 .ok_or_else(|| invalid(format!("a logit_bias token id is a whole number, got {n}")))?],
             Value::String(text) => match text.parse::<u32>() {
                 Ok(id) => vec![id],
-                Err(_) => state.engine().tokenize(None, text, false).await?,
+                Err(_) => state.engine().tokenize(text, false).await?,
             },
             other => return Err(invalid(format!("a logit_bias token is an id or a text, got {other}"))),
         };
