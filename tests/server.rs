@@ -904,6 +904,25 @@ async fn the_gguf_tokenizer_gives_the_engines_ids() {
         );
         assert_eq!(tokenizer.count(text).unwrap(), engine_ids.len());
         assert_eq!(tokenizer.decode(&engine_ids).unwrap(), text);
+        assert_eq!(
+            engine.detokenize(engine_ids.clone()).await.unwrap(),
+            engine.detokenize_in_mistralrs(engine_ids).await.unwrap(),
+            "{text:?}"
+        );
+    }
+    // A piece of a character alone, and a list long enough to be decoded off the async threads.
+    let crab = tokenizer.encode("🦀").unwrap();
+    let long: Vec<u32> = texts
+        .iter()
+        .flat_map(|t| tokenizer.encode(t).unwrap())
+        .cycle()
+        .take(9_000)
+        .collect();
+    for ids in [crab[..1].to_vec(), long] {
+        assert_eq!(
+            engine.detokenize(ids.clone()).await.unwrap(),
+            engine.detokenize_in_mistralrs(ids).await.unwrap()
+        );
     }
     // Each token's own bytes, pieces of characters included, add up to the text.
     for text in ["これは日本語です 🦀 ok", "  indented\n\ttab", "<|im_end|>"] {
@@ -2756,7 +2775,7 @@ async fn a_continued_message_is_laid_out_with_the_engines_template_and_special_t
     let opened = engine.chat_prompt_ending(&messages, Turn::Open).await.unwrap();
     let text = |ids: Vec<u32>| {
         let engine = &engine;
-        async move { engine.detokenize(None, ids).await.unwrap() }
+        async move { engine.detokenize(ids).await.unwrap() }
     };
     assert_eq!(
         text(closed.clone()).await,

@@ -462,11 +462,11 @@ async fn served_agreement(gguf: &std::path::Path, ids: &[u32], top: &[u32]) -> (
         };
         // Texts compared as the stream delivers them: what the token adds to the prefix's text
         // (a tokenizer may drop a first token's leading space when it stands alone).
-        let before = engine.detokenize(None, ids[..p].to_vec()).await.unwrap();
+        let before = engine.detokenize(ids[..p].to_vec()).await.unwrap();
         let served = before.clone() + &pool.complete("base", request).await.unwrap().text;
         let mut with_top = ids[..p].to_vec();
         with_top.push(top[p - 1]);
-        let trained = engine.detokenize(None, with_top).await.unwrap();
+        let trained = engine.detokenize(with_top).await.unwrap();
         if served != trained {
             let cut = |t: &str| t.get(before.len()..).unwrap_or(t).to_owned();
             differ.push((p, cut(&served), cut(&trained)));

@@ -97,6 +97,10 @@ pub struct Engine {
 /// longer ones on tokio's blocking pool.
 const INLINE_TOKENIZE_BYTES: usize = 16 * 1024;
 
+/// Token lists up to this long are decoded on the calling thread; longer ones on tokio's
+/// blocking pool.
+const INLINE_DETOKENIZE_IDS: usize = 4 * 1024;
+
 impl Engine {
     /// Loads the base model from its GGUF file, without touching the network.
     pub async fn load(base: &BaseModel) -> Result<Engine, EngineError> {
@@ -249,10 +253,26 @@ impl Engine {
         self.chat_prompt_ending(messages, crate::Turn::Open).await
     }
 
-    /// The text of token ids.
-    pub async fn detokenize(&self, model: Option<&str>, tokens: Vec<u32>) -> Result<String, EngineError> {
+    /// The text of token ids, special tokens written out (an adapter shares its base's
+    /// vocabulary). Decoded by graft's copy of the tokenizer, as [`Engine::tokenize`] encodes:
+    /// mistralrs's engine decodes under the lock its decoding steps hold. Long lists are
+    /// decoded off the async threads.
+    pub async fn detokenize(&self, tokens: Vec<u32>) -> Result<String, EngineError> {
+        let tokenizer = self.tokenizer()?;
+        if tokens.len() <= INLINE_DETOKENIZE_IDS {
+            return tokenizer.decode(&tokens);
+        }
+        tokio::task::spawn_blocking(move || tokenizer.decode(&tokens))
+            .await
+            .map_err(|e| EngineError::Generation(format!("cannot detokenize: {e}")))?
+    }
+
+    /// [`Engine::detokenize`] as mistralrs's engine does it: for tests that check graft's
+    /// tokenizer against it.
+    #[doc(hidden)]
+    pub async fn detokenize_in_mistralrs(&self, tokens: Vec<u32>) -> Result<String, EngineError> {
         self.model
-            .detokenize_with_model(tokens, false, model)
+            .detokenize_with_model(tokens, false, None)
             .await
             .map_err(|e| EngineError::Generation(format!("cannot detokenize: {e}")))
     }

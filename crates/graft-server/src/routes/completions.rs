@@ -247,7 +247,7 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, request: openai::Co
                     .check_token_ids("prompt", &tokens)
                     .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?;
                 if echo {
-                    echoed.push(state.engine().detokenize(None, tokens.clone()).await?);
+                    echoed.push(state.engine().detokenize(tokens.clone()).await?);
                 }
                 tokens
             }

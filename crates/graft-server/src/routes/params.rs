@@ -256,7 +256,7 @@ pub fn check_token_ids(state: &AppState, sampling: &Sampling) -> Result<(), ApiE
 /// The `debug` answer for a prompt of `tokens`: its text with special tokens spelled out.
 pub async fn debug_info(state: &AppState, tokens: &[u32]) -> Result<DebugInfo, ApiError> {
     Ok(DebugInfo {
-        prompt: state.engine().detokenize(None, tokens.to_vec()).await?,
+        prompt: state.engine().detokenize(tokens.to_vec()).await?,
         prompt_tokens: tokens.len(),
     })
 }

@@ -158,7 +158,7 @@ pub async fn detokenize(
     engine
         .check_token_ids("tokens", &request.tokens)
         .map_err(|e| ApiError::invalid_param("tokens", e.to_string()))?;
-    let text = engine.detokenize(None, request.tokens).await?;
+    let text = engine.detokenize(request.tokens).await?;
     Ok(AxumJson(DetokenizeAnswer {
         content: text.clone(),
         prompt: text,

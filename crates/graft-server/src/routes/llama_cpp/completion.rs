@@ -74,7 +74,7 @@ pub async fn completion(
     for tokens in &laid_out {
         answers.push(Answer {
             index: answers.len(),
-            prompt: state.engine().detokenize(None, tokens.clone()).await?,
+            prompt: state.engine().detokenize(tokens.clone()).await?,
             prompt_n: tokens.len(),
         });
     }
