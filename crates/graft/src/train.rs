@@ -245,6 +245,71 @@ fn serve(url: &str, name: &str, dir: &Path) -> Result<String> {
     })
 }
 
+/// `path` with links resolved, for a path that may not exist yet: its nearest existing
+/// ancestor resolved, the rest appended.
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while existing.canonicalize().is_err() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+    let mut real = existing.canonicalize().unwrap_or_else(|_| existing.to_owned());
+    real.extend(rest.iter().rev());
+    real
+}
+
+/// Where the adapter written to `out` stands with a server of this config: a project can name
+/// it only in `adapters.dir` itself, and `POST /v1/load_lora_adapter` (what `--serve` sends)
+/// loads it only from inside `adapters.dir` or `adapters.allowed_dirs`.
+struct Placement {
+    /// Its folder's name is an adapter name (`graft_core::is_valid_name`).
+    valid_name: bool,
+    /// It lies directly in `adapters.dir`.
+    in_store: bool,
+    /// It lies inside `adapters.dir` or one of `adapters.allowed_dirs`.
+    loadable: bool,
+}
+
+impl Placement {
+    fn of(out: &Path, adapters: &graft_core::config::AdaptersConfig) -> Placement {
+        let out = resolved(out);
+        let store = resolved(&adapters.dir);
+        let inside = |root: &Path| out.starts_with(root) && out != root;
+        Placement {
+            valid_name: out.file_name().and_then(|n| n.to_str()).is_some_and(graft_core::is_valid_name),
+            in_store: out.parent() == Some(store.as_path()),
+            loadable: inside(&store) || adapters.allowed_dirs.iter().any(|dir| inside(&resolved(dir))),
+        }
+    }
+}
+
+/// `--serve` refused before training rather than after it: a server with this config would
+/// not load an adapter from `out`.
+fn check_servable(out: &Path, adapters: &graft_core::config::AdaptersConfig) -> Result<()> {
+    let placement = Placement::of(out, adapters);
+    if !placement.valid_name {
+        bail!(
+            "--serve: the adapter would be served under its folder's name, and `{}` is not an adapter name (letters, digits, `.`, `_` or `-`): choose another --out",
+            out.file_name().map_or_else(|| out.display().to_string(), |n| n.to_string_lossy().into_owned())
+        );
+    }
+    if !placement.loadable {
+        bail!(
+            "--serve: a server loads adapters only from adapters.dir ({}) or adapters.allowed_dirs, and --out {} lies outside them: leave --out out (it defaults to adapters.dir), or add its folder to adapters.allowed_dirs in the server's config",
+            adapters.dir.display(),
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: TrainArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     check_args(&args, config.adapters.max_rank)?;
@@ -252,6 +317,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| config.adapters.dir.join(format!("{}-lora", args.project)));
+    if args.serve.is_some() {
+        check_servable(&out, &config.adapters)?;
+    }
     let checkpoints_at = checkpoint_dir(&out);
     if out.exists() && !args.force && !args.resume {
         bail!("{} already exists: pass --force to replace it", out.display());
@@ -467,10 +535,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
             args.out.as_ref().map_or(String::new(), |o| format!(" --out {}", o.display()))
         );
     }
+    let placement = Placement::of(&out, &config.adapters);
     match served {
         Some(answer) => println!("  served:     {}", answer.trim()),
-        None => println!(
+        None if placement.in_store && placement.valid_name => println!(
             "  serve it:   a running graft loads it with `graft train ... --serve`, or name it in a project (`adapter = \"{name}\"`)"
+        ),
+        None if placement.loadable && placement.valid_name => println!(
+            "  serve it:   a running graft loads it with `graft train ... --serve` (or POST /v1/load_lora_adapter); to name it in a project, move it into adapters.dir ({})",
+            config.adapters.dir.display()
+        ),
+        None => println!(
+            "  serve it:   move it into adapters.dir ({}) under a name of letters, digits, `.`, `_` or `-`, then name it in a project or load it with POST /v1/load_lora_adapter",
+            config.adapters.dir.display()
         ),
     }
     Ok(())

@@ -1134,6 +1134,34 @@ print(len(names))
     drop(serving);
     let unserved = train(&["--force", "--serve", &url]);
     assert!(String::from_utf8_lossy(&unserved.stderr).contains("no graft answering"));
+    // An adapter a server would not load is refused before training, not after it: outside
+    // adapters.dir and adapters.allowed_dirs, or in a folder whose name is no adapter name.
+    let elsewhere = work.path().join("elsewhere/poly-lora");
+    let outside = train(&["--out", elsewhere.to_str().unwrap(), "--serve", &url]);
+    let stderr = String::from_utf8_lossy(&outside.stderr);
+    assert!(!outside.status.success() && stderr.contains("lies outside them"), "{stderr}");
+    assert!(!elsewhere.exists(), "nothing trained or written");
+    let spaced = work.path().join("adapters/poly lora");
+    let bad_name = train(&["--out", spaced.to_str().unwrap(), "--serve", &url]);
+    let stderr = String::from_utf8_lossy(&bad_name.stderr);
+    assert!(!bad_name.status.success() && stderr.contains("not an adapter name"), "{stderr}");
+    // Without --serve it trains there, and says how to serve it from there.
+    let mut args = vec!["train", "--project", "poly", "--data", data.to_str().unwrap()];
+    args.extend([
+        "--steps",
+        "1",
+        "--max-tokens",
+        "32",
+        "--rank",
+        "4",
+        "--out",
+        elsewhere.to_str().unwrap(),
+    ]);
+    let there = run(&args);
+    let stdout = String::from_utf8_lossy(&there.stdout);
+    assert!(there.status.success(), "{}", String::from_utf8_lossy(&there.stderr));
+    assert!(stdout.contains("move it into adapters.dir"), "{stdout}");
+    assert!(elsewhere.join("adapter_model.safetensors").is_file());
 
     // A run out of time keeps a checkpoint; --resume finishes it and removes it.
     let short = train(&["--force", "--minutes", "0.000001"]);
