@@ -472,6 +472,20 @@ fn eval_build_writes_a_reproducible_golden_set_and_names_a_bad_gold_line() {
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("line 2") && stderr.contains("`reference`"), "{stderr}");
 
+    // A held-out file that documents nothing gives no questions, and the summary says why.
+    let undocumented = graft()
+        .args(["eval", "build", "tests/fixtures/polyglot", "--project", "polyglot", "-o"])
+        .arg(dir.path().join("f.jsonl"))
+        .args(["--holdout", "storage/blobstore_test.go"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&undocumented.stdout);
+    assert!(undocumented.status.success(), "{}", String::from_utf8_lossy(&undocumented.stderr));
+    assert!(
+        stdout.contains(" 0 question;") && stdout.contains("no questions: no held-out file documents"),
+        "{stdout}"
+    );
+
     let missing = run(&dir.path().join("e.jsonl"), &["--holdout", "no/such/file.rs"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no/such/file.rs"));

@@ -117,6 +117,11 @@ pub fn build_golden_set(args: EvalBuildArgs) -> Result<()> {
                 args.tasks
             );
         }
+        if args.questions > 0 && count(TaskKind::Question) == 0 {
+            println!(
+                "  no questions: no held-out file documents a definition (a doc comment of four words or more); write your own in a --gold file"
+            );
+        }
     }
     Ok(())
 }
