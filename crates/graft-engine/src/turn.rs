@@ -12,8 +12,8 @@
 //! rendered chat.
 //!
 //! A message that writes a special token's text (`<|im_end|>`) is read as text: the
-//! conversation is rendered again with a marker in place of each message to find where each
-//! one's text sits, and `crate::literal` tokenizes it as text. A conversation without such
+//! conversation is rendered again with a marker in place of each such message to find where
+//! its text sits, and `crate::literal` tokenizes it as text. A conversation without such
 //! text is rendered and tokenized here exactly as mistralrs's engine would (graft does not wait
 //! for the engine, which takes a tokenization only between two decoding steps).
 //!
@@ -89,51 +89,80 @@ impl Engine {
     }
 
     /// The conversation's tokens with each message's text read as text: `text` is the
-    /// conversation rendered (`open` as rendered), cut to its first `end` bytes when given. A template that changes a message's text in a way graft cannot
-    /// trace (so that where each message sits is unknown) gets the plain tokenization, and a
-    /// warning in the log (once).
+    /// conversation rendered (`open` as rendered), cut to its first `end` bytes when given. A
+    /// message whose text the template changes in a way graft cannot trace (so that where it
+    /// sits is unknown: a reasoning model's template drops the thinking of earlier answers) is
+    /// tokenized plainly, the others still as text, with a warning in the log (once).
     fn literal_prompt(&self, messages: &[ChatMessage], text: String, open: bool, end: Option<usize>) -> Result<Vec<u32>, EngineError> {
         let tokenizer = self.tokenizer()?;
-        let mut marked = match self.marked(messages, open, &text)? {
-            Some(marked) => marked,
-            None => {
-                // Said once: the template does it to every such conversation.
-                static SAID: std::sync::Once = std::sync::Once::new();
-                SAID.call_once(|| {
-                    tracing::warn!("the chat template changes message text, so special tokens' text in a message is read as special tokens")
-                });
-                Marked::format(text)
-            }
+        let (mut marked, untraced) = match self.marked(messages, open, &text)? {
+            Some(found) => found,
+            None => (Marked::format(text), 1),
         };
+        if untraced > 0 {
+            // Said once: the template does it to every such conversation.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    "the chat template changes message text, so special tokens' text in such a message is read as special tokens"
+                )
+            });
+        }
         if let Some(end) = end {
             marked.truncate(end);
         }
         tokenizer.encode_marked(&marked, true)
     }
 
-    /// `text` (the conversation rendered) with each message's content marked literal, found by
-    /// rendering the conversation again with a marker for each content and putting the
-    /// contents (as written, or trimmed for a template that trims) back in its place; `None`
-    /// when neither gives `text` back.
-    fn marked(&self, messages: &[ChatMessage], open: bool, text: &str) -> Result<Option<Marked>, EngineError> {
+    /// `text` (the conversation rendered) with the content of each message that writes a
+    /// special token's text marked literal (the others tokenize alike either way), and how
+    /// many such messages could not be traced and are left plain; `None` when none could.
+    /// Where the template writes them all unchanged (or trimmed), one more rendering finds
+    /// them; otherwise each is tried alone, and those found are marked together.
+    fn marked(&self, messages: &[ChatMessage], open: bool, text: &str) -> Result<Option<(Marked, usize)>, EngineError> {
+        let tokenizer = self.tokenizer()?;
+        let writing: Vec<usize> = (0..messages.len())
+            .filter(|&i| tokenizer.writes_special(&messages[i].content))
+            .collect();
+        if let Some(marked) = self.marked_at(messages, &writing, open, text) {
+            return Ok(Some((marked, 0)));
+        }
+        let traced: Vec<usize> = writing
+            .iter()
+            .copied()
+            .filter(|&i| self.marked_at(messages, &[i], open, text).is_some())
+            .collect();
+        if traced.is_empty() || traced.len() == writing.len() {
+            return Ok(None);
+        }
+        Ok(self
+            .marked_at(messages, &traced, open, text)
+            .map(|marked| (marked, writing.len() - traced.len())))
+    }
+
+    /// `text` with the contents of the messages `at` marked literal, found by rendering the
+    /// conversation again with a marker in place of each of them and putting the contents (as
+    /// written, or trimmed for a template that trims) back in its place; `None` when neither
+    /// gives `text` back, or the template refuses the markers.
+    fn marked_at(&self, messages: &[ChatMessage], at: &[usize], open: bool, text: &str) -> Option<Marked> {
         let stand_ins: Vec<ChatMessage> = messages
             .iter()
             .enumerate()
-            .map(|(i, m)| ChatMessage::new(m.role, format!("{MARK_OPEN}{i}{MARK_CLOSE}")))
+            .map(|(i, m)| match at.contains(&i) {
+                true => ChatMessage::new(m.role, format!("{MARK_OPEN}{i}{MARK_CLOSE}")),
+                false => m.clone(),
+            })
             .collect();
-        let skeleton = self.render(&stand_ins, open)?;
-        for trim in [false, true] {
-            let marked = fill(&skeleton, |i| {
-                messages.get(i).map(|m| match trim {
+        let skeleton = self.render(&stand_ins, open).ok()?;
+        [false, true].into_iter().find_map(|trim| {
+            fill(&skeleton, |i| {
+                messages.get(i).filter(|_| at.contains(&i)).map(|m| match trim {
                     true => m.content.trim(),
                     false => m.content.as_str(),
                 })
-            });
-            if marked.as_ref().is_some_and(|m| m.text == text) {
-                return Ok(marked);
-            }
-        }
-        Ok(None)
+            })
+            .filter(|marked| marked.text == text)
+        })
     }
 
     /// The conversation's text through the chat template, the assistant's turn opened when
