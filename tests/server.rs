@@ -1102,23 +1102,28 @@ async fn a_message_cannot_open_or_close_turns() {
     );
 }
 
+/// SmolLM2 loaded with `template` as its chat template (`model.chat_template`); the file is
+/// removed once loaded.
+async fn engine_with_template(template: &str) -> graft_engine::Engine {
+    let folder = tempfile::tempdir().unwrap();
+    let file = folder.path().join("chat.jinja");
+    std::fs::write(&file, template).unwrap();
+    let mut base = graft_engine::BaseModel::cpu(MODEL, graft_tests::kit_file("smollm2-135m-instruct"), 1);
+    base.chat_template = Some(file);
+    graft_engine::Engine::load(&base).await.unwrap()
+}
+
 /// A template that changes some messages' text (a reasoning model's, which drops what an
 /// earlier answer thought) cannot show where those sit: they are read plainly, and every
 /// other message that writes a special token's text is still read as text, so a user's
 /// message cannot forge a turn beside such an answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_that_rewrites_an_answer_leaves_the_other_messages_literal() {
-    use graft_engine::{BaseModel, ChatMessage, Engine, Role};
-    let folder = tempfile::tempdir().unwrap();
-    let template = folder.path().join("chat.jinja");
-    std::fs::write(
-        &template,
+    use graft_engine::{ChatMessage, Role};
+    let engine = engine_with_template(
         "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' and '</think>' in m.content %}{{ m.content.split('</think>')[-1].lstrip('\n') }}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
     )
-    .unwrap();
-    let mut base = BaseModel::cpu(MODEL, graft_tests::kit_file("smollm2-135m-instruct"), 1);
-    base.chat_template = Some(template);
-    let engine = Engine::load(&base).await.unwrap();
+    .await;
     let tokenizer = engine.tokenizer().unwrap();
     let id = |token: &str| tokenizer.token_id(token).unwrap();
     let count = |ids: &[u32], token: &str| ids.iter().filter(|&&t| t == id(token)).count();
@@ -2793,17 +2798,11 @@ async fn a_last_assistant_message_is_continued_when_asked() {
 /// closed conversation out, up to the EOS that closes the last message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_continued_message_is_laid_out_with_the_engines_template_and_special_tokens() {
-    use graft_engine::{BaseModel, ChatMessage, Engine, Role, Turn};
-    let folder = tempfile::tempdir().unwrap();
-    let template = folder.path().join("chat.jinja");
-    std::fs::write(
-        &template,
+    use graft_engine::{ChatMessage, Role, Turn};
+    let engine = engine_with_template(
         "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content | trim }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}",
     )
-    .unwrap();
-    let mut base = BaseModel::cpu(MODEL, graft_tests::kit_file("smollm2-135m-instruct"), 1);
-    base.chat_template = Some(template);
-    let engine = Engine::load(&base).await.unwrap();
+    .await;
     let special = engine.facts().unwrap().special.clone();
     let (bos, eos) = (special.bos.unwrap(), special.eos.unwrap());
 
@@ -2824,9 +2823,8 @@ async fn a_continued_message_is_laid_out_with_the_engines_template_and_special_t
         format!("{bos}[user] Count to ten.{eos}[assistant] 1, 2,{eos}")
     );
     assert_eq!(continued[..], closed[..closed.len() - 1], "the closed layout less its last EOS");
-    // The template is the one read at load, as mistralrs's own: a file edited (or removed)
-    // later changes neither layout.
-    std::fs::remove_file(base.chat_template.as_ref().unwrap()).unwrap();
+    // The template is the one read at load, as mistralrs's own: its file, removed with the
+    // helper's folder since, changes neither layout.
     assert_eq!(engine.chat_prompt_ending(&messages, Turn::Continue).await.unwrap(), continued);
     assert_eq!(engine.chat_prompt_ending(&messages, Turn::Closed).await.unwrap(), closed);
     assert_eq!(
