@@ -179,6 +179,8 @@ fn prompt_attention_agrees_with_the_flash_kernel_it_replaces() {
         (9, 3, 40, 60, 64, None, true, DType::F16),
         // A head size the vector chunks do not divide (64 + 8), over more than one key tile.
         (2, 2, 33, 90, 72, None, true, DType::F32),
+        // 64 + 16 (every chunk width of the value sums), an odd number of rows per key head.
+        (3, 1, 29, 40, 80, None, true, DType::F32),
     ];
     for (h, kv_h, q_len, past, d, softcap, causal, dtype) in cases {
         let kv_len = past + q_len;

@@ -2,7 +2,9 @@
 //! (vendor/mistralrs-core `attention/backends/cpu.rs`) against upstream's flash kernel, for
 //! SmolLM2-135M's shapes (9 query heads over 3 key heads of 64, an f16 KV cache read through a
 //! narrowed view, as the model hands it over): a cold prompt, a few new tokens after a long
-//! cached prompt (the next request while the user types), and one decode step.
+//! cached prompt (the next request while the user types), and one decode step. Each prompt
+//! case also prints a digest of its answer's bits: a change to the kernel meant to keep every
+//! answer the same bits must print the same digests.
 //!
 //! `cargo bench --workspace --bench attention` (RAYON_NUM_THREADS sets the threads).
 
@@ -33,6 +35,19 @@ fn causal(rows: usize, past: usize) -> Tensor {
     Tensor::from_vec(m, (rows, past + rows), &Device::Cpu)
         .and_then(|m| m.to_dtype(DType::F16))
         .expect("a mask")
+}
+
+/// A digest of a tensor's bits (FNV-1a over its f32 values): a change to the kernel that
+/// keeps every answer bit for bit keeps it.
+fn bits_digest(t: &Tensor) -> u64 {
+    let values: Vec<f32> = t
+        .to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .expect("values");
+    values.iter().fold(0xcbf2_9ce4_8422_2325, |h, x| {
+        (h ^ u64::from(x.to_bits())).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// The median of a few runs, in microseconds.
@@ -69,6 +84,7 @@ fn main() {
     // (label, new tokens, cached tokens)
     for (label, rows, past) in [
         ("cold prompt, 512 tokens", 512, 0),
+        ("cold prompt, 1500 tokens", 1500, 0),
         ("typing: 20 new tokens after 1500 cached", 20, 1500),
         ("typing: 3 new tokens after 1500 cached", 3, 1500),
     ] {
@@ -84,7 +100,12 @@ fn main() {
         let new = time(|| {
             run_prompt_attn_cpu(&q, &k, &v, Some(&mask), &params).expect("prompt attention");
         });
-        println!("{label:<44} {old:>10.0} {new:>10.0} {:>7.2}×", old / new);
+        let answer = run_prompt_attn_cpu(&q, &k, &v, Some(&mask), &params).expect("prompt attention");
+        println!(
+            "{label:<44} {old:>10.0} {new:>10.0} {:>7.2}×   (answer's bits: {:016x})",
+            old / new,
+            bits_digest(&answer)
+        );
     }
     for keys in [700, 1500] {
         let (q, k, v) = (

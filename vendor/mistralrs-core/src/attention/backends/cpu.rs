@@ -377,6 +377,12 @@ const TILE: usize = 64;
 /// graft: queries scored together by the prompt kernel's innermost loop.
 const ROWS: usize = 4;
 
+/// graft: groups of [`LANES`] keys the prompt kernel scores together, each query's scores of
+/// them independent chains: [`ROWS`] × 2 chains keep a CPU's two vector multiply-add units
+/// busy through each one's latency.
+const KEY_GROUPS: usize = 2;
+const _: () = assert!(TILE % (KEY_GROUPS * LANES) == 0, "a tile holds whole groups of keys");
+
 /// graft: the most query rows in one work unit of the prompt kernel.
 const UNIT_ROWS: usize = 32;
 
@@ -460,12 +466,18 @@ pub fn run_prompt_attn_cpu(
             let (b_i, kv, _, _) = locate(u, 0);
             scratch.queries.clear();
             let mut visible = [kv_len; UNIT_ROWS];
+            // The rows of one query (one mask row) lie together: its last visible key is
+            // looked for once.
+            let mut last: Option<(usize, usize)> = None;
             for (r, visible) in visible[..rows].iter_mut().enumerate() {
                 let (_, _, head, query) = locate(u, r);
                 scratch.queries.extend_from_slice(&q_data[(head * q_len + query) * d..][..d]);
                 if let Some(mask) = mask_data {
-                    let row = &mask[query * kv_len..][..kv_len];
-                    *visible = row.iter().rposition(|&x| x != f32::NEG_INFINITY).map_or(0, |p| p + 1);
+                    *visible = match last {
+                        Some((seen, width)) if seen == query => width,
+                        _ => last_visible(&mask[query * kv_len..][..kv_len]),
+                    };
+                    last = Some((query, *visible));
                 }
             }
             let width = visible[..rows].iter().copied().max().unwrap_or(0);
@@ -486,12 +498,24 @@ pub fn run_prompt_attn_cpu(
                 let (_, _, _, query) = locate(u, r);
                 let mask_row = mask_data.map(|m| &m[query * kv_len..][..kv_len]);
                 let row = &mut scores[r * width..][..visible[r]];
-                for (j, s) in row.iter_mut().enumerate() {
-                    let mut x = *s * scale;
-                    if let Some(cap) = softcap {
-                        x = (x / cap).tanh() * cap;
+                // The same operations for every score, each case its own loop (vector code).
+                match (softcap, mask_row) {
+                    (None, Some(mask)) => {
+                        for (s, &m) in row.iter_mut().zip(mask) {
+                            *s = *s * scale + m;
+                        }
                     }
-                    *s = x + mask_row.map_or(0.0, |m| m[j]);
+                    (None, None) => {
+                        for s in row.iter_mut() {
+                            *s = *s * scale + 0.0;
+                        }
+                    }
+                    (Some(cap), _) => {
+                        for (j, s) in row.iter_mut().enumerate() {
+                            let x = (*s * scale / cap).tanh() * cap;
+                            *s = x + mask_row.map_or(0.0, |m| m[j]);
+                        }
+                    }
                 }
                 let max = lanes_fold(row, f32::NEG_INFINITY, f32::max);
                 exp_shifted(row, max);
@@ -505,10 +529,19 @@ pub fn run_prompt_attn_cpu(
             for start in (0..width).step_by(TILE) {
                 let n = TILE.min(width - start);
                 values.tile(b_i, kv, start, n, &mut tile[..n * dv]);
-                for (r, out) in out.chunks_mut(dv).enumerate() {
+                let probs = |r: usize| {
                     let seen = visible[r].saturating_sub(start).min(n);
-                    let probs = &scores[r * width + start..][..seen];
-                    add_weighted_rows(probs, &tile[..seen * dv], out);
+                    &scores[r * width + start..][..seen]
+                };
+                let mut pairs = out.chunks_mut(2 * dv);
+                for (pair, outs) in pairs.by_ref().enumerate() {
+                    let r = 2 * pair;
+                    match outs.split_at_mut_checked(dv) {
+                        Some((first, second)) if !second.is_empty() => {
+                            add_weighted_row_pair([probs(r), probs(r + 1)], &tile[..n * dv], [first, second])
+                        }
+                        _ => add_weighted_rows(probs(r), &tile[..n * dv], outs),
+                    }
                 }
             }
             out
@@ -538,6 +571,19 @@ struct PromptScratch {
     row: Vec<f32>,
 }
 
+/// graft: how many of a mask row's keys a query reads: up to its last one not masked (-inf).
+/// Looked for [`LANES`] at a time from the end (a causal row's masked end is long).
+fn last_visible(mask_row: &[f32]) -> usize {
+    let (chunks, rest) = mask_row.as_chunks::<LANES>();
+    if let Some(p) = rest.iter().rposition(|&x| x != f32::NEG_INFINITY) {
+        return chunks.len() * LANES + p + 1;
+    }
+    let Some(c) = chunks.iter().rposition(|c| c.iter().fold(false, |any, &x| any | (x != f32::NEG_INFINITY))) else {
+        return 0;
+    };
+    c * LANES + chunks[c].iter().rposition(|&x| x != f32::NEG_INFINITY).map_or(0, |p| p + 1)
+}
+
 /// graft: query rows per work unit of the prompt kernel for `total` rows in all: about two
 /// units per thread, so that the threads finish together, and at most [`UNIT_ROWS`], so that
 /// a unit's scores stay in cache; a multiple of [`ROWS`].
@@ -550,26 +596,123 @@ fn unit_rows(total: usize) -> usize {
 /// each `d` long, and the first `n` keys of `tile` (keys transposed: `tile[dd * TILE + j]`).
 /// Each score is its own multiply-add chain over `d`, in order, whichever other queries and
 /// keys share the call.
-#[inline]
+// Not inlined: the loops below stay a small function of their own, compiled to vector code
+// with their sums in registers, whatever the caller around them.
+#[inline(never)]
 fn key_scores(queries: &[f32], d: usize, tile: &[f32], n: usize, width: usize, scores: &mut [f32]) {
-    for first in (0..n).step_by(LANES) {
-        let mut acc = [[0f32; LANES]; ROWS];
-        for dd in 0..d {
-            let Ok(keys) = <&[f32; LANES]>::try_from(&tile[dd * TILE + first..][..LANES]) else {
-                unreachable!("a tile holds TILE keys, a multiple of LANES")
-            };
-            for (acc, q) in acc.iter_mut().zip(queries.chunks(d)) {
-                let qd = q[dd];
-                for (a, &k) in acc.iter_mut().zip(keys) {
-                    *a = mul_add(*a, qd, k);
+    // A loop per number of queries, so that every count below is known when compiled.
+    match queries.len() / d {
+        4 => key_scores_of::<4>(queries, d, tile, n, width, scores),
+        3 => key_scores_of::<3>(queries, d, tile, n, width, scores),
+        2 => key_scores_of::<2>(queries, d, tile, n, width, scores),
+        _ => key_scores_of::<1>(queries, d, tile, n, width, scores),
+    }
+}
+
+/// graft: [`key_scores`] for `R` queries, [`KEY_GROUPS`] groups of [`LANES`] keys at a time
+/// (as many independent multiply-add chains as the CPU keeps in flight), then the groups
+/// left one at a time; each score's chain is the same whichever keys share its pass.
+#[inline(always)]
+fn key_scores_of<const R: usize>(queries: &[f32], d: usize, tile: &[f32], n: usize, width: usize, scores: &mut [f32]) {
+    let groups = n.div_ceil(LANES);
+    let mut group = 0;
+    while group + KEY_GROUPS <= groups {
+        key_block::<R, KEY_GROUPS>(queries, d, tile, n, width, scores, group);
+        group += KEY_GROUPS;
+    }
+    while group < groups {
+        key_block::<R, 1>(queries, d, tile, n, width, scores, group);
+        group += 1;
+    }
+}
+
+/// graft: the scores of `R` queries for the `G` groups of keys from group `group` on.
+#[inline(always)]
+fn key_block<const R: usize, const G: usize>(
+    queries: &[f32],
+    d: usize,
+    tile: &[f32],
+    n: usize,
+    width: usize,
+    scores: &mut [f32],
+    group: usize,
+) {
+    let q: [&[f32]; R] = std::array::from_fn(|r| &queries[r * d..][..d]);
+    let mut acc = [[[0f32; LANES]; G]; R];
+    for dd in 0..d {
+        let (keys, _) = tile[dd * TILE + group * LANES..][..G * LANES].as_chunks::<LANES>();
+        for r in 0..R {
+            let qd = q[r][dd];
+            for g in 0..G {
+                for l in 0..LANES {
+                    acc[r][g][l] = mul_add(acc[r][g][l], qd, keys[g][l]);
                 }
             }
         }
-        let m = LANES.min(n - first);
-        for (r, acc) in acc.iter().enumerate().take(queries.len() / d) {
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (g, acc) in acc.iter().enumerate() {
+            let first = (group + g) * LANES;
+            let m = LANES.min(n - first);
             scores[r * width + first..][..m].copy_from_slice(&acc[..m]);
         }
     }
+}
+
+/// graft: [`add_weighted_rows`] for two rows of probabilities over the same value rows, each
+/// row's sums as that function makes them; the values read once for both while both see them.
+#[inline]
+fn add_weighted_row_pair(probs: [&[f32]; 2], rows: &[f32], out: [&mut [f32]; 2]) {
+    let [first, second] = out;
+    let dv = first.len();
+    let mut done = add_weighted_pair_chunks::<{ 4 * LANES }>(probs, rows, dv, [&mut first[..], &mut second[..]]);
+    done += add_weighted_pair_chunks::<LANES>(probs, rows, dv, [&mut first[done..], &mut second[done..]]);
+    for (probs, out) in probs.into_iter().zip([first, second]) {
+        for (j, &p) in probs.iter().enumerate() {
+            for (o, &x) in out[done..].iter_mut().zip(&rows[j * dv + done..(j + 1) * dv]) {
+                *o = mul_add(*o, p, x);
+            }
+        }
+    }
+}
+
+/// graft: [`add_weighted_chunks`] for two rows of probabilities: the keys both rows see are
+/// summed for both from the same loads, then the rest of the longer row alone.
+#[inline]
+fn add_weighted_pair_chunks<const N: usize>(probs: [&[f32]; 2], rows: &[f32], dv: usize, out: [&mut [f32]; 2]) -> usize {
+    let [first, second] = out;
+    let offset = dv - first.len();
+    let both = probs[0].len().min(probs[1].len());
+    let value = |j: usize, done: usize| -> &[f32; N] {
+        let Ok(x) = <&[f32; N]>::try_from(&rows[j * dv + offset + done..][..N]) else {
+            unreachable!("a row holds dv values")
+        };
+        x
+    };
+    let mut done = 0;
+    for (a, b) in first.chunks_exact_mut(N).zip(second.chunks_exact_mut(N)) {
+        let (mut acc_a, mut acc_b) = ([0f32; N], [0f32; N]);
+        acc_a.copy_from_slice(a);
+        acc_b.copy_from_slice(b);
+        for j in 0..both {
+            let (pa, pb, x) = (probs[0][j], probs[1][j], value(j, done));
+            for ((a, b), &x) in acc_a.iter_mut().zip(acc_b.iter_mut()).zip(x) {
+                *a = mul_add(*a, pa, x);
+                *b = mul_add(*b, pb, x);
+            }
+        }
+        for (acc, probs) in [(&mut acc_a, probs[0]), (&mut acc_b, probs[1])] {
+            for (j, &p) in probs.iter().enumerate().skip(both) {
+                for (a, &x) in acc.iter_mut().zip(value(j, done)) {
+                    *a = mul_add(*a, p, x);
+                }
+            }
+        }
+        a.copy_from_slice(&acc_a);
+        b.copy_from_slice(&acc_b);
+        done += N;
+    }
+    done
 }
 
 /// graft: `out += Σ_j probs[j] · rows[j]` (rows of `out.len()` values), summed key by key
@@ -835,15 +978,20 @@ fn mul_add(a: f32, b: f32, c: f32) -> f32 {
 /// vector code: [`exp_nonpositive`] on [`LANES`] values at a time, where a libm `expf` call
 /// per score took a third of the attention kernels' time.
 pub fn exp_shifted(xs: &mut [f32], max: f32) {
-    for chunk in xs.chunks_mut(LANES) {
-        let mut lanes = [0f32; LANES];
-        lanes[..chunk.len()].copy_from_slice(chunk);
-        for x in lanes.iter_mut() {
+    // Whole chunks in place; the last few through a chunk-sized copy.
+    let (chunks, rest) = xs.as_chunks_mut::<LANES>();
+    for chunk in chunks {
+        for x in chunk.iter_mut() {
             *x = exp_nonpositive(*x - max);
         }
-        let n = chunk.len();
-        chunk.copy_from_slice(&lanes[..n]);
     }
+    let mut lanes = [0f32; LANES];
+    lanes[..rest.len()].copy_from_slice(rest);
+    for x in lanes.iter_mut() {
+        *x = exp_nonpositive(*x - max);
+    }
+    let n = rest.len();
+    rest.copy_from_slice(&lanes[..n]);
 }
 
 /// graft: `e^x` for `x ≤ 0`, in plain f32 arithmetic that the compiler vectorises: Cephes's
