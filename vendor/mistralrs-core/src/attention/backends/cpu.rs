@@ -384,7 +384,7 @@ const KEY_GROUPS: usize = 2;
 const _: () = assert!(TILE % (KEY_GROUPS * LANES) == 0, "a tile holds whole groups of keys");
 
 /// graft: the most query rows in one work unit of the prompt kernel.
-const UNIT_ROWS: usize = 32;
+const UNIT_ROWS: usize = 64;
 
 /// graft: attention over a prompt (more than one query) on the CPU, vectorised across keys
 /// (scores) and across the head's dimensions (values), where [`run_flash_attn_cpu`] takes a
