@@ -533,8 +533,7 @@ pub fn run_prompt_attn_cpu(
                     let seen = visible[r].saturating_sub(start).min(n);
                     &scores[r * width + start..][..seen]
                 };
-                let mut pairs = out.chunks_mut(2 * dv);
-                for (pair, outs) in pairs.by_ref().enumerate() {
+                for (pair, outs) in out.chunks_mut(2 * dv).enumerate() {
                     let r = 2 * pair;
                     match outs.split_at_mut_checked(dv) {
                         Some((first, second)) if !second.is_empty() => {
@@ -668,11 +667,7 @@ fn add_weighted_row_pair(probs: [&[f32]; 2], rows: &[f32], out: [&mut [f32]; 2])
     let mut done = add_weighted_pair_chunks::<{ 4 * LANES }>(probs, rows, dv, [&mut first[..], &mut second[..]]);
     done += add_weighted_pair_chunks::<LANES>(probs, rows, dv, [&mut first[done..], &mut second[done..]]);
     for (probs, out) in probs.into_iter().zip([first, second]) {
-        for (j, &p) in probs.iter().enumerate() {
-            for (o, &x) in out[done..].iter_mut().zip(&rows[j * dv + done..(j + 1) * dv]) {
-                *o = mul_add(*o, p, x);
-            }
-        }
+        add_weighted_tail(probs, rows, dv, &mut out[done..]);
     }
 }
 
@@ -724,8 +719,16 @@ fn add_weighted_rows(probs: &[f32], rows: &[f32], out: &mut [f32]) {
     let mut done = 0;
     done += add_weighted_chunks::<{ 4 * LANES }>(probs, rows, dv, &mut out[done..]);
     done += add_weighted_chunks::<LANES>(probs, rows, dv, &mut out[done..]);
+    add_weighted_tail(probs, rows, dv, &mut out[done..]);
+}
+
+/// graft: [`add_weighted_rows`] for the columns no whole chunk covers, element by element:
+/// `out` is the end of a row, from column `dv - out.len()`.
+#[inline]
+fn add_weighted_tail(probs: &[f32], rows: &[f32], dv: usize, out: &mut [f32]) {
+    let done = dv - out.len();
     for (j, &p) in probs.iter().enumerate() {
-        for (o, &x) in out[done..].iter_mut().zip(&rows[j * dv + done..(j + 1) * dv]) {
+        for (o, &x) in out.iter_mut().zip(&rows[j * dv + done..(j + 1) * dv]) {
             *o = mul_add(*o, p, x);
         }
     }
