@@ -216,14 +216,12 @@ impl Engine {
     /// others generate counts its parts many times, and each count waited a step. Long texts
     /// are tokenized off the async threads.
     pub async fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, EngineError> {
-        let tokenizer = self.tokenizer()?;
         if text.len() <= INLINE_TOKENIZE_BYTES {
-            return tokenizer.encode_with(text, special);
+            return self.tokenizer()?.encode_with(text, special);
         }
         let text = text.to_owned();
-        tokio::task::spawn_blocking(move || tokenizer.encode_with(&text, special))
+        self.off_thread("tokenize", move |tokenizer| tokenizer.encode_with(&text, special))
             .await
-            .map_err(|e| EngineError::Generation(format!("cannot tokenize: {e}")))?
     }
 
     /// [`Engine::tokenize`] as mistralrs's engine does it: for tests that check graft's
@@ -258,13 +256,23 @@ impl Engine {
     /// mistralrs's engine decodes under the lock its decoding steps hold. Long lists are
     /// decoded off the async threads.
     pub async fn detokenize(&self, tokens: Vec<u32>) -> Result<String, EngineError> {
-        let tokenizer = self.tokenizer()?;
         if tokens.len() <= INLINE_DETOKENIZE_IDS {
-            return tokenizer.decode(&tokens);
+            return self.tokenizer()?.decode(&tokens);
         }
-        tokio::task::spawn_blocking(move || tokenizer.decode(&tokens))
+        self.off_thread("detokenize", move |tokenizer| tokenizer.decode(&tokens)).await
+    }
+
+    /// `work` on graft's copy of the tokenizer, on tokio's blocking pool (a long text or list,
+    /// kept off the async threads); `what` names it in an error.
+    async fn off_thread<T: Send + 'static>(
+        &self,
+        what: &str,
+        work: impl FnOnce(&Tokenizer) -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let tokenizer = self.tokenizer()?;
+        tokio::task::spawn_blocking(move || work(&tokenizer))
             .await
-            .map_err(|e| EngineError::Generation(format!("cannot detokenize: {e}")))?
+            .map_err(|e| EngineError::Generation(format!("cannot {what}: {e}")))?
     }
 
     /// [`Engine::detokenize`] as mistralrs's engine does it: for tests that check graft's
