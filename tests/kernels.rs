@@ -281,7 +281,7 @@ fn the_softmax_exponential_agrees_with_libm() {
 #[test]
 fn a_decode_step_agrees_with_the_flash_kernel_and_reads_the_cache_in_place() {
     use candle_core::DType;
-    use mistralrs_core::cpu_kernels::run_decode_attn_cpu;
+    use mistralrs_core::cpu_kernels::{run_decode_attn_cpu, run_prompt_attn_cpu};
 
     // (heads, key heads, keys, head size, softcap, dtype); key counts that 16 does not divide.
     let cases = [
@@ -301,6 +301,20 @@ fn a_decode_step_agrees_with_the_flash_kernel_and_reads_the_cache_in_place() {
         let (kc, vc) = (k.contiguous().unwrap(), v.contiguous().unwrap());
         let bits = |t: &candle_core::Tensor| floats(t).iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&decoded), bits(&run_decode_attn_cpu(&q, &kc, &vc, &params).unwrap()), "{case}");
+        // The same query as the last of a prompt read (three queries before it): the same bits,
+        // so a token decoded and a token read in a prompt see the same attention.
+        let before = kv_len.min(4) - 1;
+        let prompt = candle_core::Tensor::cat(&[&heads(h, before, d, dtype, 6), &q], 2).unwrap();
+        let mask: Vec<f32> = (0..=before)
+            .flat_map(|i| (0..kv_len).map(move |j| if j + before > kv_len - 1 + i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let mask = candle_core::Tensor::from_vec(mask, (before + 1, kv_len), &candle_core::Device::Cpu).unwrap();
+        let read = run_prompt_attn_cpu(&prompt, &k, &v, Some(&mask), &params).unwrap();
+        assert_eq!(
+            bits(&decoded),
+            bits(&read.narrow(2, before, 1).unwrap()),
+            "{case}: as the last of a prompt"
+        );
         // Upstream's single-query flash kernel, within float rounding.
         let flash = floats(&flash_attention(&q, &kc, &vc, None, &params));
         let decoded = floats(&decoded);

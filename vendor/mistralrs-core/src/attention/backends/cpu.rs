@@ -391,12 +391,14 @@ const UNIT_ROWS: usize = 64;
 /// scalar dot product, an `expf` and a generic mask lookup per (query, key), and visits every
 /// masked key. A query reads only the keys up to the last one its mask row leaves visible.
 ///
-/// The keys and values are read where they lie (the KV cache, f16 or f32): a work unit holds
-/// up to [`UNIT_ROWS`] query rows of one key head (the queries of every head that shares it,
-/// query by query) and converts the keys it needs [`TILE`] at a time into a small transposed
-/// f32 tile, then the values likewise, for all its rows. No copy of the whole cache is made,
-/// so a few new tokens after a long cached prompt (the next request while the user types)
-/// cost what their own arithmetic costs.
+/// The keys and values are read where they lie (the KV cache, f16 or f32): the keys are
+/// converted to f32 and transposed once per call, [`TILE`] at a time in parallel (16 × 16
+/// blocks in registers where the CPU has AVX-512); a work unit holds up to [`UNIT_ROWS`] query
+/// rows of one key head (the queries of every head that shares it, query by query), scores
+/// them against those tiles, then converts the values [`TILE`] at a time for all its rows. No
+/// f32 copy of the cache is made first, so a few new tokens after a long cached prompt (the
+/// next request while the user types) cost little more than their own arithmetic. A decode
+/// step is this kernel on one query ([`run_decode_attn_cpu`]).
 ///
 /// Every query row is computed alone, in an order that depends on nothing but its own keys:
 /// each score is one multiply-add chain over the head's dimensions, in order; the softmax sums
@@ -459,6 +461,18 @@ pub fn run_prompt_attn_cpu(
         let (b_i, kv) = (group / kv_h, group % kv_h);
         (b_i, kv, b_i * h + kv * n_rep + row % n_rep, row / n_rep)
     };
+    // The keys converted and transposed once, tile by tile in parallel, for every unit that
+    // reads them: converting them in each unit cost a cold 1,500-token prompt each key some
+    // 35 times, and a decode step's few units left a thread idle.
+    let key_tiles = kv_len.div_ceil(TILE);
+    let mut transposed = vec![0f32; b * kv_h * key_tiles * TILE * d];
+    transposed.par_chunks_mut(TILE * d).enumerate().for_each_init(
+        || vec![0f32; d],
+        |row, (i, tile)| {
+            let (group, start) = (i / key_tiles, i % key_tiles * TILE);
+            keys.transposed_tile(group / kv_h, group % kv_h, start, TILE.min(kv_len - start), row, tile);
+        },
+    );
     let units: Vec<Vec<f32>> = (0..b * kv_h * units_per_group)
         .into_par_iter()
         .map_init(PromptScratch::default, |scratch, u| {
@@ -481,14 +495,13 @@ pub fn run_prompt_attn_cpu(
                 }
             }
             let width = visible[..rows].iter().copied().max().unwrap_or(0);
-            let PromptScratch { queries, scores, tile, row } = scratch;
+            let PromptScratch { queries, scores, tile } = scratch;
             scores.resize(rows * width, 0.0);
-            tile.resize(TILE * d.max(dv), 0.0);
-            row.resize(d.max(dv), 0.0);
+            tile.resize(TILE * dv, 0.0);
 
             for start in (0..width).step_by(TILE) {
                 let n = TILE.min(width - start);
-                keys.transposed_tile(b_i, kv, start, n, row, tile);
+                let tile = &transposed[((b_i * kv_h + kv) * key_tiles + start / TILE) * TILE * d..][..TILE * d];
                 for (block, queries) in queries.chunks(ROWS * d).enumerate() {
                     let scores = &mut scores[block * ROWS * width..];
                     key_scores(queries, d, tile, n, width, &mut scores[start..]);
@@ -564,10 +577,8 @@ struct PromptScratch {
     queries: Vec<f32>,
     /// `rows × width` scores, then probabilities.
     scores: Vec<f32>,
-    /// [`TILE`] keys transposed (`d × TILE`), or [`TILE`] values (`TILE × dv`).
+    /// [`TILE`] values (`TILE × dv`).
     tile: Vec<f32>,
-    /// One key converted to f32.
-    row: Vec<f32>,
 }
 
 /// graft: how many of a mask row's keys a query reads: up to its last one not masked (-inf).
@@ -726,6 +737,11 @@ fn add_weighted_rows(probs: &[f32], rows: &[f32], out: &mut [f32]) {
 /// `out` is the end of a row, from column `dv - out.len()`.
 #[inline]
 fn add_weighted_tail(probs: &[f32], rows: &[f32], dv: usize, out: &mut [f32]) {
+    // Nothing left (`dv` a multiple of [`LANES`], the usual case): not even a pass over the
+    // keys, whose slicing the compiler cannot drop (a sixth of the kernel's time in perf).
+    if out.is_empty() {
+        return;
+    }
     let done = dv - out.len();
     for (j, &p) in probs.iter().enumerate() {
         for (o, &x) in out.iter_mut().zip(&rows[j * dv + done..(j + 1) * dv]) {
@@ -757,74 +773,20 @@ fn add_weighted_chunks<const N: usize>(probs: &[f32], rows: &[f32], dv: usize, o
     done
 }
 
-/// graft: attention of one query per head (a decode step) on the CPU, reading the cache where
-/// it lies: each key's score is a 16-lane dot product over the head's dimensions (the prompt
-/// kernel's transposed keys would cost a copy of the cache per step), then the prompt
-/// kernel's softmax and value sums. Upstream's single-query kernel multiplied element by
-/// element. The order of every sum is fixed, so a step's result is always the same. Takes f32
-/// or f16 tensors, no mask, rows of `k` and `v` contiguous (the cache's layout); see
-/// [`decode_attn_supports`].
+/// graft: attention of one query per head (a decode step) on the CPU: the prompt kernel
+/// ([`run_prompt_attn_cpu`]) with no mask, so a step's answer has the bits the same query gets
+/// as the last of a prompt read. Upstream's single-query kernel multiplied each key element by
+/// element; a kernel of graft's own that took each key's dot product across the head's
+/// dimensions (a horizontal sum per key) and converted the keys once per head took three
+/// times as long on 1,500 keys (`cargo bench --bench attention`). Takes f32 or f16 tensors,
+/// no mask, rows of `k` and `v` contiguous (the cache's layout); see [`decode_attn_supports`].
 pub fn run_decode_attn_cpu(q: &Tensor, k: &Tensor, v: &Tensor, sdpa_params: &SdpaParams) -> Result<Tensor> {
-    let (b, h, q_len, d) = q.dims4()?;
-    let (_, kv_h, kv_len, _) = k.dims4()?;
-    let dv = v.dim(3)?;
+    let (_, h, q_len, _) = q.dims4()?;
+    let (_, kv_h, _, _) = k.dims4()?;
     if q_len != 1 || kv_h == 0 || h % kv_h != 0 || !decode_attn_supports(q, k, v, None) {
         candle_core::bail!("decode attention: {q_len} queries, {h} heads over {kv_h} key heads, {:?}", k.dtype());
     }
-    let n_rep = h / kv_h;
-    let softcap = sdpa_params.softcap.filter(|&c| c != 0.0);
-    let scale = sdpa_params.softmax_scale;
-    let q32 = contiguous_f32(q)?;
-    let (q_guard, q_layout) = q32.storage_and_layout();
-    let q_data = cpu_f32(&q_guard, q_layout, q32.elem_count())?;
-    let (k_guard, k_layout) = k.storage_and_layout();
-    let (v_guard, v_layout) = v.storage_and_layout();
-    let keys = CacheRows::new(&k_guard, k_layout)?;
-    let values = CacheRows::new(&v_guard, v_layout)?;
-
-    let heads: Vec<Vec<f32>> = (0..b * h)
-        .into_par_iter()
-        .map(|head| {
-            let (b_i, h_i) = (head / h, head % h);
-            let kv = h_i / n_rep;
-            let q_row = &q_data[head * d..][..d];
-            let mut row = vec![0f32; d.max(dv)];
-            let mut scores = vec![0f32; kv_len];
-            for (j, score) in scores.iter_mut().enumerate() {
-                keys.read(b_i, kv, j, &mut row[..d]);
-                // 16 lanes over the head's dimensions, then the lanes in order.
-                let mut lanes = [0f32; LANES];
-                for (qs, ks) in q_row.chunks(LANES).zip(row[..d].chunks(LANES)) {
-                    for ((lane, &q), &k) in lanes.iter_mut().zip(qs).zip(ks) {
-                        *lane = mul_add(*lane, q, k);
-                    }
-                }
-                *score = lanes.iter().sum();
-            }
-            for s in scores.iter_mut() {
-                let mut x = *s * scale;
-                if let Some(cap) = softcap {
-                    x = (x / cap).tanh() * cap;
-                }
-                *s = x;
-            }
-            let max = lanes_fold(&scores, f32::NEG_INFINITY, f32::max);
-            exp_shifted(&mut scores, max);
-            let inv = 1.0 / lanes_fold(&scores, 0.0, |a, b| a + b);
-            let mut out = vec![0f32; dv];
-            for (j, &score) in scores.iter().enumerate() {
-                values.read(b_i, kv, j, &mut row[..dv]);
-                let p = score * inv;
-                for (o, &x) in out.iter_mut().zip(&row[..dv]) {
-                    *o = mul_add(*o, p, x);
-                }
-            }
-            out
-        })
-        .collect();
-    drop((q_guard, k_guard, v_guard));
-    let out: Vec<f32> = heads.into_iter().flatten().collect();
-    Tensor::from_vec(out, (b, h, 1, dv), &Device::Cpu)?.to_dtype(q.dtype())
+    run_prompt_attn_cpu(q, k, v, None, sdpa_params)
 }
 
 /// graft: whether [`run_decode_attn_cpu`] takes these tensors: one query, no mask, f32 or
@@ -899,13 +861,102 @@ impl<'a> CacheRows<'a> {
     /// Rows `first..first + n` (at most [`TILE`]) transposed, as f32: `tile[dd * TILE + j]` is
     /// element `dd` of row `first + j`. `row` is scratch space of at least `d`.
     fn transposed_tile(&self, b: usize, head: usize, first: usize, n: usize, row: &mut [f32], tile: &mut [f32]) {
+        #[allow(unused_mut)]
+        let mut done = 0;
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "f16c"))]
+        if self.d.is_multiple_of(16) {
+            while done + 16 <= n {
+                for c in (0..self.d).step_by(16) {
+                    // SAFETY: the CPU has AVX-512F and F16C; `sixteen` reads in bounds.
+                    let columns = unsafe {
+                        let rows = std::array::from_fn(|r| self.sixteen(b, head, first + done + r, c));
+                        avx512::transpose16(rows)
+                    };
+                    for (dd, column) in columns.into_iter().enumerate() {
+                        let out: &mut [f32; 16] = (&mut tile[(c + dd) * TILE + done..][..16])
+                            .try_into()
+                            .expect("sixteen places");
+                        // SAFETY: the CPU has AVX-512F; `out` holds sixteen floats.
+                        unsafe { std::arch::x86_64::_mm512_storeu_ps(out.as_mut_ptr(), column) };
+                    }
+                }
+                done += 16;
+            }
+        }
         let row = &mut row[..self.d];
-        for j in 0..n {
+        for j in done..n {
             self.read(b, head, first + j, row);
             for (dd, &x) in row.iter().enumerate() {
                 tile[dd * TILE + j] = x;
             }
         }
+    }
+
+    /// Elements `c..c + 16` of row `j` of head `head` of batch `b`, as f32 in a vector.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "f16c"))]
+    #[inline(always)]
+    unsafe fn sixteen(&self, b: usize, head: usize, j: usize, c: usize) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm512_cvtph_ps, _mm512_loadu_ps};
+        let at = b * self.strides[0] + head * self.strides[1] + j * self.strides[2] + c;
+        match self.data {
+            CacheData::F32(xs) => _mm512_loadu_ps(xs[at..][..16].as_ptr()),
+            CacheData::F16(xs) => _mm512_cvtph_ps(_mm256_loadu_si256(xs[at..][..16].as_ptr() as *const __m256i)),
+        }
+    }
+}
+
+/// graft: AVX-512 helpers of the prompt kernel.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+mod avx512 {
+    use std::arch::x86_64::{
+        __m512, _mm512_shuffle_f32x4, _mm512_shuffle_ps, _mm512_unpackhi_ps, _mm512_unpacklo_ps,
+    };
+
+    /// A 16 × 16 block transposed in registers: `out[j]` holds element `j` of every row,
+    /// `rows[i]` in lane `i` (values moved, never computed: the same bits). Three rounds of
+    /// shuffles where the one-by-one copy stored each element on its own.
+    #[inline(always)]
+    pub(super) unsafe fn transpose16(rows: [__m512; 16]) -> [__m512; 16] {
+        // Within each 128-bit lane L: pairs of rows interleaved.
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (rows[i & !1], rows[i | 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
+            }
+        });
+        // u[4m + c], lane L: rows 4m..4m + 4 at column 4L + c.
+        let u: [__m512; 16] = std::array::from_fn(|i| {
+            let (m, c) = (i / 4, i % 4);
+            let (a, b) = (t[4 * m + c / 2], t[4 * m + 2 + c / 2]);
+            if c % 2 == 0 {
+                _mm512_shuffle_ps::<0x44>(a, b)
+            } else {
+                _mm512_shuffle_ps::<0xEE>(a, b)
+            }
+        });
+        // v[4c + k]: lanes of u[c], u[4 + c] (k = 0, 1) or u[8 + c], u[12 + c] (k = 2, 3),
+        // the even lanes (k even) or the odd ones.
+        let v: [__m512; 16] = std::array::from_fn(|i| {
+            let (c, k) = (i / 4, i % 4);
+            let (a, b) = (u[8 * (k / 2) + c], u[8 * (k / 2) + 4 + c]);
+            if k % 2 == 0 {
+                _mm512_shuffle_f32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0xDD>(a, b)
+            }
+        });
+        // Column 4L + c: lane L of u[c], u[4 + c], u[8 + c], u[12 + c].
+        std::array::from_fn(|j| {
+            let (l, c) = (j / 4, j % 4);
+            let (a, b) = (v[4 * c + l % 2], v[4 * c + 2 + l % 2]);
+            if l < 2 {
+                _mm512_shuffle_f32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0xDD>(a, b)
+            }
+        })
     }
 }
 
@@ -1033,10 +1084,16 @@ fn exp_nonpositive(x: f32) -> f32 {
 #[inline]
 fn lanes_fold(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
     let mut lanes = [init; LANES];
-    for chunk in xs.chunks(LANES) {
+    // Whole chunks first, then the rest: one loop over both kept the lanes in memory, a
+    // store and a load per chunk on the chain's path.
+    let (chunks, rest) = xs.as_chunks::<LANES>();
+    for chunk in chunks {
         for (lane, &x) in lanes.iter_mut().zip(chunk) {
             *lane = f(*lane, x);
         }
+    }
+    for (lane, &x) in lanes.iter_mut().zip(rest) {
+        *lane = f(*lane, x);
     }
     lanes.into_iter().fold(init, f)
 }
