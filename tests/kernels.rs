@@ -387,3 +387,66 @@ fn decoding_gives_the_registry_kernels_values_bit_for_bit() {
         }
     }
 }
+
+/// The registry's `BlockQ8_0::from_float` for one block (candle 0.10.2, `quantize_row_q8_0`),
+/// kept here as the oracle for the patched one: the block's bytes (`#[repr(C)]`: its f16
+/// scale, little-endian, then its 32 values).
+fn registry_q8_0_block(xs: &[f32]) -> [u8; 34] {
+    let mut amax = 0f32;
+    for &x in xs {
+        amax = amax.max(x.abs())
+    }
+    let d = amax / ((1 << 7) - 1) as f32;
+    let id = if d != 0f32 { 1. / d } else { 0. };
+    let mut bytes = [0u8; 34];
+    bytes[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+    for (b, &x) in bytes[2..].iter_mut().zip(xs) {
+        *b = (f32::round(x * id) as i8) as u8;
+    }
+    bytes
+}
+
+/// Every matmul's input is rounded to Q8_0 first (`from_float`), now as vector code: the same
+/// bytes as the registry's scalar loop, on values of every scale, on exact halves (rounded
+/// away from zero, where a vector `round` rounds to even), and on zeros, infinities, NaN and
+/// the smallest floats.
+#[test]
+fn quantizing_to_q8_0_gives_the_registry_bytes() {
+    let mut blocks: Vec<Vec<f32>> = Vec::new();
+    for (i, scale) in [1e-30f32, 1e-3, 0.7, 1.0, 300.0, 6e4, 1e30].into_iter().enumerate() {
+        for seed in 0..40 {
+            blocks.push(values(32, 100 * i as u64 + seed).iter().map(|x| x * scale).collect());
+        }
+    }
+    // A largest magnitude of 127 makes the scale 1, so x.5 values are exact halves.
+    let halves: Vec<f32> = (0..31).map(|i| (i as f32 - 15.0) + 0.5).chain([127.0]).collect();
+    blocks.push(halves.clone());
+    blocks.push(halves.iter().map(|x| -x).collect());
+    // Halves again after the scale: 254 makes it 2, so odd numbers land on x.5.
+    blocks.push((0..32).map(|i| if i == 0 { 254.0 } else { 2.0 * i as f32 - 31.0 }).collect());
+    let mut edges = vec![0.0f32; 32];
+    edges[3] = -0.0;
+    blocks.push(edges.clone());
+    edges[5] = f32::NAN;
+    edges[6] = 0.25;
+    blocks.push(edges.clone());
+    edges[7] = f32::INFINITY;
+    blocks.push(edges.clone());
+    edges[7] = f32::NEG_INFINITY;
+    blocks.push(edges);
+    blocks.push(
+        (0..32)
+            .map(|i| f32::from_bits(i + 1) * if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect(),
+    );
+    blocks.push((0..32).map(|i| f32::MAX / (i + 1) as f32).collect());
+
+    let all: Vec<f32> = blocks.concat();
+    let mut quantized = vec![BlockQ8_0::zeros(); blocks.len()];
+    BlockQ8_0::from_float(&all, &mut quantized);
+    for (i, (block, xs)) in quantized.iter().zip(&blocks).enumerate() {
+        // SAFETY: a block is `#[repr(C)]`, 34 bytes with no padding.
+        let bytes = unsafe { std::slice::from_raw_parts(block as *const BlockQ8_0 as *const u8, 34) };
+        assert_eq!(bytes, registry_q8_0_block(xs), "block {i}: {xs:?}");
+    }
+}

@@ -664,7 +664,15 @@ fn key_block<const R: usize, const G: usize>(
         for (g, acc) in acc.iter().enumerate() {
             let first = (group + g) * LANES;
             let m = LANES.min(n - first);
-            scores[r * width + first..][..m].copy_from_slice(&acc[..m]);
+            if m == LANES {
+                // A copy of a known size: a move, not a `memcpy` call.
+                let Ok(to) = <&mut [f32; LANES]>::try_from(&mut scores[r * width + first..][..LANES]) else {
+                    unreachable!("a group of scores")
+                };
+                *to = *acc;
+            } else {
+                scores[r * width + first..][..m].copy_from_slice(&acc[..m]);
+            }
         }
     }
 }
