@@ -970,7 +970,7 @@ mod avx512 {
 
 /// graft: `halves` as f32 into `out` (the same length), eight at a time where the CPU
 /// converts in hardware (F16C), one by one elsewhere. A conversion is exact either way.
-/// (Measured against `half`'s slice conversion in the decode kernel: no faster; kept for the
+/// (Measured against `half`'s slice conversion in graft's former decode kernel: no faster; kept for the
 /// explicit eight-wide path.)
 #[inline]
 fn halves_to_f32(halves: &[f16], out: &mut [f32]) {
