@@ -450,3 +450,52 @@ fn quantizing_to_q8_0_gives_the_registry_bytes() {
         assert_eq!(bytes, registry_q8_0_block(xs), "block {i}: {xs:?}");
     }
 }
+
+/// candle's elementwise CPU ops on long inputs run over rayon's threads (vendor/candle-core,
+/// `par_unary_map` and `par_binary_map`): every element must be what the one-thread loop
+/// computes, with both sides contiguous, a row broadcast over rows on either side, a column
+/// broadcast (each value repeated along a row), a transposed input (the one-thread path), and
+/// sizes that the tasks' chunks do not divide, in f32 and f16.
+#[test]
+fn elementwise_ops_on_long_inputs_give_each_elements_value() {
+    use candle_core::{DType, Device, Tensor};
+    use half::f16;
+
+    let (rows, cols) = (37, 1001); // 37,037 values: past the parallel threshold, odd chunks
+    let a = values(rows * cols, 11);
+    let b = values(rows * cols, 12);
+    let row = values(cols, 13);
+    let col = values(rows, 14);
+    let t = |v: &[f32], shape: (usize, usize)| Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap();
+    let (ta, tb, trow, tcol) = (t(&a, (rows, cols)), t(&b, (rows, cols)), t(&row, (1, cols)), t(&col, (rows, 1)));
+    let flat = |x: Tensor| x.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let each = |f: &dyn Fn(usize, usize) -> f32| (0..rows * cols).map(|i| f(i / cols, i % cols)).collect::<Vec<f32>>();
+
+    let cases: Vec<(&str, Tensor, Vec<f32>)> = vec![
+        ("a + b", (&ta + &tb).unwrap(), each(&|i, j| a[i * cols + j] + b[i * cols + j])),
+        ("a * row", ta.broadcast_mul(&trow).unwrap(), each(&|i, j| a[i * cols + j] * row[j])),
+        ("row - a", trow.broadcast_sub(&ta).unwrap(), each(&|i, j| row[j] - a[i * cols + j])),
+        ("a / col", ta.broadcast_div(&tcol).unwrap(), each(&|i, j| a[i * cols + j] / col[i])),
+        ("col * a", tcol.broadcast_mul(&ta).unwrap(), each(&|i, j| col[i] * a[i * cols + j])),
+        ("exp(a)", ta.exp().unwrap(), each(&|i, j| a[i * cols + j].exp())),
+        (
+            "a * b (b transposed twice)",
+            (&ta * &tb.t().unwrap().contiguous().unwrap().t().unwrap()).unwrap(),
+            each(&|i, j| a[i * cols + j] * b[i * cols + j]),
+        ),
+        (
+            "exp(aᵀ)ᵀ (strided)",
+            (ta.t().unwrap().exp().unwrap()).t().unwrap(),
+            each(&|i, j| a[i * cols + j].exp()),
+        ),
+    ];
+    for (name, got, want) in cases {
+        assert_eq!(bits(&flat(got)), bits(&want), "{name}");
+    }
+    // f16: each value rounded as the one-thread loop rounds it.
+    let (ha, hb) = (ta.to_dtype(DType::F16).unwrap(), tb.to_dtype(DType::F16).unwrap());
+    let got = flat((&ha * &hb).unwrap());
+    let want = each(&|i, j| (f16::from_f32(a[i * cols + j]) * f16::from_f32(b[i * cols + j])).to_f32());
+    assert_eq!(bits(&got), bits(&want), "f16 a * b");
+}

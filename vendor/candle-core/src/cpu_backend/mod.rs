@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 mod utils;
 pub use utils::{
-    binary_map, binary_map_vec, unary_map, unary_map_vec, Map1, Map1Any, Map2, Map2InPlace, Map2U8,
+    binary_map, binary_map_vec, par_binary_map, par_unary_map, unary_map, unary_map_vec, Map1, Map1Any, Map2, Map2InPlace, Map2U8,
 };
 mod conv2d;
 use conv2d::Conv2D;
@@ -2462,7 +2462,7 @@ impl BackendStorage for CpuStorage {
                     let data = unary_map_vec(storage, layout, B::f16, B::f16_vec);
                     Ok(Self::F16(data))
                 } else {
-                    let data = unary_map(storage, layout, B::f16);
+                    let data = par_unary_map(storage, layout, B::f16);
                     Ok(Self::F16(data))
                 }
             }
@@ -2471,7 +2471,7 @@ impl BackendStorage for CpuStorage {
                     let data = unary_map_vec(storage, layout, B::f32, B::f32_vec);
                     Ok(Self::F32(data))
                 } else {
-                    let data = unary_map(storage, layout, B::f32);
+                    let data = par_unary_map(storage, layout, B::f32);
                     Ok(Self::F32(data))
                 }
             }
@@ -2534,7 +2534,7 @@ impl BackendStorage for CpuStorage {
                 let data = if B::F16_VEC {
                     binary_map_vec(lhs_l, rhs_l, lhs, rhs, B::f16, B::f16_vec)
                 } else {
-                    binary_map(lhs_l, rhs_l, lhs, rhs, B::f16)
+                    par_binary_map(lhs_l, rhs_l, lhs, rhs, B::f16)
                 };
                 Ok(Self::F16(data))
             }
@@ -2542,7 +2542,7 @@ impl BackendStorage for CpuStorage {
                 let data = if B::F32_VEC {
                     binary_map_vec(lhs_l, rhs_l, lhs, rhs, B::f32, B::f32_vec)
                 } else {
-                    binary_map(lhs_l, rhs_l, lhs, rhs, B::f32)
+                    par_binary_map(lhs_l, rhs_l, lhs, rhs, B::f32)
                 };
                 Ok(Self::F32(data))
             }

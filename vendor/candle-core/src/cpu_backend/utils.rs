@@ -321,6 +321,103 @@ pub fn binary_map_vec<T: Copy, F: FnMut(T, T) -> T, FV: FnMut(&[T], &[T], &mut [
     }
 }
 
+/// graft: elements from which [`par_unary_map`] and [`par_binary_map`] spread an operation
+/// over rayon's threads (below it a fork-join costs about what it saves).
+pub const PAR_MIN_ELEMS: usize = 1 << 15;
+
+/// graft: elements per task of [`par_unary_map`] and [`par_binary_map`].
+const PAR_CHUNK: usize = 1 << 13;
+
+/// graft: a vector of `n` values written by `fill(start, chunk)` for chunks of [`PAR_CHUNK`]
+/// in parallel; `fill` must write every element of its chunk (element `start + i` of the
+/// result is `chunk[i]`).
+fn par_fill<U: Send>(n: usize, fill: impl Fn(usize, &mut [std::mem::MaybeUninit<U>]) + Sync) -> Vec<U> {
+    use rayon::prelude::*;
+    let mut out = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(PAR_CHUNK)
+        .enumerate()
+        .for_each(|(c, chunk)| fill(c * PAR_CHUNK, chunk));
+    // SAFETY: the chunks cover `0..n` and each `fill` wrote every element of its chunk.
+    unsafe { out.set_len(n) };
+    out
+}
+
+/// graft: [`unary_map`] spread over rayon's threads for a long contiguous input (upstream's
+/// elementwise CPU ops run on one thread, leaving the others idle between matmuls: half of a
+/// LoRA training step's time on 2 cores). Each element is the same `f` of the same value, so
+/// the result is the same; other layouts and shorter inputs take [`unary_map`].
+pub fn par_unary_map<T: Copy + Sync, U: Copy + Send, F: Fn(T) -> U + Sync>(
+    vs: &[T],
+    layout: &Layout,
+    f: F,
+) -> Vec<U> {
+    match layout.strided_blocks() {
+        crate::StridedBlocks::SingleBlock { start_offset, len } if len >= PAR_MIN_ELEMS => {
+            let vs = &vs[start_offset..start_offset + len];
+            par_fill(len, |start, chunk| {
+                for (o, &v) in chunk.iter_mut().zip(&vs[start..]) {
+                    o.write(f(v));
+                }
+            })
+        }
+        _ => unary_map(vs, layout, f),
+    }
+}
+
+/// graft: [`binary_map`] spread over rayon's threads (see [`par_unary_map`]) for long inputs
+/// that are contiguous, or contiguous on one side and broadcast on the other (a row of
+/// weights over a batch of rows); every pair is the one [`binary_map`] pairs, so the result
+/// is the same. Other layouts and shorter inputs take [`binary_map`].
+pub fn par_binary_map<T: Copy + Sync, U: Copy + Send, F: Fn(T, T) -> U + Sync>(
+    lhs_l: &Layout,
+    rhs_l: &Layout,
+    lhs: &[T],
+    rhs: &[T],
+    f: F,
+) -> Vec<U> {
+    let n = lhs_l.shape().elem_count();
+    if n < PAR_MIN_ELEMS {
+        return binary_map(lhs_l, rhs_l, lhs, rhs, f);
+    }
+    // Element `i` of the contiguous side with element `(i / right_broadcast) % len` of the
+    // broadcast one's block, as `binary_map` walks them.
+    let broadcast = |start: usize, chunk: &mut [std::mem::MaybeUninit<U>], side: &[T], other: &[T], ob: &crate::layout::ContiguousOffsetsWithBroadcast, swap: bool| {
+        let (mut in_block, mut repeat) = ((start / ob.right_broadcast) % ob.len, start % ob.right_broadcast);
+        for (o, &x) in chunk.iter_mut().zip(&side[start..]) {
+            let y = other[ob.start + in_block];
+            repeat += 1;
+            if repeat >= ob.right_broadcast {
+                in_block += 1;
+                repeat = 0;
+            }
+            if in_block >= ob.len {
+                in_block = 0;
+            }
+            o.write(if swap { f(y, x) } else { f(x, y) });
+        }
+    };
+    match (lhs_l.contiguous_offsets(), rhs_l.contiguous_offsets()) {
+        (Some((l1, l2)), Some((r1, r2))) => {
+            let (lhs, rhs) = (&lhs[l1..l2], &rhs[r1..r2]);
+            par_fill(n, |start, chunk| {
+                for ((o, &l), &r) in chunk.iter_mut().zip(&lhs[start..]).zip(&rhs[start..]) {
+                    o.write(f(l, r));
+                }
+            })
+        }
+        (Some((l1, l2)), None) => match rhs_l.offsets_b() {
+            Some(ob) => par_fill(n, |start, chunk| broadcast(start, chunk, &lhs[l1..l2], rhs, &ob, false)),
+            None => binary_map(lhs_l, rhs_l, lhs, rhs, f),
+        },
+        (None, Some((r1, r2))) => match lhs_l.offsets_b() {
+            Some(ob) => par_fill(n, |start, chunk| broadcast(start, chunk, &rhs[r1..r2], lhs, &ob, true)),
+            None => binary_map(lhs_l, rhs_l, lhs, rhs, f),
+        },
+        (None, None) => binary_map(lhs_l, rhs_l, lhs, rhs, f),
+    }
+}
+
 pub fn unary_map<T: Copy, U: Copy, F: FnMut(T) -> U>(
     vs: &[T],
     layout: &Layout,
