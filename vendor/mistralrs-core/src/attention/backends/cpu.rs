@@ -465,7 +465,13 @@ pub fn run_prompt_attn_cpu(
     // reads them: converting them in each unit cost a cold 1,500-token prompt each key some
     // 35 times, and a decode step's few units left a thread idle.
     let key_tiles = kv_len.div_ceil(TILE);
-    let mut transposed = vec![0f32; b * kv_h * key_tiles * TILE * d];
+    // The last call's buffer on this thread, so that a decode step does not zero a fresh one
+    // per layer (1.2 MB for SmolLM2 at 1,500 keys); only its growth is zeroed. Every key of it
+    // is written below; the few past the last key in its last tile keep old values, whose
+    // scores are never stored. A call on this thread while this one runs (another model's
+    // forward on a thread waiting for its tasks) finds it taken and starts an empty one.
+    let mut transposed = TRANSPOSED_KEYS.take();
+    transposed.resize(b * kv_h * key_tiles * TILE * d, 0.0);
     transposed.par_chunks_mut(TILE * d).enumerate().for_each_init(
         || vec![0f32; d],
         |row, (i, tile)| {
@@ -560,6 +566,9 @@ pub fn run_prompt_attn_cpu(
         })
         .collect();
     drop((q_guard, k_guard, v_guard, mask_guard));
+    if transposed.capacity() <= KEPT_KEYS {
+        TRANSPOSED_KEYS.set(transposed);
+    }
     let mut out = vec![0f32; b * h * q_len * dv];
     for (u, rows) in units.iter().enumerate() {
         for (r, row) in rows.chunks(dv).enumerate() {
@@ -569,6 +578,15 @@ pub fn run_prompt_attn_cpu(
     }
     Tensor::from_vec(out, (b, h, q_len, dv), &Device::Cpu)?.to_dtype(dtype)
 }
+
+thread_local! {
+    /// graft: the prompt kernel's transposed keys, kept on a thread from one call to the next.
+    static TRANSPOSED_KEYS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// graft: the most f32 values of transposed keys a thread keeps between calls (64 MB); a
+/// longer context's buffer is freed after its call.
+const KEPT_KEYS: usize = 16 << 20;
 
 /// graft: a prompt kernel thread's buffers, kept from one work unit to the next.
 #[derive(Default)]
