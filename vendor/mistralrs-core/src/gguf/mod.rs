@@ -14,10 +14,11 @@ pub const GGUF_MULTI_FILE_DELIMITER: &str = ";";
 /// graft: the tokenizer of a GGUF file, built exactly as the GGUF pipeline builds it when it
 /// loads the model, without loading any weights (dataset packing and training count and
 /// encode text in the served model's tokens).
+/// Only the metadata is read, so a file of an architecture mistralrs does not run (a
+/// vocabulary-only GGUF, say) has its tokenizer too.
 pub fn gguf_tokenizer<R: std::io::Seek + std::io::Read>(reader: &mut R) -> Result<tokenizers::Tokenizer> {
-    let mut readers = [reader];
-    let content = Content::from_readers(&mut readers)?;
-    Ok(convert_gguf_to_hf_tokenizer(&content)?.tokenizer)
+    let content = candle_core::quantized::gguf_file::Content::read(reader)?;
+    Ok(gguf_tokenizer::convert_gguf_metadata_to_hf_tokenizer(&content.metadata)?.tokenizer)
 }
 
 #[derive(Debug, EnumString, Clone, Copy, strum::Display)]

@@ -1,0 +1,81 @@
+//! GGUF tokenizers against the model authors' own: llama.cpp's tokenizer tests (the kit's
+//! `llama-cpp-vocabs`, out of llama.cpp's source) hold vocabulary-only GGUF files of several
+//! model families, test texts (code, numbers, runs of white space and new lines, accents,
+//! emoji, Chinese, Korean), and the ids Hugging Face's tokenizer gives each text. graft reads
+//! a model's tokenizer from its GGUF file (`graft_engine::Tokenizer::from_gguf`, the vendored
+//! mistralrs's `gguf_tokenizer`, the engine's own); every text must give those ids.
+
+use std::path::Path;
+
+use graft_engine::Tokenizer;
+
+/// The texts of a test file (`.inp`): each one followed by the separator line.
+fn texts(path: &Path) -> Vec<String> {
+    let raw = std::fs::read_to_string(path).expect("a test's texts");
+    let mut texts: Vec<String> = raw.split("\n__ggml_vocab_test__\n").map(str::to_owned).collect();
+    assert_eq!(
+        texts.pop().as_deref(),
+        Some(""),
+        "{}: the last text ends with a separator",
+        path.display()
+    );
+    texts
+}
+
+/// The ids of each text (`.out`): a line each, every id after a space.
+fn ids(path: &Path) -> Vec<Vec<u32>> {
+    let raw = std::fs::read_to_string(path).expect("a test's ids");
+    raw.lines()
+        .map(|line| line.split_whitespace().map(|id| id.parse().expect("an id")).collect())
+        .collect()
+}
+
+/// The texts of `family` whose ids differ from Hugging Face's, with both lists of ids; and
+/// how many texts there were.
+fn differences(family: &str) -> (Vec<String>, usize) {
+    let folder = graft_tests::kit_file("llama-cpp-vocabs");
+    let file = |ext: &str| folder.join(format!("ggml-vocab-{family}.{ext}"));
+    let tokenizer = Tokenizer::from_gguf(&file("gguf")).unwrap_or_else(|e| panic!("{family}: {e}"));
+    let (texts, expected) = (texts(&file("gguf.inp")), ids(&file("gguf.out")));
+    assert_eq!(texts.len(), expected.len(), "{family}: a line of ids per text");
+    assert!(texts.len() > 30, "{family}: {} texts", texts.len());
+    let differ = texts
+        .iter()
+        .zip(&expected)
+        .filter_map(|(text, want)| {
+            let got = tokenizer.encode(text).unwrap_or_else(|e| panic!("{family}: {text:?}: {e}"));
+            (&got != want).then(|| format!("{family}: {text:?}\n  graft        {got:?}\n  Hugging Face {want:?}"))
+        })
+        .collect();
+    (differ, texts.len())
+}
+
+fn check(families: &[&str]) {
+    let mut all = Vec::new();
+    for family in families {
+        let (differ, count) = differences(family);
+        eprintln!("{family}: {} of {count} texts differ", differ.len());
+        all.extend(differ);
+    }
+    assert!(all.is_empty(), "{} texts tokenized otherwise:\n{}", all.len(), all.join("\n"));
+}
+
+#[test]
+fn byte_level_bpe_families_give_hugging_faces_ids() {
+    check(&[
+        "qwen2",
+        "llama-bpe",
+        "deepseek-coder",
+        "deepseek-llm",
+        "starcoder",
+        "gpt-2",
+        "refact",
+        "falcon",
+        "mpt",
+    ]);
+}
+
+#[test]
+fn sentencepiece_families_give_hugging_faces_ids() {
+    check(&["llama-spm", "phi-3"]);
+}
