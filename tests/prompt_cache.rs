@@ -77,8 +77,8 @@ async fn answers_are_the_same_with_the_prompt_cache_as_without() {
         "the first prompt again, all but its last two tokens reused"
     );
 
-    // A next turn extends the first prompt and its answer: only the first prompt is reused
-    // (the answer's tokens were computed one at a time, and its last one never read back).
+    // A next turn extends the first prompt and its answer: the answer's tokens come from the
+    // cache too (all but its last, never read back), as far as the conversation's tokens agree.
     let next = [
         (Role::System, system.as_str()),
         (Role::User, "What does rotateSigningKeys return?"),
@@ -132,6 +132,34 @@ async fn the_choices_of_a_request_read_a_cached_prompt_alike() {
     for run in 0..3 {
         assert_eq!(choices().await, cold, "run {run} with the prompt cached");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_choices_of_a_request_keep_one_entry_between_them() {
+    // Each choice ends with its own answer; kept as three entries they would push the other
+    // prompt out of a cache of two.
+    let engine = engine_of(3, 2).await;
+    let system = preamble();
+    let other = [(Role::System, system.as_str()), (Role::User, "Which field holds the keys?")];
+    let usage = |turns: &[(Role, &str)], seed| {
+        let messages = turns.iter().map(|(role, text)| ChatMessage::new(*role, *text)).collect();
+        let sampling = Sampling {
+            temperature: 1.0,
+            seed: Some(seed),
+            ..Sampling::greedy(8)
+        };
+        let engine = Arc::clone(&engine);
+        async move { engine.chat(ChatRequest { messages, sampling }).await.expect("an answer").usage }
+    };
+    usage(&other, 1).await;
+    let turns = [(Role::User, "Write a Rust function that reverses a string.")];
+    tokio::join!(usage(&turns, 7), usage(&turns, 8), usage(&turns, 9));
+    let again = usage(&other, 1).await;
+    assert_eq!(
+        again.cached_tokens,
+        again.prompt_tokens - 2,
+        "the other prompt is still cached: {again:?}"
+    );
 }
 
 /// Each stream's text, and how many prompt tokens it read itself and reported as cached.
@@ -258,6 +286,51 @@ async fn on_the_q8_0_copy_a_prompt_read_after_a_cached_start_gives_the_same_bits
         );
         let tops = |t: &graft_engine::TokenLogprob| t.top.iter().map(|top| (top.id, top.logprob.to_bits())).collect::<Vec<_>>();
         assert_eq!(tops(read_whole), tops(read_after), "the likeliest tokens at {}", read_whole.token);
+    }
+}
+
+/// The Q8_0 copy graft serves on a CPU: a chat's next turn reads the earlier answer's keys and
+/// values from the cache (computed one token at a time as it was generated), and answers with
+/// the log-probabilities a fresh read of the whole conversation gives, to the bit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_q8_0_copy_a_next_turn_reuses_the_answer_with_the_same_bits() {
+    let folder = tempfile::tempdir().expect("a scratch folder");
+    let copy = q8_0_copy(folder.path());
+    let (cached, plain) = (engine_from(copy.clone(), 1, 2).await, engine_from(copy, 1, 0).await);
+    let system = preamble();
+    let question = "What does rotateSigningKeys return?";
+    let first = vec![ChatMessage::new(Role::System, &system), ChatMessage::new(Role::User, question)];
+    let ask = |engine: Arc<Engine>, messages: Vec<ChatMessage>| async move {
+        let mut sampling = Sampling::greedy(24);
+        sampling.logprobs = Some(3);
+        engine.chat(ChatRequest { messages, sampling }).await.expect("an answer")
+    };
+    let earlier = ask(Arc::clone(&cached), first.clone()).await;
+    let mut next = first.clone();
+    next.push(ChatMessage::new(Role::Assistant, &earlier.text));
+    next.push(ChatMessage::new(Role::User, "And what does it throw?"));
+
+    let whole = ask(Arc::clone(&plain), next.clone()).await;
+    let reused = ask(Arc::clone(&cached), next.clone()).await;
+    let prompt = cached.chat_prompt(&first).await.expect("a prompt");
+    assert!(
+        reused.usage.cached_tokens > prompt.len() + 8,
+        "the answer's tokens came from the cache too: {:?}, first prompt {} tokens",
+        reused.usage,
+        prompt.len()
+    );
+    let (whole, reused) = (whole.logprobs.expect("logprobs"), reused.logprobs.expect("logprobs"));
+    assert_eq!(whole.len(), reused.len());
+    for (read_whole, read_after) in whole.iter().zip(&reused) {
+        assert_eq!(read_whole.token, read_after.token);
+        assert_eq!(
+            read_whole.logprob.to_bits(),
+            read_after.logprob.to_bits(),
+            "{}: {} vs {}",
+            read_whole.token,
+            read_whole.logprob,
+            read_after.logprob
+        );
     }
 }
 

@@ -30,6 +30,8 @@ impl From<Vec<u32>> for Tokens {
 #[derive(Clone)]
 struct CacheElement {
     cache: Vec<Option<KvCache>>,
+    /// graft: how many of the key's tokens were the prompt's (the rest, the answer's).
+    prompt_len: usize,
     /// Recurrent state snapshots for hybrid models (one per recurrent layer)
     recurrent_snapshots: Option<Vec<RecurrentStateSnapshot>>,
     audio_hashes: Option<Vec<u64>>,
@@ -100,10 +102,11 @@ impl PrefixCacheManagerV2 {
         // PrefixCacheManagerV2 only handles non-paged attention caching.
         if !self.has_paged_attention {
             let cache = seq.normal_cache().to_vec();
-            // graft: key the entry by the prompt's tokens only. The generated tokens' keys and
-            // values were computed one token at a time (mistralrs's single-query attention),
-            // which rounds differently from reading them in a prompt, so reusing them would
-            // change later answers; and the last generated token was never read back at all.
+            // graft: key the entry by the tokens whose keys and values the cache holds: the
+            // prompt's and the answer's but its last token, never read back (upstream keyed it
+            // by that one too, and a next turn attended to a position nobody wrote). A decode
+            // step reads its token with the prompt's kernels (vendor/README.md, change 4), so
+            // an answer's keys and values are the bits a next turn's prompt read would give.
             let held = cache
                 .iter()
                 .flatten()
@@ -111,16 +114,24 @@ impl PrefixCacheManagerV2 {
                 .map(|layer| layer.current_seq_len())
                 .min()
                 .unwrap_or(0);
-            let toks = seq.get_toks();
-            let toks = &toks[..held.min(seq.prompt_tokens()).min(toks.len())];
+            let toks = seq.all_toks();
+            let toks = &toks[..held.min(toks.len())];
+            let prompt_len = seq.prompt_tokens().min(toks.len());
             if toks.is_empty() {
                 return;
             }
+            // One entry per prompt: the choices of a request for several (`n`) each end with
+            // their own answer, and would otherwise push every other prompt out. The newest
+            // goes last, so eviction takes the least recently used.
+            self.caches.retain(|key, element| {
+                element.prompt_len != prompt_len || key.0[..prompt_len] != toks[..prompt_len]
+            });
 
             self.caches.insert(
                 toks.to_vec().into(),
                 CacheElement {
                     cache,
+                    prompt_len,
                     recurrent_snapshots,
                     image_hashes: seq.image_hashes().map(|x| x.to_vec()),
                     audio_hashes: seq.audio_hashes().map(|x| x.to_vec()),
@@ -323,12 +334,13 @@ impl PrefixCacheManagerV2 {
                 return Ok(None);
             }
 
-            // graft: an entry whose tokens all start the new prompt is handed over, not copied:
-            // the new request's own entry will hold everything it held (the next request while
-            // the user types, the next turn of a chat). Copying a long prompt's keys and values
-            // (fresh pages, tens of megabytes) took a third of such a request's time on a CPU.
-            // Any other entry stays for the prompts it serves, and the request gets a copy.
-            let Some((key, element)) = self.caches.get_index(index) else {
+            // graft: an entry whose prompt the new prompt extends is handed over, not copied:
+            // the new request's own entry will hold all it can still serve (the next turn of a
+            // chat holds the answer too; the next request while the user types, the prompt the
+            // answer followed). Copying a long prompt's keys and values (fresh pages, tens of
+            // megabytes) took a third of such a request's time on a CPU. Any other entry stays
+            // for the prompts it serves, and the request gets a copy.
+            let Some((_, element)) = self.caches.get_index(index) else {
                 return Ok(None);
             };
             if !element.can_rewind_to(match_len) {
@@ -336,7 +348,7 @@ impl PrefixCacheManagerV2 {
             }
             // The same prompt again (a retry, or the other choices of a request for several,
             // which must each read it the same way) gets a copy, so the entry serves them all.
-            let whole = toks.shared_prefix_len(key) == key.0.len() && toks.0.len() > key.0.len();
+            let whole = match_len >= element.prompt_len && toks.0.len() > element.prompt_len;
             let (mut cache, copy) = if whole {
                 match self.caches.shift_remove_index(index) {
                     Some((_, element)) => (element, false),
@@ -427,6 +439,7 @@ mod tests {
             vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10].into(),
             CacheElement {
                 cache: vec![Some(make_rotating_kv_cache(10, 4)?)],
+                prompt_len: 10,
                 recurrent_snapshots: None,
                 audio_hashes: None,
                 image_hashes: None,
@@ -437,6 +450,7 @@ mod tests {
             vec![1, 2, 3, 4, 5, 9].into(),
             CacheElement {
                 cache: vec![Some(make_normal_kv_cache(6)?)],
+                prompt_len: 6,
                 recurrent_snapshots: None,
                 audio_hashes: None,
                 image_hashes: None,
@@ -470,6 +484,7 @@ mod tests {
             vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10].into(),
             CacheElement {
                 cache: vec![Some(make_rotating_kv_cache(10, 4)?)],
+                prompt_len: 10,
                 recurrent_snapshots: None,
                 audio_hashes: None,
                 image_hashes: None,
