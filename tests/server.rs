@@ -2619,11 +2619,11 @@ async fn a_conversation_carries_earlier_calls_and_their_results() {
     assert_eq!(status, 200, "{body}");
     let prompt = body["debug"]["prompt"].as_str().unwrap();
     assert!(
-        prompt.contains(r#"{"tool_calls":[{"name":"get_weather","arguments":{"city":"Oslo"}}]}"#),
+        prompt.contains(r#"{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}"#),
         "{prompt}"
     );
     assert!(
-        prompt.contains(r#"{"tool_results":[{"tool_call_id":"call_1","name":"get_weather","content":"Sunny, 21 C"}]}"#),
+        prompt.contains(r#"{"tool_results": [{"tool_call_id": "call_1", "name": "get_weather", "content": "Sunny, 21 C"}]}"#),
         "{prompt}"
     );
     assert!(prompt.contains("You can call these functions"), "{prompt}");

@@ -451,11 +451,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             r.messages[1].content,
-            r#"{"tool_calls":[{"name":"get_weather","arguments":{"city":"Oslo"}}],"response":"Let me look."}"#
+            r#"{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}], "response": "Let me look."}"#
         );
         assert_eq!(
             r.messages[2].content,
-            r#"{"tool_results":[{"tool_call_id":"call_1","name":"get_weather","content":"Sunny"}]}"#
+            r#"{"tool_results": [{"tool_call_id": "call_1", "name": "get_weather", "content": "Sunny"}]}"#
         );
     }
 

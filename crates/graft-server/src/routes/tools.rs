@@ -244,20 +244,48 @@ fn read_calls(text: &str) -> Option<Vec<(String, Value)>> {
         .collect()
 }
 
-/// An earlier assistant turn's calls as the model would have written them, and the text
-/// the turn said with them, if any, after them as its `response` (a shape the grammar does
-/// not let a reply take, so the model reads it but cannot start a reply of its own that way
-/// and lose its calls).
+/// An earlier assistant turn's calls as the model would have written them (spaced as the
+/// grammar has it write them, so a call the model made comes back as its own text and tokens,
+/// which the prompt cache still holds), and the text the turn said with them, if any, after
+/// them as its `response` (a shape the grammar does not let a reply take, so the model reads
+/// it but cannot start a reply of its own that way and lose its calls).
 pub fn calls_text(calls: &[ToolCallIn], text: &str) -> String {
     let calls: Vec<Value> = calls
         .iter()
         .map(|call| json!({"name": call.function.name, "arguments": arguments_value(call.function.arguments.as_ref())}))
         .collect();
-    let calls = Value::Array(calls);
+    let calls = spaced(&Value::Array(calls));
     // Written out, as the order of an object's keys depends on serde_json's features.
     match text.trim().is_empty() {
-        true => format!("{{\"tool_calls\":{calls}}}"),
-        false => format!("{{\"tool_calls\":{calls},\"response\":{}}}", json!(text)),
+        true => format!("{{\"tool_calls\": {calls}}}"),
+        false => format!("{{\"tool_calls\": {calls}, \"response\": {}}}", json!(text)),
+    }
+}
+
+/// JSON on one line, `", "` between items and `": "` after keys: the separators the reply's
+/// grammar holds the model to (`x-guidance` in [`Tools::grammar`]).
+fn spaced(value: &Value) -> String {
+    struct Spaced;
+    impl serde_json::ser::Formatter for Spaced {
+        fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+            if first {
+                Ok(())
+            } else {
+                writer.write_all(b", ")
+            }
+        }
+        fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+            self.begin_array_value(writer, first)
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+            writer.write_all(b": ")
+        }
+    }
+    let mut out = Vec::new();
+    match serde::Serialize::serialize(value, &mut serde_json::Serializer::with_formatter(&mut out, Spaced)) {
+        Ok(()) => String::from_utf8_lossy(&out).into_owned(),
+        // Writing into memory does not fail; the compact form if it ever did.
+        Err(_) => value.to_string(),
     }
 }
 
@@ -312,7 +340,7 @@ impl Results {
             return None;
         }
         let results = std::mem::take(&mut self.pending);
-        Some(ChatMessage::new(Role::User, json!({ "tool_results": results }).to_string()))
+        Some(ChatMessage::new(Role::User, spaced(&json!({ "tool_results": results }))))
     }
 }
 
@@ -773,12 +801,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             calls_text(&calls, ""),
-            r#"{"tool_calls":[{"name":"get_weather","arguments":{"city":"Oslo"}}]}"#
+            r#"{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}"#
         );
         // What the turn said with its calls stays in the conversation, after them.
         assert_eq!(
             calls_text(&calls, "Let me look."),
-            r#"{"tool_calls":[{"name":"get_weather","arguments":{"city":"Oslo"}}],"response":"Let me look."}"#
+            r#"{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}], "response": "Let me look."}"#
         );
         let mut results = Results::default();
         results.called(&calls);
@@ -789,7 +817,7 @@ mod tests {
         assert_eq!(message.role, Role::User);
         assert_eq!(
             message.content,
-            r#"{"tool_results":[{"tool_call_id":"call_1","name":"get_weather","content":"Sunny"},{"tool_call_id":"call_9","name":"other","content":"42"}]}"#
+            r#"{"tool_results": [{"tool_call_id": "call_1", "name": "get_weather", "content": "Sunny"}, {"tool_call_id": "call_9", "name": "other", "content": "42"}]}"#
         );
         assert!(results.take().is_none());
     }
