@@ -273,8 +273,13 @@ async fn on_the_q8_0_copy_a_prompt_read_after_a_cached_start_gives_the_same_bits
     // own question.
     ask(&cached, &system, "Which field holds the keys?").await;
     let after_start = ask(&cached, &system, question).await;
-    assert_eq!(whole.len(), after_start.len());
-    for (read_whole, read_after) in whole.iter().zip(&after_start) {
+    assert_same_bits(&whole, &after_start);
+}
+
+/// The same tokens, each with the same log-probability and likeliest tokens, to the bit.
+fn assert_same_bits(whole: &[graft_engine::TokenLogprob], after: &[graft_engine::TokenLogprob]) {
+    assert_eq!(whole.len(), after.len());
+    for (read_whole, read_after) in whole.iter().zip(after) {
         assert_eq!(read_whole.token, read_after.token);
         assert_eq!(
             read_whole.logprob.to_bits(),
@@ -319,19 +324,7 @@ async fn on_the_q8_0_copy_a_next_turn_reuses_the_answer_with_the_same_bits() {
         reused.usage,
         prompt.len()
     );
-    let (whole, reused) = (whole.logprobs.expect("logprobs"), reused.logprobs.expect("logprobs"));
-    assert_eq!(whole.len(), reused.len());
-    for (read_whole, read_after) in whole.iter().zip(&reused) {
-        assert_eq!(read_whole.token, read_after.token);
-        assert_eq!(
-            read_whole.logprob.to_bits(),
-            read_after.logprob.to_bits(),
-            "{}: {} vs {}",
-            read_whole.token,
-            read_whole.logprob,
-            read_after.logprob
-        );
-    }
+    assert_same_bits(&whole.logprobs.expect("logprobs"), &reused.logprobs.expect("logprobs"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

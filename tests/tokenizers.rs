@@ -30,10 +30,9 @@ fn ids(path: &Path) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// The texts of `family` whose ids differ from Hugging Face's, with both lists of ids; and
-/// how many texts there were.
-fn differences(family: &str) -> (Vec<String>, usize) {
-    let folder = graft_tests::kit_file("llama-cpp-vocabs");
+/// The texts of the vocabulary `family` whose ids differ from Hugging Face's, with both lists
+/// of ids; and how many texts there were.
+fn differences(folder: &Path, family: &str) -> (Vec<String>, usize) {
     let file = |ext: &str| folder.join(format!("ggml-vocab-{family}.{ext}"));
     let tokenizer = Tokenizer::from_gguf(&file("gguf")).unwrap_or_else(|e| panic!("{family}: {e}"));
     let (texts, expected) = (texts(&file("gguf.inp")), ids(&file("gguf.out")));
@@ -50,32 +49,26 @@ fn differences(family: &str) -> (Vec<String>, usize) {
     (differ, texts.len())
 }
 
-fn check(families: &[&str]) {
+/// Every vocabulary the kit holds: byte-level BPE ones (Qwen2, Llama 3, DeepSeek, StarCoder,
+/// GPT-2, Refact, Falcon, MPT), each split as its `tokenizer.ggml.pre` says, and SentencePiece
+/// ones (Llama 2, Phi-3), merged by their scores.
+#[test]
+fn every_vocabulary_gives_hugging_faces_ids() {
+    let folder = graft_tests::kit_file("llama-cpp-vocabs");
+    let mut families: Vec<String> = std::fs::read_dir(&folder)
+        .expect("the kit's folder")
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            Some(name.strip_prefix("ggml-vocab-")?.strip_suffix(".gguf")?.to_owned())
+        })
+        .collect();
+    families.sort();
+    assert_eq!(families.len(), 11, "{families:?}");
     let mut all = Vec::new();
-    for family in families {
-        let (differ, count) = differences(family);
+    for family in &families {
+        let (differ, count) = differences(&folder, family);
         eprintln!("{family}: {} of {count} texts differ", differ.len());
         all.extend(differ);
     }
     assert!(all.is_empty(), "{} texts tokenized otherwise:\n{}", all.len(), all.join("\n"));
-}
-
-#[test]
-fn byte_level_bpe_families_give_hugging_faces_ids() {
-    check(&[
-        "qwen2",
-        "llama-bpe",
-        "deepseek-coder",
-        "deepseek-llm",
-        "starcoder",
-        "gpt-2",
-        "refact",
-        "falcon",
-        "mpt",
-    ]);
-}
-
-#[test]
-fn sentencepiece_families_give_hugging_faces_ids() {
-    check(&["llama-spm", "phi-3"]);
 }
