@@ -72,3 +72,35 @@ fn every_vocabulary_gives_hugging_faces_ids() {
     }
     assert!(all.is_empty(), "{} texts tokenized otherwise:\n{}", all.len(), all.join("\n"));
 }
+
+/// A SentencePiece vocabulary whose file says `add_space_prefix = false` (Gemma's; SentencePiece's
+/// `add_dummy_prefix`) does not start the text with a space: a text with a space in front
+/// gives what the same text without it gives where the prefix is added.
+#[test]
+fn a_sentencepiece_vocabulary_without_the_space_prefix_starts_with_none() {
+    use candle_core::quantized::gguf_file::{self, Value};
+    let folder = graft_tests::kit_file("llama-cpp-vocabs");
+    let source = folder.join("ggml-vocab-llama-spm.gguf");
+    let content = gguf_file::Content::read(&mut std::fs::File::open(&source).unwrap()).expect("the vocabulary's metadata");
+    assert!(content.tensor_infos.is_empty(), "a vocabulary-only file");
+    let mut metadata: Vec<(String, Value)> = content
+        .metadata
+        .into_iter()
+        .filter(|(key, _)| key != "general.alignment" && key != "tokenizer.ggml.add_space_prefix")
+        .collect();
+    metadata.push(("tokenizer.ggml.add_space_prefix".to_owned(), Value::Bool(false)));
+    let scratch = tempfile::tempdir().unwrap();
+    let copy = scratch.path().join("no-prefix.gguf");
+    let refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut std::fs::File::create(&copy).unwrap(), &refs, &[]).expect("a copy");
+
+    let (with, without) = (Tokenizer::from_gguf(&source).unwrap(), Tokenizer::from_gguf(&copy).unwrap());
+    for text in ["Hello world", "fn main() {\n    let x = 42;\n}", "' era"] {
+        assert_eq!(without.encode(&format!(" {text}")).unwrap(), with.encode(text).unwrap(), "{text:?}");
+        assert_ne!(without.encode(text).unwrap(), with.encode(text).unwrap(), "{text:?}");
+        for text in [text.to_owned(), format!(" {text}")] {
+            assert_eq!(without.decode(&without.encode(&text).unwrap()).unwrap(), text);
+            assert_eq!(with.decode(&with.encode(&text).unwrap()).unwrap(), text);
+        }
+    }
+}

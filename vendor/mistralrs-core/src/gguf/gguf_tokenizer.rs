@@ -37,6 +37,9 @@ struct PropsGGUF {
     model: String,
     /// graft: `tokenizer.ggml.pre`, the pre-tokenizer a BPE vocabulary was trained with.
     pre: Option<String>,
+    /// graft: `tokenizer.ggml.add_space_prefix`: whether a SentencePiece vocabulary's text
+    /// starts with a space (SentencePiece's `add_dummy_prefix`; Gemma's does not).
+    add_space_prefix: Option<bool>,
     tokens: Vec<String>,
     added_tokens: Option<Vec<String>>,
     scores: Option<Vec<f32>>,
@@ -56,6 +59,7 @@ impl TryFrom<ContentMetadata<'_>> for PropsGGUF {
         let props = Self {
             model: c.get_value("model")?,
             pre: c.get_value("pre").ok(),
+            add_space_prefix: c.get_value("add_space_prefix").ok(),
             tokens: c.get_value("tokens")?,
             added_tokens: c.get_value("added_tokens").ok(),
             scores: c.get_value("scores").ok(),
@@ -171,7 +175,8 @@ enum TokenizerKind {
 /// vocabulary, the one whose piece scores highest; as merges, every way of writing a piece as
 /// two pieces, ranked by the piece's score. (Upstream read the scores as a unigram model's
 /// and split "Hello" into "H", "ell", "o".) Characters outside the vocabulary fall back to
-/// its byte tokens; white space is written as "▁", and the text starts with one.
+/// its byte tokens; white space is written as "▁", and the text starts with one unless the
+/// file's `add_space_prefix` says not to.
 fn sentencepiece_bpe_tokenizer(
     p: &PropsGGUF,
     token_types: &[i32],
@@ -224,16 +229,23 @@ fn sentencepiece_bpe_tokenizer(
         .fuse_unk(true)
         .build()
         .map_err(anyhow::Error::msg)?;
-    let decoder = Decoder::Sequence(vec![
+    // The space added in front is taken off again when decoding.
+    let mut decoders = vec![
         Decoder::Replace("▁", " "),
         Decoder::ByteFallback,
         Decoder::Fuse,
-        Decoder::Strip(' ', 1, 0),
-    ]);
-    let normalizer = Normalizer::Sequence(vec![
-        Normalizer::Prepend("▁"),
-        Normalizer::Replace(" ", "▁"),
-    ]);
+    ];
+    if p.add_space_prefix != Some(false) {
+        decoders.push(Decoder::Strip(' ', 1, 0));
+    }
+    let decoder = Decoder::Sequence(decoders);
+    let normalizer = match p.add_space_prefix {
+        Some(false) => Normalizer::Replace(" ", "▁"),
+        _ => Normalizer::Sequence(vec![
+            Normalizer::Prepend("▁"),
+            Normalizer::Replace(" ", "▁"),
+        ]),
+    };
     let mut tokenizer: Tokenizer =
         TokenizerX::new(ModelWrapper::BPE(bpe), Some(decoder), Some(normalizer))?;
     for v in [p.bos, Some(p.eos), Some(unk)].iter().flatten() {
@@ -293,7 +305,14 @@ fn bpe_pre_tokenizer(pre: Option<&str>) -> (Vec<&'static str>, bool) {
             vec![r"[\p{P}\$\+<=>\^~\|`]+", GPT2_SPLIT, r"[0-9][0-9][0-9]"],
             false,
         ),
-        None | Some("default") => (
+        None | Some("default") => {
+            if pre.is_none() {
+                tracing::warn!(
+                    "the GGUF file names no pre-tokenizer (`tokenizer.ggml.pre`): splitting text \
+                     as llama.cpp's default does, which may not be the model's own"
+                );
+            }
+            (
             vec![
                 r"[\p{P}\$\+<=>\^~\|]+",
                 GPT2_SPLIT,
@@ -301,7 +320,8 @@ fn bpe_pre_tokenizer(pre: Option<&str>) -> (Vec<&'static str>, bool) {
                 r"[0-9][0-9][0-9]",
             ],
             false,
-        ),
+        )
+        }
         Some(other) => {
             tracing::warn!(
                 pre = other,
