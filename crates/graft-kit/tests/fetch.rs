@@ -146,6 +146,35 @@ fn takes_single_files_out_of_a_source_distribution() {
     assert_eq!(std::fs::read(folder.join("vocab.gguf.out")).unwrap(), b" 1 2 3\n");
     assert!(!folder.join("README").exists(), "only the files named are taken out");
 
+    // A file added to the artifact's list since it was unpacked: unpacked again, from the
+    // same pinned file.
+    const MORE: &[Extract] = &[
+        Extract::File {
+            member: "pkg-1.0/models/vocab.gguf",
+            to: "vocab.gguf",
+        },
+        Extract::File {
+            member: "pkg-1.0/models/vocab.gguf.out",
+            to: "vocab.gguf.out",
+        },
+        Extract::File {
+            member: "pkg-1.0/README",
+            to: "README",
+        },
+    ];
+    let mut more = a;
+    more.files = MORE;
+    assert!(!kit.is_installed(&more), "a listed file is missing");
+    assert_eq!(
+        kit.ensure(&[more], &source, &NoProgress).unwrap(),
+        vec![("vocabs", Outcome::Installed)]
+    );
+    assert_eq!(std::fs::read(folder.join("README")).unwrap(), b"read me");
+    assert_eq!(
+        kit.ensure(&[more], &source, &NoProgress).unwrap(),
+        vec![("vocabs", Outcome::AlreadyInstalled)]
+    );
+
     // A member the archive lacks is an error naming it, and nothing is installed.
     const MISSING: &[Extract] = &[Extract::File {
         member: "pkg-1.0/models/other.gguf",
