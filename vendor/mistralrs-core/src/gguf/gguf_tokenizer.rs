@@ -264,6 +264,9 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 /// Qwen2's split: Llama 3's with one digit at a time. Upstream used it for every vocabulary.
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Qwen3.5's split: Qwen2's with combining marks kept with the letters they mark.
+const QWEN35_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// graft: how a byte-level BPE vocabulary splits text before its merges, by its
 /// `tokenizer.ggml.pre`, as llama.cpp reads that name (`llama-vocab.cpp`): regular expressions
 /// applied in turn, each splitting the pieces the one before left (a match and the text
@@ -283,6 +286,7 @@ fn bpe_pre_tokenizer(pre: Option<&str>) -> (Vec<&'static str>, bool) {
             "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "hunyuan" | "kormo" | "f2llmv2"
             | "solar-open",
         ) => (vec![QWEN2_SPLIT], false),
+        Some("qwen35") => (vec![QWEN35_SPLIT], false),
         Some(
             "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone"
             | "minerva-7b",
