@@ -222,9 +222,16 @@ fn sentencepiece_bpe_tokenizer(
         .collect();
 
     let unk = p.unk.unwrap_or(0);
+    // An id the file gives is checked, not trusted: a bad one is an error, not a panic.
+    let token = |id: u32| {
+        p.tokens
+            .get(id as usize)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("token id {id} is outside the {} tokens", p.tokens.len()))
+    };
     let bpe = BpeBuilder::new()
         .vocab_and_merges(vocab, merges)
-        .unk_token(p.tokens[unk as usize].clone())
+        .unk_token(token(unk)?)
         .byte_fallback(true)
         .fuse_unk(true)
         .build()
@@ -248,9 +255,8 @@ fn sentencepiece_bpe_tokenizer(
     };
     let mut tokenizer: Tokenizer =
         TokenizerX::new(ModelWrapper::BPE(bpe), Some(decoder), Some(normalizer))?;
-    for v in [p.bos, Some(p.eos), Some(unk)].iter().flatten() {
-        let tk = p.tokens[*v as usize].clone();
-        tokenizer.add_special_tokens(&[AddedToken::from(tk.to_string(), true)]);
+    for v in [p.bos, Some(p.eos), Some(unk)].into_iter().flatten() {
+        tokenizer.add_special_tokens(&[AddedToken::from(token(v)?, true)]);
     }
     Ok((tokenizer, TokenizerKind::SentencePieceBpe))
 }
