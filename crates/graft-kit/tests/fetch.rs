@@ -122,7 +122,8 @@ fn takes_single_files_out_of_a_source_distribution() {
     let server = serve(200, sdist.clone());
     let dir = tempfile::tempdir().unwrap();
     let kit = Kit::new(dir.path());
-    const FILES: &[Extract] = &[
+    // The artifact takes the first two; a later manifest adds the third.
+    const MORE: &[Extract] = &[
         Extract::File {
             member: "pkg-1.0/models/vocab.gguf",
             to: "vocab.gguf",
@@ -131,8 +132,12 @@ fn takes_single_files_out_of_a_source_distribution() {
             member: "pkg-1.0/models/vocab.gguf.out",
             to: "vocab.gguf.out",
         },
+        Extract::File {
+            member: "pkg-1.0/README",
+            to: "README",
+        },
     ];
-    let mut a = artifact("vocabs", sha256(&sdist), FILES, None);
+    let mut a = artifact("vocabs", sha256(&sdist), MORE.split_at(2).0, None);
     a.wheel.archive = Archive::TarGz;
     a.wheel.filename = "pkg-1.0.tar.gz";
     a.wheel.path = "/packages/aa/bb/pkg-1.0.tar.gz";
@@ -148,20 +153,6 @@ fn takes_single_files_out_of_a_source_distribution() {
 
     // A file added to the artifact's list since it was unpacked: unpacked again, from the
     // same pinned file.
-    const MORE: &[Extract] = &[
-        Extract::File {
-            member: "pkg-1.0/models/vocab.gguf",
-            to: "vocab.gguf",
-        },
-        Extract::File {
-            member: "pkg-1.0/models/vocab.gguf.out",
-            to: "vocab.gguf.out",
-        },
-        Extract::File {
-            member: "pkg-1.0/README",
-            to: "README",
-        },
-    ];
     let mut more = a;
     more.files = MORE;
     assert!(!kit.is_installed(&more), "a listed file is missing");
