@@ -32,6 +32,12 @@ async fn engine_from(file: PathBuf, sequences: usize, prompt_cache: usize) -> Ar
     Arc::new(Engine::load(&base).await.expect("SmolLM2 loads"))
 }
 
+/// Two engines on the Q8_0 copy written into `folder`, one keeping two prompts, one none.
+async fn q8_0_cached_and_plain(folder: &Path) -> (Arc<Engine>, Arc<Engine>) {
+    let copy = q8_0_copy(folder);
+    (engine_from(copy.clone(), 1, 2).await, engine_from(copy, 1, 0).await)
+}
+
 /// The Q8_0 copy of SmolLM2 that graft serves on a CPU, written into `folder`.
 fn q8_0_copy(folder: &Path) -> PathBuf {
     let copy = folder.join("smollm2-q8_0.gguf");
@@ -250,8 +256,7 @@ async fn two_cached_prompts_of_unequal_lengths_answered_together_answer_as_alone
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_q8_0_copy_a_prompt_read_after_a_cached_start_gives_the_same_bits() {
     let folder = tempfile::tempdir().expect("a scratch folder");
-    let copy = q8_0_copy(folder.path());
-    let (cached, plain) = (engine_from(copy.clone(), 1, 2).await, engine_from(copy, 1, 0).await);
+    let (cached, plain) = q8_0_cached_and_plain(folder.path()).await;
 
     let system = preamble();
     async fn ask(engine: &Engine, system: &str, question: &str) -> Vec<graft_engine::TokenLogprob> {
@@ -300,8 +305,7 @@ fn assert_same_bits(whole: &[graft_engine::TokenLogprob], after: &[graft_engine:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_q8_0_copy_a_next_turn_reuses_the_answer_with_the_same_bits() {
     let folder = tempfile::tempdir().expect("a scratch folder");
-    let copy = q8_0_copy(folder.path());
-    let (cached, plain) = (engine_from(copy.clone(), 1, 2).await, engine_from(copy, 1, 0).await);
+    let (cached, plain) = q8_0_cached_and_plain(folder.path()).await;
     let system = preamble();
     let question = "What does rotateSigningKeys return?";
     let first = vec![ChatMessage::new(Role::System, &system), ChatMessage::new(Role::User, question)];

@@ -195,7 +195,7 @@ impl Tools {
         };
         // One line, spaced as the description's examples are: the reply spends no tokens on
         // indentation, and a small model cannot wander off into white space.
-        reply["x-guidance"] = json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "});
+        reply["x-guidance"] = json!({"whitespace_flexible": false, "item_separator": ITEM_SEPARATOR, "key_separator": KEY_SEPARATOR});
         Grammar::JsonSchema(reply)
     }
 
@@ -262,8 +262,13 @@ pub fn calls_text(calls: &[ToolCallIn], text: &str) -> String {
     }
 }
 
-/// JSON on one line, `", "` between items and `": "` after keys: the separators the reply's
-/// grammar holds the model to (`x-guidance` in [`Tools::grammar`]).
+/// What the reply's grammar has the model write between an array's items or an object's
+/// entries (`x-guidance` in [`Tools::grammar`]); [`spaced`] writes the same.
+const ITEM_SEPARATOR: &str = ", ";
+/// What the grammar has the model write after an object's key; [`spaced`] writes the same.
+const KEY_SEPARATOR: &str = ": ";
+
+/// JSON on one line with the separators the reply's grammar holds the model to.
 fn spaced(value: &Value) -> String {
     struct Spaced;
     impl serde_json::ser::Formatter for Spaced {
@@ -271,14 +276,14 @@ fn spaced(value: &Value) -> String {
             if first {
                 Ok(())
             } else {
-                writer.write_all(b", ")
+                writer.write_all(ITEM_SEPARATOR.as_bytes())
             }
         }
         fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
             self.begin_array_value(writer, first)
         }
         fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
-            writer.write_all(b": ")
+            writer.write_all(KEY_SEPARATOR.as_bytes())
         }
     }
     let mut out = Vec::new();

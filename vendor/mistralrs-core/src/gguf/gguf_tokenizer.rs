@@ -273,6 +273,14 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 /// Qwen3.5's split: Qwen2's with combining marks kept with the letters they mark.
 const QWEN35_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// llama.cpp's split for a vocabulary that names none (or `default`).
+const DEFAULT_SPLITS: [&str; 4] = [
+    r"[\p{P}\$\+<=>\^~\|]+",
+    GPT2_SPLIT,
+    r"\p{N}+",
+    r"[0-9][0-9][0-9]",
+];
+
 /// graft: how a byte-level BPE vocabulary splits text before its merges, by its
 /// `tokenizer.ggml.pre`, as llama.cpp reads that name (`llama-vocab.cpp`): regular expressions
 /// applied in turn, each splitting the pieces the one before left (a match and the text
@@ -315,22 +323,13 @@ fn bpe_pre_tokenizer(pre: Option<&str>) -> (Vec<&'static str>, bool) {
             vec![r"[\p{P}\$\+<=>\^~\|`]+", GPT2_SPLIT, r"[0-9][0-9][0-9]"],
             false,
         ),
-        None | Some("default") => {
-            if pre.is_none() {
-                tracing::warn!(
-                    "the GGUF file names no pre-tokenizer (`tokenizer.ggml.pre`): splitting text \
-                     as llama.cpp's default does, which may not be the model's own"
-                );
-            }
-            (
-            vec![
-                r"[\p{P}\$\+<=>\^~\|]+",
-                GPT2_SPLIT,
-                r"\p{N}+",
-                r"[0-9][0-9][0-9]",
-            ],
-            false,
-        )
+        Some("default") => (DEFAULT_SPLITS.to_vec(), false),
+        None => {
+            tracing::warn!(
+                "the GGUF file names no pre-tokenizer (`tokenizer.ggml.pre`): splitting text \
+                 as llama.cpp's default does, which may not be the model's own"
+            );
+            (DEFAULT_SPLITS.to_vec(), false)
         }
         Some(other) => {
             tracing::warn!(
