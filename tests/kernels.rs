@@ -368,9 +368,9 @@ fn decoding_gives_the_registry_kernels_values_bit_for_bit() {
             BlockQ8_0::from_float(row, out);
         }
         // One row (decode), and a few (new tokens after a cached prompt): tiles of input rows
-        // (four with VNNI, two without) and the rest.
+        // (eight or four with AVX-512 VNNI, four with AVX-VNNI, two without VNNI) and the rest.
         // And a prompt's rows, in groups of 64 (on AVX2 Q8_0 never takes the gemm path).
-        for m in [1, 2, 3, 4, 7, 16, 130] {
+        for m in [1, 2, 3, 4, 7, 8, 13, 16, 130] {
             let mut lhs = values(m * k, 4);
             lhs[0] = 1.0;
             lhs[1] = -1.0;

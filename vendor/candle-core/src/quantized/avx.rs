@@ -145,9 +145,14 @@ pub(crate) fn vec_dot_q8_0_q8_0_x4(n: usize, xs: [&[BlockQ8_0]; 4], ys: &[BlockQ
 
 /// graft: VNNI's `dpbusd`: `acc` plus, in each 32-bit lane, the sum of its four products of
 /// an unsigned byte of `u` and a signed byte of `s`.
-#[cfg(any(
-    all(target_feature = "avx512vnni", target_feature = "avx512vl"),
-    target_feature = "avxvnni"
+#[cfg(all(
+    target_feature = "avxvnni",
+    not(all(
+        target_feature = "avx512vnni",
+        target_feature = "avx512bw",
+        target_feature = "avx512dq",
+        target_feature = "avx512vl"
+    ))
 ))]
 #[inline(always)]
 unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
@@ -160,7 +165,8 @@ unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
 /// graft: [`vec_dot_q8_0_q8_0_x4`] of four weight rows against each of several input rows
 /// (`out[r]` for `ys[r]`), each result bit for bit what [`vec_dot_q8_0_q8_0`] gives: the
 /// same integer lane sums, scaled and added in the same order. Several input rows share each
-/// weight block's loads: up to four with VNNI ([`x4_tile`]), two without ([`x4_tile_signs`]).
+/// weight block's loads: up to eight with AVX-512 VNNI ([`x8_tile`]), four with AVX-VNNI
+/// ([`x4_tile`]), two without VNNI ([`x4_tile_signs`]).
 #[inline(always)]
 pub(crate) fn vec_dot_q8_0_q8_0_x4_rows(
     n: usize,
@@ -175,12 +181,33 @@ pub(crate) fn vec_dot_q8_0_q8_0_x4_rows(
     let mut ys = ys;
     let mut out = out;
     while !ys.is_empty() && !out.is_empty() {
-        // SAFETY: the blocks read are bounded by the slices; the CPU has AVX2 (and VNNI where
-        // `x4_tile` is compiled).
+        // SAFETY: the blocks read are bounded by the slices; the CPU has AVX2 (and AVX-512
+        // VNNI or AVX-VNNI where `x8_tile` or `x4_tile` is compiled).
         let done = unsafe {
-            #[cfg(any(
-                all(target_feature = "avx512vnni", target_feature = "avx512vl"),
-                target_feature = "avxvnni"
+            #[cfg(all(
+                target_feature = "avx512vnni",
+                target_feature = "avx512bw",
+                target_feature = "avx512dq",
+                target_feature = "avx512vl"
+            ))]
+            match ys.len() {
+                1 => {
+                    out[0] = vec_dot_q8_0_q8_0_x4(n, xs, ys[0]);
+                    1
+                }
+                2 => x8_tile::<2>(n, xs, ys, out),
+                3 => x8_tile::<3>(n, xs, ys, out),
+                4..=7 => x8_tile::<4>(n, xs, ys, out),
+                _ => x8_tile::<8>(n, xs, ys, out),
+            }
+            #[cfg(all(
+                target_feature = "avxvnni",
+                not(all(
+                    target_feature = "avx512vnni",
+                    target_feature = "avx512bw",
+                    target_feature = "avx512dq",
+                    target_feature = "avx512vl"
+                ))
             ))]
             match ys.len() {
                 1 => {
@@ -192,7 +219,12 @@ pub(crate) fn vec_dot_q8_0_q8_0_x4_rows(
                 _ => x4_tile::<4>(n, xs, ys, out),
             }
             #[cfg(not(any(
-                all(target_feature = "avx512vnni", target_feature = "avx512vl"),
+                all(
+                    target_feature = "avx512vnni",
+                    target_feature = "avx512bw",
+                    target_feature = "avx512dq",
+                    target_feature = "avx512vl"
+                ),
                 target_feature = "avxvnni"
             )))]
             match ys.len() {
@@ -211,7 +243,12 @@ pub(crate) fn vec_dot_q8_0_q8_0_x4_rows(
 /// graft: input rows per [`x4_tile_signs`]: with four weight rows, their accumulators and
 /// blocks fill AVX2's sixteen vector registers.
 #[cfg(not(any(
-    all(target_feature = "avx512vnni", target_feature = "avx512vl"),
+    all(
+        target_feature = "avx512vnni",
+        target_feature = "avx512bw",
+        target_feature = "avx512dq",
+        target_feature = "avx512vl"
+    ),
     target_feature = "avxvnni"
 )))]
 const TILE_ROWS_SIGNS: usize = 2;
@@ -223,7 +260,12 @@ const TILE_ROWS_SIGNS: usize = 2;
 /// pair sums (no saturation: both lie in [-127, 127]), the same `madd` lanes and the same
 /// scaling and additions, bit for bit.
 #[cfg(not(any(
-    all(target_feature = "avx512vnni", target_feature = "avx512vl"),
+    all(
+        target_feature = "avx512vnni",
+        target_feature = "avx512bw",
+        target_feature = "avx512dq",
+        target_feature = "avx512vl"
+    ),
     target_feature = "avxvnni"
 )))]
 #[inline(always)]
@@ -278,14 +320,20 @@ unsafe fn x4_tile_signs<const R: usize>(
     R
 }
 
-/// graft: [`vec_dot_q8_0_q8_0_x4_rows`] for its first `R` input rows with VNNI; returns `R`.
+/// graft: [`vec_dot_q8_0_q8_0_x4_rows`] for its first `R` input rows with AVX-VNNI (256-bit
+/// registers only); returns `R`.
 /// The sign trick `vec_dot_q8_0_q8_0` applies per (weight, input) pair is replaced by one per
 /// input block and one per weight block: the input's bytes plus 128 are unsigned, `dpbusd`
 /// takes them as such, and each lane starts from -128 times the sum of its four weights, which
 /// the +128 added; the integer sum is the same.
-#[cfg(any(
-    all(target_feature = "avx512vnni", target_feature = "avx512vl"),
-    target_feature = "avxvnni"
+#[cfg(all(
+    target_feature = "avxvnni",
+    not(all(
+        target_feature = "avx512vnni",
+        target_feature = "avx512bw",
+        target_feature = "avx512dq",
+        target_feature = "avx512vl"
+    ))
 ))]
 #[inline(always)]
 unsafe fn x4_tile<const R: usize>(
@@ -330,6 +378,86 @@ unsafe fn x4_tile<const R: usize>(
     }
     for (out, acc) in out.iter_mut().zip(acc) {
         *out = acc.map(|acc| hsum_float_8(acc));
+    }
+    R
+}
+
+/// graft: [`vec_dot_q8_0_q8_0_x4_rows`] for its first `R` input rows (up to eight) with
+/// AVX-512 VNNI; returns `R`. [`x4_tile`]'s arithmetic with two weight rows to a 512-bit
+/// register (the first in the low eight lanes, the second in the high eight): each lane sums,
+/// scales and adds what a lane of [`vec_dot_q8_0_q8_0`] does, in the same order, so the same
+/// bits; each instruction does two weight rows' work, and the 32 vector registers hold eight
+/// input rows' sums, so the weights' blocks are loaded once per eight input rows.
+#[cfg(all(
+    target_feature = "avx512vnni",
+    target_feature = "avx512bw",
+    target_feature = "avx512dq",
+    target_feature = "avx512vl"
+))]
+#[inline(always)]
+unsafe fn x8_tile<const R: usize>(
+    n: usize,
+    xs: [&[BlockQ8_0]; 4],
+    ys: &[&[BlockQ8_0]],
+    out: &mut [[f32; 4]],
+) -> usize {
+    let blocks = n / QK8_0;
+    let xs = xs.map(|x| &x[..blocks]);
+    let ys: [&[BlockQ8_0]; R] = std::array::from_fn(|r| &ys[r][..blocks]);
+    let high = _mm512_set1_epi8(i8::MIN);
+    let zero = _mm512_setzero_si512();
+    let ahead = PREFETCH_ROWS_AHEAD * blocks * std::mem::size_of::<BlockQ8_0>();
+    // The weight scales of a pair's rows, each over its half: lanes 0-7 element 2p, 8-15 2p+1.
+    let halves = [
+        _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+        _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
+    ];
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for i in 0..blocks {
+        let mut bx = [zero; 2];
+        let mut start = [zero; 2];
+        for p in 0..2 {
+            let (a, b) = (&xs[2 * p][i], &xs[2 * p + 1][i]);
+            // As in `vec_dot_q8_0_q8_0_x4`: the weight rows read next, from memory meanwhile.
+            _mm_prefetch::<_MM_HINT_T0>((a as *const BlockQ8_0 as *const i8).wrapping_add(ahead));
+            _mm_prefetch::<_MM_HINT_T0>((b as *const BlockQ8_0 as *const i8).wrapping_add(ahead));
+            bx[p] = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_loadu_si256(a.qs.as_ptr() as *const __m256i)),
+                _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i),
+            );
+            // -128 × each lane's four weights.
+            start[p] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, high, bx[p]));
+        }
+        let xd = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_setr_epi16(
+            xs[0][i].d.to_bits() as i16,
+            xs[1][i].d.to_bits() as i16,
+            xs[2][i].d.to_bits() as i16,
+            xs[3][i].d.to_bits() as i16,
+            0,
+            0,
+            0,
+            0,
+        )));
+        let xd = halves.map(|half| _mm512_permutexvar_ps(half, xd));
+        for r in 0..R {
+            let y = &ys[r][i];
+            // The input's bytes plus 128, as unsigned bytes, in both halves.
+            let by = _mm512_xor_si512(
+                _mm512_broadcast_i64x4(_mm256_loadu_si256(y.qs.as_ptr() as *const __m256i)),
+                high,
+            );
+            let yd = _mm512_cvtph_ps(_mm256_set1_epi16(y.d.to_bits() as i16));
+            for p in 0..2 {
+                let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start[p], by, bx[p]));
+                acc[r][p] = _mm512_fmadd_ps(_mm512_mul_ps(xd[p], yd), q, acc[r][p]);
+            }
+        }
+    }
+    for (out, acc) in out.iter_mut().zip(acc) {
+        for (p, acc) in acc.into_iter().enumerate() {
+            out[2 * p] = hsum_float_8(_mm512_castps512_ps256(acc));
+            out[2 * p + 1] = hsum_float_8(_mm512_extractf32x8_ps::<1>(acc));
+        }
     }
     R
 }
