@@ -278,6 +278,51 @@ fn the_softmax_exponential_agrees_with_libm() {
     assert!(edges[4].is_nan());
 }
 
+/// The MLP's SiLU gate on the CPU (`silu(a) * b`, vector code in place of mistralrs-quant's
+/// closure and libm `expf` per element) against the formula computed in f64: within a few
+/// units in the last place over f32's range, with the edges (zeros, infinities, NaN, values
+/// past ±87 where `e^x` leaves f32's normal range), over more elements than one chunk and a
+/// length that sixteen does not divide, and a transposed view read as its contiguous copy.
+#[test]
+fn the_silu_gate_agrees_with_the_formula() {
+    use candle_core::{Device, Tensor};
+    use mistralrs_core::cpu_kernels::silu_mul_cpu;
+
+    let n = 3 * 8192 + 37;
+    let mut xs: Vec<f32> = values(n, 11).iter().map(|v| v * 90.0).collect();
+    let ys: Vec<f32> = values(n, 12).iter().map(|v| v * 2.0).collect();
+    let edges = [0.0, -0.0, 1e-30, -1e-30, 87.5, -87.5, 100.0, -100.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN];
+    xs[n - edges.len()..].copy_from_slice(&edges);
+    let a = Tensor::from_vec(xs.clone(), n, &Device::Cpu).unwrap();
+    let b = Tensor::from_vec(ys.clone(), n, &Device::Cpu).unwrap();
+    let got = silu_mul_cpu(&a, &b).unwrap().to_vec1::<f32>().unwrap();
+    for ((&x, &y), &got) in xs.iter().zip(&ys).zip(&got) {
+        let want = (x as f64 / (1.0 + (-x as f64).exp()) * y as f64) as f32;
+        if want.is_nan() {
+            assert!(got.is_nan(), "silu({x}) * {y}: {got}, not NaN");
+        } else if x.abs() <= 87.0 {
+            let error = ((got as f64 - want as f64) / want as f64).abs();
+            assert!(got == want || error < 1e-6, "silu({x}) * {y}: {got}, want {want}");
+        } else {
+            // e^x below f32's normal range reads as 0: at most a tiny difference.
+            assert!(got == want || (got - want).abs() < 1e-30, "silu({x}) * {y}: {got}, want {want}");
+        }
+    }
+    assert_eq!(got[n - edges.len()], 0.0);
+    assert_eq!(got[n - 3], f32::INFINITY * ys[n - 3].signum());
+    // A transposed view: the same values as its contiguous copy.
+    let a = Tensor::from_vec(xs[..64 * 40].to_vec(), (64, 40), &Device::Cpu).unwrap().t().unwrap();
+    let b = Tensor::from_vec(ys[..64 * 40].to_vec(), (64, 40), &Device::Cpu).unwrap().t().unwrap();
+    let viewed = silu_mul_cpu(&a, &b).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let copied = silu_mul_cpu(&a.contiguous().unwrap(), &b.contiguous().unwrap())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(viewed, copied);
+}
+
 #[test]
 fn a_decode_step_agrees_with_the_flash_kernel_and_reads_the_cache_in_place() {
     use candle_core::DType;

@@ -12,10 +12,13 @@ mod backends;
 pub mod cpu_kernels {
     pub use super::backends::cpu::{exp_shifted, run_decode_attn_cpu, run_flash_attn_cpu, run_prompt_attn_cpu};
     pub use super::SdpaParams;
+    pub use crate::ops::silu_mul_cpu;
 }
 
 #[allow(unused)]
 pub(crate) use backends::{flash_attn, maybe_synchronize, naive_sdpa, sinks_attn};
+/// graft: the CPU attention's vector `e^x` (x ≤ 0), for the SiLU gate in `ops::mul_and_act`.
+pub(crate) use backends::cpu::exp_nonpositive;
 
 /// Chunk size for attention computation to avoid OOM on long sequences
 pub(crate) const ATTENTION_CHUNK_SIZE: usize = 1024;

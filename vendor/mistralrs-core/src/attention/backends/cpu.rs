@@ -665,19 +665,7 @@ fn key_block<const R: usize, const G: usize>(
     scores: &mut [f32],
     group: usize,
 ) {
-    let q: [&[f32]; R] = std::array::from_fn(|r| &queries[r * d..][..d]);
-    let mut acc = [[[0f32; LANES]; G]; R];
-    for dd in 0..d {
-        let (keys, _) = tile[dd * TILE + group * LANES..][..G * LANES].as_chunks::<LANES>();
-        for r in 0..R {
-            let qd = q[r][dd];
-            for g in 0..G {
-                for l in 0..LANES {
-                    acc[r][g][l] = mul_add(acc[r][g][l], qd, keys[g][l]);
-                }
-            }
-        }
-    }
+    let acc = key_sums::<R, G>(queries, d, tile, group);
     for (r, acc) in acc.iter().enumerate() {
         for (g, acc) in acc.iter().enumerate() {
             let first = (group + g) * LANES;
@@ -692,6 +680,33 @@ fn key_block<const R: usize, const G: usize>(
                 scores[r * width + first..][..m].copy_from_slice(&acc[..m]);
             }
         }
+    }
+}
+
+/// graft: the sums of [`key_block`]: `acc[r][g][l]` is query `r`'s score of key
+/// `(group + g) × LANES + l` of `tile`, one multiply-add chain over the dimensions in order.
+#[inline(always)]
+fn key_sums<const R: usize, const G: usize>(queries: &[f32], d: usize, tile: &[f32], group: usize) -> [[[f32; LANES]; G]; R] {
+    assert!(queries.len() >= R * d && tile.len() >= d * TILE && (group + G) * LANES <= TILE, "a block of scores within its tile");
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    // SAFETY: the CPU has AVX-512F; the bounds the function reads within were checked above.
+    return unsafe { avx512::key_sums::<R, G>(queries, d, tile, group) };
+    #[allow(unreachable_code)]
+    {
+        let q: [&[f32]; R] = std::array::from_fn(|r| &queries[r * d..][..d]);
+        let mut acc = [[[0f32; LANES]; G]; R];
+        for dd in 0..d {
+            let (keys, _) = tile[dd * TILE + group * LANES..][..G * LANES].as_chunks::<LANES>();
+            for r in 0..R {
+                let qd = q[r][dd];
+                for g in 0..G {
+                    for l in 0..LANES {
+                        acc[r][g][l] = mul_add(acc[r][g][l], qd, keys[g][l]);
+                    }
+                }
+            }
+        }
+        acc
     }
 }
 
@@ -935,8 +950,40 @@ impl<'a> CacheRows<'a> {
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
 mod avx512 {
     use std::arch::x86_64::{
-        __m512, _mm512_shuffle_f32x4, _mm512_shuffle_ps, _mm512_unpackhi_ps, _mm512_unpacklo_ps,
+        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4,
+        _mm512_shuffle_ps, _mm512_unpackhi_ps, _mm512_unpacklo_ps,
     };
+
+    use super::{LANES, TILE};
+
+    const _: () = assert!(LANES == 16, "a group of keys is one 512-bit register");
+
+    /// [`super::key_sums`] with the sums in registers (the portable loop kept them in memory,
+    /// stored at every step): `fmadd(q, key, acc)` rounds once, as `mul_add(acc, q, key)`
+    /// does, so every score has the same bits.
+    ///
+    /// Safety: the CPU has AVX-512F; `queries` holds `R` rows of `d`, `tile` `d` rows of
+    /// [`TILE`] keys, and `(group + G) × LANES <= TILE`.
+    #[inline(always)]
+    pub(super) unsafe fn key_sums<const R: usize, const G: usize>(
+        queries: &[f32],
+        d: usize,
+        tile: &[f32],
+        group: usize,
+    ) -> [[[f32; LANES]; G]; R] {
+        let mut acc = [[_mm512_setzero_ps(); G]; R];
+        let (q, keys) = (queries.as_ptr(), tile.as_ptr().add(group * LANES));
+        for dd in 0..d {
+            let k: [__m512; G] = std::array::from_fn(|g| _mm512_loadu_ps(keys.add(dd * TILE + g * LANES)));
+            for r in 0..R {
+                let qd = _mm512_set1_ps(*q.add(r * d + dd));
+                for g in 0..G {
+                    acc[r][g] = _mm512_fmadd_ps(qd, k[g], acc[r][g]);
+                }
+            }
+        }
+        acc.map(|row| row.map(|sums| std::mem::transmute::<__m512, [f32; LANES]>(sums)))
+    }
 
     /// A 16 × 16 block transposed in registers: `out[j]` holds element `j` of every row,
     /// `rows[i]` in lane `i` (values moved, never computed: the same bits). Three rounds of
@@ -1080,7 +1127,7 @@ pub fn exp_shifted(xs: &mut [f32], max: f32) {
 /// true value. Below -87 (where `e^x` leaves f32's normal range), and for a masked key's
 /// -inf, the answer is 0; NaN stays NaN.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     // 1.5 × 2^23: adding it rounds to an integer, held in the low bits of the sum.
     const ROUND: f32 = 12_582_912.0;
     const LN2_HI: f32 = 0.693_359_4;
