@@ -291,7 +291,19 @@ fn the_silu_gate_agrees_with_the_formula() {
     let n = 3 * 8192 + 37;
     let mut xs: Vec<f32> = values(n, 11).iter().map(|v| v * 90.0).collect();
     let ys: Vec<f32> = values(n, 12).iter().map(|v| v * 2.0).collect();
-    let edges = [0.0, -0.0, 1e-30, -1e-30, 87.5, -87.5, 100.0, -100.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN];
+    let edges = [
+        0.0,
+        -0.0,
+        1e-30,
+        -1e-30,
+        87.5,
+        -87.5,
+        100.0,
+        -100.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ];
     xs[n - edges.len()..].copy_from_slice(&edges);
     let a = Tensor::from_vec(xs.clone(), n, &Device::Cpu).unwrap();
     let b = Tensor::from_vec(ys.clone(), n, &Device::Cpu).unwrap();
@@ -311,8 +323,14 @@ fn the_silu_gate_agrees_with_the_formula() {
     assert_eq!(got[n - edges.len()], 0.0);
     assert_eq!(got[n - 3], f32::INFINITY * ys[n - 3].signum());
     // A transposed view: the same values as its contiguous copy.
-    let a = Tensor::from_vec(xs[..64 * 40].to_vec(), (64, 40), &Device::Cpu).unwrap().t().unwrap();
-    let b = Tensor::from_vec(ys[..64 * 40].to_vec(), (64, 40), &Device::Cpu).unwrap().t().unwrap();
+    let a = Tensor::from_vec(xs[..64 * 40].to_vec(), (64, 40), &Device::Cpu)
+        .unwrap()
+        .t()
+        .unwrap();
+    let b = Tensor::from_vec(ys[..64 * 40].to_vec(), (64, 40), &Device::Cpu)
+        .unwrap()
+        .t()
+        .unwrap();
     let viewed = silu_mul_cpu(&a, &b).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let copied = silu_mul_cpu(&a.contiguous().unwrap(), &b.contiguous().unwrap())
         .unwrap()
