@@ -438,6 +438,19 @@ fn decoding_gives_the_registry_kernels_values_bit_for_bit() {
             lhs[0] = 1.0;
             lhs[1] = -1.0;
             let mut got = vec![0f32; m * n];
+            // A decode step reads four weight rows side by side, or one after the other (AMD
+            // processors): both ways on any machine, each with the registry's bits. (Other
+            // tests running meanwhile get the same bits whichever way is set.)
+            if m == 1 {
+                let mut side_by_side = vec![0f32; n];
+                candle_core::quantized::avx::read_weight_rows_in_turn(Some(false));
+                matmul((m, k, n), &lhs, &rhs, &mut side_by_side).unwrap();
+                candle_core::quantized::avx::read_weight_rows_in_turn(Some(true));
+                matmul((m, k, n), &lhs, &rhs, &mut got).unwrap();
+                candle_core::quantized::avx::read_weight_rows_in_turn(None);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&side_by_side), bits(&got), "({m}, {k}, {n})");
+            }
             matmul((m, k, n), &lhs, &rhs, &mut got).unwrap();
             for (row, got) in lhs.chunks(k).zip(got.chunks(n)) {
                 let mut input = vec![BlockQ8_0::zeros(); blocks];
