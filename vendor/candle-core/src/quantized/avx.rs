@@ -105,7 +105,7 @@ const PREFETCH_ROWS_AHEAD: usize = 16;
 /// registry's loop) rather than block by block side by side: on AMD processors. One token's
 /// matrix-vector products of SmolLM2-135M (`cargo bench --workspace --bench qmatmul`): on a
 /// 2-core Intel Xeon VM, side by side with the next rows prefetched 11.4 ms against 16.5 one
-/// after the other; on a 2-core AMD EPYC VM (Zen 4) 10.7-13.8 ms against 7.4-10.2, whose
+/// after the other; on a 2-core AMD EPYC VM (Zen 4) 10.7-13.7 ms against 7.5-10.9, whose
 /// hardware prefetcher follows one sequential stream of weights better than four.
 fn reads_rows_in_turn() -> bool {
     match ROWS_IN_TURN.load(Ordering::Relaxed) {
