@@ -807,11 +807,8 @@ pub fn silu_mul_cpu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     {
         let (a_guard, a_layout) = a.storage_and_layout();
         let (b_guard, b_layout) = b.storage_and_layout();
-        let (candle_core::Storage::Cpu(a_cpu), candle_core::Storage::Cpu(b_cpu)) = (&*a_guard, &*b_guard) else {
-            candle_core::bail!("silu_mul_cpu: tensors not on the CPU");
-        };
-        let xs = &a_cpu.as_slice::<f32>()?[a_layout.start_offset()..][..n];
-        let ys = &b_cpu.as_slice::<f32>()?[b_layout.start_offset()..][..n];
+        let xs = crate::attention::cpu_f32(&a_guard, a_layout, n)?;
+        let ys = crate::attention::cpu_f32(&b_guard, b_layout, n)?;
         out.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK).zip(ys.par_chunks(CHUNK)))
             .for_each(|(out, (xs, ys))| {

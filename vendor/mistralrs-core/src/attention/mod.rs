@@ -17,8 +17,9 @@ pub mod cpu_kernels {
 
 #[allow(unused)]
 pub(crate) use backends::{flash_attn, maybe_synchronize, naive_sdpa, sinks_attn};
-/// graft: the CPU attention's vector `e^x` (x ≤ 0), for the SiLU gate in `ops::mul_and_act`.
-pub(crate) use backends::cpu::exp_nonpositive;
+/// graft: the CPU attention's vector `e^x` (x ≤ 0) and its f32 view of a CPU tensor, for the
+/// SiLU gate in `ops::mul_and_act`.
+pub(crate) use backends::cpu::{cpu_f32, exp_nonpositive};
 
 /// Chunk size for attention computation to avoid OOM on long sequences
 pub(crate) const ATTENTION_CHUNK_SIZE: usize = 1024;

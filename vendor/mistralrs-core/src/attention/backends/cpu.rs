@@ -1059,10 +1059,10 @@ fn halves_to_f32(halves: &[f16], out: &mut [f32]) {
 }
 
 /// graft: a CPU tensor's f32 values.
-fn cpu_f32<'a>(storage: &'a Storage, layout: &candle_core::Layout, len: usize) -> Result<&'a [f32]> {
+pub(crate) fn cpu_f32<'a>(storage: &'a Storage, layout: &candle_core::Layout, len: usize) -> Result<&'a [f32]> {
     match storage {
         Storage::Cpu(cpu) => Ok(&cpu.as_slice::<f32>()?[layout.start_offset()..][..len]),
-        _ => candle_core::bail!("prompt attention: a tensor not on the CPU"),
+        _ => candle_core::bail!("a CPU kernel given a tensor not on the CPU"),
     }
 }
 
