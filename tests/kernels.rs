@@ -339,6 +339,127 @@ fn the_silu_gate_agrees_with_the_formula() {
         .to_vec1::<f32>()
         .unwrap();
     assert_eq!(viewed, copied);
+    // The gate and up halves of one stacked product (views of its columns, read in place):
+    // the values of their contiguous copies, over several rows and over one.
+    for rows in [5, 1] {
+        let width = 1536 + 5;
+        let product = Tensor::from_vec(xs[..rows * 2 * width].to_vec(), (1, rows, 2 * width), &Device::Cpu).unwrap();
+        let gate = product.narrow(2, 0, width).unwrap();
+        let up = product.narrow(2, width, width).unwrap();
+        let viewed = silu_mul_cpu(&gate, &up).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let copied = silu_mul_cpu(&gate.contiguous().unwrap(), &up.contiguous().unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(viewed, copied, "{rows} rows");
+    }
+}
+
+/// The products of one input by several weight matrices stacked into one (the attention's
+/// query, key and value, the MLP's gate and up; vendor/mistralrs-core `models::stacked`):
+/// every part's output is its own product's, bit for bit, for one input row (a decode step),
+/// a few (the next request while typing) and a prompt's worth (the gemm path for K-quants).
+/// Parts of different types are not stacked, and still give their products.
+#[test]
+fn stacked_weights_give_each_parts_product_bit_for_bit() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    use mistralrs_core::cpu_kernels::Stacked;
+
+    let parts = |k: usize, widths: &[(usize, GgmlDType)]| -> Vec<QTensor> {
+        widths
+            .iter()
+            .enumerate()
+            .map(|(i, &(width, dtype))| {
+                let weights = Tensor::from_vec(values(width * k, 40 + i as u64), (width, k), &Device::Cpu).unwrap();
+                QTensor::quantize(&weights, dtype).unwrap()
+            })
+            .collect()
+    };
+    // (input width, each part's rows and type, whether they stack)
+    let cases = [
+        // SmolLM2's query, key and value.
+        (
+            576,
+            vec![(576, GgmlDType::Q8_0), (192, GgmlDType::Q8_0), (192, GgmlDType::Q8_0)],
+            true,
+        ),
+        (512, vec![(320, GgmlDType::Q4K), (320, GgmlDType::Q4K)], true),
+        // A Q4_K_M file's value matrix is Q6_K.
+        (512, vec![(256, GgmlDType::Q4K), (64, GgmlDType::Q4K), (64, GgmlDType::Q6K)], false),
+    ];
+    for (k, widths, one) in cases {
+        let stacked = Stacked::new(parts(k, &widths)).unwrap();
+        let apart = Stacked::apart(parts(k, &widths)).unwrap();
+        assert_eq!(stacked.is_one(), one, "{widths:?}");
+        for rows in [1, 7, GEMM_MIN_ROWS_K + 3] {
+            let x = Tensor::from_vec(values(rows * k, 50), (1, rows, k), &Device::Cpu).unwrap();
+            let got = stacked.forward(&x).unwrap();
+            let want = apart.forward(&x).unwrap();
+            assert_eq!(got.len(), widths.len());
+            for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(got.dims(), want.dims(), "part {i} of {widths:?}, {rows} rows");
+                let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert!(
+                    got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "part {i} of {widths:?}, {rows} rows: values differ"
+                );
+            }
+        }
+    }
+}
+
+/// Top-1 sampling at a temperature (every greedy request graft sends mistralrs) takes the
+/// argmax without the softmax, sort and weighted draw over the vocabulary: the same token
+/// and log-probability as that draw (asked for two log-probabilities, the sampler still
+/// draws), at a few temperatures, with masked (-inf) tokens; NaN, +inf and a fully masked
+/// vocabulary are refused as the draw refuses them.
+#[test]
+fn top_one_sampling_gives_the_draws_token_and_log_probability() {
+    use candle_core::{Device, Tensor};
+    use mistralrs_core::cpu_kernels::Sampler;
+    use rand_core::SeedableRng;
+    use std::sync::{Arc, Mutex};
+
+    let rng = Arc::new(Mutex::new(rand_isaac::Isaac64Rng::seed_from_u64(7)));
+    let sampler = |temperature: f64, top_n: usize| {
+        Sampler::new(Some(temperature), top_n, None, None, None, None, None, 1, 1.0, 0.0, Vec::new()).unwrap()
+    };
+    let n = 49_152;
+    let sample = |sampler: &Sampler, logits: &[f32]| {
+        let logits = Tensor::from_vec(logits.to_vec(), n, &Device::Cpu).unwrap();
+        sampler.sample(logits, &[1, 2, 3], true, Arc::clone(&rng), false, false)
+    };
+    for seed in [60, 61] {
+        let mut logits: Vec<f32> = values(n, seed).iter().map(|v| v * 12.0).collect();
+        logits[..100].fill(f32::NEG_INFINITY);
+        for temperature in [1.0, 0.7, 1.6] {
+            let fast = sample(&sampler(temperature, 1), &logits).unwrap();
+            let drawn = sample(&sampler(temperature, 2), &logits).unwrap();
+            assert_eq!(fast.token, drawn.token, "seed {seed}, temperature {temperature}");
+            assert!(
+                (fast.logprob - drawn.logprob).abs() < 1e-4,
+                "log-probability {} against the draw's {}",
+                fast.logprob,
+                drawn.logprob
+            );
+            let top = fast.top_logprobs.expect("asked for");
+            assert_eq!(top.len(), 1);
+            assert_eq!((top[0].token, top[0].logprob), (fast.token, fast.logprob));
+        }
+    }
+    let mut logits = vec![0.5f32; n];
+    for bad in [f32::NAN, f32::INFINITY] {
+        logits[9] = bad;
+        assert!(sample(&sampler(1.0, 1), &logits).is_err(), "{bad}");
+        assert!(sample(&sampler(1.0, 2), &logits).is_err(), "{bad}");
+    }
+    let masked = vec![f32::NEG_INFINITY; n];
+    assert!(sample(&sampler(1.0, 1), &masked).is_err());
+    assert!(sample(&sampler(1.0, 2), &masked).is_err());
 }
 
 #[test]

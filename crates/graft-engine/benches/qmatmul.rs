@@ -7,7 +7,8 @@
 //! 1536×576, as graft re-stores it for the CPU) and a 7B-class tile in Q4_K. Then one token's
 //! decode: every matrix-vector product of SmolLM2-135M (30 layers and the output head, 145 MB
 //! of Q8_0), four weight rows per dot with the next rows prefetched (`vec_dot_x4`) against one
-//! row at a time as the registry's kernel loops.
+//! row at a time as the registry's kernel loops, and graft's kernel on the matrices stacked as
+//! graft loads them (query, key and value as one; gate and up as one).
 //!
 //! `cargo bench --workspace --bench qmatmul` (RAYON_NUM_THREADS sets the threads).
 
@@ -85,17 +86,25 @@ fn shape<T: GgmlType>(name: &str, k: usize, n: usize) {
 
 /// SmolLM2-135M's matrices, `(outputs, inputs)`, in the order a forward multiplies by them:
 /// 30 layers' attention and MLP projections, then the output head; and their Q8_0 weights.
-fn smollm2_weights() -> (Vec<(usize, usize)>, Vec<Vec<BlockQ8_0>>) {
-    let layer = [
-        (576, 576),
-        (192, 576),
-        (192, 576),
-        (576, 576),
-        (1536, 576),
-        (1536, 576),
-        (576, 1536),
-    ];
-    let shapes: Vec<(usize, usize)> = (0..30).flat_map(|_| layer).chain(std::iter::once((49152, 576))).collect();
+/// `stacked`: the query, key and value matrices as one, the gate and up matrices as one, as
+/// graft loads them (vendor/mistralrs-core, `models::stacked`).
+fn smollm2_weights(stacked: bool) -> (Vec<(usize, usize)>, Vec<Vec<BlockQ8_0>>) {
+    let layer: &[(usize, usize)] = match stacked {
+        false => &[
+            (576, 576),
+            (192, 576),
+            (192, 576),
+            (576, 576),
+            (1536, 576),
+            (1536, 576),
+            (576, 1536),
+        ],
+        true => &[(960, 576), (576, 576), (3072, 576), (576, 1536)],
+    };
+    let shapes: Vec<(usize, usize)> = (0..30)
+        .flat_map(|_| layer.iter().copied())
+        .chain(std::iter::once((49152, 576)))
+        .collect();
     let weights = shapes
         .iter()
         .enumerate()
@@ -112,7 +121,7 @@ fn smollm2_weights() -> (Vec<(usize, usize)>, Vec<Vec<BlockQ8_0>>) {
 /// types, after a cached prompt): every layer's with all the rows, the output head's with the
 /// last one.
 fn few_tokens() {
-    let (shapes, weights) = smollm2_weights();
+    let (shapes, weights) = smollm2_weights(true);
     let pool = rayon::ThreadPoolBuilder::new().build().expect("a thread pool");
     println!(
         "
@@ -140,10 +149,13 @@ a forward's matrix products over a few new tokens, SmolLM2-135M Q8_0, medians of
     }
 }
 
-/// One token's matrix-vector products of SmolLM2-135M, medians of alternating runs.
+/// One token's matrix-vector products of SmolLM2-135M, medians of alternating runs: the
+/// registry's loop, graft's kernel, and graft's kernel on the stacked matrices.
 fn decode_token() {
-    let (shapes, weights) = smollm2_weights();
-    let inputs: Vec<Vec<f32>> = shapes.iter().map(|&(_, k)| values(k, 9)).collect();
+    let (shapes, weights) = smollm2_weights(false);
+    let (stacked_shapes, stacked_weights) = smollm2_weights(true);
+    let inputs = |shapes: &[(usize, usize)]| -> Vec<Vec<f32>> { shapes.iter().map(|&(_, k)| values(k, 9)).collect() };
+    let (inputs, stacked_inputs) = (inputs(&shapes), inputs(&stacked_shapes));
     // The registry's loop: the input quantized, then one `vec_dot` per output column.
     let one_by_one = |k: usize, lhs: &[f32], rhs: &[BlockQ8_0], dst: &mut [f32]| {
         let per_row = k / BlockQ8_0::BLCK_SIZE;
@@ -161,36 +173,41 @@ fn decode_token() {
     // pool, so each product's parallel loop is split there rather than handed over and waited
     // for from outside.
     let pool = rayon::ThreadPoolBuilder::new().build().expect("a thread pool");
-    let (mut old, mut new) = (Vec::new(), Vec::new());
+    let mut runs = [Vec::new(), Vec::new(), Vec::new()];
     pool.install(|| {
         for _ in 0..15 {
-            for patched in [false, true] {
+            for (way, runs) in runs.iter_mut().enumerate() {
+                let (shapes, weights, inputs) = match way {
+                    2 => (&stacked_shapes, &stacked_weights, &stacked_inputs),
+                    _ => (&shapes, &weights, &inputs),
+                };
                 let started = Instant::now();
-                for ((&(n, k), rhs), lhs) in shapes.iter().zip(&weights).zip(&inputs) {
+                for ((&(n, k), rhs), lhs) in shapes.iter().zip(weights).zip(inputs) {
                     let mut dst = vec![0f32; n];
-                    if patched {
-                        matmul((1, k, n), lhs, rhs, &mut dst).unwrap();
-                    } else {
-                        one_by_one(k, lhs, rhs, &mut dst);
+                    match way {
+                        0 => one_by_one(k, lhs, rhs, &mut dst),
+                        _ => matmul((1, k, n), lhs, rhs, &mut dst).unwrap(),
                     }
                 }
-                let ms = started.elapsed().as_secs_f64() * 1000.0;
-                if patched {
-                    new.push(ms)
-                } else {
-                    old.push(ms)
-                }
+                runs.push(started.elapsed().as_secs_f64() * 1000.0);
             }
         }
     });
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (old, new) = (median(&mut old), median(&mut new));
-    println!("\none token's decode, SmolLM2-135M Q8_0 (211 matrix-vector products), medians of 15");
-    println!("{:>22} {:>12} {:>8}", "one row at a time ms", "graft ms", "speedup");
-    println!("{old:>22.2} {new:>12.2} {:>7.2}×", old / new);
+    let [old, new, stacked] = runs.map(median);
+    println!(
+        "\none token's decode, SmolLM2-135M Q8_0 ({} matrix-vector products; {} stacked), medians of 15",
+        shapes.len(),
+        stacked_shapes.len()
+    );
+    println!(
+        "{:>22} {:>12} {:>8} {:>17} {:>8}",
+        "one row at a time ms", "graft ms", "speedup", "graft stacked ms", "speedup"
+    );
+    println!(
+        "{old:>22.2} {new:>12.2} {:>7.2}× {stacked:>17.2} {:>7.2}×",
+        old / new,
+        old / stacked
+    );
 }
 
 fn main() {

@@ -785,11 +785,12 @@ pub fn mul_and_act(a: &Tensor, b: &Tensor, act: Activation) -> Result<Tensor> {
 /// graft: `silu(a) * b` for f32 CPU tensors of one shape. mistralrs-quant's CPU `fused_glu`
 /// calls a closure per element through rayon's indexed collect, with a libm `expf` call and a
 /// match on the activation for each (5% of a cold prompt's samples on SmolLM2). Here the
-/// elements go in chunks over rayon's threads, sixteen at a time through straight-line f32
-/// code the compiler vectorises: `e = e^-|x|` by the attention kernels' `exp_nonpositive`
+/// rows go in groups over rayon's threads, sixteen elements at a time through straight-line
+/// f32 code the compiler vectorises: `e = e^-|x|` by the attention kernels' `exp_nonpositive`
 /// (a few units in the last place of libm's), then `x / (1 + e)` for `x ≥ 0` (the upstream
 /// formula) and `x · e / (1 + e)` below (the same value, without `e^|x|` overflowing). Each
-/// element's value depends on nothing but its own two inputs.
+/// element's value depends on nothing but its own two inputs. Rows are read where they lie,
+/// so the gate and up halves of one stacked product (`models::stacked`) are not copied.
 pub fn silu_mul_cpu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     use rayon::prelude::*;
 
@@ -801,17 +802,33 @@ pub fn silu_mul_cpu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let numerator = if x >= 0.0 { x } else { x * e };
         numerator / (1.0 + e) * y
     }
-    let (a, b) = (a.contiguous()?, b.contiguous()?);
+    let in_rows = |t: &Tensor| match row_starts(t.layout()) {
+        Some(_) => Ok(t.clone()),
+        None => t.contiguous(),
+    };
+    let (a, b) = (in_rows(a)?, in_rows(b)?);
     let n = a.elem_count();
+    let row = a.dims().last().copied().unwrap_or(1);
     let mut out = vec![0f32; n];
-    {
+    if n > 0 {
         let (a_guard, a_layout) = a.storage_and_layout();
         let (b_guard, b_layout) = b.storage_and_layout();
-        let xs = crate::attention::cpu_f32(&a_guard, a_layout, n)?;
-        let ys = crate::attention::cpu_f32(&b_guard, b_layout, n)?;
-        out.par_chunks_mut(CHUNK)
-            .zip(xs.par_chunks(CHUNK).zip(ys.par_chunks(CHUNK)))
-            .for_each(|(out, (xs, ys))| {
+        let (Some(a_starts), Some(b_starts)) = (row_starts(a_layout), row_starts(b_layout)) else {
+            candle_core::bail!("silu_mul_cpu: rows not found")
+        };
+        // Every row's elements, from the first row's start on.
+        let span = |starts: &[usize], layout: &candle_core::Layout| {
+            starts.iter().max().map_or(0, |last| last + row - layout.start_offset())
+        };
+        let xs = crate::attention::cpu_f32(&a_guard, a_layout, span(&a_starts, a_layout))?;
+        let ys = crate::attention::cpu_f32(&b_guard, b_layout, span(&b_starts, b_layout))?;
+        let (a_first, b_first) = (a_layout.start_offset(), b_layout.start_offset());
+        out.par_chunks_mut(row)
+            .zip(a_starts.par_iter().zip(b_starts.par_iter()))
+            .with_min_len((CHUNK / row).max(1))
+            .for_each(|(out, (&a_start, &b_start))| {
+                let xs = &xs[a_start - a_first..][..row];
+                let ys = &ys[b_start - b_first..][..row];
                 let (out_chunks, out_rest) = out.as_chunks_mut::<LANES>();
                 let (x_chunks, x_rest) = xs.as_chunks::<LANES>();
                 let (y_chunks, y_rest) = ys.as_chunks::<LANES>();
@@ -826,6 +843,28 @@ pub fn silu_mul_cpu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             });
     }
     Tensor::from_vec(out, a.shape(), a.device())
+}
+
+/// graft: where each row (the last dimension) of a tensor with `layout` starts in its
+/// storage, in order, when each row's elements lie side by side (a contiguous tensor's, or
+/// a view of some of a matrix's columns); `None` when they do not.
+fn row_starts(layout: &candle_core::Layout) -> Option<Vec<usize>> {
+    let dims = layout.dims();
+    let strides = layout.stride();
+    let Some((&row, leading)) = dims.split_last() else {
+        return Some(vec![layout.start_offset()]);
+    };
+    if row > 1 && strides[leading.len()] != 1 {
+        return None;
+    }
+    let mut starts = vec![layout.start_offset()];
+    for (&dim, &stride) in leading.iter().zip(strides) {
+        starts = starts
+            .iter()
+            .flat_map(|&start| (0..dim).map(move |i| start + i * stride))
+            .collect();
+    }
+    Some(starts)
 }
 
 mod tests {

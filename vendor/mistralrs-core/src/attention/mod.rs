@@ -6,20 +6,23 @@ use candle_core::{DType, Device, Result, Tensor};
 
 mod backends;
 
-/// graft: the CPU attention kernels, public so that graft's tests can compare the prompt
-/// kernel it added with the flash kernel it replaces for prompts. Not an API.
+/// graft: the CPU paths graft patches (the attention kernels, the SiLU gate, stacked weights,
+/// top-1 sampling), public so that graft's tests can compare them with what they replace.
+/// Not an API.
 #[doc(hidden)]
 pub mod cpu_kernels {
     pub use super::backends::cpu::{exp_shifted, run_decode_attn_cpu, run_flash_attn_cpu, run_prompt_attn_cpu};
     pub use super::SdpaParams;
+    pub use crate::models::stacked::Stacked;
     pub use crate::ops::silu_mul_cpu;
+    pub use crate::sampler::{Logprobs, Sampler};
 }
 
 #[allow(unused)]
 pub(crate) use backends::{flash_attn, maybe_synchronize, naive_sdpa, sinks_attn};
 /// graft: the CPU attention's vector `e^x` (x ≤ 0) and its f32 view of a CPU tensor, for the
 /// SiLU gate in `ops::mul_and_act`.
-pub(crate) use backends::cpu::{cpu_f32, exp_nonpositive};
+pub(crate) use backends::cpu::{cpu_f32, exp_nonpositive, exp_shifted, lanes_fold};
 
 /// Chunk size for attention computation to avoid OOM on long sequences
 pub(crate) const ATTENTION_CHUNK_SIZE: usize = 1024;

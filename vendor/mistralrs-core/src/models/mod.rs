@@ -26,4 +26,5 @@ pub(crate) mod qwen3;
 pub(crate) mod qwen3_moe;
 pub(crate) mod qwen3_next;
 pub(crate) mod smollm3;
+pub(crate) mod stacked;
 pub(crate) mod starcoder2;

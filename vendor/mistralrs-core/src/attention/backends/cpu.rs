@@ -1155,7 +1155,7 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
 /// whatever the length), so that the compiler can vectorise it and appending elements that
 /// leave a lane unchanged (zeros to a sum) leaves the result unchanged.
 #[inline]
-fn lanes_fold(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+pub(crate) fn lanes_fold(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
     let mut lanes = [init; LANES];
     // Whole chunks first, then the rest: one loop over both kept the lanes in memory, a
     // store and a load per chunk on the chain's path.
