@@ -361,7 +361,8 @@ fn the_silu_gate_agrees_with_the_formula() {
 /// query, key and value, the MLP's gate and up; vendor/mistralrs-core `models::stacked`):
 /// every part's output is its own product's, bit for bit, for one input row (a decode step),
 /// a few (the next request while typing) and a prompt's worth (the gemm path for K-quants).
-/// Parts of different types are not stacked, and still give their products.
+/// Parts of different types are not stacked, and still give their products; parts with
+/// biases stack with them, unless only some have one.
 #[test]
 fn stacked_weights_give_each_parts_product_bit_for_bit() {
     use candle_core::quantized::{GgmlDType, QTensor};
@@ -410,6 +411,46 @@ fn stacked_weights_give_each_parts_product_bit_for_bit() {
             }
         }
     }
+    // With a bias per part (a Qwen2 layer's query, key and value): stacked, biases and all.
+    let k = 576;
+    let widths = [(576, GgmlDType::Q8_0), (192, GgmlDType::Q8_0), (192, GgmlDType::Q8_0)];
+    let with_biases = |biased: &[bool]| -> Vec<(QTensor, Option<Tensor>)> {
+        parts(k, &widths)
+            .into_iter()
+            .zip(biased)
+            .enumerate()
+            .map(|(i, (part, &biased))| {
+                let width = part.shape().dims()[0];
+                let bias = biased.then(|| Tensor::from_vec(values(width, 60 + i as u64), width, &Device::Cpu).unwrap());
+                (part, bias)
+            })
+            .collect()
+    };
+    for (biased, one) in [([true; 3], true), ([true, true, false], false)] {
+        let stacked = Stacked::with_biases(with_biases(&biased)).unwrap();
+        let apart = Stacked::apart_with_biases(with_biases(&biased)).unwrap();
+        assert_eq!(stacked.is_one(), one, "biases {biased:?}");
+        for rows in [1, 7] {
+            let x = Tensor::from_vec(values(rows * k, 51), (1, rows, k), &Device::Cpu).unwrap();
+            for (i, (got, want)) in stacked.forward(&x).unwrap().iter().zip(&apart.forward(&x).unwrap()).enumerate() {
+                let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert!(
+                    got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "part {i}, biases {biased:?}, {rows} rows: values differ"
+                );
+            }
+        }
+    }
+    // A bias moves the output: the biased product is not the plain one.
+    let plain = Stacked::new(parts(k, &widths)).unwrap();
+    let x = Tensor::from_vec(values(k, 52), (1, 1, k), &Device::Cpu).unwrap();
+    let biased = Stacked::with_biases(with_biases(&[true; 3])).unwrap().forward(&x).unwrap();
+    let plain = plain.forward(&x).unwrap();
+    assert_ne!(
+        biased[2].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        plain[2].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
 }
 
 /// Top-1 sampling at a temperature (every greedy request graft sends mistralrs) takes the

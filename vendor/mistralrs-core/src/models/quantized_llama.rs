@@ -27,7 +27,8 @@ use crate::utils::progress::{new_multi_progress, NiceProgressBar};
 // Default fallback for models that don't specify context_length
 const DEFAULT_MAX_SEQ_LEN: u32 = 4096;
 
-struct Mlp {
+/// graft: shared with `quantized_qwen`.
+pub(crate) struct Mlp {
     /// graft: the gate (w1) and up (w3) matrices, one product where they can be (`stacked`).
     feed_forward_w1_w3: Stacked,
     feed_forward_w2: Arc<dyn QuantMethod>,
@@ -35,7 +36,7 @@ struct Mlp {
 
 impl Mlp {
     /// graft: the MLP of the gate `w1`, up `w3` and down `w2` matrices.
-    fn new(w1: QTensor, w2: QTensor, w3: QTensor) -> Result<Self> {
+    pub(crate) fn new(w1: QTensor, w2: QTensor, w3: QTensor) -> Result<Self> {
         Ok(Self {
             feed_forward_w1_w3: Stacked::new(vec![w1, w3])?,
             feed_forward_w2: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
@@ -45,7 +46,7 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let [w1, w3] = &self.feed_forward_w1_w3.forward(xs)?[..] else {
             candle_core::bail!("the MLP's gate and up products")
         };

@@ -12,6 +12,8 @@ use crate::device_map::{DeviceMappedMask, DeviceMapper};
 use crate::gguf::Content;
 use crate::layers::{CausalMasker, MatMul, QRmsNorm, RotaryEmbedding, Sdpa};
 use crate::layers_masker::PastKvLenCache;
+use crate::models::quantized_llama::Mlp;
+use crate::models::stacked::Stacked;
 use crate::paged_attention::{AttentionImplementation, PagedAttention};
 use crate::pipeline::text_models_inputs_processor::PagedAttentionInputMetadata;
 use crate::pipeline::{extract_logits, EitherCache, KvCache, NormalCache};
@@ -20,25 +22,10 @@ use crate::utils::model_config as ModelConfig;
 use crate::utils::progress::{new_multi_progress, NiceProgressBar};
 const DEFAULT_MAX_SEQ_LEN: u32 = 4096;
 
-struct Mlp {
-    feed_forward_w1: Arc<dyn QuantMethod>,
-    feed_forward_w2: Arc<dyn QuantMethod>,
-    feed_forward_w3: Arc<dyn QuantMethod>,
-}
-
-impl Mlp {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let w1 = MatMul.qmethod_matmul(xs, &*self.feed_forward_w1)?;
-        let w3 = MatMul.qmethod_matmul(xs, &*self.feed_forward_w3)?;
-        let y = crate::ops::mul_and_act(&w1, &w3, crate::layers::Activation::Silu)?;
-        MatMul.qmethod_matmul(&y, &*self.feed_forward_w2)
-    }
-}
-
 struct LayerWeights {
-    attention_wq: Arc<dyn QuantMethod>,
-    attention_wk: Arc<dyn QuantMethod>,
-    attention_wv: Arc<dyn QuantMethod>,
+    /// graft: the query, key and value matrices and their biases, one product where they can
+    /// be (`stacked`).
+    attention_wqkv: Stacked,
     attention_wo: Arc<dyn QuantMethod>,
     attention_norm: QRmsNorm,
     q_norm: Option<QRmsNorm>,
@@ -65,9 +52,9 @@ impl LayerWeights {
     ) -> Result<Tensor> {
         let (b_sz, seq_len, _) = x.dims3()?;
 
-        let q = MatMul.qmethod_matmul(x, &*self.attention_wq)?;
-        let k = MatMul.qmethod_matmul(x, &*self.attention_wk)?;
-        let v = MatMul.qmethod_matmul(x, &*self.attention_wv)?;
+        let [q, k, v] = &self.attention_wqkv.forward(x)?[..] else {
+            candle_core::bail!("the attention's query, key and value products")
+        };
 
         let (q, k, v) = if seq_len != 1 {
             let q = q
@@ -341,20 +328,7 @@ impl ModelConfig::FromGGUF for ModelWeights {
             let feed_forward_w1 = ct.tensor(&format!("{prefix}.ffn_gate.weight"), device)?;
             let feed_forward_w2 = ct.tensor(&format!("{prefix}.ffn_down.weight"), device)?;
             let feed_forward_w3 = ct.tensor(&format!("{prefix}.ffn_up.weight"), device)?;
-            let mlp = Mlp {
-                feed_forward_w1: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(feed_forward_w1),
-                    b: None,
-                })?),
-                feed_forward_w2: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(feed_forward_w2),
-                    b: None,
-                })?),
-                feed_forward_w3: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(feed_forward_w3),
-                    b: None,
-                })?),
-            };
+            let mlp = Mlp::new(feed_forward_w1, feed_forward_w2, feed_forward_w3)?;
 
             let q_norm = ct.tensor(&format!("{prefix}.attn_q_norm.weight"), device);
             let k_norm = ct.tensor(&format!("{prefix}.attn_k_norm.weight"), device);
@@ -377,18 +351,11 @@ impl ModelConfig::FromGGUF for ModelWeights {
                 }
             };
             layers.push(LayerWeights {
-                attention_wq: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(attention_wq),
-                    b: attention_bq,
-                })?),
-                attention_wk: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(attention_wk),
-                    b: attention_bk,
-                })?),
-                attention_wv: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(attention_wv),
-                    b: attention_bv,
-                })?),
+                attention_wqkv: Stacked::with_biases(vec![
+                    (attention_wq, attention_bq),
+                    (attention_wk, attention_bk),
+                    (attention_wv, attention_bv),
+                ])?,
                 attention_wo: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
                     q_weight: Arc::new(attention_wo),
                     b: None,

@@ -7,9 +7,10 @@
 //! five loops per layer where two do. Where the matrices share a type and an input width,
 //! their rows are stored one after the other as one matrix and the input is multiplied by it
 //! once; the outputs are views of the product's columns. Each output is the same dot of the
-//! same weight row and input row as before, so the same value. Apart they stay where the
-//! types differ (a Q4_K_M file's Q6_K value matrix) and off the CPU, where this was not
-//! measured.
+//! same weight row and input row as before, so the same value; where each part adds a bias
+//! (Qwen2's query, key and value), the biases become one vector added to the product. Apart
+//! they stay where the types differ (a Q4_K_M file's Q6_K value matrix), where only some
+//! parts have a bias, and off the CPU, where this was not measured.
 //!
 //! This module owns how weights are stacked and products split; it must not know which
 //! model's matrices they are.
@@ -37,29 +38,39 @@ enum Form {
 impl Stacked {
     /// `parts` (each `(outputs, inputs)`), stacked into one matrix where they can be.
     pub fn new(parts: Vec<QTensor>) -> Result<Self> {
-        let Some(first) = parts.first() else {
+        Self::with_biases(parts.into_iter().map(|p| (p, None)).collect())
+    }
+
+    /// `parts` with the bias each adds to its output (a Qwen2 layer's query, key and value),
+    /// stacked into one matrix, their biases into one vector, where they can be: every part
+    /// with a bias, or none.
+    pub fn with_biases(parts: Vec<(QTensor, Option<Tensor>)>) -> Result<Self> {
+        let Some((first, first_bias)) = parts.first() else {
             candle_core::bail!("no weight matrices to stack")
         };
         let stackable = parts.len() > 1
-            && parts.iter().all(|p| {
+            && parts.iter().all(|(p, bias)| {
                 p.device().is_cpu()
                     && p.dtype() == first.dtype()
                     && p.shape().dims().len() == 2
                     && p.shape().dims()[1] == first.shape().dims()[1]
+                    && bias.is_some() == first_bias.is_some()
             });
         if !stackable {
-            return Self::apart(parts);
+            return Self::apart_with_biases(parts);
         }
-        let widths: Vec<usize> = parts.iter().map(|p| p.shape().dims()[0]).collect();
+        let widths: Vec<usize> = parts.iter().map(|(p, _)| p.shape().dims()[0]).collect();
         let mut bytes = Vec::new();
-        for part in &parts {
+        for (part, _) in &parts {
             bytes.extend_from_slice(&part.data()?);
         }
         let dims = vec![widths.iter().sum(), first.shape().dims()[1]];
         let stacked = qtensor_from_ggml(first.dtype(), &bytes, dims, &first.device())?;
+        let biases: Option<Vec<Tensor>> = parts.iter().map(|(_, bias)| bias.clone()).collect();
+        let bias = biases.map(|biases| Tensor::cat(&biases, 0)).transpose()?;
         Ok(Self {
             form: Form::One {
-                weight: gguf_matmul(stacked)?,
+                weight: gguf_matmul(stacked, bias)?,
                 widths,
             },
         })
@@ -67,7 +78,15 @@ impl Stacked {
 
     /// `parts` multiplied one by one, as upstream does.
     pub fn apart(parts: Vec<QTensor>) -> Result<Self> {
-        let parts = parts.into_iter().map(gguf_matmul).collect::<Result<_>>()?;
+        Self::apart_with_biases(parts.into_iter().map(|p| (p, None)).collect())
+    }
+
+    /// `parts` with their biases, multiplied one by one, as upstream does.
+    pub fn apart_with_biases(parts: Vec<(QTensor, Option<Tensor>)>) -> Result<Self> {
+        let parts = parts
+            .into_iter()
+            .map(|(weight, bias)| gguf_matmul(weight, bias))
+            .collect::<Result<_>>()?;
         Ok(Self {
             form: Form::Apart(parts),
         })
@@ -99,9 +118,9 @@ impl Stacked {
     }
 }
 
-fn gguf_matmul(weight: QTensor) -> Result<Arc<dyn QuantMethod>> {
+fn gguf_matmul(weight: QTensor, bias: Option<Tensor>) -> Result<Arc<dyn QuantMethod>> {
     Ok(Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
         q_weight: Arc::new(weight),
-        b: None,
+        b: bias,
     })?))
 }
