@@ -346,13 +346,8 @@ fn the_silu_gate_agrees_with_the_formula() {
         let product = Tensor::from_vec(xs[..rows * 2 * width].to_vec(), (1, rows, 2 * width), &Device::Cpu).unwrap();
         let gate = product.narrow(2, 0, width).unwrap();
         let up = product.narrow(2, width, width).unwrap();
-        let viewed = silu_mul_cpu(&gate, &up).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let copied = silu_mul_cpu(&gate.contiguous().unwrap(), &up.contiguous().unwrap())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let viewed = floats(&silu_mul_cpu(&gate, &up).unwrap());
+        let copied = floats(&silu_mul_cpu(&gate.contiguous().unwrap(), &up.contiguous().unwrap()).unwrap());
         assert_eq!(viewed, copied, "{rows} rows");
     }
 }
@@ -369,6 +364,7 @@ fn stacked_weights_give_each_parts_product_bit_for_bit() {
     use candle_core::{Device, Tensor};
     use mistralrs_core::cpu_kernels::Stacked;
 
+    let same_bits = |a: &Tensor, b: &Tensor| floats(a).iter().map(|v| v.to_bits()).eq(floats(b).iter().map(|v| v.to_bits()));
     let parts = |k: usize, widths: &[(usize, GgmlDType)]| -> Vec<QTensor> {
         widths
             .iter()
@@ -402,12 +398,7 @@ fn stacked_weights_give_each_parts_product_bit_for_bit() {
             assert_eq!(got.len(), widths.len());
             for (i, (got, want)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(got.dims(), want.dims(), "part {i} of {widths:?}, {rows} rows");
-                let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                assert!(
-                    got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "part {i} of {widths:?}, {rows} rows: values differ"
-                );
+                assert!(same_bits(got, want), "part {i} of {widths:?}, {rows} rows: values differ");
             }
         }
     }
@@ -433,12 +424,7 @@ fn stacked_weights_give_each_parts_product_bit_for_bit() {
         for rows in [1, 7] {
             let x = Tensor::from_vec(values(rows * k, 51), (1, rows, k), &Device::Cpu).unwrap();
             for (i, (got, want)) in stacked.forward(&x).unwrap().iter().zip(&apart.forward(&x).unwrap()).enumerate() {
-                let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                assert!(
-                    got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "part {i}, biases {biased:?}, {rows} rows: values differ"
-                );
+                assert!(same_bits(got, want), "part {i}, biases {biased:?}, {rows} rows: values differ");
             }
         }
     }
@@ -447,10 +433,7 @@ fn stacked_weights_give_each_parts_product_bit_for_bit() {
     let x = Tensor::from_vec(values(k, 52), (1, 1, k), &Device::Cpu).unwrap();
     let biased = Stacked::with_biases(with_biases(&[true; 3])).unwrap().forward(&x).unwrap();
     let plain = plain.forward(&x).unwrap();
-    assert_ne!(
-        biased[2].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        plain[2].flatten_all().unwrap().to_vec1::<f32>().unwrap()
-    );
+    assert_ne!(floats(&biased[2]), floats(&plain[2]));
 }
 
 /// Top-1 sampling at a temperature (every greedy request graft sends mistralrs) takes the
