@@ -802,20 +802,24 @@ pub fn silu_mul_cpu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let numerator = if x >= 0.0 { x } else { x * e };
         numerator / (1.0 + e) * y
     }
-    let in_rows = |t: &Tensor| match row_starts(t.layout()) {
-        Some(_) => Ok(t.clone()),
-        None => t.contiguous(),
+    // Each tensor with where its rows start; one whose rows are not side by side, copied.
+    let in_rows = |t: &Tensor| -> Result<(Tensor, Vec<usize>)> {
+        if let Some(starts) = row_starts(t.layout()) {
+            return Ok((t.clone(), starts));
+        }
+        let t = t.contiguous()?;
+        let Some(starts) = row_starts(t.layout()) else {
+            candle_core::bail!("silu_mul_cpu: rows not found")
+        };
+        Ok((t, starts))
     };
-    let (a, b) = (in_rows(a)?, in_rows(b)?);
+    let ((a, a_starts), (b, b_starts)) = (in_rows(a)?, in_rows(b)?);
     let n = a.elem_count();
     let row = a.dims().last().copied().unwrap_or(1);
     let mut out = vec![0f32; n];
     if n > 0 {
         let (a_guard, a_layout) = a.storage_and_layout();
         let (b_guard, b_layout) = b.storage_and_layout();
-        let (Some(a_starts), Some(b_starts)) = (row_starts(a_layout), row_starts(b_layout)) else {
-            candle_core::bail!("silu_mul_cpu: rows not found")
-        };
         // Every row's elements, from the first row's start on.
         let span = |starts: &[usize], layout: &candle_core::Layout| {
             starts.iter().max().map_or(0, |last| last + row - layout.start_offset())

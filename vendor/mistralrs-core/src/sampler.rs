@@ -487,7 +487,7 @@ impl Sampler {
         for (i, &v) in values.iter().enumerate() {
             if v.is_nan() || v == f32::INFINITY {
                 return Err(Error::Msg(format!(
-                    "Invalid sampling probability at index {i}: NaN. The model likely produced NaN/Inf logits."
+                    "Invalid sampling logit at index {i}: {v}. The model likely produced NaN/Inf logits."
                 )));
             }
             if v > max {
