@@ -450,7 +450,8 @@ unsafe fn x8_tile<const R: usize>(
     let high = _mm512_set1_epi8(i8::MIN);
     let zero = _mm512_setzero_si512();
     let ahead = PREFETCH_ROWS_AHEAD * blocks * std::mem::size_of::<BlockQ8_0>();
-    // The weight scales of a pair's rows, each over its half: lanes 0-7 element 2p, 8-15 2p+1.
+    // The scale of each lane's pair (of the four, one per weight row): lanes 0-7 take pair
+    // 2p's, lanes 8-15 pair 2p+1's.
     let halves = [
         _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
         _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
@@ -471,7 +472,7 @@ unsafe fn x8_tile<const R: usize>(
             // -128 × each lane's four weights.
             start[p] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, high, bx[p]));
         }
-        let xd = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_setr_epi16(
+        let xd = _mm_cvtph_ps(_mm_setr_epi16(
             xs[0][i].d.to_bits() as i16,
             xs[1][i].d.to_bits() as i16,
             xs[2][i].d.to_bits() as i16,
@@ -480,8 +481,7 @@ unsafe fn x8_tile<const R: usize>(
             0,
             0,
             0,
-        )));
-        let xd = halves.map(|half| _mm512_permutexvar_ps(half, xd));
+        ));
         for r in 0..R {
             let y = &ys[r][i];
             // The input's bytes plus 128, as unsigned bytes, in both halves.
@@ -489,10 +489,13 @@ unsafe fn x8_tile<const R: usize>(
                 _mm512_broadcast_i64x4(_mm256_loadu_si256(y.qs.as_ptr() as *const __m256i)),
                 high,
             );
-            let yd = _mm512_cvtph_ps(_mm256_set1_epi16(y.d.to_bits() as i16));
+            // The four pairs' scales (each weight row's times the input's) in one 128-bit
+            // product, each pair's then spread over its half.
+            let yd = _mm_cvtph_ps(_mm_set1_epi16(y.d.to_bits() as i16));
+            let d = _mm512_castps128_ps512(_mm_mul_ps(xd, yd));
             for p in 0..2 {
                 let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start[p], by, bx[p]));
-                acc[r][p] = _mm512_fmadd_ps(_mm512_mul_ps(xd[p], yd), q, acc[r][p]);
+                acc[r][p] = _mm512_fmadd_ps(_mm512_permutexvar_ps(halves[p], d), q, acc[r][p]);
             }
         }
     }
