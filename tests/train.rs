@@ -522,11 +522,23 @@ async fn the_training_forward_predicts_what_the_served_engine_generates() {
 /// biases on q, k and v (which qwen2 has and llama has not), and output weights scaled up so
 /// the most likely token is clear (the toy's are tiny).
 fn tiny_qwen2(out: &std::path::Path) {
-    toy_as("qwen2", true, out);
+    toy_as("qwen2", true, KvHeads::Four, out);
 }
 
-/// The toy llama's weights (f32) under another architecture's name, with q/k/v biases or not.
-fn toy_as(arch: &str, biases: bool, out: &std::path::Path) {
+/// What the toy's key and value heads become (it has four, one per query head).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum KvHeads {
+    Four,
+    /// The first two only: grouped-query attention, each read by two query heads.
+    Two,
+    /// The first two, each written twice, for the two query heads that read it: the model of
+    /// `Two` without grouping.
+    TwoRepeated,
+}
+
+/// The toy llama's weights (f32) under another architecture's name, with q/k/v biases or not,
+/// its key and value heads as `kv`.
+fn toy_as(arch: &str, biases: bool, kv: KvHeads, out: &std::path::Path) {
     use candle_core::quantized::gguf_file::Value;
     let source = kit_file("tiny-llama");
     let has_output = {
@@ -546,6 +558,24 @@ fn toy_as(arch: &str, biases: bool, out: &std::path::Path) {
             if name == output {
                 t = (t * 40.0).unwrap();
             }
+            if kv != KvHeads::Four && (name.ends_with("attn_k.weight") || name.ends_with("attn_v.weight")) {
+                // `[heads · head size, width]`, whole heads taken (llama.cpp permutes q and k
+                // rows within each head); copied out, as the quantizer reads whole storage.
+                let (size, width) = (t.dim(0).unwrap() / 4, t.dim(1).unwrap());
+                let heads: &[usize] = if kv == KvHeads::Two { &[0, 1] } else { &[0, 0, 1, 1] };
+                let mut rows = Vec::new();
+                for &h in heads {
+                    rows.extend(
+                        t.narrow(0, h * size, size)
+                            .unwrap()
+                            .flatten_all()
+                            .unwrap()
+                            .to_vec1::<f32>()
+                            .unwrap(),
+                    );
+                }
+                t = Tensor::from_vec(rows, (heads.len() * size, width), &cpu).unwrap();
+            }
             if biases
                 && ["attn_q", "attn_k", "attn_v"]
                     .iter()
@@ -559,6 +589,16 @@ fn toy_as(arch: &str, biases: bool, out: &std::path::Path) {
             written
         },
         |k, v| match k.strip_prefix("llama.") {
+            Some("attention.head_count_kv") if kv == KvHeads::Two => {
+                let kept = 2;
+                let value = match v {
+                    Value::U32(_) => Value::U32(kept as u32),
+                    Value::I32(_) => Value::I32(kept as i32),
+                    Value::U64(_) => Value::U64(kept as u64),
+                    other => panic!("head_count_kv is {other:?}"),
+                };
+                (format!("{arch}.attention.head_count_kv"), value)
+            }
             Some(rest) => (format!("{arch}.{rest}"), v.clone()),
             None if k == "general.architecture" => (k.to_owned(), Value::String(arch.into())),
             None => (k.to_owned(), v.clone()),
@@ -595,12 +635,50 @@ async fn qwen2_trains_with_exact_gradients_and_the_engines_forward() {
     written_adapter_merges_to_the_trained_model(&qwen);
 }
 
+/// Grouped-query attention, as SmolLM2 and Qwen2.5 have (fewer key and value heads than query
+/// heads, each read by a block of query heads; the toy has four of each): the toy with two of
+/// its key/value heads gives the logits of the same toy with those heads written once per query
+/// head, predicts the token graft's engine generates, and its adapters' gradients match finite
+/// differences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_query_attention_trains_with_exact_gradients_and_the_engines_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gqa, repeated) = (dir.path().join("tiny-gqa.gguf"), dir.path().join("tiny-repeated.gguf"));
+    toy_as("llama", false, KvHeads::Two, &gqa);
+    toy_as("llama", false, KvHeads::TwoRepeated, &repeated);
+    let (grouped, apart) = (
+        Model::load(&gqa, DType::F64, None, 1).unwrap(),
+        Model::load(&repeated, DType::F64, None, 1).unwrap(),
+    );
+    assert_eq!((grouped.heads, grouped.kv_heads, apart.kv_heads), (4, 2, 4));
+    let ids: Vec<u32> = (0..40u32).map(|i| (i * 7919 + 101) % 1000).collect();
+    let (a, b) = (grouped.logits(&ids).unwrap(), apart.logits(&ids).unwrap());
+    assert!(max_abs_diff(&a, &b) < 1e-9, "{}", max_abs_diff(&a, &b));
+    assert!(max_abs_diff(&a, &a.zeros_like().unwrap()) > 1e-3);
+
+    let model = Model::load(&gqa, DType::F32, None, 1).unwrap();
+    let vocab = model.logits(&[1]).unwrap().dim(1).unwrap() as u32;
+    let ids: Vec<u32> = (0..61u32).map(|i| (i * 7919 + 101) % vocab).collect();
+    let top = model
+        .logits(&ids)
+        .unwrap()
+        .argmax(candle_core::D::Minus1)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    let (agree, differ) = served_agreement(&gqa, &ids, &top).await;
+    assert!(agree >= 0.99, "top-1 agreement {agree}: {differ:?}");
+    let distinct: std::collections::HashSet<_> = top.iter().collect();
+    assert!(distinct.len() > 5, "{top:?}");
+    gradients_match_finite_differences(&gqa);
+}
+
 /// A model of another family is refused by name before anything is trained.
 #[test]
 fn an_unsupported_architecture_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("toy-phi2.gguf");
-    toy_as("phi2", false, &path);
+    toy_as("phi2", false, KvHeads::Four, &path);
     let err = Model::load(&path, DType::F32, Some(&LoraSettings::default()), 1)
         .err()
         .expect("refused");

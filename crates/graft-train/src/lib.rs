@@ -7,6 +7,8 @@
 //!   A training step keeps one layer's graph at a time (activation checkpointing).
 //! - [`frozen`]: the product with a frozen weight, whose backward gives the input's gradient
 //!   only (no weight-sized gradient per projection).
+//! - [`fused`]: the model's elementwise steps (RMS norm, rotary embeddings, causal softmax, the
+//!   MLP's gate) as single ops with their own backward passes.
 //! - [`optim`]: AdamW with its moments in the open.
 //! - [`peft`]: the adapters written as a PEFT folder (Hugging Face names and row order).
 //! - [`train`]: the loop (warmup and cosine decay, accumulation, clipping, validation with the
@@ -18,11 +20,11 @@
 
 pub mod checkpoint;
 pub mod frozen;
+pub mod fused;
 pub mod lora;
 pub mod model;
 pub mod optim;
 pub mod peft;
-pub mod softmax;
 pub mod staged;
 pub mod train;
 

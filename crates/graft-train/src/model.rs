@@ -1,8 +1,8 @@
 //! The base model's forward pass for training, from its GGUF file: every weight dequantized
 //! (the served weights, as QLoRA trains against its quantized base) and frozen, adapters on
 //! the chosen projections, and only ops with a backward pass (`log_softmax` composed of
-//! primitive ops, `rms_norm_slow`, `rope_i_slow` / `rope_slow`, graft's fused causal softmax;
-//! never candle's fused kernels, which silently cut the gradient).
+//! primitive ops; graft's fused RMS norm, rotary embeddings, causal softmax and MLP gate,
+//! `crate::fused`; never candle's fused kernels, which silently cut the gradient).
 //!
 //! Frozen weights multiply through [`crate::frozen`] (no weight gradient). A training step
 //! ([`Model::backward`]) keeps only each layer's input: it runs the layers without a graph,
@@ -23,8 +23,9 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use graft_core::random::Rng;
 use graft_gguf::{BaseGguf, GgufError};
 
+use crate::frozen;
+use crate::fused::{glu, norm, rope, softmax};
 use crate::lora::{Lora, LoraSettings};
-use crate::{frozen, softmax};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -112,8 +113,9 @@ pub struct Model {
     output: Tensor,
     norm: Tensor,
     layers: Vec<Layer>,
-    heads: usize,
-    kv_heads: usize,
+    /// Query heads, and key/value heads (fewer with grouped-query attention).
+    pub heads: usize,
+    pub kv_heads: usize,
     head_dim: usize,
     eps: f64,
     rope_base: f64,
@@ -274,40 +276,27 @@ impl Model {
         let layer = &self.layers[l];
         let len = x.dim(1)?;
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
-        let n = candle_nn::ops::rms_norm_slow(x, &layer.attn_norm, self.eps as f32)?;
+        let n = norm::rms(x, &layer.attn_norm, self.eps)?;
         let q = self.linear(l, "q_proj", &n, pass)?.reshape((1, len, h, hd))?.transpose(1, 2)?;
         let k = self.linear(l, "k_proj", &n, pass)?.reshape((1, len, kvh, hd))?.transpose(1, 2)?;
         let v = self.linear(l, "v_proj", &n, pass)?.reshape((1, len, kvh, hd))?.transpose(1, 2)?;
         let (cos, sin) = (&tables.cos, &tables.sin);
         let (q, k) = match self.arch {
-            Arch::Llama => (
-                candle_nn::rotary_emb::rope_i_slow(&q.contiguous()?, cos, sin)?,
-                candle_nn::rotary_emb::rope_i_slow(&k.contiguous()?, cos, sin)?,
-            ),
-            Arch::Qwen2 => (
-                candle_nn::rotary_emb::rope_slow(&q.contiguous()?, cos, sin)?,
-                candle_nn::rotary_emb::rope_slow(&k.contiguous()?, cos, sin)?,
-            ),
+            Arch::Llama => (rope::interleaved(&q, cos, sin)?, rope::interleaved(&k, cos, sin)?),
+            Arch::Qwen2 => (rope::halves(&q, cos, sin)?, rope::halves(&k, cos, sin)?),
         };
-        let (k, v) = if kvh == h {
-            (k, v)
-        } else {
-            let repeat = |t: Tensor| -> candle_core::Result<Tensor> {
-                t.unsqueeze(2)?
-                    .broadcast_as((1, kvh, h / kvh, len, hd))?
-                    .contiguous()?
-                    .reshape((1, h, len, hd))
-            };
-            (repeat(k)?, repeat(v)?)
-        };
+        // The query heads that share a key and value head are consecutive (as `repeat_kv`
+        // orders them): each key/value head's queries as one block of rows, `[1, kvh,
+        // groups · len, hd]`, read its keys and values once, never copied per head.
+        let q = q.reshape((1, kvh, h / kvh * len, hd))?;
         let scores = q.matmul(&k.t()?)?;
         let attention = softmax::causal(&scores, 1.0 / (hd as f64).sqrt())?.matmul(&v.contiguous()?)?;
-        let attention = attention.transpose(1, 2)?.reshape((1, len, h * hd))?;
+        let attention = attention.reshape((1, h, len, hd))?.transpose(1, 2)?.reshape((1, len, h * hd))?;
         let x = (x + self.linear(l, "o_proj", &attention, pass)?)?;
-        let n = candle_nn::ops::rms_norm_slow(&x, &layer.ffn_norm, self.eps as f32)?;
-        let gate = self.linear(l, "gate_proj", &n, pass)?.silu()?;
+        let n = norm::rms(&x, &layer.ffn_norm, self.eps)?;
+        let gate = self.linear(l, "gate_proj", &n, pass)?;
         let up = self.linear(l, "up_proj", &n, pass)?;
-        x + self.linear(l, "down_proj", &(gate * up)?, pass)?
+        x + self.linear(l, "down_proj", &glu::silu_mul(&gate, &up)?, pass)?
     }
 
     /// The last layer's output for `ids`, `[len, dim]` (before the final norm).
@@ -322,7 +311,7 @@ impl Model {
 
     /// The logits of rows of the last layer's output (`[n, dim]` → `[n, vocab]`).
     fn head(&self, rows: &Tensor) -> candle_core::Result<Tensor> {
-        let normed = candle_nn::ops::rms_norm_slow(rows, &self.norm, self.eps as f32)?;
+        let normed = norm::rms(rows, &self.norm, self.eps)?;
         frozen::matmul_t(&normed, &self.output)
     }
 

@@ -5,12 +5,15 @@
 //! training step's time after the matmuls on a CPU.
 //!
 //! Scores are `[..., len, len]` for positions `0..len` (training reads whole examples from
-//! their start): row `i` sees keys `0..=i`; the others get exactly zero.
+//! their start): row `i` sees keys `0..=i`; the others get exactly zero. Several query heads
+//! that read the same keys (grouped-query attention) may come as one block of rows,
+//! `[..., heads · len, len]`: row `i` of each head sees keys `0..=i`.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use num_traits::Float;
 use rayon::prelude::*;
+
+use super::{contiguous, float_dtype, on_cpu};
 
 struct CausalSoftmax {
     scale: f64,
@@ -21,18 +24,12 @@ struct CausalSoftmaxBackward {
     scale: f64,
 }
 
-fn contiguous<'a, T: candle_core::WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
-        None => candle_core::bail!("causal softmax: the scores must be contiguous"),
-    }
-}
-
-fn square(layout: &Layout) -> Result<usize> {
+/// The length of the scores' rows, `len`, for scores `[..., n · len, len]`.
+fn row_length(layout: &Layout) -> Result<usize> {
     let dims = layout.dims();
     match dims {
-        [.., a, b] if a == b && *a > 0 => Ok(*b),
-        _ => candle_core::bail!("causal softmax: scores must be [..., len, len], got {dims:?}"),
+        [.., a, b] if *b > 0 && a % b == 0 => Ok(*b),
+        _ => candle_core::bail!("causal softmax: scores must be [..., n · len, len], got {dims:?}"),
     }
 }
 
@@ -76,11 +73,10 @@ impl CustomOp1 for CausalSoftmax {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let len = square(layout)?;
-        let out = match storage.dtype() {
-            DType::F32 => CpuStorage::F32(forward(contiguous::<f32>(storage, layout)?, len, self.scale as f32)),
-            DType::F64 => CpuStorage::F64(forward(contiguous::<f64>(storage, layout)?, len, self.scale)),
-            other => candle_core::bail!("causal softmax: {other:?} scores (f32 and f64 are supported)"),
+        let len = row_length(layout)?;
+        let out = match float_dtype(storage, "causal softmax")? {
+            DType::F32 => CpuStorage::F32(forward(contiguous::<f32>(storage, layout, "the scores")?, len, self.scale as f32)),
+            _ => CpuStorage::F64(forward(contiguous::<f64>(storage, layout, "the scores")?, len, self.scale)),
         };
         Ok((out, layout.shape().clone()))
     }
@@ -97,26 +93,33 @@ impl CustomOp2 for CausalSoftmaxBackward {
     }
 
     fn cpu_fwd(&self, y: &CpuStorage, yl: &Layout, g: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let len = square(yl)?;
+        let len = row_length(yl)?;
         if yl.shape() != gl.shape() {
             candle_core::bail!("causal softmax backward: {:?} and {:?}", yl.shape(), gl.shape());
         }
-        let out = match y.dtype() {
-            DType::F32 => CpuStorage::F32(backward(contiguous(y, yl)?, contiguous(g, gl)?, len, self.scale as f32)),
-            DType::F64 => CpuStorage::F64(backward(contiguous(y, yl)?, contiguous(g, gl)?, len, self.scale)),
-            other => candle_core::bail!("causal softmax backward: {other:?}"),
+        let (y_what, g_what) = ("the softmax", "its gradient");
+        let out = match float_dtype(y, "causal softmax backward")? {
+            DType::F32 => CpuStorage::F32(backward(
+                contiguous(y, yl, y_what)?,
+                contiguous(g, gl, g_what)?,
+                len,
+                self.scale as f32,
+            )),
+            _ => CpuStorage::F64(backward(contiguous(y, yl, y_what)?, contiguous(g, gl, g_what)?, len, self.scale)),
         };
         Ok((out, yl.shape().clone()))
     }
 }
 
-/// `softmax(scale · scores + causal mask)` over the last dimension of `scores` (`[..., len,
+/// `softmax(scale · scores + causal mask)` over the last dimension of `scores` (`[..., n · len,
 /// len]`), with a backward pass. On a GPU, candle's composed ops (the fused kernel is CPU code).
 pub fn causal(scores: &Tensor, scale: f64) -> Result<Tensor> {
-    if !scores.device().is_cpu() {
-        let len = scores.dim(candle_core::D::Minus1)?;
-        let mask: Vec<f32> = (0..len * len).map(|i| if i % len > i / len { -1e9 } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(mask, (len, len), scores.device())?.to_dtype(scores.dtype())?;
+    if !on_cpu(scores) {
+        let (rows, len) = (scores.dim(candle_core::D::Minus2)?, scores.dim(candle_core::D::Minus1)?);
+        let mask: Vec<f32> = (0..rows * len)
+            .map(|i| if i % len > (i / len) % len { -1e9 } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(mask, (rows, len), scores.device())?.to_dtype(scores.dtype())?;
         let masked = (scores * scale)?.broadcast_add(&mask)?;
         return candle_nn::ops::softmax(&masked, candle_core::D::Minus1);
     }
@@ -161,6 +164,12 @@ mod tests {
         let (a, b) = (ours.get(scores.as_tensor()).unwrap(), theirs.get(scores.as_tensor()).unwrap());
         assert!(max_diff(a, b) < 1e-12, "{}", max_diff(a, b));
         assert!(a.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap() > 1e-3);
+
+        // Two heads' rows as one block give each head's own softmax.
+        let grouped = causal(&scores.as_tensor().reshape((1, 1, 2 * len, len)).unwrap(), scale).unwrap();
+        let apart = causal(scores.as_tensor(), scale).unwrap();
+        assert!(max_diff(&grouped.reshape((1, 2, len, len)).unwrap(), &apart) == 0.0);
+        assert!(causal(&Tensor::zeros((1, 5, 3), DType::F64, &device).unwrap(), scale).is_err());
 
         let f32_scores = scores.as_tensor().to_dtype(DType::F32).unwrap();
         let f32_out = causal(&f32_scores, scale).unwrap().to_dtype(DType::F64).unwrap();
