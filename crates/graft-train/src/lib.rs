@@ -8,7 +8,7 @@
 //! - [`frozen`]: the product with a frozen weight, whose backward gives the input's gradient
 //!   only (no weight-sized gradient per projection).
 //! - [`fused`]: the model's elementwise steps (RMS norm, rotary embeddings, causal softmax, the
-//!   MLP's gate) as single ops with their own backward passes.
+//!   MLP's gate, the loss) as single ops with their own backward passes.
 //! - [`optim`]: AdamW with its moments in the open.
 //! - [`peft`]: the adapters written as a PEFT folder (Hugging Face names and row order).
 //! - [`train`]: the loop (warmup and cosine decay, accumulation, clipping, validation with the

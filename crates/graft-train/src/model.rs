@@ -1,8 +1,8 @@
 //! The base model's forward pass for training, from its GGUF file: every weight dequantized
 //! (the served weights, as QLoRA trains against its quantized base) and frozen, adapters on
-//! the chosen projections, and only ops with a backward pass (`log_softmax` composed of
-//! primitive ops; graft's fused RMS norm, rotary embeddings, causal softmax and MLP gate,
-//! `crate::fused`; never candle's fused kernels, which silently cut the gradient).
+//! the chosen projections, and only ops with a backward pass (graft's fused RMS norm, rotary
+//! embeddings, causal softmax, MLP gate and loss, `crate::fused`; never candle's fused
+//! kernels, which silently cut the gradient).
 //!
 //! Frozen weights multiply through [`crate::frozen`] (no weight gradient). A training step
 //! ([`Model::backward`]) keeps only each layer's input: it runs the layers without a graph,
@@ -19,12 +19,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use graft_core::random::Rng;
 use graft_gguf::{BaseGguf, GgufError};
 
 use crate::frozen;
-use crate::fused::{glu, norm, rope, softmax};
+use crate::fused::{glu, nll, norm, rope, softmax};
 use crate::lora::{Lora, LoraSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -317,9 +317,7 @@ impl Model {
 
     /// Sum of `-log p(wanted[i])` under the logits of `rows`, as a tensor with its graph.
     fn nll(&self, rows: &Tensor, wanted: &[u32]) -> candle_core::Result<Tensor> {
-        let log_probs = candle_nn::ops::log_softmax(&self.head(rows)?, D::Minus1)?;
-        let wanted = Tensor::from_vec(wanted.to_vec(), (wanted.len(), 1), &self.device)?;
-        log_probs.gather(&wanted, 1)?.sum_all()?.neg()
+        nll::of(&self.head(rows)?, wanted)?.sum_all()
     }
 
     /// The logits of every position, `[len, vocab]`.

@@ -1,6 +1,6 @@
 //! The model's elementwise steps fused for training on a CPU, each one op with its own
 //! backward pass: attention's causal softmax ([`softmax`]), the RMS norm ([`norm`]), rotary
-//! embeddings ([`rope`]) and the MLP's gate ([`glu`]). Composed from candle's elementwise ops,
+//! embeddings ([`rope`]), the MLP's gate ([`glu`]) and the output layer's loss ([`nll`]). Composed from candle's elementwise ops,
 //! each was several passes over its tensor forward and more backward (candle's backward of a
 //! product also computes the gradient of its constant side, and accumulates every gradient onto
 //! zeros), most on one thread; fused, each is one parallel pass each way.
@@ -13,6 +13,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Result, Tensor, WithDType};
 
 pub mod glu;
+pub mod nll;
 pub mod norm;
 pub mod rope;
 pub mod softmax;
