@@ -590,11 +590,11 @@ fn toy_as(arch: &str, biases: bool, kv: KvHeads, out: &std::path::Path) {
         },
         |k, v| match k.strip_prefix("llama.") {
             Some("attention.head_count_kv") if kv == KvHeads::Two => {
-                let kept = 2;
+                let kept: u32 = 2;
                 let value = match v {
-                    Value::U32(_) => Value::U32(kept as u32),
+                    Value::U32(_) => Value::U32(kept),
                     Value::I32(_) => Value::I32(kept as i32),
-                    Value::U64(_) => Value::U64(kept as u64),
+                    Value::U64(_) => Value::U64(kept.into()),
                     other => panic!("head_count_kv is {other:?}"),
                 };
                 (format!("{arch}.attention.head_count_kv"), value)

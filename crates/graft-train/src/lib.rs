@@ -4,9 +4,10 @@
 //! - [`model`]: the base model's forward pass (llama and qwen2) from its GGUF file, dequantized,
 //!   with adapters on the chosen projections, built only from candle ops that have a backward
 //!   pass; the loss only where a token is a target.
-//!   A training step keeps one layer's graph at a time (activation checkpointing).
+//!   A training step keeps one layer's graph at a time (activation checkpointing), and on a
+//!   CPU each layer's frozen products from its first run for its second.
 //! - [`frozen`]: the product with a frozen weight, whose backward gives the input's gradient
-//!   only (no weight-sized gradient per projection).
+//!   only (no weight-sized gradient per projection); a known one is taken as it is.
 //! - [`fused`]: the model's elementwise steps (RMS norm, rotary embeddings, causal softmax, the
 //!   MLP's gate, the loss) as single ops with their own backward passes.
 //! - [`optim`]: AdamW with its moments in the open.

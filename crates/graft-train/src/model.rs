@@ -5,11 +5,14 @@
 //! kernels, which silently cut the gradient).
 //!
 //! Frozen weights multiply through [`crate::frozen`] (no weight gradient). A training step
-//! ([`Model::backward`]) keeps only each layer's input: it runs the layers without a graph,
-//! then, last layer first, runs each again with one and back-propagates the gradient that
-//! reached its output (activation checkpointing: one layer's graph alive at a time, for a
-//! third more compute). The output layer runs on a few positions at a time, so the
-//! vocabulary-wide logits of a long example are never all in memory.
+//! ([`Model::backward`]) keeps each layer's input and, on a CPU, its frozen products: it runs
+//! the layers without a graph, then, last layer first, runs each again with one, taking those
+//! products from the first run instead of multiplying again, and back-propagates the gradient
+//! that reached its output (activation checkpointing: one layer's graph alive at a time; what
+//! runs twice is attention, the adapters and the elementwise steps, not the frozen products,
+//! most of the arithmetic; a GPU multiplies again and keeps less). The output layer runs on a
+//! few positions at a time, so the vocabulary-wide logits of a long example are never all in
+//! memory.
 //!
 //! Weights stay in GGUF order: llama's q and k rows are permuted by llama.cpp's converter, so
 //! llama runs interleaved rotary embeddings (`rope_i`); qwen2's are not, so it runs the halves
@@ -64,6 +67,20 @@ const EVALUATE: Pass = Pass {
     track: false,
     dropout: None,
 };
+
+/// A layer's frozen products (`x Wᵀ`) by projection.
+type Products = BTreeMap<&'static str, Tensor>;
+
+/// What a run of a layer does with its frozen products, most of its arithmetic.
+enum Kept<'a> {
+    /// Computes them.
+    Nothing,
+    /// Computes them and keeps them: a training step's first run of the layer.
+    Keep(&'a mut Products),
+    /// Takes them from the first run, which read the same input with the same adapters and
+    /// dropout: the second run (with a graph) multiplies only for the gradient.
+    Reuse(&'a Products),
+}
 
 /// Positions of the output layer computed at once (each `vocab` logits wide).
 const HEAD_ROWS: usize = 128;
@@ -229,12 +246,23 @@ impl Model {
         self.layers.iter().map(|l| &l.loras).collect()
     }
 
-    fn linear(&self, l: usize, projection: &str, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
+    fn linear(&self, l: usize, projection: &str, x: &Tensor, pass: Pass, kept: &mut Kept) -> candle_core::Result<Tensor> {
         let layer = &self.layers[l];
-        let Some((w, bias)) = layer.weights.get(projection) else {
+        let Some((&name, (w, bias))) = layer.weights.get_key_value(projection) else {
             candle_core::bail!("no {projection}");
         };
-        let mut y = frozen::matmul_t(x, w)?;
+        let mut y = match kept {
+            Kept::Reuse(products) => match products.get(name) {
+                Some(y) => frozen::known_matmul_t(x, w, y)?,
+                None => candle_core::bail!("layer {l}'s first run kept no {projection}"),
+            },
+            Kept::Keep(products) => {
+                let y = frozen::matmul_t(x, w)?;
+                products.insert(name, y.clone());
+                y
+            }
+            Kept::Nothing => frozen::matmul_t(x, w)?,
+        };
         if let Some(b) = bias {
             y = y.broadcast_add(b)?;
         }
@@ -272,14 +300,23 @@ impl Model {
     }
 
     /// Layer `l` on `x` (`[1, len, dim]`).
-    fn layer(&self, l: usize, x: &Tensor, tables: &Tables, pass: Pass) -> candle_core::Result<Tensor> {
+    fn layer(&self, l: usize, x: &Tensor, tables: &Tables, pass: Pass, kept: &mut Kept) -> candle_core::Result<Tensor> {
         let layer = &self.layers[l];
         let len = x.dim(1)?;
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
         let n = norm::rms(x, &layer.attn_norm, self.eps)?;
-        let q = self.linear(l, "q_proj", &n, pass)?.reshape((1, len, h, hd))?.transpose(1, 2)?;
-        let k = self.linear(l, "k_proj", &n, pass)?.reshape((1, len, kvh, hd))?.transpose(1, 2)?;
-        let v = self.linear(l, "v_proj", &n, pass)?.reshape((1, len, kvh, hd))?.transpose(1, 2)?;
+        let q = self
+            .linear(l, "q_proj", &n, pass, kept)?
+            .reshape((1, len, h, hd))?
+            .transpose(1, 2)?;
+        let k = self
+            .linear(l, "k_proj", &n, pass, kept)?
+            .reshape((1, len, kvh, hd))?
+            .transpose(1, 2)?;
+        let v = self
+            .linear(l, "v_proj", &n, pass, kept)?
+            .reshape((1, len, kvh, hd))?
+            .transpose(1, 2)?;
         let (cos, sin) = (&tables.cos, &tables.sin);
         let (q, k) = match self.arch {
             Arch::Llama => (rope::interleaved(&q, cos, sin)?, rope::interleaved(&k, cos, sin)?),
@@ -292,11 +329,11 @@ impl Model {
         let scores = q.matmul(&k.t()?)?;
         let attention = softmax::causal(&scores, 1.0 / (hd as f64).sqrt())?.matmul(&v.contiguous()?)?;
         let attention = attention.reshape((1, h, len, hd))?.transpose(1, 2)?.reshape((1, len, h * hd))?;
-        let x = (x + self.linear(l, "o_proj", &attention, pass)?)?;
+        let x = (x + self.linear(l, "o_proj", &attention, pass, kept)?)?;
         let n = norm::rms(&x, &layer.ffn_norm, self.eps)?;
-        let gate = self.linear(l, "gate_proj", &n, pass)?;
-        let up = self.linear(l, "up_proj", &n, pass)?;
-        x + self.linear(l, "down_proj", &glu::silu_mul(&gate, &up)?, pass)?
+        let gate = self.linear(l, "gate_proj", &n, pass, kept)?;
+        let up = self.linear(l, "up_proj", &n, pass, kept)?;
+        x + self.linear(l, "down_proj", &glu::silu_mul(&gate, &up)?, pass, kept)?
     }
 
     /// The last layer's output for `ids`, `[len, dim]` (before the final norm).
@@ -304,7 +341,7 @@ impl Model {
         let tables = self.tables(ids.len())?;
         let mut x = self.embed(ids)?;
         for l in 0..self.layers.len() {
-            x = self.layer(l, &x, &tables, pass)?;
+            x = self.layer(l, &x, &tables, pass, &mut Kept::Nothing)?;
         }
         x.squeeze(0)
     }
@@ -364,10 +401,10 @@ impl Model {
     }
 
     /// One example's loss and the gradients of every adapter weight, by activation
-    /// checkpointing: the layers run once without a graph keeping each one's input, the
-    /// output layer's gradient is taken a few positions at a time, then each layer, last
-    /// first, runs again from its input with a graph and passes the gradient at its output
-    /// back to its input. `dropout` seeds the adapters' dropout (the same in both runs);
+    /// checkpointing: the layers run once without a graph keeping each one's input (and on
+    /// a CPU its frozen products), the output layer's gradient is taken a few positions at a
+    /// time, then each layer, last first, runs again from its input with a graph (reusing
+    /// those products) and passes the gradient at its output back to its input. `dropout` seeds the adapters' dropout (the same in both runs);
     /// `None` trains without it. `None` when no token is a target.
     pub fn backward(&self, ids: &[u32], target: &[bool], dropout: Option<u64>) -> candle_core::Result<Option<Gradients>> {
         let positions = predicting(ids, target);
@@ -378,10 +415,16 @@ impl Model {
         let tables = self.tables(len)?;
         let first = Pass { track: false, dropout };
         let mut inputs = Vec::with_capacity(self.layers.len());
+        // Each layer's frozen products, which its second run takes instead of multiplying
+        // again (on a CPU, where the products are the time; a GPU multiplies again).
+        let keep = self.device.is_cpu();
+        let mut products: Vec<Products> = Vec::with_capacity(self.layers.len());
         let mut x = self.embed(ids)?;
         for l in 0..self.layers.len() {
-            let next = self.layer(l, &x, &tables, first)?;
+            let mut kept = Products::new();
+            let next = self.layer(l, &x, &tables, first, &mut if keep { Kept::Keep(&mut kept) } else { Kept::Nothing })?;
             inputs.push(x);
+            products.push(kept);
             x = next;
         }
         let rows = self.target_rows(&x.squeeze(0)?, &positions)?;
@@ -411,7 +454,9 @@ impl Model {
                 Some(x) => Var::from_tensor(&x)?,
                 None => candle_core::bail!("layer {l} has no saved input"),
             };
-            let out = self.layer(l, input.as_tensor(), &tables, second)?;
+            let kept = products.pop().unwrap_or_default();
+            let mut reuse = if keep { Kept::Reuse(&kept) } else { Kept::Nothing };
+            let out = self.layer(l, input.as_tensor(), &tables, second, &mut reuse)?;
             let grads = (out * &grad)?.sum_all()?.backward()?;
             by_layer[l] = self.layers[l]
                 .loras
