@@ -404,8 +404,9 @@ impl Model {
     /// checkpointing: the layers run once without a graph keeping each one's input (and on
     /// a CPU its frozen products), the output layer's gradient is taken a few positions at a
     /// time, then each layer, last first, runs again from its input with a graph (reusing
-    /// those products) and passes the gradient at its output back to its input. `dropout` seeds the adapters' dropout (the same in both runs);
-    /// `None` trains without it. `None` when no token is a target.
+    /// those products) and passes the gradient at its output back to its input. `dropout`
+    /// seeds the adapters' dropout (the same in both runs); `None` trains without it. `None`
+    /// when no token is a target.
     pub fn backward(&self, ids: &[u32], target: &[bool], dropout: Option<u64>) -> candle_core::Result<Option<Gradients>> {
         let positions = predicting(ids, target);
         if positions.is_empty() {

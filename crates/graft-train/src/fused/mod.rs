@@ -1,9 +1,10 @@
 //! The model's elementwise steps fused for training on a CPU, each one op with its own
 //! backward pass: attention's causal softmax ([`softmax`]), the RMS norm ([`norm`]), rotary
-//! embeddings ([`rope`]), the MLP's gate ([`glu`]) and the output layer's loss ([`nll`]). Composed from candle's elementwise ops,
-//! each was several passes over its tensor forward and more backward (candle's backward of a
-//! product also computes the gradient of its constant side, and accumulates every gradient onto
-//! zeros), most on one thread; fused, each is one parallel pass each way.
+//! embeddings ([`rope`]), the MLP's gate ([`glu`]) and the output layer's loss ([`nll`]).
+//! Composed from candle's elementwise ops, each was several passes over its tensor forward and
+//! more backward (candle's backward of a product also computes the gradient of its constant
+//! side, and accumulates every gradient onto zeros), most on one thread; fused, each is one
+//! parallel pass each way.
 //!
 //! Each op takes f32 or f64 on a CPU; on another device the caller's composed ops run instead
 //! (`on_cpu`). Constants (norm weights, rotary tables) get no gradient: the trainer adapts
