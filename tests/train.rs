@@ -518,6 +518,25 @@ async fn the_training_forward_predicts_what_the_served_engine_generates() {
     assert!(agree >= 0.93, "top-1 agreement {agree}: {differ:?}");
 }
 
+/// On 60 prefixes of a fixed token sequence, the token graft's engine generates greedily from
+/// the model in `gguf` is `model`'s most likely one at 99% of them or more, and the model does
+/// not predict one token everywhere (the agreement compared predictions).
+async fn the_engine_generates_what_the_model_predicts(gguf: &std::path::Path, model: &Model) {
+    let vocab = model.logits(&[1]).unwrap().dim(1).unwrap() as u32;
+    let ids: Vec<u32> = (0..61u32).map(|i| (i * 7919 + 101) % vocab).collect();
+    let top = model
+        .logits(&ids)
+        .unwrap()
+        .argmax(candle_core::D::Minus1)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    let (agree, differ) = served_agreement(gguf, &ids, &top).await;
+    assert!(agree >= 0.99, "top-1 agreement {agree}: {differ:?}");
+    let distinct: std::collections::HashSet<_> = top.iter().collect();
+    assert!(distinct.len() > 5, "{top:?}");
+}
+
 /// The toy llama made a qwen2 model: its metadata under `qwen2.`, every tensor f32, random
 /// biases on q, k and v (which qwen2 has and llama has not), and output weights scaled up so
 /// the most likely token is clear (the toy's are tiny).
@@ -617,20 +636,7 @@ async fn qwen2_trains_with_exact_gradients_and_the_engines_forward() {
     tiny_qwen2(&qwen);
     let model = Model::load(&qwen, DType::F32, None, 1).unwrap();
     assert_eq!(model.arch, graft_train::model::Arch::Qwen2);
-    let vocab = model.logits(&[1]).unwrap().dim(1).unwrap() as u32;
-    let ids: Vec<u32> = (0..61u32).map(|i| (i * 7919 + 101) % vocab).collect();
-    let top = model
-        .logits(&ids)
-        .unwrap()
-        .argmax(candle_core::D::Minus1)
-        .unwrap()
-        .to_vec1::<u32>()
-        .unwrap();
-    let (agree, differ) = served_agreement(&qwen, &ids, &top).await;
-    assert!(agree >= 0.99, "top-1 agreement {agree}: {differ:?}");
-    // Not one token everywhere: the agreement compared predictions.
-    let distinct: std::collections::HashSet<_> = top.iter().collect();
-    assert!(distinct.len() > 5, "{top:?}");
+    the_engine_generates_what_the_model_predicts(&qwen, &model).await;
     gradients_match_finite_differences(&qwen);
     written_adapter_merges_to_the_trained_model(&qwen);
 }
@@ -656,20 +662,7 @@ async fn grouped_query_attention_trains_with_exact_gradients_and_the_engines_for
     assert!(max_abs_diff(&a, &b) < 1e-9, "{}", max_abs_diff(&a, &b));
     assert!(max_abs_diff(&a, &a.zeros_like().unwrap()) > 1e-3);
 
-    let model = Model::load(&gqa, DType::F32, None, 1).unwrap();
-    let vocab = model.logits(&[1]).unwrap().dim(1).unwrap() as u32;
-    let ids: Vec<u32> = (0..61u32).map(|i| (i * 7919 + 101) % vocab).collect();
-    let top = model
-        .logits(&ids)
-        .unwrap()
-        .argmax(candle_core::D::Minus1)
-        .unwrap()
-        .to_vec1::<u32>()
-        .unwrap();
-    let (agree, differ) = served_agreement(&gqa, &ids, &top).await;
-    assert!(agree >= 0.99, "top-1 agreement {agree}: {differ:?}");
-    let distinct: std::collections::HashSet<_> = top.iter().collect();
-    assert!(distinct.len() > 5, "{top:?}");
+    the_engine_generates_what_the_model_predicts(&gqa, &Model::load(&gqa, DType::F32, None, 1).unwrap()).await;
     gradients_match_finite_differences(&gqa);
 }
 

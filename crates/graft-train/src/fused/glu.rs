@@ -124,11 +124,8 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fused::check::{agree, max_diff};
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap()
-    }
 
     /// The fused op is candle's `silu(gate) * up`, forward and backward, to both inputs.
     #[test]
@@ -141,16 +138,7 @@ mod tests {
         let ours = silu_mul(gate.as_tensor(), up.as_tensor()).unwrap();
         let theirs = (gate.as_tensor().silu().unwrap() * up.as_tensor()).unwrap();
         assert_eq!(ours.dims(), &[2, 5, 7]);
-        assert!(max_diff(&ours, &theirs) < 1e-12);
-
-        let ours = (ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let theirs = (theirs * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        for var in [&gate, &up] {
-            let (a, b) = (ours.get(var.as_tensor()).unwrap(), theirs.get(var.as_tensor()).unwrap());
-            assert_eq!(a.dims(), &[2, 5, 7]);
-            assert!(max_diff(a, b) < 1e-12, "{}", max_diff(a, b));
-            assert!(a.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap() > 1e-3);
-        }
+        agree(&ours, &theirs, &[&gate, &up], &weights);
 
         let f32_out = silu_mul(
             &gate.as_tensor().to_dtype(DType::F32).unwrap(),

@@ -44,3 +44,29 @@ fn float_dtype(storage: &CpuStorage, op: &str) -> Result<candle_core::DType> {
         other => candle_core::bail!("{op}: {other:?} (f32 and f64 are supported)"),
     }
 }
+
+/// Checks the ops' tests share.
+#[cfg(test)]
+mod check {
+    use candle_core::{Tensor, Var};
+
+    /// The largest absolute difference between two f64 tensors.
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    /// A fused op's output `ours` and candle's composed `theirs`, both computed from `inputs` in
+    /// f64, agree within 1e-12, and so do the gradients of `Σ weights · output` with respect to
+    /// each input, which are not all zero.
+    pub fn agree(ours: &Tensor, theirs: &Tensor, inputs: &[&Var], weights: &Tensor) {
+        assert!(max_diff(ours, theirs) < 1e-12, "{}", max_diff(ours, theirs));
+        let ours = (ours * weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let theirs = (theirs * weights).unwrap().sum_all().unwrap().backward().unwrap();
+        for input in inputs {
+            let (a, b) = (ours.get(input.as_tensor()).unwrap(), theirs.get(input.as_tensor()).unwrap());
+            assert_eq!(a.dims(), input.as_tensor().dims());
+            assert!(max_diff(a, b) < 1e-12, "{}", max_diff(a, b));
+            assert!(a.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap() > 1e-3);
+        }
+    }
+}

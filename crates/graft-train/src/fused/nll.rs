@@ -131,11 +131,8 @@ pub fn of(logits: &Tensor, wanted: &[u32]) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fused::check::{agree, max_diff};
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap()
-    }
 
     /// The fused op is candle's `log_softmax` and `gather`, forward and backward.
     #[test]
@@ -150,14 +147,8 @@ mod tests {
         let at = Tensor::from_vec(wanted.to_vec(), (5, 1), &device).unwrap();
         let theirs = log_probs.gather(&at, 1).unwrap().squeeze(1).unwrap().neg().unwrap();
         assert_eq!(ours.dims(), &[5]);
-        assert!(max_diff(&ours, &theirs) < 1e-12, "{}", max_diff(&ours, &theirs));
         assert!(ours.min_all().unwrap().to_scalar::<f64>().unwrap() > 0.0);
-
-        let ours = (ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let theirs = (theirs * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let (a, b) = (ours.get(logits.as_tensor()).unwrap(), theirs.get(logits.as_tensor()).unwrap());
-        assert!(max_diff(a, b) < 1e-12, "{}", max_diff(a, b));
-        assert!(a.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap() > 1e-3);
+        agree(&ours, &theirs, &[&logits], &weights);
 
         let f32_out = of(&logits.as_tensor().to_dtype(DType::F32).unwrap(), &wanted).unwrap();
         let diff = max_diff(&f32_out.to_dtype(DType::F64).unwrap(), &of(logits.as_tensor(), &wanted).unwrap());
