@@ -5,7 +5,8 @@
 //! (kept as `matmul_per_row`) the results must agree within float reordering, for every weight
 //! type graft can serve on a CPU; fewer rows, a type whose input format cannot be rounded
 //! back (Q4_1, Q5_1), and Q8_0 on AVX2 at any number of rows give exactly the registry
-//! kernel's values. mistralrs's CPU attention (vendor/mistralrs-core): see the last tests.
+//! kernel's values. mistralrs's CPU attention (vendor/mistralrs-core): see the later tests;
+//! candle's backward pass (vendor/candle-core's `backprop.rs`): the last one.
 
 use candle_core::quantized::k_quants::{
     gemm_min_rows, matmul, matmul_per_row, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
@@ -719,4 +720,54 @@ fn elementwise_ops_on_long_inputs_give_each_elements_value() {
     let got = flat((&ha * &hb).unwrap());
     let want = each(&|i, j| (f16::from_f32(a[i * cols + j]) * f16::from_f32(b[i * cols + j])).to_f32());
     assert_eq!(bits(&got), bits(&want), "f16 a * b");
+}
+
+/// An f64 tensor of deterministic values in [-1, 1).
+fn tensor64(dims: &[usize], seed: u64) -> candle_core::Tensor {
+    let n = dims.iter().product();
+    let v: Vec<f64> = values(n, seed).into_iter().map(f64::from).collect();
+    candle_core::Tensor::from_vec(v, dims, &candle_core::Device::Cpu).unwrap()
+}
+
+/// candle's backward pass (vendor/candle-core, `GradStore::accumulate`): the first gradient to
+/// reach a tensor is stored as it is instead of being added to zeros, and a tensor that leads
+/// to no variable keeps no gradient. The gradients are the closed-form ones through fan-in,
+/// subtraction's right side (first and again), negation, broadcast and a transpose, and each
+/// is contiguous, as the registry's sums are; constants and weights keep none (the registry
+/// kept one for each).
+#[test]
+fn backward_gives_the_closed_form_gradients_and_keeps_none_it_need_not() {
+    use candle_core::{Tensor, Var};
+    let var = |dims: &[usize], seed| Var::from_tensor(&tensor64(dims, seed)).unwrap();
+    let (x, y, z, u) = (var(&[3, 4], 1), var(&[4], 2), var(&[3, 4], 3), var(&[4, 3], 4));
+    let (x_, y_, z_, u_) = (x.as_tensor(), y.as_tensor(), z.as_tensor(), u.as_tensor());
+    let c = tensor64(&[3, 4], 5);
+    let w: Vec<Tensor> = (0..6).map(|i| tensor64(&[3, 4], 10 + i)).collect();
+    // f = Σ w0·(x − y) + Σ w1·x² + Σ w2·(c − z) + Σ w3·(x − z) + Σ w4·(−x) + Σ w5·uᵀ
+    let terms = [
+        (x_.broadcast_sub(y_).unwrap() * &w[0]).unwrap(),
+        (x_.sqr().unwrap() * &w[1]).unwrap(),
+        ((&c - z_).unwrap() * &w[2]).unwrap(),
+        ((x_ - z_).unwrap() * &w[3]).unwrap(),
+        (x_.neg().unwrap() * &w[4]).unwrap(),
+        (u_.t().unwrap() * &w[5]).unwrap(),
+    ];
+    let f = Tensor::stack(&terms, 0).unwrap().sum_all().unwrap();
+    let grads = f.backward().unwrap();
+
+    let two_x_w1 = (x_ * &w[1]).unwrap().affine(2.0, 0.0).unwrap();
+    let dx = (((&w[0] + two_x_w1).unwrap() + &w[3]).unwrap() - &w[4]).unwrap();
+    let dy = w[0].sum(0).unwrap().neg().unwrap();
+    let dz = (&w[2] + &w[3]).unwrap().neg().unwrap();
+    let du = w[5].t().unwrap();
+    for (name, var, want) in [("x", x_, dx), ("y", y_, dy), ("z", z_, dz), ("u", u_, du)] {
+        let got = grads.get(var).unwrap_or_else(|| panic!("no gradient for {name}"));
+        assert_eq!(got.dims(), var.dims(), "{name}");
+        assert!(got.is_contiguous(), "{name}");
+        let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(diff < 1e-12, "{name}: {diff}");
+    }
+    assert!(grads.get(&c).is_none());
+    assert!(w.iter().all(|w| grads.get(w).is_none()));
+    assert!(terms.iter().all(|t| grads.get(t).is_none()));
 }
