@@ -120,6 +120,7 @@ pub fn known_matmul_t(x: &Tensor, w: &Tensor, y: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fused::check::max_diff;
     use candle_core::{DType, Device, Var};
 
     /// Same product and same input gradient as candle's matmul; no gradient for the weight.
@@ -134,21 +135,12 @@ mod tests {
         let ours = matmul_t(x.as_tensor(), w_var.as_tensor()).unwrap();
         let theirs = x.as_tensor().broadcast_matmul(&w_var.as_tensor().t().unwrap()).unwrap();
         assert_eq!(ours.dims(), &[1, 5, 4]);
-        let diff = (&ours - &theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        assert!(diff < 1e-12, "{diff}");
+        assert!(max_diff(&ours, &theirs) < 1e-12, "{}", max_diff(&ours, &theirs));
 
         let ours = (ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
         let theirs = (theirs * &weights).unwrap().sum_all().unwrap().backward().unwrap();
         let (a, b) = (ours.get(x.as_tensor()).unwrap(), theirs.get(x.as_tensor()).unwrap());
-        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
-        assert!(diff < 1e-12, "{diff}");
+        assert!(max_diff(a, b) < 1e-12, "{}", max_diff(a, b));
         assert!(
             theirs.get(w_var.as_tensor()).is_some(),
             "candle's matmul computes the weight's gradient"

@@ -3,8 +3,7 @@
 //! embeddings ([`rope`]), the MLP's gate ([`glu`]) and the output layer's loss ([`nll`]).
 //! Composed from candle's elementwise ops, each was several passes over its tensor forward and
 //! more backward (candle's backward of a product also computes the gradient of its constant
-//! side, and accumulates every gradient onto zeros), most on one thread; fused, each is one
-//! parallel pass each way.
+//! side), most on one thread; fused, each is one parallel pass each way.
 //!
 //! Each op takes f32 or f64 on a CPU; on another device the caller's composed ops run instead
 //! (`on_cpu`). Constants (norm weights, rotary tables) get no gradient: the trainer adapts
@@ -45,9 +44,9 @@ fn float_dtype(storage: &CpuStorage, op: &str) -> Result<candle_core::DType> {
     }
 }
 
-/// Checks the ops' tests share.
+/// Checks the ops' tests share (and the frozen product's, `crate::frozen`).
 #[cfg(test)]
-mod check {
+pub(crate) mod check {
     use candle_core::{Tensor, Var};
 
     /// The largest absolute difference between two f64 tensors.
