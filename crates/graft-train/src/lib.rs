@@ -8,8 +8,8 @@
 //!   CPU each layer's frozen products from its first run for its second.
 //! - [`frozen`]: the product with a frozen weight, whose backward gives the input's gradient
 //!   only (no weight-sized gradient per projection); a known one is taken as it is.
-//! - [`fused`]: the model's elementwise steps (RMS norm, rotary embeddings, causal softmax, the
-//!   MLP's gate, the loss) as single ops with their own backward passes.
+//! - [`fused`]: the model's steps between its frozen products (causal attention, RMS norm,
+//!   rotary embeddings, the MLP's gate, the loss) as single ops with their own backward passes.
 //! - [`optim`]: AdamW with its moments in the open.
 //! - [`peft`]: the adapters written as a PEFT folder (Hugging Face names and row order).
 //! - [`train`]: the loop (warmup and cosine decay, accumulation, clipping, validation with the

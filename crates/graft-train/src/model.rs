@@ -1,18 +1,18 @@
 //! The base model's forward pass for training, from its GGUF file: every weight dequantized
 //! (the served weights, as QLoRA trains against its quantized base) and frozen, adapters on
 //! the chosen projections, and only ops with a backward pass (graft's fused RMS norm, rotary
-//! embeddings, causal softmax, MLP gate and loss, `crate::fused`; never candle's fused
+//! embeddings, causal attention, MLP gate and loss, `crate::fused`; never candle's fused
 //! kernels, which silently cut the gradient).
 //!
 //! Frozen weights multiply through [`crate::frozen`] (no weight gradient). A training step
-//! ([`Model::backward`]) keeps each layer's input and, on a CPU, its frozen products: it runs
-//! the layers without a graph, then, last layer first, runs each again with one, taking those
-//! products from the first run instead of multiplying again, and back-propagates the gradient
-//! that reached its output (activation checkpointing: one layer's graph alive at a time; what
-//! runs twice is attention, the adapters and the elementwise steps, not the frozen products,
-//! most of the arithmetic; a GPU multiplies again and keeps less). The output layer runs on a
-//! few positions at a time, so the vocabulary-wide logits of a long example are never all in
-//! memory.
+//! ([`Model::backward`]) keeps each layer's input and, on a CPU, its frozen products and its
+//! attention's output: it runs the layers without a graph, then, last layer first, runs each
+//! again with one, taking those from the first run instead of multiplying again, and
+//! back-propagates the gradient that reached its output (activation checkpointing: one
+//! layer's graph alive at a time; what runs twice is the adapters and the elementwise steps,
+//! not the products, most of the arithmetic; a GPU multiplies again and keeps less). The
+//! output layer runs on a few positions at a time, so the vocabulary-wide logits of a long
+//! example are never all in memory.
 //!
 //! Weights stay in GGUF order: llama's q and k rows are permuted by llama.cpp's converter, so
 //! llama runs interleaved rotary embeddings (`rope_i`); qwen2's are not, so it runs the halves
@@ -27,7 +27,7 @@ use graft_core::random::Rng;
 use graft_gguf::{BaseGguf, GgufError};
 
 use crate::frozen;
-use crate::fused::{glu, nll, norm, rope, softmax};
+use crate::fused::{attention, glu, nll, norm, rope};
 use crate::lora::{Lora, LoraSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +68,15 @@ const EVALUATE: Pass = Pass {
     dropout: None,
 };
 
-/// A layer's frozen products (`x Wᵀ`) by projection.
+/// A layer's frozen products (`x Wᵀ`) by projection, and its attention's output
+/// ([`ATTENTION`]).
 type Products = BTreeMap<&'static str, Tensor>;
 
-/// What a run of a layer does with its frozen products, most of its arithmetic.
+/// The key of a layer's attention output among its kept [`Products`].
+const ATTENTION: &str = "attention";
+
+/// What a run of a layer does with its frozen products and its attention, most of its
+/// arithmetic.
 enum Kept<'a> {
     /// Computes them.
     Nothing,
@@ -80,6 +85,31 @@ enum Kept<'a> {
     /// Takes them from the first run, which read the same input with the same adapters and
     /// dropout: the second run (with a graph) multiplies only for the gradient.
     Reuse(&'a Products),
+}
+
+impl Kept<'_> {
+    /// Layer `l`'s `name` (a projection, or [`ATTENTION`]): `compute`d, and kept when keeping;
+    /// when reusing, `known` of the value the first run kept.
+    fn value(
+        &mut self,
+        l: usize,
+        name: &'static str,
+        compute: impl FnOnce() -> candle_core::Result<Tensor>,
+        known: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            Kept::Reuse(products) => match products.get(name) {
+                Some(value) => known(value),
+                None => candle_core::bail!("layer {l}'s first run kept no {name}"),
+            },
+            Kept::Keep(products) => {
+                let value = compute()?;
+                products.insert(name, value.clone());
+                Ok(value)
+            }
+            Kept::Nothing => compute(),
+        }
+    }
 }
 
 /// Positions of the output layer computed at once (each `vocab` logits wide).
@@ -251,18 +281,7 @@ impl Model {
         let Some((&name, (w, bias))) = layer.weights.get_key_value(projection) else {
             candle_core::bail!("no {projection}");
         };
-        let mut y = match kept {
-            Kept::Reuse(products) => match products.get(name) {
-                Some(y) => frozen::known_matmul_t(x, w, y)?,
-                None => candle_core::bail!("layer {l}'s first run kept no {projection}"),
-            },
-            Kept::Keep(products) => {
-                let y = frozen::matmul_t(x, w)?;
-                products.insert(name, y.clone());
-                y
-            }
-            Kept::Nothing => frozen::matmul_t(x, w)?,
-        };
+        let mut y = kept.value(l, name, || frozen::matmul_t(x, w), |y| frozen::known_matmul_t(x, w, y))?;
         if let Some(b) = bias {
             y = y.broadcast_add(b)?;
         }
@@ -326,8 +345,13 @@ impl Model {
         // orders them): each key/value head's queries as one block of rows, `[1, kvh,
         // groups · len, hd]`, read its keys and values once, never copied per head.
         let q = q.reshape((1, kvh, h / kvh * len, hd))?;
-        let scores = q.matmul(&k.t()?)?;
-        let attention = softmax::causal(&scores, 1.0 / (hd as f64).sqrt())?.matmul(&v.contiguous()?)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let attention = kept.value(
+            l,
+            ATTENTION,
+            || attention::causal(&q, &k, &v, scale),
+            |out| attention::known(&q, &k, &v, scale, out),
+        )?;
         let attention = attention.reshape((1, h, len, hd))?.transpose(1, 2)?.reshape((1, len, h * hd))?;
         let x = (x + self.linear(l, "o_proj", &attention, pass, kept)?)?;
         let n = norm::rms(&x, &layer.ffn_norm, self.eps)?;

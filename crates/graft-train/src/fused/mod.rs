@@ -1,9 +1,10 @@
-//! The model's elementwise steps fused for training on a CPU, each one op with its own
-//! backward pass: attention's causal softmax ([`softmax`]), the RMS norm ([`norm`]), rotary
-//! embeddings ([`rope`]), the MLP's gate ([`glu`]) and the output layer's loss ([`nll`]).
-//! Composed from candle's elementwise ops, each was several passes over its tensor forward and
+//! The model's steps between its frozen products fused for training on a CPU, each one op
+//! with its own backward pass: causal attention ([`attention`]), the RMS norm ([`norm`]),
+//! rotary embeddings ([`rope`]), the MLP's gate ([`glu`]) and the output layer's loss
+//! ([`nll`]). Composed from candle's ops, each was several passes over its tensor forward and
 //! more backward (candle's backward of a product also computes the gradient of its constant
-//! side), most on one thread; fused, each is one parallel pass each way.
+//! side), most on one thread; fused, each is one parallel pass each way (attention: parallel
+//! blocks of rows, multiplying only the keys each block sees).
 //!
 //! Each op takes f32 or f64 on a CPU; on another device the caller's composed ops run instead
 //! (`on_cpu`). Constants (norm weights, rotary tables) get no gradient: the trainer adapts
@@ -11,16 +12,96 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Result, Tensor, WithDType};
+use num_traits::Float;
 
+pub mod attention;
 pub mod glu;
 pub mod nll;
 pub mod norm;
 pub mod rope;
-pub mod softmax;
 
 /// Elements a parallel task takes at least, so that small tensors are not cut into tasks that
 /// cost more to hand out than to compute.
 const MIN_TASK: usize = 4096;
+
+/// The float types the kernels compute in, with the exponential each takes: f64 the library's
+/// (f64 is the tests' reference against candle's ops, to 1e-12), f32 [`exp_f32`], a polynomial
+/// the compiler turns into vector code where the library's `expf` is a call per element (the
+/// largest share of a training step after the products).
+pub(crate) trait Real: Float + Send + Sync + 'static {
+    fn exp_fast(self) -> Self;
+}
+
+impl Real for f64 {
+    #[inline(always)]
+    fn exp_fast(self) -> f64 {
+        self.exp()
+    }
+}
+
+impl Real for f32 {
+    #[inline(always)]
+    fn exp_fast(self) -> f32 {
+        exp_f32(self)
+    }
+}
+
+/// `e^x` within 2 units in the last place over the range the kernels meet (Cephes' `expf`:
+/// `2^n · e^r` with `r = x - n ln 2` in ±ln 2 / 2 and a degree-6 polynomial for `e^r`), in
+/// arithmetic a vector unit runs 8 or 16 at a time. `x` is clamped to [-87, 88], where `e^x`
+/// is a normal f32: below, `e^-87` ≈ 1.6e-38 stands for values that underflow, above, `e^88`
+/// for values near f32's overflow (the kernels take `e^` of differences from a row's maximum,
+/// never above 0, and of a negated gate `g`, where `g ≤ -88` gives a SiLU within 1e-35 of
+/// its true value either way). NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let e_r = p * r * r + r + 1.0;
+    // 2^n from its exponent bits: n is in [-126, 127] after the clamp.
+    e_r * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Lanes of the reductions below: independent running values a vector unit keeps side by side.
+const LANES: usize = 8;
+
+/// `Σ f(x)` over `xs` in [`LANES`] running sums added at the end (a single running sum is one
+/// long chain of dependent additions that the compiler may not reorder).
+#[inline(always)]
+pub(crate) fn sum_of<T: Real>(xs: &[T], f: impl Fn(T) -> T) -> T {
+    let mut lanes = [T::zero(); LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder().iter().fold(T::zero(), |s, &x| s + f(x));
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane = *lane + f(x);
+        }
+    }
+    lanes.into_iter().fold(rest, |s, lane| s + lane)
+}
+
+/// The largest of `xs` (-∞ when empty), in [`LANES`] running maxima.
+#[inline(always)]
+pub(crate) fn max_of<T: Real>(xs: &[T]) -> T {
+    let mut lanes = [T::neg_infinity(); LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder().iter().fold(T::neg_infinity(), |m, &x| m.max(x));
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(x);
+        }
+    }
+    lanes.into_iter().fold(rest, |m, lane| m.max(lane))
+}
 
 /// Whether the fused ops run on `t`'s device (their kernels are CPU code).
 pub(crate) fn on_cpu(t: &Tensor) -> bool {
@@ -54,6 +135,32 @@ pub(crate) mod check {
         (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap()
     }
 
+    /// `op` run in f32 gives its f64 output and gradients (of `Σ weights · output` with
+    /// respect to each input) within `tolerance`: the f32 kernels, whose exponential is
+    /// [`super::exp_f32`], against the f64 ones.
+    pub fn f32_agrees(op: impl Fn(&[&Tensor]) -> candle_core::Result<Tensor>, inputs: &[&Var], weights: &Tensor, tolerance: f64) {
+        use candle_core::DType;
+        let singles: Vec<Var> = inputs
+            .iter()
+            .map(|v| Var::from_tensor(&v.as_tensor().to_dtype(DType::F32).unwrap()).unwrap())
+            .collect();
+        let run = |vars: Vec<&Tensor>, weights: &Tensor| {
+            let out = op(&vars).unwrap();
+            let grads = (&out * weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let grads: Vec<Tensor> = vars.iter().map(|v| grads.get(v).unwrap().to_dtype(DType::F64).unwrap()).collect();
+            (out.to_dtype(DType::F64).unwrap(), grads)
+        };
+        let (double, double_grads) = run(inputs.iter().map(|v| v.as_tensor()).collect(), weights);
+        let (single, single_grads) = run(
+            singles.iter().map(|v| v.as_tensor()).collect(),
+            &weights.to_dtype(DType::F32).unwrap(),
+        );
+        assert!(max_diff(&single, &double) < tolerance, "{}", max_diff(&single, &double));
+        for (a, b) in single_grads.iter().zip(&double_grads) {
+            assert!(max_diff(a, b) < tolerance, "{}", max_diff(a, b));
+        }
+    }
+
     /// A fused op's output `ours` and candle's composed `theirs`, both computed from `inputs` in
     /// f64, agree within 1e-12, and so do the gradients of `Σ weights · output` with respect to
     /// each input, which are not all zero.
@@ -66,6 +173,40 @@ pub(crate) mod check {
             assert_eq!(a.dims(), input.as_tensor().dims());
             assert!(max_diff(a, b) < 1e-12, "{}", max_diff(a, b));
             assert!(a.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap() > 1e-3);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The f32 exponential is the library's within 2 units in the last place wherever the
+    /// result is a normal f32, is exact at 0, saturates at the clamp and keeps NaN.
+    #[test]
+    fn the_f32_exponential_is_the_librarys() {
+        let mut worst = 0f64;
+        for i in 0..=2_000_000 {
+            let x = -87.0 + 175.0 * i as f64 / 2_000_000.0;
+            let want = (x as f32 as f64).exp();
+            let got = exp_f32(x as f32) as f64;
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 2.5e-7, "relative error {worst}");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(-1000.0), exp_f32(-87.0));
+        assert!(exp_f32(-1000.0) > 0.0 && exp_f32(1000.0).is_finite());
+        assert!(exp_f32(f32::NAN).is_nan());
+    }
+
+    /// The lane reductions give the plain sum and maximum, whatever the length's remainder.
+    #[test]
+    fn the_lane_reductions_are_the_plain_ones() {
+        for n in 0..40 {
+            let xs: Vec<f64> = (0..n).map(|i| ((i * 37 % 11) as f64 - 5.0) * 0.25).collect();
+            let sum: f64 = xs.iter().map(|x| x * x).sum();
+            assert!((sum_of(&xs, |x| x * x) - sum).abs() < 1e-12);
+            assert_eq!(max_of(&xs), xs.iter().copied().fold(f64::NEG_INFINITY, f64::max));
         }
     }
 }

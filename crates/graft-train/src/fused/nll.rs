@@ -2,33 +2,32 @@
 //! own backward pass (`softmax - one-hot`, times each row's gradient). candle's composed
 //! `log_softmax` and `gather` wrote the whole `[rows, vocabulary]` tensor five times forward
 //! and read and wrote it some twenty times backward; fused, a row is read twice forward and
-//! written once backward.
+//! once backward, where the row's `log Σ exp(x)` comes from its loss, `loss + x[wanted]`.
 //!
 //! The values are candle's: `log Σ exp(x - max) - (x[wanted] - max)`.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
-use num_traits::Float;
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{contiguous, float_dtype, on_cpu};
+use super::{contiguous, float_dtype, max_of, on_cpu, sum_of, Real};
 
 struct Nll {
     /// Each row's wanted token.
     wanted: Vec<u32>,
 }
 
-/// The logits' gradient from the logits and the gradient of each row's loss.
+/// The logits' gradient from the logits, each row's loss and its gradient.
 struct NllBackward {
     wanted: Vec<u32>,
 }
 
 /// A row's largest logit and `Σ exp(x - max)`.
-fn max_and_sum<T: Float>(row: &[T]) -> (T, T) {
-    let max = row.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
-    (max, row.iter().fold(T::zero(), |s, &v| s + (v - max).exp()))
+fn max_and_sum<T: Real>(row: &[T]) -> (T, T) {
+    let max = max_of(row);
+    (max, sum_of(row, |v| (v - max).exp_fast()))
 }
 
-fn forward<T: Float + Send + Sync>(logits: &[T], vocab: usize, wanted: &[u32]) -> Vec<T> {
+fn forward<T: Real>(logits: &[T], vocab: usize, wanted: &[u32]) -> Vec<T> {
     logits
         .par_chunks(vocab)
         .zip(wanted.par_iter())
@@ -39,15 +38,20 @@ fn forward<T: Float + Send + Sync>(logits: &[T], vocab: usize, wanted: &[u32]) -
         .collect()
 }
 
-fn backward<T: Float + Send + Sync>(logits: &[T], vocab: usize, wanted: &[u32], grad: &[T]) -> Vec<T> {
+/// `softmax(row) · g`, less `g` at the wanted token, for each row, where `softmax(x) =
+/// e^(x - lse)` and the row's `lse = log Σ e^x` is its loss plus its wanted logit.
+fn backward<T: Real>(logits: &[T], vocab: usize, wanted: &[u32], loss: &[T], grad: &[T]) -> Vec<T> {
     let mut out = vec![T::zero(); logits.len()];
     out.par_chunks_mut(vocab)
-        .zip(logits.par_chunks(vocab).zip(wanted.par_iter().zip(grad.par_iter())))
-        .for_each(|(dx, (row, (&w, &g)))| {
-            let (max, sum) = max_and_sum(row);
-            let scale = g / sum;
+        .zip(
+            logits
+                .par_chunks(vocab)
+                .zip(wanted.par_iter().zip(loss.par_iter().zip(grad.par_iter()))),
+        )
+        .for_each(|(dx, (row, (&w, (&loss, &g))))| {
+            let lse = loss + row[w as usize];
             for (dx, &x) in dx.iter_mut().zip(row) {
-                *dx = (x - max).exp() * scale;
+                *dx = (x - lse).exp_fast() * g;
             }
             dx[w as usize] = dx[w as usize] - g;
         });
@@ -80,36 +84,48 @@ impl CustomOp1 for Nll {
         Ok((out, Shape::from(self.wanted.len())))
     }
 
-    fn bwd(&self, logits: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, logits: &Tensor, out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let op = NllBackward {
             wanted: self.wanted.clone(),
         };
-        Ok(Some(logits.apply_op2_no_bwd(&grad.contiguous()?, &op)?))
+        Ok(Some(logits.apply_op3_no_bwd(&out.contiguous()?, &grad.contiguous()?, &op)?))
     }
 }
 
-impl CustomOp2 for NllBackward {
+impl CustomOp3 for NllBackward {
     fn name(&self) -> &'static str {
         "nll-backward"
     }
 
-    fn cpu_fwd(&self, logits: &CpuStorage, ll: &Layout, grad: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        logits: &CpuStorage,
+        ll: &Layout,
+        loss: &CpuStorage,
+        ol: &Layout,
+        grad: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let vocab = rows_and_vocab(ll, &self.wanted)?;
-        if gl.dims() != [self.wanted.len()] {
-            candle_core::bail!("nll backward: a gradient of {:?} for {} rows", gl.dims(), self.wanted.len());
+        for (what, l) in [("a gradient", gl), ("a loss", ol)] {
+            if l.dims() != [self.wanted.len()] {
+                candle_core::bail!("nll backward: {what} of {:?} for {} rows", l.dims(), self.wanted.len());
+            }
         }
-        let (ls, gs) = ("the logits", "the gradient");
+        let (ls, os, gs) = ("the logits", "the loss", "the gradient");
         let out = match float_dtype(logits, "nll backward")? {
             DType::F32 => CpuStorage::F32(backward::<f32>(
                 contiguous(logits, ll, ls)?,
                 vocab,
                 &self.wanted,
+                contiguous(loss, ol, os)?,
                 contiguous(grad, gl, gs)?,
             )),
             _ => CpuStorage::F64(backward::<f64>(
                 contiguous(logits, ll, ls)?,
                 vocab,
                 &self.wanted,
+                contiguous(loss, ol, os)?,
                 contiguous(grad, gl, gs)?,
             )),
         };
@@ -131,7 +147,7 @@ pub fn of(logits: &Tensor, wanted: &[u32]) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::check::{agree, max_diff};
+    use crate::fused::check::{agree, f32_agrees};
     use candle_core::{Device, Var};
 
     /// The fused op is candle's `log_softmax` and `gather`, forward and backward.
@@ -150,9 +166,7 @@ mod tests {
         assert!(ours.min_all().unwrap().to_scalar::<f64>().unwrap() > 0.0);
         agree(&ours, &theirs, &[&logits], &weights);
 
-        let f32_out = of(&logits.as_tensor().to_dtype(DType::F32).unwrap(), &wanted).unwrap();
-        let diff = max_diff(&f32_out.to_dtype(DType::F64).unwrap(), &of(logits.as_tensor(), &wanted).unwrap());
-        assert!(diff < 1e-5, "{diff}");
+        f32_agrees(|t| of(t[0], &wanted), &[&logits], &weights, 1e-5);
     }
 
     #[test]
