@@ -8,17 +8,26 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
+/// What SplitMix64 adds to its state each draw.
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
 impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed)
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.0 = self.0.wrapping_add(GAMMA);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    /// The `n`-th number (from 0) that `Rng::new(seed)` gives, computed directly: the state
+    /// is a counter, so a draw far into a stream costs no more than the first.
+    pub fn nth(seed: u64, n: u64) -> u64 {
+        Rng::new(seed.wrapping_add(n.wrapping_mul(GAMMA))).next_u64()
     }
 
     /// A number in `0..n` (`n` > 0).
@@ -43,4 +52,19 @@ pub fn stable_hash(seed: u64, parts: &[&str]) -> u64 {
 /// A stable number in [0, 1) for `parts` under `seed`.
 pub fn stable_fraction(seed: u64, parts: &[&str]) -> f64 {
     (stable_hash(seed, parts) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_draw_taken_directly_is_the_streams() {
+        for seed in [0, 7, u64::MAX] {
+            let mut rng = Rng::new(seed);
+            let stream: Vec<u64> = (0..100).map(|_| rng.next_u64()).collect();
+            let direct: Vec<u64> = (0..100).map(|n| Rng::nth(seed, n)).collect();
+            assert_eq!(stream, direct);
+        }
+    }
 }

@@ -54,24 +54,63 @@ fn unit(rng: &mut Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// `n` dropout factors (0 with probability `p`, else `1 / (1 - p)`) from `seed`: blocks of
-/// 4,096 drawn in parallel, each from its own seed, so the mask does not depend on the threads;
-/// four 16-bit draws from each random number.
-fn dropout_mask(n: usize, p: f64, seed: u64) -> Vec<f32> {
-    use rayon::prelude::*;
-    let keep = (1.0 / (1.0 - p)) as f32;
-    let threshold = (p * 65536.0).round() as u64;
-    let mut mask = vec![0f32; n];
-    mask.par_chunks_mut(4096).enumerate().for_each(|(block, values)| {
-        let mut rng = Rng::new(seed ^ (block as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        for quad in values.chunks_mut(4) {
-            let r = rng.next_u64();
-            for (k, v) in quad.iter_mut().enumerate() {
-                *v = if (r >> (16 * k)) & 0xFFFF < threshold { 0.0 } else { keep };
-            }
+/// Elements of an input that one stream of draws covers (four 16-bit draws a number).
+const DROPOUT_BLOCK: usize = 4096;
+
+/// Dropout on an adapter's input: each element zeroed with probability `p`, else scaled by
+/// `1 / (1 - p)`. Element `i`'s draw depends on the seed and `i` only (blocks of
+/// [`DROPOUT_BLOCK`] elements, each a stream of its own seed, four 16-bit draws from each
+/// number), so a pass run again drops the same elements however its work is cut into tasks.
+#[derive(Debug, Clone, Copy)]
+pub struct Dropout {
+    seed: u64,
+    /// Draws below it drop their element.
+    threshold: u64,
+    /// In f32 whatever the input's type (the mask's values as a tensor were f32).
+    keep: f32,
+}
+
+impl Dropout {
+    pub fn new(p: f64, seed: u64) -> Dropout {
+        Dropout {
+            seed,
+            threshold: (p * 65536.0).round() as u64,
+            keep: (1.0 / (1.0 - p)) as f32,
         }
-    });
-    mask
+    }
+
+    /// The factors (0 or `1 / (1 - p)`) of elements `start..start + out.len()`.
+    pub(crate) fn fill<T: num_traits::Float>(&self, start: usize, out: &mut [T]) {
+        let keep = T::from(self.keep).unwrap_or_else(T::one);
+        let mut i = start;
+        let mut rest = out;
+        while !rest.is_empty() {
+            let (block, within) = (i / DROPOUT_BLOCK, i % DROPOUT_BLOCK);
+            let stream = self.seed ^ (block as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let r = Rng::nth(stream, (within / 4) as u64);
+            let first = within % 4;
+            let take = (4 - first).min(rest.len());
+            let (now, later) = rest.split_at_mut(take);
+            for (k, v) in (first..).zip(now.iter_mut()) {
+                *v = if (r >> (16 * k)) & 0xFFFF < self.threshold {
+                    T::zero()
+                } else {
+                    keep
+                };
+            }
+            (i, rest) = (i + take, later);
+        }
+    }
+
+    /// The factors of an input of `n` elements, blocks drawn in parallel.
+    pub(crate) fn mask(&self, n: usize) -> Vec<f32> {
+        use rayon::prelude::*;
+        let mut mask = vec![0f32; n];
+        mask.par_chunks_mut(DROPOUT_BLOCK)
+            .enumerate()
+            .for_each(|(block, values)| self.fill(block * DROPOUT_BLOCK, values));
+        mask
+    }
 }
 
 impl Lora {
@@ -101,18 +140,8 @@ impl Lora {
         } else {
             (self.a.as_tensor().detach(), self.b.as_tensor().detach())
         };
-        let dropped;
-        let x = match dropout {
-            Some(seed) if self.dropout > 0.0 => {
-                let mask = dropout_mask(x.elem_count(), self.dropout, seed);
-                let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-                dropped = (x * mask)?;
-                &dropped
-            }
-            _ => x,
-        };
-        let down = x.broadcast_matmul(&a.t()?)?;
-        down.broadcast_matmul(&b.t()?)?.affine(self.scale, 0.0)
+        let dropout = dropout.filter(|_| self.dropout > 0.0).map(|seed| Dropout::new(self.dropout, seed));
+        crate::fused::adapter::apply(x, &a, &b, self.scale, dropout)
     }
 }
 
@@ -143,13 +172,20 @@ mod tests {
 
     #[test]
     fn the_dropout_mask_drops_its_share_and_keeps_the_mean() {
-        let mask = dropout_mask(100_003, 0.05, 3);
+        let mask = Dropout::new(0.05, 3).mask(100_003);
         assert_eq!(mask.len(), 100_003);
         let zeros = mask.iter().filter(|v| **v == 0.0).count() as f64 / mask.len() as f64;
         assert!((zeros - 0.05).abs() < 0.005, "{zeros}");
         let mean = mask.iter().map(|v| *v as f64).sum::<f64>() / mask.len() as f64;
         assert!((mean - 1.0).abs() < 0.01, "{mean}");
-        assert_eq!(mask, dropout_mask(100_003, 0.05, 3));
-        assert_ne!(mask, dropout_mask(100_003, 0.05, 4));
+        assert_eq!(mask, Dropout::new(0.05, 3).mask(100_003));
+        assert_ne!(mask, Dropout::new(0.05, 4).mask(100_003));
+        // Any stretch drawn alone is the whole mask's, across blocks and inside a draw's four.
+        let dropout = Dropout::new(0.05, 3);
+        for (start, len) in [(0, 1), (3, 2), (4093, 10), (8190, 4097), (100_000, 3)] {
+            let mut part = vec![0f32; len];
+            dropout.fill(start, &mut part);
+            assert_eq!(part, mask[start..start + len], "{start}");
+        }
     }
 }

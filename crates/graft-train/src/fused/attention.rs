@@ -16,7 +16,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::{contiguous, float_dtype, max_of, on_cpu, sum_of, Real};
+use super::{contiguous, float_dtype, max_of, on_cpu, product, sum_of, Real};
 
 /// Query rows a block takes: each block multiplies its rows by the keys up to its last
 /// position, so smaller blocks skip more of the masked half, larger ones make longer products.
@@ -54,47 +54,6 @@ impl Dims {
             len,
             hd,
         })
-    }
-}
-
-/// `dst (m × n) = a · b` (or `dst + a · b` when `accumulate`), every matrix row-major and
-/// contiguous; `a` is `m × k`, or `k × m` read transposed when `a_t`; `b` is `k × n`, or
-/// `n × k` read transposed when `b_t`. One thread.
-#[allow(clippy::too_many_arguments)]
-fn product<T: Real>(dst: &mut [T], (m, n, k): (usize, usize, usize), a: &[T], a_t: bool, b: &[T], b_t: bool, accumulate: bool) {
-    assert!(
-        dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n,
-        "product: operands too short"
-    );
-    // Element (i, l) of a: a[i·k + l], or a[l·m + i] transposed; of b, (l, j): b[l·n + j], or
-    // b[j·k + l] transposed.
-    let (a_cs, a_rs) = if a_t { (m as isize, 1) } else { (1, k as isize) };
-    let (b_cs, b_rs) = if b_t { (k as isize, 1) } else { (1, n as isize) };
-    // SAFETY: the strides above stay inside `m × k`, `k × n` and `m × n` elements, which the
-    // assertion checked each slice holds; `dst` is borrowed mutably, so nothing else reads it;
-    // T is f32 or f64 (the op's dtypes), which gemm takes.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
     }
 }
 

@@ -14,6 +14,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Result, Tensor, WithDType};
 use num_traits::Float;
 
+pub mod adapter;
 pub mod attention;
 pub mod glu;
 pub mod nll;
@@ -101,6 +102,47 @@ pub(crate) fn max_of<T: Real>(xs: &[T]) -> T {
         }
     }
     lanes.into_iter().fold(rest, |m, lane| m.max(lane))
+}
+
+/// `dst (m × n) = a · b` (or `dst + a · b` when `accumulate`), every matrix row-major and
+/// contiguous; `a` is `m × k`, or `k × m` read transposed when `a_t`; `b` is `k × n`, or
+/// `n × k` read transposed when `b_t`. One thread.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn product<T: Real>(dst: &mut [T], (m, n, k): (usize, usize, usize), a: &[T], a_t: bool, b: &[T], b_t: bool, accumulate: bool) {
+    assert!(
+        dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n,
+        "product: operands too short"
+    );
+    // Element (i, l) of a: a[i·k + l], or a[l·m + i] transposed; of b, (l, j): b[l·n + j], or
+    // b[j·k + l] transposed.
+    let (a_cs, a_rs) = if a_t { (m as isize, 1) } else { (1, k as isize) };
+    let (b_cs, b_rs) = if b_t { (k as isize, 1) } else { (1, n as isize) };
+    // SAFETY: the strides above stay inside `m × k`, `k × n` and `m × n` elements, which the
+    // assertion checked each slice holds; `dst` is borrowed mutably, so nothing else reads it;
+    // T is f32 or f64 (the op's dtypes), which gemm takes.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// Whether the fused ops run on `t`'s device (their kernels are CPU code).
