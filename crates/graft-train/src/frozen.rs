@@ -69,8 +69,8 @@ impl CustomOp3 for KnownMatmul {
             candle_core::bail!("known frozen matmul: the product must be contiguous");
         };
         let out = match y.dtype() {
-            DType::F32 => CpuStorage::F32(y.as_slice::<f32>()?[start..end].to_vec()),
-            DType::F64 => CpuStorage::F64(y.as_slice::<f64>()?[start..end].to_vec()),
+            DType::F32 => CpuStorage::F32(crate::fused::copied(&y.as_slice::<f32>()?[start..end])),
+            DType::F64 => CpuStorage::F64(crate::fused::copied(&y.as_slice::<f64>()?[start..end])),
             other => candle_core::bail!("known frozen matmul: {other:?} (f32 and f64 are supported)"),
         };
         Ok((out, Shape::from((m, n))))

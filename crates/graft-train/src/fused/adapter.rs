@@ -13,7 +13,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::{contiguous, float_dtype, product, Real};
+use super::{contiguous, float_dtype, product, zeros, Real};
 use crate::lora::Dropout;
 
 /// Rows a task takes.
@@ -88,7 +88,7 @@ impl<T: Real> Middle<T> {
 
 fn forward<T: Real>(x: &[T], a: &[T], b: &[T], d: Dims, scale: T, dropout: Option<&Dropout>) -> Vec<T> {
     let rows = x.len() / d.inp;
-    let mut out = vec![T::zero(); rows * d.out];
+    let mut out = zeros(rows * d.out);
     out.par_chunks_mut(BLOCK * d.out)
         .zip(x.par_chunks(BLOCK * d.inp))
         .enumerate()
@@ -113,7 +113,7 @@ struct Shares<T> {
 /// task's share summed at the end.
 fn backward<T: Real>(x: &[T], a: &[T], b: &[T], g: &[T], d: Dims, scale: T, dropout: Option<&Dropout>) -> [Vec<T>; 3] {
     let rows = x.len() / d.inp;
-    let mut dx = vec![T::zero(); rows * d.inp];
+    let mut dx = zeros(rows * d.inp);
     let task = || Shares {
         da: vec![T::zero(); d.rank * d.inp],
         db: vec![T::zero(); d.out * d.rank],

@@ -16,7 +16,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::{contiguous, float_dtype, max_of, on_cpu, product, sum_of, Real};
+use super::{contiguous, copied, float_dtype, max_of, on_cpu, product, sum_of, zeros, Real};
 
 /// Query rows a block takes: each block multiplies its rows by the keys up to its last
 /// position, so smaller blocks skip more of the masked half, larger ones make longer products.
@@ -85,7 +85,7 @@ fn probabilities<T: Real>(p: &mut Vec<T>, q_block: &[T], k: &[T], first: usize, 
 
 fn forward<T: Real>(q: &[T], k: &[T], v: &[T], d: Dims, scale: T) -> Vec<T> {
     let head = d.len * d.hd;
-    let mut out = vec![T::zero(); q.len()];
+    let mut out = zeros(q.len());
     out.par_chunks_mut(head)
         .zip(q.par_chunks(head))
         .enumerate()
@@ -108,7 +108,7 @@ fn forward<T: Real>(q: &[T], k: &[T], v: &[T], d: Dims, scale: T) -> Vec<T> {
 /// are summed over the group's heads afterwards.
 fn backward<T: Real>(q: &[T], k: &[T], v: &[T], g: &[T], d: Dims, scale: T) -> [Vec<T>; 3] {
     let head = d.len * d.hd;
-    let mut dq = vec![T::zero(); q.len()];
+    let mut dq = zeros(q.len());
     let shares: Vec<(Vec<T>, Vec<T>)> = dq
         .par_chunks_mut(head)
         .zip(q.par_chunks(head).zip(g.par_chunks(head)))
@@ -142,8 +142,8 @@ fn backward<T: Real>(q: &[T], k: &[T], v: &[T], g: &[T], d: Dims, scale: T) -> [
             (dk, dv)
         })
         .collect();
-    let mut dk = vec![T::zero(); k.len()];
-    let mut dv = vec![T::zero(); v.len()];
+    let mut dk = zeros(k.len());
+    let mut dv = zeros(v.len());
     dk.par_chunks_mut(head)
         .zip(dv.par_chunks_mut(head))
         .zip(shares.par_chunks(d.heads))
@@ -178,8 +178,8 @@ fn known_output(known: &Tensor, ql: &Layout) -> Result<(CpuStorage, Shape)> {
     let (storage, layout) = known.storage_and_layout();
     let storage = as_cpu(&storage)?;
     let out = match storage.dtype() {
-        DType::F32 => CpuStorage::F32(contiguous::<f32>(storage, layout, "the known output")?.to_vec()),
-        DType::F64 => CpuStorage::F64(contiguous::<f64>(storage, layout, "the known output")?.to_vec()),
+        DType::F32 => CpuStorage::F32(copied(contiguous::<f32>(storage, layout, "the known output")?)),
+        DType::F64 => CpuStorage::F64(copied(contiguous::<f64>(storage, layout, "the known output")?)),
         other => candle_core::bail!("causal attention: {other:?} (f32 and f64 are supported)"),
     };
     Ok((out, ql.shape().clone()))

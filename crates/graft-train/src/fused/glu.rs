@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous, float_dtype, on_cpu, Real, MIN_TASK};
+use super::{contiguous, float_dtype, on_cpu, zeros, Real, MIN_TASK};
 
 struct SiluMul;
 
@@ -18,7 +18,7 @@ struct SiluMul;
 struct SiluMulBackward;
 
 fn forward<T: Real>(gate: &[T], up: &[T]) -> Vec<T> {
-    let mut out = vec![T::zero(); gate.len()];
+    let mut out = zeros(gate.len());
     out.par_chunks_mut(MIN_TASK)
         .zip(gate.par_chunks(MIN_TASK).zip(up.par_chunks(MIN_TASK)))
         .for_each(|(y, (gate, up))| {
@@ -31,7 +31,7 @@ fn forward<T: Real>(gate: &[T], up: &[T]) -> Vec<T> {
 
 fn backward<T: Real>(gate: &[T], up: &[T], grad: &[T]) -> Vec<T> {
     let n = gate.len();
-    let mut out = vec![T::zero(); 2 * n];
+    let mut out = zeros(2 * n);
     let (d_gate, d_up) = out.split_at_mut(n);
     d_gate
         .par_chunks_mut(MIN_TASK)

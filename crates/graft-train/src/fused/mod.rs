@@ -145,6 +145,20 @@ pub(crate) fn product<T: Real>(dst: &mut [T], (m, n, k): (usize, usize, usize), 
     }
 }
 
+/// `n` zeros written by the thread pool: an op's fresh output. Filled on the calling thread,
+/// it was a serial pass over the whole tensor (and its first touch of new pages) that the
+/// other cores waited out.
+pub(crate) fn zeros<T: Float + Send + Sync>(n: usize) -> Vec<T> {
+    use rayon::prelude::*;
+    rayon::iter::repeat_n(T::zero(), n).collect()
+}
+
+/// A copy of `xs` made by the thread pool.
+pub(crate) fn copied<T: Copy + Send + Sync>(xs: &[T]) -> Vec<T> {
+    use rayon::prelude::*;
+    xs.par_iter().copied().collect()
+}
+
 /// Whether the fused ops run on `t`'s device (their kernels are CPU code).
 pub(crate) fn on_cpu(t: &Tensor) -> bool {
     t.device().is_cpu()

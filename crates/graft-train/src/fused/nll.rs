@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{contiguous, float_dtype, max_of, on_cpu, sum_of, Real};
+use super::{contiguous, float_dtype, max_of, on_cpu, sum_of, zeros, Real};
 
 struct Nll {
     /// Each row's wanted token.
@@ -41,7 +41,7 @@ fn forward<T: Real>(logits: &[T], vocab: usize, wanted: &[u32]) -> Vec<T> {
 /// `softmax(row) · g`, less `g` at the wanted token, for each row, where `softmax(x) =
 /// e^(x - lse)` and the row's `lse = log Σ e^x` is its loss plus its wanted logit.
 fn backward<T: Real>(logits: &[T], vocab: usize, wanted: &[u32], loss: &[T], grad: &[T]) -> Vec<T> {
-    let mut out = vec![T::zero(); logits.len()];
+    let mut out = zeros(logits.len());
     out.par_chunks_mut(vocab)
         .zip(
             logits

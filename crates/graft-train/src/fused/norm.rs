@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{contiguous, float_dtype, on_cpu};
+use super::{contiguous, float_dtype, on_cpu, zeros};
 
 struct RmsNorm {
     eps: f64,
@@ -30,7 +30,7 @@ fn root<T: Float>(x: &[T], eps: f64) -> T {
 
 fn forward<T: Float + Send + Sync>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
     let d = w.len();
-    let mut out = vec![T::zero(); x.len()];
+    let mut out = zeros(x.len());
     out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
         let r = root(x, eps);
         for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
@@ -43,7 +43,7 @@ fn forward<T: Float + Send + Sync>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
 /// With `gw = g · w` and `r` the row's root: `dx = gw / r - x · Σ(gw · x) / (d · r³)`.
 fn backward<T: Float + Send + Sync>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
     let d = w.len();
-    let mut out = vec![T::zero(); x.len()];
+    let mut out = zeros(x.len());
     let width = T::from(d).unwrap_or_else(T::one);
     out.par_chunks_mut(d)
         .zip(x.par_chunks(d).zip(g.par_chunks(d)))

@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{contiguous, float_dtype, on_cpu};
+use super::{contiguous, float_dtype, on_cpu, zeros};
 
 #[derive(Clone, Copy)]
 struct Rope {
@@ -25,7 +25,7 @@ struct Rope {
 /// position).
 fn rotate<T: Float + Send + Sync>(x: &[T], cos: &[T], sin: &[T], t: usize, d: usize, rope: Rope) -> Vec<T> {
     let half = d / 2;
-    let mut out = vec![T::zero(); x.len()];
+    let mut out = zeros(x.len());
     out.par_chunks_mut(t * d).zip(x.par_chunks(t * d)).for_each(|(y, x)| {
         for p in 0..t {
             let (y, x) = (&mut y[p * d..(p + 1) * d], &x[p * d..(p + 1) * d]);
