@@ -12,10 +12,12 @@ pub struct Rng(u64);
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 impl Rng {
+    #[inline]
     pub fn new(seed: u64) -> Rng {
         Rng(seed)
     }
 
+    #[inline]
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(GAMMA);
         let mut z = self.0;
@@ -26,6 +28,7 @@ impl Rng {
 
     /// The `n`-th number (from 0) that `Rng::new(seed)` gives, computed directly: the state
     /// is a counter, so a draw far into a stream costs no more than the first.
+    #[inline]
     pub fn nth(seed: u64, n: u64) -> u64 {
         Rng::new(seed.wrapping_add(n.wrapping_mul(GAMMA))).next_u64()
     }

@@ -145,18 +145,38 @@ pub(crate) fn product<T: Real>(dst: &mut [T], (m, n, k): (usize, usize, usize), 
     }
 }
 
+/// Elements a task of [`zeros`] and [`copied`] writes.
+const FILL_TASK: usize = 1 << 16;
+
 /// `n` zeros written by the thread pool: an op's fresh output. Filled on the calling thread,
 /// it was a serial pass over the whole tensor (and its first touch of new pages) that the
 /// other cores waited out.
 pub(crate) fn zeros<T: Float + Send + Sync>(n: usize) -> Vec<T> {
-    use rayon::prelude::*;
-    rayon::iter::repeat_n(T::zero(), n).collect()
+    filled(n, |_, part| part.fill(std::mem::MaybeUninit::new(T::zero())))
 }
 
 /// A copy of `xs` made by the thread pool.
 pub(crate) fn copied<T: Copy + Send + Sync>(xs: &[T]) -> Vec<T> {
+    filled(xs.len(), |first, part| {
+        for (to, &from) in part.iter_mut().zip(&xs[first..]) {
+            to.write(from);
+        }
+    })
+}
+
+/// A vector of `n` elements, tasks of [`FILL_TASK`] elements each writing theirs by `fill`
+/// (given its first element's index): `fill` must write every element of its part.
+fn filled<T: Send>(n: usize, fill: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync) -> Vec<T> {
     use rayon::prelude::*;
-    xs.par_iter().copied().collect()
+    let mut v = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(FILL_TASK)
+        .enumerate()
+        .for_each(|(task, part)| fill(task * FILL_TASK, part));
+    // SAFETY: the capacity is at least n, and the tasks above wrote each of the first n
+    // elements (the callers' `fill` writes all of its part).
+    unsafe { v.set_len(n) };
+    v
 }
 
 /// Whether the fused ops run on `t`'s device (their kernels are CPU code).
