@@ -16,6 +16,7 @@
 //!   best adapters kept, early stopping, a time budget, a stop flag).
 //! - [`checkpoint`]: a run's whole state on disk, which a later run resumes exactly.
 //! - [`staged`]: folders (adapters, checkpoints) written whole, beside and renamed.
+//! - [`threads`]: the training's main thread made one of rayon's pool, so it computes too.
 //!
 //! This crate uses candle, never mistralrs: editing it does not rebuild the engine.
 
@@ -27,6 +28,7 @@ pub mod model;
 pub mod optim;
 pub mod peft;
 pub mod staged;
+pub mod threads;
 pub mod train;
 
 pub use candle_core::{DType, Device};

@@ -311,6 +311,10 @@ fn check_servable(out: &Path, adapters: &graft_core::config::AdaptersConfig) -> 
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    // This thread runs the training: it computes with rayon's pool instead of waiting on it.
+    if !graft_train::threads::join_global_pool() {
+        tracing::debug!("rayon's global pool existed already: training computes on its threads alone");
+    }
     let config = models::load_config(&args.config.config)?;
     check_args(&args, config.adapters.max_rank)?;
     let out = args
