@@ -10,10 +10,10 @@
 //! `x` is `[..., in]`, `A` `[rank, in]`, `B` `[out, rank]`. This module owns the arithmetic
 //! only: the adapter's weights, scale and dropout seed are `crate::lora`'s.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::{contiguous, float_dtype, product, zeros, Real};
+use super::{as_cpu, contiguous, float_dtype, product, zeros, Real};
 use crate::lora::Dropout;
 
 /// Rows a task takes.
@@ -149,14 +149,6 @@ fn backward<T: Real>(x: &[T], a: &[T], b: &[T], g: &[T], d: Dims, scale: T, drop
     [dx, da, db]
 }
 
-/// A tensor's storage as a CPU one.
-fn as_cpu(storage: &Storage) -> Result<&CpuStorage> {
-    match storage {
-        Storage::Cpu(s) => Ok(s),
-        _ => candle_core::bail!("adapter: a CPU op was given a tensor on another device"),
-    }
-}
-
 /// [`backward`] on the operands' storages (`x`, `A`, `B` and the output's gradient), as tensors
 /// shaped as `like`'s.
 fn gradients<T: Real + WithDType>(
@@ -225,7 +217,8 @@ impl CustomOp3 for Adapter {
         let (as_, al) = a.storage_and_layout();
         let (bs, bl) = b.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
-        let (xs, as_, bs, gs) = (as_cpu(&xs)?, as_cpu(&as_)?, as_cpu(&bs)?, as_cpu(&gs)?);
+        let cpu = |s| as_cpu(s, "adapter backward");
+        let (xs, as_, bs, gs) = (cpu(&xs)?, cpu(&as_)?, cpu(&bs)?, cpu(&gs)?);
         let d = Dims::of(xl, al, bl)?;
         if gl.shape().elem_count() != xl.shape().elem_count() / d.inp * d.out {
             candle_core::bail!("adapter backward: gradient {:?} for input {:?}", gl.dims(), xl.dims());
@@ -268,12 +261,8 @@ fn composed(x: &Tensor, a: &Tensor, b: &Tensor, scale: f64, dropout: Option<Drop
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::check::{agree, f32_agrees};
-    use candle_core::{Device, Var};
-
-    fn random(dims: &[usize], device: &Device) -> Var {
-        Var::from_tensor(&Tensor::randn(0f64, 1.0, dims, device).unwrap()).unwrap()
-    }
+    use crate::fused::check::{agree, f32_agrees, random};
+    use candle_core::Device;
 
     /// The fused op is candle's composed adapter, forward and backward, with and without
     /// dropout, for inputs that end inside a block of rows and on its edge.

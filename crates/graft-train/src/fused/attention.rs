@@ -13,10 +13,10 @@
 //! what runs in parallel. This module owns the arithmetic only, never the model.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::{contiguous, copied, float_dtype, max_of, on_cpu, product, sum_of, zeros, Real};
+use super::{as_cpu, contiguous, copied, float_dtype, max_of, on_cpu, product, sum_of, zeros, Real};
 
 /// Query rows a block takes: each block multiplies its rows by the keys up to its last
 /// position, so smaller blocks skip more of the masked half, larger ones make longer products.
@@ -176,21 +176,13 @@ fn known_output(known: &Tensor, ql: &Layout) -> Result<(CpuStorage, Shape)> {
         candle_core::bail!("causal attention: a known output {:?} for queries {:?}", known.dims(), ql.dims());
     }
     let (storage, layout) = known.storage_and_layout();
-    let storage = as_cpu(&storage)?;
+    let storage = as_cpu(&storage, "causal attention")?;
     let out = match storage.dtype() {
         DType::F32 => CpuStorage::F32(copied(contiguous::<f32>(storage, layout, "the known output")?)),
         DType::F64 => CpuStorage::F64(copied(contiguous::<f64>(storage, layout, "the known output")?)),
         other => candle_core::bail!("causal attention: {other:?} (f32 and f64 are supported)"),
     };
     Ok((out, ql.shape().clone()))
-}
-
-/// A tensor's storage as a CPU one (the op's backward pass reads its operands directly).
-fn as_cpu(storage: &Storage) -> Result<&CpuStorage> {
-    match storage {
-        Storage::Cpu(s) => Ok(s),
-        _ => candle_core::bail!("causal attention: a CPU op was given a tensor on another device"),
-    }
 }
 
 impl CustomOp3 for CausalAttention {
@@ -243,7 +235,8 @@ impl CustomOp3 for CausalAttention {
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
-        let (qs, ks, vs, gs) = (as_cpu(&qs)?, as_cpu(&ks)?, as_cpu(&vs)?, as_cpu(&gs)?);
+        let cpu = |s| as_cpu(s, "causal attention backward");
+        let (qs, ks, vs, gs) = (cpu(&qs)?, cpu(&ks)?, cpu(&vs)?, cpu(&gs)?);
         let d = Dims::of(ql, kl, vl)?;
         if gl.shape() != ql.shape() {
             candle_core::bail!("causal attention backward: gradient {:?} for queries {:?}", gl.dims(), ql.dims());
@@ -305,12 +298,8 @@ fn composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::check::{agree, f32_agrees, max_diff};
-    use candle_core::{Device, Var};
-
-    fn random(dims: &[usize], device: &Device) -> Var {
-        Var::from_tensor(&Tensor::randn(0f64, 1.0, dims, device).unwrap()).unwrap()
-    }
+    use crate::fused::check::{agree, f32_agrees, max_diff, random};
+    use candle_core::Device;
 
     /// The fused op is candle's composed attention, forward and backward, with grouped query
     /// heads and lengths that end inside a block and on its edge; so is its known form.
