@@ -11,7 +11,7 @@
 //! products stay ordinary candle ops.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 struct FrozenMatmul;
 
@@ -65,14 +65,7 @@ impl CustomOp3 for KnownMatmul {
         if yl.shape().dims2()? != (m, n) {
             candle_core::bail!("known frozen matmul: {m} × {n} expected, {:?} given", yl.dims());
         }
-        let Some((start, end)) = yl.contiguous_offsets() else {
-            candle_core::bail!("known frozen matmul: the product must be contiguous");
-        };
-        let out = match y.dtype() {
-            DType::F32 => CpuStorage::F32(crate::fused::copied(&y.as_slice::<f32>()?[start..end])),
-            DType::F64 => CpuStorage::F64(crate::fused::copied(&y.as_slice::<f64>()?[start..end])),
-            other => candle_core::bail!("known frozen matmul: {other:?} (f32 and f64 are supported)"),
-        };
+        let out = crate::fused::copy_of(y, yl, "known frozen matmul", "the known product")?;
         Ok((out, Shape::from((m, n))))
     }
 

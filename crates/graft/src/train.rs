@@ -310,11 +310,16 @@ fn check_servable(out: &Path, adapters: &graft_core::config::AdaptersConfig) -> 
     Ok(())
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
-    // This thread runs the training: it computes with rayon's pool instead of waiting on it.
+/// Makes this thread, which runs the training, one of rayon's (`graft_train::threads`), so it
+/// computes with the pool instead of waiting on it. `graft train` and `graft bench train`.
+pub(crate) fn join_rayons_pool() {
     if !graft_train::threads::join_global_pool() {
         tracing::debug!("rayon's global pool existed already: training computes on its threads alone");
     }
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    join_rayons_pool();
     let config = models::load_config(&args.config.config)?;
     check_args(&args, config.adapters.max_rank)?;
     let out = args

@@ -10,10 +10,10 @@
 //! `x` is `[..., in]`, `A` `[rank, in]`, `B` `[out, rank]`. This module owns the arithmetic
 //! only: the adapter's weights, scale and dropout seed are `crate::lora`'s.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{as_cpu, contiguous, float_dtype, product, zeros, Real};
+use super::{backward3, contiguous, float_dtype, product, zeros, Backward3, Real};
 use crate::lora::Dropout;
 
 /// Rows a task takes.
@@ -149,19 +149,22 @@ fn backward<T: Real>(x: &[T], a: &[T], b: &[T], g: &[T], d: Dims, scale: T, drop
     [dx, da, db]
 }
 
-/// [`backward`] on the operands' storages (`x`, `A`, `B` and the output's gradient), as tensors
-/// shaped as `like`'s.
-fn gradients<T: Real + WithDType>(
-    operands: [(&CpuStorage, &Layout, &str); 4],
-    d: Dims,
-    op: &Adapter,
-    like: [&Tensor; 3],
-) -> Result<[Tensor; 3]> {
-    let [x, a, b, g] = operands.map(|(storage, layout, what)| contiguous::<T>(storage, layout, what));
-    let scale = T::from(op.scale).unwrap_or_else(T::one);
-    let [dx, da, db] = backward(x?, a?, b?, g?, d, scale, op.dropout.as_ref());
-    let tensor = |data: Vec<T>, like: &Tensor| Tensor::from_vec(data, like.shape(), like.device());
-    Ok([tensor(dx, like[0])?, tensor(da, like[1])?, tensor(db, like[2])?])
+impl Backward3 for Adapter {
+    type Dims = Dims;
+    const NAME: &'static str = "adapter backward";
+    const OPERANDS: [&'static str; 3] = ["the input", "A", "B"];
+
+    fn dims(&self, [xl, al, bl, gl]: [&Layout; 4]) -> Result<Dims> {
+        let d = Dims::of(xl, al, bl)?;
+        if gl.shape().elem_count() != xl.shape().elem_count() / d.inp * d.out {
+            candle_core::bail!("adapter backward: gradient {:?} for input {:?}", gl.dims(), xl.dims());
+        }
+        Ok(d)
+    }
+
+    fn kernel<T: Real>(&self, d: Dims, [x, a, b, g]: [&[T]; 4]) -> [Vec<T>; 3] {
+        backward(x, a, b, g, d, T::from(self.scale).unwrap_or_else(T::one), self.dropout.as_ref())
+    }
 }
 
 impl CustomOp3 for Adapter {
@@ -212,23 +215,7 @@ impl CustomOp3 for Adapter {
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let (xs, xl) = x.storage_and_layout();
-        let (as_, al) = a.storage_and_layout();
-        let (bs, bl) = b.storage_and_layout();
-        let (gs, gl) = grad.storage_and_layout();
-        let cpu = |s| as_cpu(s, "adapter backward");
-        let (xs, as_, bs, gs) = (cpu(&xs)?, cpu(&as_)?, cpu(&bs)?, cpu(&gs)?);
-        let d = Dims::of(xl, al, bl)?;
-        if gl.shape().elem_count() != xl.shape().elem_count() / d.inp * d.out {
-            candle_core::bail!("adapter backward: gradient {:?} for input {:?}", gl.dims(), xl.dims());
-        }
-        let operands = [(xs, xl, "the input"), (as_, al, "A"), (bs, bl, "B"), (gs, gl, "the gradient")];
-        let [dx, da, db] = match float_dtype(xs, "adapter backward")? {
-            DType::F32 => gradients::<f32>(operands, d, self, [x, a, b])?,
-            _ => gradients::<f64>(operands, d, self, [x, a, b])?,
-        };
-        Ok((Some(dx), Some(da), Some(db)))
+        backward3(self, [x, a, b], grad)
     }
 }
 

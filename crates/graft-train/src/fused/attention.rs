@@ -12,11 +12,10 @@
 //! The products are the gemm crate's (candle's CPU matmul), each on one thread: the tasks are
 //! what runs in parallel. This module owns the arithmetic only, never the model.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{as_cpu, contiguous, copied, float_dtype, max_of, on_cpu, product, sum_of, zeros, Real};
+use super::{as_cpu, backward3, contiguous, copy_of, float_dtype, max_of, on_cpu, product, sum_of, zeros, Backward3, Real};
 
 /// Query rows a block takes: each block multiplies its rows by the keys up to its last
 /// position, so smaller blocks skip more of the masked half, larger ones make longer products.
@@ -156,33 +155,36 @@ fn backward<T: Real>(q: &[T], k: &[T], v: &[T], g: &[T], d: Dims, scale: T) -> [
     [dq, dk, dv]
 }
 
-/// [`backward`] on the operands' storages (`q`, `k`, `v` and the output's gradient), as tensors
-/// shaped as `like`'s.
-fn gradients<T: Real + WithDType>(
-    operands: [(&CpuStorage, &Layout, &str); 4],
-    d: Dims,
-    scale: T,
-    like: [&Tensor; 3],
-) -> Result<[Tensor; 3]> {
-    let [q, k, v, g] = operands.map(|(storage, layout, what)| contiguous::<T>(storage, layout, what));
-    let [dq, dk, dv] = backward(q?, k?, v?, g?, d, scale);
-    let tensor = |data: Vec<T>, like: &Tensor| Tensor::from_vec(data, like.shape(), like.device());
-    Ok([tensor(dq, like[0])?, tensor(dk, like[1])?, tensor(dv, like[2])?])
-}
-
 /// A copy of `known`, the output already computed for queries laid out as `ql`.
 fn known_output(known: &Tensor, ql: &Layout) -> Result<(CpuStorage, Shape)> {
     if known.shape() != ql.shape() {
         candle_core::bail!("causal attention: a known output {:?} for queries {:?}", known.dims(), ql.dims());
     }
     let (storage, layout) = known.storage_and_layout();
-    let storage = as_cpu(&storage, "causal attention")?;
-    let out = match storage.dtype() {
-        DType::F32 => CpuStorage::F32(copied(contiguous::<f32>(storage, layout, "the known output")?)),
-        DType::F64 => CpuStorage::F64(copied(contiguous::<f64>(storage, layout, "the known output")?)),
-        other => candle_core::bail!("causal attention: {other:?} (f32 and f64 are supported)"),
-    };
+    let out = copy_of(
+        as_cpu(&storage, "causal attention")?,
+        layout,
+        "causal attention",
+        "the known output",
+    )?;
     Ok((out, ql.shape().clone()))
+}
+
+impl Backward3 for CausalAttention {
+    type Dims = Dims;
+    const NAME: &'static str = "causal attention backward";
+    const OPERANDS: [&'static str; 3] = ["the queries", "the keys", "the values"];
+
+    fn dims(&self, [ql, kl, vl, gl]: [&Layout; 4]) -> Result<Dims> {
+        if gl.shape() != ql.shape() {
+            candle_core::bail!("causal attention backward: gradient {:?} for queries {:?}", gl.dims(), ql.dims());
+        }
+        Dims::of(ql, kl, vl)
+    }
+
+    fn kernel<T: Real>(&self, d: Dims, [q, k, v, g]: [&[T]; 4]) -> [Vec<T>; 3] {
+        backward(q, k, v, g, d, T::from(self.scale).unwrap_or_else(T::one))
+    }
 }
 
 impl CustomOp3 for CausalAttention {
@@ -230,28 +232,7 @@ impl CustomOp3 for CausalAttention {
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let (qs, ql) = q.storage_and_layout();
-        let (ks, kl) = k.storage_and_layout();
-        let (vs, vl) = v.storage_and_layout();
-        let (gs, gl) = grad.storage_and_layout();
-        let cpu = |s| as_cpu(s, "causal attention backward");
-        let (qs, ks, vs, gs) = (cpu(&qs)?, cpu(&ks)?, cpu(&vs)?, cpu(&gs)?);
-        let d = Dims::of(ql, kl, vl)?;
-        if gl.shape() != ql.shape() {
-            candle_core::bail!("causal attention backward: gradient {:?} for queries {:?}", gl.dims(), ql.dims());
-        }
-        let operands = [
-            (qs, ql, "the queries"),
-            (ks, kl, "the keys"),
-            (vs, vl, "the values"),
-            (gs, gl, "the gradient"),
-        ];
-        let [dq, dk, dv] = match float_dtype(qs, "causal attention backward")? {
-            DType::F32 => gradients::<f32>(operands, d, self.scale as f32, [q, k, v])?,
-            _ => gradients::<f64>(operands, d, self.scale, [q, k, v])?,
-        };
-        Ok((Some(dq), Some(dk), Some(dv)))
+        backward3(self, [q, k, v], grad)
     }
 }
 

@@ -11,7 +11,7 @@
 //! only its LoRA matrices. This module must not know the model: it owns the arithmetic only.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, Layout, Result, Tensor, WithDType};
+use candle_core::{CpuStorage, DType, Layout, Result, Tensor, WithDType};
 use num_traits::Float;
 
 pub mod adapter;
@@ -156,7 +156,7 @@ pub(crate) fn zeros<T: Float + Send + Sync>(n: usize) -> Vec<T> {
 }
 
 /// A copy of `xs` made by the thread pool.
-pub(crate) fn copied<T: Copy + Send + Sync>(xs: &[T]) -> Vec<T> {
+fn copied<T: Copy + Send + Sync>(xs: &[T]) -> Vec<T> {
     filled(xs.len(), |first, part| {
         for (to, &from) in part.iter_mut().zip(&xs[first..]) {
             to.write(from);
@@ -177,6 +177,67 @@ fn filled<T: Send>(n: usize, fill: impl Fn(usize, &mut [std::mem::MaybeUninit<T>
     // elements (the callers' `fill` writes all of its part).
     unsafe { v.set_len(n) };
     v
+}
+
+/// A copy of a contiguous f32 or f64 `storage` laid out by `layout`, made by the thread pool:
+/// a value already computed that an op gives as its output. `op` and `what` name the op and
+/// the tensor in errors.
+pub(crate) fn copy_of(storage: &CpuStorage, layout: &Layout, op: &str, what: &str) -> Result<CpuStorage> {
+    Ok(match float_dtype(storage, op)? {
+        DType::F32 => CpuStorage::F32(copied(contiguous::<f32>(storage, layout, what)?)),
+        _ => CpuStorage::F64(copied(contiguous::<f64>(storage, layout, what)?)),
+    })
+}
+
+/// A fused op with three operands, as its backward pass sees it: [`backward3`] reads the
+/// operands and the output's gradient, this gives the shapes and computes.
+pub(crate) trait Backward3 {
+    /// The op's shapes.
+    type Dims: Copy;
+    /// The op in errors (`"causal attention backward"`).
+    const NAME: &'static str;
+    /// The operands in errors (`"the queries"`, ...).
+    const OPERANDS: [&'static str; 3];
+    /// The shapes, from the operands' layouts and the gradient's (the fourth); an error when
+    /// they do not fit.
+    fn dims(&self, layouts: [&Layout; 4]) -> Result<Self::Dims>;
+    /// The three operands' gradients from their elements and the gradient's (the fourth).
+    fn kernel<T: Real>(&self, d: Self::Dims, elements: [&[T]; 4]) -> [Vec<T>; 3];
+}
+
+/// `op`'s backward pass on a CPU: `inputs` and the output's gradient `grad` read as
+/// contiguous f32 or f64 elements, the gradients shaped as the inputs.
+pub(crate) fn backward3<B: Backward3>(
+    op: &B,
+    inputs: [&Tensor; 3],
+    grad: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let grad = grad.contiguous()?;
+    let tensors = [inputs[0], inputs[1], inputs[2], &grad];
+    let read = tensors.map(|t| t.storage_and_layout());
+    let layouts = [read[0].1, read[1].1, read[2].1, read[3].1];
+    let d = op.dims(layouts)?;
+    let cpu = |i: usize| as_cpu(&read[i].0, B::NAME);
+    let storages = [cpu(0)?, cpu(1)?, cpu(2)?, cpu(3)?];
+    let names = [B::OPERANDS[0], B::OPERANDS[1], B::OPERANDS[2], "the gradient"];
+    let [a, b, c] = match float_dtype(storages[0], B::NAME)? {
+        DType::F32 => shaped(op.kernel(d, elements::<f32>(storages, layouts, names)?), inputs)?,
+        _ => shaped(op.kernel(d, elements::<f64>(storages, layouts, names)?), inputs)?,
+    };
+    Ok((Some(a), Some(b), Some(c)))
+}
+
+/// The contiguous elements of four storages.
+fn elements<'a, T: WithDType>(storages: [&'a CpuStorage; 4], layouts: [&Layout; 4], names: [&str; 4]) -> Result<[&'a [T]; 4]> {
+    let one = |i: usize| contiguous::<T>(storages[i], layouts[i], names[i]);
+    Ok([one(0)?, one(1)?, one(2)?, one(3)?])
+}
+
+/// Three gradients as tensors shaped as `like`'s.
+fn shaped<T: WithDType>(grads: [Vec<T>; 3], like: [&Tensor; 3]) -> Result<[Tensor; 3]> {
+    let [a, b, c] = grads;
+    let tensor = |data: Vec<T>, like: &Tensor| Tensor::from_vec(data, like.shape(), like.device());
+    Ok([tensor(a, like[0])?, tensor(b, like[1])?, tensor(c, like[2])?])
 }
 
 /// Whether the fused ops run on `t`'s device (their kernels are CPU code).
@@ -203,7 +264,7 @@ fn as_cpu<'a>(storage: &'a candle_core::Storage, op: &str) -> Result<&'a CpuStor
 }
 
 /// The dtype of `storage` if the fused ops take it, else an error naming the op.
-fn float_dtype(storage: &CpuStorage, op: &str) -> Result<candle_core::DType> {
+fn float_dtype(storage: &CpuStorage, op: &str) -> Result<DType> {
     match storage.dtype() {
         d @ (candle_core::DType::F32 | candle_core::DType::F64) => Ok(d),
         other => candle_core::bail!("{op}: {other:?} (f32 and f64 are supported)"),

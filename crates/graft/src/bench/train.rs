@@ -38,10 +38,7 @@ fn text_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 pub fn run(args: BenchTrainArgs) -> Result<()> {
-    // This thread runs the training: it computes with rayon's pool instead of waiting on it.
-    if !graft_train::threads::join_global_pool() {
-        tracing::debug!("rayon's global pool existed already: training computes on its threads alone");
-    }
+    crate::train::join_rayons_pool();
     let config = models::load_config(&args.config.config)?;
     if args.steps == 0 {
         bail!("--steps must be at least 1");
