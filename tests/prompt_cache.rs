@@ -236,8 +236,9 @@ async fn a_requests_choices_read_their_prompt_once_between_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_cached_prompts_of_unequal_lengths_answered_together_answer_as_alone() {
     // Two requests at once whose prompts are both cached (their starts reused to different
-    // lengths) are never decoded in one batch: the scheduler takes turns, setting one aside
-    // while the other steps. When the one stepping finished, the one set aside was read again
+    // lengths) are read in turns: the scheduler sets one aside while the other steps (their
+    // answers then decode in one batch, change 17). When the one stepping finished, the one
+    // set aside was read again
     // as a new prompt on top of its cache (vendor/README.md, change 8) and its answer went
     // wrong (here: `num1, num1,` for `num1, num2):`).
     let engine = engine_of(2, 4).await;

@@ -466,7 +466,7 @@ impl Engine {
                             .unwrap()
                             .0
                             .iter()
-                            .map(|cache| matches!(cache, KvCache::Normal { .. }))
+                            .map(KvCache::is_normal)
                             .collect(),
                         _ => Vec::new(),
                     };

@@ -3,6 +3,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use candle_core::{Result, Tensor, D};
 
 use crate::{
+    attention::{Sdpa, SdpaParams},
     get_mut_arcmutex,
     pipeline::{CacheManagerMixin, MetadataMixin},
     sequence::Sequence,
@@ -43,6 +44,12 @@ pub enum KvCache {
     Normal { k: SingleCache, v: SingleCache },
     Rotating { k: RotatingCache, v: RotatingCache },
     Shared { owner: usize },
+    /// graft: one layer's caches of a batch whose sequences keep caches of their own, one per
+    /// sequence in the batch's order (`NormalCacheManager::clone_in_cache`, on a pipeline that
+    /// `decodes_ragged`). Sequences of different lengths decode together this way: each one's
+    /// keys and values are appended to its own cache and its attention reads that cache alone
+    /// (`attend`), while every matrix product of the step takes the whole batch. Never empty.
+    Ragged(Vec<KvCache>),
 }
 
 impl KvCache {
@@ -67,6 +74,7 @@ impl KvCache {
             Self::Normal { k, .. } => k.current_data(),
             Self::Rotating { k, .. } => k.current_data(),
             Self::Shared { .. } => Ok(None),
+            Self::Ragged(_) => candle_core::bail!("a ragged batch's caches have no one key tensor"),
         }
     }
 
@@ -75,7 +83,45 @@ impl KvCache {
             Self::Normal { v, .. } => v.current_data(),
             Self::Rotating { v, .. } => v.current_data(),
             Self::Shared { .. } => Ok(None),
+            Self::Ragged(_) => candle_core::bail!("a ragged batch's caches have no one value tensor"),
         }
+    }
+
+    /// graft: appends this step's keys and values (`k`, `v`: batch, kv heads, tokens, head
+    /// size) and runs the attention of the queries `q` over the cache. A ragged batch runs it
+    /// sequence by sequence, each over its own cache: one new token each (no mask), and each
+    /// sequence's result the one it gets decoding alone.
+    pub fn attend(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        sdpa_params: &SdpaParams,
+    ) -> Result<Tensor> {
+        let Self::Ragged(parts) = self else {
+            let (k, v) = self.append(k, v)?;
+            return Sdpa.run_attention(q, &k, &v, mask, None, sdpa_params);
+        };
+        if mask.is_some() || q.dim(2)? != 1 {
+            candle_core::bail!("a ragged batch decodes one token a sequence, without a mask");
+        }
+        if q.dim(0)? != parts.len() {
+            candle_core::bail!(
+                "a ragged batch of {} caches got {} sequences' queries",
+                parts.len(),
+                q.dim(0)?
+            );
+        }
+        let outputs = parts
+            .iter_mut()
+            .enumerate()
+            .map(|(i, part)| {
+                let (q, k, v) = (q.narrow(0, i, 1)?, k.narrow(0, i, 1)?, v.narrow(0, i, 1)?);
+                part.attend(&q, &k, &v, None, sdpa_params)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&outputs, 0)
     }
 
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -97,6 +143,9 @@ impl KvCache {
                     "attempted to append KV data to shared cache owned by layer {owner}"
                 );
             }
+            Self::Ragged(_) => {
+                candle_core::bail!("a ragged batch's caches are appended to by `attend`")
+            }
         };
         let k = match out_k {
             None => {
@@ -104,7 +153,7 @@ impl KvCache {
                 match self {
                     Self::Normal { k, .. } => shape[k.dim] = 0,
                     Self::Rotating { k, .. } => shape[k.dim] = 0,
-                    Self::Shared { .. } => unreachable!(),
+                    Self::Shared { .. } | Self::Ragged(_) => unreachable!(),
                 }
                 Tensor::zeros(shape, k.dtype(), k.device())?
             }
@@ -116,7 +165,7 @@ impl KvCache {
                 match self {
                     Self::Normal { v, .. } => shape[v.dim] = 0,
                     Self::Rotating { v, .. } => shape[v.dim] = 0,
-                    Self::Shared { .. } => unreachable!(),
+                    Self::Shared { .. } | Self::Ragged(_) => unreachable!(),
                 }
                 Tensor::zeros(shape, v.dtype(), v.device())?
             }
@@ -130,6 +179,7 @@ impl KvCache {
             Self::Normal { k, .. } => k.current_seq_len(),
             Self::Rotating { k, .. } => k.current_seq_len(),
             Self::Shared { .. } => 0,
+            Self::Ragged(parts) => parts.iter().map(Self::current_seq_len).max().unwrap_or(0),
         }
     }
 
@@ -144,6 +194,13 @@ impl KvCache {
                 v.reset();
             }
             Self::Shared { .. } => {}
+            // An empty cache of the batch's kind: the pipeline's caches are the template of a
+            // new sequence's.
+            Self::Ragged(parts) => {
+                let mut empty = parts[0].clone();
+                empty.reset();
+                *self = empty;
+            }
         }
     }
 
@@ -161,6 +218,7 @@ impl KvCache {
                 Ok(())
             }
             Self::Shared { .. } => Ok(()),
+            Self::Ragged(_) => candle_core::bail!("a ragged batch's caches have lengths of their own"),
         }
     }
 
@@ -177,11 +235,23 @@ impl KvCache {
                 Ok(())
             }
             Self::Shared { .. } => Ok(()),
+            Self::Ragged(_) => candle_core::bail!("a ragged batch's caches have lengths of their own"),
         }
     }
 
     pub fn is_rotating(&self) -> bool {
-        matches!(self, Self::Rotating { .. })
+        match self {
+            Self::Ragged(parts) => parts[0].is_rotating(),
+            _ => matches!(self, Self::Rotating { .. }),
+        }
+    }
+
+    /// graft: a plain cache, of a ragged batch's sequences too.
+    pub fn is_normal(&self) -> bool {
+        match self {
+            Self::Ragged(parts) => parts[0].is_normal(),
+            _ => matches!(self, Self::Normal { .. }),
+        }
     }
 
     pub fn is_shared(&self) -> bool {
@@ -195,6 +265,7 @@ impl KvCache {
             Self::Normal { k, v } => (&mut k.all_data, &mut v.all_data),
             Self::Rotating { k, v } => (&mut k.all_data, &mut v.all_data),
             Self::Shared { .. } => return Ok(()),
+            Self::Ragged(parts) => return parts.iter_mut().try_for_each(Self::own_tensors),
         };
         for data in [k, v] {
             if let Some(tensor) = data {
@@ -309,6 +380,36 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                 return;
             }
         }
+        // graft: decoding sequences on a pipeline whose attention takes a ragged batch keep
+        // their own caches, handed over as one sequence's are (no batched copy), whatever their
+        // lengths: the scheduler puts every decoding sequence in one batch.
+        if seqs.len() > 1
+            && !modify_draft_cache
+            && pipeline.decodes_ragged()
+            && seqs.iter().all(|seq| seq.is_completion())
+        {
+            let template = pipeline.cache().normal().0.clone();
+            let caches = template
+                .into_iter()
+                .enumerate()
+                .map(|(layer, template)| {
+                    let parts = seqs
+                        .iter_mut()
+                        .map(|seq| match &seq.normal_cache()[layer] {
+                            Some(cache) => cache.clone(),
+                            None => {
+                                let mut empty = template.clone();
+                                empty.reset();
+                                empty
+                            }
+                        })
+                        .collect();
+                    KvCache::Ragged(parts)
+                })
+                .collect();
+            *pipeline.cache().normal() = NormalCache(caches);
+            return;
+        }
         let mut new_k_cache = Vec::new();
         let mut new_v_cache = Vec::new();
 
@@ -334,7 +435,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     KvCache::Rotating { k, v } => {
                         (k.all_data.clone().unwrap(), v.all_data.clone().unwrap())
                     }
-                    KvCache::Shared { .. } => {
+                    KvCache::Shared { .. } | KvCache::Ragged(_) => {
                         new_k_cache.push(None);
                         new_v_cache.push(None);
                         continue;
@@ -365,7 +466,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     KvCache::Rotating { k, v } => {
                         (k.all_data.clone().unwrap(), v.all_data.clone().unwrap())
                     }
-                    KvCache::Shared { .. } => continue,
+                    KvCache::Shared { .. } | KvCache::Ragged(_) => continue,
                 };
                 let offset = i * first_k.dims()[0];
                 batch_k.slice_set(&src_k, 0, offset).unwrap();
@@ -441,6 +542,12 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                 KvCache::Shared { owner } => {
                     caches.push(KvCache::Shared { owner: *owner });
                 }
+                // A sequence's own cache is never ragged (only the pipeline's is).
+                KvCache::Ragged(_) => {
+                    let mut cache = pipeline.cache().normal().0[layer_idx].clone();
+                    cache.reset();
+                    caches.push(cache);
+                }
             }
         }
         *pipeline.cache().normal() = NormalCache(caches);
@@ -460,6 +567,18 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                 }
                 continue;
             }
+            // graft: a ragged batch's sequences get their own caches back.
+            if let KvCache::Ragged(parts) = cache {
+                for (seq, part) in seqs.iter_mut().zip(parts) {
+                    let output_cache = if modify_draft_cache {
+                        seq.normal_draft_cache()
+                    } else {
+                        seq.normal_cache()
+                    };
+                    output_cache[layer] = Some(part.clone());
+                }
+                continue;
+            }
             // This case for llama 3.2 vision cross attn
             if cache.k().unwrap().is_none() {
                 continue;
@@ -472,7 +591,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                 KvCache::Rotating { k, v } => {
                     (k.all_data.clone().unwrap(), v.all_data.clone().unwrap())
                 }
-                KvCache::Shared { .. } => unreachable!(),
+                KvCache::Shared { .. } | KvCache::Ragged(_) => unreachable!(),
             };
 
             let k_caches = k_cache.chunk(seqs.len(), 0).unwrap();
@@ -533,7 +652,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                             },
                         });
                     }
-                    KvCache::Shared { .. } => unreachable!(),
+                    KvCache::Shared { .. } | KvCache::Ragged(_) => unreachable!(),
                 }
             }
         }
@@ -565,6 +684,12 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
             layer_devices
         });
 
+        // graft: a ragged batch's caches become an empty cache of their kind first.
+        for layer in pipeline.cache().normal().0.iter_mut() {
+            if matches!(layer, KvCache::Ragged(_)) {
+                layer.reset();
+            }
+        }
         let old_caches = pipeline.cache().normal().0.clone();
 
         for (layer_idx, layer) in pipeline.cache().normal().0.iter_mut().enumerate() {
@@ -598,6 +723,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     continue;
                 }
                 KvCache::Normal { .. } => {}
+                KvCache::Ragged(_) => unreachable!("a ragged batch's caches were reset above"),
             }
 
             let mut k_caches = Vec::new();
@@ -664,7 +790,9 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     };
                     *layer = cache;
                 }
-                KvCache::Rotating { .. } | KvCache::Shared { .. } => unreachable!(),
+                KvCache::Rotating { .. } | KvCache::Shared { .. } | KvCache::Ragged(_) => {
+                    unreachable!()
+                }
             }
         }
     }

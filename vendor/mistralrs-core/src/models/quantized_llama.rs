@@ -12,7 +12,7 @@ use mistralrs_quant::{GgufMatMul, QuantMethod, QuantMethodConfig};
 use crate::attention::SdpaParams;
 use crate::device_map::{DeviceMappedMask, DeviceMapper};
 use crate::gguf::Content;
-use crate::layers::{CausalMasker, MatMul, QRmsNorm, RotaryEmbedding, Sdpa};
+use crate::layers::{CausalMasker, MatMul, QRmsNorm, RotaryEmbedding};
 use crate::layers_masker::PastKvLenCache;
 use crate::models::stacked::Stacked;
 use crate::paged_attention::{AttentionImplementation, PagedAttention};
@@ -206,9 +206,8 @@ impl LayerWeights {
                 )?
             }
             None => {
-                let (k, v) = kv_cache.append(&k, &v)?;
-
-                Sdpa.run_attention(&q, &k, &v, mask, None, &self.sdpa_params)?
+                // graft: appends and attends, sequence by sequence in a ragged batch.
+                kv_cache.attend(&q, &k, &v, mask, &self.sdpa_params)?
             }
         };
 

@@ -14,7 +14,6 @@ use crate::attention::SdpaParams;
 use crate::device_map::{DeviceMappedMask, DeviceMapper};
 use crate::gguf::Content;
 use crate::layers::MatMul;
-use crate::layers::Sdpa;
 use crate::layers::{CausalMasker, QLinear};
 use crate::layers_masker::PastKvLenCache;
 use crate::paged_attention::AttentionImplementation;
@@ -115,9 +114,8 @@ impl LayerWeights {
                 )?
             }
             None => {
-                let (k, v) = kv_cache.append(&k, &v)?;
-
-                Sdpa.run_attention(&q, &k, &v, mask, None, &self.sdpa_params)?
+                // graft: appends and attends, sequence by sequence in a ragged batch.
+                kv_cache.attend(&q, &k, &v, mask, &self.sdpa_params)?
             }
         };
 

@@ -10,7 +10,7 @@ use mistralrs_quant::{GgufMatMul, QuantMethod, QuantMethodConfig};
 use crate::attention::SdpaParams;
 use crate::device_map::{DeviceMappedMask, DeviceMapper};
 use crate::gguf::Content;
-use crate::layers::{CausalMasker, MatMul, QRmsNorm, RotaryEmbedding, Sdpa};
+use crate::layers::{CausalMasker, MatMul, QRmsNorm, RotaryEmbedding};
 use crate::layers_masker::PastKvLenCache;
 use crate::models::quantized_llama::Mlp;
 use crate::models::stacked::Stacked;
@@ -113,9 +113,8 @@ impl LayerWeights {
                 )?
             }
             None => {
-                let (k, v) = kv_cache.append(&k, &v)?;
-
-                Sdpa.run_attention(&q, &k, &v, mask, None, &self.sdpa_params)?
+                // graft: appends and attends, sequence by sequence in a ragged batch.
+                kv_cache.attend(&q, &k, &v, mask, &self.sdpa_params)?
             }
         };
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::attention::SdpaParams;
 use crate::device_map::{DeviceMappedMask, DeviceMapper};
 use crate::gguf::Content;
-use crate::layers::{CausalMasker, MatMul, QLinear, RotaryEmbedding, Sdpa};
+use crate::layers::{CausalMasker, MatMul, QLinear, RotaryEmbedding};
 use crate::layers_masker::PastKvLenCache;
 use crate::paged_attention::{AttentionImplementation, PagedAttention};
 use crate::pipeline::text_models_inputs_processor::PagedAttentionInputMetadata;
@@ -118,9 +118,8 @@ impl LayerWeights {
                 )?
             }
             None => {
-                let (k, v) = kv_cache.append(&k, &v)?;
-
-                Sdpa.run_attention(&q, &k, &v, mask, None, &self.sdpa_params)?
+                // graft: appends and attends, sequence by sequence in a ragged batch.
+                kv_cache.attend(&q, &k, &v, mask, &self.sdpa_params)?
             }
         };
 

@@ -689,6 +689,13 @@ impl CacheManagerMixin for GGUFPipeline {
             self.reset_non_granular_state()
         }
     }
+    /// graft: every GGUF model but the X-LoRA ones attends through `KvCache::attend`; with
+    /// PagedAttention the scheduler is another.
+    fn decodes_ragged(&self) -> bool {
+        !matches!(self.model, Model::XLoraLlama(_) | Model::XLoraPhi3(_))
+            && matches!(self.cache(), EitherCache::Normal(_))
+            && self.metadata.cache_config.is_none()
+    }
     fn cache(&self) -> &EitherCache {
         match self.model {
             Model::Llama(ref model) => &model.cache,

@@ -213,6 +213,12 @@ pub trait CacheManagerMixin {
         load_preallocated_cache: bool,
     );
     fn cache(&self) -> &EitherCache;
+    /// graft: whether the model's attention takes a batch of decoding sequences of different
+    /// lengths, each with caches of its own (`KvCache::Ragged`, through `KvCache::attend`). The
+    /// scheduler then puts every decoding sequence in one batch.
+    fn decodes_ragged(&self) -> bool {
+        false
+    }
 }
 
 pub trait MetadataMixin {

@@ -68,22 +68,38 @@ pub trait BucketingManager<Backer: FcfsBacker>: Send + Sync {
     ) -> BucketedSeqs<Backer>;
 }
 
-// (cache length, (has_imgs && is_prompt), sequence offset, own id for a raw-logits sequence)
+// (cache length, (has_imgs && is_prompt), sequence offset, own id for a raw-logits sequence,
+// a decoding sequence of a ragged batch)
 // Bucket by that metric for images because if we are not a prompt, then this doesn't apply
 // graft: a sequence that returns raw logits steps alone. The engine asserts that a step's
 // prompts all return raw logits or none do, and a raw response takes a batch of one.
-type BucketKey = (usize, bool, usize, Option<usize>);
+type BucketKey = (usize, bool, usize, Option<usize>, bool);
 
-fn bucket_key(seq: &Sequence) -> BucketKey {
+/// graft: with `ragged`, every decoding sequence (one that returns no raw logits) shares one
+/// bucket whatever its length: the pipeline decodes them together, each over its own cache.
+fn bucket_key(seq: &Sequence, ragged: bool) -> BucketKey {
+    if ragged && seq.is_completion() && !seq.return_raw_logits {
+        return (0, false, 0, None, true);
+    }
     (
         seq.len(),
         seq.images().is_some() && seq.is_prompt(),
         seq.token_offset(),
         seq.return_raw_logits.then(|| *seq.id()),
+        false,
     )
 }
 
-struct FixedBucketingManager;
+#[derive(Default)]
+struct FixedBucketingManager {
+    /// graft: decoding sequences of any lengths run together (`bucket_key`).
+    ragged: bool,
+    /// graft: with `ragged`, whether the last step chosen was the decoding batch's. While
+    /// prompts wait, steps alternate: a prompt's bucket, then every decoding sequence, so a
+    /// new request's first token waits at most one decoding step, and answers in progress
+    /// wait at most one prompt.
+    decoded_last: bool,
+}
 
 impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
     /// Move the sequences into buckets, and run the ones with the shortest lengths.
@@ -99,7 +115,7 @@ impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
         let mut seq_buckets: HashMap<BucketKey, Vec<Sequence>> = HashMap::new();
         let mut seq_priorities: HashMap<BucketKey, f64> = HashMap::new();
         for seq in running {
-            let key = bucket_key(&seq);
+            let key = bucket_key(&seq, self.ragged);
             match seq_buckets.get_mut(&key) {
                 Some(bucket) => {
                     if !discrete {
@@ -115,6 +131,26 @@ impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
                 }
             }
         }
+        // graft: a ragged decoding batch beside other buckets takes turns with them
+        // (`decoded_last`).
+        let decoding = seq_buckets.keys().copied().find(|key| key.4);
+        if let Some(decoding) = decoding.filter(|_| seq_buckets.len() > 1) {
+            let batch = seq_buckets.remove(&decoding).unwrap_or_default();
+            seq_priorities.remove(&decoding);
+            if !self.decoded_last {
+                self.decoded_last = true;
+                for seq in seq_buckets.into_values().flatten() {
+                    waiting.add(seq.add_urgency());
+                }
+                let running = batch.into_iter().map(|s| s.reset_urgency()).collect();
+                return BucketedSeqs { running, waiting };
+            }
+            for seq in batch {
+                waiting.add(seq.add_urgency());
+            }
+        }
+        // The decoding batch runs now only when it is the one bucket left.
+        self.decoded_last = decoding.is_some_and(|key| seq_buckets.contains_key(&key));
         let running = if seq_buckets.len() <= 1 {
             // Full steam ahead or have everything
             seq_buckets
@@ -127,7 +163,7 @@ impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
             // Allow the min seqs to catch up.
             let min = *seq_buckets
                 .keys()
-                .min_by_key(|(x, _, _, _)| *x)
+                .min_by_key(|(x, _, _, _, _)| *x)
                 .expect("No sequence buckets.");
             let len = if !discrete {
                 seq_priorities
@@ -167,7 +203,7 @@ pub struct DefaultScheduler<Backer: FcfsBacker> {
 impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
     pub fn new(method: DefaultSchedulerMethod) -> Self {
         let bucketing_manager: Box<dyn BucketingManager<_>> = match method {
-            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager),
+            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager::default()),
         };
         Self {
             running: Vec::new(),
@@ -342,5 +378,13 @@ impl Scheduler for DefaultScheduler<VecDeque<Sequence>> {
     }
     fn set_prefix_caching_enabled(&mut self, _enabled: bool) {
         // DefaultScheduler doesn't use PagedAttention prefix caching
+    }
+    fn set_ragged_decode(&mut self, ragged: bool) {
+        self.bucketing_manager = match self.method {
+            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager {
+                ragged,
+                decoded_last: false,
+            }),
+        };
     }
 }
