@@ -503,6 +503,17 @@ pub struct BenchLoadArgs {
     /// check runs, as retrieval's cost is on the CPU either way).
     #[arg(long)]
     pub no_retrieval: bool,
+    /// Another OpenAI-compatible server to load the same way after graft (without graft's
+    /// retrieval): NAME=URL, its base URL with or without `/v1` (for example
+    /// `llama.cpp=http://127.0.0.1:8092`, started with `-np` slots). Repeat for more.
+    #[arg(long = "endpoint", value_name = "NAME=URL")]
+    pub endpoints: Vec<String>,
+    /// The `model` sent to the --endpoint servers (llama.cpp's server ignores it).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// A bearer token for the --endpoint servers.
+    #[arg(long)]
+    pub api_key: Option<String>,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,

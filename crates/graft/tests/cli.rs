@@ -861,6 +861,61 @@ fn bench_api_times_graft_beside_another_server_on_the_same_texts() {
     assert!(String::from_utf8_lossy(&absent.stderr).contains("gone at http://127.0.0.1:9"));
 }
 
+#[test]
+fn bench_load_loads_graft_then_another_server_with_the_same_clients() {
+    let fetch = graft().args(["models", "fetch", "smollm2-135m-instruct"]).output().unwrap();
+    assert!(fetch.status.success(), "{}", String::from_utf8_lossy(&fetch.stderr));
+    // The other server: another graft, as a llama.cpp server would be.
+    let serving = start_serving(graft().args(["serve", "--listen", "127.0.0.1:0"]), Duration::from_secs(120));
+    let out = graft()
+        .args([
+            "bench",
+            "load",
+            "--no-retrieval",
+            "--json",
+            "--clients",
+            "2",
+            "--seconds",
+            "2",
+            "--max-tokens",
+            "4",
+        ])
+        .args(["--model", "smollm2-135m-instruct", "--endpoint"])
+        .arg(format!("other=http://{}/v1", serving.addr))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let figures: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let phases = figures["phases"].as_array().unwrap();
+    let runs: Vec<(&str, serde_json::Value)> = phases
+        .iter()
+        .map(|p| (p["server"].as_str().unwrap(), p["retrieval"].clone()))
+        .collect();
+    assert_eq!(runs, [("graft", serde_json::json!(false)), ("other", serde_json::Value::Null)]);
+    for phase in phases {
+        assert!(phase["requests"].as_u64().unwrap() > 0, "{phase}");
+        assert_eq!(phase["errors"], 0, "{phase}");
+        assert!(phase["tokens_per_s"].as_f64().unwrap() > 0.0, "{phase}");
+        assert!(phase["ttft_p50_ms"].as_f64().unwrap() > 0.0, "{phase}");
+    }
+
+    // A server that is not there: refused with its name.
+    let absent = graft()
+        .args([
+            "bench",
+            "load",
+            "--no-retrieval",
+            "--seconds",
+            "1",
+            "--endpoint",
+            "gone=http://127.0.0.1:9",
+        ])
+        .output()
+        .unwrap();
+    assert!(!absent.status.success());
+    assert!(String::from_utf8_lossy(&absent.stderr).contains("gone: the warm-up request failed"));
+}
+
 /// `graft dataset` as a user runs it: on a repository with a git history, obeying the split
 /// `graft eval build` wrote, in the served model's tokens (the kit's SmolLM2); its JSONL read
 /// back with Python's `json.loads` line by line, each record with the documented fields, and no

@@ -18,19 +18,10 @@ use futures::StreamExt;
 use graft_kit::Kit;
 use serde_json::{json, Value};
 
-use super::median;
+use super::{endpoint, median, Server};
 use crate::cli::BenchApiArgs;
-use crate::eval::target::{base_url, REQUEST_TIMEOUT};
+use crate::eval::target::REQUEST_TIMEOUT;
 use crate::{models, serve};
-
-/// One server to time.
-struct Server {
-    name: String,
-    /// The base URL, without `/v1`.
-    base: String,
-    model: String,
-    key: Option<String>,
-}
 
 /// What one request took.
 struct Timing {
@@ -62,7 +53,7 @@ pub fn run(args: BenchApiArgs) -> Result<()> {
     let mut servers = args
         .endpoints
         .iter()
-        .map(|spec| endpoint(spec, &args))
+        .map(|spec| endpoint(spec, args.model.as_deref(), args.api_key.as_deref()))
         .collect::<Result<Vec<_>>>()?;
     if args.no_local && servers.is_empty() {
         bail!("--no-local leaves nothing to measure: add --endpoint NAME=URL");
@@ -127,21 +118,6 @@ fn needed_tokens(args: &BenchApiArgs) -> usize {
     let longest = args.lengths.iter().copied().max().unwrap_or(0);
     // A line of code is about ten tokens.
     longest.max(args.typing_tokens + 10 * args.typing)
-}
-
-/// `NAME=URL` (or a bare URL, named by its host).
-fn endpoint(spec: &str, args: &BenchApiArgs) -> Result<Server> {
-    let (name, url) = match spec.split_once('=') {
-        Some((name, url)) if !name.is_empty() && !name.contains("://") => (name.to_owned(), url),
-        _ => (spec.to_owned(), spec),
-    };
-    let base = base_url(url).with_context(|| format!("--endpoint `{spec}`: give NAME=URL"))?;
-    Ok(Server {
-        name,
-        base,
-        model: args.model.clone().unwrap_or_else(|| "default".into()),
-        key: args.api_key.clone(),
-    })
 }
 
 /// The texts every server reads: the prompt file's lines, and where to cut them.

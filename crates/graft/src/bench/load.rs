@@ -4,9 +4,11 @@
 //! bound to 127.0.0.1 on an ephemeral port), then runs `--clients` concurrent streaming chat
 //! clients for `--seconds`, twice: against a project with retrieval switched off, and with it
 //! on (the same questions), so the difference is what retrieval costs (`--no-retrieval`: the
-//! first phase only, with no index or embedding model needed). Prints completed
-//! requests, errors, throughput (requests and generated tokens per second), time to first
-//! token and whole-request latency (p50 / p99). It asserts nothing.
+//! first phase only, with no index or embedding model needed). Each `--endpoint` server (llama.cpp's,
+//! vLLM, Ollama) then gets the same questions from the same clients, without retrieval, after
+//! graft's phases (graft idle by then). Prints completed requests, errors, throughput (requests
+//! and generated tokens per second), time to first token and whole-request latency (p50 /
+//! p99). It asserts nothing.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +17,7 @@ use futures::StreamExt;
 use graft_kit::Kit;
 use serde_json::{json, Value};
 
-use super::{ms, percentile};
+use super::{endpoint, ms, percentile, Server};
 use crate::cli::BenchLoadArgs;
 use crate::{index, models, serve};
 
@@ -54,6 +56,11 @@ pub fn run(args: BenchLoadArgs) -> Result<()> {
         bail!("the load benchmark compares requests with and without retrieval, so it needs a project in the config");
     };
     let retrievals: &[bool] = if args.no_retrieval { &[false] } else { &[false, true] };
+    let others = args
+        .endpoints
+        .iter()
+        .map(|spec| endpoint(spec, args.model.as_deref(), args.api_key.as_deref()))
+        .collect::<Result<Vec<_>>>()?;
     let layout = graft_wiring::layout(&config, &project.name);
     if !args.no_retrieval && graft_index::catalog::read_meta(&graft_wiring::backend(&config), &layout)?.is_none() {
         bail!(
@@ -75,26 +82,36 @@ pub fn run(args: BenchLoadArgs) -> Result<()> {
     let figures = runtime.block_on(async {
         eprintln!("loading {} ...", config.model.name);
         let addr = serve::start_on_loopback(&config, embedder).await?;
-        let url = format!("http://{addr}/v1/chat/completions");
+        let graft = Server {
+            name: "graft".into(),
+            base: format!("http://{addr}"),
+            model: project.name.clone(),
+            key: None,
+        };
+        // Each server's phases: graft's with retrieval off and on, the others' without graft's
+        // field.
+        let mut runs: Vec<(&Server, Option<bool>)> = retrievals.iter().map(|&r| (&graft, Some(r))).collect();
+        runs.extend(others.iter().map(|server| (server, None)));
 
-        // One request each way first, so the first timed request pays no one-time cost.
-        let client = reqwest::Client::new();
-        for &retrieval in retrievals {
-            if let Outcome::Failed(e) = one_request(&client, &url, &project.name, QUESTIONS[0], retrieval, args.max_tokens).await {
-                bail!("the warm-up request failed: {e}");
-            }
-        }
+        // A fresh connection per request (a loopback connect is a fraction of a millisecond):
+        // a server may close an idle kept-alive one just as the next request goes out.
+        let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
         let mut phases = Vec::new();
-        for &retrieval in retrievals {
+        for (server, retrieval) in runs {
+            // One request first, so the first timed request pays no one-time cost.
+            if let Outcome::Failed(e) = one_request(&client, server, QUESTIONS[0], retrieval, args.max_tokens).await {
+                bail!("{}: the warm-up request failed: {e}", server.name);
+            }
             eprintln!(
-                "{} clients for {} s, retrieval {} ...",
+                "{}: {} clients for {} s, retrieval {} ...",
+                server.name,
                 args.clients,
                 args.seconds,
-                if retrieval { "on" } else { "off" }
+                retrieval_name(retrieval)
             );
             let started = Instant::now();
-            let outcomes = load(&client, &url, &project.name, retrieval, &args).await;
-            phases.push(summary(retrieval, &outcomes, started.elapsed()));
+            let outcomes = load(&client, server, retrieval, &args).await;
+            phases.push(summary(&server.name, retrieval, &outcomes, started.elapsed()));
         }
         Ok::<_, anyhow::Error>(json!({
             "model": config.model.name,
@@ -122,12 +139,13 @@ pub fn run(args: BenchLoadArgs) -> Result<()> {
         args.max_tokens,
         figures["max_concurrent"]
     );
-    println!("  retrieval  requests  errors    req/s   tok/s   TTFT p50   TTFT p99   latency p50  latency p99");
+    println!("  server        retrieval  requests  errors    req/s   tok/s   TTFT p50   TTFT p99   latency p50  latency p99");
     for p in figures["phases"].as_array().into_iter().flatten() {
         let f = |k: &str| p[k].as_f64().unwrap_or(0.0);
         println!(
-            "  {:<9}  {:>8}  {:>6}  {:>7.2}  {:>6.1}  {:>7.0} ms {:>7.0} ms  {:>8.0} ms  {:>8.0} ms",
-            if p["retrieval"].as_bool() == Some(true) { "on" } else { "off" },
+            "  {:<12}  {:<9}  {:>8}  {:>6}  {:>7.2}  {:>6.1}  {:>7.0} ms {:>7.0} ms  {:>8.0} ms  {:>8.0} ms",
+            p["server"].as_str().unwrap_or(""),
+            retrieval_name(p["retrieval"].as_bool()),
             p["requests"].as_u64().unwrap_or(0),
             p["errors"].as_u64().unwrap_or(0),
             f("requests_per_s"),
@@ -144,19 +162,28 @@ pub fn run(args: BenchLoadArgs) -> Result<()> {
     Ok(())
 }
 
+/// Graft's retrieval switched on or off; another server's, not asked.
+fn retrieval_name(retrieval: Option<bool>) -> &'static str {
+    match retrieval {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "-",
+    }
+}
+
 /// `clients` loops of requests until `seconds` have passed; requests started before then run
 /// to their end.
-async fn load(client: &reqwest::Client, url: &str, project: &str, retrieval: bool, args: &BenchLoadArgs) -> Vec<Outcome> {
+async fn load(client: &reqwest::Client, server: &Server, retrieval: Option<bool>, args: &BenchLoadArgs) -> Vec<Outcome> {
     let stop = Instant::now() + Duration::from_secs(args.seconds);
     let tasks: Vec<_> = (0..args.clients)
         .map(|c| {
-            let (client, url, project, max_tokens) = (client.clone(), url.to_owned(), project.to_owned(), args.max_tokens);
+            let (client, server, max_tokens) = (client.clone(), server.clone(), args.max_tokens);
             tokio::spawn(async move {
                 let mut outcomes = Vec::new();
                 let mut n = c;
                 while Instant::now() < stop {
                     let question = QUESTIONS[n % QUESTIONS.len()];
-                    outcomes.push(one_request(&client, &url, &project, question, retrieval, max_tokens).await);
+                    outcomes.push(one_request(&client, &server, question, retrieval, max_tokens).await);
                     n += stride(c);
                 }
                 outcomes
@@ -178,19 +205,25 @@ fn stride(client: usize) -> usize {
     1 + client % (QUESTIONS.len() - 1)
 }
 
-/// One streamed chat request, timed.
-async fn one_request(client: &reqwest::Client, url: &str, project: &str, question: &str, retrieval: bool, max_tokens: usize) -> Outcome {
-    let body = json!({
-        "model": project,
+/// One streamed chat request, timed; graft's `retrieval` field only where given.
+async fn one_request(client: &reqwest::Client, server: &Server, question: &str, retrieval: Option<bool>, max_tokens: usize) -> Outcome {
+    let mut body = json!({
+        "model": server.model,
         "messages": [{"role": "user", "content": question}],
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": true,
         "stream_options": {"include_usage": true},
-        "retrieval": retrieval,
     });
+    if let Some(retrieval) = retrieval {
+        body["retrieval"] = json!(retrieval);
+    }
+    let mut request = client.post(format!("{}/v1/chat/completions", server.base)).json(&body);
+    if let Some(key) = &server.key {
+        request = request.bearer_auth(key);
+    }
     let started = Instant::now();
-    let response = match client.post(url).json(&body).send().await {
+    let response = match request.send().await {
         Ok(r) => r,
         Err(e) => return Outcome::Failed(e.to_string()),
     };
@@ -201,7 +234,8 @@ async fn one_request(client: &reqwest::Client, url: &str, project: &str, questio
     }
     let mut body = response.bytes_stream();
     let mut pending = String::new();
-    let (mut ttft, mut tokens) = (None, 0);
+    // Tokens as the usage counts them; else one a chunk with text (as servers stream them).
+    let (mut ttft, mut tokens, mut pieces) = (None, None, 0);
     while let Some(chunk) = body.next().await {
         match chunk {
             Ok(bytes) => pending.push_str(&String::from_utf8_lossy(&bytes)),
@@ -217,7 +251,7 @@ async fn one_request(client: &reqwest::Client, url: &str, project: &str, questio
                     Some(ttft) => Outcome::Done {
                         ttft,
                         latency: started.elapsed(),
-                        tokens,
+                        tokens: tokens.unwrap_or(pieces),
                     },
                     None => Outcome::Failed("the answer had no text".into()),
                 };
@@ -229,18 +263,19 @@ async fn one_request(client: &reqwest::Client, url: &str, project: &str, questio
                 return Outcome::Failed(error["message"].as_str().unwrap_or("stream error").to_owned());
             }
             if let Some(n) = value["usage"]["completion_tokens"].as_u64() {
-                tokens = n;
+                tokens = Some(n);
             }
             let text = value["choices"][0]["delta"]["content"].as_str().unwrap_or("");
-            if ttft.is_none() && !text.is_empty() {
-                ttft = Some(started.elapsed());
+            if !text.is_empty() {
+                pieces += 1;
+                ttft.get_or_insert_with(|| started.elapsed());
             }
         }
     }
     Outcome::Failed("the stream ended without [DONE]".into())
 }
 
-fn summary(retrieval: bool, outcomes: &[Outcome], elapsed: Duration) -> Value {
+fn summary(server: &str, retrieval: Option<bool>, outcomes: &[Outcome], elapsed: Duration) -> Value {
     let mut ttfts = Vec::new();
     let mut latencies = Vec::new();
     let mut tokens = 0;
@@ -263,6 +298,7 @@ fn summary(retrieval: bool, outcomes: &[Outcome], elapsed: Duration) -> Value {
     latencies.sort();
     let seconds = elapsed.as_secs_f64().max(1e-9);
     json!({
+        "server": server,
         "retrieval": retrieval,
         "requests": latencies.len(),
         "errors": errors,

@@ -16,6 +16,34 @@ pub mod train;
 
 use std::time::Duration;
 
+use anyhow::{Context, Result};
+
+/// Another server to time beside graft (`--endpoint`), or graft itself.
+#[derive(Clone)]
+struct Server {
+    name: String,
+    /// The base URL, without `/v1`.
+    base: String,
+    model: String,
+    key: Option<String>,
+}
+
+/// `NAME=URL` (or a bare URL, named by itself), asked for `model` ("default" when not given)
+/// with the bearer token `key`.
+fn endpoint(spec: &str, model: Option<&str>, key: Option<&str>) -> Result<Server> {
+    let (name, url) = match spec.split_once('=') {
+        Some((name, url)) if !name.is_empty() && !name.contains("://") => (name.to_owned(), url),
+        _ => (spec.to_owned(), spec),
+    };
+    let base = crate::eval::target::base_url(url).with_context(|| format!("--endpoint `{spec}`: give NAME=URL"))?;
+    Ok(Server {
+        name,
+        base,
+        model: model.unwrap_or("default").to_owned(),
+        key: key.map(str::to_owned),
+    })
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
