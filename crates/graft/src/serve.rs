@@ -70,9 +70,26 @@ fn load(args: &ServeArgs) -> Result<Config> {
     Ok(config)
 }
 
+/// The API keys as loaded, with the keys file's stamp from just before: a change made while
+/// graft fetches and loads its models is read once it serves.
+struct LoadedKeys {
+    keys: ApiKeys,
+    stamp: Stamp,
+}
+
+/// The keys file's length and modification time (none without a readable file): a change to
+/// the file changes one of them.
+type Stamp = Option<(u64, Option<std::time::SystemTime>)>;
+
+fn keys_file_stamp(config: &Config) -> Stamp {
+    let meta = std::fs::metadata(config.server.api_keys_file.as_ref()?).ok()?;
+    Some((meta.len(), meta.modified().ok()))
+}
+
 /// The API keys, and the listening socket: refused on a public address without keys, and
 /// taken before anything slow so that a busy port is reported at once.
-fn open(config: &Config) -> Result<(ApiKeys, std::net::TcpListener)> {
+fn open(config: &Config) -> Result<(LoadedKeys, std::net::TcpListener)> {
+    let stamp = keys_file_stamp(config);
     let keys = ApiKeys::load(config)?;
     let listen = config.server.listen;
     if !listen.ip().is_loopback() && keys.is_empty() && !config.server.allow_unauthenticated {
@@ -85,10 +102,10 @@ fn open(config: &Config) -> Result<(ApiKeys, std::net::TcpListener)> {
     }
     let listener = std::net::TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     listener.set_nonblocking(true).context("setting up the listening socket")?;
-    Ok((keys, listener))
+    Ok((LoadedKeys { keys, stamp }, listener))
 }
 
-fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std::net::TcpListener, indexing: Indexing) -> Result<()> {
+fn run(config: Config, embedder: Option<Embedder>, keys: LoadedKeys, listener: std::net::TcpListener, indexing: Indexing) -> Result<()> {
     let listen = config.server.listen;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -120,10 +137,10 @@ fn run(config: Config, embedder: Option<Embedder>, keys: ApiKeys, listener: std:
             aliases: config.model.aliases.clone(),
             generation: config.generation.clone(),
             server: graft_wiring::server_config(&config),
-            keys,
+            keys: keys.keys,
             projects: graft_wiring::projects(&config, embedder.map(Arc::new)),
         });
-        reload_keys_on_change(&state, &config);
+        reload_keys_on_change(&state, &config, keys.stamp);
         if indexing == Indexing::InBackground {
             // Started before the first request can arrive, so each project reports itself as
             // re-indexing from the start.
@@ -257,17 +274,13 @@ const KEYS_LOOK: Duration = Duration::from_secs(2);
 /// Reloads the API keys (`server.api_keys_file` and `server.api_keys_env`) on SIGHUP and when
 /// the keys file changes, so keys are added, changed and revoked without a restart: the next
 /// request is checked against the new keys. A file that cannot be read or checked, or that
-/// leaves no key at all, changes nothing (the keys in use stay) and is reported.
-fn reload_keys_on_change(state: &AppState, config: &Config) {
+/// leaves no key at all, changes nothing (the keys in use stay) and is reported. `seen` is the
+/// file's stamp when the keys in use were loaded: compared with it, not with the file as the
+/// task first finds it, an edit made meanwhile is not missed.
+fn reload_keys_on_change(state: &AppState, config: &Config, mut seen: Stamp) {
     let state = state.clone();
     let config = config.clone();
     tokio::spawn(async move {
-        let file = config.server.api_keys_file.clone();
-        let look = || {
-            let meta = std::fs::metadata(file.as_ref()?).ok()?;
-            Some((meta.len(), meta.modified().ok()))
-        };
-        let mut seen = look();
         let mut hangups = Hangups::new();
         let mut looks = tokio::time::interval(KEYS_LOOK);
         looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -276,7 +289,7 @@ fn reload_keys_on_change(state: &AppState, config: &Config) {
                 _ = looks.tick() => false,
                 () = hangups.next() => true,
             };
-            let now = look();
+            let now = keys_file_stamp(&config);
             if !asked && now == seen {
                 continue;
             }

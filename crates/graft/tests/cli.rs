@@ -229,6 +229,49 @@ fn serve_reloads_its_api_keys_without_a_restart() {
     assert_eq!((status(FIRST), status(SECOND)), ("200".into(), "200".into()));
 }
 
+/// A keys file edited after graft read it, while it loads its model, is read once it serves:
+/// the reload compares the file with its state when the keys in use were read (it once
+/// compared with the file as found after loading, and kept the old keys until the next edit).
+#[test]
+fn keys_edited_while_graft_loads_its_model_are_read_once_it_serves() {
+    const FIRST: &str = "sk-graft-first-0123456789abcdef";
+    const SECOND: &str = "sk-graft-second-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    let entry = |name: &str, key: &str| format!("[[keys]]\nname = \"{name}\"\nkey = \"{key}\"\nprojects = [\"*\"]\n");
+    std::fs::write(&keys, entry("first", FIRST)).unwrap();
+    let config = dir.path().join("graft.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kit]\ndir = {:?}\n\n[server]\nlisten = \"127.0.0.1:0\"\napi_keys_file = \"keys.toml\"\n",
+            common::kit_dir().display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut edited = false;
+    let serving = common::start_serving_then(
+        graft().args(["serve", "--config"]).arg(&config).env("RUST_LOG", "info"),
+        Duration::from_secs(120),
+        |line| {
+            // The keys are read before the model; this line comes between the two.
+            if line.contains("loading the base model") {
+                std::fs::write(&keys, entry("second", SECOND)).unwrap();
+                edited = true;
+            }
+        },
+    );
+    assert!(edited, "graft said when it loads its model: {:#?}", serving.startup);
+    let said = Said::new(serving.lines);
+    let line = said.wait_for("API keys", Duration::from_secs(30), "").expect("the edit read");
+    assert!(line.contains("added [second], removed [first]"), "{line}");
+    let status = |key: &str| {
+        let response = http_get_with(&serving.addr, "/v1/models", &[("Authorization", &format!("Bearer {key}"))]);
+        response.split_whitespace().nth(1).unwrap_or_default().to_owned()
+    };
+    assert_eq!((status(FIRST), status(SECOND)), ("401".into(), "200".into()));
+}
+
 /// What a running graft says on standard error, read on a thread so that its pipe never fills.
 struct Said(std::sync::mpsc::Receiver<String>);
 

@@ -66,6 +66,12 @@ pub fn graft_up(config: &Path) -> Serving {
 /// Runs `cmd` (`graft serve` or `graft up`) and waits up to `within` for the line that names
 /// the address it serves on.
 pub fn start_serving(cmd: &mut Command, within: Duration) -> Serving {
+    start_serving_then(cmd, within, |_| {})
+}
+
+/// [`start_serving`], handing each line graft says before it serves to `startup_line` as it
+/// comes (a test acts while graft starts).
+pub fn start_serving_then(cmd: &mut Command, within: Duration, mut startup_line: impl FnMut(&str)) -> Serving {
     let mut process = Running(cmd.stderr(Stdio::piped()).spawn().expect("graft starts"));
     let mut lines = BufReader::new(process.0.stderr.take().expect("piped stderr")).lines();
     let deadline = Instant::now() + within;
@@ -79,6 +85,7 @@ pub fn start_serving(cmd: &mut Command, within: Duration) -> Serving {
         if let Some(rest) = line.split("on http://").nth(1) {
             break rest.split_whitespace().next().expect("an address").to_owned();
         }
+        startup_line(&line);
         startup.push(line);
     };
     assert!(!addr.ends_with(":0"), "the real port is printed, not the requested 0: {addr}");
