@@ -167,23 +167,24 @@ fn up_re_indexes_a_project_when_its_repository_changes() {
     );
 }
 
-/// API keys are reloaded without a restart, when the keys file changes and on SIGHUP (which
-/// no longer stops graft); a file that cannot be used, or that leaves no key, changes nothing.
-#[test]
-fn serve_reloads_its_api_keys_without_a_restart() {
-    const FIRST: &str = "sk-graft-first-0123456789abcdef";
-    const SECOND: &str = "sk-graft-second-0123456789abcdef";
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.toml");
-    let write_keys = |entries: &[(&str, &str)]| {
-        let text: String = entries
-            .iter()
-            .map(|(name, key)| format!("[[keys]]\nname = \"{name}\"\nkey = \"{key}\"\nprojects = [\"*\"]\n\n"))
-            .collect();
-        std::fs::write(&keys, text).unwrap();
-    };
-    write_keys(&[("first", FIRST)]);
-    let config = dir.path().join("graft.toml");
+const FIRST_KEY: &str = "sk-graft-first-0123456789abcdef";
+const SECOND_KEY: &str = "sk-graft-second-0123456789abcdef";
+
+/// Writes the keys file `keys` with `entries` (name, key), each open to every project.
+fn write_keys(keys: &Path, entries: &[(&str, &str)]) {
+    let text: String = entries
+        .iter()
+        .map(|(name, key)| format!("[[keys]]\nname = \"{name}\"\nkey = \"{key}\"\nprojects = [\"*\"]\n\n"))
+        .collect();
+    std::fs::write(keys, text).unwrap();
+}
+
+/// A config in `dir` for a graft on a free loopback port whose keys file is `dir/keys.toml`
+/// (written first with the key `first`), and that file's path.
+fn keys_config(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let keys = dir.join("keys.toml");
+    write_keys(&keys, &[("first", FIRST_KEY)]);
+    let config = dir.join("graft.toml");
     std::fs::write(
         &config,
         format!(
@@ -192,21 +193,34 @@ fn serve_reloads_its_api_keys_without_a_restart() {
         ),
     )
     .unwrap();
+    (config, keys)
+}
+
+/// The HTTP status of `GET /v1/models` at `addr` with the bearer token `key`.
+fn models_status(addr: &str, key: &str) -> String {
+    let response = http_get_with(addr, "/v1/models", &[("Authorization", &format!("Bearer {key}"))]);
+    response.split_whitespace().nth(1).unwrap_or_default().to_owned()
+}
+
+/// API keys are reloaded without a restart, when the keys file changes and on SIGHUP (which
+/// no longer stops graft); a file that cannot be used, or that leaves no key, changes nothing.
+#[test]
+fn serve_reloads_its_api_keys_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, keys) = keys_config(dir.path());
+    let write_keys = |entries: &[(&str, &str)]| write_keys(&keys, entries);
     let serving = start_serving(graft().args(["serve", "--config"]).arg(&config), Duration::from_secs(120));
     let (server, addr) = (serving.process, serving.addr);
     let said = Said::new(serving.lines);
-    let status = |key: &str| {
-        let response = http_get_with(&addr, "/v1/models", &[("Authorization", &format!("Bearer {key}"))]);
-        response.split_whitespace().nth(1).unwrap_or_default().to_owned()
-    };
+    let status = |key: &str| models_status(&addr, key);
     let within = Duration::from_secs(30);
-    assert_eq!((status(FIRST), status(SECOND)), ("200".into(), "401".into()));
+    assert_eq!((status(FIRST_KEY), status(SECOND_KEY)), ("200".into(), "401".into()));
 
     // The file changes: the next request is checked against the new keys.
-    write_keys(&[("second", SECOND)]);
+    write_keys(&[("second", SECOND_KEY)]);
     let line = said.wait_for("API keys", within, "").expect("reloaded");
     assert!(line.contains("added [second], removed [first]"), "{line}");
-    assert_eq!((status(FIRST), status(SECOND)), ("401".into(), "200".into()));
+    assert_eq!((status(FIRST_KEY), status(SECOND_KEY)), ("401".into(), "200".into()));
 
     // A file that does not parse, or that names no key, leaves the keys in use.
     std::fs::write(&keys, "[[keys]]\nkey = ").unwrap();
@@ -215,10 +229,10 @@ fn serve_reloads_its_api_keys_without_a_restart() {
     std::fs::write(&keys, "").unwrap();
     let line = said.wait_for("API keys", within, "").expect("an empty file reported");
     assert!(line.contains("not reloaded") && line.contains("open the API"), "{line}");
-    assert_eq!(status(SECOND), "200");
+    assert_eq!(status(SECOND_KEY), "200");
 
     // SIGHUP reloads at once and does not stop graft.
-    write_keys(&[("first", FIRST), ("second", SECOND)]);
+    write_keys(&[("first", FIRST_KEY), ("second", SECOND_KEY)]);
     let pid = server.0.id().to_string();
     assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
     let line = said.wait_for("API keys", within, "").expect("reloaded on SIGHUP");
@@ -226,7 +240,7 @@ fn serve_reloads_its_api_keys_without_a_restart() {
     assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
     let line = said.wait_for("API keys", within, "").expect("reloaded on SIGHUP");
     assert!(line.contains("unchanged"), "{line}");
-    assert_eq!((status(FIRST), status(SECOND)), ("200".into(), "200".into()));
+    assert_eq!((status(FIRST_KEY), status(SECOND_KEY)), ("200".into(), "200".into()));
 }
 
 /// A keys file edited after graft read it, while it loads its model, is read once it serves:
@@ -234,21 +248,8 @@ fn serve_reloads_its_api_keys_without_a_restart() {
 /// compared with the file as found after loading, and kept the old keys until the next edit).
 #[test]
 fn keys_edited_while_graft_loads_its_model_are_read_once_it_serves() {
-    const FIRST: &str = "sk-graft-first-0123456789abcdef";
-    const SECOND: &str = "sk-graft-second-0123456789abcdef";
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.toml");
-    let entry = |name: &str, key: &str| format!("[[keys]]\nname = \"{name}\"\nkey = \"{key}\"\nprojects = [\"*\"]\n");
-    std::fs::write(&keys, entry("first", FIRST)).unwrap();
-    let config = dir.path().join("graft.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[kit]\ndir = {:?}\n\n[server]\nlisten = \"127.0.0.1:0\"\napi_keys_file = \"keys.toml\"\n",
-            common::kit_dir().display().to_string()
-        ),
-    )
-    .unwrap();
+    let (config, keys) = keys_config(dir.path());
     let mut edited = false;
     let serving = common::start_serving_then(
         graft().args(["serve", "--config"]).arg(&config).env("RUST_LOG", "info"),
@@ -256,7 +257,7 @@ fn keys_edited_while_graft_loads_its_model_are_read_once_it_serves() {
         |line| {
             // The keys are read before the model; this line comes between the two.
             if line.contains("loading the base model") {
-                std::fs::write(&keys, entry("second", SECOND)).unwrap();
+                write_keys(&keys, &[("second", SECOND_KEY)]);
                 edited = true;
             }
         },
@@ -265,11 +266,8 @@ fn keys_edited_while_graft_loads_its_model_are_read_once_it_serves() {
     let said = Said::new(serving.lines);
     let line = said.wait_for("API keys", Duration::from_secs(30), "").expect("the edit read");
     assert!(line.contains("added [second], removed [first]"), "{line}");
-    let status = |key: &str| {
-        let response = http_get_with(&serving.addr, "/v1/models", &[("Authorization", &format!("Bearer {key}"))]);
-        response.split_whitespace().nth(1).unwrap_or_default().to_owned()
-    };
-    assert_eq!((status(FIRST), status(SECOND)), ("401".into(), "200".into()));
+    let status = |key: &str| models_status(&serving.addr, key);
+    assert_eq!((status(FIRST_KEY), status(SECOND_KEY)), ("401".into(), "200".into()));
 }
 
 /// What a running graft says on standard error, read on a thread so that its pipe never fills.
