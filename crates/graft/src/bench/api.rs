@@ -18,7 +18,7 @@ use futures::StreamExt;
 use graft_kit::Kit;
 use serde_json::{json, Value};
 
-use super::{endpoint, median, Server};
+use super::{endpoint, fresh_connections, median, Server};
 use crate::cli::BenchApiArgs;
 use crate::eval::target::REQUEST_TIMEOUT;
 use crate::{models, serve};
@@ -79,12 +79,7 @@ pub fn run(args: BenchApiArgs) -> Result<()> {
                 },
             );
         }
-        // A fresh connection per request (a loopback connect is a fraction of a millisecond):
-        // a server may close an idle kept-alive one just as the next request goes out.
-        let client = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .pool_max_idle_per_host(0)
-            .build()?;
+        let client = fresh_connections().timeout(REQUEST_TIMEOUT).build()?;
         let cuts = Cuts::find(&client, &servers[0], &text, &args).await?;
         let mut measured = Vec::new();
         // First lines of this run's own, so that no server finds them in its cache from an

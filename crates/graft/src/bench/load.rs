@@ -17,7 +17,7 @@ use futures::StreamExt;
 use graft_kit::Kit;
 use serde_json::{json, Value};
 
-use super::{endpoint, ms, percentile, Server};
+use super::{endpoint, fresh_connections, ms, percentile, Server};
 use crate::cli::BenchLoadArgs;
 use crate::{index, models, serve};
 
@@ -93,9 +93,7 @@ pub fn run(args: BenchLoadArgs) -> Result<()> {
         let mut runs: Vec<(&Server, Option<bool>)> = retrievals.iter().map(|&r| (&graft, Some(r))).collect();
         runs.extend(others.iter().map(|server| (server, None)));
 
-        // A fresh connection per request (a loopback connect is a fraction of a millisecond):
-        // a server may close an idle kept-alive one just as the next request goes out.
-        let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+        let client = fresh_connections().build()?;
         let mut phases = Vec::new();
         for (server, retrieval) in runs {
             // One request first, so the first timed request pays no one-time cost.

@@ -18,6 +18,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+/// An HTTP client that opens a fresh connection per request (a loopback connect is a fraction
+/// of a millisecond): a server may close an idle kept-alive one just as the next request goes
+/// out.
+fn fresh_connections() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().pool_max_idle_per_host(0)
+}
+
 /// Another server to time beside graft (`--endpoint`), or graft itself.
 #[derive(Clone)]
 struct Server {

@@ -347,6 +347,16 @@ impl NormalCache {
 
 pub struct NormalCacheManager;
 
+/// graft: a sequence's cache of one layer as the model gets it: its own tensors as they are,
+/// or, where it has none yet, an empty cache of the layer's kind (`template`'s).
+fn own_or_empty(own: Option<&KvCache>, template: &KvCache) -> KvCache {
+    own.cloned().unwrap_or_else(|| {
+        let mut empty = template.clone();
+        empty.reset();
+        empty
+    })
+}
+
 impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCacheManager {
     fn clone_in_cache(
         &self,
@@ -367,14 +377,8 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                 let caches = seq
                     .normal_cache()
                     .iter()
-                    .zip(template)
-                    .map(|(own, mut template)| match own {
-                        Some(cache) => cache.clone(),
-                        None => {
-                            template.reset();
-                            template
-                        }
-                    })
+                    .zip(&template)
+                    .map(|(own, template)| own_or_empty(own.as_ref(), template))
                     .collect();
                 *pipeline.cache().normal() = NormalCache(caches);
                 return;
@@ -395,14 +399,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                 .map(|(layer, template)| {
                     let parts = seqs
                         .iter_mut()
-                        .map(|seq| match &seq.normal_cache()[layer] {
-                            Some(cache) => cache.clone(),
-                            None => {
-                                let mut empty = template.clone();
-                                empty.reset();
-                                empty
-                            }
-                        })
+                        .map(|seq| own_or_empty(seq.normal_cache()[layer].as_ref(), &template))
                         .collect();
                     KvCache::Ragged(parts)
                 })
