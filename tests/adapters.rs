@@ -251,6 +251,54 @@ fn the_merge_cache_merges_once_per_base_adapter_and_settings() {
     assert_ne!(third.path, first.path);
 }
 
+/// Two graft processes starting on one cache (the CI's flake: a second server's start had its
+/// temporary file renamed from under it), or two requests for one adapter, want the same file
+/// at once: one writes it, the others wait and reuse it, and every path they get holds a whole
+/// model.
+#[test]
+fn callers_wanting_one_cached_file_at_once_take_turns() {
+    let base = BaseGguf::open(&kit_file("tiny-llama")).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let cache = MergeCache::new(work.path().join("cache"));
+    write_adapter(&work.path().join("a"), &base, &["q_proj", "v_proj"], 4, 8.0, 0.1, false, 11);
+    let adapter = Adapter::load("a", &work.path().join("a"), MAX_RANK).unwrap();
+    let settings = MergeSettings::default();
+
+    const EACH: usize = 4;
+    let at_once = std::sync::Barrier::new(2 * EACH);
+    let (restored, merged): (Vec<_>, Vec<_>) = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..2 * EACH)
+            .map(|i| {
+                let (at_once, cache, base, adapter, settings) = (&at_once, &cache, &base, &adapter, &settings);
+                s.spawn(move || {
+                    at_once.wait();
+                    let got = if i % 2 == 0 {
+                        cache.get_or_requantize(base, Restore::Q8_0)
+                    } else {
+                        cache.get_or_merge(base, adapter, settings)
+                    };
+                    (i % 2 == 0, got.unwrap_or_else(|e| panic!("call {i}: {e}")))
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).partition(|(restore, _)| *restore)
+    });
+    for (kind, results) in [("re-stored base", restored), ("merge", merged)] {
+        let fresh = results.iter().filter(|(_, m)| m.fresh).count();
+        assert_eq!(fresh, 1, "{kind}: written once, reused by the rest");
+        let path = &results[0].1.path;
+        assert!(results.iter().all(|(_, m)| m.path == *path), "{kind}");
+        let file = BaseGguf::open(path).unwrap();
+        assert_eq!(file.content().tensor_infos.len(), base.content().tensor_infos.len(), "{kind}");
+    }
+    let leftovers: Vec<String> = std::fs::read_dir(work.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 #[test]
 fn an_adapter_served_by_the_pool_answers_as_the_merged_model_does() {
     let base_path = kit_file("smollm2-135m-instruct");

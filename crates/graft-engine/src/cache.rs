@@ -56,13 +56,7 @@ impl MergeCache {
     /// The merged model for `adapter` on `base`, merging only if the cache lacks it.
     pub fn get_or_merge(&self, base: &BaseGguf, adapter: &Adapter, settings: &MergeSettings) -> Result<Merged, MergeError> {
         let key = self.key(&base.path, adapter, settings)?;
-        let path = self.dir.join(format!("{key}.gguf"));
-        if path.is_file() {
-            return Ok(Merged { path, key, fresh: false });
-        }
-        std::fs::create_dir_all(&self.dir).map_err(|e| io_err(&self.dir, e))?;
-        merge(base, adapter, settings, &path)?;
-        Ok(Merged { path, key, fresh: true })
+        self.get_or_make(key, |path| merge(base, adapter, settings, path).map(|_| ()))
     }
 
     /// `base` re-stored for the CPU as `restore` says (see [`crate::requantize`]), converting
@@ -74,12 +68,27 @@ impl MergeCache {
         // Q8_0 keys as they did when it was the only choice, so existing files are reused.
         h.update(format!("{:?}", restore.target()).as_bytes());
         let key = format!("base-{}", &hex::encode(h.finalize())[..32]);
+        self.get_or_make(key, |path| crate::requantize::requantize(base, path, restore).map(|_| ()))
+    }
+
+    /// `<key>.gguf`, written by `make` unless the cache holds it. Whoever wants the same file
+    /// at once (two graft processes starting on one cache, or two requests for one adapter)
+    /// takes turns on `.<key>.lock`: the first writes it, the others wait and reuse it, so no
+    /// one reads a file being written or has its temporary file renamed from under it.
+    fn get_or_make(&self, key: String, make: impl FnOnce(&Path) -> Result<(), MergeError>) -> Result<Merged, MergeError> {
         let path = self.dir.join(format!("{key}.gguf"));
         if path.is_file() {
             return Ok(Merged { path, key, fresh: false });
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| io_err(&self.dir, e))?;
-        crate::requantize::requantize(base, &path, restore)?;
+        let lock_path = self.dir.join(format!(".{key}.lock"));
+        // Left in place afterwards: removing it could let a waiting process lock a deleted file.
+        let lock = File::create(&lock_path).map_err(|e| io_err(&lock_path, e))?;
+        lock.lock().map_err(|e| io_err(&lock_path, e))?;
+        if path.is_file() {
+            return Ok(Merged { path, key, fresh: false });
+        }
+        make(&path)?;
         Ok(Merged { path, key, fresh: true })
     }
 
@@ -119,7 +128,7 @@ impl MergeCache {
         hashes.known.insert(id, hash.clone());
         // Remembering is an optimisation: a failure to write it only costs a re-hash later.
         if std::fs::create_dir_all(&self.dir).is_ok() {
-            let tmp = record.with_extension("json.tmp");
+            let tmp = crate::merge::temporary_beside(&record);
             if let Ok(text) = serde_json::to_string_pretty(&hashes) {
                 if std::fs::write(&tmp, text).is_ok() {
                     let _ = std::fs::rename(&tmp, &record);

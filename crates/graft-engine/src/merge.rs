@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -115,7 +116,8 @@ pub struct MergeReport {
     pub copied: usize,
 }
 
-/// Writes `base` with `adapter` merged in to `out` (through `out.tmp`, renamed when complete).
+/// Writes `base` with `adapter` merged in to `out` (through a temporary file beside it, renamed
+/// when complete).
 pub fn merge(base: &BaseGguf, adapter: &Adapter, settings: &MergeSettings, out: &Path) -> Result<MergeReport, MergeError> {
     check(base, adapter)?;
     let src = &base.path;
@@ -151,7 +153,7 @@ pub fn merge(base: &BaseGguf, adapter: &Adapter, settings: &MergeSettings, out: 
 }
 
 /// Writes every tensor of `base`, in its original order and passed through `transform`, with
-/// `base`'s metadata plus `extra`, to `out` (through `out.gguf.tmp`, renamed when complete).
+/// `base`'s metadata plus `extra`, to `out` (through [`temporary_beside`] it, renamed when complete).
 pub(crate) fn rewrite(
     base: &BaseGguf,
     out: &Path,
@@ -182,7 +184,7 @@ pub(crate) fn rewrite(
     metadata.sort_by(|a, b| a.0.cmp(&b.0));
     metadata.extend(extra);
 
-    let tmp = out.with_extension("gguf.tmp");
+    let tmp = temporary_beside(out);
     let result = (|| -> candle_core::Result<()> {
         let mut writer = BufWriter::new(File::create(&tmp)?);
         let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -196,6 +198,16 @@ pub(crate) fn rewrite(
         return Err(gguf_err(out, &e));
     }
     std::fs::rename(&tmp, out).map_err(|e| gguf_err(out, &e))
+}
+
+/// A name beside `path` for writing it in full before a rename: `<path>.<pid>-<n>.tmp`, its own
+/// for each writer (process and call), so two writing the same file never share one.
+pub(crate) fn temporary_beside(path: &Path) -> PathBuf {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".{}-{n}.tmp", std::process::id()));
+    path.with_file_name(name)
 }
 
 fn gguf_err(path: &Path, e: &dyn std::fmt::Display) -> MergeError {
