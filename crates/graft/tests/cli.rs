@@ -938,6 +938,11 @@ fn bench_load_loads_graft_then_another_server_with_the_same_clients() {
         assert_eq!(phase["errors"], 0, "{phase}");
         assert!(phase["tokens_per_s"].as_f64().unwrap() > 0.0, "{phase}");
         assert!(phase["ttft_p50_ms"].as_f64().unwrap() > 0.0, "{phase}");
+        assert!(
+            phase["itl_p99_ms"].as_f64().unwrap() >= phase["itl_p50_ms"].as_f64().unwrap(),
+            "{phase}"
+        );
+        assert!(phase["itl_p50_ms"].as_f64().unwrap() > 0.0, "{phase}");
     }
 
     // A server that is not there: refused with its name.

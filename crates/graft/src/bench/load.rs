@@ -7,8 +7,9 @@
 //! first phase only, with no index or embedding model needed). Each `--endpoint` server (llama.cpp's,
 //! vLLM, Ollama) then gets the same questions from the same clients, without retrieval, after
 //! graft's phases (graft idle by then). Prints completed requests, errors, throughput (requests
-//! and generated tokens per second), time to first token and whole-request latency (p50 /
-//! p99). It asserts nothing.
+//! and generated tokens per second), time to first token, the time between an answer's streamed
+//! pieces (vLLM's inter-token latency: how long an answer in progress stalls while other
+//! requests' prompts are read) and whole-request latency (p50 / p99). It asserts nothing.
 
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,13 @@ const QUESTIONS: &[&str] = &[
 
 /// What one client request ended as.
 enum Outcome {
-    Done { ttft: Duration, latency: Duration, tokens: u64 },
+    Done {
+        ttft: Duration,
+        latency: Duration,
+        tokens: u64,
+        /// The time between each two streamed pieces of text.
+        gaps: Vec<Duration>,
+    },
     Failed(String),
 }
 
@@ -137,11 +144,13 @@ pub fn run(args: BenchLoadArgs) -> Result<()> {
         args.max_tokens,
         figures["max_concurrent"]
     );
-    println!("  server        retrieval  requests  errors    req/s   tok/s   TTFT p50   TTFT p99   latency p50  latency p99");
+    println!(
+        "  server        retrieval  requests  errors    req/s   tok/s   TTFT p50   TTFT p99   ITL p50   ITL p99   latency p50  latency p99"
+    );
     for p in figures["phases"].as_array().into_iter().flatten() {
         let f = |k: &str| p[k].as_f64().unwrap_or(0.0);
         println!(
-            "  {:<12}  {:<9}  {:>8}  {:>6}  {:>7.2}  {:>6.1}  {:>7.0} ms {:>7.0} ms  {:>8.0} ms  {:>8.0} ms",
+            "  {:<12}  {:<9}  {:>8}  {:>6}  {:>7.2}  {:>6.1}  {:>7.0} ms {:>7.0} ms {:>6.0} ms {:>6.0} ms  {:>8.0} ms  {:>8.0} ms",
             p["server"].as_str().unwrap_or(""),
             retrieval_name(p["retrieval"].as_bool()),
             p["requests"].as_u64().unwrap_or(0),
@@ -150,6 +159,8 @@ pub fn run(args: BenchLoadArgs) -> Result<()> {
             f("tokens_per_s"),
             f("ttft_p50_ms"),
             f("ttft_p99_ms"),
+            f("itl_p50_ms"),
+            f("itl_p99_ms"),
             f("latency_p50_ms"),
             f("latency_p99_ms"),
         );
@@ -234,6 +245,7 @@ async fn one_request(client: &reqwest::Client, server: &Server, question: &str, 
     let mut pending = String::new();
     // Tokens as the usage counts them; else one a chunk with text (as servers stream them).
     let (mut ttft, mut tokens, mut pieces) = (None, None, 0);
+    let (mut gaps, mut last_piece) = (Vec::new(), None);
     while let Some(chunk) = body.next().await {
         match chunk {
             Ok(bytes) => pending.push_str(&String::from_utf8_lossy(&bytes)),
@@ -250,6 +262,7 @@ async fn one_request(client: &reqwest::Client, server: &Server, question: &str, 
                         ttft,
                         latency: started.elapsed(),
                         tokens: tokens.unwrap_or(pieces),
+                        gaps,
                     },
                     None => Outcome::Failed("the answer had no text".into()),
                 };
@@ -266,7 +279,11 @@ async fn one_request(client: &reqwest::Client, server: &Server, question: &str, 
             let text = value["choices"][0]["delta"]["content"].as_str().unwrap_or("");
             if !text.is_empty() {
                 pieces += 1;
-                ttft.get_or_insert_with(|| started.elapsed());
+                let now = started.elapsed();
+                ttft.get_or_insert(now);
+                if let Some(last) = last_piece.replace(now) {
+                    gaps.push(now - last);
+                }
             }
         }
     }
@@ -276,14 +293,21 @@ async fn one_request(client: &reqwest::Client, server: &Server, question: &str, 
 fn summary(server: &str, retrieval: Option<bool>, outcomes: &[Outcome], elapsed: Duration) -> Value {
     let mut ttfts = Vec::new();
     let mut latencies = Vec::new();
+    let mut all_gaps = Vec::new();
     let mut tokens = 0;
     let mut errors = 0;
     let mut first_error = None;
     for outcome in outcomes {
         match outcome {
-            Outcome::Done { ttft, latency, tokens: n } => {
+            Outcome::Done {
+                ttft,
+                latency,
+                tokens: n,
+                gaps,
+            } => {
                 ttfts.push(*ttft);
                 latencies.push(*latency);
+                all_gaps.extend_from_slice(gaps);
                 tokens += n;
             }
             Outcome::Failed(e) => {
@@ -294,6 +318,7 @@ fn summary(server: &str, retrieval: Option<bool>, outcomes: &[Outcome], elapsed:
     }
     ttfts.sort();
     latencies.sort();
+    all_gaps.sort();
     let seconds = elapsed.as_secs_f64().max(1e-9);
     json!({
         "server": server,
@@ -306,6 +331,8 @@ fn summary(server: &str, retrieval: Option<bool>, outcomes: &[Outcome], elapsed:
         "tokens_per_s": tokens as f64 / seconds,
         "ttft_p50_ms": ms(percentile(&ttfts, 0.5)),
         "ttft_p99_ms": ms(percentile(&ttfts, 0.99)),
+        "itl_p50_ms": ms(percentile(&all_gaps, 0.5)),
+        "itl_p99_ms": ms(percentile(&all_gaps, 0.99)),
         "latency_p50_ms": ms(percentile(&latencies, 0.5)),
         "latency_p99_ms": ms(percentile(&latencies, 0.99)),
     })
