@@ -100,6 +100,9 @@ impl Default for KitConfig {
     }
 }
 
+/// `model.prompt_chunk`'s default (config/graft.toml says why).
+pub const DEFAULT_PROMPT_CHUNK: usize = 256;
+
 /// `[model]`: the base model served.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -118,6 +121,9 @@ pub struct ModelConfig {
     /// Recent prompts whose keys and values the engine keeps, so that a prompt starting with
     /// one of them reads only what follows (0: none).
     pub prompt_cache: usize,
+    /// The most tokens of a prompt read in one step while other answers decode; a longer
+    /// prompt is read in chunks between their steps (0: every prompt in one step).
+    pub prompt_chunk: usize,
     /// The format of code-completion prompts; `auto` detects it from the model's vocabulary.
     pub prompt_format: PromptFormatChoice,
     /// A Jinja chat template file used instead of the one in the GGUF.
@@ -136,6 +142,7 @@ impl Default for ModelConfig {
             device: Device::Cpu,
             max_num_seqs: 8,
             prompt_cache: 4,
+            prompt_chunk: DEFAULT_PROMPT_CHUNK,
             prompt_format: PromptFormatChoice::Auto,
             chat_template: None,
             cpu_weights: CpuWeights::Q8_0,
@@ -750,6 +757,7 @@ impl Config {
             ("server.max_concurrent", sv.max_concurrent.unwrap_or(1), 65_536),
             ("server.max_connections", sv.max_connections, 1_000_000),
             ("model.max_num_seqs", self.model.max_num_seqs, 65_536),
+            ("model.prompt_chunk", self.model.prompt_chunk, 1 << 24),
             ("index.threads", self.index.threads, 256),
             ("index.batch_size", self.index.batch_size, 65_536),
             ("index.top_k", self.index.top_k, 1000),
@@ -1169,6 +1177,7 @@ mod tests {
             ("server.max_connections", 1_000_000),
             ("server.max_concurrent", 65_536),
             ("model.max_num_seqs", 65_536),
+            ("model.prompt_chunk", 1 << 24),
             ("index.threads", 256),
             ("index.batch_size", 65_536),
             ("index.top_k", 1000),

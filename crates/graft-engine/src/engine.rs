@@ -47,6 +47,11 @@ pub struct BaseModel {
     /// Recent prompts whose KV state is kept for reuse by a prompt that starts with one of
     /// them (0: none).
     pub prompt_cache: usize,
+    /// The most tokens of a prompt read in one step while other answers decode (a longer one
+    /// is read in chunks between their steps; 0: every prompt in one step). mistralrs reads it
+    /// process-wide (`PROMPT_PIECE_TOKENS`, vendor/README.md change 18): the engine loaded last
+    /// sets it.
+    pub prompt_chunk: usize,
     /// The completion prompt format; `None` detects it from the model's vocabulary.
     pub prompt_format: Option<PromptFormat>,
     /// A Jinja chat template file used instead of the one in the GGUF.
@@ -63,6 +68,7 @@ impl BaseModel {
             device: Device::Cpu,
             max_num_seqs,
             prompt_cache: 4,
+            prompt_chunk: graft_core::config::DEFAULT_PROMPT_CHUNK,
             prompt_format: None,
             chat_template: None,
         }
@@ -106,6 +112,7 @@ impl Engine {
     pub async fn load(base: &BaseModel) -> Result<Engine, EngineError> {
         let path = &base.gguf;
         let builder = gguf_builder(path, base)?;
+        mistralrs_core::PROMPT_PIECE_TOKENS.store(base.prompt_chunk, std::sync::atomic::Ordering::Relaxed);
         let (vocabulary, facts) = read_header(path);
         // Read once, as mistralrs reads it at load: a file edited later changes neither.
         let chat_template = match &base.chat_template {

@@ -128,6 +128,7 @@ pub fn base_model(config: &Config, gguf: PathBuf) -> BaseModel {
         device: config.model.device,
         max_num_seqs: config.model.max_num_seqs,
         prompt_cache: config.model.prompt_cache,
+        prompt_chunk: config.model.prompt_chunk,
         prompt_format: match config.model.prompt_format {
             C::Auto => None,
             C::QwenCoder => Some(PromptFormat::QwenCoder),

@@ -516,6 +516,9 @@ pub struct Sequence {
     /// Number of tokens at the start of the prompt that are cached (KV already computed).
     /// These tokens should be skipped during prefill.
     prefix_cache_len: usize,
+    /// graft: the prompt's tokens after the piece the next prompt step reads, while a long
+    /// prompt is read a piece at a time (`cut_prompt_piece`).
+    prompt_rest: Option<Vec<u32>>,
 
     // Cache
     normal_cache: Vec<Option<KvCache>>,
@@ -632,6 +635,7 @@ impl Sequence {
             recognizer,
             prefill_prompt_toks: None,
             prefix_cache_len: 0,
+            prompt_rest: None,
             suffix,
             prefix,
             cumulative_logprob: 0.,
@@ -786,6 +790,37 @@ impl Sequence {
     /// These tokens should be skipped during prefill.
     pub fn prefix_cache_len(&self) -> usize {
         self.prefix_cache_len
+    }
+
+    /// graft: makes the next prompt step read at most `max` of the prompt's tokens still to
+    /// read (its piece), leaving the rest for later steps. Returns whether the prompt was cut.
+    pub(crate) fn cut_prompt_piece(&mut self, max: usize) -> bool {
+        let toks = self.get_toks();
+        if max == 0 || toks.len() <= max || self.prompt_rest.is_some() {
+            return false;
+        }
+        let (piece, rest) = (toks[..max].to_vec(), toks[max..].to_vec());
+        self.prefill_prompt_toks = Some(piece);
+        self.prompt_rest = Some(rest);
+        true
+    }
+
+    /// graft: whether the prompt step reads a piece of the prompt, not its end: its logits
+    /// are not sampled.
+    pub fn reads_prompt_piece(&self) -> bool {
+        self.prompt_rest.is_some()
+    }
+
+    /// graft: the piece is in the cache: the next prompt step reads the rest, from the position
+    /// after it, as it would after a prefix-cache hit.
+    pub(crate) fn prompt_piece_read(&mut self) {
+        if let Some(rest) = self.prompt_rest.take() {
+            self.token_offset += self.prefill_prompt_toks.as_ref().map_or(0, Vec::len);
+            self.prefill_prompt_toks = Some(rest);
+            // A prefix-cache hit's state is not a running one (`is_running`), and the
+            // scheduler drops what is not running from its running list.
+            self.set_state(SequenceState::RunningPrompt);
+        }
     }
 
     /// Set the number of prefix tokens that are cached.

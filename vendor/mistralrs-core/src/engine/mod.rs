@@ -28,7 +28,7 @@ use std::{
     ops::Deref,
     str::FromStr,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, LazyLock,
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -106,6 +106,13 @@ const SEED: u64 = 0;
 /// Terminate all sequences on the next scheduling step. Be sure to reset this.
 /// This is a global flag for terminating all engines at once (e.g., Ctrl+C).
 pub static TERMINATE_ALL_NEXT_STEP: AtomicBool = AtomicBool::new(false);
+
+/// graft: the most tokens of a prompt that one step reads where the decoding sequences run as
+/// one batch whatever their lengths (`CacheManagerMixin::decodes_ragged`); a longer prompt is
+/// read a piece at a time, each piece a step of its own between the batch's, so answers in
+/// progress wait for a piece, not for the whole prompt. 0 reads every prompt in one step.
+/// Read at every step; the program embedding the engine sets it.
+pub static PROMPT_PIECE_TOKENS: AtomicUsize = AtomicUsize::new(0);
 
 /// Engine-specific termination flags, per Engine thread ID.
 static ENGINE_TERMINATE_FLAGS: LazyLock<
@@ -449,6 +456,20 @@ impl Engine {
                                 "All sequences must either return raw logits, or not."
                             );
 
+                            // graft: a long prompt is read a piece at a time where decoding
+                            // sequences batch whatever their lengths (`PROMPT_PIECE_TOKENS`).
+                            // A raw-logits request needs every position's logits in one step.
+                            let piece = PROMPT_PIECE_TOKENS.load(Ordering::Relaxed);
+                            if piece > 0
+                                && !return_raw_logits
+                                && !self.no_kv_cache
+                                && pipeline.decodes_ragged()
+                            {
+                                for seq in scheduled.prompt.iter_mut() {
+                                    seq.cut_prompt_piece(piece);
+                                }
+                            }
+
                             // This comes from prefix caching
                             // The invariant where all token offsets are the same is handled by the scheduler
                             let pre_op = if scheduled.prompt[0].token_offset() != 0 {
@@ -490,6 +511,22 @@ impl Engine {
                         self.logger.add_tokens_processed(total_processed_tokens);
 
                         for seq in scheduled.prompt.iter_mut() {
+                            // graft: after a piece of its prompt, a sequence waits for the
+                            // next prompt step, unless its client has gone: then the part read
+                            // is kept in the prefix cache (as a cancelled answer's prompt is)
+                            // and the rest is never read.
+                            if seq.reads_prompt_piece() {
+                                seq.prompt_piece_read();
+                                if seq.responder().is_closed() {
+                                    let mut prefix_cacher = get_mut_arcmutex!(self.prefix_cacher);
+                                    prefix_cacher.add_sequence(seq, None);
+                                    if let Err(e) = prefix_cacher.evict_caches() {
+                                        tracing::warn!("prefix cache eviction failed: {e}");
+                                    }
+                                    seq.set_state(SequenceState::Done(StopReason::Canceled));
+                                }
+                                continue;
+                            }
                             match seq.sequence_stepping_type() {
                                 SeqStepType::OneShot => {
                                     seq.set_state(SequenceState::Done(StopReason::GeneratedImage))

@@ -606,26 +606,34 @@ pub trait Pipeline:
                     ForwardInputsResult::RawLogits { .. }
                     | ForwardInputsResult::Embeddings { .. } => unreachable!(),
                     ForwardInputsResult::CausalGeneration { .. } => {
-                        self.sample_causal_gen(
-                            input_seqs,
-                            logits
-                                .into_iter()
-                                .map(|r| {
-                                    #[allow(irrefutable_let_patterns)]
-                                    let ForwardInputsResult::CausalGeneration { logits } = r
-                                    else {
-                                        unreachable!(
-                                            "All results must have same type, `CausalGeneration`"
-                                        )
-                                    };
-                                    logits
-                                })
-                                .collect::<Vec<_>>(),
-                            prefix_cacher,
-                            disable_eos_stop,
-                            rng,
-                        )
-                        .await?;
+                        // graft: a sequence that read a piece of its prompt, not its end,
+                        // samples nothing yet (engine `PROMPT_PIECE_TOKENS`).
+                        let (mut seqs, logits): (Vec<&mut Sequence>, Vec<Tensor>) = input_seqs
+                            .iter_mut()
+                            .map(|seq| &mut **seq)
+                            .zip(logits)
+                            .filter(|(seq, _)| !seq.reads_prompt_piece())
+                            .map(|(seq, r)| {
+                                #[allow(irrefutable_let_patterns)]
+                                let ForwardInputsResult::CausalGeneration { logits } = r
+                                else {
+                                    unreachable!(
+                                        "All results must have same type, `CausalGeneration`"
+                                    )
+                                };
+                                (seq, logits)
+                            })
+                            .unzip();
+                        if !seqs.is_empty() {
+                            self.sample_causal_gen(
+                                &mut seqs,
+                                logits,
+                                prefix_cacher,
+                                disable_eos_stop,
+                                rng,
+                            )
+                            .await?;
+                        }
                     }
                     ForwardInputsResult::Image { .. } => {
                         response::send_image_responses(

@@ -279,9 +279,14 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
                 }
                 logger.set_num_running(self.running.len());
                 logger.set_num_waiting(self.waiting.len());
+                // graft: a sequence reading its prompt a piece at a time stays running between
+                // its pieces (engine `PROMPT_PIECE_TOKENS`): it is a prompt here too. Upstream
+                // took every running sequence for a decoding one.
+                let (completion, prompt): (Vec<_>, Vec<_>) =
+                    self.running.iter_mut().partition(|seq| seq.is_completion());
                 return DefaultSchedulerOutput {
-                    prompt: vec![].into(),
-                    completion: self.running.iter_mut().collect::<Vec<_>>().into(),
+                    prompt: prompt.into(),
+                    completion: completion.into(),
                 };
             }
             _ => {}
