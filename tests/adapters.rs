@@ -220,13 +220,19 @@ fn each_invalid_adapter_is_refused_with_its_name_and_the_problem() {
     assert!(err.contains("nowhere") && err.contains("adapter_config.json"), "{err}");
 }
 
-#[test]
-fn the_merge_cache_merges_once_per_base_adapter_and_settings() {
+/// The toy model, an empty merge cache in a scratch folder, and an adapter `a` for it there.
+fn toy_cache_and_adapter() -> (BaseGguf, tempfile::TempDir, MergeCache, Adapter) {
     let base = BaseGguf::open(&kit_file("tiny-llama")).unwrap();
     let work = tempfile::tempdir().unwrap();
     let cache = MergeCache::new(work.path().join("cache"));
     write_adapter(&work.path().join("a"), &base, &["q_proj", "v_proj"], 4, 8.0, 0.1, false, 11);
     let adapter = Adapter::load("a", &work.path().join("a"), MAX_RANK).unwrap();
+    (base, work, cache, adapter)
+}
+
+#[test]
+fn the_merge_cache_merges_once_per_base_adapter_and_settings() {
+    let (base, work, cache, adapter) = toy_cache_and_adapter();
     let settings = MergeSettings::default();
 
     let first = cache.get_or_merge(&base, &adapter, &settings).unwrap();
@@ -257,11 +263,7 @@ fn the_merge_cache_merges_once_per_base_adapter_and_settings() {
 /// model.
 #[test]
 fn callers_wanting_one_cached_file_at_once_take_turns() {
-    let base = BaseGguf::open(&kit_file("tiny-llama")).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let cache = MergeCache::new(work.path().join("cache"));
-    write_adapter(&work.path().join("a"), &base, &["q_proj", "v_proj"], 4, 8.0, 0.1, false, 11);
-    let adapter = Adapter::load("a", &work.path().join("a"), MAX_RANK).unwrap();
+    let (base, work, cache, adapter) = toy_cache_and_adapter();
     let settings = MergeSettings::default();
 
     const EACH: usize = 4;

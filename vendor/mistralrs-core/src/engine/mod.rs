@@ -458,12 +458,14 @@ impl Engine {
 
                             // graft: a long prompt is read a piece at a time where decoding
                             // sequences batch whatever their lengths (`PROMPT_PIECE_TOKENS`).
-                            // A raw-logits request needs every position's logits in one step.
+                            // A raw-logits request needs every position's logits in one step;
+                            // a sliding window's rotating cache is left to read prompts whole.
                             let piece = PROMPT_PIECE_TOKENS.load(Ordering::Relaxed);
                             if piece > 0
                                 && !return_raw_logits
                                 && !self.no_kv_cache
                                 && pipeline.decodes_ragged()
+                                && pipeline.get_metadata().sliding_window.is_none()
                             {
                                 for seq in scheduled.prompt.iter_mut() {
                                     seq.cut_prompt_piece(piece);
