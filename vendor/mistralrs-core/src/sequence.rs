@@ -818,8 +818,11 @@ impl Sequence {
             self.token_offset += self.prefill_prompt_toks.as_ref().map_or(0, Vec::len);
             self.prefill_prompt_toks = Some(rest);
             // A prefix-cache hit's state is not a running one (`is_running`), and the
-            // scheduler drops what is not running from its running list.
-            self.set_state(SequenceState::RunningPrompt);
+            // scheduler drops what is not running from its running list; a sequence that
+            // ended meanwhile stays ended.
+            if self.is_prompt() {
+                self.set_state(SequenceState::RunningPrompt);
+            }
         }
     }
 
