@@ -84,7 +84,14 @@ impl MergeCache {
         let lock_path = self.dir.join(format!(".{key}.lock"));
         // Left in place afterwards: removing it could let a waiting process lock a deleted file.
         let lock = File::create(&lock_path).map_err(|e| io_err(&lock_path, e))?;
-        lock.lock().map_err(|e| io_err(&lock_path, e))?;
+        match lock.lock() {
+            // A file system without locks: writers still never share a temporary file
+            // (`merge::temporary_beside`), and the last complete one renamed wins.
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                tracing::debug!(path = %lock_path.display(), "no file locks here; writing without one");
+            }
+            result => result.map_err(|e| io_err(&lock_path, e))?,
+        }
         if path.is_file() {
             return Ok(Merged { path, key, fresh: false });
         }
