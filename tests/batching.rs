@@ -6,28 +6,18 @@
 //! every row the same bits at any row count, and the kit's Q4_1 file, whose few-row products
 //! do too: so any difference would be the batch's.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::future::join_all;
-use graft_engine::merge::BaseGguf;
-use graft_engine::requantize::{requantize, Restore};
 use graft_engine::{BaseModel, ChatMessage, ChatRequest, Engine, Role, Sampling, StreamEvent};
-use graft_tests::kit_file;
+use graft_tests::{kit_file, q8_0_copy};
 
 /// The model in `file`, decoding up to `sequences` at once, without a prompt cache.
 async fn engine(file: PathBuf, sequences: usize) -> Arc<Engine> {
     let mut base = BaseModel::cpu("smollm2", file, sequences);
     base.prompt_cache = 0;
     Arc::new(Engine::load(&base).await.expect("SmolLM2 loads"))
-}
-
-/// The Q8_0 copy of SmolLM2 that graft serves on a CPU, written into `folder`.
-fn q8_0_copy(folder: &Path) -> PathBuf {
-    let copy = folder.join("smollm2-q8_0.gguf");
-    let base = BaseGguf::open(&kit_file("smollm2-135m-instruct")).expect("the kit's SmolLM2");
-    assert!(requantize(&base, &copy, Restore::Q8_0).expect("a Q8_0 copy") > 100);
-    copy
 }
 
 /// Questions of different lengths, so that their prompts, and the sequences decoding them,

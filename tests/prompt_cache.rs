@@ -10,10 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use graft_engine::merge::BaseGguf;
-use graft_engine::requantize::{requantize, Restore};
 use graft_engine::{BaseModel, ChatMessage, ChatRequest, CompletionRequest, Engine, Prompt, Role, Sampling, StreamEvent, TokenStream};
-use graft_tests::{kit_file, pool, repo_root};
+use graft_tests::{kit_file, pool, q8_0_copy, repo_root};
 
 /// SmolLM2 keeping `prompt_cache` prompts, one sequence at a time.
 async fn engine(prompt_cache: usize) -> Arc<Engine> {
@@ -36,14 +34,6 @@ async fn engine_from(file: PathBuf, sequences: usize, prompt_cache: usize) -> Ar
 async fn q8_0_cached_and_plain(folder: &Path) -> (Arc<Engine>, Arc<Engine>) {
     let copy = q8_0_copy(folder);
     (engine_from(copy.clone(), 1, 2).await, engine_from(copy, 1, 0).await)
-}
-
-/// The Q8_0 copy of SmolLM2 that graft serves on a CPU, written into `folder`.
-fn q8_0_copy(folder: &Path) -> PathBuf {
-    let copy = folder.join("smollm2-q8_0.gguf");
-    let base = BaseGguf::open(&kit_file("smollm2-135m-instruct")).expect("the kit's SmolLM2");
-    assert!(requantize(&base, &copy, Restore::Q8_0).expect("a Q8_0 copy") > 100);
-    copy
 }
 
 async fn answer(engine: &Engine, turns: &[(Role, &str)]) -> String {

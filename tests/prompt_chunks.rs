@@ -10,29 +10,19 @@
 //! The chunk size is mistralrs's process-wide setting (`PROMPT_PIECE_TOKENS`): the tests here
 //! set it, one at a time, and no other test binary sees it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use graft_engine::merge::BaseGguf;
-use graft_engine::requantize::{requantize, Restore};
 use graft_engine::{BaseModel, ChatMessage, ChatRequest, Engine, Role, Sampling, StreamEvent, TokenStream};
-use graft_tests::kit_file;
+use graft_tests::{kit_file, q8_0_copy};
 use mistralrs_core::PROMPT_PIECE_TOKENS;
 
 /// The tests of this file one at a time: each sets the process-wide chunk size.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const CHUNK: usize = 64;
-
-/// The Q8_0 copy of SmolLM2 that graft serves on a CPU, written into `folder`.
-fn q8_0_copy(folder: &Path) -> PathBuf {
-    let copy = folder.join("smollm2-q8_0.gguf");
-    let base = BaseGguf::open(&kit_file("smollm2-135m-instruct")).expect("the kit's SmolLM2");
-    assert!(requantize(&base, &copy, Restore::Q8_0).expect("a Q8_0 copy") > 100);
-    copy
-}
 
 /// The model in `file`, decoding up to two sequences at once, keeping `prompt_cache` prompts.
 async fn engine(file: &Path, prompt_cache: usize) -> Arc<Engine> {

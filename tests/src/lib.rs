@@ -27,6 +27,7 @@ use graft_core::keys::ApiKeys;
 use graft_core::{Config, ProjectConfig};
 use graft_engine::merge::BaseGguf;
 use graft_engine::pool::AdapterStore;
+use graft_engine::requantize::{requantize, Restore};
 use graft_engine::synthetic::SyntheticAdapter;
 use graft_engine::{BaseModel, Engine, Pool, PoolLimits};
 use graft_index::{index_repository, Embedder, EmbedderOptions, Quiet};
@@ -54,6 +55,15 @@ pub fn deterministic_values(n: usize, seed: u64) -> Vec<f32> {
 /// The repository's root folder.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Q8_0 copy of the kit's SmolLM2 that graft serves on a CPU (`model.cpu_weights`),
+/// written into `folder`: its matrix products give every row the same bits at any row count.
+pub fn q8_0_copy(folder: &Path) -> PathBuf {
+    let copy = folder.join("smollm2-q8_0.gguf");
+    let base = BaseGguf::open(&kit_file("smollm2-135m-instruct")).expect("the kit's SmolLM2");
+    assert!(requantize(&base, &copy, Restore::Q8_0).expect("a Q8_0 copy") > 100);
+    copy
 }
 
 /// The path of a kit artifact, installing it first if it is missing.

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{repo_root, start_serving};
+use common::{repo_root, start_serving, Serving};
 
 fn graft() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
@@ -842,12 +842,17 @@ fn eval_run_judges_questions_in_both_orders_on_an_adapter_with_a_judge_served_by
     );
 }
 
-#[test]
-fn bench_api_times_graft_beside_another_server_on_the_same_texts() {
+/// The other server a bench compares graft with: another graft (the kit's SmolLM2, fetched
+/// first), as a llama.cpp server would be.
+fn another_server() -> Serving {
     let fetch = graft().args(["models", "fetch", "smollm2-135m-instruct"]).output().unwrap();
     assert!(fetch.status.success(), "{}", String::from_utf8_lossy(&fetch.stderr));
-    // The other server: another graft, as a llama.cpp server would be.
-    let serving = start_serving(graft().args(["serve", "--listen", "127.0.0.1:0"]), Duration::from_secs(120));
+    start_serving(graft().args(["serve", "--listen", "127.0.0.1:0"]), Duration::from_secs(120))
+}
+
+#[test]
+fn bench_api_times_graft_beside_another_server_on_the_same_texts() {
+    let serving = another_server();
     let out = graft()
         .args(["bench", "api", "--json", "--model", "smollm2-135m-instruct", "--endpoint"])
         .arg(format!("other=http://{}/v1", serving.addr))
@@ -904,10 +909,7 @@ fn bench_api_times_graft_beside_another_server_on_the_same_texts() {
 
 #[test]
 fn bench_load_loads_graft_then_another_server_with_the_same_clients() {
-    let fetch = graft().args(["models", "fetch", "smollm2-135m-instruct"]).output().unwrap();
-    assert!(fetch.status.success(), "{}", String::from_utf8_lossy(&fetch.stderr));
-    // The other server: another graft, as a llama.cpp server would be.
-    let serving = start_serving(graft().args(["serve", "--listen", "127.0.0.1:0"]), Duration::from_secs(120));
+    let serving = another_server();
     let out = graft()
         .args([
             "bench",
