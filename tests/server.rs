@@ -3,7 +3,9 @@
 
 use graft_core::config::GenerationConfig;
 use graft_tests::{logprob_tokens, smollm2_server, sse_data, MAX_BODY_BYTES, MODEL};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 async fn post(path: &str, body: &Value) -> (u16, Value) {
     post_raw(path, "application/json", body.to_string()).await
@@ -1949,15 +1951,20 @@ fn function_schema_chat(max_tokens: u32) -> Value {
     request
 }
 
-/// The answer parsed as the schema above: a name and an integer, and nothing else.
-fn parse_function(content: &str) -> (String, i64) {
-    let value: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{content:?} is not JSON: {e}"));
-    let object = value.as_object().unwrap_or_else(|| panic!("{content:?} is not an object"));
+/// The answer parsed as the schema above: a name and an integer (as written: JSON Schema's
+/// integers have any number of digits, more than an i64 holds), and nothing else.
+fn parse_function(content: &str) -> (String, String) {
+    let object: BTreeMap<String, Box<RawValue>> =
+        serde_json::from_str(content).unwrap_or_else(|e| panic!("{content:?} is not a JSON object: {e}"));
     assert_eq!(object.len(), 2, "only the schema's keys: {content}");
-    (
-        object["name"].as_str().expect("name is a string").to_owned(),
-        object["arguments"].as_i64().expect("arguments is an integer"),
-    )
+    let name: String = serde_json::from_str(object["name"].get()).expect("name is a string");
+    let arguments = object["arguments"].get().to_owned();
+    let digits = arguments.strip_prefix('-').unwrap_or(&arguments);
+    assert!(
+        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()),
+        "arguments is an integer: {content}"
+    );
+    (name, arguments)
 }
 
 #[tokio::test]
