@@ -350,9 +350,9 @@ pub struct SearchArgs {
     pub config: ConfigArg,
     /// What to look for: words, identifiers or a piece of code.
     pub query: String,
-    /// The project whose index is searched.
+    /// The project whose index is searched (default: the first project in the config).
     #[arg(long, short = 'p')]
-    pub project: String,
+    pub project: Option<String>,
     /// Number of results, 1 to 100 (default: `index.top_k` from the config).
     #[arg(short = 'k', long, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub k: Option<u16>,

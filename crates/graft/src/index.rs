@@ -86,15 +86,15 @@ fn print_summary(project: &str, path: &Path, r: &IndexReport) {
     }
 }
 
-/// `graft search QUERY --project NAME`.
+/// `graft search QUERY [--project NAME]`.
 pub fn search(args: SearchArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     let mode: SearchMode = args.mode.parse().map_err(anyhow::Error::msg)?;
-    let index = ProjectIndex::open_with(
-        &args.project,
-        &graft_wiring::layout(&config, &args.project),
-        &graft_wiring::backend(&config),
-    )?;
+    let project = match args.project.as_deref().or(config.projects.first().map(|p| p.name.as_str())) {
+        Some(project) => project,
+        None => bail!("the config names no project: pass the indexed one with --project NAME"),
+    };
+    let index = ProjectIndex::open_with(project, &graft_wiring::layout(&config, project), &graft_wiring::backend(&config))?;
     // Keyword search reads only the keyword index: no embedding model to load.
     let embedder = match mode {
         SearchMode::Keyword => None,

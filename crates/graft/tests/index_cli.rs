@@ -114,6 +114,26 @@ fn index_and_search_print_json_for_scripts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // Without --project: the config's first project, and where it names none, a clear error.
+    let out = graft(&config, &["search", "NewBlobStore"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--project NAME"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let with_project = work.path().join("with-project.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &with_project,
+        format!("{text}[[projects]]\nname = \"poly\"\npath = {:?}\n", fixture.display().to_string()),
+    )
+    .unwrap();
+    let by_default = run_ok(&mut graft(&with_project, &["search", "NewBlobStore", "--json"]));
+    let named = run_ok(&mut graft(&config, &["search", "NewBlobStore", "--project", "poly", "--json"]));
+    assert_eq!(json(&by_default), json(&named));
+    assert!(!json(&named).as_array().unwrap().is_empty());
 }
 
 #[test]
