@@ -176,7 +176,11 @@ fn write_keys(keys: &Path, entries: &[(&str, &str)]) {
         .iter()
         .map(|(name, key)| format!("[[keys]]\nname = \"{name}\"\nkey = \"{key}\"\nprojects = [\"*\"]\n\n"))
         .collect();
-    std::fs::write(keys, text).unwrap();
+    // Written beside and renamed, so that no look of the server's finds it half-written (one
+    // that did would report it and keep the keys in use until the next look).
+    let beside = keys.with_extension("toml.new");
+    std::fs::write(&beside, text).unwrap();
+    std::fs::rename(&beside, keys).unwrap();
 }
 
 /// A config in `dir` for a graft on a free loopback port whose keys file is `dir/keys.toml`
@@ -263,8 +267,12 @@ fn keys_edited_while_graft_loads_its_model_are_read_once_it_serves() {
         },
     );
     assert!(edited, "graft said when it loads its model: {:#?}", serving.startup);
+    // The reload may be said before graft says it serves (its first look comes at once).
+    let early = serving.startup.iter().find(|l| l.contains("API keys")).cloned();
     let said = Said::new(serving.lines);
-    let line = said.wait_for("API keys", Duration::from_secs(30), "").expect("the edit read");
+    let line = early
+        .or_else(|| said.wait_for("API keys", Duration::from_secs(30), ""))
+        .expect("the edit read");
     assert!(line.contains("added [second], removed [first]"), "{line}");
     let status = |key: &str| models_status(&serving.addr, key);
     assert_eq!((status(FIRST_KEY), status(SECOND_KEY)), ("401".into(), "200".into()));
@@ -968,6 +976,72 @@ fn bench_load_loads_graft_then_another_server_with_the_same_clients() {
 /// `graft eval build` wrote, in the served model's tokens (the kit's SmolLM2); its JSONL read
 /// back with Python's `json.loads` line by line, each record with the documented fields, and no
 /// held-out file in any sample.
+#[test]
+fn commands_about_one_project_take_the_configs_first_when_none_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("polyglot");
+    common::copy_tree(&repo_root().join("tests/fixtures/polyglot"), &repo);
+    let kit = format!("[kit]\ndir = {:?}\n", common::kit_dir().display().to_string());
+    let bare = dir.path().join("bare.toml");
+    std::fs::write(&bare, &kit).unwrap();
+    let config = dir.path().join("graft.toml");
+    std::fs::write(
+        &config,
+        format!("{kit}[[projects]]\nname = \"poly\"\npath = {:?}\n", repo.display().to_string()),
+    )
+    .unwrap();
+    let run = |config: &Path, args: &[&str]| {
+        let out = graft()
+            .current_dir(dir.path())
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // No project in the config and none named: each says what to give.
+    for (args, hint) in [
+        (&["dataset", "--dry-run"][..], "graft dataset PATH"),
+        (&["eval", "build"][..], "graft eval build PATH"),
+        (&["train"][..], "graft train --project NAME"),
+    ] {
+        let (ok, _, stderr) = run(&bare, args);
+        assert!(!ok && stderr.contains(hint), "{args:?}: {stderr}");
+    }
+
+    // The golden set of the config's project, where `graft eval build` writes it by default.
+    let (ok, _, stderr) = run(&config, &["eval", "build", "--holdout-fraction", "0.3"]);
+    assert!(ok, "{stderr}");
+    let split: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("eval/poly.golden.split.json")).unwrap()).unwrap();
+    let held_out = split["held_out"].as_array().unwrap().len();
+    assert!(held_out > 0, "{split}");
+    // Training looks for that project's dataset, not yet made.
+    let (ok, _, stderr) = run(&config, &["train"]);
+    assert!(
+        !ok && stderr.contains("datasets/poly") && stderr.contains("--project poly"),
+        "{stderr}"
+    );
+    // The dataset: the same project and repository, obeying the golden set's split; given the
+    // repository's path alone, it is still the configured project at that path.
+    for args in [
+        &["dataset", "--dry-run", "--json"][..],
+        &["dataset", "--dry-run", "--json", repo.to_str().unwrap()][..],
+    ] {
+        let (ok, stdout, stderr) = run(&config, args);
+        assert!(ok, "{args:?}: {stderr}");
+        let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(summary["project"], "poly", "{summary}");
+        assert_eq!(summary["files"]["held_out"].as_u64().unwrap() as usize, held_out, "{summary}");
+    }
+}
+
 #[test]
 fn dataset_writes_jsonl_that_python_reads_and_leaves_held_out_files_out() {
     let dir = tempfile::tempdir().unwrap();
