@@ -56,9 +56,10 @@ pub enum Command {
 pub struct TrainArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// The project: names the adapter and the default dataset folder.
+    /// The project: names the adapter and the default dataset folder (default: the config's
+    /// first project).
     #[arg(long, short = 'p')]
-    pub project: String,
+    pub project: Option<String>,
     /// The dataset folder (default: datasets/<project>).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
@@ -142,11 +143,12 @@ pub struct TrainArgs {
 pub struct DatasetArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// The repository.
-    pub path: PathBuf,
-    /// The project it belongs to (the repo-level layout's name; the default output folder).
+    /// The repository; by default the path of the configured project.
+    pub path: Option<PathBuf>,
+    /// The project it belongs to (the repo-level layout's name; the default output folder); by
+    /// default the configured project with this path, else the repository folder's name.
     #[arg(long, short = 'p')]
-    pub project: String,
+    pub project: Option<String>,
     /// Where to write the dataset (default: datasets/<project>).
     #[arg(long, short = 'o', value_name = "DIR")]
     pub output: Option<PathBuf>,
@@ -279,11 +281,12 @@ pub struct EvalRunArgs {
 pub struct EvalBuildArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// The repository.
-    pub path: PathBuf,
-    /// The project it belongs to (names the default output file).
+    /// The repository; by default the path of the configured project.
+    pub path: Option<PathBuf>,
+    /// The project it belongs to (names the default output file); by default the configured
+    /// project with this path, else the repository folder's name.
     #[arg(long, short = 'p')]
-    pub project: String,
+    pub project: Option<String>,
     /// Completion tasks to make (line, api and span together).
     #[arg(long, default_value_t = 300)]
     pub tasks: usize,

@@ -1,4 +1,4 @@
-//! `graft dataset PATH --project NAME`: the repository walked as indexing walks it, the
+//! `graft dataset [PATH] [--project NAME]`: the repository walked as indexing walks it, the
 //! evaluation's held-out split obeyed, the served model's tokenizer and prompt format read
 //! from its GGUF file (no weights loaded), then graft-data's curation, written or (with
 //! `--dry-run`) only summarised.
@@ -74,16 +74,13 @@ fn default_split(project: &str) -> PathBuf {
     Split::path_beside(&crate::eval::default_golden_set(project))
 }
 
-fn split_for(args: &DatasetArgs, paths: &[&str]) -> Result<(Split, String)> {
-    let file = args
-        .split
-        .clone()
-        .or_else(|| Some(default_split(&args.project)).filter(|p| p.is_file()));
+fn split_for(args: &DatasetArgs, project: &str, repository: &Path, paths: &[&str]) -> Result<(Split, String)> {
+    let file = args.split.clone().or_else(|| Some(default_split(project)).filter(|p| p.is_file()));
     let mut split = match &file {
         Some(file) => Split::read(file)?,
         None => Split::by_fraction(paths.iter().copied(), args.holdout_fraction, args.seed)?,
     };
-    let here = std::fs::canonicalize(&args.path).ok();
+    let here = std::fs::canonicalize(repository).ok();
     if let (Some(theirs), Some(here)) = (&split.repository, &here) {
         if theirs != here {
             bail!(
@@ -104,9 +101,7 @@ fn split_for(args: &DatasetArgs, paths: &[&str]) -> Result<(Split, String)> {
 
 pub fn run(args: DatasetArgs) -> Result<()> {
     let mut config = models::load_config(&args.config.config)?;
-    if !graft_core::is_valid_name(&args.project) {
-        bail!("`{}` cannot be a project name: use letters, digits, `.`, `_` or `-`", args.project);
-    }
+    let (project, path) = crate::project::with_path(&config, args.path.as_deref(), args.project.as_deref(), "dataset")?;
     if args.redact {
         config.dataset.secrets = SecretAction::Redact;
     }
@@ -114,16 +109,16 @@ pub fn run(args: DatasetArgs) -> Result<()> {
         config.dataset.history = false;
     }
     let started = Instant::now();
-    let walked = graft_index::walk::walk(&args.path, &graft_wiring::index_options(&config).walk)
-        .with_context(|| format!("reading the repository {}", args.path.display()))?;
+    let walked = graft_index::walk::walk(&path, &graft_wiring::index_options(&config).walk)
+        .with_context(|| format!("reading the repository {}", path.display()))?;
     if walked.files.is_empty() {
         bail!(
             "{} has no files to make a dataset from (see `graft index` for what is skipped and why)",
-            args.path.display()
+            path.display()
         );
     }
     let paths: Vec<&str> = walked.files.iter().map(|f| f.path.as_str()).collect();
-    let (split, split_origin) = split_for(&args, &paths)?;
+    let (split, split_origin) = split_for(&args, &project, &path, &paths)?;
 
     // The served model's tokenizer and layout, from its file.
     let (gguf, tokenizer) = models::served_tokenizer(&config, args.json)?;
@@ -142,8 +137,8 @@ pub fn run(args: DatasetArgs) -> Result<()> {
     };
     let dataset = curate(
         Input {
-            repository: &args.path,
-            project: &args.project,
+            repository: &path,
+            project: &project,
             walk: &walked,
             split: &split,
             tokenizer: &tokenizer,
@@ -156,7 +151,7 @@ pub fn run(args: DatasetArgs) -> Result<()> {
     )?;
     let stages = bars.finish(started);
     let seconds = started.elapsed().as_secs_f64();
-    let out_dir = args.output.clone().unwrap_or_else(|| PathBuf::from("datasets").join(&args.project));
+    let out_dir = args.output.clone().unwrap_or_else(|| PathBuf::from("datasets").join(&project));
     let written = if args.dry_run {
         Vec::new()
     } else {

@@ -1,10 +1,10 @@
 //! `graft index` and `graft search` (their settings come from `graft_wiring`).
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use graft_core::Config;
 use graft_index::{index_repository, Embedder, IndexProgress, IndexReport, Names, ProjectIndex, Query, SearchMode};
 use graft_kit::Kit;
@@ -22,7 +22,7 @@ pub fn load_embedder(config: &Config) -> Result<Embedder> {
 /// `graft index [PATH] [--project NAME]`.
 pub fn index(args: IndexArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
-    let (project, path) = project_and_path(&config, args.path.as_deref(), args.project.as_deref())?;
+    let (project, path) = crate::project::with_path(&config, args.path.as_deref(), args.project.as_deref(), "index")?;
     let kit = Kit::new(&config.kit.dir);
     models::ensure(&kit, &graft_wiring::index_artifacts(&config)?, args.json)?;
     let embedder = load_embedder(&config)?;
@@ -90,11 +90,8 @@ fn print_summary(project: &str, path: &Path, r: &IndexReport) {
 pub fn search(args: SearchArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     let mode: SearchMode = args.mode.parse().map_err(anyhow::Error::msg)?;
-    let project = match args.project.as_deref().or(config.projects.first().map(|p| p.name.as_str())) {
-        Some(project) => project,
-        None => bail!("the config names no project: pass the indexed one with --project NAME"),
-    };
-    let index = ProjectIndex::open_with(project, &graft_wiring::layout(&config, project), &graft_wiring::backend(&config))?;
+    let project = crate::project::name(&config, args.project.as_deref(), "search")?;
+    let index = ProjectIndex::open_with(&project, &graft_wiring::layout(&config, &project), &graft_wiring::backend(&config))?;
     // Keyword search reads only the keyword index: no embedding model to load.
     let embedder = match mode {
         SearchMode::Keyword => None,
@@ -130,37 +127,6 @@ pub fn search(args: SearchArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Works out which project and repository `graft index` means.
-fn project_and_path(config: &Config, path: Option<&Path>, project: Option<&str>) -> Result<(String, PathBuf)> {
-    let configured = project.and_then(|p| config.project(p));
-    let path = match (path, configured) {
-        (Some(p), _) => p.to_owned(),
-        (None, Some(c)) => c.path.clone(),
-        (None, None) => match project {
-            Some(p) => bail!("project `{p}` is not in the config; give the repository's path: graft index PATH --project {p}"),
-            None => bail!("give the repository to index: graft index PATH [--project NAME]"),
-        },
-    };
-    if !path.exists() {
-        bail!("{} does not exist", path.display());
-    }
-    let canonical = std::fs::canonicalize(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    let name = match project {
-        Some(p) => p.to_owned(),
-        None => config
-            .projects
-            .iter()
-            .find(|c| std::fs::canonicalize(&c.path).is_ok_and(|cp| cp == canonical))
-            .map(|c| c.name.clone())
-            .or_else(|| canonical.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .context("cannot name the project from its path; pass --project NAME")?,
-    };
-    if !graft_core::is_valid_name(&name) {
-        bail!("`{name}` cannot be a project name: use letters, digits, `.`, `_` or `-` (pass --project NAME)");
-    }
-    Ok((name, path))
 }
 
 /// A progress bar over the chunks being embedded.

@@ -9,6 +9,7 @@
 //! - [`eval`]: `graft eval build` and `graft eval run`.
 //! - [`dataset`]: `graft dataset` (and `graft bench dataset`, the same without writing).
 //! - [`train`]: `graft train`.
+//! - [`project`]: which project a command means when none is named.
 //! - [`progress`]: progress bars.
 
 mod adapters;
@@ -19,6 +20,7 @@ mod eval;
 mod index;
 mod models;
 mod progress;
+mod project;
 mod serve;
 mod train;
 

@@ -1,4 +1,4 @@
-//! `graft train --project NAME`: a dataset from `graft dataset` tokenized with the served
+//! `graft train [--project NAME]`: a dataset from `graft dataset` tokenized with the served
 //! model's tokenizer, graft-train's loop on the base GGUF's dequantized weights, then the
 //! adapter written into the store as a PEFT folder with `train_report.json` and
 //! `train_report.html` (the loss curves). Ctrl-C ends the run after the current step and
@@ -182,12 +182,6 @@ impl RunSpec {
 
 /// Checks what the user asked for before anything is read.
 fn check_args(args: &TrainArgs, max_rank: usize) -> Result<()> {
-    if !graft_core::is_valid_name(&args.project) {
-        bail!(
-            "`{}` cannot be a project or adapter name: use letters, digits, `.`, `_` or `-`",
-            args.project
-        );
-    }
     if args.rank == 0 || args.rank > max_rank {
         bail!("--rank {} must be between 1 and adapters.max_rank ({max_rank})", args.rank);
     }
@@ -321,11 +315,12 @@ pub(crate) fn join_rayons_pool() {
 pub fn run(args: TrainArgs) -> Result<()> {
     join_rayons_pool();
     let config = models::load_config(&args.config.config)?;
+    let project = crate::project::name(&config, args.project.as_deref(), "train")?;
     check_args(&args, config.adapters.max_rank)?;
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| config.adapters.dir.join(format!("{}-lora", args.project)));
+        .unwrap_or_else(|| config.adapters.dir.join(format!("{}-lora", project)));
     if args.serve.is_some() {
         check_servable(&out, &config.adapters)?;
     }
@@ -350,13 +345,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let data = match &resume {
         Some((_, spec)) => spec.dataset.clone(),
-        None => args.data.clone().unwrap_or_else(|| PathBuf::from("datasets").join(&args.project)),
+        None => args.data.clone().unwrap_or_else(|| PathBuf::from("datasets").join(&project)),
     };
     if !data.join("manifest.json").is_file() && !data.join("train").is_dir() {
         bail!(
             "{} is not a dataset folder (no train/ in it): make one with `graft dataset PATH --project {}`",
             data.display(),
-            args.project
+            project
         );
     }
 
@@ -375,7 +370,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         );
     }
     let spec = RunSpec {
-        project: args.project.clone(),
+        project: project.clone(),
         base_model: gguf.clone(),
         dataset: data.clone(),
         max_tokens,
@@ -482,7 +477,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let name = out.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let report = json!({
-        "project": args.project,
+        "project": project,
         "adapter": out,
         "run": spec,
         "dataset_manifest": data.join("manifest.json"),
@@ -493,10 +488,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "training": outcome,
     });
     std::fs::write(out.join("train_report.json"), serde_json::to_string_pretty(&report)? + "\n")?;
-    std::fs::write(
-        out.join("train_report.html"),
-        chart(&outcome, &format!("graft train: {}", args.project)),
-    )?;
+    std::fs::write(out.join("train_report.html"), chart(&outcome, &format!("graft train: {}", project)))?;
     let served = match &args.serve {
         Some(url) => {
             let url = if url.is_empty() {
@@ -540,7 +532,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         println!(
             "  checkpoint: {} (continue with `graft train --project {} --resume`{})",
             checkpoints_at.display(),
-            args.project,
+            project,
             args.out.as_ref().map_or(String::new(), |o| format!(" --out {}", o.display()))
         );
     }

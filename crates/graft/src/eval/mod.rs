@@ -22,22 +22,20 @@ pub fn default_golden_set(project: &str) -> PathBuf {
     PathBuf::from("eval").join(format!("{project}.golden.jsonl"))
 }
 
-/// `graft eval build PATH --project NAME`.
+/// `graft eval build [PATH] [--project NAME]`.
 pub fn build_golden_set(args: EvalBuildArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
-    if !graft_core::is_valid_name(&args.project) {
-        bail!("`{}` cannot be a project name: use letters, digits, `.`, `_` or `-`", args.project);
-    }
-    let walked = graft_index::walk::walk(&args.path, &graft_wiring::index_options(&config).walk)
-        .with_context(|| format!("reading the repository {}", args.path.display()))?;
+    let (project, path) = crate::project::with_path(&config, args.path.as_deref(), args.project.as_deref(), "eval build")?;
+    let walked = graft_index::walk::walk(&path, &graft_wiring::index_options(&config).walk)
+        .with_context(|| format!("reading the repository {}", path.display()))?;
     if walked.files.is_empty() {
         bail!(
             "{} has no files to make tasks from (see `graft index` for what is skipped and why)",
-            args.path.display()
+            path.display()
         );
     }
     let split = if let Some(commit) = &args.holdout_since {
-        Split::since(&args.path, commit)?
+        Split::since(&path, commit)?
     } else if !args.holdout.is_empty() {
         let split = Split::listed(args.holdout.iter().map(String::as_str));
         if let Some(missing) = split.held_out.iter().find(|p| !walked.files.iter().any(|f| &f.path == *p)) {
@@ -48,13 +46,10 @@ pub fn build_golden_set(args: EvalBuildArgs) -> Result<()> {
         Split::by_fraction(walked.files.iter().map(|f| f.path.as_str()), args.holdout_fraction, args.seed)?
     };
     let mut split = split;
-    split.repository = std::fs::canonicalize(&args.path).ok();
+    split.repository = std::fs::canonicalize(&path).ok();
     let held_out_files = walked.files.iter().filter(|f| split.contains(&f.path)).count();
     if held_out_files == 0 {
-        bail!(
-            "no file of {} is held out, so there is nothing to make tasks from",
-            args.path.display()
-        );
+        bail!("no file of {} is held out, so there is nothing to make tasks from", path.display());
     }
     let options = BuildOptions {
         tasks: args.tasks,
@@ -66,7 +61,7 @@ pub fn build_golden_set(args: EvalBuildArgs) -> Result<()> {
         let own = GoldenSet::read(gold)?;
         set.tasks.extend(own.tasks);
     }
-    let output = args.output.clone().unwrap_or_else(|| default_golden_set(&args.project));
+    let output = args.output.clone().unwrap_or_else(|| default_golden_set(&project));
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -81,7 +76,7 @@ pub fn build_golden_set(args: EvalBuildArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
-                "project": args.project,
+                "project": project,
                 "golden_set": output,
                 "split": split_file,
                 "files": walked.files.len(),
@@ -95,7 +90,7 @@ pub fn build_golden_set(args: EvalBuildArgs) -> Result<()> {
             }))?
         );
     } else {
-        println!("golden set for `{}`: {}", args.project, output.display());
+        println!("golden set for `{}`: {}", project, output.display());
         println!(
             "  files:  {} read, {} held out (split: {})",
             walked.files.len(),
