@@ -140,12 +140,10 @@ fn run(config: Config, embedder: Option<Embedder>, keys: LoadedKeys, listener: s
             keys: keys.keys,
             projects: graft_wiring::projects(&config, embedder.map(Arc::new)),
         });
-        reload_keys_on_change(&state, &config, keys.stamp);
-        if indexing == Indexing::InBackground {
-            // Started before the first request can arrive, so each project reports itself as
-            // re-indexing from the start.
-            index_in_background(&state, Duration::from_secs(config.index.refresh_secs));
-        }
+        // Marked before the first request can arrive, so each project reports itself as
+        // re-indexing from the start.
+        let indexer = (indexing == Indexing::InBackground)
+            .then(|| index_in_background(&state, Duration::from_secs(config.index.refresh_secs)));
         let names: Vec<&str> = std::iter::once(config.model.name.as_str())
             .chain(config.projects.iter().map(|p| p.name.as_str()))
             .collect();
@@ -153,6 +151,11 @@ fn run(config: Config, embedder: Option<Embedder>, keys: LoadedKeys, listener: s
             "graft is serving {} on http://{listen}  (OpenAI base URL: http://{listen}/v1)",
             names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
         );
+        // The background tasks start once that line is out, so what they say comes after it.
+        reload_keys_on_change(&state, &config, keys.stamp);
+        if let Some(indexer) = indexer {
+            tokio::spawn(indexer);
+        }
         let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
         graft_server::serve(listener, state, config.server.max_body_bytes, shutdown_signal(), grace).await?;
         eprintln!("graft stopped");
@@ -160,12 +163,13 @@ fn run(config: Config, embedder: Option<Embedder>, keys: LoadedKeys, listener: s
     })
 }
 
-/// Re-indexes every project in turn, on the server's runtime, saying when each is done; then,
-/// every `refresh` (none when zero), re-indexes each project whose repository changed since
-/// (its [`stamp`](graft_server::Projects::stamp)). A project with an index keeps serving from
-/// it until its turn; one without is marked as re-indexing at once, so that its requests get
-/// no retrieved code rather than an error. A run that fails is tried again at the next look.
-fn index_in_background(state: &AppState, refresh: Duration) {
+/// The task that re-indexes every project in turn, saying when each is done; then, every
+/// `refresh` (none when zero), each project whose repository changed since (its
+/// [`stamp`](graft_server::Projects::stamp)). A project with an index keeps serving from it
+/// until its turn; one without is marked as re-indexing at once (before the task is spawned on
+/// the server's runtime), so that its requests get no retrieved code rather than an error. A run
+/// that fails is tried again at the next look.
+fn index_in_background(state: &AppState, refresh: Duration) -> impl std::future::Future<Output = ()> + Send + 'static {
     let mut queue = Vec::new();
     // A project sharing another's index is brought up to date with it.
     for project in state.projects().all().filter(|p| p.index_owner() == p.name()) {
@@ -187,7 +191,7 @@ fn index_in_background(state: &AppState, refresh: Duration) {
         queue.push((Arc::clone(project), guard));
     }
     let state = state.clone();
-    tokio::spawn(async move {
+    async move {
         let projects = state.projects();
         // Each project's repository as it was when its index was last brought up to date.
         let mut indexed: HashMap<String, u64> = HashMap::new();
@@ -265,7 +269,7 @@ fn index_in_background(state: &AppState, refresh: Duration) {
                 }
             }
         }
-    });
+    }
 }
 
 /// How often the keys file is looked at (its size and time) for a change.

@@ -267,12 +267,9 @@ fn keys_edited_while_graft_loads_its_model_are_read_once_it_serves() {
         },
     );
     assert!(edited, "graft said when it loads its model: {:#?}", serving.startup);
-    // The reload may be said before graft says it serves (its first look comes at once).
-    let early = serving.startup.iter().find(|l| l.contains("API keys")).cloned();
+    // Said after graft says it serves (its background tasks start after that line).
     let said = Said::new(serving.lines);
-    let line = early
-        .or_else(|| said.wait_for("API keys", Duration::from_secs(30), ""))
-        .expect("the edit read");
+    let line = said.wait_for("API keys", Duration::from_secs(30), "").expect("the edit read");
     assert!(line.contains("added [second], removed [first]"), "{line}");
     let status = |key: &str| models_status(&serving.addr, key);
     assert_eq!((status(FIRST_KEY), status(SECOND_KEY)), ("401".into(), "200".into()));
