@@ -200,8 +200,10 @@ pub enum EvalCommand {
 pub struct EvalRunArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// The golden set (`graft eval build` writes it; its split file lies beside it).
-    pub golden: PathBuf,
+    /// The golden set (`graft eval build` writes it; its split file lies beside it). Default:
+    /// the one `graft eval build` writes for the config's first project,
+    /// eval/<project>.golden.jsonl.
+    pub golden: Option<PathBuf>,
     /// The arms, compared with the first: base, rag, adapter, adapter+rag, and the controls
     /// oracle (the definition an api task needs, given by hand) and random (random code of the
     /// same size). Default: base,rag, and adapter,adapter+rag with --adapter.

@@ -1007,6 +1007,7 @@ fn commands_about_one_project_take_the_configs_first_when_none_is_named() {
         (&["dataset", "--dry-run"][..], "graft dataset PATH"),
         (&["eval", "build"][..], "graft eval build PATH"),
         (&["train"][..], "graft train --project NAME"),
+        (&["eval", "run"][..], "graft eval run FILE"),
     ] {
         let (ok, _, stderr) = run(&bare, args);
         assert!(!ok && stderr.contains(hint), "{args:?}: {stderr}");
@@ -1019,6 +1020,10 @@ fn commands_about_one_project_take_the_configs_first_when_none_is_named() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("eval/poly.golden.split.json")).unwrap()).unwrap();
     let held_out = split["held_out"].as_array().unwrap().len();
     assert!(held_out > 0, "{split}");
+    // Running it without a file reads that golden set (asked for none of its tasks, the run
+    // stops there, naming it).
+    let (ok, _, stderr) = run(&config, &["eval", "run", "--max-tasks", "0", "--max-questions", "0"]);
+    assert!(!ok && stderr.contains("eval/poly.golden.jsonl has no tasks to run"), "{stderr}");
     // Training looks for that project's dataset, not yet made.
     let (ok, _, stderr) = run(&config, &["train"]);
     assert!(

@@ -60,22 +60,38 @@ impl Served {
     }
 }
 
-/// `graft eval run GOLDEN`.
+/// `graft eval run [GOLDEN]`.
 pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
+    let golden_file = match &args.golden {
+        Some(file) => file.clone(),
+        None => {
+            let Some(project) = config.projects.first() else {
+                bail!("give the golden set to run: graft eval run FILE (the config names no project whose own to run)");
+            };
+            let file = super::default_golden_set(&project.name);
+            if !file.is_file() {
+                bail!(
+                    "no golden set at {}: make one with `graft eval build`, or give its file",
+                    file.display()
+                );
+            }
+            file
+        }
+    };
     let api = match args.api.as_str() {
         "completions" => Api::Completions,
         "tabby" => Api::Tabby,
         _ => Api::Infill,
     };
     let arms = arms(&args, api)?;
-    let golden = GoldenSet::read(&args.golden)?;
-    let split_file = Split::path_beside(&args.golden);
+    let golden = GoldenSet::read(&golden_file)?;
+    let split_file = Split::path_beside(&golden_file);
     let split = Split::read(&split_file).with_context(|| format!("the split beside the golden set ({})", split_file.display()))?;
     let tasks = pick(&golden, |t| t.kind != TaskKind::Question, args.max_tasks, args.seed);
     let questions = pick(&golden, |t| t.kind == TaskKind::Question, args.max_questions, args.seed);
     if tasks.is_empty() && questions.is_empty() {
-        bail!("{} has no tasks to run", args.golden.display());
+        bail!("{} has no tasks to run", golden_file.display());
     }
     let rubric = match &args.rubric {
         Some(path) => Rubric::read(path)?,
@@ -92,7 +108,7 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
     // Another server, or graft here: the repository indexed without its held-out files.
     let target = match (&args.endpoint, &repo) {
         (Some(url), _) => Target::Remote(url.clone()),
-        (None, Some(repo)) => Target::Local(Box::new(prepare_local(&config, &args, repo, &split)?)),
+        (None, Some(repo)) => Target::Local(Box::new(prepare_local(&config, &args, &golden_file, repo, &split)?)),
         (None, None) => bail!(
             "{} names no repository: rebuild the golden set with `graft eval build`",
             split_file.display()
@@ -160,7 +176,7 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
     let held_out_retrieved = results.held_out_retrieved;
     let requests = results.outcomes.len() + results.answers.len() + 2 * results.judgements.len();
     let mut report = report(&arms, results, args.seed);
-    about(&mut report.about, &args, &config, &tasks, &questions);
+    about(&mut report.about, &args, &golden_file, &config, &tasks, &questions);
     if !questions.is_empty() {
         report.about.insert("judge", judge_about);
         report.about.insert("rubric", rubric_name(&args));
@@ -184,7 +200,7 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
             tasks.len(),
             tasks.iter().filter(|t| t.cross_file()).count(),
             questions.len(),
-            args.golden.display()
+            golden_file.display()
         );
         print!("{}", report.table());
         println!("\n{}", report.about["throughput"]);
@@ -249,11 +265,12 @@ fn pick(golden: &GoldenSet, keep: impl Fn(&Task) -> bool, max: Option<usize>, se
 fn prepare_local(
     config: &graft_core::Config,
     args: &EvalRunArgs,
+    golden: &Path,
     repo: &Path,
     split: &Split,
 ) -> Result<(graft_core::Config, graft_index::Embedder)> {
     let mut eval_config = config.clone();
-    eval_config.index.dir = args.golden.with_extension("index");
+    eval_config.index.dir = golden.with_extension("index");
     eval_config.index.exclude.extend(split.held_out.iter().map(|p| format!("/{p}")));
     let project = graft_core::ProjectConfig {
         top_k: config.index.top_k,
@@ -547,11 +564,12 @@ fn rubric_name(args: &EvalRunArgs) -> String {
 fn about(
     about: &mut std::collections::BTreeMap<&'static str, String>,
     args: &EvalRunArgs,
+    golden: &Path,
     config: &graft_core::Config,
     tasks: &[&Task],
     questions: &[&Task],
 ) {
-    about.insert("golden set", args.golden.display().to_string());
+    about.insert("golden set", golden.display().to_string());
     about.insert(
         "tasks",
         format!(
