@@ -969,10 +969,8 @@ fn bench_load_loads_graft_then_another_server_with_the_same_clients() {
     assert!(String::from_utf8_lossy(&absent.stderr).contains("gone: the warm-up request failed"));
 }
 
-/// `graft dataset` as a user runs it: on a repository with a git history, obeying the split
-/// `graft eval build` wrote, in the served model's tokens (the kit's SmolLM2); its JSONL read
-/// back with Python's `json.loads` line by line, each record with the documented fields, and no
-/// held-out file in any sample.
+/// `eval build`, `eval run`, `dataset` and `train` without a path or `--project`: the config's
+/// first project and its repository, or, with none configured, what to give.
 #[test]
 fn commands_about_one_project_take_the_configs_first_when_none_is_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -1044,6 +1042,10 @@ fn commands_about_one_project_take_the_configs_first_when_none_is_named() {
     }
 }
 
+/// `graft dataset` as a user runs it: on a repository with a git history, obeying the split
+/// `graft eval build` wrote, in the served model's tokens (the kit's SmolLM2); its JSONL read
+/// back with Python's `json.loads` line by line, each record with the documented fields, and no
+/// held-out file in any sample.
 #[test]
 fn dataset_writes_jsonl_that_python_reads_and_leaves_held_out_files_out() {
     let dir = tempfile::tempdir().unwrap();
