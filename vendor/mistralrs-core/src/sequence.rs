@@ -793,16 +793,15 @@ impl Sequence {
     }
 
     /// graft: makes the next prompt step read at most `max` of the prompt's tokens still to
-    /// read (its piece), leaving the rest for later steps. Returns whether the prompt was cut.
-    pub(crate) fn cut_prompt_piece(&mut self, max: usize) -> bool {
+    /// read (its piece), leaving the rest for later steps.
+    pub(crate) fn cut_prompt_piece(&mut self, max: usize) {
         let toks = self.get_toks();
         if max == 0 || toks.len() <= max || self.prompt_rest.is_some() {
-            return false;
+            return;
         }
         let (piece, rest) = (toks[..max].to_vec(), toks[max..].to_vec());
         self.prefill_prompt_toks = Some(piece);
         self.prompt_rest = Some(rest);
-        true
     }
 
     /// graft: whether the prompt step reads a piece of the prompt, not its end: its logits
