@@ -12,7 +12,6 @@ use graft_core::split::Split;
 use graft_core::SecretAction;
 use graft_data::{curate, output, Input, Progress};
 use graft_engine::PromptFormat;
-use indicatif::ProgressBar;
 
 use crate::cli::DatasetArgs;
 use crate::{models, progress};
@@ -20,7 +19,7 @@ use crate::{models, progress};
 /// One bar per stage of the curation, and when each stage began.
 struct Bars {
     quiet: bool,
-    bar: Mutex<Option<ProgressBar>>,
+    bar: Mutex<Option<progress::Steps>>,
     stages: Mutex<Vec<(String, Instant)>>,
 }
 
@@ -31,9 +30,9 @@ impl Progress for Bars {
         }
         if let Ok(mut slot) = self.bar.lock() {
             if let Some(old) = slot.take() {
-                old.finish_and_clear();
+                old.finish();
             }
-            *slot = Some(progress::bar(total as u64, name, self.quiet));
+            *slot = Some(progress::Steps::new(total as u64, "", &format!("dataset {name}"), self.quiet));
         }
     }
 
@@ -51,7 +50,7 @@ impl Bars {
     fn finish(&self, start: Instant) -> Vec<(String, f64)> {
         if let Ok(mut slot) = self.bar.lock() {
             if let Some(bar) = slot.take() {
-                bar.finish_and_clear();
+                bar.finish();
             }
         }
         let end = Instant::now();

@@ -1,6 +1,5 @@
 //! `graft index` and `graft search` (their settings come from `graft_wiring`).
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -8,10 +7,9 @@ use anyhow::{Context, Result};
 use graft_core::Config;
 use graft_index::{index_repository, Embedder, IndexProgress, IndexReport, Names, ProjectIndex, Query, SearchMode};
 use graft_kit::Kit;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::{IndexArgs, SearchArgs};
-use crate::models;
+use crate::{models, progress};
 
 /// Loads the embedding model the config names.
 pub fn load_embedder(config: &Config) -> Result<Embedder> {
@@ -44,7 +42,7 @@ pub fn index(args: IndexArgs) -> Result<()> {
 
 /// Indexes one project with a progress bar (unless `quiet`).
 pub fn run_index(config: &Config, project: &str, path: &Path, embedder: &Embedder, quiet: bool) -> Result<IndexReport> {
-    let progress = BarProgress::new(quiet || !std::io::stderr().is_terminal());
+    let progress = BarProgress::new(quiet);
     let result = index_repository(
         path,
         &graft_wiring::layout(config, project),
@@ -129,24 +127,24 @@ pub fn search(args: SearchArgs) -> Result<()> {
     Ok(())
 }
 
-/// A progress bar over the chunks being embedded.
+/// Progress over the chunks being embedded (a bar, or lines in a log: [`progress::Steps`]).
 struct BarProgress {
-    bar: Mutex<Option<ProgressBar>>,
-    hidden: bool,
+    steps: Mutex<Option<progress::Steps>>,
+    quiet: bool,
 }
 
 impl BarProgress {
-    fn new(hidden: bool) -> BarProgress {
+    fn new(quiet: bool) -> BarProgress {
         BarProgress {
-            bar: Mutex::new(None),
-            hidden,
+            steps: Mutex::new(None),
+            quiet,
         }
     }
 
     fn finish(&self) {
-        if let Ok(mut bar) = self.bar.lock() {
-            if let Some(bar) = bar.take() {
-                bar.finish_and_clear();
+        if let Ok(mut steps) = self.steps.lock() {
+            if let Some(steps) = steps.take() {
+                steps.finish();
             }
         }
     }
@@ -154,31 +152,25 @@ impl BarProgress {
 
 impl IndexProgress for BarProgress {
     fn walked(&self, files: usize) {
-        if !self.hidden {
+        if !self.quiet {
             eprintln!("  {files} files found");
         }
     }
 
     fn embedding(&self, chunks: usize) {
-        if self.hidden || chunks == 0 {
+        if self.quiet || chunks == 0 {
             return;
         }
-        let bar = ProgressBar::new(chunks as u64);
-        bar.set_draw_target(ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template("  embedding [{bar:30}] {pos}/{len} chunks {per_sec} {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        if let Ok(mut slot) = self.bar.lock() {
-            *slot = Some(bar);
+        let steps = progress::Steps::new(chunks as u64, "chunks", "  embedding", false);
+        if let Ok(mut slot) = self.steps.lock() {
+            *slot = Some(steps);
         }
     }
 
     fn embedded(&self, n: usize) {
-        if let Ok(slot) = self.bar.lock() {
-            if let Some(bar) = slot.as_ref() {
-                bar.inc(n as u64);
+        if let Ok(slot) = self.steps.lock() {
+            if let Some(steps) = slot.as_ref() {
+                steps.inc(n as u64);
             }
         }
     }

@@ -445,7 +445,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     });
     let done = checkpoint.as_ref().map_or(0, |c| c.state.step);
-    let bar = progress::bar(settings.steps as u64, "steps", args.json);
+    let bar = progress::Steps::new(settings.steps as u64, "steps", "train", args.json);
     bar.set_position(done as u64);
     let checkpoints = Checkpoints {
         dir: &checkpoints_at,
@@ -468,7 +468,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             bar.inc(1);
         },
     )?;
-    bar.finish_and_clear();
+    bar.finish();
 
     graft_train::peft::write(&model, &lora, &config.model.name, &out, true)?;
     let finished = matches!(outcome.stopped, "steps" | "early-stopping");

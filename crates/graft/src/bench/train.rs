@@ -111,11 +111,11 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         patience: 0,
         ..TrainSettings::default()
     };
-    let bar = progress::bar(settings.steps as u64, "steps", args.json);
+    let bar = progress::Steps::new(settings.steps as u64, "steps", "bench train", args.json);
     let outcome = train::train(&model, training, &[], &settings, &AtomicBool::new(false), None, &mut |_, _| {
         bar.inc(1)
     })?;
-    bar.finish_and_clear();
+    bar.finish();
     let ends: Vec<f64> = outcome.steps.iter().map(|s| s.seconds).collect();
     let durations: Vec<f64> = ends.windows(2).map(|w| w[1] - w[0]).collect();
     let step_seconds = median(durations.clone());

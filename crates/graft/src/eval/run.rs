@@ -371,7 +371,7 @@ impl Run<'_> {
             _ => 0,
         };
         let total = tasks.len() * self.arms.len() + questions.len() * (question_arms.len() + 2 * judged_arms);
-        let mut progress = Progress::new(total, self.args.json);
+        let progress = progress::Steps::new(total as u64, "requests", "eval", self.args.json);
         let options = RequestOptions {
             context_lines: self.args.context_lines,
             answer_tokens: self.args.answer_tokens,
@@ -390,7 +390,7 @@ impl Run<'_> {
                     outcome.reference_logprob = self.reference_logprob(task, arm, prompt.as_deref()).await;
                 }
                 results.outcomes.push(outcome);
-                progress.step();
+                progress.inc(1);
             }
         }
         // Graft's extension field goes only to a server asked for retrieval (so graft).
@@ -408,7 +408,7 @@ impl Run<'_> {
                 let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
                 let (text, sources) = split_reply(reply);
                 results.answers.push(Answer::new(question, arm, text, latency_ms, sources));
-                progress.step();
+                progress.inc(1);
             }
             if judged_arms == 0 {
                 continue;
@@ -438,8 +438,8 @@ impl Run<'_> {
                         Err(e) => tracing::warn!(task = %question.id, error = %e, "the judge gave no answer"),
                     }
                 }
-                progress.step();
-                progress.step();
+                progress.inc(1);
+                progress.inc(1);
             }
         }
         progress.finish();
@@ -512,45 +512,6 @@ fn split_reply(reply: Result<Reply, String>) -> (Result<String, String>, Vec<Str
     match reply {
         Ok(r) => (Ok(r.text), r.sources),
         Err(e) => (Err(e), Vec::new()),
-    }
-}
-
-/// A bar on a terminal; elsewhere (a log, CI) a line every tenth of the way.
-struct Progress {
-    bar: indicatif::ProgressBar,
-    total: usize,
-    done: usize,
-    quiet: bool,
-    started: Instant,
-}
-
-impl Progress {
-    fn new(total: usize, quiet: bool) -> Progress {
-        Progress {
-            bar: progress::bar(total as u64, "requests", quiet),
-            total,
-            done: 0,
-            quiet,
-            started: Instant::now(),
-        }
-    }
-
-    fn step(&mut self) {
-        self.done += 1;
-        self.bar.inc(1);
-        let tenth = |n: usize| (n * 10).checked_div(self.total).unwrap_or(0);
-        if self.bar.is_hidden() && !self.quiet && tenth(self.done) != tenth(self.done - 1) {
-            eprintln!(
-                "eval: {}/{} requests, {:.0} s",
-                self.done,
-                self.total,
-                self.started.elapsed().as_secs_f64()
-            );
-        }
-    }
-
-    fn finish(&self) {
-        self.bar.finish_and_clear();
     }
 }
 
