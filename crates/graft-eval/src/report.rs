@@ -387,8 +387,9 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = String::new();
         let likelihood = self.measures().contains(&LIKELIHOOD);
+        let w = self.arms.iter().map(|a| a.arm.len()).max().unwrap_or(0).max(8);
         out.push_str(&format!(
-            "{:<8} {:>6} {:>8} {:>8} {:>8} {:>8}   {:>9} {:>8}{}\n",
+            "{:<w$} {:>6} {:>8} {:>8} {:>8} {:>8}   {:>9} {:>8}{}\n",
             "arm",
             "tasks",
             "EM",
@@ -412,7 +413,7 @@ impl Report {
                 _ => String::new(),
             };
             out.push_str(&format!(
-                "{:<8} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3}   {:>9} {:>8.0}{reference}\n",
+                "{:<w$} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3}   {:>9} {:>8.0}{reference}\n",
                 a.arm,
                 all.tasks,
                 all.exact_match,
@@ -591,5 +592,23 @@ mod tests {
         // Without likelihoods, nothing of it shows.
         let plain = report(&[Arm::Base], Results::default(), 1);
         assert!(!plain.measures().contains(&LIKELIHOOD) && !plain.table().contains("logprob"));
+    }
+
+    #[test]
+    fn the_tables_columns_line_up_whatever_the_arms_are_called() {
+        let r = report(&[Arm::Base, Arm::AdapterRag, Arm::Oracle], Results::default(), 1);
+        let table = r.table();
+        // Where each of the first three lines' second column ends.
+        let ends: Vec<usize> = table
+            .lines()
+            .take(4)
+            .map(|line| {
+                let name = line.find(' ').unwrap_or(0);
+                let start = name + line[name..].find(|c: char| c != ' ').unwrap_or(0);
+                start + line[start..].find(' ').unwrap_or(0)
+            })
+            .collect();
+        assert!(table.lines().nth(2).is_some_and(|l| l.starts_with("adapter+rag ")), "{table}");
+        assert!(ends.iter().all(|&e| e == ends[0] && e > 0), "{ends:?}\n{table}");
     }
 }
