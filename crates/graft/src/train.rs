@@ -181,6 +181,22 @@ impl RunSpec {
 }
 
 /// Checks what the user asked for before anything is read.
+/// Why a run stopped (the report's `stopped`), in the summary's words.
+fn stop_reason(stopped: &str) -> &str {
+    match stopped {
+        "steps" => "all --steps done",
+        "early-stopping" => "stopped early: --patience evaluations without a better validation loss",
+        "time-budget" => "--minutes spent",
+        other => other,
+    }
+}
+
+/// Whether a run that did all its steps kept its last evaluation's adapter: the validation
+/// loss was still falling, so the run ended before the data stopped teaching it.
+fn still_falling(outcome: &Outcome) -> bool {
+    outcome.stopped == "steps" && outcome.evaluations.len() >= 2 && outcome.evaluations.last().is_some_and(|e| e.step == outcome.best_step)
+}
+
 fn check_args(args: &TrainArgs, max_rank: usize) -> Result<()> {
     if args.rank == 0 || args.rank > max_rank {
         bail!("--rank {} must be between 1 and adapters.max_rank ({max_rank})", args.rank);
@@ -507,17 +523,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
         return Ok(());
     }
     println!("adapter `{name}` written to {}", out.display());
+    let seen = outcome.steps.len() * outcome.settings.accumulation.max(1);
     println!(
-        "  examples:   {} train, {} validation (at most {} tokens each)",
+        "  examples:   {} train, {} validation (at most {} tokens each); {seen} trained on, {:.2} passes",
         train_set.len(),
         validation.len(),
-        spec.max_tokens
+        spec.max_tokens,
+        seen as f64 / train_set.len().max(1) as f64
     );
     let resumed = outcome.resumed_from.map_or(String::new(), |s| format!(", resumed after step {s}"));
     println!(
         "  steps:      {} ({}{resumed}), {:.0} training tokens/s",
         outcome.steps.len(),
-        outcome.stopped,
+        stop_reason(outcome.stopped),
         outcome.tokens_per_second
     );
     if let (Some(base), Some(best)) = (outcome.base_val_loss, outcome.best_val_loss) {
@@ -525,6 +543,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
             "  validation: {base:.4} (base) -> {best:.4} (best, step {}): {:+.1}%",
             outcome.best_step,
             100.0 * (best - base) / base
+        );
+    }
+    if still_falling(&outcome) {
+        println!(
+            "  note:       the validation loss still fell at its last evaluation: a longer run \
+             (more --steps; --force replaces this adapter) would likely lower it further"
         );
     }
     println!("  report:     {} and train_report.html", out.join("train_report.json").display());
@@ -552,4 +576,45 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use graft_train::train::{EvalLog, Outcome, TrainSettings};
+
+    use super::still_falling;
+
+    fn outcome(stopped: &'static str, losses: &[f64]) -> Outcome {
+        let evaluations: Vec<EvalLog> = losses
+            .iter()
+            .enumerate()
+            .map(|(i, &val_loss)| EvalLog {
+                step: 25 * (i + 1),
+                val_loss,
+            })
+            .collect();
+        let best = evaluations.iter().min_by(|a, b| a.val_loss.total_cmp(&b.val_loss));
+        Outcome {
+            settings: TrainSettings::default(),
+            steps: Vec::new(),
+            base_val_loss: Some(3.0),
+            best_val_loss: best.map(|e| e.val_loss),
+            best_step: best.map_or(0, |e| e.step),
+            evaluations,
+            stopped,
+            tokens_per_second: 0.0,
+            resumed_from: None,
+        }
+    }
+
+    #[test]
+    fn a_run_whose_last_evaluation_was_its_best_was_still_learning() {
+        assert!(still_falling(&outcome("steps", &[2.5, 2.3, 2.2])));
+        // It had levelled off: the best came before the end.
+        assert!(!still_falling(&outcome("steps", &[2.5, 2.2, 2.3])));
+        // One evaluation says nothing of a trend; a run cut short says so in its own line.
+        assert!(!still_falling(&outcome("steps", &[2.5])));
+        assert!(!still_falling(&outcome("time-budget", &[2.5, 2.3, 2.2])));
+        assert!(!still_falling(&outcome("steps", &[])));
+    }
 }
