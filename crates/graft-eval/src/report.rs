@@ -220,7 +220,8 @@ pub struct Results {
     pub held_out_retrieved: usize,
 }
 
-/// The report of `results` over `arms` (the first arm is the one others are compared with).
+/// The report of `results` over `arms` (compared as [`pairs`] says: each with the first, and
+/// `adapter+rag` with its parts).
 pub fn report(arms: &[Arm], results: Results, seed: u64) -> Report {
     let Results {
         outcomes,
@@ -264,43 +265,41 @@ pub fn report(arms: &[Arm], results: Results, seed: u64) -> Report {
         })
         .collect();
     let mut comparisons = Vec::new();
-    if let Some((first, rest)) = arms.split_first() {
-        for arm in rest {
-            // A measure paired over the tasks both arms have it for (the likelihood may be
-            // missing; the four never are).
-            let paired = |name: &str, cross_file_only: bool| -> (Vec<f64>, Vec<f64>) {
-                let theirs: BTreeMap<&str, f64> = outcomes
-                    .iter()
-                    .filter(|o| o.arm == first.name())
-                    .filter_map(|o| Some((o.task.as_str(), measure(o, name)?)))
-                    .collect();
-                outcomes
-                    .iter()
-                    .filter(|o| o.arm == arm.name() && (o.cross_file || !cross_file_only))
-                    .filter_map(|o| Some((*theirs.get(o.task.as_str())?, measure(o, name)?)))
-                    .unzip()
-            };
-            let intervals = |cross_file_only: bool| -> BTreeMap<&'static str, Interval> {
-                METRICS
-                    .iter()
-                    .chain([&LIKELIHOOD])
-                    .filter_map(|name| {
-                        let (a, b) = paired(name, cross_file_only);
-                        (!a.is_empty()).then(|| (*name, paired_bootstrap(&a, &b, 2000, seed).into()))
-                    })
-                    .collect()
-            };
-            let metrics = intervals(false);
-            if metrics.is_empty() {
-                continue;
-            }
-            comparisons.push(Comparison {
-                arm: arm.name(),
-                against: first.name(),
-                metrics,
-                cross_file: intervals(true),
-            });
+    for (arm, against) in pairs(arms) {
+        // A measure paired over the tasks both arms have it for (the likelihood may be
+        // missing; the four never are).
+        let paired = |name: &str, cross_file_only: bool| -> (Vec<f64>, Vec<f64>) {
+            let theirs: BTreeMap<&str, f64> = outcomes
+                .iter()
+                .filter(|o| o.arm == against.name())
+                .filter_map(|o| Some((o.task.as_str(), measure(o, name)?)))
+                .collect();
+            outcomes
+                .iter()
+                .filter(|o| o.arm == arm.name() && (o.cross_file || !cross_file_only))
+                .filter_map(|o| Some((*theirs.get(o.task.as_str())?, measure(o, name)?)))
+                .unzip()
+        };
+        let intervals = |cross_file_only: bool| -> BTreeMap<&'static str, Interval> {
+            METRICS
+                .iter()
+                .chain([&LIKELIHOOD])
+                .filter_map(|name| {
+                    let (a, b) = paired(name, cross_file_only);
+                    (!a.is_empty()).then(|| (*name, paired_bootstrap(&a, &b, 2000, seed).into()))
+                })
+                .collect()
+        };
+        let metrics = intervals(false);
+        if metrics.is_empty() {
+            continue;
         }
+        comparisons.push(Comparison {
+            arm: arm.name(),
+            against: against.name(),
+            metrics,
+            cross_file: intervals(true),
+        });
     }
     let judged: Vec<JudgedSummary> = match arms.split_first() {
         Some((first, rest)) => rest
@@ -326,6 +325,24 @@ pub fn report(arms: &[Arm], results: Results, seed: u64) -> Report {
         answers,
         judgements,
     }
+}
+
+/// The comparisons a run reports, as (arm, against): each arm against the first, and
+/// `adapter+rag` against each of its parts that ran (unless it is the first): what retrieval
+/// adds to the adapter, and what the adapter adds to retrieval.
+fn pairs(arms: &[Arm]) -> Vec<(Arm, Arm)> {
+    let Some((&first, rest)) = arms.split_first() else {
+        return Vec::new();
+    };
+    let mut pairs: Vec<(Arm, Arm)> = rest.iter().map(|&arm| (arm, first)).collect();
+    if arms.contains(&Arm::AdapterRag) {
+        for part in [Arm::Adapter, Arm::Rag] {
+            if part != first && arms.contains(&part) {
+                pairs.push((Arm::AdapterRag, part));
+            }
+        }
+    }
+    pairs
 }
 
 /// A note for each comparison that no measure separates: how wide its interval is, and
@@ -610,5 +627,28 @@ mod tests {
             .collect();
         assert!(table.lines().nth(2).is_some_and(|l| l.starts_with("adapter+rag ")), "{table}");
         assert!(ends.iter().all(|&e| e == ends[0] && e > 0), "{ends:?}\n{table}");
+    }
+
+    #[test]
+    fn adapter_and_retrieval_together_are_compared_with_each_alone() {
+        use Arm::{Adapter, AdapterRag, Base, Rag};
+        let names = |arms: &[Arm]| -> Vec<String> { pairs(arms).iter().map(|(a, b)| format!("{} − {}", a.name(), b.name())).collect() };
+        assert_eq!(
+            names(&[Base, Adapter, Rag, AdapterRag]),
+            [
+                "adapter − base",
+                "rag − base",
+                "adapter+rag − base",
+                "adapter+rag − adapter",
+                "adapter+rag − rag"
+            ]
+        );
+        assert_eq!(
+            names(&[Adapter, AdapterRag, Rag]),
+            ["adapter+rag − adapter", "rag − adapter", "adapter+rag − rag"]
+        );
+        assert_eq!(names(&[Base, Rag]), ["rag − base"]);
+        assert_eq!(names(&[Base, AdapterRag]), ["adapter+rag − base"]);
+        assert!(names(&[]).is_empty());
     }
 }
