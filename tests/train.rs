@@ -208,7 +208,7 @@ fn written_adapter_merges_to_the_trained_model(path: &std::path::Path) {
 /// output embeddings are tiny random numbers, so no adapter can move its logits far: from
 /// ln 32000 ≈ 10.4 it reaches about 10.1) and the training loss falls with it, and the best
 /// adapters are the ones kept. A stop flag or a spent time budget ends a run before its next
-/// step.
+/// step; a run whose loss stops being a number ends there, its adapters unbroken.
 #[test]
 fn training_lowers_the_validation_loss_and_stops_when_told() {
     use graft_train::train::{train, Example, TrainSettings};
@@ -291,6 +291,30 @@ fn training_lowers_the_validation_loss_and_stops_when_told() {
     )
     .unwrap();
     assert_eq!((out.stopped, out.steps.len()), ("time-budget", 0));
+
+    // A learning rate that breaks the adapters: the step after it finds its loss is no longer
+    // a number, is not taken, and the run stops with the adapters it began with (no evaluation
+    // found better ones), not the broken ones.
+    let before = graft_train::train::mean_loss(&model, &validation).unwrap().unwrap();
+    let wild = TrainSettings {
+        learning_rate: f64::INFINITY,
+        warmup_steps: 0,
+        eval_every: 100,
+        ..settings
+    };
+    let out = train(
+        &model,
+        &train_set,
+        &validation,
+        &wild,
+        &AtomicBool::new(false),
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!((out.stopped, out.steps.len(), out.best_step), ("diverged", 1, 0), "{:?}", out.steps);
+    let after = graft_train::train::mean_loss(&model, &validation).unwrap().unwrap();
+    assert!(after.is_finite() && (after - before).abs() < 1e-6, "{before} -> {after}");
 }
 
 /// A run interrupted half way and resumed from its checkpoint (in a fresh process's model)

@@ -100,7 +100,9 @@ pub struct Outcome {
     pub best_val_loss: Option<f64>,
     /// The step whose adapters were kept (the best validation loss; the last without one).
     pub best_step: usize,
-    /// Why it stopped: `steps`, `early-stopping`, `time-budget` or `interrupted`.
+    /// Why it stopped: `steps`, `early-stopping`, `time-budget`, `interrupted` or `diverged`
+    /// (a step's loss or gradient norm was no longer a finite number: the step was not taken,
+    /// and the adapters are the best validated ones, or the run's start: `best_step` 0).
     pub stopped: &'static str,
     pub tokens_per_second: f64,
     /// The step a resumed run started after.
@@ -285,6 +287,12 @@ pub fn train(
                 means.push(g);
             }
             let grad_norm = norm_sq.sqrt();
+            if !(loss_sum.is_finite() && grad_norm.is_finite()) {
+                // Nothing after this step could recover; it is not taken.
+                state.step = step - 1;
+                stopped = "diverged";
+                break;
+            }
             let clip = if settings.max_grad_norm > 0.0 && grad_norm > settings.max_grad_norm {
                 settings.max_grad_norm / grad_norm
             } else {
@@ -333,7 +341,7 @@ pub fn train(
         }
     }
     save(&state, &best, &optimizer)?;
-    if validation.is_empty() || state.best_val_loss.is_none() {
+    if stopped != "diverged" && (validation.is_empty() || state.best_val_loss.is_none()) {
         state.best_step = state.steps.last().map_or(0, |s| s.step);
     } else {
         for (var, kept) in vars.iter().zip(&best) {

@@ -103,7 +103,8 @@ pub struct TrainArgs {
     /// Stop after this many evaluations without improvement (0: never).
     #[arg(long, default_value_t = 4)]
     pub patience: usize,
-    /// Validation examples used, at most (each evaluation reads them all).
+    /// Validation examples used, at most (each evaluation reads them all; 0: no validation,
+    /// so the last adapter is the one kept).
     #[arg(long, default_value_t = 32)]
     pub max_validation: usize,
     /// Longest example in tokens; longer samples are cut into pieces this long.

@@ -187,6 +187,7 @@ fn stop_reason(stopped: &str) -> &str {
         "steps" => "all --steps done",
         "early-stopping" => "stopped early: --patience evaluations without a better validation loss",
         "time-budget" => "--minutes spent",
+        "diverged" => "diverged: a step's loss was no longer a finite number",
         other => other,
     }
 }
@@ -200,6 +201,27 @@ fn still_falling(outcome: &Outcome) -> bool {
 fn check_args(args: &TrainArgs, max_rank: usize) -> Result<()> {
     if args.rank == 0 || args.rank > max_rank {
         bail!("--rank {} must be between 1 and adapters.max_rank ({max_rank})", args.rank);
+    }
+    for (flag, n) in [
+        ("--steps", args.steps),
+        ("--accumulation", args.accumulation),
+        ("--eval-every", args.eval_every),
+    ] {
+        if n == 0 {
+            bail!("{flag} must be at least 1");
+        }
+    }
+    if !(args.lr > 0.0 && args.lr.is_finite()) {
+        bail!("--lr must be a positive number, got {}", args.lr);
+    }
+    if !(args.alpha > 0.0 && args.alpha.is_finite()) {
+        bail!("--alpha must be a positive number, got {}", args.alpha);
+    }
+    if !(args.max_grad_norm >= 0.0 && args.max_grad_norm.is_finite()) {
+        bail!(
+            "--max-grad-norm must be 0 (no clipping) or a positive number, got {}",
+            args.max_grad_norm
+        );
     }
     if !(0.0..1.0).contains(&args.dropout) {
         bail!("--dropout must be at least 0 and below 1, got {}", args.dropout);
@@ -485,9 +507,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
         },
     )?;
     bar.finish();
+    let diverged_at = (outcome.stopped == "diverged").then(|| outcome.steps.last().map_or(1, |s| s.step + 1));
+    if let (Some(step), 0) = (diverged_at, outcome.best_step) {
+        // Its checkpoint would only diverge again.
+        let _ = std::fs::remove_dir_all(&checkpoints_at);
+        bail!(
+            "training diverged at step {step}: its loss or gradient was no longer a finite number, so the step \
+             was not taken, and no validated adapter came before it: nothing written (--lr {:e} is likely too \
+             high; the default is 3e-4)",
+            settings.learning_rate
+        );
+    }
 
     graft_train::peft::write(&model, &lora, &config.model.name, &out, true)?;
-    let finished = matches!(outcome.stopped, "steps" | "early-stopping");
+    let finished = matches!(outcome.stopped, "steps" | "early-stopping" | "diverged");
     if finished {
         std::fs::remove_dir_all(&checkpoints_at).with_context(|| format!("removing {}", checkpoints_at.display()))?;
     }
@@ -543,6 +576,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
             "  validation: {base:.4} (base) -> {best:.4} (best, step {}): {:+.1}%",
             outcome.best_step,
             100.0 * (best - base) / base
+        );
+    }
+    if let Some(step) = diverged_at {
+        println!(
+            "  note:       training diverged at step {step}; the adapter is the best validated before it \
+             (step {}); a lower --lr would likely train further",
+            outcome.best_step
         );
     }
     if still_falling(&outcome) {

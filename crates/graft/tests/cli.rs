@@ -1400,6 +1400,20 @@ print(len(names))
         "{}",
         String::from_utf8_lossy(&too_big.stderr)
     );
+    let negative = train(&["--lr=-1", "--force"]);
+    let stderr = String::from_utf8_lossy(&negative.stderr);
+    assert!(stderr.contains("--lr must be a positive number, got -1"), "{stderr}");
+    // A learning rate that breaks the adapters: the run stops at the step whose loss is no
+    // longer a number, writes nothing and keeps no checkpoint; the adapter there stays whole.
+    let kept = std::fs::read(adapter.join("adapter_model.safetensors")).unwrap();
+    let wild = train(&["--lr", "1e30", "--force"]);
+    let stderr = String::from_utf8_lossy(&wild.stderr);
+    assert!(
+        !wild.status.success() && stderr.contains("training diverged at step 2") && stderr.contains("nothing written"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(adapter.join("adapter_model.safetensors")).unwrap(), kept);
+    assert!(!checkpoint.exists());
     let nowhere = run(&["train", "--project", "poly", "--data", "/nonexistent/data", "--force"]);
     assert!(String::from_utf8_lossy(&nowhere.stderr).contains("not a dataset folder"));
     std::fs::write(data.join("train/text.jsonl"), "{\"text\": \"fn main() {}\"}\n{\"txt\": 3}\n").unwrap();
