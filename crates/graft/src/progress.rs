@@ -90,6 +90,8 @@ struct Log {
     what: String,
     total: u64,
     position: u64,
+    /// Where this run began (a resumed one after 0): what the time left is reckoned from.
+    began_at: u64,
     message: String,
     started: Instant,
     last_line: Instant,
@@ -120,12 +122,22 @@ impl Log {
         } else {
             format!(" {}", self.what)
         };
+        let elapsed = now.saturating_duration_since(self.started).as_secs_f64();
+        let done = self.position.saturating_sub(self.began_at);
+        let left = self.total.saturating_sub(self.position);
+        let eta = if done > 0 && left > 0 {
+            let seconds = elapsed * left as f64 / done as f64;
+            if seconds < 120.0 {
+                format!(", about {seconds:.0} s left")
+            } else {
+                format!(", about {:.0} min left", seconds / 60.0)
+            }
+        } else {
+            String::new()
+        };
         format!(
-            "{}: {}/{}{what}{message}, {:.0} s",
-            self.label,
-            self.position,
-            self.total,
-            now.saturating_duration_since(self.started).as_secs_f64()
+            "{}: {}/{}{what}{message}, {elapsed:.0} s{eta}",
+            self.label, self.position, self.total
         )
     }
 }
@@ -147,6 +159,7 @@ impl Steps {
                 what: what.to_owned(),
                 total,
                 position: 0,
+                began_at: 0,
                 message: String::new(),
                 started: now,
                 last_line: now,
@@ -184,7 +197,7 @@ impl Steps {
     /// Where a resumed run starts; no line for it.
     pub fn set_position(&self, position: u64) {
         self.bar.set_position(position);
-        self.with_log(|log| log.position = position);
+        self.with_log(|log| (log.position, log.began_at) = (position, position));
     }
 
     /// What the bar (and the next line of a log) says after the count.
@@ -209,6 +222,7 @@ mod tests {
             what: "steps".into(),
             total,
             position: 0,
+            began_at: 0,
             message: String::new(),
             started,
             last_line: started,
@@ -228,7 +242,8 @@ mod tests {
             }
         }
         assert_eq!(lines.len(), 10, "{lines:#?}");
-        assert_eq!(lines[0], "train: 40/400 steps, loss 40, 120 s");
+        assert_eq!(lines[0], "train: 40/400 steps, loss 40, 120 s, about 18 min left");
+        assert_eq!(lines[8], "train: 360/400 steps, loss 360, 1080 s, about 2 min left");
         assert_eq!(lines[9], "train: 400/400 steps, loss 400, 1200 s");
     }
 
@@ -244,15 +259,19 @@ mod tests {
         // Once the interval has passed, the next tenth writes one (no unit: none named).
         assert_eq!(log.moved(10, start + LOG_EVERY).as_deref(), None, "no tenth crossed");
         log.position = 0;
-        assert_eq!(log.moved(5, start + LOG_EVERY).as_deref(), Some("train: 5/10, 5 s"));
+        assert_eq!(log.moved(5, start + LOG_EVERY).as_deref(), Some("train: 5/10, 5 s, about 5 s left"));
     }
 
     #[test]
     fn a_resumed_run_counts_from_where_it_starts() {
         let start = Instant::now();
         let mut log = log(100, start);
-        log.position = 50;
+        (log.position, log.began_at) = (50, 50);
         assert_eq!(log.moved(51, start + LOG_EVERY), None, "still in the sixth tenth");
-        assert_eq!(log.moved(60, start + LOG_EVERY).as_deref(), Some("train: 60/100 steps, 5 s"));
+        // 10 steps in 5 s since it resumed: 40 more take 20 s.
+        assert_eq!(
+            log.moved(60, start + LOG_EVERY).as_deref(),
+            Some("train: 60/100 steps, 5 s, about 20 s left")
+        );
     }
 }
