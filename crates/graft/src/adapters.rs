@@ -29,6 +29,44 @@ fn checked(config: &Config, base: &BaseGguf, name: &str) -> Result<Adapter, graf
     Ok(adapter)
 }
 
+/// What `graft train` wrote of the run that made an adapter (its `train_report.json`), when it
+/// made it: the project, the steps, and the validation loss before and after; `null` for an
+/// adapter from elsewhere or a report that cannot be read.
+fn training(dir: &Path) -> serde_json::Value {
+    let Some(report) = std::fs::read(dir.join("train_report.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+    else {
+        return serde_json::Value::Null;
+    };
+    let training = &report["training"];
+    json!({
+        "project": report["project"],
+        "steps": training["steps"].as_array().map(Vec::len),
+        "stopped": training["stopped"],
+        "best_step": training["best_step"],
+        "base_val_loss": training["base_val_loss"],
+        "best_val_loss": training["best_val_loss"],
+    })
+}
+
+/// One line of what [`training`] found.
+fn training_line(t: &serde_json::Value) -> Option<String> {
+    let project = t["project"].as_str()?;
+    let mut line = format!("trained on `{project}`");
+    if let Some(steps) = t["steps"].as_u64() {
+        line.push_str(&format!(", {steps} steps"));
+    }
+    if let (Some(base), Some(best)) = (t["base_val_loss"].as_f64(), t["best_val_loss"].as_f64()) {
+        line.push_str(&format!(
+            ", validation {base:.3} -> {best:.3} ({:+.1}%, step {})",
+            100.0 * (best - base) / base,
+            t["best_step"]
+        ));
+    }
+    Some(line)
+}
+
 /// `graft adapters list`.
 pub fn list(config_path: &Path, json: bool) -> Result<()> {
     let config = models::load_config(config_path)?;
@@ -39,6 +77,7 @@ pub fn list(config_path: &Path, json: bool) -> Result<()> {
             Ok(a) => json!({
                 "name": name, "valid": true, "rank": a.config.r, "alpha": a.config.lora_alpha,
                 "scale": a.scale(), "weights": a.pairs.len(), "error": null,
+                "training": training(&config.adapters.dir.join(&name)),
             }),
             Err(e) => json!({ "name": name, "valid": false, "error": e.to_string() }),
         })
@@ -60,6 +99,9 @@ pub fn list(config_path: &Path, json: bool) -> Result<()> {
                 row["alpha"],
                 row["weights"]
             );
+            if let Some(line) = training_line(&row["training"]) {
+                println!("           {line}");
+            }
         } else {
             println!("  invalid  {}", row["error"].as_str().unwrap_or(""));
         }

@@ -440,6 +440,7 @@ fn adapters_are_listed_with_their_problems_and_merged_once() {
     assert_eq!(list[1]["name"], "good");
     assert_eq!(list[1]["valid"], true, "{list}");
     assert_eq!(list[1]["weights"], base.block_count);
+    assert_eq!(list[1]["training"], serde_json::Value::Null, "not made by graft train");
 
     let first = run(&["adapters", "merge", "good", "--json"]);
     assert_eq!(first["merged_now"], true, "{first}");
@@ -1304,6 +1305,16 @@ print(len(names))
     let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(list[0]["name"], "poly-lora");
     assert_eq!(list[0]["valid"], true, "{list}");
+    let trained = &list[0]["training"];
+    assert_eq!(
+        (trained["project"].as_str(), trained["steps"].as_u64()),
+        (Some("poly"), Some(3)),
+        "{list}"
+    );
+    assert_eq!(trained["base_val_loss"], report["training"]["base_val_loss"], "{list}");
+    let listed = run(&["adapters", "list"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("trained on `poly`, 3 steps, validation "), "{listed}");
     assert!(!checkpoint.exists(), "a finished run leaves no checkpoint");
 
     let again = train(&[]);
