@@ -180,7 +180,6 @@ impl RunSpec {
     }
 }
 
-/// Checks what the user asked for before anything is read.
 /// Why a run stopped (the report's `stopped`), in the summary's words.
 fn stop_reason(stopped: &str) -> &str {
     match stopped {
@@ -198,6 +197,7 @@ fn still_falling(outcome: &Outcome) -> bool {
     outcome.stopped == "steps" && outcome.evaluations.len() >= 2 && outcome.evaluations.last().is_some_and(|e| e.step == outcome.best_step)
 }
 
+/// Checks what the user asked for before anything is read.
 fn check_args(args: &TrainArgs, max_rank: usize) -> Result<()> {
     if args.rank == 0 || args.rank > max_rank {
         bail!("--rank {} must be between 1 and adapters.max_rank ({max_rank})", args.rank);

@@ -438,8 +438,8 @@ impl Run<'_> {
                         Err(e) => tracing::warn!(task = %question.id, error = %e, "the judge gave no answer"),
                     }
                 }
-                progress.inc(1);
-                progress.inc(1);
+                // The pair in both orders, as `total` counts it.
+                progress.inc(2);
             }
         }
         progress.finish();
