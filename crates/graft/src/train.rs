@@ -491,6 +491,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         resume: checkpoint,
     };
     let mut trained_tokens = 0usize;
+    // The latest validation loss stays in the message until the next, so that a log's line,
+    // which shows whatever step it falls on, has it too.
+    let mut last_val = String::new();
     let outcome = train::train(
         &model,
         &train_set,
@@ -500,9 +503,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(checkpoints),
         &mut |step, eval| {
             trained_tokens += step.tokens;
-            let val = eval.map_or(String::new(), |e| format!(", val {:.4}", e.val_loss));
+            if let Some(e) = eval {
+                last_val = format!(", val {:.4} (step {})", e.val_loss, e.step);
+            }
             let rate = trained_tokens as f64 / step.seconds.max(1e-9);
-            bar.set_message(format!("loss {:.4}{val}, {rate:.0} tokens/s", step.loss));
+            bar.set_message(format!("loss {:.4}{last_val}, {rate:.0} tokens/s", step.loss));
             bar.inc(1);
         },
     )?;
