@@ -19,7 +19,7 @@ use crate::{models, progress};
 /// One bar per stage of the curation, and when each stage began.
 struct Bars {
     quiet: bool,
-    bar: Mutex<Option<progress::Steps>>,
+    bar: progress::Stages,
     stages: Mutex<Vec<(String, Instant)>>,
 }
 
@@ -28,31 +28,19 @@ impl Progress for Bars {
         if let Ok(mut stages) = self.stages.lock() {
             stages.push((name.to_owned(), Instant::now()));
         }
-        if let Ok(mut slot) = self.bar.lock() {
-            if let Some(old) = slot.take() {
-                old.finish();
-            }
-            *slot = Some(progress::Steps::new(total as u64, "", &format!("dataset {name}"), self.quiet));
-        }
+        self.bar
+            .start(progress::Steps::new(total as u64, "", &format!("dataset {name}"), self.quiet));
     }
 
     fn advance(&self, n: usize) {
-        if let Ok(slot) = self.bar.lock() {
-            if let Some(bar) = slot.as_ref() {
-                bar.inc(n as u64);
-            }
-        }
+        self.bar.inc(n as u64);
     }
 }
 
 impl Bars {
     /// Clears the bar; each stage's seconds, in order.
     fn finish(&self, start: Instant) -> Vec<(String, f64)> {
-        if let Ok(mut slot) = self.bar.lock() {
-            if let Some(bar) = slot.take() {
-                bar.finish();
-            }
-        }
+        self.bar.finish();
         let end = Instant::now();
         let stages = self.stages.lock().map(|s| s.clone()).unwrap_or_default();
         let mut out = vec![(
@@ -131,7 +119,7 @@ pub fn run(args: DatasetArgs) -> Result<()> {
 
     let bars = Bars {
         quiet: args.json,
-        bar: Mutex::new(None),
+        bar: progress::Stages::default(),
         stages: Mutex::new(Vec::new()),
     };
     let dataset = curate(

@@ -1,7 +1,6 @@
 //! `graft index` and `graft search` (their settings come from `graft_wiring`).
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use graft_core::Config;
@@ -129,24 +128,20 @@ pub fn search(args: SearchArgs) -> Result<()> {
 
 /// Progress over the chunks being embedded (a bar, or lines in a log: [`progress::Steps`]).
 struct BarProgress {
-    steps: Mutex<Option<progress::Steps>>,
+    steps: progress::Stages,
     quiet: bool,
 }
 
 impl BarProgress {
     fn new(quiet: bool) -> BarProgress {
         BarProgress {
-            steps: Mutex::new(None),
+            steps: progress::Stages::default(),
             quiet,
         }
     }
 
     fn finish(&self) {
-        if let Ok(mut steps) = self.steps.lock() {
-            if let Some(steps) = steps.take() {
-                steps.finish();
-            }
-        }
+        self.steps.finish();
     }
 }
 
@@ -161,17 +156,11 @@ impl IndexProgress for BarProgress {
         if self.quiet || chunks == 0 {
             return;
         }
-        let steps = progress::Steps::new(chunks as u64, "chunks", "  embedding", false);
-        if let Ok(mut slot) = self.steps.lock() {
-            *slot = Some(steps);
-        }
+        self.steps
+            .start(progress::Steps::new(chunks as u64, "chunks", "  embedding", false));
     }
 
     fn embedded(&self, n: usize) {
-        if let Ok(slot) = self.steps.lock() {
-            if let Some(steps) = slot.as_ref() {
-                steps.inc(n as u64);
-            }
-        }
+        self.steps.inc(n as u64);
     }
 }

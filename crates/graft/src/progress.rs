@@ -212,6 +212,40 @@ impl Steps {
     }
 }
 
+/// One [`Steps`] at a time, each started as work moves to its next stage (the one before
+/// finished), for progress reported through `&self`, from any thread.
+#[derive(Default)]
+pub struct Stages(Mutex<Option<Steps>>);
+
+impl Stages {
+    /// Finishes the stage in progress, if any, and shows `steps` instead.
+    pub fn start(&self, steps: Steps) {
+        if let Ok(mut slot) = self.0.lock() {
+            if let Some(old) = slot.replace(steps) {
+                old.finish();
+            }
+        }
+    }
+
+    /// `n` more steps of the stage in progress.
+    pub fn inc(&self, n: u64) {
+        if let Ok(slot) = self.0.lock() {
+            if let Some(steps) = slot.as_ref() {
+                steps.inc(n);
+            }
+        }
+    }
+
+    /// Finishes the stage in progress, if any.
+    pub fn finish(&self) {
+        if let Ok(mut slot) = self.0.lock() {
+            if let Some(steps) = slot.take() {
+                steps.finish();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
