@@ -202,9 +202,12 @@ pub struct EvalRunArgs {
     #[command(flatten)]
     pub config: ConfigArg,
     /// The golden set (`graft eval build` writes it; its split file lies beside it). Default:
-    /// the one `graft eval build` writes for the config's first project,
+    /// the one `graft eval build` writes for the project (--project, else the config's first),
     /// eval/<project>.golden.jsonl.
     pub golden: Option<PathBuf>,
+    /// Run this project's golden set, the one `graft eval build --project NAME` writes.
+    #[arg(long, short = 'p', conflicts_with = "golden")]
+    pub project: Option<String>,
     /// The arms, compared with the first: base, rag, adapter, adapter+rag, and the controls
     /// oracle (the definition an api task needs, given by hand) and random (random code of the
     /// same size). Default: base,rag, and adapter,adapter+rag with --adapter.

@@ -1023,6 +1023,17 @@ fn commands_about_one_project_take_the_configs_first_when_none_is_named() {
     // stops there, naming it).
     let (ok, _, stderr) = run(&config, &["eval", "run", "--max-tasks", "0", "--max-questions", "0"]);
     assert!(!ok && stderr.contains("eval/poly.golden.jsonl has no tasks to run"), "{stderr}");
+    // Named, a project's own golden set, whether or not the config lists the project.
+    let (ok, _, stderr) = run(
+        &bare,
+        &["eval", "run", "--project", "poly", "--max-tasks", "0", "--max-questions", "0"],
+    );
+    assert!(!ok && stderr.contains("eval/poly.golden.jsonl has no tasks to run"), "{stderr}");
+    let (ok, _, stderr) = run(&config, &["eval", "run", "--project", "other"]);
+    assert!(
+        !ok && stderr.contains("no golden set at eval/other.golden.jsonl") && stderr.contains("eval build --project other"),
+        "{stderr}"
+    );
     // Training looks for that project's dataset, not yet made.
     let (ok, _, stderr) = run(&config, &["train"]);
     assert!(

@@ -66,13 +66,14 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
     let golden_file = match &args.golden {
         Some(file) => file.clone(),
         None => {
-            let Some(project) = config.projects.first() else {
-                bail!("give the golden set to run: graft eval run FILE (the config names no project whose own to run)");
-            };
-            let file = super::default_golden_set(&project.name);
+            if args.project.is_none() && config.projects.is_empty() {
+                bail!("give the golden set to run: graft eval run FILE, or --project NAME (the config names no project whose own to run)");
+            }
+            let project = crate::project::name(&config, args.project.as_deref(), "eval run")?;
+            let file = super::default_golden_set(&project);
             if !file.is_file() {
                 bail!(
-                    "no golden set at {}: make one with `graft eval build`, or give its file",
+                    "no golden set at {}: make one with `graft eval build --project {project}`, or give its file",
                     file.display()
                 );
             }
