@@ -132,9 +132,11 @@ pub struct TrainArgs {
     /// The seed of the adapters' start and the examples' order.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Where to train: cpu, or cuda / cuda:N (a build with the `cuda` feature).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// Where to train: cpu, or cuda / cuda:N (a build with the `cuda` feature). Default: where
+    /// the config's model runs (`model.device`; "auto": the GPU when this build and machine
+    /// have one).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -443,9 +445,11 @@ pub struct BenchTrainArgs {
     /// projections are adapted.
     #[arg(long, default_value_t = 16)]
     pub rank: usize,
-    /// Where to train: cpu, or cuda / cuda:N (a build with the `cuda` feature).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// Where to train: cpu, or cuda / cuda:N (a build with the `cuda` feature). Default: where
+    /// the config's model runs (`model.device`; "auto": the GPU when this build and machine
+    /// have one).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,

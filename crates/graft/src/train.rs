@@ -297,6 +297,20 @@ fn resolved(path: &Path) -> PathBuf {
     real
 }
 
+/// The device `graft train` and `graft bench train` train on: `--device`, else where the
+/// config's model runs (`model.device`, "auto" resolved as the server resolves it).
+pub fn device_name(flag: Option<&str>, config: &graft_core::Config) -> String {
+    if let Some(flag) = flag {
+        return flag.to_owned();
+    }
+    let gpu = match config.model.device {
+        graft_core::Device::Cpu => false,
+        graft_core::Device::Cuda => true,
+        graft_core::Device::Auto => graft_engine::gpu_available(),
+    };
+    if gpu { "cuda" } else { "cpu" }.to_owned()
+}
+
 /// Where the adapter written to `out` stands with a server of this config: a project can name
 /// it only in `adapters.dir` itself, and `POST /v1/load_lora_adapter` (what `--serve` sends)
 /// loads it only from inside `adapters.dir` or `adapters.allowed_dirs`.
@@ -466,7 +480,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let lora = spec.lora();
     let settings = spec.settings(args.minutes);
     let loading = Instant::now();
-    let device = graft_train::model::device(&args.device)?;
+    let device_name = device_name(args.device.as_deref(), &config);
+    let device = graft_train::model::device(&device_name)?;
     let model = Model::load_on(&gguf, DType::F32, Some(&lora), spec.seed, &device)
         .with_context(|| format!("loading {} for training", gguf.display()))?;
     let load_seconds = loading.elapsed().as_secs_f64();
@@ -535,7 +550,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "adapter": out,
         "run": spec,
         "dataset_manifest": data.join("manifest.json"),
-        "device": args.device,
+        "device": device_name,
         "load_seconds": load_seconds,
         "seconds": loading.elapsed().as_secs_f64(),
         "checkpoint": (!finished).then_some(&checkpoints_at),

@@ -95,7 +95,8 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         dropout: 0.05,
         ..LoraSettings::default()
     };
-    let device = graft_train::model::device(&args.device)?;
+    let device_name = crate::train::device_name(args.device.as_deref(), &config);
+    let device = graft_train::model::device(&device_name)?;
     let model = Model::load_on(&gguf, DType::F32, Some(&lora), 1, &device).with_context(|| format!("loading {}", gguf.display()))?;
     let load_seconds = loading.elapsed().as_secs_f64();
     let rss_loaded = rss_mb();
@@ -123,7 +124,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     let figures = json!({
         "model": gguf,
         "source": args.source,
-        "machine": {"cpu": graft_core::cpu::model_name(), "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()), "device": args.device},
+        "machine": {"cpu": graft_core::cpu::model_name(), "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()), "device": device_name},
         "rank": args.rank,
         "dropout": lora.dropout,
         "targets": lora.targets,
@@ -145,7 +146,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     println!(
         "graft bench train: {} on {} ({}; {} CPUs), rank {}, dropout 0.05, all 7 projections, {}-token examples",
         gguf.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        args.device,
+        device_name,
         figures["machine"]["cpu"].as_str().unwrap_or(""),
         figures["machine"]["cpus"],
         args.rank,
