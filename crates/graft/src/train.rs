@@ -642,7 +642,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
 mod tests {
     use graft_train::train::{EvalLog, Outcome, TrainSettings};
 
-    use super::still_falling;
+    use super::{device_name, still_falling};
+
+    #[test]
+    fn training_goes_where_the_config_runs_the_model_unless_told() {
+        let config = |device: &str| {
+            graft_core::Config::from_toml(
+                &format!("[model]\ndevice = \"{device}\"\n"),
+                std::path::Path::new("/etc/graft/graft.toml"),
+            )
+            .unwrap()
+        };
+        assert_eq!(device_name(None, &config("cpu")), "cpu");
+        assert_eq!(device_name(None, &config("cuda")), "cuda");
+        let auto = if graft_engine::gpu_available() { "cuda" } else { "cpu" };
+        assert_eq!(device_name(None, &config("auto")), auto);
+        assert_eq!(device_name(Some("cuda:1"), &config("cpu")), "cuda:1");
+        assert_eq!(device_name(Some("cpu"), &config("cuda")), "cpu");
+    }
 
     fn outcome(stopped: &'static str, losses: &[f64]) -> Outcome {
         let evaluations: Vec<EvalLog> = losses
