@@ -79,7 +79,12 @@ pub struct StepLog {
     pub learning_rate: f64,
     pub grad_norm: f64,
     pub tokens: usize,
+    /// Since this process began the run (validation included).
     pub seconds: f64,
+    /// The run's training tokens per second so far: its steps' tokens over their time,
+    /// validation left out, earlier sessions of a resumed run counted.
+    #[serde(default)]
+    pub tokens_per_second: f64,
 }
 
 /// One evaluation's figures.
@@ -314,6 +319,7 @@ pub fn train(
                 grad_norm,
                 tokens,
                 seconds: started.elapsed().as_secs_f64(),
+                tokens_per_second: state.trained_tokens as f64 / state.training_seconds.max(1e-9),
             };
             let mut evaluation = None;
             if step % settings.eval_every.max(1) == 0 || step == settings.steps {

@@ -505,7 +505,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
         run: serde_json::to_value(&spec)?,
         resume: checkpoint,
     };
-    let mut trained_tokens = 0usize;
     // The latest validation loss stays in the message until the next, so that a log's line,
     // which shows whatever step it falls on, has it too.
     let mut last_val = String::new();
@@ -517,12 +516,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         &stop,
         Some(checkpoints),
         &mut |step, eval| {
-            trained_tokens += step.tokens;
             if let Some(e) = eval {
                 last_val = format!(", val {:.4} (step {})", e.val_loss, e.step);
             }
-            let rate = trained_tokens as f64 / step.seconds.max(1e-9);
-            bar.set_message(format!("loss {:.4}{last_val}, {rate:.0} tokens/s", step.loss));
+            bar.set_message(format!("loss {:.4}{last_val}, {:.0} tokens/s", step.loss, step.tokens_per_second));
             bar.inc(1);
         },
     )?;
