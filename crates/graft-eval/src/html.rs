@@ -1,7 +1,8 @@
 //! The report as one HTML page a person would rather read than JSON: what was run, a chart of
 //! each measure per arm with its 95% interval, each arm's difference from the first with its
-//! paired interval, the judged questions, the notes, and every task's target beside each
-//! arm's answer (the tokens that differ from the target marked, the retrieved files listed).
+//! paired interval, the judged questions, the notes, which arm to serve, and every task's
+//! target beside each arm's answer (the tokens that differ from the target marked, the
+//! retrieved files listed).
 //!
 //! The page is self-contained (inline CSS and SVG, no script, nothing fetched), so it opens
 //! from disk and can be attached to a review. It only presents a [`Report`]; it computes no
@@ -32,6 +33,13 @@ pub fn page(report: &Report, tasks: &[&Task]) -> String {
         out.push_str("<h2>Notes</h2><ul class=\"notes\">");
         for note in &report.notes {
             let _ = write!(out, "<li>{}</li>", escape(note));
+        }
+        out.push_str("</ul>\n");
+    }
+    if let Some(serve) = &report.serve {
+        let _ = write!(out, "<h2>To serve: {}</h2><ul class=\"notes\">", escape(serve.arm));
+        for reason in &serve.reasons {
+            let _ = write!(out, "<li>{}</li>", escape(reason));
         }
         out.push_str("</ul>\n");
     }

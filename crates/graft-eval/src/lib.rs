@@ -13,7 +13,8 @@
 //! - [`arms`]: what each arm asks the server for a task (`/infill` or chat, greedy, with or
 //!   without retrieval, on the base or the adapter); [`controls`]: the oracle and random
 //!   contexts; [`judge`]: questions judged pairwise by a model in both orders; [`report`]:
-//!   the outcomes scored, summarised per arm and compared; [`html`]: the report as a page.
+//!   the outcomes scored, summarised per arm and compared; [`choice`]: which arm the
+//!   comparisons say to serve; [`html`]: the report as a page.
 //! - [`retrieval`]: retrieval alone, without a model: cross-file queries from a repository's
 //!   definitions and uses, recall@1/@5 and MRR of the file that defines the symbol.
 //!
@@ -23,6 +24,7 @@
 
 pub mod arms;
 pub mod build;
+pub mod choice;
 pub mod controls;
 pub mod golden;
 pub mod html;

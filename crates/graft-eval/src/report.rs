@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::arms::{one_line, Arm};
+use crate::choice::{self, Choice};
 use crate::golden::Task;
 use crate::judge::{summarise, Judged, JudgedSummary};
 use crate::metrics::{bootstrap_mean, first_line, paired_bootstrap, score, Difference, Scores};
@@ -201,6 +202,8 @@ pub struct Report {
     pub judged: Vec<JudgedSummary>,
     /// Where the intervals cannot tell the arms apart, and how many tasks might.
     pub notes: Vec<String>,
+    /// Which arm to serve, when two or more of base, rag, adapter and adapter+rag ran.
+    pub serve: Option<Choice>,
     /// Retrieved sources that were held-out files (must be 0).
     pub held_out_retrieved: usize,
     pub outcomes: Vec<Outcome>,
@@ -314,12 +317,14 @@ pub fn report(arms: &[Arm], results: Results, seed: u64) -> Report {
         &judged,
         outcomes.iter().filter(|o| Some(o.arm) == arms.first().map(|a| a.name())).count(),
     );
+    let serve = choice::choose(arms, &comparisons, &judged);
     Report {
         about: BTreeMap::new(),
         arms: summaries,
         comparisons,
         judged,
         notes,
+        serve,
         held_out_retrieved,
         outcomes,
         answers,
@@ -327,9 +332,11 @@ pub fn report(arms: &[Arm], results: Results, seed: u64) -> Report {
     }
 }
 
-/// The comparisons a run reports, as (arm, against): each arm against the first, and
+/// The comparisons a run reports, as (arm, against): each arm against the first;
 /// `adapter+rag` against each of its parts that ran (unless it is the first): what retrieval
-/// adds to the adapter, and what the adapter adds to retrieval.
+/// adds to the adapter, and what the adapter adds to retrieval; and `adapter` against `rag`
+/// when both ran and neither is the first (the two ways to teach the model a repository).
+/// With base first, every two of the serving arms are compared, as [`choice`] needs.
 fn pairs(arms: &[Arm]) -> Vec<(Arm, Arm)> {
     let Some((&first, rest)) = arms.split_first() else {
         return Vec::new();
@@ -341,6 +348,9 @@ fn pairs(arms: &[Arm]) -> Vec<(Arm, Arm)> {
                 pairs.push((Arm::AdapterRag, part));
             }
         }
+    }
+    if arms.contains(&Arm::Adapter) && arms.contains(&Arm::Rag) && ![Arm::Adapter, Arm::Rag].contains(&first) {
+        pairs.push((Arm::Adapter, Arm::Rag));
     }
     pairs
 }
@@ -467,6 +477,12 @@ impl Report {
             out.push('\n');
             for note in &self.notes {
                 out.push_str(&format!("note: {note}\n"));
+            }
+        }
+        if let Some(serve) = &self.serve {
+            out.push_str(&format!("\nto serve: {}\n", serve.arm));
+            for reason in &serve.reasons {
+                out.push_str(&format!("  {reason}\n"));
             }
         }
         out
@@ -640,9 +656,11 @@ mod tests {
                 "rag − base",
                 "adapter+rag − base",
                 "adapter+rag − adapter",
-                "adapter+rag − rag"
+                "adapter+rag − rag",
+                "adapter − rag"
             ]
         );
+        assert_eq!(names(&[Base, Rag, Adapter]), ["rag − base", "adapter − base", "adapter − rag"]);
         assert_eq!(
             names(&[Adapter, AdapterRag, Rag]),
             ["adapter+rag − adapter", "rag − adapter", "adapter+rag − rag"]

@@ -623,6 +623,31 @@ fn eval_run_scores_base_and_rag_and_never_retrieves_a_held_out_file() {
     assert!((base["difference"].as_f64().unwrap() - mean).abs() < 1e-9, "{base}");
     assert!(report["comparisons"][2]["metrics"]["reference_logprob"]["difference"].is_f64());
     assert!(html.contains("reference log-prob/token"));
+
+    // What to serve: never a control; rag when some measure calls it better than the base
+    // and none worse, else the base (the cheaper of two level arms).
+    let rag = report["comparisons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["arm"] == "rag" && c["against"] == "base")
+        .unwrap();
+    let verdicts: Vec<&str> = rag["metrics"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|i| i["verdict"].as_str().unwrap())
+        .collect();
+    let expected = if verdicts.contains(&"better") && !verdicts.contains(&"worse") {
+        "rag"
+    } else {
+        "base"
+    };
+    assert_eq!(report["serve"]["arm"], expected, "{}", report["serve"]);
+    assert_eq!(report["serve"]["retrieval"], expected == "rag");
+    assert_eq!(report["serve"]["adapter"], false);
+    assert_eq!(report["serve"]["reasons"].as_array().unwrap().len(), 1, "{}", report["serve"]);
+    assert!(html.contains(&format!("To serve: {expected}")));
 }
 
 /// A golden set of the polyglot fixture (40% of its files held out) built with `extra`

@@ -204,6 +204,9 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
             golden_file.display()
         );
         print!("{}", report.table());
+        if let Some(serve) = &report.serve {
+            println!("  (in the project's config: {})", serving_config(serve, args.adapter.as_deref()));
+        }
         println!("\n{}", report.about["throughput"]);
         if let Some(dir) = &args.report {
             println!("\nreport: {}", dir.join("report.html").display());
@@ -259,6 +262,16 @@ fn pick(golden: &GoldenSet, keep: impl Fn(&Task) -> bool, max: Option<usize>, se
     let mut keep: Vec<usize> = order.into_iter().take(max).map(|(_, i)| i).collect();
     keep.sort();
     keep.into_iter().map(|i| tasks[i]).collect()
+}
+
+/// The lines of a project's config (`[[projects]]`) that serve the chosen arm.
+fn serving_config(serve: &graft_eval::choice::Choice, adapter: Option<&str>) -> String {
+    let adapter = match (serve.adapter, adapter) {
+        (true, Some(name)) => format!("adapter = {name:?}, "),
+        (true, None) => "adapter = \"<the adapter>\", ".to_owned(),
+        (false, _) => "no adapter, ".to_owned(),
+    };
+    format!("{adapter}retrieval = {}", serve.retrieval)
 }
 
 /// The evaluation's config (project `eval` on the repository without its held-out files, and
@@ -574,4 +587,33 @@ fn write_report(dir: &Path, report: &graft_eval::report::Report, tasks: &[&Task]
     let html = dir.join("report.html");
     std::fs::write(&html, graft_eval::html::page(report, &all)).with_context(|| format!("writing {}", html.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_lines_name_the_adapter_and_retrieval_the_choice_needs() {
+        let choice = |arm: &'static str, adapter, retrieval| graft_eval::choice::Choice {
+            arm,
+            adapter,
+            retrieval,
+            reasons: Vec::new(),
+            level: Vec::new(),
+        };
+        assert_eq!(
+            serving_config(&choice("adapter+rag", true, true), Some("tokio-lora")),
+            "adapter = \"tokio-lora\", retrieval = true"
+        );
+        assert_eq!(
+            serving_config(&choice("adapter", true, false), Some("tokio-lora")),
+            "adapter = \"tokio-lora\", retrieval = false"
+        );
+        assert_eq!(
+            serving_config(&choice("base", false, false), Some("tokio-lora")),
+            "no adapter, retrieval = false"
+        );
+        assert_eq!(serving_config(&choice("rag", false, true), None), "no adapter, retrieval = true");
+    }
 }
