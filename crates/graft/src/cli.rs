@@ -192,8 +192,8 @@ pub enum EvalCommand {
     Build(EvalBuildArgs),
     /// Run a golden set in each arm (base: the model alone; rag: with code retrieved from the
     /// repository, held-out files excluded; adapter, adapter+rag: the same on an adapter)
-    /// through graft's own API, judge its questions pairwise, and compare the arms with
-    /// paired bootstrap intervals.
+    /// through graft's own API, judge its questions pairwise, compare the arms with paired
+    /// bootstrap intervals, and say which to serve.
     Run(Box<EvalRunArgs>),
     /// Print the judge's default rubric (copy it, edit it, pass it with --rubric).
     Rubric,
