@@ -212,11 +212,12 @@ pub struct EvalRunArgs {
     pub project: Option<String>,
     /// The arms, compared with the first: base, rag, adapter, adapter+rag, and the controls
     /// oracle (the definition an api task needs, given by hand) and random (random code of the
-    /// same size). Default: base,rag, and adapter,adapter+rag with --adapter.
+    /// same size). Default: base,rag, and adapter,adapter+rag with an adapter.
     #[arg(long)]
     pub arms: Option<String>,
     /// The adapter the adapter arms run on: a name in the adapter store (with --endpoint:
-    /// the model name that server gives it).
+    /// the model name that server gives it). Default, for a project's own golden set: the
+    /// adapter `graft train` wrote for it (<project>-lora) when the store holds one.
     #[arg(long, value_name = "NAME")]
     pub adapter: Option<String>,
     /// Run at most this many completion tasks (chosen evenly by a seeded hash).

@@ -1054,6 +1054,25 @@ fn commands_about_one_project_take_the_configs_first_when_none_is_named() {
         &["eval", "run", "--project", "poly", "--max-tasks", "0", "--max-questions", "0"],
     );
     assert!(!ok && stderr.contains("eval/poly.golden.jsonl has no tasks to run"), "{stderr}");
+    // Once `graft train` has written the project's adapter into the store, a run of the
+    // project's golden set takes it (and the four arms), unless told the arms without it.
+    let adapter = dir.path().join("adapters/poly-lora");
+    std::fs::create_dir_all(&adapter).unwrap();
+    std::fs::write(adapter.join("adapter_config.json"), "{}").unwrap();
+    let (ok, _, stderr) = run(&config, &["eval", "run", "--max-tasks", "0", "--max-questions", "0"]);
+    assert!(
+        !ok && stderr.contains("adapter: poly-lora, the one `graft train` wrote"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(
+        &config,
+        &["eval", "run", "--arms", "base,rag", "--max-tasks", "0", "--max-questions", "0"],
+    );
+    assert!(
+        !ok && stderr.contains("has no tasks to run") && !stderr.contains("adapter:"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&adapter).unwrap();
     let (ok, _, stderr) = run(&config, &["eval", "run", "--project", "other"]);
     assert!(
         !ok && stderr.contains("no golden set at eval/other.golden.jsonl") && stderr.contains("eval build --project other"),

@@ -61,10 +61,10 @@ impl Served {
 }
 
 /// `graft eval run [GOLDEN]`.
-pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
+pub fn run_golden_set(mut args: EvalRunArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
-    let golden_file = match &args.golden {
-        Some(file) => file.clone(),
+    let (golden_file, project) = match &args.golden {
+        Some(file) => (file.clone(), None),
         None => {
             if args.project.is_none() && config.projects.is_empty() {
                 bail!("give the golden set to run: graft eval run FILE, or --project NAME (the config names no project whose own to run)");
@@ -77,9 +77,17 @@ pub fn run_golden_set(args: EvalRunArgs) -> Result<()> {
                     file.display()
                 );
             }
-            file
+            (file, Some(project))
         }
     };
+    if let Some(adapter) = project.as_deref().and_then(|p| trained_adapter(&args, &config, p)) {
+        if !args.json {
+            eprintln!(
+                "adapter: {adapter}, the one `graft train` wrote for the project (--adapter NAME for another, --arms base,rag for none)"
+            );
+        }
+        args.adapter = Some(adapter);
+    }
     let api = match args.api.as_str() {
         "completions" => Api::Completions,
         "tabby" => Api::Tabby,
@@ -262,6 +270,25 @@ fn pick(golden: &GoldenSet, keep: impl Fn(&Task) -> bool, max: Option<usize>, se
     let mut keep: Vec<usize> = order.into_iter().take(max).map(|(_, i)| i).collect();
     keep.sort();
     keep.into_iter().map(|i| tasks[i]).collect()
+}
+
+/// The adapter `graft train --project PROJECT` writes (`<project>-lora`) when the store holds
+/// it and the run would use it: no `--adapter` given, no other server, and the arms left to
+/// their default or asking for the adapter. The loop's next step after training is to judge
+/// the adapter, as `dataset` and `train` find what the step before them wrote.
+fn trained_adapter(args: &EvalRunArgs, config: &graft_core::Config, project: &str) -> Option<String> {
+    if args.adapter.is_some() || args.endpoint.is_some() {
+        return None;
+    }
+    if let Some(arms) = &args.arms {
+        if !Arm::parse_list(arms).is_ok_and(|arms| arms.iter().any(|a| a.on_adapter())) {
+            return None;
+        }
+    }
+    let name = format!("{project}-lora");
+    graft_engine::pool::store_names(&config.adapters.dir)
+        .contains(&name)
+        .then_some(name)
 }
 
 /// The lines of a project's config (`[[projects]]`) that serve the chosen arm.
