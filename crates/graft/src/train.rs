@@ -297,6 +297,25 @@ fn resolved(path: &Path) -> PathBuf {
     real
 }
 
+/// The loop's next step for an adapter of the store: the `eval run` that compares it with the
+/// base and retrieval on the project's held-out code (after the `eval build` that makes the
+/// golden set, when there is none yet).
+fn judge_command(project: &str, adapter: &str) -> String {
+    let flag = if adapter == format!("{project}-lora") {
+        String::new()
+    } else {
+        format!(" --adapter {adapter}")
+    };
+    let run = format!(
+        "`graft eval run --project {project}{flag}` (the base, retrieval, the adapter and both on held-out code; it says which to serve)"
+    );
+    if crate::eval::default_golden_set(project).is_file() {
+        run
+    } else {
+        format!("`graft eval build --project {project}` (no golden set yet), then {run}")
+    }
+}
+
 /// The device `graft train` and `graft bench train` train on: `--device`, else where the
 /// config's model runs (`model.device`, "auto" resolved as the server resolves it).
 pub fn device_name(flag: Option<&str>, config: &graft_core::Config) -> String {
@@ -618,6 +637,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         );
     }
     let placement = Placement::of(&out, &config.adapters);
+    if placement.in_store && placement.valid_name {
+        println!("  judge it:   {}", judge_command(&project, &name));
+    }
     match served {
         Some(answer) => println!("  served:     {}", answer.trim()),
         None if placement.in_store && placement.valid_name => println!(
@@ -639,7 +661,21 @@ pub fn run(args: TrainArgs) -> Result<()> {
 mod tests {
     use graft_train::train::{EvalLog, Outcome, TrainSettings};
 
-    use super::{device_name, still_falling};
+    use super::{device_name, judge_command, still_falling};
+
+    #[test]
+    fn the_summary_names_the_evaluation_that_judges_the_adapter() {
+        // No golden set for this project (eval/ holds none here): build one first.
+        let first = judge_command("no-such-project", "no-such-project-lora");
+        assert!(
+            first.starts_with(
+                "`graft eval build --project no-such-project` (no golden set yet), then `graft eval run --project no-such-project` ("
+            ),
+            "{first}"
+        );
+        // An adapter under another name than train's default is named.
+        assert!(judge_command("no-such-project", "tuned").contains("`graft eval run --project no-such-project --adapter tuned`"));
+    }
 
     #[test]
     fn training_goes_where_the_config_runs_the_model_unless_told() {

@@ -1422,6 +1422,10 @@ print(len(names))
     let stdout = String::from_utf8_lossy(&there.stdout);
     assert!(there.status.success(), "{}", String::from_utf8_lossy(&there.stderr));
     assert!(stdout.contains("move it into adapters.dir"), "{stdout}");
+    assert!(
+        !stdout.contains("judge it:"),
+        "eval run takes adapters of the store alone: {stdout}"
+    );
     assert!(elsewhere.join("adapter_model.safetensors").is_file());
 
     // A run out of time keeps a checkpoint; --resume finishes it and removes it.
