@@ -226,6 +226,11 @@ pub struct EvalRunArgs {
     /// Run at most this many question tasks (0: none). Default: all.
     #[arg(long, value_name = "N")]
     pub max_questions: Option<usize>,
+    /// Tasks sent at once, each task's arms one after another: a server that decodes answers
+    /// together (graft, vLLM, llama.cpp's with slots) gets through the run sooner. The answers
+    /// are the same (greedy); the latencies then include waiting on the other tasks.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
     /// Evaluate another server instead of starting graft here: its base URL (graft, a
     /// llama.cpp server, vLLM, Ollama: anything OpenAI-compatible).
     #[arg(long, value_name = "URL", requires = "model")]

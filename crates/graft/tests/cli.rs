@@ -648,6 +648,43 @@ fn eval_run_scores_base_and_rag_and_never_retrieves_a_held_out_file() {
     assert_eq!(report["serve"]["adapter"], false);
     assert_eq!(report["serve"]["reasons"].as_array().unwrap().len(), 1, "{}", report["serve"]);
     assert!(html.contains(&format!("To serve: {expected}")));
+
+    // The same run three tasks at a time: the same answers and scores, in the same order.
+    let at_once = graft()
+        .args([
+            "eval",
+            "run",
+            "--max-tasks",
+            "3",
+            "--max-questions",
+            "0",
+            "--arms",
+            "base,rag,oracle,random",
+        ])
+        .args(["--likelihood", "--json", "--concurrency", "3"])
+        .arg(&golden)
+        .output()
+        .unwrap();
+    assert!(at_once.status.success(), "{}", String::from_utf8_lossy(&at_once.stderr));
+    let again: serde_json::Value = serde_json::from_slice(&at_once.stdout).unwrap();
+    let scored = |o: &serde_json::Value| {
+        (
+            o["task"].clone(),
+            o["arm"].clone(),
+            o["answer"].clone(),
+            o["edit_similarity"].clone(),
+            o["reference_logprob"].clone(),
+            o["sources"].clone(),
+        )
+    };
+    let again_outcomes = again["outcomes"].as_array().unwrap();
+    assert_eq!(again_outcomes.len(), outcomes.len());
+    for (one, other) in outcomes.iter().zip(again_outcomes) {
+        assert_eq!(scored(one), scored(other));
+    }
+    assert!(again["about"]["concurrency"].as_str().unwrap().starts_with("3 tasks at a time"));
+    let refused = graft().args(["eval", "run", "--concurrency", "0"]).arg(&golden).output().unwrap();
+    assert!(!refused.status.success());
 }
 
 /// A golden set of the polyglot fixture (40% of its files held out) built with `extra`

@@ -9,9 +9,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use futures::stream::{self, StreamExt};
 use graft_eval::arms::{chat_request, completions_request, infill_request, one_line, tabby_request, Arm, RequestOptions};
 use graft_eval::controls;
-use graft_eval::judge::{judge_pair, Rubric};
+use graft_eval::judge::{judge_pair, Judged, Rubric};
 use graft_eval::metrics::first_line;
 use graft_eval::random::stable_hash;
 use graft_eval::report::{report, Answer, Outcome, Results};
@@ -403,7 +404,9 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// Every completion task in every arm, every question in every arm that is not a
-    /// control, then each question's answers judged against the first arm's.
+    /// control, then each question's answers judged against the first arm's; `--concurrency`
+    /// tasks (and then questions) at a time, each one's requests in turn, the results in the
+    /// golden set's order whatever order they finish in.
     async fn all(&self, tasks: &[&Task], questions: &[&Task]) -> Results {
         let question_arms: Vec<Arm> = self.arms.iter().copied().filter(|a| !a.is_control()).collect();
         // Questions are judged against the first arm, so only when it is not a control.
@@ -418,70 +421,22 @@ impl Run<'_> {
             answer_tokens: self.args.answer_tokens,
             ..RequestOptions::default()
         };
+        let at_once = usize::from(self.args.concurrency.max(1));
         let mut results = Results::default();
-        for task in tasks {
-            for &arm in self.arms {
-                let started = Instant::now();
-                let reply = self.complete(task, arm, options).await;
-                let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-                let prompt = reply.as_ref().ok().and_then(|r| r.prompt.clone());
-                let (text, sources) = split_reply(reply);
-                let mut outcome = Outcome::new(task, arm, text, latency_ms, sources);
-                if self.args.likelihood {
-                    outcome.reference_logprob = self.reference_logprob(task, arm, prompt.as_deref()).await;
-                }
-                results.outcomes.push(outcome);
-                progress.inc(1);
-            }
-        }
-        // Graft's extension field goes only to a server asked for retrieval (so graft).
-        let retrieval_field = self.arms.iter().any(|a| a.retrieves());
-        for question in questions {
-            for &arm in &question_arms {
-                let body = chat_request(
-                    question,
-                    self.served.model(arm),
-                    retrieval_field.then_some(arm.retrieves()),
-                    options,
-                );
-                let started = Instant::now();
-                let reply = self.served.endpoint.chat(&body).await;
-                let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-                let (text, sources) = split_reply(reply);
-                results.answers.push(Answer::new(question, arm, text, latency_ms, sources));
-                progress.inc(1);
-            }
-            if judged_arms == 0 {
-                continue;
-            }
-            let answer_of = |arm: Arm| {
-                results
-                    .answers
-                    .iter()
-                    .find(|a| a.task == question.id && a.arm == arm.name() && a.error.is_none())
-                    .map(|a| a.answer.clone())
-            };
-            let first = question_arms[0];
-            for &arm in &question_arms[1..] {
-                if let (Some(theirs), Some(mine)) = (answer_of(first), answer_of(arm)) {
-                    let judged = judge_pair(
-                        |prompt| self.ask_judge(prompt),
-                        &self.rubric,
-                        &question.id,
-                        question.question.as_deref().unwrap_or_default(),
-                        question.reference.as_deref().unwrap_or_default(),
-                        (arm.name(), &mine),
-                        (first.name(), &theirs),
-                    )
-                    .await;
-                    match judged {
-                        Ok(judged) => results.judgements.push(judged),
-                        Err(e) => tracing::warn!(task = %question.id, error = %e, "the judge gave no answer"),
-                    }
-                }
-                // The pair in both orders, as `total` counts it.
-                progress.inc(2);
-            }
+        let outcomes: Vec<Vec<Outcome>> = stream::iter(tasks)
+            .map(|task| self.task(task, options, &progress))
+            .buffered(at_once)
+            .collect()
+            .await;
+        results.outcomes = outcomes.into_iter().flatten().collect();
+        let asked: Vec<(Vec<Answer>, Vec<Judged>)> = stream::iter(questions)
+            .map(|question| self.question(question, &question_arms, judged_arms > 0, options, &progress))
+            .buffered(at_once)
+            .collect()
+            .await;
+        for (answers, judgements) in asked {
+            results.answers.extend(answers);
+            results.judgements.extend(judgements);
         }
         progress.finish();
         results.held_out_retrieved = results
@@ -492,6 +447,85 @@ impl Run<'_> {
             .filter(|p| self.split.contains(p))
             .count();
         results
+    }
+
+    /// One completion task in every arm, one arm after another.
+    async fn task(&self, task: &Task, options: RequestOptions, progress: &progress::Steps) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(self.arms.len());
+        for &arm in self.arms {
+            let started = Instant::now();
+            let reply = self.complete(task, arm, options).await;
+            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let prompt = reply.as_ref().ok().and_then(|r| r.prompt.clone());
+            let (text, sources) = split_reply(reply);
+            let mut outcome = Outcome::new(task, arm, text, latency_ms, sources);
+            if self.args.likelihood {
+                outcome.reference_logprob = self.reference_logprob(task, arm, prompt.as_deref()).await;
+            }
+            outcomes.push(outcome);
+            progress.inc(1);
+        }
+        outcomes
+    }
+
+    /// One question asked in each of `arms` (not the controls), then, when `judge`, each
+    /// arm's answer judged against the first's.
+    async fn question(
+        &self,
+        question: &Task,
+        arms: &[Arm],
+        judge: bool,
+        options: RequestOptions,
+        progress: &progress::Steps,
+    ) -> (Vec<Answer>, Vec<Judged>) {
+        // Graft's extension field goes only to a server asked for retrieval (so graft).
+        let retrieval_field = self.arms.iter().any(|a| a.retrieves());
+        let mut answers = Vec::with_capacity(arms.len());
+        for &arm in arms {
+            let body = chat_request(
+                question,
+                self.served.model(arm),
+                retrieval_field.then_some(arm.retrieves()),
+                options,
+            );
+            let started = Instant::now();
+            let reply = self.served.endpoint.chat(&body).await;
+            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let (text, sources) = split_reply(reply);
+            answers.push(Answer::new(question, arm, text, latency_ms, sources));
+            progress.inc(1);
+        }
+        let mut judgements = Vec::new();
+        let (Some(&first), true) = (arms.first(), judge) else {
+            return (answers, judgements);
+        };
+        let answer_of = |arm: Arm| {
+            answers
+                .iter()
+                .find(|a| a.arm == arm.name() && a.error.is_none())
+                .map(|a| a.answer.clone())
+        };
+        for &arm in &arms[1..] {
+            if let (Some(theirs), Some(mine)) = (answer_of(first), answer_of(arm)) {
+                let judged = judge_pair(
+                    |prompt| self.ask_judge(prompt),
+                    &self.rubric,
+                    &question.id,
+                    question.question.as_deref().unwrap_or_default(),
+                    question.reference.as_deref().unwrap_or_default(),
+                    (arm.name(), &mine),
+                    (first.name(), &theirs),
+                )
+                .await;
+                match judged {
+                    Ok(judged) => judgements.push(judged),
+                    Err(e) => tracing::warn!(task = %question.id, error = %e, "the judge gave no answer"),
+                }
+            }
+            // The pair in both orders, as `total` counts it.
+            progress.inc(2);
+        }
+        (answers, judgements)
     }
 
     /// One completion task in one arm.
@@ -603,6 +637,13 @@ fn about(
         ),
     );
     about.insert("seed", args.seed.to_string());
+    about.insert(
+        "concurrency",
+        match args.concurrency {
+            1 => "one task at a time".to_owned(),
+            n => format!("{n} tasks at a time (latencies include waiting on each other)"),
+        },
+    );
 }
 
 /// `DIR/report.json` and `DIR/report.html`.
