@@ -3,11 +3,14 @@
 //! the base; the adapter (merged ahead of serving, it costs a request nothing); retrieval
 //! (every prompt lengthened by the retrieved code); the adapter with retrieval.
 //!
-//! An arm beats another when some measure, or the judge, calls it better and none calls it
-//! worse (the 95% intervals of [`crate::report`]); arms that no measure separates, or that win
-//! on some and lose on others, are level, and of level arms the cheaper is chosen. It owns
-//! that reading alone: it runs and measures nothing, and the controls (oracle, random) are
-//! not candidates.
+//! An arm beats another when some measure of its answers (exact match, edit similarity,
+//! identifier match or F1) or the judge calls it better and no measure calls it worse (the
+//! 95% intervals of [`crate::report`]). The reference's likelihood can make an arm worse but
+//! never, alone, better: it moves before the answers do, and an arm that costs more to serve
+//! should earn it in what the user gets; where it alone separates two arms, the reasons say
+//! so. Arms that nothing separates, or that win on some measures and lose on others, are
+//! level, and of level arms the cheaper is chosen. It owns that reading alone: it runs and
+//! measures nothing, and the controls (oracle, random) are not candidates.
 
 use serde::Serialize;
 
@@ -35,12 +38,14 @@ pub struct Choice {
 /// How `arm` fared against `other`, over every measure the comparisons and judgements hold.
 #[derive(Debug, Clone, PartialEq)]
 enum Against {
-    /// Better on these measures, worse on none.
+    /// Better on these measures (one of them of the answers), worse on none.
     Beats(Vec<&'static str>),
-    /// Worse on these measures, better on none.
+    /// Worse on these measures (one of them of the answers), better on none.
     Loses(Vec<&'static str>),
     /// Better on the first, worse on the second.
     Mixed(Vec<&'static str>, Vec<&'static str>),
+    /// The reference's likelihood alone separates them: `true` when it favours the arm.
+    Likelier(bool),
     /// No measure separates them.
     Level,
     /// No comparison holds the two.
@@ -81,6 +86,15 @@ pub fn choose(arms: &[Arm], comparisons: &[Comparison], judged: &[JudgedSummary]
             Against::Beats(measures) => format!("better than {} on {}", other.name(), words(&measures)),
             Against::Loses(measures) => format!("worse than {} on {}", other.name(), words(&measures)),
             Against::Mixed(better, worse) => format!("against {}: better on {}, worse on {}", other.name(), words(&better), words(&worse)),
+            Against::Likelier(true) => format!(
+                "level with {} on the answers; the reference's likelihood favours {}",
+                other.name(),
+                chosen.name()
+            ),
+            Against::Likelier(false) => format!(
+                "level with {} on the answers, which its extra cost must earn; the reference's likelihood favours it (more tasks might show that in the answers)",
+                other.name()
+            ),
             Against::Level => format!("level with {} (no measure separates them)", other.name()),
             Against::Unmeasured => format!("not compared with {}", other.name()),
         };
@@ -152,12 +166,15 @@ fn against(arm: Arm, other: Arm, comparisons: &[Comparison], judged: &[JudgedSum
             read(j.verdict, "judge", true);
         }
     }
+    let of_answers = |measures: &[&str]| measures.iter().any(|m| *m != LIKELIHOOD);
     match (measured, better.is_empty(), worse.is_empty()) {
         (false, _, _) => Against::Unmeasured,
         (true, true, true) => Against::Level,
-        (true, false, true) => Against::Beats(better),
-        (true, true, false) => Against::Loses(worse),
         (true, false, false) => Against::Mixed(better, worse),
+        (true, false, true) if of_answers(&better) => Against::Beats(better),
+        (true, true, false) if of_answers(&worse) => Against::Loses(worse),
+        (true, false, true) => Against::Likelier(true),
+        (true, true, false) => Against::Likelier(false),
     }
 }
 
@@ -263,6 +280,37 @@ mod tests {
         let choice = choose(&arms, &comparisons, &[]).unwrap();
         assert_eq!((choice.arm, choice.adapter, choice.retrieval), ("adapter+rag", true, true));
         assert!(choice.level.is_empty(), "{choice:?}");
+    }
+
+    #[test]
+    fn the_likelihood_alone_does_not_pay_for_a_dearer_arm() {
+        // networkx's run of 250 tasks: retrieval on the adapter made the reference likelier,
+        // and no measure of the answers moved.
+        let comparisons = [compared(
+            Arm::AdapterRag,
+            Arm::Adapter,
+            &[("exact_match", LEVEL), ("edit_similarity", LEVEL), (LIKELIHOOD, "better")],
+        )];
+        let choice = choose(&[Arm::Adapter, Arm::AdapterRag], &comparisons, &[]).unwrap();
+        assert_eq!((choice.arm, choice.retrieval), ("adapter", false));
+        assert_eq!(choice.level, ["adapter+rag"]);
+        assert!(
+            choice.reasons[0].starts_with("level with adapter+rag on the answers")
+                && choice.reasons[0].contains("the reference's likelihood favours it"),
+            "{choice:?}"
+        );
+        // It still makes an arm worse: a dearer arm that lowers it is not level.
+        let comparisons = [compared(
+            Arm::AdapterRag,
+            Arm::Adapter,
+            &[("edit_similarity", "better"), (LIKELIHOOD, "worse")],
+        )];
+        let choice = choose(&[Arm::Adapter, Arm::AdapterRag], &comparisons, &[]).unwrap();
+        assert_eq!(choice.arm, "adapter");
+        assert!(
+            choice.reasons[0].contains("better on the reference's likelihood, worse on edit similarity"),
+            "{choice:?}"
+        );
     }
 
     #[test]
