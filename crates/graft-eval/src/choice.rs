@@ -53,8 +53,9 @@ enum Against {
 }
 
 /// The choice among the serving arms of `arms` (at least two must have run), from the
-/// comparisons and judged questions of their report.
-pub fn choose(arms: &[Arm], comparisons: &[Comparison], judged: &[JudgedSummary]) -> Option<Choice> {
+/// comparisons and judged questions of their report; `p50` gives an arm's median latency in
+/// milliseconds, where known, for the reasons to say what a dearer arm costs.
+pub fn choose(arms: &[Arm], comparisons: &[Comparison], judged: &[JudgedSummary], p50: &dyn Fn(Arm) -> Option<f64>) -> Option<Choice> {
     let mut serving: Vec<Arm> = arms.iter().copied().filter(|a| cost(*a).is_some()).collect();
     serving.sort_by_key(|a| cost(*a));
     serving.dedup();
@@ -97,6 +98,16 @@ pub fn choose(arms: &[Arm], comparisons: &[Comparison], judged: &[JudgedSummary]
             ),
             Against::Level => format!("level with {} (no measure separates them)", other.name()),
             Against::Unmeasured => format!("not compared with {}", other.name()),
+        };
+        let line = match (p50(chosen), p50(other)) {
+            (Some(mine), Some(theirs)) if cost(other) > cost(chosen) => {
+                format!(
+                    "{line}; {} costs {:+.2} s a completion (p50)",
+                    other.name(),
+                    (theirs - mine) / 1000.0
+                )
+            }
+            _ => line,
         };
         let beaters = beaten_by(other);
         let line = match beaters.first() {
@@ -246,7 +257,7 @@ mod tests {
             compared(Arm::AdapterRag, Arm::Rag, &[("edit_similarity", "better")]),
             compared(Arm::Adapter, Arm::Rag, &[("edit_similarity", "better"), (LIKELIHOOD, "better")]),
         ];
-        let choice = choose(&ALL4, &comparisons, &[]).unwrap();
+        let choice = choose(&ALL4, &comparisons, &[], &|_| None).unwrap();
         assert_eq!((choice.arm, choice.adapter, choice.retrieval), ("adapter", true, false));
         assert!(choice.level.is_empty(), "{choice:?}");
         assert_eq!(choice.reasons.len(), 3, "{choice:?}");
@@ -254,6 +265,21 @@ mod tests {
         assert!(
             choice.reasons[2].starts_with("better than adapter+rag on identifier EM"),
             "{choice:?}"
+        );
+    }
+
+    #[test]
+    fn the_reasons_say_what_a_dearer_arm_costs_a_completion() {
+        let comparisons = [compared(Arm::Rag, Arm::Base, &[("exact_match", LEVEL)])];
+        let p50 = |arm: Arm| match arm {
+            Arm::Base => Some(640.0),
+            Arm::Rag => Some(1500.0),
+            _ => None,
+        };
+        let choice = choose(&[Arm::Base, Arm::Rag], &comparisons, &[], &p50).unwrap();
+        assert_eq!(
+            choice.reasons,
+            ["level with rag (no measure separates them); rag costs +0.86 s a completion (p50)"]
         );
     }
 
@@ -267,7 +293,7 @@ mod tests {
             compared(Arm::AdapterRag, Arm::Adapter, &[("exact_match", LEVEL)]),
         ];
         let arms = [Arm::Base, Arm::Adapter, Arm::AdapterRag];
-        let choice = choose(&arms, &comparisons, &[]).unwrap();
+        let choice = choose(&arms, &comparisons, &[], &|_| None).unwrap();
         assert_eq!(choice.arm, "adapter");
         assert_eq!(choice.level, ["adapter+rag"]);
         assert!(choice.reasons[1].contains("level with adapter+rag"), "{choice:?}");
@@ -277,7 +303,7 @@ mod tests {
             compared(Arm::AdapterRag, Arm::Base, &[("exact_match", "better")]),
             compared(Arm::AdapterRag, Arm::Adapter, &[("exact_match", "better"), (LIKELIHOOD, LEVEL)]),
         ];
-        let choice = choose(&arms, &comparisons, &[]).unwrap();
+        let choice = choose(&arms, &comparisons, &[], &|_| None).unwrap();
         assert_eq!((choice.arm, choice.adapter, choice.retrieval), ("adapter+rag", true, true));
         assert!(choice.level.is_empty(), "{choice:?}");
     }
@@ -291,7 +317,7 @@ mod tests {
             Arm::Adapter,
             &[("exact_match", LEVEL), ("edit_similarity", LEVEL), (LIKELIHOOD, "better")],
         )];
-        let choice = choose(&[Arm::Adapter, Arm::AdapterRag], &comparisons, &[]).unwrap();
+        let choice = choose(&[Arm::Adapter, Arm::AdapterRag], &comparisons, &[], &|_| None).unwrap();
         assert_eq!((choice.arm, choice.retrieval), ("adapter", false));
         assert_eq!(choice.level, ["adapter+rag"]);
         assert!(
@@ -305,7 +331,7 @@ mod tests {
             Arm::Adapter,
             &[("edit_similarity", "better"), (LIKELIHOOD, "worse")],
         )];
-        let choice = choose(&[Arm::Adapter, Arm::AdapterRag], &comparisons, &[]).unwrap();
+        let choice = choose(&[Arm::Adapter, Arm::AdapterRag], &comparisons, &[], &|_| None).unwrap();
         assert_eq!(choice.arm, "adapter");
         assert!(
             choice.reasons[0].contains("better on the reference's likelihood, worse on edit similarity"),
@@ -320,7 +346,7 @@ mod tests {
             Arm::Base,
             &[("exact_match", "better"), ("edit_similarity", "worse")],
         )];
-        let choice = choose(&[Arm::Base, Arm::Rag], &comparisons, &[]).unwrap();
+        let choice = choose(&[Arm::Base, Arm::Rag], &comparisons, &[], &|_| None).unwrap();
         assert_eq!(choice.arm, "base");
         assert_eq!(choice.level, ["rag"]);
         assert!(
@@ -349,10 +375,10 @@ mod tests {
             compared(Arm::Rag, Arm::Base, &[("exact_match", LEVEL)]),
             compared(Arm::Oracle, Arm::Base, &[("exact_match", "better")]),
         ];
-        let choice = choose(&[Arm::Base, Arm::Rag, Arm::Oracle], &comparisons, &[judged]).unwrap();
+        let choice = choose(&[Arm::Base, Arm::Rag, Arm::Oracle], &comparisons, &[judged], &|_| None).unwrap();
         assert_eq!((choice.arm, choice.retrieval), ("rag", true));
         assert_eq!(choice.reasons, ["better than base on the judge's verdicts"]);
         // One serving arm alone: nothing to choose between.
-        assert_eq!(choose(&[Arm::Base, Arm::Oracle], &comparisons, &[]), None);
+        assert_eq!(choose(&[Arm::Base, Arm::Oracle], &comparisons, &[], &|_| None), None);
     }
 }

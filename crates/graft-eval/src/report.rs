@@ -232,7 +232,7 @@ pub fn report(arms: &[Arm], results: Results, seed: u64) -> Report {
         judgements,
         held_out_retrieved,
     } = results;
-    let summaries = arms
+    let summaries: Vec<ArmSummary> = arms
         .iter()
         .map(|arm| {
             let mine: Vec<&Outcome> = outcomes.iter().filter(|o| o.arm == arm.name()).collect();
@@ -317,7 +317,13 @@ pub fn report(arms: &[Arm], results: Results, seed: u64) -> Report {
         &judged,
         outcomes.iter().filter(|o| Some(o.arm) == arms.first().map(|a| a.name())).count(),
     );
-    let serve = choice::choose(arms, &comparisons, &judged);
+    let p50 = |arm: Arm| {
+        summaries
+            .iter()
+            .find(|s| s.arm == arm.name() && s.all.tasks > 0)
+            .map(|s| s.latency_ms_p50)
+    };
+    let serve = choice::choose(arms, &comparisons, &judged, &p50);
     Report {
         about: BTreeMap::new(),
         arms: summaries,

@@ -214,7 +214,11 @@ pub fn run_golden_set(mut args: EvalRunArgs) -> Result<()> {
         );
         print!("{}", report.table());
         if let Some(serve) = &report.serve {
-            println!("  (in the project's config: {})", serving_config(serve, args.adapter.as_deref()));
+            let place = if args.endpoint.is_some() { "on a graft server, in" } else { "in" };
+            println!(
+                "  ({place} the project's config: {})",
+                serving_config(serve, args.adapter.as_deref())
+            );
         }
         println!("\n{}", report.about["throughput"]);
         if let Some(dir) = &args.report {
