@@ -93,8 +93,13 @@ pub fn choose(arms: &[Arm], comparisons: &[Comparison], judged: &[JudgedSummary]
                 chosen.name()
             ),
             Against::Likelier(false) => format!(
-                "level with {} on the answers, which its extra cost must earn; the reference's likelihood favours it (more tasks might show that in the answers)",
-                other.name()
+                "level with {} on the answers{}; the reference's likelihood favours it (more tasks might show that in the answers)",
+                other.name(),
+                if cost(other) > cost(chosen) {
+                    ", which its extra cost must earn"
+                } else {
+                    ""
+                }
             ),
             Against::Level => format!("level with {} (no measure separates them)", other.name()),
             Against::Unmeasured => format!("not compared with {}", other.name()),
@@ -336,6 +341,24 @@ mod tests {
         assert!(
             choice.reasons[0].contains("better on the reference's likelihood, worse on edit similarity"),
             "{choice:?}"
+        );
+    }
+
+    #[test]
+    fn a_cheaper_arm_that_the_likelihood_favours_is_not_said_to_cost_more() {
+        // The base makes the reference likelier than the adapter does, with the answers level,
+        // and retrieval beats the base: the adapter is served, and the base is not described
+        // as the dearer arm.
+        let comparisons = [
+            compared(Arm::Adapter, Arm::Base, &[("exact_match", LEVEL), (LIKELIHOOD, "worse")]),
+            compared(Arm::Rag, Arm::Base, &[("edit_similarity", "better")]),
+            compared(Arm::Adapter, Arm::Rag, &[("edit_similarity", LEVEL)]),
+        ];
+        let choice = choose(&[Arm::Base, Arm::Adapter, Arm::Rag], &comparisons, &[], &|_| None).unwrap();
+        assert_eq!(choice.arm, "adapter");
+        assert_eq!(
+            choice.reasons[0],
+            "level with base on the answers; the reference's likelihood favours it (more tasks might show that in the answers); base is beaten by rag on edit similarity"
         );
     }
 
