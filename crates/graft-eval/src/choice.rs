@@ -71,15 +71,21 @@ pub fn choose(arms: &[Arm], comparisons: &[Comparison], judged: &[JudgedSummary]
             })
             .collect()
     };
+    let beaten: Vec<Vec<(Arm, Vec<&'static str>)>> = serving.iter().map(|&a| beaten_by(a)).collect();
     // The unbeaten; where every arm is beaten (a cycle, which the intervals allow), those
     // beaten by the fewest.
-    let fewest = serving.iter().map(|&a| beaten_by(a).len()).min()?;
-    let candidates: Vec<Arm> = serving.iter().copied().filter(|&a| beaten_by(a).len() == fewest).collect();
+    let fewest = beaten.iter().map(Vec::len).min()?;
+    let candidates: Vec<Arm> = serving
+        .iter()
+        .zip(&beaten)
+        .filter(|(_, by)| by.len() == fewest)
+        .map(|(&arm, _)| arm)
+        .collect();
     let chosen = *candidates.first()?;
 
     let mut reasons = Vec::new();
     let mut level = Vec::new();
-    for &other in &serving {
+    for (&other, beaters) in serving.iter().zip(&beaten) {
         if other == chosen {
             continue;
         }
@@ -114,7 +120,6 @@ pub fn choose(arms: &[Arm], comparisons: &[Comparison], judged: &[JudgedSummary]
             }
             _ => line,
         };
-        let beaters = beaten_by(other);
         let line = match beaters.first() {
             Some((winner, measures)) if *winner != chosen => {
                 format!("{line}; {} is beaten by {} on {}", other.name(), winner.name(), words(measures))

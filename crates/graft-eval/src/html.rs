@@ -30,23 +30,24 @@ pub fn page(report: &Report, tasks: &[&Task]) -> String {
     charts(&mut out, report);
     judged(&mut out, report);
     if !report.notes.is_empty() {
-        out.push_str("<h2>Notes</h2><ul class=\"notes\">");
-        for note in &report.notes {
-            let _ = write!(out, "<li>{}</li>", escape(note));
-        }
-        out.push_str("</ul>\n");
+        sentences(&mut out, "Notes", &report.notes);
     }
     if let Some(serve) = &report.serve {
-        let _ = write!(out, "<h2>To serve: {}</h2><ul class=\"notes\">", escape(serve.arm));
-        for reason in &serve.reasons {
-            let _ = write!(out, "<li>{}</li>", escape(reason));
-        }
-        out.push_str("</ul>\n");
+        sentences(&mut out, &format!("To serve: {}", serve.arm), &serve.reasons);
     }
     completions(&mut out, report, &by_id);
     questions(&mut out, report, &by_id);
     out.push_str("</body></html>\n");
     out
+}
+
+/// A heading and a list of sentences under it.
+fn sentences(out: &mut String, title: &str, items: &[String]) {
+    let _ = write!(out, "<h2>{}</h2><ul class=\"notes\">", escape(title));
+    for item in items {
+        let _ = write!(out, "<li>{}</li>", escape(item));
+    }
+    out.push_str("</ul>\n");
 }
 
 const STYLE: &str = "
