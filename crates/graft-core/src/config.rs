@@ -427,6 +427,9 @@ pub struct DatasetConfig {
     pub fim_rate: f64,
     /// Share of those in suffix-prefix-middle order.
     pub fim_spm_rate: f64,
+    /// Share of file pieces that also make a retrieval-augmented sample (the project's index
+    /// needed); 0 makes none.
+    pub retrieval_rate: f64,
     /// Mine before → after pairs from git history.
     pub history: bool,
     /// A commit changing more source files than this is not a pair.
@@ -461,6 +464,7 @@ impl Default for DatasetConfig {
             max_sample_tokens: 2048,
             fim_rate: 0.5,
             fim_spm_rate: 0.5,
+            retrieval_rate: 0.5,
             history: true,
             history_max_files: 3,
             history_max_commits: 5000,
@@ -862,6 +866,7 @@ impl Config {
             ("dataset.validation_fraction", ds.validation_fraction, 0.0, 0.5),
             ("dataset.fim_rate", ds.fim_rate, 0.0, 1.0),
             ("dataset.fim_spm_rate", ds.fim_spm_rate, 0.0, 1.0),
+            ("dataset.retrieval_rate", ds.retrieval_rate, 0.0, 1.0),
         ] {
             if !(low..=high).contains(&value) {
                 return Err(invalid(key, format!("must be between {low} and {high}, found {value}")));

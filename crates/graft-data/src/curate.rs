@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::dedup::{self, Verdict};
 use crate::history::{self, HistoryError, HistoryOptions};
+use crate::retrieved::{self, RetrievalSummary, Retrieve, RetrievedError};
 use crate::samples::{self, Body, Kind, PackOptions, Part, Sample};
 use crate::secrets;
 use crate::select::{self, DropReason};
@@ -38,6 +39,16 @@ pub struct Input<'a> {
     pub gold: Vec<Body>,
     /// Seed of the validation choice and of FIM spans.
     pub seed: u64,
+    /// Where retrieval-augmented samples get their code (`config.retrieval_rate` of pieces).
+    pub retrieval: RetrievalSource<'a>,
+}
+
+/// Where retrieval-augmented samples ([`crate::retrieved`]) get their code.
+pub enum RetrievalSource<'a> {
+    /// The project's index, asked as the server asks it.
+    Index(&'a dyn Retrieve),
+    /// None, and why (no index yet, ...): the dataset is made without them.
+    Unavailable(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +57,8 @@ pub enum CurateError {
     Tokenizer(#[from] EngineError),
     #[error(transparent)]
     History(#[from] HistoryError),
+    #[error(transparent)]
+    Retrieved(#[from] RetrievedError),
 }
 
 /// What became of one file.
@@ -81,6 +94,8 @@ pub struct Manifest {
     pub dropped: BTreeMap<String, usize>,
     pub secrets: SecretsSummary,
     pub history: HistorySummary,
+    /// Retrieval-augmented samples: how many pieces were chosen and what they gave.
+    pub retrieval: RetrievalSummary,
     /// Samples and tokens per part and kind.
     pub samples: BTreeMap<&'static str, BTreeMap<&'static str, Count>>,
     pub gold: usize,
@@ -257,6 +272,7 @@ pub fn curate(input: Input<'_>, progress: &dyn Progress) -> Result<Dataset, Cura
         max_tokens: config.max_sample_tokens,
         fim_rate: config.fim_rate,
         spm_rate: config.fim_spm_rate,
+        retrieval_rate: config.retrieval_rate,
         seed: input.seed,
     };
     let mut samples = Vec::new();
@@ -269,6 +285,35 @@ pub fn curate(input: Input<'_>, progress: &dyn Progress) -> Result<Dataset, Cura
             .collect();
         of_part.sort();
         samples.extend(samples::pack(&of_part, part, input.tokenizer, &options, progress)?);
+    }
+
+    // Retrieval-augmented samples: a training sample sees training files only, a validation
+    // sample training and validation files; neither a held-out or dropped one.
+    let mut retrieval = RetrievalSummary {
+        rate: config.retrieval_rate,
+        ..RetrievalSummary::default()
+    };
+    if config.retrieval_rate > 0.0 {
+        match input.retrieval {
+            RetrievalSource::Index(retriever) => {
+                for part in [Part::Train, Part::Validation] {
+                    let visible: BTreeMap<&str, &str> = kept
+                        .iter()
+                        .filter(|(_, _, p)| *p == Part::Train || *p == part)
+                        .map(|(path, text, _)| (path.as_str(), text.as_str()))
+                        .collect();
+                    let of_part: Vec<(&str, &str)> = kept
+                        .iter()
+                        .filter(|(_, _, p)| *p == part)
+                        .map(|(path, text, _)| (path.as_str(), text.as_str()))
+                        .collect();
+                    let (made, summary) = retrieved::make(&of_part, part, &visible, input.tokenizer, &options, retriever, progress)?;
+                    samples.extend(made);
+                    retrieval.add(&summary);
+                }
+            }
+            RetrievalSource::Unavailable(why) => retrieval.unused = Some(why),
+        }
     }
 
     // History.
@@ -347,6 +392,7 @@ pub fn curate(input: Input<'_>, progress: &dyn Progress) -> Result<Dataset, Cura
             dropped,
             secrets: secrets_summary,
             history: history_summary,
+            retrieval,
             samples: counts,
             gold,
             split: input.split.clone(),
@@ -573,6 +619,7 @@ mod tests {
                 config,
                 gold: crate::gold::parse("{\"prompt\": \"How do we add?\", \"completion\": \"With alpha_0.\"}\n").unwrap(),
                 seed: 3,
+                retrieval: RetrievalSource::Unavailable("no index in this test".into()),
             },
             &(),
         )

@@ -6,6 +6,8 @@
 //! - [`dedup`]: exact (content hash) and near (MinHash, LSH, Jaccard) duplicates collapsed.
 //! - [`samples`]: files packed in the model's repo-level layout, FIM samples, instruction pairs,
 //!   every one within the token limit.
+//! - [`retrieved`]: retrieval-augmented samples: a file after the code the project's index
+//!   finds for a cursor in it, as the server lays out a completion with retrieval.
 //! - [`history`]: before → after pairs mined from git commits.
 //! - [`gold`]: the team's own examples, read from JSONL.
 //! - [`curate`]: all of it in order, and the manifest; [`output`]: the files on disk.
@@ -19,11 +21,12 @@ pub mod dedup;
 pub mod gold;
 pub mod history;
 pub mod output;
+pub mod retrieved;
 pub mod samples;
 pub mod secrets;
 pub mod select;
 
-pub use curate::{curate, CurateError, Dataset, Input, Manifest};
+pub use curate::{curate, CurateError, Dataset, Input, Manifest, RetrievalSource};
 
 /// Reports progress of the long stages (a bar in the CLI); every method has a default that
 /// does nothing, and `()` reports nothing.

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! DIR/train/text.jsonl               {"text"}: packed files and FIM samples, whole
-//! DIR/train/prompt-completion.jsonl  {"prompt", "completion"}: FIM samples, history pairs, examples
+//! DIR/train/prompt-completion.jsonl  {"prompt", "completion"}: FIM and retrieval-augmented
+//!                                    samples, history pairs, examples
 //! DIR/train/chat.jsonl               {"messages"}: history pairs and examples as conversations
 //! DIR/validation/...                 the same for the validation files
 //! DIR/manifest.json                  every file's decision and reason, counts, the split
@@ -11,7 +12,9 @@
 //! DIR/split.json                     the held-out split (the evaluation's)
 //! ```
 //!
-//! Each record also has `kind` (`file`, `fim`, `history`, `gold`), `sources` and `tokens`.
+//! Each record also has `kind` (`file`, `fim`, `retrieved`, `history`, `gold`), `sources` (a
+//! retrieval-augmented sample's file first, then those its retrieved code came from) and
+//! `tokens`.
 //! Files are written beside their final name and renamed, so a reader never sees half a file;
 //! a folder that is not empty and holds no graft dataset is refused rather than overwritten.
 
@@ -57,7 +60,9 @@ pub fn records(sample: &Sample) -> [Option<Value>; 3] {
         Body::Text(text) => [Some(record(sample, json!({"text": text}))), None, None],
         Body::Completion { prompt, completion } => {
             let text = (sample.kind == Kind::Fim).then(|| record(sample, json!({"text": format!("{prompt}{completion}")})));
-            let chat = (sample.kind != Kind::Fim).then(|| record(sample, json!({"messages": conversation(prompt, completion)})));
+            // A completion prompt (FIM or retrieval-augmented) is no conversation.
+            let chat = (!matches!(sample.kind, Kind::Fim | Kind::Retrieved))
+                .then(|| record(sample, json!({"messages": conversation(prompt, completion)})));
             [
                 text,
                 Some(record(sample, json!({"prompt": prompt, "completion": completion}))),
@@ -169,10 +174,26 @@ pub fn summary(m: &Manifest) -> String {
     } else {
         let _ = writeln!(out, "  history:    none (not a git repository, or history = false)");
     }
+    let r = &m.retrieval;
+    match &r.unused {
+        _ if r.rate == 0.0 => {
+            let _ = writeln!(out, "  retrieval:  none (dataset.retrieval_rate = 0)");
+        }
+        Some(why) => {
+            let _ = writeln!(out, "  retrieval:  none: {why}");
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  retrieval:  {} of {} pieces chosen made samples ({} with no code found, {} blank, {} too long)",
+                r.samples, r.pieces, r.no_code, r.no_cursor, r.too_long
+            );
+        }
+    }
     let _ = writeln!(out, "  samples ({}, at most {} tokens):", m.format, m.max_sample_tokens);
     for (part, kinds) in &m.samples {
         for (kind, c) in kinds {
-            let _ = writeln!(out, "    {part:<10} {kind:<8} {:>6} samples {:>10} tokens", c.samples, c.tokens);
+            let _ = writeln!(out, "    {part:<10} {kind:<9} {:>6} samples {:>10} tokens", c.samples, c.tokens);
         }
     }
     if m.gold > 0 {

@@ -28,6 +28,9 @@ pub enum Kind {
     History,
     /// The team's own example.
     Gold,
+    /// A file's piece after the code retrieval finds for a cursor in it
+    /// ([`crate::retrieved`]).
+    Retrieved,
 }
 
 impl Kind {
@@ -37,6 +40,7 @@ impl Kind {
             Kind::Fim => "fim",
             Kind::History => "history",
             Kind::Gold => "gold",
+            Kind::Retrieved => "retrieved",
         }
     }
 }
@@ -99,20 +103,22 @@ pub struct PackOptions {
     pub fim_rate: f64,
     /// Share of FIM samples in suffix-prefix-middle order (where the family has one).
     pub spm_rate: f64,
+    /// Share of pieces that also make a retrieval-augmented sample ([`crate::retrieved`]).
+    pub retrieval_rate: f64,
     pub seed: u64,
 }
 
 /// A file, or a part of one too long for a sample.
 #[derive(Debug, Clone)]
-struct Piece {
-    path: String,
-    text: String,
+pub(crate) struct Piece {
+    pub(crate) path: String,
+    pub(crate) text: String,
     /// Tokens of the piece rendered alone (an upper bound of its share of a packed sample).
     tokens: usize,
 }
 
 /// Tokens kept free of the limit when packing, for the FIM tokens and the end token.
-const FIM_RESERVE: usize = 8;
+pub(crate) const FIM_RESERVE: usize = 8;
 
 fn input(options: &PackOptions, group: &[Piece], prefix: &str, suffix: Option<&str>) -> FimInput {
     let (last, context) = group.split_last().map_or((None, &[][..]), |(l, c)| (Some(l), c));
@@ -133,7 +139,13 @@ fn input(options: &PackOptions, group: &[Piece], prefix: &str, suffix: Option<&s
 }
 
 /// Text cut at line ends into pieces that each fit `budget` tokens with their header.
-fn pieces(path: &str, text: &str, tokenizer: &Tokenizer, options: &PackOptions, budget: usize) -> Result<Vec<Piece>, EngineError> {
+pub(crate) fn pieces(
+    path: &str,
+    text: &str,
+    tokenizer: &Tokenizer,
+    options: &PackOptions,
+    budget: usize,
+) -> Result<Vec<Piece>, EngineError> {
     let alone = |text: &str| -> Result<usize, EngineError> {
         let piece = Piece {
             path: path.to_owned(),
@@ -195,7 +207,7 @@ fn pieces(path: &str, text: &str, tokenizer: &Tokenizer, options: &PackOptions, 
 
 /// The middle of a FIM sample in `text`, as a byte range: part of a line, the rest of a line,
 /// or a block of whole lines.
-fn fim_span(text: &str, rng: &mut Rng) -> Option<(usize, usize)> {
+pub(crate) fn fim_span(text: &str, rng: &mut Rng) -> Option<(usize, usize)> {
     let mut lines = Vec::new();
     let mut at = 0;
     for line in text.split_inclusive('\n') {
@@ -411,7 +423,7 @@ pub(crate) mod tests {
         Tokenizer::from_tokenizer(inner)
     }
 
-    fn files() -> Vec<(String, String)> {
+    pub(crate) fn files() -> Vec<(String, String)> {
         (0..12)
             .map(|f| {
                 let lines = 5 + f * 7;
@@ -428,6 +440,7 @@ pub(crate) mod tests {
             max_tokens,
             fim_rate,
             spm_rate: 0.5,
+            retrieval_rate: 0.0,
             seed: 7,
         }
     }

@@ -263,7 +263,8 @@ impl Search {
         }
     }
 
-    fn as_query(&self) -> Query<'_> {
+    /// The index's query for this search.
+    pub fn as_query(&self) -> Query<'_> {
         let names = match &self.look_up {
             LookUp::Nothing => None,
             LookUp::Cursor { before, after } => Some(Names::Code { before, after }),

@@ -179,6 +179,11 @@ pub struct DatasetArgs {
     /// Leave git history out (no before -> after pairs).
     #[arg(long)]
     pub no_history: bool,
+    /// Share of file pieces that also make a retrieval-augmented sample (the code the project's
+    /// index finds for a cursor, then the file: a completion prompt as the server lays it out),
+    /// 0 for none (default: `dataset.retrieval_rate`). Given here, a missing index is an error.
+    #[arg(long, value_name = "SHARE")]
+    pub retrieval_rate: Option<f64>,
     /// Print the summary as JSON (the manifest's counts).
     #[arg(long)]
     pub json: bool,

@@ -1,17 +1,23 @@
 //! `graft dataset [PATH] [--project NAME]`: the repository walked as indexing walks it, the
 //! evaluation's held-out split obeyed, the served model's tokenizer and prompt format read
-//! from its GGUF file (no weights loaded), then graft-data's curation, written or (with
-//! `--dry-run`) only summarised.
+//! from its GGUF file (no weights loaded), the project's index opened for retrieval-augmented
+//! samples and asked as the server asks it (`IndexRetriever`), then graft-data's curation,
+//! written or (with `--dry-run`) only summarised.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use graft_core::split::Split;
-use graft_core::SecretAction;
-use graft_data::{curate, output, Input, Progress};
-use graft_engine::PromptFormat;
+use graft_core::{Config, ProjectConfig, SecretAction};
+use graft_data::retrieved::{Retrieve, RetrieveError};
+use graft_data::{curate, output, Input, Progress, RetrievalSource};
+use graft_engine::fim::{ContextFile, FimInput};
+use graft_engine::{PromptFormat, Tokenizer};
+use graft_index::{Embedder, ProjectIndex, SearchHit, SearchMode, SearchOptions};
+use graft_server::prompt::{augment, completion};
 
 use crate::cli::DatasetArgs;
 use crate::{models, progress};
@@ -55,6 +61,84 @@ impl Bars {
     }
 }
 
+/// The project's index asked for the code around a cursor as the server asks it for a
+/// completion (`completion::cursor_search`, then `augment::completion` to fit the budget),
+/// each hit's lines cut from the curated file it names.
+struct IndexRetriever<'a> {
+    index: ProjectIndex,
+    embedder: Embedder,
+    /// Hits asked for: twice the project's `top_k`, as some name files a sample may not see.
+    options: SearchOptions,
+    /// The project's `top_k`: hits kept.
+    top_k: usize,
+    /// The project's `context_tokens`.
+    budget: usize,
+    tokenizer: &'a Tokenizer,
+}
+
+impl Retrieve for IndexRetriever<'_> {
+    fn budget(&self) -> usize {
+        self.budget
+    }
+
+    fn context(&self, input: &FimInput, budget: usize, visible: &BTreeMap<&str, &str>) -> Result<Vec<ContextFile>, RetrieveError> {
+        let search = completion::cursor_search(input);
+        let hits = self.index.search_for(&search.as_query(), Some(&self.embedder), &self.options)?;
+        let hits: Vec<SearchHit> = hits
+            .into_iter()
+            .filter_map(|hit| {
+                let text = visible.get(hit.path.as_str())?;
+                let first = hit.start_line.max(1);
+                let lines: String = text
+                    .split_inclusive('\n')
+                    .skip(first - 1)
+                    .take((hit.end_line + 1).saturating_sub(first))
+                    .collect();
+                (!lines.trim().is_empty()).then_some(SearchHit { text: lines, ..hit })
+            })
+            .take(self.top_k)
+            .collect();
+        let (files, _) = futures::executor::block_on(augment::completion(self.tokenizer, hits, budget))?;
+        Ok(files)
+    }
+}
+
+/// The retriever for `project`'s samples, or why there is none.
+fn index_retriever<'a>(
+    config: &Config,
+    project: &str,
+    repository: &Path,
+    tokenizer: &'a Tokenizer,
+) -> std::result::Result<IndexRetriever<'a>, String> {
+    let settings = config
+        .project(project)
+        .cloned()
+        .unwrap_or_else(|| ProjectConfig::new(project, repository));
+    if !settings.retrieval {
+        return Err(format!("project `{project}` is served without retrieval (retrieval = false)"));
+    }
+    let layout = graft_wiring::layout(config, project);
+    let index = ProjectIndex::open_with(project, &layout, &graft_wiring::backend(config)).map_err(|e| e.to_string())?;
+    let here = std::fs::canonicalize(repository).ok();
+    let indexed = std::fs::canonicalize(&index.meta().repository).ok();
+    if here != indexed {
+        return Err(format!(
+            "the index of `{project}` is of {}, not {}",
+            index.meta().repository.display(),
+            repository.display()
+        ));
+    }
+    let embedder = crate::index::load_embedder(config).map_err(|e| format!("{e:#}"))?;
+    Ok(IndexRetriever {
+        index,
+        embedder,
+        options: graft_wiring::search_options(config, SearchMode::Hybrid, settings.top_k * 2),
+        top_k: settings.top_k,
+        budget: settings.context_tokens,
+        tokenizer,
+    })
+}
+
 /// The split the evaluation wrote for `project`, if `graft eval build` wrote one where it
 /// writes by default.
 fn default_split(project: &str) -> PathBuf {
@@ -95,6 +179,12 @@ pub fn run(args: DatasetArgs) -> Result<()> {
     if args.no_history {
         config.dataset.history = false;
     }
+    if let Some(rate) = args.retrieval_rate {
+        if !(0.0..=1.0).contains(&rate) {
+            bail!("--retrieval-rate must be between 0 and 1, got {rate}");
+        }
+        config.dataset.retrieval_rate = rate;
+    }
     let started = Instant::now();
     let walked = graft_index::walk::walk(&path, &graft_wiring::index_options(&config).walk)
         .with_context(|| format!("reading the repository {}", path.display()))?;
@@ -117,6 +207,22 @@ pub fn run(args: DatasetArgs) -> Result<()> {
         None => Vec::new(),
     };
 
+    let retriever = match config.dataset.retrieval_rate > 0.0 {
+        true => index_retriever(&config, &project, &path, &tokenizer),
+        false => Err("dataset.retrieval_rate is 0".to_owned()),
+    };
+    let retrieval = match &retriever {
+        Ok(retriever) => RetrievalSource::Index(retriever),
+        Err(why) if args.retrieval_rate.is_some_and(|r| r > 0.0) => {
+            bail!("--retrieval-rate asks for retrieval-augmented samples, but {why}")
+        }
+        Err(why) => {
+            if config.dataset.retrieval_rate > 0.0 && !args.json {
+                eprintln!("no retrieval-augmented samples: {why}");
+            }
+            RetrievalSource::Unavailable(why.clone())
+        }
+    };
     let bars = Bars {
         quiet: args.json,
         bar: progress::Stages::default(),
@@ -133,6 +239,7 @@ pub fn run(args: DatasetArgs) -> Result<()> {
             config: &config.dataset,
             gold,
             seed: args.seed,
+            retrieval,
         },
         &bars,
     )?;
@@ -160,6 +267,7 @@ pub fn run(args: DatasetArgs) -> Result<()> {
                 "dropped": m.dropped,
                 "secrets": m.secrets,
                 "history": m.history,
+                "retrieval": m.retrieval,
                 "samples": m.samples,
                 "gold": m.gold,
                 "seconds": seconds,

@@ -22,9 +22,11 @@ use crate::{models, progress};
 
 /// The examples of one part of a dataset folder: `text.jsonl` (every token learned) and the
 /// prompt-completion records that are not FIM samples (those are in `text.jsonl` whole; a
-/// history pair or an example learns its completion only), cut to `max_tokens`.
-fn examples(dir: &Path, tokenizer: &Tokenizer, max_tokens: usize) -> Result<Vec<Example>> {
+/// retrieval-augmented sample, a history pair or an example learns its completion only), cut
+/// to `max_tokens`; and how many retrieval-augmented samples were cut (losing retrieved code).
+fn examples(dir: &Path, tokenizer: &Tokenizer, max_tokens: usize) -> Result<(Vec<Example>, usize)> {
     let mut out = Vec::new();
+    let mut retrieved_cut = 0;
     let read = |name: &str| -> Result<Vec<(usize, Value)>> {
         let path = dir.join(name);
         if !path.exists() {
@@ -67,13 +69,16 @@ fn examples(dir: &Path, tokenizer: &Tokenizer, max_tokens: usize) -> Result<Vec<
         }
         // The prompt's end is kept when the pair is too long.
         let keep = prompt.len().min(max_tokens - completion.len());
+        if keep < prompt.len() && record.get("kind").and_then(Value::as_str) == Some("retrieved") {
+            retrieved_cut += 1;
+        }
         let mut ids = prompt[prompt.len() - keep..].to_vec();
         let mut target = vec![false; ids.len()];
         ids.extend(&completion);
         target.extend(std::iter::repeat_n(true, completion.len()));
         out.push(Example { ids, target });
     }
-    Ok(out)
+    Ok((out, retrieved_cut))
 }
 
 /// The loss curves as a page: training loss per step and validation loss per evaluation.
@@ -431,8 +436,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some((_, spec)) => (spec.max_tokens, spec.max_validation),
         None => (args.max_tokens, args.max_validation),
     };
-    let train_set = examples(&data.join("train"), &tokenizer, max_tokens)?;
-    let mut validation = examples(&data.join("validation"), &tokenizer, max_tokens)?;
+    let (train_set, retrieved_cut) = examples(&data.join("train"), &tokenizer, max_tokens)?;
+    let (mut validation, _) = examples(&data.join("validation"), &tokenizer, max_tokens)?;
+    if retrieved_cut > 0 && !args.json {
+        eprintln!(
+            "note: {retrieved_cut} retrieval-augmented samples are longer than --max-tokens {max_tokens} and lose their \
+             retrieved code when cut; make the dataset with `dataset.max_sample_tokens = {max_tokens}` to keep it"
+        );
+    }
     validation.truncate(max_validation);
     if train_set.is_empty() {
         bail!(

@@ -1270,6 +1270,125 @@ print(records)
         .any(|f| f["path"] == kept.as_str() && f["decision"] != "dropped"));
 }
 
+/// `graft dataset` with retrieval-augmented samples, as a user makes them: without the
+/// project's index a clear error when asked for (`--retrieval-rate`), a note when the config's
+/// rate asks; with it, completion prompts laid out as the server lays them out (the retrieved
+/// code, then the file up to the cursor; what follows is the completion), their code only from
+/// training files, and only in prompt-completion.jsonl.
+#[test]
+fn dataset_lays_retrieved_code_before_the_file_as_a_completion_with_retrieval() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("polyglot");
+    common::copy_tree(&repo_root().join("tests/fixtures/polyglot"), &repo);
+    let config = dir.path().join("graft.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kit]\ndir = {:?}\n[index]\ndir = {:?}\n[dataset]\nmax_sample_tokens = 512\n",
+            common::kit_dir().display().to_string(),
+            dir.path().join("index").display().to_string()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let dataset = |extra: &[&str]| {
+        graft()
+            .args(["dataset", "--project", "polyglot", "--holdout-fraction", "0.3", "-o"])
+            .arg(&data)
+            .arg("--config")
+            .arg(&config)
+            .args(extra)
+            .arg(&repo)
+            .output()
+            .unwrap()
+    };
+    // No index yet: asked for, an error that says how to build one; by the config, a note.
+    let refused = dataset(&["--retrieval-rate", "1"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no index for project `polyglot`") && stderr.contains("graft index"),
+        "{stderr}"
+    );
+    assert!(!data.exists());
+    let noted = dataset(&["--dry-run"]);
+    let stderr = String::from_utf8_lossy(&noted.stderr);
+    assert!(noted.status.success(), "{stderr}");
+    assert!(stderr.contains("no retrieval-augmented samples"), "{stderr}");
+    assert!(String::from_utf8_lossy(&noted.stdout).contains("retrieval:  none: "));
+
+    let index = graft()
+        .args(["index", "--project", "polyglot", "--json", "--config"])
+        .arg(&config)
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert!(index.status.success(), "{}", String::from_utf8_lossy(&index.stderr));
+    let out = dataset(&["--retrieval-rate", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let retrieval = &summary["retrieval"];
+    assert!(retrieval["samples"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(
+        retrieval["samples"].as_u64(),
+        ["train", "validation"]
+            .iter()
+            .map(|part| summary["samples"][part]["retrieved"]["samples"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            .into(),
+        "{summary}"
+    );
+
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap()).unwrap();
+    let decision = |path: &str| -> String {
+        manifest["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == path)
+            .map(|f| f["decision"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let mut seen = 0;
+    for line in std::fs::read_to_string(data.join("train/prompt-completion.jsonl")).unwrap().lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        if record["kind"] != "retrieved" {
+            continue;
+        }
+        seen += 1;
+        let (prompt, completion) = (record["prompt"].as_str().unwrap(), record["completion"].as_str().unwrap());
+        let sources: Vec<&str> = record["sources"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+        let own = sources[0];
+        assert_eq!(decision(own), "train");
+        let file = std::fs::read_to_string(repo.join(own)).unwrap();
+        // Each retrieved file is another training file, shown before the file itself, and
+        // the code shown under it is that file's.
+        assert!(sources.len() > 1, "{sources:?}");
+        let own_header = prompt.rfind(own).unwrap();
+        for source in &sources[1..] {
+            assert_eq!(decision(source), "train", "{source}");
+            let at = prompt.find(source).unwrap();
+            assert!(at < own_header, "{source} after {own}");
+            let shown = prompt[at..].lines().nth(1).unwrap();
+            let text = std::fs::read_to_string(repo.join(source)).unwrap();
+            assert!(text.contains(shown), "{source}: {shown:?}");
+        }
+        // After the line naming the file: the file up to the cursor; the completion goes on.
+        let prefix = &prompt[own_header + prompt[own_header..].find('\n').unwrap() + 1..];
+        assert!(!completion.is_empty());
+        assert!(
+            file.contains(&format!("{prefix}{completion}")),
+            "{own}: {prefix:?} + {completion:?}"
+        );
+        assert!(record["tokens"].as_u64().unwrap() <= 512);
+    }
+    assert!(seen > 0);
+    for name in ["text.jsonl", "chat.jsonl"] {
+        let text = std::fs::read_to_string(data.join("train").join(name)).unwrap();
+        assert!(!text.contains("\"kind\":\"retrieved\""), "{name}");
+    }
+}
+
 /// The files of a repository, relative, with `/`.
 fn walk_files(root: &Path) -> Vec<String> {
     let mut out = Vec::new();

@@ -13,7 +13,7 @@
 //! response's `sources`.
 
 use graft_engine::fim::ContextFile;
-use graft_engine::{ChatMessage, Engine, EngineError, Role};
+use graft_engine::{ChatMessage, Engine, EngineError, Role, Tokenizer};
 use graft_index::SearchHit;
 use serde::Serialize;
 
@@ -57,14 +57,22 @@ fn chat_block(hit: &SearchHit) -> String {
     )
 }
 
-/// How many tokens a text takes with the model that will read it.
-pub(crate) trait CountTokens {
+/// How many tokens a text takes with the model that will read it: the loaded engine's count,
+/// or its tokenizer's alone (read from the GGUF file, as `graft dataset` does, no weights).
+#[allow(async_fn_in_trait)] // used with concrete types only; no caller needs `Send` bounds.
+pub trait CountTokens {
     async fn count(&self, text: &str) -> Result<usize, EngineError>;
 }
 
 impl CountTokens for Engine {
     async fn count(&self, text: &str) -> Result<usize, EngineError> {
         Ok(self.tokenize(text, false).await?.len())
+    }
+}
+
+impl CountTokens for Tokenizer {
+    async fn count(&self, text: &str) -> Result<usize, EngineError> {
+        Tokenizer::count(self, text)
     }
 }
 
@@ -178,10 +186,14 @@ pub async fn chat(
 }
 
 /// The hits that fit `budget` as context files of a completion prompt; and the sources.
-pub async fn completion(engine: &Engine, hits: Vec<SearchHit>, budget: usize) -> Result<(Vec<ContextFile>, Vec<Source>), EngineError> {
+pub async fn completion(
+    counter: &impl CountTokens,
+    hits: Vec<SearchHit>,
+    budget: usize,
+) -> Result<(Vec<ContextFile>, Vec<Source>), EngineError> {
     // Each chunk is shown under its path with its line range and followed by a newline, as the
     // repo-level formats render it.
-    let kept = fit(engine, hits, budget, |h| {
+    let kept = fit(counter, hits, budget, |h| {
         format!("{}:{}-{}\n{}\n", h.path, h.start_line, h.end_line, h.text)
     })
     .await?;

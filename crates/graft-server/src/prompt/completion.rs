@@ -55,6 +55,20 @@ pub struct CompletionPrompt {
     pub trimmed: bool,
 }
 
+/// The search for the code around `input`'s cursor: its last lines before and first lines
+/// after as text, the names used there looked up, the current file left out. `graft dataset`
+/// asks it too, so retrieval-augmented samples hold the code a completion there would get.
+pub fn cursor_search(input: &FimInput) -> Search {
+    Search {
+        text: augment::completion_query(&input.prefix, input.suffix.as_deref(), QUERY_CHARS),
+        look_up: LookUp::Cursor {
+            before: input.prefix.clone(),
+            after: input.suffix.clone().unwrap_or_default(),
+        },
+        current_path: input.path.clone(),
+    }
+}
+
 /// Lays out `input` (prefix, optional suffix, optional path) for `target` with the client's
 /// `extra` files and, for a project, retrieved code. A suffix is dropped for a model without
 /// fill-in-the-middle tokens; when one is used, the format's stop sequences are added to
@@ -114,14 +128,7 @@ pub async fn lay_out(
     let mut sources = None;
     if let Some(project) = &target.project {
         input.repo = Some(project.name().to_owned());
-        let query = Search {
-            text: augment::completion_query(&input.prefix, input.suffix.as_deref(), QUERY_CHARS),
-            look_up: LookUp::Cursor {
-                before: input.prefix.clone(),
-                after: input.suffix.clone().unwrap_or_default(),
-            },
-            current_path: input.path.clone(),
-        };
+        let query = cursor_search(&input);
         let mut used = Vec::new();
         let spot = Spot::of(input.path.as_deref(), &input.prefix);
         if let Some(hits) = retrieve(state, project, query, retrieval, Some(spot)).await? {
