@@ -461,7 +461,7 @@ impl Default for DatasetConfig {
             near_duplicate_threshold: 0.85,
             shingle_tokens: 5,
             validation_fraction: 0.05,
-            max_sample_tokens: 2048,
+            max_sample_tokens: 512,
             fim_rate: 0.5,
             fim_spm_rate: 0.5,
             retrieval_rate: 0.5,
