@@ -122,6 +122,8 @@ pub struct HistorySummary {
     pub available: bool,
     pub commits: usize,
     pub pairs: usize,
+    /// Pairs kept with fewer unchanged lines around the change, to fit `max_sample_tokens`.
+    pub shortened: usize,
     pub skipped: BTreeMap<&'static str, usize>,
 }
 
@@ -332,7 +334,16 @@ pub fn curate(input: Input<'_>, progress: &dyn Progress) -> Result<Dataset, Cura
         history_summary.commits = mined.commits;
         history_summary.skipped = mined.skipped.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         for pair in mined.pairs {
-            let (prompt, completion) = instruction(&pair);
+            // A pair too long keeps its change whole with fewer unchanged lines around it.
+            let mut context = config.history_context_lines;
+            let (prompt, completion) = loop {
+                let (prompt, completion) = instruction(&pair.with_context(context));
+                let tokens = input.tokenizer.count(&prompt)? + input.tokenizer.count(&completion)?;
+                if tokens <= config.max_sample_tokens || context == 0 {
+                    break (prompt, completion);
+                }
+                context /= 2;
+            };
             let (Some(prompt), _) = clean(&prompt, config.secrets, &mut secrets_summary) else {
                 secrets_summary.samples_dropped += 1;
                 continue;
@@ -347,6 +358,9 @@ pub fn curate(input: Input<'_>, progress: &dyn Progress) -> Result<Dataset, Cura
                 continue;
             }
             history_summary.pairs += 1;
+            if context < config.history_context_lines {
+                history_summary.shortened += 1;
+            }
             samples.push(Sample {
                 kind: Kind::History,
                 part: parts.get(pair.path.as_str()).copied().unwrap_or(Part::Train),

@@ -24,6 +24,33 @@ pub struct Pair {
     pub before: String,
     /// The same region after it.
     pub after: String,
+    /// Unchanged lines at the start and the end of `before`, and of `after`.
+    pub context: [(usize, usize); 2],
+}
+
+impl Pair {
+    /// The pair with at most `n` unchanged lines around the change (on each side), for a
+    /// pair too long with all of them.
+    pub fn with_context(&self, n: usize) -> Pair {
+        let cut = |text: &str, (top, bottom): (usize, usize)| -> (String, (usize, usize)) {
+            let lines: Vec<&str> = text.lines().collect();
+            let (drop_top, drop_bottom) = (top.saturating_sub(n), bottom.saturating_sub(n));
+            if drop_top + drop_bottom >= lines.len() {
+                return (String::new(), (0, 0));
+            }
+            let mut out = lines[drop_top..lines.len() - drop_bottom].join("\n");
+            out.push('\n');
+            (out, (top.min(n), bottom.min(n)))
+        };
+        let (before, b) = cut(&self.before, self.context[0]);
+        let (after, a) = cut(&self.after, self.context[1]);
+        Pair {
+            before,
+            after,
+            context: [b, a],
+            ..self.clone()
+        }
+    }
 }
 
 /// Why a commit gave no pair; counts go into the manifest.
@@ -173,17 +200,20 @@ fn changed_span(diff: &str) -> Option<((usize, usize), (usize, usize))> {
     Some((old?, new?))
 }
 
-/// Lines `span` of `text` with `context` lines on each side.
-fn region(text: &str, span: (usize, usize), context: usize) -> String {
+/// Lines `span` of `text` with `context` lines on each side, and how many unchanged lines it
+/// has at its start and its end.
+fn region(text: &str, span: (usize, usize), context: usize) -> (String, (usize, usize)) {
     let lines: Vec<&str> = text.lines().collect();
     let start = span.0.saturating_sub(context + 1);
     let end = (span.1 + context).min(lines.len());
     if start >= end {
-        return String::new();
+        return (String::new(), (0, 0));
     }
     let mut out = lines[start..end].join("\n");
     out.push('\n');
-    out
+    let top = (span.0.saturating_sub(1)).saturating_sub(start).min(end - start);
+    let bottom = end.saturating_sub(span.1.max(start)).min(end - start - top);
+    (out, (top, bottom))
 }
 
 /// Mines `repo`'s history (newest first). `kept` says whether a path (as the dataset names it)
@@ -279,12 +309,15 @@ pub fn mine(repo: &Path, options: &HistoryOptions, kept: &dyn Fn(&str) -> bool) 
             // A file the commit adds has no "before"; it is still a pair (write this file).
             let before = git(repo, &["show", &format!("{parent}:{path}")]).unwrap_or_default();
             let after = git(repo, &["show", &format!("{hash}:{path}")])?;
+            let (before, before_context) = region(&before, old_span, options.context);
+            let (after, after_context) = region(&after, new_span, options.context);
             mined.pairs.push(Pair {
                 commit: hash.to_owned(),
                 message: message.to_owned(),
                 path: path.to_owned(),
-                before: region(&before, old_span, options.context),
-                after: region(&after, new_span, options.context),
+                before,
+                after,
+                context: [before_context, after_context],
             });
         }
     }
@@ -319,7 +352,41 @@ mod tests {
         let diff = "@@ -3,2 +3,3 @@\n-a\n-b\n+a\n+b\n+c\n@@ -10 +11,0 @@\n-x\n";
         assert_eq!(changed_span(diff), Some(((3, 10), (3, 11))));
         let text: String = (1..=20).map(|i| format!("l{i}\n")).collect();
-        assert_eq!(region(&text, (5, 6), 2), "l3\nl4\nl5\nl6\nl7\nl8\n");
-        assert_eq!(region(&text, (1, 1), 3), "l1\nl2\nl3\nl4\n");
+        assert_eq!(region(&text, (5, 6), 2), ("l3\nl4\nl5\nl6\nl7\nl8\n".to_owned(), (2, 2)));
+        assert_eq!(region(&text, (1, 1), 3), ("l1\nl2\nl3\nl4\n".to_owned(), (0, 3)));
+        assert_eq!(region(&text, (19, 20), 3), ("l16\nl17\nl18\nl19\nl20\n".to_owned(), (3, 0)));
+    }
+
+    #[test]
+    fn a_pair_keeps_its_change_whole_with_less_context() {
+        let text: String = (1..=30).map(|i| format!("l{i}\n")).collect();
+        let changed = text.replace("l15\n", "l15 changed\nl15b\n");
+        let (before, b) = region(&text, (15, 15), 5);
+        let (after, a) = region(&changed, (15, 16), 5);
+        let pair = Pair {
+            commit: "c".into(),
+            message: "m".into(),
+            path: "p".into(),
+            before,
+            after,
+            context: [b, a],
+        };
+        let two = pair.with_context(2);
+        assert_eq!(two.before, "l13\nl14\nl15\nl16\nl17\n");
+        assert_eq!(two.after, "l13\nl14\nl15 changed\nl15b\nl16\nl17\n");
+        assert_eq!(two.context, [(2, 2), (2, 2)]);
+        let none = pair.with_context(0);
+        assert_eq!((none.before.as_str(), none.after.as_str()), ("l15\n", "l15 changed\nl15b\n"));
+        // More context than the pair has changes nothing.
+        assert_eq!(pair.with_context(9), pair);
+        // A new file: nothing before, the whole file after.
+        let (after, a) = region("x\ny\n", (1, 2), 5);
+        let added = Pair {
+            before: String::new(),
+            after,
+            context: [(0, 0), a],
+            ..pair
+        };
+        assert_eq!(added.with_context(0).after, "x\ny\n");
     }
 }

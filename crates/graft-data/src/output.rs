@@ -166,9 +166,10 @@ pub fn summary(m: &Manifest) -> String {
     if m.history.available {
         let _ = writeln!(
             out,
-            "  history:    {} commits read, {} pairs{}",
+            "  history:    {} commits read, {} pairs ({} with fewer lines around the change, to fit){}",
             m.history.commits,
             m.history.pairs,
+            m.history.shortened,
             listed("; commits skipped: ", &m.history.skipped)
         );
     } else {
