@@ -436,7 +436,8 @@ pub struct DatasetConfig {
     pub history_max_files: usize,
     /// Most commits read, newest first.
     pub history_max_commits: usize,
-    /// Lines of unchanged code kept around a change.
+    /// Lines of unchanged code kept around a change (halved until a pair fits
+    /// `max_sample_tokens`).
     pub history_context_lines: usize,
 }
 

@@ -719,6 +719,26 @@ mod tests {
         };
         assert!(prompt.starts_with("Saturate the multiplication in alpha_3"));
         assert!(prompt.contains("value * 5 + 22") && completion.contains("value.saturating_mul(5) + 22"));
+        // Too long with all its unchanged lines around the change: kept with fewer, the change
+        // whole.
+        let tight = DatasetConfig {
+            max_sample_tokens: pair.tokens - 20,
+            ..config.clone()
+        };
+        let shortened = run(repo.dir.path(), &tight, &tokenizer);
+        let short = shortened
+            .samples
+            .iter()
+            .find(|s| s.sources.iter().any(|x| x.ends_with(&repo.pair_commit)))
+            .expect("the pair, shortened");
+        assert!(shortened.manifest.history.shortened >= 1);
+        assert!(short.tokens <= tight.max_sample_tokens);
+        let Body::Completion { prompt: p, completion: c } = &short.body else {
+            panic!("a pair is a prompt and a completion")
+        };
+        assert!(p.starts_with("Saturate the multiplication") && p.contains("value * 5 + 22"));
+        assert!(c.contains("value.saturating_mul(5) + 22") && c.len() < completion.len());
+        assert_eq!(m.history.shortened, 0, "at 400 tokens the pair fits with all its lines");
 
         // Every sample within the limit; gold kept; written files hold no secret and no
         // held-out code.
