@@ -37,6 +37,11 @@ impl Rng {
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
     }
+
+    /// Whether a draw falls under `probability` (in millionths: one draw of `below`).
+    pub fn chance(&mut self, probability: f64) -> bool {
+        (self.below(1_000_000) as f64 / 1_000_000.0) < probability
+    }
 }
 
 /// A stable number for `parts` under `seed`: the same inputs give the same number everywhere,

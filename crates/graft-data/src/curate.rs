@@ -277,16 +277,21 @@ pub fn curate(input: Input<'_>, progress: &dyn Progress) -> Result<Dataset, Cura
         retrieval_rate: config.retrieval_rate,
         seed: input.seed,
     };
-    let mut samples = Vec::new();
-    progress.stage("pack", kept.len());
-    for part in [Part::Train, Part::Validation] {
-        let mut of_part: Vec<(&str, &str)> = kept
+    // Each part's files (path, text), in path order: related files next to each other.
+    let of_part = |part: Part| -> Vec<(&str, &str)> {
+        let mut files: Vec<(&str, &str)> = kept
             .iter()
             .filter(|(_, _, p)| *p == part)
             .map(|(path, text, _)| (path.as_str(), text.as_str()))
             .collect();
-        of_part.sort();
-        samples.extend(samples::pack(&of_part, part, input.tokenizer, &options, progress)?);
+        files.sort();
+        files
+    };
+    let parts = [(Part::Train, of_part(Part::Train)), (Part::Validation, of_part(Part::Validation))];
+    let mut samples = Vec::new();
+    progress.stage("pack", kept.len());
+    for (part, files) in &parts {
+        samples.extend(samples::pack(files, *part, input.tokenizer, &options, progress)?);
     }
 
     // Retrieval-augmented samples: a training sample sees training files only, a validation
@@ -298,18 +303,11 @@ pub fn curate(input: Input<'_>, progress: &dyn Progress) -> Result<Dataset, Cura
     if config.retrieval_rate > 0.0 {
         match input.retrieval {
             RetrievalSource::Index(retriever) => {
-                for part in [Part::Train, Part::Validation] {
-                    let visible: BTreeMap<&str, &str> = kept
-                        .iter()
-                        .filter(|(_, _, p)| *p == Part::Train || *p == part)
-                        .map(|(path, text, _)| (path.as_str(), text.as_str()))
-                        .collect();
-                    let of_part: Vec<(&str, &str)> = kept
-                        .iter()
-                        .filter(|(_, _, p)| *p == part)
-                        .map(|(path, text, _)| (path.as_str(), text.as_str()))
-                        .collect();
-                    let (made, summary) = retrieved::make(&of_part, part, &visible, input.tokenizer, &options, retriever, progress)?;
+                let training = &parts[0].1;
+                for (part, files) in &parts {
+                    let mut visible: BTreeMap<&str, &str> = training.iter().copied().collect();
+                    visible.extend(files.iter().copied());
+                    let (made, summary) = retrieved::make(files, *part, &visible, input.tokenizer, &options, retriever, progress)?;
                     samples.extend(made);
                     retrieval.add(&summary);
                 }

@@ -111,7 +111,7 @@ pub fn make(
     for pieces in cut {
         for (i, piece) in pieces?.into_iter().enumerate() {
             let mut rng = Rng::new(stable_hash(options.seed, &["retrieved", &piece.path, &i.to_string()]));
-            if (rng.below(1_000_000) as f64) / 1_000_000.0 < options.retrieval_rate {
+            if rng.chance(options.retrieval_rate) {
                 chosen.push((piece, rng));
             }
         }

@@ -265,7 +265,7 @@ fn fim_sample(
     };
     let (prefix, middle, suffix) = (&last.text[..a], &last.text[a..b], &last.text[b..]);
     let fim = input(options, group, prefix, Some(suffix));
-    let spm = rng.below(1_000_000) as f64 / 1_000_000.0 < options.spm_rate;
+    let spm = rng.chance(options.spm_rate);
     let prompt = spm
         .then(|| options.format.render_spm(&fim))
         .flatten()
@@ -369,7 +369,7 @@ fn sample_of(
         options.seed,
         &["fim", first, &group.len().to_string(), &text.len().to_string()],
     ));
-    let fim = options.format.has_fim() && (rng.below(1_000_000) as f64 / 1_000_000.0) < options.fim_rate;
+    let fim = options.format.has_fim() && rng.chance(options.fim_rate);
     if fim {
         if let Some((prompt, completion, tokens)) = fim_sample(group, tokenizer, options, &mut rng)? {
             return Ok(Sample {

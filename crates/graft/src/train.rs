@@ -59,7 +59,8 @@ fn examples(dir: &Path, tokenizer: &Tokenizer, max_tokens: usize) -> Result<(Vec
         }
     }
     for (line, record) in read("prompt-completion.jsonl")? {
-        if record.get("kind").and_then(Value::as_str) == Some("fim") {
+        let kind = record.get("kind").and_then(Value::as_str);
+        if kind == Some("fim") {
             continue;
         }
         let prompt = tokenizer.encode(&field(&record, "prompt", "prompt-completion.jsonl", line)?)?;
@@ -69,7 +70,7 @@ fn examples(dir: &Path, tokenizer: &Tokenizer, max_tokens: usize) -> Result<(Vec
         }
         // The prompt's end is kept when the pair is too long.
         let keep = prompt.len().min(max_tokens - completion.len());
-        if keep < prompt.len() && record.get("kind").and_then(Value::as_str) == Some("retrieved") {
+        if keep < prompt.len() && kind == Some("retrieved") {
             retrieved_cut += 1;
         }
         let mut ids = prompt[prompt.len() - keep..].to_vec();
