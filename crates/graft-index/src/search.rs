@@ -8,7 +8,7 @@
 
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, Catalog, StoredChunk};
 use crate::embed::Embedder;
@@ -62,7 +62,7 @@ impl Default for SearchOptions {
 }
 
 /// One result.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SearchHit {
     /// Relative to the indexed repository's root.
     pub path: String,

@@ -184,6 +184,12 @@ pub struct DatasetArgs {
     /// 0 for none (default: `dataset.retrieval_rate`). Given here, a missing index is an error.
     #[arg(long, value_name = "SHARE")]
     pub retrieval_rate: Option<f64>,
+    /// Search the project's index through the graft serving it at this URL (its
+    /// `/v1/projects/<name>/search`; the admin key from GRAFT_API_KEY) instead of opening it
+    /// here. Without it, a graft at the configured `server.listen` that serves the project is
+    /// asked (it holds the index open); with none, the index is opened here.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
     /// Print the summary as JSON (the manifest's counts).
     #[arg(long)]
     pub json: bool,

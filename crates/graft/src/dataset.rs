@@ -1,13 +1,13 @@
 //! `graft dataset [PATH] [--project NAME]`: the repository walked as indexing walks it, the
 //! evaluation's held-out split obeyed, the served model's tokenizer and prompt format read
-//! from its GGUF file (no weights loaded), the project's index opened for retrieval-augmented
-//! samples and asked as the server asks it (`IndexRetriever`), then graft-data's curation,
-//! written or (with `--dry-run`) only summarised.
+//! from its GGUF file (no weights loaded), the project's index asked for retrieval-augmented
+//! samples as the server asks it (`IndexRetriever`: opened here, or through the graft serving
+//! it), then graft-data's curation, written or (with `--dry-run`) only summarised.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use graft_core::split::Split;
@@ -16,7 +16,7 @@ use graft_data::retrieved::{Retrieve, RetrieveError};
 use graft_data::{curate, output, Input, Progress, RetrievalSource};
 use graft_engine::fim::{ContextFile, FimInput};
 use graft_engine::{PromptFormat, Tokenizer};
-use graft_index::{Embedder, ProjectIndex, SearchHit, SearchMode, SearchOptions};
+use graft_index::{Embedder, IndexError, ProjectIndex, SearchHit, SearchMode, SearchOptions};
 use graft_server::prompt::{augment, completion};
 
 use crate::cli::DatasetArgs;
@@ -65,15 +65,35 @@ impl Bars {
 /// completion (`completion::cursor_search`, then `augment::completion` to fit the budget),
 /// each hit's lines cut from the curated file it names.
 struct IndexRetriever<'a> {
-    index: ProjectIndex,
-    embedder: Embedder,
+    searcher: Searcher,
     /// Hits asked for: twice the project's `top_k`, as some name files a sample may not see.
-    options: SearchOptions,
+    k: usize,
     /// The project's `top_k`: hits kept.
     top_k: usize,
     /// The project's `context_tokens`.
     budget: usize,
     tokenizer: &'a Tokenizer,
+}
+
+/// Where the index is searched.
+enum Searcher {
+    /// Opened here.
+    Local(Box<(ProjectIndex, Embedder, SearchOptions)>),
+    /// Through the graft that holds it open, which searches as it does for `/infill`.
+    Server(ServerSearch),
+}
+
+impl Searcher {
+    fn search(&self, input: &FimInput, k: usize) -> Result<Vec<SearchHit>, RetrieveError> {
+        match self {
+            Searcher::Local(local) => {
+                let (index, embedder, options) = &**local;
+                let search = completion::cursor_search(input);
+                Ok(index.search_for(&search.as_query(), Some(embedder), &SearchOptions { k, ..*options })?)
+            }
+            Searcher::Server(server) => server.search(input, k),
+        }
+    }
 }
 
 impl Retrieve for IndexRetriever<'_> {
@@ -82,9 +102,9 @@ impl Retrieve for IndexRetriever<'_> {
     }
 
     fn context(&self, input: &FimInput, budget: usize, visible: &BTreeMap<&str, &str>) -> Result<Vec<ContextFile>, RetrieveError> {
-        let search = completion::cursor_search(input);
-        let hits = self.index.search_for(&search.as_query(), Some(&self.embedder), &self.options)?;
-        let hits: Vec<SearchHit> = hits
+        let hits: Vec<SearchHit> = self
+            .searcher
+            .search(input, self.k)?
             .into_iter()
             .filter_map(|hit| {
                 let text = visible.get(hit.path.as_str())?;
@@ -103,22 +123,175 @@ impl Retrieve for IndexRetriever<'_> {
     }
 }
 
-/// The retriever for `project`'s samples, or why there is none.
+/// A running graft's `POST /v1/projects/<name>/search`, asked with a cursor (`prefix`,
+/// `suffix`, `path`); the admin key from GRAFT_API_KEY.
+struct ServerSearch {
+    agent: ureq::Agent,
+    /// The search endpoint's URL.
+    url: String,
+    key: Option<String>,
+}
+
+/// How long a search waits, in all, on a graft that answers "busy" (re-indexing).
+const BUSY_WAIT: Duration = Duration::from_secs(120);
+
+impl ServerSearch {
+    /// The graft at `base` serving `project`, checked to serve it with retrieval from an
+    /// index of `repository`; its `top_k` and `context_tokens`.
+    fn connect(base: &str, project: &str, repository: &Path) -> std::result::Result<(ServerSearch, usize, usize), String> {
+        let base = crate::eval::target::base_url(base).map_err(|e| e.to_string())?;
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(2))
+            .timeout_read(Duration::from_secs(300))
+            .build();
+        let key = std::env::var("GRAFT_API_KEY").ok().filter(|k| !k.is_empty());
+        // Asked before the index is opened here: whatever else listens there answers quickly.
+        let mut request = agent.get(&format!("{base}/v1/projects/{project}")).timeout(Duration::from_secs(10));
+        if let Some(key) = &key {
+            request = request.set("Authorization", &format!("Bearer {key}"));
+        }
+        let status: serde_json::Value = match request.call() {
+            Ok(response) => response
+                .into_string()
+                .map_err(|e| e.to_string())
+                .and_then(|body| serde_json::from_str(&body).map_err(|e| e.to_string()))
+                .map_err(|e| format!("the graft at {base} answered: {e}"))?,
+            Err(ureq::Error::Status(401 | 403, _)) => {
+                return Err(format!(
+                    "the graft at {base} wants an admin key to search `{project}`: set GRAFT_API_KEY"
+                ))
+            }
+            Err(ureq::Error::Status(code, response)) => {
+                return Err(format!("the graft at {base} answered {code}: {}", error_message(response)))
+            }
+            Err(e) => return Err(format!("no graft answers at {base} ({e})")),
+        };
+        if status["retrieval"] == false {
+            return Err(format!("the graft at {base} serves `{project}` without retrieval"));
+        }
+        let indexed = status["meta"]["repository"].as_str().map(PathBuf::from);
+        match indexed {
+            None => {
+                let why = status["error"].as_str().unwrap_or("it is not indexed yet");
+                return Err(format!("the graft at {base} has no usable index of `{project}`: {why}"));
+            }
+            Some(indexed) if std::fs::canonicalize(&indexed).ok() != std::fs::canonicalize(repository).ok() => {
+                return Err(format!(
+                    "the graft at {base} serves `{project}` from {}, not {}",
+                    indexed.display(),
+                    repository.display()
+                ))
+            }
+            Some(_) => {}
+        }
+        let setting = |name: &str| {
+            status[name]
+                .as_u64()
+                .map(|n| n as usize)
+                .ok_or_else(|| format!("the graft at {base} did not say `{project}`'s {name}"))
+        };
+        let (top_k, budget) = (setting("top_k")?, setting("context_tokens")?);
+        let url = format!("{base}/v1/projects/{project}/search");
+        Ok((ServerSearch { agent, url, key }, top_k, budget))
+    }
+
+    fn search(&self, input: &FimInput, k: usize) -> Result<Vec<SearchHit>, RetrieveError> {
+        let body = serde_json::json!({
+            "prefix": input.prefix,
+            "suffix": input.suffix,
+            "path": input.path,
+            "k": k,
+            "mode": "hybrid",
+        })
+        .to_string();
+        let started = Instant::now();
+        loop {
+            let mut request = self.agent.post(&self.url);
+            if let Some(key) = &self.key {
+                request = request.set("Authorization", &format!("Bearer {key}"));
+            }
+            match request.set("Content-Type", "application/json").send_string(&body) {
+                Ok(response) => {
+                    let answer: SearchAnswer = serde_json::from_str(&response.into_string()?)?;
+                    return Ok(answer.data);
+                }
+                // Re-indexing: asked again when it says, for a while.
+                Err(ureq::Error::Status(503, response)) if started.elapsed() < BUSY_WAIT => {
+                    let wait = response.header("Retry-After").and_then(|s| s.parse().ok()).unwrap_or(5);
+                    std::thread::sleep(Duration::from_secs(wait).min(BUSY_WAIT));
+                }
+                Err(ureq::Error::Status(code, response)) => {
+                    return Err(format!("{} answered {code}: {}", self.url, error_message(response)).into())
+                }
+                Err(e) => return Err(format!("{}: {e}", self.url).into()),
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SearchAnswer {
+    data: Vec<SearchHit>,
+}
+
+/// The message of an OpenAI-style error answer, else its body.
+fn error_message(response: ureq::Response) -> String {
+    let body = response.into_string().unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or(body)
+}
+
+/// The retriever for `project`'s samples, or why there is none. With `server` (a URL), the
+/// index is searched through the graft there; otherwise through the graft at the configured
+/// `server.listen` when it serves the project, else opened here.
 fn index_retriever<'a>(
     config: &Config,
     project: &str,
     repository: &Path,
+    server: Option<&str>,
+    quiet: bool,
     tokenizer: &'a Tokenizer,
 ) -> std::result::Result<IndexRetriever<'a>, String> {
     let settings = config
         .project(project)
         .cloned()
         .unwrap_or_else(|| ProjectConfig::new(project, repository));
+    let through = |url: &str| {
+        let (server, top_k, budget) = ServerSearch::connect(url, project, repository)?;
+        Ok(IndexRetriever {
+            searcher: Searcher::Server(server),
+            k: top_k * 2,
+            top_k,
+            budget,
+            tokenizer,
+        })
+    };
+    if let Some(url) = server {
+        return through(url);
+    }
     if !settings.retrieval {
         return Err(format!("project `{project}` is served without retrieval (retrieval = false)"));
     }
+    // A graft serving the project holds its index open, or will at its next search (opened
+    // here, it would serve without retrieval meanwhile): searched through it.
+    let url = crate::serve::local_url(config.server.listen);
+    let served = match through(&url) {
+        Ok(retriever) => {
+            if !quiet {
+                eprintln!("the index of `{project}` is searched through the graft serving it at {url}");
+            }
+            return Ok(retriever);
+        }
+        Err(why) => why,
+    };
     let layout = graft_wiring::layout(config, project);
-    let index = ProjectIndex::open_with(project, &layout, &graft_wiring::backend(config)).map_err(|e| e.to_string())?;
+    let index = match ProjectIndex::open_with(project, &layout, &graft_wiring::backend(config)) {
+        Ok(index) => index,
+        Err(in_use @ IndexError::InUse { .. }) => return Err(format!("{in_use}; searching through {url}: {served}")),
+        Err(e) => return Err(e.to_string()),
+    };
     let here = std::fs::canonicalize(repository).ok();
     let indexed = std::fs::canonicalize(&index.meta().repository).ok();
     if here != indexed {
@@ -130,9 +303,12 @@ fn index_retriever<'a>(
     }
     let embedder = crate::index::load_embedder(config).map_err(|e| format!("{e:#}"))?;
     Ok(IndexRetriever {
-        index,
-        embedder,
-        options: graft_wiring::search_options(config, SearchMode::Hybrid, settings.top_k * 2),
+        searcher: Searcher::Local(Box::new((
+            index,
+            embedder,
+            graft_wiring::search_options(config, SearchMode::Hybrid, settings.top_k * 2),
+        ))),
+        k: settings.top_k * 2,
         top_k: settings.top_k,
         budget: settings.context_tokens,
         tokenizer,
@@ -208,7 +384,7 @@ pub fn run(args: DatasetArgs) -> Result<()> {
     };
 
     let retriever = match config.dataset.retrieval_rate > 0.0 {
-        true => index_retriever(&config, &project, &path, &tokenizer),
+        true => index_retriever(&config, &project, &path, args.server.as_deref(), args.json, &tokenizer),
         false => Err("dataset.retrieval_rate is 0".to_owned()),
     };
     let retrieval = match &retriever {

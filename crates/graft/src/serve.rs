@@ -62,6 +62,19 @@ enum Indexing {
     InBackground,
 }
 
+/// The URL at which a client on this machine reaches a graft listening on `listen` (an
+/// unspecified address, 0.0.0.0 or ::, answers on loopback).
+pub fn local_url(listen: std::net::SocketAddr) -> String {
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{addr}")
+}
+
 fn load(args: &ServeArgs) -> Result<Config> {
     let mut config = models::load_config(&args.config.config)?;
     if let Some(listen) = args.listen {

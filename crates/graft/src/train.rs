@@ -589,7 +589,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let served = match &args.serve {
         Some(url) => {
             let url = if url.is_empty() {
-                format!("http://{}", config.server.listen)
+                crate::serve::local_url(config.server.listen)
             } else {
                 url.clone()
             };

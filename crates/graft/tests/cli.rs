@@ -1280,28 +1280,31 @@ fn dataset_lays_retrieved_code_before_the_file_as_a_completion_with_retrieval() 
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("polyglot");
     common::copy_tree(&repo_root().join("tests/fixtures/polyglot"), &repo);
-    let config = dir.path().join("graft.toml");
-    std::fs::write(
-        &config,
+    // `listen`: none for the CLI runs; a free port for the server, then the one it got.
+    let config_with = |listen: &str| {
         format!(
-            "[kit]\ndir = {:?}\n[index]\ndir = {:?}\n[dataset]\nmax_sample_tokens = 512\n",
+            "[kit]\ndir = {:?}\n[index]\ndir = {:?}\n[dataset]\nmax_sample_tokens = 512\n\
+             [server]\nlisten = \"{listen}\"\n[[projects]]\nname = \"polyglot\"\npath = {:?}\n",
             common::kit_dir().display().to_string(),
-            dir.path().join("index").display().to_string()
-        ),
-    )
-    .unwrap();
+            dir.path().join("index").display().to_string(),
+            repo.display().to_string(),
+        )
+    };
+    let config = dir.path().join("graft.toml");
+    std::fs::write(&config, config_with("127.0.0.1:0")).unwrap();
     let data = dir.path().join("data");
-    let dataset = |extra: &[&str]| {
+    let dataset_to = |data: &Path, config: &Path, extra: &[&str]| {
         graft()
             .args(["dataset", "--project", "polyglot", "--holdout-fraction", "0.3", "-o"])
-            .arg(&data)
+            .arg(data)
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .args(extra)
             .arg(&repo)
             .output()
             .unwrap()
     };
+    let dataset = |extra: &[&str]| dataset_to(&data, &config, extra);
     // No index yet: asked for, an error that says how to build one; by the config, a note.
     let refused = dataset(&["--retrieval-rate", "1"]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -1316,6 +1319,12 @@ fn dataset_lays_retrieved_code_before_the_file_as_a_completion_with_retrieval() 
     assert!(noted.status.success(), "{stderr}");
     assert!(stderr.contains("no retrieval-augmented samples"), "{stderr}");
     assert!(String::from_utf8_lossy(&noted.stdout).contains("retrieval:  none: "));
+    let nobody = dataset(&["--retrieval-rate", "1", "--server", "http://127.0.0.1:9"]);
+    let stderr = String::from_utf8_lossy(&nobody.stderr);
+    assert!(
+        !nobody.status.success() && stderr.contains("no graft answers at http://127.0.0.1:9"),
+        "{stderr}"
+    );
 
     let index = graft()
         .args(["index", "--project", "polyglot", "--json", "--config"])
@@ -1387,6 +1396,32 @@ fn dataset_lays_retrieved_code_before_the_file_as_a_completion_with_retrieval() 
         let text = std::fs::read_to_string(data.join("train").join(name)).unwrap();
         assert!(!text.contains("\"kind\":\"retrieved\""), "{name}");
     }
+
+    // While `graft up` serves the project, its index is open there (or will be at its next
+    // search): the dataset searches it through that server (found at the configured address)
+    // and gets the same samples.
+    let serving = common::graft_up(&config);
+    let said = Said::new(serving.lines);
+    assert!(said
+        .wait_for("project `polyglot` indexed", Duration::from_secs(300), "failed")
+        .is_some());
+    let client = dir.path().join("client.toml");
+    std::fs::write(&client, config_with(&serving.addr)).unwrap();
+    let through = dir.path().join("through");
+    let out = dataset_to(&through, &client, &["--retrieval-rate", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("searched through the graft serving it at http://{}", serving.addr)),
+        "{stderr}"
+    );
+    for part in ["train", "validation"] {
+        let read = |dir: &Path| std::fs::read_to_string(dir.join(part).join("prompt-completion.jsonl")).unwrap();
+        let (here, there) = (read(&data), read(&through));
+        let differ = here.lines().zip(there.lines()).find(|(a, b)| a != b);
+        assert!(here == there, "{part}: the first record that differs: {differ:#?}");
+    }
+    drop(serving.process);
 }
 
 /// The files of a repository, relative, with `/`.

@@ -1,13 +1,15 @@
 //! Project administration (admin key): `GET /v1/projects` (every project and its index),
 //! `GET /v1/projects/{name}` (one), `POST /v1/projects/{name}/reindex` (incremental
 //! re-index from the repository, answered with the run's report) and
-//! `POST /v1/projects/{name}/search` (`query`, optional `k` and `mode`: the hits as
+//! `POST /v1/projects/{name}/search` (`query`, or a cursor's `prefix` with optional `suffix`
+//! and `path` for the search a completion there makes; optional `k` and `mode`: the hits as
 //! `graft search --json` prints them).
 
 use crate::path::Path;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json as AxumJson;
+use graft_engine::fim::FimInput;
 use graft_index::IndexError;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -16,6 +18,7 @@ use crate::caller::Admin;
 use crate::error::ApiError;
 use crate::json::Json;
 use crate::projects::{Project, ReindexError, Search};
+use crate::prompt::completion;
 use crate::state::AppState;
 
 fn project(state: &AppState, name: &str) -> Result<std::sync::Arc<Project>, ApiError> {
@@ -62,9 +65,43 @@ pub async fn reindex(State(state): State<AppState>, _admin: Admin, Path(name): P
 
 #[derive(Debug, Deserialize)]
 pub struct SearchRequest {
-    pub query: String,
+    /// The text searched for; or, instead, a cursor:
+    pub query: Option<String>,
+    /// the file up to the cursor,
+    pub prefix: Option<String>,
+    /// the file after it,
+    pub suffix: Option<String>,
+    /// and the file's path relative to the repository (its chunks are left out), searched
+    /// for as a completion there is (`graft dataset` asks so through a running graft).
+    pub path: Option<String>,
     pub k: Option<usize>,
     pub mode: Option<String>,
+}
+
+impl SearchRequest {
+    /// The search asked for: a query's text, or a completion's at a cursor.
+    fn search(self) -> Result<Search, ApiError> {
+        match (self.query, self.prefix) {
+            (Some(query), None) => {
+                if self.suffix.is_some() || self.path.is_some() {
+                    let field = if self.suffix.is_some() { "suffix" } else { "path" };
+                    return Err(ApiError::invalid_param(field, format!("`{field}` goes with `prefix`, not `query`")));
+                }
+                Ok(Search::text(query))
+            }
+            (None, Some(prefix)) => Ok(completion::cursor_search(&FimInput {
+                prefix,
+                suffix: self.suffix,
+                path: self.path,
+                ..FimInput::default()
+            })),
+            (Some(_), Some(_)) => Err(ApiError::invalid_param("prefix", "give `query` or `prefix`, not both")),
+            (None, None) => Err(ApiError::invalid_param(
+                "query",
+                "`query` (text to search for) or `prefix` (code before a cursor) is required",
+            )),
+        }
+    }
 }
 
 pub async fn search(
@@ -82,9 +119,10 @@ pub async fn search(
     if !(1..=100).contains(&k) {
         return Err(ApiError::invalid_param("k", format!("k must be between 1 and 100, got {k}")));
     }
+    let search = request.search()?;
     let hits = state
         .projects()
-        .search(&project, Search::text(request.query), k, mode)
+        .search(&project, search, k, mode)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("Searching `{name}` failed: {e}")))?
         .ok_or_else(|| {
@@ -94,4 +132,47 @@ pub async fn search(
             )
         })?;
     Ok(AxumJson(json!({ "object": "list", "data": hits })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: Value) -> SearchRequest {
+        serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn a_query_is_searched_as_text_and_a_prefix_as_a_completion_there() {
+        let text = request(json!({"query": "parse config"})).search().unwrap();
+        assert_eq!(text.text, "parse config");
+        assert!(matches!(text.look_up, crate::projects::LookUp::Nothing) && text.current_path.is_none());
+
+        let cursor = request(json!({"prefix": "def load(path):\n    cfg = parse_", "suffix": "\n", "path": "app/io.py"}))
+            .search()
+            .unwrap();
+        let expected = completion::cursor_search(&FimInput {
+            prefix: "def load(path):\n    cfg = parse_".into(),
+            suffix: Some("\n".into()),
+            path: Some("app/io.py".into()),
+            ..FimInput::default()
+        });
+        assert_eq!(format!("{cursor:?}"), format!("{expected:?}"));
+        assert!(matches!(cursor.look_up, crate::projects::LookUp::Cursor { .. }));
+        assert_eq!(cursor.current_path.as_deref(), Some("app/io.py"));
+    }
+
+    #[test]
+    fn a_search_needs_one_of_query_and_prefix() {
+        let refused = |body: Value| {
+            let e = request(body).search().unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            (e.param, e.message)
+        };
+        assert_eq!(refused(json!({})).0, Some("query"));
+        assert_eq!(refused(json!({"query": "a", "prefix": "b"})).0, Some("prefix"));
+        let (param, message) = refused(json!({"query": "a", "path": "x.py"}));
+        assert_eq!(param, Some("path"));
+        assert!(message.contains("goes with `prefix`"), "{message}");
+    }
 }
