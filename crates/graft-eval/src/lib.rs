@@ -14,7 +14,8 @@
 //!   without retrieval, on the base or the adapter); [`controls`]: the oracle and random
 //!   contexts; [`judge`]: questions judged pairwise by a model in both orders; [`report`]:
 //!   the outcomes scored, summarised per arm and compared; [`choice`]: which arm the
-//!   comparisons say to serve; [`html`]: the report as a page.
+//!   comparisons say to serve; [`html`]: the report as a page; [`compare`]: two saved
+//!   reports of one golden set, arm by arm.
 //! - [`retrieval`]: retrieval alone, without a model: cross-file queries from a repository's
 //!   definitions and uses, recall@1/@5 and MRR of the file that defines the symbol.
 //!
@@ -25,6 +26,7 @@
 pub mod arms;
 pub mod build;
 pub mod choice;
+pub mod compare;
 pub mod controls;
 pub mod golden;
 pub mod html;

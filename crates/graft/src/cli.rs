@@ -206,8 +206,30 @@ pub enum EvalCommand {
     /// through graft's own API, judge its questions pairwise, compare the arms with paired
     /// bootstrap intervals, and say which to serve.
     Run(Box<EvalRunArgs>),
+    /// Compare two runs of one golden set arm by arm (a retrained adapter against the one
+    /// before, one retrieval setting against another): each measure paired over the tasks both
+    /// scored, new − old with its 95% bootstrap interval, cross-file tasks alone too.
+    Compare(EvalCompareArgs),
     /// Print the judge's default rubric (copy it, edit it, pass it with --rubric).
     Rubric,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalCompareArgs {
+    /// The newer run: its report.json (or `graft eval run --json`'s output), or the folder
+    /// `graft eval run --report DIR` wrote it to.
+    pub new: PathBuf,
+    /// The run to compare it with.
+    pub old: PathBuf,
+    /// Compare only these arms (comma-separated; default: every arm both ran).
+    #[arg(long, value_delimiter = ',')]
+    pub arms: Vec<String>,
+    /// The seed of the bootstrap.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the comparison as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -63,6 +63,7 @@ fn main() -> ExitCode {
         Command::Dataset(args) => dataset::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(EvalCommand::Run(args)) => eval::run::run_golden_set(*args),
+        Command::Eval(EvalCommand::Compare(args)) => eval::compare::run(args),
         Command::Eval(EvalCommand::Rubric) => {
             print!("{}", graft_eval::judge::DEFAULT_RUBRIC);
             Ok(())

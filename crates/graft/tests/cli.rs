@@ -684,6 +684,45 @@ fn eval_run_scores_base_and_rag_and_never_retrieves_a_held_out_file() {
         assert_eq!(scored(one), scored(other));
     }
     assert!(again["about"]["concurrency"].as_str().unwrap().starts_with("3 tasks at a time"));
+
+    // `graft eval compare`: the two runs arm by arm, paired over their tasks: the same answers,
+    // so no difference; what changed between the runs is said; another golden set is refused.
+    let again_file = dir.path().join("again.json");
+    std::fs::write(&again_file, &at_once.stdout).unwrap();
+    let compare =
+        |new: &Path, old: &Path, extra: &[&str]| graft().args(["eval", "compare"]).args(extra).arg(new).arg(old).output().unwrap();
+    let compared = compare(&again_file, &report_dir, &["--json"]);
+    assert!(compared.status.success(), "{}", String::from_utf8_lossy(&compared.stderr));
+    let c: serde_json::Value = serde_json::from_slice(&compared.stdout).unwrap();
+    let arms: Vec<&str> = c["arms"].as_array().unwrap().iter().map(|a| a["arm"].as_str().unwrap()).collect();
+    assert_eq!(arms, ["base", "rag", "oracle", "random"]);
+    for arm in c["arms"].as_array().unwrap() {
+        assert_eq!(arm["tasks"], 3, "{arm}");
+        let metrics = arm["metrics"].as_object().unwrap();
+        assert!(metrics.contains_key("reference_logprob"), "{arm}");
+        for (measure, i) in metrics {
+            assert_eq!(i["difference"].as_f64(), Some(0.0), "{measure}: {i}");
+            assert_eq!(i["verdict"], "no clear difference", "{measure}: {i}");
+        }
+    }
+    assert_eq!(
+        c["differs"],
+        serde_json::json!([{"name": "concurrency", "new": again["about"]["concurrency"], "old": report["about"]["concurrency"]}])
+    );
+    assert_eq!(c["notes"], serde_json::json!([]), "both runs name their golden set's digest");
+    let table = compare(&again_file, &report_dir.join("report.json"), &["--arms", "rag"]);
+    let stdout = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        stdout.contains("rag: new − old over 3 tasks") && !stdout.contains("base:"),
+        "{stdout}"
+    );
+    let mut other = report.clone();
+    other["about"]["golden set digest"] = "0123456789abcdef".into();
+    let other_file = dir.path().join("other.json");
+    std::fs::write(&other_file, other.to_string()).unwrap();
+    let refused = compare(&again_file, &other_file, &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("different golden sets"), "{stderr}");
     let refused = graft().args(["eval", "run", "--concurrency", "0"]).arg(&golden).output().unwrap();
     assert!(!refused.status.success());
 }

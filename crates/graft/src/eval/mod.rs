@@ -1,8 +1,10 @@
-//! `graft eval build` (a golden set from a repository, here) and `graft eval run` ([`run`]:
-//! its tasks in each arm, through a graft server started here over the repository indexed
-//! without its held-out files, or through another server, [`target`]). graft-eval does the
-//! work; these modules read the flags, send the requests, and report.
+//! `graft eval build` (a golden set from a repository, here), `graft eval run` ([`run`]: its
+//! tasks in each arm, through a graft server started here over the repository indexed without
+//! its held-out files, or through another server, [`target`]) and `graft eval compare`
+//! ([`compare`]: two saved runs). graft-eval does the work; these modules read the flags,
+//! send the requests, and report.
 
+pub mod compare;
 pub mod run;
 pub mod target;
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use futures::stream::{self, StreamExt};
 use graft_eval::arms::{chat_request, completions_request, infill_request, one_line, tabby_request, Arm, RequestOptions};
+use graft_eval::compare::{golden_digest, GOLDEN_DIGEST};
 use graft_eval::controls;
 use graft_eval::judge::{judge_pair, Judged, Rubric};
 use graft_eval::metrics::first_line;
@@ -610,6 +611,9 @@ fn about(
     questions: &[&Task],
 ) {
     about.insert("golden set", golden.display().to_string());
+    if let Ok(text) = std::fs::read_to_string(golden) {
+        about.insert(GOLDEN_DIGEST, golden_digest(&text));
+    }
     about.insert(
         "tasks",
         format!(
