@@ -96,6 +96,16 @@ impl Searcher {
     }
 }
 
+impl IndexRetriever<'_> {
+    /// The base URL of the graft searched through, if one is.
+    fn through(&self) -> Option<&str> {
+        match &self.searcher {
+            Searcher::Local(_) => None,
+            Searcher::Server(server) => Some(&server.base),
+        }
+    }
+}
+
 impl Retrieve for IndexRetriever<'_> {
     fn budget(&self) -> usize {
         self.budget
@@ -127,6 +137,8 @@ impl Retrieve for IndexRetriever<'_> {
 /// `suffix`, `path`); the admin key from GRAFT_API_KEY.
 struct ServerSearch {
     agent: ureq::Agent,
+    /// The graft's base URL.
+    base: String,
     /// The search endpoint's URL.
     url: String,
     key: Option<String>,
@@ -192,7 +204,7 @@ impl ServerSearch {
         };
         let (top_k, budget) = (setting("top_k")?, setting("context_tokens")?);
         let url = format!("{base}/v1/projects/{project}/search");
-        Ok((ServerSearch { agent, url, key }, top_k, budget))
+        Ok((ServerSearch { agent, base, url, key }, top_k, budget))
     }
 
     fn search(&self, input: &FimInput, k: usize) -> Result<Vec<SearchHit>, RetrieveError> {
@@ -444,6 +456,7 @@ pub fn run(args: DatasetArgs) -> Result<()> {
                 "secrets": m.secrets,
                 "history": m.history,
                 "retrieval": m.retrieval,
+                "retrieved_through": retriever.as_ref().ok().and_then(IndexRetriever::through),
                 "samples": m.samples,
                 "gold": m.gold,
                 "seconds": seconds,

@@ -1377,6 +1377,7 @@ fn dataset_lays_retrieved_code_before_the_file_as_a_completion_with_retrieval() 
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let retrieval = &summary["retrieval"];
     assert!(retrieval["samples"].as_u64().unwrap() > 0, "{summary}");
+    assert!(summary["retrieved_through"].is_null(), "no graft serves it: opened here");
     assert_eq!(
         retrieval["samples"].as_u64(),
         ["train", "validation"]
@@ -1460,6 +1461,13 @@ fn dataset_lays_retrieved_code_before_the_file_as_a_completion_with_retrieval() 
         let differ = here.lines().zip(there.lines()).find(|(a, b)| a != b);
         assert!(here == there, "{part}: the first record that differs: {differ:#?}");
     }
+    // Named with --server, whatever the config says.
+    let url = format!("http://{}", serving.addr);
+    let named = dataset(&["--retrieval-rate", "1", "--dry-run", "--json", "--server", &url]);
+    assert!(named.status.success(), "{}", String::from_utf8_lossy(&named.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&named.stdout).unwrap();
+    assert_eq!(summary["retrieved_through"], url.as_str());
+    assert!(summary["retrieval"]["samples"].as_u64().unwrap() > 0, "{summary}");
     drop(serving.process);
 }
 
