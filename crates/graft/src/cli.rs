@@ -366,8 +366,28 @@ pub struct EvalBuildArgs {
 #[derive(Debug, Args)]
 pub struct ConfigArg {
     /// The config file.
-    #[arg(long, short = 'c', value_name = "FILE", default_value = "config/graft.toml", env = "GRAFT_CONFIG")]
+    #[arg(long, short = 'c', value_name = "FILE", default_value = DEFAULT_CONFIG, env = "GRAFT_CONFIG")]
     pub config: PathBuf,
+}
+
+/// The config file a command reads when none is named.
+pub const DEFAULT_CONFIG: &str = "config/graft.toml";
+
+impl ConfigArg {
+    /// ` --config FILE` for a command this run suggests, so that it reads the same config;
+    /// empty when that one would anyway (the default, or `GRAFT_CONFIG`'s).
+    pub fn flag(&self) -> String {
+        let from_env = std::env::var_os("GRAFT_CONFIG").is_some_and(|v| std::path::Path::new(&v) == self.config);
+        if self.config == std::path::Path::new(DEFAULT_CONFIG) || from_env {
+            return String::new();
+        }
+        let path = self.config.to_string_lossy();
+        let plain = path.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@%=,".contains(c));
+        match plain {
+            true => format!(" --config {path}"),
+            false => format!(" --config '{}'", path.replace('\'', "'\\''")),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -644,4 +664,23 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flag(path: &str) -> String {
+        ConfigArg { config: path.into() }.flag()
+    }
+
+    #[test]
+    fn a_suggested_command_names_the_config_unless_it_is_the_default() {
+        if std::env::var_os("GRAFT_CONFIG").is_some() {
+            return; // the check below assumes the default is the default
+        }
+        assert_eq!(flag(DEFAULT_CONFIG), "");
+        assert_eq!(flag("/tmp/e2e/graft.toml"), " --config /tmp/e2e/graft.toml");
+        assert_eq!(flag("my configs/it's.toml"), r#" --config 'my configs/it'\''s.toml'"#);
+    }
 }

@@ -306,19 +306,19 @@ fn resolved(path: &Path) -> PathBuf {
 /// The loop's next step for an adapter of the store: the `eval run` that compares it with the
 /// base and retrieval on the project's held-out code (after the `eval build` that makes the
 /// golden set, when there is none yet).
-fn judge_command(project: &str, adapter: &str) -> String {
+fn judge_command(project: &str, adapter: &str, config: &str) -> String {
     let flag = if adapter == format!("{project}-lora") {
         String::new()
     } else {
         format!(" --adapter {adapter}")
     };
     let run = format!(
-        "`graft eval run --project {project}{flag}` (the base, retrieval, the adapter and both on held-out code; it says which to serve)"
+        "`graft eval run --project {project}{flag}{config}` (the base, retrieval, the adapter and both on held-out code; it says which to serve)"
     );
     if crate::eval::default_golden_set(project).is_file() {
         run
     } else {
-        format!("`graft eval build --project {project}` (no golden set yet), then {run}")
+        format!("`graft eval build --project {project}{config}` (no golden set yet), then {run}")
     }
 }
 
@@ -642,15 +642,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     println!("  report:     {} and train_report.html", out.join("train_report.json").display());
     if !finished {
         println!(
-            "  checkpoint: {} (continue with `graft train --project {} --resume`{})",
+            "  checkpoint: {} (continue with `graft train --project {} --resume`{}{})",
             checkpoints_at.display(),
             project,
-            args.out.as_ref().map_or(String::new(), |o| format!(" --out {}", o.display()))
+            args.out.as_ref().map_or(String::new(), |o| format!(" --out {}", o.display())),
+            args.config.flag()
         );
     }
     let placement = Placement::of(&out, &config.adapters);
     if placement.in_store && placement.valid_name {
-        println!("  judge it:   {}", judge_command(&project, &name));
+        println!("  judge it:   {}", judge_command(&project, &name, &args.config.flag()));
     }
     match served {
         Some(answer) => println!("  served:     {}", answer.trim()),
@@ -678,7 +679,7 @@ mod tests {
     #[test]
     fn the_summary_names_the_evaluation_that_judges_the_adapter() {
         // No golden set for this project (eval/ holds none here): build one first.
-        let first = judge_command("no-such-project", "no-such-project-lora");
+        let first = judge_command("no-such-project", "no-such-project-lora", "");
         assert!(
             first.starts_with(
                 "`graft eval build --project no-such-project` (no golden set yet), then `graft eval run --project no-such-project` ("
@@ -686,7 +687,9 @@ mod tests {
             "{first}"
         );
         // An adapter under another name than train's default is named.
-        assert!(judge_command("no-such-project", "tuned").contains("`graft eval run --project no-such-project --adapter tuned`"));
+        assert!(judge_command("no-such-project", "tuned", "").contains("`graft eval run --project no-such-project --adapter tuned`"));
+        assert!(judge_command("no-such-project", "tuned", " --config my.toml")
+            .contains("`graft eval run --project no-such-project --adapter tuned --config my.toml`"));
     }
 
     #[test]

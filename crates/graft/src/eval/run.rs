@@ -75,8 +75,9 @@ pub fn run_golden_set(mut args: EvalRunArgs) -> Result<()> {
             let file = super::default_golden_set(&project);
             if !file.is_file() {
                 bail!(
-                    "no golden set at {}: make one with `graft eval build --project {project}`, or give its file",
-                    file.display()
+                    "no golden set at {}: make one with `graft eval build --project {project}{}`, or give its file",
+                    file.display(),
+                    args.config.flag()
                 );
             }
             (file, Some(project))
