@@ -21,7 +21,7 @@ use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{self, Catalog};
@@ -63,7 +63,7 @@ pub struct Quiet;
 impl IndexProgress for Quiet {}
 
 /// What a run did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct IndexReport {
     /// Files the walk looked at (kept and skipped).
     pub files_seen: usize,
@@ -99,7 +99,7 @@ pub struct IndexReport {
 }
 
 /// Where a run's time went, in seconds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PhaseSeconds {
     /// Walking the tree and reading files.
     pub walk: f64,

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use graft_core::split::Split;
@@ -20,6 +20,7 @@ use graft_index::{Embedder, IndexError, ProjectIndex, SearchHit, SearchMode, Sea
 use graft_server::prompt::{augment, completion};
 
 use crate::cli::DatasetArgs;
+use crate::remote::Served;
 use crate::{models, progress};
 
 /// One bar per stage of the curation, and when each stage began.
@@ -101,7 +102,7 @@ impl IndexRetriever<'_> {
     fn through(&self) -> Option<&str> {
         match &self.searcher {
             Searcher::Local(_) => None,
-            Searcher::Server(server) => Some(&server.base),
+            Searcher::Server(server) => Some(&server.0.base),
         }
     }
 }
@@ -134,55 +135,19 @@ impl Retrieve for IndexRetriever<'_> {
 }
 
 /// A running graft's `POST /v1/projects/<name>/search`, asked with a cursor (`prefix`,
-/// `suffix`, `path`); the admin key from GRAFT_API_KEY.
-struct ServerSearch {
-    agent: ureq::Agent,
-    /// The graft's base URL.
-    base: String,
-    /// The search endpoint's URL.
-    url: String,
-    key: Option<String>,
-}
-
-/// How long a search waits, in all, on a graft that answers "busy" (re-indexing).
-const BUSY_WAIT: Duration = Duration::from_secs(120);
+/// `suffix`, `path`), as `/infill` searches.
+struct ServerSearch(Served);
 
 impl ServerSearch {
     /// The graft at `base` serving `project`, checked to serve it with retrieval from an
     /// index of `repository`; its `top_k` and `context_tokens`.
     fn connect(base: &str, project: &str, repository: &Path) -> std::result::Result<(ServerSearch, usize, usize), String> {
-        let base = crate::eval::target::base_url(base).map_err(|e| e.to_string())?;
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(2))
-            .timeout_read(Duration::from_secs(300))
-            .build();
-        let key = std::env::var("GRAFT_API_KEY").ok().filter(|k| !k.is_empty());
-        // Asked before the index is opened here: whatever else listens there answers quickly.
-        let mut request = agent.get(&format!("{base}/v1/projects/{project}")).timeout(Duration::from_secs(10));
-        if let Some(key) = &key {
-            request = request.set("Authorization", &format!("Bearer {key}"));
-        }
-        let status: serde_json::Value = match request.call() {
-            Ok(response) => response
-                .into_string()
-                .map_err(|e| e.to_string())
-                .and_then(|body| serde_json::from_str(&body).map_err(|e| e.to_string()))
-                .map_err(|e| format!("the graft at {base} answered: {e}"))?,
-            Err(ureq::Error::Status(401 | 403, _)) => {
-                return Err(format!(
-                    "the graft at {base} wants an admin key to search `{project}`: set GRAFT_API_KEY"
-                ))
-            }
-            Err(ureq::Error::Status(code, response)) => {
-                return Err(format!("the graft at {base} answered {code}: {}", error_message(response)))
-            }
-            Err(e) => return Err(format!("no graft answers at {base} ({e})")),
-        };
+        let served = Served::connect(base, project)?;
+        let (base, status) = (&served.base, &served.status);
         if status["retrieval"] == false {
             return Err(format!("the graft at {base} serves `{project}` without retrieval"));
         }
-        let indexed = status["meta"]["repository"].as_str().map(PathBuf::from);
-        match indexed {
+        match status["meta"]["repository"].as_str().map(PathBuf::from) {
             None => {
                 let why = status["error"].as_str().unwrap_or("it is not indexed yet");
                 return Err(format!("the graft at {base} has no usable index of `{project}`: {why}"));
@@ -203,8 +168,7 @@ impl ServerSearch {
                 .ok_or_else(|| format!("the graft at {base} did not say `{project}`'s {name}"))
         };
         let (top_k, budget) = (setting("top_k")?, setting("context_tokens")?);
-        let url = format!("{base}/v1/projects/{project}/search");
-        Ok((ServerSearch { agent, base, url, key }, top_k, budget))
+        Ok((ServerSearch(served), top_k, budget))
     }
 
     fn search(&self, input: &FimInput, k: usize) -> Result<Vec<SearchHit>, RetrieveError> {
@@ -214,45 +178,9 @@ impl ServerSearch {
             "path": input.path,
             "k": k,
             "mode": "hybrid",
-        })
-        .to_string();
-        let started = Instant::now();
-        loop {
-            let mut request = self.agent.post(&self.url);
-            if let Some(key) = &self.key {
-                request = request.set("Authorization", &format!("Bearer {key}"));
-            }
-            match request.set("Content-Type", "application/json").send_string(&body) {
-                Ok(response) => {
-                    let answer: SearchAnswer = serde_json::from_str(&response.into_string()?)?;
-                    return Ok(answer.data);
-                }
-                // Re-indexing: asked again when it says, for a while.
-                Err(ureq::Error::Status(503, response)) if started.elapsed() < BUSY_WAIT => {
-                    let wait = response.header("Retry-After").and_then(|s| s.parse().ok()).unwrap_or(5);
-                    std::thread::sleep(Duration::from_secs(wait).min(BUSY_WAIT));
-                }
-                Err(ureq::Error::Status(code, response)) => {
-                    return Err(format!("{} answered {code}: {}", self.url, error_message(response)).into())
-                }
-                Err(e) => return Err(format!("{}: {e}", self.url).into()),
-            }
-        }
+        });
+        Ok(self.0.search(&body)?)
     }
-}
-
-#[derive(serde::Deserialize)]
-struct SearchAnswer {
-    data: Vec<SearchHit>,
-}
-
-/// The message of an OpenAI-style error answer, else its body.
-fn error_message(response: ureq::Response) -> String {
-    let body = response.into_string().unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .unwrap_or(body)
 }
 
 /// The retriever for `project`'s samples, or why there is none. With `server` (a URL), the

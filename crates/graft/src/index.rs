@@ -1,14 +1,34 @@
-//! `graft index` and `graft search` (their settings come from `graft_wiring`).
+//! `graft index` and `graft search` (their settings come from `graft_wiring`). When a graft at
+//! the configured `server.listen` serves the project (and so holds its index open, or will at
+//! its next search), both go through it ([`crate::remote`]): its re-index, its search.
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use graft_core::Config;
-use graft_index::{index_repository, Embedder, IndexProgress, IndexReport, Names, ProjectIndex, Query, SearchMode};
+use graft_index::{index_repository, Embedder, IndexError, IndexProgress, IndexReport, Names, ProjectIndex, Query, SearchHit, SearchMode};
 use graft_kit::Kit;
 
 use crate::cli::{IndexArgs, SearchArgs};
+use crate::remote::Served;
 use crate::{models, progress};
+
+/// The graft at the configured `server.listen`, if it serves `project`; else why not.
+fn serving(config: &Config, project: &str) -> std::result::Result<Served, String> {
+    Served::connect(&crate::serve::local_url(config.server.listen), project)
+}
+
+/// `e`, and when it says the index is open in another process, why the graft at
+/// `server.listen` was not asked instead (`why_not`).
+fn with_why_not(e: anyhow::Error, config: &Config, why_not: &str) -> anyhow::Error {
+    match e.downcast_ref::<IndexError>() {
+        Some(IndexError::InUse { .. }) => anyhow::anyhow!(
+            "{e:#}; asking the graft at {} instead: {why_not}",
+            crate::serve::local_url(config.server.listen)
+        ),
+        _ => e,
+    }
+}
 
 /// Loads the embedding model the config names.
 pub fn load_embedder(config: &Config) -> Result<Embedder> {
@@ -20,10 +40,16 @@ pub fn load_embedder(config: &Config) -> Result<Embedder> {
 pub fn index(args: IndexArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     let (project, path) = crate::project::with_path(&config, args.path.as_deref(), args.project.as_deref(), "index")?;
-    let kit = Kit::new(&config.kit.dir);
-    models::ensure(&kit, &graft_wiring::index_artifacts(&config)?, args.json)?;
-    let embedder = load_embedder(&config)?;
-    let report = run_index(&config, &project, &path, &embedder, args.json)?;
+    let (report, through) = match serving(&config, &project) {
+        Ok(served) => (reindex_through(&served, &project, &path, args.json)?, Some(served.base)),
+        Err(why_not) => {
+            let kit = Kit::new(&config.kit.dir);
+            models::ensure(&kit, &graft_wiring::index_artifacts(&config)?, args.json)?;
+            let embedder = load_embedder(&config)?;
+            let report = run_index(&config, &project, &path, &embedder, args.json).map_err(|e| with_why_not(e, &config, &why_not))?;
+            (report, None)
+        }
+    };
     if args.json {
         let value = serde_json::json!({
             "project": project,
@@ -31,12 +57,34 @@ pub fn index(args: IndexArgs) -> Result<()> {
             "index": graft_wiring::layout(&config, &project).root,
             "report": report,
             "elapsed_seconds": report.elapsed.as_secs_f64(),
+            "through": through,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print_summary(&project, &path, &report);
     }
     Ok(())
+}
+
+/// The re-index of `project` by the graft that serves it (from `path`, checked).
+fn reindex_through(served: &Served, project: &str, path: &Path, quiet: bool) -> Result<IndexReport> {
+    let theirs = served.status["repository"].as_str().map(Path::new);
+    if theirs.and_then(|p| p.canonicalize().ok()) != path.canonicalize().ok() {
+        bail!(
+            "`{project}` is served by the graft at {}, which indexes it from {}, not {}",
+            served.base,
+            theirs.map_or("an unknown repository".into(), |p| p.display().to_string()),
+            path.display()
+        );
+    }
+    if !quiet {
+        eprintln!("`{project}` is served by the graft at {}: re-indexed there", served.base);
+    }
+    let answer = served.reindex().map_err(anyhow::Error::msg)?;
+    let mut report: IndexReport =
+        serde_json::from_value(answer["report"].clone()).context("reading the re-index's report from the running graft")?;
+    report.elapsed = std::time::Duration::from_secs_f64(answer["elapsed_seconds"].as_f64().unwrap_or(0.0).max(0.0));
+    Ok(report)
 }
 
 /// Indexes one project with a progress bar (unless `quiet`).
@@ -88,22 +136,26 @@ pub fn search(args: SearchArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     let mode: SearchMode = args.mode.parse().map_err(anyhow::Error::msg)?;
     let project = crate::project::name(&config, args.project.as_deref(), "search")?;
-    let index = ProjectIndex::open_with(&project, &graft_wiring::layout(&config, &project), &graft_wiring::backend(&config))?;
-    // Keyword search reads only the keyword index: no embedding model to load.
-    let embedder = match mode {
-        SearchMode::Keyword => None,
-        _ => Some(load_embedder(&config)?),
+    let k = args.k.map_or(config.index.top_k, usize::from);
+    let hits = match serving(&config, &project) {
+        Ok(served) => {
+            if !args.json {
+                eprintln!("`{project}` is served by the graft at {}: searched there", served.base);
+            }
+            // `--code`: the query is code before a cursor, as a completion's search.
+            let body = match args.code {
+                true => serde_json::json!({"prefix": args.query, "path": args.path, "k": k, "mode": args.mode}),
+                false => serde_json::json!({"query": args.query, "k": k, "mode": args.mode}),
+            };
+            served.search(&body).map_err(anyhow::Error::msg)?
+        }
+        Err(why_not) => {
+            let layout = graft_wiring::layout(&config, &project);
+            let index = ProjectIndex::open_with(&project, &layout, &graft_wiring::backend(&config))
+                .map_err(|e| with_why_not(e.into(), &config, &why_not))?;
+            search_here(&config, &index, &args, mode, k)?
+        }
     };
-    let options = graft_wiring::search_options(&config, mode, args.k.map_or(config.index.top_k, usize::from));
-    let query = Query {
-        text: &args.query,
-        names: args.code.then_some(Names::Code {
-            before: &args.query,
-            after: "",
-        }),
-        current_path: args.path.as_deref(),
-    };
-    let hits = index.search_for(&query, embedder.as_ref(), &options)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&hits)?);
         return Ok(());
@@ -124,6 +176,25 @@ pub fn search(args: SearchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `args`' search of the index opened here.
+fn search_here(config: &Config, index: &ProjectIndex, args: &SearchArgs, mode: SearchMode, k: usize) -> Result<Vec<SearchHit>> {
+    // Keyword search reads only the keyword index: no embedding model to load.
+    let embedder = match mode {
+        SearchMode::Keyword => None,
+        _ => Some(load_embedder(config)?),
+    };
+    let options = graft_wiring::search_options(config, mode, k);
+    let query = Query {
+        text: &args.query,
+        names: args.code.then_some(Names::Code {
+            before: &args.query,
+            after: "",
+        }),
+        current_path: args.path.as_deref(),
+    };
+    Ok(index.search_for(&query, embedder.as_ref(), &options)?)
 }
 
 /// Progress over the chunks being embedded (a bar, or lines in a log: [`progress::Steps`]).

@@ -6,10 +6,11 @@
 //! - [`models`]: `graft models fetch | list`.
 //! - [`adapters`]: `graft adapters list | merge`.
 //! - [`bench`]: `graft bench index`, `graft bench engine` and `graft bench load`.
-//! - [`eval`]: `graft eval build` and `graft eval run`.
+//! - [`eval`]: `graft eval build`, `graft eval run` and `graft eval compare`.
 //! - [`dataset`]: `graft dataset` (and `graft bench dataset`, the same without writing).
 //! - [`train`]: `graft train`.
 //! - [`project`]: which project a command means when none is named.
+//! - [`remote`]: a graft already serving a project, asked for its index's searches and runs.
 //! - [`progress`]: progress bars.
 
 mod adapters;
@@ -21,6 +22,7 @@ mod index;
 mod models;
 mod progress;
 mod project;
+mod remote;
 mod serve;
 mod train;
 

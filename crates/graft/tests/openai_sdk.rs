@@ -140,6 +140,61 @@ fn the_openai_sdk_works_against_graft_up_and_sigterm_lets_answers_finish() {
             "graft {args:?}: {stderr}"
         );
     }
+    // With the server's address configured, they go through it: with the admin key, its
+    // search and its re-index; without, an error that says which key.
+    let beside = dir.path().join("beside.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&beside, text.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""))).unwrap();
+    let cli = |args: &[&str], key: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
+        cmd.args(args).arg("--config").arg(&beside).env_remove("GRAFT_API_KEY");
+        if let Some(key) = key {
+            cmd.env("GRAFT_API_KEY", key);
+        }
+        cmd.output().unwrap()
+    };
+    let keyless = cli(&["search", "TokenVault", "--project", "polyglot"], None);
+    let stderr = String::from_utf8_lossy(&keyless.stderr);
+    assert!(!keyless.status.success() && stderr.contains("set GRAFT_API_KEY"), "{stderr}");
+    let searched = cli(&["search", "TokenVault", "--project", "polyglot", "--json"], Some(ADMIN_KEY));
+    assert!(searched.status.success(), "{}", String::from_utf8_lossy(&searched.stderr));
+    let hits: serde_json::Value = serde_json::from_slice(&searched.stdout).unwrap();
+    assert!(
+        hits.as_array().unwrap().iter().any(|h| h["path"] == "auth/TokenVault.java"),
+        "{hits}"
+    );
+    let code = cli(
+        &[
+            "search",
+            "vault.rotateSigningKeys();",
+            "--code",
+            "--path",
+            "auth/TokenVault.java",
+            "--project",
+            "polyglot",
+            "--json",
+        ],
+        Some(ADMIN_KEY),
+    );
+    assert!(code.status.success(), "{}", String::from_utf8_lossy(&code.stderr));
+    let hits: serde_json::Value = serde_json::from_slice(&code.stdout).unwrap();
+    assert!(
+        !hits.as_array().unwrap().is_empty() && hits.as_array().unwrap().iter().all(|h| h["path"] != "auth/TokenVault.java"),
+        "--path leaves its file out: {hits}"
+    );
+    let reindexed = cli(&["index", "--project", "polyglot", "--json"], Some(ADMIN_KEY));
+    assert!(reindexed.status.success(), "{}", String::from_utf8_lossy(&reindexed.stderr));
+    let run: serde_json::Value = serde_json::from_slice(&reindexed.stdout).unwrap();
+    assert_eq!(run["through"], format!("http://{addr}").as_str(), "{run}");
+    let report = &run["report"];
+    assert!(
+        report["files_unchanged"].as_u64().unwrap() > 0 && report["files_added"] == 0,
+        "{run}"
+    );
+    let fixture = repo_root().join("tests/fixtures/polyglot");
+    let other = cli(&["index", "--project", "polyglot", fixture.to_str().unwrap()], Some(ADMIN_KEY));
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success() && stderr.contains("which indexes it from"), "{stderr}");
 
     // A streamed answer is in flight when SIGTERM arrives.
     let mut stream = TcpStream::connect(&addr).unwrap();

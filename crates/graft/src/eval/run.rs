@@ -225,6 +225,10 @@ pub fn run_golden_set(mut args: EvalRunArgs) -> Result<()> {
         println!("\n{}", report.about["throughput"]);
         if let Some(dir) = &args.report {
             println!("\nreport: {}", dir.join("report.html").display());
+            println!(
+                "  against another run of this golden set: `graft eval compare {} OTHER_REPORT_DIR`",
+                dir.display()
+            );
         }
         if held_out_retrieved > 0 {
             println!("\nwarning: {held_out_retrieved} retrieved sources were held-out files");

@@ -1,0 +1,110 @@
+//! A graft already serving a project, asked over HTTP by the commands that would otherwise
+//! open the project's index, which that graft holds open: `graft dataset`'s retrieval, and
+//! `graft search` and `graft index` when the index is in use. The admin key comes from
+//! `GRAFT_API_KEY`. Blocking (ureq): the dataset asks from rayon's threads.
+//!
+//! This module speaks the project endpoints (`GET /v1/projects/{name}`, `POST .../search`,
+//! `POST .../reindex`); what a command makes of the answers is the command's.
+
+use std::time::{Duration, Instant};
+
+use graft_index::SearchHit;
+use serde_json::Value;
+
+/// How long a search waits, in all, on a graft that answers "busy" (re-indexing).
+const BUSY_WAIT: Duration = Duration::from_secs(120);
+
+/// A graft serving `project`, and what it said of it.
+pub struct Served {
+    agent: ureq::Agent,
+    /// The graft's base URL (no `/v1`).
+    pub base: String,
+    project: String,
+    key: Option<String>,
+    /// The project's status (`GET /v1/projects/{name}`): its repository, index, settings.
+    pub status: Value,
+}
+
+impl Served {
+    /// The graft at `url` (a base URL, with or without `/v1`), if it serves `project`.
+    pub fn connect(url: &str, project: &str) -> Result<Served, String> {
+        let base = crate::eval::target::base_url(url).map_err(|e| e.to_string())?;
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(2))
+            .timeout_read(Duration::from_secs(3600))
+            .build();
+        let key = std::env::var("GRAFT_API_KEY").ok().filter(|k| !k.is_empty());
+        let mut served = Served {
+            agent,
+            base,
+            project: project.to_owned(),
+            key,
+            status: Value::Null,
+        };
+        // Asked before anything else: whatever else listens there answers quickly.
+        let request = served.request("GET", "").timeout(Duration::from_secs(10));
+        served.status = served.answer(request.call())?;
+        Ok(served)
+    }
+
+    /// `POST .../search` with `body` (`query`, or `prefix`, `suffix` and `path`; `k`, `mode`):
+    /// the hits. A graft re-indexing answers "busy" (503 with `Retry-After`); it is asked
+    /// again when it says, for a while.
+    pub fn search(&self, body: &Value) -> Result<Vec<SearchHit>, String> {
+        let body = body.to_string();
+        let started = Instant::now();
+        loop {
+            let request = self.request("POST", "/search").set("Content-Type", "application/json");
+            match request.send_string(&body) {
+                Err(ureq::Error::Status(503, response)) if started.elapsed() < BUSY_WAIT && response.header("Retry-After").is_some() => {
+                    let wait = response.header("Retry-After").and_then(|s| s.parse().ok()).unwrap_or(5);
+                    std::thread::sleep(Duration::from_secs(wait).min(BUSY_WAIT));
+                }
+                answer => {
+                    let answer = self.answer(answer)?;
+                    return serde_json::from_value(answer["data"].clone()).map_err(|e| format!("{}: the search's answer: {e}", self.base));
+                }
+            }
+        }
+    }
+
+    /// `POST .../reindex`: the run's answer (`report`, `elapsed_seconds`).
+    pub fn reindex(&self) -> Result<Value, String> {
+        self.answer(self.request("POST", "/reindex").call())
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let url = format!("{}/v1/projects/{}{path}", self.base, self.project);
+        let request = self.agent.request(method, &url);
+        match &self.key {
+            Some(key) => request.set("Authorization", &format!("Bearer {key}")),
+            None => request,
+        }
+    }
+
+    /// A successful answer's JSON, or what went wrong, in words.
+    fn answer(&self, answer: Result<ureq::Response, ureq::Error>) -> Result<Value, String> {
+        let (base, project) = (&self.base, &self.project);
+        match answer {
+            Ok(response) => response
+                .into_string()
+                .map_err(|e| e.to_string())
+                .and_then(|body| serde_json::from_str(&body).map_err(|e| e.to_string()))
+                .map_err(|e| format!("the graft at {base} answered: {e}")),
+            Err(ureq::Error::Status(401 | 403, _)) => Err(format!(
+                "the graft at {base} wants an admin key for `{project}`'s index: set GRAFT_API_KEY"
+            )),
+            Err(ureq::Error::Status(code, response)) => Err(format!("the graft at {base} answered {code}: {}", error_message(response))),
+            Err(e) => Err(format!("no graft answers at {base} ({e})")),
+        }
+    }
+}
+
+/// The message of an OpenAI-style error answer, else its body.
+fn error_message(response: ureq::Response) -> String {
+    let body = response.into_string().unwrap_or_default();
+    serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or(body)
+}
