@@ -11,8 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::paired_bootstrap;
-use crate::report::{Interval, LIKELIHOOD, METRICS};
+use crate::report::{paired_intervals, Interval, LIKELIHOOD, METRICS};
 
 /// The `about` entry that fingerprints the golden set a run read.
 pub const GOLDEN_DIGEST: &str = "golden set digest";
@@ -199,16 +198,7 @@ pub fn compare(new: &SavedReport, old: &SavedReport, arms: &[String], seed: u64)
                 .filter_map(|t| Some((theirs[*t].measure(name)?, ours[*t].measure(name)?)))
                 .unzip()
         };
-        let intervals = |cross_file_only: bool| -> BTreeMap<&'static str, Interval> {
-            METRICS
-                .iter()
-                .chain([&LIKELIHOOD])
-                .filter_map(|name| {
-                    let (old, new) = paired(name, cross_file_only);
-                    (!new.is_empty()).then(|| (*name, paired_bootstrap(&old, &new, 2000, seed).into()))
-                })
-                .collect()
-        };
+        let intervals = |cross_file_only: bool| paired_intervals(|name| paired(name, cross_file_only), seed);
         let means = |cross_file_only: bool| -> (BTreeMap<&'static str, f64>, BTreeMap<&'static str, f64>) {
             let mut new = BTreeMap::new();
             let mut old = BTreeMap::new();

@@ -283,16 +283,7 @@ pub fn report(arms: &[Arm], results: Results, seed: u64) -> Report {
                 .filter_map(|o| Some((*theirs.get(o.task.as_str())?, measure(o, name)?)))
                 .unzip()
         };
-        let intervals = |cross_file_only: bool| -> BTreeMap<&'static str, Interval> {
-            METRICS
-                .iter()
-                .chain([&LIKELIHOOD])
-                .filter_map(|name| {
-                    let (a, b) = paired(name, cross_file_only);
-                    (!a.is_empty()).then(|| (*name, paired_bootstrap(&a, &b, 2000, seed).into()))
-                })
-                .collect()
-        };
+        let intervals = |cross_file_only: bool| paired_intervals(|name| paired(name, cross_file_only), seed);
         let metrics = intervals(false);
         if metrics.is_empty() {
             continue;
@@ -336,6 +327,19 @@ pub fn report(arms: &[Arm], results: Results, seed: u64) -> Report {
         answers,
         judgements,
     }
+}
+
+/// Each measure (the four, then the likelihood) that `paired` gives values for, as (against,
+/// arm) over the same tasks: the paired bootstrap interval of arm − against.
+pub(crate) fn paired_intervals(paired: impl Fn(&str) -> (Vec<f64>, Vec<f64>), seed: u64) -> BTreeMap<&'static str, Interval> {
+    METRICS
+        .iter()
+        .chain([&LIKELIHOOD])
+        .filter_map(|name| {
+            let (against, arm) = paired(name);
+            (!arm.is_empty()).then(|| (*name, paired_bootstrap(&against, &arm, 2000, seed).into()))
+        })
+        .collect()
 }
 
 /// The comparisons a run reports, as (arm, against): each arm against the first;
