@@ -393,8 +393,19 @@ fn notes(comparisons: &[Comparison], judged: &[JudgedSummary], tasks: usize) -> 
         } else {
             "the arms scored alike".to_owned()
         };
+        // Over all tasks none does; the cross-file tasks alone may still.
+        let cross_file: Vec<String> = c
+            .cross_file
+            .iter()
+            .filter(|(_, i)| i.verdict != "no clear difference")
+            .map(|(name, i)| format!("{name} {} ({:+.3})", i.verdict, i.difference))
+            .collect();
+        let cross_file = match cross_file.is_empty() {
+            true => String::new(),
+            false => format!("; on the cross-file tasks alone: {}", cross_file.join(", ")),
+        };
         notes.push(format!(
-            "{} − {}: no measure separates the arms with {tasks} tasks; exact match's interval is ±{half:.3} wide, so smaller differences cannot be seen ({more})",
+            "{} − {}: no measure separates the arms over all {tasks} tasks; exact match's interval is ±{half:.3} wide, so smaller differences cannot be seen ({more}){cross_file}",
             c.arm, c.against
         ));
     }
@@ -566,6 +577,15 @@ mod tests {
         assert!(all.difference.abs() < 1e-12, "even overall: {all:?}");
         assert!((cross.difference - 1.0).abs() < 1e-12 && cross.verdict == "better", "{cross:?}");
         assert!(r.table().contains("rag − base, cross-file tasks"));
+        // Level over all tasks, the note says so, and what the cross-file tasks alone separate.
+        assert_eq!(r.notes.len(), 1, "{:?}", r.notes);
+        assert!(
+            r.notes[0].contains("no measure separates the arms over all 40 tasks")
+                && r.notes[0].contains("on the cross-file tasks alone: edit_similarity better")
+                && r.notes[0].contains("exact_match better (+1.000)"),
+            "{}",
+            r.notes[0]
+        );
     }
 
     #[test]
