@@ -409,6 +409,11 @@ pub struct IndexArgs {
     /// path, else the repository folder's name.
     #[arg(long, short = 'p')]
     pub project: Option<String>,
+    /// Have the graft serving the project at this URL re-index it (its admin key from
+    /// GRAFT_API_KEY). Without it, a graft at the configured `server.listen` that serves the
+    /// project is asked; with none, the index is built here.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -437,6 +442,9 @@ pub struct SearchArgs {
     /// preferred.
     #[arg(long, requires = "code")]
     pub path: Option<String>,
+    /// Search through the graft serving the project at this URL (as `graft index --server`).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
     /// Print the results as a JSON array.
     #[arg(long)]
     pub json: bool,

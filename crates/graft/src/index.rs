@@ -13,9 +13,13 @@ use crate::cli::{IndexArgs, SearchArgs};
 use crate::remote::Served;
 use crate::{models, progress};
 
-/// The graft at the configured `server.listen`, if it serves `project`; else why not.
-fn serving(config: &Config, project: &str) -> std::result::Result<Served, String> {
-    Served::connect(&crate::serve::local_url(config.server.listen), project)
+/// The graft at `server` (a URL), which must serve `project`; without one, the graft at the
+/// configured `server.listen` if it serves `project`, else why not (`Ok(Err(why))`).
+fn serving(config: &Config, project: &str, server: Option<&str>) -> Result<std::result::Result<Served, String>> {
+    match server {
+        Some(url) => Ok(Ok(Served::connect(url, project).map_err(anyhow::Error::msg)?)),
+        None => Ok(Served::connect(&crate::serve::local_url(config.server.listen), project)),
+    }
 }
 
 /// `e`, and when it says the index is open in another process, why the graft at
@@ -40,7 +44,7 @@ pub fn load_embedder(config: &Config) -> Result<Embedder> {
 pub fn index(args: IndexArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     let (project, path) = crate::project::with_path(&config, args.path.as_deref(), args.project.as_deref(), "index")?;
-    let (report, through) = match serving(&config, &project) {
+    let (report, through) = match serving(&config, &project, args.server.as_deref())? {
         Ok(served) => (reindex_through(&served, &project, &path, args.json)?, Some(served.base)),
         Err(why_not) => {
             let kit = Kit::new(&config.kit.dir);
@@ -137,7 +141,7 @@ pub fn search(args: SearchArgs) -> Result<()> {
     let mode: SearchMode = args.mode.parse().map_err(anyhow::Error::msg)?;
     let project = crate::project::name(&config, args.project.as_deref(), "search")?;
     let k = args.k.map_or(config.index.top_k, usize::from);
-    let hits = match serving(&config, &project) {
+    let hits = match serving(&config, &project, args.server.as_deref())? {
         Ok(served) => {
             if !args.json {
                 eprintln!("`{project}` is served by the graft at {}: searched there", served.base);

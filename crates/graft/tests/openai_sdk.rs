@@ -163,6 +163,24 @@ fn the_openai_sdk_works_against_graft_up_and_sigterm_lets_answers_finish() {
         hits.as_array().unwrap().iter().any(|h| h["path"] == "auth/TokenVault.java"),
         "{hits}"
     );
+    // --server names it whatever the config says (here: a port of 0).
+    let named = Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args([
+            "search",
+            "TokenVault",
+            "--project",
+            "polyglot",
+            "--json",
+            "--server",
+            &format!("http://{addr}/v1"),
+        ])
+        .arg("--config")
+        .arg(&config)
+        .env("GRAFT_API_KEY", ADMIN_KEY)
+        .output()
+        .unwrap();
+    assert!(named.status.success(), "{}", String::from_utf8_lossy(&named.stderr));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&named.stdout).unwrap(), hits);
     let code = cli(
         &[
             "search",
