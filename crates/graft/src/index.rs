@@ -72,7 +72,12 @@ pub fn index(args: IndexArgs) -> Result<()> {
 
 /// The re-index of `project` by the graft that serves it (from `path`, checked).
 fn reindex_through(served: &Served, project: &str, path: &Path, quiet: bool) -> Result<IndexReport> {
-    let theirs = served.status["repository"].as_str().map(Path::new);
+    // The repository its index was last built from (canonical), else the one it is configured with.
+    let status = &served.status;
+    let theirs = status["meta"]["repository"]
+        .as_str()
+        .or(status["repository"].as_str())
+        .map(Path::new);
     if theirs.and_then(|p| p.canonicalize().ok()) != path.canonicalize().ok() {
         bail!(
             "`{project}` is served by the graft at {}, which indexes it from {}, not {}",
