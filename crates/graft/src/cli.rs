@@ -414,6 +414,11 @@ pub struct IndexArgs {
     /// project is asked; with none, the index is built here.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
+    /// Index PATH into the project's index (in index.dir) even when it was built from another
+    /// repository, replacing that one's files (a checkout that moved keeps the files unchanged
+    /// at the same paths as they are).
+    #[arg(long)]
+    pub replace: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,

@@ -47,6 +47,9 @@ pub fn index(args: IndexArgs) -> Result<()> {
     let (report, through) = match serving(&config, &project, args.server.as_deref())? {
         Ok(served) => (reindex_through(&served, &project, &path, args.json)?, Some(served.base)),
         Err(why_not) => {
+            if !args.replace {
+                refuse_another_repository(&config, &project, &path)?;
+            }
             let kit = Kit::new(&config.kit.dir);
             models::ensure(&kit, &graft_wiring::index_artifacts(&config)?, args.json)?;
             let embedder = load_embedder(&config)?;
@@ -66,6 +69,31 @@ pub fn index(args: IndexArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print_summary(&project, &path, &report);
+    }
+    Ok(())
+}
+
+/// An error when `project`'s index on this machine was built from a repository other than
+/// `path`: indexing `path` into it would replace that repository's files (a mistyped path or
+/// project name would throw away an index that took long to embed). An index on a Qdrant
+/// server is shared by machines whose checkouts lie at paths of their own: not checked.
+fn refuse_another_repository(config: &Config, project: &str, path: &Path) -> Result<()> {
+    let (backend, layout) = (graft_wiring::backend(config), graft_wiring::layout(config, project));
+    if !matches!(backend, graft_index::vectors::Backend::Embedded) {
+        return Ok(());
+    }
+    // No index yet, or one that cannot be read now (the run says why): nothing to compare.
+    let Ok(Some(meta)) = graft_index::catalog::read_meta(&backend, &layout) else {
+        return Ok(());
+    };
+    if path.canonicalize().ok().as_ref() != Some(&meta.repository) {
+        bail!(
+            "the index of `{project}` ({}) is of {}, not {}: `--replace` indexes {} into it instead (a checkout that moved keeps its unchanged files), or name another project with --project",
+            graft_index::catalog::place(&backend, &layout),
+            meta.repository.display(),
+            path.display(),
+            path.display()
+        );
     }
     Ok(())
 }

@@ -134,6 +134,24 @@ fn index_and_search_print_json_for_scripts() {
     let named = run_ok(&mut graft(&config, &["search", "NewBlobStore", "--project", "poly", "--json"]));
     assert_eq!(json(&by_default), json(&named));
     assert!(!json(&named).as_array().unwrap().is_empty());
+
+    // Another repository into the same project: refused, the index as it was; --replace does it.
+    let other = work.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    write_repo(&other, 3, "v1");
+    let refused = graft(&config, &["index", "--project", "poly"]).arg(&other).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("--replace"), "{stderr}");
+    assert!(stderr.contains(&*fixture.canonicalize().unwrap().to_string_lossy()), "{stderr}");
+    let still = run_ok(&mut graft(&config, &["search", "NewBlobStore", "--project", "poly", "--json"]));
+    assert_eq!(json(&still), json(&named));
+    let replaced = run_ok(graft(&config, &["index", "--project", "poly", "--replace", "--json"]).arg(&other));
+    let report = &json(&replaced)["report"];
+    assert_eq!(
+        (&report["files_added"], &report["files_removed"]),
+        (&3.into(), &22.into()),
+        "{report}"
+    );
 }
 
 #[test]
