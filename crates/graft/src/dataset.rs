@@ -20,7 +20,7 @@ use graft_index::{Embedder, IndexError, ProjectIndex, SearchHit, SearchMode, Sea
 use graft_server::prompt::{augment, completion};
 
 use crate::cli::DatasetArgs;
-use crate::remote::Served;
+use crate::remote::{not_asked, Served};
 use crate::{models, progress};
 
 /// One bar per stage of the curation, and when each stage began.
@@ -67,9 +67,8 @@ impl Bars {
 /// each hit's lines cut from the curated file it names.
 struct IndexRetriever<'a> {
     searcher: Searcher,
-    /// Hits asked for: twice the project's `top_k`, as some name files a sample may not see.
-    k: usize,
-    /// The project's `top_k`: hits kept.
+    /// The project's `top_k`: hits kept (twice as many asked for, as some name files a
+    /// sample may not see).
     top_k: usize,
     /// The project's `context_tokens`.
     budget: usize,
@@ -115,7 +114,7 @@ impl Retrieve for IndexRetriever<'_> {
     fn context(&self, input: &FimInput, budget: usize, visible: &BTreeMap<&str, &str>) -> Result<Vec<ContextFile>, RetrieveError> {
         let hits: Vec<SearchHit> = self
             .searcher
-            .search(input, self.k)?
+            .search(input, self.top_k * 2)?
             .into_iter()
             .filter_map(|hit| {
                 let text = visible.get(hit.path.as_str())?;
@@ -147,20 +146,11 @@ impl ServerSearch {
         if status["retrieval"] == false {
             return Err(format!("the graft at {base} serves `{project}` without retrieval"));
         }
-        match status["meta"]["repository"].as_str().map(PathBuf::from) {
-            None => {
-                let why = status["error"].as_str().unwrap_or("it is not indexed yet");
-                return Err(format!("the graft at {base} has no usable index of `{project}`: {why}"));
-            }
-            Some(indexed) if std::fs::canonicalize(&indexed).ok() != std::fs::canonicalize(repository).ok() => {
-                return Err(format!(
-                    "the graft at {base} serves `{project}` from {}, not {}",
-                    indexed.display(),
-                    repository.display()
-                ))
-            }
-            Some(_) => {}
+        if status["meta"]["repository"].is_null() {
+            let why = status["error"].as_str().unwrap_or("it is not indexed yet");
+            return Err(format!("the graft at {base} has no usable index of `{project}`: {why}"));
         }
+        served.check_repository(repository)?;
         let setting = |name: &str| {
             status[name]
                 .as_u64()
@@ -202,7 +192,6 @@ fn index_retriever<'a>(
         let (server, top_k, budget) = ServerSearch::connect(url, project, repository)?;
         Ok(IndexRetriever {
             searcher: Searcher::Server(server),
-            k: top_k * 2,
             top_k,
             budget,
             tokenizer,
@@ -229,7 +218,7 @@ fn index_retriever<'a>(
     let layout = graft_wiring::layout(config, project);
     let index = match ProjectIndex::open_with(project, &layout, &graft_wiring::backend(config)) {
         Ok(index) => index,
-        Err(in_use @ IndexError::InUse { .. }) => return Err(format!("{in_use}; searching through {url}: {served}")),
+        Err(in_use @ IndexError::InUse { .. }) => return Err(not_asked(in_use, &url, &served)),
         Err(e) => return Err(e.to_string()),
     };
     let here = std::fs::canonicalize(repository).ok();
@@ -248,7 +237,6 @@ fn index_retriever<'a>(
             embedder,
             graft_wiring::search_options(config, SearchMode::Hybrid, settings.top_k * 2),
         ))),
-        k: settings.top_k * 2,
         top_k: settings.top_k,
         budget: settings.context_tokens,
         tokenizer,

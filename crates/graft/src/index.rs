@@ -10,7 +10,7 @@ use graft_index::{index_repository, Embedder, IndexError, IndexProgress, IndexRe
 use graft_kit::Kit;
 
 use crate::cli::{IndexArgs, SearchArgs};
-use crate::remote::Served;
+use crate::remote::{not_asked, Served};
 use crate::{models, progress};
 
 /// The graft at `server` (a URL), which must serve `project`; without one, the graft at the
@@ -26,10 +26,9 @@ fn serving(config: &Config, project: &str, server: Option<&str>) -> Result<std::
 /// `server.listen` was not asked instead (`why_not`).
 fn with_why_not(e: anyhow::Error, config: &Config, why_not: &str) -> anyhow::Error {
     match e.downcast_ref::<IndexError>() {
-        Some(IndexError::InUse { .. }) => anyhow::anyhow!(
-            "{e:#}; asking the graft at {} instead: {why_not}",
-            crate::serve::local_url(config.server.listen)
-        ),
+        Some(IndexError::InUse { .. }) => {
+            anyhow::Error::msg(not_asked(format!("{e:#}"), &crate::serve::local_url(config.server.listen), why_not))
+        }
         _ => e,
     }
 }
@@ -100,20 +99,7 @@ fn refuse_another_repository(config: &Config, project: &str, path: &Path) -> Res
 
 /// The re-index of `project` by the graft that serves it (from `path`, checked).
 fn reindex_through(served: &Served, project: &str, path: &Path, quiet: bool) -> Result<IndexReport> {
-    // The repository its index was last built from (canonical), else the one it is configured with.
-    let status = &served.status;
-    let theirs = status["meta"]["repository"]
-        .as_str()
-        .or(status["repository"].as_str())
-        .map(Path::new);
-    if theirs.and_then(|p| p.canonicalize().ok()) != path.canonicalize().ok() {
-        bail!(
-            "`{project}` is served by the graft at {}, which indexes it from {}, not {}",
-            served.base,
-            theirs.map_or("an unknown repository".into(), |p| p.display().to_string()),
-            path.display()
-        );
-    }
+    served.check_repository(path).map_err(anyhow::Error::msg)?;
     if !quiet {
         eprintln!("`{project}` is served by the graft at {}: re-indexed there", served.base);
     }

@@ -4,8 +4,11 @@
 //! `GRAFT_API_KEY`. Blocking (ureq): the dataset asks from rayon's threads.
 //!
 //! This module speaks the project endpoints (`GET /v1/projects/{name}`, `POST .../search`,
-//! `POST .../reindex`); what a command makes of the answers is the command's.
+//! `POST .../reindex`), and reads an OpenAI-style error's message (`bench api` too); what a
+//! command makes of the answers is the command's.
 
+use std::fmt::Display;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use graft_index::SearchHit;
@@ -68,6 +71,25 @@ impl Served {
         }
     }
 
+    /// Whether this graft indexes the project from `path`: the repository its index was last
+    /// built from (canonical), else the one it is configured with.
+    pub fn check_repository(&self, path: &Path) -> Result<(), String> {
+        let theirs = self.status["meta"]["repository"]
+            .as_str()
+            .or(self.status["repository"].as_str())
+            .map(Path::new);
+        if theirs.and_then(|p| p.canonicalize().ok()) != path.canonicalize().ok() {
+            return Err(format!(
+                "`{}` is served by the graft at {}, which indexes it from {}, not {}",
+                self.project,
+                self.base,
+                theirs.map_or("an unknown repository".into(), |p| p.display().to_string()),
+                path.display()
+            ));
+        }
+        Ok(())
+    }
+
     /// `POST .../reindex`: the run's answer (`report`, `elapsed_seconds`).
     pub fn reindex(&self) -> Result<Value, String> {
         self.answer(self.request("POST", "/reindex").call())
@@ -94,17 +116,25 @@ impl Served {
             Err(ureq::Error::Status(401 | 403, _)) => Err(format!(
                 "the graft at {base} wants an admin key for `{project}`'s index: set GRAFT_API_KEY"
             )),
-            Err(ureq::Error::Status(code, response)) => Err(format!("the graft at {base} answered {code}: {}", error_message(response))),
+            Err(ureq::Error::Status(code, response)) => Err(format!(
+                "the graft at {base} answered {code}: {}",
+                error_message(&response.into_string().unwrap_or_default())
+            )),
             Err(e) => Err(format!("no graft answers at {base} ({e})")),
         }
     }
 }
 
-/// The message of an OpenAI-style error answer, else its body.
-fn error_message(response: ureq::Response) -> String {
-    let body = response.into_string().unwrap_or_default();
-    serde_json::from_str::<Value>(&body)
+/// A command's error when the index it opened here is in use (`in_use`) and the graft at
+/// `url` was not asked instead, and why (`why_not`).
+pub fn not_asked(in_use: impl Display, url: &str, why_not: &str) -> String {
+    format!("{in_use}; asking the graft at {url} instead: {why_not}")
+}
+
+/// The message of an OpenAI-style error answer's `body`, else the body's first 200 characters.
+pub fn error_message(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
         .ok()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .unwrap_or(body)
+        .unwrap_or_else(|| body.chars().take(200).collect())
 }

@@ -280,12 +280,7 @@ async fn complete(client: &reqwest::Client, server: &Server, prompt: &str, max_t
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
-        let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let message = answer["error"]["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| text.chars().take(200).collect());
-        bail!("HTTP {status}: {message}");
+        bail!("HTTP {status}: {}", crate::remote::error_message(&text));
     }
     if !stream {
         let answer: Value = response.json().await.context("the answer is not JSON")?;
