@@ -123,6 +123,16 @@ fn arms_of(report: &SavedReport) -> Vec<&str> {
     seen
 }
 
+/// `report`'s outcomes in `arm`, by task.
+fn by_task<'a>(report: &'a SavedReport, arm: &str) -> BTreeMap<&'a str, &'a SavedOutcome> {
+    report
+        .outcomes
+        .iter()
+        .filter(|o| o.arm == arm)
+        .map(|o| (o.task.as_str(), o))
+        .collect()
+}
+
 /// `new` against `old`: the given `arms` (default: every arm both ran, in the new run's
 /// order), each paired over the tasks both scored in it; `seed` seeds the bootstrap.
 pub fn compare(new: &SavedReport, old: &SavedReport, arms: &[String], seed: u64) -> Result<Comparison, CompareError> {
@@ -165,25 +175,12 @@ pub fn compare(new: &SavedReport, old: &SavedReport, arms: &[String], seed: u64)
     }
     let mut changes = Vec::new();
     for arm in &chosen {
-        let by_task = |report: &'_ SavedReport| -> BTreeMap<String, SavedOutcome> {
-            report
-                .outcomes
-                .iter()
-                .filter(|o| &o.arm == arm)
-                .map(|o| (o.task.clone(), o.clone()))
-                .collect()
-        };
-        let (ours, theirs) = (by_task(new), by_task(old));
-        let shared: Vec<&str> = ours.keys().filter(|t| theirs.contains_key(*t)).map(String::as_str).collect();
+        let (ours, theirs) = (by_task(new, arm), by_task(old, arm));
+        let shared: Vec<&str> = ours.keys().copied().filter(|t| theirs.contains_key(t)).collect();
         if shared.is_empty() {
             return Err(CompareError::NoCommonTask { arm: arm.clone() });
         }
-        let only: BTreeSet<&str> = ours
-            .keys()
-            .chain(theirs.keys())
-            .map(String::as_str)
-            .filter(|t| !shared.contains(t))
-            .collect();
+        let only: BTreeSet<&str> = ours.keys().chain(theirs.keys()).copied().filter(|t| !shared.contains(t)).collect();
         if !only.is_empty() {
             notes.push(format!(
                 "{arm}: {} tasks are in one run only and left out (compared over the {} both scored)",
@@ -199,25 +196,20 @@ pub fn compare(new: &SavedReport, old: &SavedReport, arms: &[String], seed: u64)
                 .unzip()
         };
         let intervals = |cross_file_only: bool| paired_intervals(|name| paired(name, cross_file_only), seed);
-        let means = |cross_file_only: bool| -> (BTreeMap<&'static str, f64>, BTreeMap<&'static str, f64>) {
-            let mut new = BTreeMap::new();
-            let mut old = BTreeMap::new();
-            for name in METRICS.iter().chain([&LIKELIHOOD]) {
-                let (b, a) = paired(name, cross_file_only);
-                if !a.is_empty() {
-                    new.insert(*name, a.iter().sum::<f64>() / a.len() as f64);
-                    old.insert(*name, b.iter().sum::<f64>() / b.len() as f64);
-                }
+        let (mut new_means, mut old_means) = (BTreeMap::new(), BTreeMap::new());
+        for name in METRICS.iter().chain([&LIKELIHOOD]) {
+            let (old, new) = paired(name, false);
+            if !new.is_empty() {
+                new_means.insert(*name, new.iter().sum::<f64>() / new.len() as f64);
+                old_means.insert(*name, old.iter().sum::<f64>() / old.len() as f64);
             }
-            (new, old)
-        };
-        let (new_means, old_means) = means(false);
-        let p50 = |side: &BTreeMap<String, SavedOutcome>| {
-            let mut latencies: Vec<f64> = shared.iter().map(|t| side[*t].latency_ms).collect();
+        }
+        let p50 = |side: &BTreeMap<&str, &SavedOutcome>| {
+            let mut latencies: Vec<f64> = shared.iter().map(|t| side[t].latency_ms).collect();
             latencies.sort_by(f64::total_cmp);
             latencies[latencies.len() / 2]
         };
-        let errors = |side: &BTreeMap<String, SavedOutcome>| shared.iter().filter(|t| side[**t].error.is_some()).count();
+        let errors = |side: &BTreeMap<&str, &SavedOutcome>| shared.iter().filter(|t| side[*t].error.is_some()).count();
         let metrics = intervals(false);
         if !metrics.contains_key(LIKELIHOOD)
             && [&ours, &theirs]
