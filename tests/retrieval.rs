@@ -309,7 +309,7 @@ fn polyglot_project() -> (
     let project = Project::new(config, IndexLayout::new(index_dir.path().join("polyglot")), IndexOptions::default());
     let embedder = Some(("minilm-l6-v2".to_owned(), std::sync::Arc::clone(kit_embedder())));
     let projects = Projects::new(vec![project], embedder, SearchOptions::default());
-    let project = std::sync::Arc::clone(projects.get("polyglot").unwrap());
+    let project = projects.get("polyglot").unwrap();
     (repo, index_dir, projects, project)
 }
 
@@ -423,8 +423,8 @@ async fn two_projects_on_one_repository_search_one_index_opened_once() {
     let tuned = Project::sharing(tuned_config, &owner);
     let embedder = Some(("minilm-l6-v2".to_owned(), std::sync::Arc::clone(kit_embedder())));
     let projects = Projects::new(vec![owner, tuned], embedder, SearchOptions::default());
-    let owner = std::sync::Arc::clone(projects.get("polyglot").unwrap());
-    let tuned = std::sync::Arc::clone(projects.get("polyglot-tuned").unwrap());
+    let owner = projects.get("polyglot").unwrap();
+    let tuned = projects.get("polyglot-tuned").unwrap();
     assert_eq!(tuned.index_owner(), "polyglot");
 
     // A re-index through either marks both: the index is one.
@@ -455,6 +455,32 @@ async fn two_projects_on_one_repository_search_one_index_opened_once() {
     assert_eq!(paths(&mine), paths(&theirs));
     assert!(paths(&mine).contains(&"auth/TokenVault.java".to_owned()), "{mine:#?}");
     assert_eq!(projects.status(&tuned)["index_of"], "polyglot");
+
+    // The tuned project's serving settings replaced (a reload of the config): its repository
+    // and its index stay, the request that holds the project as it was keeps its settings.
+    let reloaded = graft_core::ProjectConfig {
+        adapter: None,
+        retrieval: false,
+        top_k: 2,
+        index: None,
+        ..graft_core::ProjectConfig::new("polyglot-tuned", "/elsewhere")
+    };
+    let now = projects.replace_settings(reloaded).expect("a project of that name");
+    assert_eq!(
+        (now.config.adapter.as_deref(), now.config.retrieval, now.config.top_k),
+        (None, false, 2)
+    );
+    assert_eq!((now.config.path.as_path(), now.index_owner()), (repo.path(), "polyglot"));
+    assert_eq!(tuned.config.adapter.as_deref(), Some("tuned"), "the project as it was is unchanged");
+    assert!(std::sync::Arc::ptr_eq(&projects.get("polyglot-tuned").unwrap(), &now));
+    let after = projects
+        .search(&now, Search::text("vault.rotateSigningKeys()"), 5, SearchMode::Hybrid)
+        .await
+        .unwrap()
+        .expect("the same open index");
+    assert_eq!(paths(&after), paths(&mine));
+    assert_eq!(projects.status(&now)["retrieval"], false);
+    assert!(projects.replace_settings(graft_core::ProjectConfig::new("nobody", "x")).is_none());
 }
 
 #[tokio::test]

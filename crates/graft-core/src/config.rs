@@ -646,6 +646,11 @@ impl Config {
     /// Reads, resolves and validates the config file at `path`. `GRAFT_KIT_DIR`, when set,
     /// replaces `kit.dir`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], and the file's text as read.
+    pub(crate) fn load_with_text(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -654,7 +659,7 @@ impl Config {
         if let Some(dir) = std::env::var_os(KIT_DIR_ENV).filter(|v| !v.is_empty()) {
             config.kit.dir = PathBuf::from(dir);
         }
-        Ok(config)
+        Ok((config, text))
     }
 
     /// Parses and validates config text. `origin` is the file the text came from: it names the

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the one typed configuration, loaded once and validated.
 //! - [`keys`]: API keys and the projects each may use.
+//! - [`reload`]: what reading the config file again changes in a running server.
 //! - [`confine`]: reading a file that must lie inside given folders (no link out, no FIFO).
 //! - [`cpu`]: whether this processor runs the instructions graft was compiled with.
 //! - [`cuda`]: whether the CUDA libraries a GPU build opens at run time are on this machine.
@@ -20,6 +21,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod keys;
 pub mod random;
+pub mod reload;
 pub mod remote;
 pub mod split;
 

@@ -7,10 +7,14 @@
 //! project are served without retrieved code while it writes, or builds a first index, rather
 //! than made to wait. The same holds while another process (a `graft index` run) has the
 //! index open.
+//!
+//! A project's serving settings (its adapter, retrieval, `top_k`...) can be replaced while it
+//! serves ([`Projects::replace_settings`], a reload of the config file): the project is
+//! swapped whole, keeping its index, so a request reads one project's settings throughout.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use graft_core::ProjectConfig;
 use graft_index::{
@@ -280,7 +284,8 @@ impl Search {
 
 /// Every project, and the embedding model their indexes were built with.
 pub struct Projects {
-    projects: BTreeMap<String, Arc<Project>>,
+    /// By name; a project is replaced whole when its settings change.
+    projects: RwLock<BTreeMap<String, Arc<Project>>>,
     embedder: Option<Arc<Embedder>>,
     /// The embedding model's public name (`/v1/embeddings`, `/v1/models`).
     embedding_name: Option<String>,
@@ -292,7 +297,7 @@ impl Projects {
     /// No projects and no embedding model.
     pub fn none() -> Projects {
         Projects {
-            projects: BTreeMap::new(),
+            projects: RwLock::default(),
             embedder: None,
             embedding_name: None,
             search: SearchOptions::default(),
@@ -305,27 +310,48 @@ impl Projects {
             None => (None, None),
         };
         Projects {
-            projects: projects.into_iter().map(|p| (p.config.name.clone(), Arc::new(p))).collect(),
+            projects: RwLock::new(projects.into_iter().map(|p| (p.config.name.clone(), Arc::new(p))).collect()),
             embedder,
             embedding_name,
             search,
         }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Project>> {
-        self.projects.get(name)
+    fn map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Project>>> {
+        self.projects.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &Arc<Project>> {
-        self.projects.values()
+    /// The project `name`, with its settings now.
+    pub fn get(&self, name: &str) -> Option<Arc<Project>> {
+        self.map().get(name).cloned()
+    }
+
+    /// Every project, by name.
+    pub fn all(&self) -> Vec<Arc<Project>> {
+        self.map().values().cloned().collect()
     }
 
     /// The projects on the repository `url` names (`remote_urls`, compared as
     /// `graft_core::remote::normalize` writes them), by name.
-    pub fn on_remote(&self, url: &str) -> impl Iterator<Item = &Arc<Project>> {
+    pub fn on_remote(&self, url: &str) -> Vec<Arc<Project>> {
         let wanted = graft_core::remote::normalize(url);
-        self.all()
-            .filter(move |p| !wanted.is_empty() && p.config.remote_urls.iter().any(|r| graft_core::remote::normalize(r) == wanted))
+        let mut on = self.all();
+        on.retain(|p| !wanted.is_empty() && p.config.remote_urls.iter().any(|r| graft_core::remote::normalize(r) == wanted));
+        on
+    }
+
+    /// Serves the project `config` names with `config`'s settings from now on, keeping its
+    /// repository and index (requests already running finish with the settings they began
+    /// with); the project as it now is. `None` when no project has that name.
+    pub fn replace_settings(&self, config: ProjectConfig) -> Option<Arc<Project>> {
+        let mut projects = self.projects.write().unwrap_or_else(|p| p.into_inner());
+        let serving = projects.get_mut(&config.name)?;
+        let config = serving.config.with_live_settings_of(&config);
+        *serving = Arc::new(Project {
+            config,
+            index: Arc::clone(&serving.index),
+        });
+        Some(Arc::clone(serving))
     }
 
     pub fn embedder(&self) -> Option<&Arc<Embedder>> {
@@ -403,7 +429,7 @@ impl Projects {
     pub async fn stamp(&self, project: &Arc<Project>) -> Result<u64, IndexError> {
         let repo = project.config.path.clone();
         let walk = project.index.options.walk.clone();
-        let indexes: Vec<std::path::PathBuf> = self.all().map(|p| p.index.layout.root.clone()).collect();
+        let indexes: Vec<std::path::PathBuf> = self.all().iter().map(|p| p.index.layout.root.clone()).collect();
         tokio::task::spawn_blocking(move || graft_index::walk::stamp(&repo, &walk, &indexes))
             .await
             .map_err(|e| IndexError::Invalid(format!("the stamp task failed: {e}")))?
@@ -439,6 +465,7 @@ impl Projects {
     /// The index runs of each index in this process, by the name of the project that owns it.
     pub fn index_runs(&self) -> Vec<(String, IndexRuns)> {
         self.all()
+            .iter()
             .filter(|p| p.index_owner() == p.name())
             .map(|p| (p.name().to_owned(), p.index.runs.lock().unwrap_or_else(|e| e.into_inner()).clone()))
             .collect()

@@ -199,7 +199,7 @@ impl AppState {
         let mut ids = vec![base.to_owned()];
         ids.extend(self.aliases().iter().cloned());
         ids.extend(self.adapters().into_iter().map(|a| a.name));
-        ids.extend(self.projects().all().map(|p| p.name().to_owned()));
+        ids.extend(self.projects().all().iter().map(|p| p.name().to_owned()));
         ids.retain(|id| self.may_use(caller, id));
         ids
     }
@@ -225,7 +225,7 @@ impl AppState {
             return Ok(Target {
                 name: model.to_owned(),
                 model: project.config.adapter.clone().unwrap_or_else(|| base.to_owned()),
-                project: Some(Arc::clone(project)),
+                project: Some(project),
             });
         }
         let generates = if self.names_base(model) {

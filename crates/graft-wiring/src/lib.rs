@@ -265,21 +265,21 @@ pub fn embedding_name(config: &Config) -> String {
     }
 }
 
+/// The config's projects as a server serves them: those whose `remote_urls` are left out
+/// find theirs among their repository's git remotes.
+pub fn project_configs(config: &Config) -> Vec<ProjectConfig> {
+    let mut projects = config.projects.clone();
+    for p in projects.iter_mut().filter(|p| p.remote_urls.is_empty()) {
+        p.remote_urls = graft_core::remote::urls(&p.path);
+    }
+    projects
+}
+
 /// The configured projects, their indexes to be opened on first use; `embedder` serves
 /// retrieval and `/v1/embeddings`. A project whose config names no `remote_urls` gets its
 /// repository's git remotes.
 pub fn projects(config: &Config, embedder: Option<Arc<Embedder>>) -> Projects {
-    let configs: Vec<ProjectConfig> = config
-        .projects
-        .iter()
-        .map(|p| {
-            let mut p = p.clone();
-            if p.remote_urls.is_empty() {
-                p.remote_urls = graft_core::remote::urls(&p.path);
-            }
-            p
-        })
-        .collect();
+    let configs = project_configs(config);
     // Projects with an index of their own first; then those that share one (validation made
     // sure the owner exists and shares nothing itself).
     let mut list: Vec<Project> = configs

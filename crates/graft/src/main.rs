@@ -22,6 +22,7 @@ mod index;
 mod models;
 mod progress;
 mod project;
+mod reload;
 mod remote;
 mod serve;
 mod train;

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use graft_core::reload::Snapshot;
 use graft_core::Config;
 use graft_kit::{manifest, Artifact, Kit, Source};
 use serde_json::json;
@@ -80,13 +81,19 @@ pub fn served_tokenizer(config: &Config, quiet: bool) -> Result<(PathBuf, graft_
 }
 
 pub fn load_config(path: &Path) -> Result<Config> {
+    Ok(load_snapshot(path)?.config)
+}
+
+/// The config file as read once, its keys kept to compare a later read with
+/// ([`graft_core::reload`]).
+pub fn load_snapshot(path: &Path) -> Result<Snapshot> {
     if !path.exists() && path == Path::new("config/graft.toml") {
         bail!(
             "config/graft.toml not found in {}: run graft from the repository root, or pass --config FILE",
             std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default()
         );
     }
-    Ok(Config::load(path)?)
+    Ok(Snapshot::read(path)?)
 }
 
 fn find_artifact(id: &str, origin: &str) -> Result<Artifact> {

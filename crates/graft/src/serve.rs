@@ -2,11 +2,13 @@
 //! then serve).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use graft_core::keys::ApiKeys;
+use graft_core::reload::Snapshot;
 use graft_core::Config;
 use graft_engine::{Engine, Pool};
 use graft_index::Embedder;
@@ -15,19 +17,21 @@ use graft_server::projects::ReindexError;
 use graft_server::{AppState, ServerParts};
 
 use crate::cli::ServeArgs;
+use crate::reload::{self, file_stamp, Stamp, Stamps};
 use crate::{index, models};
 
 /// `graft up`: the one command a new user runs. Fetches the model files the config needs and
 /// serves, bringing every configured project's index up to date in the background (a
 /// project's requests are answered without retrieved code until its index is ready).
 pub fn up(args: ServeArgs) -> Result<()> {
-    let config = load(&args)?;
+    let started = load(&args)?;
+    let config = &started.snapshot.config;
     // Keys and the address are checked, and the port taken, before fetching and loading.
-    let (keys, listener) = open(&config)?;
+    let (keys, listener) = open(config)?;
     let kit = Kit::new(&config.kit.dir);
-    let mut needed = graft_wiring::model_artifacts(&config)?;
+    let mut needed = graft_wiring::model_artifacts(config)?;
     if !config.projects.is_empty() {
-        needed.extend(graft_wiring::index_artifacts(&config)?);
+        needed.extend(graft_wiring::index_artifacts(config)?);
     }
     if needed.iter().any(|a| !kit.is_installed(a)) {
         eprintln!("fetching the offline model kit into {}", kit.dir().display());
@@ -36,21 +40,22 @@ pub fn up(args: ServeArgs) -> Result<()> {
     let embedder = if config.projects.is_empty() {
         None
     } else {
-        Some(index::load_embedder(&config)?)
+        Some(index::load_embedder(config)?)
     };
-    run(config, embedder, keys, listener, Indexing::InBackground)
+    run(started, embedder, keys, listener, Indexing::InBackground)
 }
 
 /// `graft serve`.
 pub fn serve(args: ServeArgs) -> Result<()> {
-    let config = load(&args)?;
-    let (keys, listener) = open(&config)?;
+    let started = load(&args)?;
+    let config = &started.snapshot.config;
+    let (keys, listener) = open(config)?;
     let embedder = if config.projects.is_empty() {
         None
     } else {
-        Some(index::load_embedder(&config).context("projects are configured, so their embedding model is needed (`graft models fetch`)")?)
+        Some(index::load_embedder(config).context("projects are configured, so their embedding model is needed (`graft models fetch`)")?)
     };
-    run(config, embedder, keys, listener, Indexing::Off)
+    run(started, embedder, keys, listener, Indexing::Off)
 }
 
 /// Whether serving starts with the projects' indexes brought up to date.
@@ -75,12 +80,24 @@ pub fn local_url(listen: std::net::SocketAddr) -> String {
     format!("http://{addr}")
 }
 
-fn load(args: &ServeArgs) -> Result<Config> {
-    let mut config = models::load_config(&args.config.config)?;
+/// The config graft serves with, as read at its start: a later read of the file is compared
+/// with it ([`reload::on_change`]).
+struct Started {
+    snapshot: Snapshot,
+    /// The config file.
+    path: PathBuf,
+    /// Its stamp from just before it was read.
+    stamp: Stamp,
+}
+
+fn load(args: &ServeArgs) -> Result<Started> {
+    let path = args.config.config.clone();
+    let stamp = file_stamp(Some(&path));
+    let mut snapshot = models::load_snapshot(&path)?;
     if let Some(listen) = args.listen {
-        config.server.listen = listen;
+        snapshot.config.server.listen = listen;
     }
-    Ok(config)
+    Ok(Started { snapshot, path, stamp })
 }
 
 /// The API keys as loaded, with the keys file's stamp from just before: a change made while
@@ -90,19 +107,10 @@ struct LoadedKeys {
     stamp: Stamp,
 }
 
-/// The keys file's length and modification time (none without a readable file): a change to
-/// the file changes one of them.
-type Stamp = Option<(u64, Option<std::time::SystemTime>)>;
-
-fn keys_file_stamp(config: &Config) -> Stamp {
-    let meta = std::fs::metadata(config.server.api_keys_file.as_ref()?).ok()?;
-    Some((meta.len(), meta.modified().ok()))
-}
-
 /// The API keys, and the listening socket: refused on a public address without keys, and
 /// taken before anything slow so that a busy port is reported at once.
 fn open(config: &Config) -> Result<(LoadedKeys, std::net::TcpListener)> {
-    let stamp = keys_file_stamp(config);
+    let stamp = file_stamp(config.server.api_keys_file.as_deref());
     let keys = ApiKeys::load(config)?;
     let listen = config.server.listen;
     if !listen.ip().is_loopback() && keys.is_empty() && !config.server.allow_unauthenticated {
@@ -118,7 +126,8 @@ fn open(config: &Config) -> Result<(LoadedKeys, std::net::TcpListener)> {
     Ok((LoadedKeys { keys, stamp }, listener))
 }
 
-fn run(config: Config, embedder: Option<Embedder>, keys: LoadedKeys, listener: std::net::TcpListener, indexing: Indexing) -> Result<()> {
+fn run(started: Started, embedder: Option<Embedder>, keys: LoadedKeys, listener: std::net::TcpListener, indexing: Indexing) -> Result<()> {
+    let config = started.snapshot.config.clone();
     let listen = config.server.listen;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -165,7 +174,10 @@ fn run(config: Config, embedder: Option<Embedder>, keys: LoadedKeys, listener: s
             names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
         );
         // The background tasks start once that line is out, so what they say comes after it.
-        reload_keys_on_change(&state, &config, keys.stamp);
+        reload::on_change(&state, started.snapshot, started.path, Stamps {
+            config: started.stamp,
+            keys: keys.stamp,
+        });
         if let Some(indexer) = indexer {
             tokio::spawn(indexer);
         }
@@ -185,11 +197,11 @@ fn run(config: Config, embedder: Option<Embedder>, keys: LoadedKeys, listener: s
 fn index_in_background(state: &AppState, refresh: Duration) -> impl std::future::Future<Output = ()> + Send + 'static {
     let mut queue = Vec::new();
     // A project sharing another's index is brought up to date with it.
-    for project in state.projects().all().filter(|p| p.index_owner() == p.name()) {
+    for project in state.projects().all().into_iter().filter(|p| p.index_owner() == p.name()) {
         let guard = if project.has_index() {
             None
         } else {
-            state.projects().start_reindex(project)
+            state.projects().start_reindex(&project)
         };
         eprintln!(
             "indexing project `{}` ({}) in the background; {}",
@@ -201,7 +213,7 @@ fn index_in_background(state: &AppState, refresh: Duration) -> impl std::future:
                 "its current index serves meanwhile"
             }
         );
-        queue.push((Arc::clone(project), guard));
+        queue.push((project, guard));
     }
     let state = state.clone();
     async move {
@@ -282,74 +294,6 @@ fn index_in_background(state: &AppState, refresh: Duration) -> impl std::future:
                 }
             }
         }
-    }
-}
-
-/// How often the keys file is looked at (its size and time) for a change.
-const KEYS_LOOK: Duration = Duration::from_secs(2);
-
-/// Reloads the API keys (`server.api_keys_file` and `server.api_keys_env`) on SIGHUP and when
-/// the keys file changes, so keys are added, changed and revoked without a restart: the next
-/// request is checked against the new keys. A file that cannot be read or checked, or that
-/// leaves no key at all, changes nothing (the keys in use stay) and is reported. `seen` is the
-/// file's stamp when the keys in use were loaded: compared with it, not with the file as the
-/// task first finds it, an edit made meanwhile is not missed.
-fn reload_keys_on_change(state: &AppState, config: &Config, mut seen: Stamp) {
-    let state = state.clone();
-    let config = config.clone();
-    tokio::spawn(async move {
-        let mut hangups = Hangups::new();
-        let mut looks = tokio::time::interval(KEYS_LOOK);
-        looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let asked = tokio::select! {
-                _ = looks.tick() => false,
-                () = hangups.next() => true,
-            };
-            let now = keys_file_stamp(&config);
-            if !asked && now == seen {
-                continue;
-            }
-            seen = now;
-            match ApiKeys::load(&config).and_then(|keys| state.replace_keys(keys)) {
-                Ok(change) if change.is_empty() => {
-                    if asked {
-                        eprintln!("API keys reloaded: unchanged");
-                    }
-                }
-                Ok(change) => eprintln!(
-                    "API keys reloaded: added [{}], removed [{}]",
-                    change.added.join(", "),
-                    change.removed.join(", ")
-                ),
-                Err(e) => eprintln!("API keys not reloaded, the keys in use stay: {e}"),
-            }
-        }
-    });
-}
-
-/// SIGHUP, as a stream of wake-ups (never, where there is no such signal).
-struct Hangups {
-    #[cfg(unix)]
-    signal: Option<tokio::signal::unix::Signal>,
-}
-
-impl Hangups {
-    fn new() -> Hangups {
-        Hangups {
-            #[cfg(unix)]
-            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
-        }
-    }
-
-    async fn next(&mut self) {
-        #[cfg(unix)]
-        if let Some(signal) = &mut self.signal {
-            if signal.recv().await.is_some() {
-                return;
-            }
-        }
-        std::future::pending::<()>().await;
     }
 }
 

@@ -275,6 +275,104 @@ fn keys_edited_while_graft_loads_its_model_are_read_once_it_serves() {
     assert_eq!((status(FIRST_KEY), status(SECOND_KEY)), ("401".into(), "200".into()));
 }
 
+/// A project's serving settings are taken up when the config file is saved, with no restart:
+/// the adapter (loaded first), retrieval, `top_k`; an adapter that cannot load, or a file that
+/// does not parse, leaves them as they were; keys a running graft does not take up are named.
+#[test]
+fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
+    let shipped = graft_core::Config::load(&repo_root().join("config/graft.toml")).unwrap();
+    let kit = std::fs::canonicalize(&shipped.kit.dir).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    common::copy_tree(&repo_root().join("tests/fixtures/polyglot"), &work.path().join("repo"));
+    let base = graft_engine::merge::BaseGguf::open(&kit.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    graft_engine::synthetic::SyntheticAdapter {
+        projections: &["q_proj", "v_proj"],
+        rank: 4,
+        alpha: 8.0,
+        amplitude: 0.02,
+        zero_b: false,
+        seed: 7,
+    }
+    .write(&work.path().join("adapters/tuned"), &base)
+    .unwrap();
+    std::fs::create_dir_all(work.path().join("adapters/broken")).unwrap();
+    std::fs::write(work.path().join("adapters/broken/adapter_config.json"), r#"{"r":4,"lora_alpha":8}"#).unwrap();
+    let config = work.path().join("graft.toml");
+    // Written beside and renamed, as an editor saves, so no look finds it half-written.
+    let save = |generation: &str, project: &str| {
+        let text = format!(
+            "[kit]\ndir = {:?}\n\n[server]\nlisten = \"127.0.0.1:0\"\n\n[index]\ndir = \"index\"\n\n\
+             [adapters]\ndir = \"adapters\"\ncache_dir = \"cache\"\n\n{generation}\
+             [[projects]]\nname = \"fixture\"\npath = \"repo\"\n{project}",
+            kit.display().to_string()
+        );
+        let beside = config.with_extension("toml.new");
+        std::fs::write(&beside, text).unwrap();
+        std::fs::rename(&beside, &config).unwrap();
+    };
+    save("", "");
+    let serving = start_serving(graft().args(["serve", "--config"]).arg(&config), Duration::from_secs(120));
+    let (server, addr) = (serving.process, serving.addr);
+    let said = Said::new(serving.lines);
+    let within = Duration::from_secs(60);
+    let settings = || {
+        let response = http_get(&addr, "/v1/projects/fixture");
+        let status: serde_json::Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        (status["adapter"].clone(), status["retrieval"].clone(), status["top_k"].clone())
+    };
+    assert_eq!(settings(), (serde_json::Value::Null, true.into(), 5.into()));
+
+    // The arm an evaluation chose, saved: served at once. A key a running graft does not take
+    // up is named, not ignored.
+    save(
+        "[generation]\ndefault_temperature = 0.5\n\n",
+        "adapter = \"tuned\"\nretrieval = false\ntop_k = 3\n",
+    );
+    let line = said.wait_for("config", within, "").expect("the settings reloaded");
+    assert!(
+        line.contains("project `fixture`: adapter: none → `tuned`, retrieval: true → false, top_k: 5 → 3"),
+        "{line}"
+    );
+    let line = said.wait_for("config", within, "").expect("the rest named");
+    assert!(
+        line.contains("next start") && line.ends_with(": generation.default_temperature"),
+        "{line}"
+    );
+    assert_eq!(settings(), ("tuned".into(), false.into(), 3.into()));
+    let body = r#"{"model": "fixture", "prompt": "def add(a, b):", "max_tokens": 4, "temperature": 0}"#;
+    let answer = http_post(&addr, "/v1/completions", body);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let models = http_get(&addr, "/v1/models");
+    assert!(
+        models.contains(r#""id":"fixture""#) && models.contains(r#""parent":"tuned""#),
+        "{models}"
+    );
+
+    // An adapter that cannot load, or a file that does not parse, leaves the settings in use.
+    save("[generation]\ndefault_temperature = 0.5\n\n", "adapter = \"broken\"\n");
+    let line = said.wait_for("config", within, "").expect("the broken adapter reported");
+    assert!(line.contains("keeps its settings") && line.contains("`broken`"), "{line}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("adapter = \"broken\"", "adapter = ")).unwrap();
+    let line = said.wait_for("config", within, "").expect("the broken file reported");
+    assert!(line.contains("not reloaded") && line.contains("graft.toml"), "{line}");
+    assert_eq!(settings(), ("tuned".into(), false.into(), 3.into()));
+
+    // SIGHUP reads it again at once, and says when nothing changed.
+    save(
+        "[generation]\ndefault_temperature = 0.5\n\n",
+        "adapter = \"tuned\"\nretrieval = false\ntop_k = 3\n",
+    );
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let line = said.wait_for("config reloaded", within, "").expect("reloaded on SIGHUP");
+    assert!(line.ends_with("unchanged"), "{line}");
+    save("", "");
+    let line = said.wait_for("config reloaded", within, "").expect("back to the base");
+    assert!(line.contains("adapter: `tuned` → none"), "{line}");
+    assert_eq!(settings(), (serde_json::Value::Null, true.into(), 5.into()));
+}
+
 /// What a running graft says on standard error, read on a thread so that its pipe never fills.
 struct Said(std::sync::mpsc::Receiver<String>);
 

@@ -25,12 +25,11 @@ fn project(state: &AppState, name: &str) -> Result<std::sync::Arc<Project>, ApiE
     state
         .projects()
         .get(name)
-        .cloned()
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("No project named `{name}`")))
 }
 
 pub async fn list(State(state): State<AppState>, _admin: Admin) -> Result<AxumJson<Value>, ApiError> {
-    let data: Vec<Value> = state.projects().all().map(|p| state.projects().status(p)).collect();
+    let data: Vec<Value> = state.projects().all().iter().map(|p| state.projects().status(p)).collect();
     Ok(AxumJson(json!({ "object": "list", "data": data })))
 }
 

@@ -173,9 +173,9 @@ pub async fn complete(state: &AppState, caller: &Caller, request: CompletionRequ
 /// `caller` may use, `server.default_model` when it is one of them, else the first by name.
 /// None (the default model serves the request) when there is none.
 fn model_for(state: &AppState, caller: &Caller, git_url: &str) -> Option<String> {
-    let usable: Vec<&str> = state
-        .projects()
-        .on_remote(git_url)
+    let on_remote = state.projects().on_remote(git_url);
+    let usable: Vec<&str> = on_remote
+        .iter()
         .map(|p| p.name())
         .filter(|name| state.may_use(caller, name))
         .collect();

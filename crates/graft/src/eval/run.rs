@@ -218,7 +218,7 @@ pub fn run_golden_set(mut args: EvalRunArgs) -> Result<()> {
         if let Some(serve) = &report.serve {
             let place = if args.endpoint.is_some() { "on a graft server, in" } else { "in" };
             println!(
-                "  ({place} the project's config: {})",
+                "  ({place} the project's config: {}; a running graft takes it up when the file is saved)",
                 serving_config(serve, args.adapter.as_deref())
             );
         }
