@@ -1,11 +1,13 @@
-//! What reading the config file again changes in a running server. A project's serving
-//! settings ([`LIVE`]: its adapter, retrieval, `top_k`, `context_tokens` and remote URLs) take
-//! effect at once, so the arm an evaluation chose is served without a restart; every other
-//! key the file changes waits for the next start and is named ([`Snapshot::at_next_start`]),
-//! so that no edit is ignored without a word.
+//! What reading the config file again changes in a running server. Projects are added and
+//! removed, and a project's serving settings ([`LIVE`]: its adapter, retrieval, `top_k`,
+//! `context_tokens` and remote URLs) take effect at once, so the arm an evaluation chose is
+//! served without a restart; a project's repository and index
+//! ([`ProjectConfig::restart_changes`]) and every key outside `[[projects]]`
+//! ([`Snapshot::at_next_start`]) wait for the next start and are named, so that no edit is
+//! ignored without a word.
 //!
-//! This module reads the file and says what differs; it applies nothing (the server swaps a
-//! project's settings, the binary loads its adapter first).
+//! This module reads the file and says what differs; it applies nothing (the server swaps
+//! projects, the binary loads a new adapter first).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -33,18 +35,12 @@ impl Snapshot {
         Ok(Snapshot { config, table })
     }
 
-    /// The keys whose value in `now` differs from this snapshot's and that a running server
-    /// does not take up: dotted (`generation.default_temperature`; a project's by its name,
-    /// `projects.api.path`), and projects added or removed, in the file's order of sections.
+    /// The keys outside `[[projects]]` whose value in `now` differs from this snapshot's, which
+    /// a running server does not take up: dotted (`generation.default_temperature`), sorted.
     pub fn at_next_start(&self, now: &Snapshot) -> Vec<String> {
         let mut keys = Vec::new();
-        for key in union(&self.table, &now.table) {
-            let (old, new) = (self.table.get(key), now.table.get(key));
-            if key == "projects" {
-                projects_at_next_start(old, new, &mut keys);
-            } else {
-                differing(key, old, new, &mut keys);
-            }
+        for key in union(&self.table, &now.table).into_iter().filter(|k| *k != "projects") {
+            differing(key, self.table.get(key), now.table.get(key), &mut keys);
         }
         keys
     }
@@ -75,37 +71,6 @@ fn differing(path: &str, old: Option<&toml::Value>, new: Option<&toml::Value>, k
     }
 }
 
-/// The `[[projects]]` entries by name (an entry without one, which validation refuses, is
-/// left out).
-fn by_name(projects: Option<&toml::Value>) -> Vec<(&str, &toml::Table)> {
-    let entries = projects.and_then(toml::Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    entries
-        .iter()
-        .filter_map(toml::Value::as_table)
-        .filter_map(|t| Some((t.get("name")?.as_str()?, t)))
-        .collect()
-}
-
-fn find<'a>(list: &[(&str, &'a toml::Table)], name: &str) -> Option<&'a toml::Table> {
-    list.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
-}
-
-fn projects_at_next_start(old: Option<&toml::Value>, new: Option<&toml::Value>, keys: &mut Vec<String>) {
-    let (old, new) = (by_name(old), by_name(new));
-    for (name, table) in &old {
-        let Some(now) = find(&new, name) else {
-            keys.push(format!("projects: `{name}` removed"));
-            continue;
-        };
-        for key in union(table, now).into_iter().filter(|k| !LIVE.contains(k)) {
-            differing(&format!("projects.{name}.{key}"), table.get(key), now.get(key), keys);
-        }
-    }
-    for (name, _) in new.iter().filter(|(name, _)| find(&old, name).is_none()) {
-        keys.push(format!("projects: `{name}` added"));
-    }
-}
-
 impl ProjectConfig {
     /// This project served with `new`'s [`LIVE`] settings (its name, repository and index
     /// stay).
@@ -118,6 +83,19 @@ impl ProjectConfig {
             remote_urls: new.remote_urls.clone(),
             ..self.clone()
         }
+    }
+
+    /// The keys of `new` that differ from this project's and that a running server does not
+    /// take up: its repository and the index it searches.
+    pub fn restart_changes(&self, new: &ProjectConfig) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.path != new.path {
+            keys.push("path");
+        }
+        if self.index != new.index {
+            keys.push("index");
+        }
+        keys
     }
 
     /// How `new`'s [`LIVE`] settings differ from this project's, in words (`adapter: none →
@@ -149,8 +127,8 @@ impl ProjectConfig {
 mod tests {
     use super::*;
 
-    fn snapshot(text: &str) -> Snapshot {
-        let dir = tempfile::tempdir().unwrap();
+    /// The config `text` as read from a file in `dir` (saved over the last one, as an edit).
+    fn snapshot(dir: &tempfile::TempDir, text: &str) -> Snapshot {
         let path = dir.path().join("graft.toml");
         std::fs::write(&path, text).unwrap();
         Snapshot::read(&path).unwrap()
@@ -161,12 +139,13 @@ mod tests {
 
     #[test]
     fn a_projects_serving_settings_are_live_and_the_rest_named_for_the_next_start() {
-        let started = snapshot(&format!("[generation]\ndefault_temperature = 0.2\n\n{PROJECTS}"));
+        let dir = tempfile::tempdir().unwrap();
+        let started = snapshot(&dir, &format!("[generation]\ndefault_temperature = 0.2\n\n{PROJECTS}"));
         assert!(started.at_next_start(&started).is_empty());
 
         // Only live settings: nothing waits.
         let live = PROJECTS.replace("adapter = \"web-lora\"", "retrieval = false\ntop_k = 3\ncontext_tokens = 900");
-        let now = snapshot(&format!("[generation]\ndefault_temperature = 0.2\n\n{live}"));
+        let now = snapshot(&dir, &format!("[generation]\ndefault_temperature = 0.2\n\n{live}"));
         assert_eq!(started.at_next_start(&now), Vec::<String>::new());
         let (web, web_now) = (&started.config.projects[1], &now.config.projects[1]);
         assert_eq!(
@@ -182,24 +161,20 @@ mod tests {
         assert_eq!((served.adapter, served.retrieval, served.top_k), (None, false, 3));
         assert!(web.live_changes(web).is_empty());
 
-        // Everything else is named: nested keys by their dotted path, a project's by its
-        // name, projects added and removed, the keys of a section added.
+        // Keys outside the projects are named, nested ones by their dotted path, the keys of
+        // a section added; a project's repository and index, by the project.
         let other = PROJECTS
-            .replace("path = \"web\"", "path = \"site\"")
+            .replace("path = \"web\"", "path = \"api\"\nindex = \"api\"")
             .replace("name = \"api\"", "name = \"core\"");
-        let now = snapshot(&format!(
-            "[generation]\ndefault_temperature = 0.7\n\n[server]\nmax_queue = 3\n\n{other}"
-        ));
-        assert_eq!(
-            started.at_next_start(&now),
-            [
-                "generation.default_temperature",
-                "projects: `api` removed",
-                "projects.web.path",
-                "projects: `core` added",
-                "server.max_queue"
-            ]
+        let now = snapshot(
+            &dir,
+            &format!(
+            "[generation]\ndefault_temperature = 0.7\n\n[server]\nmax_queue = 3\n\n[[projects]]\nname = \"api\"\npath = \"api\"\n\n{other}"
+        ),
         );
+        assert_eq!(started.at_next_start(&now), ["generation.default_temperature", "server.max_queue"]);
+        assert_eq!(web.restart_changes(&now.config.projects[2]), ["path", "index"]);
+        assert!(web.restart_changes(web_now).is_empty());
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //! than made to wait. The same holds while another process (a `graft index` run) has the
 //! index open.
 //!
-//! A project's serving settings (its adapter, retrieval, `top_k`...) can be replaced while it
-//! serves ([`Projects::replace_settings`], a reload of the config file): the project is
-//! swapped whole, keeping its index, so a request reads one project's settings throughout.
+//! Projects are added and removed, and a project's serving settings (its adapter, retrieval,
+//! `top_k`...) replaced, while the server serves (a reload of the config file): a project is
+//! swapped whole ([`Projects::replace_settings`] keeps its index), so a request reads one
+//! project's settings throughout.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -338,6 +339,21 @@ impl Projects {
         let mut on = self.all();
         on.retain(|p| !wanted.is_empty() && p.config.remote_urls.iter().any(|r| graft_core::remote::normalize(r) == wanted));
         on
+    }
+
+    /// Serves `project` from now on (a project added to the config); the project as served.
+    /// One of the same name is replaced.
+    pub fn add(&self, project: Project) -> Arc<Project> {
+        let project = Arc::new(project);
+        let mut projects = self.projects.write().unwrap_or_else(|p| p.into_inner());
+        projects.insert(project.config.name.clone(), Arc::clone(&project));
+        project
+    }
+
+    /// Stops serving the project `name` (its index stays on disk; requests already running
+    /// finish); the project as it was, if there was one.
+    pub fn remove(&self, name: &str) -> Option<Arc<Project>> {
+        self.projects.write().unwrap_or_else(|p| p.into_inner()).remove(name)
     }
 
     /// Serves the project `config` names with `config`'s settings from now on, keeping its

@@ -265,6 +265,13 @@ pub fn embedding_name(config: &Config) -> String {
     }
 }
 
+/// A project with an index of its own, as `config`'s `[index]` lays out and builds indexes
+/// (not yet opened).
+pub fn project(config: &Config, project: ProjectConfig) -> Project {
+    let layout = layout(config, &project.name);
+    Project::new(project, layout, index_options(config))
+}
+
 /// The config's projects as a server serves them: those whose `remote_urls` are left out
 /// find theirs among their repository's git remotes.
 pub fn project_configs(config: &Config) -> Vec<ProjectConfig> {
@@ -285,7 +292,7 @@ pub fn projects(config: &Config, embedder: Option<Arc<Embedder>>) -> Projects {
     let mut list: Vec<Project> = configs
         .iter()
         .filter(|p| p.index.is_none())
-        .map(|p| Project::new(p.clone(), layout(config, &p.name), index_options(config)))
+        .map(|p| project(config, p.clone()))
         .collect();
     for sharer in configs.iter().filter(|p| p.index.is_some()) {
         if let Some(owner) = list.iter().position(|o| Some(o.name()) == sharer.index.as_deref()) {

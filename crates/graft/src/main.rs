@@ -22,6 +22,7 @@ mod index;
 mod models;
 mod progress;
 mod project;
+mod reindexer;
 mod reload;
 mod remote;
 mod serve;

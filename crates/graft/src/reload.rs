@@ -1,20 +1,26 @@
 //! What a running graft reads again without a restart, on SIGHUP and when the file changes:
 //! the API keys (`server.api_keys_file` and `server.api_keys_env`), and the config file's
-//! projects' serving settings (`graft_core::reload::LIVE`: the adapter, retrieval, `top_k`,
-//! `context_tokens`, remote URLs), so the arm `graft eval run` chose is served by saving the
-//! config. Every other edit of the config file is named as waiting for the next start.
+//! projects: added, removed, and their serving settings (`graft_core::reload::LIVE`: the
+//! adapter, retrieval, `top_k`, `context_tokens`, remote URLs), so the arm `graft eval run`
+//! chose is served by saving the config, and a team's next repository served without stopping
+//! the others'. Every other edit of the config file is named as waiting for the next start.
 //!
 //! A file that cannot be read or checked changes nothing and is reported; so does a project
-//! whose new adapter cannot be loaded (it keeps its settings). This module decides when to read
-//! and what to say; the server swaps keys and projects (`AppState::replace_keys`,
-//! `Projects::replace_settings`).
+//! whose new adapter cannot be loaded (it keeps its settings, or is not added). The project
+//! that requests naming no model go to stays until the next start. This module decides when to
+//! read and what to say; the server swaps keys and projects (`AppState::replace_keys`,
+//! `Projects`), `graft up`'s reindexer indexes a project added.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use graft_core::keys::ApiKeys;
 use graft_core::reload::Snapshot;
+use graft_core::ProjectConfig;
+use graft_server::projects::Project;
 use graft_server::AppState;
+
+use crate::reindexer::Reindexer;
 
 /// How often the files are looked at (their size and time) for a change.
 const LOOK: Duration = Duration::from_secs(2);
@@ -36,12 +42,18 @@ pub struct Stamps {
     pub keys: Stamp,
 }
 
-/// Starts the task that reloads the keys and the projects' settings when their file changes
-/// or on SIGHUP (which then says "unchanged" too). `started` is the config file at `path` as
-/// the server was built from it.
-pub fn on_change(state: &AppState, started: Snapshot, path: PathBuf, mut seen: Stamps) {
+/// Starts the task that reloads the keys and the projects when their file changes or on
+/// SIGHUP (which then says "unchanged" too). `started` is the config file at `path` as the
+/// server was built from it; `reindexer`, `graft up`'s, indexes the projects added.
+pub fn on_change(state: &AppState, started: Snapshot, path: PathBuf, mut seen: Stamps, reindexer: Option<Reindexer>) {
     let state = state.clone();
     tokio::spawn(async move {
+        let reload = Reload {
+            state,
+            started,
+            path,
+            reindexer,
+        };
         let mut hangups = Hangups::new();
         let mut looks = tokio::time::interval(LOOK);
         looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -52,85 +64,181 @@ pub fn on_change(state: &AppState, started: Snapshot, path: PathBuf, mut seen: S
                 _ = looks.tick() => false,
                 () = hangups.next() => true,
             };
-            let keys = file_stamp(started.config.server.api_keys_file.as_deref());
+            let keys = file_stamp(reload.started.config.server.api_keys_file.as_deref());
             if asked || keys != seen.keys {
                 seen.keys = keys;
-                reload_keys(&state, &started, asked);
+                reload.keys(asked);
             }
-            let config = file_stamp(Some(&path));
+            let config = file_stamp(Some(&reload.path));
             if asked || config != seen.config {
                 seen.config = config;
-                reload_projects(&state, &started, &path, asked, &mut waiting).await;
+                reload.projects(asked, &mut waiting).await;
             }
         }
     });
 }
 
-/// The keys, as the config graft started with says where they are. A file that leaves no key
-/// at all is refused (`ApiKeys::change_to`).
-fn reload_keys(state: &AppState, started: &Snapshot, asked: bool) {
-    match ApiKeys::load(&started.config).and_then(|keys| state.replace_keys(keys)) {
-        Ok(change) if change.is_empty() => {
-            if asked {
-                eprintln!("API keys reloaded: unchanged");
-            }
-        }
-        Ok(change) => eprintln!(
-            "API keys reloaded: added [{}], removed [{}]",
-            change.added.join(", "),
-            change.removed.join(", ")
-        ),
-        Err(e) => eprintln!("API keys not reloaded, the keys in use stay: {e}"),
-    }
+/// What a reload reads and changes.
+struct Reload {
+    state: AppState,
+    /// The config file as the server was built from it.
+    started: Snapshot,
+    path: PathBuf,
+    reindexer: Option<Reindexer>,
 }
 
-/// Each project's serving settings from the file at `path`, a project at a time: its new
-/// adapter is loaded first (merged, on a CPU), so that its first request does not wait for it
-/// and one that cannot load leaves the project as it was. Keys that wait for the next start
-/// are named when they differ from those last named (`waiting`).
-async fn reload_projects(state: &AppState, started: &Snapshot, path: &Path, asked: bool, waiting: &mut Vec<String>) {
-    let now = match Snapshot::read(path) {
-        Ok(now) => now,
-        Err(e) => {
-            eprintln!("config not reloaded, the settings in use stay: {e}");
-            return;
-        }
-    };
-    let mut changed = false;
-    for new in graft_wiring::project_configs(&now.config) {
-        let Some(serving) = state.projects().get(&new.name) else {
-            continue;
-        };
-        let changes = serving.config.live_changes(&new);
-        if changes.is_empty() {
-            continue;
-        }
-        changed = true;
-        if let Some(adapter) = new.adapter.as_deref().filter(|a| serving.config.adapter.as_deref() != Some(*a)) {
-            if let Err(e) = state.pool().load(adapter, None).await {
-                eprintln!(
-                    "config: project `{}` keeps its settings: its adapter `{adapter}` cannot be loaded ({e}); tried again when the config is saved again or on SIGHUP",
-                    new.name
-                );
-                continue;
+impl Reload {
+    /// The keys, as the config graft started with says where they are. A file that leaves no
+    /// key at all is refused (`ApiKeys::change_to`).
+    fn keys(&self, asked: bool) {
+        match ApiKeys::load(&self.started.config).and_then(|keys| self.state.replace_keys(keys)) {
+            Ok(change) if change.is_empty() => {
+                if asked {
+                    eprintln!("API keys reloaded: unchanged");
+                }
             }
-        }
-        let name = new.name.clone();
-        if state.projects().replace_settings(new).is_some() {
-            eprintln!("config reloaded: project `{name}`: {}", changes.join(", "));
+            Ok(change) => eprintln!(
+                "API keys reloaded: added [{}], removed [{}]",
+                change.added.join(", "),
+                change.removed.join(", ")
+            ),
+            Err(e) => eprintln!("API keys not reloaded, the keys in use stay: {e}"),
         }
     }
-    let at_next_start = started.at_next_start(&now);
-    if at_next_start != *waiting {
-        if !at_next_start.is_empty() {
-            eprintln!(
-                "config: changed in the file, used from the next start only: {}",
-                at_next_start.join(", ")
-            );
+
+    /// The projects from the file, one at a time: those it no longer has removed, those it
+    /// adds added (their own indexes first, for those that share one), the others' serving
+    /// settings replaced. What waits for the next start is said when it differs from what was
+    /// said last (`waiting`).
+    async fn projects(&self, asked: bool, waiting: &mut Vec<String>) {
+        let now = match Snapshot::read(&self.path) {
+            Ok(now) => now,
+            Err(e) => {
+                eprintln!("config not reloaded, the settings in use stay: {e}");
+                return;
+            }
+        };
+        let mut wait = self.started.at_next_start(&now);
+        let projects = graft_wiring::project_configs(&now.config);
+        let mut changed = false;
+        for serving in self.state.projects().all() {
+            if !projects.iter().any(|p| p.name == serving.name()) {
+                changed |= self.remove(&serving, &mut wait);
+            }
         }
-        *waiting = at_next_start;
-    } else if asked && !changed {
-        eprintln!("config reloaded: unchanged");
+        let (owners, sharers): (Vec<ProjectConfig>, Vec<ProjectConfig>) = projects.into_iter().partition(|p| p.index.is_none());
+        for new in owners.into_iter().chain(sharers) {
+            changed |= match self.state.projects().get(&new.name) {
+                Some(serving) => {
+                    let name = &new.name;
+                    wait.extend(
+                        serving
+                            .config
+                            .restart_changes(&new)
+                            .into_iter()
+                            .map(|key| format!("projects.{name}.{key}")),
+                    );
+                    self.change(&serving, new).await
+                }
+                None => self.add(new, &mut wait).await,
+            };
+        }
+        if wait != *waiting {
+            if !wait.is_empty() {
+                eprintln!("config: changed in the file, used from the next start only: {}", wait.join(", "));
+            }
+            *waiting = wait;
+        } else if asked && !changed {
+            eprintln!("config reloaded: unchanged");
+        }
+    }
+
+    /// Loads `adapter` into the pool (merged, on a CPU), so that the first request does not
+    /// wait for it and one that cannot load changes nothing; the error, said, otherwise.
+    async fn load(&self, adapter: Option<&str>, project: &str, instead: &str) -> bool {
+        let Some(adapter) = adapter else {
+            return true;
+        };
+        match self.state.pool().load(adapter, None).await {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!(
+                    "config: project `{project}` {instead}: its adapter `{adapter}` cannot be loaded ({e}); tried again when the config is saved again or on SIGHUP"
+                );
+                false
+            }
+        }
+    }
+
+    /// A project's serving settings replaced; whether anything changed (or was tried).
+    async fn change(&self, serving: &Project, new: ProjectConfig) -> bool {
+        let changes = serving.config.live_changes(&new);
+        if changes.is_empty() {
+            return false;
+        }
+        let adapter = new.adapter.as_deref().filter(|a| serving.config.adapter.as_deref() != Some(*a));
+        if self.load(adapter, &new.name, "keeps its settings").await {
+            let name = new.name.clone();
+            if self.state.projects().replace_settings(new).is_some() {
+                eprintln!("config reloaded: project `{name}`: {}", changes.join(", "));
+            }
+        }
+        true
+    }
+
+    /// A project the file adds, served from now on with an index of its own (laid out and
+    /// built as the config graft started with says) or another's; `graft up` indexes it.
+    async fn add(&self, new: ProjectConfig, wait: &mut Vec<String>) -> bool {
+        let name = new.name.clone();
+        if self.state.projects().embedder().is_none() {
+            wait.push(format!(
+                "projects: `{name}` added (graft started with no project, so no embedding model is loaded)"
+            ));
+            return false;
+        }
+        if !self.load(new.adapter.as_deref(), &name, "is not added").await {
+            return true;
+        }
+        let project = match new.index.clone() {
+            None => graft_wiring::project(&self.started.config, new),
+            Some(owner) => match self.state.projects().get(&owner) {
+                Some(owner) => Project::sharing(new, &owner),
+                None => {
+                    eprintln!("config: project `{name}` is not added: the project whose index it searches, `{owner}`, is not served");
+                    return true;
+                }
+            },
+        };
+        let project = self.state.projects().add(project);
+        let index = if project.has_index() {
+            "its index serves"
+        } else if self.reindexer.is_some() {
+            "no index yet"
+        } else {
+            "no index yet: `graft index` builds it, or `POST /v1/projects/NAME/reindex`"
+        };
+        eprintln!(
+            "config reloaded: project `{name}` added ({}; {index})",
+            project.config.path.display()
+        );
+        if let Some(reindexer) = &self.reindexer {
+            reindexer.queue(&self.state, project);
+        }
+        true
+    }
+
+    /// A project the file no longer has, no longer served (its index stays); whether it was.
+    /// The default model's project stays until the next start: requests naming no model go
+    /// to it.
+    fn remove(&self, serving: &Project, wait: &mut Vec<String>) -> bool {
+        let name = serving.name();
+        if self.state.default_model() == name {
+            wait.push(format!("projects: `{name}` removed (requests that name no model go to it)"));
+            return false;
+        }
+        self.state.projects().remove(name);
+        eprintln!("config reloaded: project `{name}` removed (its index stays on disk)");
+        true
     }
 }
 

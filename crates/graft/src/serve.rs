@@ -1,7 +1,6 @@
 //! `graft serve` (offline: everything must be on disk) and `graft up` (fetch what is missing,
 //! then serve).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +12,11 @@ use graft_core::Config;
 use graft_engine::{Engine, Pool};
 use graft_index::Embedder;
 use graft_kit::Kit;
-use graft_server::projects::ReindexError;
 use graft_server::{AppState, ServerParts};
 
 use crate::cli::ServeArgs;
 use crate::reload::{self, file_stamp, Stamp, Stamps};
-use crate::{index, models};
+use crate::{index, models, reindexer};
 
 /// `graft up`: the one command a new user runs. Fetches the model files the config needs and
 /// serves, bringing every configured project's index up to date in the background (a
@@ -164,8 +162,13 @@ fn run(started: Started, embedder: Option<Embedder>, keys: LoadedKeys, listener:
         });
         // Marked before the first request can arrive, so each project reports itself as
         // re-indexing from the start.
-        let indexer = (indexing == Indexing::InBackground)
-            .then(|| index_in_background(&state, Duration::from_secs(config.index.refresh_secs)));
+        let (reindexer, indexing) = match indexing {
+            Indexing::InBackground => {
+                let (reindexer, task) = reindexer::start(&state, Duration::from_secs(config.index.refresh_secs));
+                (Some(reindexer), Some(task))
+            }
+            Indexing::Off => (None, None),
+        };
         let names: Vec<&str> = std::iter::once(config.model.name.as_str())
             .chain(config.projects.iter().map(|p| p.name.as_str()))
             .collect();
@@ -174,127 +177,19 @@ fn run(started: Started, embedder: Option<Embedder>, keys: LoadedKeys, listener:
             names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
         );
         // The background tasks start once that line is out, so what they say comes after it.
-        reload::on_change(&state, started.snapshot, started.path, Stamps {
+        let seen = Stamps {
             config: started.stamp,
             keys: keys.stamp,
-        });
-        if let Some(indexer) = indexer {
-            tokio::spawn(indexer);
+        };
+        reload::on_change(&state, started.snapshot, started.path, seen, reindexer);
+        if let Some(indexing) = indexing {
+            tokio::spawn(indexing);
         }
         let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
         graft_server::serve(listener, state, config.server.max_body_bytes, shutdown_signal(), grace).await?;
         eprintln!("graft stopped");
         Ok(())
     })
-}
-
-/// The task that re-indexes every project in turn, saying when each is done; then, every
-/// `refresh` (none when zero), each project whose repository changed since (its
-/// [`stamp`](graft_server::Projects::stamp)). A project with an index keeps serving from it
-/// until its turn; one without is marked as re-indexing at once (before the task is spawned on
-/// the server's runtime), so that its requests get no retrieved code rather than an error. A run
-/// that fails is tried again at the next look.
-fn index_in_background(state: &AppState, refresh: Duration) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut queue = Vec::new();
-    // A project sharing another's index is brought up to date with it.
-    for project in state.projects().all().into_iter().filter(|p| p.index_owner() == p.name()) {
-        let guard = if project.has_index() {
-            None
-        } else {
-            state.projects().start_reindex(&project)
-        };
-        eprintln!(
-            "indexing project `{}` ({}) in the background; {}",
-            project.name(),
-            project.config.path.display(),
-            if guard.is_some() {
-                "until it is done its requests get no retrieved code"
-            } else {
-                "its current index serves meanwhile"
-            }
-        );
-        queue.push((project, guard));
-    }
-    let state = state.clone();
-    async move {
-        let projects = state.projects();
-        // Each project's repository as it was when its index was last brought up to date.
-        let mut indexed: HashMap<String, u64> = HashMap::new();
-        // The last failure said of each project, said again only when it changes.
-        let mut failed: HashMap<String, String> = HashMap::new();
-        for (project, guard) in &mut queue {
-            let stamp = projects.stamp(project).await;
-            let result = match guard.take() {
-                Some(guard) => projects.reindex_with(project, guard).await,
-                None => projects.reindex(project).await,
-            };
-            match (result, stamp) {
-                (Ok(report), stamp) => {
-                    eprintln!(
-                        "project `{}` indexed: {} files, {} chunks ({} embedded now) in {:.1}s",
-                        project.name(),
-                        report.files_indexed,
-                        report.chunks,
-                        report.embeddings,
-                        report.elapsed.as_secs_f64()
-                    );
-                    if let Ok(stamp) = stamp {
-                        indexed.insert(project.name().to_owned(), stamp);
-                    }
-                }
-                (Err(e), _) => {
-                    eprintln!("indexing project `{}` failed: {e}", project.name());
-                    failed.insert(project.name().to_owned(), e.to_string());
-                }
-            }
-        }
-        if refresh.is_zero() {
-            return;
-        }
-        let mut looks = tokio::time::interval(refresh);
-        looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        looks.tick().await;
-        loop {
-            looks.tick().await;
-            for (project, _) in &queue {
-                let name = project.name().to_owned();
-                let outcome = match projects.stamp(project).await {
-                    Ok(stamp) if indexed.get(&name) == Some(&stamp) => continue,
-                    Ok(stamp) => projects.reindex(project).await.map(|report| (report, stamp)),
-                    Err(e) => Err(e.into()),
-                };
-                match outcome {
-                    Ok((report, stamp)) => {
-                        indexed.insert(name.clone(), stamp);
-                        failed.remove(&name);
-                        let changed = report.files_added + report.files_changed + report.files_removed;
-                        if changed > 0 || report.rebuilt {
-                            eprintln!(
-                                "project `{name}` re-indexed: {} files added, {} changed, {} removed ({} chunks embedded) in {:.1}s",
-                                report.files_added,
-                                report.files_changed,
-                                report.files_removed,
-                                report.embeddings,
-                                report.elapsed.as_secs_f64()
-                            );
-                        }
-                    }
-                    // A re-index asked for through the API is running: look again next time.
-                    Err(ReindexError::Running) => {}
-                    Err(e) => {
-                        let message = e.to_string();
-                        if failed.get(&name) != Some(&message) {
-                            eprintln!(
-                                "re-indexing project `{name}` failed (tried again every {}s): {message}",
-                                refresh.as_secs()
-                            );
-                            failed.insert(name, message);
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// A server for `config` in this process, on a free loopback port, with no keys (benches and

@@ -165,6 +165,43 @@ fn up_re_indexes_a_project_when_its_repository_changes() {
         metrics.contains("graft_index_last_success_timestamp_seconds{project=\"fixture\"}"),
         "{metrics}"
     );
+
+    // A project added to the config while graft serves is indexed and followed as the others;
+    // removed, it is no longer served, and the others serve on.
+    let notes = dir.path().join("notes");
+    std::fs::create_dir_all(&notes).unwrap();
+    std::fs::write(
+        notes.join("ledger.py"),
+        "def settle_vendor_invoices(batch):\n    return len(batch)\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let with_notes = format!("{text}\n[[projects]]\nname = \"notes\"\npath = \"notes\"\n");
+    std::fs::write(config.with_extension("new"), &with_notes).unwrap();
+    std::fs::rename(config.with_extension("new"), &config).unwrap();
+    let line = wait_for("project `notes` added", Duration::from_secs(30)).expect("the project added");
+    assert!(line.contains("no index yet"), "{line}");
+    assert!(wait_for("project `notes` indexed", Duration::from_secs(120)).is_some());
+    let notes_search = |query: &str| {
+        http_post(
+            &addr,
+            "/v1/projects/notes/search",
+            &format!(r#"{{"query": "{query}", "mode": "keyword"}}"#),
+        )
+    };
+    assert!(notes_search("settle_vendor_invoices").contains("ledger.py"));
+    std::fs::write(notes.join("audit.py"), "def audit_vendor_payments(rows):\n    return rows\n").unwrap();
+    let line = wait_for("project `notes` re-indexed", Duration::from_secs(60)).expect("followed");
+    assert!(line.contains("1 files added"), "{line}");
+    std::fs::write(config.with_extension("new"), &text).unwrap();
+    std::fs::rename(config.with_extension("new"), &config).unwrap();
+    assert!(wait_for("project `notes` removed", Duration::from_secs(30)).is_some());
+    assert!(notes_search("settle_vendor_invoices").starts_with("HTTP/1.1 404"));
+    let (gone, kept) = (search("reconcile_quarterly_ledger"), search("rotateSigningKeys"));
+    assert!(
+        !gone.contains(&added.to_owned()) && kept.contains(&"auth/TokenVault.java".to_owned()),
+        "the others serve on: {gone:?} {kept:?}"
+    );
 }
 
 const FIRST_KEY: &str = "sk-graft-first-0123456789abcdef";
@@ -299,17 +336,18 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     std::fs::write(work.path().join("adapters/broken/adapter_config.json"), r#"{"r":4,"lora_alpha":8}"#).unwrap();
     let config = work.path().join("graft.toml");
     // Written beside and renamed, as an editor saves, so no look finds it half-written.
-    let save = |generation: &str, project: &str| {
+    let save_all = |generation: &str, project: &str, more: &str| {
         let text = format!(
             "[kit]\ndir = {:?}\n\n[server]\nlisten = \"127.0.0.1:0\"\n\n[index]\ndir = \"index\"\n\n\
              [adapters]\ndir = \"adapters\"\ncache_dir = \"cache\"\n\n{generation}\
-             [[projects]]\nname = \"fixture\"\npath = \"repo\"\n{project}",
+             [[projects]]\nname = \"fixture\"\npath = \"repo\"\n{project}\n{more}",
             kit.display().to_string()
         );
         let beside = config.with_extension("toml.new");
         std::fs::write(&beside, text).unwrap();
         std::fs::rename(&beside, &config).unwrap();
     };
+    let save = |generation: &str, project: &str| save_all(generation, project, "");
     save("", "");
     let serving = start_serving(graft().args(["serve", "--config"]).arg(&config), Duration::from_secs(120));
     let (server, addr) = (serving.process, serving.addr);
@@ -371,6 +409,42 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     let line = said.wait_for("config reloaded", within, "").expect("back to the base");
     assert!(line.contains("adapter: `tuned` → none"), "{line}");
     assert_eq!(settings(), (serde_json::Value::Null, true.into(), 5.into()));
+
+    // Projects added (one on the adapter, sharing the first's index) and removed; the project
+    // that requests naming no model go to stays until the next start, and its repository too.
+    save_all(
+        "",
+        "",
+        "[[projects]]\nname = \"tuned-fixture\"\npath = \"repo\"\nindex = \"fixture\"\nadapter = \"tuned\"\nretrieval = false\n",
+    );
+    let line = said.wait_for("config", within, "").expect("added");
+    assert!(
+        line.contains("project `tuned-fixture` added") && line.contains("`graft index`"),
+        "{line}"
+    );
+    let status = http_get(&addr, "/v1/projects/tuned-fixture");
+    assert!(
+        status.contains(r#""index_of":"fixture""#) && status.contains(r#""adapter":"tuned""#),
+        "{status}"
+    );
+    let answer = http_post(&addr, "/v1/completions", &body.replace("\"fixture\"", "\"tuned-fixture\""));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let only_tuned = text.replace("name = \"fixture\"\npath = \"repo\"\n", "name = \"other\"\npath = \"elsewhere\"\n");
+    std::fs::create_dir_all(work.path().join("elsewhere")).unwrap();
+    std::fs::write(&config, only_tuned.replace("index = \"fixture\"\n", "")).unwrap();
+    let removed = said.wait_for("config reloaded", within, "").expect("other added");
+    assert!(removed.contains("project `other` added"), "{removed}");
+    let line = said.wait_for("config:", within, "").expect("named");
+    assert!(
+        line.ends_with("projects: `fixture` removed (requests that name no model go to it), projects.tuned-fixture.index"),
+        "{line}"
+    );
+    assert!(http_get(&addr, "/v1/projects/fixture").starts_with("HTTP/1.1 200"));
+    save("", "");
+    assert!(said.wait_for("project `other` removed", within, "").is_some());
+    assert!(said.wait_for("project `tuned-fixture` removed", within, "").is_some());
+    assert!(http_get(&addr, "/v1/projects/tuned-fixture").starts_with("HTTP/1.1 404"));
 }
 
 /// What a running graft says on standard error, read on a thread so that its pipe never fills.
