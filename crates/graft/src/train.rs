@@ -259,7 +259,7 @@ pub fn checkpoint_dir(out: &Path) -> PathBuf {
 /// Loads the written adapter into the graft running at `url` (vLLM's endpoint; a changed
 /// version replaces the loaded one).
 fn serve(url: &str, name: &str, dir: &Path) -> Result<String> {
-    let base = url.trim_end_matches('/').trim_end_matches("/v1");
+    let base = crate::eval::target::base_url(url).context("--serve")?;
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -398,6 +398,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| config.adapters.dir.join(format!("{}-lora", project)));
+    if let Some(url) = args.serve.as_deref().filter(|u| !u.is_empty()) {
+        // A URL that cannot be one is refused before training, not after.
+        crate::eval::target::base_url(url).context("--serve")?;
+    }
     if args.serve.is_some() {
         check_servable(&out, &config.adapters)?;
     }
@@ -656,7 +660,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     match served {
         Some(answer) => println!("  served:     {}", answer.trim()),
         None if placement.in_store && placement.valid_name => println!(
-            "  serve it:   a running graft loads it with `graft train ... --serve`, or name it in a project (`adapter = \"{name}\"`)"
+            "  serve it:   a running graft loads it with `graft train ... --serve`, or name it in a project (`adapter = \"{name}\"`; a running graft takes that up when the config is saved)"
         ),
         None if placement.loadable && placement.valid_name => println!(
             "  serve it:   a running graft loads it with `graft train ... --serve` (or POST /v1/load_lora_adapter); to name it in a project, move it into adapters.dir ({})",

@@ -1813,6 +1813,13 @@ print(len(names))
     let stderr = String::from_utf8_lossy(&outside.stderr);
     assert!(!outside.status.success() && stderr.contains("lies outside them"), "{stderr}");
     assert!(!elsewhere.exists(), "nothing trained or written");
+    let not_a_url = train(&["--out", elsewhere.to_str().unwrap(), "--serve", "localhost:8080"]);
+    let stderr = String::from_utf8_lossy(&not_a_url.stderr);
+    assert!(
+        !not_a_url.status.success() && stderr.contains("not an http:// or https:// URL"),
+        "{stderr}"
+    );
+    assert!(!elsewhere.exists(), "nothing trained or written");
     let spaced = work.path().join("adapters/poly lora");
     let bad_name = train(&["--out", spaced.to_str().unwrap(), "--serve", &url]);
     let stderr = String::from_utf8_lossy(&bad_name.stderr);

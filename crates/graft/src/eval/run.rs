@@ -97,7 +97,10 @@ pub fn run_golden_set(mut args: EvalRunArgs) -> Result<()> {
         _ => Api::Infill,
     };
     let arms = arms(&args, api)?;
-    let golden = GoldenSet::read(&golden_file)?;
+    // Read once: the tasks run and the digest the report records come from the same text.
+    let golden_text =
+        std::fs::read_to_string(&golden_file).with_context(|| format!("cannot read the golden set {}", golden_file.display()))?;
+    let golden = GoldenSet::parse(&golden_text, &golden_file)?;
     let split_file = Split::path_beside(&golden_file);
     let split = Split::read(&split_file).with_context(|| format!("the split beside the golden set ({})", split_file.display()))?;
     let tasks = pick(&golden, |t| t.kind != TaskKind::Question, args.max_tasks, args.seed);
@@ -188,7 +191,7 @@ pub fn run_golden_set(mut args: EvalRunArgs) -> Result<()> {
     let held_out_retrieved = results.held_out_retrieved;
     let requests = results.outcomes.len() + results.answers.len() + 2 * results.judgements.len();
     let mut report = report(&arms, results, args.seed);
-    about(&mut report.about, &args, &golden_file, &config, &tasks, &questions);
+    about(&mut report.about, &args, (&golden_file, &golden_text), &config, &tasks, &questions);
     if !questions.is_empty() {
         report.about.insert("judge", judge_about);
         report.about.insert("rubric", rubric_name(&args));
@@ -610,15 +613,13 @@ fn rubric_name(args: &EvalRunArgs) -> String {
 fn about(
     about: &mut std::collections::BTreeMap<&'static str, String>,
     args: &EvalRunArgs,
-    golden: &Path,
+    (golden, text): (&Path, &str),
     config: &graft_core::Config,
     tasks: &[&Task],
     questions: &[&Task],
 ) {
     about.insert("golden set", golden.display().to_string());
-    if let Ok(text) = std::fs::read_to_string(golden) {
-        about.insert(GOLDEN_DIGEST, golden_digest(&text));
-    }
+    about.insert(GOLDEN_DIGEST, golden_digest(text));
     about.insert(
         "tasks",
         format!(
