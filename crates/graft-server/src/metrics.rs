@@ -12,6 +12,8 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::state::unix_seconds;
+
 use graft_engine::pool::PoolStats;
 
 use crate::projects::IndexRuns;
@@ -79,6 +81,10 @@ struct Inner {
     rejected: u64,
     /// An editor's reports of completions (Tabby's `view`, `select`, `dismiss`) → count.
     completion_events: BTreeMap<&'static str, u64>,
+    /// Whether the last reload of the config and keys applied all it read.
+    reload_ok: bool,
+    /// When the last reload that did ended (the start, before any), in Unix seconds.
+    reload_success_at: f64,
 }
 
 /// The server's metrics. Recording takes a short lock; nothing blocks on I/O.
@@ -98,6 +104,8 @@ impl Default for Metrics {
                 retrieval: Histogram::new(),
                 rejected: 0,
                 completion_events: BTreeMap::new(),
+                reload_ok: true,
+                reload_success_at: unix_seconds(),
             }),
         }
     }
@@ -150,6 +158,17 @@ impl Metrics {
     /// (`dismiss`).
     pub fn completion_event(&self, event: &'static str) {
         *self.lock().completion_events.entry(event).or_default() += 1;
+    }
+
+    /// A reload of the config file and the API keys ended: `ok` when it applied everything it
+    /// read, false when a file could not be used or a change was refused (an adapter that
+    /// does not load). As Prometheus's own `prometheus_config_last_reload_successful`.
+    pub fn reload(&self, ok: bool) {
+        let mut m = self.lock();
+        m.reload_ok = ok;
+        if ok {
+            m.reload_success_at = unix_seconds();
+        }
     }
 
     /// Everything, in Prometheus's text format; `pool`, `in_flight`, `queued` and each index's
@@ -263,6 +282,20 @@ impl Metrics {
         }
         header(
             &mut out,
+            "graft_config_last_reload_successful",
+            "gauge",
+            "Whether the last reload of the config file and the API keys applied everything it read (1) or not (0).",
+        );
+        let _ = writeln!(out, "graft_config_last_reload_successful {}", u8::from(m.reload_ok));
+        header(
+            &mut out,
+            "graft_config_last_reload_success_timestamp_seconds",
+            "gauge",
+            "When the last reload that applied everything ended, or the server started (Unix time).",
+        );
+        let _ = writeln!(out, "graft_config_last_reload_success_timestamp_seconds {:.3}", m.reload_success_at);
+        header(
+            &mut out,
             "graft_index_runs_total",
             "counter",
             "Index runs of a project's repository (at start, on a change, or asked for), by outcome.",
@@ -359,5 +392,24 @@ mod tests {
         assert!(text.contains("graft_completion_tokens_total{model=\"graft\"} 7"));
         assert!(text.contains("graft_generations_in_flight 1"));
         assert!(text.contains("# TYPE graft_retrieval_duration_seconds histogram"));
+
+        // Reloads: successful from the start; a failure says so and keeps the last success.
+        let at = |text: &str| {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("graft_config_last_reload_success_timestamp_seconds "))
+                .unwrap();
+            line.split(' ').nth(1).unwrap().parse::<f64>().unwrap()
+        };
+        let started = at(&text);
+        assert!(text.contains("graft_config_last_reload_successful 1") && started > 1.7e9, "{text}");
+        m.reload(false);
+        let text = m.render(PoolStats::default(), 0, 0, &[]);
+        assert!(text.contains("graft_config_last_reload_successful 0"));
+        assert_eq!(at(&text), started);
+        std::thread::sleep(Duration::from_millis(5));
+        m.reload(true);
+        let text = m.render(PoolStats::default(), 0, 0, &[]);
+        assert!(text.contains("graft_config_last_reload_successful 1") && at(&text) > started);
     }
 }

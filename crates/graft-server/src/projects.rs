@@ -82,9 +82,7 @@ pub struct LastRun {
 
 impl IndexRuns {
     fn record(&mut self, started: std::time::Instant, result: Result<&IndexReport, &ReindexError>) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let now = crate::state::unix_seconds();
         let report = result.ok();
         match result {
             Ok(_) => {

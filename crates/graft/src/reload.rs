@@ -59,20 +59,26 @@ pub fn on_change(state: &AppState, started: Snapshot, path: PathBuf, mut seen: S
         looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // What was last said to wait for the next start, said again only when it changes.
         let mut waiting = Vec::new();
+        // Whether each file's last reload applied all it read (`/metrics`).
+        let (mut keys_ok, mut config_ok) = (true, true);
         loop {
             let asked = tokio::select! {
                 _ = looks.tick() => false,
                 () = hangups.next() => true,
             };
             let keys = file_stamp(reload.started.config.server.api_keys_file.as_deref());
-            if asked || keys != seen.keys {
-                seen.keys = keys;
-                reload.keys(asked);
-            }
             let config = file_stamp(Some(&reload.path));
-            if asked || config != seen.config {
+            let (keys_now, config_now) = (asked || keys != seen.keys, asked || config != seen.config);
+            if keys_now {
+                seen.keys = keys;
+                keys_ok = reload.keys(asked);
+            }
+            if config_now {
                 seen.config = config;
-                reload.projects(asked, &mut waiting).await;
+                config_ok = reload.projects(asked, &mut waiting).await;
+            }
+            if keys_now || config_now {
+                reload.state.metrics().reload(keys_ok && config_ok);
             }
         }
     });
@@ -88,47 +94,55 @@ struct Reload {
 }
 
 impl Reload {
-    /// The keys, as the config graft started with says where they are. A file that leaves no
-    /// key at all is refused (`ApiKeys::change_to`).
-    fn keys(&self, asked: bool) {
+    /// The keys, as the config graft started with says where they are; whether they were
+    /// used. A file that leaves no key at all is refused (`ApiKeys::change_to`).
+    fn keys(&self, asked: bool) -> bool {
         match ApiKeys::load(&self.started.config).and_then(|keys| self.state.replace_keys(keys)) {
             Ok(change) if change.is_empty() => {
                 if asked {
                     eprintln!("API keys reloaded: unchanged");
                 }
+                true
             }
-            Ok(change) => eprintln!(
-                "API keys reloaded: added [{}], removed [{}]",
-                change.added.join(", "),
-                change.removed.join(", ")
-            ),
-            Err(e) => eprintln!("API keys not reloaded, the keys in use stay: {e}"),
+            Ok(change) => {
+                eprintln!(
+                    "API keys reloaded: added [{}], removed [{}]",
+                    change.added.join(", "),
+                    change.removed.join(", ")
+                );
+                true
+            }
+            Err(e) => {
+                eprintln!("API keys not reloaded, the keys in use stay: {e}");
+                false
+            }
         }
     }
 
     /// The projects from the file, one at a time: those it no longer has removed, those it
     /// adds added (their own indexes first, for those that share one), the others' serving
     /// settings replaced. What waits for the next start is said when it differs from what was
-    /// said last (`waiting`).
-    async fn projects(&self, asked: bool, waiting: &mut Vec<String>) {
+    /// said last (`waiting`). Whether every change was applied (a file that cannot be used,
+    /// or an adapter that cannot load, is not).
+    async fn projects(&self, asked: bool, waiting: &mut Vec<String>) -> bool {
         let now = match Snapshot::read(&self.path) {
             Ok(now) => now,
             Err(e) => {
                 eprintln!("config not reloaded, the settings in use stay: {e}");
-                return;
+                return false;
             }
         };
         let mut wait = self.started.at_next_start(&now);
         let projects = graft_wiring::project_configs(&now.config);
-        let mut changed = false;
+        let mut outcomes = Vec::new();
         for serving in self.state.projects().all() {
             if !projects.iter().any(|p| p.name == serving.name()) {
-                changed |= self.remove(&serving, &mut wait);
+                outcomes.push(self.remove(&serving, &mut wait));
             }
         }
         let (owners, sharers): (Vec<ProjectConfig>, Vec<ProjectConfig>) = projects.into_iter().partition(|p| p.index.is_none());
         for new in owners.into_iter().chain(sharers) {
-            changed |= match self.state.projects().get(&new.name) {
+            let outcome = match self.state.projects().get(&new.name) {
                 Some(serving) => {
                     let name = &new.name;
                     wait.extend(
@@ -142,7 +156,9 @@ impl Reload {
                 }
                 None => self.add(new, &mut wait).await,
             };
+            outcomes.push(outcome);
         }
+        let changed = outcomes.iter().any(|o| *o != Outcome::Unchanged);
         if wait != *waiting {
             if !wait.is_empty() {
                 eprintln!("config: changed in the file, used from the next start only: {}", wait.join(", "));
@@ -151,6 +167,7 @@ impl Reload {
         } else if asked && !changed {
             eprintln!("config reloaded: unchanged");
         }
+        !outcomes.contains(&Outcome::Refused)
     }
 
     /// Loads `adapter` into the pool (merged, on a CPU), so that the first request does not
@@ -170,34 +187,35 @@ impl Reload {
         }
     }
 
-    /// A project's serving settings replaced; whether anything changed (or was tried).
-    async fn change(&self, serving: &Project, new: ProjectConfig) -> bool {
+    /// A project's serving settings replaced.
+    async fn change(&self, serving: &Project, new: ProjectConfig) -> Outcome {
         let changes = serving.config.live_changes(&new);
         if changes.is_empty() {
-            return false;
+            return Outcome::Unchanged;
         }
         let adapter = new.adapter.as_deref().filter(|a| serving.config.adapter.as_deref() != Some(*a));
-        if self.load(adapter, &new.name, "keeps its settings").await {
-            let name = new.name.clone();
-            if self.state.projects().replace_settings(new).is_some() {
-                eprintln!("config reloaded: project `{name}`: {}", changes.join(", "));
-            }
+        if !self.load(adapter, &new.name, "keeps its settings").await {
+            return Outcome::Refused;
         }
-        true
+        let name = new.name.clone();
+        if self.state.projects().replace_settings(new).is_some() {
+            eprintln!("config reloaded: project `{name}`: {}", changes.join(", "));
+        }
+        Outcome::Applied
     }
 
     /// A project the file adds, served from now on with an index of its own (laid out and
     /// built as the config graft started with says) or another's; `graft up` indexes it.
-    async fn add(&self, new: ProjectConfig, wait: &mut Vec<String>) -> bool {
+    async fn add(&self, new: ProjectConfig, wait: &mut Vec<String>) -> Outcome {
         let name = new.name.clone();
         if self.state.projects().embedder().is_none() {
             wait.push(format!(
                 "projects: `{name}` added (graft started with no project, so no embedding model is loaded)"
             ));
-            return false;
+            return Outcome::Unchanged;
         }
         if !self.load(new.adapter.as_deref(), &name, "is not added").await {
-            return true;
+            return Outcome::Refused;
         }
         let project = match new.index.clone() {
             None => graft_wiring::project(&self.started.config, new),
@@ -205,7 +223,7 @@ impl Reload {
                 Some(owner) => Project::sharing(new, &owner),
                 None => {
                     eprintln!("config: project `{name}` is not added: the project whose index it searches, `{owner}`, is not served");
-                    return true;
+                    return Outcome::Refused;
                 }
             },
         };
@@ -224,22 +242,31 @@ impl Reload {
         if let Some(reindexer) = &self.reindexer {
             reindexer.queue(&self.state, project);
         }
-        true
+        Outcome::Applied
     }
 
-    /// A project the file no longer has, no longer served (its index stays); whether it was.
-    /// The default model's project stays until the next start: requests naming no model go
-    /// to it.
-    fn remove(&self, serving: &Project, wait: &mut Vec<String>) -> bool {
+    /// A project the file no longer has, no longer served (its index stays). The default
+    /// model's project stays until the next start: requests naming no model go to it.
+    fn remove(&self, serving: &Project, wait: &mut Vec<String>) -> Outcome {
         let name = serving.name();
         if self.state.default_model() == name {
             wait.push(format!("projects: `{name}` removed (requests that name no model go to it)"));
-            return false;
+            return Outcome::Unchanged;
         }
         self.state.projects().remove(name);
         eprintln!("config reloaded: project `{name}` removed (its index stays on disk)");
-        true
+        Outcome::Applied
     }
+}
+
+/// What a reload did with one project. What waits for the next start is left unchanged: it is
+/// named, not refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Unchanged,
+    Applied,
+    /// A change that could not be made (an adapter that does not load, an index not served).
+    Refused,
 }
 
 /// SIGHUP, as a stream of wake-ups (never, where there is no such signal).

@@ -395,6 +395,8 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     let line = said.wait_for("config", within, "").expect("the broken file reported");
     assert!(line.contains("not reloaded") && line.contains("graft.toml"), "{line}");
     assert_eq!(settings(), ("tuned".into(), false.into(), 3.into()));
+    let reloaded = || http_get(&addr, "/metrics").contains("\ngraft_config_last_reload_successful 1\n");
+    assert!(!reloaded(), "an operator's alert sees the failed reload");
 
     // SIGHUP reads it again at once, and says when nothing changed.
     save(
@@ -405,6 +407,7 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
     let line = said.wait_for("config reloaded", within, "").expect("reloaded on SIGHUP");
     assert!(line.ends_with("unchanged"), "{line}");
+    assert!(reloaded());
     save("", "");
     let line = said.wait_for("config reloaded", within, "").expect("back to the base");
     assert!(line.contains("adapter: `tuned` → none"), "{line}");
