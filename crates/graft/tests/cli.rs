@@ -321,17 +321,7 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     let kit = std::fs::canonicalize(&shipped.kit.dir).unwrap();
     let work = tempfile::tempdir().unwrap();
     common::copy_tree(&repo_root().join("tests/fixtures/polyglot"), &work.path().join("repo"));
-    let base = graft_engine::merge::BaseGguf::open(&kit.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
-    graft_engine::synthetic::SyntheticAdapter {
-        projections: &["q_proj", "v_proj"],
-        rank: 4,
-        alpha: 8.0,
-        amplitude: 0.02,
-        zero_b: false,
-        seed: 7,
-    }
-    .write(&work.path().join("adapters/tuned"), &base)
-    .unwrap();
+    write_synthetic_adapter(&kit, &work.path().join("adapters/tuned"));
     std::fs::create_dir_all(work.path().join("adapters/broken")).unwrap();
     std::fs::write(work.path().join("adapters/broken/adapter_config.json"), r#"{"r":4,"lora_alpha":8}"#).unwrap();
     let config = work.path().join("graft.toml");
@@ -548,6 +538,22 @@ fn http_post(addr: &str, path: &str, body: &str) -> String {
         ),
         Duration::from_secs(120),
     )
+}
+
+/// Writes at `dir` a synthetic adapter on the kit's SmolLM2 (valid weights, no learned
+/// behaviour).
+fn write_synthetic_adapter(kit: &Path, dir: &Path) {
+    let base = graft_engine::merge::BaseGguf::open(&kit.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    graft_engine::synthetic::SyntheticAdapter {
+        projections: &["q_proj", "v_proj"],
+        rank: 4,
+        alpha: 8.0,
+        amplitude: 0.02,
+        zero_b: false,
+        seed: 7,
+    }
+    .write(dir, &base)
+    .unwrap();
 }
 
 /// Writes a small PEFT adapter for the toy model's q_proj weights.
@@ -962,18 +968,7 @@ fn eval_run_judges_questions_in_both_orders_on_an_adapter_with_a_judge_served_by
     .unwrap();
     let gold = gold.to_string_lossy().into_owned();
     let golden = polyglot_golden(work.path(), &["--tasks", "4", "--questions", "1", "--gold", &gold]);
-    // A synthetic adapter on SmolLM2 (valid weights, no learned behaviour) in a store of its own.
-    let base = graft_engine::merge::BaseGguf::open(&kit.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
-    graft_engine::synthetic::SyntheticAdapter {
-        projections: &["q_proj", "v_proj"],
-        rank: 4,
-        alpha: 8.0,
-        amplitude: 0.02,
-        zero_b: false,
-        seed: 7,
-    }
-    .write(&work.path().join("adapters/tuned"), &base)
-    .unwrap();
+    write_synthetic_adapter(&kit, &work.path().join("adapters/tuned"));
     let config = work.path().join("graft.toml");
     std::fs::write(
         &config,
