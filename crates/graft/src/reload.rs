@@ -228,6 +228,9 @@ impl Reload {
             },
         };
         let project = self.state.projects().add(project);
+        if graft_engine::pool::store_names(&self.started.config.adapters.dir).contains(&name) {
+            tracing::warn!(project = %name, "{}", crate::serve::ADAPTER_NAMED_AS_PROJECT);
+        }
         let index = if project.has_index() {
             "its index serves"
         } else if self.reindexer.is_some() {

@@ -78,6 +78,9 @@ pub fn local_url(listen: std::net::SocketAddr) -> String {
     format!("http://{addr}")
 }
 
+/// Said of a project whose name an adapter folder of the store has too.
+pub const ADAPTER_NAMED_AS_PROJECT: &str = "an adapter folder has this project's name; `model` with that name means the project, so the adapter cannot be requested by name (rename its folder)";
+
 /// The config graft serves with, as read at its start: a later read of the file is compared
 /// with it ([`reload::on_change`]).
 struct Started {
@@ -143,7 +146,7 @@ fn run(started: Started, embedder: Option<Embedder>, keys: LoadedKeys, listener:
                 tracing::warn!(project = %project.name, adapter = %adapter, "the project's adapter is not in the adapter store; its requests will fail until it is");
             }
             if store.contains(&project.name) {
-                tracing::warn!(project = %project.name, "an adapter folder has this project's name; `model` with that name means the project, so the adapter cannot be requested by name (rename its folder)");
+                tracing::warn!(project = %project.name, "{ADAPTER_NAMED_AS_PROJECT}");
             }
         }
         for alias in config.model.aliases.iter().filter(|a| store.contains(a)) {
