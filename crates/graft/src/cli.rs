@@ -29,6 +29,9 @@ pub enum Command {
     Index(IndexArgs),
     /// Search a project's index.
     Search(SearchArgs),
+    /// What a running graft serves: its model, each project's adapter, retrieval settings and
+    /// index, the generations running and queued, and whether its last config reload applied.
+    Status(StatusArgs),
     /// The LoRA adapter store: list adapters, merge one ahead of serving.
     #[command(subcommand)]
     Adapters(AdaptersCommand),
@@ -50,6 +53,19 @@ pub enum Command {
     /// serves (the base GGUF, dequantized), and write it into the adapter store as a PEFT
     /// folder with a training report.
     Train(TrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The graft's base URL (default: the configured `server.listen`). Its projects and
+    /// metrics need the admin key, from GRAFT_API_KEY, when it has keys.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Print the answers as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -26,6 +26,7 @@ mod reindexer;
 mod reload;
 mod remote;
 mod serve;
+mod status;
 mod train;
 
 use std::io::IsTerminal;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(args),
         Command::Index(args) => index::index(args),
         Command::Search(args) => index::search(args),
+        Command::Status(args) => status::run(args),
         Command::Bench(BenchCommand::Index(args)) => bench::index::run(args),
         Command::Bench(BenchCommand::Engine(args)) => bench::engine::run(args),
         Command::Bench(BenchCommand::Load(args)) => bench::load::run(args),

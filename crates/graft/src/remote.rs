@@ -1,11 +1,13 @@
-//! A graft already serving a project, asked over HTTP by the commands that would otherwise
-//! open the project's index, which that graft holds open: `graft dataset`'s retrieval, and
-//! `graft search` and `graft index` when the index is in use. The admin key comes from
+//! A running graft asked over HTTP ([`Graft`]): what it serves, for `graft status`; and a
+//! project it serves ([`Served`]), asked by the commands that would otherwise open the
+//! project's index, which that graft holds open: `graft dataset`'s retrieval, and `graft
+//! search` and `graft index` when the index is in use. The admin key comes from
 //! `GRAFT_API_KEY`. Blocking (ureq): the dataset asks from rayon's threads.
 //!
-//! This module speaks the project endpoints (`GET /v1/projects/{name}`, `POST .../search`,
-//! `POST .../reindex`), and reads an OpenAI-style error's message (`bench api` too); what a
-//! command makes of the answers is the command's.
+//! This module speaks the endpoints (`GET /health`, `/v1/projects`, `/metrics`; a project's
+//! `GET /v1/projects/{name}`, `POST .../search`, `POST .../reindex`), and reads an
+//! OpenAI-style error's message (`bench api` too); what a command makes of the answers is the
+//! command's.
 
 use std::fmt::Display;
 use std::path::Path;
@@ -17,13 +19,71 @@ use serde_json::Value;
 /// How long a search waits, in all, on a graft that answers "busy" (re-indexing).
 const BUSY_WAIT: Duration = Duration::from_secs(120);
 
-/// A graft serving `project`, and what it said of it.
-pub struct Served {
+/// A graft at a URL, asked with the admin key from `GRAFT_API_KEY` when it is set.
+pub struct Graft {
     agent: ureq::Agent,
     /// The graft's base URL (no `/v1`).
     pub base: String,
-    project: String,
     key: Option<String>,
+}
+
+/// How long a question about what a graft serves may take: whatever listens there answers
+/// quickly.
+const ASK: Duration = Duration::from_secs(10);
+
+impl Graft {
+    /// The graft at `url` (a base URL, with or without `/v1`); nothing is asked yet.
+    pub fn at(url: &str) -> Result<Graft, String> {
+        let base = crate::eval::target::base_url(url).map_err(|e| e.to_string())?;
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(2))
+            .timeout_read(Duration::from_secs(3600))
+            .build();
+        let key = std::env::var("GRAFT_API_KEY").ok().filter(|k| !k.is_empty());
+        Ok(Graft { agent, base, key })
+    }
+
+    /// `GET path`'s JSON; an admin key refused is said to be for `what`.
+    pub fn get(&self, path: &str, what: &str) -> Result<Value, String> {
+        let answer = self.answer(self.request("GET", path).timeout(ASK).call(), what)?;
+        serde_json::from_str(&answer).map_err(|e| format!("the graft at {} answered: {e}", self.base))
+    }
+
+    /// `GET path`'s text (`/metrics`).
+    pub fn get_text(&self, path: &str, what: &str) -> Result<String, String> {
+        self.answer(self.request("GET", path).timeout(ASK).call(), what)
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let request = self.agent.request(method, &format!("{}{path}", self.base));
+        match &self.key {
+            Some(key) => request.set("Authorization", &format!("Bearer {key}")),
+            None => request,
+        }
+    }
+
+    /// A successful answer's body, or what went wrong, in words (an admin key wanted for
+    /// `what`).
+    fn answer(&self, answer: Result<ureq::Response, ureq::Error>, what: &str) -> Result<String, String> {
+        let base = &self.base;
+        match answer {
+            Ok(response) => response.into_string().map_err(|e| format!("the graft at {base} answered: {e}")),
+            Err(ureq::Error::Status(401 | 403, _)) => Err(format!("the graft at {base} wants an admin key for {what}: set GRAFT_API_KEY")),
+            Err(ureq::Error::Status(code, response)) => Err(format!(
+                "the graft at {base} answered {code}: {}",
+                error_message(&response.into_string().unwrap_or_default())
+            )),
+            Err(e) => Err(format!("no graft answers at {base} ({e})")),
+        }
+    }
+}
+
+/// A graft serving `project`, and what it said of it.
+pub struct Served {
+    graft: Graft,
+    /// The graft's base URL (no `/v1`).
+    pub base: String,
+    project: String,
     /// The project's status (`GET /v1/projects/{name}`): its repository, index, settings.
     pub status: Value,
 }
@@ -31,22 +91,15 @@ pub struct Served {
 impl Served {
     /// The graft at `url` (a base URL, with or without `/v1`), if it serves `project`.
     pub fn connect(url: &str, project: &str) -> Result<Served, String> {
-        let base = crate::eval::target::base_url(url).map_err(|e| e.to_string())?;
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(2))
-            .timeout_read(Duration::from_secs(3600))
-            .build();
-        let key = std::env::var("GRAFT_API_KEY").ok().filter(|k| !k.is_empty());
+        let graft = Graft::at(url)?;
+        // Asked before anything else: whatever else listens there answers quickly.
         let mut served = Served {
-            agent,
-            base,
+            base: graft.base.clone(),
+            graft,
             project: project.to_owned(),
-            key,
             status: Value::Null,
         };
-        // Asked before anything else: whatever else listens there answers quickly.
-        let request = served.request("GET", "").timeout(Duration::from_secs(10));
-        served.status = served.answer(request.call())?;
+        served.status = served.answer(served.request("GET", "").timeout(ASK).call())?;
         Ok(served)
     }
 
@@ -95,33 +148,15 @@ impl Served {
         self.answer(self.request("POST", "/reindex").call())
     }
 
+    /// A request about the project (`path` after `/v1/projects/{name}`).
     fn request(&self, method: &str, path: &str) -> ureq::Request {
-        let url = format!("{}/v1/projects/{}{path}", self.base, self.project);
-        let request = self.agent.request(method, &url);
-        match &self.key {
-            Some(key) => request.set("Authorization", &format!("Bearer {key}")),
-            None => request,
-        }
+        self.graft.request(method, &format!("/v1/projects/{}{path}", self.project))
     }
 
     /// A successful answer's JSON, or what went wrong, in words.
     fn answer(&self, answer: Result<ureq::Response, ureq::Error>) -> Result<Value, String> {
-        let (base, project) = (&self.base, &self.project);
-        match answer {
-            Ok(response) => response
-                .into_string()
-                .map_err(|e| e.to_string())
-                .and_then(|body| serde_json::from_str(&body).map_err(|e| e.to_string()))
-                .map_err(|e| format!("the graft at {base} answered: {e}")),
-            Err(ureq::Error::Status(401 | 403, _)) => Err(format!(
-                "the graft at {base} wants an admin key for `{project}`'s index: set GRAFT_API_KEY"
-            )),
-            Err(ureq::Error::Status(code, response)) => Err(format!(
-                "the graft at {base} answered {code}: {}",
-                error_message(&response.into_string().unwrap_or_default())
-            )),
-            Err(e) => Err(format!("no graft answers at {base} ({e})")),
-        }
+        let body = self.graft.answer(answer, &format!("`{}`'s index", self.project))?;
+        serde_json::from_str(&body).map_err(|e| format!("the graft at {} answered: {e}", self.base))
     }
 }
 

@@ -257,6 +257,23 @@ fn serve_reloads_its_api_keys_without_a_restart() {
     let within = Duration::from_secs(30);
     assert_eq!((status(FIRST_KEY), status(SECOND_KEY)), ("200".into(), "401".into()));
 
+    // `graft status` without an admin key: the model, and what it could not be told.
+    let out = graft()
+        .args(["status", "--server", &format!("http://{addr}")])
+        .env("GRAFT_API_KEY", FIRST_KEY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.starts_with(&format!("graft at http://{addr}: smollm2-135m-instruct on the cpu")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("projects: not known (the graft at") && stdout.contains("wants an admin key for its projects: set GRAFT_API_KEY)"),
+        "{stdout}"
+    );
+
     // The file changes: the next request is checked against the new keys.
     write_keys(&[("second", SECOND_KEY)]);
     let line = said.wait_for("API keys", within, "").expect("reloaded");
@@ -437,6 +454,39 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     save("", "");
     assert!(said.wait_for("project `other` removed", within, "").is_some());
     assert!(said.wait_for("project `tuned-fixture` removed", within, "").is_some());
+    let status = |json: bool| {
+        let mut status = graft();
+        status
+            .args(["status", "--server", &format!("http://{addr}/v1")])
+            .env_remove("GRAFT_API_KEY");
+        if json {
+            status.arg("--json");
+        }
+        let out = status.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let answer: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    let names: Vec<&str> = answer["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["project"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["fixture"], "{answer}");
+    assert_eq!(
+        (&answer["generations"]["running"], &answer["last_reload_successful"]),
+        (&0.into(), &true.into())
+    );
+    let text = status(false);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[1], "generations: 0 running, 0 queued; last config reload: applied", "{text}");
+    assert!(
+        lines[3].starts_with("fixture  the base   top 5, 512 tokens  not usable: no index for project `fixture`"),
+        "{text}"
+    );
+    let nobody = graft().args(["status", "--server", "http://127.0.0.1:9"]).output().unwrap();
+    assert!(!nobody.status.success() && String::from_utf8_lossy(&nobody.stderr).contains("no graft answers at http://127.0.0.1:9"));
     assert!(http_get(&addr, "/v1/projects/tuned-fixture").starts_with("HTTP/1.1 404"));
 }
 
