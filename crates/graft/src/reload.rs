@@ -133,6 +133,18 @@ impl Reload {
             }
         };
         let mut wait = self.started.at_next_start(&now);
+        // Requests that name no model go to `server.default_model`, else the first project: a
+        // file that changes which one says so, even when that key is not written.
+        let default_then = graft_wiring::server_config(&now.config).default_model;
+        let default_now = self.state.default_model();
+        if default_then.as_deref().unwrap_or(self.state.pool().base_name()) != default_now
+            && !wait.iter().any(|k| k == "server.default_model")
+        {
+            wait.push(format!(
+                "requests that name no model (`{default_now}` now, `{}` then)",
+                default_then.as_deref().unwrap_or(self.state.pool().base_name())
+            ));
+        }
         let projects = graft_wiring::project_configs(&now.config);
         let mut outcomes = Vec::new();
         for serving in self.state.projects().all() {

@@ -447,7 +447,10 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     assert!(removed.contains("project `other` added"), "{removed}");
     let line = said.wait_for("config:", within, "").expect("named");
     assert!(
-        line.ends_with("projects: `fixture` removed (requests that name no model go to it), projects.tuned-fixture.index"),
+        line.ends_with(
+            "used from the next start only: requests that name no model (`fixture` now, `other` then), \
+             projects: `fixture` removed (requests that name no model go to it), projects.tuned-fixture.index"
+        ),
         "{line}"
     );
     assert!(http_get(&addr, "/v1/projects/fixture").starts_with("HTTP/1.1 200"));
