@@ -12,11 +12,10 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::state::unix_seconds;
-
 use graft_engine::pool::PoolStats;
 
 use crate::projects::IndexRuns;
+use crate::state::unix_seconds;
 
 /// Bucket upper bounds, in seconds, for latencies from milliseconds to minutes.
 const SECONDS_BUCKETS: &[f64] = &[
