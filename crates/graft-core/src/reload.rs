@@ -1,10 +1,10 @@
 //! What reading the config file again changes in a running server. Projects are added and
-//! removed, and a project's serving settings ([`LIVE`]: its adapter, retrieval, `top_k`,
-//! `context_tokens` and remote URLs) take effect at once, so the arm an evaluation chose is
-//! served without a restart; a project's repository and index
-//! ([`ProjectConfig::restart_changes`]) and every key outside `[[projects]]`
-//! ([`Snapshot::at_next_start`]) wait for the next start and are named, so that no edit is
-//! ignored without a word.
+//! removed, a project's serving settings ([`LIVE`]: its adapter, retrieval, `top_k`,
+//! `context_tokens` and remote URLs) and the requests' limits and defaults ([`LIVE_SECTIONS`]:
+//! `[generation]`) take effect at once, so the arm an evaluation chose is served without a
+//! restart; a project's repository and index ([`ProjectConfig::restart_changes`]) and every
+//! other key ([`Snapshot::at_next_start`]) wait for the next start and are named, so that no
+//! edit is ignored without a word.
 //!
 //! This module reads the file and says what differs; it applies nothing (the server swaps
 //! projects, the binary loads a new adapter first).
@@ -16,6 +16,9 @@ use crate::config::{Config, ConfigError, ProjectConfig};
 
 /// The keys of a `[[projects]]` entry that a running server takes up at once.
 pub const LIVE: [&str; 5] = ["adapter", "retrieval", "top_k", "context_tokens", "remote_urls"];
+
+/// The sections a running server takes up whole, at once: what every request reads anew.
+pub const LIVE_SECTIONS: [&str; 1] = ["generation"];
 
 /// The config file as read once: the validated [`Config`] and the file's own keys, which say
 /// what an edit touched (a default written out is a key of the file too).
@@ -35,14 +38,35 @@ impl Snapshot {
         Ok(Snapshot { config, table })
     }
 
-    /// The keys outside `[[projects]]` whose value in `now` differs from this snapshot's, which
-    /// a running server does not take up: dotted (`generation.default_temperature`), sorted.
+    /// The keys outside `[[projects]]` and [`LIVE_SECTIONS`] whose value in `now` differs
+    /// from this snapshot's, which a running server does not take up: dotted
+    /// (`server.max_queue`), sorted.
     pub fn at_next_start(&self, now: &Snapshot) -> Vec<String> {
         let mut keys = Vec::new();
-        for key in union(&self.table, &now.table).into_iter().filter(|k| *k != "projects") {
+        let waits = |k: &&str| *k != "projects" && !LIVE_SECTIONS.contains(k);
+        for key in union(&self.table, &now.table).into_iter().filter(waits) {
             differing(key, self.table.get(key), now.table.get(key), &mut keys);
         }
         keys
+    }
+
+    /// How the keys of `section` differ in `now` from this snapshot, in words
+    /// (`generation.default_temperature: 0.2 → 0.5`; a key not written: `default`); empty when
+    /// they do not.
+    pub fn section_changes(&self, now: &Snapshot, section: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        differing(section, self.table.get(section), now.table.get(section), &mut keys);
+        let words = |table: &toml::Table, path: &str| {
+            let mut parts = path.split('.');
+            let first = parts.next().and_then(|k| table.get(k));
+            parts
+                .try_fold(first, |value, key| Some(value?.as_table()?.get(key)))
+                .flatten()
+                .map_or("default".to_owned(), ToString::to_string)
+        };
+        keys.iter()
+            .map(|path| format!("{path}: {} → {}", words(&self.table, path), words(&now.table, path)))
+            .collect()
     }
 }
 
@@ -172,7 +196,21 @@ mod tests {
             "[generation]\ndefault_temperature = 0.7\n\n[server]\nmax_queue = 3\n\n[[projects]]\nname = \"api\"\npath = \"api\"\n\n{other}"
         ),
         );
-        assert_eq!(started.at_next_start(&now), ["generation.default_temperature", "server.max_queue"]);
+        assert_eq!(started.at_next_start(&now), ["server.max_queue"]);
+        // `[generation]` is live, its changes in words.
+        assert_eq!(
+            started.section_changes(&now, "generation"),
+            ["generation.default_temperature: 0.2 → 0.7"]
+        );
+        let unwritten = snapshot(&dir, "[generation]\ndefault_max_tokens = 64\n");
+        assert_eq!(
+            started.section_changes(&unwritten, "generation"),
+            [
+                "generation.default_max_tokens: default → 64",
+                "generation.default_temperature: 0.2 → default"
+            ]
+        );
+        assert!(now.section_changes(&now, "generation").is_empty());
         assert_eq!(web.restart_changes(&now.config.projects[2]), ["path", "index"]);
         assert!(web.restart_changes(web_now).is_empty());
     }

@@ -36,7 +36,8 @@ pub struct AppState {
 struct Inner {
     pool: Arc<Pool>,
     aliases: Vec<String>,
-    generation: GenerationConfig,
+    /// Replaced whole when the config file is reloaded ([`AppState::replace_generation`]).
+    generation: std::sync::RwLock<Arc<GenerationConfig>>,
     server: ServerConfig,
     /// Replaced whole when the keys file is reloaded ([`AppState::replace_keys`]).
     keys: std::sync::RwLock<Arc<ApiKeys>>,
@@ -68,7 +69,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 pool: parts.pool,
                 aliases: parts.aliases,
-                generation: parts.generation,
+                generation: std::sync::RwLock::new(Arc::new(parts.generation)),
                 server: parts.server,
                 keys: std::sync::RwLock::new(Arc::new(parts.keys)),
                 projects: parts.projects,
@@ -104,8 +105,14 @@ impl AppState {
         self.inner.pool.engine()
     }
 
-    pub fn generation(&self) -> &GenerationConfig {
-        &self.inner.generation
+    /// The limits and defaults of `[generation]` now.
+    pub fn generation(&self) -> Arc<GenerationConfig> {
+        Arc::clone(&self.inner.generation.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Serves with `generation`'s limits and defaults from now on (a reload of the config).
+    pub fn replace_generation(&self, generation: GenerationConfig) {
+        *self.inner.generation.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(generation);
     }
 
     /// The API keys now.

@@ -1,9 +1,10 @@
 //! What a running graft reads again without a restart, on SIGHUP and when the file changes:
-//! the API keys (`server.api_keys_file` and `server.api_keys_env`), and the config file's
-//! projects: added, removed, and their serving settings (`graft_core::reload::LIVE`: the
+//! the API keys (`server.api_keys_file` and `server.api_keys_env`), and from the config file
+//! the projects: added, removed, and their serving settings (`graft_core::reload::LIVE`: the
 //! adapter, retrieval, `top_k`, `context_tokens`, remote URLs), so the arm `graft eval run`
 //! chose is served by saving the config, and a team's next repository served without stopping
-//! the others'. Every other edit of the config file is named as waiting for the next start.
+//! the others'; and the requests' limits and defaults (`[generation]`). Every other edit of the
+//! config file is named as waiting for the next start.
 //!
 //! A file that cannot be read or checked changes nothing and is reported; so does a project
 //! whose new adapter cannot be loaded (it keeps its settings, or is not added). The project
@@ -48,8 +49,9 @@ pub struct Stamps {
 pub fn on_change(state: &AppState, started: Snapshot, path: PathBuf, mut seen: Stamps, reindexer: Option<Reindexer>) {
     let state = state.clone();
     tokio::spawn(async move {
-        let reload = Reload {
+        let mut reload = Reload {
             state,
+            applied: started.clone(),
             started,
             path,
             reindexer,
@@ -75,7 +77,7 @@ pub fn on_change(state: &AppState, started: Snapshot, path: PathBuf, mut seen: S
             }
             if config_now {
                 seen.config = config;
-                config_ok = reload.projects(asked, &mut waiting).await;
+                config_ok = reload.config(asked, &mut waiting).await;
             }
             if keys_now || config_now {
                 reload.state.metrics().reload(keys_ok && config_ok);
@@ -89,6 +91,8 @@ struct Reload {
     state: AppState,
     /// The config file as the server was built from it.
     started: Snapshot,
+    /// The config file as last read (`[generation]` is compared with it).
+    applied: Snapshot,
     path: PathBuf,
     reindexer: Option<Reindexer>,
 }
@@ -119,12 +123,12 @@ impl Reload {
         }
     }
 
-    /// The projects from the file, one at a time: those it no longer has removed, those it
-    /// adds added (their own indexes first, for those that share one), the others' serving
-    /// settings replaced. What waits for the next start is said when it differs from what was
-    /// said last (`waiting`). Whether every change was applied (a file that cannot be used,
-    /// or an adapter that cannot load, is not).
-    async fn projects(&self, asked: bool, waiting: &mut Vec<String>) -> bool {
+    /// The file's `[generation]`, and its projects, one at a time: those it no longer has
+    /// removed, those it adds added (their own indexes first, for those that share one), the
+    /// others' serving settings replaced. What waits for the next start is said when it
+    /// differs from what was said last (`waiting`). Whether every change was applied (a file
+    /// that cannot be used, or an adapter that cannot load, is not).
+    async fn config(&mut self, asked: bool, waiting: &mut Vec<String>) -> bool {
         let now = match Snapshot::read(&self.path) {
             Ok(now) => now,
             Err(e) => {
@@ -147,6 +151,12 @@ impl Reload {
         }
         let projects = graft_wiring::project_configs(&now.config);
         let mut outcomes = Vec::new();
+        let generation = self.applied.section_changes(&now, "generation");
+        if !generation.is_empty() {
+            self.state.replace_generation(now.config.generation.clone());
+            eprintln!("config reloaded: {}", generation.join(", "));
+            outcomes.push(Outcome::Applied);
+        }
         for serving in self.state.projects().all() {
             if !projects.iter().any(|p| p.name == serving.name()) {
                 outcomes.push(self.remove(&serving, &mut wait));
@@ -179,6 +189,7 @@ impl Reload {
         } else if asked && !changed {
             eprintln!("config reloaded: unchanged");
         }
+        self.applied = now;
         !outcomes.contains(&Outcome::Refused)
     }
 

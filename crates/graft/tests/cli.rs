@@ -367,11 +367,14 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     };
     assert_eq!(settings(), (serde_json::Value::Null, true.into(), 5.into()));
 
-    // The arm an evaluation chose, saved: served at once. A key a running graft does not take
-    // up is named, not ignored.
-    save(
-        "[generation]\ndefault_temperature = 0.5\n\n",
-        "adapter = \"tuned\"\nretrieval = false\ntop_k = 3\n",
+    // The arm an evaluation chose, saved: served at once, as are the requests' defaults. A key
+    // a running graft does not take up is named, not ignored.
+    const SECTIONS: &str = "[generation]\ndefault_max_tokens = 3\n\n[model]\nmax_num_seqs = 8\n\n";
+    save(SECTIONS, "adapter = \"tuned\"\nretrieval = false\ntop_k = 3\n");
+    let line = said.wait_for("config", within, "").expect("the defaults reloaded");
+    assert!(
+        line.ends_with("config reloaded: generation.default_max_tokens: default → 3"),
+        "{line}"
     );
     let line = said.wait_for("config", within, "").expect("the settings reloaded");
     assert!(
@@ -379,11 +382,14 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
         "{line}"
     );
     let line = said.wait_for("config", within, "").expect("the rest named");
-    assert!(
-        line.contains("next start") && line.ends_with(": generation.default_temperature"),
-        "{line}"
-    );
+    assert!(line.ends_with("used from the next start only: model.max_num_seqs"), "{line}");
     assert_eq!(settings(), ("tuned".into(), false.into(), 3.into()));
+    let unbounded = r#"{"model": "fixture", "prompt": "def add(a, b):", "temperature": 0}"#;
+    let answer = http_post(&addr, "/v1/completions", unbounded);
+    assert!(
+        answer.contains(r#""finish_reason":"length""#) && answer.contains(r#""completion_tokens":3,"#),
+        "{answer}"
+    );
     let body = r#"{"model": "fixture", "prompt": "def add(a, b):", "max_tokens": 4, "temperature": 0}"#;
     let answer = http_post(&addr, "/v1/completions", body);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -394,7 +400,7 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     );
 
     // An adapter that cannot load, or a file that does not parse, leaves the settings in use.
-    save("[generation]\ndefault_temperature = 0.5\n\n", "adapter = \"broken\"\n");
+    save(SECTIONS, "adapter = \"broken\"\n");
     let line = said.wait_for("config", within, "").expect("the broken adapter reported");
     assert!(line.contains("keeps its settings") && line.contains("`broken`"), "{line}");
     let text = std::fs::read_to_string(&config).unwrap();
@@ -406,17 +412,14 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     assert!(!reloaded(), "an operator's alert sees the failed reload");
 
     // SIGHUP reads it again at once, and says when nothing changed.
-    save(
-        "[generation]\ndefault_temperature = 0.5\n\n",
-        "adapter = \"tuned\"\nretrieval = false\ntop_k = 3\n",
-    );
+    save(SECTIONS, "adapter = \"tuned\"\nretrieval = false\ntop_k = 3\n");
     let pid = server.0.id().to_string();
     assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
     let line = said.wait_for("config reloaded", within, "").expect("reloaded on SIGHUP");
     assert!(line.ends_with("unchanged"), "{line}");
     assert!(reloaded());
     save("", "");
-    let line = said.wait_for("config reloaded", within, "").expect("back to the base");
+    let line = said.wait_for("config reloaded: project", within, "").expect("back to the base");
     assert!(line.contains("adapter: `tuned` → none"), "{line}");
     assert_eq!(settings(), (serde_json::Value::Null, true.into(), 5.into()));
 

@@ -90,7 +90,7 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, mut request: ChatCo
         return Err(ApiError::unsupported("logprobs", "logprobs together with tools is not supported"));
     }
     check_grammar(state, grammar.as_ref())?;
-    let mut chat = to_engine_request(request, state.generation())?;
+    let mut chat = to_engine_request(request, &state.generation())?;
     check_token_ids(state, &chat.sampling)?;
     chat.sampling.grammar = grammar.map(|(grammar, _)| grammar);
     let reading = tools.as_ref().map(|tools| {

@@ -206,7 +206,7 @@ pub(crate) async fn start(state: &AppState, caller: &Caller, request: openai::Co
         logprobs: request.logprobs.map(|top| (top, "logprobs")),
         logit_bias: request.logit_bias,
     }
-    .resolve(state.generation())?;
+    .resolve(&state.generation())?;
     check_token_ids(state, &sampling)?;
     let grammar = structured(request.structured)?;
     check_grammar(state, grammar.as_ref())?;

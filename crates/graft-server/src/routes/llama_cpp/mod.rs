@@ -147,7 +147,7 @@ impl Fields {
             logprobs: n_probs.map(|n| (n, "n_probs")),
             logit_bias,
         }
-        .resolve(state.generation())
+        .resolve(&state.generation())
         .map_err(llama_names)?;
         check_token_ids(state, &sampling)?;
         // The answer's token ids come with their log-probabilities.
