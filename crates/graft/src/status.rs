@@ -1,5 +1,5 @@
 //! `graft status`: what a running graft serves, asked over HTTP (`/health`, `/v1/projects`,
-//! `/metrics`), so that after saving its config one sees the change taken up, and after
+//! `/metrics`, and Ollama's `/api/ps` for the adapters loaded), so that after saving its config one sees the change taken up, and after
 //! `graft up` whether each index is ready. It reads answers and lays them out; it changes
 //! nothing.
 
@@ -22,6 +22,13 @@ pub fn run(args: StatusArgs) -> Result<()> {
         Err(e) => bail!("{e}"),
     };
     let projects = graft.get("/v1/projects", "its projects");
+    // Told apart from the projects' names only when those are known.
+    let loaded = projects.as_ref().ok().and_then(|projects| {
+        graft
+            .get("/api/ps", "its models")
+            .ok()
+            .map(|ps| loaded_adapters(&ps, &health, projects))
+    });
     let metrics = graft.get_text("/metrics", "its metrics");
     let figure = |name: &str| metrics.as_ref().ok().and_then(|text| metric(text, name));
     let count = |name: &str| figure(name).map(|v| v as u64);
@@ -34,6 +41,7 @@ pub fn run(args: StatusArgs) -> Result<()> {
             "projects": projects.as_ref().ok().map(|p| &p["data"]),
             "projects_error": projects.as_ref().err(),
             "generations": {"running": running, "queued": queued},
+            "adapters_loaded": loaded,
             "last_reload_successful": reloaded,
             "metrics_error": metrics.as_ref().err(),
         });
@@ -59,6 +67,10 @@ pub fn run(args: StatusArgs) -> Result<()> {
         ),
         _ => println!("generations: not known ({})", metrics.err().unwrap_or_default()),
     }
+    if let Some(loaded) = &loaded {
+        let names = if loaded.is_empty() { "none".to_owned() } else { loaded.join(", ") };
+        println!("adapters loaded: {names}");
+    }
     match projects {
         Ok(projects) => print!(
             "{}",
@@ -67,6 +79,22 @@ pub fn run(args: StatusArgs) -> Result<()> {
         Err(e) => println!("projects: not known ({e})"),
     }
     Ok(())
+}
+
+/// The adapters among the models `/api/ps` lists as loaded: those that are neither the base
+/// (`health`'s model) nor a project (each of which is listed when its model is loaded).
+fn loaded_adapters(ps: &Value, health: &Value, projects: &Value) -> Vec<String> {
+    let projects: Vec<&str> = projects["data"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|p| p["project"].as_str()).collect())
+        .unwrap_or_default();
+    let models = ps["models"].as_array().map(Vec::as_slice).unwrap_or_default();
+    models
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .filter(|name| Some(*name) != health["model"].as_str() && !projects.contains(name))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The value of an unlabelled metric in Prometheus's text.
@@ -159,6 +187,14 @@ fn ago(seconds: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_adapters_loaded_are_the_models_loaded_but_the_base_and_projects() {
+        let ps = json!({"models": [{"name": "smollm2"}, {"name": "api-lora"}, {"name": "api-tuned"}]});
+        let projects = json!({"data": [{"project": "api"}, {"project": "api-tuned"}]});
+        let health = json!({"model": "smollm2"});
+        assert_eq!(loaded_adapters(&ps, &health, &projects), ["api-lora"]);
+    }
 
     #[test]
     fn a_metric_is_read_by_its_whole_name() {

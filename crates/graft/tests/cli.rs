@@ -480,6 +480,7 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
         .map(|p| p["project"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["fixture"], "{answer}");
+    assert_eq!(answer["adapters_loaded"], serde_json::json!(["tuned"]), "{answer}");
     assert_eq!(
         (&answer["generations"]["running"], &answer["last_reload_successful"]),
         (&0.into(), &true.into())
@@ -487,8 +488,9 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     let text = status(false);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[1], "generations: 0 running, 0 queued; last config reload: applied", "{text}");
+    assert_eq!(lines[2], "adapters loaded: tuned", "{text}");
     assert!(
-        lines[3].starts_with("fixture  the base   top 5, 512 tokens  not usable: no index for project `fixture`"),
+        lines[4].starts_with("fixture  the base   top 5, 512 tokens  not usable: no index for project `fixture`"),
         "{text}"
     );
     let nobody = graft().args(["status", "--server", "http://127.0.0.1:9"]).output().unwrap();
