@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use graft_core::ProjectConfig;
 use graft_index::{
@@ -285,9 +285,9 @@ impl Search {
 pub struct Projects {
     /// By name; a project is replaced whole when its settings change.
     projects: RwLock<BTreeMap<String, Arc<Project>>>,
-    embedder: Option<Arc<Embedder>>,
-    /// The embedding model's public name (`/v1/embeddings`, `/v1/models`).
-    embedding_name: Option<String>,
+    /// The embedding model and its public name (`/v1/embeddings`, `/v1/models`): from the
+    /// start, or set once when a first project is added to a server that had none.
+    embedding: OnceLock<(String, Arc<Embedder>)>,
     /// Per-file cap and fusion weight from `[index]`.
     search: SearchOptions,
 }
@@ -297,21 +297,15 @@ impl Projects {
     pub fn none() -> Projects {
         Projects {
             projects: RwLock::default(),
-            embedder: None,
-            embedding_name: None,
+            embedding: OnceLock::new(),
             search: SearchOptions::default(),
         }
     }
 
     pub fn new(projects: Vec<Project>, embedder: Option<(String, Arc<Embedder>)>, search: SearchOptions) -> Projects {
-        let (embedding_name, embedder) = match embedder {
-            Some((name, e)) => (Some(name), Some(e)),
-            None => (None, None),
-        };
         Projects {
             projects: RwLock::new(projects.into_iter().map(|p| (p.config.name.clone(), Arc::new(p))).collect()),
-            embedder,
-            embedding_name,
+            embedding: embedder.map(OnceLock::from).unwrap_or_default(),
             search,
         }
     }
@@ -369,11 +363,17 @@ impl Projects {
     }
 
     pub fn embedder(&self) -> Option<&Arc<Embedder>> {
-        self.embedder.as_ref()
+        self.embedding.get().map(|(_, embedder)| embedder)
     }
 
     pub fn embedding_name(&self) -> Option<&str> {
-        self.embedding_name.as_deref()
+        self.embedding.get().map(|(name, _)| name.as_str())
+    }
+
+    /// The embedding model, for a server that started with none (its first project added
+    /// while it serves); false, and nothing changed, when it has one.
+    pub fn set_embedder(&self, name: String, embedder: Arc<Embedder>) -> bool {
+        self.embedding.set((name, embedder)).is_ok()
     }
 
     /// Searches `project` for `query` on a blocking thread. `None` while it is re-indexing
@@ -402,8 +402,8 @@ impl Projects {
         let embedder = match mode {
             SearchMode::Keyword => None,
             _ => Some(
-                self.embedder
-                    .clone()
+                self.embedder()
+                    .cloned()
                     .ok_or_else(|| IndexError::Invalid("no embedding model is loaded".into()))?,
             ),
         };
@@ -487,8 +487,8 @@ impl Projects {
 
     async fn run_index(&self, project: &Arc<Project>, guard: ReindexGuard) -> Result<IndexReport, ReindexError> {
         let embedder = self
-            .embedder
-            .clone()
+            .embedder()
+            .cloned()
             .ok_or_else(|| IndexError::Invalid("no embedding model is loaded".into()))?;
         // First, with the index still serving, the chunks the change brings are embedded (the
         // slow part); a search's query waits a few chunks' embedding at most.

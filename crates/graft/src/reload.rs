@@ -176,7 +176,7 @@ impl Reload {
                     );
                     self.change(&serving, new).await
                 }
-                None => self.add(new, &mut wait).await,
+                None => self.add(new).await,
             };
             outcomes.push(outcome);
         }
@@ -210,6 +210,28 @@ impl Reload {
         }
     }
 
+    /// The embedding model, for a graft that started with no project and so without one:
+    /// loaded as the config it started with says (`graft up` fetches it into the kit first,
+    /// as it does at start).
+    async fn load_embedder(&self) -> anyhow::Result<()> {
+        if self.state.projects().embedder().is_some() {
+            return Ok(());
+        }
+        let (config, fetch) = (self.started.config.clone(), self.reindexer.is_some());
+        let embedder = tokio::task::spawn_blocking(move || {
+            if fetch {
+                let kit = graft_kit::Kit::new(&config.kit.dir);
+                crate::models::ensure(&kit, &graft_wiring::index_artifacts(&config)?, true)?;
+            }
+            crate::index::load_embedder(&config)
+        })
+        .await??;
+        let name = graft_wiring::embedding_name(&self.started.config);
+        eprintln!("config: the embedding model `{name}` loaded, for the first project");
+        self.state.projects().set_embedder(name, std::sync::Arc::new(embedder));
+        Ok(())
+    }
+
     /// A project's serving settings replaced.
     async fn change(&self, serving: &Project, new: ProjectConfig) -> Outcome {
         let changes = serving.config.live_changes(&new);
@@ -229,13 +251,11 @@ impl Reload {
 
     /// A project the file adds, served from now on with an index of its own (laid out and
     /// built as the config graft started with says) or another's; `graft up` indexes it.
-    async fn add(&self, new: ProjectConfig, wait: &mut Vec<String>) -> Outcome {
+    async fn add(&self, new: ProjectConfig) -> Outcome {
         let name = new.name.clone();
-        if self.state.projects().embedder().is_none() {
-            wait.push(format!(
-                "projects: `{name}` added (graft started with no project, so no embedding model is loaded)"
-            ));
-            return Outcome::Unchanged;
+        if let Err(e) = self.load_embedder().await {
+            eprintln!("config: project `{name}` is not added: {e:#}");
+            return Outcome::Refused;
         }
         if !self.load(new.adapter.as_deref(), &name, "is not added").await {
             return Outcome::Refused;

@@ -498,6 +498,41 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     assert!(http_get(&addr, "/v1/projects/tuned-fixture").starts_with("HTTP/1.1 404"));
 }
 
+/// A graft that started with no project (so with no embedding model) takes a first one up:
+/// the embedding model is loaded then, and the project's index built by `graft up`.
+#[test]
+fn up_started_without_projects_serves_one_added_to_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_tree(&repo_root().join("tests/fixtures/polyglot"), &dir.path().join("repo"));
+    let config = dir.path().join("graft.toml");
+    let text = format!(
+        "[kit]\ndir = {:?}\n\n[server]\nlisten = \"127.0.0.1:0\"\n\n[index]\ndir = \"index\"\n",
+        common::kit_dir().display().to_string()
+    );
+    std::fs::write(&config, &text).unwrap();
+    let serving = common::graft_up(&config);
+    let (_server, addr) = (serving.process, serving.addr);
+    let said = Said::new(serving.lines);
+    assert!(!http_get(&addr, "/v1/models").contains("minilm"), "no embedding model yet");
+    std::fs::write(
+        config.with_extension("new"),
+        format!("{text}\n[[projects]]\nname = \"fixture\"\npath = \"repo\"\n"),
+    )
+    .unwrap();
+    std::fs::rename(config.with_extension("new"), &config).unwrap();
+    let within = Duration::from_secs(60);
+    let line = said.wait_for("embedding model", within, "not added").expect("loaded");
+    assert!(line.contains("loaded, for the first project"), "{line}");
+    assert!(said.wait_for("project `fixture` added", within, "").is_some());
+    assert!(said
+        .wait_for("project `fixture` indexed", Duration::from_secs(300), "failed")
+        .is_some());
+    let hits = http_post(&addr, "/v1/projects/fixture/search", r#"{"query": "rotateSigningKeys"}"#);
+    assert!(hits.contains("auth/TokenVault.java"), "{hits}");
+    let embedded = http_post(&addr, "/v1/embeddings", r#"{"model": "minilm-l6-v2", "input": "fn main() {}"}"#);
+    assert!(embedded.starts_with("HTTP/1.1 200"), "{embedded}");
+}
+
 /// What a running graft says on standard error, read on a thread so that its pipe never fills.
 struct Said(std::sync::mpsc::Receiver<String>);
 
