@@ -1,6 +1,6 @@
 //! What reading the config file again changes in a running server. Projects are added and
-//! removed, a project's serving settings ([`LIVE`]: its adapter, retrieval, `top_k`,
-//! `context_tokens` and remote URLs) and the requests' limits and defaults ([`LIVE_SECTIONS`]:
+//! removed, a project's serving settings ([`ProjectConfig::with_live_settings_of`]: its
+//! adapter, retrieval, `top_k`, `context_tokens` and remote URLs) and the requests' limits and defaults ([`LIVE_SECTIONS`]:
 //! `[generation]`) take effect at once, so the arm an evaluation chose is served without a
 //! restart; a project's repository and index ([`ProjectConfig::restart_changes`]) and every
 //! other key ([`Snapshot::at_next_start`]) wait for the next start and are named, so that no
@@ -13,9 +13,6 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::config::{Config, ConfigError, ProjectConfig};
-
-/// The keys of a `[[projects]]` entry that a running server takes up at once.
-pub const LIVE: [&str; 5] = ["adapter", "retrieval", "top_k", "context_tokens", "remote_urls"];
 
 /// The sections a running server takes up whole, at once: what every request reads anew.
 pub const LIVE_SECTIONS: [&str; 1] = ["generation"];
@@ -96,8 +93,9 @@ fn differing(path: &str, old: Option<&toml::Value>, new: Option<&toml::Value>, k
 }
 
 impl ProjectConfig {
-    /// This project served with `new`'s [`LIVE`] settings (its name, repository and index
-    /// stay).
+    /// This project served with `new`'s live settings, those a running server takes up at
+    /// once: its adapter, retrieval, `top_k`, `context_tokens` and remote URLs (its name,
+    /// repository and index stay).
     pub fn with_live_settings_of(&self, new: &ProjectConfig) -> ProjectConfig {
         ProjectConfig {
             adapter: new.adapter.clone(),
@@ -122,7 +120,8 @@ impl ProjectConfig {
         keys
     }
 
-    /// How `new`'s [`LIVE`] settings differ from this project's, in words (`adapter: none →
+    /// How `new`'s live settings ([`ProjectConfig::with_live_settings_of`]) differ from this
+    /// project's, in words (`adapter: none →
     /// `tokio-lora``); empty when they do not.
     pub fn live_changes(&self, new: &ProjectConfig) -> Vec<String> {
         let adapter = |a: &Option<String>| a.as_deref().map_or("none".to_owned(), |a| format!("`{a}`"));

@@ -101,7 +101,7 @@ impl IndexRetriever<'_> {
     fn through(&self) -> Option<&str> {
         match &self.searcher {
             Searcher::Local(_) => None,
-            Searcher::Server(server) => Some(&server.0.base),
+            Searcher::Server(server) => Some(server.0.base()),
         }
     }
 }
@@ -142,7 +142,7 @@ impl ServerSearch {
     /// index of `repository`; its `top_k` and `context_tokens`.
     fn connect(base: &str, project: &str, repository: &Path) -> std::result::Result<(ServerSearch, usize, usize), String> {
         let served = Served::connect(base, project)?;
-        let (base, status) = (&served.base, &served.status);
+        let (base, status) = (served.base(), &served.status);
         if status["retrieval"] == false {
             return Err(format!("the graft at {base} serves `{project}` without retrieval"));
         }

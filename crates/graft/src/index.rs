@@ -44,7 +44,10 @@ pub fn index(args: IndexArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     let (project, path) = crate::project::with_path(&config, args.path.as_deref(), args.project.as_deref(), "index")?;
     let (report, through) = match serving(&config, &project, args.server.as_deref())? {
-        Ok(served) => (reindex_through(&served, &project, &path, args.json)?, Some(served.base)),
+        Ok(served) => (
+            reindex_through(&served, &project, &path, args.json)?,
+            Some(served.base().to_owned()),
+        ),
         Err(why_not) => {
             if !args.replace {
                 refuse_another_repository(&config, &project, &path)?;
@@ -101,7 +104,7 @@ fn refuse_another_repository(config: &Config, project: &str, path: &Path) -> Res
 fn reindex_through(served: &Served, project: &str, path: &Path, quiet: bool) -> Result<IndexReport> {
     served.check_repository(path).map_err(anyhow::Error::msg)?;
     if !quiet {
-        eprintln!("`{project}` is served by the graft at {}: re-indexed there", served.base);
+        eprintln!("`{project}` is served by the graft at {}: re-indexed there", served.base());
     }
     let answer = served.reindex().map_err(anyhow::Error::msg)?;
     let mut report: IndexReport =
@@ -163,7 +166,7 @@ pub fn search(args: SearchArgs) -> Result<()> {
     let hits = match serving(&config, &project, args.server.as_deref())? {
         Ok(served) => {
             if !args.json {
-                eprintln!("`{project}` is served by the graft at {}: searched there", served.base);
+                eprintln!("`{project}` is served by the graft at {}: searched there", served.base());
             }
             // `--code`: the query is code before a cursor, as a completion's search.
             let body = match args.code {

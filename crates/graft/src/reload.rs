@@ -1,6 +1,6 @@
 //! What a running graft reads again without a restart, on SIGHUP and when the file changes:
 //! the API keys (`server.api_keys_file` and `server.api_keys_env`), and from the config file
-//! the projects: added, removed, and their serving settings (`graft_core::reload::LIVE`: the
+//! the projects: added, removed, and their serving settings (`ProjectConfig::with_live_settings_of`: the
 //! adapter, retrieval, `top_k`, `context_tokens`, remote URLs), so the arm `graft eval run`
 //! chose is served by saving the config, and a team's next repository served without stopping
 //! the others'; and the requests' limits and defaults (`[generation]`). Every other edit of the
@@ -140,14 +140,10 @@ impl Reload {
         // Requests that name no model go to `server.default_model`, else the first project: a
         // file that changes which one says so, even when that key is not written.
         let default_then = graft_wiring::server_config(&now.config).default_model;
+        let default_then = default_then.as_deref().unwrap_or(self.state.pool().base_name());
         let default_now = self.state.default_model();
-        if default_then.as_deref().unwrap_or(self.state.pool().base_name()) != default_now
-            && !wait.iter().any(|k| k == "server.default_model")
-        {
-            wait.push(format!(
-                "requests that name no model (`{default_now}` now, `{}` then)",
-                default_then.as_deref().unwrap_or(self.state.pool().base_name())
-            ));
+        if default_then != default_now && !wait.iter().any(|k| k == "server.default_model") {
+            wait.push(format!("requests that name no model (`{default_now}` now, `{default_then}` then)"));
         }
         let projects = graft_wiring::project_configs(&now.config);
         let mut outcomes = Vec::new();

@@ -45,8 +45,7 @@ impl Graft {
 
     /// `GET path`'s JSON; an admin key refused is said to be for `what`.
     pub fn get(&self, path: &str, what: &str) -> Result<Value, String> {
-        let answer = self.answer(self.request("GET", path).timeout(ASK).call(), what)?;
-        serde_json::from_str(&answer).map_err(|e| format!("the graft at {} answered: {e}", self.base))
+        self.json(self.request("GET", path).timeout(ASK).call(), what)
     }
 
     /// `GET path`'s text (`/metrics`).
@@ -76,13 +75,17 @@ impl Graft {
             Err(e) => Err(format!("no graft answers at {base} ({e})")),
         }
     }
+
+    /// [`Graft::answer`]'s body read as JSON.
+    fn json(&self, answer: Result<ureq::Response, ureq::Error>, what: &str) -> Result<Value, String> {
+        let body = self.answer(answer, what)?;
+        serde_json::from_str(&body).map_err(|e| format!("the graft at {} answered: {e}", self.base))
+    }
 }
 
 /// A graft serving `project`, and what it said of it.
 pub struct Served {
     graft: Graft,
-    /// The graft's base URL (no `/v1`).
-    pub base: String,
     project: String,
     /// The project's status (`GET /v1/projects/{name}`): its repository, index, settings.
     pub status: Value,
@@ -94,13 +97,17 @@ impl Served {
         let graft = Graft::at(url)?;
         // Asked before anything else: whatever else listens there answers quickly.
         let mut served = Served {
-            base: graft.base.clone(),
             graft,
             project: project.to_owned(),
             status: Value::Null,
         };
         served.status = served.answer(served.request("GET", "").timeout(ASK).call())?;
         Ok(served)
+    }
+
+    /// The graft's base URL (no `/v1`).
+    pub fn base(&self) -> &str {
+        &self.graft.base
     }
 
     /// `POST .../search` with `body` (`query`, or `prefix`, `suffix` and `path`; `k`, `mode`):
@@ -118,7 +125,8 @@ impl Served {
                 }
                 answer => {
                     let answer = self.answer(answer)?;
-                    return serde_json::from_value(answer["data"].clone()).map_err(|e| format!("{}: the search's answer: {e}", self.base));
+                    return serde_json::from_value(answer["data"].clone())
+                        .map_err(|e| format!("{}: the search's answer: {e}", self.base()));
                 }
             }
         }
@@ -135,7 +143,7 @@ impl Served {
             return Err(format!(
                 "`{}` is served by the graft at {}, which indexes it from {}, not {}",
                 self.project,
-                self.base,
+                self.base(),
                 theirs.map_or("an unknown repository".into(), |p| p.display().to_string()),
                 path.display()
             ));
@@ -155,8 +163,7 @@ impl Served {
 
     /// A successful answer's JSON, or what went wrong, in words.
     fn answer(&self, answer: Result<ureq::Response, ureq::Error>) -> Result<Value, String> {
-        let body = self.graft.answer(answer, &format!("`{}`'s index", self.project))?;
-        serde_json::from_str(&body).map_err(|e| format!("the graft at {} answered: {e}", self.base))
+        self.graft.json(answer, &format!("`{}`'s index", self.project))
     }
 }
 

@@ -1,9 +1,9 @@
 //! `graft status`: what a running graft serves, asked over HTTP (`/health`, `/v1/projects`,
-//! `/metrics`, and Ollama's `/api/ps` for the adapters loaded), so that after saving its config one sees the change taken up, and after
-//! `graft up` whether each index is ready. It reads answers and lays them out; it changes
-//! nothing.
+//! `/metrics`, and Ollama's `/api/ps` for the adapters loaded), so that after saving its
+//! config one sees the change taken up, and after `graft up` whether each index is ready. It
+//! reads answers and lays them out; it changes nothing.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use graft_server::state::unix_seconds;
 use serde_json::{json, Value};
 
@@ -17,10 +17,7 @@ pub fn run(args: StatusArgs) -> Result<()> {
         None => serve::local_url(models::load_config(&args.config.config)?.server.listen),
     };
     let graft = Graft::at(&url).map_err(anyhow::Error::msg)?;
-    let health = match graft.get("/health", "its health") {
-        Ok(health) => health,
-        Err(e) => bail!("{e}"),
-    };
+    let health = graft.get("/health", "its health").map_err(anyhow::Error::msg)?;
     let projects = graft.get("/v1/projects", "its projects");
     // Told apart from the projects' names only when those are known.
     let loaded = projects.as_ref().ok().and_then(|projects| {
