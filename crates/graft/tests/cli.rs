@@ -408,8 +408,19 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     let line = said.wait_for("config", within, "").expect("the broken file reported");
     assert!(line.contains("not reloaded") && line.contains("graft.toml"), "{line}");
     assert_eq!(settings(), ("tuned".into(), false.into(), 3.into()));
-    let reloaded = || http_get(&addr, "/metrics").contains("\ngraft_config_last_reload_successful 1\n");
-    assert!(!reloaded(), "an operator's alert sees the failed reload");
+    // The gauge is set once the reload's lines are said: looked at until it shows, briefly.
+    let reload_gauge_shows = |ok: bool| {
+        let wanted = format!("\ngraft_config_last_reload_successful {}\n", u8::from(ok));
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !http_get(&addr, "/metrics").contains(&wanted) {
+            if std::time::Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    };
+    assert!(reload_gauge_shows(false), "an operator's alert sees the failed reload");
 
     // SIGHUP reads it again at once, and says when nothing changed.
     save(SECTIONS, "adapter = \"tuned\"\nretrieval = false\ntop_k = 3\n");
@@ -417,7 +428,7 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
     let line = said.wait_for("config reloaded", within, "").expect("reloaded on SIGHUP");
     assert!(line.ends_with("unchanged"), "{line}");
-    assert!(reloaded());
+    assert!(reload_gauge_shows(true));
     save("", "");
     let line = said.wait_for("config reloaded: project", within, "").expect("back to the base");
     assert!(line.contains("adapter: `tuned` → none"), "{line}");
