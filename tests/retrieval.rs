@@ -456,13 +456,14 @@ async fn two_projects_on_one_repository_search_one_index_opened_once() {
     assert!(paths(&mine).contains(&"auth/TokenVault.java".to_owned()), "{mine:#?}");
     assert_eq!(projects.status(&tuned)["index_of"], "polyglot");
 
-    // The tuned project's serving settings replaced (a reload of the config): its repository
-    // and its index stay, the request that holds the project as it was keeps its settings.
+    // The tuned project's config replaced (a reload of the config file; here its repository
+    // moved too): the index it searches stays, the request that holds the project as it was
+    // keeps its settings.
     let reloaded = graft_core::ProjectConfig {
         adapter: None,
         retrieval: false,
         top_k: 2,
-        index: None,
+        index: Some("polyglot".into()),
         ..graft_core::ProjectConfig::new("polyglot-tuned", "/elsewhere")
     };
     let now = projects.replace_settings(reloaded).expect("a project of that name");
@@ -470,7 +471,8 @@ async fn two_projects_on_one_repository_search_one_index_opened_once() {
         (now.config.adapter.as_deref(), now.config.retrieval, now.config.top_k),
         (None, false, 2)
     );
-    assert_eq!((now.config.path.as_path(), now.index_owner()), (repo.path(), "polyglot"));
+    let moved = std::path::Path::new("/elsewhere");
+    assert_eq!((now.config.path.as_path(), now.index_owner()), (moved, "polyglot"));
     assert_eq!(tuned.config.adapter.as_deref(), Some("tuned"), "the project as it was is unchanged");
     assert!(std::sync::Arc::ptr_eq(&projects.get("polyglot-tuned").unwrap(), &now));
     let after = projects

@@ -1,10 +1,10 @@
-//! What reading the config file again changes in a running server. Projects are added and
-//! removed, a project's serving settings ([`ProjectConfig::with_live_settings_of`]: its
-//! adapter, retrieval, `top_k`, `context_tokens` and remote URLs) and the requests' limits and defaults ([`LIVE_SECTIONS`]:
-//! `[generation]`) take effect at once, so the arm an evaluation chose is served without a
-//! restart; a project's repository and index ([`ProjectConfig::restart_changes`]) and every
-//! other key ([`Snapshot::at_next_start`]) wait for the next start and are named, so that no
-//! edit is ignored without a word.
+//! What reading the config file again changes in a running server. Projects are added,
+//! removed and changed ([`ProjectConfig::changes`]: every key, their adapter and retrieval
+//! settings as their repository and the index they search), and the keys of [`LIVE`] (the
+//! requests' limits and defaults, `[generation]`; the model requests naming none go to) take
+//! effect at once, so the arm an evaluation chose is served without a restart; every other key
+//! ([`Snapshot::at_next_start`]) waits for the next start and is named, so that no edit is
+//! ignored without a word.
 //!
 //! This module reads the file and says what differs; it applies nothing (the server swaps
 //! projects, the binary loads a new adapter first).
@@ -14,8 +14,15 @@ use std::path::Path;
 
 use crate::config::{Config, ConfigError, ProjectConfig};
 
-/// The sections a running server takes up whole, at once: what every request reads anew.
-pub const LIVE_SECTIONS: [&str; 1] = ["generation"];
+/// What a running server takes up at once besides the projects, whole sections or dotted
+/// keys: the requests' limits and defaults, and the model that requests naming none go to.
+pub const LIVE: [&str; 2] = ["generation", "server.default_model"];
+
+/// Whether the dotted `key` is [`LIVE`] or lies inside a live section.
+fn is_live(key: &str) -> bool {
+    LIVE.iter()
+        .any(|live| key.strip_prefix(live).is_some_and(|rest| rest.is_empty() || rest.starts_with('.')))
+}
 
 /// The config file as read once: the validated [`Config`] and the file's own keys, which say
 /// what an edit touched (a default written out is a key of the file too).
@@ -35,15 +42,15 @@ impl Snapshot {
         Ok(Snapshot { config, table })
     }
 
-    /// The keys outside `[[projects]]` and [`LIVE_SECTIONS`] whose value in `now` differs
-    /// from this snapshot's, which a running server does not take up: dotted
-    /// (`server.max_queue`), sorted.
+    /// The keys outside `[[projects]]` and [`LIVE`] whose value in `now` differs from this
+    /// snapshot's, which a running server does not take up: dotted (`server.max_queue`),
+    /// sorted.
     pub fn at_next_start(&self, now: &Snapshot) -> Vec<String> {
         let mut keys = Vec::new();
-        let waits = |k: &&str| *k != "projects" && !LIVE_SECTIONS.contains(k);
-        for key in union(&self.table, &now.table).into_iter().filter(waits) {
+        for key in union(&self.table, &now.table).into_iter().filter(|k| *k != "projects") {
             differing(key, self.table.get(key), now.table.get(key), &mut keys);
         }
+        keys.retain(|key| !is_live(key));
         keys
     }
 
@@ -93,38 +100,11 @@ fn differing(path: &str, old: Option<&toml::Value>, new: Option<&toml::Value>, k
 }
 
 impl ProjectConfig {
-    /// This project served with `new`'s live settings, those a running server takes up at
-    /// once: its adapter, retrieval, `top_k`, `context_tokens` and remote URLs (its name,
-    /// repository and index stay).
-    pub fn with_live_settings_of(&self, new: &ProjectConfig) -> ProjectConfig {
-        ProjectConfig {
-            adapter: new.adapter.clone(),
-            retrieval: new.retrieval,
-            top_k: new.top_k,
-            context_tokens: new.context_tokens,
-            remote_urls: new.remote_urls.clone(),
-            ..self.clone()
-        }
-    }
-
-    /// The keys of `new` that differ from this project's and that a running server does not
-    /// take up: its repository and the index it searches.
-    pub fn restart_changes(&self, new: &ProjectConfig) -> Vec<&'static str> {
-        let mut keys = Vec::new();
-        if self.path != new.path {
-            keys.push("path");
-        }
-        if self.index != new.index {
-            keys.push("index");
-        }
-        keys
-    }
-
-    /// How `new`'s live settings ([`ProjectConfig::with_live_settings_of`]) differ from this
-    /// project's, in words (`adapter: none →
-    /// `tokio-lora``); empty when they do not.
-    pub fn live_changes(&self, new: &ProjectConfig) -> Vec<String> {
+    /// How `new` differs from this project, in words (`adapter: none → `tokio-lora``,
+    /// `index: own → `api`'s`); empty when it does not. A running server takes every one up.
+    pub fn changes(&self, new: &ProjectConfig) -> Vec<String> {
         let adapter = |a: &Option<String>| a.as_deref().map_or("none".to_owned(), |a| format!("`{a}`"));
+        let index = |i: &Option<String>| i.as_deref().map_or("own".to_owned(), |i| format!("`{i}`'s"));
         let mut changes = Vec::new();
         if self.adapter != new.adapter {
             changes.push(format!("adapter: {} → {}", adapter(&self.adapter), adapter(&new.adapter)));
@@ -141,6 +121,12 @@ impl ProjectConfig {
         }
         if self.remote_urls != new.remote_urls {
             changes.push(format!("remote_urls: {:?} → {:?}", self.remote_urls, new.remote_urls));
+        }
+        if self.path != new.path {
+            changes.push(format!("path: {} → {}", self.path.display(), new.path.display()));
+        }
+        if self.index != new.index {
+            changes.push(format!("index: {} → {}", index(&self.index), index(&new.index)));
         }
         changes
     }
@@ -161,18 +147,21 @@ mod tests {
         "[[projects]]\nname = \"api\"\npath = \"api\"\n\n[[projects]]\nname = \"web\"\npath = \"web\"\nadapter = \"web-lora\"\n";
 
     #[test]
-    fn a_projects_serving_settings_are_live_and_the_rest_named_for_the_next_start() {
+    fn a_projects_changes_are_live_and_the_rest_named_for_the_next_start() {
         let dir = tempfile::tempdir().unwrap();
         let started = snapshot(&dir, &format!("[generation]\ndefault_temperature = 0.2\n\n{PROJECTS}"));
         assert!(started.at_next_start(&started).is_empty());
 
-        // Only live settings: nothing waits.
+        // Only a project's settings and the default model: nothing waits.
         let live = PROJECTS.replace("adapter = \"web-lora\"", "retrieval = false\ntop_k = 3\ncontext_tokens = 900");
-        let now = snapshot(&dir, &format!("[generation]\ndefault_temperature = 0.2\n\n{live}"));
+        let now = snapshot(
+            &dir,
+            &format!("[server]\ndefault_model = \"web\"\n\n[generation]\ndefault_temperature = 0.2\n\n{live}"),
+        );
         assert_eq!(started.at_next_start(&now), Vec::<String>::new());
         let (web, web_now) = (&started.config.projects[1], &now.config.projects[1]);
         assert_eq!(
-            web.live_changes(web_now),
+            web.changes(web_now),
             [
                 "adapter: `web-lora` → none",
                 "retrieval: true → false",
@@ -180,12 +169,10 @@ mod tests {
                 "context_tokens: 512 → 900"
             ]
         );
-        let served = web.with_live_settings_of(web_now);
-        assert_eq!((served.adapter, served.retrieval, served.top_k), (None, false, 3));
-        assert!(web.live_changes(web).is_empty());
+        assert!(web.changes(web).is_empty());
 
         // Keys outside the projects are named, nested ones by their dotted path, the keys of
-        // a section added; a project's repository and index, by the project.
+        // a section added; a project's repository and index, in words too.
         let other = PROJECTS
             .replace("path = \"web\"", "path = \"api\"\nindex = \"api\"")
             .replace("name = \"api\"", "name = \"core\"");
@@ -196,6 +183,10 @@ mod tests {
         ),
         );
         assert_eq!(started.at_next_start(&now), ["server.max_queue"]);
+        let default_and_more = snapshot(&dir, "[server]\ndefault_model = \"api\"\nmax_queue = 3\n");
+        assert_eq!(started.at_next_start(&default_and_more), ["server.max_queue"]);
+        assert!(is_live("generation.default_top_p") && is_live("server.default_model"));
+        assert!(!is_live("server.default_models") && !is_live("generations"));
         // `[generation]` is live, its changes in words.
         assert_eq!(
             started.section_changes(&now, "generation"),
@@ -210,18 +201,21 @@ mod tests {
             ]
         );
         assert!(now.section_changes(&now, "generation").is_empty());
-        assert_eq!(web.restart_changes(&now.config.projects[2]), ["path", "index"]);
-        assert!(web.restart_changes(web_now).is_empty());
+        let moved = &now.config.projects[2];
+        let (from, to) = (web.path.display(), moved.path.display());
+        assert_eq!(
+            web.changes(moved),
+            [format!("path: {from} → {to}"), "index: own → `api`'s".to_owned()]
+        );
+        assert_eq!(moved.changes(web)[1], "index: `api`'s → own");
     }
 
     #[test]
     fn remote_urls_are_live_and_the_words_name_both_lists() {
-        let mut api = ProjectConfig::new("api", "api");
+        let api = ProjectConfig::new("api", "api");
         let mut now = api.clone();
         now.remote_urls = vec!["github.com/acme/api".into()];
-        assert_eq!(api.live_changes(&now), [r#"remote_urls: [] → ["github.com/acme/api"]"#]);
-        api.index = Some("other".into());
-        assert_eq!(api.with_live_settings_of(&now).index.as_deref(), Some("other"), "the index stays");
+        assert_eq!(api.changes(&now), [r#"remote_urls: [] → ["github.com/acme/api"]"#]);
     }
 
     #[test]

@@ -348,13 +348,14 @@ impl Projects {
         self.projects.write().unwrap_or_else(|p| p.into_inner()).remove(name)
     }
 
-    /// Serves the project `config` names with `config`'s settings from now on, keeping its
-    /// repository and index (requests already running finish with the settings they began
-    /// with); the project as it now is. `None` when no project has that name.
+    /// Serves the project `config` names with `config` from now on, keeping the index it
+    /// searches (requests already running finish with the settings they began with; a
+    /// repository moved is indexed into it by the next run); the project as it now is. `None`
+    /// when no project has that name. A project that is to search another index is added
+    /// anew ([`Projects::add`]).
     pub fn replace_settings(&self, config: ProjectConfig) -> Option<Arc<Project>> {
         let mut projects = self.projects.write().unwrap_or_else(|p| p.into_inner());
         let serving = projects.get_mut(&config.name)?;
-        let config = serving.config.with_live_settings_of(&config);
         *serving = Arc::new(Project {
             config,
             index: Arc::clone(&serving.index),

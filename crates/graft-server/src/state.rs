@@ -39,6 +39,9 @@ struct Inner {
     /// Replaced whole when the config file is reloaded ([`AppState::replace_generation`]).
     generation: std::sync::RwLock<Arc<GenerationConfig>>,
     server: ServerConfig,
+    /// The model a request that names none uses; replaced when the config file is reloaded
+    /// ([`AppState::replace_default_model`]).
+    default_model: std::sync::RwLock<Arc<str>>,
     /// Replaced whole when the keys file is reloaded ([`AppState::replace_keys`]).
     keys: std::sync::RwLock<Arc<ApiKeys>>,
     projects: Projects,
@@ -65,12 +68,14 @@ impl AppState {
     pub fn new(parts: ServerParts) -> AppState {
         // The binary resolves an absent `max_concurrent` by device (`Config::generation_slots`).
         let gate = Gate::new(parts.server.max_concurrent.unwrap_or(1), parts.server.max_queue);
+        let default_model = parts.server.default_model.as_deref().unwrap_or(parts.pool.base_name()).into();
         AppState {
             inner: Arc::new(Inner {
                 pool: parts.pool,
                 aliases: parts.aliases,
                 generation: std::sync::RwLock::new(Arc::new(parts.generation)),
                 server: parts.server,
+                default_model: std::sync::RwLock::new(default_model),
                 keys: std::sync::RwLock::new(Arc::new(parts.keys)),
                 projects: parts.projects,
                 gate,
@@ -158,12 +163,15 @@ impl AppState {
 
     /// The model a request that names none uses: `server.default_model` (the binary
     /// fills in the first project), else the base model.
-    pub fn default_model(&self) -> &str {
-        self.inner
-            .server
-            .default_model
-            .as_deref()
-            .unwrap_or_else(|| self.pool().base_name())
+    pub fn default_model(&self) -> Arc<str> {
+        Arc::clone(&self.inner.default_model.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Requests that name no model go to `name` from now on (the base model when `None`), a
+    /// reload of the config.
+    pub fn replace_default_model(&self, name: Option<&str>) {
+        let name = name.unwrap_or(self.pool().base_name()).into();
+        *self.inner.default_model.write().unwrap_or_else(|p| p.into_inner()) = name;
     }
 
     /// The longest prompt graft takes, in tokens: the base model's context (as mistralrs
@@ -214,8 +222,12 @@ impl AppState {
     /// What `model` names, if `caller` may use it: 404 (listing what it may use) or 403
     /// otherwise. Every generation route starts here.
     pub fn target(&self, model: &str, caller: &Caller) -> Result<Target, ApiError> {
+        let default;
         let model = match model {
-            "" => self.default_model(),
+            "" => {
+                default = self.default_model();
+                &*default
+            }
             named => named,
         };
         let target = self.resolve(model, caller)?;

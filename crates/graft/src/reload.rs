@@ -1,16 +1,17 @@
 //! What a running graft reads again without a restart, on SIGHUP and when the file changes:
 //! the API keys (`server.api_keys_file` and `server.api_keys_env`), and from the config file
-//! the projects: added, removed, and their serving settings (`ProjectConfig::with_live_settings_of`: the
-//! adapter, retrieval, `top_k`, `context_tokens`, remote URLs), so the arm `graft eval run`
-//! chose is served by saving the config, and a team's next repository served without stopping
-//! the others'; and the requests' limits and defaults (`[generation]`). Every other edit of the
-//! config file is named as waiting for the next start.
+//! the projects: added, removed, and changed (`ProjectConfig::changes`: the adapter,
+//! retrieval, `top_k`, `context_tokens`, remote URLs, and the repository and the index they
+//! search), so the arm `graft eval run` chose is served by saving the config, and a team's next
+//! repository served without stopping the others'; the requests' limits and defaults
+//! (`[generation]`) and the model requests naming none go to (`server.default_model`, else the
+//! first project). Every other edit of the config file is named as waiting for the next start.
 //!
 //! A file that cannot be read or checked changes nothing and is reported; so does a project
-//! whose new adapter cannot be loaded (it keeps its settings, or is not added). The project
-//! that requests naming no model go to stays until the next start. This module decides when to
-//! read and what to say; the server swaps keys and projects (`AppState::replace_keys`,
-//! `Projects`), `graft up`'s reindexer indexes a project added.
+//! whose new adapter cannot be loaded (it keeps its settings, or is not added). This module
+//! decides when to read and what to say; the server swaps keys and projects
+//! (`AppState::replace_keys`, `Projects`), `graft up`'s reindexer indexes a project added, or
+//! one whose repository or index changed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -123,11 +124,12 @@ impl Reload {
         }
     }
 
-    /// The file's `[generation]`, and its projects, one at a time: those it no longer has
-    /// removed, those it adds added (their own indexes first, for those that share one), the
-    /// others' serving settings replaced. What waits for the next start is said when it
-    /// differs from what was said last (`waiting`). Whether every change was applied (a file
-    /// that cannot be used, or an adapter that cannot load, is not).
+    /// The file's `[generation]`, its projects one at a time (those with an index of their
+    /// own first, so that those sharing one find it as the file has it; changed or added, then
+    /// those it no longer has removed), and the model requests naming none go to. What waits
+    /// for the next start is said when it differs from what was said last (`waiting`).
+    /// Whether every change was applied (a file that cannot be used, or an adapter that cannot
+    /// load, is not).
     async fn config(&mut self, asked: bool, waiting: &mut Vec<String>) -> bool {
         let now = match Snapshot::read(&self.path) {
             Ok(now) => now,
@@ -136,15 +138,7 @@ impl Reload {
                 return false;
             }
         };
-        let mut wait = self.started.at_next_start(&now);
-        // Requests that name no model go to `server.default_model`, else the first project: a
-        // file that changes which one says so, even when that key is not written.
-        let default_then = graft_wiring::server_config(&now.config).default_model;
-        let default_then = default_then.as_deref().unwrap_or(self.state.pool().base_name());
-        let default_now = self.state.default_model();
-        if default_then != default_now && !wait.iter().any(|k| k == "server.default_model") {
-            wait.push(format!("requests that name no model (`{default_now}` now, `{default_then}` then)"));
-        }
+        let wait = self.started.at_next_start(&now);
         let projects = graft_wiring::project_configs(&now.config);
         let mut outcomes = Vec::new();
         let generation = self.applied.section_changes(&now, "generation");
@@ -153,28 +147,19 @@ impl Reload {
             eprintln!("config reloaded: {}", generation.join(", "));
             outcomes.push(Outcome::Applied);
         }
-        for serving in self.state.projects().all() {
-            if !projects.iter().any(|p| p.name == serving.name()) {
-                outcomes.push(self.remove(&serving, &mut wait));
-            }
-        }
-        let (owners, sharers): (Vec<ProjectConfig>, Vec<ProjectConfig>) = projects.into_iter().partition(|p| p.index.is_none());
+        let (owners, sharers): (Vec<ProjectConfig>, Vec<ProjectConfig>) = projects.iter().cloned().partition(|p| p.index.is_none());
         for new in owners.into_iter().chain(sharers) {
             let outcome = match self.state.projects().get(&new.name) {
-                Some(serving) => {
-                    let name = &new.name;
-                    wait.extend(
-                        serving
-                            .config
-                            .restart_changes(&new)
-                            .into_iter()
-                            .map(|key| format!("projects.{name}.{key}")),
-                    );
-                    self.change(&serving, new).await
-                }
+                Some(serving) => self.change(&serving, new).await,
                 None => self.add(new).await,
             };
             outcomes.push(outcome);
+        }
+        outcomes.push(self.default_model(&now.config, &projects));
+        for serving in self.state.projects().all() {
+            if !projects.iter().any(|p| p.name == serving.name()) {
+                outcomes.push(self.remove(&serving));
+            }
         }
         let changed = outcomes.iter().any(|o| *o != Outcome::Unchanged);
         if wait != *waiting {
@@ -187,6 +172,29 @@ impl Reload {
         }
         self.applied = now;
         !outcomes.contains(&Outcome::Refused)
+    }
+
+    /// Requests that name no model go to `server.default_model`, else the first project (the
+    /// base model without one), as the file now says; named when that names nothing the
+    /// server will serve (they then get a 404, as at start).
+    fn default_model(&self, now: &graft_core::Config, projects: &[ProjectConfig]) -> Outcome {
+        let then = graft_wiring::server_config(now).default_model;
+        let then = then.as_deref().unwrap_or(self.state.pool().base_name());
+        let before = self.state.default_model();
+        if *before == *then {
+            return Outcome::Unchanged;
+        }
+        self.state.replace_default_model(Some(then));
+        let served = projects.iter().any(|p| p.name == then)
+            || self.state.names_base(then)
+            || self.state.pool().adapters().iter().any(|a| a.name == then);
+        let unserved = if served {
+            ""
+        } else {
+            " (not a model graft serves: such requests get 404)"
+        };
+        eprintln!("config reloaded: requests that name no model: `{before}` → `{then}`{unserved}");
+        Outcome::Applied
     }
 
     /// Loads `adapter` into the pool (merged, on a CPU), so that the first request does not
@@ -228,9 +236,11 @@ impl Reload {
         Ok(())
     }
 
-    /// A project's serving settings replaced.
+    /// A project's config replaced: its index kept, or, when it is to search another one,
+    /// laid out anew. A project whose own index is to follow another repository, or is new
+    /// to it, is indexed by `graft up` (else said how).
     async fn change(&self, serving: &Project, new: ProjectConfig) -> Outcome {
-        let changes = serving.config.live_changes(&new);
+        let changes = serving.config.changes(&new);
         if changes.is_empty() {
             return Outcome::Unchanged;
         }
@@ -239,8 +249,32 @@ impl Reload {
             return Outcome::Refused;
         }
         let name = new.name.clone();
-        if self.state.projects().replace_settings(new).is_some() {
-            eprintln!("config reloaded: project `{name}`: {}", changes.join(", "));
+        let (moved, relaid) = (serving.config.path != new.path, serving.config.index != new.index);
+        let project = if relaid {
+            match self.laid_out(new) {
+                Ok(project) => Some(self.state.projects().add(project)),
+                Err(why) => {
+                    eprintln!("config: project `{name}` keeps its settings: {why}");
+                    return Outcome::Refused;
+                }
+            }
+        } else {
+            self.state.projects().replace_settings(new)
+        };
+        let Some(project) = project else {
+            return Outcome::Unchanged;
+        };
+        eprintln!("config reloaded: project `{name}`: {}", changes.join(", "));
+        let own = project.index_owner() == project.name();
+        if own && (moved || relaid) {
+            match &self.reindexer {
+                Some(reindexer) => reindexer.queue(&self.state, project),
+                None if !project.has_index() => eprintln!("config: project `{name}` has no index yet: {}", reindex_hint(&name)),
+                None => eprintln!(
+                    "config: project `{name}`'s index is of its old repository until {}",
+                    reindex_hint(&name)
+                ),
+            }
         }
         Outcome::Applied
     }
@@ -256,26 +290,22 @@ impl Reload {
         if !self.load(new.adapter.as_deref(), &name, "is not added").await {
             return Outcome::Refused;
         }
-        let project = match new.index.clone() {
-            None => graft_wiring::project(&self.started.config, new),
-            Some(owner) => match self.state.projects().get(&owner) {
-                Some(owner) => Project::sharing(new, &owner),
-                None => {
-                    eprintln!("config: project `{name}` is not added: the project whose index it searches, `{owner}`, is not served");
-                    return Outcome::Refused;
-                }
-            },
+        let project = match self.laid_out(new) {
+            Ok(project) => self.state.projects().add(project),
+            Err(why) => {
+                eprintln!("config: project `{name}` is not added: {why}");
+                return Outcome::Refused;
+            }
         };
-        let project = self.state.projects().add(project);
         if graft_engine::pool::store_names(&self.started.config.adapters.dir).contains(&name) {
             tracing::warn!(project = %name, "{}", crate::serve::ADAPTER_NAMED_AS_PROJECT);
         }
         let index = if project.has_index() {
-            "its index serves"
+            "its index serves".to_owned()
         } else if self.reindexer.is_some() {
-            "no index yet"
+            "no index yet".to_owned()
         } else {
-            "no index yet: `graft index` builds it, or `POST /v1/projects/NAME/reindex`"
+            format!("no index yet: {}", reindex_hint(&name))
         };
         eprintln!(
             "config reloaded: project `{name}` added ({}; {index})",
@@ -287,18 +317,31 @@ impl Reload {
         Outcome::Applied
     }
 
-    /// A project the file no longer has, no longer served (its index stays). The default
-    /// model's project stays until the next start: requests naming no model go to it.
-    fn remove(&self, serving: &Project, wait: &mut Vec<String>) -> Outcome {
-        let name = serving.name();
-        if self.state.default_model() == name {
-            wait.push(format!("projects: `{name}` removed (requests that name no model go to it)"));
-            return Outcome::Unchanged;
+    /// The project `new` describes, with an index of its own (laid out as the config graft
+    /// started with says) or the served project's it names; why not, when that one is not
+    /// served.
+    fn laid_out(&self, new: ProjectConfig) -> Result<Project, String> {
+        match new.index.clone() {
+            None => Ok(graft_wiring::project(&self.started.config, new)),
+            Some(owner) => match self.state.projects().get(&owner) {
+                Some(owner) => Ok(Project::sharing(new, &owner)),
+                None => Err(format!("the project whose index it searches, `{owner}`, is not served")),
+            },
         }
+    }
+
+    /// A project the file no longer has, no longer served (its index stays).
+    fn remove(&self, serving: &Project) -> Outcome {
+        let name = serving.name();
         self.state.projects().remove(name);
         eprintln!("config reloaded: project `{name}` removed (its index stays on disk)");
         Outcome::Applied
     }
+}
+
+/// How a project served by `graft serve` gets its index brought up to date.
+fn reindex_hint(name: &str) -> String {
+    format!("`graft index` brings it up to date, or `POST /v1/projects/{name}/reindex`")
 }
 
 /// What a reload did with one project. What waits for the next start is left unchanged: it is

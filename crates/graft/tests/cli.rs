@@ -166,8 +166,8 @@ fn up_re_indexes_a_project_when_its_repository_changes() {
         "{metrics}"
     );
 
-    // A project added to the config while graft serves is indexed and followed as the others;
-    // removed, it is no longer served, and the others serve on.
+    // A project added to the config while graft serves is indexed and followed as the others,
+    // and where its repository moves; removed, it is no longer served, and the others serve on.
     let notes = dir.path().join("notes");
     std::fs::create_dir_all(&notes).unwrap();
     std::fs::write(
@@ -193,6 +193,23 @@ fn up_re_indexes_a_project_when_its_repository_changes() {
     std::fs::write(notes.join("audit.py"), "def audit_vendor_payments(rows):\n    return rows\n").unwrap();
     let line = wait_for("project `notes` re-indexed", Duration::from_secs(60)).expect("followed");
     assert!(line.contains("1 files added"), "{line}");
+    // Its repository moves: indexed from there at once, and followed there.
+    let moved = dir.path().join("notes-moved");
+    common::copy_tree(&notes, &moved);
+    std::fs::write(moved.join("payroll.py"), "def close_payroll_month(staff):\n    return staff\n").unwrap();
+    std::fs::write(
+        config.with_extension("new"),
+        with_notes.replace("path = \"notes\"", "path = \"notes-moved\""),
+    )
+    .unwrap();
+    std::fs::rename(config.with_extension("new"), &config).unwrap();
+    let line = wait_for("project `notes`: path: ", Duration::from_secs(30)).expect("moved");
+    assert!(line.ends_with("notes-moved"), "{line}");
+    assert!(wait_for("project `notes` indexed", Duration::from_secs(120)).is_some());
+    assert!(notes_search("close_payroll_month").contains("payroll.py"));
+    std::fs::write(moved.join("audit.py"), "def audit_vendor_refunds(rows):\n    return rows\n").unwrap();
+    let line = wait_for("project `notes` re-indexed", Duration::from_secs(60)).expect("followed where it moved");
+    assert!(line.contains("0 files added, 1 changed"), "{line}");
     std::fs::write(config.with_extension("new"), &text).unwrap();
     std::fs::rename(config.with_extension("new"), &config).unwrap();
     assert!(wait_for("project `notes` removed", Duration::from_secs(30)).is_some());
@@ -434,8 +451,8 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     assert!(line.contains("adapter: `tuned` → none"), "{line}");
     assert_eq!(settings(), (serde_json::Value::Null, true.into(), 5.into()));
 
-    // Projects added (one on the adapter, sharing the first's index) and removed; the project
-    // that requests naming no model go to stays until the next start, and its repository too.
+    // Projects added (one on the adapter, sharing the first's index), changed and removed,
+    // and with them the model that requests naming none go to: nothing waits for a restart.
     save_all(
         "",
         "",
@@ -453,21 +470,51 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     );
     let answer = http_post(&addr, "/v1/completions", &body.replace("\"fixture\"", "\"tuned-fixture\""));
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The first project gives way to another, on a repository of its own; the tuned one gets
+    // an index of its own.
     let text = std::fs::read_to_string(&config).unwrap();
-    let only_tuned = text.replace("name = \"fixture\"\npath = \"repo\"\n", "name = \"other\"\npath = \"elsewhere\"\n");
+    let only_tuned = text.replace(
+        "name = \"fixture\"\npath = \"repo\"\n",
+        "name = \"other\"\npath = \"elsewhere\"\nretrieval = false\n",
+    );
     std::fs::create_dir_all(work.path().join("elsewhere")).unwrap();
     std::fs::write(&config, only_tuned.replace("index = \"fixture\"\n", "")).unwrap();
-    let removed = said.wait_for("config reloaded", within, "").expect("other added");
-    assert!(removed.contains("project `other` added"), "{removed}");
-    let line = said.wait_for("config:", within, "").expect("named");
+    for wanted in [
+        "config reloaded: project `other` added",
+        "config reloaded: project `tuned-fixture`: index: `fixture`'s → own",
+        "config: project `tuned-fixture` has no index yet: `graft index`",
+        "config reloaded: requests that name no model: `fixture` → `other`",
+        "config reloaded: project `fixture` removed",
+    ] {
+        assert!(said.wait_for(wanted, within, "next start").is_some(), "{wanted}");
+    }
+    assert!(http_get(&addr, "/v1/projects/fixture").starts_with("HTTP/1.1 404"));
+    let unnamed = r#"{"prompt": "def add(a, b):", "max_tokens": 2, "temperature": 0}"#;
+    let answer = http_post(&addr, "/v1/completions", unnamed);
+    assert!(answer.contains(r#""model":"other""#), "{answer}");
+    let status = http_get(&addr, "/v1/projects/tuned-fixture");
+    assert!(status.contains(r#""index_of":"tuned-fixture""#), "{status}");
+    let reindex = || http_post(&addr, "/v1/projects/tuned-fixture/reindex", "{}");
+    let first = reindex();
+    assert!(first.starts_with("HTTP/1.1 200") && !first.contains(r#""chunks":0,"#), "{first}");
+    // Its repository moves (a checkout elsewhere): the index it has serves until it is
+    // brought up to date, where the files that did not change keep their vectors.
+    common::copy_tree(&work.path().join("repo"), &work.path().join("moved"));
+    let text = std::fs::read_to_string(&config).unwrap();
+    let moved = text.replace(
+        "name = \"tuned-fixture\"\npath = \"repo\"",
+        "name = \"tuned-fixture\"\npath = \"moved\"",
+    );
+    std::fs::write(&config, moved).unwrap();
+    let line = said.wait_for("config", within, "").expect("moved");
     assert!(
-        line.ends_with(
-            "used from the next start only: requests that name no model (`fixture` now, `other` then), \
-             projects: `fixture` removed (requests that name no model go to it), projects.tuned-fixture.index"
-        ),
+        line.contains("project `tuned-fixture`: path: ") && line.ends_with("moved"),
         "{line}"
     );
-    assert!(http_get(&addr, "/v1/projects/fixture").starts_with("HTTP/1.1 200"));
+    let line = said.wait_for("config", within, "").expect("the index named");
+    assert!(line.contains("index is of its old repository until `graft index`"), "{line}");
+    let again = reindex();
+    assert!(again.starts_with("HTTP/1.1 200") && again.contains(r#""embeddings":0,"#), "{again}");
     save("", "");
     assert!(said.wait_for("project `other` removed", within, "").is_some());
     assert!(said.wait_for("project `tuned-fixture` removed", within, "").is_some());

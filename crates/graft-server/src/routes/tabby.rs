@@ -180,7 +180,7 @@ fn model_for(state: &AppState, caller: &Caller, git_url: &str) -> Option<String>
         .filter(|name| state.may_use(caller, name))
         .collect();
     let default = state.default_model();
-    let chosen = usable.iter().find(|name| **name == default).or(usable.first())?;
+    let chosen = usable.iter().find(|name| **name == &*default).or(usable.first())?;
     Some((*chosen).to_owned())
 }
 
