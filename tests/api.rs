@@ -295,6 +295,7 @@ async fn admin_endpoints_need_an_admin_key() {
         .map(|p| p["project"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["archive", "polyglot"]);
+    assert_eq!(body["default_model"], "polyglot", "requests that name no model go to it");
 
     let (status, body) = get("/v1/projects/polyglot", Some(ADMIN)).await;
     assert_eq!(status, 200, "{body}");

@@ -36,6 +36,7 @@ pub fn run(args: StatusArgs) -> Result<()> {
             "url": graft.base,
             "health": health,
             "projects": projects.as_ref().ok().map(|p| &p["data"]),
+            "default_model": projects.as_ref().ok().map(|p| &p["default_model"]),
             "projects_error": projects.as_ref().err(),
             "generations": {"running": running, "queued": queued},
             "adapters_loaded": loaded,
@@ -70,7 +71,8 @@ pub fn run(args: StatusArgs) -> Result<()> {
     }
     match projects {
         Ok(projects) => print!(
-            "{}",
+            "requests that name no model: {}\n{}",
+            text(&projects["default_model"]),
             table(projects["data"].as_array().map(Vec::as_slice).unwrap_or_default(), unix_seconds())
         ),
         Err(e) => println!("projects: not known ({e})"),

@@ -539,6 +539,7 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
         .collect();
     assert_eq!(names, ["fixture"], "{answer}");
     assert_eq!(answer["adapters_loaded"], serde_json::json!(["tuned"]), "{answer}");
+    assert_eq!(answer["default_model"], "fixture", "{answer}");
     assert_eq!(
         (&answer["generations"]["running"], &answer["last_reload_successful"]),
         (&0.into(), &true.into())
@@ -547,8 +548,9 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[1], "generations: 0 running, 0 queued; last config reload: applied", "{text}");
     assert_eq!(lines[2], "adapters loaded: tuned", "{text}");
+    assert_eq!(lines[3], "requests that name no model: fixture", "{text}");
     assert!(
-        lines[4].starts_with("fixture  the base   top 5, 512 tokens  not usable: no index for project `fixture`"),
+        lines[5].starts_with("fixture  the base   top 5, 512 tokens  not usable: no index for project `fixture`"),
         "{text}"
     );
     let nobody = graft().args(["status", "--server", "http://127.0.0.1:9"]).output().unwrap();

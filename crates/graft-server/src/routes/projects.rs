@@ -30,7 +30,9 @@ fn project(state: &AppState, name: &str) -> Result<std::sync::Arc<Project>, ApiE
 
 pub async fn list(State(state): State<AppState>, _admin: Admin) -> Result<AxumJson<Value>, ApiError> {
     let data: Vec<Value> = state.projects().all().iter().map(|p| state.projects().status(p)).collect();
-    Ok(AxumJson(json!({ "object": "list", "data": data })))
+    // Which model requests naming none go to (a reload of the config may change it).
+    let default = state.default_model();
+    Ok(AxumJson(json!({ "object": "list", "data": data, "default_model": &*default })))
 }
 
 pub async fn status(State(state): State<AppState>, _admin: Admin, Path(name): Path<String>) -> Result<AxumJson<Value>, ApiError> {
