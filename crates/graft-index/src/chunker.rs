@@ -70,11 +70,12 @@ pub fn language_of(path: &str) -> &'static str {
         "html" | "htm" => "html",
         "css" => "css",
         "sql" => "sql",
-        "rb" => "ruby",
+        "rb" | "rake" | "gemspec" => "ruby",
         "kt" | "kts" => "kotlin",
         "swift" => "swift",
         "cs" => "csharp",
         "php" => "php",
+        _ if matches!(name, "Rakefile" | "Gemfile") => "ruby",
         _ if name == "Dockerfile" => "dockerfile",
         _ if name == "Makefile" => "make",
         _ => "text",
@@ -93,6 +94,10 @@ pub(crate) fn grammar(language: &str) -> Option<tree_sitter::Language> {
         "java" => tree_sitter_java::LANGUAGE.into(),
         "c" => tree_sitter_c::LANGUAGE.into(),
         "cpp" => tree_sitter_cpp::LANGUAGE.into(),
+        "csharp" => tree_sitter_c_sharp::LANGUAGE.into(),
+        "ruby" => tree_sitter_ruby::LANGUAGE.into(),
+        // PHP files as they are written: HTML around `<?php ... ?>`.
+        "php" => tree_sitter_php::LANGUAGE_PHP.into(),
         _ => return None,
     })
 }
@@ -113,11 +118,17 @@ pub(crate) fn is_definition(kind: &str) -> bool {
             | "export_statement"
             // Go
             | "method_declaration" | "type_declaration"
-            // Java
+            // Java (and C#'s of the same names)
             | "record_declaration" | "constructor_declaration"
             // C / C++
             | "struct_specifier" | "class_specifier" | "namespace_definition" | "enum_specifier"
             | "template_declaration"
+            // C#
+            | "struct_declaration" | "namespace_declaration" | "delegate_declaration"
+            // Ruby
+            | "class" | "module" | "method" | "singleton_method"
+            // PHP (its classes, functions and methods have the names above)
+            | "trait_declaration"
     )
 }
 
@@ -153,6 +164,10 @@ pub(crate) fn definition_name(node: Node, source: &[u8]) -> Option<String> {
         }
         _ => {
             if let Some(name) = node.child_by_field_name("name") {
+                // Ruby's `class Billing::Invoice`: the name it introduces is the last part.
+                if name.kind() == "scope_resolution" {
+                    return name.child_by_field_name("name").and_then(text);
+                }
                 return text(name);
             }
             // C and C++ functions: the name sits inside nested declarators.
@@ -507,6 +522,26 @@ mod tests {
                 "a.cpp",
                 "namespace store {\nclass Cache {\n public:\n  int size() const { return 0; }\n};\n}\n",
                 "store",
+            ),
+            (
+                "Ledger.cs",
+                "using System;\n\npublic class Ledger {\n  public int Total() { return 0; }\n}\n",
+                "Ledger",
+            ),
+            (
+                "ledger.rb",
+                "require 'json'\n\nmodule Books\n  def self.balance(rows)\n    rows.sum\n  end\nend\n",
+                "Books",
+            ),
+            (
+                "Rakefile",
+                "task :default do\n  puts 1\nend\n\ndef release_notes\n  'x'\nend\n",
+                "release_notes",
+            ),
+            (
+                "ledger.php",
+                "<html><?php\nfunction post_entry($amount) {\n    return $amount;\n}\n?></html>\n",
+                "post_entry",
             ),
         ];
         for (path, src, name) in cases {

