@@ -193,16 +193,30 @@ fn folders(path: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Words on the import lines of a file (`use a::b::{C, D}`, `from a.b import c`,
-/// `import "x/y"`, `#include "a/b.h"`).
+/// `import "x/y"`, `#include "a/b.h"`, `using A.B;`, `require 'a/b'`).
 fn imported_words(code: &str) -> HashSet<String> {
+    const IMPORTS: [&str; 12] = [
+        "use ",
+        "from ",
+        "import ",
+        "#include",
+        "require(",
+        "extern crate ",
+        "using ",
+        "require ",
+        "require_relative ",
+        "require_once",
+        "include_once",
+        "include ",
+    ];
     let mut words = HashSet::new();
     for line in code.lines() {
         let line = line.trim_start();
         let line = line.strip_prefix("pub ").unwrap_or(line);
-        let is_import = ["use ", "from ", "import ", "#include", "require(", "extern crate "]
-            .iter()
-            .any(|p| line.starts_with(p))
-            || (line.starts_with("const ") && line.contains("require("));
+        // C#'s `using (var x = ...)` and `using var x = ...` dispose; they import nothing.
+        let disposes = line.starts_with("using (") || line.starts_with("using var ");
+        let is_import =
+            (IMPORTS.iter().any(|p| line.starts_with(p)) && !disposes) || (line.starts_with("const ") && line.contains("require("));
         if is_import {
             for word in identifiers(line).map(|(_, w)| w) {
                 if !is_keyword(word) && !matches!(word, "crate" | "super" | "self" | "std" | "h" | "js" | "ts") {
@@ -325,8 +339,8 @@ fn question_names(text: &str) -> Vec<Wanted> {
         .collect()
 }
 
-/// Names a snippet defines itself (`let x`, `fn f`, `def f`, `for x in`, `x = ...`): they
-/// are local, not the repository's.
+/// Names a snippet defines itself (`let x`, `fn f`, `def f`, `for x in`, `x = ...`,
+/// `public void Run(`): they are local, not the repository's.
 pub fn local_names(code: &str) -> impl Iterator<Item = &str> {
     const INTRODUCERS: &[&str] = &[
         "let",
@@ -358,7 +372,15 @@ pub fn local_names(code: &str) -> impl Iterator<Item = &str> {
         let first_on_line = code[line_start..offset].trim().is_empty();
         let assigned = first_on_line && rest.starts_with('=') && !rest.starts_with("==") && !rest.starts_with("=>");
         let annotated_param = rest.starts_with(':') && !rest.starts_with("::") && code[line_start..offset].contains('(');
-        if introduced || assigned || annotated_param {
+        // Java's and C#'s `public Result Run(` (a method or constructor declared): the first
+        // name called on a line that starts with an access modifier.
+        let before = &code[line_start..offset];
+        let declared = rest.starts_with('(')
+            && !before.contains('(')
+            && ["public ", "private ", "protected ", "internal "]
+                .iter()
+                .any(|m| before.trim_start().starts_with(m));
+        if introduced || assigned || annotated_param || declared {
             locals.push(word);
         }
     }
@@ -514,6 +536,35 @@ fn is_keyword(word: &str) -> bool {
             | "isize"
             | "f32"
             | "f64"
+            // C#, Ruby, PHP (not `new`, `get`, `lock`...: names a repository defines too)
+            | "using"
+            | "elsif"
+            | "unless"
+            | "until"
+            | "rescue"
+            | "ensure"
+            | "require"
+            | "require_relative"
+            | "require_once"
+            | "include_once"
+            | "attr_reader"
+            | "attr_writer"
+            | "attr_accessor"
+            | "puts"
+            | "echo"
+            | "foreach"
+            | "elseif"
+            | "readonly"
+            | "override"
+            | "virtual"
+            | "internal"
+            | "sealed"
+            | "abstract"
+            | "decimal"
+            | "byte"
+            | "isset"
+            | "unset"
+            | "insteadof"
     )
 }
 
@@ -679,6 +730,21 @@ mod tests {
     }
 
     #[test]
+    fn a_method_or_constructor_declared_is_local_and_what_it_calls_is_not() {
+        let found = names(
+            "    public virtual NewReference Invoke(BorrowedReference args)\n    {\n",
+            "    public PyList() : base(Runtime.PyList_New(0).StealOrThrow())\n",
+        );
+        for used in ["NewReference", "BorrowedReference", "PyList_New", "StealOrThrow"] {
+            assert!(found.contains(&used.to_owned()), "{used}: {found:?}");
+        }
+        assert!(
+            !found.contains(&"Invoke".to_owned()) && !found.contains(&"PyList".to_owned()),
+            "{found:?}"
+        );
+    }
+
+    #[test]
     fn questions_look_up_only_words_written_like_code() {
         let found: Vec<String> = question_names("What does `parse` return, and how does TokenVault::rotate use load_keys()?")
             .into_iter()
@@ -697,6 +763,16 @@ mod tests {
             assert!(words.contains(w), "{w} missing from {words:?}");
         }
         assert!(!words.contains("x") && !words.contains("crate"));
+        let words = imported_words(
+            "using Python.Runtime.Codecs;\nusing (var scope = Py.CreateScope()) {}\nrequire 'billing/ledger'\n\
+             require_relative \"../audit\"\nuse App\\Billing\\Invoice;\nrequire_once 'lib/tax.php';\n",
+        );
+        for w in [
+            "Python", "Runtime", "Codecs", "billing", "ledger", "audit", "App", "Billing", "Invoice", "lib", "tax",
+        ] {
+            assert!(words.contains(w), "{w} missing from {words:?}");
+        }
+        assert!(!words.contains("scope") && !words.contains("CreateScope"), "{words:?}");
     }
 
     #[test]

@@ -324,7 +324,9 @@ impl Reload {
         match new.index.clone() {
             None => Ok(graft_wiring::project(&self.started.config, new)),
             Some(owner) => match self.state.projects().get(&owner) {
-                Some(owner) => Ok(Project::sharing(new, &owner)),
+                // (One whose own change this reload refused may still search another's.)
+                Some(owner) if owner.index_owner() == owner.name() => Ok(Project::sharing(new, &owner)),
+                Some(_) => Err(format!("`{owner}`, whose index it is to search, does not keep one of its own now")),
                 None => Err(format!("the project whose index it searches, `{owner}`, is not served")),
             },
         }
