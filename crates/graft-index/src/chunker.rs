@@ -73,6 +73,7 @@ pub fn language_of(path: &str) -> &'static str {
         "rb" | "rake" | "gemspec" => "ruby",
         "kt" | "kts" => "kotlin",
         "swift" => "swift",
+        "scala" | "sc" => "scala",
         "cs" => "csharp",
         "php" => "php",
         _ if matches!(name, "Rakefile" | "Gemfile") => "ruby",
@@ -98,6 +99,9 @@ pub(crate) fn grammar(language: &str) -> Option<tree_sitter::Language> {
         "ruby" => tree_sitter_ruby::LANGUAGE.into(),
         // PHP files as they are written: HTML around `<?php ... ?>`.
         "php" => tree_sitter_php::LANGUAGE_PHP.into(),
+        "kotlin" => tree_sitter_kotlin_ng::LANGUAGE.into(),
+        "swift" => tree_sitter_swift::LANGUAGE.into(),
+        "scala" => tree_sitter_scala::LANGUAGE.into(),
         _ => return None,
     })
 }
@@ -129,6 +133,10 @@ pub(crate) fn is_definition(kind: &str) -> bool {
             | "class" | "module" | "method" | "singleton_method"
             // PHP (its classes, functions and methods have the names above)
             | "trait_declaration"
+            // Kotlin (classes and functions as above), Swift, Scala
+            | "object_declaration" | "protocol_declaration" | "protocol_function_declaration"
+            | "init_declaration" | "typealias_declaration" | "object_definition" | "trait_definition"
+            | "enum_definition"
     )
 }
 
@@ -542,6 +550,21 @@ mod tests {
                 "ledger.php",
                 "<html><?php\nfunction post_entry($amount) {\n    return $amount;\n}\n?></html>\n",
                 "post_entry",
+            ),
+            (
+                "Ledger.kt",
+                "import java.io.File\n\nfun postEntry(amount: Int): Int {\n    return amount\n}\n",
+                "postEntry",
+            ),
+            (
+                "Ledger.swift",
+                "import Foundation\n\nfunc postEntry(_ amount: Int) -> Int {\n    amount\n}\n",
+                "postEntry",
+            ),
+            (
+                "Ledger.scala",
+                "import scala.util.Try\n\nobject Books {\n  def postEntry(a: Int): Int = a\n}\n",
+                "Books",
             ),
         ];
         for (path, src, name) in cases {

@@ -362,6 +362,11 @@ pub fn local_names(code: &str) -> impl Iterator<Item = &str> {
         "in",
         "lambda",
         "ref",
+        "func",
+        "fun",
+        "val",
+        "object",
+        "protocol",
     ];
     let words: Vec<(usize, &str)> = identifiers(code).collect();
     let mut locals = Vec::new();
@@ -536,7 +541,20 @@ fn is_keyword(word: &str) -> bool {
             | "isize"
             | "f32"
             | "f64"
-            // C#, Ruby, PHP (not `new`, `get`, `lock`...: names a repository defines too)
+            // C#, Ruby, PHP, Kotlin, Swift, Scala (not `new`, `get`, `lock`...: names a
+            // repository defines too)
+            | "fun"
+            | "val"
+            | "companion"
+            | "when"
+            | "guard"
+            | "protocol"
+            | "extension"
+            | "implicit"
+            | "lazy"
+            | "fileprivate"
+            | "lateinit"
+            | "typealias"
             | "using"
             | "elsif"
             | "unless"
@@ -740,6 +758,16 @@ mod tests {
         }
         assert!(
             !found.contains(&"Invoke".to_owned()) && !found.contains(&"PyList".to_owned()),
+            "{found:?}"
+        );
+        // Kotlin's `fun`, Swift's `func`, Scala's `val` define what follows.
+        let found = names("fun openLedger(): Ledger {\n    val entries = Journal.read()\n    ", "");
+        assert!(
+            found.contains(&"Ledger".to_owned()) && found.contains(&"Journal".to_owned()),
+            "{found:?}"
+        );
+        assert!(
+            !found.contains(&"openLedger".to_owned()) && !found.contains(&"entries".to_owned()),
             "{found:?}"
         );
     }

@@ -114,7 +114,9 @@ fn kind_of(node: Node) -> Option<&'static str> {
         | "method_declaration"
         | "constructor_declaration"
         | "method"
-        | "singleton_method" => "function",
+        | "singleton_method"
+        | "protocol_function_declaration"
+        | "init_declaration" => "function",
         "struct_item"
         | "enum_item"
         | "union_item"
@@ -125,9 +127,17 @@ fn kind_of(node: Node) -> Option<&'static str> {
         | "enum_specifier"
         | "interface_declaration"
         | "struct_declaration"
-        | "delegate_declaration" => "type",
-        "class_definition" | "class_declaration" | "abstract_class_declaration" | "class_specifier" | "class" => "class",
-        "trait_item" | "trait_declaration" => "trait",
+        | "delegate_declaration"
+        | "typealias_declaration"
+        | "enum_definition" => "type",
+        "class_definition"
+        | "class_declaration"
+        | "abstract_class_declaration"
+        | "class_specifier"
+        | "class"
+        | "object_declaration"
+        | "object_definition" => "class",
+        "trait_item" | "trait_declaration" | "protocol_declaration" | "trait_definition" => "trait",
         "mod_item" | "namespace_definition" | "namespace_declaration" | "module" => "module",
         "macro_definition" => "macro",
         "lexical_declaration" => "constant",
@@ -352,6 +362,44 @@ mod tests {
                     ("Invoice", "class", ""),
                     ("total", "function", "Invoice"),
                     ("helper", "function", ""),
+                ],
+            ),
+            (
+                "app/src/main/kotlin/Ledger.kt",
+                "package acme.books\n\nclass Ledger(val name: String) {\n    fun post(amount: Int): Int = amount\n}\n\
+                 interface Book\nobject Registry { fun lookup(id: String) = id }\nfun openLedger(): Ledger = Ledger(\"x\")\n",
+                &[
+                    ("Ledger", "class", ""),
+                    ("post", "function", "Ledger"),
+                    ("Book", "class", ""),
+                    ("Registry", "class", ""),
+                    ("lookup", "function", "Registry"),
+                    ("openLedger", "function", ""),
+                ],
+            ),
+            (
+                "Sources/Books/Ledger.swift",
+                "protocol Book { func balance() -> Int }\nstruct Ledger: Book {\n    init() {}\n    func balance() -> Int { 0 }\n}\n\
+                 typealias Amount = Int\nfunc openLedger() -> Ledger { Ledger() }\n",
+                &[
+                    ("Book", "trait", ""),
+                    ("balance", "function", "Book"),
+                    ("Ledger", "class", ""),
+                    ("balance", "function", "Ledger"),
+                    ("Amount", "type", ""),
+                    ("openLedger", "function", ""),
+                ],
+            ),
+            (
+                "src/main/scala/Ledger.scala",
+                "package acme\n\ntrait Book { def balance: Int }\nclass Ledger extends Book {\n  def balance: Int = 0\n  def post(a: Int): Unit = ()\n}\n\
+                 object Ledger { def open(): Ledger = new Ledger }\ntype Amount = Int\n",
+                &[
+                    ("Book", "trait", ""),
+                    ("Ledger", "class", ""),
+                    ("post", "function", "Ledger"),
+                    ("open", "function", "Ledger"),
+                    ("Amount", "type", ""),
                 ],
             ),
         ];
