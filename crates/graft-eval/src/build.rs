@@ -135,6 +135,7 @@ pub(crate) fn is_code(path: &str) -> bool {
             | "swift"
             | "csharp"
             | "php"
+            | "scala"
     )
 }
 
