@@ -161,6 +161,11 @@ fn a_second_run_redoes_only_what_changed() {
     let first = index(repo.path(), index_dir.path());
     assert_eq!(first.files_added, 22);
     assert_eq!(first.embeddings, first.chunks, "a new index embeds every chunk once");
+    assert_eq!(first.languages.values().sum::<usize>(), 22, "{:?}", first.languages);
+    assert_eq!(
+        (first.languages["rust"], first.languages["c"], first.languages["markdown"]),
+        (3, 3, 3)
+    );
 
     let unchanged = index(repo.path(), index_dir.path());
     assert_eq!((unchanged.files_added, unchanged.files_changed, unchanged.files_removed), (0, 0, 0));
@@ -187,6 +192,8 @@ fn a_second_run_redoes_only_what_changed() {
         "{second:?}"
     );
     assert_eq!(second.files_unchanged, 20);
+    let chunked: Vec<(&str, usize)> = second.languages.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    assert_eq!(chunked, [("go", 1), ("typescript", 1)], "only the files chunked now");
     assert!(second.embeddings > 0 && second.embeddings <= second.chunks_written, "{second:?}");
     assert!(
         second.embeddings < first.embeddings / 4,

@@ -83,6 +83,12 @@ pub fn language_of(path: &str) -> &'static str {
     }
 }
 
+/// Whether graft parses files of `language` (from [`language_of`]): chunked along their syntax
+/// tree, their definitions listed; other files are cut by lines.
+pub fn has_grammar(language: &str) -> bool {
+    grammar(language).is_some()
+}
+
 /// The tree-sitter grammar of a language from [`language_of`], if graft has one.
 pub(crate) fn grammar(language: &str) -> Option<tree_sitter::Language> {
     Some(match language {

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{self, Catalog};
-use crate::chunker::{chunk_and_define, Chunk, ChunkOptions};
+use crate::chunker::{chunk_and_define, language_of, Chunk, ChunkOptions};
 use crate::embed::Embedder;
 use crate::error::IndexError;
 use crate::layout::{IndexLayout, Meta, CATALOG_FORMAT};
@@ -81,6 +81,12 @@ pub struct IndexReport {
     pub chunks_written: usize,
     /// Definitions written to the symbol table (of the files chunked).
     pub symbols_written: usize,
+    /// Files chunked in this run (added or changed), by language
+    /// ([`crate::chunker::language_of`]): those graft has a grammar for
+    /// ([`crate::chunker::has_grammar`]) are cut along their syntax and list their definitions,
+    /// the rest are cut by lines.
+    #[serde(default)]
+    pub languages: BTreeMap<String, usize>,
     /// Chunks embedded in this run (the rest reused a stored vector).
     pub embeddings: usize,
     /// Of those, the chunks embedded ahead of the run while the index still served
@@ -351,6 +357,7 @@ impl Changes {
                 Some(_) => report.files_changed += 1,
                 None => report.files_added += 1,
             }
+            *report.languages.entry(language_of(&file.path).to_owned()).or_default() += 1;
             let (chunks, definitions) = chunk_and_define(&file.path, &file.text, chunk);
             let chunks = with_ids(chunks);
             changes.new_symbols.extend(holding_chunks(&chunks, definitions));

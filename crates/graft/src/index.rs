@@ -149,12 +149,39 @@ fn print_summary(project: &str, path: &Path, r: &IndexReport) {
         "  chunks: {} in the index, {} written, {} embedded, {} stale vectors removed",
         r.chunks, r.chunks_written, r.embeddings, r.stale_vectors_removed
     );
+    if let Some(languages) = languages_line(&r.languages) {
+        println!("  {languages}");
+    }
     if r.rebuilt {
         println!("  the embedding model changed: the index was rebuilt");
     }
     for problem in &r.problems {
         println!("  could not read: {problem}");
     }
+}
+
+/// The files a run chunked, by language, most first: those parsed (cut along their syntax,
+/// their definitions listed) and those cut by lines (`parsed: rust 80, python 3; by lines:
+/// markdown 4`); none when it chunked nothing.
+fn languages_line(languages: &std::collections::BTreeMap<String, usize>) -> Option<String> {
+    let listed = |parsed: bool| {
+        let mut these: Vec<(&String, &usize)> = languages
+            .iter()
+            .filter(|(language, _)| graft_index::chunker::has_grammar(language) == parsed)
+            .collect();
+        these.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        these
+            .iter()
+            .map(|(language, n)| format!("{language} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let parts: Vec<String> = [("parsed", listed(true)), ("by lines", listed(false))]
+        .into_iter()
+        .filter(|(_, list)| !list.is_empty())
+        .map(|(how, list)| format!("{how}: {list}"))
+        .collect();
+    (!parts.is_empty()).then(|| format!("files chunked, {}", parts.join("; ")))
 }
 
 /// `graft search QUERY [--project NAME]`.
@@ -259,5 +286,25 @@ impl IndexProgress for BarProgress {
 
     fn embedded(&self, n: usize) {
         self.steps.inc(n as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_languages_line_says_what_was_parsed_and_what_cut_by_lines() {
+        let languages = [("markdown", 4), ("python", 3), ("rust", 80), ("toml", 4), ("csharp", 3)]
+            .into_iter()
+            .map(|(l, n)| (l.to_owned(), n))
+            .collect();
+        assert_eq!(
+            languages_line(&languages).as_deref(),
+            Some("files chunked, parsed: rust 80, csharp 3, python 3; by lines: markdown 4, toml 4")
+        );
+        let text_only = [("text".to_owned(), 2)].into_iter().collect();
+        assert_eq!(languages_line(&text_only).as_deref(), Some("files chunked, by lines: text 2"));
+        assert_eq!(languages_line(&std::collections::BTreeMap::new()), None);
     }
 }
