@@ -186,31 +186,29 @@ fn recall_on(repo: &Path, queries: usize) -> (Recall, Recall) {
     (plain.recall(), lookup.recall())
 }
 
+/// Recall of `queries` cross-file queries on the kit's repository `id`, with definition lookup
+/// at least `at_1` and `at_5`, and its MRR above plain hybrid search's by more than `gain`.
+fn assert_lookup_finds_definitions(id: &str, queries: usize, at_1: f64, at_5: f64, gain: f64) {
+    let (plain, lookup) = recall_on(&kit_file(id), queries);
+    eprintln!("{id}: hybrid {plain:?}\n  with lookup {lookup:?}");
+    assert!(lookup.at_5 >= at_5 && lookup.at_1 >= at_1, "{id}: {lookup:?}");
+    assert!(
+        lookup.mrr > plain.mrr + gain,
+        "{id}: lookup adds to hybrid search: {plain:?} vs {lookup:?}"
+    );
+}
+
 /// The README's figures, with a margin: 200 queries (`graft bench index` runs 300). tokio's
-/// figures there come from `graft bench index` alone: a second repository would double this
-/// test's few minutes of embedding.
+/// figures there come from `graft bench index` alone: a second Rust repository would double
+/// this test's few minutes of embedding.
 #[test]
 fn on_a_real_repository_the_defining_file_comes_first() {
-    let networkx = kit_file("networkx-src");
-    let (plain, lookup) = recall_on(&networkx, 200);
-    eprintln!("networkx: hybrid {plain:?}\n          with lookup {lookup:?}");
-    assert!(lookup.at_5 >= 0.9 && lookup.at_1 >= 0.7, "networkx: {lookup:?}");
-    assert!(
-        lookup.mrr > plain.mrr + 0.1,
-        "lookup adds to hybrid search: {plain:?} vs {lookup:?}"
-    );
+    assert_lookup_finds_definitions("networkx-src", 200, 0.7, 0.9, 0.1);
 }
 
 /// The same on C# (150 files, a sixth of networkx's chunks): its classes, methods and
 /// namespaces are in the symbol table as Python's are.
 #[test]
 fn on_a_real_csharp_repository_the_defining_file_comes_first() {
-    let pythonnet = kit_file("pythonnet-src");
-    let (plain, lookup) = recall_on(&pythonnet, 150);
-    eprintln!("pythonnet: hybrid {plain:?}\n           with lookup {lookup:?}");
-    assert!(lookup.at_5 >= 0.9 && lookup.at_1 >= 0.8, "pythonnet: {lookup:?}");
-    assert!(
-        lookup.mrr > plain.mrr + 0.2,
-        "lookup adds to hybrid search: {plain:?} vs {lookup:?}"
-    );
+    assert_lookup_finds_definitions("pythonnet-src", 150, 0.8, 0.9, 0.2);
 }
