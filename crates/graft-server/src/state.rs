@@ -38,6 +38,7 @@ struct Inner {
     aliases: Vec<String>,
     /// Replaced whole when the config file is reloaded ([`AppState::replace_generation`]).
     generation: std::sync::RwLock<Arc<GenerationConfig>>,
+    /// `[server]`'s limits and timeouts (its `default_model` is the field below).
     server: ServerConfig,
     /// The model a request that names none uses; replaced when the config file is reloaded
     /// ([`AppState::replace_default_model`]).
@@ -67,14 +68,17 @@ pub struct Target {
 impl AppState {
     pub fn new(parts: ServerParts) -> AppState {
         // The binary resolves an absent `max_concurrent` by device (`Config::generation_slots`).
-        let gate = Gate::new(parts.server.max_concurrent.unwrap_or(1), parts.server.max_queue);
-        let default_model = parts.server.default_model.as_deref().unwrap_or(parts.pool.base_name()).into();
+        let mut server = parts.server;
+        let gate = Gate::new(server.max_concurrent.unwrap_or(1), server.max_queue);
+        // Kept on its own (a reload replaces it), not beside the limits as well.
+        let default_model = server.default_model.take();
+        let default_model = default_model.as_deref().unwrap_or(parts.pool.base_name()).into();
         AppState {
             inner: Arc::new(Inner {
                 pool: parts.pool,
                 aliases: parts.aliases,
                 generation: std::sync::RwLock::new(Arc::new(parts.generation)),
-                server: parts.server,
+                server,
                 default_model: std::sync::RwLock::new(default_model),
                 keys: std::sync::RwLock::new(Arc::new(parts.keys)),
                 projects: parts.projects,
@@ -167,11 +171,9 @@ impl AppState {
         Arc::clone(&self.inner.default_model.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Requests that name no model go to `name` from now on (the base model when `None`), a
-    /// reload of the config.
-    pub fn replace_default_model(&self, name: Option<&str>) {
-        let name = name.unwrap_or(self.pool().base_name()).into();
-        *self.inner.default_model.write().unwrap_or_else(|p| p.into_inner()) = name;
+    /// Requests that name no model go to `name` from now on (a reload of the config).
+    pub fn replace_default_model(&self, name: &str) {
+        *self.inner.default_model.write().unwrap_or_else(|p| p.into_inner()) = name.into();
     }
 
     /// The longest prompt graft takes, in tokens: the base model's context (as mistralrs

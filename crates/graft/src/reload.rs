@@ -184,7 +184,7 @@ impl Reload {
         if *before == *then {
             return Outcome::Unchanged;
         }
-        self.state.replace_default_model(Some(then));
+        self.state.replace_default_model(then);
         let served = projects.iter().any(|p| p.name == then)
             || self.state.names_base(then)
             || self.state.pool().adapters().iter().any(|a| a.name == then);
