@@ -83,6 +83,26 @@ pub fn language_of(path: &str) -> &'static str {
     }
 }
 
+/// The languages whose code can call what files of `language` define, named by one of them:
+/// C with C++ (their headers are shared), JavaScript with TypeScript, Java with Kotlin and
+/// Scala (one virtual machine), each other parsed language alone. `None` for a language graft
+/// lists no definitions of (markdown, text, configuration).
+pub fn family(language: &str) -> Option<&'static str> {
+    Some(match language {
+        "c" | "cpp" => "c",
+        "javascript" | "typescript" | "tsx" => "javascript",
+        "java" | "kotlin" | "scala" => "jvm",
+        "rust" => "rust",
+        "python" => "python",
+        "go" => "go",
+        "csharp" => "csharp",
+        "ruby" => "ruby",
+        "php" => "php",
+        "swift" => "swift",
+        _ => return None,
+    })
+}
+
 /// Whether graft parses files of `language` (from [`language_of`]): chunked along their syntax
 /// tree, their definitions listed; other files are cut by lines.
 pub fn has_grammar(language: &str) -> bool {
@@ -578,7 +598,14 @@ mod tests {
             assert!(!chunks.is_empty(), "{path}");
             assert!(chunks.iter().any(|c| c.symbol.contains(name)), "{path}: {chunks:?}");
             assert_ne!(chunks[0].language, "text", "{path}");
+            // Definition lookup takes only definitions of the same family of languages.
+            assert!(family(chunks[0].language).is_some(), "{path}: a parsed language has a family");
         }
+        assert_eq!(family("cpp"), family("c"));
+        assert_eq!(family("tsx"), family("javascript"));
+        assert_eq!(family("kotlin"), family("java"));
+        assert_ne!(family("ruby"), family("c"));
+        assert_eq!(family("markdown"), None);
     }
 
     #[test]

@@ -5,17 +5,21 @@
 //! - Names are taken nearest the cursor first; keywords, the languages' standard names and
 //!   names the snippet defines itself (`let x`, `def f`, `x = ...`) are skipped.
 //! - `Type::method` and `module.func` narrow a name to definitions inside that type or in a
-//!   file of that module.
+//!   file of that module; where none is there, a function of that name elsewhere is only a
+//!   guess (`Linker.new` is not the one `new` another object defines).
 //! - Where several files define a name, the one the current file imports (its `use` /
 //!   `import` / `#include` lines) wins, then the one nearest the current file's path; a name
 //!   defined in many files and not narrowed by either is too common to mean one place and is
 //!   skipped.
+//! - Only definitions in the current file's family of languages are taken (C with C++,
+//!   JavaScript with TypeScript, Java with Kotlin and Scala; [`chunker::family`]).
 //!
 //! This module only chooses chunk ids; [`crate::search`] fuses them with the ranked search.
 
 use std::collections::{HashMap, HashSet};
 
 use crate::catalog::{Catalog, StoredSymbol};
+use crate::chunker;
 use crate::error::IndexError;
 
 /// Names looked up per query, nearest the cursor first.
@@ -110,8 +114,26 @@ fn choose<'r>(
     imports: &HashSet<String>,
     current_path: Option<&str>,
 ) -> Option<(&'r StoredSymbol, Certainty)> {
-    let mut candidates: Vec<&StoredSymbol> = records.iter().collect();
+    // Code calls what its own family of languages defines: a C file's `result` is not a Ruby
+    // method of that name. Another language's definition is taken only where the family has
+    // none and the name is one no plain word would be (a build script's `MRB_INT64`, a
+    // template's `lower_type_name`), and never surely (a file of no known language takes any).
+    let family = current_path.and_then(|path| chunker::family(chunker::language_of(path)));
+    let of_family = |r: &StoredSymbol| family.is_none() || chunker::family(chunker::language_of(&r.path)) == family;
+    let mut candidates: Vec<&StoredSymbol> = records.iter().filter(|r| of_family(r)).collect();
+    let across_languages = candidates.is_empty();
+    if across_languages {
+        if !is_distinctive(&want.name) {
+            return None;
+        }
+        candidates = records.iter().collect();
+    }
     let mut narrowed = false;
+    // `Linker.new`, `Vec::new`: a type's name (`CamelCase`) before a name that no definition
+    // inside that type, or in a file of that module, has. A function or constant of that name
+    // elsewhere is then only a guess (a type may still be meant: `Kind::Variant` often wraps a
+    // type `Variant`).
+    let mut other_type = want.qualifier.as_deref().is_some_and(is_type_name);
     if let Some(qualifier) = &want.qualifier {
         let in_type: Vec<&StoredSymbol> = candidates.iter().copied().filter(|r| &r.scope == qualifier).collect();
         let in_module: Vec<&StoredSymbol> = candidates
@@ -119,6 +141,7 @@ fn choose<'r>(
             .copied()
             .filter(|r| path_words(&r.path).any(|w| w == qualifier))
             .collect();
+        other_type &= in_module.is_empty();
         if !in_type.is_empty() {
             candidates = in_type;
             narrowed = true;
@@ -126,6 +149,7 @@ fn choose<'r>(
             candidates = in_module;
             narrowed = true;
         }
+        other_type &= !narrowed;
     }
     let import_score = |r: &StoredSymbol| path_words(&r.path).filter(|w| imports.contains(*w)).count();
     let best_import = candidates.iter().map(|r| import_score(r)).max().unwrap_or(0);
@@ -144,11 +168,6 @@ fn choose<'r>(
             return None;
         }
     }
-    let certainty = match (files.len(), narrowed) {
-        (1, true) => Certainty::Narrowed,
-        (1, false) => Certainty::Unique,
-        _ => Certainty::Guessed,
-    };
     let best = candidates.into_iter().min_by(|a, b| {
         near(b)
             .cmp(&near(a))
@@ -157,7 +176,25 @@ fn choose<'r>(
             .then(a.path.cmp(&b.path))
             .then(a.start_line.cmp(&b.start_line))
     })?;
+    let certainty = match (files.len(), narrowed) {
+        _ if across_languages || (other_type && matches!(best.kind.as_str(), "function" | "constant")) => Certainty::Guessed,
+        (1, true) => Certainty::Narrowed,
+        (1, false) => Certainty::Unique,
+        _ => Certainty::Guessed,
+    };
     Some((best, certainty))
+}
+
+/// Whether a name is written as a type's is (`Linker`, `HashMap`), not as a value's (`config`)
+/// or a constant's (`EXPOSE_IO`).
+fn is_type_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_uppercase()) && name.chars().any(|c| c.is_ascii_lowercase())
+}
+
+/// Whether a name is one no plain word would be: written with `_` or a capital after its first
+/// letter (`MRB_INT64`, `lower_rb`, `hasRemaining`), unlike `result` or `round`.
+fn is_distinctive(name: &str) -> bool {
+    name.contains('_') || name.chars().skip(1).any(|c| c.is_ascii_uppercase())
 }
 
 /// Types and functions before constants and modules: what code most often needs to see.
@@ -872,5 +909,68 @@ mod tests {
             choose(&many, &new, &HashSet::new(), Some("other/y.rs")).is_none(),
             "too common to mean one place"
         );
+        // A C file's name means a C or C++ definition, never a Ruby method of that name; in a
+        // file of no known language any definition will do.
+        let result = Wanted {
+            name: "result".into(),
+            qualifier: None,
+            line: 0,
+            distance: 0,
+        };
+        let mixed = vec![
+            record("result", "test/t/class.rb", "TestClass"),
+            record("result", "src/parse.h", ""),
+        ];
+        assert_eq!(
+            choose(&mixed, &result, &HashSet::new(), Some("src/array.c")).unwrap().0.path,
+            "src/parse.h"
+        );
+        assert_eq!(
+            choose(&mixed, &result, &HashSet::new(), Some("lib/build.rb")).unwrap().0.path,
+            "test/t/class.rb"
+        );
+        assert!(choose(&mixed[..1], &result, &HashSet::new(), Some("src/array.c")).is_none());
+        // ... unless no plain word is written so, as a build script's name of a C macro.
+        let int64 = Wanted {
+            name: "MRB_INT64".into(),
+            qualifier: None,
+            line: 0,
+            distance: 0,
+        };
+        let header = vec![record("MRB_INT64", "include/mrbconf.h", "")];
+        let (found, certainty) = choose(&header, &int64, &HashSet::new(), Some("build_config.rb")).unwrap();
+        assert_eq!((found.path.as_str(), certainty), ("include/mrbconf.h", Certainty::Guessed));
+        assert!(choose(&mixed[..1], &result, &HashSet::new(), Some("notes.md")).is_some());
+        assert!(choose(&mixed[..1], &result, &HashSet::new(), None).is_some());
+        // `Linker.new` is not the one `new` a file defines for another object: a guess at most,
+        // as a value's (`gem.new`) or a constant's (`EXPOSE_IO.new`) qualifier leaves it sure;
+        // `Kind::Variant` may still mean a type `Variant`.
+        let new = vec![record("new", "lib/gem.rb", "")];
+        let certainty = |qualifier: &str, records: &[StoredSymbol]| {
+            let want = Wanted {
+                name: records[0].name.clone(),
+                qualifier: Some(qualifier.into()),
+                line: 0,
+                distance: 0,
+            };
+            // Asked from another file of the same language.
+            let current = records[0].path.replace('/', "/other_");
+            choose(records, &want, &HashSet::new(), Some(&current)).unwrap().1
+        };
+        assert_eq!(certainty("Linker", &new), Certainty::Guessed);
+        assert_eq!(certainty("gem", &new), Certainty::Unique);
+        assert_eq!(certainty("EXPOSE_IO", &new), Certainty::Unique);
+        let mut variant = record("CurrentThread", "src/current_thread.rs", "");
+        variant.kind = "type".into();
+        assert_eq!(certainty("Context", &[variant]), Certainty::Unique);
+        // Kotlin calls Java: a family of languages shares its definitions.
+        let ledger = vec![record("Ledger", "src/Ledger.java", "")];
+        let want = Wanted {
+            name: "Ledger".into(),
+            qualifier: None,
+            line: 0,
+            distance: 0,
+        };
+        assert!(choose(&ledger, &want, &HashSet::new(), Some("app/Main.kt")).is_some());
     }
 }
