@@ -227,3 +227,42 @@ fn killing_an_index_run_at_any_moment_leaves_a_searchable_index() {
     assert_eq!(again["report"]["stale_vectors_removed"], 0, "{again}");
     assert_eq!(again["report"]["files_unchanged"], 300, "{again}");
 }
+
+/// `graft bench index` on real code of two languages (the kit's tauri mobile API, Kotlin and
+/// Swift): every search mode's figures, lookup's by the language queries come from, and how
+/// many queries ask across languages, in JSON as in text.
+#[test]
+fn bench_index_measures_each_search_mode_and_each_language() {
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), &work.path().join("index"));
+    run_ok(&mut graft(&config, &["models", "fetch", "tauri-mobile-src"]));
+    let tree = common::kit_dir().join("tauri-mobile-src/mobile");
+    let args = ["bench", "index", "--queries", "10", "--quality-queries", "40"];
+    let figures = json(&run_ok(graft(&config, &args).arg(&tree).arg("--json")));
+    assert!(figures["files_indexed"].as_u64().unwrap() >= 36, "{figures}");
+    let quality = figures["quality"].as_array().unwrap();
+    let modes: Vec<&str> = quality.iter().map(|q| q["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["keyword", "vector", "hybrid", "hybrid + lookup"]);
+    let queries = quality[3]["queries"].as_u64().unwrap();
+    assert!(queries >= 20, "{figures}");
+    // Lookup puts the defining file first more often than the search it adds to.
+    assert!(quality[3]["recall_at_1"].as_f64() > quality[2]["recall_at_1"].as_f64(), "{figures}");
+    let by_language = quality[3]["by_language"].as_array().unwrap();
+    let languages: Vec<&str> = by_language.iter().map(|l| l["language"].as_str().unwrap()).collect();
+    assert_eq!(languages, ["kotlin", "swift"], "{figures}");
+    let counted: u64 = by_language.iter().map(|l| l["queries"].as_u64().unwrap()).sum();
+    assert_eq!(counted, queries);
+    assert!(quality[..3].iter().all(|q| q["by_language"].as_array().unwrap().is_empty()));
+    // Kotlin's `Double` is no Swift extension, though a Swift file "defines" it.
+    let across = figures["quality_queries_across_languages"].as_u64().unwrap();
+    assert!(across >= 1 && across < queries, "{figures}");
+
+    let text = run_ok(graft(&config, &args).arg(&tree));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("hybrid + lookup    recall@1"), "{text}");
+    assert!(text.contains("    kotlin           recall@1"), "{text}");
+    assert!(
+        text.contains(&format!("{across} of the queries ask for a definition in another language's file")),
+        "{text}"
+    );
+}

@@ -12,11 +12,12 @@
 //! (`index.qdrant_url`), in a collection named for `bench` that is emptied before and removed
 //! after the run.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use graft_eval::retrieval::{cross_file_queries, Ranks, Recall};
+use graft_eval::retrieval::{cross_file_queries, CrossFileQuery, Ranks, Recall};
+use graft_index::chunker::{family, language_of};
 use graft_index::walk::SourceFile;
 use graft_index::{index_repository, Embedder, IndexLayout, IndexOptions, IndexReport, Names, ProjectIndex, Query, Quiet, SearchMode};
 use serde_json::json;
@@ -55,6 +56,7 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
         latencies,
         queries,
         quality,
+        across_languages,
     } = figures?;
 
     // What `graft up` pays every `index.refresh_secs` to know whether to re-index.
@@ -100,7 +102,15 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
                 "mrr": q.recall.mrr,
                 "p50_ms": ms(q.p50),
                 "p99_ms": ms(q.p99),
+                "by_language": q.by_language.iter().map(|(language, r)| json!({
+                    "language": language,
+                    "queries": r.queries,
+                    "recall_at_1": r.at_1,
+                    "recall_at_5": r.at_5,
+                    "mrr": r.mrr,
+                })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
+            "quality_queries_across_languages": across_languages,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
@@ -150,6 +160,17 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
                 ms(q.p50),
                 ms(q.p99)
             );
+            for (language, r) in &q.by_language {
+                println!(
+                    "    {:<16} recall@1 {:>5.3}   recall@5 {:>5.3}   MRR {:>5.3}   ({} queries from its files)",
+                    language, r.at_1, r.at_5, r.mrr, r.queries
+                );
+            }
+        }
+        if across_languages > 0 {
+            println!(
+                "  {across_languages} of the queries ask for a definition in another language's file (a name both happen to use, or a real use across them)"
+            );
         }
     }
     Ok(())
@@ -167,6 +188,8 @@ struct Figures {
     /// Timed queries per mode.
     queries: usize,
     quality: Vec<Quality>,
+    /// Cross-file queries whose answer is in another family of languages.
+    across_languages: usize,
 }
 
 /// Indexes twice, then times searches and measures retrieval quality.
@@ -196,7 +219,7 @@ fn measure(args: &BenchIndexArgs, config: &graft_core::Config, layout: &IndexLay
         latencies.push((mode, percentile(&times, 0.50), percentile(&times, 0.99)));
     }
 
-    let quality = quality(args, config, &files, &project, &embedder)?;
+    let (quality, across_languages) = quality(args, config, &files, &project, &embedder)?;
     Ok(Figures {
         load,
         first,
@@ -204,6 +227,7 @@ fn measure(args: &BenchIndexArgs, config: &graft_core::Config, layout: &IndexLay
         latencies,
         queries: queries.len(),
         quality,
+        across_languages,
     })
 }
 
@@ -213,6 +237,19 @@ struct Quality {
     recall: Recall,
     p50: Duration,
     p99: Duration,
+    /// With definition lookup, in a tree of several languages: the recall of the queries
+    /// asked from each language's files.
+    by_language: Vec<(&'static str, Recall)>,
+}
+
+/// Of cross-file queries, those asked for a definition in a file of another family of
+/// languages (`graft_index::chunker::family`): a build script naming a C macro, or, as often,
+/// a word two languages happen to define.
+fn across_languages(queries: &[CrossFileQuery]) -> usize {
+    queries
+        .iter()
+        .filter(|q| family(language_of(&q.path)) != family(language_of(&q.defined_in)))
+        .count()
 }
 
 /// Cross-file queries from the tree, searched by keyword, by vector, hybrid, and hybrid with
@@ -223,10 +260,10 @@ fn quality(
     files: &[SourceFile],
     project: &ProjectIndex,
     embedder: &Embedder,
-) -> Result<Vec<Quality>> {
+) -> Result<(Vec<Quality>, usize)> {
     let queries = cross_file_queries(files, args.quality_queries, 0);
     if queries.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
     eprintln!("measuring retrieval with {} cross-file queries ...", queries.len());
     let ways: [(&str, SearchMode, bool); 4] = [
@@ -239,6 +276,7 @@ fn quality(
     for (name, mode, lookup) in ways {
         let search = graft_wiring::search_options(config, mode, 10);
         let mut ranks = Ranks::default();
+        let mut by_language: BTreeMap<&'static str, Ranks> = BTreeMap::new();
         let mut times = Vec::with_capacity(queries.len());
         for q in &queries {
             let query = Query {
@@ -253,6 +291,10 @@ fn quality(
             let hits = project.search_for(&query, Some(embedder), &search)?;
             times.push(t.elapsed());
             ranks.push(hits.iter().map(|h| h.path.as_str()), &q.defined_in);
+            if lookup {
+                let language = by_language.entry(language_of(&q.path)).or_default();
+                language.push(hits.iter().map(|h| h.path.as_str()), &q.defined_in);
+            }
             if lookup && args.misses && hits.first().is_none_or(|h| h.path != q.defined_in) {
                 let first: Vec<String> = hits.iter().take(3).map(|h| format!("{}:{}", h.path, h.start_line)).collect();
                 eprintln!(
@@ -271,9 +313,17 @@ fn quality(
             recall: ranks.recall(),
             p50: percentile(&times, 0.50),
             p99: percentile(&times, 0.99),
+            by_language: if by_language.len() > 1 {
+                by_language
+                    .into_iter()
+                    .map(|(language, ranks)| (language, ranks.recall()))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         });
     }
-    Ok(out)
+    Ok((out, across_languages(&queries)))
 }
 
 /// Up to `n` distinct identifiers of 8 or more characters from the tree, spread evenly.
