@@ -307,10 +307,10 @@ fn qualifier_of(text: &str, start: usize) -> Option<String> {
 /// first lines after it, each name once.
 fn code_names(before: &str, after: &str) -> Vec<Wanted> {
     let start = nth_line_start_from_end(before, LINES_BEFORE);
-    let window_before = &before[start..];
     let end = nth_line_end(after, LINES_AFTER);
-    let window_after = &after[..end];
-    let locals: HashSet<&str> = local_names(window_before).chain(local_names(window_after)).collect();
+    let locals: HashSet<&str> = local_names(&before[start..]).chain(local_names(&after[..end])).collect();
+    let (window_before, window_after) = (mask_prose(&before[start..]), mask_prose(&after[..end]));
+    let (window_before, window_after) = (window_before.as_str(), window_after.as_str());
     let mut found: Vec<Wanted> = Vec::new();
     for (offset, name) in identifiers(window_before) {
         if !is_named_argument(window_before, offset + name.len()) {
@@ -427,6 +427,120 @@ pub fn local_names(code: &str) -> impl Iterator<Item = &str> {
         }
     }
     locals.into_iter()
+}
+
+/// `text` with the plain words of its comments and string literals blanked out (offsets
+/// kept): a line comment (`//`, or `#` and a space) and a string's text between its quotes,
+/// but not what a string interpolates (`{...}`, `#{...}`, `${...}`, `\\(...)`), nor words
+/// written as code is in prose (`parse_config`, `MRB_INT64`, `String#rstrip`, `os.path`):
+/// `"weight"` is a dictionary's key, not the function `weight`. A Rust lifetime (`&'a`,
+/// `<'a>`) is no quote.
+fn mask_prose(text: &str) -> String {
+    let bytes = text.as_bytes();
+    // The spans of prose: comments and strings' text, interpolations left out.
+    let mut prose: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    // Inside a string: where its current run of text began, and how deep in an
+    // interpolation's braces or parentheses.
+    let mut string: Option<(u8, usize)> = None;
+    let mut depth = 0usize;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match string {
+            _ if c == b'\n' => {
+                if let Some((_, from)) = string.take() {
+                    prose.push((from, i));
+                }
+                depth = 0;
+            }
+            Some((q, _)) if depth > 0 => match c {
+                b'{' | b'(' => depth += 1,
+                b'}' | b')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        string = Some((q, i + 1));
+                    }
+                }
+                _ => {}
+            },
+            Some((q, from)) => {
+                if c == b'{' || (c == b'\\' && bytes.get(i + 1) == Some(&b'(')) {
+                    prose.push((from, i));
+                    depth = 1;
+                    i += usize::from(c == b'\\');
+                } else if c == b'\\' {
+                    // An escape: the next character is the string's, whatever it is.
+                    i += usize::from(bytes.get(i + 1).is_some_and(|b| *b != b'\n'));
+                } else if c == q {
+                    prose.push((from, i));
+                    string = None;
+                }
+            }
+            None => {
+                let comment = (c == b'/' && bytes.get(i + 1) == Some(&b'/'))
+                    || (c == b'#' && bytes.get(i + 1) == Some(&b' ') && (i == 0 || bytes[i - 1].is_ascii_whitespace()));
+                if comment {
+                    let end = bytes[i..].iter().position(|b| *b == b'\n').map_or(bytes.len(), |n| i + n);
+                    prose.push((i, end));
+                    i = end;
+                    continue;
+                }
+                // `&'a`, `<'a>`, or a quote that no other closes on its line (`T: 'static`).
+                let lifetime = c == b'\'' && {
+                    let closed = bytes[i + 1..].iter().take_while(|b| **b != b'\n').any(|b| *b == b'\'');
+                    (i > 0 && matches!(bytes[i - 1], b'&' | b'<')) || !closed
+                };
+                // An apostrophe in a word (`don't`), not a prefixed string (`f'{x}'`, `b"..."`).
+                let glued = c == b'\'' && i > 1 && bytes[i - 1].is_ascii_alphanumeric() && bytes[i - 2].is_ascii_alphanumeric();
+                if (c == b'"' || c == b'\'') && !lifetime && !glued {
+                    string = Some((c, i + 1));
+                }
+            }
+        }
+        i += 1;
+    }
+    if let Some((_, from)) = string {
+        prose.push((from, bytes.len()));
+    }
+    let mut out = bytes.to_vec();
+    for (from, to) in prose {
+        let span = &bytes[from..to];
+        let mark = |at: usize| matches!(span.get(at), Some(b'#' | b'.' | b':'));
+        // A word and another joined by one mark or two (`A::b`) at `at` (after the first), or
+        // a Ruby class and its operator method (`Integer#<<`, `Array#[]`).
+        let joined_after = |at: usize| {
+            let marks = (0..2).take_while(|k| mark(at + k)).count();
+            let operator = |b: &u8| span[at] == b'#' && b"<>=+-*/%[]!&|^~".contains(b);
+            marks > 0
+                && span
+                    .get(at + marks)
+                    .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_' || operator(b))
+        };
+        let joined_before = |at: usize| {
+            let marks = (1..=2).take_while(|k| at >= *k && mark(at - k)).count();
+            marks > 0 && at > marks && span[at - marks - 1].is_ascii_alphanumeric()
+        };
+        let mut at = 0;
+        while at < span.len() {
+            let word = span[at..].iter().take_while(|b| b.is_ascii_alphanumeric() || **b == b'_').count();
+            if word == 0 {
+                // Blank what is no word, but the marks that join words (`a.b`, `A#b`, `A::b`).
+                if !(mark(at) || span[at].is_ascii_whitespace()) || span[at] >= 0x80 {
+                    out[from + at] = b' ';
+                }
+                at += 1;
+                continue;
+            }
+            let name = std::str::from_utf8(&span[at..at + word]).unwrap_or("");
+            let code_like = is_distinctive(name) || joined_before(at) || joined_after(at + word);
+            if !code_like {
+                out[from + at..from + at + word].fill(b' ');
+            }
+            at += word;
+        }
+    }
+    // A character is blanked whole (a non-ASCII one byte by byte), so what was UTF-8 still is.
+    String::from_utf8(out).unwrap_or_else(|_| text.to_owned())
 }
 
 fn nth_line_start_from_end(text: &str, lines: usize) -> usize {
@@ -765,6 +879,39 @@ mod tests {
         }
         let read = code_names(before, "").into_iter().find(|w| w.name == "read").unwrap();
         assert_eq!(read.qualifier.as_deref(), Some("Loader"));
+    }
+
+    #[test]
+    fn plain_words_of_comments_and_strings_are_not_looked_up_but_code_in_them_is() {
+        let looked_up = |code: &str| names(code, "");
+        // A string that is a key or an option is not the function `weight`.
+        let found = looked_up("nd = nx.average_neighbor_degree(D, \"in\", \"out\", \"weight\")");
+        assert!(found.contains(&"average_neighbor_degree".to_owned()), "{found:?}");
+        assert!(!found.iter().any(|n| ["in", "out", "weight"].contains(&n.as_str())), "{found:?}");
+        assert_eq!(looked_up("assert_true(m, 'Method should be defined')"), ["assert_true"]);
+        assert_eq!(looked_up("x = scale(y)  # render it later"), ["scale"]);
+        // Prose that names code keeps those names: a qualified or a code-like one.
+        assert_eq!(looked_up("check('Ledger#post!') do"), ["post", "Ledger", "check"]);
+        assert_eq!(looked_up("check('Ledger#<<', '15.2.8.3.12') do"), ["Ledger", "check"]);
+        assert_eq!(looked_up("// see parse_config and the docs"), ["parse_config"]);
+        assert_eq!(
+            looked_up("conf.cc.defines << %w(MRB_INT64) if ['', 'MRB_INT16'].any?"),
+            ["any", "MRB_INT16", "MRB_INT64", "defines", "cc", "conf"]
+        );
+        // What a string interpolates is code.
+        assert_eq!(looked_up("s = f\"{render(page)} pages done\""), ["page", "render"]);
+        assert_eq!(looked_up("puts \"#{format_name(x)} is done\""), ["format_name"]);
+        assert_eq!(looked_up("let s = \"\\(title(of: x)) is done\""), ["title"]);
+        // Escaped quotes, characters beyond ASCII and Rust's lifetimes end no string early.
+        assert_eq!(looked_up("let s = \"a \\\" weight\" + render(y)"), ["render"]);
+        assert_eq!(looked_up("let s = \"héllo wörld\" + render(z)"), ["render"]);
+        let found = looked_up("fn parse<'a>(input: &'a str) -> Token<'a> {");
+        assert!(found.contains(&"Token".to_owned()), "{found:?}");
+        // `#include` is no comment.
+        assert_eq!(
+            looked_up("#include \"conf.h\"\nint n = ary_join(items);"),
+            ["items", "ary_join", "conf", "include"]
+        );
     }
 
     #[test]
