@@ -2,8 +2,9 @@
 //! exactly in the index's symbol table, so the chunk that *defines* what the code calls comes
 //! first even where the files that merely *use* it outnumber it in keyword and vector scores.
 //!
-//! - Names are taken nearest the cursor first; keywords, the languages' standard names and
-//!   names the snippet defines itself (`let x`, `def f`, `x = ...`) are skipped.
+//! - Names are taken nearest the cursor first; keywords, the languages' standard names,
+//!   names the snippet defines itself (`let x`, `def f`, `x = ...`) and the plain words of
+//!   comments and strings (`"weight"`, not `"#{render(x)}"` or `'String#strip'`) are skipped.
 //! - `Type::method` and `module.func` narrow a name to definitions inside that type or in a
 //!   file of that module; where none is there, a function of that name elsewhere is only a
 //!   guess (`Linker.new` is not the one `new` another object defines).
