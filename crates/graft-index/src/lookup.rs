@@ -432,7 +432,7 @@ pub fn local_names(code: &str) -> impl Iterator<Item = &str> {
 
 /// `text` with the plain words of its comments and string literals blanked out (offsets
 /// kept): a line comment (`//`, or `#` and a space) and a string's text between its quotes,
-/// but not what a string interpolates (`{...}`, `#{...}`, `${...}`, `\\(...)`), nor words
+/// but not what a string interpolates (`{...}`, `#{...}`, `${...}`, `\(...)`), nor words
 /// written as code is in prose (`parse_config`, `MRB_INT64`, `String#rstrip`, `os.path`):
 /// `"weight"` is a dictionary's key, not the function `weight`. A Rust lifetime (`&'a`,
 /// `<'a>`) is no quote.
