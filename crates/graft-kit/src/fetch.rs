@@ -23,7 +23,7 @@ pub const WHEELS_ENV: &str = "GRAFT_KIT_WHEELS";
 
 const ATTEMPTS: u32 = 3;
 
-/// Where wheels come from.
+/// Where wheels (and crates) come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     /// HTTP(S) file hosts laid out like `files.pythonhosted.org` (`base`) and

@@ -5,7 +5,7 @@
 //! every `index.refresh_secs`, then times searches in each mode with queries drawn from the
 //! tree's own identifiers, and measures retrieval quality: cross-file queries
 //! (`graft_eval::retrieval`) in each mode and with definition lookup, recall@1/@5 and MRR of
-//! the defining file. Prints throughput, latency percentiles and quality; it asserts nothing
+//! the defining file (lookup's by the language queries come from, in a tree of several). Prints throughput, latency percentiles and quality; it asserts nothing
 //! (targets live in the figures, not in tests).
 //!
 //! The vectors go where the config says: the embedded engine, or a Qdrant server or cluster
