@@ -85,22 +85,15 @@ pub fn language_of(path: &str) -> &'static str {
 
 /// The languages whose code can call what files of `language` define, named by one of them:
 /// C with C++ (their headers are shared), JavaScript with TypeScript, Java with Kotlin and
-/// Scala (one virtual machine), each other parsed language alone. `None` for a language graft
-/// lists no definitions of (markdown, text, configuration).
-pub fn family(language: &str) -> Option<&'static str> {
-    Some(match language {
-        "c" | "cpp" => "c",
-        "javascript" | "typescript" | "tsx" => "javascript",
-        "java" | "kotlin" | "scala" => "jvm",
-        "rust" => "rust",
-        "python" => "python",
-        "go" => "go",
-        "csharp" => "csharp",
-        "ruby" => "ruby",
-        "php" => "php",
-        "swift" => "swift",
-        _ => return None,
-    })
+/// Scala (one virtual machine), each other parsed language alone ([`has_grammar`]). `None`
+/// for a language graft lists no definitions of (markdown, text, configuration).
+pub fn family(language: &'static str) -> Option<&'static str> {
+    match language {
+        "cpp" => Some("c"),
+        "typescript" | "tsx" => Some("javascript"),
+        "kotlin" | "scala" => Some("java"),
+        _ => has_grammar(language).then_some(language),
+    }
 }
 
 /// Whether graft parses files of `language` (from [`language_of`]): chunked along their syntax
