@@ -4,8 +4,10 @@
 
 use std::path::Path;
 
-use graft_index::{index_repository, IndexError, IndexLayout, IndexOptions, IndexReport, ProjectIndex, Quiet, SearchMode, SearchOptions};
-use graft_server::projects::Search;
+use graft_index::{
+    index_repository, IndexError, IndexLayout, IndexOptions, IndexReport, Names, ProjectIndex, Query, Quiet, SearchMode, SearchOptions,
+};
+use graft_server::projects::{LookUp, ReindexError, Search};
 use graft_tests::{copy_fixture, kit_embedder, kit_file};
 
 fn index(repo: &Path, index_dir: &Path) -> IndexReport {
@@ -152,6 +154,24 @@ fn results_carry_location_symbol_and_text_and_respect_the_per_file_cap() {
     }
     let scores: Vec<f64> = hits.iter().map(|h| h.score).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {scores:?}");
+
+    // A hybrid search whose vectors count for nothing is keyword search and definition lookup
+    // alone: it needs no embedding model, and ranks as the keywords and definitions do.
+    let index = ProjectIndex::open("test", &IndexLayout::new(index_dir.path())).expect("index opens");
+    let code = "let mut book = LedgerBook::open_empty();\nbook.reconcile_entries()?;";
+    let query = Query {
+        text: code,
+        names: Some(Names::Code { before: code, after: "" }),
+        current_path: Some("src/main.rs"),
+    };
+    let without_vectors = SearchOptions {
+        vector_weight: 0.0,
+        ..SearchOptions::default()
+    };
+    let hits = index.search_for(&query, None, &without_vectors).expect("no embedding model needed");
+    assert_eq!(hits.first().map(|h| h.path.as_str()), Some("src/ledger.rs"), "{hits:#?}");
+    let refused = index.search_for(&query, None, &SearchOptions::default());
+    assert!(refused.is_err(), "vectors that count need the model");
 }
 
 #[test]
@@ -320,27 +340,153 @@ fn polyglot_project() -> (
     (repo, index_dir, projects, project)
 }
 
-#[tokio::test]
-async fn a_project_being_indexed_answers_searches_with_nothing_until_it_is_done() {
-    let (_repo, _index_dir, projects, project) = polyglot_project();
+/// Copies networkx's shortest-path modules (a few hundred chunks) into `repo`; how many.
+fn bring_shortest_paths(repo: &Path) -> usize {
+    let source = kit_file("networkx-src").join("algorithms/shortest_paths");
+    let mut brought = 0;
+    for entry in std::fs::read_dir(&source).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "py") {
+            std::fs::copy(&path, repo.join(entry.file_name())).unwrap();
+            brought += 1;
+        }
+    }
+    assert!(brought >= 5, "{brought} files");
+    brought
+}
+
+/// A completion's search for code that calls networkx's `bellman_ford_predecessor_and_distance`.
+fn bellman_ford_use() -> Search {
+    let before = "def relax(G, source):\n    pred, dist = bellman_ford_predecessor_and_distance(G, source)\n";
+    Search {
+        text: before.to_owned(),
+        look_up: LookUp::Cursor {
+            before: before.to_owned(),
+            after: String::new(),
+        },
+        current_path: Some("relax.py".to_owned()),
+    }
+}
+
+/// A project with no index yet, as `graft up` builds it: marked as re-indexing (its requests
+/// get nothing, not an error) until the catalog is committed; from then on keyword search and
+/// definition lookup answer while the chunks' vectors are embedded, each joining the searches
+/// as it is stored; the run ends when every chunk has its vector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_index_answers_by_keyword_and_definitions_while_its_vectors_are_embedded() {
+    let (repo, _index_dir, projects, project) = polyglot_project();
+    bring_shortest_paths(repo.path());
     assert!(!project.has_index());
 
-    // As `graft up` does for a project with no index yet: marked first, indexed later.
     let guard = projects.start_reindex(&project).expect("no re-index is running");
     assert!(projects.start_reindex(&project).is_none(), "one re-index at a time");
-    let during = projects
-        .search(&project, Search::text("vault.rotateSigningKeys()"), 5, SearchMode::Hybrid)
-        .await;
-    assert!(matches!(during, Ok(None)), "nothing (not an error) while indexing: {during:?}");
+    let before = projects.search(&project, bellman_ford_use(), 5, SearchMode::Hybrid).await;
+    assert!(matches!(before, Ok(None)), "nothing (not an error) before the catalog: {before:?}");
 
-    let report = projects.reindex_with(&project, guard).await.expect("indexing works");
-    assert!(report.chunks > 0 && project.has_index(), "{report:?}");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let run = async {
+        let report = projects.reindex_with(&project, guard).await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        report
+    };
+    let watch = async {
+        // (searches while vectors were pending, of those that found the defining file first,
+        //  the pending counts seen)
+        let (mut during, mut found, mut pending_seen) = (0, 0, Vec::new());
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let pending = projects.status(&project)["vectors_pending"].as_u64().unwrap();
+            let hits = projects.search(&project, bellman_ford_use(), 5, SearchMode::Hybrid).await.unwrap();
+            if pending > 0 && projects.status(&project)["vectors_pending"].as_u64().unwrap() > 0 {
+                during += 1;
+                found += usize::from(hits.is_some_and(|h| h.first().is_some_and(|h| h.path == "weighted.py")));
+                pending_seen.push(pending);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        (during, found, pending_seen)
+    };
+    let (report, (during, found, pending_seen)) = tokio::join!(run, watch);
+    let report = report.expect("indexing works");
+    assert!(report.chunks > 150 && project.has_index(), "{report:?}");
+    assert_eq!((report.embeddings, report.vectors_pending), (report.chunks, 0), "{report:?}");
+    assert!(
+        during >= 3 && found == during,
+        "{found} of {during} searches while embedding found the definition first"
+    );
+    assert!(
+        pending_seen.windows(2).all(|w| w[1] <= w[0]) && pending_seen.first() > pending_seen.last(),
+        "{pending_seen:?}"
+    );
+    assert_eq!(projects.status(&project)["vectors_pending"], 0);
+    // Every chunk has its vector now: a search by meaning alone finds them.
+    let by_meaning = projects
+        .search(
+            &project,
+            Search::text("shortest path lengths with negative edge weights"),
+            5,
+            SearchMode::Vector,
+        )
+        .await
+        .unwrap()
+        .expect("searchable");
+    assert!(by_meaning.iter().any(|h| h.path.ends_with(".py")), "{by_meaning:#?}");
     let hits = projects
         .search(&project, Search::text("vault.rotateSigningKeys()"), 5, SearchMode::Hybrid)
         .await
         .unwrap()
         .expect("searchable once indexed");
     assert!(hits.iter().any(|h| h.path == "auth/TokenVault.java"), "{hits:#?}");
+}
+
+/// A server shutting down stops its index run at the next step instead of holding the process
+/// until a first index is done; the index serves keyword searches, and the next run (another
+/// process) embeds only what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_stops_an_index_run_and_the_next_run_finishes_it() {
+    let (repo, index_dir, projects, project) = polyglot_project();
+    bring_shortest_paths(repo.path());
+    let run = projects.reindex(&project);
+    let stop = async {
+        while projects.status(&project)["vectors_pending"].as_u64().unwrap() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        projects.stop_indexing();
+        std::time::Instant::now()
+    };
+    let (stopped, asked) = tokio::join!(run, stop);
+    assert!(matches!(stopped, Err(ReindexError::Index(IndexError::Stopped))), "{stopped:?}");
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(3),
+        "stopped {:?} after it was asked",
+        asked.elapsed()
+    );
+    assert!(projects.reindex(&project).await.is_err(), "no run starts once stopping");
+    let hits = projects
+        .search(&project, bellman_ford_use(), 5, SearchMode::Hybrid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(hits.first().map(|h| h.path.as_str()), Some("weighted.py"), "{hits:#?}");
+    let chunks = projects.status(&project)["chunks"].as_u64().unwrap() as usize;
+    // The process ends: its index closes.
+    drop((projects, project));
+
+    // The next start: nothing changed in the repository, only the missing vectors are embedded.
+    let layout = IndexLayout::new(index_dir.path().join("polyglot"));
+    let config = graft_core::ProjectConfig::new("polyglot", repo.path());
+    let again = graft_server::projects::Projects::new(
+        vec![graft_server::projects::Project::new(config, layout, IndexOptions::default())],
+        Some(("minilm-l6-v2".to_owned(), std::sync::Arc::clone(kit_embedder()))),
+        SearchOptions::default(),
+    );
+    let project = again.get("polyglot").unwrap();
+    let report = again.reindex(&project).await.expect("the next run works");
+    assert_eq!(report.files_unchanged, report.files_indexed, "{report:?}");
+    assert!(report.embeddings > 0 && report.embeddings < chunks, "{report:?}");
+    assert_eq!(report.vectors_pending, 0, "{report:?}");
+    let finished = again.reindex(&project).await.expect("and the one after");
+    assert_eq!(finished.embeddings, 0, "{finished:?}");
 }
 
 /// A re-index embeds the code a change brings while the index still serves, and holds the
@@ -350,16 +496,7 @@ async fn a_reindex_embeds_what_changed_while_the_index_still_serves() {
     let (repo, _index_dir, projects, project) = polyglot_project();
     projects.reindex(&project).await.expect("indexing works");
     // A pull brings a few hundred chunks: networkx's shortest-path modules.
-    let source = kit_file("networkx-src").join("algorithms/shortest_paths");
-    let mut brought = 0;
-    for entry in std::fs::read_dir(&source).unwrap().flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "py") {
-            std::fs::copy(&path, repo.path().join(entry.file_name())).unwrap();
-            brought += 1;
-        }
-    }
-    assert!(brought >= 5, "{brought} files");
+    let brought = bring_shortest_paths(repo.path());
 
     let done = std::sync::atomic::AtomicBool::new(false);
     let run = async {

@@ -44,6 +44,11 @@ pub enum IndexError {
          (or `graft up`) to update it"
     )]
     Outdated { project: String, place: String },
+    /// The run's [`crate::IndexProgress::should_stop`] said to stop (graft shutting down);
+    /// the index is as a kill at that moment would leave it: searchable, and finished by the
+    /// next run.
+    #[error("the index run stopped before it was done (graft is shutting down); the next run finishes it")]
+    Stopped,
     #[error("{0}")]
     Invalid(String),
 }

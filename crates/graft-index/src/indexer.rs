@@ -14,7 +14,12 @@
 //!
 //! A server re-indexing an index it has open walks and embeds first, reading the open index
 //! while it still serves ([`embed_ahead`]), and hands the files it read and the vectors to the
-//! run ([`index_repository_with`]), which then only diffs and writes.
+//! run ([`index_repository_with`]), which then only diffs and writes. What was not embedded
+//! ahead (a first index: everything) it leaves for after the commit
+//! ([`IndexOptions::embed_after_commit`]), and [`embed_missing`] embeds it with the index
+//! serving: keyword search and definition lookup work from the commit on, and each vector
+//! joins the searches as it is stored. Either way a run asked to stop
+//! ([`IndexProgress::should_stop`]) stops between two steps, as safely as a kill.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -46,6 +51,14 @@ pub struct IndexOptions {
     pub threads: usize,
     /// Where vectors are stored.
     pub backend: Backend,
+    /// Commit the catalog before embedding the chunks that have no vector yet, and leave
+    /// embedding them to the caller ([`embed_missing`], with the index open and serving):
+    /// keyword search and definition lookup, which find the defining file as often as hybrid
+    /// search does for code, work as soon as the catalog is written, minutes or hours before a
+    /// large repository's vectors are done. Only the vectors computed ahead ([`embed_ahead`])
+    /// are stored before the commit. Off (`graft index`): the commit switches to an index
+    /// whose every chunk has its vector.
+    pub embed_after_commit: bool,
 }
 
 /// Told about a run's progress (the CLI draws a bar).
@@ -56,6 +69,12 @@ pub trait IndexProgress: Sync {
     fn embedding(&self, _chunks: usize) {}
     /// `n` more chunks were embedded.
     fn embedded(&self, _n: usize) {}
+    /// Whether the run should stop now (a server shutting down): asked between steps of its
+    /// slow parts, and the run then ends with [`IndexError::Stopped`], leaving the index as a
+    /// kill at that moment would.
+    fn should_stop(&self) -> bool {
+        false
+    }
 }
 
 /// Reports nothing.
@@ -94,6 +113,10 @@ pub struct IndexReport {
     pub embedded_ahead: usize,
     /// Vectors deleted because no chunk refers to them any more.
     pub stale_vectors_removed: usize,
+    /// Committed chunks left without a vector for the caller to embed
+    /// ([`IndexOptions::embed_after_commit`]; none otherwise).
+    #[serde(default)]
+    pub vectors_pending: usize,
     /// Files that could not be read, one line each.
     pub problems: Vec<String>,
     #[serde(skip)]
@@ -215,11 +238,12 @@ pub fn index_repository_with(
     report.symbols_written = new_symbols.len();
     seconds.chunk += watch.lap();
 
-    // 1. Vectors for chunks that have none yet.
+    // 1. Vectors for chunks that have none yet (embedded after the commit by the caller, where
+    //    it asked, but for those embedded ahead).
     let stored = store.ids()?;
     let to_embed: Vec<(u64, String)> = new_chunks
         .iter()
-        .filter(|(id, _)| !stored.contains(id))
+        .filter(|(id, _)| !stored.contains(id) && (!options.embed_after_commit || ahead.contains_key(id)))
         .map(|(id, c)| (*id, embedding_text(&c.path, &c.symbol, &c.text)))
         .collect();
     report.embedded_ahead = to_embed.iter().filter(|(id, _)| ahead.contains_key(id)).count();
@@ -246,6 +270,8 @@ pub fn index_repository_with(
         }
         writer.commit()?;
     }
+    // The index is built from here on (what a killed run leaves, the next one finishes).
+    catalog.write_meta(&meta)?;
     seconds.catalog += watch.lap();
 
     // 3. Vectors no committed chunk refers to go; committed chunks without a vector (a wiped
@@ -257,13 +283,13 @@ pub fn index_repository_with(
     store.delete(&stale)?;
     report.stale_vectors_removed = stale.len();
     let missing: Vec<u64> = live.difference(&stored).copied().collect();
-    if !missing.is_empty() {
+    if options.embed_after_commit {
+        report.vectors_pending = missing.len();
+    } else if !missing.is_empty() {
         tracing::info!(chunks = missing.len(), "embedding indexed chunks that have no vector");
         let mut repair = Vec::with_capacity(missing.len());
         for ids in missing.chunks(EMBED_STEP) {
-            for chunk in catalog.chunks(ids)?.into_values() {
-                repair.push((chunk.id, embedding_text(&chunk.path, &chunk.symbol, &chunk.text)));
-            }
+            repair.extend(embedding_texts(catalog.as_ref(), ids)?);
         }
         progress.embedding(repair.len());
         seconds.catalog += watch.lap();
@@ -274,7 +300,6 @@ pub fn index_repository_with(
     seconds.vectors += watch.lap();
     report.chunks = live.len();
 
-    catalog.write_meta(&meta)?;
     report.elapsed = started.elapsed() + ahead_elapsed;
     seconds.total = report.elapsed.as_secs_f64();
     report.seconds = seconds;
@@ -425,6 +450,9 @@ pub fn embed_ahead(
     progress.embedding(wanted.len());
     let mut vectors = HashMap::with_capacity(wanted.len());
     for step in wanted.chunks(AHEAD_STEP) {
+        if progress.should_stop() {
+            return Err(IndexError::Stopped);
+        }
         let texts: Vec<String> = step.iter().map(|(_, t)| t.clone()).collect();
         vectors.extend(step.iter().map(|(id, _)| *id).zip(embedder.embed(&texts)?));
         progress.embedded(step.len());
@@ -438,6 +466,48 @@ pub fn embed_ahead(
     })
 }
 
+/// Embeds the chunks of `index` that have no vector (those an index run with
+/// [`IndexOptions::embed_after_commit`] left, or a killed run), with the index open and
+/// serving: each step's vectors are searchable as soon as they are stored, and a search's
+/// query waits at most one small step for the embedding model. Returns how many were
+/// embedded. The caller makes sure no index run writes meanwhile.
+pub fn embed_missing(index: &ProjectIndex, embedder: &Embedder, progress: &dyn IndexProgress) -> Result<usize, IndexError> {
+    let (catalog, store) = (index.catalog(), index.store());
+    let live = catalog.chunk_ids()?;
+    let stored = store.ids()?;
+    let missing: Vec<u64> = live.difference(&stored).copied().collect();
+    progress.embedding(missing.len());
+    let mut embedded = 0;
+    for ids in missing.chunks(EMBED_STEP) {
+        // Small steps of texts of about one length: little padding, and little waiting.
+        let mut texts = embedding_texts(catalog, ids)?;
+        texts.sort_by_key(|(_, text)| text.len());
+        for step in texts.chunks(AHEAD_STEP) {
+            if progress.should_stop() {
+                store.flush()?;
+                return Err(IndexError::Stopped);
+            }
+            let batch: Vec<String> = step.iter().map(|(_, text)| text.clone()).collect();
+            let points: Vec<(u64, Vec<f32>)> = step.iter().map(|(id, _)| *id).zip(embedder.embed(&batch)?).collect();
+            store.upsert(&points)?;
+            embedded += points.len();
+            progress.embedded(points.len());
+        }
+        store.flush()?;
+    }
+    Ok(embedded)
+}
+
+/// What the embedding model reads of the committed chunks `ids` ([`embedding_text`]); ids the
+/// catalog does not have are left out.
+fn embedding_texts(catalog: &dyn Catalog, ids: &[u64]) -> Result<Vec<(u64, String)>, IndexError> {
+    Ok(catalog
+        .chunks(ids)?
+        .into_values()
+        .map(|chunk| (chunk.id, embedding_text(&chunk.path, &chunk.symbol, &chunk.text)))
+        .collect())
+}
+
 /// Embeds `(id, text)` pairs in steps and stores the vectors; returns how many were stored.
 fn embed_and_store(
     items: &[(u64, String)],
@@ -449,6 +519,9 @@ fn embed_and_store(
     ahead: &HashMap<u64, Vec<f32>>,
 ) -> Result<usize, IndexError> {
     for step in items.chunks(EMBED_STEP) {
+        if progress.should_stop() {
+            return Err(IndexError::Stopped);
+        }
         claim.renew()?;
         let (known, unknown): (Vec<_>, Vec<_>) = step.iter().partition(|(id, _)| ahead.contains_key(id));
         let texts: Vec<String> = unknown.iter().map(|(_, t)| t.clone()).collect();

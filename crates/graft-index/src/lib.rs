@@ -28,7 +28,9 @@ pub mod walk;
 
 pub use embed::{Embedder, EmbedderOptions, EmbeddingSource};
 pub use error::IndexError;
-pub use indexer::{embed_ahead, index_repository, index_repository_with, Ahead, IndexOptions, IndexProgress, IndexReport, Quiet};
+pub use indexer::{
+    embed_ahead, embed_missing, index_repository, index_repository_with, Ahead, IndexOptions, IndexProgress, IndexReport, Quiet,
+};
 pub use layout::{IndexLayout, Meta};
 pub use lookup::Names;
 pub use search::{ProjectIndex, Query, SearchHit, SearchMode, SearchOptions};

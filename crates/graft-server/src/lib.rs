@@ -136,8 +136,9 @@ fn panic_response() -> Response {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error while handling the request").into_response()
 }
 
-/// Serves `state`'s app on `listener` until `shutdown` completes; then stops accepting
-/// connections and waits for the requests in flight, at most `grace`. Generations still
+/// Serves `state`'s app on `listener` until `shutdown` completes; then stops the projects'
+/// index runs at their next step, stops accepting connections and waits for the requests in
+/// flight, at most `grace`. Generations still
 /// running after that end with an error event (a stream) or a 503, and the server returns once
 /// they are told (or after a few more seconds).
 pub async fn serve(
@@ -148,8 +149,12 @@ pub async fn serve(
     grace: Duration,
 ) -> std::io::Result<()> {
     let (signalled_tx, mut signalled_rx) = tokio::sync::watch::channel(false);
+    let stopping = state.clone();
     let shutdown = async move {
         shutdown.await;
+        // An index run (hours for a large repository's first one) must not hold the
+        // process after its requests are done.
+        stopping.projects().stop_indexing();
         let _ = signalled_tx.send(true);
     };
     let app = router(state.clone(), max_body_bytes);

@@ -4,9 +4,12 @@
 //! A re-index first embeds the code the change brings while the index still serves
 //! (`graft_index::embed_ahead`), then closes the index for the indexer to write (the indexer
 //! owns its files; a fraction of a second for a few hundred changed chunks); requests for the
-//! project are served without retrieved code while it writes, or builds a first index, rather
-//! than made to wait. The same holds while another process (a `graft index` run) has the
-//! index open.
+//! project are served without retrieved code while it writes rather than made to wait. The
+//! same holds while another process (a `graft index` run) has the index open. What was not
+//! embedded ahead (a first index: all of it) is embedded after the write, with the index
+//! serving: keyword search and definition lookup work from the commit on, and each chunk's
+//! vector joins the searches as it is stored (`graft_index::embed_missing`). A server shutting
+//! down stops its runs between two steps ([`Projects::stop_indexing`]).
 //!
 //! Projects are added and removed, and a project's serving settings (its adapter, retrieval,
 //! `top_k`...) replaced, while the server serves (a reload of the config file): a project is
@@ -19,8 +22,8 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use graft_core::ProjectConfig;
 use graft_index::{
-    embed_ahead, index_repository_with, Ahead, Embedder, IndexError, IndexLayout, IndexOptions, IndexProgress, IndexReport, Names,
-    ProjectIndex, Query, SearchHit, SearchMode, SearchOptions,
+    embed_ahead, embed_missing, index_repository_with, Ahead, Embedder, IndexError, IndexLayout, IndexOptions, IndexProgress, IndexReport,
+    Names, ProjectIndex, Query, SearchHit, SearchMode, SearchOptions,
 };
 
 use crate::sticky::{Spot, Sticky};
@@ -53,6 +56,8 @@ struct IndexSlot {
     sticky: Sticky,
     /// The index runs this process made, and how the last one ended.
     runs: Mutex<IndexRuns>,
+    /// Committed chunks whose vectors a run is still embedding with the index serving.
+    vectors_pending: AtomicUsize,
 }
 
 /// The index runs of one index in this process (`GET /v1/projects/{name}`, `/metrics`).
@@ -122,6 +127,7 @@ impl Project {
             writing: AtomicBool::new(false),
             sticky: Sticky::default(),
             runs: Mutex::new(IndexRuns::default()),
+            vectors_pending: AtomicUsize::new(0),
         });
         Project { config, index }
     }
@@ -170,17 +176,21 @@ impl Project {
     }
 }
 
-/// A re-index's progress as log lines: the files found, then every tenth of the embedding.
+/// A re-index's progress as log lines: the files found, then every tenth of the embedding;
+/// and whether the server is shutting down.
 struct LogProgress {
-    project: String,
+    slot: Arc<IndexSlot>,
+    /// [`Projects::stop_indexing`]'s flag.
+    stop: Arc<AtomicBool>,
     total: AtomicUsize,
     done: AtomicUsize,
 }
 
 impl LogProgress {
-    fn new(project: &str) -> LogProgress {
+    fn new(slot: &Arc<IndexSlot>, stop: &Arc<AtomicBool>) -> LogProgress {
         LogProgress {
-            project: project.to_owned(),
+            slot: Arc::clone(slot),
+            stop: Arc::clone(stop),
             total: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
         }
@@ -189,13 +199,13 @@ impl LogProgress {
 
 impl IndexProgress for LogProgress {
     fn walked(&self, files: usize) {
-        tracing::info!(project = %self.project, files, "indexing: repository walked");
+        tracing::info!(project = %self.slot.owner, files, "indexing: repository walked");
     }
 
     fn embedding(&self, chunks: usize) {
         self.total.store(chunks, Ordering::Relaxed);
         if chunks > 0 {
-            tracing::info!(project = %self.project, chunks, "indexing: embedding new and changed chunks");
+            tracing::info!(project = %self.slot.owner, chunks, "indexing: embedding new and changed chunks");
         }
     }
 
@@ -204,8 +214,17 @@ impl IndexProgress for LogProgress {
         let before = self.done.fetch_add(n, Ordering::Relaxed);
         let tenth = |done: usize| (done * 10).checked_div(total).unwrap_or(0);
         if tenth(before + n) > tenth(before) {
-            tracing::info!(project = %self.project, embedded = before + n, of = total, "indexing: embedding");
+            tracing::info!(project = %self.slot.owner, embedded = before + n, of = total, "indexing: embedding");
         }
+        // Counts down what a run embeds after its commit (none pending otherwise).
+        let _ = self
+            .slot
+            .vectors_pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |pending| Some(pending.saturating_sub(n)));
+    }
+
+    fn should_stop(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
 }
 
@@ -290,16 +309,14 @@ pub struct Projects {
     embedding: OnceLock<(String, Arc<Embedder>)>,
     /// Per-file cap and fusion weight from `[index]`.
     search: SearchOptions,
+    /// Set when the server shuts down: index runs stop at their next step.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Projects {
     /// No projects and no embedding model.
     pub fn none() -> Projects {
-        Projects {
-            projects: RwLock::default(),
-            embedding: OnceLock::new(),
-            search: SearchOptions::default(),
-        }
+        Projects::new(Vec::new(), None, SearchOptions::default())
     }
 
     pub fn new(projects: Vec<Project>, embedder: Option<(String, Arc<Embedder>)>, search: SearchOptions) -> Projects {
@@ -307,7 +324,15 @@ impl Projects {
             projects: RwLock::new(projects.into_iter().map(|p| (p.config.name.clone(), Arc::new(p))).collect()),
             embedding: embedder.map(OnceLock::from).unwrap_or_default(),
             search,
+            stopping: Arc::default(),
         }
+    }
+
+    /// Stops every index run at its next step (the server is shutting down), leaving each
+    /// index as a kill there would (searchable; the next run finishes it), and refuses new
+    /// ones, so that the process ends in a moment rather than when a long first index is done.
+    pub fn stop_indexing(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
     }
 
     fn map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Project>>> {
@@ -487,6 +512,9 @@ impl Projects {
     }
 
     async fn run_index(&self, project: &Arc<Project>, guard: ReindexGuard) -> Result<IndexReport, ReindexError> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(IndexError::Stopped.into());
+        }
         let embedder = self
             .embedder()
             .cloned()
@@ -496,23 +524,21 @@ impl Projects {
         let ahead = match project.index() {
             Ok(Some(index)) => {
                 let (serving, embedder) = (Arc::clone(project), Arc::clone(&embedder));
+                let progress = LogProgress::new(&project.index, &self.stopping);
                 let ahead = tokio::task::spawn_blocking(move || {
-                    let slot = &serving.index;
-                    embed_ahead(
-                        &serving.config.path,
-                        &index,
-                        &embedder,
-                        &slot.options,
-                        &LogProgress::new(&slot.owner),
-                    )
+                    embed_ahead(&serving.config.path, &index, &embedder, &serving.index.options, &progress)
                 })
                 .await
                 .map_err(|e| IndexError::Invalid(format!("the index task failed: {e}")))?;
                 // The run embeds whatever was not embedded ahead.
-                ahead.unwrap_or_else(|e| {
-                    tracing::warn!(project = project.name(), error = %e, "embedding ahead of the re-index failed");
-                    Ahead::default()
-                })
+                match ahead {
+                    Ok(ahead) => ahead,
+                    Err(IndexError::Stopped) => return Err(IndexError::Stopped.into()),
+                    Err(e) => {
+                        tracing::warn!(project = project.name(), error = %e, "embedding ahead of the re-index failed");
+                        Ahead::default()
+                    }
+                }
             }
             _ => Ahead::default(),
         };
@@ -530,19 +556,69 @@ impl Projects {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }
-        let project = Arc::clone(project);
-        let report = tokio::task::spawn_blocking(move || {
-            let (_guard, _writing) = (guard, writing);
-            let slot = &project.index;
-            let progress = LogProgress::new(&slot.owner);
-            let report = index_repository_with(&project.config.path, &slot.layout, &embedder, &slot.options, &progress, ahead);
+        let (writer, run_embedder) = (Arc::clone(project), Arc::clone(&embedder));
+        let progress = LogProgress::new(&project.index, &self.stopping);
+        // The run's mark goes with the blocking work, so that it stays held however long the
+        // work outlives this future (a client that stops waiting).
+        let (report, guard) = tokio::task::spawn_blocking(move || {
+            let _writing = writing;
+            let slot = &writer.index;
+            // What was not embedded ahead is embedded below, with the index serving.
+            let options = IndexOptions {
+                embed_after_commit: true,
+                ..slot.options.clone()
+            };
+            let report = index_repository_with(&writer.config.path, &slot.layout, &run_embedder, &options, &progress, ahead);
             // Hits remembered from the old index may name code that changed or went.
             slot.sticky.clear();
-            report
+            (report, guard)
         })
         .await
         .map_err(|e| IndexError::Invalid(format!("the index task failed: {e}")))?;
-        Ok(report?)
+        let mut report = report?;
+        if report.vectors_pending > 0 {
+            self.embed_pending(project, &embedder, &mut report, guard).await?;
+        }
+        Ok(report)
+    }
+
+    /// Embeds the chunks a run committed without vectors, with the index serving (the run's
+    /// mark still held, so that no other run writes meanwhile), into `report`.
+    async fn embed_pending(
+        &self,
+        project: &Arc<Project>,
+        embedder: &Arc<Embedder>,
+        report: &mut IndexReport,
+        guard: ReindexGuard,
+    ) -> Result<(), IndexError> {
+        let slot = &project.index;
+        slot.vectors_pending.store(report.vectors_pending, Ordering::Relaxed);
+        tracing::info!(
+            project = %slot.owner,
+            chunks = report.chunks,
+            pending = report.vectors_pending,
+            "indexed: keyword search and definition lookup serve it now; the vectors of searches by meaning follow as they are embedded"
+        );
+        let index = project
+            .index()?
+            .ok_or_else(|| IndexError::Invalid("the index did not open after its run".into()))?;
+        let (embedder, progress) = (Arc::clone(embedder), LogProgress::new(slot, &self.stopping));
+        let started = std::time::Instant::now();
+        let embedded = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            embed_missing(&index, &embedder, &progress)
+        })
+        .await
+        .map_err(|e| IndexError::Invalid(format!("the embedding task failed: {e}")));
+        slot.vectors_pending.store(0, Ordering::Relaxed);
+        let embedded = embedded??;
+        let seconds = started.elapsed();
+        report.embeddings += embedded;
+        report.vectors_pending = report.vectors_pending.saturating_sub(embedded);
+        report.seconds.embed += seconds.as_secs_f64();
+        report.seconds.total += seconds.as_secs_f64();
+        report.elapsed += seconds;
+        Ok(())
     }
 
     /// The index's state, for the status endpoint.
@@ -563,6 +639,7 @@ impl Projects {
             "index_of": project.index_owner(),
             "indexed": indexed,
             "reindexing": reindexing,
+            "vectors_pending": project.index.vectors_pending.load(Ordering::Relaxed),
             "last_run": last_run,
             "chunks": chunks,
             "meta": meta,

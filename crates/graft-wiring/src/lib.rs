@@ -189,6 +189,8 @@ pub fn index_options(config: &Config) -> IndexOptions {
         },
         threads: ix.threads,
         backend: backend(config),
+        // A server's runs ask for it themselves; `graft index` commits complete indexes.
+        embed_after_commit: false,
     }
 }
 

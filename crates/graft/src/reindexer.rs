@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use graft_index::IndexError;
 use graft_server::projects::{Project, ReindexError, ReindexGuard};
 use graft_server::AppState;
 use tokio::sync::mpsc;
@@ -135,6 +136,9 @@ impl Runs {
                     self.indexed.insert(name, stamp);
                 }
             }
+            Err(ReindexError::Index(IndexError::Stopped)) => {
+                eprintln!("indexing project `{name}` stopped with graft; its next run (at the next start) finishes it");
+            }
             Err(e) => {
                 eprintln!("indexing project `{name}` failed: {e}");
                 self.failed.insert(name, e.to_string());
@@ -168,8 +172,9 @@ impl Runs {
                         );
                     }
                 }
-                // A re-index asked for through the API is running: look again next time.
-                Err(ReindexError::Running) => {}
+                // A re-index asked for through the API is running: look again next time. One
+                // stopped by the server's shutdown says nothing.
+                Err(ReindexError::Running | ReindexError::Index(IndexError::Stopped)) => {}
                 Err(e) => {
                     let message = e.to_string();
                     if self.failed.get(&name) != Some(&message) {

@@ -134,7 +134,7 @@ fn run(started: Started, embedder: Option<Embedder>, keys: LoadedKeys, listener:
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let gguf = graft_wiring::base_gguf(&config)?;
         let base = graft_wiring::base_model(&config, gguf);
         tracing::info!(model = %base.name, path = %base.gguf.display(), "loading the base model");
@@ -190,10 +190,20 @@ fn run(started: Started, embedder: Option<Embedder>, keys: LoadedKeys, listener:
         }
         let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
         graft_server::serve(listener, state, config.server.max_body_bytes, shutdown_signal(), grace).await?;
-        eprintln!("graft stopped");
         Ok(())
-    })
+    });
+    // Index runs stop at their next step once the server stops; blocking work still running
+    // after this long is left behind, as safely as a kill would leave it (`graft_index::indexer`).
+    runtime.shutdown_timeout(BLOCKING_WORK_WAIT);
+    if served.is_ok() {
+        eprintln!("graft stopped");
+    }
+    served
 }
+
+/// How long graft waits, once it stops serving, for blocking work (an index run's step, a
+/// search) to end before it exits anyway.
+const BLOCKING_WORK_WAIT: Duration = Duration::from_secs(10);
 
 /// A server for `config` in this process, on a free loopback port, with no keys (benches and
 /// evaluation talk to it over HTTP, as clients do). It serves until the runtime ends.

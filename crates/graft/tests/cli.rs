@@ -681,6 +681,71 @@ fn serve_answers_a_chat_request_and_stops_cleanly_on_sigterm() {
     assert!(rest.iter().any(|l| l.contains("graft stopped")), "{rest:?}");
 }
 
+/// `graft up` on a real repository it has no index of (networkx, 6,000 chunks, minutes of
+/// embedding on 2 cores): completions find definitions as soon as the catalog is written,
+/// while the vectors are embedded; SIGTERM stops the run at once (it once waited for the whole
+/// first index, after saying "graft stopped"); the next start embeds only what was left.
+#[test]
+fn up_serves_a_first_index_while_embedding_it_and_stops_at_once_on_sigterm() {
+    let fetch = graft().args(["models", "fetch", "networkx-src"]).output().unwrap();
+    assert!(fetch.status.success(), "{}", String::from_utf8_lossy(&fetch.stderr));
+    let repo = common::kit_dir().join("networkx-src/networkx");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("graft.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kit]\ndir = {:?}\n\n[server]\nlisten = \"127.0.0.1:0\"\n\n[index]\ndir = \"index\"\n\n\
+             [[projects]]\nname = \"nx\"\npath = {:?}\n",
+            common::kit_dir().display().to_string(),
+            repo.display().to_string()
+        ),
+    )
+    .unwrap();
+    let pending = |addr: &str| -> (u64, u64) {
+        let status = http_get(addr, "/v1/projects/nx");
+        let status: serde_json::Value = serde_json::from_str(status.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        (status["vectors_pending"].as_u64().unwrap(), status["chunks"].as_u64().unwrap_or(0))
+    };
+    let wait_for_pending = |addr: &str| -> (u64, u64) {
+        let until = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let (left, chunks) = pending(addr);
+            if left > 0 {
+                return (left, chunks);
+            }
+            assert!(std::time::Instant::now() < until, "no vectors pending after 120 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    let serving = common::graft_up(&config);
+    let (mut server, addr) = (serving.process, serving.addr);
+    let (left, chunks) = wait_for_pending(&addr);
+    assert!(chunks > 5000 && left > chunks / 2, "{left} of {chunks} pending");
+    let cursor = r#"{"prefix": "def relax(G, source):\n    pred, dist = bellman_ford_predecessor_and_distance(G, source", "path": "relax.py", "k": 3}"#;
+    let response = http_post(&addr, "/v1/projects/nx/search", cursor);
+    let answer: serde_json::Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(answer["data"][0]["path"], "algorithms/shortest_paths/weighted.py", "{response}");
+    assert!(pending(&addr).0 > 0, "still embedding while it answered");
+
+    let pid = server.0.id().to_string();
+    let asked = std::time::Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = server.0.wait().unwrap();
+    let took = asked.elapsed();
+    assert!(status.success(), "graft exits 0 on SIGTERM, got {status}");
+    assert!(took < Duration::from_secs(15), "graft took {took:?} to stop");
+    let rest: Vec<String> = serving.lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("graft stopped")), "{rest:?}");
+
+    // The next start goes on where the last one stopped.
+    let serving = common::graft_up(&config);
+    let (_server, addr) = (serving.process, serving.addr);
+    let (resumed, _) = wait_for_pending(&addr);
+    assert!(resumed < left, "{resumed} pending after the restart, {left} before");
+}
+
 /// A minimal HTTP/1.1 POST, as `curl -d` sends it.
 fn http_post(addr: &str, path: &str, body: &str) -> String {
     http_exchange(

@@ -54,6 +54,7 @@ pub async fn reindex(State(state): State<AppState>, _admin: Admin, Path(name): P
                 ReindexError::Running | ReindexError::Index(IndexError::Busy | IndexError::Claimed { .. } | IndexError::InUse { .. }) => {
                     ApiError::new(StatusCode::CONFLICT, message)
                 }
+                ReindexError::Index(IndexError::Stopped) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message),
                 ReindexError::Index(_) => ApiError::internal("re-index failed", &message),
             }
         })?;
