@@ -46,7 +46,8 @@ pub struct SearchOptions {
     pub mode: SearchMode,
     /// At most this many results from one file.
     pub per_file: usize,
-    /// How much the vector ranking counts against the keyword ranking (1.0) in hybrid fusion.
+    /// How much the vector ranking counts against the keyword ranking (1.0) in hybrid fusion;
+    /// 0: not at all, and vectors are not searched (keyword search and definition lookup).
     pub vector_weight: f64,
 }
 
@@ -208,8 +209,10 @@ impl ProjectIndex {
             SearchMode::Vector => Vec::new(),
             _ => self.catalog.keyword_search(query, depth)?,
         };
+        // A hybrid search whose vector ranking counts for nothing does not embed the query.
         let vector = match options.mode {
             SearchMode::Keyword => Vec::new(),
+            SearchMode::Hybrid if options.vector_weight <= 0.0 => Vec::new(),
             _ => {
                 let embedder = embedder.ok_or_else(|| {
                     IndexError::Invalid("vector and hybrid search need the embedding model; keyword search does not".into())

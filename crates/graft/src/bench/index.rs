@@ -4,9 +4,11 @@
 //! again unchanged (the incremental no-op cost), times the look for changes `graft up` takes
 //! every `index.refresh_secs`, then times searches in each mode with queries drawn from the
 //! tree's own identifiers, and measures retrieval quality: cross-file queries
-//! (`graft_eval::retrieval`) in each mode and with definition lookup, recall@1/@5 and MRR of
-//! the defining file (lookup's by the language queries come from, in a tree of several). Prints throughput, latency percentiles and quality; it asserts nothing
-//! (targets live in the figures, not in tests).
+//! (`graft_eval::retrieval`) in each mode and with definition lookup (by keyword alone, as
+//! while a first index's vectors are embedded, and hybrid), recall@1/@5 and MRR of the
+//! defining file (hybrid lookup's by the language queries come from, in a tree of several).
+//! Prints throughput, latency percentiles and quality; it asserts nothing (targets live in
+//! the figures, not in tests).
 //!
 //! The vectors go where the config says: the embedded engine, or a Qdrant server or cluster
 //! (`index.qdrant_url`), in a collection named for `bench` that is emptied before and removed
@@ -237,8 +239,8 @@ struct Quality {
     recall: Recall,
     p50: Duration,
     p99: Duration,
-    /// With definition lookup, in a tree of several languages: the recall of the queries
-    /// asked from each language's files.
+    /// Hybrid with definition lookup, in a tree of several languages: the recall of the
+    /// queries asked from each language's files.
     by_language: Vec<(&'static str, Recall)>,
 }
 
@@ -252,8 +254,9 @@ fn across_languages(queries: &[CrossFileQuery]) -> usize {
         .count()
 }
 
-/// Cross-file queries from the tree, searched by keyword, by vector, hybrid, and hybrid with
-/// definition lookup (what completions use): where the defining file lands in the top 10.
+/// Cross-file queries from the tree, searched by keyword, by vector, hybrid, and with
+/// definition lookup by keyword alone (what completions use while a first index's vectors are
+/// embedded) and hybrid (what they use then): where the defining file lands in the top 10.
 fn quality(
     args: &BenchIndexArgs,
     config: &graft_core::Config,
@@ -266,15 +269,21 @@ fn quality(
         return Ok((Vec::new(), 0));
     }
     eprintln!("measuring retrieval with {} cross-file queries ...", queries.len());
-    let ways: [(&str, SearchMode, bool); 4] = [
-        ("keyword", SearchMode::Keyword, false),
-        ("vector", SearchMode::Vector, false),
-        ("hybrid", SearchMode::Hybrid, false),
-        ("hybrid + lookup", SearchMode::Hybrid, true),
+    // Each way: its name, mode, whether names are looked up, whether vectors count. Keyword
+    // with lookup is what a completion gets while `graft up` embeds a first index's vectors.
+    let ways: [(&str, SearchMode, bool, bool); 5] = [
+        ("keyword", SearchMode::Keyword, false, false),
+        ("vector", SearchMode::Vector, false, true),
+        ("hybrid", SearchMode::Hybrid, false, true),
+        ("keyword + lookup", SearchMode::Hybrid, true, false),
+        ("hybrid + lookup", SearchMode::Hybrid, true, true),
     ];
     let mut out = Vec::new();
-    for (name, mode, lookup) in ways {
-        let search = graft_wiring::search_options(config, mode, 10);
+    for (name, mode, lookup, vectors) in ways {
+        let mut search = graft_wiring::search_options(config, mode, 10);
+        if !vectors {
+            search.vector_weight = 0.0;
+        }
         let mut ranks = Ranks::default();
         let mut by_language: BTreeMap<&'static str, Ranks> = BTreeMap::new();
         let mut times = Vec::with_capacity(queries.len());
@@ -291,11 +300,13 @@ fn quality(
             let hits = project.search_for(&query, Some(embedder), &search)?;
             times.push(t.elapsed());
             ranks.push(hits.iter().map(|h| h.path.as_str()), &q.defined_in);
-            if lookup {
+            // Of the way completions search, by language, and the misses.
+            let completions = lookup && vectors;
+            if completions {
                 let language = by_language.entry(language_of(&q.path)).or_default();
                 language.push(hits.iter().map(|h| h.path.as_str()), &q.defined_in);
             }
-            if lookup && args.misses && hits.first().is_none_or(|h| h.path != q.defined_in) {
+            if completions && args.misses && hits.first().is_none_or(|h| h.path != q.defined_in) {
                 let first: Vec<String> = hits.iter().take(3).map(|h| format!("{}:{}", h.path, h.start_line)).collect();
                 eprintln!(
                     "miss: `{}` is defined in {}; asked from {}:\n{}\n  first: {}\n",
