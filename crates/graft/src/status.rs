@@ -149,7 +149,11 @@ fn table(projects: &[Value], now: f64) -> String {
 
 /// A project's index in words: its state, its size, its last run and how long ago it ended.
 fn index(p: &Value, now: f64) -> String {
-    let mut words = if p["reindexing"] == true {
+    let pending = p["vectors_pending"].as_u64().unwrap_or(0);
+    let mut words = if p["reindexing"] == true && p["indexed"] == true && pending > 0 {
+        // A run's catalog is committed and serves; its vectors are being embedded.
+        format!("{} chunks, {pending} vectors still to embed", text(&p["chunks"]))
+    } else if p["reindexing"] == true {
         "re-indexing".to_owned()
     } else if let Some(error) = p["error"].as_str() {
         format!("not usable: {error}")
@@ -213,6 +217,9 @@ mod tests {
             json!({"project": "web", "adapter": null, "retrieval": true, "top_k": 3, "context_tokens": 900,
                    "index_of": "web", "indexed": false, "reindexing": false, "chunks": null, "error": null,
                    "last_run": {"finished_at": 1000.0, "seconds": 0.2, "error": "no such folder"}}),
+            json!({"project": "nx", "adapter": null, "retrieval": true, "top_k": 5, "context_tokens": 512,
+                   "index_of": "nx", "indexed": true, "reindexing": true, "vectors_pending": 4928, "chunks": 6184,
+                   "error": null, "last_run": null}),
         ];
         let table = table(&projects, 1000.0 + 7200.0);
         let lines: Vec<&str> = table.lines().collect();
@@ -225,6 +232,10 @@ mod tests {
         assert_eq!(
             lines[3],
             "web        the base          top 3, 900 tokens  no index; last run 2 h ago, failed: no such folder"
+        );
+        assert_eq!(
+            lines[4],
+            "nx         the base          top 5, 512 tokens  6184 chunks, 4928 vectors still to embed"
         );
         assert_eq!(
             (ago(42.0), ago(180.0), ago(7200.0), ago(400_000.0)),
