@@ -343,8 +343,8 @@ pub struct IndexConfig {
     pub embedding_model: EmbeddingModel,
     /// Tokens of a chunk the embedding model reads; the rest is cut. Embedding time grows with it.
     pub embedding_max_tokens: usize,
-    /// Threads for embedding (at most the machine's cores) and for the keyword index (at
-    /// most 8).
+    /// Threads for embedding and for parsing and chunking files (at most the machine's
+    /// cores), and for the keyword index (at most 8).
     pub threads: usize,
     /// Chunks per embedding batch.
     pub batch_size: usize,

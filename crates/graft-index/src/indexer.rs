@@ -26,6 +26,7 @@ use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -232,7 +233,7 @@ pub fn index_repository_with(
         new_symbols,
         changed_files,
         removed,
-    } = Changes::of(&walked.files, &old_files, &options.chunk, &mut report);
+    } = Changes::of(&walked.files, &old_files, options, &mut report)?;
     report.files_indexed = walked.files.len();
     report.chunks_written = new_chunks.len();
     report.symbols_written = new_symbols.len();
@@ -354,7 +355,9 @@ impl Stopwatch {
 
 /// What a walk brings against the catalog's record of files (path to content hash): the
 /// chunks and definitions of the files added or changed, with the files' new hashes, and the
-/// files gone. Counts the files in `report`.
+/// files gone. Counts the files in `report`. Files are hashed and parsed on `options.threads`
+/// threads (at most the machine's cores; parsing is most of a large first index's time
+/// before its commit), their results taken in the walk's order.
 struct Changes {
     new_chunks: Vec<(u64, Chunk)>,
     new_symbols: Vec<(String, Definition, u64)>,
@@ -363,35 +366,56 @@ struct Changes {
 }
 
 impl Changes {
-    fn of(files: &[SourceFile], old_files: &HashMap<String, String>, chunk: &ChunkOptions, report: &mut IndexReport) -> Changes {
+    fn of(
+        files: &[SourceFile],
+        old_files: &HashMap<String, String>,
+        options: &IndexOptions,
+        report: &mut IndexReport,
+    ) -> Result<Changes, IndexError> {
         let mut changes = Changes {
             new_chunks: Vec::new(),
             new_symbols: Vec::new(),
             changed_files: Vec::new(),
             removed: Vec::new(),
         };
-        let mut seen = HashSet::with_capacity(files.len());
-        for file in files {
-            seen.insert(file.path.as_str());
+        // Each file: its hash, and for one added or changed, its chunks and definitions.
+        let read = |file: &SourceFile| {
             let hash = hex::encode(Sha256::digest(file.text.as_bytes()));
-            match old_files.get(&file.path) {
-                Some(old) if *old == hash => {
-                    report.files_unchanged += 1;
-                    continue;
-                }
-                Some(_) => report.files_changed += 1,
-                None => report.files_added += 1,
+            let parsed = (old_files.get(&file.path) != Some(&hash)).then(|| {
+                let (chunks, definitions) = chunk_and_define(&file.path, &file.text, &options.chunk);
+                let chunks = with_ids(chunks);
+                let symbols = holding_chunks(&chunks, definitions);
+                (chunks, symbols)
+            });
+            (hash, parsed)
+        };
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(options.threads.clamp(1, cores))
+            .thread_name(|i| format!("graft-chunk-{i}"))
+            .build()
+            .map_err(|e| IndexError::Invalid(format!("cannot start the chunking threads: {e}")))?;
+        let read: Vec<_> = pool.install(|| files.par_iter().map(read).collect());
+        let mut seen = HashSet::with_capacity(files.len());
+        for (file, (hash, parsed)) in files.iter().zip(read) {
+            seen.insert(file.path.as_str());
+            let Some((chunks, symbols)) = parsed else {
+                report.files_unchanged += 1;
+                continue;
+            };
+            if old_files.contains_key(&file.path) {
+                report.files_changed += 1;
+            } else {
+                report.files_added += 1;
             }
             *report.languages.entry(language_of(&file.path).to_owned()).or_default() += 1;
-            let (chunks, definitions) = chunk_and_define(&file.path, &file.text, chunk);
-            let chunks = with_ids(chunks);
-            changes.new_symbols.extend(holding_chunks(&chunks, definitions));
+            changes.new_symbols.extend(symbols);
             changes.new_chunks.extend(chunks);
             changes.changed_files.push((file.path.clone(), hash));
         }
         changes.removed = old_files.keys().filter(|p| !seen.contains(p.as_str())).cloned().collect();
         report.files_removed = changes.removed.len();
-        changes
+        Ok(changes)
     }
 }
 
@@ -437,7 +461,7 @@ pub fn embed_ahead(
     let walked = walk(repo, &options.walk)?;
     seconds.walk += watch.lap();
     let old_files = index.catalog().files()?;
-    let changes = Changes::of(&walked.files, &old_files, &options.chunk, &mut IndexReport::default());
+    let changes = Changes::of(&walked.files, &old_files, options, &mut IndexReport::default())?;
     seconds.chunk += watch.lap();
     let stored = index.store().ids()?;
     let wanted: Vec<(u64, String)> = changes
