@@ -323,6 +323,20 @@ impl Metrics {
                 );
             }
         }
+        header(
+            &mut out,
+            "graft_index_vectors_pending",
+            "gauge",
+            "Chunks of a project's index whose vectors a run is still embedding while the index serves (keyword search and definition lookup find them meanwhile).",
+        );
+        for (project, runs) in index {
+            let _ = writeln!(
+                out,
+                "graft_index_vectors_pending{{project=\"{}\"}} {}",
+                escape(project),
+                runs.vectors_pending
+            );
+        }
         out
     }
 }
@@ -366,6 +380,7 @@ mod tests {
             failed: 1,
             last_success: Some(1_700_000_000.5),
             last: None,
+            vectors_pending: 4928,
         };
         let text = m.render(
             PoolStats::default(),
@@ -378,6 +393,8 @@ mod tests {
         assert!(text.contains("graft_index_runs_total{project=\"new\",outcome=\"ok\"} 0"));
         assert!(text.contains("graft_index_last_success_timestamp_seconds{project=\"app\"} 1700000000.500"));
         assert!(!text.contains("graft_index_last_success_timestamp_seconds{project=\"new\"}"));
+        assert!(text.contains("graft_index_vectors_pending{project=\"app\"} 4928"), "{text}");
+        assert!(text.contains("graft_index_vectors_pending{project=\"new\"} 0"));
         assert!(
             text.contains("graft_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2"),
             "{text}"

@@ -68,6 +68,8 @@ pub struct IndexRuns {
     /// When the last run that succeeded ended, in seconds since the Unix epoch.
     pub last_success: Option<f64>,
     pub last: Option<LastRun>,
+    /// Now: chunks a run committed whose vectors it is still embedding, the index serving.
+    pub vectors_pending: usize,
 }
 
 /// How an index run ended.
@@ -507,7 +509,11 @@ impl Projects {
         self.all()
             .iter()
             .filter(|p| p.index_owner() == p.name())
-            .map(|p| (p.name().to_owned(), p.index.runs.lock().unwrap_or_else(|e| e.into_inner()).clone()))
+            .map(|p| {
+                let mut runs = p.index.runs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                runs.vectors_pending = p.index.vectors_pending.load(Ordering::Relaxed);
+                (p.name().to_owned(), runs)
+            })
             .collect()
     }
 
@@ -597,6 +603,7 @@ impl Projects {
             project = %slot.owner,
             chunks = report.chunks,
             pending = report.vectors_pending,
+            seconds = report.elapsed.as_secs_f64(),
             "indexed: keyword search and definition lookup serve it now; the vectors of searches by meaning follow as they are embedded"
         );
         let index = project

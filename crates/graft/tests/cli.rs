@@ -728,6 +728,12 @@ fn up_serves_a_first_index_while_embedding_it_and_stops_at_once_on_sigterm() {
     let answer: serde_json::Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_eq!(answer["data"][0]["path"], "algorithms/shortest_paths/weighted.py", "{response}");
     assert!(pending(&addr).0 > 0, "still embedding while it answered");
+    let metrics = http_get(&addr, "/metrics");
+    let gauge = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("graft_index_vectors_pending{project=\"nx\"} "))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(gauge.parse::<u64>().unwrap() > 0, "{metrics}");
 
     let pid = server.0.id().to_string();
     let asked = std::time::Instant::now();
