@@ -435,7 +435,13 @@ impl Projects {
                     .ok_or_else(|| IndexError::Invalid("no embedding model is loaded".into()))?,
             ),
         };
-        let options = SearchOptions { k, mode, ..self.search };
+        let mut options = SearchOptions { k, mode, ..self.search };
+        // While a run embeds the index's vectors, a completion's search leaves them out:
+        // keyword search and definition lookup find code's definitions as well, and the
+        // query's embedding would wait its turn at the model behind the run's.
+        if matches!(query.look_up, LookUp::Cursor { .. }) && project.index.vectors_pending.load(Ordering::Relaxed) > 0 {
+            options.vector_weight = 0.0;
+        }
         tokio::task::spawn_blocking(move || index.search_for(&query.as_query(), embedder.as_deref(), &options))
             .await
             .map_err(|e| IndexError::Invalid(format!("the search task failed: {e}")))?
