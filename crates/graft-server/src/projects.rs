@@ -240,6 +240,23 @@ impl Drop for Writing {
     }
 }
 
+/// An index run's embedding with its index serving, counted while it lasts (the count goes down
+/// when this is dropped, however the work ended).
+struct EmbeddingNow(Arc<AtomicUsize>);
+
+impl EmbeddingNow {
+    fn start(count: &Arc<AtomicUsize>) -> EmbeddingNow {
+        count.fetch_add(1, Ordering::Relaxed);
+        EmbeddingNow(Arc::clone(count))
+    }
+}
+
+impl Drop for EmbeddingNow {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A project marked as re-indexing ([`Projects::start_reindex`]).
 pub struct ReindexGuard {
     _held: tokio::sync::OwnedMutexGuard<()>,
@@ -313,6 +330,8 @@ pub struct Projects {
     search: SearchOptions,
     /// Set when the server shuts down: index runs stop at their next step.
     stopping: Arc<AtomicBool>,
+    /// Index runs embedding now, with their indexes serving ([`EmbeddingNow`]).
+    embedding_now: Arc<AtomicUsize>,
 }
 
 impl Projects {
@@ -327,6 +346,7 @@ impl Projects {
             embedding: embedder.map(OnceLock::from).unwrap_or_default(),
             search,
             stopping: Arc::default(),
+            embedding_now: Arc::default(),
         }
     }
 
@@ -436,10 +456,11 @@ impl Projects {
             ),
         };
         let mut options = SearchOptions { k, mode, ..self.search };
-        // While a run embeds the index's vectors, a completion's search leaves them out:
-        // keyword search and definition lookup find code's definitions as well, and the
-        // query's embedding would wait its turn at the model behind the run's.
-        if matches!(query.look_up, LookUp::Cursor { .. }) && project.index.vectors_pending.load(Ordering::Relaxed) > 0 {
+        // While an index run embeds code (a change ahead of its write, or a first index's
+        // vectors after its commit), a completion's search leaves the vectors out: keyword
+        // search and definition lookup find code's definitions as well, and the query's
+        // embedding would wait its turn at the model (one for every project) behind the run's.
+        if matches!(query.look_up, LookUp::Cursor { .. }) && self.embedding_now.load(Ordering::Relaxed) > 0 {
             options.vector_weight = 0.0;
         }
         tokio::task::spawn_blocking(move || index.search_for(&query.as_query(), embedder.as_deref(), &options))
@@ -537,7 +558,9 @@ impl Projects {
             Ok(Some(index)) => {
                 let (serving, embedder) = (Arc::clone(project), Arc::clone(&embedder));
                 let progress = LogProgress::new(&project.index, &self.stopping);
+                let embedding = EmbeddingNow::start(&self.embedding_now);
                 let ahead = tokio::task::spawn_blocking(move || {
+                    let _embedding = embedding;
                     embed_ahead(&serving.config.path, &index, &embedder, &serving.index.options, &progress)
                 })
                 .await
@@ -617,8 +640,9 @@ impl Projects {
             .ok_or_else(|| IndexError::Invalid("the index did not open after its run".into()))?;
         let (embedder, progress) = (Arc::clone(embedder), LogProgress::new(slot, &self.stopping));
         let started = std::time::Instant::now();
+        let embedding = EmbeddingNow::start(&self.embedding_now);
         let embedded = tokio::task::spawn_blocking(move || {
-            let _guard = guard;
+            let (_guard, _embedding) = (guard, embedding);
             embed_missing(&index, &embedder, &progress)
         })
         .await
