@@ -368,6 +368,20 @@ fn bellman_ford_use() -> Search {
     }
 }
 
+/// A completion's search for code whose words neither the keyword index nor the symbol table
+/// has: only the vectors find anything for it.
+fn unmatched_cursor() -> Search {
+    let before = "    qzxv = wvbj(kqpz)\n";
+    Search {
+        text: before.to_owned(),
+        look_up: LookUp::Cursor {
+            before: before.to_owned(),
+            after: String::new(),
+        },
+        current_path: Some("other.py".to_owned()),
+    }
+}
+
 /// A project with no index yet, as `graft up` builds it: marked as re-indexing (its requests
 /// get nothing, not an error) until the catalog is committed; from then on keyword search and
 /// definition lookup answer while the chunks' vectors are embedded, each joining the searches
@@ -392,20 +406,23 @@ async fn a_first_index_answers_by_keyword_and_definitions_while_its_vectors_are_
     let watch = async {
         // (searches while vectors were pending, of those that found the defining file first,
         //  the pending counts seen)
-        let (mut during, mut found, mut pending_seen) = (0, 0, Vec::new());
+        // (... and of those searches, the hits by meaning alone a completion got)
+        let (mut during, mut found, mut pending_seen, mut by_meaning) = (0, 0, Vec::new(), 0);
         while !done.load(std::sync::atomic::Ordering::SeqCst) {
             let pending = projects.status(&project)["vectors_pending"].as_u64().unwrap();
             let hits = projects.search(&project, bellman_ford_use(), 5, SearchMode::Hybrid).await.unwrap();
+            let meaning = projects.search(&project, unmatched_cursor(), 5, SearchMode::Hybrid).await.unwrap();
             if pending > 0 && projects.status(&project)["vectors_pending"].as_u64().unwrap() > 0 {
                 during += 1;
                 found += usize::from(hits.is_some_and(|h| h.first().is_some_and(|h| h.path == "weighted.py")));
                 pending_seen.push(pending);
+                by_meaning += meaning.map_or(0, |h| h.len());
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        (during, found, pending_seen)
+        (during, found, pending_seen, by_meaning)
     };
-    let (report, (during, found, pending_seen)) = tokio::join!(run, watch);
+    let (report, (during, found, pending_seen, by_meaning)) = tokio::join!(run, watch);
     let report = report.expect("indexing works");
     assert!(report.chunks > 150 && project.has_index(), "{report:?}");
     assert_eq!((report.embeddings, report.vectors_pending), (report.chunks, 0), "{report:?}");
@@ -418,6 +435,12 @@ async fn a_first_index_answers_by_keyword_and_definitions_while_its_vectors_are_
         "{pending_seen:?}"
     );
     assert_eq!(projects.status(&project)["vectors_pending"], 0);
+    // While the run embedded, a completion's search left the vectors out (its query would have
+    // waited at the embedding model): code no keyword or definition matches got nothing; now
+    // the vectors give it their nearest chunks.
+    assert_eq!(by_meaning, 0, "completions searched the vectors while the run embedded");
+    let now = projects.search(&project, unmatched_cursor(), 5, SearchMode::Hybrid).await.unwrap();
+    assert!(now.is_some_and(|h| !h.is_empty()), "the vectors answer once embedded");
     // Every chunk has its vector now: a search by meaning alone finds them.
     let by_meaning = projects
         .search(
