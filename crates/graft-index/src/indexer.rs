@@ -21,6 +21,7 @@
 //! joins the searches as it is stored. Either way a run asked to stop
 //! ([`IndexProgress::should_stop`]) stops between two steps, as safely as a kill.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
@@ -233,8 +234,8 @@ pub fn index_repository_with(
         new_symbols,
         changed_files,
         removed,
-    } = Changes::of(&walked.files, &old_files, options, &mut report)?;
-    report.files_indexed = walked.files.len();
+    } = Changes::of(walked.files, &old_files, options, &mut report)?;
+    report.files_indexed = report.files_unchanged + report.files_changed + report.files_added;
     report.chunks_written = new_chunks.len();
     report.symbols_written = new_symbols.len();
     seconds.chunk += watch.lap();
@@ -366,8 +367,10 @@ struct Changes {
 }
 
 impl Changes {
-    fn of(
-        files: &[SourceFile],
+    /// `files` owned (a run's walk) are dropped as they are parsed, so that a large tree's text
+    /// is not held twice, in its files and in their chunks; borrowed, they are left as they are.
+    fn of<F: Borrow<SourceFile> + Send>(
+        files: impl IntoParallelIterator<Item = F> + Send,
         old_files: &HashMap<String, String>,
         options: &IndexOptions,
         report: &mut IndexReport,
@@ -378,8 +381,10 @@ impl Changes {
             changed_files: Vec::new(),
             removed: Vec::new(),
         };
-        // Each file: its hash, and for one added or changed, its chunks and definitions.
-        let read = |file: &SourceFile| {
+        // Each file: its path and hash, and for one added or changed, its chunks and
+        // definitions.
+        let read = |file: F| {
+            let file = file.borrow();
             let hash = hex::encode(Sha256::digest(file.text.as_bytes()));
             let parsed = (old_files.get(&file.path) != Some(&hash)).then(|| {
                 let (chunks, definitions) = chunk_and_define(&file.path, &file.text, &options.chunk);
@@ -387,7 +392,7 @@ impl Changes {
                 let symbols = holding_chunks(&chunks, definitions);
                 (chunks, symbols)
             });
-            (hash, parsed)
+            (file.path.clone(), hash, parsed)
         };
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let pool = rayon::ThreadPoolBuilder::new()
@@ -395,23 +400,24 @@ impl Changes {
             .thread_name(|i| format!("graft-chunk-{i}"))
             .build()
             .map_err(|e| IndexError::Invalid(format!("cannot start the chunking threads: {e}")))?;
-        let read: Vec<_> = pool.install(|| files.par_iter().map(read).collect());
-        let mut seen = HashSet::with_capacity(files.len());
-        for (file, (hash, parsed)) in files.iter().zip(read) {
-            seen.insert(file.path.as_str());
+        let read: Vec<_> = pool.install(|| files.into_par_iter().map(read).collect());
+        let mut seen = HashSet::with_capacity(read.len());
+        for (path, hash, parsed) in read {
             let Some((chunks, symbols)) = parsed else {
                 report.files_unchanged += 1;
+                seen.insert(path);
                 continue;
             };
-            if old_files.contains_key(&file.path) {
+            if old_files.contains_key(&path) {
                 report.files_changed += 1;
             } else {
                 report.files_added += 1;
             }
-            *report.languages.entry(language_of(&file.path).to_owned()).or_default() += 1;
+            *report.languages.entry(language_of(&path).to_owned()).or_default() += 1;
             changes.new_symbols.extend(symbols);
             changes.new_chunks.extend(chunks);
-            changes.changed_files.push((file.path.clone(), hash));
+            changes.changed_files.push((path.clone(), hash));
+            seen.insert(path);
         }
         changes.removed = old_files.keys().filter(|p| !seen.contains(p.as_str())).cloned().collect();
         report.files_removed = changes.removed.len();
@@ -461,7 +467,7 @@ pub fn embed_ahead(
     let walked = walk(repo, &options.walk)?;
     seconds.walk += watch.lap();
     let old_files = index.catalog().files()?;
-    let changes = Changes::of(&walked.files, &old_files, options, &mut IndexReport::default())?;
+    let changes = Changes::of(walked.files.par_iter(), &old_files, options, &mut IndexReport::default())?;
     seconds.chunk += watch.lap();
     let stored = index.store().ids()?;
     let wanted: Vec<(u64, String)> = changes
