@@ -329,15 +329,22 @@ fn polyglot_project() -> (
     graft_server::projects::Projects,
     std::sync::Arc<graft_server::projects::Project>,
 ) {
-    use graft_server::projects::{Project, Projects};
     let repo = copy_fixture("polyglot");
     let index_dir = tempfile::tempdir().unwrap();
-    let config = graft_core::ProjectConfig::new("polyglot", repo.path());
-    let project = Project::new(config, IndexLayout::new(index_dir.path().join("polyglot")), IndexOptions::default());
+    let (projects, project) = serve_polyglot(repo.path(), index_dir.path());
+    (repo, index_dir, projects, project)
+}
+
+/// A server's projects with the repository `repo` as its one project `polyglot`, indexed into
+/// `index_dir` (as a process starting on them finds them).
+fn serve_polyglot(repo: &Path, index_dir: &Path) -> (graft_server::projects::Projects, std::sync::Arc<graft_server::projects::Project>) {
+    use graft_server::projects::{Project, Projects};
+    let config = graft_core::ProjectConfig::new("polyglot", repo);
+    let project = Project::new(config, IndexLayout::new(index_dir.join("polyglot")), IndexOptions::default());
     let embedder = Some(("minilm-l6-v2".to_owned(), std::sync::Arc::clone(kit_embedder())));
     let projects = Projects::new(vec![project], embedder, SearchOptions::default());
     let project = projects.get("polyglot").unwrap();
-    (repo, index_dir, projects, project)
+    (projects, project)
 }
 
 /// Copies networkx's shortest-path modules (a few hundred chunks) into `repo`; how many.
@@ -496,14 +503,7 @@ async fn a_shutdown_stops_an_index_run_and_the_next_run_finishes_it() {
     drop((projects, project));
 
     // The next start: nothing changed in the repository, only the missing vectors are embedded.
-    let layout = IndexLayout::new(index_dir.path().join("polyglot"));
-    let config = graft_core::ProjectConfig::new("polyglot", repo.path());
-    let again = graft_server::projects::Projects::new(
-        vec![graft_server::projects::Project::new(config, layout, IndexOptions::default())],
-        Some(("minilm-l6-v2".to_owned(), std::sync::Arc::clone(kit_embedder()))),
-        SearchOptions::default(),
-    );
-    let project = again.get("polyglot").unwrap();
+    let (again, project) = serve_polyglot(repo.path(), index_dir.path());
     let report = again.reindex(&project).await.expect("the next run works");
     assert_eq!(report.files_unchanged, report.files_indexed, "{report:?}");
     assert!(report.embeddings > 0 && report.embeddings < chunks, "{report:?}");
