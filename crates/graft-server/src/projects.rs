@@ -54,10 +54,9 @@ struct IndexSlot {
     writing: AtomicBool,
     /// The last completion searches' hits by file and line, reused while the user types.
     sticky: Sticky,
-    /// The index runs this process made, and how the last one ended.
+    /// The index runs this process made, how the last one ended, and what the one running
+    /// has left to embed.
     runs: Mutex<IndexRuns>,
-    /// Committed chunks whose vectors a run is still embedding with the index serving.
-    vectors_pending: AtomicUsize,
 }
 
 /// The index runs of one index in this process (`GET /v1/projects/{name}`, `/metrics`).
@@ -68,7 +67,8 @@ pub struct IndexRuns {
     /// When the last run that succeeded ended, in seconds since the Unix epoch.
     pub last_success: Option<f64>,
     pub last: Option<LastRun>,
-    /// Now: chunks a run committed whose vectors it is still embedding, the index serving.
+    /// Chunks the run now going committed whose vectors it is still embedding, the index
+    /// serving (none between runs).
     pub vectors_pending: usize,
 }
 
@@ -111,6 +111,11 @@ impl IndexRuns {
 }
 
 impl IndexSlot {
+    /// Its runs' record.
+    fn runs(&self) -> std::sync::MutexGuard<'_, IndexRuns> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Whether a re-index holds the index now (searches then get nothing).
     fn is_reindexing(&self) -> bool {
         self.reindexing.try_lock().is_err()
@@ -129,7 +134,6 @@ impl Project {
             writing: AtomicBool::new(false),
             sticky: Sticky::default(),
             runs: Mutex::new(IndexRuns::default()),
-            vectors_pending: AtomicUsize::new(0),
         });
         Project { config, index }
     }
@@ -219,10 +223,8 @@ impl IndexProgress for LogProgress {
             tracing::info!(project = %self.slot.owner, embedded = before + n, of = total, "indexing: embedding");
         }
         // Counts down what a run embeds after its commit (none pending otherwise).
-        let _ = self
-            .slot
-            .vectors_pending
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |pending| Some(pending.saturating_sub(n)));
+        let mut runs = self.slot.runs();
+        runs.vectors_pending = runs.vectors_pending.saturating_sub(n);
     }
 
     fn should_stop(&self) -> bool {
@@ -526,7 +528,7 @@ impl Projects {
     pub async fn reindex_with(&self, project: &Arc<Project>, guard: ReindexGuard) -> Result<IndexReport, ReindexError> {
         let started = std::time::Instant::now();
         let result = self.run_index(project, guard).await;
-        let mut runs = project.index.runs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut runs = project.index.runs();
         runs.record(started, result.as_ref());
         result
     }
@@ -536,11 +538,7 @@ impl Projects {
         self.all()
             .iter()
             .filter(|p| p.index_owner() == p.name())
-            .map(|p| {
-                let mut runs = p.index.runs.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                runs.vectors_pending = p.index.vectors_pending.load(Ordering::Relaxed);
-                (p.name().to_owned(), runs)
-            })
+            .map(|p| (p.name().to_owned(), p.index.runs().clone()))
             .collect()
     }
 
@@ -627,7 +625,7 @@ impl Projects {
         guard: ReindexGuard,
     ) -> Result<(), IndexError> {
         let slot = &project.index;
-        slot.vectors_pending.store(report.vectors_pending, Ordering::Relaxed);
+        slot.runs().vectors_pending = report.vectors_pending;
         tracing::info!(
             project = %slot.owner,
             chunks = report.chunks,
@@ -647,7 +645,7 @@ impl Projects {
         })
         .await
         .map_err(|e| IndexError::Invalid(format!("the embedding task failed: {e}")));
-        slot.vectors_pending.store(0, Ordering::Relaxed);
+        slot.runs().vectors_pending = 0;
         let embedded = embedded??;
         let seconds = started.elapsed();
         report.embeddings += embedded;
@@ -661,7 +659,10 @@ impl Projects {
     /// The index's state, for the status endpoint.
     pub fn status(&self, project: &Arc<Project>) -> serde_json::Value {
         let reindexing = project.index.reindexing.try_lock().is_err();
-        let last_run = project.index.runs.lock().unwrap_or_else(|p| p.into_inner()).last.clone();
+        let (last_run, vectors_pending) = {
+            let runs = project.index.runs();
+            (runs.last.clone(), runs.vectors_pending)
+        };
         let opened = project.index();
         let (indexed, chunks, meta, error) = match opened {
             Ok(Some(index)) => (true, index.chunk_count().ok(), serde_json::to_value(index.meta()).ok(), None),
@@ -676,7 +677,7 @@ impl Projects {
             "index_of": project.index_owner(),
             "indexed": indexed,
             "reindexing": reindexing,
-            "vectors_pending": project.index.vectors_pending.load(Ordering::Relaxed),
+            "vectors_pending": vectors_pending,
             "last_run": last_run,
             "chunks": chunks,
             "meta": meta,
