@@ -625,6 +625,9 @@ impl Projects {
         guard: ReindexGuard,
     ) -> Result<(), IndexError> {
         let slot = &project.index;
+        let index = project
+            .index()?
+            .ok_or_else(|| IndexError::Invalid("the index did not open after its run".into()))?;
         slot.runs().vectors_pending = report.vectors_pending;
         tracing::info!(
             project = %slot.owner,
@@ -633,9 +636,6 @@ impl Projects {
             seconds = report.elapsed.as_secs_f64(),
             "indexed: keyword search and definition lookup serve it now; the vectors of searches by meaning follow as they are embedded"
         );
-        let index = project
-            .index()?
-            .ok_or_else(|| IndexError::Invalid("the index did not open after its run".into()))?;
         let (embedder, progress) = (Arc::clone(embedder), LogProgress::new(slot, &self.stopping));
         let started = std::time::Instant::now();
         let embedding = EmbeddingNow::start(&self.embedding_now);
