@@ -231,6 +231,127 @@ fn a_second_run_redoes_only_what_changed() {
     }
 }
 
+/// What an index holds, to compare two: each file's hash, each chunk (id, place, symbol,
+/// text), the definitions of every name a chunk's symbol holds, and the ids with a vector.
+type Contents = (
+    std::collections::BTreeMap<String, String>,
+    Vec<(u64, String, usize, usize, String, String)>,
+    Vec<(String, String, usize, u64)>,
+    std::collections::BTreeSet<u64>,
+);
+
+fn contents(index_dir: &Path) -> Contents {
+    use graft_index::catalog::{Catalog, TantivyCatalog};
+    let layout = IndexLayout::new(index_dir);
+    let catalog = TantivyCatalog::open(&layout).expect("the catalog opens");
+    let files = catalog.files().unwrap().into_iter().collect();
+    let ids: Vec<u64> = catalog.chunk_ids().unwrap().into_iter().collect();
+    let mut chunks: Vec<_> = catalog
+        .chunks(&ids)
+        .unwrap()
+        .into_values()
+        .map(|c| (c.id, c.path, c.start_line, c.end_line, c.symbol, c.text))
+        .collect();
+    chunks.sort();
+    let names: std::collections::BTreeSet<&str> = chunks
+        .iter()
+        .flat_map(|c| c.4.split(|ch: char| !ch.is_alphanumeric() && ch != '_'))
+        .filter(|name| !name.is_empty())
+        .collect();
+    let names: Vec<&str> = names.into_iter().collect();
+    let mut definitions: Vec<_> = catalog
+        .definitions(&names, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.name, d.path, d.start_line, d.chunk))
+        .collect();
+    definitions.sort();
+    let store = graft_index::vectors::EdgeStore::open(&layout.vectors(), kit_embedder().dims()).expect("the vectors open");
+    let vectors = graft_index::vectors::VectorStore::ids(&store).unwrap().into_iter().collect();
+    (files, chunks, definitions, vectors)
+}
+
+/// Asks a run to stop once it has read `after` files.
+struct StopAfter {
+    after: usize,
+    read: std::sync::atomic::AtomicUsize,
+}
+
+impl graft_index::IndexProgress for StopAfter {
+    fn read(&self, n: usize) {
+        self.read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn should_stop(&self) -> bool {
+        self.read.load(std::sync::atomic::Ordering::Relaxed) >= self.after
+    }
+}
+
+#[test]
+fn a_run_file_by_file_writes_what_a_run_in_one_slice_does_and_a_stop_between_slices_commits_nothing() {
+    let repo = copy_fixture("polyglot");
+    let (whole, sliced) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // One file a slice: every file's records handed to the writer before the next is read.
+    let file_by_file = IndexOptions {
+        slice_bytes: 1,
+        ..IndexOptions::default()
+    };
+    let run = |index_dir: &Path, options: &IndexOptions, progress: &dyn graft_index::IndexProgress| {
+        index_repository(repo.path(), &IndexLayout::new(index_dir), kit_embedder(), options, progress)
+    };
+    let one = run(whole.path(), &IndexOptions::default(), &Quiet).unwrap();
+    let many = run(sliced.path(), &file_by_file, &Quiet).unwrap();
+    let counts = |r: &IndexReport| (r.files_added, r.chunks, r.chunks_written, r.symbols_written, r.embeddings);
+    assert_eq!(counts(&one), counts(&many));
+    assert_eq!((many.files_added, many.embeddings), (22, many.chunks), "{many:?}");
+    assert!(many.symbols_written > 50, "{many:?}");
+    let first = contents(whole.path());
+    assert_eq!(first.1.len(), one.chunks);
+    assert!(first.2.len() > 20, "definitions found: {}", first.2.len());
+    assert_eq!(first.3.len(), one.chunks, "every chunk has its vector");
+    assert_eq!(contents(sliced.path()), first);
+
+    // Edit one file, add one, delete one; a run stopped after three files commits nothing.
+    let sync = repo.path().join("storage/sync.go");
+    let edited = std::fs::read_to_string(&sync).unwrap()
+        + "\n// MirrorQuota caps how many chunks one mirror may use.\nconst MirrorQuota = 1 << 16\n";
+    std::fs::write(&sync, edited).unwrap();
+    std::fs::write(
+        repo.path().join("web/featureFlags.ts"),
+        "export function isFeatureEnabled(flag: string, flags: Set<string>): boolean {\n  return flags.has(flag);\n}\n",
+    )
+    .unwrap();
+    std::fs::remove_file(repo.path().join("auth/SessionManager.java")).unwrap();
+    let stop = StopAfter {
+        after: 3,
+        read: Default::default(),
+    };
+    let err = run(sliced.path(), &file_by_file, &stop).unwrap_err();
+    assert!(matches!(err, IndexError::Stopped), "{err:?}");
+    assert_eq!(stop.read.load(std::sync::atomic::Ordering::Relaxed), 3);
+    let stopped = contents(sliced.path());
+    assert_eq!(
+        (&stopped.0, &stopped.1, &stopped.2),
+        (&first.0, &first.1, &first.2),
+        "the catalog is as it was"
+    );
+    let hits = search(sliced.path(), "MirrorQuota", 5, SearchMode::Keyword);
+    assert!(hits.iter().all(|h| !h.text.contains("MirrorQuota")), "{hits:#?}");
+
+    let again = run(sliced.path(), &file_by_file, &Quiet).unwrap();
+    assert_eq!(
+        (again.files_added, again.files_changed, again.files_removed),
+        (1, 1, 1),
+        "{again:?}"
+    );
+    run(whole.path(), &IndexOptions::default(), &Quiet).unwrap();
+    let second = contents(whole.path());
+    assert_ne!(second.0, first.0);
+    assert_eq!(contents(sliced.path()), second);
+    let hits = search(sliced.path(), "MirrorQuota", 5, SearchMode::Keyword);
+    assert!(hits.iter().any(|h| h.text.contains("MirrorQuota")), "{hits:#?}");
+}
+
 #[test]
 fn bad_input_is_reported_and_the_rest_is_indexed() {
     let repo = tempfile::tempdir().unwrap();

@@ -1,5 +1,9 @@
-//! One indexing run: walk → diff against the catalog → chunk the changed files → embed the
-//! chunks that have no vector yet → store vectors → commit the catalog → drop stale vectors.
+//! One indexing run: walk → then a slice of files at a time ([`SLICE_BYTES`] of text): diff
+//! against the catalog → chunk the changed files → embed the chunks that have no vector yet →
+//! store vectors → hand the records to the catalog's writer → then one commit of the catalog →
+//! drop stale vectors. A run holds one slice's chunks, not the repository's (the walk holds
+//! the files' text until each slice takes its part; a Qdrant server's catalog keeps a run's
+//! records until its commit).
 //!
 //! The order is what makes a run safe to kill at any moment (`kill -9` included):
 //! 1. new vectors are written first, under ids derived from the chunk's content, so they can
@@ -25,13 +29,14 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{self, Catalog};
+use crate::catalog::{self, Catalog, CatalogWriter};
 use crate::chunker::{chunk_and_define, language_of, Chunk, ChunkOptions};
 use crate::embed::Embedder;
 use crate::error::IndexError;
@@ -44,8 +49,16 @@ use crate::walk::{walk, SkipReason, SourceFile, Walk, WalkOptions};
 /// Chunks embedded and stored per step (bounds memory and makes progress visible).
 const EMBED_STEP: usize = 256;
 
+/// Text a run reads, chunks (and embeds, where it embeds before its commit) before it writes
+/// those files' records and lets them go: a run holds about this much of the repository, not
+/// all of it, whatever its size.
+pub const SLICE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The most files in one slice (so that the progress of many small files moves too).
+const SLICE_FILES: usize = 1024;
+
 /// Settings of a run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct IndexOptions {
     pub walk: WalkOptions,
     pub chunk: ChunkOptions,
@@ -61,12 +74,34 @@ pub struct IndexOptions {
     /// are stored before the commit. Off (`graft index`): the commit switches to an index
     /// whose every chunk has its vector.
     pub embed_after_commit: bool,
+    /// The text of the files read, chunked (and embedded) before they are written to the
+    /// catalog's writer and let go ([`SLICE_BYTES`]; tests make it small). Every slice goes
+    /// into the same commit.
+    pub slice_bytes: usize,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        IndexOptions {
+            walk: WalkOptions::default(),
+            chunk: ChunkOptions::default(),
+            threads: 0,
+            backend: Backend::default(),
+            embed_after_commit: false,
+            slice_bytes: SLICE_BYTES,
+        }
+    }
 }
 
 /// Told about a run's progress (the CLI draws a bar).
 pub trait IndexProgress: Sync {
     /// The walk found `files` files to look at.
     fn walked(&self, _files: usize) {}
+    /// `files` of them (those kept) are read against the index: hashed, those added or
+    /// changed chunked and, where the run embeds before its commit, embedded.
+    fn reading(&self, _files: usize) {}
+    /// `n` more of them were read (and embedded, where the run embeds before its commit).
+    fn read(&self, _n: usize) {}
     /// `chunks` chunks need embedding.
     fn embedding(&self, _chunks: usize) {}
     /// `n` more chunks were embedded.
@@ -82,6 +117,43 @@ pub trait IndexProgress: Sync {
 /// Reports nothing.
 pub struct Quiet;
 impl IndexProgress for Quiet {}
+
+/// A slice's progress told as files ([`IndexProgress::read`]): the chunks it embeds before
+/// the commit move it on by the files whose chunks are all embedded.
+struct SliceProgress<'a> {
+    progress: &'a dyn IndexProgress,
+    /// For each file of the slice, in order, how many of the slice's chunks to embed end
+    /// with it.
+    ends: Vec<usize>,
+    embedded: AtomicUsize,
+    /// The files told so far.
+    told: AtomicUsize,
+}
+
+impl SliceProgress<'_> {
+    fn tell(&self, files: usize) {
+        let before = self.told.fetch_max(files, Ordering::Relaxed);
+        if files > before {
+            self.progress.read(files - before);
+        }
+    }
+
+    /// Tells the slice's files not told yet.
+    fn finish(self) {
+        self.tell(self.ends.len());
+    }
+}
+
+impl IndexProgress for SliceProgress<'_> {
+    fn embedded(&self, n: usize) {
+        let embedded = self.embedded.fetch_add(n, Ordering::Relaxed) + n;
+        self.tell(self.ends.partition_point(|&end| end <= embedded));
+    }
+
+    fn should_stop(&self) -> bool {
+        self.progress.should_stop()
+    }
+}
 
 /// What a run did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -227,49 +299,80 @@ pub fn index_repository_with(
     let claim = Claim::take(catalog.as_ref())?;
     let store = vectors::open(&options.backend, layout, &layout.project(), embedder.dims())?;
     let old_files = catalog.files()?;
-
-    // What changed.
-    let Changes {
-        new_chunks,
-        new_symbols,
-        changed_files,
-        removed,
-    } = Changes::of(walked.files, &old_files, options, &mut report)?;
-    report.files_indexed = report.files_unchanged + report.files_changed + report.files_added;
-    report.chunks_written = new_chunks.len();
-    report.symbols_written = new_symbols.len();
-    seconds.chunk += watch.lap();
-
-    // 1. Vectors for chunks that have none yet (embedded after the commit by the caller, where
-    //    it asked, but for those embedded ahead).
     let stored = store.ids()?;
-    let to_embed: Vec<(u64, String)> = new_chunks
-        .iter()
-        .filter(|(id, _)| !stored.contains(id) && (!options.embed_after_commit || ahead.contains_key(id)))
-        .map(|(id, c)| (*id, embedding_text(&c.path, &c.symbol, &c.text)))
-        .collect();
-    report.embedded_ahead = to_embed.iter().filter(|(id, _)| ahead.contains_key(id)).count();
-    progress.embedding(to_embed.len() - report.embedded_ahead);
     seconds.vectors += watch.lap();
-    report.embeddings += embed_and_store(&to_embed, embedder, store.as_ref(), &claim, progress, &mut seconds, &ahead)?;
-    watch.lap(); // embed_and_store timed its own work
 
-    // 2. The catalog switches to the new state in one commit.
-    if !changed_files.is_empty() || !removed.is_empty() {
-        claim.renew()?;
-        let mut writer = catalog.writer(options.threads.max(1))?;
-        for path in removed.iter().chain(changed_files.iter().map(|(p, _)| p)) {
+    // 1. A slice of files at a time: each file hashed against the catalog's record of it, an
+    //    added or changed one chunked; their chunks that have no vector yet embedded and
+    //    stored (after the commit by the caller, where it asked, but for those embedded
+    //    ahead); their records handed to the catalog's writer; then all of it let go.
+    let reader = Reader::new(&old_files, options)?;
+    let mut writer = None;
+    let mut seen = HashSet::with_capacity(walked.files.len());
+    progress.reading(walked.files.len());
+    for slice in slices(walked.files, options.slice_bytes) {
+        if progress.should_stop() {
+            return Err(IndexError::Stopped);
+        }
+        let mut changed = Changed::default();
+        for file in reader.read(slice) {
+            seen.insert(file.path.clone());
+            changed.take(file, &old_files, &mut report);
+        }
+        seconds.chunk += watch.lap();
+
+        let mut to_embed: Vec<(u64, String)> = Vec::new();
+        let mut ends = Vec::with_capacity(changed.chunk_counts.len());
+        let mut chunks = changed.chunks.iter();
+        for &n in &changed.chunk_counts {
+            let wanted = |(id, _): &&(u64, Chunk)| !stored.contains(id) && (!options.embed_after_commit || ahead.contains_key(id));
+            to_embed.extend(
+                chunks
+                    .by_ref()
+                    .take(n)
+                    .filter(wanted)
+                    .map(|(id, c)| (*id, embedding_text(&c.path, &c.symbol, &c.text))),
+            );
+            ends.push(to_embed.len());
+        }
+        report.embedded_ahead += to_embed.iter().filter(|(id, _)| ahead.contains_key(id)).count();
+        let slice_progress = SliceProgress {
+            progress,
+            ends,
+            embedded: AtomicUsize::new(0),
+            told: AtomicUsize::new(0),
+        };
+        report.embeddings += embed_and_store(&to_embed, embedder, store.as_ref(), &claim, &slice_progress, &mut seconds, &ahead)?;
+        watch.lap(); // embed_and_store timed its own work
+
+        if !changed.files.is_empty() {
+            claim.renew()?;
+            let writer = match &mut writer {
+                Some(writer) => writer,
+                None => writer.insert(catalog.writer(options.threads.max(1))?),
+            };
+            changed.write(writer.as_mut())?;
+        }
+        seconds.catalog += watch.lap();
+        slice_progress.finish();
+    }
+    drop(reader);
+
+    // 2. The files gone, and the catalog switches to the new state in one commit (the vectors
+    //    stored durably first).
+    let removed: Vec<&String> = old_files.keys().filter(|p| !seen.contains(p.as_str())).collect();
+    report.files_removed = removed.len();
+    report.files_indexed = report.files_unchanged + report.files_changed + report.files_added;
+    store.flush()?;
+    seconds.vectors += watch.lap();
+    if !removed.is_empty() && writer.is_none() {
+        writer = Some(catalog.writer(options.threads.max(1))?);
+    }
+    if let Some(mut writer) = writer {
+        for path in removed {
             writer.remove_file(path)?;
         }
-        for (path, hash) in &changed_files {
-            writer.add_file(path, hash)?;
-        }
-        for (id, chunk) in &new_chunks {
-            writer.add_chunk(*id, chunk)?;
-        }
-        for (path, definition, chunk) in &new_symbols {
-            writer.add_symbol(path, definition, *chunk)?;
-        }
+        claim.renew()?;
         writer.commit()?;
     }
     // The index is built from here on (what a killed run leaves, the next one finishes).
@@ -354,74 +457,126 @@ impl Stopwatch {
     }
 }
 
-/// What a walk brings against the catalog's record of files (path to content hash): the
-/// chunks and definitions of the files added or changed, with the files' new hashes, and the
-/// files gone. Counts the files in `report`. Files are hashed and parsed on `options.threads`
-/// threads (at most the machine's cores; parsing is most of a large first index's time
-/// before its commit), their results taken in the walk's order.
-struct Changes {
-    new_chunks: Vec<(u64, Chunk)>,
-    new_symbols: Vec<(String, Definition, u64)>,
-    changed_files: Vec<(String, String)>,
-    removed: Vec<String>,
+/// Reads a run's files against the catalog's record of them (path to content hash), a slice
+/// at a time: each file hashed, and one added or changed chunked and its definitions listed.
+/// Files are read on `options.threads` threads (at most the machine's cores; parsing is most
+/// of a large first index's time before its commit), their results taken in the walk's order.
+struct Reader<'a> {
+    old_files: &'a HashMap<String, String>,
+    options: &'a IndexOptions,
+    pool: rayon::ThreadPool,
 }
 
-impl Changes {
-    /// `files` owned (a run's walk) are dropped as they are parsed, so that a large tree's text
-    /// is not held twice, in its files and in their chunks; borrowed, they are left as they are.
-    fn of<F: Borrow<SourceFile> + Send>(
-        files: impl IntoParallelIterator<Item = F> + Send,
-        old_files: &HashMap<String, String>,
-        options: &IndexOptions,
-        report: &mut IndexReport,
-    ) -> Result<Changes, IndexError> {
-        let mut changes = Changes {
-            new_chunks: Vec::new(),
-            new_symbols: Vec::new(),
-            changed_files: Vec::new(),
-            removed: Vec::new(),
-        };
-        // Each file: its path and hash, and for one added or changed, its chunks and
-        // definitions.
-        let read = |file: F| {
-            let file = file.borrow();
-            let hash = hex::encode(Sha256::digest(file.text.as_bytes()));
-            let parsed = (old_files.get(&file.path) != Some(&hash)).then(|| {
-                let (chunks, definitions) = chunk_and_define(&file.path, &file.text, &options.chunk);
-                let chunks = with_ids(chunks);
-                let symbols = holding_chunks(&chunks, definitions);
-                (chunks, symbols)
-            });
-            (file.path.clone(), hash, parsed)
-        };
+/// One file as [`Reader`] found it: its path and content hash, and where it was added or
+/// changed, its chunks (with their ids) and its definitions (with the chunk holding each).
+struct ReadFile {
+    path: String,
+    hash: String,
+    parsed: Option<Parsed>,
+}
+
+/// An added or changed file's chunks, with their ids, and its definitions, each with its path
+/// and the chunk that holds it.
+struct Parsed {
+    chunks: Vec<(u64, Chunk)>,
+    symbols: Vec<(String, Definition, u64)>,
+}
+
+impl<'a> Reader<'a> {
+    fn new(old_files: &'a HashMap<String, String>, options: &'a IndexOptions) -> Result<Reader<'a>, IndexError> {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(options.threads.clamp(1, cores))
             .thread_name(|i| format!("graft-chunk-{i}"))
             .build()
             .map_err(|e| IndexError::Invalid(format!("cannot start the chunking threads: {e}")))?;
-        let read: Vec<_> = pool.install(|| files.into_par_iter().map(read).collect());
-        let mut seen = HashSet::with_capacity(read.len());
-        for (path, hash, parsed) in read {
-            let Some((chunks, symbols)) = parsed else {
-                report.files_unchanged += 1;
-                seen.insert(path);
-                continue;
-            };
+        Ok(Reader { old_files, options, pool })
+    }
+
+    /// `files` owned (a run's walk) are dropped as they are read, so that a slice's text is
+    /// not held twice, in its files and in their chunks; borrowed, they are left as they are.
+    fn read<F: Borrow<SourceFile> + Send>(&self, files: Vec<F>) -> Vec<ReadFile> {
+        let read = |file: F| {
+            let file = file.borrow();
+            let hash = hex::encode(Sha256::digest(file.text.as_bytes()));
+            let parsed = (self.old_files.get(&file.path) != Some(&hash)).then(|| {
+                let (chunks, definitions) = chunk_and_define(&file.path, &file.text, &self.options.chunk);
+                let chunks = with_ids(chunks);
+                let symbols = holding_chunks(&chunks, definitions);
+                Parsed { chunks, symbols }
+            });
+            ReadFile {
+                path: file.path.clone(),
+                hash,
+                parsed,
+            }
+        };
+        self.pool.install(|| files.into_par_iter().map(read).collect())
+    }
+}
+
+/// A walk's files in slices of about `bytes` of text each (and at most [`SLICE_FILES`]), in
+/// the walk's order.
+fn slices<F: Borrow<SourceFile>>(files: impl IntoIterator<Item = F>, bytes: usize) -> impl Iterator<Item = Vec<F>> {
+    let mut files = files.into_iter().peekable();
+    std::iter::from_fn(move || {
+        let (mut slice, mut size) = (Vec::new(), 0);
+        while let Some(file) = files.next_if(|_| size < bytes.max(1) && slice.len() < SLICE_FILES) {
+            size += file.borrow().text.len();
+            slice.push(file);
+        }
+        (!slice.is_empty()).then_some(slice)
+    })
+}
+
+/// The files of one slice that were added or changed, with their chunks and definitions, as
+/// the catalog's writer takes them.
+#[derive(Default)]
+struct Changed {
+    /// Path and new content hash.
+    files: Vec<(String, String)>,
+    chunks: Vec<(u64, Chunk)>,
+    symbols: Vec<(String, Definition, u64)>,
+    /// How many of `chunks` each file of the slice gave, in order (none, unchanged).
+    chunk_counts: Vec<usize>,
+}
+
+impl Changed {
+    /// Takes `file` if it was added or changed, and counts it in `report` either way.
+    fn take(&mut self, file: ReadFile, old_files: &HashMap<String, String>, report: &mut IndexReport) {
+        let ReadFile { path, hash, parsed } = file;
+        if let Some(Parsed { chunks, symbols }) = parsed {
             if old_files.contains_key(&path) {
                 report.files_changed += 1;
             } else {
                 report.files_added += 1;
             }
             *report.languages.entry(language_of(&path).to_owned()).or_default() += 1;
-            changes.new_symbols.extend(symbols);
-            changes.new_chunks.extend(chunks);
-            changes.changed_files.push((path.clone(), hash));
-            seen.insert(path);
+            report.chunks_written += chunks.len();
+            report.symbols_written += symbols.len();
+            self.chunk_counts.push(chunks.len());
+            self.chunks.extend(chunks);
+            self.symbols.extend(symbols);
+            self.files.push((path, hash));
+        } else {
+            report.files_unchanged += 1;
+            self.chunk_counts.push(0);
         }
-        changes.removed = old_files.keys().filter(|p| !seen.contains(p.as_str())).cloned().collect();
-        report.files_removed = changes.removed.len();
-        Ok(changes)
+    }
+
+    /// Replaces each file's old records with its new ones.
+    fn write(&self, writer: &mut dyn CatalogWriter) -> Result<(), IndexError> {
+        for (path, hash) in &self.files {
+            writer.remove_file(path)?;
+            writer.add_file(path, hash)?;
+        }
+        for (id, chunk) in &self.chunks {
+            writer.add_chunk(*id, chunk)?;
+        }
+        for (path, definition, chunk) in &self.symbols {
+            writer.add_symbol(path, definition, *chunk)?;
+        }
+        Ok(())
     }
 }
 
@@ -467,16 +622,23 @@ pub fn embed_ahead(
     let walked = walk(repo, &options.walk)?;
     seconds.walk += watch.lap();
     let old_files = index.catalog().files()?;
-    let changes = Changes::of(walked.files.par_iter(), &old_files, options, &mut IndexReport::default())?;
-    seconds.chunk += watch.lap();
     let stored = index.store().ids()?;
-    let wanted: Vec<(u64, String)> = changes
-        .new_chunks
-        .iter()
-        .filter(|(id, _)| !stored.contains(id))
-        .take(AHEAD_MAX)
-        .map(|(id, c)| (*id, embedding_text(&c.path, &c.symbol, &c.text)))
-        .collect();
+    let reader = Reader::new(&old_files, options)?;
+    let mut wanted: Vec<(u64, String)> = Vec::new();
+    for slice in slices(&walked.files, options.slice_bytes) {
+        let chunks = reader
+            .read(slice)
+            .into_iter()
+            .filter_map(|file| file.parsed)
+            .flat_map(|parsed| parsed.chunks);
+        let new = chunks.filter(|(id, _)| !stored.contains(id));
+        wanted.extend(new.map(|(id, c)| (id, embedding_text(&c.path, &c.symbol, &c.text))));
+        if wanted.len() >= AHEAD_MAX {
+            wanted.truncate(AHEAD_MAX);
+            break;
+        }
+    }
+    seconds.chunk += watch.lap();
     progress.embedding(wanted.len());
     let mut vectors = HashMap::with_capacity(wanted.len());
     for step in wanted.chunks(AHEAD_STEP) {
@@ -538,7 +700,8 @@ fn embedding_texts(catalog: &dyn Catalog, ids: &[u64]) -> Result<Vec<(u64, Strin
         .collect())
 }
 
-/// Embeds `(id, text)` pairs in steps and stores the vectors; returns how many were stored.
+/// Embeds `(id, text)` pairs in steps (those embedded ahead taken from `ahead`) and stores the
+/// vectors; returns how many were stored. The caller flushes the store.
 fn embed_and_store(
     items: &[(u64, String)],
     embedder: &Embedder,
@@ -566,9 +729,6 @@ fn embed_and_store(
         seconds.vectors += started.elapsed().as_secs_f64();
         progress.embedded(embedded);
     }
-    let started = Instant::now();
-    store.flush()?;
-    seconds.vectors += started.elapsed().as_secs_f64();
     Ok(items.len())
 }
 

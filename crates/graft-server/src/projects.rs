@@ -182,14 +182,22 @@ impl Project {
     }
 }
 
-/// A re-index's progress as log lines: the files found, then every tenth of the embedding;
-/// and whether the server is shutting down.
+/// A re-index's progress as log lines: the files found, every tenth of them read before the
+/// last (a large repository's), then every tenth of the embedding; and whether the server is
+/// shutting down.
 struct LogProgress {
     slot: Arc<IndexSlot>,
     /// [`Projects::stop_indexing`]'s flag.
     stop: Arc<AtomicBool>,
+    files: AtomicUsize,
+    files_read: AtomicUsize,
     total: AtomicUsize,
     done: AtomicUsize,
+}
+
+/// How many tenths of `total` `done` is.
+fn tenths(done: usize, total: usize) -> usize {
+    (done * 10).checked_div(total).unwrap_or(0)
 }
 
 impl LogProgress {
@@ -197,6 +205,8 @@ impl LogProgress {
         LogProgress {
             slot: Arc::clone(slot),
             stop: Arc::clone(stop),
+            files: AtomicUsize::new(0),
+            files_read: AtomicUsize::new(0),
             total: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
         }
@@ -206,6 +216,18 @@ impl LogProgress {
 impl IndexProgress for LogProgress {
     fn walked(&self, files: usize) {
         tracing::info!(project = %self.slot.owner, files, "indexing: repository walked");
+    }
+
+    fn reading(&self, files: usize) {
+        self.files.store(files, Ordering::Relaxed);
+    }
+
+    fn read(&self, n: usize) {
+        let files = self.files.load(Ordering::Relaxed);
+        let before = self.files_read.fetch_add(n, Ordering::Relaxed);
+        if before + n < files && tenths(before + n, files) > tenths(before, files) {
+            tracing::info!(project = %self.slot.owner, read = before + n, of = files, "indexing: reading files");
+        }
     }
 
     fn embedding(&self, chunks: usize) {
@@ -218,8 +240,7 @@ impl IndexProgress for LogProgress {
     fn embedded(&self, n: usize) {
         let total = self.total.load(Ordering::Relaxed);
         let before = self.done.fetch_add(n, Ordering::Relaxed);
-        let tenth = |done: usize| (done * 10).checked_div(total).unwrap_or(0);
-        if tenth(before + n) > tenth(before) {
+        if tenths(before + n, total) > tenths(before, total) {
             tracing::info!(project = %self.slot.owner, embedded = before + n, of = total, "indexing: embedding");
         }
         // Counts down what a run embeds after its commit (none pending otherwise).

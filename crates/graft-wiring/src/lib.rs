@@ -191,6 +191,7 @@ pub fn index_options(config: &Config) -> IndexOptions {
         backend: backend(config),
         // A server's runs ask for it themselves; `graft index` commits complete indexes.
         embed_after_commit: false,
+        ..IndexOptions::default()
     }
 }
 

@@ -276,6 +276,17 @@ impl IndexProgress for BarProgress {
         }
     }
 
+    fn reading(&self, files: usize) {
+        if self.quiet || files == 0 {
+            return;
+        }
+        self.steps.start(progress::Steps::new(files as u64, "files", "  indexing", false));
+    }
+
+    fn read(&self, n: usize) {
+        self.steps.inc(n as u64);
+    }
+
     fn embedding(&self, chunks: usize) {
         if self.quiet || chunks == 0 {
             return;
