@@ -1,9 +1,9 @@
 //! One indexing run: walk → then a slice of files at a time ([`SLICE_BYTES`] of text): diff
 //! against the catalog → chunk the changed files → embed the chunks that have no vector yet →
 //! store vectors → hand the records to the catalog's writer → then one commit of the catalog →
-//! drop stale vectors. A run holds one slice's chunks, not the repository's (the walk holds
-//! the files' text until each slice takes its part; a Qdrant server's catalog keeps a run's
-//! records until its commit).
+//! drop stale vectors. The walk only lists the files ([`crate::walk::list`]); each slice reads
+//! its own. So a run holds one slice's text and chunks, never the repository's, whatever its
+//! size (but for a Qdrant server's catalog, which keeps a run's records until its commit).
 //!
 //! The order is what makes a run safe to kill at any moment (`kill -9` included):
 //! 1. new vectors are written first, under ids derived from the chunk's content, so they can
@@ -25,7 +25,6 @@
 //! joins the searches as it is stored. Either way a run asked to stop
 //! ([`IndexProgress::should_stop`]) stops between two steps, as safely as a kill.
 
-use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
@@ -44,7 +43,7 @@ use crate::layout::{IndexLayout, Meta, CATALOG_FORMAT};
 use crate::search::ProjectIndex;
 use crate::symbols::Definition;
 use crate::vectors::{self, Backend};
-use crate::walk::{walk, SkipReason, SourceFile, Walk, WalkOptions};
+use crate::walk::{list, Listed, Skip, SkipReason, Walk, WalkOptions};
 
 /// Chunks embedded and stored per step (bounds memory and makes progress visible).
 const EMBED_STEP: usize = 256;
@@ -204,9 +203,9 @@ pub struct IndexReport {
 /// Where a run's time went, in seconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PhaseSeconds {
-    /// Walking the tree and reading files.
+    /// Walking the tree: listing its files.
     pub walk: f64,
-    /// Hashing and chunking changed files.
+    /// Reading and hashing the files, and chunking the changed ones.
     pub chunk: f64,
     /// Running the embedding model.
     pub embed: f64,
@@ -283,7 +282,7 @@ pub fn index_repository_with(
     let mut seconds = ahead_seconds;
     let walked = match walked {
         Some(walked) => walked,
-        None => walk(&repo, &options.walk)?,
+        None => list(&repo, &options.walk)?,
     };
     seconds.walk += watch.lap();
     report.files_seen = walked.files.len() + walked.skipped_total();
@@ -310,13 +309,15 @@ pub fn index_repository_with(
     let mut writer = None;
     let mut seen = HashSet::with_capacity(walked.files.len());
     progress.reading(walked.files.len());
-    for slice in slices(walked.files, options.slice_bytes) {
+    for slice in slices(&walked.files, options.slice_bytes) {
         if progress.should_stop() {
             return Err(IndexError::Stopped);
         }
         let mut changed = Changed::default();
-        for file in reader.read(slice) {
-            seen.insert(file.path.clone());
+        for file in reader.read(slice, &walked) {
+            if let ReadFile::Unchanged { path } | ReadFile::Changed { path, .. } = &file {
+                seen.insert(path.clone());
+            }
             changed.take(file, &old_files, &mut report);
         }
         seconds.chunk += watch.lap();
@@ -467,12 +468,14 @@ struct Reader<'a> {
     pool: rayon::ThreadPool,
 }
 
-/// One file as [`Reader`] found it: its path and content hash, and where it was added or
-/// changed, its chunks (with their ids) and its definitions (with the chunk holding each).
-struct ReadFile {
-    path: String,
-    hash: String,
-    parsed: Option<Parsed>,
+/// One file as [`Reader`] found it.
+enum ReadFile {
+    /// Left out once read (not text, minified, ...: [`Walk::read`]).
+    Skipped(Skip),
+    /// As the catalog has it.
+    Unchanged { path: String },
+    /// Added or changed: its new content hash, chunks and definitions.
+    Changed { path: String, hash: String, parsed: Parsed },
 }
 
 /// An added or changed file's chunks, with their ids, and its definitions, each with its path
@@ -493,38 +496,42 @@ impl<'a> Reader<'a> {
         Ok(Reader { old_files, options, pool })
     }
 
-    /// `files` owned (a run's walk) are dropped as they are read, so that a slice's text is
-    /// not held twice, in its files and in their chunks; borrowed, they are left as they are.
-    fn read<F: Borrow<SourceFile> + Send>(&self, files: Vec<F>) -> Vec<ReadFile> {
-        let read = |file: F| {
-            let file = file.borrow();
+    /// Reads `files` of `listing`; each file's text is let go once it is chunked.
+    fn read(&self, files: &[Listed], listing: &Walk<Listed>) -> Vec<ReadFile> {
+        let read = |listed: &Listed| {
+            let file = match listing.read(listed, &self.options.walk) {
+                Ok(file) => file,
+                Err(skip) => return ReadFile::Skipped(skip),
+            };
             let hash = hex::encode(Sha256::digest(file.text.as_bytes()));
-            let parsed = (self.old_files.get(&file.path) != Some(&hash)).then(|| {
-                let (chunks, definitions) = chunk_and_define(&file.path, &file.text, &self.options.chunk);
-                let chunks = with_ids(chunks);
-                let symbols = holding_chunks(&chunks, definitions);
-                Parsed { chunks, symbols }
-            });
-            ReadFile {
-                path: file.path.clone(),
+            if self.old_files.get(&file.path) == Some(&hash) {
+                return ReadFile::Unchanged { path: file.path };
+            }
+            let (chunks, definitions) = chunk_and_define(&file.path, &file.text, &self.options.chunk);
+            let chunks = with_ids(chunks);
+            let symbols = holding_chunks(&chunks, definitions);
+            ReadFile::Changed {
+                path: file.path,
                 hash,
-                parsed,
+                parsed: Parsed { chunks, symbols },
             }
         };
-        self.pool.install(|| files.into_par_iter().map(read).collect())
+        self.pool.install(|| files.par_iter().map(read).collect())
     }
 }
 
-/// A walk's files in slices of about `bytes` of text each (and at most [`SLICE_FILES`]), in
-/// the walk's order.
-fn slices<F: Borrow<SourceFile>>(files: impl IntoIterator<Item = F>, bytes: usize) -> impl Iterator<Item = Vec<F>> {
-    let mut files = files.into_iter().peekable();
+/// A listing's files in slices of about `bytes` each (and at most [`SLICE_FILES`]), in its
+/// order.
+fn slices(files: &[Listed], bytes: usize) -> impl Iterator<Item = &[Listed]> {
+    let mut rest = files;
     std::iter::from_fn(move || {
-        let (mut slice, mut size) = (Vec::new(), 0);
-        while let Some(file) = files.next_if(|_| size < bytes.max(1) && slice.len() < SLICE_FILES) {
-            size += file.borrow().text.len();
-            slice.push(file);
+        let (mut n, mut size) = (0, 0);
+        while n < rest.len() && n < SLICE_FILES && size < bytes.max(1) as u64 {
+            size += rest[n].bytes;
+            n += 1;
         }
+        let (slice, after) = rest.split_at(n);
+        rest = after;
         (!slice.is_empty()).then_some(slice)
     })
 }
@@ -542,26 +549,34 @@ struct Changed {
 }
 
 impl Changed {
-    /// Takes `file` if it was added or changed, and counts it in `report` either way.
+    /// Takes `file` if it was added or changed, and counts it in `report` whatever it was.
     fn take(&mut self, file: ReadFile, old_files: &HashMap<String, String>, report: &mut IndexReport) {
-        let ReadFile { path, hash, parsed } = file;
-        if let Some(Parsed { chunks, symbols }) = parsed {
-            if old_files.contains_key(&path) {
-                report.files_changed += 1;
-            } else {
-                report.files_added += 1;
+        let (path, hash, Parsed { chunks, symbols }) = match file {
+            ReadFile::Changed { path, hash, parsed } => (path, hash, parsed),
+            ReadFile::Unchanged { .. } => {
+                report.files_unchanged += 1;
+                self.chunk_counts.push(0);
+                return;
             }
-            *report.languages.entry(language_of(&path).to_owned()).or_default() += 1;
-            report.chunks_written += chunks.len();
-            report.symbols_written += symbols.len();
-            self.chunk_counts.push(chunks.len());
-            self.chunks.extend(chunks);
-            self.symbols.extend(symbols);
-            self.files.push((path, hash));
+            ReadFile::Skipped((reason, problem)) => {
+                *report.skipped.entry(reason.as_str().to_owned()).or_default() += 1;
+                report.problems.extend(problem);
+                self.chunk_counts.push(0);
+                return;
+            }
+        };
+        if old_files.contains_key(&path) {
+            report.files_changed += 1;
         } else {
-            report.files_unchanged += 1;
-            self.chunk_counts.push(0);
+            report.files_added += 1;
         }
+        *report.languages.entry(language_of(&path).to_owned()).or_default() += 1;
+        report.chunks_written += chunks.len();
+        report.symbols_written += symbols.len();
+        self.chunk_counts.push(chunks.len());
+        self.chunks.extend(chunks);
+        self.symbols.extend(symbols);
+        self.files.push((path, hash));
     }
 
     /// Replaces each file's old records with its new ones.
@@ -587,7 +602,7 @@ impl Changed {
 #[derive(Debug, Default)]
 pub struct Ahead {
     vectors: HashMap<u64, Vec<f32>>,
-    walked: Option<Walk>,
+    walked: Option<Walk<Listed>>,
     /// Where its time went (`total`: all of it), added to the run's.
     seconds: PhaseSeconds,
 }
@@ -619,18 +634,17 @@ pub fn embed_ahead(
     let started = Instant::now();
     let mut watch = Stopwatch(started);
     let mut seconds = PhaseSeconds::default();
-    let walked = walk(repo, &options.walk)?;
+    let walked = list(repo, &options.walk)?;
     seconds.walk += watch.lap();
     let old_files = index.catalog().files()?;
     let stored = index.store().ids()?;
     let reader = Reader::new(&old_files, options)?;
     let mut wanted: Vec<(u64, String)> = Vec::new();
     for slice in slices(&walked.files, options.slice_bytes) {
-        let chunks = reader
-            .read(slice)
-            .into_iter()
-            .filter_map(|file| file.parsed)
-            .flat_map(|parsed| parsed.chunks);
+        let chunks = reader.read(slice, &walked).into_iter().flat_map(|file| match file {
+            ReadFile::Changed { parsed, .. } => parsed.chunks,
+            ReadFile::Unchanged { .. } | ReadFile::Skipped(_) => Vec::new(),
+        });
         let new = chunks.filter(|(id, _)| !stored.contains(id));
         wanted.extend(new.map(|(id, c)| (id, embedding_text(&c.path, &c.symbol, &c.text))));
         if wanted.len() >= AHEAD_MAX {

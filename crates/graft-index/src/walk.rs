@@ -4,6 +4,9 @@
 //! ripgrep does) plus excludes from config, and filters out what would only add noise:
 //! binary, generated, vendored, minified and huge files. Every skip is counted by reason, so a
 //! user can see why a file is not in the index. This module reads files; it does not chunk them.
+//! [`list`] lists the files by their names and places alone, for a reader that reads each file
+//! when it needs it ([`Walk::read`]; an index run, which holds no more than a slice of a
+//! repository's text at a time); [`walk`] lists and reads them all.
 //!
 //! Symbolic links: a link whose target lies outside the walked root is never followed, and
 //! every file is read through [`graft_core::confine`], which checks where the opened file
@@ -105,29 +108,93 @@ impl SourceFile {
     }
 }
 
-/// The result of a walk.
-#[derive(Debug, Default)]
-pub struct Walk {
-    pub files: Vec<SourceFile>,
+/// A file [`list`] kept, not read yet.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// Path relative to the walked root, with `/` separators.
+    pub path: String,
+    /// Its size when it was listed, in bytes.
+    pub bytes: u64,
+    /// Where the walk found it (the root joined with `path`).
+    location: PathBuf,
+}
+
+/// Why a file is left out, and for one that could not be read, what happened.
+pub type Skip = (SkipReason, Option<String>);
+
+/// The result of a walk: the files kept, read ([`walk`]: [`SourceFile`]) or listed ([`list`]:
+/// [`Listed`]), and those left out.
+#[derive(Debug)]
+pub struct Walk<F = SourceFile> {
+    pub files: Vec<F>,
     /// Skipped files by reason.
     pub skipped: BTreeMap<SkipReason, usize>,
-    /// Each skipped file whose path is known (relative, `/`), with its reason, in walk
-    /// order: what a dataset's manifest lists.
+    /// Each skipped file whose path is known (relative, `/`), with its reason, those left out
+    /// by their names or places first, then those left out when read, each in walk order:
+    /// what a dataset's manifest lists.
     pub skipped_files: Vec<(String, SkipReason)>,
     /// One line per file that could not be read, for the log.
     pub problems: Vec<String>,
+    /// The walked root's real path.
+    pub root: PathBuf,
 }
 
-impl Walk {
+impl<F> Default for Walk<F> {
+    fn default() -> Self {
+        Walk {
+            files: Vec::new(),
+            skipped: BTreeMap::new(),
+            skipped_files: Vec::new(),
+            problems: Vec::new(),
+            root: PathBuf::new(),
+        }
+    }
+}
+
+impl<F> Walk<F> {
+    /// Its files, and the same walk holding `files` instead.
+    pub fn holding<G>(self, files: Vec<G>) -> (Vec<F>, Walk<G>) {
+        let Walk {
+            files: held,
+            skipped,
+            skipped_files,
+            problems,
+            root,
+        } = self;
+        let walk = Walk {
+            files,
+            skipped,
+            skipped_files,
+            problems,
+            root,
+        };
+        (held, walk)
+    }
+
     pub fn skipped_total(&self) -> usize {
         self.skipped.values().sum()
     }
 
-    fn skip(&mut self, reason: SkipReason, path: Option<String>) {
+    /// Counts a file left out (`path`, where known) and what happened, where said.
+    pub fn skip(&mut self, reason: SkipReason, path: Option<String>, problem: Option<String>) {
         *self.skipped.entry(reason).or_default() += 1;
         if let Some(path) = path {
             self.skipped_files.push((path, reason));
         }
+        self.problems.extend(problem);
+    }
+}
+
+impl Walk<Listed> {
+    /// Reads a file this listing kept, or says why it is left out: not text, empty, minified,
+    /// marked as generated, larger than `options.max_file_bytes`, unreadable, or (a file
+    /// swapped for a link since it was listed) out of the repository.
+    pub fn read(&self, file: &Listed, options: &WalkOptions) -> Result<SourceFile, Skip> {
+        let text = read_source(&file.location, &file.path, &self.root, options)?;
+        Ok(SourceFile {
+            path: file.path.clone(),
+            text,
+        })
     }
 }
 
@@ -187,12 +254,30 @@ const GENERATED_MARKERS: &[&str] = &[
 
 /// Walks `root` and reads every file worth indexing.
 pub fn walk(root: &Path, options: &WalkOptions) -> Result<Walk, WalkError> {
+    let (listed, mut result) = list(root, options)?.holding(Vec::new());
+    for file in listed {
+        match read_source(&file.location, &file.path, &result.root, options) {
+            Ok(text) => result.files.push(SourceFile { path: file.path, text }),
+            Err((reason, problem)) => result.skip(reason, Some(file.path), problem),
+        }
+    }
+    Ok(result)
+}
+
+/// Walks `root` and lists every file worth looking at, by its name and place alone: ignored,
+/// hidden, vendored and generated-by-name files, links out of the repository and second paths
+/// to one file are left out; what each kept file holds is for [`Walk::read`] to judge. In
+/// path order.
+pub fn list(root: &Path, options: &WalkOptions) -> Result<Walk<Listed>, WalkError> {
     let Walker {
         entries: walker,
         real_root,
         links_out,
     } = walker(root, options)?;
-    let mut result = Walk::default();
+    let mut result = Walk {
+        root: real_root.clone(),
+        ..Walk::default()
+    };
     // Each kept file's real path, to keep a file reached through several paths once.
     let mut kept: Vec<(PathBuf, bool)> = Vec::new();
     for entry in walker {
@@ -200,8 +285,7 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<Walk, WalkError> {
             Ok(entry) => entry,
             Err(e) => {
                 // Symlink loops, permission errors, broken links.
-                result.skip(SkipReason::Unreadable, None);
-                result.problems.push(e.to_string());
+                result.skip(SkipReason::Unreadable, None, Some(e.to_string()));
                 continue;
             }
         };
@@ -210,27 +294,30 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<Walk, WalkError> {
         }
         let path = entry.path();
         let relative = relative_path(root, path);
-        match read_source(path, &relative, &real_root, options) {
-            Ok((text, real)) => {
-                // Seen at its own path (no link on the way) or through a link.
-                let direct = real == real_root.join(&relative);
-                result.files.push(SourceFile { path: relative, text });
-                kept.push((real, direct));
-            }
-            Err((reason, problem)) => {
-                result.skip(reason, Some(relative));
-                if let Some(problem) = problem {
-                    result.problems.push(problem);
-                }
-            }
+        if let Some(reason) = skipped_by_name(&relative) {
+            result.skip(reason, Some(relative), None);
+            continue;
         }
+        let real = match path.canonicalize() {
+            Ok(real) => real,
+            Err(e) => {
+                result.skip(SkipReason::Unreadable, Some(relative.clone()), Some(format!("{relative}: {e}")));
+                continue;
+            }
+        };
+        // Seen at its own path (no link on the way) or through a link.
+        let direct = real == real_root.join(&relative);
+        result.files.push(Listed {
+            bytes: entry.metadata().map_or(0, |m| m.len()),
+            path: relative,
+            location: path.to_owned(),
+        });
+        kept.push((real, direct));
     }
     for link in links_out.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
         let relative = relative_path(root, &link);
-        result
-            .problems
-            .push(format!("{relative}: a symbolic link out of the repository, not followed"));
-        result.skip(SkipReason::OutsideRepository, Some(relative));
+        let problem = format!("{relative}: a symbolic link out of the repository, not followed");
+        result.skip(SkipReason::OutsideRepository, Some(relative), Some(problem));
     }
     result.drop_linked_copies(kept);
     result.files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -347,7 +434,7 @@ fn walker(root: &Path, options: &WalkOptions) -> Result<Walker, WalkError> {
     })
 }
 
-impl Walk {
+impl Walk<Listed> {
     /// Keeps one path per real file: the direct one if the walk saw it, else the first in
     /// path order. `kept[i]` is `files[i]`'s real path and whether it was reached directly.
     fn drop_linked_copies(&mut self, kept: Vec<(PathBuf, bool)>) {
@@ -369,7 +456,7 @@ impl Walk {
         let mut keep = keep.into_iter();
         self.files.retain(|_| keep.next().unwrap_or(true));
         for path in copies {
-            self.skip(SkipReason::LinkedCopy, Some(path));
+            self.skip(SkipReason::LinkedCopy, Some(path), None);
         }
     }
 }
@@ -383,17 +470,21 @@ fn relative_path(root: &Path, path: &Path) -> String {
         .join("/")
 }
 
-/// Reads one file (and says where it really is), or says why it is skipped (and, for a read
-/// failure, what happened).
-fn read_source(path: &Path, relative: &str, root: &Path, options: &WalkOptions) -> Result<(String, PathBuf), (SkipReason, Option<String>)> {
+/// Why a file is left out for its path alone (vendored, or generated by its name), if it is.
+fn skipped_by_name(relative: &str) -> Option<SkipReason> {
     let mut parts = relative.rsplit('/');
     let name = parts.next().unwrap_or(relative);
     if parts.any(|dir| VENDORED_DIRS.contains(&dir)) {
-        return Err((SkipReason::Vendored, None));
+        return Some(SkipReason::Vendored);
     }
     if GENERATED_NAMES.contains(&name) || GENERATED_SUFFIXES.iter().any(|s| name.ends_with(s)) {
-        return Err((SkipReason::Generated, None));
+        return Some(SkipReason::Generated);
     }
+    None
+}
+
+/// Reads one file, or says why it is skipped (and, for a read failure, what happened).
+fn read_source(path: &Path, relative: &str, root: &Path, options: &WalkOptions) -> Result<String, Skip> {
     let file = confine::read_confined(path, &[root], options.max_file_bytes).map_err(|e| match e {
         ConfineError::TooLarge { .. } => (SkipReason::Huge, None),
         ConfineError::Outside { .. } => (
@@ -403,7 +494,7 @@ fn read_source(path: &Path, relative: &str, root: &Path, options: &WalkOptions) 
         ConfineError::NotAFile { kind, .. } => (SkipReason::Unreadable, Some(format!("{relative}: {kind}, not read"))),
         ConfineError::Io { source, .. } => (SkipReason::Unreadable, Some(format!("{relative}: {source}"))),
     })?;
-    let (bytes, real) = (file.bytes, file.real);
+    let bytes = file.bytes;
     if bytes.contains(&0) {
         return Err((SkipReason::Binary, None));
     }
@@ -418,7 +509,7 @@ fn read_source(path: &Path, relative: &str, root: &Path, options: &WalkOptions) 
     if GENERATED_MARKERS.iter().any(|m| head.contains(m)) {
         return Err((SkipReason::Generated, None));
     }
-    Ok((text, real))
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -471,6 +562,58 @@ mod tests {
         assert_ne!(renamed, added);
         std::fs::remove_file(root.join("src/renamed.rs")).unwrap();
         assert_eq!(stamp(), touched, "back to the files it had");
+    }
+
+    #[test]
+    fn a_listing_judges_names_at_once_and_contents_when_each_file_is_read() {
+        let dir = tree(&["src/main.rs", "vendor/dep.rs", "Cargo.lock", "web/app.min.js"]);
+        let root = dir.path();
+        std::fs::write(root.join("logo.rs"), [0x89, b'P', b'N', b'G', 0, 1]).unwrap();
+        std::fs::write(root.join("bundle.js"), format!("var a={};\n", "1+".repeat(2000))).unwrap();
+        std::fs::write(root.join("gen.rs"), "// Code generated by a tool. DO NOT EDIT.\nfn x() {}\n").unwrap();
+        let options = WalkOptions::default();
+
+        let listing = list(root, &options).unwrap();
+        let listed: Vec<(&str, u64)> = listing.files.iter().map(|f| (f.path.as_str(), f.bytes)).collect();
+        assert_eq!(
+            listed,
+            [("bundle.js", 4008), ("gen.rs", 52), ("logo.rs", 6), ("src/main.rs", 23)],
+            "only names and places judged: {listing:?}"
+        );
+        assert_eq!(listing.skipped.get(&SkipReason::Vendored), Some(&1));
+        assert_eq!(listing.skipped.get(&SkipReason::Generated), Some(&2), "Cargo.lock, *.min.js");
+        let read: Vec<Result<String, SkipReason>> = listing
+            .files
+            .iter()
+            .map(|f| listing.read(f, &options).map(|f| f.text).map_err(|(reason, _)| reason))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                Err(SkipReason::Minified),
+                Err(SkipReason::Generated),
+                Err(SkipReason::Binary),
+                Ok("content of src/main.rs\n".to_owned())
+            ]
+        );
+
+        // A walk is the listing with every file read.
+        let walk = walk(root, &options).unwrap();
+        assert_eq!(paths(&walk), ["src/main.rs"]);
+        let counts: Vec<(SkipReason, usize)> = walk.skipped.into_iter().collect();
+        assert_eq!(
+            counts,
+            [
+                (SkipReason::Binary, 1),
+                (SkipReason::Generated, 3),
+                (SkipReason::Vendored, 1),
+                (SkipReason::Minified, 1)
+            ]
+        );
+        // A file changed after the listing is judged as it is when read.
+        std::fs::write(root.join("logo.rs"), "fn logo() {}\n").unwrap();
+        let logo = listing.files.iter().find(|f| f.path == "logo.rs").unwrap();
+        assert_eq!(listing.read(logo, &options).unwrap().text, "fn logo() {}\n");
     }
 
     #[test]
