@@ -9,6 +9,7 @@
 //! - [`split`]: a repository's held-out files, the one split the evaluation's golden set and
 //!   the dataset for training both obey; [`random`]: the seeded choices behind it.
 //! - [`remote`]: a repository's git remotes, and remote URLs compared as one repository's.
+//! - [`memory`]: the memory a finished piece of work freed given back to the system.
 //!
 //! This crate holds descriptions and shared types only: no models, no network, no I/O beyond
 //! reading the config file, [`confine`]'s guarded reads, and the split file (and `git` for a
@@ -20,6 +21,7 @@ pub mod confine;
 pub mod cpu;
 pub mod cuda;
 pub mod keys;
+pub mod memory;
 pub mod random;
 pub mod reload;
 pub mod remote;

@@ -625,6 +625,8 @@ impl Projects {
             let report = index_repository_with(&writer.config.path, &slot.layout, &run_embedder, &options, &progress, ahead);
             // Hits remembered from the old index may name code that changed or went.
             slot.sticky.clear();
+            // What the run held (a large first index: hundreds of MB) back to the system.
+            graft_core::memory::give_back();
             (report, guard)
         })
         .await
@@ -662,7 +664,9 @@ impl Projects {
         let embedding = EmbeddingNow::start(&self.embedding_now);
         let embedded = tokio::task::spawn_blocking(move || {
             let (_guard, _embedding) = (guard, embedding);
-            embed_missing(&index, &embedder, &progress)
+            let embedded = embed_missing(&index, &embedder, &progress);
+            graft_core::memory::give_back();
+            embedded
         })
         .await
         .map_err(|e| IndexError::Invalid(format!("the embedding task failed: {e}")));
