@@ -5,7 +5,8 @@
 //! still in use) a server's resident memory stays near the run's peak for as long as it
 //! serves. [`give_back`] asks the allocator to return its free pages; it is cheap enough to
 //! call after each run (milliseconds), never per request. Elsewhere than glibc it does
-//! nothing.
+//! nothing. [`resident_bytes`] and [`peak_bytes`] say how much a process holds, for the
+//! benchmarks that report it.
 
 /// Returns the allocator's free memory to the system (glibc's `malloc_trim`); says whether any
 /// was returned.
@@ -31,6 +32,21 @@ pub fn resident_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page).ok()?)
 }
 
+/// The most resident memory this process has held since it started, or since
+/// [`reset_peak`] (Linux: `VmHWM` in `/proc/self/status`).
+pub fn peak_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Starts [`peak_bytes`] again from the resident memory now (Linux: `/proc/self/clear_refs`);
+/// says whether it could.
+pub fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +70,12 @@ mod tests {
         );
         assert_eq!(kept.len(), 3125);
         assert!(kept.iter().all(|b| b.len() == 1000));
+        // The peak remembers the 200 MB until it is reset (the kernel's counts lag by a few
+        // pages).
+        let peak = peak_bytes().expect("peak memory");
+        assert!(peak + 4 * 1024 * 1024 >= full, "{peak} < {full}");
+        assert!(reset_peak());
+        let reset = peak_bytes().expect("peak memory");
+        assert!(reset + 100 * 1024 * 1024 < peak, "{reset} after {peak}");
     }
 }

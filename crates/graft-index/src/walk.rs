@@ -153,7 +153,7 @@ impl<F> Default for Walk<F> {
 
 impl<F> Walk<F> {
     /// Its files, and the same walk holding `files` instead.
-    pub fn holding<G>(self, files: Vec<G>) -> (Vec<F>, Walk<G>) {
+    fn holding<G>(self, files: Vec<G>) -> (Vec<F>, Walk<G>) {
         let Walk {
             files: held,
             skipped,
@@ -176,7 +176,7 @@ impl<F> Walk<F> {
     }
 
     /// Counts a file left out (`path`, where known) and what happened, where said.
-    pub fn skip(&mut self, reason: SkipReason, path: Option<String>, problem: Option<String>) {
+    fn skip(&mut self, reason: SkipReason, path: Option<String>, problem: Option<String>) {
         *self.skipped.entry(reason).or_default() += 1;
         if let Some(path) = path {
             self.skipped_files.push((path, reason));

@@ -240,6 +240,10 @@ fn bench_index_measures_each_search_mode_and_each_language() {
     let args = ["bench", "index", "--queries", "10", "--quality-queries", "40"];
     let figures = json(&run_ok(graft(&config, &args).arg(&tree).arg("--json")));
     assert!(figures["files_indexed"].as_u64().unwrap() >= 36, "{figures}");
+    // The process holds the embedding model (tens of MB) before the index, and more during it.
+    let before = figures["resident_mb_before_index"].as_f64().unwrap();
+    let peak = figures["peak_resident_mb_first_index"].as_f64().unwrap();
+    assert!(before > 20.0 && peak >= before && peak < 4096.0, "{figures}");
     let quality = figures["quality"].as_array().unwrap();
     let modes: Vec<&str> = quality.iter().map(|q| q["mode"].as_str().unwrap()).collect();
     assert_eq!(modes, ["keyword", "vector", "hybrid", "keyword + lookup", "hybrid + lookup"]);
@@ -261,6 +265,7 @@ fn bench_index_measures_each_search_mode_and_each_language() {
 
     let text = run_ok(graft(&config, &args).arg(&tree));
     let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("MB at its peak"), "{text}");
     assert!(text.contains("keyword + lookup   recall@1"), "{text}");
     assert!(text.contains("hybrid + lookup    recall@1"), "{text}");
     assert!(text.contains("    kotlin           recall@1"), "{text}");

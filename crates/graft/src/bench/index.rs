@@ -7,8 +7,8 @@
 //! (`graft_eval::retrieval`) in each mode and with definition lookup (by keyword alone, as
 //! while a first index's vectors are embedded, and hybrid), recall@1/@5 and MRR of the
 //! defining file (hybrid lookup's by the language queries come from, in a tree of several).
-//! Prints throughput, latency percentiles and quality; it asserts nothing (targets live in
-//! the figures, not in tests).
+//! Prints throughput, the resident memory before and at the peak of the first index, latency
+//! percentiles and quality; it asserts nothing (targets live in the figures, not in tests).
 //!
 //! The vectors go where the config says: the embedded engine, or a Qdrant server or cluster
 //! (`index.qdrant_url`), in a collection named for `bench` that is emptied before and removed
@@ -53,6 +53,7 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
     reset()?;
     let Figures {
         load,
+        memory,
         first,
         again,
         latencies,
@@ -82,6 +83,8 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
             "path": args.path,
             "vectors": backend,
             "model_load_seconds": load.as_secs_f64(),
+            "resident_mb_before_index": memory.before.map(megabytes),
+            "peak_resident_mb_first_index": memory.peak.map(megabytes),
             "files_indexed": first.files_indexed,
             "files_skipped": first.skipped.values().sum::<usize>(),
             "chunks": first.chunks,
@@ -126,6 +129,13 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
     );
     println!("  chunks / embeddings    {:>10} / {}", first.chunks, first.embeddings);
     println!("  full index             {:>10.2} s", secs);
+    if let (Some(before), Some(peak)) = (memory.before, memory.peak) {
+        println!(
+            "  resident memory        {:>10.0} MB before it, {:.0} MB at its peak",
+            megabytes(before),
+            megabytes(peak)
+        );
+    }
     println!(
         "    of which embedding   {:>10.2} s, vectors stored {:.2} s, keyword index {:.2} s",
         first.seconds.embed, first.seconds.vectors, first.seconds.catalog
@@ -182,6 +192,7 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
 struct Figures {
     /// The embedding model's load time.
     load: Duration,
+    memory: Memory,
     /// The first run, and the second over the unchanged tree.
     first: IndexReport,
     again: IndexReport,
@@ -194,13 +205,31 @@ struct Figures {
     across_languages: usize,
 }
 
+/// The process's resident memory around the first index (none where the system does not say).
+struct Memory {
+    /// Before it (the embedding model loaded).
+    before: Option<u64>,
+    /// At its peak during it.
+    peak: Option<u64>,
+}
+
+fn megabytes(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
 /// Indexes twice, then times searches and measures retrieval quality.
 fn measure(args: &BenchIndexArgs, config: &graft_core::Config, layout: &IndexLayout, options: &IndexOptions) -> Result<Figures> {
     let started = Instant::now();
     let embedder = index::load_embedder(config)?;
     let load = started.elapsed();
     eprintln!("indexing {} ...", args.path.display());
+    let before = graft_core::memory::resident_bytes();
+    let peak_known = graft_core::memory::reset_peak();
     let first = index_repository(&args.path, layout, &embedder, options, &Quiet)?;
+    let memory = Memory {
+        before,
+        peak: graft_core::memory::peak_bytes().filter(|_| peak_known),
+    };
     let again = index_repository(&args.path, layout, &embedder, options, &Quiet)?;
 
     let project = ProjectIndex::open_with("bench", layout, &options.backend)?;
@@ -224,6 +253,7 @@ fn measure(args: &BenchIndexArgs, config: &graft_core::Config, layout: &IndexLay
     let (quality, across_languages) = quality(args, config, &files, &project, &embedder)?;
     Ok(Figures {
         load,
+        memory,
         first,
         again,
         latencies,
