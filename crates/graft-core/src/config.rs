@@ -343,10 +343,10 @@ pub struct IndexConfig {
     pub embedding_model: EmbeddingModel,
     /// Tokens of a chunk the embedding model reads; the rest is cut. Embedding time grows with it.
     pub embedding_max_tokens: usize,
-    /// Threads for embedding and for parsing and chunking files (at most the machine's
-    /// cores), and for the keyword index (at most 8).
+    /// Threads for embedding and for reading, parsing and chunking files (at most the
+    /// machine's cores), and for the keyword index (at most 8).
     pub threads: usize,
-    /// Chunks per embedding batch.
+    /// Chunks per embedding batch (small batches are faster on a CPU and hold less memory).
     pub batch_size: usize,
     /// Results a search returns when not told otherwise.
     pub top_k: usize,
@@ -382,7 +382,7 @@ impl Default for IndexConfig {
             embedding_model: EmbeddingModel::Kit("minilm-l6-v2".to_owned()),
             embedding_max_tokens: 128,
             threads: 2,
-            batch_size: 64,
+            batch_size: 8,
             top_k: 10,
             per_file: 2,
             vector_weight: 0.5,
