@@ -174,6 +174,21 @@ fn results_carry_location_symbol_and_text_and_respect_the_per_file_cap() {
     assert!(refused.is_err(), "vectors that count need the model");
 }
 
+/// Edits one file of the polyglot fixture (storage/sync.go gains `MirrorQuota`), adds one
+/// (web/featureFlags.ts, `isFeatureEnabled`) and deletes one (auth/SessionManager.java).
+fn edit_add_delete(repo: &Path) {
+    let sync = repo.join("storage/sync.go");
+    let edited = std::fs::read_to_string(&sync).unwrap()
+        + "\n// MirrorQuota caps how many chunks one mirror may use.\nconst MirrorQuota = 1 << 16\n";
+    std::fs::write(&sync, edited).unwrap();
+    std::fs::write(
+        repo.join("web/featureFlags.ts"),
+        "export function isFeatureEnabled(flag: string, flags: Set<string>): boolean {\n  return flags.has(flag);\n}\n",
+    )
+    .unwrap();
+    std::fs::remove_file(repo.join("auth/SessionManager.java")).unwrap();
+}
+
 #[test]
 fn a_second_run_redoes_only_what_changed() {
     let repo = copy_fixture("polyglot");
@@ -193,17 +208,7 @@ fn a_second_run_redoes_only_what_changed() {
     assert_eq!(unchanged.embeddings, 0, "nothing is embedded again: {unchanged:?}");
     assert_eq!(unchanged.chunks, first.chunks);
 
-    // Edit one file, add one, delete one.
-    let sync = repo.path().join("storage/sync.go");
-    let edited = std::fs::read_to_string(&sync).unwrap()
-        + "\n// MirrorQuota caps how many chunks one mirror may use.\nconst MirrorQuota = 1 << 16\n";
-    std::fs::write(&sync, edited).unwrap();
-    std::fs::write(
-        repo.path().join("web/featureFlags.ts"),
-        "export function isFeatureEnabled(flag: string, flags: Set<string>): boolean {\n  return flags.has(flag);\n}\n",
-    )
-    .unwrap();
-    std::fs::remove_file(repo.path().join("auth/SessionManager.java")).unwrap();
+    edit_add_delete(repo.path());
 
     let second = index(repo.path(), index_dir.path());
     assert_eq!(
@@ -311,17 +316,8 @@ fn a_run_file_by_file_writes_what_a_run_in_one_slice_does_and_a_stop_between_sli
     assert_eq!(first.3.len(), one.chunks, "every chunk has its vector");
     assert_eq!(contents(sliced.path()), first);
 
-    // Edit one file, add one, delete one; a run stopped after three files commits nothing.
-    let sync = repo.path().join("storage/sync.go");
-    let edited = std::fs::read_to_string(&sync).unwrap()
-        + "\n// MirrorQuota caps how many chunks one mirror may use.\nconst MirrorQuota = 1 << 16\n";
-    std::fs::write(&sync, edited).unwrap();
-    std::fs::write(
-        repo.path().join("web/featureFlags.ts"),
-        "export function isFeatureEnabled(flag: string, flags: Set<string>): boolean {\n  return flags.has(flag);\n}\n",
-    )
-    .unwrap();
-    std::fs::remove_file(repo.path().join("auth/SessionManager.java")).unwrap();
+    // A run stopped after three files commits nothing.
+    edit_add_delete(repo.path());
     let stop = StopAfter {
         after: 3,
         read: Default::default(),
