@@ -311,6 +311,8 @@ pub fn index_repository_with(
     progress.reading(walked.files.len());
     for slice in slices(&walked.files, options.slice_bytes) {
         if progress.should_stop() {
+            // The vectors stored so far are kept for the next run.
+            store.flush()?;
             return Err(IndexError::Stopped);
         }
         let mut changed = Changed::default();
@@ -727,6 +729,8 @@ fn embed_and_store(
 ) -> Result<usize, IndexError> {
     for step in items.chunks(EMBED_STEP) {
         if progress.should_stop() {
+            // The vectors stored so far are kept for the next run.
+            store.flush()?;
             return Err(IndexError::Stopped);
         }
         claim.renew()?;

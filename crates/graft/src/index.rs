@@ -3,6 +3,7 @@
 //! its next search), both go through it ([`crate::remote`]): its re-index, its search.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 use graft_core::Config;
@@ -10,6 +11,7 @@ use graft_index::{index_repository, Embedder, IndexError, IndexProgress, IndexRe
 use graft_kit::Kit;
 
 use crate::cli::{IndexArgs, SearchArgs};
+use crate::interrupt::StopFlag;
 use crate::remote::{not_asked, Served};
 use crate::{models, progress};
 
@@ -113,9 +115,11 @@ fn reindex_through(served: &Served, project: &str, path: &Path, quiet: bool) -> 
     Ok(report)
 }
 
-/// Indexes one project with a progress bar (unless `quiet`).
+/// Indexes one project with a progress bar (unless `quiet`). Ctrl-C stops the run at its
+/// next step: nothing is committed, and the vectors it stored are there for the next run.
 pub fn run_index(config: &Config, project: &str, path: &Path, embedder: &Embedder, quiet: bool) -> Result<IndexReport> {
-    let progress = BarProgress::new(quiet);
+    let stop = crate::interrupt::stop_on_ctrl_c("stopping the index run at its next step ...");
+    let progress = BarProgress::new(quiet, stop);
     let result = index_repository(
         path,
         &graft_wiring::layout(config, project),
@@ -124,6 +128,11 @@ pub fn run_index(config: &Config, project: &str, path: &Path, embedder: &Embedde
         &progress,
     );
     progress.finish();
+    if let Err(IndexError::Stopped) = result {
+        bail!(
+            "stopped: the index of `{project}` is as it was before this run; the vectors embedded so far are kept, so `graft index` goes on from there"
+        );
+    }
     result.with_context(|| format!("indexing project `{project}` ({})", path.display()))
 }
 
@@ -254,13 +263,16 @@ fn search_here(config: &Config, index: &ProjectIndex, args: &SearchArgs, mode: S
 struct BarProgress {
     steps: progress::Stages,
     quiet: bool,
+    /// Set by Ctrl-C.
+    stop: StopFlag,
 }
 
 impl BarProgress {
-    fn new(quiet: bool) -> BarProgress {
+    fn new(quiet: bool, stop: StopFlag) -> BarProgress {
         BarProgress {
             steps: progress::Stages::default(),
             quiet,
+            stop,
         }
     }
 
@@ -297,6 +309,10 @@ impl IndexProgress for BarProgress {
 
     fn embedded(&self, n: usize) {
         self.steps.inc(n as u64);
+    }
+
+    fn should_stop(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
 }
 

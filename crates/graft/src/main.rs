@@ -19,6 +19,7 @@ mod cli;
 mod dataset;
 mod eval;
 mod index;
+mod interrupt;
 mod models;
 mod progress;
 mod project;

@@ -5,8 +5,6 @@
 //! keeps the best adapter so far.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -520,18 +518,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let model = Model::load_on(&gguf, DType::F32, Some(&lora), spec.seed, &device)
         .with_context(|| format!("loading {} for training", gguf.display()))?;
     let load_seconds = loading.elapsed().as_secs_f64();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    std::thread::spawn(move || {
-        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            runtime.block_on(async {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    flag.store(true, Ordering::Relaxed);
-                    eprintln!("\nstopping after this step; the best adapter so far and a checkpoint will be written");
-                }
-            });
-        }
-    });
+    let stop = crate::interrupt::stop_on_ctrl_c("stopping after this step; the best adapter so far and a checkpoint will be written");
     let done = checkpoint.as_ref().map_or(0, |c| c.state.step);
     let bar = progress::Steps::new(settings.steps as u64, "steps", "train", args.json);
     bar.set_position(done as u64);

@@ -1,4 +1,5 @@
-//! `graft index` and `graft search` as a user runs them, including `kill -9` in mid-run.
+//! `graft index` and `graft search` as a user runs them, including Ctrl-C and `kill -9` in
+//! mid-run.
 
 mod common;
 
@@ -152,6 +153,68 @@ fn index_and_search_print_json_for_scripts() {
         (&3.into(), &22.into()),
         "{report}"
     );
+}
+
+/// Ctrl-C stops `graft index` at its next step (not the end of its embedding), saying so;
+/// nothing is committed, the vectors stored so far are kept, and the next run embeds only
+/// the rest. A second Ctrl-C quits at once.
+#[test]
+fn ctrl_c_stops_an_index_run_at_its_next_step_and_the_next_run_goes_on() {
+    use std::io::BufRead;
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let config = write_config(work.path(), &work.path().join("index"));
+    let repo_arg = repo.to_str().unwrap();
+    write_repo(&repo, 800, "v1");
+
+    let interrupt = |twice: bool| {
+        let mut child = graft(&config, &["index", repo_arg, "--project", "k"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let found = stderr.by_ref().map_while(Result::ok).find(|l| l.contains("files found"));
+        assert!(found.is_some(), "the run never said what it found");
+        // Into the embedding (800 files' chunks take half a minute here).
+        std::thread::sleep(Duration::from_secs(4));
+        let pid = child.id().to_string();
+        let signal = |n: usize| {
+            for _ in 0..n {
+                assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        };
+        let asked = std::time::Instant::now();
+        signal(if twice { 2 } else { 1 });
+        let status = child.wait().unwrap();
+        let said: Vec<String> = stderr.map_while(Result::ok).collect();
+        (status, asked.elapsed(), said.join("\n"))
+    };
+
+    let (status, took, said) = interrupt(false);
+    assert!(!status.success(), "{status}: {said}");
+    assert!(took < Duration::from_secs(20), "stopped after {took:?}: {said}");
+    assert!(said.contains("stopping the index run at its next step"), "{said}");
+    assert!(said.contains("is as it was before this run"), "{said}");
+    let search = graft(&config, &["search", "alpha_func_7", "--project", "k", "--json"])
+        .output()
+        .unwrap();
+    assert!(!search.status.success(), "nothing was committed");
+
+    let (status, _, said) = interrupt(true);
+    assert_eq!(status.code(), Some(130), "the second Ctrl-C quits at once: {said}");
+
+    let done = json(&run_ok(&mut graft(&config, &["index", repo_arg, "--project", "k", "--json"])));
+    let report = &done["report"];
+    assert_eq!(report["files_added"], 800, "{done}");
+    let (embedded, chunks) = (report["embeddings"].as_u64().unwrap(), report["chunks"].as_u64().unwrap());
+    assert!(embedded < chunks, "the stopped runs' vectors are reused: {done}");
+    let hits = json(&run_ok(&mut graft(
+        &config,
+        &["search", "alpha_func_7", "--project", "k", "--json"],
+    )));
+    assert!(!hits.as_array().unwrap().is_empty(), "{hits}");
 }
 
 #[test]
