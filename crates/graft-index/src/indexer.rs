@@ -48,6 +48,10 @@ use crate::walk::{list, Listed, Skip, SkipReason, Walk, WalkOptions};
 /// Chunks embedded and stored per step (bounds memory and makes progress visible).
 const EMBED_STEP: usize = 256;
 
+/// Texts per call of the embedding model within a step of a run: a stop (Ctrl-C, a server
+/// shutting down) waits for one call at most.
+const EMBED_CALL: usize = 32;
+
 /// Text a run reads, chunks (and embeds, where it embeds before its commit) before it writes
 /// those files' records and lets them go: a run holds about this much of the repository, not
 /// all of it, whatever its size.
@@ -717,7 +721,10 @@ fn embedding_texts(catalog: &dyn Catalog, ids: &[u64]) -> Result<Vec<(u64, Strin
 }
 
 /// Embeds `(id, text)` pairs in steps (those embedded ahead taken from `ahead`) and stores the
-/// vectors; returns how many were stored. The caller flushes the store.
+/// vectors; returns how many were stored. Each step's texts go to the model shortest first, a
+/// few at a time ([`EMBED_CALL`]), and a stop is heard between two calls: what the step has
+/// embedded by then is stored and flushed, for the next run. The caller flushes the store
+/// otherwise.
 fn embed_and_store(
     items: &[(u64, String)],
     embedder: &Embedder,
@@ -728,24 +735,31 @@ fn embed_and_store(
     ahead: &HashMap<u64, Vec<f32>>,
 ) -> Result<usize, IndexError> {
     for step in items.chunks(EMBED_STEP) {
-        if progress.should_stop() {
+        claim.renew()?;
+        let (known, mut unknown): (Vec<_>, Vec<_>) = step.iter().partition(|(id, _)| ahead.contains_key(id));
+        unknown.sort_by_key(|(_, text)| text.len());
+        let mut points: Vec<(u64, Vec<f32>)> = known.iter().filter_map(|(id, _)| Some((*id, ahead.get(id)?.clone()))).collect();
+        let mut stopped = false;
+        for call in unknown.chunks(EMBED_CALL) {
+            if progress.should_stop() {
+                stopped = true;
+                break;
+            }
+            let texts: Vec<String> = call.iter().map(|(_, t)| t.clone()).collect();
+            let started = Instant::now();
+            let vectors = embedder.embed(&texts)?;
+            seconds.embed += started.elapsed().as_secs_f64();
+            points.extend(call.iter().map(|(id, _)| *id).zip(vectors));
+            progress.embedded(call.len());
+        }
+        let started = Instant::now();
+        store.upsert(&points)?;
+        if stopped {
             // The vectors stored so far are kept for the next run.
             store.flush()?;
             return Err(IndexError::Stopped);
         }
-        claim.renew()?;
-        let (known, unknown): (Vec<_>, Vec<_>) = step.iter().partition(|(id, _)| ahead.contains_key(id));
-        let texts: Vec<String> = unknown.iter().map(|(_, t)| t.clone()).collect();
-        let started = Instant::now();
-        let vectors = embedder.embed(&texts)?;
-        seconds.embed += started.elapsed().as_secs_f64();
-        let started = Instant::now();
-        let embedded = unknown.len();
-        let mut points: Vec<(u64, Vec<f32>)> = unknown.iter().map(|(id, _)| *id).zip(vectors).collect();
-        points.extend(known.iter().filter_map(|(id, _)| Some((*id, ahead.get(id)?.clone()))));
-        store.upsert(&points)?;
         seconds.vectors += started.elapsed().as_secs_f64();
-        progress.embedded(embedded);
     }
     Ok(items.len())
 }

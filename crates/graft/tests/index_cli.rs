@@ -157,7 +157,7 @@ fn index_and_search_print_json_for_scripts() {
 
 /// Ctrl-C stops `graft index` at its next step (not the end of its embedding), saying so;
 /// nothing is committed, the vectors stored so far are kept, and the next run embeds only
-/// the rest. A second Ctrl-C quits at once.
+/// the rest.
 #[test]
 fn ctrl_c_stops_an_index_run_at_its_next_step_and_the_next_run_goes_on() {
     use std::io::BufRead;
@@ -168,7 +168,7 @@ fn ctrl_c_stops_an_index_run_at_its_next_step_and_the_next_run_goes_on() {
     let repo_arg = repo.to_str().unwrap();
     write_repo(&repo, 800, "v1");
 
-    let interrupt = |twice: bool| {
+    let interrupt = || {
         let mut child = graft(&config, &["index", repo_arg, "--project", "k"])
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -179,22 +179,16 @@ fn ctrl_c_stops_an_index_run_at_its_next_step_and_the_next_run_goes_on() {
         // Into the embedding (800 files' chunks take half a minute here).
         std::thread::sleep(Duration::from_secs(4));
         let pid = child.id().to_string();
-        let signal = |n: usize| {
-            for _ in 0..n {
-                assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        };
         let asked = std::time::Instant::now();
-        signal(if twice { 2 } else { 1 });
+        assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
         let status = child.wait().unwrap();
         let said: Vec<String> = stderr.map_while(Result::ok).collect();
         (status, asked.elapsed(), said.join("\n"))
     };
 
-    let (status, took, said) = interrupt(false);
+    let (status, took, said) = interrupt();
     assert!(!status.success(), "{status}: {said}");
-    assert!(took < Duration::from_secs(20), "stopped after {took:?}: {said}");
+    assert!(took < Duration::from_secs(10), "stopped after {took:?}: {said}");
     assert!(said.contains("stopping the index run at its next step"), "{said}");
     assert!(said.contains("is as it was before this run"), "{said}");
     let search = graft(&config, &["search", "alpha_func_7", "--project", "k", "--json"])
@@ -202,8 +196,9 @@ fn ctrl_c_stops_an_index_run_at_its_next_step_and_the_next_run_goes_on() {
         .unwrap();
     assert!(!search.status.success(), "nothing was committed");
 
-    let (status, _, said) = interrupt(true);
-    assert_eq!(status.code(), Some(130), "the second Ctrl-C quits at once: {said}");
+    // Stopped again (this run went on from the first one's vectors), as safely.
+    let (status, _, said) = interrupt();
+    assert!(said.contains("is as it was before this run"), "{status}: {said}");
 
     let done = json(&run_ok(&mut graft(&config, &["index", repo_arg, "--project", "k", "--json"])));
     let report = &done["report"];
