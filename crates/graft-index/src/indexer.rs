@@ -17,8 +17,8 @@
 //! whose text (or path) changed, and finishes whatever an interrupted run left.
 //!
 //! A server re-indexing an index it has open walks and embeds first, reading the open index
-//! while it still serves ([`embed_ahead`]), and hands the files it read and the vectors to the
-//! run ([`index_repository_with`]), which then only diffs and writes. What was not embedded
+//! while it still serves ([`embed_ahead`]), and hands the files it listed and the vectors to the
+//! run ([`index_repository_with`]), which then reads, diffs and writes. What was not embedded
 //! ahead (a first index: everything) it leaves for after the commit
 //! ([`IndexOptions::embed_after_commit`]), and [`embed_missing`] embeds it with the index
 //! serving: keyword search and definition lookup work from the commit on, and each vector
@@ -231,8 +231,9 @@ pub fn index_repository(
     index_repository_with(repo, layout, embedder, options, progress, Ahead::default())
 }
 
-/// [`index_repository`] with what [`embed_ahead`] did: the repository as it read it (not
-/// walked again) and the vectors it computed (stored, not embedded again).
+/// [`index_repository`] with what [`embed_ahead`] did: the repository's files as it listed
+/// them (not walked again; each is read again as its slice comes) and the vectors it
+/// computed (stored, not embedded again).
 pub fn index_repository_with(
     repo: &Path,
     layout: &IndexLayout,
@@ -603,8 +604,8 @@ impl Changed {
 
 /// What [`embed_ahead`] did while the index still served, for the run to reuse: the vectors
 /// it computed, by chunk id (stored instead of embedding those chunks again), and the
-/// repository as it read it (not walked again while the index is closed; a change made since
-/// is the next run's).
+/// repository's files as it listed them (not walked again while the index is closed: a file
+/// added since is the next run's; one changed since the run reads as it is then).
 #[derive(Debug, Default)]
 pub struct Ahead {
     vectors: HashMap<u64, Vec<f32>>,
