@@ -24,7 +24,7 @@ use graft_index::walk::SourceFile;
 use graft_index::{index_repository, Embedder, IndexLayout, IndexOptions, IndexReport, Names, ProjectIndex, Query, Quiet, SearchMode};
 use serde_json::json;
 
-use super::{ms, percentile};
+use super::{megabytes, ms, percentile};
 use crate::cli::BenchIndexArgs;
 use crate::{index, models};
 
@@ -211,10 +211,6 @@ struct Memory {
     before: Option<u64>,
     /// At its peak during it.
     peak: Option<u64>,
-}
-
-fn megabytes(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// Indexes twice, then times searches and measures retrieval quality.

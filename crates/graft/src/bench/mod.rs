@@ -73,26 +73,17 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// A line of this process's `/proc/self/status` in MB (`VmRSS`: resident now, `VmHWM`: the
-/// peak); 0 where there is none (not Linux).
-fn status_mb(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+/// `bytes` in MB.
+fn megabytes(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// This process's resident memory in MB.
+/// This process's resident memory in MB; 0 where the system does not say (not Linux).
 fn rss_mb() -> f64 {
-    status_mb("VmRSS")
+    graft_core::memory::resident_bytes().map_or(0.0, megabytes)
 }
 
-/// This process's peak resident memory in MB.
+/// This process's peak resident memory in MB; 0 where the system does not say.
 fn peak_rss_mb() -> f64 {
-    status_mb("VmHWM")
+    graft_core::memory::peak_bytes().map_or(0.0, megabytes)
 }
