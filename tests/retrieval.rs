@@ -479,31 +479,30 @@ fn bring_shortest_paths(repo: &Path) -> usize {
     brought
 }
 
-/// A completion's search for code that calls networkx's `bellman_ford_predecessor_and_distance`.
-fn bellman_ford_use() -> Search {
-    let before = "def relax(G, source):\n    pred, dist = bellman_ford_predecessor_and_distance(G, source)\n";
+/// A completion's search for the code `before` a cursor at the end of the file `path`.
+fn cursor_at_end(before: &str, path: &str) -> Search {
     Search {
         text: before.to_owned(),
         look_up: LookUp::Cursor {
             before: before.to_owned(),
             after: String::new(),
         },
-        current_path: Some("relax.py".to_owned()),
+        current_path: Some(path.to_owned()),
     }
+}
+
+/// A completion's search for code that calls networkx's `bellman_ford_predecessor_and_distance`.
+fn bellman_ford_use() -> Search {
+    cursor_at_end(
+        "def relax(G, source):\n    pred, dist = bellman_ford_predecessor_and_distance(G, source)\n",
+        "relax.py",
+    )
 }
 
 /// A completion's search for code whose words neither the keyword index nor the symbol table
 /// has: only the vectors find anything for it.
 fn unmatched_cursor() -> Search {
-    let before = "    qzxv = wvbj(kqpz)\n";
-    Search {
-        text: before.to_owned(),
-        look_up: LookUp::Cursor {
-            before: before.to_owned(),
-            after: String::new(),
-        },
-        current_path: Some("other.py".to_owned()),
-    }
+    cursor_at_end("    qzxv = wvbj(kqpz)\n", "other.py")
 }
 
 /// A project with no index yet, as `graft up` builds it: marked as re-indexing (its requests
