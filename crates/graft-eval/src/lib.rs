@@ -18,6 +18,8 @@
 //!   reports of one golden set, arm by arm.
 //! - [`retrieval`]: retrieval alone, without a model: cross-file queries from a repository's
 //!   definitions and uses, recall@1/@5 and MRR of the file that defines the symbol.
+//! - [`questions`]: retrieval for questions in prose: a documented definition's first
+//!   sentence asks for its code, in a tree with that documentation taken out.
 //!
 //! This crate reads repositories, says what to ask and scores the answers; sending the
 //! requests is the `graft eval run` command's, to a graft server, so every prompt is laid out
@@ -32,6 +34,7 @@ pub mod golden;
 pub mod html;
 pub mod judge;
 pub mod metrics;
+pub mod questions;
 pub mod report;
 pub mod retrieval;
 

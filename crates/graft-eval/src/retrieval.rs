@@ -133,7 +133,12 @@ pub struct Recall {
 impl Ranks {
     /// Adds a query's result: the paths in ranked order and the answer.
     pub fn push<'a>(&mut self, paths: impl IntoIterator<Item = &'a str>, answer: &str) {
-        self.0.push(paths.into_iter().position(|p| p == answer).map(|i| i + 1));
+        self.push_found(paths.into_iter().map(|p| p == answer));
+    }
+
+    /// Adds a query's result: whether each result, in ranked order, answers it.
+    pub fn push_found(&mut self, answers: impl IntoIterator<Item = bool>) {
+        self.0.push(answers.into_iter().position(|a| a).map(|i| i + 1));
     }
 
     pub fn recall(&self) -> Recall {

@@ -24,6 +24,9 @@ pub struct Definition {
     pub end_line: usize,
     /// Its documentation comment (`///`, `/** */`, a Python docstring), markers stripped.
     pub doc: Option<String>,
+    /// The lines its documentation takes (first and last, 1-based, inclusive), where it takes
+    /// them whole: no code before or after it on them, so that they can be taken out.
+    pub doc_lines: Option<(usize, usize)>,
 }
 
 /// The definitions in `text` (a file at `path`), outermost first; empty for a language
@@ -59,13 +62,15 @@ fn collect(node: Node, source: &[u8], scope: Option<&str>, top_level: bool, foun
             if matches!(kind, "type" | "class" | "trait") && !alias {
                 inner_scope = Some(name.clone());
             }
+            let doc = doc_comment(child, source);
             found.push(Definition {
                 name,
                 kind,
                 scope: scope.map(str::to_owned),
                 start_line: child.start_position().row + 1,
                 end_line: child.end_position().row + 1,
-                doc: doc_comment(child, source),
+                doc: doc.as_ref().map(|d| d.text.clone()),
+                doc_lines: doc.and_then(|d| d.lines),
             });
         } else if child.kind() == "impl_item" {
             // `impl Trait for Type`: its methods belong to the type.
@@ -151,9 +156,15 @@ fn is_identifier(name: &str) -> bool {
     chars.next().is_some_and(|c| c.is_alphabetic() || c == '_') && chars.all(|c| c.is_alphanumeric() || c == '_')
 }
 
-/// The documentation of a definition: the doc comments right above it, or a Python
-/// docstring (the first statement of its body).
-fn doc_comment(node: Node, source: &[u8]) -> Option<String> {
+/// A definition's documentation: its text, and its lines where it takes them whole.
+struct Doc {
+    text: String,
+    lines: Option<(usize, usize)>,
+}
+
+/// The documentation of a definition: the doc comments right above it (above its Rust
+/// attributes, if any), or a Python docstring (the first statement of its body).
+fn doc_comment(node: Node, source: &[u8]) -> Option<Doc> {
     let text = |n: Node| n.utf8_text(source).ok().unwrap_or_default().to_owned();
     // Python: a string as the body's first statement.
     if let Some(body) = node.child_by_field_name("body") {
@@ -162,7 +173,10 @@ fn doc_comment(node: Node, source: &[u8]) -> Option<String> {
             if first.kind() == "expression_statement" && first.named_child(0).is_some_and(|s| s.kind() == "string") {
                 let raw = text(first);
                 let doc = raw.trim().trim_matches(|c| c == '"' || c == '\'').trim();
-                return (!doc.is_empty()).then(|| dedent(doc));
+                return (!doc.is_empty()).then(|| Doc {
+                    text: dedent(doc),
+                    lines: whole_lines(first, first, source),
+                });
             }
         }
     }
@@ -173,22 +187,51 @@ fn doc_comment(node: Node, source: &[u8]) -> Option<String> {
     let mut sibling = node
         .prev_sibling()
         .or_else(|| node.parent().filter(|p| p.kind() == "body_statement")?.prev_sibling());
-    while let Some(comment) = sibling.filter(|s| s.kind().contains("comment")) {
-        if comment.end_position().row + 1 < expected_end {
+    let (mut top, mut bottom) = (None, None);
+    while let Some(above) = sibling {
+        if above.end_position().row + 1 < expected_end {
             break;
         }
-        let raw = text(comment);
+        // Rust's `#[derive(..)]` and the like, between the documentation and the item.
+        if above.kind() == "attribute_item" && bottom.is_none() {
+            expected_end = above.start_position().row;
+            sibling = above.prev_sibling();
+            continue;
+        }
+        if !above.kind().contains("comment") {
+            break;
+        }
+        let raw = text(above);
         let is_doc = raw.starts_with("///") || raw.starts_with("/**") || raw.starts_with("//!") || raw.starts_with('#');
         if !is_doc {
             break;
         }
         lines.push(strip_comment(&raw));
-        expected_end = comment.start_position().row;
-        sibling = comment.prev_sibling();
+        bottom = bottom.or(Some(above));
+        top = Some(above);
+        expected_end = above.start_position().row;
+        sibling = above.prev_sibling();
     }
     lines.reverse();
     let doc = lines.join("\n").trim().to_owned();
-    (!doc.is_empty()).then_some(doc)
+    (!doc.is_empty()).then(|| Doc {
+        text: doc,
+        lines: top.zip(bottom).and_then(|(top, bottom)| whole_lines(top, bottom, source)),
+    })
+}
+
+/// The lines from `first`'s to `last`'s (1-based, inclusive) when nothing but blanks shares
+/// them.
+fn whole_lines(first: Node, last: Node, source: &[u8]) -> Option<(usize, usize)> {
+    let line_start = source[..first.start_byte()].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    // A line comment may hold its line's end (Rust's do): then it ends on the row before.
+    let with_newline = last.end_byte() > last.start_byte() && source.get(last.end_byte() - 1) == Some(&b'\n');
+    let end = last.end_byte() - usize::from(with_newline);
+    let line_end = source[end..].iter().position(|&b| b == b'\n').map_or(source.len(), |i| end + i);
+    let last_row = last.end_position().row - usize::from(with_newline);
+    let blank = |bytes: &[u8]| bytes.iter().all(u8::is_ascii_whitespace);
+    (blank(&source[line_start..first.start_byte()]) && blank(&source[end..line_end]))
+        .then(|| (first.start_position().row + 1, last_row + 1))
 }
 
 fn strip_comment(raw: &str) -> String {
@@ -445,5 +488,26 @@ mod tests {
         assert_eq!(defs[0].doc.as_deref(), Some("Holds keys."));
         assert_eq!(defs[1].doc.as_deref(), Some("Replaces the signing key.\n\nReturns the old one."));
         assert!(definitions("notes.md", "# hi").is_empty());
+    }
+
+    #[test]
+    fn documentation_lines_are_known_where_the_documentation_takes_them_whole() {
+        let lines = |path: &str, text: &str, name: &str| {
+            let defs = definitions(path, text);
+            let d = defs.into_iter().find(|d| d.name == name).expect(name);
+            (d.doc, d.doc_lines)
+        };
+        let rs = "use x;\n\n/// Rotates the keys.\n/// Every hour.\n#[derive(Debug)]\n#[must_use]\npub struct Vault;\n\nfn f() {} /// not above\nfn g() {}\n";
+        assert_eq!(
+            lines("src/v.rs", rs, "Vault"),
+            (Some("Rotates the keys.\nEvery hour.".to_owned()), Some((3, 4))),
+            "above the attributes"
+        );
+        assert_eq!(lines("src/v.rs", rs, "g").1, None, "code shares the comment's line");
+        let py = "def rotate(self):\n    '''Replaces the key.\n\n    Returns the old one.'''\n    return 1\n\ndef one(): '''Inline.'''\n";
+        assert_eq!(lines("v.py", py, "rotate").1, Some((2, 4)));
+        assert_eq!(lines("v.py", py, "one"), (Some("Inline.".to_owned()), None));
+        let java = "class V {\n  /**\n   * Rotates.\n   */\n  @Override\n  public void rotate() {}\n}\n";
+        assert_eq!(lines("V.java", java, "rotate"), (Some("Rotates.".to_owned()), Some((2, 4))));
     }
 }

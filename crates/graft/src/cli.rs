@@ -497,6 +497,9 @@ pub enum AdaptersCommand {
 pub enum BenchCommand {
     /// Index a source tree into a scratch index and time indexing and search.
     Index(BenchIndexArgs),
+    /// Ask a source tree questions in prose: each a documented definition's first sentence,
+    /// searched for in a scratch index of the tree with that documentation taken out.
+    Questions(BenchQuestionsArgs),
     /// Time the base model load, adapter activation (cold and warm), decode speed on the base
     /// and on an adapter, memory per adapter, and graft's overhead over mistralrs.
     Engine(BenchEngineArgs),
@@ -663,6 +666,27 @@ pub struct BenchIndexArgs {
     #[arg(long, default_value_t = 300)]
     pub quality_queries: usize,
     /// Print each cross-file query that definition lookup did not answer first (to stderr).
+    #[arg(long)]
+    pub misses: bool,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchQuestionsArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The source tree to ask about (for example a checkout of a library).
+    pub path: PathBuf,
+    /// Number of questions (one documented definition per file at most).
+    #[arg(long, default_value_t = 200)]
+    pub questions: usize,
+    /// Vector weights to try hybrid search with, beside the configured `index.vector_weight`.
+    #[arg(long, value_delimiter = ',', default_values_t = [1.0, 2.0, 4.0])]
+    pub vector_weights: Vec<f64>,
+    /// Print each question whose definition the configured search did not return first (to
+    /// stderr).
     #[arg(long)]
     pub misses: bool,
     /// Print the figures as JSON.

@@ -57,6 +57,7 @@ fn main() -> ExitCode {
         Command::Search(args) => index::search(args),
         Command::Status(args) => status::run(args),
         Command::Bench(BenchCommand::Index(args)) => bench::index::run(args),
+        Command::Bench(BenchCommand::Questions(args)) => bench::questions::run(args),
         Command::Bench(BenchCommand::Engine(args)) => bench::engine::run(args),
         Command::Bench(BenchCommand::Load(args)) => bench::load::run(args),
         Command::Bench(BenchCommand::Api(args)) => bench::api::run(args),

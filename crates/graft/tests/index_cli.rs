@@ -332,3 +332,48 @@ fn bench_index_measures_each_search_mode_and_each_language() {
         "{text}"
     );
 }
+
+/// `graft bench questions` on real code (the kit's tauri mobile API): each way of searching
+/// asks every question, the chunk holding a definition is never found where its file is not,
+/// and a tree with no documented definition is refused with the reason.
+#[test]
+fn bench_questions_asks_each_way_for_documented_definitions() {
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), &work.path().join("index"));
+    run_ok(&mut graft(&config, &["models", "fetch", "tauri-mobile-src"]));
+    let tree = common::kit_dir().join("tauri-mobile-src/mobile");
+    let args = ["bench", "questions", "--vector-weights", "0.5,2"];
+    let figures = json(&run_ok(graft(&config, &args).arg(&tree).arg("--json")));
+    let questions = figures["questions"].as_u64().unwrap();
+    assert!(questions >= 10, "{figures}");
+    let ways = figures["ways"].as_array().unwrap();
+    let names: Vec<&str> = ways.iter().map(|w| w["name"].as_str().unwrap()).collect();
+    // 0.5 is the configured weight: asked once.
+    assert_eq!(
+        names,
+        ["keyword", "vector", "hybrid", "hybrid + lookup (chat)", "hybrid + lookup at 2"]
+    );
+    for way in ways {
+        let (chunk, file) = (&way["chunk"], &way["file"]);
+        assert_eq!(chunk["queries"].as_u64(), Some(questions), "{way}");
+        for measure in ["at_1", "at_5", "mrr"] {
+            let (c, f) = (chunk[measure].as_f64().unwrap(), file[measure].as_f64().unwrap());
+            assert!((0.0..=1.0).contains(&c) && c <= f, "{measure}: {way}");
+        }
+    }
+    // Words shared with the code around the definition find some of them.
+    assert!(ways[0]["file"]["at_5"].as_f64().unwrap() > 0.3, "{figures}");
+
+    let text = run_ok(graft(&config, &args).arg(&tree));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.starts_with(&format!("{questions} questions in prose about")), "{text}");
+    assert!(text.contains("hybrid + lookup (chat)   recall@1"), "{text}");
+
+    let bare = work.path().join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::write(bare.join("main.py"), "def main():\n    return 1\n").unwrap();
+    let refused = graft(&config, &["bench", "questions"]).arg(&bare).output().unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("no question to ask"), "{said}");
+}

@@ -17,14 +17,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use graft_eval::retrieval::{cross_file_queries, CrossFileQuery, Ranks, Recall};
 use graft_index::chunker::{family, language_of};
 use graft_index::walk::SourceFile;
 use graft_index::{index_repository, Embedder, IndexLayout, IndexOptions, IndexReport, Names, ProjectIndex, Query, Quiet, SearchMode};
 use serde_json::json;
 
-use super::{megabytes, ms, percentile};
+use super::{megabytes, ms, percentile, ScratchIndex};
 use crate::cli::BenchIndexArgs;
 use crate::{index, models};
 
@@ -33,24 +33,9 @@ const LOOKS: usize = 5;
 
 pub fn run(args: BenchIndexArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
-    let kit = graft_kit::Kit::new(&config.kit.dir);
-    models::ensure(&kit, &graft_wiring::index_artifacts(&config)?, true)?;
-    let scratch = tempfile::tempdir().context("creating a scratch folder for the index")?;
-    let layout = IndexLayout::new(scratch.path().join("bench"));
-    let options = graft_wiring::index_options(&config);
-    let backend = match &config.index.qdrant_url {
-        Some(url) => format!("qdrant {url}"),
-        None => "embedded".to_owned(),
-    };
-    // A server keeps collections between runs: this run starts from none.
-    let reset = || -> Result<()> {
-        graft_index::vectors::reset(&options.backend, &layout, &layout.project())?;
-        graft_index::catalog::reset(&options.backend, &layout)?;
-        Ok(())
-    };
-    reset()?;
-    let figures = measure(&args, &config, &layout, &options);
-    reset()?;
+    let scratch = ScratchIndex::new(&config)?;
+    let (layout, options, backend) = (&scratch.layout, &scratch.options, &scratch.backend);
+    let figures = scratch.measure(|| measure(&args, &config, layout, options))?;
     let Figures {
         load,
         memory,
@@ -60,7 +45,7 @@ pub fn run(args: BenchIndexArgs) -> Result<()> {
         queries,
         quality,
         across_languages,
-    } = figures?;
+    } = figures;
 
     // What `graft up` pays every `index.refresh_secs` to know whether to re-index.
     let mut looks = Vec::with_capacity(LOOKS);

@@ -2,6 +2,7 @@
 //! targets live in the figures, not in tests.
 //!
 //! - [`index`]: indexing and search speed on a real source tree.
+//! - [`questions`]: how well search finds code for questions in prose on a real source tree.
 //! - [`engine`]: model load, adapter activation, decode speed, memory per adapter, overhead.
 //! - [`load`]: the whole server under concurrent streaming clients, with and without retrieval.
 //! - [`api`]: graft beside other OpenAI-compatible servers on the same prompts (first token,
@@ -12,11 +13,64 @@ pub mod api;
 pub mod engine;
 pub mod index;
 pub mod load;
+pub mod questions;
 pub mod train;
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use graft_index::{IndexLayout, IndexOptions};
+
+use crate::models;
+
+/// A scratch index for a benchmark, in a folder removed with it, or (`index.qdrant_url`)
+/// with its vectors in a collection named for `bench` on the server.
+struct ScratchIndex {
+    folder: tempfile::TempDir,
+    layout: IndexLayout,
+    options: IndexOptions,
+    /// Where its vectors go, in words.
+    backend: String,
+}
+
+impl ScratchIndex {
+    /// A scratch index configured as `config` says, the kit's files it needs fetched.
+    fn new(config: &graft_core::Config) -> Result<ScratchIndex> {
+        let kit = graft_kit::Kit::new(&config.kit.dir);
+        models::ensure(&kit, &graft_wiring::index_artifacts(config)?, true)?;
+        let folder = tempfile::tempdir().context("creating a scratch folder for the index")?;
+        let layout = IndexLayout::new(folder.path().join("bench"));
+        let backend = match &config.index.qdrant_url {
+            Some(url) => format!("qdrant {url}"),
+            None => "embedded".to_owned(),
+        };
+        Ok(ScratchIndex {
+            folder,
+            layout,
+            options: graft_wiring::index_options(config),
+            backend,
+        })
+    }
+
+    /// The scratch folder (the index's, and room for a benchmark's own files).
+    fn folder(&self) -> &std::path::Path {
+        self.folder.path()
+    }
+
+    /// Runs `measure` on the index emptied, and empties it after (a server keeps collections
+    /// between runs).
+    fn measure<T>(&self, measure: impl FnOnce() -> Result<T>) -> Result<T> {
+        let reset = || -> Result<()> {
+            graft_index::vectors::reset(&self.options.backend, &self.layout, &self.layout.project())?;
+            graft_index::catalog::reset(&self.options.backend, &self.layout)?;
+            Ok(())
+        };
+        reset()?;
+        let figures = measure();
+        reset()?;
+        figures
+    }
+}
 
 /// An HTTP client that opens a fresh connection per request (a loopback connect is a fraction
 /// of a millisecond): a server may close an idle kept-alive one just as the next request goes
