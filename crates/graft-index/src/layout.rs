@@ -40,8 +40,8 @@ impl IndexLayout {
 }
 
 /// The catalog's layout version: an index of another one is rebuilt by the next run (2: the
-/// symbol table).
-pub const CATALOG_FORMAT: u32 = 2;
+/// symbol table; 3: keywords by their stems).
+pub const CATALOG_FORMAT: u32 = 3;
 
 /// What an index was built with; written after each successful run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
