@@ -215,7 +215,7 @@ pub fn chunk_file(path: &str, text: &str, options: &ChunkOptions) -> Vec<Chunk> 
 /// Splits one file into chunks and lists its definitions ([`crate::symbols`]), from one parse.
 pub fn chunk_and_define(path: &str, text: &str, options: &ChunkOptions) -> (Vec<Chunk>, Vec<Definition>) {
     let tree = parse(path, text);
-    let definitions = tree.as_ref().map(|t| definitions_in(t, text)).unwrap_or_default();
+    let definitions = tree.as_ref().map(|t| definitions_in(t, path, text)).unwrap_or_default();
     (chunk_parsed(path, text, tree.as_ref(), options), definitions)
 }
 

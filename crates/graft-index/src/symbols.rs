@@ -6,7 +6,7 @@
 
 use tree_sitter::{Node, Tree};
 
-use crate::chunker::{definition_name, is_definition, parse};
+use crate::chunker::{definition_name, is_definition, language_of, parse};
 
 /// One definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,17 +32,20 @@ pub struct Definition {
 /// The definitions in `text` (a file at `path`), outermost first; empty for a language
 /// without a grammar or a file the grammar cannot parse.
 pub fn definitions(path: &str, text: &str) -> Vec<Definition> {
-    parse(path, text).map(|tree| definitions_in(&tree, text)).unwrap_or_default()
+    parse(path, text).map(|tree| definitions_in(&tree, path, text)).unwrap_or_default()
 }
 
-/// The definitions in `tree`, the parse of `text` (shared with chunking).
-pub(crate) fn definitions_in(tree: &Tree, text: &str) -> Vec<Definition> {
+/// The definitions in `tree`, the parse of `text` at `path` (shared with chunking).
+pub(crate) fn definitions_in(tree: &Tree, path: &str, text: &str) -> Vec<Definition> {
     let mut found = Vec::new();
-    collect(tree.root_node(), text.as_bytes(), None, true, &mut found);
+    // Go documents with plain comments (godoc), and C and C++ code as often as not.
+    let plain_docs = matches!(language_of(path), "go" | "c" | "cpp");
+    collect(tree.root_node(), text.as_bytes(), plain_docs, None, true, &mut found);
     found
 }
 
-fn collect(node: Node, source: &[u8], scope: Option<&str>, top_level: bool, found: &mut Vec<Definition>) {
+/// `plain_docs`: a plain comment right above a definition is its documentation.
+fn collect(node: Node, source: &[u8], plain_docs: bool, scope: Option<&str>, top_level: bool, found: &mut Vec<Definition>) {
     let mut cursor = node.walk();
     for child in node.named_children(&mut cursor) {
         let kind = match child.kind() {
@@ -62,7 +65,7 @@ fn collect(node: Node, source: &[u8], scope: Option<&str>, top_level: bool, foun
             if matches!(kind, "type" | "class" | "trait") && !alias {
                 inner_scope = Some(name.clone());
             }
-            let doc = doc_comment(child, source);
+            let doc = doc_comment(child, source, plain_docs);
             found.push(Definition {
                 name,
                 kind,
@@ -81,7 +84,7 @@ fn collect(node: Node, source: &[u8], scope: Option<&str>, top_level: bool, foun
         }
         // Methods inside impls and classes, nested modules, ...
         let nested_top = top_level && matches!(child.kind(), "decorated_definition" | "export_statement" | "module");
-        collect(child, source, inner_scope.as_deref(), nested_top, found);
+        collect(child, source, plain_docs, inner_scope.as_deref(), nested_top, found);
     }
 }
 
@@ -163,8 +166,9 @@ struct Doc {
 }
 
 /// The documentation of a definition: the doc comments right above it (above its Rust
-/// attributes, if any), or a Python docstring (the first statement of its body).
-fn doc_comment(node: Node, source: &[u8]) -> Option<Doc> {
+/// attributes, if any; any comment where `plain_docs`), or a Python docstring (the first
+/// statement of its body).
+fn doc_comment(node: Node, source: &[u8], plain_docs: bool) -> Option<Doc> {
     let text = |n: Node| n.utf8_text(source).ok().unwrap_or_default().to_owned();
     // Python: a string as the body's first statement.
     if let Some(body) = node.child_by_field_name("body") {
@@ -203,6 +207,7 @@ fn doc_comment(node: Node, source: &[u8]) -> Option<Doc> {
         }
         let raw = text(above);
         let is_doc = raw.starts_with("///") || raw.starts_with("/**") || raw.starts_with("//!") || raw.starts_with('#');
+        let is_doc = is_doc || (plain_docs && (raw.starts_with("//") || raw.starts_with("/*")));
         if !is_doc {
             break;
         }
@@ -238,8 +243,8 @@ fn strip_comment(raw: &str) -> String {
     raw.lines()
         .map(|l| {
             let l = l.trim();
-            let l = l.strip_prefix("///").or_else(|| l.strip_prefix("//!")).unwrap_or(l);
-            let l = l.strip_prefix("/**").unwrap_or(l);
+            let l = ["///", "//!", "//"].iter().find_map(|p| l.strip_prefix(p)).unwrap_or(l);
+            let l = ["/**", "/*"].iter().find_map(|p| l.strip_prefix(p)).unwrap_or(l);
             let l = l.strip_suffix("*/").unwrap_or(l);
             let l = l.strip_prefix('*').unwrap_or(l);
             let l = l.strip_prefix('#').unwrap_or(l);
@@ -490,24 +495,44 @@ mod tests {
         assert!(definitions("notes.md", "# hi").is_empty());
     }
 
+    /// The documentation of the definition `name` in `text`, and its lines.
+    fn doc(path: &str, text: &str, name: &str) -> (Option<String>, Option<(usize, usize)>) {
+        let d = definitions(path, text).into_iter().find(|d| d.name == name).expect(name);
+        (d.doc, d.doc_lines)
+    }
+
+    #[test]
+    fn go_and_c_document_with_plain_comments_right_above() {
+        let go = "package vault\n\n// Rotate replaces the signing keys.\n// It runs every hour.\nfunc Rotate() {}\n\n// Apart.\n\nfunc Seal() {}\n";
+        assert_eq!(
+            doc("vault.go", go, "Rotate"),
+            (
+                Some("Rotate replaces the signing keys.\nIt runs every hour.".to_owned()),
+                Some((3, 4))
+            )
+        );
+        assert_eq!(doc("vault.go", go, "Seal"), (None, None), "a blank line between");
+        let c = "#include <x.h>\n\n/* Rotates the keys\n * every hour. */\nvoid rotate(void) {}\n// Seals.\nstatic int seal(void) { return 0; }\n";
+        assert_eq!(
+            doc("vault.c", c, "rotate"),
+            (Some("Rotates the keys\nevery hour.".to_owned()), Some((3, 4)))
+        );
+        assert_eq!(doc("vault.c", c, "seal"), (Some("Seals.".to_owned()), Some((6, 6))));
+    }
+
     #[test]
     fn documentation_lines_are_known_where_the_documentation_takes_them_whole() {
-        let lines = |path: &str, text: &str, name: &str| {
-            let defs = definitions(path, text);
-            let d = defs.into_iter().find(|d| d.name == name).expect(name);
-            (d.doc, d.doc_lines)
-        };
         let rs = "use x;\n\n/// Rotates the keys.\n/// Every hour.\n#[derive(Debug)]\n#[must_use]\npub struct Vault;\n\nfn f() {} /// not above\nfn g() {}\n";
         assert_eq!(
-            lines("src/v.rs", rs, "Vault"),
+            doc("src/v.rs", rs, "Vault"),
             (Some("Rotates the keys.\nEvery hour.".to_owned()), Some((3, 4))),
             "above the attributes"
         );
-        assert_eq!(lines("src/v.rs", rs, "g").1, None, "code shares the comment's line");
+        assert_eq!(doc("src/v.rs", rs, "g").1, None, "code shares the comment's line");
         let py = "def rotate(self):\n    '''Replaces the key.\n\n    Returns the old one.'''\n    return 1\n\ndef one(): '''Inline.'''\n";
-        assert_eq!(lines("v.py", py, "rotate").1, Some((2, 4)));
-        assert_eq!(lines("v.py", py, "one"), (Some("Inline.".to_owned()), None));
+        assert_eq!(doc("v.py", py, "rotate").1, Some((2, 4)));
+        assert_eq!(doc("v.py", py, "one"), (Some("Inline.".to_owned()), None));
         let java = "class V {\n  /**\n   * Rotates.\n   */\n  @Override\n  public void rotate() {}\n}\n";
-        assert_eq!(lines("V.java", java, "rotate"), (Some("Rotates.".to_owned()), Some((2, 4))));
+        assert_eq!(doc("V.java", java, "rotate"), (Some("Rotates.".to_owned()), Some((2, 4))));
     }
 }

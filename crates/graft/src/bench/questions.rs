@@ -67,33 +67,28 @@ pub fn run(args: BenchQuestionsArgs) -> Result<()> {
         let report = index_repository(&tree, &scratch.layout, &embedder, &scratch.options, &Quiet)?;
         let project = ProjectIndex::open_with("bench", &scratch.layout, &scratch.options.backend)?;
         eprintln!("asking {} questions ...", asked.questions.len());
+        // Each way: its name, mode, whether names are looked up, the vector weight, and
+        // whether it is the way chat searches (whose misses `--misses` prints).
         let configured = config.index.vector_weight;
-        let mut plan: Vec<(String, SearchMode, bool, f64)> = vec![
-            ("keyword".into(), SearchMode::Keyword, false, 0.0),
-            ("vector".into(), SearchMode::Vector, false, configured),
-            ("hybrid".into(), SearchMode::Hybrid, false, configured),
-            ("hybrid + lookup (chat)".into(), SearchMode::Hybrid, true, configured),
+        let mut plan: Vec<(String, SearchMode, bool, f64, bool)> = vec![
+            ("keyword".into(), SearchMode::Keyword, false, 0.0, false),
+            ("vector".into(), SearchMode::Vector, false, configured, false),
+            ("hybrid".into(), SearchMode::Hybrid, false, configured, false),
+            ("hybrid + lookup (chat)".into(), SearchMode::Hybrid, true, configured, true),
         ];
         for &weight in args.vector_weights.iter().filter(|&&w| w != configured) {
-            plan.push((format!("hybrid + lookup at {weight}"), SearchMode::Hybrid, true, weight));
+            plan.push((format!("hybrid + lookup at {weight}"), SearchMode::Hybrid, true, weight, false));
         }
         let mut ways = Vec::new();
-        for (name, mode, lookup, vector_weight) in plan {
+        for (name, mode, lookup, vector_weight, chat) in plan {
             let mut search = graft_wiring::search_options(&config, mode, K);
             search.vector_weight = vector_weight;
-            let chat = name.ends_with("(chat)");
-            let way = ask(
-                &project,
-                &embedder,
-                &asked.questions,
-                |question| Query {
-                    text: question,
-                    names: lookup.then_some(Names::Question(question)),
-                    current_path: None,
-                },
-                &search,
-                chat && args.misses,
-            )?;
+            let query = |question| Query {
+                text: question,
+                names: lookup.then_some(Names::Question(question)),
+                current_path: None,
+            };
+            let way = ask(&project, &embedder, &asked.questions, query, &search, chat && args.misses)?;
             ways.push(Way {
                 name,
                 vector_weight,
