@@ -376,4 +376,12 @@ fn bench_questions_asks_each_way_for_documented_definitions() {
     assert!(!refused.status.success());
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("no question to ask"), "{said}");
+    for (flag, value, reason) in [
+        ("--questions", "0", "--questions must be at least 1"),
+        ("--vector-weights", "1,-2", "-2 is no weight"),
+    ] {
+        let refused = graft(&config, &["bench", "questions", flag, value]).arg(&tree).output().unwrap();
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && said.contains(reason), "{flag} {value}: {said}");
+    }
 }

@@ -37,6 +37,12 @@ struct Way {
 }
 
 pub fn run(args: BenchQuestionsArgs) -> Result<()> {
+    if args.questions == 0 {
+        anyhow::bail!("--questions must be at least 1");
+    }
+    if let Some(bad) = args.vector_weights.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
+        anyhow::bail!("--vector-weights: {bad} is no weight (give numbers of 0 or more, such as 1,2,4)");
+    }
     let config = models::load_config(&args.config.config)?;
     let scratch = ScratchIndex::new(&config)?;
     let files = graft_index::walk::walk(&args.path, &scratch.options.walk)?.files;
