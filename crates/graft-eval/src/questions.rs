@@ -84,17 +84,11 @@ pub fn doc_questions(files: &[SourceFile], n: usize, seed: u64) -> Questions {
         if questions.len() == n {
             break;
         }
+        let Some((first, last)) = d.doc_lines else { continue };
         if !asked_files.insert(index) {
             continue;
         }
-        let Some((first, last)) = d.doc_lines else { continue };
-        let taken = last + 1 - first;
-        // Documentation above the definition moves it up; a docstring inside shortens it.
-        let (start_line, end_line) = if last < d.start_line {
-            (d.start_line - taken, d.end_line - taken)
-        } else {
-            (d.start_line, d.end_line - taken)
-        };
+        let (start_line, end_line) = without_doc(&d, first, last);
         tree[index].text = without_lines(&tree[index].text, first, last);
         questions.push(DocQuestion {
             path: files[index].path.clone(),
@@ -114,9 +108,12 @@ fn askable(d: &Definition) -> Option<String> {
         return None;
     }
     let (first, last) = d.doc_lines?;
-    let inside = first > d.start_line;
-    let code_lines = d.end_line + 1 - d.start_line - if inside { last + 1 - first } else { 0 };
-    if code_lines < MIN_CODE_LINES || (inside && last >= d.end_line) {
+    // A docstring that is all of the body leaves no code.
+    if first > d.start_line && last >= d.end_line {
+        return None;
+    }
+    let (start, end) = without_doc(d, first, last);
+    if end + 1 - start < MIN_CODE_LINES {
         return None;
     }
     let question = first_sentence(d.doc.as_deref()?);
@@ -128,6 +125,17 @@ fn askable(d: &Definition) -> Option<String> {
         .any(|w| w.split(|c: char| !(c.is_alphanumeric() || c == '_')).any(|part| part == d.name));
     let points_away = POINTERS.iter().any(|p| first_word.starts_with(p)) || question.to_lowercase().contains("inheritdoc");
     (wordy >= MIN_WORDS && words.len() <= MAX_WORDS && !names_it && !points_away).then_some(question)
+}
+
+/// The lines of `d` (1-based, inclusive) once its documentation, lines `first..=last`, is
+/// taken out: documentation above it moves it up, a docstring inside shortens it.
+fn without_doc(d: &Definition, first: usize, last: usize) -> (usize, usize) {
+    let taken = last + 1 - first;
+    if last < d.start_line {
+        (d.start_line - taken, d.end_line - taken)
+    } else {
+        (d.start_line, d.end_line - taken)
+    }
 }
 
 /// The first sentence of `doc`'s first paragraph (all of it when no full stop ends one

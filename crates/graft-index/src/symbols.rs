@@ -65,15 +65,15 @@ fn collect(node: Node, source: &[u8], plain_docs: bool, scope: Option<&str>, top
             if matches!(kind, "type" | "class" | "trait") && !alias {
                 inner_scope = Some(name.clone());
             }
-            let doc = doc_comment(child, source, plain_docs);
+            let (doc, doc_lines) = doc_comment(child, source, plain_docs).map_or((None, None), |d| (Some(d.text), d.lines));
             found.push(Definition {
                 name,
                 kind,
                 scope: scope.map(str::to_owned),
                 start_line: child.start_position().row + 1,
                 end_line: child.end_position().row + 1,
-                doc: doc.as_ref().map(|d| d.text.clone()),
-                doc_lines: doc.and_then(|d| d.lines),
+                doc,
+                doc_lines,
             });
         } else if child.kind() == "impl_item" {
             // `impl Trait for Type`: its methods belong to the type.

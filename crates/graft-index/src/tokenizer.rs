@@ -79,14 +79,14 @@ fn tokenize(text: &str) -> Vec<Token> {
     let mut tokens = Vec::new();
     let mut position = 0;
     let stemmer = rust_stemmers::Stemmer::create(rust_stemmers::Algorithm::English);
-    // `word` is a part, or an identifier of one part: its stem stands for it.
-    let mut push = |from: usize, to: usize, tokens: &mut Vec<Token>, part: bool| {
+    // `stem`: the word is a part, or an identifier of one part, and its stem stands for it.
+    let mut push = |from: usize, to: usize, tokens: &mut Vec<Token>, stem: bool| {
         let word = &text[from..to];
         if word.len() > MAX_TOKEN_BYTES || word.chars().all(|c| c == '_') {
             return;
         }
         let lower = word.to_lowercase();
-        let text = if part && lower.bytes().all(|b| b.is_ascii_lowercase()) {
+        let term = if stem && lower.bytes().all(|b| b.is_ascii_lowercase()) {
             stemmer.stem(&lower).into_owned()
         } else {
             lower
@@ -95,7 +95,7 @@ fn tokenize(text: &str) -> Vec<Token> {
             offset_from: from,
             offset_to: to,
             position,
-            text,
+            text: term,
             position_length: 1,
         });
         position += 1;

@@ -94,20 +94,25 @@ pub fn run(args: BenchQuestionsArgs) -> Result<()> {
                 names: lookup.then_some(Names::Question(question)),
                 current_path: None,
             };
-            let way = ask(&project, &embedder, &asked.questions, query, &search, chat && args.misses)?;
-            ways.push(Way {
+            ways.push(ask(
                 name,
-                vector_weight,
-                ..way
-            });
+                &project,
+                &embedder,
+                &asked.questions,
+                query,
+                &search,
+                chat && args.misses,
+            )?);
         }
         Ok((report, ways))
     })?;
     print(&args, &scratch.backend, &report, &asked.questions, &ways)
 }
 
-/// Asks every question one way; `misses`: prints those whose definition was not first.
+/// Asks every question one way, the way `name`; `misses`: prints those whose definition was
+/// not first.
 fn ask<'q>(
+    name: String,
     project: &ProjectIndex,
     embedder: &Embedder,
     questions: &'q [DocQuestion],
@@ -139,7 +144,7 @@ fn ask<'q>(
     times.sort();
     let p = |at: f64| -> Duration { percentile(&times, at) };
     Ok(Way {
-        name: String::new(),
+        name,
         vector_weight: search.vector_weight,
         chunk: chunk.recall(),
         file: file.recall(),
