@@ -166,8 +166,8 @@ struct Doc {
 }
 
 /// The documentation of a definition: the doc comments right above it (above its Rust
-/// attributes, if any; any comment where `plain_docs`), or a Python docstring (the first
-/// statement of its body).
+/// attributes, if any; above its `export`, if any; any comment where `plain_docs`), or a
+/// Python docstring (the first statement of its body).
 fn doc_comment(node: Node, source: &[u8], plain_docs: bool) -> Option<Doc> {
     let text = |n: Node| n.utf8_text(source).ok().unwrap_or_default().to_owned();
     // Python: a string as the body's first statement.
@@ -184,7 +184,13 @@ fn doc_comment(node: Node, source: &[u8], plain_docs: bool) -> Option<Doc> {
             }
         }
     }
-    // Comments directly above (no blank line between), innermost last.
+    // Comments directly above (no blank line between), innermost last. JavaScript and
+    // TypeScript document `export function f` above its `export`, C++ a template above its
+    // `template <...>`.
+    let node = node
+        .parent()
+        .filter(|p| matches!(p.kind(), "export_statement" | "template_declaration"))
+        .unwrap_or(node);
     let mut lines = Vec::new();
     let mut expected_end = node.start_position().row;
     // Ruby: the comments above a body's first statement lie before the body itself.
@@ -534,5 +540,19 @@ mod tests {
         assert_eq!(doc("v.py", py, "one"), (Some("Inline.".to_owned()), None));
         let java = "class V {\n  /**\n   * Rotates.\n   */\n  @Override\n  public void rotate() {}\n}\n";
         assert_eq!(doc("V.java", java, "rotate"), (Some("Rotates.".to_owned()), Some((2, 4))));
+    }
+
+    #[test]
+    fn exports_and_templates_keep_the_documentation_above_them() {
+        let ts = "/** Rotates the keys. */\nexport function rotate(): void {}\n\n/**\n * Holds keys.\n */\nexport default class Vault {}\n\n/** Not above. */\n\nexport function seal() {}\n";
+        assert_eq!(doc("v.ts", ts, "rotate"), (Some("Rotates the keys.".to_owned()), Some((1, 1))));
+        assert_eq!(doc("v.ts", ts, "Vault"), (Some("Holds keys.".to_owned()), Some((4, 6))));
+        assert_eq!(doc("v.ts", ts, "seal"), (None, None), "a blank line between");
+        let js = "// plain\n/** Opens it. */\nexport function open(path) {}\nfunction close() {}\n";
+        assert_eq!(doc("v.js", js, "open"), (Some("Opens it.".to_owned()), Some((2, 2))));
+        assert_eq!(doc("v.js", js, "close"), (None, None), "code right above is no documentation");
+        let cpp = "/// Holds one value.\ntemplate <typename T>\nclass Box {};\n// Wraps it.\ntemplate <typename T>\nBox<T> wrap(T v) { return {}; }\n";
+        assert_eq!(doc("box.hpp", cpp, "Box"), (Some("Holds one value.".to_owned()), Some((1, 1))));
+        assert_eq!(doc("box.hpp", cpp, "wrap"), (Some("Wraps it.".to_owned()), Some((4, 4))));
     }
 }
