@@ -55,7 +55,19 @@ pub(crate) struct Connection {
     pub(crate) client: Qdrant,
     pub(crate) collection: String,
     url: String,
-    runtime: tokio::runtime::Runtime,
+    /// The client's own runtime: its callers are blocking code, some of it run from inside the
+    /// server's runtime. `None` once dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Connection {
+    /// Lets the runtime's thread go without waiting for it: tokio refuses to wait inside
+    /// another runtime, where `graft up` opens and drops catalogs (it panicked there).
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Connection {
@@ -78,7 +90,7 @@ impl Connection {
             client,
             collection,
             url: config.url.clone(),
-            runtime,
+            runtime: Some(runtime),
         })
     }
 
@@ -88,7 +100,11 @@ impl Connection {
         call: impl Future<Output = Result<T, qdrant_client::QdrantError>> + Send + 'static,
     ) -> Result<T, IndexError> {
         let (tx, rx) = std::sync::mpsc::channel();
-        self.runtime.spawn(async move {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| IndexError::Qdrant("the Qdrant client stopped".into()))?;
+        runtime.spawn(async move {
             let _ = tx.send(call.await);
         });
         rx.recv()

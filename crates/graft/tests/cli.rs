@@ -2,13 +2,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{repo_root, start_serving, Serving};
+use common::{http_get, http_get_with, http_post, repo_root, start_serving, Serving};
 
 fn graft() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
@@ -618,32 +616,6 @@ impl Said {
     }
 }
 
-/// A minimal HTTP/1.1 GET.
-fn http_get(addr: &str, path: &str) -> String {
-    http_get_with(addr, path, &[])
-}
-
-/// A minimal HTTP/1.1 GET with `headers`.
-fn http_get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> String {
-    let headers: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
-    http_exchange(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"),
-        Duration::from_secs(60),
-    )
-}
-
-/// Sends `request` whole on a new connection and reads the answer to its end, waiting at
-/// most `wait` for each read.
-fn http_exchange(addr: &str, request: &str, wait: Duration) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(wait)).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
 #[test]
 fn models_list_json_describes_the_kit() {
     let out = graft().args(["models", "list", "--json"]).output().unwrap();
@@ -750,18 +722,6 @@ fn up_serves_a_first_index_while_embedding_it_and_stops_at_once_on_sigterm() {
     let (_server, addr) = (serving.process, serving.addr);
     let (resumed, _) = wait_for_pending(&addr);
     assert!(resumed < left, "{resumed} pending after the restart, {left} before");
-}
-
-/// A minimal HTTP/1.1 POST, as `curl -d` sends it.
-fn http_post(addr: &str, path: &str, body: &str) -> String {
-    http_exchange(
-        addr,
-        &format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-        Duration::from_secs(120),
-    )
 }
 
 /// Writes at `dir` a synthetic adapter on the kit's SmolLM2 (valid weights, no learned

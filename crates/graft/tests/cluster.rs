@@ -261,3 +261,78 @@ fn a_project_on_a_qdrant_cluster_keeps_serving_while_nodes_die() {
         await_count(node, &collection, chunks);
     }
 }
+
+/// `graft up` with its index on a Qdrant server that has none yet: it builds the first one and
+/// serves from it, and a restart serves the one on the server (it panicked at its start, where
+/// it looked for the project's catalog from inside its runtime).
+#[test]
+#[ignore = "needs the Qdrant server binary: GRAFT_TEST_QDRANT_BIN (scripts/test sets it from ../shared/tools/qdrant)"]
+fn up_builds_and_serves_a_first_index_on_a_qdrant_server_and_restarts_on_it() {
+    let node = Node::single(&qdrant::binary().unwrap_or_else(|why| panic!("{why}")));
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    copy_tree(&repo_root().join("tests/fixtures/polyglot"), &repo);
+    let config = work.path().join("graft.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kit]\ndir = {:?}\n[server]\nlisten = \"127.0.0.1:0\"\n[index]\ndir = {:?}\nqdrant_url = {:?}\n\
+             qdrant_collection_prefix = \"graft_up_\"\n[[projects]]\nname = {PROJECT:?}\npath = {:?}\n",
+            common::kit_dir().display().to_string(),
+            work.path().join("index").display().to_string(),
+            node.grpc_url(),
+            repo.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let status = |addr: &str| -> Value {
+        let response = common::http_get(addr, &format!("/v1/projects/{PROJECT}"));
+        serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap_or(Value::Null)
+    };
+    let first_hit = |addr: &str| -> Value {
+        let body = format!(r#"{{"query": {QUERY:?}, "k": 3}}"#);
+        let response = common::http_post(addr, &format!("/v1/projects/{PROJECT}/search"), &body);
+        let answer: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap_or(Value::Null);
+        answer["data"][0]["path"].clone()
+    };
+
+    // The project's chunks once no run is writing or embedding.
+    let indexed = |addr: &str| -> u64 {
+        let started = Instant::now();
+        loop {
+            let now = status(addr);
+            if let (Some(chunks), Some(0), Some(false)) =
+                (now["chunks"].as_u64(), now["vectors_pending"].as_u64(), now["reindexing"].as_bool())
+            {
+                if chunks > 0 {
+                    return chunks;
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(180), "no index after 180 s: {now}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+
+    let serving = common::graft_up(&config);
+    let chunks = indexed(&serving.addr);
+    assert_eq!(first_hit(&serving.addr), "storage/blobstore.go");
+    assert_eq!(
+        node.count(&format!("graft_up_{PROJECT}")),
+        Some(chunks),
+        "the vectors are on the server"
+    );
+    let (mut process, lines) = (serving.process, serving.lines);
+    assert!(Command::new("kill")
+        .args(["-TERM", &process.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let exit = process.0.wait().unwrap();
+    let said: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(exit.success(), "graft exits 0 on SIGTERM, got {exit}: {said:#?}");
+
+    // A restart finds the index on the server and serves it at once.
+    let serving = common::graft_up(&config);
+    assert_eq!(indexed(&serving.addr), chunks);
+    assert_eq!(first_hit(&serving.addr), "storage/blobstore.go");
+}

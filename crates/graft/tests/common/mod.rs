@@ -1,10 +1,11 @@
-//! What the tests that run the `graft` program share: the repository's root, and starting a
-//! server and waiting for the address it prints.
+//! What the tests that run the `graft` program share: the repository's root, starting a
+//! server and waiting for the address it prints, and plain HTTP requests to it.
 
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Lines};
+use std::io::{BufRead, BufReader, Lines, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -95,4 +96,42 @@ pub fn start_serving_then(cmd: &mut Command, within: Duration, mut startup_line:
         startup,
         lines,
     }
+}
+
+/// A minimal HTTP/1.1 GET.
+pub fn http_get(addr: &str, path: &str) -> String {
+    http_get_with(addr, path, &[])
+}
+
+/// A minimal HTTP/1.1 GET with `headers`.
+pub fn http_get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> String {
+    let headers: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    http_exchange(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"),
+        Duration::from_secs(60),
+    )
+}
+
+/// Sends `request` whole on a new connection and reads the answer to its end, waiting at
+/// most `wait` for each read.
+pub fn http_exchange(addr: &str, request: &str, wait: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// A minimal HTTP/1.1 POST, as `curl -d` sends it.
+pub fn http_post(addr: &str, path: &str, body: &str) -> String {
+    http_exchange(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        Duration::from_secs(120),
+    )
 }
