@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use graft_index::catalog::{Catalog, QdrantCatalog, TantivyCatalog};
+use graft_index::catalog::{Catalog, CatalogWriter, QdrantCatalog, TantivyCatalog};
 use graft_index::chunker::{chunk_and_define, Chunk, ChunkOptions};
 use graft_index::symbols::Definition;
 use graft_index::vectors::ServerConfig;
@@ -71,6 +71,13 @@ fn run(catalog: &dyn Catalog, removed: &[&str], files: &[&File]) {
     for path in removed.iter().copied().chain(files.iter().map(|f| f.path.as_str())) {
         writer.remove_file(path).unwrap();
     }
+    add(writer.as_mut(), files.iter().copied());
+    writer.commit().unwrap();
+    catalog.reload().unwrap();
+}
+
+/// Hands `files`, their chunks and their definitions to a run.
+fn add<'a>(writer: &mut dyn CatalogWriter, files: impl IntoIterator<Item = &'a File>) {
     for file in files {
         writer.add_file(&file.path, &file.hash).unwrap();
         for (id, chunk) in &file.chunks {
@@ -80,8 +87,6 @@ fn run(catalog: &dyn Catalog, removed: &[&str], files: &[&File]) {
             writer.add_symbol(&file.path, definition, *chunk).unwrap();
         }
     }
-    writer.commit().unwrap();
-    catalog.reload().unwrap();
 }
 
 /// A tantivy catalog in `folder` of `files`' chunks alone: no file or symbol records.
@@ -331,6 +336,51 @@ fn what_a_killed_run_wrote_is_never_seen_and_the_next_run_clears_it() {
     assert_eq!(node.count(collection), Some(5), "ended records wait a generation");
     run(&catalog, &[], &[]);
     assert_eq!(node.count(collection), Some(3));
+}
+
+#[test]
+#[ignore = "needs the Qdrant server binary: GRAFT_TEST_QDRANT_BIN (scripts/test sets it from ../shared/tools/qdrant)"]
+fn a_run_writes_its_records_as_it_goes_unseen_until_its_commit() {
+    let node = qdrant::Node::single(&qdrant::binary().unwrap_or_else(|why| panic!("{why}")));
+    let catalog = QdrantCatalog::open(&server_config(&node), "stream").unwrap();
+    let collection = "graft_catalogs_stream~catalog";
+    let kind = |kind: &str| node.count_where(collection, "kind", kind).expect("a count");
+    let files = files_of(&kit_file("networkx-src"), "");
+    let (first, rest) = files.split_at(files.len() / 2);
+    let chunks_of = |files: &[File]| files.iter().map(|f| f.chunks.len()).sum::<usize>();
+
+    // A first run writes files and symbols as they come; its chunks wait for their text to set
+    // BM25's average lengths (here: all of it, far under the sample's size).
+    let mut writer = catalog.writer(2).unwrap();
+    add(writer.as_mut(), first);
+    assert!(
+        kind("file") + kind("symbol") > 1000,
+        "{} files, {} symbols written",
+        kind("file"),
+        kind("symbol")
+    );
+    assert_eq!(kind("chunk"), 0);
+    assert!(catalog.files().unwrap().is_empty(), "nothing is seen before the commit");
+    writer.commit().unwrap();
+    catalog.reload().unwrap();
+    assert_eq!(catalog.chunk_count().unwrap(), chunks_of(first));
+
+    // The next run writes its chunks as they come too, unseen until its switch.
+    let mut writer = catalog.writer(2).unwrap();
+    add(writer.as_mut(), rest);
+    let written = kind("chunk") as usize - chunks_of(first);
+    assert!(
+        written + 256 >= chunks_of(rest) && written > 0,
+        "{written} of {} chunks written",
+        chunks_of(rest)
+    );
+    assert_eq!(catalog.chunk_count().unwrap(), chunks_of(first), "unseen before the commit");
+    assert_eq!(catalog.files().unwrap().len(), first.len());
+    writer.commit().unwrap();
+    catalog.reload().unwrap();
+    assert_eq!(catalog.chunk_count().unwrap(), chunks_of(&files));
+    assert_eq!(catalog.files().unwrap().len(), files.len());
+    assert!(!catalog.keyword_search("shortest path", 5).unwrap().is_empty());
 }
 
 #[test]

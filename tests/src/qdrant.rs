@@ -166,7 +166,17 @@ impl Node {
     /// The exact number of points in `collection`, as this node answers (`None` while it
     /// cannot).
     pub fn count(&self, collection: &str) -> Option<u64> {
-        let (status, body) = self.post(&format!("/collections/{collection}/points/count"), r#"{"exact": true}"#)?;
+        self.count_body(collection, r#"{"exact": true}"#)
+    }
+
+    /// Points in `collection` whose payload field `key` is `value`.
+    pub fn count_where(&self, collection: &str, key: &str, value: &str) -> Option<u64> {
+        let body = serde_json::json!({"exact": true, "filter": {"must": [{"key": key, "match": {"value": value}}]}});
+        self.count_body(collection, &body.to_string())
+    }
+
+    fn count_body(&self, collection: &str, body: &str) -> Option<u64> {
+        let (status, body) = self.post(&format!("/collections/{collection}/points/count"), body)?;
         let json: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
         json["result"]["count"].as_u64()
     }

@@ -3,7 +3,8 @@
 //! store vectors → hand the records to the catalog's writer → then one commit of the catalog →
 //! drop stale vectors. The walk only lists the files ([`crate::walk::list`]); each slice reads
 //! its own. So a run holds one slice's text and chunks, never the repository's, whatever its
-//! size (but for a Qdrant server's catalog, which keeps a run's records until its commit).
+//! size (the catalog's writer holds no more: tantivy's flushes past its memory budget, a Qdrant
+//! server's writes a batch of records at a time).
 //!
 //! The order is what makes a run safe to kill at any moment (`kill -9` included):
 //! 1. new vectors are written first, under ids derived from the chunk's content, so they can

@@ -13,8 +13,8 @@
 //!
 //! Commits are generations. Every record carries `from` and `until`; at generation `G` a
 //! search sees the records with `from <= G < until`. A run writes its new records with
-//! `from = G+1` and marks the ones it removes `until = G+1` (both unseen at `G`), then writes
-//! `G+1` into the meta point: that one write is the switch. Records no search at `G+1` sees
+//! `from = G+1` and marks the ones it removes `until = G+1` (both unseen at `G`), as it goes, a
+//! batch at a time, then writes `G+1` into the meta point: that one write is the switch. Records no search at `G+1` sees
 //! (`until <= G`) are deleted after it, and a run's records that were never committed (a run
 //! killed before its switch) are removed or unmarked by the next one before it writes.
 //!
@@ -55,6 +55,9 @@ const LIVE: i64 = 1 << 53;
 const WRITE_BATCH: usize = 256;
 /// Paths per "mark these files' records removed" request.
 const PATHS_PER_REQUEST: usize = 512;
+/// A first run's chunk text that sets BM25's average lengths for good (a repository with less:
+/// all of it).
+const LENGTHS_SAMPLE_BYTES: usize = 16 << 20;
 
 const KIND_CHUNK: &str = "chunk";
 const KIND_FILE: &str = "file";
@@ -527,46 +530,140 @@ impl Catalog for QdrantCatalog {
                 },
             )]),
         )?;
+        let old = self.generation();
         Ok(Box::new(QdrantWriter {
             catalog: self,
+            old,
+            new: old + 1,
             lengths: meta.and_then(|m| m.lengths),
+            sample: Vec::new(),
+            sample_bytes: 0,
+            points: Vec::new(),
             removed: Vec::new(),
-            files: Vec::new(),
-            chunks: Vec::new(),
-            symbols: Vec::new(),
+            symbols: 0,
         }))
     }
 }
 
-/// A run's changes, written on commit.
+/// A run's changes, written as they come (unseen until the commit's switch), so that a run
+/// holds a batch of records at a time, whatever the repository's size. A first run alone holds
+/// its chunks until [`LENGTHS_SAMPLE_BYTES`] of their text (or the commit) sets BM25's average
+/// lengths, which every chunk's sparse vector needs.
 struct QdrantWriter<'a> {
     catalog: &'a QdrantCatalog,
+    /// The committed generation the run started from, and the one it writes.
+    old: i64,
+    new: i64,
     /// The average field lengths the stored sparse vectors were computed with.
     lengths: Option<AverageLengths>,
+    /// A first run's chunks, until their text sets `lengths`.
+    sample: Vec<(u64, Chunk)>,
+    sample_bytes: usize,
+    /// Records not yet written.
+    points: Vec<PointStruct>,
+    /// Paths whose records are not yet marked as ending.
     removed: Vec<String>,
-    files: Vec<(String, String)>,
-    chunks: Vec<(u64, Chunk)>,
-    symbols: Vec<SymbolRecord>,
+    /// Symbols written, for their record ids.
+    symbols: u64,
+}
+
+impl QdrantWriter<'_> {
+    /// Queues a record of the new generation; a full batch is written.
+    fn push(&mut self, id: u64, vectors: NamedVectors, payload: Payload) -> Result<(), IndexError> {
+        self.points.push(PointStruct::new(id, vectors, payload));
+        if self.points.len() >= WRITE_BATCH {
+            self.catalog.upsert(std::mem::take(&mut self.points))?;
+        }
+        Ok(())
+    }
+
+    fn push_chunk(&mut self, id: u64, chunk: &Chunk, lengths: &AverageLengths) -> Result<(), IndexError> {
+        let v = keywords::document(
+            Fields {
+                text: &chunk.text,
+                path: &chunk.path,
+                symbol: &chunk.symbol,
+            },
+            lengths,
+        );
+        let fields = ChunkRecord {
+            chunk: id,
+            path: chunk.path.clone(),
+            language: chunk.language.to_owned(),
+            start_line: chunk.start_line,
+            end_line: chunk.end_line,
+            symbol: chunk.symbol.clone(),
+            text: chunk.text.clone(),
+        };
+        let vectors = NamedVectors::default().add_vector(SPARSE, Vector::new_sparse(v.indices, v.values));
+        let payload = with_kind(&fields, KIND_CHUNK, Some(self.new))?;
+        self.push(record_id(KIND_CHUNK, &id.to_le_bytes(), self.new), vectors, payload)
+    }
+
+    /// Sets the average lengths from the chunks held so far, and writes them.
+    fn settle_lengths(&mut self) -> Result<AverageLengths, IndexError> {
+        let lengths = AverageLengths::of(self.sample.iter().map(|(_, c)| Fields {
+            text: &c.text,
+            path: &c.path,
+            symbol: &c.symbol,
+        }));
+        for (id, chunk) in std::mem::take(&mut self.sample) {
+            self.push_chunk(id, &chunk, &lengths)?;
+        }
+        self.sample_bytes = 0;
+        self.lengths = Some(lengths);
+        Ok(lengths)
+    }
+
+    /// Marks the records of the queued removed paths as ending with the new generation (still
+    /// seen at the old one).
+    fn mark_removed(&mut self) -> Result<(), IndexError> {
+        let paths = std::mem::take(&mut self.removed);
+        for paths in paths.chunks(PATHS_PER_REQUEST) {
+            let mut until = Payload::new();
+            until.insert("until", self.new);
+            let mut must = vec![Condition::matches("path", paths.to_vec())];
+            must.extend(visible_at(self.old));
+            self.catalog.set_payload(until, Filter::must(must))?;
+        }
+        Ok(())
+    }
 }
 
 impl CatalogWriter for QdrantWriter<'_> {
     fn remove_file(&mut self, path: &str) -> Result<(), IndexError> {
         self.removed.push(path.to_owned());
+        if self.removed.len() >= PATHS_PER_REQUEST {
+            self.mark_removed()?;
+        }
         Ok(())
     }
 
     fn add_file(&mut self, path: &str, file_hash: &str) -> Result<(), IndexError> {
-        self.files.push((path.to_owned(), file_hash.to_owned()));
-        Ok(())
+        let fields = FileRecord {
+            path: path.to_owned(),
+            hash: file_hash.to_owned(),
+        };
+        let payload = with_kind(&fields, KIND_FILE, Some(self.new))?;
+        self.push(record_id(KIND_FILE, path.as_bytes(), self.new), NamedVectors::default(), payload)
     }
 
     fn add_chunk(&mut self, id: u64, chunk: &Chunk) -> Result<(), IndexError> {
-        self.chunks.push((id, chunk.clone()));
-        Ok(())
+        match self.lengths {
+            Some(lengths) => self.push_chunk(id, chunk, &lengths),
+            None => {
+                self.sample_bytes += chunk.text.len();
+                self.sample.push((id, chunk.clone()));
+                if self.sample_bytes >= LENGTHS_SAMPLE_BYTES {
+                    self.settle_lengths()?;
+                }
+                Ok(())
+            }
+        }
     }
 
     fn add_symbol(&mut self, path: &str, definition: &Definition, chunk: u64) -> Result<(), IndexError> {
-        self.symbols.push(SymbolRecord {
+        let fields = SymbolRecord {
             name: definition.name.clone(),
             def_kind: definition.kind.to_owned(),
             scope: definition.scope.clone().unwrap_or_default(),
@@ -574,94 +671,38 @@ impl CatalogWriter for QdrantWriter<'_> {
             start_line: definition.start_line,
             end_line: definition.end_line,
             chunk,
-        });
-        Ok(())
+        };
+        let id = record_id(KIND_SYMBOL, &self.symbols.to_le_bytes(), self.new);
+        self.symbols += 1;
+        let payload = with_kind(&fields, KIND_SYMBOL, Some(self.new))?;
+        self.push(id, NamedVectors::default(), payload)
     }
 
-    fn commit(self: Box<Self>) -> Result<(), IndexError> {
+    fn commit(mut self: Box<Self>) -> Result<(), IndexError> {
+        // 1. The rest of the new records, and of the removed (and replaced) files' marks: all
+        //    unseen at the old generation.
+        let lengths = match self.lengths {
+            Some(lengths) => lengths,
+            None => self.settle_lengths()?,
+        };
+        self.catalog.upsert(std::mem::take(&mut self.points))?;
+        self.mark_removed()?;
+
+        // 2. The switch.
         let catalog = self.catalog;
-        let old = catalog.generation();
-        let new = old + 1;
-        // BM25's average lengths: the first run's, kept so every stored vector agrees.
-        let lengths = self.lengths.unwrap_or_else(|| {
-            AverageLengths::of(self.chunks.iter().map(|(_, c)| Fields {
-                text: &c.text,
-                path: &c.path,
-                symbol: &c.symbol,
-            }))
-        });
-
-        // 1. The new records, unseen until the switch.
-        let mut points = Vec::with_capacity(self.files.len() + self.chunks.len() + self.symbols.len());
-        for (path, hash) in &self.files {
-            let fields = FileRecord {
-                path: path.clone(),
-                hash: hash.clone(),
-            };
-            let id = record_id(KIND_FILE, path.as_bytes(), new);
-            points.push(PointStruct::new(
-                id,
-                NamedVectors::default(),
-                with_kind(&fields, KIND_FILE, Some(new))?,
-            ));
-        }
-        for (id, chunk) in &self.chunks {
-            let v = keywords::document(
-                Fields {
-                    text: &chunk.text,
-                    path: &chunk.path,
-                    symbol: &chunk.symbol,
-                },
-                &lengths,
-            );
-            let fields = ChunkRecord {
-                chunk: *id,
-                path: chunk.path.clone(),
-                language: chunk.language.to_owned(),
-                start_line: chunk.start_line,
-                end_line: chunk.end_line,
-                symbol: chunk.symbol.clone(),
-                text: chunk.text.clone(),
-            };
-            let vectors = NamedVectors::default().add_vector(SPARSE, Vector::new_sparse(v.indices, v.values));
-            let point_id = record_id(KIND_CHUNK, &id.to_le_bytes(), new);
-            points.push(PointStruct::new(point_id, vectors, with_kind(&fields, KIND_CHUNK, Some(new))?));
-        }
-        for (n, symbol) in self.symbols.iter().enumerate() {
-            let id = record_id(KIND_SYMBOL, &(n as u64).to_le_bytes(), new);
-            points.push(PointStruct::new(
-                id,
-                NamedVectors::default(),
-                with_kind(symbol, KIND_SYMBOL, Some(new))?,
-            ));
-        }
-        catalog.upsert(points)?;
-
-        // 2. The removed (and replaced) files' records end with this generation.
-        let g = old as f64;
-        for paths in self.removed.chunks(PATHS_PER_REQUEST) {
-            let mut until = Payload::new();
-            until.insert("until", new);
-            let mut must = vec![Condition::matches("path", paths.to_vec())];
-            must.extend(visible_at(old));
-            let filter = Filter::must(must);
-            catalog.set_payload(until, filter)?;
-        }
-
-        // 3. The switch.
         let mut meta = Payload::new();
-        meta.insert("generation", new);
+        meta.insert("generation", self.new);
         let lengths = serde_json::to_value(lengths).map_err(|e| IndexError::Invalid(e.to_string()))?;
         meta.insert("lengths", lengths);
         catalog.set_meta(meta)?;
-        catalog.generation.store(new, Ordering::Release);
+        catalog.generation.store(self.new, Ordering::Release);
 
-        // 4. Records no search sees any more; those that ended with this generation are still
+        // 3. Records no search sees any more; those that ended with this generation are still
         //    read by searches that began before the switch, and go with the next run.
         catalog.delete_where(Filter::must([Condition::range(
             "until",
             Range {
-                lte: Some(g),
+                lte: Some(self.old as f64),
                 ..Default::default()
             },
         )]))
