@@ -13,10 +13,11 @@
 //!
 //! Commits are generations. Every record carries `from` and `until`; at generation `G` a
 //! search sees the records with `from <= G < until`. A run writes its new records with
-//! `from = G+1` and marks the ones it removes `until = G+1` (both unseen at `G`), as it goes, a
-//! batch at a time, then writes `G+1` into the meta point: that one write is the switch. Records no search at `G+1` sees
-//! (`until <= G`) are deleted after it, and a run's records that were never committed (a run
-//! killed before its switch) are removed or unmarked by the next one before it writes.
+//! `from = G+1` and marks the ones it removes `until = G+1` (both unseen at `G`) as it goes, a
+//! batch at a time, then writes `G+1` into the meta point: that one write is the switch.
+//! Records no search at `G+1` sees (`until <= G`) are deleted after it, and a run's records
+//! that were never committed (a run killed before its switch) are removed or unmarked by the
+//! next one before it writes.
 //!
 //! One indexing run per project at a time: the lock that guarantees it is the index folder's,
 //! so run `graft index` (or `graft up`'s re-index) for a project from one machine.
