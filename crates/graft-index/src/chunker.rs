@@ -326,13 +326,10 @@ impl Packer<'_> {
         let mut group: Option<Group> = None;
         for child in children {
             let (start, end) = self.rows(child);
-            if let Some(g) = &group {
-                if start <= g.end {
-                    // Same line as the previous node (a trailing comment, say): keep together.
-                    let g = group.as_mut().expect("group is set");
-                    g.end = g.end.max(end);
-                    continue;
-                }
+            if let Some(g) = group.as_mut().filter(|g| start <= g.end) {
+                // Same line as the previous node (a trailing comment, say): keep together.
+                g.end = g.end.max(end);
+                continue;
             }
             let is_comment = child.kind().contains("comment");
             let name = is_definition(child.kind()).then(|| definition_name(child, self.source)).flatten();
