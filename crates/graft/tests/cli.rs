@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{http_get, http_get_with, http_post, repo_root, start_serving, Serving};
+use common::{http_get, http_get_with, http_post, json_body, repo_root, start_serving, Serving};
 
 fn graft() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
@@ -120,7 +120,7 @@ fn up_re_indexes_a_project_when_its_repository_changes() {
     let search = |query: &str| -> Vec<String> {
         let body = format!(r#"{{"query": "{query}", "mode": "keyword"}}"#);
         let response = http_post(&addr, "/v1/projects/fixture/search", &body);
-        let answer: serde_json::Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        let answer = json_body(&response);
         let hits = answer["data"].as_array().unwrap_or_else(|| panic!("{response}"));
         hits.iter().map(|h| h["path"].as_str().unwrap().to_owned()).collect()
     };
@@ -147,7 +147,7 @@ fn up_re_indexes_a_project_when_its_repository_changes() {
 
     // The project's status and the metrics say so: three runs, the last one removed the file.
     let status = http_get(&addr, "/v1/projects/fixture");
-    let status: serde_json::Value = serde_json::from_str(status.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let status = json_body(&status);
     let last = &status["last_run"];
     assert_eq!(
         (&last["files_removed"], &last["files_added"], &last["error"]),
@@ -377,7 +377,7 @@ fn serve_takes_up_a_projects_serving_settings_when_its_config_is_saved() {
     let within = Duration::from_secs(60);
     let settings = || {
         let response = http_get(&addr, "/v1/projects/fixture");
-        let status: serde_json::Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        let status = json_body(&response);
         (status["adapter"].clone(), status["retrieval"].clone(), status["top_k"].clone())
     };
     assert_eq!(settings(), (serde_json::Value::Null, true.into(), 5.into()));
@@ -639,7 +639,7 @@ fn serve_answers_a_chat_request_and_stops_cleanly_on_sigterm() {
     let body = r#"{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"Write a Rust function that adds two numbers"}],"max_tokens":16,"temperature":0}"#;
     let response = http_post(&addr, "/v1/chat/completions", body);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let json: serde_json::Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let json = json_body(&response);
     assert!(
         !json["choices"][0]["message"]["content"].as_str().unwrap().trim().is_empty(),
         "{json}"
@@ -676,7 +676,7 @@ fn up_serves_a_first_index_while_embedding_it_and_stops_at_once_on_sigterm() {
     .unwrap();
     let pending = |addr: &str| -> (u64, u64) {
         let status = http_get(addr, "/v1/projects/nx");
-        let status: serde_json::Value = serde_json::from_str(status.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        let status = json_body(&status);
         (status["vectors_pending"].as_u64().unwrap(), status["chunks"].as_u64().unwrap_or(0))
     };
     let wait_for_pending = |addr: &str| -> (u64, u64) {
@@ -697,7 +697,7 @@ fn up_serves_a_first_index_while_embedding_it_and_stops_at_once_on_sigterm() {
     assert!(chunks > 5000 && left > chunks / 2, "{left} of {chunks} pending");
     let cursor = r#"{"prefix": "def relax(G, source):\n    pred, dist = bellman_ford_predecessor_and_distance(G, source", "path": "relax.py", "k": 3}"#;
     let response = http_post(&addr, "/v1/projects/nx/search", cursor);
-    let answer: serde_json::Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let answer = json_body(&response);
     assert_eq!(answer["data"][0]["path"], "algorithms/shortest_paths/weighted.py", "{response}");
     assert!(pending(&addr).0 > 0, "still embedding while it answered");
     let metrics = http_get(&addr, "/metrics");

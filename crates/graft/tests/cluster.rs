@@ -285,14 +285,10 @@ fn up_builds_and_serves_a_first_index_on_a_qdrant_server_and_restarts_on_it() {
         ),
     )
     .unwrap();
-    let status = |addr: &str| -> Value {
-        let response = common::http_get(addr, &format!("/v1/projects/{PROJECT}"));
-        serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap_or(Value::Null)
-    };
+    let status = |addr: &str| common::json_body(&common::http_get(addr, &format!("/v1/projects/{PROJECT}")));
     let first_hit = |addr: &str| -> Value {
         let body = format!(r#"{{"query": {QUERY:?}, "k": 3}}"#);
-        let response = common::http_post(addr, &format!("/v1/projects/{PROJECT}/search"), &body);
-        let answer: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap_or(Value::Null);
+        let answer = common::json_body(&common::http_post(addr, &format!("/v1/projects/{PROJECT}/search"), &body));
         answer["data"][0]["path"].clone()
     };
 

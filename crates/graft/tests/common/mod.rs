@@ -135,3 +135,9 @@ pub fn http_post(addr: &str, path: &str, body: &str) -> String {
         Duration::from_secs(120),
     )
 }
+
+/// The JSON body of an HTTP response (`response` whole, headers first).
+pub fn json_body(response: &str) -> serde_json::Value {
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("no JSON body ({e}): {response}"))
+}
