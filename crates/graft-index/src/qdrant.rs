@@ -60,6 +60,10 @@ pub(crate) struct Connection {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
+/// A call [`Connection::start`]ed and not yet [`Connection::finish`]ed. Dropped, the call still
+/// runs to its end; its answer is not read.
+pub(crate) struct Pending<T>(std::sync::mpsc::Receiver<Result<T, qdrant_client::QdrantError>>);
+
 impl Drop for Connection {
     /// Lets the runtime's thread go without waiting for it: tokio refuses to wait inside
     /// another runtime, where `graft up` opens and drops catalogs (it panicked there).
@@ -99,6 +103,15 @@ impl Connection {
         &self,
         call: impl Future<Output = Result<T, qdrant_client::QdrantError>> + Send + 'static,
     ) -> Result<T, IndexError> {
+        self.finish(self.start(call)?)
+    }
+
+    /// Starts a client call on the connection's runtime without waiting for it: several
+    /// started calls are in flight at once, and [`Connection::finish`] waits for one.
+    pub(crate) fn start<T: Send + 'static>(
+        &self,
+        call: impl Future<Output = Result<T, qdrant_client::QdrantError>> + Send + 'static,
+    ) -> Result<Pending<T>, IndexError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let runtime = self
             .runtime
@@ -107,7 +120,14 @@ impl Connection {
         runtime.spawn(async move {
             let _ = tx.send(call.await);
         });
-        rx.recv()
+        Ok(Pending(rx))
+    }
+
+    /// Waits for a started call's answer.
+    pub(crate) fn finish<T>(&self, pending: Pending<T>) -> Result<T, IndexError> {
+        pending
+            .0
+            .recv()
             .map_err(|_| IndexError::Qdrant("the Qdrant client stopped".into()))?
             .map_err(|e| IndexError::Qdrant(format!("Qdrant at {}, collection {}: {}", self.url, self.collection, reason(&e))))
     }

@@ -22,15 +22,15 @@
 //! One indexing run per project at a time: the lock that guarantees it is the index folder's,
 //! so run `graft index` (or `graft up`'s re-index) for a project from one machine.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use qdrant_client::qdrant::r#match::MatchValue;
 use qdrant_client::qdrant::with_payload_selector::SelectorOptions;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder, FieldType, Filter,
-    GetPointsBuilder, Modifier, NamedVectors, PayloadIncludeSelector, PointId, PointStruct, QueryPointsBuilder, Range,
-    SetPayloadPointsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector, VectorInput,
+    GetPointsBuilder, Modifier, NamedVectors, PayloadIncludeSelector, PointId, PointStruct, PointsOperationResponse, QueryPointsBuilder,
+    Range, SetPayloadPointsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector, VectorInput,
 };
 use qdrant_client::Payload;
 use serde::de::DeserializeOwned;
@@ -43,7 +43,7 @@ use crate::error::IndexError;
 use crate::fusion::Ranked;
 use crate::keywords::{self, AverageLengths, Fields};
 use crate::layout::Meta;
-use crate::qdrant::{Connection, ServerConfig};
+use crate::qdrant::{Connection, Pending, ServerConfig};
 use crate::symbols::Definition;
 
 /// The sparse vector of a chunk's BM25 weights.
@@ -54,6 +54,9 @@ const META_ID: u64 = 0;
 const LIVE: i64 = 1 << 53;
 /// Records per write request.
 const WRITE_BATCH: usize = 256;
+/// Write requests a run keeps in flight: the server applies one batch while the next is on its
+/// way and the run chunks its next files, instead of the run waiting on each in turn.
+const IN_FLIGHT: usize = 4;
 /// Paths per "mark these files' records removed" request.
 const PATHS_PER_REQUEST: usize = 512;
 /// A first run's chunk text that sets BM25's average lengths for good (a repository with less:
@@ -209,11 +212,16 @@ impl QdrantCatalog {
         let mut points = points.into_iter().peekable();
         while points.peek().is_some() {
             let batch: Vec<PointStruct> = points.by_ref().take(WRITE_BATCH).collect();
-            let (client, name) = (self.connection.client.clone(), self.connection.collection.clone());
-            self.connection
-                .run(async move { client.upsert_points(UpsertPointsBuilder::new(name, batch).wait(true)).await })?;
+            self.connection.finish(self.start_upsert(batch)?)?;
         }
         Ok(())
+    }
+
+    /// Sends one write request (answered once the server has applied it) without waiting.
+    fn start_upsert(&self, batch: Vec<PointStruct>) -> Result<Pending<PointsOperationResponse>, IndexError> {
+        let (client, name) = (self.connection.client.clone(), self.connection.collection.clone());
+        self.connection
+            .start(async move { client.upsert_points(UpsertPointsBuilder::new(name, batch).wait(true)).await })
     }
 
     /// Sets payload fields on the points `filter` matches.
@@ -540,6 +548,7 @@ impl Catalog for QdrantCatalog {
             sample: Vec::new(),
             sample_bytes: 0,
             points: Vec::new(),
+            in_flight: VecDeque::new(),
             removed: Vec::new(),
             symbols: 0,
         }))
@@ -547,9 +556,10 @@ impl Catalog for QdrantCatalog {
 }
 
 /// A run's changes, written as they come (unseen until the commit's switch), so that a run
-/// holds a batch of records at a time, whatever the repository's size. A first run alone holds
-/// its chunks until [`LENGTHS_SAMPLE_BYTES`] of their text (or the commit) sets BM25's average
-/// lengths, which every chunk's sparse vector needs.
+/// holds a few batches of records at a time ([`IN_FLIGHT`] requests and the one it fills),
+/// whatever the repository's size. A first run alone holds its chunks until
+/// [`LENGTHS_SAMPLE_BYTES`] of their text (or the commit) sets BM25's average lengths, which
+/// every chunk's sparse vector needs. The switch waits for every request's answer.
 struct QdrantWriter<'a> {
     catalog: &'a QdrantCatalog,
     /// The committed generation the run started from, and the one it writes.
@@ -560,8 +570,10 @@ struct QdrantWriter<'a> {
     /// A first run's chunks, until their text sets `lengths`.
     sample: Vec<(u64, Chunk)>,
     sample_bytes: usize,
-    /// Records not yet written.
+    /// Records not yet sent.
     points: Vec<PointStruct>,
+    /// Write requests sent and not yet answered, oldest first.
+    in_flight: VecDeque<Pending<PointsOperationResponse>>,
     /// Paths whose records are not yet marked as ending.
     removed: Vec<String>,
     /// Symbols written, for their record ids.
@@ -569,13 +581,34 @@ struct QdrantWriter<'a> {
 }
 
 impl QdrantWriter<'_> {
-    /// Queues a record of the new generation; a full batch is written.
+    /// Queues a record of the new generation; a full batch is sent.
     fn push(&mut self, id: u64, vectors: NamedVectors, payload: Payload) -> Result<(), IndexError> {
         self.points.push(PointStruct::new(id, vectors, payload));
         if self.points.len() >= WRITE_BATCH {
-            self.catalog.upsert(std::mem::take(&mut self.points))?;
+            self.send()?;
         }
         Ok(())
+    }
+
+    /// Sends the queued records, once fewer than [`IN_FLIGHT`] requests are unanswered.
+    fn send(&mut self) -> Result<(), IndexError> {
+        if self.points.is_empty() {
+            return Ok(());
+        }
+        while self.in_flight.len() >= IN_FLIGHT {
+            self.answer_oldest()?;
+        }
+        let batch = std::mem::take(&mut self.points);
+        self.in_flight.push_back(self.catalog.start_upsert(batch)?);
+        Ok(())
+    }
+
+    /// Waits for the oldest unanswered request; a refused one fails the run.
+    fn answer_oldest(&mut self) -> Result<(), IndexError> {
+        match self.in_flight.pop_front() {
+            Some(pending) => self.catalog.connection.finish(pending).map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     fn push_chunk(&mut self, id: u64, chunk: &Chunk, lengths: &AverageLengths) -> Result<(), IndexError> {
@@ -628,6 +661,16 @@ impl QdrantWriter<'_> {
             self.catalog.set_payload(until, Filter::must(must))?;
         }
         Ok(())
+    }
+}
+
+impl Drop for QdrantWriter<'_> {
+    /// A run that failed still waits for its requests: the next run clears what this one
+    /// wrote, and a write arriving after that would join the next run's generation.
+    fn drop(&mut self) {
+        while let Some(pending) = self.in_flight.pop_front() {
+            let _ = self.catalog.connection.finish(pending);
+        }
     }
 }
 
@@ -686,8 +729,11 @@ impl CatalogWriter for QdrantWriter<'_> {
             Some(lengths) => lengths,
             None => self.settle_lengths()?,
         };
-        self.catalog.upsert(std::mem::take(&mut self.points))?;
+        self.send()?;
         self.mark_removed()?;
+        while !self.in_flight.is_empty() {
+            self.answer_oldest()?;
+        }
 
         // 2. The switch.
         let catalog = self.catalog;
