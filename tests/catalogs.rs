@@ -3,10 +3,11 @@
 //! kit's pinned PyPI release): files, chunks, the symbol table and keyword search agree after
 //! a first run and after a run that changes and removes files. Then the Qdrant catalog's
 //! generations: what a run killed before its switch wrote is never seen, and the next run
-//! clears it.
+//! clears it. Last, an index of an older catalog layout, in either, is refused until the next
+//! run rebuilds it.
 //!
 //! Needs a Qdrant node (`GRAFT_TEST_QDRANT_BIN`, which scripts/test sets); ignored without one,
-//! except the first test, which checks the tantivy catalog's keyword scores alone.
+//! except the tests of the tantivy catalog alone.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -119,11 +120,21 @@ fn agree(tantivy: &dyn Catalog, qdrant: &dyn Catalog, names: &[&str], queries: &
     assert_eq!(tantivy.chunk_count().unwrap(), qdrant.chunk_count().unwrap());
     let sample: Vec<u64> = ids.iter().copied().step_by(7).collect();
     assert_eq!(tantivy.chunks(&sample).unwrap(), qdrant.chunks(&sample).unwrap());
+    let key = |s: &graft_index::catalog::StoredSymbol| (s.path.clone(), s.start_line, s.kind.clone(), s.scope.clone(), s.chunk);
     for name in names {
-        let key = |s: &graft_index::catalog::StoredSymbol| (s.path.clone(), s.start_line, s.kind.clone(), s.scope.clone(), s.chunk);
         let a: BTreeSet<_> = tantivy.definitions(&[name], 1000).unwrap().iter().map(key).collect();
         let b: BTreeSet<_> = qdrant.definitions(&[name], 1000).unwrap().iter().map(key).collect();
         assert_eq!(a, b, "definitions of {name}");
+    }
+    // Several names at once, and a lookup's limit.
+    let several = &names[..names.len().min(12)];
+    let a: BTreeSet<_> = tantivy.definitions(several, 1000).unwrap().iter().map(key).collect();
+    let b: BTreeSet<_> = qdrant.definitions(several, 1000).unwrap().iter().map(key).collect();
+    assert_eq!(a, b, "definitions of {several:?}");
+    for limit in [1, 3] {
+        let found = qdrant.definitions(several, limit).unwrap();
+        assert_eq!(found.len(), a.len().min(limit), "{limit} of the definitions of {several:?}");
+        assert!(found.iter().all(|s| several.contains(&s.name.as_str())));
     }
     let (first, overlap) = keyword_agreement(tantivy, qdrant, queries);
     eprintln!("keyword search, the whole catalog: the same first result {first:.3}, top-10 overlap {overlap:.3}");
@@ -234,7 +245,17 @@ fn the_qdrant_catalog_answers_as_the_tantivy_one() {
     let mut names: Vec<&str> = files.iter().flat_map(|f| f.symbols.iter().map(|(d, _)| d.name.as_str())).collect();
     names.sort_unstable();
     names.dedup();
-    let names: Vec<&str> = names.iter().copied().step_by((names.len() / 150).max(1)).collect();
+    let mut names: Vec<&str> = names.iter().copied().step_by((names.len() / 150).max(1)).collect();
+    // The last definitions of the file with the most: on the server, its third record of them.
+    let crowded = files.iter().max_by_key(|f| f.symbols.len()).expect("files");
+    assert!(
+        crowded.symbols.len() > 128,
+        "{}: {} definitions",
+        crowded.path,
+        crowded.symbols.len()
+    );
+    let last = crowded.symbols.iter().rev().take(3).map(|(d, _)| d.name.as_str());
+    names.splice(0..0, last);
     let queries: Vec<&str> = names
         .iter()
         .copied()
@@ -349,29 +370,42 @@ fn a_run_writes_its_records_as_it_goes_unseen_until_its_commit() {
     let (first, rest) = files.split_at(files.len() / 2);
     let chunks_of = |files: &[File]| files.iter().map(|f| f.chunks.len()).sum::<usize>();
 
-    // A first run writes files and symbols as they come; its chunks wait for their text to set
-    // BM25's average lengths (here: all of it, far under the sample's size).
+    // What a writer sent reaches the server as the answers come: soon, all but the batch it
+    // is filling (256 records).
+    let soon = |what: &dyn Fn() -> usize, sent: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while what() + 256 < sent && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        what()
+    };
+
+    // A first run writes files and definitions as they come, a record per file's definitions
+    // (per 64 of them in a file with more); its chunks wait for their text to set BM25's
+    // average lengths (here: all of it, far under the sample's size).
     let mut writer = catalog.writer(2).unwrap();
     add(writer.as_mut(), first);
+    let definitions: usize = first.iter().map(|f| f.symbols.len()).sum();
+    let records = first.len() + first.iter().map(|f| f.symbols.len().div_ceil(64)).sum::<usize>();
+    let written = soon(&|| (kind("file") + kind("symbol")) as usize, records);
     assert!(
-        kind("file") + kind("symbol") > 1000,
-        "{} files, {} symbols written",
-        kind("file"),
-        kind("symbol")
+        written + 256 >= records && written <= records,
+        "{written} of {records} file and definition records written"
     );
+    assert!(definitions > 3 * records, "{definitions} definitions in {records} records");
     assert_eq!(kind("chunk"), 0);
     assert!(catalog.files().unwrap().is_empty(), "nothing is seen before the commit");
     writer.commit().unwrap();
     catalog.reload().unwrap();
     assert_eq!(catalog.chunk_count().unwrap(), chunks_of(first));
+    assert_eq!(kind("symbol") as usize, records - first.len());
 
-    // The next run writes its chunks as they come too, unseen until its switch: all but the
-    // batch it fills (256 records) and the four requests it may have in flight.
+    // The next run writes its chunks as they come too, unseen until its switch.
     let mut writer = catalog.writer(2).unwrap();
     add(writer.as_mut(), rest);
-    let written = kind("chunk") as usize - chunks_of(first);
+    let written = soon(&|| kind("chunk") as usize - chunks_of(first), chunks_of(rest));
     assert!(
-        written + 5 * 256 >= chunks_of(rest) && written > 0,
+        written + 256 >= chunks_of(rest) && written > 0,
         "{written} of {} chunks written",
         chunks_of(rest)
     );
@@ -425,4 +459,56 @@ fn one_indexing_run_claims_the_catalog_at_a_time() {
     assert!(other.claim("run B").is_err(), "releasing someone else's claim does nothing");
     catalog.release("run A").unwrap();
     other.claim("run B").expect("a released claim is free");
+}
+
+/// An index written by a graft whose catalog had another layout (here: an older one's number
+/// in its meta) is refused by a server opening it, with a clear error, until the next run
+/// rebuilds its catalog; the vectors, under the same chunk ids, are kept, not embedded again.
+fn an_older_catalog_layout(backend: graft_index::vectors::Backend) {
+    use graft_index::{index_repository, IndexError, IndexOptions, ProjectIndex, Quiet};
+    let repo = graft_tests::copy_fixture("polyglot");
+    let folder = tempfile::tempdir().unwrap();
+    let layout = IndexLayout::new(folder.path().join("poly"));
+    let options = IndexOptions {
+        backend: backend.clone(),
+        ..IndexOptions::default()
+    };
+    let first = index_repository(repo.path(), &layout, graft_tests::kit_embedder(), &options, &Quiet).unwrap();
+    assert!(!first.rebuilt && first.embeddings > 10, "{first:?}");
+
+    let catalog = graft_index::catalog::open(&backend, &layout).unwrap();
+    let mut meta = catalog.meta().unwrap().expect("built");
+    let current = graft_index::catalog::format(&backend);
+    assert_eq!(meta.format, current);
+    meta.format = current - 1;
+    catalog.write_meta(&meta).unwrap();
+    drop(catalog);
+    match ProjectIndex::open_with("poly", &layout, &backend) {
+        Err(e @ IndexError::Outdated { .. }) => assert!(e.to_string().contains("poly"), "{e}"),
+        other => panic!("an outdated catalog opened: {:?}", other.err()),
+    }
+
+    let again = index_repository(repo.path(), &layout, graft_tests::kit_embedder(), &options, &Quiet).unwrap();
+    assert!(again.rebuilt, "{again:?}");
+    assert_eq!(again.embeddings, 0, "its vectors are kept: {again:?}");
+    assert_eq!(again.chunks, first.chunks);
+    let index = ProjectIndex::open_with("poly", &layout, &backend).expect("rebuilt, it opens");
+    assert_eq!(index.chunk_count().unwrap(), first.chunks);
+    drop(index);
+    let catalog = graft_index::catalog::open(&backend, &layout).unwrap();
+    let found = catalog.definitions(&["compute_vat_breakdown"], 5).unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].path, "billing/invoice.py");
+}
+
+#[test]
+fn an_index_folder_of_an_older_catalog_layout_is_refused_then_rebuilt_keeping_its_vectors() {
+    an_older_catalog_layout(graft_index::vectors::Backend::Embedded);
+}
+
+#[test]
+#[ignore = "needs the Qdrant server binary: GRAFT_TEST_QDRANT_BIN (scripts/test sets it from ../shared/tools/qdrant)"]
+fn a_server_catalog_of_an_older_layout_is_refused_then_rebuilt_keeping_its_vectors() {
+    let node = qdrant::Node::single(&qdrant::binary().unwrap_or_else(|why| panic!("{why}")));
+    an_older_catalog_layout(graft_index::vectors::Backend::Server(server_config(&node)));
 }

@@ -40,7 +40,7 @@ use crate::catalog::{self, Catalog, CatalogWriter};
 use crate::chunker::{chunk_and_define, language_of, Chunk, ChunkOptions};
 use crate::embed::Embedder;
 use crate::error::IndexError;
-use crate::layout::{IndexLayout, Meta, CATALOG_FORMAT};
+use crate::layout::{IndexLayout, Meta};
 use crate::search::ProjectIndex;
 use crate::symbols::Definition;
 use crate::vectors::{self, Backend};
@@ -263,14 +263,14 @@ pub fn index_repository_with(
         repository: repo.clone(),
         embedding_model: embedder.id().to_owned(),
         dims: embedder.dims(),
-        format: CATALOG_FORMAT,
+        format: catalog::format(&options.backend),
     };
     let mut report = IndexReport::default();
     let old_meta = catalog::read_meta(&options.backend, layout)?;
     let new_model = old_meta
         .as_ref()
         .is_some_and(|old| old.embedding_model != meta.embedding_model || old.dims != meta.dims);
-    if new_model || old_meta.as_ref().is_some_and(|old| old.format != CATALOG_FORMAT) {
+    if new_model || old_meta.as_ref().is_some_and(|old| old.format != meta.format) {
         // Vectors of another model cannot be compared with this one's: start over. A catalog
         // of an older layout is rebuilt; its vectors (same chunk ids) are kept.
         // The vectors go first: until the catalog goes too, its meta says to rebuild.
@@ -636,7 +636,7 @@ pub fn embed_ahead(
     progress: &dyn IndexProgress,
 ) -> Result<Ahead, IndexError> {
     let meta = index.meta();
-    if meta.embedding_model != embedder.id() || meta.dims != embedder.dims() || meta.format != CATALOG_FORMAT {
+    if meta.embedding_model != embedder.id() || meta.dims != embedder.dims() || meta.format != catalog::format(&options.backend) {
         return Ok(Ahead::default());
     }
     let started = Instant::now();

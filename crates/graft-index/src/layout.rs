@@ -39,10 +39,6 @@ impl IndexLayout {
     }
 }
 
-/// The catalog's layout version: an index of another one is rebuilt by the next run (2: the
-/// symbol table; 3: keywords by their stems).
-pub const CATALOG_FORMAT: u32 = 3;
-
 /// What an index was built with; written after each successful run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Meta {
@@ -51,7 +47,8 @@ pub struct Meta {
     /// [`Embedder::id`] of the model the vectors come from.
     pub embedding_model: String,
     pub dims: usize,
-    /// [`CATALOG_FORMAT`] of the run that wrote it (absent, 1, before the symbol table).
+    /// The layout version of the catalog the run wrote ([`crate::catalog::format`]; absent, 1,
+    /// before the symbol table).
     #[serde(default = "first_format")]
     pub format: u32,
 }

@@ -14,7 +14,7 @@ use crate::catalog::{self, Catalog, StoredChunk};
 use crate::embed::Embedder;
 use crate::error::IndexError;
 use crate::fusion::{cap_per_file, reciprocal_rank_fusion, Ranked};
-use crate::layout::{IndexLayout, Meta, CATALOG_FORMAT};
+use crate::layout::{IndexLayout, Meta};
 use crate::lookup::{self, Names};
 use crate::vectors::{self, Backend, VectorStore};
 
@@ -131,7 +131,7 @@ impl ProjectIndex {
             project: project.to_owned(),
             place: catalog::place(backend, layout),
         })?;
-        if meta.format != CATALOG_FORMAT {
+        if meta.format != catalog::format(backend) {
             return Err(IndexError::Outdated {
                 project: project.to_owned(),
                 place: catalog::place(backend, layout),

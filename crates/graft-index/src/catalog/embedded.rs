@@ -30,6 +30,8 @@ use crate::layout::{IndexLayout, Meta};
 use crate::symbols::Definition;
 use crate::tokenizer::{CodeTokenizer, CODE_TOKENIZER};
 /// tantivy's writer memory budget (shared by its threads) ...
+/// This catalog's layout version ([`super::format`]).
+pub(crate) const FORMAT: u32 = 3;
 const WRITER_MEMORY: usize = 64 * 1024 * 1024;
 /// ... and at least this much for each of them (tantivy refuses under 15 MB a thread).
 const WRITER_MEMORY_PER_THREAD: usize = 16 * 1024 * 1024;

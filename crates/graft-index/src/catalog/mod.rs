@@ -161,6 +161,17 @@ pub fn place(backend: &Backend, layout: &IndexLayout) -> String {
     }
 }
 
+/// The layout version of `backend`'s catalog, which [`Meta::format`] records: an index of
+/// another one is refused until the next run rebuilds its catalog (its vectors, under the same
+/// chunk ids, are kept). Both: 2, the symbol table; 3, keywords by their stems. A Qdrant
+/// server's: 4, definitions grouped by file.
+pub fn format(backend: &Backend) -> u32 {
+    match backend {
+        Backend::Embedded => embedded::FORMAT,
+        Backend::Server(_) => server::FORMAT,
+    }
+}
+
 /// Removes the catalog (to be rebuilt from the repository by the next run).
 pub fn reset(backend: &Backend, layout: &IndexLayout) -> Result<(), IndexError> {
     match backend {

@@ -7,7 +7,10 @@
 //!   weights as the sparse vector `keywords` ([`crate::keywords`]), whose IDF Qdrant supplies
 //!   at search time (its `idf` modifier);
 //! - `file`: an indexed file and its content hash;
-//! - `symbol`: a definition (name, kind, scope, path, lines, chunk);
+//! - `symbol`: a file's definitions (name, kind, scope, lines, chunk), up to
+//!   [`SYMBOLS_PER_RECORD`] to a record, and their names for lookups to match (a point per
+//!   definition made three points in four of a large repository's catalog, and most of the
+//!   server's work and memory);
 //! - the meta point (id 0): the committed **generation**, the average field lengths the
 //!   sparse vectors were computed with, and what the index was built with ([`Meta`]).
 //!
@@ -46,6 +49,8 @@ use crate::layout::Meta;
 use crate::qdrant::{Connection, Pending, ServerConfig};
 use crate::symbols::Definition;
 
+/// This catalog's layout version ([`super::format`]; 4: definitions grouped by file).
+pub(crate) const FORMAT: u32 = 4;
 /// The sparse vector of a chunk's BM25 weights.
 const SPARSE: &str = "keywords";
 /// The meta point's id (records' ids are hashes, never 0).
@@ -59,6 +64,8 @@ const WRITE_BATCH: usize = 256;
 const IN_FLIGHT: usize = 4;
 /// Paths per "mark these files' records removed" request.
 const PATHS_PER_REQUEST: usize = 512;
+/// Definitions per `symbol` record: a lookup reads the records whose names match, whole.
+const SYMBOLS_PER_RECORD: usize = 64;
 /// A first run's chunk text that sets BM25's average lengths for good (a repository with less:
 /// all of it).
 const LENGTHS_SAMPLE_BYTES: usize = 16 << 20;
@@ -91,12 +98,21 @@ struct FileRecord {
     hash: String,
 }
 
-#[derive(Serialize, Deserialize)]
+/// Definitions of one file (all, or [`SYMBOLS_PER_RECORD`] of them).
+#[derive(Serialize, Deserialize, Default)]
 struct SymbolRecord {
+    path: String,
+    /// The definitions' names, which the keyword index matches (a lookup does not read them).
+    #[serde(default)]
+    name: Vec<String>,
+    defs: Vec<SymbolEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SymbolEntry {
     name: String,
     def_kind: String,
     scope: String,
-    path: String,
     start_line: usize,
     end_line: usize,
     chunk: u64,
@@ -236,9 +252,15 @@ impl QdrantCatalog {
             .map(|_| ())
     }
 
-    /// Sets payload fields on the meta point.
-    fn set_meta(&self, payload: Payload) -> Result<(), IndexError> {
-        self.set_payload(payload, Filter::must([Condition::has_id([META_ID])]))
+    /// Writes the meta point whole, `change` applied to what it holds. Never a partial payload
+    /// update: on Qdrant 1.18.3 the meta point, updated so while the server merged segments
+    /// under a large first run, lost every field but the one set (its generation, and so the
+    /// whole index with it, seen in two of three runs over 30,000 files).
+    fn update_meta(&self, change: impl FnOnce(&mut MetaRecord)) -> Result<(), IndexError> {
+        let mut meta = self.read_meta()?.unwrap_or_default();
+        change(&mut meta);
+        let point = PointStruct::new(META_ID, NamedVectors::default(), with_kind(&meta, KIND_META, None)?);
+        self.upsert(vec![point])
     }
 
     fn delete_where(&self, filter: Filter) -> Result<(), IndexError> {
@@ -442,24 +464,27 @@ impl Catalog for QdrantCatalog {
         if names.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
+        let wanted: HashSet<&str> = names.iter().copied().collect();
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let filter = self.visible(KIND_SYMBOL, [Condition::matches("name", names)]);
-        let fields = ["name", "def_kind", "scope", "path", "start_line", "end_line", "chunk"];
-        self.connection
-            .scroll(Some(filter), &fields, Some(limit))?
-            .into_iter()
-            .map(|p| {
-                record::<SymbolRecord>(p.payload).map(|s| StoredSymbol {
-                    name: s.name,
-                    kind: s.def_kind,
-                    scope: s.scope,
-                    path: s.path,
-                    start_line: s.start_line,
-                    end_line: s.end_line,
-                    chunk: s.chunk,
-                })
-            })
-            .collect()
+        // Each record matched holds one of the names at least: `limit` records are enough.
+        let mut found = Vec::new();
+        for point in self.connection.scroll(Some(filter), &["path", "defs"], Some(limit))? {
+            let record = record::<SymbolRecord>(point.payload)?;
+            for def in record.defs.into_iter().filter(|d| wanted.contains(d.name.as_str())) {
+                found.push(StoredSymbol {
+                    name: def.name,
+                    kind: def.def_kind,
+                    scope: def.scope,
+                    path: record.path.clone(),
+                    start_line: def.start_line,
+                    end_line: def.end_line,
+                    chunk: def.chunk,
+                });
+            }
+        }
+        found.truncate(limit);
+        Ok(found)
     }
 
     fn meta(&self) -> Result<Option<Meta>, IndexError> {
@@ -467,10 +492,7 @@ impl Catalog for QdrantCatalog {
     }
 
     fn write_meta(&self, meta: &Meta) -> Result<(), IndexError> {
-        let mut payload = Payload::new();
-        let built = serde_json::to_value(meta).map_err(|e| IndexError::Invalid(e.to_string()))?;
-        payload.insert("built", built);
-        self.set_meta(payload)
+        self.update_meta(|m| m.built = Some(meta.clone()))
     }
 
     fn claim(&self, holder: &str) -> Result<(), IndexError> {
@@ -489,19 +511,12 @@ impl Catalog for QdrantCatalog {
             holder: holder.to_owned(),
             expires: now + CLAIM_MINUTES * 60,
         };
-        let mut payload = Payload::new();
-        payload.insert(
-            "claim",
-            serde_json::to_value(claim).map_err(|e| IndexError::Invalid(e.to_string()))?,
-        );
-        self.set_meta(payload)
+        self.update_meta(|m| m.claim = Some(claim))
     }
 
     fn release(&self, holder: &str) -> Result<(), IndexError> {
         if self.read_meta()?.and_then(|m| m.claim).is_some_and(|c| c.holder == holder) {
-            let mut payload = Payload::new();
-            payload.insert("claim", serde_json::Value::Null);
-            self.set_meta(payload)?;
+            self.update_meta(|m| m.claim = None)?;
         }
         Ok(())
     }
@@ -550,7 +565,8 @@ impl Catalog for QdrantCatalog {
             points: Vec::new(),
             in_flight: VecDeque::new(),
             removed: Vec::new(),
-            symbols: 0,
+            symbols: SymbolRecord::default(),
+            symbol_records: 0,
         }))
     }
 }
@@ -576,8 +592,10 @@ struct QdrantWriter<'a> {
     in_flight: VecDeque<Pending<PointsOperationResponse>>,
     /// Paths whose records are not yet marked as ending.
     removed: Vec<String>,
-    /// Symbols written, for their record ids.
-    symbols: u64,
+    /// The definitions of the file being written, not yet queued.
+    symbols: SymbolRecord,
+    /// `symbol` records queued, for their ids.
+    symbol_records: u64,
 }
 
 impl QdrantWriter<'_> {
@@ -588,6 +606,18 @@ impl QdrantWriter<'_> {
             self.send()?;
         }
         Ok(())
+    }
+
+    /// Queues the record of the definitions taken so far.
+    fn push_symbols(&mut self) -> Result<(), IndexError> {
+        if self.symbols.defs.is_empty() {
+            return Ok(());
+        }
+        let record = std::mem::take(&mut self.symbols);
+        let id = record_id(KIND_SYMBOL, &self.symbol_records.to_le_bytes(), self.new);
+        self.symbol_records += 1;
+        let payload = with_kind(&record, KIND_SYMBOL, Some(self.new))?;
+        self.push(id, NamedVectors::default(), payload)
     }
 
     /// Sends the queued records, once fewer than [`IN_FLIGHT`] requests are unanswered.
@@ -707,19 +737,20 @@ impl CatalogWriter for QdrantWriter<'_> {
     }
 
     fn add_symbol(&mut self, path: &str, definition: &Definition, chunk: u64) -> Result<(), IndexError> {
-        let fields = SymbolRecord {
+        if self.symbols.path != path || self.symbols.defs.len() >= SYMBOLS_PER_RECORD {
+            self.push_symbols()?;
+            self.symbols.path = path.to_owned();
+        }
+        self.symbols.name.push(definition.name.clone());
+        self.symbols.defs.push(SymbolEntry {
             name: definition.name.clone(),
             def_kind: definition.kind.to_owned(),
             scope: definition.scope.clone().unwrap_or_default(),
-            path: path.to_owned(),
             start_line: definition.start_line,
             end_line: definition.end_line,
             chunk,
-        };
-        let id = record_id(KIND_SYMBOL, &self.symbols.to_le_bytes(), self.new);
-        self.symbols += 1;
-        let payload = with_kind(&fields, KIND_SYMBOL, Some(self.new))?;
-        self.push(id, NamedVectors::default(), payload)
+        });
+        Ok(())
     }
 
     fn commit(mut self: Box<Self>) -> Result<(), IndexError> {
@@ -729,6 +760,7 @@ impl CatalogWriter for QdrantWriter<'_> {
             Some(lengths) => lengths,
             None => self.settle_lengths()?,
         };
+        self.push_symbols()?;
         self.send()?;
         self.mark_removed()?;
         while !self.in_flight.is_empty() {
@@ -737,11 +769,11 @@ impl CatalogWriter for QdrantWriter<'_> {
 
         // 2. The switch.
         let catalog = self.catalog;
-        let mut meta = Payload::new();
-        meta.insert("generation", self.new);
-        let lengths = serde_json::to_value(lengths).map_err(|e| IndexError::Invalid(e.to_string()))?;
-        meta.insert("lengths", lengths);
-        catalog.set_meta(meta)?;
+        let new = self.new;
+        catalog.update_meta(|m| {
+            m.generation = new;
+            m.lengths = Some(lengths);
+        })?;
         catalog.generation.store(self.new, Ordering::Release);
 
         // 3. Records no search sees any more; those that ended with this generation are still
