@@ -102,7 +102,8 @@ struct FileRecord {
 #[derive(Serialize, Deserialize, Default)]
 struct SymbolRecord {
     path: String,
-    /// The definitions' names, which the keyword index matches (a lookup does not read them).
+    /// The definitions' names, which the keyword index matches (set from `defs` when the record
+    /// is queued; a lookup does not read them).
     #[serde(default)]
     name: Vec<String>,
     defs: Vec<SymbolEntry>,
@@ -259,7 +260,12 @@ impl QdrantCatalog {
     fn update_meta(&self, change: impl FnOnce(&mut MetaRecord)) -> Result<(), IndexError> {
         let mut meta = self.read_meta()?.unwrap_or_default();
         change(&mut meta);
-        let point = PointStruct::new(META_ID, NamedVectors::default(), with_kind(&meta, KIND_META, None)?);
+        self.write_meta_record(&meta)
+    }
+
+    /// Writes the meta point whole ([`QdrantCatalog::update_meta`] says why).
+    fn write_meta_record(&self, meta: &MetaRecord) -> Result<(), IndexError> {
+        let point = PointStruct::new(META_ID, NamedVectors::default(), with_kind(meta, KIND_META, None)?);
         self.upsert(vec![point])
     }
 
@@ -499,7 +505,8 @@ impl Catalog for QdrantCatalog {
         let now = unix_now();
         // Best effort: Qdrant has no compare-and-set, so two runs that start within the same
         // moment could both pass; runs that start apart cannot.
-        if let Some(claim) = self.read_meta()?.and_then(|m| m.claim) {
+        let mut meta = self.read_meta()?.unwrap_or_default();
+        if let Some(claim) = meta.claim.take() {
             if claim.holder != holder && claim.expires > now {
                 return Err(IndexError::Claimed {
                     holder: claim.holder,
@@ -507,16 +514,18 @@ impl Catalog for QdrantCatalog {
                 });
             }
         }
-        let claim = Claim {
+        meta.claim = Some(Claim {
             holder: holder.to_owned(),
             expires: now + CLAIM_MINUTES * 60,
-        };
-        self.update_meta(|m| m.claim = Some(claim))
+        });
+        self.write_meta_record(&meta)
     }
 
     fn release(&self, holder: &str) -> Result<(), IndexError> {
-        if self.read_meta()?.and_then(|m| m.claim).is_some_and(|c| c.holder == holder) {
-            self.update_meta(|m| m.claim = None)?;
+        let mut meta = self.read_meta()?.unwrap_or_default();
+        if meta.claim.as_ref().is_some_and(|c| c.holder == holder) {
+            meta.claim = None;
+            self.write_meta_record(&meta)?;
         }
         Ok(())
     }
@@ -526,11 +535,7 @@ impl Catalog for QdrantCatalog {
         self.generation.store(meta.as_ref().map_or(0, |m| m.generation), Ordering::Release);
         if meta.is_none() {
             // A collection whose creation was cut short before its meta point.
-            self.upsert(vec![PointStruct::new(
-                META_ID,
-                NamedVectors::default(),
-                with_kind(&MetaRecord::default(), KIND_META, None)?,
-            )])?;
+            self.write_meta_record(&MetaRecord::default())?;
         }
         // What a run killed before its switch left: its records go, its marks are undone.
         let g = self.generation() as f64;
@@ -613,7 +618,8 @@ impl QdrantWriter<'_> {
         if self.symbols.defs.is_empty() {
             return Ok(());
         }
-        let record = std::mem::take(&mut self.symbols);
+        let mut record = std::mem::take(&mut self.symbols);
+        record.name = record.defs.iter().map(|d| d.name.clone()).collect();
         let id = record_id(KIND_SYMBOL, &self.symbol_records.to_le_bytes(), self.new);
         self.symbol_records += 1;
         let payload = with_kind(&record, KIND_SYMBOL, Some(self.new))?;
@@ -741,7 +747,6 @@ impl CatalogWriter for QdrantWriter<'_> {
             self.push_symbols()?;
             self.symbols.path = path.to_owned();
         }
-        self.symbols.name.push(definition.name.clone());
         self.symbols.defs.push(SymbolEntry {
             name: definition.name.clone(),
             def_kind: definition.kind.to_owned(),
