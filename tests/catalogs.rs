@@ -506,6 +506,70 @@ fn an_index_folder_of_an_older_catalog_layout_is_refused_then_rebuilt_keeping_it
     an_older_catalog_layout(graft_index::vectors::Backend::Embedded);
 }
 
+/// An index whose vectors were made from another form of the text (here: what graft wrote
+/// before names were spaced into words, the model's id alone in its meta) is refused by vector
+/// search, which names both; hybrid search goes on without its vectors (a server upgraded
+/// keeps its retrieval), and the next run embeds it anew.
+#[test]
+fn an_index_of_vectors_made_from_another_text_form_is_embedded_anew() {
+    use graft_index::indexer::{embedding_text, embedding_words, vectors_id};
+    use graft_index::{index_repository, IndexOptions, ProjectIndex, Query, Quiet, SearchMode, SearchOptions};
+    let embedder = graft_tests::kit_embedder();
+    assert_eq!(
+        embedding_words("fn computeVatBreakdown(line_items)"),
+        "fn compute Vat Breakdown(line items)"
+    );
+    assert_eq!(
+        embedding_text(
+            "billing/invoice.py",
+            "compute_vat_breakdown",
+            "def compute_vat_breakdown(lineItems):"
+        ),
+        "billing/invoice.py\ncompute vat breakdown\ndef compute vat breakdown(line Items):"
+    );
+    assert_eq!(vectors_id(embedder), format!("{}:words", embedder.id()));
+
+    let repo = graft_tests::copy_fixture("polyglot");
+    let folder = tempfile::tempdir().unwrap();
+    let layout = IndexLayout::new(folder.path().join("poly"));
+    let options = IndexOptions::default();
+    let first = index_repository(repo.path(), &layout, embedder, &options, &Quiet).unwrap();
+    assert!(!first.rebuilt && first.embeddings > 10, "{first:?}");
+
+    let backend = graft_index::vectors::Backend::Embedded;
+    let catalog = graft_index::catalog::open(&backend, &layout).unwrap();
+    let mut meta = catalog.meta().unwrap().expect("built");
+    assert_eq!(meta.embedding_model, vectors_id(embedder));
+    meta.embedding_model = embedder.id().to_owned();
+    catalog.write_meta(&meta).unwrap();
+    drop(catalog);
+    let index = ProjectIndex::open_with("poly", &layout, &backend).expect("it opens");
+    let query = Query::text("compute the VAT breakdown of an invoice");
+    let vector = SearchOptions {
+        mode: SearchMode::Vector,
+        ..SearchOptions::default()
+    };
+    let refused = index.search_for(&query, Some(embedder.as_ref()), &vector).unwrap_err().to_string();
+    assert!(
+        refused.contains(embedder.id()) && refused.contains(&vectors_id(embedder)),
+        "{refused}"
+    );
+    let hybrid = SearchOptions {
+        mode: SearchMode::Hybrid,
+        ..SearchOptions::default()
+    };
+    let hits = index.search_for(&query, Some(embedder.as_ref()), &hybrid).unwrap();
+    assert_eq!(hits.first().map(|h| h.path.as_str()), Some("billing/invoice.py"), "{hits:?}");
+    drop(index);
+
+    let again = index_repository(repo.path(), &layout, embedder, &options, &Quiet).unwrap();
+    assert!(again.rebuilt, "{again:?}");
+    assert_eq!(again.embeddings, first.chunks, "every chunk embedded anew: {again:?}");
+    let index = ProjectIndex::open_with("poly", &layout, &backend).unwrap();
+    let hits = index.search_for(&query, Some(embedder.as_ref()), &vector).unwrap();
+    assert!(!hits.is_empty());
+}
+
 #[test]
 #[ignore = "needs the Qdrant server binary: GRAFT_TEST_QDRANT_BIN (scripts/test sets it from ../shared/tools/qdrant)"]
 fn a_server_catalog_of_an_older_layout_is_refused_then_rebuilt_keeping_its_vectors() {

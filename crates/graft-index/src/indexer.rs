@@ -43,6 +43,7 @@ use crate::error::IndexError;
 use crate::layout::{IndexLayout, Meta};
 use crate::search::ProjectIndex;
 use crate::symbols::Definition;
+use crate::tokenizer;
 use crate::vectors::{self, Backend};
 use crate::walk::{list, Listed, Skip, SkipReason, Walk, WalkOptions};
 
@@ -261,7 +262,7 @@ pub fn index_repository_with(
 
     let meta = Meta {
         repository: repo.clone(),
-        embedding_model: embedder.id().to_owned(),
+        embedding_model: vectors_id(embedder),
         dims: embedder.dims(),
         format: catalog::format(&options.backend),
     };
@@ -636,7 +637,7 @@ pub fn embed_ahead(
     progress: &dyn IndexProgress,
 ) -> Result<Ahead, IndexError> {
     let meta = index.meta();
-    if meta.embedding_model != embedder.id() || meta.dims != embedder.dims() || meta.format != catalog::format(&options.backend) {
+    if meta.embedding_model != vectors_id(embedder) || meta.dims != embedder.dims() || meta.format != catalog::format(&options.backend) {
         return Ok(Ahead::default());
     }
     let started = Instant::now();
@@ -766,13 +767,33 @@ fn embed_and_store(
     Ok(items.len())
 }
 
-/// What the embedding model sees of a chunk: where it is, what it defines, what it says.
+/// What the embedding model sees of a chunk: where it is, what it defines, what it says, in
+/// the words of [`embedding_words`].
 pub fn embedding_text(path: &str, symbol: &str, text: &str) -> String {
-    if symbol.is_empty() {
+    let text = if symbol.is_empty() {
         format!("{path}\n{text}")
     } else {
         format!("{path}\n{symbol}\n{text}")
-    }
+    };
+    embedding_words(&text)
+}
+
+/// Text as the embedding model reads it, a search's query's and a chunk's alike
+/// ([`embedding_text`]): each identifier of several parts written as its words (`parseHttpRequest` -> `parse Http
+/// Request`, `max_body_bytes` -> `max body bytes`; [`tokenizer::spaced_identifiers`]).
+/// all-MiniLM-L6-v2 knows words, and cuts a name whose words are glued together into pieces
+/// that are not (`tcpstream` -> `tc`, `##pst`, ...): `graft bench questions`, vector search
+/// alone, MRR 0.326 -> 0.446 on pythonnet's C#, 0.359 -> 0.370 on networkx, 0.230 -> 0.227
+/// on tokio.
+pub fn embedding_words(text: &str) -> String {
+    tokenizer::spaced_identifiers(text)
+}
+
+/// How an index's vectors are made, as its meta records it: the embedding model and its input
+/// limit ([`Embedder::id`]) and the form of the text it reads ([`embedding_text`]). An index
+/// whose vectors were made otherwise is embedded anew by its next run.
+pub fn vectors_id(embedder: &Embedder) -> String {
+    format!("{}:words", embedder.id())
 }
 
 /// Each definition of one file with its path and the id of the chunk that holds its first

@@ -7,6 +7,7 @@
 //! interrupted run is never returned.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,7 @@ use crate::catalog::{self, Catalog, StoredChunk};
 use crate::embed::Embedder;
 use crate::error::IndexError;
 use crate::fusion::{cap_per_file, reciprocal_rank_fusion, Ranked};
+use crate::indexer;
 use crate::layout::{IndexLayout, Meta};
 use crate::lookup::{self, Names};
 use crate::vectors::{self, Backend, VectorStore};
@@ -115,6 +117,8 @@ pub struct ProjectIndex {
     catalog: Box<dyn Catalog>,
     store: Box<dyn VectorStore>,
     meta: Meta,
+    /// Whether a hybrid search has said that it leaves out vectors made otherwise.
+    told_other_vectors: AtomicBool,
 }
 
 impl ProjectIndex {
@@ -138,7 +142,12 @@ impl ProjectIndex {
             });
         }
         let store = vectors::open(backend, layout, &layout.project(), meta.dims)?;
-        Ok(ProjectIndex { catalog, store, meta })
+        Ok(ProjectIndex {
+            catalog,
+            store,
+            meta,
+            told_other_vectors: AtomicBool::new(false),
+        })
     }
 
     /// `path` as the index names files: relative to the repository's root with `/`
@@ -217,18 +226,28 @@ impl ProjectIndex {
                 let embedder = embedder.ok_or_else(|| {
                     IndexError::Invalid("vector and hybrid search need the embedding model; keyword search does not".into())
                 })?;
-                if embedder.id() != self.meta.embedding_model {
-                    return Err(IndexError::Invalid(format!(
-                        "this index was built with embedding model {}, not {}; re-run `graft index`",
+                let vectors_id = indexer::vectors_id(embedder);
+                if vectors_id == self.meta.embedding_model {
+                    let v = embedder
+                        .embed(&[indexer::embedding_words(query)])?
+                        .pop()
+                        .ok_or_else(|| IndexError::Embedding("no vector for the query".into()))?;
+                    self.store.search(&v, depth)?
+                } else {
+                    let other = IndexError::Invalid(format!(
+                        "this index's vectors were made with embedding model {}, not {vectors_id}; re-run `graft index`",
                         self.meta.embedding_model,
-                        embedder.id()
-                    )));
+                    ));
+                    if options.mode == SearchMode::Vector {
+                        return Err(other);
+                    }
+                    // Hybrid: keyword search and definition lookup go on without them until the
+                    // next run embeds the index anew (`graft up` runs it at start).
+                    if !self.told_other_vectors.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %other, "hybrid search leaves the vectors out");
+                    }
+                    Vec::new()
                 }
-                let v = embedder
-                    .embed(&[query.to_owned()])?
-                    .pop()
-                    .ok_or_else(|| IndexError::Embedding("no vector for the query".into()))?;
-                self.store.search(&v, depth)?
             }
         };
 

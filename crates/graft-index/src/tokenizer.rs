@@ -5,6 +5,7 @@
 //! it has several parts, each part: split at `_`, at lower→upper case changes, before the last
 //! capital of an acronym (`HTTPServer` → `http`, `server`) and between letters and digits.
 //! Paths split at `/` and `.` like any other punctuation. Used for queries as well as documents.
+//! [`spaced_identifiers`] splits names the same way for the embedding model, which reads words.
 //!
 //! Words of letters alone, a part or a one-part identifier, are reduced to their English stem
 //! (Snowball's: `edges`, `edge` → `edg`; `contracted`, `contracting` → `contract`), so that a
@@ -134,6 +135,32 @@ pub fn word_ranges(text: &str) -> Vec<(usize, usize)> {
     out
 }
 
+/// `text` with each identifier of several parts written as its parts, a space between them
+/// (`parseHttpRequest` → `parse Http Request`, `max_body_bytes` → `max body bytes`); the rest
+/// as it is.
+pub fn spaced_identifiers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 8);
+    let mut last = 0;
+    for (start, end) in word_ranges(text) {
+        out.push_str(&text[last..start]);
+        let word = &text[start..end];
+        let parts = subwords(word);
+        if parts.len() > 1 {
+            for (k, (s, e)) in parts.into_iter().enumerate() {
+                if k > 0 {
+                    out.push(' ');
+                }
+                out.push_str(&word[s..e]);
+            }
+        } else {
+            out.push_str(word);
+        }
+        last = end;
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
 /// Byte ranges of the parts of one identifier.
 fn subwords(ident: &str) -> Vec<(usize, usize)> {
     let chars: Vec<(usize, char)> = ident.char_indices().collect();
@@ -202,6 +229,21 @@ mod tests {
             ["src", "graft_core", "graft", "core", "config", "rs"]
         );
         assert_eq!(words("a.b(c)::d"), ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn identifiers_are_spaced_into_their_words_and_the_rest_kept() {
+        assert_eq!(
+            spaced_identifiers("fn parseHttpRequest(max_body_bytes: usize) -> HTTPServer2 {"),
+            "fn parse Http Request(max body bytes: usize) -> HTTP Server 2 {"
+        );
+        // A name of one part is kept as written, underscores and all.
+        assert_eq!(
+            spaced_identifiers("src/graft_core/lib.rs\n  Edges __init__"),
+            "src/graft core/lib.rs\n  Edges __init__"
+        );
+        assert_eq!(spaced_identifiers("größe naïve x"), "größe naïve x");
+        assert_eq!(spaced_identifiers(""), "");
     }
 
     #[test]
