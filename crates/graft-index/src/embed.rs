@@ -77,6 +77,10 @@ impl Embedder {
                     tokenizer_config_file: read(tokenizer_dir.join("tokenizer_config.json"))?,
                 };
                 let user = UserDefinedEmbeddingModel::new(onnx_bytes, tokenizer).with_pooling(Pooling::Mean);
+                // ONNX Runtime's CPU memory arena stays on (fastembed's default). Off, `graft index`
+                // of 30,829 chunks of eight registry crates took 555 s instead of 511 and peaked
+                // at 546 MB resident instead of 436 (2-core Intel Xeon): freed buffers go back
+                // to malloc, which splits them up.
                 let init = InitOptionsUserDefined::new()
                     .with_max_length(options.max_tokens)
                     .with_intra_threads(threads);
