@@ -682,8 +682,9 @@ pub struct BenchQuestionsArgs {
     /// Number of questions (one documented definition per file at most).
     #[arg(long, default_value_t = 200)]
     pub questions: usize,
-    /// Vector weights to try hybrid search with, beside the configured `index.vector_weight`.
-    #[arg(long, value_delimiter = ',', default_values_t = [1.0, 2.0, 4.0])]
+    /// Vector weights to try hybrid search with, beside the configured `index.vector_weight`
+    /// (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub vector_weights: Vec<f64>,
     /// Print each question whose definition the configured search did not return first (to
     /// stderr).
