@@ -505,6 +505,43 @@ fn unmatched_cursor() -> Search {
     cursor_at_end("    qzxv = wvbj(kqpz)\n", "other.py")
 }
 
+/// A server opening an index whose vectors an older graft made (its meta names the model
+/// alone, not the text form this one embeds) says so in the project's status, and its
+/// completions still get what keyword search and definition lookup find (they failed with a
+/// 503 before); a re-index embeds it anew, and the vectors answer again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_of_an_older_graft_keeps_serving_and_is_embedded_anew() {
+    let repo = copy_fixture("polyglot");
+    let index_dir = tempfile::tempdir().unwrap();
+    let layout = IndexLayout::new(index_dir.path().join("polyglot"));
+    index_repository(repo.path(), &layout, kit_embedder(), &IndexOptions::default(), &Quiet).unwrap();
+    let catalog = graft_index::catalog::open(&graft_index::vectors::Backend::Embedded, &layout).unwrap();
+    let mut meta = catalog.meta().unwrap().expect("built");
+    meta.embedding_model = kit_embedder().id().to_owned();
+    catalog.write_meta(&meta).unwrap();
+    drop(catalog);
+
+    let (projects, project) = serve_polyglot(repo.path(), index_dir.path());
+    let status = projects.status(&project);
+    assert_eq!(status["vectors_outdated"], true, "{status}");
+    let vat_use = || cursor_at_end("def report(items):\n    totals = compute_vat_breakdown(items)\n", "report.py");
+    let hits = projects
+        .search(&project, vat_use(), 5, SearchMode::Hybrid)
+        .await
+        .unwrap()
+        .expect("served");
+    assert_eq!(hits.first().map(|h| h.path.as_str()), Some("billing/invoice.py"), "{hits:?}");
+    let by_meaning = projects.search(&project, unmatched_cursor(), 5, SearchMode::Hybrid).await.unwrap();
+    assert!(by_meaning.is_some_and(|h| h.is_empty()), "the vectors are left out");
+
+    let guard = projects.start_reindex(&project).expect("no re-index is running");
+    let report = projects.reindex_with(&project, guard).await.unwrap();
+    assert!(report.rebuilt && report.embeddings > 0, "{report:?}");
+    assert_eq!(projects.status(&project)["vectors_outdated"], false);
+    let by_meaning = projects.search(&project, unmatched_cursor(), 5, SearchMode::Hybrid).await.unwrap();
+    assert!(by_meaning.is_some_and(|h| !h.is_empty()), "the vectors answer again");
+}
+
 /// A project with no index yet, as `graft up` builds it: marked as re-indexing (its requests
 /// get nothing, not an error) until the catalog is committed; from then on keyword search and
 /// definition lookup answer while the chunks' vectors are embedded, each joining the searches

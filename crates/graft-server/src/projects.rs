@@ -689,10 +689,16 @@ impl Projects {
             (runs.last.clone(), runs.vectors_pending)
         };
         let opened = project.index();
-        let (indexed, chunks, meta, error) = match opened {
+        let (indexed, chunks, meta, error) = match &opened {
             Ok(Some(index)) => (true, index.chunk_count().ok(), serde_json::to_value(index.meta()).ok(), None),
             Ok(None) => (false, None, None, None),
             Err(e) => (false, None, None, Some(e.to_string())),
+        };
+        // Vectors of another embedding model or text form, which searches leave out until a
+        // run embeds the index anew.
+        let vectors_outdated = match (&opened, self.embedder()) {
+            (Ok(Some(index)), Some(embedder)) => index.meta().embedding_model != graft_index::indexer::vectors_id(embedder),
+            _ => false,
         };
         serde_json::json!({
             "project": project.name(),
@@ -703,6 +709,7 @@ impl Projects {
             "indexed": indexed,
             "reindexing": reindexing,
             "vectors_pending": vectors_pending,
+            "vectors_outdated": vectors_outdated,
             "last_run": last_run,
             "chunks": chunks,
             "meta": meta,

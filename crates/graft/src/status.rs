@@ -157,6 +157,11 @@ fn index(p: &Value, now: f64) -> String {
         "re-indexing".to_owned()
     } else if let Some(error) = p["error"].as_str() {
         format!("not usable: {error}")
+    } else if p["indexed"] == true && p["vectors_outdated"] == true {
+        format!(
+            "{} chunks, its vectors from another embedding model or graft version: searched without them until it is indexed again",
+            text(&p["chunks"])
+        )
     } else if p["indexed"] == true {
         format!("{} chunks", text(&p["chunks"]))
     } else {
@@ -220,6 +225,9 @@ mod tests {
             json!({"project": "nx", "adapter": null, "retrieval": true, "top_k": 5, "context_tokens": 512,
                    "index_of": "nx", "indexed": true, "reindexing": true, "vectors_pending": 4928, "chunks": 6184,
                    "error": null, "last_run": null}),
+            json!({"project": "old", "adapter": null, "retrieval": true, "top_k": 5, "context_tokens": 512,
+                   "index_of": "old", "indexed": true, "reindexing": false, "vectors_outdated": true, "chunks": 25,
+                   "error": null, "last_run": null}),
         ];
         let table = table(&projects, 1000.0 + 7200.0);
         let lines: Vec<&str> = table.lines().collect();
@@ -236,6 +244,11 @@ mod tests {
         assert_eq!(
             lines[4],
             "nx         the base          top 5, 512 tokens  6184 chunks, 4928 vectors still to embed"
+        );
+        assert_eq!(
+            lines[5],
+            "old        the base          top 5, 512 tokens  25 chunks, its vectors from another embedding model \
+             or graft version: searched without them until it is indexed again"
         );
         assert_eq!(
             (ago(42.0), ago(180.0), ago(7200.0), ago(400_000.0)),
