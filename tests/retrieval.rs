@@ -524,9 +524,9 @@ async fn an_index_of_an_older_graft_keeps_serving_and_is_embedded_anew() {
     let (projects, project) = serve_polyglot(repo.path(), index_dir.path());
     let status = projects.status(&project);
     assert_eq!(status["vectors_outdated"], true, "{status}");
-    let vat_use = || cursor_at_end("def report(items):\n    totals = compute_vat_breakdown(items)\n", "report.py");
+    let vat_use = cursor_at_end("def report(items):\n    totals = compute_vat_breakdown(items)\n", "report.py");
     let hits = projects
-        .search(&project, vat_use(), 5, SearchMode::Hybrid)
+        .search(&project, vat_use, 5, SearchMode::Hybrid)
         .await
         .unwrap()
         .expect("served");
