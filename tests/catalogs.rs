@@ -476,13 +476,11 @@ fn an_older_catalog_layout(backend: graft_index::vectors::Backend) {
     let first = index_repository(repo.path(), &layout, graft_tests::kit_embedder(), &options, &Quiet).unwrap();
     assert!(!first.rebuilt && first.embeddings > 10, "{first:?}");
 
-    let catalog = graft_index::catalog::open(&backend, &layout).unwrap();
-    let mut meta = catalog.meta().unwrap().expect("built");
     let current = graft_index::catalog::format(&backend);
-    assert_eq!(meta.format, current);
-    meta.format = current - 1;
-    catalog.write_meta(&meta).unwrap();
-    drop(catalog);
+    graft_tests::change_meta(&backend, &layout, |meta| {
+        assert_eq!(meta.format, current);
+        meta.format = current - 1;
+    });
     match ProjectIndex::open_with("poly", &layout, &backend) {
         Err(e @ IndexError::Outdated { .. }) => assert!(e.to_string().contains("poly"), "{e}"),
         other => panic!("an outdated catalog opened: {:?}", other.err()),
@@ -537,12 +535,10 @@ fn an_index_of_vectors_made_from_another_text_form_is_embedded_anew() {
     assert!(!first.rebuilt && first.embeddings > 10, "{first:?}");
 
     let backend = graft_index::vectors::Backend::Embedded;
-    let catalog = graft_index::catalog::open(&backend, &layout).unwrap();
-    let mut meta = catalog.meta().unwrap().expect("built");
-    assert_eq!(meta.embedding_model, vectors_id(embedder));
-    meta.embedding_model = embedder.id().to_owned();
-    catalog.write_meta(&meta).unwrap();
-    drop(catalog);
+    graft_tests::change_meta(&backend, &layout, |meta| {
+        assert_eq!(meta.embedding_model, vectors_id(embedder));
+        meta.embedding_model = embedder.id().to_owned();
+    });
     let index = ProjectIndex::open_with("poly", &layout, &backend).expect("it opens");
     let query = Query::text("compute the VAT breakdown of an invoice");
     let vector = SearchOptions {

@@ -515,11 +515,9 @@ async fn an_index_of_an_older_graft_keeps_serving_and_is_embedded_anew() {
     let index_dir = tempfile::tempdir().unwrap();
     let layout = IndexLayout::new(index_dir.path().join("polyglot"));
     index_repository(repo.path(), &layout, kit_embedder(), &IndexOptions::default(), &Quiet).unwrap();
-    let catalog = graft_index::catalog::open(&graft_index::vectors::Backend::Embedded, &layout).unwrap();
-    let mut meta = catalog.meta().unwrap().expect("built");
-    meta.embedding_model = kit_embedder().id().to_owned();
-    catalog.write_meta(&meta).unwrap();
-    drop(catalog);
+    graft_tests::change_meta(&graft_index::vectors::Backend::Embedded, &layout, |meta| {
+        meta.embedding_model = kit_embedder().id().to_owned();
+    });
 
     let (projects, project) = serve_polyglot(repo.path(), index_dir.path());
     let status = projects.status(&project);

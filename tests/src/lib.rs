@@ -7,7 +7,8 @@
 //!   [`start_server`] starts others on the same model, with keys, projects and limits, and
 //!   [`start_stoppable_server`] one that a test shuts down.
 //! - [`kit_embedder`]: the kit's embedding model, loaded once per test binary.
-//! - [`copy_fixture`]: a fixture repository copied somewhere a test may change it.
+//! - [`copy_fixture`]: a fixture repository copied somewhere a test may change it;
+//!   [`change_meta`]: an index's meta as another graft would have written it.
 //! - [`sse_data`]: the events of a streamed answer; [`logprob_tokens`]: the tokens of a list
 //!   of log-probabilities.
 //! - [`write_adapter`]: a PEFT LoRA adapter for a kit model, generated from a fixed seed.
@@ -357,6 +358,19 @@ pub fn copy_fixture(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temporary folder");
     copy_tree(&from, dir.path());
     dir
+}
+
+/// Rewrites the meta of the index built in `layout` (on `backend`), as another graft would
+/// have written it.
+pub fn change_meta(
+    backend: &graft_index::vectors::Backend,
+    layout: &graft_index::IndexLayout,
+    change: impl FnOnce(&mut graft_index::Meta),
+) {
+    let catalog = graft_index::catalog::open(backend, layout).expect("the catalog opens");
+    let mut meta = catalog.meta().expect("its meta reads").expect("the index is built");
+    change(&mut meta);
+    catalog.write_meta(&meta).expect("its meta is written");
 }
 
 fn copy_tree(from: &Path, to: &Path) {

@@ -637,7 +637,7 @@ pub fn embed_ahead(
     progress: &dyn IndexProgress,
 ) -> Result<Ahead, IndexError> {
     let meta = index.meta();
-    if meta.embedding_model != vectors_id(embedder) || meta.dims != embedder.dims() || meta.format != catalog::format(&options.backend) {
+    if !index.vectors_made_by(embedder) || meta.dims != embedder.dims() || meta.format != catalog::format(&options.backend) {
         return Ok(Ahead::default());
     }
     let started = Instant::now();
@@ -779,9 +779,9 @@ pub fn embedding_text(path: &str, symbol: &str, text: &str) -> String {
 }
 
 /// Text as the embedding model reads it, a search's query's and a chunk's alike
-/// ([`embedding_text`]): each identifier of several parts written as its words (`parseHttpRequest` -> `parse Http
-/// Request`, `max_body_bytes` -> `max body bytes`; [`tokenizer::spaced_identifiers`]).
-/// all-MiniLM-L6-v2 knows words, and cuts a name whose words are glued together into pieces
+/// ([`embedding_text`]): each identifier of several parts written as its words
+/// (`parseHttpRequest` -> `parse Http Request`, `max_body_bytes` -> `max body bytes`;
+/// [`tokenizer::spaced_identifiers`]). all-MiniLM-L6-v2 knows words, and cuts a name whose words are glued together into pieces
 /// that are not (`tcpstream` -> `tc`, `##pst`, ...): `graft bench questions`, vector search
 /// alone, MRR 0.326 -> 0.446 on pythonnet's C#, 0.359 -> 0.370 on networkx, 0.230 -> 0.227
 /// on tokio.

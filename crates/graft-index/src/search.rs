@@ -173,6 +173,12 @@ impl ProjectIndex {
         &self.meta
     }
 
+    /// Whether this index's vectors were made as `embedder` makes them ([`indexer::vectors_id`]):
+    /// otherwise vector search refuses the index and hybrid search leaves its vectors out.
+    pub fn vectors_made_by(&self, embedder: &Embedder) -> bool {
+        self.meta.embedding_model == indexer::vectors_id(embedder)
+    }
+
     /// Chunks in the committed index.
     pub fn chunk_count(&self) -> Result<usize, IndexError> {
         self.catalog.chunk_count()
@@ -226,8 +232,7 @@ impl ProjectIndex {
                 let embedder = embedder.ok_or_else(|| {
                     IndexError::Invalid("vector and hybrid search need the embedding model; keyword search does not".into())
                 })?;
-                let vectors_id = indexer::vectors_id(embedder);
-                if vectors_id == self.meta.embedding_model {
+                if self.vectors_made_by(embedder) {
                     let v = embedder
                         .embed(&[indexer::embedding_words(query)])?
                         .pop()
@@ -235,8 +240,9 @@ impl ProjectIndex {
                     self.store.search(&v, depth)?
                 } else {
                     let other = IndexError::Invalid(format!(
-                        "this index's vectors were made with embedding model {}, not {vectors_id}; re-run `graft index`",
+                        "this index's vectors were made with embedding model {}, not {}; re-run `graft index`",
                         self.meta.embedding_model,
+                        indexer::vectors_id(embedder),
                     ));
                     if options.mode == SearchMode::Vector {
                         return Err(other);

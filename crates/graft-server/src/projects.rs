@@ -697,7 +697,7 @@ impl Projects {
         // Vectors of another embedding model or text form, which searches leave out until a
         // run embeds the index anew.
         let vectors_outdated = match (&opened, self.embedder()) {
-            (Ok(Some(index)), Some(embedder)) => index.meta().embedding_model != graft_index::indexer::vectors_id(embedder),
+            (Ok(Some(index)), Some(embedder)) => !index.vectors_made_by(embedder),
             _ => false,
         };
         serde_json::json!({

@@ -265,8 +265,7 @@ impl QdrantCatalog {
 
     /// Writes the meta point whole ([`QdrantCatalog::update_meta`] says why).
     fn write_meta_record(&self, meta: &MetaRecord) -> Result<(), IndexError> {
-        let point = PointStruct::new(META_ID, NamedVectors::default(), with_kind(meta, KIND_META, None)?);
-        self.upsert(vec![point])
+        self.upsert(vec![meta_point(meta)?])
     }
 
     fn delete_where(&self, filter: Filter) -> Result<(), IndexError> {
@@ -292,7 +291,7 @@ fn create_collection(connection: &Connection, config: &ServerConfig) -> Result<(
         ("from", FieldType::Integer),
         ("until", FieldType::Integer),
     ];
-    let meta = with_kind(&MetaRecord::default(), KIND_META, None)?;
+    let meta = meta_point(&MetaRecord::default())?;
     connection.run(async move {
         if let Err(e) = client.create_collection(request).await {
             // Another process may have created it in the meantime.
@@ -305,12 +304,18 @@ fn create_collection(connection: &Connection, config: &ServerConfig) -> Result<(
                 .create_field_index(CreateFieldIndexCollectionBuilder::new(&name, field, kind).wait(true))
                 .await?;
         }
-        let point = PointStruct::new(META_ID, NamedVectors::default(), meta);
-        client
-            .upsert_points(UpsertPointsBuilder::new(&name, vec![point]).wait(true))
-            .await?;
+        client.upsert_points(UpsertPointsBuilder::new(&name, vec![meta]).wait(true)).await?;
         Ok(())
     })
+}
+
+/// The meta point holding `meta`.
+fn meta_point(meta: &MetaRecord) -> Result<PointStruct, IndexError> {
+    Ok(PointStruct::new(
+        META_ID,
+        NamedVectors::default(),
+        with_kind(meta, KIND_META, None)?,
+    ))
 }
 
 /// A record's payload: its fields, its kind and, for all but the meta point, `from` and
