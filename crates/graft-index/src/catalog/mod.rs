@@ -80,6 +80,10 @@ pub trait Catalog: Send + Sync {
     /// The number of committed chunks.
     fn chunk_count(&self) -> Result<usize, IndexError>;
     /// BM25 search over chunk text, path and symbol, best first.
+    ///
+    /// This and the two reads below answer with the records they can read: one that is not
+    /// graft's (a hand-edited server collection) is left out and logged, not an error that
+    /// would fail every search.
     fn keyword_search(&self, query: &str, limit: usize) -> Result<Vec<Ranked>, IndexError>;
     /// The stored chunks with these ids (those that exist in the committed catalog).
     fn chunks(&self, ids: &[u64]) -> Result<HashMap<u64, StoredChunk>, IndexError>;

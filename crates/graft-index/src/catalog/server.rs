@@ -26,7 +26,7 @@
 //! so run `graft index` (or `graft up`'s re-index) for a project from one machine.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use qdrant_client::qdrant::r#match::MatchValue;
 use qdrant_client::qdrant::with_payload_selector::SelectorOptions;
@@ -153,6 +153,8 @@ pub struct QdrantCatalog {
     connection: Connection,
     /// The committed generation this catalog reads at (as of the last reload).
     generation: AtomicI64,
+    /// Whether a search has logged an unreadable record (once at `warn`, then at `debug`).
+    told_unreadable: AtomicBool,
 }
 
 fn collection(config: &ServerConfig, project: &str) -> String {
@@ -191,6 +193,7 @@ impl QdrantCatalog {
         let catalog = QdrantCatalog {
             connection,
             generation: AtomicI64::new(0),
+            told_unreadable: AtomicBool::new(false),
         };
         catalog.reload()?;
         Ok(Some(catalog))
@@ -214,6 +217,23 @@ impl QdrantCatalog {
                 .await
         })?;
         points.result.into_iter().next().map(|p| record(p.payload)).transpose()
+    }
+
+    /// A record a search reads, or `None` (logged) when it is not one graft wrote: a search
+    /// answers with the records it can read, as the embedded catalog does, instead of failing
+    /// every completion's retrieval over one point. An indexing run's reads stay strict.
+    fn searchable<T: DeserializeOwned>(&self, payload: HashMap<String, qdrant_client::qdrant::Value>) -> Option<T> {
+        match record(payload) {
+            Ok(found) => Some(found),
+            Err(e) if !self.told_unreadable.swap(true, Ordering::Relaxed) => {
+                tracing::warn!(collection = %self.connection.collection, "{e}: searches leave it out (logged once)");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(collection = %self.connection.collection, "{e}: left out");
+                None
+            }
+        }
     }
 
     /// `kind` records visible at the committed generation, and `more`.
@@ -435,14 +455,11 @@ impl Catalog for QdrantCatalog {
                 )
                 .await
         })?;
-        response
-            .result
-            .into_iter()
-            .map(|p| {
-                let score = p.score;
-                record::<ChunkId>(p.payload).map(|r| Ranked { id: r.chunk, score })
-            })
-            .collect()
+        let ranked = response.result.into_iter().filter_map(|p| {
+            let score = p.score;
+            self.searchable::<ChunkId>(p.payload).map(|r| Ranked { id: r.chunk, score })
+        });
+        Ok(ranked.collect())
     }
 
     fn chunks(&self, ids: &[u64]) -> Result<HashMap<u64, StoredChunk>, IndexError> {
@@ -454,7 +471,9 @@ impl Catalog for QdrantCatalog {
         let fields = ["chunk", "path", "language", "start_line", "end_line", "symbol", "text"];
         let mut out = HashMap::with_capacity(ids.len());
         for point in self.connection.scroll(Some(filter), &fields, Some(ids.len()))? {
-            let c: ChunkRecord = record(point.payload)?;
+            let Some(c) = self.searchable::<ChunkRecord>(point.payload) else {
+                continue;
+            };
             out.insert(
                 c.chunk,
                 StoredChunk {
@@ -481,7 +500,9 @@ impl Catalog for QdrantCatalog {
         // Each record matched holds one of the names at least: `limit` records are enough.
         let mut found = Vec::new();
         for point in self.connection.scroll(Some(filter), &["path", "defs"], Some(limit))? {
-            let record = record::<SymbolRecord>(point.payload)?;
+            let Some(record) = self.searchable::<SymbolRecord>(point.payload) else {
+                continue;
+            };
             for def in record.defs.into_iter().filter(|d| wanted.contains(d.name.as_str())) {
                 found.push(StoredSymbol {
                     name: def.name,
