@@ -176,7 +176,7 @@ fn doc_comment(node: Node, source: &[u8], plain_docs: bool) -> Option<Doc> {
         if let Some(first) = first {
             if first.kind() == "expression_statement" && first.named_child(0).is_some_and(|s| s.kind() == "string") {
                 let raw = text(first);
-                let doc = raw.trim().trim_matches(|c| c == '"' || c == '\'').trim();
+                let doc = without_string_prefix(raw.trim()).trim_matches(|c| c == '"' || c == '\'').trim();
                 return (!doc.is_empty()).then(|| Doc {
                     text: dedent(doc),
                     lines: whole_lines(first, first, source),
@@ -259,6 +259,16 @@ fn strip_comment(raw: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A Python string literal without its prefix (`r"""`, `u'`, `Rb"`): what follows is quotes.
+fn without_string_prefix(literal: &str) -> &str {
+    let prefix = literal.find(['"', '\'']).unwrap_or(0);
+    if prefix <= 2 && literal[..prefix].chars().all(|c| "rRuUbBfF".contains(c)) {
+        &literal[prefix..]
+    } else {
+        literal
+    }
 }
 
 fn dedent(doc: &str) -> String {
@@ -499,6 +509,13 @@ mod tests {
         assert_eq!(defs[0].doc.as_deref(), Some("Holds keys."));
         assert_eq!(defs[1].doc.as_deref(), Some("Replaces the signing key.\n\nReturns the old one."));
         assert!(definitions("notes.md", "# hi").is_empty());
+        let raw = "def escape(text):\n    r\"\"\"Escapes a \\n in text.\"\"\"\n    return text\n\ndef b():\n    u'Says b.'\n    return 1\n";
+        let docs: Vec<Option<String>> = definitions("raw.py", raw).into_iter().map(|d| d.doc).collect();
+        assert_eq!(
+            docs,
+            [Some("Escapes a \\n in text.".to_owned()), Some("Says b.".to_owned())],
+            "a string prefix is no text"
+        );
     }
 
     /// The documentation of the definition `name` in `text`, and its lines.
