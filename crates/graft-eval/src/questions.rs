@@ -5,8 +5,10 @@
 //! tree that is searched, so a search cannot find the answer by the question's own words: it
 //! has to find code by what the code does, as a chat question about a codebase must ("where
 //! do we retry failed uploads?"). At most one definition is asked about per file, so a
-//! rewritten file loses one comment's lines. A question that names its definition is left
-//! out (definition lookup answers those), and so is one that documents two definitions.
+//! rewritten file loses one comment's lines. A question that documents two definitions is
+//! left out. Questions that name their definition ("`parse_header` reads ...") are a set of
+//! their own ([`Naming::Named`]): definition lookup answers them, and mixed with the others
+//! they would hide how well search finds code by what it does.
 //!
 //! This module chooses the questions and rewrites the tree; indexing the rewritten tree and
 //! searching it are the caller's (`graft bench questions`).
@@ -27,6 +29,16 @@ pub const MAX_WORDS: usize = 40;
 const MIN_CODE_LINES: usize = 3;
 /// First words of documentation that points elsewhere instead of saying what the code does.
 const POINTERS: [&str; 8] = ["see", "todo", "fixme", "deprecated", "alias", "same", "xxx", "@"];
+
+/// Which questions are asked: those that do not name their definition (the default: search
+/// must find the code by what it does) or those that do (what chat's definition lookup is
+/// for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Naming {
+    #[default]
+    Unnamed,
+    Named,
+}
 
 /// One question.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -58,13 +70,13 @@ pub struct Questions {
     pub tree: Vec<SourceFile>,
 }
 
-/// Up to `n` questions from `files`, chosen by a seeded hash of their place (the same files
-/// and seed give the same questions), one per file at most.
-pub fn doc_questions(files: &[SourceFile], n: usize, seed: u64) -> Questions {
+/// Up to `n` questions of the `naming` set from `files`, chosen by a seeded hash of their place
+/// (the same files and seed give the same questions), one per file at most.
+pub fn doc_questions(files: &[SourceFile], n: usize, naming: Naming, seed: u64) -> Questions {
     let mut candidates: Vec<(u64, usize, Definition, String)> = Vec::new();
     for (index, file) in files.iter().enumerate().filter(|(_, f)| is_code(&f.path)) {
         for d in definitions(&file.path, &file.text) {
-            let Some(question) = askable(&d) else { continue };
+            let Some(question) = askable(&d, naming) else { continue };
             let order = stable_hash(seed, &["question", &file.path, &d.name, &d.start_line.to_string()]);
             candidates.push((order, index, d, question));
         }
@@ -102,8 +114,9 @@ pub fn doc_questions(files: &[SourceFile], n: usize, seed: u64) -> Questions {
     Questions { questions, tree }
 }
 
-/// The question a definition's documentation asks, if it is one worth asking.
-fn askable(d: &Definition) -> Option<String> {
+/// The question a definition's documentation asks, if it is one worth asking in the `naming`
+/// set.
+fn askable(d: &Definition, naming: Naming) -> Option<String> {
     if !matches!(d.kind, "function" | "type" | "class" | "trait") {
         return None;
     }
@@ -124,7 +137,8 @@ fn askable(d: &Definition) -> Option<String> {
         .iter()
         .any(|w| w.split(|c: char| !(c.is_alphanumeric() || c == '_')).any(|part| part == d.name));
     let points_away = POINTERS.iter().any(|p| first_word.starts_with(p)) || question.to_lowercase().contains("inheritdoc");
-    (wordy >= MIN_WORDS && words.len() <= MAX_WORDS && !names_it && !points_away).then_some(question)
+    let in_set = names_it == (naming == Naming::Named);
+    (wordy >= MIN_WORDS && words.len() <= MAX_WORDS && in_set && !points_away).then_some(question)
 }
 
 /// The lines of `d` (1-based, inclusive) once its documentation, lines `first..=last`, is
@@ -141,7 +155,12 @@ fn without_doc(d: &Definition, first: usize, last: usize) -> (usize, usize) {
 /// The first sentence of `doc`'s first paragraph (all of it when no full stop ends one
 /// before), on one line, markup tags such as C#'s `<summary>` left out.
 pub fn first_sentence(doc: &str) -> String {
-    let paragraph: Vec<&str> = doc.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+    let mut lines = doc.lines().map(str::trim).peekable();
+    // RDoc's `call-seq:` paragraph shows calls; the prose comes after it.
+    if lines.peek().is_some_and(|l| l.starts_with("call-seq:")) {
+        lines.by_ref().take_while(|l| !l.is_empty()).for_each(drop);
+    }
+    let paragraph: Vec<&str> = lines.skip_while(|l| l.is_empty()).take_while(|l| !l.is_empty()).collect();
     let joined = without_tags(&paragraph.join(" "));
     let mut end = joined.len();
     for (at, _) in joined.match_indices('.') {
@@ -206,7 +225,7 @@ mod tests {
             file("keys.rs", keys),
             file("README.md", "# Vault\n\nRotates keys.\n"),
         ];
-        let asked = doc_questions(&files, 10, 3);
+        let asked = doc_questions(&files, 10, Naming::Unnamed, 3);
         let by_symbol = |name: &str| asked.questions.iter().find(|q| q.symbol == name).expect(name).clone();
 
         let rotate = by_symbol("rotate");
@@ -228,7 +247,11 @@ mod tests {
         assert!(derive.answered_by("keys.rs", 4, 9) && !derive.answered_by("keys.rs", 7, 9) && !derive.answered_by("vault.py", 1, 6));
 
         assert_eq!(asked.tree[2].text, files[2].text, "a file not asked about is as it was");
-        assert_eq!(asked.questions, doc_questions(&files, 10, 3).questions, "reproducible");
+        assert_eq!(
+            asked.questions,
+            doc_questions(&files, 10, Naming::Unnamed, 3).questions,
+            "reproducible"
+        );
     }
 
     #[test]
@@ -239,12 +262,34 @@ mod tests {
                     /// Too short a sentence.\nfn short() {\n    a();\n    b();\n}\n\
                     /// Rotates the keys held by the vault every hour.\nfn rotate_again() {\n    a();\n    b();\n}\n\
                     /// Opens the vault file and reads every key in it.\nfn one_line() {}\n";
-        let asked = doc_questions(&[file("src/vault.rs", text)], 10, 1);
+        let asked = doc_questions(&[file("src/vault.rs", text)], 10, Naming::Unnamed, 1);
         assert!(asked.questions.is_empty(), "{:?}", asked.questions);
         let once = "/// Opens the vault file and reads every key in it.\nfn open() {\n    a();\n    b();\n}\n\
                     /// Seals the vault file so that nothing reads it again.\nfn seal() {\n    a();\n    b();\n}\n";
-        let asked = doc_questions(&[file("src/vault.rs", once)], 10, 1);
+        let asked = doc_questions(&[file("src/vault.rs", once)], 10, Naming::Unnamed, 1);
         assert_eq!(asked.questions.len(), 1, "one question per file");
+    }
+
+    #[test]
+    fn questions_that_name_their_definition_are_a_set_of_their_own() {
+        let text = "/// Rotates the keys held by the vault every hour.\nfn rotate() {\n    a();\n    b();\n}\n";
+        let named = "/// The rotate_all function rotates every key at once.\nfn rotate_all() {\n    a();\n    b();\n}\n";
+        let files = [file("src/vault.rs", text), file("src/all.rs", named)];
+        let symbols = |naming| {
+            doc_questions(&files, 10, naming, 1)
+                .questions
+                .into_iter()
+                .map(|q| q.symbol)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(symbols(Naming::Unnamed), ["rotate"]);
+        assert_eq!(symbols(Naming::Named), ["rotate_all"]);
+        let asked = doc_questions(&files, 10, Naming::Named, 1);
+        assert!(
+            !asked.tree[1].text.contains("rotates every key"),
+            "its documentation leaves the tree too"
+        );
+        assert_eq!(asked.tree[0].text, text);
     }
 
     #[test]
@@ -254,5 +299,9 @@ mod tests {
         assert_eq!(first_sentence("<summary>Rotates the keys.</summary>"), "Rotates the keys.");
         assert_eq!(first_sentence("Version 1.2 of the format. Old."), "Version 1.2 of the format.");
         assert_eq!(first_sentence("Returns a < b."), "Returns a < b.");
+        assert_eq!(
+            first_sentence("call-seq:\nhsh.reject {|key, value| block} -> a_hash\n\nReturns a new hash. More."),
+            "Returns a new hash."
+        );
     }
 }

@@ -253,7 +253,8 @@ fn strip_comment(raw: &str) -> String {
             let l = ["/**", "/*"].iter().find_map(|p| l.strip_prefix(p)).unwrap_or(l);
             let l = l.strip_suffix("*/").unwrap_or(l);
             let l = l.strip_prefix('*').unwrap_or(l);
-            let l = l.strip_prefix('#').unwrap_or(l);
+            // Ruby's RDoc opens a block with `##`.
+            let l = l.trim_start_matches('#');
             l.trim().to_owned()
         })
         .filter(|l| !l.is_empty())
@@ -496,6 +497,13 @@ mod tests {
         );
         let rb = "class Vault\n  # Rotates the keys.\n  # Every hour.\n  def rotate\n  end\nend\n";
         assert_eq!(doc_of("vault.rb", rb, "rotate").as_deref(), Some("Rotates the keys.\nEvery hour."));
+        let rdoc =
+            "class Vault\n  ##\n  #  call-seq:\n  #     vault.rotate -> key\n  #\n  #  Rotates the keys.\n  def rotate\n  end\nend\n";
+        assert_eq!(
+            doc_of("vault.rb", rdoc, "rotate").as_deref(),
+            Some("call-seq:\nvault.rotate -> key\n\nRotates the keys."),
+            "RDoc's `##` opens the block and says nothing"
+        );
         let php = "<?php\nclass Vault {\n    /**\n     * Rotates the keys.\n     */\n    public function rotate() {}\n}\n";
         assert_eq!(doc_of("Vault.php", php, "rotate").as_deref(), Some("Rotates the keys."));
     }

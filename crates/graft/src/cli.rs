@@ -686,6 +686,10 @@ pub struct BenchQuestionsArgs {
     /// (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub vector_weights: Vec<f64>,
+    /// Ask only questions that name their definition ("`parse_header` reads ..."), which
+    /// definition lookup answers, instead of those that do not.
+    #[arg(long)]
+    pub naming: bool,
     /// Print each question whose definition the configured search did not return first (to
     /// stderr).
     #[arg(long)]

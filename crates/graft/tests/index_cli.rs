@@ -346,6 +346,7 @@ fn bench_questions_asks_each_way_for_documented_definitions() {
     let figures = json(&run_ok(graft(&config, &args).arg(&tree).arg("--json")));
     let questions = figures["questions"].as_u64().unwrap();
     assert!(questions >= 10, "{figures}");
+    assert_eq!(figures["naming"], false, "{figures}");
     let ways = figures["ways"].as_array().unwrap();
     let names: Vec<&str> = ways.iter().map(|w| w["name"].as_str().unwrap()).collect();
     // 0.5 is the configured weight: asked once.
@@ -376,6 +377,13 @@ fn bench_questions_asks_each_way_for_documented_definitions() {
     assert!(!refused.status.success());
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("no question to ask"), "{said}");
+    // No first sentence in this tree names its definition.
+    let refused = graft(&config, &["bench", "questions", "--naming"]).arg(&tree).output().unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("whose first sentence names it"),
+        "{said}"
+    );
     for (flag, value, reason) in [
         ("--questions", "0", "--questions must be at least 1"),
         ("--vector-weights", "1,-2", "-2 is no weight"),

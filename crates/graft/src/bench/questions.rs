@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use graft_eval::questions::{doc_questions, DocQuestion};
+use graft_eval::questions::{doc_questions, DocQuestion, Naming};
 use graft_eval::retrieval::{Ranks, Recall};
 use graft_index::{index_repository, Embedder, IndexReport, Names, ProjectIndex, Query, Quiet, SearchHit, SearchMode};
 use serde::Serialize;
@@ -46,10 +46,12 @@ pub fn run(args: BenchQuestionsArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     let scratch = ScratchIndex::new(&config)?;
     let files = graft_index::walk::walk(&args.path, &scratch.options.walk)?.files;
-    let asked = doc_questions(&files, args.questions, 0);
+    let naming = if args.naming { Naming::Named } else { Naming::Unnamed };
+    let asked = doc_questions(&files, args.questions, naming, 0);
     if asked.questions.is_empty() {
+        let naming = if args.naming { " and whose first sentence names it" } else { "" };
         anyhow::bail!(
-            "no question to ask in {}: no documented function, type or class whose documentation could be taken out",
+            "no question to ask in {}: no documented function, type or class whose documentation could be taken out{naming}",
             args.path.display()
         );
     }
@@ -161,6 +163,7 @@ fn print(args: &BenchQuestionsArgs, backend: &str, report: &IndexReport, questio
             "files_indexed": report.files_indexed,
             "chunks": report.chunks,
             "questions": questions.len(),
+            "naming": args.naming,
             "ways": ways,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -173,8 +176,9 @@ fn print(args: &BenchQuestionsArgs, backend: &str, report: &IndexReport, questio
         report.files_indexed,
         report.chunks
     );
+    let which = if args.naming { ", naming the definition" } else { "" };
     println!(
-        "each a definition's first sentence, its documentation taken out of the index; found: the chunk holding the definition (its file)"
+        "each a definition's first sentence{which}, its documentation taken out of the index; found: the chunk holding the definition (its file)"
     );
     for way in ways {
         println!(
