@@ -559,6 +559,103 @@ fn an_index_folder_of_an_older_catalog_layout_is_refused_then_rebuilt_keeping_it
     an_older_catalog_layout(graft_index::vectors::Backend::Embedded);
 }
 
+/// An index folder whose files cannot be read (cut short, as a full disk or an interrupted copy
+/// leaves them): a server opening it is told which project and what rebuilds it, and the next
+/// run rebuilds what cannot be read: the keyword index with its vectors kept, the vectors by
+/// embedding every chunk again. Before, every run failed until someone deleted the folder.
+#[test]
+fn an_index_folder_that_cannot_be_read_is_rebuilt_by_the_next_run() {
+    use graft_index::{index_repository, IndexError, IndexOptions, ProjectIndex, Query, Quiet, SearchMode, SearchOptions};
+    let embedder = graft_tests::kit_embedder();
+    let repo = graft_tests::copy_fixture("polyglot");
+    let folder = tempfile::tempdir().unwrap();
+    let layout = IndexLayout::new(folder.path().join("poly"));
+    let options = IndexOptions::default();
+    let backend = graft_index::vectors::Backend::Embedded;
+    let first = index_repository(repo.path(), &layout, embedder, &options, &Quiet).unwrap();
+    let files_under = |dir: std::path::PathBuf, name: &dyn Fn(&str) -> bool| -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        let mut dirs = vec![dir];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap().map(Result::unwrap) {
+                if entry.file_type().unwrap().is_dir() {
+                    dirs.push(entry.path());
+                } else if name(&entry.file_name().to_string_lossy()) {
+                    found.push(entry.path());
+                }
+            }
+        }
+        found
+    };
+    let refused = |what: &str| match ProjectIndex::open_with("poly", &layout, &backend) {
+        Err(e @ IndexError::Unreadable { .. }) => {
+            let said = e.to_string();
+            assert!(said.contains("project `poly`") && said.contains("graft index"), "{said}");
+        }
+        other => panic!("an index with {what} cut short opened: {:?}", other.err()),
+    };
+    let vector_hit = || {
+        let index = ProjectIndex::open_with("poly", &layout, &backend).expect("rebuilt, it opens");
+        let vector = SearchOptions {
+            mode: SearchMode::Vector,
+            ..SearchOptions::default()
+        };
+        let hits = index
+            .search_for(
+                &Query::text("compute the VAT breakdown of an invoice"),
+                Some(embedder.as_ref()),
+                &vector,
+            )
+            .unwrap();
+        assert_eq!(index.chunk_count().unwrap(), first.chunks);
+        hits.first().map(|h| h.path.clone())
+    };
+    assert_eq!(vector_hit().as_deref(), Some("billing/invoice.py"));
+
+    // The keyword index's stored documents, cut short.
+    let stores = files_under(layout.catalog(), &|name| name.ends_with(".store"));
+    assert!(!stores.is_empty());
+    for store in &stores {
+        std::fs::OpenOptions::new().write(true).open(store).unwrap().set_len(10).unwrap();
+    }
+    refused("its keyword index");
+    let again = index_repository(repo.path(), &layout, embedder, &options, &Quiet).unwrap();
+    let because = again.rebuilt_because.clone().unwrap_or_default();
+    assert!(again.rebuilt && because.contains("keyword index could not be read"), "{again:?}");
+    assert_eq!(
+        (again.chunks, again.embeddings),
+        (first.chunks, 0),
+        "its vectors are kept: {again:?}"
+    );
+    assert_eq!(vector_hit().as_deref(), Some("billing/invoice.py"));
+    let catalog = graft_index::catalog::open(&backend, &layout).unwrap();
+    assert_eq!(
+        catalog.definitions(&["compute_vat_breakdown"], 5).unwrap()[0].path,
+        "billing/invoice.py"
+    );
+    drop(catalog);
+
+    // The vector store's segment descriptions, cut short.
+    let segments = files_under(layout.vectors(), &|name| name == "segment.json");
+    assert!(!segments.is_empty());
+    for segment in &segments {
+        std::fs::write(segment, "{").unwrap();
+    }
+    refused("its vectors");
+    let again = index_repository(repo.path(), &layout, embedder, &options, &Quiet).unwrap();
+    let because = again.rebuilt_because.clone().unwrap_or_default();
+    assert!(again.rebuilt && because.contains("vectors could not be read"), "{again:?}");
+    assert_eq!(
+        (again.chunks, again.embeddings),
+        (first.chunks, first.chunks),
+        "every chunk embedded again: {again:?}"
+    );
+    assert_eq!(vector_hit().as_deref(), Some("billing/invoice.py"));
+
+    let last = index_repository(repo.path(), &layout, embedder, &options, &Quiet).unwrap();
+    assert!(!last.rebuilt && last.embeddings == 0, "{last:?}");
+}
+
 /// An index whose vectors were made from another form of the text (here: what graft wrote
 /// before names were spaced into words, the model's id alone in its meta) is refused by vector
 /// search, which names both; hybrid search goes on without its vectors (a server upgraded

@@ -44,6 +44,13 @@ pub enum IndexError {
          (or `graft up`) to update it"
     )]
     Outdated { project: String, place: String },
+    /// An index folder whose keyword index or vectors cannot be read (`why`); the next run
+    /// rebuilds what cannot be read.
+    #[error(
+        "the index of project `{project}` in {place} cannot be read ({why}); run `graft index PATH --project {project}` \
+         (or `graft up`) to rebuild it"
+    )]
+    Unreadable { project: String, place: String, why: String },
     /// The run's [`crate::IndexProgress::should_stop`] said to stop (graft shutting down);
     /// the index is as a kill at that moment would leave it: searchable, and finished by the
     /// next run.

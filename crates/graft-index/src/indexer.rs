@@ -44,7 +44,7 @@ use crate::layout::{IndexLayout, Meta};
 use crate::search::ProjectIndex;
 use crate::symbols::Definition;
 use crate::tokenizer;
-use crate::vectors::{self, Backend};
+use crate::vectors::{self, Backend, VectorStore};
 use crate::walk::{list, Listed, Skip, SkipReason, Walk, WalkOptions};
 
 /// Chunks embedded and stored per step (bounds memory and makes progress visible).
@@ -202,8 +202,22 @@ pub struct IndexReport {
     pub elapsed: Duration,
     /// Seconds spent in each phase.
     pub seconds: PhaseSeconds,
-    /// True when the embedding model changed and everything was embedded again.
+    /// True when the run rebuilt the index instead of updating it ...
     pub rebuilt: bool,
+    /// ... and why: the embedding model changed (everything embedded again), the catalog was
+    /// of an older layout, or it could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuilt_because: Option<String>,
+}
+
+impl IndexReport {
+    fn rebuilt(&mut self, because: &str) {
+        self.rebuilt = true;
+        self.rebuilt_because = Some(match self.rebuilt_because.take() {
+            Some(before) => format!("{before}, and {because}"),
+            None => because.to_owned(),
+        });
+    }
 }
 
 /// Where a run's time went, in seconds.
@@ -220,6 +234,65 @@ pub struct PhaseSeconds {
     /// Writing and committing the keyword index.
     pub catalog: f64,
     pub total: f64,
+}
+
+/// Indexed files and the content hash of each ([`Catalog::files`]).
+type FileHashes = HashMap<String, String>;
+
+/// Opens the project's catalog for a run, and reads which files it holds. An index folder's
+/// catalog that cannot be read (a file cut short by a full disk or an interrupted copy) is
+/// rebuilt from the repository, with a warning, its vectors kept: it is derived data, and
+/// left as it is it would fail every run, and every search, until someone deleted it. A
+/// catalog on a Qdrant server is not rebuilt: its errors are most often the server's or the
+/// network's.
+fn open_catalog(backend: &Backend, layout: &IndexLayout, report: &mut IndexReport) -> Result<(Box<dyn Catalog>, FileHashes), IndexError> {
+    let open = || -> Result<_, IndexError> {
+        let catalog = catalog::open(backend, layout)?;
+        let files = catalog.files()?;
+        Ok((catalog, files))
+    };
+    match open() {
+        Err(IndexError::Catalog(why)) if matches!(backend, Backend::Embedded) => {
+            tracing::warn!(
+                catalog = %layout.catalog().display(),
+                "the keyword index cannot be read ({why}): rebuilding it from the repository"
+            );
+            // Only while no other process has the index open (a graft serving it).
+            let _lock = vectors::edge::lock(&layout.vectors())?;
+            catalog::reset(backend, layout)?;
+            report.rebuilt(&format!("its keyword index could not be read ({why})"));
+            open()
+        }
+        opened => opened,
+    }
+}
+
+/// Opens the project's vector store for a run, and reads which chunks it holds. An index
+/// folder's store that cannot be read is emptied, with a warning, as [`open_catalog`] does:
+/// the run embeds every chunk again.
+fn open_store(
+    backend: &Backend,
+    layout: &IndexLayout,
+    dims: usize,
+    report: &mut IndexReport,
+) -> Result<(Box<dyn VectorStore>, HashSet<u64>), IndexError> {
+    let open = || -> Result<_, IndexError> {
+        let store = vectors::open(backend, layout, &layout.project(), dims)?;
+        let ids = store.ids()?;
+        Ok((store, ids))
+    };
+    match open() {
+        Err(IndexError::Vectors(why)) if matches!(backend, Backend::Embedded) => {
+            tracing::warn!(
+                vectors = %layout.vectors().display(),
+                "the vector store cannot be read ({why}): embedding the index anew"
+            );
+            vectors::reset(backend, layout, &layout.project())?;
+            report.rebuilt(&format!("its vectors could not be read ({why})"));
+            open()
+        }
+        opened => opened,
+    }
 }
 
 /// Indexes `repo` into `layout`, incrementally.
@@ -280,7 +353,11 @@ pub fn index_repository_with(
             vectors::reset(&options.backend, layout, &layout.project())?;
         }
         catalog::reset(&options.backend, layout)?;
-        report.rebuilt = true;
+        report.rebuilt(if new_model {
+            "the embedding model changed"
+        } else {
+            "it was built by an older graft"
+        });
     }
 
     let mut watch = Stopwatch(Instant::now());
@@ -301,11 +378,9 @@ pub fn index_repository_with(
     report.problems = walked.problems.clone();
     progress.walked(report.files_seen);
 
-    let catalog = catalog::open(&options.backend, layout)?;
+    let (catalog, old_files) = open_catalog(&options.backend, layout, &mut report)?;
     let claim = Claim::take(catalog.as_ref())?;
-    let store = vectors::open(&options.backend, layout, &layout.project(), embedder.dims())?;
-    let old_files = catalog.files()?;
-    let stored = store.ids()?;
+    let (store, stored) = open_store(&options.backend, layout, embedder.dims(), &mut report)?;
     seconds.vectors += watch.lap();
 
     // 1. A slice of files at a time: each file hashed against the catalog's record of it, an

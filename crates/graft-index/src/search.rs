@@ -131,17 +131,29 @@ impl ProjectIndex {
     /// Opens the index of `layout`'s project in `backend`: the index folder, or (with a
     /// Qdrant server) the server alone.
     pub fn open_with(project: &str, layout: &IndexLayout, backend: &Backend) -> Result<ProjectIndex, IndexError> {
-        let (catalog, meta) = catalog::open_built(backend, layout)?.ok_or_else(|| IndexError::NoIndex {
-            project: project.to_owned(),
-            place: catalog::place(backend, layout),
-        })?;
+        // An index folder's files that cannot be read say what rebuilds them (an index run
+        // does: `indexer::open_catalog`); a server's errors are the server's.
+        let unreadable = |e: IndexError| match e {
+            IndexError::Catalog(why) | IndexError::Vectors(why) if matches!(backend, Backend::Embedded) => IndexError::Unreadable {
+                project: project.to_owned(),
+                place: catalog::place(backend, layout),
+                why,
+            },
+            e => e,
+        };
+        let (catalog, meta) = catalog::open_built(backend, layout)
+            .map_err(unreadable)?
+            .ok_or_else(|| IndexError::NoIndex {
+                project: project.to_owned(),
+                place: catalog::place(backend, layout),
+            })?;
         if meta.format != catalog::format(backend) {
             return Err(IndexError::Outdated {
                 project: project.to_owned(),
                 place: catalog::place(backend, layout),
             });
         }
-        let store = vectors::open(backend, layout, &layout.project(), meta.dims)?;
+        let store = vectors::open(backend, layout, &layout.project(), meta.dims).map_err(unreadable)?;
         Ok(ProjectIndex {
             catalog,
             store,

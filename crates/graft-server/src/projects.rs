@@ -462,9 +462,15 @@ impl Projects {
                 tracing::info!(project = project.name(), "re-indexing: served without retrieval");
                 return Ok(None);
             }
-            // Held by another process, or of an older layout (`graft up` rebuilds it in the
-            // background): no retrieved code until then; the error says which.
-            Err(e @ (IndexError::InUse { .. } | IndexError::Busy | IndexError::Claimed { .. } | IndexError::Outdated { .. })) => {
+            // Held by another process, of an older layout or unreadable (`graft up` rebuilds
+            // it in the background): no retrieved code until then; the error says which.
+            Err(
+                e @ (IndexError::InUse { .. }
+                | IndexError::Busy
+                | IndexError::Claimed { .. }
+                | IndexError::Outdated { .. }
+                | IndexError::Unreadable { .. }),
+            ) => {
                 tracing::warn!(project = project.name(), error = %e, "index not usable now: served without retrieval");
                 return Ok(None);
             }

@@ -162,7 +162,8 @@ fn print_summary(project: &str, path: &Path, r: &IndexReport) {
         println!("  {languages}");
     }
     if r.rebuilt {
-        println!("  the embedding model changed: the index was rebuilt");
+        let because = r.rebuilt_because.as_deref().unwrap_or("the embedding model changed");
+        println!("  rebuilt, as {because}");
     }
     for problem in &r.problems {
         println!("  could not read: {problem}");
