@@ -412,6 +412,10 @@ fn a_search_leaves_out_a_record_it_cannot_read_and_answers_with_the_rest() {
         .expect_err("an indexing run's read of chunk ids is strict")
         .to_string();
     assert!(refused.contains("an unreadable record in the Qdrant catalog"), "{refused}");
+    assert!(
+        refused.contains(&format!("in collection {collection}; delete that collection")),
+        "{refused}"
+    );
 }
 
 #[test]

@@ -219,6 +219,18 @@ impl QdrantCatalog {
         points.result.into_iter().next().map(|p| record(p.payload)).transpose()
     }
 
+    /// A record an indexing run reads: one it cannot read fails the run, saying what rebuilds
+    /// the catalog (its other records would be written around it).
+    fn indexed<T: DeserializeOwned>(&self, payload: HashMap<String, qdrant_client::qdrant::Value>) -> Result<T, IndexError> {
+        record(payload).map_err(|e| {
+            IndexError::Catalog(format!(
+                "{e}, in collection {}; delete that collection, and the next index run rebuilds the project's catalog \
+                 from the repository (its vectors kept)",
+                self.connection.collection
+            ))
+        })
+    }
+
     /// A record a search reads, or `None` (logged) when it is not one graft wrote: a search
     /// answers with the records it can read, as the embedded catalog does, instead of failing
     /// every completion's retrieval over one point. An indexing run's reads stay strict.
@@ -407,7 +419,7 @@ impl Catalog for QdrantCatalog {
         self.connection
             .scroll(Some(self.visible(KIND_FILE, [])), &["path", "hash"], None)?
             .into_iter()
-            .map(|p| record::<FileRecord>(p.payload).map(|f| (f.path, f.hash)))
+            .map(|p| self.indexed::<FileRecord>(p.payload).map(|f| (f.path, f.hash)))
             .collect()
     }
 
@@ -415,7 +427,7 @@ impl Catalog for QdrantCatalog {
         self.connection
             .scroll(Some(self.visible(KIND_CHUNK, [])), &["chunk"], None)?
             .into_iter()
-            .map(|p| record::<ChunkId>(p.payload).map(|r| r.chunk))
+            .map(|p| self.indexed::<ChunkId>(p.payload).map(|r| r.chunk))
             .collect()
     }
 
