@@ -51,6 +51,14 @@ pub enum IndexError {
          (or `graft up`) to rebuild it"
     )]
     Unreadable { project: String, place: String, why: String },
+    /// The disk holding an index folder has less free than graft keeps ([`crate::space`]).
+    #[error(
+        "the disk holding {} has {free_mb} MB free, under the {min_mb} MB graft keeps free while it writes an index \
+         (the vector store's memory-mapped files would crash graft when the disk fills): free some space and run again \
+         (GRAFT_INDEX_MIN_FREE_MB sets the margin)",
+        dir.display()
+    )]
+    DiskFull { dir: PathBuf, free_mb: u64, min_mb: u64 },
     /// The run's [`crate::IndexProgress::should_stop`] said to stop (graft shutting down);
     /// the index is as a kill at that moment would leave it: searchable, and finished by the
     /// next run.

@@ -333,6 +333,11 @@ pub fn index_repository_with(
         Err(std::fs::TryLockError::Error(e)) => return Err(IndexError::io(&lock_path, e)),
     }
 
+    // A run on a disk about to fill would end in a crash (`space`), after a rebuild below might
+    // have emptied what it cannot open for want of space: refuse it first.
+    if matches!(options.backend, Backend::Embedded) {
+        crate::space::ensure_free(&layout.root)?;
+    }
     let meta = Meta {
         repository: repo.clone(),
         embedding_model: vectors_id(embedder),

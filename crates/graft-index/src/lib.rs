@@ -21,6 +21,7 @@ pub mod layout;
 pub mod lookup;
 pub mod qdrant;
 pub mod search;
+pub mod space;
 pub mod symbols;
 pub mod tokenizer;
 pub mod vectors;

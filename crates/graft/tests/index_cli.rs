@@ -212,6 +212,38 @@ fn ctrl_c_stops_an_index_run_at_its_next_step_and_the_next_run_goes_on() {
     assert!(!hits.as_array().unwrap().is_empty(), "{hits}");
 }
 
+/// On a disk with less free than graft keeps (here: a margin larger than any disk), an index
+/// run is refused with the reason before it writes (or empties) anything: the vector store's
+/// memory-mapped files would end the process with a SIGBUS when the disk fills. The index
+/// stays searchable, and the next run on a disk with room goes on.
+#[test]
+fn an_index_run_on_a_disk_about_to_fill_is_refused_and_the_index_kept() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let config = write_config(work.path(), &work.path().join("index"));
+    let repo_arg = repo.to_str().unwrap();
+    write_repo(&repo, 5, "v1");
+    run_ok(&mut graft(&config, &["index", repo_arg, "--project", "d"]));
+
+    write_repo(&repo, 6, "v2");
+    let refused = graft(&config, &["index", repo_arg, "--project", "d"])
+        .env("GRAFT_INDEX_MIN_FREE_MB", "1000000000000")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("MB free, under the 1000000000000 MB graft keeps free while it writes an index"),
+        "{said}"
+    );
+    let search = |name: &str| json(&run_ok(&mut graft(&config, &["search", name, "--project", "d", "--json"])));
+    assert!(!search("alpha_func_1").as_array().unwrap().is_empty(), "the index is kept");
+
+    let done = json(&run_ok(&mut graft(&config, &["index", repo_arg, "--project", "d", "--json"])));
+    assert_eq!(done["report"]["files_added"], 1, "{done}");
+}
+
 #[test]
 fn killing_an_index_run_at_any_moment_leaves_a_searchable_index() {
     let work = tempfile::tempdir().unwrap();

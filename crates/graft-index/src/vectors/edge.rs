@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use qdrant_edge::{
     Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, PointId, PointInsertOperations, PointOperations, PointStruct,
@@ -21,6 +21,8 @@ use crate::fusion::Ranked;
 /// Qdrant Edge: an embedded, in-process Qdrant shard in a folder.
 pub struct EdgeStore {
     shard: EdgeShard,
+    /// The shard's folder, whose disk's free space each write checks first ([`crate::space`]).
+    dir: PathBuf,
     /// Held while the shard is open; released on drop.
     _lock: File,
 }
@@ -55,7 +57,11 @@ impl EdgeStore {
             EdgeShard::new(dir, config)
         }
         .map_err(IndexError::vectors)?;
-        Ok(EdgeStore { shard, _lock: lock })
+        Ok(EdgeStore {
+            shard,
+            dir: dir.to_owned(),
+            _lock: lock,
+        })
     }
 }
 
@@ -68,6 +74,7 @@ impl VectorStore for EdgeStore {
         if points.is_empty() {
             return Ok(());
         }
+        crate::space::ensure_free(&self.dir)?;
         let points = points
             .iter()
             .map(|(id, vector)| PointStruct::new(point_id(*id), vector.as_slice(), serde_json::json!({})).into())
@@ -83,6 +90,7 @@ impl VectorStore for EdgeStore {
         if ids.is_empty() {
             return Ok(());
         }
+        crate::space::ensure_free(&self.dir)?;
         let ids = ids.iter().copied().map(point_id).collect();
         self.shard
             .update(UpdateOperation::PointOperation(PointOperations::DeletePoints { ids }))
