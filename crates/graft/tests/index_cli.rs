@@ -240,6 +240,30 @@ fn an_index_run_on_a_disk_about_to_fill_is_refused_and_the_index_kept() {
     let search = |name: &str| json(&run_ok(&mut graft(&config, &["search", name, "--project", "d", "--json"])));
     assert!(!search("alpha_func_1").as_array().unwrap().is_empty(), "the index is kept");
 
+    // A graft serving the project on such a disk: its re-index answers 507 with the reason,
+    // and it keeps serving the index it has.
+    let served = work.path().join("served.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let project = format!("\n[server]\nlisten = \"127.0.0.1:0\"\n\n[[projects]]\nname = \"d\"\npath = {repo_arg:?}\n");
+    std::fs::write(&served, text + &project).unwrap();
+    let serving = common::start_serving(
+        Command::new(env!("CARGO_BIN_EXE_graft"))
+            .args(["serve", "--config"])
+            .arg(&served)
+            .env("RUST_LOG", "warn")
+            .env("GRAFT_INDEX_MIN_FREE_MB", "1000000000000"),
+        Duration::from_secs(120),
+    );
+    let answer = common::http_post(&serving.addr, "/v1/projects/d/reindex", "{}");
+    assert!(
+        answer.starts_with("HTTP/1.1 507") && answer.contains("MB graft keeps free"),
+        "{answer}"
+    );
+    let cursor = r#"{"query": "alpha_func_1", "k": 1}"#;
+    let hits = common::http_post(&serving.addr, "/v1/projects/d/search", cursor);
+    assert!(hits.starts_with("HTTP/1.1 200") && hits.contains("module_0001.py"), "{hits}");
+    drop(serving);
+
     let done = json(&run_ok(&mut graft(&config, &["index", repo_arg, "--project", "d", "--json"])));
     assert_eq!(done["report"]["files_added"], 1, "{done}");
 }

@@ -55,6 +55,7 @@ pub async fn reindex(State(state): State<AppState>, _admin: Admin, Path(name): P
                     ApiError::new(StatusCode::CONFLICT, message)
                 }
                 ReindexError::Index(IndexError::Stopped) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message),
+                ReindexError::Index(IndexError::DiskFull { .. }) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, message),
                 ReindexError::Index(_) => ApiError::internal("re-index failed", &message),
             }
         })?;
