@@ -13,7 +13,7 @@ use std::path::Path;
 use crate::error::IndexError;
 
 /// The free space (MB) graft keeps under an index folder it writes: a write-ahead log segment
-/// (32 MB, allocated whole) and a step's vectors and records with room to spare.
+/// (32 MB) and a step's vectors and records, with room to spare.
 pub const MIN_FREE_MB: u64 = 64;
 
 /// The margin in force: `GRAFT_INDEX_MIN_FREE_MB` where set (0 turns the check off), else

@@ -162,8 +162,11 @@ fn print_summary(project: &str, path: &Path, r: &IndexReport) {
         println!("  {languages}");
     }
     if r.rebuilt {
-        let because = r.rebuilt_because.as_deref().unwrap_or("the embedding model changed");
-        println!("  rebuilt, as {because}");
+        match &r.rebuilt_because {
+            Some(because) => println!("  rebuilt, as {because}"),
+            // A report from a graft that did not say why.
+            None => println!("  rebuilt"),
+        }
     }
     for problem in &r.problems {
         println!("  could not read: {problem}");
