@@ -4,7 +4,7 @@
 //! a first run and after a run that changes and removes files. Then the Qdrant catalog's
 //! generations: what a run killed before its switch wrote is never seen, and the next run
 //! clears it; a record it cannot read is left out of searches. Last, an index of an older catalog layout, in either, is refused until the next
-//! run rebuilds it.
+//! run rebuilds it, and a run asked to build either anew does so.
 //!
 //! Needs a Qdrant node (`GRAFT_TEST_QDRANT_BIN`, which scripts/test sets); ignored without one,
 //! except the tests of the tantivy catalog alone.
@@ -413,7 +413,7 @@ fn a_search_leaves_out_a_record_it_cannot_read_and_answers_with_the_rest() {
         .to_string();
     assert!(refused.contains("an unreadable record in the Qdrant catalog"), "{refused}");
     assert!(
-        refused.contains(&format!("in collection {collection}; delete that collection")),
+        refused.contains(&format!("in collection {collection}; `graft index --rebuild` builds")),
         "{refused}"
     );
 }
@@ -720,6 +720,158 @@ fn an_index_of_vectors_made_from_another_text_form_is_embedded_anew() {
     let index = ProjectIndex::open_with("poly", &layout, &backend).unwrap();
     let hits = index.search_for(&query, Some(embedder.as_ref()), &vector).unwrap();
     assert!(!hits.is_empty());
+}
+
+/// Asked to (`graft index --rebuild`, `--embed-again`, or both), a run builds the keyword index
+/// anew from the repository, the vectors of the chunks already embedded kept; or embeds every
+/// chunk again, the keyword index kept; and the index answers as before. `first` is told of
+/// the index built and may break it or hold it open, as each backend's test wants, before.
+fn a_run_starts_over_as_asked(backend: graft_index::vectors::Backend, first: impl FnOnce(&IndexLayout, &graft_index::IndexOptions)) {
+    use graft_index::{index_repository, IndexOptions, ProjectIndex, Query, Quiet, SearchMode, SearchOptions, StartOver};
+    let embedder = graft_tests::kit_embedder();
+    let repo = graft_tests::copy_fixture("polyglot");
+    let folder = tempfile::tempdir().unwrap();
+    let layout = IndexLayout::new(folder.path().join("poly"));
+    let options = IndexOptions {
+        backend: backend.clone(),
+        ..IndexOptions::default()
+    };
+    let built = index_repository(repo.path(), &layout, embedder, &options, &Quiet).unwrap();
+    assert!(built.files_added > 3 && built.embeddings == built.chunks, "{built:?}");
+    first(&layout, &options);
+
+    let asked = |catalog: bool, vectors: bool| IndexOptions {
+        start_over: StartOver { catalog, vectors },
+        ..options.clone()
+    };
+    let answers_as_before = || {
+        let index = ProjectIndex::open_with("poly", &layout, &backend).expect("the index opens");
+        assert_eq!(index.chunk_count().unwrap(), built.chunks);
+        let vector = SearchOptions {
+            mode: SearchMode::Vector,
+            ..SearchOptions::default()
+        };
+        let query = Query::text("compute the VAT breakdown of an invoice");
+        let hits = index.search_for(&query, Some(embedder.as_ref()), &vector).unwrap();
+        assert_eq!(hits.first().map(|h| h.path.as_str()), Some("billing/invoice.py"));
+        drop(index);
+        let catalog = graft_index::catalog::open(&backend, &layout).unwrap();
+        let found = catalog.definitions(&["compute_vat_breakdown"], 5).unwrap();
+        assert_eq!(found.first().map(|d| d.path.as_str()), Some("billing/invoice.py"), "{found:?}");
+    };
+    let because = |report: &graft_index::IndexReport| {
+        assert!(report.rebuilt, "{report:?}");
+        report.rebuilt_because.clone().unwrap_or_default()
+    };
+
+    let rebuilt = index_repository(repo.path(), &layout, embedder, &asked(true, false), &Quiet).unwrap();
+    assert!(because(&rebuilt).contains("asked to build the keyword index anew"), "{rebuilt:?}");
+    assert_eq!(
+        (rebuilt.files_added, rebuilt.files_unchanged, rebuilt.chunks, rebuilt.embeddings),
+        (built.files_added, 0, built.chunks, 0),
+        "every file read again, no chunk embedded again: {rebuilt:?}"
+    );
+    answers_as_before();
+
+    let embedded = index_repository(repo.path(), &layout, embedder, &asked(false, true), &Quiet).unwrap();
+    assert!(because(&embedded).contains("asked to embed every chunk again"), "{embedded:?}");
+    assert_eq!(
+        (embedded.files_added, embedded.files_unchanged, embedded.embeddings),
+        (0, built.files_added, built.chunks),
+        "the keyword index kept, every chunk embedded again: {embedded:?}"
+    );
+    answers_as_before();
+
+    let both = index_repository(repo.path(), &layout, embedder, &asked(true, true), &Quiet).unwrap();
+    assert!(because(&both).contains("anew and embed every chunk again"), "{both:?}");
+    assert_eq!((both.files_added, both.embeddings), (built.files_added, built.chunks), "{both:?}");
+    answers_as_before();
+
+    let last = index_repository(repo.path(), &layout, embedder, &options, &Quiet).unwrap();
+    assert!(
+        !last.rebuilt && last.embeddings == 0 && last.files_unchanged == built.files_added,
+        "{last:?}"
+    );
+}
+
+/// In an index folder, a run asked to start over while another process holds the index open
+/// (a graft serving it) is refused before it throws anything away.
+#[test]
+fn an_index_folder_is_built_anew_as_asked_but_not_under_a_graft_serving_it() {
+    a_run_starts_over_as_asked(graft_index::vectors::Backend::Embedded, |layout, options| {
+        use graft_index::{index_repository, IndexError, IndexOptions, ProjectIndex, Quiet, StartOver};
+        let serving = ProjectIndex::open_with("poly", layout, &options.backend).unwrap();
+        let chunks = serving.chunk_count().unwrap();
+        let repo = graft_index::catalog::read_meta(&options.backend, layout)
+            .unwrap()
+            .unwrap()
+            .repository;
+        let asked = IndexOptions {
+            start_over: StartOver {
+                catalog: true,
+                vectors: true,
+            },
+            ..options.clone()
+        };
+        match index_repository(&repo, layout, graft_tests::kit_embedder(), &asked, &Quiet) {
+            Err(IndexError::InUse { .. }) => {}
+            other => panic!("a rebuild under a serving index was not refused: {other:?}"),
+        }
+        assert_eq!(serving.chunk_count().unwrap(), chunks);
+        drop(serving);
+        let reopened = ProjectIndex::open_with("poly", layout, &options.backend).unwrap();
+        assert_eq!(reopened.chunk_count().unwrap(), chunks, "nothing was thrown away");
+    });
+}
+
+/// On a Qdrant server, a catalog record no run can read (here: a chunk id rewritten by hand)
+/// fails every run, saying to rebuild; the rebuild waits for another machine's run to end,
+/// then mends it with its vectors kept.
+#[test]
+#[ignore = "needs the Qdrant server binary: GRAFT_TEST_QDRANT_BIN (scripts/test sets it from ../shared/tools/qdrant)"]
+fn a_server_index_is_built_anew_as_asked_mending_a_record_no_run_can_read() {
+    let node = qdrant::Node::single(&qdrant::binary().unwrap_or_else(|why| panic!("{why}")));
+    a_run_starts_over_as_asked(graft_index::vectors::Backend::Server(server_config(&node)), |layout, options| {
+        use graft_index::{index_repository, IndexError, IndexOptions, Quiet, StartOver};
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let client = Qdrant::from_url(&node.grpc_url()).skip_compatibility_check().build().unwrap();
+        let payload: Payload = serde_json::json!({ "chunk": "not a number" }).try_into().unwrap();
+        let only = Filter::must([
+            Condition::matches("kind", "chunk".to_string()),
+            Condition::matches("path", "billing/invoice.py".to_string()),
+        ]);
+        let set = SetPayloadPointsBuilder::new("graft_catalogs_poly~catalog", payload)
+            .points_selector(only)
+            .wait(true);
+        runtime.block_on(client.set_payload(set)).unwrap();
+
+        let repo = graft_index::catalog::read_meta(&options.backend, layout)
+            .unwrap()
+            .unwrap()
+            .repository;
+        let embedder = graft_tests::kit_embedder();
+        let refused = index_repository(&repo, layout, embedder, options, &Quiet).expect_err("a run cannot read the record");
+        assert!(refused.to_string().contains("`graft index --rebuild` builds"), "{refused}");
+
+        let catalog = graft_index::catalog::open(&options.backend, layout).unwrap();
+        catalog.claim("a run on another machine").unwrap();
+        let asked = IndexOptions {
+            start_over: StartOver {
+                catalog: true,
+                vectors: false,
+            },
+            ..options.clone()
+        };
+        match index_repository(&repo, layout, embedder, &asked, &Quiet) {
+            Err(IndexError::Claimed { holder, .. }) => assert_eq!(holder, "a run on another machine"),
+            other => panic!("a rebuild during another machine's run was not refused: {other:?}"),
+        }
+        assert!(
+            index_repository(&repo, layout, embedder, options, &Quiet).is_err(),
+            "the refused rebuild threw nothing away and mended nothing"
+        );
+        catalog.release("a run on another machine").unwrap();
+    });
 }
 
 #[test]

@@ -83,6 +83,33 @@ pub struct IndexOptions {
     /// catalog's writer and let go ([`SLICE_BYTES`]; tests make it small). Every slice goes
     /// into the same commit.
     pub slice_bytes: usize,
+    /// What this run throws away and builds anew instead of updating (`graft index --rebuild`,
+    /// `--embed-again`); nothing by default.
+    pub start_over: StartOver,
+}
+
+/// What a run is asked to build anew. The two are independent: a keyword index built anew
+/// keeps the vectors of the chunks already embedded (a chunk's id is derived from its path and
+/// text, so the same chunk finds its vector), and vectors thrown away are made again from the
+/// keyword index's chunks (a run embeds every committed chunk that has no vector).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StartOver {
+    /// The catalog (files, chunks, keyword index, symbol table), read again from the repository.
+    pub catalog: bool,
+    /// The vectors: every chunk embedded again.
+    pub vectors: bool,
+}
+
+impl StartOver {
+    /// Why a run rebuilt, when it was asked to.
+    fn because(self) -> Option<&'static str> {
+        match (self.catalog, self.vectors) {
+            (false, false) => None,
+            (true, false) => Some("it was asked to build the keyword index anew (the vectors of chunks already embedded kept)"),
+            (false, true) => Some("it was asked to embed every chunk again"),
+            (true, true) => Some("it was asked to build the keyword index anew and embed every chunk again"),
+        }
+    }
 }
 
 impl Default for IndexOptions {
@@ -94,6 +121,7 @@ impl Default for IndexOptions {
             backend: Backend::default(),
             embed_after_commit: false,
             slice_bytes: SLICE_BYTES,
+            start_over: StartOver::default(),
         }
     }
 }
@@ -295,6 +323,41 @@ fn open_store(
     }
 }
 
+/// Throws away what the run was asked to build anew ([`StartOver`]). A run killed half-way
+/// leaves an index the next one completes, as any run does: a catalog gone is read again from
+/// the repository, vectors gone are embedded again from the catalog. In an index folder only
+/// while no other process holds the index open (a graft serving it: the run goes through that
+/// graft); on a Qdrant server not while another machine's run holds the catalog.
+fn start_over(backend: &Backend, layout: &IndexLayout, what: StartOver, report: &mut IndexReport) -> Result<(), IndexError> {
+    let Some(because) = what.because() else {
+        return Ok(());
+    };
+    match backend {
+        Backend::Embedded => drop(vectors::edge::lock(&layout.vectors())?),
+        Backend::Server(_) => {
+            // A catalog that cannot be read is what a rebuild is for: only a claim stops it.
+            if let Ok(catalog) = catalog::open(backend, layout) {
+                if let Err(e @ IndexError::Claimed { .. }) = Claim::take(catalog.as_ref()) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    tracing::info!(catalog = what.catalog, vectors = what.vectors, "building the index anew, as asked");
+    if what.vectors {
+        vectors::reset(backend, layout, &layout.project())?;
+    }
+    if what.catalog {
+        let _lock = match backend {
+            Backend::Embedded => Some(vectors::edge::lock(&layout.vectors())?),
+            Backend::Server(_) => None,
+        };
+        catalog::reset(backend, layout)?;
+    }
+    report.rebuilt(because);
+    Ok(())
+}
+
 /// Indexes `repo` into `layout`, incrementally.
 pub fn index_repository(
     repo: &Path,
@@ -345,6 +408,7 @@ pub fn index_repository_with(
         format: catalog::format(&options.backend),
     };
     let mut report = IndexReport::default();
+    start_over(&options.backend, layout, options.start_over, &mut report)?;
     let old_meta = catalog::read_meta(&options.backend, layout)?;
     let new_model = old_meta
         .as_ref()

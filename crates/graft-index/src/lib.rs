@@ -30,7 +30,7 @@ pub mod walk;
 pub use embed::{Embedder, EmbedderOptions, EmbeddingSource};
 pub use error::IndexError;
 pub use indexer::{
-    embed_ahead, embed_missing, index_repository, index_repository_with, Ahead, IndexOptions, IndexProgress, IndexReport, Quiet,
+    embed_ahead, embed_missing, index_repository, index_repository_with, Ahead, IndexOptions, IndexProgress, IndexReport, Quiet, StartOver,
 };
 pub use layout::{IndexLayout, Meta};
 pub use lookup::Names;

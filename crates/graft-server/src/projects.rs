@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use graft_core::ProjectConfig;
 use graft_index::{
     embed_ahead, embed_missing, index_repository_with, Ahead, Embedder, IndexError, IndexLayout, IndexOptions, IndexProgress, IndexReport,
-    Names, ProjectIndex, Query, SearchHit, SearchMode, SearchOptions,
+    Names, ProjectIndex, Query, SearchHit, SearchMode, SearchOptions, StartOver,
 };
 
 use crate::sticky::{Spot, Sticky};
@@ -537,8 +537,14 @@ impl Projects {
     /// Re-indexes `project` from its repository (incremental). One run at a time per project;
     /// a second request while one runs fails at once.
     pub async fn reindex(&self, project: &Arc<Project>) -> Result<IndexReport, ReindexError> {
+        self.reindex_anew(project, StartOver::default()).await
+    }
+
+    /// [`Projects::reindex`], building anew what `start_over` asks (`graft index --rebuild`,
+    /// `--embed-again`).
+    pub async fn reindex_anew(&self, project: &Arc<Project>, start_over: StartOver) -> Result<IndexReport, ReindexError> {
         let guard = self.start_reindex(project).ok_or(ReindexError::Running)?;
-        self.reindex_with(project, guard).await
+        self.recorded_run(project, guard, start_over).await
     }
 
     /// Marks `project` as re-indexing (its requests get no retrieved code from now on) and
@@ -553,8 +559,12 @@ impl Projects {
     /// Re-indexes `project`, marked by [`Projects::start_reindex`]; the mark goes when done.
     /// The outcome is kept for [`Projects::status`] and [`Projects::index_runs`].
     pub async fn reindex_with(&self, project: &Arc<Project>, guard: ReindexGuard) -> Result<IndexReport, ReindexError> {
+        self.recorded_run(project, guard, StartOver::default()).await
+    }
+
+    async fn recorded_run(&self, project: &Arc<Project>, guard: ReindexGuard, start_over: StartOver) -> Result<IndexReport, ReindexError> {
         let started = std::time::Instant::now();
-        let result = self.run_index(project, guard).await;
+        let result = self.run_index(project, guard, start_over).await;
         let mut runs = project.index.runs();
         runs.record(started, result.as_ref());
         result
@@ -569,7 +579,7 @@ impl Projects {
             .collect()
     }
 
-    async fn run_index(&self, project: &Arc<Project>, guard: ReindexGuard) -> Result<IndexReport, ReindexError> {
+    async fn run_index(&self, project: &Arc<Project>, guard: ReindexGuard, start_over: StartOver) -> Result<IndexReport, ReindexError> {
         if self.stopping.load(Ordering::Relaxed) {
             return Err(IndexError::Stopped.into());
         }
@@ -626,6 +636,7 @@ impl Projects {
             // What was not embedded ahead is embedded below, with the index serving.
             let options = IndexOptions {
                 embed_after_commit: true,
+                start_over,
                 ..slot.options.clone()
             };
             let report = index_repository_with(&writer.config.path, &slot.layout, &run_embedder, &options, &progress, ahead);

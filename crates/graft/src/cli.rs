@@ -435,6 +435,14 @@ pub struct IndexArgs {
     /// at the same paths as they are).
     #[arg(long)]
     pub replace: bool,
+    /// Build the keyword index (files, chunks, symbol table) anew from the repository instead
+    /// of updating it; the vectors of chunks already embedded are kept (a chunk's vector is
+    /// found by its path and text), so this takes about as long as reading the repository.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Throw the vectors away and embed every chunk again (a large repository: hours).
+    #[arg(long)]
+    pub embed_again: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,

@@ -7,7 +7,10 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 use graft_core::Config;
-use graft_index::{index_repository, Embedder, IndexError, IndexProgress, IndexReport, Names, ProjectIndex, Query, SearchHit, SearchMode};
+use graft_index::{
+    index_repository, Embedder, IndexError, IndexOptions, IndexProgress, IndexReport, Names, ProjectIndex, Query, SearchHit, SearchMode,
+    StartOver,
+};
 use graft_kit::Kit;
 
 use crate::cli::{IndexArgs, SearchArgs};
@@ -45,9 +48,13 @@ pub fn load_embedder(config: &Config) -> Result<Embedder> {
 pub fn index(args: IndexArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     let (project, path) = crate::project::with_path(&config, args.path.as_deref(), args.project.as_deref(), "index")?;
+    let start_over = StartOver {
+        catalog: args.rebuild,
+        vectors: args.embed_again,
+    };
     let (report, through) = match serving(&config, &project, args.server.as_deref())? {
         Ok(served) => (
-            reindex_through(&served, &project, &path, args.json)?,
+            reindex_through(&served, &project, &path, start_over, args.json)?,
             Some(served.base().to_owned()),
         ),
         Err(why_not) => {
@@ -57,7 +64,8 @@ pub fn index(args: IndexArgs) -> Result<()> {
             let kit = Kit::new(&config.kit.dir);
             models::ensure(&kit, &graft_wiring::index_artifacts(&config)?, args.json)?;
             let embedder = load_embedder(&config)?;
-            let report = run_index(&config, &project, &path, &embedder, args.json).map_err(|e| with_why_not(e, &config, &why_not))?;
+            let report =
+                run_index(&config, &project, &path, &embedder, start_over, args.json).map_err(|e| with_why_not(e, &config, &why_not))?;
             (report, None)
         }
     };
@@ -102,31 +110,45 @@ fn refuse_another_repository(config: &Config, project: &str, path: &Path) -> Res
     Ok(())
 }
 
-/// The re-index of `project` by the graft that serves it (from `path`, checked).
-fn reindex_through(served: &Served, project: &str, path: &Path, quiet: bool) -> Result<IndexReport> {
+/// The re-index of `project` by the graft that serves it (from `path`, checked), building
+/// anew what `start_over` asks.
+fn reindex_through(served: &Served, project: &str, path: &Path, start_over: StartOver, quiet: bool) -> Result<IndexReport> {
     served.check_repository(path).map_err(anyhow::Error::msg)?;
     if !quiet {
         eprintln!("`{project}` is served by the graft at {}: re-indexed there", served.base());
     }
-    let answer = served.reindex().map_err(anyhow::Error::msg)?;
+    let answer = served.reindex(start_over).map_err(anyhow::Error::msg)?;
     let mut report: IndexReport =
         serde_json::from_value(answer["report"].clone()).context("reading the re-index's report from the running graft")?;
     report.elapsed = std::time::Duration::from_secs_f64(answer["elapsed_seconds"].as_f64().unwrap_or(0.0).max(0.0));
+    // A graft older than `rebuild` reads no body: it updated the index instead.
+    if start_over != StartOver::default() && !report.rebuilt {
+        bail!(
+            "the graft at {} re-indexed `{project}` but did not build it anew as asked (a graft older than --rebuild and --embed-again?): stop it, and run this again",
+            served.base()
+        );
+    }
     Ok(report)
 }
 
-/// Indexes one project with a progress bar (unless `quiet`). Ctrl-C stops the run at its
-/// next step: nothing is committed, and the vectors it stored are there for the next run.
-pub fn run_index(config: &Config, project: &str, path: &Path, embedder: &Embedder, quiet: bool) -> Result<IndexReport> {
+/// Indexes one project with a progress bar (unless `quiet`), building anew what `start_over`
+/// asks. Ctrl-C stops the run at its next step: nothing is committed, and the vectors it
+/// stored are there for the next run.
+pub fn run_index(
+    config: &Config,
+    project: &str,
+    path: &Path,
+    embedder: &Embedder,
+    start_over: StartOver,
+    quiet: bool,
+) -> Result<IndexReport> {
     let stop = crate::interrupt::stop_on_ctrl_c("stopping the index run at its next step ...");
     let progress = BarProgress::new(quiet, stop);
-    let result = index_repository(
-        path,
-        &graft_wiring::layout(config, project),
-        embedder,
-        &graft_wiring::index_options(config),
-        &progress,
-    );
+    let options = IndexOptions {
+        start_over,
+        ..graft_wiring::index_options(config)
+    };
+    let result = index_repository(path, &graft_wiring::layout(config, project), embedder, &options, &progress);
     progress.finish();
     if let Err(IndexError::Stopped) = result {
         bail!(

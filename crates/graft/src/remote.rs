@@ -13,7 +13,7 @@ use std::fmt::Display;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use graft_index::SearchHit;
+use graft_index::{SearchHit, StartOver};
 use serde_json::Value;
 
 /// How long a search waits, in all, on a graft that answers "busy" (re-indexing).
@@ -151,9 +151,12 @@ impl Served {
         Ok(())
     }
 
-    /// `POST .../reindex`: the run's answer (`report`, `elapsed_seconds`).
-    pub fn reindex(&self) -> Result<Value, String> {
-        self.answer(self.request("POST", "/reindex").call())
+    /// `POST .../reindex`, building anew what `start_over` asks: the run's answer (`report`,
+    /// `elapsed_seconds`).
+    pub fn reindex(&self, start_over: StartOver) -> Result<Value, String> {
+        let body = serde_json::json!({ "rebuild": start_over.catalog, "embed_again": start_over.vectors });
+        let request = self.request("POST", "/reindex").set("Content-Type", "application/json");
+        self.answer(request.send_string(&body.to_string()))
     }
 
     /// A request about the project (`path` after `/v1/projects/{name}`).

@@ -268,6 +268,109 @@ fn an_index_run_on_a_disk_about_to_fill_is_refused_and_the_index_kept() {
     assert_eq!(done["report"]["files_added"], 1, "{done}");
 }
 
+/// `graft index --rebuild` builds the keyword index anew, the vectors kept; `--embed-again`
+/// embeds every chunk again; either says why it rebuilt. Through a graft serving the project
+/// too, whose `POST .../reindex` takes the same asks as a body (none: an incremental run) and
+/// refuses a misspelt one.
+#[test]
+fn index_rebuild_and_embed_again_build_the_index_anew_here_or_through_a_serving_graft() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let config = write_config(work.path(), &work.path().join("index"));
+    let repo_arg = repo.to_str().unwrap();
+    write_repo(&repo, 5, "v1");
+    let index = |more: &[&str]| {
+        let mut args = vec!["index", repo_arg, "--project", "r", "--json"];
+        args.extend_from_slice(more);
+        json(&run_ok(&mut graft(&config, &args)))["report"].clone()
+    };
+    let first = index(&[]);
+    let chunks = first["chunks"].as_u64().unwrap();
+    assert!(chunks >= 5 && first["embeddings"] == chunks, "{first}");
+
+    let rebuilt = index(&["--rebuild"]);
+    assert_eq!(rebuilt["rebuilt"], true, "{rebuilt}");
+    assert!(
+        rebuilt["rebuilt_because"]
+            .as_str()
+            .unwrap()
+            .contains("asked to build the keyword index anew"),
+        "{rebuilt}"
+    );
+    assert_eq!(
+        (&rebuilt["files_added"], &rebuilt["embeddings"], &rebuilt["chunks"]),
+        (&5.into(), &0.into(), &chunks.into()),
+        "{rebuilt}"
+    );
+    let embedded = index(&["--embed-again"]);
+    assert_eq!(
+        (&embedded["files_unchanged"], &embedded["embeddings"]),
+        (&5.into(), &chunks.into()),
+        "{embedded}"
+    );
+    let said = run_ok(&mut graft(
+        &config,
+        &["index", repo_arg, "--project", "r", "--rebuild", "--embed-again"],
+    ));
+    let said = String::from_utf8_lossy(&said.stdout);
+    assert!(
+        said.contains("rebuilt, as it was asked to build the keyword index anew and embed every chunk again"),
+        "{said}"
+    );
+    let search = run_ok(&mut graft(
+        &config,
+        &["search", "alpha_func_3", "--project", "r", "--mode", "vector", "--json"],
+    ));
+    assert_eq!(json(&search)[0]["path"], "module_0003.py");
+
+    // Through a graft serving the project.
+    let served = work.path().join("served.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let project = format!("\n[server]\nlisten = \"127.0.0.1:0\"\n\n[[projects]]\nname = \"r\"\npath = {repo_arg:?}\n");
+    std::fs::write(&served, text + &project).unwrap();
+    let serving = common::start_serving(
+        Command::new(env!("CARGO_BIN_EXE_graft"))
+            .args(["serve", "--config"])
+            .arg(&served)
+            .env("RUST_LOG", "warn"),
+        Duration::from_secs(120),
+    );
+    let url = format!("http://{}", serving.addr);
+    let through = json(&run_ok(&mut graft(
+        &config,
+        &[
+            "index",
+            repo_arg,
+            "--project",
+            "r",
+            "--server",
+            &url,
+            "--rebuild",
+            "--embed-again",
+            "--json",
+        ],
+    )));
+    assert_eq!(through["through"], url.as_str(), "{through}");
+    let report = &through["report"];
+    assert!(
+        report["rebuilt_because"]
+            .as_str()
+            .unwrap()
+            .contains("anew and embed every chunk again"),
+        "{report}"
+    );
+    assert_eq!(report["files_added"], 5, "{report}");
+    // The server embeds what it did not embed ahead after its commit, serving meanwhile.
+    let embedding = report["embeddings"].as_u64().unwrap() + report["vectors_pending"].as_u64().unwrap();
+    assert_eq!(embedding, chunks, "{report}");
+
+    let misspelt = common::http_post(&serving.addr, "/v1/projects/r/reindex", r#"{"rebuilt": true}"#);
+    assert!(misspelt.starts_with("HTTP/1.1 400") && misspelt.contains("rebuilt"), "{misspelt}");
+    let plain = common::http_post(&serving.addr, "/v1/projects/r/reindex", "");
+    assert!(plain.starts_with("HTTP/1.1 200") && !plain.contains("rebuilt_because"), "{plain}");
+}
+
 #[test]
 fn killing_an_index_run_at_any_moment_leaves_a_searchable_index() {
     let work = tempfile::tempdir().unwrap();

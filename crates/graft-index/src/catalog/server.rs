@@ -224,8 +224,8 @@ impl QdrantCatalog {
     fn indexed<T: DeserializeOwned>(&self, payload: HashMap<String, qdrant_client::qdrant::Value>) -> Result<T, IndexError> {
         record(payload).map_err(|e| {
             IndexError::Catalog(format!(
-                "{e}, in collection {}; delete that collection, and the next index run rebuilds the project's catalog \
-                 from the repository (its vectors kept)",
+                "{e}, in collection {}; `graft index --rebuild` builds the project's catalog anew from the repository \
+                 (its vectors kept)",
                 self.connection.collection
             ))
         })

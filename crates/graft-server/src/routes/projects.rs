@@ -1,6 +1,7 @@
 //! Project administration (admin key): `GET /v1/projects` (every project and its index),
 //! `GET /v1/projects/{name}` (one), `POST /v1/projects/{name}/reindex` (incremental
-//! re-index from the repository, answered with the run's report) and
+//! re-index from the repository, answered with the run's report; an optional body asks to
+//! build the keyword index anew, `rebuild`, or to embed every chunk again, `embed_again`) and
 //! `POST /v1/projects/{name}/search` (`query`, or a cursor's `prefix` with optional `suffix`
 //! and `path` for the search a completion there makes; optional `k` and `mode`: the hits as
 //! `graft search --json` prints them).
@@ -10,13 +11,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json as AxumJson;
 use graft_engine::fim::FimInput;
-use graft_index::IndexError;
+use graft_index::{IndexError, StartOver};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::caller::Admin;
 use crate::error::ApiError;
-use crate::json::Json;
+use crate::json::{parse, Body, Json};
 use crate::projects::{Project, ReindexError, Search};
 use crate::prompt::completion;
 use crate::state::AppState;
@@ -40,11 +41,38 @@ pub async fn status(State(state): State<AppState>, _admin: Admin, Path(name): Pa
     Ok(AxumJson(state.projects().status(&project)))
 }
 
-pub async fn reindex(State(state): State<AppState>, _admin: Admin, Path(name): Path<String>) -> Result<AxumJson<Value>, ApiError> {
+/// What `POST .../reindex` may ask besides an incremental run (no body: nothing).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReindexRequest {
+    /// Build the keyword index (files, chunks, symbol table) anew from the repository; the
+    /// vectors of chunks already embedded are kept.
+    #[serde(default)]
+    pub rebuild: bool,
+    /// Throw the vectors away and embed every chunk again.
+    #[serde(default)]
+    pub embed_again: bool,
+}
+
+pub async fn reindex(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> Result<AxumJson<Value>, ApiError> {
+    let asked: ReindexRequest = if body.trim_ascii().is_empty() {
+        ReindexRequest::default()
+    } else {
+        parse(&body)?
+    };
     let project = project(&state, &name)?;
+    let start_over = StartOver {
+        catalog: asked.rebuild,
+        vectors: asked.embed_again,
+    };
     // On a task of its own: a client that stops waiting (a webhook's short timeout) does not
     // cancel the run; its outcome is then in the project's status (`last_run`).
-    let run = tokio::spawn(async move { state.projects().reindex(&project).await });
+    let run = tokio::spawn(async move { state.projects().reindex_anew(&project, start_over).await });
     let report = run
         .await
         .map_err(|e| ApiError::internal("re-index failed", &format!("the re-index task failed: {e}")))?

@@ -360,7 +360,14 @@ fn prepare_local(
     needed.extend(graft_wiring::index_artifacts(&eval_config)?);
     models::ensure(&kit, &needed, args.json)?;
     let embedder = index::load_embedder(&eval_config)?;
-    let indexed = index::run_index(&eval_config, EVAL_PROJECT, repo, &embedder, args.json)?;
+    let indexed = index::run_index(
+        &eval_config,
+        EVAL_PROJECT,
+        repo,
+        &embedder,
+        graft_index::StartOver::default(),
+        args.json,
+    )?;
     if !args.json {
         eprintln!(
             "indexed {} without its {} held-out files: {} files, {} chunks",
