@@ -201,6 +201,10 @@ pub struct IndexReport {
     pub files_unchanged: usize,
     /// Skipped files by reason.
     pub skipped: BTreeMap<String, usize>,
+    /// Each skipped file whose path is known, with its reason, by path (`graft index
+    /// --skipped` prints them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_files: Vec<SkippedFile>,
     /// Chunks in the index after the run.
     pub chunks: usize,
     /// Chunks of added or changed files.
@@ -236,6 +240,13 @@ pub struct IndexReport {
     /// of an older layout, or it could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuilt_because: Option<String>,
+}
+
+/// A file a run left out, and why ([`SkipReason::as_str`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SkippedFile {
+    pub path: String,
+    pub reason: String,
 }
 
 impl IndexReport {
@@ -444,6 +455,14 @@ pub fn index_repository_with(
         .iter()
         .map(|(r, n)| (SkipReason::as_str(*r).to_owned(), *n))
         .collect();
+    report.skipped_files = walked
+        .skipped_files
+        .iter()
+        .map(|(path, reason)| SkippedFile {
+            path: path.clone(),
+            reason: reason.as_str().to_owned(),
+        })
+        .collect();
     report.problems = walked.problems.clone();
     progress.walked(report.files_seen);
 
@@ -558,6 +577,7 @@ pub fn index_repository_with(
     store.flush()?;
     seconds.vectors += watch.lap();
     report.chunks = live.len();
+    report.skipped_files.sort();
 
     report.elapsed = started.elapsed() + ahead_elapsed;
     seconds.total = report.elapsed.as_secs_f64();
@@ -624,7 +644,7 @@ struct Reader<'a> {
 /// One file as [`Reader`] found it.
 enum ReadFile {
     /// Left out once read (not text, minified, ...: [`Walk::read`]).
-    Skipped(Skip),
+    Skipped { path: String, skip: Skip },
     /// As the catalog has it.
     Unchanged { path: String },
     /// Added or changed: its new content hash, chunks and definitions.
@@ -654,7 +674,12 @@ impl<'a> Reader<'a> {
         let read = |listed: &Listed| {
             let file = match listing.read(listed, &self.options.walk) {
                 Ok(file) => file,
-                Err(skip) => return ReadFile::Skipped(skip),
+                Err(skip) => {
+                    return ReadFile::Skipped {
+                        path: listed.path.clone(),
+                        skip,
+                    }
+                }
             };
             let hash = hex::encode(Sha256::digest(file.text.as_bytes()));
             if self.old_files.get(&file.path) == Some(&hash) {
@@ -711,8 +736,15 @@ impl Changed {
                 self.chunk_counts.push(0);
                 return;
             }
-            ReadFile::Skipped((reason, problem)) => {
+            ReadFile::Skipped {
+                path,
+                skip: (reason, problem),
+            } => {
                 *report.skipped.entry(reason.as_str().to_owned()).or_default() += 1;
+                report.skipped_files.push(SkippedFile {
+                    path,
+                    reason: reason.as_str().to_owned(),
+                });
                 report.problems.extend(problem);
                 self.chunk_counts.push(0);
                 return;
@@ -796,7 +828,7 @@ pub fn embed_ahead(
     for slice in slices(&walked.files, options.slice_bytes) {
         let chunks = reader.read(slice, &walked).into_iter().flat_map(|file| match file {
             ReadFile::Changed { parsed, .. } => parsed.chunks,
-            ReadFile::Unchanged { .. } | ReadFile::Skipped(_) => Vec::new(),
+            ReadFile::Unchanged { .. } | ReadFile::Skipped { .. } => Vec::new(),
         });
         let new = chunks.filter(|(id, _)| !stored.contains(id));
         wanted.extend(new.map(|(id, c)| (id, embedding_text(&c.path, &c.symbol, &c.text))));

@@ -30,7 +30,8 @@ pub mod walk;
 pub use embed::{Embedder, EmbedderOptions, EmbeddingSource};
 pub use error::IndexError;
 pub use indexer::{
-    embed_ahead, embed_missing, index_repository, index_repository_with, Ahead, IndexOptions, IndexProgress, IndexReport, Quiet, StartOver,
+    embed_ahead, embed_missing, index_repository, index_repository_with, Ahead, IndexOptions, IndexProgress, IndexReport, Quiet,
+    SkippedFile, StartOver,
 };
 pub use layout::{IndexLayout, Meta};
 pub use lookup::Names;

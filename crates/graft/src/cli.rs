@@ -443,6 +443,10 @@ pub struct IndexArgs {
     /// Throw the vectors away and embed every chunk again (a large repository: hours).
     #[arg(long)]
     pub embed_again: bool,
+    /// List each file left out (ignored files aside) with the reason: binary, generated,
+    /// vendored, minified, huge, empty, unreadable, ... (the summary counts them by reason).
+    #[arg(long)]
+    pub skipped: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,

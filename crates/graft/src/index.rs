@@ -52,9 +52,9 @@ pub fn index(args: IndexArgs) -> Result<()> {
         catalog: args.rebuild,
         vectors: args.embed_again,
     };
-    let (report, through) = match serving(&config, &project, args.server.as_deref())? {
+    let (mut report, through) = match serving(&config, &project, args.server.as_deref())? {
         Ok(served) => (
-            reindex_through(&served, &project, &path, start_over, args.json)?,
+            reindex_through(&served, &project, &path, start_over, args.skipped, args.json)?,
             Some(served.base().to_owned()),
         ),
         Err(why_not) => {
@@ -69,6 +69,9 @@ pub fn index(args: IndexArgs) -> Result<()> {
             (report, None)
         }
     };
+    if !args.skipped {
+        report.skipped_files = Vec::new();
+    }
     if args.json {
         let value = serde_json::json!({
             "project": project,
@@ -111,13 +114,13 @@ fn refuse_another_repository(config: &Config, project: &str, path: &Path) -> Res
 }
 
 /// The re-index of `project` by the graft that serves it (from `path`, checked), building
-/// anew what `start_over` asks.
-fn reindex_through(served: &Served, project: &str, path: &Path, start_over: StartOver, quiet: bool) -> Result<IndexReport> {
+/// anew what `start_over` asks, and with each file left out where `skipped`.
+fn reindex_through(served: &Served, project: &str, path: &Path, start_over: StartOver, skipped: bool, quiet: bool) -> Result<IndexReport> {
     served.check_repository(path).map_err(anyhow::Error::msg)?;
     if !quiet {
         eprintln!("`{project}` is served by the graft at {}: re-indexed there", served.base());
     }
-    let answer = served.reindex(start_over).map_err(anyhow::Error::msg)?;
+    let answer = served.reindex(start_over, skipped).map_err(anyhow::Error::msg)?;
     let mut report: IndexReport =
         serde_json::from_value(answer["report"].clone()).context("reading the re-index's report from the running graft")?;
     report.elapsed = std::time::Duration::from_secs_f64(answer["elapsed_seconds"].as_f64().unwrap_or(0.0).max(0.0));
@@ -192,6 +195,13 @@ fn print_summary(project: &str, path: &Path, r: &IndexReport) {
     }
     for problem in &r.problems {
         println!("  could not read: {problem}");
+    }
+    if !r.skipped_files.is_empty() {
+        println!("  skipped files:");
+        let width = r.skipped_files.iter().map(|f| f.reason.len()).max().unwrap_or(0);
+        for file in &r.skipped_files {
+            println!("    {:width$}  {}", file.reason, file.path);
+        }
     }
 }
 

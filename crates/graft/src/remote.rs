@@ -152,9 +152,13 @@ impl Served {
     }
 
     /// `POST .../reindex`, building anew what `start_over` asks: the run's answer (`report`,
-    /// `elapsed_seconds`).
-    pub fn reindex(&self, start_over: StartOver) -> Result<Value, String> {
-        let body = serde_json::json!({ "rebuild": start_over.catalog, "embed_again": start_over.vectors });
+    /// with each file left out where `skipped_files`; `elapsed_seconds`).
+    pub fn reindex(&self, start_over: StartOver, skipped_files: bool) -> Result<Value, String> {
+        let body = serde_json::json!({
+            "rebuild": start_over.catalog,
+            "embed_again": start_over.vectors,
+            "skipped_files": skipped_files,
+        });
         let request = self.request("POST", "/reindex").set("Content-Type", "application/json");
         self.answer(request.send_string(&body.to_string()))
     }

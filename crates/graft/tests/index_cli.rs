@@ -337,6 +337,8 @@ fn index_rebuild_and_embed_again_build_the_index_anew_here_or_through_a_serving_
         Duration::from_secs(120),
     );
     let url = format!("http://{}", serving.addr);
+    std::fs::create_dir(repo.join("vendor")).unwrap();
+    std::fs::write(repo.join("vendor/lib.py"), "def vendored():\n    pass\n").unwrap();
     let through = json(&run_ok(&mut graft(
         &config,
         &[
@@ -348,11 +350,17 @@ fn index_rebuild_and_embed_again_build_the_index_anew_here_or_through_a_serving_
             &url,
             "--rebuild",
             "--embed-again",
+            "--skipped",
             "--json",
         ],
     )));
     assert_eq!(through["through"], url.as_str(), "{through}");
     let report = &through["report"];
+    assert_eq!(
+        report["skipped_files"],
+        serde_json::json!([{ "path": "vendor/lib.py", "reason": "vendored" }]),
+        "{report}"
+    );
     assert!(
         report["rebuilt_because"]
             .as_str()
@@ -369,6 +377,61 @@ fn index_rebuild_and_embed_again_build_the_index_anew_here_or_through_a_serving_
     assert!(misspelt.starts_with("HTTP/1.1 400") && misspelt.contains("rebuilt"), "{misspelt}");
     let plain = common::http_post(&serving.addr, "/v1/projects/r/reindex", "");
     assert!(plain.starts_with("HTTP/1.1 200") && !plain.contains("rebuilt_because"), "{plain}");
+}
+
+/// `graft index --skipped` lists each file left out with its reason, those judged by their
+/// names and places and those judged once read alike, in the summary and in its JSON; without
+/// it only their counts by reason.
+#[test]
+fn index_skipped_lists_each_file_left_out_with_its_reason() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    std::fs::create_dir_all(repo.join("vendor/dep")).unwrap();
+    let config = write_config(work.path(), &work.path().join("index"));
+    write_repo(&repo, 2, "v1");
+    std::fs::write(repo.join("vendor/dep/lib.py"), "def dep():\n    return 1\n").unwrap();
+    std::fs::write(repo.join("Cargo.lock"), "version = 3\n").unwrap();
+    std::fs::write(repo.join("logo.py"), b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").unwrap();
+    std::fs::write(repo.join("bundle.js"), format!("var a={};\n", "1+".repeat(3000) + "1")).unwrap();
+    std::fs::write(repo.join("blank.py"), "\n\n   \n").unwrap();
+    let repo_arg = repo.to_str().unwrap();
+    let expected = [
+        ("Cargo.lock", "generated"),
+        ("blank.py", "empty"),
+        ("bundle.js", "minified"),
+        ("logo.py", "binary"),
+        ("vendor/dep/lib.py", "vendored"),
+    ];
+
+    let said = run_ok(&mut graft(&config, &["index", repo_arg, "--project", "s", "--skipped"]));
+    let said = String::from_utf8_lossy(&said.stdout);
+    let listed: Vec<(&str, &str)> = said
+        .lines()
+        .skip_while(|line| line.trim() != "skipped files:")
+        .skip(1)
+        .map(|line| {
+            let mut words = line.split_whitespace();
+            let reason = words.next().unwrap();
+            (words.next().unwrap(), reason)
+        })
+        .collect();
+    assert_eq!(listed, expected, "{said}");
+
+    let report = json(&run_ok(&mut graft(
+        &config,
+        &["index", repo_arg, "--project", "s", "--skipped", "--json"],
+    )))["report"]
+        .clone();
+    let listed: Vec<(&str, &str)> = report["skipped_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap(), f["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed, expected, "{report}");
+    let quiet = json(&run_ok(&mut graft(&config, &["index", repo_arg, "--project", "s", "--json"])))["report"].clone();
+    assert!(quiet.get("skipped_files").is_none(), "{quiet}");
+    assert_eq!(quiet["skipped"]["vendored"], 1, "{quiet}");
 }
 
 #[test]

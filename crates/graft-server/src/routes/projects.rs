@@ -1,7 +1,8 @@
 //! Project administration (admin key): `GET /v1/projects` (every project and its index),
 //! `GET /v1/projects/{name}` (one), `POST /v1/projects/{name}/reindex` (incremental
 //! re-index from the repository, answered with the run's report; an optional body asks to
-//! build the keyword index anew, `rebuild`, or to embed every chunk again, `embed_again`) and
+//! build the keyword index anew, `rebuild`, or to embed every chunk again, `embed_again`, and
+//! for each file the run left out with the reason, `skipped_files`) and
 //! `POST /v1/projects/{name}/search` (`query`, or a cursor's `prefix` with optional `suffix`
 //! and `path` for the search a completion there makes; optional `k` and `mode`: the hits as
 //! `graft search --json` prints them).
@@ -52,6 +53,10 @@ pub struct ReindexRequest {
     /// Throw the vectors away and embed every chunk again.
     #[serde(default)]
     pub embed_again: bool,
+    /// Answer with each file the run left out and why (`report.skipped_files`; otherwise
+    /// only their count by reason, `report.skipped`).
+    #[serde(default)]
+    pub skipped_files: bool,
 }
 
 pub async fn reindex(
@@ -73,7 +78,7 @@ pub async fn reindex(
     // On a task of its own: a client that stops waiting (a webhook's short timeout) does not
     // cancel the run; its outcome is then in the project's status (`last_run`).
     let run = tokio::spawn(async move { state.projects().reindex_anew(&project, start_over).await });
-    let report = run
+    let mut report = run
         .await
         .map_err(|e| ApiError::internal("re-index failed", &format!("the re-index task failed: {e}")))?
         .map_err(|e| {
@@ -87,6 +92,9 @@ pub async fn reindex(
                 ReindexError::Index(_) => ApiError::internal("re-index failed", &message),
             }
         })?;
+    if !asked.skipped_files {
+        report.skipped_files = Vec::new();
+    }
     Ok(AxumJson(json!({
         "project": name,
         "elapsed_seconds": report.elapsed.as_secs_f64(),
