@@ -369,6 +369,11 @@ pub struct IndexConfig {
     /// sizes and times of its files; none is read) and re-indexed when one changed. 0: the
     /// indexes are brought up to date once, at start.
     pub refresh_secs: u64,
+    /// The free space (MB) graft keeps on the disk of an index folder it writes: a run on a
+    /// disk with less is refused, one that fills it stops before its next write (the
+    /// embedded vector store's memory maps would end graft with a SIGBUS). 0: no check.
+    /// `GRAFT_INDEX_MIN_FREE_MB` replaces it.
+    pub min_free_mb: u64,
 }
 
 impl Default for IndexConfig {
@@ -392,6 +397,7 @@ impl Default for IndexConfig {
             qdrant_shards: None,
             qdrant_replication_factor: None,
             refresh_secs: 60,
+            min_free_mb: 64,
         }
     }
 }

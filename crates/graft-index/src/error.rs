@@ -55,7 +55,7 @@ pub enum IndexError {
     #[error(
         "the disk holding {} has {free_mb} MB free, under the {min_mb} MB graft keeps free while it writes an index \
          (the vector store's memory-mapped files would crash graft when the disk fills): free some space and run again \
-         (GRAFT_INDEX_MIN_FREE_MB sets the margin)",
+         (index.min_free_mb, or GRAFT_INDEX_MIN_FREE_MB, sets the margin)",
         dir.display()
     )]
     DiskFull { dir: PathBuf, free_mb: u64, min_mb: u64 },

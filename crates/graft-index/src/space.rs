@@ -2,13 +2,14 @@
 //! write-ahead log through memory maps of files it sizes ahead of their data: when the disk
 //! fills, a write into such a map is no error to handle but a SIGBUS that ends the process
 //! (`graft index`, or the `graft up` serving everyone). So graft stops writing an index folder
-//! while the disk holding it has less than a margin free ([`MIN_FREE_MB`], or
-//! `GRAFT_INDEX_MIN_FREE_MB`), with an error that says so, before the write that would crash.
+//! while the disk holding it has less than a margin free ([`MIN_FREE_MB`], `index.min_free_mb`,
+//! or `GRAFT_INDEX_MIN_FREE_MB`), with an error that says so, before the write that would crash.
 //!
 //! This module only measures and refuses; it deletes nothing. A Qdrant server's disk is the
 //! server's own business.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::IndexError;
 
@@ -16,13 +17,22 @@ use crate::error::IndexError;
 /// (32 MB) and a step's vectors and records, with room to spare.
 pub const MIN_FREE_MB: u64 = 64;
 
-/// The margin in force: `GRAFT_INDEX_MIN_FREE_MB` where set (0 turns the check off), else
-/// [`MIN_FREE_MB`].
+/// The margin this process was configured with ([`set_min_free_mb`]).
+static CONFIGURED_MB: AtomicU64 = AtomicU64::new(MIN_FREE_MB);
+
+/// Sets the margin for this process (`index.min_free_mb`, once the config is read): a
+/// process-wide policy, as every index it writes lies on some disk of the same machine.
+pub fn set_min_free_mb(mb: u64) {
+    CONFIGURED_MB.store(mb, Ordering::Relaxed);
+}
+
+/// The margin in force: `GRAFT_INDEX_MIN_FREE_MB` where set (0 turns the check off), else the
+/// configured one ([`set_min_free_mb`]; [`MIN_FREE_MB`] unless set).
 pub fn min_free_mb() -> u64 {
     std::env::var("GRAFT_INDEX_MIN_FREE_MB")
         .ok()
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(MIN_FREE_MB)
+        .unwrap_or_else(|| CONFIGURED_MB.load(Ordering::Relaxed))
 }
 
 /// Refuses when the disk holding `dir` (or its nearest existing parent) has less than the

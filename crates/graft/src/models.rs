@@ -93,7 +93,10 @@ pub fn load_snapshot(path: &Path) -> Result<Snapshot> {
             std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default()
         );
     }
-    Ok(Snapshot::read(path)?)
+    let snapshot = Snapshot::read(path)?;
+    // Process-wide, as read at start (a reload leaves it, as it leaves every [index] key).
+    graft_index::space::set_min_free_mb(snapshot.config.index.min_free_mb);
+    Ok(snapshot)
 }
 
 fn find_artifact(id: &str, origin: &str) -> Result<Artifact> {

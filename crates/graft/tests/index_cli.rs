@@ -28,6 +28,28 @@ fn write_config(dir: &Path, index_dir: &Path) -> PathBuf {
     config
 }
 
+/// A scratch folder holding an empty repository folder and a config keeping the index beside
+/// it: the folder (removed on drop), the repository and the config.
+fn scratch() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let config = write_config(work.path(), &work.path().join("index"));
+    (work, repo, config)
+}
+
+/// `graft serve` of `project` from `repo`, with `config`'s settings and `env`.
+fn serve_project(config: &Path, project: &str, repo: &str, env: &[(&str, &str)]) -> common::Serving {
+    let served = config.with_file_name("served.toml");
+    let text = std::fs::read_to_string(config).unwrap();
+    let project = format!("\n[server]\nlisten = \"127.0.0.1:0\"\n\n[[projects]]\nname = \"{project}\"\npath = {repo:?}\n");
+    std::fs::write(&served, text + &project).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_graft"));
+    command.args(["serve", "--config"]).arg(&served).env("RUST_LOG", "warn");
+    command.envs(env.iter().copied());
+    common::start_serving(&mut command, Duration::from_secs(120))
+}
+
 fn graft(config: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
     cmd.args(args).arg("--config").arg(config).env("RUST_LOG", "warn");
@@ -161,10 +183,7 @@ fn index_and_search_print_json_for_scripts() {
 #[test]
 fn ctrl_c_stops_an_index_run_at_its_next_step_and_the_next_run_goes_on() {
     use std::io::BufRead;
-    let work = tempfile::tempdir().unwrap();
-    let repo = work.path().join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    let config = write_config(work.path(), &work.path().join("index"));
+    let (_work, repo, config) = scratch();
     let repo_arg = repo.to_str().unwrap();
     write_repo(&repo, 800, "v1");
 
@@ -218,19 +237,16 @@ fn ctrl_c_stops_an_index_run_at_its_next_step_and_the_next_run_goes_on() {
 /// stays searchable, and the next run on a disk with room goes on.
 #[test]
 fn an_index_run_on_a_disk_about_to_fill_is_refused_and_the_index_kept() {
-    let work = tempfile::tempdir().unwrap();
-    let repo = work.path().join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    let config = write_config(work.path(), &work.path().join("index"));
+    let (work, repo, config) = scratch();
     let repo_arg = repo.to_str().unwrap();
     write_repo(&repo, 5, "v1");
     run_ok(&mut graft(&config, &["index", repo_arg, "--project", "d"]));
 
     write_repo(&repo, 6, "v2");
-    let refused = graft(&config, &["index", repo_arg, "--project", "d"])
-        .env("GRAFT_INDEX_MIN_FREE_MB", "1000000000000")
-        .output()
-        .unwrap();
+    let full = work.path().join("full.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&full, text + "min_free_mb = 1000000000000\n").unwrap();
+    let refused = graft(&full, &["index", repo_arg, "--project", "d"]).output().unwrap();
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{said}");
     assert!(
@@ -240,20 +256,10 @@ fn an_index_run_on_a_disk_about_to_fill_is_refused_and_the_index_kept() {
     let search = |name: &str| json(&run_ok(&mut graft(&config, &["search", name, "--project", "d", "--json"])));
     assert!(!search("alpha_func_1").as_array().unwrap().is_empty(), "the index is kept");
 
-    // A graft serving the project on such a disk: its re-index answers 507 with the reason,
-    // and it keeps serving the index it has.
-    let served = work.path().join("served.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let project = format!("\n[server]\nlisten = \"127.0.0.1:0\"\n\n[[projects]]\nname = \"d\"\npath = {repo_arg:?}\n");
-    std::fs::write(&served, text + &project).unwrap();
-    let serving = common::start_serving(
-        Command::new(env!("CARGO_BIN_EXE_graft"))
-            .args(["serve", "--config"])
-            .arg(&served)
-            .env("RUST_LOG", "warn")
-            .env("GRAFT_INDEX_MIN_FREE_MB", "1000000000000"),
-        Duration::from_secs(120),
-    );
+    // A graft serving the project on such a disk (the margin from the environment, which
+    // replaces the config's): its re-index answers 507 with the reason, and it keeps serving
+    // the index it has.
+    let serving = serve_project(&config, "d", repo_arg, &[("GRAFT_INDEX_MIN_FREE_MB", "1000000000000")]);
     let answer = common::http_post(&serving.addr, "/v1/projects/d/reindex", "{}");
     assert!(
         answer.starts_with("HTTP/1.1 507") && answer.contains("MB graft keeps free"),
@@ -274,10 +280,7 @@ fn an_index_run_on_a_disk_about_to_fill_is_refused_and_the_index_kept() {
 /// refuses a misspelt one.
 #[test]
 fn index_rebuild_and_embed_again_build_the_index_anew_here_or_through_a_serving_graft() {
-    let work = tempfile::tempdir().unwrap();
-    let repo = work.path().join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    let config = write_config(work.path(), &work.path().join("index"));
+    let (_work, repo, config) = scratch();
     let repo_arg = repo.to_str().unwrap();
     write_repo(&repo, 5, "v1");
     let index = |more: &[&str]| {
@@ -325,17 +328,7 @@ fn index_rebuild_and_embed_again_build_the_index_anew_here_or_through_a_serving_
     assert_eq!(json(&search)[0]["path"], "module_0003.py");
 
     // Through a graft serving the project.
-    let served = work.path().join("served.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let project = format!("\n[server]\nlisten = \"127.0.0.1:0\"\n\n[[projects]]\nname = \"r\"\npath = {repo_arg:?}\n");
-    std::fs::write(&served, text + &project).unwrap();
-    let serving = common::start_serving(
-        Command::new(env!("CARGO_BIN_EXE_graft"))
-            .args(["serve", "--config"])
-            .arg(&served)
-            .env("RUST_LOG", "warn"),
-        Duration::from_secs(120),
-    );
+    let serving = serve_project(&config, "r", repo_arg, &[]);
     let url = format!("http://{}", serving.addr);
     std::fs::create_dir(repo.join("vendor")).unwrap();
     std::fs::write(repo.join("vendor/lib.py"), "def vendored():\n    pass\n").unwrap();
@@ -384,10 +377,8 @@ fn index_rebuild_and_embed_again_build_the_index_anew_here_or_through_a_serving_
 /// it only their counts by reason.
 #[test]
 fn index_skipped_lists_each_file_left_out_with_its_reason() {
-    let work = tempfile::tempdir().unwrap();
-    let repo = work.path().join("repo");
+    let (_work, repo, config) = scratch();
     std::fs::create_dir_all(repo.join("vendor/dep")).unwrap();
-    let config = write_config(work.path(), &work.path().join("index"));
     write_repo(&repo, 2, "v1");
     std::fs::write(repo.join("vendor/dep/lib.py"), "def dep():\n    return 1\n").unwrap();
     std::fs::write(repo.join("Cargo.lock"), "version = 3\n").unwrap();
@@ -436,10 +427,7 @@ fn index_skipped_lists_each_file_left_out_with_its_reason() {
 
 #[test]
 fn killing_an_index_run_at_any_moment_leaves_a_searchable_index() {
-    let work = tempfile::tempdir().unwrap();
-    let repo = work.path().join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    let config = write_config(work.path(), &work.path().join("index"));
+    let (work, repo, config) = scratch();
     let repo_arg = repo.to_str().unwrap();
 
     write_repo(&repo, 300, "v1");
