@@ -335,7 +335,7 @@ pub struct IndexConfig {
     pub exclude: Vec<String>,
     /// Files larger than this are skipped.
     pub max_file_bytes: u64,
-    /// Files with a longer line are skipped as minified.
+    /// Files whose longer lines hold at least half their text are skipped as minified.
     pub max_line_chars: usize,
     /// Largest chunk, in characters.
     pub chunk_chars: usize,
