@@ -10,6 +10,7 @@
 //!
 //! It knows nothing about generation or HTTP.
 
+pub mod attributes;
 pub mod catalog;
 pub mod chunker;
 pub mod embed;
