@@ -202,6 +202,9 @@ fn print_summary(project: &str, path: &Path, r: &IndexReport) {
         for file in &r.skipped_files {
             println!("    {:width$}  {}", file.reason, file.path);
         }
+        if r.skipped_files.iter().any(|f| f.reason == "vendored" || f.reason == "generated") {
+            println!("  (a line of the repository's .gitattributes keeps a file of its own: `third_party/** -linguist-vendored`, `gen.rs -linguist-generated`)");
+        }
     }
 }
 
