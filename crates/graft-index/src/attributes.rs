@@ -86,8 +86,19 @@ fn rule(root: &Path, line: &str) -> Option<Rule> {
     if line.is_empty() || line.starts_with('#') {
         return None;
     }
-    let mut words = line.split_whitespace();
-    let pattern = words.next()?;
+    // A pattern with spaces is written in double quotes; one with C-style escapes in them is
+    // left out (rare in paths: git's unquoting is not repeated here).
+    let (pattern, rest) = match line.strip_prefix('"') {
+        Some(quoted) => {
+            let (pattern, rest) = quoted.split_once('"')?;
+            if pattern.contains('\\') {
+                return None;
+            }
+            (pattern, rest)
+        }
+        None => line.split_once(char::is_whitespace).unwrap_or((line, "")),
+    };
+    let words = rest.split_whitespace();
     // Negative patterns are forbidden in gitattributes (git warns and ignores the line).
     if pattern.starts_with('!') {
         return None;
@@ -140,6 +151,7 @@ mod tests {
              *.pb.rs linguist-generated\n\
              docs/** !linguist-vendored\n\
              !negated linguist-vendored\n\
+             \"docs/our vendor/**\" -linguist-vendored\n\
              *.rs text eol=lf\n",
         );
         assert_eq!(attributes.vendored("third_party/glam/conv.rs"), Some(false));
@@ -147,6 +159,7 @@ mod tests {
         assert_eq!(attributes.vendored("src/lib.rs"), None);
         assert_eq!(attributes.vendored("docs/guide.md"), None, "`!attr`: the walk judges");
         assert_eq!(attributes.vendored("negated"), None, "a negative pattern is left out");
+        assert_eq!(attributes.vendored("docs/our vendor/a.md"), Some(false), "a quoted pattern");
         assert_eq!(attributes.generated("api/gen/client.rs"), Some(true));
         assert_eq!(attributes.generated("api/gen/handwritten.rs"), Some(false));
         assert_eq!(
@@ -155,7 +168,7 @@ mod tests {
             "a name matches at any depth"
         );
         assert_eq!(attributes.generated("third_party/glam/conv.rs"), None);
-        assert_eq!(attributes.rules.len(), 6, "lines naming neither attribute are not kept");
+        assert_eq!(attributes.rules.len(), 7, "lines naming neither attribute are not kept");
     }
 
     #[test]
