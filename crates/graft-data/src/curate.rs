@@ -190,7 +190,8 @@ pub fn curate(input: Input<'_>, progress: &dyn Progress) -> Result<Dataset, Cura
     progress.stage("filter", input.walk.files.len());
     // A file the repository's .gitattributes marks `-linguist-generated` is its own code,
     // whatever its first lines say (the walk follows the same marks).
-    let attributes = graft_index::attributes::Attributes::read(&input.walk.root);
+    let paths = input.walk.files.iter().map(|f| f.path.as_str());
+    let attributes = graft_index::attributes::Attributes::read_for(&input.walk.root, paths);
     let mut held_out: Vec<(&str, &str)> = Vec::new();
     let mut candidates: Vec<(String, String, Vec<&'static str>)> = Vec::new();
     for file in &input.walk.files {

@@ -1,14 +1,16 @@
-//! The `linguist-vendored` and `linguist-generated` attributes of a repository's top-level
-//! `.gitattributes`, read as GitHub's linguist reads them, so that a team's own marks decide
+//! The `linguist-vendored` and `linguist-generated` attributes of a repository's
+//! `.gitattributes` files, read as GitHub's linguist reads them, so that a team's own marks decide
 //! what the walk's guesses cannot: code of its own under a `third_party/` folder
 //! (`third_party/** -linguist-vendored`), a folder of generated clients
 //! (`api/gen/** linguist-generated`), a file whose header only talks about generated code
 //! (`macros.rs -linguist-generated`).
 //!
-//! Patterns follow gitattributes (gitignore's globs, no `!` patterns, a pattern for a folder
-//! does not reach the files in it: `dir/**` does); of the lines whose pattern matches a path,
-//! the last that names an attribute decides it: set (`linguist-vendored`, `=true`), unset
-//! (`-linguist-vendored`, `=false`) or back to the walk's own judgement (`!linguist-vendored`).
+//! Patterns follow gitattributes (gitignore's globs relative to the file's folder, no `!`
+//! patterns, a pattern for a folder does not reach the files in it: `dir/**` does); a deeper
+//! folder's file decides before a shallower one's, and in one file, of the lines whose pattern
+//! matches a path, the last that names an attribute decides it: set (`linguist-vendored`,
+//! `=true`), unset (`-linguist-vendored`, `=false`) or back to the walk's own judgement
+//! (`!linguist-vendored`).
 //! This module only reads the file and answers for paths; the walk decides what to skip.
 
 use std::path::Path;
@@ -31,26 +33,73 @@ struct Rule {
     generated: Option<Mark>,
 }
 
-/// The attributes of a repository's files, from its top-level `.gitattributes`.
+/// The rules of one folder's `.gitattributes`.
+struct Folder {
+    /// The folder, relative to the root, with a trailing `/` (the root: empty).
+    prefix: String,
+    rules: Vec<Rule>,
+}
+
+/// The attributes of a repository's files, from the `.gitattributes` files read so far
+/// ([`Attributes::add_folder`]): its top-level one, and those of the folders the walk entered.
 #[derive(Default)]
 pub struct Attributes {
-    rules: Vec<Rule>,
+    /// Folders whose file names either attribute, parents before their subfolders.
+    folders: Vec<Folder>,
 }
 
 impl Attributes {
     /// The rules of `root/.gitattributes`; none when there is no such file or it cannot be
     /// read. A line whose pattern is not a valid glob is left out, as git leaves it.
     pub fn read(root: &Path) -> Attributes {
-        match std::fs::read_to_string(root.join(".gitattributes")) {
-            Ok(text) => Attributes::parse(root, &text),
-            Err(_) => Attributes::default(),
+        let mut attributes = Attributes::default();
+        attributes.add_folder(root, "");
+        attributes
+    }
+
+    /// The rules of the `.gitattributes` files of `root` and of every folder that holds one of
+    /// `paths` (relative to `root`, `/` separators), or above it.
+    pub fn read_for<'a>(root: &Path, paths: impl IntoIterator<Item = &'a str>) -> Attributes {
+        let mut folders = std::collections::BTreeSet::new();
+        for path in paths {
+            let mut end = 0;
+            while let Some(slash) = path[end..].find('/') {
+                end += slash + 1;
+                folders.insert(&path[..end - 1]);
+            }
+        }
+        let mut attributes = Attributes::read(root);
+        // In order, so that a folder comes after its parents.
+        for folder in folders {
+            attributes.add_folder(root, folder);
+        }
+        attributes
+    }
+
+    /// Adds the rules of `root/folder/.gitattributes` (`folder` relative to `root`, without a
+    /// trailing `/`; empty: the root), if there is such a file. Folders are added parents
+    /// first, as a walk enters them.
+    pub fn add_folder(&mut self, root: &Path, folder: &str) {
+        let dir = root.join(folder);
+        let Ok(text) = std::fs::read_to_string(dir.join(".gitattributes")) else {
+            return;
+        };
+        let rules: Vec<Rule> = text.lines().filter_map(|line| rule(&dir, line)).collect();
+        if !rules.is_empty() {
+            let prefix = if folder.is_empty() { String::new() } else { format!("{folder}/") };
+            self.folders.push(Folder { prefix, rules });
         }
     }
 
     /// The rules of `text`, a `.gitattributes` at `root`.
     pub fn parse(root: &Path, text: &str) -> Attributes {
         let rules = text.lines().filter_map(|line| rule(root, line)).collect();
-        Attributes { rules }
+        Attributes {
+            folders: vec![Folder {
+                prefix: String::new(),
+                rules,
+            }],
+        }
     }
 
     /// Whether the file at `path` (relative to the root, `/` separators) is marked as
@@ -65,13 +114,18 @@ impl Attributes {
     }
 
     fn decide(&self, path: &str, says: impl Fn(&Rule) -> Option<Mark>) -> Option<bool> {
-        let mark = self
-            .rules
-            .iter()
-            .rev()
-            .filter_map(|rule| says(rule).map(|mark| (rule, mark)))
-            .find(|(rule, _)| rule.pattern.matched(path, false).is_ignore())
-            .map(|(_, mark)| mark)?;
+        // Parents come before their subfolders: backwards, the deepest folder holding `path`
+        // comes first.
+        let mark = self.folders.iter().rev().find_map(|folder| {
+            let within = path.strip_prefix(folder.prefix.as_str())?;
+            folder
+                .rules
+                .iter()
+                .rev()
+                .filter_map(|rule| says(rule).map(|mark| (rule, mark)))
+                .find(|(rule, _)| rule.pattern.matched(within, false).is_ignore())
+                .map(|(_, mark)| mark)
+        })?;
         match mark {
             Mark::Set => Some(true),
             Mark::Unset => Some(false),
@@ -168,7 +222,7 @@ mod tests {
             "a name matches at any depth"
         );
         assert_eq!(attributes.generated("third_party/glam/conv.rs"), None);
-        assert_eq!(attributes.rules.len(), 7, "lines naming neither attribute are not kept");
+        assert_eq!(attributes.folders[0].rules.len(), 7, "lines naming neither attribute are not kept");
     }
 
     #[test]
@@ -177,6 +231,45 @@ mod tests {
         assert_eq!(attributes.vendored("vendor/dep.rs"), None);
         assert_eq!(attributes.generated("lib/a.rs"), Some(true));
         assert_eq!(attributes.generated("lib/deep/a.rs"), None, "`*` stops at a `/`");
+    }
+
+    /// A subfolder's `.gitattributes` decides for its files before the top-level one, its
+    /// patterns relative to it.
+    #[test]
+    fn a_deeper_folders_file_decides_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("libs/geo/third_party")).unwrap();
+        std::fs::write(
+            root.join(".gitattributes"),
+            "**/third_party/** linguist-vendored\nlibs/**/*.gen.rs linguist-generated\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("libs/geo/.gitattributes"),
+            "third_party/** -linguist-vendored\n*.gen.rs !linguist-generated\n",
+        )
+        .unwrap();
+        let paths = [
+            "libs/geo/third_party/conv.rs",
+            "libs/geo/src/a.gen.rs",
+            "libs/web/third_party/x.js",
+            "libs/web/b.gen.rs",
+        ];
+        let attributes = Attributes::read_for(root, paths);
+        assert_eq!(attributes.vendored("libs/geo/third_party/conv.rs"), Some(false));
+        assert_eq!(attributes.vendored("libs/web/third_party/x.js"), Some(true));
+        assert_eq!(
+            attributes.generated("libs/geo/src/a.gen.rs"),
+            None,
+            "`!attr` below, the walk judges"
+        );
+        assert_eq!(attributes.generated("libs/web/b.gen.rs"), Some(true));
+        assert_eq!(
+            Attributes::read(root).vendored("libs/geo/third_party/conv.rs"),
+            Some(true),
+            "the top-level file alone"
+        );
     }
 
     #[test]

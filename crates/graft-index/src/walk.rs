@@ -3,7 +3,7 @@
 //! Honours `.gitignore`, `.ignore` and `.git/info/exclude` (through the `ignore` crate, as
 //! ripgrep does) plus excludes from config, and filters out what would only add noise:
 //! binary, generated, vendored, minified and huge files, judged by names, places and contents
-//! unless the repository's `.gitattributes` marks a file `linguist-vendored` or
+//! unless the repository's `.gitattributes` files mark a file `linguist-vendored` or
 //! `linguist-generated` (or not: [`crate::attributes`]). Every skip is counted by reason, so a
 //! user can see why a file is not in the index. This module reads files; it does not chunk them.
 //! [`list`] lists the files by their names and places alone, for a reader that reads each file
@@ -288,7 +288,8 @@ pub fn list(root: &Path, options: &WalkOptions) -> Result<Walk<Listed>, WalkErro
         root: real_root.clone(),
         ..Walk::default()
     };
-    let attributes = Attributes::read(root);
+    // The top-level .gitattributes, then each folder's as the walk enters it.
+    let mut attributes = Attributes::read(root);
     // Each kept file's real path, to keep a file reached through several paths once.
     let mut kept: Vec<(PathBuf, bool)> = Vec::new();
     for entry in walker {
@@ -300,6 +301,9 @@ pub fn list(root: &Path, options: &WalkOptions) -> Result<Walk<Listed>, WalkErro
                 continue;
             }
         };
+        if entry.depth() > 0 && entry.file_type().is_some_and(|t| t.is_dir()) {
+            attributes.add_folder(root, &relative_path(root, entry.path()));
+        }
         if !entry.file_type().is_some_and(|t| t.is_file()) {
             continue;
         }
@@ -352,6 +356,13 @@ pub fn stamp(root: &Path, options: &WalkOptions, skip: &[PathBuf]) -> Result<u64
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     let mut files = 0u64;
     for entry in entries.flatten() {
+        // Which files are vendored or generated may change with a folder's .gitattributes.
+        if entry.file_type().is_some_and(|t| t.is_dir()) {
+            if let Ok(meta) = std::fs::metadata(entry.path().join(".gitattributes")) {
+                entry.path().hash(&mut hasher);
+                (meta.len(), meta.modified().ok()).hash(&mut hasher);
+            }
+        }
         if !entry.file_type().is_some_and(|t| t.is_file()) {
             continue;
         }
@@ -367,9 +378,6 @@ pub fn stamp(root: &Path, options: &WalkOptions, skip: &[PathBuf]) -> Result<u64
         files += 1;
     }
     files.hash(&mut hasher);
-    // Which files are vendored or generated may change with it (`attributes`).
-    let attributes = std::fs::metadata(root.join(".gitattributes")).ok();
-    attributes.map(|m| (m.len(), m.modified().ok())).hash(&mut hasher);
     Ok(hasher.finish())
 }
 
@@ -670,7 +678,14 @@ mod tests {
                 ("third_party/zlib/inflate.c".to_owned(), SkipReason::Vendored)
             ]
         );
-        assert_ne!(stamp(root, &options, &[]).unwrap(), before);
+        let marked = stamp(root, &options, &[]).unwrap();
+        assert_ne!(marked, before);
+
+        // A subfolder's own .gitattributes decides for its files first.
+        std::fs::write(root.join("third_party/zlib/.gitattributes"), "*.c -linguist-vendored\n").unwrap();
+        assert_ne!(stamp(root, &options, &[]).unwrap(), marked);
+        let walked = walk(root, &options).unwrap();
+        assert!(paths(&walked).contains(&"third_party/zlib/inflate.c"), "{:?}", walked.skipped_files);
     }
 
     /// A generator's header marks a file generated; prose about generated code does not.
