@@ -27,6 +27,7 @@ enum Mark {
 }
 
 /// One line: its pattern, and what it says of the two attributes (`None`: nothing).
+#[derive(Debug)]
 struct Rule {
     pattern: Gitignore,
     vendored: Option<Mark>,
@@ -34,6 +35,7 @@ struct Rule {
 }
 
 /// The rules of one folder's `.gitattributes`.
+#[derive(Debug)]
 struct Folder {
     /// The folder, relative to the root, with a trailing `/` (the root: empty).
     prefix: String,
@@ -42,7 +44,7 @@ struct Folder {
 
 /// The attributes of a repository's files, from the `.gitattributes` files read so far
 /// ([`Attributes::add_folder`]): its top-level one, and those of the folders the walk entered.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Attributes {
     /// Folders whose file names either attribute, parents before their subfolders.
     folders: Vec<Folder>,
@@ -54,25 +56,6 @@ impl Attributes {
     pub fn read(root: &Path) -> Attributes {
         let mut attributes = Attributes::default();
         attributes.add_folder(root, "");
-        attributes
-    }
-
-    /// The rules of the `.gitattributes` files of `root` and of every folder that holds one of
-    /// `paths` (relative to `root`, `/` separators), or above it.
-    pub fn read_for<'a>(root: &Path, paths: impl IntoIterator<Item = &'a str>) -> Attributes {
-        let mut folders = std::collections::BTreeSet::new();
-        for path in paths {
-            let mut end = 0;
-            while let Some(slash) = path[end..].find('/') {
-                end += slash + 1;
-                folders.insert(&path[..end - 1]);
-            }
-        }
-        let mut attributes = Attributes::read(root);
-        // In order, so that a folder comes after its parents.
-        for folder in folders {
-            attributes.add_folder(root, folder);
-        }
         attributes
     }
 
@@ -250,13 +233,11 @@ mod tests {
             "third_party/** -linguist-vendored\n*.gen.rs !linguist-generated\n",
         )
         .unwrap();
-        let paths = [
-            "libs/geo/third_party/conv.rs",
-            "libs/geo/src/a.gen.rs",
-            "libs/web/third_party/x.js",
-            "libs/web/b.gen.rs",
-        ];
-        let attributes = Attributes::read_for(root, paths);
+        // Parents first, as a walk enters them (a folder without a file adds nothing).
+        let mut attributes = Attributes::read(root);
+        for folder in ["libs", "libs/geo", "libs/geo/third_party", "libs/web"] {
+            attributes.add_folder(root, folder);
+        }
         assert_eq!(attributes.vendored("libs/geo/third_party/conv.rs"), Some(false));
         assert_eq!(attributes.vendored("libs/web/third_party/x.js"), Some(true));
         assert_eq!(

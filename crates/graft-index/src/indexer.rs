@@ -343,14 +343,13 @@ fn start_over(backend: &Backend, layout: &IndexLayout, what: StartOver, report: 
     let Some(because) = what.because() else {
         return Ok(());
     };
-    match backend {
-        Backend::Embedded => drop(vectors::edge::lock(&layout.vectors())?),
-        Backend::Server(_) => {
-            // A catalog that cannot be read is what a rebuild is for: only a claim stops it.
-            if let Ok(catalog) = catalog::open(backend, layout) {
-                if let Err(e @ IndexError::Claimed { .. }) = Claim::take(catalog.as_ref()) {
-                    return Err(e);
-                }
+    // In an index folder each reset below takes the vector store's lock first and fails
+    // (InUse) before it deletes anything while another process holds it. On a Qdrant server,
+    // a catalog that cannot be read is what a rebuild is for: only a claim stops it.
+    if let Backend::Server(_) = backend {
+        if let Ok(catalog) = catalog::open(backend, layout) {
+            if let Err(e @ IndexError::Claimed { .. }) = Claim::take(catalog.as_ref()) {
+                return Err(e);
             }
         }
     }

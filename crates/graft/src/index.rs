@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use graft_core::Config;
 use graft_index::{
     index_repository, Embedder, IndexError, IndexOptions, IndexProgress, IndexReport, Names, ProjectIndex, Query, SearchHit, SearchMode,
-    StartOver,
+    SkipReason, StartOver,
 };
 use graft_kit::Kit;
 
@@ -202,7 +202,8 @@ fn print_summary(project: &str, path: &Path, r: &IndexReport) {
         for file in &r.skipped_files {
             println!("    {:width$}  {}", file.reason, file.path);
         }
-        if r.skipped_files.iter().any(|f| f.reason == "vendored" || f.reason == "generated") {
+        let guessed = [SkipReason::Vendored, SkipReason::Generated].map(SkipReason::as_str);
+        if r.skipped_files.iter().any(|f| guessed.contains(&f.reason.as_str())) {
             println!("  (a line of the repository's .gitattributes keeps a file of its own: `third_party/** -linguist-vendored`, `gen.rs -linguist-generated`)");
         }
     }
