@@ -11,9 +11,16 @@
 //! matches a path, the last that names an attribute decides it: set (`linguist-vendored`,
 //! `=true`), unset (`-linguist-vendored`, `=false`) or back to the walk's own judgement
 //! (`!linguist-vendored`).
-//! This module only reads the file and answers for paths; the walk decides what to skip.
+//!
+//! As in git, the repository's `info/attributes` (marks of one clone, not committed: the place
+//! for a team that cannot change the repository it indexes) decides before every
+//! `.gitattributes`, and when the indexed folder is inside a repository, the `.gitattributes` of
+//! the folders above it, up to the repository's top, count too (after its own). A user's global
+//! and the system's attributes files are not read: an index must not depend on whose machine
+//! built it.
+//! This module only reads the files and answers for paths; the walk decides what to skip.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
@@ -34,44 +41,96 @@ struct Rule {
     generated: Option<Mark>,
 }
 
-/// The rules of one folder's `.gitattributes`.
+/// The rules of one attributes file, and where the paths they match are.
 #[derive(Debug)]
 struct Folder {
-    /// The folder, relative to the root, with a trailing `/` (the root: empty).
+    /// For a folder inside the root: the folder, relative to the root, with a trailing `/`
+    /// (the root: empty); only the paths under it are its own.
     prefix: String,
+    /// For a folder above the root (or the repository's `info/attributes`): the root relative
+    /// to it, with a trailing `/`, put before a path to match its patterns.
+    lead: String,
     rules: Vec<Rule>,
 }
 
-/// The attributes of a repository's files, from the `.gitattributes` files read so far
-/// ([`Attributes::add_folder`]): its top-level one, and those of the folders the walk entered.
+impl Folder {
+    /// `path` (relative to the root) as this file's patterns see it; `None` outside its folder.
+    fn relative<'p>(&self, path: &'p str) -> Option<std::borrow::Cow<'p, str>> {
+        if self.lead.is_empty() {
+            path.strip_prefix(self.prefix.as_str()).map(Into::into)
+        } else {
+            Some(format!("{}{path}", self.lead).into())
+        }
+    }
+}
+
+/// The attributes of a repository's files, from the attributes files read so far: the
+/// repository's `info/attributes`, the `.gitattributes` of the folders above the root within the
+/// repository, the root's own, and those of the folders the walk entered
+/// ([`Attributes::add_folder`]).
 #[derive(Debug, Default)]
 pub struct Attributes {
-    /// Folders whose file names either attribute, parents before their subfolders.
+    /// Files whose lines name either attribute, in the order they lose: folders above the root
+    /// (the repository's top first), then the root and its subfolders (parents before their
+    /// subfolders), then `info/attributes`.
     folders: Vec<Folder>,
+    /// How many of `folders`, at the end, come after the folders the walk enters: the
+    /// repository's `info/attributes` (0 or 1).
+    last: usize,
 }
 
 impl Attributes {
-    /// The rules of `root/.gitattributes`; none when there is no such file or it cannot be
-    /// read. A line whose pattern is not a valid glob is left out, as git leaves it.
+    /// The rules that reach the files under `root`: its repository's `info/attributes`, the
+    /// `.gitattributes` of the folders from the repository's top down to `root`, and `root`'s
+    /// own; none when there are no such files or they cannot be read. A line whose pattern is
+    /// not a valid glob is left out, as git leaves it.
     pub fn read(root: &Path) -> Attributes {
         let mut attributes = Attributes::default();
+        let repository = Repository::around(root);
+        if let Some(repository) = &repository {
+            for (dir, lead) in &repository.above {
+                attributes.push(dir, String::new(), lead.clone());
+            }
+        }
         attributes.add_folder(root, "");
+        if let Some(repository) = repository {
+            let info = repository.git_dir.join("info");
+            let lead = repository.above.first().map(|(_, lead)| lead.clone()).unwrap_or_default();
+            if let Some(folder) = folder_of(&repository.top, &info.join("attributes"), String::new(), lead) {
+                attributes.folders.push(folder);
+                attributes.last = 1;
+            }
+        }
         attributes
+    }
+
+    /// The attributes files outside `root` that [`Attributes::read`] reads (whether they exist
+    /// or not): the `.gitattributes` of the folders above it and `info/attributes`, what beside
+    /// the files under `root` changes which of them are vendored or generated.
+    pub fn files_outside(root: &Path) -> Vec<PathBuf> {
+        let Some(repository) = Repository::around(root) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = repository.above.iter().map(|(dir, _)| dir.join(".gitattributes")).collect();
+        files.push(repository.git_dir.join("info").join("attributes"));
+        files
+    }
+
+    /// Adds the rules of `dir`'s `.gitattributes`, if any, before those that decide after the
+    /// walk's folders.
+    fn push(&mut self, dir: &Path, prefix: String, lead: String) {
+        if let Some(folder) = folder_of(dir, &dir.join(".gitattributes"), prefix, lead) {
+            let at = self.folders.len() - self.last;
+            self.folders.insert(at, folder);
+        }
     }
 
     /// Adds the rules of `root/folder/.gitattributes` (`folder` relative to `root`, without a
     /// trailing `/`; empty: the root), if there is such a file. Folders are added parents
     /// first, as a walk enters them.
     pub fn add_folder(&mut self, root: &Path, folder: &str) {
-        let dir = root.join(folder);
-        let Ok(text) = std::fs::read_to_string(dir.join(".gitattributes")) else {
-            return;
-        };
-        let rules: Vec<Rule> = text.lines().filter_map(|line| rule(&dir, line)).collect();
-        if !rules.is_empty() {
-            let prefix = if folder.is_empty() { String::new() } else { format!("{folder}/") };
-            self.folders.push(Folder { prefix, rules });
-        }
+        let prefix = if folder.is_empty() { String::new() } else { format!("{folder}/") };
+        self.push(&root.join(folder), prefix, String::new());
     }
 
     /// The rules of `text`, a `.gitattributes` at `root`.
@@ -80,8 +139,10 @@ impl Attributes {
         Attributes {
             folders: vec![Folder {
                 prefix: String::new(),
+                lead: String::new(),
                 rules,
             }],
+            last: 0,
         }
     }
 
@@ -97,16 +158,15 @@ impl Attributes {
     }
 
     fn decide(&self, path: &str, says: impl Fn(&Rule) -> Option<Mark>) -> Option<bool> {
-        // Parents come before their subfolders: backwards, the deepest folder holding `path`
-        // comes first.
+        // Backwards: `info/attributes`, then the deepest folder holding `path` first.
         let mark = self.folders.iter().rev().find_map(|folder| {
-            let within = path.strip_prefix(folder.prefix.as_str())?;
+            let within = folder.relative(path)?;
             folder
                 .rules
                 .iter()
                 .rev()
                 .filter_map(|rule| says(rule).map(|mark| (rule, mark)))
-                .find(|(rule, _)| rule.pattern.matched(within, false).is_ignore())
+                .find(|(rule, _)| rule.pattern.matched(within.as_ref(), false).is_ignore())
                 .map(|(_, mark)| mark)
         })?;
         match mark {
@@ -114,6 +174,58 @@ impl Attributes {
             Mark::Unset => Some(false),
             Mark::Unspecified => None,
         }
+    }
+}
+
+/// The rules of the attributes file at `file`, its patterns relative to `dir`; `None` when it
+/// cannot be read or names neither attribute.
+fn folder_of(dir: &Path, file: &Path, prefix: String, lead: String) -> Option<Folder> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let rules: Vec<Rule> = text.lines().filter_map(|line| rule(dir, line)).collect();
+    (!rules.is_empty()).then_some(Folder { prefix, lead, rules })
+}
+
+/// The git repository a folder is in, as far as attributes go.
+struct Repository {
+    /// The working tree's top folder.
+    top: PathBuf,
+    /// Where `info/attributes` is: the `.git` folder, or for a linked worktree the main
+    /// repository's (its common folder).
+    git_dir: PathBuf,
+    /// The folders above the root up to `top`, `top` first, each with the root's path relative
+    /// to it (with a trailing `/`).
+    above: Vec<(PathBuf, String)>,
+}
+
+impl Repository {
+    /// The repository holding `root` (its top may be `root` itself); `None` outside one.
+    fn around(root: &Path) -> Option<Repository> {
+        let root = root.canonicalize().ok()?;
+        let top = root.ancestors().find(|dir| dir.join(".git").exists())?.to_owned();
+        let dot_git = top.join(".git");
+        let git_dir = if dot_git.is_dir() {
+            dot_git
+        } else {
+            // A linked worktree or a submodule: `.git` is a file naming the repository's folder.
+            let text = std::fs::read_to_string(&dot_git).ok()?;
+            let named = text.lines().find_map(|line| line.strip_prefix("gitdir:"))?.trim();
+            let git_dir = top.join(named);
+            match std::fs::read_to_string(git_dir.join("commondir")) {
+                Ok(common) => git_dir.join(common.trim()),
+                Err(_) => git_dir,
+            }
+        };
+        let mut above: Vec<(PathBuf, String)> = root
+            .ancestors()
+            .skip(1)
+            .take_while(|dir| dir.starts_with(&top))
+            .filter_map(|dir| {
+                let lead = root.strip_prefix(dir).ok()?.to_str()?.replace('\\', "/");
+                Some((dir.to_owned(), format!("{lead}/")))
+            })
+            .collect();
+        above.reverse();
+        Some(Repository { top, git_dir, above })
     }
 }
 
@@ -251,6 +363,56 @@ mod tests {
             Some(true),
             "the top-level file alone"
         );
+    }
+
+    /// Indexing a folder inside a repository: the `.gitattributes` above it count after its
+    /// own, their patterns relative to their folders; the repository's `info/attributes`
+    /// decides before all of them, even a subfolder's.
+    #[test]
+    fn files_above_the_root_and_info_attributes_count_as_in_git() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path();
+        let root = top.join("services/api");
+        std::fs::create_dir_all(root.join("gen")).unwrap();
+        std::fs::create_dir_all(top.join(".git/info")).unwrap();
+        std::fs::write(
+            top.join(".gitattributes"),
+            "services/api/third_party/** -linguist-vendored\n**/gen/** linguist-generated\n",
+        )
+        .unwrap();
+        std::fs::write(top.join("services/.gitattributes"), "api/vendor/** !linguist-vendored\n").unwrap();
+        std::fs::write(root.join(".gitattributes"), "gen/** -linguist-generated\n").unwrap();
+        std::fs::write(root.join("gen/.gitattributes"), "keep.rs linguist-generated\n").unwrap();
+        std::fs::write(top.join(".git/info/attributes"), "services/api/gen/keep.rs -linguist-generated\n").unwrap();
+
+        let mut attributes = Attributes::read(&root);
+        attributes.add_folder(&root, "gen");
+        assert_eq!(attributes.vendored("third_party/glam.rs"), Some(false), "the top's file");
+        assert_eq!(attributes.vendored("vendor/dep.rs"), None, "a folder's file between");
+        assert_eq!(attributes.generated("gen/a.rs"), Some(false), "the root's file before the top's");
+        assert_eq!(
+            attributes.generated("gen/keep.rs"),
+            Some(false),
+            "info/attributes before the folder's own"
+        );
+        assert_eq!(
+            Attributes::files_outside(&root),
+            [
+                top.canonicalize().unwrap().join(".gitattributes"),
+                top.canonicalize().unwrap().join("services/.gitattributes"),
+                top.canonicalize().unwrap().join(".git/info/attributes"),
+            ]
+        );
+
+        // A linked worktree's `.git` is a file; `info/attributes` is the main repository's.
+        let worktree = top.join("wt");
+        std::fs::create_dir_all(top.join(".git/worktrees/wt")).unwrap();
+        std::fs::create_dir_all(&worktree).unwrap();
+        std::fs::write(worktree.join(".git"), "gitdir: ../.git/worktrees/wt\n").unwrap();
+        std::fs::write(top.join(".git/worktrees/wt/commondir"), "../..\n").unwrap();
+        std::fs::write(top.join(".git/info/attributes"), "*.rs linguist-generated\n").unwrap();
+        assert_eq!(Attributes::read(&worktree).generated("src/lib.rs"), Some(true));
+        assert_eq!(Attributes::read(&worktree).generated("README.md"), None);
     }
 
     #[test]

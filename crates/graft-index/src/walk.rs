@@ -3,8 +3,8 @@
 //! Honours `.gitignore`, `.ignore` and `.git/info/exclude` (through the `ignore` crate, as
 //! ripgrep does) plus excludes from config, and filters out what would only add noise:
 //! binary, generated, vendored, minified and huge files, judged by names, places and contents
-//! unless the repository's `.gitattributes` files mark a file `linguist-vendored` or
-//! `linguist-generated` (or not: [`crate::attributes`]). Every skip is counted by reason, so a
+//! unless the repository's attributes (its `.gitattributes` files and `info/attributes`) mark a
+//! file `linguist-vendored` or `linguist-generated` (or not: [`crate::attributes`]). Every skip is counted by reason, so a
 //! user can see why a file is not in the index. This module reads files; it does not chunk them.
 //! [`list`] lists the files by their names and places alone, for a reader that reads each file
 //! when it needs it ([`Walk::read`]; an index run, which holds no more than a slice of a
@@ -292,7 +292,8 @@ pub fn list(root: &Path, options: &WalkOptions) -> Result<Walk<Listed>, WalkErro
     } = walker(root, options)?;
     let mut result = Walk {
         root: real_root.clone(),
-        // The top-level .gitattributes, then each folder's as the walk enters it.
+        // The marks that reach the root (its repository's info/attributes, the .gitattributes
+        // above it and its own), then each folder's as the walk enters it.
         attributes: Attributes::read(root),
         ..Walk::default()
     };
@@ -362,6 +363,12 @@ pub fn stamp(root: &Path, options: &WalkOptions, skip: &[PathBuf]) -> Result<u64
         .collect();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     let mut files = 0u64;
+    for file in Attributes::files_outside(root) {
+        if let Ok(meta) = std::fs::metadata(&file) {
+            file.hash(&mut hasher);
+            (meta.len(), meta.modified().ok()).hash(&mut hasher);
+        }
+    }
     for entry in entries.flatten() {
         // Which files are vendored or generated may change with a folder's .gitattributes.
         if entry.file_type().is_some_and(|t| t.is_dir()) {
@@ -690,6 +697,28 @@ mod tests {
         assert_ne!(stamp(root, &options, &[]).unwrap(), marked);
         let walked = walk(root, &options).unwrap();
         assert!(paths(&walked).contains(&"third_party/zlib/inflate.c"), "{:?}", walked.skipped_files);
+    }
+
+    /// Walking a folder inside a repository, the marks of the repository's `info/attributes`
+    /// and of the `.gitattributes` above the folder count, and changing them changes the stamp.
+    #[test]
+    fn attributes_outside_the_walked_folder_count_and_change_the_stamp() {
+        let dir = tree(&["services/api/third_party/geo/conv.rs", "services/api/src/lib.rs"]);
+        let top = dir.path();
+        let root = top.join("services/api");
+        std::fs::create_dir_all(top.join(".git/info")).unwrap();
+        let options = WalkOptions::default();
+        let before = stamp(&root, &options, &[]).unwrap();
+        assert_eq!(paths(&walk(&root, &options).unwrap()), ["src/lib.rs"]);
+
+        std::fs::write(top.join(".git/info/attributes"), "services/api/third_party/** -linguist-vendored\n").unwrap();
+        let ours = stamp(&root, &options, &[]).unwrap();
+        assert_ne!(ours, before);
+        assert_eq!(paths(&walk(&root, &options).unwrap()), ["src/lib.rs", "third_party/geo/conv.rs"]);
+
+        std::fs::write(top.join("services/.gitattributes"), "api/src/** linguist-generated\n").unwrap();
+        assert_ne!(stamp(&root, &options, &[]).unwrap(), ours);
+        assert_eq!(paths(&walk(&root, &options).unwrap()), ["third_party/geo/conv.rs"]);
     }
 
     /// A generator's header marks a file generated; prose about generated code does not.

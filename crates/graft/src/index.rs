@@ -204,7 +204,7 @@ fn print_summary(project: &str, path: &Path, r: &IndexReport) {
         }
         let guessed = [SkipReason::Vendored, SkipReason::Generated].map(SkipReason::as_str);
         if r.skipped_files.iter().any(|f| guessed.contains(&f.reason.as_str())) {
-            println!("  (a line of the repository's .gitattributes keeps a file of its own: `third_party/** -linguist-vendored`, `gen.rs -linguist-generated`)");
+            println!("  (a line of the repository's .gitattributes, or of .git/info/attributes, keeps a file of its own: `third_party/** -linguist-vendored`, `gen.rs -linguist-generated`)");
         }
     }
 }
