@@ -235,17 +235,13 @@ fn rule(root: &Path, line: &str) -> Option<Rule> {
     if line.is_empty() || line.starts_with('#') {
         return None;
     }
-    // A pattern with spaces is written in double quotes; one with C-style escapes in them is
-    // left out (rare in paths: git's unquoting is not repeated here).
+    // A pattern with spaces is written in double quotes, with C-style escapes.
     let (pattern, rest) = match line.strip_prefix('"') {
-        Some(quoted) => {
-            let (pattern, rest) = quoted.split_once('"')?;
-            if pattern.contains('\\') {
-                return None;
-            }
-            (pattern, rest)
+        Some(quoted) => unquote(quoted)?,
+        None => {
+            let (pattern, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            (pattern.to_owned(), rest)
         }
-        None => line.split_once(char::is_whitespace).unwrap_or((line, "")),
     };
     let words = rest.split_whitespace();
     // Negative patterns are forbidden in gitattributes (git warns and ignores the line).
@@ -274,13 +270,55 @@ fn rule(root: &Path, line: &str) -> Option<Rule> {
         return None;
     }
     let mut builder = GitignoreBuilder::new(root);
-    builder.add_line(None, pattern).ok()?;
+    builder.add_line(None, &pattern).ok()?;
     let pattern = builder.build().ok()?;
     Some(Rule {
         pattern,
         vendored,
         generated,
     })
+}
+
+/// A quoted pattern as git reads it (`quoted`: what follows the opening `"`): the pattern with
+/// its C-style escapes (`\"`, `\\`, `\t`, octal bytes such as `\303\251` for `é`) read,
+/// and the rest of the line. `None` for a pattern without its closing quote, with an unknown
+/// escape or bytes that are not UTF-8: git leaves such a line out too.
+fn unquote(quoted: &str) -> Option<(String, &str)> {
+    let bytes = quoted.as_bytes();
+    let mut pattern = Vec::new();
+    let mut at = 0;
+    loop {
+        match *bytes.get(at)? {
+            b'"' => return Some((String::from_utf8(pattern).ok()?, &quoted[at + 1..])),
+            b'\\' => {
+                let escaped = *bytes.get(at + 1)?;
+                at += 2;
+                pattern.push(match escaped {
+                    b'a' => 0x07,
+                    b'b' => 0x08,
+                    b'f' => 0x0c,
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b't' => b'\t',
+                    b'v' => 0x0b,
+                    b'"' | b'\\' => escaped,
+                    b'0'..=b'3' => {
+                        let digits = bytes.get(at..at + 2)?;
+                        if !digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
+                            return None;
+                        }
+                        at += 2;
+                        (escaped - b'0') * 64 + (digits[0] - b'0') * 8 + (digits[1] - b'0')
+                    }
+                    _ => return None,
+                });
+            }
+            byte => {
+                pattern.push(byte);
+                at += 1;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -301,6 +339,8 @@ mod tests {
              docs/** !linguist-vendored\n\
              !negated linguist-vendored\n\
              \"docs/our vendor/**\" -linguist-vendored\n\
+             \"docs/caf\\303\\251 \\\"menu\\\"/**\" -linguist-vendored\n\
+             \"unclosed/** linguist-vendored\n\
              *.rs text eol=lf\n",
         );
         assert_eq!(attributes.vendored("third_party/glam/conv.rs"), Some(false));
@@ -309,6 +349,12 @@ mod tests {
         assert_eq!(attributes.vendored("docs/guide.md"), None, "`!attr`: the walk judges");
         assert_eq!(attributes.vendored("negated"), None, "a negative pattern is left out");
         assert_eq!(attributes.vendored("docs/our vendor/a.md"), Some(false), "a quoted pattern");
+        assert_eq!(
+            attributes.vendored("docs/caf\u{e9} \"menu\"/a.md"),
+            Some(false),
+            "escapes in a quoted pattern: octal UTF-8, a quote"
+        );
+        assert_eq!(attributes.vendored("unclosed/a.md"), None, "no closing quote: left out");
         assert_eq!(attributes.generated("api/gen/client.rs"), Some(true));
         assert_eq!(attributes.generated("api/gen/handwritten.rs"), Some(false));
         assert_eq!(
@@ -317,7 +363,7 @@ mod tests {
             "a name matches at any depth"
         );
         assert_eq!(attributes.generated("third_party/glam/conv.rs"), None);
-        assert_eq!(attributes.folders[0].rules.len(), 7, "lines naming neither attribute are not kept");
+        assert_eq!(attributes.folders[0].rules.len(), 8, "lines naming neither attribute are not kept");
     }
 
     #[test]
