@@ -182,8 +182,9 @@ pub fn curate(input: Input<'_>, progress: &dyn Progress) -> Result<Dataset, Cura
             redacted: Vec::new(),
         })
     };
-    for (path, reason) in &input.walk.skipped_files {
-        drop(&mut files, path, DropReason::Walk(reason.as_str().to_owned()));
+    for skipped in &input.walk.skipped_files {
+        let reason = DropReason::Walk(skipped.reason.as_str().to_owned(), skipped.detail.clone());
+        drop(&mut files, &skipped.path, reason);
     }
 
     // Held out first, then the filters and secrets.

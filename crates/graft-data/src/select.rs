@@ -15,8 +15,9 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DropReason {
-    /// Skipped by the walk (binary, generated, vendored, minified, huge, empty, ...).
-    Walk(String),
+    /// Skipped by the walk (binary, generated, vendored, minified, huge, empty, ...), and what
+    /// decided it where the walk says (``in a `vendor/` folder``).
+    Walk(String, Option<String>),
     /// A language `dataset.include_languages` / `exclude_languages` leaves out.
     Language(String),
     /// A line longer than `dataset.max_line_length`.
@@ -47,7 +48,7 @@ impl DropReason {
     /// The reason's group, for counts (`secret`, `near-duplicate`, `walk:binary`, ...).
     pub fn group(&self) -> String {
         match self {
-            DropReason::Walk(reason) => format!("walk:{reason}"),
+            DropReason::Walk(reason, _) => format!("walk:{reason}"),
             DropReason::Language(_) => "language".into(),
             DropReason::LongLine => "long-line".into(),
             DropReason::LongLines => "long-mean-line".into(),
@@ -70,7 +71,8 @@ impl DropReason {
             | DropReason::SpecialToken(detail)
             | DropReason::ExactDuplicate(detail)
             | DropReason::NearDuplicate(detail)
-            | DropReason::NearHeldOut(detail) => format!("{} ({detail})", self.group()),
+            | DropReason::NearHeldOut(detail)
+            | DropReason::Walk(_, Some(detail)) => format!("{} ({detail})", self.group()),
             _ => self.group(),
         }
     }

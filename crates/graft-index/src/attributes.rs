@@ -36,6 +36,8 @@ enum Mark {
 /// One line: its pattern, and what it says of the two attributes (`None`: nothing).
 #[derive(Debug)]
 struct Rule {
+    /// Where it is, as a person finds it: `third_party/.gitattributes:3: *.c -linguist-vendored`.
+    source: String,
     pattern: Gitignore,
     vendored: Option<Mark>,
     generated: Option<Mark>,
@@ -89,14 +91,17 @@ impl Attributes {
         let repository = Repository::around(root);
         if let Some(repository) = &repository {
             for (dir, lead) in &repository.above {
-                attributes.push(dir, String::new(), lead.clone());
+                let file = dir.join(".gitattributes");
+                attributes.push(dir, &file, file.display().to_string(), String::new(), lead.clone());
             }
         }
         attributes.add_folder(root, "");
         if let Some(repository) = repository {
             let info = repository.git_dir.join("info");
             let lead = repository.above.first().map(|(_, lead)| lead.clone()).unwrap_or_default();
-            if let Some(folder) = folder_of(&repository.top, &info.join("attributes"), String::new(), lead) {
+            let file = info.join("attributes");
+            let shown = file.display().to_string();
+            if let Some(folder) = folder_of(&repository.top, &file, shown, String::new(), lead) {
                 attributes.folders.push(folder);
                 attributes.last = 1;
             }
@@ -116,10 +121,10 @@ impl Attributes {
         files
     }
 
-    /// Adds the rules of `dir`'s `.gitattributes`, if any, before those that decide after the
-    /// walk's folders.
-    fn push(&mut self, dir: &Path, prefix: String, lead: String) {
-        if let Some(folder) = folder_of(dir, &dir.join(".gitattributes"), prefix, lead) {
+    /// Adds the rules of `file`, patterns relative to `dir`, if any, before those that decide
+    /// after the walk's folders.
+    fn push(&mut self, dir: &Path, file: &Path, shown: String, prefix: String, lead: String) {
+        if let Some(folder) = folder_of(dir, file, shown, prefix, lead) {
             let at = self.folders.len() - self.last;
             self.folders.insert(at, folder);
         }
@@ -130,12 +135,14 @@ impl Attributes {
     /// first, as a walk enters them.
     pub fn add_folder(&mut self, root: &Path, folder: &str) {
         let prefix = if folder.is_empty() { String::new() } else { format!("{folder}/") };
-        self.push(&root.join(folder), prefix, String::new());
+        let dir = root.join(folder);
+        let shown = format!("{prefix}.gitattributes");
+        self.push(&dir, &dir.join(".gitattributes"), shown, prefix, String::new());
     }
 
     /// The rules of `text`, a `.gitattributes` at `root`.
     pub fn parse(root: &Path, text: &str) -> Attributes {
-        let rules = text.lines().filter_map(|line| rule(root, line)).collect();
+        let rules = rules(root, ".gitattributes", text);
         Attributes {
             folders: vec![Folder {
                 prefix: String::new(),
@@ -149,15 +156,26 @@ impl Attributes {
     /// Whether the file at `path` (relative to the root, `/` separators) is marked as
     /// vendored (`Some(true)`), as not vendored (`Some(false)`), or not at all.
     pub fn vendored(&self, path: &str) -> Option<bool> {
-        self.decide(path, |rule| rule.vendored)
+        self.vendored_by(path).map(|(set, _)| set)
     }
 
     /// The same for `linguist-generated`.
     pub fn generated(&self, path: &str) -> Option<bool> {
+        self.generated_by(path).map(|(set, _)| set)
+    }
+
+    /// [`Attributes::vendored`], with the line that decides it, where it is
+    /// (`.gitattributes:3: third_party/** linguist-vendored`).
+    pub fn vendored_by(&self, path: &str) -> Option<(bool, &str)> {
+        self.decide(path, |rule| rule.vendored)
+    }
+
+    /// [`Attributes::generated`], with the line that decides it.
+    pub fn generated_by(&self, path: &str) -> Option<(bool, &str)> {
         self.decide(path, |rule| rule.generated)
     }
 
-    fn decide(&self, path: &str, says: impl Fn(&Rule) -> Option<Mark>) -> Option<bool> {
+    fn decide(&self, path: &str, says: impl Fn(&Rule) -> Option<Mark>) -> Option<(bool, &str)> {
         // Backwards: `info/attributes`, then the deepest folder holding `path` first.
         let mark = self.folders.iter().rev().find_map(|folder| {
             let within = folder.relative(path)?;
@@ -167,22 +185,30 @@ impl Attributes {
                 .rev()
                 .filter_map(|rule| says(rule).map(|mark| (rule, mark)))
                 .find(|(rule, _)| rule.pattern.matched(within.as_ref(), false).is_ignore())
-                .map(|(_, mark)| mark)
         })?;
         match mark {
-            Mark::Set => Some(true),
-            Mark::Unset => Some(false),
-            Mark::Unspecified => None,
+            (rule, Mark::Set) => Some((true, rule.source.as_str())),
+            (rule, Mark::Unset) => Some((false, rule.source.as_str())),
+            (_, Mark::Unspecified) => None,
         }
     }
 }
 
 /// The rules of the attributes file at `file`, its patterns relative to `dir`; `None` when it
 /// cannot be read or names neither attribute.
-fn folder_of(dir: &Path, file: &Path, prefix: String, lead: String) -> Option<Folder> {
+fn folder_of(dir: &Path, file: &Path, shown: String, prefix: String, lead: String) -> Option<Folder> {
     let text = std::fs::read_to_string(file).ok()?;
-    let rules: Vec<Rule> = text.lines().filter_map(|line| rule(dir, line)).collect();
+    let rules = rules(dir, &shown, &text);
     (!rules.is_empty()).then_some(Folder { prefix, lead, rules })
+}
+
+/// The rules of an attributes file's `text`, patterns relative to `dir`; `shown`: the file's
+/// name for a person.
+fn rules(dir: &Path, shown: &str, text: &str) -> Vec<Rule> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(at, line)| rule(dir, line, || format!("{shown}:{}: {}", at + 1, line.trim())))
+        .collect()
 }
 
 /// The git repository a folder is in, as far as attributes go.
@@ -229,8 +255,9 @@ impl Repository {
     }
 }
 
-/// One line of a `.gitattributes`, if it says anything of the two attributes.
-fn rule(root: &Path, line: &str) -> Option<Rule> {
+/// One line of a `.gitattributes`, if it says anything of the two attributes; `source` says
+/// where it is.
+fn rule(root: &Path, line: &str, source: impl FnOnce() -> String) -> Option<Rule> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return None;
@@ -273,6 +300,7 @@ fn rule(root: &Path, line: &str) -> Option<Rule> {
     builder.add_line(None, &pattern).ok()?;
     let pattern = builder.build().ok()?;
     Some(Rule {
+        source: source(),
         pattern,
         vendored,
         generated,

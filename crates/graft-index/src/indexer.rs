@@ -45,7 +45,7 @@ use crate::search::ProjectIndex;
 use crate::symbols::Definition;
 use crate::tokenizer;
 use crate::vectors::{self, Backend, VectorStore};
-use crate::walk::{list, Listed, Skip, SkipReason, Walk, WalkOptions};
+use crate::walk::{list, Listed, Skip, SkipReason, SkippedPath, Walk, WalkOptions};
 
 /// Chunks embedded and stored per step (bounds memory and makes progress visible).
 const EMBED_STEP: usize = 256;
@@ -247,6 +247,20 @@ pub struct IndexReport {
 pub struct SkippedFile {
     pub path: String,
     pub reason: String,
+    /// What decided it, where there is more to say than the reason ([`Skip::detail`]: the
+    /// attributes line, the folder, the generator's words, the share of long lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl From<&SkippedPath> for SkippedFile {
+    fn from(skipped: &SkippedPath) -> SkippedFile {
+        SkippedFile {
+            path: skipped.path.clone(),
+            reason: skipped.reason.as_str().to_owned(),
+            detail: skipped.detail.clone(),
+        }
+    }
 }
 
 impl IndexReport {
@@ -454,14 +468,7 @@ pub fn index_repository_with(
         .iter()
         .map(|(r, n)| (SkipReason::as_str(*r).to_owned(), *n))
         .collect();
-    report.skipped_files = walked
-        .skipped_files
-        .iter()
-        .map(|(path, reason)| SkippedFile {
-            path: path.clone(),
-            reason: reason.as_str().to_owned(),
-        })
-        .collect();
+    report.skipped_files = walked.skipped_files.iter().map(SkippedFile::from).collect();
     report.problems = walked.problems.clone();
     progress.walked(report.files_seen);
 
@@ -735,14 +742,13 @@ impl Changed {
                 self.chunk_counts.push(0);
                 return;
             }
-            ReadFile::Skipped {
-                path,
-                skip: (reason, problem),
-            } => {
+            ReadFile::Skipped { path, skip } => {
+                let Skip { reason, detail, problem } = skip;
                 *report.skipped.entry(reason.as_str().to_owned()).or_default() += 1;
                 report.skipped_files.push(SkippedFile {
                     path,
                     reason: reason.as_str().to_owned(),
+                    detail,
                 });
                 report.problems.extend(problem);
                 self.chunk_counts.push(0);

@@ -126,8 +126,47 @@ pub struct Listed {
     judge_markers: bool,
 }
 
-/// Why a file is left out, and for one that could not be read, what happened.
-pub type Skip = (SkipReason, Option<String>);
+/// Why a file is left out: the reason, what decided it, and for one that could not be read,
+/// what happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    pub reason: SkipReason,
+    /// What decided it, for a person, where there is more to say than the reason: ``in a
+    /// `vendor/` folder``, `.gitattributes:3: api/** linguist-generated`, `its first lines say
+    /// "do not edit"`, `lines over 1000 characters hold 97% of its text`.
+    pub detail: Option<String>,
+    /// For a file that could not be read (or leads out of the repository): what happened, a
+    /// line for the run's warnings.
+    pub problem: Option<String>,
+}
+
+impl Skip {
+    fn new(reason: SkipReason, detail: impl Into<Option<String>>) -> Skip {
+        Skip {
+            reason,
+            detail: detail.into(),
+            problem: None,
+        }
+    }
+
+    fn problem(reason: SkipReason, problem: String) -> Skip {
+        Skip {
+            reason,
+            detail: None,
+            problem: Some(problem),
+        }
+    }
+}
+
+/// A file left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedPath {
+    /// Relative to the walked root, with `/` separators.
+    pub path: String,
+    pub reason: SkipReason,
+    /// What decided it ([`Skip::detail`]).
+    pub detail: Option<String>,
+}
 
 /// The result of a walk: the files kept, read ([`walk`]: [`SourceFile`]) or listed ([`list`]:
 /// [`Listed`]), and those left out.
@@ -139,7 +178,7 @@ pub struct Walk<F = SourceFile> {
     /// Each skipped file whose path is known (relative, `/`), with its reason, those left out
     /// by their names or places first, then those left out when read, each in walk order:
     /// what a dataset's manifest lists.
-    pub skipped_files: Vec<(String, SkipReason)>,
+    pub skipped_files: Vec<SkippedPath>,
     /// One line per file that could not be read, for the log.
     pub problems: Vec<String>,
     /// The walked root's real path.
@@ -188,11 +227,12 @@ impl<F> Walk<F> {
         self.skipped.values().sum()
     }
 
-    /// Counts a file left out (`path`, where known) and what happened, where said.
-    fn skip(&mut self, reason: SkipReason, path: Option<String>, problem: Option<String>) {
+    /// Counts a file left out (`path`, where known), and what happened, where said.
+    fn skip(&mut self, path: Option<String>, skip: Skip) {
+        let Skip { reason, detail, problem } = skip;
         *self.skipped.entry(reason).or_default() += 1;
         if let Some(path) = path {
-            self.skipped_files.push((path, reason));
+            self.skipped_files.push(SkippedPath { path, reason, detail });
         }
         self.problems.extend(problem);
     }
@@ -274,7 +314,7 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<Walk, WalkError> {
     for file in listed {
         match read_source(&file.location, &file.path, &result.root, file.judge_markers, options) {
             Ok(text) => result.files.push(SourceFile { path: file.path, text }),
-            Err((reason, problem)) => result.skip(reason, Some(file.path), problem),
+            Err(skip) => result.skip(Some(file.path), skip),
         }
     }
     Ok(result)
@@ -304,7 +344,7 @@ pub fn list(root: &Path, options: &WalkOptions) -> Result<Walk<Listed>, WalkErro
             Ok(entry) => entry,
             Err(e) => {
                 // Symlink loops, permission errors, broken links.
-                result.skip(SkipReason::Unreadable, None, Some(e.to_string()));
+                result.skip(None, Skip::problem(SkipReason::Unreadable, e.to_string()));
                 continue;
             }
         };
@@ -317,14 +357,15 @@ pub fn list(root: &Path, options: &WalkOptions) -> Result<Walk<Listed>, WalkErro
         let path = entry.path();
         let relative = relative_path(root, path);
         let generated = result.attributes.generated(&relative);
-        if let Some(reason) = skipped_by_name(&relative, result.attributes.vendored(&relative), generated) {
-            result.skip(reason, Some(relative), None);
+        if let Some(skip) = skipped_by_name(&relative, &result.attributes) {
+            result.skip(Some(relative), skip);
             continue;
         }
         let real = match path.canonicalize() {
             Ok(real) => real,
             Err(e) => {
-                result.skip(SkipReason::Unreadable, Some(relative.clone()), Some(format!("{relative}: {e}")));
+                let problem = Skip::problem(SkipReason::Unreadable, format!("{relative}: {e}"));
+                result.skip(Some(relative), problem);
                 continue;
             }
         };
@@ -341,7 +382,7 @@ pub fn list(root: &Path, options: &WalkOptions) -> Result<Walk<Listed>, WalkErro
     for link in links_out.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
         let relative = relative_path(root, &link);
         let problem = format!("{relative}: a symbolic link out of the repository, not followed");
-        result.skip(SkipReason::OutsideRepository, Some(relative), Some(problem));
+        result.skip(Some(relative), Skip::problem(SkipReason::OutsideRepository, problem));
     }
     result.drop_linked_copies(kept);
     result.files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -478,22 +519,29 @@ impl Walk<Listed> {
         let mut order: Vec<usize> = (0..self.files.len()).collect();
         // Direct paths first, then by path: the first of each real file is the one kept.
         order.sort_by(|&a, &b| kept[b].1.cmp(&kept[a].1).then_with(|| self.files[a].path.cmp(&self.files[b].path)));
-        let mut seen = std::collections::HashSet::new();
-        let mut keep = vec![false; self.files.len()];
+        // Of each file reached again, the index of the one kept for its real file.
+        let mut first: std::collections::HashMap<&PathBuf, usize> = std::collections::HashMap::new();
+        let mut copy_of: Vec<Option<usize>> = vec![None; self.files.len()];
         for i in order {
-            keep[i] = seen.insert(&kept[i].0);
+            match first.get(&kept[i].0) {
+                Some(&original) => copy_of[i] = Some(original),
+                None => {
+                    first.insert(&kept[i].0, i);
+                }
+            }
         }
-        let copies: Vec<String> = self
-            .files
+        let said: Vec<(String, String)> = copy_of
             .iter()
-            .zip(&keep)
-            .filter(|(_, keep)| !**keep)
-            .map(|(file, _)| file.path.clone())
+            .enumerate()
+            .filter_map(|(i, original)| {
+                let original = &self.files[(*original)?].path;
+                Some((self.files[i].path.clone(), format!("the same file as `{original}`")))
+            })
             .collect();
-        let mut keep = keep.into_iter();
-        self.files.retain(|_| keep.next().unwrap_or(true));
-        for path in copies {
-            self.skip(SkipReason::LinkedCopy, Some(path), None);
+        let mut copy = copy_of.iter();
+        self.files.retain(|_| copy.next().is_some_and(Option::is_none));
+        for (path, detail) in said {
+            self.skip(Some(path), Skip::new(SkipReason::LinkedCopy, detail));
         }
     }
 }
@@ -508,29 +556,37 @@ fn relative_path(root: &Path, path: &Path) -> String {
 }
 
 /// Why a file is left out for its path alone (vendored, or generated by its name), if it is:
-/// as the repository's `.gitattributes` marks it (`vendored`, `generated`: its marks, if any),
-/// else as its folders and name suggest.
-fn skipped_by_name(relative: &str, vendored: Option<bool>, generated: Option<bool>) -> Option<SkipReason> {
+/// as the repository's attributes mark it, else as its folders and name suggest.
+fn skipped_by_name(relative: &str, attributes: &Attributes) -> Option<Skip> {
     let mut parts = relative.rsplit('/');
     let name = parts.next().unwrap_or(relative);
-    let vendored = vendored.unwrap_or_else(|| parts.any(|dir| VENDORED_DIRS.contains(&dir)));
-    if vendored {
-        return Some(SkipReason::Vendored);
+    match attributes.vendored_by(relative) {
+        Some((true, line)) => return Some(Skip::new(SkipReason::Vendored, line.to_owned())),
+        Some((false, _)) => {}
+        None => {
+            if let Some(dir) = parts.find(|dir| VENDORED_DIRS.contains(dir)) {
+                return Some(Skip::new(SkipReason::Vendored, format!("in a `{dir}/` folder")));
+            }
+        }
     }
-    let generated = generated.unwrap_or_else(|| GENERATED_NAMES.contains(&name) || GENERATED_SUFFIXES.iter().any(|s| name.ends_with(s)));
-    if generated {
-        return Some(SkipReason::Generated);
+    match attributes.generated_by(relative) {
+        Some((true, line)) => Some(Skip::new(SkipReason::Generated, line.to_owned())),
+        Some((false, _)) => None,
+        None if GENERATED_NAMES.contains(&name) => Some(Skip::new(SkipReason::Generated, "a lock file".to_owned())),
+        None => GENERATED_SUFFIXES
+            .iter()
+            .find(|suffix| name.ends_with(*suffix))
+            .map(|suffix| Skip::new(SkipReason::Generated, format!("a `{suffix}` file"))),
     }
-    None
 }
 
-/// Whether the lines longer than `max` characters hold at least half of `text`: minified code
-/// or data, not code a person reads. A file of code with a long line or two (a table, a test
-/// vector, a generated constant) is kept, each such line a chunk of its own: of the 22,496
-/// sources in a cargo registry of 820 crates, 31 have a line over 1,000 characters, and 26 of
-/// them are such files (tantivy's `term_query/mod.rs`, prettyplease's `lib.rs`), which a rule
-/// of "any long line" left out whole.
-fn mostly_long_lines(text: &str, max: usize) -> bool {
+/// The percentage of `text` held by lines longer than `max` characters, when it is at least
+/// half: minified code or data, not code a person reads. A file of code with a long line or
+/// two (a table, a test vector, a generated constant) is kept, each such line a chunk of its
+/// own: of the 22,496 sources in a cargo registry of 820 crates, 31 have a line over 1,000
+/// characters, and 26 of them are such files (tantivy's `term_query/mod.rs`, prettyplease's
+/// `lib.rs`), which a rule of "any long line" left out whole.
+fn mostly_long_lines(text: &str, max: usize) -> Option<usize> {
     let (mut long, mut all) = (0usize, 0usize);
     for line in text.lines() {
         let chars = line.chars().count();
@@ -539,34 +595,37 @@ fn mostly_long_lines(text: &str, max: usize) -> bool {
             long += chars;
         }
     }
-    long > 0 && long * 2 >= all
+    (long > 0 && long * 2 >= all).then(|| long * 100 / all)
 }
 
 /// Reads one file, or says why it is skipped (and, for a read failure, what happened).
 fn read_source(path: &Path, relative: &str, root: &Path, judge_markers: bool, options: &WalkOptions) -> Result<String, Skip> {
     let file = confine::read_confined(path, &[root], options.max_file_bytes).map_err(|e| match e {
-        ConfineError::TooLarge { .. } => (SkipReason::Huge, None),
-        ConfineError::Outside { .. } => (
+        ConfineError::TooLarge { size, max, .. } => {
+            Skip::new(SkipReason::Huge, format!("{size} bytes, over `index.max_file_bytes` ({max})"))
+        }
+        ConfineError::Outside { .. } => Skip::problem(
             SkipReason::OutsideRepository,
-            Some(format!("{relative}: leads out of the repository, not read")),
+            format!("{relative}: leads out of the repository, not read"),
         ),
-        ConfineError::NotAFile { kind, .. } => (SkipReason::Unreadable, Some(format!("{relative}: {kind}, not read"))),
-        ConfineError::Io { source, .. } => (SkipReason::Unreadable, Some(format!("{relative}: {source}"))),
+        ConfineError::NotAFile { kind, .. } => Skip::problem(SkipReason::Unreadable, format!("{relative}: {kind}, not read")),
+        ConfineError::Io { source, .. } => Skip::problem(SkipReason::Unreadable, format!("{relative}: {source}")),
     })?;
     let bytes = file.bytes;
     if bytes.contains(&0) {
-        return Err((SkipReason::Binary, None));
+        return Err(Skip::new(SkipReason::Binary, "a NUL byte".to_owned()));
     }
-    let text = String::from_utf8(bytes).map_err(|_| (SkipReason::Binary, None))?;
+    let text = String::from_utf8(bytes).map_err(|_| Skip::new(SkipReason::Binary, "not UTF-8".to_owned()))?;
     if text.trim().is_empty() {
-        return Err((SkipReason::Empty, None));
+        return Err(Skip::new(SkipReason::Empty, None));
     }
-    if mostly_long_lines(&text, options.max_line_chars) {
-        return Err((SkipReason::Minified, None));
+    if let Some(percent) = mostly_long_lines(&text, options.max_line_chars) {
+        let detail = format!("lines over {} characters hold {percent}% of its text", options.max_line_chars);
+        return Err(Skip::new(SkipReason::Minified, detail));
     }
     let head: String = text.lines().take(5).collect::<Vec<_>>().join("\n").to_lowercase();
-    if judge_markers && GENERATED_MARKERS.iter().any(|m| head.contains(m)) {
-        return Err((SkipReason::Generated, None));
+    if let Some(marker) = GENERATED_MARKERS.iter().find(|m| judge_markers && head.contains(*m)) {
+        return Err(Skip::new(SkipReason::Generated, format!("its first lines say \"{marker}\"")));
     }
     Ok(text)
 }
@@ -644,9 +703,17 @@ mod tests {
 
         let walked = walk(root, &WalkOptions::default()).unwrap();
         assert_eq!(paths(&walked), ["array.rb"]);
-        assert_eq!(walked.skipped_files, [("table.rb".to_owned(), SkipReason::Minified)]);
-        assert!(!mostly_long_lines("short\n", 5) && mostly_long_lines("a long line\nshort\n", 5));
-        assert!(!mostly_long_lines("", 0), "no line, nothing long");
+        assert_eq!(
+            walked.skipped_files,
+            [SkippedPath {
+                path: "table.rb".to_owned(),
+                reason: SkipReason::Minified,
+                detail: Some("lines over 1000 characters hold 99% of its text".to_owned()),
+            }]
+        );
+        assert_eq!(mostly_long_lines("short\n", 5), None);
+        assert_eq!(mostly_long_lines("a long line\nshort\n", 5), Some(61), "11 of 18 characters");
+        assert_eq!(mostly_long_lines("", 0), None, "no line, nothing long");
     }
 
     /// The repository's `.gitattributes` decides what the walk would guess: code of its own
@@ -668,7 +735,11 @@ mod tests {
         let judged = |attributes: &str| {
             std::fs::write(root.join(".gitattributes"), attributes).unwrap();
             let walked = walk(root, &options).unwrap();
-            let mut skipped = walked.skipped_files.clone();
+            let mut skipped: Vec<(String, SkipReason, String)> = walked
+                .skipped_files
+                .iter()
+                .map(|s| (s.path.clone(), s.reason, s.detail.clone().unwrap_or_default()))
+                .collect();
             skipped.sort();
             let kept: Vec<String> = paths(&walked).iter().map(|p| p.to_string()).collect();
             (kept, skipped)
@@ -676,7 +747,16 @@ mod tests {
 
         let (kept, skipped) = judged("");
         assert_eq!(kept, ["api/gen/client.rs", "src/lib.rs"]);
-        assert_eq!(skipped.len(), 4, "{skipped:?}");
+        let said = |path: &str, reason: SkipReason, detail: &str| (path.to_owned(), reason, detail.to_owned());
+        assert_eq!(
+            skipped,
+            [
+                said("Cargo.lock", SkipReason::Generated, "a lock file"),
+                said("gen.rs", SkipReason::Generated, "its first lines say \"do not edit\""),
+                said("third_party/glam/conv.rs", SkipReason::Vendored, "in a `third_party/` folder"),
+                said("third_party/zlib/inflate.c", SkipReason::Vendored, "in a `third_party/` folder"),
+            ]
+        );
         let (kept, skipped) = judged(
             "third_party/** -linguist-vendored\nthird_party/zlib/** linguist-vendored\n\
              api/gen/** linguist-generated\ngen.rs -linguist-generated\nCargo.lock linguist-generated=false\n",
@@ -685,8 +765,16 @@ mod tests {
         assert_eq!(
             skipped,
             [
-                ("api/gen/client.rs".to_owned(), SkipReason::Generated),
-                ("third_party/zlib/inflate.c".to_owned(), SkipReason::Vendored)
+                said(
+                    "api/gen/client.rs",
+                    SkipReason::Generated,
+                    ".gitattributes:3: api/gen/** linguist-generated"
+                ),
+                said(
+                    "third_party/zlib/inflate.c",
+                    SkipReason::Vendored,
+                    ".gitattributes:2: third_party/zlib/** linguist-vendored"
+                ),
             ]
         );
         let marked = stamp(root, &options, &[]).unwrap();
@@ -768,7 +856,7 @@ mod tests {
         let read: Vec<Result<String, SkipReason>> = listing
             .files
             .iter()
-            .map(|f| listing.read(f, &options).map(|f| f.text).map_err(|(reason, _)| reason))
+            .map(|f| listing.read(f, &options).map(|f| f.text).map_err(|skip| skip.reason))
             .collect();
         assert_eq!(
             read,
@@ -854,6 +942,19 @@ mod tests {
         assert!(walk.files.iter().all(|f| !f.text.contains("secret")));
         assert_eq!(walk.skipped.get(&SkipReason::OutsideRepository), Some(&2), "{walk:?}");
         assert_eq!(walk.skipped.get(&SkipReason::LinkedCopy), Some(&2), "{walk:?}");
+        let copies: Vec<(&str, Option<&str>)> = walk
+            .skipped_files
+            .iter()
+            .filter(|s| s.reason == SkipReason::LinkedCopy)
+            .map(|s| (s.path.as_str(), s.detail.as_deref()))
+            .collect();
+        assert_eq!(
+            copies,
+            [
+                ("src/z_alias.rs", Some("the same file as `src/a.rs`")),
+                ("lib_alias/b.rs", Some("the same file as `src/lib/b.rs`"))
+            ]
+        );
         assert!(walk.problems.iter().any(|p| p.contains("etc_link")), "{:?}", walk.problems);
         assert!(walk.problems.iter().all(|p| !p.contains("secret")));
     }

@@ -200,7 +200,10 @@ fn print_summary(project: &str, path: &Path, r: &IndexReport) {
         println!("  skipped files:");
         let width = r.skipped_files.iter().map(|f| f.reason.len()).max().unwrap_or(0);
         for file in &r.skipped_files {
-            println!("    {:width$}  {}", file.reason, file.path);
+            match &file.detail {
+                Some(detail) => println!("    {:width$}  {}  ({detail})", file.reason, file.path),
+                None => println!("    {:width$}  {}", file.reason, file.path),
+            }
         }
         let guessed = [SkipReason::Vendored, SkipReason::Generated].map(SkipReason::as_str);
         if r.skipped_files.iter().any(|f| guessed.contains(&f.reason.as_str())) {
