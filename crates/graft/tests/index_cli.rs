@@ -351,7 +351,7 @@ fn index_rebuild_and_embed_again_build_the_index_anew_here_or_through_a_serving_
     let report = &through["report"];
     assert_eq!(
         report["skipped_files"],
-        serde_json::json!([{ "path": "vendor/lib.py", "reason": "vendored" }]),
+        serde_json::json!([{ "path": "vendor/lib.py", "reason": "vendored", "detail": "in a `vendor/` folder" }]),
         "{report}"
     );
     assert!(
