@@ -1,7 +1,9 @@
 //! Walking a repository: which files are worth indexing, and why each other file is skipped.
 //!
 //! Honours `.gitignore`, `.ignore` and `.git/info/exclude` (through the `ignore` crate, as
-//! ripgrep does) plus excludes from config, and filters out what would only add noise:
+//! ripgrep does) plus excludes from config, leaves hidden files out but for the few that say
+//! how a project is built and tested (`.github/`, `.gitlab-ci.yml`, `.cargo/`, ...:
+//! [`HIDDEN_KEPT`]), and filters out what would only add noise:
 //! binary, generated, vendored, minified and huge files, judged by names, places and contents
 //! unless the repository's attributes (its `.gitattributes` files and `info/attributes`) mark a
 //! file `linguist-vendored` or `linguist-generated` (or not: [`crate::attributes`]). Every skip is counted by reason, so a
@@ -278,6 +280,30 @@ const VENDORED_DIRS: &[&str] = &[
     "venv",
 ];
 
+/// Hidden folders and files the walk enters and keeps all the same: how a project is built,
+/// tested and released (its CI, its cargo settings, its dev container, its hooks), which chat
+/// over the repository is asked about (229 of a cargo registry's 820 crates ship a `.github/`
+/// folder: 553 files of these in all, most of them workflows). Other hidden files (`.git`,
+/// `.idea`, `.cache`, `.env`, ...) are left out, as ripgrep leaves them.
+const HIDDEN_KEPT: &[&str] = &[
+    ".github",
+    ".gitlab",
+    ".gitlab-ci.yml",
+    ".forgejo",
+    ".gitea",
+    ".circleci",
+    ".buildkite",
+    ".travis.yml",
+    ".cirrus.yml",
+    ".drone.yml",
+    ".woodpecker",
+    ".woodpecker.yml",
+    ".devcontainer",
+    ".cargo",
+    ".husky",
+    ".pre-commit-config.yaml",
+];
+
 /// Files that are written by tools, never by people.
 const GENERATED_NAMES: &[&str] = &[
     "Cargo.lock",
@@ -445,7 +471,8 @@ struct Walker {
     links_out: Arc<Mutex<Vec<PathBuf>>>,
 }
 
-/// Lists `root` with `.gitignore` rules, hidden files left out, `options.exclude` applied, and
+/// Lists `root` with `.gitignore` rules, hidden files left out (but [`HIDDEN_KEPT`]),
+/// `options.exclude` applied, and
 /// links inside the root followed (see the module's comment).
 fn walker(root: &Path, options: &WalkOptions) -> Result<Walker, WalkError> {
     let meta = std::fs::metadata(root).map_err(|e| match e.kind() {
@@ -482,7 +509,7 @@ fn walker(root: &Path, options: &WalkOptions) -> Result<Walker, WalkError> {
         let links_out = Arc::clone(&links_out);
         let real_root = real_root.clone();
         WalkBuilder::new(root)
-            .hidden(true)
+            .hidden(false)
             .git_ignore(true)
             .git_exclude(true)
             .git_global(false)
@@ -491,6 +518,10 @@ fn walker(root: &Path, options: &WalkOptions) -> Result<Walker, WalkError> {
             .follow_links(true)
             .overrides(overrides)
             .filter_entry(move |entry| {
+                let name = entry.file_name().to_string_lossy();
+                if entry.depth() > 0 && name.starts_with('.') && !HIDDEN_KEPT.contains(&name.as_ref()) {
+                    return false;
+                }
                 if !entry.path_is_symlink() {
                     return true;
                 }
@@ -807,6 +838,41 @@ mod tests {
         std::fs::write(top.join("services/.gitattributes"), "api/src/** linguist-generated\n").unwrap();
         assert_ne!(stamp(&root, &options, &[]).unwrap(), ours);
         assert_eq!(paths(&walk(&root, &options).unwrap()), ["third_party/geo/conv.rs"]);
+    }
+
+    /// Hidden files are left out, but for those that say how the project is built, tested and
+    /// released (its CI, its cargo settings), which are walked and stamped as the rest.
+    #[test]
+    fn hidden_files_are_left_out_but_ci_and_build_settings() {
+        let dir = tree(&[
+            ".github/workflows/ci.yml",
+            ".github/.secret.yml",
+            ".gitlab-ci.yml",
+            ".cargo/config.toml",
+            ".git/config",
+            ".idea/workspace.xml",
+            ".cache/x.rs",
+            ".env",
+            "src/.hidden.rs",
+            "src/lib.rs",
+        ]);
+        let root = dir.path();
+        let options = WalkOptions::default();
+        let walked = walk(root, &options).unwrap();
+        assert_eq!(
+            paths(&walked),
+            [".cargo/config.toml", ".github/workflows/ci.yml", ".gitlab-ci.yml", "src/lib.rs"]
+        );
+        assert!(
+            walked.skipped_files.is_empty(),
+            "left out as ignored files are: {:?}",
+            walked.skipped_files
+        );
+        let before = stamp(root, &options, &[]).unwrap();
+        std::fs::write(root.join(".idea/workspace.xml"), "changed").unwrap();
+        assert_eq!(stamp(root, &options, &[]).unwrap(), before);
+        std::fs::write(root.join(".github/workflows/ci.yml"), "on: push\n").unwrap();
+        assert_ne!(stamp(root, &options, &[]).unwrap(), before);
     }
 
     /// A generator's header marks a file generated; prose about generated code does not.
