@@ -135,7 +135,8 @@ pub struct Skip {
     pub reason: SkipReason,
     /// What decided it, for a person, where there is more to say than the reason: ``in a
     /// `vendor/` folder``, `.gitattributes:3: api/** linguist-generated`, `its first lines say
-    /// "do not edit"`, `lines over 1000 characters hold 97% of its text`.
+    /// "do not edit"`, `lines over 1000 characters hold 97% of its text`, what went wrong
+    /// reading it (`Permission denied (os error 13)`).
     pub detail: Option<String>,
     /// For a file that could not be read (or leads out of the repository): what happened, a
     /// line for the run's warnings.
@@ -151,11 +152,13 @@ impl Skip {
         }
     }
 
-    fn problem(reason: SkipReason, problem: String) -> Skip {
+    /// A file at `path` that could not be read: `what` happened, said for the file and, with
+    /// its path, among the run's warnings.
+    fn problem(reason: SkipReason, path: &str, what: String) -> Skip {
         Skip {
             reason,
-            detail: None,
-            problem: Some(problem),
+            problem: Some(format!("{path}: {what}")),
+            detail: Some(what),
         }
     }
 }
@@ -370,7 +373,11 @@ pub fn list(root: &Path, options: &WalkOptions) -> Result<Walk<Listed>, WalkErro
             Ok(entry) => entry,
             Err(e) => {
                 // Symlink loops, permission errors, broken links.
-                result.skip(None, Skip::problem(SkipReason::Unreadable, e.to_string()));
+                let skip = Skip {
+                    problem: Some(e.to_string()),
+                    ..Skip::new(SkipReason::Unreadable, None)
+                };
+                result.skip(None, skip);
                 continue;
             }
         };
@@ -390,8 +397,8 @@ pub fn list(root: &Path, options: &WalkOptions) -> Result<Walk<Listed>, WalkErro
         let real = match path.canonicalize() {
             Ok(real) => real,
             Err(e) => {
-                let problem = Skip::problem(SkipReason::Unreadable, format!("{relative}: {e}"));
-                result.skip(Some(relative), problem);
+                let skip = Skip::problem(SkipReason::Unreadable, &relative, e.to_string());
+                result.skip(Some(relative), skip);
                 continue;
             }
         };
@@ -407,8 +414,9 @@ pub fn list(root: &Path, options: &WalkOptions) -> Result<Walk<Listed>, WalkErro
     }
     for link in links_out.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
         let relative = relative_path(root, &link);
-        let problem = format!("{relative}: a symbolic link out of the repository, not followed");
-        result.skip(Some(relative), Skip::problem(SkipReason::OutsideRepository, problem));
+        let what = "a symbolic link out of the repository, not followed".to_owned();
+        let skip = Skip::problem(SkipReason::OutsideRepository, &relative, what);
+        result.skip(Some(relative), skip);
     }
     result.drop_linked_copies(kept);
     result.files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -637,10 +645,11 @@ fn read_source(path: &Path, relative: &str, root: &Path, judge_markers: bool, op
         }
         ConfineError::Outside { .. } => Skip::problem(
             SkipReason::OutsideRepository,
-            format!("{relative}: leads out of the repository, not read"),
+            relative,
+            "leads out of the repository, not read".to_owned(),
         ),
-        ConfineError::NotAFile { kind, .. } => Skip::problem(SkipReason::Unreadable, format!("{relative}: {kind}, not read")),
-        ConfineError::Io { source, .. } => Skip::problem(SkipReason::Unreadable, format!("{relative}: {source}")),
+        ConfineError::NotAFile { kind, .. } => Skip::problem(SkipReason::Unreadable, relative, format!("{kind}, not read")),
+        ConfineError::Io { source, .. } => Skip::problem(SkipReason::Unreadable, relative, source.to_string()),
     })?;
     let bytes = file.bytes;
     if bytes.contains(&0) {
@@ -1022,6 +1031,13 @@ mod tests {
             ]
         );
         assert!(walk.problems.iter().any(|p| p.contains("etc_link")), "{:?}", walk.problems);
+        assert!(
+            walk.skipped_files.iter().any(|s| s.path == "etc_link"
+                && s.reason == SkipReason::OutsideRepository
+                && s.detail.as_deref() == Some("a symbolic link out of the repository, not followed")),
+            "{:?}",
+            walk.skipped_files
+        );
         assert!(walk.problems.iter().all(|p| !p.contains("secret")));
     }
 
