@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
+use crate::repository::Repository;
+
 /// What one line says of an attribute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mark {
@@ -209,50 +211,6 @@ fn rules(dir: &Path, shown: &str, text: &str) -> Vec<Rule> {
         .enumerate()
         .filter_map(|(at, line)| rule(dir, line, || format!("{shown}:{}: {}", at + 1, line.trim())))
         .collect()
-}
-
-/// The git repository a folder is in, as far as attributes go.
-struct Repository {
-    /// The working tree's top folder.
-    top: PathBuf,
-    /// Where `info/attributes` is: the `.git` folder, or for a linked worktree the main
-    /// repository's (its common folder).
-    git_dir: PathBuf,
-    /// The folders above the root up to `top`, `top` first, each with the root's path relative
-    /// to it (with a trailing `/`).
-    above: Vec<(PathBuf, String)>,
-}
-
-impl Repository {
-    /// The repository holding `root` (its top may be `root` itself); `None` outside one.
-    fn around(root: &Path) -> Option<Repository> {
-        let root = root.canonicalize().ok()?;
-        let top = root.ancestors().find(|dir| dir.join(".git").exists())?.to_owned();
-        let dot_git = top.join(".git");
-        let git_dir = if dot_git.is_dir() {
-            dot_git
-        } else {
-            // A linked worktree or a submodule: `.git` is a file naming the repository's folder.
-            let text = std::fs::read_to_string(&dot_git).ok()?;
-            let named = text.lines().find_map(|line| line.strip_prefix("gitdir:"))?.trim();
-            let git_dir = top.join(named);
-            match std::fs::read_to_string(git_dir.join("commondir")) {
-                Ok(common) => git_dir.join(common.trim()),
-                Err(_) => git_dir,
-            }
-        };
-        let mut above: Vec<(PathBuf, String)> = root
-            .ancestors()
-            .skip(1)
-            .take_while(|dir| dir.starts_with(&top))
-            .filter_map(|dir| {
-                let lead = root.strip_prefix(dir).ok()?.to_str()?.replace('\\', "/");
-                Some((dir.to_owned(), format!("{lead}/")))
-            })
-            .collect();
-        above.reverse();
-        Some(Repository { top, git_dir, above })
-    }
 }
 
 /// One line of a `.gitattributes`, if it says anything of the two attributes; `source` says

@@ -38,6 +38,33 @@ fn with_why_not(e: anyhow::Error, config: &Config, why_not: &str) -> anyhow::Err
     }
 }
 
+/// `graft index --why FILE...`: what the walk of `repository` does with each file, and why.
+fn why(config: &Config, repository: &Path, files: &[std::path::PathBuf], json: bool) -> Result<()> {
+    let options = graft_wiring::index_options(config).walk;
+    let mut said = Vec::new();
+    for file in files {
+        let verdict = graft_index::explain::explain(repository, &options, file)?;
+        said.push(serde_json::json!({
+            "path": file,
+            "decision": verdict.decision(),
+            "detail": verdict.detail(),
+        }));
+        if !json {
+            match verdict.detail() {
+                Some(detail) => println!("{}: {} ({detail})", file.display(), verdict.decision()),
+                None => println!("{}: {}", file.display(), verdict.decision()),
+            }
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "repository": repository, "files": said }))?
+        );
+    }
+    Ok(())
+}
+
 /// Loads the embedding model the config names.
 pub fn load_embedder(config: &Config) -> Result<Embedder> {
     let options = graft_wiring::embedder_options(config)?;
@@ -48,6 +75,9 @@ pub fn load_embedder(config: &Config) -> Result<Embedder> {
 pub fn index(args: IndexArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     let (project, path) = crate::project::with_path(&config, args.path.as_deref(), args.project.as_deref(), "index")?;
+    if !args.why.is_empty() {
+        return why(&config, &path, &args.why, args.json);
+    }
     let start_over = StartOver {
         catalog: args.rebuild,
         vectors: args.embed_again,

@@ -439,6 +439,52 @@ fn index_skipped_lists_each_file_left_out_with_its_reason() {
     assert_eq!(quiet["skipped"]["generated"], 3, "{quiet}");
 }
 
+/// `graft index --why FILE` says what the walk does with each file and what decided it (the
+/// ignore file's line, the hidden folder, the folder of vendored code), indexing nothing.
+#[test]
+fn index_why_says_what_decides_each_file_and_indexes_nothing() {
+    let (work, repo, config) = scratch();
+    write_repo(&repo, 1, "v1");
+    std::fs::create_dir_all(repo.join("target/debug")).unwrap();
+    std::fs::create_dir_all(repo.join("vendor/dep")).unwrap();
+    std::fs::create_dir_all(repo.join(".idea")).unwrap();
+    std::fs::write(repo.join(".gitignore"), "# build output\n/target\n").unwrap();
+    std::fs::write(repo.join("target/debug/out.py"), "x = 1\n").unwrap();
+    std::fs::write(repo.join("vendor/dep/lib.py"), "def dep():\n    return 1\n").unwrap();
+    std::fs::write(repo.join(".idea/ws.xml"), "<x/>\n").unwrap();
+    let repo_arg = repo.to_str().unwrap();
+    let files = [
+        "module_0000.py",
+        "target/debug/out.py",
+        "vendor/dep/lib.py",
+        ".idea/ws.xml",
+        "gone.py",
+    ];
+    let mut args = vec!["index", repo_arg, "--project", "w", "--json"];
+    for file in files {
+        args.extend(["--why", file]);
+    }
+
+    let said = json(&run_ok(&mut graft(&config, &args)));
+    let decisions: Vec<&str> = said["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(decisions, ["indexed", "ignored", "vendored", "hidden", "missing"], "{said}");
+    let ignored = said["files"][1]["detail"].as_str().unwrap();
+    assert!(ignored.ends_with(".gitignore:2: /target, as the folder `target/` is"), "{ignored}");
+    assert!(!work.path().join("index/w").exists(), "nothing indexed");
+
+    args.retain(|a| *a != "--json");
+    let out = run_ok(&mut graft(&config, &args));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("vendor/dep/lib.py: vendored (in a `vendor/` folder)"), "{text}");
+    let refused = graft(&config, &["index", repo_arg, "--why", "a.py", "--rebuild"]).output().unwrap();
+    assert!(!refused.status.success());
+}
+
 #[test]
 fn killing_an_index_run_at_any_moment_leaves_a_searchable_index() {
     let (work, repo, config) = scratch();
