@@ -333,6 +333,9 @@ pub struct IndexConfig {
     pub dir: PathBuf,
     /// Extra excludes in .gitignore syntax, on top of each repository's own ignore files.
     pub exclude: Vec<String>,
+    /// Names of hidden files and folders (`.ci`, `.config`) indexed besides the CI and build
+    /// settings the walk keeps of its own (`.github`, `.gitlab-ci.yml`, `.cargo`, ...).
+    pub keep_hidden: Vec<String>,
     /// Files larger than this are skipped.
     pub max_file_bytes: u64,
     /// Files whose longer lines hold at least half their text are skipped as minified.
@@ -381,6 +384,7 @@ impl Default for IndexConfig {
         IndexConfig {
             dir: PathBuf::from("index"),
             exclude: Vec::new(),
+            keep_hidden: Vec::new(),
             max_file_bytes: 1024 * 1024,
             max_line_chars: 1000,
             chunk_chars: 1500,
@@ -828,6 +832,14 @@ impl Config {
                 return Err(invalid(key, "must be at least 1".into()));
             }
         }
+        for (i, name) in ix.keep_hidden.iter().enumerate() {
+            if !name.starts_with('.') || name.len() < 2 || name.contains(['/', '\\']) || name == ".." || name == ".git" {
+                return Err(invalid(
+                    &format!("index.keep_hidden[{i}]"),
+                    format!("expected the name of a hidden file or folder, such as \".ci\" (no path, not .git), found {name:?}"),
+                ));
+            }
+        }
         if !(0.0..=10.0).contains(&ix.vector_weight) {
             return Err(invalid(
                 "index.vector_weight",
@@ -1077,6 +1089,17 @@ mod tests {
         }
         let c = load("[index]\nqdrant_shards = 2\nqdrant_replication_factor = 2\n").unwrap();
         assert_eq!((c.index.qdrant_shards, c.index.qdrant_replication_factor), (Some(2), Some(2)));
+    }
+
+    #[test]
+    fn keep_hidden_takes_names_of_hidden_files_only() {
+        let c = load("[index]\nkeep_hidden = [\".ci\", \".config\"]\n").unwrap();
+        assert_eq!(c.index.keep_hidden, [".ci", ".config"]);
+        for bad in ["ci", ".ci/run", ".git", ".", ".."] {
+            let err = load(&format!("[index]\nkeep_hidden = [\".ok\", {bad:?}]\n")).unwrap_err();
+            assert_eq!(err.key(), Some("index.keep_hidden[1]"), "{bad}: {err}");
+            assert!(err.to_string().contains("hidden file or folder"), "{err}");
+        }
     }
 
     #[test]

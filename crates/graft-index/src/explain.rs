@@ -18,7 +18,7 @@ use ignore::Match;
 
 use crate::attributes::Attributes;
 use crate::repository::Repository;
-use crate::walk::{read_source, skipped_by_name, Skip, SkipReason, WalkError, WalkOptions, HIDDEN_KEPT};
+use crate::walk::{read_source, skipped_by_name, Skip, SkipReason, WalkError, WalkOptions};
 
 /// What the walk does with a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl Verdict {
             Verdict::Excluded { pattern, folder } => Some(format!("`index.exclude` pattern `{pattern}`{}", under(folder))),
             Verdict::Ignored { by, folder } => Some(format!("{by}{}", under(folder))),
             Verdict::Hidden { folder } => Some(format!(
-                "{}; of hidden files only CI and build settings are indexed (`.github/`, `.gitlab-ci.yml`, `.cargo/`, ...)",
+                "{}; of hidden files only CI and build settings (`.github/`, `.gitlab-ci.yml`, `.cargo/`, ...) and the names in `index.keep_hidden` are indexed",
                 match folder {
                     Some(folder) => format!("in the hidden folder `{folder}/`"),
                     None => "a hidden file".to_owned(),
@@ -114,7 +114,7 @@ pub fn explain(root: &Path, options: &WalkOptions, path: &Path) -> Result<Verdic
             return Ok(Verdict::Ignored { by, folder });
         }
         let name = &here[depth - 1];
-        if name.starts_with('.') && !HIDDEN_KEPT.contains(&name.as_str()) {
+        if !options.walks(name) {
             return Ok(Verdict::Hidden { folder });
         }
     }
@@ -422,6 +422,15 @@ mod tests {
             explain(root, &options, &root.join("src/lib.rs")).unwrap(),
             Verdict::Kept,
             "an absolute path"
+        );
+        let keeping = WalkOptions {
+            keep_hidden: vec![".idea".to_owned()],
+            ..options.clone()
+        };
+        assert_eq!(
+            explain(root, &keeping, Path::new(".idea/ws.xml")).unwrap(),
+            Verdict::Kept,
+            "index.keep_hidden"
         );
     }
 }

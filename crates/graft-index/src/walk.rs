@@ -40,6 +40,16 @@ pub struct WalkOptions {
     /// Files whose lines longer than this hold at least half their text are skipped as
     /// minified ([`mostly_long_lines`]).
     pub max_line_chars: usize,
+    /// Names of hidden files and folders walked besides [`HIDDEN_KEPT`] (`.ci`).
+    pub keep_hidden: Vec<String>,
+}
+
+impl WalkOptions {
+    /// Whether the walk enters or keeps a file or folder of this name: not hidden, or a hidden
+    /// one it keeps.
+    pub(crate) fn walks(&self, name: &str) -> bool {
+        !name.starts_with('.') || HIDDEN_KEPT.contains(&name) || self.keep_hidden.iter().any(|kept| kept == name)
+    }
 }
 
 impl Default for WalkOptions {
@@ -48,6 +58,7 @@ impl Default for WalkOptions {
             exclude: Vec::new(),
             max_file_bytes: 1024 * 1024,
             max_line_chars: 1000,
+            keep_hidden: Vec::new(),
         }
     }
 }
@@ -516,6 +527,7 @@ fn walker(root: &Path, options: &WalkOptions) -> Result<Walker, WalkError> {
     let walker = {
         let links_out = Arc::clone(&links_out);
         let real_root = real_root.clone();
+        let options = options.clone();
         WalkBuilder::new(root)
             .hidden(false)
             .git_ignore(true)
@@ -526,8 +538,7 @@ fn walker(root: &Path, options: &WalkOptions) -> Result<Walker, WalkError> {
             .follow_links(true)
             .overrides(overrides)
             .filter_entry(move |entry| {
-                let name = entry.file_name().to_string_lossy();
-                if entry.depth() > 0 && name.starts_with('.') && !HIDDEN_KEPT.contains(&name.as_ref()) {
+                if entry.depth() > 0 && !options.walks(&entry.file_name().to_string_lossy()) {
                     return false;
                 }
                 if !entry.path_is_symlink() {
@@ -882,6 +893,24 @@ mod tests {
         assert_eq!(stamp(root, &options, &[]).unwrap(), before);
         std::fs::write(root.join(".github/workflows/ci.yml"), "on: push\n").unwrap();
         assert_ne!(stamp(root, &options, &[]).unwrap(), before);
+
+        // `index.keep_hidden` names more.
+        let options = WalkOptions {
+            keep_hidden: vec![".idea".to_owned(), ".env".to_owned()],
+            ..WalkOptions::default()
+        };
+        let walked = walk(root, &options).unwrap();
+        assert_eq!(
+            paths(&walked),
+            [
+                ".cargo/config.toml",
+                ".env",
+                ".github/workflows/ci.yml",
+                ".gitlab-ci.yml",
+                ".idea/workspace.xml",
+                "src/lib.rs"
+            ]
+        );
     }
 
     /// A generator's header marks a file generated; prose about generated code does not.
