@@ -38,5 +38,5 @@ pub use indexer::{
 };
 pub use layout::{IndexLayout, Meta};
 pub use lookup::Names;
-pub use search::{ProjectIndex, Query, SearchHit, SearchMode, SearchOptions};
+pub use search::{Found, FoundBy, ProjectIndex, Query, SearchHit, SearchMode, SearchOptions};
 pub use walk::{SkipReason, WalkOptions};

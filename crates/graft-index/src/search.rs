@@ -64,6 +64,34 @@ impl Default for SearchOptions {
     }
 }
 
+/// A hit's place in one ranking: 1 for the first, and the ranking's own score (BM25 for
+/// keyword search, cosine similarity for vector search).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Found {
+    pub rank: usize,
+    pub score: f32,
+}
+
+/// Which rankings found a hit, and where: what a hybrid search fused (`graft search
+/// --explain`). Empty for a hit made otherwise.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct FoundBy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyword: Option<Found>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<Found>,
+    /// Definition lookup's rank: the definitions of the names the code around a cursor (or a
+    /// question) uses, nearest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<usize>,
+}
+
+impl FoundBy {
+    pub fn is_empty(&self) -> bool {
+        self.keyword.is_none() && self.vector.is_none() && self.definition.is_none()
+    }
+}
+
 /// One result.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SearchHit {
@@ -76,6 +104,9 @@ pub struct SearchHit {
     pub symbol: String,
     pub language: String,
     pub text: String,
+    /// Which rankings found it, and where.
+    #[serde(default, skip_serializing_if = "FoundBy::is_empty")]
+    pub found_by: FoundBy,
 }
 
 /// What to search for.
@@ -287,15 +318,28 @@ impl ProjectIndex {
             SearchMode::Keyword => keyword.iter().map(|r| (r.id, f64::from(r.score))).collect(),
             SearchMode::Vector => vector.iter().map(|r| (r.id, f64::from(r.score))).collect(),
         };
+        let place = |list: &[Ranked], id: u64| {
+            list.iter().position(|r| r.id == id).map(|at| Found {
+                rank: at + 1,
+                score: list[at].score,
+            })
+        };
         let hits: Vec<SearchHit> = ranked
             .into_iter()
-            .filter_map(|(id, score)| chunks.get(&id).map(|c| hit(c, score)))
+            .filter_map(|(id, score)| {
+                let found_by = FoundBy {
+                    keyword: place(&keyword, id),
+                    vector: place(&vector, id),
+                    definition: place(&definitions, id).map(|found| found.rank),
+                };
+                chunks.get(&id).map(|c| hit(c, score, found_by))
+            })
             .collect();
         Ok(cap_per_file(hits, options.k, options.per_file.max(1), |h| &h.path))
     }
 }
 
-fn hit(chunk: &StoredChunk, score: f64) -> SearchHit {
+fn hit(chunk: &StoredChunk, score: f64, found_by: FoundBy) -> SearchHit {
     SearchHit {
         path: chunk.path.clone(),
         start_line: chunk.start_line,
@@ -304,5 +348,6 @@ fn hit(chunk: &StoredChunk, score: f64) -> SearchHit {
         symbol: chunk.symbol.clone(),
         language: chunk.language.clone(),
         text: chunk.text.clone(),
+        found_by,
     }
 }

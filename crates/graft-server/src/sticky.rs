@@ -117,6 +117,7 @@ mod tests {
             symbol: String::new(),
             language: "rust".into(),
             text: "x".into(),
+            found_by: Default::default(),
         }
     }
 

@@ -484,6 +484,11 @@ pub struct SearchArgs {
     /// Search through the graft serving the project at this URL (as `graft index --server`).
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
+    /// Say under each result which rankings found it and where: keyword search (its BM25),
+    /// vector search (its cosine similarity), definition lookup (the JSON always has it, as
+    /// `found_by`).
+    #[arg(long)]
+    pub explain: bool,
     /// Print the results as a JSON array.
     #[arg(long)]
     pub json: bool,

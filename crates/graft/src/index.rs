@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use anyhow::{bail, Context, Result};
 use graft_core::Config;
 use graft_index::{
-    index_repository, Embedder, IndexError, IndexOptions, IndexProgress, IndexReport, Names, ProjectIndex, Query, SearchHit, SearchMode,
-    SkipReason, StartOver,
+    index_repository, Embedder, FoundBy, IndexError, IndexOptions, IndexProgress, IndexReport, Names, ProjectIndex, Query, SearchHit,
+    SearchMode, SkipReason, StartOver,
 };
 use graft_kit::Kit;
 
@@ -305,12 +305,34 @@ pub fn search(args: SearchArgs) -> Result<()> {
             format!("  {}", hit.symbol)
         };
         println!("{}:{}-{}  {:.4}{symbol}", hit.path, hit.start_line, hit.end_line, hit.score);
+        if args.explain {
+            println!("    found by: {}", found_by(&hit.found_by));
+        }
         for line in hit.text.lines().filter(|l| !l.trim().is_empty()).take(3) {
             let line: String = line.chars().take(120).collect();
             println!("    {line}");
         }
     }
     Ok(())
+}
+
+/// Which rankings found a hit, in words: `keyword #3 (BM25 12.40), vector #12 (cosine 0.412),
+/// definition lookup #1`.
+fn found_by(found: &FoundBy) -> String {
+    let mut said = Vec::new();
+    if let Some(f) = found.keyword {
+        said.push(format!("keyword #{} (BM25 {:.2})", f.rank, f.score));
+    }
+    if let Some(f) = found.vector {
+        said.push(format!("vector #{} (cosine {:.3})", f.rank, f.score));
+    }
+    if let Some(rank) = found.definition {
+        said.push(format!("definition lookup #{rank}"));
+    }
+    match said.is_empty() {
+        true => "(not said: a graft older than this one searched)".to_owned(),
+        false => said.join(", "),
+    }
 }
 
 /// `args`' search of the index opened here.

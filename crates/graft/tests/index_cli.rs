@@ -119,6 +119,17 @@ fn index_and_search_print_json_for_scripts() {
     let hits = hits.as_array().unwrap();
     assert_eq!(hits[0]["path"], "storage/blobstore.go", "{hits:?}");
     assert!(hits.iter().all(|h| h["path"] != "storage/sync.go"), "{hits:?}");
+    // Each hit says which rankings found it: the definition lookup put the first one first.
+    assert_eq!(hits[0]["found_by"]["definition"], 1, "{hits:?}");
+    for hit in hits {
+        let found = hit["found_by"].as_object().unwrap();
+        assert!(!found.is_empty(), "{hit}");
+        for ranking in ["keyword", "vector"] {
+            if let Some(place) = found.get(ranking) {
+                assert!(place["rank"].as_u64().unwrap() >= 1 && place["score"].is_number(), "{hit}");
+            }
+        }
+    }
 
     // The human-readable form: path:start-end, score, snippet.
     let out = run_ok(&mut graft(
@@ -128,6 +139,19 @@ fn index_and_search_print_json_for_scripts() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.lines().next().unwrap().starts_with("storage/"), "{text}");
     assert!(text.contains(".go:"), "{text}");
+    // `--explain`: under each result, the rankings that found it (keyword search alone here).
+    let out = run_ok(&mut graft(
+        &config,
+        &["search", "NewBlobStore", "--project", "poly", "--mode", "keyword", "--explain"],
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let explained: Vec<&str> = text.lines().filter_map(|l| l.trim().strip_prefix("found by: ")).collect();
+    assert!(!explained.is_empty(), "{text}");
+    assert!(explained[0].starts_with("keyword #1 (BM25 "), "{text}");
+    assert!(
+        explained.iter().all(|e| e.starts_with("keyword #") && !e.contains("vector")),
+        "{text}"
+    );
 
     // A project that was never indexed: a clear error.
     let out = graft(&config, &["search", "x", "--project", "nope"]).output().unwrap();

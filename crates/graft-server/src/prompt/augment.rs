@@ -274,6 +274,7 @@ pub(crate) mod tests {
             symbol: "f".into(),
             language: "Rust".into(),
             text: "fn f() {}\n".into(),
+            found_by: Default::default(),
         };
         assert_eq!(chat_block(&hit), "src/a.rs:3-9\n```rust\nfn f() {}\n```\n\n");
         let tricky = SearchHit {
@@ -301,6 +302,7 @@ pub(crate) mod tests {
             symbol: String::new(),
             language: "Rust".into(),
             text: (0..lines).map(|i| format!("w{i} w{i}\n")).collect(),
+            found_by: Default::default(),
         }
     }
 

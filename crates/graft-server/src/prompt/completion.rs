@@ -247,6 +247,7 @@ mod tests {
             symbol: "rotate".into(),
             language: "rust".into(),
             text: "fn rotate() {}\n".into(),
+            found_by: Default::default(),
         };
         let sent = |path: &str, text: &str| {
             vec![ContextFile {
