@@ -93,8 +93,17 @@ pub fn explain(root: &Path, options: &WalkOptions, path: &Path) -> Result<Verdic
         return Ok(Verdict::Outside);
     };
     let full = parts.iter().fold(real_root.clone(), |p, part| p.join(part));
-    let Ok(meta) = std::fs::metadata(&full) else {
-        return Ok(Verdict::Missing);
+    let meta = match std::fs::metadata(&full) {
+        Ok(meta) => meta,
+        // A link to nothing: the walk cannot read it.
+        Err(e) if std::fs::symlink_metadata(&full).is_ok() => {
+            return Ok(Verdict::Skipped(Skip {
+                reason: SkipReason::Unreadable,
+                detail: Some(format!("a symbolic link to nothing ({e})")),
+                problem: None,
+            }))
+        }
+        Err(_) => return Ok(Verdict::Missing),
     };
     let excludes = excludes(&real_root, options)?;
     let rules = IgnoreRules::read(&real_root, &parts);
@@ -417,6 +426,14 @@ mod tests {
         assert_eq!(said("empty.rs"), ("empty", String::new()));
         assert_eq!(said("docs").0, "folder");
         assert_eq!(said("nope.rs").0, "missing");
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(root.join("gone.rs"), root.join("dangling.rs")).unwrap();
+            let (decision, detail) = said("dangling.rs");
+            assert_eq!(decision, "unreadable");
+            assert!(detail.starts_with("a symbolic link to nothing"), "{detail}");
+            assert!(!walk(root, &options).unwrap().files.iter().any(|f| f.path == "dangling.rs"));
+        }
         assert_eq!(said("../elsewhere.rs").0, "outside");
         assert_eq!(
             explain(root, &options, &root.join("src/lib.rs")).unwrap(),
