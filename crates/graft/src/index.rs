@@ -239,6 +239,7 @@ fn print_summary(project: &str, path: &Path, r: &IndexReport) {
         if r.skipped_files.iter().any(|f| guessed.contains(&f.reason.as_str())) {
             println!("  (a line of the repository's .gitattributes, or of .git/info/attributes, keeps a file of its own: `third_party/** -linguist-vendored`, `gen.rs -linguist-generated`)");
         }
+        println!("  (ignored and hidden files are not listed: `graft index --why FILE` says what decides any one file)");
     }
 }
 

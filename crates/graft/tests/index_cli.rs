@@ -428,6 +428,7 @@ fn index_skipped_lists_each_file_left_out_with_its_reason() {
     let said = run_ok(&mut graft(&config, &["index", repo_arg, "--project", "s", "--skipped"]));
     let said = String::from_utf8_lossy(&said.stdout);
     assert!(said.contains("`third_party/** -linguist-vendored`"), "{said}");
+    assert!(said.contains("`graft index --why FILE`"), "{said}");
     let listed: Vec<(&str, &str, Option<&str>)> = said
         .lines()
         .skip_while(|line| line.trim() != "skipped files:")
