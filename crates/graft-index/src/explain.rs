@@ -160,6 +160,53 @@ pub fn explain(root: &Path, options: &WalkOptions, path: &Path) -> Result<Verdic
     }
 }
 
+/// `path` relative to the root, with `/` separators, as the index names it (read as
+/// [`explain`] reads it); `None` outside the root.
+pub fn relative(root: &Path, path: &Path) -> Option<String> {
+    let real_root = root.canonicalize().ok()?;
+    parts_within(&real_root, root, path).map(|parts| parts.join("/"))
+}
+
+/// Whether the index holds a file, and as it is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// The project has no index yet.
+    NoIndex,
+    /// Not in the index.
+    Absent,
+    /// In the index, with the text the file has now.
+    Current,
+    /// In the index, with an older text.
+    Older,
+}
+
+impl Held {
+    /// In words, after a verdict on whether the walk keeps the file (`kept`).
+    pub fn say(self, kept: bool) -> Option<&'static str> {
+        match (self, kept) {
+            (Held::NoIndex, _) => Some("the project has no index yet"),
+            (Held::Current, true) => Some("in the index as it is now"),
+            (Held::Older, true) => Some("in the index as it was: the next `graft index` reads it again"),
+            (Held::Absent, true) => Some("not in the index yet: the next `graft index` adds it"),
+            (Held::Current | Held::Older, false) => Some("still in the index: the next `graft index` removes it"),
+            (Held::Absent, false) => None,
+        }
+    }
+}
+
+/// Whether `catalog` holds the file at `relative` under `root`, and with its text now.
+pub fn held(catalog: &dyn crate::catalog::Catalog, root: &Path, relative: &str) -> Result<Held, crate::error::IndexError> {
+    use sha2::{Digest, Sha256};
+    let Some(hash) = catalog.files()?.remove(relative) else {
+        return Ok(Held::Absent);
+    };
+    let now = std::fs::read(root.join(relative)).map(|bytes| hex::encode(Sha256::digest(bytes)));
+    Ok(match now {
+        Ok(now) if now == hash => Held::Current,
+        _ => Held::Older,
+    })
+}
+
 /// `path`'s components below the root, from a path relative to the current folder (when that
 /// is inside the repository), to the root, or absolute; `None` when it is outside.
 fn parts_within(real_root: &Path, root: &Path, path: &Path) -> Option<Vec<String>> {

@@ -449,8 +449,9 @@ pub struct IndexArgs {
     pub skipped: bool,
     /// Say whether the walk indexes FILE and what decided it (the `.gitignore` line, the
     /// `index.exclude` pattern, a hidden folder, the .gitattributes line, what the file holds),
-    /// instead of indexing; FILE is relative to the repository (or the current folder inside
-    /// it). Repeat it for several files.
+    /// and whether the project's index holds it as it is now, instead of indexing; FILE is
+    /// relative to the repository (or the current folder inside it). Repeat it for several
+    /// files.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["server", "replace", "rebuild", "embed_again", "skipped"])]
     pub why: Vec<PathBuf>,
     /// Print the summary as JSON.

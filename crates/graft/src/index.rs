@@ -38,21 +38,49 @@ fn with_why_not(e: anyhow::Error, config: &Config, why_not: &str) -> anyhow::Err
     }
 }
 
-/// `graft index --why FILE...`: what the walk of `repository` does with each file, and why.
-fn why(config: &Config, repository: &Path, files: &[std::path::PathBuf], json: bool) -> Result<()> {
+/// `graft index --why FILE...`: what the walk of `repository` does with each file, and why;
+/// and whether `project`'s index holds it (read only; a graft serving it may hold it open).
+fn why(config: &Config, project: &str, repository: &Path, files: &[std::path::PathBuf], json: bool) -> Result<()> {
+    use graft_index::explain::{explain, held, relative, Held, Verdict};
     let options = graft_wiring::index_options(config).walk;
+    let layout = graft_wiring::layout(config, project);
+    let catalog = graft_index::catalog::open_built(&graft_wiring::backend(config), &layout);
     let mut said = Vec::new();
     for file in files {
-        let verdict = graft_index::explain::explain(repository, &options, file)?;
+        let verdict = explain(repository, &options, file)?;
+        let kept = verdict == Verdict::Kept;
+        let index = match (&catalog, relative(repository, file)) {
+            (Ok(None), _) => Some(Ok(Held::NoIndex)),
+            (Ok(Some((catalog, _))), Some(path)) => Some(held(catalog.as_ref(), repository, &path).map_err(|e| e.to_string())),
+            (Err(e), _) => Some(Err(e.to_string())),
+            (Ok(Some(_)), None) => None,
+        };
+        let in_index = match &index {
+            Some(Ok(held)) => held.say(kept).map(str::to_owned),
+            Some(Err(e)) => Some(format!("the index could not be read: {e}")),
+            None => None,
+        };
+        let detail = [verdict.detail(), in_index.clone()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ");
         said.push(serde_json::json!({
             "path": file,
             "decision": verdict.decision(),
             "detail": verdict.detail(),
+            "index": match &index {
+                Some(Ok(Held::NoIndex)) => "none",
+                Some(Ok(Held::Absent)) | None => "absent",
+                Some(Ok(Held::Current)) => "current",
+                Some(Ok(Held::Older)) => "older",
+                Some(Err(_)) => "unreadable",
+            },
         }));
         if !json {
-            match verdict.detail() {
-                Some(detail) => println!("{}: {} ({detail})", file.display(), verdict.decision()),
-                None => println!("{}: {}", file.display(), verdict.decision()),
+            match detail.is_empty() {
+                true => println!("{}: {}", file.display(), verdict.decision()),
+                false => println!("{}: {} ({detail})", file.display(), verdict.decision()),
             }
         }
     }
@@ -76,7 +104,7 @@ pub fn index(args: IndexArgs) -> Result<()> {
     let config = models::load_config(&args.config.config)?;
     let (project, path) = crate::project::with_path(&config, args.path.as_deref(), args.project.as_deref(), "index")?;
     if !args.why.is_empty() {
-        return why(&config, &path, &args.why, args.json);
+        return why(&config, &project, &path, &args.why, args.json);
     }
     let start_over = StartOver {
         catalog: args.rebuild,

@@ -465,7 +465,8 @@ fn index_skipped_lists_each_file_left_out_with_its_reason() {
 }
 
 /// `graft index --why FILE` says what the walk does with each file and what decided it (the
-/// ignore file's line, the hidden folder, the folder of vendored code), indexing nothing.
+/// ignore file's line, the hidden folder, the folder of vendored code), and whether the index
+/// holds it as it is now, indexing nothing.
 #[test]
 fn index_why_says_what_decides_each_file_and_indexes_nothing() {
     let (work, repo, config) = scratch();
@@ -501,11 +502,37 @@ fn index_why_says_what_decides_each_file_and_indexes_nothing() {
     let ignored = said["files"][1]["detail"].as_str().unwrap();
     assert!(ignored.ends_with(".gitignore:2: /target, as the folder `target/` is"), "{ignored}");
     assert!(!work.path().join("index/w").exists(), "nothing indexed");
+    assert_eq!(said["files"][0]["index"], "none", "{said}");
+
+    // Whether the index holds each file, and as it is now.
+    run_ok(&mut graft(&config, &["index", repo_arg, "--project", "w"]));
+    std::fs::write(repo.join("module_new.py"), "def new():\n    return 3\n").unwrap();
+    let held = |file: &str| {
+        let said = json(&run_ok(&mut graft(
+            &config,
+            &["index", repo_arg, "--project", "w", "--json", "--why", file],
+        )));
+        said["files"][0]["index"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(held("module_0000.py"), "current");
+    assert_eq!(held("module_new.py"), "absent");
+    assert_eq!(held("vendor/dep/lib.py"), "absent");
+    std::fs::write(repo.join("module_0000.py"), "def changed():\n    return 4\n").unwrap();
+    assert_eq!(held("module_0000.py"), "older");
 
     args.retain(|a| *a != "--json");
+    args.extend(["--why", "module_new.py"]);
     let out = run_ok(&mut graft(&config, &args));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("vendor/dep/lib.py: vendored (in a `vendor/` folder)"), "{text}");
+    assert!(
+        text.contains("module_0000.py: indexed (the walk keeps it; in the index as it was: the next `graft index` reads it again)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("module_new.py: indexed (the walk keeps it; not in the index yet"),
+        "{text}"
+    );
     let refused = graft(&config, &["index", repo_arg, "--why", "a.py", "--rebuild"]).output().unwrap();
     assert!(!refused.status.success());
 }
