@@ -325,6 +325,12 @@ async fn chat_with_retrieval_cites_the_file_that_defines_the_api_and_without_it_
     let (start, end) = (source["start_line"].as_u64().unwrap(), source["end_line"].as_u64().unwrap());
     assert!(start >= 1 && end >= start, "{source}");
     assert!(source["score"].as_f64().unwrap() > 0.0, "{source}");
+    // Which rankings found it: a chat question's search is keyword, vector and lookup.
+    let found = source["found_by"].as_object().unwrap_or_else(|| panic!("no found_by: {source}"));
+    assert!(
+        ["keyword", "vector", "definition"].iter().any(|k| found.contains_key(*k)),
+        "{source}"
+    );
 
     let mut off = chat("polyglot", QUESTION);
     off["retrieval"] = json!(false);

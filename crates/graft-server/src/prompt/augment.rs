@@ -25,6 +25,9 @@ pub struct Source {
     pub end_line: usize,
     pub symbol: String,
     pub score: f64,
+    /// Which rankings found it, and where ([`graft_index::FoundBy`]).
+    #[serde(skip_serializing_if = "graft_index::FoundBy::is_empty")]
+    pub found_by: graft_index::FoundBy,
     /// The chunk's code as the prompt holds it (cut when it was cut to fit). Not in `sources`;
     /// Tabby's `debug_data.snippets` shows it.
     #[serde(skip)]
@@ -39,6 +42,7 @@ impl From<&SearchHit> for Source {
             end_line: h.end_line,
             symbol: h.symbol.clone(),
             score: h.score,
+            found_by: h.found_by,
             text: h.text.clone(),
         }
     }
