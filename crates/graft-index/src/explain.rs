@@ -150,10 +150,11 @@ pub fn explain(root: &Path, options: &WalkOptions, path: &Path) -> Result<Verdic
     for depth in 1..parts.len() {
         attributes.add_folder(root, &parts[..depth].join("/"));
     }
-    if let Some(skip) = skipped_by_name(&relative, &attributes) {
+    let generated = attributes.generated_by(&relative);
+    if let Some(skip) = skipped_by_name(&relative, attributes.vendored_by(&relative), generated) {
         return Ok(Verdict::Skipped(skip));
     }
-    let judge_markers = attributes.generated(&relative) != Some(false);
+    let judge_markers = generated.map(|(set, _)| set) != Some(false);
     match read_source(&full, &relative, &real_root, judge_markers, options) {
         Ok(_) => Ok(Verdict::Kept),
         Err(skip) => Ok(Verdict::Skipped(skip)),
@@ -194,17 +195,16 @@ impl Held {
     }
 }
 
-/// Whether `catalog` holds the file at `relative` under `root`, and with its text now.
-pub fn held(catalog: &dyn crate::catalog::Catalog, root: &Path, relative: &str) -> Result<Held, crate::error::IndexError> {
-    use sha2::{Digest, Sha256};
-    let Some(hash) = catalog.files()?.remove(relative) else {
-        return Ok(Held::Absent);
+/// Whether an index whose files are `files` (path → hash, `Catalog::files`) holds the file
+/// at `relative` under `root`, and with its text now.
+pub fn held(files: &std::collections::HashMap<String, String>, root: &Path, relative: &str) -> Held {
+    let Some(hash) = files.get(relative) else {
+        return Held::Absent;
     };
-    let now = std::fs::read(root.join(relative)).map(|bytes| hex::encode(Sha256::digest(bytes)));
-    Ok(match now {
-        Ok(now) if now == hash => Held::Current,
+    match std::fs::read(root.join(relative)) {
+        Ok(now) if crate::indexer::file_hash(&now) == *hash => Held::Current,
         _ => Held::Older,
-    })
+    }
 }
 
 /// `path`'s components below the root, from a path relative to the current folder (when that

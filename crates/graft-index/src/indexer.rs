@@ -687,7 +687,7 @@ impl<'a> Reader<'a> {
                     }
                 }
             };
-            let hash = hex::encode(Sha256::digest(file.text.as_bytes()));
+            let hash = file_hash(file.text.as_bytes());
             if self.old_files.get(&file.path) == Some(&hash) {
                 return ReadFile::Unchanged { path: file.path };
             }
@@ -990,6 +990,12 @@ fn holding_chunks(chunks: &[(u64, Chunk)], definitions: Vec<Definition>) -> Vec<
             Some((chunk.path.clone(), d, *id))
         })
         .collect()
+}
+
+/// A file's hash as the catalog keeps it (`Catalog::files`): hex SHA-256 of its text, which
+/// tells a changed file from an unchanged one.
+pub(crate) fn file_hash(text: &[u8]) -> String {
+    hex::encode(Sha256::digest(text))
 }
 
 /// Gives each chunk an id derived from its path and content (and, for repeated identical

@@ -44,14 +44,16 @@ fn why(config: &Config, project: &str, repository: &Path, files: &[std::path::Pa
     use graft_index::explain::{explain, held, relative, Held, Verdict};
     let options = graft_wiring::index_options(config).walk;
     let layout = graft_wiring::layout(config, project);
-    let catalog = graft_index::catalog::open_built(&graft_wiring::backend(config), &layout);
+    // The index's files, read once for all FILEs (`None`: no index yet).
+    let indexed = graft_index::catalog::open_built(&graft_wiring::backend(config), &layout)
+        .and_then(|built| built.map(|(catalog, _)| catalog.files()).transpose());
     let mut said = Vec::new();
     for file in files {
         let verdict = explain(repository, &options, file)?;
         let kept = verdict == Verdict::Kept;
-        let index = match (&catalog, relative(repository, file)) {
+        let index = match (&indexed, relative(repository, file)) {
             (Ok(None), _) => Some(Ok(Held::NoIndex)),
-            (Ok(Some((catalog, _))), Some(path)) => Some(held(catalog.as_ref(), repository, &path).map_err(|e| e.to_string())),
+            (Ok(Some(files)), Some(path)) => Some(Ok(held(files, repository, &path))),
             (Err(e), _) => Some(Err(e.to_string())),
             (Ok(Some(_)), None) => None,
         };
