@@ -336,6 +336,9 @@ pub struct IndexConfig {
     /// Names of hidden files and folders (`.ci`, `.config`) indexed besides the CI and build
     /// settings the walk keeps of its own (`.github`, `.gitlab-ci.yml`, `.cargo`, ...).
     pub keep_hidden: Vec<String>,
+    /// Whether the files of git submodules (and of clones and worktrees inside the indexed
+    /// repository) are indexed as its own; left out by default, as git leaves them out.
+    pub submodules: bool,
     /// Files larger than this are skipped.
     pub max_file_bytes: u64,
     /// Files whose longer lines hold at least half their text are skipped as minified.
@@ -385,6 +388,7 @@ impl Default for IndexConfig {
             dir: PathBuf::from("index"),
             exclude: Vec::new(),
             keep_hidden: Vec::new(),
+            submodules: false,
             max_file_bytes: 1024 * 1024,
             max_line_chars: 1000,
             chunk_chars: 1500,

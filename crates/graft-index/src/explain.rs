@@ -17,7 +17,7 @@ use ignore::overrides::OverrideBuilder;
 use ignore::Match;
 
 use crate::attributes::Attributes;
-use crate::repository::Repository;
+use crate::repository::{Nested, Repository};
 use crate::walk::{read_source, skipped_by_name, Skip, SkipReason, WalkError, WalkOptions};
 
 /// What the walk does with a path.
@@ -145,6 +145,14 @@ pub fn explain(root: &Path, options: &WalkOptions, path: &Path) -> Result<Verdic
             return Ok(skipped(SkipReason::OutsideRepository, what));
         }
         Err(e) => return Ok(skipped(SkipReason::Unreadable, e.to_string())),
+    }
+    if !options.submodules && Repository::around(&real_root).is_some() {
+        for depth in 1..parts.len() {
+            let folder = parts[..depth].join("/");
+            if let Some(kind) = Nested::at(&real_root.join(&folder)) {
+                return Ok(skipped(SkipReason::Submodule, kind.detail(&folder)));
+            }
+        }
     }
     let mut attributes = Attributes::read(root);
     for depth in 1..parts.len() {
@@ -277,11 +285,12 @@ fn excludes(real_root: &Path, options: &WalkOptions) -> Result<Vec<(String, igno
 
 /// The ignore files that reach a path: each folder's `.ignore` and `.gitignore`, from the
 /// repository's top (or the file system's root, outside a repository) down to the path's
-/// folder, and the repository's `info/exclude`.
+/// folder, and the `info/exclude` of the repository and of those inside it on the way.
 struct IgnoreRules {
     /// Deepest folder first: its `.ignore` and its `.gitignore`.
     folders: Vec<(Option<Gitignore>, Option<Gitignore>)>,
-    exclude: Option<Gitignore>,
+    /// Deepest repository first.
+    excludes: Vec<Gitignore>,
 }
 
 impl IgnoreRules {
@@ -309,8 +318,13 @@ impl IgnoreRules {
                 )
             })
             .collect();
-        let exclude = repository.and_then(|r| matcher(&r.top, &r.git_dir.join("info").join("exclude")));
-        IgnoreRules { folders, exclude }
+        // Repositories inside this one (a clone, a worktree) bring their own info/exclude.
+        let below_root = dirs.iter().rev().take(parts.len().saturating_sub(1));
+        let mut excludes: Vec<Gitignore> = below_root
+            .filter_map(|dir| matcher(dir, &crate::repository::exclude_file(dir)?))
+            .collect();
+        excludes.extend(repository.and_then(|r| matcher(&r.top, &r.git_dir.join("info").join("exclude"))));
+        IgnoreRules { folders, excludes }
     }
 
     /// The line that leaves `here` (the components below the root) out, if one does.
@@ -320,7 +334,7 @@ impl IgnoreRules {
         let kinds = [
             self.folders.iter().filter_map(|(ignore, _)| ignore.as_ref()).collect::<Vec<_>>(),
             self.folders.iter().filter_map(|(_, git)| git.as_ref()).collect(),
-            self.exclude.iter().collect(),
+            self.excludes.iter().collect(),
         ];
         for matchers in kinds {
             for matcher in matchers {
@@ -496,5 +510,94 @@ mod tests {
             Verdict::Kept,
             "index.keep_hidden"
         );
+    }
+
+    /// Repositories inside the walked one (a submodule, a clone with its own `info/exclude`,
+    /// a worktree) are left out with what each is, unless `index.submodules` keeps them; a
+    /// folder outside any repository is walked whole, clones and all. `explain` agrees with
+    /// the walk on every file, either way.
+    #[test]
+    fn repositories_inside_the_repository_are_left_out_as_git_leaves_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let files = [
+            "src/lib.rs",
+            "libs/common/src/lib.rs",
+            "tools/clone/main.rs",
+            "tools/clone/local.rs",
+            "wt/src/lib.rs",
+        ];
+        for file in files {
+            write(root, file, &format!("// {file}\nfn f() {{}}\n"));
+        }
+        write(root, ".git/config", "[core]\n");
+        write(root, ".git/modules/libs/common/config", "[core]\n");
+        write(root, "libs/common/.git", "gitdir: ../../.git/modules/libs/common\n");
+        write(root, "tools/clone/.git/info/exclude", "local.rs\n");
+        write(root, ".git/worktrees/wt/commondir", "../..\n");
+        let worktree = root.join(".git/worktrees/wt").canonicalize().unwrap();
+        write(root, "wt/.git", &format!("gitdir: {}\n", worktree.display()));
+
+        let agree = |options: &WalkOptions| {
+            let walked = walk(root, options).unwrap();
+            let kept: Vec<String> = walked.files.iter().map(|f| f.path.clone()).collect();
+            let mut explained: Vec<String> = files
+                .iter()
+                .filter(|file| explain(root, options, Path::new(file)).unwrap() == Verdict::Kept)
+                .map(|file| file.to_string())
+                .collect();
+            explained.sort();
+            assert_eq!(explained, kept);
+            (kept, walked.skipped_files)
+        };
+        let options = WalkOptions::default();
+        let (kept, skipped) = agree(&options);
+        assert_eq!(kept, ["src/lib.rs"]);
+        let mut skipped: Vec<(&str, &str)> = skipped
+            .iter()
+            .map(|s| (s.path.as_str(), s.detail.as_deref().unwrap_or_default()))
+            .collect();
+        skipped.sort();
+        assert!(
+            skipped.iter().all(|(path, _)| *path != "tools/clone/local.rs"),
+            "the clone's info/exclude ignores it, so it is not listed: {skipped:?}"
+        );
+        assert_eq!(
+            skipped,
+            [
+                ("libs/common/src/lib.rs", "in the git submodule `libs/common/`"),
+                ("tools/clone/main.rs", "in `tools/clone/`, a git repository of its own"),
+                ("wt/src/lib.rs", "in `wt/`, a git worktree"),
+            ]
+        );
+        let said = |path: &str| {
+            let verdict = explain(root, &options, Path::new(path)).unwrap();
+            (verdict.decision(), verdict.detail().unwrap_or_default())
+        };
+        assert_eq!(
+            said("libs/common/src/lib.rs"),
+            ("submodule", "in the git submodule `libs/common/`".to_owned())
+        );
+        let exclude = root.join("tools/clone/.git/info/exclude").canonicalize().unwrap();
+        assert_eq!(
+            said("tools/clone/local.rs"),
+            ("ignored", format!("{}:1: local.rs", exclude.display()))
+        );
+
+        let keeping = WalkOptions {
+            submodules: true,
+            ..WalkOptions::default()
+        };
+        let (kept, skipped) = agree(&keeping);
+        assert_eq!(
+            kept,
+            ["libs/common/src/lib.rs", "src/lib.rs", "tools/clone/main.rs", "wt/src/lib.rs"]
+        );
+        assert!(skipped.is_empty(), "{skipped:?}");
+
+        // Not in a repository: a folder of clones is walked whole.
+        std::fs::remove_dir_all(root.join(".git")).unwrap();
+        let (kept, _) = agree(&options);
+        assert_eq!(kept.len(), 4, "{kept:?}");
     }
 }

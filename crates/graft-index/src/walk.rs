@@ -29,6 +29,7 @@ use ignore::overrides::OverrideBuilder;
 use ignore::WalkBuilder;
 
 use crate::attributes::Attributes;
+use crate::repository::{Nested, Repository};
 
 /// Limits and excludes for a walk.
 #[derive(Debug, Clone)]
@@ -42,6 +43,10 @@ pub struct WalkOptions {
     pub max_line_chars: usize,
     /// Names of hidden files and folders walked besides [`HIDDEN_KEPT`] (`.ci`).
     pub keep_hidden: Vec<String>,
+    /// Whether the files of repositories inside the walked one (git submodules, clones,
+    /// worktrees) are kept as its own; by default they are left out as git leaves them out
+    /// ([`SkipReason::Submodule`]).
+    pub submodules: bool,
 }
 
 impl WalkOptions {
@@ -59,6 +64,7 @@ impl Default for WalkOptions {
             max_file_bytes: 1024 * 1024,
             max_line_chars: 1000,
             keep_hidden: Vec::new(),
+            submodules: false,
         }
     }
 }
@@ -84,6 +90,11 @@ pub enum SkipReason {
     OutsideRepository,
     /// The same file reached again through a symbolic link inside the repository.
     LinkedCopy,
+    /// In a repository inside the walked one (a git submodule, a clone, a worktree): git
+    /// tracks none of its files in the walked repository, and it is mostly someone else's code
+    /// (a library pinned as a submodule) or a second copy of this one (a worktree). Only when
+    /// the walked folder is in a git repository: a folder of clones is walked whole.
+    Submodule,
 }
 
 impl SkipReason {
@@ -98,6 +109,7 @@ impl SkipReason {
             SkipReason::Unreadable => "unreadable",
             SkipReason::OutsideRepository => "outside-repository",
             SkipReason::LinkedCopy => "linked-copy",
+            SkipReason::Submodule => "submodule",
         }
     }
 }
@@ -379,6 +391,9 @@ pub fn list(root: &Path, options: &WalkOptions) -> Result<Walk<Listed>, WalkErro
     };
     // Each kept file's real path, to keep a file reached through several paths once.
     let mut kept: Vec<(PathBuf, bool)> = Vec::new();
+    // The repositories inside the walked one whose files are left out (relative folder, why).
+    let judge_nested = !options.submodules && Repository::around(root).is_some();
+    let mut nested: Vec<(String, String)> = Vec::new();
     for entry in walker {
         let entry = match entry {
             Ok(entry) => entry,
@@ -393,13 +408,23 @@ pub fn list(root: &Path, options: &WalkOptions) -> Result<Walk<Listed>, WalkErro
             }
         };
         if entry.depth() > 0 && entry.file_type().is_some_and(|t| t.is_dir()) {
-            result.attributes.add_folder(root, &relative_path(root, entry.path()));
+            let folder = relative_path(root, entry.path());
+            if judge_nested {
+                if let Some(kind) = Nested::at(entry.path()) {
+                    nested.push((folder.clone(), kind.detail(&folder)));
+                }
+            }
+            result.attributes.add_folder(root, &folder);
         }
         if !entry.file_type().is_some_and(|t| t.is_file()) {
             continue;
         }
         let path = entry.path();
         let relative = relative_path(root, path);
+        if let Some((_, why)) = nested.iter().find(|(folder, _)| is_under(&relative, folder)) {
+            result.skip(Some(relative), Skip::new(SkipReason::Submodule, why.clone()));
+            continue;
+        }
         let generated = result.attributes.generated_by(&relative);
         if let Some(skip) = skipped_by_name(&relative, result.attributes.vendored_by(&relative), generated) {
             result.skip(Some(relative), skip);
@@ -629,6 +654,11 @@ pub(crate) fn skipped_by_name(relative: &str, vendored: Option<(bool, &str)>, ge
             .find(|suffix| name.ends_with(*suffix))
             .map(|suffix| Skip::new(SkipReason::Generated, format!("a `{suffix}` file"))),
     }
+}
+
+/// Whether the relative path `path` lies under the relative folder `folder`.
+fn is_under(path: &str, folder: &str) -> bool {
+    path.strip_prefix(folder).is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// The percentage of `text` held by lines longer than `max` characters, when it is at least

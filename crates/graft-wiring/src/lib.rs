@@ -183,6 +183,7 @@ pub fn index_options(config: &Config) -> IndexOptions {
             max_file_bytes: ix.max_file_bytes,
             max_line_chars: ix.max_line_chars,
             keep_hidden: ix.keep_hidden.clone(),
+            submodules: ix.submodules,
         },
         chunk: graft_index::chunker::ChunkOptions {
             max_chars: ix.chunk_chars,

@@ -269,6 +269,9 @@ fn print_summary(project: &str, path: &Path, r: &IndexReport) {
         if r.skipped_files.iter().any(|f| guessed.contains(&f.reason.as_str())) {
             println!("  (a line of the repository's .gitattributes, or of .git/info/attributes, keeps a file of its own: `third_party/** -linguist-vendored`, `gen.rs -linguist-generated`)");
         }
+        if r.skipped_files.iter().any(|f| f.reason == SkipReason::Submodule.as_str()) {
+            println!("  (files of git submodules are left out as git leaves them out; `index.submodules = true` in graft.toml indexes them as the project's own, or index one as a project of its own)");
+        }
         println!("  (ignored and hidden files are not listed: `graft index --why FILE` says what decides any one file)");
     }
 }
