@@ -95,6 +95,10 @@ pub enum SkipReason {
     /// (a library pinned as a submodule) or a second copy of this one (a worktree). Only when
     /// the walked folder is in a git repository: a folder of clones is walked whole.
     Submodule,
+    /// A Git LFS pointer: the few lines git keeps in a large file's place when its content is
+    /// not checked out (a clone without git-lfs, `GIT_LFS_SKIP_SMUDGE=1`); the same in every
+    /// such file but the hash and the size, nothing of the file itself.
+    LfsPointer,
 }
 
 impl SkipReason {
@@ -110,6 +114,7 @@ impl SkipReason {
             SkipReason::OutsideRepository => "outside-repository",
             SkipReason::LinkedCopy => "linked-copy",
             SkipReason::Submodule => "submodule",
+            SkipReason::LfsPointer => "lfs-pointer",
         }
     }
 }
@@ -656,6 +661,30 @@ pub(crate) fn skipped_by_name(relative: &str, vendored: Option<(bool, &str)>, ge
     }
 }
 
+/// The size of the file a Git LFS pointer stands for, when `text` is one: under 1024 bytes, its
+/// first line the spec's `version` (or the spec's first name, `hawser`), with an `oid` line and
+/// a `size` line (git-lfs's `docs/spec.md`).
+fn lfs_pointer(text: &str) -> Option<u64> {
+    const VERSIONS: [&str; 2] = ["https://git-lfs.github.com/spec/v1", "https://hawser.github.com/spec/v1"];
+    if text.len() >= 1024 {
+        return None;
+    }
+    let mut lines = text.lines();
+    let version = lines.next()?.strip_prefix("version ")?;
+    if !VERSIONS.contains(&version) {
+        return None;
+    }
+    let mut oid = false;
+    let mut size = None;
+    for line in lines {
+        oid |= line.starts_with("oid sha256:");
+        if let Some(bytes) = line.strip_prefix("size ") {
+            size = bytes.parse().ok();
+        }
+    }
+    size.filter(|_| oid)
+}
+
 /// Whether the relative path `path` lies under the relative folder `folder`.
 fn is_under(path: &str, folder: &str) -> bool {
     path.strip_prefix(folder).is_some_and(|rest| rest.starts_with('/'))
@@ -700,6 +729,10 @@ pub(crate) fn read_source(path: &Path, relative: &str, root: &Path, judge_marker
     let text = String::from_utf8(bytes).map_err(|_| Skip::new(SkipReason::Binary, "not UTF-8".to_owned()))?;
     if text.trim().is_empty() {
         return Err(Skip::new(SkipReason::Empty, None));
+    }
+    if let Some(size) = lfs_pointer(&text) {
+        let detail = format!("a Git LFS pointer to {size} bytes not checked out (`git lfs pull` fetches them)");
+        return Err(Skip::new(SkipReason::LfsPointer, detail));
     }
     if let Some(percent) = mostly_long_lines(&text, options.max_line_chars) {
         let detail = format!("lines over {} characters hold {percent}% of its text", options.max_line_chars);
@@ -968,6 +1001,62 @@ mod tests {
         let walked = walk(root, &WalkOptions::default()).unwrap();
         assert_eq!(paths(&walked), ["config.rs", "lints.rs"]);
         assert_eq!(walked.skipped.get(&SkipReason::Generated), Some(&3));
+    }
+
+    /// A Git LFS pointer (a large file not checked out) is left out with the size it stands
+    /// for; a file that only talks about pointers, or one too long to be one, is kept.
+    #[test]
+    fn git_lfs_pointers_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let oid = "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393";
+        let files = [
+            (
+                "weights.bin",
+                format!("version https://git-lfs.github.com/spec/v1\n{oid}\nsize 12345\n"),
+            ),
+            (
+                "data/train.csv",
+                format!("version https://hawser.github.com/spec/v1\n{oid}\nsize 7\n"),
+            ),
+            (
+                "docs/lfs.md",
+                format!("Pointers look like this:\n\nversion https://git-lfs.github.com/spec/v1\n{oid}\nsize 1\n"),
+            ),
+            ("no_size.txt", format!("version https://git-lfs.github.com/spec/v1\n{oid}\n")),
+            (
+                "long.txt",
+                format!("version https://git-lfs.github.com/spec/v1\n{oid}\nsize 1\n{}", "x\n".repeat(600)),
+            ),
+        ];
+        for (name, text) in &files {
+            let path = root.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let walked = walk(root, &WalkOptions::default()).unwrap();
+        assert_eq!(paths(&walked), ["docs/lfs.md", "long.txt", "no_size.txt"]);
+        let mut skipped: Vec<(&str, SkipReason, &str)> = walked
+            .skipped_files
+            .iter()
+            .map(|s| (s.path.as_str(), s.reason, s.detail.as_deref().unwrap_or_default()))
+            .collect();
+        skipped.sort();
+        assert_eq!(
+            skipped,
+            [
+                (
+                    "data/train.csv",
+                    SkipReason::LfsPointer,
+                    "a Git LFS pointer to 7 bytes not checked out (`git lfs pull` fetches them)"
+                ),
+                (
+                    "weights.bin",
+                    SkipReason::LfsPointer,
+                    "a Git LFS pointer to 12345 bytes not checked out (`git lfs pull` fetches them)"
+                ),
+            ]
+        );
     }
 
     #[test]
