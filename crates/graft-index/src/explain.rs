@@ -128,7 +128,12 @@ pub fn explain(root: &Path, options: &WalkOptions, path: &Path) -> Result<Verdic
         }
     }
     if meta.is_dir() {
-        return Ok(Verdict::Entered);
+        // A repository inside this one (the folder itself, or one above it): all its files
+        // are left out.
+        return Ok(match nested_repository(&real_root, &parts, parts.len(), options) {
+            Some(skip) => Verdict::Skipped(skip),
+            None => Verdict::Entered,
+        });
     }
     let relative = parts.join("/");
     let skipped = |reason, what: String| {
@@ -146,13 +151,8 @@ pub fn explain(root: &Path, options: &WalkOptions, path: &Path) -> Result<Verdic
         }
         Err(e) => return Ok(skipped(SkipReason::Unreadable, e.to_string())),
     }
-    if !options.submodules && Repository::around(&real_root).is_some() {
-        for depth in 1..parts.len() {
-            let folder = parts[..depth].join("/");
-            if let Some(kind) = Nested::at(&real_root.join(&folder)) {
-                return Ok(skipped(SkipReason::Submodule, kind.detail(&folder)));
-            }
-        }
+    if let Some(skip) = nested_repository(&real_root, &parts, parts.len() - 1, options) {
+        return Ok(Verdict::Skipped(skip));
     }
     let mut attributes = Attributes::read(root);
     for depth in 1..parts.len() {
@@ -167,6 +167,23 @@ pub fn explain(root: &Path, options: &WalkOptions, path: &Path) -> Result<Verdic
         Ok(_) => Ok(Verdict::Kept),
         Err(skip) => Ok(Verdict::Skipped(skip)),
     }
+}
+
+/// The repository inside the walked one that the first `folders` of `parts` lead into, when
+/// the walk leaves its files out (not with `index.submodules`, nor outside a repository).
+fn nested_repository(real_root: &Path, parts: &[String], folders: usize, options: &WalkOptions) -> Option<Skip> {
+    if options.submodules || Repository::around(real_root).is_none() {
+        return None;
+    }
+    (1..=folders).find_map(|depth| {
+        let folder = parts[..depth].join("/");
+        let kind = Nested::at(&real_root.join(&folder))?;
+        Some(Skip {
+            reason: SkipReason::Submodule,
+            detail: Some(kind.detail(&folder)),
+            problem: None,
+        })
+    })
 }
 
 /// `path` relative to the root, with `/` separators, as the index names it (read as
@@ -578,6 +595,8 @@ mod tests {
             said("libs/common/src/lib.rs"),
             ("submodule", "in the git submodule `libs/common/`".to_owned())
         );
+        assert_eq!(said("libs/common"), ("submodule", "in the git submodule `libs/common/`".to_owned()));
+        assert_eq!(said("libs").0, "folder");
         let exclude = root.join("tools/clone/.git/info/exclude").canonicalize().unwrap();
         assert_eq!(
             said("tools/clone/local.rs"),
