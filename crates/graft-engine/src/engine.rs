@@ -190,6 +190,15 @@ impl Engine {
     }
 
     /// The base model's description.
+    /// Whether the base model runs on the CPU (set so, or `auto` without a usable GPU).
+    pub fn on_cpu(&self) -> bool {
+        match self.base.device {
+            Device::Cpu => true,
+            Device::Cuda => false,
+            Device::Auto => !crate::gpu_available(),
+        }
+    }
+
     pub fn base(&self) -> &BaseModel {
         &self.base
     }

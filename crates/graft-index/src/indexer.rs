@@ -145,6 +145,10 @@ pub trait IndexProgress: Sync {
     fn should_stop(&self) -> bool {
         false
     }
+    /// Called on the run's thread before each batch of chunks goes to the embedding model (the
+    /// slow part of a run): a server that generates on the same CPU waits here while it
+    /// generates, for a while, so that its answers are not slowed by the run's embedding.
+    fn make_way(&self) {}
 }
 
 /// Reports nothing.
@@ -185,6 +189,10 @@ impl IndexProgress for SliceProgress<'_> {
 
     fn should_stop(&self) -> bool {
         self.progress.should_stop()
+    }
+
+    fn make_way(&self) {
+        self.progress.make_way()
     }
 }
 
@@ -849,6 +857,7 @@ pub fn embed_ahead(
         if progress.should_stop() {
             return Err(IndexError::Stopped);
         }
+        progress.make_way();
         let texts: Vec<String> = step.iter().map(|(_, t)| t.clone()).collect();
         vectors.extend(step.iter().map(|(id, _)| *id).zip(embedder.embed(&texts)?));
         progress.embedded(step.len());
@@ -883,6 +892,7 @@ pub fn embed_missing(index: &ProjectIndex, embedder: &Embedder, progress: &dyn I
                 store.flush()?;
                 return Err(IndexError::Stopped);
             }
+            progress.make_way();
             let batch: Vec<String> = step.iter().map(|(_, text)| text.clone()).collect();
             let points: Vec<(u64, Vec<f32>)> = step.iter().map(|(id, _)| *id).zip(embedder.embed(&batch)?).collect();
             store.upsert(&points)?;
@@ -929,6 +939,7 @@ fn embed_and_store(
                 stopped = true;
                 break;
             }
+            progress.make_way();
             let texts: Vec<String> = call.iter().map(|(_, t)| t.clone()).collect();
             let started = Instant::now();
             let vectors = embedder.embed(&texts)?;

@@ -86,6 +86,38 @@ impl Gate {
     pub fn queued(&self) -> usize {
         self.waiting.load(Ordering::Acquire)
     }
+
+    /// A handle that tells how many generations run, for work that gives way to them.
+    pub fn running(&self) -> Running {
+        Running {
+            slots: Arc::clone(&self.slots),
+            max_concurrent: self.max_concurrent,
+        }
+    }
+}
+
+/// How many generations a [`Gate`] lets run now, read from anywhere.
+#[derive(Debug, Clone)]
+pub struct Running {
+    slots: Arc<Semaphore>,
+    max_concurrent: usize,
+}
+
+impl Running {
+    /// Generations running now (admitted, streamed ones until their last event).
+    pub fn now(&self) -> usize {
+        self.max_concurrent.saturating_sub(self.slots.available_permits())
+    }
+
+    /// Waits, blocking the thread, until no generation runs, `max` has passed, or `give_up`
+    /// says so; returns how long it waited.
+    pub fn wait_for_none(&self, max: Duration, give_up: impl Fn() -> bool) -> Duration {
+        let started = std::time::Instant::now();
+        while self.now() > 0 && started.elapsed() < max && !give_up() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        started.elapsed()
+    }
 }
 
 /// A place in the queue, given back when dropped.
@@ -122,6 +154,44 @@ impl Deadline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Work that gives way to generations waits while one runs, until it ends, or for `max`
+    /// at most, or until it gives up; with none running it goes on at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn giving_way_waits_for_the_generations_running_and_no_longer_than_asked() {
+        let gate = Gate::new(2, 4);
+        let running = gate.running();
+        let far = Deadline::after(Duration::from_secs(60));
+        let wait = |max: Duration| {
+            let running = running.clone();
+            tokio::task::spawn_blocking(move || running.wait_for_none(max, || false))
+        };
+        assert!(
+            wait(Duration::from_secs(60)).await.unwrap() < Duration::from_secs(1),
+            "none running"
+        );
+
+        let generation = gate.enter(far).await.unwrap();
+        assert_eq!(running.now(), 1);
+        let waiting = wait(Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(generation);
+        let waited = waiting.await.unwrap();
+        assert!(
+            waited >= Duration::from_millis(300),
+            "waited until the generation ended: {waited:?}"
+        );
+        assert!(waited < Duration::from_secs(30), "and then went on: {waited:?}");
+
+        let _steady = gate.enter(far).await.unwrap();
+        let waited = wait(Duration::from_millis(200)).await.unwrap();
+        assert!(
+            waited >= Duration::from_millis(200) && waited < Duration::from_secs(30),
+            "{waited:?}"
+        );
+        let gave_up = tokio::task::spawn_blocking(move || running.wait_for_none(Duration::from_secs(60), || true));
+        assert!(gave_up.await.unwrap() < Duration::from_secs(30));
+    }
 
     #[tokio::test]
     async fn slots_then_a_bounded_queue_then_refusal() {

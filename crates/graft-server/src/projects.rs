@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
 use graft_core::ProjectConfig;
 use graft_index::{
@@ -26,6 +27,7 @@ use graft_index::{
     Names, ProjectIndex, Query, SearchHit, SearchMode, SearchOptions, StartOver,
 };
 
+use crate::limits::Running;
 use crate::sticky::{Spot, Sticky};
 
 /// How long a re-index waits for searches in flight to let go of the index.
@@ -189,6 +191,8 @@ struct LogProgress {
     slot: Arc<IndexSlot>,
     /// [`Projects::stop_indexing`]'s flag.
     stop: Arc<AtomicBool>,
+    /// The generations the run gives way to ([`Projects::give_way_to`]).
+    give_way: Option<Running>,
     files: AtomicUsize,
     files_read: AtomicUsize,
     total: AtomicUsize,
@@ -200,11 +204,17 @@ fn tenths(done: usize, total: usize) -> usize {
     (done * 10).checked_div(total).unwrap_or(0)
 }
 
+/// The longest an index run waits before a batch of chunks for the generations running to
+/// end: under a steady load it still embeds (a batch of 8 chunks, about a quarter of a second
+/// on 2 cores, every 2 s), and the generations are slowed only while a batch runs.
+const GIVE_WAY_MAX: Duration = Duration::from_secs(2);
+
 impl LogProgress {
-    fn new(slot: &Arc<IndexSlot>, stop: &Arc<AtomicBool>) -> LogProgress {
+    fn new(slot: &Arc<IndexSlot>, projects: &Projects) -> LogProgress {
         LogProgress {
             slot: Arc::clone(slot),
-            stop: Arc::clone(stop),
+            stop: Arc::clone(&projects.stopping),
+            give_way: projects.give_way.get().cloned(),
             files: AtomicUsize::new(0),
             files_read: AtomicUsize::new(0),
             total: AtomicUsize::new(0),
@@ -250,6 +260,12 @@ impl IndexProgress for LogProgress {
 
     fn should_stop(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    fn make_way(&self) {
+        if let Some(running) = &self.give_way {
+            running.wait_for_none(GIVE_WAY_MAX, || self.should_stop());
+        }
     }
 }
 
@@ -355,6 +371,8 @@ pub struct Projects {
     stopping: Arc<AtomicBool>,
     /// Index runs embedding now, with their indexes serving ([`EmbeddingNow`]).
     embedding_now: Arc<AtomicUsize>,
+    /// The generations index runs give way to, when the model runs on the same CPU.
+    give_way: OnceLock<Running>,
 }
 
 impl Projects {
@@ -370,7 +388,15 @@ impl Projects {
             search,
             stopping: Arc::default(),
             embedding_now: Arc::default(),
+            give_way: OnceLock::new(),
         }
+    }
+
+    /// Has index runs embed between the generations `running` counts, not during them (for a
+    /// while: [`GIVE_WAY_MAX`]), where both share the CPU: on 2 cores, a completion took three
+    /// times as long while a first index embedded. Set once.
+    pub fn give_way_to(&self, running: Running) {
+        let _ = self.give_way.set(running);
     }
 
     /// Stops every index run at its next step (the server is shutting down), leaving each
@@ -592,7 +618,7 @@ impl Projects {
         let ahead = match project.index() {
             Ok(Some(index)) => {
                 let (serving, embedder) = (Arc::clone(project), Arc::clone(&embedder));
-                let progress = LogProgress::new(&project.index, &self.stopping);
+                let progress = LogProgress::new(&project.index, self);
                 let embedding = EmbeddingNow::start(&self.embedding_now);
                 let ahead = tokio::task::spawn_blocking(move || {
                     let _embedding = embedding;
@@ -627,7 +653,7 @@ impl Projects {
             }
         }
         let (writer, run_embedder) = (Arc::clone(project), Arc::clone(&embedder));
-        let progress = LogProgress::new(&project.index, &self.stopping);
+        let progress = LogProgress::new(&project.index, self);
         // The run's mark goes with the blocking work, so that it stays held however long the
         // work outlives this future (a client that stops waiting).
         let (report, guard) = tokio::task::spawn_blocking(move || {
@@ -676,7 +702,7 @@ impl Projects {
             seconds = report.elapsed.as_secs_f64(),
             "indexed: keyword search and definition lookup serve it now; the vectors of searches by meaning follow as they are embedded"
         );
-        let (embedder, progress) = (Arc::clone(embedder), LogProgress::new(slot, &self.stopping));
+        let (embedder, progress) = (Arc::clone(embedder), LogProgress::new(slot, self));
         let started = std::time::Instant::now();
         let embedding = EmbeddingNow::start(&self.embedding_now);
         let embedded = tokio::task::spawn_blocking(move || {

@@ -70,6 +70,10 @@ impl AppState {
         // The binary resolves an absent `max_concurrent` by device (`Config::generation_slots`).
         let mut server = parts.server;
         let gate = Gate::new(server.max_concurrent.unwrap_or(1), server.max_queue);
+        // On the CPU, index runs embed between generations, not during them.
+        if parts.pool.engine().on_cpu() {
+            parts.projects.give_way_to(gate.running());
+        }
         // Kept on its own (a reload replaces it), not beside the limits as well.
         let default_model = server.default_model.take();
         let default_model = default_model.as_deref().unwrap_or(parts.pool.base_name()).into();
