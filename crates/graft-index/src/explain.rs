@@ -101,6 +101,7 @@ pub fn explain(root: &Path, options: &WalkOptions, path: &Path) -> Result<Verdic
                 reason: SkipReason::Unreadable,
                 detail: Some(format!("a symbolic link to nothing ({e})")),
                 problem: None,
+                folder: None,
             }))
         }
         Err(_) => return Ok(Verdict::Missing),
@@ -141,6 +142,7 @@ pub fn explain(root: &Path, options: &WalkOptions, path: &Path) -> Result<Verdic
             reason,
             detail: Some(what),
             problem: None,
+            folder: None,
         })
     };
     match full.canonicalize() {
@@ -178,11 +180,7 @@ fn nested_repository(real_root: &Path, parts: &[String], folders: usize, options
     (1..=folders).find_map(|depth| {
         let folder = parts[..depth].join("/");
         let kind = Nested::at(&real_root.join(&folder))?;
-        Some(Skip {
-            reason: SkipReason::Submodule,
-            detail: Some(kind.detail(&folder)),
-            problem: None,
-        })
+        Some(Skip::under(SkipReason::Submodule, kind.detail(&folder), &folder))
     })
 }
 

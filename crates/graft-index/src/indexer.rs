@@ -259,6 +259,10 @@ pub struct SkippedFile {
     /// attributes line, the folder, the generator's words, the share of long lines).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The folder that decided it, where a folder did: the vendored folder, the submodule
+    /// ([`Skip::folder`]); every file under it is left out alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
 }
 
 impl From<&SkippedPath> for SkippedFile {
@@ -267,6 +271,7 @@ impl From<&SkippedPath> for SkippedFile {
             path: skipped.path.clone(),
             reason: skipped.reason.as_str().to_owned(),
             detail: skipped.detail.clone(),
+            folder: skipped.folder.clone(),
         }
     }
 }
@@ -751,12 +756,18 @@ impl Changed {
                 return;
             }
             ReadFile::Skipped { path, skip } => {
-                let Skip { reason, detail, problem } = skip;
+                let Skip {
+                    reason,
+                    detail,
+                    problem,
+                    folder,
+                } = skip;
                 *report.skipped.entry(reason.as_str().to_owned()).or_default() += 1;
                 report.skipped_files.push(SkippedFile {
                     path,
                     reason: reason.as_str().to_owned(),
                     detail,
+                    folder,
                 });
                 report.problems.extend(problem);
                 self.chunk_counts.push(0);

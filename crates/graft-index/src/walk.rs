@@ -169,6 +169,9 @@ pub struct Skip {
     /// For a file that could not be read (or leads out of the repository): what happened, a
     /// line for the run's warnings.
     pub problem: Option<String>,
+    /// The folder that decided it, where a folder did (relative, `/`): the vendored folder,
+    /// the submodule; every file under it is left out alike.
+    pub folder: Option<String>,
 }
 
 impl Skip {
@@ -177,6 +180,15 @@ impl Skip {
             reason,
             detail: detail.into(),
             problem: None,
+            folder: None,
+        }
+    }
+
+    /// A file left out with every other under `folder`, for the reason `detail` says.
+    pub(crate) fn under(reason: SkipReason, detail: String, folder: &str) -> Skip {
+        Skip {
+            folder: Some(folder.to_owned()),
+            ..Skip::new(reason, detail)
         }
     }
 
@@ -187,6 +199,7 @@ impl Skip {
             reason,
             problem: Some(format!("{path}: {what}")),
             detail: Some(what),
+            folder: None,
         }
     }
 }
@@ -199,6 +212,8 @@ pub struct SkippedPath {
     pub reason: SkipReason,
     /// What decided it ([`Skip::detail`]).
     pub detail: Option<String>,
+    /// The folder that decided it, where a folder did ([`Skip::folder`]).
+    pub folder: Option<String>,
 }
 
 /// The result of a walk: the files kept, read ([`walk`]: [`SourceFile`]) or listed ([`list`]:
@@ -262,10 +277,20 @@ impl<F> Walk<F> {
 
     /// Counts a file left out (`path`, where known), and what happened, where said.
     fn skip(&mut self, path: Option<String>, skip: Skip) {
-        let Skip { reason, detail, problem } = skip;
+        let Skip {
+            reason,
+            detail,
+            problem,
+            folder,
+        } = skip;
         *self.skipped.entry(reason).or_default() += 1;
         if let Some(path) = path {
-            self.skipped_files.push(SkippedPath { path, reason, detail });
+            self.skipped_files.push(SkippedPath {
+                path,
+                reason,
+                detail,
+                folder,
+            });
         }
         self.problems.extend(problem);
     }
@@ -426,8 +451,9 @@ pub fn list(root: &Path, options: &WalkOptions) -> Result<Walk<Listed>, WalkErro
         }
         let path = entry.path();
         let relative = relative_path(root, path);
-        if let Some((_, why)) = nested.iter().find(|(folder, _)| is_under(&relative, folder)) {
-            result.skip(Some(relative), Skip::new(SkipReason::Submodule, why.clone()));
+        if let Some((folder, why)) = nested.iter().find(|(folder, _)| is_under(&relative, folder)) {
+            let skip = Skip::under(SkipReason::Submodule, why.clone(), folder);
+            result.skip(Some(relative), skip);
             continue;
         }
         let generated = result.attributes.generated_by(&relative);
@@ -639,14 +665,17 @@ fn relative_path(root: &Path, path: &Path) -> String {
 /// as the repository's attributes mark it (`vendored`, `generated`: its marks with the lines
 /// that made them, [`Attributes::vendored_by`]), else as its folders and name suggest.
 pub(crate) fn skipped_by_name(relative: &str, vendored: Option<(bool, &str)>, generated: Option<(bool, &str)>) -> Option<Skip> {
-    let mut parts = relative.rsplit('/');
-    let name = parts.next().unwrap_or(relative);
+    let folders: Vec<&str> = relative.split('/').collect();
+    let name = folders.last().copied().unwrap_or(relative);
     match vendored {
         Some((true, line)) => return Some(Skip::new(SkipReason::Vendored, line.to_owned())),
         Some((false, _)) => {}
         None => {
-            if let Some(dir) = parts.find(|dir| VENDORED_DIRS.contains(dir)) {
-                return Some(Skip::new(SkipReason::Vendored, format!("in a `{dir}/` folder")));
+            // The outermost such folder (`vendor/` of `vendor/x/node_modules/y.js`).
+            let folders = &folders[..folders.len().saturating_sub(1)];
+            if let Some(at) = folders.iter().position(|dir| VENDORED_DIRS.contains(dir)) {
+                let detail = format!("in a `{}/` folder", folders[at]);
+                return Some(Skip::under(SkipReason::Vendored, detail, &folders[..=at].join("/")));
             }
         }
     }
@@ -824,6 +853,7 @@ mod tests {
                 path: "table.rb".to_owned(),
                 reason: SkipReason::Minified,
                 detail: Some("lines over 1000 characters hold 99% of its text".to_owned()),
+                folder: None,
             }]
         );
         assert_eq!(mostly_long_lines("short\n", 5), None);

@@ -259,10 +259,19 @@ fn print_summary(project: &str, path: &Path, r: &IndexReport) {
     if !r.skipped_files.is_empty() {
         println!("  skipped files:");
         let width = r.skipped_files.iter().map(|f| f.reason.len()).max().unwrap_or(0);
-        for file in &r.skipped_files {
+        // The files a folder left out (a vendored one, a submodule) on one line for them all.
+        for group in r
+            .skipped_files
+            .chunk_by(|a, b| a.folder.is_some() && (&a.folder, &a.reason, &a.detail) == (&b.folder, &b.reason, &b.detail))
+        {
+            let file = &group[0];
+            let shown = match (&file.folder, group.len()) {
+                (Some(folder), n) if n > 1 => format!("{folder}/ ({n} files)"),
+                _ => file.path.clone(),
+            };
             match &file.detail {
-                Some(detail) => println!("    {:width$}  {}  ({detail})", file.reason, file.path),
-                None => println!("    {:width$}  {}", file.reason, file.path),
+                Some(detail) => println!("    {:width$}  {shown}  ({detail})", file.reason),
+                None => println!("    {:width$}  {shown}", file.reason),
             }
         }
         let guessed = [SkipReason::Vendored, SkipReason::Generated].map(SkipReason::as_str);

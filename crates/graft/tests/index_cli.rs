@@ -375,7 +375,7 @@ fn index_rebuild_and_embed_again_build_the_index_anew_here_or_through_a_serving_
     let report = &through["report"];
     assert_eq!(
         report["skipped_files"],
-        serde_json::json!([{ "path": "vendor/lib.py", "reason": "vendored", "detail": "in a `vendor/` folder" }]),
+        serde_json::json!([{ "path": "vendor/lib.py", "reason": "vendored", "detail": "in a `vendor/` folder", "folder": "vendor" }]),
         "{report}"
     );
     assert!(
@@ -419,12 +419,14 @@ fn index_skipped_lists_each_file_left_out_with_its_reason() {
     std::fs::create_dir_all(repo.join("libs/shared")).unwrap();
     std::fs::write(repo.join("libs/shared/.git"), "gitdir: ../../.git/modules/libs/shared\n").unwrap();
     std::fs::write(repo.join("libs/shared/util.py"), "def util():\n    return 5\n").unwrap();
+    std::fs::write(repo.join("libs/shared/more.py"), "def more():\n    return 6\n").unwrap();
     let repo_arg = repo.to_str().unwrap();
     let expected = [
         ("Cargo.lock", "generated", Some("a lock file")),
         ("api/client.py", "generated", Some(".gitattributes:2: api/** linguist-generated")),
         ("blank.py", "empty", None),
         ("bundle.js", "minified", Some("lines over 1000 characters hold 99% of its text")),
+        ("libs/shared/more.py", "submodule", Some("in the git submodule `libs/shared/`")),
         ("libs/shared/util.py", "submodule", Some("in the git submodule `libs/shared/`")),
         ("logo.py", "binary", Some("a NUL byte")),
         ("schema.py", "generated", Some("its first lines say \"@generated\"")),
@@ -436,6 +438,14 @@ fn index_skipped_lists_each_file_left_out_with_its_reason() {
     assert!(said.contains("`third_party/** -linguist-vendored`"), "{said}");
     assert!(said.contains("`graft index --why FILE`"), "{said}");
     assert!(said.contains("`index.submodules = true`"), "{said}");
+    // The files a folder leaves out are said once for the folder.
+    assert!(said.contains("libs/shared/ (2 files)"), "{said}");
+    let mut in_text = expected.to_vec();
+    in_text.retain(|(path, ..)| *path != "libs/shared/util.py");
+    in_text
+        .iter_mut()
+        .filter(|(path, ..)| path.starts_with("libs/shared/"))
+        .for_each(|line| line.0 = "libs/shared/");
     let listed: Vec<(&str, &str, Option<&str>)> = said
         .lines()
         .skip_while(|line| line.trim() != "skipped files:")
@@ -451,7 +461,7 @@ fn index_skipped_lists_each_file_left_out_with_its_reason() {
             (words.next().unwrap(), reason, detail)
         })
         .collect();
-    assert_eq!(listed, expected, "{said}");
+    assert_eq!(listed, in_text, "{said}");
 
     let report = json(&run_ok(&mut graft(
         &config,
@@ -465,11 +475,26 @@ fn index_skipped_lists_each_file_left_out_with_its_reason() {
         .map(|f| (f["path"].as_str().unwrap(), f["reason"].as_str().unwrap(), f["detail"].as_str()))
         .collect();
     assert_eq!(listed, expected, "{report}");
+    let folders: Vec<(&str, &str)> = report["skipped_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| Some((f["path"].as_str()?, f["folder"].as_str()?)))
+        .collect();
+    assert_eq!(
+        folders,
+        [
+            ("libs/shared/more.py", "libs/shared"),
+            ("libs/shared/util.py", "libs/shared"),
+            ("vendor/dep/lib.py", "vendor")
+        ],
+        "{report}"
+    );
     let quiet = json(&run_ok(&mut graft(&config, &["index", repo_arg, "--project", "s", "--json"])))["report"].clone();
     assert!(quiet.get("skipped_files").is_none(), "{quiet}");
     assert_eq!(quiet["skipped"]["vendored"], 1, "{quiet}");
     assert_eq!(quiet["skipped"]["generated"], 3, "{quiet}");
-    assert_eq!(quiet["skipped"]["submodule"], 1, "{quiet}");
+    assert_eq!(quiet["skipped"]["submodule"], 2, "{quiet}");
 }
 
 /// `graft index --why FILE` says what the walk does with each file and what decided it (the
