@@ -756,19 +756,9 @@ impl Changed {
                 return;
             }
             ReadFile::Skipped { path, skip } => {
-                let Skip {
-                    reason,
-                    detail,
-                    problem,
-                    folder,
-                } = skip;
-                *report.skipped.entry(reason.as_str().to_owned()).or_default() += 1;
-                report.skipped_files.push(SkippedFile {
-                    path,
-                    reason: reason.as_str().to_owned(),
-                    detail,
-                    folder,
-                });
+                *report.skipped.entry(skip.reason.as_str().to_owned()).or_default() += 1;
+                let (skipped, problem) = skip.of(path);
+                report.skipped_files.push(SkippedFile::from(&skipped));
                 report.problems.extend(problem);
                 self.chunk_counts.push(0);
                 return;

@@ -184,6 +184,23 @@ impl Skip {
         }
     }
 
+    /// The file at `path` this leaves out, and the line for the run's warnings, if any.
+    pub(crate) fn of(self, path: String) -> (SkippedPath, Option<String>) {
+        let Skip {
+            reason,
+            detail,
+            problem,
+            folder,
+        } = self;
+        let skipped = SkippedPath {
+            path,
+            reason,
+            detail,
+            folder,
+        };
+        (skipped, problem)
+    }
+
     /// A file left out with every other under `folder`, for the reason `detail` says.
     pub(crate) fn under(reason: SkipReason, detail: String, folder: &str) -> Skip {
         Skip {
@@ -277,21 +294,15 @@ impl<F> Walk<F> {
 
     /// Counts a file left out (`path`, where known), and what happened, where said.
     fn skip(&mut self, path: Option<String>, skip: Skip) {
-        let Skip {
-            reason,
-            detail,
-            problem,
-            folder,
-        } = skip;
-        *self.skipped.entry(reason).or_default() += 1;
-        if let Some(path) = path {
-            self.skipped_files.push(SkippedPath {
-                path,
-                reason,
-                detail,
-                folder,
-            });
-        }
+        *self.skipped.entry(skip.reason).or_default() += 1;
+        let problem = match path {
+            Some(path) => {
+                let (skipped, problem) = skip.of(path);
+                self.skipped_files.push(skipped);
+                problem
+            }
+            None => skip.problem,
+        };
         self.problems.extend(problem);
     }
 }
