@@ -17,7 +17,7 @@
 //! project's settings throughout.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -197,6 +197,8 @@ struct LogProgress {
     files_read: AtomicUsize,
     total: AtomicUsize,
     done: AtomicUsize,
+    /// Milliseconds the run has waited for generations ([`IndexProgress::make_way`]).
+    gave_way_ms: AtomicU64,
 }
 
 /// How many tenths of `total` `done` is.
@@ -219,6 +221,7 @@ impl LogProgress {
             files_read: AtomicUsize::new(0),
             total: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
+            gave_way_ms: AtomicU64::new(0),
         }
     }
 }
@@ -251,7 +254,8 @@ impl IndexProgress for LogProgress {
         let total = self.total.load(Ordering::Relaxed);
         let before = self.done.fetch_add(n, Ordering::Relaxed);
         if tenths(before + n, total) > tenths(before, total) {
-            tracing::info!(project = %self.slot.owner, embedded = before + n, of = total, "indexing: embedding");
+            let waited_for_generations_s = self.gave_way_ms.load(Ordering::Relaxed) / 1000;
+            tracing::info!(project = %self.slot.owner, embedded = before + n, of = total, waited_for_generations_s, "indexing: embedding");
         }
         // Counts down what a run embeds after its commit (none pending otherwise).
         let mut runs = self.slot.runs();
@@ -264,7 +268,8 @@ impl IndexProgress for LogProgress {
 
     fn make_way(&self) {
         if let Some(running) = &self.give_way {
-            running.wait_for_none(GIVE_WAY_MAX, || self.should_stop());
+            let waited = running.wait_for_none(GIVE_WAY_MAX, || self.should_stop());
+            self.gave_way_ms.fetch_add(waited.as_millis() as u64, Ordering::Relaxed);
         }
     }
 }
