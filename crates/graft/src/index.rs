@@ -221,23 +221,29 @@ pub fn run_index(
     result.with_context(|| format!("indexing project `{project}` ({})", path.display()))
 }
 
-fn print_summary(project: &str, path: &Path, r: &IndexReport) {
-    println!("indexed `{project}` ({}) in {:.1}s", path.display(), r.elapsed.as_secs_f64());
+/// How many files a run left out, with their counts by reason: `122 skipped (submodule 120,
+/// vendored 2)`.
+pub(crate) fn skipped_counts(r: &IndexReport) -> String {
     let skipped: usize = r.skipped.values().sum();
     let reasons: Vec<String> = r.skipped.iter().map(|(why, n)| format!("{why} {n}")).collect();
+    if reasons.is_empty() {
+        format!("{skipped} skipped")
+    } else {
+        format!("{skipped} skipped ({})", reasons.join(", "))
+    }
+}
+
+fn print_summary(project: &str, path: &Path, r: &IndexReport) {
+    println!("indexed `{project}` ({}) in {:.1}s", path.display(), r.elapsed.as_secs_f64());
     println!(
-        "  files:  {} seen, {} indexed ({} added, {} changed, {} removed, {} unchanged), {skipped} skipped{}",
+        "  files:  {} seen, {} indexed ({} added, {} changed, {} removed, {} unchanged), {}",
         r.files_seen,
         r.files_indexed,
         r.files_added,
         r.files_changed,
         r.files_removed,
         r.files_unchanged,
-        if reasons.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", reasons.join(", "))
-        }
+        skipped_counts(r)
     );
     println!(
         "  chunks: {} in the index, {} written, {} embedded, {} stale vectors removed",

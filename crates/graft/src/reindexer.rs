@@ -125,8 +125,15 @@ impl Runs {
         let name = project.name().to_owned();
         match result {
             Ok(report) => {
+                // What was left out, so that a repository mostly left out (a submodule, a
+                // vendored tree) is seen at once.
+                let skipped = if report.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {} (`graft index --skipped` lists them)", crate::index::skipped_counts(&report))
+                };
                 eprintln!(
-                    "project `{name}` indexed: {} files, {} chunks ({} embedded now) in {:.1}s",
+                    "project `{name}` indexed: {} files, {} chunks ({} embedded now) in {:.1}s{skipped}",
                     report.files_indexed,
                     report.chunks,
                     report.embeddings,

@@ -102,6 +102,9 @@ fn up_re_indexes_a_project_when_its_repository_changes() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     common::copy_tree(&repo_root().join("tests/fixtures/polyglot"), &repo);
+    // A vendored file, left out: the first run's line says so.
+    std::fs::create_dir_all(repo.join("vendor")).unwrap();
+    std::fs::write(repo.join("vendor/dep.py"), "def dep():\n    return 1\n").unwrap();
     std::fs::create_dir_all(dir.path().join("adapters")).unwrap();
     let config = dir.path().join("graft.toml");
     std::fs::write(
@@ -125,7 +128,11 @@ fn up_re_indexes_a_project_when_its_repository_changes() {
         hits.iter().map(|h| h["path"].as_str().unwrap().to_owned()).collect()
     };
 
-    assert!(wait_for("project `fixture` indexed", Duration::from_secs(300)).is_some());
+    let line = wait_for("project `fixture` indexed", Duration::from_secs(300)).expect("indexed");
+    assert!(
+        line.contains("; 1 skipped (vendored 1) (`graft index --skipped` lists them)"),
+        "{line}"
+    );
     assert!(
         wait_for("re-indexed", Duration::from_millis(3500)).is_none(),
         "nothing changed: not re-indexed"
