@@ -6,8 +6,11 @@
 //! [`HIDDEN_KEPT`]), and filters out what would only add noise:
 //! binary, generated, vendored, minified and huge files, judged by names, places and contents
 //! unless the repository's attributes (its `.gitattributes` files and `info/attributes`) mark a
-//! file `linguist-vendored` or `linguist-generated` (or not: [`crate::attributes`]). Every skip is counted by reason, so a
-//! user can see why a file is not in the index. This module reads files; it does not chunk them.
+//! file `linguist-vendored` or `linguist-generated` (or not: [`crate::attributes`]); the files
+//! of repositories inside the walked one (submodules, clones, worktrees:
+//! `repository::Nested`), which git leaves out of it; and Git LFS pointers, which
+//! stand for a file not checked out. Every skip is counted by reason, so a user can see why a
+//! file is not in the index. This module reads files; it does not chunk them.
 //! [`list`] lists the files by their names and places alone, for a reader that reads each file
 //! when it needs it ([`Walk::read`]; an index run, which holds no more than a slice of a
 //! repository's text at a time); [`walk`] lists and reads them all.
