@@ -225,7 +225,7 @@ pub fn held(files: &std::collections::HashMap<String, String>, root: &Path, rela
         return Held::Absent;
     };
     match std::fs::read(root.join(relative)) {
-        Ok(now) if crate::indexer::file_hash(&now) == *hash => Held::Current,
+        Ok(now) if crate::indexer::file_hash(crate::walk::without_bom(&now)) == *hash => Held::Current,
         _ => Held::Older,
     }
 }

@@ -728,6 +728,13 @@ fn lfs_pointer(text: &str) -> Option<u64> {
     size.filter(|_| oid)
 }
 
+/// A file's bytes as the index reads them: without a UTF-8 byte order mark (which Visual
+/// Studio wrote at the start of C# files for years), so that it reaches neither a prompt nor
+/// a training sample.
+pub(crate) fn without_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+}
+
 /// Whether the relative path `path` lies under the relative folder `folder`.
 fn is_under(path: &str, folder: &str) -> bool {
     path.strip_prefix(folder).is_some_and(|rest| rest.starts_with('/'))
@@ -769,7 +776,7 @@ pub(crate) fn read_source(path: &Path, relative: &str, root: &Path, judge_marker
     if bytes.contains(&0) {
         return Err(Skip::new(SkipReason::Binary, "a NUL byte".to_owned()));
     }
-    let text = String::from_utf8(bytes).map_err(|_| Skip::new(SkipReason::Binary, "not UTF-8".to_owned()))?;
+    let text = String::from_utf8(without_bom(&bytes).to_vec()).map_err(|_| Skip::new(SkipReason::Binary, "not UTF-8".to_owned()))?;
     if text.trim().is_empty() {
         return Err(Skip::new(SkipReason::Empty, None));
     }
@@ -1045,6 +1052,15 @@ mod tests {
         let walked = walk(root, &WalkOptions::default()).unwrap();
         assert_eq!(paths(&walked), ["config.rs", "lints.rs"]);
         assert_eq!(walked.skipped.get(&SkipReason::Generated), Some(&3));
+    }
+
+    /// A UTF-8 byte order mark is not part of a file's text.
+    #[test]
+    fn a_byte_order_mark_is_left_out_of_the_text() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("A.cs"), b"\xEF\xBB\xBFusing System;\nclass A {}\n").unwrap();
+        let walked = walk(dir.path(), &WalkOptions::default()).unwrap();
+        assert_eq!(walked.files[0].text, "using System;\nclass A {}\n");
     }
 
     /// A Git LFS pointer (a large file not checked out) is left out with the size it stands
