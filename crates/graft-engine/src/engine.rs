@@ -189,7 +189,6 @@ impl Engine {
             .unwrap_or_default())
     }
 
-    /// The base model's description.
     /// Whether the base model runs on the CPU (set so, or `auto` without a usable GPU).
     pub fn on_cpu(&self) -> bool {
         match self.base.device {
@@ -199,6 +198,7 @@ impl Engine {
         }
     }
 
+    /// The base model's description.
     pub fn base(&self) -> &BaseModel {
         &self.base
     }
