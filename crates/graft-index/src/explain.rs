@@ -408,6 +408,21 @@ mod tests {
         std::fs::write(path, text).unwrap();
     }
 
+    /// The walk of `root`, once `explain` has called kept exactly the files of `files` the
+    /// walk keeps.
+    fn walk_as_explained(root: &Path, options: &WalkOptions, files: &[&str]) -> crate::walk::Walk {
+        let walked = walk(root, options).unwrap();
+        let kept: Vec<&str> = walked.files.iter().map(|f| f.path.as_str()).collect();
+        let mut explained: Vec<&str> = files
+            .iter()
+            .copied()
+            .filter(|file| explain(root, options, Path::new(file)).unwrap() == Verdict::Kept)
+            .collect();
+        explained.sort();
+        assert_eq!(explained, kept);
+        walked
+    }
+
     /// Every file of a tree with ignore files at several levels, a whitelist line, the
     /// repository's `info/exclude`, a configured exclude, hidden folders and skipped files: the
     /// walk keeps exactly those `explain` calls kept, and each other says what left it out.
@@ -450,16 +465,8 @@ mod tests {
             ..WalkOptions::default()
         };
 
-        let kept: Vec<String> = walk(root, &options).unwrap().files.into_iter().map(|f| f.path).collect();
-        let mut explained_kept = Vec::new();
-        for file in files.iter().copied().chain(["empty.rs"]) {
-            let verdict = explain(root, &options, Path::new(file)).unwrap();
-            if verdict == Verdict::Kept {
-                explained_kept.push(file.to_owned());
-            }
-        }
-        explained_kept.sort();
-        assert_eq!(explained_kept, kept);
+        let walked = walk_as_explained(root, &options, &[files.as_slice(), &["empty.rs"]].concat());
+        let kept: Vec<&str> = walked.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(kept, [".github/workflows/ci.yml", "docs/guide.md", "keep.log", "src/lib.rs"]);
 
         let said = |path: &str| {
@@ -554,15 +561,8 @@ mod tests {
         write(root, "wt/.git", &format!("gitdir: {}\n", worktree.display()));
 
         let agree = |options: &WalkOptions| {
-            let walked = walk(root, options).unwrap();
+            let walked = walk_as_explained(root, options, &files);
             let kept: Vec<String> = walked.files.iter().map(|f| f.path.clone()).collect();
-            let mut explained: Vec<String> = files
-                .iter()
-                .filter(|file| explain(root, options, Path::new(file)).unwrap() == Verdict::Kept)
-                .map(|file| file.to_string())
-                .collect();
-            explained.sort();
-            assert_eq!(explained, kept);
             (kept, walked.skipped_files)
         };
         let options = WalkOptions::default();
