@@ -619,6 +619,114 @@ async fn a_first_index_answers_by_keyword_and_definitions_while_its_vectors_are_
     assert!(hits.iter().any(|h| h.path == "auth/TokenVault.java"), "{hits:#?}");
 }
 
+/// A project that also searches another project's index (a library it calls) gets the
+/// library's definitions for code that calls them, named as the library's, with its own code
+/// still first where its own code answers; each ranking is merged across both by its scores;
+/// the file being edited is the project's own alone; a library not searchable now is left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_searches_the_projects_it_also_searches_with_its_own() {
+    use graft_server::projects::{Project, Projects};
+    let app = copy_fixture("polyglot");
+    let lib = tempfile::tempdir().unwrap();
+    bring_shortest_paths(lib.path());
+    let index_dir = tempfile::tempdir().unwrap();
+    let project = |config: graft_core::ProjectConfig| {
+        let layout = IndexLayout::new(index_dir.path().join(&config.name));
+        Project::new(config, layout, IndexOptions::default())
+    };
+    let app_config = graft_core::ProjectConfig {
+        also_search: vec!["paths".into()],
+        ..graft_core::ProjectConfig::new("app", app.path())
+    };
+    let embedder = Some(("minilm-l6-v2".to_owned(), std::sync::Arc::clone(kit_embedder())));
+    let projects = Projects::new(
+        vec![project(app_config), project(graft_core::ProjectConfig::new("paths", lib.path()))],
+        embedder,
+        SearchOptions::default(),
+    );
+    let (app, paths) = (projects.get("app").unwrap(), projects.get("paths").unwrap());
+    projects.reindex(&app).await.expect("indexing works");
+    assert_eq!(projects.status(&app)["also_search"], serde_json::json!(["paths"]));
+
+    // The library being indexed for the first time: the app is searched alone meanwhile.
+    let guard = projects.start_reindex(&paths).expect("no re-index is running");
+    let alone = projects
+        .search(&app, bellman_ford_use(), 5, SearchMode::Hybrid)
+        .await
+        .unwrap()
+        .expect("the app's index serves");
+    assert!(!alone.is_empty() && alone.iter().all(|h| h.project.is_none()), "{alone:#?}");
+    projects.reindex_with(&paths, guard).await.expect("indexing works");
+
+    // Code calling the library: its definition first, the library's, found by lookup.
+    let hits = projects
+        .search(&app, bellman_ford_use(), 5, SearchMode::Hybrid)
+        .await
+        .unwrap()
+        .unwrap();
+    let first = &hits[0];
+    assert_eq!(
+        (first.project.as_deref(), first.path.as_str()),
+        (Some("paths"), "weighted.py"),
+        "{hits:#?}"
+    );
+    assert!(first.text.contains("def bellman_ford_predecessor_and_distance"), "{first:#?}");
+    assert_eq!(first.found_by.definition, Some(1));
+    assert_eq!(first.shown_path(), "paths/weighted.py");
+    // The file being edited is the app's: a library file of the same name is still found.
+    let same_name = cursor_at_end(
+        "def relax(G, source):\n    pred, dist = bellman_ford_predecessor_and_distance(G, source)\n",
+        "weighted.py",
+    );
+    let hits = projects.search(&app, same_name, 5, SearchMode::Hybrid).await.unwrap().unwrap();
+    assert_eq!((hits[0].project.as_deref(), hits[0].path.as_str()), (Some("paths"), "weighted.py"));
+
+    // The app's own question: its own code answers it.
+    let hits = projects
+        .search(&app, Search::text("vault.rotateSigningKeys()"), 5, SearchMode::Hybrid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(hits.iter().all(|h| h.project.is_none()), "{hits:#?}");
+    assert!(hits.iter().any(|h| h.path == "auth/TokenVault.java"), "{hits:#?}");
+
+    // Words of both: one keyword ranking, by BM25 across the two indexes.
+    let hits = projects
+        .search(
+            &app,
+            Search::text("rotate signing keys dijkstra path length"),
+            10,
+            SearchMode::Keyword,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        hits.iter().any(|h| h.project.is_none()) && hits.iter().any(|h| h.project.is_some()),
+        "{hits:#?}"
+    );
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score), "{hits:#?}");
+    let ranks: Vec<usize> = hits.iter().filter_map(|h| h.found_by.keyword.map(|f| f.rank)).collect();
+    assert!(ranks.windows(2).all(|w| w[0] < w[1]) && ranks[0] == 1, "{ranks:?}");
+
+    // The library's own searches are its own: a project searches what it names, not the reverse.
+    let theirs = projects
+        .search(&paths, Search::text("vault.rotateSigningKeys()"), 5, SearchMode::Hybrid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(theirs.iter().all(|h| h.project.is_none() && h.path.ends_with(".py")), "{theirs:#?}");
+
+    // The library removed from the server: the app searches its own index again.
+    projects.remove("paths");
+    let hits = projects
+        .search(&app, bellman_ford_use(), 5, SearchMode::Hybrid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(hits.iter().all(|h| h.project.is_none()), "{hits:#?}");
+}
+
 /// A server shutting down stops its index run at the next step instead of holding the process
 /// until a first index is done; the index serves keyword searches, and the next run (another
 /// process) embeds only what is left.

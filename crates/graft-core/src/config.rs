@@ -548,6 +548,11 @@ pub struct ProjectConfig {
     /// matches (`remote::normalize`). Empty: the repository's git remotes, read at start-up.
     #[serde(default)]
     pub remote_urls: Vec<String>,
+    /// Other projects whose indexes this project's retrieval searches too, as one with its own
+    /// (a shared library's internal APIs found from an application's requests). Their code is
+    /// named in prompts as `<project>/<path>`.
+    #[serde(default)]
+    pub also_search: Vec<String>,
 }
 
 impl ProjectConfig {
@@ -562,6 +567,7 @@ impl ProjectConfig {
             top_k: default_project_top_k(),
             context_tokens: default_context_tokens(),
             remote_urls: Vec::new(),
+            also_search: Vec::new(),
         }
     }
 
@@ -949,6 +955,21 @@ impl Config {
                     ));
                 }
             }
+            for (j, other) in project.also_search.iter().enumerate() {
+                let field = format!("projects[{i}].also_search");
+                let Some(found) = self.projects.iter().find(|p| &p.name == other) else {
+                    return Err(invalid(&field, format!("no project is named `{other}`")));
+                };
+                if found.index_name() == project.index_name() {
+                    return Err(invalid(
+                        &field,
+                        format!("`{other}` searches this project's own index: its code is found already"),
+                    ));
+                }
+                if project.also_search[..j].contains(other) {
+                    return Err(invalid(&field, format!("`{other}` is named twice")));
+                }
+            }
             if project.top_k == 0 || project.top_k > 100 {
                 return Err(invalid(
                     &format!("projects[{i}].top_k"),
@@ -1246,6 +1267,29 @@ mod tests {
         ] {
             let err = load(&two(second)).unwrap_err();
             assert_eq!(err.key(), Some("projects[1].index"), "{second}");
+            assert!(err.to_string().contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_project_may_search_other_projects_indexes_too() {
+        let three = |also: &str| {
+            format!(
+                "[[projects]]\nname = \"app\"\npath = \"app\"\n{also}\n[[projects]]\nname = \"lib\"\npath = \"lib\"\n\
+                 [[projects]]\nname = \"tuned\"\npath = \"app\"\nindex = \"app\"\n"
+            )
+        };
+        assert!(load(&three("")).unwrap().project("app").unwrap().also_search.is_empty());
+        let c = load(&three("also_search = [\"lib\"]")).unwrap();
+        assert_eq!(c.project("app").unwrap().also_search, ["lib"]);
+        for (also, says) in [
+            ("also_search = [\"nobody\"]", "no project is named `nobody`"),
+            ("also_search = [\"app\"]", "this project's own index"),
+            ("also_search = [\"tuned\"]", "this project's own index"),
+            ("also_search = [\"lib\", \"lib\"]", "named twice"),
+        ] {
+            let err = load(&three(also)).unwrap_err();
+            assert_eq!(err.key(), Some("projects[0].also_search"), "{also}");
             assert!(err.to_string().contains(says), "{err}");
         }
     }

@@ -125,6 +125,9 @@ impl ProjectConfig {
         if self.path != new.path {
             changes.push(format!("path: {} → {}", self.path.display(), new.path.display()));
         }
+        if self.also_search != new.also_search {
+            changes.push(format!("also_search: {:?} → {:?}", self.also_search, new.also_search));
+        }
         if self.index != new.index {
             changes.push(format!("index: {} → {}", index(&self.index), index(&new.index)));
         }

@@ -36,14 +36,14 @@ pub fn reciprocal_rank_fusion(lists: &[(&[Ranked], f64)]) -> Vec<(u64, f64)> {
 
 /// Keeps at most `per_file` hits of each file and at most `k` in all, in order. `file_of`
 /// names the file of a hit.
-pub fn cap_per_file<T>(hits: Vec<T>, k: usize, per_file: usize, file_of: impl Fn(&T) -> &str) -> Vec<T> {
-    let mut counts: HashMap<String, usize> = HashMap::new();
+pub fn cap_per_file<T, F: Eq + std::hash::Hash>(hits: Vec<T>, k: usize, per_file: usize, file_of: impl Fn(&T) -> F) -> Vec<T> {
+    let mut counts: HashMap<F, usize> = HashMap::new();
     let mut out = Vec::with_capacity(k.min(hits.len()));
     for hit in hits {
         if out.len() == k {
             break;
         }
-        let count = counts.entry(file_of(&hit).to_owned()).or_default();
+        let count = counts.entry(file_of(&hit)).or_default();
         if *count < per_file {
             *count += 1;
             out.push(hit);

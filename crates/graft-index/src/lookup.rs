@@ -58,6 +58,31 @@ struct Wanted {
 /// The chunk ids that define the names `names` uses, best first, at most `limit`, none from
 /// `current_path` (the file being edited, already in the prompt).
 pub fn definition_chunks(catalog: &dyn Catalog, names: Names, current_path: Option<&str>, limit: usize) -> Result<Vec<u64>, IndexError> {
+    Ok(ranked_definitions(catalog, names, current_path, limit)?
+        .into_iter()
+        .map(|(chunk, _)| chunk)
+        .collect())
+}
+
+/// How near the cursor, and how surely, a definition's name is: the order of
+/// [`definition_chunks`], comparable between indexes (the same code's names looked up in
+/// each), least first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Nearness {
+    /// Lines between the name and the cursor's line.
+    line: usize,
+    certainty: Certainty,
+    /// Bytes between the name and the cursor.
+    distance: usize,
+}
+
+/// [`definition_chunks`], each with its [`Nearness`].
+pub fn ranked_definitions(
+    catalog: &dyn Catalog,
+    names: Names,
+    current_path: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(u64, Nearness)>, IndexError> {
     let wanted = match names {
         Names::Code { before, after } => code_names(before, after),
         Names::Question(text) => question_names(text),
@@ -78,21 +103,26 @@ pub fn definition_chunks(catalog: &dyn Catalog, names: Names, current_path: Opti
         by_name.entry(record.name.clone()).or_default().push(record);
     }
     // Each name's definition, then nearest line first, and on one line the surest first.
-    let mut chosen: Vec<(&Wanted, Certainty, u64)> = wanted
+    let mut chosen: Vec<(Nearness, u64)> = wanted
         .iter()
         .filter_map(|want| {
             let records = by_name.get(&want.name)?;
             let (best, certainty) = choose(records, want, &imports, current_path)?;
-            Some((want, certainty, best.chunk))
+            let near = Nearness {
+                line: want.line,
+                certainty,
+                distance: want.distance,
+            };
+            Some((near, best.chunk))
         })
         .collect();
-    chosen.sort_by_key(|(want, certainty, _)| (want.line, *certainty, want.distance));
+    chosen.sort_by_key(|(near, _)| *near);
     let mut seen = HashSet::new();
     Ok(chosen
         .into_iter()
-        .map(|(_, _, chunk)| chunk)
-        .filter(|chunk| seen.insert(*chunk))
+        .filter(|(_, chunk)| seen.insert(*chunk))
         .take(limit)
+        .map(|(near, chunk)| (chunk, near))
         .collect())
 }
 

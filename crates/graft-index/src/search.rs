@@ -1,11 +1,14 @@
-//! Searching one project's index: keyword (BM25 on the catalog), vector (nearest chunks by
+//! Searching a project's index: keyword (BM25 on the catalog), vector (nearest chunks by
 //! embedding), or hybrid (both, fused by reciprocal rank), always with a per-file cap. A hybrid
 //! search for code also looks the names around the cursor up in the symbol table
 //! ([`crate::lookup`]): their definitions come first. The file being edited is never returned.
+//! Other projects' indexes may be searched with it as one (`search_across`): each ranking is
+//! merged across them by its own scores before the fusion.
 //!
 //! Vector hits are resolved through the committed catalog, so a vector left behind by an
 //! interrupted run is never returned.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -17,7 +20,7 @@ use crate::error::IndexError;
 use crate::fusion::{cap_per_file, reciprocal_rank_fusion, Ranked};
 use crate::indexer;
 use crate::layout::{IndexLayout, Meta};
-use crate::lookup::{self, Names};
+use crate::lookup::{self, Names, Nearness};
 use crate::vectors::{self, Backend, VectorStore};
 
 /// Which retrievers a search uses.
@@ -95,7 +98,11 @@ impl FoundBy {
 /// One result.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SearchHit {
-    /// Relative to the indexed repository's root.
+    /// The other project whose index held it, when a search spans other projects' indexes
+    /// ([`ProjectIndex::search_across`]); none for the searched project's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Relative to the root of the repository indexed (the other project's, with `project`).
     pub path: String,
     pub start_line: usize,
     pub end_line: usize,
@@ -107,6 +114,17 @@ pub struct SearchHit {
     /// Which rankings found it, and where.
     #[serde(default, skip_serializing_if = "FoundBy::is_empty")]
     pub found_by: FoundBy,
+}
+
+impl SearchHit {
+    /// Its file as a prompt names it: the path, under the other project's name for a hit of
+    /// another project's index (`shared-lib/src/x.py`).
+    pub fn shown_path(&self) -> String {
+        match &self.project {
+            Some(project) => format!("{project}/{}", self.path),
+            None => self.path.clone(),
+        }
+    }
 }
 
 /// What to search for.
@@ -236,80 +254,83 @@ impl ProjectIndex {
     /// Searches for `query`: [`ProjectIndex::search`] with definition lookup and the current
     /// file left out.
     pub fn search_for(&self, query: &Query, embedder: Option<&Embedder>, options: &SearchOptions) -> Result<Vec<SearchHit>, IndexError> {
-        let Query {
-            text: query,
-            names,
-            current_path,
-        } = *query;
-        let current_path = current_path.map(|p| self.relative_path(p));
-        let current_path = current_path.as_deref();
-        if options.k == 0 || query.trim().is_empty() {
+        self.search_across(&[], query, embedder, options)
+    }
+
+    /// Searches this index and `others`, other projects' indexes named by their projects
+    /// (a shared library's, say), as one: each ranking (keyword, vector, definitions) is
+    /// merged across the indexes before the fusion (keyword hits by BM25, vector hits by
+    /// cosine similarity, this index's definitions before the others'), so an index's hits
+    /// rank by how well they match, not by being its best. Another index's hits carry its
+    /// name ([`SearchHit::project`]); the current file is this index's alone. An index whose
+    /// vectors another embedding model made gives its keyword hits and definitions only.
+    pub fn search_across(
+        &self,
+        others: &[(&str, &ProjectIndex)],
+        query: &Query,
+        embedder: Option<&Embedder>,
+        options: &SearchOptions,
+    ) -> Result<Vec<SearchHit>, IndexError> {
+        if options.k == 0 || query.text.trim().is_empty() {
             return Ok(Vec::new());
         }
-        self.catalog.refresh()?;
-        let definitions: Vec<Ranked> = match names {
-            Some(names) if options.mode == SearchMode::Hybrid => {
-                let limit = MAX_DEFINITIONS.min(options.k);
-                lookup::definition_chunks(self.catalog.as_ref(), names, current_path, limit)?
-                    .into_iter()
-                    .map(|id| Ranked { id, score: 1.0 })
-                    .collect()
-            }
-            _ => Vec::new(),
-        };
-        let definition_weight = match names {
+        let definition_weight = match query.names {
             Some(Names::Question(_)) => QUESTION_DEFINITION_WEIGHT,
             _ => CODE_DEFINITION_WEIGHT,
         };
-        // Enough candidates that the per-file cap and the fusion have room to work.
-        let depth = (options.k * 4).max(40);
-        let keyword = match options.mode {
-            SearchMode::Vector => Vec::new(),
-            _ => self.catalog.keyword_search(query, depth)?,
+        // The query's embedding, made once for every index that wants it.
+        let mut vector = None;
+        let mut found = vec![(None, self.candidates(query, embedder, &mut vector, options)?)];
+        let elsewhere = Query {
+            current_path: None,
+            ..*query
         };
-        // A hybrid search whose vector ranking counts for nothing does not embed the query.
-        let vector = match options.mode {
-            SearchMode::Keyword => Vec::new(),
-            SearchMode::Hybrid if options.vector_weight <= 0.0 => Vec::new(),
-            _ => {
-                let embedder = embedder.ok_or_else(|| {
-                    IndexError::Invalid("vector and hybrid search need the embedding model; keyword search does not".into())
-                })?;
-                if self.vectors_made_by(embedder) {
-                    let v = embedder
-                        .embed(&[indexer::embedding_words(query)])?
-                        .pop()
-                        .ok_or_else(|| IndexError::Embedding("no vector for the query".into()))?;
-                    self.store.search(&v, depth)?
-                } else {
-                    let other = IndexError::Invalid(format!(
-                        "this index's vectors were made with embedding model {}, not {}; re-run `graft index`",
-                        self.meta.embedding_model,
-                        indexer::vectors_id(embedder),
-                    ));
-                    if options.mode == SearchMode::Vector {
-                        return Err(other);
-                    }
-                    // Hybrid: keyword search and definition lookup go on without them until the
-                    // next run embeds the index anew (`graft up` runs it at start).
-                    if !self.told_other_vectors.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(error = %other, "hybrid search leaves the vectors out");
-                    }
-                    Vec::new()
-                }
-            }
-        };
-
-        // Every candidate's chunk, from the committed catalog (stale vectors drop out here).
-        let mut ids: Vec<u64> = keyword.iter().chain(&vector).chain(&definitions).map(|r| r.id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut chunks = self.catalog.chunks(&ids)?;
-        if let Some(current) = current_path {
-            chunks.retain(|_, c| c.path != current);
+        for &(project, index) in others {
+            found.push((Some(project), index.candidates(&elsewhere, embedder, &mut vector, options)?));
         }
-        let live = |list: Vec<Ranked>| -> Vec<Ranked> { list.into_iter().filter(|r| chunks.contains_key(&r.id)).collect() };
-        let (keyword, vector, definitions) = (live(keyword), live(vector), live(definitions));
+
+        // One key per chunk found, in whichever index: its place in `chunks`.
+        let mut chunks: Vec<(Option<&str>, StoredChunk)> = Vec::new();
+        let (mut keyword, mut vector, mut definitions) = (Vec::new(), Vec::new(), Vec::new());
+        for (project, mut candidates) in found {
+            let mut key = HashMap::new();
+            // The chunk's key, its chunk moved into `chunks` when first seen.
+            let mut keyed = |id: u64| -> Option<u64> {
+                if let Some(&at) = key.get(&id) {
+                    return Some(at);
+                }
+                chunks.push((project, candidates.chunks.remove(&id)?));
+                let at = chunks.len() as u64 - 1;
+                key.insert(id, at);
+                Some(at)
+            };
+            let mut rekeyed = |list: Vec<Ranked>| -> Vec<Ranked> {
+                list.into_iter()
+                    .filter_map(|r| {
+                        Some(Ranked {
+                            id: keyed(r.id)?,
+                            score: r.score,
+                        })
+                    })
+                    .collect()
+            };
+            keyword.push(rekeyed(candidates.keyword));
+            vector.push(rekeyed(candidates.vector));
+            let defined: Vec<(u64, Nearness)> = candidates
+                .definitions
+                .into_iter()
+                .filter_map(|(id, near)| Some((keyed(id)?, near)))
+                .collect();
+            definitions.push(defined);
+        }
+        let by_score = |a: &Ranked, b: &Ranked| a.score > b.score;
+        let (keyword, vector) = (merge(keyword, by_score), merge(vector, by_score));
+        // The definitions of the names nearest the cursor first, whichever index holds them.
+        let definitions: Vec<Ranked> = merge(definitions, |a, b| a.1 < b.1)
+            .into_iter()
+            .take(MAX_DEFINITIONS.min(options.k))
+            .map(|(id, _)| Ranked { id, score: 1.0 })
+            .collect();
 
         let ranked: Vec<(u64, f64)> = match options.mode {
             SearchMode::Hybrid => {
@@ -332,15 +353,143 @@ impl ProjectIndex {
                     vector: place(&vector, id),
                     definition: place(&definitions, id).map(|found| found.rank),
                 };
-                chunks.get(&id).map(|c| hit(c, score, found_by))
+                let (project, chunk) = chunks.get(usize::try_from(id).ok()?)?;
+                Some(hit(*project, chunk, score, found_by))
             })
             .collect();
-        Ok(cap_per_file(hits, options.k, options.per_file.max(1), |h| &h.path))
+        Ok(cap_per_file(hits, options.k, options.per_file.max(1), |h| {
+            (h.project.clone(), h.path.clone())
+        }))
+    }
+
+    /// This index's candidates for `query`: each ranking's, with their chunks from the
+    /// committed catalog (stale vectors drop out here), none of the current file's. `vector`
+    /// is the query's embedding, made here if none is yet and one is wanted.
+    fn candidates(
+        &self,
+        query: &Query,
+        embedder: Option<&Embedder>,
+        vector: &mut Option<Vec<f32>>,
+        options: &SearchOptions,
+    ) -> Result<Candidates, IndexError> {
+        let current_path = query.current_path.map(|p| self.relative_path(p));
+        let current_path = current_path.as_deref();
+        self.catalog.refresh()?;
+        let definitions: Vec<(u64, Nearness)> = match query.names {
+            Some(names) if options.mode == SearchMode::Hybrid => {
+                let limit = MAX_DEFINITIONS.min(options.k);
+                lookup::ranked_definitions(self.catalog.as_ref(), names, current_path, limit)?
+            }
+            _ => Vec::new(),
+        };
+        // Enough candidates that the per-file cap and the fusion have room to work.
+        let depth = (options.k * 4).max(40);
+        let keyword = match options.mode {
+            SearchMode::Vector => Vec::new(),
+            _ => self.catalog.keyword_search(query.text, depth)?,
+        };
+        // A hybrid search whose vector ranking counts for nothing does not embed the query.
+        let nearest = match options.mode {
+            SearchMode::Keyword => Vec::new(),
+            SearchMode::Hybrid if options.vector_weight <= 0.0 => Vec::new(),
+            _ => {
+                let embedder = embedder.ok_or_else(|| {
+                    IndexError::Invalid("vector and hybrid search need the embedding model; keyword search does not".into())
+                })?;
+                if self.vectors_made_by(embedder) {
+                    let v = match vector {
+                        Some(v) => v,
+                        None => vector.insert(
+                            embedder
+                                .embed(&[indexer::embedding_words(query.text)])?
+                                .pop()
+                                .ok_or_else(|| IndexError::Embedding("no vector for the query".into()))?,
+                        ),
+                    };
+                    self.store.search(v, depth)?
+                } else {
+                    let other = IndexError::Invalid(format!(
+                        "this index's vectors were made with embedding model {}, not {}; re-run `graft index`",
+                        self.meta.embedding_model,
+                        indexer::vectors_id(embedder),
+                    ));
+                    if options.mode == SearchMode::Vector {
+                        return Err(other);
+                    }
+                    // Hybrid: keyword search and definition lookup go on without them until the
+                    // next run embeds the index anew (`graft up` runs it at start).
+                    if !self.told_other_vectors.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %other, "hybrid search leaves the vectors out");
+                    }
+                    Vec::new()
+                }
+            }
+        };
+
+        let mut ids: Vec<u64> = keyword
+            .iter()
+            .chain(&nearest)
+            .map(|r| r.id)
+            .chain(definitions.iter().map(|d| d.0))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut chunks = self.catalog.chunks(&ids)?;
+        if let Some(current) = current_path {
+            chunks.retain(|_, c| c.path != current);
+        }
+        let live = |list: Vec<Ranked>| -> Vec<Ranked> { list.into_iter().filter(|r| chunks.contains_key(&r.id)).collect() };
+        Ok(Candidates {
+            keyword: live(keyword),
+            vector: live(nearest),
+            definitions: definitions.into_iter().filter(|(id, _)| chunks.contains_key(id)).collect(),
+            chunks,
+        })
     }
 }
 
-fn hit(chunk: &StoredChunk, score: f64, found_by: FoundBy) -> SearchHit {
+/// One index's candidates for a search, before the fusion.
+struct Candidates {
+    keyword: Vec<Ranked>,
+    vector: Vec<Ranked>,
+    /// Best first, each with the order it has among other indexes' definitions.
+    definitions: Vec<(u64, Nearness)>,
+    chunks: HashMap<u64, StoredChunk>,
+}
+
+/// The rankings of several indexes (each best first) as one: at each step the best of the
+/// lists' heads (`better`), the earlier list's on a tie, so each list keeps its own order and
+/// one list comes back as it was.
+fn merge<T>(lists: Vec<Vec<T>>, better: impl Fn(&T, &T) -> bool) -> Vec<T> {
+    // Each list backwards: its head is its last item.
+    let mut lists: Vec<Vec<T>> = lists
+        .into_iter()
+        .map(|mut l| {
+            l.reverse();
+            l
+        })
+        .collect();
+    let mut merged = Vec::new();
+    loop {
+        let mut best: Option<usize> = None;
+        for (i, list) in lists.iter().enumerate() {
+            let Some(head) = list.last() else {
+                continue;
+            };
+            if best.and_then(|b| lists[b].last()).is_none_or(|leader| better(head, leader)) {
+                best = Some(i);
+            }
+        }
+        let Some(next) = best.and_then(|i| lists[i].pop()) else {
+            return merged;
+        };
+        merged.push(next);
+    }
+}
+
+fn hit(project: Option<&str>, chunk: &StoredChunk, score: f64, found_by: FoundBy) -> SearchHit {
     SearchHit {
+        project: project.map(str::to_owned),
         path: chunk.path.clone(),
         start_line: chunk.start_line,
         end_line: chunk.end_line,
@@ -349,5 +498,26 @@ fn hit(chunk: &StoredChunk, score: f64, found_by: FoundBy) -> SearchHit {
         language: chunk.language.clone(),
         text: chunk.text.clone(),
         found_by,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rankings_merge_by_their_scores_each_keeping_its_order() {
+        let ranked = |ids: &[(u64, f32)]| ids.iter().map(|&(id, score)| Ranked { id, score }).collect::<Vec<_>>();
+        let ids = |list: Vec<Ranked>| list.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        let by_score = |a: &Ranked, b: &Ranked| a.score > b.score;
+        // One list comes back as it was, in order or not.
+        let alone = ranked(&[(1, 0.2), (2, 0.9), (3, 0.5)]);
+        assert_eq!(ids(merge(vec![alone], by_score)), [1, 2, 3]);
+        // Two: the better head each time, the first list's on a tie.
+        let own = ranked(&[(1, 9.0), (2, 4.0), (3, 1.0)]);
+        let other = ranked(&[(10, 12.0), (11, 4.0), (12, 0.5)]);
+        assert_eq!(ids(merge(vec![own, other], by_score)), [10, 1, 2, 11, 3, 12]);
+        assert!(merge(Vec::<Vec<Ranked>>::new(), by_score).is_empty());
+        assert_eq!(ids(merge(vec![Vec::new(), ranked(&[(5, 1.0)])], by_score)), [5]);
     }
 }

@@ -184,6 +184,30 @@ impl Project {
     }
 }
 
+/// `project`'s open index, if it can be searched now: `None` while it is re-indexing here, or
+/// held by another process, of an older layout or unreadable (`graft up` rebuilds it in the
+/// background), said in the log.
+fn searchable(project: &Project) -> Result<Option<Arc<ProjectIndex>>, IndexError> {
+    match project.index() {
+        Ok(Some(index)) => Ok(Some(index)),
+        Ok(None) => {
+            tracing::info!(project = project.name(), "re-indexing: searched without its index");
+            Ok(None)
+        }
+        Err(
+            e @ (IndexError::InUse { .. }
+            | IndexError::Busy
+            | IndexError::Claimed { .. }
+            | IndexError::Outdated { .. }
+            | IndexError::Unreadable { .. }),
+        ) => {
+            tracing::warn!(project = project.name(), error = %e, "index not usable now: searched without it");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A re-index's progress as log lines: the files found, every tenth of them read before the
 /// last (a large repository's), then every tenth of the embedding; and whether the server is
 /// shutting down.
@@ -478,7 +502,9 @@ impl Projects {
         self.embedding.set((name, embedder)).is_ok()
     }
 
-    /// Searches `project` for `query` on a blocking thread. `None` while it is re-indexing
+    /// Searches `project` for `query` on a blocking thread, with the indexes of the projects it
+    /// also searches (`also_search`; one that cannot be searched now is left out, and the
+    /// search fails over to the project's own index alone). `None` while it is re-indexing
     /// here or its index is open in another process.
     pub async fn search(
         &self,
@@ -487,26 +513,28 @@ impl Projects {
         k: usize,
         mode: SearchMode,
     ) -> Result<Option<Vec<SearchHit>>, IndexError> {
-        let index = match project.index() {
-            Ok(Some(index)) => index,
-            Ok(None) => {
-                tracing::info!(project = project.name(), "re-indexing: served without retrieval");
-                return Ok(None);
-            }
-            // Held by another process, of an older layout or unreadable (`graft up` rebuilds
-            // it in the background): no retrieved code until then; the error says which.
-            Err(
-                e @ (IndexError::InUse { .. }
-                | IndexError::Busy
-                | IndexError::Claimed { .. }
-                | IndexError::Outdated { .. }
-                | IndexError::Unreadable { .. }),
-            ) => {
-                tracing::warn!(project = project.name(), error = %e, "index not usable now: served without retrieval");
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
+        let Some(index) = searchable(project)? else {
+            return Ok(None);
         };
+        let mut others = Vec::new();
+        for name in &project.config.also_search {
+            match self.get(name) {
+                Some(other) if other.index_owner() != project.index_owner() => {
+                    if let Some(index) = searchable(&other).unwrap_or_else(|e| {
+                        tracing::warn!(project = name, error = %e, "index not usable now: left out of the search");
+                        None
+                    }) {
+                        others.push((name.clone(), index));
+                    }
+                }
+                Some(_) => {}
+                None => tracing::warn!(
+                    project = project.name(),
+                    also_search = name,
+                    "no such project now: left out of the search"
+                ),
+            }
+        }
         let embedder = match mode {
             SearchMode::Keyword => None,
             _ => Some(
@@ -523,10 +551,24 @@ impl Projects {
         if matches!(query.look_up, LookUp::Cursor { .. }) && self.embedding_now.load(Ordering::Relaxed) > 0 {
             options.vector_weight = 0.0;
         }
-        tokio::task::spawn_blocking(move || index.search_for(&query.as_query(), embedder.as_deref(), &options))
-            .await
-            .map_err(|e| IndexError::Invalid(format!("the search task failed: {e}")))?
-            .map(Some)
+        let name = project.name().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let query = query.as_query();
+            let embedder = embedder.as_deref();
+            if !others.is_empty() {
+                let across: Vec<(&str, &ProjectIndex)> = others.iter().map(|(name, index)| (name.as_str(), index.as_ref())).collect();
+                match index.search_across(&across, &query, embedder, &options) {
+                    Ok(hits) => return Ok(hits),
+                    Err(e) => {
+                        tracing::warn!(project = name, error = %e, "searching the other projects' indexes failed: the project's own alone")
+                    }
+                }
+            }
+            index.search_for(&query, embedder, &options)
+        })
+        .await
+        .map_err(|e| IndexError::Invalid(format!("the search task failed: {e}")))?
+        .map(Some)
     }
 
     /// [`Projects::search`] (hybrid) for a completion at `spot`: the hits of the last search
@@ -766,6 +808,7 @@ impl Projects {
             "retrieval": project.config.retrieval,
             "top_k": project.config.top_k,
             "context_tokens": project.config.context_tokens,
+            "also_search": project.config.also_search,
         })
     }
 }

@@ -110,6 +110,7 @@ mod tests {
 
     fn hit(path: &str) -> SearchHit {
         SearchHit {
+            project: None,
             path: path.into(),
             start_line: 1,
             end_line: 2,

@@ -77,8 +77,8 @@ struct IndexRetriever<'a> {
 
 /// Where the index is searched.
 enum Searcher {
-    /// Opened here.
-    Local(Box<(ProjectIndex, Embedder, SearchOptions)>),
+    /// Opened here, with the indexes of the projects it also searches.
+    Local(Box<(ProjectIndex, Vec<(String, ProjectIndex)>, Embedder, SearchOptions)>),
     /// Through the graft that holds it open, which searches as it does for `/infill`.
     Server(ServerSearch),
 }
@@ -87,9 +87,10 @@ impl Searcher {
     fn search(&self, input: &FimInput, k: usize) -> Result<Vec<SearchHit>, RetrieveError> {
         match self {
             Searcher::Local(local) => {
-                let (index, embedder, options) = &**local;
+                let (index, others, embedder, options) = &**local;
                 let search = completion::cursor_search(input);
-                Ok(index.search_for(&search.as_query(), Some(embedder), &SearchOptions { k, ..*options })?)
+                let options = SearchOptions { k, ..*options };
+                Ok(index.search_across(&crate::index::across(others), &search.as_query(), Some(embedder), &options)?)
             }
             Searcher::Server(server) => server.search(input, k),
         }
@@ -117,6 +118,11 @@ impl Retrieve for IndexRetriever<'_> {
             .search(input, self.top_k * 2)?
             .into_iter()
             .filter_map(|hit| {
+                // Another project's code (`also_search`) is none of this repository's files,
+                // held out or not: as the index holds it.
+                if hit.project.is_some() {
+                    return Some(hit);
+                }
                 let text = visible.get(hit.path.as_str())?;
                 let first = hit.start_line.max(1);
                 let lines: String = text
@@ -234,6 +240,7 @@ fn index_retriever<'a>(
     Ok(IndexRetriever {
         searcher: Searcher::Local(Box::new((
             index,
+            crate::index::open_also_searched(config, project, quiet),
             embedder,
             graft_wiring::search_options(config, SearchMode::Hybrid, settings.top_k * 2),
         ))),

@@ -337,7 +337,8 @@ pub fn search(args: SearchArgs) -> Result<()> {
             let layout = graft_wiring::layout(&config, &project);
             let index = ProjectIndex::open_with(&project, &layout, &graft_wiring::backend(&config))
                 .map_err(|e| with_why_not(e.into(), &config, &why_not))?;
-            search_here(&config, &index, &args, mode, k)?
+            let others = open_also_searched(&config, &project, args.json);
+            search_here(&config, &index, &others, &args, mode, k)?
         }
     };
     if args.json {
@@ -353,7 +354,7 @@ pub fn search(args: SearchArgs) -> Result<()> {
         } else {
             format!("  {}", hit.symbol)
         };
-        println!("{}:{}-{}  {:.4}{symbol}", hit.path, hit.start_line, hit.end_line, hit.score);
+        println!("{}:{}-{}  {:.4}{symbol}", hit.shown_path(), hit.start_line, hit.end_line, hit.score);
         if args.explain {
             println!("    found by: {}", found_by(&hit.found_by));
         }
@@ -384,8 +385,42 @@ fn found_by(found: &FoundBy) -> String {
     }
 }
 
-/// `args`' search of the index opened here.
-fn search_here(config: &Config, index: &ProjectIndex, args: &SearchArgs, mode: SearchMode, k: usize) -> Result<Vec<SearchHit>> {
+/// The indexes of the projects `project` also searches (`also_search`), opened here, by
+/// project: one that does not open is said on stderr (unless `quiet`) and left out, as a
+/// server leaves it out.
+pub fn open_also_searched(config: &Config, project: &str, quiet: bool) -> Vec<(String, ProjectIndex)> {
+    let Some(settings) = config.project(project) else {
+        return Vec::new();
+    };
+    let open = |name: &String| {
+        let index = config.project(name).map_or(name.as_str(), |p| p.index_name());
+        match ProjectIndex::open_with(index, &graft_wiring::layout(config, name), &graft_wiring::backend(config)) {
+            Ok(opened) => Some((name.clone(), opened)),
+            Err(e) => {
+                if !quiet {
+                    eprintln!("`{name}`, which `{project}` also searches, is left out: {e}");
+                }
+                None
+            }
+        }
+    };
+    settings.also_search.iter().filter_map(open).collect()
+}
+
+/// `others` as [`ProjectIndex::search_across`] takes them.
+pub fn across(others: &[(String, ProjectIndex)]) -> Vec<(&str, &ProjectIndex)> {
+    others.iter().map(|(name, index)| (name.as_str(), index)).collect()
+}
+
+/// `args`' search of the index opened here, with the others it also searches.
+fn search_here(
+    config: &Config,
+    index: &ProjectIndex,
+    others: &[(String, ProjectIndex)],
+    args: &SearchArgs,
+    mode: SearchMode,
+    k: usize,
+) -> Result<Vec<SearchHit>> {
     // Keyword search reads only the keyword index: no embedding model to load.
     let embedder = match mode {
         SearchMode::Keyword => None,
@@ -400,7 +435,7 @@ fn search_here(config: &Config, index: &ProjectIndex, args: &SearchArgs, mode: S
         }),
         current_path: args.path.as_deref(),
     };
-    Ok(index.search_for(&query, embedder.as_ref(), &options)?)
+    Ok(index.search_across(&across(others), &query, embedder.as_ref(), &options)?)
 }
 
 /// Progress over the chunks being embedded (a bar, or lines in a log: [`progress::Steps`]).

@@ -76,6 +76,51 @@ fn write_repo(root: &Path, n: usize, version: &str) {
     }
 }
 
+/// A project that also searches a library's project finds the library's code with its own,
+/// said to be the library's: `project` in the JSON, `lib/` before the path in the text.
+#[test]
+fn search_finds_the_code_of_the_projects_a_project_also_searches() {
+    let (work, lib, config) = scratch();
+    write_repo(&lib, 4, "v1");
+    let fixture = repo_root().join("tests/fixtures/polyglot");
+    let projects = format!(
+        "\n[[projects]]\nname = \"app\"\npath = {:?}\nalso_search = [\"lib\"]\n\n[[projects]]\nname = \"lib\"\npath = {:?}\n",
+        fixture.display().to_string(),
+        lib.display().to_string()
+    );
+    let text = std::fs::read_to_string(&config).unwrap() + &projects;
+    std::fs::write(&config, text).unwrap();
+    run_ok(&mut graft(&config, &["index", "--project", "app"]));
+
+    // The library not indexed yet: left out, said so, the app searched alone.
+    let out = run_ok(&mut graft(&config, &["search", "alpha_func_2_v1(x)", "--project", "app", "--json"]));
+    assert!(json(&out).as_array().unwrap().iter().all(|h| h.get("project").is_none()));
+    let out = run_ok(&mut graft(&config, &["search", "alpha_func_2_v1(x)", "--project", "app"]));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("`lib`, which `app` also searches, is left out"), "{said}");
+
+    run_ok(&mut graft(&config, &["index", "--project", "lib"]));
+    let out = run_ok(&mut graft(
+        &config,
+        &["search", "values = [alpha_func_2_v1(x)", "--project", "app", "--code", "--json"],
+    ));
+    let hits = json(&out);
+    let top = &hits.as_array().unwrap()[0];
+    assert_eq!(
+        (&top["project"], &top["path"]),
+        (&Value::from("lib"), &Value::from("module_0002.py")),
+        "{hits}"
+    );
+    assert_eq!(top["found_by"]["definition"], 1, "{hits}");
+    let out = run_ok(&mut graft(
+        &config,
+        &["search", "values = [alpha_func_2_v1(x)", "--project", "app", "--code"],
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().next().unwrap().starts_with("lib/module_0002.py:"), "{text}");
+    drop(work);
+}
+
 #[test]
 fn index_and_search_print_json_for_scripts() {
     let work = tempfile::tempdir().unwrap();

@@ -20,6 +20,11 @@ use serde::Serialize;
 /// A chunk a response used, reported in the `sources` extension field.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Source {
+    /// The other project whose index held the chunk (`also_search`); none for the project's
+    /// own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Relative to its repository's root (the other project's, with `project`).
     pub path: String,
     pub start_line: usize,
     pub end_line: usize,
@@ -37,6 +42,7 @@ pub struct Source {
 impl From<&SearchHit> for Source {
     fn from(h: &SearchHit) -> Source {
         Source {
+            project: h.project.clone(),
             path: h.path.clone(),
             start_line: h.start_line,
             end_line: h.end_line,
@@ -48,12 +54,22 @@ impl From<&SearchHit> for Source {
     }
 }
 
+impl Source {
+    /// Its file as the prompt named it ([`SearchHit::shown_path`]).
+    pub fn shown_path(&self) -> String {
+        match &self.project {
+            Some(project) => format!("{project}/{}", self.path),
+            None => self.path.clone(),
+        }
+    }
+}
+
 /// One chunk as the chat context shows it.
 fn chat_block(hit: &SearchHit) -> String {
     let fence = if hit.text.contains("```") { "````" } else { "```" };
     format!(
         "{}:{}-{}\n{fence}{}\n{}\n{fence}\n\n",
-        hit.path,
+        hit.shown_path(),
         hit.start_line,
         hit.end_line,
         hit.language.to_lowercase(),
@@ -198,14 +214,14 @@ pub async fn completion(
     // Each chunk is shown under its path with its line range and followed by a newline, as the
     // repo-level formats render it.
     let kept = fit(counter, hits, budget, |h| {
-        format!("{}:{}-{}\n{}\n", h.path, h.start_line, h.end_line, h.text)
+        format!("{}:{}-{}\n{}\n", h.shown_path(), h.start_line, h.end_line, h.text)
     })
     .await?;
     let sources = kept.iter().map(|(hit, _)| Source::from(hit)).collect();
     let files = kept
         .into_iter()
         .map(|(hit, _)| ContextFile {
-            path: hit.path,
+            path: hit.shown_path(),
             text: if hit.text.ends_with('\n') {
                 hit.text
             } else {
@@ -271,6 +287,7 @@ pub(crate) mod tests {
     #[test]
     fn chat_blocks_carry_path_lines_and_a_fence_that_survives_the_text() {
         let hit = SearchHit {
+            project: None,
             path: "src/a.rs".into(),
             start_line: 3,
             end_line: 9,
@@ -288,6 +305,29 @@ pub(crate) mod tests {
         assert!(chat_block(&tricky).contains("````rust\n"));
     }
 
+    #[test]
+    fn another_projects_code_is_named_under_its_project_and_said_to_be_its() {
+        let theirs = SearchHit {
+            project: Some("shared-lib".into()),
+            ..hit("src/x.py", 4, 2)
+        };
+        let ours = hit("src/x.py", 1, 1);
+        assert!(chat_block(&theirs).starts_with("shared-lib/src/x.py:4-5\n"));
+        assert!(chat_block(&ours).starts_with("src/x.py:1-1\n"));
+
+        let (files, sources) = block_on(completion(&Words, vec![theirs, ours], 100)).unwrap();
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["shared-lib/src/x.py", "src/x.py"]);
+        let shown: Vec<serde_json::Value> = sources.iter().map(|s| serde_json::to_value(s).unwrap()).collect();
+        assert_eq!(
+            (&shown[0]["project"], &shown[0]["path"]),
+            (&"shared-lib".into(), &"src/x.py".into())
+        );
+        assert!(shown[1].get("project").is_none(), "{}", shown[1]);
+        assert_eq!(sources[0].shown_path(), "shared-lib/src/x.py");
+        assert_eq!(sources[1].shown_path(), "src/x.py");
+    }
+
     /// Counts a token per whitespace-separated word.
     pub(crate) struct Words;
 
@@ -299,6 +339,7 @@ pub(crate) mod tests {
 
     fn hit(path: &str, start_line: usize, lines: usize) -> SearchHit {
         SearchHit {
+            project: None,
             path: path.into(),
             start_line,
             end_line: start_line + lines - 1,

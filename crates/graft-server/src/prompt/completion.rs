@@ -240,6 +240,7 @@ mod tests {
     #[test]
     fn code_the_client_sent_is_not_retrieved_again() {
         let hit = graft_index::SearchHit {
+            project: None,
             path: "src/vault.rs".into(),
             start_line: 1,
             end_line: 2,

@@ -162,7 +162,7 @@ pub async fn complete(state: &AppState, caller: &Caller, request: CompletionRequ
     if debug.return_snippets {
         let snippets: Vec<Value> = sources
             .iter()
-            .map(|s| json!({"filepath": s.path, "body": s.text, "score": s.score}))
+            .map(|s| json!({"filepath": s.shown_path(), "body": s.text, "score": s.score}))
             .collect();
         out["debug_data"]["snippets"] = snippets.into();
     }

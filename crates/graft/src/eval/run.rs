@@ -123,7 +123,10 @@ pub fn run_golden_set(mut args: EvalRunArgs) -> Result<()> {
     // Another server, or graft here: the repository indexed without its held-out files.
     let target = match (&args.endpoint, &repo) {
         (Some(url), _) => Target::Remote(url.clone()),
-        (None, Some(repo)) => Target::Local(Box::new(prepare_local(&config, &args, &golden_file, repo, &split)?)),
+        (None, Some(repo)) => {
+            let evaluated = project.as_deref().or(args.project.as_deref());
+            Target::Local(Box::new(prepare_local(&config, &args, evaluated, &golden_file, repo, &split)?))
+        }
         (None, None) => bail!(
             "{} names no repository: rebuild the golden set with `graft eval build`",
             split_file.display()
@@ -316,10 +319,13 @@ fn serving_config(serve: &graft_eval::choice::Choice, adapter: Option<&str>) -> 
 }
 
 /// The evaluation's config (project `eval` on the repository without its held-out files, and
-/// `eval-adapter` on the adapter sharing its index), its index built and checked.
+/// `eval-adapter` on the adapter sharing its index), its index built and checked. The projects
+/// the evaluated one also searches (`also_search`) are indexed beside it, whole, and searched
+/// with it as the server searches them.
 fn prepare_local(
     config: &graft_core::Config,
     args: &EvalRunArgs,
+    evaluated: Option<&str>,
     golden: &Path,
     repo: &Path,
     split: &Split,
@@ -327,9 +333,23 @@ fn prepare_local(
     let mut eval_config = config.clone();
     eval_config.index.dir = golden.with_extension("index");
     eval_config.index.exclude.extend(split.held_out.iter().map(|p| format!("/{p}")));
+    let also: Vec<graft_core::ProjectConfig> = evaluated
+        .and_then(|name| config.project(name))
+        .map(|p| p.also_search.iter().filter_map(|name| config.project(name).cloned()).collect())
+        .unwrap_or_default();
+    if let Some(clash) = also
+        .iter()
+        .find(|p| [EVAL_PROJECT, EVAL_ADAPTER_PROJECT].contains(&p.name.as_str()))
+    {
+        bail!(
+            "the evaluation serves its own projects `{EVAL_PROJECT}` and `{EVAL_ADAPTER_PROJECT}`: rename the project `{}`",
+            clash.name
+        );
+    }
     let project = graft_core::ProjectConfig {
         top_k: config.index.top_k,
         context_tokens: args.context_tokens,
+        also_search: also.iter().map(|p| p.name.clone()).collect(),
         ..graft_core::ProjectConfig::new(EVAL_PROJECT, repo)
     };
     let mut projects = vec![project.clone()];
@@ -353,6 +373,13 @@ fn prepare_local(
             ..project
         });
     }
+    projects.extend(also.iter().map(|p| graft_core::ProjectConfig {
+        retrieval: false,
+        adapter: None,
+        index: None,
+        also_search: Vec::new(),
+        ..p.clone()
+    }));
     eval_config.projects = projects;
     eval_config.server.default_model = Some(EVAL_PROJECT.to_owned());
     let kit = Kit::new(&eval_config.kit.dir);
@@ -376,6 +403,34 @@ fn prepare_local(
             indexed.files_indexed,
             indexed.chunks
         );
+    }
+    // The others with their own excludes: the held-out files are this repository's.
+    let beside = graft_core::Config {
+        index: graft_core::config::IndexConfig {
+            dir: eval_config.index.dir.clone(),
+            ..config.index.clone()
+        },
+        projects: eval_config.projects.clone(),
+        ..config.clone()
+    };
+    for other in &also {
+        let indexed = index::run_index(
+            &beside,
+            &other.name,
+            &other.path,
+            &embedder,
+            graft_index::StartOver::default(),
+            args.json,
+        )?;
+        if !args.json {
+            eprintln!(
+                "indexed {} for `{}`, which the project also searches: {} files, {} chunks",
+                other.path.display(),
+                other.name,
+                indexed.files_indexed,
+                indexed.chunks
+            );
+        }
     }
     check_held_out_unreachable(&eval_config, repo, split, &embedder)?;
     Ok((eval_config, embedder))

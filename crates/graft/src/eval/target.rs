@@ -71,9 +71,10 @@ impl Endpoint {
     /// `debug_data`.
     pub async fn tabby(&self, body: &Value) -> Result<Reply, String> {
         let answer = self.post("/v1/completions", body).await?;
-        let retrieved = match answer["debug_data"]["snippets"].as_array() {
-            Some(snippets) => snippets.iter().filter_map(|s| s["filepath"].as_str().map(str::to_owned)).collect(),
-            None => sources(&answer),
+        // graft's `sources` first: they say which project a file is of.
+        let retrieved = match (answer["sources"].is_array(), answer["debug_data"]["snippets"].as_array()) {
+            (false, Some(snippets)) => snippets.iter().filter_map(|s| s["filepath"].as_str().map(str::to_owned)).collect(),
+            _ => sources(&answer),
         };
         Ok(Reply {
             text: text(&answer["choices"][0]["text"], "choices[0].text")?,
@@ -159,10 +160,17 @@ fn text(value: &Value, field: &str) -> Result<String, String> {
     }
 }
 
+/// The paths of graft's `sources` of the project's own repository: another project's
+/// (`also_search`, named in `project`) is no file of it, held out or not.
 fn sources(answer: &Value) -> Vec<String> {
     answer["sources"]
         .as_array()
-        .map(|s| s.iter().filter_map(|h| h["path"].as_str().map(str::to_owned)).collect())
+        .map(|s| {
+            s.iter()
+                .filter(|h| h["project"].is_null())
+                .filter_map(|h| h["path"].as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
