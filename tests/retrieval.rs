@@ -626,7 +626,7 @@ async fn a_first_index_answers_by_keyword_and_definitions_while_its_vectors_are_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_project_searches_the_projects_it_also_searches_with_its_own() {
     use graft_server::projects::{Project, Projects};
-    let app = copy_fixture("polyglot");
+    let app_repo = copy_fixture("polyglot");
     let lib = tempfile::tempdir().unwrap();
     bring_shortest_paths(lib.path());
     let index_dir = tempfile::tempdir().unwrap();
@@ -636,11 +636,20 @@ async fn a_project_searches_the_projects_it_also_searches_with_its_own() {
     };
     let app_config = graft_core::ProjectConfig {
         also_search: vec!["paths".into()],
-        ..graft_core::ProjectConfig::new("app", app.path())
+        ..graft_core::ProjectConfig::new("app", app_repo.path())
     };
     let embedder = Some(("minilm-l6-v2".to_owned(), std::sync::Arc::clone(kit_embedder())));
+    let app = project(app_config);
+    // The same code served plain, searching the app's index alone.
+    let plain = Project::sharing(
+        graft_core::ProjectConfig {
+            index: Some("app".into()),
+            ..graft_core::ProjectConfig::new("plain", app_repo.path())
+        },
+        &app,
+    );
     let projects = Projects::new(
-        vec![project(app_config), project(graft_core::ProjectConfig::new("paths", lib.path()))],
+        vec![app, plain, project(graft_core::ProjectConfig::new("paths", lib.path()))],
         embedder,
         SearchOptions::default(),
     );
@@ -680,6 +689,23 @@ async fn a_project_searches_the_projects_it_also_searches_with_its_own() {
     );
     let hits = projects.search(&app, same_name, 5, SearchMode::Hybrid).await.unwrap().unwrap();
     assert_eq!((hits[0].project.as_deref(), hits[0].path.as_str()), (Some("paths"), "weighted.py"));
+
+    // A completion's hits are kept for the next one near it, but not for the project that
+    // shares the app's index and searches it alone; a re-index of the library forgets them.
+    let spot = graft_server::sticky::Spot::of(Some("relax.py"), "def relax(G, source):\n");
+    let plain = projects.get("plain").unwrap();
+    let with = projects.search_at(&app, spot, bellman_ford_use(), 5).await.unwrap().unwrap();
+    assert_eq!(with[0].project.as_deref(), Some("paths"));
+    let without = projects.search_at(&plain, spot, bellman_ford_use(), 5).await.unwrap().unwrap();
+    assert!(without.iter().all(|h| h.project.is_none()), "{without:#?}");
+    std::fs::write(lib.path().join("weighted.py"), "def unrelated():\n    return 1\n").unwrap();
+    projects.reindex(&paths).await.expect("indexing works");
+    let after = projects.search_at(&app, spot, bellman_ford_use(), 5).await.unwrap().unwrap();
+    let gone = "def bellman_ford_predecessor_and_distance";
+    assert!(
+        !after.iter().any(|h| h.text.contains(gone)),
+        "the library's old code was kept: {after:#?}"
+    );
 
     // The app's own question: its own code answers it.
     let hits = projects

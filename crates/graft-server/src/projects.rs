@@ -28,7 +28,7 @@ use graft_index::{
 };
 
 use crate::limits::Running;
-use crate::sticky::{Spot, Sticky};
+use crate::sticky::{Scope, Spot, Sticky};
 
 /// How long a re-index waits for searches in flight to let go of the index.
 const SEARCHES_FINISH: std::time::Duration = std::time::Duration::from_secs(10);
@@ -582,14 +582,25 @@ impl Projects {
         k: usize,
     ) -> Result<Option<Vec<SearchHit>>, IndexError> {
         let slot = &project.index;
+        // The projects sharing an index may search different others with it.
+        let across = project
+            .config
+            .also_search
+            .iter()
+            .filter_map(|name| self.get(name))
+            .map(|p| p.index_owner().to_owned());
+        let scope = Scope {
+            top_k: k,
+            across: across.collect(),
+        };
         if !slot.writing.load(Ordering::Acquire) {
-            if let Some(hits) = slot.sticky.near(spot, k) {
+            if let Some(hits) = slot.sticky.near(spot, &scope) {
                 return Ok(Some(hits));
             }
         }
         let hits = self.search(project, query, k, SearchMode::Hybrid).await?;
         if let Some(hits) = &hits {
-            slot.sticky.keep(spot, k, hits.clone());
+            slot.sticky.keep(spot, scope, hits.clone());
         }
         Ok(hits)
     }
@@ -721,6 +732,10 @@ impl Projects {
         })
         .await
         .map_err(|e| IndexError::Invalid(format!("the index task failed: {e}")))?;
+        // Nor may those of the searches that spanned it from other projects.
+        for other in self.all() {
+            other.index.sticky.forget_across(project.index_owner());
+        }
         let mut report = report?;
         if report.vectors_pending > 0 {
             self.embed_pending(project, &embedder, &mut report, guard).await?;

@@ -124,8 +124,15 @@ pub fn run_golden_set(mut args: EvalRunArgs) -> Result<()> {
     let target = match (&args.endpoint, &repo) {
         (Some(url), _) => Target::Remote(url.clone()),
         (None, Some(repo)) => {
-            let evaluated = project.as_deref().or(args.project.as_deref());
-            Target::Local(Box::new(prepare_local(&config, &args, evaluated, &golden_file, repo, &split)?))
+            // The project evaluated: named, else the first configured on the golden set's
+            // repository (as `eval build` names it).
+            let on_repo = || {
+                let repo = std::fs::canonicalize(repo).ok()?;
+                let on = |p: &&graft_core::ProjectConfig| std::fs::canonicalize(&p.path).is_ok_and(|path| path == repo);
+                config.projects.iter().find(on).map(|p| p.name.clone())
+            };
+            let evaluated = project.clone().or_else(on_repo);
+            Target::Local(Box::new(prepare_local(&config, &args, evaluated.as_deref(), &golden_file, repo, &split)?))
         }
         (None, None) => bail!(
             "{} names no repository: rebuild the golden set with `graft eval build`",
