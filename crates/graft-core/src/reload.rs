@@ -156,7 +156,10 @@ mod tests {
         assert!(started.at_next_start(&started).is_empty());
 
         // Only a project's settings and the default model: nothing waits.
-        let live = PROJECTS.replace("adapter = \"web-lora\"", "retrieval = false\ntop_k = 3\ncontext_tokens = 900");
+        let live = PROJECTS.replace(
+            "adapter = \"web-lora\"",
+            "retrieval = false\ntop_k = 3\ncontext_tokens = 900\nalso_search = [\"api\"]",
+        );
         let now = snapshot(
             &dir,
             &format!("[server]\ndefault_model = \"web\"\n\n[generation]\ndefault_temperature = 0.2\n\n{live}"),
@@ -169,7 +172,8 @@ mod tests {
                 "adapter: `web-lora` → none",
                 "retrieval: true → false",
                 "top_k: 5 → 3",
-                "context_tokens: 512 → 900"
+                "context_tokens: 512 → 900",
+                "also_search: [] → [\"api\"]"
             ]
         );
         assert!(web.changes(web).is_empty());

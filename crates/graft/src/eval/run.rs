@@ -132,7 +132,14 @@ pub fn run_golden_set(mut args: EvalRunArgs) -> Result<()> {
                 config.projects.iter().find(on).map(|p| p.name.clone())
             };
             let evaluated = project.clone().or_else(on_repo);
-            Target::Local(Box::new(prepare_local(&config, &args, evaluated.as_deref(), &golden_file, repo, &split)?))
+            Target::Local(Box::new(prepare_local(
+                &config,
+                &args,
+                evaluated.as_deref(),
+                &golden_file,
+                repo,
+                &split,
+            )?))
         }
         (None, None) => bail!(
             "{} names no repository: rebuild the golden set with `graft eval build`",
