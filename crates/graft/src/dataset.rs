@@ -77,20 +77,30 @@ struct IndexRetriever<'a> {
 
 /// Where the index is searched.
 enum Searcher {
-    /// Opened here, with the indexes of the projects it also searches.
-    Local(Box<(ProjectIndex, Vec<(String, ProjectIndex)>, Embedder, SearchOptions)>),
+    /// Opened here.
+    Local(Box<LocalSearch>),
     /// Through the graft that holds it open, which searches as it does for `/infill`.
     Server(ServerSearch),
+}
+
+/// The project's index opened here, with the indexes of the projects it also searches.
+struct LocalSearch {
+    index: ProjectIndex,
+    others: Vec<(String, ProjectIndex)>,
+    embedder: Embedder,
+    options: SearchOptions,
 }
 
 impl Searcher {
     fn search(&self, input: &FimInput, k: usize) -> Result<Vec<SearchHit>, RetrieveError> {
         match self {
             Searcher::Local(local) => {
-                let (index, others, embedder, options) = &**local;
                 let search = completion::cursor_search(input);
-                let options = SearchOptions { k, ..*options };
-                Ok(index.search_across(&crate::index::across(others), &search.as_query(), Some(embedder), &options)?)
+                let options = SearchOptions { k, ..local.options };
+                let others = crate::index::across(&local.others);
+                Ok(local
+                    .index
+                    .search_across(&others, &search.as_query(), Some(&local.embedder), &options)?)
             }
             Searcher::Server(server) => server.search(input, k),
         }
@@ -238,12 +248,12 @@ fn index_retriever<'a>(
     }
     let embedder = crate::index::load_embedder(config).map_err(|e| format!("{e:#}"))?;
     Ok(IndexRetriever {
-        searcher: Searcher::Local(Box::new((
+        searcher: Searcher::Local(Box::new(LocalSearch {
             index,
-            crate::index::open_also_searched(config, project, quiet),
+            others: crate::index::open_also_searched(config, project, quiet),
             embedder,
-            graft_wiring::search_options(config, SearchMode::Hybrid, settings.top_k * 2),
-        ))),
+            options: graft_wiring::search_options(config, SearchMode::Hybrid, settings.top_k * 2),
+        })),
         top_k: settings.top_k,
         budget: settings.context_tokens,
         tokenizer,

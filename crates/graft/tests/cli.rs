@@ -1839,6 +1839,96 @@ fn dataset_lays_retrieved_code_before_the_file_as_a_completion_with_retrieval() 
     drop(serving.process);
 }
 
+/// `graft dataset` for a project that also searches another project's index: its samples show
+/// that project's code under `<project>/<path>`, as the index holds it, beside the project's
+/// own training files.
+#[test]
+fn dataset_shows_the_code_of_the_projects_a_project_also_searches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, lib) = (dir.path().join("app"), dir.path().join("lib"));
+    common::copy_tree(&repo_root().join("tests/fixtures/polyglot"), &repo);
+    // The library: code like the app's own (its billing and storage code), each line marked
+    // as the library's, so that code shown from the app's files under the library's paths
+    // (the same ones) would show.
+    for folder in ["billing", "storage"] {
+        common::copy_tree(&repo.join(folder), &lib.join(folder));
+        for entry in std::fs::read_dir(lib.join(folder)).unwrap() {
+            let path = entry.unwrap().path();
+            let comment = if path.extension().is_some_and(|e| e == "py") { "#" } else { "//" };
+            let text = std::fs::read_to_string(&path).unwrap();
+            let marked: String = text.lines().map(|l| format!("{l}  {comment} lib\n")).collect();
+            std::fs::write(&path, marked).unwrap();
+        }
+    }
+    let config = dir.path().join("graft.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kit]\ndir = {:?}\n[index]\ndir = {:?}\n[dataset]\nmax_sample_tokens = 512\n[server]\nlisten = \"127.0.0.1:0\"\n\
+             [[projects]]\nname = \"app\"\npath = {:?}\nalso_search = [\"lib\"]\n[[projects]]\nname = \"lib\"\npath = {:?}\n",
+            common::kit_dir().display().to_string(),
+            dir.path().join("index").display().to_string(),
+            repo.display().to_string(),
+            lib.display().to_string(),
+        ),
+    )
+    .unwrap();
+    for project in ["app", "lib"] {
+        let index = graft()
+            .args(["index", "--project", project, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(index.status.success(), "{}", String::from_utf8_lossy(&index.stderr));
+    }
+    let data = dir.path().join("data");
+    let out = graft()
+        .args([
+            "dataset",
+            "--project",
+            "app",
+            "--holdout-fraction",
+            "0.3",
+            "--retrieval-rate",
+            "1",
+            "-o",
+        ])
+        .arg(&data)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let mut theirs = 0;
+    for part in ["train", "validation"] {
+        let Ok(text) = std::fs::read_to_string(data.join(part).join("prompt-completion.jsonl")) else {
+            continue;
+        };
+        for line in text.lines() {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            if record["kind"] != "retrieved" {
+                continue;
+            }
+            let prompt = record["prompt"].as_str().unwrap();
+            for source in record["sources"].as_array().unwrap().iter().skip(1) {
+                let source = source.as_str().unwrap();
+                let Some(path) = source.strip_prefix("lib/") else {
+                    assert!(repo.join(source).is_file(), "{source} is none of the app's files");
+                    continue;
+                };
+                theirs += 1;
+                // The library's code under its header, as the library's file holds it.
+                let at = prompt.find(source).unwrap();
+                let shown = prompt[at..].lines().nth(1).unwrap();
+                let text = std::fs::read_to_string(lib.join(path)).unwrap();
+                assert!(shown.ends_with(" lib") && text.contains(shown), "{source}: {shown:?}");
+            }
+        }
+    }
+    assert!(theirs > 0, "no sample shows the library's code");
+}
+
 /// The files of a repository, relative, with `/`.
 fn walk_files(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
