@@ -1841,9 +1841,9 @@ fn dataset_lays_retrieved_code_before_the_file_as_a_completion_with_retrieval() 
 
 /// `graft dataset` for a project that also searches another project's index: its samples show
 /// that project's code under `<project>/<path>`, as the index holds it, beside the project's
-/// own training files.
+/// own training files; `graft eval run` indexes that project beside its own.
 #[test]
-fn dataset_shows_the_code_of_the_projects_a_project_also_searches() {
+fn dataset_and_eval_search_the_projects_a_project_also_searches() {
     let dir = tempfile::tempdir().unwrap();
     let (repo, lib) = (dir.path().join("app"), dir.path().join("lib"));
     common::copy_tree(&repo_root().join("tests/fixtures/polyglot"), &repo);
@@ -1927,6 +1927,42 @@ fn dataset_shows_the_code_of_the_projects_a_project_also_searches() {
         }
     }
     assert!(theirs > 0, "no sample shows the library's code");
+
+    // `graft eval run`'s retrieval arm searches the library too, indexed beside the app.
+    let golden = dir.path().join("app.jsonl");
+    let built = graft()
+        .args([
+            "eval",
+            "build",
+            "--project",
+            "app",
+            "--holdout-fraction",
+            "0.4",
+            "--questions",
+            "0",
+            "-o",
+        ])
+        .arg(&golden)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let out = graft()
+        .args(["eval", "run", "--max-tasks", "2", "--arms", "base,rag", "--json", "--config"])
+        .arg(&config)
+        .arg(&golden)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(dir.path().join("app.index/lib").is_dir(), "the library indexed beside the app");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&report["held_out_retrieved"], &report["arms"][1]["errors"]),
+        (&0.into(), &0.into()),
+        "{report}"
+    );
 }
 
 /// The files of a repository, relative, with `/`.
