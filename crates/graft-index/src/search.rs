@@ -260,8 +260,9 @@ impl ProjectIndex {
     /// Searches this index and `others`, other projects' indexes named by their projects
     /// (a shared library's, say), as one: each ranking (keyword, vector, definitions) is
     /// merged across the indexes before the fusion (keyword hits by BM25, vector hits by
-    /// cosine similarity, this index's definitions before the others'), so an index's hits
-    /// rank by how well they match, not by being its best. Another index's hits carry its
+    /// cosine similarity, definitions by how near the cursor their names are, this index's
+    /// first on a tie: [`lookup::Nearness`]), so an index's hits rank by how well they match,
+    /// not by being its best. Another index's hits carry its
     /// name ([`SearchHit::project`]); the current file is this index's alone. An index whose
     /// vectors another embedding model made gives its keyword hits and definitions only.
     pub fn search_across(
