@@ -401,14 +401,10 @@ fn prepare_local(
     needed.extend(graft_wiring::index_artifacts(&eval_config)?);
     models::ensure(&kit, &needed, args.json)?;
     let embedder = index::load_embedder(&eval_config)?;
-    let indexed = index::run_index(
-        &eval_config,
-        EVAL_PROJECT,
-        repo,
-        &embedder,
-        graft_index::StartOver::default(),
-        args.json,
-    )?;
+    let index_with = |config: &graft_core::Config, project: &str, path: &Path| {
+        index::run_index(config, project, path, &embedder, graft_index::StartOver::default(), args.json)
+    };
+    let indexed = index_with(&eval_config, EVAL_PROJECT, repo)?;
     if !args.json {
         eprintln!(
             "indexed {} without its {} held-out files: {} files, {} chunks",
@@ -428,14 +424,7 @@ fn prepare_local(
         ..config.clone()
     };
     for other in &also {
-        let indexed = index::run_index(
-            &beside,
-            &other.name,
-            &other.path,
-            &embedder,
-            graft_index::StartOver::default(),
-            args.json,
-        )?;
+        let indexed = index_with(&beside, &other.name, &other.path)?;
         if !args.json {
             eprintln!(
                 "indexed {} for `{}`, which the project also searches: {} files, {} chunks",
