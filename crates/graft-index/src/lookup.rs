@@ -49,6 +49,8 @@ pub enum Names<'a> {
 struct Wanted {
     name: String,
     qualifier: Option<String>,
+    /// Whether the qualifier is written as a path's (`io::Result`), not a value's (`io.read`).
+    path_qualified: bool,
     /// Lines between it and the cursor's line (0: on it).
     line: usize,
     /// Bytes between it and the cursor (code after the cursor counts double).
@@ -173,6 +175,13 @@ fn choose<'r>(
             .filter(|r| path_words(&r.path).any(|w| w == qualifier))
             .collect();
         other_type &= in_module.is_empty();
+        // `io::Result`, `mem::replace`, `fmt::Display`: a standard library's module before a
+        // name that no definition inside a module (or type) of that name here has means the
+        // standard library's, not a `Result` the repository defines elsewhere (tokio's task
+        // `Result`).
+        if want.path_qualified && in_type.is_empty() && in_module.is_empty() && is_standard_module(qualifier) {
+            return None;
+        }
         if !in_type.is_empty() {
             candidates = in_type;
             narrowed = true;
@@ -214,6 +223,59 @@ fn choose<'r>(
         _ => Certainty::Guessed,
     };
     Some((best, certainty))
+}
+
+/// Whether a module name is one of a standard library's, as written before `::` (Rust's
+/// `std`, `core` and `alloc` and their modules, C++'s `std`): the repository's own modules of
+/// those names narrow a name first.
+fn is_standard_module(name: &str) -> bool {
+    matches!(
+        name,
+        "std"
+            | "core"
+            | "alloc"
+            | "any"
+            | "array"
+            | "borrow"
+            | "boxed"
+            | "cell"
+            | "char"
+            | "cmp"
+            | "collections"
+            | "convert"
+            | "env"
+            | "error"
+            | "ffi"
+            | "fmt"
+            | "fs"
+            | "future"
+            | "hash"
+            | "hint"
+            | "io"
+            | "iter"
+            | "marker"
+            | "mem"
+            | "net"
+            | "num"
+            | "ops"
+            | "option"
+            | "os"
+            | "panic"
+            | "path"
+            | "pin"
+            | "process"
+            | "ptr"
+            | "rc"
+            | "result"
+            | "slice"
+            | "str"
+            | "string"
+            | "sync"
+            | "task"
+            | "thread"
+            | "time"
+            | "vec"
+    )
 }
 
 /// Whether a name is written as a type's is (`Linker`, `HashMap`), not as a value's (`config`)
@@ -296,6 +358,26 @@ fn imported_words(code: &str) -> HashSet<String> {
     words
 }
 
+/// The names a file's `use` lines take from Rust's standard library (`Context` and `Poll` of
+/// `use std::task::{Context, Poll};`, `Display` of `use core::fmt::{self, Display}`): a
+/// definition of one of those names here (a library's own `Poll`) is not the one the file
+/// means.
+fn standard_imports(code: &str) -> impl Iterator<Item = &str> {
+    code.lines()
+        .filter_map(|line| {
+            let line = line.trim_start();
+            let line = line.strip_prefix("pub ").unwrap_or(line);
+            ["use std::", "use core::", "use alloc::", "use ::std::"]
+                .iter()
+                .find_map(|p| line.strip_prefix(p))
+        })
+        .flat_map(|path| {
+            identifiers(path)
+                .filter(|&(offset, name)| !is_module_segment(path, offset, name) && !matches!(name, "self" | "as" | "_"))
+                .map(|(_, name)| name)
+        })
+}
+
 /// The identifiers of `text` (ASCII names: a letter or `_`, then letters, digits or `_`;
 /// a number with letters stuck to it, `0x1f`, is none) with their byte offsets.
 pub fn identifiers(text: &str) -> impl Iterator<Item = (usize, &str)> {
@@ -339,18 +421,20 @@ fn qualifier_of(text: &str, start: usize) -> Option<String> {
 fn code_names(before: &str, after: &str) -> Vec<Wanted> {
     let start = nth_line_start_from_end(before, LINES_BEFORE);
     let end = nth_line_end(after, LINES_AFTER);
-    let locals: HashSet<&str> = local_names(&before[start..]).chain(local_names(&after[..end])).collect();
+    let mut locals: HashSet<&str> = local_names(&before[start..]).chain(local_names(&after[..end])).collect();
+    // What the file takes from the standard library is not the repository's to look up.
+    locals.extend(standard_imports(before).chain(standard_imports(after)));
     let (window_before, window_after) = (mask_prose(&before[start..]), mask_prose(&after[..end]));
     let (window_before, window_after) = (window_before.as_str(), window_after.as_str());
     let mut found: Vec<Wanted> = Vec::new();
     for (offset, name) in identifiers(window_before) {
-        if !is_named_argument(window_before, offset + name.len()) {
+        if !is_named_argument(window_before, offset + name.len()) && !is_module_segment(window_before, offset, name) {
             let line = window_before[offset..].matches('\n').count();
             found.push(wanted(window_before, offset, name, line, window_before.len() - offset));
         }
     }
     for (offset, name) in identifiers(window_after) {
-        if !is_named_argument(window_after, offset + name.len()) {
+        if !is_named_argument(window_after, offset + name.len()) && !is_module_segment(window_after, offset, name) {
             // Code after the cursor counts half as near.
             let line = window_after[..offset].matches('\n').count();
             found.push(wanted(window_after, offset, name, line, 2 * offset + 1));
@@ -379,10 +463,19 @@ fn is_named_argument(text: &str, end: usize) -> bool {
     (rest.starts_with('=') && !rest.starts_with("==") && !rest.starts_with("=>")) || (rest.starts_with(':') && !rest.starts_with("::"))
 }
 
+/// Whether the name at `offset` is a module's in a path (`io` of `io::Result`, `mem` of
+/// `std::mem::zeroed`): written in lower case before `::`, it names no definition the code
+/// needs to see (a `mod` line at best, or another crate's module, or a function of that name
+/// elsewhere: tokio's `SignalKind::io`); what the path leads to is looked up instead.
+fn is_module_segment(text: &str, offset: usize, name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase()) && text[offset + name.len()..].starts_with("::")
+}
+
 fn wanted(text: &str, offset: usize, name: &str, line: usize, distance: usize) -> Wanted {
     Wanted {
         name: name.to_owned(),
         qualifier: qualifier_of(text, offset),
+        path_qualified: text[..offset].ends_with("::"),
         line,
         distance,
     }
@@ -1042,6 +1135,72 @@ mod tests {
     }
 
     #[test]
+    fn a_path_names_modules_and_a_standard_modules_items_are_not_the_repositorys() {
+        let found = code_names(
+            "fn is_pipe(fd: Fd) -> io::Result<bool> {\n    let s = unsafe { std::mem::zeroed(",
+            "",
+        );
+        let seen: Vec<(&str, Option<&str>, bool)> = found
+            .iter()
+            .map(|w| (w.name.as_str(), w.qualifier.as_deref(), w.path_qualified))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("zeroed", Some("mem"), true),
+                ("unsafe", None, false),
+                ("Result", Some("io"), true),
+                ("Fd", None, false)
+            ]
+            .into_iter()
+            .filter(|(name, ..)| !is_keyword(name))
+            .collect::<Vec<_>>()
+        );
+        // A value's field before `.`, and a type before `::`, are looked up.
+        assert_eq!(names("self.io.poll_read(cx)", ""), ["cx", "poll_read", "io"]);
+        assert_eq!(names("Linker::build(", ""), ["build", "Linker"]);
+
+        let result = |qualifier: &str, path_qualified: bool| Wanted {
+            name: "Result".into(),
+            qualifier: Some(qualifier.into()),
+            path_qualified,
+            line: 0,
+            distance: 0,
+        };
+        let elsewhere = vec![record("Result", "src/runtime/task/mod.rs", "")];
+        let none = HashSet::new();
+        assert!(choose(&elsewhere, &result("io", true), &none, Some("src/net/pipe.rs")).is_none());
+        // The repository's own module of that name, or a value's field, still finds it.
+        let own = vec![record("Result", "src/io/mod.rs", "")];
+        assert_eq!(choose(&own, &result("io", true), &none, None).unwrap().0.path, "src/io/mod.rs");
+        assert!(choose(&elsewhere, &result("io", false), &none, None).is_some());
+        assert!(choose(&elsewhere, &result("task", true), &none, None).is_some(), "a module here");
+        assert!(
+            choose(&elsewhere, &result("parser", true), &none, None).is_some(),
+            "not a standard module"
+        );
+    }
+
+    #[test]
+    fn what_a_file_takes_from_the_standard_library_is_not_looked_up() {
+        let file = "use std::task::{Context, Poll};\nuse core::fmt::{self, Display};\nuse mio::{Interest, Token};\n\n\
+                    fn poll_ready(cx: &mut Context<'_>) -> Poll<Token> {\n    let i = Interest::READABLE;\n    ";
+        let found = names(file, "");
+        assert!(
+            found.iter().all(|n| !["Context", "Poll", "Display", "fmt"].contains(&n.as_str())),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&"Token".to_owned()) && found.contains(&"Interest".to_owned()),
+            "{found:?}"
+        );
+        assert_eq!(
+            standard_imports("pub use std::io::Result as IoResult;").collect::<Vec<_>>(),
+            ["Result", "IoResult"]
+        );
+    }
+
+    #[test]
     fn imports_then_qualifiers_then_nearness_decide_between_files() {
         let records = vec![
             record("spawn", "src/runtime/spawn.rs", ""),
@@ -1051,6 +1210,7 @@ mod tests {
         let plain = Wanted {
             name: "spawn".into(),
             qualifier: None,
+            path_qualified: false,
             line: 0,
             distance: 0,
         };
@@ -1062,6 +1222,7 @@ mod tests {
         let qualified = Wanted {
             name: "spawn".into(),
             qualifier: Some("Pool".into()),
+            path_qualified: false,
             line: 0,
             distance: 0,
         };
@@ -1080,6 +1241,7 @@ mod tests {
         let new = Wanted {
             name: "new".into(),
             qualifier: None,
+            path_qualified: false,
             line: 0,
             distance: 0,
         };
@@ -1092,6 +1254,7 @@ mod tests {
         let result = Wanted {
             name: "result".into(),
             qualifier: None,
+            path_qualified: false,
             line: 0,
             distance: 0,
         };
@@ -1112,6 +1275,7 @@ mod tests {
         let int64 = Wanted {
             name: "MRB_INT64".into(),
             qualifier: None,
+            path_qualified: false,
             line: 0,
             distance: 0,
         };
@@ -1128,6 +1292,7 @@ mod tests {
             let want = Wanted {
                 name: records[0].name.clone(),
                 qualifier: Some(qualifier.into()),
+                path_qualified: false,
                 line: 0,
                 distance: 0,
             };
@@ -1146,6 +1311,7 @@ mod tests {
         let want = Wanted {
             name: "Ledger".into(),
             qualifier: None,
+            path_qualified: false,
             line: 0,
             distance: 0,
         };
