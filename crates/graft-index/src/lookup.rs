@@ -153,13 +153,19 @@ fn choose<'r>(
     // template's `lower_type_name`), and never surely (a file of no known language takes any).
     let family = current_path.and_then(|path| chunker::family(chunker::language_of(path)));
     let of_family = |r: &StoredSymbol| family.is_none() || chunker::family(chunker::language_of(&r.path)) == family;
-    let mut candidates: Vec<&StoredSymbol> = records.iter().filter(|r| of_family(r)).collect();
+    // A module declared on one line (Rust's `mod ready;`) shows nothing of the module (its file
+    // does): the macro or function of that name is meant (`ready!`), or nothing here.
+    let records: Vec<&StoredSymbol> = records
+        .iter()
+        .filter(|r| !(r.kind == "module" && r.start_line == r.end_line))
+        .collect();
+    let mut candidates: Vec<&StoredSymbol> = records.iter().copied().filter(|r| of_family(r)).collect();
     let across_languages = candidates.is_empty();
     if across_languages {
         if !is_distinctive(&want.name) {
             return None;
         }
-        candidates = records.iter().collect();
+        candidates = records;
     }
     let mut narrowed = false;
     // `Linker.new`, `Vec::new`: a type's name (`CamelCase`) before a name that no definition
@@ -1179,6 +1185,37 @@ mod tests {
             choose(&elsewhere, &result("parser", true), &none, None).is_some(),
             "not a standard module"
         );
+    }
+
+    #[test]
+    fn a_module_declared_on_one_line_is_not_a_definition_to_show() {
+        let ready = Wanted {
+            name: "ready".into(),
+            qualifier: None,
+            path_qualified: false,
+            line: 0,
+            distance: 0,
+        };
+        let declared = StoredSymbol {
+            kind: "module".into(),
+            start_line: 7,
+            end_line: 7,
+            ..record("ready", "src/macros/mod.rs", "")
+        };
+        let none = HashSet::new();
+        assert!(choose(std::slice::from_ref(&declared), &ready, &none, Some("src/io/x.rs")).is_none());
+        let defined = StoredSymbol {
+            kind: "macro".into(),
+            ..record("ready", "src/macros/ready.rs", "")
+        };
+        let both = [declared.clone(), defined];
+        assert_eq!(
+            choose(&both, &ready, &none, Some("src/io/x.rs")).unwrap().0.path,
+            "src/macros/ready.rs"
+        );
+        // A module with its body is one.
+        let inline = StoredSymbol { end_line: 30, ..declared };
+        assert!(choose(&[inline], &ready, &none, Some("src/io/x.rs")).is_some());
     }
 
     #[test]
