@@ -12,6 +12,10 @@
 //!   `import` / `#include` lines) wins, then the one nearest the current file's path; a name
 //!   defined in many files and not narrowed by either is too common to mean one place and is
 //!   skipped.
+//! - A module in a path (`io` of `io::Result`) is not looked up, nor what a Rust file takes
+//!   from the standard library (`use std::task::{Context, Poll}`), nor a name a standard
+//!   module qualifies (`mem::zeroed`) that no module of that name here defines; a module
+//!   declared on one line (`mod ready;`) is no definition to show.
 //! - Only definitions in the current file's family of languages are taken (C with C++,
 //!   JavaScript with TypeScript, Java with Kotlin and Scala; [`chunker::family`]).
 //!
