@@ -125,11 +125,16 @@ fn table(projects: &[Value], now: f64) -> String {
             Some(adapter) => format!("adapter {adapter}"),
             None => "the base".to_owned(),
         };
-        let retrieval = if p["retrieval"] == true {
+        let mut retrieval = if p["retrieval"] == true {
             format!("top {}, {} tokens", text(&p["top_k"]), text(&p["context_tokens"]))
         } else {
             "off".to_owned()
         };
+        // The other projects whose indexes its retrieval searches too.
+        let also: Vec<String> = p["also_search"].as_array().into_iter().flatten().map(text).collect();
+        if p["retrieval"] == true && !also.is_empty() {
+            retrieval.push_str(&format!(" + {}", also.join(", ")));
+        }
         rows.push([text(&p["project"]), model, retrieval, index(p, now)]);
     }
     let widths: Vec<usize> = (0..3)
@@ -220,7 +225,7 @@ mod tests {
             json!({"project": "api-tuned", "adapter": "api-lora", "retrieval": false, "top_k": 5, "context_tokens": 512,
                    "index_of": "api", "indexed": false, "reindexing": true, "chunks": null, "error": null, "last_run": null}),
             json!({"project": "web", "adapter": null, "retrieval": true, "top_k": 3, "context_tokens": 900,
-                   "index_of": "web", "indexed": false, "reindexing": false, "chunks": null, "error": null,
+                   "also_search": ["api", "nx"], "index_of": "web", "indexed": false, "reindexing": false, "chunks": null, "error": null,
                    "last_run": {"finished_at": 1000.0, "seconds": 0.2, "error": "no such folder"}}),
             json!({"project": "nx", "adapter": null, "retrieval": true, "top_k": 5, "context_tokens": 512,
                    "index_of": "nx", "indexed": true, "reindexing": true, "vectors_pending": 4928, "chunks": 6184,
@@ -231,23 +236,26 @@ mod tests {
         ];
         let table = table(&projects, 1000.0 + 7200.0);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines[0], "project    served on         retrieval          index");
+        assert_eq!(lines[0], "project    served on         retrieval                    index");
         assert_eq!(
             lines[1],
-            "api        the base          top 5, 512 tokens  2482 chunks; last run 2 h ago, ok in 54.0 s"
+            "api        the base          top 5, 512 tokens            2482 chunks; last run 2 h ago, ok in 54.0 s"
         );
-        assert_eq!(lines[2], "api-tuned  adapter api-lora  off                re-indexing (`api`'s)");
+        assert_eq!(
+            lines[2],
+            "api-tuned  adapter api-lora  off                          re-indexing (`api`'s)"
+        );
         assert_eq!(
             lines[3],
-            "web        the base          top 3, 900 tokens  no index; last run 2 h ago, failed: no such folder"
+            "web        the base          top 3, 900 tokens + api, nx  no index; last run 2 h ago, failed: no such folder"
         );
         assert_eq!(
             lines[4],
-            "nx         the base          top 5, 512 tokens  6184 chunks, 4928 vectors still to embed"
+            "nx         the base          top 5, 512 tokens            6184 chunks, 4928 vectors still to embed"
         );
         assert_eq!(
             lines[5],
-            "old        the base          top 5, 512 tokens  25 chunks, its vectors from another embedding model \
+            "old        the base          top 5, 512 tokens            25 chunks, its vectors from another embedding model \
              or graft version: searched without them until it is indexed again"
         );
         assert_eq!(
