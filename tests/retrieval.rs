@@ -657,7 +657,14 @@ async fn a_project_searches_the_projects_it_also_searches_with_its_own() {
     projects.reindex(&app).await.expect("indexing works");
     assert_eq!(projects.status(&app)["also_search"], serde_json::json!(["paths"]));
 
-    // The library being indexed for the first time: the app is searched alone meanwhile.
+    // The library never indexed (a `graft serve` before its `graft index`), then being indexed
+    // for the first time: the app is searched alone meanwhile.
+    let never = projects
+        .search(&app, bellman_ford_use(), 5, SearchMode::Hybrid)
+        .await
+        .unwrap()
+        .expect("the app's index serves");
+    assert!(!never.is_empty() && never.iter().all(|h| h.project.is_none()), "{never:#?}");
     let guard = projects.start_reindex(&paths).expect("no re-index is running");
     let alone = projects
         .search(&app, bellman_ford_use(), 5, SearchMode::Hybrid)

@@ -16,7 +16,7 @@
 //! swapped whole ([`Projects::replace_settings`] keeps its index), so a request reads one
 //! project's settings throughout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -402,6 +402,9 @@ pub struct Projects {
     embedding_now: Arc<AtomicUsize>,
     /// The generations index runs give way to, when the model runs on the same CPU.
     give_way: OnceLock<Running>,
+    /// The projects other projects also search whose index could not be opened (never built,
+    /// say), each said once in the log rather than on every request.
+    left_out: Mutex<HashSet<String>>,
 }
 
 impl Projects {
@@ -418,6 +421,7 @@ impl Projects {
             stopping: Arc::default(),
             embedding_now: Arc::default(),
             give_way: OnceLock::new(),
+            left_out: Mutex::default(),
         }
     }
 
@@ -519,14 +523,18 @@ impl Projects {
         let mut others = Vec::new();
         for name in &project.config.also_search {
             match self.get(name) {
-                Some(other) if other.index_owner() != project.index_owner() => {
-                    if let Some(index) = searchable(&other).unwrap_or_else(|e| {
-                        tracing::warn!(project = name, error = %e, "index not usable now: left out of the search");
-                        None
-                    }) {
+                Some(other) if other.index_owner() != project.index_owner() => match searchable(&other) {
+                    Ok(Some(index)) => {
                         others.push((name.clone(), index));
+                        self.left_out.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
                     }
-                }
+                    Ok(None) => {}
+                    Err(e) => {
+                        if self.left_out.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone()) {
+                            tracing::warn!(project = name, error = %e, "index not usable: left out of the searches of the projects that also search it until it is");
+                        }
+                    }
+                },
                 Some(_) => {}
                 None => tracing::warn!(
                     project = project.name(),
