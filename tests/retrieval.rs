@@ -659,19 +659,17 @@ async fn a_project_searches_the_projects_it_also_searches_with_its_own() {
 
     // The library never indexed (a `graft serve` before its `graft index`), then being indexed
     // for the first time: the app is searched alone meanwhile.
-    let never = projects
-        .search(&app, bellman_ford_use(), 5, SearchMode::Hybrid)
-        .await
-        .unwrap()
-        .expect("the app's index serves");
-    assert!(!never.is_empty() && never.iter().all(|h| h.project.is_none()), "{never:#?}");
+    let searched_alone = || async {
+        let alone = projects
+            .search(&app, bellman_ford_use(), 5, SearchMode::Hybrid)
+            .await
+            .unwrap()
+            .expect("the app's index serves");
+        assert!(!alone.is_empty() && alone.iter().all(|h| h.project.is_none()), "{alone:#?}");
+    };
+    searched_alone().await;
     let guard = projects.start_reindex(&paths).expect("no re-index is running");
-    let alone = projects
-        .search(&app, bellman_ford_use(), 5, SearchMode::Hybrid)
-        .await
-        .unwrap()
-        .expect("the app's index serves");
-    assert!(!alone.is_empty() && alone.iter().all(|h| h.project.is_none()), "{alone:#?}");
+    searched_alone().await;
     projects.reindex_with(&paths, guard).await.expect("indexing works");
 
     // Code calling the library: its definition first, the library's, found by lookup.

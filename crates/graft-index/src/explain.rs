@@ -97,12 +97,8 @@ pub fn explain(root: &Path, options: &WalkOptions, path: &Path) -> Result<Verdic
         Ok(meta) => meta,
         // A link to nothing: the walk cannot read it.
         Err(e) if std::fs::symlink_metadata(&full).is_ok() => {
-            return Ok(Verdict::Skipped(Skip {
-                reason: SkipReason::Unreadable,
-                detail: Some(format!("a symbolic link to nothing ({e})")),
-                problem: None,
-                folder: None,
-            }))
+            let detail = format!("a symbolic link to nothing ({e})");
+            return Ok(Verdict::Skipped(Skip::new(SkipReason::Unreadable, detail)));
         }
         Err(_) => return Ok(Verdict::Missing),
     };
@@ -137,14 +133,7 @@ pub fn explain(root: &Path, options: &WalkOptions, path: &Path) -> Result<Verdic
         });
     }
     let relative = parts.join("/");
-    let skipped = |reason, what: String| {
-        Verdict::Skipped(Skip {
-            reason,
-            detail: Some(what),
-            problem: None,
-            folder: None,
-        })
-    };
+    let skipped = |reason, what: String| Verdict::Skipped(Skip::new(reason, what));
     match full.canonicalize() {
         Ok(real) if real.starts_with(&real_root) => {}
         Ok(_) => {

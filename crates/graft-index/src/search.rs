@@ -117,13 +117,18 @@ pub struct SearchHit {
 }
 
 impl SearchHit {
-    /// Its file as a prompt names it: the path, under the other project's name for a hit of
-    /// another project's index (`shared-lib/src/x.py`).
+    /// Its file as a prompt names it ([`shown_path`]).
     pub fn shown_path(&self) -> String {
-        match &self.project {
-            Some(project) => format!("{project}/{}", self.path),
-            None => self.path.clone(),
-        }
+        shown_path(self.project.as_deref(), &self.path)
+    }
+}
+
+/// A file as a prompt names it: `path`, under the other project's name for a file of another
+/// project's index (`shared-lib/src/x.py`).
+pub fn shown_path(project: Option<&str>, path: &str) -> String {
+    match project {
+        Some(project) => format!("{project}/{path}"),
+        None => path.to_owned(),
     }
 }
 

@@ -178,7 +178,7 @@ pub struct Skip {
 }
 
 impl Skip {
-    fn new(reason: SkipReason, detail: impl Into<Option<String>>) -> Skip {
+    pub(crate) fn new(reason: SkipReason, detail: impl Into<Option<String>>) -> Skip {
         Skip {
             reason,
             detail: detail.into(),
@@ -772,11 +772,14 @@ pub(crate) fn read_source(path: &Path, relative: &str, root: &Path, judge_marker
         ConfineError::NotAFile { kind, .. } => Skip::problem(SkipReason::Unreadable, relative, format!("{kind}, not read")),
         ConfineError::Io { source, .. } => Skip::problem(SkipReason::Unreadable, relative, source.to_string()),
     })?;
-    let bytes = file.bytes;
+    let mut bytes = file.bytes;
     if bytes.contains(&0) {
         return Err(Skip::new(SkipReason::Binary, "a NUL byte".to_owned()));
     }
-    let text = String::from_utf8(without_bom(&bytes).to_vec()).map_err(|_| Skip::new(SkipReason::Binary, "not UTF-8".to_owned()))?;
+    // The byte order mark dropped in place: the file's bytes become its text uncopied.
+    let bom = bytes.len() - without_bom(&bytes).len();
+    bytes.drain(..bom);
+    let text = String::from_utf8(bytes).map_err(|_| Skip::new(SkipReason::Binary, "not UTF-8".to_owned()))?;
     if text.trim().is_empty() {
         return Err(Skip::new(SkipReason::Empty, None));
     }

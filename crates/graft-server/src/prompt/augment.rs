@@ -55,12 +55,9 @@ impl From<&SearchHit> for Source {
 }
 
 impl Source {
-    /// Its file as the prompt named it ([`SearchHit::shown_path`]).
+    /// Its file as the prompt named it ([`graft_index::search::shown_path`]).
     pub fn shown_path(&self) -> String {
-        match &self.project {
-            Some(project) => format!("{project}/{}", self.path),
-            None => self.path.clone(),
-        }
+        graft_index::search::shown_path(self.project.as_deref(), &self.path)
     }
 }
 
